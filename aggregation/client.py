@@ -1,0 +1,252 @@
+"""HTTP clients for the aggregation service: the silo's (signed) and the coordinator's.
+
+Both retry transport failures and 5xx answers with backoff for `retry_for_s`, rotating over
+every configured service address, so a restarted or failed-over service is invisible to the
+caller. A 4xx answer is final and raised as `ServiceRejected` with the service's reason.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from aggregation.exceptions import ServiceRejected, ServiceUnavailable
+from schemas import signing
+from schemas.wire import (
+    EnrolRequest,
+    MetricsReport,
+    Refusal,
+    RoundOpen,
+    RoundOut,
+    RunCreate,
+    RunFinish,
+    RunOut,
+    SiloOut,
+    Task,
+    enrol_proof_message,
+)
+
+
+class _Base:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        retry_for_s: float = 120.0,
+        timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("at least one service URL is needed")
+        self.retry_for_s = retry_for_s
+        self._current = 0
+        self._http = httpx.Client(timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return {}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        json_body: Any = None,
+        content_type: str = "application/octet-stream",
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        if json_body is not None:
+            body = (
+                json_body.model_dump_json().encode()
+                if hasattr(json_body, "model_dump_json")
+                else json_body
+            )
+            content_type = "application/json"
+        deadline = time.monotonic() + self.retry_for_s
+        delay = 0.1
+        last_error = ""
+        while True:
+            base = self.urls[self._current]
+            headers = {"Content-Type": content_type, **self._headers(method, path, body)}
+            try:
+                resp = self._http.request(
+                    method,
+                    base + path,
+                    content=body,
+                    headers=headers,
+                    timeout=timeout or self._http.timeout,
+                )
+            except httpx.TransportError as exc:
+                last_error = f"{base}: {type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code < 500:
+                    if resp.status_code >= 400:
+                        raise ServiceRejected(resp.status_code, _detail(resp), method, path)
+                    return resp
+                last_error = f"{base}: HTTP {resp.status_code} {_detail(resp)}"
+            self._current = (self._current + 1) % len(self.urls)
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f"{method} {path}: no aggregation service answered within "
+                    f"{self.retry_for_s:.0f}s (tried {self.urls}); last error: {last_error}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail", resp.text))
+    except ValueError:
+        return resp.text[:500]
+
+
+class SiloClient(_Base):
+    """Signs every request with the silo's Ed25519 identity key."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        federation: str,
+        silo: str,
+        key: Ed25519PrivateKey,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(urls, **kwargs)
+        self.federation = federation
+        self.silo = silo
+        self.key = key
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        timestamp = datetime.now(UTC).isoformat()
+        nonce = secrets.token_hex(16)
+        message = signing.request_message(
+            method, path, body, timestamp, nonce, self.federation, self.silo
+        )
+        return {
+            signing.HEADER_FEDERATION: self.federation,
+            signing.HEADER_SILO: self.silo,
+            signing.HEADER_TIMESTAMP: timestamp,
+            signing.HEADER_NONCE: nonce,
+            signing.HEADER_SIGNATURE: self.key.sign(message).hex(),
+        }
+
+    def public_key_hex(self) -> str:
+        return self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    def enrol(self) -> SiloOut:
+        pub = self.public_key_hex()
+        proof = self.key.sign(enrol_proof_message(self.federation, self.silo, pub)).hex()
+        req = EnrolRequest(federation=self.federation, silo=self.silo, public_key=pub, proof=proof)
+        return SiloOut.model_validate_json(self.request("POST", "/v1/enrol", json_body=req).content)
+
+    def whoami(self) -> SiloOut:
+        return SiloOut.model_validate_json(self.request("GET", "/v1/silo/me").content)
+
+    def next_task(self, wait_s: float = 25.0, run_id: str | None = None) -> Task | None:
+        path = f"/v1/silo/tasks?wait={wait_s:g}" + (f"&run_id={run_id}" if run_id else "")
+        resp = self.request("GET", path, timeout=wait_s + 30)
+        return None if resp.status_code == 204 else Task.model_validate_json(resp.content)
+
+    def download_model(self, run_id: str, version: int) -> bytes:
+        return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
+
+    def submit_update(self, run_id: str, round_: int, payload: bytes) -> dict[str, Any]:
+        return self.request(
+            "POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/update", body=payload
+        ).json()
+
+    def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
+        self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)
+
+    def refuse(self, run_id: str, reason: str) -> None:
+        self.request("POST", f"/v1/silo/runs/{run_id}/refusal", json_body=Refusal(reason=reason))
+
+
+class CoordinatorClient(_Base):
+    """The coordinator's client: bearer admin token."""
+
+    def __init__(self, urls: str | Sequence[str], *, token: str, **kwargs: Any) -> None:
+        super().__init__(urls, **kwargs)
+        self.token = token
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        if body is not None and not hasattr(body, "model_dump_json"):
+            import json
+
+            return self.request(
+                method, path, body=json.dumps(body).encode(), content_type="application/json"
+            ).json()
+        return self.request(method, path, json_body=body).json()
+
+    def create_federation(self, name: str, description: str = "") -> None:
+        try:
+            self._json("POST", "/v1/federations", {"name": name, "description": description})
+        except ServiceRejected as exc:
+            if exc.status != 409:
+                raise
+
+    def silos(self, federation: str) -> list[SiloOut]:
+        return [
+            SiloOut.model_validate(x)
+            for x in self._json("GET", f"/v1/federations/{federation}/silos")
+        ]
+
+    def approve(self, federation: str, silo: str) -> SiloOut:
+        return SiloOut.model_validate(
+            self._json("POST", f"/v1/federations/{federation}/silos/{silo}/approve")
+        )
+
+    def create_run(self, body: RunCreate) -> RunOut:
+        return RunOut.model_validate(self._json("POST", "/v1/runs", body))
+
+    def put_initial_model(self, run_id: str, payload: bytes) -> str:
+        return self.request("PUT", f"/v1/runs/{run_id}/models/0", body=payload).json()["sha256"]
+
+    def start_run(self, run_id: str) -> RunOut:
+        return RunOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/start"))
+
+    def finish_run(self, run_id: str, body: RunFinish) -> RunOut:
+        return RunOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/finish", body))
+
+    def get_run(self, run_id: str) -> RunOut:
+        return RunOut.model_validate(self._json("GET", f"/v1/runs/{run_id}"))
+
+    def list_runs(self, federation: str | None = None, limit: int = 50) -> list[RunOut]:
+        q = f"?limit={limit}" + (f"&federation={federation}" if federation else "")
+        return [RunOut.model_validate(x) for x in self._json("GET", f"/v1/runs{q}")]
+
+    def open_round(self, run_id: str, body: RoundOpen) -> RoundOut:
+        return RoundOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/rounds", body))
+
+    def wait_round(self, run_id: str, number: int, wait_s: float) -> RoundOut:
+        resp = self.request(
+            "GET", f"/v1/runs/{run_id}/rounds/{number}?wait={wait_s:g}", timeout=wait_s + 30
+        )
+        return RoundOut.model_validate_json(resp.content)
+
+    def rounds(self, run_id: str) -> list[RoundOut]:
+        return [RoundOut.model_validate(x) for x in self._json("GET", f"/v1/runs/{run_id}/rounds")]
+
+    def close_round(self, run_id: str, number: int) -> RoundOut:
+        return RoundOut.model_validate(
+            self._json("POST", f"/v1/runs/{run_id}/rounds/{number}/close")
+        )
+
+    def download_model(self, run_id: str, version: int) -> bytes:
+        return self.request("GET", f"/v1/runs/{run_id}/models/{version}/admin").content

@@ -1,0 +1,235 @@
+"""Protocol messages: frozen dataclasses that serialize to bytes without pickle.
+
+Wire format (version 1): ``b"FSA1"`` + 4-byte big-endian header length + UTF-8 JSON header
+(``{"kind": ..., fields...}``; bytes as hex) + raw payload. Only :class:`MaskedInput` has a
+payload: the masked vector as little-endian unsigned integers, so 10^6 parameters cost 4 MB, not
+a JSON list. Every message a silo sends carries an Ed25519 signature over :meth:`body` bound to
+(run, round, stage, silo); the service relays :class:`EncryptedShare`, authenticated by AES-GCM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import typing
+from dataclasses import dataclass, fields
+from typing import ClassVar, TypeVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aggregation.secagg import crypto
+from aggregation.secagg.exceptions import MessageFormatError, WrongRoundError
+from aggregation.secagg.prg import DTYPES
+
+MAGIC = b"FSA1"
+M = TypeVar("M", bound="Message")
+
+
+@dataclass(frozen=True)
+class Message:
+    """Common fields and codec of all protocol messages."""
+
+    stage: ClassVar[str] = ""
+    run_id: str
+    round_num: int
+    silo: str
+
+    def body(self) -> bytes:
+        """Bytes that the signature covers besides (run, round, stage, silo)."""
+        return b""
+
+    def to_bytes(self) -> bytes:
+        """Serialize (see module docstring for the format)."""
+        header: dict[str, object] = {"kind": type(self).__name__}
+        payload = b""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                header[f.name] = {"dtype": value.dtype.str, "length": int(value.size)}
+                payload = np.ascontiguousarray(value).tobytes()
+            elif isinstance(value, bytes):
+                header[f.name] = value.hex()
+            elif isinstance(value, dict):
+                header[f.name] = {k: v.hex() for k, v in value.items()}
+            elif isinstance(value, tuple):
+                header[f.name] = list(value)
+            else:
+                header[f.name] = value
+        raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        return MAGIC + struct.pack(">I", len(raw)) + raw + payload
+
+    @classmethod
+    def from_bytes(cls: type[M], data: bytes) -> M:
+        """Parse bytes produced by :meth:`to_bytes` of this class.
+
+        Raises
+        ------
+        MessageFormatError
+            On a wrong magic, kind, missing field, bad hex or a payload of the wrong size.
+        """
+        try:
+            if data[:4] != MAGIC:
+                raise ValueError("not a fedsilo secagg v1 message")
+            (size,) = struct.unpack(">I", data[4:8])
+            header = json.loads(data[8 : 8 + size])
+            if header.pop("kind") != cls.__name__:
+                raise ValueError(f"expected a {cls.__name__}")
+            hints = typing.get_type_hints(cls)
+            kwargs = {
+                f.name: _decode(hints[f.name], header[f.name], data[8 + size :])
+                for f in fields(cls)
+            }
+            return cls(**kwargs)
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            raise MessageFormatError(f"cannot decode {cls.__name__}: {exc}") from exc
+
+    def check_round(self, run_id: str, round_num: int) -> None:
+        """Raise WrongRoundError unless this message belongs to (run_id, round_num)."""
+        if (self.run_id, self.round_num) != (run_id, round_num):
+            raise WrongRoundError(
+                f"{type(self).__name__} is for run {self.run_id} round {self.round_num}, "
+                f"expected run {run_id} round {round_num}: stale or replayed, discard it",
+                run_id=run_id,
+                round_num=round_num,
+                stage=self.stage,
+                silo=self.silo,
+            )
+
+
+def _decode(hint: object, value: object, payload: bytes) -> object:
+    if hint is bytes:
+        return bytes.fromhex(value)  # type: ignore[arg-type]
+    if hint is np.ndarray:
+        dtype = np.dtype(value["dtype"])  # type: ignore[index]
+        if dtype not in DTYPES.values():
+            raise ValueError(f"vector dtype {dtype} is not <u4 or <u8")
+        length = value["length"]  # type: ignore[index]
+        if len(payload) != length * dtype.itemsize:
+            raise ValueError(f"payload has {len(payload)} bytes for {length} x {dtype}")
+        return np.frombuffer(payload, dtype=dtype).copy()
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        return {str(k): bytes.fromhex(v) for k, v in value.items()}  # type: ignore[union-attr]
+    if origin is tuple:
+        return tuple(str(v) for v in value)  # type: ignore[union-attr]
+    if hint in (str, int) and not isinstance(value, hint):  # type: ignore[arg-type]
+        raise ValueError(f"expected {hint}, got {value!r}")
+    return value
+
+
+def _items(mapping: dict[str, bytes]) -> list[bytes | str]:
+    out: list[bytes | str] = []
+    for key in sorted(mapping):
+        out += [key, mapping[key]]
+    return out
+
+
+@dataclass(frozen=True)
+class Signed(Message):
+    """A message signed by its sender's identity key."""
+
+    signature: bytes
+
+    def signing_context(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "round_num": self.round_num,
+            "stage": self.stage,
+            "silo": self.silo,
+        }
+
+    def verify(self, identity_public: bytes) -> None:
+        """Raise SignatureError unless signed by ``identity_public`` for this exact context."""
+        crypto.verify(identity_public, self.signature, body=self.body(), **self.signing_context())
+
+    @classmethod
+    def create(cls: type[M], identity: Ed25519PrivateKey, **values: object) -> M:
+        """Build the message and sign it with ``identity``."""
+        unsigned = cls(signature=b"", **values)  # type: ignore[call-arg]
+        signature = crypto.sign(identity, body=unsigned.body(), **unsigned.signing_context())
+        return cls(signature=signature, **values)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(Signed):
+    """Stage 0: a silo's two fresh X25519 public keys (c: share encryption, s: masks)."""
+
+    stage: ClassVar[str] = "advertise"
+    c_pk: bytes
+    s_pk: bytes
+
+    def body(self) -> bytes:
+        return crypto.transcript(self.c_pk, self.s_pk)
+
+
+@dataclass(frozen=True)
+class ShareKeys(Signed):
+    """Stage 1: encrypted shares for each neighbour, and a commitment to the self-mask seed."""
+
+    stage: ClassVar[str] = "share"
+    b_commitment: bytes
+    ciphertexts: dict[str, bytes]
+
+    def body(self) -> bytes:
+        return crypto.transcript(self.b_commitment, *_items(self.ciphertexts))
+
+
+@dataclass(frozen=True)
+class EncryptedShare(Message):
+    """Stage 1, relayed by the service: one ciphertext from ``silo`` to ``recipient``."""
+
+    stage: ClassVar[str] = "share"
+    recipient: str
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class MaskedInput(Signed):
+    """Stage 2: the masked quantized vector (signature covers its SHA-256)."""
+
+    stage: ClassVar[str] = "masked"
+    vector: np.ndarray
+
+    def body(self) -> bytes:
+        v = np.ascontiguousarray(self.vector)
+        return crypto.transcript(v.dtype.str, v.size, hashlib.sha256(v).digest())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MaskedInput) and self.to_bytes() == other.to_bytes()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Signed):
+    """Stage 3: a survivor's signature on the survivor list the service announced."""
+
+    stage: ClassVar[str] = "consistency"
+    survivors: tuple[str, ...]
+
+    def body(self) -> bytes:
+        return crypto.transcript(*sorted(self.survivors))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Stage 4, from the service (``silo`` is the addressed survivor): which shares to reveal."""
+
+    stage: ClassVar[str] = "unmask"
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    consistency: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse(Signed):
+    """Stage 4: shares of b for survivors and of s_sk for dropped silos (encoded Shares)."""
+
+    stage: ClassVar[str] = "unmask"
+    b_shares: dict[str, bytes]
+    s_shares: dict[str, bytes]
+
+    def body(self) -> bytes:
+        return crypto.transcript("b", *_items(self.b_shares), "s", *_items(self.s_shares))

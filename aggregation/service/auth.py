@@ -1,0 +1,104 @@
+"""Who is calling: the coordinator (bearer token) or a silo (Ed25519-signed request)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregation.service.db import transaction
+from aggregation.service.exceptions import Forbidden, Unauthorized
+from aggregation.service.federations import find_silo
+from aggregation.service.tables import Nonce, utcnow
+from schemas import signing
+
+
+@dataclass(frozen=True)
+class SiloIdentity:
+    federation: str
+    name: str
+    body: bytes
+
+
+def check_admin(authorization: str | None, token: str) -> None:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise Unauthorized("coordinator endpoint: send 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(authorization.removeprefix("Bearer ").strip(), token):
+        raise Unauthorized("coordinator endpoint: the admin token is wrong")
+
+
+def verify_silo_request(
+    factory: sessionmaker[Session], *, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> SiloIdentity:
+    """Check the signature headers; record the nonce so the same request cannot be replayed."""
+    missing = [
+        h
+        for h in (
+            signing.HEADER_FEDERATION,
+            signing.HEADER_SILO,
+            signing.HEADER_TIMESTAMP,
+            signing.HEADER_NONCE,
+            signing.HEADER_SIGNATURE,
+        )
+        if not headers.get(h.lower())
+    ]
+    if missing:
+        raise Unauthorized(f"unsigned request: missing headers {missing}")
+    federation = headers[signing.HEADER_FEDERATION.lower()]
+    silo_name = headers[signing.HEADER_SILO.lower()]
+    timestamp = headers[signing.HEADER_TIMESTAMP.lower()]
+    nonce = headers[signing.HEADER_NONCE.lower()]
+    _check_timestamp(timestamp, silo_name)
+    if len(nonce) > 64:
+        raise Unauthorized("nonce longer than 64 characters")
+    message = signing.request_message(method, path, body, timestamp, nonce, federation, silo_name)
+    with transaction(factory) as s:
+        silo = find_silo(s, federation, silo_name)
+        if silo is None:
+            raise Unauthorized(f"unknown silo {silo_name!r} in federation {federation!r}")
+        try:
+            key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(silo.public_key))
+            key.verify(bytes.fromhex(headers[signing.HEADER_SIGNATURE.lower()]), message)
+        except (ValueError, InvalidSignature) as exc:
+            raise Unauthorized(f"bad signature from silo {silo_name!r}") from exc
+        silo_id, status = silo.id, silo.status
+    try:
+        with transaction(factory) as s:
+            s.add(Nonce(silo_id=silo_id, nonce=nonce))
+    except IntegrityError as exc:
+        raise Unauthorized(
+            f"replayed request from silo {silo_name!r} (nonce already used)"
+        ) from exc
+    if status == "pending":
+        raise Forbidden(f"silo {silo_name!r} is enrolled but awaits the coordinator's approval")
+    if status != "approved":
+        raise Forbidden(f"silo {silo_name!r} is {status}")
+    return SiloIdentity(federation=federation, name=silo_name, body=body)
+
+
+def _check_timestamp(timestamp: str, silo: str) -> None:
+    try:
+        sent = datetime.fromisoformat(timestamp)
+    except ValueError as exc:
+        raise Unauthorized(f"silo {silo!r}: timestamp {timestamp!r} is not ISO 8601") from exc
+    if sent.tzinfo is None:
+        raise Unauthorized(f"silo {silo!r}: timestamp must carry a UTC offset")
+    skew = abs((datetime.now(UTC) - sent).total_seconds())
+    if skew > signing.MAX_CLOCK_SKEW_S:
+        raise Unauthorized(
+            f"silo {silo!r}: request timestamp is {skew:.0f}s off the service clock "
+            f"(allowed {signing.MAX_CLOCK_SKEW_S}s); check the silo's clock"
+        )
+
+
+def prune_nonces(factory: sessionmaker[Session]) -> None:
+    """Forget nonces older than the timestamp window: those requests are refused as stale."""
+    cutoff = utcnow() - timedelta(seconds=2 * signing.MAX_CLOCK_SKEW_S)
+    with transaction(factory) as s:
+        s.execute(delete(Nonce).where(Nonce.seen_at < cutoff))

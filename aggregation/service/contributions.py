@@ -1,0 +1,145 @@
+"""What silos send in a round: updates, refusals, evaluations.
+
+Each is checked completely before anything is written, so a rejected request leaves round
+state exactly as it was. A resubmission with the same digest (a retry after a lost response
+or a service restart) is accepted once and counted once.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload
+from aggregation.service.rounds import get_round
+from aggregation.service.runs import get_run, spec_of
+from aggregation.service.tables import Contribution, Round, RunSilo
+from schemas import tensors
+from schemas.exceptions import TensorFormatError
+from schemas.specs import param_shapes
+from schemas.wire import Metrics, MetricsReport
+
+
+def _open_round_for(s: Session, run_id: str, number: int, silo: str, kind: str) -> Round:
+    run = get_run(s, run_id)
+    if run.status != "running":
+        raise Conflict(f"run {run_id} is {run.status}; it accepts no contributions")
+    membership = s.get(RunSilo, (run_id, silo))
+    if membership is None:
+        raise Forbidden(f"silo {silo!r} is not a participant of run {run_id}")
+    if membership.status != "active":
+        raise Conflict(f"silo {silo!r} refused run {run_id}: {membership.reason}")
+    rnd = get_round(s, run_id, number)
+    if rnd.kind != kind:
+        raise Conflict(f"round {number} of run {run_id} is a {rnd.kind} round, not {kind}")
+    if rnd.status != "open":
+        raise Conflict(
+            f"round {number} of run {run_id} is {rnd.status}; it no longer accepts input"
+        )
+    return rnd
+
+
+def submit_update(
+    s: Session, run_id: str, number: int, silo: str, payload: bytes
+) -> tuple[Contribution, bool]:
+    """Store a silo's update; returns (contribution, created). Raises on any mismatch."""
+    digest = tensors.digest(payload)
+    existing = s.get(Contribution, (run_id, number, silo))
+    if existing is not None:
+        if existing.digest == digest:
+            return existing, False
+        raise Conflict(
+            f"silo {silo!r} already answered round {number} of run {run_id} "
+            f"({existing.kind}, digest {existing.digest}); a second, different update is refused"
+        )
+    _open_round_for(s, run_id, number, silo, "train")
+    spec = spec_of(get_run(s, run_id))
+    try:
+        _, meta = tensors.decode_expected(payload, param_shapes(spec.model))
+    except TensorFormatError as exc:
+        raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
+    n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
+    contribution = Contribution(
+        run_id=run_id,
+        round=number,
+        silo=silo,
+        kind="update",
+        digest=digest,
+        n_examples=n_examples,
+        payload=payload,
+        metrics_json=metrics.model_dump_json() if metrics else None,
+        train_seconds=train_seconds,
+        prefect_flow_run_id=meta.get("prefect_flow_run_id") or None,
+    )
+    s.add(contribution)
+    s.flush()
+    return contribution, True
+
+
+def _update_metadata(
+    meta: dict[str, str], silo: str, number: int, run_id: str
+) -> tuple[int, float | None, Metrics | None]:
+    where = f"update from silo {silo!r} for round {number}"
+    if meta.get("run_id") != run_id or meta.get("round") != str(number):
+        raise InvalidPayload(
+            f"{where}: payload is bound to run {meta.get('run_id')!r} round {meta.get('round')!r}"
+        )
+    try:
+        n_examples = int(meta["n_examples"])
+    except (KeyError, ValueError) as exc:
+        raise InvalidPayload(f"{where}: metadata n_examples is missing or not an integer") from exc
+    if n_examples <= 0:
+        raise InvalidPayload(f"{where}: n_examples must be positive, got {n_examples}")
+    try:
+        train_seconds = float(meta["train_seconds"]) if "train_seconds" in meta else None
+        metrics = Metrics.model_validate_json(meta["metrics"]) if "metrics" in meta else None
+    except (ValueError, ValidationError) as exc:
+        raise InvalidPayload(f"{where}: metadata train_seconds/metrics malformed: {exc}") from exc
+    return n_examples, train_seconds, metrics
+
+
+def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> RunSilo:
+    """A silo declines a whole run (its policy forbids it); later rounds stop waiting for it."""
+    run = get_run(s, run_id, for_update=True)
+    membership = s.get(RunSilo, (run_id, silo))
+    if membership is None:
+        raise Forbidden(f"silo {silo!r} is not a participant of run {run_id}")
+    if membership.status == "refused":
+        return membership
+    membership.status = "refused"
+    membership.reason = reason
+    if run.current_round:
+        rnd = get_round(s, run_id, run.current_round)
+        if rnd.status == "open" and s.get(Contribution, (run_id, rnd.number, silo)) is None:
+            s.add(
+                Contribution(
+                    run_id=run_id, round=rnd.number, silo=silo, kind="refusal", reason=reason
+                )
+            )
+    return membership
+
+
+def submit_evaluation(
+    s: Session, run_id: str, number: int, silo: str, report: MetricsReport
+) -> tuple[Contribution, bool]:
+    existing = s.get(Contribution, (run_id, number, silo))
+    if existing is not None:
+        if (
+            existing.kind == "evaluation"
+            and existing.metrics_json == report.metrics.model_dump_json()
+        ):
+            return existing, False
+        raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
+    _open_round_for(s, run_id, number, silo, "evaluate")
+    contribution = Contribution(
+        run_id=run_id,
+        round=number,
+        silo=silo,
+        kind="evaluation",
+        n_examples=report.metrics.n_test,
+        metrics_json=report.metrics.model_dump_json(),
+        prefect_flow_run_id=report.prefect_flow_run_id,
+    )
+    s.add(contribution)
+    s.flush()
+    return contribution, True

@@ -1,0 +1,261 @@
+"""The lineage ledger table and the one way to write it: `append`.
+
+Entries are append-only (see `ledger_guard` for the triggers), hash-chained and signed; the
+hashing and signing rules live in `schemas.lineage` so that exports and silo copies verify
+without this module.
+
+Concurrency: two writers must never both read the same head and fork the chain.
+``append`` serialises writers inside the caller's transaction before it reads the head:
+
+* PostgreSQL: ``pg_advisory_xact_lock(LEDGER_LOCK_KEY)``, released at commit/rollback. The
+  head is read after the lock is granted, which needs READ COMMITTED (PostgreSQL's default):
+  under REPEATABLE READ the snapshot would predate the lock.
+* SQLite: the first statement of ``append`` is a write to ``ledger_head`` (the lock row), so
+  SQLite takes its single write lock there, waiting up to the busy timeout, exactly like
+  ``BEGIN IMMEDIATE``. This relies on the caller's transaction not having read the database
+  before writing (pysqlite opens its transaction lazily at the first write, so earlier reads
+  run outside it); a transaction that read first and then appends may fail with "database is
+  locked" instead of forking, and should simply be retried.
+
+``ledger_head`` holds the head (seq, entry_hash), so that taking the lock and reading the
+head is one ``UPDATE ... RETURNING``. Independently of the locks, ``seq`` is the primary key
+and ``prev_hash`` is unique, so the database itself refuses a second entry on the same
+predecessor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Integer, String, Text, insert, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from aggregation.service.db import Base
+from schemas.lineage import (
+    GENESIS_HASH,
+    KINDS,
+    SERVICE_AUTHOR,
+    LineageEntry,
+    LineageError,
+    Receipt,
+    make_receipt,
+    make_statement,
+    seal_entry,
+    utc_now_iso,
+    verify_signature,
+)
+
+# "fedsilo" as a big-endian integer: a fixed key that no other advisory lock user will pick.
+LEDGER_LOCK_KEY = int.from_bytes(b"fedsilo", "big")
+
+
+class LedgerAppendError(LineageError):
+    """An entry was refused: unknown kind, bad author, missing or invalid silo signature."""
+
+
+class LedgerEntry(Base):
+    """One row of the append-only ledger (column meanings in `schemas.lineage`)."""
+
+    __tablename__ = "ledger_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    entry_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    author: Mapped[str] = mapped_column(String(80), index=True)
+    author_signature: Mapped[str | None] = mapped_column(String(128))
+    service_signature: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[str] = mapped_column(String(32))
+
+    def to_record(self) -> LineageEntry:
+        """The entry as the shared, exportable model."""
+        return LineageEntry(
+            seq=self.seq,
+            run_id=self.run_id,
+            kind=self.kind,
+            payload=self.payload,
+            prev_hash=self.prev_hash,
+            entry_hash=self.entry_hash,
+            author=self.author,
+            author_signature=self.author_signature,
+            service_signature=self.service_signature,
+            created_at=self.created_at,
+        )
+
+
+class LedgerHead(Base):
+    """The writers' lock row and the head of the chain, rewritten by every append.
+
+    If it were ever stale, the next insert would collide on ``seq`` or ``prev_hash`` and fail
+    rather than fork the chain.
+    """
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+# The tables the migration must create (then call `ledger_guard.install`).
+metadata_tables = (LedgerEntry.__table__, LedgerHead.__table__)
+
+
+_LOCK_HEAD = text("UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq, entry_hash")
+_MOVE_HEAD = text("UPDATE ledger_head SET seq = :seq, entry_hash = :entry_hash WHERE id = 1")
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_INSERT_ENTRY = insert(LedgerEntry.__table__)
+
+
+def _lock_and_read_head(session: Session) -> tuple[int, str]:
+    """Serialise appenders for the rest of the transaction, then read the head (docstring)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(_ADVISORY_LOCK, {"key": LEDGER_LOCK_KEY})
+    row = connection.execute(_LOCK_HEAD).first()
+    if row is not None:
+        return row[0], row[1]
+    # First append on this database: the UPDATE above already holds the write lock (SQLite
+    # locks at the first write statement, matched rows or not), so creating the row is safe.
+    last = connection.execute(
+        select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
+    ).first()
+    seq, entry_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
+    connection.execute(
+        insert(LedgerHead.__table__), {"id": 1, "seq": seq, "entry_hash": entry_hash}
+    )
+    return seq, entry_hash
+
+
+def _check_author_signature(
+    author: str, kind: str, signature: str | None, key: Ed25519PublicKey | None, msg: bytes
+) -> None:
+    if author == SERVICE_AUTHOR:
+        if signature is not None:
+            raise LedgerAppendError(
+                f"{kind} entry by the service: author_signature must be None (the service "
+                "signature covers it)"
+            )
+        return
+    if signature is None:
+        raise LedgerAppendError(
+            f"{kind} entry by {author}: the silo's author_signature over its statement is "
+            "required; have the silo sign it with schemas.lineage.sign_statement"
+        )
+    if key is not None and not verify_signature(key, signature, msg):
+        raise LedgerAppendError(
+            f"{kind} entry by {author}: author_signature does not verify with {author}'s "
+            "registered key; refusing to record it"
+        )
+
+
+def append(
+    session: Session,
+    *,
+    kind: str,
+    payload: Mapping[str, Any] | str,
+    run_id: str | None,
+    author: str,
+    service_key: Ed25519PrivateKey,
+    author_signature: str | None = None,
+    author_key: Ed25519PublicKey | None = None,
+) -> LineageEntry:
+    """Append one entry at the head of the ledger, inside the caller's transaction.
+
+    Parameters
+    ----------
+    session
+        A session inside a transaction (e.g. `db.transaction`); the entry is durable when
+        that transaction commits, and writers are serialised until then.
+    kind
+        One of `schemas.lineage.KINDS`.
+    payload
+        A dict (canonicalised here) or the canonical JSON text a silo signed.
+    run_id
+        The training run, or None for federation-wide events.
+    author
+        ``"service"`` or ``"silo:<name>"``.
+    service_key
+        The service's Ed25519 key; it signs every entry hash.
+    author_signature
+        For silo authors: the silo's `sign_statement` signature (hex) over exactly this
+        content; None for the service.
+    author_key
+        The silo's registered public key; when given, the signature is checked before the
+        entry is written.
+
+    Returns
+    -------
+    LineageEntry
+        The new entry as written (hash, signatures, seq); `receipt` turns it into the silo's
+        receipt.
+
+    Raises
+    ------
+    LedgerAppendError
+        Unknown kind, malformed author or payload, missing or invalid silo signature.
+    """
+    if kind not in KINDS:
+        raise LedgerAppendError(
+            f"unknown ledger kind {kind!r}; known kinds: {sorted(KINDS)} (add new kinds to "
+            "schemas.lineage.KINDS)"
+        )
+    try:
+        statement = make_statement(run_id=run_id, kind=kind, payload=_plain(payload), author=author)
+    except LineageError as exc:
+        raise LedgerAppendError(f"{kind} entry by {author}: {exc}") from exc
+    _check_author_signature(author, kind, author_signature, author_key, statement.message())
+    seq, prev_hash = _lock_and_read_head(session)
+    record = seal_entry(
+        statement,
+        seq=seq + 1,
+        prev_hash=prev_hash,
+        created_at=utc_now_iso(),
+        service_key=service_key,
+        author_signature=author_signature,
+    )
+    # Prepared Core statements on the session's connection, not the unit of work: appending
+    # is the service's hottest write path and the ORM would triple its cost.
+    connection = session.connection()
+    connection.execute(_INSERT_ENTRY, record.model_dump())
+    connection.execute(_MOVE_HEAD, {"seq": record.seq, "entry_hash": record.entry_hash})
+    return record
+
+
+def _plain(payload: Mapping[str, Any] | str) -> dict[str, Any] | str:
+    return payload if isinstance(payload, str) else dict(payload)
+
+
+def head(session: Session) -> LineageEntry | None:
+    """The last entry, or None for an empty ledger."""
+    row = session.scalars(select(LedgerEntry).order_by(LedgerEntry.seq.desc()).limit(1)).first()
+    return row.to_record() if row is not None else None
+
+
+def iter_records(session: Session, *, batch: int = 5000) -> Iterator[LineageEntry]:
+    """Every entry in seq order as `LineageEntry`, read in batches (for verify and export).
+
+    Reads plain rows rather than ORM objects, so a 100k-entry ledger does not fill the
+    session's identity map.
+    """
+    table = LedgerEntry.__table__
+    after = 0
+    while True:
+        rows = session.execute(
+            select(table).where(table.c.seq > after).order_by(table.c.seq).limit(batch)
+        ).mappings()
+        records = [LineageEntry.model_validate(dict(row)) for row in rows]
+        if not records:
+            return
+        yield from records
+        after = records[-1].seq
+
+
+def receipt(entry: LedgerEntry | LineageEntry, service_key: Ed25519PrivateKey) -> Receipt:
+    """The service's signed receipt for `entry`, to hand back to the silo that authored it."""
+    record = entry.to_record() if isinstance(entry, LedgerEntry) else entry
+    return make_receipt(record, service_key)

@@ -1,0 +1,47 @@
+"""The aggregation service's FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from aggregation.service import migrate
+from aggregation.service.db import make_engine, make_sessionmaker
+from aggregation.service.exceptions import ServiceError
+from aggregation.service.routes import federations, runs, silo
+from aggregation.service.settings import ServiceSettings
+
+log = logging.getLogger("fedsilo.service")
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    settings.workspace.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url())
+    migrate.upgrade(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="fedsilo aggregation service", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.admin_token = settings.resolved_admin_token()
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "mode": settings.mode}
+
+    for module in (federations, runs, silo):
+        app.include_router(module.router)
+    return app

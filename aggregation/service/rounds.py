@@ -1,0 +1,131 @@
+"""Rounds: opening, status as the coordinator sees it, and the next task for each silo."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation.service.exceptions import Conflict, NotFound
+from aggregation.service.runs import get_model, get_run, participants, spec_of
+from aggregation.service.tables import Contribution, Round, Run, RunSilo, utcnow
+from schemas.wire import Metrics, RoundOut, SiloRoundState, Task
+
+_STATE_OF_KIND = {"update": "submitted", "refusal": "refused", "evaluation": "evaluated"}
+
+
+def get_round(s: Session, run_id: str, number: int, *, for_update: bool = False) -> Round:
+    stmt = select(Round).where(Round.run_id == run_id, Round.number == number)
+    if for_update:
+        stmt = stmt.with_for_update()
+    rnd = s.scalar(stmt)
+    if rnd is None:
+        raise NotFound(f"round {number} of run {run_id} does not exist")
+    return rnd
+
+
+def open_round(s: Session, run_id: str, number: int, kind: str, deadline_s: float) -> Round:
+    """Open round `number`; opening the current round again returns it (a retried request)."""
+    run = get_run(s, run_id, for_update=True)
+    if run.status != "running":
+        raise Conflict(f"run {run_id} is {run.status}; rounds open only while it is running")
+    if number == run.current_round:
+        return get_round(s, run_id, number)
+    if number != run.current_round + 1:
+        raise Conflict(f"run {run_id} is at round {run.current_round}; cannot open round {number}")
+    if run.current_round:
+        previous = get_round(s, run_id, run.current_round)
+        if previous.status == "open":
+            raise Conflict(f"round {previous.number} of run {run_id} is still open")
+    now = utcnow()
+    rnd = Round(
+        run_id=run_id,
+        number=number,
+        kind=kind,
+        status="open",
+        opened_at=now,
+        deadline_at=now + timedelta(seconds=deadline_s),
+        input_model_version=run.latest_model_version or 0,
+    )
+    s.add(rnd)
+    run.current_round = number
+    s.flush()
+    return rnd
+
+
+def contributions(s: Session, run_id: str, number: int) -> list[Contribution]:
+    stmt = select(Contribution).where(Contribution.run_id == run_id, Contribution.round == number)
+    return list(s.scalars(stmt.order_by(Contribution.silo)))
+
+
+def active_silos(s: Session, run_id: str) -> list[str]:
+    return [p.silo for p in participants(s, run_id) if p.status == "active"]
+
+
+def round_out(s: Session, rnd: Round) -> RoundOut:
+    by_silo = {c.silo: c for c in contributions(s, rnd.run_id, rnd.number)}
+    states: list[SiloRoundState] = []
+    for p in participants(s, rnd.run_id):
+        c = by_silo.get(p.silo)
+        if c is None:
+            reason = p.reason if p.status == "refused" else None
+            state = "refused" if p.status == "refused" else "waiting"
+            states.append(SiloRoundState(silo=p.silo, state=state, reason=reason))
+            continue
+        states.append(
+            SiloRoundState(
+                silo=p.silo,
+                state=_STATE_OF_KIND[c.kind],  # type: ignore[arg-type]
+                reason=c.reason,
+                n_examples=c.n_examples,
+                metrics=Metrics.model_validate_json(c.metrics_json) if c.metrics_json else None,
+                train_seconds=c.train_seconds,
+            )
+        )
+    model_sha = None
+    if rnd.model_version is not None:
+        model_sha = get_model(s, rnd.run_id, rnd.model_version).sha256
+    return RoundOut(
+        run_id=rnd.run_id,
+        round=rnd.number,
+        kind=rnd.kind,  # type: ignore[arg-type]
+        status=rnd.status,  # type: ignore[arg-type]
+        opened_at=rnd.opened_at,
+        deadline_at=rnd.deadline_at,
+        closed_at=rnd.closed_at,
+        complete=all(st.state != "waiting" for st in states),
+        silos=states,
+        model_version=rnd.model_version,
+        model_sha256=model_sha,
+        reason=rnd.reason,
+    )
+
+
+def next_task(s: Session, federation: str, silo: str, run_id: str | None) -> Task | None:
+    """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
+    stmt = (
+        select(Run, RunSilo)
+        .join(RunSilo, RunSilo.run_id == Run.id)
+        .where(Run.federation == federation, RunSilo.silo == silo)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    else:
+        stmt = stmt.where(Run.status == "running", RunSilo.status == "active")
+    for run, membership in s.execute(stmt.order_by(Run.created_at)).all():
+        if run.status in ("finished", "failed") or membership.status != "active":
+            return Task(type="run_ended", run_id=run.id, run_status=run.status)
+        if run.status != "running" or run.current_round == 0:
+            continue
+        rnd = get_round(s, run.id, run.current_round)
+        if rnd.status != "open" or s.get(Contribution, (run.id, rnd.number, silo)) is not None:
+            continue
+        return Task(
+            type="train" if rnd.kind == "train" else "evaluate",
+            run_id=run.id,
+            round=rnd.number,
+            model_version=rnd.input_model_version,
+            spec=spec_of(run),
+        )
+    return None

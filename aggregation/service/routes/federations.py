@@ -1,0 +1,57 @@
+"""Federations and silo enrolment."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from aggregation.service import federations as crud
+from aggregation.service.db import transaction
+from aggregation.service.deps import AdminDep, FactoryDep
+from schemas.wire import EnrolRequest, FederationCreate, FederationOut, SiloOut
+
+router = APIRouter(prefix="/v1", tags=["federations"])
+
+
+@router.post("/federations", status_code=201, dependencies=[AdminDep])
+def create_federation(body: FederationCreate, factory: FactoryDep) -> FederationOut:
+    with transaction(factory) as s:
+        return crud.federation_out(
+            crud.create_federation(s, name=body.name, description=body.description)
+        )
+
+
+@router.get("/federations", dependencies=[AdminDep])
+def list_federations(factory: FactoryDep) -> list[FederationOut]:
+    from sqlalchemy import select
+
+    from aggregation.service.tables import Federation
+
+    with transaction(factory) as s:
+        return [
+            crud.federation_out(f) for f in s.scalars(select(Federation).order_by(Federation.name))
+        ]
+
+
+@router.get("/federations/{federation}/silos", dependencies=[AdminDep])
+def list_silos(federation: str, factory: FactoryDep) -> list[SiloOut]:
+    with transaction(factory) as s:
+        return [crud.silo_out(x) for x in crud.list_silos(s, federation)]
+
+
+@router.post("/federations/{federation}/silos/{silo}/approve", dependencies=[AdminDep])
+def approve_silo(federation: str, silo: str, factory: FactoryDep) -> SiloOut:
+    with transaction(factory) as s:
+        return crud.silo_out(crud.set_silo_status(s, federation, silo, "approved"))
+
+
+@router.post("/federations/{federation}/silos/{silo}/revoke", dependencies=[AdminDep])
+def revoke_silo(federation: str, silo: str, factory: FactoryDep) -> SiloOut:
+    with transaction(factory) as s:
+        return crud.silo_out(crud.set_silo_status(s, federation, silo, "revoked"))
+
+
+@router.post("/enrol", status_code=201)
+def enrol(body: EnrolRequest, factory: FactoryDep) -> SiloOut:
+    """A silo presents its public key and proves it holds the private key."""
+    with transaction(factory) as s:
+        return crud.silo_out(crud.enrol(s, body))

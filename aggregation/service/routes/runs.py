@@ -1,0 +1,122 @@
+"""Coordinator endpoints for runs and rounds."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from aggregation.service import rounds as round_crud
+from aggregation.service import runs as run_crud
+from aggregation.service.closing import close_round
+from aggregation.service.db import transaction
+from aggregation.service.deps import AdminDep, FactoryDep, SettingsDep, read_limited_body
+from aggregation.service.routes.polling import long_poll
+from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
+
+
+@router.post("", status_code=201)
+def create_run(body: RunCreate, factory: FactoryDep) -> RunOut:
+    with transaction(factory) as s:
+        return run_crud.run_out(s, run_crud.create_run(s, body.spec, body.prefect_flow_run_id))
+
+
+@router.get("")
+def list_runs(factory: FactoryDep, federation: str | None = None, limit: int = 50) -> list[RunOut]:
+    with transaction(factory) as s:
+        return [run_crud.run_out(s, r) for r in run_crud.list_runs(s, federation, limit)]
+
+
+@router.get("/{run_id}")
+def get_run(run_id: str, factory: FactoryDep) -> RunOut:
+    with transaction(factory) as s:
+        return run_crud.run_out(s, run_crud.get_run(s, run_id))
+
+
+@router.put("/{run_id}/models/0", status_code=201)
+async def put_initial_model(run_id: str, request: Request, settings: SettingsDep) -> dict[str, str]:
+    payload = await read_limited_body(request, settings.max_body_bytes)
+    factory = request.app.state.sessions
+
+    def store() -> str:
+        with transaction(factory) as s:
+            return run_crud.put_initial_model(s, run_id, payload).sha256
+
+    from starlette.concurrency import run_in_threadpool
+
+    return {"sha256": await run_in_threadpool(store)}
+
+
+@router.post("/{run_id}/start")
+def start_run(run_id: str, factory: FactoryDep) -> RunOut:
+    with transaction(factory) as s:
+        return run_crud.run_out(s, run_crud.start_run(s, run_id))
+
+
+@router.post("/{run_id}/finish")
+def finish_run(run_id: str, body: RunFinish, factory: FactoryDep) -> RunOut:
+    with transaction(factory) as s:
+        return run_crud.run_out(s, run_crud.finish_run(s, run_id, body.status, body.reason))
+
+
+@router.post("/{run_id}/rounds", status_code=201)
+def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
+    with transaction(factory) as s:
+        rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
+        return round_crud.round_out(s, rnd)
+
+
+@router.get("/{run_id}/rounds")
+def list_rounds(run_id: str, factory: FactoryDep) -> list[RoundOut]:
+    from sqlalchemy import select
+
+    from aggregation.service.tables import Round
+
+    with transaction(factory) as s:
+        run_crud.get_run(s, run_id)
+        rows = s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.number))
+        return [round_crud.round_out(s, r) for r in rows]
+
+
+@router.get("/{run_id}/rounds/{number}")
+async def get_round(
+    run_id: str,
+    number: int,
+    factory: FactoryDep,
+    settings: SettingsDep,
+    wait: Annotated[float, Query(ge=0, description="long-poll until complete, seconds")] = 0,
+) -> RoundOut:
+    def check(final: bool) -> RoundOut | None:
+        with transaction(factory) as s:
+            out = round_crud.round_out(s, round_crud.get_round(s, run_id, number))
+        return out if (final or out.complete or out.status != "open") else None
+
+    result = await long_poll(
+        lambda: check(False), min(wait, settings.long_poll_max_s), settings.poll_interval_s
+    )
+    if result is None:
+        from starlette.concurrency import run_in_threadpool
+
+        result = await run_in_threadpool(check, True)
+    assert result is not None
+    return result
+
+
+@router.post("/{run_id}/rounds/{number}/close")
+def close(run_id: str, number: int, factory: FactoryDep) -> RoundOut:
+    """Aggregate a training round (or close an evaluation round) with what has arrived."""
+    with transaction(factory) as s:
+        return round_crud.round_out(s, close_round(s, run_id, number))
+
+
+@router.get("/{run_id}/models/{version}/admin", response_class=Response)
+def download_model_admin(run_id: str, version: int, factory: FactoryDep) -> Response:
+    with transaction(factory) as s:
+        model = run_crud.get_model(s, run_id, version)
+        return Response(
+            model.payload,
+            media_type="application/octet-stream",
+            headers={"X-Fedsilo-Sha256": model.sha256},
+        )

@@ -1,0 +1,104 @@
+"""Endpoints silo agents call, every one authenticated by the silo's request signature."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from aggregation.service import contributions as crud
+from aggregation.service.db import transaction
+from aggregation.service.deps import FactoryDep, SettingsDep, SiloDep
+from aggregation.service.exceptions import Forbidden, InvalidPayload
+from aggregation.service.rounds import next_task
+from aggregation.service.routes.polling import long_poll
+from aggregation.service.runs import get_model
+from aggregation.service.tables import RunSilo
+from schemas.wire import MetricsReport, Refusal, SiloOut, Task
+
+router = APIRouter(prefix="/v1", tags=["silo"])
+
+
+@router.get("/silo/me")
+def whoami(silo: SiloDep, factory: FactoryDep) -> SiloOut:
+    from aggregation.service.federations import find_silo, silo_out
+
+    with transaction(factory) as s:
+        row = find_silo(s, silo.federation, silo.name)
+        assert row is not None
+        return silo_out(row)
+
+
+@router.get(
+    "/silo/tasks", response_model=None, responses={204: {"description": "no work within the wait"}}
+)
+async def poll_task(
+    silo: SiloDep,
+    factory: FactoryDep,
+    settings: SettingsDep,
+    wait: Annotated[float, Query(ge=0)] = 0,
+    run_id: str | None = None,
+) -> Task | Response:
+    """Long-poll for the silo's next task (optionally within one run)."""
+
+    def check() -> Task | None:
+        with transaction(factory) as s:
+            return next_task(s, silo.federation, silo.name, run_id)
+
+    task = await long_poll(check, min(wait, settings.long_poll_max_s), settings.poll_interval_s)
+    return task if task is not None else Response(status_code=204)
+
+
+@router.get("/silo/runs/{run_id}/models/{version}", response_class=Response)
+def download_model(run_id: str, version: int, silo: SiloDep, factory: FactoryDep) -> Response:
+    with transaction(factory) as s:
+        if s.get(RunSilo, (run_id, silo.name)) is None:
+            raise Forbidden(f"silo {silo.name!r} is not a participant of run {run_id}")
+        model = get_model(s, run_id, version)
+        return Response(
+            model.payload,
+            media_type="application/octet-stream",
+            headers={"X-Fedsilo-Sha256": model.sha256},
+        )
+
+
+@router.post("/silo/runs/{run_id}/rounds/{number}/update")
+async def submit_update(
+    run_id: str, number: int, silo: SiloDep, factory: FactoryDep, response: Response
+) -> dict[str, object]:
+    def store() -> tuple[str, bool]:
+        with transaction(factory) as s:
+            c, created = crud.submit_update(s, run_id, number, silo.name, silo.body)
+            return c.digest or "", created
+
+    digest, created = await run_in_threadpool(store)
+    response.status_code = 201 if created else 200
+    return {"digest": digest, "counted_once": True, "duplicate": not created}
+
+
+@router.post("/silo/runs/{run_id}/rounds/{number}/evaluation")
+def submit_evaluation(
+    run_id: str, number: int, silo: SiloDep, factory: FactoryDep, response: Response
+) -> dict[str, object]:
+    report = _parse(MetricsReport, silo.body, silo.name)
+    with transaction(factory) as s:
+        _, created = crud.submit_evaluation(s, run_id, number, silo.name, report)
+    response.status_code = 201 if created else 200
+    return {"duplicate": not created}
+
+
+@router.post("/silo/runs/{run_id}/refusal")
+def refuse_run(run_id: str, silo: SiloDep, factory: FactoryDep) -> dict[str, str]:
+    refusal = _parse(Refusal, silo.body, silo.name)
+    with transaction(factory) as s:
+        crud.submit_refusal(s, run_id, silo.name, refusal.reason)
+    return {"status": "refused"}
+
+
+def _parse(model, body: bytes, silo: str):  # type: ignore[no-untyped-def]
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidPayload(f"{model.__name__} from silo {silo!r} is malformed: {exc}") from exc

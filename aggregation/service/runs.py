@@ -1,0 +1,133 @@
+"""Training runs: creation with a participant list and an initial model, start, finish."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation.service.exceptions import Conflict, InvalidPayload, NotFound
+from aggregation.service.federations import get_federation
+from aggregation.service.tables import ModelVersion, Run, RunSilo, Silo, utcnow
+from schemas import tensors
+from schemas.exceptions import TensorFormatError
+from schemas.specs import RunSpec, param_shapes
+from schemas.wire import RunOut
+
+
+def spec_of(run: Run) -> RunSpec:
+    return RunSpec.model_validate_json(run.spec_json)
+
+
+def get_run(s: Session, run_id: str, *, for_update: bool = False) -> Run:
+    stmt = select(Run).where(Run.id == run_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    run = s.scalar(stmt)
+    if run is None:
+        raise NotFound(f"run {run_id!r} does not exist")
+    return run
+
+
+def create_run(s: Session, spec: RunSpec, prefect_flow_run_id: str | None) -> Run:
+    """Create a run whose participants are the named (or all) approved silos."""
+    get_federation(s, spec.federation)
+    approved = set(
+        s.scalars(
+            select(Silo.name).where(Silo.federation == spec.federation, Silo.status == "approved")
+        )
+    )
+    wanted = set(spec.silos) or approved
+    not_approved = sorted(wanted - approved)
+    if not_approved:
+        raise Conflict(f"silos {not_approved} are not approved members of {spec.federation!r}")
+    if len(wanted) < spec.min_silos:
+        raise Conflict(
+            f"run needs min_silos={spec.min_silos} but federation {spec.federation!r} has "
+            f"{len(wanted)} approved silos: {sorted(wanted)}"
+        )
+    run = Run(
+        id=uuid.uuid4().hex,
+        federation=spec.federation,
+        status="created",
+        spec_json=spec.model_dump_json(),
+        prefect_flow_run_id=prefect_flow_run_id,
+    )
+    s.add(run)
+    s.flush()
+    s.add_all(RunSilo(run_id=run.id, silo=name) for name in sorted(wanted))
+    return run
+
+
+def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
+    run = get_run(s, run_id, for_update=True)
+    if run.status != "created":
+        raise Conflict(f"run {run_id} is {run.status}; the initial model is set before it starts")
+    try:
+        tensors.decode_expected(payload, param_shapes(spec_of(run).model))
+    except TensorFormatError as exc:
+        raise InvalidPayload(f"initial model for run {run_id}: {exc}") from exc
+    existing = s.get(ModelVersion, (run_id, 0))
+    if existing is not None:
+        s.delete(existing)
+        s.flush()
+    model = ModelVersion(run_id=run_id, version=0, sha256=tensors.digest(payload), payload=payload)
+    s.add(model)
+    run.latest_model_version = 0
+    return model
+
+
+def start_run(s: Session, run_id: str) -> Run:
+    run = get_run(s, run_id, for_update=True)
+    if run.status == "running":
+        return run
+    if run.status != "created":
+        raise Conflict(f"run {run_id} is {run.status} and cannot start")
+    if run.latest_model_version is None:
+        raise Conflict(f"run {run_id} has no initial model; PUT /v1/runs/{run_id}/models/0 first")
+    run.status = "running"
+    return run
+
+
+def finish_run(s: Session, run_id: str, status: str, reason: str) -> Run:
+    run = get_run(s, run_id, for_update=True)
+    if run.status in ("finished", "failed"):
+        return run
+    run.status = status
+    run.reason = reason or None
+    run.finished_at = utcnow()
+    return run
+
+
+def get_model(s: Session, run_id: str, version: int) -> ModelVersion:
+    model = s.get(ModelVersion, (run_id, version))
+    if model is None:
+        raise NotFound(f"run {run_id} has no model version {version}")
+    return model
+
+
+def participants(s: Session, run_id: str) -> list[RunSilo]:
+    return list(s.scalars(select(RunSilo).where(RunSilo.run_id == run_id).order_by(RunSilo.silo)))
+
+
+def list_runs(s: Session, federation: str | None = None, limit: int = 50) -> list[Run]:
+    stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
+    if federation:
+        stmt = stmt.where(Run.federation == federation)
+    return list(s.scalars(stmt))
+
+
+def run_out(s: Session, run: Run) -> RunOut:
+    return RunOut(
+        run_id=run.id,
+        federation=run.federation,
+        status=run.status,  # type: ignore[arg-type]
+        spec=spec_of(run),
+        participants=[p.silo for p in participants(s, run.id)],
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        reason=run.reason,
+        latest_model_version=run.latest_model_version,
+        prefect_flow_run_id=run.prefect_flow_run_id,
+    )

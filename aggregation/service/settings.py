@@ -1,0 +1,46 @@
+"""Service settings, read from FEDSILO_SERVICE_* environment variables or passed in."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDSILO_SERVICE_", extra="forbid")
+
+    workspace: Path = Field(default=Path("fedsilo-service"), description="keys, tokens, exports")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in workspace")
+    host: str = "127.0.0.1"
+    port: int = 8700
+    mode: Literal["development", "production"] = "development"
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    long_poll_max_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=0.02, gt=0)
+    admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.workspace / 'service.db').resolve()}"
+
+    def resolved_admin_token(self) -> str:
+        """The coordinator's bearer token; created once (0600) in the workspace if not given."""
+        if self.admin_token:
+            return self.admin_token
+        return ensure_admin_token(self.workspace)
+
+
+def ensure_admin_token(workspace: Path) -> str:
+    path = workspace / "admin.token"
+    if path.exists():
+        return path.read_text().strip()
+    workspace.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token

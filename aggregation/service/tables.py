@@ -1,0 +1,123 @@
+"""The service's tables. Every piece of federation state lives in these rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from aggregation.service.db import Base
+
+
+def utcnow() -> datetime:
+    """Naive UTC, stored the same way on SQLite and PostgreSQL."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Federation(Base):
+    __tablename__ = "federations"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Silo(Base):
+    __tablename__ = "silos"
+    __table_args__ = (UniqueConstraint("federation", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    federation: Mapped[str] = mapped_column(ForeignKey("federations.name"))
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    enrolled_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    approved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Nonce(Base):
+    """Nonces seen within the clock-skew window; the primary key makes a replay fail."""
+
+    __tablename__ = "nonces"
+    silo_id: Mapped[int] = mapped_column(ForeignKey("silos.id"), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    federation: Mapped[str] = mapped_column(ForeignKey("federations.name"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="created", index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class RunSilo(Base):
+    __tablename__ = "run_silos"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    silo: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="train")
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    opened_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    deadline_at: Mapped[datetime] = mapped_column(DateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    input_model_version: Mapped[int] = mapped_column(Integer, default=0)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Contribution(Base):
+    """One silo's answer in one round: an update, a refusal, or an evaluation.
+
+    The primary key (run, round, silo) is what makes a resubmission after a crash count once.
+    """
+
+    __tablename__ = "contributions"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "round"], ["rounds.run_id", "rounds.number"]),
+    )
+    run_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    n_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    metrics_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "models"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -1,0 +1,299 @@
+"""The `fedsilo` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from flows.processes import TELEMETRY_OFF
+
+for _k, _v in TELEMETRY_OFF.items():
+    os.environ.setdefault(_k, _v)
+
+console = Console()
+app = typer.Typer(
+    help="fedsilo: cross-silo federated learning with silo agents, an aggregation service and "
+    "verifiable lineage. Start with `fedsilo demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+aggregator_app = typer.Typer(
+    help="Run the aggregation service (the federation's hub).", no_args_is_help=True
+)
+silo_app = typer.Typer(
+    help="Run and manage silo agents (one per institution).", no_args_is_help=True
+)
+runs_app = typer.Typer(help="Look at training runs and their rounds.", no_args_is_help=True)
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(silo_app, name="silo")
+app.add_typer(runs_app, name="runs")
+
+ServiceUrls = Annotated[
+    list[str],
+    typer.Option(
+        "--service-url",
+        envvar="FEDSILO_SERVICE_URL",
+        help="Aggregation service address; repeat for failover.",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="FEDSILO_ADMIN_TOKEN", help="Coordinator's admin token."),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File holding the admin token (the service "
+        "writes WORKSPACE/admin.token on first start).",
+    ),
+]
+
+
+def _token(token: str | None, token_file: Path | None) -> str:
+    if token:
+        return token
+    if token_file:
+        return token_file.read_text().strip()
+    raise typer.BadParameter("give --token, --token-file or set FEDSILO_ADMIN_TOKEN")
+
+
+@app.command()
+def demo(
+    workspace: Annotated[
+        Path, typer.Option(help="Folder for every process's data, keys, logs.")
+    ] = Path("demo-workspace"),
+    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "",
+    strategy: Annotated[
+        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi or fedadagrad.")
+    ] = "",
+    rounds: Annotated[
+        int, typer.Option(help="Training rounds (0 = the demo's tuned default).")
+    ] = 0,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the service, agents and Prefect UI "
+            "running after the run; Ctrl+C stops them."
+        ),
+    ] = False,
+    prefect_port: Annotated[int, typer.Option(help="Port of the demo's Prefect server.")] = 4200,
+    service_port: Annotated[
+        int, typer.Option(help="Port of the demo's aggregation service.")
+    ] = 8700,
+) -> None:
+    """Run a whole federation on this machine: four hospitals of the UCI heart-disease data,
+    one silo agent process each, a Prefect server and the aggregation service on 127.0.0.1,
+    then compare the federated model with each hospital alone and with pooled training."""
+    from flows.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            workspace=workspace,
+            model=model,
+            strategy=strategy,
+            rounds=rounds,
+            keep_running=keep_running,
+            prefect_port=prefect_port,
+            service_port=service_port,
+        ),
+        console,
+    )
+
+
+@aggregator_app.command("serve")
+def aggregator_serve(
+    workspace: Annotated[
+        Path, typer.Option(help="Service folder: SQLite database, admin token.")
+    ] = Path("fedsilo-service"),
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to bind; keep 127.0.0.1 unless a TLS proxy fronts the service."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDSILO_SERVICE_DATABASE_URL",
+            help="SQLAlchemy URL (PostgreSQL in production); empty = SQLite in the workspace.",
+        ),
+    ] = "",
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, MiB.")] = 64.0,
+) -> None:
+    """Start the aggregation service. All state is in its database: stop or kill it at any
+    time and start it again to carry on."""
+    import uvicorn
+
+    from aggregation.service.main import create_app
+    from aggregation.service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        workspace=workspace,
+        host=host,
+        port=port,
+        database_url=database_url,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+    )
+    application = create_app(settings)
+    console.print(
+        f"aggregation service on http://{host}:{port} (database "
+        f"{settings.resolved_database_url().split('@')[-1]}); admin token in "
+        f"{workspace / 'admin.token'}"
+    )
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=30)
+
+
+@silo_app.command("start")
+def silo_start(
+    config: Annotated[Path, typer.Option("--config", help="The silo's silo.toml.")],
+    max_runs: Annotated[int | None, typer.Option(help="Exit after serving this many runs.")] = None,
+) -> None:
+    """Start this institution's silo agent: it creates its key on first start, enrols, waits for
+    approval, then serves training runs. It only makes outbound connections."""
+    from silos.config import load_silo_config
+    from silos.exceptions import SiloConfigError
+
+    try:
+        cfg = load_silo_config(config)
+    except SiloConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if cfg.prefect.api_url:
+        os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from silos.agent import run_agent
+
+    try:
+        run_agent(str(config), max_runs=max_runs)
+    except KeyboardInterrupt:
+        console.print(f"silo {cfg.silo.name}: stopped")
+
+
+@silo_app.command("approve")
+def silo_approve(
+    name: Annotated[str, typer.Argument(help="Silo name as it enrolled.")],
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Approve an enrolled silo (coordinator): after this its agent may take part in runs."""
+    from aggregation.client import CoordinatorClient
+
+    client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
+    out = client.approve(federation, name)
+    console.print(f"silo {out.name} in {out.federation}: {out.status} (key {out.public_key[:16]}…)")
+
+
+@app.command()
+def train(
+    federation: Annotated[str, typer.Option(help="Federation to train in.")],
+    dataset: Annotated[str, typer.Option(help="Data contract name the silos hold.")],
+    n_features: Annotated[
+        int, typer.Option(help="Model input width (from the contract's pipeline).")
+    ],
+    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
+    hidden: Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")] = [],
+    strategy: Annotated[
+        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad.")
+    ] = "fedavg",
+    server_lr: Annotated[float, typer.Option(help="Server learning rate.")] = 1.0,
+    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.0,
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
+    min_silos: Annotated[int, typer.Option(help="Fewest silos a round may aggregate.")] = 2,
+    round_deadline_s: Annotated[
+        float, typer.Option(help="Seconds a round waits for silos.")
+    ] = 120.0,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many rounds without improvement; 0 never.")
+    ] = 0,
+    output_dir: Annotated[Path, typer.Option(help="Where the final model is saved.")] = Path(
+        "models"
+    ),
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Run the coordinator flow once (a Prefect flow run) against a running service."""
+    from flows.coordinator import federated_training
+    from schemas.specs import ModelSpec, StrategySpec, TrainingSpec
+
+    result = federated_training(
+        service_urls=service_url,
+        admin_token=_token(token, token_file),
+        federation=federation,
+        dataset=dataset,
+        model=ModelSpec(kind=model, n_features=n_features, hidden=tuple(hidden)),  # type: ignore[arg-type]
+        strategy=StrategySpec(name=strategy, server_lr=server_lr, mu=mu),  # type: ignore[arg-type]
+        training=TrainingSpec(local_epochs=local_epochs, lr=lr, batch_size=batch_size),
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=round_deadline_s,
+        patience=patience,
+        output_dir=str(output_dir),
+    )
+    console.print(
+        f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
+    )
+
+
+@runs_app.command("list")
+def runs_list(
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    federation: Annotated[str | None, typer.Option(help="Only this federation.")] = None,
+) -> None:
+    """List recent training runs with their status."""
+    from aggregation.client import CoordinatorClient
+
+    client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
+    table = Table("run", "federation", "status", "model", "rounds", "silos", "created", "reason")
+    for r in client.list_runs(federation):
+        table.add_row(
+            r.run_id,
+            r.federation,
+            r.status,
+            r.spec.model.kind,
+            str(r.latest_model_version or 0),
+            ", ".join(r.participants),
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.reason or "",
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id (from `fedsilo runs list`).")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Show one run: its spec, participants and a row per round (who answered, metrics)."""
+    from aggregation.client import CoordinatorClient
+    from flows.render import round_table
+
+    client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
+    run = client.get_run(run_id)
+    console.print(
+        f"run {run.run_id} in {run.federation}: [bold]{run.status}[/bold] "
+        f"{run.reason or ''}\nspec: {run.spec.model_dump_json()}\n"
+        f"prefect flow run: {run.prefect_flow_run_id}"
+    )
+    console.print(round_table(client.rounds(run_id)))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,228 @@
+"""The coordinator's Prefect flow `federated_training`: one flow run per training run.
+
+It opens rounds on the aggregation service, waits for the silos with a deadline, has the
+service aggregate, follows the silos' evaluation of each global model, stops early on a
+plateau, and publishes a table artifact of per-round metrics plus the final model's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from aggregation.client import CoordinatorClient
+from flows.exceptions import RunFailed
+from schemas import tensors
+from schemas.specs import ModelSpec, RunSpec, StrategySpec, TrainingSpec, param_shapes
+from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish
+from silos.torch_model import build_model, get_params
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    kind: str
+    status: str
+    contributors: list[str]
+    waiting: list[str]
+    refused: dict[str, str]
+    wall_seconds: float
+    slowest_train_seconds: float
+    evaluated_version: int
+    loss: float | None
+    accuracy: float | None
+    auc: float | None
+    model_sha256: str | None = None
+    per_silo: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    @property
+    def overhead_seconds(self) -> float:
+        return self.wall_seconds - self.slowest_train_seconds
+
+
+def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
+    """Weighted (by holdout size) metrics of the model the silos evaluated in this round."""
+    evaluated = [s for s in out.silos if s.metrics is not None]
+    total = sum(s.metrics.n_test for s in evaluated if s.metrics) or 0
+
+    def mean(attr: str) -> float | None:
+        vals = [(getattr(s.metrics, attr), s.metrics.n_test) for s in evaluated if s.metrics]
+        vals = [(v, n) for v, n in vals if v is not None]
+        if not vals or total == 0:
+            return None
+        return sum(v * n for v, n in vals) / sum(n for _, n in vals)
+
+    return RoundRecord(
+        round=out.round,
+        kind=out.kind,
+        status=out.status,
+        contributors=[s.silo for s in out.silos if s.state in ("submitted", "evaluated")],
+        waiting=[s.silo for s in out.silos if s.state == "waiting"],
+        refused={s.silo: s.reason or "" for s in out.silos if s.state == "refused"},
+        wall_seconds=wall_seconds,
+        slowest_train_seconds=max((s.train_seconds or 0.0 for s in out.silos), default=0.0),
+        evaluated_version=out.round - 1 if out.kind == "train" else out.round - 1,
+        loss=mean("loss"),
+        accuracy=mean("accuracy"),
+        auc=mean("auc"),
+        model_sha256=out.model_sha256,
+        per_silo={
+            s.silo: {"accuracy": s.metrics.accuracy, "auc": s.metrics.auc, "loss": s.metrics.loss}
+            for s in evaluated
+            if s.metrics
+        },
+    )
+
+
+@task(cache_policy=NO_CACHE, name="create-run")
+def create_run(client: CoordinatorClient, spec: RunSpec) -> str:
+    run = client.create_run(RunCreate(spec=spec, prefect_flow_run_id=str(flow_run.get_id() or "")))
+    model = build_model(spec.model, seed=spec.training.seed)
+    names = [n for n, _ in param_shapes(spec.model)]
+    payload = tensors.encode(dict(zip(names, get_params(model), strict=True)), {"version": "0"})
+    client.put_initial_model(run.run_id, payload)
+    client.start_run(run.run_id)
+    get_run_logger().info("run %s started with silos %s", run.run_id, run.participants)
+    return run.run_id
+
+
+@task(cache_policy=NO_CACHE, name="run-round", task_run_name="round-{number}-{kind}")
+def run_round(
+    client: CoordinatorClient, run_id: str, number: int, kind: str, deadline_s: float
+) -> RoundRecord:
+    """Open a round, wait until every silo answered or the deadline passed, then close it."""
+    started = time.monotonic()
+    client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
+    deadline = started + deadline_s
+    while True:
+        remaining = deadline - time.monotonic()
+        out = client.wait_round(run_id, number, wait_s=max(0.0, min(remaining, 20.0)))
+        if out.complete or out.status != "open" or remaining <= 0:
+            break
+    if out.status == "open":
+        late = [s.silo for s in out.silos if s.state == "waiting"]
+        if late:
+            get_run_logger().warning("round %d: deadline passed without %s", number, late)
+        out = client.close_round(run_id, number)
+    record = summarize_round(out, time.monotonic() - started)
+    if out.status == "failed":
+        raise RunFailed(out.reason or f"round {number} failed")
+    return record
+
+
+@task(cache_policy=NO_CACHE, name="save-model")
+def save_model(
+    client: CoordinatorClient, run_id: str, version: int, output_dir: Path
+) -> tuple[str, str]:
+    payload = client.download_model(run_id, version)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{run_id}-v{version}.safetensors"
+    path.write_bytes(payload)
+    sha = hashlib.sha256(payload).hexdigest()
+    (output_dir / f"{path.name}.sha256").write_text(f"{sha}  {path.name}\n")
+    return str(path), sha
+
+
+def _plateaued(records: list[RoundRecord], patience: int) -> bool:
+    losses = [r.loss for r in records if r.loss is not None]
+    if patience <= 0 or len(losses) <= patience:
+        return False
+    best_before = min(losses[:-patience])
+    return min(losses[-patience:]) >= best_before - 1e-4
+
+
+def _publish(records: list[RoundRecord], run_id: str, model_path: str, sha: str) -> None:
+    rows = [
+        {
+            "round": r.round,
+            "kind": r.kind,
+            "model evaluated": f"v{r.evaluated_version}",
+            "silos": ", ".join(r.contributors),
+            "refused": "; ".join(f"{k}: {v}" for k, v in r.refused.items()),
+            "loss": None if r.loss is None else round(r.loss, 4),
+            "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
+            "auc": None if r.auc is None else round(r.auc, 4),
+            "wall s": round(r.wall_seconds, 3),
+            "overhead s": round(r.overhead_seconds, 3),
+        }
+        for r in records
+    ]
+    create_table_artifact(
+        key=f"rounds-{run_id}",
+        table=rows,
+        description=f"Per-round metrics of federated run {run_id}",
+    )
+    create_markdown_artifact(
+        key=f"model-{run_id}",
+        markdown=f"# Run `{run_id}`\n\nFinal model: `{model_path}`\n\nsha256: `{sha}`\n",
+    )
+
+
+@flow(name="federated_training", flow_run_name="{federation}-{dataset}")
+def federated_training(
+    service_urls: list[str],
+    admin_token: str,
+    federation: str,
+    dataset: str,
+    model: ModelSpec,
+    strategy: StrategySpec = StrategySpec(),
+    training: TrainingSpec = TrainingSpec(),
+    rounds: int = 10,
+    min_silos: int = 2,
+    round_deadline_s: float = 120.0,
+    patience: int = 0,
+    silos: list[str] | None = None,
+    output_dir: str = "models",
+) -> dict[str, object]:
+    """Train a global model across the federation's silos and save it with its sha256."""
+    logger = get_run_logger()
+    spec = RunSpec(
+        federation=federation,
+        dataset=dataset,
+        model=model,
+        strategy=strategy,
+        training=training,
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=round_deadline_s,
+        patience=patience,
+        silos=tuple(silos or ()),
+    )
+    client = CoordinatorClient(service_urls, token=admin_token)
+    run_id = create_run(client, spec)
+    records: list[RoundRecord] = []
+    try:
+        for number in range(1, spec.rounds + 1):
+            records.append(run_round(client, run_id, number, "train", spec.round_deadline_s))
+            logger.info(
+                "round %d: silos %s, model v%d loss %s",
+                number,
+                records[-1].contributors,
+                records[-1].evaluated_version,
+                records[-1].loss,
+            )
+            if _plateaued(records, spec.patience):
+                logger.info("stopping early: no improvement in %d rounds", spec.patience)
+                break
+        final = records[-1].round
+        records.append(run_round(client, run_id, final + 1, "evaluate", spec.round_deadline_s))
+    except RunFailed as exc:
+        client.finish_run(run_id, RunFinish(status="failed", reason=str(exc)))
+        raise
+    client.finish_run(run_id, RunFinish(status="finished", final_model_version=final))
+    model_path, sha = save_model(client, run_id, final, Path(output_dir))
+    _publish(records, run_id, model_path, sha)
+    return {
+        "run_id": run_id,
+        "model_path": model_path,
+        "model_sha256": sha,
+        "final_version": final,
+        "rounds": [asdict(r) for r in records],
+    }

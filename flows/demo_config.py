@@ -1,0 +1,23 @@
+"""Settings of the heart-disease demo, chosen with `bench/tune_heart_demo.py`."""
+
+from __future__ import annotations
+
+from schemas.specs import ModelSpec, RunSpec, StrategySpec, TrainingSpec
+
+DEMO_TEST_FRACTION = 0.25
+DEMO_SPLIT_SEED = 42
+
+
+def heart_demo_spec(n_features: int) -> RunSpec:
+    """The demo's run: FedAvg over the four UCI heart-disease hospitals."""
+    return RunSpec(
+        federation="heart",
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=n_features),
+        strategy=StrategySpec(name="fedavg"),
+        training=TrainingSpec(local_epochs=2, batch_size=32, lr=0.1, optimizer="sgd", seed=0),
+        rounds=20,
+        min_silos=3,
+        round_deadline_s=60.0,
+        patience=0,
+    )

@@ -1,0 +1,53 @@
+"""Rich tables shared by the CLI and the demo."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from schemas.wire import RoundOut
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def round_table(rounds: list[RoundOut]) -> Table:
+    """One row per round: who answered, who refused or is late, and the evaluated metrics.
+
+    Metrics in a training round are the silos' evaluation of the model the round started from
+    (version round-1), weighted by holdout size; an evaluation round scores the final model.
+    """
+    table = Table(
+        "round",
+        "kind",
+        "status",
+        "answered",
+        "refused / late",
+        "acc",
+        "AUC",
+        "model",
+        title="rounds (metrics: model the round started from)",
+    )
+    for r in rounds:
+        answered = [s for s in r.silos if s.state in ("submitted", "evaluated")]
+        others = [
+            f"{s.silo}: {s.state}" + (f" ({s.reason})" if s.reason else "")
+            for s in r.silos
+            if s.state in ("refused", "waiting")
+        ]
+        scored = [s.metrics for s in answered if s.metrics]
+        n = sum(m.n_test for m in scored)
+        acc = sum(m.accuracy * m.n_test for m in scored) / n if n else None
+        aucs = [(m.auc, m.n_test) for m in scored if m.auc is not None]
+        auc = sum(a * k for a, k in aucs) / sum(k for _, k in aucs) if aucs else None
+        table.add_row(
+            str(r.round),
+            r.kind,
+            r.status,
+            f"{len(answered)}/{len(r.silos)}",
+            "; ".join(others) or "-",
+            _fmt(acc),
+            _fmt(auc),
+            f"v{r.model_version} {r.model_sha256[:10]}" if r.model_sha256 else "-",
+        )
+    return table

@@ -1,0 +1,224 @@
+"""Read a dataset's data contract from `schemas/contracts/{name}.toml`.
+
+A contract is the federation's agreement about one table: its columns (type, unit, allowed
+range or categories, missing-value sentinels and limits, the agreed fill value), the target
+and its positive rule, the minimum table size and which columns feed the model. Every silo
+applies the same contract, so every silo builds the same features.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.exceptions import SchemaError
+
+CONTRACTS_DIR = Path(__file__).resolve().parent
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
+
+ColumnType = Literal["numeric", "categorical", "boolean"]
+Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
+
+
+class ContractError(SchemaError):
+    """A data contract file is missing, is not valid TOML, or describes an impossible table."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PositiveRule(_Frozen):
+    """A row is a positive example when `target <op> value` holds."""
+
+    op: Comparison
+    value: bool | float | str
+
+
+class Target(_Frozen):
+    column: str
+    description: str = ""
+    positive_if: PositiveRule
+
+
+class Column(_Frozen):
+    """One column of the table, as every silo must provide it."""
+
+    name: str = Field(min_length=1)
+    type: ColumnType
+    unit: str = ""
+    description: str = ""
+    range: tuple[float, float] | None = Field(
+        default=None, description="allowed [min, max] of a numeric column; also its scaling"
+    )
+    categories: tuple[str, ...] | None = None
+    missing_sentinels: tuple[float | str, ...] = Field(
+        default=(), description="values that mean 'not measured', e.g. chol 0"
+    )
+    impute: bool | float | str | None = Field(
+        default=None, description="federation-agreed fill value for missing entries"
+    )
+    max_missing_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    on_unknown: Literal["error", "missing"] = Field(
+        default="error", description="what a category the contract does not list becomes"
+    )
+
+    @property
+    def allows_missing(self) -> bool:
+        return self.max_missing_fraction > 0
+
+    @property
+    def levels(self) -> tuple[str, ...] | tuple[bool, ...]:
+        """The fixed categories of a categorical or boolean column, in one-hot order."""
+        if self.type == "boolean":
+            return (False, True)
+        if self.type == "categorical" and self.categories is not None:
+            return self.categories
+        raise ValueError(f"column {self.name!r} is numeric and has no categories")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Column:
+        if self.type == "numeric":
+            _check_numeric(self)
+        else:
+            _check_discrete(self)
+        if self.missing_sentinels and not self.allows_missing:
+            raise ValueError(
+                f"column {self.name!r} declares missing_sentinels but max_missing_fraction = 0; "
+                "raise max_missing_fraction or drop the sentinels"
+            )
+        return self
+
+
+def _check_numeric(col: Column) -> None:
+    if col.categories is not None:
+        raise ValueError(f"numeric column {col.name!r} cannot list categories")
+    if col.range is not None and not col.range[0] < col.range[1]:
+        raise ValueError(f"column {col.name!r}: range must be [min, max] with min < max")
+    if col.impute is None:
+        return
+    if isinstance(col.impute, bool | str):
+        raise ValueError(f"numeric column {col.name!r} needs a numeric impute value")
+    if col.range is not None and not col.range[0] <= col.impute <= col.range[1]:
+        raise ValueError(f"column {col.name!r}: impute {col.impute} is outside range {col.range}")
+
+
+def _check_discrete(col: Column) -> None:
+    if col.range is not None:
+        raise ValueError(f"{col.type} column {col.name!r} cannot have a numeric range")
+    if col.type == "boolean" and col.categories is not None:
+        raise ValueError(f"boolean column {col.name!r} has fixed categories [false, true]")
+    if col.type == "categorical":
+        if not col.categories:
+            raise ValueError(f"categorical column {col.name!r} must list its categories")
+        if len(set(col.categories)) != len(col.categories):
+            raise ValueError(f"categorical column {col.name!r} lists a category twice")
+    if col.impute is not None and col.impute not in col.levels:
+        raise ValueError(
+            f"column {col.name!r}: impute {col.impute!r} is not one of {list(col.levels)}"
+        )
+
+
+class Contract(_Frozen):
+    """A dataset's data contract; see the module docstring."""
+
+    name: str
+    version: str
+    description: str = ""
+    source: str = ""
+    target: Target
+    min_rows: int = Field(ge=1)
+    features: tuple[str, ...] = Field(min_length=1)
+    columns: tuple[Column, ...] = Field(min_length=1)
+
+    def column(self, name: str) -> Column:
+        """The column called `name`; raises ContractError when the contract has none."""
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise ContractError(f"contract {self.name!r} has no column {name!r}")
+
+    @property
+    def feature_columns(self) -> tuple[Column, ...]:
+        return tuple(self.column(name) for name in self.features)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Contract:
+        names = [col.name for col in self.columns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"columns declared twice: {duplicates}")
+        unknown = [f for f in (*self.features, self.target.column) if f not in names]
+        if unknown:
+            raise ValueError(f"features/target name columns that are not declared: {unknown}")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("a feature is listed twice")
+        if self.target.column in self.features:
+            raise ValueError(f"the target {self.target.column!r} cannot also be a feature")
+        for col in self.feature_columns:
+            if col.type == "numeric" and col.range is None:
+                raise ValueError(f"numeric feature {col.name!r} needs a range to be scaled by")
+            if col.type == "numeric" and col.allows_missing and col.impute is None:
+                raise ValueError(f"numeric feature {col.name!r} may be missing but has no impute")
+        return self
+
+
+def load_contract(name: str) -> Contract:
+    """Load the contract shipped as `schemas/contracts/{name}.toml`.
+
+    Parameters
+    ----------
+    name
+        Dataset name, e.g. ``"heart_disease"``.
+
+    Raises
+    ------
+    ContractError
+        The name is malformed, no such contract ships, or the file is invalid.
+    """
+    if not _NAME.match(name):
+        raise ContractError(f"contract name {name!r} must be lower-case letters, digits and _")
+    path = CONTRACTS_DIR / f"{name}.toml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONTRACTS_DIR.glob("*.toml"))
+        raise ContractError(f"no data contract {name!r} at {path}; shipped contracts: {shipped}")
+    return load_contract_file(path)
+
+
+def load_contract_file(path: Path) -> Contract:
+    """Load and check a contract from any TOML file.
+
+    Raises
+    ------
+    ContractError
+        Naming the file, and the line (TOML syntax) or the column and field (content) at fault.
+    """
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ContractError(f"cannot read data contract {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ContractError(f"{path}: TOML syntax error: {exc}") from exc
+    try:
+        return Contract.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err, raw) for err in exc.errors())
+        raise ContractError(f"{path}: invalid data contract: {problems}") from exc
+
+
+def _describe(err: object, raw: dict) -> str:
+    """One pydantic error as 'column 'chol' (columns[4]).type: message'."""
+    loc = list(err["loc"])  # type: ignore[index]
+    where = ".".join(str(part) for part in loc) or "contract"
+    if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int):
+        columns = raw.get("columns", [])
+        name = columns[loc[1]].get("name", "?") if loc[1] < len(columns) else "?"
+        rest = ".".join(str(part) for part in loc[2:])
+        where = f"column {name!r} (columns[{loc[1]}])" + (f".{rest}" if rest else "")
+    message = str(err["msg"]).removeprefix("Value error, ")  # type: ignore[index]
+    return f"{where}: {message}"

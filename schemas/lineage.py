@@ -1,0 +1,479 @@
+"""The lineage ledger's shared contract: canonical JSON, entry hashing, signatures, receipts.
+
+The service appends entries, silos keep their own copy, the CLI verifies exports: all three
+hash and sign with the functions here, so none needs the service's internals.
+
+Canonical JSON (version 1)
+    Objects with string keys sorted by code point, no whitespace (separators ``,`` and ``:``),
+    UTF-8 text with non-ASCII characters written as themselves (never ``\\uXXXX`` escapes,
+    except the control characters and ``"``/``\\`` that JSON requires escaping), integers in
+    decimal, floats as Python's ``repr`` (the shortest text that reads back to the same IEEE
+    double, e.g. ``0.1``, ``1e-07``, ``1.0``), ``true``/``false``/``null``. NaN and the
+    infinities have no JSON form and are refused, as are non-string keys (``{1: x}`` and
+    ``{"1": x}`` would otherwise collide), duplicate keys and lone surrogates. A float that is
+    a whole number keeps its ``.0``, so ``1`` and ``1.0`` stay distinct. A verifier in another
+    language must reproduce Python's float repr; integers beyond 2**53 lose precision there.
+
+Entry hash
+    ``entry_hash = sha256(b"fedsilo/ledger/entry/v1\\0" || F(seq) || F(run_id) || F(kind) ||
+    F(payload) || F(prev_hash) || F(author) || F(created_at) || F(author_signature))`` where
+    ``F(None) = 0x00`` and ``F(x) = 0x01 || len(utf8(str(x))) as 8 bytes big-endian ||
+    utf8(str(x))``. The length prefix makes the encoding injective (no field can bleed into the
+    next) and the domain string keeps a ledger hash from ever equalling any other fedsilo hash.
+    The silo's signature is inside the hash so the chain also commits to who vouched for it.
+
+Signatures (Ed25519)
+    * ``service_signature``: the service signs ``b"fedsilo/ledger/entry-sig/v1\\0" ||
+      entry_hash (32 raw bytes)`` for every entry, including the ones a silo wrote.
+    * ``author_signature`` (silo-authored entries only; ``None`` when the author is the
+      service): the silo signs its *statement* before the service has placed it, i.e. before
+      seq, prev_hash and created_at exist: ``F``-encoded (run_id, kind, payload, author) under
+      the domain ``b"fedsilo/ledger/statement/v1\\0"``. A silo that wants its statement bound
+      to one round puts the round (or a nonce) in the payload.
+    * Receipts: the service signs ``b"fedsilo/ledger/receipt/v1\\0" || F(seq) ||
+      entry_hash`` and hands the silo seq, prev_hash, created_at and entry_hash with it, so the
+      silo can recompute the entry hash from its own statement and prove later what the
+      service acknowledged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict
+
+from schemas.exceptions import SchemaError
+
+GENESIS_HASH = "0" * 64
+SERVICE_AUTHOR = "service"
+SILO_AUTHOR_PREFIX = "silo:"
+
+# Known kinds; extend this set when a new kind of event is recorded. Verification accepts any
+# kind (an old verifier must still check a newer ledger), only appending is strict.
+KINDS = frozenset(
+    {
+        "run_started",
+        "silo_joined",
+        "silo_refused",
+        "validation_result",
+        "update_accepted",
+        "update_rejected",
+        "dropout",
+        "recovery",
+        "aggregate",
+        "model_saved",
+        "metrics",
+        "privacy_spent",
+        "run_finished",
+        "run_failed",
+    }
+)
+
+_ENTRY_DOMAIN = b"fedsilo/ledger/entry/v1\x00"
+_ENTRY_SIG_DOMAIN = b"fedsilo/ledger/entry-sig/v1\x00"
+_STATEMENT_DOMAIN = b"fedsilo/ledger/statement/v1\x00"
+_RECEIPT_DOMAIN = b"fedsilo/ledger/receipt/v1\x00"
+_AUTHOR_RE = re.compile(r"^(service|silo:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_SIG_HEX_RE = re.compile(r"^[0-9a-f]{128}$")
+
+
+class LineageError(SchemaError):
+    """Base class for lineage ledger errors raised by the shared contract."""
+
+
+class CanonicalJsonError(LineageError):
+    """A value has no canonical JSON form (NaN, a non-string key, an unknown type...)."""
+
+
+class LineageSignatureError(LineageError):
+    """A statement, entry or receipt signature does not verify."""
+
+
+# ----------------------------------------------------------------------------- canonical JSON
+
+
+def _check_value(value: Any, path: str) -> None:
+    """Walk a value and refuse anything canonical JSON cannot represent exactly once."""
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CanonicalJsonError(
+                f"{path} is {value!r}: NaN and infinities have no JSON form; record null "
+                "or a string such as 'nan' instead"
+            )
+        return
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CanonicalJsonError(f"{path} holds a lone surrogate; it is not UTF-8") from exc
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_value(item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CanonicalJsonError(
+                    f"{path} has key {key!r} of type {type(key).__name__}; JSON keys must be "
+                    "strings: convert it with str() before recording"
+                )
+            _check_value(key, f"{path} key")
+            _check_value(item, f"{path}.{key}")
+        return
+    raise CanonicalJsonError(
+        f"{path} is a {type(value).__name__}; convert it to str, int, float, bool, None, list "
+        "or dict before recording"
+    )
+
+
+def canonical_json(value: Any, *, path: str = "payload") -> str:
+    """Serialise `value` as canonical JSON (see the module docstring).
+
+    Parameters
+    ----------
+    value
+        JSON-representable data: dict with str keys, list/tuple, str, int, finite float,
+        bool, None.
+    path
+        Name used in error messages to point at the offending field.
+
+    Returns
+    -------
+    str
+        The canonical text; ``canonical_json(json.loads(t)) == t`` for its output ``t``.
+
+    Raises
+    ------
+    CanonicalJsonError
+        If the value holds NaN/infinity, a non-string key, a lone surrogate or another type.
+    """
+    _check_value(value, path)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise CanonicalJsonError(f"duplicate JSON keys {dup}")
+    return dict(pairs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise CanonicalJsonError(f"{name} is not JSON")
+
+
+def parse_json(text: str) -> Any:
+    """Parse JSON strictly: no NaN/Infinity literals, no duplicate keys.
+
+    Raises
+    ------
+    CanonicalJsonError
+        If `text` is not strict JSON.
+    """
+    try:
+        return json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise CanonicalJsonError(f"not valid JSON: {exc}") from exc
+
+
+def is_canonical(text: str) -> bool:
+    """True when `text` is exactly the canonical JSON of the value it encodes."""
+    try:
+        return canonical_json(parse_json(text)) == text
+    except CanonicalJsonError:
+        return False
+
+
+def utc_now_iso() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the ledger's created_at)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ----------------------------------------------------------------------------- hashing
+
+
+def _encode(domain: bytes, fields: Sequence[str | int | None]) -> bytes:
+    parts = [domain]
+    for field in fields:
+        if field is None:
+            parts.append(b"\x00")
+        else:
+            raw = str(field).encode("utf-8", "surrogatepass")
+            parts.append(b"\x01" + len(raw).to_bytes(8, "big") + raw)
+    return b"".join(parts)
+
+
+def compute_entry_hash(
+    *,
+    seq: int,
+    run_id: str | None,
+    kind: str,
+    payload: str,
+    prev_hash: str,
+    author: str,
+    created_at: str,
+    author_signature: str | None,
+) -> str:
+    """The sha256 hex digest that identifies an entry (encoding in the module docstring)."""
+    fields = (seq, run_id, kind, payload, prev_hash, author, created_at, author_signature)
+    return hashlib.sha256(_encode(_ENTRY_DOMAIN, fields)).hexdigest()
+
+
+def entry_signing_message(entry_hash: str) -> bytes:
+    """Bytes the service signs for an entry: domain || raw entry hash."""
+    return _ENTRY_SIG_DOMAIN + _hex_bytes(entry_hash)
+
+
+def statement_message(*, run_id: str | None, kind: str, payload: str, author: str) -> bytes:
+    """Bytes a silo signs for the entry content it submits (before seq/prev_hash exist)."""
+    return _encode(_STATEMENT_DOMAIN, (run_id, kind, payload, author))
+
+
+def receipt_message(seq: int, entry_hash: str) -> bytes:
+    """Bytes the service signs in a receipt: domain || F(seq) || raw entry hash."""
+    return _encode(_RECEIPT_DOMAIN, (seq,)) + _hex_bytes(entry_hash)
+
+
+def _hex_bytes(text: str) -> bytes:
+    # A tampered hash may hold non-hex characters; encode them so the signature simply fails.
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def verify_signature(public_key: Ed25519PublicKey, signature_hex: str | None, msg: bytes) -> bool:
+    """True when `signature_hex` is a valid Ed25519 signature of `msg` by `public_key`."""
+    # Only the canonical spelling counts: bytes.fromhex would also accept upper case and
+    # spaces, letting a stored signature change without the check noticing.
+    if signature_hex is None or not _SIG_HEX_RE.match(signature_hex):
+        return False
+    try:
+        public_key.verify(bytes.fromhex(signature_hex), msg)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def check_author(author: str) -> None:
+    """Raise LineageError unless `author` is ``service`` or ``silo:<name>``."""
+    if not _AUTHOR_RE.match(author):
+        raise LineageError(
+            f"author {author!r} is not 'service' or 'silo:<name>' (name: letters, digits, "
+            "'_', '.', '-', at most 64 characters)"
+        )
+
+
+def is_hex64(text: str) -> bool:
+    """True for 64 lowercase hex digits (a sha256 in the ledger's notation)."""
+    return bool(_HEX64_RE.match(text))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class Statement(BaseModel):
+    """What a silo asserts and signs: the entry content it submits to the service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str | None
+    kind: str
+    payload: str
+    author: str
+
+    def message(self) -> bytes:
+        """The bytes the author signs (see `statement_message`)."""
+        return statement_message(
+            run_id=self.run_id, kind=self.kind, payload=self.payload, author=self.author
+        )
+
+
+def make_statement(
+    *, run_id: str | None, kind: str, payload: dict[str, Any] | str, author: str
+) -> Statement:
+    """Build a statement, canonicalising a dict payload (a str payload must be canonical)."""
+    check_author(author)
+    if isinstance(payload, dict):
+        text = canonical_json(payload)
+    elif isinstance(payload, str) and is_canonical(payload):
+        text = payload
+    else:
+        text = ""
+    if not text.startswith("{"):
+        raise CanonicalJsonError(
+            f"{kind} payload must be a canonical JSON object; pass a dict or canonical_json(...)"
+        )
+    return Statement(run_id=run_id, kind=kind, payload=text, author=author)
+
+
+def sign_statement(key: Ed25519PrivateKey, statement: Statement) -> str:
+    """The author's signature (hex) over a statement."""
+    return key.sign(statement.message()).hex()
+
+
+class LineageEntry(BaseModel):
+    """One ledger entry as exported, verified and kept by silos.
+
+    Fields are loosely typed on purpose: a verifier must be able to load a tampered entry and
+    say what is wrong with it rather than fail to parse it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int
+    run_id: str | None
+    kind: str
+    payload: str
+    prev_hash: str
+    entry_hash: str
+    author: str
+    author_signature: str | None
+    service_signature: str
+    created_at: str
+
+    def recompute_hash(self, seq: int | None = None) -> str:
+        """Hash of this entry's content, optionally as if it had sequence number `seq`."""
+        return compute_entry_hash(
+            seq=self.seq if seq is None else seq,
+            run_id=self.run_id,
+            kind=self.kind,
+            payload=self.payload,
+            prev_hash=self.prev_hash,
+            author=self.author,
+            created_at=self.created_at,
+            author_signature=self.author_signature,
+        )
+
+    def statement(self) -> Statement:
+        """The statement the author signed (meaningful for silo-authored entries)."""
+        return Statement(
+            run_id=self.run_id, kind=self.kind, payload=self.payload, author=self.author
+        )
+
+
+def seal_entry(
+    statement: Statement,
+    *,
+    seq: int,
+    prev_hash: str,
+    created_at: str,
+    service_key: Ed25519PrivateKey,
+    author_signature: str | None = None,
+) -> LineageEntry:
+    """Place a statement at `seq` after `prev_hash`: compute its hash and sign it as service.
+
+    Parameters
+    ----------
+    statement
+        The content; ``author`` is ``service`` or ``silo:<name>``.
+    seq, prev_hash, created_at
+        Its position in the chain and its time (UTC, `utc_now_iso` format).
+    service_key
+        The service's Ed25519 identity key.
+    author_signature
+        The silo's `sign_statement` signature; required for silo authors, refused for the
+        service (whose signature is the service signature).
+    """
+    if (statement.author == SERVICE_AUTHOR) != (author_signature is None):
+        raise LineageError(
+            f"entry by {statement.author}: a silo-authored entry needs the silo's "
+            "author_signature and a service entry must not carry one"
+        )
+    entry_hash = compute_entry_hash(
+        seq=seq,
+        run_id=statement.run_id,
+        kind=statement.kind,
+        payload=statement.payload,
+        prev_hash=prev_hash,
+        author=statement.author,
+        created_at=created_at,
+        author_signature=author_signature,
+    )
+    return LineageEntry(
+        seq=seq,
+        run_id=statement.run_id,
+        kind=statement.kind,
+        payload=statement.payload,
+        prev_hash=prev_hash,
+        entry_hash=entry_hash,
+        author=statement.author,
+        author_signature=author_signature,
+        service_signature=service_key.sign(entry_signing_message(entry_hash)).hex(),
+        created_at=created_at,
+    )
+
+
+class Receipt(BaseModel):
+    """The service's acknowledgement of a silo's entry, kept in the silo's workspace."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int
+    entry_hash: str
+    prev_hash: str
+    created_at: str
+    signature: str
+
+
+def make_receipt(entry: LineageEntry, service_key: Ed25519PrivateKey) -> Receipt:
+    """Sign (seq, entry_hash) for the silo that authored `entry`."""
+    return Receipt(
+        seq=entry.seq,
+        entry_hash=entry.entry_hash,
+        prev_hash=entry.prev_hash,
+        created_at=entry.created_at,
+        signature=service_key.sign(receipt_message(entry.seq, entry.entry_hash)).hex(),
+    )
+
+
+def verify_receipt(
+    receipt: Receipt,
+    statement: Statement,
+    author_signature: str,
+    service_public_key: Ed25519PublicKey,
+) -> None:
+    """Check that `receipt` acknowledges exactly this signed statement.
+
+    Raises
+    ------
+    LineageSignatureError
+        If the receipt's entry hash does not follow from the statement, or its signature is
+        not the service's.
+    """
+    expected = compute_entry_hash(
+        seq=receipt.seq,
+        run_id=statement.run_id,
+        kind=statement.kind,
+        payload=statement.payload,
+        prev_hash=receipt.prev_hash,
+        author=statement.author,
+        created_at=receipt.created_at,
+        author_signature=author_signature,
+    )
+    if expected != receipt.entry_hash:
+        raise LineageSignatureError(
+            f"receipt for entry {receipt.seq} does not match the {statement.kind} statement "
+            f"of {statement.author}: the service acknowledged different content"
+        )
+    msg = receipt_message(receipt.seq, receipt.entry_hash)
+    if not verify_signature(service_public_key, receipt.signature, msg):
+        raise LineageSignatureError(
+            f"receipt for entry {receipt.seq}: service signature invalid (forged receipt, or "
+            "the wrong service public key)"
+        )

@@ -1,0 +1,109 @@
+"""What a training run is: model, strategy, local training and round settings.
+
+The coordinator writes a `RunSpec`; the service stores it; every silo receives it with each
+task and checks it against its own policy before doing any work.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ModelKind = Literal["logreg", "mlp"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A tabular PyTorch model: logistic regression or a ReLU MLP with one logit output."""
+
+    kind: ModelKind
+    n_features: int = Field(gt=0)
+    hidden: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _hidden_matches_kind(self) -> ModelSpec:
+        if self.kind == "logreg" and self.hidden:
+            raise ValueError("a logreg model has no hidden layers; use kind='mlp'")
+        if self.kind == "mlp" and not self.hidden:
+            raise ValueError("an mlp model needs at least one hidden layer, e.g. hidden=[32]")
+        if any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden layer sizes must be positive, got {list(self.hidden)}")
+        return self
+
+
+def param_shapes(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the model's parameters, in wire order.
+
+    The names match the PyTorch module built by `silos.torch_model.build_model`, so a state
+    dict and a wire payload line up without any renaming.
+    """
+    sizes = [spec.n_features, *spec.hidden, 1]
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        shapes.append((f"layers.{i}.weight", (n_out, n_in)))
+        shapes.append((f"layers.{i}.bias", (n_out,)))
+    return shapes
+
+
+class StrategySpec(_Strict):
+    """How the service turns the silos' averaged update into the next global model.
+
+    `fedavg` and `fedprox` apply the example-weighted mean delta with `server_lr`; `fedprox`
+    also asks silos to add (mu/2)||w - w_global||^2 to their loss. `fedadam`, `fedyogi` and
+    `fedadagrad` treat the negated mean delta as a pseudo-gradient for a server optimizer
+    (Reddi et al. 2021, "Adaptive Federated Optimization").
+    """
+
+    name: StrategyName = "fedavg"
+    server_lr: float = Field(default=1.0, gt=0)
+    mu: float = Field(default=0.0, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0)
+
+    @model_validator(mode="after")
+    def _mu_only_for_fedprox(self) -> StrategySpec:
+        if self.name == "fedprox" and self.mu <= 0:
+            raise ValueError("fedprox needs mu > 0 (the proximal term's weight)")
+        if self.name != "fedprox" and self.mu != 0:
+            raise ValueError(f"mu is the fedprox proximal weight; strategy {self.name} ignores it")
+        return self
+
+
+class TrainingSpec(_Strict):
+    """Local training every silo runs each round."""
+
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1)
+    lr: float = Field(default=0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+
+
+class RunSpec(_Strict):
+    """A federated training run, as the coordinator asks for it."""
+
+    federation: str = Field(min_length=1, max_length=64)
+    dataset: str = Field(min_length=1, max_length=64)
+    model: ModelSpec
+    strategy: StrategySpec = StrategySpec()
+    training: TrainingSpec = TrainingSpec()
+    rounds: int = Field(default=10, ge=1, le=10_000)
+    min_silos: int = Field(default=2, ge=1)
+    round_deadline_s: float = Field(default=120.0, gt=0)
+    patience: int = Field(
+        default=0,
+        ge=0,
+        description="stop after this many rounds without "
+        "improvement of the weighted validation loss; 0 never stops early",
+    )
+    silos: tuple[str, ...] = Field(
+        default=(),
+        description="participating silos; empty means every approved silo of the federation",
+    )

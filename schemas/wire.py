@@ -1,0 +1,138 @@
+"""JSON messages between silo agents, the coordinator and the aggregation service.
+
+Binary tensors never travel here; they go as `schemas.tensors` payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.specs import RunSpec
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FederationCreate(Message):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+
+
+class FederationOut(Message):
+    name: str
+    description: str
+    created_at: datetime
+
+
+class EnrolRequest(Message):
+    """A silo asks to join; `proof` is its Ed25519 signature over `enrol_proof_message(...)`."""
+
+    federation: str = Field(pattern=NAME_PATTERN)
+    silo: str = Field(pattern=NAME_PATTERN)
+    public_key: str = Field(description="raw Ed25519 public key, hex")
+    proof: str = Field(description="signature, hex")
+
+
+def enrol_proof_message(federation: str, silo: str, public_key_hex: str) -> bytes:
+    return f"fedsilo-enrol-v1\n{federation}\n{silo}\n{public_key_hex}".encode()
+
+
+class SiloOut(Message):
+    name: str
+    federation: str
+    status: Literal["pending", "approved", "revoked"]
+    public_key: str
+    enrolled_at: datetime
+
+
+class Metrics(Message):
+    """A silo's evaluation of one global model version on its local holdout."""
+
+    n_test: int = Field(ge=0)
+    loss: float
+    accuracy: float
+    auc: float | None = None
+
+
+class Task(Message):
+    """What the service asks a silo to do next."""
+
+    type: Literal["train", "evaluate", "run_ended"]
+    run_id: str
+    round: int = 0
+    model_version: int = 0
+    spec: RunSpec | None = None
+    run_status: str | None = None
+
+
+class Refusal(Message):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class MetricsReport(Message):
+    metrics: Metrics
+    prefect_flow_run_id: str | None = None
+
+
+class RoundOpen(Message):
+    round: int = Field(ge=1)
+    kind: Literal["train", "evaluate"] = "train"
+    deadline_s: float = Field(gt=0)
+
+
+class SiloRoundState(Message):
+    silo: str
+    state: Literal["waiting", "submitted", "refused", "evaluated"]
+    reason: str | None = None
+    n_examples: int | None = None
+    metrics: Metrics | None = None
+    train_seconds: float | None = None
+
+
+class RoundOut(Message):
+    run_id: str
+    round: int
+    kind: Literal["train", "evaluate"]
+    status: Literal["open", "aggregated", "closed", "failed"]
+    opened_at: datetime
+    deadline_at: datetime
+    closed_at: datetime | None = None
+    complete: bool = Field(description="every participating silo has answered")
+    silos: list[SiloRoundState]
+    model_version: int | None = None
+    model_sha256: str | None = None
+    reason: str | None = None
+
+
+class RunCreate(Message):
+    spec: RunSpec
+    prefect_flow_run_id: str | None = None
+
+
+class RunOut(Message):
+    run_id: str
+    federation: str
+    status: Literal["created", "running", "finished", "failed"]
+    spec: RunSpec
+    participants: list[str]
+    created_at: datetime
+    finished_at: datetime | None = None
+    reason: str | None = None
+    latest_model_version: int | None = None
+    prefect_flow_run_id: str | None = None
+
+
+class RunFinish(Message):
+    status: Literal["finished", "failed"]
+    reason: str = ""
+    final_model_version: int | None = None
+
+
+class ErrorOut(Message):
+    detail: str

@@ -1,0 +1,200 @@
+"""The silo agent: a long-running process that only makes outbound calls.
+
+It enrols its key, waits for the coordinator's approval, then long-polls the aggregation
+service for work. The silo's part of each training run is one Prefect flow run with one task
+per round step; the coordinator sends parameters (a `RunSpec`), never code: every line that
+runs here is installed at the silo.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from aggregation.client import SiloClient
+from aggregation.exceptions import ServiceRejected
+from schemas import tensors
+from schemas.specs import RunSpec, param_shapes
+from schemas.wire import Metrics, MetricsReport, Task
+from silos.config import SiloConfig, load_silo_config
+from silos.keys import load_or_create_key
+from silos.local_data import LocalData, prepare_local_data
+from silos.policy import policy_violation
+from silos.trainer import evaluate, train_local
+
+log = logging.getLogger("fedsilo.silo")
+
+POLL_WAIT_S = 25.0
+
+
+def make_client(config: SiloConfig, retry_for_s: float = 600.0) -> SiloClient:
+    key = load_or_create_key(config.key_path)
+    return SiloClient(
+        config.service.urls,
+        federation=config.silo.federation,
+        silo=config.silo.name,
+        key=key,
+        retry_for_s=retry_for_s,
+    )
+
+
+def wait_for_approval(client: SiloClient, poll_s: float = 1.0) -> None:
+    """Enrol (idempotent) and block until the coordinator approves this silo."""
+    status = client.enrol().status
+    announced = False
+    while status != "approved":
+        if status == "revoked":
+            raise PermissionError(f"silo {client.silo} has been revoked by the coordinator")
+        if not announced:
+            log.info(
+                "silo %s enrolled (key %s…); waiting for approval",
+                client.silo,
+                client.public_key_hex()[:16],
+            )
+            announced = True
+        time.sleep(poll_s)
+        try:
+            status = client.whoami().status
+        except ServiceRejected as exc:
+            if exc.status != 403:
+                raise
+    log.info("silo %s approved", client.silo)
+
+
+def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
+    """Serve the federation until interrupted (or until `max_runs` runs were served)."""
+    config = load_silo_config(config_path)
+    client = make_client(config)
+    wait_for_approval(client)
+    served = 0
+    while max_runs is None or served < max_runs:
+        next_work = client.next_task(wait_s=POLL_WAIT_S)
+        if next_work is None or next_work.type == "run_ended":
+            continue
+        log.info(
+            "silo %s: joining run %s at round %d",
+            config.silo.name,
+            next_work.run_id,
+            next_work.round,
+        )
+        silo_training(config_path=str(config.source), run_id=next_work.run_id)
+        served += 1
+
+
+@task(cache_policy=NO_CACHE, name="check-policy")
+def check_policy(config: SiloConfig, spec: RunSpec, n_features: int) -> str | None:
+    return policy_violation(config, spec, n_features)
+
+
+@task(cache_policy=NO_CACHE, name="load-local-data")
+def load_local_data(config: SiloConfig) -> LocalData:
+    data = prepare_local_data(config)
+    get_run_logger().info(
+        "silo %s: %d training rows, %d holdout rows; imputed per column: %s",
+        config.silo.name,
+        len(data.y_train),
+        len(data.y_test),
+        data.imputed,
+    )
+    return data
+
+
+@task(cache_policy=NO_CACHE, name="fetch-global-model", task_run_name="round-{round_}-fetch")
+def fetch_global_model(
+    client: SiloClient, spec: RunSpec, run_id: str, version: int, round_: int
+) -> list[np.ndarray]:
+    payload = client.download_model(run_id, version)
+    params, _ = tensors.decode_expected(payload, param_shapes(spec.model))
+    return params
+
+
+@task(cache_policy=NO_CACHE, name="evaluate-global-model", task_run_name="round-{round_}-evaluate")
+def evaluate_global(
+    spec: RunSpec, params: list[np.ndarray], data: LocalData, round_: int
+) -> Metrics:
+    return evaluate(spec.model, params, data.X_test, data.y_test)
+
+
+@task(cache_policy=NO_CACHE, name="train-local", task_run_name="round-{round_}-train")
+def train_round(
+    spec: RunSpec, params: list[np.ndarray], data: LocalData, round_: int, mu: float
+) -> tuple[list[np.ndarray], int, float]:
+    training = spec.training.model_copy(update={"seed": spec.training.seed + round_})
+    result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
+    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
+    return delta, result.n_examples, result.seconds
+
+
+@task(cache_policy=NO_CACHE, name="submit-update", task_run_name="round-{round_}-submit")
+def submit_update(
+    client: SiloClient,
+    spec: RunSpec,
+    run_id: str,
+    round_: int,
+    delta: list[np.ndarray],
+    n_examples: int,
+    seconds: float,
+    metrics: Metrics,
+) -> str:
+    names = [n for n, _ in param_shapes(spec.model)]
+    payload = tensors.encode(
+        dict(zip(names, delta, strict=True)),
+        {
+            "run_id": run_id,
+            "round": str(round_),
+            "n_examples": str(n_examples),
+            "train_seconds": f"{seconds:.6f}",
+            "metrics": metrics.model_dump_json(),
+            "prefect_flow_run_id": str(flow_run.get_id() or ""),
+        },
+    )
+    return str(client.submit_update(run_id, round_, payload)["digest"])
+
+
+@flow(name="silo-training", flow_run_name="{run_id}", log_prints=True)
+def silo_training(config_path: str, run_id: str) -> dict[str, object]:
+    """This silo's part of one federated training run: every round until the run ends."""
+    logger = get_run_logger()
+    config = load_silo_config(config_path)
+    client = make_client(config)
+    data = load_local_data(config)
+    rounds_done = 0
+    checked = False
+    while True:
+        work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
+        if work is None:
+            continue
+        if work.type == "run_ended":
+            logger.info(
+                "run %s ended (%s) after %d rounds here", run_id, work.run_status, rounds_done
+            )
+            return {"run_id": run_id, "rounds": rounds_done, "run_status": work.run_status}
+        assert work.spec is not None
+        if not checked:
+            reason = check_policy(config, work.spec, data.n_features)
+            if reason:
+                logger.warning("refusing run %s: %s", run_id, reason)
+                client.refuse(run_id, reason)
+                return {"run_id": run_id, "refused": reason}
+            checked = True
+        _serve_round(client, work, data)
+        rounds_done += 1
+
+
+def _serve_round(client: SiloClient, work: Task, data: LocalData) -> None:
+    spec = work.spec
+    assert spec is not None
+    params = fetch_global_model(client, spec, work.run_id, work.model_version, work.round)
+    metrics = evaluate_global(spec, params, data, work.round)
+    if work.type == "evaluate":
+        report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
+        client.submit_evaluation(work.run_id, work.round, report)
+        return
+    mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
+    delta, n_examples, seconds = train_round(spec, params, data, work.round, mu)
+    submit_update(client, spec, work.run_id, work.round, delta, n_examples, seconds, metrics)

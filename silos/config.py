@@ -1,0 +1,127 @@
+"""The silo operator's configuration file (`silo.toml`), read with clear errors.
+
+Example::
+
+    [silo]
+    name = "cleveland"
+    federation = "heart"
+    workspace = "workspace"          # keys, logs, local lineage; relative to this file
+
+    [data]
+    path = "data.csv"                # CSV or Parquet
+    contract = "heart_disease"
+    test_fraction = 0.25
+    split_seed = 42
+
+    [service]
+    urls = ["http://127.0.0.1:8700"]
+
+    [prefect]
+    api_url = "http://127.0.0.1:4200/api"   # optional: where this silo's flow runs are recorded
+
+    [policy]
+    allowed_models = ["logreg", "mlp"]
+    max_rounds_per_run = 200
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas.specs import ModelKind
+from schemas.wire import NAME_PATTERN
+from silos.exceptions import SiloConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiloSection(_Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    federation: str = Field(pattern=NAME_PATTERN)
+    workspace: Path = Path("workspace")
+    key_path: Path | None = None
+
+
+class DataSection(_Section):
+    path: Path
+    contract: str
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    split_seed: int = 42
+
+
+class ServiceSection(_Section):
+    urls: list[str] = Field(min_length=1)
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return [u.rstrip("/") for u in urls]
+
+
+class PrefectSection(_Section):
+    api_url: str | None = None
+
+
+class PolicySection(_Section):
+    allowed_models: list[ModelKind] = Field(default_factory=lambda: ["logreg", "mlp"])
+    max_rounds_per_run: int = Field(default=200, ge=1)
+
+
+class SiloConfig(_Section):
+    silo: SiloSection
+    data: DataSection
+    service: ServiceSection
+    prefect: PrefectSection = PrefectSection()
+    policy: PolicySection = PolicySection()
+    source: Path | None = None
+
+    @property
+    def workspace(self) -> Path:
+        return self.silo.workspace
+
+    @property
+    def key_path(self) -> Path:
+        return self.silo.key_path or self.silo.workspace / "keys" / "silo_ed25519.pem"
+
+
+def load_silo_config(path: Path) -> SiloConfig:
+    """Read and validate `silo.toml`; relative paths are resolved against its folder.
+
+    Raises
+    ------
+    SiloConfigError
+        naming the file and, for syntax errors, the line; for invalid values, the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SiloConfigError(f"silo config {path} does not exist (pass --config PATH/silo.toml)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SiloConfigError(f"silo config {path}: TOML syntax error: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SiloConfigError(f"silo config {path} is not UTF-8 text") from exc
+    try:
+        cfg = SiloConfig.model_validate({**raw, "source": path})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"key '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in exc.errors()
+        )
+        raise SiloConfigError(f"silo config {path}: {problems}") from exc
+    base = path.parent.resolve()
+    silo = cfg.silo.model_copy(
+        update={
+            "workspace": base / cfg.silo.workspace,
+            "key_path": base / cfg.silo.key_path if cfg.silo.key_path else None,
+        }
+    )
+    data = cfg.data.model_copy(update={"path": base / cfg.data.path})
+    return cfg.model_copy(update={"silo": silo, "data": data})

@@ -1,0 +1,38 @@
+"""Errors raised inside a silo.
+
+    SiloError
+    ├── DataError            a data file cannot be read, or its rows do not fit the contract
+    │   └── DemoDataError    the bundled demo data is not installed
+    ├── FeatureError         rows cannot be encoded (unknown category, unexpected missing value)
+    └── ModelError           parameters do not fit the model spec, or training cannot run
+
+Each message names the file, column or parameter at fault and says what to do about it.
+"""
+
+
+class SiloError(Exception):
+    """Base class for errors raised inside a silo."""
+
+
+class DataError(SiloError):
+    """A data file is missing, empty, unreadable or of an unsupported kind, or a row is invalid."""
+
+
+class DemoDataError(DataError):
+    """The demo dataset's package is not installed."""
+
+
+class FeatureError(SiloError):
+    """A value cannot be turned into features under the data contract."""
+
+
+class ModelError(SiloError):
+    """Parameters do not match the model spec, or the training data cannot be used."""
+
+
+class SiloConfigError(SiloError):
+    """The silo's configuration file or key file is missing or malformed."""
+
+
+class PolicyRefusal(SiloError):
+    """The silo's own policy forbids the work it was asked to do."""

@@ -1,0 +1,211 @@
+"""The feature pipeline every silo applies identically, built only from the data contract.
+
+No statistic is ever computed from a silo's rows: scaling uses the contract's declared ranges
+and missing values get the contract's agreed fill values. So two silos holding the same row
+produce the same feature vector, and the model's inputs mean the same thing everywhere.
+
+Encoding, per feature column, in contract order:
+
+- numeric: sentinels (e.g. chol 0) become missing; values are clipped to the contract range
+  and scaled to [0, 1] by it; missing values get the scaled `impute` value. A column that may
+  be missing also gets a 0/1 indicator feature ``<name>__missing``.
+- categorical / boolean: one-hot over the contract's fixed categories (``<name>=<category>``;
+  booleans use ``false``/``true``), plus a ``<name>=missing`` slot when the column may be
+  missing. When the contract gives an `impute` category, a missing row also sets that slot.
+- a category the contract does not list raises `FeatureError` by default; a column declared
+  with ``on_unknown = "missing"`` encodes it as missing instead (and it is counted as imputed).
+- a missing value in a column whose ``max_missing_fraction`` is 0 raises `FeatureError`: the
+  validation gate should have stopped that table, and there is no slot to put it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from schemas.contracts import Column, Contract
+from silos.data import binary_target
+from silos.exceptions import FeatureError
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+@dataclass(frozen=True)
+class FeaturePipeline:
+    """Turns a contract-conforming table into a float32 feature matrix and target."""
+
+    contract: Contract
+    feature_names: tuple[str, ...]
+
+    @classmethod
+    def from_contract(cls, contract: Contract) -> FeaturePipeline:
+        """Build the pipeline for `contract`; it depends on nothing else."""
+        names: list[str] = []
+        for col in contract.feature_columns:
+            names.extend(_column_feature_names(col))
+        return cls(contract=contract, feature_names=tuple(names))
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        """The feature matrix only, float32 of shape (n_rows, n_features)."""
+        blocks = [_encode_column(col, self._series(df, col)) for col in self._columns]
+        matrix = np.concatenate([block for block, _ in blocks], axis=1).astype(np.float32)
+        return matrix
+
+    def transform(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Features and the binary target.
+
+        Returns
+        -------
+        X : numpy.ndarray
+            float32, shape (n_rows, n_features), columns as `feature_names`.
+        y : numpy.ndarray
+            float32 0/1, shape (n_rows,), from the contract's positive rule.
+
+        Raises
+        ------
+        FeatureError
+            A feature column is absent, not numeric where it should be, holds a category the
+            contract does not list, or is missing where the contract forbids it.
+        DataError
+            The target column is absent or incomplete.
+        """
+        features = self.encode(df)
+        target = binary_target(df, self.contract).astype(np.float32)
+        return features, target
+
+    def imputation_report(self, df: pd.DataFrame) -> dict[str, int]:
+        """How many values of each feature column were missing and got imputed."""
+        return {col.name: _encode_column(col, self._series(df, col))[1] for col in self._columns}
+
+    @property
+    def _columns(self) -> tuple[Column, ...]:
+        return self.contract.feature_columns
+
+    def _series(self, df: pd.DataFrame, col: Column) -> pd.Series:
+        if col.name not in df.columns:
+            raise FeatureError(
+                f"the table has no column {col.name!r}, a feature of contract "
+                f"{self.contract.name!r} v{self.contract.version}; add it (empty if unknown)"
+            )
+        return df[col.name]
+
+
+def _column_feature_names(col: Column) -> list[str]:
+    if col.type == "numeric":
+        return [col.name] + ([f"{col.name}__missing"] if col.allows_missing else [])
+    names = [
+        f"{col.name}={str(level).lower() if col.type == 'boolean' else level}"
+        for level in col.levels
+    ]
+    return names + ([f"{col.name}=missing"] if col.allows_missing else [])
+
+
+def _encode_column(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
+    """One column's block of features and how many of its values were imputed."""
+    if col.type == "numeric":
+        return _encode_numeric(col, series)
+    return _encode_discrete(col, series)
+
+
+def _encode_numeric(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
+    numeric = pd.to_numeric(series, errors="coerce")
+    # a copy: pandas 3 hands out read-only views, and sentinels are overwritten below
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    not_numbers = np.isnan(values) & series.notna().to_numpy()
+    if not_numbers.any():
+        examples = sorted({str(v) for v in series[not_numbers].head(3)})
+        raise FeatureError(
+            f"column {col.name!r} is numeric ({col.unit or 'no unit'}) but holds "
+            f"{int(not_numbers.sum())} non-numeric values, e.g. {examples}; clean them at the silo"
+        )
+    for sentinel in col.missing_sentinels:
+        values[values == float(sentinel)] = np.nan
+    missing = np.isnan(values)
+    _refuse_unexpected_missing(col, missing)
+    assert col.range is not None  # the contract guarantees a range on numeric features
+    low, high = col.range
+    scaled = (np.clip(values, low, high) - low) / (high - low)
+    if missing.any():
+        scaled[missing] = (float(col.impute) - low) / (high - low)  # type: ignore[arg-type]
+    block = [scaled]
+    if col.allows_missing:
+        block.append(missing.astype(np.float64))
+    return np.stack(block, axis=1), int(missing.sum())
+
+
+def _encode_discrete(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
+    normalised = _normalise_levels(col, series)
+    missing = np.array([v is None for v in normalised], dtype=bool)
+    unknown = np.array([v is _UNKNOWN for v in normalised], dtype=bool)
+    if unknown.any():
+        if col.on_unknown == "error":
+            examples = sorted({str(v) for v in series[unknown].head(5)})
+            raise FeatureError(
+                f"column {col.name!r} holds {int(unknown.sum())} values the contract does not "
+                f"list, e.g. {examples}; allowed: {list(col.levels)}. Recode them at the silo, "
+                'or declare on_unknown = "missing" for this column in the contract'
+            )
+        missing |= unknown
+    _refuse_unexpected_missing(col, missing)
+    block = [
+        np.array([v == level and v is not _UNKNOWN for v in normalised], dtype=np.float64)
+        for level in col.levels
+    ]
+    if col.impute is not None:
+        block[list(col.levels).index(col.impute)][missing] = 1.0
+    if col.allows_missing:
+        block.append(missing.astype(np.float64))
+    return np.stack(block, axis=1), int(missing.sum())
+
+
+class _Unknown:
+    """Marks a value that is present but not one of the column's levels."""
+
+
+_UNKNOWN = _Unknown()
+
+
+def _normalise_levels(col: Column, series: pd.Series) -> list[object]:
+    """Each value as one of the column's levels, None for missing, or _UNKNOWN."""
+    sentinels = {str(s) for s in col.missing_sentinels}
+    levels = set(col.levels)
+    out: list[object] = []
+    for value in series.tolist():
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            out.append(None)
+        elif str(value) in sentinels:
+            out.append(None)
+        elif col.type == "boolean":
+            out.append(_as_bool(value))
+        else:
+            out.append(str(value) if str(value) in levels else _UNKNOWN)
+    return out
+
+
+def _as_bool(value: object) -> object:
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    return _UNKNOWN
+
+
+def _refuse_unexpected_missing(col: Column, missing: np.ndarray) -> None:
+    if missing.any() and not col.allows_missing:
+        raise FeatureError(
+            f"column {col.name!r} has {int(missing.sum())} missing values but the contract "
+            "allows none (max_missing_fraction = 0); fill or drop those rows at the silo, or "
+            "agree a higher max_missing_fraction in the contract"
+        )

@@ -1,0 +1,42 @@
+"""The silo's training and holdout matrices for one run, built from its own data file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.contracts.loader import load_contract
+from silos.config import SiloConfig
+from silos.data import load_table, split_train_test
+from silos.features import FeaturePipeline
+
+
+@dataclass(frozen=True)
+class LocalData:
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_features: int
+    imputed: dict[str, int]
+
+
+def prepare_local_data(config: SiloConfig) -> LocalData:
+    """Load the silo's table, split it (stratified, fixed seed) and encode it per the contract."""
+    contract = load_contract(config.data.contract)
+    table = load_table(config.data.path)
+    train, test = split_train_test(
+        table, contract, config.data.test_fraction, config.data.split_seed
+    )
+    pipeline = FeaturePipeline.from_contract(contract)
+    X_train, y_train = pipeline.transform(train)
+    X_test, y_test = pipeline.transform(test)
+    return LocalData(
+        X_train=X_train,
+        y_train=y_train,
+        X_test=X_test,
+        y_test=y_test,
+        n_features=pipeline.n_features,
+        imputed=pipeline.imputation_report(table),
+    )

@@ -1,0 +1,223 @@
+"""Fixtures shared by every fedsilo test: databases and a Prefect server, all on 127.0.0.1.
+
+Backends
+    ``sqlite_url`` (a file in the test's tmp_path), ``pg_url`` (the server that
+    ``scripts/pg-test-server`` starts, from ``FEDSILO_TEST_PG_URL``), ``fresh_pg_url`` (a new
+    empty database on that server, dropped afterwards) and ``db_url``, parametrized over both
+    backends so that one contract test runs on SQLite and PostgreSQL. PostgreSQL cases carry the
+    ``postgres`` mark: ``-m "not postgres"`` deselects them. Without ``FEDSILO_TEST_PG_URL`` they
+    are skipped locally but fail under ``CI=true``: CI must never silently skip PostgreSQL.
+
+Prefect
+    ``prefect_api_url`` uses ``PREFECT_API_URL`` when set (``.ci/run`` starts a server), otherwise
+    starts ``prefect server start`` on a free port for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import URL, make_url
+
+# Set before any test imports Prefect: its settings are read once, at import.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["GX_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+PG_URL_ENV = "FEDSILO_TEST_PG_URL"
+PREFECT_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 at the time of the call.
+
+    Returns
+    -------
+    int
+        A port the kernel just handed out; another process could take it before the caller
+        binds it, which is unlikely enough on a test machine.
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port_factory() -> Callable[[], int]:
+    """Callable returning a free port on 127.0.0.1 each time it is called."""
+    return free_port
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """SQLAlchemy URL of the test PostgreSQL database (``FEDSILO_TEST_PG_URL``).
+
+    Skips the test when the variable is unset, except under ``CI=true`` where it fails.
+    """
+    url = os.environ.get(PG_URL_ENV, "")
+    if url:
+        return url
+    hint = f'start one with: eval "$(scripts/pg-test-server start)" (sets {PG_URL_ENV})'
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{PG_URL_ENV} is not set under CI=true, PostgreSQL tests cannot run; {hint}")
+    pytest.skip(f"{PG_URL_ENV} is not set; {hint}")
+
+
+def _libpq_dsn(url: URL) -> str:
+    """Turn a SQLAlchemy URL (``postgresql+psycopg://...``) into a DSN psycopg accepts."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def _fresh_database(server_url: str) -> Iterator[str]:
+    """Create an empty database with a unique name on the server of ``server_url``; drop it after.
+
+    The role in ``server_url`` needs CREATEDB (``scripts/pg-test-server`` grants it).
+    """
+    admin = make_url(server_url)
+    name = f"fedsilo_t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False)
+    finally:
+        # FORCE: a test that forgot engine.dispose() must not keep the database alive.
+        with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def pg_database_factory(pg_url: str) -> Callable[[], AbstractContextManager[str]]:
+    """Factory of context managers, each yielding the URL of a new empty PostgreSQL database.
+
+    For tests that need several databases at once (two services, say); each database is dropped
+    when its ``with`` block ends.
+    """
+
+    def factory() -> AbstractContextManager[str]:
+        return _fresh_database(pg_url)
+
+    return factory
+
+
+@pytest.fixture
+def fresh_pg_url(pg_database_factory: Callable[[], AbstractContextManager[str]]) -> Iterator[str]:
+    """SQLAlchemy URL of a new empty PostgreSQL database, dropped after the test."""
+    with pg_database_factory() as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLAlchemy URL of a SQLite file in the test's own temporary folder."""
+    return f"sqlite:///{tmp_path}/service.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Empty database URL on each backend in turn: SQLite, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("fresh_pg_url"))
+
+
+# --- Prefect server ----------------------------------------------------------------------------
+
+
+def _prefect_executable() -> str:
+    """The ``prefect`` command of the interpreter running the tests."""
+    beside = Path(sys.executable).with_name("prefect")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("prefect")
+    if found is None:
+        pytest.fail("no `prefect` command beside this Python or on PATH: run `make venv`")
+    return found
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll ``{api_url}/health`` until it answers 200; fail with the server's log otherwise."""
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    pytest.fail(
+        f"prefect server not healthy after {PREFECT_START_TIMEOUT_S:.0f} s:\n"
+        f"{log.read_text()[-4000:]}"
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server's whole process group (``prefect server start`` runs uvicorn children)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a running Prefect API (``http://127.0.0.1:PORT/api``).
+
+    Uses ``PREFECT_API_URL`` when set. Otherwise starts ``prefect server start`` with its own
+    PREFECT_HOME for the session, and points both the environment (for subprocesses) and the
+    Prefect settings of this process (read once at import) at it.
+    """
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        yield existing.rstrip("/")
+        return
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false")
+    log = home / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [_prefect_executable(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_healthy(api_url, proc, log)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        _stop(proc)
