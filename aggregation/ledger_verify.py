@@ -4,17 +4,8 @@ Works on `schemas.lineage.LineageEntry` records (from the service database, an e
 a silo's copy) and public keys; it never needs the service's database or secrets, so a
 compliance reviewer can run it on an export months later.
 
-Export format (JSON Lines, UTF-8, every line ends with a newline)::
-
-    {"format":"fedsilo-ledger-export","version":1}
-    <canonical JSON of entry 1>
-    ...
-    {"trailer":{"count":N,"head_hash":"<entry_hash of the last entry>","head_seq":S}}
-
-A file cut anywhere loses its trailer (or ends in a partial line), which `load_export` reports
-as "export truncated after entry N". A trailer is not a signature: someone who truncates the
-file *and* writes a fresh trailer produces a shorter valid chain; a silo's receipts
-(`cross_check`) or a head hash recorded elsewhere catch that.
+Exports (`export_entries`, `load_export`) live in `aggregation.ledger_export` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -27,38 +18,46 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from aggregation.ledger_export import (
+    ExportError,
+    ExportTruncatedError,
+    export_entries,
+    load_export,
+)
 from schemas.lineage import (
     GENESIS_HASH,
     SERVICE_AUTHOR,
     CanonicalJsonError,
     LineageEntry,
-    LineageError,
     LineageSignatureError,
     Receipt,
     Statement,
-    canonical_json,
     entry_signing_message,
     is_canonical,
     parse_json,
+    statement_message,
     verify_receipt,
     verify_signature,
 )
 
-EXPORT_FORMAT = "fedsilo-ledger-export"
-EXPORT_VERSION = 1
+__all__ = [
+    "ArtifactChecker",
+    "CrossCheckReport",
+    "ExportError",
+    "ExportTruncatedError",
+    "SiloRecord",
+    "VerifyReport",
+    "cross_check",
+    "directory_artifact_checker",
+    "export_entries",
+    "load_export",
+    "verify_chain",
+]
 
 # Returns the current sha256 hex of the artifact stored at `path`, or None when it is missing.
 ArtifactChecker = Callable[[str], str | None]
-
-
-class ExportError(LineageError):
-    """An export file cannot be read as a ledger export."""
-
-
-class ExportTruncatedError(ExportError):
-    """An export file ends early: its trailer is missing or its last line is partial."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,10 @@ def _sig_jobs(
         entry = entries[pos]
         if entry.author != SERVICE_AUTHOR:
             sig = entry.author_signature
-            jobs.append((pos, keys.get(entry.author), sig, entry.statement().message(), "author"))
+            msg = statement_message(
+                run_id=entry.run_id, kind=entry.kind, payload=entry.payload, author=entry.author
+            )
+            jobs.append((pos, keys.get(entry.author), sig, msg, "author"))
         msg = entry_signing_message(entry.entry_hash)
         jobs.append((pos, service_key, entry.service_signature, msg, "service"))
     return jobs
@@ -274,91 +276,6 @@ def verify_chain(
     if reason is None:
         return VerifyReport(True, len(entries), head_seq, head_hash)
     return VerifyReport(False, bad_pos, head_seq, head_hash, bad_pos + 1, reason)
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def export_entries(entries: Iterable[LineageEntry]) -> str:
-    """Serialise a ledger as JSON Lines with a header and a trailer (module docstring)."""
-    header = canonical_json({"format": EXPORT_FORMAT, "version": EXPORT_VERSION})
-    lines = [header]
-    count, head_seq, head_hash = 0, 0, GENESIS_HASH
-    for entry in entries:
-        lines.append(canonical_json(entry.model_dump(), path=f"entry {entry.seq}"))
-        count, head_seq, head_hash = count + 1, entry.seq, entry.entry_hash
-    trailer = {"count": count, "head_hash": head_hash, "head_seq": head_seq}
-    lines.append(canonical_json({"trailer": trailer}))
-    return "\n".join(lines) + "\n"
-
-
-def _parse_line(line: str, lineno: int) -> dict:
-    """Parse one export line; it must be canonical JSON, so any altered byte is caught here
-    or by the chain check (line N holds entry N - 1)."""
-    where = f"line {lineno}" + (f" (entry {lineno - 1})" if lineno > 1 else "")
-    try:
-        value = parse_json(line)
-    except CanonicalJsonError as exc:
-        raise ExportError(f"{where}: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ExportError(f"{where}: not a JSON object")
-    if canonical_json(value) != line:
-        raise ExportError(f"{where}: not canonical JSON (the line was edited)")
-    return value
-
-
-def load_export(text: str) -> list[LineageEntry]:
-    """Read an export written by `export_entries`.
-
-    Raises
-    ------
-    ExportTruncatedError
-        If the file ends in a partial line or without its trailer ("export truncated after
-        entry N"), or the trailer's count/head disagree with the entries.
-    ExportError
-        If the header is missing or a line is not an entry.
-    """
-    lines = text.split("\n")
-    complete, partial = lines[:-1], lines[-1]
-    if not complete or _parse_line(complete[0], 1) != {
-        "format": EXPORT_FORMAT,
-        "version": EXPORT_VERSION,
-    }:
-        if not complete:
-            raise ExportTruncatedError("export truncated before its header (empty file)")
-        raise ExportError(f"line 1 is not a {EXPORT_FORMAT} v{EXPORT_VERSION} header")
-    entries: list[LineageEntry] = []
-    trailer: dict | None = None
-    for lineno, line in enumerate(complete[1:], start=2):
-        after = entries[-1].seq if entries else 0
-        if trailer is not None:
-            raise ExportError(f"line {lineno}: content after the trailer (after entry {after})")
-        value = _parse_line(line, lineno)
-        if "trailer" in value:
-            trailer = value["trailer"]
-            continue
-        try:
-            entries.append(LineageEntry.model_validate(value))
-        except ValidationError as exc:
-            raise ExportError(f"line {lineno} (entry {lineno - 1}): not an entry: {exc}") from exc
-    last = entries[-1].seq if entries else 0
-    if partial or trailer is None:
-        raise ExportTruncatedError(
-            f"export truncated after entry {last}"
-            + (" (partial last line)" if partial else " (no trailer)")
-        )
-    _check_trailer(trailer, entries)
-    return entries
-
-
-def _check_trailer(trailer: dict, entries: list[LineageEntry]) -> None:
-    head = entries[-1].entry_hash if entries else GENESIS_HASH
-    if trailer.get("count") != len(entries) or trailer.get("head_hash") != head:
-        raise ExportTruncatedError(
-            f"export trailer says {trailer.get('count')} entries ending at "
-            f"{trailer.get('head_hash')}, the file holds {len(entries)} ending at {head}: "
-            "entries were removed or added"
-        )
 
 
 # ----------------------------------------------------------------------------- silo copies

@@ -9,6 +9,15 @@ all scored on the pooled test set (25% of each hospital, split seed 42).
     python bench/tune_heart_demo.py --grid     # the search that chose them (a few minutes)
 
 Targets: federated accuracy above every local-only model's and within 0.03 of pooled.
+
+Chosen (flows/demo_config.py): logreg, FedAvg, 20 rounds, 1 local epoch, SGD lr 0.1, batch 32.
+Measured on a 2-core CPU, pooled test set (231 rows), init seeds 0-3: federated accuracy
+0.814-0.835 (AUC 0.895-0.899), pooled 0.823-0.835 (AUC 0.905-0.907), best local-only
+(Cleveland) 0.779-0.797 (AUC 0.878-0.892): 0.035-0.043 above the best hospital alone and at
+most 0.017 below pooled. Its grid neighbours (lr 0.1 with 40 rounds or 2 epochs; lr 0.05 and
+0.3 with 40 rounds) also passed on all four seeds; 10 rounds, lr 0.05 with 20 rounds and 5 local
+epochs at 20 rounds missed on some seed. The full grid takes about an hour on 2 cores; run one
+kind at a time with --only.
 """
 
 from __future__ import annotations

@@ -169,6 +169,7 @@ def silo_start(
     if cfg.prefect.api_url:
         os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from silos.agent import run_agent
 
     try:

@@ -282,10 +282,14 @@ def _compare(
             cells.append(f"{row['accuracy']:.3f} / {auc}")
         table.add_row(name, *cells)
     console.print(table)
-    pooled_all = {r["model"]: r for r in rows if r["test_set"] == baselines.ALL_TEST_SETS}
-    fed_acc = float(pooled_all["federated"]["accuracy"])
-    best_local = max(float(pooled_all[f"{n} alone"]["accuracy"]) for n in local)
-    central = float(pooled_all["pooled (centralized)"]["accuracy"])
+    acc_all = {
+        str(r["model"]): float(r["accuracy"])  # type: ignore[arg-type]
+        for r in rows
+        if r["test_set"] == baselines.ALL_TEST_SETS
+    }
+    fed_acc = acc_all["federated"]
+    best_local = max(acc_all[f"{n} alone"] for n in local)
+    central = acc_all["pooled (centralized)"]
     verdict = fed_acc > best_local and central - fed_acc <= 0.03
     console.print(
         f"federated accuracy on all test sets {fed_acc:.3f}; best hospital alone {best_local:.3f}; "

@@ -15,7 +15,7 @@ def heart_demo_spec(n_features: int) -> RunSpec:
         dataset="heart_disease",
         model=ModelSpec(kind="logreg", n_features=n_features),
         strategy=StrategySpec(name="fedavg"),
-        training=TrainingSpec(local_epochs=2, batch_size=32, lr=0.1, optimizer="sgd", seed=0),
+        training=TrainingSpec(local_epochs=1, batch_size=32, lr=0.1, optimizer="sgd", seed=0),
         rounds=20,
         min_silos=3,
         round_deadline_s=60.0,

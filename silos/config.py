@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -71,7 +72,7 @@ class PrefectSection(_Section):
 
 
 class PolicySection(_Section):
-    allowed_models: list[ModelKind] = Field(default_factory=lambda: ["logreg", "mlp"])
+    allowed_models: list[ModelKind] = Field(default_factory=lambda: list(get_args(ModelKind)))
     max_rounds_per_run: int = Field(default=200, ge=1)
 
 
@@ -92,7 +93,7 @@ class SiloConfig(_Section):
         return self.silo.key_path or self.silo.workspace / "keys" / "silo_ed25519.pem"
 
 
-def load_silo_config(path: Path) -> SiloConfig:
+def load_silo_config(path: Path | str) -> SiloConfig:
     """Read and validate `silo.toml`; relative paths are resolved against its folder.
 
     Raises

@@ -78,29 +78,40 @@ def train_local(
     with _single_thread():
         model = build_model(spec)
         set_params(model, global_params)
-        anchor = [p.detach().clone() for p in model.parameters()]
-        optimizer = _optimizer(model, training)
-        generator = torch.Generator().manual_seed(training.seed)
-        loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-        n = features.shape[0]
-        epoch_loss = float("nan")
-        for _ in range(training.local_epochs):
-            total = 0.0
-            for idx in torch.randperm(n, generator=generator).split(training.batch_size):
-                optimizer.zero_grad()
-                batch_loss = loss_fn(model(features[idx]), labels[idx])
-                objective = batch_loss / len(idx)
-                if mu > 0:
-                    drift = sum(
-                        ((p - a) ** 2).sum()
-                        for p, a in zip(model.parameters(), anchor, strict=True)
-                    )
-                    objective = objective + 0.5 * mu * drift
-                objective.backward()
-                optimizer.step()
-                total += batch_loss.item()
-            epoch_loss = total / n
-    return TrainResult(get_params(model), n, epoch_loss, time.perf_counter() - started)
+        loss = _fit(model, features, labels, training, mu)
+    return TrainResult(get_params(model), len(labels), loss, time.perf_counter() - started)
+
+
+def _fit(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    training: TrainingSpec,
+    mu: float,
+) -> float:
+    """Mini-batch training in place; returns the last epoch's mean BCE."""
+    anchor = [p.detach().clone() for p in model.parameters()]
+    optimizer = _optimizer(model, training)
+    generator = torch.Generator().manual_seed(training.seed)
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    n = features.shape[0]
+    epoch_loss = float("nan")
+    for _ in range(training.local_epochs):
+        total = 0.0
+        for idx in torch.randperm(n, generator=generator).split(training.batch_size):
+            optimizer.zero_grad()
+            batch_loss = loss_fn(model(features[idx]), labels[idx])
+            objective = batch_loss / len(idx)
+            if mu > 0:
+                drift = sum(
+                    ((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True)
+                )
+                objective = objective + 0.5 * mu * drift
+            objective.backward()
+            optimizer.step()
+            total += batch_loss.item()
+        epoch_loss = total / n
+    return epoch_loss
 
 
 def evaluate(spec: ModelSpec, params: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Metrics:

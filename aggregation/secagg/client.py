@@ -33,6 +33,7 @@ from aggregation.secagg.exceptions import (
     UnknownSiloError,
     UnmaskRefusedError,
     VectorShapeError,
+    Where,
 )
 from aggregation.secagg.messages import (
     AdvertiseKeys,
@@ -65,7 +66,7 @@ class ClientState:
     revealed_b: set[str] = field(default_factory=set)
     revealed_s: set[str] = field(default_factory=set)
 
-    def where(self, stage: str, silo: str | None = None) -> dict:
+    def where(self, stage: str, silo: str | None = None) -> Where:
         """Error context for this round."""
         return {
             "run_id": self.config.run_id,
@@ -74,13 +75,17 @@ class ClientState:
             "silo": silo or self.silo,
         }
 
-    def advance(self, expected: str, following: str) -> None:
-        """Move to ``following``; refuse to run a stage twice or out of order."""
+    def require(self, expected: str) -> None:
+        """Refuse to run a stage twice or out of order."""
         if self.stage != expected:
             raise DuplicateMessageError(
                 f"this silo is at stage {self.stage!r}, cannot run {expected!r} (again)",
                 **self.where(expected),
             )
+
+    def advance(self, expected: str, following: str) -> None:
+        """Move to ``following`` once a stage's inputs were all accepted."""
+        self.require(expected)
         self.stage = following
 
 
@@ -117,9 +122,12 @@ def advertise_keys(
     return state, advert
 
 
-def _accept_adverts(state: ClientState, adverts: Iterable[AdvertiseKeys]) -> None:
+def _accept_adverts(
+    state: ClientState, adverts: Iterable[AdvertiseKeys]
+) -> dict[str, AdvertiseKeys]:
     cfg, mine = state.config, state.config.neighbours[state.silo]
     seen: set[str] = set()
+    peers = {state.silo: state.peers[state.silo]}
     for advert in adverts:
         advert.check_round(cfg.run_id, cfg.round_num)
         if advert.silo in seen:
@@ -136,7 +144,8 @@ def _accept_adverts(state: ClientState, adverts: Iterable[AdvertiseKeys]) -> Non
         if advert.silo not in mine:
             continue  # SecAgg+: keys of non-neighbours are irrelevant here
         advert.verify(_identity(state, advert.silo, "advertise"))
-        state.peers[advert.silo] = advert
+        peers[advert.silo] = advert
+    return peers
 
 
 def _identity(state: ClientState, silo: str, stage: str) -> bytes:
@@ -161,8 +170,10 @@ def share_keys(state: ClientState, adverts: Iterable[AdvertiseKeys]) -> ShareKey
 
     ``adverts`` are the signed adverts the service relays; only neighbours' are used.
     """
+    state.require("share")
+    peers = _accept_adverts(state, adverts)  # all checked before any state changes
     state.advance("share", "masked")
-    _accept_adverts(state, adverts)
+    state.peers = peers
     cfg = state.config
     _need(state, len(state.peers), "share", "too few neighbours advertised keys")
     holders = {cfg.index(p): p for p in state.peers}
@@ -201,7 +212,12 @@ def _share_key(state: ClientState, peer: str) -> bytes:
     )
 
 
-def _accept_share(state: ClientState, msg: EncryptedShare) -> None:
+def _accept_share(
+    state: ClientState,
+    msg: EncryptedShare,
+    held_b: dict[str, shamir.Share],
+    held_s: dict[str, shamir.Share],
+) -> None:
     cfg = state.config
     msg.check_round(cfg.run_id, cfg.round_num)
     if msg.recipient != state.silo or msg.silo not in state.peers or msg.silo == state.silo:
@@ -209,7 +225,7 @@ def _accept_share(state: ClientState, msg: EncryptedShare) -> None:
             f"share from {msg.silo!r} to {msg.recipient!r} is not for this silo from a neighbour",
             **state.where("share", msg.silo),
         )
-    if msg.silo in state.held_b:
+    if msg.silo in held_b:
         raise DuplicateMessageError(
             "a second share from this silo", **state.where("share", msg.silo)
         )
@@ -225,7 +241,7 @@ def _accept_share(state: ClientState, msg: EncryptedShare) -> None:
         raise MessageFormatError(
             "shares carry another holder's index", **state.where("share", msg.silo)
         )
-    state.held_b[msg.silo], state.held_s[msg.silo] = b_share, s_share
+    held_b[msg.silo], held_s[msg.silo] = b_share, s_share
 
 
 def masked_input(
@@ -251,10 +267,13 @@ def masked_input(
             f"({cfg.dim},) {expected}: quantize with bits={cfg.bits}",
             **state.where("masked"),
         )
-    state.advance("masked", "consistency" if cfg.consistency_check else "unmask")
+    state.require("masked")
+    held_b, held_s = dict(state.held_b), dict(state.held_s)
     for msg in shares:
-        _accept_share(state, msg)
-    _need(state, len(state.held_b), "masked", "too few neighbours shared keys")
+        _accept_share(state, msg, held_b, held_s)
+    _need(state, len(held_b), "masked", "too few neighbours shared keys")
+    state.advance("masked", "consistency" if cfg.consistency_check else "unmask")
+    state.held_b, state.held_s = held_b, held_s
     y = quantized.copy()
     add_mask(y, state.self_seed, +1)
     me = cfg.index(state.silo)
@@ -280,8 +299,9 @@ def pair_seed(
 
 def sign_survivors(state: ClientState, survivors: Sequence[str]) -> ConsistencySignature:
     """Stage 3 (Bonawitz's consistency check): sign the survivor list, once per round."""
-    state.advance("consistency", "unmask")
+    state.require("consistency")
     _check_survivors(state, tuple(sorted(survivors)), "consistency")
+    state.advance("consistency", "unmask")
     state.signed_survivors = tuple(sorted(survivors))
     cfg = state.config
     return ConsistencySignature.create(

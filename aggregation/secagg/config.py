@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aggregation.secagg.crypto import PROTOCOL_LABEL, transcript
-from aggregation.secagg.exceptions import SecAggConfigError, UnknownSiloError
+from aggregation.secagg.exceptions import SecAggConfigError, UnknownSiloError, Where
 from aggregation.secagg.prg import dtype_for, expand
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
@@ -103,7 +103,7 @@ class RoundConfig:
         object.__setattr__(self, "_index", {s: i + 1 for i, s in enumerate(self.silos)})
         dtype_for(self.bits)
         n = len(self.silos)
-        where = {"run_id": self.run_id, "round_num": self.round_num, "stage": "setup"}
+        where: Where = {"run_id": self.run_id, "round_num": self.round_num, "stage": "setup"}
         if len(self._index) != n or n < 2:
             raise SecAggConfigError(f"roster needs >= 2 distinct silos, got {self.silos}", **where)
         if self.dim < 1:

@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from aggregation.secagg.exceptions import DecryptionError, MessageFormatError, SignatureError
+from aggregation.secagg.exceptions import (
+    DecryptionError,
+    MessageFormatError,
+    SignatureError,
+    Where,
+)
 
 PROTOCOL_LABEL = b"fedsilo-secagg/v1"
 MASK_SEED_INFO = PROTOCOL_LABEL + b"/mask-seed"
@@ -187,7 +192,7 @@ def verify(
     SignatureError
         If the signature does not verify under ``public`` for this exact context.
     """
-    where = {"run_id": run_id, "round_num": round_num, "stage": stage, "silo": silo}
+    where: Where = {"run_id": run_id, "round_num": round_num, "stage": stage, "silo": silo}
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(
             signature, signing_bytes(run_id, round_num, stage, silo, body)

@@ -21,6 +21,17 @@ Every error names the run, round, stage and silo at fault (where known) and says
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
+
+class Where(TypedDict, total=False):
+    """Where an error happened; passed as keyword arguments to every error."""
+
+    run_id: str | None
+    round_num: int | None
+    stage: str | None
+    silo: str | None
+
 
 class SecAggError(Exception):
     """Base class for secure-aggregation failures.
@@ -113,10 +124,10 @@ class InsufficientSharesError(SecAggError):
         The threshold and how many answered.
     """
 
-    def __init__(self, message: str, *, needed: int, got: int, **where: object) -> None:
+    def __init__(self, message: str, *, needed: int, got: int, **where: Unpack[Where]) -> None:
         self.needed = needed
         self.got = got
-        super().__init__(f"needed {needed}, got {got}: {message}", **where)  # type: ignore[arg-type]
+        super().__init__(f"needed {needed}, got {got}: {message}", **where)
 
 
 class ReconstructionError(SecAggError):

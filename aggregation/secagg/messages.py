@@ -14,7 +14,7 @@ import json
 import struct
 import typing
 from dataclasses import dataclass, fields
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +25,7 @@ from aggregation.secagg.prg import DTYPES
 
 MAGIC = b"FSA1"
 M = TypeVar("M", bound="Message")
+S = TypeVar("S", bound="Signed")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Message:
             if header.pop("kind") != cls.__name__:
                 raise ValueError(f"expected a {cls.__name__}")
             hints = typing.get_type_hints(cls)
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 f.name: _decode(hints[f.name], header[f.name], data[8 + size :])
                 for f in fields(cls)
             }
@@ -98,23 +99,23 @@ class Message:
             )
 
 
-def _decode(hint: object, value: object, payload: bytes) -> object:
+def _decode(hint: Any, value: Any, payload: bytes) -> Any:
     if hint is bytes:
-        return bytes.fromhex(value)  # type: ignore[arg-type]
+        return bytes.fromhex(value)
     if hint is np.ndarray:
-        dtype = np.dtype(value["dtype"])  # type: ignore[index]
+        dtype = np.dtype(value["dtype"])
         if dtype not in DTYPES.values():
             raise ValueError(f"vector dtype {dtype} is not <u4 or <u8")
-        length = value["length"]  # type: ignore[index]
+        length = value["length"]
         if len(payload) != length * dtype.itemsize:
             raise ValueError(f"payload has {len(payload)} bytes for {length} x {dtype}")
         return np.frombuffer(payload, dtype=dtype).copy()
     origin = typing.get_origin(hint)
     if origin is dict:
-        return {str(k): bytes.fromhex(v) for k, v in value.items()}  # type: ignore[union-attr]
+        return {str(k): bytes.fromhex(v) for k, v in value.items()}
     if origin is tuple:
-        return tuple(str(v) for v in value)  # type: ignore[union-attr]
-    if hint in (str, int) and not isinstance(value, hint):  # type: ignore[arg-type]
+        return tuple(str(v) for v in value)
+    if hint in (str, int) and not isinstance(value, hint):
         raise ValueError(f"expected {hint}, got {value!r}")
     return value
 
@@ -132,7 +133,7 @@ class Signed(Message):
 
     signature: bytes
 
-    def signing_context(self) -> dict:
+    def signing_context(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "round_num": self.round_num,
@@ -145,11 +146,11 @@ class Signed(Message):
         crypto.verify(identity_public, self.signature, body=self.body(), **self.signing_context())
 
     @classmethod
-    def create(cls: type[M], identity: Ed25519PrivateKey, **values: object) -> M:
+    def create(cls: type[S], identity: Ed25519PrivateKey, **values: Any) -> S:
         """Build the message and sign it with ``identity``."""
-        unsigned = cls(signature=b"", **values)  # type: ignore[call-arg]
+        unsigned = cls(signature=b"", **values)
         signature = crypto.sign(identity, body=unsigned.body(), **unsigned.signing_context())
-        return cls(signature=signature, **values)  # type: ignore[call-arg]
+        return cls(signature=signature, **values)
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class MaskedInput(Signed):
 
     def body(self) -> bytes:
         v = np.ascontiguousarray(self.vector)
-        return crypto.transcript(v.dtype.str, v.size, hashlib.sha256(v).digest())
+        return crypto.transcript(v.dtype.str, v.size, hashlib.sha256(v.data).digest())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MaskedInput) and self.to_bytes() == other.to_bytes()

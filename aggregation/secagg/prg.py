@@ -13,6 +13,8 @@ second 10^7-element buffer, and the chunk stays in cache between AES and the add
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -21,8 +23,8 @@ from aggregation.secagg.exceptions import SecAggConfigError
 SEED_BYTES = 32
 _COUNTER0 = bytes(16)
 _CHUNK = 1 << 18  # bytes per AES call: 256 KiB stays in L2 while it is added
-_ZEROS = bytes(_CHUNK)
-DTYPES = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_ZEROS = memoryview(bytes(_CHUNK))  # slicing a memoryview does not copy
+DTYPES: dict[int, np.dtype] = {32: np.dtype("<u4"), 64: np.dtype("<u8")}
 
 
 def dtype_for(bits: int) -> np.dtype:
@@ -59,12 +61,28 @@ def expand(seed: bytes, length: int, bits: int) -> np.ndarray:
     dtype = dtype_for(bits)
     nbytes = length * dtype.itemsize
     out = np.empty(nbytes + 16, dtype=np.uint8)  # update_into wants block_size - 1 spare bytes
-    view = memoryview(out)
+    view = out.data  # writable memoryview of the buffer
     enc = _keystream(seed)
     for start in range(0, nbytes, _CHUNK):
         n = min(_CHUNK, nbytes - start)
         enc.update_into(_ZEROS[:n] if n < _CHUNK else _ZEROS, view[start : start + n + 15])
     return out[:nbytes].view(dtype)
+
+
+def iter_expand(seed: bytes, length: int, bits: int, chunk: int = 1 << 16) -> Iterator[np.ndarray]:
+    """Yield :func:`expand` ``(seed, length, bits)`` in consecutive pieces of ``chunk`` integers.
+
+    Each piece is a view of a reused buffer: consume it before asking for the next one.
+    """
+    dtype = dtype_for(bits)
+    scratch = np.empty(chunk * dtype.itemsize + 16, dtype=np.uint8)
+    view = scratch.data  # writable memoryview of the buffer
+    enc = _keystream(seed)
+    for start in range(0, length, chunk):
+        nbytes = min(chunk, length - start) * dtype.itemsize
+        zeros = _ZEROS[:nbytes] if nbytes <= _CHUNK else bytes(nbytes)
+        enc.update_into(zeros, view[: nbytes + 15])
+        yield scratch[:nbytes].view(dtype)
 
 
 def add_mask(acc: np.ndarray, seed: bytes, sign: int = 1) -> None:
@@ -85,7 +103,7 @@ def add_mask(acc: np.ndarray, seed: bytes, sign: int = 1) -> None:
         raise SecAggConfigError(f"mask accumulator must be contiguous <u4/<u8, got {acc.dtype}")
     raw = acc.view(np.uint8)
     scratch = np.empty(_CHUNK + 16, dtype=np.uint8)
-    view = memoryview(scratch)
+    view = scratch.data  # writable memoryview of the buffer
     enc = _keystream(seed)
     op = np.add if sign == 1 else np.subtract
     item = acc.dtype.itemsize
@@ -94,8 +112,3 @@ def add_mask(acc: np.ndarray, seed: bytes, sign: int = 1) -> None:
         enc.update_into(_ZEROS[:n] if n < _CHUNK else _ZEROS, view[: n + 15])
         part = acc[start // item : (start + n) // item]
         op(part, scratch[:n].view(acc.dtype), out=part)
-
-
-def uniform01(seed: bytes, length: int) -> np.ndarray:
-    """``length`` floats in [0, 1) on a 2^-32 grid, from the PRG (for stochastic rounding)."""
-    return expand(seed, length, 32) * (1.0 / 2**32)

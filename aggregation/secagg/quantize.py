@@ -31,9 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from aggregation.secagg.exceptions import InputError, SecAggConfigError
-from aggregation.secagg.prg import dtype_for, uniform01
+from aggregation.secagg.prg import dtype_for, iter_expand
 
 _FLOAT_EXACT = 2**52
+_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,30 @@ class Quantizer:
         numpy.ndarray
             Two's-complement integers of dtype :attr:`dtype`.
         """
-        values = np.asarray(x, dtype=np.float64)
+        values = np.asarray(x)
         if values.ndim != 1:
             raise InputError(f"quantize expects a 1-D vector, got shape {values.shape}")
         if not np.isfinite(values).all():
             raise InputError("update contains NaN or infinite values; fix local training")
+        out = np.empty(values.size, dtype=self.dtype)
+        stream = iter_expand(seed if seed is not None else os.urandom(32), values.size, 32, _CHUNK)
+        # chunks keep the float64 temporaries in cache (2-3x faster than whole passes at 1e7)
+        for start, uniform in zip(range(0, values.size, _CHUNK), stream, strict=True):
+            out[start : start + _CHUNK] = self._round(values[start : start + _CHUNK], uniform)
+        return out
+
+    def _round(self, values: np.ndarray, uniform: np.ndarray) -> np.ndarray:
         level = float(self.level)
-        v = np.clip(values * self.scale, -level, level)
-        low = np.floor(v)
-        u = uniform01(seed if seed is not None else os.urandom(32), v.size)
-        q = low.astype(np.int64) + (u < (v - low))
-        return q.astype(self.dtype)  # int64 -> unsigned wraps: two's complement mod 2^k
+        v = np.multiply(values, self.scale, dtype=np.float64)
+        np.clip(v, -level, level, out=v)
+        q = np.floor(v)
+        np.subtract(v, q, out=v)  # fractional part in [0, 1)
+        # round up iff a uniform 32-bit integer r satisfies r / 2^32 < frac, i.e.
+        # r < frac * 2^32; both sides are exact in float64, so P(up) = frac on a 2^-32 grid
+        np.multiply(v, 2.0**32, out=v)
+        rounded = q.astype(np.int64)
+        rounded += uniform < v
+        return rounded.astype(self.dtype)  # int64 -> unsigned wraps: two's complement mod 2^k
 
     def dequantize_sum(self, total: np.ndarray) -> np.ndarray:
         """Map a sum of quantized vectors (mod 2^k) back to float64 values."""

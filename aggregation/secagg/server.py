@@ -32,6 +32,7 @@ from aggregation.secagg.exceptions import (
     UnknownSiloError,
     UnmaskRefusedError,
     VectorShapeError,
+    Where,
 )
 from aggregation.secagg.messages import (
     AdvertiseKeys,
@@ -61,7 +62,7 @@ class ServerState:
     consistency: dict[str, bytes] = field(default_factory=dict)
     responses: dict[str, UnmaskResponse] = field(default_factory=dict)
 
-    def where(self, stage: str, silo: str | None = None) -> dict:
+    def where(self, stage: str, silo: str | None = None) -> Where:
         """Error context for this round."""
         cfg = self.config
         return {"run_id": cfg.run_id, "round_num": cfg.round_num, "stage": stage, "silo": silo}
@@ -156,6 +157,7 @@ def receive_masked(state: ServerState, msg: MaskedInput) -> None:
         raise UnknownSiloError(
             "masked input from a silo that shared no keys", **state.where("masked", msg.silo)
         )
+    assert state.total is not None  # allocated when stage 1 closed; _admit checked the stage
     np.add(state.total, msg.vector, out=state.total)
     state.submitted.append(msg.silo)
 

@@ -87,7 +87,7 @@ def run_round(
         Silos that vanish after sending their masked input (never help unmask).
     """
     roster = {s: identity_public_bytes(k) for s, k in identities.items()}
-    clock, sent = _Clock(), defaultdict(int)
+    clock, sent = _Clock(), defaultdict[str, int](int)
 
     def wire(msg: M) -> M:  # the relay stores bytes and hands bytes back
         raw = msg.to_bytes()
@@ -103,25 +103,25 @@ def run_round(
         clock.time("server", "advertise", server.receive_advertise, srv, wire(advert))
     adverts = clock.time("server", "advertise", server.close_advertise, srv)
     for silo, state in states.items():
-        msg = clock.time(silo, "share", client.share_keys, state, adverts)
-        clock.time("server", "share", server.receive_shares, srv, wire(msg))
+        shared = clock.time(silo, "share", client.share_keys, state, adverts)
+        clock.time("server", "share", server.receive_shares, srv, wire(shared))
     deliveries = clock.time("server", "share", server.close_shares, srv)
     live = [s for s in config.silos if s not in drop_after_share]
     for silo in live:
-        msg = clock.time(
+        masked = clock.time(
             silo, "masked", client.masked_input, states[silo], deliveries[silo], inputs[silo]
         )
-        clock.time("server", "masked", server.receive_masked, srv, wire(msg))
+        clock.time("server", "masked", server.receive_masked, srv, wire(masked))
     survivors = clock.time("server", "masked", server.close_masked, srv)
     helpers = [s for s in survivors if s not in drop_after_masked]
     if config.consistency_check:
         for silo in helpers:
-            msg = clock.time(silo, "consistency", client.sign_survivors, states[silo], survivors)
-            clock.time("server", "consistency", server.receive_consistency, srv, wire(msg))
+            signed = clock.time(silo, "consistency", client.sign_survivors, states[silo], survivors)
+            clock.time("server", "consistency", server.receive_consistency, srv, wire(signed))
     requests = clock.time("server", "unmask", server.unmask_requests, srv)
     for silo in helpers:
-        msg = clock.time(silo, "unmask", client.unmask, states[silo], requests[silo])
-        clock.time("server", "unmask", server.receive_unmask, srv, wire(msg))
+        answer = clock.time(silo, "unmask", client.unmask, states[silo], requests[silo])
+        clock.time("server", "unmask", server.receive_unmask, srv, wire(answer))
     total = clock.time("server", "unmask", server.finalize, srv)
     server_seconds = clock.seconds.pop("server")
     return RoundReport(

@@ -26,10 +26,10 @@ predecessor.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Integer, String, Text, insert, select, text
+from sqlalchemy import Integer, String, Table, Text, insert, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from aggregation.service.db import Base
@@ -37,6 +37,7 @@ from schemas.lineage import (
     GENESIS_HASH,
     KINDS,
     SERVICE_AUTHOR,
+    CanonicalJsonError,
     LineageEntry,
     LineageError,
     Receipt,
@@ -101,14 +102,16 @@ class LedgerHead(Base):
     entry_hash: Mapped[str] = mapped_column(String(64))
 
 
+ENTRIES_TABLE = cast(Table, LedgerEntry.__table__)
+HEAD_TABLE = cast(Table, LedgerHead.__table__)
 # The tables the migration must create (then call `ledger_guard.install`).
-metadata_tables = (LedgerEntry.__table__, LedgerHead.__table__)
+metadata_tables: tuple[Table, ...] = (ENTRIES_TABLE, HEAD_TABLE)
 
 
 _LOCK_HEAD = text("UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq, entry_hash")
 _MOVE_HEAD = text("UPDATE ledger_head SET seq = :seq, entry_hash = :entry_hash WHERE id = 1")
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_INSERT_ENTRY = insert(LedgerEntry.__table__)
+_INSERT_ENTRY = insert(ENTRIES_TABLE)
 
 
 def _lock_and_read_head(session: Session) -> tuple[int, str]:
@@ -125,9 +128,7 @@ def _lock_and_read_head(session: Session) -> tuple[int, str]:
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
     seq, entry_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
-    connection.execute(
-        insert(LedgerHead.__table__), {"id": 1, "seq": seq, "entry_hash": entry_hash}
-    )
+    connection.execute(insert(HEAD_TABLE), {"id": 1, "seq": seq, "entry_hash": entry_hash})
     return seq, entry_hash
 
 
@@ -206,7 +207,7 @@ def append(
         )
     try:
         statement = make_statement(run_id=run_id, kind=kind, payload=_plain(payload), author=author)
-    except LineageError as exc:
+    except (LineageError, CanonicalJsonError) as exc:
         raise LedgerAppendError(f"{kind} entry by {author}: {exc}") from exc
     _check_author_signature(author, kind, author_signature, author_key, statement.message())
     seq, prev_hash = _lock_and_read_head(session)
@@ -242,7 +243,7 @@ def iter_records(session: Session, *, batch: int = 5000) -> Iterator[LineageEntr
     Reads plain rows rather than ORM objects, so a 100k-entry ledger does not fill the
     session's identity map.
     """
-    table = LedgerEntry.__table__
+    table = ENTRIES_TABLE
     after = 0
     while True:
         rows = session.execute(

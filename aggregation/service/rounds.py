@@ -71,7 +71,7 @@ def round_out(s: Session, rnd: Round) -> RoundOut:
         if c is None:
             reason = p.reason if p.status == "refused" else None
             state = "refused" if p.status == "refused" else "waiting"
-            states.append(SiloRoundState(silo=p.silo, state=state, reason=reason))
+            states.append(SiloRoundState(silo=p.silo, state=state, reason=reason))  # type: ignore[arg-type]
             continue
         states.append(
             SiloRoundState(

@@ -27,6 +27,8 @@ def weighted_mean(
     updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
 ) -> list[np.ndarray]:
     """Example-weighted mean of updates: sum_k n_k u_k / sum_k n_k, as float32."""
+    if not updates:
+        raise ValueError("no updates to aggregate")
     total_weight = float(sum(weights))
     if total_weight <= 0:
         raise ValueError(f"weights must sum to a positive number, got {total_weight}")

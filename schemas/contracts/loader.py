@@ -97,6 +97,8 @@ class Column(_Frozen):
 def _check_numeric(col: Column) -> None:
     if col.categories is not None:
         raise ValueError(f"numeric column {col.name!r} cannot list categories")
+    if any(isinstance(s, str) for s in col.missing_sentinels):
+        raise ValueError(f"numeric column {col.name!r} needs numeric missing_sentinels")
     if col.range is not None and not col.range[0] < col.range[1]:
         raise ValueError(f"column {col.name!r}: range must be [min, max] with min < max")
     if col.impute is None:

@@ -80,6 +80,8 @@ def test_forged_advert_signature_is_rejected_by_service_and_peers():
     assert "silo a" in str(err.value) and "round 1" in str(err.value)
     with pytest.raises(SignatureError):
         client.share_keys(rnd.states["b"], [forged, *list(rnd.adverts_sent.values())[1:]])
+    # nothing was committed: the silo can still answer the genuine relay
+    assert client.share_keys(rnd.states["b"], rnd.adverts_sent.values()).silo == "b"
 
 
 def test_altered_masked_vector_fails_its_signature():

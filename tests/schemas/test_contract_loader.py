@@ -113,6 +113,7 @@ def test_unknown_column_type_names_the_column(tmp_path: Path) -> None:
         ("impute = 5\n", "", "has no impute"),
         ('categories = ["red", "blue"]', 'categories = ["red", "red"]', "category twice"),
         ("max_missing_fraction = 0.5", "max_missing_fraction = 1.5", "max_missing_fraction"),
+        ("impute = 5\n", 'impute = 5\nmissing_sentinels = ["?"]\n', "numeric missing_sentinels"),
     ],
 )
 def test_inconsistent_contracts_are_refused(

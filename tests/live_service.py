@@ -1,0 +1,101 @@
+"""A real aggregation service on 127.0.0.1 for tests: uvicorn in a thread (fast) or a
+subprocess (for kill -9), plus signed clients. Imported by tests, not a fixture module."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aggregation.client import CoordinatorClient, SiloClient
+from aggregation.service.main import create_app
+from aggregation.service.settings import ServiceSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service_in_thread(workspace: Path, database_url: str, **settings: object) -> Iterator[str]:
+    """Run the service with uvicorn in a background thread; yields its base URL."""
+    port = free_port()
+    cfg = ServiceSettings(
+        workspace=workspace,
+        database_url=database_url,
+        port=port,
+        admin_token="test-admin-token",
+        **settings,
+    )  # type: ignore[arg-type]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def coordinator(url: str, token: str = "test-admin-token") -> CoordinatorClient:
+    return CoordinatorClient(url, token=token, retry_for_s=5)
+
+
+def enrolled_silo(
+    url: str, coord: CoordinatorClient, federation: str, name: str, approve: bool = True
+) -> SiloClient:
+    client = SiloClient(
+        url, federation=federation, silo=name, key=Ed25519PrivateKey.generate(), retry_for_s=5
+    )
+    client.enrol()
+    if approve:
+        coord.approve(federation, name)
+    return client
+
+
+def write_heart_silos(
+    root: Path,
+    service_urls: list[str],
+    prefect_url: str,
+    federation: str = "heart",
+    policy: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """One folder per UCI hospital with its CSV and silo.toml; returns name -> config path."""
+    from silos.demo_data import heart_disease_silos
+
+    urls = ", ".join(f'"{u}"' for u in service_urls)
+    configs = {}
+    for name, frame in heart_disease_silos().items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        frame.to_csv(folder / "data.csv", index=False)
+        policy_text = (policy or {}).get(
+            name, 'allowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 100'
+        )
+        (folder / "silo.toml").write_text(
+            f'[silo]\nname = "{name}"\nfederation = "{federation}"\n\n'
+            f'[data]\npath = "data.csv"\ncontract = "heart_disease"\n\n'
+            f'[service]\nurls = [{urls}]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
+            f"[policy]\n{policy_text}\n"
+        )
+        configs[name] = folder / "silo.toml"
+    return configs
