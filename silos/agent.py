@@ -104,56 +104,77 @@ def load_local_data(config: SiloConfig) -> LocalData:
     return data
 
 
-@task(cache_policy=NO_CACHE, name="fetch-global-model", task_run_name="round-{round_}-fetch")
 def fetch_global_model(
-    client: SiloClient, spec: RunSpec, run_id: str, version: int, round_: int
+    client: SiloClient, spec: RunSpec, run_id: str, version: int
 ) -> list[np.ndarray]:
     payload = client.download_model(run_id, version)
     params, _ = tensors.decode_expected(payload, param_shapes(spec.model))
     return params
 
 
-@task(cache_policy=NO_CACHE, name="evaluate-global-model", task_run_name="round-{round_}-evaluate")
-def evaluate_global(
-    spec: RunSpec, params: list[np.ndarray], data: LocalData, round_: int
-) -> Metrics:
-    return evaluate(spec.model, params, data.X_test, data.y_test)
-
-
-@task(cache_policy=NO_CACHE, name="train-local", task_run_name="round-{round_}-train")
-def train_round(
-    spec: RunSpec, params: list[np.ndarray], data: LocalData, round_: int, mu: float
-) -> tuple[list[np.ndarray], int, float]:
-    training = spec.training.model_copy(update={"seed": spec.training.seed + round_})
-    result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
-    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
-    return delta, result.n_examples, result.seconds
-
-
-@task(cache_policy=NO_CACHE, name="submit-update", task_run_name="round-{round_}-submit")
-def submit_update(
-    client: SiloClient,
+def encode_update(
     spec: RunSpec,
-    run_id: str,
-    round_: int,
+    work: Task,
     delta: list[np.ndarray],
     n_examples: int,
     seconds: float,
     metrics: Metrics,
-) -> str:
+) -> bytes:
+    """The update payload: the delta plus metadata binding it to this run and round."""
     names = [n for n, _ in param_shapes(spec.model)]
-    payload = tensors.encode(
+    return tensors.encode(
         dict(zip(names, delta, strict=True)),
         {
-            "run_id": run_id,
-            "round": str(round_),
+            "run_id": work.run_id,
+            "round": str(work.round),
             "n_examples": str(n_examples),
             "train_seconds": f"{seconds:.6f}",
             "metrics": metrics.model_dump_json(),
             "prefect_flow_run_id": str(flow_run.get_id() or ""),
         },
     )
-    return str(client.submit_update(run_id, round_, payload)["digest"])
+
+
+@task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
+def train_round(client: SiloClient, work: Task, data: LocalData) -> dict[str, object]:
+    """One training round: fetch the global model, score it on the holdout, train, submit.
+
+    One Prefect task per round keeps Prefect's bookkeeping (~10 ms a task) out of the round's
+    critical path; each step is logged inside it.
+    """
+    spec = work.spec
+    assert spec is not None
+    logger = get_run_logger()
+    params = fetch_global_model(client, spec, work.run_id, work.model_version)
+    metrics = evaluate(spec.model, params, data.X_test, data.y_test)
+    logger.info("round %d: model v%d on local holdout: %s", work.round, work.model_version, metrics)
+    mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
+    training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
+    result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
+    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
+    payload = encode_update(spec, work, delta, result.n_examples, result.seconds, metrics)
+    digest = client.submit_update(work.run_id, work.round, payload)["digest"]
+    logger.info(
+        "round %d: trained on %d rows in %.3fs; update %s accepted",
+        work.round,
+        result.n_examples,
+        result.seconds,
+        str(digest)[:16],
+    )
+    return {"round": work.round, "digest": digest, "train_seconds": result.seconds}
+
+
+@task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
+def evaluate_round(client: SiloClient, work: Task, data: LocalData) -> Metrics:
+    """An evaluation round: score the final global model on the local holdout and report it."""
+    spec = work.spec
+    assert spec is not None
+    params = fetch_global_model(client, spec, work.run_id, work.model_version)
+    metrics = evaluate(spec.model, params, data.X_test, data.y_test)
+    report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
+    client.submit_evaluation(work.run_id, work.round, report)
+    get_run_logger().info("final model v%d on local holdout: %s", work.model_version, metrics)
+    return metrics
 
 
 @flow(name="silo-training", flow_run_name="{run_id}", log_prints=True)
@@ -182,19 +203,8 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
                 client.refuse(run_id, reason)
                 return {"run_id": run_id, "refused": reason}
             checked = True
-        _serve_round(client, work, data)
+        if work.type == "evaluate":
+            evaluate_round(client, work, data)
+        else:
+            train_round(client, work, data)
         rounds_done += 1
-
-
-def _serve_round(client: SiloClient, work: Task, data: LocalData) -> None:
-    spec = work.spec
-    assert spec is not None
-    params = fetch_global_model(client, spec, work.run_id, work.model_version, work.round)
-    metrics = evaluate_global(spec, params, data, work.round)
-    if work.type == "evaluate":
-        report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
-        client.submit_evaluation(work.run_id, work.round, report)
-        return
-    mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
-    delta, n_examples, seconds = train_round(spec, params, data, work.round, mu)
-    submit_update(client, spec, work.run_id, work.round, delta, n_examples, seconds, metrics)
