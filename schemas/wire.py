@@ -136,3 +136,43 @@ class RunFinish(Message):
 
 class ErrorOut(Message):
     detail: str
+
+
+class ExpectationOutcome(Message):
+    """One failed (or passed) expectation of a data contract's suite, without any raw values."""
+
+    expectation: str = Field(
+        description="GX expectation type, e.g. expect_column_values_to_be_between"
+    )
+    column: str | None = None
+    success: bool
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    detail: str = Field(default="", description="human summary; never raw values or rows")
+
+
+class ValidationSummary(Message):
+    """The result of a silo's validation gate for one round: fingerprints and counts only."""
+
+    contract: str
+    contract_version: str
+    contract_sha256: str
+    data_sha256: str = Field(description="sha256 of the canonical table (see silos.gate)")
+    n_rows: int = Field(ge=0)
+    n_expectations: int = Field(ge=0)
+    success: bool
+    failed: list[ExpectationOutcome] = Field(default_factory=list)
+    prefect_flow_run_id: str | None = None
+
+    def reason(self) -> str:
+        """One line naming each failed expectation, for round tables and run failures."""
+        parts = [
+            f"{f.expectation}({f.column or 'table'})"
+            + (
+                f": {f.unexpected_count} unexpected ({f.unexpected_percent:.1f}%)"
+                if f.unexpected_count is not None and f.unexpected_percent is not None
+                else ""
+            )
+            for f in self.failed
+        ]
+        return f"contract {self.contract} v{self.contract_version} failed: " + "; ".join(parts)
