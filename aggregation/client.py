@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from aggregation.exceptions import ServiceRejected, ServiceUnavailable
-from schemas import signing
+from schemas import signing, tensors
+from schemas.exceptions import TensorFormatError
+from schemas.lineage import LineageEntry, make_statement, sign_statement
 from schemas.wire import (
     EnrolRequest,
     MetricsReport,
@@ -65,6 +67,7 @@ class _Base:
         json_body: Any = None,
         content_type: str = "application/octet-stream",
         timeout: float | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         if json_body is not None:
             body = (
@@ -78,7 +81,11 @@ class _Base:
         last_error = ""
         while True:
             base = self.urls[self._current]
-            headers = {"Content-Type": content_type, **self._headers(method, path, body)}
+            headers = {
+                "Content-Type": content_type,
+                **(extra_headers or {}),
+                **self._headers(method, path, body),
+            }
             try:
                 resp = self._http.request(
                     method,
@@ -164,9 +171,31 @@ class SiloClient(_Base):
         return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
 
     def submit_update(self, run_id: str, round_: int, payload: bytes) -> dict[str, Any]:
-        return self.request(
-            "POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/update", body=payload
+        """Submit an update with the silo's signed ledger statement about it.
+
+        Returns the service's answer: ``digest``, ``duplicate`` and, for a newly accepted
+        update, ``receipt`` and the ``statement`` and ``author_signature`` it acknowledges.
+        """
+        try:
+            n_examples = int(tensors.read_metadata(payload).get("n_examples", "0"))
+        except (TensorFormatError, ValueError):
+            n_examples = 0  # the service will refuse the payload and say why
+        statement = make_statement(
+            run_id=run_id,
+            kind="update_accepted",
+            payload=signing.update_statement_payload(
+                self.silo, round_, tensors.digest(payload), n_examples
+            ),
+            author=f"silo:{self.silo}",
+        )
+        signature = sign_statement(self.key, statement)
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
+        result = self.request(
+            "POST", path, body=payload, extra_headers={signing.STATEMENT_HEADER: signature}
         ).json()
+        result["statement"] = statement.model_dump()
+        result["author_signature"] = signature
+        return dict(result)
 
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)
@@ -250,3 +279,13 @@ class CoordinatorClient(_Base):
 
     def download_model(self, run_id: str, version: int) -> bytes:
         return self.request("GET", f"/v1/runs/{run_id}/models/{version}/admin").content
+
+    def ledger(self, run_id: str | None = None, after: int = 0) -> list[LineageEntry]:
+        q = f"?after={after}" + (f"&run_id={run_id}" if run_id else "")
+        return [LineageEntry.model_validate(x) for x in self._json("GET", f"/v1/ledger{q}")]
+
+    def ledger_export(self) -> str:
+        return self.request("GET", "/v1/ledger/export", timeout=600).text
+
+    def ledger_keys(self) -> dict[str, str]:
+        return dict(self._json("GET", "/v1/ledger/keys"))

@@ -105,8 +105,8 @@ def report(records: list[dict]) -> None:  # type: ignore[type-arg]
         overhead = r["wall_seconds"] - r["slowest_train_seconds"]
         overheads.append(overhead)
         print(
-            f"{r['round']:>5} {1000 * r['wall_seconds']:>9.1f} {1000 * r['slowest_train_seconds']:>17.1f} "
-            f"{1000 * overhead:>12.1f}"
+            f"{r['round']:>5} {1000 * r['wall_seconds']:>9.1f} "
+            f"{1000 * r['slowest_train_seconds']:>17.1f} {1000 * overhead:>12.1f}"
         )
     median = statistics.median(overheads)
     print(

@@ -1,4 +1,7 @@
-"""Settings of the heart-disease demo, chosen with `bench/tune_heart_demo.py`."""
+"""Settings of the demos: the heart-disease hospitals and the credit-default banks.
+
+Chosen with `bench/tune_heart_demo.py` and `bench/tune_credit_demo.py`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,24 @@ def heart_demo_spec(n_features: int) -> RunSpec:
         training=TrainingSpec(local_epochs=1, batch_size=32, lr=0.1, optimizer="sgd", seed=0),
         rounds=20,
         min_silos=3,
+        round_deadline_s=60.0,
+        patience=0,
+    )
+
+
+def credit_demo_spec(n_features: int) -> RunSpec:
+    """The bank demo's run: FedAvg over the five credit-default banks (credit-limit bands).
+
+    Chosen with `bench/tune_credit_demo.py`; its docstring has the measured figures.
+    """
+    return RunSpec(
+        federation="banks",
+        dataset="credit_default",
+        model=ModelSpec(kind="logreg", n_features=n_features),
+        strategy=StrategySpec(name="fedavg"),
+        training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.05, optimizer="sgd", seed=0),
+        rounds=10,
+        min_silos=4,
         round_deadline_s=60.0,
         patience=0,
     )

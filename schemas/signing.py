@@ -14,6 +14,8 @@ HEADER_TIMESTAMP = "X-Fedsilo-Timestamp"
 HEADER_NONCE = "X-Fedsilo-Nonce"
 HEADER_SIGNATURE = "X-Fedsilo-Signature"
 MAX_CLOCK_SKEW_S = 300
+# The silo's Ed25519 signature over its ledger statement for an update (schemas.lineage).
+STATEMENT_HEADER = "X-Fedsilo-Statement-Signature"
 
 
 def request_message(
@@ -33,3 +35,10 @@ def request_message(
             silo,
         ]
     ).encode()
+
+
+def update_statement_payload(
+    silo: str, round_: int, digest: str, n_examples: int
+) -> dict[str, object]:
+    """The ledger payload of an accepted update, which the silo signs as its statement."""
+    return {"silo": silo, "round": round_, "digest": digest, "n_examples": n_examples}

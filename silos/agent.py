@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 from prefect import flow, get_run_logger, task
@@ -23,6 +24,7 @@ from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
 from silos.config import SiloConfig, load_silo_config
 from silos.keys import load_or_create_key
+from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData, prepare_local_data
 from silos.policy import policy_violation
 from silos.trainer import evaluate, train_local
@@ -136,7 +138,9 @@ def encode_update(
 
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
-def train_round(client: SiloClient, work: Task, data: LocalData) -> dict[str, object]:
+def train_round(
+    client: SiloClient, work: Task, data: LocalData, workspace: Path
+) -> dict[str, object]:
     """One training round: fetch the global model, score it on the holdout, train, submit.
 
     One Prefect task per round keeps Prefect's bookkeeping (~10 ms a task) out of the round's
@@ -153,7 +157,9 @@ def train_round(client: SiloClient, work: Task, data: LocalData) -> dict[str, ob
     result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
     delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
     payload = encode_update(spec, work, delta, result.n_examples, result.seconds, metrics)
-    digest = client.submit_update(work.run_id, work.round, payload)["digest"]
+    answer = client.submit_update(work.run_id, work.round, payload)
+    keep_receipt(workspace, answer)
+    digest = answer["digest"]
     logger.info(
         "round %d: trained on %d rows in %.3fs; update %s accepted",
         work.round,
@@ -206,5 +212,5 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
         if work.type == "evaluate":
             evaluate_round(client, work, data)
         else:
-            train_round(client, work, data)
+            train_round(client, work, data, config.workspace)
         rounds_done += 1

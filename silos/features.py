@@ -1,14 +1,19 @@
 """The feature pipeline every silo applies identically, built only from the data contract.
 
-No statistic is ever computed from a silo's rows: scaling uses the contract's declared ranges
-and missing values get the contract's agreed fill values. So two silos holding the same row
-produce the same feature vector, and the model's inputs mean the same thing everywhere.
+No statistic is ever computed from one silo's rows: scaling uses the contract's declared
+ranges, or federation-wide statistics summed from every silo's moments
+(`schemas.contracts.stats`), and missing values get the contract's agreed fill values or the
+federation mean. So two silos holding the same row produce the same feature vector, and the
+model's inputs mean the same thing everywhere.
 
 Encoding, per feature column, in contract order:
 
 - numeric: sentinels (e.g. chol 0) become missing; values are clipped to the contract range
-  and scaled to [0, 1] by it; missing values get the scaled `impute` value. A column that may
-  be missing also gets a 0/1 indicator feature ``<name>__missing``.
+  and scaled to [0, 1] by it. Without federation statistics, missing values get the scaled
+  `impute` value. With them (`FeaturePipeline.from_contract(contract, stats)`), missing
+  values get the federation mean and every value is standardised, (x' - mean) / std, so a
+  missing value encodes as 0. A column that may be missing also gets a 0/1 indicator feature
+  ``<name>__missing``.
 - categorical / boolean: one-hot over the contract's fixed categories (``<name>=<category>``;
   booleans use ``false``/``true``), plus a ``<name>=missing`` slot when the column may be
   missing. When the contract gives an `impute` category, a missing row also sets that slot.
@@ -26,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.contracts import Column, Contract
+from schemas.contracts.stats import ColumnStats, FederationStats, standardise
 from silos.data import binary_target
 from silos.exceptions import FeatureError
 
@@ -39,14 +45,35 @@ class FeaturePipeline:
 
     contract: Contract
     feature_names: tuple[str, ...]
+    stats: FederationStats | None = None
 
     @classmethod
-    def from_contract(cls, contract: Contract) -> FeaturePipeline:
-        """Build the pipeline for `contract`; it depends on nothing else."""
+    def from_contract(
+        cls, contract: Contract, stats: FederationStats | None = None
+    ) -> FeaturePipeline:
+        """Build the pipeline for `contract`, optionally with federation statistics.
+
+        Parameters
+        ----------
+        contract
+            The data contract; the feature names depend on it alone.
+        stats
+            Federation means and standard deviations of the numeric features (from a
+            statistics round). With them, numeric features are standardised and missing
+            values get the federation mean; without them, the contract's range scaling and
+            `impute` values apply.
+
+        Raises
+        ------
+        FeatureError
+            `stats` were computed under another contract or version, or lack a column.
+        """
         names: list[str] = []
         for col in contract.feature_columns:
             names.extend(_column_feature_names(col))
-        return cls(contract=contract, feature_names=tuple(names))
+        if stats is not None:
+            _check_stats(contract, stats)
+        return cls(contract=contract, feature_names=tuple(names), stats=stats)
 
     @property
     def n_features(self) -> int:
@@ -54,7 +81,7 @@ class FeaturePipeline:
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """The feature matrix only, float32 of shape (n_rows, n_features)."""
-        blocks = [_encode_column(col, self._series(df, col)) for col in self._columns]
+        blocks = [self._encode(col, df) for col in self._columns]
         matrix = np.concatenate([block for block, _ in blocks], axis=1).astype(np.float32)
         return matrix
 
@@ -82,7 +109,13 @@ class FeaturePipeline:
 
     def imputation_report(self, df: pd.DataFrame) -> dict[str, int]:
         """How many values of each feature column were missing and got imputed."""
-        return {col.name: _encode_column(col, self._series(df, col))[1] for col in self._columns}
+        return {col.name: self._encode(col, df)[1] for col in self._columns}
+
+    def _encode(self, col: Column, df: pd.DataFrame) -> tuple[np.ndarray, int]:
+        column_stats = None
+        if self.stats is not None and col.type == "numeric":
+            column_stats = self.stats.column(col.name)
+        return _encode_column(col, self._series(df, col), column_stats)
 
     @property
     def _columns(self) -> tuple[Column, ...]:
@@ -107,14 +140,36 @@ def _column_feature_names(col: Column) -> list[str]:
     return names + ([f"{col.name}=missing"] if col.allows_missing else [])
 
 
-def _encode_column(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
+def _check_stats(contract: Contract, stats: FederationStats) -> None:
+    if (stats.contract, stats.contract_version) != (contract.name, contract.version):
+        raise FeatureError(
+            f"federation statistics are for contract {stats.contract!r} "
+            f"v{stats.contract_version}, not {contract.name!r} v{contract.version}; "
+            "rerun the statistics round with the federation's current contract"
+        )
+    known = {c.name for c in stats.columns}
+    absent = [c.name for c in contract.feature_columns if c.type == "numeric" and c.name not in known]
+    if absent:
+        raise FeatureError(f"federation statistics lack numeric features {absent}")
+
+
+def _encode_column(
+    col: Column, series: pd.Series, stats: ColumnStats | None = None
+) -> tuple[np.ndarray, int]:
     """One column's block of features and how many of its values were imputed."""
     if col.type == "numeric":
-        return _encode_numeric(col, series)
+        return _encode_numeric(col, series, stats)
     return _encode_discrete(col, series)
 
 
-def _encode_numeric(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
+def numeric_values(col: Column, series: pd.Series) -> np.ndarray:
+    """A numeric column as float64, its sentinels and empty cells as NaN (not clipped).
+
+    Raises
+    ------
+    FeatureError
+        The column holds values that are not numbers.
+    """
     numeric = pd.to_numeric(series, errors="coerce")
     # a copy: pandas 3 hands out read-only views, and sentinels are overwritten below
     values = numeric.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
@@ -127,12 +182,28 @@ def _encode_numeric(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
         )
     for sentinel in col.missing_sentinels:
         values[values == float(sentinel)] = np.nan
-    missing = np.isnan(values)
-    _refuse_unexpected_missing(col, missing)
+    return values
+
+
+def range_scaled(col: Column, values: np.ndarray) -> np.ndarray:
+    """Values clipped to the contract range and mapped into [0, 1] by it (NaN stays NaN)."""
     assert col.range is not None  # the contract guarantees a range on numeric features
     low, high = col.range
-    scaled = (np.clip(values, low, high) - low) / (high - low)
-    if missing.any():
+    return (np.clip(values, low, high) - low) / (high - low)
+
+
+def _encode_numeric(
+    col: Column, series: pd.Series, stats: ColumnStats | None
+) -> tuple[np.ndarray, int]:
+    values = numeric_values(col, series)
+    missing = np.isnan(values)
+    _refuse_unexpected_missing(col, missing)
+    scaled = range_scaled(col, values)
+    if stats is not None:
+        scaled[missing] = stats.mean
+        scaled = standardise(scaled, stats)
+    elif missing.any():
+        low, high = col.range  # type: ignore[misc]
         scaled[missing] = (float(col.impute) - low) / (high - low)  # type: ignore[arg-type]
     block = [scaled]
     if col.allows_missing:

@@ -1,31 +1,36 @@
 """Closing a round: aggregate a training round into the next global model, or close an
 evaluation round. Runs in one transaction with the round row locked, so a crash at any point
-leaves either the old state or the new one, and a retried call returns the stored result."""
+leaves either the old state or the new one, and a retried call returns the stored result.
+Its ledger entries (aggregate, model_saved, metrics) commit with it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
 from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import Conflict
+from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import contributions, get_round
 from aggregation.service.runs import get_model, get_run, spec_of
-from aggregation.service.tables import ModelVersion, Round, utcnow
+from aggregation.service.tables import Contribution, ModelVersion, Round, Run, utcnow
 from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
-from schemas.specs import param_shapes
+from schemas.specs import RunSpec, param_shapes
 
 
-def close_round(s: Session, run_id: str, number: int) -> Round:
+def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Round:
     """Aggregate (train round) or close (evaluation round). Idempotent."""
     rnd = get_round(s, run_id, number, for_update=True)
     if rnd.status != "open":
         return rnd
     run = get_run(s, run_id, for_update=True)
     spec = spec_of(run)
-    answered = contributions(s, run_id, number)
     kind = "update" if rnd.kind == "train" else "evaluation"
-    usable = [c for c in answered if c.kind == kind]
+    usable = [c for c in contributions(s, run_id, number) if c.kind == kind]
     if len(usable) < spec.min_silos:
         rnd.status = "failed"
         rnd.closed_at = utcnow()
@@ -35,25 +40,29 @@ def close_round(s: Session, run_id: str, number: int) -> Round:
         )
         return rnd
     if rnd.kind == "train":
-        _aggregate(s, run, rnd, spec, usable)
+        _aggregate(s, run, rnd, spec, usable, recorder)
         rnd.status = "aggregated"
     else:
         rnd.status = "closed"
     rnd.closed_at = utcnow()
+    _record_metrics(s, rnd, usable, recorder)
     return rnd
 
 
-def _aggregate(s, run, rnd, spec, updates) -> None:  # type: ignore[no-untyped-def]
+def _aggregate(
+    s: Session, run: Run, rnd: Round, spec: RunSpec, updates: list[Contribution], recorder: Recorder
+) -> None:
     shapes = param_shapes(spec.model)
     current, _ = tensors.decode_expected(
         get_model(s, run.id, rnd.input_model_version).payload, shapes
     )
-    deltas = [tensors.decode_expected(c.payload, shapes)[0] for c in updates]
-    mean_delta = weighted_mean(deltas, [c.n_examples for c in updates])
+    deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
+    mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
     state = tensors.decode(run.strategy_state)[0] if run.strategy_state else {}
     new_params, new_state = make_strategy(spec.strategy).apply(current, mean_delta, state)
+    names = [n for n, _ in shapes]
     payload = tensors.encode(
-        dict(zip([n for n, _ in shapes], new_params, strict=True)),
+        dict(zip(names, new_params, strict=True)),
         {
             "run_id": run.id,
             "version": str(rnd.number),
@@ -62,11 +71,67 @@ def _aggregate(s, run, rnd, spec, updates) -> None:  # type: ignore[no-untyped-d
     )
     if s.get(ModelVersion, (run.id, rnd.number)) is not None:
         raise Conflict(f"run {run.id} already has model version {rnd.number}")
-    s.add(
-        ModelVersion(
-            run_id=run.id, version=rnd.number, sha256=tensors.digest(payload), payload=payload
-        )
-    )
+    sha = tensors.digest(payload)
+    s.add(ModelVersion(run_id=run.id, version=rnd.number, sha256=sha, payload=payload))
     run.strategy_state = tensors.encode(new_state) if new_state else None
     run.latest_model_version = rnd.number
     rnd.model_version = rnd.number
+    recorder.service(
+        s,
+        "aggregate",
+        {
+            "round": rnd.number,
+            "contributors": [
+                {"silo": c.silo, "digest": c.digest, "n_examples": c.n_examples} for c in updates
+            ],
+            "aggregate_digest": _digest_arrays(mean_delta),
+            "model_version": rnd.number,
+            "strategy": spec.strategy.name,
+            "secure_aggregation": False,
+        },
+        run.id,
+    )
+    path = recorder.write_model(run.id, rnd.number, payload)
+    recorder.service(
+        s,
+        "model_saved",
+        {"round": rnd.number, "version": rnd.number, "sha256": sha, "path": path},
+        run.id,
+    )
+
+
+def _digest_arrays(arrays: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _record_metrics(
+    s: Session, rnd: Round, answered: list[Contribution], recorder: Recorder
+) -> None:
+    per_silo = {c.silo: json.loads(c.metrics_json) for c in answered if c.metrics_json}
+    if not per_silo:
+        return
+    total = sum(m["n_test"] for m in per_silo.values()) or 1
+
+    def weighted(key: str) -> float | None:
+        vals = [(m[key], m["n_test"]) for m in per_silo.values() if m.get(key) is not None]
+        return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
+
+    recorder.service(
+        s,
+        "metrics",
+        {
+            "round": rnd.number,
+            "model_version": rnd.input_model_version,
+            "per_silo": per_silo,
+            "weighted": {
+                "loss": weighted("loss"),
+                "accuracy": weighted("accuracy"),
+                "auc": weighted("auc"),
+                "n_test": total,
+            },
+        },
+        rnd.run_id,
+    )

@@ -98,14 +98,17 @@ def _update_metadata(
     return n_examples, train_seconds, metrics
 
 
-def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> RunSilo:
-    """A silo declines a whole run (its policy forbids it); later rounds stop waiting for it."""
+def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> tuple[RunSilo, bool]:
+    """A silo declines a whole run (its policy forbids it); later rounds stop waiting for it.
+
+    Returns (membership, changed now).
+    """
     run = get_run(s, run_id, for_update=True)
     membership = s.get(RunSilo, (run_id, silo))
     if membership is None:
         raise Forbidden(f"silo {silo!r} is not a participant of run {run_id}")
     if membership.status == "refused":
-        return membership
+        return membership, False
     membership.status = "refused"
     membership.reason = reason
     if run.current_round:
@@ -116,7 +119,7 @@ def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> RunSilo:
                     run_id=run_id, round=rnd.number, silo=silo, kind="refusal", reason=reason
                 )
             )
-    return membership
+    return membership, True
 
 
 def submit_evaluation(

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from aggregation.service.auth import SiloIdentity, check_admin, verify_silo_request
 from aggregation.service.exceptions import PayloadTooLarge
+from aggregation.service.lineage import Recorder
 from aggregation.service.settings import ServiceSettings
 
 
@@ -64,3 +65,10 @@ async def require_silo(request: Request) -> SiloIdentity:
 
 AdminDep = Depends(require_admin)
 SiloDep = Annotated[SiloIdentity, Depends(require_silo)]
+
+
+def get_recorder(request: Request) -> Recorder:
+    return request.app.state.recorder
+
+
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]

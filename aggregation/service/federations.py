@@ -68,6 +68,8 @@ def set_silo_status(s: Session, federation: str, name: str, status: str) -> Silo
     silo = find_silo(s, federation, name)
     if silo is None:
         raise NotFound(f"silo {name!r} has not enrolled in federation {federation!r}")
+    if silo.status == "revoked" and status == "approved":
+        raise Conflict(f"silo {name!r} was revoked; it must enrol again under a new name")
     silo.status = status
     if status == "approved":
         silo.approved_at = utcnow()

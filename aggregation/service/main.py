@@ -11,7 +11,9 @@ from fastapi.responses import JSONResponse
 from aggregation.service import migrate
 from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.exceptions import ServiceError
-from aggregation.service.routes import federations, runs, silo
+from aggregation.service.keys import load_or_create_service_key
+from aggregation.service.lineage import Recorder
+from aggregation.service.routes import federations, ledger, runs, silo
 from aggregation.service.settings import ServiceSettings
 
 log = logging.getLogger("fedsilo.service")
@@ -33,6 +35,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.admin_token = settings.resolved_admin_token()
+    app.state.recorder = Recorder(
+        load_or_create_service_key(settings.workspace), settings.workspace
+    )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -42,6 +47,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
-    for module in (federations, runs, silo):
+    for module in (federations, runs, silo, ledger):
         app.include_router(module.router)
     return app

@@ -78,26 +78,28 @@ def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
     return model
 
 
-def start_run(s: Session, run_id: str) -> Run:
+def start_run(s: Session, run_id: str) -> tuple[Run, bool]:
+    """Start a created run; returns (run, started now)."""
     run = get_run(s, run_id, for_update=True)
     if run.status == "running":
-        return run
+        return run, False
     if run.status != "created":
         raise Conflict(f"run {run_id} is {run.status} and cannot start")
     if run.latest_model_version is None:
         raise Conflict(f"run {run_id} has no initial model; PUT /v1/runs/{run_id}/models/0 first")
     run.status = "running"
-    return run
+    return run, True
 
 
-def finish_run(s: Session, run_id: str, status: str, reason: str) -> Run:
+def finish_run(s: Session, run_id: str, status: str, reason: str) -> tuple[Run, bool]:
+    """Mark a run finished or failed; returns (run, changed now)."""
     run = get_run(s, run_id, for_update=True)
     if run.status in ("finished", "failed"):
-        return run
+        return run, False
     run.status = status
     run.reason = reason or None
     run.finished_at = utcnow()
-    return run
+    return run, True
 
 
 def get_model(s: Session, run_id: str, version: int) -> ModelVersion:

@@ -1,9 +1,14 @@
 """Read a dataset's data contract from `schemas/contracts/{name}.toml`.
 
 A contract is the federation's agreement about one table: its columns (type, unit, allowed
-range or categories, missing-value sentinels and limits, the agreed fill value), the target
-and its positive rule, the minimum table size and which columns feed the model. Every silo
-applies the same contract, so every silo builds the same features.
+range or categories, missing-value sentinels and limits, the agreed fill value), the target,
+its allowed values and its positive rule, the minimum table size, whether extra columns are
+tolerated, which columns feed the model and how (`[pipeline]`). Every silo applies the same
+contract, so every silo builds the same features.
+
+Versioning: `version` is the contract's own version (bump it whenever a rule changes); the
+validation gate also records the sha256 of the contract's content (`silos.gate.contract_sha256`),
+so two silos can prove they validated against the same rules.
 """
 
 from __future__ import annotations
@@ -43,6 +48,26 @@ class Target(_Frozen):
     column: str
     description: str = ""
     positive_if: PositiveRule
+    values: tuple[bool | float | str, ...] | None = Field(
+        default=None, description="every value the target may take, e.g. [0, 1]"
+    )
+
+
+class Pipeline(_Frozen):
+    """How numeric features are scaled and filled.
+
+    ``numeric = "range"``: scale by the contract range, fill with the contract's `impute`.
+    ``numeric = "standardize"``: the federation first runs a statistics round (per-silo counts,
+    sums and sums of squares, securely summed; see `schemas.contracts.stats`), then every silo
+    fills missing values with the federation mean and standardises with the federation
+    mean and standard deviation. Without those statistics the pipeline falls back to "range".
+    """
+
+    numeric: Literal["range", "standardize"] = "range"
+
+    @property
+    def needs_federation_stats(self) -> bool:
+        return self.numeric == "standardize"
 
 
 class Column(_Frozen):
@@ -63,6 +88,12 @@ class Column(_Frozen):
         default=None, description="federation-agreed fill value for missing entries"
     )
     max_missing_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_out_of_range_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of a numeric column's present values allowed outside `range`",
+    )
     on_unknown: Literal["error", "missing"] = Field(
         default="error", description="what a category the contract does not list becomes"
     )
@@ -134,7 +165,11 @@ class Contract(_Frozen):
     source: str = ""
     target: Target
     min_rows: int = Field(ge=1)
+    allow_extra_columns: bool = Field(
+        default=False, description="False: a column the contract does not declare fails the gate"
+    )
     features: tuple[str, ...] = Field(min_length=1)
+    pipeline: Pipeline = Pipeline()
     columns: tuple[Column, ...] = Field(min_length=1)
 
     def column(self, name: str) -> Column:
@@ -166,7 +201,24 @@ class Contract(_Frozen):
                 raise ValueError(f"numeric feature {col.name!r} needs a range to be scaled by")
             if col.type == "numeric" and col.allows_missing and col.impute is None:
                 raise ValueError(f"numeric feature {col.name!r} may be missing but has no impute")
+        _check_target(self.target, self.column(self.target.column))
         return self
+
+
+def _check_target(target: Target, col: Column) -> None:
+    if col.allows_missing or col.missing_sentinels:
+        raise ValueError(
+            f"target {col.name!r} must never be missing: set its max_missing_fraction = 0 "
+            "and drop unlabelled rows at the silo"
+        )
+    for value in target.values or ():
+        if col.type == "numeric":
+            if isinstance(value, bool | str):
+                raise ValueError(f"target value {value!r} is not a number ({col.name!r})")
+            if col.range is not None and not col.range[0] <= value <= col.range[1]:
+                raise ValueError(f"target value {value} is outside {col.name!r} range {col.range}")
+        elif value not in col.levels:
+            raise ValueError(f"target value {value!r} is not one of {list(col.levels)}")
 
 
 def load_contract(name: str) -> Contract:

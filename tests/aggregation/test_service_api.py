@@ -123,13 +123,21 @@ def test_bad_signature_is_401(fed: Fed) -> None:
 
 def test_replayed_request_is_401(fed: Fed) -> None:
     client = fed.silos["a"]
+    path = "/v1/silo/tasks"
+    headers = client._headers("GET", path, b"")
+    first = httpx.get(fed.url + path, headers=headers)
+    replay = httpx.get(fed.url + path, headers=headers)
+    assert first.status_code == 200
+    assert replay.status_code == 401 and "replayed request" in replay.json()["detail"]
+
+
+def test_update_without_its_signed_statement_is_422(fed: Fed) -> None:
+    client = fed.silos["a"]
     path = f"/v1/silo/runs/{fed.run_id}/rounds/1/update"
     body = payload(deltas(1), fed.run_id, 1)
-    headers = client._headers("POST", path, body)
-    first = httpx.post(fed.url + path, content=body, headers=headers)
-    replay = httpx.post(fed.url + path, content=body, headers=headers)
-    assert first.status_code == 201
-    assert replay.status_code == 401 and "replayed request" in replay.json()["detail"]
+    resp = httpx.post(fed.url + path, content=body, headers=client._headers("POST", path, body))
+    assert resp.status_code == 422 and "signed ledger statement" in resp.json()["detail"]
+    assert states(fed)["a"] == "waiting"
 
 
 def test_stale_timestamp_is_401(fed: Fed) -> None:
@@ -236,3 +244,45 @@ def test_refusal_stops_the_round_waiting_for_that_silo(fed: Fed) -> None:
 def test_admin_endpoints_need_the_token(fed: Fed) -> None:
     resp = httpx.get(fed.url + "/v1/runs", headers={"Authorization": "Bearer wrong"})
     assert resp.status_code == 401 and "admin token is wrong" in resp.json()["detail"]
+
+
+def test_every_step_lands_in_a_verifiable_ledger(fed: Fed, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from aggregation.ledger_verify import directory_artifact_checker, verify_chain
+    from schemas.lineage import verify_receipt
+
+    answers = {}
+    for i, (name, client) in enumerate(fed.silos.items()):
+        answers[name] = client.submit_update(
+            fed.run_id, 1, payload(deltas(i), fed.run_id, 1, n=5 + i)
+        )
+    with pytest.raises(ServiceRejected):  # a rejected second update is recorded, not counted
+        fed.silos["a"].submit_update(fed.run_id, 1, payload(deltas(9), fed.run_id, 1))
+    closed = fed.coord.close_round(fed.run_id, 1)
+    entries = fed.coord.ledger()
+    kinds = [e.kind for e in entries]
+    assert kinds.count("silo_joined") == 3 and kinds.count("update_accepted") == 3
+    assert {"run_started", "update_rejected", "aggregate", "model_saved"} <= set(kinds)
+    accepted = [e for e in entries if e.kind == "update_accepted"]
+    assert {e.author for e in accepted} == {"silo:a", "silo:b", "silo:c"}
+    saved = next(e for e in entries if e.kind == "model_saved")
+    assert closed.model_sha256 in saved.payload
+    keys = {
+        k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v))
+        for k, v in fed.coord.ledger_keys().items()
+    }
+    report = verify_chain(entries, keys, directory_artifact_checker(tmp_path / "svc"))
+    assert report.ok, report
+    from schemas.lineage import Receipt, Statement
+
+    answer = answers["b"]
+    receipt = Receipt.model_validate(answer["receipt"])
+    verify_receipt(
+        receipt,
+        Statement.model_validate(answer["statement"]),
+        answer["author_signature"],
+        keys["service"],
+    )
+    entry = next(e for e in accepted if e.author == "silo:b")
+    assert receipt.entry_hash == entry.entry_hash

@@ -80,8 +80,11 @@ def test_four_hospitals_train_a_model_end_to_end(tmp_path: Path, prefect_api_url
     service, url, token, coord, agents = _federation(tmp_path, prefect_api_url)
     try:
         result = _train(url, token, tmp_path / "models", rounds=4)
+        entries = coord.ledger()
+        keys = coord.ledger_keys()
     finally:
         _stop([*agents, service])
+    _assert_lineage_verifies(entries, keys, tmp_path, result["run_id"])
     run = coord_run = None
     rounds = result["rounds"]
     assert [r["kind"] for r in rounds] == ["train"] * 4 + ["evaluate"]
@@ -157,6 +160,24 @@ def test_service_killed_mid_round_loses_and_duplicates_nothing(
     _assert_every_model_is_its_round_mean(
         db or f"sqlite:///{tmp_path / 'service' / 'service.db'}", result["run_id"], rounds
     )
+
+
+def _assert_lineage_verifies(entries, keys, tmp_path: Path, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The service's ledger verifies, and every silo's own copy matches it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from aggregation.ledger_verify import cross_check, directory_artifact_checker, verify_chain
+    from silos.lineage_copy import load_records
+
+    public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}
+    report = verify_chain(entries, public, directory_artifact_checker(tmp_path / "service"))
+    assert report.ok, report
+    kinds = [e.kind for e in entries if e.run_id == run_id]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    for name in ("cleveland", "hungary", "switzerland", "va_long_beach"):
+        records = load_records(tmp_path / "silos" / name / "workspace")
+        assert len(records) == 4  # one acknowledged update per round
+        assert cross_check(records, entries, service_public_key=public["service"]).ok
 
 
 def _assert_every_model_is_its_round_mean(db_url: str, run_id: str, rounds: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from aggregation.service import tables  # noqa: F401  (registers the tables on Base.metadata)
+from aggregation.service import ledger, tables  # noqa: F401  (registers the tables on Base.metadata)
 from aggregation.service.db import Base
 
 config = context.config

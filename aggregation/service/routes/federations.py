@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from aggregation.service import federations as crud
 from aggregation.service.db import transaction
-from aggregation.service.deps import AdminDep, FactoryDep
+from aggregation.service.deps import AdminDep, FactoryDep, RecorderDep
 from schemas.wire import EnrolRequest, FederationCreate, FederationOut, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["federations"])
@@ -39,9 +39,15 @@ def list_silos(federation: str, factory: FactoryDep) -> list[SiloOut]:
 
 
 @router.post("/federations/{federation}/silos/{silo}/approve", dependencies=[AdminDep])
-def approve_silo(federation: str, silo: str, factory: FactoryDep) -> SiloOut:
+def approve_silo(federation: str, silo: str, factory: FactoryDep, recorder: RecorderDep) -> SiloOut:
     with transaction(factory) as s:
-        return crud.silo_out(crud.set_silo_status(s, federation, silo, "approved"))
+        row = crud.find_silo(s, federation, silo)
+        was = row.status if row else None
+        row = crud.set_silo_status(s, federation, silo, "approved")
+        if was != "approved":
+            payload = {"silo": silo, "federation": federation, "public_key": row.public_key}
+            recorder.service(s, "silo_joined", payload, None)
+        return crud.silo_out(row)
 
 
 @router.post("/federations/{federation}/silos/{silo}/revoke", dependencies=[AdminDep])

@@ -1,17 +1,27 @@
-"""Coordinator endpoints for runs and rounds."""
+"""Coordinator endpoints for runs and rounds; each state change writes its ledger entry."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
+from aggregation.service import lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
 from aggregation.service.db import transaction
-from aggregation.service.deps import AdminDep, FactoryDep, SettingsDep, read_limited_body
+from aggregation.service.deps import (
+    AdminDep,
+    FactoryDep,
+    RecorderDep,
+    SettingsDep,
+    read_limited_body,
+)
 from aggregation.service.routes.polling import long_poll
+from aggregation.service.tables import Round
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
@@ -44,21 +54,54 @@ async def put_initial_model(run_id: str, request: Request, settings: SettingsDep
         with transaction(factory) as s:
             return run_crud.put_initial_model(s, run_id, payload).sha256
 
-    from starlette.concurrency import run_in_threadpool
-
     return {"sha256": await run_in_threadpool(store)}
 
 
 @router.post("/{run_id}/start")
-def start_run(run_id: str, factory: FactoryDep) -> RunOut:
+def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut:
     with transaction(factory) as s:
-        return run_crud.run_out(s, run_crud.start_run(s, run_id))
+        run, started = run_crud.start_run(s, run_id)
+        out = run_crud.run_out(s, run)
+        if started:
+            spec = out.spec.model_dump(mode="json")
+            model = recorder.write_model(run_id, 0, run_crud.get_model(s, run_id, 0).payload)
+            recorder.service(
+                s,
+                "run_started",
+                {
+                    "spec": spec,
+                    "config_sha256": lineage.config_sha256(spec),
+                    "fedsilo_version": lineage.fedsilo_version(),
+                    "git_commit": lineage.git_commit(),
+                    "prefect_flow_run_id": run.prefect_flow_run_id,
+                    "participants": out.participants,
+                    "initial_model_sha256": run_crud.get_model(s, run_id, 0).sha256,
+                    "initial_model_path": model,
+                },
+                run_id,
+            )
+        return out
 
 
 @router.post("/{run_id}/finish")
-def finish_run(run_id: str, body: RunFinish, factory: FactoryDep) -> RunOut:
+def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: RecorderDep) -> RunOut:
     with transaction(factory) as s:
-        return run_crud.run_out(s, run_crud.finish_run(s, run_id, body.status, body.reason))
+        run, changed = run_crud.finish_run(s, run_id, body.status, body.reason)
+        if changed:
+            version = run.latest_model_version
+            sha = run_crud.get_model(s, run_id, version).sha256 if version is not None else None
+            recorder.service(
+                s,
+                f"run_{body.status}",
+                {
+                    "status": body.status,
+                    "reason": body.reason,
+                    "final_model_version": version,
+                    "final_model_sha256": sha,
+                },
+                run_id,
+            )
+        return run_crud.run_out(s, run)
 
 
 @router.post("/{run_id}/rounds", status_code=201)
@@ -70,10 +113,6 @@ def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
 
 @router.get("/{run_id}/rounds")
 def list_rounds(run_id: str, factory: FactoryDep) -> list[RoundOut]:
-    from sqlalchemy import select
-
-    from aggregation.service.tables import Round
-
     with transaction(factory) as s:
         run_crud.get_run(s, run_id)
         rows = s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.number))
@@ -93,22 +132,19 @@ async def get_round(
             out = round_crud.round_out(s, round_crud.get_round(s, run_id, number))
         return out if (final or out.complete or out.status != "open") else None
 
-    result = await long_poll(
-        lambda: check(False), min(wait, settings.long_poll_max_s), settings.poll_interval_s
-    )
+    wait_s = min(wait, settings.long_poll_max_s)
+    result = await long_poll(lambda: check(False), wait_s, settings.poll_interval_s)
     if result is None:
-        from starlette.concurrency import run_in_threadpool
-
         result = await run_in_threadpool(check, True)
     assert result is not None
     return result
 
 
 @router.post("/{run_id}/rounds/{number}/close")
-def close(run_id: str, number: int, factory: FactoryDep) -> RoundOut:
+def close(run_id: str, number: int, factory: FactoryDep, recorder: RecorderDep) -> RoundOut:
     """Aggregate a training round (or close an evaluation round) with what has arrived."""
     with transaction(factory) as s:
-        return round_crud.round_out(s, close_round(s, run_id, number))
+        return round_crud.round_out(s, close_round(s, run_id, number, recorder))
 
 
 @router.get("/{run_id}/models/{version}/admin", response_class=Response)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service import contributions as crud
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, SettingsDep, SiloDep
-from aggregation.service.exceptions import Forbidden, InvalidPayload
+from aggregation.service.deps import FactoryDep, RecorderDep, SettingsDep, SiloDep
+from aggregation.service.exceptions import Forbidden, InvalidPayload, ServiceError
+from aggregation.service.federations import find_silo, silo_out
+from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import next_task
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model
-from aggregation.service.tables import RunSilo
+from aggregation.service.tables import Run, RunSilo
+from schemas.lineage import LineageError
+from schemas.signing import STATEMENT_HEADER, update_statement_payload
 from schemas.wire import MetricsReport, Refusal, SiloOut, Task
 
 router = APIRouter(prefix="/v1", tags=["silo"])
@@ -23,8 +28,6 @@ router = APIRouter(prefix="/v1", tags=["silo"])
 
 @router.get("/silo/me")
 def whoami(silo: SiloDep, factory: FactoryDep) -> SiloOut:
-    from aggregation.service.federations import find_silo, silo_out
-
     with transaction(factory) as s:
         row = find_silo(s, silo.federation, silo.name)
         assert row is not None
@@ -66,16 +69,72 @@ def download_model(run_id: str, version: int, silo: SiloDep, factory: FactoryDep
 
 @router.post("/silo/runs/{run_id}/rounds/{number}/update")
 async def submit_update(
-    run_id: str, number: int, silo: SiloDep, factory: FactoryDep, response: Response
+    run_id: str,
+    number: int,
+    silo: SiloDep,
+    factory: FactoryDep,
+    recorder: RecorderDep,
+    response: Response,
+    statement_signature: Annotated[str | None, Header(alias=STATEMENT_HEADER)] = None,
 ) -> dict[str, object]:
-    def store() -> tuple[str, bool]:
+    """Accept an update and the silo's signed ledger statement; answer with a receipt."""
+
+    def store() -> dict[str, object]:
         with transaction(factory) as s:
             c, created = crud.submit_update(s, run_id, number, silo.name, silo.body)
-            return c.digest or "", created
+            if not created:
+                return {"digest": c.digest, "duplicate": True, "receipt": None}
+            if not statement_signature:
+                raise InvalidPayload(
+                    f"update from silo {silo.name!r} for round {number} lacks its signed ledger "
+                    f"statement ({STATEMENT_HEADER} header)"
+                )
+            row = find_silo(s, silo.federation, silo.name)
+            assert row is not None
+            payload = update_statement_payload(silo.name, number, c.digest or "", c.n_examples or 0)
+            try:
+                _, receipt = recorder.silo(
+                    s,
+                    "update_accepted",
+                    payload,
+                    run_id,
+                    silo.name,
+                    statement_signature,
+                    row.public_key,
+                )
+            except LineageError as exc:
+                raise InvalidPayload(f"update from silo {silo.name!r}: {exc}") from exc
+            return {"digest": c.digest, "duplicate": False, "receipt": receipt.model_dump()}
 
-    digest, created = await run_in_threadpool(store)
-    response.status_code = 201 if created else 200
-    return {"digest": digest, "counted_once": True, "duplicate": not created}
+    try:
+        result = await run_in_threadpool(store)
+    except ServiceError as exc:
+        await run_in_threadpool(
+            _record_rejection, factory, recorder, run_id, number, silo.name, exc
+        )
+        raise
+    response.status_code = 200 if result["duplicate"] else 201
+    return result
+
+
+def _record_rejection(
+    factory: sessionmaker[Session],
+    recorder: Recorder,
+    run_id: str,
+    number: int,
+    silo: str,
+    exc: ServiceError,
+) -> None:
+    """A rejected update leaves round state untouched but is recorded, in its own transaction."""
+    with transaction(factory) as s:
+        if s.get(Run, run_id) is None or s.get(RunSilo, (run_id, silo)) is None:
+            return
+        recorder.service(
+            s,
+            "update_rejected",
+            {"silo": silo, "round": number, "status": exc.status_code, "reason": exc.detail},
+            run_id,
+        )
 
 
 @router.post("/silo/runs/{run_id}/rounds/{number}/evaluation")
@@ -90,10 +149,16 @@ def submit_evaluation(
 
 
 @router.post("/silo/runs/{run_id}/refusal")
-def refuse_run(run_id: str, silo: SiloDep, factory: FactoryDep) -> dict[str, str]:
+def refuse_run(
+    run_id: str, silo: SiloDep, factory: FactoryDep, recorder: RecorderDep
+) -> dict[str, str]:
     refusal = _parse(Refusal, silo.body, silo.name)
     with transaction(factory) as s:
-        crud.submit_refusal(s, run_id, silo.name, refusal.reason)
+        _, changed = crud.submit_refusal(s, run_id, silo.name, refusal.reason)
+        if changed:
+            recorder.service(
+                s, "silo_refused", {"silo": silo.name, "reason": refusal.reason}, run_id
+            )
     return {"status": "refused"}
 
 

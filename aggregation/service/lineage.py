@@ -1,0 +1,102 @@
+"""What the service writes to the lineage ledger, one function per event.
+
+Every function appends inside the caller's transaction, so an event is in the ledger exactly
+when the state change it describes is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy.orm import Session
+
+from aggregation.service import ledger
+from schemas.canonical import canonical_json
+from schemas.lineage import LineageEntry, Receipt
+
+
+@dataclass(frozen=True)
+class Recorder:
+    service_key: Ed25519PrivateKey
+    workspace: Path
+
+    def service(
+        self, s: Session, kind: str, payload: dict[str, Any], run_id: str | None
+    ) -> LineageEntry:
+        return ledger.append(
+            s,
+            kind=kind,
+            payload=payload,
+            run_id=run_id,
+            author="service",
+            service_key=self.service_key,
+        )
+
+    def silo(
+        self,
+        s: Session,
+        kind: str,
+        payload: dict[str, Any],
+        run_id: str,
+        silo: str,
+        signature: str,
+        public_key_hex: str,
+    ) -> tuple[LineageEntry, Receipt]:
+        """Append a silo-authored statement (its signature is checked) and return the receipt."""
+        entry = ledger.append(
+            s,
+            kind=kind,
+            payload=payload,
+            run_id=run_id,
+            author=f"silo:{silo}",
+            service_key=self.service_key,
+            author_signature=signature,
+            author_key=Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)),
+        )
+        return entry, ledger.receipt(entry, self.service_key)
+
+    def model_path(self, run_id: str, version: int) -> str:
+        """Where a model version's file lives, relative to the workspace (as the ledger says)."""
+        return f"models/{run_id}/v{version}.safetensors"
+
+    def write_model(self, run_id: str, version: int, payload: bytes) -> str:
+        rel = self.model_path(run_id, version)
+        target = self.workspace / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(payload)
+        tmp.replace(target)
+        return rel
+
+
+def config_sha256(spec_json: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(spec_json).encode()).hexdigest()
+
+
+def fedsilo_version() -> str:
+    try:
+        return metadata.version("fedsilo")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """The commit of the installed source tree, when it is a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

@@ -1,0 +1,47 @@
+"""The lineage ledger, read by the coordinator, reviewers and `fedsilo lineage verify`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import select
+
+from aggregation.ledger_export import export_entries
+from aggregation.service.db import transaction
+from aggregation.service.deps import AdminDep, FactoryDep
+from aggregation.service.keys import public_hex
+from aggregation.service.ledger import LedgerEntry, iter_records
+from aggregation.service.tables import Silo
+from schemas.lineage import LineageEntry
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[AdminDep])
+
+
+@router.get("")
+def entries(
+    factory: FactoryDep, run_id: str | None = None, after: int = 0, limit: int = 10_000
+) -> list[LineageEntry]:
+    """Entries in seq order; `run_id` keeps that run's entries (and federation-wide ones out)."""
+    with transaction(factory) as s:
+        stmt = select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq)
+        if run_id:
+            stmt = stmt.where(LedgerEntry.run_id == run_id)
+        return [row.to_record() for row in s.scalars(stmt.limit(limit))]
+
+
+@router.get("/export", response_class=PlainTextResponse)
+def export(factory: FactoryDep) -> PlainTextResponse:
+    """The whole ledger as JSON Lines with a trailer (verification needs the whole chain)."""
+    with transaction(factory) as s:
+        text = export_entries(iter_records(s))
+    return PlainTextResponse(text, media_type="application/x-ndjson")
+
+
+@router.get("/keys")
+def keys(request: Request, factory: FactoryDep) -> dict[str, str]:
+    """Public keys of every ledger author: the service and each enrolled silo."""
+    out = {"service": public_hex(request.app.state.recorder.service_key)}
+    with transaction(factory) as s:
+        for silo in s.scalars(select(Silo)):
+            out[f"silo:{silo.name}"] = silo.public_key
+    return out

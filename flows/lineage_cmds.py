@@ -1,0 +1,395 @@
+"""What `fedsilo lineage ...` does, as plain functions over ledger entries.
+
+The CLI fetches the entries (from the service's ``/v1/ledger/export`` or an export file) and the
+public keys (``/v1/ledger/keys``), calls one of these, prints the result and exits with its
+status. Keeping the commands free of HTTP and typer lets a reviewer script them and lets tests
+run them on real ledgers.
+
+Keys are raw Ed25519 public keys in hex, keyed ``service`` and ``silo:<name>``. Keys fetched
+from the service being audited only prove that the service's own records are consistent; a
+reviewer who wants more compares the silo keys with the ones the silos hold (``--silo-copy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from aggregation.ledger_export import ExportError, ExportTruncatedError, load_export
+from aggregation.ledger_verify import (
+    ArtifactChecker,
+    SiloRecord,
+    VerifyReport,
+    cross_check,
+    directory_artifact_checker,
+    verify_chain,
+)
+from flows.lineage_view import (
+    SILO_PREFIX,
+    LineageReviewError,
+    RunView,
+    payload_of,
+    run_view,
+    run_views,
+    silo_name,
+    summarize,
+)
+from schemas.lineage import SERVICE_AUTHOR, LineageEntry
+
+__all__ = [
+    "Contribution",
+    "LineageReviewError",
+    "contributions",
+    "contributions_table",
+    "fetched_artifact_checker",
+    "load_entries_from_export",
+    "load_silo_records",
+    "parse_keys",
+    "show_run",
+    "verify",
+    "verify_silo_copy",
+]
+
+SILO_RECORDS = Path("lineage") / "records.jsonl"
+
+
+def parse_keys(keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    """Turn ``{"service": hex, "silo:<name>": hex}`` into public keys.
+
+    Raises
+    ------
+    LineageReviewError
+        If a key is not 64 hex digits (32 raw bytes), naming its owner.
+    """
+    parsed: dict[str, Ed25519PublicKey] = {}
+    for owner, text in keys.items():
+        try:
+            raw = bytes.fromhex(text)
+            parsed[owner] = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError as exc:
+            raise LineageReviewError(
+                f"public key of {owner} is not a raw Ed25519 key in hex (64 hex digits): "
+                f"{text[:20]!r}...; fetch the keys again from /v1/ledger/keys"
+            ) from exc
+    return parsed
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """UTF-8 text of an export; a multi-byte character cut at the very end is a truncation."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.end == len(data) and exc.reason == "unexpected end of data":
+            # Drop the cut character: load_export then reports the partial last line.
+            return data[: exc.start].decode("utf-8")
+        raise ExportError(
+            f"{path}: byte {exc.start} is not UTF-8 ({exc.reason}); the export was altered or "
+            "is not a fedsilo ledger export"
+        ) from exc
+
+
+def load_entries_from_export(path: Path) -> list[LineageEntry]:
+    """Read a ledger export written by `aggregation.ledger_export.export_entries`.
+
+    Raises
+    ------
+    ExportTruncatedError
+        ``"<path>: export truncated after entry N (partial last line)"`` (or ``(no
+        trailer)``) when the file was cut; also when its trailer disagrees with its entries.
+    ExportError
+        If a line is not canonical JSON or not an entry (named by line and entry).
+    LineageReviewError
+        If the file cannot be read.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise LineageReviewError(
+            f"cannot read ledger export {path}: {exc.strerror}; write one with "
+            "`fedsilo lineage export` or GET /v1/ledger/export"
+        ) from exc
+    try:
+        return load_export(_decode(data, path))
+    except ExportTruncatedError as exc:
+        raise ExportTruncatedError(f"{path}: {exc}") from exc
+    except ExportError as exc:
+        raise ExportError(f"{path}: {exc}") from exc
+
+
+def fetched_artifact_checker(
+    entries: Sequence[LineageEntry], fetch: Callable[[str, int], bytes | None]
+) -> ArtifactChecker:
+    """An artifact checker for models held by a remote service.
+
+    ``model_saved`` paths are relative to the service's workspace, which a reviewer usually
+    cannot read; `fetch(run_id, version)` downloads the model instead (e.g. from
+    ``/v1/runs/{run_id}/models/{version}/admin``), returning None when the service has none.
+    """
+    located: dict[str, tuple[str, int]] = {}
+    for entry in entries:
+        if entry.kind == "model_saved" and entry.run_id is not None:
+            p = payload_of(entry)
+            if isinstance(p.get("path"), str) and isinstance(p.get("version"), int):
+                located[p["path"]] = (entry.run_id, p["version"])
+
+    def check(path: str) -> str | None:
+        where = located.get(path)
+        data = fetch(*where) if where is not None else None
+        return hashlib.sha256(data).hexdigest() if data is not None else None
+
+    return check
+
+
+def _bad_entry_context(entries: Sequence[LineageEntry], report: VerifyReport) -> str:
+    pos = (report.bad_seq or 0) - 1
+    if 0 <= pos < len(entries) and entries[pos].seq == report.bad_seq:
+        entry = entries[pos]
+        run = f"run {entry.run_id}" if entry.run_id else "no run"
+        return (
+            f"entry {entry.seq} is a {entry.kind} entry ({run}) by {entry.author}, "
+            f"written {entry.created_at}"
+        )
+    return ""
+
+
+def verify(
+    entries: Sequence[LineageEntry],
+    keys: Mapping[str, str],
+    artifact_root: Path | None = None,
+    *,
+    artifact_checker: ArtifactChecker | None = None,
+) -> tuple[bool, RenderableType]:
+    """`fedsilo lineage verify`: chain, every signature and every stored model's sha256.
+
+    Parameters
+    ----------
+    entries
+        The whole ledger from seq 1, in stored order.
+    keys
+        Hex public keys, ``{"service": ..., "silo:<name>": ...}``.
+    artifact_root
+        The service workspace that ``model_saved`` paths are relative to; None skips the
+        artifact check unless `artifact_checker` is given (e.g. `fetched_artifact_checker`).
+
+    Returns
+    -------
+    (ok, renderable)
+        ok is False when any check fails; the renderable names the first bad entry and why.
+    """
+    checker = artifact_checker
+    if checker is None and artifact_root is not None:
+        checker = directory_artifact_checker(artifact_root)
+    report = verify_chain(entries, parse_keys(keys), checker)
+    n_models = sum(1 for e in entries if e.kind == "model_saved")
+    if checker is None:
+        artifacts = f"{n_models} model artifacts NOT checked (give the service workspace)"
+    elif report.ok:
+        artifacts = f"{n_models} model artifacts match their sha256"
+    else:
+        artifacts = "model artifacts checked up to the first bad entry"
+    if report.ok:
+        return True, Group(Text(str(report), style="bold green"), Text(artifacts))
+    lines = [Text(f"ledger INVALID at entry {report.bad_seq}: {report.reason}", style="bold red")]
+    context = _bad_entry_context(entries, report)
+    if context:
+        lines.append(Text(context))
+    lines.append(Text(f"entries 1..{report.head_seq} verified; {artifacts}"))
+    return False, Group(*lines)
+
+
+def load_silo_records(path: Path) -> list[SiloRecord]:
+    """A silo's own copy: a workspace folder (``lineage/records.jsonl``) or the file itself.
+
+    Raises
+    ------
+    LineageReviewError
+        If the file is missing, or a line is not a `SiloRecord` (named by line number).
+    """
+    path = Path(path)
+    file = path / SILO_RECORDS if path.is_dir() else path
+    if path.is_dir() and not file.is_file() and (path / SILO_RECORDS.name).is_file():
+        file = path / SILO_RECORDS.name
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LineageReviewError(
+            f"cannot read the silo's copy {file}: {exc}; pass the silo workspace folder "
+            f"(holding {SILO_RECORDS}) or the records file"
+        ) from exc
+    records = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(SiloRecord.model_validate_json(line))
+        except ValidationError as exc:
+            raise LineageReviewError(
+                f"{file} line {lineno} is not a silo lineage record (statement, signature, "
+                f"receipt): {exc.errors()[0]['msg']}; the file was cut or edited"
+            ) from exc
+    return records
+
+
+def verify_silo_copy(
+    silo_records_path: Path, entries: Sequence[LineageEntry], keys: Mapping[str, str]
+) -> tuple[bool, RenderableType]:
+    """`fedsilo lineage verify --silo-copy DIR`: compare a silo's receipts with the ledger.
+
+    Returns
+    -------
+    (ok, renderable)
+        ok is False when the service dropped or rewrote an entry the silo wrote, a receipt does
+        not verify with the service key, or the ledger attributes to the silo an entry it
+        never submitted; every discrepancy is listed, earliest first.
+    """
+    records = load_silo_records(silo_records_path)
+    service_key = parse_keys(keys).get(SERVICE_AUTHOR)
+    report = cross_check(records, entries, service_public_key=service_key)
+    authors = sorted({r.statement.author for r in records}) or ["(no records)"]
+    head = Text(f"silo copy {silo_records_path} of {', '.join(authors)}: ")
+    if service_key is None:
+        head.append("receipt signatures NOT checked (no service key); ", style="yellow")
+    if report.ok:
+        head.append(str(report), style="bold green")
+        return True, head
+    lines = [head.append(f"MISMATCH ({len(report.problems)} problems)", style="bold red")]
+    lines += [Text(f"  {problem}") for problem in report.problems]
+    return False, Group(*lines)
+
+
+def _when(created_at: str) -> str:
+    return created_at.replace("T", " ")[:19]
+
+
+def show_run(entries: Sequence[LineageEntry], run_id: str) -> Table:
+    """`fedsilo lineage show RUN`: the run's timeline, one entry per row.
+
+    Raises
+    ------
+    LineageReviewError
+        If the ledger has no entry for `run_id`.
+    """
+    view = run_view(entries, run_id)
+    table = Table(
+        "seq",
+        "time (UTC)",
+        "kind",
+        "author",
+        "what",
+        title=Text(f"run {run_id}: {view.status}, silos {', '.join(view.participants) or '-'}"),
+    )
+    for entry in view.entries:
+        style = "red" if entry.kind in ("run_failed", "update_rejected", "silo_refused") else None
+        # Text, not str: ledger content must never be read as rich markup ("[...]").
+        table.add_row(
+            str(entry.seq),
+            Text(_when(entry.created_at)),
+            Text(entry.kind),
+            Text(entry.author),
+            Text(summarize(entry)),
+            style=style,
+        )
+    return table
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """A model that a silo's accepted updates went into."""
+
+    run_id: str
+    model_version: int
+    round: int
+    sha256: str
+    path: str
+    via_rounds: tuple[int, ...]
+
+
+def _contributing_rounds(view: RunView, name: str) -> set[int]:
+    """Rounds whose aggregate included the silo's update.
+
+    The aggregate's contributor list is authoritative: an update accepted but then left out
+    (its silo dropped before unmasking) did not reach the model. A round with no aggregate
+    entry falls back to the accepted updates.
+    """
+    aggregated = {a.get("round") for a in view.aggregates}
+    rounds = {
+        a["round"]
+        for a in view.aggregates
+        if isinstance(a.get("round"), int)
+        and any(
+            isinstance(c, dict) and silo_name(str(c.get("silo"))) == name
+            for c in a.get("contributors") or []
+        )
+    }
+    rounds |= {
+        u["round"]
+        for u in view.accepted
+        if u.get("silo") == name
+        and isinstance(u.get("round"), int)
+        and u["round"] not in aggregated
+    }
+    return rounds
+
+
+def contributions(entries: Sequence[LineageEntry], silo: str) -> list[Contribution]:
+    """`fedsilo lineage contributions SILO`: every model the silo's data went into.
+
+    An update in round r of run R contributed to model version r of R and, through it, to
+    every later version of R (each round starts from the previous global model).
+
+    Parameters
+    ----------
+    silo
+        ``hungary`` or ``silo:hungary``.
+
+    Returns
+    -------
+    list[Contribution]
+        In ledger order: run by run, version by version.
+    """
+    name = silo_name(silo)
+    rows: list[Contribution] = []
+    for run_id, view in run_views(entries).items():
+        rounds = _contributing_rounds(view, name)
+        if not rounds:
+            continue
+        first = min(rounds)
+        for model in view.models:
+            if model.version >= first:
+                via = tuple(sorted(r for r in rounds if r <= model.version))
+                rows.append(
+                    Contribution(run_id, model.version, model.round, model.sha256, model.path, via)
+                )
+    return rows
+
+
+def contributions_table(rows: Sequence[Contribution], silo: str) -> Table:
+    """Rich table of `contributions` output for the CLI."""
+    name = silo_name(silo)
+    table = Table(
+        "run",
+        "model",
+        "saved in round",
+        "sha256",
+        "path",
+        f"rounds with {name}'s updates",
+        title=Text(f"models that {SILO_PREFIX}{name}'s data contributed to ({len(rows)})"),
+    )
+    for row in rows:
+        table.add_row(
+            Text(row.run_id),
+            f"v{row.model_version}",
+            str(row.round),
+            Text(row.sha256),
+            Text(row.path),
+            ", ".join(map(str, row.via_rounds)),
+        )
+    return table

@@ -1,0 +1,167 @@
+"""Running a contract's GX suite on a table, and reading the results back without raw values.
+
+An ephemeral GX 1.x data context lives for one validation: a pandas data source, a
+whole-dataframe batch definition, the suite and a validation definition, all in memory; the
+only file output is the data docs site under the silo's workspace. Analytics and progress
+bars are off. Results are read with GX's BASIC result format (counts and percentages); the
+partial lists of unexpected values GX also returns are never copied into an outcome (they do
+appear in the local data docs, which are the operator's own view of their own data).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402  (after the analytics switch above)
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from great_expectations.exceptions import GreatExpectationsError  # noqa: E402
+
+from schemas.wire import ExpectationOutcome  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SITE = "fedsilo"
+# BASIC carries the unexpected counts and percentages the summary needs. SUMMARY would add
+# unexpected-index lists and a pandas query string per expectation: each costs a filtered copy
+# of the whole table, and together they doubled the time to validate a million rows.
+RESULT_FORMAT = {"result_format": "BASIC", "return_unexpected_index_query": False}
+_MAX_NAMES = 10
+
+
+def validate(
+    view: pd.DataFrame, suite: Any, *, silo: str, docs_dir: Path
+) -> tuple[tuple[ExpectationOutcome, ...], Path | None]:
+    """Validate the validation view with `suite`; returns every outcome and the docs page.
+
+    A validation that GX cannot run at all yields one failed outcome naming the error's
+    type; data docs that cannot be written (disk full, no permission) yield None and a
+    warning, since the validation itself stands.
+    """
+    context = _context(docs_dir)
+    source = context.data_sources.add_pandas(name=f"silo-{silo}")
+    batch = source.add_dataframe_asset(name="table").add_batch_definition_whole_dataframe("all")
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="gate", data=batch, suite=context.suites.add(suite))
+    )
+    try:
+        result = definition.run(batch_parameters={"dataframe": view}, result_format=RESULT_FORMAT)
+    except (GreatExpectationsError, ValueError, TypeError) as exc:
+        log.error("silo %s: GX could not run the suite: %s", silo, type(exc).__name__)
+        failure = ExpectationOutcome(
+            expectation="run_suite",
+            success=False,
+            detail=f"Great Expectations could not run the suite ({type(exc).__name__})",
+        )
+        return (failure,), None
+    # GX returns results in its own order; report them in the suite's (the contract's) order.
+    rank = {_key(e.configuration): i for i, e in enumerate(suite.expectations)}
+    ordered = sorted(result.results, key=lambda r: rank.get(_key(r.expectation_config), 0))
+    outcomes = tuple(_outcome(r, view) for r in ordered)
+    return outcomes, _write_docs(context, docs_dir, silo)
+
+
+def _key(config: Any) -> tuple[str, str | None]:
+    return config.type, config.kwargs.get("column")
+
+
+def _context(docs_dir: Path) -> Any:
+    site = {
+        "class_name": "SiteBuilder",
+        "store_backend": {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(docs_dir),
+        },
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+        data_docs_sites={SITE: site},
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _write_docs(context: Any, docs_dir: Path, silo: str) -> Path | None:
+    try:
+        if docs_dir.is_dir():
+            shutil.rmtree(docs_dir)  # only the last validation's pages remain
+        context.build_data_docs(site_names=[SITE])
+    except OSError as exc:
+        log.warning("silo %s: cannot write data docs to %s: %s", silo, docs_dir, exc.strerror)
+        return None
+    pages = sorted((docs_dir / "validations").rglob("*.html"))
+    return pages[-1] if pages else docs_dir / "index.html"
+
+
+def _outcome(result: Any, view: pd.DataFrame) -> ExpectationOutcome:
+    config = result.expectation_config
+    kwargs = config.kwargs
+    column = kwargs.get("column")
+    raw = result.result or {}
+    count = raw.get("unexpected_count")
+    percent = raw.get("unexpected_percent")
+    if _raised(result.exception_info):
+        detail = (
+            "column absent from the table"
+            if column is not None and column not in view.columns
+            else "could not be evaluated on this column's values (a wrong type?)"
+        )
+    else:
+        detail = _detail(config.type, kwargs, raw, view)
+    return ExpectationOutcome(
+        expectation=config.type,
+        column=column,
+        success=bool(result.success),
+        unexpected_count=int(count) if count is not None else None,
+        unexpected_percent=float(percent)
+        if percent is not None and math.isfinite(percent)
+        else None,
+        detail=detail,
+    )
+
+
+def _raised(info: Any) -> bool:
+    if not info:
+        return False
+    if "raised_exception" in info:
+        return bool(info["raised_exception"])
+    return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
+
+
+def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
+    """A human line built from counts, bounds and column names only, never cell values."""
+    count, percent = raw.get("unexpected_count"), raw.get("unexpected_percent")
+    share = f"{count} ({percent:.2f}%)" if count is not None and percent is not None else "?"
+    allowed = 100.0 * (1.0 - kwargs.get("mostly", 1.0))
+    if kind == "expect_table_columns_to_match_set":
+        mismatch = raw.get("details", {}).get("mismatched", {})
+        missing = sorted(mismatch.get("missing", []))[:_MAX_NAMES]
+        extra = sorted(mismatch.get("unexpected", []))[:_MAX_NAMES]
+        return f"missing columns: {missing}; undeclared columns: {extra}"
+    if kind == "expect_table_row_count_to_be_between":
+        return f"{len(view)} rows; the contract needs at least {kwargs.get('min_value')}"
+    if kind == "expect_column_values_to_be_in_type_list":
+        return f"dtype {view[kwargs['column']].dtype}; the contract needs an integer or float"
+    if kind == "expect_column_values_to_be_between":
+        bounds = f"[{kwargs.get('min_value')}, {kwargs.get('max_value')}]"
+        return f"{share} of present values outside {bounds}; {allowed:.2f}% allowed"
+    if kind == "expect_column_values_to_not_be_null":
+        return f"{share} of rows missing (sentinels count); {allowed:.2f}% allowed"
+    if kind == "expect_column_values_to_be_in_set":
+        n = len(kwargs.get("value_set", []))
+        return f"{share} of present values not among the contract's {n} allowed values"
+    return ""

@@ -1,0 +1,50 @@
+"""The silo's own copy of its lineage: every statement it signed and the service's receipt.
+
+Kept as JSON Lines in the silo's workspace (`lineage/records.jsonl`), so the silo can later
+prove what it sent and detect a service that rewrote history
+(`fedsilo lineage verify --silo-copy DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from aggregation.ledger_verify import SiloRecord
+
+
+def records_path(workspace: Path) -> Path:
+    return workspace / "lineage" / "records.jsonl"
+
+
+def keep_receipt(workspace: Path, answer: dict[str, Any]) -> SiloRecord | None:
+    """Append the acknowledged statement to the silo's copy (no-op for a duplicate answer)."""
+    if not answer.get("receipt"):
+        return None
+    record = SiloRecord.model_validate(
+        {
+            "statement": answer["statement"],
+            "author_signature": answer["author_signature"],
+            "receipt": answer["receipt"],
+        }
+    )
+    path = records_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with path.open("a") as fh:
+        fh.write(record.model_dump_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return record
+
+
+def load_records(workspace: Path) -> list[SiloRecord]:
+    path = records_path(workspace)
+    if not path.exists():
+        return []
+    return [
+        SiloRecord.model_validate(json.loads(line))
+        for line in path.read_text().splitlines()
+        if line
+    ]

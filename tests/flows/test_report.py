@@ -1,0 +1,194 @@
+"""`fedsilo report RUN`: a self-contained HTML report, checked as text and in a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
+from PIL import Image
+from sqlalchemy import text
+
+from aggregation.service import ledger
+from aggregation.service.db import make_sessionmaker, transaction
+from flows.lineage_cmds import LineageReviewError
+from flows.report import report_filename, write_report
+
+PREFECT_UI = "http://127.0.0.1:4200"
+CHROMIUM = Path("/usr/bin/chromium")
+SECTIONS = (
+    "verification",
+    "participants",
+    "data",
+    "metrics",
+    "privacy",
+    "model-card",
+    "rounds",
+    "prefect",
+    "timeline",
+)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    return build_sample(tmp_path_factory.mktemp("ledger"))
+
+
+@pytest.fixture(scope="module")
+def report_a(sample: Sample, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    return write_report(sample.entries(), sample.keys, RUN_A, out, sample.store, PREFECT_UI)
+
+
+def _no_external_resources(document: str) -> None:
+    """Nothing the browser would fetch: every src is a data URI, no scripts, styles or imports."""
+    assert "<script" not in document.lower()
+    assert "<link" not in document.lower()
+    assert "@import" not in document
+    assert "url(" not in document
+    assert "<iframe" not in document.lower() and "<object" not in document.lower()
+    for src in re.findall(r'\bsrc="([^"]*)"', document):
+        assert src.startswith("data:image/png;base64,")
+    # Any web address left is the target of a plain link.
+    hrefs = re.findall(r'<a href="([^"]*)"', document)
+    addresses = re.findall(r"https?://[^\s\"<]+", document)
+    assert all(any(a in h for h in hrefs) for a in addresses)
+
+
+def test_the_report_has_every_section_and_embedded_plots(report_a: Path, sample: Sample) -> None:
+    assert report_a.name == report_filename(RUN_A) == "fedsilo-report-run-a.html"
+    document = report_a.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f'<h2 id="{section}">' in document
+    assert 'class="banner pass">Ledger verified: ledger OK: 55 entries' in document
+    assert "Model artifacts were re-hashed against the ledger." in document
+    images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', document)
+    assert [alt for alt, _ in images] == ["metrics per round", "privacy spent per silo"]
+    for _, data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.format == "PNG" and image.width >= 600
+            # A plot, not a blank canvas: many colours from lines, text and anti-aliasing.
+            assert len(image.convert("RGB").getcolors(1 << 20) or []) > 100
+    assert sample.models[(RUN_A, 3)] in document  # the final model's sha256, in full
+    assert "<th>parameters</th><td>241</td>" in document  # 13*16 + 16 + 16 + 1
+    assert "expect_column_values_to_be_between on chol: 123 rows (100.0%)" in document
+    assert "round 2: dropped hungary" in document
+    assert "masks recovered from cleveland, switzerland" in document
+    assert "switzerland update rejected, HTTP 409" in document
+    assert "<th>rounds / min silos</th><td>3 / 2</td>" in document
+    link = f'<a href="{PREFECT_UI}/runs/flow-run/{PREFECT_RUN_A}">{PREFECT_RUN_A}</a>'
+    assert link in document
+    _no_external_resources(document)
+
+
+def test_validation_and_privacy_rows_per_silo_and_round(report_a: Path) -> None:
+    document = report_a.read_text(encoding="utf-8")
+    data = document.split('<h2 id="data">')[1].split('<h2 id="metrics">')[0]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\w+)</td>.*?<span class=\"(pass|fail)\">", data)
+    assert len(rows) == 9
+    assert ("1", "switzerland", "fail") in rows and ("2", "switzerland", "pass") in rows
+    privacy = document.split('<h2 id="privacy">')[1].split('<h2 id="model-card">')[0]
+    assert "<td>hungary</td><td>3</td><td>0.7928</td><td>1e-05</td>" in privacy
+
+
+def test_a_failed_run_without_prefect_id(sample: Sample, tmp_path: Path) -> None:
+    path = write_report(sample.entries(), sample.keys, RUN_B, tmp_path, None, PREFECT_UI)
+    document = path.read_text(encoding="utf-8")
+    assert "status failed" in document
+    assert "failed: round 2: 1 of 2 silos answered by the deadline — min_silos is 2" in document
+    assert "No Prefect flow run recorded." in document
+    assert "Model artifacts were NOT re-hashed" in document
+    _no_external_resources(document)
+    with pytest.raises(LineageReviewError, match="run 'run-q' has no entries"):
+        write_report(sample.entries(), sample.keys, "run-q", tmp_path)
+
+
+def test_a_tampered_ledger_is_reported_as_not_verified(tmp_path: Path) -> None:
+    sample = build_sample(tmp_path)
+    seq = next(e.seq for e in sample.entries() if e.kind == "aggregate")
+    with sample.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER ledger_entries_no_update"))
+        conn.execute(
+            text(
+                "UPDATE ledger_entries SET payload = replace(payload, 'true', 'false') "
+                "WHERE seq = :s"
+            ),
+            {"s": seq},
+        )
+    path = write_report(sample.entries(), sample.keys, RUN_A, tmp_path / "out", sample.store)
+    document = path.read_text(encoding="utf-8")
+    assert (
+        f'class="banner fail">Ledger NOT verified: first bad entry {seq}: entry {seq}: '
+        "entry_hash mismatch (content altered)"
+    ) in document
+    assert f"<tr><td>{seq}</td>" in document and ">BAD</span>" in document
+
+
+def test_ledger_text_and_settings_are_escaped(tmp_path: Path) -> None:
+    sample = build_sample(tmp_path)
+    hostile = '<script>alert("x")</script><img src="https://evil.example/p.png">'
+    with transaction(make_sessionmaker(sample.engine)) as session:
+        ledger.append(
+            session,
+            kind="update_rejected",
+            payload={"silo": "switzerland", "round": 3, "status": 400, "reason": hostile},
+            run_id=RUN_A,
+            author="service",
+            service_key=sample.private["service"],
+        )
+    path = write_report(sample.entries(), sample.keys, RUN_A, tmp_path, None, "javascript:alert(1)")
+    document = path.read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in document
+    assert "javascript:" not in document
+    assert "Pass the Prefect UI address to get links." in document
+    assert "evil.example" in document  # shown as text ...
+    assert 'src="https://evil.example' not in document  # ... never loaded
+    assert "<script" not in document
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not _ci(),
+    reason="needs Debian's chromium (apt-get install -y chromium); CI always runs this",
+)
+def test_chromium_renders_the_plots(report_a: Path, tmp_path: Path) -> None:
+    assert CHROMIUM.exists(), "CI=true: install Debian's chromium (apt-get install -y chromium)"
+    shot = tmp_path / "report.png"
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        report_a.as_uri(),
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.is_file(), done.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+        rgb = image.convert("RGB")
+    colours = rgb.getcolors(1 << 22) or []
+    assert len(colours) > 1000  # text, tables and anti-aliased plot lines, not a blank page
+    # matplotlib's first three line colours (tab:blue, tab:orange, tab:green) appear only in
+    # the plots: the page's own CSS uses none of them.
+    counts = dict((c, n) for n, c in colours)
+    for line in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):
+        assert counts.get(line, 0) > 200, f"plot colour {line} missing from the screenshot"
