@@ -7,11 +7,13 @@ caller. A 4xx answer is final and raised as `ServiceRejected` with the service's
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -192,6 +194,68 @@ class SiloClient(_Base):
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
         result = self.request(
             "POST", path, body=payload, extra_headers={signing.STATEMENT_HEADER: signature}
+        ).json()
+        result["statement"] = statement.model_dump()
+        result["author_signature"] = signature
+        return dict(result)
+
+    def secagg_post(
+        self, run_id: str, round_: int, stage: str, message: bytes, n_examples: int | None = None
+    ) -> dict[str, Any]:
+        """Send one secure-aggregation protocol message (advertise, share or unmask)."""
+        query = f"?n_examples={n_examples}" if n_examples is not None else ""
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{stage}{query}"
+        return dict(self.request("POST", path, body=message).json())
+
+    def secagg_get(self, run_id: str, round_: int, what: str) -> dict[str, Any]:
+        """Fetch adverts, this silo's shares or its unmask request (hex-encoded messages)."""
+        return dict(
+            self.request("GET", f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{what}").json()
+        )
+
+    def submit_masked(
+        self,
+        run_id: str,
+        round_: int,
+        message: bytes,
+        n_examples: int,
+        train_seconds: float,
+        metrics_json: str,
+    ) -> dict[str, Any]:
+        """Send the masked update with its signed ledger statement; returns digest and receipt."""
+        statement = make_statement(
+            run_id=run_id,
+            kind="update_accepted",
+            payload=signing.update_statement_payload(
+                self.silo, round_, tensors.digest(message), n_examples
+            ),
+            author=f"silo:{self.silo}",
+        )
+        signature = sign_statement(self.key, statement)
+        query = urlencode(
+            {
+                "n_examples": n_examples,
+                "train_seconds": f"{train_seconds:.6f}",
+                "metrics": metrics_json,
+            }
+        )
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{query}"
+        result = self.request(
+            "POST", path, body=message, extra_headers={signing.STATEMENT_HEADER: signature}
+        ).json()
+        result["statement"] = statement.model_dump()
+        result["author_signature"] = signature
+        return dict(result)
+
+    def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Sign and send a lineage statement; returns it with the service's receipt."""
+        statement = make_statement(
+            run_id=run_id, kind=kind, payload=payload, author=f"silo:{self.silo}"
+        )
+        signature = sign_statement(self.key, statement)
+        body = json.dumps({"kind": kind, "payload": payload, "signature": signature}).encode()
+        result = self.request(
+            "POST", f"/v1/silo/runs/{run_id}/statements", body=body, content_type="application/json"
         ).json()
         result["statement"] = statement.model_dump()
         result["author_signature"] = signature

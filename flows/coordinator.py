@@ -20,7 +20,15 @@ from prefect.runtime import flow_run
 from aggregation.client import CoordinatorClient
 from flows.exceptions import RunFailed
 from schemas import tensors
-from schemas.specs import ModelSpec, RunSpec, StrategySpec, TrainingSpec, param_shapes
+from schemas.specs import (
+    ModelSpec,
+    PrivacySpec,
+    RunSpec,
+    SecureAggregationSpec,
+    StrategySpec,
+    TrainingSpec,
+    param_shapes,
+)
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish
 from silos.torch_model import build_model, get_params
 
@@ -100,18 +108,33 @@ def run_round(
     """Open a round, wait until every silo answered or the deadline passed, then close it."""
     started = time.monotonic()
     client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
-    deadline = started + deadline_s
+    deadline, forced = started + deadline_s, 0
     while True:
         remaining = deadline - time.monotonic()
         out = client.wait_round(run_id, number, wait_s=max(0.0, min(remaining, 20.0)))
-        if out.complete or out.status != "open" or remaining <= 0:
+        if out.status != "open":
             break
-    if out.status == "open":
-        late = [s.silo for s in out.silos if s.state == "waiting"]
-        if late:
-            get_run_logger().warning("round %d: deadline passed without %s", number, late)
-        out = client.close_round(run_id, number)
+        if out.complete and out.secagg_stage is None:
+            out = client.close_round(run_id, number)
+            break
+        if remaining <= 0:
+            late = [s.silo for s in out.silos if s.state == "waiting"]
+            get_run_logger().warning(
+                "round %d: deadline passed at stage %s without %s",
+                number,
+                out.secagg_stage or "collect",
+                late or "the unmasking answers",
+            )
+            out = client.close_round(run_id, number)
+            forced += 1
+            if out.status != "open" or forced > 4:
+                break
+            deadline = time.monotonic() + deadline_s  # the remaining protocol stages get time
     record = summarize_round(out, time.monotonic() - started)
+    if out.status == "open":
+        raise RunFailed(
+            f"round {number} still at stage {out.secagg_stage} after {forced} deadlines"
+        )
     if out.status == "failed":
         raise RunFailed(out.reason or f"round {number} failed")
     return record
@@ -180,6 +203,8 @@ def federated_training(
     patience: int = 0,
     silos: list[str] | None = None,
     output_dir: str = "models",
+    secure_aggregation: SecureAggregationSpec = SecureAggregationSpec(),
+    privacy: PrivacySpec | None = None,
 ) -> dict[str, object]:
     """Train a global model across the federation's silos and save it with its sha256."""
     logger = get_run_logger()
@@ -194,6 +219,8 @@ def federated_training(
         round_deadline_s=round_deadline_s,
         patience=patience,
         silos=tuple(silos or ()),
+        secure_aggregation=secure_aggregation,
+        privacy=privacy,
     )
     client = CoordinatorClient(service_urls, token=admin_token)
     run_id = create_run(client, spec)

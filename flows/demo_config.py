@@ -34,10 +34,10 @@ def credit_demo_spec(n_features: int) -> RunSpec:
     return RunSpec(
         federation="banks",
         dataset="credit_default",
-        model=ModelSpec(kind="logreg", n_features=n_features),
+        model=ModelSpec(kind="mlp", n_features=n_features, hidden=(32,)),
         strategy=StrategySpec(name="fedavg"),
-        training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.05, optimizer="sgd", seed=0),
-        rounds=10,
+        training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.1, optimizer="sgd", seed=0),
+        rounds=20,
         min_silos=4,
         round_deadline_s=60.0,
         patience=0,

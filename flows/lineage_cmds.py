@@ -32,6 +32,7 @@ from aggregation.ledger_verify import (
     directory_artifact_checker,
     verify_chain,
 )
+from flows.lineage_summary import summarize
 from flows.lineage_view import (
     SILO_PREFIX,
     LineageReviewError,
@@ -40,7 +41,6 @@ from flows.lineage_view import (
     run_view,
     run_views,
     silo_name,
-    summarize,
 )
 from schemas.lineage import SERVICE_AUTHOR, LineageEntry
 

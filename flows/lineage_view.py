@@ -174,7 +174,8 @@ def _int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """A JSON number as float; None for anything else (booleans included)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
@@ -243,7 +244,7 @@ def _add(view: RunView, entry: LineageEntry) -> None:
 
 
 def _add_privacy(view: RunView, entry: LineageEntry, p: dict[str, Any]) -> None:
-    epsilon = _float(p.get("epsilon"))
+    epsilon = as_float(p.get("epsilon"))
     if epsilon is None:
         return
     view.privacy.append(
@@ -252,9 +253,9 @@ def _add_privacy(view: RunView, entry: LineageEntry, p: dict[str, Any]) -> None:
             silo=silo_name(str(p.get("silo") or entry.author)),
             round=_int(p.get("round")),
             epsilon=epsilon,
-            delta=_float(p.get("delta")),
-            noise_multiplier=_float(p.get("noise_multiplier")),
-            clip_norm=_float(p.get("clip_norm")),
+            delta=as_float(p.get("delta")),
+            noise_multiplier=as_float(p.get("noise_multiplier")),
+            clip_norm=as_float(p.get("clip_norm")),
         )
     )
 
@@ -312,91 +313,3 @@ def run_views(entries: Sequence[LineageEntry]) -> dict[str, RunView]:
             grouped.setdefault(entry.run_id, []).append(entry)
     joins = _joins(entries)
     return {run_id: _build(run_id, own, joins) for run_id, own in grouped.items()}
-
-
-# ----------------------------------------------------------------------------- summaries
-
-
-def _short(digest: Any, n: int = 12) -> str:
-    return str(digest)[:n] if digest else "-"
-
-
-def _metric_text(weighted: dict[str, Any]) -> str:
-    parts = []
-    for name in ("accuracy", "auc", "loss"):
-        value = _float(weighted.get(name))
-        if value is not None:
-            parts.append(f"{name} {value:.3f}")
-    return ", ".join(parts) or "no weighted metrics"
-
-
-def _contributors(p: dict[str, Any]) -> str:
-    items = as_list(p, "contributors")
-    return ", ".join(str(c.get("silo")) for c in items if isinstance(c, dict)) or "-"
-
-
-def _failed_names(p: dict[str, Any]) -> str:
-    failed = as_list(p, "failed")
-    names = [f"{f.get('expectation')}({f.get('column')})" for f in failed if isinstance(f, dict)]
-    return "; ".join(names)
-
-
-_SUMMARIES: dict[str, Any] = {
-    "run_started": lambda p: (
-        f"config {_short(p.get('config_sha256'))}, fedsilo {p.get('fedsilo_version')}, "
-        f"silos {', '.join(map(str, p.get('participants') or []))}"
-    ),
-    "silo_joined": lambda p: f"{p.get('silo')} joined {p.get('federation')}",
-    "silo_refused": lambda p: f"{p.get('silo')} refused: {p.get('reason')}",
-    "validation_result": lambda p: (
-        f"{p.get('silo')} round {p.get('round')}: {p.get('contract')} "
-        f"v{p.get('contract_version')} {'PASS' if p.get('success') is True else 'FAIL'}, "
-        f"{p.get('n_rows')} rows, data {_short(p.get('data_sha256'))}"
-        + (f" [{_failed_names(p)}]" if p.get("success") is not True else "")
-    ),
-    "update_accepted": lambda p: (
-        f"{p.get('silo')} round {p.get('round')}: update {_short(p.get('digest'))}, "
-        f"{p.get('n_examples')} examples"
-    ),
-    "update_rejected": lambda p: (
-        f"{p.get('silo')} round {p.get('round')}: HTTP {p.get('status')} {p.get('reason')}"
-    ),
-    "aggregate": lambda p: (
-        f"round {p.get('round')}: v{p.get('model_version')} from {_contributors(p)}"
-        f"{' (secure aggregation)' if p.get('secure_aggregation') is True else ''}, "
-        f"digest {_short(p.get('aggregate_digest'))}"
-    ),
-    "model_saved": lambda p: (
-        f"v{p.get('version')} sha256 {_short(p.get('sha256'))} at {p.get('path')}"
-    ),
-    "metrics": lambda p: (
-        f"round {p.get('round')}, model v{p.get('model_version')}: "
-        f"{_metric_text(as_dict(p, 'weighted'))}"
-    ),
-    "dropout": lambda p: (
-        f"round {p.get('round')}: dropped {', '.join(map(str, p.get('silos') or []))}"
-    ),
-    "recovery": lambda p: (
-        f"round {p.get('round')}: recovered with {', '.join(map(str, p.get('survivors') or []))}"
-    ),
-    "privacy_spent": lambda p: (
-        f"{p.get('silo')} round {p.get('round')}: epsilon {p.get('epsilon')} "
-        f"(delta {p.get('delta')}, noise {p.get('noise_multiplier')}, clip {p.get('clip_norm')})"
-    ),
-    "run_finished": lambda p: (
-        f"{p.get('status')}: final v{p.get('final_model_version')} "
-        f"{_short(p.get('final_model_sha256'))}" + (f" ({p['reason']})" if p.get("reason") else "")
-    ),
-    "run_failed": lambda p: f"{p.get('status')}: {p.get('reason')}",
-}
-
-
-def summarize(entry: LineageEntry) -> str:
-    """One line saying what an entry records, for timelines and reports."""
-    p = payload_of(entry)
-    if not p and entry.payload != "{}":
-        return "payload is not a JSON object (altered?)"
-    render = _SUMMARIES.get(entry.kind)
-    if render is None:
-        return ", ".join(f"{k}={v}" for k, v in sorted(p.items()))[:160]
-    return str(render(p))

@@ -7,10 +7,9 @@ escaped, since a payload is data written by silos and services, not trusted mark
 
 from __future__ import annotations
 
-import html
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,88 +19,39 @@ from pydantic import ValidationError
 
 from aggregation.ledger_verify import VerifyReport, directory_artifact_checker, verify_chain
 from flows.lineage_cmds import parse_keys
-from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, run_view, summarize
+from flows.lineage_summary import summarize
+from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, run_view
+from flows.report_html import CSS, digest, esc, fmt, table, verdict
 from flows.report_plots import metrics_figure, privacy_figure
 from schemas.lineage import LineageEntry
 from schemas.specs import ModelSpec, param_shapes
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1200px;
-color:#1d232a;padding:0 1rem;line-height:1.4}
-h1{margin-bottom:.2rem}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
-th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left;vertical-align:top}
-th{background:#f3f5f7}code,pre{font-family:ui-monospace,monospace;font-size:.85rem}
-pre{background:#f6f8fa;padding:.6rem;overflow-x:auto}
-.pass{color:#116329;font-weight:600}.fail{color:#b42318;font-weight:600}
-.banner{padding:.7rem 1rem;border-radius:6px;margin:1rem 0;font-weight:600}
-.banner.pass{background:#dafbe1;border:1px solid #4ac26b}
-.banner.fail{background:#ffebe9;border:1px solid #ff8182}
-.muted{color:#57606a}img{max-width:100%;border:1px solid #d0d7de}
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(headers: Sequence[str] | None, rows: Iterable[Sequence[str]]) -> str:
-    """An HTML table; cells are already-escaped HTML. Without headers the first column is one."""
-    head = ""
-    if headers is not None:
-        head = "<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr></thead>"
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    else:
-        body = "".join(
-            f"<tr><th>{row[0]}</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
-            for row in rows
-        )
-    return f"<table>{head}<tbody>{body}</tbody></table>"
-
-
-def _digest(value: Any) -> str:
-    """A sha256 shortened for reading, the full value in the tooltip and copyable text."""
-    text = str(value or "")
-    if not text:
-        return "-"
-    return f'<code title="{_e(text)}">{_e(text[:16])}&hellip;</code>'
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        # Small values (a delta of 1e-5) keep their significant digits.
-        return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
-    return "-" if value is None else _e(value)
-
-
-def _verdict(ok: bool, yes: str = "PASS", no: str = "FAIL") -> str:
-    return f'<span class="pass">{yes}</span>' if ok else f'<span class="fail">{no}</span>'
-
 
 # ----------------------------------------------------------------------------- sections
 
 
 def _verification(report: VerifyReport, artifacts_checked: bool, keys: Mapping[str, str]) -> str:
+    head = f"head seq {esc(report.head_seq)}, hash <code>{esc(report.head_hash)}</code>"
     if report.ok:
-        banner = f'<div class="banner pass">Ledger verified: {_e(report)}</div>'
+        banner = f'<div class="banner pass">Ledger verified: {esc(report)}</div>'
+        scope = f"all {esc(report.checked)} entries of the ledger verified ({head})"
     else:
         banner = (
             f'<div class="banner fail">Ledger NOT verified: first bad entry '
-            f"{_e(report.bad_seq)}: {_e(report.reason)}</div>"
+            f"{esc(report.bad_seq)}: {esc(report.reason)}</div>"
         )
+        scope = f"entries before the first bad one verified ({head})"
     artifacts = (
         "Model artifacts were re-hashed against the ledger."
         if artifacts_checked
         else "Model artifacts were NOT re-hashed (no service workspace given)."
     )
-    rows = [(_e(owner), f"<code>{_e(key)}</code>") for owner, key in sorted(keys.items())]
+    rows = [(esc(owner), f"<code>{esc(key)}</code>") for owner, key in sorted(keys.items())]
     return (
         '<h2 id="verification">Verification of the ledger</h2>'
-        f"{banner}<p>Chain, every service and silo signature checked over the whole ledger "
-        f"({_e(report.checked)} entries checked, head seq {_e(report.head_seq)}, head hash "
-        f"<code>{_e(report.head_hash)}</code>). {artifacts}</p>"
+        f"{banner}<p>Hash chain and every service and silo signature re-checked over the whole "
+        f"ledger: {scope}. {artifacts}</p>"
         '<p class="muted">Re-check at any time with <code>fedsilo lineage verify</code>. '
-        "Public keys used:</p>" + _table(("signer", "Ed25519 public key"), rows)
+        "Public keys used:</p>" + table(("signer", "Ed25519 public key"), rows)
     )
 
 
@@ -112,15 +62,15 @@ def _participants(view: RunView) -> str:
         refusals = [str(r.get("reason")) for r in view.refused if r.get("silo") == silo]
         rows.append(
             (
-                _e(silo),
-                _e(f"seq {joined.seq}, {joined.created_at}") if joined else "-",
-                _e("; ".join(refusals)) or "-",
-                _e(sum(1 for v in view.validations if v.silo == silo)),
-                _e(sum(1 for u in view.accepted if u.get("silo") == silo)),
+                esc(silo),
+                esc(f"seq {joined.seq}, {joined.created_at}") if joined else "-",
+                esc("; ".join(refusals)) or "-",
+                esc(sum(1 for v in view.validations if v.silo == silo)),
+                esc(sum(1 for u in view.accepted if u.get("silo") == silo)),
             )
         )
     headers = ("silo", "joined", "refused", "validations", "updates accepted")
-    return '<h2 id="participants">Participants</h2>' + _table(headers, rows)
+    return '<h2 id="participants">Participants</h2>' + table(headers, rows)
 
 
 def _validations(view: RunView) -> str:
@@ -133,21 +83,21 @@ def _validations(view: RunView) -> str:
         )
         rows.append(
             (
-                _e(v.round),
-                _e(v.silo),
-                _e(f"{v.contract} v{v.contract_version}"),
-                _digest(v.contract_sha256),
-                _digest(v.data_sha256),
-                _fmt(v.n_rows),
-                _verdict(v.success),
-                _e(failed) or "-",
+                esc(v.round),
+                esc(v.silo),
+                esc(f"{v.contract} v{v.contract_version}"),
+                digest(v.contract_sha256),
+                digest(v.data_sha256),
+                fmt(v.n_rows),
+                verdict(v.success),
+                esc(failed) or "-",
             )
         )
     headers = ("round", "silo", "contract", "contract sha256", "data sha256", "rows", "result")
     return (
         '<h2 id="data">Data fingerprints and validation</h2><p>Each silo fingerprints its data '
         "and validates it against the data contract at the start of every round; only the "
-        "summary below leaves the silo.</p>" + _table((*headers, "failed expectations"), rows)
+        "summary below leaves the silo.</p>" + table((*headers, "failed expectations"), rows)
     )
 
 
@@ -158,13 +108,13 @@ def _metric_rows(metrics: Sequence[RoundMetrics]) -> list[tuple[str, ...]]:
             values = values if isinstance(values, dict) else {}
             rows.append(
                 (
-                    _e(m.round),
-                    _e(f"v{m.model_version}"),
-                    f"<b>{_e(who)}</b>" if who == "weighted" else _e(who),
-                    _fmt(values.get("n_test")),
-                    _fmt(values.get("accuracy")),
-                    _fmt(values.get("auc")),
-                    _fmt(values.get("loss")),
+                    esc(m.round),
+                    esc(f"v{m.model_version}"),
+                    f"<b>{esc(who)}</b>" if who == "weighted" else esc(who),
+                    fmt(values.get("n_test")),
+                    fmt(values.get("accuracy")),
+                    fmt(values.get("auc")),
+                    fmt(values.get("loss")),
                 )
             )
     return rows
@@ -177,7 +127,7 @@ def _metrics(view: RunView) -> str:
     return (
         '<h2 id="metrics">Metrics per round</h2><p>Each round the silos evaluate a global model '
         "on their local holdout; the black line is the mean weighted by holdout size.</p>"
-        f"{plot}" + _table(headers, _metric_rows(view.metrics))
+        f"{plot}" + table(headers, _metric_rows(view.metrics))
     )
 
 
@@ -187,19 +137,19 @@ def _privacy(view: RunView) -> str:
     uri = privacy_figure(view.privacy)
     rows = [
         (
-            _e(p.silo),
-            _e(p.round),
-            _fmt(p.epsilon),
-            _fmt(p.delta),
-            _fmt(p.noise_multiplier),
-            _fmt(p.clip_norm),
+            esc(p.silo),
+            esc(p.round),
+            fmt(p.epsilon),
+            fmt(p.delta),
+            fmt(p.noise_multiplier),
+            fmt(p.clip_norm),
         )
         for p in sorted(view.privacy, key=lambda p: (p.silo, p.round))
     ]
     headers = ("silo", "round", "epsilon", "delta", "noise multiplier", "clip norm")
     return (
         '<h2 id="privacy">Privacy budget per silo</h2>'
-        f'<img alt="privacy spent per silo" src="{uri}">' + _table(headers, rows)
+        f'<img alt="privacy spent per silo" src="{uri}">' + table(headers, rows)
     )
 
 
@@ -228,31 +178,34 @@ def _model_card(view: RunView) -> str:
     spec, start, final = view.spec, view.started, view.final_model
     model = as_dict(spec, "model")
     facts = [
-        ("model kind", _e(model.get("kind", "-"))),
-        ("features / hidden layers", _e(f"{model.get('n_features')} / {model.get('hidden')}")),
-        ("parameters", _e(_parameter_count(spec))),
-        ("strategy", _e(json.dumps(spec.get("strategy"), sort_keys=True))),
-        ("local training", _e(json.dumps(spec.get("training"), sort_keys=True))),
-        ("rounds / min silos", _e(f"{spec.get('rounds')} / {spec.get('min_silos')}")),
-        ("final model", _e(f"v{final.version} at {final.path}") if final else "-"),
-        ("final model sha256", f"<code>{_e(final.sha256)}</code>" if final else "-"),
-        ("config sha256", f"<code>{_e(start.get('config_sha256'))}</code>"),
-        ("fedsilo / git commit", _e(f"{start.get('fedsilo_version')} / {start.get('git_commit')}")),
-        ("initial model sha256", f"<code>{_e(start.get('initial_model_sha256'))}</code>"),
-        ("status", _e(f"{view.status}: {(view.finish or {}).get('reason') or '-'}")),
+        ("model kind", esc(model.get("kind", "-"))),
+        ("features / hidden layers", esc(f"{model.get('n_features')} / {model.get('hidden')}")),
+        ("parameters", esc(_parameter_count(spec))),
+        ("strategy", esc(json.dumps(spec.get("strategy"), sort_keys=True))),
+        ("local training", esc(json.dumps(spec.get("training"), sort_keys=True))),
+        ("rounds / min silos", esc(f"{spec.get('rounds')} / {spec.get('min_silos')}")),
+        ("final model", esc(f"v{final.version} at {final.path}") if final else "-"),
+        ("final model sha256", f"<code>{esc(final.sha256)}</code>" if final else "-"),
+        ("config sha256", f"<code>{esc(start.get('config_sha256'))}</code>"),
+        (
+            "fedsilo / git commit",
+            esc(f"{start.get('fedsilo_version')} / {start.get('git_commit')}"),
+        ),
+        ("initial model sha256", f"<code>{esc(start.get('initial_model_sha256'))}</code>"),
+        ("status", esc(f"{view.status}: {(view.finish or {}).get('reason') or '-'}")),
     ]
-    card = _table(None, facts)
+    card = table(None, facts)
     scored = _final_metrics(view)
     metrics = (
-        f"<h3>Metrics of model v{_e(scored.model_version)} per silo</h3>"
-        + _table(
+        f"<h3>Metrics of model v{esc(scored.model_version)} per silo</h3>"
+        + table(
             ("round", "model evaluated", "silo", "n_test", "accuracy", "AUC", "loss"),
             _metric_rows([scored]),
         )
         if scored
         else "<p>No metrics recorded.</p>"
     )
-    full = _e(json.dumps(spec, indent=2, sort_keys=True))
+    full = esc(json.dumps(spec, indent=2, sort_keys=True))
     return (
         '<h2 id="model-card">Model card</h2>'
         + card
@@ -274,29 +227,29 @@ def _rounds(view: RunView) -> str:
         )
         rows.append(
             (
-                _e(a.get("round")),
-                _e(who) or "-",
-                _digest(a.get("aggregate_digest")),
-                _e(f"v{a.get('model_version')}"),
-                _verdict(a.get("secure_aggregation") is True, "yes", "no"),
+                esc(a.get("round")),
+                esc(who) or "-",
+                digest(a.get("aggregate_digest")),
+                esc(f"v{a.get('model_version')}"),
+                verdict(a.get("secure_aggregation") is True, "yes", "no"),
             )
         )
     events = [
-        _e(
+        esc(
             f"round {r.get('round')}: {r.get('silo')} update rejected, HTTP {r.get('status')}: "
             f"{r.get('reason')}"
         )
         for r in view.rejected
-    ] + [_e(f"round {d.get('round')}: dropped {_names(d.get('silos'))}") for d in view.dropouts]
+    ] + [esc(f"round {d.get('round')}: dropped {_names(d.get('silos'))}") for d in view.dropouts]
     events += [
-        _e(f"round {r.get('round')}: masks recovered from {_names(r.get('survivors'))}")
+        esc(f"round {r.get('round')}: masks recovered from {_names(r.get('survivors'))}")
         for r in view.recoveries
     ]
     listed = "".join(f"<li>{x}</li>" for x in events) or "<li>none</li>"
     headers = ("round", "contributors (examples)", "aggregate digest", "model", "secure agg.")
     return (
         '<h2 id="rounds">Aggregation per round</h2>'
-        + _table(headers, rows)
+        + table(headers, rows)
         + f"<h3>Rejections, dropouts, recoveries</h3><ul>{listed}</ul>"
     )
 
@@ -311,8 +264,8 @@ def _prefect_links(view: RunView, prefect_ui_url: str | None) -> str:
     items = []
     for who, run in runs:
         target = f"{base}/runs/flow-run/{quote(run, safe='')}"
-        link = f'<a href="{_e(target)}">{_e(run)}</a>' if base else f"<code>{_e(run)}</code>"
-        items.append(f"<li>{_e(who)}: {link}</li>")
+        link = f'<a href="{esc(target)}">{esc(run)}</a>' if base else f"<code>{esc(run)}</code>"
+        items.append(f"<li>{esc(who)}: {link}</li>")
     hint = "" if base else '<p class="muted">Pass the Prefect UI address to get links.</p>'
     return f'<h2 id="prefect">Prefect flow runs</h2><ul>{"".join(items)}</ul>{hint}'
 
@@ -320,17 +273,17 @@ def _prefect_links(view: RunView, prefect_ui_url: str | None) -> str:
 def _timeline(view: RunView, report: VerifyReport) -> str:
     rows = [
         (
-            _e(e.seq),
-            f'<span title="{_e(e.created_at)}">{_e(e.created_at.replace("T", " ")[:19])}</span>',
-            _e(e.kind),
-            _e(e.author),
-            _e(summarize(e)),
-            _verdict(False, no="BAD") if e.seq == report.bad_seq else "",
+            esc(e.seq),
+            f'<span title="{esc(e.created_at)}">{esc(e.created_at.replace("T", " ")[:19])}</span>',
+            esc(e.kind),
+            esc(e.author),
+            esc(summarize(e)),
+            verdict(False, no="BAD") if e.seq == report.bad_seq else "",
         )
         for e in view.entries
     ]
     headers = ("seq", "time (UTC)", "kind", "author", "what", "")
-    return '<h2 id="timeline">Ledger entries of this run</h2>' + _table(headers, rows)
+    return '<h2 id="timeline">Ledger entries of this run</h2>' + table(headers, rows)
 
 
 # ----------------------------------------------------------------------------- document
@@ -367,10 +320,10 @@ def render_report(
         _timeline(view, report),
     ]
     return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
-        f'<p class="muted">Federation {_e(spec.get("federation", "-"))}, dataset '
-        f"{_e(spec.get('dataset', '-'))}, status {_e(view.status)}. Generated {generated} "
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>"
+        f'<p class="muted">Federation {esc(spec.get("federation", "-"))}, dataset '
+        f"{esc(spec.get('dataset', '-'))}, status {esc(view.status)}. Generated {generated} "
         f"from {len(entries)} ledger entries.</p>" + "".join(sections) + "</body></html>"
     )
 

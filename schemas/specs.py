@@ -86,6 +86,33 @@ class TrainingSpec(_Strict):
     seed: int = 0
 
 
+class SecureAggregationSpec(_Strict):
+    """Secure aggregation (Bonawitz et al. 2017) of the PyTorch strategies' updates.
+
+    Each silo L2-clips its delta to `clip`, weights it by n_k / N (N: examples of the silos
+    that advertised keys; uniform weights under DP), quantizes it into integers mod 2^bits and
+    masks it; the service learns only the sum. `threshold` silos must survive to unmask
+    (default: a majority of the round's silos, at least 2); `degree` switches to a sparse
+    SecAgg+ neighbour graph for large federations.
+    """
+
+    enabled: bool = True
+    clip: float = Field(default=10.0, gt=0)
+    bits: Literal[32, 64] = 32
+    threshold: int | None = Field(default=None, ge=2)
+    degree: int | None = Field(default=None, ge=2)
+
+
+class PrivacySpec(_Strict):
+    """Silo-level differential privacy: each silo clips its delta to `clip_norm` (L2) and adds
+    Gaussian noise of std noise_multiplier * clip_norm / sqrt(n) so the sum carries
+    noise_multiplier * clip_norm; epsilon is accounted at `delta` after every round."""
+
+    noise_multiplier: float = Field(gt=0)
+    clip_norm: float = Field(gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
 class RunSpec(_Strict):
     """A federated training run, as the coordinator asks for it."""
 
@@ -107,3 +134,12 @@ class RunSpec(_Strict):
         default=(),
         description="participating silos; empty means every approved silo of the federation",
     )
+    secure_aggregation: SecureAggregationSpec = SecureAggregationSpec()
+    privacy: PrivacySpec | None = None
+
+    @model_validator(mode="after")
+    def _privacy_needs_secure_aggregation(self) -> RunSpec:
+        if self.privacy and not self.secure_aggregation.enabled:
+            raise ValueError("silo-level DP noise is calibrated for the securely aggregated sum; "
+                             "enable secure_aggregation or drop privacy")
+        return self

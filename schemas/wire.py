@@ -60,15 +60,32 @@ class Metrics(Message):
     auc: float | None = None
 
 
+class SecAggInfo(Message):
+    """The public parameters of a secure-aggregation round, sent with each of its tasks."""
+
+    stage: Literal["advertise", "share", "masked", "unmask"]
+    roster: list[str]
+    roster_keys: dict[str, str] = Field(description="silo -> raw Ed25519 public key, hex")
+    threshold: int
+    dim: int
+    bits: int
+    degree: int | None = None
+    clip: float
+    weight: float | None = Field(default=None, description="w_k this silo applies (from the "
+                                 "share stage on): n_k / N, or 1/m under DP")
+
+
 class Task(Message):
     """What the service asks a silo to do next."""
 
-    type: Literal["train", "evaluate", "run_ended"]
+    type: Literal["train", "evaluate", "run_ended", "secagg_advertise", "secagg_share",
+                  "secagg_unmask"]
     run_id: str
     round: int = 0
     model_version: int = 0
     spec: RunSpec | None = None
     run_status: str | None = None
+    secagg: SecAggInfo | None = None
 
 
 class Refusal(Message):
@@ -108,6 +125,7 @@ class RoundOut(Message):
     model_version: int | None = None
     model_sha256: str | None = None
     reason: str | None = None
+    secagg_stage: str | None = Field(default=None, description="secure aggregation stage")
 
 
 class RunCreate(Message):

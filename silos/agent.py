@@ -22,6 +22,7 @@ from aggregation.exceptions import ServiceRejected
 from schemas import tensors
 from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
+from silos import privacy, secure_round
 from silos.config import SiloConfig, load_silo_config
 from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
@@ -139,7 +140,7 @@ def encode_update(
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
 def train_round(
-    client: SiloClient, work: Task, data: LocalData, workspace: Path
+    client: SiloClient, work: Task, data: LocalData, config: SiloConfig
 ) -> dict[str, object]:
     """One training round: fetch the global model, score it on the holdout, train, submit.
 
@@ -149,16 +150,48 @@ def train_round(
     spec = work.spec
     assert spec is not None
     logger = get_run_logger()
+    workspace = config.workspace
     params = fetch_global_model(client, spec, work.run_id, work.model_version)
     metrics = evaluate(spec.model, params, data.X_test, data.y_test)
     logger.info("round %d: model v%d on local holdout: %s", work.round, work.model_version, metrics)
+    if spec.privacy is not None:
+        budget_problem = _privacy_budget_problem(config, work)
+        if budget_problem:
+            logger.warning("refusing run %s: %s", work.run_id, budget_problem)
+            client.refuse(work.run_id, budget_problem)
+            return {"round": work.round, "refused": budget_problem}
     mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
     training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
     result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
     delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
-    payload = encode_update(spec, work, delta, result.n_examples, result.seconds, metrics)
-    answer = client.submit_update(work.run_id, work.round, payload)
+    if work.secagg is not None:
+        answer = _submit_masked(
+            client, work, workspace, delta, result.n_examples, result.seconds, metrics
+        )
+    else:
+        payload = encode_update(spec, work, delta, result.n_examples, result.seconds, metrics)
+        answer = client.submit_update(work.run_id, work.round, payload)
     keep_receipt(workspace, answer)
+    if spec.privacy is not None and not answer.get("duplicate"):
+        spent = privacy.epsilon_if(workspace, work.run_id, spec.privacy, 0)
+        keep_receipt(
+            workspace,
+            client.submit_statement(
+                work.run_id,
+                "privacy_spent",
+                {
+                    "silo": client.silo,
+                    "round": work.round,
+                    "epsilon": spent,
+                    "delta": spec.privacy.delta,
+                    "noise_multiplier": spec.privacy.noise_multiplier,
+                    "clip_norm": spec.privacy.clip_norm,
+                },
+            ),
+        )
+        logger.info(
+            "round %d: epsilon spent so far %.3f at delta %g", work.round, spent, spec.privacy.delta
+        )
     digest = answer["digest"]
     logger.info(
         "round %d: trained on %d rows in %.3fs; update %s accepted",
@@ -168,6 +201,65 @@ def train_round(
         str(digest)[:16],
     )
     return {"round": work.round, "digest": digest, "train_seconds": result.seconds}
+
+
+def _privacy_budget_problem(config: SiloConfig, work: Task) -> str | None:
+    """Why this round would break the silo's DP budget (policy max_epsilon), or None."""
+    config_max = config.policy.max_epsilon
+    if config_max is None or work.spec is None or work.spec.privacy is None:
+        return None
+    after = privacy.epsilon_if(config.workspace, work.run_id, work.spec.privacy, 1)
+    if after > config_max:
+        return (
+            f"round {work.round} would bring this silo's epsilon to {after:.2f} "
+            f"(delta {work.spec.privacy.delta:g}); its policy allows at most {config_max:g}"
+        )
+    return None
+
+
+def _submit_masked(
+    client: SiloClient,
+    work: Task,
+    workspace: Path,
+    delta: list[np.ndarray],
+    n_examples: int,
+    seconds: float,
+    metrics: Metrics,
+) -> dict[str, object]:
+    """Clip, weight, quantize and mask the delta; the service only ever sees the sum."""
+    assert work.secagg is not None and work.spec is not None
+    flat = np.concatenate([d.ravel() for d in delta]).astype(np.float64)
+    clipped = secure_round.clip_l2(flat, work.secagg.clip)
+    if work.spec.privacy is not None:
+        clipped = clipped + privacy.gaussian_noise(
+            work.spec.privacy, len(work.secagg.roster), clipped.size
+        )
+        privacy.record_round(workspace, work.run_id, work.spec.privacy)
+    weight = work.secagg.weight if work.secagg.weight is not None else 1.0
+    message = secure_round.masked_update(client, client.key, work, workspace, weight * clipped)
+    try:
+        return client.submit_masked(
+            work.run_id, work.round, message, n_examples, seconds, metrics.model_dump_json()
+        )
+    except ServiceRejected as exc:
+        if exc.status == 409 and "already answered" in exc.detail:
+            return {"digest": "(sent earlier)", "duplicate": True, "receipt": None}
+        raise
+
+
+@task(cache_policy=NO_CACHE, name="secagg-advertise", task_run_name="round-{work.round}-advertise")
+def secagg_advertise(client: SiloClient, work: Task, data: LocalData, workspace: Path) -> None:
+    secure_round.advertise(client, client.key, work, workspace, n_examples=len(data.y_train))
+
+
+@task(cache_policy=NO_CACHE, name="secagg-share", task_run_name="round-{work.round}-share")
+def secagg_share(client: SiloClient, work: Task, workspace: Path) -> None:
+    secure_round.share(client, client.key, work, workspace)
+
+
+@task(cache_policy=NO_CACHE, name="secagg-unmask", task_run_name="round-{work.round}-unmask")
+def secagg_unmask(client: SiloClient, work: Task, workspace: Path) -> None:
+    secure_round.unmask(client, client.key, work, workspace)
 
 
 @task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
@@ -211,6 +303,12 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             checked = True
         if work.type == "evaluate":
             evaluate_round(client, work, data)
+        elif work.type == "secagg_advertise":
+            secagg_advertise(client, work, data, config.workspace)
+        elif work.type == "secagg_share":
+            secagg_share(client, work, config.workspace)
+        elif work.type == "secagg_unmask":
+            secagg_unmask(client, work, config.workspace)
         else:
-            train_round(client, work, data, config.workspace)
-        rounds_done += 1
+            train_round(client, work, data, config)
+            rounds_done += 1

@@ -74,6 +74,12 @@ class PrefectSection(_Section):
 class PolicySection(_Section):
     allowed_models: list[ModelKind] = Field(default_factory=lambda: list(get_args(ModelKind)))
     max_rounds_per_run: int = Field(default=200, ge=1)
+    max_epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="total DP budget across runs; rounds that would exceed it are refused",
+    )
+    require_privacy: bool = Field(default=False, description="refuse runs without silo-level DP")
 
 
 class SiloConfig(_Section):

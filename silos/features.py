@@ -148,7 +148,9 @@ def _check_stats(contract: Contract, stats: FederationStats) -> None:
             "rerun the statistics round with the federation's current contract"
         )
     known = {c.name for c in stats.columns}
-    absent = [c.name for c in contract.feature_columns if c.type == "numeric" and c.name not in known]
+    absent = [
+        c.name for c in contract.feature_columns if c.type == "numeric" and c.name not in known
+    ]
     if absent:
         raise FeatureError(f"federation statistics lack numeric features {absent}")
 

@@ -116,9 +116,7 @@ def contract_sha256(contract: Contract) -> str:
     return hashlib.sha256(canonical_json(contract.model_dump(mode="json")).encode()).hexdigest()
 
 
-def run_gate(
-    table: pd.DataFrame, contract: Contract, *, silo: str, workspace: Path
-) -> GateResult:
+def run_gate(table: pd.DataFrame, contract: Contract, *, silo: str, workspace: Path) -> GateResult:
     """Validate `table` against `contract`; never raises for bad data.
 
     Parameters
@@ -200,4 +198,3 @@ def summary_for_load_error(exc: DataError, contract: Contract) -> ValidationSumm
             )
         ],
     )
-

@@ -21,6 +21,8 @@ def policy_violation(
             f"silo {config.silo.name} policy allows at most {policy.max_rounds_per_run} rounds per "
             f"run; the run asks for {spec.rounds}"
         )
+    if policy.require_privacy and spec.privacy is None:
+        return f"silo {config.silo.name} policy requires silo-level differential privacy"
     if spec.dataset != config.data.contract:
         return (
             f"silo {config.silo.name} holds data under contract {config.data.contract!r}; "

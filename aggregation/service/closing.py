@@ -11,6 +11,8 @@ import json
 import numpy as np
 from sqlalchemy.orm import Session
 
+from aggregation.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from aggregation.service import secure_rounds
 from aggregation.service.exceptions import Conflict
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import contributions, get_round
@@ -29,6 +31,10 @@ def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Rou
         return rnd
     run = get_run(s, run_id, for_update=True)
     spec = spec_of(run)
+    if rnd.secagg_stage is not None:
+        # the deadline passed: whoever has not answered this stage is a dropout
+        advance_secure(s, run, rnd, spec, recorder, force=True)
+        return rnd
     kind = "update" if rnd.kind == "train" else "evaluation"
     usable = [c for c in contributions(s, run_id, number) if c.kind == kind]
     if len(usable) < spec.min_silos:
@@ -49,15 +55,71 @@ def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Rou
     return rnd
 
 
+def advance_secure(
+    s: Session, run: Run, rnd: Round, spec: RunSpec, recorder: Recorder, *, force: bool
+) -> None:
+    """Move a secure round's protocol on; aggregate once unmasked, fail when it cannot be."""
+    before = rnd.secagg_stage
+    try:
+        flat = secure_rounds.advance(s, run, rnd, spec, force=force)
+    except (InsufficientSharesError, ReconstructionError) as exc:
+        rnd.status = "failed"
+        rnd.closed_at = utcnow()
+        rnd.reason = f"secure aggregation: {exc}"
+        return
+    if before == "masked" and rnd.secagg_stage == "unmask":
+        survivors = {m.silo for m in secure_rounds.messages(s, rnd, "masked")}
+        dropped = sorted({m.silo for m in secure_rounds.messages(s, rnd, "share")} - survivors)
+        if dropped:
+            recorder.service(s, "dropout", {"round": rnd.number, "silos": dropped}, run.id)
+    if flat is None:
+        return
+    updates = [c for c in contributions(s, run.id, rnd.number) if c.kind == "update"]
+    arrays, start = [], 0
+    for _, shape in param_shapes(spec.model):
+        size = int(np.prod(shape))
+        arrays.append(flat[start : start + size].reshape(shape).astype(np.float32))
+        start += size
+    senders = sorted(c.silo for c in updates)
+    recovered = sorted({m.silo for m in secure_rounds.messages(s, rnd, "share")} - set(senders))
+    if recovered:
+        recorder.service(
+            s,
+            "recovery",
+            {"round": rnd.number, "survivors": senders, "recovered": recovered},
+            run.id,
+        )
+    _apply(s, run, rnd, spec, arrays, updates, recorder, secure=True)
+    rnd.status = "aggregated"
+    rnd.closed_at = utcnow()
+    _record_metrics(s, rnd, updates, recorder)
+
+
 def _aggregate(
     s: Session, run: Run, rnd: Round, spec: RunSpec, updates: list[Contribution], recorder: Recorder
 ) -> None:
     shapes = param_shapes(spec.model)
+    deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
+    mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
+    _apply(s, run, rnd, spec, mean_delta, updates, recorder, secure=False)
+
+
+def _apply(
+    s: Session,
+    run: Run,
+    rnd: Round,
+    spec: RunSpec,
+    mean_delta: list[np.ndarray],
+    updates: list[Contribution],
+    recorder: Recorder,
+    *,
+    secure: bool,
+) -> None:
+    """The strategy's server step on the mean delta; the new model version and its entries."""
+    shapes = param_shapes(spec.model)
     current, _ = tensors.decode_expected(
         get_model(s, run.id, rnd.input_model_version).payload, shapes
     )
-    deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
-    mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
     state = tensors.decode(run.strategy_state)[0] if run.strategy_state else {}
     new_params, new_state = make_strategy(spec.strategy).apply(current, mean_delta, state)
     names = [n for n, _ in shapes]
@@ -87,7 +149,8 @@ def _aggregate(
             "aggregate_digest": _digest_arrays(mean_delta),
             "model_version": rnd.number,
             "strategy": spec.strategy.name,
-            "secure_aggregation": False,
+            "secure_aggregation": secure,
+            "individual_updates_seen_by_service": not secure,
         },
         run.id,
     )

@@ -13,7 +13,7 @@ from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.exceptions import ServiceError
 from aggregation.service.keys import load_or_create_service_key
 from aggregation.service.lineage import Recorder
-from aggregation.service.routes import federations, ledger, runs, silo
+from aggregation.service.routes import federations, ledger, runs, secagg, silo
 from aggregation.service.settings import ServiceSettings
 
 log = logging.getLogger("fedsilo.service")
@@ -47,6 +47,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
-    for module in (federations, runs, silo, ledger):
+    for module in (federations, runs, silo, secagg, ledger):
         app.include_router(module.router)
     return app

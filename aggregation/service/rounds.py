@@ -8,9 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import Conflict, NotFound
-from aggregation.service.runs import get_model, get_run, participants, spec_of
-from aggregation.service.tables import Contribution, Round, Run, RunSilo, utcnow
-from schemas.wire import Metrics, RoundOut, SiloRoundState, Task
+from aggregation.service.runs import get_model, get_run, participants
+from aggregation.service.tables import Contribution, Round, utcnow
+from schemas.wire import Metrics, RoundOut, SiloRoundState
 
 _STATE_OF_KIND = {"update": "submitted", "refusal": "refused", "evaluation": "evaluated"}
 
@@ -99,33 +99,5 @@ def round_out(s: Session, rnd: Round) -> RoundOut:
         model_version=rnd.model_version,
         model_sha256=model_sha,
         reason=rnd.reason,
+        secagg_stage=rnd.secagg_stage,
     )
-
-
-def next_task(s: Session, federation: str, silo: str, run_id: str | None) -> Task | None:
-    """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
-    stmt = (
-        select(Run, RunSilo)
-        .join(RunSilo, RunSilo.run_id == Run.id)
-        .where(Run.federation == federation, RunSilo.silo == silo)
-    )
-    if run_id is not None:
-        stmt = stmt.where(Run.id == run_id)
-    else:
-        stmt = stmt.where(Run.status == "running", RunSilo.status == "active")
-    for run, membership in s.execute(stmt.order_by(Run.created_at)).all():
-        if run.status in ("finished", "failed") or membership.status != "active":
-            return Task(type="run_ended", run_id=run.id, run_status=run.status)
-        if run.status != "running" or run.current_round == 0:
-            continue
-        rnd = get_round(s, run.id, run.current_round)
-        if rnd.status != "open" or s.get(Contribution, (run.id, rnd.number, silo)) is not None:
-            continue
-        return Task(
-            type="train" if rnd.kind == "train" else "evaluate",
-            run_id=run.id,
-            round=rnd.number,
-            model_version=rnd.input_model_version,
-            spec=spec_of(run),
-        )
-    return None

@@ -88,6 +88,31 @@ class Round(Base):
     input_model_version: Mapped[int] = mapped_column(Integer, default=0)
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # secure aggregation: advertise -> share -> masked -> unmask (None: plain updates)
+    secagg_stage: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    roster_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SecAggMessage(Base):
+    """The secure-aggregation mailbox: every accepted protocol message, in arrival order.
+
+    The protocol's server state is a pure function of these rows, so a restarted service
+    rebuilds it by replaying them; nothing lives only in a process's memory.
+    """
+
+    __tablename__ = "secagg_messages"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "round"], ["rounds.run_id", "rounds.number"]),
+        UniqueConstraint("run_id", "round", "stage", "silo"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16))
+    silo: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    n_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Contribution(Base):

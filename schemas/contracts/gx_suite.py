@@ -35,6 +35,7 @@ The validation view, per declared column present in the table:
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ _FALSE = {"false", "0", "no"}
 def _load_gx() -> tuple[Any, Any]:
     global _gx, _gxe
     if _gx is None:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # read at import
         import great_expectations as gx
         import great_expectations.expectations as gxe
 
@@ -204,6 +206,6 @@ def _as_bool(value: object) -> str | None:
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | float | np.integer | np.floating):
-        return {0: "false", 1: "true"}.get(value)  # type: ignore[call-overload]
+        return "true" if value == 1 else "false" if value == 0 else None
     lowered = str(value).strip().lower()
     return "true" if lowered in _TRUE else "false" if lowered in _FALSE else None

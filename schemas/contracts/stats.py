@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from schemas.contracts.loader import Contract, ContractError
 
@@ -74,7 +75,7 @@ class FederationStats:
         )
 
     @classmethod
-    def from_summed_moments(cls, vector: np.ndarray, contract: Contract) -> FederationStats:
+    def from_summed_moments(cls, vector: ArrayLike, contract: Contract) -> FederationStats:
         """Means and standard deviations from the element-wise sum of every silo's moments.
 
         Parameters

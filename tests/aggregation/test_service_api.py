@@ -15,7 +15,7 @@ from live_service import coordinator, enrolled_silo, service_in_thread
 from aggregation.client import CoordinatorClient, SiloClient
 from aggregation.exceptions import ServiceRejected
 from schemas import signing, tensors
-from schemas.specs import ModelSpec, RunSpec, param_shapes
+from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import RoundOpen, RunCreate
 
 SPEC = RunSpec(
@@ -24,6 +24,7 @@ SPEC = RunSpec(
     model=ModelSpec(kind="logreg", n_features=3),
     rounds=3,
     min_silos=2,
+    secure_aggregation=SecureAggregationSpec(enabled=False),
 )
 SHAPES = param_shapes(SPEC.model)
 NAMES = [n for n, _ in SHAPES]

@@ -19,7 +19,13 @@ from flows.coordinator import federated_training
 from flows.processes import Proc, start_agent, start_service
 from schemas import tensors
 from schemas.contracts.loader import load_contract
-from schemas.specs import ModelSpec, StrategySpec, TrainingSpec, param_shapes
+from schemas.specs import (
+    ModelSpec,
+    SecureAggregationSpec,
+    StrategySpec,
+    TrainingSpec,
+    param_shapes,
+)
 from silos.features import FeaturePipeline
 
 pytestmark = pytest.mark.integration
@@ -60,6 +66,7 @@ def _train(
     strategy: StrategySpec | None = None,
     model: ModelSpec = MODEL,
     min_silos: int = 3,
+    secure: bool = True,
 ) -> dict:  # type: ignore[type-arg]
     return federated_training(
         service_urls=[url],
@@ -73,6 +80,7 @@ def _train(
         min_silos=min_silos,
         round_deadline_s=90,
         output_dir=str(out),
+        secure_aggregation=SecureAggregationSpec(enabled=secure),
     )
 
 
@@ -121,10 +129,15 @@ def test_policy_refusal_is_shown_and_the_run_goes_on(tmp_path: Path, prefect_api
 
 
 @pytest.mark.parametrize(
-    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    ("backend", "secure"),
+    [
+        ("sqlite", False),
+        pytest.param("postgres", False, marks=pytest.mark.postgres),
+        ("sqlite", True),
+    ],
 )
 def test_service_killed_mid_round_loses_and_duplicates_nothing(
-    tmp_path: Path, prefect_api_url: str, backend: str, request: pytest.FixtureRequest
+    tmp_path: Path, prefect_api_url: str, backend: str, secure: bool, request: pytest.FixtureRequest
 ) -> None:
     db = request.getfixturevalue("fresh_pg_url") if backend == "postgres" else ""
     service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, db)
@@ -134,7 +147,9 @@ def test_service_killed_mid_round_loses_and_duplicates_nothing(
     strategy = StrategySpec(name="fedavg")
     thread = threading.Thread(
         target=lambda: outcome.update(
-            result=_train(url, token, tmp_path / "models", rounds=rounds, strategy=strategy)
+            result=_train(
+                url, token, tmp_path / "models", rounds=rounds, strategy=strategy, secure=secure
+            )
         ),
         daemon=True,
     )
@@ -157,6 +172,19 @@ def test_service_killed_mid_round_loses_and_duplicates_nothing(
     result = outcome["result"]
     assert isinstance(result, dict)
     assert all(len(r["contributors"]) == 4 for r in result["rounds"])
+    if secure:  # individual updates are masked: check each round counted each silo once
+        engine = create_engine(f"sqlite:///{tmp_path / 'service' / 'service.db'}")
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT round, count(*) FROM contributions WHERE run_id = :r "
+                    "AND kind = 'update' GROUP BY round"
+                ),
+                {"r": result["run_id"]},
+            ).all()
+        engine.dispose()
+        assert dict(rows) == {r: 4 for r in range(1, rounds + 1)}
+        return
     _assert_every_model_is_its_round_mean(
         db or f"sqlite:///{tmp_path / 'service' / 'service.db'}", result["run_id"], rounds
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.service import lineage
+from aggregation.service import lineage, secure_rounds
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
@@ -108,6 +108,10 @@ def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: Reco
 def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
     with transaction(factory) as s:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
+        spec = run_crud.spec_of(run_crud.get_run(s, run_id))
+        fresh = rnd.secagg_stage is None and not round_crud.contributions(s, run_id, rnd.number)
+        if rnd.kind == "train" and secure_rounds.secure(spec) and fresh:
+            secure_rounds.start(s, rnd, run_id)
         return round_crud.round_out(s, rnd)
 
 
@@ -130,7 +134,8 @@ async def get_round(
     def check(final: bool) -> RoundOut | None:
         with transaction(factory) as s:
             out = round_crud.round_out(s, round_crud.get_round(s, run_id, number))
-        return out if (final or out.complete or out.status != "open") else None
+        done = out.status != "open" or (out.complete and out.secagg_stage is None)
+        return out if (final or done) else None
 
     wait_s = min(wait, settings.long_poll_max_s)
     result = await long_poll(lambda: check(False), wait_s, settings.poll_interval_s)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service import contributions as crud
+from aggregation.service.closing import advance_secure
 from aggregation.service.db import transaction
 from aggregation.service.deps import FactoryDep, RecorderDep, SettingsDep, SiloDep
 from aggregation.service.exceptions import Forbidden, InvalidPayload, ServiceError
 from aggregation.service.federations import find_silo, silo_out
 from aggregation.service.lineage import Recorder
-from aggregation.service.rounds import next_task
+from aggregation.service.rounds import get_round
 from aggregation.service.routes.polling import long_poll
-from aggregation.service.runs import get_model
+from aggregation.service.runs import get_model, spec_of
 from aggregation.service.tables import Run, RunSilo
+from aggregation.service.tasks import next_task
 from schemas.lineage import LineageError
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
 from schemas.wire import MetricsReport, Refusal, SiloOut, Task
@@ -159,6 +161,7 @@ def refuse_run(
             recorder.service(
                 s, "silo_refused", {"silo": silo.name, "reason": refusal.reason}, run_id
             )
+            _unblock_secure_round(s, run_id, recorder)
     return {"status": "refused"}
 
 
@@ -167,3 +170,45 @@ def _parse(model, body: bytes, silo: str):  # type: ignore[no-untyped-def]
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidPayload(f"{model.__name__} from silo {silo!r} is malformed: {exc}") from exc
+
+
+class StatementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["privacy_spent", "validation_result"]
+    payload: dict[str, Any]
+    signature: str
+
+
+@router.post("/silo/runs/{run_id}/statements", status_code=201)
+def submit_statement(
+    run_id: str, silo: SiloDep, factory: FactoryDep, recorder: RecorderDep
+) -> dict[str, object]:
+    """A silo's signed lineage statement (privacy spent, validation result); returns a receipt."""
+    body = _parse(StatementIn, silo.body, silo.name)
+    if body.payload.get("silo") != silo.name:
+        raise InvalidPayload(
+            f"{body.kind} statement from silo {silo.name!r} names silo {body.payload.get('silo')!r}"
+        )
+    with transaction(factory) as s:
+        if s.get(RunSilo, (run_id, silo.name)) is None:
+            raise Forbidden(f"silo {silo.name!r} is not a participant of run {run_id}")
+        row = find_silo(s, silo.federation, silo.name)
+        assert row is not None
+        try:
+            _, receipt = recorder.silo(
+                s, body.kind, body.payload, run_id, silo.name, body.signature, row.public_key
+            )
+        except LineageError as exc:
+            raise InvalidPayload(f"{body.kind} statement from silo {silo.name!r}: {exc}") from exc
+        return {"receipt": receipt.model_dump()}
+
+
+def _unblock_secure_round(s: Session, run_id: str, recorder: Recorder) -> None:
+    """A refusing silo is no longer awaited: the current secure stage may now be complete."""
+    run = s.get(Run, run_id)
+    if run is None or not run.current_round:
+        return
+    rnd = get_round(s, run_id, run.current_round, for_update=True)
+    if rnd.status == "open" and rnd.secagg_stage is not None:
+        advance_secure(s, run, rnd, spec_of(run), recorder, force=False)

@@ -1,0 +1,280 @@
+"""Secure aggregation inside a training round: the service relays, checks, sums and unmasks.
+
+Stages (see aggregation/secagg/README.md): advertise -> share -> masked -> unmask. Every
+accepted message is stored in the `secagg_messages` mailbox in the same transaction that
+advances the round, and the protocol's server state is rebuilt from the mailbox on every
+request, so a killed service loses nothing and two service processes can share a database.
+A stage advances by itself once every silo it waits for has answered; the coordinator forces
+it at the round's deadline (`force_advance`), which is how dropouts are handled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation.secagg import server
+from aggregation.secagg.config import RoundConfig
+from aggregation.secagg.exceptions import (
+    DuplicateMessageError,
+    InsufficientSharesError,
+    LateMessageError,
+    ReconstructionError,
+    SecAggError,
+)
+from aggregation.secagg.messages import (
+    AdvertiseKeys,
+    MaskedInput,
+    ShareKeys,
+    Signed,
+    UnmaskResponse,
+)
+from aggregation.secagg.quantize import Quantizer
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.rounds import active_silos
+from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
+from schemas.specs import RunSpec, param_shapes
+
+STAGES = ("advertise", "share", "masked", "unmask")
+_MESSAGE: dict[str, type[Signed]] = {
+    "advertise": AdvertiseKeys,
+    "share": ShareKeys,
+    "masked": MaskedInput,
+    "unmask": UnmaskResponse,
+}
+
+
+def secure(spec: RunSpec) -> bool:
+    return spec.secure_aggregation.enabled
+
+
+def start(s: Session, rnd: Round, run_id: str) -> None:
+    """Fix the round's roster (the active silos now) and open the advertise stage."""
+    rnd.roster_json = json.dumps(sorted(active_silos(s, run_id)))
+    rnd.secagg_stage = "advertise"
+
+
+def roster(rnd: Round) -> tuple[str, ...]:
+    return tuple(json.loads(rnd.roster_json or "[]"))
+
+
+def config(rnd: Round, spec: RunSpec) -> RoundConfig:
+    silos = roster(rnd)
+    sa = spec.secure_aggregation
+    size = len(silos) if sa.degree is None else sa.degree + 1
+    threshold = sa.threshold or max(2, size // 2 + 1)
+    return RoundConfig(
+        run_id=rnd.run_id,
+        round_num=rnd.number,
+        silos=silos,
+        threshold=min(threshold, size),
+        dim=sum(int(np.prod(shape)) for _, shape in param_shapes(spec.model)),
+        bits=sa.bits,
+        degree=sa.degree,
+        consistency_check=False,
+    )
+
+
+def quantizer(rnd: Round, spec: RunSpec) -> Quantizer:
+    clip = spec.privacy.clip_norm if spec.privacy else spec.secure_aggregation.clip
+    return Quantizer(clip=clip, n_summands=len(roster(rnd)), bits=spec.secure_aggregation.bits)
+
+
+def roster_keys(s: Session, run: Run, rnd: Round) -> dict[str, bytes]:
+    rows = s.scalars(
+        select(Silo).where(Silo.federation == run.federation, Silo.name.in_(roster(rnd)))
+    )
+    return {row.name: bytes.fromhex(row.public_key) for row in rows}
+
+
+def messages(s: Session, rnd: Round, stage: str | None = None) -> list[SecAggMessage]:
+    stmt = select(SecAggMessage).where(
+        SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number
+    )
+    if stage:
+        stmt = stmt.where(SecAggMessage.stage == stage)
+    return list(s.scalars(stmt.order_by(SecAggMessage.id)))
+
+
+def rebuild(
+    s: Session, run: Run, rnd: Round, spec: RunSpec, at: str | None = None
+) -> server.ServerState:
+    """Replay the mailbox into the protocol's server state at the round's current stage (or
+    at the earlier stage `at`, with that stage's messages received but the stage not closed)."""
+    state = server.ServerState(config(rnd, spec), roster_keys(s, run, rnd))
+    by_stage: dict[str, list[SecAggMessage]] = {st: [] for st in STAGES}
+    for row in messages(s, rnd):
+        by_stage[row.stage].append(row)
+    current = STAGES.index(rnd.secagg_stage or "advertise")
+    if at is not None:
+        current = min(current, STAGES.index(at))
+    for row in by_stage["advertise"]:
+        server.receive_advertise(state, AdvertiseKeys.from_bytes(row.payload))
+    if current > 0:
+        server.close_advertise(state)
+        for row in by_stage["share"]:
+            server.receive_shares(state, ShareKeys.from_bytes(row.payload))
+    if current > 1:
+        server.close_shares(state)
+        for row in by_stage["masked"]:
+            server.receive_masked(state, MaskedInput.from_bytes(row.payload))
+    if current > 2:
+        server.close_masked(state)
+        server.unmask_requests(state)
+        for row in by_stage["unmask"]:
+            server.receive_unmask(state, UnmaskResponse.from_bytes(row.payload))
+    return state
+
+
+def receive(
+    s: Session,
+    run: Run,
+    rnd: Round,
+    spec: RunSpec,
+    stage: str,
+    silo: str,
+    raw: bytes,
+    n_examples: int | None = None,
+) -> server.ServerState:
+    """Check one protocol message against the rebuilt state and store it in the mailbox."""
+    if rnd.status != "open" or rnd.secagg_stage is None:
+        raise Conflict(
+            f"round {rnd.number} of run {rnd.run_id} is {rnd.status}; no secure "
+            "aggregation messages are accepted"
+        )
+    if stage != rnd.secagg_stage:
+        raise Conflict(
+            f"round {rnd.number} is at secure-aggregation stage {rnd.secagg_stage!r}; "
+            f"a {stage!r} message from silo {silo!r} is out of turn"
+        )
+    state = rebuild(s, run, rnd, spec)
+    try:
+        msg = _MESSAGE[stage].from_bytes(raw)
+        if msg.silo != silo or msg.run_id != run.id or msg.round_num != rnd.number:
+            raise InvalidPayload(
+                f"{stage} message from silo {silo!r} is bound to silo "
+                f"{msg.silo!r}, run {msg.run_id}, round {msg.round_num}"
+            )
+        getattr(
+            server,
+            {
+                "advertise": "receive_advertise",
+                "share": "receive_shares",
+                "masked": "receive_masked",
+                "unmask": "receive_unmask",
+            }[stage],
+        )(state, msg)
+    except (DuplicateMessageError, LateMessageError) as exc:
+        raise Conflict(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc
+    except SecAggError as exc:
+        raise InvalidPayload(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc
+    s.add(
+        SecAggMessage(
+            run_id=run.id,
+            round=rnd.number,
+            stage=stage,
+            silo=silo,
+            payload=raw,
+            n_examples=n_examples,
+        )
+    )
+    s.flush()
+    return state
+
+
+def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
+    """The silos the current stage still waits for (refused silos are not waited for)."""
+    active = set(active_silos(s, rnd.run_id))
+    sent = {m.silo for m in messages(s, rnd, stage)}
+    if stage == "advertise":
+        expected = set(roster(rnd))
+    elif stage == "unmask":
+        expected = {m.silo for m in messages(s, rnd, "masked")}
+        return expected - sent
+    else:
+        expected = {m.silo for m in messages(s, rnd, STAGES[STAGES.index(stage) - 1])}
+    if stage == "masked":
+        answered = {
+            c.silo
+            for c in s.scalars(
+                select(Contribution).where(
+                    Contribution.run_id == rnd.run_id, Contribution.round == rnd.number
+                )
+            )
+        }
+        return (expected & active) - answered
+    return (expected & active) - sent
+
+
+def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> np.ndarray | None:
+    """Move to the next stage when nobody is awaited (or `force`); returns the unmasked mean
+    delta (flat, float64) once the unmask stage completes, else None.
+
+    Raises
+    ------
+    InsufficientSharesError, ReconstructionError
+        When too few silos answered to unmask; the caller fails the round with the message.
+    """
+    stage = rnd.secagg_stage
+    while stage is not None and (force or not waiting_for(s, rnd, stage)):
+        if stage == "unmask":
+            return _finalize(s, run, rnd, spec)
+        if stage == "masked":
+            survivors = {m.silo for m in messages(s, rnd, "masked")}
+            need = config(rnd, spec).threshold
+            if len(survivors) < need:
+                raise InsufficientSharesError(
+                    f"round {rnd.number}: {len(survivors)} silos sent masked updates; secure "
+                    f"aggregation needs at least {need} (the threshold) to unmask",
+                    needed=need,
+                    got=len(survivors),
+                    run_id=run.id,
+                    round_num=rnd.number,
+                    stage="masked",
+                )
+        elif stage in ("advertise", "share"):
+            sent = len(messages(s, rnd, stage))
+            if sent < max(2, spec.min_silos) and force:
+                raise InsufficientSharesError(
+                    f"round {rnd.number}: only {sent} silos completed the {stage} stage by the "
+                    f"deadline; min_silos is {spec.min_silos}",
+                    needed=max(2, spec.min_silos),
+                    got=sent,
+                    run_id=run.id,
+                    round_num=rnd.number,
+                    stage=stage,
+                )
+        rnd.secagg_stage = STAGES[STAGES.index(stage) + 1]
+        rebuild(s, run, rnd, spec)  # checks the transition (e.g. enough shares) before commit
+        stage = rnd.secagg_stage
+        force = False  # a forced close moves one stage; later stages wait for their silos
+    return None
+
+
+def _finalize(s: Session, run: Run, rnd: Round, spec: RunSpec) -> np.ndarray:
+    state = rebuild(s, run, rnd, spec)
+    try:
+        total = server.finalize(state)
+    except (InsufficientSharesError, ReconstructionError):
+        raise
+    weighted_sum = quantizer(rnd, spec).dequantize_sum(total)
+    weights = weights_of(s, rnd, spec)
+    survivor_weight = sum(weights[silo] for silo in state.survivors)
+    return weighted_sum / survivor_weight
+
+
+def weights_of(s: Session, rnd: Round, spec: RunSpec) -> dict[str, float]:
+    """w_k each silo applied before masking: n_k / N over the advertisers (1/m under DP)."""
+    adverts = messages(s, rnd, "advertise")
+    if spec.privacy:
+        return {m.silo: 1.0 / len(adverts) for m in adverts}
+    total = sum(m.n_examples or 0 for m in adverts)
+    return {m.silo: (m.n_examples or 0) / total for m in adverts}
+
+
+def stage_messages(s: Session, rnd: Round, stage: str) -> Iterable[bytes]:
+    return [m.payload for m in messages(s, rnd, stage)]

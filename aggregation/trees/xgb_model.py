@@ -1,0 +1,226 @@
+"""XGBoost's JSON model, read, checked and evaluated without the xgboost library.
+
+The service never trusts a native model it has not parsed itself: `parse_xgb` checks every
+tree (array lengths, child indices, feature indices, finite values) so that a malformed or
+hostile model is refused before it is merged or loaded by `xgboost.Booster`.
+
+The JSON layout (XGBoost >= 2, see `doc/model.schema` in the XGBoost repository)::
+
+    {"version": [3, 2, 0],
+     "learner": {
+        "learner_model_param": {"base_score": "[4.25E-1]", "num_feature": "4",
+                                "num_class": "0", "num_target": "1", ...},
+        "objective": {"name": "binary:logistic", ...},
+        "gradient_booster": {"name": "gbtree", "model": {
+            "gbtree_model_param": {"num_trees": "3", "num_parallel_tree": "1"},
+            "iteration_indptr": [0, 1, 2, 3], "tree_info": [0, 0, 0],
+            "trees": [{"id": 0, "left_children": [...], "right_children": [...],
+                       "split_indices": [...], "split_conditions": [...],
+                       "default_left": [...], "base_weights": [...], ...}]}}}}
+
+A node is a leaf when its left child is -1; a leaf's value is its ``split_conditions`` entry
+(learning rate already applied). An internal node sends a row left when the feature value is
+NaN and ``default_left`` is set, or when ``value < split_condition`` in float32.
+``base_score`` is stored in the objective's output space (a probability for binary:logistic);
+the margin every prediction starts from is its inverse link.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aggregation.trees.exceptions import TreeModelFormatError, UnsupportedTreeError
+
+OBJECTIVES = ("binary:logistic", "reg:squarederror")
+_TREE_ARRAYS = ("left_children", "right_children", "split_indices", "split_conditions")
+
+
+@dataclass(frozen=True)
+class XGBTree:
+    """One tree as numpy arrays (float32 values, as XGBoost evaluates them)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    condition: np.ndarray
+    default_left: np.ndarray
+
+
+@dataclass(frozen=True)
+class XGBModel:
+    """A parsed XGBoost model: the JSON document plus what evaluation and merging need."""
+
+    doc: dict[str, Any]
+    trees: tuple[XGBTree, ...]
+    objective: str
+    n_features: int
+    base_score: float
+
+    @property
+    def base_margin(self) -> float:
+        return base_score_to_margin(self.base_score, self.objective)
+
+
+def base_score_to_margin(base_score: float, objective: str) -> float:
+    """Inverse link of the objective: logit for binary:logistic, identity for squared error."""
+    if objective == "binary:logistic":
+        p = min(max(base_score, 1e-16), 1 - 1e-16)
+        return math.log(p / (1 - p))
+    return base_score
+
+
+def margin_to_base_score(margin: float, objective: str) -> float:
+    """Link of the objective: sigmoid for binary:logistic, identity for squared error."""
+    if objective == "binary:logistic":
+        return 1.0 / (1.0 + math.exp(-margin))
+    return margin
+
+
+def format_base_score(value: float) -> str:
+    """XGBoost 3's string form of a one-target base score, e.g. ``[4.25E-1]``."""
+    return f"[{np.float32(value):.8E}]"
+
+
+def parse_xgb(data: bytes) -> XGBModel:
+    """Parse and check an XGBoost JSON model.
+
+    Raises
+    ------
+    TreeModelFormatError
+        Not JSON, not an XGBoost gbtree model, or a tree whose arrays are inconsistent.
+    UnsupportedTreeError
+        Categorical splits, several targets/classes, or an objective other than
+        binary:logistic and reg:squarederror.
+    """
+    try:
+        doc = json.loads(data)
+        learner = doc["learner"]
+        param = learner["learner_model_param"]
+        booster = learner["gradient_booster"]
+        objective = learner["objective"]["name"]
+        n_features = int(param["num_feature"])
+        base_score = _parse_base_score(param["base_score"])
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise TreeModelFormatError(
+            f"not an XGBoost JSON model ({type(exc).__name__}: {exc}); submit the bytes of "
+            "Booster.save_raw('json')"
+        ) from exc
+    if booster.get("name") != "gbtree":
+        raise UnsupportedTreeError(f"booster {booster.get('name')!r}: only gbtree is supported")
+    if objective not in OBJECTIVES:
+        raise UnsupportedTreeError(f"objective {objective!r}: supported are {list(OBJECTIVES)}")
+    if str(param.get("num_class", "0")) != "0" or str(param.get("num_target", "1")) != "1":
+        raise UnsupportedTreeError("multi-class and multi-target models are not supported")
+    trees = _parse_trees(booster, n_features)
+    return XGBModel(doc, trees, objective, n_features, base_score)
+
+
+def _parse_base_score(raw: str) -> float:
+    value = float(str(raw).strip().strip("[]"))
+    if not math.isfinite(value):
+        raise ValueError(f"base_score {raw!r} is not finite")
+    return value
+
+
+def _parse_trees(booster: dict[str, Any], n_features: int) -> tuple[XGBTree, ...]:
+    try:
+        model = booster["model"]
+        raw_trees = model["trees"]
+        declared = int(model["gbtree_model_param"]["num_trees"])
+        tree_info = model["tree_info"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TreeModelFormatError(f"gradient_booster.model is malformed: {exc}") from exc
+    if declared != len(raw_trees) or len(tree_info) != len(raw_trees):
+        raise TreeModelFormatError(
+            f"model declares {declared} trees and {len(tree_info)} tree_info entries but "
+            f"holds {len(raw_trees)} trees"
+        )
+    return tuple(_parse_tree(i, t, n_features) for i, t in enumerate(raw_trees))
+
+
+def _parse_tree(index: int, raw: dict[str, Any], n_features: int) -> XGBTree:
+    try:
+        n = int(raw["tree_param"]["num_nodes"])
+        arrays = {k: raw[k] for k in (*_TREE_ARRAYS, "default_left", "split_type")}
+        tree_features = int(raw["tree_param"]["num_feature"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TreeModelFormatError(f"tree {index} is malformed: missing {exc}") from exc
+    if any(len(v) != n for v in arrays.values()):
+        raise TreeModelFormatError(f"tree {index}: node arrays do not all have {n} entries")
+    if tree_features != n_features:
+        raise TreeModelFormatError(
+            f"tree {index} declares {tree_features} features; the model {n_features}"
+        )
+    if any(int(t) != 0 for t in arrays["split_type"]) or raw.get("categories"):
+        raise UnsupportedTreeError(f"tree {index} has categorical splits; encode categories")
+    try:
+        tree = XGBTree(
+            left=np.asarray(arrays["left_children"], dtype=np.int64),
+            right=np.asarray(arrays["right_children"], dtype=np.int64),
+            feature=np.asarray(arrays["split_indices"], dtype=np.int64),
+            condition=np.asarray(arrays["split_conditions"], dtype=np.float32),
+            default_left=np.asarray(arrays["default_left"], dtype=bool),
+        )
+    except (TypeError, ValueError) as exc:
+        raise TreeModelFormatError(f"tree {index}: non-numeric node values ({exc})") from exc
+    _check_structure(index, tree, n_features)
+    return tree
+
+
+def _check_structure(index: int, tree: XGBTree, n_features: int) -> None:
+    """Children point forward and in range, so evaluation terminates; features exist."""
+    n = len(tree.left)
+    if n == 0:
+        raise TreeModelFormatError(f"tree {index} has no nodes")
+    nodes = np.arange(n)
+    leaf = tree.left == -1
+    if not np.array_equal(leaf, tree.right == -1):
+        raise TreeModelFormatError(f"tree {index}: a node has exactly one child")
+    internal = ~leaf
+    for child in (tree.left[internal], tree.right[internal]):
+        if (child <= nodes[internal]).any() or (child >= n).any():
+            raise TreeModelFormatError(f"tree {index}: child index out of order or out of range")
+    used = tree.feature[internal]
+    if ((used < 0) | (used >= n_features)).any():
+        raise TreeModelFormatError(
+            f"tree {index} splits on feature {int(used.max())}; the model has {n_features}"
+        )
+    if not np.isfinite(tree.condition).all():
+        raise TreeModelFormatError(f"tree {index} holds NaN or infinite values")
+
+
+def tree_values(tree: XGBTree, X32: np.ndarray) -> np.ndarray:
+    """The leaf value each row of float32 `X32` reaches in `tree`."""
+    rows = np.arange(X32.shape[0])
+    node = np.zeros(X32.shape[0], dtype=np.int64)
+    # Children always have larger indices, so at most n steps reach every leaf.
+    for _ in range(len(tree.left)):
+        active = tree.left[node] != -1
+        if not active.any():
+            break
+        x = X32[rows, tree.feature[node]]
+        go_left = np.where(np.isnan(x), tree.default_left[node], x < tree.condition[node])
+        step = np.where(go_left, tree.left[node], tree.right[node])
+        node = np.where(active, step, node)
+    return tree.condition[node].astype(np.float64)
+
+
+def predict_margin_xgb(model: XGBModel, X: np.ndarray) -> np.ndarray:
+    """Raw margin (base margin plus every tree's leaf value) of each row, as float64."""
+    X32 = np.asarray(X, dtype=np.float32)
+    if X32.ndim != 2 or X32.shape[1] != model.n_features:
+        raise ValueError(f"X has shape {X32.shape}; the model expects (n, {model.n_features})")
+    out = np.full(X32.shape[0], np.float32(model.base_margin), dtype=np.float64)
+    for tree in model.trees:
+        out += tree_values(tree, X32)
+    return out
+
+
+def dump_xgb(doc: dict[str, Any]) -> bytes:
+    """Serialize a model document as compact JSON bytes that `xgboost.Booster` loads."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

@@ -1,0 +1,94 @@
+"""One-line summaries of ledger entries, for `fedsilo lineage show` and the report's timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flows.lineage_view import as_dict, as_float, as_list, payload_of
+from schemas.lineage import LineageEntry
+
+
+def _short(digest: Any, n: int = 12) -> str:
+    return str(digest)[:n] if digest else "-"
+
+
+def _metric_text(weighted: dict[str, Any]) -> str:
+    parts = []
+    for name in ("accuracy", "auc", "loss"):
+        value = as_float(weighted.get(name))
+        if value is not None:
+            parts.append(f"{name} {value:.3f}")
+    return ", ".join(parts) or "no weighted metrics"
+
+
+def _contributors(p: dict[str, Any]) -> str:
+    items = as_list(p, "contributors")
+    return ", ".join(str(c.get("silo")) for c in items if isinstance(c, dict)) or "-"
+
+
+def _failed_names(p: dict[str, Any]) -> str:
+    failed = as_list(p, "failed")
+    names = [f"{f.get('expectation')}({f.get('column')})" for f in failed if isinstance(f, dict)]
+    return "; ".join(names)
+
+
+_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "run_started": lambda p: (
+        f"config {_short(p.get('config_sha256'))}, fedsilo {p.get('fedsilo_version')}, "
+        f"silos {', '.join(map(str, p.get('participants') or []))}"
+    ),
+    "silo_joined": lambda p: f"{p.get('silo')} joined {p.get('federation')}",
+    "silo_refused": lambda p: f"{p.get('silo')} refused: {p.get('reason')}",
+    "validation_result": lambda p: (
+        f"{p.get('silo')} round {p.get('round')}: {p.get('contract')} "
+        f"v{p.get('contract_version')} {'PASS' if p.get('success') is True else 'FAIL'}, "
+        f"{p.get('n_rows')} rows, data {_short(p.get('data_sha256'))}"
+        + (f" [{_failed_names(p)}]" if p.get("success") is not True else "")
+    ),
+    "update_accepted": lambda p: (
+        f"{p.get('silo')} round {p.get('round')}: update {_short(p.get('digest'))}, "
+        f"{p.get('n_examples')} examples"
+    ),
+    "update_rejected": lambda p: (
+        f"{p.get('silo')} round {p.get('round')}: HTTP {p.get('status')} {p.get('reason')}"
+    ),
+    "aggregate": lambda p: (
+        f"round {p.get('round')}: v{p.get('model_version')} from {_contributors(p)}"
+        f"{' (secure aggregation)' if p.get('secure_aggregation') is True else ''}, "
+        f"digest {_short(p.get('aggregate_digest'))}"
+    ),
+    "model_saved": lambda p: (
+        f"v{p.get('version')} sha256 {_short(p.get('sha256'))} at {p.get('path')}"
+    ),
+    "metrics": lambda p: (
+        f"round {p.get('round')}, model v{p.get('model_version')}: "
+        f"{_metric_text(as_dict(p, 'weighted'))}"
+    ),
+    "dropout": lambda p: (
+        f"round {p.get('round')}: dropped {', '.join(map(str, p.get('silos') or []))}"
+    ),
+    "recovery": lambda p: (
+        f"round {p.get('round')}: recovered with {', '.join(map(str, p.get('survivors') or []))}"
+    ),
+    "privacy_spent": lambda p: (
+        f"{p.get('silo')} round {p.get('round')}: epsilon {p.get('epsilon')} "
+        f"(delta {p.get('delta')}, noise {p.get('noise_multiplier')}, clip {p.get('clip_norm')})"
+    ),
+    "run_finished": lambda p: (
+        f"{p.get('status')}: final v{p.get('final_model_version')} "
+        f"{_short(p.get('final_model_sha256'))}" + (f" ({p['reason']})" if p.get("reason") else "")
+    ),
+    "run_failed": lambda p: f"{p.get('status')}: {p.get('reason')}",
+}
+
+
+def summarize(entry: LineageEntry) -> str:
+    """One line saying what an entry records, for timelines and reports."""
+    p = payload_of(entry)
+    if not p and entry.payload != "{}":
+        return "payload is not a JSON object (altered?)"
+    render = _SUMMARIES.get(entry.kind)
+    if render is None:
+        return ", ".join(f"{k}={v}" for k, v in sorted(p.items()))[:160]
+    return str(render(p))

@@ -1,0 +1,215 @@
+"""What a tree-model run is: library, federation mode, objective and validated hyperparameters.
+
+Each library has its own strict schema (`XGBoostParams`, `LightGBMParams`): an unknown parameter
+or an out-of-range value is refused with a message naming the parameter and what is allowed, so
+a typo such as ``max_dept`` never silently falls back to a library default at eleven silos.
+
+Modes
+    ``bagging``     every silo boosts `trees_per_round` trees from the current global model; the
+                    service merges all silos' new trees into one model (see
+                    `aggregation/trees/README.md` for the scaling rule).
+    ``cyclic``      silos train in turn within a round, each continuing from the model the
+                    previous silo returned through the service.
+    ``collective``  XGBoost's own federated collective (`xgboost.federated`, mutual TLS): one
+                    model trained jointly; reveals per-silo gradient histograms to the server.
+
+`TreeSpec.native_params` maps a spec to the keyword dictionary the library expects; it imports
+neither library, so both the silo (training) and the service (collective server) can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.exceptions import SpecError
+
+TreeKind = Literal["xgboost", "lightgbm"]
+TreeMode = Literal["bagging", "cyclic", "collective"]
+TreeObjective = Literal["binary:logistic", "reg:squarederror"]
+
+MAX_DEPTH_LIMIT = 16
+MAX_TREES_PER_ROUND = 100
+
+# objective -> the library's own name for it
+_LGB_OBJECTIVE = {"binary:logistic": "binary", "reg:squarederror": "regression"}
+
+
+class TreeSpecError(SpecError):
+    """A tree run's kind, mode, objective or hyperparameters are invalid."""
+
+
+class _Params(BaseModel):
+    """Strict base: unknown keys are refused with the allowed names listed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    LIBRARY: ClassVar[str] = "tree"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = set(cls.model_fields) | {
+                f.alias for f in cls.model_fields.values() if f.alias
+            }
+            unknown = sorted(str(k) for k in data if k not in allowed)
+            if unknown:
+                raise ValueError(
+                    f"unknown {cls.LIBRARY} parameter(s) {unknown}; allowed: {sorted(allowed)}"
+                )
+        return data
+
+
+class XGBoostParams(_Params):
+    """XGBoost hyperparameters a federation may set (tree_method is always ``hist``)."""
+
+    LIBRARY: ClassVar[str] = "XGBoost"
+
+    max_depth: int = Field(default=4, ge=1, le=MAX_DEPTH_LIMIT)
+    eta: float = Field(default=0.1, gt=0, le=1, description="learning rate")
+    min_child_weight: float = Field(default=1.0, ge=0)
+    reg_lambda: float = Field(default=1.0, ge=0, alias="lambda", description="L2 on leaf weights")
+    reg_alpha: float = Field(default=0.0, ge=0, alias="alpha", description="L1 on leaf weights")
+    gamma: float = Field(default=0.0, ge=0, description="minimum loss reduction to split")
+    subsample: float = Field(default=1.0, gt=0, le=1)
+    colsample_bytree: float = Field(default=1.0, gt=0, le=1)
+    max_bin: int = Field(default=256, ge=2, le=1024)
+
+    def native(self) -> dict[str, Any]:
+        """Keyword arguments for `xgboost.train` (without objective, seed and threads)."""
+        out = self.model_dump(by_alias=True)
+        out["tree_method"] = "hist"
+        return out
+
+    def effective_max_depth(self) -> int:
+        return self.max_depth
+
+
+class LightGBMParams(_Params):
+    """LightGBM hyperparameters a federation may set.
+
+    ``max_depth = -1`` means unlimited depth; the depth is then bounded by ``num_leaves - 1``,
+    which is what a silo policy's depth limit is compared against.
+    """
+
+    LIBRARY: ClassVar[str] = "LightGBM"
+
+    num_leaves: int = Field(default=15, ge=2, le=4096)
+    max_depth: int = Field(default=-1, ge=-1, le=MAX_DEPTH_LIMIT)
+    learning_rate: float = Field(default=0.1, gt=0, le=1)
+    min_data_in_leaf: int = Field(default=20, ge=1)
+    min_sum_hessian_in_leaf: float = Field(default=1e-3, ge=0)
+    lambda_l1: float = Field(default=0.0, ge=0)
+    lambda_l2: float = Field(default=0.0, ge=0)
+    min_gain_to_split: float = Field(default=0.0, ge=0)
+    feature_fraction: float = Field(default=1.0, gt=0, le=1)
+    bagging_fraction: float = Field(default=1.0, gt=0, le=1)
+    bagging_freq: int = Field(default=0, ge=0)
+    max_bin: int = Field(default=255, ge=2, le=1024)
+
+    @model_validator(mode="after")
+    def _depth_not_zero(self) -> LightGBMParams:
+        if self.max_depth == 0:
+            raise ValueError("max_depth must be -1 (unlimited) or 1..16, got 0")
+        return self
+
+    def native(self) -> dict[str, Any]:
+        """Keyword arguments for `lightgbm.train` (without objective, seed and threads)."""
+        out = self.model_dump()
+        # Linear trees and categorical splits are outside what the merge and the reference
+        # predictor support; say so explicitly rather than relying on library defaults.
+        out.update({"linear_tree": False, "boosting": "gbdt", "verbosity": -1})
+        return out
+
+    def effective_max_depth(self) -> int:
+        return self.max_depth if self.max_depth > 0 else self.num_leaves - 1
+
+
+class TreeSpec(BaseModel):
+    """A tree-model run as the coordinator asks for it.
+
+    `params` may be given as a plain dict; it is validated against the schema of `kind`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: TreeKind
+    mode: TreeMode = "bagging"
+    objective: TreeObjective = "binary:logistic"
+    n_features: int = Field(gt=0)
+    trees_per_round: int = Field(default=1, ge=1, le=MAX_TREES_PER_ROUND)
+    params: XGBoostParams | LightGBMParams
+
+    @model_validator(mode="before")
+    @classmethod
+    def _params_for_kind(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind")
+        raw = data.get("params", {})
+        schema = {"xgboost": XGBoostParams, "lightgbm": LightGBMParams}.get(str(kind))
+        if schema is not None and isinstance(raw, dict):
+            try:
+                data = {**data, "params": schema.model_validate(raw)}
+            except ValidationError as exc:
+                # Re-raised as ValueError so the message names params.<field> and stays readable.
+                raise ValueError(_describe(exc, prefix="params.")) from exc
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TreeSpec:
+        expected = XGBoostParams if self.kind == "xgboost" else LightGBMParams
+        if not isinstance(self.params, expected):
+            raise ValueError(
+                f"kind {self.kind!r} needs {expected.__name__}, got {type(self.params).__name__}"
+            )
+        if self.mode == "collective" and self.kind != "xgboost":
+            raise ValueError(
+                "mode 'collective' is XGBoost's own federated collective (xgboost.federated); "
+                "LightGBM supports 'bagging' and 'cyclic'"
+            )
+        return self
+
+    def native_params(self, seed: int = 0, n_threads: int = 1) -> dict[str, Any]:
+        """The full parameter dict for `xgboost.train` / `lightgbm.train`."""
+        out = self.params.native()
+        if self.kind == "xgboost":
+            out.update({"objective": self.objective, "seed": seed, "nthread": n_threads})
+        else:
+            out.update(
+                {
+                    "objective": _LGB_OBJECTIVE[self.objective],
+                    "seed": seed,
+                    "deterministic": True,
+                    "num_threads": n_threads,
+                }
+            )
+        return out
+
+
+def parse_tree_spec(raw: dict[str, Any]) -> TreeSpec:
+    """Validate a tree spec from JSON/TOML data, with one readable message per problem.
+
+    Raises
+    ------
+    TreeSpecError
+        Naming each invalid field (e.g. ``params.max_depth``), the value's problem, and for an
+        unknown parameter the list of allowed ones.
+    """
+    try:
+        return TreeSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise TreeSpecError("invalid tree spec: " + _describe(exc)) from exc
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    problems = []
+    for err in exc.errors():
+        where = prefix + ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if err["loc"] and not isinstance(err.get("input"), dict):
+            message += f" (got {err.get('input')!r})"
+        where = where.rstrip(".")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)

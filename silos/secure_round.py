@@ -1,0 +1,145 @@
+"""The silo's half of secure aggregation in a training round.
+
+Stage by stage (each a task the service hands out): advertise two fresh X25519 keys, share
+Shamir shares of the self-mask seed and the mask key with the neighbours, send the masked,
+quantized, weighted update, and reveal the shares the service needs to unmask the sum. The
+client state (including this round's private keys) is saved in the silo's workspace with 0600
+permissions after each stage, so a restarted agent carries on where it stopped; each sent
+message is kept too, so a retry after a lost answer resends the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aggregation.client import SiloClient
+from aggregation.exceptions import ServiceRejected
+from aggregation.secagg import client as secagg
+from aggregation.secagg.client_store import dump_state, load_state
+from aggregation.secagg.config import RoundConfig
+from aggregation.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
+from aggregation.secagg.quantize import Quantizer
+from schemas.wire import SecAggInfo, Task
+
+
+def round_config(work: Task) -> RoundConfig:
+    info = _info(work)
+    return RoundConfig(
+        run_id=work.run_id,
+        round_num=work.round,
+        silos=tuple(info.roster),
+        threshold=info.threshold,
+        dim=info.dim,
+        bits=info.bits,
+        degree=info.degree,
+        consistency_check=False,
+    )
+
+
+def _info(work: Task) -> SecAggInfo:
+    if work.secagg is None:
+        raise ValueError(f"task for round {work.round} carries no secure-aggregation parameters")
+    return work.secagg
+
+
+def _paths(workspace: Path, work: Task) -> Path:
+    folder = workspace / "secagg"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{work.run_id}-r{work.round}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
+
+def _send_once(client: SiloClient, work: Task, base: Path, stage: str, build, **kw) -> None:  # type: ignore[no-untyped-def]
+    """Build and send a stage's message once; a resend after a lost answer repeats its bytes."""
+    sent = base.with_suffix(f".{stage}.msg")
+    raw = sent.read_bytes() if sent.exists() else build()
+    _write_private(sent, raw)
+    try:
+        client.secagg_post(work.run_id, work.round, stage, raw, **kw)
+    except ServiceRejected as exc:
+        if exc.status != 409 or "second" not in exc.detail:
+            raise  # 409 "second ... message" means our earlier attempt did arrive
+
+
+def advertise(
+    client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path, n_examples: int
+) -> None:
+    base = _paths(workspace, work)
+    keys = {s: bytes.fromhex(h) for s, h in _info(work).roster_keys.items()}
+
+    def build() -> bytes:
+        state, advert = secagg.advertise_keys(round_config(work), client.silo, key, keys)
+        _write_private(base.with_suffix(".state"), dump_state(state))
+        return advert.to_bytes()
+
+    _send_once(client, work, base, "advertise", build, n_examples=n_examples)
+
+
+def share(client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path) -> None:
+    base = _paths(workspace, work)
+
+    def build() -> bytes:
+        state = load_state(base.with_suffix(".state").read_bytes(), key)
+        raw = client.secagg_get(work.run_id, work.round, "adverts")["messages"]
+        msg = secagg.share_keys(state, [AdvertiseKeys.from_bytes(bytes.fromhex(h)) for h in raw])
+        _write_private(base.with_suffix(".state"), dump_state(state))
+        return msg.to_bytes()
+
+    _send_once(client, work, base, "share", build)
+
+
+def masked_update(
+    client: SiloClient,
+    key: Ed25519PrivateKey,
+    work: Task,
+    workspace: Path,
+    weighted_delta: np.ndarray,
+) -> bytes:
+    """Quantize and mask this silo's weighted delta (already clipped); returns the message."""
+    base = _paths(workspace, work)
+    sent = base.with_suffix(".masked.msg")
+    if sent.exists():
+        return sent.read_bytes()
+    info = _info(work)
+    state = load_state(base.with_suffix(".state").read_bytes(), key)
+    quantized = Quantizer(clip=info.clip, n_summands=len(info.roster), bits=info.bits).quantize(
+        weighted_delta
+    )
+    raw = client.secagg_get(work.run_id, work.round, "shares")["messages"]
+    shares = [EncryptedShare.from_bytes(bytes.fromhex(h)) for h in raw]
+    message = secagg.masked_input(state, shares, quantized).to_bytes()
+    _write_private(base.with_suffix(".state"), dump_state(state))
+    _write_private(sent, message)
+    return message
+
+
+def unmask(client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path) -> None:
+    base = _paths(workspace, work)
+
+    def build() -> bytes:
+        state = load_state(base.with_suffix(".state").read_bytes(), key)
+        raw = client.secagg_get(work.run_id, work.round, "unmask-request")["message"]
+        response = secagg.unmask(state, UnmaskRequest.from_bytes(bytes.fromhex(raw)))
+        _write_private(base.with_suffix(".state"), dump_state(state))
+        return response.to_bytes()
+
+    _send_once(client, work, base, "unmask", build)
+    for leftover in base.parent.glob(f"{base.name}.*"):
+        leftover.unlink()  # the round's private keys are no longer needed
+
+
+def clip_l2(flat: np.ndarray, bound: float) -> np.ndarray:
+    """Scale `flat` down to L2 norm `bound` if it is longer (per-silo update clipping)."""
+    norm = float(np.linalg.norm(flat))
+    return flat if norm <= bound else flat * (bound / norm)

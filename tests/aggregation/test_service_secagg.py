@@ -1,0 +1,186 @@
+"""Secure aggregation through the real service over HTTP: silos drive the protocol with the
+silo agent's own functions (`silos.secure_round`); the service sees only masked vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from live_service import coordinator, enrolled_silo, service_in_thread
+
+from aggregation.client import CoordinatorClient, SiloClient
+from aggregation.exceptions import ServiceRejected
+from schemas import tensors
+from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
+from schemas.wire import Metrics, RoundOpen, RunCreate
+from silos import secure_round
+
+MODEL = ModelSpec(kind="logreg", n_features=4)
+SHAPES = param_shapes(MODEL)
+DIM = sum(int(np.prod(s)) for _, s in SHAPES)
+METRICS = Metrics(n_test=10, loss=0.5, accuracy=0.8, auc=0.9).model_dump_json()
+
+
+@dataclass
+class Fed:
+    coord: CoordinatorClient
+    silos: dict[str, SiloClient]
+    run_id: str
+    initial: np.ndarray
+    workspace: Path
+
+
+@pytest.fixture
+def fed(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    spec = RunSpec(
+        federation="f",
+        dataset="toy",
+        model=MODEL,
+        rounds=2,
+        min_silos=2,
+        secure_aggregation=SecureAggregationSpec(clip=5.0, threshold=2),
+    )
+    with service_in_thread(tmp_path / "svc", db_url) as url:
+        coord = coordinator(url)
+        coord.create_federation("f")
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b", "c")}
+        run = coord.create_run(RunCreate(spec=spec))
+        initial = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
+        arrays, start = {}, 0
+        for name, shape in SHAPES:
+            size = int(np.prod(shape))
+            arrays[name] = initial[start : start + size].reshape(shape)
+            start += size
+        coord.put_initial_model(run.run_id, tensors.encode(arrays))
+        coord.start_run(run.run_id)
+        coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+        yield Fed(coord, silos, run.run_id, initial, tmp_path / "silo-ws")
+
+
+def _task(client: SiloClient, expected: str):  # type: ignore[no-untyped-def]
+    task = client.next_task(wait_s=2)
+    assert task is not None and task.type == expected, task
+    return task
+
+
+def _run_until_masked(
+    fed: Fed, deltas: dict[str, np.ndarray], n: dict[str, int], skip_masked: tuple[str, ...] = ()
+) -> None:
+    for name, client in fed.silos.items():
+        secure_round.advertise(
+            client,
+            client.key,
+            _task(client, "secagg_advertise"),
+            fed.workspace / name,
+            n_examples=n[name],
+        )
+    for name, client in fed.silos.items():
+        secure_round.share(client, client.key, _task(client, "secagg_share"), fed.workspace / name)
+    for name, client in fed.silos.items():
+        if name in skip_masked:
+            continue
+        task = _task(client, "train")
+        assert task.secagg is not None and task.secagg.weight is not None
+        message = secure_round.masked_update(
+            client, client.key, task, fed.workspace / name, task.secagg.weight * deltas[name]
+        )
+        answer = client.submit_masked(fed.run_id, 1, message, n[name], 0.01, METRICS)
+        assert answer["receipt"] is not None
+
+
+def _unmask_all(fed: Fed, names) -> None:  # type: ignore[no-untyped-def]
+    for name in names:
+        client = fed.silos[name]
+        secure_round.unmask(
+            client, client.key, _task(client, "secagg_unmask"), fed.workspace / name
+        )
+
+
+def _new_model(fed: Fed) -> np.ndarray:
+    payload = fed.coord.download_model(fed.run_id, 1)
+    return np.concatenate([a.ravel() for a in tensors.decode_expected(payload, SHAPES)[0]])
+
+
+def _deltas(seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(scale=0.3, size=DIM) for name in ("a", "b", "c")}
+
+
+def test_secure_round_equals_weighted_fedavg(fed: Fed) -> None:
+    deltas, n = _deltas(), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n)
+    _unmask_all(fed, ["a", "b", "c"])
+    out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
+    assert out.status == "aggregated", out
+    expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
+    np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+    entries = fed.coord.ledger(fed.run_id)
+    aggregate = next(e for e in entries if e.kind == "aggregate")
+    assert '"secure_aggregation":true' in aggregate.payload
+    assert '"individual_updates_seen_by_service":false' in aggregate.payload
+
+
+def test_silo_dropped_after_sharing_keys_is_recovered(fed: Fed) -> None:
+    deltas, n = _deltas(2), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n, skip_masked=("c",))
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "open"
+    fed.coord.close_round(fed.run_id, 1)  # the deadline passed: c is a dropout
+    _unmask_all(fed, ["a", "b"])
+    out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
+    assert out.status == "aggregated", out
+    expected = fed.initial + (10 * deltas["a"] + 30 * deltas["b"]) / 40
+    np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+    kinds = [e.kind for e in fed.coord.ledger(fed.run_id)]
+    assert "dropout" in kinds and "recovery" in kinds
+
+
+def test_too_few_survivors_fail_the_round_saying_how_many(fed: Fed) -> None:
+    deltas, n = _deltas(3), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n, skip_masked=("b", "c"))
+    out = fed.coord.close_round(fed.run_id, 1)
+    assert out.status == "failed"
+    assert "needed 2, got 1" in (out.reason or "")
+
+
+def test_bad_protocol_messages_are_refused(fed: Fed) -> None:
+    a, b = fed.silos["a"], fed.silos["b"]
+    task = _task(a, "secagg_advertise")
+    secure_round.advertise(a, a.key, task, fed.workspace / "a", n_examples=5)
+    raw = (fed.workspace / "a" / "secagg" / f"{fed.run_id}-r1.advertise.msg").read_bytes()
+    with pytest.raises(ServiceRejected) as err:  # the same silo sends twice
+        a.secagg_post(fed.run_id, 1, "advertise", raw, n_examples=5)
+    assert err.value.status == 409 and "the first one stands" in err.value.detail
+    with pytest.raises(ServiceRejected) as err:  # garbage instead of a protocol message
+        a.secagg_post(fed.run_id, 1, "advertise", b"\x00" * 10, n_examples=5)
+    assert err.value.status in (409, 422)
+    with pytest.raises(ServiceRejected) as err:  # another silo replays a's signed advert
+        b.secagg_post(fed.run_id, 1, "advertise", raw, n_examples=5)
+    assert err.value.status == 422 and "bound to silo 'a'" in err.value.detail
+    with pytest.raises(ServiceRejected) as err:  # a message for the wrong stage
+        b.secagg_post(fed.run_id, 1, "share", raw)
+    assert err.value.status == 409 and "out of turn" in err.value.detail
+    for name in ("b", "c"):
+        client = fed.silos[name]
+        secure_round.advertise(
+            client,
+            client.key,
+            _task(client, "secagg_advertise"),
+            fed.workspace / name,
+            n_examples=5,
+        )
+    for name, client in fed.silos.items():
+        secure_round.share(client, client.key, _task(client, "secagg_share"), fed.workspace / name)
+    task = _task(a, "train")
+    short = secure_round.masked_update(a, a.key, task, fed.workspace / "a", np.zeros(DIM))
+    from aggregation.secagg.messages import MaskedInput
+
+    msg = MaskedInput.from_bytes(short)
+    wrong = MaskedInput.create(
+        a.key, run_id=fed.run_id, round_num=1, silo="a", vector=msg.vector[:-1].copy()
+    )
+    with pytest.raises(ServiceRejected) as err:  # masked vector of the wrong length
+        a.submit_masked(fed.run_id, 1, wrong.to_bytes(), 5, 0.01, METRICS)
+    assert err.value.status == 422 and "expects" in err.value.detail
+    assert fed.coord.wait_round(fed.run_id, 1, 0).silos[0].state == "waiting"

