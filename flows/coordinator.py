@@ -161,7 +161,29 @@ def _plateaued(records: list[RoundRecord], patience: int) -> bool:
     return min(losses[-patience:]) >= best_before - 1e-4
 
 
-def _publish(records: list[RoundRecord], run_id: str, model_path: str, sha: str) -> None:
+def lineage_markdown(client: CoordinatorClient, run_id: str, model_path: str, sha: str) -> str:
+    """The run's lineage summary for Prefect, with the command that verifies it."""
+    entries = client.ledger(run_id)
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e.kind] = counts.get(e.kind, 0) + 1
+    rows = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(counts.items()))
+    url = client.urls[0]
+    return (
+        f"# Lineage of run `{run_id}`\n\nFinal model: `{model_path}`  \nsha256: `{sha}`\n\n"
+        f"Ledger entries for this run (seq {entries[0].seq}–{entries[-1].seq}, head hash "
+        f"`{entries[-1].entry_hash[:16]}…`):\n\n| kind | entries |\n|---|---|\n{rows}\n\n"
+        "Verify the whole chain, every signature and every model file:\n\n"
+        f"```\nfedsilo lineage verify --service-url {url} --token-file ADMIN_TOKEN_FILE\n"
+        f"fedsilo report {run_id} --service-url {url} --token-file ADMIN_TOKEN_FILE\n```\n"
+        if entries
+        else f"# Run `{run_id}`\n\nNo ledger entries found.\n"
+    )
+
+
+def _publish(
+    client: CoordinatorClient, records: list[RoundRecord], run_id: str, model_path: str, sha: str
+) -> None:
     rows = [
         {
             "round": r.round,
@@ -183,8 +205,7 @@ def _publish(records: list[RoundRecord], run_id: str, model_path: str, sha: str)
         description=f"Per-round metrics of federated run {run_id}",
     )
     create_markdown_artifact(
-        key=f"model-{run_id}",
-        markdown=f"# Run `{run_id}`\n\nFinal model: `{model_path}`\n\nsha256: `{sha}`\n",
+        key=f"lineage-{run_id}", markdown=lineage_markdown(client, run_id, model_path, sha)
     )
 
 
@@ -245,7 +266,7 @@ def federated_training(
         raise
     client.finish_run(run_id, RunFinish(status="finished", final_model_version=final))
     model_path, sha = save_model(client, run_id, final, Path(output_dir))
-    _publish(records, run_id, model_path, sha)
+    _publish(client, records, run_id, model_path, sha)
     return {
         "run_id": run_id,
         "model_path": model_path,

@@ -26,7 +26,7 @@ from flows.exceptions import DemoError
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from schemas import tensors
 from schemas.contracts.loader import load_contract
-from schemas.specs import ModelSpec, RunSpec, StrategySpec
+from schemas.specs import ModelSpec, PrivacySpec, RunSpec, SecureAggregationSpec, StrategySpec
 from silos.demo_data import heart_disease_silos
 from silos.features import FeaturePipeline
 
@@ -40,6 +40,8 @@ class DemoOptions:
     strategy: str = ""
     rounds: int = 0
     keep_running: bool = False
+    dp: bool = False
+    plain: bool = False
     prefect_port: int = 4200
     service_port: int = 8700
 
@@ -56,6 +58,11 @@ def demo_spec(opts: DemoOptions, n_features: int) -> RunSpec:
         update["strategy"] = StrategySpec(name=opts.strategy, server_lr=server_lr, mu=mu)  # type: ignore[arg-type]
     if opts.rounds:
         update["rounds"] = opts.rounds
+    if opts.plain:
+        update["secure_aggregation"] = SecureAggregationSpec(enabled=False)
+    if opts.dp:
+        # each silo clips its delta to 0.5 and adds N(0, (1.0 * 0.5)^2 / n)
+        update["privacy"] = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
     return spec.model_copy(update=update)
 
 
@@ -140,6 +147,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
             approve_all(client, list(frames), agents)
         _print_data_table(console, frames, pipeline)
         result = _train(console, spec, client, service_url, token, ws)
+        _print_privacy(console, client, str(result["run_id"]), spec)
         summary = _compare(console, spec, frames, contract, result)
         _print_where(console, ws, result, prefect_url, service_url)
         (ws / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -211,6 +219,8 @@ def _train(
                 min_silos=spec.min_silos,
                 round_deadline_s=spec.round_deadline_s,
                 patience=spec.patience,
+                secure_aggregation=spec.secure_aggregation,
+                privacy=spec.privacy,
                 output_dir=str(ws / "models"),
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
@@ -243,6 +253,36 @@ def _train(
 
     console.print(round_table(client.rounds(str(result["run_id"]))))
     return result
+
+
+def _print_privacy(console: Console, client: CoordinatorClient, run_id: str, spec: RunSpec) -> None:
+    """What the service saw (from its own ledger), and epsilon per round under DP."""
+    entries = client.ledger(run_id)
+    aggregates = [json.loads(e.payload) for e in entries if e.kind == "aggregate"]
+    secure = [a for a in aggregates if a.get("secure_aggregation")]
+    if secure:
+        console.print(
+            f"[bold]secure aggregation[/bold]: in all {len(secure)} rounds the service stored "
+            f"only masked vectors (uniformly random mod 2^{spec.secure_aggregation.bits} to it) "
+            "and unmasked only their sum; no individual update was ever readable by it "
+            "(ledger: individual_updates_seen_by_service = false)."
+        )
+    else:
+        console.print("[yellow]secure aggregation off[/yellow]: the service saw each update.")
+    spent = [json.loads(e.payload) for e in entries if e.kind == "privacy_spent"]
+    if not spent or spec.privacy is None:
+        return
+    silos = sorted({p["silo"] for p in spent})
+    table = Table(
+        "round",
+        *silos,
+        title=f"epsilon spent per silo (delta {spec.privacy.delta:g}, noise multiplier "
+        f"{spec.privacy.noise_multiplier}, clip {spec.privacy.clip_norm})",
+    )
+    for r in sorted({p["round"] for p in spent}):
+        row = {p["silo"]: p["epsilon"] for p in spent if p["round"] == r}
+        table.add_row(str(r), *[f"{row[s]:.2f}" if s in row else "-" for s in silos])
+    console.print(table)
 
 
 def _compare(

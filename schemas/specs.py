@@ -140,6 +140,8 @@ class RunSpec(_Strict):
     @model_validator(mode="after")
     def _privacy_needs_secure_aggregation(self) -> RunSpec:
         if self.privacy and not self.secure_aggregation.enabled:
-            raise ValueError("silo-level DP noise is calibrated for the securely aggregated sum; "
-                             "enable secure_aggregation or drop privacy")
+            raise ValueError(
+                "silo-level DP noise is calibrated for the securely aggregated sum; "
+                "enable secure_aggregation or drop privacy"
+            )
         return self

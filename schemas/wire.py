@@ -71,15 +71,18 @@ class SecAggInfo(Message):
     bits: int
     degree: int | None = None
     clip: float
-    weight: float | None = Field(default=None, description="w_k this silo applies (from the "
-                                 "share stage on): n_k / N, or 1/m under DP")
+    weight: float | None = Field(
+        default=None,
+        description="w_k this silo applies (from the share stage on): n_k / N, or 1/m under DP",
+    )
 
 
 class Task(Message):
     """What the service asks a silo to do next."""
 
-    type: Literal["train", "evaluate", "run_ended", "secagg_advertise", "secagg_share",
-                  "secagg_unmask"]
+    type: Literal[
+        "train", "evaluate", "run_ended", "secagg_advertise", "secagg_share", "secagg_unmask"
+    ]
     run_id: str
     round: int = 0
     model_version: int = 0
