@@ -264,6 +264,14 @@ class SiloClient(_Base):
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)
 
+    def sit_out(self, run_id: str, round_: int, reason: str) -> None:
+        """Sit one round out (the silo's data failed validation)."""
+        self.request(
+            "POST",
+            f"/v1/silo/runs/{run_id}/rounds/{round_}/sit-out",
+            json_body=Refusal(reason=reason[:2000]),
+        )
+
     def refuse(self, run_id: str, reason: str) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/refusal", json_body=Refusal(reason=reason))
 

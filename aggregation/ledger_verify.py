@@ -10,11 +10,15 @@ re-exported here.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -109,71 +113,142 @@ def _hash_problem(entry: LineageEntry, hash_seq: dict[str, int]) -> str:
     return f"entry {entry.seq}: entry_hash mismatch (content altered)"
 
 
-def _structure(entries: Sequence[LineageEntry]) -> tuple[int, str | None]:
-    """First position whose seq, hash or link is wrong, with the reason; (len, None) if none."""
-    seq_pos: dict[int, int] = {}
-    for pos, entry in enumerate(entries):
-        seq_pos.setdefault(entry.seq, pos)
-    hash_seq = {e.entry_hash: e.seq for e in entries}
+def _first_link_problem(entries: Sequence[LineageEntry]) -> int:
+    """First position whose seq or prev_hash is wrong (len when none): no hashing, cheap."""
     prev = GENESIS_HASH
     for pos, entry in enumerate(entries):
-        expected = pos + 1
-        if entry.seq != expected:
-            return pos, _seq_problem(entry, pos, expected, seq_pos)
-        if entry.recompute_hash() != entry.entry_hash:
-            return pos, _hash_problem(entry, hash_seq)
-        if entry.prev_hash != prev:
-            what = "the genesis hash" if expected == 1 else f"entry {expected - 1}'s hash"
-            return pos, f"entry {expected}: prev_hash does not match {what} (chain broken)"
+        if entry.seq != pos + 1 or entry.prev_hash != prev:
+            return pos
         prev = entry.entry_hash
-    return len(entries), None
+    return len(entries)
+
+
+def _problem_at(
+    entries: Sequence[LineageEntry], pos: int, keys: dict[str, Ed25519PublicKey]
+) -> str | None:
+    """Why the entry at `pos` is bad, checked in the order of the module's contract.
+
+    Seq, then entry_hash, then the link to the previous entry, then the author's and the
+    service's signatures: the first that fails names the entry.
+    """
+    entry, expected = entries[pos], pos + 1
+    if entry.seq != expected:
+        seq_pos: dict[int, int] = {}
+        for i, other in enumerate(entries):
+            seq_pos.setdefault(other.seq, i)
+        return _seq_problem(entry, pos, expected, seq_pos)
+    if entry.recompute_hash() != entry.entry_hash:
+        return _hash_problem(entry, {e.entry_hash: e.seq for e in entries})
+    prev = entries[pos - 1].entry_hash if pos else GENESIS_HASH
+    if entry.prev_hash != prev:
+        what = "the genesis hash" if expected == 1 else f"entry {expected - 1}'s hash"
+        return f"entry {expected}: prev_hash does not match {what} (chain broken)"
+    bad = _bad_signature(entry, keys)
+    return None if bad is None else _sig_reason(entry, *bad)
 
 
 # ----------------------------------------------------------------------------- signatures
 
-# (position, public key or None when unknown, signature hex, message, what it is)
-_SigJob = tuple[int, Ed25519PublicKey | None, str | None, bytes, str]
 
-
-def _sig_jobs(
-    entries: Sequence[LineageEntry], stop: int, keys: dict[str, Ed25519PublicKey]
-) -> list[_SigJob]:
-    service_key = keys.get(SERVICE_AUTHOR)
-    jobs: list[_SigJob] = []
-    for pos in range(stop):
-        entry = entries[pos]
-        if entry.author != SERVICE_AUTHOR:
-            sig = entry.author_signature
-            msg = statement_message(
-                run_id=entry.run_id, kind=entry.kind, payload=entry.payload, author=entry.author
-            )
-            jobs.append((pos, keys.get(entry.author), sig, msg, "author"))
-        msg = entry_signing_message(entry.entry_hash)
-        jobs.append((pos, service_key, entry.service_signature, msg, "service"))
-    return jobs
-
-
-def _first_bad_sig(jobs: list[_SigJob]) -> _SigJob | None:
-    for job in jobs:
-        pos, key, sig, msg, _ = job
-        if key is None or not verify_signature(key, sig, msg):
-            return job
+def _bad_signature(
+    entry: LineageEntry, keys: dict[str, Ed25519PublicKey]
+) -> tuple[str, Ed25519PublicKey | None] | None:
+    """("author" or "service", the key tried) for the entry's first failing signature."""
+    if entry.author != SERVICE_AUTHOR:
+        key = keys.get(entry.author)
+        msg = statement_message(
+            run_id=entry.run_id, kind=entry.kind, payload=entry.payload, author=entry.author
+        )
+        if key is None or not verify_signature(key, entry.author_signature, msg):
+            return "author", key
+    key = keys.get(SERVICE_AUTHOR)
+    msg = entry_signing_message(entry.entry_hash)
+    if key is None or not verify_signature(key, entry.service_signature, msg):
+        return "service", key
     return None
 
 
-def _check_signatures(jobs: list[_SigJob], workers: int) -> _SigJob | None:
-    """First failing job in order; Ed25519 verification releases the GIL, so threads scale."""
-    if workers <= 1 or len(jobs) < 2000:
-        return _first_bad_sig(jobs)
-    size = -(-len(jobs) // workers)
-    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_first_bad_sig, chunks))
-    return next((r for r in results if r is not None), None)
+def _scan(
+    entries: Sequence[LineageEntry], lo: int, hi: int, keys: dict[str, Ed25519PublicKey]
+) -> int | None:
+    """First position in [lo, hi) whose content hash or a signature fails, or None.
+
+    The expensive per-entry work (sha256, Ed25519), independent of every other entry, so
+    ranges can be scanned in parallel.
+    """
+    for pos in range(lo, hi):
+        entry = entries[pos]
+        if entry.recompute_hash() != entry.entry_hash or _bad_signature(entry, keys):
+            return pos
+    return None
 
 
-def _sig_reason(entry: LineageEntry, job: _SigJob) -> str:
-    _, key, _, _, what = job
+# Below this many entries a serial scan is quicker than starting workers.
+PARALLEL_MIN_ENTRIES = 2000
+# What forked scan workers read: inherited copy-on-write, so the entries are never pickled.
+_FORK_SHARED: tuple[Sequence[LineageEntry], dict[str, Ed25519PublicKey]] | None = None
+
+
+def _scan_in_child(conn: Connection, lo: int, hi: int) -> None:
+    # A short-lived child: no garbage collection, which would touch (and copy) every page.
+    gc.disable()
+    assert _FORK_SHARED is not None
+    entries, keys = _FORK_SHARED
+    conn.send(_scan(entries, lo, hi, keys))
+    conn.close()
+
+
+def _scan_forked(
+    entries: Sequence[LineageEntry], ranges: list[range], keys: dict[str, Ed25519PublicKey]
+) -> list[int | None]:
+    """Scan ranges[0] here and each other range in a forked child process (one per core).
+
+    Processes rather than threads: hashing, message building and signature-string checks
+    hold the GIL. A child that fails to answer has its range rescanned here.
+    """
+    global _FORK_SHARED
+    context = multiprocessing.get_context("fork")
+    _FORK_SHARED = (entries, keys)
+    children = []
+    try:
+        for part in ranges[1:]:
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(target=_scan_in_child, args=(sender, part.start, part.stop))
+            child.start()
+            sender.close()
+            children.append((child, receiver, part))
+    finally:
+        _FORK_SHARED = None
+    results = [_scan(entries, ranges[0].start, ranges[0].stop, keys)]
+    for child, receiver, part in children:
+        try:
+            results.append(receiver.recv())
+        except EOFError:  # the child died (e.g. killed for memory): do its share here
+            results.append(_scan(entries, part.start, part.stop, keys))
+        receiver.close()
+        child.join()
+    return results
+
+
+def _first_scan_problem(
+    entries: Sequence[LineageEntry], stop: int, keys: dict[str, Ed25519PublicKey], workers: int
+) -> int | None:
+    """First position below `stop` whose hash or a signature fails, over `workers` cores."""
+    if workers <= 1 or stop < PARALLEL_MIN_ENTRIES:
+        return _scan(entries, 0, stop, keys)
+    size = -(-stop // workers)
+    ranges = [range(lo, min(lo + size, stop)) for lo in range(0, stop, size)]
+    # Forking is only safe while no other thread might hold a lock the child would need.
+    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
+        results = _scan_forked(entries, ranges, keys)
+    else:
+        # Ed25519 verification releases the GIL, so threads still share that part.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(lambda r: _scan(entries, r.start, r.stop, keys), ranges))
+    return next((pos for pos in results if pos is not None), None)
+
+
+def _sig_reason(entry: LineageEntry, what: str, key: Ed25519PublicKey | None) -> str:
     signer = entry.author if what == "author" else SERVICE_AUTHOR
     if key is None:
         return (
@@ -251,18 +326,21 @@ def verify_chain(
     artifact_checker
         Called with a ``model_saved`` payload's ``path``; returns the file's sha256 or None.
     workers
-        Threads for signature checks (default: CPU count).
+        Processes (or threads, when other threads are running) that check hashes and
+        signatures of a large ledger in parallel (default: CPU count).
 
     Returns
     -------
     VerifyReport
         ``ok`` with the head, or the first bad entry's seq and a precise reason.
     """
-    stop, reason = _structure(entries)
-    bad_pos = stop
-    job = _check_signatures(_sig_jobs(entries, stop, public_keys), workers or os.cpu_count() or 1)
-    if job is not None:
-        bad_pos, reason = job[0], _sig_reason(entries[job[0]], job)
+    # The first bad entry is the first position where seq/link (cheap, here) or hash and
+    # signatures (expensive, on every core) fail; `_problem_at` then names what failed first.
+    link_pos = _first_link_problem(entries)
+    stop = min(link_pos + 1, len(entries))
+    scan_pos = _first_scan_problem(entries, stop, public_keys, workers or os.cpu_count() or 1)
+    bad_pos = link_pos if scan_pos is None else min(scan_pos, link_pos)
+    reason = _problem_at(entries, bad_pos, public_keys) if bad_pos < len(entries) else None
     if artifact_checker is not None:
         # Artifacts are checked last for an entry, so only entries before the first bad one.
         for pos in range(bad_pos):

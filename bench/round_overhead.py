@@ -32,6 +32,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="secure aggregation off (one exchange per round instead of four)",
+    )
     args = parser.parse_args()
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="fedsilo-bench-"))
     from flows.processes import start_prefect_server
@@ -46,16 +51,17 @@ def main() -> None:
                 port = s.getsockname()[1]
             procs.append(start_prefect_server(ws / "prefect", port))
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        records = run(ws, args.rounds, procs)
+        records = run(ws, args.rounds, procs, secure=not args.plain)
     finally:
         for p in reversed(procs):
             p.stop()
         if args.workspace is None:
             shutil.rmtree(ws, ignore_errors=True)
+    print(f"secure aggregation: {'off' if args.plain else 'on'}")
     report(records)
 
 
-def run(ws: Path, rounds: int, procs: list) -> list[dict]:  # type: ignore[type-arg]
+def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]:  # type: ignore[type-arg]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from live_service import free_port, write_heart_silos
 
@@ -94,6 +100,7 @@ def run(ws: Path, rounds: int, procs: list) -> list[dict]:  # type: ignore[type-
         min_silos=4,
         round_deadline_s=120,
         output_dir=str(ws / "models"),
+        secure_aggregation=spec.secure_aggregation.model_copy(update={"enabled": secure}),
     )
     return [r for r in result["rounds"] if r["kind"] == "train"]  # type: ignore[union-attr]
 

@@ -41,6 +41,7 @@ class RoundRecord:
     contributors: list[str]
     waiting: list[str]
     refused: dict[str, str]
+    sat_out: dict[str, str]
     wall_seconds: float
     slowest_train_seconds: float
     evaluated_version: int
@@ -74,6 +75,7 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
         contributors=[s.silo for s in out.silos if s.state in ("submitted", "evaluated")],
         waiting=[s.silo for s in out.silos if s.state == "waiting"],
         refused={s.silo: s.reason or "" for s in out.silos if s.state == "refused"},
+        sat_out={s.silo: s.reason or "" for s in out.silos if s.state == "sat_out"},
         wall_seconds=wall_seconds,
         slowest_train_seconds=max((s.train_seconds or 0.0 for s in out.silos), default=0.0),
         evaluated_version=out.round - 1 if out.kind == "train" else out.round - 1,
@@ -191,6 +193,7 @@ def _publish(
             "model evaluated": f"v{r.evaluated_version}",
             "silos": ", ".join(r.contributors),
             "refused": "; ".join(f"{k}: {v}" for k, v in r.refused.items()),
+            "sat out (validation)": "; ".join(f"{k}: {v}" for k, v in r.sat_out.items()),
             "loss": None if r.loss is None else round(r.loss, 4),
             "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
             "auc": None if r.auc is None else round(r.auc, 4),

@@ -33,7 +33,7 @@ def round_table(rounds: list[RoundOut]) -> Table:
         others = [
             f"{s.silo}: {s.state}" + (f" ({s.reason})" if s.reason else "")
             for s in r.silos
-            if s.state in ("refused", "waiting")
+            if s.state in ("refused", "waiting", "sat_out")
         ]
         scored = [s.metrics for s in answered if s.metrics]
         n = sum(m.n_test for m in scored)

@@ -148,7 +148,8 @@ class TreeSpec(BaseModel):
             return data
         kind = data.get("kind")
         raw = data.get("params", {})
-        schema = {"xgboost": XGBoostParams, "lightgbm": LightGBMParams}.get(str(kind))
+        schemas: dict[str, type[_Params]] = {"xgboost": XGBoostParams, "lightgbm": LightGBMParams}
+        schema = schemas.get(str(kind))
         if schema is not None and isinstance(raw, dict):
             try:
                 data = {**data, "params": schema.model_validate(raw)}

@@ -108,7 +108,7 @@ class RoundOpen(Message):
 
 class SiloRoundState(Message):
     silo: str
-    state: Literal["waiting", "submitted", "refused", "evaluated"]
+    state: Literal["waiting", "submitted", "refused", "evaluated", "sat_out"]
     reason: str | None = None
     n_examples: int | None = None
     metrics: Metrics | None = None

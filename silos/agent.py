@@ -20,14 +20,17 @@ from prefect.runtime import flow_run
 from aggregation.client import SiloClient
 from aggregation.exceptions import ServiceRejected
 from schemas import tensors
+from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
 from silos import privacy, secure_round
 from silos.config import SiloConfig, load_silo_config
+from silos.features import FeaturePipeline
 from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData, prepare_local_data
 from silos.policy import policy_violation
+from silos.round_gate import check_round, statement_payload
 from silos.trainer import evaluate, train_local
 
 log = logging.getLogger("fedsilo.silo")
@@ -275,14 +278,53 @@ def evaluate_round(client: SiloClient, work: Task, data: LocalData) -> Metrics:
     return metrics
 
 
+@task(cache_policy=NO_CACHE, name="validate-data", task_run_name="round-{work.round}-validate")
+def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> tuple[bool, str]:
+    """The gate: fingerprint and validate the table, tell the service, sit out on failure.
+
+    Returns (passed, data_sha256).
+    """
+    logger = get_run_logger()
+    gate = check_round(config)
+    summary = gate.summary
+    answer = client.submit_statement(
+        work.run_id, "validation_result", statement_payload(client.silo, work.round, summary)
+    )
+    keep_receipt(config.workspace, answer)
+    docs = f"; data docs: {gate.data_docs}" if gate.data_docs else ""
+    if summary.success:
+        logger.info(
+            "round %d: data %s… passed contract %s v%s (%d expectations%s)%s",
+            work.round,
+            summary.data_sha256[:12],
+            summary.contract,
+            summary.contract_version,
+            summary.n_expectations,
+            ", unchanged since last check" if gate.reused else "",
+            docs,
+        )
+        return True, summary.data_sha256
+    logger.warning("round %d: sitting out: %s%s", work.round, summary.reason(), docs)
+    client.sit_out(work.run_id, work.round, summary.reason())
+    return False, summary.data_sha256
+
+
+_FIRST_TASK_OF_ROUND = ("train", "evaluate", "secagg_advertise")
+
+
 @flow(name="silo-training", flow_run_name="{run_id}", log_prints=True)
 def silo_training(config_path: str, run_id: str) -> dict[str, object]:
-    """This silo's part of one federated training run: every round until the run ends."""
+    """This silo's part of one federated training run: every round until the run ends.
+
+    Every round starts with the validation gate; the local data is (re)loaded only after it
+    passed, and again whenever its fingerprint changes.
+    """
     logger = get_run_logger()
     config = load_silo_config(config_path)
     client = make_client(config)
-    data = load_local_data(config)
-    rounds_done = 0
+    n_features = FeaturePipeline.from_contract(load_contract(config.data.contract)).n_features
+    data: LocalData | None = None
+    rounds_done, gated_round = 0, 0
     checked = False
     while True:
         work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
@@ -295,12 +337,20 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             return {"run_id": run_id, "rounds": rounds_done, "run_status": work.run_status}
         assert work.spec is not None
         if not checked:
-            reason = check_policy(config, work.spec, data.n_features)
+            reason = check_policy(config, work.spec, n_features)
             if reason:
                 logger.warning("refusing run %s: %s", run_id, reason)
                 client.refuse(run_id, reason)
                 return {"run_id": run_id, "refused": reason}
             checked = True
+        if (work.type in _FIRST_TASK_OF_ROUND or data is None) and work.round != gated_round:
+            gated_round = work.round
+            passed, fingerprint = validate_round(client, work, config)
+            if not passed:
+                continue
+            if data is None or data.data_sha256 != fingerprint:
+                data = load_local_data(config)
+        assert data is not None
         if work.type == "evaluate":
             evaluate_round(client, work, data)
         elif work.type == "secagg_advertise":

@@ -10,6 +10,7 @@ from schemas.contracts.loader import load_contract
 from silos.config import SiloConfig
 from silos.data import load_table, split_train_test
 from silos.features import FeaturePipeline
+from silos.gate import fingerprint_table
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class LocalData:
     y_test: np.ndarray
     n_features: int
     imputed: dict[str, int]
+    data_sha256: str
 
 
 def prepare_local_data(config: SiloConfig) -> LocalData:
@@ -39,4 +41,5 @@ def prepare_local_data(config: SiloConfig) -> LocalData:
         y_test=y_test,
         n_features=pipeline.n_features,
         imputed=pipeline.imputation_report(table),
+        data_sha256=fingerprint_table(table),
     )

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from aggregation.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from aggregation.service import secure_rounds
+from aggregation.service.contributions import sat_out_reasons
 from aggregation.service.exceptions import Conflict
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import contributions, get_round
@@ -44,6 +45,9 @@ def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Rou
             f"round {number}: {len(usable)} silos answered, min_silos is {spec.min_silos} "
             f"(answered: {sorted(c.silo for c in usable) or 'none'})"
         )
+        excused = sat_out_reasons(s, run_id, number)
+        if excused:
+            rnd.reason += f"; sat out: {excused}"
         return rnd
     if rnd.kind == "train":
         _aggregate(s, run, rnd, spec, usable, recorder)
@@ -66,6 +70,9 @@ def advance_secure(
         rnd.status = "failed"
         rnd.closed_at = utcnow()
         rnd.reason = f"secure aggregation: {exc}"
+        excused = sat_out_reasons(s, run.id, rnd.number)
+        if excused:
+            rnd.reason += f"; sat out: {excused}"
         return
     if before == "masked" and rnd.secagg_stage == "unmask":
         survivors = {m.silo for m in secure_rounds.messages(s, rnd, "masked")}

@@ -8,6 +8,7 @@ or a service restart) is accepted once and counted once.
 from __future__ import annotations
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload
@@ -146,3 +147,30 @@ def submit_evaluation(
     s.add(contribution)
     s.flush()
     return contribution, True
+
+
+def submit_sit_out(s: Session, run_id: str, number: int, silo: str, reason: str) -> bool:
+    """A silo sits out one round (its data failed the contract's validation); returns whether
+    this was recorded now (False for a repeated request)."""
+    existing = s.get(Contribution, (run_id, number, silo))
+    if existing is not None:
+        if existing.kind == "sat_out":
+            return False
+        raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
+    rnd = get_round(s, run_id, number)
+    _open_round_for(s, run_id, number, silo, rnd.kind)
+    s.add(Contribution(run_id=run_id, round=number, silo=silo, kind="sat_out", reason=reason))
+    s.flush()
+    return True
+
+
+def sat_out_reasons(s: Session, run_id: str, number: int) -> str:
+    """'silo: reason; ...' for every silo that sat this round out (for failure messages)."""
+    rows = s.scalars(
+        select(Contribution).where(
+            Contribution.run_id == run_id,
+            Contribution.round == number,
+            Contribution.kind.in_(("sat_out", "refusal")),
+        )
+    )
+    return "; ".join(f"{c.silo}: {c.reason}" for c in rows)

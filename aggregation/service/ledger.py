@@ -4,32 +4,42 @@ Entries are append-only (see `ledger_guard` for the triggers), hash-chained and 
 hashing and signing rules live in `schemas.lineage` so that exports and silo copies verify
 without this module.
 
-Concurrency: two writers must never both read the same head and fork the chain.
-``append`` serialises writers inside the caller's transaction before it reads the head:
+Concurrency: two writers must never both build on the same head and fork the chain. The
+``ledger_head`` row (seq, entry_hash of the last entry) is the writers' lock and every append
+moves it in the same transaction as its insert:
 
-* PostgreSQL: ``pg_advisory_xact_lock(LEDGER_LOCK_KEY)``, released at commit/rollback. The
-  head is read after the lock is granted, which needs READ COMMITTED (PostgreSQL's default):
-  under REPEATABLE READ the snapshot would predate the lock.
-* SQLite: the first statement of ``append`` is a write to ``ledger_head`` (the lock row), so
-  SQLite takes its single write lock there, waiting up to the busy timeout, exactly like
+* The insert is guarded: it happens only if the head row still holds the predecessor the new
+  entry was hashed and signed on (``UPDATE ledger_head ... WHERE seq = :prev_seq AND
+  entry_hash = :prev_hash``, then the INSERT; one statement on PostgreSQL, a data-modifying
+  CTE). The UPDATE takes the head row's lock (PostgreSQL) or SQLite's single write lock, and
+  the guard is evaluated on the latest committed head, so a stale guess inserts nothing.
+* Fast path: each engine remembers the head it last wrote and first tries to append right
+  after it: one statement (PostgreSQL) when no other writer came in between.
+* Otherwise, lock then read: ``UPDATE ledger_head SET seq = seq ... RETURNING`` waits for the
+  row lock (PostgreSQL) or write lock (SQLite) and returns the current head; the entry is
+  sealed on it and inserted with the same guard, which now cannot fail. Only the very first
+  append on a database, which has to create the head row, also takes
+  ``pg_advisory_xact_lock(LEDGER_LOCK_KEY)`` on PostgreSQL (there is no row to lock yet).
+* PostgreSQL needs READ COMMITTED (its default) for the UPDATE to see the head committed
+  while it waited; under REPEATABLE READ it fails with a serialization error (never forks).
+* SQLite takes its write lock at the first write statement (the guarded UPDATE), exactly like
   ``BEGIN IMMEDIATE``. This relies on the caller's transaction not having read the database
   before writing (pysqlite opens its transaction lazily at the first write, so earlier reads
   run outside it); a transaction that read first and then appends may fail with "database is
   locked" instead of forking, and should simply be retried.
 
-``ledger_head`` holds the head (seq, entry_hash), so that taking the lock and reading the
-head is one ``UPDATE ... RETURNING``. Independently of the locks, ``seq`` is the primary key
-and ``prev_hash`` is unique, so the database itself refuses a second entry on the same
-predecessor.
+Independently of the locks, ``seq`` is the primary key and ``prev_hash`` is unique, so the
+database itself refuses a second entry on the same predecessor.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Integer, String, Table, Text, insert, select, text
+from sqlalchemy import Connection, Engine, Integer, String, Table, Text, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from aggregation.service.db import Base
@@ -41,6 +51,7 @@ from schemas.lineage import (
     LineageEntry,
     LineageError,
     Receipt,
+    Statement,
     make_receipt,
     make_statement,
     seal_entry,
@@ -108,28 +119,76 @@ HEAD_TABLE = cast(Table, LedgerHead.__table__)
 metadata_tables: tuple[Table, ...] = (ENTRIES_TABLE, HEAD_TABLE)
 
 
-_LOCK_HEAD = text("UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq, entry_hash")
-_MOVE_HEAD = text("UPDATE ledger_head SET seq = :seq, entry_hash = :entry_hash WHERE id = 1")
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_INSERT_ENTRY = insert(ENTRIES_TABLE)
+_LOCK_HEAD = "UPDATE ledger_head SET seq = seq WHERE id = 1 RETURNING seq, entry_hash"
+_ADVISORY_LOCK = f"SELECT pg_advisory_xact_lock({LEDGER_LOCK_KEY})"
+_COLUMNS = (
+    "seq",
+    "run_id",
+    "kind",
+    "payload",
+    "prev_hash",
+    "entry_hash",
+    "author",
+    "author_signature",
+    "service_signature",
+    "created_at",
+)
 
 
-def _lock_and_read_head(session: Session) -> tuple[int, str]:
+def _append_sql(mark: str) -> tuple[str, str]:
+    """The guarded head move and the entry insert, with placeholders spelt ``mark % name``."""
+    move = (
+        f"UPDATE ledger_head SET seq = {mark % 'seq'}, entry_hash = {mark % 'entry_hash'} "
+        f"WHERE id = 1 AND seq = {mark % 'prev_seq'} AND entry_hash = {mark % 'prev_hash'}"
+    )
+    values = ", ".join(mark % column for column in _COLUMNS)
+    return move, f"INSERT INTO ledger_entries ({', '.join(_COLUMNS)}) SELECT {values}"
+
+
+# Driver-level SQL (exec_driver_sql): appending is the service's hottest write path, and
+# skipping SQLAlchemy's statement compilation and the ORM keeps its cost down to the driver.
+# SQLite: two statements (the UPDATE is the write lock); its rowcount says whether to insert.
+_SQLITE_MOVE, _SQLITE_INSERT = _append_sql(":%s")
+# PostgreSQL: one statement, one round trip; the INSERT selects from the moved head row, so it
+# inserts exactly when the guard held (the UPDATE waits for the row lock, then rechecks it).
+_PG_MOVE, _PG_INSERT = _append_sql("%%(%s)s")
+_PG_APPEND = f"WITH moved AS ({_PG_MOVE} RETURNING id) {_PG_INSERT} FROM moved"
+
+# The head each engine last wrote, (seq, entry_hash): only a guess to try first. A wrong guess
+# (another writer, a rolled-back transaction) inserts nothing and costs one statement.
+_LAST_HEAD: weakref.WeakKeyDictionary[Engine, tuple[int, str]] = weakref.WeakKeyDictionary()
+
+
+def _lock_and_read_head(connection: Connection) -> tuple[int, str]:
     """Serialise appenders for the rest of the transaction, then read the head (docstring)."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(_ADVISORY_LOCK, {"key": LEDGER_LOCK_KEY})
-    row = connection.execute(_LOCK_HEAD).first()
+    row = connection.exec_driver_sql(_LOCK_HEAD).first()
+    if row is None and connection.dialect.name == "postgresql":
+        # No head row to lock yet (first append): serialise its creation, then look again
+        # (a new statement sees what a writer that held the lock committed).
+        connection.exec_driver_sql(_ADVISORY_LOCK)
+        row = connection.exec_driver_sql(_LOCK_HEAD).first()
     if row is not None:
         return row[0], row[1]
-    # First append on this database: the UPDATE above already holds the write lock (SQLite
-    # locks at the first write statement, matched rows or not), so creating the row is safe.
+    # First append on this database: SQLite already holds the write lock (taken at the first
+    # write statement, matched rows or not), PostgreSQL the advisory lock.
     last = connection.execute(
         select(LedgerEntry.seq, LedgerEntry.entry_hash).order_by(LedgerEntry.seq.desc()).limit(1)
     ).first()
     seq, entry_hash = (last[0], last[1]) if last is not None else (0, GENESIS_HASH)
     connection.execute(insert(HEAD_TABLE), {"id": 1, "seq": seq, "entry_hash": entry_hash})
     return seq, entry_hash
+
+
+def _append_at(connection: Connection, record: LineageEntry) -> bool:
+    """Insert `record` and move the head onto it, if the head is still its predecessor."""
+    params = record.model_dump()
+    params["prev_seq"] = record.seq - 1
+    if connection.dialect.name == "postgresql":
+        return connection.exec_driver_sql(_PG_APPEND, params).rowcount == 1
+    if connection.exec_driver_sql(_SQLITE_MOVE, params).rowcount != 1:
+        return False
+    connection.exec_driver_sql(_SQLITE_INSERT, params)
+    return True
 
 
 def _check_author_signature(
@@ -210,21 +269,38 @@ def append(
     except (LineageError, CanonicalJsonError) as exc:
         raise LedgerAppendError(f"{kind} entry by {author}: {exc}") from exc
     _check_author_signature(author, kind, author_signature, author_key, statement.message())
-    seq, prev_hash = _lock_and_read_head(session)
-    record = seal_entry(
+    connection = session.connection()
+    engine = connection.engine
+    guess = _LAST_HEAD.get(engine)
+    if guess is not None:
+        record = _seal(statement, guess, service_key, author_signature)
+        if _append_at(connection, record):
+            _LAST_HEAD[engine] = (record.seq, record.entry_hash)
+            return record
+    record = _seal(statement, _lock_and_read_head(connection), service_key, author_signature)
+    if not _append_at(connection, record):
+        raise LedgerAppendError(
+            f"{kind} entry by {author}: ledger_head moved while this transaction held its "
+            "lock; is something writing ledger_head outside ledger.append?"
+        )
+    _LAST_HEAD[engine] = (record.seq, record.entry_hash)
+    return record
+
+
+def _seal(
+    statement: Statement,
+    head: tuple[int, str],
+    service_key: Ed25519PrivateKey,
+    author_signature: str | None,
+) -> LineageEntry:
+    return seal_entry(
         statement,
-        seq=seq + 1,
-        prev_hash=prev_hash,
+        seq=head[0] + 1,
+        prev_hash=head[1],
         created_at=utc_now_iso(),
         service_key=service_key,
         author_signature=author_signature,
     )
-    # Prepared Core statements on the session's connection, not the unit of work: appending
-    # is the service's hottest write path and the ORM would triple its cost.
-    connection = session.connection()
-    connection.execute(_INSERT_ENTRY, record.model_dump())
-    connection.execute(_MOVE_HEAD, {"seq": record.seq, "entry_hash": record.entry_hash})
-    return record
 
 
 def _plain(payload: Mapping[str, Any] | str) -> dict[str, Any] | str:

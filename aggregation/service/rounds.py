@@ -12,7 +12,12 @@ from aggregation.service.runs import get_model, get_run, participants
 from aggregation.service.tables import Contribution, Round, utcnow
 from schemas.wire import Metrics, RoundOut, SiloRoundState
 
-_STATE_OF_KIND = {"update": "submitted", "refusal": "refused", "evaluation": "evaluated"}
+_STATE_OF_KIND = {
+    "update": "submitted",
+    "refusal": "refused",
+    "evaluation": "evaluated",
+    "sat_out": "sat_out",
+}
 
 
 def get_round(s: Session, run_id: str, number: int, *, for_update: bool = False) -> Round:

@@ -187,7 +187,15 @@ def receive(
 
 
 def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
-    """The silos the current stage still waits for (refused silos are not waited for)."""
+    """The silos the current stage still waits for (not refused ones, not ones sitting out)."""
+    answered = {
+        c.silo
+        for c in s.scalars(
+            select(Contribution).where(
+                Contribution.run_id == rnd.run_id, Contribution.round == rnd.number
+            )
+        )
+    }
     active = set(active_silos(s, rnd.run_id))
     sent = {m.silo for m in messages(s, rnd, stage)}
     if stage == "advertise":
@@ -198,16 +206,8 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     else:
         expected = {m.silo for m in messages(s, rnd, STAGES[STAGES.index(stage) - 1])}
     if stage == "masked":
-        answered = {
-            c.silo
-            for c in s.scalars(
-                select(Contribution).where(
-                    Contribution.run_id == rnd.run_id, Contribution.round == rnd.number
-                )
-            )
-        }
         return (expected & active) - answered
-    return (expected & active) - sent
+    return (expected & active) - sent - answered
 
 
 def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> np.ndarray | None:

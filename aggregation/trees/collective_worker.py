@@ -18,6 +18,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def train_collective(
     check_admitted(host, port, tls)
     import xgboost as xgb
 
-    args = {
+    args: dict[str, Any] = {
         "dmlc_communicator": "federated",
         "federated_server_address": f"{host}:{port}",
         "federated_world_size": world_size,

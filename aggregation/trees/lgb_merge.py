@@ -153,11 +153,11 @@ def _with_importances(trailer: str, names: list[str], trees: list[Block]) -> str
                 counts[int(feature)] += 1
     ranked = sorted((i for i, c in enumerate(counts) if c > 0), key=lambda i: (-counts[i], i))
     block = ["feature_importances:", *(f"{names[i]}={counts[i]}" for i in ranked)]
-    lines = trailer.split("\n")
-    if "feature_importances:" not in lines:
+    text = trailer.split("\n")
+    if "feature_importances:" not in text:
         return trailer
-    start = lines.index("feature_importances:")
+    start = text.index("feature_importances:")
     end = start + 1
-    while end < len(lines) and lines[end] != "":
+    while end < len(text) and text[end] != "":
         end += 1
-    return "\n".join([*lines[:start], *block, *lines[end:]])
+    return "\n".join([*text[:start], *block, *text[end:]])

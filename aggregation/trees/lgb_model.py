@@ -107,7 +107,7 @@ def parse_lgb(data: bytes) -> LGBModel:
         raise UnsupportedTreeError("multi-class LightGBM models are not supported")
     if objective.split()[0] not in ("binary", "regression"):
         raise UnsupportedTreeError(f"objective {objective!r}: supported are binary, regression")
-    trees = []
+    trees: list[LGBTree] = []
     while pos < len(lines) and lines[pos].startswith("Tree="):
         block, pos = _read_block(lines, pos + 1, stop=lambda line: line == "")
         trees.append(_parse_tree(len(trees), block, n_features))

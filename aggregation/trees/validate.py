@@ -10,6 +10,7 @@ that silo (the lead records the refusal in the ledger).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from aggregation.trees import lgb_merge, xgb_merge
 from aggregation.trees.exceptions import (
@@ -26,6 +27,11 @@ from aggregation.trees.models import ParsedModel, parse_model
 from aggregation.trees.xgb_model import XGBModel
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreePayloadError, TreeUpdateHeader, decode_tree_update, sha256_hex
+
+
+class _Where(TypedDict):
+    silo: str
+    round_num: int
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def validate_tree_update(
     UnsupportedTreeError
         The model uses categorical splits, linear trees or several outputs.
     """
-    where = {"silo": silo, "round_num": round_num}
+    where: _Where = {"silo": silo, "round_num": round_num}
     try:
         header, model = decode_tree_update(payload)
     except TreePayloadError as exc:
@@ -111,7 +117,7 @@ def validate_tree_update(
 def _check_binding(
     header: TreeUpdateHeader, *, silo: str, run_id: str, round_num: int, spec: TreeSpec
 ) -> None:
-    where = {"silo": silo, "round_num": round_num}
+    where: _Where = {"silo": silo, "round_num": round_num}
     if header.run_id != run_id or header.round != round_num or header.silo != silo:
         raise WrongRoundError(
             f"the update is bound to run {header.run_id!r} round {header.round} silo "

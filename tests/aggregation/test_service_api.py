@@ -287,3 +287,25 @@ def test_every_step_lands_in_a_verifiable_ledger(fed: Fed, tmp_path) -> None:  #
     )
     entry = next(e for e in accepted if e.author == "silo:b")
     assert receipt.entry_hash == entry.entry_hash
+
+
+def test_silo_sitting_out_is_shown_and_not_awaited(fed: Fed) -> None:
+    fed.silos["a"].sit_out(fed.run_id, 1, "contract heart_disease v1 failed: expect_column(age)")
+    fed.silos["a"].sit_out(fed.run_id, 1, "repeated request")  # idempotent
+    for name in ("b", "c"):
+        fed.silos[name].submit_update(fed.run_id, 1, payload(deltas(1), fed.run_id, 1))
+    out = fed.coord.wait_round(fed.run_id, 1, 2)
+    assert out.complete
+    state = {s.silo: (s.state, s.reason) for s in out.silos}["a"]
+    assert state == ("sat_out", "contract heart_disease v1 failed: expect_column(age)")
+    assert fed.coord.close_round(fed.run_id, 1).status == "aggregated"
+
+
+def test_too_many_silos_sitting_out_fail_the_round_naming_them(fed: Fed) -> None:
+    fed.silos["a"].sit_out(fed.run_id, 1, "a: expect_column_values_to_be_between(chol)")
+    fed.silos["b"].sit_out(fed.run_id, 1, "b: expect_table_row_count_to_be_between(table)")
+    fed.silos["c"].submit_update(fed.run_id, 1, payload(deltas(1), fed.run_id, 1))
+    out = fed.coord.close_round(fed.run_id, 1)
+    assert out.status == "failed"
+    assert "expect_column_values_to_be_between(chol)" in (out.reason or "")
+    assert "expect_table_row_count_to_be_between(table)" in (out.reason or "")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from live_service import free_port, write_heart_silos
 from sqlalchemy import create_engine, text
@@ -33,7 +34,13 @@ N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_fea
 MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
 
 
-def _federation(tmp_path: Path, prefect_api_url: str, database_url: str = "", policy=None):  # type: ignore[no-untyped-def]
+def _federation(
+    tmp_path: Path,
+    prefect_api_url: str,
+    database_url: str = "",
+    policy=None,  # type: ignore[no-untyped-def]
+    break_data: str | None = None,
+):
     port = free_port()
     service = start_service(tmp_path / "service", port, database_url)
     url = f"http://127.0.0.1:{port}"
@@ -41,6 +48,9 @@ def _federation(tmp_path: Path, prefect_api_url: str, database_url: str = "", po
     coord = CoordinatorClient(url, token=token, retry_for_s=120)
     coord.create_federation("heart")
     configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url, policy=policy)
+    if break_data:  # this hospital's export lost a column: its gate must fail every round
+        csv = configs[break_data].parent / "data.csv"
+        pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
     agents = [
         start_agent(cfg, cfg.parent / "agent.log", prefect_api_url) for cfg in configs.values()
     ]
@@ -204,7 +214,9 @@ def _assert_lineage_verifies(entries, keys, tmp_path: Path, run_id: str) -> None
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     for name in ("cleveland", "hungary", "switzerland", "va_long_beach"):
         records = load_records(tmp_path / "silos" / name / "workspace")
-        assert len(records) == 4  # one acknowledged update per round
+        kinds_here = sorted(r.statement.kind for r in records)
+        # per round: a signed validation result; per training round: an acknowledged update
+        assert kinds_here == ["update_accepted"] * 4 + ["validation_result"] * 5
         assert cross_check(records, entries, service_public_key=public["service"]).ok
 
 
@@ -236,3 +248,25 @@ def _assert_every_model_is_its_round_mean(db_url: str, run_id: str, rounds: int)
         for i in range(len(shapes)):
             ref = prev[i] + sum(n * u[i] for n, u in updates) / total
             np.testing.assert_allclose(new[i], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_silo_with_bad_data_sits_out_and_the_run_goes_on(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    service, url, token, coord, agents = _federation(
+        tmp_path, prefect_api_url, break_data="hungary"
+    )
+    try:
+        result = _train(url, token, tmp_path / "models", rounds=2)
+        entries = coord.ledger(result["run_id"])
+    finally:
+        _stop([*agents, service])
+    for record in result["rounds"]:
+        assert "hungary" not in record["contributors"]
+        assert "age" in record["sat_out"]["hungary"]
+    validations = [e for e in entries if e.kind == "validation_result"]
+    by_author = {e.author: e.payload for e in validations}
+    assert '"success":false' in by_author["silo:hungary"]
+    assert '"success":true' in by_author["silo:cleveland"]
+    assert len(validations) == 4 * 3  # every silo, every round (2 training + 1 evaluation)
+    assert (tmp_path / "silos" / "hungary" / "workspace" / "data_docs").exists()

@@ -212,3 +212,16 @@ def _unblock_secure_round(s: Session, run_id: str, recorder: Recorder) -> None:
     rnd = get_round(s, run_id, run.current_round, for_update=True)
     if rnd.status == "open" and rnd.secagg_stage is not None:
         advance_secure(s, run, rnd, spec_of(run), recorder, force=False)
+
+
+@router.post("/silo/runs/{run_id}/rounds/{number}/sit-out", status_code=201)
+def sit_out(
+    run_id: str, number: int, silo: SiloDep, factory: FactoryDep, recorder: RecorderDep
+) -> dict[str, object]:
+    """The silo's data failed validation: it sits this round out, saying why."""
+    body = _parse(Refusal, silo.body, silo.name)
+    with transaction(factory) as s:
+        created = crud.submit_sit_out(s, run_id, number, silo.name, body.reason)
+        if created:
+            _unblock_secure_round(s, run_id, recorder)
+    return {"recorded": created}
