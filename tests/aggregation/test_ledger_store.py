@@ -175,6 +175,7 @@ def test_concurrent_threads_never_fork_the_chain(engine: Engine) -> None:
 
 def _process_writer(url: str, name: str, count: int, start: multiprocessing.Event) -> None:  # type: ignore[valid-type]
     engine = make_engine(url)
+    engine.connect().close()  # connect before the start, so that both writers start together
     start.wait(30)  # type: ignore[attr-defined]
     _writer(engine, name, count, None)
     engine.dispose()
@@ -195,3 +196,50 @@ def test_concurrent_processes_never_fork_the_chain(engine: Engine) -> None:
         proc.join(timeout=120)
         assert proc.exitcode == 0
     _assert_single_chain(engine, ["proc-1", "proc-2"], 200)
+
+
+def test_a_stale_head_guess_falls_back_to_locking(engine: Engine) -> None:
+    """Two engines (as two service processes) alternate: each one's remembered head is stale."""
+    other = make_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        for i in range(6):
+            _append_service(engine if i % 2 else other, i, run_id=f"run-{i % 2}")
+        factory = make_sessionmaker(engine)
+        # A rolled-back append leaves a guess that was never committed; the next append
+        # must still land right after the committed head.
+        with pytest.raises(RuntimeError, match="roll back"), transaction(factory) as session:
+            ledger.append(
+                session,
+                kind="metrics",
+                payload={"i": 99},
+                run_id="run-x",
+                author="service",
+                service_key=SERVICE,
+            )
+            raise RuntimeError("roll back")
+        _append_service(engine, 7)
+        _append_service(other, 8)
+    finally:
+        other.dispose()
+    records = _records(engine)
+    assert [r.seq for r in records] == list(range(1, 9))
+    assert all(r.payload != '{"i":99}' for r in records)
+    assert verify_chain(records, KEYS).ok
+    assert ledger._LAST_HEAD[engine] == (7, records[6].entry_hash)
+
+
+def test_a_head_row_moved_behind_the_ledger_cannot_fork_it(engine: Engine) -> None:
+    """If ledger_head is set back (by hand), the database refuses the duplicate seq/prev_hash."""
+    for i in range(3):
+        _append_service(engine, i)
+    first = _records(engine)[0]
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE ledger_head SET seq = 1, entry_hash = :h WHERE id = 1"),
+            {"h": first.entry_hash},
+        )
+    with pytest.raises(DBAPIError, match="(?i)unique"):
+        _append_service(engine, 3)
+    records = _records(engine)
+    assert [r.seq for r in records] == [1, 2, 3]
+    assert verify_chain(records, KEYS).ok

@@ -7,6 +7,7 @@ versions of the tampering scenarios are in test_ledger_tamper.py.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aggregation import ledger_verify
 from aggregation.ledger_verify import (
     ExportError,
     ExportTruncatedError,
@@ -29,6 +31,7 @@ from schemas.lineage import (
     GENESIS_HASH,
     LineageEntry,
     Statement,
+    entry_signing_message,
     make_receipt,
     make_statement,
     seal_entry,
@@ -197,16 +200,68 @@ def test_wrong_service_key_and_unknown_author_are_named() -> None:
     )
 
 
-def test_signature_checks_scale_over_threads_and_keep_the_first_failure() -> None:
-    signed = _statements(10) * 250  # 2,500 entries, > the threading threshold
-    entries = _seal_all(signed)
-    assert verify_chain(entries, KEYS, workers=2).ok
-    forged = entries[:]
-    bad = forged[2000]
-    forged[2000] = bad.model_copy(update={"service_signature": forged[1999].service_signature})
-    forged[2400] = forged[2400].model_copy(update={"service_signature": "00" * 64})
-    report = verify_chain(forged, KEYS, workers=2)
-    assert report.reason == "entry 2001: service signature invalid"
+def _tampered(entries: list[LineageEntry], pos: int, how: str) -> list[LineageEntry]:
+    out = entries[:]
+    entry = out[pos]
+    if how == "payload":
+        out[pos] = entry.model_copy(update={"payload": entry.payload[:-1] + ',"zz":1}'})
+    elif how == "service_signature":
+        out[pos] = entry.model_copy(update={"service_signature": out[pos - 1].service_signature})
+    elif how == "author_signature":
+        # Re-hashed and re-signed by the service: only the silo's signature is wrong.
+        forged = entry.model_copy(update={"author_signature": "ab" * 64})
+        new_hash = forged.recompute_hash()
+        out[pos] = forged.model_copy(
+            update={
+                "entry_hash": new_hash,
+                "service_signature": SERVICE.sign(entry_signing_message(new_hash)).hex(),
+            }
+        )
+    elif how == "delete":
+        del out[pos]
+    elif how == "swap":
+        out[pos], out[pos + 1] = out[pos + 1], out[pos]
+    return out
+
+
+@pytest.mark.parametrize("workers", [3])
+def test_parallel_verification_keeps_the_first_failure(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forked workers (and threads, while another thread runs) name what the serial scan does.
+
+    2,500 entries (> PARALLEL_MIN_ENTRIES): problems in the parent's range and in the workers'
+    ranges, several at once (the earliest wins), and every kind of problem.
+    """
+    entries = _seal_all(_statements(10) * 250)
+    forked: list[int] = []
+    real_scan_forked = ledger_verify._scan_forked
+
+    def counting_scan_forked(*args):  # type: ignore[no-untyped-def]
+        forked.append(1)
+        return real_scan_forked(*args)
+
+    monkeypatch.setattr(ledger_verify, "_scan_forked", counting_scan_forked)
+    assert verify_chain(entries, KEYS, workers=workers).ok
+    assert forked, "a large ledger verified from a single-threaded process uses forked workers"
+    # Silo-authored entries are at positions i with i % 10 in {1, 2, 5, 7, 8}.
+    cases = [(2000, "payload"), (1701, "author_signature"), (40, "service_signature")]
+    cases += [(2402, "delete"), (1300, "swap"), (2498, "payload")]
+    for pos, how in cases:
+        bad = _tampered(entries, pos, how)
+        serial = verify_chain(bad, KEYS, workers=1)
+        assert not serial.ok and serial.bad_seq == pos + 1, (how, serial)
+        assert verify_chain(bad, KEYS, workers=workers) == serial
+        before = len(forked)
+        with ThreadPoolExecutor(max_workers=1) as other:
+            # A second thread is alive: verification must use threads, not fork.
+            assert other.submit(verify_chain, bad, KEYS, workers=workers).result() == serial
+        assert len(forked) == before
+    twice = _tampered(_tampered(entries, 2400, "payload"), 1999, "service_signature")
+    report = verify_chain(twice, KEYS, workers=workers)
+    assert report.reason == "entry 2000: service signature invalid"
+    assert verify_chain(entries[:-1], KEYS, workers=workers).head_seq == len(entries) - 1
+    assert len(forked) >= len(cases)
 
 
 def test_replaced_model_file_is_named(tmp_path: Path) -> None:

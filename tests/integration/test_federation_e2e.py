@@ -40,6 +40,7 @@ def _federation(
     database_url: str = "",
     policy=None,  # type: ignore[no-untyped-def]
     break_data: str | None = None,
+    slow: str | None = None,
 ):
     port = free_port()
     service = start_service(tmp_path / "service", port, database_url)
@@ -48,6 +49,10 @@ def _federation(
     coord = CoordinatorClient(url, token=token, retry_for_s=120)
     coord.create_federation("heart")
     configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url, policy=policy)
+    if slow:  # many more rows: this silo trains for seconds, long enough to be killed mid-round
+        csv = configs[slow].parent / "data.csv"
+        frame = pd.read_csv(csv)
+        pd.concat([frame] * 300, ignore_index=True).to_csv(csv, index=False)
     if break_data:  # this hospital's export lost a column: its gate must fail every round
         csv = configs[break_data].parent / "data.csv"
         pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
@@ -270,3 +275,87 @@ def test_silo_with_bad_data_sits_out_and_the_run_goes_on(
     assert '"success":true' in by_author["silo:cleveland"]
     assert len(validations) == 4 * 3  # every silo, every round (2 training + 1 evaluation)
     assert (tmp_path / "silos" / "hungary" / "workspace" / "data_docs").exists()
+
+
+def test_silo_killed_after_sharing_keys_is_recovered_by_secure_aggregation(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    """Four agents over HTTP; Switzerland's agent is kill -9'ed after it shared its keys. The
+    round completes from the three survivors and equals their plain FedAvg within the
+    quantization bound."""
+    import sqlite3
+
+    from silos.config import load_silo_config
+    from silos.local_data import prepare_local_data
+    from silos.trainer import train_local
+
+    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, slow="switzerland")
+    victim = next(a for a in agents if "switzerland" in a.name)
+    outcome: dict[str, object] = {}
+    training = TrainingSpec(local_epochs=2, lr=0.1, batch_size=32)
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            result=federated_training(
+                service_urls=[url],
+                admin_token=token,
+                federation="heart",
+                dataset="heart_disease",
+                model=MODEL,
+                training=training,
+                rounds=1,
+                min_silos=3,
+                round_deadline_s=45,
+                output_dir=str(tmp_path / "models"),
+            )
+        ),
+        daemon=True,
+    )
+    thread.start()
+    db = tmp_path / "service" / "service.db"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert time.monotonic() < deadline and thread.is_alive(), victim.log_tail()
+            with sqlite3.connect(db) as conn:
+                shared = conn.execute(
+                    "SELECT count(*) FROM secagg_messages WHERE stage = 'share' "
+                    "AND silo = 'switzerland'"
+                ).fetchone()[0]
+            if shared:
+                victim.kill9()
+                break
+            time.sleep(0.01)
+        thread.join(240)
+        assert "result" in outcome, outcome
+    finally:
+        _stop([*agents, service])
+    result = outcome["result"]
+    assert isinstance(result, dict)
+    first = result["rounds"][0]
+    assert sorted(first["contributors"]) == ["cleveland", "hungary", "va_long_beach"]
+    with sqlite3.connect(db) as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM ledger_entries")]
+        v0, v1 = (
+            conn.execute("SELECT payload FROM models WHERE version = ?", (v,)).fetchone()[0]
+            for v in (0, 1)
+        )
+    assert "dropout" in kinds and "recovery" in kinds
+    shapes = param_shapes(MODEL)
+    start = tensors.decode_expected(v0, shapes)[0]
+    got = tensors.decode_expected(v1, shapes)[0]
+    # the survivors' own deltas, recomputed exactly as their agents did (deterministic training)
+    weighted, total = [np.zeros_like(a, dtype=np.float64) for a in start], 0
+    for name in ("cleveland", "hungary", "va_long_beach"):
+        data = prepare_local_data(load_silo_config(tmp_path / "silos" / name / "silo.toml"))
+        trained = train_local(
+            MODEL,
+            start,
+            data.X_train,
+            data.y_train,
+            training.model_copy(update={"seed": training.seed + 1}),
+        )
+        for acc, new, old in zip(weighted, trained.params, start, strict=True):
+            acc += len(data.y_train) * (new - old)
+        total += len(data.y_train)
+    for g, w0, acc in zip(got, start, weighted, strict=True):
+        np.testing.assert_allclose(g, w0 + acc / total, atol=1e-5)

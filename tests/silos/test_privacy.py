@@ -1,0 +1,61 @@
+"""Silo-level DP: noise calibration, RDP accounting across runs, and the budget refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from schemas.specs import ModelSpec, PrivacySpec, RunSpec
+from schemas.wire import SecAggInfo, Task
+from silos import privacy
+from silos.agent import _privacy_budget_problem
+from silos.config import load_silo_config
+
+SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
+
+
+def test_each_silo_adds_its_share_so_the_sum_carries_sigma_c() -> None:
+    n = 4
+    draws = np.stack([privacy.gaussian_noise(SPEC, n, 200_000) for _ in range(n)])
+    total_std = float(draws.sum(axis=0).std())
+    assert abs(total_std - SPEC.noise_multiplier * SPEC.clip_norm) < 0.01
+
+
+def test_epsilon_grows_with_rounds_and_matches_a_known_value(tmp_path: Path) -> None:
+    eps = [privacy.epsilon({1.0: r}, 1e-5) for r in (1, 5, 10)]
+    assert eps[0] < eps[1] < eps[2]
+    assert 18.5 < eps[2] < 19.5  # RDP Gaussian, sigma 1, 10 rounds, delta 1e-5 (dp-accounting)
+
+
+def test_budget_spans_runs(tmp_path: Path) -> None:
+    for _ in range(5):
+        privacy.record_round(tmp_path, "run-a", SPEC)
+    after_a = privacy.epsilon_if(tmp_path, "run-b", SPEC, 0)
+    with_b = privacy.epsilon_if(tmp_path, "run-b", SPEC, 5)
+    assert abs(after_a - privacy.epsilon({1.0: 5}, 1e-5)) < 1e-9
+    assert abs(with_b - privacy.epsilon({1.0: 10}, 1e-5)) < 1e-9
+
+
+def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "silo.toml"
+    cfg_path.write_text(
+        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
+        '[service]\nurls = ["http://127.0.0.1:1"]\n[policy]\nmax_epsilon = 8.0\n'
+    )
+    config = load_silo_config(cfg_path)
+    spec = RunSpec(
+        federation="f",
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=3),
+        privacy=SPEC,
+    )
+    info = SecAggInfo(
+        stage="masked", roster=["a", "b"], roster_keys={}, threshold=2, dim=4, bits=32, clip=0.5
+    )
+    task = Task(type="train", run_id="r1", round=1, spec=spec, secagg=info)
+    assert _privacy_budget_problem(config, task) is None  # one round: epsilon ~4.7 <= 8
+    privacy.record_round(config.workspace, "r1", SPEC)
+    privacy.record_round(config.workspace, "r1", SPEC)
+    problem = _privacy_budget_problem(config, task.model_copy(update={"round": 3}))
+    assert problem is not None and "allows at most 8" in problem and "epsilon to 9.0" in problem
