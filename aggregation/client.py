@@ -220,7 +220,7 @@ class SiloClient(_Base):
         message: bytes,
         n_examples: int,
         train_seconds: float,
-        metrics_json: str,
+        metrics_json: str | None,
     ) -> dict[str, Any]:
         """Send the masked update with its signed ledger statement; returns digest and receipt."""
         statement = make_statement(
@@ -232,13 +232,10 @@ class SiloClient(_Base):
             author=f"silo:{self.silo}",
         )
         signature = sign_statement(self.key, statement)
-        query = urlencode(
-            {
-                "n_examples": n_examples,
-                "train_seconds": f"{train_seconds:.6f}",
-                "metrics": metrics_json,
-            }
-        )
+        params: dict[str, Any] = {"n_examples": n_examples, "train_seconds": f"{train_seconds:.6f}"}
+        if metrics_json is not None:
+            params["metrics"] = metrics_json
+        query = urlencode(params)
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{query}"
         result = self.request(
             "POST", path, body=message, extra_headers={signing.STATEMENT_HEADER: signature}

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.contracts import Contract
+from schemas.contracts.stats import FederationStats
 from schemas.specs import ModelSpec, RunSpec
 from silos.data import split_train_test
 from silos.features import FeaturePipeline
@@ -39,10 +40,15 @@ class SiloArrays:
 
 
 def prepare_silo_arrays(
-    frames: Mapping[str, pd.DataFrame], contract: Contract, test_fraction: float, seed: int
+    frames: Mapping[str, pd.DataFrame],
+    contract: Contract,
+    test_fraction: float,
+    seed: int,
+    stats: FederationStats | None = None,
 ) -> dict[str, SiloArrays]:
-    """Split each silo's table (stratified, seeded) and encode both parts with the pipeline."""
-    pipeline = FeaturePipeline.from_contract(contract)
+    """Split each silo's table (stratified, seeded) and encode both parts with the pipeline
+    (standardised with `stats` when the contract's pipeline uses federation statistics)."""
+    pipeline = FeaturePipeline.from_contract(contract, stats)
     arrays = {}
     for silo, frame in frames.items():
         train, test = split_train_test(frame, contract, test_fraction, seed)

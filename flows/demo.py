@@ -21,13 +21,13 @@ from rich.table import Table
 
 from aggregation.client import CoordinatorClient
 from flows import baselines
-from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION, heart_demo_spec
+from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
+from flows.demo_datasets import DATASETS, DemoDataset
 from flows.exceptions import DemoError
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec, SecureAggregationSpec, StrategySpec
-from silos.demo_data import heart_disease_silos
 from silos.features import FeaturePipeline
 
 MARKER = ".fedsilo-demo"
@@ -36,6 +36,7 @@ MARKER = ".fedsilo-demo"
 @dataclass
 class DemoOptions:
     workspace: Path
+    dataset: str = "heart"
     model: str = ""
     strategy: str = ""
     rounds: int = 0
@@ -47,7 +48,7 @@ class DemoOptions:
 
 
 def demo_spec(opts: DemoOptions, n_features: int) -> RunSpec:
-    spec = heart_demo_spec(n_features)
+    spec = DATASETS[opts.dataset].spec(n_features)
     update: dict[str, object] = {}
     if opts.model:
         hidden = (32,) if opts.model == "mlp" else ()
@@ -77,13 +78,20 @@ def prepare_workspace(ws: Path) -> None:
     (ws / MARKER).write_text("created by fedsilo demo; deleted by the next demo run\n")
 
 
-def write_silo(ws: Path, name: str, frame, service_url: str, prefect_url: str) -> Path:  # type: ignore[no-untyped-def]
+def write_silo(
+    ws: Path,
+    data: DemoDataset,
+    name: str,
+    frame,
+    service_url: str,  # type: ignore[no-untyped-def]
+    prefect_url: str,
+) -> Path:
     folder = ws / "silos" / name
     folder.mkdir(parents=True)
     frame.to_csv(folder / "data.csv", index=False)
     (folder / "silo.toml").write_text(
-        f'[silo]\nname = "{name}"\nfederation = "heart"\nworkspace = "workspace"\n\n'
-        f'[data]\npath = "data.csv"\ncontract = "heart_disease"\n'
+        f'[silo]\nname = "{name}"\nfederation = "{data.federation}"\nworkspace = "workspace"\n\n'
+        f'[data]\npath = "data.csv"\ncontract = "{data.contract}"\n'
         f"test_fraction = {DEMO_TEST_FRACTION}\nsplit_seed = {DEMO_SPLIT_SEED}\n\n"
         f'[service]\nurls = ["{service_url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
         '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 200\n'
@@ -92,9 +100,13 @@ def write_silo(ws: Path, name: str, frame, service_url: str, prefect_url: str) -
 
 
 def approve_all(
-    client: CoordinatorClient, names: list[str], agents: list[Proc], timeout_s: float = 120
+    client: CoordinatorClient,
+    federation: str,
+    names: list[str],
+    agents: list[Proc],
+    timeout_s: float = 120,
 ) -> None:
-    client.create_federation("heart", "UCI heart disease: four hospitals")
+    client.create_federation(federation, f"fedsilo demo federation {federation}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in agents:
@@ -102,10 +114,10 @@ def approve_all(
                 raise DemoError(
                     f"{proc.name} exited; its log {proc.log_path} ends with:\n{proc.log_tail()}"
                 )
-        enrolled = {s.name: s.status for s in client.silos("heart")}
+        enrolled = {s.name: s.status for s in client.silos(federation)}
         for name in names:
             if enrolled.get(name) == "pending":
-                client.approve("heart", name)
+                client.approve(federation, name)
         if all(enrolled.get(n) == "approved" for n in names):
             return
         time.sleep(0.3)
@@ -117,12 +129,17 @@ def approve_all(
 def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     ws = opts.workspace.resolve()
     prepare_workspace(ws)
-    contract = load_contract("heart_disease")
+    if opts.dataset not in DATASETS:
+        raise DemoError(f"unknown demo dataset {opts.dataset!r}; choose one of {sorted(DATASETS)}")
+    data = DATASETS[opts.dataset]
+    contract = load_contract(data.contract)
     pipeline = FeaturePipeline.from_contract(contract)
-    frames = heart_disease_silos()
-    spec = demo_spec(opts, pipeline.n_features)
+    frames = data.frames()
+    spec = demo_spec(opts, pipeline.n_features).model_copy(
+        update={"federation_statistics": contract.pipeline.needs_federation_stats}
+    )
     procs: list[Proc] = []
-    console.rule("[bold]fedsilo demo: four hospitals, UCI heart disease")
+    console.rule(f"[bold]fedsilo demo: {data.title}")
     console.print(
         "[yellow]development mode[/yellow]: plain HTTP on 127.0.0.1, SQLite, "
         "auto-approved silos. Production uses mutual TLS and PostgreSQL."
@@ -136,7 +153,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         client = CoordinatorClient(service_url, token=token, retry_for_s=30)
         agents = [
             start_agent(
-                write_silo(ws, n, f, service_url, prefect_url),
+                write_silo(ws, data, n, f, service_url, prefect_url),
                 ws / "silos" / n / "agent.log",
                 prefect_url,
             )
@@ -144,9 +161,10 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         ]
         procs.extend(agents)
         with console.status("silo agents enrolling; coordinator approving"):
-            approve_all(client, list(frames), agents)
-        _print_data_table(console, frames, pipeline)
+            approve_all(client, data.federation, list(frames), agents)
+        _print_data_table(console, frames, pipeline, data.member)
         result = _train(console, spec, client, service_url, token, ws)
+        _print_validation(console, client, str(result["run_id"]), data.member)
         _print_privacy(console, client, str(result["run_id"]), spec)
         summary = _compare(console, spec, frames, contract, result)
         _print_where(console, ws, result, prefect_url, service_url)
@@ -177,9 +195,9 @@ def _start_prefect(opts: DemoOptions, ws: Path, procs: list[Proc], console: Cons
     return url
 
 
-def _print_data_table(console: Console, frames, pipeline: FeaturePipeline) -> None:  # type: ignore[no-untyped-def]
+def _print_data_table(console: Console, frames, pipeline: FeaturePipeline, member: str) -> None:  # type: ignore[no-untyped-def]
     table = Table(
-        "hospital", "rows", "positive rate", "imputed values (contract rules)", title="silo data"
+        member, "rows", "positive rate", "imputed values (contract rules)", title="silo data"
     )
     for name, frame in frames.items():
         _, y = pipeline.transform(frame)
@@ -221,6 +239,7 @@ def _train(
                 patience=spec.patience,
                 secure_aggregation=spec.secure_aggregation,
                 privacy=spec.privacy,
+                federation_statistics=spec.federation_statistics,
                 output_dir=str(ws / "models"),
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
@@ -285,15 +304,72 @@ def _print_privacy(console: Console, client: CoordinatorClient, run_id: str, spe
     console.print(table)
 
 
+def _print_validation(
+    console: Console, client: CoordinatorClient, run_id: str, member: str
+) -> None:
+    """Each silo's gate outcome in the first round, as the silos signed it into the ledger."""
+    table = Table(
+        member,
+        "rows",
+        "contract",
+        "data sha256",
+        "result",
+        "failed expectations",
+        title="data validation at each silo (Great Expectations, round 1)",
+    )
+    first: dict[str, dict] = {}  # type: ignore[type-arg]
+    for entry in client.ledger(run_id):
+        if entry.kind == "validation_result":
+            payload = json.loads(entry.payload)
+            first.setdefault(payload["silo"], payload)
+    for silo, p in sorted(first.items()):
+        failed = "; ".join(f"{f['expectation']}({f['column'] or 'table'})" for f in p["failed"])
+        table.add_row(
+            silo,
+            str(p["n_rows"]),
+            f"{p['contract']} v{p['contract_version']}",
+            p["data_sha256"][:12] + "…",
+            "[green]pass[/green]" if p["success"] else "[red]fail: sits out[/red]",
+            failed or "-",
+        )
+    console.print(table)
+
+
+def _federation_stats(spec: RunSpec, frames, contract):  # type: ignore[no-untyped-def]
+    """The statistics the silos computed together (same sums, computed here in the clear for the
+    baselines only: the demo machine holds every table anyway)."""
+    if not spec.federation_statistics:
+        return None
+    import numpy as np
+
+    from schemas.contracts.stats import FederationStats
+    from silos.data import split_train_test
+    from silos.federated_stats import local_moments
+
+    total = sum(
+        local_moments(
+            split_train_test(f, contract, DEMO_TEST_FRACTION, DEMO_SPLIT_SEED)[0], contract
+        )
+        for f in frames.values()
+    )
+    return FederationStats.from_summed_moments(np.asarray(total), contract)
+
+
 def _compare(
     console: Console, spec: RunSpec, frames, contract, result: dict[str, object]
 ) -> dict[str, object]:  # type: ignore[no-untyped-def]
     import numpy as np
 
-    arrays = baselines.prepare_silo_arrays(frames, contract, DEMO_TEST_FRACTION, DEMO_SPLIT_SEED)
+    arrays = baselines.prepare_silo_arrays(
+        frames,
+        contract,
+        DEMO_TEST_FRACTION,
+        DEMO_SPLIT_SEED,
+        _federation_stats(spec, frames, contract),
+    )
     payload = Path(str(result["model_path"])).read_bytes()
     federated = list(tensors.decode(payload)[0].values())
-    with console.status("training the baselines: each hospital alone, and pooled"):
+    with console.status("training the baselines: each silo alone, and pooled"):
         local = baselines.local_only(
             spec,
             {n: (a.X_train, a.y_train) for n, a in arrays.items()},
@@ -332,10 +408,10 @@ def _compare(
     central = acc_all["pooled (centralized)"]
     verdict = fed_acc > best_local and central - fed_acc <= 0.03
     console.print(
-        f"federated accuracy on all test sets {fed_acc:.3f}; best hospital alone {best_local:.3f}; "
+        f"federated accuracy on all test sets {fed_acc:.3f}; best silo alone {best_local:.3f}; "
         f"pooled {central:.3f} -> "
         + (
-            "[green]federated beats every hospital alone and is within 0.03 of pooled[/green]"
+            "[green]federated beats every silo alone and is within 0.03 of pooled[/green]"
             if verdict
             else "[red]target missed[/red]"
         )
@@ -363,13 +439,13 @@ def _print_where(
     )
     console.print(
         f"Prefect UI:   {ui}/runs  (coordinator flow 'federated_training', one 'silo-training' "
-        f"flow run per hospital)"
+        f"flow run per silo)"
     )
     console.print(
         f"run history:  fedsilo runs show {result['run_id']} --service-url {service_url} "
         f"--token-file {ws / 'service' / 'admin.token'}"
     )
-    console.print(f"logs:         {ws}/service/service.log, {ws}/silos/<hospital>/agent.log")
+    console.print(f"logs:         {ws}/service/service.log, {ws}/silos/<silo>/agent.log")
     console.print(
         "(the service and Prefect server stop with the demo; restart them with "
         f"`fedsilo aggregator serve --workspace {ws / 'service'}` and "

@@ -136,6 +136,11 @@ class RunSpec(_Strict):
     )
     secure_aggregation: SecureAggregationSpec = SecureAggregationSpec()
     privacy: PrivacySpec | None = None
+    federation_statistics: bool = Field(
+        default=False,
+        description="open with a statistics round: silos' per-feature counts, sums and sums of "
+        "squares are securely summed into the federation's imputation/standardisation stats",
+    )
 
     @model_validator(mode="after")
     def _privacy_needs_secure_aggregation(self) -> RunSpec:

@@ -81,7 +81,13 @@ class Task(Message):
     """What the service asks a silo to do next."""
 
     type: Literal[
-        "train", "evaluate", "run_ended", "secagg_advertise", "secagg_share", "secagg_unmask"
+        "train",
+        "evaluate",
+        "run_ended",
+        "secagg_advertise",
+        "secagg_share",
+        "secagg_unmask",
+        "statistics",
     ]
     run_id: str
     round: int = 0
@@ -89,6 +95,10 @@ class Task(Message):
     spec: RunSpec | None = None
     run_status: str | None = None
     secagg: SecAggInfo | None = None
+    stats: list[float] | None = Field(
+        default=None,
+        description="the federation's summed feature moments, once its statistics round is done",
+    )
 
 
 class Refusal(Message):
@@ -102,7 +112,7 @@ class MetricsReport(Message):
 
 class RoundOpen(Message):
     round: int = Field(ge=1)
-    kind: Literal["train", "evaluate"] = "train"
+    kind: Literal["train", "evaluate", "statistics"] = "train"
     deadline_s: float = Field(gt=0)
 
 
@@ -118,7 +128,7 @@ class SiloRoundState(Message):
 class RoundOut(Message):
     run_id: str
     round: int
-    kind: Literal["train", "evaluate"]
+    kind: Literal["train", "evaluate", "statistics"]
     status: Literal["open", "aggregated", "closed", "failed"]
     opened_at: datetime
     deadline_at: datetime
@@ -129,6 +139,7 @@ class RoundOut(Message):
     model_sha256: str | None = None
     reason: str | None = None
     secagg_stage: str | None = Field(default=None, description="secure aggregation stage")
+    input_model_version: int = Field(default=0, description="the model the round started from")
 
 
 class RunCreate(Message):

@@ -26,9 +26,10 @@ from schemas.wire import Metrics, MetricsReport, Task
 from silos import privacy, secure_round
 from silos.config import SiloConfig, load_silo_config
 from silos.features import FeaturePipeline
+from silos.federated_stats import local_moments
 from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
-from silos.local_data import LocalData, prepare_local_data
+from silos.local_data import LocalData, local_train_table, prepare_local_data
 from silos.policy import policy_violation
 from silos.round_gate import check_round, statement_payload
 from silos.trainer import evaluate, train_local
@@ -98,16 +99,38 @@ def check_policy(config: SiloConfig, spec: RunSpec, n_features: int) -> str | No
 
 
 @task(cache_policy=NO_CACHE, name="load-local-data")
-def load_local_data(config: SiloConfig) -> LocalData:
-    data = prepare_local_data(config)
+def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> LocalData:
+    data = prepare_local_data(config, stats)
     get_run_logger().info(
-        "silo %s: %d training rows, %d holdout rows; imputed per column: %s",
+        "silo %s: %d training rows, %d holdout rows; imputed per column: %s; %s",
         config.silo.name,
         len(data.y_train),
         len(data.y_test),
         data.imputed,
+        "standardised with the federation's statistics" if stats else "contract-range scaling",
     )
     return data
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="federation-statistics",
+    task_run_name="round-{work.round}-statistics",
+)
+def submit_statistics(client: SiloClient, work: Task, config: SiloConfig) -> None:
+    """This silo's per-feature counts, sums and sums of squares, masked: the service learns
+    only the federation's totals (from which every silo derives means and deviations)."""
+    contract = load_contract(config.data.contract)
+    train = local_train_table(config)
+    moments = local_moments(train, contract)
+    message = secure_round.masked_update(client, client.key, work, config.workspace, moments)
+    try:
+        answer = client.submit_masked(work.run_id, work.round, message, len(train), 0.0, None)
+    except ServiceRejected as exc:
+        if exc.status == 409 and "already answered" in exc.detail:
+            return
+        raise
+    keep_receipt(config.workspace, answer)
 
 
 def fetch_global_model(
@@ -349,8 +372,10 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             if not passed:
                 continue
             if data is None or data.data_sha256 != fingerprint:
-                data = load_local_data(config)
+                data = load_local_data(config, work.stats)
         assert data is not None
+        if data.stats != (tuple(work.stats) if work.stats else None):
+            data = load_local_data(config, work.stats)  # the statistics round just finished
         if work.type == "evaluate":
             evaluate_round(client, work, data)
         elif work.type == "secagg_advertise":
@@ -359,6 +384,8 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             secagg_share(client, work, config.workspace)
         elif work.type == "secagg_unmask":
             secagg_unmask(client, work, config.workspace)
+        elif work.type == "statistics":
+            submit_statistics(client, work, config)
         else:
             train_round(client, work, data, config)
             rounds_done += 1

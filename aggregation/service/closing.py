@@ -82,6 +82,10 @@ def advance_secure(
     if flat is None:
         return
     updates = [c for c in contributions(s, run.id, rnd.number) if c.kind == "update"]
+    if rnd.kind == "statistics":
+        _store_statistics(s, run, rnd, flat, updates, recorder)
+        return
+    flat = flat / secure_rounds.survivor_weight(s, rnd, spec)
     arrays, start = [], 0
     for _, shape in param_shapes(spec.model):
         size = int(np.prod(shape))
@@ -100,6 +104,35 @@ def advance_secure(
     rnd.status = "aggregated"
     rnd.closed_at = utcnow()
     _record_metrics(s, rnd, updates, recorder)
+
+
+def _store_statistics(
+    s: Session,
+    run: Run,
+    rnd: Round,
+    total: np.ndarray,
+    updates: list[Contribution],
+    recorder: Recorder,
+) -> None:
+    """Keep the federation's summed feature moments; every later task hands them to silos."""
+    run.federation_stats = json.dumps([float(x) for x in total])
+    recorder.service(
+        s,
+        "aggregate",
+        {
+            "round": rnd.number,
+            "statistics": True,
+            "contributors": [
+                {"silo": c.silo, "digest": c.digest, "n_examples": c.n_examples} for c in updates
+            ],
+            "aggregate_digest": _digest_arrays([total.astype(np.float32)]),
+            "secure_aggregation": True,
+            "individual_updates_seen_by_service": False,
+        },
+        run.id,
+    )
+    rnd.status = "closed"
+    rnd.closed_at = utcnow()
 
 
 def _aggregate(

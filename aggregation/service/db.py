@@ -31,7 +31,10 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pool_pre_ping: it costs a round trip per request (the ledger's append rate needs that
+    # back). A connection broken by a PostgreSQL restart fails one request with a 5xx, SQLAlchemy
+    # then invalidates the pool, and every fedsilo client retries 5xx answers.
+    return create_engine(url, pool_size=10, max_overflow=20)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

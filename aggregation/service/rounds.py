@@ -105,4 +105,5 @@ def round_out(s: Session, rnd: Round) -> RoundOut:
         model_sha256=model_sha,
         reason=rnd.reason,
         secagg_stage=rnd.secagg_stage,
+        input_model_version=rnd.input_model_version,
     )

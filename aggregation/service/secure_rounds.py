@@ -23,7 +23,6 @@ from aggregation.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
-    ReconstructionError,
     SecAggError,
 )
 from aggregation.secagg.messages import (
@@ -37,6 +36,8 @@ from aggregation.secagg.quantize import Quantizer
 from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
+from schemas.contracts.loader import load_contract
+from schemas.contracts.stats import moments_length
 from schemas.specs import RunSpec, param_shapes
 
 STAGES = ("advertise", "share", "masked", "unmask")
@@ -62,6 +63,19 @@ def roster(rnd: Round) -> tuple[str, ...]:
     return tuple(json.loads(rnd.roster_json or "[]"))
 
 
+# A statistics round sums per-feature counts, sums and sums of squares of range-scaled values:
+# every entry lies in [0, rows of the silo], so the clip is a bound on any silo's row count, and
+# 64-bit integers keep the sums exact to ~1e-9 (see schemas.contracts.stats).
+STATS_CLIP = 1e8
+STATS_BITS = 64
+
+
+def dim(rnd: Round, spec: RunSpec) -> int:
+    if rnd.kind == "statistics":
+        return moments_length(load_contract(spec.dataset))
+    return sum(int(np.prod(shape)) for _, shape in param_shapes(spec.model))
+
+
 def config(rnd: Round, spec: RunSpec) -> RoundConfig:
     silos = roster(rnd)
     sa = spec.secure_aggregation
@@ -72,14 +86,16 @@ def config(rnd: Round, spec: RunSpec) -> RoundConfig:
         round_num=rnd.number,
         silos=silos,
         threshold=min(threshold, size),
-        dim=sum(int(np.prod(shape)) for _, shape in param_shapes(spec.model)),
-        bits=sa.bits,
+        dim=dim(rnd, spec),
+        bits=STATS_BITS if rnd.kind == "statistics" else sa.bits,
         degree=sa.degree,
         consistency_check=False,
     )
 
 
 def quantizer(rnd: Round, spec: RunSpec) -> Quantizer:
+    if rnd.kind == "statistics":
+        return Quantizer(clip=STATS_CLIP, n_summands=len(roster(rnd)), bits=STATS_BITS)
     clip = spec.privacy.clip_norm if spec.privacy else spec.secure_aggregation.clip
     return Quantizer(clip=clip, n_summands=len(roster(rnd)), bits=spec.secure_aggregation.bits)
 
@@ -211,8 +227,8 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
 
 
 def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> np.ndarray | None:
-    """Move to the next stage when nobody is awaited (or `force`); returns the unmasked mean
-    delta (flat, float64) once the unmask stage completes, else None.
+    """Move to the next stage when nobody is awaited (or `force`); returns the unmasked
+    weighted sum (flat, float64) once the unmask stage completes, else None.
 
     Raises
     ------
@@ -256,20 +272,23 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
 
 
 def _finalize(s: Session, run: Run, rnd: Round, spec: RunSpec) -> np.ndarray:
-    state = rebuild(s, run, rnd, spec)
-    try:
-        total = server.finalize(state)
-    except (InsufficientSharesError, ReconstructionError):
-        raise
-    weighted_sum = quantizer(rnd, spec).dequantize_sum(total)
+    """The survivors' weighted sum (float64); InsufficientSharesError/ReconstructionError when
+    too few shares came back or a share was bad."""
+    total = server.finalize(rebuild(s, run, rnd, spec))
+    return quantizer(rnd, spec).dequantize_sum(total)
+
+
+def survivor_weight(s: Session, rnd: Round, spec: RunSpec) -> float:
+    """Sum of w_k over the silos whose masked input arrived (divides the sum into the mean)."""
     weights = weights_of(s, rnd, spec)
-    survivor_weight = sum(weights[silo] for silo in state.survivors)
-    return weighted_sum / survivor_weight
+    return sum(weights[m.silo] for m in messages(s, rnd, "masked"))
 
 
 def weights_of(s: Session, rnd: Round, spec: RunSpec) -> dict[str, float]:
     """w_k each silo applied before masking: n_k / N over the advertisers (1/m under DP)."""
     adverts = messages(s, rnd, "advertise")
+    if rnd.kind == "statistics":
+        return {m.silo: 1.0 for m in adverts}
     if spec.privacy:
         return {m.silo: 1.0 / len(adverts) for m in adverts}
     total = sum(m.n_examples or 0 for m in adverts)

@@ -66,6 +66,7 @@ class Run(Base):
     latest_model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    federation_stats: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RunSilo(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from sqlalchemy import select
@@ -13,7 +14,9 @@ from aggregation.service.runs import spec_of
 from aggregation.service.tables import Contribution, Round, Run, RunSilo
 from schemas.wire import SecAggInfo, Task
 
-_SECAGG_TASK: dict[str, Literal["secagg_advertise", "secagg_share", "train", "secagg_unmask"]] = {
+_SECAGG_TASK: dict[
+    str, Literal["secagg_advertise", "secagg_share", "train", "secagg_unmask", "statistics"]
+] = {
     "advertise": "secagg_advertise",
     "share": "secagg_share",
     "masked": "train",
@@ -57,7 +60,12 @@ def _plain_task(s: Session, run: Run, rnd: Round, silo: str) -> Task | None:
         round=rnd.number,
         model_version=rnd.input_model_version,
         spec=spec_of(run),
+        stats=_stats(run),
     )
+
+
+def _stats(run: Run) -> list[float] | None:
+    return json.loads(run.federation_stats) if run.federation_stats else None
 
 
 def _secure_task(s: Session, run: Run, rnd: Round, silo: str) -> Task | None:
@@ -78,11 +86,13 @@ def _secure_task(s: Session, run: Run, rnd: Round, silo: str) -> Task | None:
         clip=secure_rounds.quantizer(rnd, spec).clip,
         weight=weight,
     )
+    kind = "statistics" if stage == "masked" and rnd.kind == "statistics" else _SECAGG_TASK[stage]
     return Task(
-        type=_SECAGG_TASK[stage],
+        type=kind,  # type: ignore[arg-type]
         run_id=run.id,
-        round=rnd.number,  # type: ignore[arg-type]
+        round=rnd.number,
         model_version=rnd.input_model_version,
         spec=spec,
         secagg=info,
+        stats=_stats(run),
     )

@@ -184,3 +184,50 @@ def test_bad_protocol_messages_are_refused(fed: Fed) -> None:
         a.submit_masked(fed.run_id, 1, wrong.to_bytes(), 5, 0.01, METRICS)
     assert err.value.status == 422 and "expects" in err.value.detail
     assert fed.coord.wait_round(fed.run_id, 1, 0).silos[0].state == "waiting"
+
+
+def test_statistics_round_sums_moments_without_revealing_any_silo(
+    db_url: str, tmp_path: Path
+) -> None:
+    from schemas.contracts.loader import load_contract
+    from schemas.contracts.stats import moments_length
+
+    length = moments_length(load_contract("credit_default"))
+    spec = RunSpec(
+        federation="f",
+        dataset="credit_default",
+        model=MODEL,
+        rounds=1,
+        min_silos=2,
+        federation_statistics=True,
+    )
+    rng = np.random.default_rng(4)
+    moments = {n: rng.uniform(0, 5000, size=length).round(3) for n in ("a", "b", "c")}
+    with service_in_thread(tmp_path / "svc", db_url) as url:
+        coord = coordinator(url)
+        coord.create_federation("f")
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in moments}
+        run = coord.create_run(RunCreate(spec=spec))
+        arrays = {name: np.zeros(shape, np.float32) for name, shape in SHAPES}
+        coord.put_initial_model(run.run_id, tensors.encode(arrays))
+        coord.start_run(run.run_id)
+        coord.open_round(run.run_id, RoundOpen(round=1, kind="statistics", deadline_s=60))
+        ws = tmp_path / "silo-ws"
+        for name, client in silos.items():
+            secure_round.advertise(
+                client, client.key, _task(client, "secagg_advertise"), ws / name, n_examples=100
+            )
+        for name, client in silos.items():
+            secure_round.share(client, client.key, _task(client, "secagg_share"), ws / name)
+        for name, client in silos.items():
+            task = _task(client, "statistics")
+            assert task.secagg is not None and task.secagg.dim == length and task.secagg.bits == 64
+            message = secure_round.masked_update(client, client.key, task, ws / name, moments[name])
+            client.submit_masked(run.run_id, 1, message, 100, 0.0, None)
+        for name, client in silos.items():
+            secure_round.unmask(client, client.key, _task(client, "secagg_unmask"), ws / name)
+        assert coord.wait_round(run.run_id, 1, wait_s=5).status == "closed"
+        coord.open_round(run.run_id, RoundOpen(round=2, kind="train", deadline_s=60))
+        task = _task(silos["a"], "secagg_advertise")
+        assert task.stats is not None
+        np.testing.assert_allclose(task.stats, sum(moments.values()), rtol=0, atol=1e-4)

@@ -110,7 +110,10 @@ def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
         spec = run_crud.spec_of(run_crud.get_run(s, run_id))
         fresh = rnd.secagg_stage is None and not round_crud.contributions(s, run_id, rnd.number)
-        if rnd.kind == "train" and secure_rounds.secure(spec) and fresh:
+        wants_secure = rnd.kind == "statistics" or (
+            rnd.kind == "train" and secure_rounds.secure(spec)
+        )
+        if wants_secure and fresh:
             secure_rounds.start(s, rnd, run_id)
         return round_crud.round_out(s, rnd)
 

@@ -78,14 +78,15 @@ async def post_masked(
     silo: SiloDep,
     factory: FactoryDep,
     recorder: RecorderDep,
-    metrics: str,
     train_seconds: float,
     n_examples: Annotated[int, Query(ge=1)],
     statement_signature: Annotated[str | None, Header(alias=STATEMENT_HEADER)] = None,
+    metrics: str | None = None,
 ) -> dict[str, object]:
-    """The masked update, its evaluation metrics and the silo's signed ledger statement."""
+    """The masked update (or statistics), the silo's evaluation metrics of the model it
+    started from, and its signed ledger statement."""
     try:
-        parsed = Metrics.model_validate_json(metrics)
+        parsed = Metrics.model_validate_json(metrics) if metrics else None
     except ValidationError as exc:
         raise InvalidPayload(f"metrics from silo {silo.name!r} are malformed: {exc}") from exc
     if not statement_signature:
@@ -111,7 +112,7 @@ async def post_masked(
                     digest=digest,
                     n_examples=n_examples,
                     payload=None,
-                    metrics_json=parsed.model_dump_json(),
+                    metrics_json=parsed.model_dump_json() if parsed else None,
                     train_seconds=train_seconds,
                 )
             )
