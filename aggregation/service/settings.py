@@ -20,7 +20,7 @@ class ServiceSettings(BaseSettings):
     mode: Literal["development", "production"] = "development"
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     long_poll_max_s: float = Field(default=30.0, gt=0)
-    poll_interval_s: float = Field(default=0.02, gt=0)
+    poll_interval_s: float = Field(default=0.01, gt=0)
     admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
 
     def resolved_database_url(self) -> str:
