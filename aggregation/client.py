@@ -172,6 +172,28 @@ class SiloClient(_Base):
     def download_model(self, run_id: str, version: int) -> bytes:
         return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
 
+    def _signed(
+        self, run_id: str, kind: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], str]:
+        """The silo's statement for the ledger and its Ed25519 signature over it."""
+        statement = make_statement(
+            run_id=run_id, kind=kind, payload=payload, author=f"silo:{self.silo}"
+        )
+        return statement.model_dump(), sign_statement(self.key, statement)
+
+    def _post_with_statement(
+        self, path: str, body: bytes, run_id: str, round_: int, n_examples: int
+    ) -> dict[str, Any]:
+        """POST an update whose `update_accepted` statement travels in a signed header."""
+        payload = signing.update_statement_payload(
+            self.silo, round_, tensors.digest(body), n_examples
+        )
+        statement, signature = self._signed(run_id, "update_accepted", payload)
+        result = self.request(
+            "POST", path, body=body, extra_headers={signing.STATEMENT_HEADER: signature}
+        ).json()
+        return {**result, "statement": statement, "author_signature": signature}
+
     def submit_update(self, run_id: str, round_: int, payload: bytes) -> dict[str, Any]:
         """Submit an update with the silo's signed ledger statement about it.
 
@@ -182,22 +204,8 @@ class SiloClient(_Base):
             n_examples = int(tensors.read_metadata(payload).get("n_examples", "0"))
         except (TensorFormatError, ValueError):
             n_examples = 0  # the service will refuse the payload and say why
-        statement = make_statement(
-            run_id=run_id,
-            kind="update_accepted",
-            payload=signing.update_statement_payload(
-                self.silo, round_, tensors.digest(payload), n_examples
-            ),
-            author=f"silo:{self.silo}",
-        )
-        signature = sign_statement(self.key, statement)
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
-        result = self.request(
-            "POST", path, body=payload, extra_headers={signing.STATEMENT_HEADER: signature}
-        ).json()
-        result["statement"] = statement.model_dump()
-        result["author_signature"] = signature
-        return dict(result)
+        return self._post_with_statement(path, payload, run_id, round_, n_examples)
 
     def secagg_post(
         self, run_id: str, round_: int, stage: str, message: bytes, n_examples: int | None = None
@@ -223,40 +231,20 @@ class SiloClient(_Base):
         metrics_json: str | None,
     ) -> dict[str, Any]:
         """Send the masked update with its signed ledger statement; returns digest and receipt."""
-        statement = make_statement(
-            run_id=run_id,
-            kind="update_accepted",
-            payload=signing.update_statement_payload(
-                self.silo, round_, tensors.digest(message), n_examples
-            ),
-            author=f"silo:{self.silo}",
-        )
-        signature = sign_statement(self.key, statement)
         params: dict[str, Any] = {"n_examples": n_examples, "train_seconds": f"{train_seconds:.6f}"}
         if metrics_json is not None:
             params["metrics"] = metrics_json
-        query = urlencode(params)
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{query}"
-        result = self.request(
-            "POST", path, body=message, extra_headers={signing.STATEMENT_HEADER: signature}
-        ).json()
-        result["statement"] = statement.model_dump()
-        result["author_signature"] = signature
-        return dict(result)
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{urlencode(params)}"
+        return self._post_with_statement(path, message, run_id, round_, n_examples)
 
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Sign and send a lineage statement; returns it with the service's receipt."""
-        statement = make_statement(
-            run_id=run_id, kind=kind, payload=payload, author=f"silo:{self.silo}"
-        )
-        signature = sign_statement(self.key, statement)
+        statement, signature = self._signed(run_id, kind, payload)
         body = json.dumps({"kind": kind, "payload": payload, "signature": signature}).encode()
         result = self.request(
             "POST", f"/v1/silo/runs/{run_id}/statements", body=body, content_type="application/json"
         ).json()
-        result["statement"] = statement.model_dump()
-        result["author_signature"] = signature
-        return dict(result)
+        return {**result, "statement": statement, "author_signature": signature}
 
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)
