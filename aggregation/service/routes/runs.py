@@ -80,6 +80,14 @@ def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut
                 },
                 run_id,
             )
+            # the starting point is an artifact too: verify re-hashes its file like every other
+            initial = {
+                "round": 0,
+                "version": 0,
+                "path": model,
+                "sha256": run_crud.get_model(s, run_id, 0).sha256,
+            }
+            recorder.service(s, "model_saved", initial, run_id)
         return out
 
 
