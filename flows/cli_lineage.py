@@ -1,0 +1,182 @@
+"""`fedsilo lineage ...` and `fedsilo report`: the compliance reviewer's commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aggregation.exceptions import ClientError
+from flows.cli_common import ServiceUrls, TokenFileOpt, TokenOpt, console, token_from
+from flows.lineage_view import LineageReviewError
+from schemas.lineage import LineageError
+
+lineage_app = typer.Typer(
+    help="Review the tamper-evident lineage ledger: verify, show, contributions, export.",
+    no_args_is_help=True,
+)
+
+
+def _coordinator(service_url: list[str], token: str | None, token_file: Path | None):  # type: ignore[no-untyped-def]
+    from aggregation.client import CoordinatorClient
+
+    return CoordinatorClient(service_url, token=token_from(token, token_file), retry_for_s=10)
+
+
+def _ledger(
+    service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
+):  # type: ignore[no-untyped-def]
+    """Entries and author keys from an export file (offline) or from the service."""
+    from aggregation.ledger_export import load_export
+    from flows.lineage_cmds import load_entries_from_export
+
+    try:
+        if export is not None:
+            keys_file = export.with_suffix(".keys.json")
+            keys = json.loads(keys_file.read_text()) if keys_file.exists() else None
+            if keys is None:
+                keys = _coordinator(service_url, token, token_file).ledger_keys()
+            return load_entries_from_export(export), keys
+        client = _coordinator(service_url, token, token_file)
+        return load_export(client.ledger_export()), client.ledger_keys()
+    except (LineageError, LineageReviewError, ClientError) as exc:
+        # a damaged or truncated record is a verification failure, said plainly
+        console.print(f"[bold red]ledger INVALID:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+ExportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--export",
+        help="Verify an exported ledger file (JSON Lines) instead of the "
+        "service's; author keys are read from FILE.keys.json when present.",
+    ),
+]
+ArtifactsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--artifacts",
+        help="Service workspace holding models/ to re-hash (defaults to "
+        "downloading each model from the service).",
+    ),
+]
+
+
+@lineage_app.command("verify")
+def lineage_verify(
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    export: ExportOpt = None,
+    artifacts: ArtifactsOpt = None,
+    silo_copy: Annotated[
+        Path | None,
+        typer.Option(
+            "--silo-copy",
+            help="A silo's workspace (or "
+            "its lineage/records.jsonl) to cross-check against the ledger.",
+        ),
+    ] = None,
+) -> None:
+    """Re-check the hash chain, every signature and every model file's sha256; exit 1 and name
+    the first bad entry if anything was altered. With --silo-copy, also check that the ledger
+    holds exactly what that silo signed and was given receipts for."""
+    from flows import lineage_cmds
+
+    entries, keys = _ledger(service_url, token, token_file, export)
+    checker = None
+    if artifacts is None and export is None:
+        client = _coordinator(service_url, token, token_file)
+        checker = lineage_cmds.fetched_artifact_checker(entries, client.download_model)
+    ok, shown = lineage_cmds.verify(entries, keys, artifacts, artifact_checker=checker)
+    console.print(shown)
+    if silo_copy is not None:
+        copy_ok, copy_shown = lineage_cmds.verify_silo_copy(silo_copy, entries, keys)
+        console.print(copy_shown)
+        ok = ok and copy_ok
+    raise typer.Exit(0 if ok else 1)
+
+
+@lineage_app.command("show")
+def lineage_show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    export: ExportOpt = None,
+) -> None:
+    """A run's lineage as a timeline: config, silos, validation, updates, aggregates, models."""
+    from flows import lineage_cmds
+
+    entries, _ = _ledger(service_url, token, token_file, export)
+    console.print(lineage_cmds.show_run(entries, run_id))
+
+
+@lineage_app.command("contributions")
+def lineage_contributions(
+    silo: Annotated[str, typer.Argument(help="Silo name.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    export: ExportOpt = None,
+) -> None:
+    """Every model that silo's data contributed to (for data-deletion and consent questions)."""
+    from flows import lineage_cmds
+
+    entries, _ = _ledger(service_url, token, token_file, export)
+    rows = lineage_cmds.contributions(entries, silo)
+    console.print(lineage_cmds.contributions_table(rows, silo))
+
+
+@lineage_app.command("export")
+def lineage_export(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    out: Annotated[Path, typer.Option(help="File to write.")] = Path("lineage.jsonl"),
+    format: Annotated[
+        str,
+        typer.Option(
+            help="'openlineage' (RunEvents) or 'ledger' (the whole "
+            "signed ledger, verifiable offline)."
+        ),
+    ] = "openlineage",
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Export lineage: OpenLineage RunEvents for Marquez and friends, or the signed ledger."""
+    client = _coordinator(service_url, token, token_file)
+    if format == "ledger":
+        out.write_text(client.ledger_export())
+        out.with_suffix(".keys.json").write_text(json.dumps(client.ledger_keys(), indent=2))
+        console.print(f"ledger written to {out} (keys in {out.with_suffix('.keys.json')})")
+        return
+    if format != "openlineage":
+        raise typer.BadParameter("format must be 'openlineage' or 'ledger'")
+    from aggregation.ledger_export import load_export
+    from flows.openlineage_export import write_openlineage
+
+    path = write_openlineage(load_export(client.ledger_export()), run_id, out)
+    console.print(f"OpenLineage events for run {run_id} written to {path}")
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    out: Annotated[Path, typer.Option(help="Folder for the HTML report.")] = Path("report"),
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    artifacts: ArtifactsOpt = None,
+    prefect_ui: Annotated[
+        str | None, typer.Option(help="Prefect UI address for run links.")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML compliance report of a run: participants, fingerprints and
+    validation, per-round metric plots, privacy budget, model card, chain verification."""
+    from flows.report import write_report
+
+    entries, keys = _ledger(service_url, token, token_file, None)
+    path = write_report(entries, keys, run_id, out, artifacts, prefect_ui)
+    console.print(f"report written to {path}")

@@ -1,0 +1,209 @@
+"""What the demo prints after training: data, validation, privacy, comparison, where to look."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from aggregation.client import CoordinatorClient
+from flows import baselines
+from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
+from schemas import tensors
+from schemas.specs import RunSpec
+from silos.features import FeaturePipeline
+
+
+def print_data_table(console: Console, frames, pipeline: FeaturePipeline, member: str) -> None:  # type: ignore[no-untyped-def]
+    table = Table(
+        member, "rows", "positive rate", "imputed values (contract rules)", title="silo data"
+    )
+    for name, frame in frames.items():
+        _, y = pipeline.transform(frame)
+        imputed = {k: v for k, v in pipeline.imputation_report(frame).items() if v}
+        table.add_row(
+            name,
+            str(len(frame)),
+            f"{y.mean():.2f}",
+            ", ".join(f"{k}: {v}" for k, v in imputed.items()) or "none",
+        )
+    console.print(table)
+
+
+def print_privacy(console: Console, client: CoordinatorClient, run_id: str, spec: RunSpec) -> None:
+    """What the service saw (from its own ledger), and epsilon per round under DP."""
+    entries = client.ledger(run_id)
+    aggregates = [json.loads(e.payload) for e in entries if e.kind == "aggregate"]
+    secure = [a for a in aggregates if a.get("secure_aggregation")]
+    if secure:
+        console.print(
+            f"[bold]secure aggregation[/bold]: in all {len(secure)} rounds the service stored "
+            f"only masked vectors (uniformly random mod 2^{spec.secure_aggregation.bits} to it) "
+            "and unmasked only their sum; no individual update was ever readable by it "
+            "(ledger: individual_updates_seen_by_service = false)."
+        )
+    else:
+        console.print("[yellow]secure aggregation off[/yellow]: the service saw each update.")
+    spent = [json.loads(e.payload) for e in entries if e.kind == "privacy_spent"]
+    if not spent or spec.privacy is None:
+        return
+    silos = sorted({p["silo"] for p in spent})
+    table = Table(
+        "round",
+        *silos,
+        title=f"epsilon spent per silo (delta {spec.privacy.delta:g}, noise multiplier "
+        f"{spec.privacy.noise_multiplier}, clip {spec.privacy.clip_norm})",
+    )
+    for r in sorted({p["round"] for p in spent}):
+        row = {p["silo"]: p["epsilon"] for p in spent if p["round"] == r}
+        table.add_row(str(r), *[f"{row[s]:.2f}" if s in row else "-" for s in silos])
+    console.print(table)
+
+
+def print_validation(console: Console, client: CoordinatorClient, run_id: str, member: str) -> None:
+    """Each silo's gate outcome in the first round, as the silos signed it into the ledger."""
+    table = Table(
+        member,
+        "rows",
+        "contract",
+        "data sha256",
+        "result",
+        "failed expectations",
+        title="data validation at each silo (Great Expectations, round 1)",
+    )
+    first: dict[str, dict] = {}  # type: ignore[type-arg]
+    for entry in client.ledger(run_id):
+        if entry.kind == "validation_result":
+            payload = json.loads(entry.payload)
+            first.setdefault(payload["silo"], payload)
+    for silo, p in sorted(first.items()):
+        failed = "; ".join(f"{f['expectation']}({f['column'] or 'table'})" for f in p["failed"])
+        table.add_row(
+            silo,
+            str(p["n_rows"]),
+            f"{p['contract']} v{p['contract_version']}",
+            p["data_sha256"][:12] + "…",
+            "[green]pass[/green]" if p["success"] else "[red]fail: sits out[/red]",
+            failed or "-",
+        )
+    console.print(table)
+
+
+def _federation_stats(spec: RunSpec, frames, contract):  # type: ignore[no-untyped-def]
+    """The statistics the silos computed together (same sums, computed here in the clear for the
+    baselines only: the demo machine holds every table anyway)."""
+    if not spec.federation_statistics:
+        return None
+    import numpy as np
+
+    from schemas.contracts.stats import FederationStats
+    from silos.data import split_train_test
+    from silos.federated_stats import local_moments
+
+    total = sum(
+        local_moments(
+            split_train_test(f, contract, DEMO_TEST_FRACTION, DEMO_SPLIT_SEED)[0], contract
+        )
+        for f in frames.values()
+    )
+    return FederationStats.from_summed_moments(np.asarray(total), contract)
+
+
+def compare(
+    console: Console, spec: RunSpec, frames, contract, result: dict[str, object]
+) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    arrays = baselines.prepare_silo_arrays(
+        frames,
+        contract,
+        DEMO_TEST_FRACTION,
+        DEMO_SPLIT_SEED,
+        _federation_stats(spec, frames, contract),
+    )
+    payload = Path(str(result["model_path"])).read_bytes()
+    federated = list(tensors.decode(payload)[0].values())
+    with console.status("training the baselines: each silo alone, and pooled"):
+        local = baselines.local_only(
+            spec,
+            {n: (a.X_train, a.y_train) for n, a in arrays.items()},
+            init_seed=spec.training.seed,
+        )
+        X_all = np.concatenate([a.X_train for a in arrays.values()])
+        y_all = np.concatenate([a.y_train for a in arrays.values()])
+        pooled = baselines.train_centralized(spec, X_all, y_all, init_seed=spec.training.seed)
+    models = {
+        "federated": federated,
+        **{f"{n} alone": p for n, p in local.items()},
+        "pooled (centralized)": pooled,
+    }
+    rows = baselines.comparison_table(
+        spec.model, models, {n: (a.X_test, a.y_test) for n, a in arrays.items()}
+    )
+    test_sets = [*arrays, baselines.ALL_TEST_SETS]
+    table = Table(
+        "model", *[f"{t}\nacc / AUC" for t in test_sets], title="test-set accuracy and ROC AUC"
+    )
+    for name in models:
+        cells = []
+        for t in test_sets:
+            row = next(r for r in rows if r["model"] == name and r["test_set"] == t)
+            auc = "-" if row["auc"] is None else f"{row['auc']:.3f}"
+            cells.append(f"{row['accuracy']:.3f} / {auc}")
+        table.add_row(name, *cells)
+    console.print(table)
+    acc_all = {
+        str(r["model"]): float(r["accuracy"])  # type: ignore[arg-type]
+        for r in rows
+        if r["test_set"] == baselines.ALL_TEST_SETS
+    }
+    fed_acc = acc_all["federated"]
+    best_local = max(acc_all[f"{n} alone"] for n in local)
+    central = acc_all["pooled (centralized)"]
+    verdict = fed_acc > best_local and central - fed_acc <= 0.03
+    console.print(
+        f"federated accuracy on all test sets {fed_acc:.3f}; best silo alone {best_local:.3f}; "
+        f"pooled {central:.3f} -> "
+        + (
+            "[green]federated beats every silo alone and is within 0.03 of pooled[/green]"
+            if verdict
+            else "[red]target missed[/red]"
+        )
+    )
+    return {
+        "run_id": result["run_id"],
+        "model_path": result["model_path"],
+        "model_sha256": result["model_sha256"],
+        "rows": rows,
+        "federated_accuracy": fed_acc,
+        "best_local_accuracy": best_local,
+        "pooled_accuracy": central,
+        "target_met": verdict,
+        "rounds": result["rounds"],
+    }
+
+
+def print_where(
+    console: Console, ws: Path, result: dict[str, object], prefect_url: str, service_url: str
+) -> None:
+    ui = prefect_url.removesuffix("/api")
+    console.rule("where to look")
+    console.print(
+        f"model:        {result['model_path']}\n              sha256 {result['model_sha256']}"
+    )
+    console.print(
+        f"Prefect UI:   {ui}/runs  (coordinator flow 'federated_training', one 'silo-training' "
+        f"flow run per silo)"
+    )
+    console.print(
+        f"run history:  fedsilo runs show {result['run_id']} --service-url {service_url} "
+        f"--token-file {ws / 'service' / 'admin.token'}"
+    )
+    console.print(f"logs:         {ws}/service/service.log, {ws}/silos/<silo>/agent.log")
+    console.print(
+        "(the service and Prefect server stop with the demo; restart them with "
+        f"`fedsilo aggregator serve --workspace {ws / 'service'}` and "
+        f"`PREFECT_HOME={ws / 'prefect'} prefect server start`, or use --keep-running)"
+    )
