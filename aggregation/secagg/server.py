@@ -54,6 +54,9 @@ class ServerState:
     config: RoundConfig
     roster_keys: Mapping[str, bytes]
     stage: str = "advertise"
+    # False only while replaying messages this service already verified and stored (its
+    # database mailbox); every newly arriving message is verified.
+    check_signatures: bool = True
     adverts: dict[str, AdvertiseKeys] = field(default_factory=dict)
     shares: dict[str, ShareKeys] = field(default_factory=dict)
     total: np.ndarray | None = None
@@ -82,7 +85,8 @@ def _admit(state: ServerState, msg: Signed, seen: Mapping[str, object]) -> None:
             **state.where(msg.stage, msg.silo),
         )
     cfg.index(msg.silo)
-    msg.verify(state.roster_keys[msg.silo])
+    if state.check_signatures:
+        msg.verify(state.roster_keys[msg.silo])
     if msg.silo in seen:
         raise DuplicateMessageError(
             f"second {type(msg).__name__} from this silo; the first one stands",

@@ -231,3 +231,29 @@ def test_statistics_round_sums_moments_without_revealing_any_silo(
         task = _task(silos["a"], "secagg_advertise")
         assert task.stats is not None
         np.testing.assert_allclose(task.stats, sum(moments.values()), rtol=0, atol=1e-4)
+
+
+def test_forged_protocol_message_is_refused(fed: Fed) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from aggregation.secagg.messages import AdvertiseKeys
+
+    b = fed.silos["b"]
+    _task(b, "secagg_advertise")
+    forged = AdvertiseKeys.create(
+        Ed25519PrivateKey.generate(),
+        run_id=fed.run_id,
+        round_num=1,
+        silo="b",
+        c_pk=b"\x01" * 32,
+        s_pk=b"\x02" * 32,
+    )
+    with pytest.raises(ServiceRejected) as err:  # signed with a key that is not b's
+        b.secagg_post(fed.run_id, 1, "advertise", forged.to_bytes(), n_examples=5)
+    assert err.value.status == 422 and "signature" in err.value.detail.lower()
+    assert "b" in {s for s in _waiting(fed)}
+
+
+def _waiting(fed: Fed) -> set[str]:
+    task = fed.silos["b"].next_task(wait_s=0)
+    return {"b"} if task is not None and task.type == "secagg_advertise" else set()
