@@ -1,0 +1,314 @@
+"""What silos and the service exchange in secure-histogram boosting, and how vectors are laid out.
+
+This module is the shared contract of both sides (like `schemas`): silos import it and nothing
+else from `aggregation.trees.secure_hist`. Numbers that are summed travel only inside secure
+aggregation (`aggregation.secagg.session`); everything here is public to the service.
+
+Fixed-point encoding (`GradCodec`)
+    A gradient g is sent as the integer q = rint(clip(g, -B, B) * 2^S). Histograms are sums of
+    these integers, built at the silo with float64 `np.bincount`, which is exact as long as
+    every partial sum stays below 2^53. The run fixes B (`grad_bound`: 1 for binary:logistic,
+    whose |g| <= 1 and h <= 1/4; an agreed bound on |prediction - label| for squared error,
+    whose h = 1) and an upper bound N on the federation's total rows, and picks the largest S
+    with N * max(B, 1) * 2^S <= 2^53 (capped at 40). So no sum of any silo, and no sum over
+    silos, can exceed 2^53 in magnitude: it fits the 64-bit secure-aggregation modulus with
+    2^10 to spare, never wraps, and reads back exactly as a signed integer.
+    Precision: each row's g and h are off by at most 2^-(S+1) (round to nearest), so a
+    histogram bin of n rows is within n * 2^-(S+1) of the float64 sum. With N = 2^28 rows and
+    B = 1, S = 25: 1.5e-8 per row, finer than the float32 gradients XGBoost itself sums.
+    Counts are sent as exact integers.
+
+Histogram layout (`HistLayout`)
+    Feature f has `n_bins[f]` = len(cuts[f]) + 1 bins of present values plus one slot for
+    missing values (its own bin), `width[f]` = n_bins[f] + 1. A node's block is
+    [g over all features' slots | h over the same | row counts over the same], 3 * total
+    entries; a level vector is the blocks of the requested nodes in request order.
+
+Bins
+    Bin k of feature f holds cuts[f][k-1] <= x < cuts[f][k] (float32 comparisons, the first and
+    last bins unbounded), i.e. bin = searchsorted(cuts, x, "right"); NaN is missing. A split
+    "bin <= b goes left" is the XGBoost condition x < cuts[f][b].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregation.trees.secure_hist.errors import HistConfigError, HistVectorError
+from schemas.tree_params import TreeObjective, XGBoostParams
+
+EXACT_BITS = 53  # float64 integers are exact below 2^53
+MAX_SCALE_BITS = 40
+STATS = 3  # gradient, hessian, count
+
+
+def scale_bits_for(max_rows: int, grad_bound: float) -> int:
+    """Largest S <= 40 with max_rows * max(B, 1) * 2^S <= 2^53 (see module docstring)."""
+    if max_rows < 1 or not (math.isfinite(grad_bound) and grad_bound > 0):
+        raise HistConfigError(
+            f"max_rows must be >= 1 and grad_bound > 0, got {max_rows} and {grad_bound}"
+        )
+    s = math.floor(EXACT_BITS - math.log2(max_rows * max(grad_bound, 1.0)))
+    if s < 8:
+        raise HistConfigError(
+            f"max_rows {max_rows} x grad_bound {grad_bound} leaves only {s} fractional bits; "
+            "lower the bound on the federation's rows or on the gradients"
+        )
+    return min(s, MAX_SCALE_BITS)
+
+
+@dataclass(frozen=True)
+class GradCodec:
+    """Fixed-point encoding of per-row gradients, hessians and labels (see module docstring)."""
+
+    scale_bits: int
+    grad_bound: float
+
+    @property
+    def scale(self) -> float:
+        return float(2**self.scale_bits)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """float64 integers rint(clip(v, -B, B) * 2^S) (exact in float64)."""
+        b = self.grad_bound
+        return np.rint(np.clip(values, -b, b) * self.scale)
+
+    def decode(self, integers: np.ndarray) -> np.ndarray:
+        """Signed integer sums back to float64 values."""
+        return np.asarray(integers, dtype=np.float64) / self.scale
+
+
+def to_modular(integers: np.ndarray) -> np.ndarray:
+    """Exact float64 integers (|v| < 2^53) as two's-complement ``<u8`` for secure aggregation."""
+    return np.ascontiguousarray(integers.astype(np.int64).view("<u8"))
+
+
+def from_modular(total: np.ndarray) -> np.ndarray:
+    """A modular sum (``<u8``) read back as signed int64 (exact: the sum never wraps)."""
+    return np.ascontiguousarray(total, dtype="<u8").view(np.int64)
+
+
+@dataclass(frozen=True)
+class HistRunConfig:
+    """Everything silos and service agree on before a secure-histogram run starts.
+
+    Parameters
+    ----------
+    objective
+        binary:logistic or reg:squarederror.
+    params
+        XGBoost hyperparameters (max_depth, eta, lambda, alpha, gamma, min_child_weight,
+        max_bin; subsample/colsample must stay 1).
+    n_trees
+        Boosting rounds.
+    ranges
+        Per feature (low, high): the contract's range, bounds the fine binning grid.
+    fine_cells
+        Cells of the fine grid per feature (quantiles are read off it).
+    min_rows_per_node
+        Neither child of a split may hold fewer rows (federation-wide); silos check it.
+    max_rows
+        Upper bound on the federation's total training rows (sets the precision).
+    grad_bound
+        B: |gradient| and |label| are clipped to it (1 for binary:logistic).
+    """
+
+    objective: TreeObjective
+    params: XGBoostParams
+    n_trees: int
+    ranges: tuple[tuple[float, float], ...]
+    fine_cells: int = 4096
+    min_rows_per_node: int = 1
+    max_rows: int = 2**28
+    grad_bound: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.params.subsample != 1.0 or self.params.colsample_bytree != 1.0:
+            raise HistConfigError(
+                "secure-hist grows every tree on all rows and features: "
+                "subsample and colsample_bytree must be 1"
+            )
+        if self.n_trees < 1 or self.min_rows_per_node < 1:
+            raise HistConfigError("n_trees and min_rows_per_node must be >= 1")
+        if not 2 <= self.fine_cells <= 2**20 or self.fine_cells < self.params.max_bin:
+            raise HistConfigError(
+                f"fine_cells must be in [max_bin={self.params.max_bin}, 2^20], "
+                f"got {self.fine_cells}"
+            )
+        for f, (lo, hi) in enumerate(self.ranges):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise HistConfigError(f"feature {f}: range ({lo}, {hi}) must be finite, low < high")
+        if self.objective == "binary:logistic" and self.grad_bound < 1.0:
+            raise HistConfigError("binary:logistic gradients reach 1: grad_bound must be >= 1")
+        scale_bits_for(self.max_rows, self.grad_bound)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.ranges)
+
+    @property
+    def codec(self) -> GradCodec:
+        return GradCodec(scale_bits_for(self.max_rows, self.grad_bound), self.grad_bound)
+
+    def setup_length(self) -> int:
+        """Length of the setup vector: fine-grid counts (+ missing) per feature, rows, sum y."""
+        return self.n_features * (self.fine_cells + 1) + 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["params"] = self.params.model_dump(by_alias=True)
+        out["ranges"] = [list(r) for r in self.ranges]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HistRunConfig:
+        return cls(
+            **{
+                **data,
+                "params": XGBoostParams.model_validate(data["params"]),
+                "ranges": tuple((float(lo), float(hi)) for lo, hi in data["ranges"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class HistLayout:
+    """Offsets of every feature's bins in a node block (derived from the cut points)."""
+
+    n_bins: tuple[int, ...]
+    offsets: np.ndarray = field(repr=False, compare=False)
+    total: int = 0
+
+    @classmethod
+    def from_cuts(cls, cuts: Sequence[np.ndarray]) -> HistLayout:
+        n_bins = tuple(len(c) + 1 for c in cuts)
+        widths = np.array([b + 1 for b in n_bins], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+        return cls(n_bins, offsets, int(widths.sum()))
+
+    @property
+    def block(self) -> int:
+        """Entries of one node's block: g, h and counts over every slot."""
+        return STATS * self.total
+
+    def missing_slot(self, feature: int) -> int:
+        return int(self.offsets[feature]) + self.n_bins[feature]
+
+    def check_level(
+        self, vector: np.ndarray, n_nodes: int, *, silo: str | None, tree: int, depth: int
+    ) -> None:
+        """Raise HistVectorError unless `vector` is a ``<u8`` level vector of `n_nodes` blocks."""
+        expected = n_nodes * self.block
+        if vector.ndim != 1 or vector.size != expected or vector.dtype != np.dtype("<u8"):
+            raise HistVectorError(
+                f"histogram vector has shape {vector.shape} and dtype {vector.dtype}; this level "
+                f"asks for {n_nodes} node(s) x {self.block} = {expected} entries of <u8",
+                silo=silo,
+                tree=tree,
+                depth=depth,
+            )
+
+
+@dataclass(frozen=True)
+class NodeSplit:
+    """A split the service decided: rows of `node` with bin <= `bin` of `feature` go left.
+
+    `bin` = -1 sends every present value right; `bin` = n_bins - 1 sends every present value
+    left; missing values follow `default_left`. Children get ids `left` and `right`.
+    """
+
+    node: int
+    feature: int
+    bin: int
+    default_left: bool
+    left: int
+    right: int
+
+
+@dataclass(frozen=True)
+class NodeCount:
+    """A node whose histograms a level asks for, with its federation-wide row count."""
+
+    node: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class LevelRequest:
+    """Service -> silos, once per depth level: apply `splits`, then histogram `compute`.
+
+    `counter` is the secure-aggregation counter of this level's vector. Nodes not listed in
+    `compute` need no histogram from the silos (the service derives a larger sibling by
+    subtraction, and nodes at max_depth or too small to split become leaves).
+    """
+
+    tree: int
+    depth: int
+    counter: int
+    splits: tuple[NodeSplit, ...]
+    compute: tuple[NodeCount, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LevelRequest:
+        d = json.loads(raw)
+        return cls(
+            d["tree"],
+            d["depth"],
+            d["counter"],
+            tuple(NodeSplit(**s) for s in d["splits"]),
+            tuple(NodeCount(**c) for c in d["compute"]),
+        )
+
+
+@dataclass(frozen=True)
+class TreeDone:
+    """Service -> silos: the finished tree's last splits and every leaf's value (eta applied)."""
+
+    tree: int
+    splits: tuple[NodeSplit, ...]
+    leaves: tuple[tuple[int, float], ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TreeDone:
+        d = json.loads(raw)
+        return cls(
+            d["tree"],
+            tuple(NodeSplit(**s) for s in d["splits"]),
+            tuple((int(n), float(v)) for n, v in d["leaves"]),
+        )
+
+
+def grid_edges(low: float, high: float, cells: int) -> np.ndarray:
+    """The cells + 1 float32 edges of one feature's fine grid (public: from the contract)."""
+    steps = np.arange(cells + 1, dtype=np.float64) / cells
+    return (low + (high - low) * steps).astype(np.float32)
+
+
+def cuts_to_json(cuts: Sequence[np.ndarray]) -> bytes:
+    """Cut points as JSON (float32 values written exactly via float64 repr)."""
+    return json.dumps([[float(v) for v in c] for c in cuts], separators=(",", ":")).encode()
+
+
+def cuts_from_json(raw: bytes) -> list[np.ndarray]:
+    return [np.asarray(c, dtype=np.float32) for c in json.loads(raw)]
+
+
+def split_threshold(cuts: np.ndarray, bin_: int) -> float:
+    """XGBoost's split_condition for "bin <= bin_ goes left" (see `NodeSplit`)."""
+    if bin_ < 0:
+        return float(-np.finfo(np.float32).max)  # every present value goes right
+    if bin_ >= len(cuts):
+        return float(np.finfo(np.float32).max)  # every present value goes left
+    return float(cuts[bin_])
