@@ -103,7 +103,7 @@ def test_dropped_silo_leaves_and_earlier_vectors_stay_masked() -> None:
     # s3's vector of counter 1
     seeds = srv.current.responses  # counter-2 answers: pairwise seeds with s3
     y = first["s3"].vector.copy()
-    for s, answer in seeds.items():
+    for answer in seeds.values():
         add_mask(y, answer.pair_seeds["s3"], +1)  # every peer sorts before s3
     assert not np.array_equal(y, xs["s3"])
     # a silo that left is never re-admitted by its peers
