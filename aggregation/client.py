@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from aggregation.exceptions import ServiceRejected, ServiceUnavailable
+from aggregation.tls_client import TlsFiles, tls_hint
 from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.lineage import LineageEntry, make_statement, sign_statement
@@ -46,13 +48,17 @@ class _Base:
         retry_for_s: float = 120.0,
         timeout_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("at least one service URL is needed")
         self.retry_for_s = retry_for_s
         self._current = 0
-        self._http = httpx.Client(timeout=timeout_s, transport=transport)
+        # mutual TLS (production): explicit files, else FEDSILO_TLS_* when set
+        tls = tls or TlsFiles.from_env()
+        verify: ssl.SSLContext | bool = tls.context() if tls else True
+        self._http = httpx.Client(timeout=timeout_s, transport=transport, verify=verify)
 
     def close(self) -> None:
         self._http.close()
@@ -98,6 +104,7 @@ class _Base:
                 )
             except httpx.TransportError as exc:
                 last_error = f"{base}: {type(exc).__name__}: {exc}"
+                last_error += tls_hint(base, exc)
             else:
                 if resp.status_code < 500:
                     if resp.status_code >= 400:

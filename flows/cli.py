@@ -12,6 +12,14 @@ from rich.table import Table
 
 from flows.cli_common import ServiceUrls, TokenFileOpt, TokenOpt, console
 from flows.cli_common import token_from as _token
+from flows.cli_serve import (
+    AdminTokenFileOpt,
+    ClientCaOpt,
+    ProductionOpt,
+    TlsCertOpt,
+    TlsKeyOpt,
+    serve_service,
+)
 from flows.processes import TELEMETRY_OFF
 
 for _k, _v in TELEMETRY_OFF.items():
@@ -121,28 +129,35 @@ def aggregator_serve(
         ),
     ] = "",
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, MiB.")] = 64.0,
+    production: ProductionOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    client_ca: ClientCaOpt = None,
+    admin_token_file: AdminTokenFileOpt = None,
 ) -> None:
     """Start the aggregation service. All state is in its database: stop or kill it at any
     time and start it again to carry on."""
-    import uvicorn
+    from pydantic import ValidationError
 
-    from aggregation.service.main import create_app
     from aggregation.service.settings import ServiceSettings
 
-    settings = ServiceSettings(
-        workspace=workspace,
-        host=host,
-        port=port,
-        database_url=database_url,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
-    )
-    application = create_app(settings)
-    console.print(
-        f"aggregation service on http://{host}:{port} (database "
-        f"{settings.resolved_database_url().split('@')[-1]}); admin token in "
-        f"{workspace / 'admin.token'}"
-    )
-    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_keep_alive=30)
+    try:
+        settings = ServiceSettings(
+            workspace=workspace,
+            host=host,
+            port=port,
+            database_url=database_url,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            mode="production" if production else "development",
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            client_ca=client_ca,
+            admin_token_file=admin_token_file,
+        )
+    except ValidationError as exc:
+        console.print(f"[red]error:[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from exc
+    serve_service(settings)
 
 
 @silo_app.command("start")
@@ -301,9 +316,14 @@ def silo_check_cmd(
     raise typer.Exit(silo_check(config, console))
 
 
+from flows.cli_federation import federation_app, silo_demo_data, silo_enrol, silo_revoke  # noqa: E402
 from flows.cli_lineage import lineage_app, report  # noqa: E402  (registers after app exists)
 
 app.add_typer(lineage_app, name="lineage")
+app.add_typer(federation_app, name="federation")
+silo_app.command("enrol")(silo_enrol)
+silo_app.command("revoke")(silo_revoke)
+silo_app.command("demo-data")(silo_demo_data)
 app.command()(report)
 
 

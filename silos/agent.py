@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 
 from aggregation.client import SiloClient
 from aggregation.exceptions import ServiceRejected
+from aggregation.tls_client import TlsFiles
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec, param_shapes
@@ -47,6 +48,7 @@ def make_client(config: SiloConfig, retry_for_s: float = 600.0) -> SiloClient:
         silo=config.silo.name,
         key=key,
         retry_for_s=retry_for_s,
+        tls=TlsFiles(config.tls.ca, config.tls.cert, config.tls.key) if config.tls else None,
     )
 
 

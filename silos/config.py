@@ -22,6 +22,11 @@ Example::
     [policy]
     allowed_models = ["logreg", "mlp"]
     max_rounds_per_run = 200
+
+    [tls]                            # production: mutual TLS with the service (https:// URLs)
+    ca = "certs/ca.pem"              # the federation's CA
+    cert = "certs/silo.pem"          # signed by the coordinator (`fedsilo federation sign-csr`)
+    key = "certs/silo.key"           # made by `fedsilo silo enrol`, mode 0600
 """
 
 from __future__ import annotations
@@ -30,7 +35,14 @@ import tomllib
 from pathlib import Path
 from typing import get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas.specs import ModelKind
 from schemas.wire import NAME_PATTERN
@@ -82,13 +94,38 @@ class PolicySection(_Section):
     require_privacy: bool = Field(default=False, description="refuse runs without silo-level DP")
 
 
+class TlsSection(_Section):
+    """Mutual TLS with the aggregation service: the federation CA and this silo's certificate."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class SiloConfig(_Section):
     silo: SiloSection
     data: DataSection
     service: ServiceSection
     prefect: PrefectSection = PrefectSection()
     policy: PolicySection = PolicySection()
+    tls: TlsSection | None = None
     source: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_matches_urls(self) -> SiloConfig:
+        https = [u for u in self.service.urls if u.startswith("https://")]
+        if https and len(https) != len(self.service.urls):
+            raise ValueError("service.urls mixes http:// and https:// addresses")
+        if https and self.tls is None:
+            raise ValueError(
+                "https:// service URLs need a [tls] section (ca, cert, key): the service "
+                "accepts only client certificates from the federation's CA"
+            )
+        if self.tls is not None and not https:
+            raise ValueError(
+                "a [tls] section needs https:// service URLs (plain http:// is development mode)"
+            )
+        return self
 
     @property
     def workspace(self) -> Path:
@@ -131,4 +168,7 @@ def load_silo_config(path: Path | str) -> SiloConfig:
         }
     )
     data = cfg.data.model_copy(update={"path": base / cfg.data.path})
-    return cfg.model_copy(update={"silo": silo, "data": data})
+    tls = cfg.tls
+    if tls is not None:
+        tls = TlsSection(ca=base / tls.ca, cert=base / tls.cert, key=base / tls.key)
+    return cfg.model_copy(update={"silo": silo, "data": data, "tls": tls})

@@ -49,4 +49,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     for module in (federations, runs, silo, secagg, ledger):
         app.include_router(module.router)
+    if settings.mode == "production":
+        from aggregation.service.tls import IdentityBinding
+
+        # a certificate may act only as the party it names (silo, coordinator): see tls.py
+        app.add_middleware(IdentityBinding, max_body_bytes=settings.max_body_bytes)
+    else:
+        log.warning(DEVELOPMENT_BANNER)
     return app
+
+
+DEVELOPMENT_BANNER = (
+    "DEVELOPMENT MODE: plain HTTP, no client certificates; silos are authenticated by their "
+    "request signatures only. Keep it on 127.0.0.1; production runs "
+    "`fedsilo aggregator serve --production --tls-cert ... --tls-key ... --client-ca ...`."
+)

@@ -6,7 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,28 @@ class ServiceSettings(BaseSettings):
     long_poll_max_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.01, gt=0)
     admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
+    admin_token_file: Path | None = Field(default=None, description="file holding the token")
+    # production mode: mutual TLS (aggregation/service/tls.py)
+    tls_cert: Path | None = Field(default=None, description="service certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="service private key (PEM)")
+    client_ca: Path | None = Field(default=None, description="CA that signs client certificates")
+
+    @model_validator(mode="after")
+    def _production_needs_tls(self) -> ServiceSettings:
+        if self.mode != "production":
+            return self
+        given = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "client_ca": self.client_ca}
+        missing = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is None]
+        if missing:
+            raise ValueError(
+                f"production mode serves HTTPS with client certificates only and needs "
+                f"{', '.join(missing)} (files from `fedsilo federation init`); plain HTTP is "
+                "development mode"
+            )
+        absent = [f"{k.replace('_', '-')} {v}" for k, v in given.items() if v and not v.is_file()]
+        if absent:
+            raise ValueError(f"production mode: no such file: {'; '.join(absent)}")
+        return self
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -32,6 +54,11 @@ class ServiceSettings(BaseSettings):
         """The coordinator's bearer token; created once (0600) in the workspace if not given."""
         if self.admin_token:
             return self.admin_token
+        if self.admin_token_file:
+            token = self.admin_token_file.read_text().strip()
+            if not token:
+                raise ValueError(f"admin token file {self.admin_token_file} is empty")
+            return token
         return ensure_admin_token(self.workspace)
 
 
