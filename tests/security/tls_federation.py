@@ -79,6 +79,7 @@ def silo_files(
     name: str,
     federation: str = "heart",
     expired: bool = False,
+    replace: bool = False,
 ) -> SiloFiles:
     """A silo's keys, CSR and certificate, made by the same code as `fedsilo silo enrol` and
     `fedsilo federation sign-csr` (or an already-expired certificate from the same CA)."""
@@ -92,7 +93,7 @@ def silo_files(
         write_cert(files.cert, issue_silo_cert(ca, req, not_after=past))
         write_cert(files.ca, ca.cert)
     else:
-        sign_csr(fed, files.csr, files.cert, days=30, replace=False)
+        sign_csr(fed, files.csr, files.cert, days=30, replace=replace)
     return files
 
 
