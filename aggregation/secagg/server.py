@@ -57,6 +57,9 @@ class ServerState:
     # False only while replaying messages this service already verified and stored (its
     # database mailbox); every newly arriving message is verified.
     check_signatures: bool = True
+    # True when masked inputs were replayed without their vectors (replay_masked): `total` is
+    # then not the sum and finalize refuses. Every other step only needs who sent one.
+    partial_total: bool = False
     adverts: dict[str, AdvertiseKeys] = field(default_factory=dict)
     shares: dict[str, ShareKeys] = field(default_factory=dict)
     total: np.ndarray | None = None
@@ -164,6 +167,19 @@ def receive_masked(state: ServerState, msg: MaskedInput) -> None:
     assert state.total is not None  # allocated when stage 1 closed; _admit checked the stage
     np.add(state.total, msg.vector, out=state.total)
     state.submitted.append(msg.silo)
+
+
+def replay_masked(state: ServerState, silo: str, vector: np.ndarray | None) -> None:
+    """Replay a masked input accepted (checked) earlier. With `vector` None only the sender
+    is recorded, which spares loading and summing every stored vector on each request; the
+    state can then do everything but :func:`finalize`."""
+    if state.stage != "masked" or state.total is None or silo in state.submitted:
+        raise LateMessageError("replayed masked input out of order", **state.where("masked", silo))
+    if vector is None:
+        state.partial_total = True
+    else:
+        np.add(state.total, vector, out=state.total)
+    state.submitted.append(silo)
 
 
 def close_masked(state: ServerState) -> tuple[str, ...]:
@@ -274,6 +290,11 @@ def finalize(state: ServerState) -> np.ndarray:
     cfg = state.config
     if state.stage != "unmask" or state.total is None:
         raise LateMessageError(f"cannot finalize at stage {state.stage!r}", **state.where("unmask"))
+    if state.partial_total:
+        raise LateMessageError(
+            "masked inputs were replayed without their vectors; the sum is incomplete",
+            **state.where("unmask"),
+        )
     total = state.total.copy()
     for silo in state.survivors:
         seed = _reconstruct(state, silo, "b", state.shares[silo].b_commitment)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, null, select
+from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
 from aggregation.secagg.config import RoundConfig
@@ -108,42 +109,82 @@ def roster_keys(s: Session, run: Run, rnd: Round) -> dict[str, bytes]:
 
 
 def messages(s: Session, rnd: Round, stage: str | None = None) -> list[SecAggMessage]:
-    stmt = select(SecAggMessage).where(
-        SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number
+    """The round's mailbox rows, payloads deferred (loaded on access): callers mostly need
+    who sent what, and a masked payload is the whole model's size."""
+    stmt = (
+        select(SecAggMessage)
+        .options(defer(SecAggMessage.payload))
+        .where(SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number)
     )
     if stage:
         stmt = stmt.where(SecAggMessage.stage == stage)
     return list(s.scalars(stmt.order_by(SecAggMessage.id)))
 
 
+def _senders(s: Session, rnd: Round) -> dict[str, set[str]]:
+    """Who sent a message at each stage, in one query without payloads (polled often)."""
+    out: dict[str, set[str]] = {st: set() for st in STAGES}
+    rows = s.execute(
+        select(SecAggMessage.stage, SecAggMessage.silo).where(
+            SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number
+        )
+    )
+    for stage, silo in rows:
+        out[stage].add(silo)
+    return out
+
+
 def rebuild(
-    s: Session, run: Run, rnd: Round, spec: RunSpec, at: str | None = None
+    s: Session,
+    run: Run,
+    rnd: Round,
+    spec: RunSpec,
+    at: str | None = None,
+    *,
+    vectors: bool = False,
 ) -> server.ServerState:
     """Replay the mailbox into the protocol's server state at the round's current stage (or
-    at the earlier stage `at`, with that stage's messages received but the stage not closed)."""
+    at the earlier stage `at`, with that stage's messages received but the stage not closed).
+
+    Masked vectors are summed only with `vectors` (to finalize): every other request needs
+    just who sent one, and loading N stored vectors per request made a round O(N^2 d)."""
     # mailbox rows were signature-checked when they arrived: replaying them skips the checks
     state = server.ServerState(config(rnd, spec), roster_keys(s, run, rnd), check_signatures=False)
-    by_stage: dict[str, list[SecAggMessage]] = {st: [] for st in STAGES}
-    for row in messages(s, rnd):
+    by_stage: dict[str, list[Any]] = {st: [] for st in STAGES}
+    rows = s.execute(
+        select(
+            SecAggMessage.id,
+            SecAggMessage.stage,
+            SecAggMessage.silo,
+            case((SecAggMessage.stage == "masked", null()), else_=SecAggMessage.payload),
+        )
+        .where(SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number)
+        .order_by(SecAggMessage.id)
+    )
+    for row in rows:
         by_stage[row.stage].append(row)
     current = STAGES.index(rnd.secagg_stage or "advertise")
     if at is not None:
         current = min(current, STAGES.index(at))
     for row in by_stage["advertise"]:
-        server.receive_advertise(state, AdvertiseKeys.from_bytes(row.payload))
+        server.receive_advertise(state, AdvertiseKeys.from_bytes(row[3]))
     if current > 0:
         server.close_advertise(state)
         for row in by_stage["share"]:
-            server.receive_shares(state, ShareKeys.from_bytes(row.payload))
+            server.receive_shares(state, ShareKeys.from_bytes(row[3]))
     if current > 1:
         server.close_shares(state)
         for row in by_stage["masked"]:
-            server.receive_masked(state, MaskedInput.from_bytes(row.payload))
+            vector = None
+            if vectors:  # one stored vector in memory at a time
+                raw = s.scalars(select(SecAggMessage.payload).where(SecAggMessage.id == row.id))
+                vector = MaskedInput.from_bytes(raw.one()).vector
+            server.replay_masked(state, row.silo, vector)
     if current > 2:
         server.close_masked(state)
         server.unmask_requests(state)
         for row in by_stage["unmask"]:
-            server.receive_unmask(state, UnmaskResponse.from_bytes(row.payload))
+            server.receive_unmask(state, UnmaskResponse.from_bytes(row[3]))
     state.check_signatures = True
     return state
 
@@ -215,14 +256,14 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
         )
     }
     active = set(active_silos(s, rnd.run_id))
-    sent = {m.silo for m in messages(s, rnd, stage)}
+    senders = _senders(s, rnd)
+    sent = senders[stage]
     if stage == "advertise":
         expected = set(roster(rnd))
     elif stage == "unmask":
-        expected = {m.silo for m in messages(s, rnd, "masked")}
-        return expected - sent
+        return senders["masked"] - sent
     else:
-        expected = {m.silo for m in messages(s, rnd, STAGES[STAGES.index(stage) - 1])}
+        expected = senders[STAGES[STAGES.index(stage) - 1]]
     if stage == "masked":
         return (expected & active) - answered
     return (expected & active) - sent - answered
@@ -276,7 +317,7 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
 def _finalize(s: Session, run: Run, rnd: Round, spec: RunSpec) -> np.ndarray:
     """The survivors' weighted sum (float64); InsufficientSharesError/ReconstructionError when
     too few shares came back or a share was bad."""
-    total = server.finalize(rebuild(s, run, rnd, spec))
+    total = server.finalize(rebuild(s, run, rnd, spec, vectors=True))
     return quantizer(rnd, spec).dequantize_sum(total)
 
 
@@ -298,4 +339,9 @@ def weights_of(s: Session, rnd: Round, spec: RunSpec) -> dict[str, float]:
 
 
 def stage_messages(s: Session, rnd: Round, stage: str) -> Iterable[bytes]:
-    return [m.payload for m in messages(s, rnd, stage)]
+    stmt = select(SecAggMessage.payload).where(
+        SecAggMessage.run_id == rnd.run_id,
+        SecAggMessage.round == rnd.number,
+        SecAggMessage.stage == stage,
+    )
+    return list(s.scalars(stmt.order_by(SecAggMessage.id)))
