@@ -3,11 +3,14 @@
 Both retry transport failures and 5xx answers with backoff for `retry_for_s`, rotating over
 every configured service address, so a restarted or failed-over service is invisible to the
 caller. A 4xx answer is final and raised as `ServiceRejected` with the service's reason.
+With several addresses (service processes sharing one database), `spread=True` (or
+FEDSILO_SERVICE_SPREAD=1) sends each request to the next address in turn.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import ssl
 import time
@@ -48,12 +51,14 @@ class _Base:
         retry_for_s: float = 120.0,
         timeout_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        spread: bool | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("at least one service URL is needed")
         self.retry_for_s = retry_for_s
+        self.spread = os.environ.get("FEDSILO_SERVICE_SPREAD") == "1" if spread is None else spread
         self._current = 0
         # mutual TLS (production): explicit files, else FEDSILO_TLS_* when set
         tls = tls or TlsFiles.from_env()
@@ -87,8 +92,12 @@ class _Base:
         deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         last_error = ""
+        if self.spread:
+            self._current = (self._current + 1) % len(self.urls)
+        untried = len(self.urls)  # fail over to every other address before backing off
         while True:
             base = self.urls[self._current]
+            untried -= 1
             headers = {
                 "Content-Type": content_type,
                 **(extra_headers or {}),
@@ -117,6 +126,9 @@ class _Base:
                     f"{method} {path}: no aggregation service answered within "
                     f"{self.retry_for_s:.0f}s (tried {self.urls}); last error: {last_error}"
                 )
+            if untried > 0:
+                continue
+            untried = len(self.urls)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -189,11 +201,20 @@ class SiloClient(_Base):
         return statement.model_dump(), sign_statement(self.key, statement)
 
     def _post_with_statement(
-        self, path: str, body: bytes, run_id: str, round_: int, n_examples: int
+        self,
+        path: str,
+        body: bytes,
+        run_id: str,
+        round_: int,
+        n_examples: int,
+        digest: str | None = None,
     ) -> dict[str, Any]:
-        """POST an update whose `update_accepted` statement travels in a signed header."""
+        """POST an update whose `update_accepted` statement travels in a signed header.
+
+        `digest` is what the statement names (default: the body's sha256).
+        """
         payload = signing.update_statement_payload(
-            self.silo, round_, tensors.digest(body), n_examples
+            self.silo, round_, digest or tensors.digest(body), n_examples
         )
         statement, signature = self._signed(run_id, "update_accepted", payload)
         result = self.request(
@@ -213,6 +234,21 @@ class SiloClient(_Base):
             n_examples = 0  # the service will refuse the payload and say why
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
         return self._post_with_statement(path, payload, run_id, round_, n_examples)
+
+    def tree_base(self, run_id: str, round_: int) -> bytes | None:
+        """The native model this silo's trees grow from this round (None: from scratch)."""
+        content = self.request("GET", f"/v1/silo/runs/{run_id}/rounds/{round_}/tree-base").content
+        return content or None
+
+    def submit_trees(
+        self, run_id: str, round_: int, sealed: bytes, envelope_sha256: str, n_examples: int
+    ) -> dict[str, Any]:
+        """Send a sealed tree update; the signed statement names the envelope's sha256 (the
+        service can only check it after opening the seal)."""
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/trees"
+        return self._post_with_statement(
+            path, sealed, run_id, round_, n_examples, digest=envelope_sha256
+        )
 
     def secagg_post(
         self, run_id: str, round_: int, stage: str, message: bytes, n_examples: int | None = None

@@ -75,14 +75,14 @@ def train_centralized(
     Returns
     -------
     list of numpy.ndarray
-        The trained parameters in `param_shapes(spec.model)` order.
+        The trained parameters in `param_shapes(spec.torch_model)` order.
     """
-    params = get_params(build_model(spec.model, seed=init_seed))
+    params = get_params(build_model(spec.torch_model, seed=init_seed))
     remaining = spec.rounds * spec.training.local_epochs
     while remaining > 0:
         epochs = min(remaining, _MAX_EPOCHS_PER_CALL)
         training = spec.training.model_copy(update={"local_epochs": epochs})
-        params = train_local(spec.model, params, X, y, training).params
+        params = train_local(spec.torch_model, params, X, y, training).params
         remaining -= epochs
     return params
 

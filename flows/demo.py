@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aggregation.client import CoordinatorClient
+from flows import demo_trees
 from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
 from flows.demo_report import (
@@ -42,6 +43,7 @@ class DemoOptions:
     workspace: Path
     dataset: str = "heart"
     model: str = ""
+    mode: str = ""
     strategy: str = ""
     rounds: int = 0
     keep_running: bool = False
@@ -51,8 +53,16 @@ class DemoOptions:
     service_port: int = 8700
 
 
-def demo_spec(opts: DemoOptions, n_features: int) -> RunSpec:
+TREE_KINDS = ("xgboost", "lightgbm")
+TREE_MODES = ("bagging", "cyclic", "collective")
+
+
+def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
     spec = DATASETS[opts.dataset].spec(n_features)
+    if opts.model in TREE_KINDS:
+        return _tree_spec(opts, spec, n_features, n_silos)
+    if opts.mode:
+        raise DemoError(f"--mode is for tree models ({', '.join(TREE_KINDS)}), not {opts.model!r}")
     update: dict[str, object] = {}
     if opts.model:
         hidden = (32,) if opts.model == "mlp" else ()
@@ -69,6 +79,30 @@ def demo_spec(opts: DemoOptions, n_features: int) -> RunSpec:
         # each silo clips its delta to 0.5 and adds N(0, (1.0 * 0.5)^2 / n)
         update["privacy"] = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
     return spec.model_copy(update=update)
+
+
+def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) -> RunSpec:
+    """The dataset's run with XGBoost / LightGBM instead of its PyTorch model."""
+    mode = opts.mode or "bagging"
+    if mode not in TREE_MODES:
+        raise DemoError(f"unknown --mode {mode!r}; choose one of {', '.join(TREE_MODES)}")
+    if opts.strategy or opts.dp or opts.plain:
+        raise DemoError("--strategy, --dp and --plain apply to PyTorch models, not trees")
+    trees = demo_trees.tree_spec(opts.model, mode, n_features)  # type: ignore[arg-type]
+    data = spec.model_dump()
+    data.update(
+        model=None,
+        trees=trees.model_dump(),
+        strategy=StrategySpec().model_dump(),
+        secure_aggregation=SecureAggregationSpec(enabled=False).model_dump(),
+        privacy=None,
+        rounds=opts.rounds or demo_trees.rounds_for(trees.mode, n_silos),
+        patience=0,
+    )
+    try:
+        return RunSpec.model_validate(data)
+    except ValueError as exc:
+        raise DemoError(f"invalid tree run: {exc}") from exc
 
 
 def prepare_workspace(ws: Path) -> None:
@@ -89,16 +123,24 @@ def write_silo(
     frame,
     service_url: str,  # type: ignore[no-untyped-def]
     prefect_url: str,
+    collective: tuple[Path, Path, Path] | None = None,
 ) -> Path:
     folder = ws / "silos" / name
     folder.mkdir(parents=True)
     frame.to_csv(folder / "data.csv", index=False)
+    extra = ""
+    if collective is not None:  # this demo silo consents to showing its histograms
+        ca, cert, key = collective
+        extra = (
+            '\n[policy.trees]\nallowed_modes = ["bagging", "cyclic", "collective"]\n\n'
+            f'[collective]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+        )
     (folder / "silo.toml").write_text(
         f'[silo]\nname = "{name}"\nfederation = "{data.federation}"\nworkspace = "workspace"\n\n'
         f'[data]\npath = "data.csv"\ncontract = "{data.contract}"\n'
         f"test_fraction = {DEMO_TEST_FRACTION}\nsplit_seed = {DEMO_SPLIT_SEED}\n\n"
         f'[service]\nurls = ["{service_url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
-        '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 200\n'
+        '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 200\n' + extra
     )
     return folder / "silo.toml"
 
@@ -139,9 +181,12 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     contract = load_contract(data.contract)
     pipeline = FeaturePipeline.from_contract(contract)
     frames = data.frames()
-    spec = demo_spec(opts, pipeline.n_features).model_copy(
+    spec = demo_spec(opts, pipeline.n_features, len(frames)).model_copy(
         update={"federation_statistics": contract.pipeline.needs_federation_stats}
     )
+    pki = None
+    if spec.trees is not None and spec.trees.mode == "collective":
+        pki = demo_trees.collective_pki(ws / "pki", list(frames))
     procs: list[Proc] = []
     console.rule(f"[bold]fedsilo demo: {data.title}")
     console.print(
@@ -152,12 +197,18 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         prefect_url = _start_prefect(opts, ws, procs, console)
         service_url = f"http://127.0.0.1:{opts.service_port}"
         with console.status("starting the aggregation service"):
-            procs.append(start_service(ws / "service", opts.service_port))
+            procs.append(
+                start_service(
+                    ws / "service", opts.service_port, env=pki.service_env if pki else None
+                )
+            )
         token = (ws / "service" / "admin.token").read_text().strip()
         client = CoordinatorClient(service_url, token=token, retry_for_s=30)
         agents = [
             start_agent(
-                write_silo(ws, data, n, f, service_url, prefect_url),
+                write_silo(
+                    ws, data, n, f, service_url, prefect_url, pki.silo_files[n] if pki else None
+                ),
                 ws / "silos" / n / "agent.log",
                 prefect_url,
             )
@@ -219,6 +270,7 @@ def _train(
                 federation=spec.federation,
                 dataset=spec.dataset,
                 model=spec.model,
+                trees=spec.trees,
                 strategy=spec.strategy,
                 training=spec.training,
                 rounds=spec.rounds,
@@ -243,9 +295,7 @@ def _train(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(
-            f"federated training ({spec.strategy.name}, {spec.model.kind})", total=spec.rounds + 1
-        )
+        bar = progress.add_task(f"federated training ({spec.model_label})", total=spec.rounds + 1)
         while thread.is_alive():
             thread.join(0.5)
             runs = client.list_runs(spec.federation, limit=1)

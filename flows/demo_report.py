@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aggregation.client import CoordinatorClient
-from flows import baselines
+from flows import baselines, demo_trees
 from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from schemas import tensors
 from schemas.specs import RunSpec
@@ -124,29 +124,41 @@ def compare(
         _federation_stats(spec, frames, contract),
     )
     payload = Path(str(result["model_path"])).read_bytes()
-    federated = list(tensors.decode(payload)[0].values())
+    X_all = np.concatenate([a.X_train for a in arrays.values()])
+    y_all = np.concatenate([a.y_train for a in arrays.values()])
+    local_names = [f"{n} alone" for n in arrays]
     with console.status("training the baselines: each silo alone, and pooled"):
-        local = baselines.local_only(
-            spec,
-            {n: (a.X_train, a.y_train) for n, a in arrays.items()},
-            init_seed=spec.training.seed,
-        )
-        X_all = np.concatenate([a.X_train for a in arrays.values()])
-        y_all = np.concatenate([a.y_train for a in arrays.values()])
-        pooled = baselines.train_centralized(spec, X_all, y_all, init_seed=spec.training.seed)
-    models = {
-        "federated": federated,
-        **{f"{n} alone": p for n, p in local.items()},
-        "pooled (centralized)": pooled,
-    }
-    rows = baselines.comparison_table(
-        spec.model, models, {n: (a.X_test, a.y_test) for n, a in arrays.items()}
-    )
+        if spec.trees is not None:
+            seed = spec.training.seed
+            tree_models = {
+                "federated": payload,
+                **{
+                    f"{n} alone": demo_trees.alone(spec.trees, a.X_train, a.y_train, seed)
+                    for n, a in arrays.items()
+                },
+                "pooled (centralized)": demo_trees.alone(spec.trees, X_all, y_all, seed),
+            }
+            rows = demo_trees.comparison_rows(spec.trees, tree_models, arrays)
+        else:
+            local = baselines.local_only(
+                spec,
+                {n: (a.X_train, a.y_train) for n, a in arrays.items()},
+                init_seed=spec.training.seed,
+            )
+            pooled = baselines.train_centralized(spec, X_all, y_all, init_seed=spec.training.seed)
+            models = {
+                "federated": list(tensors.decode(payload)[0].values()),
+                **{f"{n} alone": p for n, p in local.items()},
+                "pooled (centralized)": pooled,
+            }
+            rows = baselines.comparison_table(
+                spec.torch_model, models, {n: (a.X_test, a.y_test) for n, a in arrays.items()}
+            )
     test_sets = [*arrays, baselines.ALL_TEST_SETS]
     table = Table(
         "model", *[f"{t}\nacc / AUC" for t in test_sets], title="test-set accuracy and ROC AUC"
     )
-    for name in models:
+    for name in ["federated", *local_names, "pooled (centralized)"]:
         cells = []
         for t in test_sets:
             row = next(r for r in rows if r["model"] == name and r["test_set"] == t)
@@ -160,7 +172,7 @@ def compare(
         if r["test_set"] == baselines.ALL_TEST_SETS
     }
     fed_acc = acc_all["federated"]
-    best_local = max(acc_all[f"{n} alone"] for n in local)
+    best_local = max(acc_all[n] for n in local_names)
     central = acc_all["pooled (centralized)"]
     verdict = fed_acc > best_local and central - fed_acc <= 0.03
     console.print(
@@ -172,6 +184,18 @@ def compare(
             else "[red]target missed[/red]"
         )
     )
+    if spec.trees is not None:  # the tree modes' target is on ROC AUC
+        auc_all = {
+            str(r["model"]): float(r["auc"] or 0.0)  # type: ignore[arg-type]
+            for r in rows
+            if r["test_set"] == baselines.ALL_TEST_SETS
+        }
+        console.print(
+            f"ROC AUC on all test sets: federated {auc_all['federated']:.4f}, pooled "
+            f"{auc_all['pooled (centralized)']:.4f}, best silo alone "
+            f"{max(auc_all[n] for n in local_names):.4f} "
+            f"({spec.trees.kind} {spec.trees.mode}; {demo_trees.STEPS} boosting steps each)"
+        )
     return {
         "run_id": result["run_id"],
         "model_path": result["model_path"],

@@ -89,7 +89,14 @@ def wait_http(proc: Proc, url: str, timeout_s: float) -> None:
     )
 
 
-def start_service(workspace: Path, port: int, database_url: str = "", wait_s: float = 60.0) -> Proc:
+def start_service(
+    workspace: Path,
+    port: int,
+    database_url: str = "",
+    wait_s: float = 60.0,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    """`fedsilo aggregator serve` as a process; `env` adds FEDSILO_SERVICE_* settings."""
     args = [
         sys.executable,
         "-m",
@@ -105,7 +112,7 @@ def start_service(workspace: Path, port: int, database_url: str = "", wait_s: fl
     ]
     if database_url:
         args += ["--database-url", database_url]
-    proc = spawn("aggregation service", args, workspace / "service.log", base_env())
+    proc = spawn("aggregation service", args, workspace / "service.log", base_env(**(env or {})))
     wait_http(proc, f"http://127.0.0.1:{port}/healthz", wait_s)
     return proc
 

@@ -10,6 +10,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.exceptions import SpecError
+from schemas.tree_params import TreeSpec
+
 ModelKind = Literal["logreg", "mlp"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
 
@@ -114,11 +117,16 @@ class PrivacySpec(_Strict):
 
 
 class RunSpec(_Strict):
-    """A federated training run, as the coordinator asks for it."""
+    """A federated training run, as the coordinator asks for it.
+
+    Exactly one of `model` (a PyTorch model trained by the strategies and, by default, securely
+    aggregated) and `trees` (XGBoost / LightGBM, see `schemas.tree_params`) is set.
+    """
 
     federation: str = Field(min_length=1, max_length=64)
     dataset: str = Field(min_length=1, max_length=64)
-    model: ModelSpec
+    model: ModelSpec | None = None
+    trees: TreeSpec | None = None
     strategy: StrategySpec = StrategySpec()
     training: TrainingSpec = TrainingSpec()
     rounds: int = Field(default=10, ge=1, le=10_000)
@@ -141,6 +149,40 @@ class RunSpec(_Strict):
         description="open with a statistics round: silos' per-feature counts, sums and sums of "
         "squares are securely summed into the federation's imputation/standardisation stats",
     )
+
+    @property
+    def torch_model(self) -> ModelSpec:
+        """The PyTorch model of this run; a tree run has none."""
+        if self.model is None:
+            raise SpecError("this run trains tree models; it has no PyTorch model spec")
+        return self.model
+
+    @property
+    def model_label(self) -> str:
+        """Short name of what the run trains, e.g. ``mlp`` or ``xgboost (bagging)``."""
+        if self.trees is not None:
+            return f"{self.trees.kind} ({self.trees.mode})"
+        return self.torch_model.kind
+
+    @model_validator(mode="after")
+    def _one_model_family(self) -> RunSpec:
+        if (self.model is None) == (self.trees is None):
+            raise ValueError(
+                "a run sets exactly one of model (PyTorch) and trees (XGBoost/LightGBM)"
+            )
+        if self.trees is not None:
+            # Tree updates are not additive, so masking cannot hide them: they are sealed to the
+            # service instead (aggregation/sealed.py). Say so rather than silently dropping it.
+            if self.secure_aggregation.enabled:
+                raise ValueError(
+                    "tree updates cannot be securely aggregated (they are not sums); set "
+                    "secure_aggregation.enabled=false: tree updates are sealed to the service"
+                )
+            if self.privacy is not None:
+                raise ValueError("differential privacy is not implemented for tree models")
+            if self.strategy != StrategySpec():
+                raise ValueError("strategies apply to PyTorch models; tree runs merge trees")
+        return self
 
     @model_validator(mode="after")
     def _privacy_needs_secure_aggregation(self) -> RunSpec:

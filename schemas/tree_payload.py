@@ -44,7 +44,7 @@ class TreeUpdateHeader(BaseModel):
     round: int = Field(ge=1)
     silo: str = Field(min_length=1)
     kind: Literal["xgboost", "lightgbm"]
-    mode: Literal["bagging", "cyclic"]
+    mode: Literal["bagging", "cyclic", "collective"]
     base_model_sha256: str | None = Field(
         default=None,
         pattern=SHA256_PATTERN,
@@ -56,6 +56,10 @@ class TreeUpdateHeader(BaseModel):
     n_features: int = Field(ge=1)
     model_sha256: str = Field(pattern=SHA256_PATTERN)
     library_version: str = ""
+    train_seconds: float | None = Field(default=None, ge=0)
+    metrics_json: str | None = Field(
+        default=None, description="the silo's evaluation of the base model on its holdout"
+    )
 
 
 def sha256_hex(data: bytes) -> str:

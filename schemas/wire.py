@@ -77,6 +77,31 @@ class SecAggInfo(Message):
     )
 
 
+class CollectiveInfo(Message):
+    """Where and as whom a silo joins XGBoost's federated collective for one round."""
+
+    host: str
+    port: int = Field(gt=0, lt=65536)
+    rank: int = Field(ge=0)
+    world_size: int = Field(ge=1)
+    server_name: str = Field(description="the name the server certificate must carry")
+
+
+class TreeTaskInfo(Message):
+    """What a silo needs for a tree-model round besides the run's spec."""
+
+    seal_key: str = Field(
+        description="the service's raw X25519 public key, hex: seal updates to it"
+    )
+    base_model_sha256: str | None = Field(
+        default=None, description="sha256 of the model to continue from (None: from scratch)"
+    )
+    order: list[str] = Field(
+        default_factory=list, description="cyclic mode: this round's order of silos"
+    )
+    collective: CollectiveInfo | None = None
+
+
 class Task(Message):
     """What the service asks a silo to do next."""
 
@@ -99,6 +124,7 @@ class Task(Message):
         default=None,
         description="the federation's summed feature moments, once its statistics round is done",
     )
+    trees: TreeTaskInfo | None = None
 
 
 class Refusal(Message):

@@ -24,7 +24,7 @@ from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
-from silos import privacy, secure_round
+from silos import privacy, secure_round, tree_round
 from silos.config import SiloConfig, load_silo_config
 from silos.features import FeaturePipeline
 from silos.federated_stats import local_moments
@@ -91,7 +91,12 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
             next_work.run_id,
             next_work.round,
         )
-        silo_training(config_path=str(config.source), run_id=next_work.run_id)
+        try:
+            silo_training(config_path=str(config.source), run_id=next_work.run_id)
+        except Exception:  # one run's failure here (a late answer refused, say) must not stop
+            # the agent: it keeps serving, and rejoins this run at its next task if it goes on
+            log.exception("silo %s: run %s failed here", config.silo.name, next_work.run_id)
+            time.sleep(1.0)
         served += 1
 
 
@@ -139,7 +144,7 @@ def fetch_global_model(
     client: SiloClient, spec: RunSpec, run_id: str, version: int
 ) -> list[np.ndarray]:
     payload = client.download_model(run_id, version)
-    params, _ = tensors.decode_expected(payload, param_shapes(spec.model))
+    params, _ = tensors.decode_expected(payload, param_shapes(spec.torch_model))
     return params
 
 
@@ -152,7 +157,7 @@ def encode_update(
     metrics: Metrics,
 ) -> bytes:
     """The update payload: the delta plus metadata binding it to this run and round."""
-    names = [n for n, _ in param_shapes(spec.model)]
+    names = [n for n, _ in param_shapes(spec.torch_model)]
     return tensors.encode(
         dict(zip(names, delta, strict=True)),
         {
@@ -180,7 +185,7 @@ def train_round(
     logger = get_run_logger()
     workspace = config.workspace
     params = fetch_global_model(client, spec, work.run_id, work.model_version)
-    metrics = evaluate(spec.model, params, data.X_test, data.y_test)
+    metrics = evaluate(spec.torch_model, params, data.X_test, data.y_test)
     logger.info("round %d: model v%d on local holdout: %s", work.round, work.model_version, metrics)
     if spec.privacy is not None:
         budget_problem = _privacy_budget_problem(config, work)
@@ -190,7 +195,7 @@ def train_round(
             return {"round": work.round, "refused": budget_problem}
     mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
     training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
-    result = train_local(spec.model, params, data.X_train, data.y_train, training, mu=mu)
+    result = train_local(spec.torch_model, params, data.X_train, data.y_train, training, mu=mu)
     delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
     if work.secagg is not None:
         answer = _submit_masked(
@@ -295,8 +300,11 @@ def evaluate_round(client: SiloClient, work: Task, data: LocalData) -> Metrics:
     """An evaluation round: score the final global model on the local holdout and report it."""
     spec = work.spec
     assert spec is not None
-    params = fetch_global_model(client, spec, work.run_id, work.model_version)
-    metrics = evaluate(spec.model, params, data.X_test, data.y_test)
+    if spec.trees is not None:
+        metrics = tree_round.evaluate_version(client, work, data)
+    else:
+        params = fetch_global_model(client, spec, work.run_id, work.model_version)
+        metrics = evaluate(spec.torch_model, params, data.X_test, data.y_test)
     report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
     client.submit_evaluation(work.run_id, work.round, report)
     get_run_logger().info("final model v%d on local holdout: %s", work.model_version, metrics)
@@ -388,6 +396,9 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             secagg_unmask(client, work, config.workspace)
         elif work.type == "statistics":
             submit_statistics(client, work, config)
+        elif work.spec.trees is not None:
+            tree_round.train_trees_round(client, work, data, config)
+            rounds_done += 1
         else:
             train_round(client, work, data, config)
             rounds_done += 1

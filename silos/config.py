@@ -23,10 +23,19 @@ Example::
     allowed_models = ["logreg", "mlp"]
     max_rounds_per_run = 200
 
+    [policy.trees]                   # optional: limits on XGBoost / LightGBM runs
+    allowed_modes = ["bagging", "cyclic"]
+    max_depth = 6
+
     [tls]                            # production: mutual TLS with the service (https:// URLs)
     ca = "certs/ca.pem"              # the federation's CA
     cert = "certs/silo.pem"          # signed by the coordinator (`fedsilo federation sign-csr`)
     key = "certs/silo.key"           # made by `fedsilo silo enrol`, mode 0600
+
+    [collective]                     # only to join XGBoost's federated collective (mutual TLS)
+    ca = "certs/federation-ca.pem"
+    cert = "certs/silo.pem"
+    key = "certs/silo.key"
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from pydantic import (
 from schemas.specs import ModelKind
 from schemas.wire import NAME_PATTERN
 from silos.exceptions import SiloConfigError
+from silos.tree_policy import TreePolicy
 
 
 class _Section(BaseModel):
@@ -92,6 +102,15 @@ class PolicySection(_Section):
         description="total DP budget across runs; rounds that would exceed it are refused",
     )
     require_privacy: bool = Field(default=False, description="refuse runs without silo-level DP")
+    trees: TreePolicy = TreePolicy()
+
+
+class CollectiveSection(_Section):
+    """Certificates for XGBoost's federated collective: the federation CA, this silo's own."""
+
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class TlsSection(_Section):
@@ -108,6 +127,7 @@ class SiloConfig(_Section):
     service: ServiceSection
     prefect: PrefectSection = PrefectSection()
     policy: PolicySection = PolicySection()
+    collective: CollectiveSection | None = None
     tls: TlsSection | None = None
     source: Path | None = None
 
@@ -168,7 +188,12 @@ def load_silo_config(path: Path | str) -> SiloConfig:
         }
     )
     data = cfg.data.model_copy(update={"path": base / cfg.data.path})
+    collective = cfg.collective
+    if collective is not None:
+        collective = CollectiveSection(
+            ca=base / collective.ca, cert=base / collective.cert, key=base / collective.key
+        )
     tls = cfg.tls
     if tls is not None:
         tls = TlsSection(ca=base / tls.ca, cert=base / tls.cert, key=base / tls.key)
-    return cfg.model_copy(update={"silo": silo, "data": data, "tls": tls})
+    return cfg.model_copy(update={"silo": silo, "data": data, "collective": collective, "tls": tls})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schemas.specs import RunSpec
 from silos.config import SiloConfig
+from silos.tree_policy import policy_violation_trees
 
 
 def policy_violation(
@@ -11,10 +12,19 @@ def policy_violation(
 ) -> str | None:
     """Return why this silo must refuse the run, or None when its policy allows it."""
     policy = config.policy
-    if spec.model.kind not in policy.allowed_models:
+    if spec.trees is not None:
+        problem = policy_violation_trees(policy.trees, spec.trees, config.silo.name)
+        if problem:
+            return problem
+        if spec.trees.mode == "collective" and config.collective is None:
+            return (
+                f"silo {config.silo.name} has no [collective] certificates in "
+                f"{config.source}; it cannot join XGBoost's federated collective"
+            )
+    elif spec.torch_model.kind not in policy.allowed_models:
         return (
             f"silo {config.silo.name} policy allows models {policy.allowed_models}; "
-            f"the run asks for {spec.model.kind!r}"
+            f"the run asks for {spec.torch_model.kind!r}"
         )
     if spec.rounds > policy.max_rounds_per_run:
         return (
@@ -28,9 +38,10 @@ def policy_violation(
             f"silo {config.silo.name} holds data under contract {config.data.contract!r}; "
             f"the run is for dataset {spec.dataset!r}"
         )
-    if n_features is not None and spec.model.n_features != n_features:
+    expected = spec.trees.n_features if spec.trees else spec.torch_model.n_features
+    if n_features is not None and expected != n_features:
         return (
-            f"the run's model expects {spec.model.n_features} features; contract "
+            f"the run's model expects {expected} features; contract "
             f"{config.data.contract!r} yields {n_features} at silo {config.silo.name}"
         )
     return None

@@ -91,10 +91,12 @@ def build_update(
     round_num: int,
     silo: str,
     global_model: bytes | None,
+    metrics: Metrics | None = None,
 ) -> bytes:
-    """Wrap the new trees in the envelope the service validates (before sealing it)."""
-    if spec.mode == "collective":
-        raise ModelError("collective mode trains through xgboost.federated, not tree updates")
+    """Wrap the new trees in the envelope the service validates (before sealing it).
+
+    `metrics` is the silo's evaluation of `global_model` on its holdout, reported with the trees.
+    """
     header = TreeUpdateHeader(
         run_id=run_id,
         round=round_num,
@@ -108,6 +110,8 @@ def build_update(
         n_features=spec.n_features,
         model_sha256=sha256_hex(result.model),
         library_version=result.library_version,
+        train_seconds=result.seconds,
+        metrics_json=metrics.model_dump_json() if metrics is not None else None,
     )
     return encode_tree_update(header, result.model)
 

@@ -19,6 +19,7 @@ from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import contributions, get_round
 from aggregation.service.runs import get_model, get_run, spec_of
 from aggregation.service.tables import Contribution, ModelVersion, Round, Run, utcnow
+from aggregation.service.tree_rounds import close_tree_round
 from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
@@ -50,7 +51,10 @@ def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Rou
             rnd.reason += f"; sat out: {excused}"
         return rnd
     if rnd.kind == "train":
-        _aggregate(s, run, rnd, spec, usable, recorder)
+        if spec.trees is not None:
+            close_tree_round(s, run, rnd, spec, usable, recorder)
+        else:
+            _aggregate(s, run, rnd, spec, usable, recorder)
         rnd.status = "aggregated"
     else:
         rnd.status = "closed"
@@ -87,7 +91,7 @@ def advance_secure(
         return
     flat = flat / secure_rounds.survivor_weight(s, rnd, spec)
     arrays, start = [], 0
-    for _, shape in param_shapes(spec.model):
+    for _, shape in param_shapes(spec.torch_model):
         size = int(np.prod(shape))
         arrays.append(flat[start : start + size].reshape(shape).astype(np.float32))
         start += size
@@ -138,7 +142,7 @@ def _store_statistics(
 def _aggregate(
     s: Session, run: Run, rnd: Round, spec: RunSpec, updates: list[Contribution], recorder: Recorder
 ) -> None:
-    shapes = param_shapes(spec.model)
+    shapes = param_shapes(spec.torch_model)
     deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
     mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
     _apply(s, run, rnd, spec, mean_delta, updates, recorder, secure=False)
@@ -156,7 +160,7 @@ def _apply(
     secure: bool,
 ) -> None:
     """The strategy's server step on the mean delta; the new model version and its entries."""
-    shapes = param_shapes(spec.model)
+    shapes = param_shapes(spec.torch_model)
     current, _ = tensors.decode_expected(
         get_model(s, run.id, rnd.input_model_version).payload, shapes
     )

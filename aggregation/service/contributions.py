@@ -21,7 +21,7 @@ from schemas.specs import param_shapes
 from schemas.wire import Metrics, MetricsReport
 
 
-def _open_round_for(s: Session, run_id: str, number: int, silo: str, kind: str) -> Round:
+def open_round_for(s: Session, run_id: str, number: int, silo: str, kind: str) -> Round:
     run = get_run(s, run_id)
     if run.status != "running":
         raise Conflict(f"run {run_id} is {run.status}; it accepts no contributions")
@@ -53,10 +53,15 @@ def submit_update(
             f"silo {silo!r} already answered round {number} of run {run_id} "
             f"({existing.kind}, digest {existing.digest}); a second, different update is refused"
         )
-    _open_round_for(s, run_id, number, silo, "train")
+    open_round_for(s, run_id, number, silo, "train")
     spec = spec_of(get_run(s, run_id))
+    if spec.trees is not None:
+        raise Conflict(
+            f"run {run_id} trains {spec.trees.kind} trees: silo {silo!r} must send its trees "
+            "sealed to /trees, not a tensor update"
+        )
     try:
-        _, meta = tensors.decode_expected(payload, param_shapes(spec.model))
+        _, meta = tensors.decode_expected(payload, param_shapes(spec.torch_model))
     except TensorFormatError as exc:
         raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
     n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
@@ -134,7 +139,7 @@ def submit_evaluation(
         ):
             return existing, False
         raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
-    _open_round_for(s, run_id, number, silo, "evaluate")
+    open_round_for(s, run_id, number, silo, "evaluate")
     contribution = Contribution(
         run_id=run_id,
         round=number,
@@ -158,7 +163,7 @@ def submit_sit_out(s: Session, run_id: str, number: int, silo: str, reason: str)
             return False
         raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
     rnd = get_round(s, run_id, number)
-    _open_round_for(s, run_id, number, silo, rnd.kind)
+    open_round_for(s, run_id, number, silo, rnd.kind)
     s.add(Contribution(run_id=run_id, round=number, silo=silo, kind="sat_out", reason=reason))
     s.flush()
     return True

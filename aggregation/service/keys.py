@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -32,6 +33,28 @@ def load_or_create_service_key(workspace: Path) -> Ed25519PrivateKey:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another service process sharing the workspace won the race
         return load_or_create_service_key(workspace)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return key
+
+
+def load_or_create_seal_key(workspace: Path) -> X25519PrivateKey:
+    """The X25519 key silos seal tree updates to (`aggregation.sealed`); 0600 in the workspace.
+
+    Processes sharing one database must share it too, like the signing key.
+    """
+    path = workspace / "keys" / "service_x25519.pem"
+    if path.exists():
+        key = load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, X25519PrivateKey):
+            raise ValueError(f"{path} does not hold an X25519 private key")
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = X25519PrivateKey.generate()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_or_create_seal_key(workspace)
     with os.fdopen(fd, "wb") as fh:
         fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     return key

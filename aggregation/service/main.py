@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from aggregation.service import migrate
+from aggregation.sealed import service_public_bytes
+from aggregation.service import collective_rounds, migrate
 from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.exceptions import ServiceError
-from aggregation.service.keys import load_or_create_service_key
+from aggregation.service.keys import load_or_create_seal_key, load_or_create_service_key
 from aggregation.service.lineage import Recorder
-from aggregation.service.routes import federations, ledger, runs, secagg, silo
+from aggregation.service.routes import federations, ledger, runs, secagg, silo, trees
 from aggregation.service.settings import ServiceSettings
 
 log = logging.getLogger("fedsilo.service")
@@ -28,6 +29,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
+        collective_rounds.stop_all()
         engine.dispose()
 
     app = FastAPI(title="fedsilo aggregation service", version="1", lifespan=lifespan)
@@ -35,6 +37,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.admin_token = settings.resolved_admin_token()
+    app.state.seal_key = load_or_create_seal_key(settings.workspace)
+    app.state.seal_public = service_public_bytes(app.state.seal_key)
     app.state.recorder = Recorder(
         load_or_create_service_key(settings.workspace), settings.workspace
     )
@@ -47,7 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
-    for module in (federations, runs, silo, secagg, ledger):
+    for module in (federations, runs, silo, secagg, ledger, trees):
         app.include_router(module.router)
     if settings.mode == "production":
         from aggregation.service.tls import IdentityBinding

@@ -64,10 +64,17 @@ def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
     run = get_run(s, run_id, for_update=True)
     if run.status != "created":
         raise Conflict(f"run {run_id} is {run.status}; the initial model is set before it starts")
-    try:
-        tensors.decode_expected(payload, param_shapes(spec_of(run).model))
-    except TensorFormatError as exc:
-        raise InvalidPayload(f"initial model for run {run_id}: {exc}") from exc
+    spec = spec_of(run)
+    if spec.trees is not None:
+        # empty = grow from scratch; tree_rounds imports runs, hence the local import
+        from aggregation.service.tree_rounds import check_initial_model
+
+        check_initial_model(spec.trees, payload, run_id)
+    else:
+        try:
+            tensors.decode_expected(payload, param_shapes(spec.torch_model))
+        except TensorFormatError as exc:
+            raise InvalidPayload(f"initial model for run {run_id}: {exc}") from exc
     existing = s.get(ModelVersion, (run_id, 0))
     if existing is not None:
         s.delete(existing)

@@ -74,7 +74,7 @@ STATS_BITS = 64
 def dim(rnd: Round, spec: RunSpec) -> int:
     if rnd.kind == "statistics":
         return moments_length(load_contract(spec.dataset))
-    return sum(int(np.prod(shape)) for _, shape in param_shapes(spec.model))
+    return sum(int(np.prod(shape)) for _, shape in param_shapes(spec.torch_model))
 
 
 def config(rnd: Round, spec: RunSpec) -> RoundConfig:

@@ -27,6 +27,17 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = Field(default=None, description="service certificate (PEM)")
     tls_key: Path | None = Field(default=None, description="service private key (PEM)")
     client_ca: Path | None = Field(default=None, description="CA that signs client certificates")
+    # XGBoost's federated collective (tree mode "collective"): its gRPC server needs a server
+    # certificate and the federation CA that silo certificates chain to; it refuses without them.
+    collective_cert: Path | None = None
+    collective_key: Path | None = None
+    collective_ca: Path | None = None
+    collective_host: str = Field(
+        default="127.0.0.1", description="the address silos dial to reach the collective server"
+    )
+    collective_server_name: str = Field(
+        default="127.0.0.1", description="the name in the collective server's certificate"
+    )
 
     @model_validator(mode="after")
     def _production_needs_tls(self) -> ServiceSettings:

@@ -8,7 +8,7 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregation.service import secure_rounds
+from aggregation.service import secure_rounds, tree_rounds
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
 from aggregation.service.tables import Contribution, Round, Run, RunSilo
@@ -24,8 +24,13 @@ _SECAGG_TASK: dict[
 }
 
 
-def next_task(s: Session, federation: str, silo: str, run_id: str | None) -> Task | None:
-    """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
+def next_task(
+    s: Session, federation: str, silo: str, run_id: str | None, seal_public: bytes = b""
+) -> Task | None:
+    """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended.
+
+    `seal_public` is the service's X25519 key, handed to silos of tree runs to seal updates to.
+    """
     stmt = (
         select(Run, RunSilo)
         .join(RunSilo, RunSilo.run_id == Run.id)
@@ -43,9 +48,13 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None) -> Tas
         rnd = get_round(s, run.id, run.current_round)
         if rnd.status != "open":
             continue
-        task = (
-            _secure_task(s, run, rnd, silo) if rnd.secagg_stage else _plain_task(s, run, rnd, silo)
-        )
+        spec = spec_of(run)
+        if rnd.secagg_stage:  # also the statistics round of a tree run
+            task = _secure_task(s, run, rnd, silo)
+        elif spec.trees is not None:
+            task = tree_rounds.tree_task(s, run, rnd, spec, silo, seal_public)
+        else:
+            task = _plain_task(s, run, rnd, silo)
         if task is not None:
             return task
     return None

@@ -110,11 +110,13 @@ def train_collective(
     num_boost_round: int,
     seed: int = 0,
     n_threads: int = 1,
+    base_model: bytes | None = None,
 ) -> bytes:
     """Train one XGBoost model jointly with the other silos; returns its JSON bytes.
 
-    Every worker ends with the same model. Rank 0's copy is the one to submit; the others can
-    report its sha256 so the service can check they agree.
+    With `base_model` (the current global model, the same at every worker) boosting continues
+    from it and only the new trees are returned, as in the other tree modes. Every worker ends
+    with the same trees; each submits them and the service checks that they agree.
 
     Raises
     ------
@@ -142,10 +144,12 @@ def train_collective(
         with xgb.collective.CommunicatorContext(**args):
             dtrain = xgb.DMatrix(np.asarray(X, dtype=np.float32), label=y, nthread=n_threads)
             params = spec.native_params(seed=seed, n_threads=n_threads)
-            booster = xgb.train(params, dtrain, num_boost_round=num_boost_round)
+            base = xgb.Booster(model_file=bytearray(base_model)) if base_model else None
+            n_base = base.num_boosted_rounds() if base is not None else 0
+            booster = xgb.train(params, dtrain, num_boost_round=num_boost_round, xgb_model=base)
     except xgb.core.XGBoostError as exc:
         raise CollectiveRunError(f"the collective failed at rank {rank}: {exc}") from exc
-    return bytes(booster.save_raw("json"))
+    return bytes(booster[n_base:].save_raw("json"))
 
 
 def _child(kwargs: dict, results: multiprocessing.queues.Queue) -> None:

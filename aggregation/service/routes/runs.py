@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.service import lineage, secure_rounds
+from aggregation.service import collective_rounds, lineage, secure_rounds
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
@@ -28,7 +28,9 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
 
 
 @router.post("", status_code=201)
-def create_run(body: RunCreate, factory: FactoryDep) -> RunOut:
+def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> RunOut:
+    if body.spec.trees is not None and body.spec.trees.mode == "collective":
+        collective_rounds.check_ready(settings)
     with transaction(factory) as s:
         return run_crud.run_out(s, run_crud.create_run(s, body.spec, body.prefect_flow_run_id))
 
@@ -113,7 +115,9 @@ def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: Reco
 
 
 @router.post("/{run_id}/rounds", status_code=201)
-def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
+def open_round(
+    run_id: str, body: RoundOpen, factory: FactoryDep, settings: SettingsDep
+) -> RoundOut:
     with transaction(factory) as s:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
         spec = run_crud.spec_of(run_crud.get_run(s, run_id))
@@ -123,6 +127,24 @@ def open_round(run_id: str, body: RoundOpen, factory: FactoryDep) -> RoundOut:
         )
         if wants_secure and fresh:
             secure_rounds.start(s, rnd, run_id)
+        collective = (
+            spec.trees is not None
+            and spec.trees.mode == "collective"
+            and rnd.kind == "train"
+            and rnd.roster_json is None
+        )
+        ranks = round_crud.active_silos(s, run_id)
+        out = round_crud.round_out(s, rnd)
+    if not collective:
+        return out
+    # outside the transaction: the server takes seconds to start
+    where = collective_rounds.start(settings, run_id, rnd.number, ranks, body.deadline_s)
+    with transaction(factory) as s:
+        rnd = round_crud.get_round(s, run_id, body.round, for_update=True)
+        if rnd.roster_json is None:
+            rnd.roster_json = where
+        else:  # a retried request already started one
+            collective_rounds.stop(run_id, body.round)
         return round_crud.round_out(s, rnd)
 
 
@@ -160,7 +182,10 @@ async def get_round(
 def close(run_id: str, number: int, factory: FactoryDep, recorder: RecorderDep) -> RoundOut:
     """Aggregate a training round (or close an evaluation round) with what has arrived."""
     with transaction(factory) as s:
-        return round_crud.round_out(s, close_round(s, run_id, number, recorder))
+        out = round_crud.round_out(s, close_round(s, run_id, number, recorder))
+    if out.status != "open":
+        collective_rounds.stop(run_id, number)
+    return out
 
 
 @router.get("/{run_id}/models/{version}/admin", response_class=Response)

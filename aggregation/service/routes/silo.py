@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service import contributions as crud
+from aggregation.service.auth import SiloIdentity
 from aggregation.service.closing import advance_secure
 from aggregation.service.db import transaction
 from aggregation.service.deps import FactoryDep, RecorderDep, SettingsDep, SiloDep
@@ -19,7 +20,7 @@ from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import get_round
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model, spec_of
-from aggregation.service.tables import Run, RunSilo
+from aggregation.service.tables import Contribution, Run, RunSilo
 from aggregation.service.tasks import next_task
 from schemas.lineage import LineageError
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
@@ -40,6 +41,7 @@ def whoami(silo: SiloDep, factory: FactoryDep) -> SiloOut:
     "/silo/tasks", response_model=None, responses={204: {"description": "no work within the wait"}}
 )
 async def poll_task(
+    request: Request,
     silo: SiloDep,
     factory: FactoryDep,
     settings: SettingsDep,
@@ -47,10 +49,11 @@ async def poll_task(
     run_id: str | None = None,
 ) -> Task | Response:
     """Long-poll for the silo's next task (optionally within one run)."""
+    seal_public: bytes = request.app.state.seal_public
 
     def check() -> Task | None:
         with transaction(factory) as s:
-            return next_task(s, silo.federation, silo.name, run_id)
+            return next_task(s, silo.federation, silo.name, run_id, seal_public)
 
     task = await long_poll(check, min(wait, settings.long_poll_max_s), settings.poll_interval_s)
     return task if task is not None else Response(status_code=204)
@@ -84,42 +87,50 @@ async def submit_update(
     def store() -> dict[str, object]:
         with transaction(factory) as s:
             c, created = crud.submit_update(s, run_id, number, silo.name, silo.body)
-            if not created:
-                return {"digest": c.digest, "duplicate": True, "receipt": None}
-            if not statement_signature:
-                raise InvalidPayload(
-                    f"update from silo {silo.name!r} for round {number} lacks its signed ledger "
-                    f"statement ({STATEMENT_HEADER} header)"
-                )
-            row = find_silo(s, silo.federation, silo.name)
-            assert row is not None
-            payload = update_statement_payload(silo.name, number, c.digest or "", c.n_examples or 0)
-            try:
-                _, receipt = recorder.silo(
-                    s,
-                    "update_accepted",
-                    payload,
-                    run_id,
-                    silo.name,
-                    statement_signature,
-                    row.public_key,
-                )
-            except LineageError as exc:
-                raise InvalidPayload(f"update from silo {silo.name!r}: {exc}") from exc
-            return {"digest": c.digest, "duplicate": False, "receipt": receipt.model_dump()}
+            return accept_statement(s, recorder, silo, run_id, c, created, statement_signature)
 
     try:
         result = await run_in_threadpool(store)
     except ServiceError as exc:
-        await run_in_threadpool(
-            _record_rejection, factory, recorder, run_id, number, silo.name, exc
-        )
+        await run_in_threadpool(record_rejection, factory, recorder, run_id, number, silo.name, exc)
         raise
     response.status_code = 200 if result["duplicate"] else 201
     return result
 
 
-def _record_rejection(
+def accept_statement(
+    s: Session,
+    recorder: Recorder,
+    silo: SiloIdentity,
+    run_id: str,
+    c: Contribution,
+    created: bool,
+    statement_signature: str | None,
+) -> dict[str, object]:
+    """Record the silo's signed `update_accepted` statement for a stored update; the receipt.
+
+    A resubmission of the same update (created False) was acknowledged the first time.
+    """
+    if not created:
+        return {"digest": c.digest, "duplicate": True, "receipt": None}
+    if not statement_signature:
+        raise InvalidPayload(
+            f"update from silo {silo.name!r} for round {c.round} lacks its signed ledger "
+            f"statement ({STATEMENT_HEADER} header)"
+        )
+    row = find_silo(s, silo.federation, silo.name)
+    assert row is not None
+    payload = update_statement_payload(silo.name, c.round, c.digest or "", c.n_examples or 0)
+    try:
+        _, receipt = recorder.silo(
+            s, "update_accepted", payload, run_id, silo.name, statement_signature, row.public_key
+        )
+    except LineageError as exc:
+        raise InvalidPayload(f"update from silo {silo.name!r}: {exc}") from exc
+    return {"digest": c.digest, "duplicate": False, "receipt": receipt.model_dump()}
+
+
+def record_rejection(
     factory: sessionmaker[Session],
     recorder: Recorder,
     run_id: str,
