@@ -1,0 +1,1 @@
+"""fedsilo benchmark: the heart-disease task as a Flower app."""

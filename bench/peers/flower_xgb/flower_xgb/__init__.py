@@ -1,0 +1,1 @@
+"""fedsilo benchmark: XGBoost bagging as a Flower app."""
