@@ -220,8 +220,18 @@ def train(
     n_features: Annotated[
         int, typer.Option(help="Model input width (from the contract's pipeline).")
     ],
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
+    model: Annotated[
+        str, typer.Option(help="logreg, mlp (PyTorch), xgboost or lightgbm (trees).")
+    ] = "logreg",
     hidden: Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")] = [],
+    mode: Annotated[
+        str, typer.Option(help="Tree runs: bagging, cyclic or collective (XGBoost).")
+    ] = "bagging",
+    trees_per_round: Annotated[int, typer.Option(help="Tree runs: trees per silo and round.")] = 3,
+    tree_param: Annotated[
+        list[str],
+        typer.Option(help="Tree runs: a library parameter KEY=VALUE, e.g. max_depth=4; repeat."),
+    ] = [],
     strategy: Annotated[
         str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad.")
     ] = "fedavg",
@@ -247,14 +257,19 @@ def train(
 ) -> None:
     """Run the coordinator flow once (a Prefect flow run) against a running service."""
     from flows.coordinator import federated_training
-    from schemas.specs import ModelSpec, StrategySpec, TrainingSpec
+    from schemas.specs import ModelSpec, SecureAggregationSpec, StrategySpec, TrainingSpec
 
+    trees = None
+    if model in ("xgboost", "lightgbm"):
+        trees = _tree_spec(model, mode, n_features, trees_per_round, tree_param)
     result = federated_training(
         service_urls=service_url,
         admin_token=_token(token, token_file),
         federation=federation,
         dataset=dataset,
-        model=ModelSpec(kind=model, n_features=n_features, hidden=tuple(hidden)),  # type: ignore[arg-type]
+        model=None if trees else ModelSpec(kind=model, n_features=n_features, hidden=tuple(hidden)),  # type: ignore[arg-type]
+        trees=trees,
+        secure_aggregation=SecureAggregationSpec(enabled=trees is None),
         strategy=StrategySpec(name=strategy, server_lr=server_lr, mu=mu),  # type: ignore[arg-type]
         training=TrainingSpec(local_epochs=local_epochs, lr=lr, batch_size=batch_size),
         rounds=rounds,
@@ -266,6 +281,35 @@ def train(
     console.print(
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
+
+
+def _tree_spec(kind: str, mode: str, n_features: int, per_round: int, raw: list[str]):  # type: ignore[no-untyped-def]
+    """A validated TreeSpec from the command line; bad parameters are named, not ignored."""
+    import json
+
+    from schemas.tree_params import TreeSpecError, parse_tree_spec
+
+    params: dict[str, object] = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--tree-param")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    try:
+        return parse_tree_spec(
+            {
+                "kind": kind,
+                "mode": mode,
+                "n_features": n_features,
+                "trees_per_round": per_round,
+                "params": params,
+            }
+        )
+    except TreeSpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tree-param/--mode") from exc
 
 
 @runs_app.command("list")

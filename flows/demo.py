@@ -98,6 +98,9 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
         privacy=None,
         rounds=opts.rounds or demo_trees.rounds_for(trees.mode, n_silos),
         patience=0,
+        # a collective round waits for every worker; on a busy machine the first round (Prefect
+        # flow runs starting, data validated) can take a minute
+        round_deadline_s=max(spec.round_deadline_s, 180.0),
     )
     try:
         return RunSpec.model_validate(data)
