@@ -147,8 +147,9 @@ def test_bagging_round_merges_sealed_updates_into_one_native_model(service: str)
     assert task.trees.base_model_sha256 == hashlib.sha256(model).hexdigest()
 
 
-def test_cyclic_round_hands_the_chain_on_in_turn(service: str) -> None:
-    fed = start(service, tree_spec("cyclic", "lightgbm"))
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_cyclic_round_hands_the_chain_on_in_turn(service: str, kind: str) -> None:
+    fed = start(service, tree_spec("cyclic", kind))
     order = ["a", "b", "c"]  # round 1: the participants in name order
     assert fed.silos["b"].next_task(wait_s=0.2, run_id=fed.run_id) is None  # not b's turn yet
     previous_sha = None
