@@ -12,6 +12,9 @@ Modes
                     previous silo returned through the service.
     ``collective``  XGBoost's own federated collective (`xgboost.federated`, mutual TLS): one
                     model trained jointly; reveals per-silo gradient histograms to the server.
+    ``secure-hist`` XGBoost only: the service grows the trees from gradient/hessian histograms
+                    summed by secure aggregation (`aggregation/trees/secure_hist/`); it sees
+                    federation-wide sums only, never one silo's histogram (`SecureHistSpec`).
 
 `TreeSpec.native_params` maps a spec to the keyword dictionary the library expects; it imports
 neither library, so both the silo (training) and the service (collective server) can use it.
@@ -26,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from schemas.exceptions import SpecError
 
 TreeKind = Literal["xgboost", "lightgbm"]
-TreeMode = Literal["bagging", "cyclic", "collective"]
+TreeMode = Literal["bagging", "cyclic", "collective", "secure-hist"]
 TreeObjective = Literal["binary:logistic", "reg:squarederror"]
 
 MAX_DEPTH_LIMIT = 16
@@ -126,6 +129,22 @@ class LightGBMParams(_Params):
         return self.max_depth if self.max_depth > 0 else self.num_leaves - 1
 
 
+class SecureHistSpec(BaseModel):
+    """Mode ``secure-hist`` beyond XGBoost's own parameters (see `HistRunConfig`).
+
+    ``threshold`` is the secure-aggregation session's Shamir threshold t (default
+    max(2, n // 2 + 1) of the silos that start the run): up to n - t silos may drop out.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fine_cells: int = Field(default=4096, ge=2, le=2**20, description="fine binning grid")
+    min_rows_per_node: int = Field(default=1, ge=1, description="federation-wide, per child")
+    threshold: int | None = Field(default=None, ge=2)
+    grad_bound: float = Field(default=1.0, gt=0, description="|gradient| and |label| bound")
+    max_rows: int = Field(default=2**28, ge=1, description="bound on the federation's rows")
+
+
 class TreeSpec(BaseModel):
     """A tree-model run as the coordinator asks for it.
 
@@ -140,6 +159,9 @@ class TreeSpec(BaseModel):
     n_features: int = Field(gt=0)
     trees_per_round: int = Field(default=1, ge=1, le=MAX_TREES_PER_ROUND)
     params: XGBoostParams | LightGBMParams
+    secure_hist: SecureHistSpec | None = Field(
+        default=None, description="mode secure-hist only (filled with defaults there)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +169,8 @@ class TreeSpec(BaseModel):
         if not isinstance(data, dict):
             return data
         kind = data.get("kind")
+        if data.get("mode") == "secure-hist" and data.get("secure_hist") is None:
+            data = {**data, "secure_hist": {}}
         raw = data.get("params", {})
         schemas: dict[str, type[_Params]] = {"xgboost": XGBoostParams, "lightgbm": LightGBMParams}
         schema = schemas.get(str(kind))
@@ -170,6 +194,23 @@ class TreeSpec(BaseModel):
                 "mode 'collective' is XGBoost's own federated collective (xgboost.federated); "
                 "LightGBM supports 'bagging' and 'cyclic'"
             )
+        if self.mode == "secure-hist":
+            p = self.params
+            if not isinstance(p, XGBoostParams):
+                raise ValueError("mode 'secure-hist' grows XGBoost trees, not LightGBM ones")
+            if p.subsample != 1.0 or p.colsample_bytree != 1.0:
+                raise ValueError(
+                    "mode 'secure-hist' grows every tree on all rows and features: "
+                    "params.subsample and params.colsample_bytree must be 1"
+                )
+            assert self.secure_hist is not None
+            if self.secure_hist.fine_cells < p.max_bin:
+                raise ValueError(
+                    f"secure_hist.fine_cells ({self.secure_hist.fine_cells}) must be at least "
+                    f"params.max_bin ({p.max_bin})"
+                )
+        elif self.secure_hist is not None:
+            raise ValueError("secure_hist settings apply to mode 'secure-hist' only")
         return self
 
     def native_params(self, seed: int = 0, n_threads: int = 1) -> dict[str, Any]:

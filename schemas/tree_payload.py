@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import WIRE_VERSION
 from schemas.exceptions import SchemaError
+from schemas.tree_params import TreeMode
 
 MAGIC = b"FSTU"
 _LEN_BYTES = 4
@@ -44,7 +45,7 @@ class TreeUpdateHeader(BaseModel):
     round: int = Field(ge=1)
     silo: str = Field(min_length=1)
     kind: Literal["xgboost", "lightgbm"]
-    mode: Literal["bagging", "cyclic", "collective"]
+    mode: TreeMode  # secure-hist never sends tree updates; the service checks the run's mode
     base_model_sha256: str | None = Field(
         default=None,
         pattern=SHA256_PATTERN,

@@ -102,6 +102,39 @@ class TreeTaskInfo(Message):
     collective: CollectiveInfo | None = None
 
 
+class HistTaskInfo(Message):
+    """One step of a secure-histogram run (tree mode ``secure-hist``) for one silo.
+
+    Stages: ``advertise`` (join the run's secure-aggregation session), ``masked`` (send the
+    masked vector of aggregation `counter`: the setup vector when `level` is None, else the
+    level's histograms), ``consistency`` (sign the survivor list), ``unmask``. Binary protocol
+    messages travel hex-encoded (`aggregation.secagg.session_messages`).
+    """
+
+    stage: Literal["advertise", "masked", "consistency", "unmask"]
+    counter: int = Field(ge=0, description="the session's aggregation counter")
+    config: dict[str, object] | None = Field(
+        default=None, description="advertise: HistRunConfig.to_dict()"
+    )
+    roster: list[str] = Field(default_factory=list, description="advertise: session roster")
+    roster_keys: dict[str, str] = Field(
+        default_factory=dict, description="advertise: silo -> raw Ed25519 public key, hex"
+    )
+    threshold: int = Field(default=0, description="advertise: Shamir threshold t")
+    consistency_check: bool = True
+    request: str | None = Field(
+        default=None, description="AggregationRequest (masked) or SessionUnmaskRequest, hex"
+    )
+    adverts: list[str] = Field(
+        default_factory=list, description="every silo's SessionAdvert, hex (setup aggregation)"
+    )
+    level: str | None = Field(default=None, description="LevelRequest JSON; None: setup")
+    previous: str | None = Field(
+        default=None, description="TreeDone JSON of the tree before `level`'s (root levels)"
+    )
+    survivors: list[str] = Field(default_factory=list, description="consistency stage")
+
+
 class Task(Message):
     """What the service asks a silo to do next."""
 
@@ -113,6 +146,10 @@ class Task(Message):
         "secagg_share",
         "secagg_unmask",
         "statistics",
+        "hist_advertise",
+        "hist_masked",
+        "hist_consistency",
+        "hist_unmask",
     ]
     run_id: str
     round: int = 0
@@ -125,6 +162,7 @@ class Task(Message):
         description="the federation's summed feature moments, once its statistics round is done",
     )
     trees: TreeTaskInfo | None = None
+    hist: HistTaskInfo | None = None
 
 
 class Refusal(Message):

@@ -24,7 +24,7 @@ from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
-from silos import privacy, secure_round, tree_round
+from silos import hist_round, privacy, secure_round, tree_round
 from silos.config import SiloConfig, load_silo_config
 from silos.features import FeaturePipeline
 from silos.federated_stats import local_moments
@@ -364,6 +364,7 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
         if work is None:
             continue
         if work.type == "run_ended":
+            hist_round.forget(config.silo.name, run_id)
             logger.info(
                 "run %s ended (%s) after %d rounds here", run_id, work.run_status, rounds_done
             )
@@ -396,6 +397,8 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             secagg_unmask(client, work, config.workspace)
         elif work.type == "statistics":
             submit_statistics(client, work, config)
+        elif work.type in hist_round.TASK_TYPES:  # secure-hist: state kept in this process
+            hist_round.hist_step(client, work, data, config)
         elif work.spec.trees is not None:
             tree_round.train_trees_round(client, work, data, config)
             rounds_done += 1

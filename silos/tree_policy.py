@@ -3,7 +3,9 @@
 A silo operator may cap how deep or how many trees the federation can grow on the silo's data
 (deeper trees with fewer rows per leaf memorise more about individual rows), which libraries
 and modes it accepts, and whether it joins XGBoost's collective at all: that mode shows the
-silo's per-round gradient histograms to the aggregation service.
+silo's per-round gradient histograms to the aggregation service. ``secure-hist`` (only sums
+reach the service) must be allowed explicitly too, with the smallest node, federation-wide,
+whose histograms the silo will report (`min_rows_per_node`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class TreePolicy(BaseModel):
     max_trees_per_round: int = Field(default=20, ge=1, le=MAX_TREES_PER_ROUND)
     min_rows_per_leaf: int = Field(
         default=1, ge=0, description="LightGBM min_data_in_leaf must be at least this"
+    )
+    min_rows_per_node: int = Field(
+        default=1,
+        ge=1,
+        description="secure-hist: no histogram or leaf of fewer rows federation-wide (the run's "
+        "secure_hist.min_rows_per_node must be at least this; every level request is checked)",
     )
 
 
@@ -61,6 +69,12 @@ def policy_violation_trees(policy: TreePolicy, spec: TreeSpec, silo: str) -> str
         return (
             f"silo {silo} policy allows at most {policy.max_trees_per_round} trees per round; the "
             f"run asks for {spec.trees_per_round}"
+        )
+    hist = spec.secure_hist
+    if hist is not None and hist.min_rows_per_node < policy.min_rows_per_node:
+        return (
+            f"silo {silo} policy needs secure_hist.min_rows_per_node >= "
+            f"{policy.min_rows_per_node}; the run sets {hist.min_rows_per_node}"
         )
     min_rows = getattr(spec.params, "min_data_in_leaf", None)
     if min_rows is not None and min_rows < policy.min_rows_per_leaf:

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from aggregation.secagg.exceptions import InsufficientSharesError, ReconstructionError
-from aggregation.service import secure_rounds
+from aggregation.service import hist_rounds, secure_rounds
 from aggregation.service.contributions import sat_out_reasons
 from aggregation.service.exceptions import Conflict
 from aggregation.service.lineage import Recorder
@@ -33,6 +33,10 @@ def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Rou
         return rnd
     run = get_run(s, run_id, for_update=True)
     spec = spec_of(run)
+    if hist_rounds.is_hist_round(spec, rnd):
+        # secure-hist closes its rounds itself; at the deadline silent silos drop out
+        hist_rounds.close(s, run, rnd, recorder)
+        return rnd
     if rnd.secagg_stage is not None:
         # the deadline passed: whoever has not answered this stage is a dropout
         advance_secure(s, run, rnd, spec, recorder, force=True)

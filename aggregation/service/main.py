@@ -14,7 +14,7 @@ from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.exceptions import ServiceError
 from aggregation.service.keys import load_or_create_seal_key, load_or_create_service_key
 from aggregation.service.lineage import Recorder
-from aggregation.service.routes import federations, ledger, runs, secagg, silo, trees
+from aggregation.service.routes import federations, hist, ledger, runs, secagg, silo, trees
 from aggregation.service.settings import ServiceSettings
 
 log = logging.getLogger("fedsilo.service")
@@ -51,7 +51,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
-    for module in (federations, runs, silo, secagg, ledger, trees):
+    for module in (federations, runs, silo, secagg, ledger, trees, hist):
         app.include_router(module.router)
     if settings.mode == "production":
         from aggregation.service.tls import IdentityBinding

@@ -147,3 +147,43 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class HistRun(Base):
+    """A secure-histogram (tree mode ``secure-hist``) run's protocol state, one row per run.
+
+    Plain data, never pickled: `state_json` holds the secure-aggregation session (server half)
+    and the tree being grown, `arrays` its level histograms (safetensors, `schemas.tensors`),
+    `trees_json` the finished trees. `aggregation.service.hist_state` reads and writes them.
+    """
+
+    __tablename__ = "hist_runs"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), default="advertise")
+    round: Mapped[int] = mapped_column(Integer)
+    config_json: Mapped[str] = mapped_column(Text)
+    state_json: Mapped[str] = mapped_column(Text)
+    arrays: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    cuts_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trees_json: Mapped[str] = mapped_column(Text, default="[]")
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class HistMessage(Base):
+    """The secure-histogram mailbox: every accepted session message, in arrival order.
+
+    A masked vector's payload is kept until its aggregation is unmasked (the sum is computed
+    from these rows), then cleared; its sha256 stays as the record of what was sent.
+    """
+
+    __tablename__ = "hist_messages"
+    __table_args__ = (UniqueConstraint("run_id", "counter", "stage", "silo"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    counter: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16))
+    silo: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

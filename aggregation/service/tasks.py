@@ -8,7 +8,8 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregation.service import secure_rounds, tree_rounds
+from aggregation.service import hist_rounds, secure_rounds, tree_rounds
+from aggregation.service.hist_mailbox import hist_task
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
 from aggregation.service.tables import Contribution, Round, Run, RunSilo
@@ -49,7 +50,10 @@ def next_task(
         if rnd.status != "open":
             continue
         spec = spec_of(run)
-        if rnd.secagg_stage:  # also the statistics round of a tree run
+        if hist_rounds.is_hist_round(spec, rnd):
+            row = hist_rounds.hist_row(s, run.id)
+            task = hist_task(s, run, rnd, spec, row, silo, _stats(run)) if row else None
+        elif rnd.secagg_stage:  # also the statistics round of a tree run
             task = _secure_task(s, run, rnd, silo)
         elif spec.trees is not None:
             task = tree_rounds.tree_task(s, run, rnd, spec, silo, seal_public)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.service import collective_rounds, lineage, secure_rounds
+from aggregation.service import collective_rounds, hist_rounds, lineage, secure_rounds
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
@@ -116,11 +116,17 @@ def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: Reco
 
 @router.post("/{run_id}/rounds", status_code=201)
 def open_round(
-    run_id: str, body: RoundOpen, factory: FactoryDep, settings: SettingsDep
+    run_id: str,
+    body: RoundOpen,
+    factory: FactoryDep,
+    settings: SettingsDep,
+    recorder: RecorderDep,
 ) -> RoundOut:
     with transaction(factory) as s:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
         spec = run_crud.spec_of(run_crud.get_run(s, run_id))
+        if hist_rounds.is_hist_round(spec, rnd) and rnd.status == "open":
+            hist_rounds.open_round(s, run_crud.get_run(s, run_id), rnd, spec, recorder)
         fresh = rnd.secagg_stage is None and not round_crud.contributions(s, run_id, rnd.number)
         wants_secure = rnd.kind == "statistics" or (
             rnd.kind == "train" and secure_rounds.secure(spec)

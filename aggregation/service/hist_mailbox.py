@@ -1,0 +1,241 @@
+"""Secure-hist messages in and tasks out: what each silo must do next, and checking what it sent.
+
+Every message is checked against the run's state before anything is stored: its kind for the
+stage, that it is bound to this run, this silo and the open aggregation's counter, the
+session's own checks (signature, length, share recipients, survivor list), and for a level's
+masked vector that the silo answers the level the service asked for (tree, depth and nodes).
+A refused message leaves the state and the mailbox untouched; a retried one counts once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation.secagg import session_server
+from aggregation.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
+from aggregation.secagg.messages import Signed
+from aggregation.secagg.session_messages import (
+    SETUP_COUNTER,
+    AggregationRequest,
+    SessionAdvert,
+    SessionConsistency,
+    SessionMasked,
+    SessionUnmaskResponse,
+)
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.hist_state import HistState, load
+from aggregation.service.tables import HistMessage, HistRun, Round, Run
+from aggregation.trees.secure_hist.errors import SecureHistError, UnknownNodeError
+from aggregation.trees.secure_hist.grow import check_vector
+from schemas.specs import RunSpec
+from schemas.wire import HistTaskInfo, Task
+
+STAGES: dict[str, type[Signed]] = {
+    "advertise": SessionAdvert,
+    "masked": SessionMasked,
+    "consistency": SessionConsistency,
+    "unmask": SessionUnmaskResponse,
+}
+
+
+@dataclass(frozen=True)
+class LevelClaim:
+    """Which level a masked vector answers, as the silo states it (query parameters)."""
+
+    tree: int | None = None
+    depth: int | None = None
+    nodes: tuple[int, ...] = ()
+
+
+def _stage_now(state: HistState) -> tuple[str, int]:
+    """(stage the run accepts now, its counter)."""
+    if state.phase == "advertise":
+        return "advertise", SETUP_COUNTER
+    agg = state.server.current
+    if state.phase != "aggregate" or agg is None:
+        return state.phase, state.server.counter
+    return agg.stage, agg.counter
+
+
+def receive(
+    s: Session,
+    run: Run,
+    rnd: Round,
+    state: HistState,
+    stage: str,
+    silo: str,
+    raw: bytes,
+    claim: LevelClaim,
+) -> bool:
+    """Check one message and store it in the mailbox; False for a retry of a stored one.
+
+    Raises Conflict (409) for a message out of turn or a second, different one, and
+    InvalidPayload (422) for anything malformed, wrongly bound or inconsistent.
+    """
+    if stage not in STAGES:
+        raise InvalidPayload(f"unknown secure-hist stage {stage!r}; one of {sorted(STAGES)}")
+    where = f"secure-hist {stage} message from silo {silo!r} (run {run.id})"
+    if rnd.status != "open":
+        raise Conflict(f"{where}: round {rnd.number} is {rnd.status}")
+    try:
+        msg = STAGES[stage].from_bytes(raw)
+    except SecAggError as exc:
+        raise InvalidPayload(f"{where}: {exc}") from exc
+    if msg.silo != silo or msg.run_id != run.id:
+        raise InvalidPayload(f"{where} is bound to silo {msg.silo!r} and run {msg.run_id}")
+    digest = hashlib.sha256(raw).hexdigest()
+    stored = s.scalar(
+        select(HistMessage.digest).where(
+            HistMessage.run_id == run.id,
+            HistMessage.counter == msg.round_num,
+            HistMessage.stage == stage,
+            HistMessage.silo == silo,
+        )
+    )
+    if stored is not None:
+        if stored == digest:
+            return False
+        raise Conflict(f"{where}: a different message for counter {msg.round_num} stands")
+    now, counter = _stage_now(state)
+    if msg.round_num != counter:
+        raise InvalidPayload(
+            f"{where} is for aggregation counter {msg.round_num}; the open one is {counter} "
+            "(stale, replayed or from the future: discard it)"
+        )
+    if stage != now:
+        raise Conflict(f"{where} is out of turn: the run is at {now} of counter {counter}")
+    try:
+        if isinstance(msg, SessionMasked):
+            _check_level(state, silo, msg.vector, claim)
+        _apply(state, msg)
+    except (DuplicateMessageError, LateMessageError) as exc:
+        raise Conflict(f"{where}: {exc}") from exc
+    except (SecAggError, SecureHistError) as exc:
+        raise InvalidPayload(f"{where}: {exc}") from exc
+    s.add(
+        HistMessage(
+            run_id=run.id,
+            round=rnd.number,
+            counter=msg.round_num,
+            stage=stage,
+            silo=silo,
+            digest=digest,
+            payload=raw,
+        )
+    )
+    s.flush()
+    return True
+
+
+def _check_level(state: HistState, silo: str, vector: np.ndarray, claim: LevelClaim) -> None:
+    """A level's vector must answer the pending LevelRequest: same tree, depth and nodes."""
+    grower = state.grower
+    if state.purpose == "setup" or grower is None or grower.request is None:
+        if claim.tree is not None or claim.nodes:
+            raise UnknownNodeError(
+                "the open aggregation sums setup vectors, not a level", silo=silo
+            )
+        return
+    req = grower.request
+    asked = tuple(c.node for c in req.compute)
+    if (claim.tree, claim.depth, claim.nodes) != (req.tree, req.depth, asked):
+        unknown = sorted(set(claim.nodes) - set(asked))
+        raise UnknownNodeError(
+            f"the vector answers tree {claim.tree} depth {claim.depth} nodes "
+            f"{list(claim.nodes)}; the open level is tree {req.tree} depth {req.depth} nodes "
+            f"{list(asked)}",
+            silo=silo,
+            tree=claim.tree,
+            depth=claim.depth,
+            node=unknown[0] if unknown else None,
+        )
+    check_vector(grower, vector, silo)
+
+
+def _apply(state: HistState, msg: Signed) -> None:
+    srv = state.server
+    if isinstance(msg, SessionAdvert):
+        session_server.receive_advert(srv, msg)
+    elif isinstance(msg, SessionMasked):
+        session_server.receive_masked(srv, msg)
+    elif isinstance(msg, SessionConsistency):
+        session_server.receive_consistency(srv, msg)
+    else:
+        assert isinstance(msg, SessionUnmaskResponse)
+        session_server.receive_unmask(srv, msg)
+
+
+def hist_task(
+    s: Session,
+    run: Run,
+    rnd: Round,
+    spec: RunSpec,
+    row: HistRun,
+    silo: str,
+    stats: list[float] | None,
+) -> Task | None:
+    """What `silo` must send next in this run, or None (nothing, or it left the session)."""
+    state = load(row, light=True)  # polled often: no trees, no histograms
+    srv = state.server
+    cfg = srv.config
+    info: HistTaskInfo | None = None
+    if state.phase == "advertise":
+        if silo in cfg.silos and silo not in srv.adverts:
+            info = HistTaskInfo(
+                stage="advertise",
+                counter=SETUP_COUNTER,
+                config=state.config.to_dict(),
+                roster=list(cfg.silos),
+                roster_keys={k: v.hex() for k, v in srv.roster_keys.items()},
+                threshold=cfg.threshold,
+                consistency_check=cfg.consistency_check,
+            )
+    elif state.phase == "aggregate" and srv.current is not None and silo in srv.active:
+        info = _aggregation_info(state, row, silo)
+    if info is None:
+        return None
+    return Task(
+        type=f"hist_{info.stage}",  # type: ignore[arg-type]
+        run_id=run.id,
+        round=rnd.number,
+        model_version=rnd.input_model_version,
+        spec=spec,
+        stats=stats,
+        hist=info,
+    )
+
+
+def _aggregation_info(state: HistState, row: HistRun, silo: str) -> HistTaskInfo | None:
+    srv = state.server
+    agg = srv.current
+    assert agg is not None
+    if agg.stage == "masked" and silo in agg.active and silo not in agg.masked:
+        request = AggregationRequest(srv.config.run_id, agg.counter, "service", agg.active, agg.dim)
+        info = HistTaskInfo(stage="masked", counter=agg.counter, request=request.to_bytes().hex())
+        grower = state.grower
+        if state.purpose == "setup" or grower is None or grower.request is None:
+            info.adverts = [
+                srv.adverts[s].to_bytes().hex() for s in srv.config.silos if s in srv.adverts
+            ]
+        else:
+            info.level = grower.request.to_json().decode()
+            tree = grower.request.tree
+            if grower.request.depth == 0 and tree > 0:
+                info.previous = json.loads(row.trees_json)["done"][tree - 1]
+        return info
+    if agg.stage == "consistency" and silo in agg.survivors and silo not in agg.consistency:
+        return HistTaskInfo(stage="consistency", counter=agg.counter, survivors=list(agg.survivors))
+    if agg.stage in ("consistency", "unmask") and silo in agg.survivors:
+        if agg.stage == "consistency" or silo in agg.responses:
+            return None
+        unmask = session_server.unmask_requests(srv).get(silo)
+        if unmask is None:
+            return None
+        return HistTaskInfo(stage="unmask", counter=agg.counter, request=unmask.to_bytes().hex())
+    return None

@@ -1,0 +1,127 @@
+"""The start of a secure-histogram run: its `HistRunConfig` and its secure-aggregation session.
+
+The config is fixed by the service from the run's spec and the dataset's contract alone, so
+every silo can check it: the fine binning grid spans each encoded feature's range as the
+contract (and, for standardising contracts, the federation statistics round) defines it. The
+silos derive the same ranges with `silos.hist_binning.feature_ranges` and refuse a run whose
+ranges differ from theirs (`silos.hist_round`).
+
+The session's roster is the run's active silos when its first training round opens; its
+threshold t is `SecureHistSpec.threshold`, else max(2, n // 2 + 1), at most n.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from aggregation.secagg import session_server
+from aggregation.secagg.session import SessionConfig
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.hist_state import HistState, config_json, save
+from aggregation.service.rounds import active_silos
+from aggregation.service.tables import HistRun, Round, Run, Silo
+from aggregation.trees.secure_hist.errors import HistConfigError
+from aggregation.trees.secure_hist.protocol import HistRunConfig
+from schemas.contracts.loader import Contract, ContractError, load_contract
+from schemas.contracts.stats import FederationStats
+from schemas.specs import RunSpec
+
+MIN_STD = 1e-12  # as schemas.contracts.stats.standardise: a constant feature is only centred
+
+
+def feature_ranges(
+    contract: Contract, stats: FederationStats | None
+) -> tuple[tuple[float, float], ...]:
+    """Every encoded feature's range from the contract (same rule as the silos' pipeline:
+    range-scaled numerics in [0, 1], standardised ones mapped from [0, 1]; indicators and
+    one-hot slots in [0, 1])."""
+    out: list[tuple[float, float]] = []
+    for col in contract.feature_columns:
+        if col.type == "numeric":
+            lo, hi = 0.0, 1.0
+            if stats is not None:
+                s = stats.column(col.name)
+                std = s.std if s.std > MIN_STD else 1.0
+                lo, hi = (0.0 - s.mean) / std, (1.0 - s.mean) / std
+            out.append((lo, hi))
+            if col.allows_missing:
+                out.append((0.0, 1.0))
+        else:
+            out.extend([(0.0, 1.0)] * (len(col.levels) + int(col.allows_missing)))
+    return tuple(out)
+
+
+def run_config(spec: RunSpec, stats: list[float] | None) -> HistRunConfig:
+    """The run's HistRunConfig (InvalidPayload naming the problem when it cannot be built)."""
+    trees = spec.trees
+    assert trees is not None and trees.secure_hist is not None
+    try:
+        contract = load_contract(spec.dataset)
+        fed = FederationStats.from_summed_moments(stats, contract) if stats else None
+        ranges = feature_ranges(contract, fed)
+    except ContractError as exc:
+        raise InvalidPayload(
+            f"secure-hist needs the contract of dataset {spec.dataset!r}: {exc}"
+        ) from exc
+    if len(ranges) != trees.n_features:
+        raise InvalidPayload(
+            f"contract {spec.dataset!r} encodes {len(ranges)} features; the run's trees expect "
+            f"{trees.n_features}"
+        )
+    hist = trees.secure_hist
+    try:
+        return HistRunConfig(
+            objective=trees.objective,
+            params=trees.params,  # type: ignore[arg-type]  # XGBoost (TreeSpec checks)
+            n_trees=spec.rounds * trees.trees_per_round,
+            ranges=ranges,
+            fine_cells=hist.fine_cells,
+            min_rows_per_node=hist.min_rows_per_node,
+            max_rows=hist.max_rows,
+            grad_bound=hist.grad_bound,
+        )
+    except HistConfigError as exc:
+        raise InvalidPayload(f"secure-hist run: {exc}") from exc
+
+
+def new_state(s: Session, run: Run, rnd: Round, spec: RunSpec) -> HistRun:
+    """The run's state row at its first training round: config fixed, session advertising."""
+    assert spec.trees is not None and spec.trees.secure_hist is not None
+    silos = tuple(sorted(active_silos(s, run.id)))
+    stats = json.loads(run.federation_stats) if run.federation_stats else None
+    config = run_config(spec, stats)
+    n = len(silos)
+    threshold = spec.trees.secure_hist.threshold or max(2, n // 2 + 1)
+    if n < 2 or threshold > n:
+        raise Conflict(
+            f"run {run.id}: secure-hist needs at least 2 silos and a threshold of at most the "
+            f"number of silos; {n} active ({list(silos)}), threshold {threshold}"
+        )
+    session = SessionConfig(run.id, silos, threshold, 64, True)
+    keys = {
+        row.name: bytes.fromhex(row.public_key)
+        for row in s.scalars(
+            select(Silo).where(Silo.federation == run.federation, Silo.name.in_(silos))
+        )
+    }
+    state = HistState(
+        config=config,
+        server=session_server.SessionServer(session, keys),
+        trees_per_round=spec.trees.trees_per_round,
+        round=rnd.number,
+        round_end_tree=spec.trees.trees_per_round,
+    )
+    row = HistRun(
+        run_id=run.id,
+        phase="advertise",
+        round=rnd.number,
+        config_json=config_json(config, session, keys, spec.trees.trees_per_round),
+        state_json="",
+        trees_json="",
+    )
+    save(row, state)
+    s.add(row)
+    return row

@@ -1,0 +1,233 @@
+"""A silo's part of a secure-histogram run (tree mode ``secure-hist``): one Prefect task per step.
+
+Steps, as the service hands them out (`schemas.wire.HistTaskInfo`):
+
+* ``hist_advertise``: check the run's `HistRunConfig` against this silo's policy and contract
+  (the fine grid's feature ranges must be the ones this silo's pipeline derives), build the
+  silo's `HistSilo` from its training rows, start the secure-aggregation session and send its
+  signed keys;
+* ``hist_masked``: the vector of the open aggregation, masked: the setup vector (fine-grid
+  counts, rows, label sum) or the histograms of one tree level (the silo first applies the
+  previous tree's leaves and fetches the federation's cut points when it needs them);
+* ``hist_consistency`` / ``hist_unmask``: sign the survivor list; reveal what unmasking needs.
+
+Everything that leaves the silo is masked, so the service only ever sees federation-wide sums.
+
+The session's secrets and the silo's progress live in this agent process's memory only
+(`_RUNS`), never on disk: an agent restarted in the middle of a run has lost them and cannot
+answer any further aggregation, so it leaves the run (a refusal saying so). The service
+recovers an aggregation it had joined from the other silos' answers, as for any dropout, and
+the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from aggregation.client import SiloClient
+from aggregation.exceptions import ServiceRejected
+from aggregation.secagg import session
+from aggregation.secagg.exceptions import SecAggError
+from aggregation.secagg.session import SessionClient, SessionConfig
+from aggregation.secagg.session_messages import (
+    AggregationRequest,
+    SessionAdvert,
+    SessionUnmaskRequest,
+)
+from aggregation.trees.secure_hist.errors import SecureHistError
+from aggregation.trees.secure_hist.protocol import (
+    HistRunConfig,
+    LevelRequest,
+    TreeDone,
+    cuts_from_json,
+)
+from schemas.contracts.loader import load_contract
+from schemas.contracts.stats import FederationStats
+from schemas.wire import Task
+from silos import hist_trainer
+from silos.config import SiloConfig
+from silos.features import FeaturePipeline
+from silos.hist_binning import feature_ranges
+from silos.hist_trainer import HistSilo
+from silos.local_data import LocalData
+
+log = logging.getLogger("fedsilo.silo")
+
+TASK_TYPES = ("hist_advertise", "hist_masked", "hist_consistency", "hist_unmask")
+
+
+@dataclass
+class SiloHistRun:
+    """This silo's memory of one secure-hist run (session secrets, rows, margins)."""
+
+    hist: HistSilo
+    client: SessionClient
+    trained: bool = False  # cut points received, rows binned
+    finished: int = -1  # last tree whose leaves were applied to the margins
+    sent: dict[str, int] = field(default_factory=dict)  # bytes per stage
+
+
+_RUNS: dict[tuple[str, str], SiloHistRun] = {}
+
+
+class LeaveRun(Exception):
+    """This silo cannot (or by its policy must not) go on in the run: it refuses, saying why."""
+
+
+def forget(silo: str, run_id: str) -> None:
+    """Drop the run's secrets once the run ended."""
+    _RUNS.pop((silo, run_id), None)
+
+
+def _post(client: SiloClient, work: Task, stage: str, body: bytes, **query: object) -> None:
+    path = f"/v1/silo/runs/{work.run_id}/hist/{stage}"
+    params = {k: v for k, v in query.items() if v is not None}
+    if params:
+        path += "?" + urlencode(params)
+    try:
+        client.request("POST", path, body=body)
+    except ServiceRejected as exc:
+        if exc.status != 409:
+            raise
+        # out of turn: the service moved on (a deadline, a retry); the next task says what now
+        log.info("silo %s: %s %s not taken: %s", client.silo, stage, work.run_id, exc.detail)
+
+
+def _check_config(config: HistRunConfig, work: Task, contract_name: str) -> None:
+    contract = load_contract(contract_name)
+    stats = FederationStats.from_summed_moments(work.stats, contract) if work.stats else None
+    ours = feature_ranges(FeaturePipeline.from_contract(contract, stats))
+    theirs = np.asarray(config.ranges, dtype=np.float64)
+    if theirs.shape != np.asarray(ours).shape or not np.allclose(theirs, ours, rtol=0, atol=1e-9):
+        raise LeaveRun(
+            f"the run's feature ranges {config.ranges} are not the ones contract "
+            f"{contract.name!r} gives this silo ({ours}); refusing a grid it cannot verify"
+        )
+
+
+def advertise(
+    client: SiloClient,
+    work: Task,
+    X: np.ndarray,
+    y: np.ndarray,
+    contract: str,
+    min_rows_policy: int,
+) -> None:
+    """Join the run's session: check its config against the silo's contract and policy, build
+    the silo's state from its training rows (X, y), send the session keys."""
+    info = work.hist
+    assert info is not None and info.config is not None
+    hist_config = HistRunConfig.from_dict(dict(info.config))
+    _check_config(hist_config, work, contract)
+    try:
+        state = HistSilo.create(client.silo, X, y, hist_config, min_rows_policy)
+    except SecureHistError as exc:
+        raise LeaveRun(str(exc)) from exc
+    keys = {k: bytes.fromhex(v) for k, v in info.roster_keys.items()}
+    session_config = SessionConfig(
+        work.run_id, tuple(info.roster), info.threshold, 64, info.consistency_check
+    )
+    session_client, advert = session.start_session(session_config, client.silo, client.key, keys)
+    _RUNS[(client.silo, work.run_id)] = SiloHistRun(state, session_client)
+    _post(client, work, "advertise", advert.to_bytes())
+
+
+def _run(client: SiloClient, work: Task) -> SiloHistRun:
+    run = _RUNS.get((client.silo, work.run_id))
+    if run is None:
+        raise LeaveRun(
+            "this agent restarted during the secure-hist run: its session keys were held in "
+            "memory only, so it cannot answer further aggregations and leaves the run"
+        )
+    return run
+
+
+def _prepare_level(client: SiloClient, work: Task, run: SiloHistRun, level: LevelRequest) -> None:
+    """Cut points on first use; the previous tree's leaves; a new (or restarted) tree."""
+    info = work.hist
+    assert info is not None
+    if not run.trained:
+        answer = client.request("GET", f"/v1/silo/runs/{work.run_id}/hist/cuts").json()
+        cuts = cuts_from_json(str(answer["cuts"]).encode())
+        hist_trainer.start_training(run.hist, cuts, float(answer["base_score"]))
+        run.trained = True
+    if level.depth != 0:
+        return
+    if level.tree > run.finished + 1:
+        if info.previous is None:
+            raise LeaveRun(f"tree {level.tree} starts but tree {level.tree - 1} never finished")
+        done = TreeDone.from_json(info.previous.encode())
+        hist_trainer.finish_tree(run.hist, done)
+        run.finished = done.tree
+    hist_trainer.start_tree(run.hist, level.tree, restart=run.hist.tree == level.tree)
+
+
+def masked(client: SiloClient, work: Task) -> None:
+    """The open aggregation's vector (setup or one level), masked, with the level it answers."""
+    info = work.hist
+    assert info is not None and info.request is not None
+    run = _run(client, work)
+    request = AggregationRequest.from_bytes(bytes.fromhex(info.request))
+    query: dict[str, object] = {}
+    if info.level is None:
+        if run.client.private is not None:
+            adverts = [SessionAdvert.from_bytes(bytes.fromhex(a)) for a in info.adverts]
+            session.accept_adverts(run.client, adverts)
+        x = hist_trainer.setup_vector(run.hist)
+    else:
+        level = LevelRequest.from_json(info.level.encode())
+        _prepare_level(client, work, run, level)
+        x = hist_trainer.level_vector(run.hist, level)
+        nodes = ",".join(str(c.node) for c in level.compute)
+        query = {"tree": level.tree, "depth": level.depth, "nodes": nodes}
+    message = session.masked_input(run.client, request, x).to_bytes()
+    run.sent["masked"] = run.sent.get("masked", 0) + len(message)
+    _post(client, work, "masked", message, **query)
+
+
+def consistency(client: SiloClient, work: Task) -> None:
+    info = work.hist
+    assert info is not None
+    run = _run(client, work)
+    signed = session.sign_survivors(run.client, info.counter, info.survivors)
+    _post(client, work, "consistency", signed.to_bytes())
+
+
+def unmask(client: SiloClient, work: Task) -> None:
+    info = work.hist
+    assert info is not None and info.request is not None
+    run = _run(client, work)
+    request = SessionUnmaskRequest.from_bytes(bytes.fromhex(info.request))
+    _post(client, work, "unmask", session.unmask(run.client, request).to_bytes())
+
+
+@task(cache_policy=NO_CACHE, name="secure-hist", task_run_name="round-{work.round}-{work.type}")
+def hist_step(client: SiloClient, work: Task, data: LocalData, config: SiloConfig) -> str:
+    """One secure-hist step; a step this silo must not or cannot do makes it leave the run."""
+    logger = get_run_logger()
+    try:
+        if work.type == "hist_advertise":
+            policy = config.policy.trees.min_rows_per_node
+            advertise(client, work, data.X_train, data.y_train, config.data.contract, policy)
+        elif work.type == "hist_masked":
+            masked(client, work)
+        elif work.type == "hist_consistency":
+            consistency(client, work)
+        else:
+            unmask(client, work)
+    except (LeaveRun, SecureHistError, SecAggError) as exc:
+        # refusing depends only on what the service already knows (README: minimum rows)
+        logger.warning("leaving secure-hist run %s: %s", work.run_id, exc)
+        forget(client.silo, work.run_id)
+        client.refuse(work.run_id, f"secure-hist: {exc}"[:2000])
+        return "left"
+    info = work.hist
+    assert info is not None
+    logger.debug("secure-hist %s counter %d sent", info.stage, info.counter)
+    return info.stage

@@ -1,0 +1,278 @@
+"""Secure-hist runs at the service over real HTTP (SQLite and PostgreSQL), three silos running
+the real silo code (`silos.hist_round`, `silos.hist_trainer`, the session client): the model
+equals the in-process driver's on the same rows, loads in xgboost, survives a dropout, and
+bad input is refused with the state left unchanged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from live_service import coordinator, enrolled_silo, service_in_thread
+from sqlalchemy import create_engine, func, select
+
+from aggregation.client import CoordinatorClient, SiloClient
+from aggregation.exceptions import ServiceRejected
+from aggregation.secagg.session_messages import AggregationRequest, SessionMasked
+from aggregation.service.tables import HistMessage, HistRun
+from aggregation.trees.models import predict_proba
+from aggregation.trees.secure_hist.driver import run_secure_hist
+from aggregation.trees.secure_hist.protocol import HistRunConfig, LevelRequest
+from schemas.contracts.loader import load_contract
+from schemas.specs import RunSpec, SecureAggregationSpec
+from schemas.tree_params import TreeSpec, XGBoostParams
+from schemas.wire import RoundOpen, RunCreate, Task
+from silos import hist_round
+from silos.features import FeaturePipeline
+from silos.hist_binning import feature_ranges
+
+CONTRACT = "heart_disease"
+PIPELINE = FeaturePipeline.from_contract(load_contract(CONTRACT))
+N_FEATURES = PIPELINE.n_features
+SILOS = ("a", "b", "c")
+PARAMS = {"max_depth": 2, "max_bin": 16}
+HIST = {"fine_cells": 64, "min_rows_per_node": 5}
+
+
+def rows(seed: int, n: int = 150) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, size=(n, N_FEATURES)).astype(np.float32)
+    X[rng.random(n) < 0.1, 1] = np.nan
+    y = (X[:, 0] + 0.5 * X[:, 2] + rng.normal(scale=0.2, size=n) > 0.8).astype(np.float64)
+    return X, y
+
+
+DATA = {name: rows(i) for i, name in enumerate(SILOS)}
+
+
+def spec(rounds: int = 2) -> RunSpec:
+    trees = TreeSpec.model_validate(
+        {
+            "kind": "xgboost",
+            "mode": "secure-hist",
+            "n_features": N_FEATURES,
+            "trees_per_round": 2,
+            "params": PARAMS,
+            "secure_hist": HIST,
+        }
+    )
+    return RunSpec(
+        federation="f",
+        dataset=CONTRACT,
+        trees=trees,
+        rounds=rounds,
+        min_silos=2,
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+    )
+
+
+def expected(n_trees: int, drop_at: dict[str, tuple[int, int]] | None = None) -> bytes:
+    """The in-process driver on the same rows and parameters (the reference)."""
+    config = HistRunConfig(
+        objective="binary:logistic",
+        params=XGBoostParams.model_validate(PARAMS),
+        n_trees=n_trees,
+        ranges=feature_ranges(PIPELINE),
+        fine_cells=HIST["fine_cells"],
+        min_rows_per_node=HIST["min_rows_per_node"],
+    )
+    return run_secure_hist(config, DATA, threshold=2, drop_at=drop_at).model
+
+
+@dataclass
+class Fed:
+    url: str
+    db_url: str
+    coord: CoordinatorClient
+    silos: dict[str, SiloClient]
+    run_id: str
+
+
+@pytest.fixture
+def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    with service_in_thread(tmp_path / "svc", db_url) as url:
+        coord = coordinator(url)
+        coord.create_federation("f")
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
+        run = coord.create_run(RunCreate(spec=spec()))
+        coord.put_initial_model(run.run_id, b"")
+        coord.start_run(run.run_id)
+        yield Fed(url, db_url, coord, silos, run.run_id)
+        for client in silos.values():
+            hist_round.forget(client.silo, run.run_id)
+
+
+def step(client: SiloClient, task: Task) -> None:
+    """What the silo agent's `hist_step` does, minus Prefect."""
+    if task.type == "hist_advertise":
+        X, y = DATA[client.silo]
+        hist_round.advertise(client, task, X, y, CONTRACT, 1)
+    elif task.type == "hist_masked":
+        hist_round.masked(client, task)
+    elif task.type == "hist_consistency":
+        hist_round.consistency(client, task)
+    else:
+        hist_round.unmask(client, task)
+
+
+Skip = Callable[[str, Task], bool]
+
+
+def drive(fed: Fed, number: int, skip: Skip = lambda silo, task: False) -> int:
+    """Hand every task to its silo until round `number` closes or nobody has work; returns
+    the number of tasks done."""
+    done = 0
+    while fed.coord.wait_round(fed.run_id, number, 0).status == "open":
+        moved = False
+        for name, client in fed.silos.items():
+            task = client.next_task(wait_s=0, run_id=fed.run_id)
+            if task is None or task.hist is None or skip(name, task):
+                continue
+            step(client, task)
+            moved, done = True, done + 1
+        if not moved:
+            break
+    return done
+
+
+def train_round(fed: Fed, number: int, skip: Skip = lambda silo, task: False) -> None:
+    fed.coord.open_round(fed.run_id, RoundOpen(round=number, kind="train", deadline_s=60))
+    drive(fed, number, skip)
+
+
+def check_native(model: bytes) -> None:
+    X = np.random.default_rng(7).uniform(-0.5, 1.5, size=(300, N_FEATURES)).astype(np.float32)
+    X[::5, 1] = np.nan
+    booster = xgb.Booster(model_file=bytearray(model))
+    np.testing.assert_allclose(
+        booster.predict(xgb.DMatrix(X)), predict_proba("xgboost", model, X), rtol=1e-5, atol=1e-6
+    )
+
+
+def aggregates(fed: Fed) -> list[dict]:  # type: ignore[type-arg]
+    out = []
+    for e in fed.coord.ledger(fed.run_id):
+        if e.kind == "aggregate":
+            out.append(json.loads(e.payload) if isinstance(e.payload, str) else e.payload)
+    return out
+
+
+def test_secure_hist_rounds_grow_the_drivers_trees_over_http(fed: Fed) -> None:
+    train_round(fed, 1)
+    first = fed.coord.rounds(fed.run_id)[0]
+    assert first.status == "aggregated", first
+    assert sorted(s.silo for s in first.silos if s.state == "submitted") == list(SILOS)
+    train_round(fed, 2)
+    out = fed.coord.rounds(fed.run_id)[1]
+    assert out.status == "aggregated", out
+    model = fed.coord.download_model(fed.run_id, 2)
+    assert model == expected(4)  # byte for byte the driver's model (4 trees)
+    assert fed.coord.download_model(fed.run_id, 1) == expected(2)
+    assert xgb.Booster(model_file=bytearray(model)).num_boosted_rounds() == 4
+    check_native(model)
+    entries = aggregates(fed)
+    assert [e["round"] for e in entries] == [1, 2]
+    for e in entries:
+        assert e["secure_aggregation"] is True
+        assert e["individual_updates_seen_by_service"] is False
+        assert e["service_sees"].startswith("only federation-wide sums")
+        assert e["dropouts"] == [] and e["tree_restarts"] == 0
+    assert entries[0]["aggregations"] >= 3  # setup + at least one level per tree
+    # masked vectors are summed and dropped; only their digests stay
+    engine = create_engine(fed.db_url)
+    with engine.connect() as conn:
+        kept = conn.scalar(
+            select(func.count()).where(
+                HistMessage.run_id == fed.run_id,
+                HistMessage.stage == "masked",
+                HistMessage.payload.is_not(None),
+            )
+        )
+    engine.dispose()
+    assert kept == 0
+
+
+def test_a_silo_silent_at_a_level_is_recovered_and_leaves(fed: Fed) -> None:
+    def c_vanishes(silo: str, task: Task) -> bool:
+        level = task.hist.level if task.hist else None
+        if silo != "c" or level is None:
+            return False
+        req = LevelRequest.from_json(level.encode())
+        return (req.tree, req.depth) >= (0, 1)
+
+    train_round(fed, 1, c_vanishes)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "open"  # stuck waiting for c
+    out = fed.coord.close_round(fed.run_id, 1)  # the deadline: c is a dropout
+    drive(fed, 1)
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "aggregated", out
+    states = {s.silo: s for s in out.silos}
+    assert states["c"].state == "refused" and "recovered" in (states["c"].reason or "")
+    model = fed.coord.download_model(fed.run_id, 1)
+    assert model == expected(2, drop_at={"c": (0, 1)})  # the driver's drop: same trees
+    check_native(model)
+    (entry,) = aggregates(fed)
+    assert [d["silos"] for d in entry["dropouts"]] == [["c"]]
+    assert entry["recoveries"][0]["recovered"] == ["c"]
+    assert entry["tree_restarts"] == 1
+    assert entry["individual_updates_seen_by_service"] is False
+    assert fed.silos["c"].next_task(wait_s=0, run_id=fed.run_id).type == "run_ended"  # type: ignore[union-attr]
+
+
+def _snapshot(db_url: str, run_id: str) -> tuple[object, ...]:
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        row = conn.execute(select(HistRun).where(HistRun.run_id == run_id)).one()
+        n = conn.scalar(select(func.count()).where(HistMessage.run_id == run_id))
+    engine.dispose()
+    return (row.phase, row.state_json, row.arrays, row.trees_json, n)
+
+
+def test_bad_level_answers_are_refused_and_change_nothing(fed: Fed) -> None:
+    fed.coord.open_round(fed.run_id, RoundOpen(round=1, kind="train", deadline_s=60))
+
+    def until_depth_one(silo: str, task: Task) -> bool:
+        level = task.hist.level if task.hist else None
+        return level is not None and LevelRequest.from_json(level.encode()).depth == 1
+
+    drive(fed, 1, until_depth_one)
+    a = fed.silos["a"]
+    task = a.next_task(wait_s=0, run_id=fed.run_id)
+    assert task is not None and task.hist is not None and task.hist.level is not None
+    level = LevelRequest.from_json(task.hist.level.encode())
+    request = AggregationRequest.from_bytes(bytes.fromhex(task.hist.request or ""))
+    nodes = ",".join(str(c.node) for c in level.compute)
+    before = _snapshot(fed.db_url, fed.run_id)
+
+    def bad(counter: int, length: int) -> bytes:
+        peers = {p: b"\0" * 60 for p in request.active if p != "a"}
+        return SessionMasked.create(
+            a.key, run_id=fed.run_id, round_num=counter, silo="a", b_commitment=b"\0" * 32,
+            ciphertexts=peers, vector=np.zeros(length, dtype="<u8"),
+        ).to_bytes()  # fmt: skip
+
+    path = f"/v1/silo/runs/{fed.run_id}/hist/masked"
+    query = f"?tree={level.tree}&depth={level.depth}"
+    cases = {
+        "wrong length": (bad(request.round_num, request.dim + 3), f"{query}&nodes={nodes}"),
+        "unknown node": (bad(request.round_num, request.dim), f"{query}&nodes=97"),
+        "wrong tree": (bad(request.round_num, request.dim), f"?tree=5&depth=1&nodes={nodes}"),
+        "wrong counter": (bad(request.round_num + 4, request.dim), f"{query}&nodes={nodes}"),
+    }
+    for name, (body, q) in cases.items():
+        with pytest.raises(ServiceRejected) as err:
+            a.request("POST", path + q, body=body)
+        assert err.value.status == 422, (name, err.value.detail)
+        assert "silo 'a'" in err.value.detail or "silo a" in err.value.detail, err.value.detail
+        assert _snapshot(fed.db_url, fed.run_id) == before, name
+    # the silo's real answer is still taken and the round completes as the driver's
+    drive(fed, 1)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "aggregated"
+    assert fed.coord.download_model(fed.run_id, 1) == expected(2)
+    rejected = [e for e in fed.coord.ledger(fed.run_id) if e.kind == "update_rejected"]
+    assert len(rejected) == len(cases)
