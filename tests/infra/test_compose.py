@@ -1,0 +1,302 @@
+"""infra/docker-compose.yml: valid for docker-compose, and its commands work as plain processes.
+
+There is no Docker engine here, so the containers' command lines, environments and mounted
+files are taken from the compose file and run on 127.0.0.1: container paths become folders
+under tmp_path, service names and ports become 127.0.0.1 and free ports, and PostgreSQL is
+the test server. The certificates come from infra/bootstrap.sh and the coordinator's steps
+are infra/README.md's, so a passing test means the runbook's commands complete a round over
+mutual TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from live_service import free_port
+
+from aggregation.client import CoordinatorClient
+from aggregation.tls_client import TlsFiles
+from flows.processes import Proc, base_env, spawn
+from silos.config import load_silo_config
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+COMPOSE = INFRA / "docker-compose.yml"
+# silo name -> its compose service
+SILOS = {"cleveland": "silo-cleveland", "hungary": "silo-hungary", "va_long_beach": "silo-va"}
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.integration
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def test_docker_compose_config_accepts_the_file() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        message = "docker-compose is not installed (apt-get install docker-compose)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}: .ci/run must install it")
+        pytest.skip(message)
+    env = dict(os.environ, FEDSILO_PG_PASSWORD="compose-check")
+    ok = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    env.pop("FEDSILO_PG_PASSWORD")
+    missing = subprocess.run(
+        [binary, "-f", str(COMPOSE), "config", "-q"], env=env, capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "FEDSILO_PG_PASSWORD" in missing.stderr
+
+
+def test_topology_has_every_part_in_production_mode() -> None:
+    services = _compose()["services"]
+    silos = set(SILOS.values())
+    assert set(services) == {"postgres", "prefect", "service", "coordinator"} | silos
+    command = services["service"]["command"]
+    for flag in ("--production", "--tls-cert", "--tls-key", "--client-ca"):
+        assert flag in command
+    assert "@postgres:5432/" in services["service"]["environment"]["FEDSILO_SERVICE_DATABASE_URL"]
+    assert (
+        "@postgres:5432/prefect"
+        in (services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"])
+    )
+    volumes = [services[s]["volumes"] for s in sorted(silos)]
+    data = [next(v for v in vols if v.endswith(":/data")) for vols in volumes]
+    certs = [next(v for v in vols if ":/certs" in v) for vols in volumes]
+    assert len(set(data)) == len(set(certs)) == len(SILOS)  # each silo its own
+    for name in SILOS:
+        cfg = load_silo_config(INFRA / "silos" / name / "silo.toml")
+        assert cfg.tls is not None and cfg.service.urls == ["https://service:8443"]
+
+
+class Local:
+    """Maps the compose file's container paths, host names and ports onto this machine."""
+
+    def __init__(self, root: Path, db_urls: dict[str, str]) -> None:
+        self.root = root
+        self.db_urls = db_urls  # compose database name -> local SQLAlchemy URL
+        self.ports = {"8443": str(free_port()), "4200": str(free_port())}
+        self.addresses = {
+            "https://service:8443": f"https://127.0.0.1:{self.ports['8443']}",
+            "http://prefect:4200/api": f"http://127.0.0.1:{self.ports['4200']}/api",
+        }
+
+    def mounts(self, svc: dict[str, Any]) -> dict[str, Path]:
+        out = {}
+        for spec in svc.get("volumes", []):
+            src, dst = spec.split(":")[:2]
+            if src.startswith("."):
+                out[dst] = self.root / "infra" / src
+            else:  # a named volume
+                out[dst] = self.root / "volumes" / src
+                out[dst].mkdir(parents=True, exist_ok=True)
+        return out
+
+    def text(self, value: str, mounts: dict[str, Path]) -> str:
+        for a, b in self.addresses.items():
+            value = value.replace(a, b)
+        for dst in sorted(mounts, key=len, reverse=True):
+            value = re.sub(rf"(?<![\w/.]){re.escape(dst)}(?=/|\"|$|\s)", str(mounts[dst]), value)
+        return value
+
+    def args(self, svc: dict[str, Any], command: list[str]) -> list[str]:
+        mounts = self.mounts(svc)
+        out = [str(BIN / command[0])]
+        for arg in command[1:]:
+            arg = {"0.0.0.0": "127.0.0.1", **self.ports}.get(arg, arg)
+            out.append(self.text(arg, mounts))
+        return out
+
+    def env(self, svc: dict[str, Any], **extra: str) -> dict[str, str]:
+        mounts = self.mounts(svc)
+        env = base_env(**extra)
+        env.pop("PREFECT_API_URL", None)
+        for key, value in (svc.get("environment") or {}).items():
+            value = str(value)
+            if "@postgres:5432/" in value:
+                driver = value.split("://")[0]
+                local = self.db_urls[value.rsplit("/", 1)[1]]
+                value = driver + "://" + local.split("://", 1)[1]
+            env[key] = self.text(value, mounts)
+        return env
+
+    def localize_file(self, svc: dict[str, Any], container_path: str) -> Path:
+        """Rewrite a mounted config file (a silo.toml) in place under tmp_path."""
+        mounts = self.mounts(svc)
+        path = mounts[container_path]
+        path.write_text(self.text(path.read_text(), mounts))
+        return path
+
+
+def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    return _run_all([(args, env)], timeout)[0]
+
+
+def _run_all(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 120) -> list[str]:
+    """Run independent commands side by side; each must succeed. Returns their outputs."""
+    procs = [
+        subprocess.Popen(
+            args,
+            env={**env, "COLUMNS": "200"},  # rich wraps at 80 columns without a terminal
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, env in commands
+    ]
+    outputs = []
+    for (args, _), proc in zip(commands, procs, strict=True):
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"{args}:\n{out}\n{err}"
+        outputs.append(out)
+    return outputs
+
+
+def _wait(check: Callable[[], bool], what: str, procs: list[Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if not proc.alive():
+                pytest.fail(f"{proc.name} exited:\n{proc.log_tail(40)}")
+        try:
+            if check():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    logs = "\n".join(f"== {p.name}\n{p.log_tail(20)}" for p in procs)
+    pytest.fail(f"{what} within {timeout:.0f}s did not happen\n{logs}")
+
+
+def _stop_all(procs: list[Proc]) -> None:
+    for proc in reversed(procs):
+        proc.stop(5)
+
+
+@pytest.fixture
+def two_databases(
+    pg_database_factory: Callable[[], AbstractContextManager[str]],
+) -> Iterator[dict[str, str]]:
+    with pg_database_factory() as service_db, pg_database_factory() as prefect_db:
+        yield {"fedsilo": service_db, "prefect": prefect_db}
+
+
+def test_compose_commands_complete_a_round_over_mutual_tls(
+    tmp_path: Path, two_databases: dict[str, str]
+) -> None:
+    services = _compose()["services"]
+    shutil.copytree(INFRA, tmp_path / "infra", ignore=shutil.ignore_patterns("secrets", ".env"))
+    local = Local(tmp_path, two_databases)
+    logs = tmp_path / "logs"
+    with ExitStack() as stack:
+        procs: list[Proc] = []
+        stack.callback(_stop_all, procs)
+
+        def start(name: str, svc: dict[str, Any], **env: str) -> Proc:
+            proc = spawn(
+                name, local.args(svc, svc["command"]), logs / f"{name}.log", local.env(svc, **env)
+            )
+            procs.append(proc)
+            return proc
+
+        # Prefect server on PostgreSQL first: its first start takes longest
+        prefect = start("prefect", services["prefect"], PREFECT_HOME=str(tmp_path / "prefect-home"))
+        # the runbook's certificates, then each silo's data in its own volume
+        _run(
+            ["bash", str(tmp_path / "infra" / "bootstrap.sh")],
+            base_env(FEDSILO=str(BIN / "fedsilo")),
+        )
+        _run_all(
+            [
+                (
+                    local.args(
+                        svc, ["fedsilo", "silo", "demo-data", name, "--out", "/data/data.csv"]
+                    ),
+                    local.env(svc),
+                )
+                for name, svc in ((n, services[SILOS[n]]) for n in SILOS)
+            ]
+        )
+        service = start("service", services["service"])
+        coord_svc = services["coordinator"]
+        coord_env = local.env(coord_svc)
+        tls = TlsFiles(
+            Path(coord_env["FEDSILO_TLS_CA"]),
+            Path(coord_env["FEDSILO_TLS_CERT"]),
+            Path(coord_env["FEDSILO_TLS_KEY"]),
+        )
+        url = coord_env["FEDSILO_SERVICE_URL"]
+        context = tls.context()
+        _wait(
+            lambda: httpx.get(f"{url}/healthz", verify=context, timeout=2).status_code == 200,
+            "the service answering over TLS",
+            [service],
+            120,
+        )
+        with pytest.raises(httpx.TransportError):  # production: plain HTTP is refused
+            httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
+
+        def coordinator_cmd(*args: str) -> tuple[list[str], dict[str, str]]:
+            command = ["fedsilo", *args, "--token-file", "/certs/admin.token"]
+            return local.args(coord_svc, command), coord_env
+
+        def coordinator_cli(*args: str, timeout: float = 120) -> str:
+            return _run(*coordinator_cmd(*args), timeout)
+
+        coordinator_cli("federation", "create", "heart")
+        agents = []
+        for name in SILOS:
+            svc = services[SILOS[name]]
+            local.localize_file(svc, "/etc/fedsilo/silo.toml")
+            agents.append(start(SILOS[name], svc))
+        token = (tls.cert.parent / "admin.token").read_text().strip()
+        client = CoordinatorClient(url, token=token, tls=tls, retry_for_s=10)
+        _wait(
+            lambda: sorted(s.name for s in client.silos("heart")) == sorted(SILOS),
+            "three silos enrolling",
+            [service, *agents],
+            300,  # upper bounds: agents import torch, Prefect and GX, slow on a busy CPU
+        )
+        approvals = [coordinator_cmd("silo", "approve", n, "--federation", "heart") for n in SILOS]
+        assert all("approved" in out for out in _run_all(approvals))
+        _wait(
+            lambda: httpx.get(f"{local.addresses['http://prefect:4200/api']}/health").is_success,
+            "Prefect server healthy",
+            [prefect],
+            300,
+        )
+        out = coordinator_cli(
+            "train",
+            "--federation", "heart",
+            "--dataset", "heart_disease",
+            "--n-features", "35",
+            "--rounds", "1",
+            "--min-silos", "3",
+            "--round-deadline-s", "300",
+            "--output-dir", "/var/lib/fedsilo/models",
+            timeout=400,  # a silo's first round imports Great Expectations: slow on a busy CPU
+        )  # fmt: skip
+        run_id = re.search(r"run (\S+): model", out)
+        assert run_id, out
+        run = client.get_run(run_id.group(1))
+        assert run.status == "finished", run
+        assert sorted(run.participants) == sorted(SILOS)
+        trained = [r for r in client.rounds(run.run_id) if r.kind == "train"]
+        assert [r.status for r in trained] == ["aggregated"]
+        models = list((tmp_path / "volumes" / "coordinator-data" / "models").rglob("*"))
+        assert any(p.is_file() for p in models), "the coordinator saved no model"
