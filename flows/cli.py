@@ -127,7 +127,8 @@ def aggregator_serve(
     host: Annotated[
         str,
         typer.Option(
-            help="Interface to bind; keep 127.0.0.1 unless a TLS proxy fronts the service."
+            help="Interface to bind; keep 127.0.0.1 in development mode (plain HTTP); "
+            "--production (mutual TLS) may listen on other interfaces."
         ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
