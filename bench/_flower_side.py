@@ -38,6 +38,7 @@ class FlowerFederation:
     env: dict[str, str]
     relay: Relay
     procs: list[subprocess.Popen] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
 
     @property
     def pids(self) -> list[int]:
@@ -111,7 +112,11 @@ def start(workspace: Path, data_dir: Path, hospitals: list[str]) -> FlowerFedera
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "{HOST}:{control}"\n'
             "insecure = true\n"
         )
-        return FlowerFederation(workspace, env, relay, procs)
+        names = {link.pid: "superlink (+ServerApp)"}
+        names |= {
+            p.pid: f"supernode {h} (+ClientApp)" for p, h in zip(procs[1:], hospitals, strict=True)
+        }
+        return FlowerFederation(workspace, env, relay, procs, names)
     except BaseException:
         terminate(procs)
         relay.stop()

@@ -44,6 +44,7 @@ class Outcome:
     detail_kb: dict[str, dict[str, float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     peak_pss_mb: float = 0.0
+    peak_pss_mb_by_process: dict[str, float] = field(default_factory=dict)  # with its children
     processes: int = 0
     rounds: int = 0
     warmup: bool = False  # the first run after start-up, 1 round, left out of the tables
@@ -82,6 +83,8 @@ def measure(
     base_pids: list[int],
     relay: Relay,
     hospitals: list[str],
+    names: dict[int, str] | None = None,
+    run_name: str = "run command",
 ) -> tuple[Outcome, subprocess.Popen, Path]:
     """Launch one run, wait for its final model, and fill the timing, traffic and memory."""
     outcome = Outcome(system, config.label)
@@ -98,6 +101,10 @@ def measure(
         outcome.peak_rss_mb = sampler.peak_rss / MB
         outcome.peak_pss_mb = sampler.peak_pss / MB
         outcome.processes = sampler.peak_processes
+        labels = {**(names or {}), proc.pid: run_name}
+        outcome.peak_pss_mb_by_process = {
+            labels.get(pid, str(pid)): v / MB for pid, v in sampler.peak_pss_by_root.items()
+        }
         sampler.roots = list(base_pids)
     traffic(outcome, relay, before, hospitals)
     return outcome, proc, out

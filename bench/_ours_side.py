@@ -36,6 +36,10 @@ class OursFederation:
         """Every long-running process of ours: Prefect server, service, agents (not the relay)."""
         return [p.popen.pid for p in self.procs]
 
+    @property
+    def names(self) -> dict[int, str]:
+        return {p.popen.pid: p.name for p in self.procs}
+
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
@@ -51,16 +55,25 @@ def _silo_toml(name: str, service_url: str, prefect_url: str) -> str:
     )
 
 
-def start(workspace: Path, hospitals: dict[str, object]) -> OursFederation:
-    """Start everything and enrol and approve the hospitals; `hospitals` maps name -> table."""
+def start(
+    workspace: Path, hospitals: dict[str, object], prefect_url: str | None = None
+) -> OursFederation:
+    """Start everything and enrol and approve the hospitals; `hospitals` maps name -> table.
+
+    `prefect_url` (http://127.0.0.1:PORT/api) reuses a running Prefect server, which then is
+    not counted in the memory figures; by default the federation starts its own.
+    """
     from aggregation.client import CoordinatorClient
 
     os.environ.update(TELEMETRY_OFF)
     procs: list[Proc] = []
     relay = None
     try:
-        prefect_port = free_port()
-        procs.append(start_prefect_server(workspace / "prefect", prefect_port))
+        if prefect_url:
+            prefect_port = int(prefect_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        else:
+            prefect_port = free_port()
+            procs.append(start_prefect_server(workspace / "prefect", prefect_port))
         os.environ["PREFECT_API_URL"] = f"http://{HOST}:{prefect_port}/api"  # the coordinator's
         service_port = free_port()
         procs.append(start_service(workspace / "service", service_port))
@@ -79,10 +92,10 @@ def start(workspace: Path, hospitals: dict[str, object]) -> OursFederation:
             p_url = f"http://{HOST}:{relay.routes[f'{name}:prefect'][0]}/api"
             (folder / "silo.toml").write_text(_silo_toml(name, s_url, p_url))
             procs.append(_start_agent(folder / "silo.toml", p_url))
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a loaded 2-core machine is slow to import
         while len([s for s in coord.silos("heart") if s.status == "pending"]) < len(hospitals):
             if time.monotonic() > deadline:
-                raise RuntimeError("silo agents did not enrol within 120 s; see silos/*/agent.log")
+                raise RuntimeError("silo agents did not enrol within 600 s; see silos/*/agent.log")
             time.sleep(0.2)
         for name in hospitals:
             coord.approve("heart", name)

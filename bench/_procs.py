@@ -127,18 +127,28 @@ class MemorySampler:
     peak_rss: int = 0
     peak_pss: int = 0
     peak_processes: int = 0
+    peak_pss_by_root: dict[int, int] = field(default_factory=dict)  # each root with its children
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def sample(self) -> None:
-        pids = tree(self.roots)
-        totals = [_rss_pss(p) for p in pids]
-        self.peak_rss = max(self.peak_rss, sum(r for r, _ in totals))
-        self.peak_pss = max(self.peak_pss, sum(p for _, p in totals))
-        self.peak_processes = max(self.peak_processes, len(pids))
+        seen: set[int] = set()
+        rss_total = pss_total = 0
+        for root in list(self.roots):
+            pids = tree([root]) - seen
+            seen |= pids
+            totals = [_rss_pss(p) for p in pids]
+            rss_total += sum(r for r, _ in totals)
+            pss = sum(p for _, p in totals)
+            pss_total += pss
+            self.peak_pss_by_root[root] = max(self.peak_pss_by_root.get(root, 0), pss)
+        self.peak_rss = max(self.peak_rss, rss_total)
+        self.peak_pss = max(self.peak_pss, pss_total)
+        self.peak_processes = max(self.peak_processes, len(seen))
 
     def reset(self) -> None:
         self.peak_rss = self.peak_pss = self.peak_processes = 0
+        self.peak_pss_by_root = {}
 
     def __enter__(self) -> MemorySampler:
         def loop() -> None:

@@ -101,6 +101,12 @@ def print_comparison(report: dict) -> None:
             for h in o["accuracy"]
         )
         print(f"  {o['config']:<24} {o['system']:<8} {per}")
+    print("\npeak PSS by process, with its children (MB)")
+    for o in report["outcomes"]:
+        if o.get("warmup") or not o.get("peak_pss_mb_by_process"):
+            continue
+        cells = ", ".join(f"{k} {v:.0f}" for k, v in o["peak_pss_mb_by_process"].items())
+        print(f"  {o['config']:<24} {o['system']:<8} {cells}")
     details = [o for o in report["outcomes"] if o.get("detail_kb") and not o.get("warmup")]
     if details:
         print("\nfedsilo traffic per silo, by destination (KB)")

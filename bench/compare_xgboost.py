@@ -18,9 +18,13 @@ depth 3, eta 0.1, one thread per bank.
   127.0.0.1; bytes counted on the wire per bank by the relay.
 * pooled: 60 steps on all training rows together (the reference).
 
-NVIDIA FLARE's histogram-based XGBoost: see bench/README.md (why it is not run here).
+* NVIDIA FLARE (when bench/peers/.venv-nvflare exists): its histogram-based horizontal XGBoost
+  (`XGBHorizontalRecipe`, `bench/peers/nvflare_xgb/run_hist.py`), 60 boosting rounds (the
+  pooled budget: histogram-based training grows the trees pooled training would), run with
+  its simulator (`SimEnv`: server and five sites in one process), not a POC deployment, so its
+  wall time has no process boundaries and no bytes are counted.
 
-    python bench/compare_xgboost.py [--rounds 20] [--quick] [--no-flower]
+    python bench/compare_xgboost.py [--rounds 20] [--quick] [--no-flower] [--no-nvflare]
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def scores(proba_of, banks: dict) -> tuple[dict, dict]:  # type: ignore[no-untyp
 
 
 def run_ours(banks: dict, rounds: int) -> dict:
-    from aggregation.trees.models import merge_bagging, predict_proba
+    from aggregation.trees.models import merge_bagging, n_trees, predict_proba
     from schemas.tree_params import TreeSpec
     from silos.tree_trainer import train_trees
 
@@ -111,7 +115,8 @@ def run_ours(banks: dict, rounds: int) -> dict:
         "train_s_total": sum(slowest),
         "sent_kb": {n: v / 1024 for n, v in sent.items()},
         "received_kb": {n: v / 1024 for n, v in received.items()},
-        "model_kb": len(model) / 1024, "trees": rounds * TREES_PER_ROUND,
+        "model_kb": len(model) / 1024, "trees": n_trees("xgboost", model),
+        "steps": rounds * TREES_PER_ROUND,
         "bytes_method": "payload sizes (model bytes each bank uploads / downloads)",
     }  # fmt: skip
 
@@ -126,7 +131,10 @@ def run_pooled(banks: dict, steps: int) -> dict:
     bst = xgb.train({**params, **PARAMS}, xgb.DMatrix(X, label=y), num_boost_round=steps)
     wall = time.perf_counter() - t0
     acc, auc = scores(lambda X_: bst.predict(xgb.DMatrix(X_)), banks)
-    return {"system": "pooled", "accuracy": acc, "auc": auc, "wall_s": wall, "trees": steps}
+    return {
+        "system": "pooled", "accuracy": acc, "auc": auc, "wall_s": wall, "trees": steps,
+        "steps": steps,
+    }  # fmt: skip
 
 
 def run_flower(banks: dict, rounds: int, ws: Path, timeout_s: float) -> dict:
@@ -180,9 +188,53 @@ def run_flower(banks: dict, rounds: int, ws: Path, timeout_s: float) -> dict:
         "round_ms": 1000 * statistics.median(walls),
         "sent_kb": {n: delta[n]["up"] / 1024 for n in names},
         "received_kb": {n: delta[n]["down"] / 1024 for n in names},
-        "model_kb": len(raw) / 1024, "trees": bst.num_boosted_rounds(),
+        "model_kb": len(raw) / 1024, "trees": bst.num_boosted_rounds(), "steps": rounds,
         "peak_rss_mb": sampler.peak_rss / MB, "peak_pss_mb": sampler.peak_pss / MB,
         "bytes_method": f"wire bytes per bank through the relay on {HOST}",
+    }  # fmt: skip
+
+
+NVFLARE_VENV = Path(__file__).resolve().parent / "peers" / ".venv-nvflare"
+NVFLARE_SCRIPT = Path(__file__).resolve().parent / "peers" / "nvflare_xgb" / "run_hist.py"
+
+
+def run_nvflare(banks: dict, steps: int, ws: Path, timeout_s: float) -> dict:
+    import xgboost as xgb
+
+    data = ws / "nvflare-data"
+    for i, b in enumerate(banks.values(), 1):
+        site = data / f"site-{i}"
+        site.mkdir(parents=True)
+        for part, X, y in (("train", b.X_train, b.y_train), ("valid", b.X_test, b.y_test)):
+            np.savetxt(site / f"{part}.csv", np.column_stack([y, X]), delimiter=",", fmt="%.9g")
+    args = [str(NVFLARE_VENV / "bin" / "python"), str(NVFLARE_SCRIPT), str(data)]
+    args += [str(ws / "nvflare"), str(steps), str(len(banks))]
+    args += [str(PARAMS["max_depth"]), str(PARAMS["eta"])]
+    log = ws / "nvflare.log"
+    started = time.time()
+    with open(log, "ab") as f:
+        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with MemorySampler([proc.pid]) as sampler:
+            try:
+                code = proc.wait(timeout_s)
+            except subprocess.TimeoutExpired as exc:
+                terminate([proc])
+                raise RuntimeError(
+                    f"NVFLARE did not finish in {timeout_s:.0f}s; see {log}"
+                ) from exc
+    wall = time.time() - started
+    model = ws / "nvflare" / "credit_hist" / "site-1" / "simulate_job" / "model.json"
+    if code != 0 or not model.exists():
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"NVFLARE run failed ({code}):\n{tail}")
+    bst = xgb.Booster()
+    bst.load_model(str(model))
+    acc, auc = scores(lambda X: bst.predict(xgb.DMatrix(X)), banks)
+    return {
+        "system": "nvflare hist (simulator)", "accuracy": acc, "auc": auc, "wall_s": wall,
+        "model_kb": model.stat().st_size / 1024, "trees": bst.num_boosted_rounds(),
+        "steps": steps, "peak_rss_mb": sampler.peak_rss / MB, "peak_pss_mb": sampler.peak_pss / MB,
+        "bytes_method": "not measured (simulator: sites are threads of one process)",
     }  # fmt: skip
 
 
@@ -198,6 +250,10 @@ def print_report(report: dict) -> None:
               f"{r['auc']['all']:6.3f} {r['wall_s']:8.1f} {r.get('round_ms', float('nan')):9.0f} "
               f"{sent:12.0f} {recv:12.0f} {r.get('model_kb', float('nan')):9.0f}")  # fmt: skip
     by = {r["system"].split(" ")[0]: r for r in report["results"]}
+    if "fedsilo" in by and "nvflare" in by:
+        o, n = by["fedsilo"], by["nvflare"]
+        print(f"ratio ours/nvflare: AUC {o['auc']['all'] / n['auc']['all']:.3f}, "
+              f"accuracy {o['accuracy']['all'] / n['accuracy']['all']:.3f}")  # fmt: skip
     if "fedsilo" in by and "flower" in by:
         o, f = by["fedsilo"], by["flower"]
         print(f"ratio ours/flower: AUC {o['auc']['all'] / f['auc']['all']:.3f}, "
@@ -215,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="default 20 (2 with --quick)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-flower", action="store_true")
+    parser.add_argument("--no-nvflare", action="store_true")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", type=Path, default=RESULTS / "xgboost.json")
     parser.add_argument("--workspace", type=Path, default=None)
@@ -230,20 +287,28 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     results = [run_pooled(banks, rounds * TREES_PER_ROUND), run_ours(banks, rounds)]
     why_not = "--no-flower" if args.no_flower else flower.available()
-    if why_not:
-        print(f"Flower skipped: {why_not}")
-    else:
-        ws = args.workspace or Path(tempfile.mkdtemp(prefix="fedsilo-xgb-"))
-        try:
-            os.environ.setdefault("DO_NOT_TRACK", "1")
+    nv_why_not = "--no-nvflare" if args.no_nvflare else None
+    if not nv_why_not and not (NVFLARE_VENV / "bin" / "python").exists():
+        nv_why_not = f"{NVFLARE_VENV} is missing: run `bash bench/peers/setup.sh nvflare`"
+    for peer, reason in (("Flower", why_not), ("NVIDIA FLARE", nv_why_not)):
+        if reason:
+            print(f"{peer} skipped: {reason}")
+    ws = args.workspace or Path(tempfile.mkdtemp(prefix="fedsilo-xgb-"))
+    ws.mkdir(parents=True, exist_ok=True)
+    try:
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        if not why_not:
             results.append(run_flower(banks, rounds, ws, args.timeout))
-        finally:
-            if args.workspace is None:
-                shutil.rmtree(ws, ignore_errors=True)
+        if not nv_why_not:
+            results.append(run_nvflare(banks, rounds * TREES_PER_ROUND, ws, args.timeout))
+    finally:
+        if args.workspace is None:
+            shutil.rmtree(ws, ignore_errors=True)
     report = {
         "benchmark": "peers-xgboost", "machine": machine(), "rounds": rounds,
         "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-        "load_after": os.getloadavg(), "flower_skipped": why_not, "results": results,
+        "load_after": os.getloadavg(), "flower_skipped": why_not,
+        "nvflare_skipped": nv_why_not, "results": results,
     }  # fmt: skip
     print_report(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -86,16 +86,23 @@ def _progress(o: Outcome) -> None:
 
 
 def run_ours(
-    ws: Path, configs: list[Config], rounds: int, tests: dict, timeout_s: float
+    ws: Path,
+    configs: list[Config],
+    rounds: int,
+    tests: dict,
+    timeout_s: float,
+    warmup: bool = True,
+    prefect_url: str | None = None,
 ) -> list[Outcome]:
     frames = heart_disease_silos()
     hospitals = list(frames)
-    fed = ours.start(ws / "ours", frames)
+    fed = ours.start(ws / "ours", frames, prefect_url)
     outcomes = []
     try:
         with MemorySampler(fed.pids) as sampler:
-            for i, config in enumerate([WARMUP, *configs]):
-                n = 1 if i == 0 else rounds
+            runs = [WARMUP, *configs] if warmup else configs
+            for i, config in enumerate(runs):
+                n = 1 if warmup and i == 0 else rounds
                 outcome, proc, out = measure(
                     "fedsilo",
                     config,
@@ -105,9 +112,11 @@ def run_ours(
                     fed.pids,
                     fed.relay,
                     hospitals,
+                    fed.names,
+                    "coordinator flow",
                 )
                 ours_finish(outcome, config, out, tests)
-                outcome.warmup = i == 0
+                outcome.warmup = warmup and i == 0
                 outcomes.append(outcome)
                 _progress(outcome)
     finally:
@@ -116,15 +125,22 @@ def run_ours(
 
 
 def run_flower(
-    ws: Path, data: Path, configs: list[Config], rounds: int, tests: dict, timeout_s: float
+    ws: Path,
+    data: Path,
+    configs: list[Config],
+    rounds: int,
+    tests: dict,
+    timeout_s: float,
+    warmup: bool = True,
 ) -> list[Outcome]:
     hospitals = list(tests)
     fed = flower.start(ws / "flower", data, hospitals)
     outcomes = []
     try:
         with MemorySampler(fed.pids) as sampler:
-            for i, config in enumerate([WARMUP, *configs]):
-                n = 1 if i == 0 else rounds
+            runs = [WARMUP, *configs] if warmup else configs
+            for i, config in enumerate(runs):
+                n = 1 if warmup and i == 0 else rounds
                 server: dict = {}
 
                 def wait(proc, out, server=server):  # type: ignore[no-untyped-def]
@@ -141,10 +157,12 @@ def run_flower(
                     fed.pids,
                     fed.relay,
                     hospitals,
+                    fed.names,
+                    "flwr run",
                 )
                 terminate([proc])  # `flwr run --stream` may still be streaming logs
                 flower_finish(outcome, config, server, out, tests)
-                outcome.warmup = i == 0
+                outcome.warmup = warmup and i == 0
                 outcomes.append(outcome)
                 _progress(outcome)
     finally:
@@ -167,6 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-ours", action="store_true", help="run Flower's side only")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take")
     parser.add_argument("--json", type=Path, default=RESULTS / "peers.json")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="skip the unmeasured 1-round run after start-up"
+    )
+    parser.add_argument(
+        "--prefect-url", default=None, help="reuse this Prefect API (default: start one)"
+    )
     parser.add_argument("--workspace", type=Path, default=None, help="keep logs here")
     args = parser.parse_args(argv)
     configs = parse_configs(args.configs) if args.configs else (QUICK if args.quick else ALL)
@@ -184,10 +208,14 @@ def main(argv: list[str] | None = None) -> dict:
         results: list[Outcome] = []
         if not args.no_ours:
             print(f"fedsilo: {len(configs)} configurations, {rounds} rounds", flush=True)
-            results += run_ours(ws, configs, rounds, tests, args.timeout)
+            results += run_ours(
+                ws, configs, rounds, tests, args.timeout, not args.no_warmup, args.prefect_url
+            )
         if not args.no_flower and not why_not:
             print(f"flower: {len(configs)} configurations, {rounds} rounds", flush=True)
-            results += run_flower(ws, ws / "data", configs, rounds, tests, args.timeout)
+            results += run_flower(
+                ws, ws / "data", configs, rounds, tests, args.timeout, not args.no_warmup
+            )
     finally:
         if args.workspace is None:
             shutil.rmtree(ws, ignore_errors=True)

@@ -41,7 +41,7 @@ setup_nvflare() {
     local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
     # nvflare's PyTorch/XGBoost components import torch lazily; pin it so no CUDA build comes in
     "${pip[@]}" "$TORCH_PIN"
-    "${pip[@]}" nvflare "$TORCH_PIN" "$XGBOOST_PIN" scikit-learn pandas
+    "${pip[@]}" nvflare "$TORCH_PIN" "$XGBOOST_PIN" scikit-learn pandas tensorboard
     "$venv/bin/python" -c "import nvflare, xgboost; print('nvflare venv:', nvflare.__version__, xgboost.__version__)"
     touch "$venv/.setup.stamp"
 }
