@@ -20,7 +20,7 @@ help:
 	@echo "make demo     run the whole federation on this machine (fedsilo demo)"
 	@echo "make test     static checks (scripts/check) then pytest over tests/"
 	@echo "make check    ruff check, ruff format --check, mypy"
-	@echo "make bench    run every bench/*.py except _* and tune_*"
+	@echo "make bench    run every bench/*.py except _* and tune_* -> bench/results/latest.md"
 	@echo "make clean    remove caches and build outputs (distclean also removes .venv)"
 
 venv:
@@ -40,8 +40,14 @@ test: venv
 check: venv
 	scripts/check
 
+# The peer comparisons need bench/peers/.venv-flower: setup.sh creates it (a no-op once done);
+# if it cannot (no registry), they run fedsilo's side only and say so. Each benchmark's output
+# goes to bench/results/<name>.txt; bench/_report.py then writes bench/results/latest.md + PNGs.
 bench: venv
-	@set -e; for b in $(BENCHES); do echo "== $$b"; $(VENV)/bin/python "$$b"; done
+	@bash bench/peers/setup.sh flower || echo "bench: Flower's venv could not be set up; the peer comparisons will skip Flower"
+	@mkdir -p bench/results; set -eo pipefail; for b in $(BENCHES); do \
+		echo "== $$b"; $(VENV)/bin/python "$$b" 2>&1 | tee "bench/results/$$(basename $$b .py).txt"; \
+	done; $(VENV)/bin/python bench/_report.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .mypy_cache .hypothesis build dist *.egg-info
