@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 
 from aggregation.client import CoordinatorClient
 from flows.exceptions import RunFailed
+from flows.resume import closed_rounds, find_run, wall_seconds
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import (
@@ -156,6 +157,23 @@ def save_model(
     return str(path), sha
 
 
+def _round(
+    done: dict[int, RoundOut],
+    client: CoordinatorClient,
+    run_id: str,
+    number: int,
+    kind: str,
+    deadline_s: float,
+) -> RoundRecord:
+    """A round the service closed before this flow run (re)started, or a round run now."""
+    out = done.get(number)
+    if out is None:
+        return run_round(client, run_id, number, kind, deadline_s)
+    if out.status == "failed":
+        raise RunFailed(out.reason or f"round {number} failed")
+    return summarize_round(out, wall_seconds(out))
+
+
 def _plateaued(records: list[RoundRecord], patience: int) -> bool:
     losses = [r.loss for r in records if r.loss is not None]
     if patience <= 0 or len(losses) <= patience:
@@ -213,7 +231,14 @@ def _publish(
     )
 
 
-@flow(name="federated_training", flow_run_name="{federation}-{dataset}")
+# A retried flow run (Prefect retries, or `prefect flow-run retry` after a crash) resumes its
+# run on the service where it stopped: see flows/resume.py.
+@flow(
+    name="federated_training",
+    flow_run_name="{federation}-{dataset}",
+    retries=2,
+    retry_delay_seconds=5,
+)
 def federated_training(
     service_urls: list[str],
     admin_token: str,
@@ -231,6 +256,8 @@ def federated_training(
     secure_aggregation: SecureAggregationSpec = SecureAggregationSpec(),
     privacy: PrivacySpec | None = None,
     federation_statistics: bool | None = None,
+    resume_run_id: str | None = None,
+    admin_token_file: str | None = None,
 ) -> dict[str, object]:
     """Train a global model across the federation's silos and save it with its sha256."""
     logger = get_run_logger()
@@ -253,16 +280,25 @@ def federated_training(
             else federation_statistics
         ),
     )
+    # a scheduled deployment names the token's file on the worker, never the token itself
+    if not admin_token and admin_token_file:
+        admin_token = Path(admin_token_file).read_text().strip()
     client = CoordinatorClient(service_urls, token=admin_token)
-    run_id = create_run(client, spec)
+    resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
+    done: dict[int, RoundOut] = {}
+    if resumed is None:
+        run_id = create_run(client, spec)
+    else:  # the rounds the service already closed are replayed, not trained again
+        run_id, spec, done = resumed.run_id, resumed.spec, closed_rounds(client, resumed.run_id)
+        logger.info("resuming run %s after round %d", run_id, max(done, default=0))
     records: list[RoundRecord] = []
     try:
         first = 1
         if spec.federation_statistics:  # feature statistics first, securely summed
-            records.append(run_round(client, run_id, 1, "statistics", spec.round_deadline_s))
+            records.append(_round(done, client, run_id, 1, "statistics", spec.round_deadline_s))
             first = 2
         for number in range(first, first + spec.rounds):
-            records.append(run_round(client, run_id, number, "train", spec.round_deadline_s))
+            records.append(_round(done, client, run_id, number, "train", spec.round_deadline_s))
             logger.info(
                 "round %d: silos %s, model v%d loss %s",
                 number,
@@ -274,7 +310,7 @@ def federated_training(
                 logger.info("stopping early: no improvement in %d rounds", spec.patience)
                 break
         final = records[-1].round
-        records.append(run_round(client, run_id, final + 1, "evaluate", spec.round_deadline_s))
+        records.append(_round(done, client, run_id, final + 1, "evaluate", spec.round_deadline_s))
     except RunFailed as exc:
         client.finish_run(run_id, RunFinish(status="failed", reason=str(exc)))
         raise
