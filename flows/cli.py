@@ -374,7 +374,6 @@ def silo_check_cmd(
 from flows.cli_federation import federation_app, silo_demo_data, silo_enrol, silo_revoke  # noqa: E402
 from flows.cli_lineage import lineage_app, report  # noqa: E402  (registers after app exists)
 from flows.cli_schedule import schedule  # noqa: E402
-from flows.cli_schedule import schedule  # noqa: E402
 
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(federation_app, name="federation")
@@ -382,7 +381,6 @@ silo_app.command("enrol")(silo_enrol)
 silo_app.command("revoke")(silo_revoke)
 silo_app.command("demo-data")(silo_demo_data)
 app.command()(report)
-app.command()(schedule)
 app.command()(schedule)
 
 
