@@ -61,8 +61,9 @@ def demo(
     mode: Annotated[
         str,
         typer.Option(
-            help="Tree runs: bagging (default), cyclic, or collective (XGBoost's federated "
-            "collective over mutual TLS; it shows per-silo gradient histograms to the service)."
+            help="Tree runs: bagging (default), cyclic, collective (XGBoost's federated "
+            "collective over mutual TLS; it shows per-silo gradient histograms to the service) "
+            "or secure-hist (XGBoost; the service sees only securely summed histograms)."
         ),
     ] = "",
     strategy: Annotated[
@@ -226,7 +227,7 @@ def train(
     ] = "logreg",
     hidden: Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")] = [],
     mode: Annotated[
-        str, typer.Option(help="Tree runs: bagging, cyclic or collective (XGBoost).")
+        str, typer.Option(help="Tree runs: bagging, cyclic, collective or secure-hist.")
     ] = "bagging",
     trees_per_round: Annotated[int, typer.Option(help="Tree runs: trees per silo and round.")] = 3,
     tree_param: Annotated[

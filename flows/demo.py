@@ -54,7 +54,7 @@ class DemoOptions:
 
 
 TREE_KINDS = ("xgboost", "lightgbm")
-TREE_MODES = ("bagging", "cyclic", "collective")
+TREE_MODES = ("bagging", "cyclic", "collective", "secure-hist")
 
 
 def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
@@ -127,6 +127,7 @@ def write_silo(
     service_url: str,  # type: ignore[no-untyped-def]
     prefect_url: str,
     collective: tuple[Path, Path, Path] | None = None,
+    secure_hist: bool = False,
 ) -> Path:
     folder = ws / "silos" / name
     folder.mkdir(parents=True)
@@ -137,6 +138,11 @@ def write_silo(
         extra = (
             '\n[policy.trees]\nallowed_modes = ["bagging", "cyclic", "collective"]\n\n'
             f'[collective]\nca = "{ca}"\ncert = "{cert}"\nkey = "{key}"\n'
+        )
+    if secure_hist:  # this demo silo accepts secure-hist, reporting no node below its minimum
+        extra = (
+            '\n[policy.trees]\nallowed_modes = ["bagging", "cyclic", "secure-hist"]\n'
+            f"min_rows_per_node = {demo_trees.MIN_ROWS_PER_NODE}\n"
         )
     (folder / "silo.toml").write_text(
         f'[silo]\nname = "{name}"\nfederation = "{data.federation}"\nworkspace = "workspace"\n\n'
@@ -210,7 +216,14 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         agents = [
             start_agent(
                 write_silo(
-                    ws, data, n, f, service_url, prefect_url, pki.silo_files[n] if pki else None
+                    ws,
+                    data,
+                    n,
+                    f,
+                    service_url,
+                    prefect_url,
+                    pki.silo_files[n] if pki else None,
+                    secure_hist=spec.trees is not None and spec.trees.mode == "secure-hist",
                 ),
                 ws / "silos" / n / "agent.log",
                 prefect_url,

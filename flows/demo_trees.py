@@ -1,9 +1,10 @@
 """Tree-model runs in the demo: the run's spec, the collective's certificates, the baselines.
 
 Every model gets the same budget of boosting steps T (`STEPS`), as in `bench/trees.py`:
-bagging and collective add `TREES_PER_ROUND` trees (one averaged step each) per round, cyclic
-lets every silo add `TREES_PER_ROUND` trees per round in turn, and each silo alone and the
-pooled model boost T trees on their own rows.
+bagging and collective add `TREES_PER_ROUND` trees (one averaged step each) per round, as does
+secure-hist (trees grown by the service from securely summed histograms), cyclic lets every
+silo add `TREES_PER_ROUND` trees per round in turn, and each silo alone and the pooled model
+boost T trees on their own rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from silos.tree_trainer import evaluate_trees, train_trees
 
 STEPS = 60
 TREES_PER_ROUND = 3
+# secure-hist: no histogram or leaf describes fewer rows federation-wide (silo policy too)
+MIN_ROWS_PER_NODE = 10
 PARAMS: dict[str, dict[str, object]] = {
     "xgboost": {"max_depth": 3, "eta": 0.1},
     "lightgbm": {"num_leaves": 7, "max_depth": 3, "learning_rate": 0.1, "min_data_in_leaf": 10},
@@ -29,19 +32,21 @@ PARAMS: dict[str, dict[str, object]] = {
 
 
 def tree_spec(kind: TreeKind, mode: TreeMode, n_features: int) -> TreeSpec:
-    return TreeSpec.model_validate(
-        {
-            "kind": kind,
-            "mode": mode,
-            "n_features": n_features,
-            "trees_per_round": TREES_PER_ROUND,
-            "params": PARAMS[kind],
-        }
-    )
+    spec: dict[str, object] = {
+        "kind": kind,
+        "mode": mode,
+        "n_features": n_features,
+        "trees_per_round": TREES_PER_ROUND,
+        "params": PARAMS[kind],
+    }
+    if mode == "secure-hist":
+        spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE}
+    return TreeSpec.model_validate(spec)
 
 
 def rounds_for(mode: TreeMode, n_silos: int) -> int:
-    """Rounds that give the federated model `STEPS` boosting steps."""
+    """Rounds that give the federated model `STEPS` boosting steps (secure-hist, bagging and
+    collective: `TREES_PER_ROUND` steps a round; cyclic: that many per silo)."""
     per_round = TREES_PER_ROUND * (n_silos if mode == "cyclic" else 1)
     return math.ceil(STEPS / per_round)
 
