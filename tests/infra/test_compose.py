@@ -183,6 +183,11 @@ def _wait(check: Callable[[], bool], what: str, procs: list[Proc], timeout: floa
     pytest.fail(f"{what} within {timeout:.0f}s did not happen\n{logs}")
 
 
+def _has_workers(api: str, pool: str) -> bool:
+    resp = httpx.post(f"{api}/work_pools/{pool}/workers/filter", json={}, timeout=5)
+    return resp.status_code == 200 and len(resp.json()) > 0
+
+
 def _stop_all(procs: list[Proc]) -> None:
     for proc in reversed(procs):
         proc.stop(5)
@@ -196,6 +201,7 @@ def two_databases(
         yield {"fedsilo": service_db, "prefect": prefect_db}
 
 
+@pytest.mark.timeout(900)  # about 1.5 min on an idle 2-core machine; far more when it is shared
 def test_compose_commands_complete_a_round_over_mutual_tls(
     tmp_path: Path, two_databases: dict[str, str]
 ) -> None:
@@ -280,6 +286,8 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             [prefect],
             300,
         )
+        # the coordinator container's own command: a Prefect process worker on its pool
+        worker = start("coordinator", coord_svc)
         out = coordinator_cli(
             "train",
             "--federation", "heart",
@@ -300,3 +308,10 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
         assert [r.status for r in trained] == ["aggregated"]
         models = list((tmp_path / "volumes" / "coordinator-data" / "models").rglob("*"))
         assert any(p.is_file() for p in models), "the coordinator saved no model"
+        api = local.addresses["http://prefect:4200/api"]
+        _wait(
+            lambda: _has_workers(api, "fedsilo-coordinator"),
+            "the coordinator's worker registering with its work pool",
+            [worker, prefect],
+            120,
+        )
