@@ -201,7 +201,7 @@ def two_databases(
         yield {"fedsilo": service_db, "prefect": prefect_db}
 
 
-@pytest.mark.timeout(900)  # about 1.5 min on an idle 2-core machine; far more when it is shared
+@pytest.mark.timeout(900)  # 6-10 min measured on a 2-core machine at load average 20-37
 def test_compose_commands_complete_a_round_over_mutual_tls(
     tmp_path: Path, two_databases: dict[str, str]
 ) -> None:
