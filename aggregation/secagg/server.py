@@ -15,7 +15,7 @@ arrival; individual ones need not be kept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,20 +133,38 @@ def receive_shares(state: ServerState, msg: ShareKeys) -> None:
     state.shares[msg.silo] = msg
 
 
-def close_shares(state: ServerState) -> dict[str, tuple[EncryptedShare, ...]]:
+class Deliveries(Mapping[str, tuple[EncryptedShare, ...]]):
+    """The encrypted shares to deliver, per recipient in U2 (in sender order), built when one
+    is looked up: a request needs one recipient's N shares, not all N^2."""
+
+    def __init__(self, config: RoundConfig, shares: Mapping[str, ShareKeys]) -> None:
+        self._config = config
+        self._shares = dict(shares)
+        self._order = sorted(self._shares)
+
+    def __getitem__(self, recipient: str) -> tuple[EncryptedShare, ...]:
+        if recipient not in self._shares:
+            raise KeyError(recipient)
+        cfg = self._config
+        return tuple(
+            EncryptedShare(cfg.run_id, cfg.round_num, sender, recipient, blob)
+            for sender in self._order
+            if (blob := self._shares[sender].ciphertexts.get(recipient)) is not None
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+def close_shares(state: ServerState) -> Deliveries:
     """Close stage 1 (U2 fixed); returns the encrypted shares to deliver, per recipient."""
     _need(state, len(state.shares), "share", "too few silos shared keys")
     state.stage = "masked"
     state.total = np.zeros(state.config.dim, dtype=dtype_for(state.config.bits))
-    cfg = state.config
-    out: dict[str, list[EncryptedShare]] = {s: [] for s in sorted(state.shares)}
-    for sender in sorted(state.shares):
-        for recipient, blob in sorted(state.shares[sender].ciphertexts.items()):
-            if recipient in out:
-                out[recipient].append(
-                    EncryptedShare(cfg.run_id, cfg.round_num, sender, recipient, blob)
-                )
-    return {k: tuple(v) for k, v in out.items()}
+    return Deliveries(state.config, state.shares)
 
 
 def receive_masked(state: ServerState, msg: MaskedInput) -> None:

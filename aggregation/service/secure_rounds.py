@@ -10,9 +10,10 @@ it at the round's deadline (`force_advance`), which is how dropouts are handled.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import case, null, select
@@ -42,6 +43,7 @@ from schemas.contracts.stats import moments_length
 from schemas.specs import RunSpec, param_shapes
 
 STAGES = ("advertise", "share", "masked", "unmask")
+M = TypeVar("M", bound=Signed)
 _MESSAGE: dict[str, type[Signed]] = {
     "advertise": AdvertiseKeys,
     "share": ShareKeys,
@@ -134,6 +136,14 @@ def _senders(s: Session, rnd: Round) -> dict[str, set[str]]:
     return out
 
 
+@functools.lru_cache(maxsize=512)
+def _parsed(kind: type[M], raw: bytes) -> M:
+    """A stored message, parsed once per process: mailbox rows never change, and every request
+    replays them all (N share messages of N shares each are O(N^2) to parse). Masked vectors
+    never come here. The parsed messages are frozen and only read by the replay."""
+    return kind.from_bytes(raw)
+
+
 def rebuild(
     s: Session,
     run: Run,
@@ -167,11 +177,11 @@ def rebuild(
     if at is not None:
         current = min(current, STAGES.index(at))
     for row in by_stage["advertise"]:
-        server.receive_advertise(state, AdvertiseKeys.from_bytes(row[3]))
+        server.receive_advertise(state, _parsed(AdvertiseKeys, row[3]))
     if current > 0:
         server.close_advertise(state)
         for row in by_stage["share"]:
-            server.receive_shares(state, ShareKeys.from_bytes(row[3]))
+            server.receive_shares(state, _parsed(ShareKeys, row[3]))
     if current > 1:
         server.close_shares(state)
         for row in by_stage["masked"]:
@@ -184,7 +194,7 @@ def rebuild(
         server.close_masked(state)
         server.unmask_requests(state)
         for row in by_stage["unmask"]:
-            server.receive_unmask(state, UnmaskResponse.from_bytes(row[3]))
+            server.receive_unmask(state, _parsed(UnmaskResponse, row[3]))
     state.check_signatures = True
     return state
 
