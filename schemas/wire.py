@@ -151,7 +151,8 @@ class Task(Message):
         "hist_consistency",
         "hist_unmask",
     ]
-    run_id: str
+    # silos build file names from it (workspace/secagg/<run>-r<round>): never a path
+    run_id: str = Field(pattern=NAME_PATTERN)
     round: int = 0
     model_version: int = 0
     spec: RunSpec | None = None

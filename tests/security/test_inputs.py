@@ -123,12 +123,6 @@ def test_names_that_would_escape_a_folder_are_refused(
         load_silo_config(config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="schemas.wire.Task.run_id is unconstrained and silos/secure_round.py builds "
-    "workspace/secagg/{run_id}-r{round} from it: a malicious service could write outside "
-    "the silo's workspace. Fix: Task.run_id = Field(pattern=<run id pattern>) (owner: schemas)",
-)
 def test_silo_refuses_a_task_whose_run_id_is_a_path() -> None:
     with pytest.raises(ValueError):
         Task.model_validate({"type": "train", "run_id": "../../../home/silo/.ssh/x"})
