@@ -11,15 +11,17 @@ files from `bench/_heart_data.py`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._heart_data import MLP_HIDDEN, Config, run_spec
-from bench._procs import BENCH, HOST, Relay, free_port, start_relay, terminate, wait_port
+from bench._procs import BENCH, HOST, Relay, free_port, start_relay, terminate, tree, wait_port
 
 VENV = BENCH / "peers" / ".venv-flower"
 APP = BENCH / "peers" / "flower_heart"
@@ -45,7 +47,13 @@ class FlowerFederation:
         return [p.pid for p in self.procs]
 
     def stop(self) -> None:
+        # SuperNodes can take a while over SIGTERM (terminate() then kills them) and leave
+        # their SuperExec/ClientApp children behind: end those descendants by pid as well
+        children = tree(self.pids) - set(self.pids)
         terminate(self.procs)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         self.relay.stop()
 
 

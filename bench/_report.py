@@ -46,6 +46,8 @@ def peers_section(report: dict) -> list[str]:
     ]
     if report.get("flower_skipped"):
         lines += ["", f"Flower not run: {report['flower_skipped']}"]
+    if not report.get("complete", True):
+        lines += ["", "The run was cut short: only the configurations above were measured."]
     return lines
 
 

@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,6 +94,7 @@ def run_ours(
     timeout_s: float,
     warmup: bool = True,
     prefect_url: str | None = None,
+    done: Callable[[Outcome], None] = lambda o: None,
 ) -> list[Outcome]:
     frames = heart_disease_silos()
     hospitals = list(frames)
@@ -118,6 +120,7 @@ def run_ours(
                 ours_finish(outcome, config, out, tests)
                 outcome.warmup = warmup and i == 0
                 outcomes.append(outcome)
+                done(outcome)
                 _progress(outcome)
     finally:
         fed.stop()
@@ -132,6 +135,7 @@ def run_flower(
     tests: dict,
     timeout_s: float,
     warmup: bool = True,
+    done: Callable[[Outcome], None] = lambda o: None,
 ) -> list[Outcome]:
     hospitals = list(tests)
     fed = flower.start(ws / "flower", data, hospitals)
@@ -164,6 +168,7 @@ def run_flower(
                 flower_finish(outcome, config, server, out, tests)
                 outcome.warmup = warmup and i == 0
                 outcomes.append(outcome)
+                done(outcome)
                 _progress(outcome)
     finally:
         fed.stop()
@@ -202,32 +207,42 @@ def main(argv: list[str] | None = None) -> dict:
     if why_not:
         print(f"Flower skipped: {why_not}")
     started = time.time()
+    results: list[Outcome] = []
+
+    def report_of(complete: bool) -> dict:
+        return {
+            "benchmark": "peers-heart",
+            "machine": machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+            "rounds": rounds,
+            "load_after": os.getloadavg(),
+            "flower_skipped": why_not if not args.no_flower else "--no-flower",
+            "complete": complete,
+            "outcomes": [o.to_json() for o in results],
+        }
+
+    def save(outcome: Outcome) -> None:  # a long run that is cut short keeps what it measured
+        results.append(outcome)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report_of(False), indent=1))
+
     try:
         arrays = export(ws / "data")
         tests = {h: (a.X_test, a.y_test) for h, a in arrays.items()}
-        results: list[Outcome] = []
         if not args.no_ours:
             print(f"fedsilo: {len(configs)} configurations, {rounds} rounds", flush=True)
-            results += run_ours(
-                ws, configs, rounds, tests, args.timeout, not args.no_warmup, args.prefect_url
+            run_ours(
+                ws, configs, rounds, tests, args.timeout, not args.no_warmup, args.prefect_url, save
             )
         if not args.no_flower and not why_not:
             print(f"flower: {len(configs)} configurations, {rounds} rounds", flush=True)
-            results += run_flower(
-                ws, ws / "data", configs, rounds, tests, args.timeout, not args.no_warmup
+            run_flower(
+                ws, ws / "data", configs, rounds, tests, args.timeout, not args.no_warmup, save
             )
     finally:
         if args.workspace is None:
             shutil.rmtree(ws, ignore_errors=True)
-    report = {
-        "benchmark": "peers-heart",
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-        "rounds": rounds,
-        "load_after": os.getloadavg(),
-        "flower_skipped": why_not if not args.no_flower else "--no-flower",
-        "outcomes": [o.to_json() for o in results],
-    }
+    report = report_of(True)
     print_comparison(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
