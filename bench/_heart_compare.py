@@ -103,7 +103,9 @@ def measure(
         outcome.processes = sampler.peak_processes
         labels = {**(names or {}), proc.pid: run_name}
         outcome.peak_pss_mb_by_process = {
-            labels.get(pid, str(pid)): v / MB for pid, v in sampler.peak_pss_by_root.items()
+            labels.get(pid, str(pid)): v / MB
+            for pid, v in sampler.peak_pss_by_root.items()
+            if v > 0  # a previous run's process, gone before this run's first sample
         }
         sampler.roots = list(base_pids)
     traffic(outcome, relay, before, hospitals)

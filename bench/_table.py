@@ -105,7 +105,7 @@ def print_comparison(report: dict) -> None:
     for o in report["outcomes"]:
         if o.get("warmup") or not o.get("peak_pss_mb_by_process"):
             continue
-        cells = ", ".join(f"{k} {v:.0f}" for k, v in o["peak_pss_mb_by_process"].items())
+        cells = ", ".join(f"{k} {v:.0f}" for k, v in o["peak_pss_mb_by_process"].items() if v)
         print(f"  {o['config']:<24} {o['system']:<8} {cells}")
     details = [o for o in report["outcomes"] if o.get("detail_kb") and not o.get("warmup")]
     if details:
