@@ -31,6 +31,7 @@ from schemas.specs import (
     TrainingSpec,
     param_shapes,
 )
+from schemas.tree_params import TreeSpec
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish
 from silos.torch_model import build_model, get_params
 
@@ -96,9 +97,12 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
 @task(cache_policy=NO_CACHE, name="create-run")
 def create_run(client: CoordinatorClient, spec: RunSpec) -> str:
     run = client.create_run(RunCreate(spec=spec, prefect_flow_run_id=str(flow_run.get_id() or "")))
-    model = build_model(spec.model, seed=spec.training.seed)
-    names = [n for n, _ in param_shapes(spec.model)]
-    payload = tensors.encode(dict(zip(names, get_params(model), strict=True)), {"version": "0"})
+    if spec.trees is not None:
+        payload = b""  # tree runs grow from scratch
+    else:
+        model = build_model(spec.torch_model, seed=spec.training.seed)
+        names = [n for n, _ in param_shapes(spec.torch_model)]
+        payload = tensors.encode(dict(zip(names, get_params(model), strict=True)), {"version": "0"})
     client.put_initial_model(run.run_id, payload)
     client.start_run(run.run_id)
     get_run_logger().info("run %s started with silos %s", run.run_id, run.participants)
@@ -146,11 +150,12 @@ def run_round(
 
 @task(cache_policy=NO_CACHE, name="save-model")
 def save_model(
-    client: CoordinatorClient, run_id: str, version: int, output_dir: Path
+    client: CoordinatorClient, run_id: str, version: int, output_dir: Path, suffix: str
 ) -> tuple[str, str]:
+    """Save a model version with a `.sha256` file beside it; `suffix` names its format."""
     payload = client.download_model(run_id, version)
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{run_id}-v{version}.safetensors"
+    path = output_dir / f"{run_id}-v{version}{suffix}"
     path.write_bytes(payload)
     sha = hashlib.sha256(payload).hexdigest()
     (output_dir / f"{path.name}.sha256").write_text(f"{sha}  {path.name}\n")
@@ -172,6 +177,13 @@ def _round(
     if out.status == "failed":
         raise RunFailed(out.reason or f"round {number} failed")
     return summarize_round(out, wall_seconds(out))
+
+
+def model_suffix(spec: RunSpec) -> str:
+    """File suffix of the run's native model format."""
+    if spec.trees is None:
+        return ".safetensors"
+    return ".json" if spec.trees.kind == "xgboost" else ".txt"
 
 
 def _plateaued(records: list[RoundRecord], patience: int) -> bool:
@@ -244,7 +256,7 @@ def federated_training(
     admin_token: str,
     federation: str,
     dataset: str,
-    model: ModelSpec,
+    model: ModelSpec | None = None,
     strategy: StrategySpec = StrategySpec(),
     training: TrainingSpec = TrainingSpec(),
     rounds: int = 10,
@@ -258,13 +270,19 @@ def federated_training(
     federation_statistics: bool | None = None,
     resume_run_id: str | None = None,
     admin_token_file: str | None = None,
+    trees: TreeSpec | None = None,
 ) -> dict[str, object]:
-    """Train a global model across the federation's silos and save it with its sha256."""
+    """Train a global model across the federation's silos and save it with its sha256.
+
+    Give `model` for a PyTorch model or `trees` for XGBoost / LightGBM (then turn
+    `secure_aggregation` off: tree updates are sealed to the service instead).
+    """
     logger = get_run_logger()
     spec = RunSpec(
         federation=federation,
         dataset=dataset,
         model=model,
+        trees=trees,
         strategy=strategy,
         training=training,
         rounds=rounds,
@@ -315,7 +333,7 @@ def federated_training(
         client.finish_run(run_id, RunFinish(status="failed", reason=str(exc)))
         raise
     client.finish_run(run_id, RunFinish(status="finished", final_model_version=final))
-    model_path, sha = save_model(client, run_id, final, Path(output_dir))
+    model_path, sha = save_model(client, run_id, final, Path(output_dir), model_suffix(spec))
     _publish(client, records, run_id, model_path, sha)
     return {
         "run_id": run_id,
