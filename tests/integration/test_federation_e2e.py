@@ -10,28 +10,22 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
-from live_service import free_port, write_heart_silos
+from fault_helpers import (
+    MODEL,
+    assert_every_model_is_its_round_mean,
+    start_federation,
+    train,
+)
 from sqlalchemy import create_engine, text
 
-from aggregation.client import CoordinatorClient
 from flows.coordinator import federated_training
-from flows.processes import Proc, start_agent, start_service
+from flows.processes import Proc, start_service
 from schemas import tensors
-from schemas.contracts.loader import load_contract
-from schemas.specs import (
-    ModelSpec,
-    SecureAggregationSpec,
-    StrategySpec,
-    TrainingSpec,
-    param_shapes,
-)
-from silos.features import FeaturePipeline
+from schemas.specs import ModelSpec, StrategySpec, TrainingSpec, param_shapes
 
 pytestmark = pytest.mark.integration
-N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
-MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
+N_FEATURES = MODEL.n_features
 
 
 def _federation(
@@ -42,30 +36,10 @@ def _federation(
     break_data: str | None = None,
     slow: str | None = None,
 ):
-    port = free_port()
-    service = start_service(tmp_path / "service", port, database_url)
-    url = f"http://127.0.0.1:{port}"
-    token = (tmp_path / "service" / "admin.token").read_text().strip()
-    coord = CoordinatorClient(url, token=token, retry_for_s=120)
-    coord.create_federation("heart")
-    configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url, policy=policy)
-    if slow:  # many more rows: this silo trains for seconds, long enough to be killed mid-round
-        csv = configs[slow].parent / "data.csv"
-        frame = pd.read_csv(csv)
-        pd.concat([frame] * 300, ignore_index=True).to_csv(csv, index=False)
-    if break_data:  # this hospital's export lost a column: its gate must fail every round
-        csv = configs[break_data].parent / "data.csv"
-        pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
-    agents = [
-        start_agent(cfg, cfg.parent / "agent.log", prefect_api_url) for cfg in configs.values()
-    ]
-    deadline = time.monotonic() + 120
-    while len([s for s in coord.silos("heart") if s.status == "pending"]) < len(configs):
-        assert time.monotonic() < deadline, [a.log_tail() for a in agents]
-        time.sleep(0.3)
-    for name in configs:
-        coord.approve("heart", name)
-    return service, url, token, coord, agents
+    fed = start_federation(
+        tmp_path, prefect_api_url, database_url, policy=policy, break_data=break_data, slow=slow
+    )
+    return fed.services[0], fed.urls[0], fed.token, fed.coord, list(fed.agents.values())
 
 
 def _stop(procs: list[Proc]) -> None:
@@ -83,19 +57,15 @@ def _train(
     min_silos: int = 3,
     secure: bool = True,
 ) -> dict:  # type: ignore[type-arg]
-    return federated_training(
-        service_urls=[url],
-        admin_token=token,
-        federation="heart",
-        dataset="heart_disease",
+    return train(
+        [url],
+        token,
+        out,
+        rounds,
+        strategy=strategy,
         model=model,
-        strategy=strategy or StrategySpec(),
-        training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
-        rounds=rounds,
         min_silos=min_silos,
-        round_deadline_s=90,
-        output_dir=str(out),
-        secure_aggregation=SecureAggregationSpec(enabled=secure),
+        secure=secure,
     )
 
 
@@ -200,7 +170,7 @@ def test_service_killed_mid_round_loses_and_duplicates_nothing(
         engine.dispose()
         assert dict(rows) == {r: 4 for r in range(1, rounds + 1)}
         return
-    _assert_every_model_is_its_round_mean(
+    assert_every_model_is_its_round_mean(
         db or f"sqlite:///{tmp_path / 'service' / 'service.db'}", result["run_id"], rounds
     )
 
@@ -223,36 +193,6 @@ def _assert_lineage_verifies(entries, keys, tmp_path: Path, run_id: str) -> None
         # per round: a signed validation result; per training round: an acknowledged update
         assert kinds_here == ["update_accepted"] * 4 + ["validation_result"] * 5
         assert cross_check(records, entries, service_public_key=public["service"]).ok
-
-
-def _assert_every_model_is_its_round_mean(db_url: str, run_id: str, rounds: int) -> None:
-    """model_r == model_{r-1} + weighted mean of exactly the round's stored updates."""
-    shapes = param_shapes(MODEL)
-    engine = create_engine(db_url)
-    with engine.connect() as conn:
-        models = dict(
-            conn.execute(
-                text("SELECT version, payload FROM models WHERE run_id = :r"), {"r": run_id}
-            ).all()
-        )
-        rows = conn.execute(
-            text(
-                "SELECT round, silo, n_examples, payload FROM contributions "
-                "WHERE run_id = :r AND kind = 'update'"
-            ),
-            {"r": run_id},
-        ).all()
-    engine.dispose()
-    assert sorted(models) == list(range(rounds + 1))
-    for r in range(1, rounds + 1):
-        updates = [(n, tensors.decode_expected(p, shapes)[0]) for rr, _, n, p in rows if rr == r]
-        assert len(updates) == 4
-        prev = tensors.decode_expected(models[r - 1], shapes)[0]
-        new = tensors.decode_expected(models[r], shapes)[0]
-        total = sum(n for n, _ in updates)
-        for i in range(len(shapes)):
-            ref = prev[i] + sum(n * u[i] for n, u in updates) / total
-            np.testing.assert_allclose(new[i], ref, rtol=1e-5, atol=1e-6)
 
 
 def test_silo_with_bad_data_sits_out_and_the_run_goes_on(

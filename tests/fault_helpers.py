@@ -1,0 +1,417 @@
+"""A whole federation as real processes on 127.0.0.1, for integration, fault and HA tests.
+
+`start_federation` starts the aggregation service (one or more processes sharing a database),
+one silo agent per chosen UCI hospital, and approves them; the returned `Federation` kills,
+stops (SIGSTOP), resumes and restarts any of them. `PgCluster` is a PostgreSQL cluster of the
+test's own that can be restarted without disturbing other tests' database. Imported by tests,
+not a fixture module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from live_service import free_port, write_heart_silos
+from sqlalchemy import create_engine, text
+
+from aggregation.client import CoordinatorClient
+from flows.coordinator import federated_training
+from flows.processes import Proc, base_env, spawn, start_agent, start_service, wait_http
+from schemas import tensors
+from schemas.contracts.loader import load_contract
+from schemas.specs import (
+    ModelSpec,
+    SecureAggregationSpec,
+    StrategySpec,
+    TrainingSpec,
+    param_shapes,
+)
+from silos.features import FeaturePipeline
+
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
+N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
+MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
+REPO = Path(__file__).resolve().parents[1]
+START_S = 180.0  # a process's start-up on a loaded 2-core CI machine can take a minute
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout_s: float, what: str, logs: Callable[[], str] = str
+) -> Any:
+    """Poll `condition` until it returns something truthy; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}\n{logs()}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Federation:
+    """The processes of one federation; services[i] listens on urls[i]."""
+
+    root: Path
+    database_url: str
+    urls: list[str]
+    token: str
+    coord: CoordinatorClient
+    services: list[Proc]
+    agents: dict[str, Proc]
+    configs: dict[str, Path]
+    prefect_api_url: str
+    access_log: bool = False
+    stopped: set[str] = field(default_factory=set)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.root / 'service' / 'service.db'}"
+
+    def port(self, i: int = 0) -> int:
+        return int(self.urls[i].rsplit(":", 1)[1])
+
+    def restart_service(self, i: int = 0) -> None:
+        self.services[i].stop()
+        self.services[i] = _service(
+            self.root / "service", self.port(i), self.database_url, self.access_log, i
+        )
+
+    def restart_agent(self, name: str) -> None:
+        self.agents[name].stop()
+        cfg = self.configs[name]
+        self.agents[name] = start_agent(cfg, cfg.parent / "agent.log", self.prefect_api_url)
+
+    def sigstop(self, name: str) -> None:
+        os.kill(self.agents[name].popen.pid, signal.SIGSTOP)
+        self.stopped.add(name)
+
+    def sigcont(self, name: str) -> None:
+        os.kill(self.agents[name].popen.pid, signal.SIGCONT)
+        self.stopped.discard(name)
+
+    def logs(self) -> str:
+        procs = [*self.services, *self.agents.values()]
+        return "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in procs)
+
+    def stop(self) -> None:
+        for name in list(self.stopped):
+            self.sigcont(name)
+        for p in [*self.agents.values(), *self.services]:
+            p.stop()
+        self.coord.close()
+
+
+def _service(workspace: Path, port: int, database_url: str, access_log: bool, i: int) -> Proc:
+    """`fedsilo aggregator serve`, or with `access_log` the same app under uvicorn with its
+    access log on, so a test can see which process answered which request."""
+    if not access_log:
+        return start_service(workspace, port, database_url, wait_s=START_S)
+    env = base_env(
+        FEDSILO_SERVICE_WORKSPACE=str(workspace), FEDSILO_SERVICE_DATABASE_URL=database_url
+    )
+    args = [sys.executable, "-m", "uvicorn", "aggregation.service.main:create_app", "--factory"]
+    args += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    proc = spawn(f"aggregation service {i}", args, workspace / f"access-{i}.log", env)
+    try:
+        wait_http(proc, f"http://127.0.0.1:{port}/healthz", START_S)
+    except BaseException:
+        proc.kill9()
+        raise
+    return proc
+
+
+def start_federation(
+    root: Path,
+    prefect_api_url: str,
+    database_url: str = "",
+    *,
+    silos: tuple[str, ...] = HOSPITALS,
+    n_services: int = 1,
+    access_log: bool = False,
+    slow: str | None = None,
+    policy: dict[str, str] | None = None,
+    break_data: str | None = None,
+    agent_prefect_env: str | None = None,
+) -> Federation:
+    """Service process(es), one agent per silo in `silos`, all enrolled and approved.
+
+    Each silo.toml names `prefect_api_url`; the agents' environment says PREFECT_API_URL =
+    `agent_prefect_env` (default: the same URL), so a test can show the config wins.
+
+    Several services share `database_url` and one workspace folder (keys, admin token, model
+    files: a shared volume in production).
+    """
+    ports = [free_port() for _ in range(n_services)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    workspace = root / "service"
+    services: list[Proc] = []
+    try:
+        for i, p in enumerate(ports):
+            services.append(_service(workspace, p, database_url, access_log, i))
+    except BaseException:
+        for proc in services:
+            proc.kill9()
+        raise
+    token = (workspace / "admin.token").read_text().strip()
+    coord = CoordinatorClient(urls, token=token, retry_for_s=120)
+    coord.create_federation("heart")
+    written = write_heart_silos(root / "silos", urls, prefect_api_url, policy=policy)
+    for name in set(written) - set(silos):
+        shutil.rmtree(written[name].parent)
+    configs = {n: written[n] for n in silos}
+    if slow:  # many more rows: this silo trains for seconds, long enough to be hit mid-round
+        csv = configs[slow].parent / "data.csv"
+        frame = pd.read_csv(csv)
+        pd.concat([frame] * 300, ignore_index=True).to_csv(csv, index=False)
+    if break_data:  # this hospital's export lost a column: its gate must fail every round
+        csv = configs[break_data].parent / "data.csv"
+        pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
+    agents = {
+        name: start_agent(cfg, cfg.parent / "agent.log", agent_prefect_env or prefect_api_url)
+        for name, cfg in configs.items()
+    }
+    fed = Federation(
+        root,
+        database_url,
+        urls,
+        token,
+        coord,
+        services,
+        agents,
+        configs,
+        prefect_api_url,
+        access_log,
+    )
+    try:
+        wait_until(
+            lambda: len([s for s in coord.silos("heart") if s.status == "pending"]) >= len(silos),
+            3 * START_S,
+            "every silo agent to enrol",
+            fed.logs,
+        )
+        for name in configs:
+            coord.approve("heart", name)
+    except BaseException:
+        fed.stop()
+        raise
+    return fed
+
+
+def train(
+    urls: list[str],
+    token: str,
+    out: Path,
+    rounds: int,
+    *,
+    strategy: StrategySpec | None = None,
+    model: ModelSpec = MODEL,
+    min_silos: int = 3,
+    secure: bool = True,
+    deadline_s: float = 90,
+    **extra: Any,
+) -> dict:  # type: ignore[type-arg]
+    """One run of the coordinator's flow (a Prefect flow run) in this process."""
+    return federated_training(
+        service_urls=urls,
+        admin_token=token,
+        federation="heart",
+        dataset="heart_disease",
+        model=model,
+        strategy=strategy or StrategySpec(),
+        training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=deadline_s,
+        output_dir=str(out),
+        secure_aggregation=SecureAggregationSpec(enabled=secure),
+        **extra,
+    )
+
+
+def train_in_thread(*args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """`train` in a daemon thread; the outcome dict gets "result" or "error"."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = train(*args, **kwargs)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def join(
+    thread: threading.Thread, outcome: dict[str, Any], timeout_s: float, logs: str = ""
+) -> dict:  # type: ignore[type-arg]
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"the run did not finish within {timeout_s:.0f}s\n{logs}"
+    if "error" in outcome:
+        raise AssertionError(f"the run failed: {outcome['error']!r}\n{logs}")
+    return dict(outcome["result"])
+
+
+def query(db_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params).all()]
+    finally:
+        engine.dispose()
+
+
+def current_round(fed: Federation) -> tuple[str, int, str | None, str] | None:
+    """(run id, round number, secure-aggregation stage, round status) of the latest round of
+    the run in progress, or None while no run is running or it has no round yet."""
+    run_id = latest_run_id(fed)
+    if run_id is None:
+        return None
+    rows = query(
+        fed.db_url,
+        "SELECT run_id, number, secagg_stage, status FROM rounds WHERE run_id = :r "
+        "ORDER BY number DESC LIMIT 1",
+        r=run_id,
+    )
+    return rows[0] if rows else None  # type: ignore[return-value]
+
+
+def updates_per_round(db_url: str, run_id: str) -> dict[int, int]:
+    """How many updates the service counted in each round of the run."""
+    rows = query(
+        db_url,
+        "SELECT round, count(*) FROM contributions WHERE run_id = :r AND kind = 'update' "
+        "GROUP BY round",
+        r=run_id,
+    )
+    return {int(r): int(n) for r, n in rows}
+
+
+def assert_every_model_is_its_round_mean(
+    db_url: str, run_id: str, rounds: int, n_silos: int = 4
+) -> None:
+    """model_r == model_{r-1} + weighted mean of exactly the round's stored updates."""
+    shapes = param_shapes(MODEL)
+    models = dict(query(db_url, "SELECT version, payload FROM models WHERE run_id = :r", r=run_id))
+    rows = query(
+        db_url,
+        "SELECT round, silo, n_examples, payload FROM contributions "
+        "WHERE run_id = :r AND kind = 'update'",
+        r=run_id,
+    )
+    assert sorted(models) == list(range(rounds + 1))
+    for r in range(1, rounds + 1):
+        updates = [(n, tensors.decode_expected(p, shapes)[0]) for rr, _, n, p in rows if rr == r]
+        assert len(updates) == n_silos, (r, len(updates))
+        prev = tensors.decode_expected(models[r - 1], shapes)[0]
+        new = tensors.decode_expected(models[r], shapes)[0]
+        total = sum(n for n, _ in updates)
+        for i in range(len(shapes)):
+            ref = prev[i] + sum(n * u[i] for n, u in updates) / total
+            np.testing.assert_allclose(new[i], ref, rtol=1e-5, atol=1e-6)
+
+
+def assert_ledger_verifies(fed: Federation) -> None:
+    """The service's ledger chain, signatures and model files verify."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from aggregation.ledger_verify import directory_artifact_checker, verify_chain
+
+    keys = fed.coord.ledger_keys()
+    public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}
+    report = verify_chain(
+        fed.coord.ledger(), public, directory_artifact_checker(fed.root / "service")
+    )
+    assert report.ok, report
+
+
+# --- a PostgreSQL cluster of the test's own --------------------------------------------------
+
+
+@dataclass
+class PgCluster:
+    """A cluster made by scripts/pg-test-server, on its own port, that a test may restart."""
+
+    url: str
+    base: Path
+
+    @classmethod
+    def start(cls, port: int | None = None) -> PgCluster:
+        env = dict(os.environ)
+        env.pop("FEDSILO_PG_PORT", None)
+        if port:
+            env["FEDSILO_PG_PORT"] = str(port)
+        out = subprocess.run(
+            [str(REPO / "scripts" / "pg-test-server"), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"pg-test-server start failed:\n{out.stderr[-3000:]}")
+        exports = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in out.stdout.splitlines()
+            if line.startswith("export ")
+        )
+        return cls(exports["FEDSILO_TEST_PG_URL"], Path(exports["FEDSILO_TEST_PG_DATA"]))
+
+    def _pg_ctl(self, *args: str) -> None:
+        bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        pg_ctl = str(bindir[-1]) if bindir else shutil.which("pg_ctl") or "pg_ctl"
+        cmd = [pg_ctl, "-D", str(self.base / "data"), "-l", str(self.base / "server.log"), *args]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, cwd="/", check=True, capture_output=True, timeout=120)
+
+    def stop_server(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
+        self._pg_ctl("-w", "-t", "60", "start")
+
+    def remove(self) -> None:
+        subprocess.run(
+            [str(REPO / "scripts" / "pg-test-server"), "stop", str(self.base)],
+            capture_output=True,
+            check=False,
+        )
+
+
+def secagg_sent(db_url: str, run_id: str, round_: int, stage: str, silo: str) -> bool:
+    """Whether `silo` sent its message of `stage` in that round (the service stored it)."""
+    rows = query(
+        db_url,
+        "SELECT count(*) FROM secagg_messages WHERE run_id = :r AND round = :n "
+        "AND stage = :st AND silo = :s",
+        r=run_id,
+        n=round_,
+        st=stage,
+        s=silo,
+    )
+    return bool(rows[0][0])
+
+
+def latest_run_id(fed: Federation) -> str | None:
+    runs = fed.coord.list_runs("heart", limit=1)
+    return runs[0].run_id if runs and runs[0].status == "running" else None
+
+
+def ledger_kinds(fed: Federation, run_id: str) -> list[str]:
+    return [e.kind for e in fed.coord.ledger(run_id)]
