@@ -46,10 +46,16 @@ def silo_delta(seed: int, index: int, round_num: int, dim: int) -> np.ndarray:
 
 
 def serve_silo(
-    client: SiloClient, workspace: Path, index: int, seed: int, cpu: dict[int, float]
+    client: SiloClient,
+    workspace: Path,
+    index: int,
+    seed: int,
+    cpu: dict[int, float],
+    steps: list[tuple[int, str, float, float]],
 ) -> None:
     """The agent's loop for one secure run: wait for approval, then every task until the run
-    ends. `cpu` collects thread CPU seconds per round spent in the protocol steps."""
+    ends. `cpu` collects thread CPU seconds per round spent in the protocol steps, `steps`
+    (round, task, start, end) in wall-clock seconds since the epoch."""
     from silos import secure_round
 
     while not _approved(client):
@@ -62,9 +68,10 @@ def serve_silo(
         if work.type == "run_ended":
             return
         run_id = work.run_id
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.time()
         _step(client, work, workspace, index, seed, secure_round)
         cpu[work.round] = cpu.get(work.round, 0.0) + time.thread_time() - started
+        steps.append((work.round, work.type, wall, time.time()))
 
 
 def _approved(client: SiloClient) -> bool:
@@ -106,6 +113,7 @@ def worker_main(spec_path: Path) -> None:
     clients: dict[int, SiloClient] = {}
     cpu: dict[int, dict[int, float]] = {}
     errors: dict[int, str] = {}
+    steps: dict[int, list[tuple[int, str, float, float]]] = {}
     for i in spec["indices"]:
         clients[i] = SiloClient(
             spec["url"],
@@ -115,11 +123,12 @@ def worker_main(spec_path: Path) -> None:
             retry_for_s=600,
         )
         clients[i].enrol()
-        cpu[i] = {}
+        cpu[i], steps[i] = {}, []
 
     def run(i: int) -> None:
         try:
-            serve_silo(clients[i], Path(spec["workspace"]) / silo_name(i), i, spec["seed"], cpu[i])
+            ws = Path(spec["workspace"]) / silo_name(i)
+            serve_silo(clients[i], ws, i, spec["seed"], cpu[i], steps[i])
         except Exception as exc:  # reported to the orchestrator, which fails the check
             errors[i] = f"{type(exc).__name__}: {exc}"
             raise
@@ -129,7 +138,7 @@ def worker_main(spec_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    out = {"cpu": {silo_name(i): c for i, c in cpu.items()}, "errors": errors}
+    out = {"cpu": {silo_name(i): c for i, c in cpu.items()}, "steps": steps, "errors": errors}
     Path(spec["out"]).write_text(json.dumps(out))
 
 

@@ -3,7 +3,8 @@
     python bench/scale.py                          # N in 4, 16, 64; 10^6 parameters; 3 rounds
     python bench/scale.py --silos 4 16 --params 100000 --rounds 2   # a quick look
     python bench/scale.py --degree 16              # SecAgg+ graph (degree 16) instead of full
-    python bench/scale.py --database-url postgresql+psycopg://...   # else FEDSILO_TEST_PG_URL
+    python bench/scale.py --database-url postgresql+psycopg://...   # else FEDSILO_TEST_PG_URL,
+                                                   # else a throwaway scripts/pg-test-server
 
 What runs: a real `fedsilo aggregator serve` process on 127.0.0.1 with a PostgreSQL database
 (a fresh one per N when the role may create databases), the coordinator's HTTP calls (open,
@@ -31,6 +32,17 @@ sets), the service's peak RSS, mean silo CPU per round (thread CPU time inside t
 steps), and the exactness check. All N silos share this machine's cores with the service, so
 wall latency includes their masking work; service CPU is the service's own cost.
 --poll-interval sets the service's long-poll re-check interval (FEDSILO_SERVICE_POLL_INTERVAL_S).
+
+Measured 2026-11-26, 10^6 parameters, complete graph, 2 rounds, on 2 cores shared with other
+benchmarks (load average 20-35); every aggregate exact (bench/README.md has the full table):
+
+       N | latency s/round | service CPU s/round | PostgreSQL CPU s/round | service peak RSS
+       4 |            17.4 |                 3.0 |                    1.1 |           434 MB
+      16 |            32.9 |                15.9 |                    6.0 |           661 MB
+      64 |           148.2 |                81.2 |                   25.5 |           965 MB
+
+Latency x8.5 from N = 4 to 64 (linear: x16), service CPU x27: its long-polls re-check every
+10 ms per waiting silo, a cost of N x round time (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -39,16 +51,11 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,97 +71,19 @@ from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shape
 from schemas.wire import RoundOpen, RunCreate, RunFinish  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _scale_infra import (  # noqa: E402
+    ServiceProbe,
+    free_port,
+    fresh_database,
+    postgres_cpu,
+    throwaway_postgres,
+)
 from _scale_silos import FEDERATION, n_examples_of, silo_delta, silo_name  # noqa: E402
 
 os.environ.update(TELEMETRY_OFF)
 SILOS_SCRIPT = Path(__file__).resolve().parent / "_scale_silos.py"
 POLL_ENV = "FEDSILO_SERVICE_POLL_INTERVAL_S"
-
-# --- service side ----------------------------------------------------------------------------
-
-
-class ServiceProbe:
-    """CPU times and peak RSS of the service process (psutil), sampled every 20 ms."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except Exception:  # the process is gone: nothing more to sample
-                return
-
-    def cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return float(t.user + t.system)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def postgres_cpu() -> float | None:
-    """CPU seconds used so far by the PostgreSQL cluster at FEDSILO_TEST_PG_DATA (postmaster,
-    its live backends, and the backends that exited), or None when unknown."""
-    import psutil
-
-    data = os.environ.get("FEDSILO_TEST_PG_DATA", "")
-    pid_file = Path(data) / "data" / "postmaster.pid"
-    if not data or not pid_file.exists():
-        return None
-    try:
-        master = psutil.Process(int(pid_file.read_text().split()[0]))
-        t = master.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in master.children():
-            with contextlib.suppress(psutil.Error):
-                c = child.cpu_times()
-                total += c.user + c.system
-        return float(total)
-    except (psutil.Error, ValueError):
-        return None
-
-
-@contextmanager
-def fresh_database(url: str) -> Iterator[str]:
-    """A new empty database on the server of `url`, dropped afterwards; `url` itself when the
-    role may not create databases."""
-    import psycopg
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    admin = make_url(url)
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"fedsilo_scale_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.Error as exc:
-        print(f"(cannot create a database, using {admin.database} as is: {exc})")
-        yield url
-        return
-    try:
-        yield admin.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+TASKS = ("secagg_advertise", "secagg_share", "train", "secagg_unmask")  # a secure round's steps
 
 # --- one trial -------------------------------------------------------------------------------
 
@@ -169,6 +98,7 @@ class Trial:
     db_cpu_s: list[float] = field(default_factory=list)  # empty when PostgreSQL's is unknown
     peak_rss_mb: float = 0.0
     silo_cpu_s: float = 0.0  # mean per silo per round
+    stage_span_s: dict[str, float] = field(default_factory=dict)  # first start to last end
     forced_closes: int = 0
     max_error: float = float("inf")  # largest |model - exact| over coordinates and rounds
     error_bound: float = 0.0  # what quantization allows
@@ -325,6 +255,7 @@ def _run_round(
 
 def _join_workers(procs: list[subprocess.Popen[bytes]], outs: list[Path], trial: Trial) -> float:
     total = 0.0
+    steps: list[tuple[int, str, float, float]] = []
     for p, out in zip(procs, outs, strict=True):
         try:
             p.wait(120)
@@ -338,7 +269,21 @@ def _join_workers(procs: list[subprocess.Popen[bytes]], outs: list[Path], trial:
         for i, err in result["errors"].items():
             trial.problems.append(f"{silo_name(int(i))}: {err}")
         total += sum(sum(per_round.values()) for per_round in result["cpu"].values())
+        steps += [tuple(step) for per_silo in result["steps"].values() for step in per_silo]
+    trial.stage_span_s = _stage_spans(steps)
     return total
+
+
+def _stage_spans(steps: list[tuple[int, str, float, float]]) -> dict[str, float]:
+    """Per task type, the median over rounds of first silo's start to last silo's end."""
+    spans: dict[str, list[float]] = {}
+    for kind in TASKS:
+        for r in sorted({step[0] for step in steps}):
+            mine = [step for step in steps if step[0] == r and step[1] == kind]
+            if mine:
+                span = max(s[3] for s in mine) - min(s[2] for s in mine)
+                spans.setdefault(kind, []).append(span)
+    return {kind: statistics.median(v) for kind, v in spans.items()}
 
 
 def _check(
@@ -407,6 +352,8 @@ def report(trials: list[Trial]) -> None:
             f"{'yes' if t.exact else 'NO'} (max err {t.max_error:.1e}, bound {t.error_bound:.1e}; "
             f"L2 err / one silo {t.l2_ratio:.1e})"
         )
+        spans = ", ".join(f"{k.removeprefix('secagg_')} {v:.2f}" for k, v in t.stage_span_s.items())
+        print(f"     stage spans s (first silo's start to last silo's end): {spans}")
         for p in t.problems:
             print(f"     problem: {p}")
     by_graph: dict[int | None, list[Trial]] = {}
@@ -444,10 +391,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.poll_interval is not None:  # the service process reads it from its environment
         os.environ[POLL_ENV] = str(args.poll_interval)
-    if not args.database_url:
-        parser.error('no PostgreSQL: pass --database-url or eval "$(scripts/pg-test-server start)"')
     trials = []
-    with tempfile.TemporaryDirectory(prefix="fedsilo-scale-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if not args.database_url:
+            print("no --database-url or FEDSILO_TEST_PG_URL: starting scripts/pg-test-server")
+            args.database_url = stack.enter_context(throwaway_postgres())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedsilo-scale-"))
         for n in args.silos:
             ws = (args.workspace or Path(tmp)) / f"n{n}"
             with fresh_database(args.database_url) as db:
