@@ -100,7 +100,11 @@ def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int
         clipped = sr.clip_l2(delta, work.secagg.clip)
         weight = work.secagg.weight if work.secagg.weight is not None else 1.0
         message = sr.masked_update(client, client.key, work, workspace, weight * clipped)
-        client.submit_masked(work.run_id, work.round, message, n, 0.0, None)
+        try:
+            client.submit_masked(work.run_id, work.round, message, n, 0.0, None)
+        except ServiceRejected as exc:  # as the agent: a retry after a lost answer is refused
+            if exc.status != 409 or "already answered" not in exc.detail:
+                raise
     else:
         raise RuntimeError(f"silo {client.silo}: unexpected task {work.type!r}")
 
