@@ -66,9 +66,16 @@ def is_hist_round(spec: RunSpec, rnd: Round) -> bool:
 
 
 def hist_row(s: Session, run_id: str, *, for_update: bool = False) -> HistRun | None:
+    """The run's state row; `for_update` locks it for the rest of the transaction.
+
+    The lock starts with a write: SQLite (pysqlite) opens a transaction only at the first
+    write, so SELECT ... FOR UPDATE alone would let two requests read the same state and the
+    later one overwrite the earlier's message. The write takes SQLite's database write lock
+    (PostgreSQL: the row lock) before the state is read."""
     stmt = select(HistRun).where(HistRun.run_id == run_id)
     if for_update:
-        stmt = stmt.with_for_update()
+        s.execute(update(HistRun).where(HistRun.run_id == run_id).values(updated_at=utcnow()))
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     return s.scalar(stmt)
 
 
@@ -101,6 +108,9 @@ def close(s: Session, run: Run, rnd: Round, recorder: Recorder) -> None:
     row = hist_row(s, run.id, for_update=True)
     if row is None:
         _fail(rnd, None, "no secure-hist session was started")
+        return
+    s.refresh(rnd)  # SQLite takes its lock at the state row: re-read the round after it
+    if rnd.status != "open":
         return
     state = load(row)
     advance(s, run, rnd, state, recorder, force=True)

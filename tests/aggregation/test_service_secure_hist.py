@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,19 +125,21 @@ Skip = Callable[[str, Task], bool]
 
 
 def drive(fed: Fed, number: int, skip: Skip = lambda silo, task: False) -> int:
-    """Hand every task to its silo until round `number` closes or nobody has work; returns
-    the number of tasks done."""
+    """Hand every task to its silo, the silos answering at the same time (as agents do),
+    until round `number` closes or nobody has work; returns the number of tasks done."""
     done = 0
-    while fed.coord.wait_round(fed.run_id, number, 0).status == "open":
-        moved = False
-        for name, client in fed.silos.items():
-            task = client.next_task(wait_s=0, run_id=fed.run_id)
-            if task is None or task.hist is None or skip(name, task):
-                continue
-            step(client, task)
-            moved, done = True, done + 1
-        if not moved:
-            break
+    with ThreadPoolExecutor(len(fed.silos)) as pool:
+        while fed.coord.wait_round(fed.run_id, number, 0).status == "open":
+            work = []
+            for name, client in fed.silos.items():
+                task = client.next_task(wait_s=0, run_id=fed.run_id)
+                if task is not None and task.hist is not None and not skip(name, task):
+                    work.append((client, task))
+            if not work:
+                break
+            for future in [pool.submit(step, client, task) for client, task in work]:
+                future.result()
+            done += len(work)
     return done
 
 

@@ -60,8 +60,10 @@ async def post_message(
             if s.get(RunSilo, (run_id, silo.name)) is None:
                 raise Forbidden(f"silo {silo.name!r} is not a participant of run {run_id}")
             number = run.current_round
+            # locks in the order closing.close_round takes them: round, then the run's state
             rnd = get_round(s, run_id, number, for_update=True)
             row = hist_rounds.hist_row(s, run_id, for_update=True)
+            s.refresh(rnd)  # SQLite locks at the state row's write: re-read the round after it
             if row is None or rnd.kind != "train":
                 raise Conflict(f"run {run_id} has no secure-hist aggregation open")
             state = load(row)
