@@ -134,7 +134,8 @@ def run_trial(
     trial = Trial(silos=n, params=params, degree=degree)
     workspace.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    service = start_service(workspace / "service", port, database_url)
+    # a loaded machine can take over a minute to import and migrate
+    service = start_service(workspace / "service", port, database_url, wait_s=180)
     probe = ServiceProbe(service.popen.pid)
     procs: list[subprocess.Popen[bytes]] = []
     try:  # a KeyboardInterrupt stops the workers and the service too
