@@ -55,17 +55,21 @@ def xgboost_section(report: dict) -> list[str]:
     lines = [
         f"## XGBoost bagging: credit default, 5 banks ({report['date']})",
         "",
-        f"`bench/compare_xgboost.py`, {report['rounds']} rounds, on {report['machine']}.",
+        f"`bench/compare_xgboost.py`, {report['rounds']} rounds, on {report['machine']}. "
+        "fedsilo in-process (bytes: payload sizes), Flower deployed (bytes on the wire), "
+        "NVIDIA FLARE in its simulator (no bytes).",
         "",
-        "| system | trees | acc | AUC | wall s | round ms | sent KB/bank | model KB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | trees | acc | AUC | wall s | round ms | sent KB/bank | recv KB/bank "
+        "| model KB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         sent = statistics.mean(r["sent_kb"].values()) if r.get("sent_kb") else float("nan")
+        recv = statistics.mean(r["received_kb"].values()) if r.get("received_kb") else float("nan")
         lines.append(
             f"| {r['system']} | {r['trees']} | {r['accuracy']['all']:.3f} | "
             f"{r['auc']['all']:.4f} | {r['wall_s']:.1f} | {r.get('round_ms', float('nan')):.0f} "
-            f"| {sent:.0f} | {r.get('model_kb', float('nan')):.0f} |"
+            f"| {sent:.0f} | {recv:.0f} | {r.get('model_kb', float('nan')):.0f} |"
         )
     if report.get("flower_skipped"):
         lines += ["", f"Flower not run: {report['flower_skipped']}"]
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> Path:
         "# Latest benchmark figures",
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M %Z')} on {machine()} "
-        f"(load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}) by `make bench`.",
+        f"(load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}) by `bench/_report.py` "
+        "(the last step of `make bench`) from the figures each benchmark left here.",
         "",
     ]
     plots: list[str] = []
