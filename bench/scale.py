@@ -33,13 +33,14 @@ steps), and the exactness check. All N silos share this machine's cores with the
 wall latency includes their masking work; service CPU is the service's own cost.
 --poll-interval sets the service's long-poll re-check interval (FEDSILO_SERVICE_POLL_INTERVAL_S).
 
-Measured 2026-11-26, 10^6 parameters, complete graph, 2 rounds, on 2 cores shared with other
-benchmarks (load average 20-35); every aggregate exact (bench/README.md has the full table):
+Measured 2026-11-26, 10^6 parameters, 2 rounds, on 2 cores shared with other benchmarks (load
+average 20-35); every aggregate exact (bench/README.md has the full table):
 
-       N | latency s/round | service CPU s/round | PostgreSQL CPU s/round | service peak RSS
-       4 |            17.4 |                 3.0 |                    1.1 |           434 MB
-      16 |            32.9 |                15.9 |                    6.0 |           661 MB
-      64 |           148.2 |                81.2 |                   25.5 |           965 MB
+       N  graph | latency s/round | service CPU s/round | PostgreSQL CPU s/round | peak RSS
+       4   full |            17.4 |                 3.0 |                    1.1 |   434 MB
+      16   full |            32.9 |                15.9 |                    6.0 |   661 MB
+      64   full |           148.2 |                81.2 |                   25.5 |   965 MB
+      64   k=16 |           113.0 |                71.0 |                   26.0 |   945 MB
 
 Latency x8.5 from N = 4 to 64 (linear: x16), service CPU x27: its long-polls re-check every
 10 ms per waiting silo, a cost of N x round time (see bench/README.md).
