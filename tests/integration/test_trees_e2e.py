@@ -34,7 +34,8 @@ N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_fea
 HOSPITALS = ["cleveland", "hungary", "switzerland", "va_long_beach"]
 POLICY = (
     'allowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 100\n\n'
-    '[policy.trees]\nallowed_modes = ["bagging", "cyclic", "collective"]\nmax_depth = 4\n'
+    '[policy.trees]\nallowed_modes = ["bagging", "cyclic", "collective", "secure-hist"]\n'
+    "max_depth = 4\nmin_rows_per_node = 5\n"
 )
 
 
@@ -173,3 +174,46 @@ def test_xgboost_collective_over_mutual_tls(
     assert all("histograms" in a["service_sees"] for a in aggregates), json.dumps(aggregates)
     # every worker submitted its (identical, service-checked) copy of the joint trees
     assert all(len(a["contributors"]) == 4 for a in aggregates)
+
+
+def test_xgboost_secure_hist_service_sees_only_sums(
+    federation: tuple[str, str, CoordinatorClient, Path],
+) -> None:
+    """Secure-hist through the real agents: 2 trees of depth 2, one a round."""
+    url, token, coord, root = federation
+    spec = TreeSpec.model_validate(
+        {
+            "kind": "xgboost",
+            "mode": "secure-hist",
+            "n_features": N_FEATURES,
+            "trees_per_round": 1,
+            "params": {"max_depth": 2, "max_bin": 32},
+            "secure_hist": {"fine_cells": 256, "min_rows_per_node": 5},
+        }
+    )
+    # a longer deadline than _train's: run alone, the agents start cold (a deadline passing
+    # before any silo advertised its session keys fails the run, as it should)
+    result = federated_training(
+        service_urls=[url],
+        admin_token=token,
+        federation="heart",
+        dataset="heart_disease",
+        trees=spec,
+        rounds=2,
+        min_silos=4,
+        round_deadline_s=300,
+        output_dir=str(root / "models"),
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+    )
+    rounds = result["rounds"]
+    assert [r["kind"] for r in rounds] == ["train", "train", "evaluate"]
+    assert all(sorted(r["contributors"]) == HOSPITALS for r in rounds)
+    model = Path(result["model_path"]).read_bytes()
+    assert _check_native("xgboost", model) == 2
+    assert rounds[-1]["auc"] > 0.7
+    aggregates = _aggregates(coord, result["run_id"])
+    assert [a["trees"]["mode"] for a in aggregates] == ["secure-hist", "secure-hist"]
+    for a in aggregates:
+        assert a["secure_aggregation"] and not a["individual_updates_seen_by_service"]
+        assert a["service_sees"].startswith("only federation-wide sums"), a
+        assert a["dropouts"] == [] and a["aggregations"] >= 1
