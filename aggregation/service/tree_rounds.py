@@ -152,6 +152,8 @@ def tree_task(
         model_version=rnd.input_model_version,
         spec=spec,
         trees=info,
+        # silos standardise with the federation's statistics when the contract says so
+        stats=json.loads(run.federation_stats) if run.federation_stats else None,
     )
 
 
