@@ -26,7 +26,8 @@ from fault_helpers import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+# generous: the module fixture (processes, a warm-up run) counts toward its first test
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(1800)]
 SILOS = ("cleveland", "hungary", "va_long_beach")
 REQUEST = re.compile(r'"(GET|POST|PUT) (/v1/\S+) HTTP/1.1" (\d+)')
 
