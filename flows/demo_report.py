@@ -37,7 +37,19 @@ def print_privacy(console: Console, client: CoordinatorClient, run_id: str, spec
     entries = client.ledger(run_id)
     aggregates = [json.loads(e.payload) for e in entries if e.kind == "aggregate"]
     secure = [a for a in aggregates if a.get("secure_aggregation")]
-    if secure:
+    if spec.trees is not None and aggregates:
+        sees = aggregates[-1].get("service_sees", "")
+        how = (
+            "only masked histogram vectors (uniformly random mod 2^64 to it), unmasking only "
+            "their federation-wide sums"
+            if secure
+            else "tree updates signed by each silo and sealed to its X25519 key"
+        )
+        console.print(
+            f"[bold]{spec.trees.kind} {spec.trees.mode}[/bold]: the service received {how}; "
+            f"from its own ledger, it saw: {sees}."
+        )
+    elif secure:
         console.print(
             f"[bold]secure aggregation[/bold]: in all {len(secure)} rounds the service stored "
             f"only masked vectors (uniformly random mod 2^{spec.secure_aggregation.bits} to it) "
