@@ -1,0 +1,246 @@
+"""The coordinator in production: `fedsilo schedule` deploys the flow with a cron schedule on a
+process work pool, a real `prefect worker` runs the deployment's flow runs, and a flow run
+whose process is killed (SIGKILL, so Prefect marks it Crashed) resumes its training run when
+retried with `prefect flow-run retry`, instead of starting over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+from fault_helpers import Federation, query, start_federation, wait_until
+
+from flows.processes import base_env, spawn
+
+# generous: the module fixture (processes, a warm-up run) counts toward its first test
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(1800)]
+SILOS = ("cleveland", "hungary", "va_long_beach")
+ROUNDS = 3
+CRON = "0 3 1 1 *"  # 03:00 on 1 January: the schedule exists, its runs lie far ahead
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+FEDSILO = str(Path(sys.executable).with_name("fedsilo"))
+
+
+@pytest.fixture(scope="module")
+def fed(
+    tmp_path_factory: pytest.TempPathFactory,
+    prefect_api_url: str,
+    pg_database_factory: Callable[[], AbstractContextManager[str]],
+) -> Iterator[Federation]:
+    with pg_database_factory() as db_url:
+        # the agents' environment points at a closed port: only silo.toml's [prefect] api_url
+        # can bring their flow runs to this Prefect server
+        federation = start_federation(
+            tmp_path_factory.mktemp("scheduled"),
+            prefect_api_url,
+            db_url,
+            silos=SILOS,
+            agent_prefect_env="http://127.0.0.1:9/api",
+        )
+        try:
+            yield federation
+        finally:
+            federation.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(fed: Federation, prefect_api_url: str) -> Iterator[tuple[str, str]]:
+    """`fedsilo schedule` as the runbook has it, then the worker command it printed."""
+    name, pool = f"t-{uuid.uuid4().hex[:8]}", f"fedsilo-t-{uuid.uuid4().hex[:8]}"
+    args = [FEDSILO, "schedule", "--federation", "heart", "--dataset", "heart_disease"]
+    args += ["--token-file", str(fed.root / "service" / "admin.token"), "--cron", CRON]
+    args += ["--name", name, "--pool", pool, "--rounds", str(ROUNDS), "--min-silos", "3"]
+    args += ["--local-epochs", "2", "--lr", "0.1", "--round-deadline-s", "600"]
+    args += ["--output-dir", str(fed.root / "models")]
+    for url in fed.urls:
+        args += ["--service-url", url]
+    env = base_env(PREFECT_API_URL=prefect_api_url)
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    printed = " ".join(out.stdout.split())
+    worker_cmd = f"prefect worker start --pool {pool} --type process"
+    assert worker_cmd in printed, printed
+    assert f"prefect deployment run 'federated_training/{name}'" in printed, printed
+    # the worker asks for work every second (default 10) to keep the test short
+    worker = spawn(
+        "prefect worker",
+        [PREFECT, *worker_cmd.split()[1:]],
+        fed.root / "worker.log",
+        base_env(PREFECT_API_URL=prefect_api_url, PREFECT_WORKER_QUERY_SECONDS="1"),
+    )
+    try:
+        yield name, pool
+    finally:
+        worker.stop(timeout_s=20)
+
+
+def _api(prefect_api_url: str, method: str, path: str, body: object = None) -> object:
+    """One Prefect API call; a busy server's 5xx answers are retried for a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = httpx.request(method, prefect_api_url + path, json=body, timeout=30)
+        if resp.status_code < 500 or time.monotonic() > deadline:
+            resp.raise_for_status()
+            return resp.json() if resp.content else None
+        time.sleep(1.0)
+
+
+def _trigger(name: str, prefect_api_url: str) -> str:
+    """`prefect deployment run` (the command `fedsilo schedule` printed); the flow run id."""
+    out = subprocess.run(
+        [PREFECT, "deployment", "run", f"federated_training/{name}"],
+        env=base_env(PREFECT_API_URL=prefect_api_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    ids = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
+    assert ids, out.stdout
+    return ids[0]
+
+
+def _state(prefect_api_url: str, flow_run_id: str) -> str:
+    run = _api(prefect_api_url, "GET", f"/flow_runs/{flow_run_id}")
+    assert isinstance(run, dict)
+    return str(run["state_type"])
+
+
+def _wait_state(
+    fed: Federation, prefect_api_url: str, flow_run_id: str, want: str, timeout_s: float
+) -> None:
+    def reached() -> bool:
+        state = _state(prefect_api_url, flow_run_id)
+        assert state not in ({"FAILED", "CRASHED", "CANCELLED"} - {want}), (
+            f"flow run {flow_run_id} is {state}\n{(fed.root / 'worker.log').read_text()[-4000:]}"
+        )
+        return state == want
+
+    wait_until(reached, timeout_s, f"flow run {flow_run_id} to be {want}", fed.logs)
+
+
+def _runs_of(fed: Federation, flow_run_id: str) -> list[tuple[str, str]]:
+    return query(  # type: ignore[return-value]
+        fed.db_url, "SELECT id, status FROM runs WHERE prefect_flow_run_id = :f", f=flow_run_id
+    )
+
+
+def test_scheduled_deployment_runs_on_a_process_worker(
+    fed: Federation, deployment: tuple[str, str], prefect_api_url: str
+) -> None:
+    name, pool = deployment
+    found = _api(prefect_api_url, "GET", f"/deployments/name/federated_training/{name}")
+    assert isinstance(found, dict)
+    assert found["work_pool_name"] == pool
+    assert [s["schedule"]["cron"] for s in found["schedules"]] == [CRON]
+    assert found["parameters"]["admin_token"] == ""  # only the token file's path is stored
+    # what Prefect's scheduler does on its own every minute: the cron yields scheduled runs
+    _api(prefect_api_url, "POST", f"/deployments/{found['id']}/schedule", {"max_runs": 1})
+    scheduled = _api(
+        prefect_api_url,
+        "POST",
+        "/flow_runs/filter",
+        {"flow_runs": {"deployment_id": {"any_": [found["id"]]}}},
+    )
+    assert isinstance(scheduled, list) and scheduled
+    assert all(r["expected_start_time"][5:16] == "01-01T03:00" for r in scheduled)
+    # a run triggered now runs on the worker and trains the federation
+    flow_run_id = _trigger(name, prefect_api_url)
+    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED", 600)
+    [(run_id, status)] = _runs_of(fed, flow_run_id)
+    assert status == "finished"
+    assert (fed.root / "models" / f"{run_id}-v{ROUNDS}.safetensors").exists()
+    # every silo agent reported its part to the Prefect API its silo.toml names
+    silo_runs = _api(
+        prefect_api_url, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_id]}}}
+    )
+    assert isinstance(silo_runs, list) and len(silo_runs) == len(SILOS)
+    assert all(r["state_type"] == "COMPLETED" for r in silo_runs)
+
+
+def _flow_run_pids(flow_run_id: str) -> list[int]:
+    """The processes the worker started for this flow run (their environment names it)."""
+    marker = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _crash_reports(prefect_api_url: str, flow_run_id: str) -> int:
+    states = _api(prefect_api_url, "GET", f"/flow_run_states/?flow_run_id={flow_run_id}")
+    assert isinstance(states, list)
+    return sum(1 for st in states if st["type"] == "CRASHED")
+
+
+def test_crashed_flow_run_retried_resumes_its_run(
+    fed: Federation, deployment: tuple[str, str], prefect_api_url: str
+) -> None:
+    name, _ = deployment
+    flow_run_id = _trigger(name, prefect_api_url)
+
+    def past_round_one() -> str | None:
+        rows = _runs_of(fed, flow_run_id)
+        if not rows:
+            return None
+        got = query(fed.db_url, "SELECT latest_model_version FROM runs WHERE id = :r", r=rows[0][0])
+        return rows[0][0] if (got[0][0] or 0) >= 1 else None
+
+    run_id = wait_until(past_round_one, 600, "the run to finish round 1", fed.logs)
+    pids = wait_until(lambda: _flow_run_pids(flow_run_id), 30, "the flow run's process")
+    for pid in pids:  # the flow run's process (and any child of it), as an OOM killer would
+        os.kill(pid, signal.SIGKILL)
+    _wait_state(fed, prefect_api_url, flow_run_id, "CRASHED", 120)
+    # Prefect 3.9's process worker reports the crash twice: at once, and again when it has
+    # reaped the process; a retry between the two would be marked crashed by the second
+    log = fed.root / "worker.log"
+    grace = time.monotonic() + 90  # a later Prefect may report once: then just go on
+    while time.monotonic() < grace and not (
+        _crash_reports(prefect_api_url, flow_run_id) >= 2
+        or f"'{flow_run_id}' as crashed: Flow run infrastructure" in log.read_text(errors="replace")
+    ):
+        time.sleep(0.5)
+    before = dict(
+        query(fed.db_url, "SELECT number, closed_at FROM rounds WHERE run_id = :r", r=run_id)
+    )
+    done_before = [n for n, closed in before.items() if closed is not None]
+    assert done_before and max(done_before) < ROUNDS + 1, before
+    out = subprocess.run(
+        [PREFECT, "flow-run", "retry", flow_run_id],
+        env=base_env(PREFECT_API_URL=prefect_api_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED", 600)
+    assert _runs_of(fed, flow_run_id) == [(run_id, "finished")]  # resumed, not started over
+    after = dict(
+        query(fed.db_url, "SELECT number, closed_at FROM rounds WHERE run_id = :r", r=run_id)
+    )
+    assert sorted(after) == list(range(1, ROUNDS + 2))
+    for number in done_before:  # rounds closed before the crash were not trained again
+        assert after[number] == before[number]
+    kinds = [
+        k
+        for (k,) in query(fed.db_url, "SELECT kind FROM ledger_entries WHERE run_id = :r", r=run_id)
+    ]
+    assert kinds.count("run_started") == 1 and kinds.count("aggregate") == ROUNDS
