@@ -211,7 +211,7 @@ def test_crashed_flow_run_retried_resumes_its_run(
     # Prefect 3.9's process worker reports the crash twice: at once, and again when it has
     # reaped the process; a retry between the two would be marked crashed by the second
     log = fed.root / "worker.log"
-    grace = time.monotonic() + 90  # a later Prefect may report once: then just go on
+    grace = time.monotonic() + 45  # a later Prefect may report once: then just go on
     while time.monotonic() < grace and not (
         _crash_reports(prefect_api_url, flow_run_id) >= 2
         or f"'{flow_run_id}' as crashed: Flow run infrastructure" in log.read_text(errors="replace")
