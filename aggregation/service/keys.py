@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -19,45 +20,40 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+_Key = TypeVar("_Key", Ed25519PrivateKey, X25519PrivateKey)
+
 
 def load_or_create_service_key(workspace: Path) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs the ledger and receipts."""
     path = workspace / "keys" / "service_ed25519.pem"
-    if path.exists():
-        key = load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return key
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = Ed25519PrivateKey.generate()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another service process sharing the workspace won the race
-        return load_or_create_service_key(workspace)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return key
+    return _load_or_create(path, Ed25519PrivateKey)  # type: ignore[type-abstract]
 
 
 def load_or_create_seal_key(workspace: Path) -> X25519PrivateKey:
-    """The X25519 key silos seal tree updates to (`aggregation.sealed`); 0600 in the workspace.
+    """The X25519 key silos seal tree updates to (`aggregation.sealed`).
 
     Processes sharing one database must share it too, like the signing key.
     """
     path = workspace / "keys" / "service_x25519.pem"
+    return _load_or_create(path, X25519PrivateKey)  # type: ignore[type-abstract]
+
+
+def _load_or_create(path: Path, kind: type[_Key]) -> _Key:
+    """Read the PEM key at `path`, or create it (0600) if absent."""
     if path.exists():
         key = load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, X25519PrivateKey):
-            raise ValueError(f"{path} does not hold an X25519 private key")
+        if not isinstance(key, kind):
+            raise ValueError(f"{path} does not hold an {kind.__name__}")
         return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = X25519PrivateKey.generate()
+    new = kind.generate()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create_seal_key(workspace)
+    except FileExistsError:  # another service process sharing the workspace won the race
+        return _load_or_create(path, kind)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return key
+        fh.write(new.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return new
 
 
 def public_hex(key: Ed25519PrivateKey) -> str:
