@@ -178,36 +178,31 @@ def compare(
             cells.append(f"{row['accuracy']:.3f} / {auc}")
         table.add_row(name, *cells)
     console.print(table)
-    acc_all = {
-        str(r["model"]): float(r["accuracy"])  # type: ignore[arg-type]
+    # PyTorch demos aim at accuracy within 0.03 of pooled; tree modes at ROC AUC within 0.01
+    # (issue targets), and both must beat every silo alone.
+    metric, tolerance = ("auc", 0.01) if spec.trees is not None else ("accuracy", 0.03)
+    on_all = {
+        str(r["model"]): {k: float(r[k] or 0.0) for k in ("accuracy", "auc")}  # type: ignore[arg-type]
         for r in rows
         if r["test_set"] == baselines.ALL_TEST_SETS
     }
-    fed_acc = acc_all["federated"]
-    best_local = max(acc_all[n] for n in local_names)
-    central = acc_all["pooled (centralized)"]
-    verdict = fed_acc > best_local and central - fed_acc <= 0.03
+    fed_acc = on_all["federated"]["accuracy"]
+    best_local = max(on_all[n]["accuracy"] for n in local_names)
+    central = on_all["pooled (centralized)"]["accuracy"]
+    fed_m = on_all["federated"][metric]
+    best_m = max(on_all[n][metric] for n in local_names)
+    pooled_m = on_all["pooled (centralized)"][metric]
+    verdict = fed_m > best_m and pooled_m - fed_m <= tolerance
+    what = f"{spec.trees.kind} {spec.trees.mode}, " if spec.trees is not None else ""
     console.print(
-        f"federated accuracy on all test sets {fed_acc:.3f}; best silo alone {best_local:.3f}; "
-        f"pooled {central:.3f} -> "
+        f"{what}{metric} on all test sets: federated {fed_m:.4f}; best silo alone {best_m:.4f}; "
+        f"pooled {pooled_m:.4f} -> "
         + (
-            "[green]federated beats every silo alone and is within 0.03 of pooled[/green]"
+            f"[green]federated beats every silo alone and is within {tolerance} of pooled[/green]"
             if verdict
-            else "[red]target missed[/red]"
+            else f"[red]target missed (within {tolerance} of pooled, above every silo)[/red]"
         )
     )
-    if spec.trees is not None:  # the tree modes' target is on ROC AUC
-        auc_all = {
-            str(r["model"]): float(r["auc"] or 0.0)  # type: ignore[arg-type]
-            for r in rows
-            if r["test_set"] == baselines.ALL_TEST_SETS
-        }
-        console.print(
-            f"ROC AUC on all test sets: federated {auc_all['federated']:.4f}, pooled "
-            f"{auc_all['pooled (centralized)']:.4f}, best silo alone "
-            f"{max(auc_all[n] for n in local_names):.4f} "
-            f"({spec.trees.kind} {spec.trees.mode}; {demo_trees.STEPS} boosting steps each)"
-        )
     return {
         "run_id": result["run_id"],
         "model_path": result["model_path"],
