@@ -279,7 +279,7 @@ def close_tree_round(
         "model_sha256": sha,
         "trees": {"kind": trees.kind, "mode": trees.mode, "n_trees": _n_trees(trees, model)},
         "secure_aggregation": False,
-        "sealed_to_service": trees.mode != "collective",
+        "sealed_to_service": True,  # the trees are; the collective's histograms are not
         "individual_updates_seen_by_service": True,
         "service_sees": SERVICE_SEES[trees.mode],
     }
