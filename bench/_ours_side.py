@@ -63,7 +63,7 @@ def start(
     `prefect_url` (http://127.0.0.1:PORT/api) reuses a running Prefect server, which then is
     not counted in the memory figures; by default the federation starts its own.
     """
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     os.environ.update(TELEMETRY_OFF)
     procs: list[Proc] = []

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregation.client import SiloClient  # noqa: E402
-from aggregation.exceptions import ServiceRejected  # noqa: E402
 from schemas.wire import Task  # noqa: E402
+from silos.client import SiloClient  # noqa: E402
+from silos.client_errors import ServiceRejected  # noqa: E402
 
 FEDERATION = "scale"
 DELTA_STD = 0.008  # per coordinate: the L2 norm of 10^6 of them (~8) stays under clip 10

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregation.ledger_verify import export_entries, load_export, verify_chain  # noqa: E402
 from aggregation.service import ledger, ledger_guard  # noqa: E402
 from aggregation.service.db import Base, make_engine, make_sessionmaker, transaction  # noqa: E402
+from schemas.ledger_verify import export_entries, load_export, verify_chain  # noqa: E402
 from schemas.lineage import (  # noqa: E402
     ED25519_BACKEND,
     GENESIS_HASH,

@@ -63,12 +63,12 @@ def main() -> None:
 
 def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]:  # type: ignore[type-arg]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from live_service import free_port, write_heart_silos
+    from support.live_service import free_port, write_heart_silos
 
-    from aggregation.client import CoordinatorClient
     from flows.coordinator import federated_training
     from flows.demo_config import heart_demo_spec
     from flows.processes import start_agent, start_service
+    from flows.service_client import CoordinatorClient
     from schemas.contracts.loader import load_contract
     from silos.features import FeaturePipeline
 

@@ -65,8 +65,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aggregation.client import CoordinatorClient  # noqa: E402
 from flows.processes import TELEMETRY_OFF, start_service  # noqa: E402
+from flows.service_client import CoordinatorClient  # noqa: E402
 from schemas import tensors  # noqa: E402
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes  # noqa: E402
 from schemas.wire import RoundOpen, RunCreate, RunFinish  # noqa: E402
@@ -298,14 +298,14 @@ def _check(
     trial: Trial,
 ) -> None:
     """Every model version equals the running sum of the exact weighted means."""
-    from aggregation.secagg.quantize import Quantizer
+    from schemas.secagg.quantize import Quantizer
     from silos.secure_round import clip_l2
 
     n = trial.silos
     weights = np.array([n_examples_of(i) for i in range(n)], dtype=np.float64)
     weights /= weights.sum()
     # per round the weighted sum of n quantized vectors is within n / scale of the exact one
-    # per coordinate (aggregation/secagg/quantize.py); float32 storage adds an ulp per round
+    # per coordinate (schemas/secagg/quantize.py); float32 storage adds an ulp per round
     step = n / Quantizer(clip=sa.clip, n_summands=n, bits=sa.bits).scale
     expected = np.zeros(model.n_features + 1)
     previous = expected.copy()  # model version r - 1

@@ -5,7 +5,7 @@
     python bench/secagg.py --no-flower
 
 Every round runs all stages in process through the byte-level wire format
-(aggregation.secagg.simulate). Times are wall-clock seconds of each stage's function; on a
+(support.secagg_simulate). Times are wall-clock seconds of each stage's function; on a
 shared machine the best of --repeat runs is reported for d <= 1e6 (one run above). If
 bench/peers/.venv-flower exists (bench/peers/setup.sh), Flower 1.32.1's SecAgg+ primitives are
 timed on the same sizes in that venv and the ratios ours / Flower are printed.
@@ -25,11 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the in-process simulator lives with the tests' helpers (tests/support/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from aggregation.secagg.config import RoundConfig  # noqa: E402
-from aggregation.secagg.crypto import generate_identity  # noqa: E402
-from aggregation.secagg.quantize import Quantizer  # noqa: E402
-from aggregation.secagg.simulate import run_round  # noqa: E402
+from support.secagg_simulate import run_round  # noqa: E402
+
+from schemas.secagg.config import RoundConfig  # noqa: E402
+from schemas.secagg.crypto import generate_identity  # noqa: E402
+from schemas.secagg.quantize import Quantizer  # noqa: E402
 
 FLOWER_PY = Path(__file__).parent / "peers" / ".venv-flower" / "bin" / "python"
 FLOWER_SCRIPT = Path(__file__).parent / "peers" / "flower_secagg.py"

@@ -1,8 +1,8 @@
 """Secure-histogram boosting vs pooled XGBoost vs XGBoost's federated collective.
 
 Secure-hist runs the real silo code (`silos.hist_trainer`), the real secure-aggregation session
-halves (`aggregation.secagg.session*`) and the service's tree growth in one process
-(`aggregation.trees.secure_hist.driver`), every message through its byte format; the silos
+halves (`silos.secagg.session*`) and the service's tree growth in one process
+(`support.secure_hist_driver`), every message through its byte format; the silos
 run one after another on this machine. The collective runs XGBoost's gRPC server and one
 worker process per silo over mutual TLS (a throw-away CA, 127.0.0.1), as `bench/trees.py`.
 
@@ -51,15 +51,17 @@ from sklearn.datasets import make_classification
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the in-process simulator lives with the tests' helpers (tests/support/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from support.secure_hist_driver import run_secure_hist  # noqa: E402
 from trees import _federation_pki  # noqa: E402  (bench/trees.py: the throw-away CA)
 
 from aggregation.trees.collective import CollectiveServer  # noqa: E402
-from aggregation.trees.collective_worker import collect_worker, start_worker_process  # noqa: E402
 from aggregation.trees.models import predict_proba  # noqa: E402
-from aggregation.trees.secure_hist.driver import run_secure_hist  # noqa: E402
-from aggregation.trees.secure_hist.protocol import HistRunConfig  # noqa: E402
+from schemas.secure_hist.protocol import HistRunConfig  # noqa: E402
 from schemas.tree_params import TreeSpec, XGBoostParams  # noqa: E402
+from silos.collective_worker import collect_worker, start_worker_process  # noqa: E402
 
 SEED = 42
 SETTINGS = {

@@ -54,12 +54,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sklearn.metrics import roc_auc_score
 
 from aggregation.trees.collective import CollectiveServer, ServerTLS
-from aggregation.trees.collective_worker import WorkerTLS, collect_worker, start_worker_process
-from aggregation.trees.federation_ca import issue_ca, issue_leaf
 from aggregation.trees.models import append_cyclic, merge_bagging, predict_proba
 from flows.baselines import SiloArrays, prepare_silo_arrays
+from flows.federation_ca import issue_ca, issue_leaf
 from schemas.contracts import load_contract
 from schemas.tree_params import MAX_TREES_PER_ROUND, TreeSpec
+from silos.collective_worker import WorkerTLS, collect_worker, start_worker_process
 from silos.demo_data import credit_default_silos, heart_disease_silos
 from silos.tree_trainer import train_trees
 

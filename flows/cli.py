@@ -208,7 +208,7 @@ def silo_approve(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Approve an enrolled silo (coordinator): after this its agent may take part in runs."""
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
     out = client.approve(federation, name)
@@ -322,7 +322,7 @@ def runs_list(
     federation: Annotated[str | None, typer.Option(help="Only this federation.")] = None,
 ) -> None:
     """List recent training runs with their status."""
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
     table = Table("run", "federation", "status", "model", "rounds", "silos", "created", "reason")
@@ -348,8 +348,8 @@ def runs_show(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Show one run: its spec, participants and a row per round (who answered, metrics)."""
-    from aggregation.client import CoordinatorClient
     from flows.render import round_table
+    from flows.service_client import CoordinatorClient
 
     client = CoordinatorClient(service_url, token=_token(token, token_file), retry_for_s=10)
     run = client.get_run(run_id)

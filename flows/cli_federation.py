@@ -109,7 +109,7 @@ def federation_create(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Register the federation on the aggregation service (idempotent)."""
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     client = CoordinatorClient(service_url, token=token_from(token, token_file), retry_for_s=30)
     client.create_federation(name, description)
@@ -187,7 +187,7 @@ def silo_revoke(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Revoke a silo (coordinator): every later request it makes is refused, at once."""
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     client = CoordinatorClient(service_url, token=token_from(token, token_file), retry_for_s=10)
     out = client.request("POST", f"/v1/federations/{federation}/silos/{name}/revoke").json()

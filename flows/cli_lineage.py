@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from aggregation.exceptions import ClientError
 from flows.cli_common import ServiceUrls, TokenFileOpt, TokenOpt, console, token_from
 from flows.lineage_view import LineageReviewError
 from schemas.lineage import LineageError
+from silos.client_errors import ClientError
 
 lineage_app = typer.Typer(
     help="Review the tamper-evident lineage ledger: verify, show, contributions, export.",
@@ -20,7 +20,7 @@ lineage_app = typer.Typer(
 
 
 def _coordinator(service_url: list[str], token: str | None, token_file: Path | None):  # type: ignore[no-untyped-def]
-    from aggregation.client import CoordinatorClient
+    from flows.service_client import CoordinatorClient
 
     return CoordinatorClient(service_url, token=token_from(token, token_file), retry_for_s=10)
 
@@ -29,8 +29,8 @@ def _ledger(
     service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
 ):  # type: ignore[no-untyped-def]
     """Entries and author keys from an export file (offline) or from the service."""
-    from aggregation.ledger_export import load_export
     from flows.lineage_cmds import load_entries_from_export
+    from schemas.ledger_export import load_export
 
     try:
         if export is not None:
@@ -155,8 +155,8 @@ def lineage_export(
         return
     if format != "openlineage":
         raise typer.BadParameter("format must be 'openlineage' or 'ledger'")
-    from aggregation.ledger_export import load_export
     from flows.openlineage_export import write_openlineage
+    from schemas.ledger_export import load_export
 
     path = write_openlineage(load_export(client.ledger_export()), run_id, out)
     console.print(f"OpenLineage events for run {run_id} written to {path}")

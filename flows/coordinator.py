@@ -17,9 +17,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from aggregation.client import CoordinatorClient
 from flows.exceptions import RunFailed
 from flows.resume import closed_rounds, find_run, wall_seconds
+from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import (

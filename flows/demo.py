@@ -18,7 +18,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from aggregation.client import CoordinatorClient
 from flows import demo_trees
 from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
@@ -31,6 +30,7 @@ from flows.demo_report import (
 )
 from flows.exceptions import DemoError
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
+from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec, SecureAggregationSpec, StrategySpec
 from silos.features import FeaturePipeline

@@ -8,9 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from aggregation.client import CoordinatorClient
 from flows import baselines, demo_trees
 from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
+from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.specs import RunSpec
 from silos.features import FeaturePipeline

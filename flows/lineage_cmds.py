@@ -23,15 +23,6 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from aggregation.ledger_export import ExportError, ExportTruncatedError, load_export
-from aggregation.ledger_verify import (
-    ArtifactChecker,
-    SiloRecord,
-    VerifyReport,
-    cross_check,
-    directory_artifact_checker,
-    verify_chain,
-)
 from flows.lineage_summary import summarize
 from flows.lineage_view import (
     SILO_PREFIX,
@@ -41,6 +32,15 @@ from flows.lineage_view import (
     run_view,
     run_views,
     silo_name,
+)
+from schemas.ledger_export import ExportError, ExportTruncatedError, load_export
+from schemas.ledger_verify import (
+    ArtifactChecker,
+    SiloRecord,
+    VerifyReport,
+    cross_check,
+    directory_artifact_checker,
+    verify_chain,
 )
 from schemas.lineage import SERVICE_AUTHOR, LineageEntry
 
@@ -97,7 +97,7 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def load_entries_from_export(path: Path) -> list[LineageEntry]:
-    """Read a ledger export written by `aggregation.ledger_export.export_entries`.
+    """Read a ledger export written by `schemas.ledger_export.export_entries`.
 
     Raises
     ------

@@ -17,12 +17,12 @@ from urllib.parse import quote, urlsplit
 
 from pydantic import ValidationError
 
-from aggregation.ledger_verify import VerifyReport, directory_artifact_checker, verify_chain
 from flows.lineage_cmds import parse_keys
 from flows.lineage_summary import summarize
 from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, run_view
 from flows.report_html import CSS, digest, esc, fmt, table, verdict
 from flows.report_plots import metrics_figure, privacy_figure
+from schemas.ledger_verify import VerifyReport, directory_artifact_checker, verify_chain
 from schemas.lineage import LineageEntry
 from schemas.specs import ModelSpec, param_shapes
 

@@ -8,8 +8,8 @@ service already closed rather than training them again. `resume_run_id` names a 
 
 from __future__ import annotations
 
-from aggregation.client import CoordinatorClient
 from flows.exceptions import RunFailed
+from flows.service_client import CoordinatorClient
 from schemas.wire import RoundOut, RunFinish, RunOut
 
 # Runs are listed newest first: a retry finds its own run among the federation's latest ones.

@@ -172,7 +172,7 @@ class RunSpec(_Strict):
             )
         if self.trees is not None:
             # Tree updates are not additive, so masking cannot hide them: they are sealed to the
-            # service instead (aggregation/sealed.py). Say so rather than silently dropping it.
+            # service instead (schemas/sealed.py). Say so rather than silently dropping it.
             if self.secure_aggregation.enabled:
                 raise ValueError(
                     "tree updates cannot be securely aggregated (they are not sums); set "

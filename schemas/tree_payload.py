@@ -9,7 +9,7 @@ Layout (all lengths big-endian)::
 
     b"FSTU" | u32 header length | header JSON (UTF-8, sorted keys) | native model bytes
 
-The envelope is then sealed (`aggregation.sealed`): signed by the silo and encrypted to the
+The envelope is then sealed (`schemas.sealed`): signed by the silo and encrypted to the
 service, because tree updates are not additive and secure aggregation cannot hide them.
 """
 

@@ -108,7 +108,7 @@ class HistTaskInfo(Message):
     Stages: ``advertise`` (join the run's secure-aggregation session), ``masked`` (send the
     masked vector of aggregation `counter`: the setup vector when `level` is None, else the
     level's histograms), ``consistency`` (sign the survivor list), ``unmask``. Binary protocol
-    messages travel hex-encoded (`aggregation.secagg.session_messages`).
+    messages travel hex-encoded (`schemas.secagg.session_messages`).
     """
 
     stage: Literal["advertise", "masked", "consistency", "unmask"]

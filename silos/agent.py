@@ -17,14 +17,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from aggregation.client import SiloClient
-from aggregation.exceptions import ServiceRejected
-from aggregation.tls_client import TlsFiles
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec, param_shapes
 from schemas.wire import Metrics, MetricsReport, Task
 from silos import hist_round, privacy, secure_round, tree_round
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 from silos.config import SiloConfig, load_silo_config
 from silos.features import FeaturePipeline
 from silos.federated_stats import local_moments
@@ -33,6 +32,7 @@ from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData, local_train_table, prepare_local_data
 from silos.policy import policy_violation
 from silos.round_gate import check_round, statement_payload
+from silos.tls_client import TlsFiles
 from silos.trainer import evaluate, train_local
 
 log = logging.getLogger("fedsilo.silo")

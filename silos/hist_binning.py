@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aggregation.trees.secure_hist.errors import HistConfigError
-from aggregation.trees.secure_hist.protocol import HistLayout, grid_edges
+from schemas.secure_hist.errors import HistConfigError
+from schemas.secure_hist.protocol import HistLayout, grid_edges
 from silos.features import FeaturePipeline
 
 

@@ -30,32 +30,32 @@ import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from aggregation.client import SiloClient
-from aggregation.exceptions import ServiceRejected
-from aggregation.secagg import session
-from aggregation.secagg.exceptions import SecAggError
-from aggregation.secagg.session import SessionClient, SessionConfig
-from aggregation.secagg.session_messages import (
+from schemas.contracts.loader import load_contract
+from schemas.contracts.stats import FederationStats
+from schemas.secagg.exceptions import SecAggError
+from schemas.secagg.session_messages import (
     AggregationRequest,
     SessionAdvert,
     SessionUnmaskRequest,
 )
-from aggregation.trees.secure_hist.errors import SecureHistError
-from aggregation.trees.secure_hist.protocol import (
+from schemas.secure_hist.errors import SecureHistError
+from schemas.secure_hist.protocol import (
     HistRunConfig,
     LevelRequest,
     TreeDone,
     cuts_from_json,
 )
-from schemas.contracts.loader import load_contract
-from schemas.contracts.stats import FederationStats
 from schemas.wire import Task
 from silos import hist_trainer
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 from silos.config import SiloConfig
 from silos.features import FeaturePipeline
 from silos.hist_binning import feature_ranges
 from silos.hist_trainer import HistSilo
 from silos.local_data import LocalData
+from silos.secagg import session
+from silos.secagg.session import SessionClient, SessionConfig
 
 log = logging.getLogger("fedsilo.silo")
 

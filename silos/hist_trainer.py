@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aggregation.trees.secure_hist.errors import (
+from schemas.objectives import base_score_to_margin
+from schemas.secure_hist.errors import (
     HistConfigError,
     NodeTooSmallError,
     UnknownNodeError,
     Where,
 )
-from aggregation.trees.secure_hist.protocol import (
+from schemas.secure_hist.protocol import (
     HistLayout,
     HistRunConfig,
     LevelRequest,
@@ -42,7 +43,6 @@ from aggregation.trees.secure_hist.protocol import (
     TreeDone,
     to_modular,
 )
-from aggregation.trees.xgb_model import base_score_to_margin
 from silos.hist_binning import bin_matrix, fine_grid_counts
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aggregation.ledger_verify import SiloRecord
+from schemas.ledger_verify import SiloRecord
 
 
 def records_path(workspace: Path) -> Path:

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregation.client import SiloClient
-from aggregation.exceptions import ServiceRejected
-from aggregation.secagg import client as secagg
-from aggregation.secagg.client_store import dump_state, load_state
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
-from aggregation.secagg.quantize import Quantizer
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
+from schemas.secagg.quantize import Quantizer
 from schemas.wire import SecAggInfo, Task
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
+from silos.secagg import client as secagg
+from silos.secagg.client_store import dump_state, load_state
 
 
 def round_config(work: Task) -> RoundConfig:

@@ -16,15 +16,15 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from aggregation.client import SiloClient
-from aggregation.sealed import seal
-from aggregation.trees.collective_worker import (
+from schemas.sealed import seal
+from schemas.tree_params import TreeSpec
+from schemas.wire import Metrics, Task
+from silos.client import SiloClient
+from silos.collective_worker import (
     WorkerTLS,
     collect_worker,
     start_worker_process,
 )
-from schemas.tree_params import TreeSpec
-from schemas.wire import Metrics, Task
 from silos.config import SiloConfig
 from silos.exceptions import ModelError
 from silos.lineage_copy import keep_receipt

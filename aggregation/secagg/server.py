@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aggregation.secagg import crypto, shamir
-from aggregation.secagg.client import pair_seed
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.exceptions import (
+from schemas.secagg import crypto, shamir
+from schemas.secagg.config import RoundConfig, pair_seed
+from schemas.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
@@ -34,7 +33,7 @@ from aggregation.secagg.exceptions import (
     VectorShapeError,
     Where,
 )
-from aggregation.secagg.messages import (
+from schemas.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     EncryptedShare,
@@ -44,7 +43,7 @@ from aggregation.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from aggregation.secagg.prg import add_mask, dtype_for
+from schemas.secagg.prg import add_mask, dtype_for
 
 
 @dataclass

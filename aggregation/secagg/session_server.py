@@ -1,4 +1,4 @@
-"""The service's half of a secure-aggregation session (see :mod:`aggregation.secagg.session`).
+"""The service's half of a secure-aggregation session (see :mod:`silos.secagg.session`).
 
     state = SessionServer(config, roster_keys)
     receive_advert(state, msg) ...;   adverts = close_setup(state)        # once per run
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aggregation.secagg import shamir
-from aggregation.secagg.exceptions import (
+from schemas.secagg import shamir
+from schemas.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
@@ -30,10 +30,10 @@ from aggregation.secagg.exceptions import (
     VectorShapeError,
     Where,
 )
-from aggregation.secagg.messages import Signed
-from aggregation.secagg.prg import add_mask, dtype_for
-from aggregation.secagg.session import SessionConfig, b_commitment
-from aggregation.secagg.session_messages import (
+from schemas.secagg.messages import Signed
+from schemas.secagg.prg import add_mask, dtype_for
+from schemas.secagg.session_config import SessionConfig, b_commitment
+from schemas.secagg.session_messages import (
     SETUP_COUNTER,
     AggregationRequest,
     SessionAdvert,

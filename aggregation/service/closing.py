@@ -11,7 +11,6 @@ import json
 import numpy as np
 from sqlalchemy.orm import Session
 
-from aggregation.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from aggregation.service import hist_rounds, secure_rounds
 from aggregation.service.contributions import sat_out_reasons
 from aggregation.service.exceptions import Conflict
@@ -23,6 +22,7 @@ from aggregation.service.tree_rounds import close_tree_round
 from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
+from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.specs import RunSpec, param_shapes
 
 

@@ -14,7 +14,7 @@ import threading
 from aggregation.service.exceptions import Conflict
 from aggregation.service.settings import ServiceSettings
 from aggregation.trees.collective import CollectiveServer, ServerTLS, require_mutual_tls
-from aggregation.trees.exceptions import CollectiveError
+from schemas.tree_errors import CollectiveError
 
 _servers: dict[tuple[str, int], CollectiveServer] = {}
 _lock = threading.Lock()

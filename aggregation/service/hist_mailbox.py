@@ -18,9 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
-from aggregation.secagg.messages import Signed
-from aggregation.secagg.session_messages import (
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.hist_state import HistState, load
+from aggregation.service.tables import HistMessage, HistRun, Round, Run
+from aggregation.trees.secure_hist.grow import check_vector
+from schemas.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
+from schemas.secagg.messages import Signed
+from schemas.secagg.session_messages import (
     SETUP_COUNTER,
     AggregationRequest,
     SessionAdvert,
@@ -28,11 +32,7 @@ from aggregation.secagg.session_messages import (
     SessionMasked,
     SessionUnmaskResponse,
 )
-from aggregation.service.exceptions import Conflict, InvalidPayload
-from aggregation.service.hist_state import HistState, load
-from aggregation.service.tables import HistMessage, HistRun, Round, Run
-from aggregation.trees.secure_hist.errors import SecureHistError, UnknownNodeError
-from aggregation.trees.secure_hist.grow import check_vector
+from schemas.secure_hist.errors import SecureHistError, UnknownNodeError
 from schemas.specs import RunSpec
 from schemas.wire import HistTaskInfo, Task
 

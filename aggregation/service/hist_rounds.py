@@ -31,8 +31,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.secagg.exceptions import InsufficientSharesError, ReconstructionError
-from aggregation.secagg.session_messages import SessionMasked
 from aggregation.service import hist_setup
 from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_state import HistState, load, save
@@ -51,7 +49,9 @@ from aggregation.service.tables import (
 from aggregation.trees.secure_hist.cuts import base_score_from_setup, cuts_from_setup
 from aggregation.trees.secure_hist.export import export_xgb
 from aggregation.trees.secure_hist.grow import receive_level, start_tree
-from aggregation.trees.secure_hist.protocol import LevelRequest, cuts_from_json, cuts_to_json
+from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from schemas.secagg.session_messages import SessionMasked
+from schemas.secure_hist.protocol import LevelRequest, cuts_from_json, cuts_to_json
 from schemas.specs import RunSpec
 
 SERVICE_SEES = "only federation-wide sums of gradient/hessian histograms per node (no silo's own)"

@@ -18,15 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.secagg.session import SessionConfig
 from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.hist_state import HistState, config_json, save
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import HistRun, Round, Run, Silo
-from aggregation.trees.secure_hist.errors import HistConfigError
-from aggregation.trees.secure_hist.protocol import HistRunConfig
 from schemas.contracts.loader import Contract, ContractError, load_contract
 from schemas.contracts.stats import FederationStats
+from schemas.secagg.session_config import SessionConfig
+from schemas.secure_hist.errors import HistConfigError
+from schemas.secure_hist.protocol import HistRunConfig
 from schemas.specs import RunSpec
 
 MIN_STD = 1e-12  # as schemas.contracts.stats.standardise: a constant feature is only centred

@@ -21,23 +21,23 @@ from typing import Any
 import numpy as np
 
 from aggregation.secagg import session_server
-from aggregation.secagg.session import SessionConfig
-from aggregation.secagg.session_messages import (
+from aggregation.service.tables import HistRun
+from aggregation.trees.secure_hist.grow import Node, TreeGrower
+from aggregation.trees.secure_hist.splits import SplitChoice, Stats
+from schemas import tensors
+from schemas.secagg.session_config import SessionConfig
+from schemas.secagg.session_messages import (
     SessionAdvert,
     SessionMasked,
     SessionUnmaskResponse,
 )
-from aggregation.service.tables import HistRun
-from aggregation.trees.secure_hist.grow import Node, TreeGrower
-from aggregation.trees.secure_hist.protocol import (
+from schemas.secure_hist.protocol import (
     HistLayout,
     HistRunConfig,
     LevelRequest,
     cuts_from_json,
     cuts_to_json,
 )
-from aggregation.trees.secure_hist.splits import SplitChoice, Stats
-from schemas import tensors
 
 EMPTY = np.zeros(0, dtype="<u8")
 

@@ -30,7 +30,7 @@ def load_or_create_service_key(workspace: Path) -> Ed25519PrivateKey:
 
 
 def load_or_create_seal_key(workspace: Path) -> X25519PrivateKey:
-    """The X25519 key silos seal tree updates to (`aggregation.sealed`).
+    """The X25519 key silos seal tree updates to (`schemas.sealed`).
 
     Processes sharing one database must share it too, like the signing key.
     """

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from aggregation.sealed import service_public_bytes
 from aggregation.service import collective_rounds, migrate
 from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.exceptions import ServiceError
@@ -16,6 +15,7 @@ from aggregation.service.keys import load_or_create_seal_key, load_or_create_ser
 from aggregation.service.lineage import Recorder
 from aggregation.service.routes import federations, hist, ledger, runs, secagg, silo, trees
 from aggregation.service.settings import ServiceSettings
+from schemas.sealed import service_public_bytes
 
 log = logging.getLogger("fedsilo.service")
 

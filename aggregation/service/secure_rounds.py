@@ -20,26 +20,26 @@ from sqlalchemy import case, null, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.exceptions import (
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.rounds import active_silos
+from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
+from schemas.contracts.loader import load_contract
+from schemas.contracts.stats import moments_length
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
     SecAggError,
 )
-from aggregation.secagg.messages import (
+from schemas.secagg.messages import (
     AdvertiseKeys,
     MaskedInput,
     ShareKeys,
     Signed,
     UnmaskResponse,
 )
-from aggregation.secagg.quantize import Quantizer
-from aggregation.service.exceptions import Conflict, InvalidPayload
-from aggregation.service.rounds import active_silos
-from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
-from schemas.contracts.loader import load_contract
-from schemas.contracts.stats import moments_length
+from schemas.secagg.quantize import Quantizer
 from schemas.specs import RunSpec, param_shapes
 
 STAGES = ("advertise", "share", "masked", "unmask")

@@ -14,7 +14,7 @@ request against it:
 - a coordinator call (``Authorization`` header) must come with the *coordinator* certificate.
 
 A plain-HTTP request to the TLS port never reaches the application: the TLS handshake fails
-and the connection is closed. Clients name that cause in their error (aggregation.client).
+and the connection is closed. Clients name that cause in their error (silos.client).
 """
 
 from __future__ import annotations

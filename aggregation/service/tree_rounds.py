@@ -11,7 +11,7 @@ Modes (see `aggregation/trees/README.md` for what the service sees in each):
   joins it as a worker and submits the new trees it ended with. They must agree: the service
   appends them once.
 
-Updates arrive sealed (`aggregation.sealed`): signed by the silo, encrypted to the service's
+Updates arrive sealed (`schemas.sealed`): signed by the silo, encrypted to the service's
 X25519 key. Everything is checked before anything is stored, as for tensor updates.
 """
 
@@ -23,15 +23,15 @@ import json
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.orm import Session
 
-from aggregation.sealed import SealError, open_sealed
 from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.lineage import Recorder
 from aggregation.service.runs import get_model, participants
 from aggregation.service.tables import Contribution, ModelVersion, Round, Run
-from aggregation.trees.exceptions import TreeError
 from aggregation.trees.models import append_cyclic, merge_bagging, parse_model
 from aggregation.trees.validate import validate_tree_update
+from schemas.sealed import SealError, open_sealed
 from schemas.specs import RunSpec
+from schemas.tree_errors import TreeError
 from schemas.tree_params import TreeSpec
 from schemas.wire import CollectiveInfo, Metrics, Task, TreeTaskInfo
 

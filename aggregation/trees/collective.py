@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from aggregation.trees.exceptions import CollectiveRunError, CollectiveTLSError
+from schemas.tree_errors import CollectiveRunError, CollectiveTLSError
 
 START_TIMEOUT_S = 60.0
 

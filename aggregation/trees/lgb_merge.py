@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aggregation.trees.exceptions import MergeError
 from aggregation.trees.lgb_model import Block, LGBModel, dump_lgb, format_number, parse_lgb
+from schemas.tree_errors import MergeError
 
 _SCALED_LISTS = ("leaf_value", "internal_value")
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregation.trees.exceptions import TreeModelFormatError, UnsupportedTreeError
+from schemas.tree_errors import TreeModelFormatError, UnsupportedTreeError
 
 K_ZERO_THRESHOLD = 1e-35
 _NODE_KEYS = ("split_feature", "threshold", "decision_type", "left_child", "right_child")

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from aggregation.trees import lgb_merge, xgb_merge
-from aggregation.trees.exceptions import (
+from aggregation.trees.lgb_model import LGBModel
+from aggregation.trees.models import ParsedModel, parse_model
+from aggregation.trees.xgb_model import XGBModel
+from schemas.tree_errors import (
     FeatureCountError,
     MergeError,
     StaleModelError,
@@ -22,9 +25,6 @@ from aggregation.trees.exceptions import (
     TreeModelFormatError,
     WrongRoundError,
 )
-from aggregation.trees.lgb_model import LGBModel
-from aggregation.trees.models import ParsedModel, parse_model
-from aggregation.trees.xgb_model import XGBModel
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreePayloadError, TreeUpdateHeader, decode_tree_update, sha256_hex
 

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.trees.exceptions import MergeError
 from aggregation.trees.xgb_model import (
     XGBModel,
     dump_xgb,
     format_base_score,
-    margin_to_base_score,
     parse_xgb,
 )
+from schemas.objectives import margin_to_base_score
+from schemas.tree_errors import MergeError
 
 
 def merge_bagging_xgb(base: bytes | None, updates: Mapping[str, tuple[bytes, int]]) -> bytes:

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.trees.exceptions import TreeModelFormatError, UnsupportedTreeError
+from schemas.objectives import base_score_to_margin
+from schemas.tree_errors import TreeModelFormatError, UnsupportedTreeError
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
 _TREE_ARRAYS = ("left_children", "right_children", "split_indices", "split_conditions")
@@ -64,21 +65,6 @@ class XGBModel:
     @property
     def base_margin(self) -> float:
         return base_score_to_margin(self.base_score, self.objective)
-
-
-def base_score_to_margin(base_score: float, objective: str) -> float:
-    """Inverse link of the objective: logit for binary:logistic, identity for squared error."""
-    if objective == "binary:logistic":
-        p = min(max(base_score, 1e-16), 1 - 1e-16)
-        return math.log(p / (1 - p))
-    return base_score
-
-
-def margin_to_base_score(margin: float, objective: str) -> float:
-    """Link of the objective: sigmoid for binary:logistic, identity for squared error."""
-    if objective == "binary:logistic":
-        return 1.0 / (1.0 + math.exp(-margin))
-    return margin
 
 
 def format_base_score(value: float) -> str:

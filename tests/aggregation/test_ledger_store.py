@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from aggregation.ledger_verify import verify_chain
 from aggregation.service import ledger, ledger_guard
 from aggregation.service.db import Base, make_engine, make_sessionmaker, transaction
+from schemas.ledger_verify import verify_chain
 from schemas.lineage import make_statement, sign_statement, verify_receipt
 
 SERVICE = Ed25519PrivateKey.generate()

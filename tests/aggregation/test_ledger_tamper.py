@@ -16,7 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, text
 
-from aggregation.ledger_verify import (
+from aggregation.service import ledger, ledger_guard
+from aggregation.service.db import Base, make_engine, make_sessionmaker, transaction
+from schemas.ledger_verify import (
     ExportTruncatedError,
     SiloRecord,
     cross_check,
@@ -25,8 +27,6 @@ from aggregation.ledger_verify import (
     load_export,
     verify_chain,
 )
-from aggregation.service import ledger, ledger_guard
-from aggregation.service.db import Base, make_engine, make_sessionmaker, transaction
 from schemas.lineage import (
     LineageEntry,
     entry_signing_message,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from support.secagg_simulate import run_round
 
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import generate_identity
-from aggregation.secagg.quantize import Quantizer
-from aggregation.secagg.simulate import run_round
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import generate_identity
+from schemas.secagg.quantize import Quantizer
 
 
 def test_four_silos_one_dropped_after_sharing_keys_matches_plain_mean():

@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aggregation.secagg import client, server
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import (
+from aggregation.secagg import server
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import (
     DecryptionError,
     DuplicateMessageError,
     LateMessageError,
@@ -21,7 +21,8 @@ from aggregation.secagg.exceptions import (
     VectorShapeError,
     WrongRoundError,
 )
-from aggregation.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskRequest
+from schemas.secagg.messages import AdvertiseKeys, MaskedInput, ShareKeys, UnmaskRequest
+from silos.secagg import client
 
 SILOS = ("a", "b", "c", "d")
 IDS = {s: generate_identity() for s in SILOS}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aggregation.secagg import client, server
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import LateMessageError
+from aggregation.secagg import server
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import LateMessageError
+from silos.secagg import client
 
 
 def _round_up_to_masked() -> tuple[server.ServerState, dict, dict, RoundConfig]:  # type: ignore[type-arg]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.secure_hist_driver import run_secure_hist
 
-from aggregation.trees.secure_hist.driver import run_secure_hist
-from aggregation.trees.secure_hist.errors import HistVectorError, SiloDroppedError
 from aggregation.trees.secure_hist.grow import receive_level, start_tree
-from aggregation.trees.secure_hist.protocol import HistRunConfig
+from schemas.secure_hist.errors import HistVectorError, SiloDroppedError
+from schemas.secure_hist.protocol import HistRunConfig
 from schemas.tree_params import XGBoostParams
 
 

@@ -8,16 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation.secagg import session, session_server
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import (
+from aggregation.secagg import session_server
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import (
     UnknownSiloError,
     UnmaskRefusedError,
     VectorShapeError,
     WrongRoundError,
 )
-from aggregation.secagg.prg import add_mask
-from aggregation.secagg.session_messages import SessionMasked
+from schemas.secagg.prg import add_mask
+from schemas.secagg.session_messages import SessionMasked
+from silos.secagg import session
 
 
 def setup(n: int, t: int, consistency: bool = True):

@@ -15,10 +15,10 @@ import json
 import numpy as np
 import pytest
 import xgboost as xgb
+from support.secure_hist_driver import run_secure_hist
 
 from aggregation.trees.models import predict_margin
-from aggregation.trees.secure_hist.driver import run_secure_hist
-from aggregation.trees.secure_hist.protocol import HistRunConfig
+from schemas.secure_hist.protocol import HistRunConfig
 from schemas.tree_params import XGBoostParams
 from silos.hist_binning import bin_matrix
 

@@ -10,13 +10,14 @@ import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, service_in_thread
 
-from aggregation.client import CoordinatorClient, SiloClient
-from aggregation.exceptions import ServiceRejected
+from flows.service_client import CoordinatorClient
 from schemas import signing, tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import RoundOpen, RunCreate
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 
 SPEC = RunSpec(
     federation="f",
@@ -250,7 +251,7 @@ def test_admin_endpoints_need_the_token(fed: Fed) -> None:
 def test_every_step_lands_in_a_verifiable_ledger(fed: Fed, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from aggregation.ledger_verify import directory_artifact_checker, verify_chain
+    from schemas.ledger_verify import directory_artifact_checker, verify_chain
     from schemas.lineage import verify_receipt
 
     answers = {}

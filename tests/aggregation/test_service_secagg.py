@@ -8,14 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, service_in_thread
 
-from aggregation.client import CoordinatorClient, SiloClient
-from aggregation.exceptions import ServiceRejected
+from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import Metrics, RoundOpen, RunCreate
 from silos import secure_round
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 
 MODEL = ModelSpec(kind="logreg", n_features=4)
 SHAPES = param_shapes(MODEL)
@@ -174,7 +175,7 @@ def test_bad_protocol_messages_are_refused(fed: Fed) -> None:
         secure_round.share(client, client.key, _task(client, "secagg_share"), fed.workspace / name)
     task = _task(a, "train")
     short = secure_round.masked_update(a, a.key, task, fed.workspace / "a", np.zeros(DIM))
-    from aggregation.secagg.messages import MaskedInput
+    from schemas.secagg.messages import MaskedInput
 
     msg = MaskedInput.from_bytes(short)
     wrong = MaskedInput.create(
@@ -236,7 +237,7 @@ def test_statistics_round_sums_moments_without_revealing_any_silo(
 def test_forged_protocol_message_is_refused(fed: Fed) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from aggregation.secagg.messages import AdvertiseKeys
+    from schemas.secagg.messages import AdvertiseKeys
 
     b = fed.silos["b"]
     _task(b, "secagg_advertise")

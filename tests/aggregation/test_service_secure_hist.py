@@ -14,21 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
-from live_service import coordinator, enrolled_silo, service_in_thread
 from sqlalchemy import create_engine, func, select
+from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.secure_hist_driver import run_secure_hist
 
-from aggregation.client import CoordinatorClient, SiloClient
-from aggregation.exceptions import ServiceRejected
-from aggregation.secagg.session_messages import AggregationRequest, SessionMasked
 from aggregation.service.tables import HistMessage, HistRun
 from aggregation.trees.models import predict_proba
-from aggregation.trees.secure_hist.driver import run_secure_hist
-from aggregation.trees.secure_hist.protocol import HistRunConfig, LevelRequest
+from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
+from schemas.secagg.session_messages import AggregationRequest, SessionMasked
+from schemas.secure_hist.protocol import HistRunConfig, LevelRequest
 from schemas.specs import RunSpec, SecureAggregationSpec
 from schemas.tree_params import TreeSpec, XGBoostParams
 from schemas.wire import RoundOpen, RunCreate, Task
 from silos import hist_round
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 from silos.features import FeaturePipeline
 from silos.hist_binning import feature_ranges
 

@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xgboost as xgb
-from live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, service_in_thread
 
-from aggregation.client import CoordinatorClient, SiloClient
-from aggregation.exceptions import ServiceRejected
-from aggregation.sealed import seal
 from aggregation.trees.models import merge_bagging, predict_proba
+from flows.service_client import CoordinatorClient
+from schemas.sealed import seal
 from schemas.specs import RunSpec, SecureAggregationSpec
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreeUpdateHeader, decode_tree_update, encode_tree_update
 from schemas.wire import RoundOpen, RunCreate, Task
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
 from silos.tree_trainer import build_update, train_trees
 
 N_FEATURES = 4

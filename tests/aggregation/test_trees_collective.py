@@ -15,16 +15,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sklearn.metrics import roc_auc_score
 
 from aggregation.trees.collective import CollectiveServer, ServerTLS, require_mutual_tls
-from aggregation.trees.collective_worker import (
+from flows.federation_ca import Issued, issue_ca, issue_leaf
+from schemas.tree_errors import CollectiveRunError, CollectiveTLSError
+from schemas.tree_params import TreeSpec
+from silos.collective_worker import (
     WorkerTLS,
     check_admitted,
     collect_worker,
     start_worker_process,
     train_collective,
 )
-from aggregation.trees.exceptions import CollectiveRunError, CollectiveTLSError
-from aggregation.trees.federation_ca import Issued, issue_ca, issue_leaf
-from schemas.tree_params import TreeSpec
 
 N = 5
 SPEC = TreeSpec(kind="xgboost", mode="collective", n_features=N, params={"max_depth": 3})

@@ -16,7 +16,6 @@ import xgboost as xgb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation.trees.exceptions import MergeError
 from aggregation.trees.models import (
     append_cyclic,
     evaluate,
@@ -26,6 +25,7 @@ from aggregation.trees.models import (
     predict_proba,
 )
 from aggregation.trees.xgb_model import parse_xgb
+from schemas.tree_errors import MergeError
 from schemas.tree_params import TreeSpec
 from silos.tree_trainer import train_trees
 

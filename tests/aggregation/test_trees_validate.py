@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from aggregation.trees.exceptions import (
+from aggregation.trees.models import merge_bagging
+from aggregation.trees.validate import validate_tree_update
+from schemas.tree_errors import (
     FeatureCountError,
     StaleModelError,
     TreeCountError,
@@ -15,8 +17,6 @@ from aggregation.trees.exceptions import (
     UnsupportedTreeError,
     WrongRoundError,
 )
-from aggregation.trees.models import merge_bagging
-from aggregation.trees.validate import validate_tree_update
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import (
     TreePayloadError,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_helpers import (
+from support.fault_helpers import (
     Federation,
     PgCluster,
     assert_every_model_is_its_round_mean,

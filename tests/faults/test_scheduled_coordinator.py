@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fault_helpers import Federation, query, start_federation, wait_until
+from support.fault_helpers import Federation, query, start_federation, wait_until
 
 from flows.processes import base_env, spawn
 

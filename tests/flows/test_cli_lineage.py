@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, service_in_thread
 from typer.testing import CliRunner
 
 from flows.cli import app

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from lineage_sample import RUN_A, RUN_B, SILOS, Sample, build_sample
 from rich.console import Console
 from sqlalchemy import Connection, text
+from support.lineage_sample import RUN_A, RUN_B, SILOS, Sample, build_sample
 
-from aggregation.ledger_export import ExportError, ExportTruncatedError, export_entries
 from aggregation.service import ledger
 from aggregation.service.db import make_sessionmaker, transaction
 from flows.lineage_cmds import (
@@ -29,6 +28,7 @@ from flows.lineage_cmds import (
     verify,
     verify_silo_copy,
 )
+from schemas.ledger_export import ExportError, ExportTruncatedError, export_entries
 from schemas.lineage import LineageEntry, make_statement, sign_statement
 
 

@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
 from openlineage.client.event_v2 import RunEvent
 from openlineage.client.serde import Serde
+from support.lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
 
 from flows.lineage_cmds import LineageReviewError
 from flows.lineage_view import payload_of

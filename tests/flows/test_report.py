@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
 from PIL import Image
 from sqlalchemy import text
+from support.lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
 
 from aggregation.service import ledger
 from aggregation.service.db import make_sessionmaker, transaction

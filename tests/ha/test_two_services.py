@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from fault_helpers import (
+from support.fault_helpers import (
     Federation,
     assert_every_model_is_its_round_mean,
     assert_ledger_verifies,

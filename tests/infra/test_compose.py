@@ -24,12 +24,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from live_service import free_port
+from support.live_service import free_port
 
-from aggregation.client import CoordinatorClient
-from aggregation.tls_client import TlsFiles
 from flows.processes import Proc, base_env, spawn
+from flows.service_client import CoordinatorClient
 from silos.config import load_silo_config
+from silos.tls_client import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from fault_helpers import (
+from sqlalchemy import create_engine, text
+from support.fault_helpers import (
     MODEL,
     assert_every_model_is_its_round_mean,
     start_federation,
     train,
 )
-from sqlalchemy import create_engine, text
 
 from flows.coordinator import federated_training
 from flows.processes import Proc, start_service
@@ -179,7 +179,7 @@ def _assert_lineage_verifies(entries, keys, tmp_path: Path, run_id: str) -> None
     """The service's ledger verifies, and every silo's own copy matches it."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from aggregation.ledger_verify import cross_check, directory_artifact_checker, verify_chain
+    from schemas.ledger_verify import cross_check, directory_artifact_checker, verify_chain
     from silos.lineage_copy import load_records
 
     public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}

@@ -17,13 +17,13 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 import xgboost as xgb
-from live_service import free_port, write_heart_silos
+from support.live_service import free_port, write_heart_silos
 
-from aggregation.client import CoordinatorClient
 from aggregation.trees.models import predict_proba
 from flows.coordinator import federated_training
 from flows.demo_trees import collective_pki
 from flows.processes import Proc, start_agent, start_service
+from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
 from schemas.specs import SecureAggregationSpec
 from schemas.tree_params import TreeSpec

@@ -19,14 +19,14 @@ from tls_federation import (
     silo_files,
 )
 
-from aggregation.exceptions import ServiceRejected
 from aggregation.pki import ED25519_URI_PREFIX, PkiError, enrolment_mac, new_key
-from aggregation.tls_client import TlsFiles
 from flows.federation_files import init_federation, sign_csr
 from schemas import signing
 from schemas.wire import Task
+from silos.client_errors import ServiceRejected
 from silos.config import load_silo_config
 from silos.exceptions import SiloConfigError
+from silos.tls_client import TlsFiles
 
 
 @pytest.fixture(scope="module")

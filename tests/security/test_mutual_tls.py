@@ -11,13 +11,13 @@ from pydantic import ValidationError
 from tls_federation import coordinator, coordinator_tls, silo_client, silo_files
 from typer.testing import CliRunner
 
-from aggregation.client import SiloClient
-from aggregation.exceptions import ServiceRejected, ServiceUnavailable
 from aggregation.service.settings import ServiceSettings
-from aggregation.tls_client import TlsFiles
 from flows.cli import app
 from flows.federation_files import DEFAULT_HOSTS, init_federation
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected, ServiceUnavailable
 from silos.keys import load_or_create_key
+from silos.tls_client import TlsFiles
 
 
 def test_plain_http_to_the_tls_port_is_refused(prod_url: str, fed: Path, tmp_path: Path) -> None:

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from live_service import free_port
+from support.live_service import free_port
 
-from aggregation.client import CoordinatorClient, SiloClient
 from aggregation.pki import issue_silo_cert, read_silo_csr, write_cert
 from aggregation.service.main import create_app
 from aggregation.service.settings import ServiceSettings
 from aggregation.service.tls import uvicorn_config
-from aggregation.tls_client import TlsFiles
 from flows.federation_files import SiloFiles, load_ca, make_silo_request, sign_csr
+from flows.service_client import CoordinatorClient
+from silos.client import SiloClient
 from silos.keys import load_or_create_key
+from silos.tls_client import TlsFiles
 
 
 def coordinator_tls(fed: Path) -> TlsFiles:

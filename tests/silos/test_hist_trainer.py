@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from aggregation.trees.secure_hist.errors import NodeTooSmallError, UnknownNodeError
-from aggregation.trees.secure_hist.protocol import (
+from schemas.secure_hist.errors import NodeTooSmallError, UnknownNodeError
+from schemas.secure_hist.protocol import (
     HistLayout,
     HistRunConfig,
     LevelRequest,

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
-from aggregation.ledger_export import export_entries
 from aggregation.service.db import transaction
 from aggregation.service.deps import AdminDep, FactoryDep
 from aggregation.service.keys import public_hex
 from aggregation.service.ledger import LedgerEntry, iter_records
 from aggregation.service.tables import Silo
+from schemas.ledger_export import export_entries
 from schemas.lineage import LineageEntry
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"], dependencies=[AdminDep])

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.secagg.messages import EncryptedShare
 from aggregation.secagg.server import close_advertise, close_shares, unmask_requests
 from aggregation.service import secure_rounds
 from aggregation.service.closing import advance_secure
@@ -27,6 +26,7 @@ from aggregation.service.runs import get_run, spec_of
 from aggregation.service.tables import Contribution, Round, Run, RunSilo
 from schemas import tensors
 from schemas.lineage import LineageError
+from schemas.secagg.messages import EncryptedShare
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
 from schemas.wire import Metrics
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from aggregation.trees.secure_hist.errors import HistConfigError
-from aggregation.trees.secure_hist.protocol import HistRunConfig, from_modular, grid_edges
-from aggregation.trees.xgb_model import margin_to_base_score
+from schemas.objectives import margin_to_base_score
+from schemas.secure_hist.errors import HistConfigError
+from schemas.secure_hist.protocol import HistRunConfig, from_modular, grid_edges
 
 
 def feature_cuts(counts: np.ndarray, edges: np.ndarray, max_bin: int) -> np.ndarray:

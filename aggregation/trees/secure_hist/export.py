@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from aggregation.trees.secure_hist.grow import Node
-from aggregation.trees.secure_hist.protocol import HistRunConfig
 from aggregation.trees.secure_hist.splits import calc_weight
 from aggregation.trees.xgb_model import dump_xgb, format_base_score, parse_xgb
+from schemas.secure_hist.protocol import HistRunConfig
 
 ROOT_PARENT = 2147483647
 XGB_VERSION = [3, 2, 0]

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aggregation.trees.secure_hist.errors import HistVectorError, UnknownNodeError
-from aggregation.trees.secure_hist.protocol import (
+from aggregation.trees.secure_hist.splits import SplitChoice, Stats, best_split, calc_weight
+from schemas.secure_hist.errors import HistVectorError, UnknownNodeError
+from schemas.secure_hist.protocol import (
     HistLayout,
     HistRunConfig,
     LevelRequest,
@@ -32,7 +33,6 @@ from aggregation.trees.secure_hist.protocol import (
     from_modular,
     split_threshold,
 )
-from aggregation.trees.secure_hist.splits import SplitChoice, Stats, best_split, calc_weight
 
 
 @dataclass

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregation.trees.secure_hist.protocol import HistLayout
+from schemas.secure_hist.protocol import HistLayout
 from schemas.tree_params import XGBoostParams
 
 RT_EPS = 1e-6

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation.secagg import crypto, prg, shamir
-from aggregation.secagg.config import RoundConfig, default_degree
-from aggregation.secagg.exceptions import (
+from schemas.secagg import crypto, prg, shamir
+from schemas.secagg.config import RoundConfig, default_degree
+from schemas.secagg.exceptions import (
     DecryptionError,
     InputError,
     InsufficientSharesError,
@@ -20,7 +20,7 @@ from aggregation.secagg.exceptions import (
     SecAggConfigError,
     SignatureError,
 )
-from aggregation.secagg.quantize import Quantizer
+from schemas.secagg.quantize import Quantizer
 
 secrets32 = st.binary(min_size=32, max_size=32)
 

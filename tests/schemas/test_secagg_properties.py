@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.secagg_simulate import run_round
 
-from aggregation.secagg import client, server
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import InsufficientSharesError
-from aggregation.secagg.prg import expand
-from aggregation.secagg.simulate import run_round
+from aggregation.secagg import server
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import InsufficientSharesError
+from schemas.secagg.prg import expand
+from silos.secagg import client
 
 IDENTITIES = {f"silo-{i}": generate_identity() for i in range(12)}  # Ed25519 keygen is cheap,
 # but reusing long-term identities across examples is also what a federation does

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregation.sealed import (
+from schemas.sealed import (
     MAGIC,
     SIGNATURE_BYTES,
     SealBindingError,
@@ -21,7 +21,7 @@ from aggregation.sealed import (
     seal,
     service_public_bytes,
 )
-from aggregation.secagg.crypto import identity_public_bytes, transcript
+from schemas.secagg.crypto import identity_public_bytes, transcript
 
 SERVICE = generate_service_key()
 SILO_KEY = Ed25519PrivateKey.generate()

@@ -11,11 +11,11 @@ import json
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregation.secagg import crypto, shamir
-from aggregation.secagg.client import ClientState
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.exceptions import MessageFormatError
-from aggregation.secagg.messages import AdvertiseKeys
+from schemas.secagg import crypto, shamir
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.exceptions import MessageFormatError
+from schemas.secagg.messages import AdvertiseKeys
+from silos.secagg.client import ClientState
 
 FORMAT = "fedsilo-secagg-client-state/1"
 

@@ -14,9 +14,10 @@ import httpx
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregation.client import CoordinatorClient, SiloClient
 from aggregation.service.main import create_app
 from aggregation.service.settings import ServiceSettings
+from flows.service_client import CoordinatorClient
+from silos.client import SiloClient
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ Importable by silo agents: it depends only on this package's primitives, never o
     response      = unmask(state, unmask_request)
 
 Each function checks what it receives (round, signatures, roster, duplicates) and raises the
-typed errors of :mod:`aggregation.secagg.exceptions`. The state holds this round's secrets
+typed errors of :mod:`schemas.secagg.exceptions`. The state holds this round's secrets
 (X25519 private keys, the self-mask seed, shares held for others); it must never leave the silo.
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from aggregation.secagg import crypto, shamir
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.exceptions import (
+from schemas.secagg import crypto, shamir
+from schemas.secagg.config import RoundConfig, pair_seed
+from schemas.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
@@ -35,7 +35,7 @@ from aggregation.secagg.exceptions import (
     VectorShapeError,
     Where,
 )
-from aggregation.secagg.messages import (
+from schemas.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
     EncryptedShare,
@@ -44,7 +44,7 @@ from aggregation.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from aggregation.secagg.prg import add_mask
+from schemas.secagg.prg import add_mask
 
 
 @dataclass
@@ -287,14 +287,6 @@ def masked_input(
     return MaskedInput.create(
         state.identity, run_id=cfg.run_id, round_num=cfg.round_num, silo=state.silo, vector=y
     )
-
-
-def pair_seed(
-    private: X25519PrivateKey, peer_public: bytes, cfg: RoundConfig, a: str, b: str
-) -> bytes:
-    """Pairwise mask seed s_ab from one side's s-key and the other's public s-key."""
-    shared = crypto.agree(private, peer_public)
-    return crypto.derive_mask_seed(shared, run_id=cfg.run_id, round_num=cfg.round_num, a=a, b=b)
 
 
 def sign_survivors(state: ClientState, survivors: Sequence[str]) -> ConsistencySignature:

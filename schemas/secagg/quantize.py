@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregation.secagg.exceptions import InputError, SecAggConfigError
-from aggregation.secagg.prg import dtype_for, iter_expand
+from schemas.secagg.exceptions import InputError, SecAggConfigError
+from schemas.secagg.prg import dtype_for, iter_expand
 
 _FLOAT_EXACT = 2**52
 _CHUNK = 1 << 16

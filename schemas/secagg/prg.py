@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from aggregation.secagg.exceptions import SecAggConfigError
+from schemas.secagg.exceptions import SecAggConfigError
 
 SEED_BYTES = 32
 _COUNTER0 = bytes(16)

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregation import ledger_verify
-from aggregation.ledger_verify import (
+from schemas import ledger_verify
+from schemas.ledger_verify import (
     ExportError,
     ExportTruncatedError,
     SiloRecord,

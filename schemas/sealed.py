@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from aggregation.secagg.crypto import transcript
+from schemas.secagg.crypto import transcript
 
 MAGIC = b"FSSL"
 LABEL = b"fedsilo-sealed/v1"

@@ -4,7 +4,7 @@ Works on `schemas.lineage.LineageEntry` records (from the service database, an e
 a silo's copy) and public keys; it never needs the service's database or secrets, so a
 compliance reviewer can run it on an export months later.
 
-Exports (`export_entries`, `load_export`) live in `aggregation.ledger_export` and are
+Exports (`export_entries`, `load_export`) live in `schemas.ledger_export` and are
 re-exported here.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
-from aggregation.ledger_export import (
+from schemas.ledger_export import (
     ExportError,
     ExportTruncatedError,
     export_entries,

@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from aggregation.secagg import client, server
-from aggregation.secagg.client_store import dump_state, load_state
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import MessageFormatError, UnmaskRefusedError
+from aggregation.secagg import server
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import MessageFormatError, UnmaskRefusedError
+from silos.secagg import client
+from silos.secagg.client_store import dump_state, load_state
 
 SILOS = ("a", "b", "c", "d")
 

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from aggregation.secagg.crypto import transcript
-from aggregation.secagg.exceptions import (
+from schemas.secagg.crypto import transcript
+from schemas.secagg.exceptions import (
     InsufficientSharesError,
     MessageFormatError,
     ReconstructionError,

@@ -17,10 +17,11 @@ from typing import TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregation.secagg import client, server
-from aggregation.secagg.config import RoundConfig
-from aggregation.secagg.crypto import identity_public_bytes
-from aggregation.secagg.messages import Message
+from aggregation.secagg import server
+from schemas.secagg.config import RoundConfig
+from schemas.secagg.crypto import identity_public_bytes
+from schemas.secagg.messages import Message
+from silos.secagg import client
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)

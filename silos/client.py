@@ -1,4 +1,6 @@
-"""HTTP clients for the aggregation service: the silo's (signed) and the coordinator's.
+"""The silo's HTTP client for the aggregation service (signed requests), on a retrying base.
+
+The coordinator's client (`flows.service_client`) shares the retrying base `HttpBase`.
 
 Both retry transport failures and 5xx answers with backoff for `retry_for_s`, rotating over
 every configured service address, so a restarted or failed-over service is invisible to the
@@ -23,27 +25,22 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from aggregation.exceptions import ServiceRejected, ServiceUnavailable
-from aggregation.tls_client import TlsFiles, tls_hint
 from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
-from schemas.lineage import LineageEntry, make_statement, sign_statement
+from schemas.lineage import make_statement, sign_statement
 from schemas.wire import (
     EnrolRequest,
     MetricsReport,
     Refusal,
-    RoundOpen,
-    RoundOut,
-    RunCreate,
-    RunFinish,
-    RunOut,
     SiloOut,
     Task,
     enrol_proof_message,
 )
+from silos.client_errors import ServiceRejected, ServiceUnavailable
+from silos.tls_client import TlsFiles, tls_hint
 
 
-class _Base:
+class HttpBase:
     def __init__(
         self,
         urls: str | Sequence[str],
@@ -140,7 +137,7 @@ def _detail(resp: httpx.Response) -> str:
         return resp.text[:500]
 
 
-class SiloClient(_Base):
+class SiloClient(HttpBase):
     """Signs every request with the silo's Ed25519 identity key."""
 
     def __init__(
@@ -302,90 +299,3 @@ class SiloClient(_Base):
 
     def refuse(self, run_id: str, reason: str) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/refusal", json_body=Refusal(reason=reason))
-
-
-class CoordinatorClient(_Base):
-    """The coordinator's client: bearer admin token."""
-
-    def __init__(self, urls: str | Sequence[str], *, token: str, **kwargs: Any) -> None:
-        super().__init__(urls, **kwargs)
-        self.token = token
-
-    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
-        if body is not None and not hasattr(body, "model_dump_json"):
-            import json
-
-            return self.request(
-                method, path, body=json.dumps(body).encode(), content_type="application/json"
-            ).json()
-        return self.request(method, path, json_body=body).json()
-
-    def create_federation(self, name: str, description: str = "") -> None:
-        try:
-            self._json("POST", "/v1/federations", {"name": name, "description": description})
-        except ServiceRejected as exc:
-            if exc.status != 409:
-                raise
-
-    def silos(self, federation: str) -> list[SiloOut]:
-        return [
-            SiloOut.model_validate(x)
-            for x in self._json("GET", f"/v1/federations/{federation}/silos")
-        ]
-
-    def approve(self, federation: str, silo: str) -> SiloOut:
-        return SiloOut.model_validate(
-            self._json("POST", f"/v1/federations/{federation}/silos/{silo}/approve")
-        )
-
-    def create_run(self, body: RunCreate) -> RunOut:
-        return RunOut.model_validate(self._json("POST", "/v1/runs", body))
-
-    def put_initial_model(self, run_id: str, payload: bytes) -> str:
-        return self.request("PUT", f"/v1/runs/{run_id}/models/0", body=payload).json()["sha256"]
-
-    def start_run(self, run_id: str) -> RunOut:
-        return RunOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/start"))
-
-    def finish_run(self, run_id: str, body: RunFinish) -> RunOut:
-        return RunOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/finish", body))
-
-    def get_run(self, run_id: str) -> RunOut:
-        return RunOut.model_validate(self._json("GET", f"/v1/runs/{run_id}"))
-
-    def list_runs(self, federation: str | None = None, limit: int = 50) -> list[RunOut]:
-        q = f"?limit={limit}" + (f"&federation={federation}" if federation else "")
-        return [RunOut.model_validate(x) for x in self._json("GET", f"/v1/runs{q}")]
-
-    def open_round(self, run_id: str, body: RoundOpen) -> RoundOut:
-        return RoundOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/rounds", body))
-
-    def wait_round(self, run_id: str, number: int, wait_s: float) -> RoundOut:
-        resp = self.request(
-            "GET", f"/v1/runs/{run_id}/rounds/{number}?wait={wait_s:g}", timeout=wait_s + 30
-        )
-        return RoundOut.model_validate_json(resp.content)
-
-    def rounds(self, run_id: str) -> list[RoundOut]:
-        return [RoundOut.model_validate(x) for x in self._json("GET", f"/v1/runs/{run_id}/rounds")]
-
-    def close_round(self, run_id: str, number: int) -> RoundOut:
-        return RoundOut.model_validate(
-            self._json("POST", f"/v1/runs/{run_id}/rounds/{number}/close")
-        )
-
-    def download_model(self, run_id: str, version: int) -> bytes:
-        return self.request("GET", f"/v1/runs/{run_id}/models/{version}/admin").content
-
-    def ledger(self, run_id: str | None = None, after: int = 0) -> list[LineageEntry]:
-        q = f"?after={after}" + (f"&run_id={run_id}" if run_id else "")
-        return [LineageEntry.model_validate(x) for x in self._json("GET", f"/v1/ledger{q}")]
-
-    def ledger_export(self) -> str:
-        return self.request("GET", "/v1/ledger/export", timeout=600).text
-
-    def ledger_keys(self) -> dict[str, str]:
-        return dict(self._json("GET", "/v1/ledger/keys"))

@@ -2,7 +2,7 @@
 
 This module is the shared contract of both sides (like `schemas`): silos import it and nothing
 else from `aggregation.trees.secure_hist`. Numbers that are summed travel only inside secure
-aggregation (`aggregation.secagg.session`); everything here is public to the service.
+aggregation (`silos.secagg.session`); everything here is public to the service.
 
 Fixed-point encoding (`GradCodec`)
     A gradient g is sent as the integer q = rint(clip(g, -B, B) * 2^S). Histograms are sums of
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.trees.secure_hist.errors import HistConfigError, HistVectorError
+from schemas.secure_hist.errors import HistConfigError, HistVectorError
 from schemas.tree_params import TreeObjective, XGBoostParams
 
 EXACT_BITS = 53  # float64 integers are exact below 2^53

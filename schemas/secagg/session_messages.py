@@ -1,6 +1,6 @@
 """Messages of a secure-aggregation session (many aggregations over one key exchange).
 
-Same wire format and signing as :mod:`aggregation.secagg.messages` (``FSA1`` + JSON header +
+Same wire format and signing as :mod:`schemas.secagg.messages` (``FSA1`` + JSON header +
 raw vector; Ed25519 over (run, round, stage, silo, body)). ``round_num`` carries the
 aggregation counter (0 for the session's key advert), and every stage name starts with
 ``session-`` so that no session message can be replayed as a per-round protocol message.
@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from aggregation.secagg import crypto
-from aggregation.secagg.messages import Message, Signed, _items
+from schemas.secagg import crypto
+from schemas.secagg.messages import Message, Signed, _items
 
 SETUP_COUNTER = 0
 

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from live_service import free_port, write_heart_silos
 from sqlalchemy import create_engine, text
 
-from aggregation.client import CoordinatorClient
 from flows.coordinator import federated_training
 from flows.processes import Proc, base_env, spawn, start_agent, start_service, wait_http
+from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import (
@@ -39,6 +38,7 @@ from schemas.specs import (
     param_shapes,
 )
 from silos.features import FeaturePipeline
+from support.live_service import free_port, write_heart_silos
 
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
 N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
@@ -330,7 +330,7 @@ def assert_ledger_verifies(fed: Federation) -> None:
     """The service's ledger chain, signatures and model files verify."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from aggregation.ledger_verify import directory_artifact_checker, verify_chain
+    from schemas.ledger_verify import directory_artifact_checker, verify_chain
 
     keys = fed.coord.ledger_keys()
     public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}

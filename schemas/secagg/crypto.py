@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from aggregation.secagg.exceptions import (
+from schemas.secagg.exceptions import (
     DecryptionError,
     MessageFormatError,
     SignatureError,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregation.trees.exceptions import CollectiveRunError, CollectiveTLSError
+from schemas.tree_errors import CollectiveRunError, CollectiveTLSError
 from schemas.tree_params import TreeSpec
 
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

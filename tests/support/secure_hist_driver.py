@@ -18,16 +18,16 @@ from typing import TypeVar
 
 import numpy as np
 
-from aggregation.secagg import session, session_server
-from aggregation.secagg.crypto import generate_identity, identity_public_bytes
-from aggregation.secagg.exceptions import InsufficientSharesError
-from aggregation.secagg.messages import Message
-from aggregation.secagg.session import SessionConfig
+from aggregation.secagg import session_server
 from aggregation.trees.secure_hist.cuts import base_score_from_setup, cuts_from_setup
-from aggregation.trees.secure_hist.errors import SiloDroppedError
 from aggregation.trees.secure_hist.export import export_xgb
 from aggregation.trees.secure_hist.grow import Node, receive_level, start_tree
-from aggregation.trees.secure_hist.protocol import (
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
+from schemas.secagg.exceptions import InsufficientSharesError
+from schemas.secagg.messages import Message
+from schemas.secagg.session_config import SessionConfig
+from schemas.secure_hist.errors import SiloDroppedError
+from schemas.secure_hist.protocol import (
     HistRunConfig,
     LevelRequest,
     TreeDone,
@@ -36,6 +36,7 @@ from aggregation.trees.secure_hist.protocol import (
 )
 from silos import hist_trainer
 from silos.hist_trainer import HistSilo
+from silos.secagg import session
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")

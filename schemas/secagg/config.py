@@ -18,11 +18,13 @@ from functools import cached_property
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from aggregation.secagg.crypto import PROTOCOL_LABEL, transcript
-from aggregation.secagg.exceptions import SecAggConfigError, UnknownSiloError, Where
-from aggregation.secagg.prg import dtype_for, expand
+from schemas.secagg import crypto
+from schemas.secagg.crypto import PROTOCOL_LABEL, transcript
+from schemas.secagg.exceptions import SecAggConfigError, UnknownSiloError, Where
+from schemas.secagg.prg import dtype_for, expand
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
@@ -159,3 +161,11 @@ class RoundConfig:
     def from_dict(cls, data: dict) -> RoundConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**{**data, "silos": tuple(data["silos"])})
+
+
+def pair_seed(
+    private: X25519PrivateKey, peer_public: bytes, cfg: RoundConfig, a: str, b: str
+) -> bytes:
+    """Pairwise mask seed s_ab from one side's s-key and the other's public s-key."""
+    shared = crypto.agree(private, peer_public)
+    return crypto.derive_mask_seed(shared, run_id=cfg.run_id, round_num=cfg.round_num, a=a, b=b)

@@ -19,9 +19,9 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aggregation.secagg import crypto
-from aggregation.secagg.exceptions import MessageFormatError, WrongRoundError
-from aggregation.secagg.prg import DTYPES
+from schemas.secagg import crypto
+from schemas.secagg.exceptions import MessageFormatError, WrongRoundError
+from schemas.secagg.prg import DTYPES
 
 MAGIC = b"FSA1"
 M = TypeVar("M", bound="Message")

@@ -26,9 +26,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
-from aggregation.ledger_verify import SiloRecord
 from aggregation.service import ledger, ledger_guard
 from aggregation.service.db import Base, make_engine, make_sessionmaker, transaction
+from schemas.ledger_verify import SiloRecord
 from schemas.lineage import LineageEntry, canonical_json, make_statement, sign_statement
 from schemas.specs import ModelSpec, RunSpec, param_shapes
 from schemas.tensors import encode
