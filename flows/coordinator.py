@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from flows.exceptions import RunFailed
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.service_client import CoordinatorClient
+from schemas.metrics import weighted_metric
 from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import (
@@ -61,15 +62,10 @@ class RoundRecord:
 
 def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
     """Weighted (by holdout size) metrics of the model the silos evaluated in this round."""
-    evaluated = [s for s in out.silos if s.metrics is not None]
-    total = sum(s.metrics.n_test for s in evaluated if s.metrics) or 0
+    scored = [s.metrics for s in out.silos if s.metrics is not None]
 
     def mean(attr: str) -> float | None:
-        vals = [(getattr(s.metrics, attr), s.metrics.n_test) for s in evaluated if s.metrics]
-        vals = [(v, n) for v, n in vals if v is not None]
-        if not vals or total == 0:
-            return None
-        return sum(v * n for v, n in vals) / sum(n for _, n in vals)
+        return weighted_metric(scored, attr)
 
     return RoundRecord(
         round=out.round,

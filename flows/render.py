@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from schemas.metrics import weighted_metric
 from schemas.wire import RoundOut
 
 
@@ -36,10 +37,8 @@ def round_table(rounds: list[RoundOut]) -> Table:
             if s.state in ("refused", "waiting", "sat_out")
         ]
         scored = [s.metrics for s in answered if s.metrics]
-        n = sum(m.n_test for m in scored)
-        acc = sum(m.accuracy * m.n_test for m in scored) / n if n else None
-        aucs = [(m.auc, m.n_test) for m in scored if m.auc is not None]
-        auc = sum(a * k for a, k in aucs) / sum(k for _, k in aucs) if aucs else None
+        acc = weighted_metric(scored, "accuracy")
+        auc = weighted_metric(scored, "auc")
         table.add_row(
             str(r.round),
             r.kind,

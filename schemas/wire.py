@@ -1,18 +1,61 @@
 """JSON messages between silo agents, the coordinator and the aggregation service.
 
-Binary tensors never travel here; they go as `schemas.tensors` payloads.
+Binary payloads never travel here: tensors, protocol messages and native models go as
+``application/octet-stream`` bodies (`schemas.tensors`, `schemas.frames` for lists).
+
+Every request and response carries the wire version in the ``X-Fedsilo-Wire`` header
+(`WIRE_HEADER`, `WIRE_VERSION`); a peer speaking another version is refused with both
+versions named (error code ``wire_version``). Errors come back as `ErrorOut`, whose `code`
+(an `ErrorCode`) is what clients branch on, never the human text in `detail`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.specs import RunSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+WIRE_VERSION = 2
+WIRE_HEADER = "X-Fedsilo-Wire"
+OCTET_STREAM = "application/octet-stream"
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reason of a refused request (`ErrorOut.code`)."""
+
+    invalid_payload = "invalid_payload"  # 422: the body or a parameter is malformed
+    not_found = "not_found"  # 404
+    unauthorized = "unauthorized"  # 401: unknown silo, bad signature or token, replay
+    forbidden = "forbidden"  # 403: not approved, not a participant
+    conflict = "conflict"  # 409: wrong state (round closed, run not running, stage not ready)
+    already_answered = "already_answered"  # 409: this silo already answered this step
+    too_large = "too_large"  # 413
+    wire_version = "wire_version"  # 400: the peer speaks another wire version
+    internal = "internal"  # 500
+
+
+class SecAggStage(StrEnum):
+    """Stages of a secure-aggregation round at the service (see aggregation/secagg/README.md)."""
+
+    advertise = "advertise"
+    share = "share"
+    masked = "masked"
+    unmask = "unmask"
+
+
+class HistStage(StrEnum):
+    """Stages of one step of a secure-histogram run, as a silo sees them."""
+
+    advertise = "advertise"
+    masked = "masked"
+    consistency = "consistency"
+    unmask = "unmask"
 
 
 class Message(BaseModel):
@@ -63,7 +106,7 @@ class Metrics(Message):
 class SecAggInfo(Message):
     """The public parameters of a secure-aggregation round, sent with each of its tasks."""
 
-    stage: Literal["advertise", "share", "masked", "unmask"]
+    stage: SecAggStage
     roster: list[str]
     roster_keys: dict[str, str] = Field(description="silo -> raw Ed25519 public key, hex")
     threshold: int
@@ -107,11 +150,14 @@ class HistTaskInfo(Message):
 
     Stages: ``advertise`` (join the run's secure-aggregation session), ``masked`` (send the
     masked vector of aggregation `counter`: the setup vector when `level` is None, else the
-    level's histograms), ``consistency`` (sign the survivor list), ``unmask``. Binary protocol
-    messages travel hex-encoded (`schemas.secagg.session_messages`).
+    level's histograms), ``consistency`` (sign the survivor list), ``unmask``. The binary
+    protocol messages of a step (the aggregation or unmask request, and at the setup
+    aggregation every silo's advert) are fetched as one octet-stream body of frames
+    (`schemas.frames`) from ``GET /v1/silo/runs/{run}/hist/inbox?counter=C``: request first,
+    then the adverts.
     """
 
-    stage: Literal["advertise", "masked", "consistency", "unmask"]
+    stage: HistStage
     counter: int = Field(ge=0, description="the session's aggregation counter")
     config: dict[str, object] | None = Field(
         default=None, description="advertise: HistRunConfig.to_dict()"
@@ -122,12 +168,6 @@ class HistTaskInfo(Message):
     )
     threshold: int = Field(default=0, description="advertise: Shamir threshold t")
     consistency_check: bool = True
-    request: str | None = Field(
-        default=None, description="AggregationRequest (masked) or SessionUnmaskRequest, hex"
-    )
-    adverts: list[str] = Field(
-        default_factory=list, description="every silo's SessionAdvert, hex (setup aggregation)"
-    )
     level: str | None = Field(default=None, description="LevelRequest JSON; None: setup")
     previous: str | None = Field(
         default=None, description="TreeDone JSON of the tree before `level`'s (root levels)"
@@ -135,35 +175,118 @@ class HistTaskInfo(Message):
     survivors: list[str] = Field(default_factory=list, description="consistency stage")
 
 
-class Task(Message):
-    """What the service asks a silo to do next."""
-
-    type: Literal[
-        "train",
-        "evaluate",
-        "run_ended",
-        "secagg_advertise",
-        "secagg_share",
-        "secagg_unmask",
-        "statistics",
-        "hist_advertise",
-        "hist_masked",
-        "hist_consistency",
-        "hist_unmask",
-    ]
+class _TaskBase(Message):
     # silos build file names from it (workspace/secagg/<run>-r<round>): never a path
     run_id: str = Field(pattern=NAME_PATTERN)
-    round: int = 0
-    model_version: int = 0
-    spec: RunSpec | None = None
-    run_status: str | None = None
-    secagg: SecAggInfo | None = None
+    round: int = Field(default=0, ge=0)
+    model_version: int = Field(default=0, ge=0)
+
+
+class _RoundTask(_TaskBase):
+    spec: RunSpec
     stats: list[float] | None = Field(
         default=None,
         description="the federation's summed feature moments, once its statistics round is done",
     )
-    trees: TreeTaskInfo | None = None
-    hist: HistTaskInfo | None = None
+
+
+class RunEndedTask(_TaskBase):
+    """The run this silo polled for has ended (or this silo left it)."""
+
+    type: Literal["run_ended"] = "run_ended"
+    run_status: str
+
+
+class TrainTask(_RoundTask):
+    """Train the round's input model locally and submit the update in the clear."""
+
+    type: Literal["train"] = "train"
+
+
+class EvaluateTask(_RoundTask):
+    """Score model version `model_version` on the silo's holdout."""
+
+    type: Literal["evaluate"] = "evaluate"
+
+
+class SecAggAdvertiseTask(_RoundTask):
+    type: Literal["secagg_advertise"] = "secagg_advertise"
+    secagg: SecAggInfo
+
+
+class SecAggShareTask(_RoundTask):
+    type: Literal["secagg_share"] = "secagg_share"
+    secagg: SecAggInfo
+
+
+class SecAggMaskedTask(_RoundTask):
+    """Train, then submit the update masked (secure aggregation's masked stage)."""
+
+    type: Literal["secagg_masked"] = "secagg_masked"
+    secagg: SecAggInfo
+
+
+class StatisticsTask(_RoundTask):
+    """Submit the masked feature moments (the masked stage of a statistics round)."""
+
+    type: Literal["statistics"] = "statistics"
+    secagg: SecAggInfo
+
+
+class SecAggUnmaskTask(_RoundTask):
+    type: Literal["secagg_unmask"] = "secagg_unmask"
+    secagg: SecAggInfo
+
+
+class TreeTrainTask(_RoundTask):
+    """Grow trees (bagging, cyclic or the collective) and submit them sealed."""
+
+    type: Literal["tree_train"] = "tree_train"
+    trees: TreeTaskInfo
+
+
+class TreeEvaluateTask(_RoundTask):
+    """Score a tree model version on the silo's holdout."""
+
+    type: Literal["tree_evaluate"] = "tree_evaluate"
+    trees: TreeTaskInfo
+
+
+class HistTask(_RoundTask):
+    """One step of a secure-histogram run; `hist.stage` says which."""
+
+    type: Literal["hist"] = "hist"
+    hist: HistTaskInfo
+
+
+class ExtensionTask(_RoundTask):
+    """A task of a round mode registered by a plugin (see docs/architecture.md, "Adding a
+    round mode"): `mode` names the engine and the silo handler; `body` is that mode's own
+    message, validated by the model the plugin registers with its handler."""
+
+    type: Literal["extension"] = "extension"
+    mode: str = Field(pattern=NAME_PATTERN)
+    body: dict[str, object] = Field(default_factory=dict)
+
+
+Task = Annotated[
+    RunEndedTask
+    | TrainTask
+    | EvaluateTask
+    | SecAggAdvertiseTask
+    | SecAggShareTask
+    | SecAggMaskedTask
+    | StatisticsTask
+    | SecAggUnmaskTask
+    | TreeTrainTask
+    | TreeEvaluateTask
+    | HistTask
+    | ExtensionTask,
+    Field(discriminator="type"),
+]
+"""What the service asks a silo to do next: one model per task type."""
+
+TASK_ADAPTER: TypeAdapter[Task] = TypeAdapter(Task)
 
 
 class Refusal(Message):
@@ -232,7 +355,11 @@ class RunFinish(Message):
 
 
 class ErrorOut(Message):
+    """Every refused request's body: `code` for programs, `detail` for people."""
+
+    code: ErrorCode
     detail: str
+    wire: int = WIRE_VERSION
 
 
 class ExpectationOutcome(Message):

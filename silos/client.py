@@ -29,6 +29,7 @@ from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.lineage import make_statement, sign_statement
 from schemas.wire import (
+    TASK_ADAPTER,
     EnrolRequest,
     MetricsReport,
     Refusal,
@@ -183,7 +184,7 @@ class SiloClient(HttpBase):
     def next_task(self, wait_s: float = 25.0, run_id: str | None = None) -> Task | None:
         path = f"/v1/silo/tasks?wait={wait_s:g}" + (f"&run_id={run_id}" if run_id else "")
         resp = self.request("GET", path, timeout=wait_s + 30)
-        return None if resp.status_code == 204 else Task.model_validate_json(resp.content)
+        return None if resp.status_code == 204 else TASK_ADAPTER.validate_json(resp.content)
 
     def download_model(self, run_id: str, version: int) -> bytes:
         return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from schemas.contracts.stats import feature_ranges as shared_feature_ranges
 from schemas.secure_hist.errors import HistConfigError
 from schemas.secure_hist.protocol import HistLayout, grid_edges
 from silos.features import FeaturePipeline
@@ -86,27 +87,12 @@ def bin_matrix(X: np.ndarray, cuts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def feature_ranges(pipeline: FeaturePipeline) -> tuple[tuple[float, float], ...]:
-    """The range of every encoded feature, from the contract alone (the fine grid's bounds).
-
-    Range-scaled numeric features lie in [0, 1]; standardised ones (with federation
-    statistics) in [(0 - mean) / std, (1 - mean) / std]; indicators and one-hot slots in [0, 1].
-    """
-    out: list[tuple[float, float]] = []
-    for col in pipeline.contract.feature_columns:
-        if col.type == "numeric":
-            lo, hi = 0.0, 1.0
-            if pipeline.stats is not None:
-                s = pipeline.stats.column(col.name)
-                std = s.std if s.std > 1e-12 else 1.0
-                lo, hi = (0.0 - s.mean) / std, (1.0 - s.mean) / std
-            out.append((lo, hi))
-            if col.allows_missing:
-                out.append((0.0, 1.0))
-        else:
-            out.extend([(0.0, 1.0)] * (len(col.levels) + int(col.allows_missing)))
+    """The range of every encoded feature (the fine grid's bounds), by the federation's rule
+    (`schemas.contracts.stats.feature_ranges`), checked against the pipeline's width."""
+    out = shared_feature_ranges(pipeline.contract, pipeline.stats)
     if len(out) != pipeline.n_features:
         raise HistConfigError(
             f"derived {len(out)} feature ranges for {pipeline.n_features} features; the "
             "pipeline and this function disagree on the encoding"
         )
-    return tuple(out)
+    return out

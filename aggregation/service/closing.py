@@ -23,7 +23,9 @@ from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from schemas.metrics import weighted_metrics
 from schemas.specs import RunSpec, param_shapes
+from schemas.wire import Metrics
 
 
 def close_round(s: Session, run_id: str, number: int, recorder: Recorder) -> Round:
@@ -224,12 +226,6 @@ def _record_metrics(
     per_silo = {c.silo: json.loads(c.metrics_json) for c in answered if c.metrics_json}
     if not per_silo:
         return
-    total = sum(m["n_test"] for m in per_silo.values()) or 1
-
-    def weighted(key: str) -> float | None:
-        vals = [(m[key], m["n_test"]) for m in per_silo.values() if m.get(key) is not None]
-        return sum(v * n for v, n in vals) / sum(n for _, n in vals) if vals else None
-
     recorder.service(
         s,
         "metrics",
@@ -237,12 +233,7 @@ def _record_metrics(
             "round": rnd.number,
             "model_version": rnd.input_model_version,
             "per_silo": per_silo,
-            "weighted": {
-                "loss": weighted("loss"),
-                "accuracy": weighted("accuracy"),
-                "auc": weighted("auc"),
-                "n_test": total,
-            },
+            "weighted": weighted_metrics(Metrics.model_validate(m) for m in per_silo.values()),
         },
         rnd.run_id,
     )

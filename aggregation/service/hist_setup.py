@@ -23,36 +23,11 @@ from aggregation.service.hist_state import HistState, config_json, save
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import HistRun, Round, Run, Silo
 from schemas.contracts.loader import Contract, ContractError, load_contract
-from schemas.contracts.stats import FederationStats
+from schemas.contracts.stats import FederationStats, feature_ranges
 from schemas.secagg.session_config import SessionConfig
 from schemas.secure_hist.errors import HistConfigError
 from schemas.secure_hist.protocol import HistRunConfig
 from schemas.specs import RunSpec
-
-MIN_STD = 1e-12  # as schemas.contracts.stats.standardise: a constant feature is only centred
-
-
-def feature_ranges(
-    contract: Contract, stats: FederationStats | None
-) -> tuple[tuple[float, float], ...]:
-    """Every encoded feature's range from the contract (same rule as the silos' pipeline:
-    range-scaled numerics in [0, 1], standardised ones mapped from [0, 1]; indicators and
-    one-hot slots in [0, 1])."""
-    out: list[tuple[float, float]] = []
-    for col in contract.feature_columns:
-        if col.type == "numeric":
-            lo, hi = 0.0, 1.0
-            if stats is not None:
-                s = stats.column(col.name)
-                std = s.std if s.std > MIN_STD else 1.0
-                lo, hi = (0.0 - s.mean) / std, (1.0 - s.mean) / std
-            out.append((lo, hi))
-            if col.allows_missing:
-                out.append((0.0, 1.0))
-        else:
-            out.extend([(0.0, 1.0)] * (len(col.levels) + int(col.allows_missing)))
-    return tuple(out)
-
 
 def run_config(spec: RunSpec, stats: list[float] | None) -> HistRunConfig:
     """The run's HistRunConfig (InvalidPayload naming the problem when it cannot be built)."""

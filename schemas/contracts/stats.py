@@ -28,7 +28,7 @@ from schemas.contracts.loader import Contract, ContractError
 MOMENTS_PER_COLUMN = 3  # count, sum, sum of squares
 
 # A federation whose feature is constant would divide by zero; it is left unscaled instead.
-_MIN_STD = 1e-12
+MIN_STD = 1e-12
 
 
 def stats_columns(contract: Contract) -> tuple[str, ...]:
@@ -140,4 +140,29 @@ def _column_stats(contract: Contract, name: str, triple: np.ndarray) -> ColumnSt
 
 def standardise(scaled: np.ndarray, stats: ColumnStats) -> np.ndarray:
     """(x' - mean) / std of range-scaled values; a constant feature is only centred."""
-    return (scaled - stats.mean) / (stats.std if stats.std > _MIN_STD else 1.0)
+    return (scaled - stats.mean) / (stats.std if stats.std > MIN_STD else 1.0)
+
+
+def feature_ranges(
+    contract: Contract, stats: FederationStats | None
+) -> tuple[tuple[float, float], ...]:
+    """The range of every encoded feature, from the contract (and federation statistics) alone.
+
+    The silos' pipeline and the service's secure-hist set-up both use this rule: range-scaled
+    numeric features lie in [0, 1]; standardised ones (with federation statistics) in
+    [(0 - mean) / std, (1 - mean) / std]; missing-value indicators and one-hot slots in [0, 1].
+    """
+    out: list[tuple[float, float]] = []
+    for col in contract.feature_columns:
+        if col.type == "numeric":
+            lo, hi = 0.0, 1.0
+            if stats is not None:
+                s = stats.column(col.name)
+                std = s.std if s.std > MIN_STD else 1.0
+                lo, hi = (0.0 - s.mean) / std, (1.0 - s.mean) / std
+            out.append((lo, hi))
+            if col.allows_missing:
+                out.append((0.0, 1.0))
+        else:
+            out.extend([(0.0, 1.0)] * (len(col.levels) + int(col.allows_missing)))
+    return tuple(out)

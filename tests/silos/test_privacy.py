@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
-from schemas.wire import SecAggInfo, Task
+from schemas.wire import SecAggInfo, SecAggMaskedTask
 from silos import privacy
 from silos.agent import _privacy_budget_problem
 from silos.config import load_silo_config
@@ -53,7 +53,7 @@ def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Pa
     info = SecAggInfo(
         stage="masked", roster=["a", "b"], roster_keys={}, threshold=2, dim=4, bits=32, clip=0.5
     )
-    task = Task(type="train", run_id="r1", round=1, spec=spec, secagg=info)
+    task = SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
     assert _privacy_budget_problem(config, task) is None  # one round: epsilon ~4.7 <= 8
     privacy.record_round(config.workspace, "r1", SPEC)
     privacy.record_round(config.workspace, "r1", SPEC)
