@@ -4,18 +4,19 @@ Tree updates are not additive, so secure aggregation cannot hide them; a silo se
 instead, on top of TLS, so that only the service's private key opens them (not a TLS-
 terminating proxy, not a log of request bodies) and only the silo's identity key made them.
 
-Construction (HPKE-style base mode, from `cryptography` primitives only):
+Version 2 (written by `seal`): RFC 9180 HPKE from `cryptography` (base mode,
+DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), no home-made construction:
 
-1. a fresh ephemeral X25519 key e per payload; shared = X25519(e, service_public);
-2. key = HKDF-SHA256(shared, salt = sha256(transcript("seal-salt", run, round)),
-   info = LABEL + transcript(purpose, silo, e_public, service_public));
-3. ciphertext = AES-256-GCM(key, random 12-byte nonce, payload,
-   associated data = transcript("seal-ad", run, round, silo, purpose, e_public,
-   service_public));
-4. signature = Ed25519(silo identity key, transcript("seal-sig", header, nonce, ciphertext)),
-   where the header names run, round, silo, purpose, e_public and the service key's sha256.
+1. hpke = HPKE.Seal(service_public, info = LABEL_V2 + transcript(run, round, silo, purpose,
+   service_public), payload), i.e. the encapsulated key followed by the ciphertext;
+2. signature = Ed25519(silo identity key, transcript("seal-sig-v2", header, hpke)), where the
+   header names run, round, silo, purpose, the suite and the service key's sha256.
 
-Wire layout: ``b"FSSL" | u32 header length | header JSON | nonce | ciphertext | signature``.
+Wire layout: ``b"FSS2" | u32 header length | header JSON | hpke | signature``.
+
+Version 1 (``b"FSSL"``, an HPKE-like construction of X25519 + HKDF + AES-256-GCM made before
+`cryptography` shipped HPKE) is still opened, so payloads sealed by agents of the previous
+release stay readable during an upgrade; nothing writes it any more.
 
 `open_sealed` checks, in order: the layout; the header's binding against what the service
 expects (`SealBindingError` names the field); the signature under the silo's registered key
@@ -27,10 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,8 +39,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.secagg.crypto import transcript
 
-MAGIC = b"FSSL"
+MAGIC = b"FSS2"
+MAGIC_V1 = b"FSSL"
 LABEL = b"fedsilo-sealed/v1"
+LABEL_V2 = b"fedsilo-sealed/v2"
+SUITE_NAME = "DHKEM(X25519,HKDF-SHA256)/HKDF-SHA256/ChaCha20Poly1305"
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+_HPKE_MIN = 32 + 16  # encapsulated X25519 key + Poly1305 tag
 NONCE_BYTES = 12
 SIGNATURE_BYTES = 64
 _LEN_BYTES = 4
@@ -116,26 +121,25 @@ def seal(
     run_id, round_num, silo, purpose
         The context the payload is bound to; opening it under any other context fails.
     """
-    ephemeral = X25519PrivateKey.generate()
-    eph = _raw_public(ephemeral.public_key())
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(service_public))
-    key = _key(shared, run_id, round_num, purpose, silo, eph, service_public)
-    nonce = os.urandom(NONCE_BYTES)
-    ad = _associated(run_id, round_num, silo, purpose, eph, service_public)
-    ciphertext = AESGCM(key).encrypt(nonce, payload, ad)
+    info = _info_v2(run_id, round_num, silo, purpose, service_public)
+    sealed = _SUITE.encrypt(payload, X25519PublicKey.from_public_bytes(service_public), info=info)
     header = json.dumps(
         {
             "run_id": run_id,
             "round": round_num,
             "silo": silo,
             "purpose": purpose,
-            "ephemeral": eph.hex(),
+            "suite": SUITE_NAME,
             "service_key_sha256": hashlib.sha256(service_public).hexdigest(),
         },
         sort_keys=True,
     ).encode()
-    signature = silo_key.sign(transcript("seal-sig", header, nonce, ciphertext))
-    return MAGIC + len(header).to_bytes(_LEN_BYTES, "big") + header + nonce + ciphertext + signature
+    signature = silo_key.sign(transcript("seal-sig-v2", header, sealed))
+    return MAGIC + len(header).to_bytes(_LEN_BYTES, "big") + header + sealed + signature
+
+
+def _info_v2(run_id: str, round_num: int, silo: str, purpose: str, svc: bytes) -> bytes:
+    return LABEL_V2 + transcript(run_id, round_num, silo, purpose, svc)
 
 
 def open_sealed(
@@ -167,7 +171,7 @@ def open_sealed(
         See the module docstring; each names the silo and round.
     """
     where = f"silo {silo}, round {round_num}"
-    header_bytes, header, rest = _split(sealed, where)
+    version, header_bytes, header, rest = _split(sealed, where)
     service_public = _raw_public(service_key.public_key())
     expected = {
         "run_id": run_id,
@@ -176,45 +180,72 @@ def open_sealed(
         "purpose": purpose,
         "service_key_sha256": hashlib.sha256(service_public).hexdigest(),
     }
+    if version == 2:
+        expected["suite"] = SUITE_NAME
     for field, value in expected.items():
         if header.get(field) != value:
             raise SealBindingError(
                 f"[{where}] sealed payload has {field}={header.get(field)!r}, expected "
                 f"{value!r}: it belongs to another context (replay or misroute); discard it"
             )
-    nonce, ciphertext, signature = (
-        rest[:NONCE_BYTES],
-        rest[NONCE_BYTES:-SIGNATURE_BYTES],
-        rest[-SIGNATURE_BYTES:],
+    body, signature = rest[:-SIGNATURE_BYTES], rest[-SIGNATURE_BYTES:]
+    signed = (
+        transcript("seal-sig-v2", header_bytes, body)
+        if version == 2
+        else transcript("seal-sig", header_bytes, body[:NONCE_BYTES], body[NONCE_BYTES:])
     )
     try:
-        Ed25519PublicKey.from_public_bytes(silo_public).verify(
-            signature, transcript("seal-sig", header_bytes, nonce, ciphertext)
-        )
+        Ed25519PublicKey.from_public_bytes(silo_public).verify(signature, signed)
     except (InvalidSignature, ValueError) as exc:
         raise SealSignatureError(
             f"[{where}] signature does not verify under the silo's registered identity key: "
             "the payload was forged or altered in transit; discard it"
         ) from exc
+    if version == 2:
+        return _decrypt_v2(service_key, body, run_id, round_num, silo, purpose, where)
+    nonce, ciphertext = body[:NONCE_BYTES], body[NONCE_BYTES:]
     return _decrypt(service_key, header, nonce, ciphertext, service_public, where)
 
 
-def _split(sealed: bytes, where: str) -> tuple[bytes, dict, bytes]:
-    if sealed[:4] != MAGIC:
-        raise SealFormatError(f"[{where}] not a sealed payload (missing FSSL magic)")
+def _decrypt_v2(
+    service_key: X25519PrivateKey,
+    body: bytes,
+    run_id: str,
+    round_num: int,
+    silo: str,
+    purpose: str,
+    where: str,
+) -> bytes:
+    info = _info_v2(run_id, round_num, silo, purpose, _raw_public(service_key.public_key()))
+    try:
+        return _SUITE.decrypt(body, service_key, info=info)
+    except (InvalidTag, ValueError) as exc:
+        raise SealDecryptError(
+            f"[{where}] sealed payload fails HPKE (ChaCha20-Poly1305) authentication: it was "
+            "altered or sealed to another service key; ask the silo to fetch the federation's "
+            "current service key and resubmit"
+        ) from exc
+
+
+def _split(sealed: bytes, where: str) -> tuple[int, bytes, dict, bytes]:
+    magic = sealed[:4]
+    if magic not in (MAGIC, MAGIC_V1):
+        raise SealFormatError(f"[{where}] not a sealed payload (missing FSS2/FSSL magic)")
+    version = 2 if magic == MAGIC else 1
     size = int.from_bytes(sealed[4 : 4 + _LEN_BYTES], "big")
     start = 4 + _LEN_BYTES
     rest = sealed[start + size :]
-    if not 0 < size <= MAX_HEADER_BYTES or len(rest) < NONCE_BYTES + 16 + SIGNATURE_BYTES:
+    least = (_HPKE_MIN if version == 2 else NONCE_BYTES + 16) + SIGNATURE_BYTES
+    if not 0 < size <= MAX_HEADER_BYTES or len(rest) < least:
         raise SealFormatError(f"[{where}] sealed payload is truncated or its header too long")
     header_bytes = sealed[start : start + size]
     try:
         header = json.loads(header_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SealFormatError(f"[{where}] sealed payload header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise SealFormatError(f"[{where}] sealed payload header is not a JSON object")
-    return header_bytes, header, rest
+    return version, header_bytes, header, rest
 
 
 def _decrypt(

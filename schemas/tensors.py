@@ -49,7 +49,13 @@ def read_metadata(payload: bytes) -> dict[str, str]:
         header = json.loads(payload[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorFormatError(f"payload header is not JSON: {exc}") from exc
+    except RecursionError as exc:  # a header nested deeper than any real one
+        raise TensorFormatError("payload header is nested too deeply to be a header") from exc
+    if not isinstance(header, dict):
+        raise TensorFormatError("payload header is not a JSON object")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise TensorFormatError("payload metadata is not a JSON object")
     if meta.get(FORMAT_KEY) != FORMAT:
         raise TensorFormatError(f"not a {FORMAT} payload (format={meta.get(FORMAT_KEY)!r})")
     if meta.get(WIRE_KEY) != WIRE_VERSION:
@@ -68,8 +74,10 @@ def decode(payload: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise TensorFormatError(f"payload does not decode as safetensors: {exc}") from exc
     try:
         order = json.loads(meta[ORDER_KEY])
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, json.JSONDecodeError, RecursionError) as exc:
         raise TensorFormatError("payload lacks its array order") from exc
+    if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+        raise TensorFormatError("payload's array order is not a list of names")
     if sorted(order) != sorted(loaded):
         raise TensorFormatError("payload array order does not match its arrays")
     user_meta = {k: v for k, v in meta.items() if k not in RESERVED}

@@ -83,8 +83,10 @@ class Message:
                 f.name: _decode(hints[f.name], header[f.name], payload) for f in fields(cls)
             }
             return cls(**kwargs)
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
             raise MessageFormatError(f"cannot decode {cls.__name__}: {exc}") from exc
+        except RecursionError as exc:  # a header nested deeper than any real message
+            raise MessageFormatError(f"cannot decode {cls.__name__}: nested too deeply") from exc
 
     def check_round(self, run_id: str, round_num: int) -> None:
         """Raise WrongRoundError unless this message belongs to (run_id, round_num)."""

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.sealed import (
+    LABEL,
+    LABEL_V2,
     MAGIC,
+    MAGIC_V1,
     SIGNATURE_BYTES,
+    SUITE_NAME,
     SealBindingError,
     SealDecryptError,
     SealFormatError,
@@ -75,13 +86,13 @@ def test_bad_signature_other_signer() -> None:
         _open(sealed)
 
 
-@pytest.mark.parametrize("where", ["ciphertext", "nonce", "signature"])
+@pytest.mark.parametrize("where", ["encapsulated key", "ciphertext", "signature"])
 def test_tampering_is_detected(where: str) -> None:
     sealed = bytearray(_seal(b"a" * 64))
     header_end = 8 + int.from_bytes(sealed[4:8], "big")
     position = {
-        "nonce": header_end + 1,
-        "ciphertext": header_end + 20,
+        "encapsulated key": header_end + 1,
+        "ciphertext": header_end + 40,
         "signature": len(sealed) - SIGNATURE_BYTES + 5,
     }[where]
     sealed[position] ^= 0x01
@@ -89,11 +100,23 @@ def test_tampering_is_detected(where: str) -> None:
         _open(bytes(sealed))
 
 
-def test_tampered_header_field_not_checked_by_binding_is_caught_by_signature() -> None:
+def test_seal_is_rfc9180_hpke_under_the_service_key() -> None:
+    """The body is plain HPKE: cryptography's own HPKE opens it with the documented info."""
+    sealed = _seal(b"payload")
+    size = int.from_bytes(sealed[4:8], "big")
+    assert sealed[:4] == MAGIC == b"FSS2"
+    assert json.loads(sealed[8 : 8 + size])["suite"] == SUITE_NAME
+    body = sealed[8 + size : -SIGNATURE_BYTES]
+    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+    info = LABEL_V2 + transcript("run-1", 3, "alpha", "tree-update", service_public_bytes(SERVICE))
+    assert suite.decrypt(body, SERVICE, info=info) == b"payload"
+
+
+def test_tampered_header_is_caught_by_signature() -> None:
     sealed = _seal()
     size = int.from_bytes(sealed[4:8], "big")
     header = json.loads(sealed[8 : 8 + size])
-    header["ephemeral"] = "00" * 32
+    header["note"] = "added in transit"
     new_header = json.dumps(header, sort_keys=True).encode()
     forged = MAGIC + len(new_header).to_bytes(4, "big") + new_header + sealed[8 + size :]
     with pytest.raises(SealSignatureError):
@@ -105,12 +128,46 @@ def test_signed_but_undecryptable_payload() -> None:
     sealed = _seal(b"payload")
     size = int.from_bytes(sealed[4:8], "big")
     header = sealed[8 : 8 + size]
-    nonce = sealed[8 + size : 8 + size + 12]
-    garbage = b"\x00" * 40
-    signature = SILO_KEY.sign(transcript("seal-sig", header, nonce, garbage))
-    forged = sealed[: 8 + size] + nonce + garbage + signature
-    with pytest.raises(SealDecryptError, match="AES-GCM"):
+    garbage = b"\x00" * 60
+    signature = SILO_KEY.sign(transcript("seal-sig-v2", header, garbage))
+    forged = sealed[: 8 + size] + garbage + signature
+    with pytest.raises(SealDecryptError, match="HPKE"):
         _open(forged)
+
+
+def _seal_v1(payload: bytes) -> bytes:
+    """A payload as the previous release's agents sealed it (X25519 + HKDF + AES-256-GCM)."""
+    svc = service_public_bytes(SERVICE)
+    ephemeral = X25519PrivateKey.generate()
+    eph = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(svc))
+    salt = hashlib.sha256(transcript("seal-salt", "run-1", 3)).digest()
+    info = LABEL + transcript("tree-update", "alpha", eph, svc)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
+    nonce = os.urandom(12)
+    ad = transcript("seal-ad", "run-1", 3, "alpha", "tree-update", eph, svc)
+    ciphertext = AESGCM(key).encrypt(nonce, payload, ad)
+    header = json.dumps(
+        {
+            "run_id": "run-1",
+            "round": 3,
+            "silo": "alpha",
+            "purpose": "tree-update",
+            "ephemeral": eph.hex(),
+            "service_key_sha256": hashlib.sha256(svc).hexdigest(),
+        },
+        sort_keys=True,
+    ).encode()
+    signature = SILO_KEY.sign(transcript("seal-sig", header, nonce, ciphertext))
+    return MAGIC_V1 + len(header).to_bytes(4, "big") + header + nonce + ciphertext + signature
+
+
+def test_previous_release_payloads_still_open() -> None:
+    assert _open(_seal_v1(b"old agent's trees")) == b"old agent's trees"
+    tampered = bytearray(_seal_v1(b"old agent's trees"))
+    tampered[-70] ^= 0x01
+    with pytest.raises(SealSignatureError):
+        _open(bytes(tampered))
 
 
 @pytest.mark.parametrize(

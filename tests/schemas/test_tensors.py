@@ -77,3 +77,17 @@ def test_foreign_safetensors_file_is_refused() -> None:
 def test_reserved_metadata_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="reserved"):
         tensors.encode({"w": np.zeros(1, np.float32)}, {tensors.ORDER_KEY: "x"})
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nested 100k deep: RecursionError in json
+        b'{"__metadata__": [1, 2]}',
+        b"[1, 2, 3]",
+    ],
+)
+def test_hostile_headers_are_format_errors_not_crashes(header: bytes) -> None:
+    payload = len(header).to_bytes(8, "little") + header
+    with pytest.raises(TensorFormatError):
+        tensors.read_metadata(payload)
