@@ -17,12 +17,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.admin_token import resolve_admin_token
 from flows.exceptions import RunFailed
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.service_client import CoordinatorClient
-from schemas.metrics import weighted_metric
 from schemas import tensors
 from schemas.contracts.loader import load_contract
+from schemas.metrics import weighted_metric
 from schemas.specs import (
     ModelSpec,
     PrivacySpec,
@@ -84,8 +85,8 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
         model_sha256=out.model_sha256,
         per_silo={
             s.silo: {"accuracy": s.metrics.accuracy, "auc": s.metrics.auc, "loss": s.metrics.loss}
-            for s in evaluated
-            if s.metrics
+            for s in out.silos
+            if s.metrics is not None
         },
     )
 
@@ -240,7 +241,9 @@ def _publish(
 
 
 # A retried flow run (Prefect retries, or `prefect flow-run retry` after a crash) resumes its
-# run on the service where it stopped: see flows/resume.py.
+# run on the service where it stopped: see flows/resume.py. Prefect stores and shows every
+# parameter, so the admin token is not one: the flow reads it from a file or a Secret block
+# (flows/admin_token.py).
 @flow(
     name="federated_training",
     flow_run_name="{federation}-{dataset}",
@@ -249,7 +252,6 @@ def _publish(
 )
 def federated_training(
     service_urls: list[str],
-    admin_token: str,
     federation: str,
     dataset: str,
     model: ModelSpec | None = None,
@@ -267,13 +269,17 @@ def federated_training(
     resume_run_id: str | None = None,
     admin_token_file: str | None = None,
     trees: TreeSpec | None = None,
+    admin_token_block: str | None = None,
 ) -> dict[str, object]:
     """Train a global model across the federation's silos and save it with its sha256.
 
     Give `model` for a PyTorch model or `trees` for XGBoost / LightGBM (then turn
-    `secure_aggregation` off: tree updates are sealed to the service instead).
+    `secure_aggregation` off: tree updates are sealed to the service instead). The admin
+    token comes from `admin_token_file` (the path of a file only its owner may read) or
+    `admin_token_block` (the name of a Prefect Secret block), never from a parameter's value.
     """
     logger = get_run_logger()
+    token = resolve_admin_token(admin_token_file, admin_token_block)
     spec = RunSpec(
         federation=federation,
         dataset=dataset,
@@ -294,10 +300,7 @@ def federated_training(
             else federation_statistics
         ),
     )
-    # a scheduled deployment names the token's file on the worker, never the token itself
-    if not admin_token and admin_token_file:
-        admin_token = Path(admin_token_file).read_text().strip()
-    client = CoordinatorClient(service_urls, token=admin_token)
+    client = CoordinatorClient(service_urls, token=token)
     resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
     done: dict[int, RoundOut] = {}
     if resumed is None:

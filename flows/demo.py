@@ -211,8 +211,10 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
                     ws / "service", opts.service_port, env=pki.service_env if pki else None
                 )
             )
-        token = (ws / "service" / "admin.token").read_text().strip()
-        client = CoordinatorClient(service_url, token=token, retry_for_s=30)
+        token_file = ws / "service" / "admin.token"  # the service writes it 0600
+        client = CoordinatorClient(
+            service_url, token=token_file.read_text().strip(), retry_for_s=30
+        )
         agents = [
             start_agent(
                 write_silo(
@@ -234,7 +236,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         with console.status("silo agents enrolling; coordinator approving"):
             approve_all(client, data.federation, list(frames), agents)
         print_data_table(console, frames, pipeline, data.member)
-        result = _train(console, spec, client, service_url, token, ws)
+        result = _train(console, spec, client, service_url, token_file, ws)
         print_validation(console, client, str(result["run_id"]), data.member)
         print_privacy(console, client, str(result["run_id"]), spec)
         summary = compare(console, spec, frames, contract, result)
@@ -271,9 +273,13 @@ def _train(
     spec: RunSpec,
     client: CoordinatorClient,
     service_url: str,
-    token: str,
+    token_file: Path,
     ws: Path,
 ) -> dict[str, object]:
+    """Run the coordinator flow in a thread while a progress bar follows its rounds.
+
+    The flow gets the token file's path: Prefect stores a flow run's parameters.
+    """
     from flows.coordinator import federated_training
 
     outcome: dict[str, object] = {}
@@ -282,7 +288,7 @@ def _train(
         try:
             outcome["result"] = federated_training(
                 service_urls=[service_url],
-                admin_token=token,
+                admin_token_file=str(token_file),
                 federation=spec.federation,
                 dataset=spec.dataset,
                 model=spec.model,

@@ -320,23 +320,14 @@ def _contributing_rounds(view: RunView, name: str) -> set[int]:
     entry falls back to the accepted updates.
     """
     aggregated = {a.get("round") for a in view.aggregates}
-    rounds = {
-        a["round"]
-        for a in view.aggregates
-        if isinstance(a.get("round"), int)
-        and any(
-            isinstance(c, dict) and silo_name(str(c.get("silo"))) == name
-            for c in a.get("contributors") or []
-        )
-    }
-    rounds |= {
+    unaggregated = {
         u["round"]
         for u in view.accepted
         if u.get("silo") == name
         and isinstance(u.get("round"), int)
         and u["round"] not in aggregated
     }
-    return rounds
+    return view.aggregated_rounds(name) | unaggregated
 
 
 def contributions(entries: Sequence[LineageEntry], silo: str) -> list[Contribution]:

@@ -159,6 +159,20 @@ class RunView:
                     return model
         return self.models[-1] if self.models else None
 
+    def aggregated_rounds(self, silo: str) -> set[int]:
+        """Rounds whose ``aggregate`` entry lists `silo` (``name`` or ``silo:name``) among its
+        contributors: the rounds in which the silo's update reached the model."""
+        name = silo_name(silo)
+        return {
+            a["round"]
+            for a in self.aggregates
+            if isinstance(a.get("round"), int)
+            and any(
+                isinstance(c, dict) and silo_name(str(c.get("silo"))) == name
+                for c in as_list(a, "contributors")
+            )
+        }
+
     def prefect_flow_runs(self) -> list[tuple[str, str]]:
         """(who, Prefect flow run id) for the coordinator and any entry that names one."""
         found: list[tuple[str, str]] = []

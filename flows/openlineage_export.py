@@ -114,19 +114,6 @@ def _time(created_at: str) -> datetime:
     return dateparser.isoparse(created_at)
 
 
-def _contributed(view: RunView, silo: str) -> list[int]:
-    rounds = set()
-    for aggregate in view.aggregates:
-        for c in aggregate.get("contributors") or []:
-            if (
-                isinstance(c, dict)
-                and c.get("silo") == silo
-                and isinstance(aggregate.get("round"), int)
-            ):
-                rounds.add(aggregate["round"])
-    return sorted(rounds)
-
-
 def _assertions(v: Validation, producer: str) -> InputDatasetFacet:
     checks = [
         data_quality_assertions_dataset.Assertion(
@@ -167,7 +154,7 @@ def _inputs(view: RunView, namespace: str, producer: str) -> list[InputDataset]:
             validationSuccess=v.success,
             round=v.round,
             nRows=v.n_rows,
-            contributedRounds=_contributed(view, silo),
+            contributedRounds=sorted(view.aggregated_rounds(silo)),
             history=history,
             producer=producer,
         )

@@ -4,7 +4,8 @@
 with `prefect worker start --pool POOL` on the coordinator's machine then runs each scheduled
 flow run in a subprocess. The deployment's entrypoint is the installed `flows.coordinator`
 module, so the worker needs fedsilo installed and nothing else: no code is uploaded, and the
-admin token stays in a file on the worker's machine (only its path is a parameter).
+admin token stays in a 0600 file on the worker's machine or in a Prefect Secret block: only the
+file's path or the block's name is a parameter (flows/admin_token.py).
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ def schedule_training(
 
     from flows.coordinator import federated_training
 
-    if "admin_token" in parameters and parameters["admin_token"]:
-        raise ValueError("pass admin_token_file, not the token: parameters are stored in Prefect")
+    if "admin_token" in parameters:
+        raise ValueError(
+            "pass admin_token_file or admin_token_block, not the token: Prefect stores and "
+            "shows a deployment's parameters"
+        )
     ensure_process_pool(work_pool)
     if cron:
         CronSchedule(cron=cron)  # a malformed expression fails here with croniter's reason
@@ -97,7 +101,7 @@ def schedule_training(
 def deployment_parameters(
     *,
     service_urls: list[str],
-    token_file: Path,
+    token_file: Path | None,
     federation: str,
     dataset: str,
     model: dict[str, Any],
@@ -108,12 +112,23 @@ def deployment_parameters(
     round_deadline_s: float,
     output_dir: Path,
     secure: bool = True,
+    token_block: str | None = None,
 ) -> dict[str, Any]:
-    """The flow's parameters as JSON: paths are made absolute for the worker's process."""
+    """The flow's parameters as JSON: paths are made absolute for the worker's process.
+
+    The admin token is named by `token_file` (its path) or `token_block` (a Prefect Secret
+    block's name), never given: Prefect stores a deployment's parameters.
+    """
+    if (token_file is None) == (token_block is None):
+        raise ValueError("give the admin token's file or its Secret block, exactly one")
+    source = (
+        {"admin_token_file": str(token_file.resolve())}
+        if token_file is not None
+        else {"admin_token_block": token_block}
+    )
     return {
         "service_urls": service_urls,
-        "admin_token": "",
-        "admin_token_file": str(token_file.resolve()),
+        **source,
         "federation": federation,
         "dataset": dataset,
         "model": model,

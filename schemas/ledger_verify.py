@@ -4,25 +4,21 @@ Works on `schemas.lineage.LineageEntry` records (from the service database, an e
 a silo's copy) and public keys; it never needs the service's database or secrets, so a
 compliance reviewer can run it on an export months later.
 
-Exports (`export_entries`, `load_export`) live in `schemas.ledger_export` and are
-re-exported here.
+This module holds the chain's structure (seq, links), the artifact check and `verify_chain`;
+the parallel hash and signature scan is in `schemas.ledger_scan`, silo copies
+(`SiloRecord`, `cross_check`) in `schemas.ledger_silo_copy` and exports (`export_entries`,
+`load_export`) in `schemas.ledger_export`, all re-exported here.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import multiprocessing
 import os
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict
 
 from schemas.ledger_export import (
     ExportError,
@@ -30,20 +26,15 @@ from schemas.ledger_export import (
     export_entries,
     load_export,
 )
+from schemas.ledger_scan import bad_signature, first_scan_problem
+from schemas.ledger_silo_copy import CrossCheckReport, SiloRecord, cross_check
 from schemas.lineage import (
     GENESIS_HASH,
     SERVICE_AUTHOR,
     CanonicalJsonError,
     LineageEntry,
-    LineageSignatureError,
-    Receipt,
-    Statement,
-    entry_signing_message,
     is_canonical,
     parse_json,
-    statement_message,
-    verify_receipt,
-    verify_signature,
 )
 
 __all__ = [
@@ -143,109 +134,8 @@ def _problem_at(
     if entry.prev_hash != prev:
         what = "the genesis hash" if expected == 1 else f"entry {expected - 1}'s hash"
         return f"entry {expected}: prev_hash does not match {what} (chain broken)"
-    bad = _bad_signature(entry, keys)
+    bad = bad_signature(entry, keys)
     return None if bad is None else _sig_reason(entry, *bad)
-
-
-# ----------------------------------------------------------------------------- signatures
-
-
-def _bad_signature(
-    entry: LineageEntry, keys: dict[str, Ed25519PublicKey]
-) -> tuple[str, Ed25519PublicKey | None] | None:
-    """("author" or "service", the key tried) for the entry's first failing signature."""
-    if entry.author != SERVICE_AUTHOR:
-        key = keys.get(entry.author)
-        msg = statement_message(
-            run_id=entry.run_id, kind=entry.kind, payload=entry.payload, author=entry.author
-        )
-        if key is None or not verify_signature(key, entry.author_signature, msg):
-            return "author", key
-    key = keys.get(SERVICE_AUTHOR)
-    msg = entry_signing_message(entry.entry_hash)
-    if key is None or not verify_signature(key, entry.service_signature, msg):
-        return "service", key
-    return None
-
-
-def _scan(
-    entries: Sequence[LineageEntry], lo: int, hi: int, keys: dict[str, Ed25519PublicKey]
-) -> int | None:
-    """First position in [lo, hi) whose content hash or a signature fails, or None.
-
-    The expensive per-entry work (sha256, Ed25519), independent of every other entry, so
-    ranges can be scanned in parallel.
-    """
-    for pos in range(lo, hi):
-        entry = entries[pos]
-        if entry.recompute_hash() != entry.entry_hash or _bad_signature(entry, keys):
-            return pos
-    return None
-
-
-# Below this many entries a serial scan is quicker than starting workers.
-PARALLEL_MIN_ENTRIES = 2000
-# What forked scan workers read: inherited copy-on-write, so the entries are never pickled.
-_FORK_SHARED: tuple[Sequence[LineageEntry], dict[str, Ed25519PublicKey]] | None = None
-
-
-def _scan_in_child(conn: Connection, lo: int, hi: int) -> None:
-    # A short-lived child: no garbage collection, which would touch (and copy) every page.
-    gc.disable()
-    assert _FORK_SHARED is not None
-    entries, keys = _FORK_SHARED
-    conn.send(_scan(entries, lo, hi, keys))
-    conn.close()
-
-
-def _scan_forked(
-    entries: Sequence[LineageEntry], ranges: list[range], keys: dict[str, Ed25519PublicKey]
-) -> list[int | None]:
-    """Scan ranges[0] here and each other range in a forked child process (one per core).
-
-    Processes rather than threads: hashing, message building and signature-string checks
-    hold the GIL. A child that fails to answer has its range rescanned here.
-    """
-    global _FORK_SHARED
-    context = multiprocessing.get_context("fork")
-    _FORK_SHARED = (entries, keys)
-    children = []
-    try:
-        for part in ranges[1:]:
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_scan_in_child, args=(sender, part.start, part.stop))
-            child.start()
-            sender.close()
-            children.append((child, receiver, part))
-    finally:
-        _FORK_SHARED = None
-    results = [_scan(entries, ranges[0].start, ranges[0].stop, keys)]
-    for child, receiver, part in children:
-        try:
-            results.append(receiver.recv())
-        except EOFError:  # the child died (e.g. killed for memory): do its share here
-            results.append(_scan(entries, part.start, part.stop, keys))
-        receiver.close()
-        child.join()
-    return results
-
-
-def _first_scan_problem(
-    entries: Sequence[LineageEntry], stop: int, keys: dict[str, Ed25519PublicKey], workers: int
-) -> int | None:
-    """First position below `stop` whose hash or a signature fails, over `workers` cores."""
-    if workers <= 1 or stop < PARALLEL_MIN_ENTRIES:
-        return _scan(entries, 0, stop, keys)
-    size = -(-stop // workers)
-    ranges = [range(lo, min(lo + size, stop)) for lo in range(0, stop, size)]
-    # Forking is only safe while no other thread might hold a lock the child would need.
-    if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
-        results = _scan_forked(entries, ranges, keys)
-    else:
-        # Ed25519 verification releases the GIL, so threads still share that part.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda r: _scan(entries, r.start, r.stop, keys), ranges))
-    return next((pos for pos in results if pos is not None), None)
 
 
 def _sig_reason(entry: LineageEntry, what: str, key: Ed25519PublicKey | None) -> str:
@@ -338,7 +228,7 @@ def verify_chain(
     # signatures (expensive, on every core) fail; `_problem_at` then names what failed first.
     link_pos = _first_link_problem(entries)
     stop = min(link_pos + 1, len(entries))
-    scan_pos = _first_scan_problem(entries, stop, public_keys, workers or os.cpu_count() or 1)
+    scan_pos = first_scan_problem(entries, stop, public_keys, workers or os.cpu_count() or 1)
     bad_pos = link_pos if scan_pos is None else min(scan_pos, link_pos)
     reason = _problem_at(entries, bad_pos, public_keys) if bad_pos < len(entries) else None
     if artifact_checker is not None:
@@ -354,89 +244,3 @@ def verify_chain(
     if reason is None:
         return VerifyReport(True, len(entries), head_seq, head_hash)
     return VerifyReport(False, bad_pos, head_seq, head_hash, bad_pos + 1, reason)
-
-
-# ----------------------------------------------------------------------------- silo copies
-
-
-class SiloRecord(BaseModel):
-    """One entry a silo authored, as kept in its workspace: statement, signature, receipt."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    statement: Statement
-    author_signature: str
-    receipt: Receipt
-
-
-@dataclass(frozen=True)
-class CrossCheckReport:
-    """Outcome of `cross_check`: ok, or every discrepancy found (first is the earliest)."""
-
-    ok: bool
-    checked: int
-    problems: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        if self.ok:
-            return f"silo copy OK: {self.checked} receipted entries match the service ledger"
-        return "silo copy MISMATCH: " + "; ".join(self.problems)
-
-
-def _record_problem(
-    record: SiloRecord, entry: LineageEntry | None, service_key: Ed25519PublicKey | None
-) -> str | None:
-    seq, author = record.receipt.seq, record.statement.author
-    if service_key is not None:
-        try:
-            verify_receipt(record.receipt, record.statement, record.author_signature, service_key)
-        except LineageSignatureError as exc:
-            return f"silo copy of entry {seq}: {exc}"
-    if entry is None:
-        return f"entry {seq} authored by {author} is missing from the service ledger (dropped)"
-    if entry.entry_hash == record.receipt.entry_hash:
-        return None
-    fields = {
-        "run_id": record.statement.run_id,
-        "kind": record.statement.kind,
-        "payload": record.statement.payload,
-        "author": author,
-        "author_signature": record.author_signature,
-        "prev_hash": record.receipt.prev_hash,
-        "created_at": record.receipt.created_at,
-    }
-    changed = [name for name, value in fields.items() if getattr(entry, name) != value]
-    return (
-        f"entry {seq} authored by {author} differs from the receipted copy "
-        f"({', '.join(changed) or 'entry_hash'} changed): the service rewrote history"
-    )
-
-
-def cross_check(
-    silo_records: Iterable[SiloRecord],
-    service_entries: Sequence[LineageEntry],
-    *,
-    service_public_key: Ed25519PublicKey | None = None,
-) -> CrossCheckReport:
-    """Compare a silo's own copy with the service's ledger.
-
-    Detects entries the silo authored that the service dropped or rewrote, receipts that do
-    not verify (with `service_public_key`), and entries the service attributes to the silo
-    that the silo never submitted.
-    """
-    records = sorted(silo_records, key=lambda r: r.receipt.seq)
-    by_seq = {e.seq: e for e in service_entries}
-    problems = [
-        p
-        for r in records
-        if (p := _record_problem(r, by_seq.get(r.receipt.seq), service_public_key)) is not None
-    ]
-    authors = {r.statement.author for r in records}
-    receipted = {r.receipt.seq for r in records}
-    for entry in service_entries:
-        if entry.author in authors and entry.seq not in receipted:
-            problems.append(
-                f"entry {entry.seq} claims author {entry.author} but the silo's copy has no "
-                "receipt for it (entry not submitted by the silo, or its copy is incomplete)"
-            )
-    return CrossCheckReport(not problems, len(records), tuple(problems))

@@ -29,18 +29,23 @@ Signatures (Ed25519)
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict
 
 from schemas.canonical import CanonicalJsonError, canonical_json, is_canonical, parse_json
 from schemas.exceptions import SchemaError
+from schemas.lineage_crypto import (
+    ED25519_BACKEND,
+    compute_entry_hash,
+    entry_signing_message,
+    receipt_message,
+    statement_message,
+    verify_signature,
+)
 
 __all__ = [
     "ED25519_BACKEND",
@@ -94,12 +99,7 @@ KINDS = frozenset(
     }
 )
 
-_ENTRY_DOMAIN = b"fedsilo/ledger/entry/v1\x00"
-_ENTRY_SIG_DOMAIN = b"fedsilo/ledger/entry-sig/v1\x00"
-_STATEMENT_DOMAIN = b"fedsilo/ledger/statement/v1\x00"
-_RECEIPT_DOMAIN = b"fedsilo/ledger/receipt/v1\x00"
 _AUTHOR_RE = re.compile(r"^(service|silo:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
-_SIG_HEX_RE = re.compile(r"^[0-9a-f]{128}$")
 
 
 class LineageError(SchemaError):
@@ -115,101 +115,6 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# ----------------------------------------------------------------------------- hashing
-
-
-def _encode(domain: bytes, fields: Sequence[str | int | None]) -> bytes:
-    parts = [domain]
-    for field in fields:
-        if field is None:
-            parts.append(b"\x00")
-        else:
-            raw = str(field).encode("utf-8", "surrogatepass")
-            parts.append(b"\x01" + len(raw).to_bytes(8, "big") + raw)
-    return b"".join(parts)
-
-
-def compute_entry_hash(
-    *,
-    seq: int,
-    run_id: str | None,
-    kind: str,
-    payload: str,
-    prev_hash: str,
-    author: str,
-    created_at: str,
-    author_signature: str | None,
-) -> str:
-    """The sha256 hex digest that identifies an entry (encoding in the module docstring)."""
-    fields = (seq, run_id, kind, payload, prev_hash, author, created_at, author_signature)
-    return hashlib.sha256(_encode(_ENTRY_DOMAIN, fields)).hexdigest()
-
-
-def entry_signing_message(entry_hash: str) -> bytes:
-    """Bytes the service signs for an entry: domain || raw entry hash."""
-    return _ENTRY_SIG_DOMAIN + _hex_bytes(entry_hash)
-
-
-def statement_message(*, run_id: str | None, kind: str, payload: str, author: str) -> bytes:
-    """Bytes a silo signs for the entry content it submits (before seq/prev_hash exist)."""
-    return _encode(_STATEMENT_DOMAIN, (run_id, kind, payload, author))
-
-
-def receipt_message(seq: int, entry_hash: str) -> bytes:
-    """Bytes the service signs in a receipt: domain || F(seq) || raw entry hash."""
-    return _encode(_RECEIPT_DOMAIN, (seq,)) + _hex_bytes(entry_hash)
-
-
-def _hex_bytes(text: str) -> bytes:
-    # A tampered hash may hold non-hex characters; encode them so the signature simply fails.
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        return text.encode("utf-8", "surrogatepass")
-
-
-def _verify_openssl(public_key: Ed25519PublicKey, signature: bytes, msg: bytes) -> bool:
-    try:
-        public_key.verify(signature, msg)
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _verify_sodium(public_key: Ed25519PublicKey, signature: bytes, msg: bytes) -> bool:
-    try:
-        _sodium_open(signature + msg, public_key.public_bytes_raw())
-    except _SodiumBadSignature:
-        return False
-    return True
-
-
-# libsodium (PyNaCl, optional) verifies Ed25519 about twice as fast as OpenSSL (~63 vs ~120 us
-# here), which is what keeps re-checking a 100k-entry ledger within seconds; verify_chain
-# spreads the work over forked processes (or threads: both release the GIL). The two agree on
-# every signature an honest key produces.
-try:
-    from nacl.bindings import crypto_sign_open as _sodium_open
-    from nacl.exceptions import BadSignatureError as _SodiumBadSignature
-
-    ED25519_BACKEND = "libsodium"
-    _verify = _verify_sodium
-except ImportError:  # pragma: no cover - depends on the installation
-    ED25519_BACKEND = "openssl"
-    _verify = _verify_openssl
-
-
-def verify_signature(public_key: Ed25519PublicKey, signature_hex: str | None, msg: bytes) -> bool:
-    """True when `signature_hex` is a valid Ed25519 signature of `msg` by `public_key`.
-
-    Only the canonical spelling (128 lowercase hex digits) counts: ``bytes.fromhex`` would also
-    accept upper case and spaces, letting a stored signature change unnoticed.
-    """
-    if signature_hex is None or not _SIG_HEX_RE.match(signature_hex):
-        return False
-    return _verify(public_key, bytes.fromhex(signature_hex), msg)
-
-
 def check_author(author: str) -> None:
     """Raise LineageError unless `author` is ``service`` or ``silo:<name>``."""
     if not _AUTHOR_RE.match(author):
@@ -220,6 +125,34 @@ def check_author(author: str) -> None:
 
 
 # ----------------------------------------------------------------------------- models
+
+
+class _Content(Protocol):
+    """What an author states: the part of an entry that exists before the service places it."""
+
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def payload(self) -> str: ...
+    @property
+    def author(self) -> str: ...
+
+
+def _placed_hash(
+    content: _Content, *, seq: int, prev_hash: str, created_at: str, author_signature: str | None
+) -> str:
+    return compute_entry_hash(
+        seq=seq,
+        run_id=content.run_id,
+        kind=content.kind,
+        payload=content.payload,
+        prev_hash=prev_hash,
+        author=content.author,
+        created_at=created_at,
+        author_signature=author_signature,
+    )
 
 
 class Statement(BaseModel):
@@ -236,6 +169,18 @@ class Statement(BaseModel):
         """The bytes the author signs (see `statement_message`)."""
         return statement_message(
             run_id=self.run_id, kind=self.kind, payload=self.payload, author=self.author
+        )
+
+    def placed_hash(
+        self, *, seq: int, prev_hash: str, created_at: str, author_signature: str | None
+    ) -> str:
+        """The entry hash this statement gets when placed at `seq` after `prev_hash`."""
+        return _placed_hash(
+            self,
+            seq=seq,
+            prev_hash=prev_hash,
+            created_at=created_at,
+            author_signature=author_signature,
         )
 
 
@@ -284,13 +229,10 @@ class LineageEntry(BaseModel):
 
     def recompute_hash(self, seq: int | None = None) -> str:
         """Hash of this entry's content, optionally as if it had sequence number `seq`."""
-        return compute_entry_hash(
+        return _placed_hash(
+            self,
             seq=self.seq if seq is None else seq,
-            run_id=self.run_id,
-            kind=self.kind,
-            payload=self.payload,
             prev_hash=self.prev_hash,
-            author=self.author,
             created_at=self.created_at,
             author_signature=self.author_signature,
         )
@@ -330,15 +272,8 @@ def seal_entry(
             f"entry by {statement.author}: a silo-authored entry needs the silo's "
             "author_signature and a service entry must not carry one"
         )
-    entry_hash = compute_entry_hash(
-        seq=seq,
-        run_id=statement.run_id,
-        kind=statement.kind,
-        payload=statement.payload,
-        prev_hash=prev_hash,
-        author=statement.author,
-        created_at=created_at,
-        author_signature=author_signature,
+    entry_hash = statement.placed_hash(
+        seq=seq, prev_hash=prev_hash, created_at=created_at, author_signature=author_signature
     )
     return LineageEntry(
         seq=seq,
@@ -391,13 +326,9 @@ def verify_receipt(
         If the receipt's entry hash does not follow from the statement, or its signature is
         not the service's.
     """
-    expected = compute_entry_hash(
+    expected = statement.placed_hash(
         seq=receipt.seq,
-        run_id=statement.run_id,
-        kind=statement.kind,
-        payload=statement.payload,
         prev_hash=receipt.prev_hash,
-        author=statement.author,
         created_at=receipt.created_at,
         author_signature=author_signature,
     )

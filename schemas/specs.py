@@ -149,6 +149,12 @@ class RunSpec(_Strict):
         description="open with a statistics round: silos' per-feature counts, sums and sums of "
         "squares are securely summed into the federation's imputation/standardisation stats",
     )
+    mode: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="a round mode registered by a plugin (service setting `plugins`, a silo "
+        "handler of the same name); None: the mode follows from model and trees",
+    )
 
     @property
     def torch_model(self) -> ModelSpec:

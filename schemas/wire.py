@@ -41,7 +41,7 @@ class ErrorCode(StrEnum):
 
 
 class SecAggStage(StrEnum):
-    """Stages of a secure-aggregation round at the service (see aggregation/secagg/README.md)."""
+    """Stages of a secure-aggregation round (aggregation/secagg/README.md)."""
 
     advertise = "advertise"
     share = "share"
@@ -191,21 +191,15 @@ class _RoundTask(_TaskBase):
 
 
 class RunEndedTask(_TaskBase):
-    """The run this silo polled for has ended (or this silo left it)."""
-
     type: Literal["run_ended"] = "run_ended"
     run_status: str
 
 
 class TrainTask(_RoundTask):
-    """Train the round's input model locally and submit the update in the clear."""
-
     type: Literal["train"] = "train"
 
 
 class EvaluateTask(_RoundTask):
-    """Score model version `model_version` on the silo's holdout."""
-
     type: Literal["evaluate"] = "evaluate"
 
 
@@ -246,8 +240,6 @@ class TreeTrainTask(_RoundTask):
 
 
 class TreeEvaluateTask(_RoundTask):
-    """Score a tree model version on the silo's holdout."""
-
     type: Literal["tree_evaluate"] = "tree_evaluate"
     trees: TreeTaskInfo
 

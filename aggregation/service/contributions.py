@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload
+from aggregation.service.exceptions import AlreadyAnswered, Conflict, Forbidden, InvalidPayload
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
 from aggregation.service.tables import Contribution, Round, RunSilo
@@ -49,7 +49,7 @@ def submit_update(
     if existing is not None:
         if existing.digest == digest:
             return existing, False
-        raise Conflict(
+        raise AlreadyAnswered(
             f"silo {silo!r} already answered round {number} of run {run_id} "
             f"({existing.kind}, digest {existing.digest}); a second, different update is refused"
         )
@@ -138,7 +138,7 @@ def submit_evaluation(
             and existing.metrics_json == report.metrics.model_dump_json()
         ):
             return existing, False
-        raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
+        raise AlreadyAnswered(f"silo {silo!r} already answered round {number} of run {run_id}")
     open_round_for(s, run_id, number, silo, "evaluate")
     contribution = Contribution(
         run_id=run_id,
@@ -161,7 +161,7 @@ def submit_sit_out(s: Session, run_id: str, number: int, silo: str, reason: str)
     if existing is not None:
         if existing.kind == "sat_out":
             return False
-        raise Conflict(f"silo {silo!r} already answered round {number} of run {run_id}")
+        raise AlreadyAnswered(f"silo {silo!r} already answered round {number} of run {run_id}")
     rnd = get_round(s, run_id, number)
     open_round_for(s, run_id, number, silo, rnd.kind)
     s.add(Contribution(run_id=run_id, round=number, silo=silo, kind="sat_out", reason=reason))

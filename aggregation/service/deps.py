@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, database sessions, caller identity, size-limited bodies."""
+"""FastAPI dependencies: settings, database sessions, the engines' `Hub`, caller identity
+(coordinator, silo, participant of the run), size-limited bodies."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service.auth import SiloIdentity, check_admin, verify_silo_request
+from aggregation.service.db import transaction
+from aggregation.service.engines.base import Hub
 from aggregation.service.exceptions import PayloadTooLarge
 from aggregation.service.lineage import Recorder
+from aggregation.service.runs import check_participant
 from aggregation.service.settings import ServiceSettings
 
 
@@ -72,3 +76,21 @@ def get_recorder(request: Request) -> Recorder:
 
 
 RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+
+
+def get_hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
+def require_participant(run_id: str, silo: SiloDep, factory: FactoryDep) -> SiloIdentity:
+    """The calling silo, when it takes part in run `run_id` (404 unknown run, 403 not one of
+    its participants)."""
+    with transaction(factory) as s:
+        check_participant(s, run_id, silo.name)
+    return silo
+
+
+ParticipantDep = Annotated[SiloIdentity, Depends(require_participant)]

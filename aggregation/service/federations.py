@@ -76,6 +76,15 @@ def set_silo_status(s: Session, federation: str, name: str, status: str) -> Silo
     return silo
 
 
+def list_federations(s: Session) -> list[Federation]:
+    return list(s.scalars(select(Federation).order_by(Federation.name)))
+
+
+def silo_keys(s: Session) -> dict[str, str]:
+    """Every enrolled silo's raw Ed25519 public key (hex), as ledger authors name them."""
+    return {f"silo:{row.name}": row.public_key for row in s.scalars(select(Silo))}
+
+
 def list_silos(s: Session, federation: str) -> list[Silo]:
     get_federation(s, federation)
     return list(s.scalars(select(Silo).where(Silo.federation == federation).order_by(Silo.name)))

@@ -10,7 +10,6 @@ A refused message leaves the state and the mailbox untouched; a retried one coun
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.service.exceptions import Conflict, InvalidPayload
-from aggregation.service.hist_state import HistState, load
-from aggregation.service.tables import HistMessage, HistRun, Round, Run
+from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
+from aggregation.service.hist_state import HistState
+from aggregation.service.tables import HistMessage, Round, Run
 from aggregation.trees.secure_hist.grow import check_vector
 from schemas.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
 from schemas.secagg.messages import Signed
@@ -33,8 +32,6 @@ from schemas.secagg.session_messages import (
     SessionUnmaskResponse,
 )
 from schemas.secure_hist.errors import SecureHistError, UnknownNodeError
-from schemas.specs import RunSpec
-from schemas.wire import HistTaskInfo, Task
 
 STAGES: dict[str, type[Signed]] = {
     "advertise": SessionAdvert,
@@ -75,20 +72,14 @@ def receive(
 ) -> bool:
     """Check one message and store it in the mailbox; False for a retry of a stored one.
 
-    Raises Conflict (409) for a message out of turn or a second, different one, and
-    InvalidPayload (422) for anything malformed, wrongly bound or inconsistent.
+    Raises Conflict (409) for a message out of turn, AlreadyAnswered (409) for a second,
+    different one, and InvalidPayload (422) for anything malformed, wrongly bound or
+    inconsistent.
     """
-    if stage not in STAGES:
-        raise InvalidPayload(f"unknown secure-hist stage {stage!r}; one of {sorted(STAGES)}")
     where = f"secure-hist {stage} message from silo {silo!r} (run {run.id})"
     if rnd.status != "open":
         raise Conflict(f"{where}: round {rnd.number} is {rnd.status}")
-    try:
-        msg = STAGES[stage].from_bytes(raw)
-    except SecAggError as exc:
-        raise InvalidPayload(f"{where}: {exc}") from exc
-    if msg.silo != silo or msg.run_id != run.id:
-        raise InvalidPayload(f"{where} is bound to silo {msg.silo!r} and run {msg.run_id}")
+    msg = _parse(stage, silo, run.id, raw, where)
     digest = hashlib.sha256(raw).hexdigest()
     stored = s.scalar(
         select(HistMessage.digest).where(
@@ -101,7 +92,7 @@ def receive(
     if stored is not None:
         if stored == digest:
             return False
-        raise Conflict(f"{where}: a different message for counter {msg.round_num} stands")
+        raise AlreadyAnswered(f"{where}: a different message for counter {msg.round_num} stands")
     now, counter = _stage_now(state)
     if msg.round_num != counter:
         raise InvalidPayload(
@@ -110,14 +101,7 @@ def receive(
         )
     if stage != now:
         raise Conflict(f"{where} is out of turn: the run is at {now} of counter {counter}")
-    try:
-        if isinstance(msg, SessionMasked):
-            _check_level(state, silo, msg.vector, claim)
-        _apply(state, msg)
-    except (DuplicateMessageError, LateMessageError) as exc:
-        raise Conflict(f"{where}: {exc}") from exc
-    except (SecAggError, SecureHistError) as exc:
-        raise InvalidPayload(f"{where}: {exc}") from exc
+    _check_and_apply(state, msg, silo, claim, where)
     s.add(
         HistMessage(
             run_id=run.id,
@@ -131,6 +115,35 @@ def receive(
     )
     s.flush()
     return True
+
+
+def _parse(stage: str, silo: str, run_id: str, raw: bytes, where: str) -> Signed:
+    """The message of `stage`, bound to this silo and run (InvalidPayload otherwise)."""
+    if stage not in STAGES:
+        raise InvalidPayload(f"unknown secure-hist stage {stage!r}; one of {sorted(STAGES)}")
+    try:
+        msg = STAGES[stage].from_bytes(raw)
+    except SecAggError as exc:
+        raise InvalidPayload(f"{where}: {exc}") from exc
+    if msg.silo != silo or msg.run_id != run_id:
+        raise InvalidPayload(f"{where} is bound to silo {msg.silo!r} and run {msg.run_id}")
+    return msg
+
+
+def _check_and_apply(
+    state: HistState, msg: Signed, silo: str, claim: LevelClaim, where: str
+) -> None:
+    """The session's own checks (and a level's), then the message into the state."""
+    try:
+        if isinstance(msg, SessionMasked):
+            _check_level(state, silo, msg.vector, claim)
+        _apply(state, msg)
+    except DuplicateMessageError as exc:
+        raise AlreadyAnswered(f"{where}: {exc}") from exc
+    except LateMessageError as exc:
+        raise Conflict(f"{where}: {exc}") from exc
+    except (SecAggError, SecureHistError) as exc:
+        raise InvalidPayload(f"{where}: {exc}") from exc
 
 
 def _check_level(state: HistState, silo: str, vector: np.ndarray, claim: LevelClaim) -> None:
@@ -171,71 +184,24 @@ def _apply(state: HistState, msg: Signed) -> None:
         session_server.receive_unmask(srv, msg)
 
 
-def hist_task(
-    s: Session,
-    run: Run,
-    rnd: Round,
-    spec: RunSpec,
-    row: HistRun,
-    silo: str,
-    stats: list[float] | None,
-) -> Task | None:
-    """What `silo` must send next in this run, or None (nothing, or it left the session)."""
-    state = load(row, light=True)  # polled often: no trees, no histograms
-    srv = state.server
-    cfg = srv.config
-    info: HistTaskInfo | None = None
-    if state.phase == "advertise":
-        if silo in cfg.silos and silo not in srv.adverts:
-            info = HistTaskInfo(
-                stage="advertise",
-                counter=SETUP_COUNTER,
-                config=state.config.to_dict(),
-                roster=list(cfg.silos),
-                roster_keys={k: v.hex() for k, v in srv.roster_keys.items()},
-                threshold=cfg.threshold,
-                consistency_check=cfg.consistency_check,
-            )
-    elif state.phase == "aggregate" and srv.current is not None and silo in srv.active:
-        info = _aggregation_info(state, row, silo)
-    if info is None:
-        return None
-    return Task(
-        type=f"hist_{info.stage}",  # type: ignore[arg-type]
-        run_id=run.id,
-        round=rnd.number,
-        model_version=rnd.input_model_version,
-        spec=spec,
-        stats=stats,
-        hist=info,
-    )
+def inbox(state: HistState, silo: str, counter: int) -> list[bytes] | None:
+    """The binary messages `silo` needs for its step of aggregation `counter`, or None.
 
-
-def _aggregation_info(state: HistState, row: HistRun, silo: str) -> HistTaskInfo | None:
+    At the masked stage: the `AggregationRequest`, then at the setup aggregation every silo's
+    `SessionAdvert` in roster order; at the unmask stage: its `SessionUnmaskRequest`.
+    """
     srv = state.server
     agg = srv.current
-    assert agg is not None
-    if agg.stage == "masked" and silo in agg.active and silo not in agg.masked:
+    if state.phase != "aggregate" or agg is None or agg.counter != counter:
+        return None
+    if agg.stage == "masked" and silo in agg.active:
         request = AggregationRequest(srv.config.run_id, agg.counter, "service", agg.active, agg.dim)
-        info = HistTaskInfo(stage="masked", counter=agg.counter, request=request.to_bytes().hex())
+        frames = [request.to_bytes()]
         grower = state.grower
         if state.purpose == "setup" or grower is None or grower.request is None:
-            info.adverts = [
-                srv.adverts[s].to_bytes().hex() for s in srv.config.silos if s in srv.adverts
-            ]
-        else:
-            info.level = grower.request.to_json().decode()
-            tree = grower.request.tree
-            if grower.request.depth == 0 and tree > 0:
-                info.previous = json.loads(row.trees_json)["done"][tree - 1]
-        return info
-    if agg.stage == "consistency" and silo in agg.survivors and silo not in agg.consistency:
-        return HistTaskInfo(stage="consistency", counter=agg.counter, survivors=list(agg.survivors))
-    if agg.stage in ("consistency", "unmask") and silo in agg.survivors:
-        if agg.stage == "consistency" or silo in agg.responses:
-            return None
+            frames += [srv.adverts[s].to_bytes() for s in srv.config.silos if s in srv.adverts]
+        return frames
+    if agg.stage == "unmask" and silo in agg.survivors:
         unmask = session_server.unmask_requests(srv).get(silo)
-        if unmask is None:
-            return None
-        return HistTaskInfo(stage="unmask", counter=agg.counter, request=unmask.to_bytes().hex())
+        return [unmask.to_bytes()] if unmask is not None else None
     return None

@@ -23,9 +23,6 @@ row's lock, so several service processes can share one PostgreSQL and a restart 
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -33,50 +30,23 @@ from sqlalchemy.orm import Session
 from aggregation.secagg import session_server
 from aggregation.service import hist_setup
 from aggregation.service.exceptions import Conflict
-from aggregation.service.hist_state import HistState, load, save
+from aggregation.service.hist_results import finish_round
+from aggregation.service.hist_state import HistState, hist_row, load, save
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import (
-    Contribution,
     HistMessage,
-    HistRun,
-    ModelVersion,
     Round,
     Run,
     RunSilo,
     utcnow,
 )
 from aggregation.trees.secure_hist.cuts import base_score_from_setup, cuts_from_setup
-from aggregation.trees.secure_hist.export import export_xgb
 from aggregation.trees.secure_hist.grow import receive_level, start_tree
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.secagg.session_messages import SessionMasked
 from schemas.secure_hist.protocol import LevelRequest, cuts_from_json, cuts_to_json
 from schemas.specs import RunSpec
-
-SERVICE_SEES = "only federation-wide sums of gradient/hessian histograms per node (no silo's own)"
-
-
-def is_hist(spec: RunSpec) -> bool:
-    return spec.trees is not None and spec.trees.mode == "secure-hist"
-
-
-def is_hist_round(spec: RunSpec, rnd: Round) -> bool:
-    return is_hist(spec) and rnd.kind == "train"
-
-
-def hist_row(s: Session, run_id: str, *, for_update: bool = False) -> HistRun | None:
-    """The run's state row; `for_update` locks it for the rest of the transaction.
-
-    The lock starts with a write: SQLite (pysqlite) opens a transaction only at the first
-    write, so SELECT ... FOR UPDATE alone would let two requests read the same state and the
-    later one overwrite the earlier's message. The write takes SQLite's database write lock
-    (PostgreSQL: the row lock) before the state is read."""
-    stmt = select(HistRun).where(HistRun.run_id == run_id)
-    if for_update:
-        s.execute(update(HistRun).where(HistRun.run_id == run_id).values(updated_at=utcnow()))
-        stmt = stmt.with_for_update().execution_options(populate_existing=True)
-    return s.scalar(stmt)
 
 
 def open_round(s: Session, run: Run, rnd: Round, spec: RunSpec, recorder: Recorder) -> None:
@@ -169,36 +139,13 @@ def _step(
     if agg.stage == "masked":
         if set(agg.active) & running - set(agg.masked) and not force:
             return False
-        session_server.close_masked(srv)
-        if agg.dropped:
-            entry = {
-                "round": rnd.number,
-                "counter": agg.counter,
-                "silos": list(agg.dropped),
-                "where": _where(state),
-            }
-            recorder.service(s, "dropout", entry, run.id)
-            state.events.append({"event": "dropout", **entry})
-            _leave(
-                s,
-                run,
-                rnd,
-                state,
-                list(agg.dropped),
-                "no masked vector by the deadline (recovered from the survivors)",
-            )
+        _close_masked(s, run, rnd, state, recorder)
     elif agg.stage == "consistency":
         if set(agg.survivors) & running - set(agg.consistency) and not force:
             return False
         if len(agg.consistency) < srv.config.threshold:
-            _abandon(
-                s,
-                run,
-                rnd,
-                state,
-                recorder,
-                tuple(sorted(set(agg.survivors) - set(agg.consistency))),
-            )
+            gone = tuple(sorted(set(agg.survivors) - set(agg.consistency)))
+            _abandon(s, run, rnd, state, recorder, gone)
             return True
         session_server.unmask_requests(srv)
     else:
@@ -212,6 +159,25 @@ def _step(
             return True
         _on_sum(s, run, rnd, state, recorder, total)
     return True
+
+
+def _close_masked(s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder) -> None:
+    """End the masked stage; silos without a masked vector are dropouts and leave the run."""
+    agg = state.server.current
+    assert agg is not None
+    session_server.close_masked(state.server)
+    if not agg.dropped:
+        return
+    entry = {
+        "round": rnd.number,
+        "counter": agg.counter,
+        "silos": list(agg.dropped),
+        "where": _where(state),
+    }
+    recorder.service(s, "dropout", entry, run.id)
+    state.events.append({"event": "dropout", **entry})
+    why = "no masked vector by the deadline (recovered from the survivors)"
+    _leave(s, run, rnd, state, list(agg.dropped), why)
 
 
 def _where(state: HistState) -> str:
@@ -358,76 +324,4 @@ def _on_sum(
     if len(state.trees) < state.round_end_tree:
         _start_tree(s, run, rnd, state, recorder)
     else:
-        _finish_round(s, run, rnd, state, recorder)
-
-
-def _finish_round(s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder) -> None:
-    """The round's model (every tree so far), its contributions and ledger entries."""
-    assert state.base_score is not None
-    model = export_xgb(state.trees, state.config, state.base_score)
-    if s.get(ModelVersion, (run.id, rnd.number)) is not None:
-        raise Conflict(f"run {run.id} already has model version {rnd.number}")
-    sha = hashlib.sha256(model).hexdigest()
-    s.add(ModelVersion(run_id=run.id, version=rnd.number, sha256=sha, payload=model))
-    run.latest_model_version = rnd.number
-    rnd.model_version = rnd.number
-    contributors = []
-    for silo, digest in _round_digests(s, run.id, rnd.number).items():
-        if silo not in state.server.active:
-            continue
-        s.add(
-            Contribution(run_id=run.id, round=rnd.number, silo=silo, kind="update", digest=digest)
-        )
-        contributors.append({"silo": silo, "digest": digest, "n_examples": None})
-    events = state.events
-    entry: dict[str, object] = {
-        "round": rnd.number,
-        "contributors": contributors,
-        "model_version": rnd.number,
-        "model_sha256": sha,
-        "trees": {
-            "kind": "xgboost",
-            "mode": "secure-hist",
-            "n_trees": len(state.trees),
-            "new_trees": state.trees_per_round,
-        },
-        "secure_aggregation": True,
-        "sealed_to_service": False,
-        "individual_updates_seen_by_service": False,
-        "service_sees": SERVICE_SEES,
-        "aggregations": sum(1 for e in events if e["event"] == "sum"),
-        "session_counter": state.server.counter,
-        "dropouts": [e for e in events if e["event"] == "dropout"],
-        "recoveries": [e for e in events if e["event"] == "recovery"],
-        "tree_restarts": sum(1 for e in events if e["event"] == "tree_restart"),
-        "min_rows_per_node": state.config.min_rows_per_node,
-        "session": {
-            "silos": list(state.server.config.silos),
-            "threshold": state.server.config.threshold,
-        },
-    }
-    recorder.service(s, "aggregate", entry, run.id)
-    path = recorder.write_model(run.id, rnd.number, model)
-    recorder.service(
-        s,
-        "model_saved",
-        {"round": rnd.number, "version": rnd.number, "sha256": sha, "path": path},
-        run.id,
-    )
-    rnd.status, rnd.closed_at = "aggregated", utcnow()
-    state.phase = "between"
-
-
-def _round_digests(s: Session, run_id: str, number: int) -> dict[str, str]:
-    """Per silo: sha256 over the digests of every masked vector it sent in this round."""
-    rows = s.execute(
-        select(HistMessage.silo, HistMessage.digest)
-        .where(
-            HistMessage.run_id == run_id, HistMessage.round == number, HistMessage.stage == "masked"
-        )
-        .order_by(HistMessage.id)
-    )
-    chained: dict[str, Any] = {}
-    for silo, digest in rows:
-        chained.setdefault(silo, hashlib.sha256()).update(bytes.fromhex(digest))
-    return {silo: h.hexdigest() for silo, h in chained.items()}
+        finish_round(s, run, rnd, state, recorder)

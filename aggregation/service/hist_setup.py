@@ -22,12 +22,13 @@ from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.hist_state import HistState, config_json, save
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import HistRun, Round, Run, Silo
-from schemas.contracts.loader import Contract, ContractError, load_contract
+from schemas.contracts.loader import ContractError, load_contract
 from schemas.contracts.stats import FederationStats, feature_ranges
 from schemas.secagg.session_config import SessionConfig
 from schemas.secure_hist.errors import HistConfigError
 from schemas.secure_hist.protocol import HistRunConfig
 from schemas.specs import RunSpec
+
 
 def run_config(spec: RunSpec, stats: list[float] | None) -> HistRunConfig:
     """The run's HistRunConfig (InvalidPayload naming the problem when it cannot be built)."""

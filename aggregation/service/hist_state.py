@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.service.tables import HistRun
+from aggregation.service.tables import HistRun, utcnow
 from aggregation.trees.secure_hist.grow import Node, TreeGrower
 from aggregation.trees.secure_hist.splits import SplitChoice, Stats
 from schemas import tensors
@@ -283,3 +285,17 @@ def save(row: HistRun, state: HistState) -> None:
             {"trees": [[_node_dict(n) for n in t] for t in state.trees], "done": state.done}
         )
         state.trees_dirty = False
+
+
+def hist_row(s: Session, run_id: str, *, for_update: bool = False) -> HistRun | None:
+    """The run's state row; `for_update` locks it for the rest of the transaction.
+
+    The lock starts with a write: SQLite (pysqlite) opens a transaction only at the first
+    write, so SELECT ... FOR UPDATE alone would let two requests read the same state and the
+    later one overwrite the earlier's message. The write takes SQLite's database write lock
+    (PostgreSQL: the row lock) before the state is read."""
+    stmt = select(HistRun).where(HistRun.run_id == run_id)
+    if for_update:
+        s.execute(update(HistRun).where(HistRun.run_id == run_id).values(updated_at=utcnow()))
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return s.scalar(stmt)

@@ -313,6 +313,16 @@ def head(session: Session) -> LineageEntry | None:
     return row.to_record() if row is not None else None
 
 
+def records_after(
+    session: Session, *, after: int = 0, run_id: str | None = None, limit: int = 10_000
+) -> list[LineageEntry]:
+    """Entries past seq `after`, in seq order; `run_id` keeps that run's entries only."""
+    stmt = select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq)
+    if run_id:
+        stmt = stmt.where(LedgerEntry.run_id == run_id)
+    return [row.to_record() for row in session.scalars(stmt.limit(limit))]
+
+
 def iter_records(session: Session, *, batch: int = 5000) -> Iterator[LineageEntry]:
     """Every entry in seq order as `LineageEntry`, read in batches (for verify and export).
 

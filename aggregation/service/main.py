@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from aggregation.service import collective_rounds, migrate
+from aggregation.service import collective_rounds, migrate, wire
 from aggregation.service.db import make_engine, make_sessionmaker
-from aggregation.service.exceptions import ServiceError
+from aggregation.service.engines.base import Hub
+from aggregation.service.engines.builtin import register_builtins
+from aggregation.service.engines.registry import load_plugins
 from aggregation.service.keys import load_or_create_seal_key, load_or_create_service_key
 from aggregation.service.lineage import Recorder
 from aggregation.service.routes import federations, hist, ledger, runs, secagg, silo, trees
@@ -42,10 +43,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.recorder = Recorder(
         load_or_create_service_key(settings.workspace), settings.workspace
     )
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    app.state.hub = Hub(app.state.recorder, settings, app.state.seal_key, app.state.seal_public)
+    register_builtins()
+    load_plugins(settings.plugins)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -53,6 +53,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     for module in (federations, runs, silo, secagg, ledger, trees, hist):
         app.include_router(module.router)
+    wire.install(app)
     if settings.mode == "production":
         from aggregation.service.tls import IdentityBinding
 

@@ -59,6 +59,12 @@ def open_round(s: Session, run_id: str, number: int, kind: str, deadline_s: floa
     return rnd
 
 
+def list_rounds(s: Session, run_id: str) -> list[Round]:
+    """Every round of an existing run, in order (NotFound for an unknown run)."""
+    get_run(s, run_id)
+    return list(s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.number)))
+
+
 def contributions(s: Session, run_id: str, number: int) -> list[Contribution]:
     stmt = select(Contribution).where(Contribution.run_id == run_id, Contribution.round == number)
     return list(s.scalars(stmt.order_by(Contribution.silo)))

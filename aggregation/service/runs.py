@@ -7,12 +7,15 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from aggregation.service.exceptions import Conflict, InvalidPayload, NotFound
+from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload, NotFound
 from aggregation.service.federations import get_federation
 from aggregation.service.tables import ModelVersion, Run, RunSilo, Silo, utcnow
+from aggregation.trees.models import parse_model
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
 from schemas.specs import RunSpec, param_shapes
+from schemas.tree_errors import TreeError
+from schemas.tree_params import TreeSpec
 from schemas.wire import RunOut
 
 
@@ -66,10 +69,7 @@ def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
         raise Conflict(f"run {run_id} is {run.status}; the initial model is set before it starts")
     spec = spec_of(run)
     if spec.trees is not None:
-        # empty = grow from scratch; tree_rounds imports runs, hence the local import
-        from aggregation.service.tree_rounds import check_initial_model
-
-        check_initial_model(spec.trees, payload, run_id)
+        _check_tree_model(spec.trees, payload, run_id)
     else:
         try:
             tensors.decode_expected(payload, param_shapes(spec.torch_model))
@@ -83,6 +83,22 @@ def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
     s.add(model)
     run.latest_model_version = 0
     return model
+
+
+def _check_tree_model(spec: TreeSpec, payload: bytes, run_id: str) -> None:
+    """The starting model of a tree run: empty (grow from scratch) or a native model of the
+    run's kind with the run's number of features."""
+    if not payload:
+        return
+    try:
+        parsed = parse_model(spec.kind, payload)
+    except TreeError as exc:
+        raise InvalidPayload(f"initial {spec.kind} model for run {run_id}: {exc.detail}") from exc
+    if parsed.n_features != spec.n_features:
+        raise InvalidPayload(
+            f"initial model for run {run_id} has {parsed.n_features} features; the run's "
+            f"spec has {spec.n_features}"
+        )
 
 
 def start_run(s: Session, run_id: str) -> tuple[Run, bool]:
@@ -114,6 +130,16 @@ def get_model(s: Session, run_id: str, version: int) -> ModelVersion:
     if model is None:
         raise NotFound(f"run {run_id} has no model version {version}")
     return model
+
+
+def check_participant(s: Session, run_id: str, silo: str) -> RunSilo:
+    """The silo's membership of the run: NotFound for an unknown run, Forbidden for a silo
+    that is not one of its participants."""
+    membership = s.get(RunSilo, (run_id, silo))
+    if membership is None:
+        get_run(s, run_id)
+        raise Forbidden(f"silo {silo!r} is not a participant of run {run_id}")
+    return membership
 
 
 def participants(s: Session, run_id: str) -> list[RunSilo]:

@@ -20,7 +20,7 @@ from sqlalchemy import case, null, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
-from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
 from schemas.contracts.loader import load_contract
@@ -52,8 +52,12 @@ _MESSAGE: dict[str, type[Signed]] = {
 }
 
 
-def secure(spec: RunSpec) -> bool:
-    return spec.secure_aggregation.enabled
+_RECEIVE = {
+    "advertise": "receive_advertise",
+    "share": "receive_shares",
+    "masked": "receive_masked",
+    "unmask": "receive_unmask",
+}
 
 
 def start(s: Session, rnd: Round, run_id: str) -> None:
@@ -228,16 +232,10 @@ def receive(
                 f"{stage} message from silo {silo!r} is bound to silo "
                 f"{msg.silo!r}, run {msg.run_id}, round {msg.round_num}"
             )
-        getattr(
-            server,
-            {
-                "advertise": "receive_advertise",
-                "share": "receive_shares",
-                "masked": "receive_masked",
-                "unmask": "receive_unmask",
-            }[stage],
-        )(state, msg)
-    except (DuplicateMessageError, LateMessageError) as exc:
+        getattr(server, _RECEIVE[stage])(state, msg)
+    except DuplicateMessageError as exc:
+        raise AlreadyAnswered(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc
+    except LateMessageError as exc:
         raise Conflict(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc
     except SecAggError as exc:
         raise InvalidPayload(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
@@ -38,6 +38,19 @@ class ServiceSettings(BaseSettings):
     collective_server_name: str = Field(
         default="127.0.0.1", description="the name in the collective server's certificate"
     )
+
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="importable modules that register extra round engines at import "
+        "(env: comma-separated, e.g. FEDSILO_SERVICE_PLUGINS=acme.fedprox_engine)",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _production_needs_tls(self) -> ServiceSettings:

@@ -31,7 +31,9 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from aggregation.pki import ROLE_COORDINATOR, ROLE_SILO, PeerIdentity, identity_of
 from aggregation.service.settings import ServiceSettings
+from aggregation.service.wire import error_body
 from schemas import signing
+from schemas.wire import WIRE_HEADER, WIRE_VERSION, ErrorCode
 
 log = logging.getLogger("fedsilo.service.tls")
 
@@ -122,7 +124,10 @@ def peer_of(scope: Scope) -> PeerIdentity | None:
 
 
 class IdentityBinding:
-    """ASGI middleware (production only): a certificate may act only as the party it names."""
+    """ASGI middleware (production only): a certificate may act only as the party it names.
+
+    It runs outside the wire-version check (`wire.WireVersion`): an unknown certificate is
+    refused before anything else is read; its refusals carry the wire header themselves."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -231,7 +236,7 @@ async def _buffer(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
-    payload = json.dumps({"detail": detail}).encode()
+    payload = error_body(ErrorCode.too_large if status == 413 else ErrorCode.forbidden, detail)
     await send(
         {
             "type": "http.response.start",
@@ -239,6 +244,7 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                (WIRE_HEADER.lower().encode(), str(WIRE_VERSION).encode()),
             ],
         }
     )

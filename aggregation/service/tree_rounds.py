@@ -23,17 +23,18 @@ import json
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.orm import Session
 
-from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.lineage import Recorder
+from aggregation.service.model_store import save_round_model
 from aggregation.service.runs import get_model, participants
-from aggregation.service.tables import Contribution, ModelVersion, Round, Run
+from aggregation.service.tables import Contribution, Round, Run
 from aggregation.trees.models import append_cyclic, merge_bagging, parse_model
 from aggregation.trees.validate import validate_tree_update
 from schemas.sealed import SealError, open_sealed
 from schemas.specs import RunSpec
 from schemas.tree_errors import TreeError
 from schemas.tree_params import TreeSpec
-from schemas.wire import CollectiveInfo, Metrics, Task, TreeTaskInfo
+from schemas.wire import CollectiveInfo, Metrics
 
 _ANSWERED = ("update", "sat_out", "refusal")
 
@@ -47,21 +48,6 @@ SERVICE_SEES = {
 def tree_spec(spec: RunSpec) -> TreeSpec:
     assert spec.trees is not None, "not a tree run"
     return spec.trees
-
-
-def check_initial_model(spec: TreeSpec, payload: bytes, run_id: str) -> None:
-    """The starting model: empty (grow from scratch) or a native model of the run's kind."""
-    if not payload:
-        return
-    try:
-        parsed = parse_model(spec.kind, payload)
-    except TreeError as exc:
-        raise InvalidPayload(f"initial {spec.kind} model for run {run_id}: {exc.detail}") from exc
-    if parsed.n_features != spec.n_features:
-        raise InvalidPayload(
-            f"initial model for run {run_id} has {parsed.n_features} features; the run's "
-            f"spec has {spec.n_features}"
-        )
 
 
 def turn_order(s: Session, run: Run, rnd: Round) -> list[str]:
@@ -98,7 +84,7 @@ def base_model(s: Session, run: Run, rnd: Round, spec: TreeSpec) -> bytes | None
     return _input_model(s, run, rnd)
 
 
-def _waiting_on_earlier(s: Session, run: Run, rnd: Round, silo: str) -> bool:
+def waiting_on_earlier(s: Session, run: Run, rnd: Round, silo: str) -> bool:
     order = turn_order(s, run, rnd)
     active = {p.silo for p in participants(s, run.id) if p.status == "active"}
     for earlier in order[: order.index(silo)]:
@@ -123,37 +109,6 @@ def collective_info(rnd: Round, silo: str) -> CollectiveInfo | None:
         rank=ranks.index(silo),
         world_size=len(ranks),
         server_name=info["server_name"],
-    )
-
-
-def tree_task(
-    s: Session, run: Run, rnd: Round, spec: RunSpec, silo: str, seal_public: bytes
-) -> Task | None:
-    """The tree-round task for `silo`, or None (already answered, or not its turn yet)."""
-    if s.get(Contribution, (run.id, rnd.number, silo)) is not None:
-        return None
-    trees = tree_spec(spec)
-    info = TreeTaskInfo(seal_key=seal_public.hex())
-    if rnd.kind == "train":
-        if trees.mode == "cyclic":
-            if _waiting_on_earlier(s, run, rnd, silo):
-                return None
-            info.order = turn_order(s, run, rnd)
-        if trees.mode == "collective":
-            info.collective = collective_info(rnd, silo)
-            if info.collective is None:
-                return None
-        base = base_model(s, run, rnd, trees)
-        info.base_model_sha256 = hashlib.sha256(base).hexdigest() if base else None
-    return Task(
-        type="train" if rnd.kind == "train" else "evaluate",
-        run_id=run.id,
-        round=rnd.number,
-        model_version=rnd.input_model_version,
-        spec=spec,
-        trees=info,
-        # silos standardise with the federation's statistics when the contract says so
-        stats=json.loads(run.federation_stats) if run.federation_stats else None,
     )
 
 
@@ -193,9 +148,21 @@ def submit_tree_update(
     if existing is not None:
         if existing.digest == digest:
             return existing, False
-        raise Conflict(f"silo {silo!r} already answered round {rnd.number} of run {run.id}")
-    if trees.mode == "cyclic" and _waiting_on_earlier(s, run, rnd, silo):
+        raise AlreadyAnswered(f"silo {silo!r} already answered round {rnd.number} of run {run.id}")
+    if trees.mode == "cyclic" and waiting_on_earlier(s, run, rnd, silo):
         raise Conflict(f"{where}: not this silo's turn yet (order {turn_order(s, run, rnd)})")
+    contribution = _checked(s, run, rnd, trees, silo, plain, where)
+    contribution.digest = digest
+    s.add(contribution)
+    s.flush()
+    return contribution, True
+
+
+def _checked(
+    s: Session, run: Run, rnd: Round, trees: TreeSpec, silo: str, plain: bytes, where: str
+) -> Contribution:
+    """The opened update, validated against the model it must grow from, as a contribution
+    (InvalidPayload saying what is wrong)."""
     try:
         accepted = validate_tree_update(
             plain,
@@ -216,20 +183,16 @@ def submit_tree_update(
             raise InvalidPayload(f"{where}: metrics are malformed: {exc}") from exc
     if trees.mode == "collective":
         _check_agrees(s, run, rnd, accepted.model, where)
-    contribution = Contribution(
+    return Contribution(
         run_id=run.id,
         round=rnd.number,
         silo=silo,
         kind="update",
-        digest=digest,
         n_examples=header.n_examples,
         payload=accepted.model,
         metrics_json=metrics,
         train_seconds=header.train_seconds,
     )
-    s.add(contribution)
-    s.flush()
-    return contribution, True
 
 
 def _check_agrees(s: Session, run: Run, rnd: Round, model: bytes, where: str) -> None:
@@ -264,12 +227,7 @@ def close_tree_round(
         model = chained
     else:
         model = append_cyclic(trees.kind, base, updates[0].payload or b"", "collective")
-    if s.get(ModelVersion, (run.id, rnd.number)) is not None:
-        raise Conflict(f"run {run.id} already has model version {rnd.number}")
     sha = hashlib.sha256(model).hexdigest()
-    s.add(ModelVersion(run_id=run.id, version=rnd.number, sha256=sha, payload=model))
-    run.latest_model_version = rnd.number
-    rnd.model_version = rnd.number
     entry: dict[str, object] = {
         "round": rnd.number,
         "contributors": [
@@ -285,14 +243,7 @@ def close_tree_round(
     }
     if order:
         entry["order"] = order
-    recorder.service(s, "aggregate", entry, run.id)
-    path = recorder.write_model(run.id, rnd.number, model)
-    recorder.service(
-        s,
-        "model_saved",
-        {"round": rnd.number, "version": rnd.number, "sha256": sha, "path": path},
-        run.id,
-    )
+    save_round_model(s, run, rnd, model, sha, entry, recorder)
 
 
 def _n_trees(spec: TreeSpec, model: bytes) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aggregation.trees.lgb_model import Block, LGBModel, dump_lgb, format_number, parse_lgb
+from aggregation.trees.merge_rules import check_same_family, parse_updates, who
 from schemas.tree_errors import MergeError
 
 _SCALED_LISTS = ("leaf_value", "internal_value")
@@ -47,21 +48,15 @@ def merge_bagging_lgb(base: bytes | None, updates: Mapping[str, tuple[bytes, int
     TreeModelFormatError, UnsupportedTreeError
         A model does not parse (validate updates first with `validate.validate_tree_update`).
     """
-    if not updates:
-        raise MergeError("no tree updates to merge; the round needs at least one silo")
-    silos = sorted(updates)
-    if any(updates[s][1] <= 0 for s in silos):
-        raise MergeError("every silo's example count must be positive")
-    total = sum(updates[s][1] for s in silos)
-    parsed = {s: parse_lgb(updates[s][0]) for s in silos}
+    weights, parsed = parse_updates(updates, parse_lgb)
+    silos = list(weights)
     base_model = parse_lgb(base) if base is not None else None
     template = base_model or parsed[silos[0]]
     for silo in silos:
         check_compatible(template, parsed[silo], silo)
     trees: list[Block] = [t.lines for t in base_model.trees] if base_model else []
     for silo in silos:
-        weight = updates[silo][1] / total
-        trees.extend(_scaled(t.lines, weight) for t in parsed[silo].trees)
+        trees.extend(_scaled(t.lines, weights[silo]) for t in parsed[silo].trees)
     models = [m for m in (base_model, *parsed.values()) if m is not None]
     return _assemble(template, models, trees)
 
@@ -78,20 +73,9 @@ def append_lgb(base: bytes | None, update: bytes, silo: str | None = None) -> by
 
 
 def check_compatible(reference: LGBModel, other: LGBModel, silo: str | None) -> None:
-    who = f"silo {silo}" if silo else "the update"
-    if other.objective != reference.objective:
-        raise MergeError(
-            f"{who} trained objective {other.objective!r}; the federation uses "
-            f"{reference.objective!r}",
-            silo=silo,
-        )
-    if other.n_features != reference.n_features:
-        raise MergeError(
-            f"{who} has {other.n_features} features; the global model {reference.n_features}",
-            silo=silo,
-        )
+    check_same_family(reference, other, silo)
     if other.header_value("feature_names") != reference.header_value("feature_names"):
-        raise MergeError(f"{who} uses other feature names than the global model", silo=silo)
+        raise MergeError(f"{who(silo)} uses other feature names than the global model", silo=silo)
 
 
 def _scaled(lines: Block, weight: float) -> Block:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregation.trees.merge_rules import check_same_family, parse_updates, who
 from aggregation.trees.xgb_model import (
     XGBModel,
     dump_xgb,
@@ -63,14 +64,8 @@ def merge_bagging_xgb(base: bytes | None, updates: Mapping[str, tuple[bytes, int
     TreeModelFormatError, UnsupportedTreeError
         A model does not parse (validate updates first with `validate.validate_tree_update`).
     """
-    if not updates:
-        raise MergeError("no tree updates to merge; the round needs at least one silo")
-    silos = sorted(updates)
-    total = sum(updates[s][1] for s in silos)
-    if any(updates[s][1] <= 0 for s in silos):
-        raise MergeError("every silo's example count must be positive")
-    parsed = {s: parse_xgb(updates[s][0]) for s in silos}
-    weights = {s: updates[s][1] / total for s in silos}
+    weights, parsed = parse_updates(updates, parse_xgb)
+    silos = list(weights)
     base_model = parse_xgb(base) if base is not None else None
     reference = base_model or parsed[silos[0]]
     for silo in silos:
@@ -106,27 +101,16 @@ def append_xgb(base: bytes | None, update: bytes, silo: str | None = None) -> by
 def check_compatible(
     reference: XGBModel, other: XGBModel, silo: str | None, *, require_same_base: bool
 ) -> None:
-    who = f"silo {silo}" if silo else "the update"
-    if other.objective != reference.objective:
-        raise MergeError(
-            f"{who} trained objective {other.objective!r}; the federation uses "
-            f"{reference.objective!r}",
-            silo=silo,
-        )
-    if other.n_features != reference.n_features:
-        raise MergeError(
-            f"{who} has {other.n_features} features; the global model {reference.n_features}",
-            silo=silo,
-        )
+    check_same_family(reference, other, silo)
     names = (
         reference.doc["learner"].get("feature_names"),
         other.doc["learner"].get("feature_names"),
     )
     if names[0] and names[1] and names[0] != names[1]:
-        raise MergeError(f"{who} uses other feature names than the global model", silo=silo)
+        raise MergeError(f"{who(silo)} uses other feature names than the global model", silo=silo)
     if require_same_base and np.float32(other.base_score) != np.float32(reference.base_score):
         raise MergeError(
-            f"{who}'s trees have base score {other.base_score}, the global model "
+            f"{who(silo)}'s trees have base score {other.base_score}, the global model "
             f"{reference.base_score}: they were not grown from the current global model",
             silo=silo,
         )

@@ -15,7 +15,7 @@ from support.live_service import coordinator, enrolled_silo, service_in_thread
 from flows.service_client import CoordinatorClient
 from schemas import signing, tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate
+from schemas.wire import WIRE_HEADER, WIRE_VERSION, RoundOpen, RunCreate
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 
@@ -29,6 +29,7 @@ SPEC = RunSpec(
 )
 SHAPES = param_shapes(SPEC.model)
 NAMES = [n for n, _ in SHAPES]
+WIRE = {WIRE_HEADER: str(WIRE_VERSION)}  # raw requests speak the wire version too
 
 
 def payload(arrays: list[np.ndarray], run_id: str, round_: int, n: int = 10, **meta: str) -> bytes:
@@ -126,7 +127,7 @@ def test_bad_signature_is_401(fed: Fed) -> None:
 def test_replayed_request_is_401(fed: Fed) -> None:
     client = fed.silos["a"]
     path = "/v1/silo/tasks"
-    headers = client._headers("GET", path, b"")
+    headers = {**client._headers("GET", path, b""), **WIRE}
     first = httpx.get(fed.url + path, headers=headers)
     replay = httpx.get(fed.url + path, headers=headers)
     assert first.status_code == 200
@@ -137,7 +138,8 @@ def test_update_without_its_signed_statement_is_422(fed: Fed) -> None:
     client = fed.silos["a"]
     path = f"/v1/silo/runs/{fed.run_id}/rounds/1/update"
     body = payload(deltas(1), fed.run_id, 1)
-    resp = httpx.post(fed.url + path, content=body, headers=client._headers("POST", path, body))
+    headers = {**client._headers("POST", path, body), **WIRE}
+    resp = httpx.post(fed.url + path, content=body, headers=headers)
     assert resp.status_code == 422 and "signed ledger statement" in resp.json()["detail"]
     assert states(fed)["a"] == "waiting"
 
@@ -154,6 +156,7 @@ def test_stale_timestamp_is_401(fed: Fed) -> None:
         signing.HEADER_TIMESTAMP: old,
         signing.HEADER_NONCE: nonce,
         signing.HEADER_SIGNATURE: client.key.sign(msg).hex(),
+        **WIRE,
     }
     resp = httpx.get(fed.url + path, headers=headers)
     assert resp.status_code == 401 and "off the service clock" in resp.json()["detail"]
@@ -244,7 +247,7 @@ def test_refusal_stops_the_round_waiting_for_that_silo(fed: Fed) -> None:
 
 
 def test_admin_endpoints_need_the_token(fed: Fed) -> None:
-    resp = httpx.get(fed.url + "/v1/runs", headers={"Authorization": "Bearer wrong"})
+    resp = httpx.get(fed.url + "/v1/runs", headers={"Authorization": "Bearer wrong", **WIRE})
     assert resp.status_code == 401 and "admin token is wrong" in resp.json()["detail"]
 
 

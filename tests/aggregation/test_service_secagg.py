@@ -82,7 +82,7 @@ def _run_until_masked(
     for name, client in fed.silos.items():
         if name in skip_masked:
             continue
-        task = _task(client, "train")
+        task = _task(client, "secagg_masked")
         assert task.secagg is not None and task.secagg.weight is not None
         message = secure_round.masked_update(
             client, client.key, task, fed.workspace / name, task.secagg.weight * deltas[name]
@@ -173,7 +173,7 @@ def test_bad_protocol_messages_are_refused(fed: Fed) -> None:
         )
     for name, client in fed.silos.items():
         secure_round.share(client, client.key, _task(client, "secagg_share"), fed.workspace / name)
-    task = _task(a, "train")
+    task = _task(a, "secagg_masked")
     short = secure_round.masked_update(a, a.key, task, fed.workspace / "a", np.zeros(DIM))
     from schemas.secagg.messages import MaskedInput
 

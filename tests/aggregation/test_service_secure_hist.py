@@ -111,12 +111,13 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
 
 def step(client: SiloClient, task: Task) -> None:
     """What the silo agent's `hist_step` does, minus Prefect."""
-    if task.type == "hist_advertise":
+    assert task.type == "hist"
+    if task.hist.stage == "advertise":
         X, y = DATA[client.silo]
         hist_round.advertise(client, task, X, y, CONTRACT, 1)
-    elif task.type == "hist_masked":
+    elif task.hist.stage == "masked":
         hist_round.masked(client, task)
-    elif task.type == "hist_consistency":
+    elif task.hist.stage == "consistency":
         hist_round.consistency(client, task)
     else:
         hist_round.unmask(client, task)
@@ -134,7 +135,7 @@ def drive(fed: Fed, number: int, skip: Skip = lambda silo, task: False) -> int:
             work = []
             for name, client in fed.silos.items():
                 task = client.next_task(wait_s=0, run_id=fed.run_id)
-                if task is not None and task.hist is not None and not skip(name, task):
+                if task is not None and task.type == "hist" and not skip(name, task):
                     work.append((client, task))
             if not work:
                 break
@@ -203,7 +204,7 @@ def test_secure_hist_rounds_grow_the_drivers_trees_over_http(fed: Fed) -> None:
 
 def test_a_silo_silent_at_a_level_is_recovered_and_leaves(fed: Fed) -> None:
     def c_vanishes(silo: str, task: Task) -> bool:
-        level = task.hist.level if task.hist else None
+        level = task.hist.level if task.type == "hist" else None
         if silo != "c" or level is None:
             return False
         req = LevelRequest.from_json(level.encode())
@@ -241,15 +242,15 @@ def test_bad_level_answers_are_refused_and_change_nothing(fed: Fed) -> None:
     fed.coord.open_round(fed.run_id, RoundOpen(round=1, kind="train", deadline_s=60))
 
     def until_depth_one(silo: str, task: Task) -> bool:
-        level = task.hist.level if task.hist else None
+        level = task.hist.level if task.type == "hist" else None
         return level is not None and LevelRequest.from_json(level.encode()).depth == 1
 
     drive(fed, 1, until_depth_one)
     a = fed.silos["a"]
     task = a.next_task(wait_s=0, run_id=fed.run_id)
-    assert task is not None and task.hist is not None and task.hist.level is not None
+    assert task is not None and task.type == "hist" and task.hist.level is not None
     level = LevelRequest.from_json(task.hist.level.encode())
-    request = AggregationRequest.from_bytes(bytes.fromhex(task.hist.request or ""))
+    request = AggregationRequest.from_bytes(a.hist_inbox(fed.run_id, task.hist.counter)[0])
     nodes = ",".join(str(c.node) for c in level.compute)
     before = _snapshot(fed.db_url, fed.run_id)
 

@@ -116,7 +116,7 @@ def send(client: SiloClient, task: Task, envelope: bytes, round_num: int | None 
 
 def task_of(client: SiloClient, run_id: str) -> Task:
     task = client.next_task(wait_s=5, run_id=run_id)
-    assert task is not None and task.type == "train" and task.trees is not None
+    assert task is not None and task.type == "tree_train"
     return task
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from schemas import lineage
+from schemas import lineage_crypto
 from schemas.lineage import (
     GENESIS_HASH,
     CanonicalJsonError,
@@ -142,7 +142,7 @@ def test_receipt_proves_what_the_service_acknowledged() -> None:
 def test_both_ed25519_backends_agree(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if backend == "_verify_sodium":
         pytest.importorskip("nacl")
-    monkeypatch.setattr(lineage, "_verify", getattr(lineage, backend))
+    monkeypatch.setattr(lineage_crypto, "_verify", getattr(lineage_crypto, backend))
     key = Ed25519PrivateKey.generate()
     msg = b"fedsilo"
     good = key.sign(msg).hex()

@@ -22,11 +22,14 @@ from tls_federation import (
 from aggregation.pki import ED25519_URI_PREFIX, PkiError, enrolment_mac, new_key
 from flows.federation_files import init_federation, sign_csr
 from schemas import signing
-from schemas.wire import Task
+from schemas.specs import ModelSpec, RunSpec
+from schemas.wire import TASK_ADAPTER, WIRE_HEADER, WIRE_VERSION, RunCreate
 from silos.client_errors import ServiceRejected
 from silos.config import load_silo_config
 from silos.exceptions import SiloConfigError
 from silos.tls_client import TlsFiles
+
+WIRE = {WIRE_HEADER: str(WIRE_VERSION)}  # raw requests speak the wire version too
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +54,22 @@ def test_oversized_bodies_are_refused(prod_url: str, approved) -> None:  # type:
     assert client.whoami().status == "approved"  # nothing else changed
 
 
-def test_malformed_bodies_are_refused(prod_url: str, approved) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_bodies_are_refused(prod_url: str, fed: Path, approved) -> None:  # type: ignore[no-untyped-def]
     files, client = approved
+    # a run of this silo's: a silo's body is parsed only once it is known to take part
+    spec = RunSpec(
+        federation="heart",
+        dataset="toy",
+        model=ModelSpec(kind="logreg", n_features=3),
+        silos=("inputs",),
+        min_silos=1,
+    )
+    run_id = coordinator(prod_url, fed).create_run(RunCreate(spec=spec)).run_id
     context = TlsFiles(files.ca, files.cert, files.tls_key).context()
     resp = httpx.post(
         prod_url + "/v1/enrol",
         content=b"{not json",
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **WIRE},
         verify=context,
     )
     assert resp.status_code == 422
@@ -67,11 +79,16 @@ def test_malformed_bodies_are_refused(prod_url: str, approved) -> None:  # type:
         "public_key": client.public_key_hex(),
         "proof": "zz",
     }
-    resp = httpx.post(prod_url + "/v1/enrol", json=bad_proof, verify=context)
+    resp = httpx.post(prod_url + "/v1/enrol", json=bad_proof, headers=WIRE, verify=context)
     assert resp.status_code == 422 and "proof of key possession" in resp.text
     with pytest.raises(ServiceRejected) as err:
-        client.request("POST", "/v1/silo/runs/r1/rounds/1/evaluation", body=b"\xff\x00garbage")
+        client.request(
+            "POST", f"/v1/silo/runs/{run_id}/rounds/1/evaluation", body=b"\xff\x00garbage"
+        )
     assert err.value.status == 422 and "malformed" in str(err.value)
+    with pytest.raises(ServiceRejected) as err:  # a run it has no part in: refused unread
+        client.request("POST", "/v1/silo/runs/r1/rounds/1/evaluation", body=b"\xff\x00garbage")
+    assert err.value.status == 404 and "'r1' does not exist" in str(err.value)
     # a signature that is not hex, a timestamp that is not a time
     headers = {
         signing.HEADER_FEDERATION: "heart",
@@ -79,6 +96,7 @@ def test_malformed_bodies_are_refused(prod_url: str, approved) -> None:  # type:
         signing.HEADER_TIMESTAMP: "yesterday",
         signing.HEADER_NONCE: "n1",
         signing.HEADER_SIGNATURE: "not-hex",
+        **WIRE,
     }
     resp = httpx.get(prod_url + "/v1/silo/me", headers=headers, verify=context)
     assert resp.status_code == 401 and "not ISO 8601" in resp.text
@@ -99,7 +117,7 @@ def test_names_that_would_escape_a_folder_are_refused(
     resp = httpx.put(
         prod_url + "/v1/runs/..%2F..%2F..%2Fescape/models/0",
         content=b"payload",
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {token}", **WIRE},
         verify=context,
     )
     assert resp.status_code in (404, 422)
@@ -125,7 +143,11 @@ def test_names_that_would_escape_a_folder_are_refused(
 
 def test_silo_refuses_a_task_whose_run_id_is_a_path() -> None:
     with pytest.raises(ValueError):
-        Task.model_validate({"type": "train", "run_id": "../../../home/silo/.ssh/x"})
+        TASK_ADAPTER.validate_python(
+            {"type": "run_ended", "run_id": "../../../home/silo/.ssh/x", "run_status": "failed"}
+        )
+    # the same task with a plain run id is fine: the refusal above is the path's
+    TASK_ADAPTER.validate_python({"type": "run_ended", "run_id": "r1", "run_status": "failed"})
 
 
 def _csr_with_name(fed: Path, silo: str) -> bytes:

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from aggregation.service.settings import ServiceSettings
 from flows.cli import app
 from flows.federation_files import DEFAULT_HOSTS, init_federation
+from schemas.specs import ModelSpec, RunSpec
+from schemas.wire import RunCreate
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected, ServiceUnavailable
 from silos.keys import load_or_create_key
@@ -153,8 +155,15 @@ def test_silo_cannot_act_for_another_silo(prod_url: str, fed: Path, tmp_path: Pa
     with pytest.raises(ServiceRejected, match="not the one in its certificate"):
         other_key.enrol()
     # a statement naming another silo, over alice's own connection and signature
+    spec = RunSpec(
+        federation="heart",
+        dataset="toy",
+        model=ModelSpec(kind="logreg", n_features=3),
+        silos=("alice", "bob"),
+    )
+    run_id = coord.create_run(RunCreate(spec=spec)).run_id
     with pytest.raises(ServiceRejected, match="names silo 'bob'"):
-        alice.submit_statement("no-such-run", "privacy_spent", {"silo": "bob", "epsilon": 0.1})
+        alice.submit_statement(run_id, "privacy_spent", {"silo": "bob", "epsilon": 0.1})
     assert bob.whoami().name == "bob"  # bob itself is unaffected
 
 

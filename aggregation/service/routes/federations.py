@@ -22,14 +22,8 @@ def create_federation(body: FederationCreate, factory: FactoryDep) -> Federation
 
 @router.get("/federations", dependencies=[AdminDep])
 def list_federations(factory: FactoryDep) -> list[FederationOut]:
-    from sqlalchemy import select
-
-    from aggregation.service.tables import Federation
-
     with transaction(factory) as s:
-        return [
-            crud.federation_out(f) for f in s.scalars(select(Federation).order_by(Federation.name))
-        ]
+        return [crud.federation_out(f) for f in crud.list_federations(s)]
 
 
 @router.get("/federations/{federation}/silos", dependencies=[AdminDep])

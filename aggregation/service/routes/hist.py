@@ -1,9 +1,9 @@
 """Silo endpoints of secure-histogram runs (tree mode ``secure-hist``).
 
 POST a session message (advert, masked vector, survivor signature, unmask answer) for the
-run's open aggregation; GET the federation's cut points and base score once the setup
-aggregation is done. Tasks come through the ordinary task poll (`hist_mailbox.hist_task`).
-The service sees masked vectors and their sums only.
+run's open aggregation; GET a step's protocol messages (the inbox, octet-stream frames); GET
+the federation's cut points and base score once the setup aggregation is done. Tasks come
+through the ordinary task poll. The service sees masked vectors and their sums only.
 """
 
 from __future__ import annotations
@@ -11,18 +11,22 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.service import hist_mailbox, hist_rounds
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, RecorderDep, SiloDep
-from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload
-from aggregation.service.hist_state import load, save
-from aggregation.service.rounds import get_round
-from aggregation.service.routes.silo import record_rejection
-from aggregation.service.runs import get_run, spec_of
-from aggregation.service.tables import RunSilo
+from aggregation.service.deps import FactoryDep, HubDep, ParticipantDep
+from aggregation.service.engines import secure_hist
+from aggregation.service.engines.base import Answer
+from aggregation.service.engines.context import round_context
+from aggregation.service.engines.registry import engine_for
+from aggregation.service.exceptions import Conflict, InvalidPayload
+from aggregation.service.hist_mailbox import LevelClaim
+from aggregation.service.hist_state import hist_row
+from aggregation.service.runs import get_run
+from aggregation.service.statements import record_rejection
+from schemas.frames import pack_frames
+from schemas.wire import OCTET_STREAM
 
 router = APIRouter(prefix="/v1/silo/runs/{run_id}/hist", tags=["secure-hist"])
 
@@ -34,67 +38,70 @@ def _nodes(raw: str) -> tuple[int, ...]:
         raise InvalidPayload(f"nodes must be comma-separated node ids, got {raw!r}") from None
 
 
+@router.get(
+    "/inbox", response_class=Response, responses={204: {"description": "nothing is waiting"}}
+)
+def inbox(
+    run_id: str,
+    counter: Annotated[int, Query(ge=0)],
+    silo: ParticipantDep,
+    factory: FactoryDep,
+    hub: HubDep,
+) -> Response:
+    """The protocol messages of this silo's step at aggregation `counter`, as frames: the
+    aggregation (or unmask) request, then at the setup aggregation every silo's advert."""
+    with transaction(factory) as s:
+        run = get_run(s, run_id)
+        if not run.current_round:
+            return Response(status_code=204)
+        frames = secure_hist.inbox(
+            round_context(s, hub, run_id, run.current_round), silo.name, counter
+        )
+    if frames is None:
+        return Response(status_code=204)
+    return Response(pack_frames(frames), media_type=OCTET_STREAM)
+
+
 @router.post("/{stage}")
 async def post_message(
     run_id: str,
     stage: str,
-    silo: SiloDep,
+    silo: ParticipantDep,
     factory: FactoryDep,
-    recorder: RecorderDep,
+    hub: HubDep,
     tree: Annotated[int | None, Query(ge=0)] = None,
     depth: Annotated[int | None, Query(ge=0)] = None,
     nodes: str = "",
 ) -> dict[str, object]:
     """One session message; a level's masked vector names the level it answers
     (``?tree=&depth=&nodes=1,2``). Answers where the run stands."""
-    claim = hist_mailbox.LevelClaim(tree, depth, _nodes(nodes))
+    claim = LevelClaim(tree, depth, _nodes(nodes))
+    step = secure_hist.STEP_PREFIX + stage
+    answer = Answer(silo.federation, silo.name, step, silo.body, {"claim": claim})
     number = 0
 
     def store() -> dict[str, object]:
         nonlocal number
         with transaction(factory) as s:
-            run = get_run(s, run_id)
-            spec = spec_of(run)
-            if not hist_rounds.is_hist(spec):
-                raise Conflict(f"run {run_id} is not a secure-hist run")
-            if s.get(RunSilo, (run_id, silo.name)) is None:
-                raise Forbidden(f"silo {silo.name!r} is not a participant of run {run_id}")
-            number = run.current_round
+            number = get_run(s, run_id).current_round
             # locks in the order closing.close_round takes them: round, then the run's state
-            rnd = get_round(s, run_id, number, for_update=True)
-            row = hist_rounds.hist_row(s, run_id, for_update=True)
-            s.refresh(rnd)  # SQLite locks at the state row's write: re-read the round after it
-            if row is None or rnd.kind != "train":
-                raise Conflict(f"run {run_id} has no secure-hist aggregation open")
-            state = load(row)
-            created = hist_mailbox.receive(s, run, rnd, state, stage, silo.name, silo.body, claim)
-            if created:
-                hist_rounds.advance(s, run, rnd, state, recorder, force=False)
-                save(row, state)
-            agg = state.server.current
-            return {
-                "duplicate": not created,
-                "phase": state.phase,
-                "counter": state.server.counter,
-                "stage": agg.stage if agg is not None and state.phase == "aggregate" else None,
-                "trees": len(state.trees),
-                "round_status": rnd.status,
-            }
+            ctx = round_context(s, hub, run_id, number, lock_round=True)
+            return engine_for(ctx.spec, ctx.rnd).receive(ctx, answer)
 
     try:
         return await run_in_threadpool(store)
     except InvalidPayload as exc:
-        await run_in_threadpool(record_rejection, factory, recorder, run_id, number, silo.name, exc)
+        await run_in_threadpool(
+            record_rejection, factory, hub.recorder, run_id, number, silo.name, exc
+        )
         raise
 
 
 @router.get("/cuts")
-def cuts(run_id: str, silo: SiloDep, factory: FactoryDep) -> dict[str, object]:
+def cuts(run_id: str, silo: ParticipantDep, factory: FactoryDep) -> dict[str, object]:
     """The federation's cut points (JSON lists, float32 values) and base score."""
     with transaction(factory) as s:
-        if s.get(RunSilo, (run_id, silo.name)) is None:
-            raise Forbidden(f"silo {silo.name!r} is not a participant of run {run_id}")
-        row = hist_rounds.hist_row(s, run_id)
+        row = hist_row(s, run_id)
         if row is None or row.cuts_json is None:
             raise Conflict(f"run {run_id}: the setup aggregation has not finished yet")
         base_score = json.loads(row.state_json)["base_score"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from sqlalchemy import select
 
 from aggregation.service.db import transaction
 from aggregation.service.deps import AdminDep, FactoryDep
+from aggregation.service.federations import silo_keys
 from aggregation.service.keys import public_hex
-from aggregation.service.ledger import LedgerEntry, iter_records
-from aggregation.service.tables import Silo
+from aggregation.service.ledger import iter_records, records_after
 from schemas.ledger_export import export_entries
 from schemas.lineage import LineageEntry
 
@@ -23,10 +22,7 @@ def entries(
 ) -> list[LineageEntry]:
     """Entries in seq order; `run_id` keeps that run's entries (and federation-wide ones out)."""
     with transaction(factory) as s:
-        stmt = select(LedgerEntry).where(LedgerEntry.seq > after).order_by(LedgerEntry.seq)
-        if run_id:
-            stmt = stmt.where(LedgerEntry.run_id == run_id)
-        return [row.to_record() for row in s.scalars(stmt.limit(limit))]
+        return records_after(s, after=after, run_id=run_id, limit=limit)
 
 
 @router.get("/export", response_class=PlainTextResponse)
@@ -42,6 +38,5 @@ def keys(request: Request, factory: FactoryDep) -> dict[str, str]:
     """Public keys of every ledger author: the service and each enrolled silo."""
     out = {"service": public_hex(request.app.state.recorder.service_key)}
     with transaction(factory) as s:
-        for silo in s.scalars(select(Silo)):
-            out[f"silo:{silo.name}"] = silo.public_key
+        out.update(silo_keys(s))
     return out

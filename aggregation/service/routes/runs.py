@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from aggregation.service import collective_rounds, hist_rounds, lineage, secure_rounds
+from aggregation.service import collective_rounds, lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
@@ -16,12 +15,15 @@ from aggregation.service.db import transaction
 from aggregation.service.deps import (
     AdminDep,
     FactoryDep,
+    HubDep,
     RecorderDep,
     SettingsDep,
     read_limited_body,
 )
+from aggregation.service.engines.context import round_context
+from aggregation.service.engines.registry import check_mode, engine_for
+from aggregation.service.model_store import record_model_saved
 from aggregation.service.routes.polling import long_poll
-from aggregation.service.tables import Round
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
@@ -29,6 +31,7 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
 
 @router.post("", status_code=201)
 def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> RunOut:
+    check_mode(body.spec)
     if body.spec.trees is not None and body.spec.trees.mode == "collective":
         collective_rounds.check_ready(settings)
     with transaction(factory) as s:
@@ -66,7 +69,8 @@ def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut
         out = run_crud.run_out(s, run)
         if started:
             spec = out.spec.model_dump(mode="json")
-            model = recorder.write_model(run_id, 0, run_crud.get_model(s, run_id, 0).payload)
+            initial = run_crud.get_model(s, run_id, 0)
+            path = recorder.model_path(run_id, 0)
             recorder.service(
                 s,
                 "run_started",
@@ -77,19 +81,13 @@ def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut
                     "git_commit": lineage.git_commit(),
                     "prefect_flow_run_id": run.prefect_flow_run_id,
                     "participants": out.participants,
-                    "initial_model_sha256": run_crud.get_model(s, run_id, 0).sha256,
-                    "initial_model_path": model,
+                    "initial_model_sha256": initial.sha256,
+                    "initial_model_path": path,
                 },
                 run_id,
             )
             # the starting point is an artifact too: verify re-hashes its file like every other
-            initial = {
-                "round": 0,
-                "version": 0,
-                "path": model,
-                "sha256": run_crud.get_model(s, run_id, 0).sha256,
-            }
-            recorder.service(s, "model_saved", initial, run_id)
+            record_model_saved(s, recorder, run_id, 0, initial.payload, initial.sha256)
         return out
 
 
@@ -115,51 +113,26 @@ def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: Reco
 
 
 @router.post("/{run_id}/rounds", status_code=201)
-def open_round(
-    run_id: str,
-    body: RoundOpen,
-    factory: FactoryDep,
-    settings: SettingsDep,
-    recorder: RecorderDep,
-) -> RoundOut:
+def open_round(run_id: str, body: RoundOpen, factory: FactoryDep, hub: HubDep) -> RoundOut:
+    """Open a round; its engine starts it (a retried request changes nothing)."""
     with transaction(factory) as s:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
-        spec = run_crud.spec_of(run_crud.get_run(s, run_id))
-        if hist_rounds.is_hist_round(spec, rnd) and rnd.status == "open":
-            hist_rounds.open_round(s, run_crud.get_run(s, run_id), rnd, spec, recorder)
-        fresh = rnd.secagg_stage is None and not round_crud.contributions(s, run_id, rnd.number)
-        wants_secure = rnd.kind == "statistics" or (
-            rnd.kind == "train" and secure_rounds.secure(spec)
-        )
-        if wants_secure and fresh:
-            secure_rounds.start(s, rnd, run_id)
-        collective = (
-            spec.trees is not None
-            and spec.trees.mode == "collective"
-            and rnd.kind == "train"
-            and rnd.roster_json is None
-        )
-        ranks = round_crud.active_silos(s, run_id)
+        after = None
+        if rnd.status == "open":
+            ctx = round_context(s, hub, run_id, rnd.number)
+            after = engine_for(ctx.spec, rnd).start(ctx, body.deadline_s)
         out = round_crud.round_out(s, rnd)
-    if not collective:
+    if after is None:
         return out
-    # outside the transaction: the server takes seconds to start
-    where = collective_rounds.start(settings, run_id, rnd.number, ranks, body.deadline_s)
+    after(factory)
     with transaction(factory) as s:
-        rnd = round_crud.get_round(s, run_id, body.round, for_update=True)
-        if rnd.roster_json is None:
-            rnd.roster_json = where
-        else:  # a retried request already started one
-            collective_rounds.stop(run_id, body.round)
-        return round_crud.round_out(s, rnd)
+        return round_crud.round_out(s, round_crud.get_round(s, run_id, body.round))
 
 
 @router.get("/{run_id}/rounds")
 def list_rounds(run_id: str, factory: FactoryDep) -> list[RoundOut]:
     with transaction(factory) as s:
-        run_crud.get_run(s, run_id)
-        rows = s.scalars(select(Round).where(Round.run_id == run_id).order_by(Round.number))
-        return [round_crud.round_out(s, r) for r in rows]
+        return [round_crud.round_out(s, r) for r in round_crud.list_rounds(s, run_id)]
 
 
 @router.get("/{run_id}/rounds/{number}")
@@ -185,10 +158,10 @@ async def get_round(
 
 
 @router.post("/{run_id}/rounds/{number}/close")
-def close(run_id: str, number: int, factory: FactoryDep, recorder: RecorderDep) -> RoundOut:
+def close(run_id: str, number: int, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Aggregate a training round (or close an evaluation round) with what has arrived."""
     with transaction(factory) as s:
-        out = round_crud.round_out(s, close_round(s, run_id, number, recorder))
+        out = round_crud.round_out(s, close_round(s, run_id, number, hub))
     if out.status != "open":
         collective_rounds.stop(run_id, number)
     return out

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import ServiceUrls, TokenFileOpt, TokenOpt, console, token_from
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, console, coordinator
 from flows.lineage_view import LineageReviewError
 from schemas.lineage import LineageError
 from silos.client_errors import ClientError
@@ -17,12 +17,6 @@ lineage_app = typer.Typer(
     help="Review the tamper-evident lineage ledger: verify, show, contributions, export.",
     no_args_is_help=True,
 )
-
-
-def _coordinator(service_url: list[str], token: str | None, token_file: Path | None):  # type: ignore[no-untyped-def]
-    from flows.service_client import CoordinatorClient
-
-    return CoordinatorClient(service_url, token=token_from(token, token_file), retry_for_s=10)
 
 
 def _ledger(
@@ -37,9 +31,9 @@ def _ledger(
             keys_file = export.with_suffix(".keys.json")
             keys = json.loads(keys_file.read_text()) if keys_file.exists() else None
             if keys is None:
-                keys = _coordinator(service_url, token, token_file).ledger_keys()
+                keys = coordinator(service_url, token, token_file).ledger_keys()
             return load_entries_from_export(export), keys
-        client = _coordinator(service_url, token, token_file)
+        client = coordinator(service_url, token, token_file)
         return load_export(client.ledger_export()), client.ledger_keys()
     except (LineageError, LineageReviewError, ClientError) as exc:
         # a damaged or truncated record is a verification failure, said plainly
@@ -89,7 +83,7 @@ def lineage_verify(
     entries, keys = _ledger(service_url, token, token_file, export)
     checker = None
     if artifacts is None and export is None:
-        client = _coordinator(service_url, token, token_file)
+        client = coordinator(service_url, token, token_file)
         checker = lineage_cmds.fetched_artifact_checker(entries, client.download_model)
     ok, shown = lineage_cmds.verify(entries, keys, artifacts, artifact_checker=checker)
     console.print(shown)
@@ -147,7 +141,7 @@ def lineage_export(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Export lineage: OpenLineage RunEvents for Marquez and friends, or the signed ledger."""
-    client = _coordinator(service_url, token, token_file)
+    client = coordinator(service_url, token, token_file)
     if format == "ledger":
         out.write_text(client.ledger_export())
         out.with_suffix(".keys.json").write_text(json.dumps(client.ledger_keys(), indent=2))

@@ -7,18 +7,34 @@ from typing import Annotated
 
 import typer
 
-from flows.cli_common import ServiceUrls, console
+from flows.cli.common import (
+    DatasetOpt,
+    FederationOpt,
+    HiddenOpt,
+    LocalEpochsOpt,
+    LrOpt,
+    MinSilosOpt,
+    RoundDeadlineOpt,
+    RoundsOpt,
+    ServiceUrls,
+    StrategyOpt,
+    TokenBlockOpt,
+    console,
+    fail,
+)
 
 
 def schedule(
-    federation: Annotated[str, typer.Option(help="Federation to train in.")],
-    dataset: Annotated[str, typer.Option(help="Data contract name the silos hold.")],
+    federation: FederationOpt,
+    dataset: DatasetOpt,
     token_file: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            help="The admin token's file on the worker's machine (only its path is stored).",
+            help="The admin token's file on the worker's machine, readable only by its owner "
+            "(chmod 600); only its path is stored in Prefect.",
         ),
-    ],
+    ] = None,
+    token_block: TokenBlockOpt = None,
     cron: Annotated[
         str,
         typer.Option(
@@ -29,20 +45,16 @@ def schedule(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled",
     pool: Annotated[str, typer.Option(help="Prefect process work pool.")] = "fedsilo-coordinator",
     model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
-    hidden: Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")] = [],
+    hidden: HiddenOpt = [],
     n_features: Annotated[
         int, typer.Option(help="Model input width; 0 = from the contract's pipeline.")
     ] = 0,
-    strategy: Annotated[
-        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad.")
-    ] = "fedavg",
-    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.05,
-    min_silos: Annotated[int, typer.Option(help="Fewest silos a round may aggregate.")] = 2,
-    round_deadline_s: Annotated[
-        float, typer.Option(help="Seconds a round waits for silos.")
-    ] = 120.0,
+    strategy: StrategyOpt = "fedavg",
+    rounds: RoundsOpt = 10,
+    local_epochs: LocalEpochsOpt = 1,
+    lr: LrOpt = 0.05,
+    min_silos: MinSilosOpt = 2,
+    round_deadline_s: RoundDeadlineOpt = 120.0,
     secure: Annotated[bool, typer.Option(help="Secure aggregation of the updates.")] = True,
     output_dir: Annotated[
         Path, typer.Option(help="Where the worker saves each run's final model.")
@@ -57,8 +69,7 @@ def schedule(
     from schemas.specs import ModelSpec, StrategySpec, TrainingSpec
     from silos.features import FeaturePipeline
 
-    if not token_file.is_file():
-        raise typer.BadParameter(f"{token_file} is not a file", param_hint="--token-file")
+    _check_token_source(token_file, token_block)
     width = n_features or FeaturePipeline.from_contract(load_contract(dataset)).n_features
     params = deployment_parameters(
         service_urls=service_url,
@@ -75,6 +86,7 @@ def schedule(
         round_deadline_s=round_deadline_s,
         output_dir=output_dir,
         secure=secure,
+        token_block=token_block,
     )
     try:
         done = schedule_training(
@@ -86,8 +98,7 @@ def schedule(
             paused=paused,
         )
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     when = f"on cron {cron!r}" + (f" ({timezone})" if timezone else "") if cron else "on demand"
     console.print(
         f"deployment {done.full_name} ({done.deployment_id}) runs {when} on work pool "
@@ -95,3 +106,22 @@ def schedule(
         f"PREFECT_API_URL set):\n\n    {done.worker_command()}\n\n"
         f"Run it now:\n\n    {done.run_now_command()}\n"
     )
+
+
+def _check_token_source(token_file: Path | None, token_block: str | None) -> None:
+    """Refuse a missing Secret block, or a missing or group/world-readable token file, now
+    rather than at the first scheduled run."""
+    from flows.admin_token import read_token_block, read_token_file
+    from flows.exceptions import AdminTokenError
+
+    if (token_file is None) == (token_block is None):
+        raise typer.BadParameter(
+            "give the admin token's --token-file or its --token-block, exactly one"
+        )
+    try:
+        if token_file is not None:
+            read_token_file(token_file)
+        else:
+            read_token_block(str(token_block))
+    except AdminTokenError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token-file/--token-block") from exc

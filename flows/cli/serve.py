@@ -1,4 +1,4 @@
-"""`fedsilo aggregator serve`'s production options and the start-up itself."""
+"""`fedsilo aggregator serve`: start the aggregation service, with its production options."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Annotated
 import typer
 
 from aggregation.service.settings import ServiceSettings
-from flows.cli_common import console
+from flows.cli.common import console, fail
+
+aggregator_app = typer.Typer(
+    help="Run the aggregation service (the federation's hub).", no_args_is_help=True
+)
 
 ProductionOpt = Annotated[
     bool,
@@ -41,6 +45,55 @@ AdminTokenFileOpt = Annotated[
         help="File with the coordinator's admin token; default WORKSPACE/admin.token.",
     ),
 ]
+
+
+@aggregator_app.command("serve")
+def aggregator_serve(
+    workspace: Annotated[
+        Path, typer.Option(help="Service folder: SQLite database, admin token.")
+    ] = Path("fedsilo-service"),
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Interface to bind; keep 127.0.0.1 in development mode (plain HTTP); "
+            "--production (mutual TLS) may listen on other interfaces."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="FEDSILO_SERVICE_DATABASE_URL",
+            help="SQLAlchemy URL (PostgreSQL in production); empty = SQLite in the workspace.",
+        ),
+    ] = "",
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, MiB.")] = 64.0,
+    production: ProductionOpt = False,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+    client_ca: ClientCaOpt = None,
+    admin_token_file: AdminTokenFileOpt = None,
+) -> None:
+    """Start the aggregation service. All state is in its database: stop or kill it at any
+    time and start it again to carry on."""
+    from pydantic import ValidationError
+
+    try:
+        settings = ServiceSettings(
+            workspace=workspace,
+            host=host,
+            port=port,
+            database_url=database_url,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            mode="production" if production else "development",
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            client_ca=client_ca,
+            admin_token_file=admin_token_file,
+        )
+    except ValidationError as exc:
+        raise fail(exc.errors()[0]["msg"]) from exc
+    serve_service(settings)
 
 
 def serve_service(settings: ServiceSettings) -> None:

@@ -1,0 +1,103 @@
+"""Plain rounds of a PyTorch run: silos send their updates in the clear, the service averages.
+
+Training rounds take tensor updates (`contributions.submit_update`) and close with the
+example-weighted mean delta and the run's strategy (`apply_strategy`, shared with the secure
+engine); evaluation rounds of every PyTorch run (secure ones too) collect metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aggregation.service import contributions as crud
+from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
+from aggregation.service.engines.common import (
+    answered,
+    close_with_answers,
+    contributors,
+    digest_arrays,
+    refuse_step,
+    round_fields,
+)
+from aggregation.service.model_store import save_round_model
+from aggregation.service.runs import get_model
+from aggregation.service.statements import accept_statement
+from aggregation.service.tables import Contribution
+from aggregation.strategies import make_strategy
+from aggregation.strategies.aggregate import weighted_mean
+from schemas import tensors
+from schemas.specs import param_shapes
+from schemas.wire import EvaluateTask, Task, TrainTask
+
+
+class PlainEngine:
+    """Updates in the clear, averaged by the service (see the module docstring)."""
+
+    def start(self, ctx: RoundContext, deadline_s: float) -> AfterCommit | None:
+        return None
+
+    def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
+        if answered(ctx, silo):
+            return None
+        task_type = TrainTask if ctx.rnd.kind == "train" else EvaluateTask
+        return task_type(**round_fields(ctx))
+
+    def receive(self, ctx: RoundContext, answer: Answer) -> dict[str, object]:
+        if answer.step != "update":
+            raise refuse_step(ctx, answer, "plain", "send a tensor update to .../update")
+        c, created = crud.submit_update(ctx.s, ctx.run.id, ctx.rnd.number, answer.silo, answer.body)
+        return accept_statement(
+            ctx.s,
+            ctx.hub.recorder,
+            answer.federation,
+            answer.silo,
+            c,
+            created,
+            answer.statement_signature,
+        )
+
+    def advance(self, ctx: RoundContext, *, force: bool) -> None:
+        return None  # nothing to move on: the round waits for its deadline or its last silo
+
+    def close(self, ctx: RoundContext) -> None:
+        close_with_answers(ctx, aggregate)
+
+
+def aggregate(ctx: RoundContext, updates: list[Contribution]) -> None:
+    """The example-weighted mean of the silos' deltas, through the strategy."""
+    shapes = param_shapes(ctx.spec.torch_model)
+    deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
+    mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
+    apply_strategy(ctx, mean_delta, updates, secure=False)
+
+
+def apply_strategy(
+    ctx: RoundContext, mean_delta: list[np.ndarray], updates: list[Contribution], *, secure: bool
+) -> None:
+    """The strategy's server step on the mean delta; the new model version and its entries."""
+    s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
+    shapes = param_shapes(spec.torch_model)
+    current, _ = tensors.decode_expected(
+        get_model(s, run.id, rnd.input_model_version).payload, shapes
+    )
+    state = tensors.decode(run.strategy_state)[0] if run.strategy_state else {}
+    new_params, new_state = make_strategy(spec.strategy).apply(current, mean_delta, state)
+    payload = tensors.encode(
+        dict(zip([n for n, _ in shapes], new_params, strict=True)),
+        {
+            "run_id": run.id,
+            "version": str(rnd.number),
+            "contributors": ",".join(c.silo for c in updates),
+        },
+    )
+    entry = {
+        "round": rnd.number,
+        "contributors": contributors(updates),
+        "aggregate_digest": digest_arrays(mean_delta),
+        "model_version": rnd.number,
+        "strategy": spec.strategy.name,
+        "secure_aggregation": secure,
+        "individual_updates_seen_by_service": not secure,
+    }
+    save_round_model(s, run, rnd, payload, tensors.digest(payload), entry, ctx.hub.recorder)
+    run.strategy_state = tensors.encode(new_state) if new_state else None

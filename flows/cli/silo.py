@@ -1,0 +1,172 @@
+"""`fedsilo silo ...`: the silo operator's commands (start, check, enrol, demo-data) and the
+coordinator's (approve, revoke)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import (
+    ServiceUrls,
+    SiloConfigOpt,
+    TokenFileOpt,
+    TokenOpt,
+    console,
+    coordinator,
+    fail,
+)
+
+silo_app = typer.Typer(
+    help="Run and manage silo agents (one per institution).", no_args_is_help=True
+)
+
+TLS_SNIPPET = '[tls]\nca = "certs/ca.pem"\ncert = "certs/silo.pem"\nkey = "certs/silo.key"'
+
+
+@silo_app.command("start")
+def silo_start(
+    config: SiloConfigOpt,
+    max_runs: Annotated[int | None, typer.Option(help="Exit after serving this many runs.")] = None,
+) -> None:
+    """Start this institution's silo agent: it creates its key on first start, enrols, waits for
+    approval, then serves training runs. It only makes outbound connections."""
+    from silos.config import load_silo_config
+    from silos.exceptions import SiloConfigError
+
+    try:
+        cfg = load_silo_config(config)
+    except SiloConfigError as exc:
+        raise fail(str(exc)) from exc
+    if cfg.prefect.api_url:
+        os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from silos.agent import run_agent
+
+    try:
+        run_agent(str(config), max_runs=max_runs)
+    except KeyboardInterrupt:
+        console.print(f"silo {cfg.silo.name}: stopped")
+
+
+@silo_app.command("approve")
+def silo_approve(
+    name: Annotated[str, typer.Argument(help="Silo name as it enrolled.")],
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Approve an enrolled silo (coordinator): after this its agent may take part in runs."""
+    out = coordinator(service_url, token, token_file).approve(federation, name)
+    console.print(f"silo {out.name} in {out.federation}: {out.status} (key {out.public_key[:16]}…)")
+
+
+@silo_app.command("check")
+def silo_check_cmd(config: SiloConfigOpt) -> None:
+    """Validate this silo's data against the federation's contract, offline, and print a
+    pass/fail table (plus the path of Great Expectations' HTML data docs)."""
+    from flows.silo_check import silo_check
+
+    raise typer.Exit(silo_check(config, console))
+
+
+@silo_app.command("enrol")
+def silo_enrol(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="The silo's silo.toml (with a [tls] section).")
+    ] = None,
+    federation: Annotated[str | None, typer.Option(help="Without --config: federation.")] = None,
+    silo: Annotated[str | None, typer.Option(help="Without --config: silo name.")] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="Without --config: folder for keys and CSR.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="FEDSILO_ENROLMENT_TOKEN", help="The federation's enrolment token."),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the enrolment token.")
+    ] = None,
+) -> None:
+    """Create this silo's identity key, TLS key and certificate request (silo operator).
+    Send the CSR to the coordinator; put the certificate they return where [tls] cert says."""
+    from aggregation.pki import PkiError
+    from flows.federation_files import SiloFiles, make_silo_request
+    from silos.keys import load_or_create_key
+
+    secret = token or (token_file.read_text().strip() if token_file else "")
+    if not secret:
+        raise fail("give the enrolment token: --token-file, --token or FEDSILO_ENROLMENT_TOKEN")
+    if config is not None:
+        files, federation, silo = _files_from_config(config)
+    elif federation and silo and folder:
+        files = SiloFiles.in_dir(folder)
+    else:
+        raise fail("give --config silo.toml, or all of --federation, --silo and --dir")
+    try:
+        identity = load_or_create_key(files.identity_key)
+        ed25519 = make_silo_request(files, federation, silo, secret, identity)
+    except (PkiError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    console.print(
+        f"silo {silo}: certificate request {files.csr}\n  Ed25519 identity key: {ed25519}\n"
+        f"  send {files.csr} to the coordinator of {federation}; put the silo.pem and ca.pem "
+        f"they return at {files.cert} and {files.ca}, then `fedsilo silo start`"
+    )
+
+
+def _files_from_config(config: Path):  # type: ignore[no-untyped-def]
+    """(SiloFiles, federation, silo) from a silo.toml with a [tls] section."""
+    from flows.federation_files import SiloFiles
+    from silos.config import load_silo_config
+    from silos.exceptions import SiloConfigError
+
+    try:
+        cfg = load_silo_config(config)
+    except SiloConfigError as exc:
+        raise fail(str(exc)) from exc
+    if cfg.tls is None:
+        raise fail(f"{config} has no [tls] section; add one, e.g.\n{TLS_SNIPPET}")
+    files = SiloFiles(
+        identity_key=cfg.key_path,
+        tls_key=cfg.tls.key,
+        csr=cfg.tls.cert.with_suffix(".csr"),
+        cert=cfg.tls.cert,
+        ca=cfg.tls.ca,
+    )
+    return files, cfg.silo.federation, cfg.silo.name
+
+
+@silo_app.command("revoke")
+def silo_revoke(
+    name: Annotated[str, typer.Argument(help="Silo name.")],
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Revoke a silo (coordinator): every later request it makes is refused, at once."""
+    client = coordinator(service_url, token, token_file)
+    out = client.request("POST", f"/v1/federations/{federation}/silos/{name}/revoke").json()
+    console.print(f"silo {out['name']} in {out['federation']}: {out['status']}")
+
+
+@silo_app.command("demo-data")
+def silo_demo_data(
+    name: Annotated[str, typer.Argument(help="cleveland, hungary, va or switzerland.")],
+    out: Annotated[Path, typer.Option(help="CSV file to write.")],
+) -> None:
+    """Write one UCI heart-disease hospital's rows as a silo's data (to try the topology)."""
+    from silos.demo_data import heart_disease_silos
+
+    tables = heart_disease_silos()
+    if name not in tables:
+        raise fail(f"no demo hospital {name!r}; choose from {sorted(tables)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tables[name].to_csv(out, index=False)
+    console.print(f"{name}: {len(tables[name])} rows in {out}")
