@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.wire import Task  # noqa: E402
+from schemas.wire import SecAggMaskedTask, Task  # noqa: E402
 from silos.client import SiloClient  # noqa: E402
-from silos.client_errors import ServiceRejected  # noqa: E402
+from silos.client_errors import AlreadyAnswered, Forbidden  # noqa: E402
 
 FEDERATION = "scale"
 DELTA_STD = 0.008  # per coordinate: the L2 norm of 10^6 of them (~8) stays under clip 10
@@ -77,9 +77,7 @@ def serve_silo(
 def _approved(client: SiloClient) -> bool:
     try:
         return client.whoami().status == "approved"
-    except ServiceRejected as exc:
-        if exc.status != 403:  # 403: enrolled, approval pending
-            raise
+    except Forbidden:  # enrolled, approval pending
         return False
 
 
@@ -91,10 +89,9 @@ def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int
         sr.share(client, client.key, work, workspace)
     elif work.type == "secagg_unmask":
         sr.unmask(client, client.key, work, workspace)
-    elif work.type == "train":
-        # silos.agent.train_round: fetch the global model (its bytes are all the service sees
-        # of it), then _submit_masked without DP: clip, weight, quantize + mask, submit
-        assert work.secagg is not None
+    elif isinstance(work, SecAggMaskedTask):
+        # the agent's training handler: fetch the global model (its bytes are all the service
+        # sees of it), then submit masked without DP: clip, weight, quantize + mask, submit
         client.download_model(work.run_id, work.model_version)
         delta = silo_delta(seed, index, work.round, work.secagg.dim).astype(np.float64)
         clipped = sr.clip_l2(delta, work.secagg.clip)
@@ -102,9 +99,8 @@ def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int
         message = sr.masked_update(client, client.key, work, workspace, weight * clipped)
         try:
             client.submit_masked(work.run_id, work.round, message, n, 0.0, None)
-        except ServiceRejected as exc:  # as the agent: a retry after a lost answer is refused
-            if exc.status != 409 or "already answered" not in exc.detail:
-                raise
+        except AlreadyAnswered:  # as the agent: a retry after a lost answer is refused
+            pass
     else:
         raise RuntimeError(f"silo {client.silo}: unexpected task {work.type!r}")
 

@@ -33,7 +33,14 @@ from flows.lineage_view import (
     run_views,
     silo_name,
 )
-from schemas.ledger_export import ExportError, ExportTruncatedError, load_export
+from schemas.ledger_anchor import check_anchors, countersignature_problems
+from schemas.ledger_checkpoint import AnchoredCheckpoint, merge_checkpoints
+from schemas.ledger_export import (
+    ExportError,
+    ExportTruncatedError,
+    LedgerExport,
+    load_ledger_export,
+)
 from schemas.ledger_verify import (
     ArtifactChecker,
     SiloRecord,
@@ -48,17 +55,23 @@ __all__ = [
     "Contribution",
     "LineageReviewError",
     "contributions",
+    "checkpoints_table",
     "contributions_table",
     "fetched_artifact_checker",
     "load_entries_from_export",
+    "load_export_file",
+    "load_silo_checkpoints",
     "load_silo_records",
     "parse_keys",
     "show_run",
     "verify",
+    "verify_anchors",
+    "verify_silo_copies",
     "verify_silo_copy",
 ]
 
 SILO_RECORDS = Path("lineage") / "records.jsonl"
+SILO_CHECKPOINTS = Path("lineage") / "checkpoints.jsonl"
 
 
 def parse_keys(keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
@@ -97,7 +110,13 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def load_entries_from_export(path: Path) -> list[LineageEntry]:
-    """Read a ledger export written by `schemas.ledger_export.export_entries`.
+    """The entries of a ledger export (`load_export_file`; same errors)."""
+    return load_export_file(path).entries
+
+
+def load_export_file(path: Path) -> LedgerExport:
+    """Read a ledger export written by `schemas.ledger_export.export_entries`: its entries and
+    (version 2) the checkpoints with their countersignatures.
 
     Raises
     ------
@@ -117,7 +136,7 @@ def load_entries_from_export(path: Path) -> list[LineageEntry]:
             "`fedsilo lineage export` or GET /v1/ledger/export"
         ) from exc
     try:
-        return load_export(_decode(data, path))
+        return load_ledger_export(_decode(data, path))
     except ExportTruncatedError as exc:
         raise ExportTruncatedError(f"{path}: {exc}") from exc
     except ExportError as exc:
@@ -265,6 +284,98 @@ def verify_silo_copy(
     return False, Group(*lines)
 
 
+def load_silo_checkpoints(path: Path) -> list[AnchoredCheckpoint]:
+    """The checkpoints a silo countersigned (``lineage/checkpoints.jsonl`` in its workspace);
+    empty when the silo kept none (an agent older than checkpoints).
+
+    Raises
+    ------
+    LineageReviewError
+        If a line is not a countersigned checkpoint (named by line number).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        path = path.parent.parent if path.parent.name == "lineage" else path.parent
+    file = path / SILO_CHECKPOINTS
+    if not file.is_file():
+        return []
+    anchored = []
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            anchored.append(AnchoredCheckpoint.model_validate_json(line))
+        except ValidationError as exc:
+            raise LineageReviewError(
+                f"{file} line {lineno} is not a countersigned ledger checkpoint: "
+                f"{exc.errors()[0]['msg']}; the file was cut or edited"
+            ) from exc
+    return anchored
+
+
+def verify_silo_copies(
+    paths: Sequence[Path], entries: Sequence[LineageEntry], keys: Mapping[str, str]
+) -> tuple[bool, list[RenderableType], list[AnchoredCheckpoint]]:
+    """Each silo copy's receipts against the ledger (`verify_silo_copy`), and the checkpoints
+    the silos countersigned, pooled for `verify_anchors`.
+
+    A workspace that kept countersigned checkpoints but never authored an entry (no
+    ``lineage/records.jsonl``) only contributes its checkpoints.
+    """
+    ok = True
+    shown: list[RenderableType] = []
+    anchors: list[AnchoredCheckpoint] = []
+    for path in paths:
+        try:
+            kept = load_silo_checkpoints(path)
+            anchors += kept
+            if kept and Path(path).is_dir() and not (Path(path) / SILO_RECORDS).is_file():
+                shown.append(Text(f"silo copy {path}: no receipts; {len(kept)} checkpoints"))
+                continue
+            copy_ok, copy_shown = verify_silo_copy(path, entries, keys)
+        except LineageReviewError as exc:
+            copy_ok = False
+            copy_shown = Text(f"silo copy unreadable: {exc}", style="bold red")
+        ok = ok and copy_ok
+        shown.append(copy_shown)
+    return ok, shown, anchors
+
+
+def verify_anchors(
+    entries: Sequence[LineageEntry],
+    keys: Mapping[str, str],
+    *,
+    silo_checkpoints: Sequence[AnchoredCheckpoint] = (),
+    export_checkpoints: Sequence[AnchoredCheckpoint] = (),
+) -> tuple[bool, RenderableType]:
+    """Check the ledger against the latest countersigned checkpoints (truncation, rewrites).
+
+    Parameters
+    ----------
+    silo_checkpoints
+        From the silos' own copies: a countersignature there that does not verify with the
+        silo's key on record is itself a problem (the key was replaced).
+    export_checkpoints
+        From the export or the service: only their valid countersignatures make them anchors.
+
+    Returns
+    -------
+    (ok, renderable)
+        ok is False when the ledger ends before a countersigned height or an entry's hash
+        differs from a countersigned head; every such checkpoint is named with its silos.
+    """
+    parsed = parse_keys(keys)
+    merged = merge_checkpoints([list(silo_checkpoints), list(export_checkpoints)])
+    report = check_anchors(entries, merged, parsed)
+    problems = countersignature_problems(silo_checkpoints, parsed) + list(report.problems)
+    if not problems:
+        style = "bold green" if report.anchors else "yellow"
+        return True, Text(str(report), style=style)
+    lines = [Text(f"ledger INVALID: {len(problems)} checkpoint problem(s)", style="bold red")]
+    lines += [Text(f"  {problem}") for problem in problems]
+    return False, Group(*lines)
+
+
 def _when(created_at: str) -> str:
     return created_at.replace("T", " ")[:19]
 
@@ -296,6 +407,34 @@ def show_run(entries: Sequence[LineageEntry], run_id: str) -> Table:
             Text(entry.author),
             Text(summarize(entry)),
             style=style,
+        )
+    return table
+
+
+def checkpoints_table(checkpoints: Sequence[AnchoredCheckpoint], run_id: str) -> Table:
+    """`fedsilo lineage show RUN`: the run's ledger checkpoints and who countersigned them."""
+    table = Table(
+        "height",
+        "time (UTC)",
+        "event",
+        "round",
+        "head",
+        "countersigned by",
+        title=Text(f"ledger checkpoints of run {run_id}"),
+    )
+    for anchored in checkpoints:
+        cp = anchored.checkpoint
+        if cp.run_id != run_id:
+            continue
+        silos = sorted({c.silo for c in anchored.countersignatures})
+        table.add_row(
+            str(cp.height),
+            Text(_when(cp.created_at)),
+            Text(cp.event),
+            "-" if cp.round is None else str(cp.round),
+            Text(cp.head_hash[:16] + "…"),
+            Text(", ".join(silos) or "nobody yet"),
+            style=None if silos else "yellow",
         )
     return table
 

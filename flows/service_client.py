@@ -1,7 +1,8 @@
 """The coordinator's HTTP client for the aggregation service (bearer admin token).
 
 It shares the silo client's retrying transport (`silos.client.HttpBase`): transport failures and
-5xx answers are retried over every configured address; a 4xx answer raises `ServiceRejected`.
+5xx answers are retried over every configured address; a 4xx answer raises a typed
+`ServiceRejected` (its class follows the answer's ErrorOut code).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from schemas.lineage import LineageEntry
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut, SiloOut
 from silos.client import HttpBase
-from silos.client_errors import ServiceRejected
+from silos.client_errors import Conflict
 
 
 class CoordinatorClient(HttpBase):
@@ -36,9 +37,8 @@ class CoordinatorClient(HttpBase):
     def create_federation(self, name: str, description: str = "") -> None:
         try:
             self._json("POST", "/v1/federations", {"name": name, "description": description})
-        except ServiceRejected as exc:
-            if exc.status != 409:
-                raise
+        except Conflict:  # it exists already: creating is idempotent
+            pass
 
     def silos(self, federation: str) -> list[SiloOut]:
         return [

@@ -40,6 +40,7 @@ from schemas.canonical import CanonicalJsonError, canonical_json, is_canonical, 
 from schemas.exceptions import SchemaError
 from schemas.lineage_crypto import (
     ED25519_BACKEND,
+    EntrySigner,
     compute_entry_hash,
     entry_signing_message,
     receipt_message,
@@ -50,6 +51,7 @@ from schemas.lineage_crypto import (
 __all__ = [
     "ED25519_BACKEND",
     "GENESIS_HASH",
+    "EntrySigner",
     "KINDS",
     "SERVICE_AUTHOR",
     "CanonicalJsonError",
@@ -88,6 +90,7 @@ KINDS = frozenset(
         "validation_result",
         "update_accepted",
         "update_rejected",
+        "rejections",
         "dropout",
         "recovery",
         "aggregate",
@@ -250,7 +253,7 @@ def seal_entry(
     seq: int,
     prev_hash: str,
     created_at: str,
-    service_key: Ed25519PrivateKey,
+    service_key: EntrySigner,
     author_signature: str | None = None,
 ) -> LineageEntry:
     """Place a statement at `seq` after `prev_hash`: compute its hash and sign it as service.
@@ -301,7 +304,7 @@ class Receipt(BaseModel):
     signature: str
 
 
-def make_receipt(entry: LineageEntry, service_key: Ed25519PrivateKey) -> Receipt:
+def make_receipt(entry: LineageEntry, service_key: EntrySigner) -> Receipt:
     """Sign (seq, entry_hash) for the silo that authored `entry`."""
     return Receipt(
         seq=entry.seq,

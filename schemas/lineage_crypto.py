@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,11 +18,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 __all__ = [
     "ED25519_BACKEND",
     "compute_entry_hash",
+    "EntrySigner",
+    "encode_fields",
     "entry_signing_message",
     "receipt_message",
     "statement_message",
     "verify_signature",
 ]
+
+
+class EntrySigner(Protocol):
+    """What signs for the service: an ``Ed25519PrivateKey``, or a hook to a PKCS#11 token or KMS
+    that returns raw 64-byte Ed25519 signatures."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
 
 _ENTRY_DOMAIN = b"fedsilo/ledger/entry/v1\x00"
 _ENTRY_SIG_DOMAIN = b"fedsilo/ledger/entry-sig/v1\x00"
@@ -30,7 +41,8 @@ _RECEIPT_DOMAIN = b"fedsilo/ledger/receipt/v1\x00"
 _SIG_HEX_RE = re.compile(r"^[0-9a-f]{128}$")
 
 
-def _encode(domain: bytes, fields: Sequence[str | int | None]) -> bytes:
+def encode_fields(domain: bytes, fields: Sequence[str | int | None]) -> bytes:
+    """``domain`` followed by each field ``F``-encoded (rules in `schemas.lineage`)."""
     parts = [domain]
     for field in fields:
         if field is None:
@@ -54,7 +66,7 @@ def compute_entry_hash(
 ) -> str:
     """The sha256 hex digest that identifies an entry (encoding in the module docstring)."""
     fields = (seq, run_id, kind, payload, prev_hash, author, created_at, author_signature)
-    return hashlib.sha256(_encode(_ENTRY_DOMAIN, fields)).hexdigest()
+    return hashlib.sha256(encode_fields(_ENTRY_DOMAIN, fields)).hexdigest()
 
 
 def entry_signing_message(entry_hash: str) -> bytes:
@@ -64,12 +76,12 @@ def entry_signing_message(entry_hash: str) -> bytes:
 
 def statement_message(*, run_id: str | None, kind: str, payload: str, author: str) -> bytes:
     """Bytes a silo signs for the entry content it submits (before seq/prev_hash exist)."""
-    return _encode(_STATEMENT_DOMAIN, (run_id, kind, payload, author))
+    return encode_fields(_STATEMENT_DOMAIN, (run_id, kind, payload, author))
 
 
 def receipt_message(seq: int, entry_hash: str) -> bytes:
     """Bytes the service signs in a receipt: domain || F(seq) || raw entry hash."""
-    return _encode(_RECEIPT_DOMAIN, (seq,)) + _hex_bytes(entry_hash)
+    return encode_fields(_RECEIPT_DOMAIN, (seq,)) + _hex_bytes(entry_hash)
 
 
 def _hex_bytes(text: str) -> bytes:

@@ -53,11 +53,13 @@ class TreeUpdateHeader(BaseModel):
     )
     n_base_trees: int = Field(ge=0, description="trees in the base model")
     n_new_trees: int = Field(ge=1, description="trees in the attached model")
-    n_examples: int = Field(ge=1, description="training rows the trees were grown on")
+    n_examples: int = Field(
+        ge=1, le=2**31 - 1, description="training rows the trees were grown on (32-bit column)"
+    )
     n_features: int = Field(ge=1)
     model_sha256: str = Field(pattern=SHA256_PATTERN)
     library_version: str = ""
-    train_seconds: float | None = Field(default=None, ge=0)
+    train_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     metrics_json: str | None = Field(
         default=None, description="the silo's evaluation of the base model on its holdout"
     )

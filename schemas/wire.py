@@ -11,11 +11,11 @@ versions named (error code ``wire_version``). Errors come back as `ErrorOut`, wh
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from schemas.specs import RunSpec
 
@@ -24,6 +24,22 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 WIRE_VERSION = 2
 WIRE_HEADER = "X-Fedsilo-Wire"
 OCTET_STREAM = "application/octet-stream"
+
+# Every integer that reaches the service is bounded at the edge: the database stores them in
+# 32-bit columns (PostgreSQL INTEGER), so anything larger is refused (422) before it gets there.
+INT32_MAX = 2**31 - 1
+# free text (descriptions, reasons): bounded, and without NUL (PostgreSQL text cannot hold it)
+TEXT_PATTERN = r"^[^\x00]*$"
+MAX_TEXT = 2000
+
+
+def _as_utc(value: datetime) -> datetime:
+    """Naive datetimes are UTC (the service stores them so): say so on the wire."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+"""A datetime that always carries its UTC offset (``+00:00``) when serialized."""
 
 
 class ErrorCode(StrEnum):
@@ -64,13 +80,13 @@ class Message(BaseModel):
 
 class FederationCreate(Message):
     name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
+    description: str = Field(default="", max_length=MAX_TEXT, pattern=TEXT_PATTERN)
 
 
 class FederationOut(Message):
     name: str
     description: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class EnrolRequest(Message):
@@ -78,8 +94,8 @@ class EnrolRequest(Message):
 
     federation: str = Field(pattern=NAME_PATTERN)
     silo: str = Field(pattern=NAME_PATTERN)
-    public_key: str = Field(description="raw Ed25519 public key, hex")
-    proof: str = Field(description="signature, hex")
+    public_key: str = Field(description="raw Ed25519 public key, hex", pattern="^[0-9a-fA-F]{64}$")
+    proof: str = Field(description="signature, hex", max_length=256, pattern=TEXT_PATTERN)
 
 
 def enrol_proof_message(federation: str, silo: str, public_key_hex: str) -> bytes:
@@ -91,13 +107,15 @@ class SiloOut(Message):
     federation: str
     status: Literal["pending", "approved", "revoked"]
     public_key: str
-    enrolled_at: datetime
+    enrolled_at: UtcDatetime
 
 
 class Metrics(Message):
     """A silo's evaluation of one global model version on its local holdout."""
 
-    n_test: int = Field(ge=0)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    n_test: int = Field(ge=0, le=INT32_MAX)
     loss: float
     accuracy: float
     auc: float | None = None
@@ -282,18 +300,24 @@ TASK_ADAPTER: TypeAdapter[Task] = TypeAdapter(Task)
 
 
 class Refusal(Message):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, pattern=TEXT_PATTERN)
+
+
+PrefectId = Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)]
 
 
 class MetricsReport(Message):
     metrics: Metrics
-    prefect_flow_run_id: str | None = None
+    prefect_flow_run_id: PrefectId | None = None
+
+
+MAX_DEADLINE_S = 30 * 24 * 3600.0
 
 
 class RoundOpen(Message):
-    round: int = Field(ge=1)
+    round: int = Field(ge=1, le=INT32_MAX)
     kind: Literal["train", "evaluate", "statistics"] = "train"
-    deadline_s: float = Field(gt=0)
+    deadline_s: float = Field(gt=0, le=MAX_DEADLINE_S, allow_inf_nan=False)
 
 
 class SiloRoundState(Message):
@@ -310,9 +334,9 @@ class RoundOut(Message):
     round: int
     kind: Literal["train", "evaluate", "statistics"]
     status: Literal["open", "aggregated", "closed", "failed"]
-    opened_at: datetime
-    deadline_at: datetime
-    closed_at: datetime | None = None
+    opened_at: UtcDatetime
+    deadline_at: UtcDatetime
+    closed_at: UtcDatetime | None = None
     complete: bool = Field(description="every participating silo has answered")
     silos: list[SiloRoundState]
     model_version: int | None = None
@@ -324,7 +348,7 @@ class RoundOut(Message):
 
 class RunCreate(Message):
     spec: RunSpec
-    prefect_flow_run_id: str | None = None
+    prefect_flow_run_id: PrefectId | None = None
 
 
 class RunOut(Message):
@@ -333,8 +357,8 @@ class RunOut(Message):
     status: Literal["created", "running", "finished", "failed"]
     spec: RunSpec
     participants: list[str]
-    created_at: datetime
-    finished_at: datetime | None = None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None = None
     reason: str | None = None
     latest_model_version: int | None = None
     prefect_flow_run_id: str | None = None
@@ -342,8 +366,8 @@ class RunOut(Message):
 
 class RunFinish(Message):
     status: Literal["finished", "failed"]
-    reason: str = ""
-    final_model_version: int | None = None
+    reason: str = Field(default="", max_length=MAX_TEXT, pattern=TEXT_PATTERN)
+    final_model_version: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class ErrorOut(Message):

@@ -4,7 +4,10 @@ The coordinator's client (`flows.service_client`) shares the retrying base `Http
 
 Both retry transport failures and 5xx answers with backoff for `retry_for_s`, rotating over
 every configured service address, so a restarted or failed-over service is invisible to the
-caller. A 4xx answer is final and raised as `ServiceRejected` with the service's reason.
+caller. A 4xx answer is final: its `ErrorOut` body is raised as the `ServiceRejected` subclass
+its `code` names (`silos.client_errors`), so callers never match the service's text. Every
+request carries the wire version (`X-Fedsilo-Wire`); lists of binary protocol messages come
+back as octet-stream bodies of frames (`schemas.frames`).
 With several addresses (service processes sharing one database), `spread=True` (or
 FEDSILO_SERVICE_SPREAD=1) sends each request to the next address in turn.
 """
@@ -27,17 +30,29 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
+from schemas.frames import unpack_frames
 from schemas.lineage import make_statement, sign_statement
 from schemas.wire import (
+    OCTET_STREAM,
     TASK_ADAPTER,
+    WIRE_HEADER,
+    WIRE_VERSION,
     EnrolRequest,
+    ErrorCode,
+    ErrorOut,
     MetricsReport,
     Refusal,
     SiloOut,
     Task,
     enrol_proof_message,
 )
-from silos.client_errors import ServiceRejected, ServiceUnavailable
+from silos.client_errors import (
+    BY_CODE,
+    BY_STATUS,
+    ServiceRejected,
+    ServiceUnavailable,
+    WireVersionMismatch,
+)
 from silos.tls_client import TlsFiles, tls_hint
 
 
@@ -76,7 +91,7 @@ class HttpBase:
         *,
         body: bytes = b"",
         json_body: Any = None,
-        content_type: str = "application/octet-stream",
+        content_type: str = OCTET_STREAM,
         timeout: float | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> httpx.Response:
@@ -98,6 +113,7 @@ class HttpBase:
             untried -= 1
             headers = {
                 "Content-Type": content_type,
+                WIRE_HEADER: str(WIRE_VERSION),
                 **(extra_headers or {}),
                 **self._headers(method, path, body),
             }
@@ -115,7 +131,8 @@ class HttpBase:
             else:
                 if resp.status_code < 500:
                     if resp.status_code >= 400:
-                        raise ServiceRejected(resp.status_code, _detail(resp), method, path)
+                        raise rejection(resp, method, path)
+                    _check_wire(resp, method, path)
                     return resp
                 last_error = f"{base}: HTTP {resp.status_code} {_detail(resp)}"
             self._current = (self._current + 1) % len(self.urls)
@@ -134,8 +151,40 @@ class HttpBase:
 def _detail(resp: httpx.Response) -> str:
     try:
         return str(resp.json().get("detail", resp.text))
-    except ValueError:
+    except (ValueError, AttributeError):
         return resp.text[:500]
+
+
+def rejection(resp: httpx.Response, method: str, path: str) -> ServiceRejected:
+    """The typed error of a 4xx answer, by its `ErrorOut.code` (else by its status)."""
+    try:
+        error: ErrorOut | None = ErrorOut.model_validate_json(resp.content)
+    except ValueError:
+        error = None  # not the service's own body (a proxy, a framework default)
+    detail = error.detail if error is not None else _detail(resp)
+    code = error.code if error is not None else BY_STATUS.get(resp.status_code)
+    theirs = resp.headers.get(WIRE_HEADER)
+    if code == ErrorCode.wire_version or (theirs and theirs.strip() != str(WIRE_VERSION)):
+        version = theirs or (str(error.wire) if error else "unknown")
+        return WireVersionMismatch(
+            resp.status_code, detail, method, path, ErrorCode.wire_version, service_version=version
+        )
+    cls = BY_CODE.get(code, ServiceRejected) if code is not None else ServiceRejected
+    return cls(resp.status_code, detail, method, path, code)
+
+
+def _check_wire(resp: httpx.Response, method: str, path: str) -> None:
+    """Refuse an answer that says it speaks another wire version (absent: not checked)."""
+    theirs = resp.headers.get(WIRE_HEADER)
+    if theirs is not None and theirs.strip() != str(WIRE_VERSION):
+        raise WireVersionMismatch(
+            resp.status_code,
+            "its answer was not read",
+            method,
+            path,
+            ErrorCode.wire_version,
+            service_version=theirs,
+        )
 
 
 class SiloClient(HttpBase):
@@ -161,7 +210,9 @@ class SiloClient(HttpBase):
         message = signing.request_message(
             method, path, body, timestamp, nonce, self.federation, self.silo
         )
+        # the wire version too, so a request built from these headers alone is complete
         return {
+            WIRE_HEADER: str(WIRE_VERSION),
             signing.HEADER_FEDERATION: self.federation,
             signing.HEADER_SILO: self.silo,
             signing.HEADER_TIMESTAMP: timestamp,
@@ -256,11 +307,32 @@ class SiloClient(HttpBase):
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{stage}{query}"
         return dict(self.request("POST", path, body=message).json())
 
-    def secagg_get(self, run_id: str, round_: int, what: str) -> dict[str, Any]:
-        """Fetch adverts, this silo's shares or its unmask request (hex-encoded messages)."""
-        return dict(
-            self.request("GET", f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{what}").json()
-        )
+    def secagg_get(self, run_id: str, round_: int, what: str) -> list[bytes]:
+        """Fetch the adverts, this silo's shares or its unmask request (one frame) as the
+        binary protocol messages they are."""
+        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{what}"
+        return unpack_frames(self.request("GET", path).content)
+
+    def hist_inbox(self, run_id: str, counter: int) -> list[bytes]:
+        """A secure-hist step's protocol messages for aggregation `counter`: the aggregation
+        (or unmask) request first, then, at the setup aggregation, every silo's advert."""
+        path = f"/v1/silo/runs/{run_id}/hist/inbox?counter={counter}"
+        return unpack_frames(self.request("GET", path).content)
+
+    def hist_cuts(self, run_id: str) -> dict[str, Any]:
+        """The run's cut points and base score (JSON), once the setup aggregation is done."""
+        return dict(self.request("GET", f"/v1/silo/runs/{run_id}/hist/cuts").json())
+
+    def hist_post(self, run_id: str, stage: str, message: bytes, **query: object) -> None:
+        """Send one secure-hist protocol message; `query` says which level it answers."""
+        params = {k: v for k, v in query.items() if v is not None}
+        path = f"/v1/silo/runs/{run_id}/hist/{stage}" + ("?" + urlencode(params) if params else "")
+        self.request("POST", path, body=message)
+
+    def submit_extension(self, run_id: str, round_: int, body: bytes) -> dict[str, Any]:
+        """Send a plugin round mode's answer (its own binary format) for round `round_`."""
+        resp = self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/extension", body=body)
+        return dict(resp.json()) if resp.content else {}
 
     def submit_masked(
         self,

@@ -36,10 +36,14 @@ Example::
     ca = "certs/federation-ca.pem"
     cert = "certs/silo.pem"
     key = "certs/silo.key"
+
+    [agent]                          # optional
+    plugins = ["acme_fedsilo.sketch"]  # installed modules that register task handlers
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import get_args
@@ -121,6 +125,30 @@ class TlsSection(_Section):
     key: Path
 
 
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+class AgentSection(_Section):
+    """How the agent runs: the handler plugins it imports (see `silos.handlers.plugins`)."""
+
+    plugins: list[str] = Field(
+        default_factory=list, description="importable module names installed at this silo"
+    )
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, plugins: list[str]) -> list[str]:
+        for name in plugins:
+            if not re.match(MODULE_PATTERN, name):
+                raise ValueError(
+                    f"{name!r} is not a Python module name (dotted, like 'acme_fedsilo.sketch'); "
+                    "a plugin is a module installed at the silo, never a path or URL"
+                )
+        if len(set(plugins)) != len(plugins):
+            raise ValueError(f"plugins lists a module twice: {plugins}")
+        return plugins
+
+
 class SiloConfig(_Section):
     silo: SiloSection
     data: DataSection
@@ -129,6 +157,7 @@ class SiloConfig(_Section):
     policy: PolicySection = PolicySection()
     collective: CollectiveSection | None = None
     tls: TlsSection | None = None
+    agent: AgentSection = AgentSection()
     source: Path | None = None
 
     @model_validator(mode="after")

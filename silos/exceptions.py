@@ -4,7 +4,13 @@
     ├── DataError            a data file cannot be read, or its rows do not fit the contract
     │   └── DemoDataError    the bundled demo data is not installed
     ├── FeatureError         rows cannot be encoded (unknown category, unexpected missing value)
-    └── ModelError           parameters do not fit the model spec, or training cannot run
+    ├── ModelError           parameters do not fit the model spec, or training cannot run
+    ├── SiloConfigError      silo.toml or the key file is missing or malformed
+    ├── PolicyRefusal        the silo's own policy forbids the work
+    ├── UnsupportedTask      no handler is installed for a task (type or extension mode), or
+    │                        an extension task's body does not fit its handler's model
+    └── PluginError          a plugin module named in silo.toml or FEDSILO_AGENT_PLUGINS
+                             cannot be imported
 
 Each message names the file, column or parameter at fault and says what to do about it.
 """
@@ -36,3 +42,11 @@ class SiloConfigError(SiloError):
 
 class PolicyRefusal(SiloError):
     """The silo's own policy forbids the work it was asked to do."""
+
+
+class UnsupportedTask(SiloError):
+    """No handler is installed at this silo for a task, or its body does not fit the handler."""
+
+
+class PluginError(SiloError):
+    """A handler plugin module cannot be imported (not installed, or it fails at import)."""

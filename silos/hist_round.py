@@ -1,15 +1,17 @@
-"""A silo's part of a secure-histogram run (tree mode ``secure-hist``): one Prefect task per step.
+"""A silo's part of a secure-histogram run (tree mode ``secure-hist``), step by step.
 
-Steps, as the service hands them out (`schemas.wire.HistTaskInfo`):
+Steps, as the service hands them out (`schemas.wire.HistTask`, its `hist.stage`; each a Prefect
+task of `silos.handlers.secure_hist`; the binary requests and adverts of a step come from the
+run's inbox, `SiloClient.hist_inbox`):
 
-* ``hist_advertise``: check the run's `HistRunConfig` against this silo's policy and contract
+* ``advertise``: check the run's `HistRunConfig` against this silo's policy and contract
   (the fine grid's feature ranges must be the ones this silo's pipeline derives), build the
   silo's `HistSilo` from its training rows, start the secure-aggregation session and send its
   signed keys;
-* ``hist_masked``: the vector of the open aggregation, masked: the setup vector (fine-grid
+* ``masked``: the vector of the open aggregation, masked: the setup vector (fine-grid
   counts, rows, label sum) or the histograms of one tree level (the silo first applies the
   previous tree's leaves and fetches the federation's cut points when it needs them);
-* ``hist_consistency`` / ``hist_unmask``: sign the survivor list; reveal what unmasking needs.
+* ``consistency`` / ``unmask``: sign the survivor list; reveal what unmasking needs.
 
 Everything that leaves the silo is masked, so the service only ever sees federation-wide sums.
 
@@ -24,15 +26,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
 
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.contracts.loader import load_contract
 from schemas.contracts.stats import FederationStats
-from schemas.secagg.exceptions import SecAggError
+from schemas.secagg.exceptions import MessageFormatError
 from schemas.secagg.session_messages import (
     AggregationRequest,
     SessionAdvert,
@@ -45,21 +44,17 @@ from schemas.secure_hist.protocol import (
     TreeDone,
     cuts_from_json,
 )
-from schemas.wire import Task
+from schemas.wire import HistTask
 from silos import hist_trainer
 from silos.client import SiloClient
-from silos.client_errors import ServiceRejected
-from silos.config import SiloConfig
+from silos.client_errors import Conflict
 from silos.features import FeaturePipeline
 from silos.hist_binning import feature_ranges
 from silos.hist_trainer import HistSilo
-from silos.local_data import LocalData
 from silos.secagg import session
 from silos.secagg.session import SessionClient, SessionConfig
 
 log = logging.getLogger("fedsilo.silo")
-
-TASK_TYPES = ("hist_advertise", "hist_masked", "hist_consistency", "hist_unmask")
 
 
 @dataclass
@@ -85,21 +80,29 @@ def forget(silo: str, run_id: str) -> None:
     _RUNS.pop((silo, run_id), None)
 
 
-def _post(client: SiloClient, work: Task, stage: str, body: bytes, **query: object) -> None:
-    path = f"/v1/silo/runs/{work.run_id}/hist/{stage}"
-    params = {k: v for k, v in query.items() if v is not None}
-    if params:
-        path += "?" + urlencode(params)
+def _post(client: SiloClient, work: HistTask, stage: str, body: bytes, **query: object) -> None:
     try:
-        client.request("POST", path, body=body)
-    except ServiceRejected as exc:
-        if exc.status != 409:
-            raise
+        client.hist_post(work.run_id, stage, body, **query)
+    except Conflict as exc:  # and AlreadyAnswered: a retry whose first attempt arrived
         # out of turn: the service moved on (a deadline, a retry); the next task says what now
         log.info("silo %s: %s %s not taken: %s", client.silo, stage, work.run_id, exc.detail)
 
 
-def _check_config(config: HistRunConfig, work: Task, contract_name: str) -> None:
+def _inbox(client: SiloClient, work: HistTask) -> list[bytes]:
+    """The step's protocol messages: its request first (then, at setup, the adverts)."""
+    frames = client.hist_inbox(work.run_id, work.hist.counter)
+    if not frames:
+        raise MessageFormatError(
+            f"the service's inbox for aggregation {work.hist.counter} is empty; a "
+            f"{work.hist.stage} step needs its request",
+            run_id=work.run_id,
+            stage=str(work.hist.stage),
+            silo=client.silo,
+        )
+    return frames
+
+
+def _check_config(config: HistRunConfig, work: HistTask, contract_name: str) -> None:
     contract = load_contract(contract_name)
     stats = FederationStats.from_summed_moments(work.stats, contract) if work.stats else None
     ours = feature_ranges(FeaturePipeline.from_contract(contract, stats))
@@ -113,7 +116,7 @@ def _check_config(config: HistRunConfig, work: Task, contract_name: str) -> None
 
 def advertise(
     client: SiloClient,
-    work: Task,
+    work: HistTask,
     X: np.ndarray,
     y: np.ndarray,
     contract: str,
@@ -122,7 +125,8 @@ def advertise(
     """Join the run's session: check its config against the silo's contract and policy, build
     the silo's state from its training rows (X, y), send the session keys."""
     info = work.hist
-    assert info is not None and info.config is not None
+    if info.config is None:
+        raise LeaveRun(f"the advertise step of run {work.run_id} carries no run configuration")
     hist_config = HistRunConfig.from_dict(dict(info.config))
     _check_config(hist_config, work, contract)
     try:
@@ -138,7 +142,7 @@ def advertise(
     _post(client, work, "advertise", advert.to_bytes())
 
 
-def _run(client: SiloClient, work: Task) -> SiloHistRun:
+def _run(client: SiloClient, work: HistTask) -> SiloHistRun:
     run = _RUNS.get((client.silo, work.run_id))
     if run is None:
         raise LeaveRun(
@@ -148,12 +152,13 @@ def _run(client: SiloClient, work: Task) -> SiloHistRun:
     return run
 
 
-def _prepare_level(client: SiloClient, work: Task, run: SiloHistRun, level: LevelRequest) -> None:
+def _prepare_level(
+    client: SiloClient, work: HistTask, run: SiloHistRun, level: LevelRequest
+) -> None:
     """Cut points on first use; the previous tree's leaves; a new (or restarted) tree."""
     info = work.hist
-    assert info is not None
     if not run.trained:
-        answer = client.request("GET", f"/v1/silo/runs/{work.run_id}/hist/cuts").json()
+        answer = client.hist_cuts(work.run_id)
         cuts = cuts_from_json(str(answer["cuts"]).encode())
         hist_trainer.start_training(run.hist, cuts, float(answer["base_score"]))
         run.trained = True
@@ -168,16 +173,16 @@ def _prepare_level(client: SiloClient, work: Task, run: SiloHistRun, level: Leve
     hist_trainer.start_tree(run.hist, level.tree, restart=run.hist.tree == level.tree)
 
 
-def masked(client: SiloClient, work: Task) -> None:
+def masked(client: SiloClient, work: HistTask) -> None:
     """The open aggregation's vector (setup or one level), masked, with the level it answers."""
     info = work.hist
-    assert info is not None and info.request is not None
     run = _run(client, work)
-    request = AggregationRequest.from_bytes(bytes.fromhex(info.request))
+    frames = _inbox(client, work)
+    request = AggregationRequest.from_bytes(frames[0])
     query: dict[str, object] = {}
     if info.level is None:
         if run.client.private is not None:
-            adverts = [SessionAdvert.from_bytes(bytes.fromhex(a)) for a in info.adverts]
+            adverts = [SessionAdvert.from_bytes(a) for a in frames[1:]]
             session.accept_adverts(run.client, adverts)
         x = hist_trainer.setup_vector(run.hist)
     else:
@@ -191,43 +196,14 @@ def masked(client: SiloClient, work: Task) -> None:
     _post(client, work, "masked", message, **query)
 
 
-def consistency(client: SiloClient, work: Task) -> None:
+def consistency(client: SiloClient, work: HistTask) -> None:
     info = work.hist
-    assert info is not None
     run = _run(client, work)
     signed = session.sign_survivors(run.client, info.counter, info.survivors)
     _post(client, work, "consistency", signed.to_bytes())
 
 
-def unmask(client: SiloClient, work: Task) -> None:
-    info = work.hist
-    assert info is not None and info.request is not None
+def unmask(client: SiloClient, work: HistTask) -> None:
     run = _run(client, work)
-    request = SessionUnmaskRequest.from_bytes(bytes.fromhex(info.request))
+    request = SessionUnmaskRequest.from_bytes(_inbox(client, work)[0])
     _post(client, work, "unmask", session.unmask(run.client, request).to_bytes())
-
-
-@task(cache_policy=NO_CACHE, name="secure-hist", task_run_name="round-{work.round}-{work.type}")
-def hist_step(client: SiloClient, work: Task, data: LocalData, config: SiloConfig) -> str:
-    """One secure-hist step; a step this silo must not or cannot do makes it leave the run."""
-    logger = get_run_logger()
-    try:
-        if work.type == "hist_advertise":
-            policy = config.policy.trees.min_rows_per_node
-            advertise(client, work, data.X_train, data.y_train, config.data.contract, policy)
-        elif work.type == "hist_masked":
-            masked(client, work)
-        elif work.type == "hist_consistency":
-            consistency(client, work)
-        else:
-            unmask(client, work)
-    except (LeaveRun, SecureHistError, SecAggError) as exc:
-        # refusing depends only on what the service already knows (README: minimum rows)
-        logger.warning("leaving secure-hist run %s: %s", work.run_id, exc)
-        forget(client.silo, work.run_id)
-        client.refuse(work.run_id, f"secure-hist: {exc}"[:2000])
-        return "left"
-    info = work.hist
-    assert info is not None
-    logger.debug("secure-hist %s counter %d sent", info.stage, info.counter)
-    return info.stage

@@ -11,23 +11,36 @@ message is kept too, so a retry after a lost answer resends the same bytes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.secagg.config import RoundConfig
+from schemas.secagg.exceptions import MessageFormatError
 from schemas.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
 from schemas.secagg.quantize import Quantizer
-from schemas.wire import SecAggInfo, Task
+from schemas.wire import (
+    SecAggAdvertiseTask,
+    SecAggMaskedTask,
+    SecAggShareTask,
+    SecAggUnmaskTask,
+    StatisticsTask,
+)
 from silos.client import SiloClient
-from silos.client_errors import ServiceRejected
+from silos.client_errors import AlreadyAnswered
 from silos.secagg import client as secagg
 from silos.secagg.client_store import dump_state, load_state
 
+SecAggTask = (
+    SecAggAdvertiseTask | SecAggShareTask | SecAggMaskedTask | StatisticsTask | SecAggUnmaskTask
+)
+"""The tasks of a secure-aggregation round: each carries the round's `SecAggInfo`."""
 
-def round_config(work: Task) -> RoundConfig:
-    info = _info(work)
+
+def round_config(work: SecAggTask) -> RoundConfig:
+    info = work.secagg
     return RoundConfig(
         run_id=work.run_id,
         round_num=work.round,
@@ -40,13 +53,7 @@ def round_config(work: Task) -> RoundConfig:
     )
 
 
-def _info(work: Task) -> SecAggInfo:
-    if work.secagg is None:
-        raise ValueError(f"task for round {work.round} carries no secure-aggregation parameters")
-    return work.secagg
-
-
-def _paths(workspace: Path, work: Task) -> Path:
+def _paths(workspace: Path, work: SecAggTask) -> Path:
     folder = workspace / "secagg"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder / f"{work.run_id}-r{work.round}"
@@ -60,23 +67,33 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _send_once(client: SiloClient, work: Task, base: Path, stage: str, build, **kw) -> None:  # type: ignore[no-untyped-def]
+def _send_once(
+    client: SiloClient,
+    work: SecAggTask,
+    base: Path,
+    stage: str,
+    build: Callable[[], bytes],
+    n_examples: int | None = None,
+) -> None:
     """Build and send a stage's message once; a resend after a lost answer repeats its bytes."""
     sent = base.with_suffix(f".{stage}.msg")
     raw = sent.read_bytes() if sent.exists() else build()
     _write_private(sent, raw)
     try:
-        client.secagg_post(work.run_id, work.round, stage, raw, **kw)
-    except ServiceRejected as exc:
-        if exc.status != 409 or "second" not in exc.detail:
-            raise  # 409 "second ... message" means our earlier attempt did arrive
+        client.secagg_post(work.run_id, work.round, stage, raw, n_examples=n_examples)
+    except AlreadyAnswered:
+        pass  # our earlier attempt did arrive: the first message stands
 
 
 def advertise(
-    client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path, n_examples: int
+    client: SiloClient,
+    key: Ed25519PrivateKey,
+    work: SecAggTask,
+    workspace: Path,
+    n_examples: int,
 ) -> None:
     base = _paths(workspace, work)
-    keys = {s: bytes.fromhex(h) for s, h in _info(work).roster_keys.items()}
+    keys = {s: bytes.fromhex(h) for s, h in work.secagg.roster_keys.items()}
 
     def build() -> bytes:
         state, advert = secagg.advertise_keys(round_config(work), client.silo, key, keys)
@@ -86,13 +103,13 @@ def advertise(
     _send_once(client, work, base, "advertise", build, n_examples=n_examples)
 
 
-def share(client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path) -> None:
+def share(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspace: Path) -> None:
     base = _paths(workspace, work)
 
     def build() -> bytes:
         state = load_state(base.with_suffix(".state").read_bytes(), key)
-        raw = client.secagg_get(work.run_id, work.round, "adverts")["messages"]
-        msg = secagg.share_keys(state, [AdvertiseKeys.from_bytes(bytes.fromhex(h)) for h in raw])
+        raw = client.secagg_get(work.run_id, work.round, "adverts")
+        msg = secagg.share_keys(state, [AdvertiseKeys.from_bytes(m) for m in raw])
         _write_private(base.with_suffix(".state"), dump_state(state))
         return msg.to_bytes()
 
@@ -102,7 +119,7 @@ def share(client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Pat
 def masked_update(
     client: SiloClient,
     key: Ed25519PrivateKey,
-    work: Task,
+    work: SecAggTask,
     workspace: Path,
     weighted_delta: np.ndarray,
 ) -> bytes:
@@ -111,26 +128,34 @@ def masked_update(
     sent = base.with_suffix(".masked.msg")
     if sent.exists():
         return sent.read_bytes()
-    info = _info(work)
+    info = work.secagg
     state = load_state(base.with_suffix(".state").read_bytes(), key)
     quantized = Quantizer(clip=info.clip, n_summands=len(info.roster), bits=info.bits).quantize(
         weighted_delta
     )
-    raw = client.secagg_get(work.run_id, work.round, "shares")["messages"]
-    shares = [EncryptedShare.from_bytes(bytes.fromhex(h)) for h in raw]
+    raw = client.secagg_get(work.run_id, work.round, "shares")
+    shares = [EncryptedShare.from_bytes(m) for m in raw]
     message = secagg.masked_input(state, shares, quantized).to_bytes()
     _write_private(base.with_suffix(".state"), dump_state(state))
     _write_private(sent, message)
     return message
 
 
-def unmask(client: SiloClient, key: Ed25519PrivateKey, work: Task, workspace: Path) -> None:
+def unmask(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspace: Path) -> None:
     base = _paths(workspace, work)
 
     def build() -> bytes:
         state = load_state(base.with_suffix(".state").read_bytes(), key)
-        raw = client.secagg_get(work.run_id, work.round, "unmask-request")["message"]
-        response = secagg.unmask(state, UnmaskRequest.from_bytes(bytes.fromhex(raw)))
+        frames = client.secagg_get(work.run_id, work.round, "unmask-request")
+        if len(frames) != 1:
+            raise MessageFormatError(
+                f"the service sent {len(frames)} unmask requests; exactly one was expected",
+                run_id=work.run_id,
+                round_num=work.round,
+                stage="unmask",
+                silo=client.silo,
+            )
+        response = secagg.unmask(state, UnmaskRequest.from_bytes(frames[0]))
         _write_private(base.with_suffix(".state"), dump_state(state))
         return response.to_bytes()
 

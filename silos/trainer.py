@@ -15,6 +15,7 @@ from torch import nn
 from schemas.specs import ModelSpec, TrainingSpec
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
+from silos.rows import checked_rows
 from silos.torch_model import build_model, get_params, set_params
 
 
@@ -146,19 +147,7 @@ def _optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimize
 
 
 def _as_tensors(spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, ...]:
-    X = np.asarray(X, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
-    if X.ndim != 2 or X.shape[1] != spec.n_features:
-        raise ModelError(
-            f"features have shape {X.shape}; the model expects (n, {spec.n_features}). "
-            "Was the feature pipeline built from the same contract as the model spec?"
-        )
-    if y.shape != (X.shape[0],):
-        raise ModelError(f"labels have shape {y.shape}; expected ({X.shape[0]},)")
-    if X.shape[0] == 0:
-        raise ModelError("no rows to train or evaluate on")
+    X, y = checked_rows(X, y, spec.n_features)
     if not np.isfinite(X).all():
         raise ModelError("features contain NaN or infinity; encode rows with the FeaturePipeline")
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ModelError("labels must be 0 or 1; derive them with silos.data.binary_target")
     return torch.from_numpy(X), torch.from_numpy(y)

@@ -13,12 +13,9 @@ import hashlib
 import logging
 import time
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-
 from schemas.sealed import seal
 from schemas.tree_params import TreeSpec
-from schemas.wire import Metrics, Task
+from schemas.wire import Metrics, TreeEvaluateTask, TreeTrainTask
 from silos.client import SiloClient
 from silos.collective_worker import (
     WorkerTLS,
@@ -27,16 +24,21 @@ from silos.collective_worker import (
 )
 from silos.config import SiloConfig
 from silos.exceptions import ModelError
-from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData
 from silos.tree_trainer import TreeTrainResult, build_update, evaluate_trees, train_trees
 
 log = logging.getLogger("fedsilo.silo")
 
 
-def fetch_base(client: SiloClient, work: Task) -> bytes | None:
+def tree_spec(work: TreeTrainTask | TreeEvaluateTask) -> TreeSpec:
+    """The run's tree spec (a tree task of a run without one cannot be served)."""
+    if work.spec.trees is None:
+        raise ModelError(f"round {work.round} of run {work.run_id} is a tree task without trees")
+    return work.spec.trees
+
+
+def fetch_base(client: SiloClient, work: TreeTrainTask) -> bytes | None:
     """The model to grow from, checked against the sha256 the task named."""
-    assert work.trees is not None
     base = client.tree_base(work.run_id, work.round)
     got = hashlib.sha256(base).hexdigest() if base else None
     if got != work.trees.base_model_sha256:
@@ -48,11 +50,10 @@ def fetch_base(client: SiloClient, work: Task) -> bytes | None:
 
 
 def grow(
-    client: SiloClient, work: Task, data: LocalData, config: SiloConfig
+    client: SiloClient, work: TreeTrainTask, data: LocalData, config: SiloConfig
 ) -> tuple[bytes, Metrics | None, TreeTrainResult]:
     """Score the base model on the holdout, grow this round's trees; returns the envelope."""
-    assert work.spec is not None and work.spec.trees is not None
-    spec = work.spec.trees
+    spec = tree_spec(work)
     base = fetch_base(client, work)
     metrics = evaluate_trees(spec, base, data.X_test, data.y_test) if base else None
     seed = work.spec.training.seed + work.round
@@ -72,9 +73,10 @@ def grow(
     return envelope, metrics, result
 
 
-def submit(client: SiloClient, work: Task, envelope: bytes, n_examples: int) -> dict[str, object]:
+def submit(
+    client: SiloClient, work: TreeTrainTask, envelope: bytes, n_examples: int
+) -> dict[str, object]:
     """Seal the envelope to the service and send it with the signed statement naming it."""
-    assert work.trees is not None
     sealed = seal(
         envelope,
         service_public=bytes.fromhex(work.trees.seal_key),
@@ -89,14 +91,15 @@ def submit(client: SiloClient, work: Task, envelope: bytes, n_examples: int) -> 
 
 def _join_collective(
     spec: TreeSpec,
-    work: Task,
+    work: TreeTrainTask,
     data: LocalData,
     config: SiloConfig,
     base: bytes | None,
     seed: int,
 ) -> TreeTrainResult:
-    assert work.trees is not None and work.trees.collective is not None
     info = work.trees.collective
+    if info is None:
+        raise ModelError(f"round {work.round}: a collective round without its server address")
     if config.collective is None:
         raise ModelError(f"silo {config.silo.name} has no [collective] certificates")
     tls = WorkerTLS(config.collective.ca, config.collective.cert, config.collective.key)
@@ -114,7 +117,7 @@ def _join_collective(
         seed=seed,  # run seed + round: the same at every worker, as the collective needs
         base_model=base,
     )
-    deadline = work.spec.round_deadline_s if work.spec else 600.0
+    deadline = work.spec.round_deadline_s
     model = collect_worker(process, results, timeout_s=deadline)
     import xgboost as xgb
 
@@ -125,41 +128,9 @@ def _join_collective(
     )
 
 
-def evaluate_version(client: SiloClient, work: Task, data: LocalData) -> Metrics:
+def evaluate_version(client: SiloClient, work: TreeEvaluateTask, data: LocalData) -> Metrics:
     """An evaluation round of a tree run: the global model version on the local holdout."""
-    assert work.spec is not None and work.spec.trees is not None
     model = client.download_model(work.run_id, work.model_version)
     if not model:
         raise ModelError(f"run {work.run_id} has no trees in model version {work.model_version}")
-    return evaluate_trees(work.spec.trees, model, data.X_test, data.y_test)
-
-
-@task(cache_policy=NO_CACHE, name="train-trees", task_run_name="round-{work.round}-trees")
-def train_trees_round(
-    client: SiloClient, work: Task, data: LocalData, config: SiloConfig
-) -> dict[str, object]:
-    """One tree round: score the base model, grow (or join the collective), seal, submit."""
-    assert work.spec is not None and work.spec.trees is not None
-    logger = get_run_logger()
-    spec = work.spec.trees
-    try:
-        envelope, metrics, result = grow(client, work, data, config)
-    except ModelError as exc:
-        logger.warning("round %d: sitting out: %s", work.round, exc)
-        client.sit_out(work.run_id, work.round, str(exc))
-        return {"round": work.round, "sat_out": str(exc)}
-    if metrics is not None:
-        logger.info("round %d: current model on local holdout: %s", work.round, metrics)
-    answer = submit(client, work, envelope, result.n_examples)
-    keep_receipt(config.workspace, answer)
-    logger.info(
-        "round %d: %d new %s trees (%s) on %d rows in %.3fs; sealed update %s accepted",
-        work.round,
-        result.n_new_trees,
-        spec.kind,
-        spec.mode,
-        result.n_examples,
-        result.seconds,
-        str(answer["digest"])[:16],
-    )
-    return {"round": work.round, "digest": answer["digest"], "train_seconds": result.seconds}
+    return evaluate_trees(tree_spec(work), model, data.X_test, data.y_test)

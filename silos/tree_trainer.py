@@ -12,7 +12,9 @@ run, round, silo and the sha256 of the model they were grown from.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -21,6 +23,7 @@ from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreeUpdateHeader, encode_tree_update, sha256_hex
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
+from silos.rows import checked_rows
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,11 @@ def train_trees(
         The arrays do not fit the spec, the global model does not load or has another
         feature count, or the library grew no tree.
     """
-    X, y = _check_arrays(spec, X, y)
+    X, y = checked_rows(X, y, spec.n_features, binary=spec.objective == "binary:logistic")
     started = time.perf_counter()
-    if spec.kind == "xgboost":
-        model, n_base, n_new, version = _train_xgb(spec, global_model, X, y, seed, n_threads)
-    else:
-        model, n_base, n_new, version = _train_lgb(spec, global_model, X, y, seed, n_threads)
+    base, n_base = _base(spec, global_model)
+    boost = _train_xgb if spec.kind == "xgboost" else _train_lgb
+    model, n_new, version = boost(spec, base, n_base, X, y, seed, n_threads)
     if n_new == 0:
         raise ModelError(
             f"{spec.kind} grew no new tree on this silo's {len(y)} rows (no split with positive "
@@ -125,7 +127,7 @@ def evaluate_trees(spec: TreeSpec, model: bytes, X: np.ndarray, y: np.ndarray) -
     ModelError
         The arrays do not fit the spec, the objective is not binary, or the model does not load.
     """
-    X, y = _check_arrays(spec, X, y)
+    X, y = checked_rows(X, y, spec.n_features, binary=spec.objective == "binary:logistic")
     if spec.objective != "binary:logistic":
         raise ModelError(f"evaluate_trees scores binary models; the run's is {spec.objective}")
     probs = np.clip(_predict_proba(spec, model, X), 1e-15, 1 - 1e-15)
@@ -135,46 +137,56 @@ def evaluate_trees(spec: TreeSpec, model: bytes, X: np.ndarray, y: np.ndarray) -
     return Metrics(n_test=len(y), loss=loss, accuracy=accuracy, auc=auc)
 
 
-def _predict_proba(spec: TreeSpec, model: bytes, X: np.ndarray) -> np.ndarray:
+_LIBRARY = {"xgboost": "XGBoost", "lightgbm": "LightGBM"}
+
+
+def _load(spec: TreeSpec, model: bytes) -> Any:
+    """The library's booster of a native model (ModelError naming the library if it fails)."""
     if spec.kind == "xgboost":
         import xgboost as xgb
 
-        try:
-            booster = xgb.Booster(model_file=bytearray(model))
-        except xgb.core.XGBoostError as exc:
-            raise ModelError(f"the global XGBoost model does not load: {exc}") from exc
-        return np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
-    import lightgbm as lgb
+        errors: tuple[type[Exception], ...] = (xgb.core.XGBoostError,)
+        load: Callable[[], Any] = lambda: xgb.Booster(model_file=bytearray(model))  # noqa: E731
+    else:
+        import lightgbm as lgb
 
+        errors = (lgb.basic.LightGBMError, UnicodeDecodeError)
+        load = lambda: lgb.Booster(model_str=model.decode())  # noqa: E731
     try:
-        lgb_booster = lgb.Booster(model_str=model.decode())
-    except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
-        raise ModelError(f"the global LightGBM model does not load: {exc}") from exc
-    return np.asarray(lgb_booster.predict(X), dtype=np.float64)
+        return load()
+    except errors as exc:
+        raise ModelError(f"the global {_LIBRARY[spec.kind]} model does not load: {exc}") from exc
+
+
+def _base(spec: TreeSpec, global_model: bytes | None) -> tuple[Any, int]:
+    """The model to boost from (None: from scratch) and how many trees it has, checked
+    against the spec's feature count."""
+    if global_model is None:
+        return None, 0
+    base = _load(spec, global_model)
+    xgboost = spec.kind == "xgboost"
+    n_features = base.num_features() if xgboost else base.num_feature()
+    if n_features != spec.n_features:
+        raise ModelError(
+            f"the global model has {n_features} features; this silo's rows have {spec.n_features}"
+        )
+    return base, base.num_boosted_rounds() if xgboost else base.num_trees()
+
+
+def _predict_proba(spec: TreeSpec, model: bytes, X: np.ndarray) -> np.ndarray:
+    booster = _load(spec, model)
+    if spec.kind == "xgboost":
+        import xgboost as xgb
+
+        return np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
+    return np.asarray(booster.predict(X), dtype=np.float64)
 
 
 def _train_xgb(
-    spec: TreeSpec,
-    global_model: bytes | None,
-    X: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-    threads: int,
-) -> tuple[bytes, int, int, str]:
+    spec: TreeSpec, base: Any, n_base: int, X: np.ndarray, y: np.ndarray, seed: int, threads: int
+) -> tuple[bytes, int, str]:
     import xgboost as xgb
 
-    base = None
-    if global_model is not None:
-        try:
-            base = xgb.Booster(model_file=bytearray(global_model))
-        except xgb.core.XGBoostError as exc:
-            raise ModelError(f"the global XGBoost model does not load: {exc}") from exc
-        if base.num_features() != spec.n_features:
-            raise ModelError(
-                f"the global model has {base.num_features()} features; this silo's rows have "
-                f"{spec.n_features}"
-            )
-    n_base = base.num_boosted_rounds() if base is not None else 0
     dtrain = xgb.DMatrix(X, label=y, nthread=threads)
     booster = xgb.train(
         spec.native_params(seed=seed, n_threads=threads),
@@ -183,51 +195,17 @@ def _train_xgb(
         xgb_model=base,
     )
     new = booster[n_base:]
-    return bytes(new.save_raw("json")), n_base, new.num_boosted_rounds(), xgb.__version__
+    return bytes(new.save_raw("json")), new.num_boosted_rounds(), xgb.__version__
 
 
 def _train_lgb(
-    spec: TreeSpec,
-    global_model: bytes | None,
-    X: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-    threads: int,
-) -> tuple[bytes, int, int, str]:
+    spec: TreeSpec, base: Any, n_base: int, X: np.ndarray, y: np.ndarray, seed: int, threads: int
+) -> tuple[bytes, int, str]:
     import lightgbm as lgb
 
-    base = None
-    if global_model is not None:
-        try:
-            base = lgb.Booster(model_str=global_model.decode())
-        except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
-            raise ModelError(f"the global LightGBM model does not load: {exc}") from exc
-        if base.num_feature() != spec.n_features:
-            raise ModelError(
-                f"the global model has {base.num_feature()} features; this silo's rows have "
-                f"{spec.n_features}"
-            )
-    n_base = base.num_trees() if base is not None else 0
     params = spec.native_params(seed=seed, n_threads=threads)
     dataset = lgb.Dataset(X, label=y, params={"max_bin": params["max_bin"], "verbosity": -1})
     booster = lgb.train(params, dataset, num_boost_round=spec.trees_per_round, init_model=base)
     n_new = booster.num_trees() - n_base
     text = booster.model_to_string(start_iteration=n_base) if n_new > 0 else ""
-    return text.encode(), n_base, n_new, lgb.__version__
-
-
-def _check_arrays(spec: TreeSpec, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
-    if X.ndim != 2 or X.shape[1] != spec.n_features:
-        raise ModelError(
-            f"features have shape {X.shape}; the run's model expects (n, {spec.n_features}). "
-            "Was the feature pipeline built from the run's data contract?"
-        )
-    if y.shape != (X.shape[0],) or X.shape[0] == 0:
-        raise ModelError(f"labels have shape {y.shape}; expected ({X.shape[0]},) with n > 0")
-    if spec.objective == "binary:logistic" and not np.isin(y, (0.0, 1.0)).all():
-        raise ModelError("labels must be 0 or 1 for binary:logistic")
-    if not np.isfinite(y).all():
-        raise ModelError("labels contain NaN or infinity")
-    return X, y
+    return text.encode(), n_new, lgb.__version__

@@ -11,6 +11,7 @@ from aggregation.service.engines.base import Hub, RoundContext
 from aggregation.service.engines.registry import engine_for
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
+from aggregation.service.statements import summarize_rejections
 from aggregation.service.tables import Round, Run
 
 
@@ -22,6 +23,8 @@ def close_round(s: Session, run_id: str, number: int, hub: Hub) -> Round:
     run = get_run(s, run_id, for_update=True)
     spec = spec_of(run)
     engine_for(spec, rnd).close(RoundContext(s, run, rnd, spec, hub))
+    summarize_rejections(s, hub.recorder, rnd)
+    hub.recorder.checkpoint_round(s, rnd)
     return rnd
 
 

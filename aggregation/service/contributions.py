@@ -18,7 +18,7 @@ from aggregation.service.tables import Contribution, Round, RunSilo
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
 from schemas.specs import param_shapes
-from schemas.wire import Metrics, MetricsReport
+from schemas.wire import INT32_MAX, Metrics, MetricsReport
 
 
 def open_round_for(s: Session, run_id: str, number: int, silo: str, kind: str) -> Round:
@@ -65,6 +65,13 @@ def submit_update(
     except TensorFormatError as exc:
         raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
     n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
+    if len(meta.get("prefect_flow_run_id", "")) > 64 or "\x00" in meta.get(
+        "prefect_flow_run_id", ""
+    ):
+        raise InvalidPayload(
+            f"update from silo {silo!r} for round {number}: metadata prefect_flow_run_id "
+            "must be at most 64 characters"
+        )
     contribution = Contribution(
         run_id=run_id,
         round=number,
@@ -94,10 +101,15 @@ def _update_metadata(
         n_examples = int(meta["n_examples"])
     except (KeyError, ValueError) as exc:
         raise InvalidPayload(f"{where}: metadata n_examples is missing or not an integer") from exc
-    if n_examples <= 0:
-        raise InvalidPayload(f"{where}: n_examples must be positive, got {n_examples}")
+    if not 0 < n_examples <= INT32_MAX:
+        raise InvalidPayload(
+            f"{where}: metadata n_examples must be between 1 and {INT32_MAX}, got "
+            f"{str(n_examples)[:24]}"
+        )
     try:
         train_seconds = float(meta["train_seconds"]) if "train_seconds" in meta else None
+        if train_seconds is not None and not 0 <= train_seconds < float("inf"):
+            raise ValueError(f"train_seconds {meta['train_seconds'][:24]!r} is not a duration")
         metrics = Metrics.model_validate_json(meta["metrics"]) if "metrics" in meta else None
     except (ValueError, ValidationError) as exc:
         raise InvalidPayload(f"{where}: metadata train_seconds/metrics malformed: {exc}") from exc

@@ -1,11 +1,17 @@
 """FastAPI dependencies: settings, database sessions, the engines' `Hub`, caller identity
-(coordinator, silo, participant of the run), size-limited bodies."""
+(coordinator, silo, participant of the run), size-limited bodies; the bounded parameter types
+every route uses, and the error answers routes document in the OpenAPI schema.
+
+Every number a request carries is bounded here, at the edge: path and query integers fit the
+database's 32-bit columns, floats are finite, names match `NAME_PATTERN`. Out of range is a
+422 ``invalid_payload`` naming the parameter, never a 500.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +22,56 @@ from aggregation.service.exceptions import PayloadTooLarge
 from aggregation.service.lineage import Recorder
 from aggregation.service.runs import check_participant
 from aggregation.service.settings import ServiceSettings
+from schemas.wire import INT32_MAX, NAME_PATTERN, OCTET_STREAM, ErrorOut
+
+RunId = Annotated[str, Path(pattern=NAME_PATTERN, description="the run's id")]
+Name = Annotated[str, Path(pattern=NAME_PATTERN, description="a federation or silo name")]
+RoundNumber = Annotated[int, Path(ge=0, le=INT32_MAX, description="the round's number")]
+ModelVersion = Annotated[int, Path(ge=0, le=INT32_MAX, description="the model's version")]
+Stage = Annotated[str, Path(pattern=r"^[a-z][a-z\-]{0,31}$", description="a protocol step")]
+OptionalName = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+MAX_WAIT_S = 3600.0
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll up to this many seconds")]
+MAX_LIMIT = 1000
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many rows")]
+
+ERROR_DESCRIPTIONS = {
+    400: "the client speaks another wire version (code wire_version)",
+    401: "missing or wrong admin token, or a bad, stale or replayed silo signature",
+    403: "the silo is not approved, or takes no part in the run",
+    404: "unknown federation, silo, run, round or model",
+    409: "wrong state (round closed, stage not ready, run over) or already answered",
+    413: "the body is over the configured size limit",
+    422: "a malformed body, or a parameter out of range (code invalid_payload)",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries: each status answers an `ErrorOut`."""
+    return {s: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
+
+
+ADMIN_ERRORS = errors(400, 401, 404, 409, 422)
+SILO_ERRORS = errors(400, 401, 403, 404, 409, 413, 422)
+
+
+def octet_stream(description: str) -> dict[int | str, dict[str, Any]]:
+    """A 200 answer whose body is raw bytes (`responses=` entry)."""
+    return {
+        200: {
+            "description": description,
+            "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    }
+
+
+OCTET_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+"""`openapi_extra` of a route that reads its body itself (octet-stream)."""
 
 
 def get_settings(request: Request) -> ServiceSettings:

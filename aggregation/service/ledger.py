@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, Integer, String, Table, Text, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -48,6 +48,7 @@ from schemas.lineage import (
     KINDS,
     SERVICE_AUTHOR,
     CanonicalJsonError,
+    EntrySigner,
     LineageEntry,
     LineageError,
     Receipt,
@@ -220,7 +221,7 @@ def append(
     payload: Mapping[str, Any] | str,
     run_id: str | None,
     author: str,
-    service_key: Ed25519PrivateKey,
+    service_key: EntrySigner,
     author_signature: str | None = None,
     author_key: Ed25519PublicKey | None = None,
 ) -> LineageEntry:
@@ -240,7 +241,8 @@ def append(
     author
         ``"service"`` or ``"silo:<name>"``.
     service_key
-        The service's Ed25519 key; it signs every entry hash.
+        The service's Ed25519 key (or signer hook, `keys.load_service_signer`); it signs
+        every entry hash.
     author_signature
         For silo authors: the silo's `sign_statement` signature (hex) over exactly this
         content; None for the service.
@@ -290,7 +292,7 @@ def append(
 def _seal(
     statement: Statement,
     head: tuple[int, str],
-    service_key: Ed25519PrivateKey,
+    service_key: EntrySigner,
     author_signature: str | None,
 ) -> LineageEntry:
     return seal_entry(
@@ -342,7 +344,7 @@ def iter_records(session: Session, *, batch: int = 5000) -> Iterator[LineageEntr
         after = records[-1].seq
 
 
-def receipt(entry: LedgerEntry | LineageEntry, service_key: Ed25519PrivateKey) -> Receipt:
+def receipt(entry: LedgerEntry | LineageEntry, service_key: EntrySigner) -> Receipt:
     """The service's signed receipt for `entry`, to hand back to the silo that authored it."""
     record = entry.to_record() if isinstance(entry, LedgerEntry) else entry
     return make_receipt(record, service_key)

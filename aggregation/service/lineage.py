@@ -13,29 +13,70 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
-from aggregation.service import ledger
+from aggregation.service import checkpoints, ledger
+from aggregation.service.tables import Round
 from schemas.canonical import canonical_json
-from schemas.lineage import LineageEntry, Receipt
+from schemas.lineage import EntrySigner, LineageEntry, Receipt
+
+# Run-ending entries are checkpointed where they are written (anchoring everything before);
+# the checkpoint's event is the entry's kind.
+_CHECKPOINTED_KINDS = frozenset({"run_finished", "run_failed"})
 
 
 @dataclass(frozen=True)
 class Recorder:
-    service_key: Ed25519PrivateKey
+    """Writes the service's and silos' ledger entries and the service's checkpoints.
+
+    ``service_key`` is an ``Ed25519PrivateKey`` or a signer hook (`keys.load_service_signer`).
+    """
+
+    service_key: EntrySigner
     workspace: Path
 
     def service(
         self, s: Session, kind: str, payload: dict[str, Any], run_id: str | None
     ) -> LineageEntry:
-        return ledger.append(
+        entry = ledger.append(
             s,
             kind=kind,
             payload=payload,
             run_id=run_id,
             author="service",
             service_key=self.service_key,
+        )
+        if kind in _CHECKPOINTED_KINDS:
+            self.checkpoint(s, run_id, None, kind, entry)
+        return entry
+
+    def checkpoint_round(self, s: Session, rnd: Round) -> None:
+        """Checkpoint the ledger's head once `rnd` closed or failed (after all it wrote); a
+        round still open (a secure stage waits for answers) gets none yet."""
+        if rnd.status == "open":
+            return
+        event = "round_failed" if rnd.status == "failed" else "round_closed"
+        self.checkpoint(s, rnd.run_id, rnd.number, event)
+
+    def checkpoint(
+        self,
+        s: Session,
+        run_id: str | None,
+        round_: int | None,
+        event: str,
+        entry: LineageEntry | None = None,
+    ) -> None:
+        """Publish a signed checkpoint at `entry` (default: the ledger's head) for silos to
+        countersign (`checkpoints.publish`)."""
+        checkpoints.publish(
+            s,
+            self.service_key,
+            run_id=run_id,
+            round=round_,
+            event=event,
+            height=entry.seq if entry is not None else None,
+            head_hash=entry.entry_hash if entry is not None else None,
         )
 
     def silo(

@@ -7,14 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from aggregation.service import collective_rounds, migrate, wire
+from aggregation.service import collective_rounds, ledger_guard, migrate, wire
 from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.engines.base import Hub
 from aggregation.service.engines.builtin import register_builtins
 from aggregation.service.engines.registry import load_plugins
-from aggregation.service.keys import load_or_create_seal_key, load_or_create_service_key
+from aggregation.service.keys import load_or_create_seal_key, load_service_signer
 from aggregation.service.lineage import Recorder
 from aggregation.service.routes import federations, hist, ledger, runs, secagg, silo, trees
+from aggregation.service.routes.checkpoints import router as checkpoints_router
 from aggregation.service.settings import ServiceSettings
 from schemas.sealed import service_public_bytes
 
@@ -26,6 +27,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings.workspace.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url())
     migrate.upgrade(engine)
+    ledger_guard.require_at_start(engine)  # refuse to run on a ledger whose triggers were dropped
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -33,7 +35,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         collective_rounds.stop_all()
         engine.dispose()
 
-    app = FastAPI(title="fedsilo aggregation service", version="1", lifespan=lifespan)
+    docs = settings.docs_exposed()
+    app = FastAPI(
+        title="fedsilo aggregation service",
+        version="1",
+        lifespan=lifespan,
+        openapi_url="/openapi.json" if docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
@@ -41,7 +51,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.seal_key = load_or_create_seal_key(settings.workspace)
     app.state.seal_public = service_public_bytes(app.state.seal_key)
     app.state.recorder = Recorder(
-        load_or_create_service_key(settings.workspace), settings.workspace
+        load_service_signer(
+            settings.workspace, key_file=settings.signing_key_file, hook=settings.signer
+        ),
+        settings.workspace,
     )
     app.state.hub = Hub(app.state.recorder, settings, app.state.seal_key, app.state.seal_public)
     register_builtins()
@@ -53,6 +66,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     for module in (federations, runs, silo, secagg, ledger, trees, hist):
         app.include_router(module.router)
+    app.include_router(checkpoints_router)
     wire.install(app)
     if settings.mode == "production":
         from aggregation.service.tls import IdentityBinding

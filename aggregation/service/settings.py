@@ -18,6 +18,10 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8700
     mode: Literal["development", "production"] = "development"
+    expose_docs: bool | None = Field(
+        default=None,
+        description="serve /docs, /redoc and /openapi.json; None = in development mode only",
+    )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     long_poll_max_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=0.01, gt=0)
@@ -38,6 +42,11 @@ class ServiceSettings(BaseSettings):
     collective_server_name: str = Field(
         default="127.0.0.1", description="the name in the collective server's certificate"
     )
+
+    # The ledger's signing key off the database host (aggregation/service/keys.py): a PEM file
+    # (owner-only permissions) or a PKCS#11/KMS hook 'module:factory'; default workspace/keys.
+    signing_key_file: Path | None = Field(default=None, description="Ed25519 PEM, mode 0600")
+    signer: str = Field(default="", description="module:factory returning the ledger signer")
 
     plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -68,6 +77,11 @@ class ServiceSettings(BaseSettings):
         if absent:
             raise ValueError(f"production mode: no such file: {'; '.join(absent)}")
         return self
+
+    def docs_exposed(self) -> bool:
+        """Whether the API documentation is served: development mode does, production mode
+        only when asked (``--expose-docs``): it maps every route for whoever can connect."""
+        return self.mode == "development" if self.expose_docs is None else self.expose_docs
 
     def resolved_database_url(self) -> str:
         if self.database_url:

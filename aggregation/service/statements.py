@@ -2,23 +2,29 @@
 
 An accepted update (plain, masked or sealed trees) comes with the silo's signed
 ``update_accepted`` statement; the service appends it in the same transaction and answers
-with its receipt. A refused submission is recorded (``update_rejected``) in a transaction of
-its own, so the refusal itself leaves the round untouched.
+with its receipt. A refused submission only bumps a counter (`record_rejection`: table
+``rejection_counts``, one row per run, round, silo and reason code) in a transaction of its
+own, so a refusal leaves the round, and the ledger, untouched: an approved silo sending
+garbage in a loop cannot grow the database. When the round closes, `summarize_rejections`
+writes one ``rejections`` ledger entry with that round's counts, which keeps the audit trail.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import case, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation.service.db import transaction
 from aggregation.service.exceptions import InvalidPayload, ServiceError
 from aggregation.service.federations import find_silo
 from aggregation.service.lineage import Recorder
-from aggregation.service.tables import Contribution, Run, RunSilo
+from aggregation.service.tables import Contribution, RejectionCount, Round, Run, RunSilo, utcnow
 from schemas.lineage import LineageError
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
+from schemas.wire import INT32_MAX
 
 
 def accept_statement(
@@ -69,20 +75,79 @@ def record_silo_statement(
 
 
 def record_rejection(
-    factory: sessionmaker[Session],
-    recorder: Recorder,
-    run_id: str,
-    number: int,
-    silo: str,
-    exc: ServiceError,
+    factory: sessionmaker[Session], run_id: str, number: int, silo: str, exc: ServiceError
 ) -> None:
-    """A rejected update leaves round state untouched but is recorded, in its own transaction."""
-    with transaction(factory) as s:
-        if s.get(Run, run_id) is None or s.get(RunSilo, (run_id, silo)) is None:
+    """Count a refused submission in `rejection_counts`, in a transaction of its own.
+
+    The refusal leaves everything else untouched: one upsert of the row keyed (run, round,
+    silo, reason code), O(1) per request, never a row beyond that key space. The round is the
+    one named when it exists, else the run's current round (a request naming a round that
+    does not exist cannot mint keys). Unknown runs and silos outside the run are not counted.
+    """
+    for attempt in range(2):
+        try:
+            with transaction(factory) as s:
+                _count(s, run_id, number, silo, exc.code.value)
             return
-        recorder.service(
-            s,
-            "update_rejected",
-            {"silo": silo, "round": number, "status": exc.status_code, "reason": exc.detail},
-            run_id,
+        except IntegrityError:  # a concurrent first rejection inserted the row: bump it
+            if attempt:
+                raise
+
+
+def _count(s: Session, run_id: str, number: int, silo: str, code: str) -> None:
+    run = s.get(Run, run_id)
+    if run is None or s.get(RunSilo, (run_id, silo)) is None:
+        return
+    if s.get(Round, (run_id, number)) is None:
+        number = run.current_round
+    now = utcnow()
+    key = (
+        (RejectionCount.run_id == run_id)
+        & (RejectionCount.round == number)
+        & (RejectionCount.silo == silo)
+        & (RejectionCount.reason_code == code)
+    )
+    saturating = case((RejectionCount.count < INT32_MAX, RejectionCount.count + 1), else_=INT32_MAX)
+    bumped = s.execute(update(RejectionCount).where(key).values(count=saturating, last_at=now))
+    if getattr(bumped, "rowcount", 0) == 0:
+        s.add(
+            RejectionCount(
+                run_id=run_id,
+                round=number,
+                silo=silo,
+                reason_code=code,
+                federation=run.federation,
+                count=1,
+                first_at=now,
+                last_at=now,
+            )
         )
+        s.flush()
+
+
+def summarize_rejections(s: Session, recorder: Recorder, rnd: Round) -> None:
+    """One ``rejections`` ledger entry for a round that has just closed: per silo and reason
+    code, how many submissions were refused and when (first, last). Nothing when none were."""
+    if rnd.status == "open":
+        return
+    rows = s.scalars(
+        select(RejectionCount)
+        .where(RejectionCount.run_id == rnd.run_id, RejectionCount.round == rnd.number)
+        .order_by(RejectionCount.silo, RejectionCount.reason_code)
+    ).all()
+    if not rows:
+        return
+    counts = [
+        {
+            "silo": r.silo,
+            "reason": r.reason_code,
+            "count": r.count,
+            "first_at": r.first_at.isoformat() + "Z",
+            "last_at": r.last_at.isoformat() + "Z",
+        }
+        for r in rows
+    ]
+    total = sum(r.count for r in rows)
+    recorder.service(
+        s, "rejections", {"round": rnd.number, "total": total, "counts": counts}, rnd.run_id
+    )

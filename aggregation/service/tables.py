@@ -187,3 +187,48 @@ class HistMessage(Base):
     digest: Mapped[str] = mapped_column(String(64))
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RejectionCount(Base):
+    """How often one silo's submissions to one round were refused, for one reason code.
+
+    One row per key, incremented in place: a rejected request costs one upsert and never a new
+    row beyond the key space (rounds opened x silos in the run x `statements.REASON_CODES`).
+    The ledger gets one ``rejections`` summary per round when the round closes.
+    """
+
+    __tablename__ = "rejection_counts"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason_code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    federation: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LedgerCheckpoint(Base):
+    """A signed checkpoint of the ledger (`schemas.ledger_checkpoint`), one per height.
+
+    Published at round close, round failure and run end; silos fetch and countersign it.
+    """
+
+    __tablename__ = "ledger_checkpoints"
+    height: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
+    round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    event: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[str] = mapped_column(String(32))
+    service_signature: Mapped[str] = mapped_column(String(128))
+
+
+class LedgerCountersignature(Base):
+    """A silo's Ed25519 countersignature of one checkpoint (checked before it is stored)."""
+
+    __tablename__ = "ledger_countersignatures"
+    height: Mapped[int] = mapped_column(ForeignKey("ledger_checkpoints.height"), primary_key=True)
+    silo: Mapped[str] = mapped_column(String(80), primary_key=True)
+    signature: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

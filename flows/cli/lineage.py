@@ -23,8 +23,16 @@ def _ledger(
     service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
 ):  # type: ignore[no-untyped-def]
     """Entries and author keys from an export file (offline) or from the service."""
-    from flows.lineage_cmds import load_entries_from_export
-    from schemas.ledger_export import load_export
+    book, keys = _ledger_export(service_url, token, token_file, export)
+    return book.entries, keys
+
+
+def _ledger_export(
+    service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
+):  # type: ignore[no-untyped-def]
+    """The ledger (entries, checkpoints) and author keys from an export file or the service."""
+    from flows.lineage_cmds import load_export_file
+    from schemas.ledger_export import load_ledger_export
 
     try:
         if export is not None:
@@ -32,9 +40,9 @@ def _ledger(
             keys = json.loads(keys_file.read_text()) if keys_file.exists() else None
             if keys is None:
                 keys = coordinator(service_url, token, token_file).ledger_keys()
-            return load_entries_from_export(export), keys
+            return load_export_file(export), keys
         client = coordinator(service_url, token, token_file)
-        return load_export(client.ledger_export()), client.ledger_keys()
+        return load_ledger_export(client.ledger_export()), client.ledger_keys()
     except (LineageError, LineageReviewError, ClientError) as exc:
         # a damaged or truncated record is a verification failure, said plainly
         console.print(f"[bold red]ledger INVALID:[/bold red] {exc}", highlight=False)
@@ -67,31 +75,79 @@ def lineage_verify(
     export: ExportOpt = None,
     artifacts: ArtifactsOpt = None,
     silo_copy: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--silo-copy",
-            help="A silo's workspace (or "
-            "its lineage/records.jsonl) to cross-check against the ledger.",
+            help="A silo's workspace (or its lineage/records.jsonl) to cross-check against "
+            "the ledger: its receipts and the checkpoints it countersigned. Repeat per silo.",
         ),
     ] = None,
 ) -> None:
     """Re-check the hash chain, every signature and every model file's sha256; exit 1 and name
-    the first bad entry if anything was altered. With --silo-copy, also check that the ledger
-    holds exactly what that silo signed and was given receipts for."""
+    the first bad entry if anything was altered. Then check the ledger against the latest
+    countersigned checkpoints (from the export or service, and from each --silo-copy): a
+    ledger that ends before a countersigned height, or whose entry hash differs from a
+    countersigned head, was cut or rewritten (service-only entries included). With
+    --silo-copy, also check that the ledger holds exactly what that silo signed and was given
+    receipts for."""
     from flows import lineage_cmds
 
-    entries, keys = _ledger(service_url, token, token_file, export)
+    book, keys = _ledger_export(service_url, token, token_file, export)
+    entries = book.entries
     checker = None
     if artifacts is None and export is None:
         client = coordinator(service_url, token, token_file)
         checker = lineage_cmds.fetched_artifact_checker(entries, client.download_model)
     ok, shown = lineage_cmds.verify(entries, keys, artifacts, artifact_checker=checker)
     console.print(shown)
-    if silo_copy is not None:
-        copy_ok, copy_shown = lineage_cmds.verify_silo_copy(silo_copy, entries, keys)
-        console.print(copy_shown)
-        ok = ok and copy_ok
-    raise typer.Exit(0 if ok else 1)
+    copies_ok, copies_shown, silo_checkpoints = lineage_cmds.verify_silo_copies(
+        silo_copy or [], entries, keys
+    )
+    for shown_copy in copies_shown:
+        console.print(shown_copy)
+    anchors_ok, anchors_shown = lineage_cmds.verify_anchors(
+        entries, keys, silo_checkpoints=silo_checkpoints, export_checkpoints=book.checkpoints
+    )
+    console.print(anchors_shown)
+    raise typer.Exit(0 if ok and copies_ok and anchors_ok else 1)
+
+
+@lineage_app.command("reinstall-ledger-guard")
+def reinstall_ledger_guard(
+    database_url: Annotated[
+        str,
+        typer.Option(
+            help="The service's SQLAlchemy URL (default: FEDSILO_SERVICE_DATABASE_URL, else "
+            "the SQLite file in --workspace)."
+        ),
+    ] = "",
+    workspace: Annotated[
+        Path | None, typer.Option(help="Service workspace (FEDSILO_SERVICE_WORKSPACE).")
+    ] = None,
+) -> None:
+    """Reinstall the ledger's append-only triggers, after investigating why they were gone.
+
+    The service refuses to start while one is missing; first run `fedsilo lineage verify`
+    with every silo's copy to learn what was changed while they were down."""
+    from aggregation.service import ledger_guard
+    from aggregation.service.db import make_engine
+    from aggregation.service.settings import ServiceSettings
+
+    settings = ServiceSettings(workspace=workspace) if workspace else ServiceSettings()
+    url = database_url or settings.resolved_database_url()
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            gone = ledger_guard.missing(conn)
+            ledger_guard.install(conn)
+            still = ledger_guard.missing(conn)
+    finally:
+        engine.dispose()
+    if still:
+        console.print(f"[bold red]triggers still missing:[/bold red] {', '.join(still)}")
+        raise typer.Exit(1)
+    was = f"were missing: {', '.join(gone)}" if gone else "none was missing"
+    console.print(f"ledger append-only triggers reinstalled ({was})", highlight=False)
 
 
 @lineage_app.command("show")
@@ -102,11 +158,13 @@ def lineage_show(
     token_file: TokenFileOpt = None,
     export: ExportOpt = None,
 ) -> None:
-    """A run's lineage as a timeline: config, silos, validation, updates, aggregates, models."""
+    """A run's lineage as a timeline: config, silos, validation, updates, aggregates, models,
+    then the run's ledger checkpoints and which silos countersigned them."""
     from flows import lineage_cmds
 
-    entries, _ = _ledger(service_url, token, token_file, export)
-    console.print(lineage_cmds.show_run(entries, run_id))
+    book, _ = _ledger_export(service_url, token, token_file, export)
+    console.print(lineage_cmds.show_run(book.entries, run_id))
+    console.print(lineage_cmds.checkpoints_table(book.checkpoints, run_id))
 
 
 @lineage_app.command("contributions")

@@ -38,6 +38,15 @@ ClientCaOpt = Annotated[
         help="The federation CA: only clients with a certificate it signed may connect.",
     ),
 ]
+ExposeDocsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--expose-docs",
+        envvar="FEDSILO_SERVICE_EXPOSE_DOCS",
+        help="Serve /docs, /redoc and /openapi.json in production mode too (development mode "
+        "always does). Off by default: the schema maps every route for whoever connects.",
+    ),
+]
 AdminTokenFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -73,6 +82,7 @@ def aggregator_serve(
     tls_key: TlsKeyOpt = None,
     client_ca: ClientCaOpt = None,
     admin_token_file: AdminTokenFileOpt = None,
+    expose_docs: ExposeDocsOpt = False,
 ) -> None:
     """Start the aggregation service. All state is in its database: stop or kill it at any
     time and start it again to carry on."""
@@ -90,6 +100,7 @@ def aggregator_serve(
             tls_key=tls_key,
             client_ca=client_ca,
             admin_token_file=admin_token_file,
+            expose_docs=True if expose_docs else None,
         )
     except ValidationError as exc:
         raise fail(exc.errors()[0]["msg"]) from exc

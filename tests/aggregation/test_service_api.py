@@ -262,13 +262,19 @@ def test_every_step_lands_in_a_verifiable_ledger(fed: Fed, tmp_path) -> None:  #
         answers[name] = client.submit_update(
             fed.run_id, 1, payload(deltas(i), fed.run_id, 1, n=5 + i)
         )
-    with pytest.raises(ServiceRejected):  # a rejected second update is recorded, not counted
-        fed.silos["a"].submit_update(fed.run_id, 1, payload(deltas(9), fed.run_id, 1))
+    for _ in range(3):  # rejected second updates are counted, not stored
+        with pytest.raises(ServiceRejected):
+            fed.silos["a"].submit_update(fed.run_id, 1, payload(deltas(9), fed.run_id, 1))
+    assert "rejections" not in [e.kind for e in fed.coord.ledger()]  # nothing until it closes
     closed = fed.coord.close_round(fed.run_id, 1)
     entries = fed.coord.ledger()
     kinds = [e.kind for e in entries]
     assert kinds.count("silo_joined") == 3 and kinds.count("update_accepted") == 3
-    assert {"run_started", "update_rejected", "aggregate", "model_saved"} <= set(kinds)
+    assert {"run_started", "rejections", "aggregate", "model_saved"} <= set(kinds)
+    assert "update_rejected" not in kinds and kinds.count("rejections") == 1
+    summary = next(e for e in entries if e.kind == "rejections")
+    assert '"count":3' in summary.payload.replace(" ", "")
+    assert '"reason":"already_answered"' in summary.payload.replace(" ", "")
     accepted = [e for e in entries if e.kind == "update_accepted"]
     assert {e.author for e in accepted} == {"silo:a", "silo:b", "silo:c"}
     saved = [e for e in entries if e.kind == "model_saved"][-1]  # v0 first, then v1
@@ -313,3 +319,78 @@ def test_too_many_silos_sitting_out_fail_the_round_naming_them(fed: Fed) -> None
     assert out.status == "failed"
     assert "expect_column_values_to_be_between(chol)" in (out.reason or "")
     assert "expect_table_row_count_to_be_between(table)" in (out.reason or "")
+
+
+BIG = str(2**63 + 1)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/runs?limit=" + BIG),
+        ("GET", "/v1/runs?limit=-1"),
+        ("GET", "/v1/runs?limit=0"),
+        ("GET", "/v1/ledger?after=" + BIG),
+        ("GET", "/v1/ledger?after=-1"),
+        ("GET", "/v1/ledger?limit=-1"),
+        ("GET", "/v1/runs/{run}/rounds/" + BIG),
+        ("GET", "/v1/runs/{run}/rounds/1?wait=" + BIG),
+        ("GET", "/v1/runs/{run}/rounds/1?wait=inf"),
+        ("GET", "/v1/runs/{run}/models/" + BIG + "/admin"),
+        ("POST", "/v1/runs/{run}/rounds/" + BIG + "/close"),
+    ],
+)
+def test_out_of_range_numbers_are_422_naming_the_field(fed: Fed, method: str, path: str) -> None:
+    headers = {"Authorization": "Bearer test-admin-token", **WIRE}
+    resp = httpx.request(method, fed.url + path.format(run=fed.run_id), headers=headers)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["code"] == "invalid_payload"
+    field = (
+        path.split("?")[-1].split("=")[0]
+        if "?" in path
+        else ("version" if "models" in path else "number")
+    )
+    assert field in body["detail"]
+
+
+def test_oversized_numbers_in_json_bodies_are_422(fed: Fed) -> None:
+    headers = {"Authorization": "Bearer test-admin-token", **WIRE}
+    body = {"round": 2**63 + 1, "deadline_s": 10}
+    resp = httpx.post(f"{fed.url}/v1/runs/{fed.run_id}/rounds", json=body, headers=headers)
+    assert resp.status_code == 422 and "round" in resp.json()["detail"]
+    resp = httpx.post(
+        f"{fed.url}/v1/runs/{fed.run_id}/rounds",
+        content=b'{"round": 2, "deadline_s": 1e400}',
+        headers={"content-type": "application/json", **headers},
+    )
+    assert resp.status_code == 422 and "deadline_s" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("n", [BIG, "-1", "0"])
+def test_out_of_range_n_examples_in_update_metadata_is_422(fed: Fed, n: str) -> None:
+    md = {"run_id": fed.run_id, "round": "1", "n_examples": n}
+    body = tensors.encode(dict(zip(NAMES, deltas(1), strict=True)), md)
+    with pytest.raises(ServiceRejected) as err:
+        fed.silos["a"].submit_update(fed.run_id, 1, body)
+    assert err.value.status == 422 and "n_examples" in str(err.value)
+    assert states(fed)["a"] == "waiting"
+
+
+def test_out_of_range_round_in_a_silo_path_is_422(fed: Fed) -> None:
+    with pytest.raises(ServiceRejected) as err:
+        fed.silos["a"].submit_update(fed.run_id, 2**63 + 1, payload(deltas(1), fed.run_id, 1))
+    assert err.value.status == 422 and "number" in str(err.value)
+
+
+def test_dates_carry_their_time_zone(fed: Fed) -> None:
+    headers = {"Authorization": "Bearer test-admin-token", **WIRE}
+    run = httpx.get(f"{fed.url}/v1/runs/{fed.run_id}", headers=headers).json()
+    rnd = httpx.get(f"{fed.url}/v1/runs/{fed.run_id}/rounds/1", headers=headers).json()
+    silos = httpx.get(f"{fed.url}/v1/federations/f/silos", headers=headers).json()
+    feds = httpx.get(f"{fed.url}/v1/federations", headers=headers).json()
+    stamps = [run["created_at"], rnd["opened_at"], rnd["deadline_at"]]
+    stamps += [s["enrolled_at"] for s in silos] + [f["created_at"] for f in feds]
+    for stamp in stamps:
+        assert stamp.endswith(("+00:00", "Z")), stamp
+        assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0)

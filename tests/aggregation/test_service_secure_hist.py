@@ -279,5 +279,5 @@ def test_bad_level_answers_are_refused_and_change_nothing(fed: Fed) -> None:
     drive(fed, 1)
     assert fed.coord.wait_round(fed.run_id, 1, 0).status == "aggregated"
     assert fed.coord.download_model(fed.run_id, 1) == expected(2)
-    rejected = [e for e in fed.coord.ledger(fed.run_id) if e.kind == "update_rejected"]
-    assert len(rejected) == len(cases)
+    # refusals are counted (rejection_counts), never one ledger entry each
+    assert "update_rejected" not in {e.kind for e in fed.coord.ledger(fed.run_id)}

@@ -209,8 +209,10 @@ def test_bad_tree_updates_are_refused_and_change_nothing(service: str) -> None:
         a.submit_update(fed.run_id, 1, b"not tensors")
     out = fed.coord.wait_round(fed.run_id, 1, wait_s=0)
     assert {s.silo: s.state for s in out.silos} == dict.fromkeys("abc", "waiting")
-    rejected = [e for e in fed.coord.ledger(fed.run_id) if e.kind == "update_rejected"]
-    assert len(rejected) >= 4
+    # refusals are counted (rejection_counts), not appended: the ledger gets one summary
+    # entry ("rejections") when the round closes
+    kinds = {e.kind for e in fed.coord.ledger(fed.run_id)}
+    assert not kinds & {"update_rejected", "rejections"}
     # the honest update is still accepted afterwards
     assert send(a, task, envelope)["duplicate"] is False
 

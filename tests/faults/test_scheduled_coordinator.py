@@ -144,7 +144,11 @@ def test_scheduled_deployment_runs_on_a_process_worker(
     assert isinstance(found, dict)
     assert found["work_pool_name"] == pool
     assert [s["schedule"]["cron"] for s in found["schedules"]] == [CRON]
-    assert found["parameters"]["admin_token"] == ""  # only the token file's path is stored
+    # only the token file's path is stored: Prefect shows every parameter
+    assert "admin_token" not in found["parameters"]
+    assert found["parameters"]["admin_token_file"] == str(
+        (fed.root / "service" / "admin.token").resolve()
+    )
     # what Prefect's scheduler does on its own every minute: the cron yields scheduled runs
     _api(prefect_api_url, "POST", f"/deployments/{found['id']}/schedule", {"max_runs": 1})
     scheduled = _api(

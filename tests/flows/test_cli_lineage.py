@@ -6,17 +6,25 @@ from pathlib import Path
 
 import numpy as np
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from sqlalchemy import text
 from typer.testing import CliRunner
 
+from aggregation.service.db import make_engine
 from flows.cli import app
 from schemas import tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate
+from schemas.wire import RoundOpen, RunCreate, RunFinish
+from silos.checkpoints import countersign_pending
+from silos.client import SiloClient
 
 MODEL = ModelSpec(kind="logreg", n_features=3)
 
 
 def _one_round(url: str) -> str:
+    return _one_round_with_silos(url)[0]
+
+
+def _one_round_with_silos(url: str) -> tuple[str, dict[str, SiloClient]]:
     coord = coordinator(url)
     coord.create_federation("f")
     silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}
@@ -41,7 +49,7 @@ def _one_round(url: str) -> str:
             run.run_id, 1, tensors.encode(dict(zip(names, delta.values(), strict=True)), meta)
         )
     coord.close_round(run.run_id, 1)
-    return run.run_id
+    return run.run_id, silos
 
 
 def test_verify_show_contributions_report_and_a_truncated_export(
@@ -77,3 +85,55 @@ def test_verify_show_contributions_report_and_a_truncated_export(
     )
     assert truncated.exit_code == 1
     assert "truncated" in truncated.output
+
+
+def test_verify_names_a_cut_tail_from_the_silo_copies(sqlite_url: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    with service_in_thread(tmp_path / "svc", sqlite_url) as url:
+        run_id, silos = _one_round_with_silos(url)
+        coordinator(url).finish_run(run_id, RunFinish(status="finished"))
+        copies = []
+        for name, client in silos.items():
+            countersign_pending(client, tmp_path / f"silo-{name}")
+            copies += ["--silo-copy", str(tmp_path / f"silo-{name}")]
+        auth = ["--service-url", url, "--token", "test-admin-token"]
+        ok = runner.invoke(app, ["lineage", "verify", *auth, *copies])
+        assert ok.exit_code == 0, ok.output
+        assert "anchors OK" in ok.output
+        show = runner.invoke(app, ["lineage", "show", run_id, *auth])
+        assert show.exit_code == 0, show.output
+        assert "ledger checkpoints of run" in show.output and "silo:b" in show.output
+        export = tmp_path / "ledger.jsonl"
+        runner.invoke(
+            app, ["lineage", "export", run_id, "--format", "ledger", "--out", str(export), *auth]
+        )
+        assert export.read_text().count('\n{"checkpoint":') == 2  # round 1 closed, run finished
+        # The attacker removes run_finished, fixes ledger_head and hides the checkpoints.
+        engine = make_engine(sqlite_url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER ledger_entries_no_delete"))
+            conn.execute(text("DELETE FROM ledger_countersignatures"))
+            conn.execute(text("DELETE FROM ledger_checkpoints"))
+            end = conn.execute(text("SELECT max(seq) FROM ledger_entries")).scalar()
+            conn.execute(text("DELETE FROM ledger_entries WHERE seq = :end"), {"end": end})
+            head = conn.execute(
+                text("SELECT entry_hash FROM ledger_entries WHERE seq = :s"), {"s": end - 1}
+            ).scalar()
+            conn.execute(
+                text("UPDATE ledger_head SET seq = :s, entry_hash = :h"), {"s": end - 1, "h": head}
+            )
+        engine.dispose()
+        alone = runner.invoke(app, ["lineage", "verify", *auth])
+        assert alone.exit_code == 0, alone.output  # the chain alone cannot tell...
+        assert "no countersigned checkpoint" in alone.output
+        caught = runner.invoke(app, ["lineage", "verify", *auth, *copies])
+        assert caught.exit_code == 1, caught.output
+        flat = " ".join(caught.output.split())
+        assert f"ledger ends at seq {end - 1} but checkpoint of the end of run {run_id}" in flat
+        assert "countersigned by silo:a, silo:b" in flat
+    # The export taken before the attack carries its countersigned checkpoints and verifies.
+    offline = runner.invoke(
+        app, ["lineage", "verify", "--export", str(export), "--artifacts", str(tmp_path / "svc")]
+    )
+    assert offline.exit_code == 0, offline.output
+    assert "anchors OK: 2 countersigned checkpoints" in " ".join(offline.output.split())

@@ -23,9 +23,12 @@ from flows.lineage_cmds import (
     contributions_table,
     fetched_artifact_checker,
     load_entries_from_export,
+    load_silo_checkpoints,
     parse_keys,
     show_run,
     verify,
+    verify_anchors,
+    verify_silo_copies,
     verify_silo_copy,
 )
 from schemas.ledger_export import ExportError, ExportTruncatedError, export_entries
@@ -313,3 +316,21 @@ def test_malformed_and_missing_keys(sample: Sample) -> None:
     first = min(e.seq for e in sample.entries() if e.author == "silo:cleveland")
     assert not ok
     assert f"entry {first}: no public key for silo:cleveland" in _plain(shown)
+
+
+def test_a_damaged_checkpoint_copy_names_its_line_and_a_missing_one_is_empty(
+    sample: Sample,
+) -> None:
+    workspace = sample.silo_dirs["cleveland"]
+    assert load_silo_checkpoints(workspace) == []  # an agent that never countersigned
+    path = workspace / "lineage" / "checkpoints.jsonl"
+    path.write_text('{"checkpoint":{"height":3}}\n', encoding="utf-8")
+    with pytest.raises(LineageReviewError, match=rf"{path} line 1 is not a countersigned"):
+        load_silo_checkpoints(workspace)
+    ok, shown, _ = verify_silo_copies([workspace], sample.entries(), sample.keys)
+    assert not ok and "silo copy unreadable" in _plain(shown[0])
+
+
+def test_verify_anchors_without_checkpoints_says_what_is_not_covered(sample: Sample) -> None:
+    ok, shown = verify_anchors(sample.entries(), sample.keys)
+    assert ok and "no countersigned checkpoint given" in _plain(shown)

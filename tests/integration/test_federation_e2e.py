@@ -233,11 +233,14 @@ def test_silo_killed_after_sharing_keys_is_recovered_by_secure_aggregation(
     victim = next(a for a in agents if "switzerland" in a.name)
     outcome: dict[str, object] = {}
     training = TrainingSpec(local_epochs=2, lr=0.1, batch_size=32)
+    token_file = tmp_path / "admin.token"  # the flow reads its token from a 0600 file
+    token_file.touch(mode=0o600)
+    token_file.write_text(token)
     thread = threading.Thread(
         target=lambda: outcome.update(
             result=federated_training(
                 service_urls=[url],
-                admin_token=token,
+                admin_token_file=str(token_file),
                 federation="heart",
                 dataset="heart_disease",
                 model=MODEL,

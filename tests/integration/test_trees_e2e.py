@@ -20,6 +20,7 @@ import xgboost as xgb
 from support.live_service import free_port, write_heart_silos
 
 from aggregation.trees.models import predict_proba
+from flows.admin_token import private_token_file
 from flows.coordinator import federated_training
 from flows.demo_trees import collective_pki
 from flows.processes import Proc, start_agent, start_service
@@ -81,18 +82,19 @@ def _wait_enrolled(coord: CoordinatorClient, name: str, agents: list[Proc]) -> N
 
 
 def _train(url: str, token: str, out: Path, spec: TreeSpec, rounds: int) -> dict:  # type: ignore[type-arg]
-    return federated_training(
-        service_urls=[url],
-        admin_token=token,
-        federation="heart",
-        dataset="heart_disease",
-        trees=spec,
-        rounds=rounds,
-        min_silos=4,
-        round_deadline_s=120,
-        output_dir=str(out),
-        secure_aggregation=SecureAggregationSpec(enabled=False),
-    )
+    with private_token_file(token) as token_file:
+        return federated_training(
+            service_urls=[url],
+            admin_token_file=str(token_file),
+            federation="heart",
+            dataset="heart_disease",
+            trees=spec,
+            rounds=rounds,
+            min_silos=4,
+            round_deadline_s=120,
+            output_dir=str(out),
+            secure_aggregation=SecureAggregationSpec(enabled=False),
+        )
 
 
 def _spec(kind: str, mode: str) -> TreeSpec:
@@ -193,18 +195,19 @@ def test_xgboost_secure_hist_service_sees_only_sums(
     )
     # a longer deadline than _train's: run alone, the agents start cold (a deadline passing
     # before any silo advertised its session keys fails the run, as it should)
-    result = federated_training(
-        service_urls=[url],
-        admin_token=token,
-        federation="heart",
-        dataset="heart_disease",
-        trees=spec,
-        rounds=2,
-        min_silos=4,
-        round_deadline_s=300,
-        output_dir=str(root / "models"),
-        secure_aggregation=SecureAggregationSpec(enabled=False),
-    )
+    with private_token_file(token) as token_file:
+        result = federated_training(
+            service_urls=[url],
+            admin_token_file=str(token_file),
+            federation="heart",
+            dataset="heart_disease",
+            trees=spec,
+            rounds=2,
+            min_silos=4,
+            round_deadline_s=300,
+            output_dir=str(root / "models"),
+            secure_aggregation=SecureAggregationSpec(enabled=False),
+        )
     rounds = result["rounds"]
     assert [r["kind"] for r in rounds] == ["train", "train", "evaluate"]
     assert all(sorted(r["contributors"]) == HOSPITALS for r in rounds)

@@ -197,11 +197,16 @@ def test_sql_significant_characters_are_stored_verbatim(
             files = silo_files(fed, tmp_path / "silos", name, replace=True)
             silo_client(url, files, name).enrol()
         assert sorted(s.name for s in coord.silos("heart")) == sorted(names)
-        # '_' is a LIKE wildcard and "' OR '1'='1" an injection: each matches nothing
-        for probe in ("s_", "' OR '1'='1", "%"):
-            assert coord.ledger(run_id=probe) == []
-        assert coord.request("GET", "/v1/runs?federation=%27%20OR%201%3D1--").json() == []
+        # '_' is a LIKE wildcard: it matches nothing; an injection is not even a name (422)
+        assert coord.ledger(run_id="s_") == []
+        for probe in ("' OR '1'='1", "%"):
+            with pytest.raises(ServiceRejected) as err:
+                coord.ledger(run_id=probe)
+            assert err.value.status == 422 and "run_id" in str(err.value)
+        with pytest.raises(ServiceRejected) as err:
+            coord.request("GET", "/v1/runs?federation=%27%20OR%201%3D1--")
+        assert err.value.status == 422 and "federation" in str(err.value)
         with pytest.raises(ServiceRejected) as err:
             coord.approve("heart", "s_%")
-        assert err.value.status == 404
+        assert err.value.status == 422  # not a silo name: refused before any lookup
         assert json.dumps(SQL_TEXT) in coord.request("GET", "/v1/federations").text

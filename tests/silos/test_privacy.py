@@ -9,8 +9,8 @@ import numpy as np
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.wire import SecAggInfo, SecAggMaskedTask
 from silos import privacy
-from silos.agent import _privacy_budget_problem
 from silos.config import load_silo_config
+from silos.handlers.training import privacy_refusal
 
 SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
 
@@ -54,8 +54,8 @@ def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Pa
         stage="masked", roster=["a", "b"], roster_keys={}, threshold=2, dim=4, bits=32, clip=0.5
     )
     task = SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
-    assert _privacy_budget_problem(config, task) is None  # one round: epsilon ~4.7 <= 8
+    assert privacy_refusal(config, task) is None  # one round: epsilon ~4.7 <= 8
     privacy.record_round(config.workspace, "r1", SPEC)
     privacy.record_round(config.workspace, "r1", SPEC)
-    problem = _privacy_budget_problem(config, task.model_copy(update={"round": 3}))
+    problem = privacy_refusal(config, task.model_copy(update={"round": 3}))
     assert problem is not None and "allows at most 8" in problem and "epsilon to 9.0" in problem

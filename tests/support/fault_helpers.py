@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import create_engine, text
 
+from flows.admin_token import private_token_file
 from flows.coordinator import federated_training
 from flows.processes import Proc, base_env, spawn, start_agent, start_service, wait_http
 from flows.service_client import CoordinatorClient
@@ -43,7 +44,7 @@ from support.live_service import free_port, write_heart_silos
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
 N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
 MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository root
 START_S = 180.0  # a process's start-up on a loaded 2-core CI machine can take a minute
 
 
@@ -224,22 +225,24 @@ def train(
     deadline_s: float = 90,
     **extra: Any,
 ) -> dict:  # type: ignore[type-arg]
-    """One run of the coordinator's flow (a Prefect flow run) in this process."""
-    return federated_training(
-        service_urls=urls,
-        admin_token=token,
-        federation="heart",
-        dataset="heart_disease",
-        model=model,
-        strategy=strategy or StrategySpec(),
-        training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
-        rounds=rounds,
-        min_silos=min_silos,
-        round_deadline_s=deadline_s,
-        output_dir=str(out),
-        secure_aggregation=SecureAggregationSpec(enabled=secure),
-        **extra,
-    )
+    """One run of the coordinator's flow (a Prefect flow run) in this process; the admin
+    token reaches it as a private file's path, never as a parameter (flows/admin_token.py)."""
+    with private_token_file(token) as token_file:
+        return federated_training(
+            service_urls=urls,
+            admin_token_file=str(token_file),
+            federation="heart",
+            dataset="heart_disease",
+            model=model,
+            strategy=strategy or StrategySpec(),
+            training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
+            rounds=rounds,
+            min_silos=min_silos,
+            round_deadline_s=deadline_s,
+            output_dir=str(out),
+            secure_aggregation=SecureAggregationSpec(enabled=secure),
+            **extra,
+        )
 
 
 def train_in_thread(*args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:

@@ -27,7 +27,8 @@ async def receive_answer(
     record: type[ServiceError] | None = ServiceError,
 ) -> dict[str, object]:
     """`RoundEngine.receive` in one transaction (off the event loop). A refusal of the kind
-    `record` is written to the ledger (``update_rejected``) before the error goes back."""
+    `record` is counted (`statements.record_rejection`: one counter row per run, round, silo
+    and reason code, no ledger entry) before the error goes back."""
 
     def store() -> dict[str, object]:
         with transaction(factory) as s:
@@ -38,9 +39,7 @@ async def receive_answer(
         return await run_in_threadpool(store)
     except ServiceError as exc:
         if record is not None and isinstance(exc, record):
-            await run_in_threadpool(
-                record_rejection, factory, hub.recorder, run_id, number, answer.silo, exc
-            )
+            await run_in_threadpool(record_rejection, factory, run_id, number, answer.silo, exc)
         raise
 
 

@@ -6,13 +6,13 @@ from fastapi import APIRouter
 
 from aggregation.service import federations as crud
 from aggregation.service.db import transaction
-from aggregation.service.deps import AdminDep, FactoryDep, RecorderDep
+from aggregation.service.deps import ADMIN_ERRORS, AdminDep, FactoryDep, Name, RecorderDep, errors
 from schemas.wire import EnrolRequest, FederationCreate, FederationOut, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["federations"])
 
 
-@router.post("/federations", status_code=201, dependencies=[AdminDep])
+@router.post("/federations", status_code=201, dependencies=[AdminDep], responses=ADMIN_ERRORS)
 def create_federation(body: FederationCreate, factory: FactoryDep) -> FederationOut:
     with transaction(factory) as s:
         return crud.federation_out(
@@ -20,20 +20,26 @@ def create_federation(body: FederationCreate, factory: FactoryDep) -> Federation
         )
 
 
-@router.get("/federations", dependencies=[AdminDep])
+@router.get("/federations", dependencies=[AdminDep], responses=ADMIN_ERRORS)
 def list_federations(factory: FactoryDep) -> list[FederationOut]:
     with transaction(factory) as s:
         return [crud.federation_out(f) for f in crud.list_federations(s)]
 
 
-@router.get("/federations/{federation}/silos", dependencies=[AdminDep])
-def list_silos(federation: str, factory: FactoryDep) -> list[SiloOut]:
+@router.get("/federations/{federation}/silos", dependencies=[AdminDep], responses=ADMIN_ERRORS)
+def list_silos(federation: Name, factory: FactoryDep) -> list[SiloOut]:
     with transaction(factory) as s:
         return [crud.silo_out(x) for x in crud.list_silos(s, federation)]
 
 
-@router.post("/federations/{federation}/silos/{silo}/approve", dependencies=[AdminDep])
-def approve_silo(federation: str, silo: str, factory: FactoryDep, recorder: RecorderDep) -> SiloOut:
+@router.post(
+    "/federations/{federation}/silos/{silo}/approve",
+    dependencies=[AdminDep],
+    responses=ADMIN_ERRORS,
+)
+def approve_silo(
+    federation: Name, silo: Name, factory: FactoryDep, recorder: RecorderDep
+) -> SiloOut:
     with transaction(factory) as s:
         row = crud.find_silo(s, federation, silo)
         was = row.status if row else None
@@ -44,13 +50,15 @@ def approve_silo(federation: str, silo: str, factory: FactoryDep, recorder: Reco
         return crud.silo_out(row)
 
 
-@router.post("/federations/{federation}/silos/{silo}/revoke", dependencies=[AdminDep])
-def revoke_silo(federation: str, silo: str, factory: FactoryDep) -> SiloOut:
+@router.post(
+    "/federations/{federation}/silos/{silo}/revoke", dependencies=[AdminDep], responses=ADMIN_ERRORS
+)
+def revoke_silo(federation: Name, silo: Name, factory: FactoryDep) -> SiloOut:
     with transaction(factory) as s:
         return crud.silo_out(crud.set_silo_status(s, federation, silo, "revoked"))
 
 
-@router.post("/enrol", status_code=201)
+@router.post("/enrol", status_code=201, responses=errors(400, 404, 409, 413, 422))
 def enrol(body: EnrolRequest, factory: FactoryDep) -> SiloOut:
     """A silo presents its public key and proves it holds the private key."""
     with transaction(factory) as s:

@@ -15,7 +15,16 @@ from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, HubDep, ParticipantDep
+from aggregation.service.deps import (
+    OCTET_BODY,
+    SILO_ERRORS,
+    FactoryDep,
+    HubDep,
+    ParticipantDep,
+    RunId,
+    Stage,
+    octet_stream,
+)
 from aggregation.service.engines import secure_hist
 from aggregation.service.engines.base import Answer
 from aggregation.service.engines.context import round_context
@@ -26,24 +35,36 @@ from aggregation.service.hist_state import hist_row
 from aggregation.service.runs import get_run
 from aggregation.service.statements import record_rejection
 from schemas.frames import pack_frames
-from schemas.wire import OCTET_STREAM
+from schemas.wire import INT32_MAX, OCTET_STREAM
 
-router = APIRouter(prefix="/v1/silo/runs/{run_id}/hist", tags=["secure-hist"])
+router = APIRouter(
+    prefix="/v1/silo/runs/{run_id}/hist", tags=["secure-hist"], responses=SILO_ERRORS
+)
+Bounded = Annotated[int, Query(ge=0, le=INT32_MAX)]
+MAX_NODES_CHARS = 65_536
 
 
 def _nodes(raw: str) -> tuple[int, ...]:
     try:
-        return tuple(int(n) for n in raw.split(",") if n != "")
+        ids = tuple(int(n) for n in raw.split(",") if n != "")
     except ValueError:
-        raise InvalidPayload(f"nodes must be comma-separated node ids, got {raw!r}") from None
+        raise InvalidPayload(f"nodes must be comma-separated node ids, got {raw[:80]!r}") from None
+    if any(n > INT32_MAX for n in ids):
+        raise InvalidPayload(f"nodes: a node id is over {INT32_MAX}")
+    return ids
 
 
 @router.get(
-    "/inbox", response_class=Response, responses={204: {"description": "nothing is waiting"}}
+    "/inbox",
+    response_class=Response,
+    responses={
+        **octet_stream("the step's protocol messages, as frames"),
+        204: {"description": "nothing is waiting"},
+    },
 )
 def inbox(
-    run_id: str,
-    counter: Annotated[int, Query(ge=0)],
+    run_id: RunId,
+    counter: Bounded,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
@@ -62,16 +83,16 @@ def inbox(
     return Response(pack_frames(frames), media_type=OCTET_STREAM)
 
 
-@router.post("/{stage}")
+@router.post("/{stage}", openapi_extra=OCTET_BODY)
 async def post_message(
-    run_id: str,
-    stage: str,
+    run_id: RunId,
+    stage: Stage,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
-    tree: Annotated[int | None, Query(ge=0)] = None,
-    depth: Annotated[int | None, Query(ge=0)] = None,
-    nodes: str = "",
+    tree: Bounded | None = None,
+    depth: Bounded | None = None,
+    nodes: Annotated[str, Query(max_length=MAX_NODES_CHARS, pattern=r"^[0-9,]*$")] = "",
 ) -> dict[str, object]:
     """One session message; a level's masked vector names the level it answers
     (``?tree=&depth=&nodes=1,2``). Answers where the run stands."""
@@ -91,14 +112,12 @@ async def post_message(
     try:
         return await run_in_threadpool(store)
     except InvalidPayload as exc:
-        await run_in_threadpool(
-            record_rejection, factory, hub.recorder, run_id, number, silo.name, exc
-        )
+        await run_in_threadpool(record_rejection, factory, run_id, number, silo.name, exc)
         raise
 
 
 @router.get("/cuts")
-def cuts(run_id: str, silo: ParticipantDep, factory: FactoryDep) -> dict[str, object]:
+def cuts(run_id: RunId, silo: ParticipantDep, factory: FactoryDep) -> dict[str, object]:
     """The federation's cut points (JSON lists, float32 values) and base score."""
     with transaction(factory) as s:
         row = hist_row(s, run_id)

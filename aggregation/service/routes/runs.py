@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service import collective_rounds, lineage
@@ -13,11 +11,21 @@ from aggregation.service import runs as run_crud
 from aggregation.service.closing import close_round
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
+    ADMIN_ERRORS,
+    OCTET_BODY,
     AdminDep,
     FactoryDep,
     HubDep,
+    Limit,
+    ModelVersion,
+    OptionalName,
     RecorderDep,
+    RoundNumber,
+    RunId,
     SettingsDep,
+    Wait,
+    errors,
+    octet_stream,
     read_limited_body,
 )
 from aggregation.service.engines.context import round_context
@@ -26,7 +34,9 @@ from aggregation.service.model_store import record_model_saved
 from aggregation.service.routes.polling import long_poll
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep])
+router = APIRouter(
+    prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep], responses=ADMIN_ERRORS
+)
 
 
 @router.post("", status_code=201)
@@ -39,19 +49,23 @@ def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> R
 
 
 @router.get("")
-def list_runs(factory: FactoryDep, federation: str | None = None, limit: int = 50) -> list[RunOut]:
+def list_runs(
+    factory: FactoryDep, federation: OptionalName = None, limit: Limit = 50
+) -> list[RunOut]:
     with transaction(factory) as s:
         return [run_crud.run_out(s, r) for r in run_crud.list_runs(s, federation, limit)]
 
 
 @router.get("/{run_id}")
-def get_run(run_id: str, factory: FactoryDep) -> RunOut:
+def get_run(run_id: RunId, factory: FactoryDep) -> RunOut:
     with transaction(factory) as s:
         return run_crud.run_out(s, run_crud.get_run(s, run_id))
 
 
-@router.put("/{run_id}/models/0", status_code=201)
-async def put_initial_model(run_id: str, request: Request, settings: SettingsDep) -> dict[str, str]:
+@router.put("/{run_id}/models/0", status_code=201, responses=errors(413), openapi_extra=OCTET_BODY)
+async def put_initial_model(
+    run_id: RunId, request: Request, settings: SettingsDep
+) -> dict[str, str]:
     payload = await read_limited_body(request, settings.max_body_bytes)
     factory = request.app.state.sessions
 
@@ -63,7 +77,7 @@ async def put_initial_model(run_id: str, request: Request, settings: SettingsDep
 
 
 @router.post("/{run_id}/start")
-def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut:
+def start_run(run_id: RunId, factory: FactoryDep, recorder: RecorderDep) -> RunOut:
     with transaction(factory) as s:
         run, started = run_crud.start_run(s, run_id)
         out = run_crud.run_out(s, run)
@@ -92,7 +106,9 @@ def start_run(run_id: str, factory: FactoryDep, recorder: RecorderDep) -> RunOut
 
 
 @router.post("/{run_id}/finish")
-def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: RecorderDep) -> RunOut:
+def finish_run(
+    run_id: RunId, body: RunFinish, factory: FactoryDep, recorder: RecorderDep
+) -> RunOut:
     with transaction(factory) as s:
         run, changed = run_crud.finish_run(s, run_id, body.status, body.reason)
         if changed:
@@ -113,7 +129,7 @@ def finish_run(run_id: str, body: RunFinish, factory: FactoryDep, recorder: Reco
 
 
 @router.post("/{run_id}/rounds", status_code=201)
-def open_round(run_id: str, body: RoundOpen, factory: FactoryDep, hub: HubDep) -> RoundOut:
+def open_round(run_id: RunId, body: RoundOpen, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Open a round; its engine starts it (a retried request changes nothing)."""
     with transaction(factory) as s:
         rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
@@ -130,18 +146,18 @@ def open_round(run_id: str, body: RoundOpen, factory: FactoryDep, hub: HubDep) -
 
 
 @router.get("/{run_id}/rounds")
-def list_rounds(run_id: str, factory: FactoryDep) -> list[RoundOut]:
+def list_rounds(run_id: RunId, factory: FactoryDep) -> list[RoundOut]:
     with transaction(factory) as s:
         return [round_crud.round_out(s, r) for r in round_crud.list_rounds(s, run_id)]
 
 
 @router.get("/{run_id}/rounds/{number}")
 async def get_round(
-    run_id: str,
-    number: int,
+    run_id: RunId,
+    number: RoundNumber,
     factory: FactoryDep,
     settings: SettingsDep,
-    wait: Annotated[float, Query(ge=0, description="long-poll until complete, seconds")] = 0,
+    wait: Wait = 0,
 ) -> RoundOut:
     def check(final: bool) -> RoundOut | None:
         with transaction(factory) as s:
@@ -158,7 +174,7 @@ async def get_round(
 
 
 @router.post("/{run_id}/rounds/{number}/close")
-def close(run_id: str, number: int, factory: FactoryDep, hub: HubDep) -> RoundOut:
+def close(run_id: RunId, number: RoundNumber, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Aggregate a training round (or close an evaluation round) with what has arrived."""
     with transaction(factory) as s:
         out = round_crud.round_out(s, close_round(s, run_id, number, hub))
@@ -167,8 +183,12 @@ def close(run_id: str, number: int, factory: FactoryDep, hub: HubDep) -> RoundOu
     return out
 
 
-@router.get("/{run_id}/models/{version}/admin", response_class=Response)
-def download_model_admin(run_id: str, version: int, factory: FactoryDep) -> Response:
+@router.get(
+    "/{run_id}/models/{version}/admin",
+    response_class=Response,
+    responses=octet_stream("the model (safetensors or native tree model)"),
+)
+def download_model_admin(run_id: RunId, version: ModelVersion, factory: FactoryDep) -> Response:
     with transaction(factory) as s:
         model = run_crud.get_model(s, run_id, version)
         return Response(

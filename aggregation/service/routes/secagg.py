@@ -12,7 +12,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, HubDep, ParticipantDep
+from aggregation.service.deps import (
+    OCTET_BODY,
+    SILO_ERRORS,
+    FactoryDep,
+    HubDep,
+    ParticipantDep,
+    RoundNumber,
+    RunId,
+    Stage,
+    octet_stream,
+)
 from aggregation.service.engines import secure
 from aggregation.service.engines.base import Answer
 from aggregation.service.engines.context import round_context
@@ -20,20 +30,26 @@ from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.routes.dispatch import receive_answer
 from schemas.frames import pack_frames
 from schemas.signing import STATEMENT_HEADER
-from schemas.wire import OCTET_STREAM
+from schemas.wire import INT32_MAX, MAX_TEXT, OCTET_STREAM, TEXT_PATTERN
 
-router = APIRouter(prefix="/v1/silo/runs/{run_id}/rounds/{number}/secagg", tags=["secagg"])
+MAX_TRAIN_SECONDS = 365 * 24 * 3600.0
+
+router = APIRouter(
+    prefix="/v1/silo/runs/{run_id}/rounds/{number}/secagg",
+    tags=["secagg"],
+    responses=SILO_ERRORS,
+)
 
 
-@router.post("/{stage}", status_code=201)
+@router.post("/{stage}", status_code=201, openapi_extra=OCTET_BODY)
 async def post_message(
-    run_id: str,
-    number: int,
-    stage: str,
+    run_id: RunId,
+    number: RoundNumber,
+    stage: Stage,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
-    n_examples: Annotated[int | None, Query(ge=1)] = None,
+    n_examples: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
 ) -> dict[str, object]:
     """advertise (with the silo's example count), share or unmask messages."""
     if stage not in secure.MESSAGE_STEPS:
@@ -45,17 +61,19 @@ async def post_message(
     )
 
 
-@router.post("/masked/update", status_code=201)
+@router.post("/masked/update", status_code=201, openapi_extra=OCTET_BODY)
 async def post_masked(
-    run_id: str,
-    number: int,
+    run_id: RunId,
+    number: RoundNumber,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
-    train_seconds: float,
-    n_examples: Annotated[int, Query(ge=1)],
-    statement_signature: Annotated[str | None, Header(alias=STATEMENT_HEADER)] = None,
-    metrics: str | None = None,
+    train_seconds: Annotated[float, Query(ge=0, le=MAX_TRAIN_SECONDS)],
+    n_examples: Annotated[int, Query(ge=1, le=INT32_MAX)],
+    statement_signature: Annotated[
+        str | None, Header(alias=STATEMENT_HEADER, max_length=256)
+    ] = None,
+    metrics: Annotated[str | None, Query(max_length=MAX_TEXT, pattern=TEXT_PATTERN)] = None,
 ) -> dict[str, object]:
     """The masked update (or statistics), the silo's evaluation metrics of the model it
     started from, and its signed ledger statement."""
@@ -67,9 +85,16 @@ async def post_masked(
     )
 
 
-@router.get("/{what}", response_class=Response)
+@router.get(
+    "/{what}", response_class=Response, responses=octet_stream("protocol messages, as frames")
+)
 def get_messages(
-    run_id: str, number: int, what: str, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
+    run_id: RunId,
+    number: RoundNumber,
+    what: Stage,
+    silo: ParticipantDep,
+    factory: FactoryDep,
+    hub: HubDep,
 ) -> Response:
     """What the silo needs for its next stage, as frames: every advert (``adverts``), its own
     shares (``shares``) or its unmask request (``unmask-request``, one frame)."""

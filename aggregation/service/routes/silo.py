@@ -8,13 +8,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aggregation.service import contributions as crud
 from aggregation.service.closing import unblock
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, HubDep, ParticipantDep, SettingsDep, SiloDep
+from aggregation.service.deps import (
+    OCTET_BODY,
+    SILO_ERRORS,
+    FactoryDep,
+    HubDep,
+    ModelVersion,
+    OptionalName,
+    ParticipantDep,
+    RoundNumber,
+    RunId,
+    SettingsDep,
+    SiloDep,
+    Wait,
+    octet_stream,
+)
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.federations import find_silo, silo_out
 from aggregation.service.routes.dispatch import submission
@@ -23,10 +37,26 @@ from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
 from aggregation.service.tasks import next_task
 from schemas.signing import STATEMENT_HEADER
-from schemas.wire import OCTET_STREAM, MetricsReport, Refusal, SiloOut, Task
+from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, Refusal, SiloOut, Task
 
-router = APIRouter(prefix="/v1", tags=["silo"])
-StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER)]
+router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
+StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_length=256)]
+
+
+class StatementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["privacy_spent", "validation_result"]
+    payload: dict[str, Any]
+    signature: str = Field(max_length=256, pattern=TEXT_PATTERN)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` of a signed route that parses its JSON body itself (after the
+    signature check): the body's schema, for clients and fuzzers."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @router.get("/silo/me")
@@ -45,8 +75,8 @@ async def poll_task(
     factory: FactoryDep,
     settings: SettingsDep,
     hub: HubDep,
-    wait: Annotated[float, Query(ge=0)] = 0,
-    run_id: str | None = None,
+    wait: Wait = 0,
+    run_id: OptionalName = None,
 ) -> Task | Response:
     """Long-poll for the silo's next task (optionally within one run)."""
 
@@ -59,9 +89,13 @@ async def poll_task(
     return task if task is not None else Response(status_code=204)
 
 
-@router.get("/silo/runs/{run_id}/models/{version}", response_class=Response)
+@router.get(
+    "/silo/runs/{run_id}/models/{version}",
+    response_class=Response,
+    responses=octet_stream("the model version (safetensors)"),
+)
 def download_model(
-    run_id: str, version: int, silo: ParticipantDep, factory: FactoryDep
+    run_id: RunId, version: ModelVersion, silo: ParticipantDep, factory: FactoryDep
 ) -> Response:
     with transaction(factory) as s:
         model = get_model(s, run_id, version)
@@ -70,10 +104,10 @@ def download_model(
         )
 
 
-@router.post("/silo/runs/{run_id}/rounds/{number}/update")
+@router.post("/silo/runs/{run_id}/rounds/{number}/update", openapi_extra=OCTET_BODY)
 async def submit_update(
-    run_id: str,
-    number: int,
+    run_id: RunId,
+    number: RoundNumber,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
@@ -85,10 +119,10 @@ async def submit_update(
     return await submission("update", *args)
 
 
-@router.post("/silo/runs/{run_id}/rounds/{number}/extension")
+@router.post("/silo/runs/{run_id}/rounds/{number}/extension", openapi_extra=OCTET_BODY)
 async def submit_extension(
-    run_id: str,
-    number: int,
+    run_id: RunId,
+    number: RoundNumber,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
@@ -101,9 +135,15 @@ async def submit_extension(
     return await submission("extension", *args, lock_round=True)
 
 
-@router.post("/silo/runs/{run_id}/rounds/{number}/evaluation")
+@router.post(
+    "/silo/runs/{run_id}/rounds/{number}/evaluation", openapi_extra=json_body(MetricsReport)
+)
 def submit_evaluation(
-    run_id: str, number: int, silo: ParticipantDep, factory: FactoryDep, response: Response
+    run_id: RunId,
+    number: RoundNumber,
+    silo: ParticipantDep,
+    factory: FactoryDep,
+    response: Response,
 ) -> dict[str, object]:
     report = _parse(MetricsReport, silo.body, silo.name)
     with transaction(factory) as s:
@@ -112,9 +152,9 @@ def submit_evaluation(
     return {"duplicate": not created}
 
 
-@router.post("/silo/runs/{run_id}/refusal")
+@router.post("/silo/runs/{run_id}/refusal", openapi_extra=json_body(Refusal))
 def refuse_run(
-    run_id: str, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
+    run_id: RunId, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
 ) -> dict[str, str]:
     refusal = _parse(Refusal, silo.body, silo.name)
     with transaction(factory) as s:
@@ -126,9 +166,11 @@ def refuse_run(
     return {"status": "refused"}
 
 
-@router.post("/silo/runs/{run_id}/rounds/{number}/sit-out", status_code=201)
+@router.post(
+    "/silo/runs/{run_id}/rounds/{number}/sit-out", status_code=201, openapi_extra=json_body(Refusal)
+)
 def sit_out(
-    run_id: str, number: int, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
+    run_id: RunId, number: RoundNumber, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
 ) -> dict[str, object]:
     """The silo's data failed validation: it sits this round out, saying why."""
     body = _parse(Refusal, silo.body, silo.name)
@@ -139,17 +181,11 @@ def sit_out(
     return {"recorded": created}
 
 
-class StatementIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["privacy_spent", "validation_result"]
-    payload: dict[str, Any]
-    signature: str
-
-
-@router.post("/silo/runs/{run_id}/statements", status_code=201)
+@router.post(
+    "/silo/runs/{run_id}/statements", status_code=201, openapi_extra=json_body(StatementIn)
+)
 def submit_statement(
-    run_id: str, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
+    run_id: RunId, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
 ) -> dict[str, object]:
     """A silo's signed lineage statement (privacy spent, validation result); returns a receipt."""
     body = _parse(StatementIn, silo.body, silo.name)

@@ -8,7 +8,16 @@ from fastapi import APIRouter, Header, Response
 
 from aggregation.service import tree_rounds
 from aggregation.service.db import transaction
-from aggregation.service.deps import FactoryDep, HubDep, ParticipantDep
+from aggregation.service.deps import (
+    OCTET_BODY,
+    SILO_ERRORS,
+    FactoryDep,
+    HubDep,
+    ParticipantDep,
+    RoundNumber,
+    RunId,
+    octet_stream,
+)
 from aggregation.service.exceptions import Conflict
 from aggregation.service.rounds import get_round
 from aggregation.service.routes.dispatch import submission
@@ -16,11 +25,17 @@ from aggregation.service.runs import get_run, spec_of
 from schemas.signing import STATEMENT_HEADER
 from schemas.wire import OCTET_STREAM
 
-router = APIRouter(prefix="/v1/silo/runs", tags=["trees"])
+router = APIRouter(prefix="/v1/silo/runs", tags=["trees"], responses=SILO_ERRORS)
 
 
-@router.get("/{run_id}/rounds/{number}/tree-base", response_class=Response)
-def tree_base(run_id: str, number: int, silo: ParticipantDep, factory: FactoryDep) -> Response:
+@router.get(
+    "/{run_id}/rounds/{number}/tree-base",
+    response_class=Response,
+    responses=octet_stream("the native model to grow from (empty: from scratch)"),
+)
+def tree_base(
+    run_id: RunId, number: RoundNumber, silo: ParticipantDep, factory: FactoryDep
+) -> Response:
     """The native model this silo's trees must grow from (empty body: from scratch)."""
     with transaction(factory) as s:
         run = get_run(s, run_id)
@@ -31,15 +46,17 @@ def tree_base(run_id: str, number: int, silo: ParticipantDep, factory: FactoryDe
     return Response(model, media_type=OCTET_STREAM)
 
 
-@router.post("/{run_id}/rounds/{number}/trees")
+@router.post("/{run_id}/rounds/{number}/trees", openapi_extra=OCTET_BODY)
 async def submit_trees(
-    run_id: str,
-    number: int,
+    run_id: RunId,
+    number: RoundNumber,
     silo: ParticipantDep,
     factory: FactoryDep,
     hub: HubDep,
     response: Response,
-    statement_signature: Annotated[str | None, Header(alias=STATEMENT_HEADER)] = None,
+    statement_signature: Annotated[
+        str | None, Header(alias=STATEMENT_HEADER, max_length=256)
+    ] = None,
 ) -> dict[str, object]:
     """Accept a sealed tree update and the silo's signed statement; answer with a receipt."""
     args = (run_id, number, silo, factory, hub, response, statement_signature)

@@ -1,0 +1,50 @@
+"""Plain PyTorch rounds: train and submit the update in the clear; evaluate a model version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from schemas.wire import EvaluateTask, Metrics, MetricsReport, TrainTask, TreeEvaluateTask
+from silos.handlers.context import SiloContext
+from silos.handlers.registry import register
+from silos.handlers.training import Trained, encode_update, fetch_global_model, run_training_round
+from silos.trainer import evaluate
+
+
+def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[str, Any]:
+    """Encode the delta with its metadata and send it with the silo's signed statement."""
+    payload = encode_update(work.spec, work, trained)
+    return ctx.client.submit_update(work.run_id, work.round, payload)
+
+
+@task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
+def train(ctx: SiloContext, work: TrainTask) -> dict[str, object]:
+    """A plain training round (the service sees this silo's update)."""
+    return run_training_round(ctx, work, submit_plain)
+
+
+def report_evaluation(
+    ctx: SiloContext, work: EvaluateTask | TreeEvaluateTask, metrics: Metrics
+) -> Metrics:
+    """Send the silo's metrics for model version `work.model_version` and log them."""
+    report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
+    ctx.client.submit_evaluation(work.run_id, work.round, report)
+    get_run_logger().info("final model v%d on local holdout: %s", work.model_version, metrics)
+    return metrics
+
+
+@task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
+def evaluate_round(ctx: SiloContext, work: EvaluateTask) -> Metrics:
+    """An evaluation round: score the global model on the local holdout and report it."""
+    spec = work.spec
+    params = fetch_global_model(ctx.client, spec, work.run_id, work.model_version)
+    metrics = evaluate(spec.torch_model, params, ctx.data.X_test, ctx.data.y_test)
+    return report_evaluation(ctx, work, metrics)
+
+
+register("train", train, opens_round=True, trains=True)
+register("evaluate", evaluate_round, opens_round=True)

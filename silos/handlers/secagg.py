@@ -1,0 +1,73 @@
+"""Secure-aggregation rounds: advertise keys, share seeds, train and submit masked, unmask.
+
+The protocol steps are `silos.secure_round`'s; these handlers give each stage its Prefect
+task and, for the masked stage, clip, noise and weight the trained delta first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.wire import SecAggAdvertiseTask, SecAggMaskedTask, SecAggShareTask, SecAggUnmaskTask
+from silos import privacy, secure_round
+from silos.client_errors import AlreadyAnswered
+from silos.handlers.context import SiloContext
+from silos.handlers.registry import register
+from silos.handlers.training import Trained, run_training_round
+
+
+@task(cache_policy=NO_CACHE, name="secagg-advertise", task_run_name="round-{work.round}-advertise")
+def advertise(ctx: SiloContext, work: SecAggAdvertiseTask) -> None:
+    n_examples = len(ctx.data.y_train)
+    secure_round.advertise(ctx.client, ctx.key, work, ctx.workspace, n_examples=n_examples)
+
+
+@task(cache_policy=NO_CACHE, name="secagg-share", task_run_name="round-{work.round}-share")
+def share(ctx: SiloContext, work: SecAggShareTask) -> None:
+    secure_round.share(ctx.client, ctx.key, work, ctx.workspace)
+
+
+@task(cache_policy=NO_CACHE, name="secagg-unmask", task_run_name="round-{work.round}-unmask")
+def unmask(ctx: SiloContext, work: SecAggUnmaskTask) -> None:
+    secure_round.unmask(ctx.client, ctx.key, work, ctx.workspace)
+
+
+def clip_and_noise(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) -> np.ndarray:
+    """The flat delta clipped to the round's L2 bound, plus this silo's share of DP noise."""
+    flat = np.concatenate([d.ravel() for d in trained.delta]).astype(np.float64)
+    clipped = secure_round.clip_l2(flat, work.secagg.clip)
+    dp = work.spec.privacy
+    if dp is not None:
+        clipped = clipped + privacy.gaussian_noise(dp, len(work.secagg.roster), clipped.size)
+        privacy.record_round(ctx.workspace, work.run_id, dp)
+    return clipped
+
+
+def submit_masked(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) -> dict[str, Any]:
+    """Clip, weight, quantize and mask the delta; the service only ever sees the sum."""
+    weight = work.secagg.weight if work.secagg.weight is not None else 1.0
+    weighted = weight * clip_and_noise(ctx, work, trained)
+    message = secure_round.masked_update(ctx.client, ctx.key, work, ctx.workspace, weighted)
+    metrics = trained.metrics.model_dump_json()
+    try:
+        return ctx.client.submit_masked(
+            work.run_id, work.round, message, trained.n_examples, trained.seconds, metrics
+        )
+    except AlreadyAnswered:  # a retry after a lost answer: the first submission stands
+        return {"digest": "(sent earlier)", "duplicate": True, "receipt": None}
+
+
+@task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
+def masked_train(ctx: SiloContext, work: SecAggMaskedTask) -> dict[str, object]:
+    """A secure round's masked stage: train locally, then submit the update masked."""
+    return run_training_round(ctx, work, submit_masked)
+
+
+register("secagg_advertise", advertise, opens_round=True)
+register("secagg_share", share)
+register("secagg_masked", masked_train, opens_round=True, trains=True)
+register("secagg_unmask", unmask)

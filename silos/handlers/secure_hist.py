@@ -1,0 +1,55 @@
+"""Secure-histogram runs (tree mode ``secure-hist``): one Prefect task per step.
+
+The steps are `silos.hist_round`'s (state kept in this agent process); a step this silo must
+not or cannot do makes it leave the run, saying why.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.secagg.exceptions import SecAggError
+from schemas.secure_hist.errors import SecureHistError
+from schemas.wire import HistStage, HistTask
+from silos import hist_round
+from silos.handlers.context import SiloContext
+from silos.handlers.registry import register
+
+
+def _step(ctx: SiloContext, work: HistTask) -> None:
+    stage = work.hist.stage
+    if stage == HistStage.advertise:
+        policy = ctx.config.policy.trees.min_rows_per_node
+        data = ctx.data
+        contract = ctx.config.data.contract
+        hist_round.advertise(ctx.client, work, data.X_train, data.y_train, contract, policy)
+    elif stage == HistStage.masked:
+        hist_round.masked(ctx.client, work)
+    elif stage == HistStage.consistency:
+        hist_round.consistency(ctx.client, work)
+    else:
+        hist_round.unmask(ctx.client, work)
+
+
+@task(
+    cache_policy=NO_CACHE,
+    name="secure-hist",
+    task_run_name="round-{work.round}-hist-{work.hist.stage}",
+)
+def hist_step(ctx: SiloContext, work: HistTask) -> str:
+    """One secure-hist step; a step this silo must not or cannot do makes it leave the run."""
+    logger = get_run_logger()
+    try:
+        _step(ctx, work)
+    except (hist_round.LeaveRun, SecureHistError, SecAggError) as exc:
+        # refusing depends only on what the service already knows (README: minimum rows)
+        logger.warning("leaving secure-hist run %s: %s", work.run_id, exc)
+        hist_round.forget(ctx.silo, work.run_id)
+        ctx.client.refuse(work.run_id, f"secure-hist: {exc}"[:2000])
+        return "left"
+    logger.debug("secure-hist %s counter %d sent", work.hist.stage, work.hist.counter)
+    return str(work.hist.stage)
+
+
+register("hist", hist_step)

@@ -1,0 +1,147 @@
+"""The steps of a PyTorch training round, shared by plain and secure rounds.
+
+fetch the global model -> score it on the holdout -> check the privacy budget -> train ->
+(clip, noise and mask: secure rounds only) -> build the update -> submit -> record privacy spent.
+`run_training_round` calls them in order; the round's task type supplies the build-and-submit
+step (`Submit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+
+from schemas import tensors
+from schemas.specs import RunSpec, param_shapes
+from schemas.wire import Metrics, SecAggMaskedTask, TrainTask
+from silos import privacy
+from silos.client import SiloClient
+from silos.config import SiloConfig
+from silos.handlers.context import SiloContext
+from silos.lineage_copy import keep_receipt
+from silos.trainer import evaluate, train_local
+
+W = TypeVar("W", TrainTask, SecAggMaskedTask)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What local training produced: the delta from the input model and its bookkeeping."""
+
+    delta: list[np.ndarray]
+    n_examples: int
+    seconds: float
+    metrics: Metrics  # the input model on the silo's holdout
+
+
+Submit = Callable[[SiloContext, W, Trained], dict[str, Any]]
+"""Build the round's update from `Trained` and send it; returns the service's answer."""
+
+
+def fetch_global_model(
+    client: SiloClient, spec: RunSpec, run_id: str, version: int
+) -> list[np.ndarray]:
+    """The run's global model `version`, checked against the spec's parameter shapes."""
+    payload = client.download_model(run_id, version)
+    params, _ = tensors.decode_expected(payload, param_shapes(spec.torch_model))
+    return params
+
+
+def privacy_refusal(config: SiloConfig, work: TrainTask | SecAggMaskedTask) -> str | None:
+    """Why this round would break the silo's DP budget (policy max_epsilon), or None."""
+    config_max = config.policy.max_epsilon
+    if config_max is None or work.spec.privacy is None:
+        return None
+    after = privacy.epsilon_if(config.workspace, work.run_id, work.spec.privacy, 1)
+    if after > config_max:
+        return (
+            f"round {work.round} would bring this silo's epsilon to {after:.2f} "
+            f"(delta {work.spec.privacy.delta:g}); its policy allows at most {config_max:g}"
+        )
+    return None
+
+
+def train_delta(
+    ctx: SiloContext, work: TrainTask | SecAggMaskedTask, params: list[np.ndarray], metrics: Metrics
+) -> Trained:
+    """Train from `params` on the silo's rows (seed: the run's plus the round)."""
+    spec = work.spec
+    mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
+    training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
+    data = ctx.data
+    result = train_local(spec.torch_model, params, data.X_train, data.y_train, training, mu=mu)
+    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
+    return Trained(delta, result.n_examples, result.seconds, metrics)
+
+
+def encode_update(spec: RunSpec, work: TrainTask, trained: Trained) -> bytes:
+    """The plain update payload: the delta plus metadata binding it to this run and round."""
+    names = [n for n, _ in param_shapes(spec.torch_model)]
+    return tensors.encode(
+        dict(zip(names, trained.delta, strict=True)),
+        {
+            "run_id": work.run_id,
+            "round": str(work.round),
+            "n_examples": str(trained.n_examples),
+            "train_seconds": f"{trained.seconds:.6f}",
+            "metrics": trained.metrics.model_dump_json(),
+            "prefect_flow_run_id": str(flow_run.get_id() or ""),
+        },
+    )
+
+
+def report_privacy(
+    ctx: SiloContext, work: TrainTask | SecAggMaskedTask, answer: dict[str, Any]
+) -> None:
+    """Tell the ledger the epsilon spent so far (once per accepted update, under DP only)."""
+    dp = work.spec.privacy
+    if dp is None or answer.get("duplicate"):
+        return
+    spent = privacy.epsilon_if(ctx.workspace, work.run_id, dp, 0)
+    payload = {
+        "silo": ctx.silo,
+        "round": work.round,
+        "epsilon": spent,
+        "delta": dp.delta,
+        "noise_multiplier": dp.noise_multiplier,
+        "clip_norm": dp.clip_norm,
+    }
+    keep_receipt(ctx.workspace, ctx.client.submit_statement(work.run_id, "privacy_spent", payload))
+    get_run_logger().info(
+        "round %d: epsilon spent so far %.3f at delta %g", work.round, spent, dp.delta
+    )
+
+
+def run_training_round(ctx: SiloContext, work: W, submit: Submit[W]) -> dict[str, object]:
+    """One training round: fetch the global model, score it on the holdout, train, submit.
+
+    One Prefect task per round keeps Prefect's bookkeeping (~10 ms a task) out of the round's
+    critical path; each step is logged inside it.
+    """
+    logger = get_run_logger()
+    params = fetch_global_model(ctx.client, work.spec, work.run_id, work.model_version)
+    metrics = evaluate(work.spec.torch_model, params, ctx.data.X_test, ctx.data.y_test)
+    logger.info("round %d: model v%d on local holdout: %s", work.round, work.model_version, metrics)
+    refusal = privacy_refusal(ctx.config, work)
+    if refusal:
+        logger.warning("refusing run %s: %s", work.run_id, refusal)
+        ctx.client.refuse(work.run_id, refusal)
+        return {"round": work.round, "refused": refusal}
+    trained = train_delta(ctx, work, params, metrics)
+    answer = submit(ctx, work, trained)
+    keep_receipt(ctx.workspace, answer)
+    report_privacy(ctx, work, answer)
+    digest = answer["digest"]
+    logger.info(
+        "round %d: trained on %d rows in %.3fs; update %s accepted",
+        work.round,
+        trained.n_examples,
+        trained.seconds,
+        str(digest)[:16],
+    )
+    return {"round": work.round, "digest": digest, "train_seconds": trained.seconds}

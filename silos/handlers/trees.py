@@ -1,0 +1,56 @@
+"""Tree-model rounds (XGBoost, LightGBM): grow, seal and submit trees; evaluate a version.
+
+The steps are `silos.tree_round`'s; a silo that cannot grow trees this round sits it out.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.wire import Metrics, TreeEvaluateTask, TreeTrainTask
+from silos import tree_round
+from silos.exceptions import ModelError
+from silos.handlers.context import SiloContext
+from silos.handlers.plain import report_evaluation
+from silos.handlers.registry import register
+from silos.lineage_copy import keep_receipt
+
+
+@task(cache_policy=NO_CACHE, name="train-trees", task_run_name="round-{work.round}-trees")
+def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object]:
+    """One tree round: score the base model, grow (or join the collective), seal, submit."""
+    logger = get_run_logger()
+    try:
+        spec = tree_round.tree_spec(work)
+        envelope, metrics, result = tree_round.grow(ctx.client, work, ctx.data, ctx.config)
+    except ModelError as exc:
+        logger.warning("round %d: sitting out: %s", work.round, exc)
+        ctx.client.sit_out(work.run_id, work.round, str(exc))
+        return {"round": work.round, "sat_out": str(exc)}
+    if metrics is not None:
+        logger.info("round %d: current model on local holdout: %s", work.round, metrics)
+    answer = tree_round.submit(ctx.client, work, envelope, result.n_examples)
+    keep_receipt(ctx.workspace, answer)
+    logger.info(
+        "round %d: %d new %s trees (%s) on %d rows in %.3fs; sealed update %s accepted",
+        work.round,
+        result.n_new_trees,
+        spec.kind,
+        spec.mode,
+        result.n_examples,
+        result.seconds,
+        str(answer["digest"])[:16],
+    )
+    return {"round": work.round, "digest": answer["digest"], "train_seconds": result.seconds}
+
+
+@task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
+def evaluate_trees_round(ctx: SiloContext, work: TreeEvaluateTask) -> Metrics:
+    """An evaluation round of a tree run: score the model version on the local holdout."""
+    metrics = tree_round.evaluate_version(ctx.client, work, ctx.data)
+    return report_evaluation(ctx, work, metrics)
+
+
+register("tree_train", train_trees_round, opens_round=True, trains=True)
+register("tree_evaluate", evaluate_trees_round, opens_round=True)
