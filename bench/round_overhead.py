@@ -3,7 +3,9 @@ local training time, median over rounds (target: under 250 ms).
 
 Runs the real thing on 127.0.0.1: a Prefect server (or the one at PREFECT_API_URL), the
 aggregation service, four silo agents (the UCI hospitals) as processes, and the coordinator
-flow. Usage: python bench/round_overhead.py [--rounds 20] [--workspace DIR]
+flow. Usage: python bench/round_overhead.py [--rounds 20] [--workspace DIR] [--plain]
+[--consistency {off,on,both}]: ``both`` runs the secure federation twice, without and with
+Bonawitz's consistency check (one more exchange per round), and prints them side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def main() -> None:
         action="store_true",
         help="secure aggregation off (one exchange per round instead of four)",
     )
+    parser.add_argument(
+        "--consistency",
+        choices=("off", "on", "both"),
+        default="off",
+        help="secure rounds without/with the consistency check, or both side by side",
+    )
     args = parser.parse_args()
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="fedsilo-bench-"))
     from flows.processes import start_prefect_server
@@ -51,17 +59,38 @@ def main() -> None:
                 port = s.getsockname()[1]
             procs.append(start_prefect_server(ws / "prefect", port))
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-        records = run(ws, args.rounds, procs, secure=not args.plain)
+        checks = {"off": [False], "on": [True], "both": [False, True]}[args.consistency]
+        results = {}
+        for check in [False] if args.plain else checks:
+            first = len(procs)
+            results[check] = run(ws / f"check-{check}", args.rounds, procs, not args.plain, check)
+            for p in reversed(procs[first:]):  # one federation at a time on the CPUs
+                p.stop()
+            del procs[first:]
     finally:
         for p in reversed(procs):
             p.stop()
         if args.workspace is None:
             shutil.rmtree(ws, ignore_errors=True)
-    print(f"secure aggregation: {'off' if args.plain else 'on'}")
-    report(records)
+    medians = {}
+    for check, records in results.items():
+        print(
+            f"\nsecure aggregation: {'off' if args.plain else 'on'}"
+            + ("" if args.plain else f", consistency check: {'on' if check else 'off'}")
+        )
+        medians[check] = report(records)
+    if len(medians) == 2:
+        extra = medians[True] - medians[False]
+        print(
+            f"\nconsistency check: median overhead {1000 * medians[False]:.1f} ms without, "
+            f"{1000 * medians[True]:.1f} ms with ({1000 * extra:+.1f} ms per round)"
+        )
 
 
-def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]:  # type: ignore[type-arg]
+def run(  # type: ignore[type-arg]
+    ws: Path, rounds: int, procs: list, secure: bool = True, consistency: bool = False
+) -> list[dict]:
+    """One federation (its own service and four agents) training `rounds` rounds."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.live_service import free_port, write_heart_silos
 
@@ -73,6 +102,7 @@ def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]: 
     from silos.features import FeaturePipeline
 
     port = free_port()
+    ws.mkdir(parents=True, exist_ok=True)
     procs.append(start_service(ws / "service", port))
     url = f"http://127.0.0.1:{port}"
     token = (ws / "service" / "admin.token").read_text().strip()
@@ -90,7 +120,7 @@ def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]: 
     spec = heart_demo_spec(FeaturePipeline.from_contract(load_contract("heart_disease")).n_features)
     result = federated_training(
         service_urls=[url],
-        admin_token=token,
+        admin_token_file=str(ws / "service" / "admin.token"),
         federation="heart",
         dataset="heart_disease",
         model=spec.model,
@@ -100,12 +130,15 @@ def run(ws: Path, rounds: int, procs: list, secure: bool = True) -> list[dict]: 
         min_silos=4,
         round_deadline_s=120,
         output_dir=str(ws / "models"),
-        secure_aggregation=spec.secure_aggregation.model_copy(update={"enabled": secure}),
+        secure_aggregation=spec.secure_aggregation.model_copy(
+            update={"enabled": secure, "consistency_check": consistency}
+        ),
     )
     return [r for r in result["rounds"] if r["kind"] == "train"]  # type: ignore[union-attr]
 
 
-def report(records: list[dict]) -> None:  # type: ignore[type-arg]
+def report(records: list[dict]) -> float:  # type: ignore[type-arg]
+    """Print the rounds' overheads; returns the median (seconds)."""
     print(f"{'round':>5} {'wall ms':>9} {'slowest train ms':>17} {'overhead ms':>12}")
     overheads = []
     for r in records:
@@ -120,6 +153,7 @@ def report(records: list[dict]) -> None:  # type: ignore[type-arg]
         f"\nfour silos, {len(records)} rounds: median per-round overhead {1000 * median:.1f} ms "
         f"(target < {1000 * TARGET_S:.0f} ms): {'MET' if median < TARGET_S else 'MISSED'}"
     )
+    return median
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec, SecureAggregationSpec, StrategySpec
 from silos.features import FeaturePipeline
+from silos.files import owner_only_umask, private_dir, write_private
 
 MARKER = ".fedsilo-demo"
 
@@ -115,8 +116,8 @@ def prepare_workspace(ws: Path) -> None:
                 f"{ws} exists and is not a demo workspace; choose --workspace elsewhere"
             )
         shutil.rmtree(ws)
-    ws.mkdir(parents=True)
-    (ws / MARKER).write_text("created by fedsilo demo; deleted by the next demo run\n")
+    private_dir(ws)
+    write_private(ws / MARKER, b"created by fedsilo demo; deleted by the next demo run\n")
 
 
 def write_silo(
@@ -129,9 +130,8 @@ def write_silo(
     collective: tuple[Path, Path, Path] | None = None,
     secure_hist: bool = False,
 ) -> Path:
-    folder = ws / "silos" / name
-    folder.mkdir(parents=True)
-    frame.to_csv(folder / "data.csv", index=False)
+    folder = private_dir(ws / "silos" / name)  # patient rows: the silo's operator's only
+    write_private(folder / "data.csv", frame.to_csv(index=False).encode())
     extra = ""
     if collective is not None:  # this demo silo consents to showing its histograms
         ca, cert, key = collective
@@ -144,13 +144,14 @@ def write_silo(
             '\n[policy.trees]\nallowed_modes = ["bagging", "cyclic", "secure-hist"]\n'
             f"min_rows_per_node = {demo_trees.MIN_ROWS_PER_NODE}\n"
         )
-    (folder / "silo.toml").write_text(
+    toml = (
         f'[silo]\nname = "{name}"\nfederation = "{data.federation}"\nworkspace = "workspace"\n\n'
         f'[data]\npath = "data.csv"\ncontract = "{data.contract}"\n'
         f"test_fraction = {DEMO_TEST_FRACTION}\nsplit_seed = {DEMO_SPLIT_SEED}\n\n"
         f'[service]\nurls = ["{service_url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
         '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 200\n' + extra
     )
+    write_private(folder / "silo.toml", toml.encode())
     return folder / "silo.toml"
 
 
@@ -182,6 +183,9 @@ def approve_all(
 
 
 def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
+    # Patient rows, keys, tokens and databases: every file the demo and the processes it
+    # starts (Prefect server, service, agents inherit the umask) create is 0600, folders 0700.
+    owner_only_umask()
     ws = opts.workspace.resolve()
     prepare_workspace(ws)
     if opts.dataset not in DATASETS:
@@ -241,7 +245,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         print_privacy(console, client, str(result["run_id"]), spec)
         summary = compare(console, spec, frames, contract, result)
         print_where(console, ws, result, prefect_url, service_url)
-        (ws / "demo-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_private(ws / "demo-summary.json", json.dumps(summary, indent=2, default=str).encode())
         if opts.keep_running:
             console.print("[bold]processes keep running; Ctrl+C stops them[/bold]")
             while True:

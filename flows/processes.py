@@ -62,8 +62,14 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start `args` with its output appended to `log_path` (0600, in a 0700 folder: logs name
+    silos, runs and paths). The child keeps this process's umask; the service and the agent
+    set their own (077) at start."""
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(log_path.parent, 0o700)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         popen = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )

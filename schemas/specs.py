@@ -96,7 +96,9 @@ class SecureAggregationSpec(_Strict):
     that advertised keys; uniform weights under DP), quantizes it into integers mod 2^bits and
     masks it; the service learns only the sum. `threshold` silos must survive to unmask
     (default: a majority of the round's silos, at least 2); `degree` switches to a sparse
-    SecAgg+ neighbour graph for large federations.
+    SecAgg+ neighbour graph for large federations. `consistency_check` runs Bonawitz's
+    consistency round (survivors sign the survivor list before unmasking): None means the
+    service's default, on in production mode, where a run cannot turn it off.
     """
 
     enabled: bool = True
@@ -104,6 +106,7 @@ class SecureAggregationSpec(_Strict):
     bits: Literal[32, 64] = 32
     threshold: int | None = Field(default=None, ge=2)
     degree: int | None = Field(default=None, ge=2)
+    consistency_check: bool | None = None
 
 
 class PrivacySpec(_Strict):

@@ -62,6 +62,7 @@ class SecAggStage(StrEnum):
     advertise = "advertise"
     share = "share"
     masked = "masked"
+    consistency = "consistency"  # only when the round runs the consistency check
     unmask = "unmask"
 
 
@@ -131,6 +132,10 @@ class SecAggInfo(Message):
     dim: int
     bits: int
     degree: int | None = None
+    consistency_check: bool = Field(
+        default=False,
+        description="survivors sign the survivor list before unmasking (Bonawitz's check)",
+    )
     clip: float
     weight: float | None = Field(
         default=None,
@@ -245,6 +250,14 @@ class StatisticsTask(_RoundTask):
     secagg: SecAggInfo
 
 
+class SecAggConsistencyTask(_RoundTask):
+    """Sign the survivor list (the consistency check between the masked and unmask stages)."""
+
+    type: Literal["secagg_consistency"] = "secagg_consistency"
+    secagg: SecAggInfo
+    survivors: list[str] = Field(description="the silos whose masked input arrived (U3)")
+
+
 class SecAggUnmaskTask(_RoundTask):
     type: Literal["secagg_unmask"] = "secagg_unmask"
     secagg: SecAggInfo
@@ -287,6 +300,7 @@ Task = Annotated[
     | SecAggShareTask
     | SecAggMaskedTask
     | StatisticsTask
+    | SecAggConsistencyTask
     | SecAggUnmaskTask
     | TreeTrainTask
     | TreeEvaluateTask

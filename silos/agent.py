@@ -19,12 +19,13 @@ from prefect.cache_policies import NO_CACHE
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec
 from schemas.wire import RunEndedTask, Task
-from silos import hist_round
+from silos import checkpoints, hist_round, privacy_budget, secure_round
 from silos.client import SiloClient
 from silos.client_errors import Forbidden
 from silos.config import SiloConfig, load_silo_config
 from silos.exceptions import UnsupportedTask
 from silos.features import FeaturePipeline
+from silos.files import owner_only_umask
 from silos.handlers import REGISTRY, SiloContext
 from silos.handlers.plugins import load_plugins, plugin_names
 from silos.handlers.registry import Registration
@@ -75,8 +76,14 @@ def wait_for_approval(client: SiloClient, poll_s: float = 1.0) -> None:
 
 
 def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
-    """Serve the federation until interrupted (or until `max_runs` runs were served)."""
+    """Serve the federation until interrupted (or until `max_runs` runs were served).
+
+    Everything the agent writes is its owner's only (umask 077); it refuses to start on a
+    privacy budget file that fails its signature check.
+    """
+    owner_only_umask()
     config = load_silo_config(config_path)
+    privacy_budget.check(config)
     plugins = load_plugins(plugin_names(config.agent.plugins))
     if plugins:
         log.info(
@@ -224,6 +231,8 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             continue
         if isinstance(work, RunEndedTask):
             hist_round.forget(config.silo.name, run_id)
+            secure_round.erase_run_state(config.workspace, run_id)
+            checkpoints.keep_countersigned(client, config.workspace)  # the run's end
             logger.info(
                 "run %s ended (%s) after %d rounds here",
                 run_id,
@@ -237,8 +246,14 @@ def silo_training(config_path: str, run_id: str) -> dict[str, object]:
             client.refuse(run_id, reason)
             return {"run_id": run_id, "refused": reason}
         entry = REGISTRY.lookup(work)
+        if entry.opens_round:  # the previous round closed: countersign its checkpoint
+            checkpoints.keep_countersigned(client, config.workspace)
         data = _ready_data(client, config, progress, work, entry)
         if data is None:
             continue
-        REGISTRY.dispatch(SiloContext(client, config, data), work)
+        try:
+            REGISTRY.dispatch(SiloContext(client, config, data), work)
+        except Exception:  # this silo's part of the run ends here: its round secrets go too
+            secure_round.erase_run_state(config.workspace, run_id)
+            raise
         progress.rounds_done += int(entry.trains)

@@ -7,6 +7,8 @@
     ├── ModelError           parameters do not fit the model spec, or training cannot run
     ├── SiloConfigError      silo.toml or the key file is missing or malformed
     ├── PolicyRefusal        the silo's own policy forbids the work
+    ├── PrivacyBudgetError   the privacy budget file fails its signature check (edited,
+    │                        deleted or replaced): the silo trains no more until restored
     ├── UnsupportedTask      no handler is installed for a task (type or extension mode), or
     │                        an extension task's body does not fit its handler's model
     └── PluginError          a plugin module named in silo.toml or FEDSILO_AGENT_PLUGINS
@@ -50,3 +52,7 @@ class UnsupportedTask(SiloError):
 
 class PluginError(SiloError):
     """A handler plugin module cannot be imported (not installed, or it fails at import)."""
+
+
+class PrivacyBudgetError(SiloError):
+    """The signed privacy budget file was edited, deleted or replaced; training stops."""

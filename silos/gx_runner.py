@@ -3,9 +3,11 @@
 An ephemeral GX 1.x data context lives for one validation: a pandas data source, a
 whole-dataframe batch definition, the suite and a validation definition, all in memory; the
 only file output is the data docs site under the silo's workspace. Analytics and progress
-bars are off. Results are read with GX's BASIC result format (counts and percentages); the
-partial lists of unexpected values GX also returns are never copied into an outcome (they do
-appear in the local data docs, which are the operator's own view of their own data).
+bars are off. Results are read with GX's BASIC result format (counts and percentages) with
+every list of values turned off (`RESULT_FORMAT`): no unexpected value, partial list, row or
+index reaches an outcome, the validation result, or the data docs rendered from it. The docs
+still show column names, dtypes, counts and the contract's own bounds and value sets, so the
+folder is kept private anyway (0700 / 0600, with a README saying so).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from great_expectations.exceptions import GreatExpectationsError  # noqa: E402
 
 from schemas.wire import ExpectationOutcome  # noqa: E402
+from silos.files import restrict_tree  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,23 @@ SITE = "fedsilo"
 # BASIC carries the unexpected counts and percentages the summary needs. SUMMARY would add
 # unexpected-index lists and a pandas query string per expectation: each costs a filtered copy
 # of the whole table, and together they doubled the time to validate a million rows.
-RESULT_FORMAT = {"result_format": "BASIC", "return_unexpected_index_query": False}
+# Nothing per row: no partial list of unexpected values (partial_unexpected_count 0 and
+# exclude_unexpected_values), no unexpected rows, no index query. The data docs render the
+# validation result, so what is not in it cannot leak into them.
+RESULT_FORMAT = {
+    "result_format": "BASIC",
+    "partial_unexpected_count": 0,
+    "exclude_unexpected_values": True,
+    "include_unexpected_rows": False,
+    "return_unexpected_index_query": False,
+}
+DOCS_README = """These pages are Great Expectations' data docs for the last validation of this
+silo's table against the federation's data contract, written by the fedsilo silo agent.
+
+Sensitive: they describe this institution's data (column names, dtypes, row counts, the share
+of values outside the contract). They hold no cell value or row, but keep them inside the
+institution: the folder is readable by its owner only (0700, files 0600); do not publish it.
+"""
 _MAX_NAMES = 10
 
 
@@ -100,6 +119,8 @@ def _write_docs(context: Any, docs_dir: Path, silo: str) -> Path | None:
         if docs_dir.is_dir():
             shutil.rmtree(docs_dir)  # only the last validation's pages remain
         context.build_data_docs(site_names=[SITE])
+        (docs_dir / "README.txt").write_text(DOCS_README)
+        restrict_tree(docs_dir)
     except OSError as exc:
         log.warning("silo %s: cannot write data docs to %s: %s", silo, docs_dir, exc.strerror)
         return None

@@ -2,7 +2,8 @@
 
 Kept as JSON Lines in the silo's workspace (`lineage/records.jsonl`), so the silo can later
 prove what it sent and detect a service that rewrote history
-(`fedsilo lineage verify --silo-copy DIR`).
+(`fedsilo lineage verify --silo-copy DIR`). The ledger checkpoints it countersigned sit beside
+it (`lineage/checkpoints.jsonl`, see `silos.checkpoints`).
 """
 
 from __future__ import annotations

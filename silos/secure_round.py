@@ -6,11 +6,15 @@ quantized, weighted update, and reveal the shares the service needs to unmask th
 client state (including this round's private keys) is saved in the silo's workspace with 0600
 permissions after each stage, so a restarted agent carries on where it stopped; each sent
 message is kept too, so a retry after a lost answer resends the same bytes.
+
+That state is erased (`erase_round_state`, `erase_run_state`) as soon as it can no longer be
+used: when the round's unmask stage is sent, when a later round of the run starts, when the
+run ends (completed, failed or cancelled) and when the silo's part of the run fails.
 """
 
 from __future__ import annotations
 
-import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from schemas.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
 from schemas.secagg.quantize import Quantizer
 from schemas.wire import (
     SecAggAdvertiseTask,
+    SecAggConsistencyTask,
     SecAggMaskedTask,
     SecAggShareTask,
     SecAggUnmaskTask,
@@ -30,11 +35,17 @@ from schemas.wire import (
 )
 from silos.client import SiloClient
 from silos.client_errors import AlreadyAnswered
+from silos.files import erase, private_dir, write_private
 from silos.secagg import client as secagg
 from silos.secagg.client_store import dump_state, load_state
 
 SecAggTask = (
-    SecAggAdvertiseTask | SecAggShareTask | SecAggMaskedTask | StatisticsTask | SecAggUnmaskTask
+    SecAggAdvertiseTask
+    | SecAggShareTask
+    | SecAggMaskedTask
+    | StatisticsTask
+    | SecAggConsistencyTask
+    | SecAggUnmaskTask
 )
 """The tasks of a secure-aggregation round: each carries the round's `SecAggInfo`."""
 
@@ -49,22 +60,51 @@ def round_config(work: SecAggTask) -> RoundConfig:
         dim=info.dim,
         bits=info.bits,
         degree=info.degree,
-        consistency_check=False,
+        consistency_check=info.consistency_check,
     )
 
 
+STATE_DIR = "secagg"
+_STATE_FILE = re.compile(r"^(?P<run>.+)-r(?P<round>[0-9]+)\.")
+
+
 def _paths(workspace: Path, work: SecAggTask) -> Path:
-    folder = workspace / "secagg"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder = private_dir(workspace / STATE_DIR)
     return folder / f"{work.run_id}-r{work.round}"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    tmp.replace(path)
+def _state_files(workspace: Path, run_id: str) -> list[tuple[Path, int]]:
+    """(file, round) for every saved state or message of `run_id` in the workspace."""
+    folder = workspace / STATE_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _STATE_FILE.match(path.name)
+        if match and match["run"] == run_id:
+            found.append((path, int(match["round"])))
+    return found
+
+
+def erase_round_state(workspace: Path, run_id: str, round_num: int) -> int:
+    """Delete round `round_num`'s secure-aggregation state and messages; returns how many.
+
+    The state holds the round's X25519 private keys, the self-mask seed and the shares held
+    for the other silos: nobody needs it once the round is over at this silo.
+    """
+    return sum(erase(p) for p, r in _state_files(workspace, run_id) if r == round_num)
+
+
+def erase_run_state(workspace: Path, run_id: str, before_round: int | None = None) -> int:
+    """Delete the state of every round of `run_id` (only those before `before_round` if given).
+
+    Returns how many files were deleted.
+    """
+    return sum(
+        erase(p)
+        for p, r in _state_files(workspace, run_id)
+        if before_round is None or r < before_round
+    )
 
 
 def _send_once(
@@ -78,7 +118,7 @@ def _send_once(
     """Build and send a stage's message once; a resend after a lost answer repeats its bytes."""
     sent = base.with_suffix(f".{stage}.msg")
     raw = sent.read_bytes() if sent.exists() else build()
-    _write_private(sent, raw)
+    write_private(sent, raw)
     try:
         client.secagg_post(work.run_id, work.round, stage, raw, n_examples=n_examples)
     except AlreadyAnswered:
@@ -93,11 +133,12 @@ def advertise(
     n_examples: int,
 ) -> None:
     base = _paths(workspace, work)
+    erase_run_state(workspace, work.run_id, before_round=work.round)  # rounds it dropped out of
     keys = {s: bytes.fromhex(h) for s, h in work.secagg.roster_keys.items()}
 
     def build() -> bytes:
         state, advert = secagg.advertise_keys(round_config(work), client.silo, key, keys)
-        _write_private(base.with_suffix(".state"), dump_state(state))
+        write_private(base.with_suffix(".state"), dump_state(state))
         return advert.to_bytes()
 
     _send_once(client, work, base, "advertise", build, n_examples=n_examples)
@@ -110,7 +151,7 @@ def share(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspac
         state = load_state(base.with_suffix(".state").read_bytes(), key)
         raw = client.secagg_get(work.run_id, work.round, "adverts")
         msg = secagg.share_keys(state, [AdvertiseKeys.from_bytes(m) for m in raw])
-        _write_private(base.with_suffix(".state"), dump_state(state))
+        write_private(base.with_suffix(".state"), dump_state(state))
         return msg.to_bytes()
 
     _send_once(client, work, base, "share", build)
@@ -136,9 +177,25 @@ def masked_update(
     raw = client.secagg_get(work.run_id, work.round, "shares")
     shares = [EncryptedShare.from_bytes(m) for m in raw]
     message = secagg.masked_input(state, shares, quantized).to_bytes()
-    _write_private(base.with_suffix(".state"), dump_state(state))
-    _write_private(sent, message)
+    write_private(base.with_suffix(".state"), dump_state(state))
+    write_private(sent, message)
     return message
+
+
+def consistency(
+    client: SiloClient, key: Ed25519PrivateKey, work: SecAggConsistencyTask, workspace: Path
+) -> None:
+    """Sign the survivor list the service announced (once: the client state refuses a second
+    list), so that this silo later unmasks for exactly that list and no other."""
+    base = _paths(workspace, work)
+
+    def build() -> bytes:
+        state = load_state(base.with_suffix(".state").read_bytes(), key)
+        message = secagg.sign_survivors(state, work.survivors)
+        write_private(base.with_suffix(".state"), dump_state(state))
+        return message.to_bytes()
+
+    _send_once(client, work, base, "consistency", build)
 
 
 def unmask(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspace: Path) -> None:
@@ -156,12 +213,11 @@ def unmask(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspa
                 silo=client.silo,
             )
         response = secagg.unmask(state, UnmaskRequest.from_bytes(frames[0]))
-        _write_private(base.with_suffix(".state"), dump_state(state))
+        write_private(base.with_suffix(".state"), dump_state(state))
         return response.to_bytes()
 
     _send_once(client, work, base, "unmask", build)
-    for leftover in base.parent.glob(f"{base.name}.*"):
-        leftover.unlink()  # the round's private keys are no longer needed
+    erase_round_state(workspace, work.run_id, work.round)  # its private keys are no longer needed
 
 
 def clip_l2(flat: np.ndarray, bound: float) -> np.ndarray:

@@ -7,11 +7,14 @@ or a service restart) is accepted once and counted once.
 
 from __future__ import annotations
 
+import json
+
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, Forbidden, InvalidPayload
+from aggregation.service.ledger import LedgerEntry
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
 from aggregation.service.tables import Contribution, Round, RunSilo
@@ -65,6 +68,7 @@ def submit_update(
     except TensorFormatError as exc:
         raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
     n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
+    check_n_examples(s, run_id, number, silo, n_examples, "update")
     if len(meta.get("prefect_flow_run_id", "")) > 64 or "\x00" in meta.get(
         "prefect_flow_run_id", ""
     ):
@@ -87,6 +91,55 @@ def submit_update(
     s.add(contribution)
     s.flush()
     return contribution, True
+
+
+def latest_validation(s: Session, run_id: str, silo: str) -> dict[str, object] | None:
+    """The payload of `silo`'s latest signed ``validation_result`` statement in the run (its
+    gate's verdict and row count), or None when it sent none."""
+    row = s.scalars(
+        select(LedgerEntry.payload)
+        .where(
+            LedgerEntry.run_id == run_id,
+            LedgerEntry.kind == "validation_result",
+            LedgerEntry.author == f"silo:{silo}",
+        )
+        .order_by(LedgerEntry.seq.desc())
+        .limit(1)
+    ).first()
+    return json.loads(row) if row is not None else None
+
+
+def check_n_examples(
+    s: Session, run_id: str, number: int, silo: str, n_examples: int, what: str
+) -> None:
+    """Refuse (InvalidPayload) an example count above the rows `silo` last validated.
+
+    `n_examples` weighs a silo's update in FedAvg (and its masked update, via the advertised
+    weight, in secure rounds; its trees in the bagging merge): an unbounded claim would let
+    one silo outweigh the others. Every built-in mode runs the silo's validation gate, which
+    signs the table's row count (``n_rows``), before the round's first answer, so a silo
+    without a passing statement in this run has nothing to claim against.
+    """
+    where = f"{what} from silo {silo!r} for round {number} of run {run_id}"
+    summary = latest_validation(s, run_id, silo)
+    if summary is None:
+        raise InvalidPayload(
+            f"{where} claims n_examples={n_examples}, but the silo sent no validation statement "
+            "in this run: its agent runs the validation gate (and signs the row count) before "
+            "a round's first answer"
+        )
+    if not summary.get("success"):
+        raise InvalidPayload(
+            f"{where} claims n_examples={n_examples}, but the silo's latest validation "
+            f"statement (round {summary.get('round')}) failed: it sits the round out"
+        )
+    rows = summary.get("n_rows")
+    if not isinstance(rows, int) or n_examples > rows:
+        raise InvalidPayload(
+            f"{where} claims n_examples={n_examples}, more than the {rows} rows the silo "
+            f"validated (round {summary.get('round')}); an update may weigh at most its "
+            "validated rows"
+        )
 
 
 def _update_metadata(

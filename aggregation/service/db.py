@@ -1,15 +1,19 @@
 """Database engine and sessions for the aggregation service.
 
 SQLite (a file in the service workspace) by default, PostgreSQL by URL. All federation state
-lives here, so the service can be killed at any moment and restarted.
+lives here, so the service can be killed at any moment and restarted. The SQLite file (and
+its -wal and -shm companions, which SQLite creates with the database's mode) is its owner's
+only: 0600, whatever the process's umask.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -17,9 +21,34 @@ class Base(DeclarativeBase):
     """Declarative base of every table the service owns."""
 
 
+OWNER_ONLY_UMASK = 0o077
+
+
+def owner_only_umask() -> int:
+    """Make every file the service process creates 0600 and every folder 0700 (its workspace,
+    keys, lineage files, models); returns the previous umask."""
+    return os.umask(OWNER_ONLY_UMASK)
+
+
+def private_sqlite_file(url: str) -> None:
+    """Create the SQLite database file of `url` as 0600 (or tighten an existing one and its
+    -wal/-shm files); nothing for an in-memory database or another backend."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    path = Path(parsed.database)
+    if not path.parent.is_dir():
+        return  # SQLite will refuse the URL itself, with its own message
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for companion in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if companion.exists():
+            os.chmod(companion, 0o600)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for concurrent use."""
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")

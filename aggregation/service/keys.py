@@ -160,11 +160,13 @@ def _load_or_create(path: Path, kind: type[_Key]) -> _Key:
             raise ValueError(f"{path} does not hold an {kind.__name__}")
         return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)  # mkdir's mode does not apply to a folder that existed
     new = kind.generate()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another service process sharing the workspace won the race
         return _load_or_create(path, kind)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(new.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     return new

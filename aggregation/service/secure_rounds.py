@@ -1,6 +1,8 @@
 """Secure aggregation inside a training round: the service relays, checks, sums and unmasks.
 
-Stages (see aggregation/secagg/README.md): advertise -> share -> masked -> unmask. Every
+Stages (see aggregation/secagg/README.md): advertise -> share -> masked -> (consistency) ->
+unmask; the consistency stage (survivors sign the survivor list) runs when the round's config
+says so, which `start` fixes for the round (`consistency_default`). Every
 accepted message is stored in the `secagg_messages` mailbox in the same transaction that
 advances the round, and the protocol's server state is rebuilt from the mailbox on every
 request, so a killed service loses nothing and two service processes can share a database.
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session, defer
 from aggregation.secagg import server
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.rounds import active_silos
+from aggregation.service.settings import ServiceSettings
 from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
 from schemas.contracts.loader import load_contract
 from schemas.contracts.stats import moments_length
@@ -34,6 +37,7 @@ from schemas.secagg.exceptions import (
 )
 from schemas.secagg.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     MaskedInput,
     ShareKeys,
     Signed,
@@ -42,12 +46,13 @@ from schemas.secagg.messages import (
 from schemas.secagg.quantize import Quantizer
 from schemas.specs import RunSpec, param_shapes
 
-STAGES = ("advertise", "share", "masked", "unmask")
+STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 M = TypeVar("M", bound=Signed)
 _MESSAGE: dict[str, type[Signed]] = {
     "advertise": AdvertiseKeys,
     "share": ShareKeys,
     "masked": MaskedInput,
+    "consistency": ConsistencySignature,
     "unmask": UnmaskResponse,
 }
 
@@ -56,18 +61,49 @@ _RECEIVE = {
     "advertise": "receive_advertise",
     "share": "receive_shares",
     "masked": "receive_masked",
+    "consistency": "receive_consistency",
     "unmask": "receive_unmask",
 }
 
 
-def start(s: Session, rnd: Round, run_id: str) -> None:
-    """Fix the round's roster (the active silos now) and open the advertise stage."""
-    rnd.roster_json = json.dumps(sorted(active_silos(s, run_id)))
+def consistency_default(spec: RunSpec, settings: ServiceSettings) -> bool:
+    """Whether a round of this run runs the consistency check: always in production mode
+    (Conflict if the run asks for it off), else the run's choice, off when it has none."""
+    asked = spec.secure_aggregation.consistency_check
+    if settings.mode == "production":
+        if asked is False:
+            raise Conflict(
+                "this service runs in production mode, where secure aggregation always runs "
+                "the consistency check; create the run without secure_aggregation."
+                "consistency_check=false (allowed in development mode only)"
+            )
+        return True
+    return bool(asked)
+
+
+def start(s: Session, rnd: Round, run_id: str, *, consistency_check: bool) -> None:
+    """Fix the round's roster (the active silos now) and whether it runs the consistency
+    check, and open the advertise stage. Both are stored with the round, so every service
+    process, and a restarted one in another mode, runs the round as it was opened."""
+    rnd.roster_json = json.dumps(
+        {"silos": sorted(active_silos(s, run_id)), "consistency_check": consistency_check}
+    )
     rnd.secagg_stage = "advertise"
 
 
+def _round_doc(rnd: Round) -> dict[str, Any]:
+    doc = json.loads(rnd.roster_json or "[]")
+    # rounds opened before the consistency check was wired stored the bare roster
+    return {"silos": doc, "consistency_check": False} if isinstance(doc, list) else doc
+
+
 def roster(rnd: Round) -> tuple[str, ...]:
-    return tuple(json.loads(rnd.roster_json or "[]"))
+    return tuple(_round_doc(rnd)["silos"])
+
+
+def checks_consistency(rnd: Round) -> bool:
+    """Whether this round runs the consistency stage between masked and unmask."""
+    return bool(_round_doc(rnd).get("consistency_check", False))
 
 
 # A statistics round sums per-feature counts, sums and sums of squares of range-scaled values:
@@ -96,7 +132,7 @@ def config(rnd: Round, spec: RunSpec) -> RoundConfig:
         dim=dim(rnd, spec),
         bits=STATS_BITS if rnd.kind == "statistics" else sa.bits,
         degree=sa.degree,
-        consistency_check=False,
+        consistency_check=checks_consistency(rnd),
     )
 
 
@@ -196,6 +232,9 @@ def rebuild(
             server.replay_masked(state, row.silo, vector)
     if current > 2:
         server.close_masked(state)
+        for row in by_stage["consistency"]:
+            server.receive_consistency(state, _parsed(ConsistencySignature, row[3]))
+    if current > 3:
         server.unmask_requests(state)
         for row in by_stage["unmask"]:
             server.receive_unmask(state, _parsed(UnmaskResponse, row[3]))
@@ -268,7 +307,9 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     sent = senders[stage]
     if stage == "advertise":
         expected = set(roster(rnd))
-    elif stage == "unmask":
+    elif stage == "unmask" and checks_consistency(rnd):
+        return senders["consistency"] - sent  # a survivor that did not sign cannot unmask
+    elif stage in ("consistency", "unmask"):
         return senders["masked"] - sent
     else:
         expected = senders[STAGES[STAGES.index(stage) - 1]]
@@ -290,18 +331,19 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
     while stage is not None and (force or not waiting_for(s, rnd, stage)):
         if stage == "unmask":
             return _finalize(s, run, rnd, spec)
-        if stage == "masked":
-            survivors = {m.silo for m in messages(s, rnd, "masked")}
+        if stage in ("masked", "consistency"):
+            survivors = {m.silo for m in messages(s, rnd, stage)}
             need = config(rnd, spec).threshold
             if len(survivors) < need:
+                what = "sent masked updates" if stage == "masked" else "signed the survivor list"
                 raise InsufficientSharesError(
-                    f"round {rnd.number}: {len(survivors)} silos sent masked updates; secure "
+                    f"round {rnd.number}: {len(survivors)} silos {what}; secure "
                     f"aggregation needs at least {need} (the threshold) to unmask",
                     needed=need,
                     got=len(survivors),
                     run_id=run.id,
                     round_num=rnd.number,
-                    stage="masked",
+                    stage=stage,
                 )
         elif stage in ("advertise", "share"):
             sent = len(messages(s, rnd, stage))
@@ -315,11 +357,18 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
                     round_num=rnd.number,
                     stage=stage,
                 )
-        rnd.secagg_stage = STAGES[STAGES.index(stage) + 1]
+        rnd.secagg_stage = _next_stage(rnd, stage)
         rebuild(s, run, rnd, spec)  # checks the transition (e.g. enough shares) before commit
         stage = rnd.secagg_stage
         force = False  # a forced close moves one stage; later stages wait for their silos
     return None
+
+
+def _next_stage(rnd: Round, stage: str) -> str:
+    following = STAGES[STAGES.index(stage) + 1]
+    if following == "consistency" and not checks_consistency(rnd):
+        return "unmask"
+    return following
 
 
 def _finalize(s: Session, run: Run, rnd: Round, spec: RunSpec) -> np.ndarray:

@@ -23,6 +23,7 @@ import json
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy.orm import Session
 
+from aggregation.service.contributions import check_n_examples
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.lineage import Recorder
 from aggregation.service.model_store import save_round_model
@@ -152,6 +153,7 @@ def submit_tree_update(
     if trees.mode == "cyclic" and waiting_on_earlier(s, run, rnd, silo):
         raise Conflict(f"{where}: not this silo's turn yet (order {turn_order(s, run, rnd)})")
     contribution = _checked(s, run, rnd, trees, silo, plain, where)
+    check_n_examples(s, run.id, rnd.number, silo, contribution.n_examples or 0, "tree update")
     contribution.digest = digest
     s.add(contribution)
     s.flush()

@@ -111,9 +111,11 @@ def serve_service(settings: ServiceSettings) -> None:
     """Run the service with uvicorn until interrupted; say loudly which mode it is in."""
     import uvicorn
 
+    from aggregation.service.db import owner_only_umask
     from aggregation.service.main import DEVELOPMENT_BANNER, create_app
     from aggregation.service.tls import uvicorn_config
 
+    owner_only_umask()  # every file the service writes: 0600, folders 0700
     application = create_app(settings)
     database = settings.resolved_database_url().split("@")[-1]
     if settings.mode == "production":

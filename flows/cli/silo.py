@@ -170,3 +170,27 @@ def silo_demo_data(
     out.parent.mkdir(parents=True, exist_ok=True)
     tables[name].to_csv(out, index=False)
     console.print(f"{name}: {len(tables[name])} rows in {out}")
+
+
+@silo_app.command("reset-privacy-budget")
+def silo_reset_privacy_budget(
+    config: SiloConfigOpt,
+    reason: Annotated[
+        str, typer.Option(help="Why the budget is reset (recorded in the signed budget file).")
+    ],
+) -> None:
+    """Start this silo's privacy budget again from zero after its signed budget file failed its
+    check (a hand edit, a lost file). The rejected file is kept beside it and the reset, with
+    your reason, is recorded in the new signed state. Restoring the file from a backup is the
+    better fix when one exists."""
+    from silos import privacy_budget
+    from silos.config import load_silo_config
+    from silos.exceptions import SiloConfigError
+
+    try:
+        cfg = load_silo_config(config)
+        kept = privacy_budget.reset(cfg, reason)
+    except (SiloConfigError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    where = f"; the rejected file is kept as {kept}" if kept else ""
+    console.print(f"silo {cfg.silo.name}: privacy budget reset{where}", markup=False)

@@ -1,4 +1,5 @@
-"""Secure-aggregation rounds: advertise keys, share seeds, train and submit masked, unmask.
+"""Secure-aggregation rounds: advertise keys, share seeds, train and submit masked, sign the
+survivor list (when the round runs the consistency check), unmask.
 
 The protocol steps are `silos.secure_round`'s; these handlers give each stage its Prefect
 task and, for the masked stage, clip, noise and weight the trained delta first.
@@ -12,7 +13,13 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.wire import SecAggAdvertiseTask, SecAggMaskedTask, SecAggShareTask, SecAggUnmaskTask
+from schemas.wire import (
+    SecAggAdvertiseTask,
+    SecAggConsistencyTask,
+    SecAggMaskedTask,
+    SecAggShareTask,
+    SecAggUnmaskTask,
+)
 from silos import privacy, secure_round
 from silos.client_errors import AlreadyAnswered
 from silos.handlers.context import SiloContext
@@ -31,6 +38,15 @@ def share(ctx: SiloContext, work: SecAggShareTask) -> None:
     secure_round.share(ctx.client, ctx.key, work, ctx.workspace)
 
 
+@task(
+    cache_policy=NO_CACHE,
+    name="secagg-consistency",
+    task_run_name="round-{work.round}-consistency",
+)
+def consistency(ctx: SiloContext, work: SecAggConsistencyTask) -> None:
+    secure_round.consistency(ctx.client, ctx.key, work, ctx.workspace)
+
+
 @task(cache_policy=NO_CACHE, name="secagg-unmask", task_run_name="round-{work.round}-unmask")
 def unmask(ctx: SiloContext, work: SecAggUnmaskTask) -> None:
     secure_round.unmask(ctx.client, ctx.key, work, ctx.workspace)
@@ -43,7 +59,7 @@ def clip_and_noise(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) -
     dp = work.spec.privacy
     if dp is not None:
         clipped = clipped + privacy.gaussian_noise(dp, len(work.secagg.roster), clipped.size)
-        privacy.record_round(ctx.workspace, work.run_id, dp)
+        privacy.record_round(ctx.config, work.run_id, dp)
     return clipped
 
 
@@ -70,4 +86,5 @@ def masked_train(ctx: SiloContext, work: SecAggMaskedTask) -> dict[str, object]:
 register("secagg_advertise", advertise, opens_round=True)
 register("secagg_share", share)
 register("secagg_masked", masked_train, opens_round=True, trains=True)
+register("secagg_consistency", consistency)
 register("secagg_unmask", unmask)

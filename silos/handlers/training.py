@@ -57,7 +57,7 @@ def privacy_refusal(config: SiloConfig, work: TrainTask | SecAggMaskedTask) -> s
     config_max = config.policy.max_epsilon
     if config_max is None or work.spec.privacy is None:
         return None
-    after = privacy.epsilon_if(config.workspace, work.run_id, work.spec.privacy, 1)
+    after = privacy.epsilon_if(config, work.run_id, work.spec.privacy, 1)
     if after > config_max:
         return (
             f"round {work.round} would bring this silo's epsilon to {after:.2f} "
@@ -102,7 +102,7 @@ def report_privacy(
     dp = work.spec.privacy
     if dp is None or answer.get("duplicate"):
         return
-    spent = privacy.epsilon_if(ctx.workspace, work.run_id, dp, 0)
+    spent = privacy.epsilon_if(ctx.config, work.run_id, dp, 0)
     payload = {
         "silo": ctx.silo,
         "round": work.round,

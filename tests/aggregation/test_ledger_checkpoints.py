@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from aggregation.service import ledger
 from aggregation.service.db import make_engine, make_sessionmaker
@@ -74,6 +75,7 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
 
 def _round(fed: Fed, number: int) -> None:
     fed.coord.open_round(fed.run_id, RoundOpen(round=number, deadline_s=60))
+    validate_all(fed.silos, fed.run_id, number)
     for i, client in enumerate(fed.silos.values()):
         client.submit_update(fed.run_id, number, _update(i + number, fed.run_id, number))
     assert fed.coord.close_round(fed.run_id, number).status == "aggregated"

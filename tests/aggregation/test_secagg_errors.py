@@ -240,3 +240,47 @@ def test_undecodable_bytes_raise_message_format_error():
     with pytest.raises(MessageFormatError):
         MaskedInput.from_bytes(raw[:-3])
     assert AdvertiseKeys.from_bytes(raw) == rnd.adverts_sent["a"]
+
+
+def test_client_refuses_a_survivor_list_without_t_signatures():
+    from schemas.secagg.exceptions import InsufficientSharesError
+
+    rnd = Round(consistency=True).advertise().share().masked()
+    req = server.unmask_requests(rnd.srv)["b"]
+    short = {s: sig for s, sig in req.consistency.items() if s != "c"}  # 2 of t = 3
+    with pytest.raises(InsufficientSharesError) as err:
+        client.unmask(rnd.states["b"], dataclasses.replace(req, consistency=short))
+    assert "signed the survivor list" in str(err.value)
+    assert not rnd.states["b"].revealed_b  # nothing was revealed
+    client.unmask(rnd.states["b"], req)  # the endorsed request is answered
+
+
+def test_client_that_did_not_sign_refuses_to_unmask():
+    rnd = Round(consistency=True).advertise().share()
+    rnd.masked_msgs = {
+        s: client.masked_input(rnd.states[s], rnd.deliveries[s], np.arange(D, dtype="<u4"))
+        for s in SILOS[:3]
+    }
+    for msg in rnd.masked_msgs.values():
+        server.receive_masked(rnd.srv, msg)
+    survivors = server.close_masked(rnd.srv)
+    for s in ("a", "b", "c"):
+        server.receive_consistency(rnd.srv, client.sign_survivors(rnd.states[s], survivors))
+    req = server.unmask_requests(rnd.srv)["c"]
+    with pytest.raises(DuplicateMessageError):  # a silo signs one survivor list per round
+        client.sign_survivors(rnd.states["c"], ("a", "b", "c", "d"))
+    fresh = Round(consistency=True).advertise().share().masked()
+    unsigned = fresh.states["a"]
+    unsigned.stage = "consistency"  # as if it never signed
+    with pytest.raises(LateMessageError):
+        client.unmask(unsigned, server.unmask_requests(fresh.srv)["a"])
+    client.unmask(rnd.states["c"], req)
+
+
+def test_signature_from_a_non_survivor_is_refused():
+    rnd = Round(consistency=True).advertise().share().masked()
+    req = server.unmask_requests(rnd.srv)["b"]
+    forged = {**req.consistency, "d": req.consistency["a"]}
+    with pytest.raises(UnknownSiloError) as err:
+        client.unmask(rnd.states["b"], dataclasses.replace(req, consistency=forged))
+    assert err.value.silo == "d"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from flows.service_client import CoordinatorClient
 from schemas import signing, tensors
@@ -62,6 +63,7 @@ def fed(db_url: str, tmp_path) -> Fed:  # type: ignore[no-untyped-def]
         coord.put_initial_model(run.run_id, tensors.encode(dict(zip(NAMES, initial, strict=True))))
         coord.start_run(run.run_id)
         coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+        validate_all(silos, run.run_id)  # the gate's signed row counts bound n_examples
         yield Fed(url, coord, silos, run.run_id, initial)
 
 

@@ -3,12 +3,15 @@ silo agent's own functions (`silos.secure_round`); the service sees only masked 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from flows.service_client import CoordinatorClient
 from schemas import tensors
@@ -33,15 +36,17 @@ class Fed:
     workspace: Path
 
 
-@pytest.fixture
-def fed(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+@contextmanager
+def _federation(db_url: str, tmp_path: Path, consistency: bool | None = None) -> Iterator[Fed]:
     spec = RunSpec(
         federation="f",
         dataset="toy",
         model=MODEL,
         rounds=2,
         min_silos=2,
-        secure_aggregation=SecureAggregationSpec(clip=5.0, threshold=2),
+        secure_aggregation=SecureAggregationSpec(
+            clip=5.0, threshold=2, consistency_check=consistency
+        ),
     )
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
@@ -57,7 +62,14 @@ def fed(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         coord.put_initial_model(run.run_id, tensors.encode(arrays))
         coord.start_run(run.run_id)
         coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+        validate_all(silos, run.run_id)
         yield Fed(coord, silos, run.run_id, initial, tmp_path / "silo-ws")
+
+
+@pytest.fixture
+def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    with _federation(db_url, tmp_path) as federation:
+        yield federation
 
 
 def _task(client: SiloClient, expected: str):  # type: ignore[no-untyped-def]
@@ -213,6 +225,7 @@ def test_statistics_round_sums_moments_without_revealing_any_silo(
         coord.put_initial_model(run.run_id, tensors.encode(arrays))
         coord.start_run(run.run_id)
         coord.open_round(run.run_id, RoundOpen(round=1, kind="statistics", deadline_s=60))
+        validate_all(silos, run.run_id)
         ws = tmp_path / "silo-ws"
         for name, client in silos.items():
             secure_round.advertise(
@@ -258,3 +271,91 @@ def test_forged_protocol_message_is_refused(fed: Fed) -> None:
 def _waiting(fed: Fed) -> set[str]:
     task = fed.silos["b"].next_task(wait_s=0)
     return {"b"} if task is not None and task.type == "secagg_advertise" else set()
+
+
+@pytest.fixture
+def fed_checked(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    """A run that asks for the consistency check (development mode: off unless asked)."""
+    with _federation(db_url, tmp_path, consistency=True) as federation:
+        yield federation
+
+
+def _sign_survivors(fed: Fed, names) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each silo in `names` signs the survivor list its consistency task announces."""
+    announced = []
+    for name in names:
+        client = fed.silos[name]
+        task = _task(client, "secagg_consistency")
+        assert task.secagg.consistency_check
+        announced = task.survivors
+        secure_round.consistency(client, client.key, task, fed.workspace / name)
+    return announced
+
+
+def test_secure_round_with_consistency_check_equals_weighted_fedavg(fed_checked: Fed) -> None:
+    fed = fed_checked
+    deltas, n = _deltas(5), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).secagg_stage == "consistency"
+    assert _sign_survivors(fed, ["a", "b", "c"]) == ["a", "b", "c"]
+    _unmask_all(fed, ["a", "b", "c"])
+    out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
+    assert out.status == "aggregated", out
+    expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
+    np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+
+
+def test_consistency_check_with_a_dropout_after_masked(fed_checked: Fed) -> None:
+    """c sends its masked input, then vanishes: it neither signs nor unmasks. Its input still
+    counts (its self-mask seed comes back from a's and b's shares)."""
+    fed = fed_checked
+    deltas, n = _deltas(6), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n)
+    _sign_survivors(fed, ["a", "b"])
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "open"
+    fed.coord.close_round(fed.run_id, 1)  # the deadline passed: c never signed
+    assert fed.coord.wait_round(fed.run_id, 1, 0).secagg_stage == "unmask"
+    assert fed.silos["c"].next_task(wait_s=0) is None  # a silo that did not sign cannot unmask
+    _unmask_all(fed, ["a", "b"])
+    out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
+    assert out.status == "aggregated", out
+    expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
+    np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+
+
+def test_consistency_check_with_a_dropout_before_masked(fed_checked: Fed) -> None:
+    fed = fed_checked
+    deltas, n = _deltas(7), {"a": 10, "b": 30, "c": 60}
+    _run_until_masked(fed, deltas, n, skip_masked=("c",))
+    fed.coord.close_round(fed.run_id, 1)  # c dropped after sharing keys
+    assert _sign_survivors(fed, ["a", "b"]) == ["a", "b"]
+    _unmask_all(fed, ["a", "b"])
+    out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
+    assert out.status == "aggregated", out
+    expected = fed.initial + (10 * deltas["a"] + 30 * deltas["b"]) / 40
+    np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+
+
+def test_too_few_signatures_fail_the_round_saying_how_many(fed_checked: Fed) -> None:
+    fed = fed_checked
+    _run_until_masked(fed, _deltas(8), {"a": 10, "b": 30, "c": 60})
+    _sign_survivors(fed, ["a"])
+    out = fed.coord.close_round(fed.run_id, 1)
+    assert out.status == "failed"
+    assert "signed the survivor list" in (out.reason or "") and "needed 2, got 1" in (
+        out.reason or ""
+    )
+
+
+def test_a_second_survivor_list_is_refused(fed_checked: Fed) -> None:
+    from schemas.secagg.messages import ConsistencySignature
+
+    fed = fed_checked
+    _run_until_masked(fed, _deltas(9), {"a": 10, "b": 30, "c": 60})
+    a = fed.silos["a"]
+    wrong = ConsistencySignature.create(
+        a.key, run_id=fed.run_id, round_num=1, silo="a", survivors=("a", "b")
+    )
+    with pytest.raises(ServiceRejected) as err:  # signed a list that is not U3
+        a.secagg_post(fed.run_id, 1, "consistency", wrong.to_bytes())
+    assert err.value.status == 422 and "differs from U3" in err.value.detail

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from aggregation.trees.models import merge_bagging, predict_proba
 from flows.service_client import CoordinatorClient
@@ -73,6 +74,7 @@ def start(url: str, trees: TreeSpec) -> Fed:
     coord.put_initial_model(run.run_id, b"")
     coord.start_run(run.run_id)
     coord.open_round(run.run_id, RoundOpen(round=1, kind="train", deadline_s=60))
+    validate_all(silos, run.run_id)  # the gate's signed row counts bound n_examples
     return Fed(coord, silos, run.run_id)
 
 

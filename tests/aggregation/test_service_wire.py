@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from schemas import tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
@@ -90,6 +91,7 @@ def test_a_second_different_answer_is_already_answered(url: str) -> None:
     coord.put_initial_model(run.run_id, initial(spec))
     coord.start_run(run.run_id)
     coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+    validate_all(silos, run.run_id)  # the gate's signed row counts bound n_examples
     a = silos["a"]
     a.submit_update(run.run_id, 1, update(spec, run.run_id, seed=1))
     with pytest.raises(AlreadyAnswered) as err:

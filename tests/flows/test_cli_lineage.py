@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from support.live_service import coordinator, enrolled_silo, service_in_thread
 from sqlalchemy import text
+from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 from typer.testing import CliRunner
 
 from aggregation.service.db import make_engine
@@ -42,6 +43,7 @@ def _one_round_with_silos(url: str) -> tuple[str, dict[str, SiloClient]]:
     coord.put_initial_model(run.run_id, tensors.encode(zeros))
     coord.start_run(run.run_id)
     coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=30))
+    validate_all(silos, run.run_id)
     for i, client in enumerate(silos.values()):
         delta = {n: np.full(s, 0.1 * (i + 1), np.float32) for n, s in param_shapes(MODEL)}
         meta = {"run_id": run.run_id, "round": "1", "n_examples": "10"}

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import requests
 from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate_all
 
 from flows.service_client import CoordinatorClient
 from schemas import signing, tensors
@@ -60,6 +61,7 @@ def live_target(workspace: Path, database_url: str) -> Iterator[Target]:
         coord.put_initial_model(run.run_id, update(run.run_id, 0, seed=99))
         coord.start_run(run.run_id)
         coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=600))
+        validate_all(silos, run.run_id)  # the gate's signed row counts bound n_examples
         yield Target(url, coord, silos, run.run_id)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.wire import SecAggInfo, SecAggMaskedTask
 from silos import privacy
-from silos.config import load_silo_config
+from silos.config import SiloConfig, load_silo_config
 from silos.handlers.training import privacy_refusal
 
 SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
@@ -28,22 +28,27 @@ def test_epsilon_grows_with_rounds_and_matches_a_known_value(tmp_path: Path) -> 
     assert 18.5 < eps[2] < 19.5  # RDP Gaussian, sigma 1, 10 rounds, delta 1e-5 (dp-accounting)
 
 
+def _config(tmp_path: Path, policy: str = "") -> SiloConfig:
+    cfg_path = tmp_path / "silo.toml"
+    cfg_path.write_text(
+        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
+        '[service]\nurls = ["http://127.0.0.1:1"]\n' + policy
+    )
+    return load_silo_config(cfg_path)
+
+
 def test_budget_spans_runs(tmp_path: Path) -> None:
+    config = _config(tmp_path)
     for _ in range(5):
-        privacy.record_round(tmp_path, "run-a", SPEC)
-    after_a = privacy.epsilon_if(tmp_path, "run-b", SPEC, 0)
-    with_b = privacy.epsilon_if(tmp_path, "run-b", SPEC, 5)
+        privacy.record_round(config, "run-a", SPEC)
+    after_a = privacy.epsilon_if(config, "run-b", SPEC, 0)
+    with_b = privacy.epsilon_if(config, "run-b", SPEC, 5)
     assert abs(after_a - privacy.epsilon({1.0: 5}, 1e-5)) < 1e-9
     assert abs(with_b - privacy.epsilon({1.0: 10}, 1e-5)) < 1e-9
 
 
 def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Path) -> None:
-    cfg_path = tmp_path / "silo.toml"
-    cfg_path.write_text(
-        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
-        '[service]\nurls = ["http://127.0.0.1:1"]\n[policy]\nmax_epsilon = 8.0\n'
-    )
-    config = load_silo_config(cfg_path)
+    config = _config(tmp_path, "[policy]\nmax_epsilon = 8.0\n")
     spec = RunSpec(
         federation="f",
         dataset="heart_disease",
@@ -55,7 +60,7 @@ def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Pa
     )
     task = SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
     assert privacy_refusal(config, task) is None  # one round: epsilon ~4.7 <= 8
-    privacy.record_round(config.workspace, "r1", SPEC)
-    privacy.record_round(config.workspace, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC)
     problem = privacy_refusal(config, task.model_copy(update={"round": 3}))
     assert problem is not None and "allows at most 8" in problem and "epsilon to 9.0" in problem

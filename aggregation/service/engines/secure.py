@@ -1,6 +1,7 @@
 """Secure aggregation rounds of a PyTorch run: the service relays, checks, sums and unmasks.
 
-The protocol (advertise -> share -> masked -> unmask, `aggregation/secagg/README.md`) and its
+The protocol (advertise -> share -> masked -> consistency -> unmask,
+`aggregation/secagg/README.md`; the consistency stage when the round runs the check) and its
 database mailbox are `secure_rounds`; this engine hands silos their stage's task, takes their
 messages, moves the stages on and turns the unmasked sum into the next model. The statistics
 engine (`engines.statistics`) is this engine with another task type and another use of the sum.
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from aggregation.secagg.server import close_advertise, close_shares, unmask_requests
 from aggregation.service import secure_rounds
+from aggregation.service.contributions import check_n_examples
 from aggregation.service.engines import plain
 from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
 from aggregation.service.engines.common import (
@@ -34,6 +36,7 @@ from schemas.specs import param_shapes
 from schemas.wire import (
     Metrics,
     SecAggAdvertiseTask,
+    SecAggConsistencyTask,
     SecAggInfo,
     SecAggMaskedTask,
     SecAggShareTask,
@@ -48,7 +51,7 @@ _TASKS: dict[str, type[SecAggAdvertiseTask | SecAggShareTask | SecAggUnmaskTask]
     "share": SecAggShareTask,
     "unmask": SecAggUnmaskTask,
 }
-MESSAGE_STEPS = ("advertise", "share", "unmask")
+MESSAGE_STEPS = ("advertise", "share", "consistency", "unmask")
 STEP_PREFIX = "secagg/"  # Answer.step of the secure-aggregation routes: secagg/<stage>
 
 
@@ -62,7 +65,8 @@ class SecureEngine:
             ctx.s, ctx.run.id, ctx.rnd.number
         )
         if fresh:
-            secure_rounds.start(ctx.s, ctx.rnd, ctx.run.id)
+            check = secure_rounds.consistency_default(ctx.spec, ctx.hub.settings)
+            secure_rounds.start(ctx.s, ctx.rnd, ctx.run.id, consistency_check=check)
         return None
 
     def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
@@ -80,9 +84,13 @@ class SecureEngine:
             dim=cfg.dim,
             bits=cfg.bits,
             degree=cfg.degree,
+            consistency_check=cfg.consistency_check,
             clip=secure_rounds.quantizer(rnd, spec).clip,
             weight=weight,
         )
+        if stage == "consistency":
+            survivors = sorted(m.silo for m in secure_rounds.messages(s, rnd, "masked"))
+            return SecAggConsistencyTask(**round_fields(ctx), secagg=info, survivors=survivors)
         task_type = self.masked_task if stage == "masked" else _TASKS[stage]
         return task_type(**round_fields(ctx), secagg=info)
 
@@ -98,9 +106,13 @@ class SecureEngine:
         if stage == "masked":
             return self._receive_masked(ctx, answer)
         n_examples = answer.params.get("n_examples")
-        if stage == "advertise" and n_examples is None:
-            raise InvalidPayload(
-                f"silo {answer.silo!r}: advertise needs ?n_examples=N (the weight)"
+        if stage == "advertise":
+            if not isinstance(n_examples, int):
+                raise InvalidPayload(
+                    f"silo {answer.silo!r}: advertise needs ?n_examples=N (the weight)"
+                )
+            check_n_examples(
+                ctx.s, ctx.run.id, ctx.rnd.number, answer.silo, n_examples, "advertise"
             )
         secure_rounds.receive(
             ctx.s,
@@ -136,6 +148,7 @@ class SecureEngine:
             raise AlreadyAnswered(
                 f"silo {silo!r} already answered round {rnd.number} of {rnd.run_id}"
             )
+        check_n_examples(s, rnd.run_id, rnd.number, silo, n_examples, "masked update")
         secure_rounds.receive(s, ctx.run, rnd, ctx.spec, "masked", silo, answer.body)
         c = Contribution(
             run_id=rnd.run_id,
@@ -174,7 +187,7 @@ class SecureEngine:
         except (InsufficientSharesError, ReconstructionError) as exc:
             fail_round(ctx, f"secure aggregation: {exc}")
             return
-        if before == "masked" and rnd.secagg_stage == "unmask":
+        if before == "masked" and rnd.secagg_stage in ("consistency", "unmask"):
             survivors = {m.silo for m in secure_rounds.messages(s, rnd, "masked")}
             shared = {m.silo for m in secure_rounds.messages(s, rnd, "share")}
             if shared - survivors:
@@ -227,7 +240,7 @@ def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:
     if what == "shares" and order >= 2:
         state = secure_rounds.rebuild(s, run, rnd, spec, at="share")
         return [m.to_bytes() for m in close_shares(state).get(silo, ())]
-    if what == "unmask-request" and order >= 3:
+    if what == "unmask-request" and rnd.secagg_stage == "unmask":
         request = unmask_requests(secure_rounds.rebuild(s, run, rnd, spec)).get(silo)
         if request is None:
             raise Forbidden(f"silo {silo!r} is not a survivor of round {rnd.number}")

@@ -51,7 +51,8 @@ async def post_message(
     hub: HubDep,
     n_examples: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
 ) -> dict[str, object]:
-    """advertise (with the silo's example count), share or unmask messages."""
+    """advertise (with the silo's example count), share, consistency (the signed survivor
+    list, when the round runs the check) or unmask messages."""
     if stage not in secure.MESSAGE_STEPS:
         raise InvalidPayload(f"unknown secure-aggregation stage {stage!r}")
     step = secure.STEP_PREFIX + stage

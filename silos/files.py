@@ -1,0 +1,66 @@
+"""Files only their owner may read: the silo's workspace, keys and anything derived from data.
+
+Every process that writes fedsilo state (the silo agent, the aggregation service, the demo)
+calls `owner_only_umask()` first, so each file it creates is 0600 and each folder 0700 even
+when a library creates it (SQLite, Great Expectations, Prefect). Where a file is created
+before that, or may already exist with looser bits, `write_private` and `restrict_tree` set
+the modes explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+OWNER_ONLY_UMASK = 0o077
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def owner_only_umask() -> int:
+    """Make every file this process creates from now on 0600 and every folder 0700.
+
+    Returns the previous umask (tests restore it).
+    """
+    return os.umask(OWNER_ONLY_UMASK)
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` and its missing parents as 0700 folders; make `path` itself 0700."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(folder, DIR_MODE)  # mkdir's mode is masked by the umask
+    os.chmod(path, DIR_MODE)
+    return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a 0600 temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)  # O_CREAT's mode does not apply to a file left by a crash
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
+
+def restrict_tree(root: Path) -> None:
+    """Make every folder under `root` (itself included) 0700 and every file 0600."""
+    if not root.exists():
+        return
+    os.chmod(root, DIR_MODE if root.is_dir() else FILE_MODE)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
+def erase(path: Path) -> bool:
+    """Delete the file at `path` if it is there; True when it was."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

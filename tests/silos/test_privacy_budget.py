@@ -1,0 +1,116 @@
+"""The privacy budget file is signed with the silo's key: a hand edit, a deletion or an
+unsigned replacement stops training with an error naming the file and the way out; an older
+unsigned file is signed on first load; a reset is explicit and recorded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from schemas.specs import ModelSpec, PrivacySpec, RunSpec
+from schemas.wire import SecAggInfo, SecAggMaskedTask
+from silos import agent, privacy, privacy_budget
+from silos.config import SiloConfig, load_silo_config
+from silos.exceptions import PrivacyBudgetError
+from silos.handlers.training import privacy_refusal
+
+SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> SiloConfig:
+    path = tmp_path / "silo.toml"
+    path.write_text(
+        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
+        '[service]\nurls = ["http://127.0.0.1:1"]\n[policy]\nmax_epsilon = 8.0\n'
+    )
+    return load_silo_config(path)
+
+
+def _task(round_: int) -> SecAggMaskedTask:
+    spec = RunSpec(
+        federation="f",
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=3),
+        privacy=SPEC,
+    )
+    info = SecAggInfo(
+        stage="masked", roster=["a", "b"], roster_keys={}, threshold=2, dim=4, bits=32, clip=0.5
+    )
+    return SecAggMaskedTask(run_id="r1", round=round_, spec=spec, secagg=info)
+
+
+def _spent_file(config: SiloConfig) -> Path:
+    return config.workspace / "privacy" / "spent.json"
+
+
+def test_a_hand_edit_lowering_the_count_stops_training(config: SiloConfig) -> None:
+    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC)
+    assert privacy_refusal(config, _task(3)) is not None  # epsilon 9.0 > 8: refused
+    path = _spent_file(config)
+    doc = json.loads(path.read_text())
+    doc["state"]["runs"]["r1"]["rounds"] = 0  # "I never spent anything"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PrivacyBudgetError) as caught:
+        privacy_refusal(config, _task(3))
+    message = str(caught.value)
+    assert str(path) in message and "signature" in message
+    assert "restore" in message and "fedsilo silo reset-privacy-budget" in message
+    umask = os.umask(0o022)
+    try:
+        with pytest.raises(PrivacyBudgetError):
+            agent.run_agent(str(config.source), max_runs=0)  # the agent refuses to start
+    finally:
+        os.umask(umask)  # run_agent set 077 for this process
+
+
+def test_deleting_or_replacing_the_signed_file_is_detected(config: SiloConfig) -> None:
+    privacy.record_round(config, "r1", SPEC)
+    path = _spent_file(config)
+    path.write_text(json.dumps({"r1": {"sigma": 1.0, "rounds": 0}}))  # old unsigned format
+    with pytest.raises(PrivacyBudgetError, match="not signed"):
+        privacy.spent_rounds(config)
+    path.unlink()
+    with pytest.raises(PrivacyBudgetError, match="missing"):
+        privacy.spent_rounds(config)
+
+
+def test_an_older_unsigned_file_is_signed_on_first_load(
+    config: SiloConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _spent_file(config)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"r0": {"sigma": 1.0, "rounds": 3}}))
+    with caplog.at_level(logging.WARNING, logger="fedsilo.silo.privacy"):
+        assert privacy.spent_rounds(config) == {"r0": {"sigma": 1.0, "rounds": 3}}
+    assert "now signed" in caplog.text and str(path) in caplog.text
+    doc = json.loads(path.read_text())
+    assert doc["format"] == privacy_budget.FORMAT and doc["signature"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    privacy.record_round(config, "r0", SPEC)
+    assert privacy.spent_rounds(config)["r0"]["rounds"] == 4
+
+
+def test_a_reset_is_explicit_recorded_and_keeps_the_rejected_file(config: SiloConfig) -> None:
+    privacy.record_round(config, "r1", SPEC)
+    path = _spent_file(config)
+    path.write_text(path.read_text().replace('"rounds": 1', '"rounds": 0'))
+    with pytest.raises(PrivacyBudgetError):
+        privacy_budget.check(config)
+    with pytest.raises(ValueError, match="reason"):
+        privacy_budget.reset(config, " ")
+    code = privacy_budget.main(
+        ["reset", "--config", str(config.source), "--reason", "no backup after disk loss"]
+    )
+    assert code == 0
+    state = privacy_budget.load(config)
+    assert state["runs"] == {}
+    (record,) = state["resets"]
+    assert record["reason"] == "no backup after disk loss"
+    assert (path.parent / record["rejected"]).is_file()
+    assert privacy_refusal(config, _task(1)) is None  # training may go on
