@@ -29,7 +29,7 @@ def main() -> None:
     spec = RunSpec.model_validate_json(args.spec.read_text())
     result = federated_training(
         service_urls=[args.service_url],
-        admin_token=args.token_file.read_text().strip(),
+        admin_token_file=str(args.token_file.resolve()),
         federation=spec.federation,
         dataset=spec.dataset,
         model=spec.model,

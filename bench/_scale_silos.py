@@ -22,9 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.wire import SecAggMaskedTask, Task  # noqa: E402
+from schemas.tasks import SecAggMaskedTask, Task  # noqa: E402
+from schemas.wire import ValidationSummary  # noqa: E402
 from silos.client import SiloClient  # noqa: E402
 from silos.client_errors import AlreadyAnswered, Forbidden  # noqa: E402
+from silos.round_gate import statement_payload  # noqa: E402
 
 FEDERATION = "scale"
 DELTA_STD = 0.008  # per coordinate: the L2 norm of 10^6 of them (~8) stays under clip 10
@@ -84,7 +86,10 @@ def _approved(client: SiloClient) -> bool:
 def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int, sr) -> None:  # type: ignore[no-untyped-def]
     n = n_examples_of(index)
     if work.type == "secagg_advertise":
+        _validate(client, work.run_id, work.round, n)  # as the agent's gate, before answering
         sr.advertise(client, client.key, work, workspace, n_examples=n)
+    elif work.type == "secagg_consistency":
+        sr.consistency(client, client.key, work, workspace)
     elif work.type == "secagg_share":
         sr.share(client, client.key, work, workspace)
     elif work.type == "secagg_unmask":
@@ -103,6 +108,23 @@ def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int
             pass
     else:
         raise RuntimeError(f"silo {client.silo}: unexpected task {work.type!r}")
+
+
+def _validate(client: SiloClient, run_id: str, round_: int, n_rows: int) -> None:
+    """The silo's signed validation statement (the service bounds n_examples by its rows);
+    these synthetic silos have no table, so its fingerprints are placeholders."""
+    summary = ValidationSummary(
+        contract="synthetic",
+        contract_version="1",
+        contract_sha256="0" * 64,
+        data_sha256="1" * 64,
+        n_rows=n_rows,
+        n_expectations=0,
+        success=True,
+    )
+    client.submit_statement(
+        run_id, "validation_result", statement_payload(client.silo, round_, summary)
+    )
 
 
 def worker_main(spec_path: Path) -> None:

@@ -84,7 +84,8 @@ from _scale_silos import FEDERATION, n_examples_of, silo_delta, silo_name  # noq
 os.environ.update(TELEMETRY_OFF)
 SILOS_SCRIPT = Path(__file__).resolve().parent / "_scale_silos.py"
 POLL_ENV = "FEDSILO_SERVICE_POLL_INTERVAL_S"
-TASKS = ("secagg_advertise", "secagg_share", "train", "secagg_unmask")  # a secure round's steps
+# a secure round's steps
+TASKS = ("secagg_advertise", "secagg_share", "secagg_masked", "secagg_unmask")
 
 # --- one trial -------------------------------------------------------------------------------
 

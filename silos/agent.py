@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec
-from schemas.wire import RunEndedTask, Task
+from schemas.tasks import RunEndedTask, Task
 from silos import checkpoints, hist_round, privacy_budget, secure_round
 from silos.client import SiloClient
 from silos.client_errors import Forbidden

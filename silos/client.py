@@ -32,9 +32,9 @@ from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.frames import unpack_frames
 from schemas.lineage import make_statement, sign_statement
+from schemas.tasks import TASK_ADAPTER, Task
 from schemas.wire import (
     OCTET_STREAM,
-    TASK_ADAPTER,
     WIRE_HEADER,
     WIRE_VERSION,
     EnrolRequest,
@@ -43,7 +43,6 @@ from schemas.wire import (
     MetricsReport,
     Refusal,
     SiloOut,
-    Task,
     enrol_proof_message,
 )
 from silos.client_errors import (

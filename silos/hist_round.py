@@ -44,7 +44,7 @@ from schemas.secure_hist.protocol import (
     TreeDone,
     cuts_from_json,
 )
-from schemas.wire import HistTask
+from schemas.tasks import HistTask
 from silos import hist_trainer
 from silos.client import SiloClient
 from silos.client_errors import Conflict

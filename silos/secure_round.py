@@ -25,7 +25,7 @@ from schemas.secagg.config import RoundConfig
 from schemas.secagg.exceptions import MessageFormatError
 from schemas.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
 from schemas.secagg.quantize import Quantizer
-from schemas.wire import (
+from schemas.tasks import (
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
     SecAggMaskedTask,

@@ -14,8 +14,9 @@ import logging
 import time
 
 from schemas.sealed import seal
+from schemas.tasks import TreeEvaluateTask, TreeTrainTask
 from schemas.tree_params import TreeSpec
-from schemas.wire import Metrics, TreeEvaluateTask, TreeTrainTask
+from schemas.wire import Metrics
 from silos.client import SiloClient
 from silos.collective_worker import (
     WorkerTLS,

@@ -1,13 +1,11 @@
 """Secure aggregation inside a training round: the service relays, checks, sums and unmasks.
 
-Stages (see aggregation/secagg/README.md): advertise -> share -> masked -> (consistency) ->
-unmask; the consistency stage (survivors sign the survivor list) runs when the round's config
-says so, which `start` fixes for the round (`consistency_default`). Every
-accepted message is stored in the `secagg_messages` mailbox in the same transaction that
-advances the round, and the protocol's server state is rebuilt from the mailbox on every
-request, so a killed service loses nothing and two service processes can share a database.
-A stage advances by itself once every silo it waits for has answered; the coordinator forces
-it at the round's deadline (`force_advance`), which is how dropouts are handled.
+Stages (aggregation/secagg/README.md): advertise -> share -> masked -> (consistency: survivors
+sign the survivor list, as `start` fixes for the round) -> unmask. Every accepted message is
+stored in the `secagg_messages` mailbox in the transaction that advances the round, and the
+server state is rebuilt from the mailbox on every request: a killed service loses nothing and
+two service processes can share a database. A stage advances once every silo it waits for has
+answered; the coordinator forces it at the deadline (`force_advance`): that handles dropouts.
 """
 
 from __future__ import annotations
@@ -296,11 +294,7 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     """The silos the current stage still waits for (not refused ones, not ones sitting out)."""
     answered = {
         c.silo
-        for c in s.scalars(
-            select(Contribution).where(
-                Contribution.run_id == rnd.run_id, Contribution.round == rnd.number
-            )
-        )
+        for c in s.scalars(select(Contribution).filter_by(run_id=rnd.run_id, round=rnd.number))
     }
     active = set(active_silos(s, rnd.run_id))
     senders = _senders(s, rnd)

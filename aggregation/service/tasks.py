@@ -11,7 +11,7 @@ from aggregation.service.engines.registry import engine_for
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
 from aggregation.service.tables import Run, RunSilo
-from schemas.wire import RunEndedTask, Task
+from schemas.tasks import RunEndedTask, Task
 
 
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:

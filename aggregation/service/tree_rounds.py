@@ -33,9 +33,10 @@ from aggregation.trees.models import append_cyclic, merge_bagging, parse_model
 from aggregation.trees.validate import validate_tree_update
 from schemas.sealed import SealError, open_sealed
 from schemas.specs import RunSpec
+from schemas.tasks import CollectiveInfo
 from schemas.tree_errors import TreeError
 from schemas.tree_params import TreeSpec
-from schemas.wire import CollectiveInfo, Metrics
+from schemas.wire import Metrics
 
 _ANSWERED = ("update", "sat_out", "refusal")
 

@@ -8,7 +8,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from schemas.wire import EvaluateTask, Metrics, MetricsReport, TrainTask, TreeEvaluateTask
+from schemas.tasks import EvaluateTask, TrainTask, TreeEvaluateTask
+from schemas.wire import Metrics, MetricsReport
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, encode_update, fetch_global_model, run_training_round

@@ -6,7 +6,7 @@ in silo.toml ``[agent] plugins`` or ``FEDSILO_AGENT_PLUGINS``) registers its own
 
     # acme_fedsilo/sketch.py, installed at the silo
     from pydantic import BaseModel
-    from schemas.wire import ExtensionTask
+    from schemas.tasks import ExtensionTask
     from silos.handlers.context import SiloContext
     from silos.handlers.registry import register_extension
 
@@ -32,7 +32,8 @@ from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.wire import NAME_PATTERN, ExtensionTask, RunEndedTask, Task
+from schemas.tasks import ExtensionTask, RunEndedTask, Task
+from schemas.wire import NAME_PATTERN
 from silos.exceptions import UnsupportedTask
 from silos.handlers.context import SiloContext
 

@@ -13,7 +13,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.wire import (
+from schemas.tasks import (
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
     SecAggMaskedTask,

@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.secagg.exceptions import SecAggError
 from schemas.secure_hist.errors import SecureHistError
-from schemas.wire import HistStage, HistTask
+from schemas.tasks import HistTask
+from schemas.wire import HistStage
 from silos import hist_round
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register

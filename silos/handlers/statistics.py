@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.contracts.loader import load_contract
-from schemas.wire import StatisticsTask
+from schemas.tasks import StatisticsTask
 from silos import secure_round
 from silos.client_errors import AlreadyAnswered
 from silos.federated_stats import local_moments

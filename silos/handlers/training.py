@@ -18,7 +18,8 @@ from prefect.runtime import flow_run
 
 from schemas import tensors
 from schemas.specs import RunSpec, param_shapes
-from schemas.wire import Metrics, SecAggMaskedTask, TrainTask
+from schemas.tasks import SecAggMaskedTask, TrainTask
+from schemas.wire import Metrics
 from silos import privacy
 from silos.client import SiloClient
 from silos.config import SiloConfig

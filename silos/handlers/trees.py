@@ -8,7 +8,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.wire import Metrics, TreeEvaluateTask, TreeTrainTask
+from schemas.tasks import TreeEvaluateTask, TreeTrainTask
+from schemas.wire import Metrics
 from silos import tree_round
 from silos.exceptions import ModelError
 from silos.handlers.context import SiloContext

@@ -25,8 +25,9 @@ from schemas.contracts.loader import load_contract
 from schemas.secagg.session_messages import AggregationRequest, SessionMasked
 from schemas.secure_hist.protocol import HistRunConfig, LevelRequest
 from schemas.specs import RunSpec, SecureAggregationSpec
+from schemas.tasks import Task
 from schemas.tree_params import TreeSpec, XGBoostParams
-from schemas.wire import RoundOpen, RunCreate, Task
+from schemas.wire import RoundOpen, RunCreate
 from silos import hist_round
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected

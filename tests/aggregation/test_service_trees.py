@@ -18,9 +18,10 @@ from aggregation.trees.models import merge_bagging, predict_proba
 from flows.service_client import CoordinatorClient
 from schemas.sealed import seal
 from schemas.specs import RunSpec, SecureAggregationSpec
+from schemas.tasks import Task
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreeUpdateHeader, decode_tree_update, encode_tree_update
-from schemas.wire import RoundOpen, RunCreate, Task
+from schemas.wire import RoundOpen, RunCreate
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.tree_trainer import build_update, train_trees

@@ -38,6 +38,7 @@ import typer
 import uvicorn
 from pydantic import SecretStr
 from support.live_service import coordinator, enrolled_silo, free_port
+from support.validation import validate
 from typer.testing import CliRunner
 
 from aggregation.service.main import create_app
@@ -121,6 +122,8 @@ def _answer_tasks(
                     return
                 try:
                     if task.type == "train":
+                        # as the agent's gate would, before the round's first answer
+                        validate(client, task.run_id, task.round, n_rows=100)
                         delta = [
                             np.full(s, 0.1 * (i + 1), np.float32) for _, s in param_shapes(MODEL)
                         ]

@@ -23,7 +23,8 @@ from aggregation.pki import ED25519_URI_PREFIX, PkiError, enrolment_mac, new_key
 from flows.federation_files import init_federation, sign_csr
 from schemas import signing
 from schemas.specs import ModelSpec, RunSpec
-from schemas.wire import TASK_ADAPTER, WIRE_HEADER, WIRE_VERSION, RunCreate
+from schemas.tasks import TASK_ADAPTER
+from schemas.wire import WIRE_HEADER, WIRE_VERSION, RunCreate
 from silos.client_errors import ServiceRejected
 from silos.config import load_silo_config
 from silos.exceptions import SiloConfigError

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from schemas.specs import ModelSpec, RunSpec
-from schemas.wire import TASK_ADAPTER, ExtensionTask, RunEndedTask, TrainTask
+from schemas.tasks import TASK_ADAPTER, ExtensionTask, RunEndedTask, TrainTask
 from silos.config import load_silo_config
 from silos.exceptions import PluginError, SiloConfigError, UnsupportedTask
 from silos.handlers import REGISTRY, SiloContext

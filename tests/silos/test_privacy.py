@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
-from schemas.wire import SecAggInfo, SecAggMaskedTask
+from schemas.tasks import SecAggInfo, SecAggMaskedTask
 from silos import privacy
 from silos.config import SiloConfig, load_silo_config
 from silos.handlers.training import privacy_refusal

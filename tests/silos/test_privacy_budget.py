@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
-from schemas.wire import SecAggInfo, SecAggMaskedTask
+from schemas.tasks import SecAggInfo, SecAggMaskedTask
 from silos import agent, privacy, privacy_budget
 from silos.config import SiloConfig, load_silo_config
 from silos.exceptions import PrivacyBudgetError

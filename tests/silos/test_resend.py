@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.specs import ModelSpec, RunSpec
-from schemas.wire import ErrorCode, ErrorOut, SecAggInfo, SecAggShareTask
+from schemas.tasks import SecAggInfo, SecAggShareTask
+from schemas.wire import ErrorCode, ErrorOut
 from silos import secure_round
 from silos.client import SiloClient
 from silos.client_errors import Conflict

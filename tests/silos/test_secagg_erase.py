@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from schemas.specs import ModelSpec, RunSpec
-from schemas.wire import RunEndedTask, SecAggAdvertiseTask, SecAggInfo, SecAggShareTask, Task
+from schemas.tasks import RunEndedTask, SecAggAdvertiseTask, SecAggInfo, SecAggShareTask, Task
 from silos import agent, secure_round
 from silos.client import SiloClient
 from silos.keys import load_or_create_key

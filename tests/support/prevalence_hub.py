@@ -25,7 +25,7 @@ from aggregation.service.engines.registry import register
 from aggregation.service.exceptions import AlreadyAnswered, InvalidPayload
 from aggregation.service.model_store import save_round_model
 from aggregation.service.tables import Contribution
-from schemas.wire import ExtensionTask, Task
+from schemas.tasks import ExtensionTask, Task
 
 MODE = "prevalence"
 

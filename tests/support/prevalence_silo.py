@@ -11,7 +11,7 @@ import json
 
 from pydantic import BaseModel
 
-from schemas.wire import ExtensionTask
+from schemas.tasks import ExtensionTask
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register_extension
 

@@ -31,7 +31,7 @@ from aggregation.service.lineage import Recorder
 from aggregation.service.settings import ServiceSettings
 from aggregation.service.tables import Round, Run
 from schemas.specs import RunSpec
-from schemas.wire import Task
+from schemas.tasks import Task
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
 from schemas.specs import param_shapes
-from schemas.wire import EvaluateTask, Task, TrainTask
+from schemas.tasks import EvaluateTask, Task, TrainTask
 
 
 class PlainEngine:

@@ -33,18 +33,17 @@ from schemas import tensors
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.signing import STATEMENT_HEADER
 from schemas.specs import param_shapes
-from schemas.wire import (
-    Metrics,
+from schemas.tasks import (
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
     SecAggInfo,
     SecAggMaskedTask,
     SecAggShareTask,
-    SecAggStage,
     SecAggUnmaskTask,
     StatisticsTask,
     Task,
 )
+from schemas.wire import Metrics, SecAggStage
 
 _TASKS: dict[str, type[SecAggAdvertiseTask | SecAggShareTask | SecAggUnmaskTask]] = {
     "advertise": SecAggAdvertiseTask,

@@ -23,7 +23,8 @@ from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_state import HistState, hist_row, load, save
 from aggregation.service.tables import Contribution, HistRun
 from schemas.secagg.session_messages import SETUP_COUNTER
-from schemas.wire import HistStage, HistTask, HistTaskInfo, Task
+from schemas.tasks import HistTask, HistTaskInfo, Task
+from schemas.wire import HistStage
 
 STEP_PREFIX = "hist/"  # Answer.step of the secure-hist routes: hist/<stage>
 

@@ -15,7 +15,7 @@ from aggregation.service.engines.base import RoundContext
 from aggregation.service.engines.common import contributors, digest_arrays
 from aggregation.service.engines.secure import SecureEngine
 from aggregation.service.tables import Contribution, utcnow
-from schemas.wire import StatisticsTask
+from schemas.tasks import StatisticsTask
 
 
 class StatisticsEngine(SecureEngine):

@@ -23,7 +23,7 @@ from aggregation.service.engines.common import (
 from aggregation.service.federations import find_silo
 from aggregation.service.statements import accept_statement
 from aggregation.service.tables import Contribution
-from schemas.wire import Task, TreeEvaluateTask, TreeTaskInfo, TreeTrainTask
+from schemas.tasks import Task, TreeEvaluateTask, TreeTaskInfo, TreeTrainTask
 
 
 class TreeEngine:

@@ -37,7 +37,8 @@ from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
 from aggregation.service.tasks import next_task
 from schemas.signing import STATEMENT_HEADER
-from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, Refusal, SiloOut, Task
+from schemas.tasks import Task
+from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
 StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_length=256)]
