@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +35,11 @@ import httpx
 import numpy as np
 import pytest
 import typer
-import uvicorn
 from pydantic import SecretStr
-from support.live_service import coordinator, enrolled_silo, free_port
+from support.live_service import coordinator, enrolled_silo, service_in_thread
 from support.validation import validate
 from typer.testing import CliRunner
 
-from aggregation.service.main import create_app
-from aggregation.service.settings import ServiceSettings
 from flows.admin_token import private_token_file, resolve_admin_token
 from flows.cli import app
 from flows.cli.common import flow_token_source
@@ -67,34 +64,9 @@ class FlowRunLeakCheck:
     parameters: dict[str, Any]
 
 
-@contextmanager
-def _service(workspace: Path, token: str) -> Iterator[str]:
+def _service(workspace: Path, token: str) -> AbstractContextManager[str]:
     """The aggregation service with admin token `token`, uvicorn in a thread; yields its URL."""
-    port = free_port()
-    settings = ServiceSettings(
-        workspace=workspace,
-        database_url=f"sqlite:///{workspace}/service.db",
-        port=port,
-        admin_token=token,
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return service_in_thread(workspace, f"sqlite:///{workspace}/service.db", admin_token=token)
 
 
 def _federation(url: str, token: str) -> tuple[str, dict[str, SiloClient]]:

@@ -28,15 +28,13 @@ def free_port() -> int:
 
 @contextmanager
 def service_in_thread(workspace: Path, database_url: str, **settings: object) -> Iterator[str]:
-    """Run the service with uvicorn in a background thread; yields its base URL."""
+    """Run the service with uvicorn in a background thread; yields its base URL.
+
+    `settings` are further `ServiceSettings` fields (``admin_token`` defaults to the one
+    `coordinator` uses)."""
     port = free_port()
-    cfg = ServiceSettings(
-        workspace=workspace,
-        database_url=database_url,
-        port=port,
-        admin_token="test-admin-token",
-        **settings,
-    )  # type: ignore[arg-type]
+    settings.setdefault("admin_token", "test-admin-token")
+    cfg = ServiceSettings(workspace=workspace, database_url=database_url, port=port, **settings)  # type: ignore[arg-type]
     server = uvicorn.Server(
         uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning")
     )
