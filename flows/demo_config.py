@@ -17,8 +17,8 @@ DEMO_TEST_FRACTION = 0.25
 DEMO_SPLIT_SEED = 42
 
 # Bonawitz's consistency round (on in production, where a run cannot turn it off) is off in the
-# demos: one more exchange per round measured 885 -> 2535 ms median overhead per round on a
-# loaded 2-core machine (bench/round_overhead.py --consistency off / on, 8 rounds each).
+# demos: one more exchange per round measured 1253 -> 1761 ms median overhead per round on a
+# shared 2-core machine (bench/round_overhead.py --rounds 8 --consistency both, one run).
 DEMO_SECURE_AGGREGATION = SecureAggregationSpec(consistency_check=False)
 
 
