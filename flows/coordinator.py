@@ -1,29 +1,35 @@
 """The coordinator's Prefect flow `federated_training`: one flow run per training run.
 
-It opens rounds on the aggregation service, waits for the silos with a deadline, has the
-service aggregate, follows the silos' evaluation of each global model, stops early on a
-plateau, and publishes a table artifact of per-round metrics plus the final model's sha256.
+It waits until the run's silos are ready (so round 1's deadline does not pay for a cold
+start), opens rounds on the aggregation service one after the other, waits for the silos with a
+deadline, has the service aggregate, follows the silos' evaluation of each global model, stops
+early on a plateau, and publishes a table artifact of per-round metrics plus the final model's
+sha256. A run cancelled at the service (`fedsilo runs cancel`) ends the flow run Cancelled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
+from rich.console import Console
 
 from flows.admin_token import resolve_admin_token
-from flows.exceptions import RunFailed
+from flows.exceptions import RunCancelled, RunFailed
 from flows.resume import closed_rounds, find_run, wall_seconds
+from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
+from flows.round_records import RoundRecord, publish, sig4, summarize_round
+from flows.run_naming import initial_name, label_flow_run, run_tags
 from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.contracts.loader import load_contract
-from schemas.metrics import weighted_metric
 from schemas.specs import (
     ModelSpec,
     PrivacySpec,
@@ -34,65 +40,16 @@ from schemas.specs import (
     param_shapes,
 )
 from schemas.tree_params import TreeSpec
-from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish
+from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
+from silos.client_errors import ServiceRejected
 from silos.torch_model import build_model, get_params
 
-
-@dataclass
-class RoundRecord:
-    round: int
-    kind: str
-    status: str
-    contributors: list[str]
-    waiting: list[str]
-    refused: dict[str, str]
-    sat_out: dict[str, str]
-    wall_seconds: float
-    slowest_train_seconds: float
-    evaluated_version: int
-    loss: float | None
-    accuracy: float | None
-    auc: float | None
-    model_sha256: str | None = None
-    per_silo: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-    @property
-    def overhead_seconds(self) -> float:
-        return self.wall_seconds - self.slowest_train_seconds
-
-
-def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
-    """Weighted (by holdout size) metrics of the model the silos evaluated in this round."""
-    scored = [s.metrics for s in out.silos if s.metrics is not None]
-
-    def mean(attr: str) -> float | None:
-        return weighted_metric(scored, attr)
-
-    return RoundRecord(
-        round=out.round,
-        kind=out.kind,
-        status=out.status,
-        contributors=[s.silo for s in out.silos if s.state in ("submitted", "evaluated")],
-        waiting=[s.silo for s in out.silos if s.state == "waiting"],
-        refused={s.silo: s.reason or "" for s in out.silos if s.state == "refused"},
-        sat_out={s.silo: s.reason or "" for s in out.silos if s.state == "sat_out"},
-        wall_seconds=wall_seconds,
-        slowest_train_seconds=max((s.train_seconds or 0.0 for s in out.silos), default=0.0),
-        evaluated_version=out.input_model_version,
-        loss=mean("loss"),
-        accuracy=mean("accuracy"),
-        auc=mean("auc"),
-        model_sha256=out.model_sha256,
-        per_silo={
-            s.silo: {"accuracy": s.metrics.accuracy, "auc": s.metrics.auc, "loss": s.metrics.loss}
-            for s in out.silos
-            if s.metrics is not None
-        },
-    )
+# A long-poll returns early on any change; the cap bounds how late a cancel is noticed.
+POLL_S = 10.0
 
 
 @task(cache_policy=NO_CACHE, name="create-run")
-def create_run(client: CoordinatorClient, spec: RunSpec) -> str:
+def create_run(client: CoordinatorClient, spec: RunSpec) -> RunOut:
     run = client.create_run(RunCreate(spec=spec, prefect_flow_run_id=str(flow_run.get_id() or "")))
     if spec.trees is not None:
         payload = b""  # tree runs grow from scratch
@@ -103,47 +60,79 @@ def create_run(client: CoordinatorClient, spec: RunSpec) -> str:
     client.put_initial_model(run.run_id, payload)
     client.start_run(run.run_id)
     get_run_logger().info("run %s started with silos %s", run.run_id, run.participants)
-    return run.run_id
+    return client.get_run(run.run_id)
+
+
+@task(cache_policy=NO_CACHE, name="wait-for-ready-silos")
+def wait_for_ready(
+    client: CoordinatorClient, run: RunOut, timeout_s: float, view: RoundView
+) -> list[str]:
+    """Round 1 opens once the run's silos are ready (see `flows.round_progress.wait_ready`)."""
+    return wait_ready(
+        client, run.run_id, run.federation, run.participants, run.spec.min_silos, timeout_s, view
+    )
 
 
 @task(cache_policy=NO_CACHE, name="run-round", task_run_name="round-{number}-{kind}")
 def run_round(
-    client: CoordinatorClient, run_id: str, number: int, kind: str, deadline_s: float
+    client: CoordinatorClient,
+    run_id: str,
+    number: int,
+    kind: str,
+    deadline_s: float,
+    view: RoundView | None = None,
 ) -> RoundRecord:
     """Open a round, wait until every silo answered or the deadline passed, then close it."""
+    view = view or RoundView(None)
     started = time.monotonic()
     client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
     deadline, forced = started + deadline_s, 0
-    while True:
-        remaining = deadline - time.monotonic()
-        out = client.wait_round(run_id, number, wait_s=max(0.0, min(remaining, 20.0)))
-        if out.status != "open":
-            break
-        if out.complete and out.secagg_stage is None:
-            out = client.close_round(run_id, number)
-            break
-        if remaining <= 0:
-            late = [s.silo for s in out.silos if s.state == "waiting"]
-            get_run_logger().warning(
-                "round %d: deadline passed at stage %s without %s",
-                number,
-                out.secagg_stage or "collect",
-                late or "the unmasking answers",
-            )
-            out = client.close_round(run_id, number)
-            forced += 1
-            # five protocol stages with the consistency check, and slack for a slow unmask
-            if out.status != "open" or forced > 8:
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            out = _poll(client, run_id, number, max(0.0, min(remaining, POLL_S)))
+            view.update(out, remaining)
+            if out.status != "open":
                 break
-            deadline = time.monotonic() + deadline_s  # the remaining protocol stages get time
+            if out.complete and out.secagg_stage is None:
+                out = client.close_round(run_id, number)
+                break
+            if remaining <= 0:
+                get_run_logger().warning(
+                    "round %d: deadline passed at stage %s; awaited: %s",
+                    number,
+                    stage_of(out),
+                    ", ".join(out.awaited) or "nobody (the stage closes now)",
+                )
+                out = client.close_round(run_id, number)
+                forced += 1
+                # five protocol stages with the consistency check, and slack for a slow unmask
+                if out.status != "open" or forced > 8:
+                    break
+                deadline = time.monotonic() + deadline_s  # the remaining protocol stages get time
+    finally:
+        view.done()
+    if out.status == "cancelled":
+        check_cancelled(client, run_id)
+        raise RunCancelled(f"run {run_id} was cancelled during round {number}")
     record = summarize_round(out, time.monotonic() - started)
     if out.status == "open":
-        raise RunFailed(
-            f"round {number} still at stage {out.secagg_stage} after {forced} deadlines"
-        )
+        raise RunFailed(f"round {number} still at stage {stage_of(out)} after {forced} deadlines")
     if out.status == "failed":
         raise RunFailed(out.reason or f"round {number} failed")
     return record
+
+
+def _poll(client: CoordinatorClient, run_id: str, number: int, wait_s: float) -> RoundOut:
+    """One long-poll of the round; a cancelled run ends the wait with `RunCancelled`."""
+    try:
+        out = client.wait_round(run_id, number, wait_s=wait_s)
+    except ServiceRejected:  # the run may have been cancelled under us: say so if it was
+        check_cancelled(client, run_id)
+        raise
+    if out.status == "open":
+        check_cancelled(client, run_id)
+    return out
 
 
 @task(cache_policy=NO_CACHE, name="save-model")
@@ -160,21 +149,37 @@ def save_model(
     return str(path), sha
 
 
-def _round(
-    done: dict[int, RoundOut],
-    client: CoordinatorClient,
-    run_id: str,
-    number: int,
-    kind: str,
-    deadline_s: float,
-) -> RoundRecord:
-    """A round the service closed before this flow run (re)started, or a round run now."""
-    out = done.get(number)
-    if out is None:
-        return run_round(client, run_id, number, kind, deadline_s)
-    if out.status == "failed":
-        raise RunFailed(out.reason or f"round {number} failed")
-    return summarize_round(out, wall_seconds(out))
+@dataclass
+class RoundSequence:
+    """The run's rounds one after the other: each round's task waits for the previous task
+    (`wait_for`), so Prefect's graph reads as a sequence rather than a fan-out from create-run.
+    Rounds the service closed before this flow run (re)started are replayed, not run again."""
+
+    client: CoordinatorClient
+    run_id: str
+    deadline_s: float
+    view: RoundView
+    done: dict[int, RoundOut]
+    previous: State | None = None
+
+    def round(self, number: int, kind: str) -> RoundRecord:
+        out = self.done.get(number)
+        if out is not None:
+            if out.status == "failed":
+                raise RunFailed(out.reason or f"round {number} failed")
+            return summarize_round(out, wall_seconds(out))
+        state = run_round(
+            self.client,
+            self.run_id,
+            number,
+            kind,
+            self.deadline_s,
+            self.view,
+            wait_for=[self.previous] if self.previous is not None else None,
+            return_state=True,
+        )
+        self.previous = state
+        return cast(RoundRecord, state.result())  # re-raises the round's RunFailed/RunCancelled
 
 
 def model_suffix(spec: RunSpec) -> str:
@@ -192,62 +197,13 @@ def _plateaued(records: list[RoundRecord], patience: int) -> bool:
     return min(losses[-patience:]) >= best_before - 1e-4
 
 
-def lineage_markdown(client: CoordinatorClient, run_id: str, model_path: str, sha: str) -> str:
-    """The run's lineage summary for Prefect, with the command that verifies it."""
-    entries = client.ledger(run_id)
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e.kind] = counts.get(e.kind, 0) + 1
-    rows = "\n".join(f"| {kind} | {n} |" for kind, n in sorted(counts.items()))
-    url = client.urls[0]
-    return (
-        f"# Lineage of run `{run_id}`\n\nFinal model: `{model_path}`  \nsha256: `{sha}`\n\n"
-        f"Ledger entries for this run (seq {entries[0].seq}–{entries[-1].seq}, head hash "
-        f"`{entries[-1].entry_hash[:16]}…`):\n\n| kind | entries |\n|---|---|\n{rows}\n\n"
-        "Verify the whole chain, every signature and every model file:\n\n"
-        f"```\nfedsilo lineage verify --service-url {url} --token-file ADMIN_TOKEN_FILE\n"
-        f"fedsilo report {run_id} --service-url {url} --token-file ADMIN_TOKEN_FILE\n```\n"
-        if entries
-        else f"# Run `{run_id}`\n\nNo ledger entries found.\n"
-    )
-
-
-def _publish(
-    client: CoordinatorClient, records: list[RoundRecord], run_id: str, model_path: str, sha: str
-) -> None:
-    rows = [
-        {
-            "round": r.round,
-            "kind": r.kind,
-            "model evaluated": f"v{r.evaluated_version}",
-            "silos": ", ".join(r.contributors),
-            "refused": "; ".join(f"{k}: {v}" for k, v in r.refused.items()),
-            "sat out (validation)": "; ".join(f"{k}: {v}" for k, v in r.sat_out.items()),
-            "loss": None if r.loss is None else round(r.loss, 4),
-            "accuracy": None if r.accuracy is None else round(r.accuracy, 4),
-            "auc": None if r.auc is None else round(r.auc, 4),
-            "wall s": round(r.wall_seconds, 3),
-            "overhead s": round(r.overhead_seconds, 3),
-        }
-        for r in records
-    ]
-    create_table_artifact(
-        key=f"rounds-{run_id}",
-        table=rows,
-        description=f"Per-round metrics of federated run {run_id}",
-    )
-    create_markdown_artifact(
-        key=f"lineage-{run_id}", markdown=lineage_markdown(client, run_id, model_path, sha)
-    )
-
-
 # A retried flow run (Prefect retries, or `prefect flow-run retry` after a crash) resumes its
 # run on the service where it stopped: see flows/resume.py. Prefect stores and shows every
 # parameter, so the admin token is not one: the flow reads it from a file or a Secret block
 # (flows/admin_token.py).
 @flow(
     name="federated_training",
-    flow_run_name="{federation}-{dataset}",
+    flow_run_name=initial_name,
     retries=2,
     retry_delay_seconds=5,
 )
@@ -271,13 +227,18 @@ def federated_training(
     admin_token_file: str | None = None,
     trees: TreeSpec | None = None,
     admin_token_block: str | None = None,
-) -> dict[str, object]:
+    ready_timeout_s: float = 900.0,
+    show_progress: bool = False,
+) -> dict[str, object] | State:
     """Train a global model across the federation's silos and save it with its sha256.
 
     Give `model` for a PyTorch model or `trees` for XGBoost / LightGBM (then turn
     `secure_aggregation` off: tree updates are sealed to the service instead). The admin
     token comes from `admin_token_file` (the path of a file only its owner may read) or
     `admin_token_block` (the name of a Prefect Secret block), never from a parameter's value.
+    Round 1 opens once every silo of the run is ready, or after `ready_timeout_s` with at least
+    `min_silos` ready (0 skips the wait). `show_progress` prints a progress line per round
+    (live on a terminal): for `fedsilo train` and the demo, not for scheduled runs.
     """
     logger = get_run_logger()
     token = resolve_admin_token(admin_token_file, admin_token_block)
@@ -305,36 +266,40 @@ def federated_training(
     resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
     done: dict[int, RoundOut] = {}
     if resumed is None:
-        run_id = create_run(client, spec)
+        created = create_run(client, spec, return_state=True)
+        run: RunOut = created.result()
+        previous: State | None = created
+    elif resumed.status == "cancelled":  # a retry or resume of a cancelled run stays cancelled
+        return Cancelled(message=f"run {resumed.run_id} was cancelled: {resumed.reason or ''}")
     else:  # the rounds the service already closed are replayed, not trained again
-        run_id, spec, done = resumed.run_id, resumed.spec, closed_rounds(client, resumed.run_id)
-        logger.info("resuming run %s after round %d", run_id, max(done, default=0))
+        run, previous, done = resumed, None, closed_rounds(client, resumed.run_id)
+        logger.info("resuming run %s after round %d", run.run_id, max(done, default=0))
+    run_id, spec = run.run_id, run.spec
+    label_flow_run(spec, run_id)
+    view = RoundView(Console() if show_progress else None)
     records: list[RoundRecord] = []
     try:
-        first = 1
-        if spec.federation_statistics:  # feature statistics first, securely summed
-            records.append(_round(done, client, run_id, 1, "statistics", spec.round_deadline_s))
-            first = 2
-        for number in range(first, first + spec.rounds):
-            records.append(_round(done, client, run_id, number, "train", spec.round_deadline_s))
-            logger.info(
-                "round %d: silos %s, model v%d loss %s",
-                number,
-                records[-1].contributors,
-                records[-1].evaluated_version,
-                records[-1].loss,
+        with tags(*run_tags(spec, run_id)):
+            ready = wait_for_ready(
+                client,
+                run,
+                ready_timeout_s,
+                view,
+                wait_for=[previous] if previous else None,
+                return_state=True,
             )
-            if _plateaued(records, spec.patience):
-                logger.info("stopping early: no improvement in %d rounds", spec.patience)
-                break
-        final = records[-1].round
-        records.append(_round(done, client, run_id, final + 1, "evaluate", spec.round_deadline_s))
+            ready.result()
+            sequence = RoundSequence(client, run_id, spec.round_deadline_s, view, done, ready)
+            records, final = _train(sequence, spec, logger)
+    except RunCancelled as exc:
+        logger.warning("%s", exc)
+        return Cancelled(message=str(exc))
     except RunFailed as exc:
         client.finish_run(run_id, RunFinish(status="failed", reason=str(exc)))
         raise
     client.finish_run(run_id, RunFinish(status="finished", final_model_version=final))
     model_path, sha = save_model(client, run_id, final, Path(output_dir), model_suffix(spec))
-    _publish(client, records, run_id, model_path, sha)
+    publish(client, records, run_id, model_path, sha)
     return {
         "run_id": run_id,
         "model_path": model_path,
@@ -342,3 +307,35 @@ def federated_training(
         "final_version": final,
         "rounds": [asdict(r) for r in records],
     }
+
+
+def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[RoundRecord], int]:
+    """Statistics (if the pipeline needs them), training rounds, then the final evaluation."""
+    records: list[RoundRecord] = []
+    first = 1
+    if spec.federation_statistics:  # feature statistics first, securely summed
+        records.append(rounds.round(1, "statistics"))
+        first = 2
+    for number in range(first, first + spec.rounds):
+        r = rounds.round(number, "train")
+        records.append(r)
+        logger.info(
+            "round %d: silos %s, model v%d loss %s auc %s",
+            number,
+            ", ".join(r.contributors),
+            r.evaluated_version,
+            sig4(r.loss),
+            sig4(r.auc),
+        )
+        if r.declined:
+            logger.info(
+                "round %d: declined %s",
+                number,
+                "; ".join(f"{k} ({v})" for k, v in r.declined.items()),
+            )
+        if _plateaued(records, spec.patience):
+            logger.info("stopping early: no improvement in %d rounds", spec.patience)
+            break
+    final = records[-1].round
+    records.append(rounds.round(final + 1, "evaluate"))
+    return records, final

@@ -14,13 +14,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 
 from flows import demo_trees
-from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
+from flows.demo_config import DEMO_READY_TIMEOUT_S, DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
+from flows.demo_processes import keep_running, stop_on_sigterm
 from flows.demo_report import (
     compare,
     print_data_table,
@@ -52,6 +54,8 @@ class DemoOptions:
     plain: bool = False
     prefect_port: int = 4200
     service_port: int = 8700
+    round_deadline_s: float = 0.0  # 0: the dataset's default (flows/demo_config.py)
+    ready_timeout_s: float = DEMO_READY_TIMEOUT_S
 
 
 TREE_KINDS = ("xgboost", "lightgbm")
@@ -74,6 +78,8 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
         update["strategy"] = StrategySpec(name=opts.strategy, server_lr=server_lr, mu=mu)  # type: ignore[arg-type]
     if opts.rounds:
         update["rounds"] = opts.rounds
+    if opts.round_deadline_s:
+        update["round_deadline_s"] = opts.round_deadline_s
     if opts.plain:
         update["secure_aggregation"] = SecureAggregationSpec(enabled=False)
     if opts.dp:
@@ -101,7 +107,7 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
         patience=0,
         # a collective round waits for every worker; on a busy machine the first round (Prefect
         # flow runs starting, data validated) can take a minute
-        round_deadline_s=max(spec.round_deadline_s, 180.0),
+        round_deadline_s=opts.round_deadline_s or max(spec.round_deadline_s, 180.0),
     )
     try:
         return RunSpec.model_validate(data)
@@ -160,8 +166,9 @@ def approve_all(
     federation: str,
     names: list[str],
     agents: list[Proc],
-    timeout_s: float = 120,
+    timeout_s: float,
 ) -> None:
+    # bounded by the readiness timeout: loaded, agents take minutes to enrol (a dead one ends it)
     client.create_federation(federation, f"fedsilo demo federation {federation}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -201,6 +208,8 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     if spec.trees is not None and spec.trees.mode == "collective":
         pki = demo_trees.collective_pki(ws / "pki", list(frames))
     procs: list[Proc] = []
+    prefect_url = service_url = ""
+    stop_on_sigterm()
     console.rule(f"[bold]fedsilo demo: {data.title}")
     console.print(
         "[yellow]development mode[/yellow]: plain HTTP on 127.0.0.1, SQLite, "
@@ -238,21 +247,26 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         ]
         procs.extend(agents)
         with console.status("silo agents enrolling; coordinator approving"):
-            approve_all(client, data.federation, list(frames), agents)
+            approve_all(
+                client, data.federation, list(frames), agents, opts.ready_timeout_s or 900.0
+            )
         print_data_table(console, frames, pipeline, data.member)
-        result = _train(console, spec, client, service_url, token_file, ws)
+        result = _train(console, spec, client, service_url, token_file, ws, opts.ready_timeout_s)
         print_validation(console, client, str(result["run_id"]), data.member)
         print_privacy(console, client, str(result["run_id"]), spec)
         summary = compare(console, spec, frames, contract, result)
         print_where(console, ws, result, prefect_url, service_url)
         write_private(ws / "demo-summary.json", json.dumps(summary, indent=2, default=str).encode())
         if opts.keep_running:
-            console.print("[bold]processes keep running; Ctrl+C stops them[/bold]")
-            while True:
-                time.sleep(1)
+            keep_running(console, ws, procs, prefect_url, service_url)
         return summary
     except KeyboardInterrupt:
         return {}
+    except Exception as exc:
+        if opts.keep_running and any(p.alive() for p in procs):
+            console.print(f"[bold red]the demo failed:[/bold red] {escape(str(exc))}")
+            keep_running(console, ws, procs, prefect_url, service_url)
+        raise
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -272,6 +286,32 @@ def _start_prefect(opts: DemoOptions, ws: Path, procs: list[Proc], console: Cons
     return url
 
 
+def flow_parameters(
+    spec: RunSpec, service_url: str, token_file: Path, ws: Path, ready_timeout_s: float
+) -> dict[str, Any]:
+    """The coordinator flow's parameters for the demo's run (the token by its file's path)."""
+    return dict(
+        service_urls=[service_url],
+        admin_token_file=str(token_file),
+        federation=spec.federation,
+        dataset=spec.dataset,
+        model=spec.model,
+        trees=spec.trees,
+        strategy=spec.strategy,
+        training=spec.training,
+        rounds=spec.rounds,
+        min_silos=spec.min_silos,
+        round_deadline_s=spec.round_deadline_s,
+        patience=spec.patience,
+        secure_aggregation=spec.secure_aggregation,
+        privacy=spec.privacy,
+        federation_statistics=spec.federation_statistics,
+        output_dir=str(ws / "models"),
+        ready_timeout_s=ready_timeout_s,
+        show_progress=True,
+    )
+
+
 def _train(
     console: Console,
     spec: RunSpec,
@@ -279,59 +319,39 @@ def _train(
     service_url: str,
     token_file: Path,
     ws: Path,
+    ready_timeout_s: float,
 ) -> dict[str, object]:
-    """Run the coordinator flow in a thread while a progress bar follows its rounds.
+    """Run the coordinator flow in a thread (Ctrl+C stays with the main thread); the flow
+    prints who is ready, then a progress line per round (live on a terminal, plain lines
+    otherwise).
 
     The flow gets the token file's path: Prefect stores a flow run's parameters.
     """
     from flows.coordinator import federated_training
 
     outcome: dict[str, object] = {}
+    params = flow_parameters(spec, service_url, token_file, ws, ready_timeout_s)
 
     def target() -> None:
         try:
-            outcome["result"] = federated_training(
-                service_urls=[service_url],
-                admin_token_file=str(token_file),
-                federation=spec.federation,
-                dataset=spec.dataset,
-                model=spec.model,
-                trees=spec.trees,
-                strategy=spec.strategy,
-                training=spec.training,
-                rounds=spec.rounds,
-                min_silos=spec.min_silos,
-                round_deadline_s=spec.round_deadline_s,
-                patience=spec.patience,
-                secure_aggregation=spec.secure_aggregation,
-                privacy=spec.privacy,
-                federation_statistics=spec.federation_statistics,
-                output_dir=str(ws / "models"),
-            )
+            outcome["result"] = federated_training(**params)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
             outcome["error"] = exc
 
+    console.print(
+        f"federated training ({spec.model_label}): {spec.rounds} rounds, round deadline "
+        f"{spec.round_deadline_s:.0f} s; waiting up to {ready_timeout_s:.0f} s for the silos "
+        "to be ready"
+    )
     thread = threading.Thread(target=target, name="coordinator-flow", daemon=True)
     thread.start()
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task(f"federated training ({spec.model_label})", total=spec.rounds + 1)
-        while thread.is_alive():
-            thread.join(0.5)
-            runs = client.list_runs(spec.federation, limit=1)
-            if runs:
-                done = sum(1 for r in client.rounds(runs[0].run_id) if r.status != "open")
-                progress.update(bar, completed=done)
+    while thread.is_alive():
+        thread.join(0.5)
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     result = outcome["result"]
-    assert isinstance(result, dict)
+    if not isinstance(result, dict):
+        raise DemoError(f"the coordinator flow ended without a model: {result}")
     from flows.render import round_table
 
     console.print(round_table(client.rounds(str(result["run_id"]))))

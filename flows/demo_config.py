@@ -16,6 +16,16 @@ from schemas.specs import (
 DEMO_TEST_FRACTION = 0.25
 DEMO_SPLIT_SEED = 42
 
+# Deadlines that hold on a loaded 2-core machine (issue 15: load 10-18; 60 s failed round 1).
+# The silos' cold start (loading data, Great Expectations' first validation: ~50 s under load)
+# is paid before round 1, while the coordinator waits for every silo to report ready (bounded by
+# DEMO_READY_TIMEOUT_S). A round ends as soon as every silo answered; the deadline only bounds a
+# round where a silo is gone, so a generous one costs nothing when all is well. Measured at load
+# 24-30 (`fedsilo demo --rounds 3` beside other test suites): silos ready after 30 s, round 1
+# took 130 s (each silo's first training flow run), rounds 2-3 took 24-25 s.
+DEMO_ROUND_DEADLINE_S = 300.0
+DEMO_READY_TIMEOUT_S = 900.0
+
 # Bonawitz's consistency round (on in production, where a run cannot turn it off) is off in the
 # demos: one more exchange per round measured 1253 -> 1761 ms median overhead per round on a
 # shared 2-core machine (bench/round_overhead.py --rounds 8 --consistency both, one run).
@@ -32,7 +42,7 @@ def heart_demo_spec(n_features: int) -> RunSpec:
         training=TrainingSpec(local_epochs=1, batch_size=32, lr=0.1, optimizer="sgd", seed=0),
         rounds=20,
         min_silos=3,
-        round_deadline_s=60.0,
+        round_deadline_s=DEMO_ROUND_DEADLINE_S,
         patience=0,
         secure_aggregation=DEMO_SECURE_AGGREGATION,
     )
@@ -51,7 +61,7 @@ def credit_demo_spec(n_features: int) -> RunSpec:
         training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.1, optimizer="sgd", seed=0),
         rounds=20,
         min_silos=4,
-        round_deadline_s=60.0,
+        round_deadline_s=DEMO_ROUND_DEADLINE_S,
         patience=0,
         secure_aggregation=DEMO_SECURE_AGGREGATION,
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
+from flows.exceptions import UnknownName
 from flows.lineage_summary import summarize
-from flows.lineage_view import SILO_PREFIX, RunView, run_view, run_views, silo_name
+from flows.lineage_view import SILO_PREFIX, RunView, payload_of, run_view, run_views, silo_name
 from schemas.ledger_checkpoint import AnchoredCheckpoint
 from schemas.lineage import LineageEntry
 
@@ -144,14 +146,14 @@ def contributions_table(rows: Sequence[Contribution], silo: str) -> Table:
     """Rich table of `contributions` output for the CLI."""
     name = silo_name(silo)
     table = Table(
-        "run",
-        "model",
-        "saved in round",
-        "sha256",
-        "path",
-        f"rounds with {name}'s updates",
-        title=Text(f"models that {SILO_PREFIX}{name}'s data contributed to ({len(rows)})"),
+        title=Text(f"models that {SILO_PREFIX}{name}'s data contributed to ({len(rows)})")
     )
+    table.add_column("run", no_wrap=True, min_width=32)  # whole: it is the next command's input
+    table.add_column("model")
+    table.add_column("saved in round")
+    table.add_column("sha256", overflow="fold")
+    table.add_column("path", overflow="fold")
+    table.add_column(f"rounds with {name}'s updates")
     for row in rows:
         table.add_row(
             Text(row.run_id),
@@ -162,3 +164,67 @@ def contributions_table(rows: Sequence[Contribution], silo: str) -> Table:
             ", ".join(map(str, row.via_rounds)),
         )
     return table
+
+
+def known_silos(entries: Sequence[LineageEntry]) -> list[str]:
+    """Every silo the ledger mentions: as an author or as a payload's ``silo``."""
+    names = {silo_name(e.author) for e in entries if e.author.startswith(SILO_PREFIX)}
+    names |= {p["silo"] for e in entries if isinstance((p := payload_of(e)).get("silo"), str)}
+    return sorted(names)
+
+
+def require_silo(entries: Sequence[LineageEntry], silo: str) -> str:
+    """The silo's bare name, if the ledger knows it.
+
+    Raises
+    ------
+    UnknownName
+        Naming the silo and listing the ones the ledger knows.
+    """
+    name = silo_name(silo)
+    known = known_silos(entries)
+    if name not in known:
+        raise UnknownName(
+            f"no silo {name!r} in the ledger; known silos: {', '.join(known) or 'none'}"
+        )
+    return name
+
+
+def run_ids(entries: Sequence[LineageEntry]) -> list[str]:
+    """The ledger's run ids, in order of first appearance."""
+    return list(dict.fromkeys(e.run_id for e in entries if e.run_id))
+
+
+def show_run_json(
+    entries: Sequence[LineageEntry], checkpoints: Sequence[AnchoredCheckpoint], run_id: str
+) -> dict[str, Any]:
+    """`fedsilo lineage show RUN --json`: the timeline and checkpoints as plain data."""
+    view = run_view(entries, run_id)
+    return {
+        "run_id": run_id,
+        "status": view.status,
+        "participants": list(view.participants),
+        "entries": [
+            {
+                "seq": e.seq,
+                "created_at": e.created_at,
+                "kind": e.kind,
+                "author": e.author,
+                "summary": summarize(e),
+                "entry_hash": e.entry_hash,
+            }
+            for e in view.entries
+        ],
+        "checkpoints": [
+            {
+                "height": a.checkpoint.height,
+                "created_at": a.checkpoint.created_at,
+                "event": a.checkpoint.event,
+                "round": a.checkpoint.round,
+                "head_hash": a.checkpoint.head_hash,
+                "countersigned_by": sorted({c.silo for c in a.countersignatures}),
+            }
+            for a in checkpoints
+            if a.checkpoint.run_id == run_id
+        ],
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from schemas.metrics import weighted_metric
 from schemas.wire import RoundOut
@@ -23,7 +24,9 @@ def round_table(rounds: list[RoundOut]) -> Table:
         "kind",
         "status",
         "answered",
-        "refused / late",
+        "stage",
+        "awaited",
+        "refused / declined / late",
         "acc",
         "AUC",
         "model",
@@ -32,9 +35,10 @@ def round_table(rounds: list[RoundOut]) -> Table:
     for r in rounds:
         answered = [s for s in r.silos if s.state in ("submitted", "evaluated")]
         others = [
-            f"{s.silo}: {s.state}" + (f" ({s.reason})" if s.reason else "")
+            f"{s.silo}: {s.state}"
+            + (f" ({s.cause}: {s.reason})" if s.cause else f" ({s.reason})" if s.reason else "")
             for s in r.silos
-            if s.state in ("refused", "waiting", "sat_out")
+            if s.state in ("refused", "waiting", "sat_out", "declined")
         ]
         scored = [s.metrics for s in answered if s.metrics]
         acc = weighted_metric(scored, "accuracy")
@@ -44,7 +48,9 @@ def round_table(rounds: list[RoundOut]) -> Table:
             r.kind,
             r.status,
             f"{len(answered)}/{len(r.silos)}",
-            "; ".join(others) or "-",
+            Text(r.stage or r.secagg_stage or "-"),
+            Text(", ".join(r.awaited) or "-"),
+            Text("; ".join(others) or "-"),  # silo reasons are data, never Rich markup
             _fmt(acc),
             _fmt(auc),
             f"v{r.model_version} {r.model_sha256[:10]}" if r.model_sha256 else "-",

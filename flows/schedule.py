@@ -90,12 +90,17 @@ def schedule_training(
             paused=paused,
             description="fedsilo federated training, created by `fedsilo schedule`",
             entrypoint_type=EntrypointType.MODULE_PATH,
-            tags=["fedsilo"],
+            # the flow runs add model:.. and run:.. once they know them (flows/run_naming.py)
+            tags=["fedsilo", *_parameter_tags(parameters)],
             work_pool_name=work_pool,
         ),
     )
     deployment_id = cast(UUID, deployment.apply(work_pool_name=work_pool))
     return Scheduled(deployment_id=deployment_id, name=name, work_pool=work_pool)
+
+
+def _parameter_tags(parameters: dict[str, Any]) -> list[str]:
+    return [f"{k}:{parameters[k]}" for k in ("federation", "dataset") if parameters.get(k)]
 
 
 def deployment_parameters(

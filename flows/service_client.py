@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.lineage import LineageEntry
-from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut, SiloOut
+from schemas.wire import FederationOut, RoundOpen, RoundOut, RunCreate, RunFinish, RunOut, SiloOut
 from silos.client import HttpBase
 from silos.client_errors import Conflict
 
@@ -69,6 +69,14 @@ class CoordinatorClient(HttpBase):
     def list_runs(self, federation: str | None = None, limit: int = 50) -> list[RunOut]:
         q = f"?limit={limit}" + (f"&federation={federation}" if federation else "")
         return [RunOut.model_validate(x) for x in self._json("GET", f"/v1/runs{q}")]
+
+    def cancel_run(self, run_id: str, reason: str) -> RunOut:
+        return RunOut.model_validate(
+            self._json("POST", f"/v1/runs/{run_id}/cancel", {"reason": reason})
+        )
+
+    def federations(self) -> list[FederationOut]:
+        return [FederationOut.model_validate(x) for x in self._json("GET", "/v1/federations")]
 
     def open_round(self, run_id: str, body: RoundOpen) -> RoundOut:
         return RoundOut.model_validate(self._json("POST", f"/v1/runs/{run_id}/rounds", body))

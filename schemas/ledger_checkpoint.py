@@ -46,8 +46,16 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-CheckpointEvent = Literal["round_closed", "round_failed", "run_finished", "run_failed"]
-CHECKPOINT_EVENTS: tuple[str, ...] = ("round_closed", "round_failed", "run_finished", "run_failed")
+CheckpointEvent = Literal[
+    "round_closed", "round_failed", "run_finished", "run_failed", "run_cancelled"
+]
+CHECKPOINT_EVENTS: tuple[str, ...] = (
+    "round_closed",
+    "round_failed",
+    "run_finished",
+    "run_failed",
+    "run_cancelled",
+)
 _CHECKPOINT_DOMAIN = b"fedsilo/ledger/checkpoint/v1\x00"
 _COUNTERSIGN_DOMAIN = b"fedsilo/ledger/checkpoint-countersign/v1\x00"
 

@@ -99,6 +99,8 @@ KINDS = frozenset(
         "privacy_spent",
         "run_finished",
         "run_failed",
+        "decline",
+        "run_cancelled",
     }
 )
 

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from schemas.specs import RunSpec
-from schemas.wire import NAME_PATTERN, HistStage, Message, SecAggStage
+from schemas.wire import NAME_PATTERN, HistStage, Message, PrefectId, SecAggStage
 
 
 class SecAggInfo(Message):
@@ -100,6 +100,10 @@ class _TaskBase(Message):
 
 class _RoundTask(_TaskBase):
     spec: RunSpec
+    coordinator_flow_run_id: PrefectId | None = Field(
+        default=None,
+        description="the coordinator's Prefect flow run: silo flow runs link to it by a tag",
+    )
     stats: list[float] | None = Field(
         default=None,
         description="the federation's summed feature moments, once its statistics round is done",
@@ -108,6 +112,7 @@ class _RoundTask(_TaskBase):
 
 class RunEndedTask(_TaskBase):
     type: Literal["run_ended"] = "run_ended"
+    # finished, failed, cancelled; or the run's status when this silo left it (refused)
     run_status: str
 
 

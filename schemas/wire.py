@@ -103,12 +103,29 @@ def enrol_proof_message(federation: str, silo: str, public_key_hex: str) -> byte
     return f"fedsilo-enrol-v1\n{federation}\n{silo}\n{public_key_hex}".encode()
 
 
+class ReadyIn(Message):
+    """A silo's agent validated its data and warmed up: it can answer a round at once."""
+
+    contract: str = Field(max_length=256, pattern=TEXT_PATTERN)
+    contract_version: str = Field(max_length=64, pattern=TEXT_PATTERN)
+    data_sha256: str | None = Field(default=None, max_length=64, pattern=TEXT_PATTERN)
+    validated: bool
+    detail: str = Field(default="", max_length=MAX_TEXT, pattern=TEXT_PATTERN)
+
+
+ONLINE_WITHIN_S = 90.0  # a silo seen this recently counts as online (`SiloOut.online`)
+
+
 class SiloOut(Message):
     name: str
     federation: str
     status: Literal["pending", "approved", "revoked"]
     public_key: str
     enrolled_at: UtcDatetime
+    last_seen_at: UtcDatetime | None = None
+    ready_at: UtcDatetime | None = None
+    ready: ReadyIn | None = None
+    online: bool = Field(default=False, description=f"seen within the last {ONLINE_WITHIN_S:.0f} s")
 
 
 class Metrics(Message):
@@ -128,6 +145,22 @@ class Refusal(Message):
 
 PrefectId = Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)]
 
+DeclineScope = Literal["round", "run"]
+DeclineCause = Literal["data", "contract", "policy", "privacy_budget", "training", "internal"]
+
+
+class DeclinePayload(Message):
+    """The payload of a silo's signed ``decline`` statement (kind ``decline``): it cannot
+    answer round `round` (scope ``round``: it sits that round out) or the rest of the run
+    (scope ``run``), and why. The service applies it and moves the round on without it."""
+
+    silo: str = Field(pattern=NAME_PATTERN)
+    run_id: str = Field(max_length=64, pattern=TEXT_PATTERN)
+    round: int = Field(ge=1, le=INT32_MAX)
+    scope: DeclineScope
+    cause: DeclineCause
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, pattern=TEXT_PATTERN)
+
 
 class MetricsReport(Message):
     metrics: Metrics
@@ -145,8 +178,9 @@ class RoundOpen(Message):
 
 class SiloRoundState(Message):
     silo: str
-    state: Literal["waiting", "submitted", "refused", "evaluated", "sat_out"]
+    state: Literal["waiting", "submitted", "refused", "evaluated", "sat_out", "declined"]
     reason: str | None = None
+    cause: str | None = Field(default=None, description="a declined silo's DeclineCause")
     n_examples: int | None = None
     metrics: Metrics | None = None
     train_seconds: float | None = None
@@ -156,7 +190,7 @@ class RoundOut(Message):
     run_id: str
     round: int
     kind: Literal["train", "evaluate", "statistics"]
-    status: Literal["open", "aggregated", "closed", "failed"]
+    status: Literal["open", "aggregated", "closed", "failed", "cancelled"]
     opened_at: UtcDatetime
     deadline_at: UtcDatetime
     closed_at: UtcDatetime | None = None
@@ -167,6 +201,12 @@ class RoundOut(Message):
     reason: str | None = None
     secagg_stage: str | None = Field(default=None, description="secure aggregation stage")
     input_model_version: int = Field(default=0, description="the model the round started from")
+    awaited: list[str] = Field(
+        default_factory=list, description="silos the round's current stage still waits for"
+    )
+    stage: str | None = Field(
+        default=None, description="the current stage (secure aggregation or secure-hist)"
+    )
 
 
 class RunCreate(Message):
@@ -177,7 +217,7 @@ class RunCreate(Message):
 class RunOut(Message):
     run_id: str
     federation: str
-    status: Literal["created", "running", "finished", "failed"]
+    status: Literal["created", "running", "finished", "failed", "cancelled"]
     spec: RunSpec
     participants: list[str]
     created_at: UtcDatetime
@@ -191,6 +231,12 @@ class RunFinish(Message):
     status: Literal["finished", "failed"]
     reason: str = Field(default="", max_length=MAX_TEXT, pattern=TEXT_PATTERN)
     final_model_version: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+
+class RunCancel(Message):
+    """Cancel a run (admin): its open round closes, silos are told the run ended."""
+
+    reason: str = Field(min_length=1, max_length=MAX_TEXT, pattern=TEXT_PATTERN)
 
 
 class ErrorOut(Message):

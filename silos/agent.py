@@ -1,29 +1,40 @@
 """The silo agent: a long-running process that only makes outbound calls.
 
-It enrols its key, waits for the coordinator's approval, then long-polls the aggregation
-service for work. The silo's part of each training run is one Prefect flow run with one task
-per round step; the coordinator sends parameters (a `RunSpec`), never code: every line that
-runs here is installed at the silo. Each task goes to the handler registered for its type
-(`silos.handlers`); plugin modules the operator lists add handlers of their own.
+It enrols its key, waits for the coordinator's approval, warms up (validates and loads its data
+once, then reports ready), then long-polls the aggregation service for work. The silo's part of
+each training run is one Prefect flow run (named ``<silo>-<run id>``, tagged with federation,
+silo, dataset, model and run) with one task per round step; the coordinator sends parameters (a
+`RunSpec`), never code: every line that runs here is installed at the silo. Each task goes to
+the handler registered for its type (`silos.handlers`); plugin modules the operator lists add
+handlers of their own.
+
+Any failure before the silo's update becomes a signed decline (`silos.decline`): for the round
+(the silo sits it out and waits for the next) or for the run (it leaves; its flow run ends
+Failed). A cancelled run ends the flow run Cancelled. The client retries the service forever.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Failed
 
 from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec
 from schemas.tasks import RunEndedTask, Task
-from silos import checkpoints, hist_round, privacy_budget, secure_round
+from silos import checkpoints, decline, flow_report, hist_round, privacy_budget, secure_round
+from silos import metrics as agent_metrics
 from silos.client import SiloClient
 from silos.client_errors import Forbidden
 from silos.config import SiloConfig, load_silo_config
-from silos.exceptions import UnsupportedTask
+from silos.decline import Declined, FailureLog
+from silos.exceptions import DataError, FeatureError, UnsupportedTask
 from silos.features import FeaturePipeline
 from silos.files import owner_only_umask
 from silos.handlers import REGISTRY, SiloContext
@@ -33,15 +44,19 @@ from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData, prepare_local_data
 from silos.policy import policy_violation
-from silos.round_gate import check_round, statement_payload
+from silos.round_gate import RoundGate, check_round, statement_payload
 from silos.tls_client import TlsFiles
+from silos.warmup import warm_up_and_report
 
 log = logging.getLogger("fedsilo.silo")
 
 POLL_WAIT_S = 25.0
+REPEAT_WAIT_S = 2.0  # the service offers a task this silo already declined: do not spin
 
 
-def make_client(config: SiloConfig, retry_for_s: float = 600.0) -> SiloClient:
+def make_client(config: SiloConfig, retry_for_s: float | None = None) -> SiloClient:
+    """The silo's signed client; it retries the service forever unless `retry_for_s` bounds it
+    (tests and one-shot commands)."""
     key = load_or_create_key(config.key_path)
     return SiloClient(
         config.service.urls,
@@ -90,25 +105,77 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
             "silo %s: handler plugins %s (modes %s)", config.silo.name, plugins, REGISTRY.modes()
         )
     client = make_client(config)
+    if config.agent.metrics_port:  # Prometheus /metrics (silos/metrics.py)
+        agent_metrics.serve_metrics(config.agent.metrics_port, config.agent.metrics_host)
     wait_for_approval(client)
+    warm_up_and_report(client, config)
     served = 0
+    left: set[str] = set()  # runs this silo declined: the service should not offer them again
+    failures = FailureLog.new()
     while max_runs is None or served < max_runs:
-        next_work = client.next_task(wait_s=POLL_WAIT_S)
-        if next_work is None or isinstance(next_work, RunEndedTask):
+        work = agent_metrics.timed_poll(client, wait_s=POLL_WAIT_S)
+        if work is None or isinstance(work, RunEndedTask):
             continue
-        log.info(
-            "silo %s: joining run %s at round %d",
-            config.silo.name,
-            next_work.run_id,
-            next_work.round,
-        )
+        if work.run_id in left:
+            if failures.first(work.round, f"left {work.run_id}"):
+                log.warning(
+                    "silo %s: run %s, which it declined, is offered again; ignoring it",
+                    config.silo.name,
+                    work.run_id,
+                )
+            time.sleep(REPEAT_WAIT_S)
+            continue
+        log.info("silo %s: joining run %s at round %d", config.silo.name, work.run_id, work.round)
         try:
-            silo_training(config_path=str(config.source), run_id=next_work.run_id)
-        except Exception:  # one run's failure here (a late answer refused, say) must not stop
-            # the agent: it keeps serving, and rejoins this run at its next task if it goes on
-            log.exception("silo %s: run %s failed here", config.silo.name, next_work.run_id)
-            time.sleep(1.0)
+            state = silo_training(
+                str(config.source), work.run_id, work.spec, work.coordinator_flow_run_id
+            )
+        except Exception as exc:  # one run's failure here must not stop the agent: it keeps
+            # serving, and rejoins this run at its next task if it goes on
+            if failures.first(work.round, f"{work.run_id}: {type(exc).__name__}: {exc}"):
+                log.warning(
+                    "silo %s: run %s failed here in round %d: %s: %s",
+                    config.silo.name,
+                    work.run_id,
+                    work.round,
+                    type(exc).__name__,
+                    exc,
+                )
+            log.debug("silo %s: run %s failed here", config.silo.name, work.run_id, exc_info=True)
+            time.sleep(REPEAT_WAIT_S)
+        else:
+            agent_metrics.run_ended(config.silo.name, state.type.value)
+            if state.is_failed():
+                left.add(work.run_id)
+            log.info(
+                "silo %s: its part of run %s ended %s: %s",
+                config.silo.name,
+                work.run_id,
+                state.type.value,
+                state.message or "",
+            )
         served += 1
+
+
+def silo_training(
+    config_path: str, run_id: str, spec: RunSpec | None = None, coordinator: str | None = None
+) -> State:
+    """Serve one run as a Prefect flow run named ``<silo>-<run id>`` with the silo's tags.
+
+    Returns the flow run's final state: Completed, Cancelled (the coordinator cancelled the
+    run) or Failed (this silo declined the run). An error that ended the silo's part ends the
+    flow run Failed and is raised here.
+    """
+    config = load_silo_config(config_path)
+    name = flow_report.flow_run_name(config.silo.name, run_id)
+    with tags(*flow_report.flow_tags(config, run_id, spec, coordinator)):
+        state = silo_run_flow.with_options(flow_run_name=name)(
+            config_path=config_path, run_id=run_id, return_state=True
+        )
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return state
 
 
 @task(cache_policy=NO_CACHE, name="check-policy")
@@ -117,8 +184,14 @@ def check_policy(config: SiloConfig, spec: RunSpec, n_features: int) -> str | No
 
 
 @task(cache_policy=NO_CACHE, name="load-local-data")
-def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> LocalData:
-    data = prepare_local_data(config, stats)
+def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> LocalData | Declined:
+    """The split and encoded table, or the round's decline when it cannot be (one class only,
+    a value the contract cannot encode): returned, not raised, so that a table that stays
+    broken costs one log line per round instead of a traceback."""
+    try:
+        data = prepare_local_data(config, stats)
+    except (DataError, FeatureError) as exc:
+        return Declined("round", "data", str(exc))
     get_run_logger().info(
         "silo %s: %d training rows, %d holdout rows; imputed per column: %s; %s",
         config.silo.name,
@@ -131,11 +204,8 @@ def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> Loc
 
 
 @task(cache_policy=NO_CACHE, name="validate-data", task_run_name="round-{work.round}-validate")
-def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> tuple[bool, str]:
-    """The gate: fingerprint and validate the table, tell the service, sit out on failure.
-
-    Returns (passed, data_sha256).
-    """
+def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> RoundGate:
+    """The gate: fingerprint and validate the table and tell the service (signed)."""
     logger = get_run_logger()
     gate = check_round(config)
     summary = gate.summary
@@ -143,6 +213,7 @@ def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> tuple[
         work.run_id, "validation_result", statement_payload(client.silo, work.round, summary)
     )
     keep_receipt(config.workspace, answer)
+    flow_report.validation_artifact(client.silo, work.round, summary)
     docs = f"; data docs: {gate.data_docs}" if gate.data_docs else ""
     if summary.success:
         logger.info(
@@ -155,10 +226,7 @@ def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> tuple[
             ", unchanged since last check" if gate.reused else "",
             docs,
         )
-        return True, summary.data_sha256
-    logger.warning("round %d: sitting out: %s%s", work.round, summary.reason(), docs)
-    client.sit_out(work.run_id, work.round, summary.reason())
-    return False, summary.data_sha256
+    return gate
 
 
 @dataclass
@@ -166,26 +234,38 @@ class _RunProgress:
     """The flow's memory of one run at this silo (the rest is in the workspace)."""
 
     run_id: str
-    n_features: int
+    n_features: int = 0
+    broken: Declined | None = None  # the contract cannot be loaded: every round is declined
     data: LocalData | None = None
     rounds_done: int = 0
     gated_round: int = 0
+    declined_round: int = 0
     checked: bool = False
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    failures: FailureLog = field(default_factory=FailureLog.new)
 
 
-def _refusal(config: SiloConfig, progress: _RunProgress, work: Task) -> str | None:
-    """Why this silo refuses the run (its policy, checked once; a task it has no handler
-    for), or None. The policy sees the run's spec at its first round task."""
+def _refuse_run(config: SiloConfig, progress: _RunProgress, work: Task) -> None:
+    """Raise the run's decline when this silo cannot take part (its contract, its policy,
+    checked once at the run's first round task; a task it has no handler for)."""
+    if progress.broken is not None:
+        raise progress.broken
     if not progress.checked and not isinstance(work, RunEndedTask):
         reason = check_policy(config, work.spec, progress.n_features)
         if reason:
-            return reason
+            raise Declined("run", "policy", reason)
         progress.checked = True
     try:
         REGISTRY.lookup(work)
     except UnsupportedTask as exc:
-        return str(exc)
-    return None
+        raise Declined("run", "internal", str(exc)) from exc
+
+
+def _loaded(config: SiloConfig, stats: list[float] | None) -> LocalData:
+    data = load_local_data(config, stats)
+    if isinstance(data, Declined):
+        raise data
+    return data
 
 
 def _ready_data(
@@ -196,64 +276,125 @@ def _ready_data(
     entry: Registration,
 ) -> LocalData | None:
     """The validation gate at a round's first task, then the data, (re)loaded when its
-    fingerprint or the federation's statistics changed; None: the silo sits this round out."""
+    fingerprint or the federation's statistics changed. Raises `Declined` (cause data) when
+    the table failed the gate or cannot be split or encoded."""
     stats = None if isinstance(work, RunEndedTask) else work.stats
     if (entry.opens_round or progress.data is None) and work.round != progress.gated_round:
         progress.gated_round = work.round
-        passed, fingerprint = validate_round(client, work, config)
-        if not passed:
-            return None
-        if progress.data is None or progress.data.data_sha256 != fingerprint:
-            progress.data = load_local_data(config, stats)
+        gate = validate_round(client, work, config)
+        if not gate.summary.success:
+            docs = f" (data docs: {gate.data_docs})" if gate.data_docs else ""
+            raise Declined("round", "data", gate.summary.reason() + docs)
+        if progress.data is None or progress.data.data_sha256 != gate.summary.data_sha256:
+            progress.data = _loaded(config, stats)
     if progress.data is None:
-        return None  # sat this round out earlier: wait for the next one
+        raise Declined("round", "data", f"no validated data for round {work.round} yet")
     if progress.data.stats != (tuple(stats) if stats else None):
-        progress.data = load_local_data(config, stats)  # the statistics round just finished
+        progress.data = _loaded(config, stats)  # the statistics round just finished
     return progress.data
 
 
-@flow(name="silo-training", flow_run_name="{run_id}", log_prints=True)
-def silo_training(config_path: str, run_id: str) -> dict[str, object]:
+def _step(client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task) -> None:
+    """One task: the run's checks, the round's gate and data, then its handler."""
+    _refuse_run(config, progress, work)
+    entry = REGISTRY.lookup(work)
+    if entry.opens_round:  # the previous round closed: countersign its checkpoint
+        checkpoints.keep_countersigned(client, config.workspace)
+    data = _ready_data(client, config, progress, work, entry)
+    if data is None:
+        return
+    started = time.monotonic()
+    try:
+        result = REGISTRY.dispatch(SiloContext(client, config, data), work)
+    except Exception:  # this silo's part of the round ends here: its round secrets go too
+        secure_round.erase_run_state(config.workspace, work.run_id)
+        raise
+    if isinstance(result, Declined):  # the handler's own decline (privacy budget, say)
+        secure_round.erase_run_state(config.workspace, work.run_id)
+        raise result
+    progress.rounds_done += int(entry.trains)
+    if entry.trains:
+        agent_metrics.round_served(client.silo, time.monotonic() - started)
+    row = flow_report.metrics_row(work.round, result)
+    if row is not None:
+        progress.metrics.append(row)
+        flow_report.metrics_artifact(client.silo, work.run_id, progress.metrics)
+
+
+def _decline(
+    client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task, exc: Exception
+) -> Declined:
+    """Send the decline `exc` amounts to; logged once per round (traceback at debug)."""
+    declined = decline.declined_for(exc)
+    if progress.failures.first(work.round, str(declined)):
+        decline.log_decline(get_run_logger(), work.round, declined, exc)
+    decline.send(client, config.workspace, work.run_id, work.round, declined)
+    agent_metrics.declined(client.silo, declined.scope, declined.cause)
+    progress.declined_round = work.round
+    return declined
+
+
+@flow(name="silo-training", log_prints=True)
+def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
     """This silo's part of one federated training run: every round until the run ends.
 
     Every round starts with the validation gate; the local data is (re)loaded only after it
-    passed, and again whenever its fingerprint changes. Each task goes to its handler.
+    passed, and again whenever its fingerprint changes. Each task goes to its handler; any
+    failure before the update is declined (`silos.decline`), the round's or the run's.
     """
-    logger = get_run_logger()
     config = load_silo_config(config_path)
     load_plugins(plugin_names(config.agent.plugins))
     client = make_client(config)
-    contract = load_contract(config.data.contract)
-    progress = _RunProgress(run_id, FeaturePipeline.from_contract(contract).n_features)
+    progress = _RunProgress(run_id)
+    try:
+        progress.n_features = FeaturePipeline.from_contract(
+            load_contract(config.data.contract)
+        ).n_features
+    except Exception as exc:  # declined at the run's first task, with the reason
+        progress.broken = Declined("run", "contract", f"{type(exc).__name__}: {exc}")
     while True:
         work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
         if work is None:
             continue
         if isinstance(work, RunEndedTask):
-            hist_round.forget(config.silo.name, run_id)
-            secure_round.erase_run_state(config.workspace, run_id)
-            checkpoints.keep_countersigned(client, config.workspace)  # the run's end
-            logger.info(
-                "run %s ended (%s) after %d rounds here",
-                run_id,
-                work.run_status,
-                progress.rounds_done,
-            )
-            return {"run_id": run_id, "rounds": progress.rounds_done, "run_status": work.run_status}
-        reason = _refusal(config, progress, work)
-        if reason:
-            logger.warning("refusing run %s: %s", run_id, reason)
-            client.refuse(run_id, reason)
-            return {"run_id": run_id, "refused": reason}
-        entry = REGISTRY.lookup(work)
-        if entry.opens_round:  # the previous round closed: countersign its checkpoint
-            checkpoints.keep_countersigned(client, config.workspace)
-        data = _ready_data(client, config, progress, work, entry)
-        if data is None:
+            return _run_ended(client, config, progress, work)
+        if work.round == progress.declined_round:  # the service has not moved on yet
+            time.sleep(REPEAT_WAIT_S)
             continue
         try:
-            REGISTRY.dispatch(SiloContext(client, config, data), work)
-        except Exception:  # this silo's part of the run ends here: its round secrets go too
-            secure_round.erase_run_state(config.workspace, run_id)
-            raise
-        progress.rounds_done += int(entry.trains)
+            _step(client, config, progress, work)
+        except Exception as exc:  # every failure before the update is declined
+            declined = _decline(client, config, progress, work, exc)
+            if declined.scope == "run":
+                secure_round.erase_run_state(config.workspace, run_id)
+                return Failed(
+                    message=f"silo {client.silo} declined run {run_id} in round {work.round} "
+                    f"({declined.cause}): {declined.reason}",
+                    data={"run_id": run_id, "declined": declined.cause},
+                )
+
+
+def _run_ended(
+    client: SiloClient, config: SiloConfig, progress: _RunProgress, work: RunEndedTask
+) -> dict[str, object] | State:
+    """The run ended at the service: drop its secrets, countersign, and end the flow run
+    Cancelled when the coordinator cancelled it."""
+    run_id = work.run_id
+    hist_round.forget(config.silo.name, run_id)
+    secure_round.erase_run_state(config.workspace, run_id)
+    checkpoints.keep_countersigned(client, config.workspace)  # the run's end
+    get_run_logger().info(
+        "run %s ended (%s) after %d rounds here", run_id, work.run_status, progress.rounds_done
+    )
+    result: dict[str, object] = {
+        "run_id": run_id,
+        "rounds": progress.rounds_done,
+        "run_status": work.run_status,
+    }
+    if work.run_status == "cancelled":
+        return Cancelled(
+            message=f"run {run_id} was cancelled by its coordinator; silo {client.silo} "
+            f"dropped it after {progress.rounds_done} rounds",
+            data=result,
+        )
+    return result

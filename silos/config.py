@@ -39,6 +39,8 @@ Example::
 
     [agent]                          # optional
     plugins = ["acme_fedsilo.sketch"]  # installed modules that register task handlers
+    metrics_port = 9464              # Prometheus /metrics (silos/metrics.py); off when absent
+    metrics_host = "127.0.0.1"       # keep it private: loopback or a monitoring interface
 """
 
 from __future__ import annotations
@@ -133,6 +135,12 @@ class AgentSection(_Section):
 
     plugins: list[str] = Field(
         default_factory=list, description="importable module names installed at this silo"
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve Prometheus /metrics on this port"
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, description="interface the metrics port binds"
     )
 
     @field_validator("plugins")

@@ -77,4 +77,6 @@ def tls_hint(base_url: str, exc: Exception) -> str:
     """A likely cause, for a connection the service dropped without answering."""
     if not isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         return ""
-    return f" ({PLAIN_HTTP_HINT if base_url.startswith('http://') else REFUSED_CERT_HINT})"
+    hint = PLAIN_HTTP_HINT if base_url.startswith("http://") else REFUSED_CERT_HINT
+    # the same errors come from a service that stopped mid-request: say it is only a guess
+    return f" (if the service is running: {hint})"

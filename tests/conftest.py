@@ -11,6 +11,11 @@ Backends
 Prefect
     ``prefect_api_url`` uses ``PREFECT_API_URL`` when set (``.ci/run`` starts a server), otherwise
     starts ``prefect server start`` on a free port for the session.
+
+Load
+    ``cpu_hog`` runs two busy processes beside one test; ``pytest --cpu-hog N`` (or
+    ``FEDSILO_TEST_CPU_HOG=N``) runs the whole session beside N of them, to check that tests
+    hold on a loaded machine. Under pytest-xdist the controller starts them, once.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,6 +36,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
+from support.cpu_hog import CpuHog
+from support.cpu_hog import cpu_hog as start_cpu_hog
 
 # Set before any test imports Prefect: its settings are read once, at import.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -39,6 +46,7 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PG_URL_ENV = "FEDSILO_TEST_PG_URL"
+CPU_HOG_ENV = "FEDSILO_TEST_CPU_HOG"
 PREFECT_START_TIMEOUT_S = 120.0
 
 
@@ -56,6 +64,34 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-hog",
+        type=int,
+        default=int(os.environ.get(CPU_HOG_ENV, "0") or 0),
+        metavar="N",
+        help=f"run the session beside N busy processes (default ${CPU_HOG_ENV} or 0)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    n = int(config.getoption("--cpu-hog"))
+    if n > 0 and not hasattr(config, "workerinput"):  # xdist workers share the controller's
+        stack = ExitStack()
+        stack.enter_context(start_cpu_hog(n))
+        config.add_cleanup(stack.close)
+
+
+@pytest.fixture
+def cpu_hog() -> Iterator[CpuHog]:
+    """Two busy processes (pure-Python spin loops) for the test; always stopped after it."""
+    with start_cpu_hog(2) as hog:
+        yield hog
 
 
 @pytest.fixture(scope="session")

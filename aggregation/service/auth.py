@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import delete
+from sqlalchemy import delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation.service.db import transaction
 from aggregation.service.exceptions import Forbidden, Unauthorized
 from aggregation.service.federations import find_silo
-from aggregation.service.tables import Nonce, utcnow
+from aggregation.service.tables import Nonce, Silo, utcnow
 from schemas import signing
 
 
@@ -71,6 +71,7 @@ def verify_silo_request(
     try:
         with transaction(factory) as s:
             s.add(Nonce(silo_id=silo_id, nonce=nonce))
+            _seen(s, silo_id)
     except IntegrityError as exc:
         raise Unauthorized(
             f"replayed request from silo {silo_name!r} (nonce already used)"
@@ -80,6 +81,17 @@ def verify_silo_request(
     if status != "approved":
         raise Forbidden(f"silo {silo_name!r} is {status}")
     return SiloIdentity(federation=federation, name=silo_name, body=body)
+
+
+# last_seen_at is written at most this often per silo: a long-polling agent costs no write
+LAST_SEEN_RESOLUTION = timedelta(seconds=5)
+
+
+def _seen(s: Session, silo_id: int) -> None:
+    """Refresh the silo's last_seen_at when the stored value is older than the resolution."""
+    now = utcnow()
+    stale = or_(Silo.last_seen_at.is_(None), Silo.last_seen_at < now - LAST_SEEN_RESOLUTION)
+    s.execute(update(Silo).where(Silo.id == silo_id, stale).values(last_seen_at=now))
 
 
 def _check_timestamp(timestamp: str, silo: str) -> None:

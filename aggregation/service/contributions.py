@@ -240,7 +240,7 @@ def sat_out_reasons(s: Session, run_id: str, number: int) -> str:
         select(Contribution).where(
             Contribution.run_id == run_id,
             Contribution.round == number,
-            Contribution.kind.in_(("sat_out", "refusal")),
+            Contribution.kind.in_(("sat_out", "refusal", "declined")),
         )
     )
     return "; ".join(f"{c.silo}: {c.reason}" for c in rows)

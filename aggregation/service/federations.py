@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
@@ -9,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import Conflict, InvalidPayload, NotFound
 from aggregation.service.tables import Federation, Silo, utcnow
-from schemas.wire import EnrolRequest, FederationOut, SiloOut, enrol_proof_message
+from schemas.wire import (
+    ONLINE_WITHIN_S,
+    EnrolRequest,
+    FederationOut,
+    ReadyIn,
+    SiloOut,
+    enrol_proof_message,
+)
 
 
 def create_federation(s: Session, *, name: str, description: str) -> Federation:
@@ -24,7 +33,10 @@ def create_federation(s: Session, *, name: str, description: str) -> Federation:
 def get_federation(s: Session, name: str) -> Federation:
     fed = s.get(Federation, name)
     if fed is None:
-        raise NotFound(f"federation {name!r} does not exist; create it with POST /v1/federations")
+        raise NotFound(
+            f"federation {name!r} does not exist; create it with `fedsilo federation create "
+            f"{name}` (POST /v1/federations)"
+        )
     return fed
 
 
@@ -94,6 +106,15 @@ def federation_out(fed: Federation) -> FederationOut:
     return FederationOut(name=fed.name, description=fed.description, created_at=fed.created_at)
 
 
+def mark_ready(s: Session, federation: str, name: str, ready: ReadyIn) -> Silo:
+    """Store the silo's readiness report (the latest one counts)."""
+    silo = find_silo(s, federation, name)
+    assert silo is not None, "callers are authenticated silos"
+    silo.ready_at = utcnow()
+    silo.ready_json = ready.model_dump_json()
+    return silo
+
+
 def silo_out(silo: Silo) -> SiloOut:
     return SiloOut(
         name=silo.name,
@@ -101,4 +122,9 @@ def silo_out(silo: Silo) -> SiloOut:
         status=silo.status,  # type: ignore[arg-type]
         public_key=silo.public_key,
         enrolled_at=silo.enrolled_at,
+        last_seen_at=silo.last_seen_at,
+        ready_at=silo.ready_at,
+        ready=ReadyIn.model_validate_json(silo.ready_json) if silo.ready_json else None,
+        online=silo.last_seen_at is not None
+        and utcnow() - silo.last_seen_at < timedelta(seconds=ONLINE_WITHIN_S),
     )

@@ -31,6 +31,8 @@ def finish_round(s: Session, run: Run, rnd: Round, state: HistState, recorder: R
     for silo, digest in _round_digests(s, run.id, rnd.number).items():
         if silo not in state.server.active:
             continue
+        if s.get(Contribution, (run.id, rnd.number, silo)) is not None:
+            continue  # it declined the round after its last message: its decline stands
         s.add(
             Contribution(run_id=run.id, round=rnd.number, silo=silo, kind="update", digest=digest)
         )

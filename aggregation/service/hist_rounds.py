@@ -35,6 +35,7 @@ from aggregation.service.hist_state import HistState, hist_row, load, save
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import (
+    Contribution,
     HistMessage,
     Round,
     Run,
@@ -94,8 +95,30 @@ def _fail(rnd: Round, state: HistState | None, reason: str) -> None:
         state.phase = "failed"
 
 
-def _running(s: Session, run_id: str) -> set[str]:
-    return set(active_silos(s, run_id))
+def _running(s: Session, run_id: str, number: int) -> set[str]:
+    """Silos the session still waits for: active in the run, and not sitting this round out
+    (a silo that declined round `number` is dropped at the stage it leaves unanswered)."""
+    gone = s.scalars(
+        select(Contribution.silo).where(Contribution.run_id == run_id, Contribution.round == number)
+    )
+    return set(active_silos(s, run_id)) - set(gone)
+
+
+def awaited(s: Session, run: Run, rnd: Round, state: HistState) -> set[str]:
+    """The silos the session's current stage waits for (what `_step` checks)."""
+    if rnd.status != "open":
+        return set()
+    srv, running = state.server, _running(s, run.id, rnd.number)
+    if state.phase == "advertise":
+        return set(srv.config.silos) & running - set(srv.adverts)
+    agg = srv.current
+    if state.phase != "aggregate" or agg is None:
+        return set()
+    if agg.stage == "masked":
+        return set(agg.active) & running - set(agg.masked)
+    if agg.stage == "consistency":
+        return set(agg.survivors) & running - set(agg.consistency)
+    return set(agg.survivors) & running - set(agg.responses)
 
 
 def advance(
@@ -105,7 +128,7 @@ def advance(
     fail the round when too few silos remain or a reconstructed seed is bad."""
     while rnd.status == "open" and state.phase in ("advertise", "aggregate"):
         try:
-            moved = _step(s, run, rnd, state, recorder, _running(s, run.id), force)
+            moved = _step(s, run, rnd, state, recorder, _running(s, run.id, rnd.number), force)
         except (InsufficientSharesError, ReconstructionError) as exc:
             _fail(rnd, state, str(exc))
             return
@@ -236,7 +259,7 @@ def _restart_tree(s: Session, run: Run, rnd: Round, state: HistState, recorder: 
 def _open(s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder) -> None:
     """Open the next aggregation over the session's silos still running in the run."""
     srv = state.server
-    gone = tuple(x for x in srv.active if x not in _running(s, run.id))
+    gone = tuple(x for x in srv.active if x not in _running(s, run.id, rnd.number))
     if gone:  # refused or sat out since: they leave the session before this aggregation
         session_server.abandon(srv, gone)
     if state.purpose == "setup":

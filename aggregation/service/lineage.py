@@ -23,7 +23,7 @@ from schemas.lineage import EntrySigner, LineageEntry, Receipt
 
 # Run-ending entries are checkpointed where they are written (anchoring everything before);
 # the checkpoint's event is the entry's kind.
-_CHECKPOINTED_KINDS = frozenset({"run_finished", "run_failed"})
+_CHECKPOINTED_KINDS = frozenset({"run_finished", "run_failed", "run_cancelled"})
 
 
 @dataclass(frozen=True)

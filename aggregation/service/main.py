@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from aggregation.service import collective_rounds, ledger_guard, migrate, wire
+from aggregation.service import collective_rounds, ledger_guard, migrate, observability, wire
 from aggregation.service.db import make_engine, make_sessionmaker
 from aggregation.service.engines.base import Hub
 from aggregation.service.engines.builtin import register_builtins
@@ -31,7 +31,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        stop_ops_port = observability.start_ops_port(app)  # metrics_port, when set
         yield
+        stop_ops_port()
         collective_rounds.stop_all()
         engine.dispose()
 
@@ -75,6 +77,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         app.add_middleware(IdentityBinding, max_body_bytes=settings.max_body_bytes)
     else:
         log.warning(DEVELOPMENT_BANNER)
+    observability.install(app)  # last: /metrics, /readyz and the outermost request log
     return app
 
 

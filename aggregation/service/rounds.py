@@ -17,6 +17,7 @@ _STATE_OF_KIND = {
     "refusal": "refused",
     "evaluation": "evaluated",
     "sat_out": "sat_out",
+    "declined": "declined",
 }
 
 
@@ -89,6 +90,7 @@ def round_out(s: Session, rnd: Round) -> RoundOut:
                 silo=p.silo,
                 state=_STATE_OF_KIND[c.kind],  # type: ignore[arg-type]
                 reason=c.reason,
+                cause=c.cause,
                 n_examples=c.n_examples,
                 metrics=Metrics.model_validate_json(c.metrics_json) if c.metrics_json else None,
                 train_seconds=c.train_seconds,

@@ -117,7 +117,7 @@ def start_run(s: Session, run_id: str) -> tuple[Run, bool]:
 def finish_run(s: Session, run_id: str, status: str, reason: str) -> tuple[Run, bool]:
     """Mark a run finished or failed; returns (run, changed now)."""
     run = get_run(s, run_id, for_update=True)
-    if run.status in ("finished", "failed"):
+    if run.status in ("finished", "failed", "cancelled"):  # a cancelled run stays so
         return run, False
     run.status = status
     run.reason = reason or None

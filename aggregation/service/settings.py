@@ -48,6 +48,19 @@ class ServiceSettings(BaseSettings):
     signing_key_file: Path | None = Field(default=None, description="Ed25519 PEM, mode 0600")
     signer: str = Field(default="", description="module:factory returning the ledger signer")
 
+    # observability (aggregation/service/observability.py): logs, /metrics, /readyz
+    log_format: Literal["json", "text"] | None = Field(
+        default=None, description="json or text; None = json in production, text in development"
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    metrics_token: str = Field(
+        default="", description="bearer token for /metrics on the API port; empty = admin token"
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="also serve /metrics unauthenticated here"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="interface of metrics_port")
+
     plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="importable modules that register extra round engines at import "
@@ -60,6 +73,15 @@ class ServiceSettings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _ops_port_is_its_own(self) -> ServiceSettings:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(
+                f"metrics_port {self.metrics_port} is the API port: the ops port (/metrics, "
+                "/readyz without credentials) needs a port of its own"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_needs_tls(self) -> ServiceSettings:
@@ -82,6 +104,12 @@ class ServiceSettings(BaseSettings):
         """Whether the API documentation is served: development mode does, production mode
         only when asked (``--expose-docs``): it maps every route for whoever can connect."""
         return self.mode == "development" if self.expose_docs is None else self.expose_docs
+
+    def resolved_log_format(self) -> Literal["json", "text"]:
+        """JSON lines in production (for a log shipper), readable text in development."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.mode == "production" else "text"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

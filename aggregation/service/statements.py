@@ -21,6 +21,7 @@ from aggregation.service.db import transaction
 from aggregation.service.exceptions import InvalidPayload, ServiceError
 from aggregation.service.federations import find_silo
 from aggregation.service.lineage import Recorder
+from aggregation.service.metrics import count_rejection
 from aggregation.service.tables import Contribution, RejectionCount, Round, Run, RunSilo, utcnow
 from schemas.lineage import LineageError
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
@@ -88,6 +89,7 @@ def record_rejection(
         try:
             with transaction(factory) as s:
                 _count(s, run_id, number, silo, exc.code.value)
+            count_rejection(factory, exc.code.value)  # Prometheus (aggregation/service/metrics)
             return
         except IntegrityError:  # a concurrent first rejection inserted the row: bump it
             if attempt:

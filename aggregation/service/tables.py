@@ -42,6 +42,10 @@ class Silo(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     enrolled_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     approved_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # presence: the last authenticated request, and the agent's latest readiness report
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ready_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Nonce(Base):
@@ -117,7 +121,8 @@ class SecAggMessage(Base):
 
 
 class Contribution(Base):
-    """One silo's answer in one round: an update, a refusal, or an evaluation.
+    """One silo's answer in one round: an update, an evaluation, a refusal, a sit-out or a
+    signed decline (kind ``declined``, with its cause).
 
     The primary key (run, round, silo) is what makes a resubmission after a crash count once.
     """
@@ -135,6 +140,7 @@ class Contribution(Base):
     payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     metrics_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(16), nullable=True)  # a decline's cause
     train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -26,7 +26,7 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: H
     else:
         stmt = stmt.where(Run.status == "running", RunSilo.status == "active")
     for run, membership in s.execute(stmt.order_by(Run.created_at)).all():
-        if run.status in ("finished", "failed") or membership.status != "active":
+        if run.status in ("finished", "failed", "cancelled") or membership.status != "active":
             return RunEndedTask(run_id=run.id, run_status=run.status)
         if run.status != "running" or run.current_round == 0:
             continue

@@ -31,6 +31,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from aggregation.pki import ROLE_COORDINATOR, ROLE_SILO, PeerIdentity, identity_of
 from aggregation.service.settings import ServiceSettings
+from aggregation.service.tls_reload import CertificateReloader
 from aggregation.service.wire import error_body
 from schemas import signing
 from schemas.wire import WIRE_HEADER, WIRE_VERSION, ErrorCode
@@ -43,6 +44,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ENROL_PATH = "/v1/enrol"
+RELOAD_POLL_S = 2.0  # how soon a renewed certificate file is served
 
 
 def server_ssl_context(settings: ServiceSettings) -> ssl.SSLContext:
@@ -108,6 +110,11 @@ def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **kwargs: Any) -> uv
     if settings.mode != "production":
         return uvicorn.Config(app, **common)
     context = server_ssl_context(settings)
+    assert settings.tls_cert and settings.tls_key and settings.client_ca
+    # renewed certificates are picked up while serving: file changes or SIGHUP (tls_reload.py)
+    reloader = CertificateReloader(context, settings.tls_cert, settings.tls_key, settings.client_ca)
+    reloader.watch(RELOAD_POLL_S)
+    reloader.on_sighup()
     # a TLS connection whose peer never answers close_notify would hold shutdown for 30 s
     common.setdefault("timeout_graceful_shutdown", 5)
     return uvicorn.Config(

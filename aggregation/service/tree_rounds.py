@@ -38,7 +38,7 @@ from schemas.tree_errors import TreeError
 from schemas.tree_params import TreeSpec
 from schemas.wire import Metrics
 
-_ANSWERED = ("update", "sat_out", "refusal")
+_ANSWERED = ("update", "sat_out", "refusal", "declined")
 
 SERVICE_SEES = {
     "bagging": "each silo's new trees (split features, thresholds, leaf values) and row count",

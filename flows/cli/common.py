@@ -6,10 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 from rich.console import Console
+
+from schemas.specs import ModelKind
+from schemas.tree_params import TreeKind, TreeMode
 
 if TYPE_CHECKING:
     from flows.service_client import CoordinatorClient
@@ -57,14 +60,53 @@ LrOpt = Annotated[float, typer.Option(help="Local learning rate.")]
 MinSilosOpt = Annotated[int, typer.Option(help="Fewest silos a round may aggregate.")]
 RoundDeadlineOpt = Annotated[float, typer.Option(help="Seconds a round waits for silos.")]
 
+# Every model kind the run specs accept, read from the schemas so the help stays true.
+TORCH_KINDS: tuple[str, ...] = get_args(ModelKind)
+TREE_KINDS: tuple[str, ...] = get_args(TreeKind)
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"{', '.join(TORCH_KINDS)} (PyTorch) or {', '.join(TREE_KINDS)} (trees).",
+    ),
+]
+TreeModeOpt = Annotated[str, typer.Option(help=f"Tree runs: {', '.join(get_args(TreeMode))}.")]
+TreesPerRoundOpt = Annotated[int, typer.Option(help="Tree runs: trees per silo and round.")]
+TreeParamOpt = Annotated[
+    list[str],
+    typer.Option(help="Tree runs: a library parameter KEY=VALUE, e.g. max_depth=4; repeat."),
+]
+
+
+def check_model_kind(model: str) -> None:
+    """Refuse a model kind no run spec accepts, listing the ones it does."""
+    if model not in TORCH_KINDS + TREE_KINDS:
+        raise typer.BadParameter(
+            f"{model!r} is not a model kind; choose from {', '.join(TORCH_KINDS + TREE_KINDS)}",
+            param_hint="--model",
+        )
+
 
 def token_from(token: str | None, token_file: Path | None) -> str:
     """The coordinator's admin token from --token, --token-file or FEDSILO_ADMIN_TOKEN."""
     if token:
         return token
     if token_file:
-        return token_file.read_text().strip()
-    raise typer.BadParameter("give --token, --token-file or set FEDSILO_ADMIN_TOKEN")
+        from flows.exceptions import AdminTokenError
+
+        try:
+            text = token_file.read_text().strip()
+        except OSError as exc:
+            raise AdminTokenError(
+                f"cannot read the admin token file {token_file}: {exc.strerror}; the service "
+                "writes WORKSPACE/admin.token on first start (`fedsilo aggregator serve "
+                "--workspace WORKSPACE`)"
+            ) from exc
+        if not text:
+            raise AdminTokenError(f"the admin token file {token_file} is empty")
+        return text
+    raise typer.BadParameter(
+        "give --token-file WORKSPACE/admin.token, --token or set FEDSILO_ADMIN_TOKEN"
+    )
 
 
 @dataclass(frozen=True)
@@ -124,5 +166,7 @@ def coordinator(
 
 def fail(message: str) -> typer.Exit:
     """Print `message` as an error; the caller raises the returned exit (status 2)."""
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
+    from flows.cli.errors import USAGE, err_console
+
+    err_console.print(f"error: {message}")  # literally: messages quote "[tls]" and the like
+    return typer.Exit(USAGE)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import console
+from flows.demo_config import DEMO_READY_TIMEOUT_S
 
 
 def demo(
@@ -54,14 +55,30 @@ def demo(
     keep_running: Annotated[
         bool,
         typer.Option(
-            help="Leave the service, agents and Prefect UI "
-            "running after the run; Ctrl+C stops them."
+            help="Leave the service, agents and Prefect UI running after the run, "
+            "also after a failure (to look at what went wrong); Ctrl+C stops them."
         ),
     ] = False,
     prefect_port: Annotated[int, typer.Option(help="Port of the demo's Prefect server.")] = 4200,
     service_port: Annotated[
         int, typer.Option(help="Port of the demo's aggregation service.")
     ] = 8700,
+    round_deadline_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a round waits for a missing silo before going on without it "
+            "(0 = the demo's default, 300; rounds end as soon as every silo answered).",
+        ),
+    ] = 0.0,
+    ready_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds the coordinator waits for every silo to validate its data and report "
+            "ready before round 1 (0 = do not wait).",
+        ),
+    ] = DEMO_READY_TIMEOUT_S,
 ) -> None:
     """Run a whole federation on this machine: four hospitals of the UCI heart-disease data,
     one silo agent process each, a Prefect server and the aggregation service on 127.0.0.1,
@@ -83,6 +100,8 @@ def demo(
             plain=plain,
             prefect_port=prefect_port,
             service_port=service_port,
+            round_deadline_s=round_deadline_s,
+            ready_timeout_s=ready_timeout_s,
         ),
         console,
     )

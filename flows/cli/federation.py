@@ -22,7 +22,8 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, console, coordinator, fail
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator, fail
+from flows.cli.output import JsonOpt, emit_json, out, say, table, when
 
 federation_app = typer.Typer(
     help="Set up a federation's certificate authority and sign silo certificates (coordinator).",
@@ -57,7 +58,7 @@ def federation_init(
         init_federation(folder, federation, hosts, days)
     except PkiError as exc:
         raise fail(str(exc)) from exc
-    console.print(
+    say(
         f"federation {federation}: CA in {folder / 'ca'} (keep it with the coordinator)\n"
         f"  service ({', '.join(hosts)}): copy {folder / 'service'} to the service's machine and "
         f"run `fedsilo aggregator serve --production --tls-cert service.pem --tls-key service.key "
@@ -90,7 +91,7 @@ def federation_sign_csr(
         silo, ed25519 = sign_csr(folder, csr, target, days, replace)
     except PkiError as exc:
         raise fail(str(exc)) from exc
-    console.print(
+    say(
         f"silo {silo}: certificate {target} (and {target.parent / 'ca.pem'}); send both to the "
         f"silo operator.\n  its Ed25519 key: {ed25519}\n  once its agent has enrolled, check "
         f"`fedsilo silo approve {silo}` prints the same key prefix"
@@ -107,4 +108,56 @@ def federation_create(
 ) -> None:
     """Register the federation on the aggregation service (idempotent)."""
     coordinator(service_url, token, token_file, retry_for_s=30).create_federation(name, description)
-    console.print(f"federation {name} exists on {', '.join(service_url)}")
+    say(f"federation {name} exists on {', '.join(service_url)}")
+
+
+@federation_app.command("list")
+def federation_list(
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the federations registered on the aggregation service."""
+    feds = coordinator(service_url, token, token_file).federations()
+    if as_json:
+        emit_json([f.model_dump(mode="json") for f in feds])
+        return
+    rows = table("federation", "created (UTC)", "description")
+    for f in feds:
+        rows.add_row(f.name, when(f.created_at), f.description)
+    out.print(rows)
+
+
+@federation_app.command("renew-cert")
+def federation_renew_cert(
+    folder: FedDir = Path("federation"),
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="The certificate the service serves; default DIR/service/service.pem."),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="Its private key; default: the certificate's name, .key.")
+    ] = None,
+    days: Annotated[int, typer.Option(help="Validity of the new certificate, days.")] = 365,
+    within_days: Annotated[
+        int | None,
+        typer.Option(help="Renew only if the current one expires within this many days."),
+    ] = None,
+) -> None:
+    """Issue the service a new certificate (same names, new key) and replace its files; the
+    running service serves it to new connections within seconds (or at once on SIGHUP)."""
+    from aggregation.pki import PkiError
+    from flows.cert_renewal import renew_service_cert
+
+    try:
+        done = renew_service_cert(
+            folder, days=days, cert_path=cert, key_path=key, within_days=within_days
+        )
+    except PkiError as exc:
+        raise fail(str(exc)) from exc
+    verb = "renewed" if done.renewed else "not due for renewal"
+    say(
+        f"service certificate {done.cert_path} {verb}: serial {done.serial:x}, valid until "
+        f"{done.not_after:%Y-%m-%d}"
+    )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console, RenderableType
 
-from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, console, coordinator
-from flows.lineage_view import LineageReviewError
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
+from flows.cli.errors import FAILED, err_console, one_line
+from flows.cli.output import JsonOpt, emit_json, out, resolve_prefix, say
 from schemas.lineage import LineageError
-from silos.client_errors import ClientError
 
 lineage_app = typer.Typer(
     help="Review the tamper-evident lineage ledger: verify, show, contributions, export.",
@@ -43,10 +45,11 @@ def _ledger_export(
             return load_export_file(export), keys
         client = coordinator(service_url, token, token_file)
         return load_ledger_export(client.ledger_export()), client.ledger_keys()
-    except (LineageError, LineageReviewError, ClientError) as exc:
-        # a damaged or truncated record is a verification failure, said plainly
-        console.print(f"[bold red]ledger INVALID:[/bold red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+    except LineageError as exc:
+        # a damaged or truncated record is a verification failure, said plainly (exit 1);
+        # an unreadable file or an unreachable service goes to the central error line
+        err_console.print(f"ledger INVALID: {one_line(str(exc))}")
+        raise typer.Exit(FAILED) from exc
 
 
 ExportOpt = Annotated[
@@ -55,6 +58,15 @@ ExportOpt = Annotated[
         "--export",
         help="Verify an exported ledger file (JSON Lines) instead of the "
         "service's; author keys are read from FILE.keys.json when present.",
+    ),
+]
+ReadExportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--export",
+        help="Read this exported ledger file (JSON Lines, from `fedsilo lineage export "
+        "--format ledger`) instead of asking the service; nothing is verified (that is "
+        "`fedsilo lineage verify`).",
     ),
 ]
 ArtifactsOpt = Annotated[
@@ -82,6 +94,7 @@ def lineage_verify(
             "the ledger: its receipts and the checkpoints it countersigned. Repeat per silo.",
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Re-check the hash chain, every signature and every model file's sha256; exit 1 and name
     the first bad entry if anything was altered. Then check the ledger against the latest
@@ -99,17 +112,34 @@ def lineage_verify(
         client = coordinator(service_url, token, token_file)
         checker = lineage_cmds.fetched_artifact_checker(entries, client.download_model)
     ok, shown = lineage_cmds.verify(entries, keys, artifacts, artifact_checker=checker)
-    console.print(shown)
     copies_ok, copies_shown, silo_checkpoints = lineage_cmds.verify_silo_copies(
         silo_copy or [], entries, keys
     )
-    for shown_copy in copies_shown:
-        console.print(shown_copy)
     anchors_ok, anchors_shown = lineage_cmds.verify_anchors(
         entries, keys, silo_checkpoints=silo_checkpoints, export_checkpoints=book.checkpoints
     )
-    console.print(anchors_shown)
-    raise typer.Exit(0 if ok and copies_ok and anchors_ok else 1)
+    all_ok = ok and copies_ok and anchors_ok
+    if as_json:
+        emit_json(
+            {
+                "ok": all_ok,
+                "entries": len(entries),
+                "chain": {"ok": ok, "detail": _plain(shown)},
+                "silo_copies": {"ok": copies_ok, "detail": [_plain(c) for c in copies_shown]},
+                "anchors": {"ok": anchors_ok, "detail": _plain(anchors_shown)},
+            }
+        )
+    else:
+        for renderable in (shown, *copies_shown, anchors_shown):
+            out.print(renderable)
+    raise typer.Exit(0 if all_ok else FAILED)
+
+
+def _plain(renderable: RenderableType) -> list[str]:
+    """A renderable's lines as plain text (for --json)."""
+    console = Console(file=io.StringIO(), width=400, record=True, markup=False)
+    console.print(renderable)
+    return [line.rstrip() for line in console.export_text().splitlines() if line.strip()]
 
 
 @lineage_app.command("reinstall-ledger-guard")
@@ -144,48 +174,64 @@ def reinstall_ledger_guard(
     finally:
         engine.dispose()
     if still:
-        console.print(f"[bold red]triggers still missing:[/bold red] {', '.join(still)}")
-        raise typer.Exit(1)
+        err_console.print(f"triggers still missing: {', '.join(still)}")
+        raise typer.Exit(FAILED)
     was = f"were missing: {', '.join(gone)}" if gone else "none was missing"
-    console.print(f"ledger append-only triggers reinstalled ({was})", highlight=False)
+    say(f"ledger append-only triggers reinstalled ({was})")
 
 
 @lineage_app.command("show")
 def lineage_show(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of one.")],
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
-    export: ExportOpt = None,
+    export: ReadExportOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """A run's lineage as a timeline: config, silos, validation, updates, aggregates, models,
     then the run's ledger checkpoints and which silos countersigned them."""
     from flows import lineage_cmds
+    from flows.lineage_tables import run_ids, show_run_json
 
     book, _ = _ledger_export(service_url, token, token_file, export)
-    console.print(lineage_cmds.show_run(book.entries, run_id))
-    console.print(lineage_cmds.checkpoints_table(book.checkpoints, run_id))
+    run_id = resolve_prefix(run_id, run_ids(book.entries), "run")
+    if as_json:
+        emit_json(show_run_json(book.entries, book.checkpoints, run_id))
+        return
+    out.print(lineage_cmds.show_run(book.entries, run_id))
+    out.print(lineage_cmds.checkpoints_table(book.checkpoints, run_id))
 
 
 @lineage_app.command("contributions")
 def lineage_contributions(
-    silo: Annotated[str, typer.Argument(help="Silo name.")],
+    silo: Annotated[str, typer.Argument(help="Silo name (an unknown one is an error).")],
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
-    export: ExportOpt = None,
+    export: ReadExportOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every model that silo's data contributed to (for data-deletion and consent questions)."""
+    from dataclasses import asdict
+
     from flows import lineage_cmds
+    from flows.lineage_tables import require_silo
 
     entries, _ = _ledger(service_url, token, token_file, export)
-    rows = lineage_cmds.contributions(entries, silo)
-    console.print(lineage_cmds.contributions_table(rows, silo))
+    name = require_silo(entries, silo)
+    rows = lineage_cmds.contributions(entries, name)
+    if as_json:
+        emit_json({"silo": name, "contributions": [asdict(row) for row in rows]})
+        return
+    out.print(lineage_cmds.contributions_table(rows, name))
 
 
 @lineage_app.command("export")
 def lineage_export(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    run_id: Annotated[
+        str, typer.Argument(help="Run id, or a unique prefix of one (for openlineage).")
+    ],
     out: Annotated[Path, typer.Option(help="File to write.")] = Path("lineage.jsonl"),
     format: Annotated[
         str,
@@ -203,19 +249,22 @@ def lineage_export(
     if format == "ledger":
         out.write_text(client.ledger_export())
         out.with_suffix(".keys.json").write_text(json.dumps(client.ledger_keys(), indent=2))
-        console.print(f"ledger written to {out} (keys in {out.with_suffix('.keys.json')})")
+        say(f"ledger written to {out} (keys in {out.with_suffix('.keys.json')})")
         return
     if format != "openlineage":
         raise typer.BadParameter("format must be 'openlineage' or 'ledger'")
+    from flows.lineage_tables import run_ids
     from flows.openlineage_export import write_openlineage
     from schemas.ledger_export import load_export
 
-    path = write_openlineage(load_export(client.ledger_export()), run_id, out)
-    console.print(f"OpenLineage events for run {run_id} written to {path}")
+    entries = load_export(client.ledger_export())
+    run_id = resolve_prefix(run_id, run_ids(entries), "run")
+    path = write_openlineage(entries, run_id, out)
+    say(f"OpenLineage events for run {run_id} written to {path}")
 
 
 def report(
-    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of one.")],
     out: Annotated[Path, typer.Option(help="Folder for the HTML report.")] = Path("report"),
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
@@ -224,11 +273,55 @@ def report(
     prefect_ui: Annotated[
         str | None, typer.Option(help="Prefect UI address for run links.")
     ] = None,
+    rehash: Annotated[
+        bool,
+        typer.Option(
+            help="Re-hash the run's model files (from --artifacts, else downloaded from the "
+            "service) and show each recomputed sha256 beside the ledger's."
+        ),
+    ] = True,
+    regression_threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Call out a silo whose AUC or accuracy fell from its best by more."
+        ),
+    ] = 0.1,
+    data_docs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data-docs",
+            metavar="SILO=LOCATION",
+            help="Link a silo's Great Expectations data docs: its workspace or data_docs "
+            "folder, or an http(s) address. Repeat per silo.",
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained HTML compliance report of a run: participants, fingerprints and
-    validation, per-round metric plots, privacy budget, model card, chain verification."""
+    validation, per-round metric plots and regressions, privacy budget, model card, chain
+    verification and re-hashed model files."""
+    from flows.lineage_tables import run_ids
     from flows.report import write_report
+    from flows.report_checks import model_source, parse_locations
 
     entries, keys = _ledger(service_url, token, token_file, None)
-    path = write_report(entries, keys, run_id, out, artifacts, prefect_ui)
-    console.print(f"report written to {path}")
+    run_id = resolve_prefix(run_id, run_ids(entries), "run")
+    try:
+        locations = parse_locations(data_docs or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--data-docs") from exc
+    checker, source = (None, None)
+    if rehash:
+        client = None if artifacts else coordinator(service_url, token, token_file)
+        checker, source = model_source(entries, artifacts, client)
+    path = write_report(
+        entries,
+        keys,
+        run_id,
+        out,
+        prefect_ui_url=prefect_ui,
+        artifact_checker=checker,
+        artifact_source=source,
+        regression_threshold=regression_threshold,
+        data_docs_locations=locations,
+    )
+    say(f"report written to {path}")

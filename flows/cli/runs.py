@@ -1,15 +1,22 @@
-"""`fedsilo runs ...`: look at training runs and their rounds (coordinator)."""
+"""`fedsilo runs ...`: look at training runs and their rounds, cancel one (coordinator).
+
+Run ids may be given by a unique prefix (`resolve_run_id`); tables print them whole.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, console, coordinator
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
+from flows.cli.output import JsonOpt, emit_json, out, resolve_run_id, say, table, when
 
 runs_app = typer.Typer(help="Look at training runs and their rounds.", no_args_is_help=True)
+
+RunIdArg = Annotated[
+    str, typer.Argument(help="Run id, or a unique prefix of one (from `fedsilo runs list`).")
+]
 
 
 @runs_app.command("list")
@@ -18,39 +25,68 @@ def runs_list(
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     federation: Annotated[str | None, typer.Option(help="Only this federation.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
+    as_json: JsonOpt = False,
 ) -> None:
     """List recent training runs with their status."""
-    client = coordinator(service_url, token, token_file)
-    table = Table("run", "federation", "status", "model", "rounds", "silos", "created", "reason")
-    for r in client.list_runs(federation):
-        table.add_row(
+    runs = coordinator(service_url, token, token_file).list_runs(federation, limit)
+    if as_json:
+        emit_json([r.model_dump(mode="json") for r in runs])
+        return
+    rows = table("run", "federation", "status", "model", "rounds", "silos", "created", "reason")
+    for r in runs:
+        rows.add_row(
             r.run_id,
             r.federation,
             r.status,
             r.spec.model_label,
             str(r.latest_model_version or 0),
             ", ".join(r.participants),
-            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            when(r.created_at),
             r.reason or "",
         )
-    console.print(table)
+    out.print(rows)
 
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="Run id (from `fedsilo runs list`).")],
+    run_id: RunIdArg,
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one run: its spec, participants and a row per round (its stage, the silos it still
+    awaits, who declined and why, metrics)."""
+    from flows.render import round_table
+
+    client = coordinator(service_url, token, token_file)
+    run = client.get_run(resolve_run_id(client, run_id))
+    rounds = client.rounds(run.run_id)
+    if as_json:
+        emit_json(
+            {
+                "run": run.model_dump(mode="json"),
+                "rounds": [r.model_dump(mode="json") for r in rounds],
+            }
+        )
+        return
+    say(
+        f"run {run.run_id} in {run.federation}: {run.status} {run.reason or ''}\n"
+        f"spec: {run.spec.model_dump_json()}\nprefect flow run: {run.prefect_flow_run_id}"
+    )
+    out.print(round_table(rounds))
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    run_id: RunIdArg,
+    reason: Annotated[str, typer.Option(help="Why (recorded with the run and in the ledger).")],
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Show one run: its spec, participants and a row per round (who answered, metrics)."""
-    from flows.render import round_table
-
+    """Cancel a run (coordinator): its open round closes and the silos are told it ended."""
     client = coordinator(service_url, token, token_file)
-    run = client.get_run(run_id)
-    console.print(
-        f"run {run.run_id} in {run.federation}: [bold]{run.status}[/bold] "
-        f"{run.reason or ''}\nspec: {run.spec.model_dump_json()}\n"
-        f"prefect flow run: {run.prefect_flow_run_id}"
-    )
-    console.print(round_table(client.rounds(run_id)))
+    run = client.cancel_run(resolve_run_id(client, run_id), reason)
+    say(f"run {run.run_id} in {run.federation}: {run.status} ({run.reason or reason})")

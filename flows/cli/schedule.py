@@ -8,17 +8,23 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
+    TREE_KINDS,
     DatasetOpt,
     FederationOpt,
     HiddenOpt,
     LocalEpochsOpt,
     LrOpt,
     MinSilosOpt,
+    ModelOpt,
     RoundDeadlineOpt,
     RoundsOpt,
     ServiceUrls,
     StrategyOpt,
     TokenBlockOpt,
+    TreeModeOpt,
+    TreeParamOpt,
+    TreesPerRoundOpt,
+    check_model_kind,
     console,
     fail,
 )
@@ -44,8 +50,11 @@ def schedule(
     timezone: Annotated[str | None, typer.Option(help="IANA zone of the cron schedule.")] = None,
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled",
     pool: Annotated[str, typer.Option(help="Prefect process work pool.")] = "fedsilo-coordinator",
-    model: Annotated[str, typer.Option(help="logreg or mlp.")] = "logreg",
+    model: ModelOpt = "logreg",
     hidden: HiddenOpt = [],
+    mode: TreeModeOpt = "bagging",
+    trees_per_round: TreesPerRoundOpt = 3,
+    tree_param: TreeParamOpt = [],
     n_features: Annotated[
         int, typer.Option(help="Model input width; 0 = from the contract's pipeline.")
     ] = 0,
@@ -64,19 +73,26 @@ def schedule(
 ) -> None:
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
+    from flows.cli.train import tree_spec
     from flows.schedule import deployment_parameters, schedule_training
     from schemas.contracts.loader import load_contract
     from schemas.specs import ModelSpec, StrategySpec, TrainingSpec
     from silos.features import FeaturePipeline
 
+    check_model_kind(model)
     _check_token_source(token_file, token_block)
     width = n_features or FeaturePipeline.from_contract(load_contract(dataset)).n_features
+    trees = None
+    if model in TREE_KINDS:
+        trees = tree_spec(model, mode, width, trees_per_round, tree_param)
     params = deployment_parameters(
         service_urls=service_url,
         token_file=token_file,
         federation=federation,
         dataset=dataset,
-        model=ModelSpec(kind=model, n_features=width, hidden=tuple(hidden)).model_dump(  # type: ignore[arg-type]
+        model={}
+        if trees
+        else ModelSpec(kind=model, n_features=width, hidden=tuple(hidden)).model_dump(  # type: ignore[arg-type]
             mode="json"
         ),
         strategy=StrategySpec(name=strategy).model_dump(mode="json"),  # type: ignore[arg-type]
@@ -85,9 +101,12 @@ def schedule(
         min_silos=min_silos,
         round_deadline_s=round_deadline_s,
         output_dir=output_dir,
-        secure=secure,
+        secure=secure and trees is None,  # tree updates are sealed to the service instead
         token_block=token_block,
     )
+    if trees is not None:
+        params["model"] = None
+        params["trees"] = trees.model_dump(mode="json")
     try:
         done = schedule_training(
             name=name,

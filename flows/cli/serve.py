@@ -83,6 +83,14 @@ def aggregator_serve(
     client_ca: ClientCaOpt = None,
     admin_token_file: AdminTokenFileOpt = None,
     expose_docs: ExposeDocsOpt = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDSILO_SERVICE_LOG_FORMAT",
+            help="Log lines as 'json' (one object per line: request id, route, status, "
+            "duration, caller) or 'text'. Default: json with --production, else text.",
+        ),
+    ] = None,
 ) -> None:
     """Start the aggregation service. All state is in its database: stop or kill it at any
     time and start it again to carry on."""
@@ -101,6 +109,7 @@ def aggregator_serve(
             client_ca=client_ca,
             admin_token_file=admin_token_file,
             expose_docs=True if expose_docs else None,
+            log_format=log_format,  # type: ignore[arg-type]  # pydantic names json|text
         )
     except ValidationError as exc:
         raise fail(exc.errors()[0]["msg"]) from exc
@@ -113,9 +122,11 @@ def serve_service(settings: ServiceSettings) -> None:
 
     from aggregation.service.db import owner_only_umask
     from aggregation.service.main import DEVELOPMENT_BANNER, create_app
+    from aggregation.service.observability import configure_logging
     from aggregation.service.tls import uvicorn_config
 
     owner_only_umask()  # every file the service writes: 0600, folders 0700
+    configure_logging(settings.resolved_log_format(), settings.log_level)
     application = create_app(settings)
     database = settings.resolved_database_url().split("@")[-1]
     if settings.mode == "production":
@@ -131,4 +142,5 @@ def serve_service(settings: ServiceSettings) -> None:
             f"aggregation service on http://{settings.host}:{settings.port} (database "
             f"{database}); admin token in {token_at}"
         )
-    uvicorn.Server(uvicorn_config(application, settings)).run()
+    # log_config None: uvicorn keeps the handlers configure_logging gave its loggers
+    uvicorn.Server(uvicorn_config(application, settings, log_config=None)).run()

@@ -19,6 +19,8 @@ from flows.cli.common import (
     coordinator,
     fail,
 )
+from flows.cli.output import JsonOpt, emit_json, say, table, when
+from flows.cli.output import out as plain
 
 silo_app = typer.Typer(
     help="Run and manage silo agents (one per institution).", no_args_is_help=True
@@ -50,7 +52,7 @@ def silo_start(
     try:
         run_agent(str(config), max_runs=max_runs)
     except KeyboardInterrupt:
-        console.print(f"silo {cfg.silo.name}: stopped")
+        say(f"silo {cfg.silo.name}: stopped")
 
 
 @silo_app.command("approve")
@@ -62,8 +64,45 @@ def silo_approve(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Approve an enrolled silo (coordinator): after this its agent may take part in runs."""
-    out = coordinator(service_url, token, token_file).approve(federation, name)
-    console.print(f"silo {out.name} in {out.federation}: {out.status} (key {out.public_key[:16]}…)")
+    approved = coordinator(service_url, token, token_file).approve(federation, name)
+    say(
+        f"silo {approved.name} in {approved.federation}: {approved.status} "
+        f"(key {approved.public_key[:16]}…)"
+    )
+
+
+@silo_app.command("list")
+def silo_list(
+    federation: Annotated[str, typer.Option(help="Federation name.")],
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the federation's silos (coordinator): status, online, last seen, whether the agent
+    validated its data and is ready, and the contract version it accepted."""
+    silos = coordinator(service_url, token, token_file).silos(federation)
+    if as_json:
+        emit_json([s.model_dump(mode="json") for s in silos])
+        return
+    rows = table(
+        "silo", "status", "online", "last seen (UTC)", "ready", "contract", "key",
+        title=f"silos of {federation} ({len(silos)})",
+    )  # fmt: skip
+    for s in silos:
+        ready = s.ready
+        rows.add_row(
+            s.name,
+            s.status,
+            "yes" if s.online else "no",
+            when(s.last_seen_at),
+            "-" if ready is None else ("yes" if ready.validated else f"no: {ready.detail}"),
+            "-" if ready is None else f"{ready.contract} {ready.contract_version}",
+            s.public_key[:16] + "…",
+        )
+    plain.print(rows)
+    if not silos:
+        say(f"no silo has enrolled in {federation} yet: start one with `fedsilo silo start`")
 
 
 @silo_app.command("check")
@@ -113,7 +152,7 @@ def silo_enrol(
         ed25519 = make_silo_request(files, federation, silo, secret, identity)
     except (PkiError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    console.print(
+    say(
         f"silo {silo}: certificate request {files.csr}\n  Ed25519 identity key: {ed25519}\n"
         f"  send {files.csr} to the coordinator of {federation}; put the silo.pem and ca.pem "
         f"they return at {files.cert} and {files.ca}, then `fedsilo silo start`"
@@ -152,8 +191,8 @@ def silo_revoke(
 ) -> None:
     """Revoke a silo (coordinator): every later request it makes is refused, at once."""
     client = coordinator(service_url, token, token_file)
-    out = client.request("POST", f"/v1/federations/{federation}/silos/{name}/revoke").json()
-    console.print(f"silo {out['name']} in {out['federation']}: {out['status']}")
+    done = client.request("POST", f"/v1/federations/{federation}/silos/{name}/revoke").json()
+    say(f"silo {done['name']} in {done['federation']}: {done['status']}")
 
 
 @silo_app.command("demo-data")
@@ -169,7 +208,7 @@ def silo_demo_data(
         raise fail(f"no demo hospital {name!r}; choose from {sorted(tables)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tables[name].to_csv(out, index=False)
-    console.print(f"{name}: {len(tables[name])} rows in {out}")
+    say(f"{name}: {len(tables[name])} rows in {out}")
 
 
 @silo_app.command("reset-privacy-budget")

@@ -8,20 +8,26 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
+    TREE_KINDS,
     DatasetOpt,
     FederationOpt,
     HiddenOpt,
     LocalEpochsOpt,
     LrOpt,
     MinSilosOpt,
+    ModelOpt,
     RoundDeadlineOpt,
     RoundsOpt,
     ServiceUrls,
     StrategyOpt,
     TokenBlockOpt,
-    console,
+    TreeModeOpt,
+    TreeParamOpt,
+    TreesPerRoundOpt,
+    check_model_kind,
     flow_token_source,
 )
+from flows.cli.output import say
 
 # `train` says what happens to the token: Prefect stores a flow run's parameters.
 TrainTokenOpt = Annotated[
@@ -49,18 +55,11 @@ def train(
     n_features: Annotated[
         int, typer.Option(help="Model input width (from the contract's pipeline).")
     ],
-    model: Annotated[
-        str, typer.Option(help="logreg, mlp (PyTorch), xgboost or lightgbm (trees).")
-    ] = "logreg",
+    model: ModelOpt = "logreg",
     hidden: HiddenOpt = [],
-    mode: Annotated[
-        str, typer.Option(help="Tree runs: bagging, cyclic, collective or secure-hist.")
-    ] = "bagging",
-    trees_per_round: Annotated[int, typer.Option(help="Tree runs: trees per silo and round.")] = 3,
-    tree_param: Annotated[
-        list[str],
-        typer.Option(help="Tree runs: a library parameter KEY=VALUE, e.g. max_depth=4; repeat."),
-    ] = [],
+    mode: TreeModeOpt = "bagging",
+    trees_per_round: TreesPerRoundOpt = 3,
+    tree_param: TreeParamOpt = [],
     strategy: StrategyOpt = "fedavg",
     server_lr: Annotated[float, typer.Option(help="Server learning rate.")] = 1.0,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.0,
@@ -70,6 +69,14 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
+    ready_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds to wait before round 1 for every silo to report ready (validated "
+            "data, warm); at the timeout the run goes on if --min-silos are ready. 0: no wait.",
+        ),
+    ] = 900.0,
     patience: Annotated[
         int, typer.Option(help="Stop after this many rounds without improvement; 0 never.")
     ] = 0,
@@ -89,9 +96,10 @@ def train(
     from flows.coordinator import federated_training
     from schemas.specs import ModelSpec, SecureAggregationSpec, StrategySpec, TrainingSpec
 
+    check_model_kind(model)
     trees = None
-    if model in ("xgboost", "lightgbm"):
-        trees = _tree_spec(model, mode, n_features, trees_per_round, tree_param)
+    if model in TREE_KINDS:
+        trees = tree_spec(model, mode, n_features, trees_per_round, tree_param)
     with flow_token_source(token, token_file, token_block) as source:
         result = federated_training(
             service_urls=service_url,
@@ -111,13 +119,17 @@ def train(
             round_deadline_s=round_deadline_s,
             patience=patience,
             output_dir=str(output_dir),
+            ready_timeout_s=ready_timeout_s,
+            show_progress=True,
         )
-    console.print(
+    if not isinstance(result, dict):  # a flow that ends Cancelled raises when called; be sure
+        raise typer.Exit(1)
+    say(  # one line, whatever the terminal's width: scripts read it
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
 
 
-def _tree_spec(kind: str, mode: str, n_features: int, per_round: int, raw: list[str]):  # type: ignore[no-untyped-def]
+def tree_spec(kind: str, mode: str, n_features: int, per_round: int, raw: list[str]):  # type: ignore[no-untyped-def]
     """A validated TreeSpec from the command line; bad parameters are named, not ignored."""
     import json
 

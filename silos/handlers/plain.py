@@ -10,6 +10,8 @@ from prefect.runtime import flow_run
 
 from schemas.tasks import EvaluateTask, TrainTask, TreeEvaluateTask
 from schemas.wire import Metrics, MetricsReport
+from silos.decline import Declined
+from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, encode_update, fetch_global_model, run_training_round
@@ -23,7 +25,7 @@ def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[st
 
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
-def train(ctx: SiloContext, work: TrainTask) -> dict[str, object]:
+def train(ctx: SiloContext, work: TrainTask) -> dict[str, object] | Declined:
     """A plain training round (the service sees this silo's update)."""
     return run_training_round(ctx, work, submit_plain)
 
@@ -34,7 +36,9 @@ def report_evaluation(
     """Send the silo's metrics for model version `work.model_version` and log them."""
     report = MetricsReport(metrics=metrics, prefect_flow_run_id=str(flow_run.get_id() or ""))
     ctx.client.submit_evaluation(work.run_id, work.round, report)
-    get_run_logger().info("final model v%d on local holdout: %s", work.model_version, metrics)
+    get_run_logger().info(
+        "final model v%d on local holdout: %s", work.model_version, fmt_metrics(metrics)
+    )
     return metrics
 
 

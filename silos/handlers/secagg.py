@@ -22,6 +22,7 @@ from schemas.tasks import (
 )
 from silos import privacy, secure_round
 from silos.client_errors import AlreadyAnswered
+from silos.decline import Declined
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, run_training_round
@@ -78,7 +79,7 @@ def submit_masked(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) ->
 
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
-def masked_train(ctx: SiloContext, work: SecAggMaskedTask) -> dict[str, object]:
+def masked_train(ctx: SiloContext, work: SecAggMaskedTask) -> dict[str, object] | Declined:
     """A secure round's masked stage: train locally, then submit the update masked."""
     return run_training_round(ctx, work, submit_masked)
 

@@ -14,6 +14,7 @@ from schemas.secure_hist.errors import SecureHistError
 from schemas.tasks import HistTask
 from schemas.wire import HistStage
 from silos import hist_round
+from silos.decline import Declined
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
 
@@ -38,18 +39,19 @@ def _step(ctx: SiloContext, work: HistTask) -> None:
     name="secure-hist",
     task_run_name="round-{work.round}-hist-{work.hist.stage}",
 )
-def hist_step(ctx: SiloContext, work: HistTask) -> str:
-    """One secure-hist step; a step this silo must not or cannot do makes it leave the run."""
-    logger = get_run_logger()
+def hist_step(ctx: SiloContext, work: HistTask) -> str | Declined:
+    """One secure-hist step; a step this silo must not or cannot do makes it leave the run
+    (returned as its `Declined`, which the agent sends)."""
     try:
         _step(ctx, work)
     except (hist_round.LeaveRun, SecureHistError, SecAggError) as exc:
         # refusing depends only on what the service already knows (README: minimum rows)
-        logger.warning("leaving secure-hist run %s: %s", work.run_id, exc)
         hist_round.forget(ctx.silo, work.run_id)
-        ctx.client.refuse(work.run_id, f"secure-hist: {exc}"[:2000])
-        return "left"
-    logger.debug("secure-hist %s counter %d sent", work.hist.stage, work.hist.counter)
+        reason = f"secure-hist {work.hist.stage}: {exc}"
+        if isinstance(exc, hist_round.LeaveRun):  # its policy (minimum rows per node)
+            return Declined("run", "policy", reason)
+        return Declined("run", "training", reason)
+    get_run_logger().debug("secure-hist %s counter %d sent", work.hist.stage, work.hist.counter)
     return str(work.hist.stage)
 
 

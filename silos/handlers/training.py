@@ -23,6 +23,8 @@ from schemas.wire import Metrics
 from silos import privacy
 from silos.client import SiloClient
 from silos.config import SiloConfig
+from silos.decline import Declined
+from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
 from silos.lineage_copy import keep_receipt
 from silos.trainer import evaluate, train_local
@@ -114,25 +116,32 @@ def report_privacy(
     }
     keep_receipt(ctx.workspace, ctx.client.submit_statement(work.run_id, "privacy_spent", payload))
     get_run_logger().info(
-        "round %d: epsilon spent so far %.3f at delta %g", work.round, spent, dp.delta
+        "round %d: epsilon spent so far %.4g at delta %g", work.round, spent, dp.delta
     )
 
 
-def run_training_round(ctx: SiloContext, work: W, submit: Submit[W]) -> dict[str, object]:
+def run_training_round(
+    ctx: SiloContext, work: W, submit: Submit[W]
+) -> dict[str, object] | Declined:
     """One training round: fetch the global model, score it on the holdout, train, submit.
 
     One Prefect task per round keeps Prefect's bookkeeping (~10 ms a task) out of the round's
-    critical path; each step is logged inside it.
+    critical path; each step is logged inside it. A round the silo's privacy budget cannot
+    pay for is returned as its `Declined` (the agent sends it; a raised error would cost a
+    traceback in the log every round).
     """
     logger = get_run_logger()
     params = fetch_global_model(ctx.client, work.spec, work.run_id, work.model_version)
     metrics = evaluate(work.spec.torch_model, params, ctx.data.X_test, ctx.data.y_test)
-    logger.info("round %d: model v%d on local holdout: %s", work.round, work.model_version, metrics)
+    logger.info(
+        "round %d: model v%d on local holdout: %s",
+        work.round,
+        work.model_version,
+        fmt_metrics(metrics),
+    )
     refusal = privacy_refusal(ctx.config, work)
-    if refusal:
-        logger.warning("refusing run %s: %s", work.run_id, refusal)
-        ctx.client.refuse(work.run_id, refusal)
-        return {"round": work.round, "refused": refusal}
+    if refusal:  # the budget only shrinks: the rest of the run is out of reach too
+        return Declined("run", "privacy_budget", refusal)
     trained = train_delta(ctx, work, params, metrics)
     answer = submit(ctx, work, trained)
     keep_receipt(ctx.workspace, answer)
@@ -145,4 +154,10 @@ def run_training_round(ctx: SiloContext, work: W, submit: Submit[W]) -> dict[str
         trained.seconds,
         str(digest)[:16],
     )
-    return {"round": work.round, "digest": digest, "train_seconds": trained.seconds}
+    return {
+        "round": work.round,
+        "digest": digest,
+        "train_seconds": trained.seconds,
+        "n_examples": trained.n_examples,
+        "metrics": trained.metrics,
+    }

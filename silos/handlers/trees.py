@@ -1,6 +1,6 @@
 """Tree-model rounds (XGBoost, LightGBM): grow, seal and submit trees; evaluate a version.
 
-The steps are `silos.tree_round`'s; a silo that cannot grow trees this round sits it out.
+The steps are `silos.tree_round`'s; a silo that cannot grow trees this round declines it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from schemas.tasks import TreeEvaluateTask, TreeTrainTask
 from schemas.wire import Metrics
 from silos import tree_round
+from silos.decline import Declined
 from silos.exceptions import ModelError
+from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
 from silos.handlers.plain import report_evaluation
 from silos.handlers.registry import register
@@ -19,18 +21,18 @@ from silos.lineage_copy import keep_receipt
 
 
 @task(cache_policy=NO_CACHE, name="train-trees", task_run_name="round-{work.round}-trees")
-def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object]:
+def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object] | Declined:
     """One tree round: score the base model, grow (or join the collective), seal, submit."""
     logger = get_run_logger()
     try:
         spec = tree_round.tree_spec(work)
         envelope, metrics, result = tree_round.grow(ctx.client, work, ctx.data, ctx.config)
-    except ModelError as exc:
-        logger.warning("round %d: sitting out: %s", work.round, exc)
-        ctx.client.sit_out(work.run_id, work.round, str(exc))
-        return {"round": work.round, "sat_out": str(exc)}
+    except ModelError as exc:  # these rows cannot grow trees this round: sit it out
+        return Declined("round", "training", str(exc))  # the agent sends it
     if metrics is not None:
-        logger.info("round %d: current model on local holdout: %s", work.round, metrics)
+        logger.info(
+            "round %d: current model on local holdout: %s", work.round, fmt_metrics(metrics)
+        )
     answer = tree_round.submit(ctx.client, work, envelope, result.n_examples)
     keep_receipt(ctx.workspace, answer)
     logger.info(
@@ -43,7 +45,13 @@ def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object
         result.seconds,
         str(answer["digest"])[:16],
     )
-    return {"round": work.round, "digest": answer["digest"], "train_seconds": result.seconds}
+    return {
+        "round": work.round,
+        "digest": answer["digest"],
+        "train_seconds": result.seconds,
+        "n_examples": result.n_examples,
+        "metrics": metrics,
+    }
 
 
 @task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.fault_helpers import PgCluster
+from support.pg_cluster import PgCluster
 
 
 def _have_postgres() -> bool:

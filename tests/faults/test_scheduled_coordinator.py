@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.fault_helpers import Federation, query, start_federation, wait_until
+from support.fault_helpers import Federation, query, start_federation
 
 from flows.processes import base_env, spawn
 
@@ -117,9 +117,7 @@ def _state(prefect_api_url: str, flow_run_id: str) -> str:
     return str(run["state_type"])
 
 
-def _wait_state(
-    fed: Federation, prefect_api_url: str, flow_run_id: str, want: str, timeout_s: float
-) -> None:
+def _wait_state(fed: Federation, prefect_api_url: str, flow_run_id: str, want: str) -> None:
     def reached() -> bool:
         state = _state(prefect_api_url, flow_run_id)
         assert state not in ({"FAILED", "CRASHED", "CANCELLED"} - {want}), (
@@ -127,7 +125,7 @@ def _wait_state(
         )
         return state == want
 
-    wait_until(reached, timeout_s, f"flow run {flow_run_id} to be {want}", fed.logs)
+    fed.wait(reached, f"flow run {flow_run_id} to be {want}")
 
 
 def _runs_of(fed: Federation, flow_run_id: str) -> list[tuple[str, str]]:
@@ -161,13 +159,14 @@ def test_scheduled_deployment_runs_on_a_process_worker(
     assert all(r["expected_start_time"][5:16] == "01-01T03:00" for r in scheduled)
     # a run triggered now runs on the worker and trains the federation
     flow_run_id = _trigger(name, prefect_api_url)
-    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED", 600)
+    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED")
     [(run_id, status)] = _runs_of(fed, flow_run_id)
     assert status == "finished"
     assert (fed.root / "models" / f"{run_id}-v{ROUNDS}.safetensors").exists()
     # every silo agent reported its part to the Prefect API its silo.toml names
+    names = [f"{silo}-{run_id}" for silo in SILOS]
     silo_runs = _api(
-        prefect_api_url, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": [run_id]}}}
+        prefect_api_url, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": names}}}
     )
     assert isinstance(silo_runs, list) and len(silo_runs) == len(SILOS)
     assert all(r["state_type"] == "COMPLETED" for r in silo_runs)
@@ -207,15 +206,15 @@ def test_crashed_flow_run_retried_resumes_its_run(
         got = query(fed.db_url, "SELECT latest_model_version FROM runs WHERE id = :r", r=rows[0][0])
         return rows[0][0] if (got[0][0] or 0) >= 1 else None
 
-    run_id = wait_until(past_round_one, 600, "the run to finish round 1", fed.logs)
-    pids = wait_until(lambda: _flow_run_pids(flow_run_id), 30, "the flow run's process")
+    run_id = fed.wait(past_round_one, "the run to finish round 1")
+    pids = fed.wait(lambda: _flow_run_pids(flow_run_id), "the flow run's process")
     for pid in pids:  # the flow run's process (and any child of it), as an OOM killer would
         os.kill(pid, signal.SIGKILL)
-    _wait_state(fed, prefect_api_url, flow_run_id, "CRASHED", 120)
+    _wait_state(fed, prefect_api_url, flow_run_id, "CRASHED")
     # Prefect 3.9's process worker reports the crash twice: at once, and again when it has
     # reaped the process; a retry between the two would be marked crashed by the second
     log = fed.root / "worker.log"
-    grace = time.monotonic() + 45  # a later Prefect may report once: then just go on
+    grace = time.monotonic() + 120  # a later Prefect may report once: then just go on
     while time.monotonic() < grace and not (
         _crash_reports(prefect_api_url, flow_run_id) >= 2
         or f"'{flow_run_id}' as crashed: Flow run infrastructure" in log.read_text(errors="replace")
@@ -235,7 +234,7 @@ def test_crashed_flow_run_retried_resumes_its_run(
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED", 600)
+    _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED")
     assert _runs_of(fed, flow_run_id) == [(run_id, "finished")]  # resumed, not started over
     after = dict(
         query(fed.db_url, "SELECT number, closed_at FROM rounds WHERE run_id = :r", r=run_id)

@@ -23,6 +23,7 @@ PREFECT_UI = "http://127.0.0.1:4200"
 CHROMIUM = Path("/usr/bin/chromium")
 SECTIONS = (
     "verification",
+    "regressions",
     "participants",
     "data",
     "metrics",
@@ -65,8 +66,22 @@ def test_the_report_has_every_section_and_embedded_plots(report_a: Path, sample:
     document = report_a.read_text(encoding="utf-8")
     for section in SECTIONS:
         assert f'<h2 id="{section}">' in document
-    assert 'class="banner pass">Ledger verified: ledger OK: 55 entries' in document
-    assert "Model artifacts were re-hashed against the ledger." in document
+    assert (
+        'class="banner pass">Ledger verified: hash chain and all signatures intact over 55 '
+        "entries; all 4 model files re-hashed and matching the ledger." in document
+    )
+    assert "ledger OK" not in document  # the verifier's own wording, not a sentence for people
+    assert "Model files were re-hashed against the ledger" in document
+    for version in range(4):  # each model: the ledger's sha256 beside the recomputed one
+        sha = sample.models[(RUN_A, version)]
+        assert (
+            f"<td><code>{sha}</code></td><td><code>{sha}</code></td>"
+            '<td><span class="pass">match</span></td>' in document
+        )
+    assert "<th></th>" not in document  # no column without a heading
+    assert "No silo declined a round." in document
+    assert "No silo's AUC or accuracy fell from its best by more than 0.1." in document
+    assert 'class="callout"' not in document
     images = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', document)
     assert [alt for alt, _ in images] == ["metrics per round", "privacy spent per silo"]
     for _, data in images:
@@ -102,7 +117,8 @@ def test_a_failed_run_without_prefect_id(sample: Sample, tmp_path: Path) -> None
     assert "status failed" in document
     assert "failed: round 2: 1 of 2 silos answered by the deadline — min_silos is 2" in document
     assert "No Prefect flow run recorded." in document
-    assert "Model artifacts were NOT re-hashed" in document
+    assert "Model files were NOT re-hashed" in document
+    assert "--no-rehash" in document
     _no_external_resources(document)
     with pytest.raises(LineageReviewError, match="run 'run-q' has no entries"):
         write_report(sample.entries(), sample.keys, "run-q", tmp_path)
@@ -126,7 +142,7 @@ def test_a_tampered_ledger_is_reported_as_not_verified(tmp_path: Path) -> None:
         f'class="banner fail">Ledger NOT verified: first bad entry {seq}: entry {seq}: '
         "entry_hash mismatch (content altered)"
     ) in document
-    assert f"<tr><td>{seq}</td>" in document and ">BAD</span>" in document
+    assert f'<tr class="bad"><td>{seq} <span class="fail">BAD</span></td>' in document
 
 
 def test_ledger_text_and_settings_are_escaped(tmp_path: Path) -> None:
@@ -143,7 +159,7 @@ def test_ledger_text_and_settings_are_escaped(tmp_path: Path) -> None:
         )
     path = write_report(sample.entries(), sample.keys, RUN_A, tmp_path, None, "javascript:alert(1)")
     document = path.read_text(encoding="utf-8")
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in document
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in document
     assert "javascript:" not in document
     assert "Pass the Prefect UI address to get links." in document
     assert "evil.example" in document  # shown as text ...

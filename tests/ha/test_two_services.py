@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,7 +22,6 @@ from support.fault_helpers import (
     start_federation,
     train_in_thread,
     updates_per_round,
-    wait_until,
 )
 
 # generous: the module fixture (processes, a warm-up run) counts toward its first test
@@ -70,7 +68,7 @@ def _requests(fed: Federation, i: int, run_id: str) -> list[tuple[str, str, int]
 def test_run_completes_while_requests_alternate(fed: Federation, tmp_path: Path) -> None:
     rounds = 2
     thread, outcome = train_in_thread(fed.urls, fed.token, tmp_path, rounds=rounds, deadline_s=600)
-    result = join(thread, outcome, 300, fed.logs())
+    result = join(thread, outcome, fed)
     run_id = result["run_id"]
     assert all(sorted(r["contributors"]) == sorted(SILOS) for r in result["rounds"])
     assert updates_per_round(fed.db_url, run_id) == {1: 3, 2: 3}
@@ -94,18 +92,14 @@ def test_run_completes_when_one_service_is_killed_mid_round(
     thread, outcome = train_in_thread(
         fed.urls, fed.token, tmp_path, rounds=rounds, secure=False, deadline_s=600
     )
-    run_id = wait_until(
-        lambda: (now := current_round(fed)) and now[1] >= 2 and now[0],
-        240,
-        "round 2 to open",
-        fed.logs,
+    run_id = fed.wait(
+        lambda: (now := current_round(fed)) and now[1] >= 2 and now[0], "round 2 to open"
     )
     fed.services[0].kill9()
     killed_at = len(_requests(fed, 1, run_id))
-    result = join(thread, outcome, 300, fed.logs())
+    result = join(thread, outcome, fed)
     assert result["run_id"] == run_id
     assert all(sorted(r["contributors"]) == sorted(SILOS) for r in result["rounds"])
     assert_every_model_is_its_round_mean(fed.db_url, run_id, rounds, n_silos=len(SILOS))
     assert len(_requests(fed, 1, run_id)) > killed_at  # the survivor carried the run on
-    fed.restart_service(0)
-    time.sleep(0.1)
+    fed.restart_service(0)  # back to two processes (it waits until the new one answers)

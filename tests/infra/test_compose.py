@@ -90,7 +90,9 @@ class Local:
     def __init__(self, root: Path, db_urls: dict[str, str]) -> None:
         self.root = root
         self.db_urls = db_urls  # compose database name -> local SQLAlchemy URL
-        self.ports = {"8443": str(free_port()), "4200": str(free_port())}
+        # API ports, the service's ops port (9100) and the Prefect worker's health port (8080)
+        self.ports = {p: str(free_port()) for p in ("8443", "4200", "9100", "8080")}
+        self.metrics_ports: dict[Path, str] = {}  # silo.toml -> its agent's /metrics port
         self.addresses = {
             "https://service:8443": f"https://127.0.0.1:{self.ports['8443']}",
             "http://prefect:4200/api": f"http://127.0.0.1:{self.ports['4200']}/api",
@@ -132,15 +134,48 @@ class Local:
                 driver = value.split("://")[0]
                 local = self.db_urls[value.rsplit("/", 1)[1]]
                 value = driver + "://" + local.split("://", 1)[1]
-            env[key] = self.text(value, mounts)
+            env[key] = self.ports.get(value, self.text(value, mounts))
         return env
+
+    def health(self, svc: dict[str, Any], port: str | None = None) -> list[str]:
+        """The service's health check command, run here (`port`: the agent's metrics port)."""
+        test = svc["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "python", test
+        code = test[3]
+        for container, local in {**self.ports, "9464": port or "9464"}.items():
+            code = code.replace(f"127.0.0.1:{container}/", f"127.0.0.1:{local}/")
+        return [sys.executable, "-c", code]
 
     def localize_file(self, svc: dict[str, Any], container_path: str) -> Path:
         """Rewrite a mounted config file (a silo.toml) in place under tmp_path."""
         mounts = self.mounts(svc)
         path = mounts[container_path]
-        path.write_text(self.text(path.read_text(), mounts))
+        text = self.text(path.read_text(), mounts)
+        if "metrics_port = 9464" in text:  # one port per agent here, as in its own container
+            self.metrics_ports[path] = str(free_port())
+            text = text.replace("metrics_port = 9464", f"metrics_port = {self.metrics_ports[path]}")
+        path.write_text(text)
         return path
+
+
+def test_every_service_has_a_health_check_and_waits_for_healthy_dependencies() -> None:
+    services = _compose()["services"]
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no health check"
+        depends = svc.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on without conditions"
+        for dep, cond in depends.items():
+            assert cond == {"condition": "service_healthy"}, (name, dep, cond)
+            assert "healthcheck" in services[dep], (name, dep)
+    assert "/readyz" in services["service"]["healthcheck"]["test"][-1]
+    assert "/api/health" in services["prefect"]["healthcheck"]["test"][-1]
+    assert "--with-healthcheck" in services["coordinator"]["command"]
+    for name in SILOS:
+        cfg = load_silo_config(INFRA / "silos" / name / "silo.toml")
+        assert cfg.agent.metrics_port == 9464, name  # what the agents' health check polls
+    assert set(services["coordinator"]["depends_on"]) == {"prefect", "service"}
+    assert all(set(services[s]["depends_on"]) == {"service"} for s in SILOS.values())
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
@@ -254,6 +289,12 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             [service],
             120,
         )
+        _wait(  # the container's health check, as Docker would run it
+            lambda: subprocess.run(local.health(services["service"]), timeout=30).returncode == 0,
+            "the service's health check (/readyz on its ops port) passing",
+            [service],
+            120,
+        )
         with pytest.raises(httpx.TransportError):  # production: plain HTTP is refused
             httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
 
@@ -265,11 +306,12 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             return _run(*coordinator_cmd(*args), timeout)
 
         coordinator_cli("federation", "create", "heart")
-        agents = []
+        agents, agent_health = [], []
         for name in SILOS:
             svc = services[SILOS[name]]
-            local.localize_file(svc, "/etc/fedsilo/silo.toml")
+            toml = local.localize_file(svc, "/etc/fedsilo/silo.toml")
             agents.append(start(SILOS[name], svc))
+            agent_health.append(local.health(svc, local.metrics_ports[toml]))
         token = (tls.cert.parent / "admin.token").read_text().strip()
         client = CoordinatorClient(url, token=token, tls=tls, retry_for_s=10)
         _wait(
@@ -278,16 +320,24 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             [service, *agents],
             300,  # upper bounds: agents import torch, Prefect and GX, slow on a busy CPU
         )
+        for check in agent_health:
+            assert subprocess.run(check, timeout=30).returncode == 0, check
         approvals = [coordinator_cmd("silo", "approve", n, "--federation", "heart") for n in SILOS]
         assert all("approved" in out for out in _run_all(approvals))
         _wait(
-            lambda: httpx.get(f"{local.addresses['http://prefect:4200/api']}/health").is_success,
+            lambda: subprocess.run(local.health(services["prefect"]), timeout=30).returncode == 0,
             "Prefect server healthy",
             [prefect],
             300,
         )
         # the coordinator container's own command: a Prefect process worker on its pool
         worker = start("coordinator", coord_svc)
+        _wait(
+            lambda: subprocess.run(local.health(coord_svc), timeout=30).returncode == 0,
+            "the coordinator worker's health check passing",
+            [worker],
+            180,
+        )
         out = coordinator_cli(
             "train",
             "--federation", "heart",

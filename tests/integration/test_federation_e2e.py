@@ -1,11 +1,17 @@
 """The whole federation as real processes on 127.0.0.1: the aggregation service, four silo
-agents (one per UCI hospital) and the coordinator's Prefect flow, over real HTTP."""
+agents (one per UCI hospital) and the coordinator's Prefect flow, over real HTTP.
+
+One federation (`shared`) serves the tests that leave it intact, one run after another: the
+agents' start and data validation are paid once. Switzerland's policy there allows only logistic
+regression, so an MLP run shows a policy refusal while logistic-regression runs train all four.
+Tests that break data, slow a silo down or need PostgreSQL start their own. Waits end when the
+federation stops making progress (support.progress), not at a fixed deadline.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,101 +19,67 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 from support.fault_helpers import (
+    HOSPITALS,
     MODEL,
+    TRAINING,
+    Federation,
     assert_every_model_is_its_round_mean,
+    current_round,
+    join,
+    secagg_sent,
     start_federation,
     train,
+    train_in_thread,
 )
 
-from flows.coordinator import federated_training
-from flows.processes import Proc, start_service
 from schemas import tensors
-from schemas.specs import ModelSpec, StrategySpec, TrainingSpec, param_shapes
+from schemas.specs import ModelSpec, StrategySpec, param_shapes
 
-pytestmark = pytest.mark.integration
+# generous: a module's shared federation (processes, cold start) counts toward its first test,
+# and on a loaded machine that alone can pass pytest's default 600 s; the waits inside fail
+# sooner when the federation stops making progress
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 N_FEATURES = MODEL.n_features
+SWISS_POLICY = {"switzerland": 'allowed_models = ["logreg"]\nmax_rounds_per_run = 100'}
 
 
-def _federation(
-    tmp_path: Path,
-    prefect_api_url: str,
-    database_url: str = "",
-    policy=None,  # type: ignore[no-untyped-def]
-    break_data: str | None = None,
-    slow: str | None = None,
-):
-    fed = start_federation(
-        tmp_path, prefect_api_url, database_url, policy=policy, break_data=break_data, slow=slow
-    )
-    return fed.services[0], fed.urls[0], fed.token, fed.coord, list(fed.agents.values())
-
-
-def _stop(procs: list[Proc]) -> None:
-    for p in procs:
-        p.stop()
-
-
-def _train(
-    url: str,
-    token: str,
-    out: Path,
-    rounds: int,
-    strategy: StrategySpec | None = None,
-    model: ModelSpec = MODEL,
-    min_silos: int = 3,
-    secure: bool = True,
-) -> dict:  # type: ignore[type-arg]
-    return train(
-        [url],
-        token,
-        out,
-        rounds,
-        strategy=strategy,
-        model=model,
-        min_silos=min_silos,
-        secure=secure,
-    )
-
-
-def test_four_hospitals_train_a_model_end_to_end(tmp_path: Path, prefect_api_url: str) -> None:
-    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url)
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Federation]:
+    fed = start_federation(tmp_path_factory.mktemp("e2e"), prefect_api_url, policy=SWISS_POLICY)
     try:
-        result = _train(url, token, tmp_path / "models", rounds=4)
-        entries = coord.ledger()
-        keys = coord.ledger_keys()
+        yield fed
     finally:
-        _stop([*agents, service])
-    _assert_lineage_verifies(entries, keys, tmp_path, result["run_id"])
-    run = coord_run = None
+        fed.stop()
+
+
+def test_four_hospitals_train_a_model_end_to_end(
+    shared: Federation, tmp_path: Path, prefect_api_url: str
+) -> None:
+    result = train(shared.urls, shared.token, tmp_path / "models", rounds=4)
+    entries = shared.coord.ledger()
+    keys = shared.coord.ledger_keys()
+    _assert_lineage_verifies(entries, keys, shared.root, result["run_id"])
     rounds = result["rounds"]
     assert [r["kind"] for r in rounds] == ["train"] * 4 + ["evaluate"]
-    assert all(
-        sorted(r["contributors"]) == ["cleveland", "hungary", "switzerland", "va_long_beach"]
-        for r in rounds
-    )
+    assert all(sorted(r["contributors"]) == list(HOSPITALS) for r in rounds)
     losses = [r["loss"] for r in rounds]
     assert losses[-1] < losses[0], losses  # the federation learned something
     assert rounds[-1]["accuracy"] > 0.7
     saved = Path(result["model_path"]).read_bytes()
     assert hashlib.sha256(saved).hexdigest() == result["model_sha256"]
     tensors.decode_expected(saved, param_shapes(MODEL))
-    # every silo recorded its part as one Prefect flow run
+    # every silo recorded its part as one Prefect flow run, named after the silo and the run
+    names = [f"{silo}-{result['run_id']}" for silo in HOSPITALS]
     with httpx.Client(base_url=prefect_api_url) as prefect:
         runs = prefect.post(
-            "/flow_runs/filter", json={"flow_runs": {"name": {"any_": [result["run_id"]]}}}
+            "/flow_runs/filter", json={"flow_runs": {"name": {"any_": names}}}
         ).json()
     assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" for r in runs)
-    del run, coord_run
 
 
-def test_policy_refusal_is_shown_and_the_run_goes_on(tmp_path: Path, prefect_api_url: str) -> None:
-    policy = {"switzerland": 'allowed_models = ["logreg"]\nmax_rounds_per_run = 100'}
-    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, policy=policy)
+def test_policy_refusal_is_shown_and_the_run_goes_on(shared: Federation, tmp_path: Path) -> None:
     mlp = ModelSpec(kind="mlp", n_features=N_FEATURES, hidden=(8,))
-    try:
-        result = _train(url, token, tmp_path / "models", rounds=2, model=mlp)
-    finally:
-        _stop([*agents, service])
+    result = train(shared.urls, shared.token, tmp_path / "models", rounds=2, model=mlp)
     first = result["rounds"][0]
     assert sorted(first["contributors"]) == ["cleveland", "hungary", "va_long_beach"]
     assert "allows models ['logreg']" in first["refused"]["switzerland"]
@@ -124,41 +96,39 @@ def test_policy_refusal_is_shown_and_the_run_goes_on(tmp_path: Path, prefect_api
 def test_service_killed_mid_round_loses_and_duplicates_nothing(
     tmp_path: Path, prefect_api_url: str, backend: str, secure: bool, request: pytest.FixtureRequest
 ) -> None:
-    db = request.getfixturevalue("fresh_pg_url") if backend == "postgres" else ""
-    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, db)
-    port = int(url.rsplit(":", 1)[1])
-    outcome: dict[str, object] = {}
+    """SQLite cases use the shared federation; PostgreSQL needs one on its own database."""
+    if backend == "postgres":
+        fed = start_federation(tmp_path, prefect_api_url, request.getfixturevalue("fresh_pg_url"))
+    else:
+        fed = request.getfixturevalue("shared")
     rounds = 6
-    strategy = StrategySpec(name="fedavg")
-    thread = threading.Thread(
-        target=lambda: outcome.update(
-            result=_train(
-                url, token, tmp_path / "models", rounds=rounds, strategy=strategy, secure=secure
-            )
-        ),
-        daemon=True,
+    thread, outcome = train_in_thread(
+        fed.urls,
+        fed.token,
+        tmp_path / "models",
+        rounds,
+        strategy=StrategySpec(name="fedavg"),
+        secure=secure,
     )
-    thread.start()
+
+    def in_round_3() -> bool:
+        assert thread.is_alive(), f"the run ended before round 3: {outcome}"
+        runs = fed.coord.list_runs("heart", limit=1)
+        return bool(
+            runs and runs[0].status == "running" and (runs[0].latest_model_version or 0) >= 2
+        )
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert time.monotonic() < deadline and thread.is_alive(), "run never reached round 3"
-            runs = coord.list_runs("heart", limit=1)
-            if runs and runs[0].status == "running" and (runs[0].latest_model_version or 0) >= 2:
-                break
-            time.sleep(0.05)
-        service.kill9()  # mid-round: round 3 is open and silos are training or submitting
-        time.sleep(1.0)
-        service = start_service(tmp_path / "service", port, db)
-        thread.join(300)
-        assert not thread.is_alive() and "result" in outcome, outcome
+        fed.wait(in_round_3, "the run to reach round 3")
+        fed.services[0].kill9()  # mid-round: round 3 is open and silos are training or submitting
+        fed.restart_service()
+        result = join(thread, outcome, fed)
     finally:
-        _stop([*agents, service])
-    result = outcome["result"]
-    assert isinstance(result, dict)
+        if backend == "postgres":
+            fed.stop()
     assert all(len(r["contributors"]) == 4 for r in result["rounds"])
     if secure:  # individual updates are masked: check each round counted each silo once
-        engine = create_engine(f"sqlite:///{tmp_path / 'service' / 'service.db'}")
+        engine = create_engine(fed.db_url)
         with engine.connect() as conn:
             rows = conn.execute(
                 text(
@@ -170,45 +140,23 @@ def test_service_killed_mid_round_loses_and_duplicates_nothing(
         engine.dispose()
         assert dict(rows) == {r: 4 for r in range(1, rounds + 1)}
         return
-    assert_every_model_is_its_round_mean(
-        db or f"sqlite:///{tmp_path / 'service' / 'service.db'}", result["run_id"], rounds
-    )
+    assert_every_model_is_its_round_mean(fed.db_url, result["run_id"], rounds)
 
 
-def _assert_lineage_verifies(entries, keys, tmp_path: Path, run_id: str) -> None:  # type: ignore[no-untyped-def]
-    """The service's ledger verifies, and every silo's own copy matches it."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from schemas.ledger_verify import cross_check, directory_artifact_checker, verify_chain
-    from silos.lineage_copy import load_records
-
-    public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}
-    report = verify_chain(entries, public, directory_artifact_checker(tmp_path / "service"))
-    assert report.ok, report
-    kinds = [e.kind for e in entries if e.run_id == run_id]
-    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
-    for name in ("cleveland", "hungary", "switzerland", "va_long_beach"):
-        records = load_records(tmp_path / "silos" / name / "workspace")
-        kinds_here = sorted(r.statement.kind for r in records)
-        # per round: a signed validation result; per training round: an acknowledged update
-        assert kinds_here == ["update_accepted"] * 4 + ["validation_result"] * 5
-        assert cross_check(records, entries, service_public_key=public["service"]).ok
-
-
-def test_silo_with_bad_data_sits_out_and_the_run_goes_on(
+def test_silo_with_bad_data_declines_and_the_run_goes_on(
     tmp_path: Path, prefect_api_url: str
 ) -> None:
-    service, url, token, coord, agents = _federation(
-        tmp_path, prefect_api_url, break_data="hungary"
-    )
+    fed = start_federation(tmp_path, prefect_api_url, break_data="hungary")
     try:
-        result = _train(url, token, tmp_path / "models", rounds=2)
-        entries = coord.ledger(result["run_id"])
+        result = train(fed.urls, fed.token, tmp_path / "models", rounds=2)
+        entries = fed.coord.ledger(result["run_id"])
     finally:
-        _stop([*agents, service])
+        fed.stop()
     for record in result["rounds"]:
         assert "hungary" not in record["contributors"]
-        assert "age" in record["sat_out"]["hungary"]
+        # it declined each round (cause: its data), naming the column its export lost
+        assert record["declined"]["hungary"].startswith("data:"), record
+        assert "age" in record["declined"]["hungary"]
     validations = [e for e in entries if e.kind == "validation_result"]
     by_author = {e.author: e.payload for e in validations}
     assert '"success":false' in by_author["silo:hungary"]
@@ -222,58 +170,40 @@ def test_silo_killed_after_sharing_keys_is_recovered_by_secure_aggregation(
 ) -> None:
     """Four agents over HTTP; Switzerland's agent is kill -9'ed after it shared its keys. The
     round completes from the three survivors and equals their plain FedAvg within the
-    quantization bound."""
+    quantization bound (training as `support.fault_helpers.train` sets it)."""
     import sqlite3
 
     from silos.config import load_silo_config
     from silos.local_data import prepare_local_data
     from silos.trainer import train_local
 
-    service, url, token, coord, agents = _federation(tmp_path, prefect_api_url, slow="switzerland")
-    victim = next(a for a in agents if "switzerland" in a.name)
-    outcome: dict[str, object] = {}
-    training = TrainingSpec(local_epochs=2, lr=0.1, batch_size=32)
-    token_file = tmp_path / "admin.token"  # the flow reads its token from a 0600 file
-    token_file.touch(mode=0o600)
-    token_file.write_text(token)
-    thread = threading.Thread(
-        target=lambda: outcome.update(
-            result=federated_training(
-                service_urls=[url],
-                admin_token_file=str(token_file),
-                federation="heart",
-                dataset="heart_disease",
-                model=MODEL,
-                training=training,
-                rounds=1,
-                min_silos=3,
-                round_deadline_s=45,
-                output_dir=str(tmp_path / "models"),
-            )
-        ),
-        daemon=True,
+    fed = start_federation(tmp_path, prefect_api_url, slow="switzerland")
+    survivors = ["cleveland", "hungary", "va_long_beach"]
+    # an upper bound only: the test closes the stage itself once the survivors have answered
+    thread, outcome = train_in_thread(
+        fed.urls, fed.token, tmp_path / "models", rounds=1, min_silos=3, deadline_s=900
     )
-    thread.start()
-    db = tmp_path / "service" / "service.db"
+
+    def victim_shared() -> tuple[str, int] | None:
+        now = current_round(fed)
+        if now is None or not secagg_sent(fed.db_url, now[0], now[1], "share", "switzerland"):
+            return None
+        return now[0], now[1]
+
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert time.monotonic() < deadline and thread.is_alive(), victim.log_tail()
-            with sqlite3.connect(db) as conn:
-                shared = conn.execute(
-                    "SELECT count(*) FROM secagg_messages WHERE stage = 'share' "
-                    "AND silo = 'switzerland'"
-                ).fetchone()[0]
-            if shared:
-                victim.kill9()
-                break
-            time.sleep(0.01)
-        thread.join(240)
-        assert "result" in outcome, outcome
+        run_id, number = fed.wait(victim_shared, "switzerland to share its keys", poll_s=0.01)
+        fed.agents["switzerland"].kill9()
+        fed.wait(
+            lambda: all(secagg_sent(fed.db_url, run_id, number, "masked", s) for s in survivors),
+            "the survivors' masked updates",
+        )
+        # what the round's deadline would do, without waiting for it: close the masked stage,
+        # so the service asks the survivors to unmask without Switzerland
+        fed.coord.close_round(run_id, number)
+        result = join(thread, outcome, fed)
     finally:
-        _stop([*agents, service])
-    result = outcome["result"]
-    assert isinstance(result, dict)
+        fed.stop()
+    db = tmp_path / "service" / "service.db"
     first = result["rounds"][0]
     assert sorted(first["contributors"]) == ["cleveland", "hungary", "va_long_beach"]
     with sqlite3.connect(db) as conn:
@@ -288,17 +218,37 @@ def test_silo_killed_after_sharing_keys_is_recovered_by_secure_aggregation(
     got = tensors.decode_expected(v1, shapes)[0]
     # the survivors' own deltas, recomputed exactly as their agents did (deterministic training)
     weighted, total = [np.zeros_like(a, dtype=np.float64) for a in start], 0
-    for name in ("cleveland", "hungary", "va_long_beach"):
+    for name in survivors:
         data = prepare_local_data(load_silo_config(tmp_path / "silos" / name / "silo.toml"))
         trained = train_local(
             MODEL,
             start,
             data.X_train,
             data.y_train,
-            training.model_copy(update={"seed": training.seed + 1}),
+            TRAINING.model_copy(update={"seed": TRAINING.seed + 1}),
         )
         for acc, new, old in zip(weighted, trained.params, start, strict=True):
             acc += len(data.y_train) * (new - old)
         total += len(data.y_train)
     for g, w0, acc in zip(got, start, weighted, strict=True):
         np.testing.assert_allclose(g, w0 + acc / total, atol=1e-5)
+
+
+def _assert_lineage_verifies(entries, keys, root: Path, run_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The service's ledger verifies, and every silo's own copy matches it."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from schemas.ledger_verify import cross_check, directory_artifact_checker, verify_chain
+    from silos.lineage_copy import load_records
+
+    public = {k: Ed25519PublicKey.from_public_bytes(bytes.fromhex(v)) for k, v in keys.items()}
+    report = verify_chain(entries, public, directory_artifact_checker(root / "service"))
+    assert report.ok, report
+    kinds = [e.kind for e in entries if e.run_id == run_id]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    for name in HOSPITALS:
+        records = load_records(root / "silos" / name / "workspace")
+        kinds_here = sorted(r.statement.kind for r in records if r.statement.run_id == run_id)
+        # per round: a signed validation result; per training round: an acknowledged update
+        assert kinds_here == ["update_accepted"] * 4 + ["validation_result"] * 5
+        assert cross_check(records, entries, service_public_key=public["service"]).ok

@@ -94,7 +94,7 @@ def test_agent_exits_with_a_message_naming_the_file(tmp_path: Path, broken: str)
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "silo.toml" in proc.stdout and "error" in proc.stdout
+    assert "silo.toml" in proc.stderr and "error" in proc.stderr  # errors go to stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
 

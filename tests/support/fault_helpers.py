@@ -2,9 +2,9 @@
 
 `start_federation` starts the aggregation service (one or more processes sharing a database),
 one silo agent per chosen UCI hospital, and approves them; the returned `Federation` kills,
-stops (SIGSTOP), resumes and restarts any of them. `PgCluster` is a PostgreSQL cluster of the
-test's own that can be restarted without disturbing other tests' database. Imported by tests,
-not a fixture module.
+stops (SIGSTOP), resumes and restarts any of them, and says whether it is making progress
+(`Federation.wait`, `join`: waits that fit a loaded machine). Imported by tests, not a fixture
+module; `support.pg_cluster.PgCluster` is a PostgreSQL cluster a test may restart.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,10 +39,12 @@ from schemas.specs import (
 )
 from silos.features import FeaturePipeline
 from support.live_service import free_port, write_heart_silos
+from support.progress import IDLE_S, file_sizes, join_progressing, wait_progressing
 
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
 N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
 MODEL = ModelSpec(kind="logreg", n_features=N_FEATURES)
+TRAINING = TrainingSpec(local_epochs=2, lr=0.1, batch_size=32)
 REPO = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository root
 START_S = 180.0  # a process's start-up on a loaded 2-core CI machine can take a minute
 
@@ -107,6 +108,28 @@ class Federation:
     def logs(self) -> str:
         procs = [*self.services, *self.agents.values()]
         return "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in procs)
+
+    def progress(self) -> tuple[object, ...]:
+        """Changes while the federation works: its processes' logs grow, the service stores
+        ledger entries, secure-aggregation messages and contributions."""
+        try:
+            counts = query(
+                self.db_url,
+                "SELECT (SELECT count(*) FROM ledger_entries), "
+                "(SELECT count(*) FROM secagg_messages), (SELECT count(*) FROM contributions)",
+            )[0]
+        except Exception as exc:  # noqa: BLE001 - the database may be down on purpose
+            counts = (type(exc).__name__,)
+        return (file_sizes([self.root]), counts)
+
+    def wait(
+        self, condition: Callable[[], Any], what: str, idle_s: float = IDLE_S, poll_s: float = 0.05
+    ) -> Any:
+        """`condition()`'s first truthy value; fails only when the federation stands still
+        for `idle_s` (or after `support.progress.MAX_S`)."""
+        return wait_progressing(
+            condition, self.progress, what, self.logs, idle_s=idle_s, poll_s=poll_s
+        )
 
     def stop(self) -> None:
         for name in list(self.stopped):
@@ -198,12 +221,13 @@ def start_federation(
         access_log,
     )
     try:
-        wait_until(
-            lambda: len([s for s in coord.silos("heart") if s.status == "pending"]) >= len(silos),
-            3 * START_S,
-            "every silo agent to enrol",
-            fed.logs,
-        )
+
+        def enrolled() -> bool:
+            exited = [p.name for p in agents.values() if not p.alive()]
+            assert not exited, f"{exited} exited while starting\n{fed.logs()}"
+            return len([s for s in coord.silos("heart") if s.status == "pending"]) >= len(silos)
+
+        fed.wait(enrolled, "every silo agent to enrol")
         for name in configs:
             coord.approve("heart", name)
     except BaseException:
@@ -222,7 +246,10 @@ def train(
     model: ModelSpec = MODEL,
     min_silos: int = 3,
     secure: bool = True,
-    deadline_s: float = 90,
+    # an upper bound: a round closes as soon as every silo answered, and round 1 opens once
+    # the silos are ready (their cold start is not in it); only a silo that never answers
+    # makes a round wait this long
+    deadline_s: float = 300,
     **extra: Any,
 ) -> dict:  # type: ignore[type-arg]
     """One run of the coordinator's flow (a Prefect flow run) in this process; the admin
@@ -235,7 +262,7 @@ def train(
             dataset="heart_disease",
             model=model,
             strategy=strategy or StrategySpec(),
-            training=TrainingSpec(local_epochs=2, lr=0.1, batch_size=32),
+            training=TRAINING,
             rounds=rounds,
             min_silos=min_silos,
             round_deadline_s=deadline_s,
@@ -260,13 +287,11 @@ def train_in_thread(*args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[s
     return thread, outcome
 
 
-def join(
-    thread: threading.Thread, outcome: dict[str, Any], timeout_s: float, logs: str = ""
-) -> dict:  # type: ignore[type-arg]
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"the run did not finish within {timeout_s:.0f}s\n{logs}"
+def join(thread: threading.Thread, outcome: dict[str, Any], fed: Federation) -> dict:  # type: ignore[type-arg]
+    """The run's result once `thread` ends; fails if the federation stalls meanwhile."""
+    join_progressing(thread, fed.progress, "the run to finish", fed.logs)
     if "error" in outcome:
-        raise AssertionError(f"the run failed: {outcome['error']!r}\n{logs}")
+        raise AssertionError(f"the run failed: {outcome['error']!r}\n{fed.logs()}")
     return dict(outcome["result"])
 
 
@@ -341,60 +366,6 @@ def assert_ledger_verifies(fed: Federation) -> None:
         fed.coord.ledger(), public, directory_artifact_checker(fed.root / "service")
     )
     assert report.ok, report
-
-
-# --- a PostgreSQL cluster of the test's own --------------------------------------------------
-
-
-@dataclass
-class PgCluster:
-    """A cluster made by scripts/pg-test-server, on its own port, that a test may restart."""
-
-    url: str
-    base: Path
-
-    @classmethod
-    def start(cls, port: int | None = None) -> PgCluster:
-        env = dict(os.environ)
-        env.pop("FEDSILO_PG_PORT", None)
-        if port:
-            env["FEDSILO_PG_PORT"] = str(port)
-        out = subprocess.run(
-            [str(REPO / "scripts" / "pg-test-server"), "start"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"pg-test-server start failed:\n{out.stderr[-3000:]}")
-        exports = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in out.stdout.splitlines()
-            if line.startswith("export ")
-        )
-        return cls(exports["FEDSILO_TEST_PG_URL"], Path(exports["FEDSILO_TEST_PG_DATA"]))
-
-    def _pg_ctl(self, *args: str) -> None:
-        bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-        pg_ctl = str(bindir[-1]) if bindir else shutil.which("pg_ctl") or "pg_ctl"
-        cmd = [pg_ctl, "-D", str(self.base / "data"), "-l", str(self.base / "server.log"), *args]
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, cwd="/", check=True, capture_output=True, timeout=120)
-
-    def stop_server(self) -> None:
-        self._pg_ctl("-m", "fast", "-w", "stop")
-
-    def start_server(self) -> None:
-        self._pg_ctl("-w", "-t", "60", "start")
-
-    def remove(self) -> None:
-        subprocess.run(
-            [str(REPO / "scripts" / "pg-test-server"), "stop", str(self.base)],
-            capture_output=True,
-            check=False,
-        )
 
 
 def secagg_sent(db_url: str, run_id: str, round_: int, stage: str, silo: str) -> bool:

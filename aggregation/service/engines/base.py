@@ -12,6 +12,10 @@ points of a round, always inside the database transaction that holds the round's
   (`force`: the deadline passed, whoever is silent is a dropout);
 - `close`: the coordinator closes the round at its deadline: aggregate, or fail it saying why.
 
+and reports progress: `awaited` names the silos the round's current stage still waits for
+(a plugin engine without it gets `engines.common.awaited_default`: every active participant
+that has not answered).
+
 Engines raise `aggregation.service.exceptions` errors; they never see HTTP. All round state is
 in the database: an engine object holds configuration only, so any service process (and a
 restarted one) can serve any request.
@@ -96,3 +100,5 @@ class RoundEngine(Protocol):
     def advance(self, ctx: RoundContext, *, force: bool) -> None: ...
 
     def close(self, ctx: RoundContext) -> None: ...
+
+    def awaited(self, ctx: RoundContext) -> set[str]: ...

@@ -13,7 +13,7 @@ import numpy as np
 from aggregation.service.contributions import sat_out_reasons
 from aggregation.service.engines.base import Answer, RoundContext
 from aggregation.service.exceptions import Conflict
-from aggregation.service.rounds import contributions
+from aggregation.service.rounds import active_silos, contributions
 from aggregation.service.tables import Contribution, utcnow
 from schemas.metrics import weighted_metrics
 from schemas.wire import Metrics
@@ -49,8 +49,16 @@ def answered(ctx: RoundContext, silo: str) -> bool:
     return ctx.s.get(Contribution, (ctx.rnd.run_id, ctx.rnd.number, silo)) is not None
 
 
+def awaited_default(ctx: RoundContext) -> set[str]:
+    """Every active participant that has not answered the round (any contribution counts:
+    an update, an evaluation, a sit-out, a decline)."""
+    done = {c.silo for c in contributions(ctx.s, ctx.rnd.run_id, ctx.rnd.number)}
+    return set(active_silos(ctx.s, ctx.rnd.run_id)) - done
+
+
 def round_fields(ctx: RoundContext) -> dict[str, Any]:
-    """What every round task carries: run, round, input model version, spec, statistics."""
+    """What every round task carries: run, round, input model version, spec, statistics, and
+    the coordinator's Prefect flow run."""
     rnd = ctx.rnd
     return {
         "run_id": rnd.run_id,
@@ -58,6 +66,7 @@ def round_fields(ctx: RoundContext) -> dict[str, Any]:
         "model_version": rnd.input_model_version,
         "spec": ctx.spec,
         "stats": ctx.stats,
+        "coordinator_flow_run_id": ctx.run.prefect_flow_run_id,
     }
 
 

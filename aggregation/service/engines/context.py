@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from aggregation.service.engines.base import Hub, RoundContext
+from aggregation.service.exceptions import Conflict
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
 
@@ -23,3 +24,11 @@ def round_context(
     run = get_run(s, run_id, for_update=lock_run)
     rnd = get_round(s, run_id, number, for_update=lock_round)
     return RoundContext(s, run, rnd, spec_of(run), hub)
+
+
+def require_running(ctx: RoundContext, silo: str) -> None:
+    """Refuse (Conflict) an answer to a run that is not running (cancelled, finished...)."""
+    if ctx.run.status != "running":
+        raise Conflict(
+            f"run {ctx.run.id} is {ctx.run.status}; it takes no answers from silo {silo!r}"
+        )

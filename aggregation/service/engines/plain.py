@@ -13,6 +13,7 @@ from aggregation.service import contributions as crud
 from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
 from aggregation.service.engines.common import (
     answered,
+    awaited_default,
     close_with_answers,
     contributors,
     digest_arrays,
@@ -61,6 +62,9 @@ class PlainEngine:
 
     def close(self, ctx: RoundContext) -> None:
         close_with_answers(ctx, aggregate)
+
+    def awaited(self, ctx: RoundContext) -> set[str]:
+        return awaited_default(ctx)
 
 
 def aggregate(ctx: RoundContext, updates: list[Contribution]) -> None:

@@ -20,6 +20,7 @@ from aggregation.service.contributions import check_n_examples
 from aggregation.service.engines import plain
 from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
 from aggregation.service.engines.common import (
+    awaited_default,
     fail_round,
     record_metrics,
     refuse_step,
@@ -223,6 +224,13 @@ class SecureEngine:
             return
         # the deadline passed: whoever has not answered this stage is a dropout
         self.advance(ctx, force=True)
+
+    def awaited(self, ctx: RoundContext) -> set[str]:
+        """Who the current stage waits for (not everyone who has not sent an update: in the
+        advertise, share and unmask stages a silo answers without one)."""
+        if ctx.rnd.secagg_stage is None:
+            return awaited_default(ctx)
+        return secure_rounds.waiting_for(ctx.s, ctx.rnd, ctx.rnd.secagg_stage)
 
 
 def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:

@@ -14,6 +14,7 @@ from aggregation.service import hist_mailbox, hist_rounds
 from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
 from aggregation.service.engines.common import (
     answered,
+    awaited_default,
     close_with_answers,
     refuse_step,
     round_fields,
@@ -103,6 +104,25 @@ class SecureHistEngine:
             hist_rounds.close(ctx.s, ctx.run, ctx.rnd, ctx.hub.recorder)
         else:
             close_with_answers(ctx, _no_training)
+
+    def awaited(self, ctx: RoundContext) -> set[str]:
+        if ctx.rnd.kind != "train":
+            return awaited_default(ctx)
+        row = hist_row(ctx.s, ctx.run.id)
+        if row is None:
+            return set()
+        return hist_rounds.awaited(ctx.s, ctx.run, ctx.rnd, load(row, light=True))
+
+    def stage(self, ctx: RoundContext) -> str | None:
+        """The session's stage: ``advertise`` (setup), or the open aggregation's stage."""
+        row = hist_row(ctx.s, ctx.run.id) if ctx.rnd.kind == "train" else None
+        if row is None:
+            return None
+        state = load(row, light=True)
+        agg = state.server.current
+        if state.phase == "aggregate" and agg is not None:
+            return str(agg.stage)
+        return state.phase
 
 
 def _no_training(ctx: RoundContext, _updates: list[Contribution]) -> None:

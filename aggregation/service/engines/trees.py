@@ -16,6 +16,7 @@ from aggregation.service.contributions import open_round_for
 from aggregation.service.engines.base import AfterCommit, Answer, RoundContext
 from aggregation.service.engines.common import (
     answered,
+    awaited_default,
     close_with_answers,
     refuse_step,
     round_fields,
@@ -66,6 +67,9 @@ class TreeEngine:
 
     def close(self, ctx: RoundContext) -> None:
         close_with_answers(ctx, _merge)
+
+    def awaited(self, ctx: RoundContext) -> set[str]:
+        return awaited_default(ctx)
 
 
 def evaluate_task(ctx: RoundContext) -> Task:

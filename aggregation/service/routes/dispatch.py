@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from aggregation.service.auth import SiloIdentity
 from aggregation.service.db import transaction
 from aggregation.service.engines.base import Answer, Hub
-from aggregation.service.engines.context import round_context
+from aggregation.service.engines.context import require_running, round_context
 from aggregation.service.engines.registry import engine_for
 from aggregation.service.exceptions import ServiceError
 from aggregation.service.statements import record_rejection
@@ -33,6 +33,7 @@ async def receive_answer(
     def store() -> dict[str, object]:
         with transaction(factory) as s:
             ctx = round_context(s, hub, run_id, number, lock_run=lock_run, lock_round=lock_round)
+            require_running(ctx, answer.silo)
             return engine_for(ctx.spec, ctx.rnd).receive(ctx, answer)
 
     try:

@@ -27,7 +27,7 @@ from aggregation.service.deps import (
 )
 from aggregation.service.engines import secure_hist
 from aggregation.service.engines.base import Answer
-from aggregation.service.engines.context import round_context
+from aggregation.service.engines.context import require_running, round_context
 from aggregation.service.engines.registry import engine_for
 from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.hist_mailbox import LevelClaim
@@ -107,6 +107,7 @@ async def post_message(
             number = get_run(s, run_id).current_round
             # locks in the order closing.close_round takes them: round, then the run's state
             ctx = round_context(s, hub, run_id, number, lock_round=True)
+            require_running(ctx, silo.name)
             return engine_for(ctx.spec, ctx.rnd).receive(ctx, answer)
 
     try:

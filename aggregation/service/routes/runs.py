@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from aggregation.service import collective_rounds, lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
-from aggregation.service.closing import close_round
+from aggregation.service.closing import cancel_run, close_round
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
     ADMIN_ERRORS,
@@ -31,8 +31,9 @@ from aggregation.service.deps import (
 from aggregation.service.engines.context import round_context
 from aggregation.service.engines.registry import check_mode, engine_for
 from aggregation.service.model_store import record_model_saved
+from aggregation.service.progress import round_view
 from aggregation.service.routes.polling import long_poll
-from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
+from schemas.wire import RoundOpen, RoundOut, RunCancel, RunCreate, RunFinish, RunOut
 
 router = APIRouter(
     prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep], responses=ADMIN_ERRORS
@@ -128,6 +129,18 @@ def finish_run(
         return run_crud.run_out(s, run)
 
 
+@router.post("/{run_id}/cancel")
+def cancel(run_id: RunId, body: RunCancel, factory: FactoryDep, hub: HubDep) -> RunOut:
+    """Cancel the run (signed ``run_cancelled`` ledger entry); silos are told it ended.
+    Cancelling a cancelled run returns it; a finished or failed one is a 409."""
+    with transaction(factory) as s:
+        run, number, _ = cancel_run(s, run_id, body.reason, hub)
+        out = run_crud.run_out(s, run)
+    if number is not None:
+        collective_rounds.stop(run_id, number)
+    return out
+
+
 @router.post("/{run_id}/rounds", status_code=201)
 def open_round(run_id: RunId, body: RoundOpen, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Open a round; its engine starts it (a retried request changes nothing)."""
@@ -137,18 +150,18 @@ def open_round(run_id: RunId, body: RoundOpen, factory: FactoryDep, hub: HubDep)
         if rnd.status == "open":
             ctx = round_context(s, hub, run_id, rnd.number)
             after = engine_for(ctx.spec, rnd).start(ctx, body.deadline_s)
-        out = round_crud.round_out(s, rnd)
+        out = round_view(s, rnd, hub)
     if after is None:
         return out
     after(factory)
     with transaction(factory) as s:
-        return round_crud.round_out(s, round_crud.get_round(s, run_id, body.round))
+        return round_view(s, round_crud.get_round(s, run_id, body.round), hub)
 
 
 @router.get("/{run_id}/rounds")
-def list_rounds(run_id: RunId, factory: FactoryDep) -> list[RoundOut]:
+def list_rounds(run_id: RunId, factory: FactoryDep, hub: HubDep) -> list[RoundOut]:
     with transaction(factory) as s:
-        return [round_crud.round_out(s, r) for r in round_crud.list_rounds(s, run_id)]
+        return [round_view(s, r, hub) for r in round_crud.list_rounds(s, run_id)]
 
 
 @router.get("/{run_id}/rounds/{number}")
@@ -157,11 +170,12 @@ async def get_round(
     number: RoundNumber,
     factory: FactoryDep,
     settings: SettingsDep,
+    hub: HubDep,
     wait: Wait = 0,
 ) -> RoundOut:
     def check(final: bool) -> RoundOut | None:
         with transaction(factory) as s:
-            out = round_crud.round_out(s, round_crud.get_round(s, run_id, number))
+            out = round_view(s, round_crud.get_round(s, run_id, number), hub)
         done = out.status != "open" or (out.complete and out.secagg_stage is None)
         return out if (final or done) else None
 
@@ -177,7 +191,7 @@ async def get_round(
 def close(run_id: RunId, number: RoundNumber, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Aggregate a training round (or close an evaluation round) with what has arrived."""
     with transaction(factory) as s:
-        out = round_crud.round_out(s, close_round(s, run_id, number, hub))
+        out = round_view(s, close_round(s, run_id, number, hub), hub)
     if out.status != "open":
         collective_rounds.stop(run_id, number)
     return out

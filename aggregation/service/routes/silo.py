@@ -1,17 +1,20 @@
 """Endpoints silo agents call, every one authenticated by the silo's request signature.
 
 What a silo sends for its round's mode goes to the round's engine (`engines.registry`);
-evaluations, refusals, sit-outs and statements are the same in every mode.
+evaluations, refusals, sit-outs and statements (signed declines among them, `declines`) are
+the same in every mode; ``/silo/ready`` records that the agent warmed up.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aggregation.service import contributions as crud
+from aggregation.service import declines
 from aggregation.service.closing import unblock
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
@@ -30,7 +33,8 @@ from aggregation.service.deps import (
     octet_stream,
 )
 from aggregation.service.exceptions import InvalidPayload
-from aggregation.service.federations import find_silo, silo_out
+from aggregation.service.federations import find_silo, mark_ready, silo_out
+from aggregation.service.metrics import observe_poll
 from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model
@@ -38,7 +42,7 @@ from aggregation.service.statements import record_silo_statement
 from aggregation.service.tasks import next_task
 from schemas.signing import STATEMENT_HEADER
 from schemas.tasks import Task
-from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, Refusal, SiloOut
+from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
 StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_length=256)]
@@ -47,7 +51,7 @@ StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_le
 class StatementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["privacy_spent", "validation_result"]
+    kind: Literal["privacy_spent", "validation_result", "decline"]
     payload: dict[str, Any]
     signature: str = Field(max_length=256, pattern=TEXT_PATTERN)
 
@@ -68,6 +72,14 @@ def whoami(silo: SiloDep, factory: FactoryDep) -> SiloOut:
         return silo_out(row)
 
 
+@router.post("/silo/ready", openapi_extra=json_body(ReadyIn))
+def ready(silo: SiloDep, factory: FactoryDep) -> SiloOut:
+    """The silo's agent validated its data and warmed up; the coordinator sees it ready."""
+    body = _parse(ReadyIn, silo.body, silo.name)
+    with transaction(factory) as s:
+        return silo_out(mark_ready(s, silo.federation, silo.name, body))
+
+
 @router.get(
     "/silo/tasks", response_model=None, responses={204: {"description": "no work within the wait"}}
 )
@@ -86,7 +98,9 @@ async def poll_task(
             return next_task(s, silo.federation, silo.name, run_id, hub)
 
     wait_s = min(wait, settings.long_poll_max_s)
+    started = time.monotonic()
     task: Task | None = await long_poll(check, wait_s, settings.poll_interval_s)
+    observe_poll(factory, time.monotonic() - started, task is not None)
     return task if task is not None else Response(status_code=204)
 
 
@@ -183,17 +197,30 @@ def sit_out(
 
 
 @router.post(
-    "/silo/runs/{run_id}/statements", status_code=201, openapi_extra=json_body(StatementIn)
+    "/silo/runs/{run_id}/statements",
+    status_code=201,
+    openapi_extra=json_body(StatementIn),
+    responses={200: {"description": "a repeated decline: the first one's receipt"}},
 )
 def submit_statement(
-    run_id: RunId, silo: ParticipantDep, factory: FactoryDep, hub: HubDep
+    run_id: RunId, silo: ParticipantDep, factory: FactoryDep, hub: HubDep, response: Response
 ) -> dict[str, object]:
-    """A silo's signed lineage statement (privacy spent, validation result); returns a receipt."""
+    """A silo's signed lineage statement (privacy spent, validation result, decline); returns
+    a receipt. A decline is applied at once (`declines`): 201, or 200 when it repeats one."""
     body = _parse(StatementIn, silo.body, silo.name)
     if body.payload.get("silo") != silo.name:
         raise InvalidPayload(
             f"{body.kind} statement from silo {silo.name!r} names silo {body.payload.get('silo')!r}"
         )
+    if body.kind == "decline":
+        with transaction(factory) as s:
+            receipt, created = declines.record_decline(
+                s, hub, silo.federation, silo.name, run_id, body.payload, body.signature
+            )
+            if created:
+                unblock(s, run_id, hub)
+        response.status_code = 201 if created else 200
+        return {"receipt": receipt, "duplicate": not created}
     with transaction(factory) as s:
         receipt = record_silo_statement(
             s,

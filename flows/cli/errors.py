@@ -1,0 +1,126 @@
+"""How `fedsilo` ends when a command fails: one line naming the problem and the command that
+fixes it, and a documented exit code. `--debug` (or FEDSILO_DEBUG=1) adds the traceback.
+
+Every command runs inside `FedsiloGroup.invoke`, so the mapping is made once, here, rather than
+in each command: usage errors stay typer's (exit 2), everything else goes through `describe`.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
+
+from flows.exceptions import AdminTokenError, FlowError, UnknownName
+from flows.lineage_view import LineageReviewError
+from silos.client_errors import (
+    ClientError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceRejected,
+    ServiceUnavailable,
+    Unauthorized,
+)
+
+OK = 0
+FAILED = 1  # the command ran and the answer is no: ledger invalid, run failed, check failed
+USAGE = 2  # a bad option, argument or input file
+NOT_FOUND = 3  # unknown federation, run, silo or model version; ambiguous run id prefix
+AUTH = 4  # admin token missing, unreadable or refused by the service (401/403)
+UNREACHABLE = 5  # no service address answered within the retry budget
+REFUSED = 6  # the service refused the request: wrong state (409), bad input (422), wire version
+INTERRUPTED = 130  # Ctrl+C (typer's own)
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (FAILED, "the command ran and the answer is no (ledger invalid, run failed, check failed)"),
+    (USAGE, "bad option, argument or input file"),
+    (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
+    (AUTH, "admin token missing, unreadable or refused by the service"),
+    (UNREACHABLE, "the aggregation service did not answer"),
+    (REFUSED, "the service refused the request (wrong state, invalid input, wire version)"),
+    (INTERRUPTED, "interrupted (Ctrl+C)"),
+)
+
+DEBUG_KEY = "fedsilo.debug"
+TOKEN_HINT = (
+    "give the admin token the service wrote on first start: --token-file WORKSPACE/admin.token "
+    "or export FEDSILO_ADMIN_TOKEN=$(cat WORKSPACE/admin.token)"
+)
+SERVE_HINT = (
+    "start it with `fedsilo aggregator serve --workspace svc --port 8700`, or point "
+    "--service-url / FEDSILO_SERVICE_URL at a running one"
+)
+
+# errors go to stderr, never read as Rich markup: "[tls]" or "[...]" in a message stays
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+
+def exit_codes_epilog() -> str:
+    """The exit-code table for `fedsilo --help` (click keeps "\\b" paragraphs as written)."""
+    rows = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    return f"\b\nExit codes:\n{rows}\n  --debug prints the traceback of an error."
+
+
+def _not_found_hint(path: str) -> str:
+    if path.startswith("/v1/runs"):
+        return "; `fedsilo runs list` shows the runs"
+    if "/silos/" in path:
+        return "; `fedsilo silo list --federation F` shows the enrolled silos"
+    return ""
+
+
+def describe(exc: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message with the fix) for an error a command raised."""
+    if isinstance(exc, Unauthorized):
+        return AUTH, f"the service refused the admin token ({exc.detail}); {TOKEN_HINT}"
+    if isinstance(exc, Forbidden):
+        return AUTH, f"the service refused the request: {exc.detail}"
+    if isinstance(exc, NotFound):
+        return NOT_FOUND, exc.detail + _not_found_hint(str(exc).split(" ", 2)[1])
+    if isinstance(exc, Conflict):
+        return REFUSED, f"the service refused: {exc.detail}"
+    if isinstance(exc, ServiceRejected):
+        return REFUSED, str(exc)
+    if isinstance(exc, ServiceUnavailable):
+        return UNREACHABLE, f"{exc}; {SERVE_HINT}"
+    if isinstance(exc, ClientError):
+        return UNREACHABLE, str(exc)
+    if isinstance(exc, AdminTokenError):
+        return AUTH, str(exc)
+    if isinstance(exc, UnknownName):
+        return NOT_FOUND, str(exc)
+    if isinstance(exc, LineageReviewError):  # an unreadable export, silo copy or key
+        return USAGE, str(exc)
+    if isinstance(exc, FlowError):
+        return FAILED, str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return USAGE, f"{exc.filename}: {exc.strerror}"
+    return FAILED, f"{type(exc).__name__}: {exc} (unexpected; --debug shows the traceback)"
+
+
+def one_line(message: str) -> str:
+    """The message on one line: multi-line details are joined, not dropped."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+class FedsiloGroup(TyperGroup):
+    """The root command group: turns a failing command's exception into `describe`'s line and
+    exit code (click's own usage errors and exits pass through unchanged)."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # --help, usage errors (exit 2), a command's own exit code
+        except Exception as exc:
+            code, message = describe(exc)
+            if ctx.meta.get(DEBUG_KEY) or os.environ.get("FEDSILO_DEBUG") == "1":
+                err_console.print(Text("".join(traceback.format_exception(exc)).rstrip()))
+            err_console.print(Text(f"error: {one_line(message)}"))
+            raise typer.Exit(code) from exc

@@ -1,0 +1,77 @@
+"""`fedsilo model ...`: the global model's lifecycle after training (the MLflow registry)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
+from flows.cli.output import JsonOpt, emit_json, resolve_prefix, say
+
+model_app = typer.Typer(
+    help="The global model after training: register it in an MLflow model registry.",
+    no_args_is_help=True,
+)
+
+
+@model_app.command("register")
+def model_register(
+    run_id: Annotated[str, typer.Argument(help="Run id, or a unique prefix of one.")],
+    tracking_uri: Annotated[
+        str,
+        typer.Option(
+            help="MLflow tracking server with a model registry, e.g. http://127.0.0.1:5000."
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(help="Registered model name (default fedsilo-FEDERATION-DATASET-KIND)."),
+    ] = None,
+    service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Log the run's final global model to an MLflow registry as a new model version.
+
+    XGBoost and LightGBM use MLflow's native flavours; a PyTorch model goes in as its
+    safetensors file under a pyfunc wrapper. The model is downloaded from the service and must
+    hash to the ledger's sha256; the ledger must verify. The registry entry carries the run's
+    metrics, its data contract and lineage tags (fedsilo.run_id, fedsilo.ledger_head_hash,
+    fedsilo.model_sha256, ...); record the printed model URI beside the run. Needs the
+    `registry` extra: pip install 'fedsilo[registry]'."""
+    try:
+        from flows import model_registry
+    except ImportError as exc:  # mlflow is an optional extra
+        raise typer.BadParameter(
+            f"MLflow is not installed ({exc.name}); pip install 'fedsilo[registry]'"
+        ) from exc
+    from flows.lineage_tables import run_ids
+    from schemas.ledger_export import load_ledger_export
+
+    client = coordinator(service_url, token, token_file)
+    entries = load_ledger_export(client.ledger_export()).entries
+    run_id = resolve_prefix(run_id, run_ids(entries), "run")
+    model = model_registry.run_model(entries, client.ledger_keys(), run_id)
+    payload = client.download_model(run_id, model.model_version)
+    done = model_registry.register(model, payload, tracking_uri, name)
+    if as_json:
+        emit_json(
+            {
+                "name": done.name,
+                "version": done.version,
+                "model_uri": done.model_uri,
+                "mlflow_run_id": done.mlflow_run_id,
+                "tracking_uri": done.tracking_uri,
+                "tags": done.tags,
+            }
+        )
+        return
+    say(
+        f"registered run {run_id} model v{model.model_version} ({model.kind}) as {done.name} "
+        f"version {done.version} at {tracking_uri}"
+    )
+    say(f"model URI:     {done.model_uri} (MLflow run {done.mlflow_run_id})")
+    say(f"model sha256:  {model.sha256}")
+    say(f"ledger head:   seq {model.ledger_head_seq} {model.ledger_head_hash}")

@@ -1,0 +1,242 @@
+"""`fedsilo model register`: put a run's global model into an MLflow model registry.
+
+The registry entry and the ledger point at each other: the MLflow run and model version carry
+tags with the fedsilo run id, the ledger head (seq and hash) at registration, the model's
+sha256 as the ledger records it, the federation and the data contract; the command prints the
+registry's model URI and version for the coordinator's records. The model bytes are downloaded
+from the service and must hash to the ledger's sha256 before anything is logged, and the
+ledger's chain and signatures must verify.
+
+XGBoost and LightGBM models use MLflow's native flavours; a PyTorch model is logged as its
+safetensors file (an artifact) under a pyfunc wrapper that rebuilds the network to predict.
+mlflow is an optional extra (``pip install 'fedsilo[registry]'``); only this module imports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as installed
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow import pyfunc as mlflow_pyfunc
+from mlflow.tracking import MlflowClient
+
+from flows.exceptions import FlowError
+from flows.lineage_cmds import parse_keys
+from flows.lineage_view import RunView, as_dict, run_view
+from schemas.ledger_verify import verify_chain
+from schemas.lineage import LineageEntry
+
+TAG = "fedsilo."
+TREE_KINDS = ("xgboost", "lightgbm")
+
+
+class RegistryError(FlowError):
+    """A run's model cannot be registered: no final model, a model whose bytes do not match
+    the ledger, an unverifiable ledger or an unknown model kind; the message names the run."""
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """What the ledger says about a run's final model, and the lineage to tag it with."""
+
+    run_id: str
+    kind: str
+    spec: dict[str, Any]
+    model_version: int
+    sha256: str
+    path: str
+    metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]]
+    per_silo: dict[str, dict[str, float]]
+    contract: str
+    contract_version: str
+    ledger_head_seq: int
+    ledger_head_hash: str
+
+    def tags(self) -> dict[str, str]:
+        """Lineage tags for the MLflow run and the registered model version."""
+        return {
+            f"{TAG}run_id": self.run_id,
+            f"{TAG}ledger_head_seq": str(self.ledger_head_seq),
+            f"{TAG}ledger_head_hash": self.ledger_head_hash,
+            f"{TAG}model_sha256": self.sha256,
+            f"{TAG}model_version": str(self.model_version),
+            f"{TAG}model_kind": self.kind,
+            f"{TAG}federation": str(self.spec.get("federation", "")),
+            f"{TAG}dataset": str(self.spec.get("dataset", "")),
+            f"{TAG}contract": self.contract,
+            f"{TAG}contract_version": self.contract_version,
+        }
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Where the model went: registry name and version, MLflow run, model URI."""
+
+    name: str
+    version: str
+    mlflow_run_id: str
+    model_uri: str
+    tracking_uri: str
+    tags: dict[str, str]
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+    }
+
+
+def _kind(view: RunView) -> str:
+    trees, model = as_dict(view.spec, "trees"), as_dict(view.spec, "model")
+    kind = str(trees.get("kind") or model.get("kind") or "")
+    if kind not in (*TREE_KINDS, "logreg", "mlp"):
+        raise RegistryError(
+            f"run {view.run_id} trains {kind or 'an unknown model'!r}; the registry takes "
+            "xgboost, lightgbm, logreg and mlp models"
+        )
+    return kind
+
+
+def run_model(entries: Sequence[LineageEntry], keys: Mapping[str, str], run_id: str) -> RunModel:
+    """Read the run's final model, metrics, contract and the ledger head from the ledger.
+
+    Raises
+    ------
+    RegistryError
+        If the ledger does not verify, or the run saved no model.
+    LineageReviewError
+        If the ledger holds no entry of `run_id`.
+    """
+    view = run_view(entries, run_id)
+    report = verify_chain(entries, parse_keys(keys))
+    if not report.ok:
+        raise RegistryError(
+            f"the ledger does not verify ({report.reason}); run `fedsilo lineage verify` "
+            f"before registering run {run_id}"
+        )
+    final = view.final_model
+    if final is None:
+        raise RegistryError(f"run {run_id} saved no model ({view.status}); nothing to register")
+    scored = [m for m in view.metrics if m.model_version == final.version] or view.metrics
+    last = scored[-1] if scored else None
+    contracts = [(v.contract, v.contract_version) for v in view.validations]
+    contract, contract_version = contracts[-1] if contracts else (view.spec.get("dataset"), "")
+    return RunModel(
+        run_id=run_id,
+        kind=_kind(view),
+        spec=view.spec,
+        model_version=final.version,
+        sha256=final.sha256,
+        path=final.path,
+        metrics=_numbers(last.weighted) if last else {},
+        history=[(m.round, _numbers(m.weighted)) for m in view.metrics],
+        per_silo={s: _numbers(v) for s, v in last.per_silo.items()} if last else {},
+        contract=str(contract),
+        contract_version=str(contract_version),
+        ledger_head_seq=report.head_seq,
+        ledger_head_hash=report.head_hash,
+    )
+
+
+def check_bytes(model: RunModel, payload: bytes) -> None:
+    """Refuse model bytes whose sha256 is not the one the ledger records."""
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != model.sha256:
+        raise RegistryError(
+            f"run {model.run_id} model v{model.model_version}: downloaded bytes hash to "
+            f"{actual[:12]}…, the ledger records {model.sha256[:12]}…; the stored model was "
+            "altered (run `fedsilo lineage verify`)"
+        )
+
+
+def default_name(model: RunModel) -> str:
+    """``fedsilo-<federation>-<dataset>-<kind>``, in the characters registries accept."""
+    raw = f"fedsilo-{model.spec.get('federation')}-{model.spec.get('dataset')}-{model.kind}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)
+
+
+def _requirements(*packages: str) -> list[str]:
+    # Pinned to what produced the model; given explicitly so MLflow does not import the
+    # model in a subprocess to guess them.
+    return [f"{p}=={installed(p)}" for p in packages]
+
+
+def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
+    """Log the model with its flavour; returns MLflow's ModelInfo."""
+    common: dict[str, Any] = {"name": "model", "registered_model_name": name}
+    if model.kind == "xgboost":
+        import xgboost as xgb
+        from mlflow import xgboost as mlflow_xgboost
+
+        booster = xgb.Booster(model_file=bytearray(payload))
+        reqs = _requirements("xgboost", "numpy")
+        return mlflow_xgboost.log_model(
+            booster, model_format="json", pip_requirements=reqs, **common
+        )
+    if model.kind == "lightgbm":
+        import lightgbm as lgb
+        from mlflow import lightgbm as mlflow_lightgbm
+
+        lgb_booster = lgb.Booster(model_str=payload.decode("utf-8"))
+        reqs = _requirements("lightgbm", "numpy")
+        return mlflow_lightgbm.log_model(lgb_booster, pip_requirements=reqs, **common)
+    from flows.model_registry_torch import SafetensorsTabularNet
+
+    weights = folder / "model.safetensors"
+    weights.write_bytes(payload)
+    return mlflow_pyfunc.log_model(
+        python_model=SafetensorsTabularNet(),
+        artifacts={"weights": str(weights)},
+        model_config={"model_spec": json.dumps(model.spec.get("model"))},
+        pip_requirements=_requirements("torch", "safetensors", "numpy", "fedsilo"),
+        **common,
+    )
+
+
+def register(
+    model: RunModel, payload: bytes, tracking_uri: str, name: str | None = None
+) -> Registered:
+    """Log `payload` (the run's final model) as a new version of registered model `name`.
+
+    The MLflow run (in experiment ``fedsilo/<federation>``) holds the final weighted and
+    per-silo metrics, the weighted metrics per round as history and the run spec (an
+    artifact); it and the model version carry the lineage tags.
+    """
+    check_bytes(model, payload)
+    name = name or default_name(model)
+    tags = model.tags()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(f"fedsilo/{model.spec.get('federation', 'default')}")
+    with (
+        contextlib.redirect_stdout(sys.stderr),  # MLflow's progress lines: keep --json clean
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(run_name=f"fedsilo-{model.run_id}", tags=tags) as active,
+    ):
+        for rnd, values in model.history:
+            mlflow.log_metrics(values, step=rnd)
+        mlflow.log_metrics({f"final_{k}": v for k, v in model.metrics.items()})
+        for silo, values in model.per_silo.items():
+            mlflow.log_metrics({f"{silo}/{k}": v for k, v in values.items()})
+        mlflow.log_dict(model.spec, "fedsilo/run_spec.json")
+        info = _log_model(model, payload, name, Path(tmp))
+        mlflow_run_id = active.info.run_id
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return Registered(name, version, mlflow_run_id, f"models:/{name}/{version}", tracking_uri, tags)

@@ -1,0 +1,194 @@
+"""What the report checks beyond the chain: model files re-hashed, per-silo metric regressions,
+and each silo's validation summary with a link to its Great Expectations data docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from flows.lineage_cmds import fetched_artifact_checker
+from flows.lineage_view import ModelRecord, RoundMetrics, Validation, as_float
+from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker
+from schemas.lineage import LineageEntry
+from silos.client_errors import NotFound
+
+# Metrics where higher is better, checked for regressions: (payload key, label).
+REGRESSION_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"))
+DEFAULT_REGRESSION_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """One stored model of the run, its sha256 as the ledger records it and as recomputed."""
+
+    version: int
+    round: int
+    path: str
+    ledger_sha256: str
+    actual_sha256: str | None
+
+    @property
+    def status(self) -> str:
+        if self.actual_sha256 is None:
+            return "missing"
+        return "match" if self.actual_sha256 == self.ledger_sha256 else "MISMATCH"
+
+
+def rehash_models(models: Sequence[ModelRecord], checker: ArtifactChecker) -> list[ModelCheck]:
+    """Recompute every model file's sha256 through `checker` (a folder or the service)."""
+    return [
+        ModelCheck(m.version, m.round, m.path, m.sha256, checker(m.path))
+        for m in sorted(models, key=lambda m: m.version)
+    ]
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A silo's metric fell from its best so far by more than the threshold."""
+
+    silo: str
+    metric: str
+    best: float
+    best_round: int
+    value: float
+    round: int
+
+    @property
+    def drop(self) -> float:
+        return self.best - self.value
+
+
+def regressions(
+    metrics: Sequence[RoundMetrics],
+    silos: Sequence[str],
+    threshold: float = DEFAULT_REGRESSION_THRESHOLD,
+) -> list[Regression]:
+    """The largest fall from a previous best, per silo and metric, when it exceeds `threshold`.
+
+    A silo whose AUC went 0.91 (round 2) -> 0.57 (round 5) is one `Regression`; a metric that
+    only rises, or dips by at most `threshold`, is none.
+    """
+    found = []
+    ordered = sorted(metrics, key=lambda m: (m.round, m.seq))
+    for silo in silos:
+        for key, label in REGRESSION_METRICS:
+            best: tuple[float, int] | None = None
+            worst: Regression | None = None
+            for m in ordered:
+                value = as_float((m.per_silo.get(silo) or {}).get(key))
+                if value is None:
+                    continue
+                if best is not None and best[0] - value > (worst.drop if worst else threshold):
+                    worst = Regression(silo, label, best[0], best[1], value, m.round)
+                if best is None or value > best[0]:
+                    best = (value, m.round)
+            if worst is not None:
+                found.append(worst)
+    return found
+
+
+@dataclass(frozen=True)
+class DataDocs:
+    """One silo's validations in this run, and where its operator keeps GX's data docs."""
+
+    silo: str
+    rounds: int
+    passed: int
+    last_round: int | None
+    last_success: bool | None
+    failed: tuple[str, ...]
+    link: str | None
+
+
+def docs_link(location: str) -> str:
+    """A link target for a silo's data docs: an http(s) address as given, or a local folder
+    (a silo workspace, its ``data_docs`` folder) or page as a ``file:`` URI to its index.
+
+    Raises
+    ------
+    ValueError
+        If `location` is another kind of URL (``javascript:``...), or a path that does not exist.
+    """
+    scheme = urlsplit(location).scheme
+    if scheme in ("http", "https"):
+        return location
+    if scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise ValueError(f"data docs location {location!r}: only http(s) addresses or paths")
+    path = Path(location).expanduser()
+    for page in (path / "data_docs" / "index.html", path / "index.html", path):
+        if page.is_file():
+            return page.resolve().as_uri()
+    raise ValueError(
+        f"data docs location {location!r}: no index.html there (give the silo's workspace, "
+        "its data_docs folder or a page)"
+    )
+
+
+def data_docs(
+    validations: Sequence[Validation], silos: Sequence[str], locations: Mapping[str, str]
+) -> list[DataDocs]:
+    """Per silo: rounds validated and passed, the last result, failed expectations, a link.
+
+    The ledger holds only the summary a silo signed (the data docs describe the institution's
+    data and stay inside it), so links come from `locations` (silo -> folder or address).
+    """
+    rows = []
+    for silo in silos:
+        own = sorted((v for v in validations if v.silo == silo), key=lambda v: (v.round, v.seq))
+        failed = dict.fromkeys(
+            f"{f.get('expectation')} on {f.get('column') or 'table'}" for v in own for f in v.failed
+        )
+        last = own[-1] if own else None
+        link = docs_link(locations[silo]) if silo in locations else None
+        rows.append(
+            DataDocs(
+                silo,
+                len(own),
+                sum(v.success for v in own),
+                last.round if last else None,
+                last.success if last else None,
+                tuple(failed),
+                link,
+            )
+        )
+    return rows
+
+
+def parse_locations(items: Sequence[str]) -> dict[str, str]:
+    """``["hungary=/srv/silo", ...]`` -> ``{"hungary": "/srv/silo"}``, each checked by
+    `docs_link` (so a wrong path fails before anything is written)."""
+    found = {}
+    for item in items:
+        silo, sep, location = item.partition("=")
+        if not sep or not silo or not location:
+            raise ValueError(f"{item!r}: give SILO=LOCATION, e.g. hungary=/srv/fedsilo/silo")
+        docs_link(location)
+        found[silo] = location
+    return found
+
+
+class _Downloads(Protocol):
+    def download_model(self, run_id: str, version: int) -> bytes: ...
+
+
+def model_source(
+    entries: Sequence[LineageEntry], folder: Path | None, client: _Downloads | None
+) -> tuple[ArtifactChecker, str]:
+    """How to re-hash models: files under `folder`, else downloads through `client` (the
+    service's admin API); with a description for the report."""
+    if folder is not None:
+        return directory_artifact_checker(folder), f"the files under {folder}"
+    if client is None:
+        raise ValueError("re-hashing needs a folder of model files or a service client")
+
+    def fetch(run_id: str, version: int) -> bytes | None:
+        try:
+            return client.download_model(run_id, version)
+        except NotFound:  # the ledger names a model the service no longer holds: "missing"
+            return None
+
+    return fetched_artifact_checker(entries, fetch), "the service (downloaded by the admin API)"

@@ -1,0 +1,203 @@
+"""The report's sections as plain rows and facts for the templates (no markup here: the
+templates escape every value and add the little markup there is)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from pydantic import ValidationError
+
+from flows.lineage_summary import summarize
+from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, payload_of
+from schemas.specs import ModelSpec, param_shapes
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    round: int
+    model_version: int | None
+    who: str
+    values: dict[str, Any]
+
+
+def participants(view: RunView) -> list[dict[str, Any]]:
+    rows = []
+    for silo in view.participants:
+        joined = view.joined.get(silo)
+        rows.append(
+            {
+                "silo": silo,
+                "joined": f"seq {joined.seq}, {joined.created_at}" if joined else "-",
+                "refused": "; ".join(
+                    str(r.get("reason")) for r in view.refused if r.get("silo") == silo
+                ),
+                "validations": sum(1 for v in view.validations if v.silo == silo),
+                "accepted": sum(1 for u in view.accepted if u.get("silo") == silo),
+                "declined": sum(1 for d in declines(view) if d["silo"] == silo),
+            }
+        )
+    return rows
+
+
+def validations(view: RunView) -> list[dict[str, Any]]:
+    return [
+        {
+            "v": v,
+            "failed": "; ".join(
+                f"{f.get('expectation')} on {f.get('column')}: {f.get('unexpected_count')} rows "
+                f"({f.get('unexpected_percent')}%)"
+                for f in v.failed
+            ),
+        }
+        for v in sorted(view.validations, key=lambda v: (v.round, v.silo))
+    ]
+
+
+def metric_rows(metrics: list[RoundMetrics]) -> list[MetricRow]:
+    rows = []
+    for m in metrics:
+        for who, values in [("weighted", m.weighted), *sorted(m.per_silo.items())]:
+            rows.append(
+                MetricRow(m.round, m.model_version, who, values if isinstance(values, dict) else {})
+            )
+    return rows
+
+
+def privacy(view: RunView) -> list[Any]:
+    return sorted(view.privacy, key=lambda p: (p.silo, p.round))
+
+
+def _parameter_count(spec: dict[str, Any]) -> str:
+    try:
+        model = ModelSpec.model_validate(spec.get("model"))
+    except ValidationError:
+        return "unknown (model spec not recognised)"
+    total = 0
+    for _, shape in param_shapes(model):
+        size = 1
+        for dim in shape:
+            size *= dim
+        total += size
+    return f"{total:,}"
+
+
+def final_metrics(view: RunView) -> RoundMetrics | None:
+    """The evaluation of the final model (else the last evaluation recorded)."""
+    final = view.final_model
+    matching = [m for m in view.metrics if final and m.model_version == final.version]
+    chosen = matching or view.metrics
+    return chosen[-1] if chosen else None
+
+
+def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
+    """(label, text, is_code) rows of the model card."""
+    spec, start, final = view.spec, view.started, view.final_model
+    model = as_dict(spec, "model")
+    versions = f"{start.get('fedsilo_version')} / {start.get('git_commit')}"
+    return [
+        ("model kind", str(model.get("kind", "-")), False),
+        ("features / hidden layers", f"{model.get('n_features')} / {model.get('hidden')}", False),
+        ("parameters", _parameter_count(spec), False),
+        ("strategy", json.dumps(spec.get("strategy"), sort_keys=True), False),
+        ("local training", json.dumps(spec.get("training"), sort_keys=True), False),
+        ("rounds / min silos", f"{spec.get('rounds')} / {spec.get('min_silos')}", False),
+        ("final model", f"v{final.version} at {final.path}" if final else "-", False),
+        ("final model sha256", final.sha256 if final else "-", bool(final)),
+        ("config sha256", str(start.get("config_sha256")), True),
+        ("fedsilo / git commit", versions, False),
+        ("initial model sha256", str(start.get("initial_model_sha256")), True),
+        ("status", f"{view.status}: {(view.finish or {}).get('reason') or '-'}", False),
+    ]
+
+
+def _names(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def aggregates(view: RunView) -> list[dict[str, Any]]:
+    rows = []
+    for a in view.aggregates:
+        contributors = as_list(a, "contributors")
+        rows.append(
+            {
+                "round": a.get("round"),
+                "who": ", ".join(
+                    f"{c.get('silo')} ({c.get('n_examples')})"
+                    for c in contributors
+                    if isinstance(c, dict)
+                ),
+                "digest": a.get("aggregate_digest"),
+                "model_version": a.get("model_version"),
+                "secure": a.get("secure_aggregation") is True,
+            }
+        )
+    return rows
+
+
+def events(view: RunView) -> list[str]:
+    """Rejections, dropouts and mask recoveries, one sentence each."""
+    listed = [
+        f"round {r.get('round')}: {r.get('silo')} update rejected, HTTP {r.get('status')}: "
+        f"{r.get('reason')}"
+        for r in view.rejected
+    ]
+    listed += [f"round {d.get('round')}: dropped {_names(d.get('silos'))}" for d in view.dropouts]
+    listed += [
+        f"round {r.get('round')}: masks recovered from {_names(r.get('survivors'))}"
+        for r in view.recoveries
+    ]
+    return listed
+
+
+def declines(view: RunView) -> list[dict[str, Any]]:
+    """Silos' signed declines (kind ``decline``: silo, round, scope, cause, reason), by round."""
+    found = []
+    for entry in view.entries:
+        if entry.kind == "decline":
+            p = payload_of(entry)
+            found.append(
+                {
+                    "seq": entry.seq,
+                    "silo": str(p.get("silo") or entry.author.removeprefix("silo:")),
+                    "round": p.get("round"),
+                    "scope": p.get("scope"),
+                    "cause": p.get("cause"),
+                    "reason": p.get("reason"),
+                }
+            )
+    found.sort(key=lambda d: (d["round"] if isinstance(d["round"], int) else 0, d["silo"]))
+    return found
+
+
+def prefect_links(view: RunView, prefect_ui_url: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """(who, flow run id, link or None) per flow run; whether links could be made."""
+    base = (prefect_ui_url or "").rstrip("/")
+    if base and urlsplit(base).scheme not in ("http", "https"):
+        base = ""  # only plain web links: never javascript: or other schemes from a setting
+    runs = [
+        {
+            "who": who,
+            "run": run,
+            "href": f"{base}/runs/flow-run/{quote(run, safe='')}" if base else None,
+        }
+        for who, run in view.prefect_flow_runs()
+    ]
+    return runs, bool(base)
+
+
+def timeline(view: RunView, bad_seq: int | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": e.seq,
+            "created_at": e.created_at,
+            "time": e.created_at.replace("T", " ")[:19],
+            "kind": e.kind,
+            "author": e.author,
+            "what": summarize(e),
+            "bad": e.seq == bad_seq,
+        }
+        for e in view.entries
+    ]

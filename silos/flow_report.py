@@ -1,0 +1,129 @@
+"""What a silo's Prefect flow run shows people: its name and tags, rounded metrics, and per-silo
+table artifacts (the validation result of each round, the silo's metrics per round).
+
+Artifact keys are per silo (``<silo>-validation``, ``<silo>-metrics``), so each round adds a
+version under the same key and the UI shows the silo's history; the metrics table is re-sent
+whole each round.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from prefect.artifacts import create_table_artifact
+
+from schemas.specs import RunSpec
+from schemas.wire import Metrics, ValidationSummary
+from silos.config import SiloConfig
+
+log = logging.getLogger("fedsilo.silo")
+
+
+def fmt(value: float | None) -> str:
+    """A metric to 4 significant digits (never a 16-digit loss in a log line)."""
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def fmt_metrics(metrics: Metrics) -> str:
+    """``loss=0.4321 accuracy=0.8123 auc=0.9012``."""
+    return f"loss={fmt(metrics.loss)} accuracy={fmt(metrics.accuracy)} auc={fmt(metrics.auc)}"
+
+
+def model_name(spec: RunSpec) -> str:
+    if spec.model is not None:
+        return spec.model.kind
+    return spec.trees.kind if spec.trees is not None else "unknown"
+
+
+def flow_run_name(silo: str, run_id: str) -> str:
+    return f"{silo}-{run_id}"
+
+
+def flow_tags(
+    config: SiloConfig, run_id: str, spec: RunSpec | None, coordinator: str | None = None
+) -> list[str]:
+    """federation, silo, dataset (the contract), model and run (the coordinator's flow run
+    carries the same ``run:`` tag), and ``coordinator-run:<its Prefect id>`` when the round
+    task names it."""
+    tags = [
+        f"federation:{config.silo.federation}",
+        f"silo:{config.silo.name}",
+        f"dataset:{config.data.contract}",
+        f"run:{run_id}",
+    ]
+    if spec is not None:
+        tags.insert(3, f"model:{model_name(spec)}")
+    if coordinator:
+        tags.append(f"coordinator-run:{coordinator}")
+    return tags
+
+
+def _key(silo: str, what: str) -> str:
+    """An artifact key (lowercase letters, digits and dashes only)."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{silo}-{what}".lower()).strip("-")
+
+
+def validation_artifact(silo: str, round_: int, summary: ValidationSummary) -> None:
+    """One table per round: each expectation that failed (or one row saying all passed)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "round": round_,
+            "expectation": f.expectation,
+            "column": f.column or "(table)",
+            "unexpected": f.unexpected_count,
+            "unexpected %": fmt(f.unexpected_percent),
+        }
+        for f in summary.failed
+    ] or [
+        {
+            "round": round_,
+            "expectation": f"all {summary.n_expectations} passed",
+            "column": "",
+            "unexpected": 0,
+            "unexpected %": "0",
+        }
+    ]
+    status = "passed" if summary.success else "FAILED"
+    _publish(
+        _key(silo, "validation"),
+        rows,
+        f"silo {silo}, round {round_}: data {summary.data_sha256[:12]}… ({summary.n_rows} rows) "
+        f"{status} contract {summary.contract} v{summary.contract_version}",
+    )
+
+
+def metrics_row(round_: int, result: object) -> dict[str, Any] | None:
+    """A table row from a handler's result (a `Metrics`, or a dict with ``metrics``)."""
+    extra: dict[str, Any] = {}
+    if isinstance(result, dict) and isinstance(result.get("metrics"), Metrics):
+        extra = {"rows": result.get("n_examples"), "train s": fmt(result.get("train_seconds"))}
+        metrics = result["metrics"]
+    elif isinstance(result, Metrics):
+        metrics = result
+    else:
+        return None
+    return {
+        "round": round_,
+        "loss": fmt(metrics.loss),
+        "accuracy": fmt(metrics.accuracy),
+        "auc": fmt(metrics.auc),
+        **extra,
+    }
+
+
+def metrics_artifact(silo: str, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """The silo's metrics for every round so far (the model it received, on its holdout)."""
+    _publish(
+        _key(silo, "metrics"),
+        rows,
+        f"silo {silo}, run {run_id}: the round's input model on the local holdout, per round",
+    )
+
+
+def _publish(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    try:
+        create_table_artifact(rows, key=key, description=description)
+    except Exception as exc:  # an artifact is a view for people: never fail a round over it
+        log.debug("artifact %s not published: %s", key, exc)

@@ -1,0 +1,192 @@
+"""The retrying HTTP base of both service clients: the silo's `silos.client.SiloClient` and
+the coordinator's `flows.service_client.CoordinatorClient`.
+
+Transport failures and 5xx answers are retried with capped exponential backoff (at most
+`BACKOFF_CAP_S` between tries) for `retry_for_s` (None: forever, as the silo agent does),
+rotating over every configured service address, so a restarted or failed-over service is
+invisible to the caller; an outage is logged once when it starts (address and error) and once
+when it ends (how long it lasted). A 4xx answer is final: its `ErrorOut` body is raised as the
+`ServiceRejected` subclass its `code` names (`silos.client_errors`). Every request carries the
+wire version (`X-Fedsilo-Wire`). With several addresses (service processes sharing one
+database), `spread=True` (or FEDSILO_SERVICE_SPREAD=1) sends each request to the next address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from schemas.wire import OCTET_STREAM, WIRE_HEADER, WIRE_VERSION, ErrorCode, ErrorOut
+from silos import metrics
+from silos.client_errors import (
+    BY_CODE,
+    BY_STATUS,
+    ServiceRejected,
+    ServiceUnavailable,
+    WireVersionMismatch,
+)
+from silos.tls_client import TlsFiles, tls_hint
+
+log = logging.getLogger("fedsilo.client")
+
+BACKOFF_CAP_S = 30.0
+"""The longest wait between two tries while no service address answers."""
+
+
+class HttpBase:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        retry_for_s: float | None = 120.0,
+        timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+        spread: bool | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("at least one service URL is needed")
+        self.retry_for_s = retry_for_s
+        self.spread = os.environ.get("FEDSILO_SERVICE_SPREAD") == "1" if spread is None else spread
+        self._current = 0
+        # mutual TLS (production): explicit files, else FEDSILO_TLS_* when set
+        tls = tls or TlsFiles.from_env()
+        verify: ssl.SSLContext | bool = tls.context() if tls else True
+        self._http = httpx.Client(timeout=timeout_s, transport=transport, verify=verify)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return {}
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        json_body: Any = None,
+        content_type: str = OCTET_STREAM,
+        timeout: float | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if json_body is not None:
+            body = (
+                json_body.model_dump_json().encode()
+                if hasattr(json_body, "model_dump_json")
+                else json_body
+            )
+            content_type = "application/json"
+        started = time.monotonic()
+        delay = 0.1
+        last_error = ""
+        outage: float | None = None  # when every address had failed: logged, and its end too
+        if self.spread:
+            self._current = (self._current + 1) % len(self.urls)
+        untried = len(self.urls)  # fail over to every other address before backing off
+        while True:
+            base = self.urls[self._current]
+            untried -= 1
+            headers = {
+                "Content-Type": content_type,
+                WIRE_HEADER: str(WIRE_VERSION),
+                **(extra_headers or {}),
+                **self._headers(method, path, body),
+            }
+            try:
+                resp = self._http.request(
+                    method,
+                    base + path,
+                    content=body,
+                    headers=headers,
+                    timeout=timeout or self._http.timeout,
+                )
+            except httpx.TransportError as exc:
+                last_error = f"{base}: {type(exc).__name__}: {exc}"
+                last_error += tls_hint(base, exc)
+            else:
+                if resp.status_code < 500:
+                    if outage is not None:
+                        metrics.outage_ended(time.monotonic() - outage, getattr(self, "silo", ""))
+                        log.warning(
+                            "aggregation service back at %s after %.1fs (%s %s)",
+                            base,
+                            time.monotonic() - outage,
+                            method,
+                            path.split("?", 1)[0],
+                        )
+                    if resp.status_code >= 400:
+                        raise rejection(resp, method, path)
+                    _check_wire(resp, method, path)
+                    return resp
+                last_error = f"{base}: HTTP {resp.status_code} {_detail(resp)}"
+            self._current = (self._current + 1) % len(self.urls)
+            waited = time.monotonic() - started
+            if self.retry_for_s is not None and waited >= self.retry_for_s:
+                raise ServiceUnavailable(
+                    f"{method} {path}: no aggregation service answered within "
+                    f"{self.retry_for_s:.0f}s (tried {self.urls}); last error: {last_error}"
+                )
+            if untried > 0:
+                continue
+            if outage is None:
+                outage = time.monotonic()
+                metrics.outage_started(getattr(self, "silo", ""))
+                log.warning(
+                    "aggregation service unreachable (%s %s): %s; retrying %s, at most %.0fs apart",
+                    method,
+                    path.split("?", 1)[0],
+                    last_error,
+                    "forever" if self.retry_for_s is None else f"for {self.retry_for_s:.0f}s",
+                    BACKOFF_CAP_S,
+                )
+            untried = len(self.urls)
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_CAP_S)
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail", resp.text))
+    except (ValueError, AttributeError):
+        return resp.text[:500]
+
+
+def rejection(resp: httpx.Response, method: str, path: str) -> ServiceRejected:
+    """The typed error of a 4xx answer, by its `ErrorOut.code` (else by its status)."""
+    try:
+        error: ErrorOut | None = ErrorOut.model_validate_json(resp.content)
+    except ValueError:
+        error = None  # not the service's own body (a proxy, a framework default)
+    detail = error.detail if error is not None else _detail(resp)
+    code = error.code if error is not None else BY_STATUS.get(resp.status_code)
+    theirs = resp.headers.get(WIRE_HEADER)
+    if code == ErrorCode.wire_version or (theirs and theirs.strip() != str(WIRE_VERSION)):
+        version = theirs or (str(error.wire) if error else "unknown")
+        return WireVersionMismatch(
+            resp.status_code, detail, method, path, ErrorCode.wire_version, service_version=version
+        )
+    cls = BY_CODE.get(code, ServiceRejected) if code is not None else ServiceRejected
+    return cls(resp.status_code, detail, method, path, code)
+
+
+def _check_wire(resp: httpx.Response, method: str, path: str) -> None:
+    """Refuse an answer that says it speaks another wire version (absent: not checked)."""
+    theirs = resp.headers.get(WIRE_HEADER)
+    if theirs is not None and theirs.strip() != str(WIRE_VERSION):
+        raise WireVersionMismatch(
+            resp.status_code,
+            "its answer was not read",
+            method,
+            path,
+            ErrorCode.wire_version,
+            service_version=theirs,
+        )

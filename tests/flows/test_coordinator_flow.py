@@ -1,0 +1,230 @@
+"""The coordinator flow against a real service and a real Prefect server: it waits for ready
+silos before round 1, names the silos a stage still awaits, ends Cancelled when the run is
+cancelled, and names its flow runs and chains its tasks so the Prefect UI reads well.
+
+The silos are the silo side's real client (`SiloClient`, Ed25519-signed requests) driven by the
+test, so each test decides exactly who is ready and who answers what, and when.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun, Log, TaskRun
+from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate
+
+from flows.coordinator import federated_training
+from flows.service_client import CoordinatorClient
+from schemas.contracts.loader import load_contract
+from schemas.specs import ModelSpec, SecureAggregationSpec
+from schemas.tasks import SecAggAdvertiseTask
+from schemas.wire import ReadyIn, RunOut
+from silos.client import SiloClient
+from silos.features import FeaturePipeline
+from silos.secure_round import advertise
+
+FED = "heartfed"
+SILOS = ("alpha", "bravo", "charlie")
+N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
+WAIT_S = 120.0  # the most any step below may take on a loaded 2-core machine
+
+
+@dataclass
+class Hub:
+    url: str
+    coord: CoordinatorClient
+    token_file: Path
+    silos: dict[str, SiloClient]
+    workspace: Path
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, sqlite_url: str, prefect_api_url: str) -> Iterator[Hub]:
+    with service_in_thread(tmp_path / "service", sqlite_url) as url:
+        coord = coordinator(url)
+        coord.create_federation(FED)
+        silos = {n: enrolled_silo(url, coord, FED, n) for n in SILOS}
+        token_file = tmp_path / "admin.token"
+        token_file.write_text("test-admin-token")
+        token_file.chmod(0o600)
+        yield Hub(url, coord, token_file, silos, tmp_path)
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def report_ready(silo: SiloClient) -> None:
+    silo.ready(ReadyIn(contract="heart_disease", contract_version="1", validated=True))
+
+
+def start_flow(hub: Hub, **overrides: Any) -> threading.Thread:
+    """The coordinator flow in a thread; its final Prefect state lands in `hub.outcome`."""
+    params: dict[str, Any] = dict(
+        service_urls=[hub.url],
+        admin_token_file=str(hub.token_file),
+        federation=FED,
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=N_FEATURES),
+        rounds=1,
+        min_silos=2,
+        round_deadline_s=60.0,
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+        federation_statistics=False,
+        ready_timeout_s=WAIT_S,
+        output_dir=str(hub.workspace / "models"),
+    )
+    params.update(overrides)
+
+    def target() -> None:
+        flow = federated_training.with_options(retries=0)
+        hub.outcome["state"] = flow(**params, return_state=True)
+
+    thread = threading.Thread(target=target, name="coordinator-flow", daemon=True)
+    thread.start()
+    return thread
+
+
+def the_run(hub: Hub) -> RunOut:
+    def running() -> RunOut | None:
+        runs = hub.coord.list_runs(FED)
+        return runs[0] if runs and runs[0].status == "running" else None
+
+    return wait_until(running, "the coordinator to create and start its run")  # type: ignore[no-any-return]
+
+
+def task_runs(flow_run_id: str) -> list[TaskRun]:
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+
+
+def flow_run(flow_run_id: str) -> FlowRun:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id))
+
+
+def flow_logs(flow_run_id: str) -> list[Log]:
+    with get_client(sync_client=True) as client:
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+        )
+
+
+def finish(hub: Hub, thread: threading.Thread) -> Any:
+    thread.join(WAIT_S)
+    assert not thread.is_alive(), "the coordinator flow did not end"
+    return hub.outcome["state"]
+
+
+def test_round_one_waits_for_a_silo_that_reports_ready_late(hub: Hub) -> None:
+    report_ready(hub.silos["alpha"])
+    report_ready(hub.silos["bravo"])
+    thread = start_flow(hub)
+    run = the_run(hub)
+    assert run.prefect_flow_run_id
+
+    def waiting_task() -> TaskRun | None:
+        runs = [t for t in task_runs(run.prefect_flow_run_id or "") if "wait-for-ready" in t.name]
+        return runs[0] if runs and runs[0].state_type == "RUNNING" else None
+
+    wait_until(waiting_task, "the coordinator to wait for the silos")
+    assert hub.coord.rounds(run.run_id) == []  # charlie is not ready: no round yet
+    report_ready(hub.silos["charlie"])
+    first = wait_until(lambda: hub.coord.rounds(run.run_id), "round 1 to open")[0]
+    ready_at = {s.name: s.ready_at for s in hub.coord.silos(FED)}["charlie"]
+    assert ready_at is not None and first.opened_at >= ready_at
+    # round 1's deadline is whole: none of it went by while charlie was getting ready
+    assert (first.deadline_at - first.opened_at).total_seconds() == pytest.approx(60.0, abs=1.0)
+    hub.coord.cancel_run(run.run_id, "test over")
+    assert finish(hub, thread).is_cancelled()
+
+
+def test_too_few_ready_silos_fail_the_run_naming_the_silos(hub: Hub) -> None:
+    report_ready(hub.silos["alpha"])
+    state = finish(hub, start_flow(hub, ready_timeout_s=3.0))
+    assert state.is_failed()
+    run = hub.coord.list_runs(FED)[0]
+    assert run.status == "failed" and run.reason
+    assert "bravo" in run.reason and "charlie" in run.reason and "alpha" not in run.reason
+    assert hub.coord.rounds(run.run_id) == []
+
+
+def test_cancelled_run_ends_the_flow_run_cancelled_with_its_name_and_tags(hub: Hub) -> None:
+    for silo in hub.silos.values():
+        report_ready(silo)
+    thread = start_flow(hub)
+    run = the_run(hub)
+    wait_until(lambda: hub.coord.rounds(run.run_id), "round 1 to open")
+    hub.coord.cancel_run(run.run_id, "operator stopped it")
+    state = finish(hub, thread)
+    assert state.is_cancelled(), state
+    assert "operator stopped it" in (state.message or "")
+    fr = flow_run(run.prefect_flow_run_id or "")
+    assert fr.state_type == "CANCELLED"
+    assert fr.name == f"{FED}-heart_disease-logreg-{run.run_id}"
+    assert {f"federation:{FED}", "dataset:heart_disease", "model:logreg"} <= set(fr.tags)
+    assert f"run:{run.run_id}" in fr.tags
+    # the graph reads as a sequence: create-run -> wait-for-ready-silos -> round-1
+    names = {t.name: t for t in task_runs(str(fr.id))}
+    create = next(t for n, t in names.items() if n.startswith("create-run"))
+    ready = next(t for n, t in names.items() if n.startswith("wait-for-ready-silos"))
+    round1 = next(t for n, t in names.items() if n.startswith("round-1-train"))
+    assert {i.id for i in ready.task_inputs["wait_for"]} == {create.id}  # type: ignore[union-attr]
+    assert {i.id for i in round1.task_inputs["wait_for"]} == {ready.id}  # type: ignore[union-attr]
+
+
+def test_deadline_warning_names_only_the_silos_the_stage_awaits(hub: Hub) -> None:
+    for silo in hub.silos.values():
+        report_ready(silo)
+    thread = start_flow(
+        hub, secure_aggregation=SecureAggregationSpec(enabled=True), round_deadline_s=15.0
+    )
+    run = the_run(hub)
+    alpha = hub.silos["alpha"]
+
+    def advert_task() -> SecAggAdvertiseTask | None:
+        task = alpha.next_task(wait_s=5, run_id=run.run_id)
+        return task if isinstance(task, SecAggAdvertiseTask) else None
+
+    work = wait_until(advert_task, "alpha's advertise task")
+    validate(alpha, run.run_id, 1, n_rows=100)  # as its agent's gate does before answering
+    advertise(alpha, alpha.key, work, hub.workspace / "alpha", n_examples=100)
+    # every silo is still "waiting" in its update state; only bravo and charlie are awaited
+    out = hub.coord.wait_round(run.run_id, 1, 0)
+    assert out.awaited == ["bravo", "charlie"]
+
+    def warning() -> str | None:
+        texts = [log.message for log in flow_logs(run.prefect_flow_run_id or "")]
+        return next((t for t in texts if "deadline passed" in t), None)
+
+    text = wait_until(warning, "the coordinator's deadline warning")
+    assert text.endswith("awaited: bravo, charlie"), text
+    assert "alpha" not in text
+    # one advert is below min_silos: the service fails the round and the flow run fails
+    assert finish(hub, thread).is_failed()
+    assert hub.coord.get_run(run.run_id).status == "failed"
