@@ -116,6 +116,7 @@ def deployment_parameters(
     min_silos: int,
     round_deadline_s: float,
     output_dir: Path,
+    ready_timeout_s: float = 900.0,
     secure: bool = True,
     token_block: str | None = None,
 ) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def deployment_parameters(
         "rounds": rounds,
         "min_silos": min_silos,
         "round_deadline_s": round_deadline_s,
+        "ready_timeout_s": ready_timeout_s,
         "output_dir": str(output_dir.resolve()),
         "secure_aggregation": {"enabled": secure},
     }

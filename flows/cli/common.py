@@ -59,6 +59,14 @@ LocalEpochsOpt = Annotated[int, typer.Option(help="Local epochs per round.")]
 LrOpt = Annotated[float, typer.Option(help="Local learning rate.")]
 MinSilosOpt = Annotated[int, typer.Option(help="Fewest silos a round may aggregate.")]
 RoundDeadlineOpt = Annotated[float, typer.Option(help="Seconds a round waits for silos.")]
+ReadyTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Seconds to wait before round 1 for every silo to report ready (validated "
+        "data, warm); at the timeout the run goes on if --min-silos are ready. 0: no wait.",
+    ),
+]
 
 # Every model kind the run specs accept, read from the schemas so the help stays true.
 TORCH_KINDS: tuple[str, ...] = get_args(ModelKind)

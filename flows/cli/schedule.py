@@ -16,6 +16,7 @@ from flows.cli.common import (
     LrOpt,
     MinSilosOpt,
     ModelOpt,
+    ReadyTimeoutOpt,
     RoundDeadlineOpt,
     RoundsOpt,
     ServiceUrls,
@@ -64,6 +65,7 @@ def schedule(
     lr: LrOpt = 0.05,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
+    ready_timeout_s: ReadyTimeoutOpt = 900.0,
     secure: Annotated[bool, typer.Option(help="Secure aggregation of the updates.")] = True,
     output_dir: Annotated[
         Path, typer.Option(help="Where the worker saves each run's final model.")
@@ -100,6 +102,7 @@ def schedule(
         rounds=rounds,
         min_silos=min_silos,
         round_deadline_s=round_deadline_s,
+        ready_timeout_s=ready_timeout_s,
         output_dir=output_dir,
         secure=secure and trees is None,  # tree updates are sealed to the service instead
         token_block=token_block,

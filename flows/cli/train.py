@@ -16,6 +16,7 @@ from flows.cli.common import (
     LrOpt,
     MinSilosOpt,
     ModelOpt,
+    ReadyTimeoutOpt,
     RoundDeadlineOpt,
     RoundsOpt,
     ServiceUrls,
@@ -69,14 +70,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
-    ready_timeout_s: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            help="Seconds to wait before round 1 for every silo to report ready (validated "
-            "data, warm); at the timeout the run goes on if --min-silos are ready. 0: no wait.",
-        ),
-    ] = 900.0,
+    ready_timeout_s: ReadyTimeoutOpt = 900.0,
     patience: Annotated[
         int, typer.Option(help="Stop after this many rounds without improvement; 0 never.")
     ] = 0,

@@ -77,11 +77,12 @@ def test_every_request_logs_one_json_line_with_its_request_id(
     assert refused["route"] == "/v1/federations" and "admin token" in refused["detail"]
     assert refused["name"] == "fedsilo.service.http" and refused["time"]
 
-    poll = request_lines(json_log, "/v1/silo/tasks")
-    assert len(poll) == 1 and poll[0]["level"] == "INFO" and poll[0]["status"] == 204
-    assert poll[0]["silo"] == "hospital-a" and poll[0]["federation"] == "f"
-    assert poll[0]["route"] == "/v1/silo/tasks" and poll[0]["duration_ms"] >= 0
-    assert len(poll[0]["request_id"]) == 32
+    # an empty long-poll (204) logs at DEBUG: a stuck federation's log stays quiet
+    assert request_lines(json_log, "/v1/silo/tasks") == []
+    enrol = request_lines(json_log, "/v1/enrol")
+    assert len(enrol) == 1 and enrol[0]["level"] == "INFO" and enrol[0]["status"] == 201
+    assert enrol[0]["silo"] == "hospital-a" and enrol[0]["route"] == "/v1/enrol"
+    assert enrol[0]["duration_ms"] >= 0 and len(enrol[0]["request_id"]) == 32
 
     conflict = next(r for r in records(json_log) if r.get("status") == 409)
     assert conflict["level"] == "WARNING" and conflict["caller"] == "admin"

@@ -76,7 +76,7 @@ def test_demo_spec_is_a_valid_heart_run() -> None:
     spec = heart_demo_spec(n_features)
     assert (spec.federation, spec.dataset) == ("heart", "heart_disease")
     assert spec.strategy.name == "fedavg"
-    assert (spec.min_silos, spec.round_deadline_s, spec.patience) == (3, 60.0, 0)
+    assert (spec.min_silos, spec.round_deadline_s, spec.patience) == (3, 300.0, 0)
     assert spec.model.n_features == n_features
     assert 10 <= spec.rounds <= 40
     assert (DEMO_TEST_FRACTION, DEMO_SPLIT_SEED) == (0.25, 42)

@@ -126,10 +126,12 @@ def _flow_run(federation: str, dataset: str) -> dict[str, Any]:
         "/flow_runs/filter",
         {
             "flows": {"name": {"any_": ["federated_training"]}},
-            "flow_runs": {"name": {"any_": [f"{federation}-{dataset}"]}},
+            # the coordinator tags its flow run once the service created the run
+            "flow_runs": {"tags": {"all_": [f"federation:{federation}", f"dataset:{dataset}"]}},
         },
     )
-    assert len(found) == 1, f"expected one flow run {federation}-{dataset}, found {len(found)}"
+    assert len(found) == 1, f"expected one flow run of {federation}/{dataset}, found {len(found)}"
+    assert found[0]["name"].startswith(f"{federation}-{dataset}-"), found[0]["name"]
     return dict(found[0])
 
 
@@ -198,6 +200,7 @@ def cli_token_run(
                 "train",
                 *("--federation", federation, "--dataset", dataset, "--n-features", str(width)),
                 *("--rounds", "1", "--min-silos", "2", "--round-deadline-s", "1"),
+                *("--ready-timeout-s", "0"),  # its silos never start: no readiness wait
                 *("--output-dir", str(root / "models"), "--service-url", url, "--token", token),
             ],
         )
@@ -236,6 +239,7 @@ def secret_block_run(
                     rounds=1,
                     min_silos=2,
                     round_deadline_s=30,
+                    ready_timeout_s=0,  # in-process silos: they answer, but never warm up
                     output_dir=str(root / "models"),
                     secure_aggregation=SecureAggregationSpec(enabled=False),
                     federation_statistics=False,
@@ -369,3 +373,4 @@ def test_a_deployment_names_the_token_file_or_block(tmp_path: Path) -> None:
     assert by_file["admin_token_file"] == str(tmp_path / "admin.token")
     assert by_block["admin_token_block"] == "coordinator"
     assert "admin_token" not in by_file and "admin_token" not in by_block
+    assert by_file["ready_timeout_s"] == 900.0  # the coordinator flow's parameter

@@ -80,7 +80,7 @@ def _run(strategy, session: requests.Session, label: str, statuses: list[int]) -
     )
     @given(case=strategy)
     def check(case) -> None:  # type: ignore[no-untyped-def]
-        response = case.call(session=session, timeout=30)
+        response = case.call(session=session, timeout=75)  # > the 30 s long-poll cap
         statuses.append(response.status_code)
         try:
             case.validate_response(response, checks=CHECKS)
