@@ -47,9 +47,12 @@ class OursFederation:
 
 
 def _silo_toml(name: str, service_url: str, prefect_url: str) -> str:
+    from schemas.contracts.loader import load_contract
+
     return (
         f'[silo]\nname = "{name}"\nfederation = "heart"\n\n'
-        f'[data]\npath = "data.csv"\ncontract = "{CONTRACT}"\n\n'
+        f'[data]\npath = "data.csv"\ncontract = "{CONTRACT}"\n'
+        f'contract_version = "{load_contract(CONTRACT).version}"\n\n'  # the shipped one, pinned
         f'[service]\nurls = ["{service_url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
         '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 1000\n'
     )

@@ -53,6 +53,9 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # the in-process simulator lives with the tests' helpers (tests/support/)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# ... behind the repository's own packages: tests/schemas/ (test modules) would otherwise
+# shadow the installed `schemas` package as a namespace package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support.secure_hist_driver import run_secure_hist  # noqa: E402
 from trees import _federation_pki  # noqa: E402  (bench/trees.py: the throw-away CA)

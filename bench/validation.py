@@ -49,12 +49,16 @@ def synthesize(contract: Contract, n_rows: int, seed: int = 0) -> pd.DataFrame:
         from silos.demo_data import credit_default_table
 
         real = credit_default_table()
-        return real.iloc[rng.integers(0, len(real), n_rows)].reset_index(drop=True)
+        rows = real.iloc[rng.integers(0, len(real), n_rows)].reset_index(drop=True)
+        rows["ID"] = np.arange(1, n_rows + 1)  # the contract's IDs are unique
+        return rows
     columns = {}
     for col in contract.columns:
         if col.type == "numeric":
             low, high = col.range  # type: ignore[misc]  # every credit column has one
             columns[col.name] = rng.integers(int(low), int(high) + 1, n_rows)
+            if col.unique:
+                columns[col.name] = np.arange(1, n_rows + 1)
         else:
             columns[col.name] = pd.Series(
                 rng.choice([str(v) for v in col.levels], n_rows), dtype="str"
@@ -87,6 +91,7 @@ def cold_start_child(folder: Path, silo: str) -> None:
 
     imported = time.perf_counter() - started
     config = load_silo_config(folder / "silo.toml")
+    _accept_shipped_contract(config)
     timings = []
     for _ in range(2):
         started = time.perf_counter()
@@ -102,6 +107,25 @@ def cold_start_child(folder: Path, silo: str) -> None:
     for label, (secs, reused, ok) in zip(labels, timings, strict=True):
         print(f"{label + ':':<43} {secs:6.2f} s  reused={reused} valid={ok}")
     print(f"cold start total (import + first call):     {imported + timings[0][0]:6.2f} s")
+
+
+def _accept_shipped_contract(config) -> None:  # type: ignore[no-untyped-def]
+    """The gate reads only a contract the operator accepted: play a coordinator who signed the
+    shipped one and an operator who accepted it (no service in this benchmark)."""
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from schemas.contract_registry import PublishedContract, sign_contract
+    from schemas.contracts.loader import CONTRACTS_DIR
+    from silos.contract_store import accept
+
+    text = (CONTRACTS_DIR / "heart_disease.toml").read_text(encoding="utf-8")
+    _, body = sign_contract(Ed25519PrivateKey.generate(), "heart", text, "heart_disease.toml")
+    published = PublishedContract(
+        **body.model_dump(), federation="heart", published_at=datetime.now(UTC)
+    )
+    accept(config, published, by="bench/validation.py")
 
 
 def cold_start(silo: str) -> None:

@@ -115,8 +115,9 @@ def comparison_table(
     -------
     list of dict
         One row per (model, test set) with keys ``model``, ``test_set`` (a silo name or
-        ``"all"``), ``n_test``, ``accuracy``, ``auc`` (None for a one-class test set), ``loss``;
-        models in the given order, each with its silos first and ``"all"`` last.
+        ``"all"``) and every field of `schemas.wire.Metrics`: ``n_test``, ``loss`` and the
+        task's metrics (binary accuracy, auc; multiclass accuracy, f1_macro; regression rmse,
+        mae, r2), the others None; models in the given order, silos first and ``"all"`` last.
     """
     pooled = (
         np.concatenate([X for X, _ in test_sets.values()]),
@@ -126,14 +127,6 @@ def comparison_table(
     for name, params in models.items():
         for test_name, (X, y) in [*test_sets.items(), (ALL_TEST_SETS, pooled)]:
             metrics = evaluate(model, params, X, y)
-            rows.append(
-                {
-                    "model": name,
-                    "test_set": test_name,
-                    "n_test": metrics.n_test,
-                    "accuracy": metrics.accuracy,
-                    "auc": metrics.auc,
-                    "loss": metrics.loss,
-                }
-            )
+            # every metric of the task (schemas.task_metrics); the others are None
+            rows.append({"model": name, "test_set": test_name, **metrics.model_dump()})
     return rows

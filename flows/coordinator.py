@@ -22,6 +22,7 @@ from prefect.states import Cancelled, State
 from rich.console import Console
 
 from flows.admin_token import resolve_admin_token
+from flows.contract_publish import resolve_run_contract
 from flows.exceptions import RunCancelled, RunFailed
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
@@ -29,7 +30,6 @@ from flows.round_records import RoundRecord, publish, sig4, summarize_round
 from flows.run_naming import initial_name, label_flow_run, run_tags
 from flows.service_client import CoordinatorClient
 from schemas import tensors
-from schemas.contracts.loader import load_contract
 from schemas.specs import (
     ModelSpec,
     PrivacySpec,
@@ -242,9 +242,13 @@ def federated_training(
     """
     logger = get_run_logger()
     token = resolve_admin_token(admin_token_file, admin_token_block)
+    client = CoordinatorClient(service_urls, token=token)
+    # the federation's published contract (pinned in the spec), never the installed package's
+    contract, contract_version = resolve_run_contract(client, federation, dataset)
     spec = RunSpec(
         federation=federation,
         dataset=dataset,
+        contract_version=contract_version,
         model=model,
         trees=trees,
         strategy=strategy,
@@ -257,12 +261,11 @@ def federated_training(
         secure_aggregation=secure_aggregation,
         privacy=privacy,
         federation_statistics=(
-            load_contract(dataset).pipeline.needs_federation_stats
+            contract.pipeline.needs_federation_stats
             if federation_statistics is None
             else federation_statistics
         ),
     )
-    client = CoordinatorClient(service_urls, token=token)
     resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
     done: dict[int, RoundOut] = {}
     if resumed is None:
@@ -320,12 +323,11 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
         r = rounds.round(number, "train")
         records.append(r)
         logger.info(
-            "round %d: silos %s, model v%d loss %s auc %s",
+            "round %d: silos %s, model v%d %s",
             number,
             ", ".join(r.contributors),
             r.evaluated_version,
-            sig4(r.loss),
-            sig4(r.auc),
+            " ".join(f"{k} {sig4(v)}" for k, v in r.metrics.items() if v is not None) or "-",
         )
         if r.declined:
             logger.info(

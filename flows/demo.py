@@ -34,7 +34,15 @@ from flows.exceptions import DemoError
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
-from schemas.specs import ModelSpec, PrivacySpec, RunSpec, SecureAggregationSpec, StrategySpec
+from schemas.objectives import objective_for
+from schemas.specs import (
+    PrivacySpec,
+    RunSpec,
+    SecureAggregationSpec,
+    StrategySpec,
+    model_spec_for_contract,
+)
+from schemas.tree_params import TreeSpec
 from silos.features import FeaturePipeline
 from silos.files import owner_only_umask, private_dir, write_private
 
@@ -71,7 +79,9 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
     update: dict[str, object] = {}
     if opts.model:
         hidden = (32,) if opts.model == "mlp" else ()
-        update["model"] = ModelSpec(kind=opts.model, n_features=n_features, hidden=hidden)  # type: ignore[arg-type]
+        # outputs and target range follow the dataset's contract (binary, multiclass, regression)
+        contract = load_contract(DATASETS[opts.dataset].contract)
+        update["model"] = model_spec_for_contract(opts.model, n_features, contract, hidden)  # type: ignore[arg-type]
     if opts.strategy:
         server_lr = 0.05 if opts.strategy in ("fedadam", "fedyogi", "fedadagrad") else 1.0
         mu = 0.01 if opts.strategy == "fedprox" else 0.0
@@ -96,6 +106,12 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
     if opts.strategy or opts.dp or opts.plain:
         raise DemoError("--strategy, --dp and --plain apply to PyTorch models, not trees")
     trees = demo_trees.tree_spec(opts.model, mode, n_features)  # type: ignore[arg-type]
+    contract = load_contract(DATASETS[opts.dataset].contract)
+    if contract.task != "binary":  # the objective follows the contract's task
+        trees = TreeSpec.model_validate(
+            trees.model_dump()
+            | {"objective": objective_for(contract.task), "num_class": len(contract.classes)}
+        )
     data = spec.model_dump()
     data.update(
         model=None,
@@ -153,6 +169,7 @@ def write_silo(
     toml = (
         f'[silo]\nname = "{name}"\nfederation = "{data.federation}"\nworkspace = "workspace"\n\n'
         f'[data]\npath = "data.csv"\ncontract = "{data.contract}"\n'
+        f'contract_version = "{load_contract(data.contract).version}"  # accepted in advance\n'
         f"test_fraction = {DEMO_TEST_FRACTION}\nsplit_seed = {DEMO_SPLIT_SEED}\n\n"
         f'[service]\nurls = ["{service_url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
         '[policy]\nallowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 200\n' + extra
@@ -187,6 +204,18 @@ def approve_all(
     raise DemoError(
         f"silos did not enrol within {timeout_s:.0f}s: {sorted(set(names) - set(enrolled))}"
     )
+
+
+def publish_example_contract(
+    client: CoordinatorClient, federation: str, name: str, key_dir: Path
+) -> None:
+    """Publish the shipped example contract the demo's federation trains under, signed with
+    the coordinator's contract key (kept beside the admin token), as `fedsilo contract
+    publish` does; republishing the same text is a no-op."""
+    from flows.contract_publish import KEY_FILE_NAME, publish_file
+    from schemas.contracts.loader import CONTRACTS_DIR
+
+    publish_file(client, federation, CONTRACTS_DIR / f"{name}.toml", key_dir / KEY_FILE_NAME)
 
 
 def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
@@ -246,6 +275,15 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
             for n, f in frames.items()
         ]
         procs.extend(agents)
+        # published before the silos are approved: each agent accepts the version its silo.toml
+        # pins as soon as it starts serving, and warms up under it
+        client.create_federation(data.federation, f"fedsilo demo federation {data.federation}")
+        publish_example_contract(client, data.federation, data.contract, token_file.parent)
+        console.print(
+            f"contract {contract.name} v{contract.version} published; each demo silo.toml pins "
+            "it (\\[data] contract_version): its operator accepts that version in advance",
+            highlight=False,
+        )
         with console.status("silo agents enrolling; coordinator approving"):
             approve_all(
                 client, data.federation, list(frames), agents, opts.ready_timeout_s or 900.0

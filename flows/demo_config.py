@@ -1,16 +1,19 @@
-"""Settings of the demos: the heart-disease hospitals and the credit-default banks.
+"""Settings of the demos: the heart-disease hospitals and the credit-default banks, and their
+second datasets (diabetes progression, regression; credit delinquency grade, multiclass).
 
-Chosen with `bench/tune_heart_demo.py` and `bench/tune_credit_demo.py`.
+Chosen with `bench/tune_heart_demo.py`, `bench/tune_credit_demo.py` and `bench/tasks.py`.
 """
 
 from __future__ import annotations
 
+from schemas.contracts import load_contract
 from schemas.specs import (
     ModelSpec,
     RunSpec,
     SecureAggregationSpec,
     StrategySpec,
     TrainingSpec,
+    model_spec_for_contract,
 )
 
 DEMO_TEST_FRACTION = 0.25
@@ -57,6 +60,45 @@ def credit_demo_spec(n_features: int) -> RunSpec:
         federation="banks",
         dataset="credit_default",
         model=ModelSpec(kind="mlp", n_features=n_features, hidden=(32,)),
+        strategy=StrategySpec(name="fedavg"),
+        training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.1, optimizer="sgd", seed=0),
+        rounds=20,
+        min_silos=4,
+        round_deadline_s=DEMO_ROUND_DEADLINE_S,
+        patience=0,
+        secure_aggregation=DEMO_SECURE_AGGREGATION,
+    )
+
+
+def diabetes_demo_spec(n_features: int) -> RunSpec:
+    """The hospitals' regression run: linear regression, FedAvg over three clinics (age bands).
+
+    The model learns the progression mapped into [0, 1] by the contract's range (0-400).
+    `bench/tasks.py` (in process, same code): RMSE on all test rows federated 56.9, pooled
+    56.6, best clinic alone 58.6 (20 x 20 passes; at lr 0.3 the clinics alone diverge).
+    """
+    contract = load_contract("diabetes_progression")  # the demo's example, as it publishes it
+    return RunSpec(
+        federation="clinics",
+        dataset=contract.name,
+        model=model_spec_for_contract("logreg", n_features, contract),
+        strategy=StrategySpec(name="fedavg"),
+        training=TrainingSpec(local_epochs=20, batch_size=16, lr=0.1, optimizer="sgd", seed=0),
+        rounds=20,
+        min_silos=3,
+        round_deadline_s=DEMO_ROUND_DEADLINE_S,
+        patience=0,
+        secure_aggregation=DEMO_SECURE_AGGREGATION,
+    )
+
+
+def delinquency_demo_spec(n_features: int) -> RunSpec:
+    """The banks' multiclass run: softmax MLP, FedAvg over the five credit-limit bands."""
+    contract = load_contract("credit_delinquency")
+    return RunSpec(
+        federation="banks",
+        dataset=contract.name,
+        model=model_spec_for_contract("mlp", n_features, contract, hidden=(32,)),
         strategy=StrategySpec(name="fedavg"),
         training=TrainingSpec(local_epochs=1, batch_size=64, lr=0.1, optimizer="sgd", seed=0),
         rounds=20,

@@ -1,4 +1,8 @@
-"""The demo federations: which data, contract, run settings and words each one uses."""
+"""The demo federations: which data, contract, run settings and words each one uses.
+
+Each demo has a binary dataset and a second one of another task kind (issue 14): the hospitals
+`diabetes` (regression), the banks `delinquency` (multiclass).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from flows.demo_config import credit_demo_spec, heart_demo_spec
+from flows.demo_config import (
+    credit_demo_spec,
+    delinquency_demo_spec,
+    diabetes_demo_spec,
+    heart_demo_spec,
+)
 from schemas.specs import RunSpec
 from silos.demo_data import credit_default_silos, heart_disease_silos
+from silos.demo_data_tasks import credit_delinquency_silos, diabetes_silos
 
 
 @dataclass(frozen=True)
@@ -41,5 +51,23 @@ DATASETS = {
         member="bank",
         frames=credit_default_silos,
         spec=credit_demo_spec,
+    ),
+    "diabetes": DemoDataset(
+        key="diabetes",
+        contract="diabetes_progression",
+        federation="clinics",
+        title="three clinics, diabetes progression (regression; split by age band)",
+        member="clinic",
+        frames=diabetes_silos,
+        spec=diabetes_demo_spec,
+    ),
+    "delinquency": DemoDataset(
+        key="delinquency",
+        contract="credit_delinquency",
+        federation="banks",
+        title="five banks, credit-card delinquency grade (multiclass; credit-limit bands)",
+        member="bank",
+        frames=credit_delinquency_silos,
+        spec=delinquency_demo_spec,
     ),
 }

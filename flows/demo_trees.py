@@ -4,7 +4,9 @@ Every model gets the same budget of boosting steps T (`STEPS`), as in `bench/tre
 bagging and collective add `TREES_PER_ROUND` trees (one averaged step each) per round, as does
 secure-hist (trees grown by the service from securely summed histograms), cyclic lets every
 silo add `TREES_PER_ROUND` trees per round in turn, and each silo alone and the pooled model
-boost T trees on their own rows.
+boost T trees on their own rows. The objective follows the contract's task (binary,
+multiclass with K trees per boosting step, regression; `schemas.objectives`), and the
+comparison scores every model with that task's metrics.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from aggregation.pki import issue_ca, issue_leaf
 from flows.baselines import ALL_TEST_SETS, SiloArrays
-from schemas.tree_params import TreeKind, TreeMode, TreeSpec
+from schemas.tree_params import TreeKind, TreeMode, TreeSpec, task_fields
 from silos.tree_trainer import evaluate_trees, train_trees
 
 STEPS = 60
@@ -31,13 +33,18 @@ PARAMS: dict[str, dict[str, object]] = {
 }
 
 
-def tree_spec(kind: TreeKind, mode: TreeMode, n_features: int) -> TreeSpec:
+def tree_spec(
+    kind: TreeKind, mode: TreeMode, n_features: int, task: str = "binary", n_classes: int = 0
+) -> TreeSpec:
+    """The demo's tree spec; `task` and `n_classes` are the contract's (`Contract.task`,
+    ``len(Contract.classes)``) and set the objective."""
     spec: dict[str, object] = {
         "kind": kind,
         "mode": mode,
         "n_features": n_features,
         "trees_per_round": TREES_PER_ROUND,
         "params": PARAMS[kind],
+        **task_fields(task, n_classes),
     }
     if mode == "secure-hist":
         spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE}
@@ -102,14 +109,6 @@ def comparison_rows(
     for name, model in models.items():
         for test_name, (X, y) in tests:
             m = evaluate_trees(spec, model, X, y)
-            rows.append(
-                {
-                    "model": name,
-                    "test_set": test_name,
-                    "n_test": m.n_test,
-                    "accuracy": m.accuracy,
-                    "auc": m.auc,
-                    "loss": m.loss,
-                }
-            )
+            # every metric of the task (schemas.task_metrics); the others are None
+            rows.append({"model": name, "test_set": test_name, **m.model_dump()})
     return rows

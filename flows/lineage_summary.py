@@ -15,10 +15,10 @@ def _short(digest: Any, n: int = 12) -> str:
 
 def _metric_text(weighted: dict[str, Any]) -> str:
     parts = []
-    for name in ("accuracy", "auc", "loss"):
+    for name in ("accuracy", "auc", "f1_macro", "rmse", "mae", "r2", "loss"):  # the task's
         value = as_float(weighted.get(name))
         if value is not None:
-            parts.append(f"{name} {value:.3f}")
+            parts.append(f"{name} {value:.4g}" if abs(value) >= 100 else f"{name} {value:.3f}")
     return ", ".join(parts) or "no weighted metrics"
 
 

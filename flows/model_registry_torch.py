@@ -20,12 +20,14 @@ from silos.torch_model import build_model, set_params
 
 
 class SafetensorsTabularNet(PythonModel):  # type: ignore[misc]
-    """Predicts P(y = 1) for rows of the run's feature matrix (after the contract's pipeline)."""
+    """Predicts for rows of the run's feature matrix (after the contract's pipeline), by the
+    model's task: P(y = 1), class probabilities (n, k), or values in the target's units."""
 
     def load_context(self, context: Any) -> None:
         spec = ModelSpec.model_validate_json(context.model_config["model_spec"])
         payload = Path(context.artifacts["weights"]).read_bytes()
         arrays, _ = tensors.decode_expected(payload, param_shapes(spec))
+        self.spec = spec
         self.net = build_model(spec)
         set_params(self.net, arrays)
         self.net.eval()
@@ -34,4 +36,10 @@ class SafetensorsTabularNet(PythonModel):  # type: ignore[misc]
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         X = np.asarray(model_input, dtype=np.float32)
         with torch.no_grad():
-            return torch.sigmoid(self.net(torch.from_numpy(X))).numpy()
+            out = self.net(torch.from_numpy(X))
+        if self.spec.task == "multiclass":
+            return torch.softmax(out, dim=1).numpy()
+        if self.spec.task == "regression":  # learnt range-scaled (silos.trainer)
+            low, high = self.spec.target_range or (0.0, 1.0)
+            return out.numpy() * (high - low) + low
+        return torch.sigmoid(out).numpy()

@@ -5,12 +5,59 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from schemas.metrics import weighted_metric
-from schemas.wire import RoundOut
+from schemas.metrics import METRIC_NAMES, weighted_metric
+from schemas.wire import Metrics, RoundOut
+
+# column headings of the metrics the silos report (which ones follows the contract's task)
+METRIC_LABELS = {
+    "accuracy": "acc",
+    "auc": "AUC",
+    "f1_macro": "macro-F1",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R²",
+    "loss": "loss",
+}
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if abs(x) >= 100 else f"{x:.3f}"
+
+
+def reported_metrics(scored: list[Metrics]) -> list[str]:
+    """The metrics any silo reported, in `METRIC_NAMES` order, loss last: the run's task's
+    (binary: accuracy, AUC; multiclass: accuracy, macro-F1; regression: RMSE, MAE, R²)."""
+    names = [
+        n for n in METRIC_NAMES if n != "loss" and any(getattr(m, n) is not None for m in scored)
+    ]
+    return [*names, "loss"]
+
+
+def silo_metrics_table(rounds: list[RoundOut]) -> Table | None:
+    """Each silo's own metrics on its holdout or test file, for the last round that has any
+    (the final model, after an evaluation round); None when no silo reported metrics."""
+    last = next((r for r in reversed(rounds) if any(s.metrics for s in r.silos)), None)
+    if last is None:
+        return None
+    scored = [s.metrics for s in last.silos if s.metrics]
+    names = reported_metrics(scored)
+    table = Table(
+        "silo",
+        "n_test",
+        *[METRIC_LABELS[n] for n in names],
+        title=f"per-silo metrics, round {last.round} ({last.kind}, model "
+        f"v{last.input_model_version})",
+    )
+    for s in last.silos:
+        if s.metrics is not None:
+            table.add_row(
+                Text(s.silo),
+                str(s.metrics.n_test),
+                *[_fmt(getattr(s.metrics, n)) for n in names],
+            )
+    return table
 
 
 def round_table(rounds: list[RoundOut]) -> Table:
@@ -19,6 +66,7 @@ def round_table(rounds: list[RoundOut]) -> Table:
     Metrics in a training round are the silos' evaluation of the model the round started from
     (version round-1), weighted by holdout size; an evaluation round scores the final model.
     """
+    names = reported_metrics([s.metrics for r in rounds for s in r.silos if s.metrics])[:-1]
     table = Table(
         "round",
         "kind",
@@ -27,8 +75,7 @@ def round_table(rounds: list[RoundOut]) -> Table:
         "stage",
         "awaited",
         "refused / declined / late",
-        "acc",
-        "AUC",
+        *[METRIC_LABELS[n] for n in names],
         "model",
         title="rounds (metrics: model the round started from)",
     )
@@ -41,8 +88,6 @@ def round_table(rounds: list[RoundOut]) -> Table:
             if s.state in ("refused", "waiting", "sat_out", "declined")
         ]
         scored = [s.metrics for s in answered if s.metrics]
-        acc = weighted_metric(scored, "accuracy")
-        auc = weighted_metric(scored, "auc")
         table.add_row(
             str(r.round),
             r.kind,
@@ -51,8 +96,7 @@ def round_table(rounds: list[RoundOut]) -> Table:
             Text(r.stage or r.secagg_stage or "-"),
             Text(", ".join(r.awaited) or "-"),
             Text("; ".join(others) or "-"),  # silo reasons are data, never Rich markup
-            _fmt(acc),
-            _fmt(auc),
+            *[_fmt(weighted_metric(scored, n)) for n in names],
             f"v{r.model_version} {r.model_sha256[:10]}" if r.model_sha256 else "-",
         )
     return table

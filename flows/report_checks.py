@@ -16,8 +16,10 @@ from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker
 from schemas.lineage import LineageEntry
 from silos.client_errors import NotFound
 
-# Metrics where higher is better, checked for regressions: (payload key, label).
-REGRESSION_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"))
+# Unitless metrics where higher is better, checked for regressions: (payload key, label).
+# RMSE and MAE are in the target's units, so one absolute threshold cannot fit them.
+REGRESSION_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"), ("f1_macro", "macro-F1"),
+                      ("r2", "R²"))  # fmt: skip
 DEFAULT_REGRESSION_THRESHOLD = 0.1
 
 
@@ -60,6 +62,13 @@ class Regression:
     @property
     def drop(self) -> float:
         return self.best - self.value
+
+
+def regression_checked(names: Sequence[tuple[str, str]]) -> str:
+    """The checked metrics the run recorded, for a sentence: "AUC or accuracy"."""
+    keys = {k for k, _ in names}
+    labels = [label for key, label in REGRESSION_METRICS if key in keys]
+    return " or ".join(labels) or "AUC or accuracy"
 
 
 def regressions(

@@ -41,8 +41,13 @@ def _series(
     return xs, ys
 
 
-def metrics_figure(metrics: Sequence[RoundMetrics], silos: Sequence[str]) -> str | None:
-    """Accuracy, AUC and loss per round: the weighted mean (black) and each silo.
+def metrics_figure(
+    metrics: Sequence[RoundMetrics],
+    silos: Sequence[str],
+    names: Sequence[tuple[str, str]] = METRICS,
+) -> str | None:
+    """The run's metrics per round (`names`: (key, heading); by default accuracy, AUC and
+    loss): the weighted mean (black) and each silo.
 
     Returns
     -------
@@ -52,9 +57,9 @@ def metrics_figure(metrics: Sequence[RoundMetrics], silos: Sequence[str]) -> str
     if not metrics:
         return None
     fig = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(METRICS))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
     drew = False
-    for ax, (name, label) in zip(axes, METRICS, strict=True):
+    for ax, (name, label) in zip(axes, names, strict=True):
         for silo in silos:
             xs, ys = _series(metrics, silo, name)
             if xs:

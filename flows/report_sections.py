@@ -56,6 +56,32 @@ def validations(view: RunView) -> list[dict[str, Any]]:
     ]
 
 
+# (key, heading) of every metric a silo may report; a report shows those its run recorded
+METRIC_HEADINGS = (
+    ("accuracy", "accuracy"),
+    ("auc", "AUC"),
+    ("f1_macro", "macro-F1"),
+    ("rmse", "RMSE"),
+    ("mae", "MAE"),
+    ("r2", "R²"),
+    ("loss", "loss"),
+)
+
+
+def metric_names(metrics: list[RoundMetrics]) -> list[tuple[str, str]]:
+    """(key, heading) of the metrics any entry carries: the run's task's (binary: accuracy,
+    AUC; multiclass: accuracy, macro-F1; regression: RMSE, MAE, R²), then loss."""
+    present = {
+        k
+        for m in metrics
+        for values in [m.weighted, *m.per_silo.values()]
+        if isinstance(values, dict)
+        for k, v in values.items()
+        if v is not None
+    }
+    return [(k, h) for k, h in METRIC_HEADINGS if k in present] or [("loss", "loss")]
+
+
 def metric_rows(metrics: list[RoundMetrics]) -> list[MetricRow]:
     rows = []
     for m in metrics:

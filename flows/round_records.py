@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.round_progress import declined
 from flows.service_client import CoordinatorClient
-from schemas.metrics import weighted_metric
+from schemas.metrics import METRIC_NAMES, weighted_metric
 from schemas.wire import RoundOut
 
 
@@ -37,6 +37,8 @@ class RoundRecord:
     model_sha256: str | None = None
     per_silo: dict[str, dict[str, float | None]] = field(default_factory=dict)
     declined: dict[str, str] = field(default_factory=dict)  # silo -> "cause: reason"
+    # every weighted metric of `METRIC_NAMES`; the task's are set, the others None
+    metrics: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def overhead_seconds(self) -> float:
@@ -49,6 +51,8 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
 
     def mean(attr: str) -> float | None:
         return weighted_metric(scored, attr)
+
+    names = [n for n in METRIC_NAMES if any(getattr(m, n) is not None for m in scored)]
 
     return RoundRecord(
         round=out.round,
@@ -65,13 +69,19 @@ def summarize_round(out: RoundOut, wall_seconds: float) -> RoundRecord:
         accuracy=mean("accuracy"),
         auc=mean("auc"),
         model_sha256=out.model_sha256,
-        per_silo={
-            s.silo: {"accuracy": s.metrics.accuracy, "auc": s.metrics.auc, "loss": s.metrics.loss}
+        per_silo={  # the metrics any silo reported (the task's), None where one silo had none
+            s.silo: {name: getattr(s.metrics, name) for name in names}
             for s in out.silos
             if s.metrics is not None
         },
         declined=declined(out),
+        metrics={name: mean(name) for name in METRIC_NAMES},
     )
+
+
+def reported(records: list[RoundRecord]) -> list[str]:
+    """The metrics any round reported (the run's task's), in `METRIC_NAMES` order."""
+    return [n for n in METRIC_NAMES if any(r.metrics.get(n) is not None for r in records)]
 
 
 def lineage_markdown(client: CoordinatorClient, run_id: str, model_path: str, sha: str) -> str:
@@ -97,6 +107,7 @@ def lineage_markdown(client: CoordinatorClient, run_id: str, model_path: str, sh
 def publish(
     client: CoordinatorClient, records: list[RoundRecord], run_id: str, model_path: str, sha: str
 ) -> None:
+    names = reported(records) or ["loss"]
     rows = [
         {
             "round": r.round,
@@ -106,9 +117,7 @@ def publish(
             "refused": "; ".join(f"{k}: {v}" for k, v in r.refused.items()),
             "sat out (validation)": "; ".join(f"{k}: {v}" for k, v in r.sat_out.items()),
             "declined": "; ".join(f"{k}: {v}" for k, v in r.declined.items()),
-            "loss": sig4(r.loss),
-            "accuracy": sig4(r.accuracy),
-            "auc": sig4(r.auc),
+            **{name: sig4(r.metrics.get(name)) for name in names},
             "wall s": round(r.wall_seconds, 3),
             "overhead s": round(r.overhead_seconds, 3),
         }

@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.contract_registry import ContractPublish, PublishedContract
 from schemas.lineage import LineageEntry
 from schemas.wire import FederationOut, RoundOpen, RoundOut, RunCreate, RunFinish, RunOut, SiloOut
 from silos.client import HttpBase
@@ -107,3 +108,19 @@ class CoordinatorClient(HttpBase):
 
     def ledger_keys(self) -> dict[str, str]:
         return dict(self._json("GET", "/v1/ledger/keys"))
+
+    def publish_contract(
+        self, federation: str, body: ContractPublish
+    ) -> tuple[PublishedContract, bool]:
+        """Publish a signed contract version; returns it and whether it is new (201)."""
+        resp = self.request("POST", f"/v1/federations/{federation}/contracts", json_body=body)
+        return PublishedContract.model_validate_json(resp.content), resp.status_code == 201
+
+    def contracts(self, federation: str) -> list[PublishedContract]:
+        rows = self._json("GET", f"/v1/federations/{federation}/contracts")
+        return [PublishedContract.model_validate(x) for x in rows]
+
+    def contract(self, federation: str, name: str, version: str | None = None) -> PublishedContract:
+        """One published version of a contract; the latest when `version` is None."""
+        path = f"/v1/federations/{federation}/contracts/{name}" + (f"/{version}" if version else "")
+        return PublishedContract.model_validate(self._json("GET", path))

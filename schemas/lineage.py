@@ -101,6 +101,7 @@ KINDS = frozenset(
         "run_failed",
         "decline",
         "run_cancelled",
+        "contract_published",
     }
 )
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from schemas.wire import Metrics
 
-METRIC_NAMES = ("loss", "accuracy", "auc")
+METRIC_NAMES = ("loss", "accuracy", "auc", "f1_macro", "rmse", "mae", "r2")
 
 
 def weighted_metric(metrics: Iterable[Metrics], name: str) -> float | None:

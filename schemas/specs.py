@@ -10,10 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.contracts.loader import Contract
 from schemas.exceptions import SpecError
 from schemas.tree_params import TreeSpec
 
 ModelKind = Literal["logreg", "mlp"]
+TaskKind = Literal["binary", "multiclass", "regression"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
 
 
@@ -22,11 +24,21 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A tabular PyTorch model: logistic regression or a ReLU MLP with one logit output."""
+    """A tabular PyTorch model: logistic / softmax / linear regression or a ReLU MLP.
+
+    `task` and `n_outputs` follow the run's data contract (`model_spec_for_contract`): one
+    logit (binary), one logit per class (multiclass), one number (regression). A regression
+    model learns the target mapped into [0, 1] by `target_range` (the contract's range of the
+    target column), so the default learning rates suit every target's units; predictions are
+    mapped back before scoring. Without a range the target is learned as is.
+    """
 
     kind: ModelKind
     n_features: int = Field(gt=0)
     hidden: tuple[int, ...] = ()
+    task: TaskKind = "binary"
+    n_outputs: int = Field(default=1, ge=1, le=10_000)
+    target_range: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _hidden_matches_kind(self) -> ModelSpec:
@@ -38,6 +50,40 @@ class ModelSpec(_Strict):
             raise ValueError(f"hidden layer sizes must be positive, got {list(self.hidden)}")
         return self
 
+    @model_validator(mode="after")
+    def _outputs_match_task(self) -> ModelSpec:
+        if self.task == "multiclass" and self.n_outputs < 2:
+            raise ValueError("a multiclass model needs n_outputs = the number of classes (>= 2)")
+        if self.task != "multiclass" and self.n_outputs != 1:
+            raise ValueError(f"a {self.task} model has one output, not {self.n_outputs}")
+        if self.target_range is not None:
+            if self.task != "regression":
+                raise ValueError("target_range scales a regression target only")
+            if not self.target_range[0] < self.target_range[1]:
+                raise ValueError(f"target_range must be [min, max], got {self.target_range}")
+        return self
+
+
+def model_spec_for_contract(
+    kind: ModelKind, n_features: int, contract: Contract, hidden: tuple[int, ...] = ()
+) -> ModelSpec:
+    """The PyTorch model spec for `contract`'s task: outputs, and the regression target range.
+
+    `n_features` is the width of the contract's feature pipeline
+    (`silos.features.FeaturePipeline.from_contract(contract).n_features`).
+    """
+    target_range = None
+    if contract.task == "regression":
+        target_range = contract.column(contract.target.column).range
+    return ModelSpec(
+        kind=kind,
+        n_features=n_features,
+        hidden=hidden,
+        task=contract.task,
+        n_outputs=contract.n_outputs,
+        target_range=target_range,
+    )
+
 
 def param_shapes(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of the model's parameters, in wire order.
@@ -45,7 +91,7 @@ def param_shapes(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     The names match the PyTorch module built by `silos.torch_model.build_model`, so a state
     dict and a wire payload line up without any renaming.
     """
-    sizes = [spec.n_features, *spec.hidden, 1]
+    sizes = [spec.n_features, *spec.hidden, spec.n_outputs]
     shapes: list[tuple[str, tuple[int, ...]]] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         shapes.append((f"layers.{i}.weight", (n_out, n_in)))
@@ -128,6 +174,12 @@ class RunSpec(_Strict):
 
     federation: str = Field(min_length=1, max_length=64)
     dataset: str = Field(min_length=1, max_length=64)
+    contract_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the published version of contract `dataset` this run uses; None: the "
+        "service pins the latest published version when the run is created",
+    )
     model: ModelSpec | None = None
     trees: TreeSpec | None = None
     strategy: StrategySpec = StrategySpec()

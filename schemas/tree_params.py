@@ -16,6 +16,10 @@ Modes
                     summed by secure aggregation (`aggregation/trees/secure_hist/`); it sees
                     federation-wide sums only, never one silo's histogram (`SecureHistSpec`).
 
+Objective per task (`schemas.objectives`): binary:logistic, multi:softprob with ``num_class``
+(K trees per boosting round, one per class), reg:squarederror. `check_task` refuses a spec whose
+objective does not fit the contract's task.
+
 `TreeSpec.native_params` maps a spec to the keyword dictionary the library expects; it imports
 neither library, so both the silo (training) and the service (collective server) can use it.
 """
@@ -27,16 +31,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.exceptions import SpecError
+from schemas.objectives import LGB_OBJECTIVE, TASK_BY_OBJECTIVE, TreeObjective, objective_for
 
 TreeKind = Literal["xgboost", "lightgbm"]
 TreeMode = Literal["bagging", "cyclic", "collective", "secure-hist"]
-TreeObjective = Literal["binary:logistic", "reg:squarederror"]
 
 MAX_DEPTH_LIMIT = 16
 MAX_TREES_PER_ROUND = 100
-
-# objective -> the library's own name for it
-_LGB_OBJECTIVE = {"binary:logistic": "binary", "reg:squarederror": "regression"}
+MAX_CLASSES = 1000
 
 
 class TreeSpecError(SpecError):
@@ -156,6 +158,9 @@ class TreeSpec(BaseModel):
     kind: TreeKind
     mode: TreeMode = "bagging"
     objective: TreeObjective = "binary:logistic"
+    num_class: int = Field(
+        default=0, ge=0, le=MAX_CLASSES, description="multi:softprob only: the classes K"
+    )
     n_features: int = Field(gt=0)
     trees_per_round: int = Field(default=1, ge=1, le=MAX_TREES_PER_ROUND)
     params: XGBoostParams | LightGBMParams
@@ -182,8 +187,21 @@ class TreeSpec(BaseModel):
                 raise ValueError(_describe(exc, prefix="params.")) from exc
         return data
 
+    @property
+    def task(self) -> str:
+        return TASK_BY_OBJECTIVE[self.objective]
+
+    @property
+    def n_outputs(self) -> int:
+        """Margins per row, and trees per boosting round: K for multi:softprob, else 1."""
+        return self.num_class if self.objective == "multi:softprob" else 1
+
     @model_validator(mode="after")
     def _consistent(self) -> TreeSpec:
+        if self.objective == "multi:softprob" and self.num_class < 2:
+            raise ValueError("objective multi:softprob needs num_class >= 2 (the classes)")
+        if self.objective != "multi:softprob" and self.num_class != 0:
+            raise ValueError(f"num_class applies to multi:softprob, not to {self.objective}")
         expected = XGBoostParams if self.kind == "xgboost" else LightGBMParams
         if not isinstance(self.params, expected):
             raise ValueError(
@@ -216,18 +234,46 @@ class TreeSpec(BaseModel):
     def native_params(self, seed: int = 0, n_threads: int = 1) -> dict[str, Any]:
         """The full parameter dict for `xgboost.train` / `lightgbm.train`."""
         out = self.params.native()
+        if self.objective == "multi:softprob":
+            out["num_class"] = self.num_class
         if self.kind == "xgboost":
             out.update({"objective": self.objective, "seed": seed, "nthread": n_threads})
         else:
             out.update(
                 {
-                    "objective": _LGB_OBJECTIVE[self.objective],
+                    "objective": LGB_OBJECTIVE[self.objective],
                     "seed": seed,
                     "deterministic": True,
                     "num_threads": n_threads,
                 }
             )
         return out
+
+
+def task_fields(task: str, n_classes: int) -> dict[str, Any]:
+    """The spec fields a contract's task implies: objective, and num_class for multiclass.
+
+    Coordinators merge these into a spec they build (``{**raw, **task_fields(...)}``).
+    """
+    objective = objective_for(task)
+    return {"objective": objective, "num_class": n_classes if task == "multiclass" else 0}
+
+
+def check_task(spec: TreeSpec, task: str, n_classes: int, dataset: str = "") -> None:
+    """TreeSpecError unless the spec's objective (and class count) is the contract's task.
+
+    `n_classes` is the contract's number of classes (multiclass; ignored otherwise).
+    """
+    where = f"contract {dataset!r}" if dataset else "the contract"
+    if spec.task != task:
+        raise TreeSpecError(
+            f"the run's tree objective {spec.objective} is for {spec.task}, but {where} declares "
+            f"task {task!r}: use objective {objective_for(task)}"
+        )
+    if task == "multiclass" and spec.num_class != n_classes:
+        raise TreeSpecError(
+            f"the run's trees have num_class {spec.num_class}; {where} lists {n_classes} classes"
+        )
 
 
 def parse_tree_spec(raw: dict[str, Any]) -> TreeSpec:

@@ -51,8 +51,12 @@ class TreeUpdateHeader(BaseModel):
         pattern=SHA256_PATTERN,
         description="sha256 of the global model the trees were grown from; None = from scratch",
     )
-    n_base_trees: int = Field(ge=0, description="trees in the base model")
-    n_new_trees: int = Field(ge=1, description="trees in the attached model")
+    n_base_trees: int = Field(
+        ge=0, description="boosting rounds in the base model (K trees each for multiclass)"
+    )
+    n_new_trees: int = Field(
+        ge=1, description="boosting rounds in the attached model (K trees each for multiclass)"
+    )
     n_examples: int = Field(
         ge=1, le=2**31 - 1, description="training rows the trees were grown on (32-bit column)"
     )

@@ -135,8 +135,14 @@ class Metrics(Message):
 
     n_test: int = Field(ge=0, le=INT32_MAX)
     loss: float
-    accuracy: float
+    # Which of these are set follows the contract's task (schemas.task_metrics.METRICS_BY_TASK);
+    # None where a metric does not apply or is undefined on the holdout.
+    accuracy: float | None = None
     auc: float | None = None
+    f1_macro: float | None = None
+    rmse: float | None = None
+    mae: float | None = None
+    r2: float | None = None
 
 
 class Refusal(Message):
@@ -258,6 +264,11 @@ class ExpectationOutcome(Message):
     unexpected_count: int | None = None
     unexpected_percent: float | None = None
     detail: str = Field(default="", description="human summary; never raw values or rows")
+    warning: bool = Field(
+        default=False,
+        description='failed, but the contract counts it as a warning (on_drift = "warn"): '
+        "success stays True and the gate passes",
+    )
 
 
 class ValidationSummary(Message):
@@ -268,6 +279,10 @@ class ValidationSummary(Message):
     contract_sha256: str
     data_sha256: str = Field(description="sha256 of the canonical table (see silos.gate)")
     n_rows: int = Field(ge=0)
+    test_data_sha256: str | None = Field(
+        default=None, description="the held-out test file's sha256 (silo.toml test_path), if any"
+    )
+    test_n_rows: int | None = Field(default=None, ge=0)
     n_expectations: int = Field(ge=0)
     success: bool
     failed: list[ExpectationOutcome] = Field(default_factory=list)

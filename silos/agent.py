@@ -25,7 +25,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Failed
 
-from schemas.contracts.loader import load_contract
 from schemas.specs import RunSpec
 from schemas.tasks import RunEndedTask, Task
 from silos import checkpoints, decline, flow_report, hist_round, privacy_budget, secure_round
@@ -33,6 +32,7 @@ from silos import metrics as agent_metrics
 from silos.client import SiloClient
 from silos.client_errors import Forbidden
 from silos.config import SiloConfig, load_silo_config
+from silos.contract_store import bind_run, contract_for
 from silos.decline import Declined, FailureLog
 from silos.exceptions import DataError, FeatureError, UnsupportedTask
 from silos.features import FeaturePipeline
@@ -179,8 +179,8 @@ def silo_training(
 
 
 @task(cache_policy=NO_CACHE, name="check-policy")
-def check_policy(config: SiloConfig, spec: RunSpec, n_features: int) -> str | None:
-    return policy_violation(config, spec, n_features)
+def check_policy(config: SiloConfig, spec: RunSpec, n_features: int, task: str) -> str | None:
+    return policy_violation(config, spec, n_features, task)
 
 
 @task(cache_policy=NO_CACHE, name="load-local-data")
@@ -234,31 +234,37 @@ class _RunProgress:
     """The flow's memory of one run at this silo (the rest is in the workspace)."""
 
     run_id: str
-    n_features: int = 0
-    broken: Declined | None = None  # the contract cannot be loaded: every round is declined
+    config: SiloConfig | None = None  # bound to the run's accepted contract version
     data: LocalData | None = None
     rounds_done: int = 0
     gated_round: int = 0
     declined_round: int = 0
-    checked: bool = False
     metrics: list[dict[str, Any]] = field(default_factory=list)
     failures: FailureLog = field(default_factory=FailureLog.new)
 
 
-def _refuse_run(config: SiloConfig, progress: _RunProgress, work: Task) -> None:
-    """Raise the run's decline when this silo cannot take part (its contract, its policy,
-    checked once at the run's first round task; a task it has no handler for)."""
-    if progress.broken is not None:
-        raise progress.broken
-    if not progress.checked and not isinstance(work, RunEndedTask):
-        reason = check_policy(config, work.spec, progress.n_features)
+def _refuse_run(
+    client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task
+) -> SiloConfig:
+    """Raise the run's decline when this silo cannot take part (a contract version its
+    operator has not accepted, its policy: checked once at the run's first round task; a task it
+    has no handler for). Returns the config bound to the run's contract version."""
+    if progress.config is None and not isinstance(work, RunEndedTask):
+        bound = bind_run(client, config, work.spec.contract_version)
+        try:
+            contract = contract_for(bound)
+            n_features = FeaturePipeline.from_contract(contract).n_features
+        except Exception as exc:  # declined with the reason, at the run's first task
+            raise Declined("run", "contract", f"{type(exc).__name__}: {exc}") from exc
+        reason = check_policy(bound, work.spec, n_features, contract.task)
         if reason:
             raise Declined("run", "policy", reason)
-        progress.checked = True
+        progress.config = bound
     try:
         REGISTRY.lookup(work)
     except UnsupportedTask as exc:
         raise Declined("run", "internal", str(exc)) from exc
+    return progress.config or config
 
 
 def _loaded(config: SiloConfig, stats: list[float] | None) -> LocalData:
@@ -296,7 +302,7 @@ def _ready_data(
 
 def _step(client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task) -> None:
     """One task: the run's checks, the round's gate and data, then its handler."""
-    _refuse_run(config, progress, work)
+    config = _refuse_run(client, config, progress, work)
     entry = REGISTRY.lookup(work)
     if entry.opens_round:  # the previous round closed: countersign its checkpoint
         checkpoints.keep_countersigned(client, config.workspace)
@@ -346,12 +352,6 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
     load_plugins(plugin_names(config.agent.plugins))
     client = make_client(config)
     progress = _RunProgress(run_id)
-    try:
-        progress.n_features = FeaturePipeline.from_contract(
-            load_contract(config.data.contract)
-        ).n_features
-    except Exception as exc:  # declined at the run's first task, with the reason
-        progress.broken = Declined("run", "contract", f"{type(exc).__name__}: {exc}")
     while True:
         work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
         if work is None:

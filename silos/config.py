@@ -9,7 +9,10 @@ Example::
 
     [data]
     path = "data.csv"                # CSV or Parquet
-    contract = "heart_disease"
+    # test_path = "test.csv"         # optional held-out test file; else test_fraction of path
+    contract = "heart_disease"       # published by the federation (`fedsilo silo accept-contract`)
+    # contract_version = "1.0.0"     # optional pin: accept this version, and only it, in advance
+    # contract_path = "draft.toml"   # optional: a local draft for `fedsilo silo check` only
     test_fraction = 0.25
     split_seed = 42
 
@@ -59,6 +62,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.contract_registry import CONTRACT_VERSION_PATTERN
 from schemas.specs import ModelKind
 from schemas.wire import NAME_PATTERN
 from silos.exceptions import SiloConfigError
@@ -78,7 +82,14 @@ class SiloSection(_Section):
 
 class DataSection(_Section):
     path: Path
-    contract: str
+    contract: str = Field(pattern=NAME_PATTERN, description="the federation's published contract")
+    # a pin: the operator accepts this published version, and only this one, in advance
+    contract_version: str | None = Field(default=None, pattern=CONTRACT_VERSION_PATTERN)
+    # a local draft, read only by `fedsilo silo check` before publication; never trained on
+    contract_path: Path | None = None
+    # a held-out test file (CSV or Parquet): train on all of `path`, evaluate on this one;
+    # without it the silo splits `test_fraction` of `path` off for evaluation
+    test_path: Path | None = None
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
     split_seed: int = 42
 
@@ -224,7 +235,13 @@ def load_silo_config(path: Path | str) -> SiloConfig:
             "key_path": base / cfg.silo.key_path if cfg.silo.key_path else None,
         }
     )
-    data = cfg.data.model_copy(update={"path": base / cfg.data.path})
+    data = cfg.data.model_copy(
+        update={
+            "path": base / cfg.data.path,
+            "contract_path": base / cfg.data.contract_path if cfg.data.contract_path else None,
+            "test_path": base / cfg.data.test_path if cfg.data.test_path else None,
+        }
+    )
     collective = cfg.collective
     if collective is not None:
         collective = CollectiveSection(

@@ -1,4 +1,8 @@
-"""Reading a silo's table from disk, splitting it, and deriving the binary target."""
+"""Reading a silo's table from disk, splitting it, and deriving the target labels.
+
+Labels follow the contract's task: binary 0/1 by the positive rule, multiclass the index of the
+value in `contract.classes`, regression the value itself (float).
+"""
 
 from __future__ import annotations
 
@@ -66,34 +70,93 @@ def load_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def binary_target(df: pd.DataFrame, contract: Contract) -> np.ndarray:
-    """The 0/1 target under the contract's positive rule, e.g. ``num > 0``.
+def target_labels(df: pd.DataFrame, contract: Contract, source: object = None) -> np.ndarray:
+    """The labels the model learns, by the contract's task.
+
+    binary: int64 0/1 under the positive rule, e.g. ``num > 0``; multiclass: int64 index of
+    the value in `contract.classes`; regression: float64 values.
+
+    Parameters
+    ----------
+    source
+        The file the rows came from, named in errors (optional).
 
     Raises
     ------
     DataError
-        The target column is absent or has missing values.
+        The target column is absent, has missing values, holds a class the contract does not
+        list (multiclass) or values that are not numbers (regression).
     """
+    where = f"{source}: " if source is not None else ""
     column = contract.target.column
     if column not in df.columns:
-        raise DataError(f"the table has no target column {column!r} (contract {contract.name})")
+        raise DataError(
+            f"{where}the table has no target column {column!r} (contract {contract.name})"
+        )
     values = df[column]
     missing = int(values.isna().sum())
     if missing:
         raise DataError(
-            f"target column {column!r} has {missing} missing values; drop those rows first"
+            f"{where}target column {column!r} has {missing} missing values; drop those rows first"
         )
+    if contract.task == "multiclass":
+        return _class_indices(values, contract, where)
+    if contract.task == "regression":
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna()
+        if bad.any():
+            examples = sorted({str(v) for v in values[bad].head(3)})
+            raise DataError(
+                f"{where}regression target {column!r} holds {int(bad.sum())} values that are "
+                f"not numbers, e.g. {examples}"
+            )
+        return numbers.to_numpy(dtype=np.float64)
     rule = contract.target.positive_if
+    assert rule is not None  # the contract requires a positive rule for a binary target
     positive = _COMPARE[rule.op](values.to_numpy(), rule.value)
     return np.asarray(positive, dtype=np.int64)
+
+
+def binary_target(df: pd.DataFrame, contract: Contract) -> np.ndarray:
+    """The 0/1 target of a binary contract (kept for callers of the binary-only API)."""
+    return target_labels(df, contract)
+
+
+def _class_indices(values: pd.Series, contract: Contract, where: str) -> np.ndarray:
+    """Each value's index in `contract.classes`, matched as text so 1, 1.0 and "1" agree."""
+    index = {_class_key(c): i for i, c in enumerate(contract.classes)}
+    keys = [_class_key(v) for v in values.tolist()]
+    unknown = sorted({str(v) for v, k in zip(values.tolist(), keys, strict=True) if k not in index})
+    if unknown:
+        raise DataError(
+            f"{where}target column {contract.target.column!r} holds classes the contract does "
+            f"not list: {unknown[:5]}; its classes are {list(contract.classes)}"
+        )
+    return np.array([index[k] for k in keys], dtype=np.int64)
+
+
+def _class_key(value: object) -> str:
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | float | np.integer | np.floating):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    text = str(value).strip()
+    if text.lower() in ("true", "false"):
+        return text.lower()
+    try:
+        return _class_key(float(text))
+    except ValueError:
+        return text
 
 
 def split_train_test(
     df: pd.DataFrame, contract: Contract, test_fraction: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split rows into train and test sets, stratified on the binary target.
+    """Split rows into train and test sets, stratified on the class (classification tasks).
 
-    The same table, fraction and seed always give the same split.
+    The same table, fraction and seed always give the same split. Regression rows are split
+    without stratification.
 
     Raises
     ------
@@ -102,16 +165,22 @@ def split_train_test(
     """
     if not 0.0 < test_fraction < 1.0:
         raise DataError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    y = binary_target(df, contract)
-    counts = np.bincount(y, minlength=2)
-    if counts.min() < 2:
-        raise DataError(
-            f"cannot stratify: the table has {counts[0]} negative and {counts[1]} positive rows; "
-            "each class needs at least 2"
-        )
+    y = target_labels(df, contract)
+    stratify = None
+    if contract.task != "regression":
+        counts = np.bincount(y, minlength=len(contract.classes))
+        if counts.min() < 2:
+            if contract.task == "binary":
+                per_class = f"the table has {counts[0]} negative and {counts[1]} positive rows"
+            else:
+                per_class = f"rows per class of {contract.target.column!r} are " + ", ".join(
+                    f"{c}: {n}" for c, n in zip(contract.classes, counts, strict=True)
+                )
+            raise DataError(f"cannot stratify: {per_class}; each class needs at least 2")
+        stratify = y
     try:
         train, test = train_test_split(
-            df, test_size=test_fraction, random_state=seed, shuffle=True, stratify=y
+            df, test_size=test_fraction, random_state=seed, shuffle=True, stratify=stratify
         )
     except ValueError as exc:
         raise DataError(

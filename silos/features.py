@@ -32,7 +32,7 @@ import pandas as pd
 
 from schemas.contracts import Column, Contract
 from schemas.contracts.stats import ColumnStats, FederationStats, standardise
-from silos.data import binary_target
+from silos.data import target_labels
 from silos.exceptions import FeatureError
 
 _TRUE = {"true", "1", "yes"}
@@ -85,15 +85,16 @@ class FeaturePipeline:
         matrix = np.concatenate([block for block, _ in blocks], axis=1).astype(np.float32)
         return matrix
 
-    def transform(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Features and the binary target.
+    def transform(self, df: pd.DataFrame, source: object = None) -> tuple[np.ndarray, np.ndarray]:
+        """Features and the target labels (`silos.data.target_labels`, by the contract's task).
 
         Returns
         -------
         X : numpy.ndarray
             float32, shape (n_rows, n_features), columns as `feature_names`.
         y : numpy.ndarray
-            float32 0/1, shape (n_rows,), from the contract's positive rule.
+            float32, shape (n_rows,): 0/1 (binary), the class index (multiclass) or the
+            target value (regression).
 
         Raises
         ------
@@ -101,10 +102,11 @@ class FeaturePipeline:
             A feature column is absent, not numeric where it should be, holds a category the
             contract does not list, or is missing where the contract forbids it.
         DataError
-            The target column is absent or incomplete.
+            The target column is absent or incomplete, or holds a value the task cannot use;
+            the message names `source` (the file) when given.
         """
         features = self.encode(df)
-        target = binary_target(df, self.contract).astype(np.float32)
+        target = target_labels(df, self.contract, source).astype(np.float32)
         return features, target
 
     def imputation_report(self, df: pd.DataFrame) -> dict[str, int]:

@@ -26,9 +26,25 @@ def fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+# the metrics a silo reports, by task: binary accuracy, auc; multiclass accuracy, f1_macro;
+# regression rmse, mae, r2 (schemas.task_metrics)
+_SHOWN = ("accuracy", "auc", "f1_macro", "rmse", "mae", "r2")
+
+
+def _task_metrics(metrics: Metrics) -> dict[str, float | None]:
+    """The reported metrics; binary's accuracy and auc always (auc may be undefined: n/a)."""
+    binary = metrics.f1_macro is None and metrics.rmse is None
+    return {
+        name: getattr(metrics, name)
+        for name in _SHOWN
+        if getattr(metrics, name) is not None or (binary and name in ("accuracy", "auc"))
+    }
+
+
 def fmt_metrics(metrics: Metrics) -> str:
-    """``loss=0.4321 accuracy=0.8123 auc=0.9012``."""
-    return f"loss={fmt(metrics.loss)} accuracy={fmt(metrics.accuracy)} auc={fmt(metrics.auc)}"
+    """``loss=0.4321 accuracy=0.8123 auc=0.9012`` (or the task's: f1_macro, rmse, mae, r2)."""
+    shown = " ".join(f"{k}={fmt(v)}" for k, v in _task_metrics(metrics).items())
+    return f"loss={fmt(metrics.loss)} {shown}"
 
 
 def model_name(spec: RunSpec) -> str:
@@ -107,8 +123,7 @@ def metrics_row(round_: int, result: object) -> dict[str, Any] | None:
     return {
         "round": round_,
         "loss": fmt(metrics.loss),
-        "accuracy": fmt(metrics.accuracy),
-        "auc": fmt(metrics.auc),
+        **{k: fmt(v) for k, v in _task_metrics(metrics).items()},
         **extra,
     }
 

@@ -9,6 +9,14 @@ Bad data never raises here: it yields a failed summary. A table that cannot even
 raises `DataError` in `silos.data.load_table`; `summary_for_load_error` turns that into a
 failed summary too.
 
+Three checks run here in pandas and join the same outcome list, in the same shape: unless
+the contract sets ``allow_duplicate_rows``, rows identical in every declared column
+(``table_rows_to_be_distinct``, by a row hash: far faster than GX's compound check); category
+shares against the contract's reference frequencies (``column_frequencies_near_reference``; a
+warning only when ``on_drift = "warn"``); and, for classification, rows per class
+(``target_classes_present``: every class needs ``min_class_rows`` rows, or training and the
+stratified split fail every round).
+
 The fingerprint (`fingerprint_table`) is the sha256 of a canonical form of the table:
 
 - columns sorted by name (their text); for each, its name and then its values;
@@ -26,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +53,14 @@ log = logging.getLogger(__name__)
 DATA_DOCS_DIR = "data_docs"
 FINGERPRINT_VERSION = b"fedsilo-table-v1"
 _MAX_DETAIL_NAMES = 10
+_COMPARE = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
 
 
 @dataclass(frozen=True)
@@ -150,7 +167,128 @@ def run_gate(table: pd.DataFrame, contract: Contract, *, silo: str, workspace: P
     view = validation_view(table, contract)
     docs_dir = Path(workspace) / DATA_DOCS_DIR
     outcomes, docs = validate(view, build_suite(contract), silo=silo, docs_dir=docs_dir)
+    outcomes += pandas_checks(table, view, contract)
     return _result(silo, contract, fingerprint, len(table), outcomes, docs)
+
+
+def pandas_checks(
+    table: pd.DataFrame, view: pd.DataFrame, contract: Contract
+) -> tuple[ExpectationOutcome, ...]:
+    """The checks GX lacks (see the module docstring), as outcomes; never raises for bad data."""
+    out = [] if contract.allow_duplicate_rows else [_duplicate_rows_outcome(table, contract)]
+    out += [
+        _frequency_outcome(view, col.name, col.reference.frequencies, contract)
+        for col in contract.columns
+        if col.reference is not None and col.reference.frequencies is not None
+    ]
+    if contract.task != "regression":
+        out.append(_class_outcome(table, contract))
+    return tuple(out)
+
+
+def _duplicate_rows_outcome(table: pd.DataFrame, contract: Contract) -> ExpectationOutcome:
+    declared = [c.name for c in contract.columns if c.name in table.columns]
+    if any(_distinct(table, c.name) for c in contract.columns if c.unique):
+        repeats = 0  # a unique column with no repeat and no gap: no two rows can be equal
+    elif declared:
+        # 64-bit row hashes: a false duplicate needs a collision (about 1 in 10^7 at 10^6 rows).
+        try:
+            hashes = pd.util.hash_pandas_object(table[declared], index=False)
+        except TypeError:  # unhashable cells (lists in a Parquet column): hash their text
+            hashes = pd.util.hash_pandas_object(table[declared].astype(str), index=False)
+        repeats = int(hashes.duplicated().sum())
+    else:
+        repeats = 0
+    percent = 100.0 * repeats / len(table) if len(table) else 0.0
+    return ExpectationOutcome(
+        expectation="table_rows_to_be_distinct",
+        success=repeats == 0,
+        unexpected_count=repeats,
+        unexpected_percent=percent,
+        detail=f"{repeats} ({percent:.2f}%) rows repeat an earlier row in every declared column; "
+        "allow_duplicate_rows = false",
+    )
+
+
+def _distinct(table: pd.DataFrame, column: str) -> bool:
+    if column not in table.columns:
+        return False
+    values = table[column]
+    try:
+        return bool(values.notna().all() and values.is_unique)
+    except TypeError:  # unhashable cells: let the row hash decide
+        return False
+
+
+def _frequency_outcome(
+    view: pd.DataFrame, column: str, reference: dict[str, float], contract: Contract
+) -> ExpectationOutcome:
+    kind = "column_frequencies_near_reference"
+    if column not in view.columns:
+        detail = "column absent from the table"
+        return ExpectationOutcome(expectation=kind, column=column, success=False, detail=detail)
+    shares = view[column].dropna().astype(str).value_counts(normalize=True)
+    if shares.empty:
+        detail = "no present values to compare"
+        return ExpectationOutcome(expectation=kind, column=column, success=True, detail=detail)
+    tolerance = contract.column(column).reference.frequency_tolerance  # type: ignore[union-attr]
+    gaps = {k: abs(float(shares.get(k, 0.0)) - share) for k, share in reference.items()}
+    worst = max(gaps, key=lambda k: gaps[k])
+    # Names only a category the contract lists, and shares: never a cell value.
+    detail = (
+        f"share of {worst!r} {float(shares.get(worst, 0.0)):.3f}, reference "
+        f"{reference[worst]:.3f}: off by {gaps[worst]:.3f}; tolerance {tolerance:g}"
+    )
+    passed = gaps[worst] <= tolerance
+    warning = not passed and contract.on_drift == "warn"
+    return ExpectationOutcome(
+        expectation=kind, column=column, success=passed or warning, warning=warning, detail=detail
+    )
+
+
+def _class_outcome(table: pd.DataFrame, contract: Contract) -> ExpectationOutcome:
+    kind, column = "target_classes_present", contract.target.column
+    if column not in table.columns:
+        detail = "target column absent from the table"
+        return ExpectationOutcome(expectation=kind, column=column, success=False, detail=detail)
+    try:
+        counts = class_counts(table[column].dropna(), contract)
+    except TypeError:
+        detail = f"the target's values cannot be compared with the contract's {contract.task} rule"
+        return ExpectationOutcome(expectation=kind, column=column, success=False, detail=detail)
+    need = contract.min_class_rows
+    rare = {label: n for label, n in counts.items() if n < need}
+    shown = rare or counts
+    listing = ", ".join(f"class {label}: {n} rows" for label, n in list(shown.items())[:10])
+    detail = (
+        f"{listing}; every class needs at least {need} (min_class_rows)"
+        if rare
+        else f"smallest class {min(counts.values())} rows; {need} needed"
+    )
+    return ExpectationOutcome(
+        expectation=kind, column=column, success=not rare, unexpected_count=len(rare), detail=detail
+    )
+
+
+def class_counts(target: pd.Series, contract: Contract) -> dict[str, int]:
+    """Rows per class label of the contract's task: binary "0"/"1", multiclass its classes."""
+    if contract.task == "binary":
+        rule = contract.target.positive_if
+        assert rule is not None
+        positive = int(np.asarray(_COMPARE[rule.op](target.to_numpy(), rule.value)).sum())
+        return {"0": len(target) - positive, "1": positive}
+    numeric = pd.api.types.is_numeric_dtype(target)
+    text = None if numeric else target.astype(str)
+    counts = {}
+    for label in contract.classes:
+        # TOML's 4 arrives as 4.0 (the values are bool | float | str): name it "4"
+        name = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
+        if numeric and isinstance(label, int | float):
+            counts[name] = int((target == label).sum())
+        else:
+            values = text if text is not None else target.astype(str)
+            counts[name] = int((values == str(label)).sum())
+    return counts
 
 
 def _result(

@@ -58,6 +58,7 @@ of values outside the contract). They hold no cell value or row, but keep them i
 institution: the folder is readable by its owner only (0700, files 0600); do not publish it.
 """
 _MAX_NAMES = 10
+_REFERENCE_STATS = ("expect_column_mean_to_be_between", "expect_column_stdev_to_be_between")
 
 
 def validate(
@@ -135,18 +136,31 @@ def _outcome(result: Any, view: pd.DataFrame) -> ExpectationOutcome:
     raw = result.result or {}
     count = raw.get("unexpected_count")
     percent = raw.get("unexpected_percent")
+    absent = [c for c in kwargs.get("column_list") or [column] if c and c not in view.columns]
     if _raised(result.exception_info):
         detail = (
-            "column absent from the table"
-            if column is not None and column not in view.columns
-            else "could not be evaluated on this column's values (a wrong type?)"
+            "could not be evaluated on this column's values (a wrong type?)"
+            if not absent
+            else "column absent from the table"
+            if column is not None
+            else f"columns absent from the table: {absent[:_MAX_NAMES]}"
         )
     else:
         detail = _detail(config.type, kwargs, raw, view)
+    success = bool(result.success)
+    if config.type in _REFERENCE_STATS and not absent and view[column].count() < 2:
+        # A column the contract lets be wholly missing has no mean or std to compare.
+        success, detail = True, "fewer than 2 present values: nothing to compare"
+    # A failed expectation of severity "warning" (on_drift = "warn") reports but passes.
+    warning = not success and str(getattr(config, "severity", "")) in (
+        "warning",
+        "FailureSeverity.WARNING",
+    )
     return ExpectationOutcome(
         expectation=config.type,
         column=column,
-        success=bool(result.success),
+        success=success or warning,
+        warning=warning,
         unexpected_count=int(count) if count is not None else None,
         unexpected_percent=float(percent)
         if percent is not None and math.isfinite(percent)
@@ -185,4 +199,12 @@ def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
     if kind == "expect_column_values_to_be_in_set":
         n = len(kwargs.get("value_set", []))
         return f"{share} of present values not among the contract's {n} allowed values"
+    if kind == "expect_column_values_to_be_unique":
+        return f"{share} of present values are shared with another row; the contract says unique"
+    if kind in _REFERENCE_STATS:
+        stat = "mean" if kind == "expect_column_mean_to_be_between" else "std"
+        observed = raw.get("observed_value")
+        seen = f"{observed:.4g}" if isinstance(observed, int | float) else "?"
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        return f"{stat} {seen}; the contract's reference allows [{low:.4g}, {high:.4g}]"
     return ""

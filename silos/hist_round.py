@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.contracts.loader import load_contract
+from schemas.contracts.loader import Contract
 from schemas.contracts.stats import FederationStats
 from schemas.secagg.exceptions import MessageFormatError
 from schemas.secagg.session_messages import (
@@ -102,8 +102,7 @@ def _inbox(client: SiloClient, work: HistTask) -> list[bytes]:
     return frames
 
 
-def _check_config(config: HistRunConfig, work: HistTask, contract_name: str) -> None:
-    contract = load_contract(contract_name)
+def _check_config(config: HistRunConfig, work: HistTask, contract: Contract) -> None:
     stats = FederationStats.from_summed_moments(work.stats, contract) if work.stats else None
     ours = feature_ranges(FeaturePipeline.from_contract(contract, stats))
     theirs = np.asarray(config.ranges, dtype=np.float64)
@@ -119,7 +118,7 @@ def advertise(
     work: HistTask,
     X: np.ndarray,
     y: np.ndarray,
-    contract: str,
+    contract: Contract,
     min_rows_policy: int,
 ) -> None:
     """Join the run's session: check its config against the silo's contract and policy, build
@@ -160,7 +159,9 @@ def _prepare_level(
     if not run.trained:
         answer = client.hist_cuts(work.run_id)
         cuts = cuts_from_json(str(answer["cuts"]).encode())
-        hist_trainer.start_training(run.hist, cuts, float(answer["base_score"]))
+        raw = answer["base_score"]  # K margins for multi:softprob, else one number
+        base = [float(v) for v in raw] if isinstance(raw, list) else float(str(raw))
+        hist_trainer.start_training(run.hist, cuts, base)
         run.trained = True
     if level.depth != 0:
         return

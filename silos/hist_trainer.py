@@ -19,6 +19,13 @@ federation-wide row count, as the request states it, is below its policy minimum
 a stated count below its own rows in that node (a service that lies). The refusal depends only
 on what the service already knows, never on the silo's own count, so refusing leaks nothing;
 a rule on the silo's *own* count would tell the service "I have fewer than m rows here".
+
+Gradients per objective: binary:logistic g = p - y, h = p (1 - p); reg:squarederror
+g = margin - y, h = 1; multi:softprob by softmax gradients, as XGBoost computes them: tree t
+is for class k = t % K, and at the first tree of each boosting round (k = 0) the silo computes
+p = softmax(margins) and every class's g_k = p_k - [y = k], h_k = max(2 p_k (1 - p_k), 1e-16)
+once, then grows the round's K trees on them (`schemas.secure_hist.protocol` says why softmax
+rather than one-vs-rest). Labels are the class index 0..K-1 for multi:softprob.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.objectives import base_score_to_margin
+from schemas.objectives import base_score_to_margin, softmax
 from schemas.secure_hist.errors import (
     HistConfigError,
     NodeTooSmallError,
@@ -57,7 +64,9 @@ class HistSilo:
     min_rows_policy: int = 1
     layout: HistLayout | None = None
     codes: np.ndarray | None = None  # bin index + feature offset, int32 (n_rows, n_features)
-    margin: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    margin: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n,) or (n, K)
+    round_g: np.ndarray = field(default_factory=lambda: np.zeros(0))  # multi:softprob (n, K)
+    round_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
     g: np.ndarray = field(default_factory=lambda: np.zeros(0))
     h: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tree: int = -1
@@ -82,6 +91,12 @@ class HistSilo:
                 f"{config.n_features} features",
                 silo=name,
             )
+        labels = np.asarray(y, dtype=np.float64)
+        if config.num_class and not np.isin(labels, np.arange(config.num_class)).all():
+            raise HistConfigError(
+                f"multi:softprob labels must be class indices 0..{config.num_class - 1}",
+                silo=name,
+            )
         if config.min_rows_per_node < min_rows_policy:
             raise NodeTooSmallError(
                 f"the run allows nodes of {config.min_rows_per_node} rows; this silo's policy "
@@ -95,12 +110,18 @@ def setup_vector(state: HistSilo) -> np.ndarray:
     """Fine-grid counts of every feature, then [rows, encoded sum of labels], as ``<u8``."""
     cfg = state.config
     counts = fine_grid_counts(state.X, cfg.ranges, cfg.fine_cells)
-    label_sum = cfg.codec.encode(state.y).sum()
-    return to_modular(np.concatenate([counts, [float(len(state.y)), label_sum]]))
+    if cfg.num_class:
+        labels = np.bincount(state.y.astype(np.int64), minlength=cfg.num_class).astype(float)
+    else:
+        labels = np.array([cfg.codec.encode(state.y).sum()])
+    return to_modular(np.concatenate([counts, [float(len(state.y))], labels]))
 
 
-def start_training(state: HistSilo, cuts: Sequence[np.ndarray], base_score: float) -> None:
-    """Bin the rows with the federation's cut points; every margin starts at the base margin."""
+def start_training(
+    state: HistSilo, cuts: Sequence[np.ndarray], base_score: float | Sequence[float]
+) -> None:
+    """Bin the rows with the federation's cut points; every margin starts at the base margin
+    (K base margins for multi:softprob)."""
     layout = HistLayout.from_cuts(cuts)
     if len(layout.n_bins) != state.config.n_features:
         raise HistConfigError(
@@ -110,8 +131,20 @@ def start_training(state: HistSilo, cuts: Sequence[np.ndarray], base_score: floa
     state.layout = layout
     offsets = layout.offsets.astype(np.int32)
     state.codes = bin_matrix(state.X, cuts).astype(np.int32) + offsets[None, :]
-    margin = base_score_to_margin(base_score, state.config.objective)
-    state.margin = np.full(len(state.y), np.float32(margin), dtype=np.float64)
+    objective, k = state.config.objective, state.config.per_round
+    scores = np.atleast_1d(np.asarray(base_score, dtype=np.float64))
+    if scores.size != k:
+        raise HistConfigError(
+            f"the service sent {scores.size} base score(s); the run has {k} output(s)",
+            silo=state.name,
+        )
+    margins = [base_score_to_margin(float(b), objective) for b in scores]
+    # float32, as XGBoost holds the base margin
+    state.margin = np.tile(
+        np.asarray(margins, dtype=np.float32).astype(np.float64), (len(state.y), 1)
+    )
+    if not state.config.num_class:
+        state.margin = state.margin[:, 0]
 
 
 def start_tree(state: HistSilo, tree: int, restart: bool = False) -> None:
@@ -127,6 +160,20 @@ def start_tree(state: HistSilo, tree: int, restart: bool = False) -> None:
     if state.config.objective == "binary:logistic":
         p = 1.0 / (1.0 + np.exp(-state.margin))
         state.g, state.h = p - state.y, np.maximum(p * (1.0 - p), 1e-16)
+    elif state.config.num_class:
+        k = tree % state.config.num_class
+        if k != 0 and state.round_g.size == 0:
+            raise UnknownNodeError(
+                f"tree {tree} is for class {k}, but this silo never started its boosting round",
+                silo=state.name,
+                tree=tree,
+            )
+        if k == 0:
+            # the round's gradients, from the margins before any of its trees
+            p = softmax(state.margin)
+            onehot = np.eye(state.config.num_class)[state.y.astype(np.int64)]
+            state.round_g, state.round_h = p - onehot, np.maximum(2.0 * p * (1.0 - p), 1e-16)
+        state.g, state.h = state.round_g[:, k], state.round_h[:, k]
     else:
         state.g, state.h = state.margin - state.y, np.ones_like(state.y)
     state.tree, state.depth = tree, -1
@@ -283,7 +330,10 @@ def finish_tree(state: HistSilo, done: TreeDone) -> None:
                 tree=done.tree,
                 node=node,
             )
-        state.margin[rows] += np.float32(values[node])
+        if state.config.num_class:
+            state.margin[rows, done.tree % state.config.num_class] += np.float32(values[node])
+        else:
+            state.margin[rows] += np.float32(values[node])
     extra = sorted(set(values) - set(state.rows))
     if extra:
         raise UnknownNodeError(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from schemas.contracts.loader import load_contract
+from schemas.contracts.loader import Contract
 from schemas.contracts.stats import FederationStats
 from silos.config import SiloConfig
+from silos.contract_store import contract_for
 from silos.data import load_table, split_train_test
+from silos.exceptions import FeatureError
 from silos.features import FeaturePipeline
 from silos.gate import fingerprint_table
 
@@ -25,27 +28,35 @@ class LocalData:
     imputed: dict[str, int]
     data_sha256: str
     stats: tuple[float, ...] | None = None
+    test_sha256: str | None = None  # the held-out test file's, when silo.toml names one
 
 
 def local_train_table(config: SiloConfig) -> pd.DataFrame:
     """The silo's training rows (the same split `prepare_local_data` uses)."""
-    contract = load_contract(config.data.contract)
-    table = load_table(config.data.path)
-    return split_train_test(table, contract, config.data.test_fraction, config.data.split_seed)[0]
+    contract = contract_for(config)
+    return _train_test(config, contract, load_table(config.data.path))[0]
+
+
+def _train_test(
+    config: SiloConfig, contract: Contract, table: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All of `path` and the test file when silo.toml names `test_path`; else the split."""
+    if config.data.test_path is not None:
+        return table, load_table(config.data.test_path)
+    return split_train_test(table, contract, config.data.test_fraction, config.data.split_seed)
 
 
 def prepare_local_data(config: SiloConfig, stats: list[float] | None = None) -> LocalData:
-    """Load the silo's table, split it (stratified, fixed seed) and encode it per the contract,
+    """Load the silo's table, split it (stratified, fixed seed; or take the test file when
+    silo.toml names `test_path`) and encode it per the contract,
     standardising with the federation's statistics when the contract asks for them."""
-    contract = load_contract(config.data.contract)
+    contract = contract_for(config)
     table = load_table(config.data.path)
-    train, test = split_train_test(
-        table, contract, config.data.test_fraction, config.data.split_seed
-    )
+    train, test = _train_test(config, contract, table)
     federation = FederationStats.from_summed_moments(stats, contract) if stats else None
     pipeline = FeaturePipeline.from_contract(contract, federation)
-    X_train, y_train = pipeline.transform(train)
-    X_test, y_test = pipeline.transform(test)
+    X_train, y_train = _encoded(pipeline, train, config.data.path)
+    X_test, y_test = _encoded(pipeline, test, config.data.test_path or config.data.path)
     return LocalData(
         X_train=X_train,
         y_train=y_train,
@@ -55,4 +66,13 @@ def prepare_local_data(config: SiloConfig, stats: list[float] | None = None) -> 
         imputed=pipeline.imputation_report(table),
         data_sha256=fingerprint_table(table),
         stats=tuple(stats) if stats else None,
+        test_sha256=fingerprint_table(test) if config.data.test_path is not None else None,
     )
+
+
+def _encoded(pipeline: FeaturePipeline, df: pd.DataFrame, path: Path) -> tuple[np.ndarray, ...]:
+    """Features and labels, errors naming the file the rows came from."""
+    try:
+        return pipeline.transform(df, path)
+    except FeatureError as exc:
+        raise FeatureError(f"{path}: {exc}") from exc

@@ -8,9 +8,12 @@ from silos.tree_policy import policy_violation_trees
 
 
 def policy_violation(
-    config: SiloConfig, spec: RunSpec, n_features: int | None = None
+    config: SiloConfig, spec: RunSpec, n_features: int | None = None, task: str | None = None
 ) -> str | None:
-    """Return why this silo must refuse the run, or None when its policy allows it."""
+    """Return why this silo must refuse the run, or None when its policy allows it.
+
+    `n_features` and `task` are what the silo's contract yields; the run's model must match.
+    """
     policy = config.policy
     if spec.trees is not None:
         problem = policy_violation_trees(policy.trees, spec.trees, config.silo.name)
@@ -43,5 +46,10 @@ def policy_violation(
         return (
             f"the run's model expects {expected} features; contract "
             f"{config.data.contract!r} yields {n_features} at silo {config.silo.name}"
+        )
+    if task is not None and spec.model is not None and spec.model.task != task:
+        return (
+            f"the run's model is for a {spec.model.task} task; contract "
+            f"{config.data.contract!r} at silo {config.silo.name} is {task}"
         )
     return None

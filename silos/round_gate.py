@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.contracts.loader import load_contract
 from schemas.wire import ValidationSummary
 from silos.config import SiloConfig
+from silos.contract_store import contract_for
 from silos.data import load_table
 from silos.exceptions import DataError
 from silos.gate import contract_sha256, fingerprint_table, run_gate, summary_for_load_error
@@ -35,20 +35,47 @@ def _cache_path(workspace: Path) -> Path:
 
 
 def check_round(config: SiloConfig) -> RoundGate:
-    """Fingerprint and (re)validate the silo's table for this round; never raises on bad data."""
-    contract = load_contract(config.data.contract)
+    """Fingerprint and (re)validate the silo's table for this round; never raises on bad data.
+
+    A held-out test file (`[data] test_path`) goes through the same gate; its fingerprint and
+    row count join the summary, and its failures are named ``test_path:<expectation>``.
+    """
+    gate = _check_table(config, config.data.path, config.workspace)
+    if config.data.test_path is None:
+        return gate
+    test = _check_table(config, config.data.test_path, config.workspace / "test_path")
+    # The contract's min_rows is about the training table; a test file may be smaller.
+    failed = [
+        f.model_copy(update={"expectation": f"test_path:{f.expectation}"})
+        for f in test.summary.failed
+        if f.expectation != "expect_table_row_count_to_be_between"
+    ]
+    summary = gate.summary.model_copy(
+        update={
+            "test_data_sha256": test.summary.data_sha256,
+            "test_n_rows": test.summary.n_rows,
+            "n_expectations": gate.summary.n_expectations + test.summary.n_expectations,
+            "success": gate.summary.success and not failed,
+            "failed": [*gate.summary.failed, *failed],
+        }
+    )
+    return RoundGate(summary, gate.data_docs, gate.reused and test.reused)
+
+
+def _check_table(config: SiloConfig, path: Path, workspace: Path) -> RoundGate:
+    contract = contract_for(config)
     try:
-        table = load_table(config.data.path)
+        table = load_table(path)
     except DataError as exc:
         return RoundGate(summary_for_load_error(exc, contract), None, reused=False)
     data_sha, contract_sha = fingerprint_table(table), contract_sha256(contract)
-    cache = _cache_path(config.workspace)
+    cache = _cache_path(workspace)
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached["data_sha256"] == data_sha and cached["contract_sha256"] == contract_sha:
             docs = Path(cached["data_docs"]) if cached.get("data_docs") else None
             return RoundGate(ValidationSummary.model_validate(cached["summary"]), docs, True)
-    result = run_gate(table, contract, silo=config.silo.name, workspace=config.workspace)
+    result = run_gate(table, contract, silo=config.silo.name, workspace=workspace)
     cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache.write_text(
         json.dumps(
@@ -73,6 +100,8 @@ def statement_payload(silo: str, round_: int, summary: ValidationSummary) -> dic
         "contract_sha256": summary.contract_sha256,
         "data_sha256": summary.data_sha256,
         "n_rows": summary.n_rows,
+        **({"test_data_sha256": summary.test_data_sha256} if summary.test_data_sha256 else {}),
+        **({"test_n_rows": summary.test_n_rows} if summary.test_n_rows is not None else {}),
         "success": summary.success,
         "failed": [
             {

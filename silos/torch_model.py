@@ -15,20 +15,23 @@ from silos.exceptions import ModelError
 
 
 class TabularNet(nn.Module):
-    """Logistic regression (no hidden layer) or a ReLU MLP, ending in one logit."""
+    """A linear model (no hidden layer) or a ReLU MLP, ending in `spec.n_outputs` units: one
+    logit (binary), one logit per class (multiclass) or one number (regression)."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        sizes = [spec.n_features, *spec.hidden, 1]
+        self.squeeze = spec.n_outputs == 1
+        sizes = [spec.n_features, *spec.hidden, spec.n_outputs]
         self.layers = nn.ModuleList(
             nn.Linear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of shape (n,)."""
+        """Outputs of shape (n,), or (n, n_outputs) for a multiclass model."""
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
-        return self.layers[-1](x).squeeze(-1)
+        out = self.layers[-1](x)
+        return out.squeeze(-1) if self.squeeze else out
 
 
 def build_model(spec: ModelSpec, seed: int = 0) -> nn.Module:

@@ -1,4 +1,10 @@
-"""Local training and evaluation of the tabular PyTorch model on one silo's arrays."""
+"""Local training and evaluation of the tabular PyTorch model on one silo's arrays.
+
+The loss follows the model's task: binary cross-entropy on one logit (binary), cross-entropy
+on softmax logits (multiclass), mean squared error (regression). A regression model learns the
+target mapped into [0, 1] by the spec's `target_range`, so the default learning rates suit any
+unit; `predict` maps its outputs back, and metrics are in the target's own units.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from schemas.specs import ModelSpec, TrainingSpec
+from schemas.task_metrics import score
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
 from silos.rows import checked_rows
@@ -23,8 +29,9 @@ from silos.torch_model import build_model, get_params, set_params
 class TrainResult:
     """What one round of local training produced.
 
-    `loss` is the mean binary cross-entropy over the last local epoch, without the proximal
-    term, so it is comparable across strategies.
+    `loss` is the mean training loss (cross-entropy, or MSE of the scaled regression target)
+    over the last local epoch, without the proximal term, so it is comparable across
+    strategies.
     """
 
     params: list[np.ndarray]
@@ -62,7 +69,8 @@ def train_local(
     global_params
         Starting parameters, in `param_shapes(spec)` order.
     X, y
-        float features of shape (n, spec.n_features) and 0/1 labels of shape (n,).
+        float features of shape (n, spec.n_features) and labels of shape (n,): 0/1 (binary),
+        class indices (multiclass) or target values (regression), as `silos.data` makes them.
     training
         Epochs, batch size, optimizer, learning rate, weight decay and the shuffling seed.
         The same seed, data and start give the same result.
@@ -79,22 +87,23 @@ def train_local(
     with _single_thread():
         model = build_model(spec)
         set_params(model, global_params)
-        loss = _fit(model, features, labels, training, mu)
+        loss = _fit(spec, model, features, labels, training, mu)
     return TrainResult(get_params(model), len(labels), loss, time.perf_counter() - started)
 
 
 def _fit(
+    spec: ModelSpec,
     model: nn.Module,
     features: torch.Tensor,
     labels: torch.Tensor,
     training: TrainingSpec,
     mu: float,
 ) -> float:
-    """Mini-batch training in place; returns the last epoch's mean BCE."""
+    """Mini-batch training in place; returns the last epoch's mean loss."""
     anchor = [p.detach().clone() for p in model.parameters()]
     optimizer = _optimizer(model, training)
     generator = torch.Generator().manual_seed(training.seed)
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    loss_fn = _loss_fn(spec)
     n = features.shape[0]
     epoch_loss = float("nan")
     for _ in range(training.local_epochs):
@@ -116,26 +125,46 @@ def _fit(
 
 
 def evaluate(spec: ModelSpec, params: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Metrics:
-    """Loss, accuracy at threshold 0.5 and ROC AUC of a model on held-out rows.
+    """The task's metrics (`schemas.task_metrics.score`) of a model on held-out rows.
 
-    AUC is None when `y` holds only one class, where it is undefined.
+    binary: loss, accuracy at threshold 0.5 and ROC AUC (None on one class); multiclass: loss,
+    accuracy and macro-F1; regression: loss (MSE), RMSE, MAE and R², in the target's units.
 
     Raises
     ------
     ModelError
         The arrays do not match the spec or each other, or there are no rows.
     """
-    features, labels = _as_tensors(spec, X, y)
+    _as_tensors(spec, X, y)  # checks shapes and labels before any work
+    truth = np.asarray(y, dtype=np.float64)
+    scores = score(spec.task, truth, predict(spec, params, X))
+    loss = scores.pop("loss")
+    assert loss is not None  # score always computes the loss
+    return Metrics(n_test=len(truth), loss=loss, **scores)
+
+
+def predict(spec: ModelSpec, params: list[np.ndarray], X: np.ndarray) -> np.ndarray:
+    """P(y = 1) (binary, shape (n,)), class probabilities (multiclass, (n, k)) or predicted
+    values in the target's units (regression, (n,))."""
+    features, _ = _as_tensors(spec, X, np.zeros(len(X), dtype=np.float32))
     with _single_thread(), torch.no_grad():
         model = build_model(spec)
         set_params(model, params)
-        logits = model(features)
-        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
-        probs = torch.sigmoid(logits).numpy()
-    truth = labels.numpy()
-    accuracy = float(np.mean((probs >= 0.5) == (truth == 1)))
-    auc = float(roc_auc_score(truth, probs)) if len(np.unique(truth)) == 2 else None
-    return Metrics(n_test=len(truth), loss=loss, accuracy=accuracy, auc=auc)
+        out = model(features)
+    if spec.task == "binary":
+        return torch.sigmoid(out).numpy().astype(np.float64)
+    if spec.task == "multiclass":
+        return torch.softmax(out, dim=1).numpy().astype(np.float64)
+    low, high = spec.target_range or (0.0, 1.0)
+    return out.numpy().astype(np.float64) * (high - low) + low
+
+
+def _loss_fn(spec: ModelSpec) -> nn.Module:
+    if spec.task == "multiclass":
+        return nn.CrossEntropyLoss(reduction="sum")
+    if spec.task == "regression":
+        return nn.MSELoss(reduction="sum")
+    return nn.BCEWithLogitsLoss(reduction="sum")
 
 
 def _optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimizer:
@@ -147,7 +176,19 @@ def _optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimize
 
 
 def _as_tensors(spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, ...]:
-    X, y = checked_rows(X, y, spec.n_features)
+    """Features and the labels the loss takes: float 0/1, long class indices, or the
+    regression target scaled into [0, 1] by `spec.target_range`."""
+    X, y = checked_rows(X, y, spec.n_features, binary=spec.task == "binary")
     if not np.isfinite(X).all():
         raise ModelError("features contain NaN or infinity; encode rows with the FeaturePipeline")
+    if spec.task == "multiclass":
+        if not (np.isin(y, np.arange(spec.n_outputs))).all():
+            raise ModelError(
+                f"labels must be class indices 0..{spec.n_outputs - 1} for a {spec.n_outputs}-"
+                "class model; derive them with silos.data.target_labels"
+            )
+        return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    if spec.task == "regression" and spec.target_range is not None:
+        low, high = spec.target_range
+        y = ((y.astype(np.float64) - low) / (high - low)).astype(np.float32)
     return torch.from_numpy(X), torch.from_numpy(y)

@@ -5,8 +5,10 @@ model (XGBoost ``xgb_model=``, LightGBM ``init_model=``), and returns a native m
 ONLY the new trees: XGBoost ``booster[n_base:]`` (JSON; the base score and learner settings
 come along), LightGBM ``model_to_string(start_iteration=n_base)``. The service appends them
 (scaled in bagging, unscaled in cyclic) to its own copy of the global model, so a silo never
-resends the whole ensemble. `build_update` wraps them in the envelope that binds them to the
-run, round, silo and the sha256 of the model they were grown from.
+resends the whole ensemble. A multi:softprob model grows K trees per boosting round (one per
+class), so its tree counts here are boosting rounds, not trees. `build_update` wraps them in
+the envelope that binds them to the run, round, silo and the sha256 of the model they were
+grown from.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
+from schemas.task_metrics import score
 from schemas.tree_params import TreeSpec
 from schemas.tree_payload import TreeUpdateHeader, encode_tree_update, sha256_hex
 from schemas.wire import Metrics
@@ -30,8 +32,9 @@ from silos.rows import checked_rows
 class TreeTrainResult:
     """What one round of local boosting produced.
 
-    `model` holds only the new trees; `n_base_trees` is how many trees the global model had
-    (the index the new trees start at once appended).
+    `model` holds only the new trees; `n_base_trees` is how many boosting rounds the global
+    model had (the round the new trees start at once appended); both counts are boosting
+    rounds, K trees each for multi:softprob.
     """
 
     model: bytes
@@ -61,7 +64,8 @@ def train_trees(
         Native bytes of the model to continue from (XGBoost JSON, LightGBM text), or None to
         start from scratch (the first round of bagging, the first silo of cyclic).
     X, y
-        Encoded features (n, spec.n_features) and targets (0/1 for binary:logistic).
+        Encoded features (n, spec.n_features) and targets: 0/1 (binary:logistic), the class
+        index 0..K-1 (multi:softprob) or the value (reg:squarederror).
     seed, n_threads
         Library seed and thread count; the same seed, data and start give the same trees.
 
@@ -71,7 +75,7 @@ def train_trees(
         The arrays do not fit the spec, the global model does not load or has another
         feature count, or the library grew no tree.
     """
-    X, y = checked_rows(X, y, spec.n_features, binary=spec.objective == "binary:logistic")
+    X, y = task_rows(spec, X, y)
     started = time.perf_counter()
     base, n_base = _base(spec, global_model)
     boost = _train_xgb if spec.kind == "xgboost" else _train_lgb
@@ -119,22 +123,44 @@ def build_update(
 
 
 def evaluate_trees(spec: TreeSpec, model: bytes, X: np.ndarray, y: np.ndarray) -> Metrics:
-    """Log loss, accuracy at 0.5 and ROC AUC of a binary global model on local holdout rows,
-    predicted by the library itself (AUC is None for a one-class holdout).
+    """The task's metrics (`schemas.task_metrics.score`) of a global model on local holdout
+    rows, predicted by the library itself (a metric undefined on these rows is None).
 
     Raises
     ------
     ModelError
-        The arrays do not fit the spec, the objective is not binary, or the model does not load.
+        The arrays do not fit the spec, or the model does not load.
     """
-    X, y = checked_rows(X, y, spec.n_features, binary=spec.objective == "binary:logistic")
-    if spec.objective != "binary:logistic":
-        raise ModelError(f"evaluate_trees scores binary models; the run's is {spec.objective}")
-    probs = np.clip(_predict_proba(spec, model, X), 1e-15, 1 - 1e-15)
-    loss = float(-np.mean(y * np.log(probs) + (1 - y) * np.log(1 - probs)))
-    accuracy = float(np.mean((probs >= 0.5) == (y == 1)))
-    auc = float(roc_auc_score(y, probs)) if len(np.unique(y)) == 2 else None
-    return Metrics(n_test=len(y), loss=loss, accuracy=accuracy, auc=auc)
+    X, y = task_rows(spec, X, y)
+    metrics = score(spec.task, y, predict_trees(spec, model, X))
+    return Metrics(n_test=len(y), **metrics)  # type: ignore[arg-type]
+
+
+def task_rows(spec: TreeSpec, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`checked_rows`, plus class indices in 0..K-1 for multi:softprob (ModelError if not)."""
+    X, y = checked_rows(X, y, spec.n_features, binary=spec.task == "binary")
+    if spec.task == "multiclass":
+        bad = (y != np.round(y)) | (y < 0) | (y >= spec.num_class)
+        if bad.any():
+            raise ModelError(
+                f"multiclass labels must be class indices 0..{spec.num_class - 1} (the position "
+                f"of the class in the contract's target values); got {y[bad][0]!r}"
+            )
+    return X, y
+
+
+def predict_trees(spec: TreeSpec, model: bytes, X: np.ndarray) -> np.ndarray:
+    """The library's prediction: P(y = 1) (n,), class probabilities (n, K), or values (n,)."""
+    booster = _load(spec, model)
+    if spec.kind == "xgboost":
+        import xgboost as xgb
+
+        pred = np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
+    else:
+        pred = np.asarray(booster.predict(X), dtype=np.float64)
+    if spec.task == "multiclass":
+        return pred.reshape(len(X), spec.num_class)
+    return pred.reshape(-1)
 
 
 _LIBRARY = {"xgboost": "XGBoost", "lightgbm": "LightGBM"}
@@ -170,16 +196,8 @@ def _base(spec: TreeSpec, global_model: bytes | None) -> tuple[Any, int]:
         raise ModelError(
             f"the global model has {n_features} features; this silo's rows have {spec.n_features}"
         )
-    return base, base.num_boosted_rounds() if xgboost else base.num_trees()
-
-
-def _predict_proba(spec: TreeSpec, model: bytes, X: np.ndarray) -> np.ndarray:
-    booster = _load(spec, model)
-    if spec.kind == "xgboost":
-        import xgboost as xgb
-
-        return np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
-    return np.asarray(booster.predict(X), dtype=np.float64)
+    # boosting rounds (LightGBM counts trees, K per round for multiclass)
+    return base, base.num_boosted_rounds() if xgboost else base.num_trees() // spec.n_outputs
 
 
 def _train_xgb(
@@ -206,6 +224,6 @@ def _train_lgb(
     params = spec.native_params(seed=seed, n_threads=threads)
     dataset = lgb.Dataset(X, label=y, params={"max_bin": params["max_bin"], "verbosity": -1})
     booster = lgb.train(params, dataset, num_boost_round=spec.trees_per_round, init_model=base)
-    n_new = booster.num_trees() - n_base
+    n_new = booster.num_trees() // spec.n_outputs - n_base
     text = booster.model_to_string(start_iteration=n_base) if n_new > 0 else ""
     return text.encode(), n_new, lgb.__version__

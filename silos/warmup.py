@@ -13,11 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from schemas.contracts.loader import load_contract
 from schemas.wire import ReadyIn
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.config import SiloConfig
+from silos.contract_store import check_at_start, contract_for
 from silos.local_data import prepare_local_data
 from silos.round_gate import check_round
 
@@ -37,7 +37,7 @@ def warm_up(config: SiloConfig) -> WarmUp:
     started = time.monotonic()
     contract_name, version, data_sha = config.data.contract, "unknown", None
     try:
-        contract = load_contract(config.data.contract)
+        contract = contract_for(config)
         contract_name, version = contract.name, contract.version
         summary = check_round(config).summary
         data_sha = summary.data_sha256
@@ -60,6 +60,7 @@ def warm_up(config: SiloConfig) -> WarmUp:
 
 def warm_up_and_report(client: SiloClient, config: SiloConfig) -> WarmUp:
     """`warm_up`, logged, then ``POST /v1/silo/ready``."""
+    check_at_start(client, config)  # the pinned contract version, or news of a published one
     result = warm_up(config)
     if result.report.validated:
         log.info(

@@ -38,6 +38,7 @@ from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 from support.cpu_hog import CpuHog
 from support.cpu_hog import cpu_hog as start_cpu_hog
+from support.schedule import longest_files_first
 
 # Set before any test imports Prefect: its settings are read once, at import.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -257,3 +258,13 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         _stop(proc)
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the longest test files first (support/schedule.py says why); a run
+    in one process keeps pytest's order."""
+    if hasattr(config, "workerinput"):
+        longest_files_first(items, Path(__file__).parent)

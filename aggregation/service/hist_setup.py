@@ -18,24 +18,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
+from aggregation.service.contracts import run_contract
 from aggregation.service.exceptions import Conflict, InvalidPayload
 from aggregation.service.hist_state import HistState, config_json, save
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import HistRun, Round, Run, Silo
-from schemas.contracts.loader import ContractError, load_contract
+from schemas.contracts.loader import Contract, ContractError
 from schemas.contracts.stats import FederationStats, feature_ranges
 from schemas.secagg.session_config import SessionConfig
 from schemas.secure_hist.errors import HistConfigError
 from schemas.secure_hist.protocol import HistRunConfig
 from schemas.specs import RunSpec
+from schemas.tree_params import TreeSpecError, check_task
 
 
-def run_config(spec: RunSpec, stats: list[float] | None) -> HistRunConfig:
+def run_config(spec: RunSpec, stats: list[float] | None, contract: Contract) -> HistRunConfig:
     """The run's HistRunConfig (InvalidPayload naming the problem when it cannot be built)."""
     trees = spec.trees
     assert trees is not None and trees.secure_hist is not None
     try:
-        contract = load_contract(spec.dataset)
         fed = FederationStats.from_summed_moments(stats, contract) if stats else None
         ranges = feature_ranges(contract, fed)
     except ContractError as exc:
@@ -49,18 +50,33 @@ def run_config(spec: RunSpec, stats: list[float] | None) -> HistRunConfig:
         )
     hist = trees.secure_hist
     try:
+        check_task(trees, contract.task, len(contract.classes), contract.name)
         return HistRunConfig(
             objective=trees.objective,
             params=trees.params,  # type: ignore[arg-type]  # XGBoost (TreeSpec checks)
-            n_trees=spec.rounds * trees.trees_per_round,
+            n_trees=spec.rounds * trees.trees_per_round * trees.n_outputs,
             ranges=ranges,
             fine_cells=hist.fine_cells,
             min_rows_per_node=hist.min_rows_per_node,
             max_rows=hist.max_rows,
-            grad_bound=hist.grad_bound,
+            grad_bound=max(hist.grad_bound, regression_bound(contract)),
+            num_class=trees.num_class,
         )
-    except HistConfigError as exc:
+    except (HistConfigError, TreeSpecError) as exc:
         raise InvalidPayload(f"secure-hist run: {exc}") from exc
+
+
+def regression_bound(contract: Contract) -> float:
+    """The gradient and label bound B of a regression contract, from its target's range
+    [lo, hi]: max(1, |lo|, |hi|, 2 (hi - lo)) (`schemas.secure_hist.protocol` says why); 0 for
+    other tasks or a target without a range (the spec's grad_bound then stands)."""
+    if contract.task != "regression":
+        return 0.0
+    bounds = contract.column(contract.target.column).range
+    if bounds is None:
+        return 0.0
+    lo, hi = bounds
+    return max(1.0, abs(lo), abs(hi), 2.0 * (hi - lo))
 
 
 def new_state(s: Session, run: Run, rnd: Round, spec: RunSpec) -> HistRun:
@@ -68,7 +84,7 @@ def new_state(s: Session, run: Run, rnd: Round, spec: RunSpec) -> HistRun:
     assert spec.trees is not None and spec.trees.secure_hist is not None
     silos = tuple(sorted(active_silos(s, run.id)))
     stats = json.loads(run.federation_stats) if run.federation_stats else None
-    config = run_config(spec, stats)
+    config = run_config(spec, stats, run_contract(s, spec))  # the published version
     n = len(silos)
     threshold = spec.trees.secure_hist.threshold or max(2, n // 2 + 1)
     if n < 2 or threshold > n:
@@ -77,6 +93,7 @@ def new_state(s: Session, run: Run, rnd: Round, spec: RunSpec) -> HistRun:
             f"number of silos; {n} active ({list(silos)}), threshold {threshold}"
         )
     session = SessionConfig(run.id, silos, threshold, 64, True)
+    per_round = spec.trees.trees_per_round * spec.trees.n_outputs  # trees, K per boosting round
     keys = {
         row.name: bytes.fromhex(row.public_key)
         for row in s.scalars(
@@ -86,15 +103,15 @@ def new_state(s: Session, run: Run, rnd: Round, spec: RunSpec) -> HistRun:
     state = HistState(
         config=config,
         server=session_server.SessionServer(session, keys),
-        trees_per_round=spec.trees.trees_per_round,
+        trees_per_round=per_round,
         round=rnd.number,
-        round_end_tree=spec.trees.trees_per_round,
+        round_end_tree=per_round,
     )
     row = HistRun(
         run_id=run.id,
         phase="advertise",
         round=rnd.number,
-        config_json=config_json(config, session, keys, spec.trees.trees_per_round),
+        config_json=config_json(config, session, keys, per_round),
         state_json="",
         trees_json="",
     )

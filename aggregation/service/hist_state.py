@@ -61,7 +61,7 @@ class HistState:
     round: int = 0
     round_end_tree: int = 0
     rows: int = 0
-    base_score: float | None = None
+    base_score: float | list[float] | None = None  # K base margins for multi:softprob
     cuts: list[np.ndarray] | None = None
     grower: TreeGrower | None = None
     tree_silos: tuple[str, ...] = ()

@@ -14,7 +14,16 @@ from aggregation.service.engines.builtin import register_builtins
 from aggregation.service.engines.registry import load_plugins
 from aggregation.service.keys import load_or_create_seal_key, load_service_signer
 from aggregation.service.lineage import Recorder
-from aggregation.service.routes import federations, hist, ledger, runs, secagg, silo, trees
+from aggregation.service.routes import (
+    contracts,
+    federations,
+    hist,
+    ledger,
+    runs,
+    secagg,
+    silo,
+    trees,
+)
 from aggregation.service.routes.checkpoints import router as checkpoints_router
 from aggregation.service.settings import ServiceSettings
 from schemas.sealed import service_public_bytes
@@ -66,7 +75,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
-    for module in (federations, runs, silo, secagg, ledger, trees, hist):
+    for module in (federations, contracts, runs, silo, secagg, ledger, trees, hist):
         app.include_router(module.router)
     app.include_router(checkpoints_router)
     wire.install(app)

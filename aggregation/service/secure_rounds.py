@@ -20,11 +20,11 @@ from sqlalchemy import case, null, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
+from aggregation.service.contracts import round_contract
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.rounds import active_silos
 from aggregation.service.settings import ServiceSettings
 from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
-from schemas.contracts.loader import load_contract
 from schemas.contracts.stats import moments_length
 from schemas.secagg.config import RoundConfig
 from schemas.secagg.exceptions import (
@@ -113,7 +113,7 @@ STATS_BITS = 64
 
 def dim(rnd: Round, spec: RunSpec) -> int:
     if rnd.kind == "statistics":
-        return moments_length(load_contract(spec.dataset))
+        return moments_length(round_contract(rnd, spec))  # the run's published version
     return sum(int(np.prod(shape)) for _, shape in param_shapes(spec.torch_model))
 
 

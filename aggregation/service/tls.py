@@ -105,6 +105,9 @@ def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **kwargs: Any) -> uv
         "port": settings.port,
         "log_level": "warning",
         "timeout_keep_alive": 30,
+        # in-flight long polls (up to 25 s) and a TLS peer that never answers close_notify would
+        # otherwise hold shutdown; a cut-off poll is simply asked again
+        "timeout_graceful_shutdown": 5,
         **kwargs,
     }
     if settings.mode != "production":
@@ -115,8 +118,6 @@ def uvicorn_config(app: ASGIApp, settings: ServiceSettings, **kwargs: Any) -> uv
     reloader = CertificateReloader(context, settings.tls_cert, settings.tls_key, settings.client_ca)
     reloader.watch(RELOAD_POLL_S)
     reloader.on_sighup()
-    # a TLS connection whose peer never answers close_notify would hold shutdown for 30 s
-    common.setdefault("timeout_graceful_shutdown", 5)
     return uvicorn.Config(
         app,
         http=TlsHttpProtocol,

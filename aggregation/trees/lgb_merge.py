@@ -16,6 +16,9 @@ recomputed, and the ``feature_importances`` section recounted over all trees, so
 `lightgbm.Booster(model_str=...)` loads a self-consistent model.
 
 Cyclic: the silo's new trees are appended unscaled (`append_lgb`).
+
+Multiclass: every model holds whole boosting rounds of K trees (`lgb_model`), scaled tree by
+tree and appended whole, so tree i still adds to class i % K in the merged model.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def append_lgb(base: bytes | None, update: bytes, silo: str | None = None) -> by
 
 def check_compatible(reference: LGBModel, other: LGBModel, silo: str | None) -> None:
     check_same_family(reference, other, silo)
+    if other.num_class != reference.num_class:
+        raise MergeError(
+            f"{who(silo)} trained {other.num_class} classes; the global model "
+            f"{reference.num_class}",
+            silo=silo,
+        )
     if other.header_value("feature_names") != reference.header_value("feature_names"):
         raise MergeError(f"{who(silo)} uses other feature names than the global model", silo=silo)
 

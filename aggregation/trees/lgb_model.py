@@ -31,6 +31,9 @@ Layout (what `Booster.model_to_string()` writes, `GBDT::SaveModelToString` in Li
 Numerical decision (`Tree::NumericalDecision`): a NaN becomes 0 unless the missing type is
 NaN; a missing value (zero within 1e-35 for type "zero", NaN for type "NaN") follows the
 default direction; otherwise the row goes left when ``value <= threshold`` (doubles).
+
+Multiclass (``objective=multiclass num_class:K``, ``num_tree_per_iteration=K``): each boosting
+round adds K trees, tree i adding to class i % K; a model must hold whole rounds.
 """
 
 from __future__ import annotations
@@ -70,6 +73,16 @@ class LGBModel:
     trailer: str
     objective: str
     n_features: int
+    num_class: int = 0  # K for multiclass, else 0
+
+    @property
+    def per_round(self) -> int:
+        """Trees per boosting round: K for multiclass, else 1."""
+        return max(self.num_class, 1)
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self.trees) // self.per_round
 
     def header_value(self, key: str) -> str | None:
         return next((v for k, v in self.header if k == key), None)
@@ -83,7 +96,8 @@ def parse_lgb(data: bytes) -> LGBModel:
     TreeModelFormatError
         Not UTF-8 text, not a LightGBM tree model, or a tree whose arrays are inconsistent.
     UnsupportedTreeError
-        Several trees per iteration (multi-class), categorical splits or linear trees.
+        An objective other than binary, multiclass and regression, categorical splits,
+        linear trees, or a multiclass model that does not hold whole boosting rounds.
     """
     try:
         text = data.decode("utf-8")
@@ -103,10 +117,16 @@ def parse_lgb(data: bytes) -> LGBModel:
     for key in ("feature_names", "feature_infos"):
         if len((keys.get(key) or "").split()) != n_features:
             raise TreeModelFormatError(f"LightGBM header {key} does not list {n_features} entries")
-    if per_iteration != 1:
-        raise UnsupportedTreeError("multi-class LightGBM models are not supported")
-    if objective.split()[0] not in ("binary", "regression"):
-        raise UnsupportedTreeError(f"objective {objective!r}: supported are binary, regression")
+    kind = objective.split()[0] if objective else ""
+    if kind not in ("binary", "multiclass", "regression"):
+        raise UnsupportedTreeError(
+            f"objective {objective!r}: supported are binary, multiclass, regression"
+        )
+    if (kind == "multiclass") != (per_iteration > 1) or per_iteration < 1:
+        raise UnsupportedTreeError(
+            f"objective {objective!r} with {per_iteration} trees per iteration: only multiclass "
+            "grows several (one per class)"
+        )
     trees: list[LGBTree] = []
     while pos < len(lines) and lines[pos].startswith("Tree="):
         block, pos = _read_block(lines, pos + 1, stop=lambda line: line == "")
@@ -115,7 +135,13 @@ def parse_lgb(data: bytes) -> LGBModel:
             pos += 1
     if pos >= len(lines) or lines[pos] != "end of trees":
         raise TreeModelFormatError("LightGBM model has no 'end of trees' line after its trees")
-    return LGBModel(header, tuple(trees), "\n".join(lines[pos:]), objective, n_features)
+    if len(trees) % per_iteration:
+        raise UnsupportedTreeError(
+            f"{len(trees)} trees is not a whole number of boosting rounds of {per_iteration}"
+        )
+    num_class = per_iteration if kind == "multiclass" else 0
+    trailer = "\n".join(lines[pos:])
+    return LGBModel(header, tuple(trees), trailer, objective, n_features, num_class)
 
 
 def _read_block(lines: list[str], pos: int, stop) -> tuple[Block, int]:
@@ -215,14 +241,16 @@ def tree_values(tree: LGBTree, X: np.ndarray) -> np.ndarray:
 
 
 def predict_margin_lgb(model: LGBModel, X: np.ndarray) -> np.ndarray:
-    """Raw score (sum of every tree's leaf value) of each row, as float64."""
+    """Raw score (sum of every tree's leaf value) of each row, as float64: shape (n,), or
+    (n, K) for multiclass (tree i adds to class i % K)."""
     X64 = np.asarray(X, dtype=np.float64)
     if X64.ndim != 2 or X64.shape[1] != model.n_features:
         raise ValueError(f"X has shape {X64.shape}; the model expects (n, {model.n_features})")
-    out = np.zeros(X64.shape[0])
-    for tree in model.trees:
-        out += tree_values(tree, X64)
-    return out
+    k = model.per_round
+    out = np.zeros((X64.shape[0], k))
+    for i, tree in enumerate(model.trees):
+        out[:, i % k] += tree_values(tree, X64)
+    return out if model.num_class else out[:, 0]
 
 
 def sigmoid_scale(objective: str) -> float:

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from aggregation.trees.lgb_merge import append_lgb, merge_bagging_lgb
 from aggregation.trees.lgb_model import LGBModel, parse_lgb, predict_margin_lgb, sigmoid_scale
 from aggregation.trees.xgb_merge import append_xgb, merge_bagging_xgb
 from aggregation.trees.xgb_model import XGBModel, parse_xgb, predict_margin_xgb
+from schemas.objectives import predict_from_margin, task_of
+from schemas.task_metrics import score
 from schemas.tree_params import TreeKind
 from schemas.wire import Metrics
 
@@ -35,33 +36,47 @@ def predict_margin(kind: TreeKind, model: bytes | ParsedModel, X: np.ndarray) ->
     return predict_margin_lgb(parsed, X)
 
 
+def task(parsed: ParsedModel) -> str:
+    """The task the model's objective serves: binary, multiclass or regression."""
+    return task_of(parsed.objective)
+
+
 def is_binary(parsed: ParsedModel) -> bool:
-    """Whether the model's objective is binary classification (else squared-error regression)."""
-    return parsed.objective.split()[0] in ("binary:logistic", "binary")
+    """Whether the model's objective is binary classification."""
+    return task(parsed) == "binary"
+
+
+def predict(kind: TreeKind, model: bytes | ParsedModel, X: np.ndarray) -> np.ndarray:
+    """The library's `predict`: P(y = 1) (n,), class probabilities (n, K), or values (n,)."""
+    parsed = parse_model(kind, model) if isinstance(model, bytes) else model
+    scale = sigmoid_scale(parsed.objective) if isinstance(parsed, LGBModel) else 1.0
+    return predict_from_margin(parsed.objective, predict_margin(kind, parsed, X), scale)
 
 
 def predict_proba(kind: TreeKind, model: bytes | ParsedModel, X: np.ndarray) -> np.ndarray:
-    """Probability of the positive class for a binary model (the library's `predict`)."""
+    """Class probabilities: P(y = 1) (n,) for binary, (n, K) for multiclass."""
     parsed = parse_model(kind, model) if isinstance(model, bytes) else model
-    if not is_binary(parsed):
-        raise ValueError(f"objective {parsed.objective!r} is not binary classification")
-    scale = sigmoid_scale(parsed.objective) if isinstance(parsed, LGBModel) else 1.0
-    return 1.0 / (1.0 + np.exp(-scale * predict_margin(kind, parsed, X)))
+    if task(parsed) == "regression":
+        raise ValueError(f"objective {parsed.objective!r} is regression, not classification")
+    return predict(kind, parsed, X)
 
 
 def evaluate(kind: TreeKind, model: bytes, X: np.ndarray, y: np.ndarray) -> Metrics:
-    """Log loss, accuracy at 0.5 and ROC AUC (None for a one-class `y`) of a binary model."""
-    probs = np.clip(predict_proba(kind, model, X), 1e-15, 1 - 1e-15)
-    truth = np.asarray(y, dtype=np.float64)
-    loss = float(-np.mean(truth * np.log(probs) + (1 - truth) * np.log(1 - probs)))
-    accuracy = float(np.mean((probs >= 0.5) == (truth == 1)))
-    auc = float(roc_auc_score(truth, probs)) if len(np.unique(truth)) == 2 else None
-    return Metrics(n_test=len(truth), loss=loss, accuracy=accuracy, auc=auc)
+    """The metrics of the model's task (`schemas.task_metrics.score`) on labelled rows."""
+    parsed = parse_model(kind, model)
+    metrics = score(task(parsed), y, predict(kind, parsed, X))
+    return Metrics(n_test=len(y), **metrics)  # type: ignore[arg-type]
 
 
 def n_trees(kind: TreeKind, model: bytes) -> int:
-    """Number of trees in a native model."""
+    """Number of trees in a native model (K per boosting round for multiclass)."""
     return len(parse_model(kind, model).trees)
+
+
+def n_rounds(kind: TreeKind, model: bytes | ParsedModel) -> int:
+    """Number of boosting rounds in a native model."""
+    parsed = parse_model(kind, model) if isinstance(model, bytes) else model
+    return parsed.n_rounds
 
 
 def merge_bagging(

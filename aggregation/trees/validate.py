@@ -16,6 +16,7 @@ from aggregation.trees import lgb_merge, xgb_merge
 from aggregation.trees.lgb_model import LGBModel
 from aggregation.trees.models import ParsedModel, parse_model
 from aggregation.trees.xgb_model import XGBModel
+from schemas.objectives import task_of
 from schemas.tree_errors import (
     FeatureCountError,
     MergeError,
@@ -108,7 +109,19 @@ def validate_tree_update(
             f"{spec.n_features}",
             **where,
         )
-    _check_tree_count(len(parsed.trees), header, spec, **where)
+    if task_of(parsed.objective) != spec.task:
+        raise TreeModelFormatError(
+            f"the trees were trained with objective {parsed.objective!r}; the run's is "
+            f"{spec.objective}",
+            **where,
+        )
+    if max(parsed.num_class, 1) != spec.n_outputs:
+        raise TreeModelFormatError(
+            f"the trees have {max(parsed.num_class, 1)} output(s); the run's model has "
+            f"{spec.n_outputs}",
+            **where,
+        )
+    _check_tree_count(parsed.n_rounds, header, spec, **where)
     if global_model is not None:
         _check_continues(spec, global_model, parsed, silo=silo, round_num=round_num)
     return AcceptedUpdate(header, model, parsed)
@@ -154,8 +167,9 @@ def _check_tree_count(
     # legitimate; more is not, and neither is a header that disagrees with the model.
     if found != header.n_new_trees or not 1 <= found <= spec.trees_per_round:
         raise TreeCountError(
-            f"the update holds {found} trees (header says {header.n_new_trees}); the run "
-            f"asks for 1..{spec.trees_per_round} new trees per silo and round",
+            f"the update holds {found} trees (header says {header.n_new_trees}; boosting rounds "
+            f"of K trees for multiclass); the run asks for 1..{spec.trees_per_round} new trees "
+            "per silo and round",
             silo=silo,
             round_num=round_num,
         )

@@ -17,6 +17,10 @@ silo whose trees come with another base score did not start from F: the merge re
 
 Cyclic: the silo's new trees are appended unscaled (`append_xgb`).
 
+multi:softprob: every silo's update holds whole boosting rounds of K trees (one per class, in
+class order, `xgb_model`); scaling is per tree and appending keeps whole rounds, so the merged
+``tree_info`` is again 0..K-1 repeated. Base scores are K margins, averaged per class.
+
 The output is one native model: `xgboost.Booster(model_file=bytearray(merged))` loads it, one
 tree per boosting iteration.
 """
@@ -24,7 +28,7 @@ tree per boosting iteration.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,15 +75,15 @@ def merge_bagging_xgb(base: bytes | None, updates: Mapping[str, tuple[bytes, int
     for silo in silos:
         check_compatible(reference, parsed[silo], silo, require_same_base=base_model is not None)
     if base_model is None:
-        margin = sum(weights[s] * parsed[s].base_margin for s in silos)
-        base_score = margin_to_base_score(margin, reference.objective)
+        margin = np.sum([weights[s] * parsed[s].base_margin for s in silos], axis=0)
+        base_score = [margin_to_base_score(float(m), reference.objective) for m in margin]
         doc, trees = copy.deepcopy(parsed[silos[0]].doc), []
     else:
-        base_score = base_model.base_score
+        base_score = list(base_model.base_scores)
         doc, trees = copy.deepcopy(base_model.doc), list(_raw_trees(base_model.doc))
     for silo in silos:
         trees.extend(_scaled(t, weights[silo]) for t in _raw_trees(parsed[silo].doc))
-    return dump_xgb(_with_trees(doc, trees, base_score))
+    return dump_xgb(_with_trees(doc, trees, base_score, reference.per_round))
 
 
 def append_xgb(base: bytes | None, update: bytes, silo: str | None = None) -> bytes:
@@ -91,27 +95,39 @@ def append_xgb(base: bytes | None, update: bytes, silo: str | None = None) -> by
     """
     new = parse_xgb(update)
     if base is None:
-        return dump_xgb(_with_trees(copy.deepcopy(new.doc), _raw_trees(new.doc), new.base_score))
+        doc = copy.deepcopy(new.doc)
+        return dump_xgb(_with_trees(doc, _raw_trees(new.doc), new.base_scores, new.per_round))
     base_model = parse_xgb(base)
     check_compatible(base_model, new, silo, require_same_base=True)
     trees = [*_raw_trees(base_model.doc), *_raw_trees(new.doc)]
-    return dump_xgb(_with_trees(copy.deepcopy(base_model.doc), trees, base_model.base_score))
+    doc = copy.deepcopy(base_model.doc)
+    return dump_xgb(_with_trees(doc, trees, base_model.base_scores, base_model.per_round))
 
 
 def check_compatible(
     reference: XGBModel, other: XGBModel, silo: str | None, *, require_same_base: bool
 ) -> None:
     check_same_family(reference, other, silo)
+    if other.num_class != reference.num_class:
+        raise MergeError(
+            f"{who(silo)} trained {other.num_class} classes; the global model "
+            f"{reference.num_class}",
+            silo=silo,
+        )
     names = (
         reference.doc["learner"].get("feature_names"),
         other.doc["learner"].get("feature_names"),
     )
     if names[0] and names[1] and names[0] != names[1]:
         raise MergeError(f"{who(silo)} uses other feature names than the global model", silo=silo)
-    if require_same_base and np.float32(other.base_score) != np.float32(reference.base_score):
+    f32 = np.float32
+    same = np.array_equal(
+        np.asarray(other.base_scores, dtype=f32), np.asarray(reference.base_scores, dtype=f32)
+    )
+    if require_same_base and not same:
         raise MergeError(
-            f"{who(silo)}'s trees have base score {other.base_score}, the global model "
-            f"{reference.base_score}: they were not grown from the current global model",
+            f"{who(silo)}'s trees have base score {list(other.base_scores)}, the global model "
+            f"{list(reference.base_scores)}: they were not grown from the current global model",
             silo=silo,
         )
 
@@ -133,16 +149,18 @@ def _scaled(tree: dict[str, Any], weight: float) -> dict[str, Any]:
     return out
 
 
-def _with_trees(doc: dict[str, Any], trees: list[dict[str, Any]], base_score: float) -> dict:
-    """Install `trees` (renumbered, one per iteration) and the base score into `doc`."""
+def _with_trees(
+    doc: dict[str, Any], trees: list[dict[str, Any]], base_score: Sequence[float], per_round: int
+) -> dict:
+    """Install `trees` (renumbered, `per_round` per iteration) and the base score into `doc`."""
     learner = doc["learner"]
     model = learner["gradient_booster"]["model"]
     renumbered = []
     for i, tree in enumerate(trees):
         renumbered.append({**tree, "id": i})
     model["trees"] = renumbered
-    model["tree_info"] = [0] * len(trees)
-    model["iteration_indptr"] = list(range(len(trees) + 1))
+    model["tree_info"] = [i % per_round for i in range(len(trees))]
+    model["iteration_indptr"] = list(range(0, len(trees) + 1, per_round))
     model["gbtree_model_param"] = {
         **model["gbtree_model_param"],
         "num_trees": str(len(trees)),

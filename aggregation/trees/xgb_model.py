@@ -23,12 +23,19 @@ A node is a leaf when its left child is -1; a leaf's value is its ``split_condit
 NaN and ``default_left`` is set, or when ``value < split_condition`` in float32.
 ``base_score`` is stored in the objective's output space (a probability for binary:logistic);
 the margin every prediction starts from is its inverse link.
+
+multi:softprob with K classes (``num_class`` K, ``objective.softmax_multiclass_param``): each
+boosting round adds K trees, tree i adding to class ``tree_info[i]``; XGBoost writes them in
+class order, so ``tree_info[i] == i % K`` and ``iteration_indptr`` steps by K, and `parse_xgb`
+insists on that layout (merges keep it by appending whole rounds). Its ``base_score`` holds K
+margins, ``[m_0,...,m_{K-1}]``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +44,7 @@ import numpy as np
 from schemas.objectives import base_score_to_margin
 from schemas.tree_errors import TreeModelFormatError, UnsupportedTreeError
 
-OBJECTIVES = ("binary:logistic", "reg:squarederror")
+OBJECTIVES = ("binary:logistic", "multi:softprob", "reg:squarederror")
 _TREE_ARRAYS = ("left_children", "right_children", "split_indices", "split_conditions")
 
 
@@ -60,16 +67,35 @@ class XGBModel:
     trees: tuple[XGBTree, ...]
     objective: str
     n_features: int
-    base_score: float
+    base_scores: tuple[float, ...]  # one per class (multi:softprob), else one
+    num_class: int = 0  # K for multi:softprob, else 0
 
     @property
-    def base_margin(self) -> float:
-        return base_score_to_margin(self.base_score, self.objective)
+    def per_round(self) -> int:
+        """Trees per boosting round: K for multi:softprob, else 1."""
+        return max(self.num_class, 1)
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self.trees) // self.per_round
+
+    @property
+    def base_score(self) -> float:
+        """The one base score of a binary or regression model."""
+        if len(self.base_scores) != 1:
+            raise ValueError(f"a {self.num_class}-class model has one base score per class")
+        return self.base_scores[0]
+
+    @property
+    def base_margin(self) -> np.ndarray:
+        """The margin(s) every prediction starts from, float64 of shape (per_round,)."""
+        return np.array([base_score_to_margin(b, self.objective) for b in self.base_scores])
 
 
-def format_base_score(value: float) -> str:
-    """XGBoost 3's string form of a one-target base score, e.g. ``[4.25E-1]``."""
-    return f"[{np.float32(value):.8E}]"
+def format_base_score(value: float | Sequence[float] | np.ndarray) -> str:
+    """XGBoost 3's string form of base scores, e.g. ``[4.25E-1]`` or ``[1E-1,2E-1,3E-1]``."""
+    values = np.atleast_1d(np.asarray(value, dtype=np.float32))
+    return "[" + ",".join(f"{v:.8E}" for v in values) + "]"
 
 
 def parse_xgb(data: bytes) -> XGBModel:
@@ -80,8 +106,8 @@ def parse_xgb(data: bytes) -> XGBModel:
     TreeModelFormatError
         Not JSON, not an XGBoost gbtree model, or a tree whose arrays are inconsistent.
     UnsupportedTreeError
-        Categorical splits, several targets/classes, or an objective other than
-        binary:logistic and reg:squarederror.
+        Categorical splits, several targets, an objective other than binary:logistic,
+        multi:softprob and reg:squarederror, or multi-class trees out of class order.
     """
     try:
         doc = json.loads(data)
@@ -90,7 +116,8 @@ def parse_xgb(data: bytes) -> XGBModel:
         booster = learner["gradient_booster"]
         objective = learner["objective"]["name"]
         n_features = int(param["num_feature"])
-        base_score = _parse_base_score(param["base_score"])
+        num_class = int(param.get("num_class", "0"))
+        base_scores = _parse_base_score(param["base_score"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise TreeModelFormatError(
             f"not an XGBoost JSON model ({type(exc).__name__}: {exc}); submit the bytes of "
@@ -100,20 +127,31 @@ def parse_xgb(data: bytes) -> XGBModel:
         raise UnsupportedTreeError(f"booster {booster.get('name')!r}: only gbtree is supported")
     if objective not in OBJECTIVES:
         raise UnsupportedTreeError(f"objective {objective!r}: supported are {list(OBJECTIVES)}")
-    if str(param.get("num_class", "0")) != "0" or str(param.get("num_target", "1")) != "1":
-        raise UnsupportedTreeError("multi-class and multi-target models are not supported")
-    trees = _parse_trees(booster, n_features)
-    return XGBModel(doc, trees, objective, n_features, base_score)
+    if str(param.get("num_target", "1")) != "1":
+        raise UnsupportedTreeError("multi-target models are not supported")
+    multi = objective == "multi:softprob"
+    if multi and num_class < 2 or not multi and num_class != 0:
+        raise UnsupportedTreeError(
+            f"objective {objective} with num_class {num_class}: multi:softprob needs "
+            "num_class >= 2, the other objectives num_class 0"
+        )
+    if len(base_scores) != max(num_class, 1):
+        raise TreeModelFormatError(
+            f"base_score holds {len(base_scores)} values; the model has {max(num_class, 1)} "
+            "output(s)"
+        )
+    trees = _parse_trees(booster, n_features, max(num_class, 1))
+    return XGBModel(doc, trees, objective, n_features, base_scores, num_class)
 
 
-def _parse_base_score(raw: str) -> float:
-    value = float(str(raw).strip().strip("[]"))
-    if not math.isfinite(value):
+def _parse_base_score(raw: str) -> tuple[float, ...]:
+    values = tuple(float(v) for v in str(raw).strip().strip("[]").split(","))
+    if not all(math.isfinite(v) for v in values):
         raise ValueError(f"base_score {raw!r} is not finite")
-    return value
+    return values
 
 
-def _parse_trees(booster: dict[str, Any], n_features: int) -> tuple[XGBTree, ...]:
+def _parse_trees(booster: dict[str, Any], n_features: int, per_round: int) -> tuple[XGBTree, ...]:
     try:
         model = booster["model"]
         raw_trees = model["trees"]
@@ -126,7 +164,20 @@ def _parse_trees(booster: dict[str, Any], n_features: int) -> tuple[XGBTree, ...
             f"model declares {declared} trees and {len(tree_info)} tree_info entries but "
             f"holds {len(raw_trees)} trees"
         )
+    expected = [i % per_round for i in range(len(raw_trees))]
+    if len(raw_trees) % per_round or [_int(c) for c in tree_info] != expected:
+        raise UnsupportedTreeError(
+            f"tree_info {list(tree_info)[:12]}: trees must come in whole boosting rounds of "
+            f"{per_round}, one per class in class order, as XGBoost writes them"
+        )
     return tuple(_parse_tree(i, t, n_features) for i, t in enumerate(raw_trees))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise TreeModelFormatError(f"tree_info entry {value!r} is not an integer") from exc
 
 
 def _parse_tree(index: int, raw: dict[str, Any], n_features: int) -> XGBTree:
@@ -197,14 +248,17 @@ def tree_values(tree: XGBTree, X32: np.ndarray) -> np.ndarray:
 
 
 def predict_margin_xgb(model: XGBModel, X: np.ndarray) -> np.ndarray:
-    """Raw margin (base margin plus every tree's leaf value) of each row, as float64."""
+    """Raw margin (base margin plus every tree's leaf value) of each row, as float64:
+    shape (n,), or (n, K) for multi:softprob (tree i adds to class i % K)."""
     X32 = np.asarray(X, dtype=np.float32)
     if X32.ndim != 2 or X32.shape[1] != model.n_features:
         raise ValueError(f"X has shape {X32.shape}; the model expects (n, {model.n_features})")
-    out = np.full(X32.shape[0], np.float32(model.base_margin), dtype=np.float64)
-    for tree in model.trees:
-        out += tree_values(tree, X32)
-    return out
+    k = model.per_round
+    base = model.base_margin.astype(np.float32).astype(np.float64)
+    out = np.tile(base, (X32.shape[0], 1))
+    for i, tree in enumerate(model.trees):
+        out[:, i % k] += tree_values(tree, X32)
+    return out if model.num_class else out[:, 0]
 
 
 def dump_xgb(doc: dict[str, Any]) -> bytes:

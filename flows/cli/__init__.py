@@ -11,6 +11,7 @@ module             commands
 ``silo``           ``fedsilo silo start|list|approve|check|enrol|revoke|demo-data``
 ``runs``           ``fedsilo runs list|show|cancel``
 ``federation``     ``fedsilo federation init|sign-csr|create|list``: CA, federations
+``contract``       ``fedsilo contract draft|example|publish|list|show``: data contracts
 ``common``         options and helpers the groups share
 ``errors``         one-line errors and exit codes (``FedsiloGroup``)
 ``output``         markup-safe output, ``--json``, run id prefixes
@@ -28,6 +29,7 @@ from typing import Annotated
 import typer
 
 import flows.cli.aggregator_ops  # noqa: F401  (adds backup/restore/migrate)
+from flows.cli.contract import contract_app
 from flows.cli.demo import demo
 from flows.cli.errors import DEBUG_KEY, FedsiloGroup, exit_codes_epilog
 from flows.cli.federation import federation_app
@@ -92,4 +94,5 @@ app.add_typer(silo_app, name="silo")
 app.add_typer(runs_app, name="runs")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(federation_app, name="federation")
+app.add_typer(contract_app, name="contract")
 app.add_typer(model_app, name="model")

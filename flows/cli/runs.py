@@ -58,7 +58,7 @@ def runs_show(
 ) -> None:
     """Show one run: its spec, participants and a row per round (its stage, the silos it still
     awaits, who declined and why, metrics)."""
-    from flows.render import round_table
+    from flows.render import round_table, silo_metrics_table
 
     client = coordinator(service_url, token, token_file)
     run = client.get_run(resolve_run_id(client, run_id))
@@ -76,6 +76,9 @@ def runs_show(
         f"spec: {run.spec.model_dump_json()}\nprefect flow run: {run.prefect_flow_run_id}"
     )
     out.print(round_table(rounds))
+    per_silo = silo_metrics_table(rounds)
+    if per_silo is not None:
+        out.print(per_silo)
 
 
 @runs_app.command("cancel")

@@ -57,7 +57,10 @@ def schedule(
     trees_per_round: TreesPerRoundOpt = 3,
     tree_param: TreeParamOpt = [],
     n_features: Annotated[
-        int, typer.Option(help="Model input width; 0 = from the contract's pipeline.")
+        int,
+        typer.Option(
+            help="Deprecated: the width comes from the contract; if given (not 0) it must match it."
+        ),
     ] = 0,
     strategy: StrategyOpt = "fedavg",
     rounds: RoundsOpt = 10,
@@ -75,28 +78,32 @@ def schedule(
 ) -> None:
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
-    from flows.cli.train import tree_spec
+    from flows.cli.common import TokenSource
+    from flows.cli.train import service_contract, tree_spec
+    from flows.run_model import feature_width, model_for_contract
     from flows.schedule import deployment_parameters, schedule_training
-    from schemas.contracts.loader import load_contract
-    from schemas.specs import ModelSpec, StrategySpec, TrainingSpec
-    from silos.features import FeaturePipeline
+    from schemas.specs import StrategySpec, TrainingSpec
 
     check_model_kind(model)
     _check_token_source(token_file, token_block)
-    width = n_features or FeaturePipeline.from_contract(load_contract(dataset)).n_features
-    trees = None
-    if model in TREE_KINDS:
-        trees = tree_spec(model, mode, width, trees_per_round, tree_param)
+    source = TokenSource(file=str(token_file.resolve()) if token_file else None, block=token_block)
+    # the width, outputs and task of the contract the federation published
+    contract = service_contract(service_url, source, federation, dataset)
+    trees, spec_model = None, None
+    try:
+        if model in TREE_KINDS:
+            width = feature_width(contract, n_features or None)
+            trees = tree_spec(model, mode, width, trees_per_round, tree_param, contract)
+        else:
+            spec_model = model_for_contract(model, tuple(hidden), contract, n_features or None)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
     params = deployment_parameters(
         service_urls=service_url,
         token_file=token_file,
         federation=federation,
         dataset=dataset,
-        model={}
-        if trees
-        else ModelSpec(kind=model, n_features=width, hidden=tuple(hidden)).model_dump(  # type: ignore[arg-type]
-            mode="json"
-        ),
+        model={} if spec_model is None else spec_model.model_dump(mode="json"),
         strategy=StrategySpec(name=strategy).model_dump(mode="json"),  # type: ignore[arg-type]
         training=TrainingSpec(local_epochs=local_epochs, lr=lr).model_dump(mode="json"),
         rounds=rounds,

@@ -1,5 +1,5 @@
-"""`fedsilo silo ...`: the silo operator's commands (start, check, enrol, demo-data) and the
-coordinator's (approve, revoke)."""
+"""`fedsilo silo ...`: the silo operator's commands (start, check, accept-contract, enrol,
+demo-data) and the coordinator's (approve, revoke)."""
 
 from __future__ import annotations
 
@@ -107,11 +107,38 @@ def silo_list(
 
 @silo_app.command("check")
 def silo_check_cmd(config: SiloConfigOpt) -> None:
-    """Validate this silo's data against the federation's contract, offline, and print a
-    pass/fail table (plus the path of Great Expectations' HTML data docs)."""
+    """Validate this silo's data against the federation's contract and print a pass/fail table
+    (plus the path of Great Expectations' HTML data docs). The contract: [data] contract_path (a
+    draft, before publication), else the accepted published version, else the published one
+    fetched from the service; the output says which."""
     from flows.silo_check import silo_check
 
     raise typer.Exit(silo_check(config, console))
+
+
+@silo_app.command("accept-contract")
+def silo_accept_contract(
+    config: SiloConfigOpt,
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version to accept (default: the pin in silo.toml, else the latest)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Accept without asking.")] = False,
+) -> None:
+    """Review and accept the federation's published data contract (silo operator): fetch it,
+    check its signature, show what changed from the version accepted last, ask, record. The
+    agent trains only under versions accepted here (or pinned in silo.toml)."""
+    from flows.contract_accept import accept_contract
+    from schemas.contracts.loader import ContractError
+    from silos.exceptions import SiloConfigError
+
+    try:
+        code = accept_contract(
+            config, version, yes=yes, say=say, confirm=lambda q: typer.confirm(q, default=False)
+        )
+    except (SiloConfigError, ContractError) as exc:
+        raise fail(str(exc)) from exc
+    raise typer.Exit(code)
 
 
 @silo_app.command("enrol")

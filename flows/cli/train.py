@@ -22,6 +22,7 @@ from flows.cli.common import (
     ServiceUrls,
     StrategyOpt,
     TokenBlockOpt,
+    TokenSource,
     TreeModeOpt,
     TreeParamOpt,
     TreesPerRoundOpt,
@@ -53,9 +54,6 @@ TrainTokenFileOpt = Annotated[
 def train(
     federation: FederationOpt,
     dataset: DatasetOpt,
-    n_features: Annotated[
-        int, typer.Option(help="Model input width (from the contract's pipeline).")
-    ],
     model: ModelOpt = "logreg",
     hidden: HiddenOpt = [],
     mode: TreeModeOpt = "bagging",
@@ -81,29 +79,44 @@ def train(
     token: TrainTokenOpt = None,
     token_file: TrainTokenFileOpt = None,
     token_block: TokenBlockOpt = None,
+    n_features: Annotated[
+        int | None,
+        typer.Option(
+            help="Deprecated: the width comes from the contract; if given it must match it."
+        ),
+    ] = None,
 ) -> None:
     """Run the coordinator flow once (a Prefect flow run) against a running service. Prefect
     stores a flow run's parameters, so the admin token is never one: the flow gets the path of
     --token-file (a file only its owner can read: `chmod 600`), the name of --token-block (a
     Prefect Secret block), or for --token / FEDSILO_ADMIN_TOKEN the path of a private
-    temporary copy that is deleted when the run ends."""
+    temporary copy that is deleted when the run ends. The model's input width, outputs and
+    task come from the federation's published contract `--dataset`."""
     from flows.coordinator import federated_training
-    from schemas.specs import ModelSpec, SecureAggregationSpec, StrategySpec, TrainingSpec
+    from flows.run_model import feature_width, model_for_contract
+    from schemas.specs import SecureAggregationSpec, StrategySpec, TrainingSpec
 
     check_model_kind(model)
-    trees = None
-    if model in TREE_KINDS:
-        trees = tree_spec(model, mode, n_features, trees_per_round, tree_param)
+    if model in TREE_KINDS:  # bad tree parameters are named before contacting anyone
+        tree_spec(model, mode, n_features or 1, trees_per_round, tree_param)
     with flow_token_source(token, token_file, token_block) as source:
+        contract = service_contract(service_url, source, federation, dataset)
+        spec_model, trees = None, None
+        try:
+            if model in TREE_KINDS:
+                width = feature_width(contract, n_features)
+                trees = tree_spec(model, mode, width, trees_per_round, tree_param, contract)
+            else:
+                spec_model = model_for_contract(model, tuple(hidden), contract, n_features)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
         result = federated_training(
             service_urls=service_url,
             admin_token_file=source.file,
             admin_token_block=source.block,
             federation=federation,
             dataset=dataset,
-            model=None
-            if trees
-            else ModelSpec(kind=model, n_features=n_features, hidden=tuple(hidden)),  # type: ignore[arg-type]
+            model=spec_model,
             trees=trees,
             secure_aggregation=SecureAggregationSpec(enabled=trees is None),
             strategy=StrategySpec(name=strategy, server_lr=server_lr, mu=mu),  # type: ignore[arg-type]
@@ -123,11 +136,29 @@ def train(
     )
 
 
-def tree_spec(kind: str, mode: str, n_features: int, per_round: int, raw: list[str]):  # type: ignore[no-untyped-def]
-    """A validated TreeSpec from the command line; bad parameters are named, not ignored."""
+def service_contract(service_url: list[str], source: TokenSource, federation: str, dataset: str):  # type: ignore[no-untyped-def]
+    """The contract the run trains under (`flows.run_model.run_contract`), errors as usage."""
+    from flows.admin_token import resolve_admin_token
+    from flows.run_model import run_contract
+    from flows.service_client import CoordinatorClient
+    from schemas.contracts.loader import ContractError
+
+    client = CoordinatorClient(service_url, token=resolve_admin_token(source.file, source.block))
+    try:
+        return run_contract(client, federation, dataset)
+    except ContractError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--dataset") from exc
+
+
+def tree_spec(  # type: ignore[no-untyped-def]
+    kind: str, mode: str, n_features: int, per_round: int, raw: list[str], contract=None
+):
+    """A validated TreeSpec from the command line; bad parameters are named, not ignored.
+
+    With `contract`, the objective (and num_class) follow the contract's task."""
     import json
 
-    from schemas.tree_params import TreeSpecError, parse_tree_spec
+    from schemas.tree_params import TreeSpecError, parse_tree_spec, task_fields
 
     params: dict[str, object] = {}
     for item in raw:
@@ -146,6 +177,7 @@ def tree_spec(kind: str, mode: str, n_features: int, per_round: int, raw: list[s
                 "n_features": n_features,
                 "trees_per_round": per_round,
                 "params": params,
+                **(task_fields(contract.task, len(contract.classes)) if contract else {}),
             }
         )
     except TreeSpecError as exc:

@@ -6,8 +6,10 @@ from schemas.contracts.loader import (
     ContractError,
     PositiveRule,
     Target,
+    Task,
     load_contract,
     load_contract_file,
+    load_contract_text,
 )
 
 __all__ = [
@@ -16,6 +18,8 @@ __all__ = [
     "ContractError",
     "PositiveRule",
     "Target",
+    "Task",
     "load_contract",
     "load_contract_file",
+    "load_contract_text",
 ]

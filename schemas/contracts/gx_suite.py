@@ -21,6 +21,17 @@ Expectations, in order:
 - every column that may not be missing entirely: ``expect_column_values_to_not_be_null`` with
   ``mostly = 1 - max_missing_fraction``; the target may never be missing.
 - target: ``expect_column_values_to_be_in_set`` of the contract's target `values`.
+- identifier column: only the null check above (its values are free).
+- ``unique = true``: ``expect_column_values_to_be_unique`` (GX counts every row whose value
+  occurs more than once; no value is reported).
+- numeric ``reference``: ``expect_column_mean_to_be_between`` and
+  ``expect_column_stdev_to_be_between`` the reference's bounds, with GX severity "warning"
+  when the contract says ``on_drift = "warn"``.
+
+Checks GX has no expectation for (category shares against reference frequencies, rows per
+class) or does too slowly (duplicate whole rows: GX's compound-uniqueness check doubled the
+gate's time on a million rows; a row hash takes a tenth of it) run in pandas in `silos.gate`
+and join the same outcome list.
 
 The validation view, per declared column present in the table:
 
@@ -91,8 +102,10 @@ def build_suite(contract: Contract) -> Any:
         ),
         gxe.ExpectTableRowCountToBeBetween(min_value=contract.min_rows),
     ]
+    severity = "warning" if contract.on_drift == "warn" else "critical"
     for col in contract.columns:
         expectations.extend(_column_expectations(gxe, col))
+        expectations.extend(_reference_expectations(gxe, col, severity))
     if contract.target.values is not None:
         expectations.append(
             gxe.ExpectColumnValuesToBeInSet(
@@ -120,7 +133,7 @@ def _column_expectations(gxe: Any, col: Column) -> list[Any]:
                     mostly=1.0 - col.max_out_of_range_fraction,
                 )
             )
-    else:
+    elif col.type != "identifier":
         out.append(gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=_levels(col)))
     if col.max_missing_fraction < 1.0:
         out.append(
@@ -128,7 +141,24 @@ def _column_expectations(gxe: Any, col: Column) -> list[Any]:
                 column=col.name, mostly=1.0 - col.max_missing_fraction
             )
         )
+    if col.unique:
+        out.append(gxe.ExpectColumnValuesToBeUnique(column=col.name))
     return out
+
+
+def _reference_expectations(gxe: Any, col: Column, severity: str) -> list[Any]:
+    ref = col.reference
+    if ref is None or ref.mean is None:
+        return []  # frequencies: checked in silos.gate (GX has no per-category share check)
+    (mean_lo, mean_hi), (std_lo, std_hi) = ref.mean_bounds, ref.std_bounds
+    return [
+        gxe.ExpectColumnMeanToBeBetween(
+            column=col.name, min_value=mean_lo, max_value=mean_hi, severity=severity
+        ),
+        gxe.ExpectColumnStdevToBeBetween(
+            column=col.name, min_value=std_lo, max_value=std_hi, severity=severity
+        ),
+    ]
 
 
 def _levels(col: Column) -> list[str]:
@@ -167,6 +197,8 @@ def validation_view(df: pd.DataFrame, contract: Contract) -> pd.DataFrame:
 
 
 def _view_column(col: Column, series: pd.Series) -> pd.Series:
+    if col.type == "identifier":
+        return series  # free values: only missing and duplicates are checked
     if col.type == "numeric":
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
             if col.missing_sentinels:

@@ -6,6 +6,12 @@ its allowed values and its positive rule, the minimum table size, whether extra 
 tolerated, which columns feed the model and how (`[pipeline]`). Every silo applies the same
 contract, so every silo builds the same features.
 
+A careful data steward adds: ``unique = true`` on a column (a patient id; ``type =
+"identifier"`` for an id that is neither a number to scale nor a category), whether whole rows
+may repeat (``allow_duplicate_rows``), the rows every class needs at a silo
+(``min_class_rows``), and per-column ``reference`` statistics (`schemas.contracts.reference`)
+that fail the gate, or only warn (``on_drift = "warn"``), when a silo's column strays from them.
+
 Versioning: `version` is the contract's own version (bump it whenever a rule changes); the
 validation gate also records the sha256 of the contract's content (`silos.gate.contract_sha256`),
 so two silos can prove they validated against the same rules.
@@ -20,12 +26,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.contracts.reference import Reference, check_reference
 from schemas.exceptions import SchemaError
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]{0,63}$")
 
-ColumnType = Literal["numeric", "categorical", "boolean"]
+# "identifier": a record id (text or number); never a feature or the target, only checked for
+# missing and (with `unique`) duplicate values.
+ColumnType = Literal["numeric", "categorical", "boolean", "identifier"]
+# What the model predicts: a positive rule (binary), one of the listed classes (multiclass), or a
+# number (regression).
+Task = Literal["binary", "multiclass", "regression"]
 Comparison = Literal[">", ">=", "<", "<=", "==", "!="]
 
 
@@ -47,10 +59,28 @@ class PositiveRule(_Frozen):
 class Target(_Frozen):
     column: str
     description: str = ""
-    positive_if: PositiveRule
-    values: tuple[bool | float | str, ...] | None = Field(
-        default=None, description="every value the target may take, e.g. [0, 1]"
+    task: Task = "binary"
+    positive_if: PositiveRule | None = Field(
+        default=None, description="binary only: a row is positive when this holds"
     )
+    values: tuple[bool | float | str, ...] | None = Field(
+        default=None,
+        description="every value the target may take, e.g. [0, 1]; for multiclass the classes, "
+        "in class-index order",
+    )
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> Target:
+        if self.task == "binary" and self.positive_if is None:
+            raise ValueError('a binary target needs positive_if, e.g. { op = ">", value = 0 }')
+        if self.task != "binary" and self.positive_if is not None:
+            raise ValueError(f"positive_if applies to binary targets, not to task {self.task!r}")
+        if self.task == "multiclass":
+            if not self.values or len(self.values) < 2:
+                raise ValueError("a multiclass target lists its classes in values (at least 2)")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError("a multiclass target lists a class twice in values")
+        return self
 
 
 class Pipeline(_Frozen):
@@ -97,6 +127,10 @@ class Column(_Frozen):
     on_unknown: Literal["error", "missing"] = Field(
         default="error", description="what a category the contract does not list becomes"
     )
+    unique: bool = Field(default=False, description="no value may occur twice, e.g. a patient id")
+    reference: Reference | None = Field(
+        default=None, description="expected statistics; see schemas.contracts.reference"
+    )
 
     @property
     def allows_missing(self) -> bool:
@@ -115,8 +149,20 @@ class Column(_Frozen):
     def _consistent(self) -> Column:
         if self.type == "numeric":
             _check_numeric(self)
+        elif self.type == "identifier":
+            if self.range is not None or self.categories is not None or self.impute is not None:
+                raise ValueError(
+                    f"identifier column {self.name!r} takes no range, categories or impute"
+                )
         else:
             _check_discrete(self)
+        if self.reference is not None:
+            levels = (
+                []
+                if self.type in ("numeric", "identifier")
+                else [str(v).lower() if self.type == "boolean" else str(v) for v in self.levels]
+            )
+            check_reference(self.reference, self.name, self.type, levels)
         if self.missing_sentinels and not self.allows_missing:
             raise ValueError(
                 f"column {self.name!r} declares missing_sentinels but max_missing_fraction = 0; "
@@ -171,6 +217,15 @@ class Contract(_Frozen):
     features: tuple[str, ...] = Field(min_length=1)
     pipeline: Pipeline = Pipeline()
     columns: tuple[Column, ...] = Field(min_length=1)
+    allow_duplicate_rows: bool = Field(
+        default=False, description="False: two identical rows (every column) fail the gate"
+    )
+    min_class_rows: int = Field(
+        default=5, ge=1, description="classification: rows every class needs at each silo"
+    )
+    on_drift: Literal["error", "warn"] = Field(
+        default="error", description="a column outside its reference statistics fails or warns"
+    )
 
     def column(self, name: str) -> Column:
         """The column called `name`; raises ContractError when the contract has none."""
@@ -182,6 +237,22 @@ class Contract(_Frozen):
     @property
     def feature_columns(self) -> tuple[Column, ...]:
         return tuple(self.column(name) for name in self.features)
+
+    @property
+    def task(self) -> Task:
+        return self.target.task
+
+    @property
+    def classes(self) -> tuple[bool | float | str, ...]:
+        """Class labels in index order: the target values (multiclass), (0, 1) (binary)."""
+        if self.task == "multiclass":
+            return self.target.values or ()
+        return (0, 1) if self.task == "binary" else ()
+
+    @property
+    def n_outputs(self) -> int:
+        """Model outputs: one per class for multiclass, else one (a logit or a number)."""
+        return len(self.classes) if self.task == "multiclass" else 1
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -197,6 +268,8 @@ class Contract(_Frozen):
         if self.target.column in self.features:
             raise ValueError(f"the target {self.target.column!r} cannot also be a feature")
         for col in self.feature_columns:
+            if col.type == "identifier":
+                raise ValueError(f"identifier column {col.name!r} cannot be a feature")
             if col.type == "numeric" and col.range is None:
                 raise ValueError(f"numeric feature {col.name!r} needs a range to be scaled by")
             if col.type == "numeric" and col.allows_missing and col.impute is None:
@@ -206,6 +279,12 @@ class Contract(_Frozen):
 
 
 def _check_target(target: Target, col: Column) -> None:
+    if col.type == "identifier":
+        raise ValueError(f"identifier column {col.name!r} cannot be the target")
+    if target.task == "regression" and col.type != "numeric":
+        raise ValueError(
+            f"a regression target must be a numeric column; {col.name!r} is {col.type}"
+        )
     if col.allows_missing or col.missing_sentinels:
         raise ValueError(
             f"target {col.name!r} must never be missing: set its max_missing_fraction = 0 "
@@ -252,17 +331,32 @@ def load_contract_file(path: Path) -> Contract:
         Naming the file, and the line (TOML syntax) or the column and field (content) at fault.
     """
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ContractError(f"cannot read data contract {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"{path}: not UTF-8 text: {exc}") from exc
+    return load_contract_text(text, source=str(path))
+
+
+def load_contract_text(text: str, source: str) -> Contract:
+    """Parse and check a contract from TOML text (a published contract, a draft).
+
+    Raises
+    ------
+    ContractError
+        Naming `source`, and the line (TOML syntax) or the column and field (content) at fault.
+    """
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
-        raise ContractError(f"{path}: TOML syntax error: {exc}") from exc
+        raise ContractError(f"{source}: TOML syntax error: {exc}") from exc
     try:
         return Contract.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(_describe(err, raw) for err in exc.errors())
-        raise ContractError(f"{path}: invalid data contract: {problems}") from exc
+        raise ContractError(f"{source}: invalid data contract: {problems}") from exc
 
 
 def _describe(err: object, raw: dict) -> str:

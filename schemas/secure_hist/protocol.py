@@ -8,8 +8,13 @@ Fixed-point encoding (`GradCodec`)
     A gradient g is sent as the integer q = rint(clip(g, -B, B) * 2^S). Histograms are sums of
     these integers, built at the silo with float64 `np.bincount`, which is exact as long as
     every partial sum stays below 2^53. The run fixes B (`grad_bound`: 1 for binary:logistic,
-    whose |g| <= 1 and h <= 1/4; an agreed bound on |prediction - label| for squared error,
-    whose h = 1) and an upper bound N on the federation's total rows, and picks the largest S
+    whose |g| <= 1 and h <= 1/4, and for multi:softprob, whose |g_k| <= 1 and h_k <= 1/2; for
+    squared error, whose g = prediction - label is unbounded and h = 1, a bound on |g| and on
+    |label| that the service derives from the contract's target range [lo, hi] as
+    max(1, |lo|, |hi|, 2 (hi - lo)): predictions stay near [lo, hi], so |g| rarely approaches
+    it, and a row whose |g| exceeds it is clipped to +-B, which the run accepts as the price of
+    a public bound; the masking stays exact, only that row's gradient differs from XGBoost's)
+    and an upper bound N on the federation's total rows, and picks the largest S
     with N * max(B, 1) * 2^S <= 2^53 (capped at 40). So no sum of any silo, and no sum over
     silos, can exceed 2^53 in magnitude: it fits the 64-bit secure-aggregation modulus with
     2^10 to spare, never wraps, and reads back exactly as a signed integer.
@@ -17,6 +22,21 @@ Fixed-point encoding (`GradCodec`)
     histogram bin of n rows is within n * 2^-(S+1) of the float64 sum. With N = 2^28 rows and
     B = 1, S = 25: 1.5e-8 per row, finer than the float32 gradients XGBoost itself sums.
     Counts are sent as exact integers.
+
+Tasks
+    binary:logistic and reg:squarederror grow one tree per boosting round. multi:softprob with
+    K classes grows K trees per round by softmax gradients, as XGBoost does (tree t is for
+    class t % K; at the start of each round every silo computes p = softmax(margins) and, per
+    class k, g_k = p_k - [y = k], h_k = max(2 p_k (1 - p_k), 1e-16), then grows the round's K
+    trees on them and adds each tree's leaves to its class's margins). Softmax rather than
+    one-vs-rest because the exported model is then exactly XGBoost's multi:softprob: same
+    gradients, same trees, so it loads natively and equals centralised XGBoost; one-vs-rest
+    would need K independent binary models and its probabilities do not sum to one.
+
+Setup vector
+    Per feature the fine-grid counts (+ missing), then the rows, then the label statistics:
+    the encoded label sum (binary, regression) or the K class counts (multi:softprob), from
+    which the service sets the base score as XGBoost would (`cuts.base_score_from_setup`).
 
 Histogram layout (`HistLayout`)
     Feature f has `n_bins[f]` = len(cuts[f]) + 1 bins of present values plus one slot for
@@ -40,8 +60,9 @@ from typing import Any
 
 import numpy as np
 
+from schemas.objectives import TreeObjective
 from schemas.secure_hist.errors import HistConfigError, HistVectorError
-from schemas.tree_params import TreeObjective, XGBoostParams
+from schemas.tree_params import XGBoostParams
 
 EXACT_BITS = 53  # float64 integers are exact below 2^53
 MAX_SCALE_BITS = 40
@@ -101,7 +122,7 @@ class HistRunConfig:
     Parameters
     ----------
     objective
-        binary:logistic or reg:squarederror.
+        binary:logistic, multi:softprob (with `num_class`) or reg:squarederror.
     params
         XGBoost hyperparameters (max_depth, eta, lambda, alpha, gamma, min_child_weight,
         max_bin; subsample/colsample must stay 1).
@@ -116,7 +137,9 @@ class HistRunConfig:
     max_rows
         Upper bound on the federation's total training rows (sets the precision).
     grad_bound
-        B: |gradient| and |label| are clipped to it (1 for binary:logistic).
+        B: |gradient| and |label| are clipped to it (1 for the classification objectives).
+    num_class
+        K for multi:softprob (K trees per boosting round), else 0.
     """
 
     objective: TreeObjective
@@ -127,8 +150,15 @@ class HistRunConfig:
     min_rows_per_node: int = 1
     max_rows: int = 2**28
     grad_bound: float = 1.0
+    num_class: int = 0
 
     def __post_init__(self) -> None:
+        multi = self.objective == "multi:softprob"
+        if multi and self.num_class < 2 or not multi and self.num_class != 0:
+            raise HistConfigError(
+                f"objective {self.objective} with num_class {self.num_class}: multi:softprob "
+                "needs num_class >= 2 (the classes), the other objectives 0"
+            )
         if self.params.subsample != 1.0 or self.params.colsample_bytree != 1.0:
             raise HistConfigError(
                 "secure-hist grows every tree on all rows and features: "
@@ -144,8 +174,8 @@ class HistRunConfig:
         for f, (lo, hi) in enumerate(self.ranges):
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise HistConfigError(f"feature {f}: range ({lo}, {hi}) must be finite, low < high")
-        if self.objective == "binary:logistic" and self.grad_bound < 1.0:
-            raise HistConfigError("binary:logistic gradients reach 1: grad_bound must be >= 1")
+        if self.objective != "reg:squarederror" and self.grad_bound < 1.0:
+            raise HistConfigError(f"{self.objective} gradients reach 1: grad_bound must be >= 1")
         scale_bits_for(self.max_rows, self.grad_bound)
 
     @property
@@ -153,12 +183,22 @@ class HistRunConfig:
         return len(self.ranges)
 
     @property
+    def per_round(self) -> int:
+        """Trees per boosting round: K for multi:softprob, else 1."""
+        return max(self.num_class, 1)
+
+    @property
+    def label_stats(self) -> int:
+        """Label entries at the end of the setup vector: K class counts, or the label sum."""
+        return self.num_class if self.num_class else 1
+
+    @property
     def codec(self) -> GradCodec:
         return GradCodec(scale_bits_for(self.max_rows, self.grad_bound), self.grad_bound)
 
     def setup_length(self) -> int:
-        """Length of the setup vector: fine-grid counts (+ missing) per feature, rows, sum y."""
-        return self.n_features * (self.fine_cells + 1) + 2
+        """Length of the setup vector: fine-grid counts (+ missing) per feature, rows, labels."""
+        return self.n_features * (self.fine_cells + 1) + 1 + self.label_stats
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

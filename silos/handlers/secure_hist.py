@@ -14,6 +14,7 @@ from schemas.secure_hist.errors import SecureHistError
 from schemas.tasks import HistTask
 from schemas.wire import HistStage
 from silos import hist_round
+from silos.contract_store import contract_for
 from silos.decline import Declined
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
@@ -24,7 +25,7 @@ def _step(ctx: SiloContext, work: HistTask) -> None:
     if stage == HistStage.advertise:
         policy = ctx.config.policy.trees.min_rows_per_node
         data = ctx.data
-        contract = ctx.config.data.contract
+        contract = contract_for(ctx.config)  # the run's accepted version
         hist_round.advertise(ctx.client, work, data.X_train, data.y_train, contract, policy)
     elif stage == HistStage.masked:
         hist_round.masked(ctx.client, work)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.contracts.loader import load_contract
 from schemas.tasks import StatisticsTask
 from silos import secure_round
 from silos.client_errors import AlreadyAnswered
+from silos.contract_store import contract_for
 from silos.federated_stats import local_moments
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
@@ -27,7 +27,7 @@ from silos.local_data import local_train_table
 def submit_statistics(ctx: SiloContext, work: StatisticsTask) -> None:
     """This silo's per-feature counts, sums and sums of squares, masked: the service learns
     only the federation's totals (from which every silo derives means and deviations)."""
-    contract = load_contract(ctx.config.data.contract)
+    contract = contract_for(ctx.config)
     train = local_train_table(ctx.config)
     moments = local_moments(train, contract)
     message = secure_round.masked_update(ctx.client, ctx.key, work, ctx.workspace, moments)

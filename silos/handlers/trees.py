@@ -9,8 +9,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.tasks import TreeEvaluateTask, TreeTrainTask
+from schemas.tree_params import TreeSpecError, check_task
 from schemas.wire import Metrics
 from silos import tree_round
+from silos.contract_store import contract_for
 from silos.decline import Declined
 from silos.exceptions import ModelError
 from silos.flow_report import fmt_metrics
@@ -26,6 +28,12 @@ def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object
     logger = get_run_logger()
     try:
         spec = tree_round.tree_spec(work)
+        contract = contract_for(ctx.config)  # the run's accepted version
+        # a spec whose objective is not the contract's task would train on the wrong labels
+        check_task(spec, contract.task, len(contract.classes), contract.name)
+    except (ModelError, TreeSpecError) as exc:
+        return Declined("round", "training", str(exc))
+    try:
         envelope, metrics, result = tree_round.grow(ctx.client, work, ctx.data, ctx.config)
     except ModelError as exc:  # these rows cannot grow trees this round: sit it out
         return Declined("round", "training", str(exc))  # the agent sends it

@@ -10,7 +10,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    publish_shipped_contract,
+    service_in_thread,
+)
 from support.prometheus import scrape, value
 from support.validation import validate_all
 
@@ -122,13 +127,14 @@ def test_secure_hist_stage_durations(sqlite_url: str, tmp_path: Path) -> None:
     def step(client: SiloClient, task: Task) -> None:
         assert task.type == "hist"
         if task.hist.stage == "advertise":
-            hist_round.advertise(client, task, *data[client.silo], contract, 1)
+            hist_round.advertise(client, task, *data[client.silo], load_contract(contract), 1)
         else:
             getattr(hist_round, task.hist.stage)(client, task)
 
     with service_in_thread(tmp_path / "svc", sqlite_url) as url:
         coord = coordinator(url)
         coord.create_federation("f")
+        publish_shipped_contract(coord, "f", contract)  # the service reads the published one
         silos = {n: enrolled_silo(url, coord, "f", n) for n in NAMES}
         run = coord.create_run(RunCreate(spec=spec))
         coord.put_initial_model(run.run_id, b"")

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    publish_shipped_contract,
+    service_in_thread,
+)
 from support.validation import validate_all
 
 from flows.service_client import CoordinatorClient
@@ -219,6 +224,7 @@ def test_statistics_round_sums_moments_without_revealing_any_silo(
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
         coord.create_federation("f")
+        publish_shipped_contract(coord, "f", "credit_default")  # the service reads it
         silos = {n: enrolled_silo(url, coord, "f", n) for n in moments}
         run = coord.create_run(RunCreate(spec=spec))
         arrays = {name: np.zeros(shape, np.float32) for name, shape in SHAPES}

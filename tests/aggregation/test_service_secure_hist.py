@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from sqlalchemy import create_engine, func, select
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    publish_shipped_contract,
+    service_in_thread,
+)
 from support.secure_hist_driver import run_secure_hist
 
 from aggregation.service.tables import HistMessage, HistRun
@@ -101,6 +106,7 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
         coord.create_federation("f")
+        publish_shipped_contract(coord, "f", CONTRACT)  # the service reads the published one
         silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
         run = coord.create_run(RunCreate(spec=spec()))
         coord.put_initial_model(run.run_id, b"")
@@ -115,7 +121,7 @@ def step(client: SiloClient, task: Task) -> None:
     assert task.type == "hist"
     if task.hist.stage == "advertise":
         X, y = DATA[client.silo]
-        hist_round.advertise(client, task, X, y, CONTRACT, 1)
+        hist_round.advertise(client, task, X, y, load_contract(CONTRACT), 1)
     elif task.hist.stage == "masked":
         hist_round.masked(client, task)
     elif task.hist.stage == "consistency":

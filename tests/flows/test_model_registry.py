@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.live_service import free_port, write_heart_silos
+from support.live_service import free_port, publish_shipped_contract, write_heart_silos
+from support.stopping import stop_all
 from typer.testing import CliRunner
 
 from aggregation.trees.models import predict_proba
@@ -121,6 +122,7 @@ def federation(
     token = (root / "service" / "admin.token").read_text().strip()
     coord = CoordinatorClient(url, token=token, retry_for_s=60)
     coord.create_federation("heart")
+    publish_shipped_contract(coord, "heart", "heart_disease")
     configs = write_heart_silos(
         root / "silos", [url], prefect_api_url, policy=dict.fromkeys(HOSPITALS, POLICY)
     )
@@ -136,8 +138,7 @@ def federation(
             coord.approve("heart", name)
         yield url, token, coord, root
     finally:
-        for proc in [*agents, service]:
-            proc.stop()
+        stop_all([*agents, service])
 
 
 def _train(

@@ -58,6 +58,7 @@ def test_the_block_names_every_step() -> None:
         "export PREFECT_API_URL=",
         "fedsilo aggregator serve",
         "fedsilo federation create heart",
+        "fedsilo contract publish",
         "fedsilo silo start",
         "fedsilo silo approve",
         "fedsilo train",

@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from flows.silo_check import EXIT_CONFIG, EXIT_FAIL, EXIT_PASS, silo_check
+from schemas.contracts.loader import CONTRACTS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +21,9 @@ def cleveland() -> pd.DataFrame:
 
 
 def write_config(folder: Path, data: str = "data.csv", contract: str = "heart_disease") -> Path:
+    """A silo checking against a local draft (the shipped contract's file), before publication;
+    the published cases are in tests/silos/test_contract_store.py."""
+    draft = CONTRACTS_DIR / f"{contract}.toml"
     path = folder / "silo.toml"
     path.write_text(
         f"""
@@ -30,7 +34,8 @@ workspace = "workspace"
 
 [data]
 path = "{data}"
-contract = "{contract}"
+contract = "heart_disease"
+contract_path = "{draft}"
 
 [service]
 urls = ["http://127.0.0.1:8700"]
@@ -80,4 +85,4 @@ def test_an_invalid_config_or_contract_exits_2(tmp_path: Path) -> None:
     code, out = check(tmp_path / "silo.toml")
     assert code == EXIT_CONFIG and "line 1" in out
     code, out = check(write_config(tmp_path, contract="no_such_dataset"))
-    assert code == EXIT_CONFIG and "no data contract 'no_such_dataset'" in out
+    assert code == EXIT_CONFIG and "cannot read data contract" in out and "no_such_dataset" in out

@@ -306,6 +306,18 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             return _run(*coordinator_cmd(*args), timeout)
 
         coordinator_cli("federation", "create", "heart")
+        # the federation's contract, as infra/README.md's "Publish the contract" does it
+        example = "/var/lib/fedsilo/heart_disease.toml"
+        _run(
+            local.args(
+                coord_svc, ["fedsilo", "contract", "example", "heart_disease", "-o", example]
+            ),
+            coord_env,
+            120,
+        )
+        assert "published" in coordinator_cli(
+            "contract", "publish", example, "--federation", "heart"
+        )
         agents, agent_health = [], []
         for name in SILOS:
             svc = services[SILOS[name]]
@@ -342,7 +354,6 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             "train",
             "--federation", "heart",
             "--dataset", "heart_disease",
-            "--n-features", "35",
             "--rounds", "1",
             "--min-silos", "3",
             "--round-deadline-s", "300",

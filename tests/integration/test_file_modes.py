@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.fault_helpers import free_port
+from support.stopping import stop_all
 
 from flows.demo import prepare_workspace, write_silo
 from flows.demo_datasets import DATASETS
@@ -83,8 +84,7 @@ def test_service_and_agent_write_nothing_others_can_read(
         else:
             pytest.fail(f"silo {name} was not approved: {agent.log_tail()}")
     finally:
-        for proc in reversed(procs):
-            proc.stop()
+        stop_all(procs)
     assert (ws / "service" / "service.db").is_file()
     assert (config.parent / "workspace" / "keys" / "silo_ed25519.pem").is_file()
     assert _loose(ws) == []

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from support.fault_helpers import MODEL, START_S, wait_until
-from support.live_service import free_port, write_heart_silos
+from support.live_service import free_port, publish_shipped_contract, write_heart_silos
+from support.stopping import stop_all
 
 from flows.processes import Proc, base_env, spawn, start_service
 from flows.service_client import CoordinatorClient
@@ -52,6 +53,7 @@ def test_plugin_round_mode_end_to_end(tmp_path: Path, prefect_api_url: str) -> N
         token = (tmp_path / "service" / "admin.token").read_text().strip()
         coord = CoordinatorClient([url], token=token, retry_for_s=120)
         coord.create_federation("heart")
+        publish_shipped_contract(coord, "heart", "heart_disease")
         configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url)
         for name in SILOS:
             with configs[name].open("a") as f:
@@ -113,5 +115,4 @@ def test_plugin_round_mode_end_to_end(tmp_path: Path, prefect_api_url: str) -> N
         assert sorted(c["silo"] for c in aggregate[-1]["contributors"]) == sorted(SILOS)
         assert "model_saved" in [e.kind for e in entries]
     finally:
-        for p in reversed(procs):
-            p.stop()
+        stop_all(procs)

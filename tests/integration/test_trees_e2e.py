@@ -17,8 +17,9 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 import xgboost as xgb
-from support.live_service import free_port, write_heart_silos
+from support.live_service import free_port, publish_shipped_contract, write_heart_silos
 from support.progress import file_sizes, wait_progressing
+from support.stopping import stop_all
 
 from aggregation.trees.models import predict_proba
 from flows.admin_token import private_token_file
@@ -56,6 +57,7 @@ def federation(
     token = (root / "service" / "admin.token").read_text().strip()
     coord = CoordinatorClient(url, token=token, retry_for_s=60)
     coord.create_federation("heart")
+    publish_shipped_contract(coord, "heart", "heart_disease")  # secure-hist reads it at the hub
     configs = write_heart_silos(
         root / "silos", [url], prefect_api_url, policy=dict.fromkeys(HOSPITALS, POLICY)
     )
@@ -72,8 +74,7 @@ def federation(
             coord.approve("heart", name)
         yield url, token, coord, root
     finally:
-        for proc in [*agents, service]:
-            proc.stop()
+        stop_all([*agents, service])
 
 
 def _wait_enrolled(coord: CoordinatorClient, name: str, agents: list[Proc]) -> None:

@@ -52,8 +52,10 @@ def update(run_id: str, round_: int, seed: int = 0, **meta: str) -> bytes:
 
 
 @contextmanager
-def live_target(workspace: Path, database_url: str) -> Iterator[Target]:
-    with service_in_thread(workspace, database_url) as url:
+def live_target(workspace: Path, database_url: str, **settings: object) -> Iterator[Target]:
+    """A live service (`settings`: further `ServiceSettings` fields) with federation "f", silos
+    a and b approved and validated, and a run whose round 1 is open."""
+    with service_in_thread(workspace, database_url, **settings) as url:
         coord = coordinator(url, ADMIN_TOKEN)
         coord.create_federation("f")
         silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}

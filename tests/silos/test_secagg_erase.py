@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from support.silo_contracts import accept_shipped
 
 from schemas.specs import ModelSpec, RunSpec
 from schemas.tasks import RunEndedTask, SecAggAdvertiseTask, SecAggInfo, SecAggShareTask, Task
@@ -72,6 +73,7 @@ def _run_flow(
     """Run `silo_training` against the scripted tasks; returns the workspace and the secagg
     files there at each task request."""
     cfg = _silo(tmp_path)
+    accept_shipped(cfg)  # the operator accepted the contract the run uses
     workspace = tmp_path / "workspace"
     key = load_or_create_key(workspace / "keys" / "silo_ed25519.pem")
     tasks = script(key, workspace)

@@ -38,8 +38,9 @@ from schemas.specs import (
     param_shapes,
 )
 from silos.features import FeaturePipeline
-from support.live_service import free_port, write_heart_silos
+from support.live_service import free_port, publish_shipped_contract, write_heart_silos
 from support.progress import IDLE_S, file_sizes, join_progressing, wait_progressing
+from support.stopping import stop_all
 
 HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
 N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
@@ -134,8 +135,7 @@ class Federation:
     def stop(self) -> None:
         for name in list(self.stopped):
             self.sigcont(name)
-        for p in [*self.agents.values(), *self.services]:
-            p.stop()
+        stop_all([*self.agents.values(), *self.services])
         self.coord.close()
 
 
@@ -193,6 +193,8 @@ def start_federation(
     token = (workspace / "admin.token").read_text().strip()
     coord = CoordinatorClient(urls, token=token, retry_for_s=120)
     coord.create_federation("heart")
+    # published before the agents start: each silo.toml pins it (accepted in advance)
+    publish_shipped_contract(coord, "heart", "heart_disease")
     written = write_heart_silos(root / "silos", urls, prefect_api_url, policy=policy)
     for name in set(written) - set(silos):
         shutil.rmtree(written[name].parent)
@@ -200,7 +202,9 @@ def start_federation(
     if slow:  # many more rows: this silo trains for seconds, long enough to be hit mid-round
         csv = configs[slow].parent / "data.csv"
         frame = pd.read_csv(csv)
-        pd.concat([frame] * 300, ignore_index=True).to_csv(csv, index=False)
+        big = pd.concat([frame] * 300, ignore_index=True)
+        big["id"] = range(1, len(big) + 1)  # the contract's ids are unique: renumber the copies
+        big.to_csv(csv, index=False)
     if break_data:  # this hospital's export lost a column: its gate must fail every round
         csv = configs[break_data].parent / "data.csv"
         pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)

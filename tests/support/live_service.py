@@ -59,6 +59,24 @@ def coordinator(url: str, token: str = "test-admin-token") -> CoordinatorClient:
     return CoordinatorClient(url, token=token, retry_for_s=5)
 
 
+# One contract key for every test federation: the service pins a federation's first signer.
+TEST_CONTRACT_KEY = Ed25519PrivateKey.generate()
+
+
+def publish_shipped_contract(coord: CoordinatorClient, federation: str, name: str) -> str:
+    """Publish the shipped contract `name` (schemas/contracts/NAME.toml) in `federation`, signed
+    with `TEST_CONTRACT_KEY`, as `fedsilo contract publish` would; returns its version."""
+    from schemas.contract_registry import sign_contract
+    from schemas.contracts.loader import CONTRACTS_DIR
+
+    path = CONTRACTS_DIR / f"{name}.toml"
+    contract, body = sign_contract(
+        TEST_CONTRACT_KEY, federation, path.read_text(encoding="utf-8"), str(path)
+    )
+    coord.publish_contract(federation, body)
+    return contract.version
+
+
 def enrolled_silo(
     url: str, coord: CoordinatorClient, federation: str, name: str, approve: bool = True
 ) -> SiloClient:
@@ -79,8 +97,10 @@ def write_heart_silos(
     policy: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """One folder per UCI hospital with its CSV and silo.toml; returns name -> config path."""
+    from schemas.contracts.loader import load_contract
     from silos.demo_data import heart_disease_silos
 
+    version = load_contract("heart_disease").version  # what `publish_shipped_contract` publishes
     urls = ", ".join(f'"{u}"' for u in service_urls)
     configs = {}
     for name, frame in heart_disease_silos().items():
@@ -92,7 +112,8 @@ def write_heart_silos(
         )
         (folder / "silo.toml").write_text(
             f'[silo]\nname = "{name}"\nfederation = "{federation}"\n\n'
-            f'[data]\npath = "data.csv"\ncontract = "heart_disease"\n\n'
+            f'[data]\npath = "data.csv"\ncontract = "heart_disease"\n'
+            f'contract_version = "{version}"\n\n'  # the shipped version, accepted by a pin
             f'[service]\nurls = [{urls}]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
             f"[policy]\n{policy_text}\n"
         )

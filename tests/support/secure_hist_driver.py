@@ -47,7 +47,7 @@ class DriverReport:
     """What a run produced and cost."""
 
     model: bytes
-    base_score: float
+    base_score: float | list[float]  # K base margins for multi:softprob
     cuts: list[np.ndarray]
     trees: list[list[Node]]
     left: list[str]

@@ -9,6 +9,7 @@ from aggregation.service import collective_rounds, lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
 from aggregation.service.closing import cancel_run, close_round
+from aggregation.service.contracts import pin_run_contract, pinned_sha256
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
     ADMIN_ERRORS,
@@ -46,7 +47,8 @@ def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> R
     if body.spec.trees is not None and body.spec.trees.mode == "collective":
         collective_rounds.check_ready(settings)
     with transaction(factory) as s:
-        return run_crud.run_out(s, run_crud.create_run(s, body.spec, body.prefect_flow_run_id))
+        spec = pin_run_contract(s, body.spec)  # 409 when its contract version is unpublished
+        return run_crud.run_out(s, run_crud.create_run(s, spec, body.prefect_flow_run_id))
 
 
 @router.get("")
@@ -98,6 +100,8 @@ def start_run(run_id: RunId, factory: FactoryDep, recorder: RecorderDep) -> RunO
                     "participants": out.participants,
                     "initial_model_sha256": initial.sha256,
                     "initial_model_path": path,
+                    # the exact contract text the run trains under (None: unpinned)
+                    "contract_sha256": pinned_sha256(s, out.spec),
                 },
                 run_id,
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.objectives import margin_to_base_score
+from schemas.objectives import margin_to_base_score, multiclass_intercept
 from schemas.secure_hist.errors import HistConfigError
 from schemas.secure_hist.protocol import HistRunConfig, from_modular, grid_edges
 
@@ -60,17 +60,27 @@ def cuts_from_setup(total: np.ndarray, config: HistRunConfig) -> list[np.ndarray
     return out
 
 
-def base_score_from_setup(total: np.ndarray, config: HistRunConfig) -> tuple[float, int]:
+def base_score_from_setup(
+    total: np.ndarray, config: HistRunConfig
+) -> tuple[float | list[float], int]:
     """(base score in the objective's output space, federation rows) from the setup sum.
 
     The base margin is the loss minimiser of a constant model: the mean label for squared
-    error, logit of the positive rate for binary:logistic (clamped away from 0 and 1).
+    error, logit of the positive rate for binary:logistic (clamped away from 0 and 1), and for
+    multi:softprob K margins, XGBoost's intercept (log class frequencies, centred).
     """
     ints = from_modular(total)
-    rows = int(ints[-2])
+    labels = ints[config.n_features * (config.fine_cells + 1) + 1 :]
+    rows = int(ints[config.n_features * (config.fine_cells + 1)])
     if rows < 1:
         raise HistConfigError("the federation reported no training rows")
-    mean = float(config.codec.decode(ints[-1:])[0]) / rows
+    if config.objective == "multi:softprob":
+        if labels.min() < 0 or int(labels.sum()) != rows:
+            raise HistConfigError(
+                f"class counts {labels.tolist()} do not add up to the {rows} rows reported"
+            )
+        return [float(m) for m in multiclass_intercept(labels)], rows
+    mean = float(config.codec.decode(labels)[0]) / rows
     if config.objective == "binary:logistic":
         mean = min(max(mean, 1e-6), 1 - 1e-6)
         return margin_to_base_score(np.log(mean / (1 - mean)), config.objective), rows

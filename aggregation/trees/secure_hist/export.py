@@ -64,14 +64,20 @@ def tree_json(index: int, nodes: Sequence[Node], config: HistRunConfig) -> dict[
 def export_xgb(
     trees: Sequence[Sequence[Node]],
     config: HistRunConfig,
-    base_score: float,
+    base_score: float | Sequence[float],
     feature_names: Sequence[str] = (),
 ) -> bytes:
-    """The model as XGBoost JSON bytes (checked by `parse_xgb`)."""
-    n = len(trees)
+    """The model as XGBoost JSON bytes (checked by `parse_xgb`).
+
+    multi:softprob: `trees` holds whole boosting rounds of K trees in class order (tree t is
+    for class t % K) and `base_score` the K base margins.
+    """
+    n, k = len(trees), config.per_round
     objective: dict[str, Any] = {"name": config.objective}
     if config.objective == "binary:logistic":
         objective["reg_loss_param"] = {"scale_pos_weight": "1"}
+    if config.objective == "multi:softprob":
+        objective["softmax_multiclass_param"] = {"num_class": str(config.num_class)}
     doc = {
         "learner": {
             "attributes": {},
@@ -81,8 +87,8 @@ def export_xgb(
                 "model": {
                     "cats": {"enc": [], "feature_segments": [], "sorted_idx": []},
                     "gbtree_model_param": {"num_parallel_tree": "1", "num_trees": str(n)},
-                    "iteration_indptr": list(range(n + 1)),
-                    "tree_info": [0] * n,
+                    "iteration_indptr": list(range(0, n + 1, k)),
+                    "tree_info": [i % k for i in range(n)],
                     "trees": [tree_json(i, t, config) for i, t in enumerate(trees)],
                 },
                 "name": "gbtree",
@@ -90,7 +96,7 @@ def export_xgb(
             "learner_model_param": {
                 "base_score": format_base_score(base_score),
                 "boost_from_average": "0",
-                "num_class": "0",
+                "num_class": str(config.num_class),
                 "num_feature": str(config.n_features),
                 "num_target": "1",
             },

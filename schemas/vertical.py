@@ -1,0 +1,212 @@
+"""Wire messages of vertical federation: private set intersection and SecureBoost.
+
+Pure models that a relay can carry as opaque bytes. Every message names its run, its sender
+and (where it has one) the tree and node, so a party that refuses a message can say whose and
+which. Big payloads are `bytes`: concatenated fixed-width group elements (PSI, 32 bytes each),
+concatenated big-endian Paillier ciphertexts (SecureBoost, 512 bytes each at 2048-bit keys),
+or row bitmaps (`numpy.packbits` order over the run's aligned rows). In JSON they travel as
+base64.
+
+Between parties every message goes inside a `Sealed` envelope: ChaCha20-Poly1305 under a
+per-pair key (X25519 + HKDF, silos/vertical/channel.py) with the envelope header as
+associated data; `frame`/`unframe` give the bytes a relay carries. A relay sees who talks to
+whom and how much, never the content.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PARTY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+Party = Annotated[str, Field(pattern=PARTY_PATTERN)]
+Count = Annotated[int, Field(ge=0, le=2**40)]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+    run: Party
+    sender: Party
+
+
+# --- private set intersection -------------------------------------------------------------
+
+
+class PsiPoints(_Msg):
+    """Blinded ids of `owner`'s set: `stage` "blinded" (the owner's exponent only),
+    "exponentiated" (every party's exponent: back to the owner) or "final" (fully blinded,
+    shuffled by the owner, for the others to compare against)."""
+
+    kind: Literal["psi_points"] = "psi_points"
+    owner: Party
+    stage: Literal["blinded", "exponentiated", "final"]
+    count: Count
+    points: bytes
+
+
+# --- SecureBoost ----------------------------------------------------------------------------
+
+
+class HeKey(_Msg):
+    """The active party's Paillier public key: n and the DJN base hs, big-endian."""
+
+    kind: Literal["he_key"] = "he_key"
+    n: bytes
+    hs: bytes
+
+
+class EncryptedGradients(_Msg):
+    """One Paillier ciphertext per aligned row: packed fixed-point (g, h, 1)."""
+
+    kind: Literal["gradients"] = "gradients"
+    tree: Count
+    n_rows: Count
+    ciphertexts: bytes
+
+
+class NodeRows(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+    node: Count
+    rows: bytes  # bitmap of the node's instance space
+
+
+class HistogramRequest(_Msg):
+    """Nodes whose encrypted bin sums the active party asks for (the smaller child only)."""
+
+    kind: Literal["hist_request"] = "hist_request"
+    tree: Count
+    nodes: list[NodeRows]
+
+
+class EncryptedHistogram(_Msg):
+    """Encrypted (g, h, count) sums per feature and bin of one node, nine bins per
+    ciphertext; `n_bins[f]` is feature f's bin count, bins in feature order."""
+
+    kind: Literal["histogram"] = "histogram"
+    tree: Count
+    node: Count
+    n_bins: list[Count]
+    ciphertexts: bytes
+
+
+class HistogramBatch(_Msg):
+    kind: Literal["histograms"] = "histograms"
+    tree: Count
+    histograms: list[EncryptedHistogram]
+
+
+class SplitDecision(_Msg):
+    """The active party tells the winning passive party which of its features and bins won;
+    rows with bin <= `bin` go left. The passive party keeps the threshold."""
+
+    kind: Literal["split"] = "split"
+    tree: Count
+    node: Count
+    feature: Count
+    bin: Count
+    rows: bytes  # the node's instance space
+
+
+class InstanceSplit(_Msg):
+    """The winning passive party's answer: an opaque record id and the left rows."""
+
+    kind: Literal["instance_split"] = "instance_split"
+    tree: Count
+    node: Count
+    record: Count
+    left: bytes
+
+
+class PredictRequest(_Msg):
+    """Joint prediction: route `n_rows` aligned rows through these records of the party."""
+
+    kind: Literal["predict_request"] = "predict_request"
+    n_rows: Count
+    records: list[Count]
+
+
+class PredictRoutes(_Msg):
+    """One left-rows bitmap per requested record, concatenated in request order."""
+
+    kind: Literal["predict_routes"] = "predict_routes"
+    n_rows: Count
+    records: list[Count]
+    left: bytes
+
+
+class Ack(_Msg):
+    kind: Literal["ack"] = "ack"
+
+
+VerticalMessage = Annotated[
+    PsiPoints
+    | HeKey
+    | EncryptedGradients
+    | HistogramRequest
+    | HistogramBatch
+    | SplitDecision
+    | InstanceSplit
+    | PredictRequest
+    | PredictRoutes
+    | Ack,
+    Field(discriminator="kind"),
+]
+
+
+class Envelope(BaseModel):
+    """Parses any vertical message by its `kind`."""
+
+    message: VerticalMessage
+
+
+# --- sealed envelope ----------------------------------------------------------------------
+
+
+class Sealed(BaseModel):
+    """An authenticated, encrypted message from `sender` to `recipient`; `seq` rises by one
+    per message on each (sender, recipient) direction so a replay is refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run: Party
+    sender: Party
+    recipient: Party
+    seq: Count
+    nonce: bytes = Field(min_length=12, max_length=12)
+    body: bytes
+
+    def header(self) -> bytes:
+        """The associated data the AEAD binds: everything but the body."""
+        return json.dumps(
+            [self.run, self.sender, self.recipient, self.seq, self.nonce.hex()],
+            separators=(",", ":"),
+        ).encode()
+
+
+def frame(sealed: Sealed) -> bytes:
+    """The bytes a relay carries: 4-byte header length, header JSON, then the body."""
+    head = sealed.header()
+    return len(head).to_bytes(4, "big") + head + sealed.body
+
+
+def unframe(data: bytes) -> Sealed:
+    if len(data) < 4:
+        raise ValueError("vertical frame shorter than its 4-byte header length")
+    size = int.from_bytes(data[:4], "big")
+    try:
+        run, sender, recipient, seq, nonce = json.loads(data[4 : 4 + size])
+        return Sealed(
+            run=run,
+            sender=sender,
+            recipient=recipient,
+            seq=seq,
+            nonce=bytes.fromhex(nonce),
+            body=data[4 + size :],
+        )
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"vertical frame header is malformed: {exc}") from exc

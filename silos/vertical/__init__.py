@@ -1,0 +1,1 @@
+"""Vertical federation: PSI, Paillier-packed SecureBoost, the authenticated channel."""

@@ -1,0 +1,283 @@
+"""Additively homomorphic encryption for vertical SecureBoost: Paillier with packed (g, h).
+
+Library: python-paillier (`phe`, Apache-2.0) generates the 2048-bit keys and decrypts (CRT);
+gmpy2 (LGPL) does the big-number arithmetic. Measured in CPU time on this shared 2-core
+machine (load average 15-18 from other jobs, so every figure is pessimistic): phe's own
+`raw_encrypt` 11 ms, decryption 3.8 ms (266/s), a homomorphic addition (one multiplication
+mod n^2) 5.8 us (173,000/s). Encryption here is 15x faster than phe's (0.74 ms, 1,450/s): the
+key owner draws the obfuscator r^n as hs^a (Damgard-Jurik-Nielsen, PKC 2010, section 4: hs =
+x^n for a random x fixed per key, a a fresh random 1024-bit exponent), computed mod p^2 and
+q^2 from fixed-base 8-bit window tables (128 half-size multiplications each) and joined by
+CRT; SecretFlow's HEU ("ZPaillier") does the same. What dominates a tree at 100k x 330 is
+the passive party's additions; `bucket_sums_pair` halves them. Meeting 20 s per tree there
+would take C++ bucket sums with Montgomery multiplication (HEU's
+`batch_feature_wise_bucket_sum`, beta on PyPI) or Okamoto-Uchiyama (ciphertexts mod n, not
+n^2: about 3x cheaper additions); python-paillier is the kept, widely reviewed choice.
+
+Encoding (exact, no loss): every row's gradient g in [-1, 1] and hessian h in [0, 1] become
+integers G = round((g + 1) * 2^P) and H = round(h * 2^P) with P = 40 fractional bits
+(float32, which XGBoost keeps gradients in, has 24). One plaintext packs three 72-bit slots,
+(G << 144) | (H << 72) | 1, so one ciphertext carries a row's g, h and a count of 1; sums of up
+to 2^24 rows never carry across slots, and the decoded sums equal the sums of the rounded
+integers exactly. Bin sums going back are packed again, up to nine per ciphertext
+(`compress`), so the active party decrypts nine times fewer ciphertexts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+
+import gmpy2
+import numpy as np
+from phe import paillier
+
+KEY_BITS = 2048
+FRAC_BITS = 40
+SLOT_BITS = 72
+PACK_BITS = 3 * SLOT_BITS  # one row's (G, H, count)
+MAX_ROWS = 1 << 24
+_SLOT_MASK = (1 << SLOT_BITS) - 1
+_DJN_BITS = KEY_BITS // 2
+_WINDOW = 8
+
+
+class HeError(ValueError):
+    """A ciphertext or key that fails validation; the message names the party."""
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    n: int
+    hs: int  # DJN base: x^n mod n^2 for a random x; public, lets anyone encrypt
+
+    @property
+    def nsquare(self) -> int:
+        return self.n * self.n
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        return (2 * KEY_BITS) // 8
+
+    @property
+    def bins_per_ciphertext(self) -> int:
+        return (self.n.bit_length() - 1) // PACK_BITS
+
+
+@dataclass
+class KeyPair:
+    public: PublicKey
+    private: paillier.PaillierPrivateKey = field(repr=False)
+
+
+def generate_keypair(bits: int = KEY_BITS) -> KeyPair:
+    pub, priv = paillier.generate_paillier_keypair(n_length=bits)
+    n = pub.n
+    nsq = n * n
+    while True:
+        x = secrets.randbelow(n - 2) + 2
+        if gmpy2.gcd(x, n) == 1:
+            break
+    hs = int(gmpy2.powmod(x, n, nsq))
+    return KeyPair(PublicKey(n=n, hs=hs), priv)
+
+
+def encode_gh(g: np.ndarray, h: np.ndarray) -> tuple[list[int], list[int]]:
+    """Fixed-point integers for g in [-1, 1] and h in [0, 1] (see module docstring)."""
+    if g.size and (np.abs(g).max() > 1.0 or h.min() < 0.0 or h.max() > 1.0):
+        raise HeError("gradients must lie in [-1, 1] and hessians in [0, 1] to pack")
+    scale = float(1 << FRAC_BITS)
+    gi = np.rint((g.astype(np.float64) + 1.0) * scale).astype(np.int64)
+    hi = np.rint(h.astype(np.float64) * scale).astype(np.int64)
+    return [int(v) for v in gi], [int(v) for v in hi]
+
+
+def pack_rows(gi: Sequence[int], hi: Sequence[int]) -> list[int]:
+    return [(g << (2 * SLOT_BITS)) | (h << SLOT_BITS) | 1 for g, h in zip(gi, hi, strict=True)]
+
+
+def unpack_sum(m: int) -> tuple[int, int, int]:
+    """(sum G - count * 2^P, sum H, count): the exact fixed-point sums of g and h."""
+    count = m & _SLOT_MASK
+    hsum = (m >> SLOT_BITS) & _SLOT_MASK
+    gsum = (m >> (2 * SLOT_BITS)) & _SLOT_MASK
+    return gsum - (count << FRAC_BITS), hsum, count
+
+
+# --- encryption, parallel across cores ------------------------------------------------------
+# The key owner computes hs^a mod p^2 and mod q^2 (half-size numbers, about 3x cheaper each)
+# and joins them by CRT; the fixed-base tables are built once per key and process.
+
+_TABLES: dict[int, tuple] = {}
+_CTX: tuple | None = None
+
+
+def _fixed_base_table(base: int, modulus: int) -> list[list[gmpy2.mpz]]:
+    mod, b = gmpy2.mpz(modulus), gmpy2.mpz(base) % modulus
+    table = []
+    for _ in range(_DJN_BITS // _WINDOW):
+        row = [gmpy2.mpz(1), b]
+        for _ in range(2, 1 << _WINDOW):
+            row.append(row[-1] * b % mod)
+        table.append(row)
+        b = row[-1] * b % mod  # b^(2^WINDOW)
+    return table
+
+
+def _context(keys: KeyPair) -> tuple:
+    n = keys.public.n
+    if n not in _TABLES:
+        p, q = keys.private.p, keys.private.q
+        p2, q2 = p * p, q * q
+        _TABLES[n] = (
+            gmpy2.mpz(n),
+            gmpy2.mpz(n * n),
+            gmpy2.mpz(p2),
+            gmpy2.mpz(q2),
+            gmpy2.mpz(pow(q2, -1, p2)),
+            _fixed_base_table(keys.public.hs, p2),
+            _fixed_base_table(keys.public.hs, q2),
+        )
+    return _TABLES[n]
+
+
+def _init_worker(ctx: tuple) -> None:
+    global _CTX
+    _CTX = ctx
+
+
+def _encrypt_chunk(plaintexts: list[int]) -> list[int]:
+    assert _CTX is not None
+    n, nsq, p2, q2, q2inv, tp, tq = _CTX
+    out = []
+    for m in plaintexts:
+        a = int.from_bytes(os.urandom(_DJN_BITS // 8), "little")
+        rp, rq = gmpy2.mpz(1), gmpy2.mpz(1)
+        for row_p, row_q in zip(tp, tq, strict=True):
+            w = a & 0xFF
+            rp = rp * row_p[w] % p2
+            rq = rq * row_q[w] % q2
+            a >>= _WINDOW
+        r = rq + q2 * ((rp - rq) * q2inv % p2)  # CRT: r = hs^a mod n^2
+        out.append(int((1 + m * n) * r % nsq))
+    return out
+
+
+def encrypt_many(keys: KeyPair, plaintexts: list[int], workers: int | None = None) -> list[int]:
+    """Paillier ciphertexts of `plaintexts` (each < n) under the owner's own key, split
+    across `workers` processes."""
+    workers = workers or min(2, os.cpu_count() or 1)
+    ctx = _context(keys)
+    if len(plaintexts) < 2000 or workers == 1:
+        _init_worker(ctx)
+        return _encrypt_chunk(plaintexts)
+    step = -(-len(plaintexts) // (workers * 4))
+    chunks = [plaintexts[i : i + step] for i in range(0, len(plaintexts), step)]
+    _init_worker(ctx)  # forked workers inherit the tables
+    with ProcessPoolExecutor(workers, get_context("fork")) as pool:
+        return [c for part in pool.map(_encrypt_chunk, chunks) for c in part]
+
+
+def decrypt_many(keys: KeyPair, ciphertexts: Sequence[int]) -> list[int]:
+    priv = keys.private
+    return [priv.raw_decrypt(c) for c in ciphertexts]
+
+
+# --- wire encoding and validation ---------------------------------------------------------
+
+
+def to_bytes(pub: PublicKey, ciphertexts: Sequence[int]) -> bytes:
+    width = pub.ciphertext_bytes
+    return b"".join(int(c).to_bytes(width, "big") for c in ciphertexts)
+
+
+def from_bytes(pub: PublicKey, blob: bytes, party: str, what: str) -> list[int]:
+    """Ciphertexts from a blob, each checked to be a unit mod n^2; errors name the party."""
+    width = pub.ciphertext_bytes
+    if len(blob) % width:
+        raise HeError(
+            f"{what} from party {party!r}: {len(blob)} bytes is not a whole number "
+            f"of {width}-byte ciphertexts"
+        )
+    nsq = pub.nsquare
+    out = [int.from_bytes(blob[i : i + width], "big") for i in range(0, len(blob), width)]
+    for i, c in enumerate(out):
+        if not 0 < c < nsq or gmpy2.gcd(c, pub.n) != 1:
+            raise HeError(
+                f"{what} from party {party!r}: ciphertext {i} is not a valid "
+                "Paillier ciphertext under the run's key"
+            )
+    return out
+
+
+# --- passive side: bucket sums and packing of bin sums ------------------------------------
+
+
+def bucket_sums(
+    pub: PublicKey, cts: Sequence[int], bins_col: Sequence[int], rows: Sequence[int], n_bins: int
+) -> list[int]:
+    """Encrypted sum per bin of the rows `rows` (ciphertext 1 encrypts 0: an empty bin)."""
+    nsq = gmpy2.mpz(pub.nsquare)
+    acc = [gmpy2.mpz(1)] * n_bins
+    for i in rows:
+        b = bins_col[i]
+        acc[b] = acc[b] * cts[i] % nsq
+    return [int(a) for a in acc]
+
+
+def bucket_sums_pair(
+    pub: PublicKey,
+    cts: Sequence[int],
+    col_a: Sequence[int],
+    col_b: Sequence[int],
+    rows: Sequence[int],
+    nb_a: int,
+    nb_b: int,
+) -> tuple[list[int], list[int]]:
+    """`bucket_sums` of two features at once: one addition per row into the joint cell
+    (a, b), then each feature's bins from the nb_a * nb_b cells. The same products in
+    another order, so the sums are identical; about half the additions when the node has
+    many more rows than cells."""
+    nsq = gmpy2.mpz(pub.nsquare)
+    cells = [gmpy2.mpz(1)] * (nb_a * nb_b)
+    for i in rows:
+        k = col_a[i] * nb_b + col_b[i]
+        cells[k] = cells[k] * cts[i] % nsq
+    sums_a = [gmpy2.mpz(1)] * nb_a
+    sums_b = [gmpy2.mpz(1)] * nb_b
+    for k, c in enumerate(cells):
+        if c != 1:
+            a, b = divmod(k, nb_b)
+            sums_a[a] = sums_a[a] * c % nsq
+            sums_b[b] = sums_b[b] * c % nsq
+    return [int(x) for x in sums_a], [int(x) for x in sums_b]
+
+
+def compress(pub: PublicKey, sums: Sequence[int]) -> list[int]:
+    """Pack consecutive bin sums into one ciphertext each (Horner: c <- c^(2^216) * next)."""
+    nsq = gmpy2.mpz(pub.nsquare)
+    shift = gmpy2.mpz(1) << PACK_BITS
+    per = pub.bins_per_ciphertext
+    out = []
+    for start in range(0, len(sums), per):
+        acc = gmpy2.mpz(sums[start])
+        for c in sums[start + 1 : start + per]:
+            acc = gmpy2.powmod(acc, shift, nsq) * c % nsq
+        out.append(int(acc))
+    return out
+
+
+def decompress(keys: KeyPair, packed: Sequence[int], n_sums: int) -> list[tuple[int, int, int]]:
+    """Decrypt packed bin sums back into (G, H, count) triples, in order."""
+    per = keys.public.bins_per_ciphertext
+    mask = (1 << PACK_BITS) - 1
+    out: list[tuple[int, int, int]] = []
+    for k, m in enumerate(decrypt_many(keys, packed)):
+        size = min(per, n_sums - k * per)
+        for j in range(size - 1, -1, -1):
+            out.append(unpack_sum((m >> (j * PACK_BITS)) & mask))
+    return out

@@ -1,0 +1,285 @@
+"""ECDH private set intersection between two or more parties of a vertical run.
+
+Group: the prime-order subgroup of edwards25519, through libsodium as PyNaCl binds it.
+(ristretto255 would be the first choice, but PyNaCl 1.6 binds no ristretto255 function;
+libsodium's ed25519 calls give the same prime-order group of order l once points are checked
+to lie in it: `crypto_core_ed25519_from_uniform` clears the cofactor, `is_valid_point` refuses
+small-order and mixed-order points.) An id hashes to the group as in RFC 9380's random-oracle
+construction: SHA-512 of a domain tag, the run's salt and the id, its two halves each mapped
+by Elligator 2 and the points added.
+
+Protocol (every party P_i with secret scalar a_i and set S_i): P_i sends {H(x)^a_i} shuffled;
+the list visits every other party, each raising it to its own scalar without reordering,
+and comes back to P_i as {H(x)^(a_1...a_k)} in P_i's order; P_i then sends a shuffled copy
+to everyone. Each party sees the others' ids only as fully blinded points, so it learns
+which of its own ids every party holds: the intersection. In size mode the last party
+shuffles before returning a list, so its owner can count matches but not tell which ids.
+Cost: k exponentiations per id and party, hashing once; the ids never leave in the clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import Literal
+
+import nacl.bindings as sodium
+from nacl.exceptions import RuntimeError as SodiumError
+
+from schemas.vertical import PsiPoints, VerticalMessage
+
+POINT = 32
+DOMAIN = b"fedsilo-psi-v1"
+Mode = Literal["intersection", "size"]
+
+
+class PsiError(ValueError):
+    """A PSI message refused; the message names the party."""
+
+
+def hash_to_group(ident: str, salt: bytes) -> bytes:
+    h = hashlib.sha512(
+        DOMAIN + len(salt).to_bytes(2, "big") + salt + ident.encode("utf-8")
+    ).digest()
+    return sodium.crypto_core_ed25519_add(
+        sodium.crypto_core_ed25519_from_uniform(h[:32]),
+        sodium.crypto_core_ed25519_from_uniform(h[32:]),
+    )
+
+
+def intersection_digest(ids: Sequence[str], salt: bytes) -> str:
+    """sha256 over the salt and the sorted intersection (length-prefixed): for the ledger."""
+    d = hashlib.sha256(DOMAIN + b"|digest|" + len(salt).to_bytes(2, "big") + salt)
+    for ident in sorted(ids):
+        raw = ident.encode("utf-8")
+        d.update(len(raw).to_bytes(4, "big") + raw)
+    return d.hexdigest()
+
+
+# --- bulk group operations, split across cores -----------------------------------------------
+
+_SALT = b""
+_SCALAR = b""
+
+
+def _hash_blind_chunk(ids: list[str]) -> bytes:
+    return b"".join(
+        sodium.crypto_scalarmult_ed25519_noclamp(_SCALAR, hash_to_group(i, _SALT)) for i in ids
+    )
+
+
+def _exp_chunk(points: bytes) -> bytes | int:
+    out = []
+    for k in range(0, len(points), POINT):
+        p = points[k : k + POINT]
+        if not sodium.crypto_core_ed25519_is_valid_point(p):
+            return k // POINT
+        out.append(sodium.crypto_scalarmult_ed25519_noclamp(_SCALAR, p))
+    return b"".join(out)
+
+
+def _init(salt: bytes, scalar: bytes) -> None:
+    global _SALT, _SCALAR
+    _SALT, _SCALAR = salt, scalar
+
+
+def _parallel(fn: Callable, chunks: list, salt: bytes, scalar: bytes, workers: int) -> list:
+    if workers <= 1 or len(chunks) <= 1:
+        _init(salt, scalar)
+        return [fn(c) for c in chunks]
+    with ProcessPoolExecutor(workers, get_context("fork"), _init, (salt, scalar)) as pool:
+        return list(pool.map(fn, chunks))
+
+
+def _chunks(seq: Sequence, size: int) -> list:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def _shuffle(points: bytes) -> bytes:
+    items = _chunks(points, POINT)
+    secrets.SystemRandom().shuffle(items)
+    return b"".join(items)
+
+
+@dataclass
+class PsiResult:
+    party: str
+    size: int
+    ids: list[str] | None  # None in size mode
+    digest: str | None
+
+
+@dataclass
+class PsiParty:
+    name: str
+    ids: Sequence[str]
+    run: str
+    salt: bytes
+    mode: Mode = "intersection"
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    _scalar: bytes = field(default=b"", repr=False)
+    _order: list[int] = field(default_factory=list, repr=False)
+    _full: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        if len(set(self.ids)) != len(self.ids):
+            raise PsiError(f"party {self.name!r}: its id list has duplicates")
+        while True:  # a uniform non-zero scalar mod l
+            self._scalar = sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+            if any(self._scalar):
+                break
+
+    def _chunk_size(self, n: int) -> int:
+        return max(1, -(-n // (self.workers * 4)))
+
+    def blinded(self) -> PsiPoints:
+        """This party's ids, hashed, raised to its scalar and shuffled."""
+        order = list(range(len(self.ids)))
+        secrets.SystemRandom().shuffle(order)
+        self._order = order
+        shuffled = [self.ids[i] for i in order]
+        parts = _parallel(
+            _hash_blind_chunk,
+            _chunks(shuffled, self._chunk_size(len(order))),
+            self.salt,
+            self._scalar,
+            self.workers,
+        )
+        return PsiPoints(
+            run=self.run,
+            sender=self.name,
+            owner=self.name,
+            stage="blinded",
+            count=len(order),
+            points=b"".join(parts),
+        )
+
+    def exponentiate(self, msg: PsiPoints, last: bool) -> PsiPoints:
+        """Raise another party's list to this party's scalar, keeping its order (shuffling
+        it instead when this is the last hop of a size-only run)."""
+        if msg.owner == self.name or msg.stage != "blinded":
+            raise PsiError(
+                f"party {self.name!r} got an unexpected {msg.stage} list of "
+                f"{msg.owner!r} from party {msg.sender!r}"
+            )
+        self._check(msg)
+        step = self._chunk_size(msg.count) * POINT
+        parts = _parallel(
+            _exp_chunk, _chunks(msg.points, step), self.salt, self._scalar, self.workers
+        )
+        for k, part in enumerate(parts):
+            if isinstance(part, int):
+                raise PsiError(
+                    f"party {self.name!r} refused the list from party {msg.sender!r}"
+                    f": point {k * step // POINT + part} is not in the group"
+                )
+        points = b"".join(parts)
+        if last and self.mode == "size":
+            points = _shuffle(points)
+        stage = "exponentiated" if last else "blinded"
+        return msg.model_copy(update={"sender": self.name, "stage": stage, "points": points})
+
+    def publish(self, msg: PsiPoints) -> PsiPoints:
+        """Keep the fully blinded own list; return a shuffled copy for the other parties."""
+        if msg.owner != self.name or msg.stage != "exponentiated":
+            raise PsiError(
+                f"party {self.name!r} got a {msg.stage} list of {msg.owner!r} "
+                f"from party {msg.sender!r} instead of its own, fully blinded"
+            )
+        self._check(msg)
+        if msg.count != len(self.ids):
+            raise PsiError(
+                f"party {self.name!r}: party {msg.sender!r} returned {msg.count} "
+                f"points for its {len(self.ids)} ids"
+            )
+        self._full = msg.points
+        return PsiPoints(
+            run=self.run,
+            sender=self.name,
+            owner=self.name,
+            stage="final",
+            count=msg.count,
+            points=_shuffle(msg.points),
+        )
+
+    def intersect(self, others: Sequence[PsiPoints]) -> PsiResult:
+        common: set[bytes] | None = None
+        for msg in others:
+            if msg.stage != "final" or msg.owner == self.name:
+                raise PsiError(
+                    f"party {self.name!r} expected a final list from party "
+                    f"{msg.sender!r}, got {msg.stage} of {msg.owner!r}"
+                )
+            self._check(msg)
+            theirs = set(_chunks(msg.points, POINT))
+            common = theirs if common is None else common & theirs
+        mine = _chunks(self._full, POINT)
+        hits = [k for k, p in enumerate(mine) if common is None or p in common]
+        if self.mode == "size":
+            return PsiResult(self.name, len(hits), None, None)
+        ids = sorted(self.ids[self._order[k]] for k in hits)
+        return PsiResult(self.name, len(ids), ids, intersection_digest(ids, self.salt))
+
+    def _check(self, msg: PsiPoints) -> None:
+        if msg.run != self.run:
+            raise PsiError(
+                f"party {self.name!r} refused a list from party {msg.sender!r}: "
+                f"run {msg.run!r}, expected {self.run!r}"
+            )
+        if len(msg.points) != msg.count * POINT:
+            raise PsiError(
+                f"party {self.name!r} refused the list from party {msg.sender!r}: "
+                f"{len(msg.points)} bytes for {msg.count} points"
+            )
+
+
+Deliver = Callable[[str, str, PsiPoints], VerticalMessage]
+
+
+def _points(deliver: Deliver, sender: str, recipient: str, msg: PsiPoints) -> PsiPoints:
+    got = deliver(sender, recipient, msg)
+    if not isinstance(got, PsiPoints):
+        raise PsiError(
+            f"party {recipient!r} expected PSI points from party {sender!r}, got {got.kind}"
+        )
+    return got
+
+
+def run_psi(parties: Sequence[PsiParty], deliver: Deliver) -> dict[str, PsiResult]:
+    """Run the protocol among `parties`, every message through `deliver(sender, recipient,
+    message)` (a relay that seals and opens it); returns each party's result."""
+    if len(parties) < 2:
+        raise PsiError("private set intersection needs at least two parties")
+    by_name = {p.name: p for p in parties}
+    finals: dict[str, PsiPoints] = {}
+    for owner in parties:
+        msg = owner.blinded()
+        others = [p for p in parties if p is not owner]
+        hop = owner.name
+        for k, party in enumerate(others):
+            msg = party.exponentiate(
+                _points(deliver, hop, party.name, msg), last=k == len(others) - 1
+            )
+            hop = party.name
+        finals[owner.name] = owner.publish(_points(deliver, hop, owner.name, msg))
+    results = {}
+    for name, party in by_name.items():
+        got = [_points(deliver, o, name, finals[o]) for o in by_name if o != name]
+        results[name] = party.intersect(got)
+    return results
+
+
+__all__ = [
+    "PsiError",
+    "PsiParty",
+    "PsiResult",
+    "hash_to_group",
+    "intersection_digest",
+    "run_psi",
+    "SodiumError",
+]

@@ -1,0 +1,65 @@
+"""Which test files pytest-xdist should start first, so that two workers finish together.
+
+`scripts/test` hands out whole files (``--dist loadfile``) in collection order
+(``--no-loadscope-reorder``; xdist's default reorder puts files with *many* tests first, which
+left the slowest few-test files, whole federations, for the end of the run on one worker).
+Starting the longest files first and filling in with short ones is the classic
+longest-processing-time schedule. The figures are seconds per file (setup, calls, teardown) from
+CI runs on an idle 2-core machine; only their order matters, so a rough figure is enough, and
+a file not listed counts as short. Re-measure with
+``FEDSILO_TEST_WORKERS=0 scripts/test --durations=0`` when a file's cost changes a lot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+SECONDS_PER_FILE: dict[str, int] = {
+    "faults/test_scheduled_coordinator.py": 280,
+    "faults/test_round_faults.py": 260,
+    "integration/test_federation_e2e.py": 240,
+    "integration/test_agent_resilience.py": 220,
+    "integration/test_demo_under_load.py": 215,
+    "infra/test_backup_restore.py": 200,
+    "integration/test_e2e_service_kill_postgres.py": 190,
+    "integration/test_trees_e2e.py": 180,
+    "integration/test_e2e_bad_data.py": 170,
+    "integration/test_e2e_secagg_recovery.py": 170,
+    "flows/test_model_registry.py": 150,
+    "security/test_schemathesis.py": 130,
+    "bench/test_peers_smoke.py": 125,
+    "aggregation/test_service_api.py": 120,
+    "ha/test_two_services.py": 110,
+    "infra/test_compose.py": 100,
+    "flows/test_token_not_in_prefect.py": 100,
+    "aggregation/test_service_secure_hist.py": 80,
+    "integration/test_plugin_mode.py": 70,
+    "flows/test_readme_by_hand.py": 65,
+    "aggregation/test_service_secagg.py": 60,
+}
+
+
+class Located(Protocol):
+    """What the schedule reads of a test item (`pytest.Item` has it)."""
+
+    @property
+    def path(self) -> Path: ...
+
+
+ItemT = TypeVar("ItemT", bound=Located)
+
+
+def expected_seconds(item: Located, tests_root: Path) -> int:
+    """The listed cost of `item`'s file (0 for files not listed)."""
+    try:
+        rel = item.path.relative_to(tests_root).as_posix()
+    except ValueError:  # a test outside tests/ (a path given on the command line)
+        return 0
+    return SECONDS_PER_FILE.get(rel, 0)
+
+
+def longest_files_first(items: list[ItemT], tests_root: Path) -> None:
+    """Sort `items` in place, longest file first; the sort is stable, so each file's tests
+    stay together and in their order, and unlisted files keep their collection order."""
+    items.sort(key=lambda item: -expected_seconds(item, tests_root))
