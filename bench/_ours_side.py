@@ -66,7 +66,9 @@ def start(
     `prefect_url` (http://127.0.0.1:PORT/api) reuses a running Prefect server, which then is
     not counted in the memory figures; by default the federation starts its own.
     """
+    from flows.contract_publish import publish_file
     from flows.service_client import CoordinatorClient
+    from schemas.contracts.loader import CONTRACTS_DIR
 
     os.environ.update(TELEMETRY_OFF)
     procs: list[Proc] = []
@@ -87,6 +89,9 @@ def start(
         token_file = workspace / "service" / "admin.token"
         coord = CoordinatorClient(url, token=token_file.read_text().strip())
         coord.create_federation("heart")
+        publish_file(  # the coordinator publishes the federation's contract (the shipped example)
+            coord, "heart", CONTRACTS_DIR / "heart_disease.toml", workspace / "contract_ed25519.pem"
+        )
         for name, frame in hospitals.items():
             folder = workspace / "silos" / name
             folder.mkdir(parents=True)

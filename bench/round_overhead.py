@@ -94,11 +94,12 @@ def run(  # type: ignore[type-arg]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.live_service import free_port, write_heart_silos
 
+    from flows.contract_publish import publish_file
     from flows.coordinator import federated_training
     from flows.demo_config import heart_demo_spec
     from flows.processes import start_agent, start_service
     from flows.service_client import CoordinatorClient
-    from schemas.contracts.loader import load_contract
+    from schemas.contracts.loader import CONTRACTS_DIR, load_contract
     from silos.features import FeaturePipeline
 
     port = free_port()
@@ -108,6 +109,7 @@ def run(  # type: ignore[type-arg]
     token = (ws / "service" / "admin.token").read_text().strip()
     coord = CoordinatorClient(url, token=token)
     coord.create_federation("heart")
+    publish_file(coord, "heart", CONTRACTS_DIR / "heart_disease.toml", ws / "contract_ed25519.pem")
     configs = write_heart_silos(ws / "silos", [url], os.environ["PREFECT_API_URL"])
     procs.extend(
         start_agent(c, c.parent / "agent.log", os.environ["PREFECT_API_URL"])

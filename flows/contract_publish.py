@@ -93,33 +93,34 @@ def run_contract(
 
 def resolve_run_contract(
     client: CoordinatorClient, federation: str, dataset: str
-) -> tuple[Contract, str | None]:
-    """The contract a new run trains under and the published version to pin in its spec.
+) -> tuple[Contract, str]:
+    """The contract a new run trains under and the published version to pin in its spec: the
+    federation's latest published version of `dataset`.
 
-    The federation's latest published version of `dataset`; when it published none, the
-    example of that name shipped with fedsilo, with a warning, and no version: the service then
-    keeps the run unpinned. Neither: ContractError naming `fedsilo contract publish`.
+    The coordinator never reads the package's contracts: silos fetch the published version
+    anyway, so a run on an unpublished contract could only fail at round 1. ContractError
+    naming `fedsilo contract publish` (and `contract example` when one of that name ships).
     """
     try:
         pc = client.contract(federation, dataset)
-    except NotFound:
-        try:
-            contract = load_contract(dataset)
-        except ContractError as exc:
-            raise ContractError(
-                f"federation {federation!r} has no published contract {dataset!r} and no "
-                f"example of that name ships with fedsilo; publish it first: `fedsilo contract "
-                f"publish FILE --federation {federation}` ({exc})"
-            ) from exc
-        log.warning(
-            "federation %s has not published contract %r: the run uses the example shipped with "
-            "fedsilo, unpinned; publish it with `fedsilo contract publish FILE --federation %s`",
-            federation,
-            dataset,
-            federation,
-        )
-        return contract, None
+    except NotFound as exc:
+        raise ContractError(unpublished_message(federation, dataset)) from exc
     return parse_published(pc), pc.version
+
+
+def unpublished_message(federation: str, dataset: str) -> str:
+    """Why a run cannot start on `dataset`, and the commands that fix it."""
+    fix = f"publish it first: `fedsilo contract publish FILE --federation {federation}`"
+    try:
+        load_contract(dataset)
+    except ContractError:
+        pass
+    else:  # only to point at the example; the run never uses the package's copy
+        fix += (
+            f" (fedsilo ships an example of that name: `fedsilo contract example {dataset} "
+            f"-o {dataset}.toml`)"
+        )
+    return f"federation {federation!r} has not published a contract {dataset!r}; {fix}"
 
 
 def parse_published(pc: PublishedContract) -> Contract:

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 
 from flows.service_client import CoordinatorClient
-from schemas.contracts.loader import Contract, ContractError, load_contract
+from schemas.contracts.loader import Contract
 from schemas.specs import ModelKind, ModelSpec, model_spec_for_contract
-from silos.client_errors import NotFound
 from silos.features import FeaturePipeline
 
 log = logging.getLogger("fedsilo.coordinator")
@@ -32,36 +31,12 @@ def feature_width(contract: Contract, n_features: int | None = None) -> int:
     return width
 
 
-def run_contract(client: CoordinatorClient | None, federation: str, dataset: str) -> Contract:
-    """The contract a run trains under: the federation's latest published version of `dataset`.
+def run_contract(client: CoordinatorClient, federation: str, dataset: str) -> Contract:
+    """The contract a run trains under: the federation's latest published version of `dataset`;
+    ContractError naming `fedsilo contract publish` when it published none."""
+    from flows.contract_publish import resolve_run_contract
 
-    A contract the federation has not published falls back to the example of that name shipped
-    with the package (the demo's and the tests' federations), with a warning; neither is a
-    `ContractError` naming `fedsilo contract publish`.
-    """
-    if client is not None:
-        from flows.contract_publish import parse_published
-        from flows.contract_publish import run_contract as published
-
-        try:
-            return parse_published(published(client, federation, dataset))
-        except NotFound:
-            pass
-    try:
-        contract = load_contract(dataset)
-    except ContractError as exc:
-        raise ContractError(
-            f"federation {federation!r} has no published contract {dataset!r}, and no example of "
-            f"that name ships with fedsilo; publish it first: fedsilo contract publish FILE "
-            f"--federation {federation} ({exc})"
-        ) from exc
-    if client is not None:
-        log.warning(
-            "federation %s has not published contract %r: using the example shipped with fedsilo",
-            federation,
-            dataset,
-        )
-    return contract
+    return resolve_run_contract(client, federation, dataset)[0]
 
 
 def model_for_contract(

@@ -288,6 +288,11 @@ class ValidationSummary(Message):
     failed: list[ExpectationOutcome] = Field(default_factory=list)
     prefect_flow_run_id: str | None = None
 
+    @property
+    def fingerprints(self) -> tuple[str, str | None]:
+        """The training and held-out test tables' sha256: a change of either reloads the data."""
+        return (self.data_sha256, self.test_data_sha256)
+
     def reason(self) -> str:
         """One line naming each failed expectation, for round tables and run failures."""
         parts = [

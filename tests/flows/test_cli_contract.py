@@ -143,15 +143,16 @@ def test_a_drafted_contract_publishes_as_written(service: tuple[str, Path], tmp_
 
 def test_the_coordinator_pins_the_published_version(service: tuple[str, Path]) -> None:
     """What `federated_training` puts in a new run's spec: the latest published version and
-    its parsed rules; an unpublished shipped example runs unpinned; anything else is refused."""
+    its parsed rules; an unpublished contract is refused, even one whose example ships."""
     from flows.contract_publish import resolve_run_contract
     from schemas.contracts.loader import ContractError
 
     url, token_file = service
     client = coordinator(url)
     coordinator(url).create_federation("fresh")
-    contract, version = resolve_run_contract(client, "fresh", "heart_disease")
-    assert version is None and contract.name == "heart_disease"  # the shipped example
+    # the package's copy is never used: the coordinator points at it, nothing more
+    with pytest.raises(ContractError, match="contract example heart_disease"):
+        resolve_run_contract(client, "fresh", "heart_disease")
     with pytest.raises(ContractError, match="fedsilo contract publish FILE --federation fresh"):
         resolve_run_contract(client, "fresh", "no_such_table")
     newer = HEART.read_text().replace('version = "1.0.0"', 'version = "2.0.0"', 1)

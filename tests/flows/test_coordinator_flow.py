@@ -25,7 +25,12 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun, Log, TaskRun
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    publish_shipped_contract,
+    service_in_thread,
+)
 from support.validation import validate
 
 from flows.coordinator import federated_training
@@ -59,6 +64,7 @@ def hub(tmp_path: Path, sqlite_url: str, prefect_api_url: str) -> Iterator[Hub]:
     with service_in_thread(tmp_path / "service", sqlite_url) as url:
         coord = coordinator(url)
         coord.create_federation(FED)
+        publish_shipped_contract(coord, FED, "heart_disease")
         silos = {n: enrolled_silo(url, coord, FED, n) for n in SILOS}
         token_file = tmp_path / "admin.token"
         token_file.write_text("test-admin-token")

@@ -36,7 +36,12 @@ import numpy as np
 import pytest
 import typer
 from pydantic import SecretStr
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    publish_shipped_contract,
+    service_in_thread,
+)
 from support.validation import validate
 from typer.testing import CliRunner
 
@@ -74,6 +79,7 @@ def _federation(url: str, token: str) -> tuple[str, dict[str, SiloClient]]:
     federation = f"tok{uuid4().hex[:10]}"
     coord = coordinator(url, token)
     coord.create_federation(federation)
+    publish_shipped_contract(coord, federation, "heart_disease")
     return federation, {n: enrolled_silo(url, coord, federation, n) for n in ("a", "b")}
 
 
@@ -234,7 +240,7 @@ def secret_block_run(
                     service_urls=[url],
                     admin_token_block=block,
                     federation=federation,
-                    dataset="toy",
+                    dataset="heart_disease",
                     model=MODEL,
                     rounds=1,
                     min_silos=2,
@@ -249,7 +255,7 @@ def secret_block_run(
                 driver.join(10)
         assert not errors, errors
         assert result["final_version"] == 1
-        run = _flow_run(federation, "toy")
+        run = _flow_run(federation, "heart_disease")
         yield FlowRunLeakCheck(token, str(run["id"]), dict(run["parameters"]))
     finally:
         found = _api("GET", f"/block_types/slug/secret/block_documents/name/{block}")

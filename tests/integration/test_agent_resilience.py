@@ -94,7 +94,7 @@ def test_a_single_class_silo_declines_every_round_without_stalling_it(
         "the single-class silo's ready report",
     )
     assert ready.ready.validated is False  # it warmed up, and said its data cannot take part
-    assert "stratify" in ready.ready.detail
+    assert "target_classes_present" in ready.ready.detail
     log_lines_before = len(_log(fed, DECLINER).splitlines())
 
     result, with_decliner_s = _timed_run(fed, tmp_path / "with-decliner", ROUNDS)
@@ -108,12 +108,14 @@ def test_a_single_class_silo_declines_every_round_without_stalling_it(
     )
     assert all(DECLINER not in r["contributors"] for r in result["rounds"])
     assert all(len(r["contributors"]) == 3 for r in result["rounds"])
-    assert all("stratify" in r["declined"][DECLINER] for r in result["rounds"])  # runs show
+    assert all(
+        "target_classes_present" in r["declined"][DECLINER] for r in result["rounds"]
+    )  # runs show
     declines = [e for e in fed.coord.ledger(result["run_id"]) if e.kind == "decline"]
     payloads = [json.loads(e.payload) for e in declines]
     assert {p["round"] for p in payloads} >= set(range(1, ROUNDS + 1)), payloads
     assert all(p["silo"] == DECLINER and p["cause"] == "data" for p in payloads)
-    assert all(p["scope"] == "round" and "stratify" in p["reason"] for p in payloads)
+    assert all(p["scope"] == "round" and "target_classes_present" in p["reason"] for p in payloads)
     # one decline line per round, not a traceback per poll
     new_lines = _log(fed, DECLINER).splitlines()[log_lines_before:]
     rounds_seen = len(result["rounds"])

@@ -140,3 +140,17 @@ def test_a_missing_or_foreign_test_file_is_named(held_out: SiloConfig, tmp_path:
     assert not summary.success
     assert summary.failed[0].expectation == "test_path:read_table"
     assert "test.parquet" in summary.failed[0].detail
+
+
+def test_an_edited_test_file_alone_changes_what_the_agent_compares(
+    held_out: SiloConfig, tmp_path: Path
+) -> None:
+    """The agent reloads its data when the gate's fingerprints differ from the loaded data's
+    (`silos.agent`): the same files agree, and a new test file alone makes them differ."""
+    data, gate = prepare_local_data(held_out), check_round(held_out)
+    assert data.fingerprints == gate.summary.fingerprints
+    rows(60, 2).to_parquet(tmp_path / "test.parquet", index=False)  # training file untouched
+    after = check_round(held_out).summary
+    assert after.data_sha256 == data.data_sha256
+    assert data.fingerprints != after.fingerprints
+    assert prepare_local_data(held_out).fingerprints == after.fingerprints
