@@ -36,6 +36,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
+from support import capture_guard
 from support.cpu_hog import CpuHog
 from support.cpu_hog import cpu_hog as start_cpu_hog
 from support.schedule import longest_files_first
@@ -81,6 +82,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    capture_guard.install(config)
     n = int(config.getoption("--cpu-hog"))
     if n > 0 and not hasattr(config, "workerinput"):  # xdist workers share the controller's
         stack = ExitStack()
