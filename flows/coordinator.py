@@ -24,6 +24,7 @@ from rich.console import Console
 from flows.admin_token import resolve_admin_token
 from flows.contract_publish import resolve_run_contract
 from flows.exceptions import RunCancelled, RunFailed
+from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
 from flows.round_records import RoundRecord, publish, sig4, summarize_round
@@ -31,7 +32,9 @@ from flows.run_naming import initial_name, label_flow_run, run_tags
 from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.specs import (
+    AsyncSpec,
     ModelSpec,
+    PersonalizationSpec,
     PrivacySpec,
     RunSpec,
     SecureAggregationSpec,
@@ -229,6 +232,8 @@ def federated_training(
     admin_token_block: str | None = None,
     ready_timeout_s: float = 900.0,
     show_progress: bool = False,
+    asynchronous: AsyncSpec | None = None,
+    personalize: PersonalizationSpec | None = None,
 ) -> dict[str, object] | State:
     """Train a global model across the federation's silos and save it with its sha256.
 
@@ -239,6 +244,8 @@ def federated_training(
     Round 1 opens once every silo of the run is ready, or after `ready_timeout_s` with at least
     `min_silos` ready (0 skips the wait). `show_progress` prints a progress line per round
     (live on a terminal): for `fedsilo train` and the demo, not for scheduled runs.
+    `asynchronous` makes training rounds FedBuff buffers the service closes at K updates.
+    `personalize` has every silo make its own model from the final one (it stays at the silo).
     """
     logger = get_run_logger()
     token = resolve_admin_token(admin_token_file, admin_token_block)
@@ -259,6 +266,8 @@ def federated_training(
         patience=patience,
         silos=tuple(silos or ()),
         secure_aggregation=secure_aggregation,
+        asynchronous=asynchronous,
+        personalize=personalize,
         privacy=privacy,
         federation_statistics=(
             contract.pipeline.needs_federation_stats
@@ -309,6 +318,7 @@ def federated_training(
         "model_sha256": sha,
         "final_version": final,
         "rounds": [asdict(r) for r in records],
+        "personalized": run_personalization(client, run_id, spec),  # per silo, from the ledger
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from flows import demo_trees
+from flows import demo_async, demo_personal, demo_trees
 from flows.demo_config import DEMO_READY_TIMEOUT_S, DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
 from flows.demo_processes import keep_running, stop_on_sigterm
@@ -60,6 +60,8 @@ class DemoOptions:
     keep_running: bool = False
     dp: bool = False
     plain: bool = False
+    asynchronous: bool = False  # FedBuff buffers (flows/demo_async.py)
+    personalize: str = ""  # finetune | fedper | ditto (flows/demo_personal.py)
     prefect_port: int = 4200
     service_port: int = 8700
     round_deadline_s: float = 0.0  # 0: the dataset's default (flows/demo_config.py)
@@ -73,7 +75,7 @@ TREE_MODES = ("bagging", "cyclic", "collective", "secure-hist")
 def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
     spec = DATASETS[opts.dataset].spec(n_features)
     if opts.model in TREE_KINDS:
-        return _tree_spec(opts, spec, n_features, n_silos)
+        return demo_personal.personalized(_tree_spec(opts, spec, n_features, n_silos), opts)
     if opts.mode:
         raise DemoError(f"--mode is for tree models ({', '.join(TREE_KINDS)}), not {opts.model!r}")
     update: dict[str, object] = {}
@@ -95,7 +97,9 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
     if opts.dp:
         # each silo clips its delta to 0.5 and adds N(0, (1.0 * 0.5)^2 / n)
         update["privacy"] = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
-    return spec.model_copy(update=update)
+    if opts.asynchronous:
+        update |= demo_async.async_update(spec, n_silos, opts.rounds or spec.rounds, opts.dp)
+    return demo_personal.personalized(spec.model_copy(update=update), opts)
 
 
 def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) -> RunSpec:
@@ -343,6 +347,8 @@ def flow_parameters(
         patience=spec.patience,
         secure_aggregation=spec.secure_aggregation,
         privacy=spec.privacy,
+        asynchronous=spec.asynchronous,
+        personalize=spec.personalize,
         federation_statistics=spec.federation_statistics,
         output_dir=str(ws / "models"),
         ready_timeout_s=ready_timeout_s,
@@ -359,12 +365,9 @@ def _train(
     ws: Path,
     ready_timeout_s: float,
 ) -> dict[str, object]:
-    """Run the coordinator flow in a thread (Ctrl+C stays with the main thread); the flow
-    prints who is ready, then a progress line per round (live on a terminal, plain lines
-    otherwise).
-
-    The flow gets the token file's path: Prefect stores a flow run's parameters.
-    """
+    """Run the coordinator flow in a thread (Ctrl+C stays with the main thread); it prints who
+    is ready, then a progress line per round (live on a terminal, plain lines otherwise). The
+    flow gets the token file's path: Prefect stores a flow run's parameters."""
     from flows.coordinator import federated_training
 
     outcome: dict[str, object] = {}

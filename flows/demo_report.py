@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows import baselines, demo_trees
+from flows import baselines, demo_personal, demo_trees
 from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.service_client import CoordinatorClient
 from schemas import tensors
@@ -199,6 +199,7 @@ def compare(
     console.print(table)
     verdict, line, figures = _verdict(spec, contract.task, rows, local_names)
     console.print(line)
+    personal = demo_personal.print_personalization(console, result)  # --personalize only
     return {
         "run_id": result["run_id"],
         "model_path": result["model_path"],
@@ -208,6 +209,7 @@ def compare(
         **figures,
         "target_met": verdict,
         "rounds": result["rounds"],
+        "personalized": personal,
     }
 
 

@@ -101,6 +101,7 @@ def render_report(
         "aggregates": sections.aggregates(view),
         "events": sections.events(view),
         "declines": sections.declines(view),
+        "personalization": sections.personalization(view),
         "prefect_runs": prefect_runs,
         "prefect_linked": prefect_linked,
         "timeline": sections.timeline(view, report.bad_seq),

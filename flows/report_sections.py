@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from flows.lineage_summary import summarize
 from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, payload_of
+from flows.personalization_view import personalization_rows, personalized_statements
+from schemas.objectives import TASK_BY_OBJECTIVE
 from schemas.specs import ModelSpec, param_shapes
 
 
@@ -227,3 +229,20 @@ def timeline(view: RunView, bad_seq: int | None) -> list[dict[str, Any]]:
         }
         for e in view.entries
     ]
+
+
+def personalization(view: RunView) -> list[dict[str, Any]]:
+    """Per silo: global vs personalized vs local-only on its held-out rows, from the silos'
+    signed ``personalized`` statements (`flows.personalization_view`); [] without any."""
+    spec = view.spec
+    model, trees = spec.get("model"), spec.get("trees")
+    if isinstance(model, dict):
+        task = str(model.get("task", "binary"))
+    elif isinstance(trees, dict):
+        task = TASK_BY_OBJECTIVE.get(str(trees.get("objective")), "binary")
+    else:
+        return []
+    try:
+        return personalization_rows(personalized_statements(view.entries), task)
+    except (ValidationError, ValueError):  # a malformed statement: the chain check flags it
+        return []

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.drift_view import drift_by_round, drift_rows
 from flows.round_progress import declined
 from flows.service_client import CoordinatorClient
+from schemas.lineage import LineageEntry
 from schemas.metrics import METRIC_NAMES, weighted_metric
 from schemas.wire import RoundOut
 
@@ -84,9 +86,15 @@ def reported(records: list[RoundRecord]) -> list[str]:
     return [n for n in METRIC_NAMES if any(r.metrics.get(n) is not None for r in records)]
 
 
-def lineage_markdown(client: CoordinatorClient, run_id: str, model_path: str, sha: str) -> str:
+def lineage_markdown(
+    client: CoordinatorClient,
+    run_id: str,
+    model_path: str,
+    sha: str,
+    entries: list[LineageEntry] | None = None,
+) -> str:
     """The run's lineage summary for Prefect, with the command that verifies it."""
-    entries = client.ledger(run_id)
+    entries = client.ledger(run_id) if entries is None else entries
     counts: dict[str, int] = {}
     for e in entries:
         counts[e.kind] = counts.get(e.kind, 0) + 1
@@ -108,6 +116,8 @@ def publish(
     client: CoordinatorClient, records: list[RoundRecord], run_id: str, model_path: str, sha: str
 ) -> None:
     names = reported(records) or ["loss"]
+    entries = client.ledger(run_id)
+    drift = drift_by_round(drift_rows(entries))  # silos that trained with on_drift = "warn"
     rows = [
         {
             "round": r.round,
@@ -117,6 +127,7 @@ def publish(
             "refused": "; ".join(f"{k}: {v}" for k, v in r.refused.items()),
             "sat out (validation)": "; ".join(f"{k}: {v}" for k, v in r.sat_out.items()),
             "declined": "; ".join(f"{k}: {v}" for k, v in r.declined.items()),
+            "drift warnings": drift.get(r.round, ""),
             **{name: sig4(r.metrics.get(name)) for name in names},
             "wall s": round(r.wall_seconds, 3),
             "overhead s": round(r.overhead_seconds, 3),
@@ -129,5 +140,6 @@ def publish(
         description=f"Per-round metrics of federated run {run_id}",
     )
     create_markdown_artifact(
-        key=f"lineage-{run_id}", markdown=lineage_markdown(client, run_id, model_path, sha)
+        key=f"lineage-{run_id}",
+        markdown=lineage_markdown(client, run_id, model_path, sha, entries),
     )

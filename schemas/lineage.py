@@ -97,11 +97,17 @@ KINDS = frozenset(
         "model_saved",
         "metrics",
         "privacy_spent",
+        "personalized",
         "run_finished",
         "run_failed",
         "decline",
         "run_cancelled",
         "contract_published",
+        "vertical_started",
+        "vertical_psi",
+        "vertical_tree",
+        "vertical_finished",
+        "vertical_failed",
     }
 )
 

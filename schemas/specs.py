@@ -165,6 +165,48 @@ class PrivacySpec(_Strict):
     delta: float = Field(default=1e-5, gt=0, lt=1)
 
 
+PersonalizeMethod = Literal["finetune", "fedper", "ditto"]
+
+
+class PersonalizationSpec(_Strict):
+    """Per-silo models made after the federated run; they never leave the silo.
+
+    `finetune`: each silo fine-tunes the final global model on its training rows, keeping the
+    epoch with the lowest loss on a `val_fraction` validation split (0 epochs is a candidate);
+    tree runs continue boosting up to `max_trees` trees from the global model, stopped the same
+    way. `fedper`: during the run each silo trains its own output layer (the head), which never
+    leaves the silo (its delta is sent as zeros), and only the body is aggregated; at the end the
+    global body plus the silo's head is fine-tuned as above. `ditto`: a per-silo model minimising
+    the silo's loss + (ditto_lambda/2)||v - w_global||^2 from the final global model w_global.
+    Each silo signs the personalized model's sha256 and its held-out metrics into the ledger,
+    next to the global model's and a local-only model's on the same rows.
+    """
+
+    method: PersonalizeMethod = "finetune"
+    max_epochs: int = Field(default=30, ge=1, le=1000)
+    max_trees: int = Field(default=20, ge=1, le=1000)
+    val_fraction: float = Field(default=0.25, gt=0, lt=1)
+    ditto_lambda: float = Field(default=0.1, gt=0)
+    lr: float | None = Field(default=None, gt=0, description="None: the run's training lr")
+
+
+class AsyncSpec(_Strict):
+    """Asynchronous (FedBuff-style buffered) training rounds, Nguyen et al. 2022.
+
+    A training round is a buffer: the service aggregates it as soon as `buffer_size` usable
+    updates are in, so a slow silo never holds the others up. A silo's update answers the
+    round it was asked for, trained on that round's input model version (its base); one
+    that arrives after that round closed goes into the buffer open now, with staleness
+    t = (that buffer's input version) - (its base version), and is weighted by
+    s(t) = 1/sqrt(1+t) (``sqrt``) or 1 (``constant``); beyond `max_staleness` it is dropped
+    (recorded in the ledger's ``aggregate`` entry as such).
+    """
+
+    buffer_size: int = Field(ge=1, description="K: aggregate as soon as K updates are in")
+    max_staleness: int = Field(default=4, ge=0)
+    staleness_weight: Literal["sqrt", "constant"] = "sqrt"
+
+
 class RunSpec(_Strict):
     """A federated training run, as the coordinator asks for it.
 
@@ -203,6 +245,14 @@ class RunSpec(_Strict):
         default=False,
         description="open with a statistics round: silos' per-feature counts, sums and sums of "
         "squares are securely summed into the federation's imputation/standardisation stats",
+    )
+    personalize: PersonalizationSpec | None = Field(
+        default=None,
+        description="per-silo personalized models made at the end; None: the global model only",
+    )
+    asynchronous: AsyncSpec | None = Field(
+        default=None,
+        description="buffered asynchronous training rounds (FedBuff); None: synchronous",
     )
     mode: str | None = Field(
         default=None,
@@ -243,6 +293,42 @@ class RunSpec(_Strict):
                 raise ValueError("differential privacy is not implemented for tree models")
             if self.strategy != StrategySpec():
                 raise ValueError("strategies apply to PyTorch models; tree runs merge trees")
+        return self
+
+    @model_validator(mode="after")
+    def _personalization_fits_model(self) -> RunSpec:
+        p = self.personalize
+        if p is None:
+            return self
+        if self.trees is not None and p.method != "finetune":
+            raise ValueError(
+                f"personalize.method {p.method!r} applies to PyTorch models; tree runs "
+                "personalize by continued boosting (method 'finetune')"
+            )
+        if p.method == "fedper" and self.model is not None and not self.model.hidden:
+            raise ValueError(
+                "personalize.method 'fedper' keeps the output layer at each silo and shares the "
+                "hidden layers; a logreg model has no hidden layer: use kind='mlp'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _asynchronous_fits(self) -> RunSpec:
+        a = self.asynchronous
+        if a is None:
+            return self
+        if self.trees is not None or self.mode is not None:
+            raise ValueError("asynchronous rounds buffer PyTorch updates; not tree or plugin runs")
+        if self.secure_aggregation.enabled:
+            raise ValueError(
+                "asynchronous rounds aggregate plain updates for now: set "
+                "secure_aggregation.enabled=false (secure buffers are not implemented yet)"
+            )
+        if a.buffer_size < self.min_silos:
+            raise ValueError(
+                f"asynchronous.buffer_size {a.buffer_size} is below min_silos {self.min_silos}: "
+                "a buffer that closes early would fail its round"
+            )
         return self
 
     @model_validator(mode="after")

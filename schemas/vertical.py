@@ -144,6 +144,14 @@ class Ack(_Msg):
     kind: Literal["ack"] = "ack"
 
 
+class Features(_Msg):
+    """A passive party tells the active party how many feature columns it brings (after PSI,
+    before the first tree): their names and values stay with it."""
+
+    kind: Literal["features"] = "features"
+    count: Count
+
+
 VerticalMessage = Annotated[
     PsiPoints
     | HeKey
@@ -154,7 +162,8 @@ VerticalMessage = Annotated[
     | InstanceSplit
     | PredictRequest
     | PredictRoutes
-    | Ack,
+    | Ack
+    | Features,
     Field(discriminator="kind"),
 ]
 
@@ -210,3 +219,71 @@ def unframe(data: bytes) -> Sealed:
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"vertical frame header is malformed: {exc}") from exc
+
+
+# --- the service relay: runs and the events the ledger records ------------------------------
+
+
+class VerticalRunCreate(BaseModel):
+    """A vertical run: approved silos of `federation`, `active` (the label holder) among them."""
+
+    model_config = ConfigDict(extra="forbid")
+    federation: Party
+    active: Party
+    parties: list[Party] = Field(min_length=2, max_length=16)
+
+
+class VerticalRunOut(BaseModel):
+    run_id: str
+    federation: str
+    active: str
+    parties: list[str]
+    status: Literal["running", "finished", "failed"]
+    reason: str | None = None
+    psi_size: int | None = None
+    psi_digest: str | None = None
+    trees: int = 0
+    model_digest: str | None = None
+
+
+class PsiDone(BaseModel):
+    """A party's intersection: its size and hash (the ids stay with the party)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["psi_done"] = "psi_done"
+    size: Count
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class LineageNode(BaseModel):
+    """Who split a node, and at what depth: never the feature's threshold or bin."""
+
+    model_config = ConfigDict(extra="forbid")
+    node: Count
+    party: Party
+    depth: Annotated[int, Field(ge=0, le=64)]
+
+
+class TreeDone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["tree"] = "tree"
+    tree: Count
+    nodes: list[LineageNode]
+    leaves: Count
+
+
+class RunDone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["finished"] = "finished"
+    trees: Count
+    model_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class RunFailed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["failed"] = "failed"
+    reason: str = Field(max_length=2000)
+
+
+class VerticalEvent(BaseModel):
+    event: Annotated[PsiDone | TreeDone | RunDone | RunFailed, Field(discriminator="kind")]

@@ -286,6 +286,11 @@ class ValidationSummary(Message):
     n_expectations: int = Field(ge=0)
     success: bool
     failed: list[ExpectationOutcome] = Field(default_factory=list)
+    warnings: list[ExpectationOutcome] = Field(
+        default_factory=list,
+        description='checks that failed but count as warnings (on_drift = "warn"): the silo '
+        "passed the gate and trains; the coordinator is shown which column drifted",
+    )
     prefect_flow_run_id: str | None = None
 
     @property

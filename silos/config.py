@@ -44,6 +44,9 @@ Example::
     plugins = ["acme_fedsilo.sketch"]  # installed modules that register task handlers
     metrics_port = 9464              # Prometheus /metrics (silos/metrics.py); off when absent
     metrics_host = "127.0.0.1"       # keep it private: loopback or a monitoring interface
+
+    [compute]                        # optional: big tables on Dask (silos/compute.py)
+    dask_scheduler = "tcp://10.0.0.5:8786"   # else a LocalCluster beyond local_max_bytes
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from pydantic import (
 from schemas.contract_registry import CONTRACT_VERSION_PATTERN
 from schemas.specs import ModelKind
 from schemas.wire import NAME_PATTERN
+from silos.compute import ComputeSection
 from silos.exceptions import SiloConfigError
 from silos.tree_policy import TreePolicy
 
@@ -177,6 +181,7 @@ class SiloConfig(_Section):
     collective: CollectiveSection | None = None
     tls: TlsSection | None = None
     agent: AgentSection = AgentSection()
+    compute: ComputeSection = ComputeSection()
     source: Path | None = None
 
     @model_validator(mode="after")

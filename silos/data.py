@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from schemas.contracts import Contract
 from silos.exceptions import DataError
+from silos.split import SplitError, split_indices
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 
@@ -178,12 +178,10 @@ def split_train_test(
                 )
             raise DataError(f"cannot stratify: {per_class}; each class needs at least 2")
         stratify = y
-    try:
-        train, test = train_test_split(
-            df, test_size=test_fraction, random_state=seed, shuffle=True, stratify=stratify
-        )
-    except ValueError as exc:
+    try:  # scikit-learn's draw without importing it (silos.split: lean agents)
+        train, test = split_indices(len(df), test_fraction, seed, stratify)
+    except SplitError as exc:
         raise DataError(
             f"cannot split {len(df)} rows with test_fraction={test_fraction}: {exc}"
         ) from exc
-    return train, test
+    return df.iloc[train], df.iloc[test]

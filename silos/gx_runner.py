@@ -93,6 +93,11 @@ def validate(
     return outcomes, _write_docs(context, docs_dir, silo)
 
 
+def combined_detail(kind: str, kwargs: dict, raw: dict, view: Any) -> str:
+    """The outcome line for counts combined over partitions (`silos.chunked_gate`)."""
+    return _detail(kind, kwargs, raw, view)
+
+
 def _key(config: Any) -> tuple[str, str | None]:
     return config.type, config.kwargs.get("column")
 

@@ -10,7 +10,8 @@ run's inbox, `SiloClient.hist_inbox`):
   signed keys;
 * ``masked``: the vector of the open aggregation, masked: the setup vector (fine-grid
   counts, rows, label sum) or the histograms of one tree level (the silo first applies the
-  previous tree's leaves and fetches the federation's cut points when it needs them);
+  previous tree's leaves and fetches the federation's cut points when it needs them), each
+  entry sent at the bit width its federation sum needs (`schemas.secure_hist.packing`);
 * ``consistency`` / ``unmask``: sign the survivor list; reveal what unmasking needs.
 
 Everything that leaves the silo is masked, so the service only ever sees federation-wide sums.
@@ -37,7 +38,8 @@ from schemas.secagg.session_messages import (
     SessionAdvert,
     SessionUnmaskRequest,
 )
-from schemas.secure_hist.errors import SecureHistError
+from schemas.secure_hist import packing
+from schemas.secure_hist.errors import SecureHistError, Where
 from schemas.secure_hist.protocol import (
     HistRunConfig,
     LevelRequest,
@@ -181,18 +183,25 @@ def masked(client: SiloClient, work: HistTask) -> None:
     frames = _inbox(client, work)
     request = AggregationRequest.from_bytes(frames[0])
     query: dict[str, object] = {}
+    where: Where = {"silo": client.silo}
     if info.level is None:
         if run.client.private is not None:
             adverts = [SessionAdvert.from_bytes(a) for a in frames[1:]]
             session.accept_adverts(run.client, adverts)
         x = hist_trainer.setup_vector(run.hist)
+        widths = packing.setup_widths(run.hist.config)
     else:
         level = LevelRequest.from_json(info.level.encode())
         _prepare_level(client, work, run, level)
         x = hist_trainer.level_vector(run.hist, level)
         nodes = ",".join(str(c.node) for c in level.compute)
         query = {"tree": level.tree, "depth": level.depth, "nodes": nodes}
-    message = session.masked_input(run.client, request, x).to_bytes()
+        where = {**where, "tree": level.tree, "depth": level.depth}
+        widths = hist_trainer.wire_widths(run.hist, level)
+    # each entry only as wide as the federation's sum needs; refuse rather than wrap
+    x = packing.fit(x, widths, where)
+    masked_msg = session.masked_input(run.client, request, x)
+    message = packing.seal_masked(masked_msg, widths, run.client.identity)
     run.sent["masked"] = run.sent.get("masked", 0) + len(message)
     _post(client, work, "masked", message, **query)
 

@@ -42,6 +42,7 @@ from schemas.secure_hist.errors import (
     UnknownNodeError,
     Where,
 )
+from schemas.secure_hist.packing import Widths, level_widths
 from schemas.secure_hist.protocol import (
     HistLayout,
     HistRunConfig,
@@ -256,6 +257,12 @@ def level_vector(state: HistSilo, request: LevelRequest) -> np.ndarray:
     state.depth = request.depth
     blocks = [node_histograms(state, state.rows[c.node]) for c in request.compute]
     return to_modular(np.concatenate(blocks)) if blocks else np.zeros(0, dtype="<u8")
+
+
+def wire_widths(state: HistSilo, request: LevelRequest) -> Widths:
+    """Wire widths of `request`'s level vector, from its nodes' federation-wide rows."""
+    assert state.layout is not None
+    return level_widths(state.config, state.layout.total, [c.rows for c in request.compute])
 
 
 def _check_compute(state: HistSilo, request: LevelRequest, node: int, rows: int) -> None:

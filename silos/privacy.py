@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from schemas.specs import PrivacySpec
 from silos import dp_noise, privacy_budget
@@ -33,6 +31,10 @@ def gaussian_noise(spec: PrivacySpec, n_silos: int, size: int) -> np.ndarray:
 
 def epsilon(rounds_by_sigma: dict[float, int], delta: float) -> float:
     """Epsilon at `delta` after composing `count` Gaussian rounds for each noise multiplier."""
+    # imported here: only a run with differential privacy pays for dp-accounting (lean agents)
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     accountant = rdp_privacy_accountant.RdpAccountant()
     for sigma, count in rounds_by_sigma.items():
         if count:

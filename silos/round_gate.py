@@ -112,4 +112,15 @@ def statement_payload(silo: str, round_: int, summary: ValidationSummary) -> dic
             }
             for f in summary.failed
         ],
+        # on_drift = "warn" checks that failed: names only (the detail carries this silo's
+        # column statistics, which stay with the silo's operator)
+        **(
+            {
+                "warnings": [
+                    {"expectation": w.expectation, "column": w.column} for w in summary.warnings
+                ]
+            }
+            if summary.warnings
+            else {}
+        ),
     }

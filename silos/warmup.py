@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from schemas.wire import ReadyIn
+from silos import memory
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.config import SiloConfig
@@ -62,6 +63,7 @@ def warm_up_and_report(client: SiloClient, config: SiloConfig) -> WarmUp:
     """`warm_up`, logged, then ``POST /v1/silo/ready``."""
     check_at_start(client, config)  # the pinned contract version, or news of a published one
     result = warm_up(config)
+    memory.release()  # idle at the warm-up's garbage-free size, not at its peak
     if result.report.validated:
         log.info(
             "silo %s: warmed up in %.1fs: data %s… passed contract %s v%s and loaded",

@@ -49,6 +49,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PG_URL_ENV = "FEDSILO_TEST_PG_URL"
 CPU_HOG_ENV = "FEDSILO_TEST_CPU_HOG"
+SLOW_ENV = "FEDSILO_TEST_SLOW"
 PREFECT_START_TIMEOUT_S = 120.0
 
 
@@ -267,6 +268,12 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the longest test files first (support/schedule.py says why); a run
-    in one process keeps pytest's order."""
+    in one process keeps pytest's order. Tests marked ``slow`` (bench-sized measurements of
+    many minutes) run only with ``FEDSILO_TEST_SLOW=1`` (``make test-slow``)."""
+    if os.environ.get(SLOW_ENV) != "1":
+        skip = pytest.mark.skip(reason=f"a minutes-long measurement: run with {SLOW_ENV}=1")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip)
     if hasattr(config, "workerinput"):
         longest_files_first(items, Path(__file__).parent)

@@ -4,6 +4,8 @@ Every message is checked against the run's state before anything is stored: its 
 stage, that it is bound to this run, this silo and the open aggregation's counter, the
 session's own checks (signature, length, share recipients, survivor list), and for a level's
 masked vector that the silo answers the level the service asked for (tree, depth and nodes).
+Masked vectors arrive packed to their wire widths (`hist_wire`); the signature covers the
+reduced vector rebuilt from them.
 A refused message leaves the state and the mailbox untouched; a retried one counts once.
 """
 
@@ -17,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
+from aggregation.service import hist_wire
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.hist_state import HistState
 from aggregation.service.tables import HistMessage, Round, Run
@@ -31,6 +34,7 @@ from schemas.secagg.session_messages import (
     SessionMasked,
     SessionUnmaskResponse,
 )
+from schemas.secure_hist import packing
 from schemas.secure_hist.errors import SecureHistError, UnknownNodeError
 
 STAGES: dict[str, type[Signed]] = {
@@ -101,6 +105,11 @@ def receive(
         )
     if stage != now:
         raise Conflict(f"{where} is out of turn: the run is at {now} of counter {counter}")
+    if stage == "masked":  # the vector at the wire widths of the open aggregation
+        try:
+            msg = hist_wire.open_masked(state, raw, silo)
+        except (SecAggError, SecureHistError) as exc:
+            raise InvalidPayload(f"{where}: {exc}") from exc
     _check_and_apply(state, msg, silo, claim, where)
     s.add(
         HistMessage(
@@ -118,12 +127,13 @@ def receive(
 
 
 def _parse(stage: str, silo: str, run_id: str, raw: bytes, where: str) -> Signed:
-    """The message of `stage`, bound to this silo and run (InvalidPayload otherwise)."""
+    """The message of `stage`, bound to this silo and run (InvalidPayload otherwise); of a
+    packed masked vector only its header (the vector is read once the stage is known)."""
     if stage not in STAGES:
         raise InvalidPayload(f"unknown secure-hist stage {stage!r}; one of {sorted(STAGES)}")
     try:
-        msg = STAGES[stage].from_bytes(raw)
-    except SecAggError as exc:
+        msg = packing.masked_head(raw) if stage == "masked" else STAGES[stage].from_bytes(raw)
+    except (SecAggError, SecureHistError) as exc:
         raise InvalidPayload(f"{where}: {exc}") from exc
     if msg.silo != silo or msg.run_id != run_id:
         raise InvalidPayload(f"{where} is bound to silo {msg.silo!r} and run {msg.run_id}")

@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from aggregation.secagg import session_server
-from aggregation.service import hist_setup
+from aggregation.service import hist_setup, hist_wire
 from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_results import finish_round
 from aggregation.service.hist_state import HistState, hist_row, load, save
@@ -45,7 +45,6 @@ from aggregation.service.tables import (
 from aggregation.trees.secure_hist.cuts import base_score_from_setup, cuts_from_setup
 from aggregation.trees.secure_hist.grow import receive_level, start_tree
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
-from schemas.secagg.session_messages import SessionMasked
 from schemas.secure_hist.protocol import LevelRequest, cuts_from_json, cuts_to_json
 from schemas.specs import RunSpec
 
@@ -293,8 +292,8 @@ def _finalize(s: Session, state: HistState) -> np.ndarray:
     )
     for silo, payload in rows:
         if silo in agg.survivors and payload is not None:
-            np.add(agg.total, SessionMasked.from_bytes(payload).vector, out=agg.total)
-    total = session_server.finalize(srv)
+            np.add(agg.total, hist_wire.open_masked(state, payload, silo).vector, out=agg.total)
+    total = hist_wire.exact_sum(state, session_server.finalize(srv))
     # the vectors served their purpose; their digests stay as the record
     s.execute(
         update(HistMessage)

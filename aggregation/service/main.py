@@ -25,7 +25,10 @@ from aggregation.service.routes import (
     trees,
 )
 from aggregation.service.routes.checkpoints import router as checkpoints_router
+from aggregation.service.routes.vertical import admin as vertical_admin
+from aggregation.service.routes.vertical import silo_router as vertical_silo
 from aggregation.service.settings import ServiceSettings
+from aggregation.service.wakeup import install as install_wakeup
 from schemas.sealed import service_public_bytes
 
 log = logging.getLogger("fedsilo.service")
@@ -44,6 +47,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         yield
         stop_ops_port()
         collective_rounds.stop_all()
+        if app.state.wakeup is not None:
+            app.state.wakeup.stop()
         engine.dispose()
 
     docs = settings.docs_exposed()
@@ -58,6 +63,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
+    app.state.wakeup = install_wakeup(app.state.sessions, engine) if settings.notify else None
     app.state.admin_token = settings.resolved_admin_token()
     app.state.seal_key = load_or_create_seal_key(settings.workspace)
     app.state.seal_public = service_public_bytes(app.state.seal_key)
@@ -78,6 +84,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     for module in (federations, contracts, runs, silo, secagg, ledger, trees, hist):
         app.include_router(module.router)
     app.include_router(checkpoints_router)
+    app.include_router(vertical_admin)
+    app.include_router(vertical_silo)
     wire.install(app)
     if settings.mode == "production":
         from aggregation.service.tls import IdentityBinding
@@ -87,6 +95,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     else:
         log.warning(DEVELOPMENT_BANNER)
     observability.install(app)  # last: /metrics, /readyz and the outermost request log
+    if app.state.wakeup is not None:
+        app.state.metrics.long_polls_waiting.set_function(lambda: app.state.wakeup.waiting)
     return app
 
 

@@ -104,6 +104,11 @@ class ServiceMetrics:
         self.ready = Gauge(
             "fedsilo_ready", "1 when the last /readyz check passed, else 0", registry=r
         )
+        self.long_polls_waiting = Gauge(
+            "fedsilo_long_polls_waiting",
+            "Long-polls (silo tasks, round waits) waiting for a wake-up now",
+            registry=r,
+        )
 
 
 def metrics_of(holder: Session | sessionmaker[Session]) -> ServiceMetrics | None:

@@ -24,7 +24,9 @@ class ServiceSettings(BaseSettings):
     )
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     long_poll_max_s: float = Field(default=30.0, gt=0)
-    poll_interval_s: float = Field(default=0.01, gt=0)
+    # long-polls wake on commits (aggregation/service/wakeup.py); this re-check is the safety net
+    poll_interval_s: float = Field(default=5.0, gt=0, description="long-poll re-check, seconds")
+    notify: bool = Field(default=True, description="wake long-polls on commits (LISTEN/NOTIFY)")
     admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
     admin_token_file: Path | None = Field(default=None, description="file holding the token")
     # production mode: mutual TLS (aggregation/service/tls.py)

@@ -53,6 +53,31 @@ def demo(
             help="Turn secure aggregation off (the service then sees every update) to compare."
         ),
     ] = False,
+    asynchronous: Annotated[
+        bool,
+        typer.Option(
+            "--async",
+            help="Asynchronous FedBuff rounds: the service aggregates as soon as all but one "
+            "silo answered; a late update joins the next buffer, weighted by its staleness.",
+        ),
+    ] = False,
+    personalize: Annotated[
+        str,
+        typer.Option(
+            help="Per-silo models at the end, kept at each silo: finetune, fedper (the output "
+            "layer never leaves the silo; logreg becomes an MLP) or ditto; prints each silo's "
+            "global vs personalized vs alone.",
+        ),
+    ] = "",
+    vertical: Annotated[
+        bool,
+        typer.Option(
+            "--vertical",
+            help="Vertical federation: a bank (labels, payments) and a credit bureau "
+            "(demographics, bills) with the same customers and different columns of the "
+            "credit data; PSI, SecureBoost and joint prediction through the service's relay.",
+        ),
+    ] = False,
     keep_running: Annotated[
         bool,
         typer.Option(
@@ -88,6 +113,18 @@ def demo(
     (mode 0600): Prefect stores only that path, never the token."""
     from flows.demo import DemoOptions, run_demo
 
+    if vertical:
+        from flows.demo_vertical import VerticalOptions, run_vertical_demo
+
+        run_vertical_demo(
+            VerticalOptions(workspace, prefect_port=prefect_port, service_port=service_port),
+            console,
+        )
+        return
+
+    if asynchronous and model in ("xgboost", "lightgbm"):
+        raise typer.BadParameter("--async buffers PyTorch updates (logreg, mlp), not trees")
+
     run_demo(
         DemoOptions(
             workspace=workspace,
@@ -99,6 +136,8 @@ def demo(
             dataset=dataset,
             dp=dp,
             plain=plain,
+            asynchronous=asynchronous,
+            personalize=personalize,
             prefect_port=prefect_port,
             service_port=service_port,
             round_deadline_s=round_deadline_s,

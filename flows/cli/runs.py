@@ -58,16 +58,22 @@ def runs_show(
 ) -> None:
     """Show one run: its spec, participants and a row per round (its stage, the silos it still
     awaits, who declined and why, metrics)."""
+    from flows.drift_view import drift_rows, drift_table
+    from flows.personalization_view import personalization_table, run_personalization
     from flows.render import round_table, silo_metrics_table
 
     client = coordinator(service_url, token, token_file)
     run = client.get_run(resolve_run_id(client, run_id))
     rounds = client.rounds(run.run_id)
+    personal = run_personalization(client, run.run_id, run.spec)  # from the silos' statements
+    drift = drift_rows(client.ledger(run.run_id))  # silos that trained despite drift warnings
     if as_json:
         emit_json(
             {
                 "run": run.model_dump(mode="json"),
                 "rounds": [r.model_dump(mode="json") for r in rounds],
+                "personalized": personal,
+                "drift_warnings": drift,
             }
         )
         return
@@ -79,6 +85,11 @@ def runs_show(
     per_silo = silo_metrics_table(rounds)
     if per_silo is not None:
         out.print(per_silo)
+    if (drifted := drift_table(drift)) is not None:
+        out.print(drifted)
+    personal_table = personalization_table(personal)
+    if personal_table is not None:
+        out.print(personal_table)
 
 
 @runs_app.command("cancel")

@@ -260,3 +260,50 @@ def silo_reset_privacy_budget(
         raise fail(str(exc)) from exc
     where = f"; the rejected file is kept as {kept}" if kept else ""
     console.print(f"silo {cfg.silo.name}: privacy budget reset{where}", markup=False)
+
+
+@silo_app.command("vertical")
+def silo_vertical(
+    config: SiloConfigOpt,
+    run: Annotated[str, typer.Option(help="The vertical run's id (the coordinator's).")],
+    contract: Annotated[
+        str, typer.Option(help="This party's vertical contract (schemas/contracts/vertical).")
+    ],
+    predict_data: Annotated[
+        Path | None, typer.Option(help="Rows to predict jointly once the model is trained.")
+    ] = None,
+    trees: Annotated[int, typer.Option(min=1)] = 3,
+    depth: Annotated[int, typer.Option(min=1)] = 3,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Predict instead of train: this party's half of a trained model (the folder "
+            "a training run wrote); rows to predict are [data] path."
+        ),
+    ] = None,
+) -> None:
+    """Take part in one vertical run with this silo's identity and data ([data] path): PSI on
+    the contract's id column, SecureBoost, joint prediction, all through the service's relay
+    (silos/vertical/agent_role.py). Output lands in WORKSPACE/vertical/RUN."""
+    from silos.config import load_silo_config
+    from silos.exceptions import SiloConfigError
+    from silos.vertical import agent_role, predict_role
+
+    try:
+        cfg = load_silo_config(config)
+    except SiloConfigError as exc:
+        raise fail(str(exc)) from exc
+    if model is not None:
+        args = ["--service", cfg.service.urls[0], "--federation", cfg.silo.federation]
+        args += ["--silo", cfg.silo.name, "--key", str(cfg.key_path), "--run", run]
+        args += ["--data", str(cfg.data.path), "--contract", contract, "--model", str(model)]
+        if predict_role.main(args):
+            raise typer.Exit(1)
+        return
+    args = ["--service", cfg.service.urls[0], "--federation", cfg.silo.federation]
+    args += ["--silo", cfg.silo.name, "--key", str(cfg.key_path), "--run", run]
+    args += ["--data", str(cfg.data.path), "--contract", contract, "--trees", str(trees)]
+    args += ["--depth", str(depth), "--out", str(cfg.workspace / "vertical" / run)]
+    args += ["--predict-data", str(predict_data)] if predict_data else []
+    if agent_role.main(args):
+        raise typer.Exit(1)

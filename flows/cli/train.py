@@ -85,6 +85,13 @@ def train(
             help="Deprecated: the width comes from the contract; if given it must match it."
         ),
     ] = None,
+    personalize: Annotated[
+        str | None,
+        typer.Option(
+            help="finetune, fedper or ditto (trees: finetune): every silo makes its own model "
+            "at the end, kept at the silo; prints global vs personalized vs alone per silo."
+        ),
+    ] = None,
 ) -> None:
     """Run the coordinator flow once (a Prefect flow run) against a running service. Prefect
     stores a flow run's parameters, so the admin token is never one: the flow gets the path of
@@ -128,12 +135,34 @@ def train(
             output_dir=str(output_dir),
             ready_timeout_s=ready_timeout_s,
             show_progress=True,
+            personalize=personalization(personalize),
         )
     if not isinstance(result, dict):  # a flow that ends Cancelled raises when called; be sure
         raise typer.Exit(1)
     say(  # one line, whatever the terminal's width: scripts read it
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
+    show_personalization(result)
+
+
+def personalization(method: str | None):  # type: ignore[no-untyped-def]
+    """The run's PersonalizationSpec for --personalize (None without it)."""
+    from schemas.specs import PersonalizationSpec
+
+    if method is None:
+        return None
+    if method not in ("finetune", "fedper", "ditto"):
+        raise typer.BadParameter(f"unknown method {method!r}", param_hint="--personalize")
+    return PersonalizationSpec(method=method)  # type: ignore[arg-type]
+
+
+def show_personalization(result: dict) -> None:  # type: ignore[type-arg]
+    from flows.cli.common import console
+    from flows.personalization_view import personalization_table
+
+    table = personalization_table(list(result.get("personalized") or []))
+    if table is not None:
+        console.print(table)
 
 
 def service_contract(service_url: list[str], source: TokenSource, federation: str, dataset: str):  # type: ignore[no-untyped-def]

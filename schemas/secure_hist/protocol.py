@@ -21,7 +21,8 @@ Fixed-point encoding (`GradCodec`)
     Precision: each row's g and h are off by at most 2^-(S+1) (round to nearest), so a
     histogram bin of n rows is within n * 2^-(S+1) of the float64 sum. With N = 2^28 rows and
     B = 1, S = 25: 1.5e-8 per row, finer than the float32 gradients XGBoost itself sums.
-    Counts are sent as exact integers.
+    Counts are sent as exact integers. On the wire each masked entry takes only the bits its
+    federation sum needs (`schemas.secure_hist.packing`), exactly.
 
 Tasks
     binary:logistic and reg:squarederror grow one tree per boosting round. multi:softprob with
@@ -140,6 +141,9 @@ class HistRunConfig:
         B: |gradient| and |label| are clipped to it (1 for the classification objectives).
     num_class
         K for multi:softprob (K trees per boosting round), else 0.
+    packed
+        Masked vectors travel at the bit width their sums need (`packing`); False keeps
+        64 bits per entry (same sums, same model, for comparison).
     """
 
     objective: TreeObjective
@@ -151,6 +155,7 @@ class HistRunConfig:
     max_rows: int = 2**28
     grad_bound: float = 1.0
     num_class: int = 0
+    packed: bool = True
 
     def __post_init__(self) -> None:
         multi = self.objective == "multi:softprob"

@@ -13,9 +13,9 @@ from schemas.wire import Metrics, MetricsReport
 from silos.decline import Declined
 from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
+from silos.handlers.personalize import personalize_torch_round
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, encode_update, fetch_global_model, run_training_round
-from silos.trainer import evaluate
 
 
 def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[str, Any]:
@@ -45,9 +45,12 @@ def report_evaluation(
 @task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
 def evaluate_round(ctx: SiloContext, work: EvaluateTask) -> Metrics:
     """An evaluation round: score the global model on the local holdout and report it."""
+    from silos.trainer import evaluate  # torch: loaded by the first PyTorch round only
+
     spec = work.spec
     params = fetch_global_model(ctx.client, spec, work.run_id, work.model_version)
     metrics = evaluate(spec.torch_model, params, ctx.data.X_test, ctx.data.y_test)
+    personalize_torch_round(ctx, work, params)  # runs only when the spec asks for it
     return report_evaluation(ctx, work, metrics)
 
 

@@ -20,14 +20,14 @@ from schemas import tensors
 from schemas.specs import RunSpec, param_shapes
 from schemas.tasks import SecAggMaskedTask, TrainTask
 from schemas.wire import Metrics
-from silos import privacy
+from silos import personalize_state, privacy
+from silos.bench_delay import bench_delay
 from silos.client import SiloClient
 from silos.config import SiloConfig
 from silos.decline import Declined
 from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
 from silos.lineage_copy import keep_receipt
-from silos.trainer import evaluate, train_local
 
 W = TypeVar("W", TrainTask, SecAggMaskedTask)
 
@@ -77,9 +77,16 @@ def train_delta(
     mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
     training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
     data = ctx.data
-    result = train_local(spec.torch_model, params, data.X_train, data.y_train, training, mu=mu)
-    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, params, strict=True)]
-    return Trained(delta, result.n_examples, result.seconds, metrics)
+    from silos.trainer import train_local  # torch: loaded by the first PyTorch round only
+
+    start = personalize_state.start_params(ctx.workspace, spec, work.run_id, params)  # FedPer
+    result = train_local(spec.torch_model, start, data.X_train, data.y_train, training, mu=mu)
+    delta = [(new - old).astype(np.float32) for new, old in zip(result.params, start, strict=True)]
+    delta = personalize_state.keep_head_local(
+        ctx.workspace, spec, work.run_id, result.params, delta
+    )
+    seconds = result.seconds + bench_delay()  # 0 outside bench/async_rounds.py
+    return Trained(delta, result.n_examples, seconds, metrics)
 
 
 def encode_update(spec: RunSpec, work: TrainTask, trained: Trained) -> bytes:
@@ -130,6 +137,8 @@ def run_training_round(
     pay for is returned as its `Declined` (the agent sends it; a raised error would cost a
     traceback in the log every round).
     """
+    from silos.trainer import evaluate  # torch: loaded by the first PyTorch round only
+
     logger = get_run_logger()
     params = fetch_global_model(ctx.client, work.spec, work.run_id, work.model_version)
     metrics = evaluate(work.spec.torch_model, params, ctx.data.X_test, ctx.data.y_test)

@@ -17,6 +17,7 @@ from silos.decline import Declined
 from silos.exceptions import ModelError
 from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
+from silos.handlers.personalize import personalize_trees_round
 from silos.handlers.plain import report_evaluation
 from silos.handlers.registry import register
 from silos.lineage_copy import keep_receipt
@@ -66,6 +67,7 @@ def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object
 def evaluate_trees_round(ctx: SiloContext, work: TreeEvaluateTask) -> Metrics:
     """An evaluation round of a tree run: score the model version on the local holdout."""
     metrics = tree_round.evaluate_version(ctx.client, work, ctx.data)
+    personalize_trees_round(ctx, work)  # runs only when the spec asks for it
     return report_evaluation(ctx, work, metrics)
 
 

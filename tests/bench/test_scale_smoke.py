@@ -27,7 +27,9 @@ def test_four_silos_two_secure_rounds_aggregate_exactly(
     fresh_pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     scale = _load_scale()
-    trial = scale.run_trial(4, 1_000, 2, fresh_pg_url, tmp_path, workers=2, deadline_s=120)
+    trial = scale.run_trial(
+        4, 1_000, 2, fresh_pg_url, tmp_path, workers=2, deadline_s=120, replicas=2
+    )
 
     assert trial.problems == []
     assert len(trial.latency_s) == 2 and trial.forced_closes == 0

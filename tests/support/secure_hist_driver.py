@@ -26,6 +26,7 @@ from schemas.secagg.crypto import generate_identity, identity_public_bytes
 from schemas.secagg.exceptions import InsufficientSharesError
 from schemas.secagg.messages import Message
 from schemas.secagg.session_config import SessionConfig
+from schemas.secure_hist import packing
 from schemas.secure_hist.errors import SiloDroppedError
 from schemas.secure_hist.protocol import (
     HistRunConfig,
@@ -81,9 +82,15 @@ class _Run:
 
 
 def secure_sum(
-    run: _Run, vectors: Callable[[str], np.ndarray], dim: int, vanish: set[str]
+    run: _Run,
+    vectors: Callable[[str], np.ndarray],
+    dim: int,
+    vanish: set[str],
+    widths: packing.Widths | None = None,
 ) -> np.ndarray:
-    """One session aggregation over the active silos; silos in `vanish` send nothing."""
+    """One session aggregation over the active silos; silos in `vanish` send nothing. Masked
+    vectors travel at `widths` (`schemas.secure_hist.packing`; 64 bits each when None)."""
+    widths = widths or packing.full(dim)
     srv = run.server
     request = run.timed("service", session_server.open_aggregation, srv, dim)
     raw = request.to_bytes()
@@ -91,9 +98,12 @@ def secure_sum(
         run.received[silo] += len(raw)
         if silo in vanish:
             continue
-        x = run.timed(silo, vectors, silo)
+        x = run.timed(silo, packing.fit, run.timed(silo, vectors, silo), widths, {"silo": silo})
         masked = run.timed(silo, session.masked_input, run.clients[silo], request, x)
-        run.timed("service", session_server.receive_masked, srv, run.wire(masked))
+        raw = run.timed(silo, packing.seal_masked, masked, widths, run.clients[silo].identity)
+        run.sent[silo] += len(raw)
+        msg = run.timed("service", packing.open_masked, raw, widths)
+        run.timed("service", session_server.receive_masked, srv, msg)
     survivors = run.timed("service", session_server.close_masked, srv)
     if srv.config.consistency_check:
         for silo in survivors:
@@ -107,7 +117,7 @@ def secure_sum(
         answer = run.timed(silo, session.unmask, run.clients[silo], req)
         run.timed("service", session_server.receive_unmask, srv, run.wire(answer))
     total = run.timed("service", session_server.finalize, srv)
-    return total
+    return packing.widen(total, widths)
 
 
 def _setup(
@@ -157,7 +167,9 @@ def _grow_tree(run: _Run, tree: int, cuts: list[np.ndarray], rows: int) -> tuple
                 return hist_trainer.level_vector(run.silos[silo], LevelRequest.from_json(wire))
 
             dim = len(request.compute) * grower.layout.block
-            total = secure_sum(run, vector, dim, vanish)
+            node_rows = [c.rows for c in request.compute]
+            widths = packing.level_widths(run.config, grower.layout.total, node_rows)
+            total = secure_sum(run, vector, dim, vanish, widths)
             if set(run.server.active) != before and request.depth > 0:
                 break  # a silo left mid-tree: grow this tree again without it
             answer = run.timed("service", receive_level, grower, total, run.server.counter + 1)
@@ -203,7 +215,7 @@ def run_secure_hist(
     try:
         setup = secure_sum(
             run, lambda s: hist_trainer.setup_vector(run.silos[s]), config.setup_length(),
-            _vanishing(run, -1, 0),
+            _vanishing(run, -1, 0), packing.setup_widths(config),
         )  # fmt: skip
         cuts = cuts_from_json(cuts_to_json(cuts_from_setup(setup, config)))
         base_score, rows = base_score_from_setup(setup, config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aggregation.service.engines.async_buffer import AsyncEngine
 from aggregation.service.engines.collective import CollectiveEngine
 from aggregation.service.engines.plain import PlainEngine
 from aggregation.service.engines.registry import register
@@ -20,3 +21,4 @@ def register_builtins() -> None:
     register("cyclic", TreeEngine("cyclic"))
     register("collective", CollectiveEngine())
     register("secure-hist", SecureHistEngine())
+    register("async", AsyncEngine())

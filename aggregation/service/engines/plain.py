@@ -76,9 +76,15 @@ def aggregate(ctx: RoundContext, updates: list[Contribution]) -> None:
 
 
 def apply_strategy(
-    ctx: RoundContext, mean_delta: list[np.ndarray], updates: list[Contribution], *, secure: bool
+    ctx: RoundContext,
+    mean_delta: list[np.ndarray],
+    updates: list[Contribution],
+    *,
+    secure: bool,
+    extra: dict[str, object] | None = None,
 ) -> None:
-    """The strategy's server step on the mean delta; the new model version and its entries."""
+    """The strategy's server step on the mean delta; the new model version and its entries
+    (`extra`: fields a mode adds to, or overrides in, the ``aggregate`` entry)."""
     s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
     shapes = param_shapes(spec.torch_model)
     current, _ = tensors.decode_expected(
@@ -103,5 +109,6 @@ def apply_strategy(
         "secure_aggregation": secure,
         "individual_updates_seen_by_service": not secure,
     }
+    entry.update(extra or {})
     save_round_model(s, run, rnd, payload, tensors.digest(payload), entry, ctx.hub.recorder)
     run.strategy_state = tensors.encode(new_state) if new_state else None

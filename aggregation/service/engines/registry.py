@@ -61,6 +61,8 @@ def mode_of(spec: RunSpec, rnd: Round) -> str:
         return spec.mode
     if spec.trees is not None:
         return spec.trees.mode
+    if rnd.kind == "train" and spec.asynchronous is not None:
+        return "async"
     if rnd.kind == "train" and spec.secure_aggregation.enabled:
         return "secure"
     return "plain"

@@ -30,6 +30,7 @@ from aggregation.service.exceptions import AlreadyAnswered, Conflict, Forbidden,
 from aggregation.service.rounds import contributions
 from aggregation.service.statements import accept_statement
 from aggregation.service.tables import Contribution, utcnow
+from aggregation.service.wakeup import answers_only
 from schemas import tensors
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.signing import STATEMENT_HEADER
@@ -162,6 +163,7 @@ class SecureEngine:
             train_seconds=train_seconds,
         )
         s.add(c)
+        answers_only(s, "contributions")  # no other silo's task waits on this row
         s.flush()
         result = accept_statement(
             s,

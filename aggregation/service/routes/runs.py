@@ -34,6 +34,7 @@ from aggregation.service.engines.registry import check_mode, engine_for
 from aggregation.service.model_store import record_model_saved
 from aggregation.service.progress import round_view
 from aggregation.service.routes.polling import long_poll
+from aggregation.service.wakeup import wakeup_of
 from schemas.wire import RoundOpen, RoundOut, RunCancel, RunCreate, RunFinish, RunOut
 
 router = APIRouter(
@@ -184,7 +185,9 @@ async def get_round(
         return out if (final or done) else None
 
     wait_s = min(wait, settings.long_poll_max_s)
-    result = await long_poll(lambda: check(False), wait_s, settings.poll_interval_s)
+    result = await long_poll(
+        lambda: check(False), wait_s, settings.poll_interval_s, wakeup_of(factory), answers=True
+    )
     if result is None:
         result = await run_in_threadpool(check, True)
     assert result is not None

@@ -98,8 +98,11 @@ def get_messages(
     hub: HubDep,
 ) -> Response:
     """What the silo needs for its next stage, as frames: every advert (``adverts``), its own
-    shares (``shares``) or its unmask request (``unmask-request``, one frame)."""
+    shares (``shares``) or its unmask request (``unmask-request``, one frame).
+
+    Lock-free: it reads only messages of stages already closed (a closed stage takes no more
+    messages), so a concurrent writer cannot change the answer, and must not wait behind it."""
     with transaction(factory) as s:
-        ctx = round_context(s, hub, run_id, number, lock_run=True, lock_round=True)
+        ctx = round_context(s, hub, run_id, number)
         frames = secure.inbox(ctx, silo.name, what)
     return Response(pack_frames(frames), media_type=OCTET_STREAM)

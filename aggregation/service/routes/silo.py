@@ -40,6 +40,8 @@ from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
 from aggregation.service.tasks import next_task
+from aggregation.service.wakeup import wakeup_of
+from schemas.personalization import PersonalizedPayload
 from schemas.signing import STATEMENT_HEADER
 from schemas.tasks import Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
@@ -51,7 +53,7 @@ StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_le
 class StatementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["privacy_spent", "validation_result", "decline"]
+    kind: Literal["privacy_spent", "validation_result", "decline", "personalized"]
     payload: dict[str, Any]
     signature: str = Field(max_length=256, pattern=TEXT_PATTERN)
 
@@ -99,7 +101,7 @@ async def poll_task(
 
     wait_s = min(wait, settings.long_poll_max_s)
     started = time.monotonic()
-    task: Task | None = await long_poll(check, wait_s, settings.poll_interval_s)
+    task: Task | None = await long_poll(check, wait_s, settings.poll_interval_s, wakeup_of(factory))
     observe_poll(factory, time.monotonic() - started, task is not None)
     return task if task is not None else Response(status_code=204)
 
@@ -212,6 +214,11 @@ def submit_statement(
         raise InvalidPayload(
             f"{body.kind} statement from silo {silo.name!r} names silo {body.payload.get('silo')!r}"
         )
+    if body.kind == "personalized":  # the silo's own model stays there: only hash and metrics
+        try:
+            PersonalizedPayload.model_validate(body.payload)
+        except ValidationError as exc:
+            raise InvalidPayload(f"personalized statement from {silo.name!r}: {exc}") from exc
     if body.kind == "decline":
         with transaction(factory) as s:
             receipt, created = declines.record_decline(

@@ -44,6 +44,16 @@ def feature_cuts(counts: np.ndarray, edges: np.ndarray, max_bin: int) -> np.ndar
     return cuts.astype(np.float32)
 
 
+def _check_rows(rows: int, config: HistRunConfig) -> None:
+    """The fine-grid counts travel at bitlen(max_rows) bits (`packing`); the rows entry is
+    64 bits wide, so a federation over max_rows is caught here rather than read wrapped."""
+    if rows > config.max_rows:
+        raise HistConfigError(
+            f"the federation reports {rows} training rows, over the run's max_rows "
+            f"{config.max_rows} (which bounds the precision and the wire widths): raise max_rows"
+        )
+
+
 def cuts_from_setup(total: np.ndarray, config: HistRunConfig) -> list[np.ndarray]:
     """Every feature's cut points from the summed setup vector (modular ``<u8`` sum)."""
     ints = from_modular(total)
@@ -51,6 +61,7 @@ def cuts_from_setup(total: np.ndarray, config: HistRunConfig) -> list[np.ndarray
         raise HistConfigError(
             f"setup sum has {ints.size} entries; the run expects {config.setup_length()}"
         )
+    _check_rows(int(ints[config.n_features * (config.fine_cells + 1)]), config)
     width = config.fine_cells + 1
     out = []
     for f, (low, high) in enumerate(config.ranges):
@@ -74,6 +85,7 @@ def base_score_from_setup(
     rows = int(ints[config.n_features * (config.fine_cells + 1)])
     if rows < 1:
         raise HistConfigError("the federation reported no training rows")
+    _check_rows(rows, config)
     if config.objective == "multi:softprob":
         if labels.min() < 0 or int(labels.sum()) != rows:
             raise HistConfigError(

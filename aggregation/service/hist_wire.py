@@ -1,0 +1,35 @@
+"""The wire widths of the open secure-hist aggregation, and its masked vectors read off the wire.
+
+Both sides derive the widths from what they already share (`schemas.secure_hist.packing`):
+the run's config for the setup vector, the pending level's nodes and their federation-wide
+rows for a level. The service reads each silo's packed frame back to the reduced vector the
+silo signed, and reads the unmasked sum back to the exact (sign-extended) integers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aggregation.service.hist_state import HistState
+from schemas.secagg.session_messages import SessionMasked
+from schemas.secure_hist import packing
+from schemas.secure_hist.packing import Widths
+
+
+def widths(state: HistState) -> Widths:
+    """Wire widths of the vector the open aggregation sums (setup or the pending level)."""
+    grower = state.grower
+    if state.purpose == "setup" or grower is None or grower.request is None:
+        return packing.setup_widths(state.config)
+    rows = [c.rows for c in grower.request.compute]
+    return packing.level_widths(state.config, grower.layout.total, rows)
+
+
+def open_masked(state: HistState, raw: bytes, silo: str | None = None) -> SessionMasked:
+    """A stored or arriving masked message with its reduced vector rebuilt."""
+    return packing.open_masked(raw, widths(state), {"silo": silo})
+
+
+def exact_sum(state: HistState, total: np.ndarray) -> np.ndarray:
+    """The unmasked sum mod 2^64 of reduced vectors as the exact sum's ``<u8`` two's complement."""
+    return packing.widen(total, widths(state))

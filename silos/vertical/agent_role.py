@@ -1,0 +1,329 @@
+"""A silo's part in one vertical run, over the service relay: `python -m silos.vertical.agent_role`.
+
+Started per run (a process of its own, as the demo and the integration test start it; the
+polling agent is left as it is: a vertical run is long and needs its own process anyway).
+Steps, for every party: open the channel (fresh X25519 key, peers' keys through the relay),
+private set intersection on the id column (silos/vertical/psi.py, message-driven so the
+parties need no lockstep), report the intersection's size and hash, align the rows on it.
+Then the active party (labels) drives SecureBoost (silos/vertical/active.py), reporting each
+tree's lineage (who split which node at what depth), predicts the aligned rows jointly,
+writes its half of the model and reports the end with the model's digest; a passive party
+answers its messages (silos/vertical/passive.py) until the run is over, then writes its half
+(the thresholds). Any refusal (a tampered envelope, a wrong key, a malformed message) is
+reported as the run's failure naming the party, and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from schemas.canonical import canonical_json
+from schemas.vertical import (
+    Features,
+    LineageNode,
+    PsiDone,
+    PsiPoints,
+    RunDone,
+    RunFailed,
+    TreeDone,
+    VerticalEvent,
+)
+from schemas.vertical_contract import VerticalContract, check_table, load_vertical_contract
+from silos.client import SiloClient
+from silos.keys import load_or_create_key
+from silos.vertical import he
+from silos.vertical.active import ActiveParty
+from silos.vertical.http_wire import HttpWire, RunOver, base, open_channel, run_info
+from silos.vertical.passive import PassiveParty
+from silos.vertical.psi import PsiParty, PsiResult
+from silos.vertical.trees import BoostParams, Tree
+
+
+class RoleError(ValueError):
+    """The party's data or the run's state does not allow it to take part; says why."""
+
+
+@dataclass(frozen=True)
+class PartyData:
+    ids: list[str]
+    X: np.ndarray
+    columns: list[str]
+    y: np.ndarray | None
+
+
+def load_party_data(
+    path: Path, id_column: str, label: str | None, ignore: tuple[str, ...] = ()
+) -> PartyData:
+    """The party's table: an id column, numeric features, and the label for the active party
+    (`ignore`: columns that are not features, e.g. the label in rows to predict)."""
+    df = pd.read_csv(path).drop(columns=list(ignore), errors="ignore")
+    need = [id_column] + ([label] if label else [])
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise RoleError(f"{path}: missing column(s) {missing}; it has {list(df.columns)}")
+    features = [c for c in df.columns if c not in need]
+    bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad or not features:
+        raise RoleError(f"{path}: feature columns must be numeric and present; not numeric: {bad}")
+    if df[features].isna().any().any():
+        raise RoleError(
+            f"{path}: missing values in {df[features].columns[df[features].isna().any()].tolist()}"
+        )
+    y = None
+    if label:
+        y = df[label].to_numpy()
+        if not np.isin(y, (0, 1)).all():
+            raise RoleError(f"{path}: label column {label!r} must hold 0/1 only")
+    ids = df[id_column].astype(str).tolist()
+    return PartyData(ids, df[features].to_numpy(np.float64), features, y)
+
+
+def load_checked(path: Path, contract: VerticalContract, predict: bool = False) -> PartyData:
+    """The party's table checked against its own contract (every problem listed, naming the
+    file and column); the features in the contract's order. `predict`: rows to predict, so
+    no label (one in the file is dropped) and no row minimum."""
+    df = pd.read_csv(path)
+    if predict:
+        df = df.drop(columns=[contract.label] if contract.label else [], errors="ignore")
+        contract = contract.model_copy(update={"label": None, "min_rows": 1})
+    problems = check_table(df, contract, str(path))
+    if problems:
+        raise RoleError(
+            f"{len(problems)} problem(s) with contract {contract.name} {contract.version}: "
+            + "; ".join(problems[:10])
+        )
+    y = df[contract.label].to_numpy() if contract.label else None
+    X = df[contract.features].to_numpy(np.float64)
+    return PartyData(df[contract.id_column].astype(str).tolist(), X, contract.features, y)
+
+
+def psi_over_wire(wire: HttpWire, parties: list[str], ids: list[str]) -> PsiResult:
+    """ECDH-PSI as `psi.run_psi` orders it, driven by whatever message arrives next: a
+    blinded list of `owner` visits the other parties in order, back to its owner, who
+    publishes it; each party intersects once every other party's final list is in."""
+    me = wire.channel.party
+    salt = hashlib.sha256(b"fedsilo psi salt|" + wire.run.encode()).digest()
+    psi = PsiParty(me, ids, wire.run, salt)
+    others = [p for p in parties if p != me]
+    first = others[0]
+    wire.send(first, psi.blinded())
+    finals: dict[str, PsiPoints] = {}
+    published = False
+    while not published or len(finals) < len(others):
+        msg = wire.receive()
+        if not isinstance(msg, PsiPoints):
+            raise RoleError(f"party {me!r} expected PSI points from {msg.sender!r}, got {msg.kind}")
+        if msg.stage == "final":
+            finals[msg.owner] = msg
+        elif msg.owner == me:
+            final = psi.publish(msg)
+            for peer in others:
+                wire.send(peer, final)
+            published = True
+        else:
+            chain = [p for p in parties if p != msg.owner]
+            k = chain.index(me)
+            last = k == len(chain) - 1
+            wire.send(msg.owner if last else chain[k + 1], psi.exponentiate(msg, last))
+    return psi.intersect([finals[p] for p in others])
+
+
+def align(data: PartyData, result: PsiResult) -> tuple[np.ndarray, np.ndarray | None]:
+    pos = {ident: k for k, ident in enumerate(data.ids)}
+    rows = np.array([pos[i] for i in result.ids or []], dtype=np.int64)
+    return data.X[rows], (data.y[rows] if data.y is not None else None)
+
+
+def depths(tree: Tree) -> dict[int, int]:
+    out, todo = {0: 0}, deque([0])
+    while todo:
+        nid = todo.popleft()
+        node = tree.nodes[nid]
+        if not node.is_leaf:
+            for child in (node.left, node.right):
+                out[child] = out[nid] + 1
+                todo.append(child)
+    return out
+
+
+def lineage(t: int, tree: Tree) -> TreeDone:
+    d = depths(tree)
+    nodes = [
+        LineageNode(node=k, party=n.owner or "", depth=d[k])
+        for k, n in sorted(tree.nodes.items())
+        if not n.is_leaf
+    ]
+    return TreeDone(tree=t, nodes=nodes, leaves=len(tree.nodes) - len(nodes))
+
+
+def active_model(party: ActiveParty) -> dict[str, object]:
+    """The active half: tree structure, leaf weights, own cuts; passive nodes are records."""
+    return {
+        "party": party.name,
+        "eta": party.params.eta,
+        "cuts": [c.tolist() for c in party.cuts],
+        "trees": [{str(k): vars(n) for k, n in sorted(t.nodes.items())} for t in party.trees],
+    }
+
+
+def report(client: SiloClient, run: str, event: object) -> None:
+    body = VerticalEvent.model_validate({"event": event}).model_dump_json().encode()
+    client.request("POST", base(run) + "/events", body=body, content_type="application/json")
+
+
+def run_active(
+    wire: HttpWire,
+    params: BoostParams,
+    X: np.ndarray,
+    y: np.ndarray,
+    out: Path,
+    key_bits: int,
+    predict: PartyData | None = None,
+) -> np.ndarray:
+    info = run_info(wire.client, wire.run)
+    passives: dict[str, int] = {}
+    for peer in [p for p in info.parties if p != wire.channel.party]:
+        msg = wire.receive(peer)
+        if not isinstance(msg, Features):
+            raise RoleError(f"party {peer!r} sent {msg.kind} before its feature count")
+        passives[peer] = msg.count
+    party = ActiveParty(
+        wire.channel.party, wire.run, X, y, passives, params, he.generate_keypair(key_bits)
+    )
+
+    def send(sender: str, recipient: str, message: object) -> object:
+        return wire.request(recipient, message)  # type: ignore[arg-type]
+
+    party.send_key(send)  # type: ignore[arg-type]
+    for t in range(params.n_trees):
+        party.trees.append(party.fit_tree(send))  # type: ignore[arg-type]
+        report(wire.client, wire.run, lineage(t, party.trees[-1]))
+    proba = 1.0 / (1.0 + np.exp(-party.predict_margin(X, send)))  # type: ignore[arg-type]
+    if predict is not None:  # joint inference on new rows: align them by PSI first
+        found = psi_over_wire(wire, info.parties, predict.ids)
+        Xp, _ = align(predict, found)
+        p = 1.0 / (1.0 + np.exp(-party.predict_margin(Xp, send)))  # type: ignore[arg-type]
+        pd.DataFrame({"id": found.ids, "proba": p}).to_csv(out / "predict.csv", index=False)
+    model = canonical_json(active_model(party))
+    (out / "model-active.json").write_text(model, encoding="utf-8")
+    np.save(out / "predictions.npy", proba)
+    digest = hashlib.sha256(model.encode()).hexdigest()
+    report(wire.client, wire.run, RunDone(trees=len(party.trees), model_digest=digest))
+    return proba
+
+
+def run_passive(
+    wire: HttpWire,
+    params: BoostParams,
+    X: np.ndarray,
+    out: Path,
+    active: str,
+    predict: PartyData | None = None,
+) -> None:
+    party = PassiveParty(wire.channel.party, wire.run, X, n_bins=params.n_bins)
+    party.set_predict_rows(X)  # joint prediction of the aligned rows, after training
+    wire.send(active, Features(run=wire.run, sender=party.name, count=X.shape[1]))
+    while True:
+        try:
+            msg = wire.receive(active)
+        except RunOver:
+            break
+        if isinstance(msg, PsiPoints):  # the active party aligns rows to predict
+            if predict is None:
+                raise RoleError(f"party {party.name!r} was given no rows to predict")
+            wire.requeue(msg)
+            found = psi_over_wire(wire, run_info(wire.client, wire.run).parties, predict.ids)
+            party.set_predict_rows(align(predict, found)[0])
+            continue
+        wire.send(active, party.handle(msg))
+    records = {str(r): [f, thr] for r, (f, thr) in party.records.items()}
+    (out / "model-passive.json").write_text(canonical_json({"records": records}), encoding="utf-8")
+
+
+def take_part(
+    client: SiloClient,
+    run: str,
+    data: PartyData,
+    params: BoostParams,
+    out: Path,
+    key_bits: int = he.KEY_BITS,
+    predict: PartyData | None = None,
+) -> str:
+    """This silo's whole part in `run`; returns its role."""
+    info = run_info(client, run)
+    is_active = info.active == client.silo
+    if is_active and data.y is None:
+        raise RoleError(f"silo {client.silo!r} is the active party of run {run} but has no label")
+    out.mkdir(parents=True, exist_ok=True)
+    wire = HttpWire(client, open_channel(client, run))
+    result = psi_over_wire(wire, info.parties, data.ids)
+    report(client, run, PsiDone(size=result.size, digest=result.digest or ""))
+    X, y = align(data, result)
+    if is_active:
+        assert y is not None
+        run_active(wire, params, X, y, out, key_bits, predict)
+    else:
+        run_passive(wire, params, X, out, info.active, predict)
+    (out / "traffic.json").write_text(
+        json.dumps({"sent": dict(wire.bytes_sent), "received": dict(wire.bytes_received)})
+    )
+    return "active" if is_active else "passive"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m silos.vertical.agent_role", description=__doc__)
+    ap.add_argument("--service", required=True)
+    ap.add_argument("--federation", required=True)
+    ap.add_argument("--silo", required=True)
+    ap.add_argument("--key", required=True, type=Path, help="the silo's Ed25519 key file")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--id-column", default="id")
+    ap.add_argument("--label", default=None)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument(
+        "--contract",
+        help="this party's vertical data contract (a name in schemas/contracts/vertical or a "
+        "path); it names the id column, the label and the features",
+    )
+    ap.add_argument("--predict-data", type=Path, help="rows to predict jointly after training")
+    ap.add_argument("--trees", type=int, default=3)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--bins", type=int, default=32)
+    a = ap.parse_args(argv)
+    client = SiloClient(
+        a.service, federation=a.federation, silo=a.silo, key=load_or_create_key(a.key)
+    )
+    params = BoostParams(n_trees=a.trees, max_depth=a.depth, n_bins=a.bins)
+    try:
+        predict = None
+        if a.contract:
+            contract = load_vertical_contract(a.contract)
+            data = load_checked(a.data, contract)
+            if a.predict_data:
+                predict = load_checked(a.predict_data, contract, predict=True)
+        else:
+            data = load_party_data(a.data, a.id_column, a.label)
+            if a.predict_data:
+                drop = (a.label,) if a.label else ()
+                predict = load_party_data(a.predict_data, a.id_column, None, drop)
+        role = take_part(client, a.run, data, params, a.out, predict=predict)
+    except Exception as exc:  # any refusal ends the run, naming this party and why
+        report(client, a.run, RunFailed(reason=f"{type(exc).__name__}: {exc}"[:2000]))
+        print(f"vertical run {a.run}: silo {a.silo!r} failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"vertical run {a.run}: silo {a.silo!r} done as the {role} party")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Asynchronous (FedBuff) rounds over real HTTP on SQLite and PostgreSQL: a buffer closes at its
+K-th update, a late update joins the open buffer with its staleness and weight, one beyond the
+maximum staleness is dropped and recorded, and the ledger says which was which."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import numpy as np
+import pytest
+from support.api_federation import NAMES, SHAPES, Fed, deltas, payload
+from support.live_service import coordinator, enrolled_silo
+from support.validation import validate_all
+
+from schemas import tensors
+from schemas.specs import AsyncSpec, ModelSpec, RunSpec, SecureAggregationSpec
+from schemas.wire import RoundOpen, RunCreate
+from silos.client_errors import ServiceRejected
+
+N = {"a": 10, "b": 30, "c": 60}
+
+
+def async_federation(url: str, max_staleness: int) -> Fed:
+    """Silos a, b, c; a run of buffers of K=2 (round 1 open), every silo validated."""
+    federation = f"f-{uuid.uuid4().hex[:12]}"
+    coord = coordinator(url)
+    coord.create_federation(federation)
+    silos = {n: enrolled_silo(url, coord, federation, n) for n in N}
+    spec = RunSpec(
+        federation=federation,
+        dataset="toy",
+        model=ModelSpec(kind="logreg", n_features=3),
+        rounds=3,
+        min_silos=2,
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+        asynchronous=AsyncSpec(buffer_size=2, max_staleness=max_staleness),
+    )
+    run = coord.create_run(RunCreate(spec=spec))
+    initial = deltas(99)
+    coord.put_initial_model(run.run_id, tensors.encode(dict(zip(NAMES, initial, strict=True))))
+    coord.start_run(run.run_id)
+    coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+    validate_all(silos, run.run_id)
+    return Fed(url, coord, silos, run.run_id, initial, federation)
+
+
+def model(fed: Fed, version: int) -> list[np.ndarray]:
+    return tensors.decode_expected(fed.coord.download_model(fed.run_id, version), SHAPES)[0]
+
+
+def aggregate_entry(fed: Fed, round_: int) -> dict[str, object]:
+    entries = [json.loads(e.payload) for e in fed.coord.ledger(fed.run_id) if e.kind == "aggregate"]
+    return next(e for e in entries if e["round"] == round_)
+
+
+def send(fed: Fed, silo: str, round_: int, seed: int, body: bytes = b"") -> dict[str, object]:
+    body = body or payload(deltas(seed), fed.run_id, round_, n=N[silo])
+    return fed.silos[silo].submit_update(fed.run_id, round_, body)
+
+
+def expect(base: list[np.ndarray], parts: list[tuple[int, float, int]]) -> list[np.ndarray]:
+    """base + sum n * s * delta(seed) / sum n over (n, s, seed)."""
+    total = sum(n for n, _, _ in parts)
+    out = []
+    for i, b in enumerate(base):
+        out.append(b + sum(n * s * deltas(seed)[i] for n, s, seed in parts) / total)
+    return out
+
+
+def test_buffer_closes_at_k_and_a_late_update_joins_the_next_with_its_staleness(
+    api_service_url: str,
+) -> None:
+    fed = async_federation(api_service_url, max_staleness=2)
+    for client in fed.silos.values():
+        task = client.next_task(wait_s=0)
+        assert task is not None and task.type == "train" and task.round == 1
+    send(fed, "a", 1, seed=1)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "open"  # 1 of K=2
+    send(fed, "b", 1, seed=2)
+    first = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert first.status == "aggregated" and first.model_version == 1  # closed by the K-th
+    v1 = expect(fed.initial, [(N["a"], 1.0, 1), (N["b"], 1.0, 2)])
+    for got, want in zip(model(fed, 1), v1, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    body = payload(deltas(3), fed.run_id, 1, n=N["c"])  # c trained on v0 for round 1
+    late = send(fed, "c", 1, seed=3, body=body)  # round 1 is closed: it joins buffer 2
+    assert late["buffer"] == 2 and not late["duplicate"]
+    again = send(fed, "c", 1, seed=3, body=body)  # a retry after a lost answer counts once
+    assert again["duplicate"]
+    assert fed.silos["c"].next_task(wait_s=0) is None  # c's update is in buffer 2
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "open"
+    send(fed, "a", 2, seed=4)
+    second = fed.coord.wait_round(fed.run_id, 2, 0)
+    assert second.status == "aggregated" and second.model_version == 2
+    v2 = expect(v1, [(N["c"], 1 / math.sqrt(2), 3), (N["a"], 1.0, 4)])
+    for got, want in zip(model(fed, 2), v2, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    entry = aggregate_entry(fed, 2)
+    by_silo = {c["silo"]: c for c in entry["contributors"]}  # type: ignore[attr-defined]
+    assert by_silo["c"]["base_round"] == 1 and by_silo["c"]["base_version"] == 0
+    assert by_silo["c"]["staleness"] == 1
+    assert by_silo["c"]["weight"] == pytest.approx(1 / math.sqrt(2))
+    assert by_silo["a"]["staleness"] == 0 and by_silo["a"]["weight"] == 1.0
+    assert entry["dropped_stale"] == []
+    assert entry["asynchronous"] == {  # type: ignore[comparison-overlap]
+        "buffer_size": 2,
+        "max_staleness": 2,
+        "staleness_weight": "sqrt",
+    }
+
+
+def test_update_beyond_max_staleness_is_dropped_and_recorded(api_service_url: str) -> None:
+    fed = async_federation(api_service_url, max_staleness=0)
+    send(fed, "a", 1, seed=1)
+    send(fed, "b", 1, seed=2)
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    send(fed, "c", 1, seed=3)  # staleness 1 > 0: kept out of the buffer's count
+    send(fed, "a", 2, seed=4)
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "open"  # c did not count
+    send(fed, "b", 2, seed=5)
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "aggregated"
+    v1 = model(fed, 1)
+    v2 = expect(v1, [(N["a"], 1.0, 4), (N["b"], 1.0, 5)])
+    for got, want in zip(model(fed, 2), v2, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    entry = aggregate_entry(fed, 2)
+    assert entry["dropped_stale"] == [{"silo": "c", "staleness": 1}]
+    assert sorted(c["silo"] for c in entry["contributors"]) == ["a", "b"]  # type: ignore[attr-defined]
+
+
+def test_late_update_with_no_buffer_open_is_refused(api_service_url: str) -> None:
+    fed = async_federation(api_service_url, max_staleness=4)
+    body = payload(deltas(1), fed.run_id, 1, n=N["a"])
+    send(fed, "a", 1, seed=1, body=body)
+    send(fed, "b", 1, seed=2)
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, kind="evaluate", deadline_s=60))
+    again = send(fed, "a", 1, seed=1, body=body)  # a retry of an applied update: no 409
+    assert again["duplicate"] and again["buffer"] == 1
+    with pytest.raises(ServiceRejected) as err:
+        send(fed, "c", 1, seed=3)
+    assert err.value.status == 409 and "no buffer to join" in str(err.value)
+
+
+def test_async_spec_refuses_secure_aggregation_and_small_buffers() -> None:
+    base = {"federation": "f", "dataset": "toy", "model": ModelSpec(kind="logreg", n_features=3)}
+    with pytest.raises(ValueError, match="secure buffers are not implemented"):
+        RunSpec(**base, asynchronous=AsyncSpec(buffer_size=2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="below min_silos"):
+        RunSpec(
+            **base,  # type: ignore[arg-type]
+            min_silos=3,
+            secure_aggregation=SecureAggregationSpec(enabled=False),
+            asynchronous=AsyncSpec(buffer_size=2),
+        )

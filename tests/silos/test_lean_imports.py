@@ -1,0 +1,87 @@
+"""Lean agents (issue 20): a silo agent imports only what its runs need.
+
+Each check runs in a fresh interpreter (this test process has imported everything already) and
+reads that interpreter's `sys.modules`. An idle agent must not hold torch, scikit-learn,
+dp-accounting or the boosting libraries; a tree-only round must not pull in torch; a PyTorch
+round does (which shows the check can fail). The real processes are measured by
+bench/agent_memory.py (tests/bench/test_agent_memory_smoke.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_LIBRARIES = {"torch", "sklearn", "dp_accounting", "xgboost", "lightgbm", "mlflow"}
+NOT_AT_IDLE = MODEL_LIBRARIES | {"matplotlib", "great_expectations"}
+
+
+def _packages_by_stage(code: str) -> dict[str, set[str]]:
+    """Top-level packages a fresh interpreter holds at each `stage("name")` call in `code`."""
+    prelude = (
+        "import json, sys\n"
+        "def stage(name):\n"
+        "    print(json.dumps([name, sorted(sys.modules)]), flush=True)\n"
+    )
+    env = {**os.environ, "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('["')]
+    return {name: {m.split(".")[0] for m in modules} for name, modules in stages}
+
+
+def test_cli_entry_point_loads_no_agent_libraries() -> None:
+    """`fedsilo silo start` pays for the agent's imports only once the subcommand runs."""
+    packages = _packages_by_stage("import flows.cli\nstage('cli')")["cli"]
+    assert {"flows", "typer"} <= packages
+    assert not packages & (NOT_AT_IDLE | {"prefect", "pandas"}), sorted(packages & NOT_AT_IDLE)
+
+
+# one interpreter, as one agent lives: imported, a tree round per library, then a PyTorch round
+AGENT_LIFE = """
+import numpy as np
+import silos.agent, silos.handlers, silos.warmup
+stage("idle")
+
+from schemas.tree_params import TreeSpec
+from silos.tree_trainer import build_update, evaluate_trees, train_trees
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(200, 4)).astype(np.float32)
+y = (X[:, 0] > 0).astype(np.float32)
+for kind, params in (("xgboost", {"max_depth": 3}), ("lightgbm", {"num_leaves": 7})):
+    spec = TreeSpec(kind=kind, n_features=4, trees_per_round=2, params=params)
+    result = train_trees(spec, None, X, y)
+    build_update(result, spec, run_id="r", round_num=1, silo="a", global_model=None)
+    assert evaluate_trees(spec, result.model, X, y).accuracy > 0.8
+stage("trees")
+
+from schemas.specs import ModelSpec, TrainingSpec
+from silos.torch_model import build_model, get_params
+from silos.trainer import train_local
+
+spec = ModelSpec(kind="logreg", n_features=4)
+train_local(spec, get_params(build_model(spec, seed=0)), X, y, TrainingSpec())
+stage("torch")
+"""
+
+
+def test_agent_loads_model_libraries_only_for_their_runs() -> None:
+    stages = _packages_by_stage(AGENT_LIFE)
+    idle, trees, torch = stages["idle"], stages["trees"], stages["torch"]
+    assert {"silos", "prefect", "pandas"} <= idle  # the agent really was imported
+    assert not idle & NOT_AT_IDLE, sorted(idle & NOT_AT_IDLE)
+    assert {"xgboost", "lightgbm"} <= trees  # the tree rounds really trained
+    assert "torch" not in trees
+    assert "torch" in torch  # a PyTorch round does load it: the check above can fail

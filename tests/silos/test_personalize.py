@@ -1,0 +1,155 @@
+"""Personalization at the silo: validation split, early stopping, Ditto, FedPer heads, trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.baselines import prepare_silo_arrays
+from flows.demo_config import DEMO_SPLIT_SEED, DEMO_TEST_FRACTION, heart_demo_spec
+from schemas.contracts import load_contract
+from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec
+from schemas.tree_params import TreeSpec
+from silos.demo_data import heart_disease_silos
+from silos.exceptions import ModelError
+from silos.features import FeaturePipeline
+from silos.personalize import Split, early_stopped, personalize, split_rows
+from silos.personalize_state import HEAD_FILE, keep_head_local, personal_dir, start_params
+from silos.personalize_trees import personalize_trees
+from silos.torch_model import build_model, get_params
+from silos.trainer import evaluate, train_local
+from silos.tree_trainer import train_trees
+
+
+@pytest.fixture(scope="module")
+def heart() -> dict:  # type: ignore[type-arg]
+    contract = load_contract("heart_disease")
+    return prepare_silo_arrays(heart_disease_silos(), contract, DEMO_TEST_FRACTION, DEMO_SPLIT_SEED)
+
+
+def _nf() -> int:
+    return FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
+
+
+def _rows(heart: dict, silo: str, seed: int = 0) -> Split:  # type: ignore[type-arg]
+    s = heart[silo]
+    return split_rows("binary", s.X_train, s.y_train, s.X_test, s.y_test, 0.25, seed)
+
+
+def _spec(method: str, hidden: tuple[int, ...] = ()) -> RunSpec:
+    base = heart_demo_spec(_nf())
+    model = ModelSpec(kind="mlp" if hidden else "logreg", n_features=_nf(), hidden=hidden)
+    return base.model_copy(
+        update={"model": model, "rounds": 5, "personalize": PersonalizationSpec(method=method)}  # type: ignore[arg-type]
+    )
+
+
+def test_split_keeps_every_row_once_and_both_classes_on_both_sides(heart: dict) -> None:  # type: ignore[type-arg]
+    s = heart["switzerland"]  # few negatives: the hardest silo to stratify
+    rows = _rows(heart, "switzerland")
+    assert len(rows.y_fit) + len(rows.y_val) == len(s.y_train)
+    assert set(np.unique(rows.y_val)) == {0.0, 1.0} == set(np.unique(rows.y_fit))
+    both = np.concatenate([rows.X_fit, rows.X_val])
+    assert sorted(map(bytes, both)) == sorted(map(bytes, s.X_train))
+    assert np.array_equal(_rows(heart, "switzerland").y_val, rows.y_val)  # seeded
+    with pytest.raises(ModelError, match="at least 2 training rows"):
+        split_rows("binary", s.X_train[:1], s.y_train[:1], s.X_test, s.y_test, 0.25, 0)
+
+
+def test_early_stopping_keeps_the_start_when_no_epoch_beats_it(heart: dict) -> None:  # type: ignore[type-arg]
+    spec = _spec("finetune")
+    rows = _rows(heart, "cleveland")
+    start = get_params(build_model(spec.torch_model, seed=0))
+    # a learning rate this small moves nothing measurable: epoch 0 must win the tie
+    tiny = spec.training.model_copy(update={"lr": 1e-12})
+    params, epoch = early_stopped(spec.torch_model, start, rows, tiny, 3)
+    assert epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(params, start, strict=True))
+    trained, epoch = early_stopped(spec.torch_model, start, rows, spec.training, 10)
+    assert epoch > 0  # from random weights, training helps on the validation rows
+    auc = evaluate(spec.torch_model, trained, rows.X_test, rows.y_test).auc
+    assert auc is not None and auc > 0.8
+
+
+def test_ditto_stays_closer_to_the_global_model_than_plain_finetuning(heart: dict) -> None:  # type: ignore[type-arg]
+    spec = _spec("ditto")
+    rows = _rows(heart, "hungary")
+    glob = train_local(
+        spec.torch_model,
+        get_params(build_model(spec.torch_model)),
+        rows.X_fit,
+        rows.y_fit,
+        spec.training,
+    ).params
+    free, _ = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=0.0)
+    pulled, _ = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=5.0)
+
+    def dist(ps: list[np.ndarray]) -> float:
+        return float(sum(((p - g) ** 2).sum() for p, g in zip(ps, glob, strict=True)))
+
+    assert dist(pulled) <= dist(free)
+
+
+@pytest.mark.parametrize("method", ["finetune", "ditto", "fedper"])
+def test_personalize_scores_three_models_on_the_silos_holdout(heart: dict, method: str) -> None:  # type: ignore[type-arg]
+    spec = _spec(method, hidden=(8,) if method == "fedper" else ())
+    rows = _rows(heart, "va_long_beach")
+    glob = get_params(build_model(spec.torch_model, seed=3))
+    head = [np.ones_like(glob[-2]), np.zeros_like(glob[-1])] if method == "fedper" else None
+    out = personalize(spec, glob, rows, head)
+    assert out.global_metrics == evaluate(spec.torch_model, glob, rows.X_test, rows.y_test)
+    assert out.personalized == evaluate(spec.torch_model, out.params, rows.X_test, rows.y_test)
+    assert out.n_fit + out.n_val == len(heart["va_long_beach"].y_train)
+    assert out.local_only.n_test == len(rows.y_test)
+    if method == "fedper" and out.steps == 0:  # the silo's own head, not the global one
+        np.testing.assert_array_equal(out.params[-2], head[0])  # type: ignore[index]
+
+
+def test_fedper_hooks_keep_the_head_at_the_silo(tmp_path: Path) -> None:
+    spec = _spec("fedper", hidden=(4,))
+    glob = get_params(build_model(spec.torch_model))
+    assert start_params(tmp_path, spec, "run1", glob) is glob  # no head before round 1
+    trained = [p + 1.0 for p in glob]
+    delta = [t - g for t, g in zip(trained, glob, strict=True)]
+    sent = keep_head_local(tmp_path, spec, "run1", trained, delta)
+    assert all(not d.any() for d in sent[-2:]) and all(d.all() for d in sent[:-2])
+    assert (personal_dir(tmp_path, "run1") / HEAD_FILE).exists()
+    nxt = start_params(tmp_path, spec, "run1", glob)
+    np.testing.assert_array_equal(nxt[-2], trained[-2])
+    np.testing.assert_array_equal(nxt[0], glob[0])
+    plain = _spec("finetune", hidden=(4,))
+    assert keep_head_local(tmp_path, plain, "run2", trained, delta) is delta
+
+
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_trees_continue_boosting_from_the_global_model(heart: dict, kind: str) -> None:  # type: ignore[type-arg]
+    spec = TreeSpec(kind=kind, n_features=_nf(), trees_per_round=5, params={"max_depth": 3})  # type: ignore[arg-type]
+    pooled = [heart[s] for s in ("cleveland", "hungary")]
+    X = np.concatenate([s.X_train for s in pooled])
+    y = np.concatenate([s.y_train for s in pooled])
+    glob = train_trees(spec, None, X, y).model
+    rows = _rows(heart, "va_long_beach")
+    out = personalize_trees(spec, glob, rows, max_trees=8)
+    assert 0 <= out.steps <= 8
+    if out.steps == 0:
+        assert out.personalized == out.global_metrics
+    else:
+        assert out.personalized != out.global_metrics
+    assert out.local_only.n_test == out.global_metrics.n_test == len(rows.y_test)
+
+
+def test_spec_rejects_personalization_that_does_not_fit_the_model() -> None:
+    base = heart_demo_spec(_nf())
+    with pytest.raises(ValueError, match="logreg model has no hidden layer"):
+        RunSpec.model_validate({**base.model_dump(), "personalize": {"method": "fedper"}})
+    tree = {
+        **base.model_dump(exclude={"model"}),
+        "trees": {"kind": "xgboost", "n_features": _nf(), "params": {}},
+        "secure_aggregation": {"enabled": False},
+        "personalize": {"method": "ditto"},
+    }
+    with pytest.raises(ValueError, match="tree runs personalize by continued boosting"):
+        RunSpec.model_validate(tree)
+    RunSpec.model_validate({**tree, "personalize": {"method": "finetune"}})
