@@ -129,11 +129,15 @@ class Wakeup:
     def _listen(self, dsn: str) -> None:
         import psycopg
 
+        backoff_s, failing = 1.0, False
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
+                    if failing:
+                        log.warning("wake-up listener reconnected")
+                    backoff_s, failing = 1.0, False
                     self.wake(ALL)  # (re)connected: whatever happened meanwhile, re-check
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
@@ -142,8 +146,11 @@ class Wakeup:
                                 self.wake(topic)
             except Exception as exc:  # noqa: BLE001 - keep listening; the re-check covers gaps
                 self.listening.clear()
-                log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
-                self._stop.wait(1.0)
+                if not failing:  # once per outage, not once per retry
+                    log.warning("wake-up listener lost its connection (%s); reconnecting", exc)
+                failing = True
+                self._stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 30.0)
         self.listening.clear()
 
 
@@ -194,6 +201,9 @@ def install(factory: sessionmaker[Session], engine: Engine) -> Wakeup:
         session.info.pop(_TOPIC_KEY, None)
         session.info.pop(_ANSWERS_KEY, None)
 
+    # a service dropped without its lifespan's shutdown (an app built in a test) must not leave
+    # its listener reconnecting to a database that may be gone
+    weakref.finalize(factory, wakeup._stop.set)
     if postgres:
         wakeup.listen(engine.url.set(drivername="postgresql").render_as_string(hide_password=False))
     return wakeup
