@@ -36,9 +36,15 @@ import pandas as pd
 
 from schemas.contracts import Contract
 from schemas.contracts.gx_suite import build_suite, validation_view
-from schemas.wire import ExpectationOutcome, ValidationSummary
+from schemas.wire import ExpectationOutcome
 from silos.compute import ComputeSection, dask_client, read_partitions
-from silos.gate import GateResult, class_counts, contract_sha256, fingerprint_table, pandas_checks
+from silos.gate import (
+    GateResult,
+    class_counts,
+    fingerprint_table,
+    gate_result,
+    pandas_checks,
+)
 
 CHUNKED_FINGERPRINT_VERSION = b"fedsilo-table-chunks-v1"
 _COUNTED = (
@@ -105,32 +111,9 @@ def run_chunked_gate(
             _collect(facts, chunk, view, contract)
     if not facts.rows:
         empty = ExpectationOutcome(expectation="read_table", success=False, detail="no rows")
-        return _result(silo, contract, "", 0, (empty,), None)
+        return gate_result(silo, contract, "", 0, (empty,), None)
     outcomes = _combined_suite(facts, contract) + _combined_checks(facts, contract)
-    return _result(silo, contract, facts.digest.hexdigest(), sum(facts.rows), outcomes, None)
-
-
-def _result(
-    silo: str,
-    contract: Contract,
-    fingerprint: str,
-    n_rows: int,
-    outcomes: tuple[ExpectationOutcome, ...],
-    docs: Path | None,
-) -> GateResult:
-    failed = [o for o in outcomes if not o.success]
-    summary = ValidationSummary(
-        contract=contract.name,
-        contract_version=contract.version,
-        contract_sha256=contract_sha256(contract),
-        data_sha256=fingerprint,
-        n_rows=n_rows,
-        n_expectations=len(outcomes),
-        success=not failed,
-        failed=failed,
-        warnings=[o for o in outcomes if o.warning],  # drift the contract tolerates
-    )
-    return GateResult(silo=silo, summary=summary, outcomes=outcomes, data_docs=docs)
+    return gate_result(silo, contract, facts.digest.hexdigest(), sum(facts.rows), outcomes, None)
 
 
 def _collect(facts: _Facts, chunk: pd.DataFrame, view: pd.DataFrame, contract: Contract) -> None:

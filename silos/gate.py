@@ -163,12 +163,12 @@ def run_gate(table: pd.DataFrame, contract: Contract, *, silo: str, workspace: P
             success=False,
             detail=f"columns named more than once: {duplicated[:_MAX_DETAIL_NAMES]}",
         )
-        return _result(silo, contract, fingerprint, len(table), (outcome,), None)
+        return gate_result(silo, contract, fingerprint, len(table), (outcome,), None)
     view = validation_view(table, contract)
     docs_dir = Path(workspace) / DATA_DOCS_DIR
     outcomes, docs = validate(view, build_suite(contract), silo=silo, docs_dir=docs_dir)
     outcomes += pandas_checks(table, view, contract)
-    return _result(silo, contract, fingerprint, len(table), outcomes, docs)
+    return gate_result(silo, contract, fingerprint, len(table), outcomes, docs)
 
 
 def pandas_checks(
@@ -291,7 +291,7 @@ def class_counts(target: pd.Series, contract: Contract) -> dict[str, int]:
     return counts
 
 
-def _result(
+def gate_result(
     silo: str,
     contract: Contract,
     fingerprint: str,
@@ -299,6 +299,7 @@ def _result(
     outcomes: tuple[ExpectationOutcome, ...],
     docs: Path | None,
 ) -> GateResult:
+    """The verdict on `outcomes` (whole-table or chunked gate alike); failures are logged."""
     failed = [o for o in outcomes if not o.success]
     summary = ValidationSummary(
         contract=contract.name,
