@@ -7,6 +7,14 @@ silo.toml lets the operator point the agent at a Dask scheduler of the silo's ow
 of ``worker_memory_bytes`` each), so no single process ever holds the whole table. Smaller
 tables stay on the pandas path, which is faster for them.
 
+Status (issue 20): the pieces are built and tested (`silos/chunked_gate.py`,
+`silos/dask_hist.py`, `silos/dask_boost.py`, tests/silos/test_dask_silo.py) but the agent's
+rounds do not call them yet, so a run still reads the table with pandas. The three call sites:
+`silos/round_gate._check_table` (use `chunked_gate.gate_on_dask` when `uses_dask`), the
+secure-hist handler and `silos/hist_round.py` (a `DaskHist` in place of `HistSilo`), and the
+tree handler (`dask_boost.train_trees_dask`); a Dask silo also needs its test rows from
+`test_path` (a per-partition split is not built).
+
 Dask is imported only when a silo actually uses it: a silo whose tables fit in memory never
 pays for it (lean agents).
 

@@ -45,7 +45,8 @@ Example::
     metrics_port = 9464              # Prometheus /metrics (silos/metrics.py); off when absent
     metrics_host = "127.0.0.1"       # keep it private: loopback or a monitoring interface
 
-    [compute]                        # optional: big tables on Dask (silos/compute.py)
+    [compute]                        # optional: big tables on Dask (silos/compute.py;
+                                     # not yet used by the agent's rounds: see its docstring)
     dask_scheduler = "tcp://10.0.0.5:8786"   # else a LocalCluster beyond local_max_bytes
 """
 
