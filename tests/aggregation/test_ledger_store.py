@@ -173,17 +173,19 @@ def test_concurrent_threads_never_fork_the_chain(engine: Engine) -> None:
     _assert_single_chain(engine, ["writer-1", "writer-2"], 200)
 
 
-def _process_writer(url: str, name: str, count: int, start: multiprocessing.Event) -> None:  # type: ignore[valid-type]
+def _process_writer(url: str, name: str, count: int, start: multiprocessing.Barrier) -> None:  # type: ignore[valid-type]
     engine = make_engine(url)
     engine.connect().close()  # connect before the start, so that both writers start together
-    start.wait(30)  # type: ignore[attr-defined]
+    # a barrier, not an event the parent sets: on an idle machine one child could otherwise
+    # write all its entries while the other was still connecting (CI of c6e937f)
+    start.wait(60)  # type: ignore[attr-defined]
     _writer(engine, name, count, None)
     engine.dispose()
 
 
 def test_concurrent_processes_never_fork_the_chain(engine: Engine) -> None:
     context = multiprocessing.get_context("fork")
-    start = context.Event()
+    start = context.Barrier(2)  # both writers connected: then both go
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()  # children open their own connections
     procs = [
@@ -191,7 +193,6 @@ def test_concurrent_processes_never_fork_the_chain(engine: Engine) -> None:
     ]
     for proc in procs:
         proc.start()
-    start.set()
     for proc in procs:
         proc.join(timeout=120)
         assert proc.exitcode == 0
