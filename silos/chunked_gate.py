@@ -42,6 +42,7 @@ from silos.gate import (
     GateResult,
     class_counts,
     fingerprint_table,
+    frequency_verdict,
     gate_result,
     pandas_checks,
 )
@@ -318,17 +319,11 @@ def _frequencies(
         return first.model_copy(update={"success": True, "warning": False, "detail": detail})
     ref = contract.column(column).reference
     assert ref is not None and ref.frequencies is not None
-    reference, tolerance = ref.frequencies, ref.frequency_tolerance
-    gaps = {k: abs(counts.get(k, 0) / total - share) for k, share in reference.items()}
-    worst = max(gaps, key=lambda k: gaps[k])
-    detail = (
-        f"share of {worst!r} {counts.get(worst, 0) / total:.3f}, reference "
-        f"{reference[worst]:.3f}: off by {gaps[worst]:.3f}; tolerance {tolerance:g}"
+    shares = {k: n / total for k, n in counts.items()}
+    success, warning, detail = frequency_verdict(
+        shares, ref.frequencies, ref.frequency_tolerance, contract
     )
-    passed = gaps[worst] <= tolerance
-    warning = not passed and contract.on_drift == "warn"
-    update = {"success": passed or warning, "warning": warning, "detail": detail}
-    return first.model_copy(update=update)
+    return first.model_copy(update={"success": success, "warning": warning, "detail": detail})
 
 
 def _classes(facts: _Facts, contract: Contract, first: ExpectationOutcome) -> ExpectationOutcome:

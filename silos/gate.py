@@ -232,18 +232,29 @@ def _frequency_outcome(
         detail = "no present values to compare"
         return ExpectationOutcome(expectation=kind, column=column, success=True, detail=detail)
     tolerance = contract.column(column).reference.frequency_tolerance  # type: ignore[union-attr]
-    gaps = {k: abs(float(shares.get(k, 0.0)) - share) for k, share in reference.items()}
+    observed = {k: float(v) for k, v in shares.items()}
+    success, warning, detail = frequency_verdict(observed, reference, tolerance, contract)
+    return ExpectationOutcome(
+        expectation=kind, column=column, success=success, warning=warning, detail=detail
+    )
+
+
+def frequency_verdict(
+    shares: dict[str, float], reference: dict[str, float], tolerance: float, contract: Contract
+) -> tuple[bool, bool, str]:
+    """(success, warning, detail) of observed category `shares` against the contract's
+    reference shares (whole-table and chunked gate alike); drift within `on_drift = "warn"`
+    passes with a warning."""
+    gaps = {k: abs(shares.get(k, 0.0) - share) for k, share in reference.items()}
     worst = max(gaps, key=lambda k: gaps[k])
     # Names only a category the contract lists, and shares: never a cell value.
     detail = (
-        f"share of {worst!r} {float(shares.get(worst, 0.0)):.3f}, reference "
+        f"share of {worst!r} {shares.get(worst, 0.0):.3f}, reference "
         f"{reference[worst]:.3f}: off by {gaps[worst]:.3f}; tolerance {tolerance:g}"
     )
     passed = gaps[worst] <= tolerance
     warning = not passed and contract.on_drift == "warn"
-    return ExpectationOutcome(
-        expectation=kind, column=column, success=passed or warning, warning=warning, detail=detail
-    )
+    return passed or warning, warning, detail
 
 
 def _class_outcome(table: pd.DataFrame, contract: Contract) -> ExpectationOutcome:
