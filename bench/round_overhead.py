@@ -9,21 +9,32 @@ flow. Usage: python bench/round_overhead.py [--rounds 20] [--workspace DIR] [--p
 ``both`` runs the secure federation twice, without and with Bonawitz's consistency check (one
 more exchange per round), and prints them side by side. ``--recheck`` also runs each
 federation with the service's long-polls re-checking every 10 ms instead of being woken by
-commits (the figures before LISTEN/NOTIFY), side by side.
+commits (the figures before LISTEN/NOTIFY), side by side. ``--before REF`` first runs the
+same measurement on commit REF's code (exported with ``git archive``; its service and agents
+run from that tree) and prints both side by side.
+
+Besides the overhead it prints the service process's CPU seconds per round (user + system,
+read from /proc over the coordinator's whole training flow, divided by its rounds): on a
+loaded machine the agents' waits for the CPU swamp the wall-clock overhead, while the
+service's own work still shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import psutil  # noqa: E402
 
 from flows.processes import TELEMETRY_OFF  # noqa: E402
 
@@ -50,6 +61,8 @@ def main() -> None:
         action="store_true",
         help="also run with the service re-checking every 10 ms (no notifications)",
     )
+    parser.add_argument("--before", default=None, help="a git ref: its code measured first")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--consistency",
         choices=("off", "on", "both"),
@@ -59,6 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="fedsilo-bench-"))
     from flows.processes import start_prefect_server
+
+    before = None
+    if args.before:
+        argv = [a for a in sys.argv[1:] if a not in ("--before", args.before)]
+        before = run_before(args.before, _strip_paths(argv), ws)
 
     procs = []
     try:
@@ -88,24 +106,83 @@ def main() -> None:
             p.stop()
         if args.workspace is None:
             shutil.rmtree(ws, ignore_errors=True)
-    medians = {}
-    for (secure, check, recheck), records in results.items():
+    figures = {}
+    for (secure, check, recheck), (records, cpu) in results.items():
         print(
             f"\nsecure aggregation: {'on' if secure else 'off'}"
             + (f", consistency check: {'on' if check else 'off'}" if secure else "")
             + f"; service long-polls: {'re-check every 10 ms' if recheck else 'woken by commits'}"
         )
-        medians[secure, check, recheck] = report(records, "secure" if secure else "plain")
-    print("\nsummary (median per-round overhead):")
-    for (secure, check, recheck), median in medians.items():
-        mode = "secure" if secure else "plain"
-        name = mode + (", consistency check" if check else "")
-        if recheck:
-            print(f"   {name:<28} {1000 * median:7.1f} ms  (before: re-check every 10 ms)")
+        median = report(records, "secure" if secure else "plain", cpu)
+        figures[_name(secure, check, recheck)] = {"median_s": median, "service_cpu_s": cpu}
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    print("\nsummary (median per-round overhead; service CPU per round):")
+    for name, f in figures.items():
+        mode = name.split(",")[0]
+        line = (
+            f"   {name:<28} {1000 * f['median_s']:7.1f} ms  cpu {1000 * f['service_cpu_s']:6.1f} ms"
+        )
+        if "re-check" in name:
+            print(f"{line}  (before: re-check every 10 ms)")
             continue
         target = TARGETS_S[mode]
-        verdict = "MET" if median < target else "MISSED"
-        print(f"   {name:<28} {1000 * median:7.1f} ms  target < {1000 * target:.0f} ms: {verdict}")
+        verdict = "MET" if f["median_s"] < target else "MISSED"
+        print(f"{line}  target < {1000 * target:.0f} ms: {verdict}")
+    if before is not None:
+        print_side_by_side(before, figures)
+
+
+def _name(secure: bool, check: bool, recheck: bool) -> str:
+    return (
+        ("secure" if secure else "plain")
+        + (", consistency check" if check else "")
+        + (", re-check" if recheck else "")
+    )
+
+
+def _strip_paths(argv: list[str]) -> list[str]:
+    """`argv` without --workspace/--json and their values (the before run gets its own)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--workspace", "--json"):
+            skip = True
+        elif not a.startswith(("--workspace=", "--json=")):
+            out.append(a)
+    return out
+
+
+def run_before(ref: str, argv: list[str], ws: Path) -> dict:  # type: ignore[type-arg]
+    """This script's figures for commit `ref`'s code: its tree (git archive, read-only for
+    the repository), this script copied in; the service and agents it spawns run from there
+    (`python -m flows.cli` puts the working directory first on sys.path)."""
+    tree = ws / "before"
+    tree.mkdir(parents=True)
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", ref], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    shutil.copy(__file__, tree / "bench" / "round_overhead.py")
+    out = ws / "before.json"
+    args = [sys.executable, "bench/round_overhead.py", *argv, "--json", str(out)]
+    subprocess.run(args + ["--workspace", str(ws / "before-ws")], cwd=tree, check=True)
+    return {"ref": ref, "figures": json.loads(out.read_text())}
+
+
+def print_side_by_side(before: dict, after: dict) -> None:  # type: ignore[type-arg]
+    print(f"\nbefore ({before['ref']}) and after, measured one after the other in this run:")
+    print(f"   {'':<28} {'overhead ms':>23} {'service CPU ms/round':>25}")
+    for name, f in after.items():
+        old = before["figures"].get(name)
+        if old is None:
+            continue
+        print(
+            f"   {name:<28} {1000 * old['median_s']:9.1f} -> {1000 * f['median_s']:8.1f}"
+            f"   {1000 * old['service_cpu_s']:10.1f} -> {1000 * f['service_cpu_s']:8.1f}"
+        )
 
 
 def run(  # type: ignore[type-arg]
@@ -115,9 +192,10 @@ def run(  # type: ignore[type-arg]
     secure: bool = True,
     consistency: bool = False,
     recheck: bool = False,
-) -> list[dict]:
+) -> tuple[list[dict], float]:
     """One federation (its own service and four agents) training `rounds` rounds; `recheck`:
-    the service re-checks long-polls every 10 ms instead of waking them on commits."""
+    the service re-checks long-polls every 10 ms instead of waking them on commits. Returns
+    the training rounds' records and the service's CPU seconds per round of the flow."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.live_service import free_port, write_heart_silos
 
@@ -131,7 +209,8 @@ def run(  # type: ignore[type-arg]
 
     port = free_port()
     ws.mkdir(parents=True, exist_ok=True)
-    procs.append(start_service(ws / "service", port, env=RECHECK_ENV if recheck else None))
+    service = start_service(ws / "service", port, env=RECHECK_ENV if recheck else None)
+    procs.append(service)
     url = f"http://127.0.0.1:{port}"
     token = (ws / "service" / "admin.token").read_text().strip()
     coord = CoordinatorClient(url, token=token)
@@ -147,6 +226,8 @@ def run(  # type: ignore[type-arg]
     for name in configs:
         coord.approve("heart", name)
     spec = heart_demo_spec(FeaturePipeline.from_contract(load_contract("heart_disease")).n_features)
+    cpu = psutil.Process(service.popen.pid)
+    cpu_before = sum(cpu.cpu_times()[:2])
     result = federated_training(
         service_urls=[url],
         admin_token_file=str(ws / "service" / "admin.token"),
@@ -163,11 +244,15 @@ def run(  # type: ignore[type-arg]
             update={"enabled": secure, "consistency_check": consistency}
         ),
     )
-    return [r for r in result["rounds"] if r["kind"] == "train"]  # type: ignore[union-attr,index]
+    cpu_s = sum(cpu.cpu_times()[:2]) - cpu_before
+    all_rounds = result["rounds"]  # type: ignore[index]
+    trained = [r for r in all_rounds if r["kind"] == "train"]  # type: ignore[union-attr]
+    return trained, cpu_s / max(1, len(all_rounds))  # type: ignore[arg-type]
 
 
-def report(records: list[dict], mode: str) -> float:  # type: ignore[type-arg]
-    """Print the rounds' overheads; returns the median (seconds)."""
+def report(records: list[dict], mode: str, cpu_s: float) -> float:  # type: ignore[type-arg]
+    """Print the rounds' overheads and the service's CPU per round; returns the median
+    overhead (seconds)."""
     print(f"{'round':>5} {'wall ms':>9} {'slowest train ms':>17} {'overhead ms':>12}")
     overheads = []
     for r in records:
@@ -181,7 +266,8 @@ def report(records: list[dict], mode: str) -> float:  # type: ignore[type-arg]
     target = TARGETS_S[mode]
     print(
         f"\nfour silos, {len(records)} rounds: median per-round overhead {1000 * median:.1f} ms "
-        f"({mode} target < {1000 * target:.0f} ms): {'MET' if median < target else 'MISSED'}"
+        f"({mode} target < {1000 * target:.0f} ms): {'MET' if median < target else 'MISSED'}; "
+        f"service CPU {1000 * cpu_s:.1f} ms per round"
     )
     return median
 

@@ -1,20 +1,22 @@
 """Every task kind x model family: federated vs pooled vs the best silo alone (issue 14).
 
 For binary (the four heart-disease hospitals), multiclass (the five banks' delinquency grade)
-and regression (the three diabetes clinics) and each family: logreg and mlp (PyTorch, FedAvg),
+and regression (the three diabetes clinics) and each family: logreg and mlp (PyTorch, the
+demo's strategy: FedAvg, SCAFFOLD for the banks' delinquency; `--strategy` to compare),
 XGBoost and LightGBM bagging and cyclic, and secure-hist (XGBoost grown from securely summed
 histograms). Runs the product's own code in one process (no HTTP), as `bench/trees.py` and
-`bench/secure_hist.py` do: `silos.trainer.train_local` and the service's FedAvg
-(`aggregation.strategies`), `silos.tree_trainer.train_trees` with `merge_bagging` /
-`append_cyclic`, and the secure-hist silos and service halves (`tests/support/
-secure_hist_driver.py`). Data and splits are the demos': 25 % of each silo held out (seed 42),
-features from the dataset's contract (federation statistics where it standardises).
+`bench/secure_hist.py` do: `silos.trainer.train_local` (`silos.scaffold` under SCAFFOLD) and
+the service's strategy (`aggregation.strategies`), `silos.tree_trainer.train_trees` with
+`merge_bagging` / `append_cyclic`, and the secure-hist silos and service halves
+(`tests/support/secure_hist_driver.py`). Data and splits are the demos': 25 % of each silo
+held out (seed 42), features from the dataset's contract (federation statistics where it
+standardises).
 
 Every model is scored on the SAME rows, all silos' test rows together, by the task's primary
 metric (ROC AUC, macro-F1, RMSE; `schemas.task_metrics`). "best alone" is the silo whose own
 model scores best there. Budgets: PyTorch models get the demo's rounds x local epochs (pooled
 and each silo alone the same number of passes over their rows); trees `STEPS` boosting steps;
-secure-hist a finer binning grid than its default (`FINE_CELLS` says why).
+secure-hist the product's default binning grid (`--fine-cells` fixes another).
 
 Targets (issue 14), for secure-hist and the neural models: federated within 0.01 ROC AUC /
 0.02 macro-F1 / 5 % RMSE of pooled. Each (task, family) cell is computed on its own: a family
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from aggregation.strategies import make_strategy  # noqa: E402
 from aggregation.strategies.aggregate import weighted_mean  # noqa: E402
+from aggregation.strategies.scaffold import control_of  # noqa: E402
 from aggregation.trees.models import append_cyclic, merge_bagging  # noqa: E402
 from flows.baselines import SiloArrays, prepare_silo_arrays, train_centralized  # noqa: E402
 from flows.demo_config import (  # noqa: E402
@@ -55,7 +58,7 @@ from flows.demo_config import (  # noqa: E402
 from schemas.contracts import Contract, load_contract  # noqa: E402
 from schemas.contracts.stats import FederationStats  # noqa: E402
 from schemas.objectives import objective_for  # noqa: E402
-from schemas.specs import RunSpec, model_spec_for_contract  # noqa: E402
+from schemas.specs import RunSpec, StrategySpec, model_spec_for_contract  # noqa: E402
 from schemas.task_metrics import higher_is_better, primary_metric  # noqa: E402
 from schemas.tree_params import MAX_TREES_PER_ROUND, TreeSpec  # noqa: E402
 from schemas.wire import Metrics  # noqa: E402
@@ -63,6 +66,7 @@ from silos.data import split_train_test  # noqa: E402
 from silos.demo_data import heart_disease_silos  # noqa: E402
 from silos.demo_data_tasks import credit_delinquency_silos, diabetes_silos  # noqa: E402
 from silos.federated_stats import local_moments  # noqa: E402
+from silos.scaffold import corrected_training  # noqa: E402
 from silos.torch_model import build_model, get_params  # noqa: E402
 from silos.trainer import evaluate, train_local  # noqa: E402
 from silos.tree_trainer import evaluate_trees, train_trees  # noqa: E402
@@ -83,12 +87,13 @@ FAMILIES = (
     "lightgbm cyclic",
     "secure-hist",
 )
-# Secure-hist's public fine grid: equal cells over each feature's contract range, from which the
-# service reads the quantile cuts. At the default 4096 cells the banks' heavy-tailed amounts
-# (PAY_AMT: most rows within 0.3 std of a range ~100 std wide) get 44-48 bins where XGBoost's
-# own sketch of the pooled rows has 256; at 16384 they get 86-100 (BILL_AMT 205-218 of 256).
-# Counted on the training rows alone; binary and regression bins are identical at either size.
-FINE_CELLS = 16384
+# Secure-hist's fine binning grid: None is the product's default, the service's choice from the
+# contract's ranges and the federation statistics (`auto_fine_cells`: 16384 cells for the banks,
+# whose heavy-tailed amounts span up to 113 std; 4096 for the hospitals and clinics). --fine-cells N
+# fixes it instead (4096 was the default before, which left the amounts 44-48 of 256 bins).
+FINE_CELLS: int | None = None
+LR_SCHEDULE: str | None = None  # logreg/mlp: None keeps the demo spec's (--lr-schedule)
+STRATEGY: str | None = None  # logreg/mlp: None keeps the demo spec's (--strategy)
 TARGETED = ("logreg", "mlp", "secure-hist")  # the issue's targets apply to these
 NEURAL = ("logreg", "mlp")  # --seeds applies to these
 TOLERANCE = {"binary": 0.01, "multiclass": 0.02, "regression": 0.05}  # regression: relative
@@ -156,17 +161,32 @@ def neural(
     data: Data, kind: str, seed_offset: int = 0
 ) -> tuple[Metrics, Metrics, dict[str, Metrics]]:
     spec = neural_spec(data, kind)
-    if seed_offset:  # --seeds: initialisation and shuffling, the same for all three sides
-        training = spec.training.model_copy(update={"seed": spec.training.seed + seed_offset})
-        spec = spec.model_copy(update={"training": training})
+    update: dict[str, object] = {"seed": spec.training.seed + seed_offset}  # --seeds
+    if LR_SCHEDULE is not None:  # --lr-schedule: the demo spec's, or another to compare
+        update["lr_schedule"] = LR_SCHEDULE
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update=update)})
+    if STRATEGY is not None:  # --strategy: the demo spec's, or another to compare
+        spec = spec.model_copy(update={"strategy": StrategySpec(name=STRATEGY)})  # type: ignore[arg-type]
     model = spec.torch_model
     strategy = make_strategy(spec.strategy)
     state: dict[str, np.ndarray] = {}
     params = get_params(build_model(model, seed=spec.training.seed))
-    for _ in range(spec.rounds):  # each silo trains from the global model; the mean delta
+    own_c = {n: [np.zeros_like(p) for p in params] for n in data.silos}  # SCAFFOLD's c_i
+    for r in range(1, spec.rounds + 1):  # each silo trains from the global model; the mean delta
+        training = spec.training.for_round(r, spec.rounds)  # as the agent: seed + r, lr schedule
         deltas, weights = [], []
-        for s in data.silos.values():
-            result = train_local(model, params, s.X_train, s.y_train, spec.training)
+        c = control_of(state, params)
+        for n, s in data.silos.items():
+            if spec.strategy.name == "scaffold":  # as the agent: silos.scaffold, then both deltas
+                step = corrected_training(
+                    model, params, s.X_train, s.y_train, training, c, own_c[n]
+                )
+                own_c[n] = step.control
+                delta = [new - old for new, old in zip(step.params, params, strict=True)]
+                deltas.append(delta + step.control_delta)
+                weights.append(step.n_examples)
+                continue
+            result = train_local(model, params, s.X_train, s.y_train, training)
             deltas.append([new - old for new, old in zip(result.params, params, strict=True)])
             weights.append(result.n_examples)
         params, state = strategy.apply(params, weighted_mean(deltas, weights), state)
@@ -200,7 +220,8 @@ def tree_spec(data: Data, kind: str, mode: str, k: int = TREES_PER_ROUND) -> Tre
     if data.task == "multiclass":
         body["num_class"] = len(data.contract.classes)
     if mode == "secure-hist":
-        body["secure_hist"] = {"min_rows_per_node": 10, "fine_cells": FINE_CELLS}
+        grid = {} if FINE_CELLS is None else {"fine_cells": FINE_CELLS}  # None: the service's
+        body["secure_hist"] = {"min_rows_per_node": 10, **grid}
     return TreeSpec.model_validate(body)
 
 
@@ -359,7 +380,28 @@ def main() -> None:
         default=1,
         help="mean over this many initialisation/shuffling seeds for logreg and mlp (default 1)",
     )
+    parser.add_argument(
+        "--fine-cells",
+        type=int,
+        default=None,
+        help="secure-hist's fine grid cells per feature (default: the product's choice, "
+        "schemas.secure_hist.protocol.auto_fine_cells)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"),
+        default=None,
+        help="logreg and mlp: override the demo spec's strategy (to compare)",
+    )
+    parser.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default=None,
+        help="logreg and mlp: override the demo spec's learning-rate schedule (to compare)",
+    )
     args = parser.parse_args()
+    global FINE_CELLS, LR_SCHEDULE, STRATEGY
+    FINE_CELLS, LR_SCHEDULE, STRATEGY = args.fine_cells, args.lr_schedule, args.strategy
     if args.seeds > 1:
         print(f"logreg and mlp: mean of {args.seeds} seeds (the spec's seed + 0..{args.seeds - 1})")
     outcomes = [o for task in args.tasks for o in run_task(task, args.families, args.seeds)]

@@ -4,8 +4,9 @@
   upper bound federation tries to approach without moving data;
 - local-only: each silo training alone on its own rows, what a hospital gets without joining.
 
-Both get the federated run's epoch budget (rounds x local_epochs passes over their rows) and
-start from the same initial parameters. `comparison_table` scores any set of models on every
+Both get the federated run's epoch budget (rounds x local_epochs passes over their rows),
+under its learning-rate schedule (`TrainingSpec.for_round`, round by round), and start from
+the same initial parameters. `comparison_table` scores any set of models on every
 silo's test set and on all test sets pooled.
 """
 
@@ -78,6 +79,11 @@ def train_centralized(
         The trained parameters in `param_shapes(spec.torch_model)` order.
     """
     params = get_params(build_model(spec.torch_model, seed=init_seed))
+    if spec.training.lr_schedule != "constant":  # each round's epochs at that round's rate
+        for r in range(1, spec.rounds + 1):
+            training = spec.training.for_round(r, spec.rounds)
+            params = train_local(spec.torch_model, params, X, y, training).params
+        return params
     remaining = spec.rounds * spec.training.local_epochs
     while remaining > 0:
         epochs = min(remaining, _MAX_EPOCHS_PER_CALL)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -55,6 +56,7 @@ class DemoOptions:
     dataset: str = "heart"
     model: str = ""
     mode: str = ""
+    fine_cells: int = 0  # secure-hist's fine grid; 0: the service's choice
     strategy: str = ""
     rounds: int = 0
     keep_running: bool = False
@@ -88,6 +90,10 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
         server_lr = 0.05 if opts.strategy in ("fedadam", "fedyogi", "fedadagrad") else 1.0
         mu = 0.01 if opts.strategy == "fedprox" else 0.0
         update["strategy"] = StrategySpec(name=opts.strategy, server_lr=server_lr, mu=mu)  # type: ignore[arg-type]
+    elif spec.strategy.name == "scaffold" and (
+        opts.dp or opts.asynchronous or opts.personalize == "fedper"
+    ):  # the dataset's default does not apply there (RunSpec._scaffold_fits): FedAvg's does
+        update["strategy"] = StrategySpec(name="fedavg")
     if opts.rounds:
         update["rounds"] = opts.rounds
     if opts.round_deadline_s:
@@ -98,8 +104,14 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
         # each silo clips its delta to 0.5 and adds N(0, (1.0 * 0.5)^2 / n)
         update["privacy"] = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
     if opts.asynchronous:
-        update |= demo_async.async_update(spec, n_silos, opts.rounds or spec.rounds, opts.dp)
-    return demo_personal.personalized(spec.model_copy(update=update), opts)
+        secure = spec.secure_aggregation.enabled and not opts.plain
+        rounds = opts.rounds or spec.rounds
+        update |= demo_async.async_update(spec, n_silos, rounds, opts.dp, secure)
+    try:  # model_copy skips validation: refuse combinations the spec forbids (scaffold + --dp)
+        built = RunSpec.model_validate(spec.model_copy(update=update).model_dump())
+    except ValidationError as exc:
+        raise DemoError("; ".join(e["msg"] for e in exc.errors())) from exc
+    return demo_personal.personalized(built, opts)
 
 
 def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) -> RunSpec:
@@ -109,7 +121,9 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
         raise DemoError(f"unknown --mode {mode!r}; choose one of {', '.join(TREE_MODES)}")
     if opts.strategy or opts.dp or opts.plain:
         raise DemoError("--strategy, --dp and --plain apply to PyTorch models, not trees")
-    trees = demo_trees.tree_spec(opts.model, mode, n_features)  # type: ignore[arg-type]
+    if opts.fine_cells and mode != "secure-hist":
+        raise DemoError("--fine-cells is the fine binning grid of --mode secure-hist")
+    trees = demo_trees.tree_spec(opts.model, mode, n_features, fine_cells=opts.fine_cells)  # type: ignore[arg-type]
     contract = load_contract(DATASETS[opts.dataset].contract)
     if contract.task != "binary":  # the objective follows the contract's task
         trees = TreeSpec.model_validate(

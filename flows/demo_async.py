@@ -3,7 +3,9 @@
 A buffer of n-1 updates closes as soon as all but one silo answered, so the slowest hospital
 never holds a round up; its update joins the next buffer, weighted by 1/sqrt(1+staleness).
 The run applies about as many updates as the synchronous demo (ceil(rounds * n / (n-1))
-buffers). Secure aggregation is off in this mode for now (the service sees each update).
+buffers). Secure aggregation stays on, as in the synchronous demo: each buffer's cohort of
+ready silos masks its updates and the service learns only the buffer's weighted sum
+(`--plain` turns it off to compare).
 """
 
 from __future__ import annotations
@@ -11,20 +13,23 @@ from __future__ import annotations
 import math
 
 from flows.exceptions import DemoError
-from schemas.specs import AsyncSpec, RunSpec, SecureAggregationSpec
+from schemas.specs import AsyncSpec, RunSpec
 
 
-def async_update(spec: RunSpec, n_silos: int, rounds: int, dp: bool) -> dict[str, object]:
-    """The fields `demo_spec` changes for --async (`rounds`: the synchronous round count)."""
+def async_update(
+    spec: RunSpec, n_silos: int, rounds: int, dp: bool, secure: bool
+) -> dict[str, object]:
+    """The fields `demo_spec` changes for --async (`rounds`: the synchronous round count;
+    `secure`: whether the run aggregates securely)."""
     if dp:
         raise DemoError(
-            "--async aggregates plain updates for now, and DP noise is calibrated for the "
-            "securely aggregated sum: drop --dp or --async"
+            "--async weights each update by its staleness, which would rescale the silos' "
+            "calibrated DP noise: drop --dp or --async"
         )
-    k = max(1, n_silos - 1)
+    # a secure buffer's cohort needs two silos at least (the sum of one is its update)
+    k = max(2 if secure else 1, n_silos - 1)
     return {
         "asynchronous": AsyncSpec(buffer_size=k),
-        "secure_aggregation": SecureAggregationSpec(enabled=False),
         "min_silos": min(spec.min_silos, k),
         "rounds": math.ceil(rounds * n_silos / k),
     }

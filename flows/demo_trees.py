@@ -34,10 +34,16 @@ PARAMS: dict[str, dict[str, object]] = {
 
 
 def tree_spec(
-    kind: TreeKind, mode: TreeMode, n_features: int, task: str = "binary", n_classes: int = 0
+    kind: TreeKind,
+    mode: TreeMode,
+    n_features: int,
+    task: str = "binary",
+    n_classes: int = 0,
+    fine_cells: int = 0,
 ) -> TreeSpec:
     """The demo's tree spec; `task` and `n_classes` are the contract's (`Contract.task`,
-    ``len(Contract.classes)``) and set the objective."""
+    ``len(Contract.classes)``) and set the objective; `fine_cells` fixes secure-hist's fine
+    grid (0: the service's choice, `schemas.secure_hist.protocol.auto_fine_cells`)."""
     spec: dict[str, object] = {
         "kind": kind,
         "mode": mode,
@@ -47,7 +53,8 @@ def tree_spec(
         **task_fields(task, n_classes),
     }
     if mode == "secure-hist":
-        spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE}
+        grid = {"fine_cells": fine_cells} if fine_cells else {}
+        spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE, **grid}
     return TreeSpec.model_validate(spec)
 
 

@@ -6,16 +6,17 @@ shape, and the output says so) split by columns the way FATE's examples split it
 holds the label, LIMIT_BAL, the repayment statuses PAY_* and the payments PAY_AMT*; the bureau
 holds SEX, EDUCATION, MARRIAGE, AGE and the bills BILL_AMT*. Each side lacks a different 3% of
 the customers (PSI aligns the rest); 30% of the customers are new ones, predicted jointly once
-the model is trained. Processes: the aggregation service (relay and ledger only), one party
-process per silo (`python -m silos.vertical.agent_role`), a Prefect server, and the
-coordinator flow (flows/vertical.py) in this process.
+the model is trained. Processes: the aggregation service (relay and ledger only), one silo
+agent per party (`fedsilo silo start`; its silo.toml's `[vertical]` section names its
+contract, table and rows to predict), a Prefect server, and the coordinator flow
+(flows/vertical.py) in this process: it creates the run, the agents pick it up from their
+task poll and each records its part as a Prefect flow run.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +26,18 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-from flows.processes import Proc, base_env, spawn, start_prefect_server, start_service
+from flows.demo import approve_all
+from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from flows.service_client import CoordinatorClient
-from flows.vertical import create_vertical_run, vertical_training
-from silos.client import SiloClient
-from silos.keys import load_or_create_key
+from flows.vertical import vertical_training
+from schemas.vertical import VerticalParams
 
 TARGET = "default-payment-next-month"
 BANK_COLS = ["LIMIT_BAL", "PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"] + [
     f"PAY_AMT{i}" for i in range(1, 7)
 ]
 BUREAU_COLS = ["SEX", "EDUCATION", "MARRIAGE", "AGE"] + [f"BILL_AMT{i}" for i in range(1, 7)]
+AGENT_START_S = 300.0  # an agent's start on a loaded machine: imports, key, enrolment
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,27 @@ def split_parties(table: pd.DataFrame, root: Path) -> dict[str, Path]:
     return files
 
 
-def party_args(url: str, party: str, folder: Path, run: str, o: VerticalOptions) -> list[str]:
-    args = [sys.executable, "-m", "silos.vertical.agent_role", "--service", url]
-    args += ["--federation", "vertical-demo", "--silo", party, "--key", str(folder / "silo.key")]
-    args += ["--run", run, "--data", str(folder / "train.csv"), "--out", str(folder / "out")]
-    args += ["--predict-data", str(folder / "new.csv"), "--trees", str(o.trees)]
-    args += ["--depth", str(o.depth), "--contract", f"credit_vertical_{party}"]
-    return args
+def write_party(folder: Path, party: str, url: str, prefect_url: str) -> Path:
+    """The party's silo.toml: the agent's vertical role (its contract, table, rows to
+    predict). [data] is the horizontal role the agent always has; this demo publishes no
+    horizontal contract, so the agent says at start that it serves no horizontal round."""
+    config = folder / "silo.toml"
+    config.write_text(
+        f'[silo]\nname = "{party}"\nfederation = "vertical-demo"\nworkspace = "workspace"\n\n'
+        f'[data]\npath = "train.csv"\ncontract = "credit_vertical_{party}"\n\n'
+        f'[service]\nurls = ["{url}"]\n\n[prefect]\napi_url = "{prefect_url}"\n\n'
+        f'[vertical]\ncontract = "credit_vertical_{party}"\npredict_data = "new.csv"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def start_agents(
+    folders: dict[str, Path], url: str, prefect_url: str, ws: Path, procs: list[Proc]
+) -> None:
+    for party, folder in folders.items():
+        config = write_party(folder, party, url, prefect_url)
+        procs.append(start_agent(config, ws / "logs" / f"{party}.log", prefect_url))
 
 
 def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]:
@@ -110,24 +126,20 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
             procs.append(start_prefect_server(ws / "prefect", o.prefect_port))
             procs.append(start_service(ws / "service", o.service_port))
         url = f"http://127.0.0.1:{o.service_port}"
+        api = f"http://127.0.0.1:{o.prefect_port}/api"
         token_file = ws / "service" / "admin.token"
         coord = CoordinatorClient(url, token=token_file.read_text().strip(), retry_for_s=30)
-        coord.create_federation("vertical-demo")
-        for party, folder in folders.items():
-            key = load_or_create_key(folder / "silo.key")
-            SiloClient(url, federation="vertical-demo", silo=party, key=key).enrol()
-            coord.approve("vertical-demo", party)
-        run = create_vertical_run(coord, "vertical-demo", "bank", list(folders))
-        env = base_env()
-        for party, folder in folders.items():
-            args = party_args(url, party, folder, run.run_id, o)
-            procs.append(spawn(f"party {party}", args, ws / "logs" / f"{party}.log", env))
-        api = f"http://127.0.0.1:{o.prefect_port}/api"
+        with console.status("starting the bank's and the bureau's silo agents"):
+            start_agents(folders, url, api, ws, procs)
+            approve_all(coord, "vertical-demo", list(folders), procs[2:], AGENT_START_S)
+        params = VerticalParams(trees=o.trees, depth=o.depth, predict=True)
         with temporary_settings(updates={PREFECT_API_URL: api}):  # the demo's own server
-            summary = vertical_training(url, str(token_file), run.run_id, o.trees)
-        for p in procs[2:]:
-            p.popen.wait(120)
-        return report(ws, folders, table, summary, source, console, o)
+            summary = vertical_training(
+                [url], str(token_file), "vertical-demo", "bank", list(folders), params
+            )
+        run_id = str(summary["run"]["run_id"])  # type: ignore[index]
+        outs = {p: f / "workspace" / "vertical" / run_id for p, f in folders.items()}
+        return report(ws, outs, folders, table, summary, source, console, o)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -151,6 +163,7 @@ def pooled_xgboost_auc(folders: dict[str, Path], table: pd.DataFrame, o: Vertica
 
 def report(
     ws: Path,
+    outs: dict[str, Path],
     folders: dict[str, Path],
     table: pd.DataFrame,
     summary: dict[str, object],
@@ -158,10 +171,10 @@ def report(
     console: Console,
     o: VerticalOptions,
 ) -> dict[str, object]:
-    pred = pd.read_csv(folders["bank"] / "out" / "predict.csv")
+    pred = pd.read_csv(outs["bank"] / "predict.csv")
     truth = table.set_index("id")[TARGET]
     auc = float(roc_auc_score(truth.loc[pred["id"]].to_numpy(), pred["proba"]))
-    traffic = json.loads((folders["bank"] / "out" / "traffic.json").read_text())
+    traffic = json.loads((outs["bank"] / "traffic.json").read_text())
     result = {
         **summary,
         "data": source,
@@ -174,6 +187,11 @@ def report(
     (ws / "vertical-report.json").write_text(json.dumps(result, indent=2, default=str))
     console.print(f"data: {source}")
     console.print(f"splits per tree by party (ledger): {summary['splits_per_tree']}")
+    run_id = summary["run"]["run_id"]  # type: ignore[index]
+    console.print(
+        f"vertical run {run_id}: each agent's part is the Prefect flow run "
+        + ", ".join(f"{party}-{run_id}" for party in folders)
+    )
     console.print(
         f"joint prediction of {len(pred)} new customers: AUC {auc:.4f} (pooled XGBoost, same "
         f"hyperparameters, all columns in one place: {result['auc_pooled_xgboost_same_params']})"

@@ -80,6 +80,25 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"{_short(p.get('final_model_sha256'))}" + (f" ({p['reason']})" if p.get("reason") else "")
     ),
     "run_failed": lambda p: f"{p.get('status')}: {p.get('reason')}",
+    "vertical_started": lambda p: (
+        f"{p.get('mode')}: parties {', '.join(map(str, p.get('parties') or []))} (active "
+        f"{p.get('active')}), {p.get('params')}"
+        + (f", model of run {p['model_run']}" if p.get("model_run") else "")
+    ),
+    "vertical_psi": lambda p: (
+        f"{p.get('party')}: intersection of {p.get('size')} ids, hash {_short(p.get('digest'))}"
+    ),
+    "vertical_tree": lambda p: (
+        f"tree {p.get('tree')}: splits by "
+        + ", ".join(
+            f"{n.get('party')}@{n.get('depth')}" for n in as_list(p, "nodes") if isinstance(n, dict)
+        )
+        + f"; {p.get('leaves')} leaves"
+    ),
+    "vertical_finished": lambda p: (
+        f"finished: {p.get('trees')} trees, active half {_short(p.get('model_digest'))}"
+    ),
+    "vertical_failed": lambda p: f"failed: {p.get('reason')}",
 }
 
 

@@ -255,6 +255,10 @@ def _add(view: RunView, entry: LineageEntry) -> None:
         view.recoveries.append(p)
     elif kind in ("run_finished", "run_failed"):
         view.finish, view.finish_kind = p, kind
+    elif kind == "vertical_started":  # a vertical run: its parties are its participants
+        view.started = {**p, "participants": p.get("parties") or []}
+    elif kind in ("vertical_finished", "vertical_failed"):
+        view.finish, view.finish_kind = p, kind.replace("vertical", "run")
 
 
 def _add_privacy(view: RunView, entry: LineageEntry, p: dict[str, Any]) -> None:

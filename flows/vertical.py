@@ -1,8 +1,10 @@
 """The coordinator's side of a vertical run: create it on the service, wait for its end.
 
 The service only relays and records (aggregation/service/vertical_relay.py); the parties run
-the protocol (`python -m silos.vertical.agent_role`). This module asks for the run and
-watches its progress: intersection, trees reported, the end.
+the protocol: each silo's agent picks the run up from its task poll and plays its role
+(silos/vertical/agent_flow.py). This module asks for the run (train, or predict with a
+trained run's model) and watches its progress: intersection, trees reported, the end.
+`fedsilo vertical train|predict` run the flow `vertical-secureboost` once.
 """
 
 from __future__ import annotations
@@ -13,20 +15,42 @@ from collections.abc import Callable
 
 from prefect import flow, get_run_logger, task
 
-from flows.admin_token import read_token_file
+from flows.admin_token import resolve_admin_token
 from flows.service_client import CoordinatorClient
-from schemas.vertical import VerticalRunCreate, VerticalRunOut
+from schemas.vertical import VerticalParams, VerticalRunCreate, VerticalRunOut
 
 
 def create_vertical_run(
-    coord: CoordinatorClient, federation: str, active: str, parties: list[str]
+    coord: CoordinatorClient,
+    federation: str,
+    active: str,
+    parties: list[str],
+    params: VerticalParams | None = None,
+    model_run: str | None = None,
+    size_only: bool = False,
 ) -> VerticalRunOut:
-    body = VerticalRunCreate(federation=federation, active=active, parties=parties)
+    """A training run; with `model_run` a prediction with that run's model; with
+    `size_only` a count of the customers every party holds."""
+    body = VerticalRunCreate(
+        federation=federation,
+        active=active,
+        parties=parties,
+        mode="predict" if model_run else ("psi_size" if size_only else "train"),
+        params=params or VerticalParams(),
+        model_run=model_run,
+    )
     return VerticalRunOut.model_validate(coord._json("POST", "/v1/vertical/runs", body))
 
 
 def vertical_run(coord: CoordinatorClient, run_id: str) -> VerticalRunOut:
     return VerticalRunOut.model_validate(coord._json("GET", f"/v1/vertical/runs/{run_id}"))
+
+
+def cancel_vertical_run(coord: CoordinatorClient, run_id: str, reason: str) -> VerticalRunOut:
+    body = {"reason": reason}
+    return VerticalRunOut.model_validate(
+        coord._json("POST", f"/v1/vertical/runs/{run_id}/cancel", body)
+    )
 
 
 def progress_line(run: VerticalRunOut, n_trees: int) -> str:
@@ -76,24 +100,79 @@ def lineage_summary(coord: CoordinatorClient, run_id: str) -> dict[str, object]:
     return {"psi": psi, "splits_per_tree": trees}
 
 
-@task
-def watch(service_url: str, token_file: str, run_id: str, n_trees: int, timeout_s: float) -> str:
+def _client(
+    service_url: list[str], token_file: str | None, token_block: str | None
+) -> CoordinatorClient:
+    token = resolve_admin_token(token_file, token_block)
+    return CoordinatorClient(service_url, token=token, retry_for_s=30)
+
+
+@task(name="create-vertical-run")  # no retries: a lost answer must not make two runs
+def create(
+    service_url: list[str],
+    token_file: str | None,
+    token_block: str | None,
+    federation: str,
+    active: str,
+    parties: list[str],
+    params: VerticalParams,
+    model_run: str | None,
+    size_only: bool,
+) -> str:
+    coord = _client(service_url, token_file, token_block)
+    run = create_vertical_run(coord, federation, active, parties, params, model_run, size_only)
+    get_run_logger().info(
+        "vertical run %s (%s) created: parties %s, active %s; their agents pick it up",
+        run.run_id,
+        run.mode,
+        run.parties,
+        run.active,
+    )
+    return run.run_id
+
+
+@task(name="watch-vertical-run")
+def watch(
+    service_url: list[str],
+    token_file: str | None,
+    token_block: str | None,
+    run_id: str,
+    n_trees: int,
+    timeout_s: float,
+) -> str:
     log = get_run_logger()
-    coord = CoordinatorClient(service_url, token=read_token_file(token_file), retry_for_s=30)
-    run = wait_vertical(coord, run_id, n_trees, timeout_s, log.info)
+    coord = _client(service_url, token_file, token_block)
+    try:
+        run = wait_vertical(coord, run_id, n_trees, timeout_s, log.info)
+    except TimeoutError as exc:  # a party never came or stopped: free the others' agents
+        cancel_vertical_run(coord, run_id, str(exc)[:500])
+        raise
     return run.model_dump_json()
 
 
 @flow(name="vertical-secureboost", log_prints=True)
 def vertical_training(
-    service_url: str, token_file: str, run_id: str, n_trees: int, timeout_s: float = 3600.0
+    service_url: list[str],
+    token_file: str | None,
+    federation: str,
+    active: str,
+    parties: list[str],
+    params: VerticalParams | None = None,
+    model_run: str | None = None,
+    timeout_s: float = 3600.0,
+    token_block: str | None = None,
+    size_only: bool = False,
 ) -> dict[str, object]:
-    """Coordinate a vertical run the parties are running: watch it to its end and record what
-    the ledger says of it (the service holds no key and the flow sees no data)."""
-    run = VerticalRunOut.model_validate_json(
-        watch(service_url, token_file, run_id, n_trees, timeout_s)
-    )
+    """Create a vertical run (training; with `model_run` a joint prediction with that run's
+    model; with `size_only` only the intersection's size), let the parties' agents run it,
+    watch it to its end and record what the ledger says of it (the service holds no key and
+    the flow sees no data)."""
+    params = params or VerticalParams()
+    args = (service_url, token_file, token_block)
+    run_id = create(*args, federation, active, parties, params, model_run, size_only)
+    trees = 0 if model_run or size_only else params.trees
+    run = VerticalRunOut.model_validate_json(watch(*args, run_id, trees, timeout_s))
     if run.status != "finished":
         raise RuntimeError(f"vertical run {run_id} {run.status}: {run.reason}")
-    coord = CoordinatorClient(service_url, token=read_token_file(token_file), retry_for_s=30)
+    coord = _client(*args)
     return {"run": run.model_dump(), **lineage_summary(coord, run_id)}

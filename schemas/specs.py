@@ -6,6 +6,7 @@ task and checks it against its own policy before doing any work.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,7 +17,7 @@ from schemas.tree_params import TreeSpec
 
 ModelKind = Literal["logreg", "mlp"]
 TaskKind = Literal["binary", "multiclass", "regression"]
-StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"]
 
 
 class _Strict(BaseModel):
@@ -99,13 +100,29 @@ def param_shapes(spec: ModelSpec) -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
+CONTROL_PREFIX = "control."
+
+
+def update_shapes(spec: RunSpec) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of a silo's PyTorch update, in wire order: the model delta
+    (`param_shapes`), followed under `scaffold` by the control-variate delta (the same shapes,
+    names prefixed ``control.``), so secure aggregation sums both in one vector."""
+    shapes = param_shapes(spec.torch_model)
+    if spec.strategy.name != "scaffold":
+        return shapes
+    return shapes + [(CONTROL_PREFIX + name, shape) for name, shape in shapes]
+
+
 class StrategySpec(_Strict):
     """How the service turns the silos' averaged update into the next global model.
 
     `fedavg` and `fedprox` apply the example-weighted mean delta with `server_lr`; `fedprox`
     also asks silos to add (mu/2)||w - w_global||^2 to their loss. `fedadam`, `fedyogi` and
     `fedadagrad` treat the negated mean delta as a pseudo-gradient for a server optimizer
-    (Reddi et al. 2021, "Adaptive Federated Optimization").
+    (Reddi et al. 2021, "Adaptive Federated Optimization"). `scaffold` (Karimireddy et al.
+    2020) corrects each local step by the control variates (c - c_i) against client drift: a
+    silo's update carries its control-variate delta after its model delta
+    (`update_shapes`), and the service serves its control variate c with the global model.
     """
 
     name: StrategyName = "fedavg"
@@ -125,14 +142,31 @@ class StrategySpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """Local training every silo runs each round."""
+    """Local training every silo runs each round.
+
+    `lr_schedule` ``cosine`` lowers the local learning rate over the run's rounds,
+    lr * (1 + cos(pi (r - 1) / R)) / 2 in round r of R (the pooled baseline: per epoch block of
+    the same budget). With heterogeneous silos each local epoch drifts toward the silo's own
+    optimum, and FedAvg's constant-rate iterate settles off the pooled one by an amount that
+    shrinks with the rate (`bench/README.md`, softmax logreg on the banks).
+    """
 
     local_epochs: int = Field(default=1, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1)
     lr: float = Field(default=0.05, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     optimizer: Literal["sgd", "adam"] = "sgd"
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
+
+    def for_round(self, round_number: int, rounds: int) -> TrainingSpec:
+        """The settings of training round `round_number` (1-based) of `rounds`: the seed plus
+        the round, and the scheduled learning rate (rounds past the last keep its rate)."""
+        lr = self.lr
+        if self.lr_schedule == "cosine" and rounds > 1:
+            step = min(max(round_number - 1, 0), rounds - 1)
+            lr = self.lr * (1.0 + math.cos(math.pi * step / rounds)) / 2.0
+        return self.model_copy(update={"seed": self.seed + round_number, "lr": lr})
 
 
 class SecureAggregationSpec(_Strict):
@@ -200,6 +234,11 @@ class AsyncSpec(_Strict):
     t = (that buffer's input version) - (its base version), and is weighted by
     s(t) = 1/sqrt(1+t) (``sqrt``) or 1 (``constant``); beyond `max_staleness` it is dropped
     (recorded in the ledger's ``aggregate`` entry as such).
+
+    With secure aggregation, a silo that finished training announces it is ready; the first K
+    ready silos form the buffer's cohort and run the secure-aggregation stages among
+    themselves, each masking its update times s(t): the service sees only the weighted sum.
+    K must then be at least the secure-aggregation threshold (and 2).
     """
 
     buffer_size: int = Field(ge=1, description="K: aggregate as soon as K updates are in")
@@ -319,16 +358,53 @@ class RunSpec(_Strict):
             return self
         if self.trees is not None or self.mode is not None:
             raise ValueError("asynchronous rounds buffer PyTorch updates; not tree or plugin runs")
-        if self.secure_aggregation.enabled:
-            raise ValueError(
-                "asynchronous rounds aggregate plain updates for now: set "
-                "secure_aggregation.enabled=false (secure buffers are not implemented yet)"
-            )
+        sa = self.secure_aggregation
+        if sa.enabled:  # each buffer's cohort of K silos runs the protocol among themselves
+            # a SecAgg+ graph of degree d needs more than d + 1 silos (schemas.secagg.config)
+            floor = max(2, sa.threshold or 2, sa.degree + 2 if sa.degree else 2)
+            if a.buffer_size < floor:
+                raise ValueError(
+                    f"asynchronous.buffer_size {a.buffer_size} is below what a secure buffer "
+                    f"needs ({floor}: 2 silos at least, secure_aggregation.threshold "
+                    f"{sa.threshold}, degree {sa.degree} + 2): the K silos of a buffer run "
+                    "secure aggregation among themselves; raise buffer_size or lower the "
+                    "threshold"
+                )
+            if self.privacy is not None:
+                raise ValueError(
+                    "asynchronous secure buffers weight each update by its staleness, which "
+                    "would scale the silos' calibrated DP noise too: drop privacy or "
+                    "asynchronous"
+                )
         if a.buffer_size < self.min_silos:
             raise ValueError(
                 f"asynchronous.buffer_size {a.buffer_size} is below min_silos {self.min_silos}: "
                 "a buffer that closes early would fail its round"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _scaffold_fits(self) -> RunSpec:
+        if self.strategy.name != "scaffold":
+            return self
+        # Each silo keeps a control variate per run and the service one per model version:
+        # rounds that skip versions (buffers), noise on the control deltas (DP), a head kept
+        # local (FedPer) or a non-SGD step (Adam) would break option II's estimate.
+        refusals = {
+            "a tree run": self.trees is not None or self.mode is not None,
+            "differential privacy": self.privacy is not None,
+            "asynchronous rounds": self.asynchronous is not None,
+            "personalize.method 'fedper'": bool(
+                self.personalize and self.personalize.method == "fedper"
+            ),
+            f"optimizer {self.training.optimizer!r}": self.training.optimizer != "sgd",
+        }
+        for what, refused in refusals.items():
+            if refused:
+                raise ValueError(
+                    f"strategy scaffold is not supported with {what}: its control variates "
+                    "assume synchronous plain-SGD rounds without DP noise"
+                )
         return self
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter
 
 from schemas.specs import RunSpec
+from schemas.vertical import VerticalRunOut
 from schemas.wire import NAME_PATTERN, HistStage, Message, PrefectId, SecAggStage
 
 
@@ -141,6 +142,16 @@ class SecAggMaskedTask(_RoundTask):
     secagg: SecAggInfo
 
 
+class SecAggBufferedTask(SecAggMaskedTask):
+    """The masked stage of an asynchronous secure buffer: submit, masked, the update this silo
+    already trained for round `base_round` (no training now), weighted by `secagg.weight`
+    (its n_k / N times its staleness weight)."""
+
+    type: Literal["secagg_buffered"] = "secagg_buffered"  # type: ignore[assignment]
+    base_round: int = Field(ge=1, description="the round whose model the update was trained on")
+    staleness: int = Field(ge=0, description="this buffer's input version - the base version")
+
+
 class StatisticsTask(_RoundTask):
     """Submit the masked feature moments (the masked stage of a statistics round)."""
 
@@ -190,6 +201,14 @@ class ExtensionTask(_RoundTask):
     body: dict[str, object] = Field(default_factory=dict)
 
 
+class VerticalTask(_TaskBase):
+    """A vertical run (schemas/vertical.py) names this silo as a party and it has not joined
+    yet: its agent runs its party role (PSI, SecureBoost or joint prediction) over the relay."""
+
+    type: Literal["vertical"] = "vertical"
+    vertical: VerticalRunOut
+
+
 Task = Annotated[
     RunEndedTask
     | TrainTask
@@ -197,13 +216,15 @@ Task = Annotated[
     | SecAggAdvertiseTask
     | SecAggShareTask
     | SecAggMaskedTask
+    | SecAggBufferedTask
     | StatisticsTask
     | SecAggConsistencyTask
     | SecAggUnmaskTask
     | TreeTrainTask
     | TreeEvaluateTask
     | HistTask
-    | ExtensionTask,
+    | ExtensionTask
+    | VerticalTask,
     Field(discriminator="type"),
 ]
 """What the service asks a silo to do next: one model per task type."""

@@ -140,7 +140,14 @@ class SecureHistSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fine_cells: int = Field(default=4096, ge=2, le=2**20, description="fine binning grid")
+    fine_cells: int | None = Field(
+        default=None,
+        ge=2,
+        le=2**20,
+        description="cells of the fine binning grid per feature; None: chosen by the service "
+        "from the contract's ranges and the federation statistics "
+        "(schemas.secure_hist.protocol.auto_fine_cells)",
+    )
     min_rows_per_node: int = Field(default=1, ge=1, description="federation-wide, per child")
     threshold: int | None = Field(default=None, ge=2)
     grad_bound: float = Field(default=1.0, gt=0, description="|gradient| and |label| bound")
@@ -222,9 +229,10 @@ class TreeSpec(BaseModel):
                     "params.subsample and params.colsample_bytree must be 1"
                 )
             assert self.secure_hist is not None
-            if self.secure_hist.fine_cells < p.max_bin:
+            cells = self.secure_hist.fine_cells
+            if cells is not None and cells < p.max_bin:
                 raise ValueError(
-                    f"secure_hist.fine_cells ({self.secure_hist.fine_cells}) must be at least "
+                    f"secure_hist.fine_cells ({cells}) must be at least "
                     f"params.max_bin ({p.max_bin})"
                 )
         elif self.secure_hist is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PARTY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Party = Annotated[str, Field(pattern=PARTY_PATTERN)]
@@ -224,13 +224,44 @@ def unframe(data: bytes) -> Sealed:
 # --- the service relay: runs and the events the ledger records ------------------------------
 
 
+VerticalMode = Literal["train", "predict", "psi_size"]
+
+
+class VerticalParams(BaseModel):
+    """What the parties' agents need besides their own data: the run's hyperparameters and
+    whether to predict the rows each party lists for prediction (`[vertical] predict_data`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    trees: int = Field(default=3, ge=1, le=1000)
+    depth: int = Field(default=3, ge=1, le=16)
+    bins: int = Field(default=32, ge=2, le=256)
+    predict: bool = Field(
+        default=False, description="train: then predict the parties' prediction rows jointly"
+    )
+
+
 class VerticalRunCreate(BaseModel):
-    """A vertical run: approved silos of `federation`, `active` (the label holder) among them."""
+    """A vertical run: approved silos of `federation`, `active` (the label holder) among them.
+
+    `mode` "train" fits a model; "predict" routes the parties' prediction rows through the
+    halves of the model that run `model_run` left at each party; "psi_size" only counts the
+    customers every party holds (each party learns the size, not which ids)."""
 
     model_config = ConfigDict(extra="forbid")
     federation: Party
     active: Party
     parties: list[Party] = Field(min_length=2, max_length=16)
+    mode: VerticalMode = "train"
+    params: VerticalParams = VerticalParams()
+    model_run: Party | None = None
+
+    @model_validator(mode="after")
+    def _model_run_for_predict(self) -> VerticalRunCreate:
+        if (self.mode == "predict") != (self.model_run is not None):
+            raise ValueError(
+                "a predict run names its model_run (a finished training run); a train run does not"
+            )
+        return self
 
 
 class VerticalRunOut(BaseModel):
@@ -239,6 +270,9 @@ class VerticalRunOut(BaseModel):
     active: str
     parties: list[str]
     status: Literal["running", "finished", "failed"]
+    mode: VerticalMode = "train"
+    params: VerticalParams = VerticalParams()
+    model_run: str | None = None
     reason: str | None = None
     psi_size: int | None = None
     psi_digest: str | None = None
@@ -247,12 +281,13 @@ class VerticalRunOut(BaseModel):
 
 
 class PsiDone(BaseModel):
-    """A party's intersection: its size and hash (the ids stay with the party)."""
+    """A party's intersection: its size and hash (the ids stay with the party); no hash in
+    a size-only run, where the party does not know which ids are common."""
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["psi_done"] = "psi_done"
     size: Count
-    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class LineageNode(BaseModel):

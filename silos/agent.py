@@ -8,9 +8,11 @@ silo, dataset, model and run) with one task per round step; the coordinator send
 the handler registered for its type (`silos.handlers`); plugin modules the operator lists add
 handlers of their own.
 
-Any failure before the silo's update becomes a signed decline (`silos.decline`): for the round
-(the silo sits it out and waits for the next) or for the run (it leaves; its flow run ends
-Failed). A cancelled run ends the flow run Cancelled. The client retries the service forever.
+A vertical run that names the silo as a party is served the same way, as one flow run
+(silos/vertical/agent_flow.py). Any failure before the silo's update becomes a signed
+decline (`silos.decline`): for the round (the silo sits it out and waits for the next) or for
+the run (it leaves; its flow run ends Failed). A cancelled run ends the flow run Cancelled.
+The client retries the service forever.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Failed
 
 from schemas.specs import RunSpec
-from schemas.tasks import RunEndedTask, Task
+from schemas.tasks import RunEndedTask, Task, VerticalTask
 from silos import checkpoints, decline, flow_report, hist_round, privacy_budget, secure_round
 from silos import metrics as agent_metrics
+from silos.agent_client import make_client
 from silos.client import SiloClient
 from silos.client_errors import Forbidden
 from silos.config import SiloConfig, load_silo_config
 from silos.contract_store import bind_run, contract_for
+from silos.dask_data import DASK_TASK_TYPES, prepare_run_data
 from silos.decline import Declined, FailureLog
 from silos.exceptions import DataError, FeatureError, UnsupportedTask
 from silos.features import FeaturePipeline
@@ -40,32 +44,16 @@ from silos.files import owner_only_umask
 from silos.handlers import REGISTRY, SiloContext
 from silos.handlers.plugins import load_plugins, plugin_names
 from silos.handlers.registry import Registration
-from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
-from silos.local_data import LocalData, prepare_local_data
+from silos.local_data import LocalData
 from silos.policy import policy_violation
 from silos.round_gate import RoundGate, check_round, statement_payload
-from silos.tls_client import TlsFiles
 from silos.warmup import warm_up_and_report
 
 log = logging.getLogger("fedsilo.silo")
 
 POLL_WAIT_S = 25.0
 REPEAT_WAIT_S = 2.0  # the service offers a task this silo already declined: do not spin
-
-
-def make_client(config: SiloConfig, retry_for_s: float | None = None) -> SiloClient:
-    """The silo's signed client; it retries the service forever unless `retry_for_s` bounds it
-    (tests and one-shot commands)."""
-    key = load_or_create_key(config.key_path)
-    return SiloClient(
-        config.service.urls,
-        federation=config.silo.federation,
-        silo=config.silo.name,
-        key=key,
-        retry_for_s=retry_for_s,
-        tls=TlsFiles(config.tls.ca, config.tls.cert, config.tls.key) if config.tls else None,
-    )
 
 
 def wait_for_approval(client: SiloClient, poll_s: float = 1.0) -> None:
@@ -115,6 +103,12 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
     while max_runs is None or served < max_runs:
         work = agent_metrics.timed_poll(client, wait_s=POLL_WAIT_S)
         if work is None or isinstance(work, RunEndedTask):
+            continue
+        if isinstance(work, VerticalTask):  # its party role, as a flow run of its own
+            from silos.vertical.agent_flow import serve_vertical  # imported when first needed
+
+            agent_metrics.run_ended(config.silo.name, serve_vertical(config, work).type.value)
+            served += 1
             continue
         if work.run_id in left:
             if failures.first(work.round, f"left {work.run_id}"):
@@ -189,17 +183,24 @@ def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> Loc
     a value the contract cannot encode): returned, not raised, so that a table that stays
     broken costs one log line per round instead of a traceback."""
     try:
-        data = prepare_local_data(config, stats)
+        data = prepare_run_data(config, stats)
     except (DataError, FeatureError) as exc:
         return Declined("round", "data", str(exc))
     get_run_logger().info(
         "silo %s: %d training rows, %d holdout rows; imputed per column: %s; %s",
         config.silo.name,
-        len(data.y_train),
+        data.n_train,
         len(data.y_test),
         data.imputed,
         "standardised with the federation's statistics" if stats else "contract-range scaling",
     )
+    if data.dask is not None:
+        get_run_logger().info(
+            "silo %s: training table %s stays on Dask (%s)",
+            config.silo.name,
+            data.dask.path.name,
+            config.compute.dask_scheduler or "a LocalCluster on this machine",
+        )
     return data
 
 
@@ -249,7 +250,7 @@ def _refuse_run(
     """Raise the run's decline when this silo cannot take part (a contract version its
     operator has not accepted, its policy: checked once at the run's first round task; a task it
     has no handler for). Returns the config bound to the run's contract version."""
-    if progress.config is None and not isinstance(work, RunEndedTask):
+    if progress.config is None and not isinstance(work, RunEndedTask | VerticalTask):
         bound = bind_run(client, config, work.spec.contract_version)
         try:
             contract = contract_for(bound)
@@ -284,7 +285,7 @@ def _ready_data(
     """The validation gate at a round's first task, then the data, (re)loaded when its
     fingerprint or the federation's statistics changed. Raises `Declined` (cause data) when
     the table failed the gate or cannot be split or encoded."""
-    stats = None if isinstance(work, RunEndedTask) else work.stats
+    stats = None if isinstance(work, RunEndedTask | VerticalTask) else work.stats
     if (entry.opens_round or progress.data is None) and work.round != progress.gated_round:
         progress.gated_round = work.round
         gate = validate_round(client, work, config)
@@ -309,6 +310,13 @@ def _step(client: SiloClient, config: SiloConfig, progress: _RunProgress, work: 
     data = _ready_data(client, config, progress, work, entry)
     if data is None:
         return
+    if data.dask is not None and entry.name not in DASK_TASK_TYPES:
+        raise Declined(
+            "run",
+            "data",
+            f"this silo's table is on Dask ([compute]); {entry.name} tasks need it in memory "
+            f"(a Dask silo serves {', '.join(sorted(DASK_TASK_TYPES))})",
+        )
     started = time.monotonic()
     try:
         result = REGISTRY.dispatch(SiloContext(client, config, data), work)

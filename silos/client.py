@@ -95,6 +95,10 @@ class SiloClient(HttpBase):
     def download_model(self, run_id: str, version: int) -> bytes:
         return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
 
+    def download_control(self, run_id: str, version: int) -> bytes:
+        """SCAFFOLD's global control variate for model `version` (scaffold runs only)."""
+        return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}/control").content
+
     def _signed(
         self, run_id: str, kind: str, payload: dict[str, Any]
     ) -> tuple[dict[str, Any], str]:
@@ -161,6 +165,11 @@ class SiloClient(HttpBase):
         query = f"?n_examples={n_examples}" if n_examples is not None else ""
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{stage}{query}"
         return dict(self.request("POST", path, body=message).json())
+
+    def announce_ready(self, run_id: str, round_: int, n_examples: int) -> dict[str, Any]:
+        """Asynchronous secure runs: say that this silo trained for round `round_` and waits
+        for a buffer's cohort. Returns ``buffer``, ``duplicate`` and ``cohort``."""
+        return self.secagg_post(run_id, round_, "ready", b"", n_examples=n_examples)
 
     def secagg_get(self, run_id: str, round_: int, what: str) -> list[bytes]:
         """Fetch the adverts, this silo's shares or its unmask request (one frame) as the

@@ -7,13 +7,24 @@ silo.toml lets the operator point the agent at a Dask scheduler of the silo's ow
 of ``worker_memory_bytes`` each), so no single process ever holds the whole table. Smaller
 tables stay on the pandas path, which is faster for them.
 
-Status (issue 20): the pieces are built and tested (`silos/chunked_gate.py`,
-`silos/dask_hist.py`, `silos/dask_boost.py`, tests/silos/test_dask_silo.py) but the agent's
-rounds do not call them yet, so a run still reads the table with pandas. The three call sites:
-`silos/round_gate._check_table` (use `chunked_gate.gate_on_dask` when `uses_dask`), the
-secure-hist handler and `silos/hist_round.py` (a `DaskHist` in place of `HistSilo`), and the
-tree handler (`dask_boost.train_trees_dask`); a Dask silo also needs its test rows from
-`test_path` (a per-partition split is not built).
+What runs on Dask (issue 20), when `uses_dask` says so for the training table
+(`silos.dask_data`):
+
+* the round's validation gate, partition by partition (`silos.chunked_gate`, called by
+  `silos.round_gate`), with the table's fingerprint computed on the workers;
+* local boosting in tree rounds (bagging, cyclic) through ``xgboost.dask`` and
+  ``lightgbm.dask`` (`silos.dask_boost`, called by `silos.tree_round`);
+* secure-hist runs: one `HistShard` per partition on its worker, vectors summed before
+  masking (`silos.dask_hist`, called by `silos.hist_round`), byte-equal to the pandas path.
+
+The held-out test rows come from ``[data] test_path`` and are scored in the agent's process (a
+per-partition split is not built). Other round types (PyTorch, federation statistics,
+personalisation, collective XGBoost) need the table in memory: a Dask silo declines those
+runs, saying so.
+
+The agent keeps one client per ``[compute]`` section for its lifetime (`shared_client`): a
+secure-hist run's shards live on the workers between its steps, and a LocalCluster takes
+seconds to start.
 
 Dask is imported only when a silo actually uses it: a silo whose tables fit in memory never
 pays for it (lean agents).
@@ -30,8 +41,10 @@ Example::
 
 from __future__ import annotations
 
+import atexit
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +57,14 @@ if TYPE_CHECKING:
 
 # a worker process holds Python, pandas, pyarrow and dask (about 180 MB) before any data
 MIN_WORKER_MEMORY = 256_000_000
-WORKER_ENV = {
+WORKER_CONFIG = {
     # pause later than Dask's 80%: a small worker's interpreter and libraries alone are most
-    # of that, and a worker held paused by memory it cannot free never resumes
-    "DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE": "0.9",
+    # of that, and a worker held paused by memory it cannot free never resumes. Set as Dask
+    # config, which each nanny hands its worker (in the worker's environment it came too
+    # late: the worker had read its config already, and paused at 80%)
+    "distributed.worker.memory.pause": 0.9,
+}
+WORKER_ENV = {
     # Arrow buffers through malloc, which Dask's workers trim, rather than a pool that keeps
     # every partition's freed memory
     "ARROW_DEFAULT_MEMORY_POOL": "system",
@@ -93,36 +110,91 @@ def uses_dask(compute: ComputeSection, path: Path) -> bool:
 
 @contextmanager
 def dask_client(compute: ComputeSection) -> Iterator[Client]:
-    """A client to the silo's scheduler, or to a LocalCluster started (and stopped) here.
+    """A client to the silo's scheduler, or to a LocalCluster started (and stopped) here,
+    current (dask collections computed inside use it) until the block ends.
 
     The LocalCluster listens on 127.0.0.1 only, without a dashboard, one thread per worker
     process (the libraries used per partition are single-threaded numpy and XGBoost calls
     that are given their own thread counts). Waits until every worker has joined.
     """
+    with _opened(compute) as client, client.as_current():
+        yield client
+
+
+def _connect(compute: ComputeSection, stack: ExitStack) -> Client:
+    """A client that is nobody's default, closed (with its LocalCluster) by `stack`."""
     from distributed import Client, LocalCluster
 
     if compute.dask_scheduler is not None:
         try:
-            client = Client(compute.dask_scheduler, timeout=compute.start_timeout_s)
+            client = Client(
+                compute.dask_scheduler, timeout=compute.start_timeout_s, set_as_default=False
+            )
         except OSError as exc:
             raise SiloConfigError(
                 f"[compute] dask_scheduler {compute.dask_scheduler}: cannot connect ({exc})"
             ) from exc
-        with client:
-            yield client
-        return
-    cluster = LocalCluster(
-        n_workers=compute.workers,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=compute.worker_memory_bytes,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env=WORKER_ENV,  # in the environment, so that a restarted worker has it too
-    )
-    with cluster, Client(cluster) as client:
-        client.wait_for_workers(compute.workers, timeout=compute.start_timeout_s)
-        yield client
+        stack.callback(client.close)
+        return client
+    import dask
+
+    with dask.config.set(WORKER_CONFIG):  # the nannies keep it for restarted workers too
+        cluster = LocalCluster(
+            n_workers=compute.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=compute.worker_memory_bytes,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env=WORKER_ENV,  # in the environment, so that a restarted worker has it too
+        )
+    stack.callback(cluster.close)
+    client = Client(cluster, set_as_default=False)
+    stack.callback(client.close)
+    client.wait_for_workers(compute.workers, timeout=compute.start_timeout_s)
+    return client
+
+
+@contextmanager
+def _opened(compute: ComputeSection) -> Iterator[Client]:
+    with ExitStack() as stack:
+        yield _connect(compute, stack)
+
+
+_SHARED: dict[ComputeSection, tuple[Client, ExitStack]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_client(compute: ComputeSection) -> Client:
+    """The agent's client for `compute`, made on first use and kept until `close_shared`
+    (or the process's exit): a LocalCluster started here, or a connection to the silo's
+    scheduler. A client whose cluster went away is replaced. It is nobody's default: code
+    that computes a collection without naming the client runs under ``client.as_current()``."""
+    with _SHARED_LOCK:
+        entry = _SHARED.get(compute)
+        if entry is not None and entry[0].status == "running":
+            return entry[0]
+        if entry is not None:
+            entry[1].close()
+        if not _SHARED:
+            atexit.register(close_shared)
+        stack = ExitStack()
+        try:
+            client = _connect(compute, stack)
+        except BaseException:
+            stack.close()
+            raise
+        _SHARED[compute] = (client, stack)
+        return client
+
+
+def close_shared() -> None:
+    """Close every client `shared_client` made (and stop their LocalClusters)."""
+    with _SHARED_LOCK:
+        entries = list(_SHARED.values())
+        _SHARED.clear()
+    for _, stack in entries:
+        stack.close()
 
 
 def read_partitions(path: Path, columns: list[str] | None, partition_bytes: int) -> Any:

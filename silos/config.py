@@ -45,8 +45,15 @@ Example::
     metrics_port = 9464              # Prometheus /metrics (silos/metrics.py); off when absent
     metrics_host = "127.0.0.1"       # keep it private: loopback or a monitoring interface
 
-    [compute]                        # optional: big tables on Dask (silos/compute.py;
-                                     # not yet used by the agent's rounds: see its docstring)
+    [vertical]                       # optional: this silo's party role in vertical runs
+    contract = "credit_vertical_bank"  # its vertical contract: id column, label (active
+                                     # party only), columns (schemas/contracts/vertical, or a path)
+    data = "bank.csv"                # default: [data] path
+    predict_data = "new.csv"         # optional: rows to predict jointly when a run asks
+    max_trees = 200                  # policy: refuse runs asking for more trees
+
+    [compute]                        # optional: big tables on Dask (silos/compute.py says
+                                     # which rounds run there; needs [data] test_path)
     dask_scheduler = "tcp://10.0.0.5:8786"   # else a LocalCluster beyond local_max_bytes
 """
 
@@ -173,6 +180,16 @@ class AgentSection(_Section):
         return plugins
 
 
+class VerticalSection(_Section):
+    """The silo's part in vertical runs (same customers, different columns): its contract
+    names the id column, the label (the active party only) and its columns."""
+
+    contract: str = Field(min_length=1, description="a vertical contract name or a .toml path")
+    data: Path | None = None
+    predict_data: Path | None = None
+    max_trees: int = Field(default=200, ge=1)
+
+
 class SiloConfig(_Section):
     silo: SiloSection
     data: DataSection
@@ -183,6 +200,7 @@ class SiloConfig(_Section):
     tls: TlsSection | None = None
     agent: AgentSection = AgentSection()
     compute: ComputeSection = ComputeSection()
+    vertical: VerticalSection | None = None
     source: Path | None = None
 
     @model_validator(mode="after")
@@ -256,4 +274,15 @@ def load_silo_config(path: Path | str) -> SiloConfig:
     tls = cfg.tls
     if tls is not None:
         tls = TlsSection(ca=base / tls.ca, cert=base / tls.cert, key=base / tls.key)
-    return cfg.model_copy(update={"silo": silo, "data": data, "collective": collective, "tls": tls})
+    vertical = cfg.vertical
+    if vertical is not None:
+        contract = Path(vertical.contract)
+        vertical = vertical.model_copy(
+            update={
+                "contract": str(base / contract) if contract.suffix else vertical.contract,
+                "data": base / vertical.data if vertical.data else data.path,
+                "predict_data": base / vertical.predict_data if vertical.predict_data else None,
+            }
+        )
+    update = {"silo": silo, "data": data, "collective": collective, "tls": tls}
+    return cfg.model_copy(update=update | {"vertical": vertical})

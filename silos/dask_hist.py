@@ -19,7 +19,7 @@ keeping any rows: partition by partition, for tables larger than the cluster's m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from schemas.secure_hist.errors import NodeTooSmallError
-from schemas.secure_hist.protocol import HistRunConfig, LevelRequest, TreeDone
+from schemas.secure_hist.packing import Widths, level_widths
+from schemas.secure_hist.protocol import HistLayout, HistRunConfig, LevelRequest, TreeDone
 from silos import hist_trainer
 from silos.features import FeaturePipeline
 from silos.hist_trainer import HistSilo
@@ -99,6 +100,8 @@ class DaskHist:
     config: HistRunConfig
     min_rows_policy: int
     shards: list[Any]  # distributed.Actor of HistShard
+    tree: int = -1  # the tree being grown, as `HistSilo.tree`
+    layout: HistLayout | None = field(default=None)  # from the cut points, as HistSilo's
 
     @classmethod
     def create(
@@ -117,7 +120,8 @@ class DaskHist:
             client.submit(HistShard, name, p, pipeline, config, min_rows_policy, source, actor=True)
             for p in parts
         ]
-        shards = client.gather(futures)
+        with client.as_current():  # an actor handle calls through the client it was made in
+            shards = client.gather(futures)
         del parts  # the shards hold the encoded rows; the raw partitions can go
         return cls(name, config, min_rows_policy, list(shards))
 
@@ -133,9 +137,16 @@ class DaskHist:
 
     def start_training(self, cuts: Sequence[np.ndarray], base: float | list[float]) -> None:
         self._each("start_training", [np.asarray(c) for c in cuts], base)
+        self.layout = HistLayout.from_cuts(cuts)
 
     def start_tree(self, tree: int, restart: bool = False) -> None:
         self._each("start_tree", tree, restart)
+        self.tree = tree
+
+    def wire_widths(self, request: LevelRequest) -> Widths:
+        """As `hist_trainer.wire_widths`: from the nodes' federation-wide rows."""
+        assert self.layout is not None
+        return level_widths(self.config, self.layout.total, [c.rows for c in request.compute])
 
     def level_vector(self, request: LevelRequest) -> np.ndarray:
         """The level's histograms, summed over shards; refuses a stated node size below this

@@ -11,8 +11,10 @@
     │                        deleted or replaced): the silo trains no more until restored
     ├── UnsupportedTask      no handler is installed for a task (type or extension mode), or
     │                        an extension task's body does not fit its handler's model
-    └── PluginError          a plugin module named in silo.toml or FEDSILO_AGENT_PLUGINS
-                             cannot be imported
+    ├── PluginError          a plugin module named in silo.toml or FEDSILO_AGENT_PLUGINS
+    │                        cannot be imported
+    └── BufferedUpdateMissing  an asynchronous secure buffer's cohort asks for the update
+                             the silo kept, and it is gone (erased after a failure)
 
 Each message names the file, column or parameter at fault and says what to do about it.
 """
@@ -56,3 +58,7 @@ class PluginError(SiloError):
 
 class PrivacyBudgetError(SiloError):
     """The signed privacy budget file was edited, deleted or replaced; training stops."""
+
+
+class BufferedUpdateMissing(SiloError):
+    """The kept update an asynchronous secure buffer's cohort asks for is gone or another one."""

@@ -16,6 +16,10 @@ run's inbox, `SiloClient.hist_inbox`):
 
 Everything that leaves the silo is masked, so the service only ever sees federation-wide sums.
 
+A silo whose table is on Dask (`LocalData.dask`) joins with `advertise_dask`: its state is a
+`silos.dask_hist.DaskHist`, one shard of rows per partition on the workers, whose vectors are
+summed before they are fitted and masked, byte for byte the vectors of the pandas path.
+
 The session's secrets and the silo's progress live in this agent process's memory only
 (`_RUNS`), never on disk: an agent restarted in the middle of a run has lost them and cannot
 answer any further aggregation, so it leaves the run (a refusal saying so). The service
@@ -26,6 +30,7 @@ the run goes on without it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +55,8 @@ from schemas.tasks import HistTask
 from silos import hist_trainer
 from silos.client import SiloClient
 from silos.client_errors import Conflict
+from silos.dask_hist import DaskHist
+from silos.dask_table import DaskTable
 from silos.features import FeaturePipeline
 from silos.hist_binning import feature_ranges
 from silos.hist_trainer import HistSilo
@@ -59,11 +66,15 @@ from silos.secagg.session import SessionClient, SessionConfig
 log = logging.getLogger("fedsilo.silo")
 
 
+Hist = HistSilo | DaskHist
+"""A silo's rows in a run: in this process, or spread over its Dask workers."""
+
+
 @dataclass
 class SiloHistRun:
     """This silo's memory of one secure-hist run (session secrets, rows, margins)."""
 
-    hist: HistSilo
+    hist: Hist
     client: SessionClient
     trained: bool = False  # cut points received, rows binned
     finished: int = -1  # last tree whose leaves were applied to the margins
@@ -125,13 +136,49 @@ def advertise(
 ) -> None:
     """Join the run's session: check its config against the silo's contract and policy, build
     the silo's state from its training rows (X, y), send the session keys."""
+
+    def rows(config: HistRunConfig) -> Hist:
+        return HistSilo.create(client.silo, X, y, config, min_rows_policy)
+
+    _join(client, work, contract, rows)
+
+
+def advertise_dask(
+    client: SiloClient, work: HistTask, table: DaskTable, contract: Contract, min_rows_policy: int
+) -> None:
+    """`advertise` for a table on the silo's Dask cluster: every partition is encoded on its
+    worker and kept there as a shard of the run's state."""
+
+    def shards(config: HistRunConfig) -> Hist:
+        # the run's checks (features, labels, policy) here, where their errors are raised
+        empty = np.empty((0, config.n_features), dtype=np.float32)
+        HistSilo.create(client.silo, empty, np.empty(0), config, min_rows_policy)
+        return DaskHist.create(
+            table.client(),
+            client.silo,
+            table.partitions(),
+            table.pipeline,
+            config,
+            min_rows_policy,
+            table.path,
+        )
+
+    _join(client, work, contract, shards)
+
+
+def _join(
+    client: SiloClient,
+    work: HistTask,
+    contract: Contract,
+    build: Callable[[HistRunConfig], Hist],
+) -> None:
     info = work.hist
     if info.config is None:
         raise LeaveRun(f"the advertise step of run {work.run_id} carries no run configuration")
     hist_config = HistRunConfig.from_dict(dict(info.config))
     _check_config(hist_config, work, contract)
     try:
-        state = HistSilo.create(client.silo, X, y, hist_config, min_rows_policy)
+        state = build(hist_config)
     except SecureHistError as exc:
         raise LeaveRun(str(exc)) from exc
     keys = {k: bytes.fromhex(v) for k, v in info.roster_keys.items()}
@@ -141,6 +188,38 @@ def advertise(
     session_client, advert = session.start_session(session_config, client.silo, client.key, keys)
     _RUNS[(client.silo, work.run_id)] = SiloHistRun(state, session_client)
     _post(client, work, "advertise", advert.to_bytes())
+
+
+def _setup_vector(hist: Hist) -> np.ndarray:
+    return hist.setup_vector() if isinstance(hist, DaskHist) else hist_trainer.setup_vector(hist)
+
+
+def _start_training(hist: Hist, cuts: list[np.ndarray], base: float | list[float]) -> None:
+    if isinstance(hist, DaskHist):
+        hist.start_training(cuts, base)
+    else:
+        hist_trainer.start_training(hist, cuts, base)
+
+
+def _finish_tree(hist: Hist, done: TreeDone) -> None:
+    if isinstance(hist, DaskHist):
+        hist.finish_tree(done)
+    else:
+        hist_trainer.finish_tree(hist, done)
+
+
+def _start_tree(hist: Hist, tree: int, restart: bool) -> None:
+    if isinstance(hist, DaskHist):
+        hist.start_tree(tree, restart)
+    else:
+        hist_trainer.start_tree(hist, tree, restart=restart)
+
+
+def _level(hist: Hist, level: LevelRequest) -> tuple[np.ndarray, packing.Widths]:
+    """The level's vector and its wire widths."""
+    if isinstance(hist, DaskHist):
+        return hist.level_vector(level), hist.wire_widths(level)
+    return hist_trainer.level_vector(hist, level), hist_trainer.wire_widths(hist, level)
 
 
 def _run(client: SiloClient, work: HistTask) -> SiloHistRun:
@@ -163,7 +242,7 @@ def _prepare_level(
         cuts = cuts_from_json(str(answer["cuts"]).encode())
         raw = answer["base_score"]  # K margins for multi:softprob, else one number
         base = [float(v) for v in raw] if isinstance(raw, list) else float(str(raw))
-        hist_trainer.start_training(run.hist, cuts, base)
+        _start_training(run.hist, cuts, base)
         run.trained = True
     if level.depth != 0:
         return
@@ -171,9 +250,9 @@ def _prepare_level(
         if info.previous is None:
             raise LeaveRun(f"tree {level.tree} starts but tree {level.tree - 1} never finished")
         done = TreeDone.from_json(info.previous.encode())
-        hist_trainer.finish_tree(run.hist, done)
+        _finish_tree(run.hist, done)
         run.finished = done.tree
-    hist_trainer.start_tree(run.hist, level.tree, restart=run.hist.tree == level.tree)
+    _start_tree(run.hist, level.tree, run.hist.tree == level.tree)
 
 
 def masked(client: SiloClient, work: HistTask) -> None:
@@ -188,16 +267,15 @@ def masked(client: SiloClient, work: HistTask) -> None:
         if run.client.private is not None:
             adverts = [SessionAdvert.from_bytes(a) for a in frames[1:]]
             session.accept_adverts(run.client, adverts)
-        x = hist_trainer.setup_vector(run.hist)
+        x = _setup_vector(run.hist)
         widths = packing.setup_widths(run.hist.config)
     else:
         level = LevelRequest.from_json(info.level.encode())
         _prepare_level(client, work, run, level)
-        x = hist_trainer.level_vector(run.hist, level)
+        x, widths = _level(run.hist, level)
         nodes = ",".join(str(c.node) for c in level.compute)
         query = {"tree": level.tree, "depth": level.depth, "nodes": nodes}
         where = {**where, "tree": level.tree, "depth": level.depth}
-        widths = hist_trainer.wire_widths(run.hist, level)
     # each entry only as wide as the federation's sum needs; refuse rather than wrap
     x = packing.fit(x, widths, where)
     masked_msg = session.masked_input(run.client, request, x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from silos.exceptions import FeatureError
 from silos.features import FeaturePipeline
 from silos.gate import fingerprint_table
 
+if TYPE_CHECKING:
+    from silos.dask_table import DaskTable
+
 
 @dataclass(frozen=True)
 class LocalData:
@@ -29,6 +33,13 @@ class LocalData:
     data_sha256: str
     stats: tuple[float, ...] | None = None
     test_sha256: str | None = None  # the held-out test file's, when silo.toml names one
+    # a Dask silo's training table (silos.dask_data): X_train and y_train are then empty
+    dask: DaskTable | None = None
+
+    @property
+    def n_train(self) -> int:
+        """Training rows, in memory or on the silo's Dask cluster."""
+        return self.dask.n_rows if self.dask is not None else len(self.y_train)
 
     @property
     def fingerprints(self) -> tuple[str, str | None]:
@@ -54,7 +65,9 @@ def _train_test(
 def prepare_local_data(config: SiloConfig, stats: list[float] | None = None) -> LocalData:
     """Load the silo's table, split it (stratified, fixed seed; or take the test file when
     silo.toml names `test_path`) and encode it per the contract,
-    standardising with the federation's statistics when the contract asks for them."""
+    standardising with the federation's statistics when the contract asks for them.
+    (The agent calls `silos.dask_data.prepare_run_data`, which keeps a table that goes to
+    Dask on the silo's cluster.)"""
     contract = contract_for(config)
     table = load_table(config.data.path)
     train, test = _train_test(config, contract, table)

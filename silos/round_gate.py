@@ -7,20 +7,33 @@ Expectations costs about a second per call. Otherwise the GX suite runs again an
 data docs are rewritten. Either way the round's fingerprint and summary are signed and sent to
 the service (ledger entry `validation_result`); a failing silo sits out the round with the
 failed expectations as its reason.
+
+A training table that goes to Dask (`silos.compute.uses_dask`) is fingerprinted on the workers
+and, when it changed, validated partition by partition (`silos.chunked_gate`): same verdict,
+no data docs. A held-out test file is always checked here with pandas: its rows are scored in
+the agent's process, so they must fit in it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.wire import ValidationSummary
+from silos.compute import read_partitions, shared_client, uses_dask
 from silos.config import SiloConfig
 from silos.contract_store import contract_for
 from silos.data import load_table
 from silos.exceptions import DataError
-from silos.gate import contract_sha256, fingerprint_table, run_gate, summary_for_load_error
+from silos.gate import (
+    GateResult,
+    contract_sha256,
+    fingerprint_table,
+    run_gate,
+    summary_for_load_error,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,7 @@ def check_round(config: SiloConfig) -> RoundGate:
     A held-out test file (`[data] test_path`) goes through the same gate; its fingerprint and
     row count join the summary, and its failures are named ``test_path:<expectation>``.
     """
-    gate = _check_table(config, config.data.path, config.workspace)
+    gate = _check_table(config, config.data.path, config.workspace, on_dask=True)
     if config.data.test_path is None:
         return gate
     test = _check_table(config, config.data.test_path, config.workspace / "test_path")
@@ -62,20 +75,29 @@ def check_round(config: SiloConfig) -> RoundGate:
     return RoundGate(summary, gate.data_docs, gate.reused and test.reused)
 
 
-def _check_table(config: SiloConfig, path: Path, workspace: Path) -> RoundGate:
+def _check_table(
+    config: SiloConfig, path: Path, workspace: Path, *, on_dask: bool = False
+) -> RoundGate:
     contract = contract_for(config)
     try:
-        table = load_table(path)
+        if on_dask and uses_dask(config.compute, path):
+            data_sha, run = _on_dask(config, path, workspace)
+        else:
+            table = load_table(path)
+            data_sha = fingerprint_table(table)
+
+            def run() -> GateResult:
+                return run_gate(table, contract, silo=config.silo.name, workspace=workspace)
     except DataError as exc:
         return RoundGate(summary_for_load_error(exc, contract), None, reused=False)
-    data_sha, contract_sha = fingerprint_table(table), contract_sha256(contract)
+    contract_sha = contract_sha256(contract)
     cache = _cache_path(workspace)
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached["data_sha256"] == data_sha and cached["contract_sha256"] == contract_sha:
             docs = Path(cached["data_docs"]) if cached.get("data_docs") else None
             return RoundGate(ValidationSummary.model_validate(cached["summary"]), docs, True)
-    result = run_gate(table, contract, silo=config.silo.name, workspace=workspace)
+    result = run()
     cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache.write_text(
         json.dumps(
@@ -88,6 +110,27 @@ def _check_table(config: SiloConfig, path: Path, workspace: Path) -> RoundGate:
         )
     )
     return RoundGate(result.summary, result.data_docs, reused=False)
+
+
+def _on_dask(
+    config: SiloConfig, path: Path, workspace: Path
+) -> tuple[str, Callable[[], GateResult]]:
+    """The table's fingerprint, computed on the silo's cluster, and its chunked gate."""
+    from silos.chunked_gate import chunked_fingerprint, partitions, run_chunked_gate
+
+    client = shared_client(config.compute)
+    table = read_partitions(path, None, config.compute.partition_bytes)
+    try:
+        data_sha = chunked_fingerprint(client, table)
+    except (OSError, ValueError) as exc:  # raised on a worker, re-raised here
+        raise DataError(f"{path}: cannot read the table in partitions ({exc})") from exc
+
+    def run() -> GateResult:
+        chunks = partitions(client, table)
+        contract = contract_for(config)
+        return run_chunked_gate(chunks, contract, silo=config.silo.name, workspace=workspace)
+
+    return data_sha, run
 
 
 def statement_payload(silo: str, round_: int, summary: ValidationSummary) -> dict[str, object]:

@@ -33,6 +33,7 @@ from schemas.tasks import (
     SecAggUnmaskTask,
     StatisticsTask,
 )
+from silos import buffered_update
 from silos.client import SiloClient
 from silos.client_errors import AlreadyAnswered
 from silos.files import erase, private_dir, write_private
@@ -98,9 +99,11 @@ def erase_round_state(workspace: Path, run_id: str, round_num: int) -> int:
 def erase_run_state(workspace: Path, run_id: str, before_round: int | None = None) -> int:
     """Delete the state of every round of `run_id` (only those before `before_round` if given).
 
-    Returns how many files were deleted.
+    Returns how many files were deleted. Without `before_round` (the run ended, or the
+    silo's part of it failed) the update kept for an asynchronous buffer goes too.
     """
-    return sum(
+    kept = int(buffered_update.forget(workspace, run_id)) if before_round is None else 0
+    return kept + sum(
         erase(p)
         for p, r in _state_files(workspace, run_id)
         if before_round is None or r < before_round

@@ -38,6 +38,7 @@ class TrainResult:
     n_examples: int
     loss: float
     seconds: float
+    steps: int = 0  # optimizer steps taken (SCAFFOLD's K)
 
 
 @contextmanager
@@ -59,6 +60,7 @@ def train_local(
     y: np.ndarray,
     training: TrainingSpec,
     mu: float = 0.0,
+    correction: list[np.ndarray] | None = None,
 ) -> TrainResult:
     """Train from the global parameters on local rows.
 
@@ -76,6 +78,8 @@ def train_local(
         The same seed, data and start give the same result.
     mu
         FedProx weight: adds (mu/2) * ||w - w_global||^2 to the loss when positive.
+    correction
+        SCAFFOLD's (c - c_i), in `param_shapes(spec)` order: added to every step's gradient.
 
     Raises
     ------
@@ -87,8 +91,10 @@ def train_local(
     with _single_thread():
         model = build_model(spec)
         set_params(model, global_params)
-        loss = _fit(spec, model, features, labels, training, mu)
-    return TrainResult(get_params(model), len(labels), loss, time.perf_counter() - started)
+        fix = None if correction is None else [torch.from_numpy(c) for c in correction]
+        loss, steps = _fit(spec, model, features, labels, training, mu, fix)
+    seconds = time.perf_counter() - started
+    return TrainResult(get_params(model), len(labels), loss, seconds, steps)
 
 
 def _fit(
@@ -98,14 +104,16 @@ def _fit(
     labels: torch.Tensor,
     training: TrainingSpec,
     mu: float,
-) -> float:
-    """Mini-batch training in place; returns the last epoch's mean loss."""
+    correction: list[torch.Tensor] | None = None,
+) -> tuple[float, int]:
+    """Mini-batch training in place; returns the last epoch's mean loss and the step count."""
     anchor = [p.detach().clone() for p in model.parameters()]
     optimizer = _optimizer(model, training)
     generator = torch.Generator().manual_seed(training.seed)
     loss_fn = _loss_fn(spec)
     n = features.shape[0]
     epoch_loss = float("nan")
+    steps = 0
     for _ in range(training.local_epochs):
         total = 0.0
         for idx in torch.randperm(n, generator=generator).split(training.batch_size):
@@ -118,10 +126,14 @@ def _fit(
                 )
                 objective = objective + 0.5 * mu * drift
             objective.backward()
+            if correction is not None:
+                for p, c in zip(model.parameters(), correction, strict=True):
+                    p.grad.add_(c)  # type: ignore[union-attr]
             optimizer.step()
+            steps += 1
             total += batch_loss.item()
         epoch_loss = total / n
-    return epoch_loss
+    return epoch_loss, steps
 
 
 def evaluate(spec: ModelSpec, params: list[np.ndarray], X: np.ndarray, y: np.ndarray) -> Metrics:

@@ -5,6 +5,9 @@ or in cyclic mode the chain so far); collective joins XGBoost's federated server
 (mutual TLS with the federation's certificates from silo.toml). Every update is wrapped in the
 envelope that binds it to run, round, silo and base model, then sealed: signed with the silo's
 key and encrypted to the service's X25519 key, because trees cannot be securely aggregated.
+
+A silo whose table is on Dask (`LocalData.dask`) boosts through XGBoost's and LightGBM's Dask
+interfaces on its cluster (`silos.dask_boost`); the update is the same kind of native model.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from silos.collective_worker import (
     start_worker_process,
 )
 from silos.config import SiloConfig
+from silos.dask_table import DaskTable
 from silos.exceptions import ModelError
 from silos.local_data import LocalData
 from silos.tree_trainer import TreeTrainResult, build_update, evaluate_trees, train_trees
@@ -58,7 +62,9 @@ def grow(
     base = fetch_base(client, work)
     metrics = evaluate_trees(spec, base, data.X_test, data.y_test) if base else None
     seed = work.spec.training.seed + work.round
-    if spec.mode == "collective":
+    if data.dask is not None:
+        result = _grow_on_dask(spec, work, data.dask, base, seed)
+    elif spec.mode == "collective":
         result = _join_collective(spec, work, data, config, base, seed)
     else:
         result = train_trees(spec, base, data.X_train, data.y_train, seed=seed)
@@ -88,6 +94,24 @@ def submit(
     )
     digest = hashlib.sha256(envelope).hexdigest()
     return client.submit_trees(work.run_id, work.round, sealed, digest, n_examples)
+
+
+def _grow_on_dask(
+    spec: TreeSpec, work: TreeTrainTask, table: DaskTable, base: bytes | None, seed: int
+) -> TreeTrainResult:
+    """This round's trees, boosted on the silo's Dask workers from the base model."""
+    if spec.mode == "collective":
+        raise ModelError(
+            f"round {work.round}: this silo's table is on Dask ([compute]), and XGBoost's "
+            "federated collective needs it in the agent's process; it serves bagging, cyclic "
+            "and secure-hist runs"
+        )
+    from silos.dask_boost import encoded_frame, train_trees_dask
+
+    client = table.client()
+    with client.as_current():  # the encoding persists on this silo's cluster
+        X, y = encoded_frame(table.partitions(), table.pipeline, table.path)
+        return train_trees_dask(client, spec, base, X, y, seed=seed)
 
 
 def _join_collective(

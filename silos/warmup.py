@@ -19,7 +19,7 @@ from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.config import SiloConfig
 from silos.contract_store import check_at_start, contract_for
-from silos.local_data import prepare_local_data
+from silos.dask_data import prepare_run_data
 from silos.round_gate import check_round
 
 log = logging.getLogger("fedsilo.silo")
@@ -45,7 +45,7 @@ def warm_up(config: SiloConfig) -> WarmUp:
         if not summary.success:
             detail = f"data failed contract {contract.name} v{contract.version}: {summary.reason()}"
         else:
-            prepare_local_data(config)  # the split and encoding: one class only fails here
+            prepare_run_data(config)  # the split and encoding: one class only fails here
             detail = ""
     except Exception as exc:  # reported to the service and declined per round, not fatal here
         detail = f"{type(exc).__name__}: {exc}"

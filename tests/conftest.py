@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL, make_url
 from support import capture_guard
 from support.cpu_hog import CpuHog
 from support.cpu_hog import cpu_hog as start_cpu_hog
-from support.schedule import longest_files_first
+from support.schedule import longest_files_first, seconds_by_file
 
 # Set before any test imports Prefect: its settings are read once, at import.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -140,11 +140,28 @@ def _fresh_database(server_url: str) -> Iterator[str]:
     try:
         yield admin.set(database=name).render_as_string(hide_password=False)
     finally:
-        # FORCE: a test that forgot engine.dispose() must not keep the database alive.
-        with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        _drop_database(_libpq_dsn(admin), name)
+
+
+DROP_RETRY_S = 120.0
+
+
+def _drop_database(dsn: str, name: str) -> None:
+    """DROP ... WITH (FORCE): a test that forgot engine.dispose() must not keep the database
+    alive. FORCE cannot end an autovacuum worker's session (it belongs to no role our role is
+    a member of), so while one is on the database the drop is retried until it has left."""
+    deadline = time.monotonic() + DROP_RETRY_S
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            try:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # an autovacuum pass on a test database takes milliseconds
 
 
 @pytest.fixture(scope="session")
@@ -277,3 +294,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
     if hasattr(config, "workerinput"):
         longest_files_first(items, Path(__file__).parent)
+
+
+_PHASE_SECONDS: list[tuple[str, float]] = []
+FILE_TIMES_SHOWN = 30
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember each phase's duration (under xdist the controller sees every worker's)."""
+    _PHASE_SECONDS.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Seconds per test file, longest first: what tests/support/schedule.py's table and the
+    next cut of CI time need (pytest's --durations lists single tests, not files)."""
+    if hasattr(terminalreporter.config, "workerinput") or not _PHASE_SECONDS:
+        return
+    totals = seconds_by_file(_PHASE_SECONDS)
+    terminalreporter.write_sep("=", f"seconds per test file (the {FILE_TIMES_SHOWN} longest)")
+    for path, seconds in totals[:FILE_TIMES_SHOWN]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
+    rest = sum(seconds for _, seconds in totals[FILE_TIMES_SHOWN:])
+    terminalreporter.write_line(
+        f"{rest:8.1f}s  the other {max(len(totals) - FILE_TIMES_SHOWN, 0)} files"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.schedule import SECONDS_PER_FILE, longest_files_first
+from support.schedule import SECONDS_PER_FILE, longest_files_first, seconds_by_file
 
 TESTS = Path(__file__).parent
 
@@ -36,3 +36,18 @@ def test_longest_files_go_first_and_each_file_keeps_its_order() -> None:
     ]
     longest_files_first(items, TESTS)
     assert [i.name for i in items] == ["d1", "d2", "b1", "b2", "a", "c", "e"]
+
+
+def test_seconds_by_file_sums_every_phase_of_a_file_and_sorts_longest_first() -> None:
+    phases = [
+        ("tests/a/test_x.py::test_one", 1.5),  # setup, call, teardown of one test
+        ("tests/a/test_x.py::test_one", 2.0),
+        ("tests/b/test_y.py::test_two[sqlite]", 4.0),
+        ("tests/a/test_x.py::test_three", 1.0),
+        ("tests/c/test_z.py::test_four", 0.25),
+    ]
+    assert seconds_by_file(phases) == [
+        ("a/test_x.py", 4.5),
+        ("b/test_y.py", 4.0),
+        ("c/test_z.py", 0.25),
+    ]

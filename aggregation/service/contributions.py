@@ -20,8 +20,10 @@ from aggregation.service.runs import get_run, spec_of
 from aggregation.service.tables import Contribution, Round, RunSilo
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
-from schemas.specs import param_shapes
+from schemas.specs import update_shapes
 from schemas.wire import INT32_MAX, Metrics, MetricsReport
+
+MAX_FLOW_RUN_ID = 64  # Contribution.prefect_flow_run_id is String(64)
 
 
 def open_round_for(s: Session, run_id: str, number: int, silo: str, kind: str) -> Round:
@@ -64,18 +66,12 @@ def submit_update(
             "sealed to /trees, not a tensor update"
         )
     try:
-        _, meta = tensors.decode_expected(payload, param_shapes(spec.torch_model))
+        _, meta = tensors.decode_expected(payload, update_shapes(spec))
     except TensorFormatError as exc:
         raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
     n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
     check_n_examples(s, run_id, number, silo, n_examples, "update")
-    if len(meta.get("prefect_flow_run_id", "")) > 64 or "\x00" in meta.get(
-        "prefect_flow_run_id", ""
-    ):
-        raise InvalidPayload(
-            f"update from silo {silo!r} for round {number}: metadata prefect_flow_run_id "
-            "must be at most 64 characters"
-        )
+    flow_run_id = update_flow_run_id(meta, silo, number, run_id)
     contribution = Contribution(
         run_id=run_id,
         round=number,
@@ -86,7 +82,7 @@ def submit_update(
         payload=payload,
         metrics_json=metrics.model_dump_json() if metrics else None,
         train_seconds=train_seconds,
-        prefect_flow_run_id=meta.get("prefect_flow_run_id") or None,
+        prefect_flow_run_id=flow_run_id,
     )
     s.add(contribution)
     s.flush()
@@ -167,6 +163,22 @@ def _update_metadata(
     except (ValueError, ValidationError) as exc:
         raise InvalidPayload(f"{where}: metadata train_seconds/metrics malformed: {exc}") from exc
     return n_examples, train_seconds, metrics
+
+
+def update_flow_run_id(meta: dict[str, str], silo: str, number: int, run_id: str) -> str | None:
+    """The silo's Prefect flow run id from an update's metadata (None when it sent none).
+
+    Refused (InvalidPayload), never cut short: the id is how a reviewer finds the silo's flow
+    run in Prefect, so a truncated one would point nowhere, and the column holds 64 characters.
+    """
+    value = meta.get("prefect_flow_run_id", "")
+    if len(value) > MAX_FLOW_RUN_ID or "\x00" in value:
+        raise InvalidPayload(
+            f"update from silo {silo!r} for round {number} of run {run_id}: metadata "
+            f"prefect_flow_run_id must be at most {MAX_FLOW_RUN_ID} characters without NUL "
+            f"(got {len(value)}); send the flow run's id (a 36-character UUID)"
+        )
+    return value or None
 
 
 def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> tuple[RunSilo, bool]:

@@ -16,11 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service.auth import SiloIdentity, check_admin, verify_silo_request
-from aggregation.service.db import transaction
 from aggregation.service.engines.base import Hub
 from aggregation.service.exceptions import PayloadTooLarge
 from aggregation.service.lineage import Recorder
-from aggregation.service.runs import check_participant
 from aggregation.service.settings import ServiceSettings
 from schemas.wire import INT32_MAX, NAME_PATTERN, OCTET_STREAM, ErrorOut
 
@@ -108,7 +106,9 @@ async def require_admin(
     check_admin(authorization, request.app.state.admin_token)
 
 
-async def require_silo(request: Request) -> SiloIdentity:
+async def require_silo(request: Request, run_id: str | None = None) -> SiloIdentity:
+    """The signed request's silo (`auth.verify_silo_request`), a participant of `run_id`
+    when given, checked in one transaction."""
     settings: ServiceSettings = request.app.state.settings
     body = await read_limited_body(request, settings.max_body_bytes)
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -120,11 +120,16 @@ async def require_silo(request: Request) -> SiloIdentity:
         path=path,
         body=body,
         headers=headers,
+        run_id=run_id,
     )
 
 
+async def _silo(request: Request) -> SiloIdentity:
+    return await require_silo(request)
+
+
 AdminDep = Depends(require_admin)
-SiloDep = Annotated[SiloIdentity, Depends(require_silo)]
+SiloDep = Annotated[SiloIdentity, Depends(_silo)]
 
 
 def get_recorder(request: Request) -> Recorder:
@@ -141,12 +146,10 @@ def get_hub(request: Request) -> Hub:
 HubDep = Annotated[Hub, Depends(get_hub)]
 
 
-def require_participant(run_id: str, silo: SiloDep, factory: FactoryDep) -> SiloIdentity:
+async def require_participant(request: Request, run_id: str) -> SiloIdentity:
     """The calling silo, when it takes part in run `run_id` (404 unknown run, 403 not one of
-    its participants)."""
-    with transaction(factory) as s:
-        check_participant(s, run_id, silo.name)
-    return silo
+    its participants), in the signature check's transaction."""
+    return await require_silo(request, run_id)
 
 
 ParticipantDep = Annotated[SiloIdentity, Depends(require_participant)]

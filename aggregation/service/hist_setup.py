@@ -27,7 +27,7 @@ from schemas.contracts.loader import Contract, ContractError
 from schemas.contracts.stats import FederationStats, feature_ranges
 from schemas.secagg.session_config import SessionConfig
 from schemas.secure_hist.errors import HistConfigError
-from schemas.secure_hist.protocol import HistRunConfig
+from schemas.secure_hist.protocol import HistRunConfig, auto_fine_cells
 from schemas.specs import RunSpec
 from schemas.tree_params import TreeSpecError, check_task
 
@@ -56,7 +56,7 @@ def run_config(spec: RunSpec, stats: list[float] | None, contract: Contract) -> 
             params=trees.params,  # type: ignore[arg-type]  # XGBoost (TreeSpec checks)
             n_trees=spec.rounds * trees.trees_per_round * trees.n_outputs,
             ranges=ranges,
-            fine_cells=hist.fine_cells,
+            fine_cells=hist.fine_cells or auto_fine_cells(ranges, trees.params.max_bin),
             min_rows_per_node=hist.min_rows_per_node,
             max_rows=hist.max_rows,
             grad_bound=max(hist.grad_bound, regression_bound(contract)),

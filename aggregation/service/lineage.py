@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from aggregation.service import checkpoints, ledger
@@ -24,6 +25,24 @@ from schemas.lineage import EntrySigner, LineageEntry, Receipt
 # Run-ending entries are checkpointed where they are written (anchoring everything before);
 # the checkpoint's event is the entry's kind.
 _CHECKPOINTED_KINDS = frozenset({"run_finished", "run_failed", "run_cancelled"})
+
+
+_PENDING_CHECKPOINT = "fedsilo.pending_checkpoint"
+
+
+@event.listens_for(Session, "before_commit")
+def _publish_pending_checkpoint(s: Session) -> None:
+    """`Recorder.checkpoint_at_commit`'s checkpoint, inside the committing transaction (a
+    checkpoint the transaction already published at the same head is kept, not doubled)."""
+    pending = s.info.pop(_PENDING_CHECKPOINT, None)
+    if pending is not None:
+        recorder, run_id, round_, kind = pending
+        recorder.checkpoint(s, run_id, round_, kind)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending_checkpoint(s: Session) -> None:
+    s.info.pop(_PENDING_CHECKPOINT, None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,15 @@ class Recorder:
             return
         event = "round_failed" if rnd.status == "failed" else "round_closed"
         self.checkpoint(s, rnd.run_id, rnd.number, event)
+
+    def checkpoint_at_commit(self, s: Session, run_id: str, round_: int, event: str) -> None:
+        """Publish one checkpoint (`checkpoint`) at the ledger's head when `s` commits.
+
+        A round's close writes entries after its model (metrics, rejections, the next
+        engine step): one checkpoint at the transaction's last entry anchors them all, where
+        one at the model and another at the end made every silo countersign twice a round.
+        """
+        s.info[_PENDING_CHECKPOINT] = (self, run_id, round_, event)
 
     def checkpoint(
         self,

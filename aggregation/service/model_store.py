@@ -3,8 +3,9 @@
 Every engine that ends a training round with a model calls `save_round_model`, so the pair is
 written the same way whatever the mode: the ``aggregate`` entry (the engine's own payload:
 contributors, digests, what the service saw), then the model file and its ``model_saved``
-entry naming the file's sha256, all inside the round's transaction, then a signed ledger
-checkpoint at that head for the participating silos to countersign (`checkpoints`).
+entry naming the file's sha256, all inside the round's transaction, and a signed ledger
+checkpoint for the participating silos to countersign (`checkpoints`) when that transaction
+commits, at its last entry.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def save_round_model(
     rnd.model_version = rnd.number
     recorder.service(s, "aggregate", aggregate_entry, run.id)
     record_model_saved(s, recorder, run.id, rnd.number, payload, sha256)
-    # The round's close is anchored: silos countersign the head this transaction wrote.
-    recorder.checkpoint(s, run.id, rnd.number, "round_closed")
+    # The round's close is anchored: silos countersign the head this transaction wrote (at
+    # commit, so the entries written after the model are anchored by the same checkpoint).
+    recorder.checkpoint_at_commit(s, run.id, rnd.number, "round_closed")
 
 
 def record_model_saved(

@@ -24,7 +24,14 @@ from aggregation.service.contracts import round_contract
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
 from aggregation.service.rounds import active_silos
 from aggregation.service.settings import ServiceSettings
-from aggregation.service.tables import Contribution, Round, Run, SecAggMessage, Silo
+from aggregation.service.tables import (
+    Contribution,
+    Round,
+    Run,
+    SecAggMessage,
+    SecAggShare,
+    Silo,
+)
 from schemas.contracts.stats import moments_length
 from schemas.secagg.config import RoundConfig
 from schemas.secagg.exceptions import (
@@ -36,13 +43,14 @@ from schemas.secagg.exceptions import (
 from schemas.secagg.messages import (
     AdvertiseKeys,
     ConsistencySignature,
+    EncryptedShare,
     MaskedInput,
     ShareKeys,
     Signed,
     UnmaskResponse,
 )
 from schemas.secagg.quantize import Quantizer
-from schemas.specs import RunSpec, param_shapes
+from schemas.specs import RunSpec, update_shapes
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 M = TypeVar("M", bound=Signed)
@@ -89,19 +97,19 @@ def start(s: Session, rnd: Round, run_id: str, *, consistency_check: bool) -> No
     rnd.secagg_stage = "advertise"
 
 
-def _round_doc(rnd: Round) -> dict[str, Any]:
+def round_doc(rnd: Round) -> dict[str, Any]:
     doc = json.loads(rnd.roster_json or "[]")
     # rounds opened before the consistency check was wired stored the bare roster
     return {"silos": doc, "consistency_check": False} if isinstance(doc, list) else doc
 
 
 def roster(rnd: Round) -> tuple[str, ...]:
-    return tuple(_round_doc(rnd)["silos"])
+    return tuple(round_doc(rnd)["silos"])
 
 
 def checks_consistency(rnd: Round) -> bool:
     """Whether this round runs the consistency stage between masked and unmask."""
-    return bool(_round_doc(rnd).get("consistency_check", False))
+    return bool(round_doc(rnd).get("consistency_check", False))
 
 
 # A statistics round sums per-feature counts, sums and sums of squares of range-scaled values:
@@ -114,7 +122,7 @@ STATS_BITS = 64
 def dim(rnd: Round, spec: RunSpec) -> int:
     if rnd.kind == "statistics":
         return moments_length(round_contract(rnd, spec))  # the run's published version
-    return sum(int(np.prod(shape)) for _, shape in param_shapes(spec.torch_model))
+    return sum(int(np.prod(shape)) for _, shape in update_shapes(spec))  # + SCAFFOLD controls
 
 
 def config(rnd: Round, spec: RunSpec) -> RoundConfig:
@@ -170,7 +178,7 @@ def _senders(s: Session, rnd: Round) -> dict[str, set[str]]:
         )
     )
     for stage, silo in rows:
-        out[stage].add(silo)
+        out.setdefault(stage, set()).add(silo)  # an asynchronous buffer's "ready" rows too
     return out
 
 
@@ -206,7 +214,11 @@ def rebuild(
             SecAggMessage.silo,
             case((SecAggMessage.stage == "masked", null()), else_=SecAggMessage.payload),
         )
-        .where(SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number)
+        .where(
+            SecAggMessage.run_id == rnd.run_id,
+            SecAggMessage.round == rnd.number,
+            SecAggMessage.stage.in_(STAGES),  # not an asynchronous buffer's "ready" rows
+        )
         .order_by(SecAggMessage.id)
     )
     for row in rows:
@@ -286,8 +298,40 @@ def receive(
             n_examples=n_examples,
         )
     )
+    if isinstance(msg, ShareKeys):  # each recipient fetches its own rows (`shares_for`)
+        s.add_all(
+            SecAggShare(run_id=run.id, round=rnd.number, sender=silo, recipient=to, ciphertext=blob)
+            for to, blob in msg.ciphertexts.items()
+        )
     s.flush()
     return state
+
+
+def shares_for(s: Session, rnd: Round, recipient: str) -> list[bytes]:
+    """The encrypted shares addressed to `recipient` (in sender order) as protocol messages,
+    read through the recipient index: none of the other silos' shares are loaded. Nothing for
+    a silo that shared no keys itself (it is not in U2, as `server.close_shares` has it)."""
+    shared = s.scalar(
+        select(SecAggMessage.id).where(
+            SecAggMessage.run_id == rnd.run_id,
+            SecAggMessage.round == rnd.number,
+            SecAggMessage.stage == "share",
+            SecAggMessage.silo == recipient,
+        )
+    )
+    if shared is None:
+        return []
+    rows = s.execute(
+        select(SecAggShare.sender, SecAggShare.ciphertext).where(
+            SecAggShare.run_id == rnd.run_id,
+            SecAggShare.round == rnd.number,
+            SecAggShare.recipient == recipient,
+        )
+    )
+    return [
+        EncryptedShare(rnd.run_id, rnd.number, sender, recipient, blob).to_bytes()
+        for sender, blob in sorted(rows.tuples())  # Python's order, whatever the collation
+    ]
 
 
 def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:

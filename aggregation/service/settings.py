@@ -27,6 +27,10 @@ class ServiceSettings(BaseSettings):
     # long-polls wake on commits (aggregation/service/wakeup.py); this re-check is the safety net
     poll_interval_s: float = Field(default=5.0, gt=0, description="long-poll re-check, seconds")
     notify: bool = Field(default=True, description="wake long-polls on commits (LISTEN/NOTIFY)")
+    # vertical runs: relayed envelopes go once their recipient read them and when the run ends
+    vertical_keep_envelopes: bool = Field(
+        default=False, description="keep relayed vertical envelopes (audit) instead of deleting"
+    )
     admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
     admin_token_file: Path | None = Field(default=None, description="file holding the token")
     # production mode: mutual TLS (aggregation/service/tls.py)

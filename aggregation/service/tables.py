@@ -9,6 +9,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -118,6 +119,26 @@ class SecAggMessage(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     n_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SecAggShare(Base):
+    """One encrypted share from `sender` to `recipient`, split out of the sender's accepted
+    ``share`` message (which `secagg_messages` keeps whole, as signed) in the same
+    transaction: a silo's fetch reads its own rows through the recipient index, never every
+    sender's message of the round (N messages of N shares each)."""
+
+    __tablename__ = "secagg_shares"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "round"], ["rounds.run_id", "rounds.number"]),
+        UniqueConstraint("run_id", "round", "sender", "recipient"),
+        Index("ix_secagg_shares_recipient", "run_id", "round", "recipient"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32))
+    round: Mapped[int] = mapped_column(Integer)
+    sender: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Contribution(Base):

@@ -1,5 +1,6 @@
 """The next piece of work for a silo, derived from the database on every poll: the engine of
-each open round it takes part in says what (`RoundEngine.task_for`)."""
+each open round it takes part in says what (`RoundEngine.task_for`); else a vertical run that
+names the silo as a party and that it has not joined yet."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from aggregation.service.engines.registry import engine_for
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
 from aggregation.service.tables import Run, RunSilo
-from schemas.tasks import RunEndedTask, Task
+from aggregation.service.vertical_relay import out, pending_for
+from schemas.tasks import RunEndedTask, Task, VerticalTask
 
 
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:
@@ -37,4 +39,8 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: H
         task = engine_for(spec, rnd).task_for(RoundContext(s, run, rnd, spec, hub), silo)
         if task is not None:
             return task
+    if run_id is None:  # a vertical run waiting for this party (after every round's work)
+        vertical = pending_for(s, federation, silo)
+        if vertical is not None:
+            return VerticalTask(run_id=vertical.id, vertical=out(vertical))
     return None

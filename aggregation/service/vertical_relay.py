@@ -5,10 +5,14 @@ exchange sealed envelopes (`schemas.vertical.frame`: ChaCha20-Poly1305 under per
 the service never sees). The service checks what it can without a key: the envelope's header
 names the silo that signed the request as its sender, this run, and another party of it as
 recipient. It stores the frame as it came (ciphertext and header) until the recipient reads
-it. It also relays each party's X25519 public key, as it relays silo keys for secure
-aggregation. The ledger gets: the run with its parties, every party's intersection size and
-hash, every tree's lineage (which party split which node at what depth, no threshold or bin),
-the end with the model's digest, or the failure with the reason a party gave.
+it (its next inbox poll acknowledges it) and drops what is left when the run ends, unless
+`vertical_keep_envelopes` keeps them for audit. It also relays each party's X25519 public
+key, as it relays silo keys for secure aggregation. A run carries its mode (train, predict
+with a trained run's model, or psi_size: a count only, which ends once every party reported
+it) and parameters; the parties' agents are offered it on their task poll (`pending_for`).
+The ledger gets: the run with its parties, every party's intersection size and hash, every
+tree's lineage (which party split which node at what depth, no threshold or bin), the end
+with the model's digest, or the failure with the reason a party gave.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import json
 import uuid
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, select
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from aggregation.service.db import Base
 from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload, NotFound
+from aggregation.service.ledger import LedgerEntry
 from aggregation.service.lineage import Recorder
 from aggregation.service.tables import Silo, utcnow
 from schemas.vertical import (
@@ -30,6 +35,7 @@ from schemas.vertical import (
     RunFailed,
     TreeDone,
     VerticalEvent,
+    VerticalParams,
     VerticalRunCreate,
     VerticalRunOut,
     unframe,
@@ -52,6 +58,9 @@ class VerticalRun(Base):
     model_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    mode: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
+    params_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    model_run: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     @property
     def parties(self) -> list[str]:
@@ -67,6 +76,9 @@ class VerticalKey(Base):
 
 class VerticalEnvelope(Base):
     __tablename__ = "vertical_envelopes"
+    # ids only grow (AUTOINCREMENT on SQLite): parties read past the last id they saw, and
+    # read envelopes are deleted, so a reused id would hide a new envelope
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("vertical_runs.id"), index=True)
     sender: Mapped[str] = mapped_column(String(64))
@@ -88,6 +100,9 @@ def out(run: VerticalRun) -> VerticalRunOut:
         psi_digest=run.psi_digest,
         trees=run.trees,
         model_digest=run.model_digest,
+        mode=run.mode,  # type: ignore[arg-type]
+        params=VerticalParams.model_validate_json(run.params_json),
+        model_run=run.model_run,
     )
 
 
@@ -105,6 +120,8 @@ def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRu
     missing = sorted(set(parties) - approved)
     if missing:
         raise Conflict(f"silos {missing} are not approved members of {req.federation!r}")
+    if req.model_run is not None:
+        _check_model_run(s, req, parties)
     run = VerticalRun(
         id=uuid.uuid4().hex,
         federation=req.federation,
@@ -112,11 +129,47 @@ def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRu
         parties_json=json.dumps(parties),
         status="running",
         trees=0,
+        mode=req.mode,
+        params_json=req.params.model_dump_json(),
+        model_run=req.model_run,
     )
     s.add(run)
     s.flush()
-    recorder.service(s, "vertical_started", {"active": req.active, "parties": parties}, run.id)
+    started: dict[str, object] = {"active": req.active, "parties": parties, "mode": req.mode}
+    started |= {"params": req.params.model_dump(), "model_run": req.model_run}
+    recorder.service(s, "vertical_started", started, run.id)
     return run
+
+
+def _check_model_run(s: Session, req: VerticalRunCreate, parties: list[str]) -> None:
+    """A prediction uses a finished training run of the same federation, parties and active
+    party: each party's agent holds its half of that run's model."""
+    trained = s.get(VerticalRun, req.model_run)
+    if trained is None or trained.federation != req.federation or trained.mode != "train":
+        raise NotFound(f"no vertical training run {req.model_run!r} in {req.federation!r}")
+    if trained.status != "finished":
+        raise Conflict(f"vertical run {trained.id} is {trained.status}: its model is not whole")
+    if (trained.parties, trained.active) != (parties, req.active):
+        raise InvalidPayload(
+            f"vertical run {trained.id} was trained by {trained.parties} (active "
+            f"{trained.active!r}); a prediction with its model needs the same parties"
+        )
+
+
+def pending_for(s: Session, federation: str, silo: str) -> VerticalRun | None:
+    """The oldest running vertical run that names `silo` as a party and that it has not
+    joined yet (joining is giving its X25519 key): its agent's next piece of work."""
+    joined = select(VerticalKey.run_id).where(VerticalKey.party == silo)
+    stmt = (
+        select(VerticalRun)
+        .where(
+            VerticalRun.federation == federation,
+            VerticalRun.status == "running",
+            VerticalRun.id.not_in(joined),
+        )
+        .order_by(VerticalRun.created_at)
+    )
+    return next((r for r in s.scalars(stmt) if silo in r.parties), None)
 
 
 def get(s: Session, run_id: str, *, for_update: bool = False) -> VerticalRun:
@@ -201,8 +254,29 @@ def inbox(
     return [(i, f) for i, f in rows]
 
 
+def acknowledge(s: Session, run: VerticalRun, silo: str, after: int) -> None:
+    """Delete the envelopes `silo` has read (ids up to `after`, which its next inbox poll
+    names): the service holds ciphertext only until it is delivered."""
+    s.execute(
+        delete(VerticalEnvelope).where(
+            VerticalEnvelope.run_id == run.id,
+            VerticalEnvelope.recipient == silo,
+            VerticalEnvelope.id <= after,
+        )
+    )
+
+
+def drop_envelopes(s: Session, run_id: str) -> None:
+    """Delete every envelope of an ended run: nobody reads them any more."""
+    s.execute(delete(VerticalEnvelope).where(VerticalEnvelope.run_id == run_id))
+
+
 def record(
-    s: Session, recorder: Recorder, run: VerticalRun, silo: str, body: VerticalEvent
+    s: Session,
+    recorder: Recorder,
+    run: VerticalRun,
+    silo: str,
+    body: VerticalEvent,
 ) -> None:
     """A party's report of progress, checked and written to the ledger."""
     ev = body.event
@@ -212,13 +286,7 @@ def record(
         return
     _running(run, silo, f"a {ev.kind} report")
     if isinstance(ev, PsiDone):
-        if run.psi_digest is not None and (run.psi_digest, run.psi_size) != (ev.digest, ev.size):
-            _end(s, recorder, run, "failed", f"party {silo!r} found another intersection")
-            return
-        run.psi_digest, run.psi_size = ev.digest, ev.size
-        recorder.service(
-            s, "vertical_psi", {"party": silo, "size": ev.size, "digest": ev.digest}, run.id
-        )
+        _record_psi(s, recorder, run, silo, ev)
         return
     if silo != run.active:
         raise Forbidden(f"silo {silo!r} is not the active party of vertical run {run.id}")
@@ -236,6 +304,38 @@ def record(
         raise Conflict(f"vertical run {run.id}: {ev.trees} trees claimed, {run.trees} reported")
     run.model_digest = ev.model_digest
     _end(s, recorder, run, "finished", "")
+
+
+def cancel(s: Session, recorder: Recorder, run: VerticalRun, reason: str) -> None:
+    """The coordinator ends a running vertical run (a party that never came, or stopped):
+    every party's next poll sees it failed and stops."""
+    if run.status != "running":
+        raise Conflict(f"vertical run {run.id} is {run.status}: nothing to cancel")
+    _end(s, recorder, run, "failed", f"cancelled by the coordinator: {reason}")
+
+
+def _record_psi(s: Session, recorder: Recorder, run: VerticalRun, silo: str, ev: PsiDone) -> None:
+    """One party's intersection for the ledger; every party must find the same one. A
+    size-only run ends here, once every party reported its count."""
+    reported = {
+        json.loads(e.payload)["party"]
+        for e in s.scalars(
+            select(LedgerEntry).where(
+                LedgerEntry.run_id == run.id, LedgerEntry.kind == "vertical_psi"
+            )
+        )
+    }
+    if silo in reported:
+        raise Conflict(f"silo {silo!r} already reported its intersection in vertical run {run.id}")
+    if run.psi_size is not None and (run.psi_digest, run.psi_size) != (ev.digest, ev.size):
+        _end(s, recorder, run, "failed", f"party {silo!r} found another intersection")
+        return
+    run.psi_digest, run.psi_size = ev.digest, ev.size
+    recorder.service(
+        s, "vertical_psi", {"party": silo, "size": ev.size, "digest": ev.digest}, run.id
+    )
+    if run.mode == "psi_size" and reported | {silo} == set(run.parties):
+        _end(s, recorder, run, "finished", "")
 
 
 def _end(s: Session, recorder: Recorder, run: VerticalRun, status: str, reason: str) -> None:

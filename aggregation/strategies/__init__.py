@@ -4,6 +4,7 @@ from aggregation.strategies.base import Strategy
 from aggregation.strategies.fedavg import FedAvg
 from aggregation.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from aggregation.strategies.fedprox import FedProx
+from aggregation.strategies.scaffold import Scaffold
 from schemas.specs import StrategySpec
 
 _REGISTRY: dict[str, type[Strategy]] = {
@@ -12,6 +13,7 @@ _REGISTRY: dict[str, type[Strategy]] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
+    "scaffold": Scaffold,
 }
 
 
@@ -20,4 +22,13 @@ def make_strategy(spec: StrategySpec) -> Strategy:
     return _REGISTRY[spec.name](spec)
 
 
-__all__ = ["Strategy", "make_strategy", "FedAvg", "FedProx", "FedAdam", "FedYogi", "FedAdagrad"]
+__all__ = [
+    "Strategy",
+    "make_strategy",
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "Scaffold",
+]

@@ -29,6 +29,13 @@ class Strategy(ABC):
     ) -> tuple[Arrays, State]:
         """Return the new global parameters and the new optimizer state."""
 
+    def apply_round(
+        self, global_params: Arrays, mean_delta: Arrays, state: State, participation: float
+    ) -> tuple[Arrays, State]:
+        """`apply` for a round in which a `participation` fraction of the run's silos answered
+        (SCAFFOLD scales its control-variate step by it; the others ignore it)."""
+        return self.apply(global_params, mean_delta, state)
+
     def local_proximal_mu(self) -> float:
         """The FedProx weight silos add to their local loss (0 for every other strategy)."""
         return 0.0

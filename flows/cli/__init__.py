@@ -10,6 +10,7 @@ module             commands
 ``serve``          ``fedsilo aggregator serve``: the aggregation service
 ``silo``           ``fedsilo silo start|list|approve|check|enrol|revoke|demo-data``
 ``runs``           ``fedsilo runs list|show|cancel``
+``vertical``       ``fedsilo vertical train|predict|intersect|cancel|show``
 ``federation``     ``fedsilo federation init|sign-csr|create|list``: CA, federations
 ``contract``       ``fedsilo contract draft|example|publish|list|show``: data contracts
 ``common``         options and helpers the groups share
@@ -40,6 +41,7 @@ from flows.cli.schedule import schedule
 from flows.cli.serve import aggregator_app
 from flows.cli.silo import silo_app
 from flows.cli.train import train
+from flows.cli.vertical import vertical_app
 from flows.processes import TELEMETRY_OFF
 
 __all__ = ["app"]
@@ -92,6 +94,7 @@ app.command("schedule")(schedule)
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(silo_app, name="silo")
 app.add_typer(runs_app, name="runs")
+app.add_typer(vertical_app, name="vertical")
 app.add_typer(lineage_app, name="lineage")
 app.add_typer(federation_app, name="federation")
 app.add_typer(contract_app, name="contract")

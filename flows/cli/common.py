@@ -53,7 +53,9 @@ SiloConfigOpt = Annotated[Path, typer.Option("--config", help="The silo's silo.t
 FederationOpt = Annotated[str, typer.Option(help="Federation to train in.")]
 DatasetOpt = Annotated[str, typer.Option(help="Data contract name the silos hold.")]
 HiddenOpt = Annotated[list[int], typer.Option(help="MLP hidden width; repeat per layer.")]
-StrategyOpt = Annotated[str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad.")]
+StrategyOpt = Annotated[
+    str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad, scaffold.")
+]
 RoundsOpt = Annotated[int, typer.Option(help="Training rounds.")]
 LocalEpochsOpt = Annotated[int, typer.Option(help="Local epochs per round.")]
 LrOpt = Annotated[float, typer.Option(help="Local learning rate.")]

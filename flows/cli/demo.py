@@ -34,8 +34,18 @@ def demo(
             "or secure-hist (XGBoost; the service sees only securely summed histograms)."
         ),
     ] = "",
+    fine_cells: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="--mode secure-hist: cells per feature of the public fine grid the "
+            "federation's quantile cut points are read from (0 = the service's choice from "
+            "the contract's ranges and federation statistics: 16384 for the banks' "
+            "heavy-tailed amounts, 4096 for the hospitals).",
+        ),
+    ] = 0,
     strategy: Annotated[
-        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi or fedadagrad.")
+        str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad or scaffold.")
     ] = "",
     rounds: Annotated[
         int, typer.Option(help="Training rounds (0 = the demo's tuned default).")
@@ -58,7 +68,8 @@ def demo(
         typer.Option(
             "--async",
             help="Asynchronous FedBuff rounds: the service aggregates as soon as all but one "
-            "silo answered; a late update joins the next buffer, weighted by its staleness.",
+            "silo answered; a late update joins the next buffer, weighted by its staleness. "
+            "Secure aggregation stays on (each buffer's silos mask their updates) unless --plain.",
         ),
     ] = False,
     personalize: Annotated[
@@ -130,6 +141,7 @@ def demo(
             workspace=workspace,
             model=model,
             mode=mode,
+            fine_cells=fine_cells,
             strategy=strategy,
             rounds=rounds,
             keep_running=keep_running,

@@ -5,12 +5,15 @@ Run ids may be given by a unique prefix (`resolve_run_id`); tables print them wh
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
 from flows.cli.output import JsonOpt, emit_json, out, resolve_run_id, say, table, when
+
+if TYPE_CHECKING:
+    from flows.service_client import CoordinatorClient
 
 runs_app = typer.Typer(help="Look at training runs and their rounds.", no_args_is_help=True)
 
@@ -59,11 +62,20 @@ def runs_show(
     """Show one run: its spec, participants and a row per round (its stage, the silos it still
     awaits, who declined and why, metrics)."""
     from flows.drift_view import drift_rows, drift_table
+    from flows.exceptions import UnknownName
     from flows.personalization_view import personalization_table, run_personalization
     from flows.render import round_table, silo_metrics_table
 
     client = coordinator(service_url, token, token_file)
-    run = client.get_run(resolve_run_id(client, run_id))
+    try:
+        run = client.get_run(resolve_run_id(client, run_id))
+    except UnknownName:
+        if _is_vertical(client, run_id):  # a vertical run: its own view
+            from flows.cli.vertical import vertical_show
+
+            vertical_show(run_id, service_url, token, token_file, as_json)
+            return
+        raise
     rounds = client.rounds(run.run_id)
     personal = run_personalization(client, run.run_id, run.spec)  # from the silos' statements
     drift = drift_rows(client.ledger(run.run_id))  # silos that trained despite drift warnings
@@ -90,6 +102,17 @@ def runs_show(
     personal_table = personalization_table(personal)
     if personal_table is not None:
         out.print(personal_table)
+
+
+def _is_vertical(client: CoordinatorClient, run_id: str) -> bool:
+    from flows.vertical import vertical_run
+    from silos.client_errors import InvalidPayload, NotFound
+
+    try:
+        vertical_run(client, run_id)
+    except (NotFound, InvalidPayload):
+        return False
+    return True
 
 
 @runs_app.command("cancel")

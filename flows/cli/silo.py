@@ -267,8 +267,12 @@ def silo_vertical(
     config: SiloConfigOpt,
     run: Annotated[str, typer.Option(help="The vertical run's id (the coordinator's).")],
     contract: Annotated[
-        str, typer.Option(help="This party's vertical contract (schemas/contracts/vertical).")
-    ],
+        str | None,
+        typer.Option(
+            help="This party's vertical contract (schemas/contracts/vertical); default: "
+            "[vertical] contract in silo.toml."
+        ),
+    ] = None,
     predict_data: Annotated[
         Path | None, typer.Option(help="Rows to predict jointly once the model is trained.")
     ] = None,
@@ -278,13 +282,15 @@ def silo_vertical(
         Path | None,
         typer.Option(
             help="Predict instead of train: this party's half of a trained model (the folder "
-            "a training run wrote); rows to predict are [data] path."
+            "a training run wrote); rows to predict: [vertical] predict_data, else the data."
         ),
     ] = None,
 ) -> None:
-    """Take part in one vertical run with this silo's identity and data ([data] path): PSI on
-    the contract's id column, SecureBoost, joint prediction, all through the service's relay
-    (silos/vertical/agent_role.py). Output lands in WORKSPACE/vertical/RUN."""
+    """Take part in one vertical run by hand, without the agent (operators, debugging): the
+    running agent does this by itself when a run names its silo and silo.toml has a
+    [vertical] section. Uses this silo's identity and data ([vertical] data, else [data]
+    path): PSI on the contract's id column, SecureBoost, joint prediction, all through the
+    service's relay (silos/vertical/agent_role.py). Output lands in WORKSPACE/vertical/RUN."""
     from silos.config import load_silo_config
     from silos.exceptions import SiloConfigError
     from silos.vertical import agent_role, predict_role
@@ -293,16 +299,21 @@ def silo_vertical(
         cfg = load_silo_config(config)
     except SiloConfigError as exc:
         raise fail(str(exc)) from exc
+    data = cfg.vertical.data if cfg.vertical and cfg.vertical.data else cfg.data.path
+    contract = contract or (cfg.vertical.contract if cfg.vertical else None)
+    if contract is None:
+        raise fail(f"give --contract, or a [vertical] section with contract in {config}")
     if model is not None:
         args = ["--service", cfg.service.urls[0], "--federation", cfg.silo.federation]
         args += ["--silo", cfg.silo.name, "--key", str(cfg.key_path), "--run", run]
-        args += ["--data", str(cfg.data.path), "--contract", contract, "--model", str(model)]
+        rows = cfg.vertical.predict_data if cfg.vertical and cfg.vertical.predict_data else data
+        args += ["--data", str(rows), "--contract", contract, "--model", str(model)]
         if predict_role.main(args):
             raise typer.Exit(1)
         return
     args = ["--service", cfg.service.urls[0], "--federation", cfg.silo.federation]
     args += ["--silo", cfg.silo.name, "--key", str(cfg.key_path), "--run", run]
-    args += ["--data", str(cfg.data.path), "--contract", contract, "--trees", str(trees)]
+    args += ["--data", str(data), "--contract", contract, "--trees", str(trees)]
     args += ["--depth", str(depth), "--out", str(cfg.workspace / "vertical" / run)]
     args += ["--predict-data", str(predict_data)] if predict_data else []
     if agent_role.main(args):

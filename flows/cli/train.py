@@ -59,12 +59,31 @@ def train(
     mode: TreeModeOpt = "bagging",
     trees_per_round: TreesPerRoundOpt = 3,
     tree_param: TreeParamOpt = [],
+    fine_cells: Annotated[
+        int | None,
+        typer.Option(
+            help="secure-hist only: cells per feature of the public fine grid whose securely "
+            "summed counts give the federation's quantile cut points. More cells resolve "
+            "heavy-tailed columns (amounts) into more bins at the cost of a longer set-up "
+            "vector (features x cells entries). Default: chosen by the service from the "
+            "contract's ranges and federation statistics (max_bin / 2 cells per standard "
+            "deviation of the widest feature, a power of two from 4096 to 65536).",
+        ),
+    ] = None,
     strategy: StrategyOpt = "fedavg",
     server_lr: Annotated[float, typer.Option(help="Server learning rate.")] = 1.0,
     mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.0,
     rounds: RoundsOpt = 10,
     local_epochs: LocalEpochsOpt = 1,
     lr: LrOpt = 0.05,
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            help="constant, or cosine: round r of R trains at lr * (1 + cos(pi (r-1) / R)) / 2. "
+            "Silos whose data differ drift toward their own optimum at a constant rate; the "
+            "cosine schedule lets FedAvg settle nearer the pooled model (bench/README.md).",
+        ),
+    ] = "constant",
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
@@ -104,15 +123,27 @@ def train(
     from schemas.specs import SecureAggregationSpec, StrategySpec, TrainingSpec
 
     check_model_kind(model)
+    if strategy == "scaffold" and personalize == "fedper":
+        raise typer.BadParameter(
+            "scaffold's control variates cover the whole model; fedper keeps the output layer "
+            "at each silo: choose one",
+            param_hint="--strategy",
+        )
+    if lr_schedule not in ("constant", "cosine"):
+        raise typer.BadParameter(
+            f"{lr_schedule!r}: choose constant or cosine", param_hint="--lr-schedule"
+        )
     if model in TREE_KINDS:  # bad tree parameters are named before contacting anyone
-        tree_spec(model, mode, n_features or 1, trees_per_round, tree_param)
+        tree_spec(model, mode, n_features or 1, trees_per_round, tree_param, fine_cells=fine_cells)
     with flow_token_source(token, token_file, token_block) as source:
         contract = service_contract(service_url, source, federation, dataset)
         spec_model, trees = None, None
         try:
             if model in TREE_KINDS:
                 width = feature_width(contract, n_features)
-                trees = tree_spec(model, mode, width, trees_per_round, tree_param, contract)
+                trees = tree_spec(
+                    model, mode, width, trees_per_round, tree_param, contract, fine_cells
+                )
             else:
                 spec_model = model_for_contract(model, tuple(hidden), contract, n_features)  # type: ignore[arg-type]
         except ValueError as exc:
@@ -127,7 +158,12 @@ def train(
             trees=trees,
             secure_aggregation=SecureAggregationSpec(enabled=trees is None),
             strategy=StrategySpec(name=strategy, server_lr=server_lr, mu=mu),  # type: ignore[arg-type]
-            training=TrainingSpec(local_epochs=local_epochs, lr=lr, batch_size=batch_size),
+            training=TrainingSpec(
+                local_epochs=local_epochs,
+                lr=lr,
+                lr_schedule=lr_schedule,  # type: ignore[arg-type]  # checked above
+                batch_size=batch_size,
+            ),
             rounds=rounds,
             min_silos=min_silos,
             round_deadline_s=round_deadline_s,
@@ -180,11 +216,18 @@ def service_contract(service_url: list[str], source: TokenSource, federation: st
 
 
 def tree_spec(  # type: ignore[no-untyped-def]
-    kind: str, mode: str, n_features: int, per_round: int, raw: list[str], contract=None
+    kind: str,
+    mode: str,
+    n_features: int,
+    per_round: int,
+    raw: list[str],
+    contract=None,
+    fine_cells: int | None = None,
 ):
     """A validated TreeSpec from the command line; bad parameters are named, not ignored.
 
-    With `contract`, the objective (and num_class) follow the contract's task."""
+    With `contract`, the objective (and num_class) follow the contract's task; `fine_cells`
+    (secure-hist only) fixes the fine binning grid instead of the service's choice."""
     import json
 
     from schemas.tree_params import TreeSpecError, parse_tree_spec, task_fields
@@ -198,6 +241,14 @@ def tree_spec(  # type: ignore[no-untyped-def]
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
+    extra: dict[str, object] = {}
+    if fine_cells is not None:
+        if mode != "secure-hist":
+            raise typer.BadParameter(
+                f"--fine-cells applies to --mode secure-hist, not {mode!r}",
+                param_hint="--fine-cells",
+            )
+        extra["secure_hist"] = {"fine_cells": fine_cells}
     try:
         return parse_tree_spec(
             {
@@ -207,6 +258,7 @@ def tree_spec(  # type: ignore[no-untyped-def]
                 "trees_per_round": per_round,
                 "params": params,
                 **(task_fields(contract.task, len(contract.classes)) if contract else {}),
+                **extra,
             }
         )
     except TreeSpecError as exc:

@@ -85,6 +85,28 @@ def scale_bits_for(max_rows: int, grad_bound: float) -> int:
     return min(s, MAX_SCALE_BITS)
 
 
+AUTO_MIN_CELLS = 4096  # the fixed default before the grid followed the data
+AUTO_MAX_CELLS = 2**16  # bounds the setup vector: n_features * (cells + 1) entries
+
+
+def auto_fine_cells(ranges: Sequence[tuple[float, float]], max_bin: int) -> int:
+    """The fine grid of a run that leaves `fine_cells` unset: max_bin / 2 cells per unit of the
+    widest feature range, as a power of two in [max(4096, max_bin), 2^16].
+
+    For a standardising contract the ranges are in federation standard deviations
+    (`schemas.contracts.stats.feature_ranges`). A quantile bin holding 1/max_bin of a normal
+    column's rows is 1 / (0.4 max_bin) std wide at the mode, so max_bin / 2 cells per std give
+    every such bin a cell of its own. A heavy-tailed column, whose few large values stretch its
+    range to dozens of stds while most rows sit within a fraction of one, needs this most: the
+    banks' payment amounts span up to 113 std, and 4096 cells left them 44-48 of 256 bins
+    where this rule's 16384 give 86-100 (`bench/tasks.py`). Range-scaled features ([0, 1])
+    get the floor.
+    """
+    widest = max((hi - lo for lo, hi in ranges), default=1.0)
+    wanted = max(AUTO_MIN_CELLS, max_bin, math.ceil(widest * max_bin / 2))
+    return int(min(AUTO_MAX_CELLS, 2 ** math.ceil(math.log2(wanted))))
+
+
 @dataclass(frozen=True)
 class GradCodec:
     """Fixed-point encoding of per-row gradients, hessians and labels (see module docstring)."""

@@ -6,6 +6,7 @@ Importing this package registers the built-in handlers, one module per task fami
 ``plain``              ``train``, ``evaluate``: PyTorch rounds in the clear
 ``secagg``             ``secagg_advertise``, ``secagg_share``, ``secagg_masked``,
                        ``secagg_unmask``: secure aggregation's stages
+``buffered``           ``secagg_buffered``: an asynchronous secure buffer's masked stage
 ``statistics``         ``statistics``: the federation's feature moments, masked
 ``trees``              ``tree_train``, ``tree_evaluate``: XGBoost and LightGBM rounds
 ``secure_hist``        ``hist``: one step of a secure-histogram run
@@ -15,13 +16,14 @@ Plugin modules installed at the silo add handlers for `ExtensionTask` round mode
 (`silos.handlers.plugins`). Every handler receives a `SiloContext` and its typed task.
 """
 
-from silos.handlers import plain, secagg, secure_hist, statistics, trees
+from silos.handlers import buffered, plain, secagg, secure_hist, statistics, trees
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import REGISTRY, register, register_extension
 
 __all__ = [
     "REGISTRY",
     "SiloContext",
+    "buffered",
     "plain",
     "register",
     "register_extension",

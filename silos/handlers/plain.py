@@ -12,6 +12,7 @@ from schemas.tasks import EvaluateTask, TrainTask, TreeEvaluateTask
 from schemas.wire import Metrics, MetricsReport
 from silos.decline import Declined
 from silos.flow_report import fmt_metrics
+from silos.handlers.buffered import submit_ready
 from silos.handlers.context import SiloContext
 from silos.handlers.personalize import personalize_torch_round
 from silos.handlers.registry import register
@@ -26,7 +27,11 @@ def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[st
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
 def train(ctx: SiloContext, work: TrainTask) -> dict[str, object] | Declined:
-    """A plain training round (the service sees this silo's update)."""
+    """A plain training round (the service sees this silo's update); in an asynchronous
+    secure run the update stays here until its buffer's cohort masks it (`buffered`)."""
+    spec = work.spec
+    if spec.asynchronous is not None and spec.secure_aggregation.enabled:
+        return run_training_round(ctx, work, submit_ready)
     return run_training_round(ctx, work, submit_plain)
 
 

@@ -32,7 +32,7 @@ from typing import TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.tasks import ExtensionTask, RunEndedTask, Task
+from schemas.tasks import ExtensionTask, RunEndedTask, Task, VerticalTask
 from schemas.wire import NAME_PATTERN
 from silos.exceptions import UnsupportedTask
 from silos.handlers.context import SiloContext
@@ -43,7 +43,8 @@ B = TypeVar("B", bound=BaseModel)
 Handler = Callable[..., object]
 """``(ctx, task) -> object``, or for an extension mode ``(ctx, task, body) -> object``."""
 
-_NOT_HANDLED = {RunEndedTask, ExtensionTask}  # the agent ends the run; modes register apart
+# the agent ends the run; modes register apart; a vertical run is a flow of its own
+_NOT_HANDLED = {RunEndedTask, ExtensionTask, VerticalTask}
 TASK_TYPES: frozenset[str] = frozenset(
     str(model.model_fields["type"].default)
     for model in get_args(get_args(Task)[0])

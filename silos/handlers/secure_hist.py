@@ -26,7 +26,10 @@ def _step(ctx: SiloContext, work: HistTask) -> None:
         policy = ctx.config.policy.trees.min_rows_per_node
         data = ctx.data
         contract = contract_for(ctx.config)  # the run's accepted version
-        hist_round.advertise(ctx.client, work, data.X_train, data.y_train, contract, policy)
+        if data.dask is not None:  # the table on the silo's Dask cluster: a shard per partition
+            hist_round.advertise_dask(ctx.client, work, data.dask, contract, policy)
+        else:
+            hist_round.advertise(ctx.client, work, data.X_train, data.y_train, contract, policy)
     elif stage == HistStage.masked:
         hist_round.masked(ctx.client, work)
     elif stage == HistStage.consistency:

@@ -17,10 +17,10 @@ from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from schemas import tensors
-from schemas.specs import RunSpec, param_shapes
+from schemas.specs import RunSpec, param_shapes, update_shapes
 from schemas.tasks import SecAggMaskedTask, TrainTask
 from schemas.wire import Metrics
-from silos import personalize_state, privacy
+from silos import personalize_state, privacy, scaffold
 from silos.bench_delay import bench_delay
 from silos.client import SiloClient
 from silos.config import SiloConfig
@@ -34,7 +34,8 @@ W = TypeVar("W", TrainTask, SecAggMaskedTask)
 
 @dataclass(frozen=True)
 class Trained:
-    """What local training produced: the delta from the input model and its bookkeeping."""
+    """What local training produced: the delta from the input model (under SCAFFOLD followed by
+    the control-variate delta) and its bookkeeping."""
 
     delta: list[np.ndarray]
     n_examples: int
@@ -72,13 +73,16 @@ def privacy_refusal(config: SiloConfig, work: TrainTask | SecAggMaskedTask) -> s
 def train_delta(
     ctx: SiloContext, work: TrainTask | SecAggMaskedTask, params: list[np.ndarray], metrics: Metrics
 ) -> Trained:
-    """Train from `params` on the silo's rows (seed: the run's plus the round)."""
+    """Train from `params` on the silo's rows (seed: the run's plus the round; learning rate
+    by the spec's schedule)."""
     spec = work.spec
     mu = spec.strategy.mu if spec.strategy.name == "fedprox" else 0.0
-    training = spec.training.model_copy(update={"seed": spec.training.seed + work.round})
+    training = spec.training.for_round(work.round, spec.rounds)  # seed + round, scheduled lr
     data = ctx.data
     from silos.trainer import train_local  # torch: loaded by the first PyTorch round only
 
+    if spec.strategy.name == "scaffold":
+        return _scaffold_delta(ctx, work, params, metrics)
     start = personalize_state.start_params(ctx.workspace, spec, work.run_id, params)  # FedPer
     result = train_local(spec.torch_model, start, data.X_train, data.y_train, training, mu=mu)
     delta = [(new - old).astype(np.float32) for new, old in zip(result.params, start, strict=True)]
@@ -89,9 +93,28 @@ def train_delta(
     return Trained(delta, result.n_examples, seconds, metrics)
 
 
+def _scaffold_delta(
+    ctx: SiloContext, work: TrainTask | SecAggMaskedTask, params: list[np.ndarray], metrics: Metrics
+) -> Trained:
+    """SCAFFOLD's local round (`silos.scaffold`): corrected by the service's c for this model
+    version and the silo's own c_i; the update is the model delta then the control delta."""
+    spec, model = work.spec, work.spec.torch_model
+    payload = ctx.client.download_control(work.run_id, work.model_version)
+    c, _ = tensors.decode_expected(payload, param_shapes(model))
+    c_i = scaffold.load_control(ctx.workspace, work.run_id, work.round, model)
+    training = spec.training.for_round(work.round, spec.rounds)
+    data = ctx.data
+    step = scaffold.corrected_training(model, params, data.X_train, data.y_train, training, c, c_i)
+    scaffold.save_control(ctx.workspace, work.run_id, work.round, model, step.control)
+    delta = [(new - old).astype(np.float32) for new, old in zip(step.params, params, strict=True)]
+    seconds = step.seconds + bench_delay()
+    return Trained(delta + step.control_delta, step.n_examples, seconds, metrics)
+
+
 def encode_update(spec: RunSpec, work: TrainTask, trained: Trained) -> bytes:
-    """The plain update payload: the delta plus metadata binding it to this run and round."""
-    names = [n for n, _ in param_shapes(spec.torch_model)]
+    """The plain update payload: the delta (and SCAFFOLD's control delta, `update_shapes`)
+    plus metadata binding it to this run and round."""
+    names = [n for n, _ in update_shapes(spec)]
     return tensors.encode(
         dict(zip(names, trained.delta, strict=True)),
         {

@@ -1,9 +1,10 @@
 """A silo's part in one vertical run, over the service relay: `python -m silos.vertical.agent_role`.
 
-Started per run (a process of its own, as the demo and the integration test start it; the
-polling agent is left as it is: a vertical run is long and needs its own process anyway).
-Steps, for every party: open the channel (fresh X25519 key, peers' keys through the relay),
-private set intersection on the id column (silos/vertical/psi.py, message-driven so the
+The silo agent runs these steps itself when a vertical run names its silo
+(silos/vertical/agent_flow.py); started alone, per run, this module is the operator's and
+the tests' way to take part without an agent (`fedsilo silo vertical`). Steps, for every
+party: open the channel (fresh X25519 key, peers' keys through the relay), private set
+intersection on the id column (silos/vertical/psi.py, message-driven so the
 parties need no lockstep), report the intersection's size and hash, align the rows on it.
 Then the active party (labels) drives SecureBoost (silos/vertical/active.py), reporting each
 tree's lineage (who split which node at what depth), predicts the aligned rows jointly,
@@ -44,7 +45,7 @@ from silos.vertical import he
 from silos.vertical.active import ActiveParty
 from silos.vertical.http_wire import HttpWire, RunOver, base, open_channel, run_info
 from silos.vertical.passive import PassiveParty
-from silos.vertical.psi import PsiParty, PsiResult
+from silos.vertical.psi import Mode, PsiParty, PsiResult
 from silos.vertical.trees import BoostParams, Tree
 
 
@@ -106,13 +107,17 @@ def load_checked(path: Path, contract: VerticalContract, predict: bool = False) 
     return PartyData(df[contract.id_column].astype(str).tolist(), X, contract.features, y)
 
 
-def psi_over_wire(wire: HttpWire, parties: list[str], ids: list[str]) -> PsiResult:
+def psi_over_wire(
+    wire: HttpWire, parties: list[str], ids: list[str], mode: Mode = "intersection"
+) -> PsiResult:
     """ECDH-PSI as `psi.run_psi` orders it, driven by whatever message arrives next: a
     blinded list of `owner` visits the other parties in order, back to its owner, who
-    publishes it; each party intersects once every other party's final list is in."""
+    publishes it; each party intersects once every other party's final list is in (in
+    "size" mode it only counts). A party whose loop ended has sent everything the others
+    need: every list visits it before its owner publishes it."""
     me = wire.channel.party
     salt = hashlib.sha256(b"fedsilo psi salt|" + wire.run.encode()).digest()
-    psi = PsiParty(me, ids, wire.run, salt)
+    psi = PsiParty(me, ids, wire.run, salt, mode)
     others = [p for p in parties if p != me]
     first = others[0]
     wire.send(first, psi.blinded())
@@ -249,6 +254,65 @@ def run_passive(
     (out / "model-passive.json").write_text(canonical_json({"records": records}), encoding="utf-8")
 
 
+@dataclass
+class Joined:
+    """A party that took its keys and intersected: its channel and its aligned rows."""
+
+    wire: HttpWire
+    active: str
+    X: np.ndarray
+    y: np.ndarray | None
+
+    @property
+    def is_active(self) -> bool:
+        return self.active == self.wire.channel.party
+
+
+def count_common(client: SiloClient, run: str, ids: list[str]) -> int:
+    """A size-only run: give this party's key, count the ids every party holds without
+    learning which, and report the count (the service ends the run once all did)."""
+    info = run_info(client, run)
+    wire = HttpWire(client, open_channel(client, run))
+    result = psi_over_wire(wire, info.parties, ids, mode="size")
+    report(client, run, PsiDone(size=result.size))
+    return result.size
+
+
+def join(client: SiloClient, run: str, data: PartyData) -> Joined:
+    """Give this party's key for `run`, intersect the ids with every party's, report the
+    intersection's size and hash, and align the rows on it."""
+    info = run_info(client, run)
+    if info.active == client.silo and data.y is None:
+        raise RoleError(f"silo {client.silo!r} is the active party of run {run} but has no label")
+    wire = HttpWire(client, open_channel(client, run))
+    result = psi_over_wire(wire, info.parties, data.ids)
+    report(client, run, PsiDone(size=result.size, digest=result.digest))
+    X, y = align(data, result)
+    return Joined(wire, info.active, X, y)
+
+
+def train(
+    joined: Joined,
+    params: BoostParams,
+    out: Path,
+    key_bits: int = he.KEY_BITS,
+    predict: PartyData | None = None,
+) -> str:
+    """SecureBoost from the aligned rows (then joint prediction of `predict`, if given);
+    the model half and the traffic figures land in `out`. Returns the party's role."""
+    out.mkdir(parents=True, exist_ok=True)
+    wire = joined.wire
+    if joined.is_active:
+        assert joined.y is not None
+        run_active(wire, params, joined.X, joined.y, out, key_bits, predict)
+    else:
+        run_passive(wire, params, joined.X, out, joined.active, predict)
+    (out / "traffic.json").write_text(
+        json.dumps({"sent": dict(wire.bytes_sent), "received": dict(wire.bytes_received)})
+    )
+    return "active" if joined.is_active else "passive"
+
+
 def take_part(
     client: SiloClient,
     run: str,
@@ -259,24 +323,7 @@ def take_part(
     predict: PartyData | None = None,
 ) -> str:
     """This silo's whole part in `run`; returns its role."""
-    info = run_info(client, run)
-    is_active = info.active == client.silo
-    if is_active and data.y is None:
-        raise RoleError(f"silo {client.silo!r} is the active party of run {run} but has no label")
-    out.mkdir(parents=True, exist_ok=True)
-    wire = HttpWire(client, open_channel(client, run))
-    result = psi_over_wire(wire, info.parties, data.ids)
-    report(client, run, PsiDone(size=result.size, digest=result.digest or ""))
-    X, y = align(data, result)
-    if is_active:
-        assert y is not None
-        run_active(wire, params, X, y, out, key_bits, predict)
-    else:
-        run_passive(wire, params, X, out, info.active, predict)
-    (out / "traffic.json").write_text(
-        json.dumps({"sent": dict(wire.bytes_sent), "received": dict(wire.bytes_received)})
-    )
-    return "active" if is_active else "passive"
+    return train(join(client, run, data), params, out, key_bits, predict)
 
 
 def main(argv: list[str] | None = None) -> int:

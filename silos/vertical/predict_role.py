@@ -52,7 +52,7 @@ def predict(client: SiloClient, run: str, data_path: Path, contract: str, model_
     data = load_checked(data_path, load_vertical_contract(contract), predict=True)
     wire = HttpWire(client, open_channel(client, run))
     found = psi_over_wire(wire, info.parties, data.ids)
-    report(client, run, PsiDone(size=found.size, digest=found.digest or ""))
+    report(client, run, PsiDone(size=found.size, digest=found.digest))
     X, _ = align(data, found)
     if info.active == client.silo:
         text = (model_dir / "model-active.json").read_text(encoding="utf-8")

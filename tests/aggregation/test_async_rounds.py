@@ -146,10 +146,8 @@ def test_late_update_with_no_buffer_open_is_refused(api_service_url: str) -> Non
     assert err.value.status == 409 and "no buffer to join" in str(err.value)
 
 
-def test_async_spec_refuses_secure_aggregation_and_small_buffers() -> None:
+def test_async_spec_refuses_small_buffers() -> None:
     base = {"federation": "f", "dataset": "toy", "model": ModelSpec(kind="logreg", n_features=3)}
-    with pytest.raises(ValueError, match="secure buffers are not implemented"):
-        RunSpec(**base, asynchronous=AsyncSpec(buffer_size=2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="below min_silos"):
         RunSpec(
             **base,  # type: ignore[arg-type]

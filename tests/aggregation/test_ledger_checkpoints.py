@@ -26,7 +26,7 @@ from schemas.ledger_checkpoint import CheckpointList, CountersignIn, countersign
 from schemas.ledger_export import load_ledger_export
 from schemas.lineage import LineageEntry, LineageSignatureError
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate, RunFinish
+from schemas.wire import Metrics, RoundOpen, RunCreate, RunFinish
 from silos.checkpoints import countersign_pending, load_checkpoints, service_key_path
 from silos.client import SiloClient
 from silos.client_errors import InvalidPayload, NotFound
@@ -145,6 +145,25 @@ def test_silos_countersign_every_checkpoint_and_verify_uses_them(fed: Fed) -> No
         f"(run_finished) countersigned by silo:a says height {run_end.height}"
     )
     assert any(p.strip().startswith(expected) for p in problems), problems
+
+
+def test_a_round_close_is_anchored_by_one_checkpoint_at_its_last_entry(fed: Fed) -> None:
+    """Updates with metrics make the close write entries after the model (the round's
+    metrics): one checkpoint anchors them all, so each silo countersigns once a round."""
+    fed.coord.open_round(fed.run_id, RoundOpen(round=1, deadline_s=60))
+    validate_all(fed.silos, fed.run_id, 1)
+    metrics = Metrics(n_test=10, loss=0.5, accuracy=0.8, auc=0.9).model_dump_json()
+    for i, client in enumerate(fed.silos.values()):
+        rng = np.random.default_rng(i)
+        arrays = {n: rng.normal(size=s).astype(np.float32) for n, s in param_shapes(SPEC.model)}
+        meta = {"run_id": fed.run_id, "round": "1", "n_examples": "10", "metrics": metrics}
+        client.submit_update(fed.run_id, 1, tensors.encode(arrays, meta))
+    assert fed.coord.close_round(fed.run_id, 1).status == "aggregated"
+    pending = countersign_pending(fed.silos["a"], fed.workspaces["a"])
+    assert [c.checkpoint.event for c in pending] == ["round_closed"]
+    kinds = [e.kind for e in _entries(fed.db_url)]
+    assert kinds.index("model_saved") < len(kinds) - 1  # the close wrote entries after it
+    assert pending[0].checkpoint.height == _entries(fed.db_url)[-1].seq
 
 
 def test_checkpoint_routes_refuse_bad_countersignatures(fed: Fed) -> None:

@@ -365,3 +365,49 @@ def test_a_second_survivor_list_is_refused(fed_checked: Fed) -> None:
     with pytest.raises(ServiceRejected) as err:  # signed a list that is not U3
         a.secagg_post(fed.run_id, 1, "consistency", wrong.to_bytes())
     assert err.value.status == 422 and "differs from U3" in err.value.detail
+
+
+def test_each_silo_fetches_only_the_shares_addressed_to_it(db_url: str, tmp_path: Path) -> None:
+    """Shares are stored one row per (sender, recipient) under a recipient index; a silo's
+    fetch returns exactly the ciphertexts the others addressed to it, and a replayed share
+    message adds no row."""
+    from sqlalchemy import create_engine, inspect, select
+
+    from aggregation.service.tables import SecAggShare
+    from schemas.secagg.messages import EncryptedShare, ShareKeys
+
+    with _federation(db_url, tmp_path) as fed:
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_advertise")
+            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_share")
+            secure_round.share(client, client.key, task, fed.workspace / name)
+        sent = {
+            name: ShareKeys.from_bytes(
+                (fed.workspace / name / "secagg" / f"{fed.run_id}-r1.share.msg").read_bytes()
+            )
+            for name in fed.silos
+        }
+        with pytest.raises(ServiceRejected) as err:  # a replayed share message
+            fed.silos["b"].secagg_post(fed.run_id, 1, "share", sent["b"].to_bytes())
+        assert err.value.status == 409
+        for name, client in fed.silos.items():
+            got = [EncryptedShare.from_bytes(m) for m in client.secagg_get(fed.run_id, 1, "shares")]
+            others = sorted(set(fed.silos) - {name})
+            assert [m.silo for m in got] == others
+            assert all(m.recipient == name and m.run_id == fed.run_id for m in got)
+            assert [m.ciphertext for m in got] == [sent[o].ciphertexts[name] for o in others]
+        engine = create_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(SecAggShare.sender, SecAggShare.recipient).where(
+                        SecAggShare.run_id == fed.run_id
+                    )
+                ).all()
+            indexes = inspect(engine).get_indexes("secagg_shares")
+        finally:
+            engine.dispose()
+        assert sorted(rows) == sorted((s, r) for s in fed.silos for r in fed.silos if s != r)
+        assert any(i["column_names"] == ["run_id", "round", "recipient"] for i in indexes)

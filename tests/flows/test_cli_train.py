@@ -26,3 +26,23 @@ def test_out_of_range_tree_parameter_and_bad_mode_are_refused() -> None:
     assert result.exit_code == 2 and "collective" in result.output
     result = _run("--model", "xgboost", "--tree-param", "max_depth")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def test_fine_cells_is_for_secure_hist_and_at_least_max_bin() -> None:
+    result = _run("--model", "xgboost", "--mode", "bagging", "--fine-cells", "8192")
+    assert result.exit_code == 2 and "--fine-cells" in result.output
+    assert "secure-hist" in result.output
+    result = _run("--model", "xgboost", "--mode", "secure-hist", "--fine-cells", "64")
+    assert result.exit_code == 2 and "fine_cells (64) must be at least" in result.output
+
+
+def test_unknown_learning_rate_schedule_is_refused() -> None:
+    result = _run("--lr-schedule", "warmup")
+    assert result.exit_code == 2 and "--lr-schedule" in result.output
+    assert "constant or cosine" in result.output
+
+
+def test_scaffold_with_fedper_is_refused_by_name() -> None:
+    result = _run("--strategy", "scaffold", "--personalize", "fedper")
+    assert result.exit_code == 2 and "--strategy" in result.output
+    assert "fedper keeps the output layer" in " ".join(result.output.split())

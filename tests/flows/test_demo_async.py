@@ -24,11 +24,20 @@ def test_async_demo_spec_buffers_all_but_one_silo(tmp_path: Path) -> None:
     spec = demo_spec(DemoOptions(tmp_path, asynchronous=True), N_FEATURES, 4)
     assert sync.asynchronous is None
     assert spec.asynchronous is not None and spec.asynchronous.buffer_size == 3
-    assert not spec.secure_aggregation.enabled and spec.min_silos <= 3
+    assert spec.secure_aggregation.enabled and spec.min_silos <= 3  # secure, as the sync demo
     assert spec.rounds == -(-sync.rounds * 4 // 3)  # about as many updates as the sync demo
     params = flow_parameters(spec, "http://127.0.0.1:1", tmp_path / "t", tmp_path, 1.0)
     inspect.signature(federated_training.fn).bind(**params)
     assert params["asynchronous"] == spec.asynchronous
+    assert params["secure_aggregation"] == spec.secure_aggregation
+
+
+def test_async_demo_buffers_of_two_silos_at_least_when_secure(tmp_path: Path) -> None:
+    secure = demo_spec(DemoOptions(tmp_path, asynchronous=True), N_FEATURES, 2)
+    assert secure.asynchronous is not None and secure.asynchronous.buffer_size == 2
+    plain = demo_spec(DemoOptions(tmp_path, asynchronous=True, plain=True), N_FEATURES, 2)
+    assert not plain.secure_aggregation.enabled
+    assert plain.asynchronous is not None and plain.asynchronous.buffer_size == 1
 
 
 def test_async_demo_refuses_dp_and_trees(tmp_path: Path) -> None:

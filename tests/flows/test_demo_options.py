@@ -52,3 +52,18 @@ def test_demo_flags_parse_and_bad_values_are_named(tmp_path: Path) -> None:
     for flag in ("--round-deadline-s", "--ready-timeout-s"):
         bad = runner.invoke(app, ["demo", "--workspace", str(taken), flag, "-5"])
         assert bad.exit_code == 2 and flag in bad.output, bad.output
+
+
+def test_fine_cells_reach_a_secure_hist_spec_and_default_to_the_services_choice(
+    tmp_path: Path,
+) -> None:
+    import pytest
+
+    from flows.exceptions import DemoError
+
+    hist = DemoOptions(tmp_path, model="xgboost", mode="secure-hist")
+    assert demo_spec(hist, N_FEATURES).trees.secure_hist.fine_cells is None  # type: ignore[union-attr]
+    fixed = DemoOptions(tmp_path, model="xgboost", mode="secure-hist", fine_cells=8192)
+    assert demo_spec(fixed, N_FEATURES).trees.secure_hist.fine_cells == 8192  # type: ignore[union-attr]
+    with pytest.raises(DemoError, match="--fine-cells"):
+        demo_spec(DemoOptions(tmp_path, model="xgboost", fine_cells=8192), N_FEATURES)

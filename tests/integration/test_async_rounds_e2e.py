@@ -23,6 +23,10 @@ from silos.bench_delay import ENV
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 SLOW = "switzerland"
 BUFFERS = 10
+# Each agent round also pays seconds of Prefect tasks and validation (more on a loaded machine):
+# 3 s made the slow silo only ~1.4x slower than the others in CI, and it joined 6 of 10 buffers.
+# 20 s keeps it several times slower under load, while ten buffers of the fast three take ~60 s.
+SLOW_DELAY_S = "20.0"
 
 
 def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
@@ -39,7 +43,7 @@ def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
         publish_shipped_contract(coord, "heart", "heart_disease")
         configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url)
         for name, config in configs.items():
-            delay = "3.0" if name == SLOW else "0.3"
+            delay = SLOW_DELAY_S if name == SLOW else "0.3"
             env = base_env(PREFECT_API_URL=prefect_api_url, **{ENV: delay})
             args = [sys.executable, "-m", "flows.cli", "silo", "start", "--config", str(config)]
             procs.append(spawn(f"silo agent {name}", args, config.parent / "agent.log", env))

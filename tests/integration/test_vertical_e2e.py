@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from support.live_service import coordinator, service_in_thread
+from support.vertical_data import PARAMS, cols, reference, tables
 
 from flows.service_client import CoordinatorClient
 from flows.vertical import create_vertical_run, vertical_run, wait_vertical
@@ -30,39 +31,13 @@ from schemas.vertical import Features, RunFailed, Sealed, frame, unframe
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.keys import load_or_create_key
-from silos.vertical import he, psi, secureboost
-from silos.vertical.active import ActiveParty
+from silos.vertical import psi
 from silos.vertical.agent_role import load_party_data, report
-from silos.vertical.channel import ChannelError, channels
+from silos.vertical.channel import ChannelError
 from silos.vertical.http_wire import HttpWire, open_channel
-from silos.vertical.passive import PassiveParty
-from silos.vertical.trees import BoostParams
-from silos.vertical.wire import LocalWire
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = BoostParams(n_trees=2, max_depth=3, n_bins=16)
-
-
-def tables(root: Path, n: int = 320, seed: int = 7, n_new: int = 60) -> dict[str, Path]:
-    """A bank (label + 3 columns) and a bureau (4 columns) over overlapping customer ids, and
-    each party's columns of `n_new` new customers to predict (the bank's with the label)."""
-    rng = np.random.default_rng(seed)
-    ids = np.array([f"c{k:05d}" for k in rng.permutation(10_000)[: n + n_new]])
-    n += n_new
-    x = rng.normal(size=(n, 7))
-    y = (x[:, 0] + x[:, 4] - 0.5 * x[:, 5] + rng.normal(scale=0.5, size=n) > 0).astype(int)
-    bank = pd.DataFrame({"id": ids, "y": y, **{f"b{k}": x[:, k] for k in range(3)}})
-    bureau = pd.DataFrame({"id": ids, **{f"u{k}": x[:, 3 + k] for k in range(4)}})
-    paths = {}
-    for name, df, drop in (("bank", bank, 20), ("bureau", bureau, 30)):
-        old, new = df.iloc[: n - n_new], df.iloc[n - n_new :]
-        keep = old.drop(index=rng.choice(n - n_new, drop, replace=False))
-        paths[name] = root / f"{name}.csv"
-        keep.sample(frac=1, random_state=seed).to_csv(paths[name], index=False)
-        paths[f"{name}-new"] = root / f"{name}-new.csv"
-        new.iloc[: n_new - (5 if name == "bureau" else 0)].to_csv(paths[f"{name}-new"], index=False)
-    return paths
 
 
 def party_proc(
@@ -100,36 +75,15 @@ def party_proc(
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def reference(paths: dict[str, Path]) -> tuple[np.ndarray, list, pd.DataFrame]:
-    """The same model in one process over the in-process relay."""
-    bank = load_party_data(paths["bank"], "id", "y")
-    bureau = load_party_data(paths["bureau"], "id", None)
-    common = sorted(set(bank.ids) & set(bureau.ids))
-    rb = [bank.ids.index(i) for i in common]
-    ru = [bureau.ids.index(i) for i in common]
-    assert bank.y is not None
-    active = ActiveParty(
-        "bank", "ref", bank.X[rb], bank.y[rb], {"bureau": 4}, PARAMS, he.generate_keypair()
-    )
-    passives = {"bureau": PassiveParty("bureau", "ref", bureau.X[ru], n_bins=PARAMS.n_bins)}
-    wire = LocalWire(channels("ref", ["bank", "bureau"]))
-    trees = secureboost.train(active, passives, wire)
-    proba = secureboost.predict_proba(active, passives, wire, bank.X[rb], {"bureau": bureau.X[ru]})
-    new_b = load_party_data(paths["bank-new"], "id", None, ("y",))
-    new_u = load_party_data(paths["bureau-new"], "id", None)
-    both = sorted(set(new_b.ids) & set(new_u.ids))
-    xb = new_b.X[[new_b.ids.index(i) for i in both]]
-    xu = new_u.X[[new_u.ids.index(i) for i in both]]
-    p_new = secureboost.predict_proba(active, passives, wire, xb, {"bureau": xu})
-    return proba, trees, pd.DataFrame({"id": both, "proba": p_new})
-
-
 Fed = tuple[str, CoordinatorClient, dict[str, SiloClient], sa.Engine]
 
 
 @pytest.fixture
 def fed(tmp_path: Path, db_url: str) -> Iterator[Fed]:
-    with service_in_thread(tmp_path / "ws", db_url, poll_interval_s=0.05) as url:
+    # audit mode: the relay keeps every envelope, so the test can read them all afterwards
+    with service_in_thread(
+        tmp_path / "ws", db_url, poll_interval_s=0.05, vertical_keep_envelopes=True
+    ) as url:
         coord = coordinator(url)
         coord.create_federation("vert")
         clients = {}
@@ -229,7 +183,7 @@ def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path,
         "bank": 'id_column = "id"\nlabel = "y"\n' + cols("b", 3),
         "bureau": 'id_column = "id"\n' + cols("u", 4),
     }
-    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"])
+    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
     procs = {}
     for name, text in contracts.items():
         (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n{text}')
@@ -247,10 +201,6 @@ def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path,
     again = pd.read_csv(tmp_path / "out-bank" / f"predict-{pred.run_id}.csv", dtype={"id": str})
     assert again["id"].tolist() == expected_new["id"].tolist()
     np.testing.assert_allclose(again["proba"], expected_new["proba"], rtol=0, atol=1e-15)
-
-
-def cols(prefix: str, n: int) -> str:
-    return "".join(f'[[columns]]\nname = "{prefix}{k}"\n' for k in range(n))
 
 
 def test_tampered_envelope_refused_naming_the_party(tmp_path: Path, fed: Fed) -> None:

@@ -96,7 +96,7 @@ def _run_flow(
         transport=httpx.MockTransport(handler),
     )
     monkeypatch.setattr(agent, "make_client", lambda config, retry_for_s=600.0: client)
-    table = SimpleNamespace(y_train=np.zeros(10), data_sha256="x", stats=None)
+    table = SimpleNamespace(y_train=np.zeros(10), data_sha256="x", stats=None, dask=None)
     monkeypatch.setattr(agent, "_ready_data", lambda *args: table)
     agent.silo_training(config_path=str(cfg), run_id=RUN)
     return workspace, seen

@@ -39,11 +39,15 @@ SECONDS_PER_FILE: dict[str, int] = {
     "aggregation/test_service_secagg.py": 60,
     # estimates from the helpers' runs at load 15-40, scaled down: re-measure on an idle machine
     "integration/test_async_rounds_e2e.py": 200,
+    "integration/test_async_secure_e2e.py": 130,  # 145 and 163 s at load 8-17 (H2's runs)
     "integration/test_personalization_e2e.py": 150,
     "integration/test_vertical_e2e.py": 100,
+    "integration/test_vertical_agents_e2e.py": 100,  # 107-119 s at load (H5's runs)
     "flows/test_drift_warnings.py": 60,
     "ha/test_wakeup_replicas.py": 60,
     "silos/test_dask_silo.py": 60,
+    "silos/test_dask_agent.py": 60,
+    "flows/test_lr_schedule.py": 25,  # 16 s of calls at load ~10 (H1's run)
 }
 
 
@@ -64,6 +68,16 @@ def expected_seconds(item: Located, tests_root: Path) -> int:
     except ValueError:  # a test outside tests/ (a path given on the command line)
         return 0
     return SECONDS_PER_FILE.get(rel, 0)
+
+
+def seconds_by_file(durations: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Sum (nodeid, seconds) phase durations per test file, longest first: the figures this
+    module's table is made of, printed at the end of every run (tests/conftest.py)."""
+    totals: dict[str, float] = {}
+    for nodeid, seconds in durations:
+        path = nodeid.split("::", 1)[0].removeprefix("tests/")
+        totals[path] = totals.get(path, 0.0) + seconds
+    return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def longest_files_first(items: list[ItemT], tests_root: Path) -> None:

@@ -1,7 +1,8 @@
 """Round engines: one module per round mode, found through `registry`.
 
 Built-in modes: ``plain``, ``secure``, ``statistics``, ``bagging`` and ``cyclic``
-(`trees`), ``collective``, ``secure-hist``, ``async`` (FedBuff buffers, `async_buffer`);
+(`trees`), ``collective``, ``secure-hist``, ``async`` (FedBuff buffers, `async_buffer`),
+``async-secure`` (FedBuff buffers whose cohorts aggregate securely, `async_secure`);
 `builtin` registers them. Layers: routes call
 engines (or crud modules); engines call crud modules (`runs`, `rounds`, `contributions`,
 `statements`, `model_store`, the protocol mailboxes ...); crud modules call `tables`/`db`.

@@ -19,8 +19,9 @@ A run with ``RunSpec.asynchronous`` treats each training round as a buffer of up
   exactly the buffer's input model).
 
 The round row is locked before an update is filed, so of two concurrent K-th updates exactly
-one closes the buffer and the other joins the next. Secure aggregation is not offered in this
-mode yet (`RunSpec` refuses the combination): the service sees each update, as in plain rounds.
+one closes the buffer and the other joins the next. This engine runs buffers without secure
+aggregation (the service sees each update, as in plain rounds); with it, `async_secure` runs
+each buffer as a secure-aggregation cohort of K ready silos.
 """
 
 from __future__ import annotations
@@ -229,6 +230,7 @@ def _store(
         raise InvalidPayload(f"update from silo {silo!r} for round {asked}: {exc}") from exc
     n_examples, train_seconds, metrics = crud._update_metadata(meta, silo, asked, run_id)
     crud.check_n_examples(s, run_id, asked, silo, n_examples, "update")
+    flow_run_id = crud.update_flow_run_id(meta, silo, asked, run_id)
     c = Contribution(
         run_id=run_id,
         round=buffer.number,
@@ -239,7 +241,7 @@ def _store(
         payload=payload,
         metrics_json=metrics.model_dump_json() if metrics else None,
         train_seconds=train_seconds,
-        prefect_flow_run_id=(meta.get("prefect_flow_run_id") or "")[:64] or None,
+        prefect_flow_run_id=flow_run_id,
     )
     s.add(c)
     s.flush()

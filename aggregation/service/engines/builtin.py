@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aggregation.service.engines.async_buffer import AsyncEngine
+from aggregation.service.engines.async_secure import AsyncSecureEngine
 from aggregation.service.engines.collective import CollectiveEngine
 from aggregation.service.engines.plain import PlainEngine
 from aggregation.service.engines.registry import register
@@ -22,3 +23,4 @@ def register_builtins() -> None:
     register("collective", CollectiveEngine())
     register("secure-hist", SecureHistEngine())
     register("async", AsyncEngine())
+    register("async-secure", AsyncSecureEngine())

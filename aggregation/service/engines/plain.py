@@ -21,13 +21,14 @@ from aggregation.service.engines.common import (
     round_fields,
 )
 from aggregation.service.model_store import save_round_model
+from aggregation.service.rounds import active_silos
 from aggregation.service.runs import get_model
 from aggregation.service.statements import accept_statement
 from aggregation.service.tables import Contribution
 from aggregation.strategies import make_strategy
 from aggregation.strategies.aggregate import weighted_mean
 from schemas import tensors
-from schemas.specs import param_shapes
+from schemas.specs import param_shapes, update_shapes
 from schemas.tasks import EvaluateTask, Task, TrainTask
 
 
@@ -69,7 +70,7 @@ class PlainEngine:
 
 def aggregate(ctx: RoundContext, updates: list[Contribution]) -> None:
     """The example-weighted mean of the silos' deltas, through the strategy."""
-    shapes = param_shapes(ctx.spec.torch_model)
+    shapes = update_shapes(ctx.spec)  # the model delta (+ SCAFFOLD's control delta)
     deltas = [tensors.decode_expected(c.payload or b"", shapes)[0] for c in updates]
     mean_delta = weighted_mean(deltas, [c.n_examples or 0 for c in updates])
     apply_strategy(ctx, mean_delta, updates, secure=False)
@@ -91,7 +92,9 @@ def apply_strategy(
         get_model(s, run.id, rnd.input_model_version).payload, shapes
     )
     state = tensors.decode(run.strategy_state)[0] if run.strategy_state else {}
-    new_params, new_state = make_strategy(spec.strategy).apply(current, mean_delta, state)
+    participation = len(updates) / max(len(active_silos(s, run.id)), len(updates), 1)
+    strategy = make_strategy(spec.strategy)
+    new_params, new_state = strategy.apply_round(current, mean_delta, state, participation)
     payload = tensors.encode(
         dict(zip([n for n, _ in shapes], new_params, strict=True)),
         {

@@ -52,7 +52,8 @@ def mode_of(spec: RunSpec, rnd: Round) -> str:
     """The mode name of round `rnd` of a run with `spec`.
 
     A statistics round is always ``statistics`` (secure sums of feature moments); then the
-    spec's plugin `mode`; then the tree mode; then ``secure`` for a PyTorch training round
+    spec's plugin `mode`; then the tree mode; then ``async`` / ``async-secure`` for a
+    training round of an asynchronous run; then ``secure`` for a PyTorch training round
     with secure aggregation, ``plain`` for everything else (evaluation rounds included).
     """
     if rnd.kind == "statistics":
@@ -62,7 +63,7 @@ def mode_of(spec: RunSpec, rnd: Round) -> str:
     if spec.trees is not None:
         return spec.trees.mode
     if rnd.kind == "train" and spec.asynchronous is not None:
-        return "async"
+        return "async-secure" if spec.secure_aggregation.enabled else "async"
     if rnd.kind == "train" and spec.secure_aggregation.enabled:
         return "secure"
     return "plain"

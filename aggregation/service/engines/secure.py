@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import ValidationError
 
-from aggregation.secagg.server import close_advertise, close_shares, unmask_requests
+from aggregation.secagg.server import close_advertise, unmask_requests
 from aggregation.service import secure_rounds
 from aggregation.service.contributions import check_n_examples
 from aggregation.service.engines import plain
@@ -34,7 +34,7 @@ from aggregation.service.wakeup import answers_only
 from schemas import tensors
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.signing import STATEMENT_HEADER
-from schemas.specs import param_shapes
+from schemas.specs import update_shapes
 from schemas.tasks import (
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
@@ -205,7 +205,7 @@ class SecureEngine:
         s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
         flat = flat / secure_rounds.survivor_weight(s, rnd, spec)
         arrays, start = [], 0
-        for _, shape in param_shapes(spec.torch_model):
+        for _, shape in update_shapes(spec):  # the model delta (+ SCAFFOLD control delta)
             size = int(np.prod(shape))
             arrays.append(flat[start : start + size].reshape(shape).astype(np.float32))
             start += size
@@ -215,10 +215,19 @@ class SecureEngine:
         if recovered:
             entry = {"round": rnd.number, "survivors": senders, "recovered": recovered}
             ctx.hub.recorder.service(s, "recovery", entry, run.id)
-        plain.apply_strategy(ctx, arrays, updates, secure=True)
+        extra = self.entry_extra(ctx, updates)
+        plain.apply_strategy(ctx, arrays, updates, secure=True, extra=extra)
         rnd.status = "aggregated"
         rnd.closed_at = utcnow()
-        record_metrics(ctx, updates)
+        record_metrics(ctx, self.scored(ctx, updates))
+
+    def entry_extra(self, ctx: RoundContext, updates: list[Contribution]) -> dict[str, object]:
+        """Fields a mode adds to the ``aggregate`` entry (asynchronous buffers: staleness)."""
+        return {}
+
+    def scored(self, ctx: RoundContext, updates: list[Contribution]) -> list[Contribution]:
+        """The updates whose metrics score this round's input model (all of them here)."""
+        return updates
 
     def close(self, ctx: RoundContext) -> None:
         if ctx.rnd.secagg_stage is None:  # opened without the protocol: answers in the clear
@@ -247,8 +256,7 @@ def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:
         state = secure_rounds.rebuild(s, run, rnd, spec, at="advertise")
         return [m.to_bytes() for m in close_advertise(state)]
     if what == "shares" and order >= 2:
-        state = secure_rounds.rebuild(s, run, rnd, spec, at="share")
-        return [m.to_bytes() for m in close_shares(state).get(silo, ())]
+        return secure_rounds.shares_for(s, rnd, silo)
     if what == "unmask-request" and rnd.secagg_stage == "unmask":
         request = unmask_requests(secure_rounds.rebuild(s, run, rnd, spec)).get(silo)
         if request is None:

@@ -24,6 +24,7 @@ from aggregation.service.deps import (
     octet_stream,
 )
 from aggregation.service.engines import secure
+from aggregation.service.engines.async_secure import READY
 from aggregation.service.engines.base import Answer
 from aggregation.service.engines.context import round_context
 from aggregation.service.exceptions import InvalidPayload
@@ -52,8 +53,10 @@ async def post_message(
     n_examples: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
 ) -> dict[str, object]:
     """advertise (with the silo's example count), share, consistency (the signed survivor
-    list, when the round runs the check) or unmask messages."""
-    if stage not in secure.MESSAGE_STEPS:
+    list, when the round runs the check) or unmask messages; in an asynchronous secure run,
+    ``ready`` (empty body, with the example count): the silo trained for this round and
+    waits for a buffer's cohort."""
+    if stage not in (*secure.MESSAGE_STEPS, READY):
         raise InvalidPayload(f"unknown secure-aggregation stage {stage!r}")
     step = secure.STEP_PREFIX + stage
     answer = Answer(silo.federation, silo.name, step, silo.body, {"n_examples": n_examples})

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aggregation.service import contributions as crud
 from aggregation.service import declines
 from aggregation.service.closing import unblock
+from aggregation.service.control import control_payload
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
     OCTET_BODY,
@@ -119,6 +120,18 @@ def download_model(
         return Response(
             model.payload, media_type=OCTET_STREAM, headers={"X-Fedsilo-Sha256": model.sha256}
         )
+
+
+@router.get(
+    "/silo/runs/{run_id}/models/{version}/control",
+    response_class=Response,
+    responses=octet_stream("SCAFFOLD's global control variate for the model version"),
+)
+def download_control(
+    run_id: RunId, version: ModelVersion, silo: ParticipantDep, factory: FactoryDep
+) -> Response:
+    with transaction(factory) as s:
+        return Response(control_payload(s, run_id, version), media_type=OCTET_STREAM)
 
 
 @router.post("/silo/runs/{run_id}/rounds/{number}/update", openapi_extra=OCTET_BODY)

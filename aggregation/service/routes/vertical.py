@@ -1,6 +1,7 @@
 """Vertical runs: the coordinator creates and watches them; their parties (silos) swap
 X25519 keys, post sealed envelopes to each other and long-poll their own inbox, and report
-progress for the ledger. The service relays ciphertext only (aggregation/service/vertical_relay.py).
+progress for the ledger. The service relays ciphertext only (aggregation/service/vertical_relay.py)
+and keeps it only until it is read, or the run ends (unless `vertical_keep_envelopes`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from aggregation.service.routes.polling import long_poll
 from aggregation.service.wakeup import wakeup_of
 from schemas.frames import pack_frames
 from schemas.vertical import VerticalEvent, VerticalRunCreate, VerticalRunOut
-from schemas.wire import INT32_MAX, OCTET_STREAM
+from schemas.wire import INT32_MAX, OCTET_STREAM, RunCancel
 
 admin = APIRouter(
     prefix="/v1/vertical/runs", tags=["vertical"], dependencies=[AdminDep], responses=ADMIN_ERRORS
@@ -54,6 +55,24 @@ def create(body: VerticalRunCreate, factory: FactoryDep, recorder: RecorderDep) 
 def show(run_id: RunId, factory: FactoryDep) -> VerticalRunOut:
     with transaction(factory) as s:
         return relay.out(relay.get(s, run_id))
+
+
+@admin.post("/{run_id}/cancel")
+def cancel(
+    run_id: RunId,
+    body: RunCancel,
+    factory: FactoryDep,
+    recorder: RecorderDep,
+    settings: SettingsDep,
+) -> VerticalRunOut:
+    """End a running vertical run as failed, with the coordinator's reason (its parties stop
+    at their next poll); a run already over is a 409."""
+    with transaction(factory) as s:
+        run = relay.get(s, run_id, for_update=True)
+        relay.cancel(s, recorder, run, body.reason)
+        if not settings.vertical_keep_envelopes:
+            relay.drop_envelopes(s, run.id)
+        return relay.out(run)
 
 
 @silo_router.get("")
@@ -99,8 +118,16 @@ async def inbox(
     wait: Wait = 0.0,
 ) -> Response:
     """Envelopes addressed to this party past id `after`, waiting up to `wait` seconds for
-    one; headers carry the last id and the run's status (a party stops when it is over)."""
+    one; headers carry the last id and the run's status (a party stops when it is over).
+    Naming `after` acknowledges the envelopes up to it: the service deletes them."""
     status = ["running"]
+    if after and not settings.vertical_keep_envelopes:  # what it read is delivered: drop it
+
+        def acknowledge() -> None:
+            with transaction(factory) as s:
+                relay.acknowledge(s, relay.party_of(s, run_id, silo.name), silo.name, after)
+
+        await run_in_threadpool(acknowledge)
 
     def check() -> list[tuple[int, bytes]] | None:
         with transaction(factory) as s:
@@ -120,7 +147,11 @@ async def inbox(
 
 @silo_router.post("/events")
 async def event(
-    run_id: RunId, silo: SiloDep, factory: FactoryDep, recorder: RecorderDep
+    run_id: RunId,
+    silo: SiloDep,
+    factory: FactoryDep,
+    recorder: RecorderDep,
+    settings: SettingsDep,
 ) -> VerticalRunOut:
     """A party's progress for the ledger: intersection, a tree's lineage, the end, a failure."""
     try:
@@ -132,6 +163,8 @@ async def event(
         with transaction(factory) as s:
             run = relay.party_of(s, run_id, silo.name, for_update=True)
             relay.record(s, recorder, run, silo.name, body)
+            if run.status != "running" and not settings.vertical_keep_envelopes:
+                relay.drop_envelopes(s, run.id)  # the run is over: nobody reads them any more
             return relay.out(run)
 
     return await run_in_threadpool(store)

@@ -1,0 +1,154 @@
+"""The service's side of vertical runs, through its HTTP API on each backend: agents are
+offered a run until they join it, a prediction needs a finished training run of the same
+parties, a size-only run ends once every party counted, and relayed envelopes are deleted
+once read and when the run ends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from support.live_service import coordinator, enrolled_silo
+
+from flows.service_client import CoordinatorClient
+from flows.vertical import cancel_vertical_run, create_vertical_run, vertical_run
+from schemas.frames import unpack_frames
+from schemas.tasks import VerticalTask
+from schemas.vertical import (
+    PsiDone,
+    RunFailed,
+    Sealed,
+    VerticalEvent,
+    VerticalParams,
+    frame,
+    unframe,
+)
+from silos.client import SiloClient
+from silos.client_errors import ServiceRejected
+
+PARTIES = ["bank", "bureau"]
+
+
+def federation(url: str) -> tuple[str, CoordinatorClient, dict[str, SiloClient]]:
+    name = f"v-{uuid.uuid4().hex[:12]}"
+    coord = coordinator(url)
+    coord.create_federation(name)
+    return name, coord, {s: enrolled_silo(url, coord, name, s) for s in [*PARTIES, "other"]}
+
+
+def base(run: str) -> str:
+    return f"/v1/silo/vertical/{run}"
+
+
+def report(client: SiloClient, run: str, event: object) -> None:
+    body = VerticalEvent.model_validate({"event": event}).model_dump_json().encode()
+    client.request("POST", base(run) + "/events", body=body, content_type="application/json")
+
+
+def test_agents_are_offered_a_run_until_they_join(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    params = VerticalParams(trees=4, depth=2, bins=8, predict=True)
+    run = create_vertical_run(coord, fed, "bank", PARTIES, params)
+    task = silos["bank"].next_task(wait_s=0)
+    assert isinstance(task, VerticalTask) and task.run_id == run.run_id
+    assert (task.vertical.mode, task.vertical.params, task.vertical.active) == (
+        "train",
+        params,
+        "bank",
+    )
+    assert silos["other"].next_task(wait_s=0) is None  # not a party
+    silos["bank"].request("PUT", base(run.run_id) + "/key", body=os.urandom(32))
+    assert silos["bank"].next_task(wait_s=0) is None  # joined: not offered again
+    bureau = silos["bureau"].next_task(wait_s=0)
+    assert isinstance(bureau, VerticalTask) and bureau.run_id == run.run_id
+    report(silos["bureau"], run.run_id, RunFailed(reason="policy"))
+    assert silos["bureau"].next_task(wait_s=0) is None  # over: offered to nobody
+
+
+def test_prediction_needs_a_finished_training_run_of_the_same_parties(
+    api_service_url: str,
+) -> None:
+    fed, coord, silos = federation(api_service_url)
+    trained = create_vertical_run(coord, fed, "bank", PARTIES)
+    with pytest.raises(ServiceRejected, match="is running: its model is not whole"):
+        create_vertical_run(coord, fed, "bank", PARTIES, model_run=trained.run_id)
+    with pytest.raises(ServiceRejected, match="no vertical training run"):
+        create_vertical_run(coord, fed, "bank", PARTIES, model_run="f" * 32)
+    other = create_vertical_run(coord, fed, "bank", ["bank", "other"])
+    report(silos["bank"], other.run_id, RunFailed(reason="stop"))
+    with pytest.raises(ServiceRejected, match="is failed"):
+        create_vertical_run(coord, fed, "bank", ["bank", "other"], model_run=other.run_id)
+
+
+def test_size_only_run_ends_once_every_party_counted(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    run = create_vertical_run(coord, fed, "bank", PARTIES, size_only=True)
+    report(silos["bank"], run.run_id, PsiDone(size=17))
+    with pytest.raises(ServiceRejected, match="already reported"):
+        report(silos["bank"], run.run_id, PsiDone(size=17))
+    assert vertical_run(coord, run.run_id).status == "running"
+    report(silos["bureau"], run.run_id, PsiDone(size=17))
+    done = vertical_run(coord, run.run_id)
+    assert (done.status, done.mode, done.psi_size, done.psi_digest) == (
+        "finished",
+        "psi_size",
+        17,
+        None,
+    )
+    kinds = [e.kind for e in coord.ledger(run.run_id)]
+    assert kinds == ["vertical_started", "vertical_psi", "vertical_psi", "vertical_finished"]
+
+    odd = create_vertical_run(coord, fed, "bank", PARTIES, size_only=True)
+    report(silos["bank"], odd.run_id, PsiDone(size=17))
+    report(silos["bureau"], odd.run_id, PsiDone(size=16))
+    failed = vertical_run(coord, odd.run_id)
+    assert failed.status == "failed" and "'bureau' found another intersection" in (
+        failed.reason or ""
+    )
+
+
+def inbox(client: SiloClient, run: str, after: int) -> list[int]:
+    """The seq numbers waiting for `client` past envelope id `after`."""
+    resp = client.request("GET", f"{base(run)}/inbox?after={after}&wait=0")
+    return [] if resp.status_code == 204 else [unframe(f).seq for f in unpack_frames(resp.content)]
+
+
+def test_relay_deletes_envelopes_once_read_and_when_the_run_ends(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    run = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+
+    def post(seq: int) -> int:
+        sealed = Sealed(
+            run=run, sender="bank", recipient="bureau", seq=seq, nonce=os.urandom(12), body=b"x"
+        )
+        return int(
+            silos["bank"].request("POST", base(run) + "/envelopes", body=frame(sealed)).json()["id"]
+        )
+
+    ids = [post(seq) for seq in (1, 2, 3)]
+    assert inbox(silos["bureau"], run, 0) == [1, 2, 3]
+    assert inbox(silos["bureau"], run, ids[1]) == [3]  # names id 2: 1 and 2 are delivered
+    assert inbox(silos["bureau"], run, 0) == [3]  # ... and gone from the service
+    assert inbox(silos["bureau"], run, ids[2]) == []  # the newest row is gone too
+    assert post(4) > ids[2]  # ids never go back (SQLite: AUTOINCREMENT), so it is delivered
+    assert inbox(silos["bureau"], run, ids[2]) == [4]
+    report(silos["bank"], run, RunFailed(reason="stop"))
+    assert inbox(silos["bureau"], run, 0) == []  # the run ended: nothing is kept
+
+
+def test_coordinator_cancels_a_run_and_its_parties_stop(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    run = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    silos["bank"].request("PUT", base(run) + "/key", body=os.urandom(32))  # bureau never came
+    done = cancel_vertical_run(coord, run, "bureau's agent is down")
+    assert (done.status, done.reason) == (
+        "failed",
+        "cancelled by the coordinator: bureau's agent is down",
+    )
+    resp = silos["bank"].request("GET", f"{base(run)}/inbox?after=0&wait=5")
+    assert resp.status_code == 204 and resp.headers["X-Fedsilo-Vertical-Status"] == "failed"
+    assert silos["bureau"].next_task(wait_s=0) is None  # no longer offered
+    with pytest.raises(ServiceRejected, match="is failed: nothing to cancel"):
+        cancel_vertical_run(coord, run, "again")
+    assert [e.kind for e in coord.ledger(run)][-1] == "vertical_failed"

@@ -1,0 +1,125 @@
+"""Secure aggregation in asynchronous (FedBuff) buffers end to end: the service, three silo
+agents and the coordinator's Prefect flow as real processes on 127.0.0.1.
+
+Buffers of K=2 among three silos: each buffer's cohort is its first two ready silos, so the
+third waits, is carried into the next buffer and contributes there with staleness >= 1. The
+test reads the service's whole database and workspace afterwards: no update in the clear
+(every tensor payload the service holds is a global model), and the ledger records each
+contributor's staleness and weight and that the aggregate was secure."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from support.fault_helpers import START_S, train, wait_until
+from support.live_service import free_port, publish_shipped_contract, write_heart_silos
+from support.stopping import stop_all
+
+from flows.processes import Proc, base_env, spawn, start_service
+from flows.service_client import CoordinatorClient
+from schemas import tensors
+from schemas.exceptions import TensorFormatError
+from schemas.specs import AsyncSpec
+from silos.buffered_update import FOLDER
+from silos.config import load_silo_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+SILOS = ("cleveland", "hungary", "va_long_beach")
+BUFFERS = 3
+
+
+def service_blobs(service: Path) -> list[bytes]:
+    """Every value in the service's SQLite database and every file in its workspace."""
+    found: list[bytes] = []
+    with sqlite3.connect(service / "service.db") as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (names from sqlite)
+                found += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+    return found + [p.read_bytes() for p in service.rglob("*") if p.is_file()]
+
+
+def tensor_payloads(blobs: list[bytes]) -> list[bytes]:
+    """The blobs that are tensor payloads (what a plain update is on the wire)."""
+    found = []
+    for blob in blobs:
+        try:
+            tensors.decode(blob)
+        except (TensorFormatError, ValueError):
+            continue
+        found.append(blob)
+    return found
+
+
+def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs: list[Proc] = []
+    try:
+        procs.append(start_service(tmp_path / "service", port, wait_s=START_S))
+        token = (tmp_path / "service" / "admin.token").read_text().strip()
+        coord = CoordinatorClient([url], token=token, retry_for_s=120)
+        coord.create_federation("heart")
+        publish_shipped_contract(coord, "heart", "heart_disease")
+        configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url)
+        configs = {n: c for n, c in configs.items() if n in SILOS}
+        for name, config in configs.items():
+            env = base_env(PREFECT_API_URL=prefect_api_url)
+            args = [sys.executable, "-m", "flows.cli", "silo", "start", "--config", str(config)]
+            procs.append(spawn(f"silo agent {name}", args, config.parent / "agent.log", env))
+
+        def logs() -> str:
+            return "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in procs)
+
+        wait_until(
+            lambda: len([s for s in coord.silos("heart") if s.status == "pending"]) >= 3,
+            3 * START_S,
+            "every agent to enrol",
+            logs,
+        )
+        for name in configs:
+            coord.approve("heart", name)
+
+        result = train(
+            [url],
+            token,
+            tmp_path / "models",
+            rounds=BUFFERS,
+            min_silos=2,
+            secure=True,
+            asynchronous=AsyncSpec(buffer_size=2, max_staleness=BUFFERS),
+        )
+        run_id = result["run_id"]
+        rounds = result["rounds"]
+        assert [r["kind"] for r in rounds] == ["train"] * BUFFERS + ["evaluate"]
+        assert sorted(rounds[-1]["contributors"]) == sorted(SILOS)
+
+        entries = [json.loads(e.payload) for e in coord.ledger(run_id) if e.kind == "aggregate"]
+        assert len(entries) == BUFFERS
+        contributors = [c for e in entries for c in e["contributors"]]
+        for e in entries:
+            assert e["secure_aggregation"] is True
+            assert e["individual_updates_seen_by_service"] is False
+            assert len(e["cohort"]) == 2 and len(e["contributors"]) == 2, e
+        for c in contributors:
+            assert c["weight"] == pytest.approx(1 / math.sqrt(1 + c["staleness"]))
+            assert c["base_version"] == c["base_round"] - 1  # no statistics round here
+        # the third silo of a buffer waits and joins the next one, trained on an older model
+        assert any(c["staleness"] >= 1 for c in contributors), contributors
+
+        models = [coord.download_model(run_id, v) for v in range(BUFFERS + 1)]
+        held = tensor_payloads(service_blobs(tmp_path / "service"))
+        assert all(m in held for m in models)  # the search finds what the service does hold
+        assert all(blob in models for blob in held), "a tensor payload that is no global model"
+        for config in configs.values():  # each silo's kept update was erased once sent
+            kept = load_silo_config(config).workspace / FOLDER
+            assert not kept.exists() or not any(kept.iterdir()), list(kept.iterdir())
+    finally:
+        stop_all(procs)
