@@ -39,6 +39,7 @@ SECONDS_PER_FILE: dict[str, int] = {
     "aggregation/test_service_secagg.py": 60,
     # estimates from the helpers' runs at load 15-40, scaled down: re-measure on an idle machine
     "integration/test_async_rounds_e2e.py": 200,
+    "integration/test_tasks_e2e.py": 150,  # ~250 s at load 12 (H1)
     "integration/test_async_secure_e2e.py": 130,  # 145 and 163 s at load 8-17 (H2's runs)
     "integration/test_personalization_e2e.py": 150,
     "integration/test_vertical_e2e.py": 100,
