@@ -51,6 +51,9 @@ class ErrorCode(StrEnum):
     forbidden = "forbidden"  # 403: not approved, not a participant
     conflict = "conflict"  # 409: wrong state (round closed, run not running, stage not ready)
     already_answered = "already_answered"  # 409: this silo already answered this step
+    # 409: an asynchronous run between two buffers (one closed, the next not open yet): send
+    # the same update again once the next buffer opens; it joins it with its staleness
+    between_buffers = "between_buffers"
     too_large = "too_large"  # 413
     wire_version = "wire_version"  # 400: the peer speaks another wire version
     internal = "internal"  # 500

@@ -7,7 +7,8 @@ ClientError
 │   ├── Unauthorized         401 unauthorized: unknown silo, bad signature or token, replay
 │   ├── Forbidden            403 forbidden: not approved (yet), not a participant
 │   ├── Conflict             409 conflict: wrong state (round closed, stage not ready)
-│   │   └── AlreadyAnswered  409 already_answered: this silo already answered this step
+│   │   ├── AlreadyAnswered  409 already_answered: this silo already answered this step
+│   │   └── BetweenBuffers   409 between_buffers: an async run's next buffer is not open yet
 │   ├── TooLarge             413 too_large
 │   └── WireVersionMismatch  400 wire_version: client and service speak other wire versions
 └── ServiceUnavailable       no service address answered within the retry budget
@@ -80,6 +81,12 @@ class AlreadyAnswered(Conflict):
     code = ErrorCode.already_answered
 
 
+class BetweenBuffers(Conflict):
+    """An asynchronous run between two buffers: send the same update again shortly."""
+
+    code = ErrorCode.between_buffers
+
+
 class TooLarge(ServiceRejected):
     """The body exceeds the service's limit; `detail` says the limit."""
 
@@ -126,6 +133,7 @@ BY_CODE: dict[ErrorCode, type[ServiceRejected]] = {
         Forbidden,
         Conflict,
         AlreadyAnswered,
+        BetweenBuffers,
         TooLarge,
         WireVersionMismatch,
     )

@@ -52,6 +52,13 @@ class AlreadyAnswered(Conflict):
     code = ErrorCode.already_answered
 
 
+class BetweenBuffers(Conflict):
+    """An asynchronous run's buffer just closed and the coordinator has not opened the next:
+    the update is not refused for what it is, only for when it came (the silo resends it)."""
+
+    code = ErrorCode.between_buffers
+
+
 class InvalidPayload(ServiceError):
     status_code = 422
     code = ErrorCode.invalid_payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -10,6 +11,7 @@ from prefect.runtime import flow_run
 
 from schemas.tasks import EvaluateTask, TrainTask, TreeEvaluateTask
 from schemas.wire import Metrics, MetricsReport
+from silos.client_errors import BetweenBuffers
 from silos.decline import Declined
 from silos.flow_report import fmt_metrics
 from silos.handlers.buffered import submit_ready
@@ -18,11 +20,27 @@ from silos.handlers.personalize import personalize_torch_round
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, encode_update, fetch_global_model, run_training_round
 
+RESEND_FIRST_S, RESEND_CAP_S = 0.2, 2.0
+
 
 def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[str, Any]:
-    """Encode the delta with its metadata and send it with the silo's signed statement."""
+    """Encode the delta with its metadata and send it with the silo's signed statement.
+
+    In an asynchronous run the update may land just after its buffer closed and before the
+    coordinator opened the next (`BetweenBuffers`): it is sent again, unchanged, until the
+    next buffer takes it (with its staleness), for at most the round deadline, so that a slow
+    silo's training is not thrown away."""
     payload = encode_update(work.spec, work, trained)
-    return ctx.client.submit_update(work.run_id, work.round, payload)
+    give_up = time.monotonic() + work.spec.round_deadline_s
+    delay = RESEND_FIRST_S
+    while True:
+        try:
+            return ctx.client.submit_update(work.run_id, work.round, payload)
+        except BetweenBuffers:
+            if time.monotonic() + delay > give_up:
+                raise
+            time.sleep(delay)  # the coordinator opens the next buffer as soon as it sees this
+            delay = min(delay * 2, RESEND_CAP_S)
 
 
 @task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")

@@ -17,7 +17,7 @@ from support.validation import validate_all
 from schemas import tensors
 from schemas.specs import AsyncSpec, ModelSpec, RunSpec, SecureAggregationSpec
 from schemas.wire import RoundOpen, RunCreate
-from silos.client_errors import ServiceRejected
+from silos.client_errors import BetweenBuffers, ServiceRejected
 
 N = {"a": 10, "b": 30, "c": 60}
 
@@ -144,6 +144,28 @@ def test_late_update_with_no_buffer_open_is_refused(api_service_url: str) -> Non
     with pytest.raises(ServiceRejected) as err:
         send(fed, "c", 1, seed=3)
     assert err.value.status == 409 and "no buffer to join" in str(err.value)
+
+
+def test_update_between_two_buffers_is_asked_again_and_joins_the_next(
+    api_service_url: str,
+) -> None:
+    """A slow silo's update that comes after buffer 1 closed and before buffer 2 opens is not
+    lost: the service says `between_buffers` (nothing stored), the resend joins buffer 2."""
+    fed = async_federation(api_service_url, max_staleness=2)
+    send(fed, "a", 1, seed=1)
+    send(fed, "b", 1, seed=2)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).status == "aggregated"
+    body = payload(deltas(3), fed.run_id, 1, n=N["c"])
+    with pytest.raises(BetweenBuffers) as err:
+        send(fed, "c", 1, seed=3, body=body)
+    assert err.value.status == 409 and "send the same update again" in err.value.detail
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    late = send(fed, "c", 1, seed=3, body=body)
+    assert late["buffer"] == 2 and not late["duplicate"]
+    send(fed, "a", 2, seed=4)
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "aggregated"
+    by_silo = {c["silo"]: c for c in aggregate_entry(fed, 2)["contributors"]}  # type: ignore[attr-defined]
+    assert by_silo["c"]["staleness"] == 1 and by_silo["c"]["base_round"] == 1
 
 
 def test_async_spec_refuses_small_buffers() -> None:

@@ -17,6 +17,7 @@ from schemas.wire import OCTET_STREAM, WIRE_HEADER, WIRE_VERSION, ErrorCode, Err
 from silos.client import SiloClient
 from silos.client_errors import (
     AlreadyAnswered,
+    BetweenBuffers,
     Conflict,
     Forbidden,
     InvalidPayload,
@@ -68,6 +69,7 @@ def test_every_request_carries_the_wire_version() -> None:
         (403, ErrorCode.forbidden, Forbidden),
         (409, ErrorCode.conflict, Conflict),
         (409, ErrorCode.already_answered, AlreadyAnswered),
+        (409, ErrorCode.between_buffers, BetweenBuffers),
         (413, ErrorCode.too_large, TooLarge),
     ],
 )

@@ -44,7 +44,12 @@ from aggregation.service.engines.common import (
     round_fields,
 )
 from aggregation.service.engines.plain import apply_strategy
-from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
+from aggregation.service.exceptions import (
+    AlreadyAnswered,
+    BetweenBuffers,
+    Conflict,
+    InvalidPayload,
+)
 from aggregation.service.rounds import contributions, get_round
 from aggregation.service.runs import get_run, spec_of
 from aggregation.service.statements import record_silo_statement, summarize_rejections
@@ -85,6 +90,14 @@ class AsyncEngine:
         sent = _sent_before(s, run.id, answer.silo, tensors.digest(answer.body))
         if sent is not None:  # a retry after a lost answer, in whichever buffer it went
             return {"digest": sent.digest, "duplicate": True, "receipt": None, "buffer": sent.round}
+        if buffer.kind == "train" and buffer.status == "aggregated" and run.status == "running":
+            # the coordinator opens the next buffer as soon as it sees this one closed: a slow
+            # silo's update arriving in between would otherwise be lost with its training
+            raise BetweenBuffers(
+                f"round {asked} of run {run.id}: buffer {buffer.number} has just closed and the "
+                f"next is not open yet: silo {answer.silo!r}, send the same update again; it "
+                f"will join the next buffer with its staleness"
+            )
         if buffer.kind != "train" or buffer.status != "open":
             raise Conflict(
                 f"round {asked} of run {run.id} is {ctx.rnd.status} and the run's current round "
