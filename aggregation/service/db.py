@@ -59,11 +59,27 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
+        event.listen(engine, "before_execute", _sqlite_for_update)
         return engine
     # No pool_pre_ping: it costs a round trip per request (the ledger's append rate needs that
     # back). A connection broken by a PostgreSQL restart fails one request with a 5xx, SQLAlchemy
     # then invalidates the pool, and every fedsilo client retries 5xx answers.
     return create_engine(url, pool_size=10, max_overflow=20)
+
+
+def _sqlite_for_update(conn, clauseelement, *_args):  # type: ignore[no-untyped-def]
+    """SQLite has no ``SELECT ... FOR UPDATE``: SQLAlchemy drops the clause, and pysqlite
+    runs a SELECT outside any transaction until the first write. Two requests could then
+    both read a row, each miss the other's change and both write (two parties' reports that
+    should end a run each saw only its own). So a FOR UPDATE select that opens a transaction
+    opens it with ``BEGIN IMMEDIATE``: it takes SQLite's single write lock, and waits (busy
+    timeout) while another transaction holds it. A transaction that already wrote holds that
+    lock since its first write."""
+    if getattr(clauseelement, "_for_update_arg", None) is None:
+        return
+    dbapi_conn = conn.connection.dbapi_connection
+    if not dbapi_conn.in_transaction:
+        dbapi_conn.execute("BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
