@@ -98,18 +98,31 @@ def _check_table(
             docs = Path(cached["data_docs"]) if cached.get("data_docs") else None
             return RoundGate(ValidationSummary.model_validate(cached["summary"]), docs, True)
     result = run()
+    store_verdict(workspace, data_sha, contract_sha, result.summary, result.data_docs)
+    return RoundGate(result.summary, result.data_docs, reused=False)
+
+
+def store_verdict(
+    workspace: Path,
+    data_sha: str,
+    contract_sha: str,
+    summary: ValidationSummary,
+    data_docs: Path | None = None,
+) -> None:
+    """Remember the gate's answer for this table and contract: the next check of the same
+    fingerprints reuses it without running (or importing) Great Expectations."""
+    cache = _cache_path(workspace)
     cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache.write_text(
         json.dumps(
             {
                 "data_sha256": data_sha,
                 "contract_sha256": contract_sha,
-                "summary": result.summary.model_dump(mode="json"),
-                "data_docs": str(result.data_docs) if result.data_docs else None,
+                "summary": summary.model_dump(mode="json"),
+                "data_docs": str(data_docs) if data_docs else None,
             }
         )
     )
-    return RoundGate(result.summary, result.data_docs, reused=False)
 
 
 def _on_dask(

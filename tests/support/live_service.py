@@ -95,8 +95,11 @@ def write_heart_silos(
     prefect_url: str,
     federation: str = "heart",
     policy: dict[str, str] | None = None,
+    validated: bool = True,
 ) -> dict[str, Path]:
-    """One folder per UCI hospital with its CSV and silo.toml; returns name -> config path."""
+    """One folder per UCI hospital with its CSV and silo.toml; returns name -> config path.
+    With `validated`, each workspace starts with the gate's verdict on its table
+    (`support.gate_cache`): the agents do not run Great Expectations for an unchanged table."""
     from schemas.contracts.loader import load_contract
     from silos.demo_data import heart_disease_silos
 
@@ -118,4 +121,8 @@ def write_heart_silos(
             f"[policy]\n{policy_text}\n"
         )
         configs[name] = folder / "silo.toml"
+    if validated:
+        from support.gate_cache import seed_verdicts
+
+        seed_verdicts(configs)
     return configs
