@@ -27,6 +27,7 @@ from flows.report_checks import (
 )
 from flows.report_html import render
 from flows.report_plots import metrics_figure, privacy_figure
+from flows.report_vertical import is_vertical, render_vertical
 from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker, verify_chain
 from schemas.lineage import LineageEntry
 
@@ -64,6 +65,8 @@ def render_report(
     """The report's HTML text (see `write_report`)."""
     view = run_view(entries, run_id)
     report = verify_chain(entries, parse_keys(keys))
+    if is_vertical(view):  # parties, intersection and per-tree lineage instead of rounds
+        return render_vertical(entries, view, report, keys)
     checker = artifact_checker
     source = artifact_source
     if checker is None and artifact_root is not None:
@@ -85,6 +88,7 @@ def render_report(
         "checks": checks,
         "artifact_source": source or "the model files",
         "keys": sorted(keys.items()),
+        "vertical": False,
         "regressions": regressions(view.metrics, silos, regression_threshold),
         "threshold": regression_threshold,
         "regression_checked": regression_checked(sections.metric_names(view.metrics)),

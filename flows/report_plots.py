@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -94,5 +94,30 @@ def privacy_figure(points: Sequence[PrivacyPoint]) -> str | None:
     ax.set_ylabel("epsilon")
     ax.grid(True, alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    return _data_uri(fig)
+
+
+def vertical_splits_figure(
+    splits: Sequence[Mapping[str, int]], parties: Sequence[str]
+) -> str | None:
+    """Splits per party in each tree of a vertical run (stacked bars, one colour per party;
+    `splits[t][party]` is that party's split count in tree t). None without a split."""
+    if not any(n for tree in splits for n in tree.values()):
+        return None
+    fig = Figure(figsize=(max(5.0, 0.5 * len(splits) + 3.0), 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    trees = list(range(len(splits)))
+    bottom = [0] * len(splits)
+    for party in parties:
+        counts = [tree.get(party, 0) for tree in splits]
+        ax.bar(trees, counts, bottom=bottom, label=party)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    ax.set_title("splits per party in each tree")
+    ax.set_xlabel("tree")
+    ax.set_ylabel("splits")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return _data_uri(fig)

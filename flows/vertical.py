@@ -46,6 +46,14 @@ def vertical_run(coord: CoordinatorClient, run_id: str) -> VerticalRunOut:
     return VerticalRunOut.model_validate(coord._json("GET", f"/v1/vertical/runs/{run_id}"))
 
 
+def list_vertical_runs(
+    coord: CoordinatorClient, federation: str | None = None, limit: int = 50
+) -> list[VerticalRunOut]:
+    """The newest vertical runs first (of one federation, if named)."""
+    q = f"?limit={limit}" + (f"&federation={federation}" if federation else "")
+    return [VerticalRunOut.model_validate(x) for x in coord._json("GET", f"/v1/vertical/runs{q}")]
+
+
 def cancel_vertical_run(coord: CoordinatorClient, run_id: str, reason: str) -> VerticalRunOut:
     body = {"reason": reason}
     return VerticalRunOut.model_validate(

@@ -16,6 +16,7 @@ whom and how much, never the content.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -278,6 +279,8 @@ class VerticalRunOut(BaseModel):
     psi_digest: str | None = None
     trees: int = 0
     model_digest: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class PsiDone(BaseModel):

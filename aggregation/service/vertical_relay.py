@@ -12,7 +12,8 @@ with a trained run's model, or psi_size: a count only, which ends once every par
 it) and parameters; the parties' agents are offered it on their task poll (`pending_for`).
 The ledger gets: the run with its parties, every party's intersection size and hash, every
 tree's lineage (which party split which node at what depth, no threshold or bin), the end
-with the model's digest, or the failure with the reason a party gave.
+with the model's digest, or the failure with the reason and the party that gave it. The
+coordinator lists runs (`list_runs`) for `fedsilo runs list`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,17 @@ def out(run: VerticalRun) -> VerticalRunOut:
         mode=run.mode,  # type: ignore[arg-type]
         params=VerticalParams.model_validate_json(run.params_json),
         model_run=run.model_run,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
     )
+
+
+def list_runs(s: Session, federation: str | None, limit: int) -> list[VerticalRun]:
+    """The newest vertical runs first (of one federation, if named)."""
+    stmt = select(VerticalRun).order_by(VerticalRun.created_at.desc()).limit(limit)
+    if federation:
+        stmt = stmt.where(VerticalRun.federation == federation)
+    return list(s.scalars(stmt))
 
 
 def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRun:
@@ -135,7 +146,8 @@ def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRu
     )
     s.add(run)
     s.flush()
-    started: dict[str, object] = {"active": req.active, "parties": parties, "mode": req.mode}
+    started: dict[str, object] = {"federation": req.federation, "active": req.active}
+    started |= {"parties": parties, "mode": req.mode}
     started |= {"params": req.params.model_dump(), "model_run": req.model_run}
     recorder.service(s, "vertical_started", started, run.id)
     return run
@@ -282,7 +294,7 @@ def record(
     ev = body.event
     if isinstance(ev, RunFailed):
         if run.status == "running":
-            _end(s, recorder, run, "failed", f"party {silo!r}: {ev.reason}")
+            _end(s, recorder, run, "failed", f"party {silo!r}: {ev.reason}", party=silo)
         return
     _running(run, silo, f"a {ev.kind} report")
     if isinstance(ev, PsiDone):
@@ -328,7 +340,8 @@ def _record_psi(s: Session, recorder: Recorder, run: VerticalRun, silo: str, ev:
     if silo in reported:
         raise Conflict(f"silo {silo!r} already reported its intersection in vertical run {run.id}")
     if run.psi_size is not None and (run.psi_digest, run.psi_size) != (ev.digest, ev.size):
-        _end(s, recorder, run, "failed", f"party {silo!r} found another intersection")
+        reason = f"party {silo!r} found another intersection"
+        _end(s, recorder, run, "failed", reason, party=silo)
         return
     run.psi_digest, run.psi_size = ev.digest, ev.size
     recorder.service(
@@ -338,7 +351,17 @@ def _record_psi(s: Session, recorder: Recorder, run: VerticalRun, silo: str, ev:
         _end(s, recorder, run, "finished", "")
 
 
-def _end(s: Session, recorder: Recorder, run: VerticalRun, status: str, reason: str) -> None:
+def _end(
+    s: Session,
+    recorder: Recorder,
+    run: VerticalRun,
+    status: str,
+    reason: str,
+    party: str | None = None,
+) -> None:
+    """End the run; a failure a party caused names it (`party`) for the report."""
     run.status, run.reason, run.finished_at = status, reason or None, utcnow()
     payload = {"trees": run.trees, "model_digest": run.model_digest, "reason": reason}
+    if party is not None:
+        payload["party"] = party
     recorder.service(s, f"vertical_{status}", payload, run.id)

@@ -1,19 +1,23 @@
-"""`fedsilo runs ...`: look at training runs and their rounds, cancel one (coordinator).
+"""`fedsilo runs ...`: look at runs (horizontal and vertical) and their rounds, cancel one
+(coordinator).
 
 Run ids may be given by a unique prefix (`resolve_run_id`); tables print them whole.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
 from flows.cli.output import JsonOpt, emit_json, out, resolve_run_id, say, table, when
+from schemas.vertical import VerticalRunOut
 
 if TYPE_CHECKING:
     from flows.service_client import CoordinatorClient
+    from schemas.wire import RunOut
 
 runs_app = typer.Typer(help="Look at training runs and their rounds.", no_args_is_help=True)
 
@@ -31,24 +35,44 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """List recent training runs with their status."""
-    runs = coordinator(service_url, token, token_file).list_runs(federation, limit)
+    """List recent runs with their status: horizontal training runs and vertical runs
+    (SecureBoost training, joint prediction, size-only intersection)."""
+    listed = _listed(coordinator(service_url, token, token_file), federation, limit)
     if as_json:
-        emit_json([r.model_dump(mode="json") for r in runs])
+        emit_json([{"kind": kind, **r.model_dump(mode="json")} for kind, r in listed])
         return
-    rows = table("run", "federation", "status", "model", "rounds", "silos", "created", "reason")
-    for r in runs:
+    rows = table(
+        "run", "kind", "mode", "federation", "status", "model", "rounds / trees", "silos",
+        "created", "reason",
+    )  # fmt: skip
+    for kind, r in listed:
+        if isinstance(r, VerticalRunOut):
+            mode, model, steps = r.mode, "-" if r.mode == "psi_size" else "secureboost", r.trees
+            silos = [
+                f"{p} (active)" if p == r.active and r.mode != "psi_size" else p for p in r.parties
+            ]
+        else:
+            mode, model, steps = "train", r.spec.model_label, r.latest_model_version or 0
+            silos = r.participants
         rows.add_row(
-            r.run_id,
-            r.federation,
-            r.status,
-            r.spec.model_label,
-            str(r.latest_model_version or 0),
-            ", ".join(r.participants),
-            when(r.created_at),
-            r.reason or "",
-        )
+            r.run_id, kind, mode, r.federation, r.status, model, str(steps), ", ".join(silos),
+            when(r.created_at), r.reason or "",
+        )  # fmt: skip
     out.print(rows)
+
+
+def _listed(
+    client: CoordinatorClient, federation: str | None, limit: int
+) -> list[tuple[str, RunOut | VerticalRunOut]]:
+    """(kind, run) of horizontal and vertical runs, newest first, at most `limit` in all."""
+    from flows.vertical import list_vertical_runs
+
+    listed: list[tuple[str, RunOut | VerticalRunOut]] = [
+        ("horizontal", r) for r in client.list_runs(federation, limit)
+    ]
+    listed += [("vertical", r) for r in list_vertical_runs(client, federation, limit)]
+    listed.sort(key=lambda kr: kr[1].created_at or datetime.min, reverse=True)
+    return listed[:limit]
 
 
 @runs_app.command("show")
@@ -70,10 +94,11 @@ def runs_show(
     try:
         run = client.get_run(resolve_run_id(client, run_id))
     except UnknownName:
-        if _is_vertical(client, run_id):  # a vertical run: its own view
+        vertical = _vertical_id(client, run_id)
+        if vertical is not None:  # a vertical run: its own view
             from flows.cli.vertical import vertical_show
 
-            vertical_show(run_id, service_url, token, token_file, as_json)
+            vertical_show(vertical, service_url, token, token_file, as_json)
             return
         raise
     rounds = client.rounds(run.run_id)
@@ -104,15 +129,18 @@ def runs_show(
         out.print(personal_table)
 
 
-def _is_vertical(client: CoordinatorClient, run_id: str) -> bool:
-    from flows.vertical import vertical_run
+def _vertical_id(client: CoordinatorClient, prefix: str) -> str | None:
+    """The vertical run that `prefix` names (whole, or a unique prefix), else None."""
+    from flows.vertical import list_vertical_runs, vertical_run
     from silos.client_errors import InvalidPayload, NotFound
 
     try:
-        vertical_run(client, run_id)
-    except (NotFound, InvalidPayload):
-        return False
-    return True
+        return vertical_run(client, prefix).run_id
+    except (NotFound, InvalidPayload):  # a prefix, or not a vertical run
+        pass
+    matches = [r.run_id for r in list_vertical_runs(client, limit=1000)]
+    matches = [m for m in matches if m.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
 
 
 @runs_app.command("cancel")

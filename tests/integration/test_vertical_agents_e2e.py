@@ -5,10 +5,11 @@ drives them with `fedsilo vertical train|predict` (the flow `vertical-secureboos
 Checks: the agents' joint model predicts exactly what the in-process reference predicts, on
 the training rows and on new customers (after training and again in a prediction run with the
 model halves each agent kept); every party's part is a Completed flow run named
-``<silo>-<run>``; `fedsilo runs show` and `lineage show` show the vertical run; a run asking
-for more trees than a silo's `[vertical] max_trees` allows is refused by that silo, naming it,
-and fails; a size-only intersection (`fedsilo vertical intersect`) gives every party the count
-and the ledger no hash; the relay holds no envelope once the runs are over.
+``<silo>-<run>``; `fedsilo runs show` and `lineage show` show the vertical run, `runs list`
+lists every vertical run with its mode, `fedsilo report` names both parties and every tree; a
+run asking for more trees than a silo's `[vertical] max_trees` allows is refused by that silo,
+naming it, and fails; a size-only intersection (`fedsilo vertical intersect`) gives every
+party the count and the ledger no hash; the relay holds no envelope once the runs are over.
 """
 
 from __future__ import annotations
@@ -166,6 +167,25 @@ def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api
             )
             assert "vertical_tree" in shown and "vertical_finished" in shown
             assert f"run {run_id}: finished, silos bank, bureau" in shown
+            # `runs list` names the vertical runs; `report` names both parties and every tree
+            auth = ["--service-url", url, "--token-file", str(token)]
+            listed = CliRunner().invoke(app, ["runs", "list", "--json", *auth])
+            assert listed.exit_code == 0, listed.output
+            kinds = {
+                r["run_id"]: (r["kind"], r["mode"], r["status"]) for r in json.loads(listed.stdout)
+            }
+            assert kinds[run_id] == ("vertical", "train", "finished")
+            assert (kinds[pred_id], kinds[size_id]) == (
+                ("vertical", "predict", "finished"),
+                ("vertical", "psi_size", "finished"),
+            )
+            assert ("vertical", "train", "failed") in kinds.values()  # the refused run
+            fedsilo("report", run_id, "--out", str(tmp_path / "report"), *auth)
+            html = (tmp_path / "report" / f"fedsilo-report-{run_id}.html").read_text()
+            assert "Ledger verified" in html and "threshold" not in html.lower()
+            assert "<td>bank</td><td>active: holds the labels</td>" in html
+            assert "<td>bureau</td><td>passive: holds features</td>" in html
+            assert html.count("<li>tree ") == PARAMS.n_trees and pred_id in html
             # retention: every relayed envelope was deleted once read or when its run ended
             engine = sa.create_engine(sqlite_url)
             with engine.connect() as c:

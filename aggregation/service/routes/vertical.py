@@ -19,6 +19,8 @@ from aggregation.service.deps import (
     SILO_ERRORS,
     AdminDep,
     FactoryDep,
+    Limit,
+    OptionalName,
     RecorderDep,
     RunId,
     SettingsDep,
@@ -49,6 +51,15 @@ INBOX_LIMIT = 256
 def create(body: VerticalRunCreate, factory: FactoryDep, recorder: RecorderDep) -> VerticalRunOut:
     with transaction(factory) as s:
         return relay.out(relay.create(s, recorder, body))
+
+
+@admin.get("")
+def list_runs(
+    factory: FactoryDep, federation: OptionalName = None, limit: Limit = 50
+) -> list[VerticalRunOut]:
+    """The newest vertical runs first (`fedsilo runs list` shows them beside the others)."""
+    with transaction(factory) as s:
+        return [relay.out(r) for r in relay.list_runs(s, federation, limit)]
 
 
 @admin.get("/{run_id}")
