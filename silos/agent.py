@@ -48,6 +48,7 @@ from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData
 from silos.policy import policy_violation
 from silos.round_gate import RoundGate, check_round, statement_payload
+from silos.vertical.interrupted import end_interrupted
 from silos.warmup import warm_up_and_report
 
 log = logging.getLogger("fedsilo.silo")
@@ -96,6 +97,7 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
     if config.agent.metrics_port:  # Prometheus /metrics (silos/metrics.py)
         agent_metrics.serve_metrics(config.agent.metrics_port, config.agent.metrics_host)
     wait_for_approval(client)
+    end_interrupted(client, config.workspace)  # vertical runs a kill cut short: peers stop
     warm_up_and_report(client, config)
     served = 0
     left: set[str] = set()  # runs this silo declined: the service should not offer them again

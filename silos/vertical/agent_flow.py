@@ -29,6 +29,7 @@ from silos.client_errors import ClientError
 from silos.config import SiloConfig, VerticalSection, load_silo_config
 from silos.vertical import agent_role, predict_role
 from silos.vertical.agent_role import PartyData, RoleError
+from silos.vertical.interrupted import serving
 from silos.vertical.trees import BoostParams
 
 log = logging.getLogger("fedsilo.silo")
@@ -162,7 +163,7 @@ def serve_vertical(config: SiloConfig, work: VerticalTask) -> State:
     labels += ["vertical", f"mode:{run.mode}", f"run:{run.run_id}"]
     log.info("silo %s: joining vertical run %s (%s)", config.silo.name, run.run_id, run.mode)
     try:
-        with tags(*labels):
+        with tags(*labels), serving(config.workspace, run.run_id):
             state: State = silo_vertical_flow.with_options(flow_run_name=name)(
                 config_path=str(config.source), run=run, return_state=True
             )

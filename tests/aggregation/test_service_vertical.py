@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from support.live_service import coordinator, enrolled_silo
@@ -26,6 +27,7 @@ from schemas.vertical import (
 )
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
+from silos.vertical.interrupted import end_interrupted, serving
 
 PARTIES = ["bank", "bureau"]
 
@@ -152,3 +154,27 @@ def test_coordinator_cancels_a_run_and_its_parties_stop(api_service_url: str) ->
     with pytest.raises(ServiceRejected, match="is failed: nothing to cancel"):
         cancel_vertical_run(coord, run, "again")
     assert [e.kind for e in coord.ledger(run)][-1] == "vertical_failed"
+
+
+def test_an_agent_restarted_mid_run_ends_the_runs_it_was_serving(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """A kill leaves the agent's marker; at its next start the run it was serving, still
+    running, is reported failed naming the silo (its peers stop); markers of runs that ended
+    meanwhile or that the service does not know are dropped without a report."""
+    fed, coord, silos = federation(api_service_url)
+    cut = create_vertical_run(coord, fed, "bank", PARTIES)
+    over = create_vertical_run(coord, fed, "bank", PARTIES)
+    silos["bank"].request("PUT", base(cut.run_id) + "/key", body=os.urandom(32))
+    report(silos["bureau"], over.run_id, RunFailed(reason="policy"))
+    ws = tmp_path / "workspace"
+    killed = [serving(ws, run_id) for run_id in (cut.run_id, over.run_id, "f" * 32)]
+    for marked in killed:  # entered, never left (kept referenced: a collected one would leave)
+        marked.__enter__()
+    assert end_interrupted(silos["bank"], ws) == [cut.run_id]
+    ended = vertical_run(coord, cut.run_id)
+    assert ended.status == "failed" and ended.reason is not None
+    assert "'bank'" in ended.reason and "restarted" in ended.reason
+    assert vertical_run(coord, over.run_id).reason == "party 'bureau': policy"
+    assert list((ws / "vertical" / ".serving").iterdir()) == []
+    assert end_interrupted(silos["bank"], ws) == []  # nothing left for the next start
