@@ -1,9 +1,10 @@
-"""ECDH-PSI over edwards25519's prime-order group: correct intersections, sizes only in size
-mode, no id in the clear on the wire, foreign points refused naming the party."""
+"""ECDH-PSI over Curve25519 (X25519): correct intersections, sizes only in size mode, no id in
+the clear on the wire, ids hashed to the curve (never its twist), foreign points (small order,
+on the twist, not canonical) refused naming the party."""
 
 from __future__ import annotations
 
-import nacl.bindings as sodium
+import gmpy2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from silos.vertical.psi import (
     PsiError,
     PsiParty,
     hash_to_group,
+    in_group,
     intersection_digest,
     run_psi,
 )
@@ -69,15 +71,34 @@ def test_no_id_or_unblinded_hash_travels() -> None:
     assert frames and not any(b"customer-" in f for f in frames)
 
 
-def test_a_point_outside_the_group_is_refused_naming_the_party() -> None:
+def _twist_point() -> bytes:
+    """The smallest u whose point lies on Curve25519's twist, not the curve."""
+    p, a = 2**255 - 19, 486662
+    u = next(u for u in range(2, 100) if gmpy2.legendre((u**3 + a * u * u + u) % p, p) == -1)
+    return u.to_bytes(32, "little")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(bytes(32), id="small-order (u=0)"),
+        pytest.param(_twist_point(), id="on the twist"),
+        pytest.param((2**255 - 19 + 2).to_bytes(32, "little"), id="not canonical (u >= p)"),
+    ],
+)
+def test_a_point_outside_the_group_is_refused_naming_the_party(bad: bytes) -> None:
     bank = PsiParty("bank", ["x", "y"], RUN, SALT, workers=1)
     bureau = PsiParty("bureau", ["y"], RUN, SALT, workers=1)
     msg = bureau.blinded()
-    # a small-order point (the identity's neighbour of order 2 in edwards25519 encoding)
-    bad = bytes([0xEC] + [0xFF] * 30 + [0x7F])
-    assert not sodium.crypto_core_ed25519_is_valid_point(bad)
-    with pytest.raises(PsiError, match="party 'bureau'.*point 0 is not in the group"):
-        bank.exponentiate(msg.model_copy(update={"points": bad}), last=True)
+    points = msg.points[:32] + bad  # the second point is the bad one
+    with pytest.raises(PsiError, match="party 'bureau'.*point 1 is not in the group"):
+        bank.exponentiate(msg.model_copy(update={"points": points, "count": 2}), last=True)
+
+
+def test_every_hashed_and_blinded_point_is_of_the_curve() -> None:
+    assert all(in_group(hash_to_group(f"id-{k}", SALT)) for k in range(200))
+    blinded = PsiParty("bank", [f"id-{k}" for k in range(50)], RUN, SALT, workers=1).blinded()
+    assert all(in_group(blinded.points[k : k + 32]) for k in range(0, 50 * 32, 32))
 
 
 def test_a_tampered_psi_frame_is_refused_naming_the_sender() -> None:
