@@ -23,6 +23,8 @@ from rich.console import Console
 
 from flows.admin_token import resolve_admin_token
 from flows.contract_publish import resolve_run_contract
+from flows.distill_view import run_distill
+from flows.ensemble_view import run_ensemble
 from flows.exceptions import RunCancelled, RunFailed
 from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
@@ -31,6 +33,8 @@ from flows.round_records import RoundRecord, publish, sig4, summarize_round
 from flows.run_naming import initial_name, label_flow_run, run_tags
 from flows.service_client import CoordinatorClient
 from schemas import tensors
+from schemas.distill import DistillSpec
+from schemas.ensemble import EnsembleSpec
 from schemas.specs import (
     AsyncSpec,
     ModelSpec,
@@ -54,8 +58,10 @@ POLL_S = 10.0
 @task(cache_policy=NO_CACHE, name="create-run")
 def create_run(client: CoordinatorClient, spec: RunSpec) -> RunOut:
     run = client.create_run(RunCreate(spec=spec, prefect_flow_run_id=str(flow_run.get_id() or "")))
-    if spec.trees is not None:
-        payload = b""  # tree runs grow from scratch
+    if spec.trees is not None or spec.distill is not None or spec.ensemble is not None:
+        # tree runs grow from scratch; a distillation run has no soft labels yet; an
+        # ensemble run has no members yet
+        payload = b""
     else:
         model = build_model(spec.torch_model, seed=spec.training.seed)
         names = [n for n, _ in param_shapes(spec.torch_model)]
@@ -187,6 +193,8 @@ class RoundSequence:
 
 def model_suffix(spec: RunSpec) -> str:
     """File suffix of the run's native model format."""
+    if spec.ensemble is not None:
+        return ".ensemble.json"
     if spec.trees is None:
         return ".safetensors"
     return ".json" if spec.trees.kind == "xgboost" else ".txt"
@@ -234,6 +242,8 @@ def federated_training(
     show_progress: bool = False,
     asynchronous: AsyncSpec | None = None,
     personalize: PersonalizationSpec | None = None,
+    distill: DistillSpec | None = None,
+    ensemble: EnsembleSpec | None = None,
 ) -> dict[str, object] | State:
     """Train a global model across the federation's silos and save it with its sha256.
 
@@ -246,6 +256,10 @@ def federated_training(
     (live on a terminal): for `fedsilo train` and the demo, not for scheduled runs.
     `asynchronous` makes training rounds FedBuff buffers the service closes at K updates.
     `personalize` has every silo make its own model from the final one (it stays at the silo).
+    `distill` trains a model of its own kind at each silo instead of one global model; silos
+    exchange only securely averaged soft labels on a synthetic reference set (`schemas.distill`).
+    `ensemble` builds a FedBoost ensemble: one member per silo (round 1), mixture weights
+    learned from securely summed gradients (the other rounds); the model is the ensemble.
     """
     logger = get_run_logger()
     token = resolve_admin_token(admin_token_file, admin_token_block)
@@ -268,9 +282,11 @@ def federated_training(
         secure_aggregation=secure_aggregation,
         asynchronous=asynchronous,
         personalize=personalize,
+        distill=distill,
+        ensemble=ensemble,
         privacy=privacy,
         federation_statistics=(
-            contract.pipeline.needs_federation_stats
+            (contract.pipeline.needs_federation_stats or distill is not None)
             if federation_statistics is None
             else federation_statistics
         ),
@@ -319,6 +335,8 @@ def federated_training(
         "final_version": final,
         "rounds": [asdict(r) for r in records],
         "personalized": run_personalization(client, run_id, spec),  # per silo, from the ledger
+        "distilled": run_distill(client, run_id, spec),  # per silo, from the ledger
+        "ensemble": run_ensemble(client, run_id, spec),  # per silo, from the ledger
     }
 
 
@@ -349,5 +367,6 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
             logger.info("stopping early: no improvement in %d rounds", spec.patience)
             break
     final = records[-1].round
-    records.append(rounds.round(final + 1, "evaluate"))
+    if spec.distill is None:  # a distillation run's models stay at the silos: nothing to evaluate
+        records.append(rounds.round(final + 1, "evaluate"))
     return records, final

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from flows import demo_async, demo_personal, demo_trees
+from flows import demo_async, demo_distill, demo_ensemble, demo_personal, demo_trees
 from flows.demo_config import DEMO_READY_TIMEOUT_S, DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
 from flows.demo_processes import keep_running, stop_on_sigterm
@@ -64,6 +64,8 @@ class DemoOptions:
     plain: bool = False
     asynchronous: bool = False  # FedBuff buffers (flows/demo_async.py)
     personalize: str = ""  # finetune | fedper | ditto (flows/demo_personal.py)
+    distill: bool = False  # FedDistill across model kinds (flows/demo_distill.py)
+    ensemble: bool = False  # FedBoost ensemble of per-silo models (flows/demo_ensemble.py)
     prefect_port: int = 4200
     service_port: int = 8700
     round_deadline_s: float = 0.0  # 0: the dataset's default (flows/demo_config.py)
@@ -251,6 +253,12 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     spec = demo_spec(opts, pipeline.n_features, len(frames)).model_copy(
         update={"federation_statistics": contract.pipeline.needs_federation_stats}
     )
+    if opts.distill:  # each silo its own kind of model; soft labels only
+        spec = demo_distill.distilled(spec, list(frames))
+    if opts.ensemble:  # each silo its own member; weights learned from secure sums
+        if opts.distill:
+            raise DemoError("--ensemble and --distill are two different runs; pick one")
+        spec = demo_ensemble.ensembled(spec, list(frames), opts.rounds)
     pki = None
     if spec.trees is not None and spec.trees.mode == "collective":
         pki = demo_trees.collective_pki(ws / "pki", list(frames))
@@ -310,7 +318,14 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
         result = _train(console, spec, client, service_url, token_file, ws, opts.ready_timeout_s)
         print_validation(console, client, str(result["run_id"]), data.member)
         print_privacy(console, client, str(result["run_id"]), spec)
-        summary = compare(console, spec, frames, contract, result)
+        if spec.distill is not None:  # no global model to compare: each silo's own
+            rows = demo_distill.print_distill(console, result)
+            summary = {"run_id": result["run_id"], "distilled": rows}
+        elif spec.ensemble is not None:  # the ensemble against each silo's own member
+            rows = demo_ensemble.print_ensemble(console, result)
+            summary = {"run_id": result["run_id"], "ensemble": rows}
+        else:
+            summary = compare(console, spec, frames, contract, result)
         print_where(console, ws, result, prefect_url, service_url)
         write_private(ws / "demo-summary.json", json.dumps(summary, indent=2, default=str).encode())
         if opts.keep_running:
@@ -363,6 +378,8 @@ def flow_parameters(
         privacy=spec.privacy,
         asynchronous=spec.asynchronous,
         personalize=spec.personalize,
+        distill=spec.distill,
+        ensemble=spec.ensemble,
         federation_statistics=spec.federation_statistics,
         output_dir=str(ws / "models"),
         ready_timeout_s=ready_timeout_s,

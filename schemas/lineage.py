@@ -98,6 +98,8 @@ KINDS = frozenset(
         "metrics",
         "privacy_spent",
         "personalized",
+        "distilled",
+        "ensembled",
         "run_finished",
         "run_failed",
         "decline",

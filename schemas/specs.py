@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.contracts.loader import Contract
+from schemas.distill import DistillSpec
+from schemas.ensemble import EnsembleSpec
 from schemas.exceptions import SpecError
 from schemas.tree_params import TreeSpec
 
@@ -293,6 +295,16 @@ class RunSpec(_Strict):
         default=None,
         description="buffered asynchronous training rounds (FedBuff); None: synchronous",
     )
+    distill: DistillSpec | None = Field(
+        default=None,
+        description="federated distillation across model kinds (schemas.distill): silos "
+        "exchange only securely aggregated soft labels; None: one global model",
+    )
+    ensemble: EnsembleSpec | None = Field(
+        default=None,
+        description="a FedBoost ensemble of per-silo models with federatedly learned mixture "
+        "weights (schemas.ensemble); None: one global model",
+    )
     mode: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
@@ -312,6 +324,8 @@ class RunSpec(_Strict):
         """Short name of what the run trains, e.g. ``mlp`` or ``xgboost (bagging)``."""
         if self.trees is not None:
             return f"{self.trees.kind} ({self.trees.mode})"
+        if self.distill is not None:  # each silo its own kind
+            return "distill (" + ", ".join(sorted(set(self.distill.kinds.values()))) + ")"
         return self.torch_model.kind
 
     @model_validator(mode="after")
@@ -405,6 +419,76 @@ class RunSpec(_Strict):
                     f"strategy scaffold is not supported with {what}: its control variates "
                     "assume synchronous plain-SGD rounds without DP noise"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _distill_fits(self) -> RunSpec:
+        if self.distill is None:
+            return self
+        # Distillation trains a model of its own kind at each silo and exchanges only the
+        # securely aggregated soft labels: no global model, no strategy, no deltas.
+        refusals = {
+            "a tree run (set model: it gives the mlp members' hidden layers)": self.trees
+            is not None,
+            "a plugin mode": self.mode is not None,
+            "differential privacy (the soft labels carry no calibrated noise)": self.privacy
+            is not None,
+            "asynchronous rounds": self.asynchronous is not None,
+            "personalize (each silo's distilled model is already its own)": self.personalize
+            is not None,
+            f"strategy {self.strategy.name!r} (there is no global model to step)": self.strategy
+            != StrategySpec(),
+            "secure_aggregation disabled (only securely aggregated soft labels may leave a "
+            "silo)": not self.secure_aggregation.enabled,
+        }
+        for what, refused in refusals.items():
+            if refused:
+                raise ValueError(f"distill is not supported with {what}")
+        if self.model is not None and self.model.task != "binary":
+            raise ValueError(
+                f"distill supports binary tasks only (soft labels are P(y=1)); the run's "
+                f"contract is {self.model.task}"
+            )
+        if not self.federation_statistics:
+            raise ValueError(
+                "distill draws its reference rows from the federation statistics: set "
+                "federation_statistics=true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ensemble_fits(self) -> RunSpec:
+        if self.ensemble is None:
+            return self
+        # Each silo trains its own member; only the mixture weights are learned together,
+        # from securely summed gradients: no global model, no strategy, no deltas.
+        refusals = {
+            "a tree run (set model: it gives the mlp members' hidden layers)": self.trees
+            is not None,
+            "a plugin mode": self.mode is not None,
+            "differential privacy (members are trained without noise)": self.privacy is not None,
+            "asynchronous rounds": self.asynchronous is not None,
+            "personalize (each silo's member is already its own)": self.personalize is not None,
+            "distill": self.distill is not None,
+            f"strategy {self.strategy.name!r} (there is no global model to step)": self.strategy
+            != StrategySpec(),
+            "secure_aggregation disabled (the weight gradients are only summed securely)": not (
+                self.secure_aggregation.enabled
+            ),
+        }
+        for what, refused in refusals.items():
+            if refused:
+                raise ValueError(f"ensemble is not supported with {what}")
+        if self.model is not None and self.model.task != "binary":
+            raise ValueError(
+                f"ensemble supports binary tasks only (members predict P(y=1)); the run's "
+                f"contract is {self.model.task}"
+            )
+        if self.rounds < 2:
+            raise ValueError(
+                "an ensemble run needs rounds >= 2: round 1 trains the members, the others "
+                "learn their weights"
+            )
         return self
 
     @model_validator(mode="after")

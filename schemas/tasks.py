@@ -159,6 +159,24 @@ class StatisticsTask(_RoundTask):
     secagg: SecAggInfo
 
 
+class DistillTask(_RoundTask):
+    """Train this silo's own model kind and submit its masked, weighted P(y=1) on the run's
+    reference set (the masked stage of a distillation round, `schemas.distill`); the soft
+    labels to learn from are model version `model_version` (none at version 0)."""
+
+    type: Literal["distill"] = "distill"
+    secagg: SecAggInfo
+
+
+class EnsembleWeightsTask(_RoundTask):
+    """Score every member of the ensemble (model version `model_version`) on this silo's
+    validation rows and submit the masked, weighted gradient of the mixture's log-loss with
+    respect to its logits (the masked stage of an ensemble weight round, `schemas.ensemble`)."""
+
+    type: Literal["ensemble_weights"] = "ensemble_weights"
+    secagg: SecAggInfo
+
+
 class SecAggConsistencyTask(_RoundTask):
     """Sign the survivor list (the consistency check between the masked and unmask stages)."""
 
@@ -218,6 +236,8 @@ Task = Annotated[
     | SecAggMaskedTask
     | SecAggBufferedTask
     | StatisticsTask
+    | DistillTask
+    | EnsembleWeightsTask
     | SecAggConsistencyTask
     | SecAggUnmaskTask
     | TreeTrainTask

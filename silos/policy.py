@@ -24,6 +24,22 @@ def policy_violation(
                 f"silo {config.silo.name} has no [collective] certificates in "
                 f"{config.source}; it cannot join XGBoost's federated collective"
             )
+    elif spec.distill is not None:  # this silo trains its own kind, whatever the run's model
+        kind = spec.distill.kind_for(config.silo.name)
+        allowed = (*policy.allowed_models, *policy.trees.allowed_kinds)
+        if kind not in allowed:
+            return (
+                f"silo {config.silo.name} policy allows models {list(allowed)}; the "
+                f"distillation run asks it to train {kind!r}"
+            )
+    elif spec.ensemble is not None:  # this silo trains its own member, whatever the run's model
+        kind = spec.ensemble.kind_for(config.silo.name)
+        allowed = (*policy.allowed_models, *policy.trees.allowed_kinds)
+        if kind not in allowed:
+            return (
+                f"silo {config.silo.name} policy allows models {list(allowed)}; the "
+                f"ensemble run asks it to train a {kind!r} member"
+            )
     elif spec.torch_model.kind not in policy.allowed_models:
         return (
             f"silo {config.silo.name} policy allows models {policy.allowed_models}; "

@@ -26,6 +26,8 @@ from schemas.secagg.exceptions import MessageFormatError
 from schemas.secagg.messages import AdvertiseKeys, EncryptedShare, UnmaskRequest
 from schemas.secagg.quantize import Quantizer
 from schemas.tasks import (
+    DistillTask,
+    EnsembleWeightsTask,
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
     SecAggMaskedTask,
@@ -45,6 +47,8 @@ SecAggTask = (
     | SecAggShareTask
     | SecAggMaskedTask
     | StatisticsTask
+    | DistillTask
+    | EnsembleWeightsTask
     | SecAggConsistencyTask
     | SecAggUnmaskTask
 )

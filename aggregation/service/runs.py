@@ -70,6 +70,18 @@ def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
     spec = spec_of(run)
     if spec.trees is not None:
         _check_tree_model(spec.trees, payload, run_id)
+    elif spec.ensemble is not None:  # version 0 of an ensemble run: no members yet
+        if payload:
+            raise InvalidPayload(
+                f"run {run_id} is an ensemble run: its members are trained in round 1, so its "
+                "initial model is empty"
+            )
+    elif spec.distill is not None:  # version 0 of a distillation run: no soft labels yet
+        if payload:
+            raise InvalidPayload(
+                f"run {run_id} is a distillation run: it starts with no soft labels, so its "
+                "initial model is empty"
+            )
     else:
         try:
             tensors.decode_expected(payload, param_shapes(spec.torch_model))

@@ -33,6 +33,7 @@ from aggregation.service.tables import (
     Silo,
 )
 from schemas.contracts.stats import moments_length
+from schemas.ensemble import MAX_MEMBERS
 from schemas.secagg.config import RoundConfig
 from schemas.secagg.exceptions import (
     DuplicateMessageError,
@@ -122,6 +123,10 @@ STATS_BITS = 64
 def dim(rnd: Round, spec: RunSpec) -> int:
     if rnd.kind == "statistics":
         return moments_length(round_contract(rnd, spec))  # the run's published version
+    if spec.ensemble is not None:  # d log-loss / d mixture logit, one per member, 0-padded
+        return MAX_MEMBERS
+    if spec.distill is not None:  # P(y=1) on every reference row
+        return spec.distill.reference_rows
     return sum(int(np.prod(shape)) for _, shape in update_shapes(spec))  # + SCAFFOLD controls
 
 

@@ -80,6 +80,24 @@ def demo(
             "global vs personalized vs alone.",
         ),
     ] = "",
+    distill: Annotated[
+        bool,
+        typer.Option(
+            "--distill",
+            help="FedDistill across model kinds: the first hospital trains XGBoost, the second "
+            "an MLP, the others logistic regression; they exchange only securely averaged soft "
+            "labels on synthetic reference rows. Prints each silo's distilled vs alone.",
+        ),
+    ] = False,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble",
+            help="FedBoost ensemble: each hospital trains its own model (XGBoost, MLP, LightGBM, "
+            "then logistic regression) on its own rows; the mixture weights are learned from "
+            "securely summed gradients. Prints each silo's ensemble vs its own member alone.",
+        ),
+    ] = False,
     vertical: Annotated[
         bool,
         typer.Option(
@@ -150,6 +168,8 @@ def demo(
             plain=plain,
             asynchronous=asynchronous,
             personalize=personalize,
+            distill=distill,
+            ensemble=ensemble,
             prefect_port=prefect_port,
             service_port=service_port,
             round_deadline_s=round_deadline_s,

@@ -85,7 +85,9 @@ def runs_show(
 ) -> None:
     """Show one run: its spec, participants and a row per round (its stage, the silos it still
     awaits, who declined and why, metrics)."""
+    from flows.distill_view import distill_table, run_distill
     from flows.drift_view import drift_rows, drift_table
+    from flows.ensemble_view import ensemble_table, run_ensemble
     from flows.exceptions import UnknownName
     from flows.personalization_view import personalization_table, run_personalization
     from flows.render import round_table, silo_metrics_table
@@ -103,6 +105,8 @@ def runs_show(
         raise
     rounds = client.rounds(run.run_id)
     personal = run_personalization(client, run.run_id, run.spec)  # from the silos' statements
+    distilled = run_distill(client, run.run_id, run.spec)  # likewise, a distillation run's
+    ensembled = run_ensemble(client, run.run_id, run.spec)  # and an ensemble run's
     drift = drift_rows(client.ledger(run.run_id))  # silos that trained despite drift warnings
     if as_json:
         emit_json(
@@ -110,6 +114,8 @@ def runs_show(
                 "run": run.model_dump(mode="json"),
                 "rounds": [r.model_dump(mode="json") for r in rounds],
                 "personalized": personal,
+                "distilled": distilled,
+                "ensemble": ensembled,
                 "drift_warnings": drift,
             }
         )
@@ -127,6 +133,10 @@ def runs_show(
     personal_table = personalization_table(personal)
     if personal_table is not None:
         out.print(personal_table)
+    if (distill := distill_table(distilled)) is not None:
+        out.print(distill)
+    if (ensemble := ensemble_table(ensembled)) is not None:
+        out.print(ensemble)
 
 
 def _vertical_id(client: CoordinatorClient, prefix: str) -> str | None:

@@ -29,6 +29,7 @@ from flows.cli.common import (
     console,
     fail,
 )
+from flows.cli.train import DistillOpt, EnsembleOpt
 
 
 def schedule(
@@ -75,11 +76,13 @@ def schedule(
     ] = Path("models"),
     paused: Annotated[bool, typer.Option(help="Create the schedule paused.")] = False,
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    distill: DistillOpt = None,
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
     from flows.cli.common import TokenSource
-    from flows.cli.train import service_contract, tree_spec
+    from flows.cli.train import distill_spec, ensemble_spec, service_contract, tree_spec
     from flows.run_model import feature_width, model_for_contract
     from flows.schedule import deployment_parameters, schedule_training
     from schemas.specs import StrategySpec, TrainingSpec
@@ -117,6 +120,10 @@ def schedule(
     if trees is not None:
         params["model"] = None
         params["trees"] = trees.model_dump(mode="json")
+    if (distilled := distill_spec(distill)) is not None:
+        params["distill"] = distilled.model_dump(mode="json")
+    if (ensembled := ensemble_spec(ensemble)) is not None:
+        params["ensemble"] = ensembled.model_dump(mode="json")
     try:
         done = schedule_training(
             name=name,

@@ -51,6 +51,28 @@ TrainTokenFileOpt = Annotated[
 ]
 
 
+DistillOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="FedDistill across model kinds: SILO=KIND pairs, e.g. "
+        "'default=logreg,cleveland=xgboost,hungary=mlp' (kinds: logreg, mlp, xgboost, "
+        "lightgbm; --hidden sizes the mlp). Each silo trains its own kind and they exchange "
+        "only securely averaged soft labels on synthetic reference rows; no global model.",
+    ),
+]
+
+
+EnsembleOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="FedBoost ensemble: SILO=KIND pairs, e.g. 'default=xgboost,hungary=mlp' (kinds: "
+        "logreg, mlp, xgboost, lightgbm; --hidden sizes the mlp). Each silo trains its own "
+        "member on its rows (shared with every silo); round 1 collects the members, the other "
+        "rounds learn the mixture weights from securely summed gradients.",
+    ),
+]
+
+
 def train(
     federation: FederationOpt,
     dataset: DatasetOpt,
@@ -111,6 +133,8 @@ def train(
             "at the end, kept at the silo; prints global vs personalized vs alone per silo."
         ),
     ] = None,
+    distill: DistillOpt = None,
+    ensemble: EnsembleOpt = None,
 ) -> None:
     """Run the coordinator flow once (a Prefect flow run) against a running service. Prefect
     stores a flow run's parameters, so the admin token is never one: the flow gets the path of
@@ -172,6 +196,8 @@ def train(
             ready_timeout_s=ready_timeout_s,
             show_progress=True,
             personalize=personalization(personalize),
+            distill=distill_spec(distill),
+            ensemble=ensemble_spec(ensemble),
         )
     if not isinstance(result, dict):  # a flow that ends Cancelled raises when called; be sure
         raise typer.Exit(1)
@@ -179,6 +205,50 @@ def train(
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
     show_personalization(result)
+    show_distill(result)
+    show_ensemble(result)
+
+
+def distill_spec(kinds: str | None):  # type: ignore[no-untyped-def]
+    """The run's DistillSpec for --distill (None without it)."""
+    if kinds is None:
+        return None
+    from flows.distill_view import parse_kinds
+
+    try:
+        return parse_kinds(kinds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--distill") from exc
+
+
+def ensemble_spec(kinds: str | None):  # type: ignore[no-untyped-def]
+    """The run's EnsembleSpec for --ensemble (None without it)."""
+    if kinds is None:
+        return None
+    from flows.ensemble_view import parse_ensemble
+
+    try:
+        return parse_ensemble(kinds)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ensemble") from exc
+
+
+def show_ensemble(result: dict) -> None:  # type: ignore[type-arg]
+    from flows.cli.common import console
+    from flows.ensemble_view import ensemble_table
+
+    table = ensemble_table(list(result.get("ensemble") or []))
+    if table is not None:
+        console.print(table)
+
+
+def show_distill(result: dict) -> None:  # type: ignore[type-arg]
+    from flows.cli.common import console
+    from flows.distill_view import distill_table
+
+    table = distill_table(list(result.get("distilled") or []))
+    if table is not None:
+        console.print(table)
 
 
 def personalization(method: str | None):  # type: ignore[no-untyped-def]

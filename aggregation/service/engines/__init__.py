@@ -2,7 +2,10 @@
 
 Built-in modes: ``plain``, ``secure``, ``statistics``, ``bagging`` and ``cyclic``
 (`trees`), ``collective``, ``secure-hist``, ``async`` (FedBuff buffers, `async_buffer`),
-``async-secure`` (FedBuff buffers whose cohorts aggregate securely, `async_secure`);
+``async-secure`` (FedBuff buffers whose cohorts aggregate securely, `async_secure`),
+``distill`` (securely averaged soft labels of a distillation run, `distill`),
+``ensemble-members``, ``ensemble-weights``, ``ensemble-evaluate`` (a FedBoost ensemble run,
+`ensemble`);
 `builtin` registers them. Layers: routes call
 engines (or crud modules); engines call crud modules (`runs`, `rounds`, `contributions`,
 `statements`, `model_store`, the protocol mailboxes ...); crud modules call `tables`/`db`.

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from aggregation.service.engines.base import RoundEngine
 from aggregation.service.exceptions import Conflict
 from aggregation.service.tables import Round
+from schemas.ensemble import EVALUATE_MODE, MEMBERS_MODE
 from schemas.specs import RunSpec
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -52,7 +53,9 @@ def mode_of(spec: RunSpec, rnd: Round) -> str:
     """The mode name of round `rnd` of a run with `spec`.
 
     A statistics round is always ``statistics`` (secure sums of feature moments); then the
-    spec's plugin `mode`; then the tree mode; then ``async`` / ``async-secure`` for a
+    spec's plugin `mode`; then the tree mode; then an ensemble run's own modes
+    (`ensemble_mode`); then ``distill`` for a training round of a
+    distillation run; then ``async`` / ``async-secure`` for a
     training round of an asynchronous run; then ``secure`` for a PyTorch training round
     with secure aggregation, ``plain`` for everything else (evaluation rounds included).
     """
@@ -62,11 +65,23 @@ def mode_of(spec: RunSpec, rnd: Round) -> str:
         return spec.mode
     if spec.trees is not None:
         return spec.trees.mode
+    if spec.ensemble is not None:
+        return ensemble_mode(rnd)
+    if rnd.kind == "train" and spec.distill is not None:
+        return "distill"
     if rnd.kind == "train" and spec.asynchronous is not None:
         return "async-secure" if spec.secure_aggregation.enabled else "async"
     if rnd.kind == "train" and spec.secure_aggregation.enabled:
         return "secure"
     return "plain"
+
+
+def ensemble_mode(rnd: Round) -> str:
+    """An ensemble run's rounds: members (the first training round, whose input is the empty
+    version 0), weights (securely summed), the closing evaluation."""
+    if rnd.kind != "train":
+        return EVALUATE_MODE
+    return MEMBERS_MODE if rnd.input_model_version == 0 else "ensemble-weights"
 
 
 def engine_for(spec: RunSpec, rnd: Round) -> RoundEngine:

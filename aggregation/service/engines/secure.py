@@ -36,6 +36,8 @@ from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionErr
 from schemas.signing import STATEMENT_HEADER
 from schemas.specs import update_shapes
 from schemas.tasks import (
+    DistillTask,
+    EnsembleWeightsTask,
     SecAggAdvertiseTask,
     SecAggConsistencyTask,
     SecAggInfo,
@@ -59,7 +61,9 @@ STEP_PREFIX = "secagg/"  # Answer.step of the secure-aggregation routes: secagg/
 class SecureEngine:
     """Masked updates, summed and unmasked by the service (see the module docstring)."""
 
-    masked_task: ClassVar[type[SecAggMaskedTask | StatisticsTask]] = SecAggMaskedTask
+    masked_task: ClassVar[
+        type[SecAggMaskedTask | StatisticsTask | DistillTask | EnsembleWeightsTask]
+    ] = SecAggMaskedTask
 
     def start(self, ctx: RoundContext, deadline_s: float) -> AfterCommit | None:
         fresh = ctx.rnd.secagg_stage is None and not contributions(

@@ -42,6 +42,8 @@ from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
 from aggregation.service.tasks import next_task
 from aggregation.service.wakeup import wakeup_of
+from schemas.distill_statement import DistilledPayload
+from schemas.ensemble import EnsembledPayload
 from schemas.personalization import PersonalizedPayload
 from schemas.signing import STATEMENT_HEADER
 from schemas.tasks import Task
@@ -54,7 +56,9 @@ StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_le
 class StatementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["privacy_spent", "validation_result", "decline", "personalized"]
+    kind: Literal[
+        "privacy_spent", "validation_result", "decline", "personalized", "distilled", "ensembled"
+    ]
     payload: dict[str, Any]
     signature: str = Field(max_length=256, pattern=TEXT_PATTERN)
 
@@ -232,6 +236,16 @@ def submit_statement(
             PersonalizedPayload.model_validate(body.payload)
         except ValidationError as exc:
             raise InvalidPayload(f"personalized statement from {silo.name!r}: {exc}") from exc
+    if body.kind == "distilled":  # likewise: the distilled model's hash and metrics only
+        try:
+            DistilledPayload.model_validate(body.payload)
+        except ValidationError as exc:
+            raise InvalidPayload(f"distilled statement from {silo.name!r}: {exc}") from exc
+    if body.kind == "ensembled":  # the final ensemble's and the own member's held-out metrics
+        try:
+            EnsembledPayload.model_validate(body.payload)
+        except ValidationError as exc:
+            raise InvalidPayload(f"ensembled statement from {silo.name!r}: {exc}") from exc
     if body.kind == "decline":
         with transaction(factory) as s:
             receipt, created = declines.record_decline(

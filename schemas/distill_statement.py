@@ -1,0 +1,33 @@
+"""The ``distilled`` ledger statement: what a silo signs about its model in a distillation run
+(`schemas.distill`). The model itself stays at the silo."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.distill import MemberKind
+from schemas.wire import NAME_PATTERN, Metrics
+
+STATEMENT_KIND = "distilled"
+
+
+class DistilledPayload(BaseModel):
+    """Payload of a silo's signed ``distilled`` statement (one per distillation round).
+
+    The model stays at the silo; the statement carries its sha256 and, on the silo's held-out
+    rows, its metrics and those of the same kind of model trained on the silo's rows alone.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    silo: str = Field(pattern=NAME_PATTERN)
+    round: int = Field(ge=1)
+    kind: MemberKind
+    model_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    soft_labels_version: int = Field(
+        ge=0, description="the published soft labels it learned from (0: none yet)"
+    )
+    reference_rows: int = Field(ge=0)
+    n_train: int = Field(ge=0)
+    distilled: Metrics
+    alone: Metrics

@@ -1,0 +1,105 @@
+"""A silo's distillation step: its own kind of model, learning from published soft labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas import tensors
+from schemas.distill import SOFT_LABELS, DistillSpec
+from schemas.specs import ModelSpec, RunSpec
+from silos.distill import decode_soft_labels, distill_step
+from silos.exceptions import ModelError
+from silos.local_models import train_local
+
+
+def _rows(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(np.float32)
+    return X, y
+
+
+def _spec(kind: str, weight: float = 1.0) -> RunSpec:
+    return RunSpec(
+        federation="f",
+        dataset="d",
+        model=ModelSpec(kind="mlp", n_features=5, hidden=(4,)),
+        federation_statistics=True,
+        distill=DistillSpec(kinds={"default": kind}, reference_rows=16, weight=weight),
+    )
+
+
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_without_soft_labels_the_model_is_the_one_trained_alone(kind: str) -> None:
+    train, test, X_ref = _rows(0, 120), _rows(1, 60), _rows(2, 40)[0]
+    out = distill_step(_spec(kind), "s1", train, test, X_ref, None)
+    assert out.kind == kind and out.n_train == 120
+    assert out.distilled == out.alone
+    assert out.reference_predictions.shape == (40,)
+    assert ((out.reference_predictions >= 0) & (out.reference_predictions <= 1)).all()
+    assert out.alone.auc is not None and out.alone.auc > 0.7  # the rows are learnable
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "xgboost", "lightgbm"])
+def test_soft_labels_pull_the_model_toward_the_federation(kind: str) -> None:
+    """Reference rows labelled 'positive' by the federation raise the silo's P(y=1) there; with
+    weight 0 the silo ignores them and keeps the model it trains alone."""
+    train, test, X_ref = _rows(0, 120), _rows(1, 60), _rows(2, 200)[0]
+    soft = np.ones(len(X_ref))
+    alone = distill_step(_spec(kind), "s1", train, test, X_ref, None)
+    pulled = distill_step(_spec(kind, weight=3.0), "s1", train, test, X_ref, soft)
+    assert pulled.model.sha256 != alone.model.sha256
+    assert pulled.reference_predictions.mean() > alone.reference_predictions.mean() + 0.1
+    assert pulled.alone == alone.alone  # the baseline does not depend on the soft labels
+    ignored = distill_step(_spec(kind, weight=0.0), "s1", train, test, X_ref, soft)
+    assert ignored.model.sha256 == alone.model.sha256
+
+
+def test_unit_row_weights_change_nothing_and_bad_weights_are_refused() -> None:
+    X, y = _rows(0, 80)
+    for kind in ("logreg", "xgboost"):
+        plain = train_local(kind, X, y, seed=1)
+        assert train_local(kind, X, y, seed=1, weight=np.ones(80)).sha256 == plain.sha256
+    with pytest.raises(ModelError, match="row weights"):
+        train_local("logreg", X, y, weight=np.ones(3))
+    with pytest.raises(ModelError, match="row weights"):
+        train_local("xgboost", X, y, weight=-np.ones(80))
+
+
+def test_published_soft_labels_are_checked() -> None:
+    good = tensors.encode({SOFT_LABELS: np.full(4, 0.25, np.float32)})
+    np.testing.assert_allclose(decode_soft_labels(good, 4), 0.25)
+    with pytest.raises(ModelError, match="do not fit 5 reference rows"):
+        decode_soft_labels(good, 5)
+    bad = tensors.encode({SOFT_LABELS: np.array([0.1, 2.0], np.float32)})
+    with pytest.raises(ModelError, match=r"\[0, 1\]"):
+        decode_soft_labels(bad, 2)
+    with pytest.raises(ModelError, match="reference rows"):
+        distill_step(
+            _spec("logreg"), "s1", _rows(0, 50), _rows(1, 20), np.zeros((3, 5)), np.ones(4)
+        )
+
+
+def test_a_silo_policy_decides_which_kind_it_trains(tmp_path: Path) -> None:
+    from silos.config import load_silo_config
+    from silos.policy import policy_violation
+
+    toml = (
+        '[silo]\nname = "cleveland"\nfederation = "heart"\nworkspace = "ws"\n\n'
+        '[data]\npath = "data.csv"\ncontract = "heart_disease"\n\n'
+        '[service]\nurls = ["http://127.0.0.1:8700"]\n\n'
+        '[policy]\nallowed_models = ["logreg"]\n\n[policy.trees]\nallowed_kinds = ["lightgbm"]\n'
+    )
+    (tmp_path / "silo.toml").write_text(toml)
+    cfg = load_silo_config(tmp_path / "silo.toml")
+    base = _spec("logreg").model_copy(update={"dataset": "heart_disease"})
+    assert policy_violation(cfg, base, 5) is None
+    lgb = DistillSpec(kinds={"default": "logreg", "cleveland": "lightgbm"})
+    assert policy_violation(cfg, base.model_copy(update={"distill": lgb}), 5) is None
+    for kind in ("xgboost", "mlp"):
+        asked = DistillSpec(kinds={"default": "logreg", "cleveland": kind})
+        refusal = policy_violation(cfg, base.model_copy(update={"distill": asked}), 5) or ""
+        assert f"asks it to train {kind!r}" in refusal and "cleveland" in refusal

@@ -1,0 +1,109 @@
+"""A silo's ensemble steps on its own arrays: the validation slice is fixed and disjoint, the
+gradient is the mixture's on that slice, a tampered member is refused, and the evaluation
+compares the ensemble with the silo's own member on the held-out rows."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from schemas.ensemble import (
+    EnsembleArtifact,
+    EnsembleSpec,
+    Member,
+    check_member_bytes,
+    mixture_gradient,
+)
+from schemas.specs import ModelSpec, RunSpec
+from schemas.task_metrics import score
+from silos.ensemble import (
+    evaluate,
+    load_ensemble,
+    member_message,
+    split_validation,
+    weight_gradient,
+)
+from silos.exceptions import ModelError
+from silos.local_data import LocalData
+from silos.local_models import LocalParams, train_local
+
+SPEC = RunSpec(
+    federation="f",
+    dataset="d",
+    model=ModelSpec(kind="mlp", n_features=4, hidden=(4,)),
+    rounds=2,
+    ensemble=EnsembleSpec(kinds={"default": "logreg", "b": "lightgbm"}),
+)
+
+
+def _data(seed: int, n: int = 80) -> LocalData:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + 30, 4)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * rng.normal(size=n + 30) > 0).astype(np.float32)
+    return LocalData(X[:n], y[:n], X[n:], y[n:], 4, {}, "")
+
+
+def _artifact(data: dict[str, LocalData], weights: list[float]) -> bytes:
+    members = []
+    for silo, d in sorted(data.items()):
+        message, model = member_message(SPEC, SPEC.ensemble.kind_for(silo), d)  # type: ignore[union-attr]
+        members.append(Member(silo=silo, sha256=model.sha256, **json.loads(message)))
+    artifact = EnsembleArtifact(run_id="r", members=members, weights=weights, weight_round=0)
+    return artifact.model_dump_json().encode()
+
+
+def test_validation_slice_is_fixed_and_disjoint() -> None:
+    d = _data(0)
+    (X_fit, _), (X_val, y_val) = split_validation(d, 0.25, seed=3)
+    (X_fit2, _), (X_val2, _) = split_validation(d, 0.25, seed=3)
+    assert len(X_val) == 20 and len(X_fit) == 60
+    np.testing.assert_array_equal(X_val, X_val2)
+    np.testing.assert_array_equal(X_fit, X_fit2)
+    rows = {r.tobytes() for r in X_fit}
+    assert not any(r.tobytes() in rows for r in X_val)
+    with pytest.raises(ModelError, match="at least 2 training rows"):
+        split_validation(_data(0, n=1), 0.25, seed=0)
+
+
+def test_gradient_and_evaluation_use_the_right_rows() -> None:
+    data = {"a": _data(1), "b": _data(2)}
+    ensemble = load_ensemble(_artifact(data, [0.3, 0.7]))
+    assert [m.kind for m in ensemble.models] == ["logreg", "lightgbm"]
+    grad, metrics = weight_gradient(SPEC, ensemble, data["a"])
+    _, (X_val, y_val) = split_validation(data["a"], 0.3, SPEC.training.seed)
+    probs = np.column_stack([m.predict_proba(X_val) for m in ensemble.models])
+    np.testing.assert_allclose(grad, mixture_gradient(np.array([0.3, 0.7]), probs, y_val))
+    assert metrics.n_test == len(y_val)
+    ens_metrics, statement = evaluate("b", 4, ensemble, "ab" * 32, data["b"])
+    own = ensemble.own("b")
+    assert own is not None and statement.member_sha256 == own.sha256
+    d = data["b"]
+    assert statement.member_auc == score("binary", d.y_test, own.predict_proba(d.X_test))["auc"]
+    assert statement.ensemble_auc == ens_metrics.auc and ens_metrics.n_test == len(d.y_test)
+
+
+def test_a_tampered_member_is_refused() -> None:
+    data = {"a": _data(1), "b": _data(2)}
+    doc = json.loads(_artifact(data, [0.5, 0.5]))
+    raw = base64.b64decode(doc["members"][1]["model_b64"])
+    doc["members"][1]["model_b64"] = base64.b64encode(raw.replace(b"tree", b"TREE", 1)).decode()
+    with pytest.raises(ModelError, match="member of silo 'b' does not match its sha256"):
+        load_ensemble(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "xgboost", "lightgbm"])
+def test_member_bytes_are_checked_without_loading_them(kind: str) -> None:
+    d = _data(3)
+    model = train_local(kind, d.X_train, d.y_train, params=LocalParams(hidden=(3,), epochs=1))
+    data = model.to_bytes()
+    check_member_bytes(data, kind, 4)
+    with pytest.raises(ValueError, match=f"the run asks for a {kind} of 5"):
+        check_member_bytes(data, kind, 5)
+    with pytest.raises(ValueError, match="format|header"):
+        check_member_bytes(b"x" + data, kind, 4)
+    head, _, payload = data.partition(b"\n")
+    with pytest.raises(ValueError, match="parameter bytes|XGBoost|LightGBM"):
+        check_member_bytes(head + b"\n" + payload[: len(payload) // 2], kind, 4)
