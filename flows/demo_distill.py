@@ -13,34 +13,27 @@ from typing import Any
 
 from rich.console import Console
 
+from flows.demo_kinds import mixed_kinds_spec
 from flows.distill_view import distill_table
-from flows.exceptions import DemoError
 from schemas.distill import DistillSpec
-from schemas.specs import RunSpec, StrategySpec
+from schemas.specs import RunSpec
 
 DEMO_KINDS = ("xgboost", "mlp")  # the first silos' kinds; the rest train "logreg"
-DEMO_HIDDEN = (32,)
 DEMO_REFERENCE_ROWS = 512
 
 
 def distilled(spec: RunSpec, silos: list[str]) -> RunSpec:
     """`spec` as a distillation run across `silos` (a DemoError names what does not fit)."""
-    if spec.trees is not None:
-        raise DemoError("--distill picks each silo's model kind itself; drop --model/--mode")
-    kinds: dict[str, Any] = {"default": "logreg"}
-    kinds.update(zip(silos, DEMO_KINDS, strict=False))
-    data = spec.model_dump()
-    model = data["model"]
-    data.update(
-        model={**model, "kind": "mlp", "hidden": model["hidden"] or DEMO_HIDDEN},
-        strategy=StrategySpec().model_dump(),  # no global model for a server step to move
-        federation_statistics=True,  # the reference rows are drawn from them
-        distill=DistillSpec(kinds=kinds, reference_rows=DEMO_REFERENCE_ROWS).model_dump(),
+    return mixed_kinds_spec(
+        spec,
+        silos,
+        DEMO_KINDS,
+        "--distill",
+        lambda kinds: {
+            "federation_statistics": True,  # the reference rows are drawn from them
+            "distill": DistillSpec(kinds=kinds, reference_rows=DEMO_REFERENCE_ROWS).model_dump(),
+        },
     )
-    try:
-        return RunSpec.model_validate(data)
-    except ValueError as exc:
-        raise DemoError(f"--distill: {exc}") from exc
 
 
 def print_distill(console: Console, result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -13,34 +13,27 @@ from typing import Any
 
 from rich.console import Console
 
+from flows.demo_kinds import mixed_kinds_spec
 from flows.ensemble_view import ensemble_table
-from flows.exceptions import DemoError
 from schemas.ensemble import EnsembleSpec
-from schemas.specs import RunSpec, StrategySpec
+from schemas.specs import RunSpec
 
 DEMO_KINDS = ("xgboost", "mlp", "lightgbm")  # the first silos' kinds; the rest train "logreg"
-DEMO_HIDDEN = (32,)
 DEMO_ROUNDS = 6  # the members round and five weight rounds
 
 
 def ensembled(spec: RunSpec, silos: list[str], rounds: int = 0) -> RunSpec:
     """`spec` as an ensemble run across `silos` (a DemoError names what does not fit)."""
-    if spec.trees is not None:
-        raise DemoError("--ensemble picks each silo's model kind itself; drop --model/--mode")
-    kinds: dict[str, Any] = {"default": "logreg"}
-    kinds.update(zip(silos, DEMO_KINDS, strict=False))
-    data = spec.model_dump()
-    model = data["model"]
-    data.update(
-        model={**model, "kind": "mlp", "hidden": model["hidden"] or DEMO_HIDDEN},
-        strategy=StrategySpec().model_dump(),  # no global model for a server step to move
-        rounds=rounds or DEMO_ROUNDS,
-        ensemble=EnsembleSpec(kinds=kinds).model_dump(),
+    return mixed_kinds_spec(
+        spec,
+        silos,
+        DEMO_KINDS,
+        "--ensemble",
+        lambda kinds: {
+            "rounds": rounds or DEMO_ROUNDS,
+            "ensemble": EnsembleSpec(kinds=kinds).model_dump(),
+        },
     )
-    try:
-        return RunSpec.model_validate(data)
-    except ValueError as exc:
-        raise DemoError(f"--ensemble: {exc}") from exc
 
 
 def print_ensemble(console: Console, result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows import report_kinds
 from flows import report_sections as sections
 from flows.lineage_cmds import parse_keys
 from flows.lineage_view import run_view
@@ -106,6 +107,8 @@ def render_report(
         "events": sections.events(view),
         "declines": sections.declines(view),
         "personalization": sections.personalization(view),
+        "ensemble": report_kinds.ensemble(view),
+        "distill": report_kinds.distill(view),
         "prefect_runs": prefect_runs,
         "prefect_linked": prefect_linked,
         "timeline": sections.timeline(view, report.bad_seq),

@@ -121,3 +121,25 @@ def vertical_splits_figure(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     return _data_uri(fig)
+
+
+def ensemble_weights_figure(
+    points: Sequence[tuple[int, Mapping[str, float]]], silos: Sequence[str]
+) -> str | None:
+    """Each member's mixture weight after each round of an ensemble run (`points`: (round,
+    silo -> weight), round 1 being the uniform start). None without a weight."""
+    if not any(weights for _, weights in points):
+        return None
+    fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for silo in silos:
+        own = [(r, w[silo]) for r, w in points if silo in w]
+        ax.plot([r for r, _ in own], [v for _, v in own], marker="o", label=silo)
+    ax.set_title("mixture weight of each silo's member")
+    ax.set_xlabel("round (1: members, uniform weights)")
+    ax.set_ylabel("weight")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    return _data_uri(fig)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support.fault_helpers import Federation, query, start_federation, train
+from support.service_scan import holds, service_bytes
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -50,28 +50,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Itera
         federation.stop()
 
 
-def _service_bytes(fed: Federation) -> list[bytes]:
-    """Every value in the service's database and every file in its workspace."""
-    found: list[bytes] = []
-    db = Path(fed.db_url.removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (names from sqlite)
-                found += [
-                    v if isinstance(v, bytes) else v.encode()
-                    for v in row
-                    if isinstance(v, bytes | str)
-                ]
-    found += [p.read_bytes() for p in (fed.root / "service").rglob("*") if p.is_file()]
-    return found
-
-
-def _held(needle: np.ndarray, haystack: list[bytes]) -> bool:
-    raw = np.ascontiguousarray(needle, dtype=np.float32).tobytes()
-    return any(raw in blob or raw.hex().encode() in blob for blob in haystack)
-
-
 def test_three_model_kinds_share_only_aggregated_soft_labels(
     fed: Federation, tmp_path: Path
 ) -> None:
@@ -100,8 +78,8 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
     spec = fed.coord.get_run(run_id).spec
     X_ref = reference_rows(spec, run_id, contract, json.loads(stats_json))
     published = decode_soft_labels(fed.coord.download_model(run_id, 3), len(X_ref))
-    held = _service_bytes(fed)
-    assert _held(published.astype(np.float32), held)  # the search finds what the service holds
+    held = service_bytes(fed)
+    assert holds(published.astype(np.float32), held)  # the search finds what the service holds
 
     statements = [e for e in fed.coord.ledger(run_id) if e.kind == "distilled"]
     assert sorted({e.author for e in statements}) == sorted(f"silo:{s}" for s in SILOS)
@@ -115,7 +93,7 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
         p = model.predict_proba(X_ref)
         predictions.append(p)
         assert model_bytes not in held and not any(model_bytes[-256:] in b for b in held)
-        assert not _held(p, held), f"{silo}'s own predictions reached the service"
+        assert not holds(p, held), f"{silo}'s own predictions reached the service"
         for key in ("distilled", "alone"):
             assert 0.0 <= rows[silo][key] <= 1.0  # ROC AUC on the silo's held-out rows
     last = {json.loads(e.payload)["silo"]: json.loads(e.payload) for e in statements}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from support.fault_helpers import Federation, start_federation, train
+from support.service_scan import holds, service_bytes
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -52,29 +52,6 @@ def fed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Itera
         federation.stop()
 
 
-def _service_bytes(fed: Federation) -> list[bytes]:
-    """Every value in the service's database (bytes as is, text encoded) and every file in its
-    workspace: what the service holds."""
-    found: list[bytes] = []
-    db = Path(fed.db_url.removeprefix("sqlite:///"))
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (names from sqlite)
-                for value in row:
-                    if isinstance(value, bytes):
-                        found.append(value)
-                    elif isinstance(value, str):
-                        found.append(value.encode())
-    found += [p.read_bytes() for p in (fed.root / "service").rglob("*") if p.is_file()]
-    return found
-
-
-def _held(needle: np.ndarray, haystack: list[bytes]) -> bool:
-    raw = np.ascontiguousarray(needle, dtype=np.float32).tobytes()
-    return any(raw in blob or raw.hex().encode() in blob for blob in haystack)
-
-
 def test_fedper_heads_and_personalized_models_stay_at_the_silos(
     fed: Federation, tmp_path: Path
 ) -> None:
@@ -100,8 +77,8 @@ def test_fedper_heads_and_personalized_models_stay_at_the_silos(
     np.testing.assert_array_equal(final[head_b], initial[head_b])
     assert not np.array_equal(final[names[0]], initial[names[0]])  # the body did train
 
-    held = _service_bytes(fed)
-    assert _held(final[names[0]], held)  # the search finds what the service does hold
+    held = service_bytes(fed)
+    assert holds(final[names[0]], held)  # the search finds what the service does hold
     statements = [e for e in fed.coord.ledger(run_id) if e.kind == "personalized"]
     assert sorted(e.author for e in statements) == sorted(f"silo:{s}" for s in SILOS)
     for silo in SILOS:
@@ -115,8 +92,8 @@ def test_fedper_heads_and_personalized_models_stay_at_the_silos(
         head, _ = tensors.decode((folder / HEAD_FILE).read_bytes())
         assert not np.array_equal(head["weight"], initial[head_w])  # the silo trained its head
         mine, _ = tensors.decode(personal)
-        assert not _held(head["weight"], held), f"{silo}'s head reached the service"
-        assert not _held(mine[head_w], held), f"{silo}'s personalized model reached the service"
+        assert not holds(head["weight"], held), f"{silo}'s head reached the service"
+        assert not holds(mine[head_w], held), f"{silo}'s personalized model reached the service"
         assert personal not in held
 
     # `runs show` and the HTML report show the same per-silo rows, from the ledger
@@ -152,7 +129,7 @@ def test_tree_silos_continue_boosting_and_sign_their_models(
     assert sorted(rows) == sorted(SILOS)
     global_model = Path(str(result["model_path"])).read_bytes()
     n_global = xgb.Booster(model_file=bytearray(global_model)).num_boosted_rounds()
-    held = _service_bytes(fed)
+    held = service_bytes(fed)
     for silo in SILOS:
         folder = personal_dir(load_silo_config(fed.configs[silo]).workspace, run_id)
         personal = (folder / MODEL_FILE).read_bytes()
