@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import httpx
 import pytest
+from support import prefect_api
 from support.fault_helpers import Federation, query, start_federation
 
 from flows.processes import base_env, spawn
@@ -85,14 +85,7 @@ def deployment(fed: Federation, prefect_api_url: str) -> Iterator[tuple[str, str
 
 
 def _api(prefect_api_url: str, method: str, path: str, body: object = None) -> object:
-    """One Prefect API call; a busy server's 5xx answers are retried for a minute."""
-    deadline = time.monotonic() + 60
-    while True:
-        resp = httpx.request(method, prefect_api_url + path, json=body, timeout=30)
-        if resp.status_code < 500 or time.monotonic() > deadline:
-            resp.raise_for_status()
-            return resp.json() if resp.content else None
-        time.sleep(1.0)
+    return prefect_api.call(prefect_api_url, method, path, body)
 
 
 def _trigger(name: str, prefect_api_url: str) -> str:
@@ -165,11 +158,8 @@ def test_scheduled_deployment_runs_on_a_process_worker(
     assert (fed.root / "models" / f"{run_id}-v{ROUNDS}.safetensors").exists()
     # every silo agent reported its part to the Prefect API its silo.toml names
     names = [f"{silo}-{run_id}" for silo in SILOS]
-    silo_runs = _api(
-        prefect_api_url, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": names}}}
-    )
-    assert isinstance(silo_runs, list) and len(silo_runs) == len(SILOS)
-    assert all(r["state_type"] == "COMPLETED" for r in silo_runs)
+    ended = prefect_api.ended_flow_runs(prefect_api_url, names)
+    assert ended == dict.fromkeys(names, "COMPLETED"), ended
 
 
 def _flow_run_pids(flow_run_id: str) -> list[int]:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
-import httpx
 import numpy as np
 import pytest
 import typer
 from pydantic import SecretStr
+from support import prefect_api
 from support.live_service import (
     coordinator,
     enrolled_silo,
@@ -120,10 +120,7 @@ def _answer_tasks(
 
 
 def _api(method: str, path: str, body: object = None) -> Any:
-    base = os.environ["PREFECT_API_URL"].rstrip("/")
-    resp = httpx.request(method, base + path, json=body, timeout=30)
-    resp.raise_for_status()
-    return resp.json() if resp.content else None
+    return prefect_api.call(os.environ["PREFECT_API_URL"], method, path, body)
 
 
 def _flow_run(federation: str, dataset: str) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from support import prefect_api
 from support.e2e_kill import kill_service_mid_round
 from support.fault_helpers import HOSPITALS, MODEL, Federation, start_federation, train
 
@@ -58,11 +58,8 @@ def test_four_hospitals_train_a_model_end_to_end(
     tensors.decode_expected(saved, param_shapes(MODEL))
     # every silo recorded its part as one Prefect flow run, named after the silo and the run
     names = [f"{silo}-{result['run_id']}" for silo in HOSPITALS]
-    with httpx.Client(base_url=prefect_api_url) as prefect:
-        runs = prefect.post(
-            "/flow_runs/filter", json={"flow_runs": {"name": {"any_": names}}}
-        ).json()
-    assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" for r in runs)
+    ended = prefect_api.ended_flow_runs(prefect_api_url, names)
+    assert ended == dict.fromkeys(names, "COMPLETED"), ended
 
 
 def test_policy_refusal_is_shown_and_the_run_goes_on(shared: Federation, tmp_path: Path) -> None:

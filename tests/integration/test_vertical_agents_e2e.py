@@ -14,7 +14,6 @@ party the count and the ledger no hash; the relay holds no envelope once the run
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -23,8 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from support import prefect_api
 from support.fault_helpers import START_S, wait_until
 from support.live_service import coordinator, service_in_thread
 from support.stopping import stop_all
@@ -63,17 +61,6 @@ def fedsilo(*args: str) -> str:
     result = CliRunner().invoke(app, list(args))
     assert result.exit_code == 0, (args, result.output, result.exception)
     return result.output
-
-
-def flow_runs(names: list[str]) -> dict[str, str]:
-    async def read() -> dict[str, str]:
-        async with get_client() as client:
-            runs = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=names))
-            )
-        return {r.name: r.state_type.value for r in runs if r.state_type}
-
-    return asyncio.run(read())
 
 
 def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api_url: str) -> None:
@@ -194,6 +181,7 @@ def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api
             assert left == 0
 
             names = [f"{s}-{r}" for s in SILOS for r in (run_id, pred_id, size_id)]
-            assert flow_runs(names) == dict.fromkeys(names, "COMPLETED"), logs()
+            ended = prefect_api.ended_flow_runs(prefect_api_url, names)
+            assert ended == dict.fromkeys(names, "COMPLETED"), (ended, logs())
         finally:
             stop_all(procs)
