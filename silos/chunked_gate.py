@@ -41,6 +41,7 @@ from silos.compute import ComputeSection, dask_client, read_partitions
 from silos.gate import (
     GateResult,
     class_counts,
+    class_verdict,
     fingerprint_table,
     frequency_verdict,
     gate_result,
@@ -339,14 +340,6 @@ def _frequencies(
 
 
 def _classes(facts: _Facts, contract: Contract, first: ExpectationOutcome) -> ExpectationOutcome:
-    counts, need = facts.classes, contract.min_class_rows
-    rare = {label: n for label, n in counts.items() if n < need}
-    shown = rare or counts
-    listing = ", ".join(f"class {label}: {n} rows" for label, n in list(shown.items())[:10])
-    detail = (
-        f"{listing}; every class needs at least {need} (min_class_rows)"
-        if rare
-        else f"smallest class {min(counts.values())} rows; {need} needed"
-    )
-    update = {"success": not rare, "unexpected_count": len(rare), "detail": detail}
+    rare, detail = class_verdict(facts.classes, contract.min_class_rows)
+    update = {"success": not rare, "unexpected_count": rare, "detail": detail}
     return first.model_copy(update=update)

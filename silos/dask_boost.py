@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from schemas.tree_params import TreeSpec
-from silos.exceptions import ModelError
 from silos.features import FeaturePipeline
-from silos.tree_trainer import TreeTrainResult
+from silos.tree_trainer import TreeTrainResult, no_tree_grown
 from silos.tree_trainer import _base as base_model  # the same checks on the global model
 
 LABEL = "__label__"
@@ -65,10 +64,7 @@ def train_trees_dask(
     boost = _xgb if spec.kind == "xgboost" else _lgb
     model, n_new, version = boost(client, spec, base, n_base, X, y, seed)
     if n_new == 0:
-        raise ModelError(
-            f"{spec.kind} grew no new tree on this silo's {n_rows} rows (no split with positive "
-            "gain); the silo sits this round out"
-        )
+        raise no_tree_grown(spec.kind, n_rows)
     return TreeTrainResult(model, n_new, n_base, n_rows, time.perf_counter() - started, version)
 
 

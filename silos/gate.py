@@ -267,7 +267,15 @@ def _class_outcome(table: pd.DataFrame, contract: Contract) -> ExpectationOutcom
     except TypeError:
         detail = f"the target's values cannot be compared with the contract's {contract.task} rule"
         return ExpectationOutcome(expectation=kind, column=column, success=False, detail=detail)
-    need = contract.min_class_rows
+    rare, detail = class_verdict(counts, contract.min_class_rows)
+    return ExpectationOutcome(
+        expectation=kind, column=column, success=not rare, unexpected_count=rare, detail=detail
+    )
+
+
+def class_verdict(counts: dict[str, int], need: int) -> tuple[int, str]:
+    """(how many classes have fewer than `need` rows, detail) of the rows per class
+    (whole-table and chunked gate alike); the detail lists at most ten classes."""
     rare = {label: n for label, n in counts.items() if n < need}
     shown = rare or counts
     listing = ", ".join(f"class {label}: {n} rows" for label, n in list(shown.items())[:10])
@@ -276,9 +284,7 @@ def _class_outcome(table: pd.DataFrame, contract: Contract) -> ExpectationOutcom
         if rare
         else f"smallest class {min(counts.values())} rows; {need} needed"
     )
-    return ExpectationOutcome(
-        expectation=kind, column=column, success=not rare, unexpected_count=len(rare), detail=detail
-    )
+    return len(rare), detail
 
 
 def class_counts(target: pd.Series, contract: Contract) -> dict[str, int]:

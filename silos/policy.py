@@ -24,22 +24,10 @@ def policy_violation(
                 f"silo {config.silo.name} has no [collective] certificates in "
                 f"{config.source}; it cannot join XGBoost's federated collective"
             )
-    elif spec.distill is not None:  # this silo trains its own kind, whatever the run's model
-        kind = spec.distill.kind_for(config.silo.name)
-        allowed = (*policy.allowed_models, *policy.trees.allowed_kinds)
-        if kind not in allowed:
-            return (
-                f"silo {config.silo.name} policy allows models {list(allowed)}; the "
-                f"distillation run asks it to train {kind!r}"
-            )
-    elif spec.ensemble is not None:  # this silo trains its own member, whatever the run's model
-        kind = spec.ensemble.kind_for(config.silo.name)
-        allowed = (*policy.allowed_models, *policy.trees.allowed_kinds)
-        if kind not in allowed:
-            return (
-                f"silo {config.silo.name} policy allows models {list(allowed)}; the "
-                f"ensemble run asks it to train a {kind!r} member"
-            )
+    elif spec.distill is not None or spec.ensemble is not None:
+        problem = _own_kind_violation(config, spec)
+        if problem:
+            return problem
     elif spec.torch_model.kind not in policy.allowed_models:
         return (
             f"silo {config.silo.name} policy allows models {policy.allowed_models}; "
@@ -69,3 +57,18 @@ def policy_violation(
             f"{config.data.contract!r} at silo {config.silo.name} is {task}"
         )
     return None
+
+
+def _own_kind_violation(config: SiloConfig, spec: RunSpec) -> str | None:
+    """Why the silo refuses the kind a distillation or ensemble run asks it to train (there
+    each silo trains its own kind, whatever the run's model), or None."""
+    name = config.silo.name
+    if spec.distill is not None:
+        kind = spec.distill.kind_for(name)
+        asked = f"the distillation run asks it to train {kind!r}"
+    else:
+        assert spec.ensemble is not None
+        kind = spec.ensemble.kind_for(name)
+        asked = f"the ensemble run asks it to train a {kind!r} member"
+    allowed = (*config.policy.allowed_models, *config.policy.trees.allowed_kinds)
+    return None if kind in allowed else f"silo {name} policy allows models {list(allowed)}; {asked}"

@@ -81,10 +81,7 @@ def train_trees(
     boost = _train_xgb if spec.kind == "xgboost" else _train_lgb
     model, n_new, version = boost(spec, base, n_base, X, y, seed, n_threads)
     if n_new == 0:
-        raise ModelError(
-            f"{spec.kind} grew no new tree on this silo's {len(y)} rows (no split with positive "
-            "gain); the silo sits this round out"
-        )
+        raise no_tree_grown(spec.kind, len(y))
     seconds = time.perf_counter() - started
     return TreeTrainResult(model, n_new, n_base, len(y), seconds, version)
 
@@ -198,6 +195,14 @@ def _base(spec: TreeSpec, global_model: bytes | None) -> tuple[Any, int]:
         )
     # boosting rounds (LightGBM counts trees, K per round for multiclass)
     return base, base.num_boosted_rounds() if xgboost else base.num_trees() // spec.n_outputs
+
+
+def no_tree_grown(kind: str, n_rows: int) -> ModelError:
+    """The refusal when boosting grew no tree on the silo's rows (no split gains)."""
+    return ModelError(
+        f"{kind} grew no new tree on this silo's {n_rows} rows (no split with positive gain); "
+        "the silo sits this round out"
+    )
 
 
 def _train_xgb(

@@ -65,16 +65,34 @@ def submit_update(
             f"run {run_id} trains {spec.trees.kind} trees: silo {silo!r} must send its trees "
             "sealed to /trees, not a tensor update"
         )
+    shapes = update_shapes(spec)
+    return add_update(s, run_id, silo, payload, digest, shapes, asked=number, filed=number), True
+
+
+def add_update(
+    s: Session,
+    run_id: str,
+    silo: str,
+    payload: bytes,
+    digest: str,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    *,
+    asked: int,
+    filed: int,
+) -> Contribution:
+    """Check `silo`'s update answering round `asked` (tensors of `shapes`, metadata bound to
+    that round, examples within its validated rows) and add it as a row of round `filed`
+    (another round only for a buffered run's late update)."""
     try:
-        _, meta = tensors.decode_expected(payload, update_shapes(spec))
+        _, meta = tensors.decode_expected(payload, shapes)
     except TensorFormatError as exc:
-        raise InvalidPayload(f"update from silo {silo!r} for round {number}: {exc}") from exc
-    n_examples, train_seconds, metrics = _update_metadata(meta, silo, number, run_id)
-    check_n_examples(s, run_id, number, silo, n_examples, "update")
-    flow_run_id = update_flow_run_id(meta, silo, number, run_id)
+        raise InvalidPayload(f"update from silo {silo!r} for round {asked}: {exc}") from exc
+    n_examples, train_seconds, metrics = _update_metadata(meta, silo, asked, run_id)
+    check_n_examples(s, run_id, asked, silo, n_examples, "update")
+    flow_run_id = update_flow_run_id(meta, silo, asked, run_id)
     contribution = Contribution(
         run_id=run_id,
-        round=number,
+        round=filed,
         silo=silo,
         kind="update",
         digest=digest,
@@ -86,7 +104,7 @@ def submit_update(
     )
     s.add(contribution)
     s.flush()
-    return contribution, True
+    return contribution
 
 
 def latest_validation(s: Session, run_id: str, silo: str) -> dict[str, object] | None:

@@ -20,6 +20,7 @@ from aggregation.service.engines.base import Hub
 from aggregation.service.exceptions import PayloadTooLarge
 from aggregation.service.lineage import Recorder
 from aggregation.service.settings import ServiceSettings
+from schemas.signing import STATEMENT_HEADER
 from schemas.wire import INT32_MAX, NAME_PATTERN, OCTET_STREAM, ErrorOut
 
 RunId = Annotated[str, Path(pattern=NAME_PATTERN, description="the run's id")]
@@ -32,6 +33,8 @@ MAX_WAIT_S = 3600.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll up to this many seconds")]
 MAX_LIMIT = 1000
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many rows")]
+# the silo's signed ledger statement for what it submits (checked by the round's engine)
+StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_length=256)]
 
 ERROR_DESCRIPTIONS = {
     400: "the client speaks another wire version (code wire_version)",

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
-    TREE_KINDS,
     DatasetOpt,
     FederationOpt,
     HiddenOpt,
@@ -82,8 +81,7 @@ def schedule(
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
     from flows.cli.common import TokenSource
-    from flows.cli.train import distill_spec, ensemble_spec, service_contract, tree_spec
-    from flows.run_model import feature_width, model_for_contract
+    from flows.cli.train import distill_spec, ensemble_spec, run_models, service_contract
     from flows.schedule import deployment_parameters, schedule_training
     from schemas.specs import StrategySpec, TrainingSpec
 
@@ -92,15 +90,9 @@ def schedule(
     source = TokenSource(file=str(token_file.resolve()) if token_file else None, block=token_block)
     # the width, outputs and task of the contract the federation published
     contract = service_contract(service_url, source, federation, dataset)
-    trees, spec_model = None, None
-    try:
-        if model in TREE_KINDS:
-            width = feature_width(contract, n_features or None)
-            trees = tree_spec(model, mode, width, trees_per_round, tree_param, contract)
-        else:
-            spec_model = model_for_contract(model, tuple(hidden), contract, n_features or None)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
+    spec_model, trees = run_models(
+        model, mode, hidden, n_features or None, trees_per_round, tree_param, contract
+    )
     params = deployment_parameters(
         service_urls=service_url,
         token_file=token_file,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -30,6 +31,13 @@ from flows.cli.common import (
     flow_token_source,
 )
 from flows.cli.output import say
+
+if TYPE_CHECKING:  # the CLI imports these when a command runs
+    from schemas.contracts.loader import Contract
+    from schemas.specs import ModelSpec
+    from schemas.tree_params import TreeSpec
+
+T = TypeVar("T")
 
 # `train` says what happens to the token: Prefect stores a flow run's parameters.
 TrainTokenOpt = Annotated[
@@ -143,7 +151,6 @@ def train(
     temporary copy that is deleted when the run ends. The model's input width, outputs and
     task come from the federation's published contract `--dataset`."""
     from flows.coordinator import federated_training
-    from flows.run_model import feature_width, model_for_contract
     from schemas.specs import SecureAggregationSpec, StrategySpec, TrainingSpec
 
     check_model_kind(model)
@@ -161,17 +168,9 @@ def train(
         tree_spec(model, mode, n_features or 1, trees_per_round, tree_param, fine_cells=fine_cells)
     with flow_token_source(token, token_file, token_block) as source:
         contract = service_contract(service_url, source, federation, dataset)
-        spec_model, trees = None, None
-        try:
-            if model in TREE_KINDS:
-                width = feature_width(contract, n_features)
-                trees = tree_spec(
-                    model, mode, width, trees_per_round, tree_param, contract, fine_cells
-                )
-            else:
-                spec_model = model_for_contract(model, tuple(hidden), contract, n_features)  # type: ignore[arg-type]
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
+        spec_model, trees = run_models(
+            model, mode, hidden, n_features, trees_per_round, tree_param, contract, fine_cells
+        )
         result = federated_training(
             service_urls=service_url,
             admin_token_file=source.file,
@@ -204,51 +203,56 @@ def train(
     say(  # one line, whatever the terminal's width: scripts read it
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
-    show_personalization(result)
-    show_distill(result)
-    show_ensemble(result)
+    show_kind_tables(result)
+
+
+def run_models(
+    model: str,
+    mode: str,
+    hidden: list[int],
+    n_features: int | None,
+    trees_per_round: int,
+    tree_param: list[str],
+    contract: Contract,
+    fine_cells: int | None = None,
+) -> tuple[ModelSpec | None, TreeSpec | None]:
+    """(PyTorch model spec, tree spec) of a run under `contract`, the other one None; a width
+    `n_features` that does not fit the contract is a usage error of --n-features."""
+    from flows.run_model import feature_width, model_for_contract
+
+    try:
+        if model in TREE_KINDS:
+            width = feature_width(contract, n_features)
+            return None, tree_spec(
+                model, mode, width, trees_per_round, tree_param, contract, fine_cells
+            )
+        return model_for_contract(model, tuple(hidden), contract, n_features), None  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
 
 
 def distill_spec(kinds: str | None):  # type: ignore[no-untyped-def]
     """The run's DistillSpec for --distill (None without it)."""
-    if kinds is None:
-        return None
     from flows.distill_view import parse_kinds
 
-    try:
-        return parse_kinds(kinds)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--distill") from exc
+    return _parsed(kinds, parse_kinds, "--distill")
 
 
 def ensemble_spec(kinds: str | None):  # type: ignore[no-untyped-def]
     """The run's EnsembleSpec for --ensemble (None without it)."""
-    if kinds is None:
-        return None
     from flows.ensemble_view import parse_ensemble
 
+    return _parsed(kinds, parse_ensemble, "--ensemble")
+
+
+def _parsed(value: str | None, parse: Callable[[str], T], option: str) -> T | None:
+    """`parse(value)`, None without the option; a ValueError is a usage error of `option`."""
+    if value is None:
+        return None
     try:
-        return parse_ensemble(kinds)
+        return parse(value)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--ensemble") from exc
-
-
-def show_ensemble(result: dict) -> None:  # type: ignore[type-arg]
-    from flows.cli.common import console
-    from flows.ensemble_view import ensemble_table
-
-    table = ensemble_table(list(result.get("ensemble") or []))
-    if table is not None:
-        console.print(table)
-
-
-def show_distill(result: dict) -> None:  # type: ignore[type-arg]
-    from flows.cli.common import console
-    from flows.distill_view import distill_table
-
-    table = distill_table(list(result.get("distilled") or []))
-    if table is not None:
-        console.print(table)
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
 def personalization(method: str | None):  # type: ignore[no-untyped-def]
@@ -262,13 +266,21 @@ def personalization(method: str | None):  # type: ignore[no-untyped-def]
     return PersonalizationSpec(method=method)  # type: ignore[arg-type]
 
 
-def show_personalization(result: dict) -> None:  # type: ignore[type-arg]
+def show_kind_tables(result: dict) -> None:  # type: ignore[type-arg]
+    """The run's personalization, distillation and ensemble tables, those it has."""
     from flows.cli.common import console
+    from flows.distill_view import distill_table
+    from flows.ensemble_view import ensemble_table
     from flows.personalization_view import personalization_table
 
-    table = personalization_table(list(result.get("personalized") or []))
-    if table is not None:
-        console.print(table)
+    tables = (
+        personalization_table(list(result.get("personalized") or [])),
+        distill_table(list(result.get("distilled") or [])),
+        ensemble_table(list(result.get("ensemble") or [])),
+    )
+    for table in tables:
+        if table is not None:
+            console.print(table)
 
 
 def service_contract(service_url: list[str], source: TokenSource, federation: str, dataset: str):  # type: ignore[no-untyped-def]

@@ -40,17 +40,19 @@ TimeoutOpt = Annotated[
 
 
 def _run_flow(
+    as_json: bool,
     service_url: list[str],
     token: str | None,
     token_file: Any,
     token_block: str | None,
     **kwargs: Any,
-) -> dict[str, Any]:
+) -> None:
+    """Run the flow `vertical-secureboost` once with `kwargs`; print its result."""
     from flows.vertical import vertical_training
 
     with flow_token_source(token, token_file, token_block) as source:
         try:
-            return vertical_training(
+            result = vertical_training(
                 service_url=service_url,
                 token_file=source.file,
                 token_block=source.block,
@@ -58,6 +60,7 @@ def _run_flow(
             )
         except RuntimeError as exc:  # the run failed: the reason names the party
             raise fail(str(exc)) from exc
+    emit_json(result) if as_json else _summary(result)
 
 
 def _summary(result: dict[str, Any]) -> None:
@@ -105,7 +108,8 @@ def vertical_train(
     from schemas.vertical import VerticalParams
 
     params = VerticalParams(trees=trees, depth=depth, bins=bins, predict=predict)
-    result = _run_flow(
+    _run_flow(
+        as_json,
         service_url,
         token,
         token_file,
@@ -116,7 +120,6 @@ def vertical_train(
         params=params,
         timeout_s=timeout_s,
     )
-    emit_json(result) if as_json else _summary(result)
 
 
 @vertical_app.command("predict")
@@ -138,7 +141,8 @@ def vertical_predict(
     from flows.vertical import vertical_run
 
     trained = vertical_run(coordinator(service_url, token, token_file), model_run)
-    result = _run_flow(
+    _run_flow(
+        as_json,
         service_url,
         token,
         token_file,
@@ -149,7 +153,6 @@ def vertical_predict(
         model_run=trained.run_id,
         timeout_s=timeout_s,
     )
-    emit_json(result) if as_json else _summary(result)
 
 
 @vertical_app.command("intersect")
@@ -165,7 +168,8 @@ def vertical_intersect(
 ) -> None:
     """Count the customers every party holds (PSI, size only): each party learns the count,
     not which of its ids are common; the ledger records each party's count."""
-    result = _run_flow(
+    _run_flow(
+        as_json,
         service_url,
         token,
         token_file,
@@ -176,7 +180,6 @@ def vertical_intersect(
         size_only=True,
         timeout_s=timeout_s,
     )
-    emit_json(result) if as_json else _summary(result)
 
 
 @vertical_app.command("cancel")

@@ -185,6 +185,14 @@ def report(client: SiloClient, run: str, event: object) -> None:
     client.request("POST", base(run) + "/events", body=body, content_type="application/json")
 
 
+def report_failed_part(client: SiloClient, run: str, what: str, exc: Exception) -> int:
+    """End `run` for every party, naming this silo and why (the command-line roles' refusal
+    path); returns the exit status."""
+    report(client, run, RunFailed(reason=f"{type(exc).__name__}: {exc}"[:2000]))
+    print(f"{what} {run}: silo {client.silo!r} failed: {exc}", file=sys.stderr)
+    return 1
+
+
 def run_active(
     wire: HttpWire,
     params: BoostParams,
@@ -365,9 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 predict = load_party_data(a.predict_data, a.id_column, None, drop)
         role = take_part(client, a.run, data, params, a.out, predict=predict)
     except Exception as exc:  # any refusal ends the run, naming this party and why
-        report(client, a.run, RunFailed(reason=f"{type(exc).__name__}: {exc}"[:2000]))
-        print(f"vertical run {a.run}: silo {a.silo!r} failed: {exc}", file=sys.stderr)
-        return 1
+        return report_failed_part(client, a.run, "vertical run", exc)
     print(f"vertical run {a.run}: silo {a.silo!r} done as the {role} party")
     return 0
 

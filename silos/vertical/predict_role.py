@@ -20,12 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from schemas.vertical import PredictRequest, PsiDone, RunDone, RunFailed
+from schemas.vertical import PredictRequest, PsiDone, RunDone
 from schemas.vertical_contract import load_vertical_contract
 from silos.client import SiloClient
 from silos.keys import load_or_create_key
 from silos.vertical.active import ActiveParty
-from silos.vertical.agent_role import RoleError, align, load_checked, psi_over_wire, report
+from silos.vertical.agent_role import (
+    RoleError,
+    align,
+    load_checked,
+    psi_over_wire,
+    report,
+    report_failed_part,
+)
 from silos.vertical.http_wire import HttpWire, RunOver, open_channel, run_info
 from silos.vertical.passive import PassiveParty
 from silos.vertical.trees import BoostParams, Node, Tree
@@ -100,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         role = predict(client, a.run, a.data, a.contract, a.model)
     except Exception as exc:  # any refusal ends the run, naming this party and why
-        report(client, a.run, RunFailed(reason=f"{type(exc).__name__}: {exc}"[:2000]))
-        print(f"vertical prediction {a.run}: silo {a.silo!r} failed: {exc}", file=sys.stderr)
-        return 1
+        return report_failed_part(client, a.run, "vertical prediction", exc)
     print(f"vertical prediction {a.run}: silo {a.silo!r} done as the {role} party")
     return 0
 

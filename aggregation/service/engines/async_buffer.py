@@ -55,7 +55,6 @@ from aggregation.service.runs import get_run, spec_of
 from aggregation.service.statements import record_silo_statement, summarize_rejections
 from aggregation.service.tables import Contribution, Round, Run, utcnow
 from schemas import tensors
-from schemas.exceptions import TensorFormatError
 from schemas.signing import update_statement_payload
 from schemas.specs import AsyncSpec, param_shapes
 from schemas.tasks import Task, TrainTask
@@ -237,27 +236,8 @@ def _store(
         )
     crud.open_round_for(s, run_id, buffer.number, silo, "train")
     spec = spec_of(get_run(s, run_id))
-    try:
-        _, meta = tensors.decode_expected(payload, param_shapes(spec.torch_model))
-    except TensorFormatError as exc:
-        raise InvalidPayload(f"update from silo {silo!r} for round {asked}: {exc}") from exc
-    n_examples, train_seconds, metrics = crud._update_metadata(meta, silo, asked, run_id)
-    crud.check_n_examples(s, run_id, asked, silo, n_examples, "update")
-    flow_run_id = crud.update_flow_run_id(meta, silo, asked, run_id)
-    c = Contribution(
-        run_id=run_id,
-        round=buffer.number,
-        silo=silo,
-        kind="update",
-        digest=digest,
-        n_examples=n_examples,
-        payload=payload,
-        metrics_json=metrics.model_dump_json() if metrics else None,
-        train_seconds=train_seconds,
-        prefect_flow_run_id=flow_run_id,
-    )
-    s.add(c)
-    s.flush()
+    shapes = param_shapes(spec.torch_model)
+    c = crud.add_update(s, run_id, silo, payload, digest, shapes, asked=asked, filed=buffer.number)
     return c, True
 
 

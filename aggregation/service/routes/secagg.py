@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
@@ -21,6 +21,7 @@ from aggregation.service.deps import (
     RoundNumber,
     RunId,
     Stage,
+    StatementSignature,
     octet_stream,
 )
 from aggregation.service.engines import secure
@@ -30,7 +31,6 @@ from aggregation.service.engines.context import round_context
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.routes.dispatch import receive_answer
 from schemas.frames import pack_frames
-from schemas.signing import STATEMENT_HEADER
 from schemas.wire import INT32_MAX, MAX_TEXT, OCTET_STREAM, TEXT_PATTERN
 
 MAX_TRAIN_SECONDS = 365 * 24 * 3600.0
@@ -74,9 +74,7 @@ async def post_masked(
     hub: HubDep,
     train_seconds: Annotated[float, Query(ge=0, le=MAX_TRAIN_SECONDS)],
     n_examples: Annotated[int, Query(ge=1, le=INT32_MAX)],
-    statement_signature: Annotated[
-        str | None, Header(alias=STATEMENT_HEADER, max_length=256)
-    ] = None,
+    statement_signature: StatementSignature = None,
     metrics: Annotated[str | None, Query(max_length=MAX_TEXT, pattern=TEXT_PATTERN)] = None,
 ) -> dict[str, object]:
     """The masked update (or statistics), the silo's evaluation metrics of the model it

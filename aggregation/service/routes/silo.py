@@ -8,9 +8,9 @@ the same in every mode; ``/silo/ready`` records that the agent warmed up.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aggregation.service import contributions as crud
@@ -30,6 +30,7 @@ from aggregation.service.deps import (
     RunId,
     SettingsDep,
     SiloDep,
+    StatementSignature,
     Wait,
     octet_stream,
 )
@@ -45,12 +46,10 @@ from aggregation.service.wakeup import wakeup_of
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
 from schemas.personalization import PersonalizedPayload
-from schemas.signing import STATEMENT_HEADER
 from schemas.tasks import Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
-StatementSignature = Annotated[str | None, Header(alias=STATEMENT_HEADER, max_length=256)]
 
 
 class StatementIn(BaseModel):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Response
 
 from aggregation.service import tree_rounds
 from aggregation.service.db import transaction
@@ -16,13 +14,13 @@ from aggregation.service.deps import (
     ParticipantDep,
     RoundNumber,
     RunId,
+    StatementSignature,
     octet_stream,
 )
 from aggregation.service.exceptions import Conflict
 from aggregation.service.rounds import get_round
 from aggregation.service.routes.dispatch import submission
 from aggregation.service.runs import get_run, spec_of
-from schemas.signing import STATEMENT_HEADER
 from schemas.wire import OCTET_STREAM
 
 router = APIRouter(prefix="/v1/silo/runs", tags=["trees"], responses=SILO_ERRORS)
@@ -54,9 +52,7 @@ async def submit_trees(
     factory: FactoryDep,
     hub: HubDep,
     response: Response,
-    statement_signature: Annotated[
-        str | None, Header(alias=STATEMENT_HEADER, max_length=256)
-    ] = None,
+    statement_signature: StatementSignature = None,
 ) -> dict[str, object]:
     """Accept a sealed tree update and the silo's signed statement; answer with a receipt."""
     args = (run_id, number, silo, factory, hub, response, statement_signature)
