@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.api_federation import started_run
+from support.live_service import service_in_thread
 
-from schemas import tensors
 from schemas.personalization import PersonalizedPayload
-from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec, param_shapes
-from schemas.wire import Metrics, RunCreate
+from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec
+from schemas.wire import Metrics
 from silos.client_errors import ServiceRejected
 
 MODEL = ModelSpec(kind="logreg", n_features=3)
@@ -38,30 +37,22 @@ def test_personalized_statements_hold_a_hash_and_metrics_only(db_url: str, tmp_p
         personalize=PersonalizationSpec(method="finetune"),
     )
     with service_in_thread(tmp_path / "svc", db_url) as url:
-        coord = coordinator(url)
-        coord.create_federation("f")
-        silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}
-        run = coord.create_run(RunCreate(spec=spec))
-        zeros = {n: np.zeros(s, np.float32) for n, s in param_shapes(MODEL)}
-        coord.put_initial_model(run.run_id, tensors.encode(zeros))
-        coord.start_run(run.run_id)
-        assert coord.get_run(run.run_id).spec.personalize == spec.personalize  # stored as asked
+        coord, silos, run_id = started_run(url, ("a", "b"), spec)
+        assert coord.get_run(run_id).spec.personalize == spec.personalize  # stored as asked
 
-        answer = silos["a"].submit_statement(run.run_id, "personalized", _payload("a"))
+        answer = silos["a"].submit_statement(run_id, "personalized", _payload("a"))
         assert answer["receipt"]
-        entries = [e for e in coord.ledger(run.run_id) if e.kind == "personalized"]
+        entries = [e for e in coord.ledger(run_id) if e.kind == "personalized"]
         assert [e.author for e in entries] == ["silo:a"]
         assert json.loads(entries[0].payload)["model_sha256"] == "0f" * 32
 
         smuggled = {**_payload("b"), "model": "AAAA" * 64}  # a model is not part of it
         with pytest.raises(ServiceRejected, match="personalized statement from 'b'"):
-            silos["b"].submit_statement(run.run_id, "personalized", smuggled)
+            silos["b"].submit_statement(run_id, "personalized", smuggled)
         with pytest.raises(ServiceRejected, match="personalized statement from 'b'"):
             silos["b"].submit_statement(
-                run.run_id, "personalized", {**_payload("b"), "model_sha256": "not-a-hash"}
+                run_id, "personalized", {**_payload("b"), "model_sha256": "not-a-hash"}
             )
         with pytest.raises(ServiceRejected, match="names silo 'a'"):
-            silos["b"].submit_statement(run.run_id, "personalized", _payload("a"))
-        assert [e.author for e in coord.ledger(run.run_id) if e.kind == "personalized"] == [
-            "silo:a"
-        ]
+            silos["b"].submit_statement(run_id, "personalized", _payload("a"))
+        assert [e.author for e in coord.ledger(run_id) if e.kind == "personalized"] == ["silo:a"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.secagg_session import open_session
 
 from aggregation.secagg import session_server
-from schemas.secagg.crypto import generate_identity, identity_public_bytes
 from schemas.secagg.exceptions import SecAggError
 from schemas.secagg.session_config import SessionConfig
 from schemas.secure_hist import packing
@@ -23,18 +23,7 @@ TOTAL = 2 * 10  # slots per statistic of two features with 9 bins + missing
 
 
 def _session() -> tuple[session_server.SessionServer, dict[str, session.SessionClient]]:
-    ids = {s: generate_identity() for s in SILOS}
-    roster = {s: identity_public_bytes(k) for s, k in ids.items()}
-    cfg = SessionConfig("packed", SILOS, 3, 64, True)
-    srv = session_server.SessionServer(cfg, roster)
-    clients = {}
-    for s in SILOS:
-        clients[s], advert = session.start_session(cfg, s, ids[s], roster)
-        session_server.receive_advert(srv, advert)
-    adverts = session_server.close_setup(srv)
-    for client in clients.values():
-        session.accept_adverts(client, adverts)
-    return srv, clients
+    return open_session(SessionConfig("packed", SILOS, 3, 64, True))
 
 
 def _node_vectors(rng: np.random.Generator, rows: dict[str, int]) -> dict[str, np.ndarray]:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.secagg_session import open_session
 
 from aggregation.secagg import session_server
-from schemas.secagg.crypto import generate_identity, identity_public_bytes
 from schemas.secagg.exceptions import (
     UnknownSiloError,
     UnmaskRefusedError,
@@ -23,18 +23,7 @@ from silos.secagg import session
 
 def setup(n: int, t: int, consistency: bool = True):
     silos = tuple(f"s{i}" for i in range(n))
-    ids = {s: generate_identity() for s in silos}
-    roster = {s: identity_public_bytes(k) for s, k in ids.items()}
-    cfg = session.SessionConfig("run-1", silos, t, 64, consistency)
-    srv = session_server.SessionServer(cfg, roster)
-    clients = {}
-    for s in silos:
-        clients[s], advert = session.start_session(cfg, s, ids[s], roster)
-        session_server.receive_advert(srv, advert)
-    adverts = session_server.close_setup(srv)
-    for c in clients.values():
-        session.accept_adverts(c, adverts)
-    return srv, clients
+    return open_session(session.SessionConfig("run-1", silos, t, 64, consistency))
 
 
 def aggregate(srv, clients, xs, vanish=frozenset()):

@@ -9,10 +9,12 @@ whose two parties reported at once never ended: each report saw only itself).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Integer, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from aggregation.service.db import make_engine, make_sessionmaker, transaction
 
@@ -32,12 +34,21 @@ class Counter(_Base):
     value: Mapped[int] = mapped_column(Integer)
 
 
-def test_a_for_update_read_waits_for_the_writer_and_sees_its_change(tmp_path: Path) -> None:
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """Sessions on a fresh SQLite database whose counter "c" is 0."""
     engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
     _Base.metadata.create_all(engine)
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
         s.add(Counter(name="c", value=0))
+    yield factory
+    engine.dispose()
+
+
+def test_a_for_update_read_waits_for_the_writer_and_sees_its_change(
+    factory: sessionmaker[Session],
+) -> None:
     first_locked, second_read = threading.Event(), threading.Event()
     seen: list[int] = []
 
@@ -62,17 +73,11 @@ def test_a_for_update_read_waits_for_the_writer_and_sees_its_change(tmp_path: Pa
     b.join(60)
     with transaction(factory) as s:
         final = s.scalar(select(Counter.value))
-    engine.dispose()
     assert seen == [0, 1] and final == 2
 
 
-def test_plain_reads_take_no_lock(tmp_path: Path) -> None:
+def test_plain_reads_take_no_lock(factory: sessionmaker[Session]) -> None:
     """Only FOR UPDATE selects take the write lock: a reader runs beside a writer."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
-    _Base.metadata.create_all(engine)
-    factory = make_sessionmaker(engine)
-    with transaction(factory) as s:
-        s.add(Counter(name="c", value=0))
     with transaction(factory) as writer:
         row = writer.scalar(select(Counter).with_for_update())
         assert row is not None
@@ -85,4 +90,3 @@ def test_plain_reads_take_no_lock(tmp_path: Path) -> None:
         reader.start()
         reader.join(60)
         assert got == [0]  # the committed value, read without waiting for the writer
-    engine.dispose()

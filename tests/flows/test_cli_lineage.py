@@ -4,54 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import text
-from support.live_service import coordinator, enrolled_silo, service_in_thread
-from support.validation import validate_all
+from support.api_federation import aggregated_round
+from support.live_service import coordinator, service_in_thread
 from typer.testing import CliRunner
 
 from aggregation.service.db import make_engine
 from flows.cli import app
-from schemas import tensors
-from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate, RunFinish
+from schemas.wire import RunFinish
 from silos.checkpoints import countersign_pending
-from silos.client import SiloClient
-
-MODEL = ModelSpec(kind="logreg", n_features=3)
-
-
-def _one_round(url: str) -> str:
-    return _one_round_with_silos(url)[0]
-
-
-def _one_round_with_silos(url: str) -> tuple[str, dict[str, SiloClient]]:
-    coord = coordinator(url)
-    coord.create_federation("f")
-    silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}
-    spec = RunSpec(
-        federation="f",
-        dataset="toy",
-        model=MODEL,
-        rounds=1,
-        min_silos=2,
-        secure_aggregation=SecureAggregationSpec(enabled=False),
-    )
-    run = coord.create_run(RunCreate(spec=spec))
-    names = [n for n, _ in param_shapes(MODEL)]
-    zeros = {n: np.zeros(s, np.float32) for n, s in param_shapes(MODEL)}
-    coord.put_initial_model(run.run_id, tensors.encode(zeros))
-    coord.start_run(run.run_id)
-    coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=30))
-    validate_all(silos, run.run_id)
-    for i, client in enumerate(silos.values()):
-        delta = {n: np.full(s, 0.1 * (i + 1), np.float32) for n, s in param_shapes(MODEL)}
-        meta = {"run_id": run.run_id, "round": "1", "n_examples": "10"}
-        client.submit_update(
-            run.run_id, 1, tensors.encode(dict(zip(names, delta.values(), strict=True)), meta)
-        )
-    coord.close_round(run.run_id, 1)
-    return run.run_id, silos
 
 
 def test_verify_show_contributions_report_and_a_truncated_export(
@@ -59,7 +20,7 @@ def test_verify_show_contributions_report_and_a_truncated_export(
 ) -> None:
     runner = CliRunner()
     with service_in_thread(tmp_path / "svc", sqlite_url) as url:
-        run_id = _one_round(url)
+        run_id, _ = aggregated_round(url)
         auth = ["--service-url", url, "--token", "test-admin-token"]
         verify = runner.invoke(app, ["lineage", "verify", *auth])
         assert verify.exit_code == 0, verify.output
@@ -92,7 +53,7 @@ def test_verify_show_contributions_report_and_a_truncated_export(
 def test_verify_names_a_cut_tail_from_the_silo_copies(sqlite_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
     with service_in_thread(tmp_path / "svc", sqlite_url) as url:
-        run_id, silos = _one_round_with_silos(url)
+        run_id, silos = aggregated_round(url)
         coordinator(url).finish_run(run_id, RunFinish(status="finished"))
         copies = []
         for name, client in silos.items():

@@ -6,50 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from support.api_federation import SPEC, aggregated_round
 from support.live_service import coordinator, enrolled_silo, service_in_thread
-from support.validation import validate_all
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.cli.errors import NOT_FOUND
-from schemas import tensors
-from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate
+from schemas.wire import RunCreate
 
-MODEL = ModelSpec(kind="logreg", n_features=3)
-SPEC = RunSpec(
-    federation="f",
-    dataset="toy",
-    model=MODEL,
-    rounds=2,
-    min_silos=2,
-    secure_aggregation=SecureAggregationSpec(enabled=False),
-)
 runner = CliRunner()
-
-
-def _one_round(url: str) -> str:
-    """A run whose round 1 aggregated silos a and b's updates; round 2 is left to open."""
-    coord = coordinator(url)
-    coord.create_federation("f")
-    silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}
-    run = coord.create_run(RunCreate(spec=SPEC))
-    names = [n for n, _ in param_shapes(MODEL)]
-    coord.put_initial_model(
-        run.run_id, tensors.encode({n: np.zeros(s, np.float32) for n, s in param_shapes(MODEL)})
-    )
-    coord.start_run(run.run_id)
-    coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=30))
-    validate_all(silos, run.run_id)
-    for i, client in enumerate(silos.values()):
-        delta = [np.full(s, 0.1 * (i + 1), np.float32) for _, s in param_shapes(MODEL)]
-        meta = {"run_id": run.run_id, "round": "1", "n_examples": "10"}
-        client.submit_update(
-            run.run_id, 1, tensors.encode(dict(zip(names, delta, strict=True)), meta)
-        )
-    coord.close_round(run.run_id, 1)
-    return run.run_id
 
 
 def _json(args: list[str]) -> object:
@@ -62,7 +27,7 @@ def test_json_whole_ids_prefixes_silo_list_and_unknown_silo(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     with service_in_thread(tmp_path / "svc", sqlite_url) as url:
-        run_id = _one_round(url)
+        run_id, _ = aggregated_round(url, rounds=2)  # round 2 is left to open
         auth = ["--service-url", url, "--token", "test-admin-token"]
 
         runs = _json(["runs", "list", "--json", *auth])

@@ -14,18 +14,14 @@ import re
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from PIL import Image
-from support.lineage_sample import SILOS, Sample, _start, _Writer
+from support.lineage_sample import SILOS, Sample, Writer, open_ledger, run_spec, start_run
 
-from aggregation.service import ledger, ledger_guard
-from aggregation.service.db import Base, make_engine
 from aggregation.service.engines.ensemble import artifact_bytes
 from flows.report import write_report
 from schemas.distill import DistillSpec
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembleArtifact, EnsembledPayload, EnsembleSpec, Member
-from schemas.specs import ModelSpec, RunSpec
 from schemas.wire import Metrics
 
 ENSEMBLE_RUN, DISTILL_RUN = "run-ensemble", "run-distill"
@@ -50,32 +46,14 @@ def _member(silo: str) -> Member:
     )
 
 
-def _saved(w: _Writer, run_id: str, round_: int, payload: bytes) -> str:
-    rel = f"models/{run_id}/v{round_}.json"
-    path = w.sample.store / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(payload)
-    digest = hashlib.sha256(payload).hexdigest()
-    w.sample.models[(run_id, round_)] = digest
-    w.service(
-        "model_saved", {"round": round_, "version": round_, "sha256": digest, "path": rel}, run_id
-    )
-    return digest
-
-
-def _ensemble_run(w: _Writer, run_id: str = ENSEMBLE_RUN) -> None:
-    spec = RunSpec(
-        federation="heart",
-        dataset="heart_disease_uci",
-        model=ModelSpec(kind="mlp", n_features=13, hidden=(16,)),
-        rounds=4,
-        min_silos=2,
-        silos=SILOS,
+def _ensemble_run(w: Writer, run_id: str = ENSEMBLE_RUN) -> None:
+    spec = run_spec(
+        4,
         ensemble=EnsembleSpec(
             kinds={"default": "logreg", "cleveland": "xgboost", "hungary": "mlp"}
         ),
     )
-    _start(w, run_id, list(SILOS), spec, None)
+    start_run(w, run_id, list(SILOS), spec, None)
     members = [_member(s) for s in SILOS]
     for round_, weights in enumerate(WEIGHTS, start=1):
         artifact = EnsembleArtifact(
@@ -100,7 +78,7 @@ def _ensemble_run(w: _Writer, run_id: str = ENSEMBLE_RUN) -> None:
         if round_ > 1:
             aggregate |= {"mean_gradient": [0.01, -0.02, 0.01], "secure_aggregation": True}
         w.service("aggregate", aggregate, run_id)
-        final = _saved(w, run_id, round_, artifact_bytes(artifact))
+        final = w.saved(run_id, round_, round_, artifact_bytes(artifact), "json")
     for m in members:
         ens, alone = ENSEMBLED[m.silo]
         statement = EnsembledPayload(
@@ -150,20 +128,15 @@ DISTILLED = {
 }
 
 
-def _distill_run(w: _Writer) -> None:
-    spec = RunSpec(
-        federation="heart",
-        dataset="heart_disease_uci",
-        model=ModelSpec(kind="mlp", n_features=13, hidden=(16,)),
-        rounds=2,
-        min_silos=2,
-        silos=SILOS,
+def _distill_run(w: Writer) -> None:
+    spec = run_spec(
+        2,
         federation_statistics=True,
         distill=DistillSpec(
             kinds={"default": "logreg", "cleveland": "xgboost", "hungary": "mlp"}, reference_rows=64
         ),
     )
-    _start(w, DISTILL_RUN, list(SILOS), spec, None)
+    start_run(w, DISTILL_RUN, list(SILOS), spec, None)
     for round_ in (1, 2):
         for silo in SILOS:
             mine, alone = DISTILLED[silo][round_ - 1]
@@ -181,23 +154,14 @@ def _distill_run(w: _Writer) -> None:
             "individual_updates_seen_by_service": False,
         }
         w.service("aggregate", aggregate, DISTILL_RUN)
-        _saved(w, DISTILL_RUN, round_, f"soft labels {round_}".encode())
+        w.saved(DISTILL_RUN, round_, round_, f"soft labels {round_}".encode(), "json")
     w.service("run_finished", {"status": "finished", "reason": "2 rounds completed"}, DISTILL_RUN)
 
 
-def _malformed_distill_run(w: _Writer) -> None:
+def _malformed_distill_run(w: Writer) -> None:
     """A silo signs a ``distilled`` statement that is not one (no metrics of the alone model)."""
-    spec = RunSpec(
-        federation="heart",
-        dataset="heart_disease_uci",
-        model=ModelSpec(kind="mlp", n_features=13, hidden=(16,)),
-        rounds=1,
-        min_silos=2,
-        silos=SILOS,
-        federation_statistics=True,
-        distill=DistillSpec(kinds={"default": "logreg"}),
-    )
-    _start(w, MALFORMED_RUN, list(SILOS), spec, None)
+    spec = run_spec(1, federation_statistics=True, distill=DistillSpec(kinds={"default": "logreg"}))
+    start_run(w, MALFORMED_RUN, list(SILOS), spec, None)
     payload = _distilled("cleveland", 1, 0.8, 0.7).model_dump(mode="json")
     del payload["alone"]
     w.silo("cleveland", "distilled", payload, MALFORMED_RUN)
@@ -205,24 +169,12 @@ def _malformed_distill_run(w: _Writer) -> None:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
-    root = tmp_path_factory.mktemp("ledger")
-    engine = make_engine(f"sqlite:///{root}/service.db")
-    Base.metadata.create_all(engine, tables=list(ledger.metadata_tables))
-    with engine.begin() as conn:
-        ledger_guard.install(conn)
-    private = {"service": Ed25519PrivateKey.generate()}
-    private |= {f"silo:{s}": Ed25519PrivateKey.generate() for s in SILOS}
-    keys = {owner: k.public_key().public_bytes_raw().hex() for owner, k in private.items()}
-    sample = Sample(engine, root / "store", {}, keys, private)
-    w = _Writer(sample)
-    for silo in SILOS:
-        joined = {"silo": silo, "federation": "heart", "public_key": keys[f"silo:{silo}"]}
-        w.service("silo_joined", joined, None)
+    w = open_ledger(tmp_path_factory.mktemp("ledger"))
     _ensemble_run(w)
     _ensemble_run(w, SWAPPED_RUN)
     _malformed_distill_run(w)
     _distill_run(w)
-    return sample
+    return w.sample
 
 
 def _report(sample: Sample, run_id: str, out: Path) -> str:

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-from support.fault_helpers import HOSPITALS, START_S, train, wait_until
-from support.live_service import free_port, publish_shipped_contract, write_heart_silos
-from support.stopping import stop_all
+from support.fault_helpers import HOSPITALS, start_federation, train
 
-from flows.processes import Proc, base_env, spawn, start_service
-from flows.service_client import CoordinatorClient
 from schemas.specs import AsyncSpec
 from silos.bench_delay import ENV
 
@@ -32,37 +27,12 @@ SLOW_DELAY_S = "20.0"
 def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
     tmp_path: Path, prefect_api_url: str
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs: list[Proc] = []
+    delays = {name: {ENV: SLOW_DELAY_S if name == SLOW else "0.3"} for name in HOSPITALS}
+    fed = start_federation(tmp_path, prefect_api_url, agent_env=delays)
     try:
-        procs.append(start_service(tmp_path / "service", port, wait_s=START_S))
-        token = (tmp_path / "service" / "admin.token").read_text().strip()
-        coord = CoordinatorClient([url], token=token, retry_for_s=120)
-        coord.create_federation("heart")
-        publish_shipped_contract(coord, "heart", "heart_disease")
-        configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url)
-        for name, config in configs.items():
-            delay = SLOW_DELAY_S if name == SLOW else "0.3"
-            env = base_env(PREFECT_API_URL=prefect_api_url, **{ENV: delay})
-            args = [sys.executable, "-m", "flows.cli", "silo", "start", "--config", str(config)]
-            procs.append(spawn(f"silo agent {name}", args, config.parent / "agent.log", env))
-
-        def logs() -> str:
-            return "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in procs)
-
-        wait_until(
-            lambda: len([s for s in coord.silos("heart") if s.status == "pending"]) >= 4,
-            3 * START_S,
-            "every agent to enrol",
-            logs,
-        )
-        for name in configs:
-            coord.approve("heart", name)
-
         result = train(
-            [url],
-            token,
+            fed.urls,
+            fed.token,
             tmp_path / "models",
             rounds=BUFFERS,
             secure=False,
@@ -74,7 +44,9 @@ def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
         assert rounds[-1]["accuracy"] > 0.7, rounds[-1]
 
         entries = [
-            json.loads(e.payload) for e in coord.ledger(result["run_id"]) if e.kind == "aggregate"
+            json.loads(e.payload)
+            for e in fed.coord.ledger(result["run_id"])
+            if e.kind == "aggregate"
         ]
         assert len(entries) == BUFFERS
         assert all(e["asynchronous"]["buffer_size"] == 3 for e in entries)
@@ -90,4 +62,4 @@ def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
             assert c["weight"] == pytest.approx(1 / math.sqrt(1 + c["staleness"]))
             assert c["base_version"] == c["base_round"] - 1  # no statistics round here
     finally:
-        stop_all(procs)
+        fed.stop()

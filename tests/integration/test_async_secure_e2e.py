@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
-from support.fault_helpers import START_S, train, wait_until
-from support.live_service import free_port, publish_shipped_contract, write_heart_silos
-from support.stopping import stop_all
+from support.fault_helpers import start_federation, train
+from support.service_scan import service_bytes
 
-from flows.processes import Proc, base_env, spawn, start_service
-from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
 from schemas.specs import AsyncSpec
@@ -31,17 +26,6 @@ from silos.config import load_silo_config
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 SILOS = ("cleveland", "hungary", "va_long_beach")
 BUFFERS = 3
-
-
-def service_blobs(service: Path) -> list[bytes]:
-    """Every value in the service's SQLite database and every file in its workspace."""
-    found: list[bytes] = []
-    with sqlite3.connect(service / "service.db") as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 (names from sqlite)
-                found += [v if isinstance(v, bytes) else str(v).encode() for v in row]
-    return found + [p.read_bytes() for p in service.rglob("*") if p.is_file()]
 
 
 def tensor_payloads(blobs: list[bytes]) -> list[bytes]:
@@ -59,37 +43,11 @@ def tensor_payloads(blobs: list[bytes]) -> list[bytes]:
 def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
     tmp_path: Path, prefect_api_url: str
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs: list[Proc] = []
+    fed = start_federation(tmp_path, prefect_api_url, silos=SILOS)
     try:
-        procs.append(start_service(tmp_path / "service", port, wait_s=START_S))
-        token = (tmp_path / "service" / "admin.token").read_text().strip()
-        coord = CoordinatorClient([url], token=token, retry_for_s=120)
-        coord.create_federation("heart")
-        publish_shipped_contract(coord, "heart", "heart_disease")
-        configs = write_heart_silos(tmp_path / "silos", [url], prefect_api_url)
-        configs = {n: c for n, c in configs.items() if n in SILOS}
-        for name, config in configs.items():
-            env = base_env(PREFECT_API_URL=prefect_api_url)
-            args = [sys.executable, "-m", "flows.cli", "silo", "start", "--config", str(config)]
-            procs.append(spawn(f"silo agent {name}", args, config.parent / "agent.log", env))
-
-        def logs() -> str:
-            return "\n".join(f"--- {p.name}\n{p.log_tail(40)}" for p in procs)
-
-        wait_until(
-            lambda: len([s for s in coord.silos("heart") if s.status == "pending"]) >= 3,
-            3 * START_S,
-            "every agent to enrol",
-            logs,
-        )
-        for name in configs:
-            coord.approve("heart", name)
-
         result = train(
-            [url],
-            token,
+            fed.urls,
+            fed.token,
             tmp_path / "models",
             rounds=BUFFERS,
             min_silos=2,
@@ -101,7 +59,7 @@ def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
         assert [r["kind"] for r in rounds] == ["train"] * BUFFERS + ["evaluate"]
         assert sorted(rounds[-1]["contributors"]) == sorted(SILOS)
 
-        entries = [json.loads(e.payload) for e in coord.ledger(run_id) if e.kind == "aggregate"]
+        entries = [json.loads(e.payload) for e in fed.coord.ledger(run_id) if e.kind == "aggregate"]
         assert len(entries) == BUFFERS
         contributors = [c for e in entries for c in e["contributors"]]
         for e in entries:
@@ -114,12 +72,12 @@ def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
         # the third silo of a buffer waits and joins the next one, trained on an older model
         assert any(c["staleness"] >= 1 for c in contributors), contributors
 
-        models = [coord.download_model(run_id, v) for v in range(BUFFERS + 1)]
-        held = tensor_payloads(service_blobs(tmp_path / "service"))
+        models = [fed.coord.download_model(run_id, v) for v in range(BUFFERS + 1)]
+        held = tensor_payloads(service_bytes(fed))
         assert all(m in held for m in models)  # the search finds what the service does hold
         assert all(blob in models for blob in held), "a tensor payload that is no global model"
-        for config in configs.values():  # each silo's kept update was erased once sent
+        for config in fed.configs.values():  # each silo's kept update was erased once sent
             kept = load_silo_config(config).workspace / FOLDER
             assert not kept.exists() or not any(kept.iterdir()), list(kept.iterdir())
     finally:
-        stop_all(procs)
+        fed.stop()

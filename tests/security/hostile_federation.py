@@ -13,26 +13,16 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import requests
+from support.api_federation import SHAPES, SPEC, WIRE
 from support.live_service import coordinator, enrolled_silo, service_in_thread
 from support.validation import validate_all
 
 from flows.service_client import CoordinatorClient
 from schemas import signing, tensors
-from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import WIRE_HEADER, WIRE_VERSION, RoundOpen, RunCreate
+from schemas.wire import RoundOpen, RunCreate
 from silos.client import SiloClient
 
 ADMIN_TOKEN = "test-admin-token"
-WIRE = {WIRE_HEADER: str(WIRE_VERSION)}
-SPEC = RunSpec(
-    federation="f",
-    dataset="toy",
-    model=ModelSpec(kind="logreg", n_features=3),
-    rounds=3,
-    min_silos=2,
-    secure_aggregation=SecureAggregationSpec(enabled=False),
-)
-NAMES = [n for n, _ in param_shapes(SPEC.model)]
 
 
 @dataclass
@@ -46,7 +36,7 @@ class Target:
 def update(run_id: str, round_: int, seed: int = 0, **meta: str) -> bytes:
     """A well-formed tensor update for `SPEC`'s model, with metadata `meta` on top."""
     rng = np.random.default_rng(seed)
-    arrays = {n: rng.normal(size=s).astype(np.float32) for n, s in param_shapes(SPEC.model)}
+    arrays = {n: rng.normal(size=s).astype(np.float32) for n, s in SHAPES}
     md = {"run_id": run_id, "round": str(round_), "n_examples": "10", **meta}
     return tensors.encode(arrays, md)
 

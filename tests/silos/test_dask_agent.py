@@ -169,6 +169,18 @@ def _prefixes(fed: Fed) -> set[str]:
     return set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
 
 
+def _one_round(trees: TreeSpec) -> RunSpec:
+    """One round of `trees` on the bank table among at least two silos, updates in the clear."""
+    return RunSpec(
+        federation=FED,
+        dataset="bank_tx",
+        trees=trees,
+        rounds=1,
+        min_silos=2,
+        secure_aggregation=SecureAggregationSpec(enabled=False),
+    )
+
+
 def _pause_fraction(dask_worker: Any) -> float:
     return float(dask_worker.memory_manager.memory_pause_fraction)
 
@@ -184,14 +196,7 @@ def test_a_secure_hist_round_on_dask_sums_to_the_pandas_histograms(fed: Fed) -> 
             "secure_hist": HIST,
         }
     )
-    spec = RunSpec(
-        federation=FED,
-        dataset="bank_tx",
-        trees=trees,
-        rounds=1,
-        min_silos=2,
-        secure_aggregation=SecureAggregationSpec(enabled=False),
-    )
+    spec = _one_round(trees)
     run, model = _serve_round(fed, spec)
     config = HistRunConfig(
         objective="binary:logistic",
@@ -229,14 +234,7 @@ def test_bagging_rounds_on_dask_score_as_the_pandas_federation(fed: Fed, kind: s
             "params": params,
         }
     )
-    spec = RunSpec(
-        federation=FED,
-        dataset="bank_tx",
-        trees=trees,
-        rounds=1,
-        min_silos=2,
-        secure_aggregation=SecureAggregationSpec(enabled=False),
-    )
+    spec = _one_round(trees)
     run, model = _serve_round(fed, spec)
     accepted = {u["silo"]: u for u in _ledger(fed.coord, run, "update_accepted")}
     assert accepted["dask-bank"]["n_examples"] == 2400

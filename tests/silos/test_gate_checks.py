@@ -5,16 +5,13 @@ silos still pass their shipped contracts."""
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from support.vitals import swapped, vitals, vitals_contract
 
-from flows.contract_draft import draft_contract
 from schemas.contracts import Contract, load_contract
-from schemas.contracts.loader import load_contract_text
 from silos.gate import GateResult, run_gate
 
 HEART = load_contract("heart_disease")
@@ -125,38 +122,12 @@ def test_recoded_category_fails_its_reference_frequencies(
     assert "off by 0.47" in sex.detail and "tolerance 0.25" in sex.detail
 
 
-def vitals(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    systolic = rng.normal(130, 15, n).round()
-    return pd.DataFrame(
-        {
-            "record": [f"r{i:05d}" for i in range(n)],
-            "systolic": systolic,
-            "diastolic": (systolic * 0.4 + rng.normal(28, 8, n)).round(),
-            "smoker": rng.choice(["yes", "no"], n, p=[0.3, 0.7]),
-            "outcome": rng.integers(0, 2, n),
-        }
-    )
-
-
-def vitals_contract(on_drift: str = "error") -> Contract:
-    """Drafted from one site, with the plausible range a steward would give blood pressures."""
-    text = draft_contract(vitals(400, 0), name="vitals", target="outcome")
-    text = re.sub(
-        r'(name = "\w+stolic"\ntype = "numeric"\n)range = \[[^\]]*\]', r"\1range = [30, 250]", text
-    )
-    assert text.count("range = [30, 250]") == 2
-    return load_contract_text(text.replace('on_drift = "error"', f'on_drift = "{on_drift}"'), "d")
-
-
 def test_swapped_same_typed_columns_fail_naming_statistic_reference_and_observed(
     tmp_path: Path,
 ) -> None:
     contract = vitals_contract()
-    other = vitals(300, 1)
-    assert gate(other, tmp_path, contract).success  # another site, same columns: passes
-    swapped = other.rename(columns={"systolic": "diastolic", "diastolic": "systolic"})
-    result = gate(swapped, tmp_path, contract)
+    assert gate(vitals(300, 1), tmp_path, contract).success  # another site, same columns: passes
+    result = gate(swapped(1), tmp_path, contract)
     assert not result.success
     mean = outcome(result, "expect_column_mean_to_be_between", "systolic")
     assert not mean.success
@@ -167,8 +138,7 @@ def test_swapped_same_typed_columns_fail_naming_statistic_reference_and_observed
 
 def test_on_drift_warn_reports_but_passes(tmp_path: Path) -> None:
     contract = vitals_contract("warn")
-    swapped = vitals(300, 1).rename(columns={"systolic": "diastolic", "diastolic": "systolic"})
-    result = gate(swapped, tmp_path, contract)
+    result = gate(swapped(1), tmp_path, contract)
     assert result.success and not result.summary.failed
     warned = [o for o in result.outcomes if o.warning]
     assert {o.column for o in warned} == {"systolic", "diastolic"}

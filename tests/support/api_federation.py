@@ -8,6 +8,7 @@ their own federation's silos, runs and rounds.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,37 @@ class Fed:
     run_id: str
     initial: list[np.ndarray]
     federation: str
+
+
+def started_run(
+    url: str, names: Iterable[str], spec: RunSpec
+) -> tuple[CoordinatorClient, dict[str, SiloClient], str]:
+    """In the service at `url`: federation `spec.federation` with the silos `names` approved,
+    and a run of `spec` started from a model of zeros (no round open yet)."""
+    coord = coordinator(url)
+    coord.create_federation(spec.federation)
+    silos = {n: enrolled_silo(url, coord, spec.federation, n) for n in names}
+    run = coord.create_run(RunCreate(spec=spec))
+    assert spec.model is not None
+    zeros = {n: np.zeros(s, np.float32) for n, s in param_shapes(spec.model)}
+    coord.put_initial_model(run.run_id, tensors.encode(zeros))
+    coord.start_run(run.run_id)
+    return coord, silos, run.run_id
+
+
+def aggregated_round(url: str, rounds: int = 1) -> tuple[str, dict[str, SiloClient]]:
+    """A run of `rounds` rounds in federation "f" whose round 1 aggregated the updates of silos
+    a and b (0.1 and 0.2 in every weight) after their signed validation; returns its id and
+    the silos' clients."""
+    spec = SPEC.model_copy(update={"rounds": rounds})
+    coord, silos, run_id = started_run(url, ("a", "b"), spec)
+    coord.open_round(run_id, RoundOpen(round=1, deadline_s=30))
+    validate_all(silos, run_id)
+    for i, client in enumerate(silos.values()):
+        delta = [np.full(s, 0.1 * (i + 1), np.float32) for _, s in SHAPES]
+        client.submit_update(run_id, 1, payload(delta, run_id, 1))
+    coord.close_round(run_id, 1)
+    return run_id, silos
 
 
 def new_federation(url: str, federation: str = "") -> Fed:

@@ -78,6 +78,7 @@ class Federation:
     configs: dict[str, Path]
     prefect_api_url: str
     access_log: bool = False
+    agent_env: dict[str, dict[str, str]] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)
 
     @property
@@ -95,8 +96,9 @@ class Federation:
 
     def restart_agent(self, name: str) -> None:
         self.agents[name].stop()
-        cfg = self.configs[name]
-        self.agents[name] = start_agent(cfg, cfg.parent / "agent.log", self.prefect_api_url)
+        self.agents[name] = _agent(
+            self.configs[name], self.prefect_api_url, self.agent_env.get(name, {})
+        )
 
     def sigstop(self, name: str) -> None:
         os.kill(self.agents[name].popen.pid, signal.SIGSTOP)
@@ -158,6 +160,16 @@ def _service(workspace: Path, port: int, database_url: str, access_log: bool, i:
     return proc
 
 
+def _agent(config: Path, prefect_api_url: str, env: dict[str, str]) -> Proc:
+    """`flows.processes.start_agent` for `config`, with `env` added to the agent's environment
+    (a training delay: `silos.bench_delay`)."""
+    if not env:
+        return start_agent(config, config.parent / "agent.log", prefect_api_url)
+    args = [sys.executable, "-m", "flows.cli", "silo", "start", "--config", str(config)]
+    full_env = base_env(PREFECT_API_URL=prefect_api_url, **env)
+    return spawn(f"silo agent {config.parent.name}", args, config.parent / "agent.log", full_env)
+
+
 def start_federation(
     root: Path,
     prefect_api_url: str,
@@ -170,11 +182,13 @@ def start_federation(
     policy: dict[str, str] | None = None,
     break_data: str | None = None,
     agent_prefect_env: str | None = None,
+    agent_env: dict[str, dict[str, str]] | None = None,
 ) -> Federation:
     """Service process(es), one agent per silo in `silos`, all enrolled and approved.
 
     Each silo.toml names `prefect_api_url`; the agents' environment says PREFECT_API_URL =
-    `agent_prefect_env` (default: the same URL), so a test can show the config wins.
+    `agent_prefect_env` (default: the same URL), so a test can show the config wins;
+    `agent_env` adds variables to chosen agents' environments (silo name -> variables).
 
     Several services share `database_url` and one workspace folder (keys, admin token, model
     files: a shared volume in production).
@@ -208,8 +222,9 @@ def start_federation(
     if break_data:  # this hospital's export lost a column: its gate must fail every round
         csv = configs[break_data].parent / "data.csv"
         pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
+    agent_env = agent_env or {}
     agents = {
-        name: start_agent(cfg, cfg.parent / "agent.log", agent_prefect_env or prefect_api_url)
+        name: _agent(cfg, agent_prefect_env or prefect_api_url, agent_env.get(name, {}))
         for name, cfg in configs.items()
     }
     fed = Federation(
@@ -223,6 +238,7 @@ def start_federation(
         configs,
         prefect_api_url,
         access_log,
+        agent_env,
     )
     try:
 

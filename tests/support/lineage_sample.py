@@ -46,6 +46,25 @@ CHOL_FAILURE = {
 }
 
 
+MLP = ModelSpec(kind="mlp", n_features=13, hidden=(16,))
+
+
+def run_spec(
+    rounds: int, silos: tuple[str, ...] = SILOS, model: ModelSpec = MLP, **extra: Any
+) -> RunSpec:
+    """A sample run's spec in the heart federation (at least 2 silos); `extra` are further
+    `RunSpec` fields (an ensemble, distillation)."""
+    return RunSpec(
+        federation="heart",
+        dataset="heart_disease_uci",
+        model=model,
+        rounds=rounds,
+        min_silos=2,
+        silos=silos,
+        **extra,
+    )
+
+
 @dataclass
 class Sample:
     """The ledger, its keys, the service workspace and the silos' workspaces."""
@@ -62,7 +81,10 @@ class Sample:
             return list(ledger.iter_records(session))
 
 
-class _Writer:
+class Writer:
+    """Appends service entries and silos' signed statements to the sample's ledger, keeping
+    each silo's own copy (statement, signature, receipt) in `copies`."""
+
     def __init__(self, sample: Sample) -> None:
         self.sample = sample
         self.factory = make_sessionmaker(sample.engine)
@@ -103,10 +125,15 @@ class _Writer:
     def model(self, run_id: str, round_: int, version: int, spec: ModelSpec) -> str:
         rng = np.random.default_rng(version + 100 * len(run_id))
         arrays = {n: rng.normal(size=s).astype(np.float32) for n, s in param_shapes(spec)}
-        rel = f"models/{run_id}/v{version}.safetensors"
+        return self.saved(run_id, round_, version, encode(arrays), "safetensors")
+
+    def saved(self, run_id: str, round_: int, version: int, data: bytes, suffix: str) -> str:
+        """Store model `version` in the service workspace and append its ``model_saved`` entry;
+        returns its sha256."""
+        rel = f"models/{run_id}/v{version}.{suffix}"
         path = self.sample.store / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode(arrays))
+        path.write_bytes(data)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         self.sample.models[(run_id, version)] = digest
         payload = {"round": round_, "version": version, "sha256": digest, "path": rel}
@@ -132,7 +159,7 @@ def _metrics(round_: int, version: int, silos: list[str]) -> dict[str, Any]:
     return {"round": round_, "model_version": version, "per_silo": per_silo, "weighted": weighted}
 
 
-def _validate(w: _Writer, silo: str, run_id: str, round_: int, fixed: bool = True) -> bool:
+def _validate(w: Writer, silo: str, run_id: str, round_: int, fixed: bool = True) -> bool:
     ok = silo != "switzerland" or fixed
     data = f"{silo}-{'fixed' if silo == 'switzerland' and fixed else 'raw'}"
     payload = {
@@ -148,7 +175,7 @@ def _validate(w: _Writer, silo: str, run_id: str, round_: int, fixed: bool = Tru
     return ok
 
 
-def _update(w: _Writer, silo: str, run_id: str, round_: int) -> dict[str, Any]:
+def _update(w: Writer, silo: str, run_id: str, round_: int) -> dict[str, Any]:
     digest = hashlib.sha256(f"{run_id}/{round_}/{silo}".encode()).hexdigest()
     n = ROWS[silo] * 4 // 5
     payload = {"silo": silo, "round": round_, "digest": digest, "n_examples": n}
@@ -167,7 +194,7 @@ def _update(w: _Writer, silo: str, run_id: str, round_: int) -> dict[str, Any]:
     return {"silo": silo, "digest": digest, "n_examples": n}
 
 
-def _aggregate(w: _Writer, run_id: str, round_: int, contributors: list[dict[str, Any]]) -> None:
+def _aggregate(w: Writer, run_id: str, round_: int, contributors: list[dict[str, Any]]) -> None:
     digest = hashlib.sha256(canonical_json({"c": contributors}).encode()).hexdigest()
     payload = {
         "round": round_,
@@ -179,7 +206,8 @@ def _aggregate(w: _Writer, run_id: str, round_: int, contributors: list[dict[str
     w.service("aggregate", payload, run_id)
 
 
-def _start(w: _Writer, run_id: str, silos: list[str], spec: RunSpec, prefect: str | None) -> str:
+def start_run(w: Writer, run_id: str, silos: list[str], spec: RunSpec, prefect: str | None) -> str:
+    """Append the ``run_started`` entry of `run_id`; returns its initial model's sha256."""
     as_dict = spec.model_dump(mode="json")
     initial = hashlib.sha256(f"init-{run_id}".encode()).hexdigest()
     payload = {
@@ -195,16 +223,9 @@ def _start(w: _Writer, run_id: str, silos: list[str], spec: RunSpec, prefect: st
     return initial
 
 
-def _run_a(w: _Writer) -> None:
-    spec = RunSpec(
-        federation="heart",
-        dataset="heart_disease_uci",
-        model=ModelSpec(kind="mlp", n_features=13, hidden=(16,)),
-        rounds=3,
-        min_silos=2,
-        silos=SILOS,
-    )
-    _start(w, RUN_A, list(SILOS), spec, PREFECT_RUN_A)
+def _run_a(w: Writer) -> None:
+    spec = run_spec(3)
+    start_run(w, RUN_A, list(SILOS), spec, PREFECT_RUN_A)
     w.model(RUN_A, 0, 0, spec.model)
     for round_ in (1, 2, 3):
         passed = [s for s in SILOS if _validate(w, s, RUN_A, round_, fixed=round_ > 1)]
@@ -232,17 +253,10 @@ def _run_a(w: _Writer) -> None:
     w.service("run_finished", final, RUN_A)
 
 
-def _run_b(w: _Writer) -> None:
+def _run_b(w: Writer) -> None:
     silos = ["cleveland", "hungary"]
-    spec = RunSpec(
-        federation="heart",
-        dataset="heart_disease_uci",
-        model=ModelSpec(kind="logreg", n_features=13),
-        rounds=5,
-        min_silos=2,
-        silos=tuple(silos),
-    )
-    _start(w, RUN_B, silos, spec, None)
+    spec = run_spec(5, tuple(silos), ModelSpec(kind="logreg", n_features=13))
+    start_run(w, RUN_B, silos, spec, None)
     w.model(RUN_B, 0, 0, spec.model)
     for silo in silos:
         _validate(w, silo, RUN_B, 1)
@@ -260,8 +274,9 @@ def _run_b(w: _Writer) -> None:
     w.service("run_failed", failed, RUN_B)
 
 
-def build_sample(root: Path) -> Sample:
-    """Write both runs under `root`: ``service.db``, ``store/``, ``silos/<name>/``."""
+def open_ledger(root: Path, silo_dirs: dict[str, Path] | None = None) -> Writer:
+    """An empty ledger in ``root/service.db`` (store: ``root/store``), with fresh keys for the
+    service and each silo, and each silo's ``silo_joined`` entry; returns its writer."""
     engine = make_engine(f"sqlite:///{root}/service.db")
     Base.metadata.create_all(engine, tables=list(ledger.metadata_tables))
     with engine.begin() as conn:
@@ -269,16 +284,21 @@ def build_sample(root: Path) -> Sample:
     private = {"service": Ed25519PrivateKey.generate()}
     private |= {f"silo:{s}": Ed25519PrivateKey.generate() for s in SILOS}
     keys = {owner: k.public_key().public_bytes_raw().hex() for owner, k in private.items()}
-    silo_dirs = {s: root / "silos" / s for s in SILOS}
-    sample = Sample(engine, root / "store", silo_dirs, keys, private)
-    w = _Writer(sample)
+    w = Writer(Sample(engine, root / "store", silo_dirs or {}, keys, private))
     for silo in SILOS:
         joined = {"silo": silo, "federation": "heart", "public_key": keys[f"silo:{silo}"]}
         w.service("silo_joined", joined, None)
+    return w
+
+
+def build_sample(root: Path) -> Sample:
+    """Write both runs under `root`: ``service.db``, ``store/``, ``silos/<name>/``."""
+    silo_dirs = {s: root / "silos" / s for s in SILOS}
+    w = open_ledger(root, silo_dirs)
     _run_a(w)
     _run_b(w)
     for silo, records in w.copies.items():
         path = silo_dirs[silo] / "lineage" / "records.jsonl"
         path.parent.mkdir(parents=True)
         path.write_text("".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8")
-    return sample
+    return w.sample
