@@ -32,6 +32,7 @@ import torch
 from schemas.ensemble import LOCAL_FORMAT
 from schemas.specs import ModelSpec, param_shapes
 from silos.exceptions import ModelError
+from silos.optim import Adam
 from silos.rows import checked_rows
 from silos.torch_model import build_model, get_params, set_params
 
@@ -212,7 +213,7 @@ def _fit_torch(
 ) -> list[np.ndarray]:
     spec = ModelSpec(kind=kind, n_features=X.shape[1], hidden=hidden)  # type: ignore[arg-type]
     model = build_model(spec, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    optimizer = Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
     features, labels = torch.from_numpy(X), torch.from_numpy(target.astype(np.float32))
     rows = torch.ones(len(labels)) if weight is None else torch.from_numpy(weight)

@@ -21,6 +21,7 @@ from schemas.specs import ModelSpec, TrainingSpec
 from schemas.task_metrics import score
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
+from silos.optim import Optimizer, make_optimizer
 from silos.rows import checked_rows
 from silos.torch_model import build_model, get_params, set_params
 
@@ -179,12 +180,11 @@ def _loss_fn(spec: ModelSpec) -> nn.Module:
     return nn.BCEWithLogitsLoss(reduction="sum")
 
 
-def _optimizer(model: nn.Module, training: TrainingSpec) -> torch.optim.Optimizer:
-    if training.optimizer == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=training.lr, weight_decay=training.weight_decay
-        )
-    return torch.optim.SGD(model.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+def _optimizer(model: nn.Module, training: TrainingSpec) -> Optimizer:
+    """torch.optim's SGD or Adam, as `silos.optim` (which does not import torch._dynamo)."""
+    return make_optimizer(
+        model.parameters(), training.optimizer, training.lr, training.weight_decay
+    )
 
 
 def _as_tensors(spec: ModelSpec, X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, ...]:

@@ -85,3 +85,6 @@ def test_agent_loads_model_libraries_only_for_their_runs() -> None:
     assert {"xgboost", "lightgbm"} <= trees  # the tree rounds really trained
     assert "torch" not in trees
     assert "torch" in torch  # a PyTorch round does load it: the check above can fail
+    # torch.optim's optimizers import torch._dynamo, and with it sympy and mpmath (~70 MB);
+    # silos.optim's do not
+    assert not torch & {"sympy", "mpmath"}, sorted(torch & {"sympy", "mpmath"})
