@@ -47,6 +47,13 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["GX_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# Prefect sets up its console log handler when first imported, bound to the sys.stderr of that
+# moment. Imported here, that is pytest's capture, which lives as long as the session; imported
+# first inside a test's CliRunner.invoke, it would be the runner's stream, closed when the test
+# ends, and every later warning in the process would print a "Logging error" traceback into
+# whatever the next test captures (test_cli_errors.py after test_cli_train.py, run alone).
+import prefect  # noqa: E402, F401
+
 PG_URL_ENV = "FEDSILO_TEST_PG_URL"
 CPU_HOG_ENV = "FEDSILO_TEST_CPU_HOG"
 SLOW_ENV = "FEDSILO_TEST_SLOW"
