@@ -12,16 +12,21 @@ after the last round, mean over seeds (seed = the models' seed and the reference
 MET for a silo when its distilled model's mean AUC is at least that of the same kind trained
 alone on its rows (there is no issue target for FedDistill; this is the question a silo asks).
 
-    python bench/distill.py                      # weights 0.5 and 1, 3 rounds, 3 seeds
-    python bench/distill.py --weights 0.25 --rounds 2 --seeds 0
+Each silo picks the weight of the reference rows from the grid itself (`DistillSpec.weights`,
+lowest log-loss on a held-back 25 % of its training rows, then refit on all of them); a
+one-weight grid is the fixed weight of before.
+
+    python bench/distill.py                      # weight 1, then the grid 0,0.25,0.5,1
+    python bench/distill.py --grids 0,0.5 --rounds 2 --seeds 0
 
 Measured on a shared 2-core CPU (2026-12-04, load ~7), 3 rounds, seeds 0-2, AUC distilled /
 alone: weight 1: Cleveland (XGBoost) 0.913 / 0.902, Hungary (MLP) 0.879 / 0.854, VA Long Beach
-(logreg) 0.762 / 0.720, Switzerland (logreg) 0.517 / 0.730; weight 0.5: 0.912, 0.879, 0.757,
-0.540 against the same. 3 of 4 silos MET, so MISSED: Switzerland (92 training rows, 93 %
-positive; 31 held-out rows of which 2 negative) is pulled toward the federation's decision
-function, which the issue already shows to be worse than chance there (the FedAvg model's AUC
-at Switzerland is 0.483). A silo like it should train with a small `distill.weight` or alone.
+(logreg) 0.762 / 0.720, Switzerland (logreg) 0.517 / 0.730 (3 of 4 MET); grid 0,0.25,0.5,1:
+0.907, 0.879, 0.764, 0.707 against the same (weights chosen 0.5/0.5/0.25, 1/1/1, 1/1/1,
+0.25/0/0), 3 of 4 MET, so MISSED: Switzerland (92 training rows, 93 % positive; 31 held-out
+rows of which 2 negative) keeps its model alone at two seeds, but at seed 0 its 23 validation
+rows favour 0.25 and its held-out AUC falls; the federation's decision function is worse than
+chance there (the FedAvg model's AUC at Switzerland is 0.483).
 """
 
 from __future__ import annotations
@@ -49,21 +54,21 @@ from silos.distill_reference import reference_features  # noqa: E402
 from silos.federated_stats import local_moments  # noqa: E402
 
 
-def _spec(kinds: dict[str, str], weight: float, seed: int, n_features: int) -> RunSpec:
+def _spec(kinds: dict[str, str], weights: tuple[float, ...], seed: int, n_features: int) -> RunSpec:
     return RunSpec(
         federation="heart",
         dataset="heart_disease",
         model=ModelSpec(kind="mlp", n_features=n_features, hidden=(32,)),
         training=TrainingSpec(seed=seed),
         federation_statistics=True,
-        distill=DistillSpec(kinds=kinds, reference_rows=DEMO_REFERENCE_ROWS, weight=weight),  # type: ignore[arg-type]
+        distill=DistillSpec(kinds=kinds, reference_rows=DEMO_REFERENCE_ROWS, weights=weights),  # type: ignore[arg-type]
     )
 
 
 def run(
     arrays: dict[str, SiloArrays], X_ref: np.ndarray, spec: RunSpec, rounds: int
-) -> dict[str, tuple[float, float]]:
-    """(distilled AUC, alone AUC) per silo after `rounds` distillation rounds."""
+) -> dict[str, tuple[float, float, float | None]]:
+    """(distilled AUC, alone AUC, chosen weight) per silo after `rounds` distillation rounds."""
     soft = None
     out = {}
     for _ in range(rounds):
@@ -75,7 +80,7 @@ def run(
             [d.reference_predictions for d in steps.values()], [d.n_train for d in steps.values()]
         )
         out = {
-            s: (d.distilled.auc or float("nan"), d.alone.auc or float("nan"))
+            s: (d.distilled.auc or float("nan"), d.alone.auc or float("nan"), d.weight)
             for s, d in steps.items()
         }
     return out
@@ -83,7 +88,12 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0])
+    parser.add_argument(
+        "--grids",
+        nargs="+",
+        default=["1", "0,0.25,0.5,1"],
+        help="weight grids, comma-separated; one weight is a fixed weight (the old behaviour)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -104,25 +114,33 @@ def main() -> None:
         f"FedDistill on the four hospitals: {args.rounds} rounds, seeds {args.seeds}, "
         f"{DEMO_REFERENCE_ROWS} reference rows; ROC AUC on each silo's held-out rows"
     )
-    for weight in args.weights:
+    for text in args.grids:
+        grid = tuple(float(w) for w in text.split(","))
         started = time.perf_counter()
         per_seed = []
         for seed in args.seeds:
             X_ref = reference_features(
                 contract, stats, DEMO_REFERENCE_ROWS, reference_seed(f"bench-{seed}")
             )
-            per_seed.append(run(arrays, X_ref, _spec(kinds, weight, seed, n_features), args.rounds))
+            per_seed.append(run(arrays, X_ref, _spec(kinds, grid, seed, n_features), args.rounds))
         met = 0
-        print(f"\nweight {weight} ({time.perf_counter() - started:.0f} s)")
-        print(f"{'silo':<15}{'kind':<9}{'distilled':>10}{'alone':>8}{'diff':>8}  verdict")
+        print(f"\nweights {text} ({time.perf_counter() - started:.0f} s)")
+        print(
+            f"{'silo':<15}{'kind':<9}{'distilled':>10}{'alone':>8}{'diff':>8}"
+            f"  {'weight per seed':<17}verdict"
+        )
         for silo in arrays:
             mine = float(np.mean([r[silo][0] for r in per_seed]))
             alone = float(np.mean([r[silo][1] for r in per_seed]))
+            chosen = "/".join("-" if r[silo][2] is None else f"{r[silo][2]:g}" for r in per_seed)
             ok = mine >= alone
             met += ok
             kind = kinds.get(silo, kinds["default"])
             verdict = "MET" if ok else "MISSED"
-            print(f"{silo:<15}{kind:<9}{mine:>10.3f}{alone:>8.3f}{mine - alone:>+8.3f}  {verdict}")
+            print(
+                f"{silo:<15}{kind:<9}{mine:>10.3f}{alone:>8.3f}{mine - alone:>+8.3f}"
+                f"  {chosen:<17}{verdict}"
+            )
         overall = "MET" if met == len(arrays) else "MISSED"
         print(f"silos at least as good distilled as alone: {met} of {len(arrays)} ({overall})")
 

@@ -34,8 +34,9 @@ def distilled_statements(entries: Iterable[LineageEntry]) -> dict[str, Distilled
 
 
 def distill_rows(statements: dict[str, DistilledPayload]) -> list[dict[str, Any]]:
-    """One row per silo: its model kind and sha256, the binary primary metric (ROC AUC) of the
-    distilled model and of the same kind trained alone, and whether distilling did worse."""
+    """One row per silo: its model kind and sha256, the weight of the reference rows it chose,
+    the binary primary metric (ROC AUC) of the distilled model and of the same kind trained
+    alone, and whether distilling did worse."""
     metric = primary_metric("binary")
     higher = higher_is_better(metric)
     rows = []
@@ -57,6 +58,7 @@ def distill_rows(statements: dict[str, DistilledPayload]) -> list[dict[str, Any]
                 "worse_than_alone": worse,
                 "model_sha256": d.model_sha256,
                 "soft_labels_version": d.soft_labels_version,
+                "weight": d.weight,  # of the reference rows, the silo's choice
             }
         )
     return rows
@@ -70,6 +72,7 @@ def distill_table(rows: list[dict[str, Any]]) -> Table | None:
     table = Table(
         "silo",
         "model kind",
+        "weight",
         f"distilled {metric}",
         f"alone {metric}",
         "distilled model (stays at the silo)",
@@ -81,6 +84,7 @@ def distill_table(rows: list[dict[str, Any]]) -> Table | None:
         table.add_row(
             r["silo"],
             r["kind"],
+            "-" if r["weight"] is None else f"{r['weight']:g}",
             _fmt(r["distilled"]),
             _fmt(r["alone"]),
             f"sha256 {r['model_sha256'][:16]}… (round {r['round']})",

@@ -1,6 +1,7 @@
 """Per-silo results of a FedBoost ensemble run, read from the ledger: the ensemble against
-each silo's own member alone, on that silo's held-out rows (its signed ``ensembled``
-statement, `schemas.ensemble`), and the final mixture weights (the last ``aggregate`` entry)."""
+each silo's own member alone and its personal ensemble (kept at the silo), on that silo's
+held-out rows (its signed ``ensembled`` statement, `schemas.ensemble`), and the final mixture
+weights (the last ``aggregate`` entry)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from schemas.specs import RunSpec
 
 def ensemble_rows(entries: Iterable[LineageEntry]) -> list[dict[str, Any]]:
     """One row per silo: its member's kind, weight and sha256, the ensemble's and the member's
-    ROC AUC on the silo's held-out rows, and whether the ensemble did worse than the member."""
+    ROC AUC on the silo's held-out rows, and whether the ensemble did worse than the member;
+    its personal ensemble's AUC, sha256 and weights, and whether that did worse than the
+    federation's ensemble or the member alone."""
     members: dict[str, dict[str, Any]] = {}
     signed: dict[str, EnsembledPayload] = {}
     for entry in entries:
@@ -34,6 +37,7 @@ def ensemble_rows(entries: Iterable[LineageEntry]) -> list[dict[str, Any]]:
         m, s = members.get(silo, {}), signed.get(silo)
         ens = s.ensemble_auc if s else None
         alone = s.member_auc if s else None
+        mine = s.personal_auc if s else None
         rows.append(
             {
                 "silo": silo,
@@ -43,9 +47,18 @@ def ensemble_rows(entries: Iterable[LineageEntry]) -> list[dict[str, Any]]:
                 "ensemble_auc": ens,
                 "member_auc": alone,
                 "worse_than_member": None if ens is None or alone is None else ens < alone,
+                # the silo's personal ensemble (weights refined on its validation rows)
+                "personal_auc": mine,
+                "personal_sha256": s.personal_sha256 if s else None,
+                "personal_worse": _below(mine, ens, alone),
             }
         )
     return rows
+
+
+def _below(mine: float | None, *others: float | None) -> bool | None:
+    known = [o for o in others if o is not None]
+    return None if mine is None or not known else mine < max(known)
 
 
 def run_ensemble(client: Any, run_id: str, spec: RunSpec) -> list[dict[str, Any]]:
@@ -66,19 +79,29 @@ def ensemble_table(rows: list[dict[str, Any]]) -> Table | None:
         "weight",
         "ensemble AUC",
         "member alone AUC",
+        "personal AUC",
         "member sha256",
         "note",
         title="FedBoost ensemble on each silo's held-out rows (ROC AUC)",
     )
     for r in rows:
         # styled Text, not markup: `fedsilo runs show` prints with markup off
-        note = Text("ensemble below own member", "yellow") if r["worse_than_member"] else "-"
+        notes = [
+            text
+            for flag, text in (
+                (r["worse_than_member"], "ensemble below own member"),
+                (r.get("personal_worse"), "personal below ensemble or member"),
+            )
+            if flag
+        ]
+        note = Text("; ".join(notes), "yellow") if notes else "-"
         table.add_row(
             r["silo"],
             r["kind"] or "-",
             _fmt(r["weight"]),
             _fmt(r["ensemble_auc"]),
             _fmt(r["member_auc"]),
+            _fmt(r.get("personal_auc")),
             f"{r['member_sha256'][:16]}…" if r["member_sha256"] else "-",
             note,
         )

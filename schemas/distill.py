@@ -6,7 +6,8 @@ predicts P(y=1) on a synthetic reference set every silo generates identically
 (`silos.distill_reference`), and sends n_k / N times that vector through secure aggregation: the
 service learns only the example-weighted mean, the federation's soft labels, which it publishes as
 the round's "model". The next round each silo adds the reference rows, labelled with those soft
-labels, to its own training rows. Models never leave their silo; each silo signs its model's
+labels and weighted by the share of them it chose on its own validation rows, to its own
+training rows. Models never leave their silo; each silo signs its model's
 sha256 and its held-out metrics (distilled and trained alone) into the ledger
 (`schemas.distill_statement`).
 """
@@ -14,17 +15,14 @@ sha256 and its held-out metrics (distilled and trained alone) into the ledger
 from __future__ import annotations
 
 import hashlib
-import re
-from typing import Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MemberKind = Literal["logreg", "mlp", "xgboost", "lightgbm"]
+from schemas.member_kinds import DEFAULT, MemberKind, checked_kinds, kind_for
+
 SOFT_LABELS = "soft_labels"  # the tensor name of a published soft-label vector
-# a silo name (schemas.wire.NAME_PATTERN; wire imports the specs, so it is not imported here)
-_SILO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-DEFAULT = "default"  # the key of `DistillSpec.kinds` every silo not named there uses
 
 
 def _default_kinds() -> dict[str, MemberKind]:
@@ -36,34 +34,51 @@ class DistillSpec(BaseModel):
 
     `kinds` maps a silo name to the model family it trains (``default``: every other silo).
     `reference_rows` synthetic rows carry the soft labels; a silo's loss is the mean over its
-    own rows plus `weight` times the mean over the reference rows (0: silos never learn from
-    each other, a baseline), so a small silo is not swamped by many reference rows. The run's
-    `rounds` are the distillation rounds; the run's `model` gives the hidden layers of the
-    ``mlp`` members.
+    own rows plus w times the mean over the reference rows, so a small silo is not swamped by
+    many reference rows. Each silo picks w from `weights` itself: it holds back `val_fraction`
+    of its training rows, trains with every w, keeps the one with the lowest validation
+    log-loss (ties: the smaller), then refits on all its rows. With 0 in the grid a silo whose
+    federation's soft labels do not help it keeps the model it trains alone; a one-weight grid
+    is a fixed weight (no validation split; (0,): silos never learn from each other, a
+    baseline). The run's `rounds` are the distillation rounds; the run's `model` gives the
+    hidden layers of the ``mlp`` members.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kinds: dict[str, MemberKind] = Field(default_factory=_default_kinds)
     reference_rows: int = Field(default=512, ge=16, le=100_000)
-    weight: float = Field(default=1.0, ge=0, le=100)
+    weights: tuple[float, ...] = Field(default=(0.0, 0.25, 0.5, 1.0), min_length=1, max_length=8)
+    val_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_weight(cls, data: Any) -> Any:
+        """A spec of before the grid (``weight: w``, as older runs' ledgers hold) is (w,)."""
+        if isinstance(data, dict) and "weight" in data:
+            if "weights" in data:
+                raise ValueError("distill takes `weights` (a grid); drop the older `weight`")
+            data = {k: v for k, v in data.items() if k != "weight"} | {"weights": (data["weight"],)}
+        return data
+
+    @field_validator("weights")
+    @classmethod
+    def _grid(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [w for w in weights if not 0 <= w <= 100]
+        if bad:
+            raise ValueError(f"distill.weights must lie in [0, 100], got {bad}")
+        return tuple(sorted(set(weights)))  # ascending: a tie goes to the smaller weight
 
     @field_validator("kinds")
     @classmethod
     def _names(cls, kinds: dict[str, MemberKind]) -> dict[str, MemberKind]:
-        bad = [k for k in kinds if k != DEFAULT and not _SILO_NAME.match(k)]
-        if bad:
-            raise ValueError(f"distill.kinds names silos that cannot exist: {bad}")
-        if DEFAULT not in kinds:
-            raise ValueError(
-                'distill.kinds needs a "default" kind for the silos it does not name, '
-                'e.g. {"default": "logreg", "Cleveland": "xgboost"}'
-            )
-        return kinds
+        return checked_kinds(
+            kinds, "distill.kinds", '{"default": "logreg", "Cleveland": "xgboost"}'
+        )
 
     def kind_for(self, silo: str) -> MemberKind:
         """The model family `silo` trains."""
-        return self.kinds.get(silo, self.kinds[DEFAULT])
+        return kind_for(self.kinds, silo)
 
 
 def reference_seed(run_id: str) -> int:

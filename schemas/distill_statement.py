@@ -16,6 +16,10 @@ class DistilledPayload(BaseModel):
 
     The model stays at the silo; the statement carries its sha256 and, on the silo's held-out
     rows, its metrics and those of the same kind of model trained on the silo's rows alone.
+    `weight` is the weight of the reference rows the silo chose (`DistillSpec.weights`; 0: it
+    kept the model trained alone; None: no soft labels yet, or a statement of before the
+    choice) and `validation` each candidate weight with its validation log-loss (empty for a
+    one-weight grid, which needs no choice).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,3 +35,5 @@ class DistilledPayload(BaseModel):
     n_train: int = Field(ge=0)
     distilled: Metrics
     alone: Metrics
+    weight: float | None = Field(default=None, ge=0)
+    validation: list[tuple[float, float]] = Field(default_factory=list, max_length=8)

@@ -21,20 +21,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MemberKind = Literal["logreg", "mlp", "xgboost", "lightgbm"]
-DEFAULT = "default"  # the key of `EnsembleSpec.kinds` every silo not named there uses
+from schemas.member_kinds import DEFAULT, MemberKind, checked_kinds, kind_for
+
 MAX_MEMBERS = 32  # the securely summed gradient has this length (members in silo order, 0-padded)
 STATEMENT_KIND = "ensembled"
 LOCAL_FORMAT = "fedsilo-local-model/1"  # the header of `silos.local_models` bytes
 MEMBERS_MODE = "ensemble-members"  # round 1's mode (silos answer with their member's bytes)
 EVALUATE_MODE = "ensemble-evaluate"  # the closing evaluation round's mode
-_SILO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,63}$")
 _EPS = 1e-12
 
 
@@ -45,7 +43,9 @@ class EnsembleSpec(BaseModel):
     silo holds out `val_fraction` of its training rows to learn the weights on; `lr` is the
     step size of the exponentiated-gradient update of the weights. The run's `rounds` are the
     member round plus `rounds - 1` weight rounds; the run's `model` gives the hidden layers of
-    the ``mlp`` members.
+    the ``mlp`` members. In the closing round each silo refines the federation's weights with
+    `personal_steps` such steps on its own validation rows alone (0: its personal ensemble is
+    the federation's); that personal ensemble stays at the silo.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,23 +53,16 @@ class EnsembleSpec(BaseModel):
     kinds: dict[str, MemberKind] = Field(default_factory=lambda: _default_kinds())
     val_fraction: float = Field(default=0.3, gt=0, lt=1)
     lr: float = Field(default=4.0, gt=0, le=1000)
+    personal_steps: int = Field(default=20, ge=0, le=1000)
 
     @field_validator("kinds")
     @classmethod
     def _names(cls, kinds: dict[str, MemberKind]) -> dict[str, MemberKind]:
-        bad = [k for k in kinds if k != DEFAULT and not _SILO_NAME.match(k)]
-        if bad:
-            raise ValueError(f"ensemble.kinds names silos that cannot exist: {bad}")
-        if DEFAULT not in kinds:
-            raise ValueError(
-                'ensemble.kinds needs a "default" kind for the silos it does not name, '
-                'e.g. {"default": "xgboost", "Cleveland": "mlp"}'
-            )
-        return kinds
+        return checked_kinds(kinds, "ensemble.kinds", '{"default": "xgboost", "Cleveland": "mlp"}')
 
     def kind_for(self, silo: str) -> MemberKind:
         """The kind of `silo`'s member."""
-        return self.kinds.get(silo, self.kinds[DEFAULT])
+        return kind_for(self.kinds, silo)
 
 
 def _default_kinds() -> dict[str, MemberKind]:
@@ -116,7 +109,9 @@ class EnsembleArtifact(BaseModel):
 
 class EnsembledPayload(BaseModel):
     """A silo's signed ``ensembled`` statement: the final ensemble against its own member alone,
-    on the silo's held-out rows."""
+    on the silo's held-out rows, and the silo's personal ensemble (the same members, weights
+    refined on its validation rows; kept at the silo, only its sha256 is here; the ``personal_``
+    fields are None in statements of before it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,6 +124,9 @@ class EnsembledPayload(BaseModel):
     member_auc: float | None
     ensemble_loss: float
     member_loss: float | None
+    personal_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    personal_auc: float | None = None
+    personal_loss: float | None = None
 
 
 def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
@@ -205,6 +203,18 @@ def weight_step(weights: np.ndarray, gradient: np.ndarray, lr: float) -> np.ndar
     """One exponentiated-gradient step: w' proportional to w * exp(-lr * gradient)."""
     w = np.clip(np.asarray(weights, dtype=np.float64), _EPS, None)
     return softmax(np.log(w) - lr * np.asarray(gradient, dtype=np.float64))
+
+
+def personal_weights(
+    weights: np.ndarray, member_proba: np.ndarray, y: np.ndarray, lr: float, steps: int
+) -> np.ndarray:
+    """`weights` refined on one silo's rows: `steps` exponentiated-gradient steps on the
+    mixture's mean log-loss there (`mixture_gradient`, `weight_step`), starting from the
+    federation's weights so a silo with few rows stays near them."""
+    w = np.asarray(weights, dtype=np.float64)
+    for _ in range(steps):
+        w = weight_step(w, mixture_gradient(w, member_proba, y), lr)
+    return w
 
 
 def padded(vector: np.ndarray) -> np.ndarray:

@@ -425,30 +425,13 @@ class RunSpec(_Strict):
     def _distill_fits(self) -> RunSpec:
         if self.distill is None:
             return self
-        # Distillation trains a model of its own kind at each silo and exchanges only the
-        # securely aggregated soft labels: no global model, no strategy, no deltas.
-        refusals = {
-            "a tree run (set model: it gives the mlp members' hidden layers)": self.trees
-            is not None,
-            "a plugin mode": self.mode is not None,
-            "differential privacy (the soft labels carry no calibrated noise)": self.privacy
-            is not None,
-            "asynchronous rounds": self.asynchronous is not None,
-            "personalize (each silo's distilled model is already its own)": self.personalize
-            is not None,
-            f"strategy {self.strategy.name!r} (there is no global model to step)": self.strategy
-            != StrategySpec(),
-            "secure_aggregation disabled (only securely aggregated soft labels may leave a "
-            "silo)": not self.secure_aggregation.enabled,
-        }
-        for what, refused in refusals.items():
-            if refused:
-                raise ValueError(f"distill is not supported with {what}")
-        if self.model is not None and self.model.task != "binary":
-            raise ValueError(
-                f"distill supports binary tasks only (soft labels are P(y=1)); the run's "
-                f"contract is {self.model.task}"
-            )
+        self._own_kinds_fit(
+            "distill",
+            dp="the soft labels carry no calibrated noise",
+            own="each silo's distilled model is already its own",
+            secagg="only securely aggregated soft labels may leave a silo",
+            binary="soft labels are P(y=1)",
+        )
         if not self.federation_statistics:
             raise ValueError(
                 "distill draws its reference rows from the federation statistics: set "
@@ -460,36 +443,45 @@ class RunSpec(_Strict):
     def _ensemble_fits(self) -> RunSpec:
         if self.ensemble is None:
             return self
-        # Each silo trains its own member; only the mixture weights are learned together,
-        # from securely summed gradients: no global model, no strategy, no deltas.
-        refusals = {
-            "a tree run (set model: it gives the mlp members' hidden layers)": self.trees
-            is not None,
-            "a plugin mode": self.mode is not None,
-            "differential privacy (members are trained without noise)": self.privacy is not None,
-            "asynchronous rounds": self.asynchronous is not None,
-            "personalize (each silo's member is already its own)": self.personalize is not None,
-            "distill": self.distill is not None,
-            f"strategy {self.strategy.name!r} (there is no global model to step)": self.strategy
-            != StrategySpec(),
-            "secure_aggregation disabled (the weight gradients are only summed securely)": not (
-                self.secure_aggregation.enabled
-            ),
-        }
-        for what, refused in refusals.items():
-            if refused:
-                raise ValueError(f"ensemble is not supported with {what}")
-        if self.model is not None and self.model.task != "binary":
-            raise ValueError(
-                f"ensemble supports binary tasks only (members predict P(y=1)); the run's "
-                f"contract is {self.model.task}"
-            )
+        if self.distill is not None:
+            raise ValueError("ensemble is not supported with distill")
+        self._own_kinds_fit(
+            "ensemble",
+            dp="members are trained without noise",
+            own="each silo's member is already its own",
+            secagg="the weight gradients are only summed securely",
+            binary="members predict P(y=1)",
+        )
         if self.rounds < 2:
             raise ValueError(
                 "an ensemble run needs rounds >= 2: round 1 trains the members, the others "
                 "learn their weights"
             )
         return self
+
+    def _own_kinds_fit(self, name: str, *, dp: str, own: str, secagg: str, binary: str) -> None:
+        """Refuse what a run where each silo trains its own kind of model (`name`: distill,
+        ensemble) cannot do: there is no global model, no strategy, no deltas. The keywords say
+        why for that run (differential privacy, personalize, secure aggregation, binary)."""
+        refusals = {
+            "a tree run (set model: it gives the mlp members' hidden layers)": self.trees
+            is not None,
+            "a plugin mode": self.mode is not None,
+            f"differential privacy ({dp})": self.privacy is not None,
+            "asynchronous rounds": self.asynchronous is not None,
+            f"personalize ({own})": self.personalize is not None,
+            f"strategy {self.strategy.name!r} (there is no global model to step)": self.strategy
+            != StrategySpec(),
+            f"secure_aggregation disabled ({secagg})": not self.secure_aggregation.enabled,
+        }
+        for what, refused in refusals.items():
+            if refused:
+                raise ValueError(f"{name} is not supported with {what}")
+        if self.model is not None and self.model.task != "binary":
+            raise ValueError(
+                f"{name} supports binary tasks only ({binary}); the run's contract is "
+                f"{self.model.task}"
+            )
 
     @model_validator(mode="after")
     def _privacy_needs_secure_aggregation(self) -> RunSpec:

@@ -1,5 +1,6 @@
 """One silo's distillation step: its own kind of model, trained on its rows and, once the
-federation has published soft labels, on the reference rows labelled with them.
+federation has published soft labels, on the reference rows labelled with them, weighted as
+the silo chooses on its own validation rows (`choose_weight`).
 
 The model and the silo's own predictions stay here; what leaves is n_k / N times the model's
 P(y=1) on the reference rows, masked (`silos.handlers.distill`). The same kind of model trained
@@ -25,6 +26,7 @@ from silos.distill_reference import reference_features
 from silos.exceptions import ModelError
 from silos.files import private_dir, write_private
 from silos.local_models import LocalModel, LocalParams, train_local
+from silos.personalize import split_rows
 
 STATE_DIR = "distill"
 
@@ -39,6 +41,8 @@ class Distilled:
     distilled: Metrics
     alone: Metrics
     n_train: int
+    weight: float | None = None  # of the reference rows, chosen by the silo (None: no soft labels)
+    validation: tuple[tuple[float, float], ...] = ()  # (candidate weight, validation log-loss)
 
 
 def reference_rows(
@@ -80,9 +84,9 @@ def distill_step(
     X_ref: np.ndarray,
     soft: np.ndarray | None,
 ) -> Distilled:
-    """Train this silo's model on its rows (+ the reference rows with `soft` as targets: the
-    loss is the mean over its rows plus `distill.weight` times the mean over the reference
-    rows), and the same kind on its rows alone; score both on `test`.
+    """Train this silo's model on its rows (+ the reference rows with `soft` as targets, at the
+    weight the silo chooses from `distill.weights`, `choose_weight`), and the same kind on its
+    rows alone; score both on `test`.
 
     Raises
     ------
@@ -93,26 +97,14 @@ def distill_step(
     kind, seed, params = spec.distill.kind_for(silo), spec.training.seed, member_params(spec)
     (X, y), (X_test, y_test) = train, test
     alone = train_local(kind, X, y, seed=seed, params=params)
-    model = alone
-    if soft is not None and spec.distill.weight > 0:
+    model, weight = alone, None
+    validation: tuple[tuple[float, float], ...] = ()
+    if soft is not None:
         if len(soft) != len(X_ref):
             raise ModelError(f"{len(soft)} soft labels for {len(X_ref)} reference rows")
-        # loss = mean over own rows + weight * mean over reference rows, whatever their sizes
-        per_ref = spec.distill.weight * len(y) / len(soft)
-        weight = np.concatenate([np.ones(len(y)), np.full(len(soft), per_ref)])
-        # and as many optimizer steps as alone: more steps on a small silo's rows overfit them
-        # (Switzerland, 92 rows: 0.70 -> 0.62 AUC alone at 6x the epochs)
-        steps = max(1, round(params.epochs * len(y) / (len(y) + len(soft))))
-        params = replace(params, epochs=steps)
-        model = train_local(
-            kind,
-            np.concatenate([X, X_ref]).astype(np.float32),
-            None,
-            soft=np.concatenate([np.asarray(y, dtype=np.float64), soft]),
-            seed=seed,
-            params=params,
-            weight=weight,
-        )
+        weight, validation = choose_weight(spec, silo, train, X_ref, soft)
+        if weight > 0:  # 0: the model trained alone, exactly
+            model = fit_with_reference(spec, silo, train, X_ref, soft, weight)
     predictions = np.clip(model.predict_proba(X_ref), 0.0, 1.0)
     return Distilled(
         kind=kind,
@@ -121,7 +113,68 @@ def distill_step(
         distilled=_metrics(y_test, model.predict_proba(X_test)),
         alone=_metrics(y_test, alone.predict_proba(X_test)),
         n_train=len(y),
+        weight=weight,
+        validation=validation,
     )
+
+
+def fit_with_reference(
+    spec: RunSpec,
+    silo: str,
+    rows: tuple[np.ndarray, np.ndarray],
+    X_ref: np.ndarray,
+    soft: np.ndarray,
+    weight: float,
+) -> LocalModel:
+    """This silo's kind trained on `rows` plus the reference rows labelled `soft`: its loss is
+    the mean over its rows plus `weight` times the mean over the reference rows (0: its rows
+    alone)."""
+    assert spec.distill is not None
+    kind, seed, params = spec.distill.kind_for(silo), spec.training.seed, member_params(spec)
+    X, y = rows
+    if weight == 0:
+        return train_local(kind, X, y, seed=seed, params=params)
+    # loss = mean over own rows + weight * mean over reference rows, whatever their sizes
+    per_ref = weight * len(y) / len(soft)
+    row_weight = np.concatenate([np.ones(len(y)), np.full(len(soft), per_ref)])
+    # and as many optimizer steps as alone: more steps on a small silo's rows overfit them
+    # (Switzerland, 92 rows: 0.70 -> 0.62 AUC alone at 6x the epochs)
+    steps = max(1, round(params.epochs * len(y) / (len(y) + len(soft))))
+    return train_local(
+        kind,
+        np.concatenate([X, X_ref]).astype(np.float32),
+        None,
+        soft=np.concatenate([np.asarray(y, dtype=np.float64), soft]),
+        seed=seed,
+        params=replace(params, epochs=steps),
+        weight=row_weight,
+    )
+
+
+def choose_weight(
+    spec: RunSpec,
+    silo: str,
+    train: tuple[np.ndarray, np.ndarray],
+    X_ref: np.ndarray,
+    soft: np.ndarray,
+) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """The weight of the reference rows this silo trains with, and each candidate's validation
+    log-loss: every weight of `distill.weights` trained on the fit part of the silo's training
+    rows (`silos.personalize.split_rows`, stratified, seeded by the run's seed) and scored on the
+    held-back part; the lowest loss wins, the smaller weight on a tie. A one-weight grid is
+    that weight, unvalidated."""
+    assert spec.distill is not None
+    grid = spec.distill.weights  # ascending (DistillSpec sorts it)
+    if len(grid) == 1:
+        return grid[0], ()
+    X, y = train
+    rows = split_rows("binary", X, y, X[:0], y[:0], spec.distill.val_fraction, spec.training.seed)
+    losses = []
+    for w in grid:
+        model = fit_with_reference(spec, silo, (rows.X_fit, rows.y_fit), X_ref, soft, w)
+        losses.append((w, _metrics(rows.y_val, model.predict_proba(rows.X_val)).loss))
+    best = min(losses, key=lambda wl: wl[1])  # min keeps the first (smaller) weight on a tie
+    return best[0], tuple(losses)
 
 
 def _metrics(y: np.ndarray, p: np.ndarray) -> Metrics:

@@ -1,23 +1,35 @@
 """A silo's part of a FedBoost ensemble run (`schemas.ensemble`): its member, its weight
-gradient, its evaluation. Pure functions over the silo's arrays; the handlers
+gradient, its evaluation and its personal ensemble (the federation's weights refined on its
+own validation rows, kept here). Pure functions over the silo's arrays; the handlers
 (`silos.handlers.ensemble`) move the results over the wire.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from schemas.ensemble import EnsembleArtifact, EnsembledPayload, mixture_gradient, mixture_proba
+from schemas.ensemble import (
+    EnsembleArtifact,
+    EnsembledPayload,
+    mixture_gradient,
+    mixture_proba,
+    personal_weights,
+)
 from schemas.specs import RunSpec
 from schemas.task_metrics import score
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
+from silos.files import private_dir, write_private
 from silos.local_data import LocalData
 from silos.local_models import LocalModel, LocalParams, load_local, train_local
+
+STATE_DIR = "ensemble"  # the silo's personal ensembles, one file per run
 
 
 def split_validation(
@@ -101,14 +113,46 @@ def weight_gradient(
     return mixture_gradient(weights, probs, y), metrics
 
 
+def personal_ensemble(spec: RunSpec, ensemble: LoadedEnsemble, data: LocalData) -> LoadedEnsemble:
+    """The federation's ensemble with its weights refined on this silo's validation rows
+    (`schemas.ensemble.personal_weights`, `ensemble.personal_steps` steps at `ensemble.lr`)."""
+    assert spec.ensemble is not None
+    _, (X, y) = split_validation(data, spec.ensemble.val_fraction, spec.training.seed)
+    w = personal_weights(
+        np.asarray(ensemble.artifact.weights),
+        ensemble.member_proba(X),
+        y,
+        spec.ensemble.lr,
+        spec.ensemble.personal_steps,
+    )
+    artifact = ensemble.artifact.model_copy(update={"weights": [float(x) for x in w]})
+    return LoadedEnsemble(artifact, ensemble.models)
+
+
+def save_personal(workspace: Path, run_id: str, personal: LoadedEnsemble) -> tuple[Path, str]:
+    """Keep the personal ensemble (members and weights, the artifact's JSON) in the silo's
+    workspace, owner-only; it never leaves the silo. Its path and sha256."""
+    data = personal.artifact.model_dump_json().encode()
+    path = private_dir(workspace / STATE_DIR) / f"{run_id}.personal.json"
+    write_private(path, data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
 def evaluate(
-    silo: str, round_num: int, ensemble: LoadedEnsemble, sha256: str, data: LocalData
+    silo: str,
+    round_num: int,
+    ensemble: LoadedEnsemble,
+    sha256: str,
+    data: LocalData,
+    personal: tuple[LoadedEnsemble, str] | None = None,
 ) -> tuple[Metrics, EnsembledPayload]:
-    """The final ensemble and this silo's member alone on the silo's held-out rows."""
+    """The final ensemble, this silo's member alone and (if given, with its sha256) its
+    personal ensemble on the silo's held-out rows."""
     X, y = data.X_test, data.y_test
     ens = score("binary", y, ensemble.predict_proba(X))
     own = ensemble.own(silo)
     alone = score("binary", y, own.predict_proba(X)) if own is not None else None
+    mine = score("binary", y, personal[0].predict_proba(X)) if personal is not None else None
     statement = EnsembledPayload(
         silo=silo,
         round=round_num,
@@ -119,5 +163,8 @@ def evaluate(
         member_auc=alone["auc"] if alone else None,
         ensemble_loss=float(ens["loss"] or 0.0),
         member_loss=alone["loss"] if alone else None,
+        personal_sha256=personal[1] if personal is not None else None,
+        personal_auc=mine["auc"] if mine else None,
+        personal_loss=mine["loss"] if mine else None,
     )
     return Metrics(n_test=len(y), **ens), statement  # type: ignore[arg-type]

@@ -5,8 +5,11 @@
 - ``ensemble_weights`` (the masked stage of a secure round): download the ensemble, check every
   member's sha256, send n_k / N times the mixture's log-loss gradient on the validation rows,
   masked. Its advertise, share and unmask stages are `handlers.secagg`'s.
-- ``ensemble-evaluate`` (an extension round): score the final ensemble and this silo's member
-  alone on the held-out rows, sign both into the ledger (``ensembled``), send the metrics.
+- ``ensemble-evaluate`` (an extension round): refine the final weights on the validation rows
+  into this silo's personal ensemble (kept in the workspace, never sent), score the final
+  ensemble, this silo's member alone and the personal ensemble on the held-out rows, sign them
+  into the ledger (``ensembled``, with the personal ensemble's sha256 and weights), send the
+  final ensemble's metrics.
 """
 
 from __future__ import annotations
@@ -85,13 +88,19 @@ class EvaluateBody(BaseModel):
 
 @task(cache_policy=NO_CACHE, name="ensemble-evaluate", task_run_name="round-{work.round}-eval")
 def evaluate_round(ctx: SiloContext, work: ExtensionTask, body: EvaluateBody) -> dict[str, object]:
-    """Score the final ensemble against this silo's member alone; sign and send the metrics."""
-    from silos.ensemble import evaluate, load_ensemble
+    """Refine the final ensemble's weights on this silo's validation rows into its personal
+    ensemble (kept here); score the final ensemble, this silo's member alone and the personal
+    ensemble; sign all three and send the final ensemble's metrics."""
+    from silos.ensemble import evaluate, load_ensemble, personal_ensemble, save_personal
 
     payload = ctx.client.download_model(work.run_id, work.model_version)
     ensemble = load_ensemble(payload)
     sha = hashlib.sha256(payload).hexdigest()
-    metrics, statement = evaluate(ctx.silo, work.round, ensemble, sha, ctx.data)
+    personal = personal_ensemble(work.spec, ensemble, ctx.data)
+    _, personal_sha = save_personal(ctx.workspace, work.run_id, personal)
+    metrics, statement = evaluate(
+        ctx.silo, work.round, ensemble, sha, ctx.data, (personal, personal_sha)
+    )
     signed = ctx.client.submit_statement(
         work.run_id, STATEMENT_KIND, statement.model_dump(mode="json")
     )
@@ -101,7 +110,11 @@ def evaluate_round(ctx: SiloContext, work: ExtensionTask, body: EvaluateBody) ->
     except AlreadyAnswered:
         return {"round": work.round, "duplicate": True}
     get_run_logger().info(
-        "ensemble AUC %s, own member alone %s", statement.ensemble_auc, statement.member_auc
+        "ensemble AUC %s, own member alone %s, personal ensemble %s (sha256 %s…, kept here)",
+        statement.ensemble_auc,
+        statement.member_auc,
+        statement.personal_auc,
+        personal_sha[:12],
     )
     return {"round": work.round, "metrics": metrics}
 

@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from flows.coordinator import federated_training
 from flows.demo import DemoOptions, demo_spec, flow_parameters
 from flows.demo_ensemble import DEMO_ROUNDS, ensembled
-from flows.ensemble_view import ensemble_rows
+from flows.ensemble_view import ensemble_rows, ensemble_table
 from flows.exceptions import DemoError
 from schemas.contracts.loader import load_contract
 from schemas.lineage import LineageEntry
@@ -63,6 +64,9 @@ def test_rows_pair_the_latest_weights_with_each_silos_signed_metrics() -> None:
                 "member_auc": 0.8,
                 "ensemble_loss": 0.6,
                 "member_loss": 0.5,
+                "personal_sha256": "cd" * 32,
+                "personal_auc": 0.75,
+                "personal_loss": 0.55,
             },
         ),
     ]
@@ -75,7 +79,16 @@ def test_rows_pair_the_latest_weights_with_each_silos_signed_metrics() -> None:
         "ensemble_auc": 0.7,
         "member_auc": 0.8,
         "worse_than_member": True,
+        "personal_auc": 0.75,
+        "personal_sha256": "cd" * 32,
+        "personal_worse": True,  # below the member alone (0.8)
     }
+    table = ensemble_table([row])
+    assert table is not None
+    console = Console(record=True, width=220)
+    console.print(table)
+    text = console.export_text()
+    assert "0.750" in text and "personal below ensemble or member" in text
 
 
 def test_cli_kinds_parse_and_bad_ones_are_named() -> None:

@@ -58,6 +58,8 @@ def _statement(silo: str, rnd: int, mine: float, alone: float) -> DistilledPaylo
         n_train=100,
         distilled=Metrics(n_test=20, loss=0.5, auc=mine),
         alone=Metrics(n_test=20, loss=0.6, auc=alone),
+        weight=0.25 if rnd > 1 else None,
+        validation=[(0.0, 0.41), (0.25, 0.4)] if rnd > 1 else [],
     )
 
 
@@ -73,11 +75,13 @@ def test_rows_keep_each_silos_latest_statement_and_flag_a_worse_one() -> None:
         ("b", 3, 0.75),
     ]
     assert [r["worse_than_alone"] for r in rows] == [False, True]
+    assert [r["weight"] for r in rows] == [0.25, 0.25]  # the weight each silo chose
     assert distill_table([]) is None
     console = Console(record=True, width=200)
     assert print_distill(console, {"distilled": rows}) == rows
     text = console.export_text()
     assert "distilling did worse than training alone at b" in text and "0.750" in text
+    assert "0.25" in text
     json.dumps(rows)  # `runs show --json` prints them
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support.fault_helpers import Federation, query, start_federation, train
+from support.fault_helpers import Federation, query, train
+from support.module_federation import federation_fixture
 from support.service_scan import holds, service_bytes
 from typer.testing import CliRunner
 
@@ -36,18 +36,7 @@ SILOS = tuple(KINDS)
 POLICY = 'allowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 100\n'
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Federation]:
-    federation = start_federation(
-        tmp_path_factory.mktemp("distill"),
-        prefect_api_url,
-        silos=SILOS,
-        policy=dict.fromkeys(SILOS, POLICY),
-    )
-    try:
-        yield federation
-    finally:
-        federation.stop()
+fed = federation_fixture("distill", SILOS, POLICY)
 
 
 def test_three_model_kinds_share_only_aggregated_soft_labels(
@@ -55,7 +44,8 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
 ) -> None:
     contract = load_contract("heart_disease")
     n_features = FeaturePipeline.from_contract(contract).n_features
-    distill = DistillSpec(kinds={"default": "logreg", **KINDS}, reference_rows=64, weight=1.0)
+    grid = (0.0, 0.5, 1.0)
+    distill = DistillSpec(kinds={"default": "logreg", **KINDS}, reference_rows=64, weights=grid)
     result = train(
         fed.urls,
         fed.token,
@@ -98,6 +88,12 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
             assert 0.0 <= rows[silo][key] <= 1.0  # ROC AUC on the silo's held-out rows
     last = {json.loads(e.payload)["silo"]: json.loads(e.payload) for e in statements}
     counts = [last[s]["n_train"] for s in KINDS]
+    for silo, statement in last.items():  # each silo chose its weight on its validation rows
+        losses = dict(statement["validation"])
+        assert sorted(losses) == list(grid) and rows[silo]["weight"] == statement["weight"]
+        assert statement["weight"] == min(grid, key=lambda w: (losses[w], w))
+        if statement["weight"] == 0:  # it kept the model it trained alone
+            assert statement["distilled"] == statement["alone"]
     # the published soft labels are the example-weighted mean of the silos' predictions
     np.testing.assert_allclose(published, weighted_soft_labels(predictions, counts), atol=1e-5)
 

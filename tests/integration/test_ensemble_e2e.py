@@ -5,25 +5,31 @@ Cleveland trains an XGBoost member, Hungary an MLP, VA Long Beach a LightGBM mod
 rounds learn the mixture weights from securely summed gradients; the closing round has every
 silo sign the final ensemble's and its own member's held-out metrics into the ledger. The test
 reads the saved artifact (every member's hash, weights summing to 1, not uniform), checks each
-member's bytes against its hash and its silo's kind, that the weights follow the ledger, and
-that `runs show` prints the per-silo rows.
+member's bytes against its hash and its silo's kind, that the weights follow the ledger, that
+each silo kept its personal ensemble (owner-only, its sha256 and weights in its statement, its
+bytes nowhere in the service's database or files), and that `runs show` prints the rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support.fault_helpers import Federation, start_federation, train
+from support.fault_helpers import Federation, train
+from support.module_federation import federation_fixture
+from support.service_scan import service_bytes
 from typer.testing import CliRunner
 
 from flows.cli import app
 from schemas.contracts import load_contract
 from schemas.ensemble import EnsembleArtifact, EnsembleSpec
 from schemas.specs import ModelSpec
+from silos.config import load_silo_config
+from silos.ensemble import STATE_DIR
 from silos.features import FeaturePipeline
 from silos.local_models import load_local
 
@@ -33,18 +39,7 @@ SILOS = tuple(KINDS)
 POLICY = 'allowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 100\n'
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Federation]:
-    federation = start_federation(
-        tmp_path_factory.mktemp("ensemble"),
-        prefect_api_url,
-        silos=SILOS,
-        policy=dict.fromkeys(SILOS, POLICY),
-    )
-    try:
-        yield federation
-    finally:
-        federation.stop()
+fed = federation_fixture("ensemble", SILOS, POLICY)
 
 
 def test_mixed_kinds_make_one_weighted_ensemble(fed: Federation, tmp_path: Path) -> None:
@@ -88,10 +83,21 @@ def test_mixed_kinds_make_one_weighted_ensemble(fed: Federation, tmp_path: Path)
     statements = [e for e in ledger if e.kind == "ensembled"]
     assert sorted(e.author for e in statements) == sorted(f"silo:{s}" for s in SILOS)
     rows = {r["silo"]: r for r in result["ensemble"]}
+    held = service_bytes(fed)
     for silo in SILOS:
         row = rows[silo]
         assert row["kind"] == KINDS[silo]
         assert 0.0 <= row["ensemble_auc"] <= 1.0 and 0.0 <= row["member_auc"] <= 1.0
+        # the silo's personal ensemble: in its workspace, owner-only, named in its statement
+        kept = load_silo_config(fed.configs[silo]).workspace / STATE_DIR / f"{run_id}.personal.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        data = kept.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["personal_sha256"]
+        personal = EnsembleArtifact.model_validate_json(data)
+        assert [m.sha256 for m in personal.members] == [m.sha256 for m in artifact.members]
+        assert sum(personal.weights) == pytest.approx(1.0) and personal.weights != artifact.weights
+        assert 0.0 <= row["personal_auc"] <= 1.0
+        assert data not in held and not any(data[-200:] in b for b in held)
     shown = CliRunner().invoke(
         app, ["runs", "show", run_id, "--json", "--service-url", fed.urls[0], "--token", fed.token]
     )

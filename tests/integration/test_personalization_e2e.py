@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xgboost as xgb
-from support.fault_helpers import Federation, start_federation, train
+from support.fault_helpers import Federation, train
+from support.module_federation import federation_fixture
 from support.service_scan import holds, service_bytes
 from typer.testing import CliRunner
 
@@ -38,18 +38,7 @@ POLICY = (
 )
 
 
-@pytest.fixture(scope="module")
-def fed(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Iterator[Federation]:
-    federation = start_federation(
-        tmp_path_factory.mktemp("personal"),
-        prefect_api_url,
-        silos=SILOS,
-        policy=dict.fromkeys(SILOS, POLICY),
-    )
-    try:
-        yield federation
-    finally:
-        federation.stop()
+fed = federation_fixture("personal", SILOS, POLICY)
 
 
 def test_fedper_heads_and_personalized_models_stay_at_the_silos(

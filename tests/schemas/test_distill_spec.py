@@ -76,6 +76,20 @@ def test_bad_soft_label_inputs_are_refused() -> None:
         soft_labels_from_sum(np.zeros(3), 0.0)
 
 
+def test_the_weight_grid_is_sorted_bounded_and_reads_the_older_single_weight() -> None:
+    assert DistillSpec().weights[0] == 0.0  # by default a silo may keep its model alone
+    assert DistillSpec(weights=(1.0, 0.0, 0.5, 1.0)).weights == (0.0, 0.5, 1.0)
+    assert DistillSpec.model_validate({"weight": 0.5}).weights == (0.5,)  # older runs' specs
+    with pytest.raises(ValidationError, match="drop the older"):
+        DistillSpec.model_validate({"weight": 0.5, "weights": [0, 1]})
+    with pytest.raises(ValidationError, match=r"\[0, 100\]"):
+        DistillSpec(weights=(0.0, -1.0))
+    with pytest.raises(ValidationError, match=r"\[0, 100\]"):
+        DistillSpec(weights=(float("nan"),))
+    with pytest.raises(ValidationError):
+        DistillSpec(weights=())
+
+
 def test_kinds_default_and_overrides() -> None:
     spec = DistillSpec(kinds={"default": "logreg", "cleveland": "xgboost"})
     assert spec.kind_for("cleveland") == "xgboost" and spec.kind_for("hungary") == "logreg"

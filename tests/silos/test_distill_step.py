@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,13 @@ def _rows(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _spec(kind: str, weight: float = 1.0) -> RunSpec:
+def _spec(kind: str, *weights: float) -> RunSpec:
     return RunSpec(
         federation="f",
         dataset="d",
         model=ModelSpec(kind="mlp", n_features=5, hidden=(4,)),
         federation_statistics=True,
-        distill=DistillSpec(kinds={"default": kind}, reference_rows=16, weight=weight),
+        distill=DistillSpec(kinds={"default": kind}, reference_rows=16, weights=weights or (1.0,)),
     )
 
 
@@ -50,12 +51,85 @@ def test_soft_labels_pull_the_model_toward_the_federation(kind: str) -> None:
     train, test, X_ref = _rows(0, 120), _rows(1, 60), _rows(2, 200)[0]
     soft = np.ones(len(X_ref))
     alone = distill_step(_spec(kind), "s1", train, test, X_ref, None)
-    pulled = distill_step(_spec(kind, weight=3.0), "s1", train, test, X_ref, soft)
+    pulled = distill_step(_spec(kind, 3.0), "s1", train, test, X_ref, soft)
     assert pulled.model.sha256 != alone.model.sha256
     assert pulled.reference_predictions.mean() > alone.reference_predictions.mean() + 0.1
     assert pulled.alone == alone.alone  # the baseline does not depend on the soft labels
-    ignored = distill_step(_spec(kind, weight=0.0), "s1", train, test, X_ref, soft)
+    ignored = distill_step(_spec(kind, 0.0), "s1", train, test, X_ref, soft)
     assert ignored.model.sha256 == alone.model.sha256
+    assert (pulled.weight, ignored.weight, alone.weight) == (3.0, 0.0, None)
+    assert pulled.validation == ()  # a one-weight grid is not validated
+
+
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_a_silo_whose_soft_labels_are_noise_keeps_its_model_alone(kind: str) -> None:
+    """Soft labels that say nothing about the rows lose on the silo's validation rows to
+    training alone: the silo picks weight 0 and its model is the one trained alone, exactly."""
+    train, test, X_ref = _rows(0, 160), _rows(1, 60), _rows(2, 300)[0]
+    noise = np.random.default_rng(9).uniform(size=len(X_ref))
+    out = distill_step(_spec(kind, 0.0, 0.25, 0.5, 1.0), "s1", train, test, X_ref, noise)
+    assert out.weight == 0.0
+    assert [w for w, _ in out.validation] == [0.0, 0.25, 0.5, 1.0]
+    assert (
+        out.model.sha256 == distill_step(_spec(kind), "s1", train, test, X_ref, None).model.sha256
+    )
+    assert out.distilled == out.alone
+
+
+@pytest.mark.parametrize(
+    ("kind", "truthful", "n", "seed"),
+    # (logreg, 24 rows, seed 2) chooses 0.5 and (mlp, 24, 2) 1.0: the choice is not always 0
+    [
+        ("logreg", True, 24, 2),
+        ("logreg", False, 140, 1),
+        ("mlp", True, 24, 2),
+        ("xgboost", True, 140, 3),
+    ],
+)
+def test_the_chosen_weight_is_the_direct_argmin_of_validation_loss(
+    kind: str, truthful: bool, n: int, seed: int
+) -> None:
+    """Recomputed by hand: split the silo's rows as `split_rows` does, train every weight with
+    the row weighting the docstring states, score log-loss on the held-back rows, take the
+    smallest weight of the lowest loss; the silo's choice and its losses match."""
+    from schemas.task_metrics import score
+    from silos.distill import member_params
+    from silos.personalize import split_rows
+
+    train, test, X_ref = _rows(seed, n), _rows(seed + 50, 60), _rows(seed + 100, 200)[0]
+    # soft labels from the rule the rows follow or from noise
+    soft = (
+        1 / (1 + np.exp(-4 * X_ref[:, 0]))
+        if truthful
+        else np.random.default_rng(seed).uniform(size=len(X_ref))
+    )
+    spec = _spec(kind, 1.0, 0.0, 0.5)
+    out = distill_step(spec, "s1", train, test, X_ref, soft)
+    rows = split_rows("binary", *train, test[0][:0], test[1][:0], 0.25, spec.training.seed)
+    params = member_params(spec)
+    direct = []
+    for w in (0.0, 0.5, 1.0):
+        if w == 0:
+            model = train_local(
+                kind, rows.X_fit, rows.y_fit, seed=spec.training.seed, params=params
+            )
+        else:
+            n, m = len(rows.y_fit), len(X_ref)
+            steps = max(1, round(params.epochs * n / (n + m)))
+            model = train_local(
+                kind,
+                np.concatenate([rows.X_fit, X_ref]).astype(np.float32),
+                None,
+                soft=np.concatenate([rows.y_fit.astype(np.float64), soft]),
+                seed=spec.training.seed,
+                params=replace(params, epochs=steps),
+                weight=np.concatenate([np.ones(n), np.full(m, w * n / m)]),
+            )
+        loss = score("binary", rows.y_val, model.predict_proba(rows.X_val))["loss"]
+        direct.append((w, loss))
+    np.testing.assert_allclose([v for _, v in out.validation], [v for _, v in direct], rtol=1e-9)
+    lowest = min(v for _, v in direct)
+    assert out.weight == min(w for w, v in direct if v == lowest)
 
 
 def test_unit_row_weights_change_nothing_and_bad_weights_are_refused() -> None:

@@ -5,7 +5,11 @@ compares the ensemble with the silo's own member on the held-out rows."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import stat
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from schemas.ensemble import (
     Member,
     check_member_bytes,
     mixture_gradient,
+    mixture_proba,
+    personal_weights,
 )
 from schemas.specs import ModelSpec, RunSpec
 from schemas.task_metrics import score
@@ -23,6 +29,8 @@ from silos.ensemble import (
     evaluate,
     load_ensemble,
     member_message,
+    personal_ensemble,
+    save_personal,
     split_validation,
     weight_gradient,
 )
@@ -107,3 +115,42 @@ def test_member_bytes_are_checked_without_loading_them(kind: str) -> None:
     head, _, payload = data.partition(b"\n")
     with pytest.raises(ValueError, match="parameter bytes|XGBoost|LightGBM"):
         check_member_bytes(head + b"\n" + payload[: len(payload) // 2], kind, 4)
+
+
+def test_a_silo_refines_the_weights_on_its_own_rows_and_keeps_them(tmp_path: Path) -> None:
+    """The personal weights lower the mixture's loss on the silo's validation rows, move toward
+    the member that fits them (a member trained on flipped labels loses weight), are the
+    federation's with no steps, and are kept owner-only in the workspace under their sha256."""
+    data = {"a": _data(1), "b": replace(_data(2), y_train=1 - _data(2).y_train)}
+    ensemble = load_ensemble(_artifact(data, [0.5, 0.5]))
+    personal = personal_ensemble(SPEC, ensemble, data["a"])
+    _, (X_val, y_val) = split_validation(data["a"], 0.3, SPEC.training.seed)
+    probs = ensemble.member_proba(X_val)
+
+    def loss(w: list[float]) -> float:
+        return float(score("binary", y_val, mixture_proba(np.array(w), probs))["loss"] or 0)
+
+    w = personal.artifact.weights
+    assert sum(w) == pytest.approx(1.0) and w[0] > 0.9  # the flipped member is dropped
+    assert loss(w) < loss([0.5, 0.5])
+    expected = personal_weights(np.array([0.5, 0.5]), probs, y_val, SPEC.ensemble.lr, 20)  # type: ignore[union-attr]
+    np.testing.assert_allclose(w, expected)
+    none = SPEC.model_copy(
+        update={"ensemble": SPEC.ensemble.model_copy(update={"personal_steps": 0})}  # type: ignore[union-attr]
+    )
+    assert personal_ensemble(none, ensemble, data["a"]).artifact.weights == [0.5, 0.5]
+
+    path, sha = save_personal(tmp_path, "r1", personal)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert EnsembleArtifact.model_validate_json(path.read_bytes()).weights == w
+    _, statement = evaluate("a", 4, ensemble, "ab" * 32, data["a"], (personal, sha))
+    d = data["a"]
+    # only the sha256 and metrics leave: with the public members, the weights would be the model
+    assert statement.personal_sha256 == sha
+    assert "weights" not in statement.model_dump_json()
+    assert (
+        statement.personal_auc == score("binary", d.y_test, personal.predict_proba(d.X_test))["auc"]
+    )
+    assert statement.ensemble_auc is not None and statement.personal_auc is not None
+    assert statement.personal_auc >= statement.ensemble_auc  # the flipped member hurt 'a'
