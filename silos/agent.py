@@ -344,9 +344,11 @@ def _decline(
     declined = decline.declined_for(exc)
     if progress.failures.first(work.round, str(declined)):
         decline.log_decline(get_run_logger(), work.round, declined, exc)
-    decline.send(client, config.workspace, work.run_id, work.round, declined)
+    held = decline.send(client, config.workspace, work.run_id, work.round, declined)
     agent_metrics.declined(client.silo, declined.scope, declined.cause)
-    progress.declined_round = work.round
+    # a refused decline names a round that is not open (a restored hub is back at an earlier
+    # one): the round's task must be taken up again when it opens
+    progress.declined_round = work.round if held else 0
     return declined
 
 
@@ -371,6 +373,7 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
         if work.round == progress.declined_round:  # the service has not moved on yet
             time.sleep(REPEAT_WAIT_S)
             continue
+        progress.declined_round = 0  # another round: one this silo declined may open again
         try:
             _step(client, config, progress, work)
         except Exception as exc:  # every failure before the update is declined

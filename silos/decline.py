@@ -16,7 +16,7 @@ from pathlib import Path
 from schemas.contracts.loader import ContractError
 from schemas.wire import MAX_TEXT, DeclineCause, DeclinePayload, DeclineScope
 from silos.client import SiloClient
-from silos.client_errors import ServiceRejected
+from silos.client_errors import AlreadyAnswered, ServiceRejected
 from silos.exceptions import (
     DataError,
     FeatureError,
@@ -71,8 +71,11 @@ def declined_for(exc: BaseException) -> Declined:
 
 
 def send(client: SiloClient, workspace: Path, run_id: str, round_: int, declined: Declined) -> bool:
-    """Sign and send the decline; False when the service refused it (the round closed, or
-    this silo already answered it), which is logged and otherwise harmless."""
+    """Sign and send the decline; whether the service now holds this silo's answer to the
+    round: True when it took the decline or already had an answer, False when it refused it
+    because that round is not the run's open round (it closed, or a restored hub is back at
+    an earlier round and will open this one again). A refusal is logged and otherwise
+    harmless."""
     payload = DeclinePayload(
         silo=client.silo,
         run_id=run_id,
@@ -83,6 +86,8 @@ def send(client: SiloClient, workspace: Path, run_id: str, round_: int, declined
     )
     try:
         answer = client.submit_statement(run_id, "decline", payload.model_dump())
+    except AlreadyAnswered:  # an earlier answer to the round stands
+        return True
     except ServiceRejected as exc:
         log.warning(
             "silo %s: the service did not take its decline of round %d of run %s: %s",

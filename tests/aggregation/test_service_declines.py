@@ -21,9 +21,11 @@ from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import DeclineCause, DeclinePayload, Metrics, RoundOpen, RoundOut, RunCreate
+from silos import decline as silo_decline
 from silos import secure_round
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
+from silos.decline import Declined
 
 MODEL = ModelSpec(kind="logreg", n_features=3)
 SHAPES = param_shapes(MODEL)
@@ -201,6 +203,22 @@ def test_declines_that_cannot_apply_are_refused_naming_silo_and_round(plain: Fed
     assert fed.coord.close_round(fed.run_id, 1).status == "failed"  # only a answered
     closed = _rejected(lambda: decline(fed.silos["c"], fed.run_id, 1))
     assert closed.status == 409 and "round 1" in closed.detail and "failed" in closed.detail
+
+
+def test_the_agent_learns_whether_the_service_holds_its_answer(plain: Fed) -> None:
+    """`silos.decline.send` is True when the round is answered (taken now, or an earlier
+    answer stands) and False when the round named is not the open one, so the agent takes
+    that round up when it opens (after a hub restore, say) instead of skipping it."""
+    fed = plain
+    declined = Declined("round", "training", "one class only")
+    ws = fed.workspace
+    assert not silo_decline.send(fed.silos["a"], ws, fed.run_id, 2, declined)  # not open yet
+    assert silo_decline.send(fed.silos["a"], ws, fed.run_id, 1, declined)  # taken
+    _update(fed, "b", 1, np.zeros(DIM, np.float32))
+    assert silo_decline.send(fed.silos["b"], ws, fed.run_id, 1, declined)  # its update stands
+    kinds = {c.silo: c.state for c in fed.coord.wait_round(fed.run_id, 1, 0).silos}
+    assert kinds["a"] == "declined" and kinds["b"] != "declined"
+    assert sum(e.kind == "decline" for e in fed.coord.ledger(fed.run_id)) == 1
 
 
 def _payload(silo: str, run_id: str, round_: int) -> dict[str, Any]:

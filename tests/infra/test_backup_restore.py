@@ -2,8 +2,10 @@
 
 The restore test drives the whole federation as real processes (service, four silo agents,
 the coordinator's flow in a process of its own so it can be killed with the hub), takes a
-backup while rounds are running, loses the service's workspace, restores it, restarts the
-service and resumes the run: it completes and `fedsilo lineage verify` passes.
+backup while rounds are running, lets the run go on for another round (the agents are then ahead
+of the backup), loses the service's workspace, restores it, restarts the service and resumes the
+run: every silo takes up the rounds the restored hub opens again, the run completes and
+`fedsilo lineage verify` passes.
 """
 
 from __future__ import annotations
@@ -89,6 +91,21 @@ def test_backup_mid_run_then_wipe_restore_and_the_run_completes(
         manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
         models = [f for f in manifest["files"] if f["path"].startswith("workspace/models/")]
         assert len(models) >= 2 and manifest["ledger_head"]["seq"] > 0
+        # the hub runs on past its backup, so the agents are ahead of what the restore brings
+        # back: they answered, or hold the task of, a round the restored hub has yet to open
+        after_backup = current_round(fed)[1]  # type: ignore[index]
+
+        def next_round_answered() -> bool:
+            assert flow.alive(), f"the coordinator exited:\n{flow.log_tail()}"
+            answers = query(
+                fed.db_url,
+                "SELECT count(*) FROM contributions WHERE run_id = :r AND round > :n",
+                r=run_id,
+                n=after_backup,
+            )
+            return answers[0][0] > 0
+
+        wait_until(next_round_answered, 3 * START_S, "a round after the backup", fed.logs)
         # the hub is lost: coordinator and service die, the workspace and database are gone
         flow.kill9()
         fed.services[0].stop()

@@ -1,11 +1,12 @@
 """Secure aggregation in asynchronous (FedBuff) buffers end to end: the service, three silo
 agents and the coordinator's Prefect flow as real processes on 127.0.0.1.
 
-Buffers of K=2 among three silos: each buffer's cohort is its first two ready silos, so the
-third waits, is carried into the next buffer and contributes there with staleness >= 1. The
-test reads the service's whole database and workspace afterwards: no update in the clear
-(every tensor payload the service holds is a global model), and the ledger records each
-contributor's staleness and weight and that the aggregate was secure."""
+Buffers of K=2 among three silos: each buffer's cohort is its first two ready silos; a third
+that becomes ready meanwhile is carried into the next buffer and contributes there stale. The
+ledger's staleness of every contributor must match the buffer it joined. The test reads the
+service's whole database and workspace afterwards: no update in the clear (every tensor payload
+the service holds is a global model), and the ledger records each contributor's staleness and
+weight and that the aggregate was secure."""
 
 from __future__ import annotations
 
@@ -61,16 +62,19 @@ def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
 
         entries = [json.loads(e.payload) for e in fed.coord.ledger(run_id) if e.kind == "aggregate"]
         assert len(entries) == BUFFERS
-        contributors = [c for e in entries for c in e["contributors"]]
-        for e in entries:
+        for number, e in enumerate(entries, start=1):
             assert e["secure_aggregation"] is True
             assert e["individual_updates_seen_by_service"] is False
             assert len(e["cohort"]) == 2 and len(e["contributors"]) == 2, e
-        for c in contributors:
-            assert c["weight"] == pytest.approx(1 / math.sqrt(1 + c["staleness"]))
-            assert c["base_version"] == c["base_round"] - 1  # no statistics round here
-        # the third silo of a buffer waits and joins the next one, trained on an older model
-        assert any(c["staleness"] >= 1 for c in contributors), contributors
+            for c in e["contributors"]:
+                # buffer R's input is version R-1 (no statistics round here): an update trained
+                # for round r is R - r versions stale, and weighs s(t) = 1/sqrt(1+t)
+                assert c["base_version"] == c["base_round"] - 1
+                assert c["staleness"] == number - c["base_round"], e
+                assert c["weight"] == pytest.approx(1 / math.sqrt(1 + c["staleness"]))
+        # Whether the third silo of a buffer joins the next one stale depends on how fast each
+        # agent trains on this machine (a silo slow enough misses every cohort); the carried,
+        # stale update is driven step by step in tests/aggregation/test_async_secure.py.
 
         models = [fed.coord.download_model(run_id, v) for v in range(BUFFERS + 1)]
         held = tensor_payloads(service_bytes(fed))
