@@ -99,10 +99,13 @@ def start_service(
     workspace: Path,
     port: int,
     database_url: str = "",
-    wait_s: float = 60.0,
+    wait_s: float = 180.0,
     env: dict[str, str] | None = None,
 ) -> Proc:
-    """`fedsilo aggregator serve` as a process; `env` adds FEDSILO_SERVICE_* settings."""
+    """`fedsilo aggregator serve` as a process; `env` adds FEDSILO_SERVICE_* settings.
+
+    The wait ends as soon as it answers (or exits); the bound is for a machine so loaded that
+    the interpreter's imports and the database migrations take minutes."""
     args = [
         sys.executable,
         "-m",

@@ -78,7 +78,7 @@ def test_silo_that_stops_answering_is_timed_out_and_recovered(
     survivors' shares unmask the sum without it."""
     # long enough for the two others to train and send their masked updates on a loaded
     # machine (the stage the deadline closes), short enough to keep the test quick
-    deadline_s = 45.0
+    deadline_s = 75.0
     thread, outcome = train_in_thread(
         fed.urls, fed.token, tmp_path, rounds=1, min_silos=2, deadline_s=deadline_s
     )

@@ -196,10 +196,16 @@ def test_cancelled_run_ends_the_flow_run_cancelled_with_its_name_and_tags(hub: H
     assert {f"federation:{FED}", "dataset:heart_disease", "model:logreg"} <= set(fr.tags)
     assert f"run:{run.run_id}" in fr.tags
     # the graph reads as a sequence: create-run -> wait-for-ready-silos -> round-1
-    names = {t.name: t for t in task_runs(str(fr.id))}
-    create = next(t for n, t in names.items() if n.startswith("create-run"))
-    ready = next(t for n, t in names.items() if n.startswith("wait-for-ready-silos"))
-    round1 = next(t for n, t in names.items() if n.startswith("round-1-train"))
+    # the server records task runs from the client's events, a moment after the flow ended
+    wanted = ("create-run", "wait-for-ready-silos", "round-1-train")
+
+    def recorded() -> dict[str, TaskRun] | None:
+        runs = {t.name: t for t in task_runs(str(fr.id))}
+        found = {w: next((t for n, t in runs.items() if n.startswith(w)), None) for w in wanted}
+        return found if all(found.values()) else None  # type: ignore[return-value]
+
+    found = wait_until(recorded, "the flow run's three task runs")
+    create, ready, round1 = (found[w] for w in wanted)
     assert {i.id for i in ready.task_inputs["wait_for"]} == {create.id}  # type: ignore[union-attr]
     assert {i.id for i in round1.task_inputs["wait_for"]} == {ready.id}  # type: ignore[union-attr]
 
@@ -208,7 +214,10 @@ def test_deadline_warning_names_only_the_silos_the_stage_awaits(hub: Hub) -> Non
     for silo in hub.silos.values():
         report_ready(silo)
     thread = start_flow(
-        hub, secure_aggregation=SecureAggregationSpec(enabled=True), round_deadline_s=15.0
+        # alpha must advertise before the deadline, on a loaded machine too
+        hub,
+        secure_aggregation=SecureAggregationSpec(enabled=True),
+        round_deadline_s=45.0,
     )
     run = the_run(hub)
     alpha = hub.silos["alpha"]

@@ -59,7 +59,7 @@ from silos.client_errors import Conflict
 from silos.features import FeaturePipeline
 
 MODEL = ModelSpec(kind="logreg", n_features=3)
-LOGS_SETTLE_S = 30.0
+LOGS_SETTLE_S = 120.0  # Prefect batches logs and backs off on 503s; early arrival ends the wait
 
 
 @dataclass(frozen=True)

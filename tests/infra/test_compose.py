@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,14 @@ def _run_all(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 
     return outputs
 
 
+def _passes(command: list[str]) -> bool:
+    """Whether a health check command succeeds (a hung one counts as a failure)."""
+    try:
+        return subprocess.run(command, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _wait(check: Callable[[], bool], what: str, procs: list[Proc], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -332,8 +341,8 @@ def test_compose_commands_complete_a_round_over_mutual_tls(
             [service, *agents],
             300,  # upper bounds: agents import torch, Prefect and GX, slow on a busy CPU
         )
-        for check in agent_health:
-            assert subprocess.run(check, timeout=30).returncode == 0, check
+        for index, check in enumerate(agent_health):
+            _wait(partial(_passes, check), f"agent {index}'s health check", [service, *agents], 120)
         approvals = [coordinator_cmd("silo", "approve", n, "--federation", "heart") for n in SILOS]
         assert all("approved" in out for out in _run_all(approvals))
         _wait(

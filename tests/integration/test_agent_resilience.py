@@ -99,13 +99,11 @@ def test_a_single_class_silo_declines_every_round_without_stalling_it(
 
     result, with_decliner_s = _timed_run(fed, tmp_path / "with-decliner", ROUNDS)
 
-    # every round moved on as soon as the three others answered and it declined
-    assert with_decliner_s < DEADLINE_S / 4, (with_decliner_s, baseline_s)
-    per_round, baseline_per_round = with_decliner_s / ROUNDS, baseline_s / BASELINE_ROUNDS
-    assert per_round < max(2 * baseline_per_round, baseline_per_round + 6), (
-        with_decliner_s,
-        baseline_s,
-    )
+    # every round moved on as soon as the three others answered and it declined: a round that
+    # waited for it would take its whole 600 s deadline. (A bound on the run's total against
+    # the baseline's would also measure how busy the other test worker is.)
+    walls = [r["wall_seconds"] for r in result["rounds"]]
+    assert max(walls) < DEADLINE_S / 4, walls
     assert all(DECLINER not in r["contributors"] for r in result["rounds"])
     assert all(len(r["contributors"]) == 3 for r in result["rounds"])
     assert all(
@@ -122,8 +120,8 @@ def test_a_single_class_silo_declines_every_round_without_stalling_it(
     assert len(new_lines) <= 12 * rounds_seen, "\n".join(new_lines[-60:])
     assert sum("Traceback" in line for line in new_lines) == 0, "\n".join(new_lines[-60:])
     print(
-        f"per round: {baseline_per_round:.1f}s with 3 silos ({BASELINE_ROUNDS} rounds), "
-        f"{per_round:.1f}s with a fourth that declines ({ROUNDS} rounds)"
+        f"per round: {baseline_s / BASELINE_ROUNDS:.1f}s with 3 silos ({BASELINE_ROUNDS} rounds), "
+        f"{with_decliner_s / ROUNDS:.1f}s with a fourth that declines ({ROUNDS} rounds)"
     )
 
 

@@ -24,12 +24,15 @@ BUFFERS = 20
 # a CI run on three xdist workers, when the fast three had already closed ten buffers (it was in
 # none): twenty buffers (~80 s of the fast three) leave it room to arrive, stale, at least once.
 SLOW_DELAY_S = "20.0"
+# and the fast three no faster than 1.5 s a buffer: on a quick machine twenty buffers of theirs
+# then still take longer than the slow silo's first update
+FAST_DELAY_S = "1.5"
 
 
 def test_async_buffers_go_on_without_a_slow_silo_and_apply_it_stale(
     tmp_path: Path, prefect_api_url: str
 ) -> None:
-    delays = {name: {ENV: SLOW_DELAY_S if name == SLOW else "0.3"} for name in HOSPITALS}
+    delays = {name: {ENV: SLOW_DELAY_S if name == SLOW else FAST_DELAY_S} for name in HOSPITALS}
     fed = start_federation(tmp_path, prefect_api_url, agent_env=delays)
     try:
         result = train(

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import pytest
+from support import prefect_api
 from support.fault_helpers import start_federation, train
 from support.service_scan import service_bytes
 
@@ -80,6 +81,11 @@ def test_secure_buffers_aggregate_masked_updates_and_record_staleness(
         held = tensor_payloads(service_bytes(fed))
         assert all(m in held for m in models)  # the search finds what the service does hold
         assert all(blob in models for blob in held), "a tensor payload that is no global model"
+        # a silo left out of the last cohort erases its kept update when it sees the run end,
+        # at its next poll, then ends its flow run: wait for that before looking
+        names = [f"{silo}-{run_id}" for silo in SILOS]
+        ended = prefect_api.ended_flow_runs(prefect_api_url, names)
+        assert ended == dict.fromkeys(names, "COMPLETED"), ended
         for config in fed.configs.values():  # each silo's kept update was erased once sent
             kept = load_silo_config(config).workspace / FOLDER
             assert not kept.exists() or not any(kept.iterdir()), list(kept.iterdir())

@@ -43,6 +43,8 @@ CONTRACT = "ward_risk"
 WARDS = {"north": 0.0, "south": 0.5, "east": 1.5}  # shift of each ward's patients
 TRAIN_ROWS, TEST_ROWS = 150, 50
 STEP_S = 180  # bound on any one step (agent start-up on a loaded machine included)
+# training waits for three agents' first validation, then runs three rounds: a loaded machine
+TRAIN_S = 900
 FEDSILO = str(Path(sys.executable).parent / "fedsilo")
 
 
@@ -97,10 +99,12 @@ class Fedsilo:
         self.cwd, self.env = cwd, env
         self.background: list[subprocess.Popen[bytes]] = []
 
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, ok: bool = True, timeout_s: float = STEP_S
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [FEDSILO, *args], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-            timeout=STEP_S,
+            timeout=timeout_s,
         )  # fmt: skip
         if ok:
             assert done.returncode == 0, f"fedsilo {' '.join(args)} exited {done.returncode}:\n" + (
@@ -251,7 +255,7 @@ def test_own_data_federation_with_the_cli_only(
     # 4. train: no --n-features; softmax regression over the contract's three classes
     trained = cli("train", "--federation", FEDERATION, "--dataset", CONTRACT, "--model", "logreg",
                   "--rounds", "2", "--lr", "0.1", "--local-epochs", "2", "--min-silos", "3",
-                  "--output-dir", "models", *token)  # fmt: skip
+                  "--output-dir", "models", *token, timeout_s=TRAIN_S)  # fmt: skip
     match = re.search(r"run ([0-9a-f]{32}): model (\S+) sha256 [0-9a-f]{64}", trained.stdout)
     assert match, trained.stdout[-3000:] + trained.stderr[-3000:]
     run_id = match.group(1)

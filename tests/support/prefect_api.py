@@ -22,11 +22,20 @@ FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
 def call(api_url: str, method: str, path: str, body: object = None, retry_s: float = 120) -> Any:
-    """One API call; its JSON answer (None when empty). 429/502/503 are retried for `retry_s`."""
+    """One API call; its JSON answer (None when empty). 429/502/503 and a dropped or timed-out
+    connection are retried for `retry_s` (the tests' calls are reads, filters and deletes:
+    repeating one changes nothing)."""
     deadline = time.monotonic() + retry_s
     pause = 0.25
     while True:
-        resp = httpx.request(method, api_url.rstrip("/") + path, json=body, timeout=60)
+        try:
+            resp = httpx.request(method, api_url.rstrip("/") + path, json=body, timeout=60)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 4.0)
+            continue
         if resp.status_code not in RETRIED or time.monotonic() > deadline:
             resp.raise_for_status()
             return resp.json() if resp.content else None
