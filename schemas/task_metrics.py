@@ -5,6 +5,10 @@ of the class probabilities; regression: RMSE, MAE and R². "loss" is always ther
 or mean squared error for regression) because early stopping and the strategies read it.
 A metric that is undefined on the given rows (ROC AUC on one class, R² on a constant target) is
 None rather than a made-up number.
+
+ROC AUC and macro-F1 are computed here with numpy, to scikit-learn's definitions (the tests
+check them against it): importing `sklearn.metrics` costs an agent about 2 s of CPU and 160 MB
+at its first evaluation, for two formulas.
 """
 
 from __future__ import annotations
@@ -59,17 +63,59 @@ def score(task: str, y_true: ArrayLike, pred: ArrayLike) -> dict[str, float | No
 
 
 def _binary(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-    from sklearn.metrics import roc_auc_score
-
     clipped = np.clip(p, _EPS, 1 - _EPS)
     loss = -np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
-    auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+    auc = roc_auc(y, p)
     return {"accuracy": float(np.mean((p >= 0.5) == y)), "auc": auc, "loss": float(loss)}
 
 
-def _multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
-    from sklearn.metrics import f1_score
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float | None:
+    """ROC AUC of `scores` for two-class labels (the larger label is the positive class), or
+    None when the rows hold one class. Scores are any ranking (probabilities or logits).
 
+    The Mann-Whitney form: the chance that a positive row outranks a negative one, ties
+    counting one half, which is the area under the ROC curve scikit-learn integrates."""
+    y = np.asarray(y_true).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(y) != len(s):
+        raise ValueError(f"{len(y)} labels but {len(s)} scores")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or infinity")
+    labels = np.unique(y)
+    if len(labels) != 2:
+        return None
+    positive = y == labels[1]
+    n_pos = int(positive.sum())
+    n_neg = len(y) - n_pos
+    order = np.argsort(s, kind="mergesort")
+    ordered = s[order]
+    # 1-based ranks, tied scores sharing the mean rank of their run
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    mean_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def macro_f1(y_true: ArrayLike, predicted: ArrayLike) -> float:
+    """Macro-averaged F1 over the classes present in the labels or the predictions, a class
+    with no true, predicted or matched row scoring 0 (scikit-learn's zero_division=0)."""
+    y = np.asarray(y_true).reshape(-1)
+    pred = np.asarray(predicted).reshape(-1)
+    if len(y) != len(pred):
+        raise ValueError(f"{len(y)} labels but {len(pred)} predictions")
+    scores = []
+    for label in np.union1d(y, pred):
+        is_pred, is_true = pred == label, y == label
+        tp = int(np.sum(is_pred & is_true))
+        fp_fn = int(np.sum(is_pred != is_true))  # false positives plus false negatives
+        scores.append(2 * tp / (2 * tp + fp_fn) if tp else 0.0)
+    return float(np.mean(scores))
+
+
+def _multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     k = p.shape[1]
     if y.min() < 0 or y.max() >= k:
         raise ValueError(f"class index outside 0..{k - 1}: {int(y.min())}..{int(y.max())}")
@@ -77,7 +123,7 @@ def _multiclass(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     predicted = np.argmax(p, axis=1)
     # Macro-F1 over the classes present in the labels or the predictions (sklearn's default):
     # a class that neither has nor gets a row says nothing about this silo's rows.
-    f1 = float(f1_score(y, predicted, average="macro", zero_division=0))
+    f1 = macro_f1(y, predicted)
     return {
         "accuracy": float(np.mean(predicted == y)),
         "f1_macro": f1,

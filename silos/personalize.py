@@ -21,6 +21,7 @@ import torch
 
 from schemas import tensors
 from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec, TrainingSpec, param_shapes
+from schemas.task_metrics import roc_auc
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
 from silos.personalize_state import with_head
@@ -188,9 +189,7 @@ def _auc(spec: ModelSpec, y: np.ndarray, logits: torch.Tensor) -> float:
     """Validation ROC AUC of a binary model; 0 (no preference) for other tasks or one class."""
     if spec.task != "binary" or len(np.unique(y)) < 2:
         return 0.0
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, logits.numpy()))
+    return roc_auc(y, logits.numpy()) or 0.0
 
 
 def _training(run: RunSpec, p: PersonalizationSpec) -> TrainingSpec:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import f1_score, log_loss, mean_absolute_error, r2_score, roc_auc_score
 
 from schemas.contracts import ContractError, load_contract_text
-from schemas.task_metrics import METRICS_BY_TASK, higher_is_better, primary_metric, score
+from schemas.task_metrics import (
+    METRICS_BY_TASK,
+    higher_is_better,
+    macro_f1,
+    primary_metric,
+    roc_auc,
+    score,
+)
 
 
 def test_binary_matches_sklearn() -> None:
@@ -18,6 +27,39 @@ def test_binary_matches_sklearn() -> None:
     assert got["auc"] == pytest.approx(roc_auc_score(y, p))
     assert got["loss"] == pytest.approx(log_loss(y, p))
     assert got["accuracy"] == pytest.approx(np.mean((p >= 0.5) == y))
+
+
+# few distinct scores, so that ties between and within the classes are common
+_SCORES = st.lists(st.integers(0, 6).map(lambda k: k / 6), min_size=2, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), _SCORES, st.sampled_from([(0, 1), (1, 2), (-1, 1)]))
+def test_roc_auc_is_sklearns_with_ties_and_any_two_labels(data, scores, labels) -> None:
+    y = np.array(
+        data.draw(st.lists(st.sampled_from(labels), min_size=len(scores), max_size=len(scores)))
+    )
+    got = roc_auc(y, scores)
+    if len(np.unique(y)) < 2:
+        assert got is None
+    else:
+        assert got == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=80))
+def test_macro_f1_is_sklearns_over_labels_and_predictions(pairs) -> None:
+    y, pred = (np.array(col) for col in zip(*pairs, strict=True))
+    want = f1_score(y, pred, average="macro", zero_division=0)
+    assert macro_f1(y, pred) == pytest.approx(want, abs=1e-12)
+
+
+def test_roc_auc_refuses_non_finite_scores_and_a_length_mismatch() -> None:
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        roc_auc([0, 1, 1], [0.2, np.nan, 0.9])
+    with pytest.raises(ValueError, match="3 labels but 2"):
+        roc_auc([0, 1, 1], [0.2, 0.9])
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
 
 
 def test_multiclass_matches_sklearn() -> None:
