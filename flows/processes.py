@@ -61,15 +61,20 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
-    """Start `args` with its output appended to `log_path` (0600, in a 0700 folder: logs name
-    silos, runs and paths). The child keeps this process's umask; the service and the agent
-    set their own (077) at start."""
+def open_log(log_path: Path) -> int:
+    """`log_path` opened for appending, 0600 in a 0700 folder (logs name silos, runs and
+    paths): a file descriptor for a child's stdout and stderr."""
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(log_path.parent, 0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "ab") as log:
+    return fd
+
+
+def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
+    """Start `args` with its output appended to `log_path` (`open_log`). The child keeps this
+    process's umask; the service and the agent set their own (077) at start."""
+    with os.fdopen(open_log(log_path), "ab") as log:
         popen = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )

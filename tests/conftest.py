@@ -36,10 +36,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
-from support import capture_guard
+from support import capture_guard, prewarmed
 from support.cpu_hog import CpuHog
 from support.cpu_hog import cpu_hog as start_cpu_hog
 from support.schedule import longest_files_first, seconds_by_file
+
+from flows.processes import Proc
 
 # Set before any test imports Prefect: its settings are read once, at import.
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -103,6 +105,35 @@ def cpu_hog() -> Iterator[CpuHog]:
     """Two busy processes (pure-Python spin loops) for the test; always stopped after it."""
     with start_cpu_hog(2) as hog:
         yield hog
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _agents_fork_from_a_warm_interpreter() -> Iterator[None]:
+    """Silo agents and services started through `flows.processes` (start_agent, start_service,
+    the fault helpers) run as forks of a forkserver that has their libraries imported
+    (tests/support/prewarmed.py); every other process, and every agent or service a test starts
+    by its own command line, as before."""
+    if not prewarmed.enabled():
+        yield
+        return
+    from support import fault_helpers
+
+    import flows.processes
+
+    plain = flows.processes.spawn
+
+    def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
+        if prewarmed.forks(args):
+            return prewarmed.spawn(name, args, log_path, env)
+        return plain(name, args, log_path, env)
+
+    flows.processes.spawn = spawn
+    fault_helpers.spawn = spawn
+    try:
+        yield
+    finally:
+        flows.processes.spawn = fault_helpers.spawn = plain
+        prewarmed.kill_leftovers()
 
 
 @pytest.fixture(scope="session")
