@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +46,12 @@ def silo_start(
         raise fail(str(exc)) from exc
     if cfg.prefect.api_url:
         os.environ["PREFECT_API_URL"] = cfg.prefect.api_url
+        if "prefect.context" in sys.modules:
+            # Prefect reads its settings once, when first imported; already imported (a
+            # plugin, an embedding process), it must re-read them or silo.toml would not win
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from silos.agent import run_agent
