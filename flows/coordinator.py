@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import allow_failure, flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
@@ -25,7 +25,7 @@ from flows.admin_token import resolve_admin_token
 from flows.contract_publish import resolve_run_contract
 from flows.distill_view import run_distill
 from flows.ensemble_view import run_ensemble
-from flows.exceptions import RunCancelled, RunFailed
+from flows.exceptions import RoundFailed, RunCancelled, RunFailed
 from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
@@ -53,6 +53,9 @@ from silos.torch_model import build_model, get_params
 
 # A long-poll returns early on any change; the cap bounds how late a cancel is noticed.
 POLL_S = 10.0
+# An asynchronous run fails when this many buffers in a row fail (a federation that cannot
+# form a working cohort should stop, not spend every remaining deadline).
+MAX_FAILED_BUFFERS = 3
 
 
 @task(cache_policy=NO_CACHE, name="create-run")
@@ -128,7 +131,7 @@ def run_round(
     if out.status == "open":
         raise RunFailed(f"round {number} still at stage {stage_of(out)} after {forced} deadlines")
     if out.status == "failed":
-        raise RunFailed(out.reason or f"round {number} failed")
+        raise RoundFailed(out.reason or f"round {number} failed", record)
     return record
 
 
@@ -174,9 +177,10 @@ class RoundSequence:
     def round(self, number: int, kind: str) -> RoundRecord:
         out = self.done.get(number)
         if out is not None:
+            record = summarize_round(out, wall_seconds(out))
             if out.status == "failed":
-                raise RunFailed(out.reason or f"round {number} failed")
-            return summarize_round(out, wall_seconds(out))
+                raise RoundFailed(out.reason or f"round {number} failed", record)
+            return record
         state = run_round(
             self.client,
             self.run_id,
@@ -184,7 +188,8 @@ class RoundSequence:
             kind,
             self.deadline_s,
             self.view,
-            wait_for=[self.previous] if self.previous is not None else None,
+            # allow_failure: an asynchronous run goes on after a failed buffer's task
+            wait_for=[allow_failure(self.previous)] if self.previous is not None else None,
             return_state=True,
         )
         self.previous = state
@@ -341,14 +346,36 @@ def federated_training(
 
 
 def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[RoundRecord], int]:
-    """Statistics (if the pipeline needs them), training rounds, then the final evaluation."""
+    """Statistics (if the pipeline needs them), training rounds, then the final evaluation.
+
+    A failed round fails a synchronous run. An asynchronous run records a failed buffer (its
+    cohort's updates are lost, e.g. too few survivors to unmask) and opens the next one, which
+    starts from the last model the service made; a silo of the failed cohort trains anew.
+    `MAX_FAILED_BUFFERS` failures in a row, or no buffer that made a model, fail the run."""
     records: list[RoundRecord] = []
     first = 1
     if spec.federation_statistics:  # feature statistics first, securely summed
         records.append(rounds.round(1, "statistics"))
         first = 2
+    failed_in_a_row = 0
     for number in range(first, first + spec.rounds):
-        r = rounds.round(number, "train")
+        try:
+            r = rounds.round(number, "train")
+        except RoundFailed as exc:
+            if spec.asynchronous is None:
+                raise
+            records.append(cast(RoundRecord, exc.record))
+            failed_in_a_row += 1
+            if failed_in_a_row >= MAX_FAILED_BUFFERS:
+                raise RunFailed(
+                    f"{failed_in_a_row} asynchronous buffers in a row failed "
+                    f"(rounds {number - failed_in_a_row + 1}-{number}); the last: {exc}"
+                ) from exc
+            logger.warning(
+                "buffer %d failed (%s); the next buffer starts from the last model", number, exc
+            )
+            continue
+        failed_in_a_row = 0
         records.append(r)
         logger.info(
             "round %d: silos %s, model v%d %s",
@@ -366,7 +393,11 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
         if _plateaued(records, spec.patience):
             logger.info("stopping early: no improvement in %d rounds", spec.patience)
             break
-    final = records[-1].round
+    # a model's version is the number of the round that made it
+    made = [r.round for r in records if r.kind == "train" and r.status != "failed"]
+    if not made:
+        raise RunFailed(f"no training round of the run's {spec.rounds} made a model")
+    final = made[-1]
     if spec.distill is None:  # a distillation run's models stay at the silos: nothing to evaluate
-        records.append(rounds.round(final + 1, "evaluate"))
+        records.append(rounds.round(records[-1].round + 1, "evaluate"))
     return records, final

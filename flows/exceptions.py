@@ -2,6 +2,7 @@
 
 FlowError
 ├── RunFailed       a round could not complete (too few silos by the deadline, ...)
+│   └── RoundFailed a round ended failed at the service (an asynchronous run goes on)
 ├── RunCancelled    someone cancelled the run at the service (`fedsilo runs cancel`)
 ├── DemoError       the embedded demo could not start one of its processes
 ├── AdminTokenError the coordinator's admin token could not be read safely (file or block)
@@ -16,6 +17,18 @@ class FlowError(Exception):
 
 class RunFailed(FlowError):
     """A training run failed; the message names the round and the silos at fault."""
+
+
+class RoundFailed(RunFailed):
+    """The service closed a round as failed; `record` is its summary. A synchronous run fails
+    with it; an asynchronous run records it and opens its next buffer."""
+
+    def __init__(self, message: str, record: object) -> None:
+        super().__init__(message, record)  # both in args: the exception survives pickling
+        self.message, self.record = message, record
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class RunCancelled(FlowError):

@@ -68,6 +68,7 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "dropout": lambda p: (
         f"round {p.get('round')}: dropped {', '.join(map(str, p.get('silos') or []))}"
     ),
+    "round_failed": lambda p: f"round {p.get('round')} ({p.get('kind')}): {p.get('reason')}",
     "recovery": lambda p: (
         f"round {p.get('round')}: recovered with {', '.join(map(str, p.get('survivors') or []))}"
     ),

@@ -93,6 +93,7 @@ KINDS = frozenset(
         "rejections",
         "dropout",
         "recovery",
+        "round_failed",
         "aggregate",
         "model_saved",
         "metrics",

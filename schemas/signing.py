@@ -38,7 +38,19 @@ def request_message(
 
 
 def update_statement_payload(
-    silo: str, round_: int, digest: str, n_examples: int
+    silo: str, round_: int, digest: str, n_examples: int, base_round: int | None = None
 ) -> dict[str, object]:
-    """The ledger payload of an accepted update, which the silo signs as its statement."""
-    return {"silo": silo, "round": round_, "digest": digest, "n_examples": n_examples}
+    """The ledger payload of an accepted update, which the silo signs as its statement.
+
+    `base_round`: an asynchronous secure buffer's masked update was trained for an earlier
+    round (its staleness is counted from it), so the silo signs that round too and the
+    service accepts the statement only if its cohort records the same one."""
+    payload: dict[str, object] = {
+        "silo": silo,
+        "round": round_,
+        "digest": digest,
+        "n_examples": n_examples,
+    }
+    if base_round is not None:
+        payload["base_round"] = base_round
+    return payload

@@ -116,13 +116,15 @@ class SiloClient(HttpBase):
         round_: int,
         n_examples: int,
         digest: str | None = None,
+        base_round: int | None = None,
     ) -> dict[str, Any]:
         """POST an update whose `update_accepted` statement travels in a signed header.
 
-        `digest` is what the statement names (default: the body's sha256).
+        `digest` is what the statement names (default: the body's sha256); `base_round` the
+        round an asynchronous buffer's update was trained for (`update_statement_payload`).
         """
         payload = signing.update_statement_payload(
-            self.silo, round_, digest or tensors.digest(body), n_examples
+            self.silo, round_, digest or tensors.digest(body), n_examples, base_round
         )
         statement, signature = self._signed(run_id, "update_accepted", payload)
         result = self.request(
@@ -206,13 +208,17 @@ class SiloClient(HttpBase):
         n_examples: int,
         train_seconds: float,
         metrics_json: str | None,
+        base_round: int | None = None,
     ) -> dict[str, Any]:
-        """Send the masked update with its signed ledger statement; returns digest and receipt."""
+        """Send the masked update with its signed ledger statement; returns digest and receipt.
+        An asynchronous buffer's update names the round it was trained for (`base_round`)."""
         params: dict[str, Any] = {"n_examples": n_examples, "train_seconds": f"{train_seconds:.6f}"}
         if metrics_json is not None:
             params["metrics"] = metrics_json
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{urlencode(params)}"
-        return self._post_with_statement(path, message, run_id, round_, n_examples)
+        return self._post_with_statement(
+            path, message, run_id, round_, n_examples, base_round=base_round
+        )
 
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Sign and send a lineage statement; returns it with the service's receipt."""

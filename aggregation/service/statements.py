@@ -37,9 +37,12 @@ def accept_statement(
     created: bool,
     statement_signature: str | None,
     what: str = "update",
+    base_round: int | None = None,
 ) -> dict[str, object]:
     """Record the silo's signed `update_accepted` statement for a stored update; the answer
-    (digest, duplicate, receipt). A resubmission (created False) was acknowledged before."""
+    (digest, duplicate, receipt). A resubmission (created False) was acknowledged before.
+    `base_round`: the round an asynchronous buffer's update was trained for, as the service
+    recorded it; the silo's signature must cover the same round."""
     if not created:
         return {"digest": c.digest, "duplicate": True, "receipt": None}
     if not statement_signature:
@@ -47,10 +50,18 @@ def accept_statement(
             f"{what} from silo {silo!r} for round {c.round} lacks its signed ledger "
             f"statement ({STATEMENT_HEADER} header)"
         )
-    payload = update_statement_payload(silo, c.round, c.digest or "", c.n_examples or 0)
-    receipt = record_silo_statement(
-        s, recorder, federation, silo, c.run_id, "update_accepted", payload, statement_signature
-    )
+    payload = update_statement_payload(silo, c.round, c.digest or "", c.n_examples or 0, base_round)
+    try:
+        receipt = record_silo_statement(
+            s, recorder, federation, silo, c.run_id, "update_accepted", payload, statement_signature
+        )
+    except InvalidPayload as exc:
+        if base_round is None:
+            raise
+        raise InvalidPayload(
+            f"{exc}; the statement must name base round {base_round}, the round this "
+            f"silo announced it trained for (buffer {c.round}'s cohort)"
+        ) from exc
     return {"digest": c.digest, "duplicate": False, "receipt": receipt}
 
 

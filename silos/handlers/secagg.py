@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.tasks import (
     SecAggAdvertiseTask,
+    SecAggBufferedTask,
     SecAggConsistencyTask,
     SecAggMaskedTask,
     SecAggShareTask,
@@ -70,9 +71,11 @@ def submit_masked(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) ->
     weighted = weight * clip_and_noise(ctx, work, trained)
     message = secure_round.masked_update(ctx.client, ctx.key, work, ctx.workspace, weighted)
     metrics = trained.metrics.model_dump_json()
+    # a buffer's update signs the round it was trained for: its staleness is counted from it
+    base = work.base_round if isinstance(work, SecAggBufferedTask) else None
     try:
         return ctx.client.submit_masked(
-            work.run_id, work.round, message, trained.n_examples, trained.seconds, metrics
+            work.run_id, work.round, message, trained.n_examples, trained.seconds, metrics, base
         )
     except AlreadyAnswered:  # a retry after a lost answer: the first submission stands
         return {"digest": "(sent earlier)", "duplicate": True, "receipt": None}

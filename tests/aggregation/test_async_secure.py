@@ -89,7 +89,9 @@ class Buffers:
             assert isinstance(work, SecAggBufferedTask) and work.secagg.weight is not None
             weighted = work.secagg.weight * delta[name]
             message = secure_round.masked_update(client, client.key, work, self.ws / name, weighted)
-            client.submit_masked(self.run_id, work.round, message, N[name], 0.01, METRICS)
+            client.submit_masked(
+                self.run_id, work.round, message, N[name], 0.01, METRICS, work.base_round
+            )
             tasks[name] = work
         return tasks
 
@@ -211,6 +213,42 @@ def test_deadline_runs_the_ready_silos_if_enough_else_fails_saying_so(
     assert out.status == "open" and out.secagg_stage == "advertise"
     fed.task("c", "train")
     fed.task("a", "secagg_advertise")
+
+
+def test_each_member_signs_its_base_round_and_a_wrong_one_is_refused(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """The base round (hence staleness) in the ledger is the silo's own signed claim: a masked
+    update whose statement names another base round than the cohort records is refused,
+    naming the silo and the round the cohort expects, and nothing of it is kept."""
+    fed = Buffers(api_service_url, tmp_path, k=2)
+    for name in ("a", "b"):
+        fed.task(name, "train")
+        fed.ready(name, 1)
+    for name in ("a", "b"):
+        client = fed.silos[name]
+        secure_round.advertise(
+            client, client.key, fed.task(name, "secagg_advertise"), fed.ws / name, N[name]
+        )
+    for name in ("a", "b"):
+        client = fed.silos[name]
+        secure_round.share(client, client.key, fed.task(name, "secagg_share"), fed.ws / name)
+    d = deltas(4)
+    a, work = fed.silos["a"], fed.task("a", "secagg_buffered")
+    assert isinstance(work, SecAggBufferedTask) and work.base_round == 1
+    message = secure_round.masked_update(a, a.key, work, fed.ws / "a", work.secagg.weight * d["a"])
+    for claimed in (None, 2):  # unsigned, or signed for a later (fresher) round than it was
+        with pytest.raises(ServiceRejected) as err:
+            a.submit_masked(fed.run_id, 1, message, N["a"], 0.01, METRICS, claimed)
+        assert err.value.status == 422, err.value
+        assert "'a'" in err.value.detail and "base round 1" in err.value.detail
+    fed.task("a", "secagg_buffered")  # refused: the masked stage still awaits a
+    answer = a.submit_masked(fed.run_id, 1, message, N["a"], 0.01, METRICS, 1)
+    assert json.loads(answer["statement"]["payload"])["base_round"] == 1
+    accepted = [
+        json.loads(e.payload) for e in fed.coord.ledger(fed.run_id) if e.kind == "update_accepted"
+    ]
+    assert [(p["silo"], p["round"], p["base_round"]) for p in accepted] == [("a", 1, 1)]
 
 
 def test_stage_messages_before_a_cohort_and_plain_updates_are_refused(

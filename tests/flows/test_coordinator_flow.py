@@ -8,6 +8,7 @@ test, so each test decides exactly who is ready and who answers what, and when.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -36,9 +38,20 @@ from support.validation import validate
 from flows.coordinator import federated_training
 from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
-from schemas.specs import ModelSpec, SecureAggregationSpec
-from schemas.tasks import SecAggAdvertiseTask
-from schemas.wire import ReadyIn, RunOut
+from schemas.specs import AsyncSpec, ModelSpec, SecureAggregationSpec, param_shapes
+from schemas.tasks import (
+    EvaluateTask,
+    RunEndedTask,
+    SecAggAdvertiseTask,
+    SecAggBufferedTask,
+    SecAggConsistencyTask,
+    SecAggShareTask,
+    SecAggUnmaskTask,
+    Task,
+    TrainTask,
+)
+from schemas.wire import Metrics, MetricsReport, ReadyIn, RunOut
+from silos import secure_round
 from silos.client import SiloClient
 from silos.features import FeaturePipeline
 from silos.secure_round import advertise
@@ -243,3 +256,119 @@ def test_deadline_warning_names_only_the_silos_the_stage_awaits(hub: Hub) -> Non
     # one advert is below min_silos: the service fails the round and the flow run fails
     assert finish(hub, thread).is_failed()
     assert hub.coord.get_run(run.run_id).status == "failed"
+
+
+METRICS = Metrics(n_test=10, loss=0.5, accuracy=0.8, auc=0.9)
+LOGREG = ModelSpec(kind="logreg", n_features=N_FEATURES)
+DIM = sum(int(np.prod(shape)) for _, shape in param_shapes(LOGREG))
+
+
+def answer_tasks(
+    hub: Hub,
+    run_id: str,
+    name: str,
+    silent_in: int,
+    errors: list[str],
+    coordinator: threading.Thread,
+) -> None:
+    """Play silo `name` of an asynchronous secure run with the silo side's own protocol
+    functions until the run (or the `coordinator` flow) ends: train (a small random delta),
+    announce ready, the cohort's stages, the evaluation; stay silent in round `silent_in`."""
+    client, ws = hub.silos[name], hub.workspace / name
+    delta = np.random.default_rng(len(name)).normal(scale=0.01, size=DIM)
+    validated = False
+    deadline = time.monotonic() + 3 * WAIT_S
+    try:
+        while time.monotonic() < deadline and coordinator.is_alive():
+            work: Task | None = client.next_task(wait_s=2, run_id=run_id)
+            if work is None:
+                continue
+            if isinstance(work, RunEndedTask):
+                return
+            if not validated:  # as its agent's gate does before a round's first answer
+                validate(client, run_id, work.round, n_rows=100)
+                validated = True
+            if isinstance(work, TrainTask):
+                if work.round != silent_in:
+                    client.announce_ready(run_id, work.round, 100)
+            elif isinstance(work, SecAggAdvertiseTask):
+                secure_round.advertise(client, client.key, work, ws, n_examples=100)
+            elif isinstance(work, SecAggShareTask):
+                secure_round.share(client, client.key, work, ws)
+            elif isinstance(work, SecAggBufferedTask):
+                weighted = (work.secagg.weight or 0.0) * delta
+                message = secure_round.masked_update(client, client.key, work, ws, weighted)
+                client.submit_masked(
+                    run_id,
+                    work.round,
+                    message,
+                    100,
+                    0.01,
+                    METRICS.model_dump_json(),
+                    work.base_round,
+                )
+            elif isinstance(work, SecAggConsistencyTask):
+                secure_round.consistency(client, client.key, work, ws)
+            elif isinstance(work, SecAggUnmaskTask):
+                secure_round.unmask(client, client.key, work, ws)
+            elif isinstance(work, EvaluateTask):
+                client.submit_evaluation(run_id, work.round, MetricsReport(metrics=METRICS))
+            else:
+                errors.append(f"{name}: unexpected task {work!r}")
+                return
+        if coordinator.is_alive():
+            errors.append(f"{name}: the run did not end within {3 * WAIT_S:.0f} s")
+    except Exception as exc:  # the test fails on it below, naming the silo
+        errors.append(f"{name}: {exc!r}")
+
+
+def test_a_failed_asynchronous_buffer_does_not_fail_the_run(hub: Hub) -> None:
+    """Buffer 1 fails (only alpha is ready by its deadline, too few to aggregate securely);
+    the coordinator records it and opens buffer 2, which starts from the initial model and
+    makes version 2, the run's final model."""
+    for silo in hub.silos.values():
+        report_ready(silo)
+    thread = start_flow(
+        hub,
+        model=LOGREG,
+        rounds=2,
+        round_deadline_s=15.0,  # buffer 1 waits for it; the drivers answer within it
+        secure_aggregation=SecureAggregationSpec(enabled=True, threshold=2, clip=1.0),
+        asynchronous=AsyncSpec(buffer_size=3, max_staleness=2),
+    )
+    run = the_run(hub)
+    errors: list[str] = []
+    drivers = [
+        threading.Thread(
+            target=answer_tasks,
+            args=(hub, run.run_id, name, 0 if name == "alpha" else 1, errors, thread),
+            daemon=True,
+        )
+        for name in SILOS
+    ]
+    for driver in drivers:
+        driver.start()
+    state = finish(hub, thread)
+    for driver in drivers:
+        driver.join(WAIT_S)
+    assert not errors, errors
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["final_version"] == 2
+    rounds = {r.round: r for r in hub.coord.rounds(run.run_id)}
+    assert rounds[1].status == "failed" and "ready by the deadline (alpha)" in (
+        rounds[1].reason or ""
+    )
+    assert rounds[2].status != "failed" and rounds[2].model_version == 2
+    assert rounds[2].input_model_version == 0  # buffer 1 made no model
+    assert rounds[3].kind == "evaluate" and rounds[3].input_model_version == 2
+    assert [r["status"] for r in result["rounds"]][:1] == ["failed"]
+    assert hub.coord.get_run(run.run_id).status == "finished"
+    entries = hub.coord.ledger(run.run_id)
+    failed = [json.loads(e.payload) for e in entries if e.kind == "round_failed"]
+    assert [(f["round"], f["kind"]) for f in failed] == [(1, "train")]
+    assert "ready by the deadline (alpha)" in failed[0]["reason"]
+    assert [e.kind for e in entries].count("aggregate") == 1
+    assert (Path(result["model_path"])).exists()
+    texts = [log.message for log in flow_logs(run.prefect_flow_run_id or "")]
+    assert any(t.startswith("buffer 1 failed") for t in texts), texts

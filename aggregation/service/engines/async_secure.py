@@ -70,6 +70,10 @@ class AsyncSecureEngine(SecureEngine):
             return None  # waiting for a cohort, or done with this buffer
         return TrainTask(**round_fields(ctx))
 
+    def base_round(self, ctx: RoundContext, silo: str) -> int | None:
+        info = cohort(ctx.rnd).get(silo)
+        return int(info["base_round"]) if info is not None else None
+
     def receive(self, ctx: RoundContext, answer: Answer) -> dict[str, object]:
         if answer.step == READY_STEP:
             return _receive_ready(ctx, answer)

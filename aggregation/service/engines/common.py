@@ -71,12 +71,16 @@ def round_fields(ctx: RoundContext) -> dict[str, Any]:
 
 
 def fail_round(ctx: RoundContext, reason: str) -> None:
-    """Fail the round with `reason`, adding who sat it out and why."""
+    """Fail the round with `reason`, adding who sat it out and why; the ledger's
+    ``round_failed`` entry says so (an asynchronous run goes on past a failed buffer, so the
+    run's own end need not name it)."""
     rnd = ctx.rnd
     rnd.status = "failed"
     rnd.closed_at = utcnow()
     excused = sat_out_reasons(ctx.s, rnd.run_id, rnd.number)
     rnd.reason = f"{reason}; sat out: {excused}" if excused else reason
+    entry = {"round": rnd.number, "kind": rnd.kind, "reason": rnd.reason}
+    ctx.hub.recorder.service(ctx.s, "round_failed", entry, rnd.run_id)
 
 
 def record_metrics(ctx: RoundContext, answered: list[Contribution]) -> None:

@@ -178,9 +178,15 @@ class SecureEngine:
             True,
             answer.statement_signature,
             what="masked update",
+            base_round=self.base_round(ctx, silo),
         )
         self.advance(ctx, force=False)
         return result
+
+    def base_round(self, ctx: RoundContext, silo: str) -> int | None:
+        """The round `silo`'s masked update was trained for, when it differs from the round it
+        answers (asynchronous buffers); it is part of the statement the silo signs."""
+        return None
 
     def advance(self, ctx: RoundContext, *, force: bool) -> None:
         """Move the protocol on; aggregate once unmasked, fail when it cannot be."""
