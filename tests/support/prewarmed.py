@@ -53,6 +53,7 @@ PRELOAD = [
     "silos.trainer",
     "silos.tree_trainer",
     "aggregation.service.main",
+    "support.gc_frozen",  # last: freezes what the modules above created
 ]
 # the command lines run as forks: the agent and the aggregation service
 FORKED_COMMANDS = (["silo", "start"], ["aggregator", "serve"])
