@@ -11,8 +11,10 @@ thread, SQLite) and the Prefect server of the test session:
     the flow called with `admin_token_block`, a Prefect Secret block: a whole one-round run
     whose two silos this test answers in a thread, ending with the flow's artifacts.
 
-Each run's token is random, so a hit can only come from that run. The database check needs
-the server's `prefect.db`: it looks under ``$PREFECT_HOME`` and is skipped without it.
+Each run's token is random, so a hit can only come from that run. The database check reads
+the server's PostgreSQL database when FEDSILO_TEST_PREFECT_DB_URL names it (.ci/run's server:
+its rows through pg_dump, its files and the WAL as bytes), else `prefect.db` under
+``$PREFECT_HOME`` (its rows, and the file and WAL as bytes); it is skipped without either.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,12 +33,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import numpy as np
+import psycopg
 import pytest
 import typer
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 from support import prefect_api
 from support.live_service import (
     coordinator,
@@ -293,12 +299,13 @@ def test_cli_token_reached_the_flow_as_a_removed_private_file(
     assert not path.parent.exists(), f"{path.parent} outlived the run"
 
 
-def _prefect_database() -> Path:
+def _prefect_sqlite_database() -> Path:
     home = os.environ.get("PREFECT_HOME", "")
     if not home:
         pytest.skip(
             "PREFECT_HOME is not set, so the Prefect server's database is unknown; set it to "
-            "the server's PREFECT_HOME (where its prefect.db is) to grep the database too"
+            "the server's PREFECT_HOME (where its prefect.db is), or FEDSILO_TEST_PREFECT_DB_URL "
+            "to its PostgreSQL database, to search the database too"
         )
     database = Path(home).expanduser() / "prefect.db"
     if not database.is_file():
@@ -306,17 +313,76 @@ def _prefect_database() -> Path:
     return database
 
 
-def test_prefect_database_holds_no_token(flow_run: FlowRunLeakCheck) -> None:
-    database = _prefect_database()
-    _logs(flow_run.flow_run_id)  # the run's last writes reached the server
+def _sqlite_rows_and_bytes(database: Path) -> tuple[str, bytes]:
     raw = b"".join(p.read_bytes() for p in sorted(database.parent.glob("prefect.db*")))
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        dump = "\n".join(conn.iterdump())
-    if flow_run.flow_run_id not in dump:
-        pytest.skip(f"{database} does not hold flow run {flow_run.flow_run_id}: another server's")
-    in_rows, in_bytes = flow_run.token in dump, flow_run.token.encode() in raw
-    assert not in_rows, f"token in a row of {database}"
-    assert not in_bytes, f"token in the bytes of {database}* (a freed page, or the WAL)"
+        return "\n".join(conn.iterdump()), raw
+
+
+def _postgres_rows(url: str) -> str:
+    """The database as pg_dump's plain SQL (every row), the password passed in the environment."""
+    pg_dump = shutil.which("pg_dump")
+    if pg_dump is None:
+        pytest.skip("pg_dump (PostgreSQL's client tools) is not on PATH")
+    parsed = make_url(url)
+    env = dict(os.environ, PGPASSWORD=str(parsed.password or ""))
+    dsn = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    done = subprocess.run(
+        [pg_dump, "--no-owner", "-d", dsn], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _postgres_files(url: str, flow_run_id: str) -> bytes:
+    """The bytes of the database's own files and of the server's WAL (where a deleted or
+    overwritten row still lies until vacuum and recycling), once they hold the flow run (its
+    id's 16 bytes, as PostgreSQL stores a uuid): the server writes them in the background.
+    Values TOAST compressed are not readable here; the row dump above covers them."""
+    data_root = os.environ.get("FEDSILO_TEST_PG_DATA", "")
+    if not data_root:
+        pytest.skip("FEDSILO_TEST_PG_DATA is not set: the database's files are unknown")
+    data = Path(data_root) / "data"
+    name = make_url(url).database
+    with psycopg.connect(_libpq_url(url)) as conn:
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    assert oid is not None, name
+    folders = [data / "base" / str(oid[0]), data / "pg_wal"]
+    needle = UUID(flow_run_id).bytes
+    deadline = time.monotonic() + LOGS_SETTLE_S
+    while True:
+        try:
+            files = [f for folder in folders for f in sorted(folder.iterdir()) if f.is_file()]
+            raw = b"".join(f.read_bytes() for f in files)
+        except PermissionError as exc:
+            pytest.skip(f"cannot read PostgreSQL's files ({exc}): run as their owner or root")
+        if needle in raw:
+            return raw
+        if time.monotonic() > deadline:
+            raise AssertionError(f"flow run {flow_run_id} never reached the files under {data}")
+        time.sleep(0.5)
+
+
+def _libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_prefect_database_holds_no_token(flow_run: FlowRunLeakCheck) -> None:
+    _logs(flow_run.flow_run_id)  # the run's last writes reached the server
+    url = os.environ.get("FEDSILO_TEST_PREFECT_DB_URL", "")
+    if url:  # .ci/run keeps its Prefect server's database in PostgreSQL
+        where, rows = make_url(url).render_as_string(hide_password=True), _postgres_rows(url)
+    else:
+        database = _prefect_sqlite_database()
+        where, (rows, raw) = str(database), _sqlite_rows_and_bytes(database)
+    if flow_run.flow_run_id not in rows:
+        pytest.skip(f"{where} does not hold flow run {flow_run.flow_run_id}: another server's")
+    if url:
+        raw = _postgres_files(url, flow_run.flow_run_id)
+    assert flow_run.token not in rows, f"token in a row of {where}"
+    assert flow_run.token.encode() not in raw, (
+        f"token in the bytes of {where}'s files (a freed page, or the WAL)"
+    )
 
 
 # --- the token's file, the CLI's refusals, the deployment's parameters ------------------------
