@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -25,10 +26,29 @@ TELEMETRY_OFF = {
 }
 
 
+class ProcessHandle(Protocol):
+    """What a `Proc` needs of its child: `subprocess.Popen` has it, and so do the test suite's
+    agents forked from a warm interpreter (tests/support/prewarmed.py)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: ProcessHandle
     log_path: Path
 
     def alive(self) -> bool:

@@ -115,13 +115,14 @@ class ForkedProcess:
 
 
 def spawn(name: str, args: list[str], log_path: Path, env: dict[str, str]) -> Proc:
-    """`flows.processes.spawn` for a `python -m flows.cli silo start ...` command line: the same
-    command, log file and environment, run as a fork of the warm forkserver."""
+    """`flows.processes.spawn` for one of FORKED_COMMANDS (`python -m flows.cli silo start ...`,
+    `... aggregator serve ...`): the same command, log file and environment, run as a fork of
+    the warm forkserver."""
     if args[:3] != [sys.executable, "-m", "flows.cli"]:
         raise ValueError(f"not a fedsilo command line: {args}")
     os.close(open_log(log_path))  # created with the same modes as a subprocess's log
     popen = _start(args[3:], log_path, env, _fresh_sys_path(env))
-    return Proc(name=name, popen=popen, log_path=log_path)  # type: ignore[arg-type]
+    return Proc(name=name, popen=popen, log_path=log_path)
 
 
 @functools.cache
@@ -180,7 +181,7 @@ def _run_cli(args: list[str], log_path: str, env: dict[str, str], path: list[str
     os.dup2(fd, 2)
     os.close(fd)
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True, write_through=True)  # type: ignore[attr-defined]
+        stream.reconfigure(line_buffering=True, write_through=True)  # type: ignore[union-attr]
     sys.argv = ["fedsilo", *args]
 
     from prefect.context import refresh_global_settings_context
