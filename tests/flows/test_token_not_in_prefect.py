@@ -51,6 +51,7 @@ from support.live_service import (
 from support.validation import validate
 from typer.testing import CliRunner
 
+from aggregation.backup_db import _libpq as libpq_dsn_and_env
 from flows.admin_token import private_token_file, resolve_admin_token
 from flows.cli import app
 from flows.cli.common import flow_token_source
@@ -320,13 +321,12 @@ def _sqlite_rows_and_bytes(database: Path) -> tuple[str, bytes]:
 
 
 def _postgres_rows(url: str) -> str:
-    """The database as pg_dump's plain SQL (every row), the password passed in the environment."""
+    """The database as pg_dump's plain SQL (every row), the password passed in the environment
+    as the service's backups pass it."""
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         pytest.skip("pg_dump (PostgreSQL's client tools) is not on PATH")
-    parsed = make_url(url)
-    env = dict(os.environ, PGPASSWORD=str(parsed.password or ""))
-    dsn = parsed.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    dsn, env = libpq_dsn_and_env(url)
     done = subprocess.run(
         [pg_dump, "--no-owner", "-d", dsn], env=env, capture_output=True, text=True, check=False
     )
