@@ -364,7 +364,7 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
         except RoundFailed as exc:
             if spec.asynchronous is None:
                 raise
-            records.append(exc.record)
+            records.append(cast(RoundRecord, exc.record))
             failed_in_a_row += 1
             if failed_in_a_row >= MAX_FAILED_BUFFERS:
                 raise RunFailed(

@@ -10,13 +10,6 @@ FlowError
                     prefix matches several runs); the message lists the known ones
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # flows.round_records imports Prefect; the CLI imports this module lean
-    from flows.round_records import RoundRecord
-
 
 class FlowError(Exception):
     """Base class for orchestration errors."""
@@ -30,7 +23,7 @@ class RoundFailed(RunFailed):
     """The service closed a round as failed; `record` is its summary. A synchronous run fails
     with it; an asynchronous run records it and opens its next buffer."""
 
-    def __init__(self, message: str, record: RoundRecord) -> None:
+    def __init__(self, message: str, record: object) -> None:
         super().__init__(message, record)  # both in args: the exception survives pickling
         self.message, self.record = message, record
 
