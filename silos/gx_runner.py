@@ -21,7 +21,12 @@ from typing import Any
 
 import pandas as pd
 
+from silos.deferred_imports import defer
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# GX's KL-divergence expectation imports these at module level; no contract suite uses them
+# (about 75 MB an agent would hold idle): they load on first use (silos/deferred_imports.py)
+defer("altair", "scipy.stats")
 
 import great_expectations as gx  # noqa: E402  (after the analytics switch above)
 from great_expectations.data_context.types.base import (  # noqa: E402

@@ -64,7 +64,13 @@ def make_engine(url: str) -> Engine:
     # No pool_pre_ping: it costs a round trip per request (the ledger's append rate needs that
     # back). A connection broken by a PostgreSQL restart fails one request with a 5xx, SQLAlchemy
     # then invalidates the pool, and every fedsilo client retries 5xx answers.
-    return create_engine(url, pool_size=10, max_overflow=20)
+    # Connections beyond pool_size are closed when returned, so a burst of long-polls woken at
+    # once (every silo when a stage closes) used to open and close ~20 connections each time:
+    # at 64 silos that churn was most of PostgreSQL's CPU (bench/scale.py: 16 -> 6 s a round).
+    # 30 kept open covers the bursts; 40 in all matches anyio's 40 worker threads, which run
+    # the sync handlers and long-poll checks. Two replicas (80) and Prefect's server (15) stay
+    # under PostgreSQL's default max_connections of 100.
+    return create_engine(url, pool_size=30, max_overflow=10)
 
 
 def _sqlite_for_update(conn, clauseelement, *_args):  # type: ignore[no-untyped-def]

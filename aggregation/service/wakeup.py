@@ -9,9 +9,9 @@ notification, a dropped listener connection, a write this module cannot classify
 
 Writes are classified by table so that a silo's answer does not wake every other silo:
 - quiet (nonces, presence, rejection counters, the ledger): wake nobody;
-- answers (secure-aggregation mailbox, and a secure round's contribution rows, which its engine
-  marks with `answers_only`): wake the coordinator's round waits only, since another silo's
-  task changes only when its stage closes, which updates the round row;
+- answers (secure-aggregation mailbox and share rows, and a secure round's contribution rows,
+  which its engine marks with `answers_only`): wake the coordinator's round waits only, since
+  another silo's task changes only when its stage closes, which updates the round row;
 - anything else (runs, rounds, contributions, ...): wake every waiter.
 """
 
@@ -44,7 +44,8 @@ QUIET_TABLES = frozenset(
         "ledger_countersignatures",
     }
 )
-ANSWER_TABLES = frozenset({"secagg_messages"})
+# a share message also writes its per-recipient `secagg_shares` rows in the same transaction
+ANSWER_TABLES = frozenset({"secagg_messages", "secagg_shares"})
 _TOPIC_KEY = "fedsilo_wake_topic"
 _ANSWERS_KEY = "fedsilo_wake_answers"  # tables this transaction wrote only answers to
 _wakeups: weakref.WeakKeyDictionary[sessionmaker[Session], Wakeup] = weakref.WeakKeyDictionary()

@@ -71,6 +71,28 @@ def _federation(db_url: str, tmp_path: Path, consistency: bool | None = None) ->
         yield Fed(coord, silos, run.run_id, initial, tmp_path / "silo-ws")
 
 
+@pytest.fixture(autouse=True)
+def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every task poll in these tests (dropouts, consistency checks, refusals) also computes
+    the round-wide set the coordinator sees: the per-silo answer a poll uses must agree."""
+    from aggregation.service import secure_rounds
+
+    real = secure_rounds.awaits
+    asked: list[str] = []
+    disagreements: list[tuple[int, str, str, bool]] = []
+
+    def both(s, rnd, stage: str, silo: str) -> bool:  # type: ignore[no-untyped-def]
+        got = real(s, rnd, stage, silo)
+        asked.append(stage)
+        if got != (silo in secure_rounds.waiting_for(s, rnd, stage)):
+            disagreements.append((rnd.number, stage, silo, got))
+        return got
+
+    monkeypatch.setattr(secure_rounds, "awaits", both)
+    yield asked
+    assert not disagreements
+
+
 @pytest.fixture
 def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
     with _federation(db_url, tmp_path) as federation:
@@ -145,6 +167,7 @@ def test_silo_dropped_after_sharing_keys_is_recovered(fed: Fed) -> None:
     _run_until_masked(fed, deltas, n, skip_masked=("c",))
     assert fed.coord.wait_round(fed.run_id, 1, 0).status == "open"
     fed.coord.close_round(fed.run_id, 1)  # the deadline passed: c is a dropout
+    assert fed.silos["c"].next_task(wait_s=0) is None  # a dropout is not asked to unmask
     _unmask_all(fed, ["a", "b"])
     out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
     assert out.status == "aggregated", out
@@ -311,7 +334,9 @@ def test_secure_round_with_consistency_check_equals_weighted_fedavg(fed_checked:
     np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
 
 
-def test_consistency_check_with_a_dropout_after_masked(fed_checked: Fed) -> None:
+def test_consistency_check_with_a_dropout_after_masked(
+    fed_checked: Fed, awaits_agrees_with_waiting_for: list[str]
+) -> None:
     """c sends its masked input, then vanishes: it neither signs nor unmasks. Its input still
     counts (its self-mask seed comes back from a's and b's shares)."""
     fed = fed_checked
@@ -322,6 +347,9 @@ def test_consistency_check_with_a_dropout_after_masked(fed_checked: Fed) -> None
     fed.coord.close_round(fed.run_id, 1)  # the deadline passed: c never signed
     assert fed.coord.wait_round(fed.run_id, 1, 0).secagg_stage == "unmask"
     assert fed.silos["c"].next_task(wait_s=0) is None  # a silo that did not sign cannot unmask
+    assert {"advertise", "share", "masked", "consistency", "unmask"} <= set(
+        awaits_agrees_with_waiting_for
+    )  # the per-silo answer was checked at every stage
     _unmask_all(fed, ["a", "b"])
     out = fed.coord.wait_round(fed.run_id, 1, wait_s=5)
     assert out.status == "aggregated", out
@@ -411,3 +439,83 @@ def test_each_silo_fetches_only_the_shares_addressed_to_it(db_url: str, tmp_path
             engine.dispose()
         assert sorted(rows) == sorted((s, r) for s in fed.silos for r in fed.silos if s != r)
         assert any(i["column_names"] == ["run_id", "round", "recipient"] for i in indexes)
+
+
+def test_a_share_message_wakes_no_silo_until_its_stage_closes(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share message (its mailbox row and its per-recipient share rows) changes no other
+    silo's task, so it must wake only the coordinator's round waits: woken on every share,
+    N waiting silos re-check their task N times a stage (O(N^2) polls, `bench/scale.py`).
+    The message that closes the stage does wake everybody."""
+    from aggregation.service import wakeup
+
+    topics: list[str] = []
+    real_wake = wakeup.Wakeup.wake
+
+    def recording(self: wakeup.Wakeup, topic: str) -> None:
+        topics.append(topic)
+        real_wake(self, topic)
+
+    monkeypatch.setattr(wakeup.Wakeup, "wake", recording)
+    with _federation(db_url, tmp_path) as fed:
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_advertise")
+            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
+        *first, last = fed.silos.items()
+        for name, client in first:
+            task = _task(client, "secagg_share")
+            del topics[:]
+            secure_round.share(client, client.key, task, fed.workspace / name)
+            assert topics and set(topics) == {wakeup.ANSWERS}, (name, topics)
+        name, client = last
+        del topics[:]
+        secure_round.share(client, client.key, _task(client, "secagg_share"), fed.workspace / name)
+        assert wakeup.ALL in topics  # the stage closed: every silo's task changed
+
+
+def test_replays_fetch_and_parse_each_committed_message_once(db_url: str, tmp_path: Path) -> None:
+    """Every request replays the round's mailbox: a process parses each committed message
+    once and later replays fetch no payload. A transaction that wrote a mailbox row (and may
+    be rolled back, its row id reused on SQLite) reads but does not fill the cache."""
+    from sqlalchemy import create_engine, event, select
+    from sqlalchemy.orm import Session
+
+    from aggregation.service import secure_rounds
+    from aggregation.service.tables import SecAggMessage
+
+    with _federation(db_url, tmp_path) as fed:
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_advertise")
+            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_share")
+            secure_round.share(client, client.key, task, fed.workspace / name)
+        engine = create_engine(db_url)
+        statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        try:
+            with Session(engine) as s:
+                rows = (
+                    s.execute(
+                        select(SecAggMessage.id, SecAggMessage.stage).where(
+                            SecAggMessage.run_id == fed.run_id
+                        )
+                    )
+                    .tuples()
+                    .all()
+                )
+                secure_rounds._PARSED.clear()
+                s.info[secure_rounds._WROTE_MAILBOX] = True  # as after its own insert
+                untrusted = secure_rounds._parsed(s, fed.run_id, rows)
+                assert not secure_rounds._PARSED
+            with Session(engine) as s:
+                first = secure_rounds._parsed(s, fed.run_id, rows)
+                del statements[:]
+                again = secure_rounds._parsed(s, fed.run_id, rows)
+                assert statements == []  # nothing fetched: every row was parsed before
+        finally:
+            engine.dispose()
+    assert len(rows) == 6 and {stage for _, stage in rows} == {"advertise", "share"}
+    assert all(again[i] is first[i] for i, _ in rows)
+    assert [untrusted[i].to_bytes() for i, _ in rows] == [again[i].to_bytes() for i, _ in rows]

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 def test_writes_wake_only_who_can_care() -> None:
     assert topic_of({"nonces", "silos", "ledger_entries"}) is None  # every signed request
     assert topic_of({"secagg_messages", "nonces"}) == ANSWERS  # a silo's protocol message
+    assert topic_of({"secagg_messages", "secagg_shares", "nonces"}) == ANSWERS  # a share one
     assert topic_of({"secagg_messages", "rounds"}) == ALL  # ... that closed its stage
     assert topic_of({"contributions"}) == ALL  # a cyclic round's next silo may be waiting
     assert topic_of({"?"}) == ALL  # a write it cannot name wakes everybody

@@ -116,3 +116,50 @@ def test_a_pytorch_round_evaluates_without_scikit_learn() -> None:
     packages = _packages_by_stage(TORCH_ROUND)["evaluated"]
     assert "torch" in packages
     assert not packages & {"sklearn", "scipy"}, sorted(packages & {"sklearn", "scipy"})
+
+
+# an agent's validation, then a module that does use GX's deferred imports
+DEFERRED = """
+import json, sys, tempfile
+from pathlib import Path
+import silos.agent, silos.gx_runner
+from schemas.contracts import load_contract
+from silos.deferred_imports import is_deferred
+from silos.demo_data import heart_disease_silos
+from silos.gate import run_gate
+
+def stage(name):
+    real = [m for m in sys.modules if m.startswith(("altair.", "scipy.stats."))]
+    print(json.dumps([name, is_deferred("altair"), is_deferred("scipy.stats"), len(real)]))
+
+stage("imported")
+frame = heart_disease_silos()["cleveland"]
+assert run_gate(frame, load_contract("heart_disease"), silo="cleveland",
+                workspace=Path(tempfile.mkdtemp())).success
+stage("validated")
+from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+assert kl.stats.norm.cdf(0.0) == 0.5 and kl.alt.Chart is sys.modules["altair"].Chart
+stage("used")
+"""
+
+
+def test_gx_loads_altair_and_scipy_stats_only_when_used() -> None:
+    """Great Expectations' KL-divergence expectation imports altair and scipy.stats (~75 MB);
+    an agent that validates its table with the contract's suite never loads them, and code
+    that reads them gets the real modules."""
+    env = {**os.environ, "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", DEFERRED],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('["')]
+    by_stage = {name: (alt, stats, loaded) for name, alt, stats, loaded in rows}
+    assert by_stage["imported"] == (True, True, 0)
+    assert by_stage["validated"] == (True, True, 0)  # the suite, its data docs: neither used
+    alt, stats, loaded = by_stage["used"]
+    assert (alt, stats) == (False, False) and loaded > 10  # replaced by the real modules

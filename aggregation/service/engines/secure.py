@@ -77,7 +77,7 @@ class SecureEngine:
     def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
         s, rnd, spec = ctx.s, ctx.rnd, ctx.spec
         stage = rnd.secagg_stage or "advertise"
-        if silo not in secure_rounds.waiting_for(s, rnd, stage):
+        if not secure_rounds.awaits(s, rnd, stage, silo):
             return None
         cfg = secure_rounds.config(rnd, spec)
         weight = secure_rounds.weights_of(s, rnd, spec).get(silo) if stage != "advertise" else None
