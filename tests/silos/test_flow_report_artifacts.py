@@ -1,0 +1,69 @@
+"""A silo's table artifacts are sent in the background, in order, linked to the flow and task
+run they were made in, and all sent when `drain()` returns (the flow run's end)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.runtime import flow_run
+
+from schemas.wire import Metrics, ValidationSummary
+from silos import flow_report
+
+SILO = "probe-artifacts"
+
+
+def _summary(success: bool) -> ValidationSummary:
+    return ValidationSummary(
+        contract="heart_disease",
+        contract_version="1.0.0",
+        contract_sha256="c" * 64,
+        data_sha256="d" * 64,
+        n_rows=303,
+        n_expectations=54,
+        success=success,
+    )
+
+
+@task
+def _validate(round_: int) -> None:
+    flow_report.validation_artifact(SILO, round_, _summary(success=True))
+
+
+@flow
+def _rounds(n: int) -> str:
+    rows: list[dict[str, Any]] = []
+    for r in range(1, n + 1):
+        _validate(r)
+        row = flow_report.metrics_row(r, Metrics(n_test=10, loss=1.0 / r, accuracy=0.5))
+        assert row is not None
+        rows.append(row)
+        flow_report.metrics_artifact(SILO, "run-x", rows)
+    flow_report.drain()
+    return str(flow_run.get_id())
+
+
+def test_artifacts_arrive_in_order_linked_to_their_runs(prefect_api_url: str) -> None:
+    flow_run_id = _rounds(3)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+            )
+        )
+    by_key: dict[str, list[Any]] = {}
+    for a in sorted(artifacts, key=lambda a: a.created):
+        by_key.setdefault(str(a.key), []).append(a)
+    assert sorted(by_key) == [f"{SILO}-metrics", f"{SILO}-validation"]
+    validations = by_key[f"{SILO}-validation"]
+    assert [a.description.split(":")[0] for a in validations] == [
+        f"silo {SILO}, round {r}" for r in (1, 2, 3)
+    ]
+    assert all(a.task_run_id is not None for a in validations)  # made inside the task run
+    metrics = by_key[f"{SILO}-metrics"]
+    assert len(metrics) == 3 and all(a.task_run_id is None for a in metrics)
+    assert '"round": 3' in str(metrics[-1].data)  # the last version holds every round
