@@ -105,6 +105,16 @@ def _task(client: SiloClient, expected: str):  # type: ignore[no-untyped-def]
     return task
 
 
+def _advertise_and_share(fed: Fed, *, share: bool = True) -> None:
+    """Every silo advertises its keys (5 examples each), then, with `share`, shares them."""
+    for name, client in fed.silos.items():
+        task = _task(client, "secagg_advertise")
+        secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
+    for name, client in fed.silos.items() if share else ():
+        task = _task(client, "secagg_share")
+        secure_round.share(client, client.key, task, fed.workspace / name)
+
+
 def _run_until_masked(
     fed: Fed, deltas: dict[str, np.ndarray], n: dict[str, int], skip_masked: tuple[str, ...] = ()
 ) -> None:
@@ -405,12 +415,7 @@ def test_each_silo_fetches_only_the_shares_addressed_to_it(db_url: str, tmp_path
     from schemas.secagg.messages import EncryptedShare, ShareKeys
 
     with _federation(db_url, tmp_path) as fed:
-        for name, client in fed.silos.items():
-            task = _task(client, "secagg_advertise")
-            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
-        for name, client in fed.silos.items():
-            task = _task(client, "secagg_share")
-            secure_round.share(client, client.key, task, fed.workspace / name)
+        _advertise_and_share(fed)
         sent = {
             name: ShareKeys.from_bytes(
                 (fed.workspace / name / "secagg" / f"{fed.run_id}-r1.share.msg").read_bytes()
@@ -459,9 +464,7 @@ def test_a_share_message_wakes_no_silo_until_its_stage_closes(
 
     monkeypatch.setattr(wakeup.Wakeup, "wake", recording)
     with _federation(db_url, tmp_path) as fed:
-        for name, client in fed.silos.items():
-            task = _task(client, "secagg_advertise")
-            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
+        _advertise_and_share(fed, share=False)
         *first, last = fed.silos.items()
         for name, client in first:
             task = _task(client, "secagg_share")
@@ -485,12 +488,7 @@ def test_replays_fetch_and_parse_each_committed_message_once(db_url: str, tmp_pa
     from aggregation.service.tables import SecAggMessage
 
     with _federation(db_url, tmp_path) as fed:
-        for name, client in fed.silos.items():
-            task = _task(client, "secagg_advertise")
-            secure_round.advertise(client, client.key, task, fed.workspace / name, n_examples=5)
-        for name, client in fed.silos.items():
-            task = _task(client, "secagg_share")
-            secure_round.share(client, client.key, task, fed.workspace / name)
+        _advertise_and_share(fed)
         engine = create_engine(db_url)
         statements: list[str] = []
         event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_LIBRARIES = {"torch", "sklearn", "dp_accounting", "xgboost", "lightgbm", "mlflow"}
@@ -27,9 +28,15 @@ def _packages_by_stage(code: str) -> dict[str, set[str]]:
         "def stage(name):\n"
         "    print(json.dumps([name, sorted(sys.modules)]), flush=True)\n"
     )
+    stages = _json_lines(prelude + code)
+    return {name: {m.split(".")[0] for m in modules} for name, modules in stages}
+
+
+def _json_lines(code: str) -> list[list[Any]]:
+    """Run `code` in a fresh interpreter; the JSON lists it printed, one per line."""
     env = {**os.environ, "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
     done = subprocess.run(
-        [sys.executable, "-c", prelude + code],
+        [sys.executable, "-c", code],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -37,8 +44,7 @@ def _packages_by_stage(code: str) -> dict[str, set[str]]:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    stages = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('["')]
-    return {name: {m.split(".")[0] for m in modules} for name, modules in stages}
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('["')]
 
 
 def test_cli_entry_point_loads_no_agent_libraries() -> None:
@@ -147,17 +153,7 @@ def test_gx_loads_altair_and_scipy_stats_only_when_used() -> None:
     """Great Expectations' KL-divergence expectation imports altair and scipy.stats (~75 MB);
     an agent that validates its table with the contract's suite never loads them, and code
     that reads them gets the real modules."""
-    env = {**os.environ, "DO_NOT_TRACK": "1", "GX_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run(
-        [sys.executable, "-c", DEFERRED],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('["')]
+    rows = _json_lines(DEFERRED)
     by_stage = {name: (alt, stats, loaded) for name, alt, stats, loaded in rows}
     assert by_stage["imported"] == (True, True, 0)
     assert by_stage["validated"] == (True, True, 0)  # the suite, its data docs: neither used
