@@ -22,7 +22,7 @@ import sys
 import threading
 import types
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a real import may read another placeholder
 
 
 class Deferred(types.ModuleType):
