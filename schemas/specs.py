@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.contracts.loader import Contract
 from schemas.distill import DistillSpec
@@ -190,6 +190,16 @@ class SecureAggregationSpec(_Strict):
     degree: int | None = Field(default=None, ge=2)
     consistency_check: bool | None = None
 
+    @field_validator("degree")
+    @classmethod
+    def _even_degree(cls, degree: int | None) -> int | None:
+        if degree is not None and degree % 2:
+            raise ValueError(
+                f"a SecAgg+ neighbour graph's degree must be even, got {degree}: each silo "
+                "masks with degree/2 neighbours on either side of it on a ring"
+            )
+        return degree
+
 
 class PrivacySpec(_Strict):
     """Silo-level differential privacy: each silo clips its delta to `clip_norm` (L2) and adds
@@ -214,6 +224,9 @@ class PersonalizationSpec(_Strict):
     leaves the silo (its delta is sent as zeros), and only the body is aggregated; at the end the
     global body plus the silo's head is fine-tuned as above. `ditto`: a per-silo model minimising
     the silo's loss + (ditto_lambda/2)||v - w_global||^2 from the final global model w_global.
+    A silo keeps its starting model (the global one, or its FedPer head on the global body)
+    unless the best epoch's validation gain holds on `min_confidence` of bootstrap resamples of
+    the validation rows: on a few dozen rows the best epoch is often noise.
     Each silo signs the personalized model's sha256 and its held-out metrics into the ledger,
     next to the global model's and a local-only model's on the same rows.
     """
@@ -224,6 +237,13 @@ class PersonalizationSpec(_Strict):
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
     ditto_lambda: float = Field(default=0.1, gt=0)
     lr: float | None = Field(default=None, gt=0, description="None: the run's training lr")
+    min_confidence: float = Field(
+        default=0.95,
+        ge=0,
+        lt=1,
+        description="keep the starting model unless the best epoch (or extra trees) beats it on "
+        "this share of bootstrap resamples of the validation rows; 0: keep the best as it is",
+    )
 
 
 class AsyncSpec(_Strict):

@@ -3,9 +3,11 @@
 Everything here runs at the silo on its own rows and returns numbers and arrays; nothing is
 sent anywhere (`silos.handlers.personalize` signs the sha256 and the metrics into the ledger).
 The silo's training rows are split into fit and validation rows (stratified, seeded); every
-candidate model is trained on the fit rows one epoch at a time and the epoch with the lowest
-validation loss is kept, epoch 0 (the starting model) included, so a silo whose rows do not
-help keeps the model it started from.
+candidate model is trained on the fit rows one epoch at a time and the epoch that scores best
+on the validation rows is kept, epoch 0 (the starting model) included, so a silo whose rows do
+not help keeps the model it started from. A personalized model also keeps its starting model
+unless the best epoch's gain holds with `min_confidence` over bootstrap resamples of the
+validation rows (`silos.personalize_gate`): on a few dozen rows the best epoch is often noise.
 
 Three models are scored on the silo's held-out rows: the global model, the personalized one
 and a local-only one (trained from the run's initial weights on the silo's rows alone, same
@@ -15,6 +17,7 @@ early stopping, the run's epoch budget), which says whether the federation helpe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +27,7 @@ from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec, TrainingSpec,
 from schemas.task_metrics import roc_auc
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
+from silos.personalize_gate import gain_confidence, row_losses
 from silos.personalize_state import with_head
 from silos.torch_model import build_model, get_params, set_params
 from silos.trainer import _as_tensors, _loss_fn, _optimizer, _single_thread, evaluate
@@ -47,6 +51,8 @@ class Personalized:
 
     params: list[np.ndarray]
     steps: int  # epochs kept by early stopping
+    best_steps: int  # the validation rows' best epoch (kept unless the gate held it back)
+    confidence: float | None  # the gate's in best_steps > 0 (None: not asked)
     global_metrics: Metrics
     personalized: Metrics
     local_only: Metrics
@@ -87,6 +93,16 @@ def split_rows(
     return Split(X[fit], y[fit], X[val_idx], y[val_idx], X_test, y_test)
 
 
+class Stopped(NamedTuple):
+    """What early stopping kept: the parameters after `epoch` epochs (0 = the start), the
+    validation rows' best epoch, and the gate's confidence in it (None when not asked)."""
+
+    params: list[np.ndarray]
+    epoch: int
+    best_epoch: int
+    confidence: float | None
+
+
 def early_stopped(
     spec: ModelSpec,
     start: list[np.ndarray],
@@ -94,16 +110,19 @@ def early_stopped(
     training: TrainingSpec,
     epochs: int,
     ditto_lambda: float = 0.0,
-) -> tuple[list[np.ndarray], int]:
-    """Train from `start` on the fit rows for up to `epochs` epochs; the parameters after the
-    epoch (0 = `start`) that score best on the validation rows, and that epoch.
+    min_confidence: float = 0.0,
+) -> Stopped:
+    """Train from `start` on the fit rows for up to `epochs` epochs; keep the parameters after
+    the epoch (0 = `start`) that scores best on the validation rows.
 
     Best is the highest ROC AUC for a binary model (what the silo is judged on; a model can
     lower its loss by moving its base rate alone, which a silo with few negatives rewards), the
     lowest loss on a tie and for the other tasks.
 
     `ditto_lambda` > 0 adds (lambda/2)||w - start||^2 to the loss (Ditto's pull toward the
-    global model, which is where a Ditto model starts)."""
+    global model, which is where a Ditto model starts). `min_confidence` > 0 keeps `start`
+    unless the best epoch beats it on at least that share of bootstrap resamples of the
+    validation rows (`silos.personalize_gate`)."""
     X, y = _as_tensors(spec, rows.X_fit, rows.y_fit)
     Xv, yv = _as_tensors(spec, rows.X_val, rows.y_val)
     loss_fn = _loss_fn(spec)
@@ -114,13 +133,15 @@ def early_stopped(
         optimizer = _optimizer(model, training)
         generator = torch.Generator().manual_seed(training.seed)
 
-        def val_key() -> tuple[float, float]:
+        def validate() -> tuple[tuple[float, float], torch.Tensor]:
             with torch.no_grad():
                 out = model(Xv)
                 loss = float(loss_fn(out, yv).item()) / len(yv)
-            return (-_auc(spec, rows.y_val, out), loss)
+            return (-_auc(spec, rows.y_val, out), loss), out
 
-        best, best_epoch, best_params = val_key(), 0, get_params(model)
+        best, start_out = validate()
+        start_key = best
+        best_epoch, best_params, best_out = 0, get_params(model), start_out
         for epoch in range(1, epochs + 1):
             for idx in torch.randperm(len(y), generator=generator).split(training.batch_size):
                 optimizer.zero_grad()
@@ -133,10 +154,16 @@ def early_stopped(
                     objective = objective + 0.5 * ditto_lambda * drift
                 objective.backward()
                 optimizer.step()
-            current = val_key()
+            current, out = validate()
             if current < best:  # strictly better: on a tie the earlier epoch stays
-                best, best_epoch, best_params = current, epoch, get_params(model)
-    return best_params, best_epoch
+                best, best_epoch, best_params, best_out = current, epoch, get_params(model), out
+    if best_epoch == 0 or min_confidence <= 0:
+        return Stopped(best_params, best_epoch, best_epoch, None)
+    by_auc = best[0] < start_key[0]  # a higher validation ROC AUC made it best
+    confidence = _confidence(spec, yv, best_out, start_out, by_auc, training.seed)
+    if confidence < min_confidence:
+        return Stopped(list(start), 0, best_epoch, confidence)
+    return Stopped(best_params, best_epoch, best_epoch, confidence)
 
 
 def personalize(
@@ -156,11 +183,16 @@ def personalize(
     if p.method == "fedper" and head is not None:
         start = with_head(spec, global_params, head)
     lam = p.ditto_lambda if p.method == "ditto" else 0.0
-    params, steps = early_stopped(spec, start, rows, training, p.max_epochs, ditto_lambda=lam)
+    stopped = early_stopped(
+        spec, start, rows, training, p.max_epochs, ditto_lambda=lam, min_confidence=p.min_confidence
+    )
+    params = stopped.params
     local = local if local is not None else local_only(run, rows)
     return Personalized(
         params=params,
-        steps=steps,
+        steps=stopped.epoch,
+        best_steps=stopped.best_epoch,
+        confidence=stopped.confidence,
         global_metrics=evaluate(spec, global_params, rows.X_test, rows.y_test),
         personalized=evaluate(spec, params, rows.X_test, rows.y_test),
         local_only=evaluate(spec, local, rows.X_test, rows.y_test),
@@ -175,8 +207,7 @@ def local_only(run: RunSpec, rows: Split) -> list[np.ndarray]:
     spec = run.torch_model
     start = get_params(build_model(spec, seed=run.training.seed))
     budget = min(run.rounds * run.training.local_epochs, 1000)
-    params, _ = early_stopped(spec, start, rows, run.training, budget)
-    return params
+    return early_stopped(spec, start, rows, run.training, budget).params
 
 
 def encode_model(spec: ModelSpec, params: list[np.ndarray], metadata: dict[str, str]) -> bytes:
@@ -190,6 +221,28 @@ def _auc(spec: ModelSpec, y: np.ndarray, logits: torch.Tensor) -> float:
     if spec.task != "binary" or len(np.unique(y)) < 2:
         return 0.0
     return roc_auc(y, logits.numpy()) or 0.0
+
+
+def _confidence(
+    spec: ModelSpec, labels: torch.Tensor, new: torch.Tensor, old: torch.Tensor, by_auc: bool,
+    seed: int,
+) -> float:  # fmt: skip
+    """The gate's confidence that validation outputs `new` beat `old`: by ROC AUC when that is
+    what made `new` best, else by the per-row loss (`labels` as the loss takes them)."""
+    y = labels.numpy()
+    if by_auc:
+        return gain_confidence("auc", y, new.numpy().reshape(-1), old.numpy().reshape(-1), seed)
+    new_loss, old_loss = (row_losses(spec.task, y, _predictions(spec, o)) for o in (new, old))
+    return gain_confidence("loss", y, new_loss, old_loss, seed, classes=spec.task != "regression")
+
+
+def _predictions(spec: ModelSpec, out: torch.Tensor) -> np.ndarray:
+    """P(y = 1), class probabilities, or the (scaled) regression output."""
+    if spec.task == "binary":
+        return torch.sigmoid(out).numpy().reshape(-1)
+    if spec.task == "multiclass":
+        return torch.softmax(out, dim=1).numpy()
+    return out.numpy()
 
 
 def _training(run: RunSpec, p: PersonalizationSpec) -> TrainingSpec:

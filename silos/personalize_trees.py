@@ -2,15 +2,17 @@
 
 The silo boosts up to `max_trees` more rounds from the final global model (XGBoost
 ``xgb_model=``, LightGBM ``init_model=``) on its fit rows and keeps the number of extra rounds
-(0 included) with the lowest validation loss. Its local-only model is boosted from scratch on
-the same rows for as many rounds as the global model has, early stopped alike. All three are
-scored on the silo's held-out rows; the models never leave the silo.
+(0 included) with the lowest validation loss, provided that loss's gain over the global model
+holds with `min_confidence` over bootstrap resamples of the validation rows
+(`silos.personalize_gate`); otherwise the global model stays. Its local-only model is boosted
+from scratch on the same rows for as many rounds as the global model has, early stopped alike.
+All three are scored on the silo's held-out rows; the models never leave the silo.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from schemas.tree_params import TreeSpec
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
 from silos.personalize import Split
+from silos.personalize_gate import gain_confidence, row_losses
 from silos.tree_trainer import _base, evaluate_trees, task_rows
 
 
@@ -28,6 +31,8 @@ class PersonalizedTrees:
 
     model: bytes
     steps: int  # extra boosting rounds kept
+    best_steps: int  # the validation rows' best (kept unless the gate held it back)
+    confidence: float | None  # the gate's in best_steps > 0 (None: not asked)
     global_metrics: Metrics
     personalized: Metrics
     local_only: Metrics
@@ -36,7 +41,12 @@ class PersonalizedTrees:
 
 
 def personalize_trees(
-    spec: TreeSpec, global_model: bytes, rows: Split, max_trees: int, seed: int = 0
+    spec: TreeSpec,
+    global_model: bytes,
+    rows: Split,
+    max_trees: int,
+    seed: int = 0,
+    min_confidence: float = 0.0,
 ) -> PersonalizedTrees:
     """Continue boosting `global_model` on the silo's rows; see the module docstring.
 
@@ -46,12 +56,15 @@ def personalize_trees(
         The rows do not fit the spec or the global model does not load.
     """
     base, n_base = _base(spec, global_model)
-    model, steps = _boost(spec, base, n_base, rows, max_trees, seed, keep_zero=True)
-    local, _ = _boost(spec, None, 0, rows, max(n_base, 1), seed, keep_zero=False)
+    kept = _boost(spec, base, n_base, rows, max_trees, seed, keep_zero=True, gate=min_confidence)
+    local = _boost(spec, None, 0, rows, max(n_base, 1), seed, keep_zero=False).model
+    model = kept.model
     test = (rows.X_test, rows.y_test)
     return PersonalizedTrees(
         model=model,
-        steps=steps,
+        steps=kept.steps,
+        best_steps=kept.best_steps,
+        confidence=kept.confidence,
         global_metrics=evaluate_trees(spec, global_model, *test),
         personalized=evaluate_trees(spec, model, *test),
         local_only=evaluate_trees(spec, local, *test),
@@ -68,9 +81,12 @@ def _boost(
     rounds: int,
     seed: int,
     keep_zero: bool,
-) -> tuple[bytes, int]:
+    gate: float = 0.0,
+) -> _Kept:
     """Boost `rounds` rounds from `base` on the fit rows; the model truncated to the number of
-    extra rounds with the lowest validation loss (0 allowed when `keep_zero`), and it."""
+    extra rounds with the lowest validation loss (0 allowed when `keep_zero`), and it. With
+    `gate` > 0, 0 extra rounds unless the best beats them on that share of bootstrap
+    resamples of the validation rows."""
     X, y = task_rows(spec, rows.X_fit, rows.y_fit)
     Xv, yv = task_rows(spec, rows.X_val, rows.y_val)
     params = spec.native_params(seed=seed, n_threads=1)
@@ -104,7 +120,19 @@ def _boost(
     candidates = range(0 if keep_zero else 1, max(grown, 0) + 1)
     losses = {k: _loss(spec, yv, predict(k)) for k in candidates}
     best = min(losses, key=lambda k: (losses[k], k))
-    return native(best), best
+    if best == 0 or gate <= 0:
+        return _Kept(native(best), best, best, None)
+    new, old = (row_losses(spec.task, yv, predict(k)) for k in (best, 0))
+    confidence = gain_confidence("loss", yv, new, old, seed, classes=spec.task != "regression")
+    kept = best if confidence >= gate else 0
+    return _Kept(native(kept), kept, best, confidence)
+
+
+class _Kept(NamedTuple):
+    model: bytes
+    steps: int
+    best_steps: int
+    confidence: float | None
 
 
 def _rounds(spec: TreeSpec, booster: Any) -> int:

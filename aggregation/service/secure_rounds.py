@@ -133,9 +133,13 @@ def dim(rnd: Round, spec: RunSpec) -> int:
 
 
 def config(rnd: Round, spec: RunSpec) -> RoundConfig:
+    """The round's protocol settings. A SecAgg+ degree of at least n - 1 neighbours for a
+    roster of n silos is the complete graph (a run's roster can be smaller than its degree from
+    the start, or shrink below it as silos leave), so it runs as one, not as an error."""
     silos = roster(rnd)
     sa = spec.secure_aggregation
-    size = len(silos) if sa.degree is None else sa.degree + 1
+    degree = sa.degree if sa.degree is not None and sa.degree < len(silos) - 1 else None
+    size = len(silos) if degree is None else degree + 1
     threshold = sa.threshold or max(2, size // 2 + 1)
     return RoundConfig(
         run_id=rnd.run_id,
@@ -144,7 +148,7 @@ def config(rnd: Round, spec: RunSpec) -> RoundConfig:
         threshold=min(threshold, size),
         dim=dim(rnd, spec),
         bits=STATS_BITS if rnd.kind == "statistics" else sa.bits,
-        degree=sa.degree,
+        degree=degree,
         consistency_check=checks_consistency(rnd),
     )
 

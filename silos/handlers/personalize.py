@@ -62,7 +62,7 @@ def personalize_trees_round(ctx: SiloContext, work: TreeEvaluateTask) -> Persona
         spec = work.spec.trees
         global_model = ctx.client.download_model(work.run_id, work.model_version)
         rows = _rows(ctx, spec.task, p.val_fraction, 0)
-        out = personalize_trees(spec, global_model, rows, p.max_trees)
+        out = personalize_trees(spec, global_model, rows, p.max_trees, 0, p.min_confidence)
     except ModelError as exc:
         get_run_logger().warning("round %d: no personalized model: %s", work.round, exc)
         return None
@@ -104,6 +104,15 @@ def _record(
     )
     keep_receipt(ctx.workspace, answer)
     logger = get_run_logger()
+    if out.steps == 0 and out.best_steps > 0:
+        logger.info(
+            "kept the starting model: the best on %d validation rows (%d steps) beat it on "
+            "only %.0f%% of bootstrap resamples (min_confidence %.0f%%)",
+            out.n_val,
+            out.best_steps,
+            100 * (out.confidence or 0.0),
+            100 * (work.spec.personalize.min_confidence if work.spec.personalize else 0.0),
+        )
     logger.info(
         "personalized (%s, %d steps, sha256 %s…): %s; global %s; local-only %s",
         method,

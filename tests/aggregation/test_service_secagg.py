@@ -42,7 +42,9 @@ class Fed:
 
 
 @contextmanager
-def _federation(db_url: str, tmp_path: Path, consistency: bool | None = None) -> Iterator[Fed]:
+def _federation(
+    db_url: str, tmp_path: Path, consistency: bool | None = None, degree: int | None = None
+) -> Iterator[Fed]:
     spec = RunSpec(
         federation="f",
         dataset="toy",
@@ -50,7 +52,7 @@ def _federation(db_url: str, tmp_path: Path, consistency: bool | None = None) ->
         rounds=2,
         min_silos=2,
         secure_aggregation=SecureAggregationSpec(
-            clip=5.0, threshold=2, consistency_check=consistency
+            clip=5.0, threshold=2, consistency_check=consistency, degree=degree
         ),
     )
     with service_in_thread(tmp_path / "svc", db_url) as url:
@@ -170,6 +172,22 @@ def test_secure_round_equals_weighted_fedavg(fed: Fed) -> None:
     aggregate = next(e for e in entries if e.kind == "aggregate")
     assert '"secure_aggregation":true' in aggregate.payload
     assert '"individual_updates_seen_by_service":false' in aggregate.payload
+
+
+def test_a_degree_the_roster_cannot_fill_runs_the_complete_graph(
+    db_url: str, tmp_path: Path
+) -> None:
+    """SecAgg+ with degree 2 among 3 silos (a ring needs more than degree + 1) used to fail
+    every task poll of the round with a protocol error; it is the complete graph."""
+    with _federation(db_url, tmp_path, degree=2) as fed:
+        task = fed.silos["a"].next_task(wait_s=2)
+        assert task is not None and task.secagg is not None and task.secagg.degree is None
+        deltas, n = _deltas(), {"a": 10, "b": 30, "c": 60}
+        _run_until_masked(fed, deltas, n)
+        _unmask_all(fed, ["a", "b", "c"])
+        assert fed.coord.wait_round(fed.run_id, 1, wait_s=5).status == "aggregated"
+        expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
+        np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
 
 
 def test_silo_dropped_after_sharing_keys_is_recovered(fed: Fed) -> None:

@@ -192,3 +192,11 @@ def test_secagg_plus_graph_is_regular_symmetric_and_deterministic():
         RoundConfig("run", 1, silos, 10, 5, degree=7)
     with pytest.raises(SecAggConfigError):
         RoundConfig("run", 1, silos, 30, 5, degree=degree)
+
+
+def test_a_run_spec_refuses_an_odd_secagg_plus_degree():
+    from schemas.specs import SecureAggregationSpec
+
+    assert SecureAggregationSpec(degree=4).degree == 4
+    with pytest.raises(ValueError, match="degree must be even, got 5"):
+        SecureAggregationSpec(degree=5)

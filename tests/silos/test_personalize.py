@@ -16,6 +16,7 @@ from silos.demo_data import heart_disease_silos
 from silos.exceptions import ModelError
 from silos.features import FeaturePipeline
 from silos.personalize import Split, early_stopped, personalize, split_rows
+from silos.personalize_gate import MIN_GROUP_ROWS
 from silos.personalize_state import HEAD_FILE, keep_head_local, personal_dir, start_params
 from silos.personalize_trees import personalize_trees
 from silos.torch_model import build_model, get_params
@@ -64,13 +65,29 @@ def test_early_stopping_keeps_the_start_when_no_epoch_beats_it(heart: dict) -> N
     start = get_params(build_model(spec.torch_model, seed=0))
     # a learning rate this small moves nothing measurable: epoch 0 must win the tie
     tiny = spec.training.model_copy(update={"lr": 1e-12})
-    params, epoch = early_stopped(spec.torch_model, start, rows, tiny, 3)
+    params, epoch, _, _ = early_stopped(spec.torch_model, start, rows, tiny, 3)
     assert epoch == 0
     assert all(np.array_equal(a, b) for a, b in zip(params, start, strict=True))
-    trained, epoch = early_stopped(spec.torch_model, start, rows, spec.training, 10)
+    trained, epoch, _, _ = early_stopped(spec.torch_model, start, rows, spec.training, 10)
     assert epoch > 0  # from random weights, training helps on the validation rows
     auc = evaluate(spec.torch_model, trained, rows.X_test, rows.y_test).auc
     assert auc is not None and auc > 0.8
+
+
+def test_the_gate_keeps_the_start_on_too_little_evidence_and_not_on_enough(heart: dict) -> None:  # type: ignore[type-arg]
+    spec = _spec("finetune")
+    start = get_params(build_model(spec.torch_model, seed=0))  # random: training helps
+    tiny = _rows(heart, "switzerland")  # 2 negatives among its validation rows
+    assert (tiny.y_val == 0).sum() < MIN_GROUP_ROWS
+    free = early_stopped(spec.torch_model, start, tiny, spec.training, 10)
+    gated = early_stopped(spec.torch_model, start, tiny, spec.training, 10, min_confidence=0.95)
+    assert free.epoch == gated.best_epoch > 0 and free.confidence is None
+    assert gated.epoch == 0 and gated.confidence == 0.0
+    assert all(np.array_equal(a, b) for a, b in zip(gated.params, start, strict=True))
+    big = _rows(heart, "cleveland")  # 57 validation rows, both classes well represented
+    gated = early_stopped(spec.torch_model, start, big, spec.training, 10, min_confidence=0.95)
+    assert gated.epoch == gated.best_epoch > 0 and gated.confidence is not None
+    assert gated.confidence >= 0.95
 
 
 def test_ditto_stays_closer_to_the_global_model_than_plain_finetuning(heart: dict) -> None:  # type: ignore[type-arg]
@@ -83,8 +100,8 @@ def test_ditto_stays_closer_to_the_global_model_than_plain_finetuning(heart: dic
         rows.y_fit,
         spec.training,
     ).params
-    free, _ = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=0.0)
-    pulled, _ = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=5.0)
+    free = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=0.0).params
+    pulled = early_stopped(spec.torch_model, glob, rows, spec.training, 20, ditto_lambda=5.0).params
 
     def dist(ps: list[np.ndarray]) -> float:
         return float(sum(((p - g) ** 2).sum() for p, g in zip(ps, glob, strict=True)))
@@ -132,12 +149,19 @@ def test_trees_continue_boosting_from_the_global_model(heart: dict, kind: str) -
     glob = train_trees(spec, None, X, y).model
     rows = _rows(heart, "va_long_beach")
     out = personalize_trees(spec, glob, rows, max_trees=8)
-    assert 0 <= out.steps <= 8
+    assert 0 <= out.steps == out.best_steps <= 8 and out.confidence is None
     if out.steps == 0:
         assert out.personalized == out.global_metrics
     else:
         assert out.personalized != out.global_metrics
     assert out.local_only.n_test == out.global_metrics.n_test == len(rows.y_test)
+    # the gate: VA Long Beach's 38 validation rows show the extra trees' gain, Switzerland's
+    # (2 negatives) cannot, so it keeps the global model though its best is 8 more trees
+    gated = personalize_trees(spec, glob, rows, max_trees=8, min_confidence=0.95)
+    assert gated.steps == gated.best_steps == 8 and (gated.confidence or 0) >= 0.95
+    swiss = personalize_trees(spec, glob, _rows(heart, "switzerland"), 8, min_confidence=0.95)
+    assert swiss.steps == 0 < swiss.best_steps and swiss.confidence == 0.0
+    assert swiss.personalized == swiss.global_metrics
 
 
 def test_spec_rejects_personalization_that_does_not_fit_the_model() -> None:
