@@ -18,6 +18,25 @@ one-weight grid is the fixed weight of before.
 
     python bench/distill.py                      # weight 1, then the grid 0,0.25,0.5,1
     python bench/distill.py --grids 0,0.5 --rounds 2 --seeds 0
+    python bench/distill.py --grids 0,0.25,0.5,1 --min-confidence 0 0.95   # gate, side by side
+
+`--min-confidence` is `DistillSpec.min_confidence`: with 0 in the grid a silo keeps weight 0
+(its model alone) unless the lowest-loss weight's per-row losses beat weight 0's on that share
+of bootstrap resamples of its validation rows (`silos.personalize_gate`); 0 turns it off.
+
+Measured 2026-12-05 (idle 2-core machine), `--grids 0,0.25,0.5,1 --min-confidence 0 0.95`, one
+run, AUC distilled / alone (weights chosen per seed):
+
+    gate  Cleveland (XGBoost)      Hungary (MLP)        VA Long Beach         Switzerland
+    0     0.907/0.902 (.5/.5/.25)  0.879/0.854 (1/1/1)  0.764/0.720 (1/1/1)  0.707/0.730 (.25/0/0)
+    0.95  0.903/0.902 (0/.5/0)     0.880/0.854 (1/1/1)  0.730/0.720 (1/0/0)  0.730/0.730 (0/0/0)
+
+With the gate every silo is at least as good distilled as alone (4 of 4, was 3 of 4):
+Switzerland (2 negatives in its 23 validation rows) keeps its model alone at every seed. The
+price: VA Long Beach keeps weight 0 at two seeds where weight 1 would have helped (+0.010
+instead of +0.044), and Cleveland's gain falls from +0.004 to +0.000.
+
+Earlier, before the gate:
 
 Measured on a shared 2-core CPU (2026-12-04, load ~7), 3 rounds, seeds 0-2, AUC distilled /
 alone: weight 1: Cleveland (XGBoost) 0.913 / 0.902, Hungary (MLP) 0.879 / 0.854, VA Long Beach
@@ -54,14 +73,22 @@ from silos.distill_reference import reference_features  # noqa: E402
 from silos.federated_stats import local_moments  # noqa: E402
 
 
-def _spec(kinds: dict[str, str], weights: tuple[float, ...], seed: int, n_features: int) -> RunSpec:
+def _spec(
+    kinds: dict[str, str], weights: tuple[float, ...], seed: int, n_features: int, gate: float
+) -> RunSpec:
+    distill = DistillSpec(
+        kinds=kinds,  # type: ignore[arg-type]
+        reference_rows=DEMO_REFERENCE_ROWS,
+        weights=weights,
+        min_confidence=gate,
+    )
     return RunSpec(
         federation="heart",
         dataset="heart_disease",
         model=ModelSpec(kind="mlp", n_features=n_features, hidden=(32,)),
         training=TrainingSpec(seed=seed),
         federation_statistics=True,
-        distill=DistillSpec(kinds=kinds, reference_rows=DEMO_REFERENCE_ROWS, weights=weights),  # type: ignore[arg-type]
+        distill=distill,
     )
 
 
@@ -94,6 +121,13 @@ def main() -> None:
         default=["1", "0,0.25,0.5,1"],
         help="weight grids, comma-separated; one weight is a fixed weight (the old behaviour)",
     )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        nargs="+",
+        default=[DistillSpec().min_confidence],
+        help="the gate's (0: none); each grid runs once per value, side by side",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -114,7 +148,8 @@ def main() -> None:
         f"FedDistill on the four hospitals: {args.rounds} rounds, seeds {args.seeds}, "
         f"{DEMO_REFERENCE_ROWS} reference rows; ROC AUC on each silo's held-out rows"
     )
-    for text in args.grids:
+    runs = [(text, gate) for text in args.grids for gate in args.min_confidence]
+    for text, gate in runs:
         grid = tuple(float(w) for w in text.split(","))
         started = time.perf_counter()
         per_seed = []
@@ -122,9 +157,10 @@ def main() -> None:
             X_ref = reference_features(
                 contract, stats, DEMO_REFERENCE_ROWS, reference_seed(f"bench-{seed}")
             )
-            per_seed.append(run(arrays, X_ref, _spec(kinds, grid, seed, n_features), args.rounds))
+            spec = _spec(kinds, grid, seed, n_features, gate)
+            per_seed.append(run(arrays, X_ref, spec, args.rounds))
         met = 0
-        print(f"\nweights {text} ({time.perf_counter() - started:.0f} s)")
+        print(f"\nweights {text}, min_confidence {gate} ({time.perf_counter() - started:.0f} s)")
         print(
             f"{'silo':<15}{'kind':<9}{'distilled':>10}{'alone':>8}{'diff':>8}"
             f"  {'weight per seed':<17}verdict"

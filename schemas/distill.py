@@ -38,7 +38,10 @@ class DistillSpec(BaseModel):
     many reference rows. Each silo picks w from `weights` itself: it holds back `val_fraction`
     of its training rows, trains with every w, keeps the one with the lowest validation
     log-loss (ties: the smaller), then refits on all its rows. With 0 in the grid a silo whose
-    federation's soft labels do not help it keeps the model it trains alone; a one-weight grid
+    federation's soft labels do not help it keeps the model it trains alone, and it keeps that
+    model too unless the chosen weight's lower loss holds on `min_confidence` of bootstrap
+    resamples of its validation rows (the personalization gate, `silos.personalize_gate`:
+    on a few dozen rows the lowest loss is often noise); a one-weight grid
     is a fixed weight (no validation split; (0,): silos never learn from each other, a
     baseline). The run's `rounds` are the distillation rounds; the run's `model` gives the
     hidden layers of the ``mlp`` members.
@@ -50,6 +53,7 @@ class DistillSpec(BaseModel):
     reference_rows: int = Field(default=512, ge=16, le=100_000)
     weights: tuple[float, ...] = Field(default=(0.0, 0.25, 0.5, 1.0), min_length=1, max_length=8)
     val_fraction: float = Field(default=0.25, gt=0, lt=1)
+    min_confidence: float = Field(default=0.95, ge=0, lt=1, description="0: no gate")
 
     @model_validator(mode="before")
     @classmethod

@@ -19,7 +19,10 @@ class DistilledPayload(BaseModel):
     `weight` is the weight of the reference rows the silo chose (`DistillSpec.weights`; 0: it
     kept the model trained alone; None: no soft labels yet, or a statement of before the
     choice) and `validation` each candidate weight with its validation log-loss (empty for a
-    one-weight grid, which needs no choice).
+    one-weight grid, which needs no choice). `confidence` is the gate's
+    (`DistillSpec.min_confidence`): the share of bootstrap resamples of the validation rows on
+    which the lowest-loss weight beat weight 0; below the gate the silo kept weight 0 (None:
+    the gate was not asked, or weight 0 had the lowest loss).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,3 +40,4 @@ class DistilledPayload(BaseModel):
     alone: Metrics
     weight: float | None = Field(default=None, ge=0)
     validation: list[tuple[float, float]] = Field(default_factory=list, max_length=8)
+    confidence: float | None = Field(default=None, ge=0, le=1)

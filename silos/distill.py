@@ -27,6 +27,7 @@ from silos.exceptions import ModelError
 from silos.files import private_dir, write_private
 from silos.local_models import LocalModel, LocalParams, train_local
 from silos.personalize import split_rows
+from silos.personalize_gate import gain_confidence, row_losses
 
 STATE_DIR = "distill"
 
@@ -43,6 +44,7 @@ class Distilled:
     n_train: int
     weight: float | None = None  # of the reference rows, chosen by the silo (None: no soft labels)
     validation: tuple[tuple[float, float], ...] = ()  # (candidate weight, validation log-loss)
+    confidence: float | None = None  # the gate's in the lowest-loss weight (None: not asked)
 
 
 def reference_rows(
@@ -99,10 +101,11 @@ def distill_step(
     alone = train_local(kind, X, y, seed=seed, params=params)
     model, weight = alone, None
     validation: tuple[tuple[float, float], ...] = ()
+    confidence = None
     if soft is not None:
         if len(soft) != len(X_ref):
             raise ModelError(f"{len(soft)} soft labels for {len(X_ref)} reference rows")
-        weight, validation = choose_weight(spec, silo, train, X_ref, soft)
+        weight, validation, confidence = choose_weight(spec, silo, train, X_ref, soft)
         if weight > 0:  # 0: the model trained alone, exactly
             model = fit_with_reference(spec, silo, train, X_ref, soft, weight)
     predictions = np.clip(model.predict_proba(X_ref), 0.0, 1.0)
@@ -115,6 +118,7 @@ def distill_step(
         n_train=len(y),
         weight=weight,
         validation=validation,
+        confidence=confidence,
     )
 
 
@@ -157,24 +161,34 @@ def choose_weight(
     train: tuple[np.ndarray, np.ndarray],
     X_ref: np.ndarray,
     soft: np.ndarray,
-) -> tuple[float, tuple[tuple[float, float], ...]]:
-    """The weight of the reference rows this silo trains with, and each candidate's validation
-    log-loss: every weight of `distill.weights` trained on the fit part of the silo's training
-    rows (`silos.personalize.split_rows`, stratified, seeded by the run's seed) and scored on the
-    held-back part; the lowest loss wins, the smaller weight on a tie. A one-weight grid is
+) -> tuple[float, tuple[tuple[float, float], ...], float | None]:
+    """The weight of the reference rows this silo trains with, each candidate's validation
+    log-loss, and the gate's confidence (None when not asked): every weight of
+    `distill.weights` trained on the fit part of the silo's training rows
+    (`silos.personalize.split_rows`, stratified, seeded by the run's seed) and scored on the
+    held-back part; the lowest loss wins, the smaller weight on a tie. Weight 0 (the model
+    trained alone) stays unless the winner's per-row losses beat its on `min_confidence` of
+    bootstrap resamples of the held-back rows (`silos.personalize_gate`). A one-weight grid is
     that weight, unvalidated."""
     assert spec.distill is not None
     grid = spec.distill.weights  # ascending (DistillSpec sorts it)
     if len(grid) == 1:
-        return grid[0], ()
+        return grid[0], (), None
     X, y = train
     rows = split_rows("binary", X, y, X[:0], y[:0], spec.distill.val_fraction, spec.training.seed)
-    losses = []
+    losses, predicted = [], {}
     for w in grid:
         model = fit_with_reference(spec, silo, (rows.X_fit, rows.y_fit), X_ref, soft, w)
-        losses.append((w, _metrics(rows.y_val, model.predict_proba(rows.X_val)).loss))
-    best = min(losses, key=lambda wl: wl[1])  # min keeps the first (smaller) weight on a tie
-    return best[0], tuple(losses)
+        predicted[w] = model.predict_proba(rows.X_val)
+        losses.append((w, _metrics(rows.y_val, predicted[w]).loss))
+    best = min(losses, key=lambda wl: wl[1])[0]  # min keeps the first (smaller) weight on a tie
+    gate, confidence = spec.distill.min_confidence, None
+    if best > 0 and grid[0] == 0 and gate > 0:
+        new, old = (row_losses("binary", rows.y_val, predicted[w]) for w in (best, 0.0))
+        confidence = gain_confidence("loss", rows.y_val, new, old, spec.training.seed)
+        if confidence < gate:
+            best = 0.0
+    return best, tuple(losses), confidence
 
 
 def _metrics(y: np.ndarray, p: np.ndarray) -> Metrics:

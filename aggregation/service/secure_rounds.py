@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
@@ -160,11 +160,40 @@ def quantizer(rnd: Round, spec: RunSpec) -> Quantizer:
     return Quantizer(clip=clip, n_summands=len(roster(rnd)), bits=spec.secure_aggregation.bits)
 
 
-def roster_keys(s: Session, run: Run, rnd: Round) -> dict[str, bytes]:
-    rows = s.scalars(
-        select(Silo).where(Silo.federation == run.federation, Silo.name.in_(roster(rnd)))
-    )
+def roster_keys(
+    s: Session, run: Run, rnd: Round, names: Iterable[str] | None = None
+) -> dict[str, bytes]:
+    """The roster's Ed25519 public keys (only `names`' when given)."""
+    wanted = roster(rnd) if names is None else sorted(set(roster(rnd)) & set(names))
+    rows = s.scalars(select(Silo).where(Silo.federation == run.federation, Silo.name.in_(wanted)))
     return {row.name: bytes.fromhex(row.public_key) for row in rows}
+
+
+class _KeysOnDemand(Mapping[str, bytes]):
+    """The roster's identity keys, each read when first asked for. A replayed state checks
+    no signature; only a newly received message's sender is looked up, so a request does not
+    load N silo rows to check one."""
+
+    def __init__(self, s: Session, run: Run, rnd: Round) -> None:
+        self._s, self._federation, self._names = s, run.federation, roster(rnd)
+        self._known: dict[str, bytes] = {}
+
+    def __getitem__(self, name: str) -> bytes:
+        if name not in self._known:
+            if name not in self._names:
+                raise KeyError(name)
+            of_silo = (Silo.federation == self._federation, Silo.name == name)
+            key = self._s.scalar(select(Silo.public_key).where(*of_silo))
+            if key is None:
+                raise KeyError(name)
+            self._known[name] = bytes.fromhex(key)
+        return self._known[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def messages(s: Session, rnd: Round, stage: str | None = None) -> list[SecAggMessage]:
@@ -252,7 +281,8 @@ def rebuild(
     Masked vectors are summed only with `vectors` (to finalize): every other request needs
     just who sent one, and loading N stored vectors per request made a round O(N^2 d)."""
     # mailbox rows were signature-checked when they arrived: replaying them skips the checks
-    state = server.ServerState(config(rnd, spec), roster_keys(s, run, rnd), check_signatures=False)
+    keys = _KeysOnDemand(s, run, rnd)
+    state = server.ServerState(config(rnd, spec), keys, check_signatures=False)
     by_stage: dict[str, list[Any]] = {st: [] for st in STAGES}
     current = STAGES.index(rnd.secagg_stage or "advertise")
     if at is not None:
@@ -495,6 +525,30 @@ def survivor_weight(s: Session, rnd: Round, spec: RunSpec) -> float:
     """Sum of w_k over the silos whose masked input arrived (divides the sum into the mean)."""
     weights = weights_of(s, rnd, spec)
     return sum(weights[m.silo] for m in messages(s, rnd, "masked"))
+
+
+def weight_of(s: Session, rnd: Round, spec: RunSpec, silo: str) -> float | None:
+    """`weights_of(...).get(silo)` from two aggregate queries, not N rows: a task poll asks
+    for one silo's weight."""
+    advertised = (
+        SecAggMessage.run_id == rnd.run_id,
+        SecAggMessage.round == rnd.number,
+        SecAggMessage.stage == "advertise",
+    )
+    own = select(SecAggMessage.n_examples).where(*advertised, SecAggMessage.silo == silo)
+    row = s.execute(own).first()
+    if row is None:
+        return None
+    if rnd.kind == "statistics":
+        return 1.0
+    count, total = s.execute(
+        select(func.count(), func.coalesce(func.sum(SecAggMessage.n_examples), 0)).where(
+            *advertised
+        )
+    ).one()
+    if spec.privacy:
+        return 1.0 / count
+    return (row[0] or 0) / (total or 1)  # total > 0: this silo advertised
 
 
 def weights_of(s: Session, rnd: Round, spec: RunSpec) -> dict[str, float]:

@@ -63,18 +63,20 @@ def distill_round(ctx: SiloContext, work: DistillTask) -> dict[str, object]:
         alone=out.alone,
         weight=out.weight,
         validation=list(out.validation),
+        confidence=out.confidence,
     )
     signed = ctx.client.submit_statement(
         work.run_id, STATEMENT_KIND, statement.model_dump(mode="json")
     )
     keep_receipt(ctx.workspace, signed)
     logger.info(
-        "round %d: %s model (sha256 %s…, soft labels v%d, weight %s): %s; alone %s",
+        "round %d: %s model (sha256 %s…, soft labels v%d, weight %s%s): %s; alone %s",
         work.round,
         out.kind,
         statement.model_sha256[:12],
         work.model_version,
         "-" if out.weight is None else f"{out.weight:g}",
+        "" if out.confidence is None else f", gate confidence {out.confidence:.2f}",
         fmt_metrics(out.distilled),
         fmt_metrics(out.alone),
     )

@@ -43,7 +43,11 @@ class Fed:
 
 @contextmanager
 def _federation(
-    db_url: str, tmp_path: Path, consistency: bool | None = None, degree: int | None = None
+    db_url: str,
+    tmp_path: Path,
+    consistency: bool | None = None,
+    degree: int | None = None,
+    names: tuple[str, ...] = ("a", "b", "c"),
 ) -> Iterator[Fed]:
     spec = RunSpec(
         federation="f",
@@ -58,7 +62,7 @@ def _federation(
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
         coord.create_federation("f")
-        silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b", "c")}
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in names}
         run = coord.create_run(RunCreate(spec=spec))
         initial = np.random.default_rng(0).normal(size=DIM).astype(np.float32)
         arrays, start = {}, 0
@@ -76,7 +80,8 @@ def _federation(
 @pytest.fixture(autouse=True)
 def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every task poll in these tests (dropouts, consistency checks, refusals) also computes
-    the round-wide set the coordinator sees: the per-silo answer a poll uses must agree."""
+    the round-wide set the coordinator sees, and every silo's weight from all the adverts:
+    the per-silo answers a poll uses must agree."""
     from aggregation.service import secure_rounds
 
     real = secure_rounds.awaits
@@ -90,7 +95,16 @@ def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[
             disagreements.append((rnd.number, stage, silo, got))
         return got
 
+    real_weight = secure_rounds.weight_of
+
+    def same_weight(s, rnd, spec, silo: str) -> float | None:  # type: ignore[no-untyped-def]
+        got = real_weight(s, rnd, spec, silo)  # exactly: the silo masks its update times it
+        if got != secure_rounds.weights_of(s, rnd, spec).get(silo):
+            disagreements.append((rnd.number, "weight", silo, False))
+        return got
+
     monkeypatch.setattr(secure_rounds, "awaits", both)
+    monkeypatch.setattr(secure_rounds, "weight_of", same_weight)
     yield asked
     assert not disagreements
 
@@ -185,6 +199,51 @@ def test_a_degree_the_roster_cannot_fill_runs_the_complete_graph(
         deltas, n = _deltas(), {"a": 10, "b": 30, "c": 60}
         _run_until_masked(fed, deltas, n)
         _unmask_all(fed, ["a", "b", "c"])
+        assert fed.coord.wait_round(fed.run_id, 1, wait_s=5).status == "aggregated"
+        expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
+        np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)
+
+
+def test_secagg_plus_is_exact_and_each_silo_gets_only_its_neighbourhood(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Five silos on a ring of degree 2, with the consistency check: the sum is the weighted
+    FedAvg, and a silo's tasks, adverts and unmask request carry the keys, adverts and
+    consistency signatures of itself and its two neighbours only (O(degree), not O(N))."""
+    from schemas.secagg.messages import AdvertiseKeys, UnmaskRequest
+
+    names = ("a", "b", "c", "d", "e")
+    with _federation(db_url, tmp_path, consistency=True, degree=2, names=names) as fed:
+        rng = np.random.default_rng(5)
+        deltas = {name: rng.normal(scale=0.3, size=DIM) for name in names}
+        n = {name: 10 * (i + 1) for i, name in enumerate(names)}
+        mine: dict[str, set[str]] = {}
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_advertise")
+            cfg = secure_round.round_config(task)
+            assert cfg.degree == 2
+            mine[name] = set(cfg.neighbours[name]) | {name}
+            assert len(mine[name]) == 3 and set(task.secagg.roster_keys) == mine[name]
+            secure_round.advertise(client, client.key, task, fed.workspace / name, n[name])
+        for name, client in fed.silos.items():
+            adverts = client.secagg_get(fed.run_id, 1, "adverts")
+            assert {AdvertiseKeys.from_bytes(m).silo for m in adverts} == mine[name]
+            secure_round.share(
+                client, client.key, _task(client, "secagg_share"), fed.workspace / name
+            )
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_masked")
+            assert task.secagg is not None and task.secagg.weight is not None
+            message = secure_round.masked_update(
+                client, client.key, task, fed.workspace / name, task.secagg.weight * deltas[name]
+            )
+            client.submit_masked(fed.run_id, 1, message, n[name], 0.01, METRICS)
+        _sign_survivors(fed, names)
+        for name, client in fed.silos.items():
+            task = _task(client, "secagg_unmask")
+            (raw,) = client.secagg_get(fed.run_id, 1, "unmask-request")
+            assert set(UnmaskRequest.from_bytes(raw).consistency) == mine[name]
+            secure_round.unmask(client, client.key, task, fed.workspace / name)
         assert fed.coord.wait_round(fed.run_id, 1, wait_s=5).status == "aggregated"
         expected = fed.initial + sum(n[k] * deltas[k] for k in n) / sum(n.values())
         np.testing.assert_allclose(_new_model(fed), expected, atol=1e-6)

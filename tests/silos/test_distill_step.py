@@ -23,13 +23,19 @@ def _rows(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _spec(kind: str, *weights: float) -> RunSpec:
+def _spec(kind: str, *weights: float, gate: float = 0.0) -> RunSpec:
+    """A distillation run; `gate` is `min_confidence` (0 here: the argmin as it is)."""
     return RunSpec(
         federation="f",
         dataset="d",
         model=ModelSpec(kind="mlp", n_features=5, hidden=(4,)),
         federation_statistics=True,
-        distill=DistillSpec(kinds={"default": kind}, reference_rows=16, weights=weights or (1.0,)),
+        distill=DistillSpec(
+            kinds={"default": kind},
+            reference_rows=16,
+            weights=weights or (1.0,),
+            min_confidence=gate,
+        ),
     )
 
 
@@ -130,6 +136,36 @@ def test_the_chosen_weight_is_the_direct_argmin_of_validation_loss(
     np.testing.assert_allclose([v for _, v in out.validation], [v for _, v in direct], rtol=1e-9)
     lowest = min(v for _, v in direct)
     assert out.weight == min(w for w, v in direct if v == lowest)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "xgboost"])
+def test_the_gate_keeps_the_model_alone_on_too_few_rows(kind: str) -> None:
+    """Truthful soft labels on a silo of 24 rows win the argmin on its 6 held-back rows, but
+    fewer than 5 rows of a class cannot show a gain: the gate keeps the model trained alone."""
+    X_ref = _rows(102, 200)[0]
+    soft = 1 / (1 + np.exp(-4 * X_ref[:, 0]))
+    small, test = _rows(2, 24), _rows(52, 60)
+    free = distill_step(_spec(kind, 0.0, 0.5, 1.0), "s1", small, test, X_ref, soft)
+    gated = distill_step(_spec(kind, 0.0, 0.5, 1.0, gate=0.95), "s1", small, test, X_ref, soft)
+    assert free.weight is not None and free.weight > 0
+    assert gated.weight == 0.0 and gated.distilled == gated.alone
+    assert gated.validation == free.validation  # the same candidates, scored alike
+    assert gated.confidence == 0.0 and free.confidence is None
+
+
+def test_the_gate_keeps_a_gain_that_holds() -> None:
+    """100 rows with 30% of their labels flipped: XGBoost alone overfits the noise, and the
+    federation's soft labels cut its held-back log-loss from 0.84 to 0.56, with confidence."""
+    X_ref = _rows(102, 200)[0]
+    soft = 1 / (1 + np.exp(-4 * X_ref[:, 0]))
+    X, y = _rows(3, 100)
+    flip = np.random.default_rng(10).random(len(y)) < 0.3
+    y = np.where(flip, 1 - y, y).astype(np.float32)
+    out = distill_step(
+        _spec("xgboost", 0.0, 0.5, 1.0, gate=0.95), "s1", (X, y), _rows(52, 60), X_ref, soft
+    )
+    assert out.weight == 1.0 and out.distilled != out.alone
+    assert out.confidence is not None and out.confidence >= 0.95
 
 
 def test_unit_row_weights_change_nothing_and_bad_weights_are_refused() -> None:

@@ -9,6 +9,7 @@ engine (`engines.statistics`) is this engine with another task type and another 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import numpy as np
@@ -32,6 +33,7 @@ from aggregation.service.statements import accept_statement
 from aggregation.service.tables import Contribution, utcnow
 from aggregation.service.wakeup import answers_only
 from schemas import tensors
+from schemas.secagg.config import RoundConfig
 from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
 from schemas.signing import STATEMENT_HEADER
 from schemas.specs import update_shapes
@@ -80,11 +82,12 @@ class SecureEngine:
         if not secure_rounds.awaits(s, rnd, stage, silo):
             return None
         cfg = secure_rounds.config(rnd, spec)
-        weight = secure_rounds.weights_of(s, rnd, spec).get(silo) if stage != "advertise" else None
+        weight = secure_rounds.weight_of(s, rnd, spec, silo) if stage != "advertise" else None
+        keys = secure_rounds.roster_keys(s, ctx.run, rnd, neighbourhood(cfg, silo))
         info = SecAggInfo(
             stage=SecAggStage(stage),
             roster=list(cfg.silos),
-            roster_keys={k: v.hex() for k, v in secure_rounds.roster_keys(s, ctx.run, rnd).items()},
+            roster_keys={k: v.hex() for k, v in keys.items()},
             threshold=cfg.threshold,
             dim=cfg.dim,
             bits=cfg.bits,
@@ -264,12 +267,27 @@ def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:
     order = secure_rounds.STAGES.index(rnd.secagg_stage)
     if what == "adverts" and order >= 1:
         state = secure_rounds.rebuild(s, run, rnd, spec, at="advertise")
-        return [m.to_bytes() for m in close_advertise(state)]
+        mine = neighbourhood(state.config, silo)
+        return [m.to_bytes() for m in close_advertise(state) if mine is None or m.silo in mine]
     if what == "shares" and order >= 2:
         return secure_rounds.shares_for(s, rnd, silo)
     if what == "unmask-request" and rnd.secagg_stage == "unmask":
-        request = unmask_requests(secure_rounds.rebuild(s, run, rnd, spec)).get(silo)
+        state = secure_rounds.rebuild(s, run, rnd, spec)
+        request = unmask_requests(state).get(silo)
         if request is None:
             raise Forbidden(f"silo {silo!r} is not a survivor of round {rnd.number}")
+        mine = neighbourhood(state.config, silo)
+        if mine is not None:  # only its neighbours' signatures count at the silo
+            signed = {k: v for k, v in request.consistency.items() if k in mine}
+            request = dataclasses.replace(request, consistency=signed)
         return [request.to_bytes()]
     raise Conflict(f"round {rnd.number} is at stage {rnd.secagg_stage!r}; {what!r} is not ready")
+
+
+def neighbourhood(cfg: RoundConfig, silo: str) -> frozenset[str] | None:
+    """Under SecAgg+, the silo and its neighbours: the only silos whose keys, adverts and
+    consistency signatures it checks (`silos.secagg.client`), so a task, an adverts fetch and
+    an unmask request carry O(degree) of them rather than O(N). None for the complete graph."""
+    if cfg.degree is None:
+        return None
+    return cfg.neighbours[silo] | {silo}

@@ -180,7 +180,12 @@ async def get_round(
 ) -> RoundOut:
     def check(final: bool) -> RoundOut | None:
         with transaction(factory) as s:
-            out = round_view(s, round_crud.get_round(s, run_id, number), hub)
+            rnd = round_crud.get_round(s, run_id, number)
+            if not final and rnd.status == "open" and rnd.secagg_stage is not None:
+                # a secure round in progress is not done, whatever its silos sent: every
+                # protocol message wakes this wait, and building the view is O(N) each time
+                return None
+            out = round_view(s, rnd, hub)
         done = out.status != "open" or (out.complete and out.secagg_stage is None)
         return out if (final or done) else None
 
