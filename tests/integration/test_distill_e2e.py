@@ -91,7 +91,11 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
     for silo, statement in last.items():  # each silo chose its weight on its validation rows
         losses = dict(statement["validation"])
         assert sorted(losses) == list(grid) and rows[silo]["weight"] == statement["weight"]
-        assert statement["weight"] == min(grid, key=lambda w: (losses[w], w))
+        lowest = min(grid, key=lambda w: (losses[w], w))
+        confidence = statement["confidence"]  # the gate's, asked when a weight > 0 won
+        assert (confidence is None) == (lowest == 0)
+        held = confidence is not None and confidence < distill.min_confidence
+        assert statement["weight"] == (0.0 if held else lowest)
         if statement["weight"] == 0:  # it kept the model it trained alone
             assert statement["distilled"] == statement["alone"]
     # the published soft labels are the example-weighted mean of the silos' predictions
