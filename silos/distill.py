@@ -27,7 +27,7 @@ from silos.exceptions import ModelError
 from silos.files import private_dir, write_private
 from silos.local_models import LocalModel, LocalParams, train_local
 from silos.personalize import split_rows
-from silos.personalize_gate import gain_confidence, row_losses
+from silos.personalize_gate import loss_gain_confidence
 
 STATE_DIR = "distill"
 
@@ -184,8 +184,8 @@ def choose_weight(
     best = min(losses, key=lambda wl: wl[1])[0]  # min keeps the first (smaller) weight on a tie
     gate, confidence = spec.distill.min_confidence, None
     if best > 0 and grid[0] == 0 and gate > 0:
-        new, old = (row_losses("binary", rows.y_val, predicted[w]) for w in (best, 0.0))
-        confidence = gain_confidence("loss", rows.y_val, new, old, spec.training.seed)
+        y, seed = rows.y_val, spec.training.seed
+        confidence = loss_gain_confidence("binary", y, predicted[best], predicted[0.0], seed)
         if confidence < gate:
             best = 0.0
     return best, tuple(losses), confidence

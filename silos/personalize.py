@@ -27,7 +27,7 @@ from schemas.specs import ModelSpec, PersonalizationSpec, RunSpec, TrainingSpec,
 from schemas.task_metrics import roc_auc
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
-from silos.personalize_gate import gain_confidence, row_losses
+from silos.personalize_gate import gain_confidence, loss_gain_confidence
 from silos.personalize_state import with_head
 from silos.torch_model import build_model, get_params, set_params
 from silos.trainer import _as_tensors, _loss_fn, _optimizer, _single_thread, evaluate
@@ -232,8 +232,8 @@ def _confidence(
     y = labels.numpy()
     if by_auc:
         return gain_confidence("auc", y, new.numpy().reshape(-1), old.numpy().reshape(-1), seed)
-    new_loss, old_loss = (row_losses(spec.task, y, _predictions(spec, o)) for o in (new, old))
-    return gain_confidence("loss", y, new_loss, old_loss, seed, classes=spec.task != "regression")
+    new_pred, old_pred = _predictions(spec, new), _predictions(spec, old)
+    return loss_gain_confidence(spec.task, y, new_pred, old_pred, seed)
 
 
 def _predictions(spec: ModelSpec, out: torch.Tensor) -> np.ndarray:

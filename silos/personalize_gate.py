@@ -75,6 +75,15 @@ def gain_confidence(
     return wins / resamples
 
 
+def loss_gain_confidence(
+    task: str, y: np.ndarray, new_pred: np.ndarray, old_pred: np.ndarray, seed: int
+) -> float:
+    """`gain_confidence` by the per-row losses of two models' predictions (as `row_losses`
+    takes them), resampled per class unless the task is regression."""
+    new, old = row_losses(task, y, new_pred), row_losses(task, y, old_pred)
+    return gain_confidence("loss", y, new, old, seed, classes=task != "regression")
+
+
 def row_losses(task: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Each row's loss: log loss of P(y = 1) (binary, `pred` shape (n,)), of the true class's
     probability (multiclass, `pred` shape (n, k)), squared error (regression)."""

@@ -21,7 +21,7 @@ from schemas.tree_params import TreeSpec
 from schemas.wire import Metrics
 from silos.exceptions import ModelError
 from silos.personalize import Split
-from silos.personalize_gate import gain_confidence, row_losses
+from silos.personalize_gate import loss_gain_confidence
 from silos.tree_trainer import _base, evaluate_trees, task_rows
 
 
@@ -122,8 +122,7 @@ def _boost(
     best = min(losses, key=lambda k: (losses[k], k))
     if best == 0 or gate <= 0:
         return _Kept(native(best), best, best, None)
-    new, old = (row_losses(spec.task, yv, predict(k)) for k in (best, 0))
-    confidence = gain_confidence("loss", yv, new, old, seed, classes=spec.task != "regression")
+    confidence = loss_gain_confidence(spec.task, yv, predict(best), predict(0), seed)
     kept = best if confidence >= gate else 0
     return _Kept(native(kept), kept, best, confidence)
 
