@@ -66,6 +66,7 @@ class ServerState:
     survivors: tuple[str, ...] = ()
     consistency: dict[str, bytes] = field(default_factory=dict)
     responses: dict[str, UnmaskResponse] = field(default_factory=dict)
+    _sets: tuple | None = field(default=None, repr=False, compare=False)
 
     def where(self, stage: str, silo: str | None = None) -> Where:
         """Error context for this round."""
@@ -75,7 +76,18 @@ class ServerState:
     @property
     def dropped(self) -> tuple[str, ...]:
         """Silos that shared keys but sent no masked input (their masks must be recovered)."""
-        return tuple(s for s in sorted(self.shares) if s not in self.survivors)
+        return self._unmask_sets()[2]
+
+    def _unmask_sets(self) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+        """(survivors, dropped, dropped in order), kept while neither the survivor list nor
+        the shares change: every unmask response checks against them, and the service replays
+        every response on each request, so recomputing them made a stage O(N^3)."""
+        key = (self.survivors, len(self.shares))
+        if self._sets is None or self._sets[0] is not key[0] or self._sets[1] != key[1]:
+            survivors = frozenset(self.survivors)
+            dropped = tuple(s for s in sorted(self.shares) if s not in survivors)
+            self._sets = (self.survivors, len(self.shares), survivors, frozenset(dropped), dropped)
+        return self._sets[2], self._sets[3], self._sets[4]
 
 
 def _admit(state: ServerState, msg: Signed, seen: Mapping[str, object]) -> None:
@@ -122,9 +134,9 @@ def receive_shares(state: ServerState, msg: ShareKeys) -> None:
         raise UnknownSiloError(
             "shares from a silo that advertised no keys", **state.where("share", msg.silo)
         )
-    allowed = state.config.neighbours[msg.silo] & state.adverts.keys()
+    neighbours = state.config.neighbours[msg.silo]  # O(degree) a message, not O(N)
     for recipient in msg.ciphertexts:
-        if recipient not in allowed:
+        if recipient not in neighbours or recipient not in state.adverts:
             raise UnknownSiloError(
                 f"share addressed to {recipient!r}, not a neighbour that advertised keys",
                 **state.where("share", msg.silo),
@@ -260,7 +272,8 @@ def receive_unmask(state: ServerState, msg: UnmaskResponse) -> None:
     where = state.where("unmask", msg.silo)
     if msg.silo not in state.survivors:
         raise UnknownSiloError("unmasking response from a silo that is not a survivor", **where)
-    if not set(msg.b_shares) <= set(state.survivors) or not set(msg.s_shares) <= set(state.dropped):
+    survivors, dropped, _ = state._unmask_sets()
+    if not msg.b_shares.keys() <= survivors or not msg.s_shares.keys() <= dropped:
         raise UnmaskRefusedError(
             "response mixes self-mask shares of dropped silos or mask-key shares of survivors; "
             "accepting them could expose an individual input",

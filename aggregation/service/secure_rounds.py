@@ -3,17 +3,21 @@
 Stages (aggregation/secagg/README.md): advertise -> share -> masked -> (consistency: survivors
 sign the survivor list, as `start` fixes for the round) -> unmask. Every accepted message is
 stored in the `secagg_messages` mailbox in the transaction that advances the round, and the
-server state is rebuilt from the mailbox on every request: a killed service loses nothing and
-two service processes can share a database. A stage advances once every silo it waits for has
+server state is rebuilt from the mailbox on every request (each process continuing from its last
+replay of the round, `rebuild`): a killed service loses nothing and two service processes can
+share a database. A stage advances once every silo it waits for has
 answered; the coordinator forces it at the deadline (`force_advance`): that handles dropouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,6 +56,7 @@ from schemas.secagg.messages import (
     Signed,
     UnmaskResponse,
 )
+from schemas.secagg.prg import dtype_for
 from schemas.secagg.quantize import Quantizer
 from schemas.specs import RunSpec, update_shapes
 
@@ -141,15 +146,34 @@ def config(rnd: Round, spec: RunSpec) -> RoundConfig:
     degree = sa.degree if sa.degree is not None and sa.degree < len(silos) - 1 else None
     size = len(silos) if degree is None else degree + 1
     threshold = sa.threshold or max(2, size // 2 + 1)
+    return _round_config(
+        rnd.run_id,
+        rnd.number,
+        silos,
+        min(threshold, size),
+        dim(rnd, spec),
+        STATS_BITS if rnd.kind == "statistics" else sa.bits,
+        degree,
+        checks_consistency(rnd),
+    )
+
+
+@lru_cache(maxsize=64)
+def _round_config(
+    run_id: str, number: int, silos: tuple[str, ...], threshold: int, dim: int, bits: int,
+    degree: int | None, consistency_check: bool,
+) -> RoundConfig:  # fmt: skip
+    """One RoundConfig per round and process: it is immutable, and its neighbour graph (O(N)
+    sets, a SecAgg+ graph from an HKDF seed) is built once instead of on every request."""
     return RoundConfig(
-        run_id=rnd.run_id,
-        round_num=rnd.number,
+        run_id=run_id,
+        round_num=number,
         silos=silos,
-        threshold=min(threshold, size),
-        dim=dim(rnd, spec),
-        bits=STATS_BITS if rnd.kind == "statistics" else sa.bits,
+        threshold=threshold,
+        dim=dim,
+        bits=bits,
         degree=degree,
-        consistency_check=checks_consistency(rnd),
+        consistency_check=consistency_check,
     )
 
 
@@ -266,6 +290,49 @@ def _parsed(s: Session, run_id: str, rows: Iterable[tuple[int, str]]) -> dict[in
     return out
 
 
+# Replayed protocol states, per process, by (run, round, `at`): the next request of the same
+# round replays only the mailbox rows it has not seen, from a copy. Sound for the same reasons
+# as `_PARSED` (committed rows never change; a stage closes only after every row of it was
+# committed, under the round's lock), and for one more: within a stage the state does not
+# depend on the order its messages are applied in (per-silo dicts; the survivors are sorted).
+# A row of a stage the copy already closed, or a copy taken from a transaction that wrote to
+# the mailbox, is never used: that request replays the round from the start.
+@dataclass(frozen=True)
+class _Replayed:
+    closed: int  # stages closed (their closers applied)
+    ids: frozenset[int]  # mailbox rows applied
+    state: server.ServerState  # no session-bound keys, no running total (see `_restore`)
+    has_total: bool
+
+
+_REPLAYED: OrderedDict[tuple[str, int, str | None], _Replayed] = OrderedDict()
+_REPLAYED_MAX = 16
+_replayed_lock = threading.Lock()
+
+
+def _snapshot(state: server.ServerState) -> server.ServerState:
+    """A copy that shares no mutable container with `state` (messages are frozen); the
+    running total, meaningless without vectors, is dropped rather than copied."""
+    return dataclasses.replace(
+        state,
+        roster_keys={},
+        adverts=dict(state.adverts),
+        shares=dict(state.shares),
+        total=None,
+        submitted=list(state.submitted),
+        consistency=dict(state.consistency),
+        responses=dict(state.responses),
+    )
+
+
+def _restore(entry: _Replayed, keys: Mapping[str, bytes]) -> server.ServerState:
+    state = _snapshot(entry.state)
+    state.roster_keys = keys
+    if entry.has_total:
+        state.total = np.zeros(state.config.dim, dtype=dtype_for(state.config.bits))
+    return state
+
+
 def rebuild(
     s: Session,
     run: Run,
@@ -279,11 +346,13 @@ def rebuild(
     at the earlier stage `at`, with that stage's messages received but the stage not closed).
 
     Masked vectors are summed only with `vectors` (to finalize): every other request needs
-    just who sent one, and loading N stored vectors per request made a round O(N^2 d)."""
+    just who sent one, and loading N stored vectors per request made a round O(N^2 d).
+    Without `vectors` the replay starts from this process's last replay of the round
+    (`_REPLAYED`) and applies only the rows added since: each request replayed all N of a
+    stage's messages before, O(N^2) a stage."""
     # mailbox rows were signature-checked when they arrived: replaying them skips the checks
     keys = _KeysOnDemand(s, run, rnd)
-    state = server.ServerState(config(rnd, spec), keys, check_signatures=False)
-    by_stage: dict[str, list[Any]] = {st: [] for st in STAGES}
+    cfg = config(rnd, spec)
     current = STAGES.index(rnd.secagg_stage or "advertise")
     if at is not None:
         current = min(current, STAGES.index(at))
@@ -296,35 +365,61 @@ def rebuild(
             SecAggMessage.stage.in_(STAGES[: current + 1]),
         )
         .order_by(SecAggMessage.id)
-    )
+    ).all()
+    slot = (rnd.run_id, rnd.number, at)
+    entry = None
+    if not vectors:
+        with _replayed_lock:
+            entry = _REPLAYED.get(slot)
+            if entry is not None:
+                _REPLAYED.move_to_end(slot)
+    ids = {row.id for row in rows}
+    if (
+        entry is None
+        or entry.closed > current
+        or entry.state.config != cfg
+        or not entry.ids <= ids
+        or any(STAGES.index(r.stage) < entry.closed for r in rows if r.id not in entry.ids)
+    ):
+        entry = _Replayed(0, frozenset(), server.ServerState(cfg, {}), False)
+    state = _restore(entry, keys)
+    state.check_signatures = False
+    by_stage: dict[str, list[Any]] = {st: [] for st in STAGES}
     for row in rows:
-        by_stage[row.stage].append(row)
+        if row.id not in entry.ids:
+            by_stage[row.stage].append(row)
     replayed = (r for st, rs in by_stage.items() if st != "masked" for r in rs)
     parsed = _parsed(s, rnd.run_id, ((r.id, r.stage) for r in replayed))
-    for row in by_stage["advertise"]:
-        server.receive_advertise(state, _as(AdvertiseKeys, parsed[row.id]))
-    if current > 0:
-        server.close_advertise(state)
-        for row in by_stage["share"]:
-            server.receive_shares(state, _as(ShareKeys, parsed[row.id]))
-    if current > 1:
-        server.close_shares(state)
-        for row in by_stage["masked"]:
-            vector = None
-            if vectors:  # one stored vector in memory at a time
-                raw = s.scalars(select(SecAggMessage.payload).where(SecAggMessage.id == row.id))
-                vector = MaskedInput.from_bytes(raw.one()).vector
-            server.replay_masked(state, row.silo, vector)
-    if current > 2:
-        server.close_masked(state)
-        for row in by_stage["consistency"]:
-            server.receive_consistency(state, _as(ConsistencySignature, parsed[row.id]))
-    if current > 3:
-        server.unmask_requests(state)
-        for row in by_stage["unmask"]:
-            server.receive_unmask(state, _as(UnmaskResponse, parsed[row.id]))
+    for step in range(entry.closed, current + 1):
+        stage = STAGES[step]
+        for row in by_stage[stage]:
+            if stage == "masked":
+                vector = None
+                if vectors:  # one stored vector in memory at a time
+                    raw = s.scalars(select(SecAggMessage.payload).where(SecAggMessage.id == row.id))
+                    vector = MaskedInput.from_bytes(raw.one()).vector
+                server.replay_masked(state, row.silo, vector)
+            else:
+                getattr(server, _RECEIVE[stage])(state, parsed[row.id])
+        if step < current:
+            _CLOSE[stage](state)
     state.check_signatures = True
+    if not vectors and not s.info.get(_WROTE_MAILBOX):
+        done = _Replayed(current, frozenset(ids), _snapshot(state), state.total is not None)
+        with _replayed_lock:
+            _REPLAYED[slot] = done
+            _REPLAYED.move_to_end(slot)
+            while len(_REPLAYED) > _REPLAYED_MAX:
+                _REPLAYED.popitem(last=False)
     return state
+
+
+_CLOSE = {
+    "advertise": server.close_advertise,
+    "share": server.close_shares,
+    "masked": server.close_masked,
+    "consistency": server.unmask_requests,  # opens the unmask stage (with or without signatures)
+}
 
 
 def receive(
@@ -412,11 +507,19 @@ def shares_for(s: Session, rnd: Round, recipient: str) -> list[bytes]:
 
 def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     """The silos the current stage still waits for (not refused ones, not ones sitting out)."""
-    answered = {
-        c.silo
-        for c in s.scalars(select(Contribution).filter_by(run_id=rnd.run_id, round=rnd.number))
-    }
-    active = set(active_silos(s, rnd.run_id))
+    # columns, not ORM rows: the stage-close check runs after every message (O(N) rows each)
+    answered = set(
+        s.scalars(
+            select(Contribution.silo).where(
+                Contribution.run_id == rnd.run_id, Contribution.round == rnd.number
+            )
+        )
+    )
+    active = set(
+        s.scalars(
+            select(RunSilo.silo).where(RunSilo.run_id == rnd.run_id, RunSilo.status == "active")
+        )
+    )
     senders = _senders(s, rnd)
     sent = senders[stage]
     if stage == "advertise":

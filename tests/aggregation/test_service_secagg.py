@@ -18,6 +18,7 @@ from support.live_service import (
 )
 from support.validation import validate_all
 
+from aggregation.service import secure_rounds as _secure_rounds
 from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
@@ -25,6 +26,8 @@ from schemas.wire import Metrics, RoundOpen, RunCreate
 from silos import secure_round
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
+
+_REBUILD = _secure_rounds.rebuild  # before the autouse fixture wraps it
 
 MODEL = ModelSpec(kind="logreg", n_features=4)
 SHAPES = param_shapes(MODEL)
@@ -103,10 +106,40 @@ def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[
             disagreements.append((rnd.number, "weight", silo, False))
         return got
 
+    real_rebuild = secure_rounds.rebuild
+
+    def replayed_alike(s, run, rnd, spec, at=None, *, vectors=False):  # type: ignore[no-untyped-def]
+        """The incremental replay (from this process's last one) against a replay of the whole
+        mailbox, at every request."""
+        got = real_rebuild(s, run, rnd, spec, at, vectors=vectors)
+        if not vectors:
+            with secure_rounds._replayed_lock:
+                secure_rounds._REPLAYED.pop((rnd.run_id, rnd.number, at), None)
+            whole = real_rebuild(s, run, rnd, spec, at)
+            if _state_view(got) != _state_view(whole):
+                disagreements.append((rnd.number, f"replay at {at}", "", False))
+        return got
+
     monkeypatch.setattr(secure_rounds, "awaits", both)
     monkeypatch.setattr(secure_rounds, "weight_of", same_weight)
+    monkeypatch.setattr(secure_rounds, "rebuild", replayed_alike)
     yield asked
     assert not disagreements
+
+
+def _state_view(state) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """What a replayed server state decides with: who sent what at which stage."""
+    return {
+        "stage": state.stage,
+        "adverts": {k: m.to_bytes() for k, m in state.adverts.items()},
+        "shares": {k: m.to_bytes() for k, m in state.shares.items()},
+        "submitted": sorted(state.submitted),
+        "survivors": state.survivors,
+        "dropped": state.dropped,
+        "consistency": dict(state.consistency),
+        "responses": {k: m.to_bytes() for k, m in state.responses.items()},
+        "total": None if state.total is None else (state.total.shape, state.partial_total),
+    }
 
 
 @pytest.fixture
@@ -594,3 +627,54 @@ def test_replays_fetch_and_parse_each_committed_message_once(db_url: str, tmp_pa
     assert len(rows) == 6 and {stage for _, stage in rows} == {"advertise", "share"}
     assert all(again[i] is first[i] for i, _ in rows)
     assert [untrusted[i].to_bytes() for i, _ in rows] == [again[i].to_bytes() for i, _ in rows]
+
+
+def test_a_replay_applies_only_the_rows_added_since_this_process_last_replayed(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rebuild` continues from the process's last replay of the round: a second request
+    applies no stored message again, and one after a new message applies that one only."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from aggregation.secagg import server
+    from aggregation.service import secure_rounds
+    from aggregation.service.rounds import get_round
+    from aggregation.service.runs import get_run, spec_of
+
+    applied: list[str] = []
+    for name in ("receive_advertise", "receive_shares"):
+        real = getattr(server, name)
+        monkeypatch.setattr(
+            server, name, lambda state, msg, real=real: (applied.append(msg.silo), real(state, msg))
+        )
+    with _federation(db_url, tmp_path) as fed:
+        _advertise_and_share(fed, share=False)
+        engine = create_engine(db_url)
+        try:
+
+            def replay() -> dict[str, object]:
+                with Session(engine) as s:
+                    run = get_run(s, fed.run_id)
+                    rnd = get_round(s, fed.run_id, 1)
+                    return _state_view(_REBUILD(s, run, rnd, spec_of(run)))
+
+            secure_rounds._REPLAYED.clear()
+            del applied[:]
+            first = replay()
+            assert sorted(applied) == ["a", "b", "c"]  # the three adverts, from scratch
+            del applied[:]
+            assert replay() == first and applied == []  # nothing new: nothing applied
+            client = fed.silos["b"]
+            secure_round.share(
+                client, client.key, _task(client, "secagg_share"), fed.workspace / "b"
+            )
+            del applied[:]
+            after = replay()
+            assert applied == ["b"]  # b's shares only: the adverts stage stays closed
+            secure_rounds._REPLAYED.clear()
+            del applied[:]
+            assert replay() == after  # the same state as a replay of the whole mailbox
+            assert sorted(applied) == ["a", "b", "b", "c"]  # three adverts, b's shares
+        finally:
+            engine.dispose()
