@@ -254,8 +254,13 @@ class AsyncSpec(_Strict):
     round it was asked for, trained on that round's input model version (its base); one
     that arrives after that round closed goes into the buffer open now, with staleness
     t = (that buffer's input version) - (its base version), and is weighted by
-    s(t) = 1/sqrt(1+t) (``sqrt``) or 1 (``constant``); beyond `max_staleness` it is dropped
-    (recorded in the ledger's ``aggregate`` entry as such).
+    s(t) = 1/sqrt(1+t) (``sqrt``) or 1 (``constant``); beyond `max_staleness`, when one is
+    set, it is dropped (recorded in the ledger's ``aggregate`` entry as such).
+
+    No cap by default, as in FedBuff: a silo k times slower than the others sees about k
+    buffers close while it trains, so any fixed cap drops every update of a slow enough silo,
+    and the federation's model then leaves its rows out (with K = 3 of four hospitals and
+    one 5x slower, the old default of 4 dropped all of its updates: `bench/async_rounds.py`).
 
     With secure aggregation, a silo that finished training announces it is ready; the first K
     ready silos form the buffer's cohort and run the secure-aggregation stages among
@@ -264,7 +269,7 @@ class AsyncSpec(_Strict):
     """
 
     buffer_size: int = Field(ge=1, description="K: aggregate as soon as K updates are in")
-    max_staleness: int = Field(default=4, ge=0)
+    max_staleness: int | None = Field(default=None, ge=0)
     staleness_weight: Literal["sqrt", "constant"] = "sqrt"
 
 

@@ -22,7 +22,7 @@ from silos.client_errors import BetweenBuffers, ServiceRejected
 N = {"a": 10, "b": 30, "c": 60}
 
 
-def async_federation(url: str, max_staleness: int) -> Fed:
+def async_federation(url: str, max_staleness: int | None) -> Fed:
     """Silos a, b, c; a run of buffers of K=2 (round 1 open), every silo validated."""
     federation = f"f-{uuid.uuid4().hex[:12]}"
     coord = coordinator(url)
@@ -32,7 +32,7 @@ def async_federation(url: str, max_staleness: int) -> Fed:
         federation=federation,
         dataset="toy",
         model=ModelSpec(kind="logreg", n_features=3),
-        rounds=3,
+        rounds=6,
         min_silos=2,
         secure_aggregation=SecureAggregationSpec(enabled=False),
         asynchronous=AsyncSpec(buffer_size=2, max_staleness=max_staleness),
@@ -131,6 +131,34 @@ def test_update_beyond_max_staleness_is_dropped_and_recorded(api_service_url: st
     entry = aggregate_entry(fed, 2)
     assert entry["dropped_stale"] == [{"silo": "c", "staleness": 1}]
     assert sorted(c["silo"] for c in entry["contributors"]) == ["a", "b"]  # type: ignore[attr-defined]
+
+
+def test_without_a_cap_a_slow_silos_update_joins_however_stale(api_service_url: str) -> None:
+    """The default (no max_staleness, as in FedBuff): c, slow, trained on v0 while a and b
+    filled five buffers; its update still counts, weighted 1/sqrt(1+5). The old default cap of
+    4 dropped it, as it dropped every update of a silo 5x slower than the others in
+    `bench/async_rounds.py`."""
+    assert AsyncSpec(buffer_size=2).max_staleness is None
+    fed = async_federation(api_service_url, max_staleness=None)
+    body = payload(deltas(3), fed.run_id, 1, n=N["c"])  # c's update, trained on v0
+    seed = 10
+    for round_ in range(1, 6):  # a and b fill buffers 1-5
+        if round_ > 1:
+            fed.coord.open_round(fed.run_id, RoundOpen(round=round_, deadline_s=60))
+        for silo in ("a", "b"):
+            send(fed, silo, round_, seed=seed)
+            seed += 1
+    fed.coord.open_round(fed.run_id, RoundOpen(round=6, deadline_s=60))
+    assert send(fed, "c", 1, seed=3, body=body)["buffer"] == 6
+    send(fed, "a", 6, seed=seed)
+    assert fed.coord.wait_round(fed.run_id, 6, 0).status == "aggregated"
+    v6 = expect(model(fed, 5), [(N["c"], 1 / math.sqrt(6), 3), (N["a"], 1.0, seed)])
+    for got, want in zip(model(fed, 6), v6, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    entry = aggregate_entry(fed, 6)
+    by_silo = {c["silo"]: c for c in entry["contributors"]}  # type: ignore[attr-defined]
+    assert by_silo["c"]["staleness"] == 5 and entry["dropped_stale"] == []
+    assert entry["asynchronous"]["max_staleness"] is None  # type: ignore[index]
 
 
 def test_late_update_with_no_buffer_open_is_refused(api_service_url: str) -> None:

@@ -12,8 +12,9 @@ A run with ``RunSpec.asynchronous`` treats each training round as a buffer of up
   the buffer in the same transaction: new model = strategy(current, sum_k n_k s(t_k) d_k /
   sum_k n_k) with s(t) = 1/sqrt(1+t) (or 1): a stale update counts less, and the
   normalisation by examples alone keeps that discount (weights that renormalise would
-  cancel it). Updates beyond `max_staleness` stay in the buffer but are not applied: the
-  ledger's ``aggregate`` entry lists them under ``dropped_stale``;
+  cancel it). Updates beyond `max_staleness` (when the run sets one; no cap by default) stay
+  in the buffer but are not applied: the ledger's ``aggregate`` entry lists them under
+  ``dropped_stale``;
 - the ``aggregate`` entry lists every applied update with its base round, base version,
   staleness and weight. Metrics go to the ledger only from updates with t = 0 (they scored
   exactly the buffer's input model).
@@ -159,7 +160,7 @@ def split_by_staleness(
         base_round = int(tensors.read_metadata(c.payload or b"")["round"])
         base_version = get_round(s, buffer.run_id, base_round).input_model_version
         staleness = buffer.input_model_version - base_version
-        if staleness > spec.max_staleness:
+        if spec.max_staleness is not None and staleness > spec.max_staleness:
             dropped[c.silo] = staleness
             continue
         info: dict[str, object] = {

@@ -156,7 +156,7 @@ def fix_cohort(ctx: RoundContext, *, need: int) -> bool:
         base_round = int(json.loads(row.payload)["base_round"])
         base_version = get_round(ctx.s, rnd.run_id, base_round).input_model_version
         t = rnd.input_model_version - base_version
-        if t > spec.max_staleness:
+        if spec.max_staleness is not None and t > spec.max_staleness:
             stale.append((row, t))
             continue
         weight = staleness_weight(spec, t)
