@@ -79,15 +79,22 @@ class ServerState:
         return self._unmask_sets()[2]
 
     def _unmask_sets(self) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
-        """(survivors, dropped, dropped in order), kept while neither the survivor list nor
-        the shares change: every unmask response checks against them, and the service replays
-        every response on each request, so recomputing them made a stage O(N^3)."""
-        key = (self.survivors, len(self.shares))
-        if self._sets is None or self._sets[0] is not key[0] or self._sets[1] != key[1]:
+        """(survivors, dropped, dropped in order), kept while the survivor list and the shares
+        stay the same objects (shares are only ever added to): every unmask response checks
+        against them, and the service replays every response on each request, so recomputing
+        them made a stage O(N^3)."""
+        kept = self._sets
+        if (
+            kept is None
+            or kept[0] is not self.survivors
+            or kept[1] is not self.shares
+            or kept[2] != len(self.shares)
+        ):
             survivors = frozenset(self.survivors)
             dropped = tuple(s for s in sorted(self.shares) if s not in survivors)
-            self._sets = (self.survivors, len(self.shares), survivors, frozenset(dropped), dropped)
-        return self._sets[2], self._sets[3], self._sets[4]
+            kept = (self.survivors, self.shares, len(self.shares), survivors, frozenset(dropped))
+            self._sets = kept = (*kept, dropped)
+        return kept[3], kept[4], kept[5]
 
 
 def _admit(state: ServerState, msg: Signed, seen: Mapping[str, object]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregation.secagg import server
 from schemas.secagg.config import RoundConfig
@@ -59,3 +61,32 @@ def test_replay_with_vectors_sums_and_without_refuses_to_finalize():
     assert np.array_equal(_finish(with_vectors, states), expected)
     with pytest.raises(LateMessageError, match="without their vectors"):
         _finish(senders_only, states)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(min_value=2, max_value=9),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["share", "survivors", "new shares"]), st.integers(0, 2**16)),
+        max_size=25,
+    ),
+)
+def test_kept_survivor_and_dropped_sets_follow_every_change(n: int, steps: list) -> None:  # type: ignore[type-arg]
+    """`dropped` and the unmask check's sets are kept between calls; whatever changes the
+    survivor list or the shares (a new share message, a new survivor list, a replaced shares
+    mapping), they equal the sets computed afresh."""
+    silos = tuple(f"s{i}" for i in range(n))
+    cfg = RoundConfig("run", 1, silos, threshold=2, dim=4, consistency_check=False)
+    srv = server.ServerState(cfg, {})
+    for kind, pick in steps:
+        chosen = tuple(s for i, s in enumerate(silos) if pick >> i & 1)
+        if kind == "share":
+            srv.shares[silos[pick % n]] = None  # type: ignore[assignment]  # only keys matter
+        elif kind == "survivors":
+            srv.survivors = tuple(sorted(chosen))
+        else:
+            srv.shares = dict.fromkeys(chosen)  # type: ignore[arg-type]
+        survivors, dropped, ordered = srv._unmask_sets()
+        fresh = tuple(s for s in sorted(srv.shares) if s not in set(srv.survivors))
+        assert srv.dropped == ordered == fresh
+        assert survivors == frozenset(srv.survivors) and dropped == frozenset(fresh)
