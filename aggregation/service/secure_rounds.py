@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -61,7 +61,6 @@ from schemas.secagg.quantize import Quantizer
 from schemas.specs import RunSpec, update_shapes
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
-M = TypeVar("M", bound=Signed)
 _MESSAGE: dict[str, type[Signed]] = {
     "advertise": AdvertiseKeys,
     "share": ShareKeys,
@@ -258,9 +257,14 @@ _parsed_lock = threading.Lock()
 _WROTE_MAILBOX = "fedsilo_wrote_mailbox"  # session.info flag, set by `receive`
 
 
-def _as(kind: type[M], msg: Signed) -> M:
-    assert isinstance(msg, kind), (kind, type(msg))  # the row's stage named its type
-    return msg
+def _keep(cache: OrderedDict[Any, Any], items: Iterable[tuple[Any, Any]], limit: int) -> None:
+    """Put `items` in an LRU `cache` (the caller holds its lock), dropping the oldest past
+    `limit`."""
+    for key, value in items:
+        cache[key] = value
+        cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
 
 
 def _parsed(s: Session, run_id: str, rows: Iterable[tuple[int, str]]) -> dict[int, Signed]:
@@ -284,9 +288,7 @@ def _parsed(s: Session, run_id: str, rows: Iterable[tuple[int, str]]) -> dict[in
     out.update(parsed)
     if not s.info.get(_WROTE_MAILBOX):
         with _parsed_lock:
-            _PARSED.update(((run_id, row_id), msg) for row_id, msg in parsed.items())
-            while len(_PARSED) > _PARSED_MAX:
-                _PARSED.popitem(last=False)
+            _keep(_PARSED, (((run_id, row_id), msg) for row_id, msg in parsed.items()), _PARSED_MAX)
     return out
 
 
@@ -407,10 +409,7 @@ def rebuild(
     if not vectors and not s.info.get(_WROTE_MAILBOX):
         done = _Replayed(current, frozenset(ids), _snapshot(state), state.total is not None)
         with _replayed_lock:
-            _REPLAYED[slot] = done
-            _REPLAYED.move_to_end(slot)
-            while len(_REPLAYED) > _REPLAYED_MAX:
-                _REPLAYED.popitem(last=False)
+            _keep(_REPLAYED, [(slot, done)], _REPLAYED_MAX)
     return state
 
 
