@@ -115,3 +115,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def request_counts(urls: list[str], token: str) -> dict[str, tuple[float, float]]:
+    """Requests so far and seconds spent answering them, per "METHOD route", and database
+    statements and their seconds per "SQL OPERATION", summed over the service replicas at
+    `urls` (their Prometheus ``/metrics``)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, tuple[float, float]] = {}
+    for url in urls:
+        text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name == "fedsilo_http_requests_total":
+                    key, slot = f"{labels['method']} {labels['route']}", 0
+                elif sample.name == "fedsilo_http_request_duration_seconds_sum":
+                    key, slot = f"{labels['method']} {labels['route']}", 1
+                elif sample.name == "fedsilo_db_statement_duration_seconds_count":
+                    key, slot = f"SQL {labels['operation']}", 0
+                elif sample.name == "fedsilo_db_statement_duration_seconds_sum":
+                    key, slot = f"SQL {labels['operation']}", 1
+                else:
+                    continue
+                pair = list(out.get(key, (0.0, 0.0)))
+                pair[slot] += sample.value
+                out[key] = (pair[0], pair[1])
+    return out

@@ -31,6 +31,9 @@ class Trial:
     # if an update was lost or counted twice, quantization noise otherwise (grows with N)
     l2_ratio: float = float("inf")
     contributors_ok: bool = False
+    # per "METHOD route" (and "SQL OPERATION"): requests (statements) per silo per round, and
+    # ms answering them (running them) per silo per round
+    requests: dict[str, list[float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +70,14 @@ def report(trials: list[Trial]) -> bool:
         )
         spans = ", ".join(f"{k.removeprefix('secagg_')} {v:.2f}" for k, v in t.stage_span_s.items())
         print(f"     stage spans s (first silo's start to last silo's end): {spans}")
+        for what, sql in (("requests", False), ("SQL statements", True)):
+            busiest = sorted(t.requests.items(), key=lambda kv: -kv[1][1])
+            asked = ", ".join(
+                f"{key.removeprefix('SQL ')} {c:.1f} ({ms:.0f} ms)"
+                for key, (c, ms) in busiest
+                if c and key.startswith("SQL ") == sql
+            )
+            print(f"     {what} per silo per round (ms answering them): {asked}")
         for p in t.problems:
             print(f"     problem: {p}")
     met = True

@@ -89,6 +89,7 @@ from _scale_infra import (  # noqa: E402
     free_port,
     fresh_database,
     postgres_cpu,
+    request_counts,
     throwaway_postgres,
 )
 from _scale_report import TASKS, Trial, report  # noqa: E402
@@ -161,10 +162,12 @@ def run_trial(
         for r in range(1, rounds + 1):
             for probe in probes:
                 probe.peak = 0
+            asked0 = request_counts(urls, ADMIN_TOKEN)
             cpu0, db0, t0 = _cpu(probes), postgres_cpu(), time.monotonic()
             trial.forced_closes += _run_round(coord, waiter, run_id, r, deadline_s, procs)
             trial.latency_s.append(time.monotonic() - t0)
             trial.service_cpu_s.append(_cpu(probes) - cpu0)
+            _add_requests(trial, asked0, request_counts(urls, ADMIN_TOKEN), n * rounds)
             db1 = postgres_cpu()
             if db0 is not None and db1 is not None:
                 trial.db_cpu_s.append(db1 - db0)
@@ -184,6 +187,22 @@ def run_trial(
         for service in services:
             service.stop()
     return trial
+
+
+def _add_requests(
+    trial: Trial,
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    per: int,
+) -> None:
+    """Adds this round's requests by route to the trial's, per silo per round (count, ms)."""
+    for route, (count, seconds) in after.items():
+        if route.endswith("/metrics"):  # this bench's own scrapes
+            continue
+        count0, seconds0 = before.get(route, (0.0, 0.0))
+        mine = trial.requests.setdefault(route, [0.0, 0.0])
+        mine[0] += (count - count0) / per
+        mine[1] += 1000 * (seconds - seconds0) / per
 
 
 def _cpu(probes: list[ServiceProbe]) -> float:
