@@ -67,9 +67,10 @@ def make_engine(url: str) -> Engine:
     # Connections beyond pool_size are closed when returned, so a burst of long-polls woken at
     # once (every silo when a stage closes) used to open and close ~20 connections each time:
     # at 64 silos that churn was most of PostgreSQL's CPU (bench/scale.py: 16 -> 6 s a round).
-    # 30 kept open covers the bursts; 40 in all matches anyio's 40 worker threads, which run
-    # the sync handlers and long-poll checks. Two replicas (80) and Prefect's server (15) stay
-    # under PostgreSQL's default max_connections of 100.
+    # 30 kept open covers the bursts; 40 in all covers the worker threads that run the sync
+    # handlers and long-poll checks (settings.worker_threads, 8 by default; anyio's 40 before)
+    # and the ops port's probes. Connections open on demand, so the default uses about 10. Two
+    # replicas and Prefect's server stay under PostgreSQL's default max_connections of 100.
     return create_engine(url, pool_size=30, max_overflow=10)
 
 

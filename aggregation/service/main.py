@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+from anyio.to_thread import current_default_thread_limiter
 from fastapi import FastAPI
 
 from aggregation.service import collective_rounds, ledger_guard, migrate, observability, wire
@@ -44,6 +45,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         stop_ops_port = observability.start_ops_port(app)  # metrics_port, when set
+        # this event loop's pool for sync handlers and long-poll checks (settings.worker_threads)
+        current_default_thread_limiter().total_tokens = settings.worker_threads
         yield
         stop_ops_port()
         collective_rounds.stop_all()
