@@ -40,6 +40,16 @@ shared head. At the banks (680-1,290 validation rows) the gate held the best epo
 1-4 of 5 seeds per silo: finetune now meets all five (microcredit was 0.001 short), but Ditto
 at private (0.732 against 0.735 alone) and FedPer at microcredit (0.743 against 0.746 global)
 lose the small gains they had. The default method, finetune, meets 8 of 9 silos.
+
+Tried on 2026-12-06 and not kept: gating FedPer against the global model instead of against
+its own start. The silo would keep the global model unless its own head, at its best epoch,
+beat the global model with 0.95 confidence. Heart, one run:
+- Switzerland then met (0.376, the global model's figure);
+- Hungary missed (0.910 against 0.915 global), and so did Cleveland (0.927 against 0.929
+  alone);
+- VA Long Beach lost its gain (0.824 -> 0.815).
+Two FedPer rows missed instead of one. The global model's head is never trained under FedPer,
+so on held-out rows it is a weak fallback.
 """
 
 from __future__ import annotations

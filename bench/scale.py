@@ -38,8 +38,11 @@ Printed per N: round latency (median and max over rounds), service CPU seconds p
 (psutil, user + system of the service process), PostgreSQL's CPU seconds per round (its
 server processes, when FEDSILO_TEST_PG_DATA names the cluster, as scripts/pg-test-server
 sets), the service's peak RSS, mean silo CPU per round (thread CPU time inside the protocol
-steps), and the exactness check. All N silos share this machine's cores with the service, so
-wall latency includes their masking work; service CPU is the service's own cost.
+steps), the exactness check, and the requests and SQL statements per silo per round, by
+route and by operation, with the time spent on each (from the replicas' `/metrics`: a count
+that grows with N points at a per-silo cost that is not constant). All N silos share this
+machine's cores with the service, so wall latency includes their masking work; service CPU
+is the service's own cost.
 --poll-interval sets the service's long-poll re-check interval (FEDSILO_SERVICE_POLL_INTERVAL_S).
 
 Measured 2026-11-26, 10^6 parameters, 2 rounds, on 2 cores shared with other benchmarks (load
@@ -55,7 +58,10 @@ Latency x8.5 from N = 4 to 64 (linear: x16), service CPU x27: its long-polls re-
 10 ms per waiting silo, a cost of N x round time (see bench/README.md). Since issue 20 they
 are woken by commits (LISTEN/NOTIFY across replicas): 2026-12-04, two replicas, 10^5
 parameters, service CPU 0.27 / 0.24 / 0.48 / 0.59 s per silo per round at N = 4 / 16 / 64 /
-128, exact; still superlinear past 16 (bench/README.md, "Issue 20").
+128, exact; still superlinear past 16 (bench/README.md, "Issue 20"). 2026-12-06, SecAgg+
+degree 16, median of 3 rounds, with the service's handlers on 8 threads: service CPU x30.6
+and x30.2, latency x31.2 and x32.4 from N = 4 to 128, in two runs (x36-x40 with anyio's 40
+threads in the same runs).
 """
 
 from __future__ import annotations
