@@ -286,9 +286,11 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a running Prefect API (``http://127.0.0.1:PORT/api``).
 
     Uses ``PREFECT_API_URL`` when set. Otherwise starts ``prefect server start`` with its own
-    PREFECT_HOME for the session, and points both the environment (for subprocesses) and the
-    Prefect settings of this process (read once at import) at it.
+    PREFECT_HOME for the session, and points the environment (for subprocesses) and the
+    Prefect settings of this process, every thread's (read once at import), at it.
     """
+    from prefect.context import refresh_global_settings_context
+
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
         yield existing.rstrip("/")
@@ -311,10 +313,15 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         os.environ["PREFECT_API_URL"] = api_url
+        # threads that carry no settings context of their own (a flow run in a test's thread,
+        # Prefect's log worker) read the process-global one, built at import without this URL:
+        # their flow runs and logs went to an ephemeral API the tests never read
+        refresh_global_settings_context()
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             yield api_url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        refresh_global_settings_context()
         _stop(proc)
 
 
