@@ -59,9 +59,9 @@ Latency x8.5 from N = 4 to 64 (linear: x16), service CPU x27: its long-polls re-
 are woken by commits (LISTEN/NOTIFY across replicas): 2026-12-04, two replicas, 10^5
 parameters, service CPU 0.27 / 0.24 / 0.48 / 0.59 s per silo per round at N = 4 / 16 / 64 /
 128, exact; still superlinear past 16 (bench/README.md, "Issue 20"). 2026-12-06, SecAgg+
-degree 16, median of 3 rounds, with the service's handlers on 8 threads: service CPU x30.6
-and x30.2, latency x31.2 and x32.4 from N = 4 to 128, in two runs (x36-x40 with anyio's 40
-threads in the same runs).
+degree 16, median of 3 rounds, with the service's handlers on 8 threads: service CPU x30.6,
+x30.2 and x34.3, latency x31.2, x32.4 and x33.3 from N = 4 to 128, in three runs (x36-x40
+with anyio's 40 threads, alternating with them).
 """
 
 from __future__ import annotations

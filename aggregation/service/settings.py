@@ -30,7 +30,7 @@ class ServiceSettings(BaseSettings):
     # Threads that run the sync handlers and the long-polls' checks. anyio's default is 40; at
     # 128 silos that many runnable threads cost more than they overlap (GIL hand-offs, and as
     # many PostgreSQL connections queueing on the same round lock): with 8, bench/scale.py
-    # measured -12% service CPU and -44% PostgreSQL CPU a round. Scale out with replicas.
+    # measured -11 to -14% service CPU and -45% PostgreSQL CPU a round. Scale out with replicas.
     worker_threads: int = Field(
         default=8, ge=1, le=256, description="threads running handlers and long-poll checks"
     )
