@@ -117,14 +117,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def request_counts(urls: list[str], token: str) -> dict[str, tuple[float, float]]:
+def request_counts(urls: list[str], token: str) -> dict[str, list[float]]:
     """Requests so far and seconds spent answering them, per "METHOD route", and database
     statements and their seconds per "SQL OPERATION", summed over the service replicas at
     `urls` (their Prometheus ``/metrics``)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, list[float]] = {}
     for url in urls:
         text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}).text
         for family in text_string_to_metric_families(text):
@@ -140,7 +140,5 @@ def request_counts(urls: list[str], token: str) -> dict[str, tuple[float, float]
                     key, slot = f"SQL {labels['operation']}", 1
                 else:
                     continue
-                pair = list(out.get(key, (0.0, 0.0)))
-                pair[slot] += sample.value
-                out[key] = (pair[0], pair[1])
+                out.setdefault(key, [0.0, 0.0])[slot] += sample.value
     return out

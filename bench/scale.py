@@ -197,15 +197,15 @@ def run_trial(
 
 def _add_requests(
     trial: Trial,
-    before: dict[str, tuple[float, float]],
-    after: dict[str, tuple[float, float]],
+    before: dict[str, list[float]],
+    after: dict[str, list[float]],
     per: int,
 ) -> None:
     """Adds this round's requests by route to the trial's, per silo per round (count, ms)."""
     for route, (count, seconds) in after.items():
         if route.endswith("/metrics"):  # this bench's own scrapes
             continue
-        count0, seconds0 = before.get(route, (0.0, 0.0))
+        count0, seconds0 = before.get(route, [0.0, 0.0])
         mine = trial.requests.setdefault(route, [0.0, 0.0])
         mine[0] += (count - count0) / per
         mine[1] += 1000 * (seconds - seconds0) / per

@@ -92,8 +92,9 @@ class ServerState:
         ):
             survivors = frozenset(self.survivors)
             dropped = tuple(s for s in sorted(self.shares) if s not in survivors)
-            kept = (self.survivors, self.shares, len(self.shares), survivors, frozenset(dropped))
-            self._sets = kept = (*kept, dropped)
+            kept = (self.survivors, self.shares, len(self.shares))
+            kept += (survivors, frozenset(dropped), dropped)
+            self._sets = kept
         return kept[3], kept[4], kept[5]
 
 
