@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
@@ -506,7 +506,7 @@ def shares_for(s: Session, rnd: Round, recipient: str) -> list[bytes]:
 
 def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     """The silos the current stage still waits for (not refused ones, not ones sitting out)."""
-    # columns, not ORM rows: the stage-close check runs after every message (O(N) rows each)
+    # columns, not ORM rows; the stage-close check after every message is `stage_complete`
     answered = set(
         s.scalars(
             select(Contribution.silo).where(
@@ -532,6 +532,51 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     if stage == "masked":
         return (expected & active) - answered
     return (expected & active) - sent - answered
+
+
+def stage_complete(s: Session, rnd: Round, stage: str) -> bool:
+    """`not waiting_for(s, rnd, stage)` in one query that returns at most one row: the
+    stage-close check runs after every message, and `waiting_for` reads the round's senders,
+    contributions and active silos (three queries of O(N) rows each, O(N^2) rows a stage)."""
+    here = (SecAggMessage.run_id == rnd.run_id, SecAggMessage.round == rnd.number)
+    if stage == "advertise":
+        candidate = select(RunSilo.silo.label("silo")).where(
+            RunSilo.run_id == rnd.run_id, RunSilo.silo.in_(roster(rnd))
+        )
+    else:
+        previous = STAGES[STAGES.index(stage) - 1]
+        if stage == "unmask" and not checks_consistency(rnd):
+            previous = "masked"  # the round skips the consistency stage
+        candidate = select(SecAggMessage.silo.label("silo")).where(
+            *here, SecAggMessage.stage == previous
+        )
+    sq = candidate.subquery()
+    conditions: list[ColumnElement[bool]] = []
+    if stage in ("advertise", "share", "masked"):
+        # an active participant (waiting_for's `expected & active`) with no contribution yet
+        conditions.append(
+            select(RunSilo.silo)
+            .where(RunSilo.run_id == rnd.run_id, RunSilo.silo == sq.c.silo)
+            .where(RunSilo.status == "active")
+            .exists()
+        )
+        conditions.append(
+            ~select(Contribution.silo)
+            .where(
+                Contribution.run_id == rnd.run_id,
+                Contribution.round == rnd.number,
+                Contribution.silo == sq.c.silo,
+            )
+            .exists()
+        )
+    if stage != "masked":  # a masked answer is its contribution row, checked above
+        conditions.append(
+            ~select(SecAggMessage.id)
+            .where(*here, SecAggMessage.stage == stage, SecAggMessage.silo == sq.c.silo)
+            .exists()
+        )
+    awaited = s.execute(select(sq.c.silo).where(*conditions).limit(1)).first()
+    return awaited is None
 
 
 def awaits(s: Session, rnd: Round, stage: str, silo: str) -> bool:
@@ -573,7 +618,7 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
         When too few silos answered to unmask; the caller fails the round with the message.
     """
     stage = rnd.secagg_stage
-    while stage is not None and (force or not waiting_for(s, rnd, stage)):
+    while stage is not None and (force or stage_complete(s, rnd, stage)):
         if stage == "unmask":
             return _finalize(s, run, rnd, spec)
         if stage in ("masked", "consistency"):

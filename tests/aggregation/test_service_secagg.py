@@ -83,8 +83,8 @@ def _federation(
 @pytest.fixture(autouse=True)
 def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every task poll in these tests (dropouts, consistency checks, refusals) also computes
-    the round-wide set the coordinator sees, and every silo's weight from all the adverts:
-    the per-silo answers a poll uses must agree."""
+    the round-wide set the coordinator sees, and every silo's weight from all the adverts;
+    every stage-close check also computes that set: the answers they use must agree."""
     from aggregation.service import secure_rounds
 
     real = secure_rounds.awaits
@@ -96,6 +96,14 @@ def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[
         asked.append(stage)
         if got != (silo in secure_rounds.waiting_for(s, rnd, stage)):
             disagreements.append((rnd.number, stage, silo, got))
+        return got
+
+    real_complete = secure_rounds.stage_complete
+
+    def complete_alike(s, rnd, stage: str) -> bool:  # type: ignore[no-untyped-def]
+        got = real_complete(s, rnd, stage)
+        if got != (not secure_rounds.waiting_for(s, rnd, stage)):
+            disagreements.append((rnd.number, f"{stage} complete", "", got))
         return got
 
     real_weight = secure_rounds.weight_of
@@ -121,6 +129,7 @@ def awaits_agrees_with_waiting_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[
         return got
 
     monkeypatch.setattr(secure_rounds, "awaits", both)
+    monkeypatch.setattr(secure_rounds, "stage_complete", complete_alike)
     monkeypatch.setattr(secure_rounds, "weight_of", same_weight)
     monkeypatch.setattr(secure_rounds, "rebuild", replayed_alike)
     yield asked
