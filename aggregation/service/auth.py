@@ -18,6 +18,7 @@ from aggregation.service.federations import find_silo
 from aggregation.service.runs import check_participant
 from aggregation.service.tables import Nonce, Silo, utcnow
 from schemas import signing
+from schemas.wire import ONLINE_WITHIN_S
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,10 @@ def _refusal(s: Session, status: str, silo: str, run_id: str | None) -> ServiceE
     return None
 
 
-# last_seen_at is written at most this often per silo: a long-polling agent costs no write
-LAST_SEEN_RESOLUTION = timedelta(seconds=5)
+# last_seen_at is written at most this often per silo: a long-polling agent costs no write.
+# A third of the online window (30 s of 90), so a working silo never shows offline; at 5 s a
+# 20 s round (128 silos, bench/scale.py) wrote it about 4 times a silo.
+LAST_SEEN_RESOLUTION = timedelta(seconds=ONLINE_WITHIN_S / 3)
 
 
 def _seen(s: Session, silo_id: int) -> None:

@@ -56,7 +56,7 @@ def test_ready_last_seen_and_online(sqlite_url: str, tmp_path: Path) -> None:
         if seen is not None:
             assert me.last_seen_at >= seen
         first_seen = me.last_seen_at
-        a.whoami()  # within the 5 s resolution: no write, the stored value stands
+        a.whoami()  # within the 30 s resolution: no write, the stored value stands
         assert _listed(coord, "a").last_seen_at == first_seen
 
         a.ready(READY)
