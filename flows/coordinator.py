@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from prefect import allow_failure, flow, get_run_logger, tags, task
+from prefect import allow_failure, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
@@ -30,7 +30,7 @@ from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
 from flows.round_records import RoundRecord, publish, sig4, summarize_round
-from flows.run_naming import initial_name, label_flow_run, run_tags
+from flows.run_naming import initial_name, label_flow_run
 from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.distill import DistillSpec
@@ -312,18 +312,19 @@ def federated_training(
     view = RoundView(Console() if show_progress else None)
     records: list[RoundRecord] = []
     try:
-        with tags(*run_tags(spec, run_id)):
-            ready = wait_for_ready(
-                client,
-                run,
-                ready_timeout_s,
-                view,
-                wait_for=[previous] if previous else None,
-                return_state=True,
-            )
-            ready.result()
-            sequence = RoundSequence(client, run_id, spec.round_deadline_s, view, done, ready)
-            records, final = _train(sequence, spec, logger)
+        # the flow run has the run's tags (label_flow_run); its task runs carry none, so
+        # Prefect asks its server for no concurrency slots before each round (silos.flow_report)
+        ready = wait_for_ready(
+            client,
+            run,
+            ready_timeout_s,
+            view,
+            wait_for=[previous] if previous else None,
+            return_state=True,
+        )
+        ready.result()
+        sequence = RoundSequence(client, run_id, spec.round_deadline_s, view, done, ready)
+        records, final = _train(sequence, spec, logger)
     except RunCancelled as exc:
         logger.warning("%s", exc)
         return Cancelled(message=str(exc))

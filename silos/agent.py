@@ -386,7 +386,8 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
     client = make_client(config)
     progress = _RunProgress(run_id)
     try:
-        return _serve_run(client, config, progress, run_id)
+        with flow_report.untagged_task_runs():
+            return _serve_run(client, config, progress, run_id)
     finally:
         flow_report.drain()  # the flow run ends with its artifacts sent
 

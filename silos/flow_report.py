@@ -1,6 +1,11 @@
 """What a silo's Prefect flow run shows people: its name and tags, rounded metrics, and per-silo
 table artifacts (the validation result of each round, the silo's metrics per round).
 
+The flow run carries the tags; its task runs carry none (`untagged_task_runs`): Prefect asks
+its server for concurrency slots before every tagged task run, a blocking request on each
+round's critical path, and against a SQLite-backed Prefect server (the demo's) that request
+waited 2-7 s when several silos asked at once (py-spy over `bench/round_overhead.py`).
+
 Artifact keys are per silo (``<silo>-validation``, ``<silo>-metrics``), so each round adds a
 version under the same key and the UI shows the silo's history; the metrics table is re-sent
 whole each round.
@@ -22,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from prefect.artifacts import create_table_artifact
+from prefect.context import TagsContext
 
 from schemas.specs import RunSpec
 from schemas.wire import Metrics, ValidationSummary
@@ -83,6 +89,13 @@ def flow_tags(
     if coordinator:
         tags.append(f"coordinator-run:{coordinator}")
     return tags
+
+
+def untagged_task_runs() -> TagsContext:
+    """Inside a flow body: the task runs started here carry no tags. The flow run keeps the
+    ones it was created with; a tag's only use on a task run would be a concurrency limit,
+    and a silo's task runs already run one at a time."""
+    return TagsContext(current_tags=set())
 
 
 def _key(silo: str, what: str) -> str:

@@ -27,6 +27,7 @@ from silos.agent_client import make_client
 from silos.client import SiloClient
 from silos.client_errors import ClientError
 from silos.config import SiloConfig, VerticalSection, load_silo_config
+from silos.flow_report import untagged_task_runs
 from silos.vertical import agent_role, predict_role
 from silos.vertical.agent_role import PartyData, RoleError
 from silos.vertical.interrupted import serving
@@ -132,26 +133,27 @@ def count_common(client: SiloClient, run_id: str, data: PartyData) -> str:
 @flow(name="silo-vertical", log_prints=True)
 def silo_vertical_flow(config_path: str, run: VerticalRunOut) -> dict[str, object] | State:
     """This silo's part in one vertical run: policy, contract, then its role over the relay."""
-    config = load_silo_config(config_path)
-    client = make_client(config)
-    try:
-        check_request(config, run)
-        v = config.vertical
-        assert v is not None
-        if run.mode == "predict":
-            role = joint_predict(client, config, run)
-        elif run.mode == "psi_size":
-            role = count_common(client, run.run_id, check_data(v, predict=False))
-        else:
-            data = check_data(v, predict=False)
-            rows = check_data(v, predict=True) if run.params.predict else None
-            joined = intersect(client, run.run_id, data)
-            role = secureboost(joined, run, run_folder(config, run.run_id), rows)
-    except Exception as exc:  # any refusal ends the run for every party, naming this silo
-        reason = f"{type(exc).__name__}: {exc}"[:2000]
-        agent_role.report(client, run.run_id, RunFailed(reason=reason))
-        return Failed(message=f"silo {client.silo} failed vertical run {run.run_id}: {reason}")
-    return {"run_id": run.run_id, "mode": run.mode, "role": role}
+    with untagged_task_runs():  # the flow run is tagged; its task runs are not
+        config = load_silo_config(config_path)
+        client = make_client(config)
+        try:
+            check_request(config, run)
+            v = config.vertical
+            assert v is not None
+            if run.mode == "predict":
+                role = joint_predict(client, config, run)
+            elif run.mode == "psi_size":
+                role = count_common(client, run.run_id, check_data(v, predict=False))
+            else:
+                data = check_data(v, predict=False)
+                rows = check_data(v, predict=True) if run.params.predict else None
+                joined = intersect(client, run.run_id, data)
+                role = secureboost(joined, run, run_folder(config, run.run_id), rows)
+        except Exception as exc:  # any refusal ends the run for every party, naming this silo
+            reason = f"{type(exc).__name__}: {exc}"[:2000]
+            agent_role.report(client, run.run_id, RunFailed(reason=reason))
+            return Failed(message=f"silo {client.silo} failed vertical run {run.run_id}: {reason}")
+        return {"run_id": run.run_id, "mode": run.mode, "role": role}
 
 
 def serve_vertical(config: SiloConfig, work: VerticalTask) -> State:

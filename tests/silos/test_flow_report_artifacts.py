@@ -1,15 +1,22 @@
 """A silo's table artifacts are sent in the background, in order, linked to the flow and task
-run they were made in, and all sent when `drain()` returns (the flow run's end)."""
+run they were made in, and all sent when `drain()` returns (the flow run's end); the task runs
+of a silo's flow run carry no tags."""
 
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
-from prefect import flow, task
+from prefect import flow, tags, task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.runtime import flow_run
+from support.fault_helpers import wait_until
 
 from schemas.wire import Metrics, ValidationSummary
 from silos import flow_report
@@ -67,3 +74,42 @@ def test_artifacts_arrive_in_order_linked_to_their_runs(prefect_api_url: str) ->
     metrics = by_key[f"{SILO}-metrics"]
     assert len(metrics) == 3 and all(a.task_run_id is None for a in metrics)
     assert '"round": 3' in str(metrics[-1].data)  # the last version holds every round
+
+
+@task(name="probe-untagged")
+def _untagged() -> None:
+    pass
+
+
+@task(name="probe-tagged")
+def _tagged() -> None:
+    pass
+
+
+@flow
+def _tagged_flow() -> str:
+    _tagged()  # the caller's tags reach the task runs, as they did for every silo task run
+    with flow_report.untagged_task_runs():
+        _untagged()
+    return str(flow_run.get_id())
+
+
+def test_task_runs_in_untagged_task_runs_carry_no_tags(prefect_api_url: str) -> None:
+    """The flow run keeps its tags; only the task runs inside `untagged_task_runs` lose them
+    (each tagged task run costs a concurrency-slot request to Prefect's server)."""
+    with tags("silo:probe", f"run:{uuid4().hex}"):
+        flow_run_id = _tagged_flow()
+
+    def task_runs() -> dict[str, Any] | None:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+            )
+        by_name = {r.name.rsplit("-", 1)[0]: r for r in runs}  # "<task name>-<suffix>"
+        return by_name if {"probe-tagged", "probe-untagged"} <= set(by_name) else None
+
+    runs = wait_until(task_runs, 120, "both task runs in Prefect's API")
+    assert runs["probe-untagged"].tags == []
+    assert "silo:probe" in runs["probe-tagged"].tags  # the control: tags do reach task runs
+    with get_client(sync_client=True) as client:
+        assert "silo:probe" in client.read_flow_run(UUID(flow_run_id)).tags
