@@ -107,7 +107,7 @@ def run_round(
             if out.status != "open":
                 break
             if out.complete and out.secagg_stage is None:
-                out = client.close_round(run_id, number)
+                out = _close(client, run_id, number)
                 break
             if remaining <= 0:
                 get_run_logger().warning(
@@ -142,9 +142,19 @@ def _poll(client: CoordinatorClient, run_id: str, number: int, wait_s: float) ->
     except ServiceRejected:  # the run may have been cancelled under us: say so if it was
         check_cancelled(client, run_id)
         raise
-    if out.status == "open":
-        check_cancelled(client, run_id)
+    if out.status == "open" and not (out.complete and out.secagg_stage is None):
+        check_cancelled(client, run_id)  # a complete plain round is closed at once: `_close`
     return out
+
+
+def _close(client: CoordinatorClient, run_id: str, number: int) -> RoundOut:
+    """Close a round every silo answered. A run cancelled since the poll closed its round as
+    cancelled (the answer says so) or refuses the close: `RunCancelled` either way."""
+    try:
+        return client.close_round(run_id, number)
+    except ServiceRejected:
+        check_cancelled(client, run_id)
+        raise
 
 
 @task(cache_policy=NO_CACHE, name="save-model")
