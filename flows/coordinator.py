@@ -106,7 +106,7 @@ def run_round(
             view.update(out, remaining)
             if out.status != "open":
                 break
-            if out.complete and out.secagg_stage is None:
+            if _closes_now(out):
                 out = _close(client, run_id, number)
                 break
             if remaining <= 0:
@@ -142,9 +142,14 @@ def _poll(client: CoordinatorClient, run_id: str, number: int, wait_s: float) ->
     except ServiceRejected:  # the run may have been cancelled under us: say so if it was
         check_cancelled(client, run_id)
         raise
-    if out.status == "open" and not (out.complete and out.secagg_stage is None):
-        check_cancelled(client, run_id)  # a complete plain round is closed at once: `_close`
+    if out.status == "open" and not _closes_now(out):
+        check_cancelled(client, run_id)  # a round closed at once is checked by `_close`
     return out
+
+
+def _closes_now(out: RoundOut) -> bool:
+    """Every silo answered an open plain round: the coordinator closes it without waiting."""
+    return out.status == "open" and out.complete and out.secagg_stage is None
 
 
 def _close(client: CoordinatorClient, run_id: str, number: int) -> RoundOut:
