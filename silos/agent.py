@@ -3,7 +3,8 @@
 It enrols its key, waits for the coordinator's approval, warms up (validates and loads its data
 once, then reports ready), then long-polls the aggregation service for work. The silo's part of
 each training run is one Prefect flow run (named ``<silo>-<run id>``, tagged with federation,
-silo, dataset, model and run) with one task per round step; the coordinator sends parameters (a
+silo, dataset, model and run) with one task run per round (``round-<n>``: the gate and every
+step of that round, whose lines its logs hold); the coordinator sends parameters (a
 `RunSpec`), never code: every line that runs here is installed at the silo. Each task goes to
 the handler registered for its type (`silos.handlers`); plugin modules the operator lists add
 handlers of their own.
@@ -27,6 +28,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.states import Cancelled, Failed
+from prefect.utilities.annotations import quote
 
 from schemas.specs import RunSpec
 from schemas.tasks import RunEndedTask, Task, VerticalTask
@@ -207,7 +209,6 @@ def load_local_data(config: SiloConfig, stats: list[float] | None = None) -> Loc
     return data
 
 
-@task(cache_policy=NO_CACHE, name="validate-data", task_run_name="round-{work.round}-validate")
 def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> RoundGate:
     """The gate: fingerprint and validate the table and tell the service (signed)."""
     logger = get_run_logger()
@@ -217,7 +218,7 @@ def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> RoundG
         work.run_id, "validation_result", statement_payload(client.silo, work.round, summary)
     )
     keep_receipt(config.workspace, answer)
-    flow_report.validation_artifact(client.silo, work.round, summary)
+    flow_report.validation_artifact(client.silo, work.run_id, work.round, summary)
     docs = f"; data docs: {gate.data_docs}" if gate.data_docs else ""
     if summary.success:
         logger.info(
@@ -392,28 +393,58 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
         flow_report.drain()  # the flow run ends with its artifacts sent
 
 
+def _next_task(client: SiloClient, run_id: str) -> Task:
+    """The run's next task, long-polled until there is one."""
+    while True:
+        work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
+        if work is not None:
+            return work
+
+
+# One task run per round, not per step: each task run costs Prefect's server about 30 ms of
+# CPU (three state events), and a secure round had five per silo, so the server fell further
+# behind every round and took a share of the cores the round needed (bench/round_overhead.py;
+# bench/README.md, "one task run per round").
+@task(cache_policy=NO_CACHE, name="round", task_run_name="round-{number}")
+def serve_round(
+    client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task, number: int
+) -> Task:
+    """This silo's part of round `number`: `work` and every later task of the same round.
+    Returns the run's first task of another round (or its end) for the flow's loop; a step's
+    error ends the task run Failed and is raised to the loop, which declines the round."""
+    while True:
+        _step(client, config, progress, work)
+        work = _next_task(client, progress.run_id)
+        if isinstance(work, RunEndedTask) or work.round != number:
+            return work
+
+
 def _serve_run(
     client: SiloClient, config: SiloConfig, progress: _RunProgress, run_id: str
 ) -> dict[str, object] | State:
-    """The flow's loop: each task of the run until it ends, or this silo declines the run."""
+    """The flow's loop: each round of the run until it ends, or this silo declines the run."""
+    work: Task | None = None
     while True:
-        work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
         if work is None:
-            continue
+            work = _next_task(client, run_id)
         if isinstance(work, RunEndedTask):
             return _run_ended(client, config, progress, work)
         if work.round == progress.declined_round:  # the service has not moved on yet
             time.sleep(REPEAT_WAIT_S)
+            work = None
             continue
         progress.declined_round = 0  # another round: one this silo declined may open again
-        try:
-            _step(client, config, progress, work)
+        current, work = work, None
+        try:  # quote: Prefect need not walk the data and metrics to find task inputs
+            work = serve_round(  # type: ignore[call-overload]  # Prefect unwraps quote()
+                quote(client), quote(config), quote(progress), quote(current), current.round
+            )
         except Exception as exc:  # every failure before the update is declined
-            declined = _decline(client, config, progress, work, exc)
+            declined = _decline(client, config, progress, current, exc)  # the failed round's
             if declined.scope == "run":
                 secure_round.erase_run_state(config.workspace, run_id)
                 return Failed(
-                    message=f"silo {client.silo} declined run {run_id} in round {work.round} "
+                    message=f"silo {client.silo} declined run {run_id} in round {current.round} "
                     f"({declined.cause}): {declined.reason}",
                     data={"run_id": run_id, "declined": declined.cause},
                 )

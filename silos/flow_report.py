@@ -6,9 +6,12 @@ its server for concurrency slots before every tagged task run, a blocking reques
 round's critical path, and against a SQLite-backed Prefect server (the demo's) that request
 waited 2-7 s when several silos asked at once (py-spy over `bench/round_overhead.py`).
 
-Artifact keys are per silo (``<silo>-validation``, ``<silo>-metrics``), so each round adds a
-version under the same key and the UI shows the silo's history; the metrics table is re-sent
-whole each round.
+Artifact keys are per silo (``<silo>-validation``, ``<silo>-metrics``), so the UI shows the
+silo's history as versions of one key. Each version costs Prefect's server about 20 ms of CPU
+(two events), so neither is re-sent every round: a validation table only when the result
+differs from the one the run last showed (the ledger and the log hold every round's), and
+the metrics table, re-sent whole, at most every `METRICS_EVERY_S` (the last one when the flow
+run ends).
 
 Artifacts are sent by one background thread, in order, so a round's critical path does not
 wait for the Prefect API: two artifacts a round took 100-250 ms of each agent's round under
@@ -23,6 +26,7 @@ import contextvars
 import logging
 import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -103,8 +107,24 @@ def _key(silo: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{silo}-{what}".lower()).strip("-")
 
 
-def validation_artifact(silo: str, round_: int, summary: ValidationSummary) -> None:
-    """One table per round: each expectation that failed (or one row saying all passed)."""
+# (silo, run) -> what its last validation table showed
+_validation_shown: dict[tuple[str, str], tuple[object, ...]] = {}
+
+
+def validation_artifact(silo: str, run_id: str, round_: int, summary: ValidationSummary) -> bool:
+    """A table of each expectation that failed (or one row saying all passed), when it differs
+    from the last one this run showed (its first round's always). True when one was sent."""
+    shown = (
+        summary.data_sha256,
+        summary.success,
+        summary.contract,
+        summary.contract_version,
+        summary.n_expectations,
+        tuple((f.expectation, f.column, f.unexpected_count) for f in summary.failed),
+    )
+    if _validation_shown.get((silo, run_id)) == shown:
+        return False
+    _validation_shown[(silo, run_id)] = shown
     rows: list[dict[str, Any]] = [
         {
             "round": round_,
@@ -128,8 +148,10 @@ def validation_artifact(silo: str, round_: int, summary: ValidationSummary) -> N
         _key(silo, "validation"),
         rows,
         f"silo {silo}, round {round_}: data {summary.data_sha256[:12]}… ({summary.n_rows} rows) "
-        f"{status} contract {summary.contract} v{summary.contract_version}",
+        f"{status} contract {summary.contract} v{summary.contract_version} (the same in later "
+        "rounds until the next version)",
     )
+    return True
 
 
 def metrics_row(round_: int, result: object) -> dict[str, Any] | None:
@@ -150,13 +172,26 @@ def metrics_row(round_: int, result: object) -> dict[str, Any] | None:
     }
 
 
+METRICS_EVERY_S = 10.0
+_metrics_due: dict[str, float] = {}  # key -> when (monotonic) its next version may go
+_metrics_held: dict[str, tuple[contextvars.Context, list[dict[str, Any]], str]] = {}
+
+
 def metrics_artifact(silo: str, run_id: str, rows: list[dict[str, Any]]) -> None:
-    """The silo's metrics for every round so far (the model it received, on its holdout)."""
-    _publish(
-        _key(silo, "metrics"),
-        rows,
-        f"silo {silo}, run {run_id}: the round's input model on the local holdout, per round",
+    """The silo's metrics for every round so far (the model it received, on its holdout): sent
+    now, or held until `METRICS_EVERY_S` after the last version (`drain` sends what is held)."""
+    key = _key(silo, "metrics")
+    description = (
+        f"silo {silo}, run {run_id}: the round's input model on the local holdout, per round"
     )
+    now = time.monotonic()
+    with _lock:
+        if now < _metrics_due.get(key, 0.0):
+            _metrics_held[key] = (contextvars.copy_context(), list(rows), description)
+            return
+        _metrics_due[key] = now + METRICS_EVERY_S
+        _metrics_held.pop(key, None)
+    _publish(key, list(rows), description)
 
 
 _sender: ThreadPoolExecutor | None = None
@@ -164,10 +199,15 @@ _pending: list[Future[None]] = []
 _lock = threading.Lock()
 
 
-def _publish(key: str, rows: list[dict[str, Any]], description: str) -> None:
-    """Queue one table artifact, made in the caller's flow/task run context."""
+def _publish(
+    key: str,
+    rows: list[dict[str, Any]],
+    description: str,
+    context: contextvars.Context | None = None,
+) -> None:
+    """Queue one table artifact, made in the caller's flow/task run context (or `context`)."""
     global _sender
-    context = contextvars.copy_context()
+    context = context or contextvars.copy_context()
     with _lock:
         if _sender is None:  # one thread: a key's versions arrive in the order they were made
             _sender = ThreadPoolExecutor(1, thread_name_prefix="fedsilo-artifacts")
@@ -183,7 +223,14 @@ def _create(key: str, rows: list[dict[str, Any]], description: str) -> None:
 
 
 def drain(timeout_s: float = 60.0) -> None:
-    """Wait until the artifacts queued so far are sent (or `timeout_s` passed)."""
+    """Send the metrics tables held back, then wait until the artifacts queued so far are sent
+    (or `timeout_s` passed)."""
+    with _lock:
+        held = list(_metrics_held.items())
+        _metrics_held.clear()
+        _metrics_due.clear()
+    for key, (context, rows, description) in held:
+        _publish(key, rows, description, context)
     with _lock:
         pending = list(_pending)
     wait(pending, timeout=timeout_s)

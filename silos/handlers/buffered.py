@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from schemas.tasks import SecAggBufferedTask, TrainTask
 from silos import buffered_update
@@ -36,7 +35,6 @@ def submit_ready(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[st
     return {"digest": digest, "duplicate": bool(answer.get("duplicate")), "receipt": None}
 
 
-@task(cache_policy=NO_CACHE, name="secagg-buffered", task_run_name="round-{work.round}-masked")
 def buffered_masked(ctx: SiloContext, work: SecAggBufferedTask) -> dict[str, Any]:
     """The cohort's masked stage: clip, weight (n_k / N times the staleness weight), quantize
     and mask the update kept since round `work.base_round`; then forget it."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from schemas.distill_statement import STATEMENT_KIND, DistilledPayload
 from schemas.tasks import DistillTask
@@ -24,7 +23,6 @@ from silos.handlers.registry import register
 from silos.lineage_copy import keep_receipt
 
 
-@task(cache_policy=NO_CACHE, name="distill-round", task_run_name="round-{work.round}-distill")
 def distill_round(ctx: SiloContext, work: DistillTask) -> dict[str, object]:
     """Learn from the published soft labels (if any), predict the reference rows, submit masked."""
     from silos.distill import decode_soft_labels, distill_step, reference_rows, save_model

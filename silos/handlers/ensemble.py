@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hashlib
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from pydantic import BaseModel, ConfigDict
 
 from schemas.ensemble import EVALUATE_MODE, MEMBERS_MODE, STATEMENT_KIND, MemberKind, padded
@@ -38,7 +37,6 @@ class MemberBody(BaseModel):
     kind: MemberKind
 
 
-@task(cache_policy=NO_CACHE, name="ensemble-member", task_run_name="round-{work.round}-member")
 def member_round(ctx: SiloContext, work: ExtensionTask, body: MemberBody) -> dict[str, object]:
     """Train and upload this silo's member."""
     from silos.ensemble import member_message  # torch, xgboost, lightgbm: only in this run
@@ -54,7 +52,6 @@ def member_round(ctx: SiloContext, work: ExtensionTask, body: MemberBody) -> dic
     return {"round": work.round, "kind": body.kind, "sha256": model.sha256, **answer}
 
 
-@task(cache_policy=NO_CACHE, name="ensemble-weights", task_run_name="round-{work.round}-weights")
 def weights_round(ctx: SiloContext, work: EnsembleWeightsTask) -> dict[str, object]:
     """Submit the masked, weighted gradient of the mixture log-loss on the validation rows."""
     from silos.ensemble import load_ensemble, weight_gradient
@@ -86,7 +83,6 @@ class EvaluateBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-@task(cache_policy=NO_CACHE, name="ensemble-evaluate", task_run_name="round-{work.round}-eval")
 def evaluate_round(ctx: SiloContext, work: ExtensionTask, body: EvaluateBody) -> dict[str, object]:
     """Refine the final ensemble's weights on this silo's validation rows into its personal
     ensemble (kept here); score the final ensemble, this silo's member alone and the personal

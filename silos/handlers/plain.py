@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from schemas.tasks import EvaluateTask, TrainTask, TreeEvaluateTask
@@ -43,7 +42,6 @@ def submit_plain(ctx: SiloContext, work: TrainTask, trained: Trained) -> dict[st
             delay = min(delay * 2, RESEND_CAP_S)
 
 
-@task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
 def train(ctx: SiloContext, work: TrainTask) -> dict[str, object] | Declined:
     """A plain training round (the service sees this silo's update); in an asynchronous
     secure run the update stays here until its buffer's cohort masks it (`buffered`)."""
@@ -65,7 +63,6 @@ def report_evaluation(
     return metrics
 
 
-@task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
 def evaluate_round(ctx: SiloContext, work: EvaluateTask) -> Metrics:
     """An evaluation round: score the global model on the local holdout and report it."""
     from silos.trainer import evaluate  # torch: loaded by the first PyTorch round only

@@ -1,8 +1,9 @@
 """Secure-aggregation rounds: advertise keys, share seeds, train and submit masked, sign the
 survivor list (when the round runs the consistency check), unmask.
 
-The protocol steps are `silos.secure_round`'s; these handlers give each stage its Prefect
-task and, for the masked stage, clip, noise and weight the trained delta first.
+The protocol steps are `silos.secure_round`'s; these handlers run each stage (inside the
+round's one Prefect task run, `silos.agent.serve_round`) and, for the masked stage, clip,
+noise and weight the trained delta first.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.tasks import (
     SecAggAdvertiseTask,
@@ -29,27 +28,19 @@ from silos.handlers.registry import register
 from silos.handlers.training import Trained, run_training_round
 
 
-@task(cache_policy=NO_CACHE, name="secagg-advertise", task_run_name="round-{work.round}-advertise")
 def advertise(ctx: SiloContext, work: SecAggAdvertiseTask) -> None:
     n_examples = len(ctx.data.y_train)
     secure_round.advertise(ctx.client, ctx.key, work, ctx.workspace, n_examples=n_examples)
 
 
-@task(cache_policy=NO_CACHE, name="secagg-share", task_run_name="round-{work.round}-share")
 def share(ctx: SiloContext, work: SecAggShareTask) -> None:
     secure_round.share(ctx.client, ctx.key, work, ctx.workspace)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="secagg-consistency",
-    task_run_name="round-{work.round}-consistency",
-)
 def consistency(ctx: SiloContext, work: SecAggConsistencyTask) -> None:
     secure_round.consistency(ctx.client, ctx.key, work, ctx.workspace)
 
 
-@task(cache_policy=NO_CACHE, name="secagg-unmask", task_run_name="round-{work.round}-unmask")
 def unmask(ctx: SiloContext, work: SecAggUnmaskTask) -> None:
     secure_round.unmask(ctx.client, ctx.key, work, ctx.workspace)
 
@@ -81,7 +72,6 @@ def submit_masked(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) ->
         return {"digest": "(sent earlier)", "duplicate": True, "receipt": None}
 
 
-@task(cache_policy=NO_CACHE, name="train-round", task_run_name="round-{work.round}-train")
 def masked_train(ctx: SiloContext, work: SecAggMaskedTask) -> dict[str, object] | Declined:
     """A secure round's masked stage: train locally, then submit the update masked."""
     return run_training_round(ctx, work, submit_masked)

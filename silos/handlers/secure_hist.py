@@ -1,4 +1,5 @@
-"""Secure-histogram runs (tree mode ``secure-hist``): one Prefect task per step.
+"""Secure-histogram runs (tree mode ``secure-hist``): a handler per step, each run inside
+the round's Prefect task run (`silos.agent.serve_round`).
 
 The steps are `silos.hist_round`'s (state kept in this agent process); a step this silo must
 not or cannot do makes it leave the run, saying why.
@@ -6,8 +7,7 @@ not or cannot do makes it leave the run, saying why.
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from schemas.secagg.exceptions import SecAggError
 from schemas.secure_hist.errors import SecureHistError
@@ -38,11 +38,6 @@ def _step(ctx: SiloContext, work: HistTask) -> None:
         hist_round.unmask(ctx.client, work)
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="secure-hist",
-    task_run_name="round-{work.round}-hist-{work.hist.stage}",
-)
 def hist_step(ctx: SiloContext, work: HistTask) -> str | Declined:
     """One secure-hist step; a step this silo must not or cannot do makes it leave the run
     (returned as its `Declined`, which the agent sends)."""

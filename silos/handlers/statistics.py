@@ -5,9 +5,6 @@ Its advertise, share and unmask stages are the secure-aggregation handlers' (`ha
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from schemas.tasks import StatisticsTask
 from silos import secure_round
 from silos.client_errors import AlreadyAnswered
@@ -19,11 +16,6 @@ from silos.lineage_copy import keep_receipt
 from silos.local_data import local_train_table
 
 
-@task(
-    cache_policy=NO_CACHE,
-    name="federation-statistics",
-    task_run_name="round-{work.round}-statistics",
-)
 def submit_statistics(ctx: SiloContext, work: StatisticsTask) -> None:
     """This silo's per-feature counts, sums and sums of squares, masked: the service learns
     only the federation's totals (from which every silo derives means and deviations)."""

@@ -155,8 +155,8 @@ def run_training_round(
 ) -> dict[str, object] | Declined:
     """One training round: fetch the global model, score it on the holdout, train, submit.
 
-    One Prefect task per round keeps Prefect's bookkeeping (~10 ms a task) out of the round's
-    critical path; each step is logged inside it. A round the silo's privacy budget cannot
+    It runs inside the round's one Prefect task run (`silos.agent.serve_round`); each step is
+    logged there. A round the silo's privacy budget cannot
     pay for is returned as its `Declined` (the agent sends it; a raised error would cost a
     traceback in the log every round).
     """

@@ -5,8 +5,7 @@ The steps are `silos.tree_round`'s; a silo that cannot grow trees this round dec
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from schemas.tasks import TreeEvaluateTask, TreeTrainTask
 from schemas.tree_params import TreeSpecError, check_task
@@ -23,7 +22,6 @@ from silos.handlers.registry import register
 from silos.lineage_copy import keep_receipt
 
 
-@task(cache_policy=NO_CACHE, name="train-trees", task_run_name="round-{work.round}-trees")
 def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object] | Declined:
     """One tree round: score the base model, grow (or join the collective), seal, submit."""
     logger = get_run_logger()
@@ -63,7 +61,6 @@ def train_trees_round(ctx: SiloContext, work: TreeTrainTask) -> dict[str, object
     }
 
 
-@task(cache_policy=NO_CACHE, name="evaluate-round", task_run_name="round-{work.round}-evaluate")
 def evaluate_trees_round(ctx: SiloContext, work: TreeEvaluateTask) -> Metrics:
     """An evaluation round of a tree run: score the model version on the local holdout."""
     metrics = tree_round.evaluate_version(ctx.client, work, ctx.data)

@@ -1,6 +1,7 @@
 """A silo's table artifacts are sent in the background, in order, linked to the flow and task
-run they were made in, and all sent when `drain()` returns (the flow run's end); the task runs
-of a silo's flow run carry no tags."""
+run they were made in, and all sent when `drain()` returns (the flow run's end); a validation
+table only when the result changed, the metrics table at most every `METRICS_EVERY_S` (the last
+one at `drain()`); the task runs of a silo's flow run carry no tags."""
 
 from __future__ import annotations
 
@@ -37,25 +38,31 @@ def _summary(success: bool) -> ValidationSummary:
 
 
 @task
-def _validate(round_: int) -> None:
-    flow_report.validation_artifact(SILO, round_, _summary(success=True))
+def _validate(run_id: str, round_: int, success: bool) -> bool:
+    return flow_report.validation_artifact(SILO, run_id, round_, _summary(success=success))
+
+
+PASSED = [True, True, False, False]  # rounds 1-4: the result changes once, in round 3
 
 
 @flow
-def _rounds(n: int) -> str:
+def _rounds() -> tuple[str, list[bool]]:
+    run_id = uuid4().hex  # the "changed" memory is per (silo, run)
     rows: list[dict[str, Any]] = []
-    for r in range(1, n + 1):
-        _validate(r)
+    sent = []
+    for r, success in enumerate(PASSED, start=1):
+        sent.append(_validate(run_id, r, success))
         row = flow_report.metrics_row(r, Metrics(n_test=10, loss=1.0 / r, accuracy=0.5))
         assert row is not None
         rows.append(row)
-        flow_report.metrics_artifact(SILO, "run-x", rows)
+        flow_report.metrics_artifact(SILO, run_id, rows)
     flow_report.drain()
-    return str(flow_run.get_id())
+    return str(flow_run.get_id()), sent
 
 
 def test_artifacts_arrive_in_order_linked_to_their_runs(prefect_api_url: str) -> None:
-    flow_run_id = _rounds(3)
+    flow_run_id, sent = _rounds()
+    assert sent == [True, False, True, False]
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -68,12 +75,15 @@ def test_artifacts_arrive_in_order_linked_to_their_runs(prefect_api_url: str) ->
     assert sorted(by_key) == [f"{SILO}-metrics", f"{SILO}-validation"]
     validations = by_key[f"{SILO}-validation"]
     assert [a.description.split(":")[0] for a in validations] == [
-        f"silo {SILO}, round {r}" for r in (1, 2, 3)
+        f"silo {SILO}, round {r}" for r in (1, 3)
     ]
+    assert "FAILED" in validations[-1].description
     assert all(a.task_run_id is not None for a in validations)  # made inside the task run
     metrics = by_key[f"{SILO}-metrics"]
-    assert len(metrics) == 3 and all(a.task_run_id is None for a in metrics)
-    assert '"round": 3' in str(metrics[-1].data)  # the last version holds every round
+    # the first round's at once; rounds 2-4 came within METRICS_EVERY_S: the last at drain()
+    assert len(metrics) == 2 and all(a.task_run_id is None for a in metrics)
+    assert '"round": 2' not in str(metrics[0].data)
+    assert '"round": 4' in str(metrics[-1].data)  # the last version holds every round
 
 
 @task(name="probe-untagged")
