@@ -14,6 +14,7 @@ from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
 from aggregation.service.statements import summarize_rejections
 from aggregation.service.tables import Round, Run, utcnow
+from aggregation.service.wakeup import silos_unaffected
 
 
 def close_round(s: Session, run_id: str, number: int, hub: Hub) -> Round:
@@ -26,6 +27,8 @@ def close_round(s: Session, run_id: str, number: int, hub: Hub) -> Round:
     engine_for(spec, rnd).close(RoundContext(s, run, rnd, spec, hub))
     summarize_rejections(s, hub.recorder, rnd)
     hub.recorder.checkpoint_round(s, rnd)
+    if run.status == "running" and run.current_round == number and rnd.status != "open":
+        silos_unaffected(s)  # their polls wake when the coordinator opens the next round
     return rnd
 
 

@@ -18,6 +18,7 @@ from aggregation.service.ledger import LedgerEntry
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import get_run, spec_of
 from aggregation.service.tables import Contribution, Round, RunSilo
+from aggregation.service.wakeup import answers_only
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
 from schemas.specs import update_shapes
@@ -66,7 +67,9 @@ def submit_update(
             "sealed to /trees, not a tensor update"
         )
     shapes = update_shapes(spec)
-    return add_update(s, run_id, silo, payload, digest, shapes, asked=number, filed=number), True
+    c = add_update(s, run_id, silo, payload, digest, shapes, asked=number, filed=number)
+    answers_only(s, "contributions")  # a synchronous round: no other silo's task waits on it
+    return c, True
 
 
 def add_update(

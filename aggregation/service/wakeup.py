@@ -9,9 +9,11 @@ notification, a dropped listener connection, a write this module cannot classify
 
 Writes are classified by table so that a silo's answer does not wake every other silo:
 - quiet (nonces, presence, rejection counters, the ledger): wake nobody;
-- answers (secure-aggregation mailbox and share rows, and a secure round's contribution rows,
-  which its engine marks with `answers_only`): wake the coordinator's round waits only, since
-  another silo's task changes only when its stage closes, which updates the round row;
+- answers (secure-aggregation mailbox and share rows, and a round's contribution rows,
+  which `answers_only` marks): wake the coordinator's round waits only, since another silo's
+  task changes only when its stage closes, which updates the round row; so does a round's
+  close that leaves the run going with no round open (`silos_unaffected`): a silo's next task
+  comes with the next opening;
 - anything else (runs, rounds, contributions, ...): wake every waiter.
 """
 
@@ -48,6 +50,7 @@ QUIET_TABLES = frozenset(
 ANSWER_TABLES = frozenset({"secagg_messages", "secagg_shares"})
 _TOPIC_KEY = "fedsilo_wake_topic"
 _ANSWERS_KEY = "fedsilo_wake_answers"  # tables this transaction wrote only answers to
+_EVERY_TABLE = "*"  # in _ANSWERS_KEY: every write of this transaction is an answer
 _wakeups: weakref.WeakKeyDictionary[sessionmaker[Session], Wakeup] = weakref.WeakKeyDictionary()
 
 
@@ -65,8 +68,19 @@ def answers_only(session: Session, table: str) -> None:
     session.info.setdefault(_ANSWERS_KEY, set()).add(table)
 
 
-def _topic(session: Session, tables: set[str]) -> str | None:
-    return topic_of(tables, ANSWER_TABLES | session.info.get(_ANSWERS_KEY, set()))
+def silos_unaffected(session: Session) -> None:
+    """This transaction changes no silo's next task (a round closed, the run goes on and no
+    other round opened: every silo waits for the next opening, which wakes them): it wakes
+    the coordinator's round waits only."""
+    session.info.setdefault(_ANSWERS_KEY, set()).add(_EVERY_TABLE)
+
+
+def session_topic(session: Session, tables: set[str]) -> str | None:
+    """What `session`'s transaction wakes, having written `tables` (its marks counted)."""
+    extra = session.info.get(_ANSWERS_KEY, set())
+    if _EVERY_TABLE in extra:
+        return ANSWERS if tables - QUIET_TABLES else None
+    return topic_of(tables, ANSWER_TABLES | extra)
 
 
 def _written(session: Session) -> set[str]:
@@ -89,6 +103,15 @@ class Wakeup:
         self.listening = threading.Event()  # set while the PostgreSQL listener is connected
         self.wakes = 0  # wake calls that reached at least one waiter
         self.waiting = 0  # long-polls past their first check, waiting for a wake (/metrics)
+        self.closing = False  # the process is shutting down: long-polls answer now
+
+    def close_polls(self) -> None:
+        """Shutdown begins: every long-poll answers with what its check finds now (mostly no
+        work yet: 204), instead of holding the graceful shutdown until its wait ends and then
+        being cut off (a 500 and a traceback in the log for each). Its caller asks again,
+        another replica or this one restarted."""
+        self.closing = True
+        self.wake(ALL)
 
     @contextlib.contextmanager
     def subscribe(self, answers: bool = False) -> Iterator[asyncio.Event]:
@@ -185,14 +208,14 @@ def install(factory: sessionmaker[Session], engine: Engine) -> Wakeup:
     def _notify_replicas(session: Session) -> None:
         if not postgres:
             return
-        topic = _topic(session, session.info.get(_TOPIC_KEY, set()) | _written(session))
+        topic = session_topic(session, session.info.get(_TOPIC_KEY, set()) | _written(session))
         if topic is not None:
             payload = f"{wakeup.token} {topic}"
             session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
     @event.listens_for(factory, "after_commit")
     def _wake_here(session: Session) -> None:
-        topic = _topic(session, session.info.pop(_TOPIC_KEY, set()))
+        topic = session_topic(session, session.info.pop(_TOPIC_KEY, set()))
         session.info.pop(_ANSWERS_KEY, None)
         if topic is not None:
             wakeup.wake(topic)

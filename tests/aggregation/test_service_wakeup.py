@@ -6,10 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 from support.live_service import service_in_thread
 from support.wakeup_flow import SAFETY_NET_S, WOKEN_WITHIN_S, task_and_round_wakes
 
-from aggregation.service.wakeup import ALL, ANSWER_TABLES, ANSWERS, topic_of
+from aggregation.service.wakeup import (
+    ALL,
+    ANSWER_TABLES,
+    ANSWERS,
+    answers_only,
+    session_topic,
+    silos_unaffected,
+    topic_of,
+)
 from schemas.tasks import TrainTask
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,6 +35,18 @@ def test_writes_wake_only_who_can_care() -> None:
     assert topic_of({"contributions", "secagg_messages"}, ANSWER_TABLES | {"contributions"}) == (
         ANSWERS
     )
+
+
+def test_a_transaction_can_mark_its_writes_as_answers() -> None:
+    plain_update = Session()  # a synchronous round's update: the coordinator's waits only
+    answers_only(plain_update, "contributions")
+    assert session_topic(plain_update, {"contributions", "ledger_entries", "nonces"}) == ANSWERS
+    assert session_topic(plain_update, {"contributions", "rounds"}) == ALL  # it closed a stage
+    close = Session()  # a round closed, the run goes on, nothing opened
+    silos_unaffected(close)
+    assert session_topic(close, {"rounds", "models", "runs", "ledger_entries"}) == ANSWERS
+    assert session_topic(close, {"ledger_entries", "nonces"}) is None  # quiet stays quiet
+    assert session_topic(Session(), {"rounds", "models"}) == ALL  # unmarked: everybody
 
 
 @pytest.mark.parametrize(
