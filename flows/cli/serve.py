@@ -118,11 +118,10 @@ def aggregator_serve(
 
 def serve_service(settings: ServiceSettings) -> None:
     """Run the service with uvicorn until interrupted; say loudly which mode it is in."""
-    import uvicorn
-
     from aggregation.service.db import owner_only_umask
     from aggregation.service.main import DEVELOPMENT_BANNER, create_app
     from aggregation.service.observability import configure_logging
+    from aggregation.service.server import Server
     from aggregation.service.tls import uvicorn_config
 
     owner_only_umask()  # every file the service writes: 0600, folders 0700
@@ -143,4 +142,5 @@ def serve_service(settings: ServiceSettings) -> None:
             f"{database}); admin token in {token_at}"
         )
     # log_config None: uvicorn keeps the handlers configure_logging gave its loggers
-    uvicorn.Server(uvicorn_config(application, settings, log_config=None)).run()
+    config = uvicorn_config(application, settings, log_config=None)
+    Server(config, application.state.wakeup).run()  # its shutdown answers long-polls first

@@ -43,7 +43,7 @@ async def long_poll(
             woken.clear()  # before the check: a commit during it wakes the next one
             result = await run_in_threadpool(check)
             remaining = deadline - time.monotonic()
-            if result is not None or remaining <= 0:
+            if result is not None or remaining <= 0 or wakeup.closing:
                 return result
             wakeup.waiting += 1  # the event loop's thread only: no lock needed
             try:
