@@ -13,10 +13,12 @@ commits (the figures before LISTEN/NOTIFY), side by side. ``--before REF`` first
 same measurement on commit REF's code (exported with ``git archive``; its service and agents
 run from that tree) and prints both side by side.
 
-Besides the overhead it prints the service process's CPU seconds per round (user + system,
-read from /proc over the coordinator's whole training flow, divided by its rounds): on a
-loaded machine the agents' waits for the CPU swamp the wall-clock overhead, while the
-service's own work still shows.
+Besides the overhead it prints CPU per round (user + system, read from /proc): the
+service's and the four agents' from the opening of round 2 (after the first round's one-off
+work, imports included) to the flow's end, per round after the first; the Prefect server's
+(when this script started it) from the flow's start until it has caught up with the flow's
+events (under 50 ms of CPU in a second), per round. On a loaded machine the agents' waits
+for the CPU swamp the wall-clock overhead, while each process's own work still shows.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +90,8 @@ def main() -> None:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             procs.append(start_prefect_server(ws / "prefect", port))
+            global _PREFECT
+            _PREFECT = psutil.Process(procs[-1].popen.pid)
             os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         checks = {"off": [False], "on": [True], "both": [False, True]}[args.consistency]
         configs = [] if args.secure else [(False, False)]
@@ -114,14 +119,15 @@ def main() -> None:
             + f"; service long-polls: {'re-check every 10 ms' if recheck else 'woken by commits'}"
         )
         median = report(records, "secure" if secure else "plain", cpu)
-        figures[_name(secure, check, recheck)] = {"median_s": median, "service_cpu_s": cpu}
+        figures[_name(secure, check, recheck)] = {"median_s": median, **cpu}
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
-    print("\nsummary (median per-round overhead; service CPU per round):")
+    print("\nsummary (median per-round overhead; CPU per round: service, agents, Prefect server):")
     for name, f in figures.items():
         mode = name.split(",")[0]
         line = (
-            f"   {name:<28} {1000 * f['median_s']:7.1f} ms  cpu {1000 * f['service_cpu_s']:6.1f} ms"
+            f"   {name:<28} {1000 * f['median_s']:7.1f} ms  cpu {1000 * f['service_cpu_s']:6.1f}"
+            f" / {_ms(f.get('agents_cpu_s'))} / {_ms(f.get('prefect_cpu_s'))} ms"
         )
         if "re-check" in name:
             print(f"{line}  (before: re-check every 10 ms)")
@@ -131,6 +137,48 @@ def main() -> None:
         print(f"{line}  target < {1000 * target:.0f} ms: {verdict}")
     if before is not None:
         print_side_by_side(before, figures)
+
+
+_PREFECT: psutil.Process | None = None  # the Prefect server this script started
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{1000 * seconds:.1f}"
+
+
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds of `processes` and their children (gone ones count 0)."""
+    total = 0.0
+    for p in processes:
+        try:
+            for q in [p, *p.children(recursive=True)]:
+                total += sum(q.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _at_round_2(coord, groups: list[list[psutil.Process]], out: list[float]) -> None:  # type: ignore[no-untyped-def]
+    """Append each group's CPU seconds once the federation's run has opened round 2."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        runs = coord.list_runs("heart", limit=1)
+        if runs and len(coord.rounds(runs[0].run_id)) >= 2:
+            out.extend(_cpu_s(g) for g in groups)
+            return
+        time.sleep(0.1)
+
+
+def _caught_up(p: psutil.Process, quiet_s: float = 0.05, limit_s: float = 300.0) -> None:
+    """Wait until `p` used under `quiet_s` of CPU in a second (or `limit_s` passed)."""
+    deadline = time.monotonic() + limit_s
+    last = _cpu_s([p])
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = _cpu_s([p])
+        if now - last < quiet_s:
+            return
+        last = now
 
 
 def _name(secure: bool, check: bool, recheck: bool) -> str:
@@ -174,15 +222,15 @@ def run_before(ref: str, argv: list[str], ws: Path) -> dict:  # type: ignore[typ
 
 def print_side_by_side(before: dict, after: dict) -> None:  # type: ignore[type-arg]
     print(f"\nbefore ({before['ref']}) and after, measured one after the other in this run:")
-    print(f"   {'':<28} {'overhead ms':>23} {'service CPU ms/round':>25}")
+    head = ("overhead ms", "service CPU ms/round", "agents CPU ms/round", "Prefect CPU ms/round")
+    print(f"   {'':<28} " + " ".join(f"{h:>23}" for h in head))
+    keys = ("median_s", "service_cpu_s", "agents_cpu_s", "prefect_cpu_s")
     for name, f in after.items():
         old = before["figures"].get(name)
         if old is None:
             continue
-        print(
-            f"   {name:<28} {1000 * old['median_s']:9.1f} -> {1000 * f['median_s']:8.1f}"
-            f"   {1000 * old['service_cpu_s']:10.1f} -> {1000 * f['service_cpu_s']:8.1f}"
-        )
+        cells = [f"{_ms(old.get(k)):>10} -> {_ms(f.get(k)):>8}" for k in keys]
+        print(f"   {name:<28} " + " ".join(f"{c:>23}" for c in cells))
 
 
 def run(  # type: ignore[type-arg]
@@ -192,10 +240,11 @@ def run(  # type: ignore[type-arg]
     secure: bool = True,
     consistency: bool = False,
     recheck: bool = False,
-) -> tuple[list[dict], float]:
+) -> tuple[list[dict], dict]:
     """One federation (its own service and four agents) training `rounds` rounds; `recheck`:
     the service re-checks long-polls every 10 ms instead of waking them on commits. Returns
-    the training rounds' records and the service's CPU seconds per round of the flow."""
+    the training rounds' records and the CPU seconds per round of the flow (see the module's
+    docstring)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support.live_service import free_port, write_heart_silos
 
@@ -225,9 +274,20 @@ def run(  # type: ignore[type-arg]
         time.sleep(0.2)
     for name in configs:
         coord.approve("heart", name)
+    while len([s for s in coord.silos("heart") if s.ready_at]) < len(configs):
+        time.sleep(0.2)  # warmed up (data validated and loaded): not the rounds' CPU
     spec = heart_demo_spec(FeaturePipeline.from_contract(load_contract("heart_disease")).n_features)
-    cpu = psutil.Process(service.popen.pid)
-    cpu_before = sum(cpu.cpu_times()[:2])
+    service_p = [psutil.Process(service.popen.pid)]
+    agents_p = [psutil.Process(p.popen.pid) for p in procs[-len(configs) :]]
+    if _PREFECT is not None:
+        _caught_up(_PREFECT)  # the previous federation's events are not this one's
+    start = {"service": _cpu_s(service_p)}
+    start["prefect"] = _cpu_s([_PREFECT]) if _PREFECT is not None else 0.0
+    at_round_2: list[float] = []  # the service's and the agents' CPU when round 2 opened
+    watcher = threading.Thread(
+        target=_at_round_2, args=(coord, [service_p, agents_p], at_round_2), daemon=True
+    )
+    watcher.start()
     result = federated_training(
         service_urls=[url],
         admin_token_file=str(ws / "service" / "admin.token"),
@@ -244,15 +304,27 @@ def run(  # type: ignore[type-arg]
             update={"enabled": secure, "consistency_check": consistency}
         ),
     )
-    cpu_s = sum(cpu.cpu_times()[:2]) - cpu_before
+    n = max(1, len(result["rounds"]))  # type: ignore[arg-type]
+    watcher.join(timeout=5)
+    cpu: dict[str, float | None] = {
+        "service_cpu_s": (_cpu_s(service_p) - start["service"]) / n,  # if round 2 never came
+        "agents_cpu_s": None,
+        "prefect_cpu_s": None,
+    }
+    if len(at_round_2) == 2 and n > 1:
+        cpu["service_cpu_s"] = (_cpu_s(service_p) - at_round_2[0]) / (n - 1)
+        cpu["agents_cpu_s"] = (_cpu_s(agents_p) - at_round_2[1]) / (n - 1)
+    if _PREFECT is not None:
+        _caught_up(_PREFECT)
+        cpu["prefect_cpu_s"] = (_cpu_s([_PREFECT]) - start["prefect"]) / n
     all_rounds = result["rounds"]  # type: ignore[index]
     trained = [r for r in all_rounds if r["kind"] == "train"]  # type: ignore[union-attr]
-    return trained, cpu_s / max(1, len(all_rounds))  # type: ignore[arg-type]
+    return trained, cpu
 
 
-def report(records: list[dict], mode: str, cpu_s: float) -> float:  # type: ignore[type-arg]
-    """Print the rounds' overheads and the service's CPU per round; returns the median
-    overhead (seconds)."""
+def report(records: list[dict], mode: str, cpu: dict) -> float:  # type: ignore[type-arg]
+    """Print the rounds' overheads and the CPU per round; returns the median overhead
+    (seconds)."""
     print(f"{'round':>5} {'wall ms':>9} {'slowest train ms':>17} {'overhead ms':>12}")
     overheads = []
     for r in records:
@@ -267,7 +339,8 @@ def report(records: list[dict], mode: str, cpu_s: float) -> float:  # type: igno
     print(
         f"\nfour silos, {len(records)} rounds: median per-round overhead {1000 * median:.1f} ms "
         f"({mode} target < {1000 * target:.0f} ms): {'MET' if median < target else 'MISSED'}; "
-        f"service CPU {1000 * cpu_s:.1f} ms per round"
+        f"CPU ms per round: service {_ms(cpu['service_cpu_s'])}, agents "
+        f"{_ms(cpu['agents_cpu_s'])}, Prefect server {_ms(cpu['prefect_cpu_s'])}"
     )
     return median
 
