@@ -410,13 +410,18 @@ def serve_round(
     client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task, number: int
 ) -> Task:
     """This silo's part of round `number`: `work` and every later task of the same round.
-    Returns the run's first task of another round (or its end) for the flow's loop; a step's
-    error ends the task run Failed and is raised to the loop, which declines the round."""
-    while True:
-        _step(client, config, progress, work)
-        work = _next_task(client, progress.run_id)
-        if isinstance(work, RunEndedTask) or work.round != number:
-            return work
+    Returns the run's first task of another round (or its end) for the flow's loop. A step's
+    error ends the task run Failed and goes to the loop, which declines the round; a decline
+    (`Declined`: a table that failed the gate, say) is returned as the Failed state, so a
+    round declined every round costs one log line, not a traceback each time."""
+    try:
+        while True:
+            _step(client, config, progress, work)
+            work = _next_task(client, progress.run_id)
+            if isinstance(work, RunEndedTask) or work.round != number:
+                return work
+    except Declined as exc:
+        return Failed(message=f"round {number} declined: {exc}", data=exc)  # type: ignore[return-value]
 
 
 def _serve_run(
@@ -436,9 +441,18 @@ def _serve_run(
         progress.declined_round = 0  # another round: one this silo declined may open again
         current, work = work, None
         try:  # quote: Prefect need not walk the data and metrics to find task inputs
-            work = serve_round(  # type: ignore[call-overload]  # Prefect unwraps quote()
-                quote(client), quote(config), quote(progress), quote(current), current.round
+            state = serve_round(  # type: ignore[call-overload]  # Prefect unwraps quote()
+                quote(client),
+                quote(config),
+                quote(progress),
+                quote(current),
+                current.round,
+                return_state=True,
             )
+            outcome = state.result(raise_on_failure=False)
+            if isinstance(outcome, Exception):
+                raise outcome
+            work = outcome
         except Exception as exc:  # every failure before the update is declined
             declined = _decline(client, config, progress, current, exc)  # the failed round's
             if declined.scope == "run":
