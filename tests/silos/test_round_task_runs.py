@@ -15,24 +15,21 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from uuid import UUID
 
 import httpx
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.context import TaskRunContext
 from support.fault_helpers import wait_until
-from support.silo_contracts import accept_shipped
+from support.scripted_silo import scripted_agent, silo_config
 
 from schemas.specs import ModelSpec, RunSpec
 from schemas.tasks import RunEndedTask, SecAggAdvertiseTask, SecAggInfo, SecAggShareTask, Task
 from silos import agent
-from silos.client import SiloClient
 from silos.decline import Declined
 from silos.handlers import REGISTRY
 from silos.keys import load_or_create_key
@@ -71,13 +68,7 @@ def _serve(
     """Run `silo_training` over `tasks`; the step (type, round) in `fail` raises. Returns the
     flow run's final state, each step as (type, round, its task run's name), and the
     statements the silo sent."""
-    cfg = tmp_path / "silo.toml"
-    cfg.write_text(
-        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\n'
-        'contract = "heart_disease"\n[service]\nurls = ["http://service.test"]\n'
-        '[policy]\nallowed_models = ["logreg"]\n'
-    )
-    accept_shipped(cfg)
+    cfg = silo_config(tmp_path)
     key: Ed25519PrivateKey = load_or_create_key(tmp_path / "ws" / "keys" / "silo_ed25519.pem")
     statements: list[dict[str, Any]] = []
 
@@ -88,14 +79,6 @@ def _serve(
             statements.append(json.loads(request.content))
         return httpx.Response(200, json={})
 
-    client = SiloClient(
-        "http://service.test",
-        federation="f",
-        silo="a",
-        key=key,
-        retry_for_s=1,
-        transport=httpx.MockTransport(handler),
-    )
     steps: list[tuple[str, int, str]] = []
 
     def record(ctx: Any, work: Task) -> None:
@@ -104,9 +87,7 @@ def _serve(
         if (work.type, work.round) in fail:
             raise fail[(work.type, work.round)]
 
-    monkeypatch.setattr(agent, "make_client", lambda config, retry_for_s=600.0: client)
-    table = SimpleNamespace(y_train=np.zeros(10), data_sha256="x", stats=None, dask=None)
-    monkeypatch.setattr(agent, "_ready_data", lambda *args: table)
+    scripted_agent(monkeypatch, key, handler)
     monkeypatch.setattr(REGISTRY, "dispatch", record)
     state = agent.silo_training(config_path=str(cfg), run_id=RUN)
     return state, steps, statements

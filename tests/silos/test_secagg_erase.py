@@ -11,19 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from support.silo_contracts import accept_shipped
+from support.scripted_silo import scripted_agent, silo_config
 
 from schemas.specs import ModelSpec, RunSpec
 from schemas.tasks import RunEndedTask, SecAggAdvertiseTask, SecAggInfo, SecAggShareTask, Task
 from silos import agent, secure_round
-from silos.client import SiloClient
 from silos.keys import load_or_create_key
 
 SPEC = RunSpec(
@@ -50,16 +47,6 @@ def _info(stage: str, own: Ed25519PrivateKey) -> SecAggInfo:
     )
 
 
-def _silo(tmp_path: Path) -> Path:
-    cfg = tmp_path / "silo.toml"
-    cfg.write_text(
-        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\n'
-        'contract = "heart_disease"\n[service]\nurls = ["http://service.test"]\n'
-        '[policy]\nallowed_models = ["logreg"]\n'
-    )
-    return cfg
-
-
 def _state_files(workspace: Path) -> list[str]:
     folder = workspace / "secagg"
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -72,8 +59,7 @@ def _run_flow(
 ) -> tuple[Path, list[list[str]]]:
     """Run `silo_training` against the scripted tasks; returns the workspace and the secagg
     files there at each task request."""
-    cfg = _silo(tmp_path)
-    accept_shipped(cfg)  # the operator accepted the contract the run uses
+    cfg = silo_config(tmp_path)
     workspace = tmp_path / "workspace"
     key = load_or_create_key(workspace / "keys" / "silo_ed25519.pem")
     tasks = script(key, workspace)
@@ -87,17 +73,7 @@ def _run_flow(
             return httpx.Response(200, content=b"\x00\x00\x00\x01\x00\x00\x00\x03bad")
         return httpx.Response(200, json={})
 
-    client = SiloClient(
-        "http://service.test",
-        federation="f",
-        silo="a",
-        key=key,
-        retry_for_s=1,
-        transport=httpx.MockTransport(handler),
-    )
-    monkeypatch.setattr(agent, "make_client", lambda config, retry_for_s=600.0: client)
-    table = SimpleNamespace(y_train=np.zeros(10), data_sha256="x", stats=None, dask=None)
-    monkeypatch.setattr(agent, "_ready_data", lambda *args: table)
+    scripted_agent(monkeypatch, key, handler)
     agent.silo_training(config_path=str(cfg), run_id=RUN)
     return workspace, seen
 
