@@ -21,6 +21,8 @@ it verified.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,9 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.lineage import LineageError, LineageSignatureError, utc_now_iso
 from schemas.lineage_crypto import encode_fields, verify_signature
+from schemas.wire import INT32_MAX
 
 __all__ = [
     "CHECKPOINT_EVENTS",
+    "COUNTERSIGNED_PARAM",
+    "MAX_COUNTERSIGNED_PER_POLL",
     "AnchoredCheckpoint",
     "Checkpoint",
     "CheckpointList",
@@ -40,8 +45,10 @@ __all__ = [
     "checkpoint_message",
     "countersign",
     "countersign_message",
+    "encode_countersigned",
     "make_checkpoint",
     "merge_checkpoints",
+    "parse_countersigned",
     "valid_countersigners",
     "verify_checkpoint",
 ]
@@ -224,3 +231,57 @@ class CountersignIn(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     signature: str = Field(pattern=r"^[0-9a-f]{128}$", description="Ed25519 signature, hex")
+
+
+# A silo's countersignatures ride on its next task poll (``GET /v1/silo/tasks?countersigned=``),
+# and the checkpoints to countersign come with its tasks: two requests a silo-round fewer than
+# fetching and posting them (bench/README.md, "checkpoints on the task poll"). Items are
+# ``<height>.<signature hex>`` joined by ``_``: unreserved URL characters only, so the path the
+# silo signs is the path the service reads.
+COUNTERSIGNED_PARAM = "countersigned"
+MAX_COUNTERSIGNED_PER_POLL = 16
+_ITEM = re.compile(r"^([1-9][0-9]{0,9})\.([0-9a-f]{128})$")
+
+
+def encode_countersigned(items: Sequence[tuple[int, str]]) -> str:
+    """The ``countersigned`` query value for (height, signature hex) pairs."""
+    if not 1 <= len(items) <= MAX_COUNTERSIGNED_PER_POLL:
+        raise ValueError(
+            f"{len(items)} countersignatures: a poll carries 1 to {MAX_COUNTERSIGNED_PER_POLL}"
+        )
+    encoded = [f"{height}.{signature}" for height, signature in items]
+    for item in encoded:
+        if not _ITEM.match(item):
+            raise ValueError(f"not a (height >= 1, 128 hex digits) countersignature: {item[:40]!r}")
+    return "_".join(encoded)
+
+
+def parse_countersigned(text: str) -> list[tuple[int, str]]:
+    """(height, signature hex) pairs from a ``countersigned`` query value.
+
+    Raises
+    ------
+    ValueError
+        An item is not ``<height>.<128 hex digits>``, a height repeats, or there are more than
+        `MAX_COUNTERSIGNED_PER_POLL`; the message names the first bad item.
+    """
+    items = text.split("_")
+    if len(items) > MAX_COUNTERSIGNED_PER_POLL:
+        raise ValueError(
+            f"{len(items)} countersignatures in one poll (at most {MAX_COUNTERSIGNED_PER_POLL})"
+        )
+    pairs: list[tuple[int, str]] = []
+    for k, item in enumerate(items):
+        match = _ITEM.match(item)
+        if match is None:
+            raise ValueError(
+                f"countersignature {k + 1} is not <height>.<128 hex digits>: {item[:40]!r}"
+            )
+        height = int(match.group(1))
+        if height > INT32_MAX:
+            raise ValueError(f"countersignature {k + 1}: height {height} is past {INT32_MAX}")
+        pairs.append((height, match.group(2)))
+    heights = [h for h, _ in pairs]
+    if len(set(heights)) != len(heights):
+        raise ValueError(f"a checkpoint height repeats among the countersignatures: {heights}")
+    return pairs

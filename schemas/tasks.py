@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
+from schemas.ledger_checkpoint import CheckpointList
 from schemas.specs import RunSpec
 from schemas.vertical import VerticalRunOut
 from schemas.wire import NAME_PATTERN, HistStage, Message, PrefectId, SecAggStage
@@ -97,6 +98,11 @@ class _TaskBase(Message):
     run_id: str = Field(pattern=NAME_PATTERN)
     round: int = Field(default=0, ge=0)
     model_version: int = Field(default=0, ge=0)
+    checkpoints: CheckpointList | None = Field(
+        default=None,
+        description="ledger checkpoints this silo has still to countersign (the oldest first, "
+        "with the service key to pin): the countersignatures go back on its next poll",
+    )
 
 
 class _RoundTask(_TaskBase):

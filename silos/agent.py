@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,6 +245,7 @@ class _RunProgress:
     declined_round: int = 0
     metrics: list[dict[str, Any]] = field(default_factory=list)
     failures: FailureLog = field(default_factory=FailureLog.new)
+    outbox: checkpoints.Outbox = field(default_factory=checkpoints.Outbox)
 
 
 def _refuse_run(
@@ -305,26 +305,11 @@ def _ready_data(
     return progress.data
 
 
-# Countersigning the last round's checkpoint (two requests) runs beside the new round's own
-# work instead of before it: it never stops training, and it took ~85 ms of every round's
-# critical path (py-spy over bench/round_overhead.py). One thread: one countersign at a time.
-_countersigner = ThreadPoolExecutor(1, thread_name_prefix="fedsilo-countersign")
-
-
 def _step(client: SiloClient, config: SiloConfig, progress: _RunProgress, work: Task) -> None:
     """One task: the run's checks, the round's gate and data, then its handler."""
     config = _refuse_run(client, config, progress, work)
     entry = REGISTRY.lookup(work)
-    if not entry.opens_round:
-        _work(client, config, progress, work, entry)
-        return
-    # the previous round closed: countersign its checkpoint, done before this step returns
-    countersign = _countersigner.submit(checkpoints.keep_countersigned, client, config.workspace)
-    try:
-        _work(client, config, progress, work, entry)
-    finally:
-        wait([countersign])
-    countersign.result()  # an unexpected error there (a bug) is still raised, after the work
+    _work(client, config, progress, work, entry)
 
 
 def _work(
@@ -390,13 +375,17 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
         with flow_report.untagged_task_runs():
             return _serve_run(client, config, progress, run_id)
     finally:
+        checkpoints.flush(client, progress.outbox)  # a declined or failed run's too
         flow_report.drain()  # the flow run ends with its artifacts sent
 
 
-def _next_task(client: SiloClient, run_id: str) -> Task:
-    """The run's next task, long-polled until there is one."""
+def _next_task(client: SiloClient, config: SiloConfig, progress: _RunProgress) -> Task:
+    """The run's next task, long-polled until there is one; the polls carry this silo's
+    countersignatures of ledger checkpoints (`checkpoints.poll`)."""
     while True:
-        work = client.next_task(wait_s=POLL_WAIT_S, run_id=run_id)
+        work = checkpoints.poll(
+            client, config.workspace, progress.outbox, wait_s=POLL_WAIT_S, run_id=progress.run_id
+        )
         if work is not None:
             return work
 
@@ -417,7 +406,7 @@ def serve_round(
     try:
         while True:
             _step(client, config, progress, work)
-            work = _next_task(client, progress.run_id)
+            work = _next_task(client, config, progress)
             if isinstance(work, RunEndedTask) or work.round != number:
                 return work
     except Declined as exc:
@@ -431,7 +420,7 @@ def _serve_run(
     work: Task | None = None
     while True:
         if work is None:
-            work = _next_task(client, run_id)
+            work = _next_task(client, config, progress)
         if isinstance(work, RunEndedTask):
             return _run_ended(client, config, progress, work)
         if work.round == progress.declined_round:  # the service has not moved on yet
@@ -472,7 +461,8 @@ def _run_ended(
     run_id = work.run_id
     hist_round.forget(config.silo.name, run_id)
     secure_round.erase_run_state(config.workspace, run_id)
-    checkpoints.keep_countersigned(client, config.workspace)  # the run's end
+    checkpoints.flush(client, progress.outbox)  # the run's end: its checkpoint came with it
+    checkpoints.keep_countersigned(client, config.workspace)  # and any a task did not bring
     get_run_logger().info(
         "run %s ended (%s) after %d rounds here", run_id, work.run_status, progress.rounds_done
     )

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from schemas import signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.frames import unpack_frames
+from schemas.ledger_checkpoint import COUNTERSIGNED_PARAM, encode_countersigned
 from schemas.lineage import make_statement, sign_statement
 from schemas.tasks import TASK_ADAPTER, Task
 from schemas.wire import (
@@ -87,8 +88,17 @@ class SiloClient(HttpBase):
     def whoami(self) -> SiloOut:
         return SiloOut.model_validate_json(self.request("GET", "/v1/silo/me").content)
 
-    def next_task(self, wait_s: float = 25.0, run_id: str | None = None) -> Task | None:
+    def next_task(
+        self,
+        wait_s: float = 25.0,
+        run_id: str | None = None,
+        countersigned: Sequence[tuple[int, str]] = (),
+    ) -> Task | None:
+        """Long-poll for a task; `countersigned` (height, signature hex) pairs of ledger
+        checkpoints ride along (`schemas.ledger_checkpoint.encode_countersigned`)."""
         path = f"/v1/silo/tasks?wait={wait_s:g}" + (f"&run_id={run_id}" if run_id else "")
+        if countersigned:
+            path += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(countersigned)}"
         resp = self.request("GET", path, timeout=wait_s + 30)
         return None if resp.status_code == 204 else TASK_ADAPTER.validate_json(resp.content)
 

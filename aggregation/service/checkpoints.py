@@ -10,24 +10,28 @@ convenience for export: the anchor is the silos' own copies, which the service c
 from __future__ import annotations
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from aggregation.service import ledger
 from aggregation.service.exceptions import InvalidPayload, NotFound
+from aggregation.service.federations import find_silo
 from aggregation.service.tables import LedgerCheckpoint, LedgerCountersignature, Run, RunSilo
 from schemas.ledger_checkpoint import (
     AnchoredCheckpoint,
     Checkpoint,
+    CheckpointList,
     CheckpointSigner,
     Countersignature,
     countersign_message,
     make_checkpoint,
 )
 from schemas.lineage import verify_signature
+from schemas.tasks import Task
 
 MAX_LISTED = 1000
+MAX_ON_TASK = 16  # a backlog goes out over several tasks, oldest first
 
 
 def _row_to_model(row: LedgerCheckpoint) -> Checkpoint:
@@ -72,7 +76,9 @@ def publish(
     return checkpoint if getattr(result, "rowcount", 1) == 1 else None
 
 
-def pending_for_silo(s: Session, federation: str, silo: str, *, after: int = 0) -> list[Checkpoint]:
+def pending_for_silo(
+    s: Session, federation: str, silo: str, *, after: int = 0, limit: int = MAX_LISTED
+) -> list[Checkpoint]:
     """Checkpoints past `after` of runs `silo` takes part in that it has not countersigned."""
     runs = (
         select(RunSilo.run_id)
@@ -88,9 +94,45 @@ def pending_for_silo(s: Session, federation: str, silo: str, *, after: int = 0) 
         .where(LedgerCheckpoint.run_id.in_(runs))
         .where(LedgerCheckpoint.height.not_in(signed))
         .order_by(LedgerCheckpoint.height)
-        .limit(MAX_LISTED)
+        .limit(limit)
     )
     return [_row_to_model(row) for row in rows]
+
+
+def with_pending(s: Session, task: Task, federation: str, silo: str, service_key: str) -> Task:
+    """`task` carrying the checkpoints above the highest one `silo` countersigned (one that
+    anchors every entry below it, so older unsigned ones are not asked for again)."""
+    latest = s.scalar(
+        select(func.max(LedgerCountersignature.height)).where(
+            LedgerCountersignature.silo == f"silo:{silo}"
+        )
+    )
+    newest = s.scalar(select(func.max(LedgerCheckpoint.height)))
+    if newest is None or newest <= (latest or 0):  # two index reads: most tasks stop here
+        return task
+    pending = pending_for_silo(s, federation, silo, after=latest or 0, limit=MAX_ON_TASK)
+    if not pending:
+        return task
+    listing = CheckpointList(service_key=service_key, checkpoints=pending)
+    return task.model_copy(update={"checkpoints": listing})
+
+
+def add_countersignatures(
+    s: Session, federation: str, silo: str, pairs: list[tuple[int, str]]
+) -> list[str]:
+    """Store the countersignatures a silo's task poll carried; returns why any was refused
+    (no such checkpoint, or a signature its registered key does not verify). A refused one
+    is only reported: the poll goes on, and the silo's own copy stays its anchor."""
+    row = find_silo(s, federation, silo)
+    assert row is not None  # the poll's signature was checked against this row
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(row.public_key))
+    problems = []
+    for height, signature in pairs:
+        try:
+            add_countersignature(s, height=height, silo=silo, signature=signature, silo_key=key)
+        except (NotFound, InvalidPayload) as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def add_countersignature(

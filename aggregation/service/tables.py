@@ -255,6 +255,8 @@ class LedgerCountersignature(Base):
     """A silo's Ed25519 countersignature of one checkpoint (checked before it is stored)."""
 
     __tablename__ = "ledger_countersignatures"
+    # a silo's latest countersigned height, read for every task it gets
+    __table_args__ = (Index("ix_ledger_countersignatures_silo", "silo", "height"),)
     height: Mapped[int] = mapped_column(ForeignKey("ledger_checkpoints.height"), primary_key=True)
     silo: Mapped[str] = mapped_column(String(80), primary_key=True)
     signature: Mapped[str] = mapped_column(String(128))

@@ -27,7 +27,13 @@ from schemas.ledger_export import load_ledger_export
 from schemas.lineage import LineageEntry, LineageSignatureError
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import Metrics, RoundOpen, RunCreate, RunFinish
-from silos.checkpoints import countersign_pending, load_checkpoints, service_key_path
+from silos.checkpoints import (
+    Outbox,
+    countersign_pending,
+    load_checkpoints,
+    poll,
+    service_key_path,
+)
 from silos.client import SiloClient
 from silos.client_errors import InvalidPayload, NotFound
 
@@ -164,6 +170,53 @@ def test_a_round_close_is_anchored_by_one_checkpoint_at_its_last_entry(fed: Fed)
     kinds = [e.kind for e in _entries(fed.db_url)]
     assert kinds.index("model_saved") < len(kinds) - 1  # the close wrote entries after it
     assert pending[0].checkpoint.height == _entries(fed.db_url)[-1].seq
+
+
+def _countersigners(fed: Fed) -> dict[int, list[str]]:
+    book = load_ledger_export(fed.coord.ledger_export())
+    return {
+        a.checkpoint.height: sorted(c.silo for c in a.countersignatures) for a in book.checkpoints
+    }
+
+
+def test_a_task_brings_the_checkpoint_and_the_next_poll_its_countersignature(fed: Fed) -> None:
+    """No request of its own: the next round's task brings round 1's checkpoint, the silo
+    countersigns and keeps it, and its next poll carries the countersignature to the service."""
+    _round(fed, 1)
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    a, outbox = fed.silos["a"], Outbox()
+    task = poll(a, fed.workspaces["a"], outbox, wait_s=5, run_id=fed.run_id)
+    assert task is not None and task.round == 2 and task.checkpoints is not None
+    assert task.checkpoints.service_key == fed.coord.ledger_keys()["service"]
+    [cp] = task.checkpoints.checkpoints
+    assert (cp.event, cp.round, cp.run_id) == ("round_closed", 1, fed.run_id)
+    [(height, signature)] = outbox.ready()
+    assert height == cp.height
+    assert [k.checkpoint for k in load_checkpoints(fed.workspaces["a"])] == [cp]
+    assert _countersigners(fed) == {cp.height: []}  # not sent yet
+
+    again = poll(a, fed.workspaces["a"], outbox, wait_s=5, run_id=fed.run_id)
+    assert again is not None and again.round == 2
+    assert again.checkpoints is None  # countersigned: not asked for again
+    assert outbox.queued == []
+    assert _countersigners(fed) == {cp.height: ["silo:a"]}
+    assert len(load_checkpoints(fed.workspaces["a"])) == 1
+
+    # A countersignature that does not verify is not stored, and the poll still answers
+    # (the silo's own copy is its anchor); the checkpoint stays on silo b's tasks.
+    b = fed.silos["b"]
+    wrong = countersign(cp, "silo:b", Ed25519PrivateKey.generate()).signature
+    refused = b.next_task(wait_s=5, run_id=fed.run_id, countersigned=[(cp.height, wrong)])
+    assert refused is not None and refused.checkpoints is not None
+    assert _countersigners(fed) == {cp.height: ["silo:a"]}
+    b_outbox = Outbox()
+    poll(b, fed.workspaces["b"], b_outbox, wait_s=5, run_id=fed.run_id)
+    poll(b, fed.workspaces["b"], b_outbox, wait_s=5, run_id=fed.run_id)
+    assert _countersigners(fed) == {cp.height: ["silo:a", "silo:b"]}
+
+    # A malformed parameter is refused, naming the silo and the item.
+    with pytest.raises(InvalidPayload, match=r"silo 'b': bad countersigned parameter: .* 1 "):
+        b.request("GET", f"/v1/silo/tasks?wait=0&countersigned={cp.height}.nothex")
 
 
 def test_checkpoint_routes_refuse_bad_countersignatures(fed: Fed) -> None:

@@ -47,6 +47,7 @@ def test_four_hospitals_train_a_model_end_to_end(
     entries = shared.coord.ledger()
     keys = shared.coord.ledger_keys()
     _assert_lineage_verifies(entries, keys, shared.root, result["run_id"])
+    _assert_every_checkpoint_countersigned(shared, result["run_id"])
     rounds = result["rounds"]
     assert [r["kind"] for r in rounds] == ["train"] * 4 + ["evaluate"]
     assert all(sorted(r["contributors"]) == list(HOSPITALS) for r in rounds)
@@ -98,3 +99,23 @@ def _assert_lineage_verifies(entries, keys, root: Path, run_id: str) -> None:  #
         # per round: a signed validation result; per training round: an acknowledged update
         assert kinds_here == ["update_accepted"] * 4 + ["validation_result"] * 5
         assert cross_check(records, entries, service_public_key=public["service"]).ok
+
+
+def _assert_every_checkpoint_countersigned(fed: Federation, run_id: str) -> None:
+    """Each round close and the run's end: every agent kept its countersigned checkpoint, and
+    the service has every countersignature (they came back on the agents' task polls, the run
+    end's at the flow's end)."""
+    from schemas.ledger_export import load_ledger_export
+    from silos.checkpoints import load_checkpoints
+
+    book = load_ledger_export(fed.coord.ledger_export())
+    ours = [a for a in book.checkpoints if a.checkpoint.run_id == run_id]
+    assert [a.checkpoint.event for a in ours][-1] == "run_finished"
+    assert len(ours) >= 5, ours  # four training rounds and the evaluation closed, then the end
+    everyone = [f"silo:{name}" for name in HOSPITALS]
+    assert all(sorted(c.silo for c in a.countersignatures) == everyone for a in ours), ours
+    for name in HOSPITALS:
+        kept = load_checkpoints(fed.root / "silos" / name / "workspace")
+        assert [k.checkpoint for k in kept if k.checkpoint.run_id == run_id] == [
+            a.checkpoint for a in ours
+        ]

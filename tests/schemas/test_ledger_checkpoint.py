@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schemas.ledger_anchor import check_anchors, countersignature_problems
 from schemas.ledger_checkpoint import (
+    MAX_COUNTERSIGNED_PER_POLL,
     AnchoredCheckpoint,
     countersign,
+    encode_countersigned,
     make_checkpoint,
     merge_checkpoints,
+    parse_countersigned,
     valid_countersigners,
     verify_checkpoint,
 )
@@ -150,3 +157,48 @@ def test_export_v2_round_trips_and_v1_is_still_read() -> None:
     v1[-2] = v1[-2].replace('"checkpoints":0,', "")
     old = load_ledger_export("\n".join(v1))
     assert old.version == 1 and old.entries == entries and old.checkpoints == []
+
+
+# --- countersignatures on the task poll (``?countersigned=``) ---------------------------------
+
+_HEX = st.text(alphabet="0123456789abcdef", min_size=128, max_size=128)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 2**31 - 1), _HEX),
+        min_size=1,
+        max_size=MAX_COUNTERSIGNED_PER_POLL,
+        unique_by=lambda pair: pair[0],
+    )
+)
+def test_countersigned_parameter_round_trips_in_unreserved_url_characters(
+    pairs: list[tuple[int, str]],
+) -> None:
+    text = encode_countersigned(pairs)
+    assert parse_countersigned(text) == pairs
+    assert quote(text, safe="") == text  # the path the silo signs is the one the service reads
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("5." + "a" * 127, r"countersignature 1 is not"),
+        ("5." + "A" * 128, r"countersignature 1 is not"),
+        ("0." + "a" * 128, r"countersignature 1 is not"),
+        ("5." + "a" * 128 + "_x", r"countersignature 2 is not"),
+        ("5." + "a" * 128 + "_5." + "b" * 128, r"height repeats"),
+        (f"{2**31}." + "a" * 128, r"height 2147483648 is past"),
+        ("_".join(f"{h}." + "a" * 128 for h in range(1, 18)), r"17 countersignatures"),
+    ],
+)
+def test_a_bad_countersigned_parameter_is_refused_naming_the_item(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_countersigned(text)
+
+
+def test_a_poll_carries_one_to_sixteen_countersignatures() -> None:
+    with pytest.raises(ValueError, match="a poll carries 1 to 16"):
+        encode_countersigned([])
+    with pytest.raises(ValueError, match="128 hex digits"):
+        encode_countersigned([(3, "zz")])

@@ -7,14 +7,15 @@ the same in every mode; ``/silo/ready`` records that the agent warmed up.
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aggregation.service import checkpoints, declines
 from aggregation.service import contributions as crud
-from aggregation.service import declines
 from aggregation.service.closing import unblock
 from aggregation.service.control import control_payload
 from aggregation.service.db import transaction
@@ -36,6 +37,7 @@ from aggregation.service.deps import (
 )
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.federations import find_silo, mark_ready, silo_out
+from aggregation.service.keys import public_hex
 from aggregation.service.metrics import observe_poll
 from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.polling import long_poll
@@ -45,6 +47,7 @@ from aggregation.service.tasks import next_task
 from aggregation.service.wakeup import wakeup_of
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
+from schemas.ledger_checkpoint import MAX_COUNTERSIGNED_PER_POLL, parse_countersigned
 from schemas.personalization import PersonalizedPayload
 from schemas.tasks import Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
@@ -86,22 +89,58 @@ def ready(silo: SiloDep, factory: FactoryDep) -> SiloOut:
         return silo_out(mark_ready(s, silo.federation, silo.name, body))
 
 
+log = logging.getLogger("fedsilo.service")
+
+Countersigned = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_COUNTERSIGNED_PER_POLL * 141,
+        description="the silo's countersignatures of ledger checkpoints, "
+        "<height>.<Ed25519 signature hex> joined by '_'",
+    ),
+]
+
+
+def _parse_countersigned(silo: str, text: str) -> list[tuple[int, str]]:
+    """The countersignatures a poll carried. One that does not verify is later logged, not
+    fatal to the poll: the silo's own copy is its anchor, and its next poll must not fail."""
+    try:
+        return parse_countersigned(text)
+    except ValueError as exc:
+        raise InvalidPayload(f"silo {silo!r}: bad countersigned parameter: {exc}") from exc
+
+
 @router.get(
     "/silo/tasks", response_model=None, responses={204: {"description": "no work within the wait"}}
 )
 async def poll_task(
+    request: Request,
     silo: SiloDep,
     factory: FactoryDep,
     settings: SettingsDep,
     hub: HubDep,
     wait: Wait = 0,
     run_id: OptionalName = None,
+    countersigned: Countersigned = None,
 ) -> Task | Response:
-    """Long-poll for the silo's next task (optionally within one run)."""
+    """Long-poll for the silo's next task (optionally within one run). The poll brings the
+    silo's countersignatures of ledger checkpoints; a task brings the checkpoints it has still
+    to countersign (`schemas.ledger_checkpoint`)."""
+    signed = _parse_countersigned(silo.name, countersigned) if countersigned else []
+    service_key = public_hex(request.app.state.recorder.service_key)
 
     def check() -> Task | None:
         with transaction(factory) as s:
-            return next_task(s, silo.federation, silo.name, run_id, hub)
+            if signed:  # the first check's transaction keeps them (a failed one: re-sent)
+                for problem in checkpoints.add_countersignatures(
+                    s, silo.federation, silo.name, signed
+                ):
+                    log.warning("silo %s: countersignature refused: %s", silo.name, problem)
+                signed.clear()
+            task = next_task(s, silo.federation, silo.name, run_id, hub)
+            if task is None:
+                return None
+            return checkpoints.with_pending(s, task, silo.federation, silo.name, service_key)
 
     wait_s = min(wait, settings.long_poll_max_s)
     started = time.monotonic()
