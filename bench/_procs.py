@@ -63,16 +63,29 @@ class Relay:
         self.proc.wait(10)
 
 
-def start_relay(targets: dict[str, int], log: Path) -> Relay:
-    """A relay port for every name, forwarding to its target port on 127.0.0.1."""
-    control = free_port()
-    routes = {name: (free_port(), target) for name, target in targets.items()}
-    args = [sys.executable, str(BENCH / "_relay.py"), "--control", str(control)]
-    args += [f"{lp}={tp}:{name}" for name, (lp, tp) in routes.items()]
-    with open(log, "ab") as f:
-        proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    wait_port(control, 20, "byte-counting relay", proc)
-    return Relay(proc, control, routes)
+def start_relay(targets: dict[str, int], log: Path, tries: int = 5) -> Relay:
+    """A relay port for every name, forwarding to its target port on 127.0.0.1. A port that
+    another process took between `free_port` and the relay's bind (a race on a busy machine,
+    seen in CI) gets the relay started again on fresh ports."""
+    for _ in range(tries):
+        control = free_port()
+        routes = {name: (free_port(), target) for name, target in targets.items()}
+        args = [sys.executable, str(BENCH / "_relay.py"), "--control", str(control)]
+        args += [f"{lp}={tp}:{name}" for name, (lp, tp) in routes.items()]
+        seen = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as f:
+            proc = subprocess.Popen(
+                args, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            wait_port(control, 60, "byte-counting relay", proc)
+            return Relay(proc, control, routes)
+        except RuntimeError:
+            with open(log, "rb") as f:
+                f.seek(seen)
+                if proc.poll() is None or b"address already in use" not in f.read():
+                    raise
+    raise RuntimeError(f"byte-counting relay: a port it picked was taken, {tries} times")
 
 
 def traffic_delta(before: dict, after: dict) -> dict[str, dict[str, int]]:
