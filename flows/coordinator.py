@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ from prefect import allow_failure, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
+from prefect.utilities.annotations import quote
 from rich.console import Console
 
 from flows.admin_token import resolve_admin_token
@@ -93,11 +94,21 @@ def run_round(
     kind: str,
     deadline_s: float,
     view: RoundView | None = None,
+    then_open: RoundOpen | None = None,
+    opened: dict[int, float] | None = None,
 ) -> RoundRecord:
-    """Open a round, wait until every silo answered or the deadline passed, then close it."""
+    """Open a round, wait until every silo answered or the deadline passed, then close it.
+
+    `then_open`: the round that follows for certain, opened by this round's close in the
+    same transaction (the silos get it at once, not after this task ends and the next
+    starts). `opened` maps such rounds to when their opening was answered: a round found
+    there is not opened again, and its wall time counts from then."""
     view = view or RoundView(None)
-    started = time.monotonic()
-    client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
+    opened = opened if opened is not None else {}
+    started = opened.pop(number, None)
+    if started is None:
+        started = time.monotonic()
+        client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
     deadline, forced = started + deadline_s, 0
     try:
         while True:
@@ -107,7 +118,7 @@ def run_round(
             if out.status != "open":
                 break
             if _closes_now(out):
-                out = _close(client, run_id, number)
+                out = _close(client, run_id, number, then_open)
                 break
             if remaining <= 0:
                 get_run_logger().warning(
@@ -116,7 +127,7 @@ def run_round(
                     stage_of(out),
                     ", ".join(out.awaited) or "nobody (the stage closes now)",
                 )
-                out = client.close_round(run_id, number)
+                out = client.close_round(run_id, number, then_open)
                 forced += 1
                 # five protocol stages with the consistency check, and slack for a slow unmask
                 if out.status != "open" or forced > 8:
@@ -124,6 +135,8 @@ def run_round(
                 deadline = time.monotonic() + deadline_s  # the remaining protocol stages get time
     finally:
         view.done()
+    if out.opened_next is not None:
+        opened[out.opened_next] = time.monotonic()
     if out.status == "cancelled":
         check_cancelled(client, run_id)
         raise RunCancelled(f"run {run_id} was cancelled during round {number}")
@@ -152,11 +165,13 @@ def _closes_now(out: RoundOut) -> bool:
     return out.status == "open" and out.complete and out.secagg_stage is None
 
 
-def _close(client: CoordinatorClient, run_id: str, number: int) -> RoundOut:
+def _close(
+    client: CoordinatorClient, run_id: str, number: int, then_open: RoundOpen | None
+) -> RoundOut:
     """Close a round every silo answered. A run cancelled since the poll closed its round as
     cancelled (the answer says so) or refuses the close: `RunCancelled` either way."""
     try:
-        return client.close_round(run_id, number)
+        return client.close_round(run_id, number, then_open)
     except ServiceRejected:
         check_cancelled(client, run_id)
         raise
@@ -188,8 +203,11 @@ class RoundSequence:
     view: RoundView
     done: dict[int, RoundOut]
     previous: State | None = None
+    opened: dict[int, float] = field(default_factory=dict)  # rounds a close opened (run_round)
 
-    def round(self, number: int, kind: str) -> RoundRecord:
+    def round(self, number: int, kind: str, then: str | None = None) -> RoundRecord:
+        """Round `number` of `kind`; `then`: the kind of the round that follows it for certain
+        (its close opens that one too), None when what follows depends on this round."""
         out = self.done.get(number)
         if out is not None:
             record = summarize_round(out, wall_seconds(out))
@@ -203,6 +221,8 @@ class RoundSequence:
             kind,
             self.deadline_s,
             self.view,
+            RoundOpen(round=number + 1, kind=then, deadline_s=self.deadline_s) if then else None,  # type: ignore[arg-type]
+            quote(self.opened),  # the same dict, not Prefect's copy of its parameters
             # allow_failure: an asynchronous run goes on after a failed buffer's task
             wait_for=[allow_failure(self.previous)] if self.previous is not None else None,
             return_state=True,
@@ -371,12 +391,19 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
     records: list[RoundRecord] = []
     first = 1
     if spec.federation_statistics:  # feature statistics first, securely summed
-        records.append(rounds.round(1, "statistics"))
+        records.append(rounds.round(1, "statistics", then="train"))
         first = 2
+    last = first + spec.rounds - 1
+    # What follows a training round is certain unless it may stop early (patience) or is an
+    # asynchronous buffer (a failed one is followed too, from the last model): then its own
+    # close opens the next round
+    certain = spec.patience <= 0 and spec.asynchronous is None
+    after_last = "evaluate" if spec.distill is None else None
     failed_in_a_row = 0
-    for number in range(first, first + spec.rounds):
+    for number in range(first, last + 1):
+        then = ("train" if number < last else after_last) if certain else None
         try:
-            r = rounds.round(number, "train")
+            r = rounds.round(number, "train", then=then)
         except RoundFailed as exc:
             if spec.asynchronous is None:
                 raise

@@ -13,7 +13,16 @@ from typing import Any
 
 from schemas.contract_registry import ContractPublish, PublishedContract
 from schemas.lineage import LineageEntry
-from schemas.wire import FederationOut, RoundOpen, RoundOut, RunCreate, RunFinish, RunOut, SiloOut
+from schemas.wire import (
+    FederationOut,
+    RoundClose,
+    RoundOpen,
+    RoundOut,
+    RunCreate,
+    RunFinish,
+    RunOut,
+    SiloOut,
+)
 from silos.client import HttpBase
 from silos.client_errors import Conflict
 
@@ -91,9 +100,12 @@ class CoordinatorClient(HttpBase):
     def rounds(self, run_id: str) -> list[RoundOut]:
         return [RoundOut.model_validate(x) for x in self._json("GET", f"/v1/runs/{run_id}/rounds")]
 
-    def close_round(self, run_id: str, number: int) -> RoundOut:
+    def close_round(self, run_id: str, number: int, then_open: RoundOpen | None = None) -> RoundOut:
+        """Close round `number`; `then_open` (round number + 1) opens the next one in the
+        same transaction if the close ended this one and the run goes on (`opened_next`)."""
+        body = RoundClose(then_open=then_open) if then_open is not None else None
         return RoundOut.model_validate(
-            self._json("POST", f"/v1/runs/{run_id}/rounds/{number}/close")
+            self._json("POST", f"/v1/runs/{run_id}/rounds/{number}/close", body)
         )
 
     def download_model(self, run_id: str, version: int) -> bytes:

@@ -185,6 +185,14 @@ class RoundOpen(Message):
     deadline_s: float = Field(gt=0, le=MAX_DEADLINE_S, allow_inf_nan=False)
 
 
+class RoundClose(Message):
+    """``POST .../rounds/{n}/close`` (optional body): `then_open` opens round n + 1 in the
+    close's own transaction when the close ends round n and the run goes on, so the silos get
+    their next task at the commit, without the coordinator's round trip in between."""
+
+    then_open: RoundOpen | None = None
+
+
 class SiloRoundState(Message):
     silo: str
     state: Literal["waiting", "submitted", "refused", "evaluated", "sat_out", "declined"]
@@ -215,6 +223,9 @@ class RoundOut(Message):
     )
     stage: str | None = Field(
         default=None, description="the current stage (secure aggregation or secure-hist)"
+    )
+    opened_next: int | None = Field(
+        default=None, description="the round this close opened (`RoundClose.then_open`)"
     )
 
 

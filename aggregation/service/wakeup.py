@@ -75,6 +75,12 @@ def silos_unaffected(session: Session) -> None:
     session.info.setdefault(_ANSWERS_KEY, set()).add(_EVERY_TABLE)
 
 
+def silos_affected(session: Session) -> None:
+    """Undo `silos_unaffected`: this transaction went on to change silos' tasks (the close
+    that marked it also opened the next round)."""
+    session.info.get(_ANSWERS_KEY, set()).discard(_EVERY_TABLE)
+
+
 def session_topic(session: Session, tables: set[str]) -> str | None:
     """What `session`'s transaction wakes, having written `tables` (its marks counted)."""
     extra = session.info.get(_ANSWERS_KEY, set())

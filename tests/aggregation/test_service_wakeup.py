@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
+from support.api_federation import deltas, new_federation, payload
 from support.live_service import service_in_thread
-from support.wakeup_flow import SAFETY_NET_S, WOKEN_WITHIN_S, task_and_round_wakes
+from support.wakeup_flow import (
+    SAFETY_NET_S,
+    WAIT_S,
+    WOKEN_WITHIN_S,
+    task_and_round_wakes,
+    woken_poll,
+)
 
 from aggregation.service.wakeup import (
     ALL,
@@ -20,6 +27,8 @@ from aggregation.service.wakeup import (
     topic_of,
 )
 from schemas.tasks import TrainTask
+from schemas.wire import RoundOpen, RoundOut
+from silos.client_errors import InvalidPayload
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,3 +75,40 @@ def test_one_service_wakes_its_long_polls(
     assert task.after_write_s < WOKEN_WITHIN_S, task
     assert round_.result.complete and round_.result.round == 2
     assert round_.after_write_s < WOKEN_WITHIN_S, round_
+
+
+def test_a_close_that_opens_the_next_round_wakes_the_silos_at_its_commit(tmp_path: Path) -> None:
+    """`RoundClose.then_open`: the round's close opens the next one in its own transaction,
+    and that commit wakes the silos' task polls (the close alone wakes only the coordinator:
+    without the open's wake the poll below would wait out the 60 s safety net)."""
+    with service_in_thread(
+        tmp_path, f"sqlite:///{tmp_path}/s.db", poll_interval_s=SAFETY_NET_S
+    ) as url:
+        fed = new_federation(url)
+        for name, client in fed.silos.items():
+            client.submit_update(fed.run_id, 1, payload(deltas(hash(name) % 100), fed.run_id, 1))
+        closed: dict[str, RoundOut] = {}
+
+        def close() -> None:
+            closed["out"] = fed.coord.close_round(fed.run_id, 1, RoundOpen(round=2, deadline_s=60))
+
+        a = fed.silos["a"]
+        task = woken_poll(url, lambda: a.next_task(wait_s=WAIT_S, run_id=fed.run_id), close)
+        assert isinstance(task.result, TrainTask) and task.result.round == 2
+        assert task.after_write_s < WOKEN_WITHIN_S, task
+        assert (closed["out"].status, closed["out"].opened_next) == ("aggregated", 2)
+        assert [(r.round, r.status) for r in fed.coord.rounds(fed.run_id)] == [
+            (1, "aggregated"),
+            (2, "open"),
+        ]
+        # a retried close opens nothing again and is no error
+        again = fed.coord.close_round(fed.run_id, 1, RoundOpen(round=2, deadline_s=60))
+        assert (again.status, again.opened_next) == ("aggregated", None)
+        # only the round after the closed one may be opened, and a refusal changes nothing
+        with pytest.raises(InvalidPayload, match="may open round 3, not round 4"):
+            fed.coord.close_round(fed.run_id, 2, RoundOpen(round=4, deadline_s=60))
+        assert fed.coord.rounds(fed.run_id)[-1].status == "open"
+        # a close that fails its round (no update came) opens nothing
+        failed = fed.coord.close_round(fed.run_id, 2, RoundOpen(round=3, deadline_s=60))
+        assert (failed.status, failed.opened_next) == ("failed", None), failed
+        assert [r.round for r in fed.coord.rounds(fed.run_id)] == [1, 2]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
@@ -33,10 +34,12 @@ from support.live_service import (
     publish_shipped_contract,
     service_in_thread,
 )
+from support.prometheus import scrape, value
 from support.validation import validate
 
 from flows.coordinator import federated_training
 from flows.service_client import CoordinatorClient
+from schemas import tensors
 from schemas.contracts.loader import load_contract
 from schemas.specs import AsyncSpec, ModelSpec, SecureAggregationSpec, param_shapes
 from schemas.tasks import (
@@ -263,20 +266,21 @@ LOGREG = ModelSpec(kind="logreg", n_features=N_FEATURES)
 DIM = sum(int(np.prod(shape)) for _, shape in param_shapes(LOGREG))
 
 
-def answer_tasks(
+Answer = Callable[[Task], bool]  # False: a task the player does not expect
+
+
+def play_silo(
     hub: Hub,
     run_id: str,
     name: str,
-    silent_in: int,
+    answer: Answer,
     errors: list[str],
     coordinator: threading.Thread,
 ) -> None:
-    """Play silo `name` of an asynchronous secure run with the silo side's own protocol
-    functions until the run (or the `coordinator` flow) ends: train (a small random delta),
-    announce ready, the cohort's stages, the evaluation; stay silent in round `silent_in`."""
-    client, ws = hub.silos[name], hub.workspace / name
-    delta = np.random.default_rng(len(name)).normal(scale=0.01, size=DIM)
-    validated = False
+    """Play silo `name` until the run (or the `coordinator` flow) ends: its gate's signed
+    statement before its first answer in each round, `answer` for each task, the evaluation."""
+    client = hub.silos[name]
+    gated = 0
     deadline = time.monotonic() + 3 * WAIT_S
     try:
         while time.monotonic() < deadline and coordinator.is_alive():
@@ -285,41 +289,72 @@ def answer_tasks(
                 continue
             if isinstance(work, RunEndedTask):
                 return
-            if not validated:  # as its agent's gate does before a round's first answer
+            if work.round != gated:  # as its agent's gate does
                 validate(client, run_id, work.round, n_rows=100)
-                validated = True
-            if isinstance(work, TrainTask):
-                if work.round != silent_in:
-                    client.announce_ready(run_id, work.round, 100)
-            elif isinstance(work, SecAggAdvertiseTask):
-                secure_round.advertise(client, client.key, work, ws, n_examples=100)
-            elif isinstance(work, SecAggShareTask):
-                secure_round.share(client, client.key, work, ws)
-            elif isinstance(work, SecAggBufferedTask):
-                weighted = (work.secagg.weight or 0.0) * delta
-                message = secure_round.masked_update(client, client.key, work, ws, weighted)
-                client.submit_masked(
-                    run_id,
-                    work.round,
-                    message,
-                    100,
-                    0.01,
-                    METRICS.model_dump_json(),
-                    work.base_round,
-                )
-            elif isinstance(work, SecAggConsistencyTask):
-                secure_round.consistency(client, client.key, work, ws)
-            elif isinstance(work, SecAggUnmaskTask):
-                secure_round.unmask(client, client.key, work, ws)
-            elif isinstance(work, EvaluateTask):
+                gated = work.round
+            if isinstance(work, EvaluateTask):
                 client.submit_evaluation(run_id, work.round, MetricsReport(metrics=METRICS))
-            else:
+            elif not answer(work):
                 errors.append(f"{name}: unexpected task {work!r}")
                 return
         if coordinator.is_alive():
             errors.append(f"{name}: the run did not end within {3 * WAIT_S:.0f} s")
     except Exception as exc:  # the test fails on it below, naming the silo
         errors.append(f"{name}: {exc!r}")
+
+
+def play_run(
+    hub: Hub, run_id: str, answers: dict[str, Answer], coordinator: threading.Thread
+) -> Any:
+    """Every silo played by its `answers` until the coordinator's flow ends; returns the
+    flow's final state, completed, with no silo reporting an error."""
+    errors: list[str] = []
+    players = [
+        threading.Thread(
+            target=play_silo, args=(hub, run_id, name, answer, errors, coordinator), daemon=True
+        )
+        for name, answer in answers.items()
+    ]
+    for player in players:
+        player.start()
+    state = finish(hub, coordinator)
+    for player in players:
+        player.join(WAIT_S)
+    assert not errors, errors
+    assert state.is_completed(), state
+    return state
+
+
+def async_secure_answers(hub: Hub, run_id: str, name: str, silent_in: int) -> Answer:
+    """Silo `name` of an asynchronous secure run, with the silo side's own protocol
+    functions: train (a small random delta), announce ready, the cohort's stages; stay
+    silent in round `silent_in`."""
+    client, ws = hub.silos[name], hub.workspace / name
+    delta = np.random.default_rng(len(name)).normal(scale=0.01, size=DIM)
+
+    def answer(work: Task) -> bool:
+        if isinstance(work, TrainTask):
+            if work.round != silent_in:
+                client.announce_ready(run_id, work.round, 100)
+        elif isinstance(work, SecAggAdvertiseTask):
+            secure_round.advertise(client, client.key, work, ws, n_examples=100)
+        elif isinstance(work, SecAggShareTask):
+            secure_round.share(client, client.key, work, ws)
+        elif isinstance(work, SecAggBufferedTask):
+            weighted = (work.secagg.weight or 0.0) * delta
+            message = secure_round.masked_update(client, client.key, work, ws, weighted)
+            client.submit_masked(
+                run_id, work.round, message, 100, 0.01, METRICS.model_dump_json(), work.base_round
+            )
+        elif isinstance(work, SecAggConsistencyTask):
+            secure_round.consistency(client, client.key, work, ws)
+        elif isinstance(work, SecAggUnmaskTask):
+            secure_round.unmask(client, client.key, work, ws)
+        else:
+            return False
+        return True
+
+    return answer
 
 
 def test_a_failed_asynchronous_buffer_does_not_fail_the_run(hub: Hub) -> None:
@@ -337,22 +372,11 @@ def test_a_failed_asynchronous_buffer_does_not_fail_the_run(hub: Hub) -> None:
         asynchronous=AsyncSpec(buffer_size=3, max_staleness=2),
     )
     run = the_run(hub)
-    errors: list[str] = []
-    drivers = [
-        threading.Thread(
-            target=answer_tasks,
-            args=(hub, run.run_id, name, 0 if name == "alpha" else 1, errors, thread),
-            daemon=True,
-        )
+    answers = {
+        name: async_secure_answers(hub, run.run_id, name, 0 if name == "alpha" else 1)
         for name in SILOS
-    ]
-    for driver in drivers:
-        driver.start()
-    state = finish(hub, thread)
-    for driver in drivers:
-        driver.join(WAIT_S)
-    assert not errors, errors
-    assert state.is_completed(), state
+    }
+    state = play_run(hub, run.run_id, answers, thread)
     result = state.result()
     assert result["final_version"] == 2
     rounds = {r.round: r for r in hub.coord.rounds(run.run_id)}
@@ -376,3 +400,53 @@ def test_a_failed_asynchronous_buffer_does_not_fail_the_run(hub: Hub) -> None:
         return next((t for t in texts if t.startswith("buffer 1 failed")), None)
 
     wait_until(buffer_failed, "the coordinator's log of the failed buffer")
+
+
+def plain_answers(hub: Hub, run_id: str, name: str) -> Answer:
+    """Silo `name` of a plain synchronous run: an update (small random parameters) each
+    training round."""
+    client = hub.silos[name]
+    rng = np.random.default_rng(len(name))
+
+    def answer(work: Task) -> bool:
+        if isinstance(work, TrainTask):
+            arrays = {
+                n: rng.normal(scale=0.01, size=shape).astype(np.float32)
+                for n, shape in param_shapes(LOGREG)
+            }
+            meta = {"run_id": run_id, "round": str(work.round), "n_examples": "100"}
+            client.submit_update(run_id, work.round, tensors.encode(arrays, meta))
+            return True
+        return False
+
+    return answer
+
+
+def test_each_close_opens_the_next_round_of_a_plain_run(hub: Hub) -> None:
+    """Three training rounds and the evaluation: the coordinator opens round 1 only; each
+    later round is opened by the previous round's close (`RoundClose.then_open`), so its
+    silos have it at that commit, without the coordinator's next request."""
+    for silo in hub.silos.values():
+        report_ready(silo)
+    thread = start_flow(hub, rounds=3)
+    run = the_run(hub)
+    state = play_run(hub, run.run_id, {n: plain_answers(hub, run.run_id, n) for n in SILOS}, thread)
+    rounds = hub.coord.rounds(run.run_id)
+    assert [(r.round, r.kind, r.status) for r in rounds] == [
+        (1, "train", "aggregated"),
+        (2, "train", "aggregated"),
+        (3, "train", "aggregated"),
+        (4, "evaluate", "closed"),
+    ]
+    requests = scrape(
+        httpx.get(f"{hub.url}/metrics", headers={"Authorization": "Bearer test-admin-token"}).text
+    )
+    route = "/v1/runs/{run_id}/rounds"
+    assert value(requests, "fedsilo_http_requests_total", method="POST", route=route) == 1
+    closes = value(
+        requests, "fedsilo_http_requests_total", method="POST", route=route + "/{number}/close"
+    )
+    assert closes == 4
+    records = state.result()["rounds"]
+    assert [r["round"] for r in records] == [1, 2, 3, 4]
+    assert all(r["wall_seconds"] > 0 for r in records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from aggregation.service import collective_rounds, lineage
@@ -29,13 +30,16 @@ from aggregation.service.deps import (
     octet_stream,
     read_limited_body,
 )
+from aggregation.service.engines.base import AfterCommit, Hub
 from aggregation.service.engines.context import round_context
 from aggregation.service.engines.registry import check_mode, engine_for
+from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.model_store import record_model_saved
 from aggregation.service.progress import round_view
 from aggregation.service.routes.polling import long_poll
-from aggregation.service.wakeup import wakeup_of
-from schemas.wire import RoundOpen, RoundOut, RunCancel, RunCreate, RunFinish, RunOut
+from aggregation.service.tables import Round
+from aggregation.service.wakeup import silos_affected, wakeup_of
+from schemas.wire import RoundClose, RoundOpen, RoundOut, RunCancel, RunCreate, RunFinish, RunOut
 
 router = APIRouter(
     prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep], responses=ADMIN_ERRORS
@@ -146,15 +150,22 @@ def cancel(run_id: RunId, body: RunCancel, factory: FactoryDep, hub: HubDep) -> 
     return out
 
 
+def _open(s: Session, hub: Hub, run_id: str, body: RoundOpen) -> tuple[Round, AfterCommit | None]:
+    """Open a round and let its engine start it; returns the round and the engine's work
+    for after the commit (if any)."""
+    rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
+    after = None
+    if rnd.status == "open":
+        ctx = round_context(s, hub, run_id, rnd.number)
+        after = engine_for(ctx.spec, rnd).start(ctx, body.deadline_s)
+    return rnd, after
+
+
 @router.post("/{run_id}/rounds", status_code=201)
 def open_round(run_id: RunId, body: RoundOpen, factory: FactoryDep, hub: HubDep) -> RoundOut:
     """Open a round; its engine starts it (a retried request changes nothing)."""
     with transaction(factory) as s:
-        rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
-        after = None
-        if rnd.status == "open":
-            ctx = round_context(s, hub, run_id, rnd.number)
-            after = engine_for(ctx.spec, rnd).start(ctx, body.deadline_s)
+        rnd, after = _open(s, hub, run_id, body)
         out = round_view(s, rnd, hub)
     if after is None:
         return out
@@ -200,13 +211,44 @@ async def get_round(
 
 
 @router.post("/{run_id}/rounds/{number}/close")
-def close(run_id: RunId, number: RoundNumber, factory: FactoryDep, hub: HubDep) -> RoundOut:
-    """Aggregate a training round (or close an evaluation round) with what has arrived."""
+def close(
+    run_id: RunId,
+    number: RoundNumber,
+    factory: FactoryDep,
+    hub: HubDep,
+    body: RoundClose | None = None,
+) -> RoundOut:
+    """Aggregate a training round (or close an evaluation round) with what has arrived; with
+    `then_open`, open the next round in the same transaction when this one ended and the run
+    goes on (`opened_next` says so)."""
+    then = body.then_open if body is not None else None
+    if then is not None and then.round != number + 1:
+        raise InvalidPayload(
+            f"close of round {number} of run {run_id} may open round {number + 1}, "
+            f"not round {then.round}"
+        )
+    after, opened = None, None
     with transaction(factory) as s:
-        out = round_view(s, close_round(s, run_id, number, hub), hub)
+        rnd = close_round(s, run_id, number, hub)
+        if then is not None and _goes_on(s, rnd):
+            _, after = _open(s, hub, run_id, then)
+            silos_affected(s)  # the close alone would have woken only the coordinator
+            opened = then.round
+        out = round_view(s, rnd, hub)
     if out.status != "open":
         collective_rounds.stop(run_id, number)
-    return out
+    if after is not None:
+        after(factory)
+    return out.model_copy(update={"opened_next": opened}) if opened is not None else out
+
+
+def _goes_on(s: Session, rnd: Round) -> bool:
+    """`rnd` ended with a result and its run is still running at it: the next round may
+    open (checked first, so a refused opening never undoes the close)."""
+    if rnd.status not in ("aggregated", "closed"):
+        return False
+    run = run_crud.get_run(s, rnd.run_id)
+    return run.status == "running" and run.current_round == rnd.number
 
 
 @router.get(
