@@ -235,7 +235,7 @@ class CountersignIn(BaseModel):
 
 # A silo's countersignatures ride on its next task poll (``GET /v1/silo/tasks?countersigned=``),
 # and the checkpoints to countersign come with its tasks: two requests a silo-round fewer than
-# fetching and posting them (bench/README.md, "checkpoints on the task poll"). Items are
+# fetching and posting them (bench/README.md, "fewer requests a round"). Items are
 # ``<height>.<signature hex>`` joined by ``_``: unreserved URL characters only, so the path the
 # silo signs is the path the service reads.
 COUNTERSIGNED_PARAM = "countersigned"

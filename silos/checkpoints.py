@@ -173,9 +173,9 @@ class Outbox:
 
     def ready(self) -> list[tuple[int, str]]:
         """Everything countersigned so far (waits for the one in progress)."""
-        if self.signing is not None:
-            self.queued += self.signing.result()
-            self.signing = None
+        signing, self.signing = self.signing, None
+        if signing is not None:
+            self.queued += signing.result()  # a bug raised there is raised once, not each poll
         return self.queued
 
 
