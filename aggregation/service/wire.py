@@ -1,6 +1,6 @@
 """The wire at the hub: the version header, refusing other versions, `ErrorOut` bodies.
 
-Every answer carries ``X-Fedsilo-Wire: 2`` (`WIRE_HEADER`, `WIRE_VERSION`). A ``/v1/`` request
+Every answer carries ``X-Fedsilo-Wire: 3`` (`WIRE_HEADER`, `WIRE_VERSION`). A ``/v1/`` request
 whose header is missing (wire version 1 sent none) or names another version is refused with
 400 and code ``wire_version``, naming both versions; ``/healthz`` answers whatever the caller
 speaks. Every refusal's body is an `ErrorOut`: the service's own errors (`exceptions`),

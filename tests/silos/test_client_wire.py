@@ -107,14 +107,14 @@ def test_a_body_without_a_code_is_judged_by_its_status() -> None:
 
 def test_a_wire_version_refusal_names_both_versions() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        body = ErrorOut(code=ErrorCode.wire_version, detail="speak 3", wire=3).model_dump_json()
-        return httpx.Response(400, content=body, headers={WIRE_HEADER: "3"})
+        body = ErrorOut(code=ErrorCode.wire_version, detail="speak 9", wire=9).model_dump_json()
+        return httpx.Response(400, content=body, headers={WIRE_HEADER: "9"})
 
     with pytest.raises(WireVersionMismatch) as err:
         _client(handler).whoami()
     message = str(err.value)
-    assert f"wire version {WIRE_VERSION}" in message and "speaks version 3" in message
-    assert err.value.service_version == "3" and err.value.status == 400
+    assert f"wire version {WIRE_VERSION}" in message and "speaks version 9" in message
+    assert err.value.service_version == "9" and err.value.status == 400
 
 
 def test_an_answer_in_another_wire_version_is_not_read() -> None:
