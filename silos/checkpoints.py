@@ -26,6 +26,7 @@ from schemas.ledger_checkpoint import (
     AnchoredCheckpoint,
     Checkpoint,
     CheckpointList,
+    Countersignature,
     CountersignIn,
     countersign,
     verify_checkpoint,
@@ -109,16 +110,27 @@ def _keep(workspace: Path, anchored: AnchoredCheckpoint) -> None:
         os.fsync(fh.fileno())
 
 
+def _countersigned(
+    client: SiloClient, checkpoint: Checkpoint, service_key: Ed25519PublicKey
+) -> Countersignature:
+    """This silo's countersignature of `checkpoint`, once its service signature verifies."""
+    verify_checkpoint(checkpoint, service_key)
+    return countersign(checkpoint, f"silo:{client.silo}", client.key)
+
+
+def _send(client: SiloClient, height: int, signature: str) -> None:
+    client.request(
+        "POST",
+        f"/v1/silo/ledger/checkpoints/{height}/countersign",
+        json_body=CountersignIn(signature=signature),
+    )
+
+
 def _countersign_one(
     client: SiloClient, workspace: Path, checkpoint: Checkpoint, service_key: Ed25519PublicKey
 ) -> AnchoredCheckpoint:
-    verify_checkpoint(checkpoint, service_key)
-    mine = countersign(checkpoint, f"silo:{client.silo}", client.key)
-    client.request(
-        "POST",
-        f"/v1/silo/ledger/checkpoints/{checkpoint.height}/countersign",
-        json_body=CountersignIn(signature=mine.signature),
-    )
+    mine = _countersigned(client, checkpoint, service_key)
+    _send(client, checkpoint.height, mine.signature)
     anchored = AnchoredCheckpoint(checkpoint=checkpoint, countersignatures=(mine,))
     _keep(workspace, anchored)
     return anchored
@@ -190,8 +202,7 @@ def countersign_listed(
         after = highest_kept(workspace)
         for checkpoint in listing.checkpoints:
             if checkpoint.height > after:
-                verify_checkpoint(checkpoint, service_key)
-                mine = countersign(checkpoint, f"silo:{client.silo}", client.key)
+                mine = _countersigned(client, checkpoint, service_key)
                 anchored = AnchoredCheckpoint(checkpoint=checkpoint, countersignatures=(mine,))
                 _keep(workspace, anchored)
                 done.append((checkpoint.height, mine.signature))
@@ -222,12 +233,7 @@ def flush(client: SiloClient, outbox: Outbox) -> None:
     """Post the countersignatures no poll carried (the flow is ending)."""
     try:
         while outbox.ready():
-            height, signature = outbox.queued[0]
-            client.request(
-                "POST",
-                f"/v1/silo/ledger/checkpoints/{height}/countersign",
-                json_body=CountersignIn(signature=signature),
-            )
+            _send(client, *outbox.queued[0])
             del outbox.queued[0]
     except ClientError as exc:  # kept in the workspace all the same
         log.warning("silo %s: countersignatures not sent: %s", client.silo, exc)
