@@ -75,11 +75,13 @@ OCTET_BODY: dict[str, Any] = {
 """`openapi_extra` of a route that reads its body itself (octet-stream)."""
 
 
-def get_settings(request: Request) -> ServiceSettings:
+# The accessors are `async` on purpose: FastAPI runs a plain `def` dependency in a worker
+# thread, and a hop there and back for an attribute read cost more CPU than most handlers.
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_factory(request: Request) -> sessionmaker[Session]:
+async def get_factory(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
@@ -135,14 +137,14 @@ AdminDep = Depends(require_admin)
 SiloDep = Annotated[SiloIdentity, Depends(_silo)]
 
 
-def get_recorder(request: Request) -> Recorder:
+async def get_recorder(request: Request) -> Recorder:
     return request.app.state.recorder
 
 
 RecorderDep = Annotated[Recorder, Depends(get_recorder)]
 
 
-def get_hub(request: Request) -> Hub:
+async def get_hub(request: Request) -> Hub:
     return request.app.state.hub
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import Conflict, NotFound
 from aggregation.service.runs import get_model, get_run, participants
-from aggregation.service.tables import Contribution, Round, utcnow
+from aggregation.service.tables import Contribution, Round, RunSilo, utcnow
 from schemas.wire import Metrics, RoundOut, SiloRoundState
 
 _STATE_OF_KIND = {
@@ -73,6 +73,19 @@ def contributions(s: Session, run_id: str, number: int) -> list[Contribution]:
 
 def active_silos(s: Session, run_id: str) -> list[str]:
     return [p.silo for p in participants(s, run_id) if p.status == "active"]
+
+
+def anyone_waiting(s: Session, run_id: str, number: int) -> bool:
+    """Whether a participant that has not refused the run still owes round `number` an answer,
+    that is `round_out(...).complete` is False. One query: a coordinator's wait on the round is
+    woken by every answer, and most wake-ups find the round incomplete."""
+    answered = select(Contribution.silo).where(
+        Contribution.run_id == run_id, Contribution.round == number
+    )
+    owing = select(RunSilo.silo).where(
+        RunSilo.run_id == run_id, RunSilo.status != "refused", RunSilo.silo.not_in(answered)
+    )
+    return s.scalar(owing.limit(1)) is not None
 
 
 def round_out(s: Session, rnd: Round) -> RoundOut:

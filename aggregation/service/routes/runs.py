@@ -192,10 +192,12 @@ async def get_round(
     def check(final: bool) -> RoundOut | None:
         with transaction(factory) as s:
             rnd = round_crud.get_round(s, run_id, number)
-            if not final and rnd.status == "open" and rnd.secagg_stage is not None:
+            if not final and rnd.status == "open":
                 # a secure round in progress is not done, whatever its silos sent: every
-                # protocol message wakes this wait, and building the view is O(N) each time
-                return None
+                # protocol message wakes this wait, and building the view is O(N) each time;
+                # nor is a round that still waits for an answer (one query instead of the view)
+                if rnd.secagg_stage is not None or round_crud.anyone_waiting(s, run_id, number):
+                    return None
             out = round_view(s, rnd, hub)
         done = out.status != "open" or (out.complete and out.secagg_stage is None)
         return out if (final or done) else None
