@@ -26,6 +26,17 @@ TELEMETRY_OFF = {
 }
 
 
+# Prefect's task-run recorder writes each task-run event in a transaction of its own (batch size
+# 1): a federation's rounds send several a second (every silo's and the coordinator's round task
+# runs), and on a 2-core host that was about a third of the server's CPU per round
+# (bench/README.md, "fewer hops, batched task-run events"). Batched and flushed at least every
+# second, the run history lags by a second at most. Values set in the environment win.
+PREFECT_SERVER_TUNING = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+
+
 class ProcessHandle(Protocol):
     """What a `Proc` needs of its child: `subprocess.Popen` has it, and so do the test suite's
     agents forked from a warm interpreter (tests/support/prewarmed.py)."""
@@ -158,8 +169,10 @@ def start_agent(config_path: Path, log_path: Path, prefect_api_url: str | None) 
 
 
 def start_prefect_server(home: Path, port: int, wait_s: float = 180.0) -> Proc:
-    """`prefect server start` on 127.0.0.1 with its own SQLite database under `home`."""
+    """`prefect server start` on 127.0.0.1 with its own SQLite database under `home`, its
+    task-run events batched (`PREFECT_SERVER_TUNING`)."""
     env = base_env(
+        **{k: os.environ.get(k, v) for k, v in PREFECT_SERVER_TUNING.items()},
         PREFECT_HOME=str(home),
         PREFECT_SERVER_API_HOST="127.0.0.1",
         PREFECT_SERVER_API_PORT=str(port),
