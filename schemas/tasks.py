@@ -93,11 +93,25 @@ class HistTaskInfo(Message):
     survivors: list[str] = Field(default_factory=list, description="consistency stage")
 
 
+# A poll may ask for the task's model inline (`GET /v1/silo/tasks?inline_model=true`): a task of
+# these types, whose model version is at most INLINE_MODEL_MAX_BYTES, then carries it (base64
+# safetensors), and the silo skips `GET .../models/{version}`: one request fewer per silo and
+# round. Other tasks (a secure round's other stages, trees) and bigger models: fetched as before.
+INLINE_MODEL_TASKS = frozenset({"train", "evaluate", "secagg_masked", "secagg_buffered"})
+INLINE_MODEL_MAX_BYTES = 1 << 20
+INLINE_MODEL_PARAM = "inline_model"
+
+
 class _TaskBase(Message):
     # silos build file names from it (workspace/secagg/<run>-r<round>): never a path
     run_id: str = Field(pattern=NAME_PATTERN)
     round: int = Field(default=0, ge=0)
     model_version: int = Field(default=0, ge=0)
+    model_b64: str | None = Field(
+        default=None,
+        description="model version `model_version` (safetensors, base64) when the poll asked "
+        "for it inline and the task needs it (INLINE_MODEL_TASKS); None: GET it",
+    )
     checkpoints: CheckpointList | None = Field(
         default=None,
         description="ledger checkpoints this silo has still to countersign (the oldest first, "

@@ -7,6 +7,8 @@ Lists of binary protocol messages come back as octet-stream bodies of frames
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
 from collections.abc import Sequence
@@ -22,7 +24,7 @@ from schemas.exceptions import TensorFormatError
 from schemas.frames import unpack_frames
 from schemas.ledger_checkpoint import COUNTERSIGNED_PARAM, encode_countersigned
 from schemas.lineage import make_statement, sign_statement
-from schemas.tasks import TASK_ADAPTER, Task
+from schemas.tasks import INLINE_MODEL_PARAM, TASK_ADAPTER, Task
 from schemas.wire import (
     WIRE_HEADER,
     WIRE_VERSION,
@@ -54,6 +56,9 @@ class SiloClient(HttpBase):
         self.federation = federation
         self.silo = silo
         self.key = key
+        # the model the last task brought inline, (run, version) -> safetensors: the task's
+        # handler takes it through `download_model` without a request
+        self._inline: dict[tuple[str, int], bytes] = {}
 
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         timestamp = datetime.now(UTC).isoformat()
@@ -95,14 +100,32 @@ class SiloClient(HttpBase):
         countersigned: Sequence[tuple[int, str]] = (),
     ) -> Task | None:
         """Long-poll for a task; `countersigned` (height, signature hex) pairs of ledger
-        checkpoints ride along (`schemas.ledger_checkpoint.encode_countersigned`)."""
-        path = f"/v1/silo/tasks?wait={wait_s:g}" + (f"&run_id={run_id}" if run_id else "")
+        checkpoints ride along (`schemas.ledger_checkpoint.encode_countersigned`). The task
+        brings its model when it needs one and the model is small (`schemas.tasks`,
+        INLINE_MODEL_TASKS); `download_model` then hands it over without a request."""
+        path = f"/v1/silo/tasks?wait={wait_s:g}&{INLINE_MODEL_PARAM}=true"
+        path += f"&run_id={run_id}" if run_id else ""
         if countersigned:
             path += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(countersigned)}"
         resp = self.request("GET", path, timeout=wait_s + 30)
-        return None if resp.status_code == 204 else TASK_ADAPTER.validate_json(resp.content)
+        if resp.status_code == 204:
+            return None
+        task = TASK_ADAPTER.validate_json(resp.content)
+        if task.model_b64 is not None:
+            try:
+                model = base64.b64decode(task.model_b64, validate=True)
+            except binascii.Error:
+                model = None  # fetched by `download_model` instead, which checks what it gets
+            self._inline = {} if model is None else {(task.run_id, task.model_version): model}
+            task = task.model_copy(update={"model_b64": None})  # not kept twice, nor logged
+        return task
 
     def download_model(self, run_id: str, version: int) -> bytes:
+        """Model `version` of the run (safetensors): the one the last task brought, once, or
+        fetched."""
+        inline = self._inline.pop((run_id, version), None)
+        if inline is not None:
+            return inline
         return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
 
     def download_control(self, run_id: str, version: int) -> bytes:

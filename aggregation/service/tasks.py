@@ -4,6 +4,8 @@ names the silo as a party and that it has not joined yet."""
 
 from __future__ import annotations
 
+import base64
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -11,9 +13,15 @@ from aggregation.service.engines.base import Hub, RoundContext
 from aggregation.service.engines.registry import engine_for
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
-from aggregation.service.tables import Run, RunSilo
+from aggregation.service.tables import ModelVersion, Run, RunSilo
 from aggregation.service.vertical_relay import out, pending_for
-from schemas.tasks import RunEndedTask, Task, VerticalTask
+from schemas.tasks import (
+    INLINE_MODEL_MAX_BYTES,
+    INLINE_MODEL_TASKS,
+    RunEndedTask,
+    Task,
+    VerticalTask,
+)
 
 
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:
@@ -44,3 +52,15 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: H
         if vertical is not None:
             return VerticalTask(run_id=vertical.id, vertical=out(vertical))
     return None
+
+
+def with_model(s: Session, task: Task) -> Task:
+    """`task` carrying its model version inline (`schemas.tasks.INLINE_MODEL_TASKS`), when it
+    needs one and that version is at most INLINE_MODEL_MAX_BYTES; else `task` as it was. The
+    silo asked, and takes part in the task's run: what `GET .../models/{version}` checks."""
+    if task.type not in INLINE_MODEL_TASKS:
+        return task
+    model = s.get(ModelVersion, (task.run_id, task.model_version))
+    if model is None or len(model.payload) > INLINE_MODEL_MAX_BYTES:
+        return task
+    return task.model_copy(update={"model_b64": base64.b64encode(model.payload).decode()})

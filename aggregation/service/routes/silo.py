@@ -43,13 +43,13 @@ from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
-from aggregation.service.tasks import next_task
+from aggregation.service.tasks import next_task, with_model
 from aggregation.service.wakeup import wakeup_of
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
 from schemas.ledger_checkpoint import MAX_COUNTERSIGNED_PER_POLL, parse_countersigned
 from schemas.personalization import PersonalizedPayload
-from schemas.tasks import Task
+from schemas.tasks import INLINE_MODEL_PARAM, Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
@@ -99,6 +99,14 @@ Countersigned = Annotated[
         "<height>.<Ed25519 signature hex> joined by '_'",
     ),
 ]
+InlineModel = Annotated[
+    bool,
+    Query(
+        alias=INLINE_MODEL_PARAM,
+        description="bring the task's model inline when it needs one and it is small "
+        "(`schemas.tasks.INLINE_MODEL_TASKS`, INLINE_MODEL_MAX_BYTES)",
+    ),
+]
 
 
 def _parse_countersigned(silo: str, text: str) -> list[tuple[int, str]]:
@@ -122,10 +130,12 @@ async def poll_task(
     wait: Wait = 0,
     run_id: OptionalName = None,
     countersigned: Countersigned = None,
+    inline_model: InlineModel = False,
 ) -> Task | Response:
     """Long-poll for the silo's next task (optionally within one run). The poll brings the
     silo's countersignatures of ledger checkpoints; a task brings the checkpoints it has still
-    to countersign (`schemas.ledger_checkpoint`)."""
+    to countersign (`schemas.ledger_checkpoint`), and with `inline_model` the model it needs
+    (`schemas.tasks.INLINE_MODEL_TASKS`)."""
     signed = _parse_countersigned(silo.name, countersigned) if countersigned else []
     service_key = public_hex(request.app.state.recorder.service_key)
 
@@ -140,6 +150,8 @@ async def poll_task(
             task = next_task(s, silo.federation, silo.name, run_id, hub)
             if task is None:
                 return None
+            if inline_model:
+                task = with_model(s, task)
             return checkpoints.with_pending(s, task, silo.federation, silo.name, service_key)
 
     wait_s = min(wait, settings.long_poll_max_s)
