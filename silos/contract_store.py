@@ -25,6 +25,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 
 from schemas.contract_diff import diff_contracts
@@ -178,7 +179,16 @@ def accepted_contract(config: SiloConfig, name: str, version: str) -> Contract:
             f"{contract_sha256(text)}, accepted {row.sha256}); accept it again with "
             f"`{accept_command(config, version)}`"
         )
-    return load_contract_text(text, source=str(path))
+    return _parsed(text, str(path))
+
+
+@lru_cache(maxsize=8)
+def _parsed(text: str, source: str) -> Contract:
+    """`load_contract_text`, remembered: the gate asks for the contract every round, and the
+    TOML and the model's checks cost more than the rest of an unchanged round's gate. The
+    text is still read and its sha256 checked against the acceptance every time; a Contract
+    is frozen, so the one object can serve every round."""
+    return load_contract_text(text, source=source)
 
 
 def contract_for(config: SiloConfig) -> Contract:

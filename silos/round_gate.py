@@ -1,12 +1,14 @@
 """The validation gate as the first step of every round at a silo.
 
-Each round the silo re-reads its table and fingerprints it (sha256 of the canonical table and
-of the contract). When the fingerprint is the one already validated, the stored result is
-reused: the same rows checked against the same suite give the same answer, and Great
-Expectations costs about a second per call. Otherwise the GX suite runs again and the HTML
-data docs are rewritten. Either way the round's fingerprint and summary are signed and sent to
-the service (ledger entry `validation_result`); a failing silo sits out the round with the
-failed expectations as its reason.
+Each round the silo re-reads its table and fingerprints it (sha256 of the canonical table and of
+the contract). The file's bytes are hashed every round; when they are the ones last parsed,
+their canonical fingerprint is reused without parsing them again (`_fingerprint`). When the
+fingerprint is the one already validated, the stored result is reused: the same rows checked
+against the same suite give the same answer, and Great Expectations costs about a second per
+call. Otherwise the GX suite runs again and the HTML data docs are rewritten. Either way the
+round's fingerprint and summary are signed and sent to the service (ledger entry
+`validation_result`); a failing silo sits out the round with the failed expectations as its
+reason.
 
 A training table that goes to Dask (`silos.compute.uses_dask`) is fingerprinted on the workers
 and, when it changed, validated partition by partition (`silos.chunked_gate`): same verdict,
@@ -16,10 +18,12 @@ the agent's process, so they must fit in it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemas.wire import ValidationSummary
 from silos.compute import read_partitions, shared_client, uses_dask
@@ -34,6 +38,9 @@ from silos.gate import (
     run_gate,
     summary_for_load_error,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,10 @@ def _check_table(
         if on_dask and uses_dask(config.compute, path):
             data_sha, run = _on_dask(config, path, workspace)
         else:
-            table = load_table(path)
-            data_sha = fingerprint_table(table)
+            data_sha, parsed = _fingerprint(path)
 
             def run() -> GateResult:
+                table = parsed if parsed is not None else load_table(path)
                 return run_gate(table, contract, silo=config.silo.name, workspace=workspace)
     except DataError as exc:
         return RoundGate(summary_for_load_error(exc, contract), None, reused=False)
@@ -100,6 +107,38 @@ def _check_table(
     result = run()
     store_verdict(workspace, data_sha, contract_sha, result.summary, result.data_docs)
     return RoundGate(result.summary, result.data_docs, reused=False)
+
+
+# path -> (sha256 of the file's bytes, canonical fingerprint of the table they parse to).
+# Parsing and canonical hashing were most of a silo's CPU in a round whose table had not changed
+# (bench/README.md, "Issue 20: fewer hops, ..."); hashing the bytes costs a small fraction.
+_PARSED: dict[Path, tuple[str, str]] = {}
+
+
+def _fingerprint(path: Path) -> tuple[str, pd.DataFrame | None]:
+    """The table's canonical fingerprint, and the table when it had to be parsed for it.
+
+    Identical bytes parse to the identical table, so bytes equal to the ones last parsed give
+    the fingerprint computed then. The bytes are hashed before and after parsing; a file that
+    changed meanwhile is not remembered (its next check parses it again)."""
+    before = _file_sha256(path)
+    known = _PARSED.get(path)
+    if before is not None and known is not None and known[0] == before:
+        return known[1], None
+    table = load_table(path)  # DataError: named, as before
+    data_sha = fingerprint_table(table)
+    if before is not None and _file_sha256(path) == before:
+        _PARSED[path] = (before, data_sha)
+    return data_sha, table
+
+
+def _file_sha256(path: Path) -> str | None:
+    """sha256 of the file's bytes; None when it cannot be read (`load_table` says why)."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 def store_verdict(
