@@ -26,16 +26,7 @@ from schemas.tasks import (
 
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:
     """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
-    stmt = (
-        select(Run, RunSilo)
-        .join(RunSilo, RunSilo.run_id == Run.id)
-        .where(Run.federation == federation, RunSilo.silo == silo)
-    )
-    if run_id is not None:
-        stmt = stmt.where(Run.id == run_id)
-    else:
-        stmt = stmt.where(Run.status == "running", RunSilo.status == "active")
-    for run, membership in s.execute(stmt.order_by(Run.created_at)).all():
+    for run, membership in _memberships(s, federation, silo, run_id):
         if run.status in ("finished", "failed", "cancelled") or membership.status != "active":
             return RunEndedTask(run_id=run.id, run_status=run.status)
         if run.status != "running" or run.current_round == 0:
@@ -52,6 +43,26 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: H
         if vertical is not None:
             return VerticalTask(run_id=vertical.id, vertical=out(vertical))
     return None
+
+
+def _memberships(
+    s: Session, federation: str, silo: str, run_id: str | None
+) -> list[tuple[Run, RunSilo]]:
+    """The runs to look at with the silo's membership of each: run `run_id` (by primary key:
+    an agent polls within its run, and the join cost more than the rest of most polls), else
+    every running run the silo is active in, oldest first."""
+    if run_id is not None:
+        run, membership = s.get(Run, run_id), s.get(RunSilo, (run_id, silo))
+        if run is None or membership is None or run.federation != federation:
+            return []
+        return [(run, membership)]
+    stmt = (
+        select(Run, RunSilo)
+        .join(RunSilo, RunSilo.run_id == Run.id)
+        .where(Run.federation == federation, RunSilo.silo == silo)
+        .where(Run.status == "running", RunSilo.status == "active")
+    )
+    return [(run, m) for run, m in s.execute(stmt.order_by(Run.created_at)).all()]
 
 
 def with_model(s: Session, task: Task) -> Task:
