@@ -111,7 +111,8 @@ def _check_table(
 
 # path -> (sha256 of the file's bytes, canonical fingerprint of the table they parse to).
 # Parsing and canonical hashing were most of a silo's CPU in a round whose table had not changed
-# (bench/README.md, "Issue 20: fewer hops, ..."); hashing the bytes costs a small fraction.
+# (bench/README.md, "Issue 20: fewer hops, batched task-run events, ..."); hashing the bytes
+# costs a small fraction of that.
 _PARSED: dict[Path, tuple[str, str]] = {}
 
 

@@ -76,7 +76,8 @@ OCTET_BODY: dict[str, Any] = {
 
 
 # The accessors are `async` on purpose: FastAPI runs a plain `def` dependency in a worker
-# thread, and a hop there and back for an attribute read cost more CPU than most handlers.
+# thread, and each hop there and back cost the event loop far more CPU than the attribute read
+# (bench/README.md, "Issue 20: fewer hops, ...").
 async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
