@@ -6,8 +6,12 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 
 import pytest
+from sqlalchemy import Engine
 from support.api_federation import MAX_BODY_BYTES
 from support.live_service import service_in_thread
+
+from aggregation.service.db import make_engine, make_sessionmaker, transaction
+from aggregation.service.tables import Base, Federation
 
 
 @pytest.fixture(
@@ -31,3 +35,15 @@ def api_service_url(
     with database as db_url:
         with service_in_thread(workspace, db_url, max_body_bytes=MAX_BODY_BYTES) as url:
             yield url
+
+
+@pytest.fixture
+def fed_engine(db_url: str) -> Iterator[Engine]:
+    """An engine on `db_url` (each backend in turn) whose database has every table of the
+    service and one federation, "f": for tests of queries, without a service."""
+    engine = make_engine(db_url)
+    Base.metadata.create_all(engine)
+    with transaction(make_sessionmaker(engine)) as s:
+        s.add(Federation(name="f"))
+    yield engine
+    engine.dispose()

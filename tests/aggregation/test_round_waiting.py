@@ -5,37 +5,25 @@ of participant statuses and answers, on both backends."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from aggregation.service import rounds
-from aggregation.service.db import make_engine, make_sessionmaker, transaction
-from aggregation.service.tables import Base, Contribution, Federation, Round, Run, RunSilo, utcnow
+from aggregation.service.db import make_sessionmaker, transaction
+from aggregation.service.tables import Contribution, Round, Run, RunSilo, utcnow
 
 SILOS = tuple(f"s{i}" for i in range(6))
 KINDS = ("update", "evaluation", "declined", "refusal", "sat_out")
 
 
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = make_engine(db_url)
-    Base.metadata.create_all(engine)
-    with transaction(make_sessionmaker(engine)) as s:
-        s.add(Federation(name="f"))
-    yield engine
-    engine.dispose()
-
-
-def _round(engine: Engine, states: list[tuple[str, str | None]], other_round: bool) -> str:
+def _round(fed_engine: Engine, states: list[tuple[str, str | None]], other_round: bool) -> str:
     """A run whose silos have (run status, this round's answer kind or None); `other_round`:
     every silo also answered round 2, which must not count for round 1."""
     run_id = uuid.uuid4().hex
-    with transaction(make_sessionmaker(engine)) as s:
+    with transaction(make_sessionmaker(fed_engine)) as s:
         s.add(Run(id=run_id, federation="f", status="running", spec_json="{}", current_round=2))
         s.flush()
         for number in (1, 2):
@@ -67,21 +55,21 @@ def _round(engine: Engine, states: list[tuple[str, str | None]], other_round: bo
     other_round=st.booleans(),
 )
 def test_anyone_waiting_is_not_complete(
-    engine: Engine, states: list[tuple[str, str | None]], other_round: bool
+    fed_engine: Engine, states: list[tuple[str, str | None]], other_round: bool
 ) -> None:
-    run_id = _round(engine, states, other_round)
-    with transaction(make_sessionmaker(engine)) as s:
+    run_id = _round(fed_engine, states, other_round)
+    with transaction(make_sessionmaker(fed_engine)) as s:
         rnd = s.get(Round, (run_id, 1))
         assert rnd is not None
         assert rounds.anyone_waiting(s, run_id, 1) == (not rounds.round_out(s, rnd).complete)
 
 
-def test_a_silo_that_has_not_answered_is_waited_for(engine: Engine) -> None:
+def test_a_silo_that_has_not_answered_is_waited_for(fed_engine: Engine) -> None:
     """The property could hold with both checks wrong alike: the cases by hand."""
-    run_id = _round(engine, [("active", "update"), ("active", None)], other_round=True)
-    with transaction(make_sessionmaker(engine)) as s:
+    run_id = _round(fed_engine, [("active", "update"), ("active", None)], other_round=True)
+    with transaction(make_sessionmaker(fed_engine)) as s:
         assert rounds.anyone_waiting(s, run_id, 1)
         assert not rounds.anyone_waiting(s, run_id, 2)
-    run_id = _round(engine, [("active", "update"), ("refused", None)], other_round=False)
-    with transaction(make_sessionmaker(engine)) as s:
+    run_id = _round(fed_engine, [("active", "update"), ("refused", None)], other_round=False)
+    with transaction(make_sessionmaker(fed_engine)) as s:
         assert not rounds.anyone_waiting(s, run_id, 1)
