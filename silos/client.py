@@ -115,7 +115,7 @@ class SiloClient(HttpBase):
             try:
                 model = base64.b64decode(task.model_b64, validate=True)
             except binascii.Error:
-                model = None  # fetched by `download_model` instead, which checks what it gets
+                model = None  # not usable: `download_model` fetches it instead
             self._inline = {} if model is None else {(task.run_id, task.model_version): model}
             task = task.model_copy(update={"model_b64": None})  # not kept twice, nor logged
         return task

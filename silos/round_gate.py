@@ -105,7 +105,10 @@ def _check_table(
             docs = Path(cached["data_docs"]) if cached.get("data_docs") else None
             return RoundGate(ValidationSummary.model_validate(cached["summary"]), docs, True)
     result = run()
-    store_verdict(workspace, data_sha, contract_sha, result.summary, result.data_docs)
+    # keyed by the fingerprint of the rows the gate validated (it computes its own): a file
+    # that changed since `data_sha` was taken never files its verdict under the old bytes
+    validated_sha = result.summary.data_sha256 or data_sha
+    store_verdict(workspace, validated_sha, contract_sha, result.summary, result.data_docs)
     return RoundGate(result.summary, result.data_docs, reused=False)
 
 

@@ -4,6 +4,7 @@ any other bytes are parsed and fingerprinted afresh, whatever the file's size an
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -79,3 +80,17 @@ def test_the_contract_is_parsed_once_while_its_text_stays(
     first = contract_store.contract_for(config)
     assert contract_store.contract_for(config) is first
     assert len(texts) == 1
+
+
+def test_a_verdict_is_filed_under_the_rows_validated(
+    config: SiloConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file changed between its fingerprint and its validation (the stale fingerprint
+    below): the verdict is filed under what the gate validated, never the stale bytes."""
+    stale = "0" * 64
+    monkeypatch.setattr(round_gate, "_fingerprint", lambda _path: (stale, None))
+    summary = round_gate.check_round(config).summary
+    validated = fingerprint_table(load_table(config.data.path))
+    assert summary.data_sha256 == validated
+    filed = json.loads((config.workspace / "validation" / "last.json").read_text())
+    assert filed["data_sha256"] == validated != stale
