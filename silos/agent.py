@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, tags, task
@@ -213,10 +214,13 @@ def validate_round(client: SiloClient, work: Task, config: SiloConfig) -> RoundG
     logger = get_run_logger()
     gate = check_round(config)
     summary = gate.summary
-    answer = client.submit_statement(
-        work.run_id, "validation_result", statement_payload(client.silo, work.round, summary)
-    )
-    keep_receipt(config.workspace, answer)
+    payload = statement_payload(client.silo, work.round, summary)
+    if summary.success:  # rides on the round's first answer (`SiloClient.carry_statement`)
+        answer = client.carry_statement(work.run_id, "validation_result", payload)
+    else:  # the round's decline follows; the verdict it cites goes first, alone
+        answer = client.submit_statement(work.run_id, "validation_result", payload)
+    if answer is not None:
+        keep_receipt(config.workspace, answer)
     flow_report.validation_artifact(client.silo, work.run_id, work.round, summary)
     docs = f"; data docs: {gate.data_docs}" if gate.data_docs else ""
     if summary.success:
@@ -370,11 +374,13 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
     config = load_silo_config(config_path)
     load_plugins(plugin_names(config.agent.plugins))
     client = make_client(config)
+    client.on_receipt = partial(keep_receipt, config.workspace)  # of statements that rode along
     progress = _RunProgress(run_id)
     try:
         with flow_report.untagged_task_runs():
             return _serve_run(client, config, progress, run_id)
     finally:
+        client.flush_held()  # a statement no POST took (the run ended first) goes alone
         checkpoints.flush(client, progress.outbox)  # a declined or failed run's too
         flow_report.drain()  # the flow run ends with its artifacts sent
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import secrets
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from httpx import Response
 
-from schemas import signing, tensors
+from schemas import carried, signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.frames import unpack_frames
 from schemas.ledger_checkpoint import COUNTERSIGNED_PARAM, encode_countersigned
@@ -35,9 +39,28 @@ from schemas.wire import (
     SiloOut,
     enrol_proof_message,
 )
+from silos.client_errors import ServiceRejected
 from silos.http_base import BACKOFF_CAP_S, HttpBase, rejection
 
 __all__ = ["BACKOFF_CAP_S", "HttpBase", "SiloClient", "rejection"]
+
+log = logging.getLogger("fedsilo.client")
+RUNS_PREFIX = "/v1/silo/runs/"
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A signed statement waiting for the next POST to its run (`schemas.carried`)."""
+
+    run_id: str
+    kind: str
+    payload: dict[str, Any]
+    statement: dict[str, Any]
+    signature: str
+
+    @property
+    def header(self) -> str:
+        return carried.statement_header(self.kind, self.payload, self.signature)
 
 
 class SiloClient(HttpBase):
@@ -59,6 +82,14 @@ class SiloClient(HttpBase):
         # the model the last task brought inline, (run, version) -> safetensors: the task's
         # handler takes it through `download_model` without a request
         self._inline: dict[tuple[str, int], bytes] = {}
+        # statements that ride on the run's next POST (`carry_statement`): the kinds the
+        # service takes that way (it says so on every answer), the held ones by run, and who
+        # keeps their receipts (the agent: its copy of the ledger)
+        self.carries: frozenset[str] = frozenset()
+        self.on_receipt: Callable[[dict[str, Any]], object] | None = None
+        self._held: dict[str, _Held] = {}
+        self._held_lock = threading.Lock()
+        self._answer = threading.local()  # the carried receipt of this thread's last answer
 
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         timestamp = datetime.now(UTC).isoformat()
@@ -75,6 +106,96 @@ class SiloClient(HttpBase):
             signing.HEADER_NONCE: nonce,
             signing.HEADER_SIGNATURE: self.key.sign(message).hex(),
         }
+
+    def _answered(self, resp: Response) -> None:
+        kinds = resp.headers.get(carried.CARRIES_HEADER, "")
+        self.carries = frozenset(k for k in kinds.split(",") if k)
+        self._answer.receipt = resp.headers.get(carried.RECEIPT_HEADER)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Response:
+        """`HttpBase.request`; a POST to a run takes the statement held for that run along
+        (`carry_statement`) and hands its receipt to `on_receipt`."""
+        held = self._take_held(method, path)
+        if held is None:
+            return super().request(method, path, **kwargs)
+        kwargs["extra_headers"] = {
+            **(kwargs.get("extra_headers") or {}),
+            carried.STATEMENT_HEADER: held.header,
+        }
+        self._answer.receipt = None
+        answered = False
+        try:
+            resp = super().request(method, path, **kwargs)
+            answered = True
+            return resp
+        except ServiceRejected:
+            answered = True
+            raise
+        finally:
+            self._settle(held, answered)
+
+    def carry_statement(
+        self, run_id: str, kind: str, payload: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Sign a lineage statement and hold it for the run's next POST, when the service
+        takes `kind` that way (None: its receipt goes to `on_receipt` then); else send it now
+        and return it with its receipt, as `submit_statement`."""
+        statement, signature = self._signed(run_id, kind, payload)
+        held = _Held(run_id, kind, payload, statement, signature)
+        if kind not in self.carries or len(held.header) > carried.MAX_HEADER_CHARS:
+            return self._post_statement(held)
+        with self._held_lock:
+            older = self._held.pop(run_id, None)
+        if older is not None:  # no POST took it: it goes alone, ahead of this one
+            self._send_alone(older)
+        with self._held_lock:
+            self._held[run_id] = held
+        return None
+
+    def flush_held(self) -> None:
+        """Send every held statement alone (the agent's run ended before another POST)."""
+        with self._held_lock:
+            held, self._held = list(self._held.values()), {}
+        for h in held:
+            self._send_alone(h)
+
+    def _take_held(self, method: str, path: str) -> _Held | None:
+        if method != "POST" or not path.startswith(RUNS_PREFIX) or not self._held:
+            return None
+        run_id = path[len(RUNS_PREFIX) :].split("/", 1)[0].split("?", 1)[0]
+        with self._held_lock:
+            return self._held.pop(run_id, None)
+
+    def _settle(self, held: _Held, answered: bool) -> None:
+        """After the POST that carried `held`: its receipt to `on_receipt`; sent alone when
+        the service answered without recording it (an older service, a refusal before it got
+        there); held again when no answer came (the agent's next POST tries again)."""
+        receipt = getattr(self._answer, "receipt", None)
+        if receipt is not None:
+            try:
+                answer = {"receipt": carried.decode(receipt)}
+            except ValueError as exc:
+                log.warning("silo %s: unreadable carried receipt (%s)", self.silo, exc)
+                return
+            self._keep({**answer, "statement": held.statement, "author_signature": held.signature})
+        elif answered:
+            self._send_alone(held)
+        else:
+            with self._held_lock:
+                self._held.setdefault(held.run_id, held)
+
+    def _send_alone(self, held: _Held) -> None:
+        try:
+            self._keep(self._post_statement(held))
+        except ServiceRejected as exc:  # the request it rode on went its own way: say why
+            log.warning(
+                "silo %s: %s statement for run %s refused: %s",
+                self.silo, held.kind, held.run_id, exc,
+            )  # fmt: skip
+
+    def _keep(self, answer: dict[str, Any]) -> None:
+        if self.on_receipt is not None:
+            self.on_receipt(answer)
 
     def public_key_hex(self) -> str:
         return self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
@@ -256,11 +377,15 @@ class SiloClient(HttpBase):
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Sign and send a lineage statement; returns it with the service's receipt."""
         statement, signature = self._signed(run_id, kind, payload)
-        body = json.dumps({"kind": kind, "payload": payload, "signature": signature}).encode()
-        result = self.request(
-            "POST", f"/v1/silo/runs/{run_id}/statements", body=body, content_type="application/json"
-        ).json()
-        return {**result, "statement": statement, "author_signature": signature}
+        return self._post_statement(_Held(run_id, kind, payload, statement, signature))
+
+    def _post_statement(self, held: _Held) -> dict[str, Any]:
+        body = json.dumps(
+            {"kind": held.kind, "payload": held.payload, "signature": held.signature}
+        ).encode()
+        path = f"{RUNS_PREFIX}{held.run_id}/statements"
+        result = self.request("POST", path, body=body, content_type="application/json").json()
+        return {**result, "statement": held.statement, "author_signature": held.signature}
 
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
         self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)

@@ -67,6 +67,10 @@ class HttpBase:
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         return {}
 
+    def _answered(self, resp: httpx.Response) -> None:
+        """Every final answer (below 500, a refusal included) before it is returned or raised:
+        a subclass reads what the service says on every answer."""
+
     def request(
         self,
         method: str,
@@ -114,6 +118,7 @@ class HttpBase:
                 last_error += tls_hint(base, exc)
             else:
                 if resp.status_code < 500:
+                    self._answered(resp)
                     if outage is not None:
                         metrics.outage_ended(time.monotonic() - outage, getattr(self, "silo", ""))
                         log.warning(

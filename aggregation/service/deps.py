@@ -15,11 +15,13 @@ from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from aggregation.service import carried
 from aggregation.service.auth import SiloIdentity, check_admin, verify_silo_request
 from aggregation.service.engines.base import Hub
 from aggregation.service.exceptions import PayloadTooLarge
 from aggregation.service.lineage import Recorder
 from aggregation.service.settings import ServiceSettings
+from schemas import carried as carried_wire
 from schemas.signing import STATEMENT_HEADER
 from schemas.wire import INT32_MAX, NAME_PATTERN, OCTET_STREAM, ErrorOut
 
@@ -154,8 +156,18 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 
 async def require_participant(request: Request, run_id: str) -> SiloIdentity:
     """The calling silo, when it takes part in run `run_id` (404 unknown run, 403 not one of
-    its participants), in the signature check's transaction."""
-    return await require_silo(request, run_id)
+    its participants), in the signature check's transaction. A statement riding on the request
+    (`schemas.carried`) is recorded next, before the route runs (`aggregation.service.carried`).
+    """
+    silo = await require_silo(request, run_id)
+    header = request.headers.get(carried_wire.STATEMENT_HEADER)
+    if header is not None:
+        receipt = await run_in_threadpool(
+            carried.record, request.app.state.sessions, request.app.state.recorder, silo, run_id,
+            header,
+        )  # fmt: skip
+        setattr(request.state, carried.STATE_KEY, receipt)
+    return silo
 
 
 ParticipantDep = Annotated[SiloIdentity, Depends(require_participant)]

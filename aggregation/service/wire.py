@@ -5,7 +5,8 @@ whose header is missing (wire version 1 sent none) or names another version is r
 400 and code ``wire_version``, naming both versions; ``/healthz`` answers whatever the caller
 speaks. Every refusal's body is an `ErrorOut`: the service's own errors (`exceptions`),
 FastAPI's request validation (422, ``invalid_payload``) and Starlette's HTTP errors (unknown
-route, method not allowed).
+route, method not allowed). Every answer also lists the statements a silo's request may carry
+(``X-Fedsilo-Carries``) and brings back the receipt of one it carried (`schemas.carried`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aggregation.service import carried
 from aggregation.service.exceptions import ServiceError
+from schemas.carried import CARRIABLE_KINDS, CARRIES_HEADER, RECEIPT_HEADER
 from schemas.wire import WIRE_HEADER, WIRE_VERSION, ErrorCode, ErrorOut
 
 Scope = MutableMapping[str, Any]
@@ -29,6 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 VERSIONED_PREFIX = "/v1/"
+CARRIES = ",".join(CARRIABLE_KINDS)  # the statements a request may carry (`schemas.carried`)
 
 CODE_OF_STATUS = {
     400: ErrorCode.invalid_payload,
@@ -78,7 +82,12 @@ class WireVersion:
 
         async def stamped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[WIRE_HEADER] = str(WIRE_VERSION)
+                headers = MutableHeaders(scope=message)
+                headers[WIRE_HEADER] = str(WIRE_VERSION)
+                headers[CARRIES_HEADER] = CARRIES
+                receipt = carried.receipt_of(scope)
+                if receipt is not None:
+                    headers[RECEIPT_HEADER] = receipt
             await send(message)
 
         if scope["path"].startswith(VERSIONED_PREFIX):

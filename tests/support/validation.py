@@ -1,5 +1,6 @@
-"""A silo's signed validation statement, as its agent's gate sends it before a round's first
-answer (`silos.agent.validate_round`), for tests that drive silos by hand.
+"""A silo's signed validation statement, as its agent's gate makes it before a round's first
+answer (`silos.agent.validate_round`, which lets it ride on that answer), sent alone, for
+tests that drive silos by hand.
 
 The service bounds every claimed ``n_examples`` by the rows of the silo's latest passing
 statement in the run (`aggregation.service.contributions.check_n_examples`).
