@@ -100,6 +100,21 @@ class HistTaskInfo(Message):
 INLINE_MODEL_TASKS = frozenset({"train", "evaluate", "secagg_masked", "secagg_buffered"})
 INLINE_MODEL_MAX_BYTES = 1 << 20
 INLINE_MODEL_PARAM = "inline_model"
+# Likewise a secure-aggregation stage's task may carry what the silo would fetch first
+# (`GET .../secagg/{what}`: every advert, its own shares, its unmask request) as base64
+# frames (`schemas.frames`) when the poll asks (`inline_inbox=true`) and they fit in
+# INLINE_INBOX_MAX_BYTES: one request fewer per silo and stage.
+INLINE_INBOX = {
+    "secagg_share": "adverts",
+    "secagg_masked": "shares",
+    "secagg_buffered": "shares",
+    "statistics": "shares",
+    "distill": "shares",
+    "ensemble_weights": "shares",
+    "secagg_unmask": "unmask-request",
+}
+INLINE_INBOX_MAX_BYTES = 1 << 20
+INLINE_INBOX_PARAM = "inline_inbox"
 
 
 class _TaskBase(Message):
@@ -111,6 +126,11 @@ class _TaskBase(Message):
         default=None,
         description="model version `model_version` (safetensors, base64) when the poll asked "
         "for it inline and the task needs it (INLINE_MODEL_TASKS); None: GET it",
+    )
+    inbox_b64: str | None = Field(
+        default=None,
+        description="what the stage's silo fetches first (INLINE_INBOX: frames, base64) when "
+        "the poll asked for it inline; None: GET it",
     )
     checkpoints: CheckpointList | None = Field(
         default=None,

@@ -25,10 +25,16 @@ from httpx import Response
 
 from schemas import carried, signing, tensors
 from schemas.exceptions import TensorFormatError
-from schemas.frames import unpack_frames
+from schemas.frames import FrameError, unpack_frames
 from schemas.ledger_checkpoint import COUNTERSIGNED_PARAM, encode_countersigned
 from schemas.lineage import make_statement, sign_statement
-from schemas.tasks import INLINE_MODEL_PARAM, TASK_ADAPTER, Task
+from schemas.tasks import (
+    INLINE_INBOX,
+    INLINE_INBOX_PARAM,
+    INLINE_MODEL_PARAM,
+    TASK_ADAPTER,
+    Task,
+)
 from schemas.wire import (
     WIRE_HEADER,
     WIRE_VERSION,
@@ -82,6 +88,9 @@ class SiloClient(HttpBase):
         # the model the last task brought inline, (run, version) -> safetensors: the task's
         # handler takes it through `download_model` without a request
         self._inline: dict[tuple[str, int], bytes] = {}
+        # likewise what a secure-aggregation stage's task brought, (run, round, what) -> frames:
+        # `secagg_get` hands it over once
+        self._inbox: dict[tuple[str, int, str], list[bytes]] = {}
         # statements that ride on the run's next POST (`carry_statement`): the kinds the
         # service takes that way (it says so on every answer), the held ones by run, and who
         # keeps their receipts (the agent: its copy of the ledger)
@@ -224,7 +233,7 @@ class SiloClient(HttpBase):
         checkpoints ride along (`schemas.ledger_checkpoint.encode_countersigned`). The task
         brings its model when it needs one and the model is small (`schemas.tasks`,
         INLINE_MODEL_TASKS); `download_model` then hands it over without a request."""
-        path = f"/v1/silo/tasks?wait={wait_s:g}&{INLINE_MODEL_PARAM}=true"
+        path = f"/v1/silo/tasks?wait={wait_s:g}&{INLINE_MODEL_PARAM}=true&{INLINE_INBOX_PARAM}=true"
         path += f"&run_id={run_id}" if run_id else ""
         if countersigned:
             path += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(countersigned)}"
@@ -239,6 +248,17 @@ class SiloClient(HttpBase):
                 model = None  # not usable: `download_model` fetches it instead
             self._inline = {} if model is None else {(task.run_id, task.model_version): model}
             task = task.model_copy(update={"model_b64": None})  # not kept twice, nor logged
+        if task.inbox_b64 is not None:
+            try:
+                frames: list[bytes] | None = unpack_frames(
+                    base64.b64decode(task.inbox_b64, validate=True)
+                )
+            except (binascii.Error, FrameError):
+                frames = None  # not usable: `secagg_get` fetches them instead
+            what = INLINE_INBOX.get(task.type, "")
+            key = (task.run_id, task.round, what)
+            self._inbox = {} if frames is None else {key: frames}
+            task = task.model_copy(update={"inbox_b64": None})
         return task
 
     def download_model(self, run_id: str, version: int) -> bytes:
@@ -330,6 +350,9 @@ class SiloClient(HttpBase):
     def secagg_get(self, run_id: str, round_: int, what: str) -> list[bytes]:
         """Fetch the adverts, this silo's shares or its unmask request (one frame) as the
         binary protocol messages they are."""
+        inline = self._inbox.pop((run_id, round_, what), None)
+        if inline is not None:  # the stage's task brought them (`next_task`)
+            return inline
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{what}"
         return unpack_frames(self.request("GET", path).content)
 

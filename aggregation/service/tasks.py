@@ -9,13 +9,19 @@ import base64
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregation.service.engines import secure
 from aggregation.service.engines.base import Hub, RoundContext
+from aggregation.service.engines.context import round_context
 from aggregation.service.engines.registry import engine_for
+from aggregation.service.exceptions import ServiceError
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
 from aggregation.service.tables import ModelVersion, Run, RunSilo
 from aggregation.service.vertical_relay import out, pending_for
+from schemas.frames import FrameError, pack_frames
 from schemas.tasks import (
+    INLINE_INBOX,
+    INLINE_INBOX_MAX_BYTES,
     INLINE_MODEL_MAX_BYTES,
     INLINE_MODEL_TASKS,
     RunEndedTask,
@@ -75,3 +81,20 @@ def with_model(s: Session, task: Task) -> Task:
     if model is None or len(model.payload) > INLINE_MODEL_MAX_BYTES:
         return task
     return task.model_copy(update={"model_b64": base64.b64encode(model.payload).decode()})
+
+
+def with_inbox(s: Session, hub: Hub, task: Task, silo: str) -> Task:
+    """`task` carrying what its stage fetches first (`schemas.tasks.INLINE_INBOX`), when it
+    is ready and at most INLINE_INBOX_MAX_BYTES; else `task` as it was, and the silo's GET
+    gets the answer (or the refusal) it would have got."""
+    what = INLINE_INBOX.get(task.type)
+    if what is None:
+        return task
+    try:
+        ctx = round_context(s, hub, task.run_id, task.round)
+        frames = pack_frames(secure.inbox(ctx, silo, what))
+    except (ServiceError, FrameError):
+        return task
+    if len(frames) > INLINE_INBOX_MAX_BYTES:
+        return task
+    return task.model_copy(update={"inbox_b64": base64.b64encode(frames).decode()})

@@ -43,13 +43,13 @@ from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
-from aggregation.service.tasks import next_task, with_model
+from aggregation.service.tasks import next_task, with_inbox, with_model
 from aggregation.service.wakeup import wakeup_of
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
 from schemas.ledger_checkpoint import MAX_COUNTERSIGNED_PER_POLL, parse_countersigned
 from schemas.personalization import PersonalizedPayload
-from schemas.tasks import INLINE_MODEL_PARAM, Task
+from schemas.tasks import INLINE_INBOX_PARAM, INLINE_MODEL_PARAM, Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
@@ -108,6 +108,15 @@ InlineModel = Annotated[
     ),
 ]
 
+InlineInbox = Annotated[
+    bool,
+    Query(
+        alias=INLINE_INBOX_PARAM,
+        description="bring what a secure-aggregation stage fetches first inline when it is "
+        "ready and small (`schemas.tasks.INLINE_INBOX`, INLINE_INBOX_MAX_BYTES)",
+    ),
+]
+
 
 def _parse_countersigned(silo: str, text: str) -> list[tuple[int, str]]:
     """The countersignatures a poll carried. One that does not verify is later logged, not
@@ -131,11 +140,13 @@ async def poll_task(
     run_id: OptionalName = None,
     countersigned: Countersigned = None,
     inline_model: InlineModel = False,
+    inline_inbox: InlineInbox = False,
 ) -> Task | Response:
     """Long-poll for the silo's next task (optionally within one run). The poll brings the
     silo's countersignatures of ledger checkpoints; a task brings the checkpoints it has still
-    to countersign (`schemas.ledger_checkpoint`), and with `inline_model` the model it needs
-    (`schemas.tasks.INLINE_MODEL_TASKS`)."""
+    to countersign (`schemas.ledger_checkpoint`), with `inline_model` the model it needs
+    (`schemas.tasks.INLINE_MODEL_TASKS`), with `inline_inbox` the messages its stage starts
+    from (`schemas.tasks.INLINE_INBOX`)."""
     signed = _parse_countersigned(silo.name, countersigned) if countersigned else []
     service_key = public_hex(request.app.state.recorder.service_key)
 
@@ -152,6 +163,8 @@ async def poll_task(
                 return None
             if inline_model:
                 task = with_model(s, task)
+            if inline_inbox:
+                task = with_inbox(s, hub, task, silo.name)
             return checkpoints.with_pending(s, task, silo.federation, silo.name, service_key)
 
     wait_s = min(wait, settings.long_poll_max_s)

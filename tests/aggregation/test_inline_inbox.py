@@ -1,0 +1,129 @@
+"""A secure-aggregation stage's task brings what its silo fetches first, when the poll asks
+(`schemas.tasks.INLINE_INBOX`): the adverts, the silo's shares, its unmask request. A whole
+round runs without one `GET .../secagg/...` and aggregates exactly; the frames are the ones
+the GET answers; a poll that does not ask, or a stage whose messages are too big, fetches as
+before. Over real HTTP, both backends."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.validation import validate
+
+from aggregation.service import tasks as service_tasks
+from flows.service_client import CoordinatorClient
+from schemas import tensors
+from schemas.frames import unpack_frames
+from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
+from schemas.wire import RoundOpen, RunCreate
+from silos import secure_round
+from silos.client import SiloClient
+
+MODEL = ModelSpec(kind="logreg", n_features=3)
+SHAPES = param_shapes(MODEL)
+DIM = sum(int(np.prod(s)) for _, s in SHAPES)
+SILOS = ("a", "b", "c")
+
+
+@dataclass
+class Fed:
+    coord: CoordinatorClient
+    silos: dict[str, SiloClient]
+    run_id: str
+    gets: list[str]  # the secagg GETs any silo made
+
+
+def _record_gets(client: SiloClient, gets: list[str]) -> None:
+    request = client.request
+
+    def counted(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "GET" and "/secagg/" in path:
+            gets.append(path)
+        return request(method, path, *args, **kwargs)
+
+    client.request = counted  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    spec = RunSpec(
+        federation="f",
+        dataset="toy",
+        model=MODEL,
+        rounds=2,
+        min_silos=3,
+        secure_aggregation=SecureAggregationSpec(enabled=True, clip=5.0, threshold=2),
+    )
+    with service_in_thread(tmp_path / "svc", db_url) as url:
+        coord = coordinator(url)
+        coord.create_federation("f")
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
+        run = coord.create_run(RunCreate(spec=spec))
+        zeros = {n: np.zeros(s, dtype=np.float32) for n, s in SHAPES}
+        coord.put_initial_model(run.run_id, tensors.encode(zeros))
+        coord.start_run(run.run_id)
+        coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=600))
+        gets: list[str] = []
+        for client in silos.values():
+            validate(client, run.run_id, n_rows=100)
+            _record_gets(client, gets)
+        yield Fed(coord, silos, run.run_id, gets)
+
+
+def _stage(fed: Fed, ws: Path, kind: str, act: Any) -> None:
+    for name, client in fed.silos.items():
+        work = client.next_task(wait_s=10, run_id=fed.run_id)
+        assert work is not None and work.type == kind, (name, work)
+        act(client, work, ws / name)
+
+
+def test_a_secure_round_fetches_no_message_and_aggregates_exactly(fed: Fed, tmp_path: Path) -> None:
+    ws = tmp_path / "silo-ws"
+    rng = np.random.default_rng(5)
+    deltas = {n: rng.uniform(-0.5, 0.5, DIM) for n in SILOS}
+    _stage(fed, ws, "secagg_advertise", lambda c, w, d: secure_round.advertise(c, c.key, w, d, 100))
+    _stage(fed, ws, "secagg_share", lambda c, w, d: secure_round.share(c, c.key, w, d))
+
+    def masked(client: SiloClient, work: Any, where: Path) -> None:
+        weighted = deltas[client.silo] * work.secagg.weight
+        message = secure_round.masked_update(client, client.key, work, where, weighted)
+        client.submit_masked(fed.run_id, 1, message, 100, 0.01, None)
+
+    _stage(fed, ws, "secagg_masked", masked)
+    _stage(fed, ws, "secagg_unmask", lambda c, w, d: secure_round.unmask(c, c.key, w, d))
+    assert fed.gets == []  # every stage's messages came with its task
+    assert fed.coord.close_round(fed.run_id, 1).status == "aggregated"
+    got = tensors.decode_expected(fed.coord.download_model(fed.run_id, 1), SHAPES)[0]
+    flat = np.concatenate([g.reshape(-1) for g in got])
+    # FedAvg of equal weights, within the quantizer's step
+    np.testing.assert_allclose(flat, np.mean(list(deltas.values()), axis=0), atol=1e-4)
+
+
+def test_the_inline_frames_are_the_ones_the_get_answers(fed: Fed, tmp_path: Path) -> None:
+    ws = tmp_path / "silo-ws"
+    _stage(fed, ws, "secagg_advertise", lambda c, w, d: secure_round.advertise(c, c.key, w, d, 100))
+    a = fed.silos["a"]
+    asked = f"/v1/silo/tasks?wait=5&run_id={fed.run_id}"
+    plain = a.request("GET", asked).json()
+    assert plain["type"] == "secagg_share" and plain["inbox_b64"] is None
+    inline = a.request("GET", asked + "&inline_inbox=true").json()
+    fetched = a.secagg_get(fed.run_id, 1, "adverts")
+    assert unpack_frames(base64.b64decode(inline["inbox_b64"])) == fetched
+    assert fed.gets == [f"/v1/silo/runs/{fed.run_id}/rounds/1/secagg/adverts"]
+
+
+def test_messages_above_the_limit_are_fetched(
+    fed: Fed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_tasks, "INLINE_INBOX_MAX_BYTES", 10)
+    ws = tmp_path / "silo-ws"
+    _stage(fed, ws, "secagg_advertise", lambda c, w, d: secure_round.advertise(c, c.key, w, d, 100))
+    _stage(fed, ws, "secagg_share", lambda c, w, d: secure_round.share(c, c.key, w, d))
+    assert fed.gets == [f"/v1/silo/runs/{fed.run_id}/rounds/1/secagg/adverts"] * 3
