@@ -15,13 +15,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, service_in_thread, started_run
 from support.validation import summary
 
 from flows.service_client import CoordinatorClient
 from schemas import carried, tensors
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate
 from silos.client import SiloClient
 from silos.client_errors import InvalidPayload
 from silos.round_gate import statement_payload
@@ -54,11 +53,7 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
         coord = coordinator(url)
         coord.create_federation("f")
         a = enrolled_silo(url, coord, "f", "a")
-        run = coord.create_run(RunCreate(spec=spec))
-        zeros = {n: np.zeros(s, dtype="float32") for n, s in SHAPES}
-        coord.put_initial_model(run.run_id, tensors.encode(zeros))
-        coord.start_run(run.run_id)
-        coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=60))
+        run_id = started_run(coord, spec)
         sent: list[tuple[str, str]] = []
         kept: list[dict[str, Any]] = []
         answered = a._answered
@@ -70,7 +65,7 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
         a._answered = seen  # type: ignore[method-assign]
         a.on_receipt = kept.append
         a.whoami()  # any answer says what the service takes along
-        yield Fed(url, coord, a, run.run_id, sent, kept)
+        yield Fed(url, coord, a, run_id, sent, kept)
 
 
 def _update(run_id: str, n: int) -> bytes:

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import (
+    coordinator,
+    enrolled_silo,
+    recorded,
+    service_in_thread,
+    started_run,
+)
 from support.validation import validate
 
 from aggregation.service import tasks as service_tasks
@@ -22,7 +28,6 @@ from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.frames import unpack_frames
 from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
-from schemas.wire import RoundOpen, RunCreate
 from silos import secure_round
 from silos.client import SiloClient
 
@@ -40,17 +45,6 @@ class Fed:
     gets: list[str]  # the secagg GETs any silo made
 
 
-def _record_gets(client: SiloClient, gets: list[str]) -> None:
-    request = client.request
-
-    def counted(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "GET" and "/secagg/" in path:
-            gets.append(path)
-        return request(method, path, *args, **kwargs)
-
-    client.request = counted  # type: ignore[method-assign]
-
-
 @pytest.fixture
 def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
     spec = RunSpec(
@@ -65,16 +59,12 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
         coord = coordinator(url)
         coord.create_federation("f")
         silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
-        run = coord.create_run(RunCreate(spec=spec))
-        zeros = {n: np.zeros(s, dtype=np.float32) for n, s in SHAPES}
-        coord.put_initial_model(run.run_id, tensors.encode(zeros))
-        coord.start_run(run.run_id)
-        coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=600))
+        run_id = started_run(coord, spec)
         gets: list[str] = []
         for client in silos.values():
-            validate(client, run.run_id, n_rows=100)
-            _record_gets(client, gets)
-        yield Fed(coord, silos, run.run_id, gets)
+            validate(client, run_id, n_rows=100)
+            recorded(client, lambda method, path: method == "GET" and "/secagg/" in path, gets)
+        yield Fed(coord, silos, run_id, gets)
 
 
 def _stage(fed: Fed, ws: Path, kind: str, act: Any) -> None:

@@ -9,11 +9,10 @@ import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from support.live_service import coordinator, enrolled_silo, service_in_thread
+from support.live_service import coordinator, enrolled_silo, recorded, service_in_thread
 
 from aggregation.service import tasks as service_tasks
 from flows.service_client import CoordinatorClient
@@ -59,17 +58,8 @@ def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
 
 
 def _model_gets(client: SiloClient) -> list[str]:
-    """Record the paths of the model downloads `client` makes from now on."""
-    gets: list[str] = []
-    request = client.request
-
-    def counted(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        if method == "GET" and "/models/" in path:
-            gets.append(path)
-        return request(method, path, *args, **kwargs)
-
-    client.request = counted  # type: ignore[method-assign]
-    return gets
+    """The paths of the model downloads `client` makes from now on."""
+    return recorded(client, lambda method, path: method == "GET" and "/models/" in path)
 
 
 def test_the_train_task_brings_its_model_and_the_handler_fetches_nothing(fed: Fed) -> None:

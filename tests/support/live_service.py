@@ -6,18 +6,24 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregation.service.main import create_app
 from aggregation.service.settings import ServiceSettings
 from flows.service_client import CoordinatorClient
+from schemas import tensors
+from schemas.specs import RunSpec, param_shapes
+from schemas.wire import RoundOpen, RunCreate
 from silos.client import SiloClient
+from silos.http_base import HttpBase
 
 
 def free_port() -> int:
@@ -87,6 +93,34 @@ def enrolled_silo(
     if approve:
         coord.approve(federation, name)
     return client
+
+
+def started_run(coord: CoordinatorClient, spec: RunSpec) -> str:
+    """Create a run of `spec` with an all-zero initial model, start it and open round 1; its
+    id."""
+    run = coord.create_run(RunCreate(spec=spec))
+    zeros = {n: np.zeros(s, dtype=np.float32) for n, s in param_shapes(spec.torch_model)}
+    coord.put_initial_model(run.run_id, tensors.encode(zeros))
+    coord.start_run(run.run_id)
+    coord.open_round(run.run_id, RoundOpen(round=1, deadline_s=600))
+    return run.run_id
+
+
+def recorded(
+    client: HttpBase, keep: Callable[[str, str], bool], into: list[str] | None = None
+) -> list[str]:
+    """The paths of the requests `client` makes from now on for which `keep(method, path)`
+    (appended to `into`, when given: one list for several clients)."""
+    paths: list[str] = [] if into is None else into
+    request = client.request
+
+    def counted(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if keep(method, path):
+            paths.append(path)
+        return request(method, path, *args, **kwargs)
+
+    client.request = counted  # type: ignore[method-assign]
+    return paths
 
 
 def write_heart_silos(
