@@ -8,13 +8,15 @@ invisible to the caller; an outage is logged once when it starts (address and er
 when it ends (how long it lasted). A 4xx answer is final: its `ErrorOut` body is raised as the
 `ServiceRejected` subclass its `code` names (`silos.client_errors`). Every request carries the
 wire version (`X-Fedsilo-Wire`). With several addresses (service processes sharing one
-database), `spread=True` (or FEDSILO_SERVICE_SPREAD=1) sends each request to the next address.
+database), `spread=True` (or FEDSILO_SERVICE_SPREAD=1) sends each request to an address
+chosen at random.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import ssl
 import time
 from collections.abc import Sequence
@@ -94,7 +96,10 @@ class HttpBase:
         last_error = ""
         outage: float | None = None  # when every address had failed: logged, and its end too
         if self.spread:
-            self._current = (self._current + 1) % len(self.urls)
+            # at random, not in turn: an agent's requests come in a fixed cycle (poll, answer,
+            # poll, answer), and taking turns over two addresses would send every poll to one
+            # process and every answer to the other
+            self._current = random.randrange(len(self.urls))
         untried = len(self.urls)  # fail over to every other address before backing off
         while True:
             base = self.urls[self._current]
