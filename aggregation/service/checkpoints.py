@@ -102,12 +102,11 @@ def pending_for_silo(
 def with_pending(s: Session, task: Task, federation: str, silo: str, service_key: str) -> Task:
     """`task` carrying the checkpoints above the highest one `silo` countersigned (one that
     anchors every entry below it, so older unsigned ones are not asked for again)."""
-    latest = s.scalar(
-        select(func.max(LedgerCountersignature.height)).where(
-            LedgerCountersignature.silo == f"silo:{silo}"
-        )
+    signed = select(func.max(LedgerCountersignature.height)).where(
+        LedgerCountersignature.silo == f"silo:{silo}"
     )
-    newest = s.scalar(select(func.max(LedgerCheckpoint.height)))
+    published = select(func.max(LedgerCheckpoint.height))
+    latest, newest = s.execute(select(signed.scalar_subquery(), published.scalar_subquery())).one()
     if newest is None or newest <= (latest or 0):  # two index reads: most tasks stop here
         return task
     pending = pending_for_silo(s, federation, silo, after=latest or 0, limit=MAX_ON_TASK)

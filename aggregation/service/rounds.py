@@ -22,10 +22,14 @@ _STATE_OF_KIND = {
 
 
 def get_round(s: Session, run_id: str, number: int, *, for_update: bool = False) -> Round:
-    stmt = select(Round).where(Round.run_id == run_id, Round.number == number)
+    """The round (NotFound naming it); `for_update` takes the row's lock and reads it afresh,
+    and without it a round this session already loaded is not read again (as `runs.get_run`).
+    """
     if for_update:
-        stmt = stmt.with_for_update()
-    rnd = s.scalar(stmt)
+        stmt = select(Round).where(Round.run_id == run_id, Round.number == number)
+        rnd = s.scalar(stmt.with_for_update().execution_options(populate_existing=True))
+    else:
+        rnd = s.get(Round, (run_id, number))
     if rnd is None:
         raise NotFound(f"round {number} of run {run_id} does not exist")
     return rnd

@@ -24,10 +24,15 @@ def spec_of(run: Run) -> RunSpec:
 
 
 def get_run(s: Session, run_id: str, *, for_update: bool = False) -> Run:
-    stmt = select(Run).where(Run.id == run_id)
+    """The run (NotFound naming it). `for_update` takes the row's lock and reads it afresh
+    (`populate_existing`: a copy this session loaded earlier may be older than the locked
+    row); without the lock a run this session already loaded is not read again
+    (`Session.get`: a request's handlers ask for it up to three times)."""
     if for_update:
-        stmt = stmt.with_for_update()
-    run = s.scalar(stmt)
+        stmt = select(Run).where(Run.id == run_id).with_for_update()
+        run = s.scalar(stmt.execution_options(populate_existing=True))
+    else:
+        run = s.get(Run, run_id)
     if run is None:
         raise NotFound(f"run {run_id!r} does not exist")
     return run

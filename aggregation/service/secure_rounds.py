@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, insert, select
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
@@ -468,12 +468,13 @@ def receive(
             n_examples=n_examples,
         )
     )
-    if isinstance(msg, ShareKeys):  # each recipient fetches its own rows (`shares_for`)
-        s.add_all(
-            SecAggShare(run_id=run.id, round=rnd.number, sender=silo, recipient=to, ciphertext=blob)
-            for to, blob in msg.ciphertexts.items()
-        )
     s.flush()
+    if isinstance(msg, ShareKeys) and msg.ciphertexts:
+        # each recipient fetches its own rows (`shares_for`); one executemany, not an INSERT
+        # per recipient (N - 1 of them per message)
+        here = {"run_id": run.id, "round": rnd.number, "sender": silo}
+        rows = [dict(here, recipient=to, ciphertext=blob) for to, blob in msg.ciphertexts.items()]
+        s.execute(insert(SecAggShare), rows)
     return state
 
 
@@ -675,27 +676,26 @@ def survivor_weight(s: Session, rnd: Round, spec: RunSpec) -> float:
 
 
 def weight_of(s: Session, rnd: Round, spec: RunSpec, silo: str) -> float | None:
-    """`weights_of(...).get(silo)` from two aggregate queries, not N rows: a task poll asks
+    """`weights_of(...).get(silo)` from one aggregate query, not N rows: a task poll asks
     for one silo's weight."""
     advertised = (
         SecAggMessage.run_id == rnd.run_id,
         SecAggMessage.round == rnd.number,
         SecAggMessage.stage == "advertise",
     )
-    own = select(SecAggMessage.n_examples).where(*advertised, SecAggMessage.silo == silo)
-    row = s.execute(own).first()
-    if row is None:
+    own = func.sum(case((SecAggMessage.silo == silo, func.coalesce(SecAggMessage.n_examples, 0))))
+    mine = func.count(case((SecAggMessage.silo == silo, 1)))
+    total = func.coalesce(func.sum(SecAggMessage.n_examples), 0)
+    advertisers, sent, rows, federation_rows = s.execute(
+        select(func.count(), mine, own, total).where(*advertised)
+    ).one()
+    if not sent:
         return None
     if rnd.kind == "statistics":
         return 1.0
-    count, total = s.execute(
-        select(func.count(), func.coalesce(func.sum(SecAggMessage.n_examples), 0)).where(
-            *advertised
-        )
-    ).one()
     if spec.privacy:
-        return 1.0 / count
-    return (row[0] or 0) / (total or 1)  # total > 0: this silo advertised
+        return 1.0 / advertisers
+    return (rows or 0) / (federation_rows or 1)  # federation_rows > 0: this silo advertised
 
 
 def weights_of(s: Session, rnd: Round, spec: RunSpec) -> dict[str, float]:
