@@ -14,13 +14,14 @@ same measurement on commit REF's code (exported with ``git archive``; its servic
 run from that tree) and prints both side by side.
 
 It also prints the silos' requests per silo and round (the service's /metrics, routes
-/v1/silo/*, from round 2's opening). Besides the overhead it prints CPU per round (user +
-system, read from /proc): the service's and the four agents' from the opening of round 2
-(after the first round's one-off work, imports included) to the flow's end, per round after
-the first; the Prefect server's
-(when this script started it) from the flow's start until it has caught up with the flow's
-events (under 50 ms of CPU in a second), per round. On a loaded machine the agents' waits
-for the CPU swamp the wall-clock overhead, while each process's own work still shows.
+/v1/silo/*, from round 2's opening) and the SQL statements the service ran per round (its
+/metrics, `fedsilo_db_statement_duration_seconds_count`, every request's). Besides the
+overhead it prints CPU per round (user + system, read from /proc): the service's and the four
+agents' from the opening of round 2 (after the first round's one-off work, imports included)
+to the flow's end, per round after the first; the Prefect server's (when this script started
+it) from the flow's start until it has caught up with the flow's events (under 50 ms of CPU in
+a second), per round. On a loaded machine the agents' waits for the CPU swamp the wall-clock
+overhead, while each process's own work still shows.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main() -> None:
         line = (
             f"   {name:<28} {1000 * f['median_s']:7.1f} ms  cpu {1000 * f['service_cpu_s']:6.1f}"
             f" / {_ms(f.get('agents_cpu_s'))} / {_ms(f.get('prefect_cpu_s'))} ms"
-            f"  req {_per(f.get('silo_requests'))}"
+            f"  req {_per(f.get('silo_requests'))}  sql {_count(f.get('db_statements'))}"
         )
         if "re-check" in name:
             print(f"{line}  (before: re-check every 10 ms)")
@@ -163,26 +164,31 @@ def _cpu_s(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _silo_requests(url: str, token: str) -> float:
-    """The silos' requests the service has answered so far (its /metrics, routes /v1/silo/*)."""
+def _service_counts(url: str, token: str) -> tuple[float, float]:
+    """From the service's /metrics: the silos' requests it has answered so far (routes
+    /v1/silo/*), and the SQL statements it has run (every request's and its own)."""
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}).text
-    return sum(
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    requests = sum(
         s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
+        for s in samples
         if s.name == "fedsilo_http_requests_total" and s.labels["route"].startswith("/v1/silo/")
     )
+    statements = sum(
+        s.value for s in samples if s.name == "fedsilo_db_statement_duration_seconds_count"
+    )
+    return requests, statements
 
 
-def _at_round_2(coord, groups: list[list[psutil.Process]], out: list[float], requests) -> None:  # type: ignore[no-untyped-def]
-    """Append each group's CPU seconds, then `requests()`, once the federation's run has
-    opened round 2."""
+def _at_round_2(coord, groups: list[list[psutil.Process]], out: list[float], counts) -> None:  # type: ignore[no-untyped-def]
+    """Append each group's CPU seconds, then `counts()`'s figures, once the federation's run
+    has opened round 2."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         runs = coord.list_runs("heart", limit=1)
         if runs and len(coord.rounds(runs[0].run_id)) >= 2:
             out.extend(_cpu_s(g) for g in groups)
-            out.append(requests())
+            out.extend(counts())
             return
         time.sleep(0.1)
 
@@ -241,7 +247,7 @@ def run_before(ref: str, argv: list[str], ws: Path) -> dict:  # type: ignore[typ
 def print_side_by_side(before: dict, after: dict) -> None:  # type: ignore[type-arg]
     print(f"\nbefore ({before['ref']}) and after, measured one after the other in this run:")
     head = ("overhead ms", "service CPU ms/round", "agents CPU ms/round", "Prefect CPU ms/round")
-    head += ("requests/silo/round",)
+    head += ("requests/silo/round", "SQL statements/round")
     print(f"   {'':<28} " + " ".join(f"{h:>23}" for h in head))
     keys = ("median_s", "service_cpu_s", "agents_cpu_s", "prefect_cpu_s")
     for name, f in after.items():
@@ -249,8 +255,9 @@ def print_side_by_side(before: dict, after: dict) -> None:  # type: ignore[type-
         if old is None:
             continue
         cells = [f"{_ms(old.get(k)):>10} -> {_ms(f.get(k)):>8}" for k in keys]
-        req = "silo_requests"
+        req, sql = "silo_requests", "db_statements"
         cells.append(f"{_per(old.get(req)):>10} -> {_per(f.get(req)):>8}")
+        cells.append(f"{_count(old.get(sql)):>10} -> {_count(f.get(sql)):>8}")
         print(f"   {name:<28} " + " ".join(f"{c:>23}" for c in cells))
 
 
@@ -304,10 +311,10 @@ def run(  # type: ignore[type-arg]
         _caught_up(_PREFECT)  # the previous federation's events are not this one's
     start = {"service": _cpu_s(service_p)}
     start["prefect"] = _cpu_s([_PREFECT]) if _PREFECT is not None else 0.0
-    at_round_2: list[float] = []  # the service's and the agents' CPU, the silos' requests
-    requests = lambda: _silo_requests(url, token)  # noqa: E731
+    at_round_2: list[float] = []  # service and agents CPU, silos' requests, SQL statements
+    counts = lambda: _service_counts(url, token)  # noqa: E731
     watcher = threading.Thread(
-        target=_at_round_2, args=(coord, [service_p, agents_p], at_round_2, requests), daemon=True
+        target=_at_round_2, args=(coord, [service_p, agents_p], at_round_2, counts), daemon=True
     )
     watcher.start()
     result = federated_training(
@@ -333,11 +340,14 @@ def run(  # type: ignore[type-arg]
         "agents_cpu_s": None,
         "prefect_cpu_s": None,
         "silo_requests": None,
+        "db_statements": None,
     }
-    if len(at_round_2) == 3 and n > 1:
+    if len(at_round_2) == 4 and n > 1:
         cpu["service_cpu_s"] = (_cpu_s(service_p) - at_round_2[0]) / (n - 1)
         cpu["agents_cpu_s"] = (_cpu_s(agents_p) - at_round_2[1]) / (n - 1)
-        cpu["silo_requests"] = (requests() - at_round_2[2]) / (n - 1) / len(configs)
+        requests, statements = counts()
+        cpu["silo_requests"] = (requests - at_round_2[2]) / (n - 1) / len(configs)
+        cpu["db_statements"] = (statements - at_round_2[3]) / (n - 1)
     if _PREFECT is not None:
         _caught_up(_PREFECT)
         cpu["prefect_cpu_s"] = (_cpu_s([_PREFECT]) - start["prefect"]) / n
@@ -365,13 +375,18 @@ def report(records: list[dict], mode: str, cpu: dict) -> float:  # type: ignore[
         f"({mode} target < {1000 * target:.0f} ms): {'MET' if median < target else 'MISSED'}; "
         f"CPU ms per round: service {_ms(cpu['service_cpu_s'])}, agents "
         f"{_ms(cpu['agents_cpu_s'])}, Prefect server {_ms(cpu['prefect_cpu_s'])}; "
-        f"requests per silo and round {_per(cpu.get('silo_requests'))}"
+        f"requests per silo and round {_per(cpu.get('silo_requests'))}; SQL statements per "
+        f"round {_count(cpu.get('db_statements'))}"
     )
     return median
 
 
 def _per(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _count(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
 
 
 if __name__ == "__main__":
