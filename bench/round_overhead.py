@@ -21,7 +21,9 @@ agents' from the opening of round 2 (after the first round's one-off work, impor
 to the flow's end, per round after the first; the Prefect server's (when this script started
 it) from the flow's start until it has caught up with the flow's events (under 50 ms of CPU in
 a second), per round. On a loaded machine the agents' waits for the CPU swamp the wall-clock
-overhead, while each process's own work still shows.
+overhead, while each process's own work still shows; so it also prints how many cores other
+work kept busy during the flow (the machine's busy CPU from /proc/stat less this script's
+processes' and their children's), to read each MET or MISSED against.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def main() -> None:
             f"   {name:<28} {1000 * f['median_s']:7.1f} ms  cpu {1000 * f['service_cpu_s']:6.1f}"
             f" / {_ms(f.get('agents_cpu_s'))} / {_ms(f.get('prefect_cpu_s'))} ms"
             f"  req {_per(f.get('silo_requests'))}  sql {_count(f.get('db_statements'))}"
+            f"  others {_per(f.get('other_cores'))} cores"
         )
         if "re-check" in name:
             print(f"{line}  (before: re-check every 10 ms)")
@@ -146,6 +149,13 @@ def main() -> None:
 
 
 _PREFECT: psutil.Process | None = None  # the Prefect server this script started
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process)."""
+    t = psutil.cpu_times()
+    counted_twice = getattr(t, "guest", 0.0) + getattr(t, "guest_nice", 0.0)  # in user, nice
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - counted_twice
 
 
 def _ms(seconds: float | None) -> str:
@@ -309,8 +319,9 @@ def run(  # type: ignore[type-arg]
     agents_p = [psutil.Process(p.popen.pid) for p in procs[-len(configs) :]]
     if _PREFECT is not None:
         _caught_up(_PREFECT)  # the previous federation's events are not this one's
-    start = {"service": _cpu_s(service_p)}
+    start = {"service": _cpu_s(service_p), "busy": _busy_s(), "ours": _cpu_s([psutil.Process()])}
     start["prefect"] = _cpu_s([_PREFECT]) if _PREFECT is not None else 0.0
+    start["wall"] = time.monotonic()
     at_round_2: list[float] = []  # service and agents CPU, silos' requests, SQL statements
     counts = lambda: _service_counts(url, token)  # noqa: E731
     watcher = threading.Thread(
@@ -333,6 +344,7 @@ def run(  # type: ignore[type-arg]
             update={"enabled": secure, "consistency_check": consistency}
         ),
     )
+    busy, ours = _busy_s() - start["busy"], _cpu_s([psutil.Process()]) - start["ours"]
     n = max(1, len(result["rounds"]))  # type: ignore[arg-type]
     watcher.join(timeout=5)
     cpu: dict[str, float | None] = {
@@ -341,6 +353,8 @@ def run(  # type: ignore[type-arg]
         "prefect_cpu_s": None,
         "silo_requests": None,
         "db_statements": None,
+        # cores other work on this machine kept busy meanwhile (our processes' CPU taken out)
+        "other_cores": max(0.0, busy - ours) / (time.monotonic() - start["wall"]),
     }
     if len(at_round_2) == 4 and n > 1:
         cpu["service_cpu_s"] = (_cpu_s(service_p) - at_round_2[0]) / (n - 1)
@@ -376,7 +390,8 @@ def report(records: list[dict], mode: str, cpu: dict) -> float:  # type: ignore[
         f"CPU ms per round: service {_ms(cpu['service_cpu_s'])}, agents "
         f"{_ms(cpu['agents_cpu_s'])}, Prefect server {_ms(cpu['prefect_cpu_s'])}; "
         f"requests per silo and round {_per(cpu.get('silo_requests'))}; SQL statements per "
-        f"round {_count(cpu.get('db_statements'))}"
+        f"round {_count(cpu.get('db_statements'))}; other work on this machine meanwhile "
+        f"{_per(cpu.get('other_cores'))} cores"
     )
     return median
 
