@@ -67,12 +67,12 @@ class HistTaskInfo(Message):
     """One step of a secure-histogram run (tree mode ``secure-hist``) for one silo.
 
     Stages: ``advertise`` (join the run's secure-aggregation session), ``masked`` (send the
-    masked vector of aggregation `counter`: the setup vector when `level` is None, else the
-    level's histograms), ``consistency`` (sign the survivor list), ``unmask``. The binary
-    protocol messages of a step (the aggregation or unmask request, and at the setup
-    aggregation every silo's advert) are fetched as one octet-stream body of frames
-    (`schemas.frames`) from ``GET /v1/silo/runs/{run}/hist/inbox?counter=C``: request first,
-    then the adverts.
+    masked vector of aggregation `counter`: the silo's row count when `count_rows`, the setup
+    vector when `level` is None, else the level's histograms), ``consistency`` (sign the
+    survivor list), ``unmask``. The binary protocol messages of a step (the aggregation or
+    unmask request, and at the session's first aggregation every silo's advert) are fetched
+    as one octet-stream body of frames (`schemas.frames`) from
+    ``GET /v1/silo/runs/{run}/hist/inbox?counter=C``: request first, then the adverts.
     """
 
     stage: HistStage
@@ -87,6 +87,16 @@ class HistTaskInfo(Message):
     threshold: int = Field(default=0, description="advertise: Shamir threshold t")
     consistency_check: bool = True
     level: str | None = Field(default=None, description="LevelRequest JSON; None: setup")
+    count_rows: bool = Field(
+        default=False,
+        description="masked: the run's first aggregation, the silo's training rows (one entry)",
+    )
+    rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="masked, setup: the federation's training rows (the first aggregation's "
+        "sum); the fine-grid counts travel at its bit width",
+    )
     previous: str | None = Field(
         default=None, description="TreeDone JSON of the tree before `level`'s (root levels)"
     )

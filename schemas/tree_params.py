@@ -152,6 +152,14 @@ class SecureHistSpec(BaseModel):
     threshold: int | None = Field(default=None, ge=2)
     grad_bound: float = Field(default=1.0, gt=0, description="|gradient| and |label| bound")
     max_rows: int = Field(default=2**28, ge=1, description="bound on the federation's rows")
+    grad_bits: int | None = Field(
+        default=None,
+        ge=1,
+        le=40,
+        description="fractional bits of the quantized gradients and hessians, rounded "
+        "stochastically (fewer bytes a histogram, a model close to XGBoost's); None: the "
+        "lossless precision max_rows allows (schemas.secure_hist.protocol)",
+    )
 
 
 class TreeSpec(BaseModel):

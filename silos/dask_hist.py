@@ -49,9 +49,11 @@ class HistShard:
         config: HistRunConfig,
         min_rows_policy: int,
         source: Path,
+        index: int = 0,
     ) -> None:
         X, y = _encoded(pipeline, part, source)
         self.state = HistSilo.create(name, X, y, config, min_rows_policy)
+        self.state.rounding_stream = f"partition {index}"  # not every shard the same draws
 
     def rows(self) -> int:
         return len(self.state.y)
@@ -117,8 +119,10 @@ class DaskHist:
         """Encode every partition of `table` (a dask DataFrame) on its worker, as a shard."""
         parts = client.compute(table.to_delayed())
         futures = [
-            client.submit(HistShard, name, p, pipeline, config, min_rows_policy, source, actor=True)
-            for p in parts
+            client.submit(
+                HistShard, name, p, pipeline, config, min_rows_policy, source, i, actor=True
+            )
+            for i, p in enumerate(parts)
         ]
         with client.as_current():  # an actor handle calls through the client it was made in
             shards = client.gather(futures)

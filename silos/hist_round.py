@@ -50,6 +50,7 @@ from schemas.secure_hist.protocol import (
     LevelRequest,
     TreeDone,
     cuts_from_json,
+    to_modular,
 )
 from schemas.tasks import HistTask
 from silos import hist_trainer
@@ -194,6 +195,10 @@ def _setup_vector(hist: Hist) -> np.ndarray:
     return hist.setup_vector() if isinstance(hist, DaskHist) else hist_trainer.setup_vector(hist)
 
 
+def _rows(hist: Hist) -> int:
+    return hist.rows() if isinstance(hist, DaskHist) else len(hist.y)
+
+
 def _start_training(hist: Hist, cuts: list[np.ndarray], base: float | list[float]) -> None:
     if isinstance(hist, DaskHist):
         hist.start_training(cuts, base)
@@ -264,11 +269,14 @@ def masked(client: SiloClient, work: HistTask) -> None:
     query: dict[str, object] = {}
     where: Where = {"silo": client.silo}
     if info.level is None:
-        if run.client.private is not None:
+        if run.client.private is not None:  # the session's first aggregation
             adverts = [SessionAdvert.from_bytes(a) for a in frames[1:]]
             session.accept_adverts(run.client, adverts)
-        x = _setup_vector(run.hist)
-        widths = packing.setup_widths(run.hist.config)
+        if info.count_rows:
+            x, widths = to_modular(np.array([float(_rows(run.hist))])), packing.full(1)
+        else:
+            x = _setup_vector(run.hist)
+            widths = packing.setup_widths(run.hist.config, info.rows)
     else:
         level = LevelRequest.from_json(info.level.encode())
         _prepare_level(client, work, run, level)

@@ -30,6 +30,7 @@ rather than one-vs-rest). Labels are the class index 0..K-1 for multi:softprob.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -70,10 +71,13 @@ class HistSilo:
     round_h: np.ndarray = field(default_factory=lambda: np.zeros(0))
     g: np.ndarray = field(default_factory=lambda: np.zeros(0))
     h: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gq: np.ndarray = field(default_factory=lambda: np.zeros(0))  # g, h as the codec's integers
+    hq: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tree: int = -1
     depth: int = -1
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # leaf node -> own row indices
     node_depth: dict[int, int] = field(default_factory=dict)
+    rounding_stream: str = ""  # a Dask partition's own stream of the quantized rounding
 
     @classmethod
     def create(
@@ -114,7 +118,7 @@ def setup_vector(state: HistSilo) -> np.ndarray:
     if cfg.num_class:
         labels = np.bincount(state.y.astype(np.int64), minlength=cfg.num_class).astype(float)
     else:
-        labels = np.array([cfg.codec.encode(state.y).sum()])
+        labels = np.array([cfg.label_codec.encode(state.y).sum()])
     return to_modular(np.concatenate([counts, [float(len(state.y))], labels]))
 
 
@@ -177,9 +181,22 @@ def start_tree(state: HistSilo, tree: int, restart: bool = False) -> None:
         state.g, state.h = state.round_g[:, k], state.round_h[:, k]
     else:
         state.g, state.h = state.margin - state.y, np.ones_like(state.y)
+    state.gq, state.hq = _quantize(state, tree)
     state.tree, state.depth = tree, -1
     state.rows = {0: np.arange(len(state.y))}
     state.node_depth = {0: 0}
+
+
+def _quantize(state: HistSilo, tree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's g and h as the codec's integers, once per tree, so that every node's
+    histogram (and a sibling the service derives by subtraction) sums the same values. A
+    stochastic codec draws from a generator seeded by the silo's name and the tree: the
+    rounding is not a secret, and a silo that grows the tree again rounds it the same way."""
+    codec = state.config.codec
+    key = f"secure-hist rounding|{state.name}|{state.rounding_stream}|{tree}"
+    digest = hashlib.sha256(key.encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:16], "big")) if codec.stochastic else None
+    return codec.encode(state.g, rng), codec.encode(state.h, rng)
 
 
 def _check_splits(state: HistSilo, splits: Sequence[NodeSplit], depth: int) -> None:
@@ -306,16 +323,10 @@ def node_histograms(state: HistSilo, rows: np.ndarray) -> np.ndarray:
     """
     assert state.layout is not None and state.codes is not None
     total, n_features = state.layout.total, state.codes.shape[1]
-    codec = state.config.codec
     idx = state.codes[rows].ravel()
     counts = np.bincount(idx, minlength=total).astype(np.float64)
-    gq = codec.encode(state.g[rows])
-    g_hist = np.bincount(idx, weights=np.repeat(gq, n_features), minlength=total)
-    if state.config.objective == "reg:squarederror":
-        h_hist = counts * codec.encode(np.ones(1))[0]  # h = 1 for every row
-    else:
-        hq = codec.encode(state.h[rows])
-        h_hist = np.bincount(idx, weights=np.repeat(hq, n_features), minlength=total)
+    g_hist = np.bincount(idx, weights=np.repeat(state.gq[rows], n_features), minlength=total)
+    h_hist = np.bincount(idx, weights=np.repeat(state.hq[rows], n_features), minlength=total)
     return np.concatenate([g_hist, h_hist, counts])
 
 

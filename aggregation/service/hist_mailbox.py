@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from aggregation.secagg import session_server
 from aggregation.service import hist_wire
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
-from aggregation.service.hist_state import HistState
+from aggregation.service.hist_state import HistState, first_purpose
 from aggregation.service.tables import HistMessage, Round, Run
 from aggregation.trees.secure_hist.grow import check_vector
 from schemas.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
@@ -159,7 +159,7 @@ def _check_and_apply(
 def _check_level(state: HistState, silo: str, vector: np.ndarray, claim: LevelClaim) -> None:
     """A level's vector must answer the pending LevelRequest: same tree, depth and nodes."""
     grower = state.grower
-    if state.purpose == "setup" or grower is None or grower.request is None:
+    if state.purpose in ("rows", "setup") or grower is None or grower.request is None:
         if claim.tree is not None or claim.nodes:
             raise UnknownNodeError(
                 "the open aggregation sums setup vectors, not a level", silo=silo
@@ -197,7 +197,7 @@ def _apply(state: HistState, msg: Signed) -> None:
 def inbox(state: HistState, silo: str, counter: int) -> list[bytes] | None:
     """The binary messages `silo` needs for its step of aggregation `counter`, or None.
 
-    At the masked stage: the `AggregationRequest`, then at the setup aggregation every silo's
+    At the masked stage: the `AggregationRequest`, then at the first aggregation every silo's
     `SessionAdvert` in roster order; at the unmask stage: its `SessionUnmaskRequest`.
     """
     srv = state.server
@@ -207,8 +207,7 @@ def inbox(state: HistState, silo: str, counter: int) -> list[bytes] | None:
     if agg.stage == "masked" and silo in agg.active:
         request = AggregationRequest(srv.config.run_id, agg.counter, "service", agg.active, agg.dim)
         frames = [request.to_bytes()]
-        grower = state.grower
-        if state.purpose == "setup" or grower is None or grower.request is None:
+        if state.purpose == first_purpose(state.config):  # the session's first aggregation
             frames += [srv.adverts[s].to_bytes() for s in srv.config.silos if s in srv.adverts]
         return frames
     if agg.stage == "unmask" and silo in agg.survivors:

@@ -1,8 +1,9 @@
 """Secure-histogram boosting (tree mode ``secure-hist``) at the service: rounds, levels, dropouts.
 
 Mapping onto the coordinator's rounds: round r of the run grows `trees_per_round` trees. The
-first training round starts with the session setup (every silo advertises session keys) and
-the setup aggregation (fine-grid counts, rows, label sum -> cut points and base score); then
+first training round starts with the session setup (every silo advertises session keys), the
+silos' row counts (one entry: its sum bounds the setup vector's wire widths) and the setup
+aggregation (fine-grid counts, rows, label sum -> cut points and base score); then
 every tree costs one aggregation per depth level (`aggregation/trees/secure_hist/README.md`).
 Each aggregation runs the session's stages masked -> consistency -> unmask; the service moves
 on by itself whenever nobody is awaited (`advance`), as `secure_rounds` does for the per-round
@@ -31,7 +32,7 @@ from aggregation.secagg import session_server
 from aggregation.service import hist_setup, hist_wire
 from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_results import finish_round
-from aggregation.service.hist_state import HistState, hist_row, load, save
+from aggregation.service.hist_state import HistState, first_purpose, hist_row, load, save
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import (
@@ -153,7 +154,7 @@ def _step(
         session_server.close_setup(srv)
         silent = sorted(set(srv.config.silos) - set(srv.active))
         _leave(s, run, rnd, state, silent, "sent no session keys by the deadline")
-        state.phase, state.purpose = "aggregate", "setup"
+        state.phase, state.purpose = "aggregate", first_purpose(state.config)
         _open(s, run, rnd, state, recorder)
         return True
     agg = srv.current
@@ -203,7 +204,7 @@ def _close_masked(s: Session, run: Run, rnd: Round, state: HistState, recorder: 
 
 
 def _where(state: HistState) -> str:
-    if state.purpose == "setup" or state.grower is None or state.grower.request is None:
+    if state.purpose in ("rows", "setup") or state.grower is None or state.grower.request is None:
         return "setup"
     req = state.grower.request
     return f"tree {req.tree} depth {req.depth}"
@@ -261,6 +262,9 @@ def _open(s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder
     gone = tuple(x for x in srv.active if x not in _running(s, run.id, rnd.number))
     if gone:  # refused or sat out since: they leave the session before this aggregation
         session_server.abandon(srv, gone)
+    if state.purpose == "rows":
+        session_server.open_aggregation(srv, 1)
+        return
     if state.purpose == "setup":
         session_server.open_aggregation(srv, state.config.setup_length())
         return
@@ -325,10 +329,24 @@ def _on_sum(
         }
         recorder.service(s, "recovery", entry, run.id)
         state.events.append({"event": "recovery", **entry})
+    if state.purpose == "rows":
+        rows = int(total.view(np.int64)[0])
+        if not 1 <= rows <= state.config.max_rows:
+            _fail(rnd, state, f"the silos report {rows} training rows in all; the run allows "
+                  f"1 to max_rows = {state.config.max_rows}")  # fmt: skip
+            return
+        state.rows, state.purpose = rows, "setup"
+        _open(s, run, rnd, state, recorder)
+        return
     if state.purpose == "setup":
+        counted = state.rows
         cuts = cuts_from_setup(total, state.config)
-        state.cuts = cuts_from_json(cuts_to_json(cuts))  # exactly what the silos receive
         state.base_score, state.rows = base_score_from_setup(total, state.config)
+        if counted and state.rows > counted:  # fewer is a silo that left in between
+            _fail(rnd, state, f"the setup vectors report {state.rows} training rows, more than "
+                  f"the {counted} the silos counted first")  # fmt: skip
+            return
+        state.cuts = cuts_from_json(cuts_to_json(cuts))  # exactly what the silos receive
         _start_tree(s, run, rnd, state, recorder)
         return
     grower = state.grower

@@ -59,6 +59,7 @@ def run_config(spec: RunSpec, stats: list[float] | None, contract: Contract) -> 
             fine_cells=hist.fine_cells or auto_fine_cells(ranges, trees.params.max_bin),
             min_rows_per_node=hist.min_rows_per_node,
             max_rows=hist.max_rows,
+            grad_bits=hist.grad_bits,
             grad_bound=max(hist.grad_bound, regression_bound(contract)),
             num_class=trees.num_class,
         )

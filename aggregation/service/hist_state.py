@@ -49,8 +49,9 @@ class HistState:
     """Everything the service knows about one secure-hist run (see module docstring).
 
     phase: ``advertise`` (session setup) -> ``aggregate`` (an aggregation is open; `purpose`
-    says whether it sums the setup vector or a tree level) -> ``between`` (the round's trees
-    are done) -> ``aggregate`` (next round) ...; ``failed`` when too few silos remain.
+    says whether it sums the silos' row counts, the setup vector or a tree level) ->
+    ``between`` (the round's trees are done) -> ``aggregate`` (next round) ...; ``failed``
+    when too few silos remain.
     """
 
     config: HistRunConfig
@@ -69,6 +70,12 @@ class HistState:
     done: list[str] = field(default_factory=list)  # TreeDone JSON of every finished tree
     events: list[dict[str, Any]] = field(default_factory=list)  # of the current round
     trees_dirty: bool = False
+
+
+def first_purpose(config: HistRunConfig) -> str:
+    """The session's first aggregation: the federation's row count when the wire is packed
+    (it bounds the setup vector's counts), else the setup vector itself."""
+    return "rows" if config.packed else "setup"
 
 
 def config_json(

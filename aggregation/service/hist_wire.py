@@ -1,9 +1,10 @@
 """The wire widths of the open secure-hist aggregation, and its masked vectors read off the wire.
 
 Both sides derive the widths from what they already share (`schemas.secure_hist.packing`):
-the run's config for the setup vector, the pending level's nodes and their federation-wide
-rows for a level. The service reads each silo's packed frame back to the reduced vector the
-silo signed, and reads the unmasked sum back to the exact (sign-extended) integers.
+64 bits for the first aggregation's row count, the run's config and that count for the setup
+vector, the pending level's nodes and their federation-wide rows for a level. The service
+reads each silo's packed frame back to the reduced vector the silo signed, and reads the
+unmasked sum back to the exact (sign-extended) integers.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from schemas.secure_hist.packing import Widths
 
 
 def widths(state: HistState) -> Widths:
-    """Wire widths of the vector the open aggregation sums (setup or the pending level)."""
+    """Wire widths of the vector the open aggregation sums (rows, setup or a level)."""
     grower = state.grower
+    if state.purpose == "rows":
+        return packing.full(1)
     if state.purpose == "setup" or grower is None or grower.request is None:
-        return packing.setup_widths(state.config)
+        return packing.setup_widths(state.config, state.rows or None)
     rows = [c.rows for c in grower.request.compute]
     return packing.level_widths(state.config, grower.layout.total, rows)
 

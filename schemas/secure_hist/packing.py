@@ -20,11 +20,14 @@ Bounds (both sides compute them from what both already know)
         counts   bitlen(n)               unsigned
         hessians bitlen(n ceil(h_max 2^S)) unsigned
         gradients bitlen(n ceil(B 2^S)) + 1  two's complement
-    bits. The setup vector's fine-grid counts are bounded by `HistRunConfig.max_rows` (the
-    service refuses a federation reporting more rows; that entry and the label statistics stay
-    64 bits wide, so the check itself cannot wrap). A silo refuses to send an entry outside its
-    width (`HistVectorError`) instead of letting it wrap: its own sum of a cell is a partial sum
-    of the same rows, so it obeys the same bound.
+    bits. The setup vector's fine-grid counts are bounded by the federation's training rows:
+    a packed run's first aggregation sums each silo's row count (one 64-bit entry), and the
+    setup aggregation that follows sends its counts at bitlen of that sum (bitlen(max_rows)
+    without it). The setup vector's own rows entry and the label statistics stay 64 bits wide,
+    so the service's checks of them (at most max_rows, at most the first sum) cannot wrap.
+    A silo refuses to send an entry outside its width (`HistVectorError`) instead of letting
+    it wrap: its own sum of a cell is a partial sum of the same rows, so it obeys the same
+    bound.
 
 Frame
     ``b"FSHP"`` + 4-byte big-endian length + the `SessionMasked` message with an empty vector
@@ -101,14 +104,17 @@ def _segments(parts: Sequence[tuple[int, int, bool]]) -> Widths:
     return Widths(bits, signed)
 
 
-def setup_widths(config: HistRunConfig) -> Widths:
-    """Fine-grid counts at bitlen(max_rows) unsigned; rows and label statistics 64 bits."""
+def setup_widths(config: HistRunConfig, rows: int | None = None) -> Widths:
+    """Fine-grid counts at bitlen(rows) unsigned, `rows` the federation's training rows that
+    the run's first aggregation summed (bitlen(max_rows) when not known); rows and label
+    statistics 64 bits."""
     if not config.packed:
         return full(config.setup_length())
     cells = config.n_features * (config.fine_cells + 1)
+    bound = min(rows, config.max_rows) if rows else config.max_rows
     return _segments(
         [
-            (cells, max(config.max_rows.bit_length(), 1), False),
+            (cells, max(bound.bit_length(), 1), False),
             (1 + config.label_stats, WORD, True),
         ]
     )

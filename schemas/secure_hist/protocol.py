@@ -24,6 +24,21 @@ Fixed-point encoding (`GradCodec`)
     Counts are sent as exact integers. On the wire each masked entry takes only the bits its
     federation sum needs (`schemas.secure_hist.packing`), exactly.
 
+Quantized gradients (`grad_bits`, opt-in)
+    A run may fix S itself, below the bound above, to send fewer bits per histogram cell
+    (a cell of n rows needs about log2 n + S bits). Rounding to nearest at a small S biases
+    every cell the same way (h = 0.01 at S = 3 always becomes 0), so a quantized run rounds
+    stochastically instead: q = floor(v 2^S) + [u < frac(v 2^S)], u uniform in [0, 1), so
+    E[q] = v 2^S and the errors of a cell's rows average out (LightGBM's quantized training,
+    Shi et al., NeurIPS 2022, with its leaf values taken from the same quantized sums; floor(v
+    2^S + u) would do the same in exact arithmetic, but in float64 it can round a value on the
+    grid one step up, past the wire's bound). Each silo rounds every
+    row once per tree, from a generator seeded by its name and the tree, so every node's
+    histogram, and a sibling derived by subtraction, sums the same rounded values, and a
+    silo that replays a tree rounds it the same way. The label sum of the setup vector keeps
+    the lossless S (it sets the base score). The model is no longer XGBoost's exactly; what it
+    costs in AUC, and saves in bytes, `bench/secure_hist.py` prints.
+
 Tasks
     binary:logistic and reg:squarederror grow one tree per boosting round. multi:softprob with
     K classes grows K trees per round by softmax gradients, as XGBoost does (tree t is for
@@ -113,15 +128,23 @@ class GradCodec:
 
     scale_bits: int
     grad_bound: float
+    stochastic: bool = False  # quantized runs: unbiased stochastic rounding
 
     @property
     def scale(self) -> float:
         return float(2**self.scale_bits)
 
-    def encode(self, values: np.ndarray) -> np.ndarray:
-        """float64 integers rint(clip(v, -B, B) * 2^S) (exact in float64)."""
+    def encode(self, values: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """float64 integers of clip(v, -B, B) * 2^S (exact in float64): rounded to nearest,
+        or, for a stochastic codec, down or up with probabilities that make E[q] = v 2^S."""
         b = self.grad_bound
-        return np.rint(np.clip(values, -b, b) * self.scale)
+        x = np.clip(np.asarray(values, dtype=np.float64), -b, b) * self.scale
+        if not self.stochastic:
+            return np.rint(x)
+        if rng is None:
+            raise ValueError("a stochastic codec needs the silo's random generator")
+        low = np.floor(x)  # up with probability x - low; never past ceil(x), unlike floor(x + u)
+        return low + (rng.random(x.shape) < x - low)
 
     def decode(self, integers: np.ndarray) -> np.ndarray:
         """Signed integer sums back to float64 values."""
@@ -161,6 +184,10 @@ class HistRunConfig:
         Upper bound on the federation's total training rows (sets the precision).
     grad_bound
         B: |gradient| and |label| are clipped to it (1 for the classification objectives).
+    grad_bits
+        None (the default): the largest S the bound allows, rounded to nearest (lossless: the
+        model equals XGBoost's). An int: that S, at most the bound, rounded stochastically
+        (fewer bits a cell; see "Quantized gradients").
     num_class
         K for multi:softprob (K trees per boosting round), else 0.
     packed
@@ -178,6 +205,7 @@ class HistRunConfig:
     grad_bound: float = 1.0
     num_class: int = 0
     packed: bool = True
+    grad_bits: int | None = None
 
     def __post_init__(self) -> None:
         multi = self.objective == "multi:softprob"
@@ -203,7 +231,13 @@ class HistRunConfig:
                 raise HistConfigError(f"feature {f}: range ({lo}, {hi}) must be finite, low < high")
         if self.objective != "reg:squarederror" and self.grad_bound < 1.0:
             raise HistConfigError(f"{self.objective} gradients reach 1: grad_bound must be >= 1")
-        scale_bits_for(self.max_rows, self.grad_bound)
+        lossless = scale_bits_for(self.max_rows, self.grad_bound)
+        if self.grad_bits is not None and not 1 <= self.grad_bits <= lossless:
+            raise HistConfigError(
+                f"grad_bits {self.grad_bits} must be in [1, {lossless}]: above {lossless} "
+                f"fractional bits, {self.max_rows} rows x grad_bound {self.grad_bound} could "
+                "leave the exact range"
+            )
 
     @property
     def n_features(self) -> int:
@@ -221,6 +255,14 @@ class HistRunConfig:
 
     @property
     def codec(self) -> GradCodec:
+        """How rows' gradients and hessians become integers (quantized when grad_bits is set)."""
+        if self.grad_bits is None:
+            return self.label_codec
+        return GradCodec(self.grad_bits, self.grad_bound, stochastic=True)
+
+    @property
+    def label_codec(self) -> GradCodec:
+        """The lossless codec: the setup vector's label sum, whatever grad_bits is."""
         return GradCodec(scale_bits_for(self.max_rows, self.grad_bound), self.grad_bound)
 
     def setup_length(self) -> int:

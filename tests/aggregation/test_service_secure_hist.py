@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def rows(seed: int, n: int = 150) -> tuple[np.ndarray, np.ndarray]:
 DATA = {name: rows(i) for i, name in enumerate(SILOS)}
 
 
-def spec(rounds: int = 2) -> RunSpec:
+def spec(rounds: int = 2, hist: dict | None = None) -> RunSpec:  # type: ignore[type-arg]
     trees = TreeSpec.model_validate(
         {
             "kind": "xgboost",
@@ -66,7 +67,7 @@ def spec(rounds: int = 2) -> RunSpec:
             "n_features": N_FEATURES,
             "trees_per_round": 2,
             "params": PARAMS,
-            "secure_hist": HIST,
+            "secure_hist": hist or HIST,
         }
     )
     return RunSpec(
@@ -79,7 +80,9 @@ def spec(rounds: int = 2) -> RunSpec:
     )
 
 
-def expected(n_trees: int, drop_at: dict[str, tuple[int, int]] | None = None) -> bytes:
+def expected(
+    n_trees: int, drop_at: dict[str, tuple[int, int]] | None = None, grad_bits: int | None = None
+) -> bytes:
     """The in-process driver on the same rows and parameters (the reference)."""
     config = HistRunConfig(
         objective="binary:logistic",
@@ -88,6 +91,7 @@ def expected(n_trees: int, drop_at: dict[str, tuple[int, int]] | None = None) ->
         ranges=feature_ranges(PIPELINE),
         fine_cells=HIST["fine_cells"],
         min_rows_per_node=HIST["min_rows_per_node"],
+        grad_bits=grad_bits,
     )
     return run_secure_hist(config, DATA, threshold=2, drop_at=drop_at).model
 
@@ -101,19 +105,25 @@ class Fed:
     run_id: str
 
 
-@pytest.fixture
-def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+@contextmanager
+def federation(db_url: str, tmp_path: Path, run_spec: RunSpec) -> Iterator[Fed]:
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
         coord.create_federation("f")
         publish_shipped_contract(coord, "f", CONTRACT)  # the service reads the published one
         silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
-        run = coord.create_run(RunCreate(spec=spec()))
+        run = coord.create_run(RunCreate(spec=run_spec))
         coord.put_initial_model(run.run_id, b"")
         coord.start_run(run.run_id)
         yield Fed(url, db_url, coord, silos, run.run_id)
         for client in silos.values():
             hist_round.forget(client.silo, run.run_id)
+
+
+@pytest.fixture
+def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    with federation(db_url, tmp_path, spec()) as f:
+        yield f
 
 
 def step(client: SiloClient, task: Task) -> None:
@@ -207,6 +217,33 @@ def test_secure_hist_rounds_grow_the_drivers_trees_over_http(fed: Fed) -> None:
         )
     engine.dispose()
     assert kept == 0
+
+
+def test_a_quantized_run_grows_the_drivers_trees_over_http(db_url: str, tmp_path: Path) -> None:
+    """`secure_hist.grad_bits` in the run's spec reaches every silo: the silos round their
+    gradients stochastically, as the driver's do, and the model is the driver's quantized one."""
+    with federation(db_url, tmp_path, spec(1, {**HIST, "grad_bits": 3})) as quantized:
+        train_round(quantized, 1)
+        assert quantized.coord.rounds(quantized.run_id)[0].status == "aggregated"
+        model = quantized.coord.download_model(quantized.run_id, 1)
+    assert model == expected(2, grad_bits=3)
+    assert model != expected(2)
+    check_native(model)
+
+
+def test_setup_rows_above_the_first_count_fail_the_round_naming_both(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first aggregation's sum bounds the setup vector's counts on the wire; a silo that
+    counts fewer rows there than its setup vector holds is caught by the 64-bit rows entry."""
+    real = hist_round._rows
+    monkeypatch.setattr(hist_round, "_rows", lambda h: 1 if h.name == "c" else real(h))
+    train_round(fed, 1)
+    first = fed.coord.rounds(fed.run_id)[0]
+    assert first.status == "failed"
+    counted = len(DATA["a"][1]) + len(DATA["b"][1]) + 1
+    assert f"report {sum(len(y) for _, y in DATA.values())} training rows" in (first.reason or "")
+    assert f"the {counted} the silos counted first" in (first.reason or "")
 
 
 def test_a_silo_silent_at_a_level_is_recovered_and_leaves(fed: Fed) -> None:

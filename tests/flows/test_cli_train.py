@@ -36,6 +36,20 @@ def test_fine_cells_is_for_secure_hist_and_at_least_max_bin() -> None:
     assert result.exit_code == 2 and "fine_cells (64) must be at least" in result.output
 
 
+def test_grad_bits_is_for_secure_hist_and_reaches_its_spec() -> None:
+    from flows.cli.train import tree_spec
+
+    result = _run("--model", "xgboost", "--mode", "bagging", "--grad-bits", "2")
+    assert result.exit_code == 2 and "--grad-bits" in result.output
+    assert "secure-hist" in result.output
+    result = _run("--model", "xgboost", "--mode", "secure-hist", "--grad-bits", "0")
+    assert result.exit_code == 2 and "grad_bits" in result.output
+    spec = tree_spec("xgboost", "secure-hist", 5, 3, [], None, 8192, 2)
+    assert spec.secure_hist is not None
+    assert (spec.secure_hist.fine_cells, spec.secure_hist.grad_bits) == (8192, 2)
+    assert tree_spec("xgboost", "secure-hist", 5, 3, []).secure_hist.grad_bits is None  # type: ignore[union-attr]
+
+
 def test_unknown_learning_rate_schedule_is_refused() -> None:
     result = _run("--lr-schedule", "warmup")
     assert result.exit_code == 2 and "--lr-schedule" in result.output

@@ -179,6 +179,7 @@ def test_packed_run_gives_the_bit_identical_model_on_fewer_bytes() -> None:
     packed = run_secure_hist(cfg, data)
     legacy = run_secure_hist(dataclasses.replace(cfg, packed=False), data)
     assert packed.model == legacy.model
-    assert packed.aggregations == legacy.aggregations
+    # the packed run first sums the rows (one entry), which bounds the setup's counts
+    assert packed.aggregations == legacy.aggregations + 1
     for silo in data:
         assert packed.bytes_sent[silo] * 1.5 < legacy.bytes_sent[silo], silo

@@ -34,6 +34,7 @@ from schemas.secure_hist.protocol import (
     TreeDone,
     cuts_from_json,
     cuts_to_json,
+    to_modular,
 )
 from silos import hist_trainer
 from silos.hist_trainer import HistSilo
@@ -213,9 +214,14 @@ def run_secure_hist(
     started = time.perf_counter()
     run = _setup(config, data, t, consistency_check, policies or {}, drop_at or {})
     try:
+        counted = None
+        if config.packed:  # the service's first aggregation: the rows, bounding the setup's
+            counted = int(secure_sum(
+                run, lambda s: to_modular(np.array([float(len(run.silos[s].y))])), 1, set(),
+            ).view(np.int64)[0])  # fmt: skip
         setup = secure_sum(
             run, lambda s: hist_trainer.setup_vector(run.silos[s]), config.setup_length(),
-            _vanishing(run, -1, 0), packing.setup_widths(config),
+            _vanishing(run, -1, 0), packing.setup_widths(config, counted),
         )  # fmt: skip
         cuts = cuts_from_json(cuts_to_json(cuts_from_setup(setup, config)))
         base_score, rows = base_score_from_setup(setup, config)

@@ -159,7 +159,11 @@ def step_for(state: HistState, row: HistRun, silo: str) -> HistTaskInfo | None:
     if agg.stage == "masked" and silo in agg.active and silo not in agg.masked:
         info = HistTaskInfo(stage=HistStage.masked, counter=agg.counter)
         grower = state.grower
-        if state.purpose != "setup" and grower is not None and grower.request is not None:
+        if state.purpose == "rows":
+            info.count_rows = True
+        elif state.purpose == "setup":
+            info.rows = state.rows or None
+        elif grower is not None and grower.request is not None:
             info.level = grower.request.to_json().decode()
             tree = grower.request.tree
             if grower.request.depth == 0 and tree > 0:

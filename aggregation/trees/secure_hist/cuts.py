@@ -92,7 +92,7 @@ def base_score_from_setup(
                 f"class counts {labels.tolist()} do not add up to the {rows} rows reported"
             )
         return [float(m) for m in multiclass_intercept(labels)], rows
-    mean = float(config.codec.decode(labels)[0]) / rows
+    mean = float(config.label_codec.decode(labels)[0]) / rows
     if config.objective == "binary:logistic":
         mean = min(max(mean, 1e-6), 1 - 1e-6)
         return margin_to_base_score(np.log(mean / (1 - mean)), config.objective), rows
