@@ -40,6 +40,19 @@ no Python per operation (SecretFlow HEU's batch bucket sums, about 5x; Okamoto-U
 ciphertexts mod n, about 3x more) for SecureBoost; a batched ristretto255/X25519
 implementation (curve25519-dalek class, ~4x per multiplication) for PSI.
 
+Measured on 2026-12-06 (this machine, load average under 1) and not adopted: SecretFlow's
+HEU (`sf-heu` 0.5.2b0, Apache-2.0, a beta wheel). Its Okamoto-Uchiyama (2048-bit n)
+encrypts 27,000 rows/s per core (ours: 2,100) and decrypts in 0.19 ms, but its batch bucket
+sum adds 0.68 M ciphertexts/s per core (1.5 us each; 1.3 M/s on both cores), about what
+gmpy2 gives at the same 2051-bit modulus from Python (1.78 us), and its order map is int8
+(at most 127 bins), so the pair trick (`he.bucket_sums_pair`, one addition per row for two
+features) does not fit it; with `batch_select_sum` over joint cells an addition costs 2.6
+us. HEU's ZPaillier adds 0.40 M/s. At 100k x 330, depth 3, that is about 45 s of additions
+a tree on two cores, so roughly 50 s a tree against about 75 s now: a 1.5x gain for a
+compiled beta dependency, and the 20 s target still MISSED. The PSI's floor is the 4M X25519
+multiplications at 31 us each (libsodium and OpenSSL alike on this CPU): 62 s on two cores
+before hashing, over the 60 s target while both parties share one machine.
+
     python bench/vertical.py            # full sizes (long: see bench/README.md)
     python bench/vertical.py --quick    # smoke sizes (tests/bench/test_vertical_smoke.py)
     python bench/vertical.py --synth-rows 10000 --psi-ids 100000   # scaled down
