@@ -57,6 +57,7 @@ class DemoOptions:
     model: str = ""
     mode: str = ""
     fine_cells: int = 0  # secure-hist's fine grid; 0: the service's choice
+    grad_bits: int = 0  # secure-hist's quantized gradients; 0: lossless
     strategy: str = ""
     rounds: int = 0
     keep_running: bool = False
@@ -125,7 +126,15 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
         raise DemoError("--strategy, --dp and --plain apply to PyTorch models, not trees")
     if opts.fine_cells and mode != "secure-hist":
         raise DemoError("--fine-cells is the fine binning grid of --mode secure-hist")
-    trees = demo_trees.tree_spec(opts.model, mode, n_features, fine_cells=opts.fine_cells)  # type: ignore[arg-type]
+    if opts.grad_bits and mode != "secure-hist":
+        raise DemoError("--grad-bits quantizes the gradients of --mode secure-hist")
+    trees = demo_trees.tree_spec(
+        opts.model,  # type: ignore[arg-type]
+        mode,  # type: ignore[arg-type]
+        n_features,
+        fine_cells=opts.fine_cells,
+        grad_bits=opts.grad_bits,
+    )
     contract = load_contract(DATASETS[opts.dataset].contract)
     if contract.task != "binary":  # the objective follows the contract's task
         trees = TreeSpec.model_validate(

@@ -40,10 +40,12 @@ def tree_spec(
     task: str = "binary",
     n_classes: int = 0,
     fine_cells: int = 0,
+    grad_bits: int = 0,
 ) -> TreeSpec:
     """The demo's tree spec; `task` and `n_classes` are the contract's (`Contract.task`,
     ``len(Contract.classes)``) and set the objective; `fine_cells` fixes secure-hist's fine
-    grid (0: the service's choice, `schemas.secure_hist.protocol.auto_fine_cells`)."""
+    grid (0: the service's choice, `schemas.secure_hist.protocol.auto_fine_cells`) and
+    `grad_bits` quantizes its gradients (0: lossless)."""
     spec: dict[str, object] = {
         "kind": kind,
         "mode": mode,
@@ -54,7 +56,8 @@ def tree_spec(
     }
     if mode == "secure-hist":
         grid = {"fine_cells": fine_cells} if fine_cells else {}
-        spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE, **grid}
+        bits = {"grad_bits": grad_bits} if grad_bits else {}
+        spec["secure_hist"] = {"min_rows_per_node": MIN_ROWS_PER_NODE, **grid, **bits}
     return TreeSpec.model_validate(spec)
 
 

@@ -44,6 +44,16 @@ def demo(
             "heavy-tailed amounts, 4096 for the hospitals).",
         ),
     ] = 0,
+    grad_bits: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=40,
+            help="--mode secure-hist: quantize gradients and hessians to this many fractional "
+            "bits, rounded stochastically, for fewer bytes per histogram (0 = lossless: the "
+            "model equals XGBoost's).",
+        ),
+    ] = 0,
     strategy: Annotated[
         str, typer.Option(help="fedavg, fedprox, fedadam, fedyogi, fedadagrad or scaffold.")
     ] = "",
@@ -160,6 +170,7 @@ def demo(
             model=model,
             mode=mode,
             fine_cells=fine_cells,
+            grad_bits=grad_bits,
             strategy=strategy,
             rounds=rounds,
             keep_running=keep_running,

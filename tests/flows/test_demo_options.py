@@ -54,7 +54,7 @@ def test_demo_flags_parse_and_bad_values_are_named(tmp_path: Path) -> None:
         assert bad.exit_code == 2 and flag in bad.output, bad.output
 
 
-def test_fine_cells_reach_a_secure_hist_spec_and_default_to_the_services_choice(
+def test_fine_cells_and_grad_bits_reach_a_secure_hist_spec_and_default_to_the_services_choice(
     tmp_path: Path,
 ) -> None:
     import pytest
@@ -67,3 +67,8 @@ def test_fine_cells_reach_a_secure_hist_spec_and_default_to_the_services_choice(
     assert demo_spec(fixed, N_FEATURES).trees.secure_hist.fine_cells == 8192  # type: ignore[union-attr]
     with pytest.raises(DemoError, match="--fine-cells"):
         demo_spec(DemoOptions(tmp_path, model="xgboost", fine_cells=8192), N_FEATURES)
+    assert demo_spec(hist, N_FEATURES).trees.secure_hist.grad_bits is None  # type: ignore[union-attr]
+    quantized = DemoOptions(tmp_path, model="xgboost", mode="secure-hist", grad_bits=2)
+    assert demo_spec(quantized, N_FEATURES).trees.secure_hist.grad_bits == 2  # type: ignore[union-attr]
+    with pytest.raises(DemoError, match="--grad-bits"):
+        demo_spec(DemoOptions(tmp_path, model="xgboost", grad_bits=2), N_FEATURES)
