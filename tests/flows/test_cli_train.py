@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -28,20 +29,21 @@ def test_out_of_range_tree_parameter_and_bad_mode_are_refused() -> None:
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
 
 
-def test_fine_cells_is_for_secure_hist_and_at_least_max_bin() -> None:
-    result = _run("--model", "xgboost", "--mode", "bagging", "--fine-cells", "8192")
-    assert result.exit_code == 2 and "--fine-cells" in result.output
+@pytest.mark.parametrize("option, value", [("--fine-cells", "8192"), ("--grad-bits", "2")])
+def test_secure_hist_options_are_refused_in_other_modes(option: str, value: str) -> None:
+    result = _run("--model", "xgboost", "--mode", "bagging", option, value)
+    assert result.exit_code == 2 and option in result.output
     assert "secure-hist" in result.output
+
+
+def test_fine_cells_is_at_least_max_bin() -> None:
     result = _run("--model", "xgboost", "--mode", "secure-hist", "--fine-cells", "64")
     assert result.exit_code == 2 and "fine_cells (64) must be at least" in result.output
 
 
-def test_grad_bits_is_for_secure_hist_and_reaches_its_spec() -> None:
+def test_grad_bits_is_bounded_and_reaches_its_spec() -> None:
     from flows.cli.train import tree_spec
 
-    result = _run("--model", "xgboost", "--mode", "bagging", "--grad-bits", "2")
-    assert result.exit_code == 2 and "--grad-bits" in result.output
-    assert "secure-hist" in result.output
     result = _run("--model", "xgboost", "--mode", "secure-hist", "--grad-bits", "0")
     assert result.exit_code == 2 and "grad_bits" in result.output
     spec = tree_spec("xgboost", "secure-hist", 5, 3, [], None, 8192, 2)
