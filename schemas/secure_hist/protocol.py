@@ -30,14 +30,14 @@ Quantized gradients (`grad_bits`, opt-in)
     every cell the same way (h = 0.01 at S = 3 always becomes 0), so a quantized run rounds
     stochastically instead: q = floor(v 2^S) + [u < frac(v 2^S)], u uniform in [0, 1), so
     E[q] = v 2^S and the errors of a cell's rows average out (LightGBM's quantized training,
-    Shi et al., NeurIPS 2022, with its leaf values taken from the same quantized sums; floor(v
-    2^S + u) would do the same in exact arithmetic, but in float64 it can round a value on the
-    grid one step up, past the wire's bound). Each silo rounds every
-    row once per tree, from a generator seeded by its name and the tree, so every node's
-    histogram, and a sibling derived by subtraction, sums the same rounded values, and a
-    silo that replays a tree rounds it the same way. The label sum of the setup vector keeps
-    the lossless S (it sets the base score). The model is no longer XGBoost's exactly; what it
-    costs in AUC, and saves in bytes, `bench/secure_hist.py` prints.
+    Shi et al., NeurIPS 2022, with its leaf values taken from the same quantized sums).
+    floor(v 2^S + u) would do the same in exact arithmetic, but in float64 it can round a
+    value on the grid one step up, past the wire's bound. Each silo rounds every row once per
+    tree, from a generator seeded by its name and the tree, so every node's histogram, and a
+    sibling derived by subtraction, sums the same rounded values, and a silo that replays a
+    tree rounds it the same way. The label sum of the setup vector keeps the lossless S (it
+    sets the base score). The model is no longer XGBoost's exactly; what it costs in AUC, and
+    saves in bytes, `bench/secure_hist.py` prints.
 
 Tasks
     binary:logistic and reg:squarederror grow one tree per boosting round. multi:softprob with
