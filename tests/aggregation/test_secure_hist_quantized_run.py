@@ -65,7 +65,7 @@ def test_a_derived_sibling_equals_its_own_histogram() -> None:
     X, y = data["bank-0"]
     state = HistSilo.create("bank-0", X, y, QUANTIZED)
     cuts = [np.array([-1.0, 0.0, 0.5], dtype=np.float32) for _ in range(5)]
-    hist_trainer.start_training(state, cuts, 0.5)
+    hist_trainer.start_training(state, cuts, 0.37)  # g, h off the grid at S = 3
     hist_trainer.start_tree(state, 0)
     assert state.layout == HistLayout.from_cuts(cuts)
     rows = np.arange(len(y))
@@ -77,6 +77,12 @@ def test_a_derived_sibling_equals_its_own_histogram() -> None:
         hist_trainer.node_histograms(state, right),
     )
     assert set(np.unique(state.hq)) <= {0.0, 1.0, 2.0}  # h <= 1/4 at S = 3: 0, 1 or 2 steps
+    # a Dask partition of the same silo draws its own stream, not the same draws again
+    shard = HistSilo.create("bank-0", X, y, QUANTIZED)
+    shard.rounding_stream = "partition 1"
+    hist_trainer.start_training(shard, cuts, 0.37)
+    hist_trainer.start_tree(shard, 0)
+    assert not np.array_equal(shard.gq, state.gq)
     # growing the tree again (after a silo left) gives the same level vector
     request = LevelRequest(0, 0, 1, (), (NodeCount(0, len(y)),))
     first = hist_trainer.level_vector(state, request)

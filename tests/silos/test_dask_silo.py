@@ -185,6 +185,43 @@ def test_secure_hist_vectors_are_the_pandas_bytes(small_cluster, tmp_path: Path)
 
 
 @pytest.mark.integration
+def test_a_quantized_dask_silo_rounds_each_partition_on_its_own(
+    small_cluster, tmp_path: Path
+) -> None:
+    """With grad_bits each partition draws its own rounding stream (seeded by the silo, the
+    partition and the tree): its sums differ from the pandas silo's draws, by no more than
+    rounding noise, and the counts are the same."""
+    from dataclasses import replace
+
+    from silos.dask_hist import DaskHist
+
+    path = tmp_path / "tx.parquet"
+    write_parquet(path, 6000, 1000)
+    pipeline = FeaturePipeline.from_contract(CONTRACT)
+    config = replace(_hist_config(pipeline), grad_bits=3)
+    X, y = pipeline.transform(pd.read_parquet(path), path)
+    whole = HistSilo.create("bank-a", X, y, config)
+    spread = DaskHist.create(
+        small_cluster, "bank-a", read_partitions(path, None, 30_000), pipeline, config, 1, path
+    )
+    cuts = [np.array([-0.5, 0.0, 0.5], dtype=np.float32)] * config.n_features
+    spread.start_training(cuts, 0.3)
+    hist_trainer.start_training(whole, cuts, 0.3)
+    spread.start_tree(0)
+    hist_trainer.start_tree(whole, 0)
+    root = LevelRequest(0, 0, 1, (), (NodeCount(0, len(y)),))
+    ours = from_modular(spread.level_vector(root)).reshape(3, -1)
+    theirs = from_modular(hist_trainer.level_vector(whole, root)).reshape(3, -1)
+    assert np.array_equal(ours[2], theirs[2])  # counts
+    assert not np.array_equal(ours[0], theirs[0])  # other draws
+    # per feature, every row once: the g total is sum(g) 2^S plus rounding noise of sd
+    # < sqrt(n) / 2 per side
+    exact = whole.g.sum() * config.codec.scale
+    for total in (ours[0].sum(), theirs[0].sum()):
+        assert abs(total / config.n_features - exact) < 4 * np.sqrt(len(y))
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
 def test_local_boosting_through_the_dask_interfaces(
     kind: str, small_cluster, tmp_path: Path
