@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from aggregation.secagg import session_server
 from aggregation.service import hist_wire
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, InvalidPayload
-from aggregation.service.hist_state import HistState, first_purpose
+from aggregation.service.hist_state import HistState, first_purpose, pending_level
 from aggregation.service.tables import HistMessage, Round, Run
 from aggregation.trees.secure_hist.grow import check_vector
 from schemas.secagg.exceptions import DuplicateMessageError, LateMessageError, SecAggError
@@ -158,14 +158,14 @@ def _check_and_apply(
 
 def _check_level(state: HistState, silo: str, vector: np.ndarray, claim: LevelClaim) -> None:
     """A level's vector must answer the pending LevelRequest: same tree, depth and nodes."""
-    grower = state.grower
-    if state.purpose in ("rows", "setup") or grower is None or grower.request is None:
+    req = pending_level(state)
+    if req is None:
         if claim.tree is not None or claim.nodes:
             raise UnknownNodeError(
                 "the open aggregation sums setup vectors, not a level", silo=silo
             )
         return
-    req = grower.request
+    assert state.grower is not None
     asked = tuple(c.node for c in req.compute)
     if (claim.tree, claim.depth, claim.nodes) != (req.tree, req.depth, asked):
         unknown = sorted(set(claim.nodes) - set(asked))
@@ -178,7 +178,7 @@ def _check_level(state: HistState, silo: str, vector: np.ndarray, claim: LevelCl
             depth=claim.depth,
             node=unknown[0] if unknown else None,
         )
-    check_vector(grower, vector, silo)
+    check_vector(state.grower, vector, silo)
 
 
 def _apply(state: HistState, msg: Signed) -> None:

@@ -32,7 +32,14 @@ from aggregation.secagg import session_server
 from aggregation.service import hist_setup, hist_wire
 from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_results import finish_round
-from aggregation.service.hist_state import HistState, first_purpose, hist_row, load, save
+from aggregation.service.hist_state import (
+    HistState,
+    first_purpose,
+    hist_row,
+    load,
+    pending_level,
+    save,
+)
 from aggregation.service.lineage import Recorder
 from aggregation.service.rounds import active_silos
 from aggregation.service.tables import (
@@ -204,9 +211,9 @@ def _close_masked(s: Session, run: Run, rnd: Round, state: HistState, recorder: 
 
 
 def _where(state: HistState) -> str:
-    if state.purpose in ("rows", "setup") or state.grower is None or state.grower.request is None:
+    req = pending_level(state)
+    if req is None:
         return "setup"
-    req = state.grower.request
     return f"tree {req.tree} depth {req.depth}"
 
 

@@ -72,6 +72,14 @@ class HistState:
     trees_dirty: bool = False
 
 
+def pending_level(state: HistState) -> LevelRequest | None:
+    """The tree level the open aggregation sums, or None while it sums the silos' rows or
+    the setup vector (or no tree is being grown)."""
+    if state.purpose in ("rows", "setup") or state.grower is None:
+        return None
+    return state.grower.request
+
+
 def first_purpose(config: HistRunConfig) -> str:
     """The session's first aggregation: the federation's row count when the wire is packed
     (it bounds the setup vector's counts), else the setup vector itself."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aggregation.service.hist_state import HistState
+from aggregation.service.hist_state import HistState, pending_level
 from schemas.secagg.session_messages import SessionMasked
 from schemas.secure_hist import packing
 from schemas.secure_hist.packing import Widths
@@ -19,13 +19,14 @@ from schemas.secure_hist.packing import Widths
 
 def widths(state: HistState) -> Widths:
     """Wire widths of the vector the open aggregation sums (rows, setup or a level)."""
-    grower = state.grower
     if state.purpose == "rows":
         return packing.full(1)
-    if state.purpose == "setup" or grower is None or grower.request is None:
+    level = pending_level(state)
+    if level is None:
         return packing.setup_widths(state.config, state.rows or None)
-    rows = [c.rows for c in grower.request.compute]
-    return packing.level_widths(state.config, grower.layout.total, rows)
+    assert state.grower is not None
+    rows = [c.rows for c in level.compute]
+    return packing.level_widths(state.config, state.grower.layout.total, rows)
 
 
 def open_masked(state: HistState, raw: bytes, silo: str | None = None) -> SessionMasked:

@@ -21,7 +21,7 @@ from aggregation.service.engines.common import (
 )
 from aggregation.service.engines.trees import evaluate_task
 from aggregation.service.exceptions import Conflict
-from aggregation.service.hist_state import HistState, hist_row, load, save
+from aggregation.service.hist_state import HistState, hist_row, load, pending_level, save
 from aggregation.service.tables import Contribution, HistRun
 from schemas.secagg.session_messages import SETUP_COUNTER
 from schemas.tasks import HistTask, HistTaskInfo, Task
@@ -158,16 +158,15 @@ def step_for(state: HistState, row: HistRun, silo: str) -> HistTaskInfo | None:
         return None
     if agg.stage == "masked" and silo in agg.active and silo not in agg.masked:
         info = HistTaskInfo(stage=HistStage.masked, counter=agg.counter)
-        grower = state.grower
+        level = pending_level(state)
         if state.purpose == "rows":
             info.count_rows = True
         elif state.purpose == "setup":
             info.rows = state.rows or None
-        elif grower is not None and grower.request is not None:
-            info.level = grower.request.to_json().decode()
-            tree = grower.request.tree
-            if grower.request.depth == 0 and tree > 0:
-                info.previous = json.loads(row.trees_json)["done"][tree - 1]
+        elif level is not None:
+            info.level = level.to_json().decode()
+            if level.depth == 0 and level.tree > 0:
+                info.previous = json.loads(row.trees_json)["done"][level.tree - 1]
         return info
     if agg.stage == "consistency" and silo in agg.survivors and silo not in agg.consistency:
         return HistTaskInfo(
