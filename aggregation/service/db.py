@@ -90,7 +90,21 @@ def _sqlite_for_update(conn, clauseelement, *_args):  # type: ignore[no-untyped-
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    event.listen(factory, "loaded_as_persistent", _hold_if_marked)
+    return factory
+
+
+HELD_KEY = "fedsilo_held_rows"
+
+
+def _hold_if_marked(session: Session, instance: object) -> None:
+    """Keep a loaded row of a table marked ``__held_in_session__`` (run, round, membership)
+    for the session's life. The identity map holds rows weakly: once the code that read
+    one let go of it, the next ``Session.get`` of the same row queried again (a task poll
+    read the run and the round twice each, `tasks.with_inbox`)."""
+    if getattr(instance, "__held_in_session__", False):
+        session.info.setdefault(HELD_KEY, []).append(instance)
 
 
 @contextmanager

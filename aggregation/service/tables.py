@@ -60,6 +60,7 @@ class Nonce(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __held_in_session__ = True  # small, read several times a request (`db.make_sessionmaker`)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     federation: Mapped[str] = mapped_column(ForeignKey("federations.name"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="created", index=True)
@@ -76,6 +77,7 @@ class Run(Base):
 
 class RunSilo(Base):
     __tablename__ = "run_silos"
+    __held_in_session__ = True
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     silo: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
@@ -84,6 +86,7 @@ class RunSilo(Base):
 
 class Round(Base):
     __tablename__ = "rounds"
+    __held_in_session__ = True
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default="train")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from aggregation.service.engines import secure
@@ -16,7 +16,7 @@ from aggregation.service.engines.registry import engine_for
 from aggregation.service.exceptions import ServiceError
 from aggregation.service.rounds import get_round
 from aggregation.service.runs import spec_of
-from aggregation.service.tables import ModelVersion, Run, RunSilo
+from aggregation.service.tables import ModelVersion, Round, Run, RunSilo
 from aggregation.service.vertical_relay import out, pending_for
 from schemas.frames import FrameError, pack_frames
 from schemas.tasks import (
@@ -32,12 +32,12 @@ from schemas.tasks import (
 
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:
     """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
-    for run, membership in _memberships(s, federation, silo, run_id):
+    for run, membership, current in _memberships(s, federation, silo, run_id):
         if run.status in ("finished", "failed", "cancelled") or membership.status != "active":
             return RunEndedTask(run_id=run.id, run_status=run.status)
         if run.status != "running" or run.current_round == 0:
             continue
-        rnd = get_round(s, run.id, run.current_round)
+        rnd = current or get_round(s, run.id, run.current_round)  # None: NotFound names it
         if rnd.status != "open":
             continue
         spec = spec_of(run)
@@ -53,22 +53,22 @@ def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: H
 
 def _memberships(
     s: Session, federation: str, silo: str, run_id: str | None
-) -> list[tuple[Run, RunSilo]]:
-    """The runs to look at with the silo's membership of each: run `run_id` (by primary key:
-    an agent polls within its run, and the join cost more than the rest of most polls), else
-    every running run the silo is active in, oldest first."""
-    if run_id is not None:
-        run, membership = s.get(Run, run_id), s.get(RunSilo, (run_id, silo))
-        if run is None or membership is None or run.federation != federation:
-            return []
-        return [(run, membership)]
+) -> list[tuple[Run, RunSilo, Round | None]]:
+    """The runs to look at, each with the silo's membership and the run's current round, in
+    one query (a poll is mostly this read, and an agent polls after every answer): run
+    `run_id`, else every running run the silo is active in, oldest first."""
+    current = and_(Round.run_id == Run.id, Round.number == Run.current_round)
     stmt = (
-        select(Run, RunSilo)
-        .join(RunSilo, RunSilo.run_id == Run.id)
-        .where(Run.federation == federation, RunSilo.silo == silo)
-        .where(Run.status == "running", RunSilo.status == "active")
+        select(Run, RunSilo, Round)
+        .join(RunSilo, and_(RunSilo.run_id == Run.id, RunSilo.silo == silo))
+        .outerjoin(Round, current)
+        .where(Run.federation == federation)
     )
-    return [(run, m) for run, m in s.execute(stmt.order_by(Run.created_at)).all()]
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    else:
+        stmt = stmt.where(Run.status == "running", RunSilo.status == "active")
+    return [(run, m, rnd) for run, m, rnd in s.execute(stmt.order_by(Run.created_at)).all()]
 
 
 def with_model(s: Session, task: Task) -> Task:

@@ -5,6 +5,7 @@ before another transaction's commit decides on the committed state once it holds
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,10 +14,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine, event
 
-from aggregation.service import rounds, runs
+from aggregation.service import rounds, runs, tasks
 from aggregation.service.db import make_sessionmaker, transaction
 from aggregation.service.exceptions import NotFound
-from aggregation.service.tables import Round, Run, utcnow
+from aggregation.service.tables import Round, Run, RunSilo, Silo, utcnow
 
 
 def _run_with_round(fed_engine: Engine) -> str:
@@ -86,3 +87,36 @@ def test_a_locked_read_sees_what_was_committed_after_the_plain_one(fed_engine: E
         assert runs.get_run(s, run_id, for_update=True) is run
         assert rounds.get_round(s, run_id, 1, for_update=True) is rnd
         assert (run.status, rnd.status) == ("cancelled", "closed")
+
+
+def test_a_run_or_round_the_caller_let_go_of_is_not_read_again(fed_engine: Engine) -> None:
+    """The session keeps runs, rounds and memberships it loaded: the identity map alone holds
+    rows weakly, so a row dropped by the code that read it was read again (a task poll read
+    the run and the round twice each)."""
+    run_id = _run_with_round(fed_engine)
+    with transaction(make_sessionmaker(fed_engine)) as s, _statements(fed_engine) as seen:
+        runs.get_run(s, run_id)
+        rounds.get_round(s, run_id, 1)
+        gc.collect()
+        first = len(seen)
+        assert runs.get_run(s, run_id).status == "running"
+        assert rounds.get_round(s, run_id, 1).status == "open"
+        assert len(seen) == first, seen[first:]
+
+
+def test_a_poll_reads_run_membership_and_round_in_one_query(fed_engine: Engine) -> None:
+    run_id = _run_with_round(fed_engine)
+    idle_id = uuid.uuid4().hex  # running, no round opened yet
+    with transaction(make_sessionmaker(fed_engine)) as s:
+        s.add(Silo(federation="f", name="a", public_key="00"))
+        s.add(Run(id=idle_id, federation="f", status="running", spec_json="{}", current_round=0))
+        s.flush()
+        s.add_all([RunSilo(run_id=run_id, silo="a"), RunSilo(run_id=idle_id, silo="a")])
+    with transaction(make_sessionmaker(fed_engine)) as s, _statements(fed_engine) as seen:
+        [(run, membership, rnd)] = tasks._memberships(s, "f", "a", run_id)
+        assert (run.id, membership.silo, rnd and rnd.number) == (run_id, "a", 1)
+        assert len(seen) == 1, seen
+        found = {r.id: rnd for r, _m, rnd in tasks._memberships(s, "f", "a", None)}
+        assert found.keys() == {run_id, idle_id} and found[idle_id] is None
+        assert tasks._memberships(s, "f", "b", run_id) == []  # not a participant
+        assert tasks._memberships(s, "g", "a", run_id) == []  # another federation's silo
