@@ -125,6 +125,13 @@ INLINE_INBOX = {
 }
 INLINE_INBOX_MAX_BYTES = 1 << 20
 INLINE_INBOX_PARAM = "inline_inbox"
+# An answer (POST .../secagg/{stage}, .../secagg/masked/update, .../update) with
+# ``next_wait=S`` long-polls, once the answer is stored, for the silo's next task in that run,
+# as ``GET /v1/silo/tasks?run_id=...&wait=S`` would (with the inline_* flags and the
+# countersignatures the POST gives), and brings it in the answer's NEXT_TASK_FIELD (absent
+# when none came within S): an agent takes one request per step instead of two.
+NEXT_WAIT_PARAM = "next_wait"
+NEXT_TASK_FIELD = "next_task"
 
 
 class _TaskBase(Message):

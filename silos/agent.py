@@ -375,6 +375,7 @@ def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
     load_plugins(plugin_names(config.agent.plugins))
     client = make_client(config)
     client.on_receipt = partial(keep_receipt, config.workspace)  # of statements that rode along
+    client.follow_wait_s = POLL_WAIT_S  # an answer (a message, an update) brings the next task
     progress = _RunProgress(run_id)
     try:
         with flow_report.untagged_task_runs():

@@ -219,7 +219,14 @@ def poll(
 ) -> Task | None:
     """`client.next_task` carrying the outbox's countersignatures; the checkpoints a task
     brings are countersigned in the background, for the next poll."""
-    sending = outbox.ready()[:MAX_COUNTERSIGNED_PER_POLL]
+    if run_id is not None and client.followed(run_id):
+        # the answer to the silo's last message brought the task: no poll goes out, and the
+        # countersignatures ride on the next request that asks for a task
+        client.carry_countersigned(outbox.ready())
+        outbox.queued.clear()
+        sending = []
+    else:
+        sending = outbox.ready()[:MAX_COUNTERSIGNED_PER_POLL]
     work = client.next_task(wait_s=wait_s, run_id=run_id, countersigned=sending)
     del outbox.queued[: len(sending)]  # the service has them (a refused one it logged)
     if work is not None and work.checkpoints is not None:
@@ -231,6 +238,7 @@ def poll(
 
 def flush(client: SiloClient, outbox: Outbox) -> None:
     """Post the countersignatures no poll carried (the flow is ending)."""
+    outbox.queued[:0] = client.take_countersigned()
     try:
         while outbox.ready():
             _send(client, *outbox.queued[0])

@@ -26,12 +26,18 @@ from httpx import Response
 from schemas import carried, signing, tensors
 from schemas.exceptions import TensorFormatError
 from schemas.frames import FrameError, unpack_frames
-from schemas.ledger_checkpoint import COUNTERSIGNED_PARAM, encode_countersigned
+from schemas.ledger_checkpoint import (
+    COUNTERSIGNED_PARAM,
+    MAX_COUNTERSIGNED_PER_POLL,
+    encode_countersigned,
+)
 from schemas.lineage import make_statement, sign_statement
 from schemas.tasks import (
     INLINE_INBOX,
     INLINE_INBOX_PARAM,
     INLINE_MODEL_PARAM,
+    NEXT_TASK_FIELD,
+    NEXT_WAIT_PARAM,
     TASK_ADAPTER,
     Task,
 )
@@ -91,6 +97,15 @@ class SiloClient(HttpBase):
         # likewise what a secure-aggregation stage's task brought, (run, round, what) -> frames:
         # `secagg_get` hands it over once
         self._inbox: dict[tuple[str, int, str], list[bytes]] = {}
+        # with `follow_wait_s` > 0 an answer (a secure-aggregation message, a masked or plain
+        # update) waits up to that long for the silo's next task in the run
+        # (`schemas.tasks.NEXT_WAIT_PARAM`); the task it brings is kept here, and the next
+        # `next_task` of that run takes it instead of polling
+        self.follow_wait_s = 0.0
+        self._next: Task | None = None
+        # countersignatures of ledger checkpoints waiting for a request to ride on: the next
+        # answer that asks for its next task, or the next poll (`carry_countersigned`)
+        self._countersigned: list[tuple[int, str]] = []
         # statements that ride on the run's next POST (`carry_statement`): the kinds the
         # service takes that way (it says so on every answer), the held ones by run, and who
         # keeps their receipts (the agent: its copy of the ledger)
@@ -233,14 +248,24 @@ class SiloClient(HttpBase):
         checkpoints ride along (`schemas.ledger_checkpoint.encode_countersigned`). The task
         brings its model when it needs one and the model is small (`schemas.tasks`,
         INLINE_MODEL_TASKS); `download_model` then hands it over without a request."""
+        followed, self._next = self._next, None
+        if followed is not None and not countersigned and run_id in (None, followed.run_id):
+            return followed  # the answer to this silo's last message brought it
         path = f"/v1/silo/tasks?wait={wait_s:g}&{INLINE_MODEL_PARAM}=true&{INLINE_INBOX_PARAM}=true"
         path += f"&run_id={run_id}" if run_id else ""
-        if countersigned:
-            path += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(countersigned)}"
+        carried = self._countersigned[: MAX_COUNTERSIGNED_PER_POLL - len(countersigned)]
+        if countersigned or carried:
+            both = [*carried, *countersigned]
+            path += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(both)}"
         resp = self.request("GET", path, timeout=wait_s + 30)
+        del self._countersigned[: len(carried)]  # the service has them (a refused one it logged)
         if resp.status_code == 204:
             return None
-        task = TASK_ADAPTER.validate_json(resp.content)
+        return self._received(TASK_ADAPTER.validate_json(resp.content))
+
+    def _received(self, task: Task) -> Task:
+        """`task` without what it brought inline (its model, its stage's messages), which
+        `download_model` and `secagg_get` then hand over once."""
         if task.model_b64 is not None:
             try:
                 model = base64.b64decode(task.model_b64, validate=True)
@@ -260,6 +285,49 @@ class SiloClient(HttpBase):
             self._inbox = {} if frames is None else {key: frames}
             task = task.model_copy(update={"inbox_b64": None})
         return task
+
+    def followed(self, run_id: str) -> bool:
+        """Whether the answer to this silo's last message brought its next task in `run_id`."""
+        return self._next is not None and self._next.run_id == run_id
+
+    def carry_countersigned(self, pairs: Sequence[tuple[int, str]]) -> None:
+        """Countersignatures (height, signature hex) for the service, sent with this silo's
+        next answer that asks for its next task, or its next poll, whichever comes first."""
+        self._countersigned += pairs
+
+    def take_countersigned(self) -> list[tuple[int, str]]:
+        """The carried countersignatures no request took (the flow is ending)."""
+        taken, self._countersigned = self._countersigned, []
+        return taken
+
+    def _follow_query(self) -> str:
+        """The query that asks an answer for the silo's next task (or nothing), with
+        the countersignatures waiting for a request (the answer's first look keeps them)."""
+        if self.follow_wait_s <= 0:
+            return ""
+        query = (
+            f"{NEXT_WAIT_PARAM}={self.follow_wait_s:g}&{INLINE_MODEL_PARAM}=true"
+            f"&{INLINE_INBOX_PARAM}=true"
+        )
+        if carried := self._countersigned[:MAX_COUNTERSIGNED_PER_POLL]:
+            query += f"&{COUNTERSIGNED_PARAM}={encode_countersigned(carried)}"
+        return query
+
+    def _followed(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """`answer` without the next task it brought, which `next_task` hands over. A task that
+        does not parse is dropped: the next poll asks for it again."""
+        if self.follow_wait_s > 0:  # the answer's query carried these (`_follow_query`)
+            del self._countersigned[:MAX_COUNTERSIGNED_PER_POLL]
+        raw = answer.pop(NEXT_TASK_FIELD, None)
+        self._next = None
+        if raw is not None:
+            try:
+                self._next = self._received(TASK_ADAPTER.validate_python(raw))
+            except ValueError as exc:
+                log.warning(
+                    "silo %s: the next task an answer brought is unusable: %s", self.silo, exc
+                )
+        return answer
 
     def download_model(self, run_id: str, version: int) -> bytes:
         """Model `version` of the run (safetensors): the one the last task brought, once, or
@@ -291,6 +359,7 @@ class SiloClient(HttpBase):
         n_examples: int,
         digest: str | None = None,
         base_round: int | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """POST an update whose `update_accepted` statement travels in a signed header.
 
@@ -301,13 +370,15 @@ class SiloClient(HttpBase):
             self.silo, round_, digest or tensors.digest(body), n_examples, base_round
         )
         statement, signature = self._signed(run_id, "update_accepted", payload)
+        headers = {signing.STATEMENT_HEADER: signature}
         result = self.request(
-            "POST", path, body=body, extra_headers={signing.STATEMENT_HEADER: signature}
+            "POST", path, body=body, extra_headers=headers, timeout=timeout
         ).json()
         return {**result, "statement": statement, "author_signature": signature}
 
     def submit_update(self, run_id: str, round_: int, payload: bytes) -> dict[str, Any]:
-        """Submit an update with the silo's signed ledger statement about it.
+        """Submit an update with the silo's signed ledger statement about it (with
+        `follow_wait_s`, the answer brings the silo's next task, for `next_task`).
 
         Returns the service's answer: ``digest``, ``duplicate`` and, for a newly accepted
         update, ``receipt`` and the ``statement`` and ``author_signature`` it acknowledges.
@@ -317,7 +388,13 @@ class SiloClient(HttpBase):
         except (TensorFormatError, ValueError):
             n_examples = 0  # the service will refuse the payload and say why
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
-        return self._post_with_statement(path, payload, run_id, round_, n_examples)
+        if follow := self._follow_query():
+            path += "?" + follow
+        return self._followed(
+            self._post_with_statement(
+                path, payload, run_id, round_, n_examples, timeout=self._follow_timeout()
+            )
+        )
 
     def tree_base(self, run_id: str, round_: int) -> bytes | None:
         """The native model this silo's trees grow from this round (None: from scratch)."""
@@ -338,9 +415,15 @@ class SiloClient(HttpBase):
         self, run_id: str, round_: int, stage: str, message: bytes, n_examples: int | None = None
     ) -> dict[str, Any]:
         """Send one secure-aggregation protocol message (advertise, share or unmask)."""
-        query = f"?n_examples={n_examples}" if n_examples is not None else ""
+        params = [f"n_examples={n_examples}"] if n_examples is not None else []
+        params += [q for q in (self._follow_query(),) if q]
+        query = "?" + "&".join(params) if params else ""
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{stage}{query}"
-        return dict(self.request("POST", path, body=message).json())
+        resp = self.request("POST", path, body=message, timeout=self._follow_timeout())
+        return self._followed(dict(resp.json()))
+
+    def _follow_timeout(self) -> float | None:
+        return self.follow_wait_s + 30 if self.follow_wait_s > 0 else None
 
     def announce_ready(self, run_id: str, round_: int, n_examples: int) -> dict[str, Any]:
         """Asynchronous secure runs: say that this silo trained for round `round_` and waits
@@ -393,9 +476,14 @@ class SiloClient(HttpBase):
         if metrics_json is not None:
             params["metrics"] = metrics_json
         path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{urlencode(params)}"
-        return self._post_with_statement(
-            path, message, run_id, round_, n_examples, base_round=base_round
-        )
+        if follow := self._follow_query():
+            path += "&" + follow
+        return self._followed(
+            self._post_with_statement(
+                path, message, run_id, round_, n_examples, base_round=base_round,
+                timeout=self._follow_timeout(),
+            )
+        )  # fmt: skip
 
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Sign and send a lineage statement; returns it with the service's receipt."""

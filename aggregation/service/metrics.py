@@ -76,7 +76,8 @@ class ServiceMetrics:
         )
         self.poll_wait_seconds = Histogram(
             "fedsilo_task_poll_wait_seconds",
-            "How long GET /v1/silo/tasks long-polled, and whether it returned a task",
+            "How long a silo waited for its next task (a task poll, or an answer that asked for "
+            "it), and whether one came",
             ["result"],
             buckets=POLL_BUCKETS,
             registry=r,

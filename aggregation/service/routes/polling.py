@@ -28,9 +28,15 @@ async def long_poll(
     wakeup: Wakeup | None = None,
     *,
     answers: bool = False,
+    subscribed: asyncio.Event | None = None,
 ) -> T | None:
     """`check()` until it answers or `wait_s` passes; `answers`: also wake on silos' protocol
-    messages (the coordinator's round wait counts them), not only on state changes."""
+    messages (the coordinator's round wait counts them), not only on state changes.
+
+    `subscribed`: an event of `wakeup` the caller subscribed before its own write. The first
+    check then waits for a wake (that write's commit's own included), since nothing the
+    caller can be waiting for changed without one: a silo's answer that does not close its
+    stage would only find that its next stage has not opened yet."""
     deadline = time.monotonic() + max(0.0, wait_s)
     if wakeup is None:
         while True:
@@ -38,17 +44,34 @@ async def long_poll(
             if result is not None or time.monotonic() >= deadline:
                 return result
             await asyncio.sleep(interval_s)
+    if subscribed is not None:
+        return await _poll(check, deadline, interval_s, wakeup, subscribed, skip_first=True)
     with wakeup.subscribe(answers) as woken:
-        while True:
+        return await _poll(check, deadline, interval_s, wakeup, woken, skip_first=False)
+
+
+async def _poll(
+    check: Callable[[], T | None],
+    deadline: float,
+    interval_s: float,
+    wakeup: Wakeup,
+    woken: asyncio.Event,
+    *,
+    skip_first: bool,
+) -> T | None:
+    result: T | None = None
+    while True:
+        if not skip_first or woken.is_set():
             woken.clear()  # before the check: a commit during it wakes the next one
             result = await run_in_threadpool(check)
-            remaining = deadline - time.monotonic()
-            if result is not None or remaining <= 0 or wakeup.closing:
-                return result
-            wakeup.waiting += 1  # the event loop's thread only: no lock needed
-            try:
-                await asyncio.wait_for(woken.wait(), min(remaining, interval_s))
-            except TimeoutError:
-                pass
-            finally:
-                wakeup.waiting -= 1
+        skip_first = False  # the wait below times out into a check: the safety net
+        remaining = deadline - time.monotonic()
+        if result is not None or remaining <= 0 or wakeup.closing:
+            return result
+        wakeup.waiting += 1  # the event loop's thread only: no lock needed
+        try:
+            await asyncio.wait_for(woken.wait(), min(remaining, interval_s))
+        except TimeoutError:
+            pass
+        finally:
+            wakeup.waiting -= 1

@@ -7,9 +7,10 @@ as octet-stream bodies of frames (`schemas.frames`).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from aggregation.service.db import transaction
 from aggregation.service.deps import (
@@ -20,6 +21,7 @@ from aggregation.service.deps import (
     ParticipantDep,
     RoundNumber,
     RunId,
+    SettingsDep,
     Stage,
     StatementSignature,
     octet_stream,
@@ -30,6 +32,7 @@ from aggregation.service.engines.base import Answer
 from aggregation.service.engines.context import round_context
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.routes.dispatch import receive_answer
+from aggregation.service.routes.next_task import FollowDep, stored_then_next_task
 from schemas.frames import pack_frames
 from schemas.wire import INT32_MAX, MAX_TEXT, OCTET_STREAM, TEXT_PATTERN
 
@@ -44,12 +47,15 @@ router = APIRouter(
 
 @router.post("/{stage}", status_code=201, openapi_extra=OCTET_BODY)
 async def post_message(
+    request: Request,
     run_id: RunId,
     number: RoundNumber,
     stage: Stage,
     silo: ParticipantDep,
     factory: FactoryDep,
+    settings: SettingsDep,
     hub: HubDep,
+    follow: FollowDep,
     n_examples: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
 ) -> dict[str, object]:
     """advertise (with the silo's example count), share, consistency (the signed survivor
@@ -60,20 +66,27 @@ async def post_message(
         raise InvalidPayload(f"unknown secure-aggregation stage {stage!r}")
     step = secure.STEP_PREFIX + stage
     answer = Answer(silo.federation, silo.name, step, silo.body, {"n_examples": n_examples})
-    return await receive_answer(
-        factory, hub, run_id, number, answer, lock_run=True, lock_round=True, record=None
+    store = partial(
+        receive_answer, factory, hub, run_id, number, answer,
+        lock_run=True, lock_round=True, record=None,
+    )  # fmt: skip
+    return await stored_then_next_task(
+        request, factory, settings, hub, silo.federation, silo.name, run_id, store, follow
     )
 
 
 @router.post("/masked/update", status_code=201, openapi_extra=OCTET_BODY)
 async def post_masked(
+    request: Request,
     run_id: RunId,
     number: RoundNumber,
     silo: ParticipantDep,
     factory: FactoryDep,
+    settings: SettingsDep,
     hub: HubDep,
     train_seconds: Annotated[float, Query(ge=0, le=MAX_TRAIN_SECONDS)],
     n_examples: Annotated[int, Query(ge=1, le=INT32_MAX)],
+    follow: FollowDep,
     statement_signature: StatementSignature = None,
     metrics: Annotated[str | None, Query(max_length=MAX_TEXT, pattern=TEXT_PATTERN)] = None,
 ) -> dict[str, object]:
@@ -82,8 +95,12 @@ async def post_masked(
     params = {"n_examples": n_examples, "train_seconds": train_seconds, "metrics": metrics}
     step = secure.STEP_PREFIX + "masked"
     answer = Answer(silo.federation, silo.name, step, silo.body, params, statement_signature)
-    return await receive_answer(
-        factory, hub, run_id, number, answer, lock_run=True, lock_round=True, record=None
+    store = partial(
+        receive_answer, factory, hub, run_id, number, answer,
+        lock_run=True, lock_round=True, record=None,
+    )  # fmt: skip
+    return await stored_then_next_task(
+        request, factory, settings, hub, silo.federation, silo.name, run_id, store, follow
     )
 
 

@@ -7,15 +7,14 @@ the same in every mode; ``/silo/ready`` records that the agent warmed up.
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Annotated, Any, Literal
+from functools import partial
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aggregation.service import checkpoints, declines
 from aggregation.service import contributions as crud
+from aggregation.service import declines
 from aggregation.service.closing import unblock
 from aggregation.service.control import control_payload
 from aggregation.service.db import transaction
@@ -37,19 +36,22 @@ from aggregation.service.deps import (
 )
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.federations import find_silo, mark_ready, silo_out
-from aggregation.service.keys import public_hex
-from aggregation.service.metrics import observe_poll
 from aggregation.service.routes.dispatch import submission
-from aggregation.service.routes.polling import long_poll
+from aggregation.service.routes.next_task import (
+    Countersigned,
+    FollowDep,
+    InlineInbox,
+    InlineModel,
+    parse_countersigned_param,
+    stored_then_next_task,
+    wait_for_task,
+)
 from aggregation.service.runs import get_model
 from aggregation.service.statements import record_silo_statement
-from aggregation.service.tasks import next_task, with_inbox, with_model
-from aggregation.service.wakeup import wakeup_of
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
-from schemas.ledger_checkpoint import MAX_COUNTERSIGNED_PER_POLL, parse_countersigned
 from schemas.personalization import PersonalizedPayload
-from schemas.tasks import INLINE_INBOX_PARAM, INLINE_MODEL_PARAM, Task
+from schemas.tasks import Task
 from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
@@ -89,44 +91,6 @@ def ready(silo: SiloDep, factory: FactoryDep) -> SiloOut:
         return silo_out(mark_ready(s, silo.federation, silo.name, body))
 
 
-log = logging.getLogger("fedsilo.service")
-
-Countersigned = Annotated[
-    str | None,
-    Query(
-        max_length=MAX_COUNTERSIGNED_PER_POLL * 141,
-        description="the silo's countersignatures of ledger checkpoints, "
-        "<height>.<Ed25519 signature hex> joined by '_'",
-    ),
-]
-InlineModel = Annotated[
-    bool,
-    Query(
-        alias=INLINE_MODEL_PARAM,
-        description="bring the task's model inline when it needs one and it is small "
-        "(`schemas.tasks.INLINE_MODEL_TASKS`, INLINE_MODEL_MAX_BYTES)",
-    ),
-]
-
-InlineInbox = Annotated[
-    bool,
-    Query(
-        alias=INLINE_INBOX_PARAM,
-        description="bring what a secure-aggregation stage fetches first inline when it is "
-        "ready and small (`schemas.tasks.INLINE_INBOX`, INLINE_INBOX_MAX_BYTES)",
-    ),
-]
-
-
-def _parse_countersigned(silo: str, text: str) -> list[tuple[int, str]]:
-    """The countersignatures a poll carried. One that does not verify is later logged, not
-    fatal to the poll: the silo's own copy is its anchor, and its next poll must not fail."""
-    try:
-        return parse_countersigned(text)
-    except ValueError as exc:
-        raise InvalidPayload(f"silo {silo!r}: bad countersigned parameter: {exc}") from exc
-
-
 @router.get(
     "/silo/tasks", response_model=None, responses={204: {"description": "no work within the wait"}}
 )
@@ -147,30 +111,11 @@ async def poll_task(
     to countersign (`schemas.ledger_checkpoint`), with `inline_model` the model it needs
     (`schemas.tasks.INLINE_MODEL_TASKS`), with `inline_inbox` the messages its stage starts
     from (`schemas.tasks.INLINE_INBOX`)."""
-    signed = _parse_countersigned(silo.name, countersigned) if countersigned else []
-    service_key = public_hex(request.app.state.recorder.service_key)
-
-    def check() -> Task | None:
-        with transaction(factory) as s:
-            if signed:  # the first check's transaction keeps them (a failed one: re-sent)
-                for problem in checkpoints.add_countersignatures(
-                    s, silo.federation, silo.name, signed
-                ):
-                    log.warning("silo %s: countersignature refused: %s", silo.name, problem)
-                signed.clear()
-            task = next_task(s, silo.federation, silo.name, run_id, hub)
-            if task is None:
-                return None
-            if inline_model:
-                task = with_model(s, task)
-            if inline_inbox:
-                task = with_inbox(s, hub, task, silo.name)
-            return checkpoints.with_pending(s, task, silo.federation, silo.name, service_key)
-
-    wait_s = min(wait, settings.long_poll_max_s)
-    started = time.monotonic()
-    task: Task | None = await long_poll(check, wait_s, settings.poll_interval_s, wakeup_of(factory))
-    observe_poll(factory, time.monotonic() - started, task is not None)
+    signed = parse_countersigned_param(silo.name, countersigned)
+    task = await wait_for_task(
+        request, factory, settings, hub, silo.federation, silo.name, run_id,
+        wait=wait, signed=signed, inline_model=inline_model, inline_inbox=inline_inbox,
+    )  # fmt: skip
     return task if task is not None else Response(status_code=204)
 
 
@@ -209,11 +154,18 @@ async def submit_update(
     factory: FactoryDep,
     hub: HubDep,
     response: Response,
+    request: Request,
+    settings: SettingsDep,
+    follow: FollowDep,
     statement_signature: StatementSignature = None,
 ) -> dict[str, object]:
-    """Accept a tensor update and the silo's signed ledger statement; answer with a receipt."""
+    """Accept a tensor update and the silo's signed ledger statement; answer with a receipt
+    (and, when it asks, the silo's next task: `next_task.stored_then_next_task`)."""
     args = (run_id, number, silo, factory, hub, response, statement_signature)
-    return await submission("update", *args)
+    store = partial(submission, "update", *args)
+    return await stored_then_next_task(
+        request, factory, settings, hub, silo.federation, silo.name, run_id, store, follow
+    )
 
 
 @router.post("/silo/runs/{run_id}/rounds/{number}/extension", openapi_extra=OCTET_BODY)
