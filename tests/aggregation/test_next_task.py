@@ -14,26 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.live_service import (
-    coordinator,
-    enrolled_silo,
-    recorded,
-    service_in_thread,
-    started_run,
-)
-from support.validation import validate
+from support.live_service import recorded
+from support.secure_toy import DIM, SILOS, aggregated, secure_toy_run
 
 from flows.service_client import CoordinatorClient
-from schemas import tensors
-from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.tasks import Task
 from silos import secure_round
 from silos.client import SiloClient
 
-MODEL = ModelSpec(kind="logreg", n_features=3)
-SHAPES = param_shapes(MODEL)
-DIM = sum(int(np.prod(s)) for _, s in SHAPES)
-SILOS = ("a", "b", "c")
 FOLLOW_S = 60.0  # the stage closes when the slowest thread answers: far sooner
 
 
@@ -48,23 +36,10 @@ class Fed:
 
 @pytest.fixture
 def fed(db_url: str, tmp_path: Path) -> Iterator[Fed]:
-    spec = RunSpec(
-        federation="f",
-        dataset="toy",
-        model=MODEL,
-        rounds=2,
-        min_silos=3,
-        secure_aggregation=SecureAggregationSpec(enabled=True, clip=5.0, threshold=2),
-    )
-    with service_in_thread(tmp_path / "svc", db_url) as url:
-        coord = coordinator(url)
-        coord.create_federation("f")
-        silos = {n: enrolled_silo(url, coord, "f", n) for n in SILOS}
-        run_id = started_run(coord, spec)
+    with secure_toy_run(db_url, tmp_path) as (coord, silos, run_id):
         polls: dict[str, list[str]] = {}
         fetches: list[str] = []
         for name, client in silos.items():
-            validate(client, run_id, n_rows=100)
             polls[name] = recorded(client, lambda method, path: path.startswith("/v1/silo/tasks"))
             recorded(client, lambda method, path: method == "GET" and "/secagg/" in path, fetches)
         yield Fed(coord, silos, run_id, polls, fetches)
@@ -116,8 +91,7 @@ def test_each_answer_brings_the_next_stage_and_the_round_aggregates_exactly(
     assert all(len(p) == 1 for p in fed.polls.values()), fed.polls  # the first task only
     assert fed.fetches == []  # each stage's messages came inline with its task
     assert fed.coord.close_round(fed.run_id, 1).status == "aggregated"
-    got = tensors.decode_expected(fed.coord.download_model(fed.run_id, 1), SHAPES)[0]
-    flat = np.concatenate([g.reshape(-1) for g in got])
+    flat = aggregated(fed.coord, fed.run_id, 1)
     np.testing.assert_allclose(flat, np.mean(list(deltas.values()), axis=0), atol=1e-4)
 
 

@@ -32,7 +32,7 @@ from aggregation.service.engines.base import Answer
 from aggregation.service.engines.context import round_context
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.routes.dispatch import receive_answer
-from aggregation.service.routes.next_task import FollowDep, stored_then_next_task
+from aggregation.service.routes.next_task import Follow, FollowDep, stored_then_next_task
 from schemas.frames import pack_frames
 from schemas.wire import INT32_MAX, MAX_TEXT, OCTET_STREAM, TEXT_PATTERN
 
@@ -66,12 +66,8 @@ async def post_message(
         raise InvalidPayload(f"unknown secure-aggregation stage {stage!r}")
     step = secure.STEP_PREFIX + stage
     answer = Answer(silo.federation, silo.name, step, silo.body, {"n_examples": n_examples})
-    store = partial(
-        receive_answer, factory, hub, run_id, number, answer,
-        lock_run=True, lock_round=True, record=None,
-    )  # fmt: skip
-    return await stored_then_next_task(
-        request, factory, settings, hub, silo.federation, silo.name, run_id, store, follow
+    return await _locked_then_next_task(
+        request, factory, settings, hub, answer, run_id, number, follow
     )
 
 
@@ -95,13 +91,29 @@ async def post_masked(
     params = {"n_examples": n_examples, "train_seconds": train_seconds, "metrics": metrics}
     step = secure.STEP_PREFIX + "masked"
     answer = Answer(silo.federation, silo.name, step, silo.body, params, statement_signature)
+    return await _locked_then_next_task(
+        request, factory, settings, hub, answer, run_id, number, follow
+    )
+
+
+async def _locked_then_next_task(
+    request: Request,
+    factory: FactoryDep,
+    settings: SettingsDep,
+    hub: HubDep,
+    answer: Answer,
+    run_id: str,
+    number: int,
+    follow: Follow,
+) -> dict[str, object]:
+    """`answer` stored with the run's and the round's locks (one stage's answers close it in
+    turn), then the silo's next task when it asked (`next_task.stored_then_next_task`)."""
     store = partial(
         receive_answer, factory, hub, run_id, number, answer,
         lock_run=True, lock_round=True, record=None,
     )  # fmt: skip
-    return await stored_then_next_task(
-        request, factory, settings, hub, silo.federation, silo.name, run_id, store, follow
-    )
+    where = (answer.federation, answer.silo, run_id)
+    return await stored_then_next_task(request, factory, settings, hub, *where, store, follow)
 
 
 @router.get(
