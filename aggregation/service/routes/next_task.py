@@ -134,7 +134,7 @@ async def wait_for_task(
     subscribed: asyncio.Event | None = None,
 ) -> Task | None:
     """`silo`'s next task (within run `run_id`), long-polled up to `wait` seconds: what a task
-    poll answers, and what a secure-aggregation answer brings back (``next_wait``; it
+    poll answers, and what an answer that asks brings back (``next_wait``; it
     subscribed to wakes before storing the answer: `long_poll`'s `subscribed`). The first
     check's transaction keeps the countersignatures in `signed` (a failed one: re-sent)."""
     service_key = public_hex(request.app.state.recorder.service_key)
