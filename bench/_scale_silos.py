@@ -4,8 +4,9 @@
 
 Each silo is one thread with its own Ed25519 key and signed `SiloClient`, running the agent's
 secure-aggregation path (silos/agent.py's silo_training for a secure run, minus the validation
-gate, local training and Prefect): poll for the next task, then silos/secure_round.py's
-advertise, share, (global model download) masked_update + submit_masked, unmask. Its update is
+gate, local training and Prefect): poll for the first task, then silos/secure_round.py's
+advertise, share, (global model download) masked_update + submit_masked, unmask, each answer
+bringing the next task as the agent's do (`SiloClient.follow_wait_s`). Its update is
 a fixed pseudo-random delta per silo and round (`silo_delta`), which bench/scale.py recomputes
 to check the result.
 """
@@ -147,6 +148,7 @@ def worker_main(spec_path: Path) -> None:
             key=Ed25519PrivateKey.generate(),
             retry_for_s=600,
         )
+        clients[i].follow_wait_s = POLL_WAIT_S  # as the agent: an answer brings the next task
         clients[i].enrol()
         cpu[i], steps[i] = {}, []
 
