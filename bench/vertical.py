@@ -53,6 +53,17 @@ compiled beta dependency, and the 20 s target still MISSED. The PSI's floor is t
 multiplications at 31 us each (libsodium and OpenSSL alike on this CPU): 62 s on two cores
 before hashing, over the 60 s target while both parties share one machine.
 
+Measured on 2026-12-07 (this machine, load average 1-2), each side by side with 636e06d's
+code in one invocation (`bench/README.md`, "Vertical federation"):
+- PSI on OpenSSL's X25519 instead of libsodium's (32.5 against 36.7 us a multiplication) and
+  a hash to the curve that reuses the salted SHA-256 prefix and gmpy2's Jacobi symbol:
+  1M ids per party 97.8 / 95.7 s -> 84.6 / 85.1 s (CPU 181 / 177 -> 155 / 156 s), still
+  MISSED: the 4M multiplications alone are 65 s on two cores.
+- SecureBoost with 156-bit (G, H, count) triples (13 bin sums a ciphertext, was 9 at 216
+  bits) and the active party decrypting on both cores: 80k x (30 + 300), 2 trees,
+  100.3 -> 92.0 s a tree (decryption 23.6 -> 9.4 s, bureau->bank 6.80 -> 5.16 MB), the same
+  AUC; still MISSED: the passive party's additions are 65 s a tree, the encryption 20 s.
+
     python bench/vertical.py            # full sizes (long: see bench/README.md)
     python bench/vertical.py --quick    # smoke sizes (tests/bench/test_vertical_smoke.py)
     python bench/vertical.py --synth-rows 10000 --psi-ids 100000   # scaled down
@@ -146,7 +157,7 @@ def train_two_party(
     if timings is not None:
         timings.wrap(he, "encrypt_many", "encryption (active)")
         timings.wrap(passive, "_histograms", "histograms (passive: additions + packing)")
-        timings.wrap(he, "decompress", "decryption (active)")
+        timings.wrap(he, "decrypt_many", "decryption (active)")
     per_tree = []
     send = request_reply(wire, {"bureau": passive})
     active.send_key(send)
@@ -309,15 +320,17 @@ def rates(count: int) -> None:
     packed = he.compress(keys.public, sums)
     cmp_ = (time.process_time() - t) / len(sums)
     t = time.process_time()
-    he.decrypt_many(keys, packed * 4)
+    he.decrypt_many(keys, packed * 4, workers=1)
     dec = (time.process_time() - t) / (4 * len(packed))
     # one tree: 100k encryptions; 300 features x (100k + 2 x ~40k smaller-child rows)
-    # additions; 4 histogrammed nodes x 300 features x 32 bins packed, 4 ciphertexts each
+    # additions; 4 histogrammed nodes x 300 features x 32 bins packed, per_feature
+    # ciphertexts each
+    per_feature = -(-32 // keys.public.bins_per_ciphertext)
     parts = {
         "encryption": 100_000 * enc,
         "additions": 300 * 180_000 * add,
         "packing": 4 * 300 * 32 * cmp_,
-        "decryption": 4 * 300 * 4 * dec,
+        "decryption": 4 * 300 * per_feature * dec,
     }
     total = sum(parts.values())
     print(
@@ -335,8 +348,9 @@ def psi_rates(count: int) -> None:
     group the product uses, beside libsodium's edwards25519 calls it used before (hash by two
     Elligator maps, scalar multiplication, subgroup check of every received point)."""
     import nacl.bindings as sodium
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from silos.vertical.psi import hash_to_group, in_group
+    from silos.vertical.psi import hash_to_group, in_group, multiply
 
     ids = [f"cust-{i}" for i in range(count)]
 
@@ -361,8 +375,12 @@ def psi_rates(count: int) -> None:
 
     ed_scalar = sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
     x_scalar = os.urandom(32)
+    x_key = X25519PrivateKey.from_private_bytes(x_scalar)
     groups = {
-        "X25519 (used)": per_id(
+        "X25519, OpenSSL (used)": per_id(
+            lambda i: hash_to_group(i, b"bench"), lambda p: multiply(x_key, p), in_group
+        ),
+        "X25519, libsodium": per_id(
             lambda i: hash_to_group(i, b"bench"),
             lambda p: sodium.crypto_scalarmult(x_scalar, p),
             in_group,
@@ -382,9 +400,11 @@ def psi_rates(count: int) -> None:
             f"mult {1 / mul:,.0f}/s, point check {1 / chk:,.0f}/s; implied for 1M ids per "
             f"party, two parties: {2e6 * cost:.0f} s CPU ({1e6 * cost:.0f} s on 2 idle cores)"
         )
-    before, used = implied["edwards25519 (before)"], implied["X25519 (used)"]
+    before, used = implied["edwards25519 (before)"], implied["X25519, OpenSSL (used)"]
     ratio = used / before
     print(f"  X25519 costs {ratio:.2f}x edwards25519's CPU per id ({1 / ratio:.1f}x faster)")
+    sodium_x = implied["X25519, libsodium"]
+    print(f"  OpenSSL's X25519 costs {used / sodium_x:.2f}x libsodium's CPU per id")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,13 +86,15 @@ class HistogramRequest(_Msg):
 
 
 class EncryptedHistogram(_Msg):
-    """Encrypted (g, h, count) sums per feature and bin of one node, nine bins per
-    ciphertext; `n_bins[f]` is feature f's bin count, bins in feature order."""
+    """Encrypted (g, h, count) sums per feature and bin of one node; `n_bins[f]` is feature
+    f's bin count, bins in feature order, each feature's sums packed `pack_bits` apart into
+    as many ciphertexts as they need (the layout both parties must share)."""
 
     kind: Literal["histogram"] = "histogram"
     tree: Count
     node: Count
     n_bins: list[Count]
+    pack_bits: Count
     ciphertexts: bytes
 
 

@@ -257,24 +257,35 @@ class ActiveParty:
                 f"{tree}; asked for {sorted(nodes)}"
             )
         pub, per = self.keys.public, self.keys.public.bins_per_ciphertext
-        out: dict[int, Hists] = {}
+        cts: list[int] = []
         for nid, msg in got.items():
             if len(msg.n_bins) != self.passives[party]:
                 raise ActiveError(
                     f"party {party!r} sent {len(msg.n_bins)} features for node "
                     f"{nid} of tree {tree}; expected {self.passives[party]}"
                 )
-            cts = he.from_bytes(pub, msg.ciphertexts, party, f"histogram of node {nid}")
-            need = sum(-(-nb // per) for nb in msg.n_bins)
-            if len(cts) != need:
+            if msg.pack_bits != he.PACK_BITS:
                 raise ActiveError(
-                    f"party {party!r} sent {len(cts)} ciphertexts for node {nid} "
+                    f"party {party!r} packed the bin sums of node {nid} in tree {tree} "
+                    f"{msg.pack_bits} bits apart; this party reads {he.PACK_BITS} "
+                    "(the parties run different fedsilo versions)"
+                )
+            node_cts = he.from_bytes(pub, msg.ciphertexts, party, f"histogram of node {nid}")
+            need = sum(-(-nb // per) for nb in msg.n_bins)
+            if len(node_cts) != need:
+                raise ActiveError(
+                    f"party {party!r} sent {len(node_cts)} ciphertexts for node {nid} "
                     f"of tree {tree}; its bins need {need}"
                 )
-            hists, k = [], 0
+            cts += node_cts
+        plain = he.decrypt_many(self.keys, cts)  # every node's at once, on all cores
+        out: dict[int, Hists] = {}
+        k = 0
+        for nid, msg in got.items():
+            hists = []
             for nb in msg.n_bins:
                 m = -(-nb // per)
-                trip = he.decompress(self.keys, cts[k : k + m], nb)
+                trip = he.unpack_bins(pub, plain[k : k + m], nb)
                 k += m
                 hists.append(np.array(trip, dtype=np.int64).reshape(nb, 3))
             out[nid] = hists

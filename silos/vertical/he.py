@@ -16,11 +16,15 @@ n^2: about 3x cheaper additions); python-paillier is the kept, widely reviewed c
 
 Encoding (exact, no loss): every row's gradient g in [-1, 1] and hessian h in [0, 1] become
 integers G = round((g + 1) * 2^P) and H = round(h * 2^P) with P = 40 fractional bits
-(float32, which XGBoost keeps gradients in, has 24). One plaintext packs three 72-bit slots,
-(G << 144) | (H << 72) | 1, so one ciphertext carries a row's g, h and a count of 1; sums of up
-to 2^24 rows never carry across slots, and the decoded sums equal the sums of the rounded
-integers exactly. Bin sums going back are packed again, up to nine per ciphertext
-(`compress`), so the active party decrypts nine times fewer ciphertexts.
+(float32, which XGBoost keeps gradients in, has 24). One plaintext packs three slots,
+(G << 90) | (H << 25) | 1, so one ciphertext carries a row's g, h and a count of 1. Each slot
+holds the sum of up to 2^24 rows (MAX_ROWS) without carrying into the next: G <= 2^41 sums to
+at most 2^65 (66 bits), H <= 2^40 to 2^64 (65 bits), the count to 2^24 (25 bits); so the
+decoded sums equal the sums of the rounded integers exactly. Bin sums going back are packed
+again, 13 of those 156-bit triples per ciphertext (`compress`), so the active party decrypts
+13 times fewer ciphertexts (nine, with the 72-bit slots used until 2026-12-07; the histogram
+message states its `pack_bits`, so parties that disagree refuse each other). The active party
+decrypts on all its cores (`decrypt_many`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,9 @@ from phe import paillier
 
 KEY_BITS = 2048
 FRAC_BITS = 40
-SLOT_BITS = 72
-PACK_BITS = 3 * SLOT_BITS  # one row's (G, H, count)
 MAX_ROWS = 1 << 24
-_SLOT_MASK = (1 << SLOT_BITS) - 1
+G_BITS, H_BITS, COUNT_BITS = 66, 65, 25  # sums of MAX_ROWS rows (module docstring)
+PACK_BITS = G_BITS + H_BITS + COUNT_BITS  # one row's (G, H, count): 156
 _DJN_BITS = KEY_BITS // 2
 _WINDOW = 8
 
@@ -97,14 +100,15 @@ def encode_gh(g: np.ndarray, h: np.ndarray) -> tuple[list[int], list[int]]:
 
 
 def pack_rows(gi: Sequence[int], hi: Sequence[int]) -> list[int]:
-    return [(g << (2 * SLOT_BITS)) | (h << SLOT_BITS) | 1 for g, h in zip(gi, hi, strict=True)]
+    g_at, h_at = H_BITS + COUNT_BITS, COUNT_BITS
+    return [(g << g_at) | (h << h_at) | 1 for g, h in zip(gi, hi, strict=True)]
 
 
 def unpack_sum(m: int) -> tuple[int, int, int]:
     """(sum G - count * 2^P, sum H, count): the exact fixed-point sums of g and h."""
-    count = m & _SLOT_MASK
-    hsum = (m >> SLOT_BITS) & _SLOT_MASK
-    gsum = (m >> (2 * SLOT_BITS)) & _SLOT_MASK
+    count = m & ((1 << COUNT_BITS) - 1)
+    hsum = (m >> COUNT_BITS) & ((1 << H_BITS) - 1)
+    gsum = (m >> (COUNT_BITS + H_BITS)) & ((1 << G_BITS) - 1)
     return gsum - (count << FRAC_BITS), hsum, count
 
 
@@ -182,9 +186,31 @@ def encrypt_many(keys: KeyPair, plaintexts: list[int], workers: int | None = Non
         return [c for part in pool.map(_encrypt_chunk, chunks) for c in part]
 
 
-def decrypt_many(keys: KeyPair, ciphertexts: Sequence[int]) -> list[int]:
-    priv = keys.private
-    return [priv.raw_decrypt(c) for c in ciphertexts]
+_PRIVATE: paillier.PaillierPrivateKey | None = None
+
+
+def _decrypt_chunk(ciphertexts: Sequence[int]) -> list[int]:
+    assert _PRIVATE is not None
+    return [_PRIVATE.raw_decrypt(c) for c in ciphertexts]
+
+
+def decrypt_many(
+    keys: KeyPair, ciphertexts: Sequence[int], workers: int | None = None
+) -> list[int]:
+    """Plaintexts of `ciphertexts`, in order, split across `workers` processes (forked: they
+    inherit the key, which never leaves the process's memory)."""
+    global _PRIVATE
+    workers = workers or min(2, os.cpu_count() or 1)
+    _PRIVATE = keys.private
+    try:
+        if len(ciphertexts) < 64 or workers == 1:
+            return _decrypt_chunk(ciphertexts)
+        step = -(-len(ciphertexts) // (workers * 4))
+        chunks = [ciphertexts[i : i + step] for i in range(0, len(ciphertexts), step)]
+        with ProcessPoolExecutor(workers, get_context("fork")) as pool:
+            return [m for part in pool.map(_decrypt_chunk, chunks) for m in part]
+    finally:
+        _PRIVATE = None
 
 
 # --- wire encoding and validation ---------------------------------------------------------
@@ -271,13 +297,18 @@ def compress(pub: PublicKey, sums: Sequence[int]) -> list[int]:
     return out
 
 
-def decompress(keys: KeyPair, packed: Sequence[int], n_sums: int) -> list[tuple[int, int, int]]:
-    """Decrypt packed bin sums back into (G, H, count) triples, in order."""
-    per = keys.public.bins_per_ciphertext
+def unpack_bins(pub: PublicKey, plain: Sequence[int], n_sums: int) -> list[tuple[int, int, int]]:
+    """The (G, H, count) triples of `n_sums` bin sums that `compress` packed, decrypted."""
+    per = pub.bins_per_ciphertext
     mask = (1 << PACK_BITS) - 1
     out: list[tuple[int, int, int]] = []
-    for k, m in enumerate(decrypt_many(keys, packed)):
+    for k, m in enumerate(plain):
         size = min(per, n_sums - k * per)
         for j in range(size - 1, -1, -1):
             out.append(unpack_sum((m >> (j * PACK_BITS)) & mask))
     return out
+
+
+def decompress(keys: KeyPair, packed: Sequence[int], n_sums: int) -> list[tuple[int, int, int]]:
+    """Decrypt packed bin sums back into (G, H, count) triples, in order."""
+    return unpack_bins(keys.public, decrypt_many(keys, packed), n_sums)

@@ -2,7 +2,7 @@
 
 It bins its own columns (quantile bins), receives one Paillier ciphertext per row from the
 active party and, per requested node, multiplies them into encrypted bin sums (an addition
-under Paillier) for every feature, packed nine bins to a ciphertext. It never sees a
+under Paillier) for every feature, packed 13 bins to a ciphertext. It never sees a
 gradient in the clear: it holds no private key. When one of its features wins a split it
 keeps the threshold in its lookup table under a fresh record id and returns only the
 rows that go left; at prediction it routes rows through its own records.
@@ -181,6 +181,7 @@ class PassiveParty:
                     tree=msg.tree,
                     node=node.node,
                     n_bins=self._nb,
+                    pack_bits=he.PACK_BITS,
                     ciphertexts=he.to_bytes(pub, cts),
                 )
             )

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from schemas.vertical import EncryptedGradients
+from schemas.vertical import EncryptedGradients, EncryptedHistogram, HistogramBatch
 from silos.vertical import he
-from silos.vertical.active import ActiveParty, fit_plain
+from silos.vertical.active import ActiveError, ActiveParty, fit_plain
 from silos.vertical.channel import Channel, ChannelError, channels
 from silos.vertical.passive import PassiveParty
 from silos.vertical.secureboost import predict_proba, train
@@ -87,7 +89,7 @@ def test_a_passive_party_receives_only_ciphertexts_of_gradients() -> None:
     g, h = logistic_grad(y, np.zeros(len(y)))
     packed = he.pack_rows(*he.encode_gh(g, h))
     assert len(cts) == len(y)
-    assert all(c > KEYS.public.n for c in cts)  # plaintexts are below 2^216
+    assert all(c > KEYS.public.n for c in cts)  # plaintexts are below 2^156
     assert not set(cts) & set(packed)
     assert he.decrypt_many(KEYS, cts[:20]) == packed[:20]  # yet they do encrypt the gradients
     assert len({c for c in cts}) == len(cts)  # randomized: equal gradients, distinct ciphertexts
@@ -154,3 +156,87 @@ def test_paired_bucket_sums_equal_single_ones() -> None:
     pair = he.bucket_sums_pair(KEYS.public, cts, a, b, rows, 5, 3)
     assert pair[0] == he.bucket_sums(KEYS.public, cts, a, rows, 5)
     assert pair[1] == he.bucket_sums(KEYS.public, cts, b, rows, 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.lists(
+            st.tuples(
+                st.floats(-1, 1, allow_nan=False),
+                st.floats(0, 1, allow_nan=False),
+            ),
+            min_size=0,
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=13,
+    ),
+    repeat=st.integers(1, he.MAX_ROWS // 12),
+)
+def test_packed_bin_sums_unpack_to_the_exact_sums(rows: list, repeat: int) -> None:
+    """Up to 13 bins a ciphertext, each the sum of up to MAX_ROWS packed rows (`repeat`
+    copies of a few rows, up to the extremes g = 1, h = 1): no slot carries into the next
+    and the packed plaintext stays below n."""
+    sums, want = [], []
+    for bin_rows in rows:
+        g = np.array([r[0] for r in bin_rows])
+        h = np.array([r[1] for r in bin_rows])
+        gi, hi = he.encode_gh(g, h)
+        sums.append(repeat * sum(he.pack_rows(gi, hi)))
+        want.append(
+            (
+                repeat * (sum(gi) - len(gi) * 2**he.FRAC_BITS),
+                repeat * sum(hi),
+                repeat * len(gi),
+            )
+        )
+    plain = 0
+    for s in sums:  # what compress's Horner steps encrypt
+        plain = (plain << he.PACK_BITS) + s
+    assert plain < KEYS.public.n
+    assert he.unpack_bins(KEYS.public, [plain], len(sums)) == want
+
+
+def test_the_extreme_bin_sums_fit_their_slots() -> None:
+    one = he.pack_rows(*he.encode_gh(np.array([1.0]), np.array([1.0])))[0]
+    top = he.MAX_ROWS * one
+    assert he.unpack_sum(top) == (
+        he.MAX_ROWS << he.FRAC_BITS,
+        he.MAX_ROWS << he.FRAC_BITS,
+        he.MAX_ROWS,
+    )
+    assert top < 1 << he.PACK_BITS
+    assert KEYS.public.bins_per_ciphertext == 13
+
+
+def test_decryption_on_several_cores_keeps_the_order() -> None:
+    cts = he.encrypt_many(KEYS, list(range(100, 180)), workers=1)
+    assert he.decrypt_many(KEYS, cts, workers=2) == list(range(100, 180))
+    assert he.decrypt_many(KEYS, cts, workers=1) == list(range(100, 180))
+
+
+def test_bin_sums_packed_another_way_are_refused_naming_the_party() -> None:
+    X, y = _data(60)
+    active, _, _ = _parties(X, y)
+    per = KEYS.public.bins_per_ciphertext
+    n_bins = [8, 8, 8]
+    cts = he.encrypt_many(KEYS, [1] * sum(-(-nb // per) for nb in n_bins), workers=1)
+    reply = HistogramBatch(
+        run=RUN,
+        sender="bureau",
+        tree=0,
+        histograms=[
+            EncryptedHistogram(
+                run=RUN,
+                sender="bureau",
+                tree=0,
+                node=0,
+                n_bins=n_bins,
+                pack_bits=216,  # the layout before 2026-12-07
+                ciphertexts=he.to_bytes(KEYS.public, cts),
+            )
+        ],
+    )
+    with pytest.raises(ActiveError, match="party 'bureau' packed .* 216 bits apart"):
+        active._decrypt(reply, "bureau", 0, [0])
