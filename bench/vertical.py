@@ -58,7 +58,8 @@ code in one invocation (`bench/README.md`, "Vertical federation"):
 - PSI on OpenSSL's X25519 instead of libsodium's (32.5 against 36.7 us a multiplication) and
   a hash to the curve that reuses the salted SHA-256 prefix and gmpy2's Jacobi symbol:
   1M ids per party 97.8 / 95.7 s -> 84.6 / 85.1 s (CPU 181 / 177 -> 155 / 156 s), still
-  MISSED: the 4M multiplications alone are 65 s on two cores.
+  MISSED: the 4M multiplications alone are 65 s on two cores. 10M ids per party (once):
+  885.3 s, peak resident memory 6.8 GB (FATE: 430 s on 32 cores).
 - SecureBoost with 156-bit (G, H, count) triples (13 bin sums a ciphertext, was 9 at 216
   bits) and the active party decrypting on both cores: 80k x (30 + 300), 2 trees,
   100.3 -> 92.0 s a tree (decryption 23.6 -> 9.4 s, bureau->bank 6.80 -> 5.16 MB), the same
