@@ -55,7 +55,7 @@ before hashing, over the 60 s target while both parties share one machine.
 
 Measured on 2026-12-07 (this machine, load average 1-2), each side by side with 636e06d's
 code in one invocation (`bench/README.md`, "Vertical federation"):
-- PSI on OpenSSL's X25519 instead of libsodium's (32.5 against 36.7 us a multiplication) and
+- PSI on OpenSSL's X25519 instead of libsodium's (33 against 37 us a multiplication) and
   a hash to the curve that reuses the salted SHA-256 prefix and gmpy2's Jacobi symbol:
   1M ids per party 97.8 / 95.7 s -> 84.6 / 85.1 s (CPU 181 / 177 -> 155 / 156 s), still
   MISSED: the 4M multiplications alone are 65 s on two cores. 10M ids per party (once):
