@@ -54,8 +54,11 @@ def test_ours_one_round_plain_and_secure(
         assert o["peak_pss_mb"] > 0 and o["processes"] >= 6  # service, 4 agents, coordinator
     # the securely aggregated sum is the plain one up to quantization
     assert abs(plain["accuracy"]["all"] - secure["accuracy"]["all"]) < 0.02
-    # four exchanges a round instead of one: more bytes to the service
-    assert secure["sent_kb"]["cleveland"] > plain["sent_kb"]["cleveland"]
+    # four exchanges a round instead of one: more bytes to the service (9.7 -> 11.9 KB in
+    # one run). Only the service's share: the Prefect API's (15.5 and 13.9 KB there) carries
+    # the first run's one-time work (the plain run goes first) and grows with wall time
+    service = {k: o["detail_kb"]["cleveland"]["service sent"] for k, o in ours.items()}
+    assert service["logreg/fedavg/secagg"] > service["logreg/fedavg/plain"]
     assert (tmp_path / "peers.json").exists()
     assert "logreg/fedavg/secagg" in capsys.readouterr().out
 
