@@ -53,7 +53,8 @@ class PsiPoints(_Msg):
 
 
 class HeKey(_Msg):
-    """The active party's Paillier public key: n and the DJN base hs, big-endian."""
+    """A party's Paillier public key: n and the DJN base hs, big-endian (SecureBoost: the
+    active party's; logistic regression: each party's, the passive one's in reply)."""
 
     kind: Literal["he_key"] = "he_key"
     n: bytes
@@ -143,6 +144,72 @@ class PredictRoutes(_Msg):
     left: bytes
 
 
+# --- vertical logistic regression (silos/vertical/logreg.py) -------------------------------
+
+
+class LrBatch(_Msg):
+    """The active party opens step `step`: the aligned rows of its mini-batch, uint32
+    little-endian. The passive party answers with its encrypted partial scores."""
+
+    kind: Literal["lr_batch"] = "lr_batch"
+    step: Count
+    rows: bytes
+
+
+class LrScores(_Msg):
+    """The passive party's partial scores X_P w_P of the batch's rows, fixed point, under its
+    own Paillier key: the active party cannot read them."""
+
+    kind: Literal["lr_scores"] = "lr_scores"
+    step: Count
+    ciphertexts: bytes
+
+
+class LrExchange(_Msg):
+    """The active party's half of a step: its part of every batch row's residual under its
+    own key (`residual`), and its gradient plus a random mask under the passive party's key,
+    one ciphertext per active feature, for the passive party to decrypt (`masked`)."""
+
+    kind: Literal["lr_exchange"] = "lr_exchange"
+    step: Count
+    residual: bytes
+    masked: bytes
+
+
+class LrExchangeReply(_Msg):
+    """The passive party's gradient plus its mask under the active party's key (`masked`),
+    and the active party's masked gradient decrypted (`opened`, 256-byte big-endian ints)."""
+
+    kind: Literal["lr_exchange_reply"] = "lr_exchange_reply"
+    step: Count
+    masked: bytes
+    opened: bytes
+
+
+class LrOpened(_Msg):
+    """The passive party's masked gradient, decrypted by the active party."""
+
+    kind: Literal["lr_opened"] = "lr_opened"
+    step: Count
+    opened: bytes
+
+
+class LrPredictRequest(_Msg):
+    """Joint prediction: the passive party's partial scores of its `n_rows` rows to predict."""
+
+    kind: Literal["lr_predict_request"] = "lr_predict_request"
+    n_rows: Count
+
+
+class LrPredictScores(_Msg):
+    """Partial scores of the rows to predict, float64 little-endian, in the clear: the active
+    party adds its own and the intercept (it learns these sums, as in FATE's hetero LR)."""
+
+    kind: Literal["lr_predict_scores"] = "lr_predict_scores"
+    n_rows: Count
+    scores: bytes
+
+
 class Ack(_Msg):
     kind: Literal["ack"] = "ack"
 
@@ -165,6 +232,13 @@ VerticalMessage = Annotated[
     | InstanceSplit
     | PredictRequest
     | PredictRoutes
+    | LrBatch
+    | LrScores
+    | LrExchange
+    | LrExchangeReply
+    | LrOpened
+    | LrPredictRequest
+    | LrPredictScores
     | Ack
     | Features,
     Field(discriminator="kind"),

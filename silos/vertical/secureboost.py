@@ -14,6 +14,9 @@ every row (one round instead of one per tree level). Thresholds never leave thei
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
+
 import numpy as np
 from pydantic import BaseModel
 
@@ -24,8 +27,13 @@ from silos.vertical.trees import Tree
 from silos.vertical.wire import LocalWire
 
 
-def request_reply(wire: LocalWire, passives: dict[str, PassiveParty]) -> Send:
-    """send(sender, recipient, message) -> the recipient's reply, both ways sealed."""
+class Answers(Protocol):
+    def handle(self, msg: VerticalMessage) -> VerticalMessage: ...
+
+
+def request_reply(wire: LocalWire, passives: Mapping[str, Answers]) -> Send:
+    """send(sender, recipient, message) -> the recipient's reply, both ways sealed (any
+    passive party that answers each message: SecureBoost's or logistic regression's)."""
 
     def send(sender: str, recipient: str, message: object) -> VerticalMessage:
         assert isinstance(message, BaseModel)

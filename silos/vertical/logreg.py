@@ -1,0 +1,455 @@
+"""Vertical logistic regression: two parties, each with its own Paillier key, no third party.
+
+The loss is the logistic loss's second-order Taylor expansion at 0 (Hardy et al. 2017, as in
+FATE's hetero LR): with u = u_A + u_P the sum of the parties' partial scores X w, the residual
+is d = u/4 + 1/2 - y, so 4d = u_P + e where e = u_A + 2 - 4y is known to the active party
+(it holds the labels) and u_P to the passive party. One mini-batch step:
+
+1. `LrBatch`: the active party names the batch's rows; the passive party answers with
+   [[u_P]]_P, its partial scores under its own key (`LrScores`).
+2. `LrExchange`: the active party adds e in the clear ([[4d]]_P), computes its gradient under
+   the passive party's key (an encrypted inner product per feature, `he.inner_product`), adds
+   a random mask r_A, and sends it with [[e]]_A, its part of the residual under its own key.
+   The passive party adds u_P ([[4d]]_A), computes its own masked gradient [[X_P^T 4d +
+   r_P]]_A, decrypts the active party's and returns both (`LrExchangeReply`).
+3. `LrOpened`: the active party decrypts the passive party's masked gradient and returns it.
+   Each party subtracts its mask and takes its step; its weights never leave it.
+
+Everything is integer arithmetic on fixed point: features standardized by their owner,
+clipped to +-16 and scaled by 2^16; partial scores clipped to +-64 and scaled by 2^24. A
+batch has at most 2048 rows, so every gradient sum stays below 2^63. `fit_plain` runs the same
+integers with both parties' columns in one place, and the federated weights equal it exactly.
+
+What each party learns: its own gradient per batch. Over many steps that constrains the
+other party's partial scores (and, for the passive party, the labels), as in every hetero-LR
+protocol of this family. It learns nothing from the values it decrypts for the other: each
+is its gradient plus a uniform mask 80 bits wider than any gradient. It also learns which
+rows form each batch. At prediction the active party learns the passive party's partial score
+of every predicted row. The parties are trusted to follow the protocol (semi-honest, as in
+FATE): one that decrypts for the other answers whatever it is sent, so a party that sent it
+other ciphertexts instead of its masked gradient would read them. The count each side decrypts
+per step is fixed (its peer's feature count), which bounds such a leak but does not stop it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.vertical import (
+    Ack,
+    HeKey,
+    LrBatch,
+    LrExchange,
+    LrExchangeReply,
+    LrOpened,
+    LrPredictRequest,
+    LrPredictScores,
+    LrScores,
+    VerticalMessage,
+)
+from silos.vertical import he
+
+X_FRAC = 16
+S_FRAC = 24
+X_CLIP = 16.0
+U_CLIP = 64.0
+MAX_BATCH = 2048  # 2^20 (feature) x 2^32 (residual) x 2^11 rows < 2^63
+MASK_BITS = 63 + 80  # statistical hiding: 2^-80 from uniform
+
+Send = Callable[[str, str, object], VerticalMessage]
+
+
+class LrError(ValueError):
+    """A message a logistic-regression party refuses; names the party that sent it."""
+
+
+@dataclass(frozen=True)
+class LrParams:
+    epochs: int = 5
+    batch_rows: int = 1024
+    learning_rate: float = 0.5
+    l2: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_rows <= MAX_BATCH:
+            raise ValueError(f"batch_rows must be 1..{MAX_BATCH}, not {self.batch_rows}")
+        if self.epochs < 1 or not self.learning_rate > 0 or self.l2 < 0:
+            raise ValueError("epochs >= 1, learning_rate > 0 and l2 >= 0 are required")
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """The owner's standardization of its columns, fitted on its aligned training rows."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Scaler:
+        X = np.asarray(X, dtype=np.float64)
+        std = X.std(axis=0)
+        return cls(X.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def quantize(self, X: np.ndarray) -> np.ndarray:
+        z = np.clip((np.asarray(X, dtype=np.float64) - self.mean) / self.std, -X_CLIP, X_CLIP)
+        return np.rint(z * (1 << X_FRAC)).astype(np.int64)
+
+
+def with_intercept(xq: np.ndarray) -> np.ndarray:
+    """The active party's columns and a constant one (its weight is the intercept)."""
+    return np.hstack([xq, np.full((len(xq), 1), 1 << X_FRAC, dtype=np.int64)])
+
+
+def scores(xq: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Fixed-point partial scores of quantized rows."""
+    u = (xq.astype(np.float64) / (1 << X_FRAC)) @ w
+    return np.rint(np.clip(u, -U_CLIP, U_CLIP) * (1 << S_FRAC)).astype(np.int64)
+
+
+def label_part(active_scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """e = u_A + 2 - 4y, fixed point: the active party's part of 4 x the residual."""
+    return active_scores + ((2 - 4 * y.astype(np.int64)) << S_FRAC)
+
+
+def updated(w: np.ndarray, G: np.ndarray, rows: int, p: LrParams, intercept: bool) -> np.ndarray:
+    """One gradient step from the integer gradient sums G = X^T (4d) of a batch."""
+    grad = G.astype(np.float64) / float(1 << (X_FRAC + S_FRAC)) / (4 * rows)
+    reg = p.l2 * w
+    if intercept:
+        reg[-1] = 0.0
+    return w - p.learning_rate * (grad + reg)
+
+
+def batches(n_rows: int, p: LrParams, epoch: int) -> list[np.ndarray]:
+    order = np.random.default_rng([p.seed, epoch]).permutation(n_rows)
+    return [order[i : i + p.batch_rows] for i in range(0, n_rows, p.batch_rows)]
+
+
+def fit_plain(
+    X_active: np.ndarray, X_passive: np.ndarray, y: np.ndarray, p: LrParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both parties' columns in one place, the same integers: (active w + intercept, passive
+    w). The losslessness reference of the protocol."""
+    xa = with_intercept(Scaler.fit(X_active).quantize(X_active))
+    xp = Scaler.fit(X_passive).quantize(X_passive)
+    wa, wp = np.zeros(xa.shape[1]), np.zeros(xp.shape[1])
+    for epoch in range(p.epochs):
+        for rows in batches(len(y), p, epoch):
+            z = scores(xp[rows], wp) + label_part(scores(xa[rows], wa), y[rows])
+            wa = updated(wa, xa[rows].T @ z, len(rows), p, intercept=True)
+            wp = updated(wp, xp[rows].T @ z, len(rows), p, intercept=False)
+    return wa, wp
+
+
+def key_message(run: str, sender: str, pub: he.PublicKey) -> HeKey:
+    width = (pub.n.bit_length() + 7) // 8
+    return HeKey(
+        run=run,
+        sender=sender,
+        n=pub.n.to_bytes(width, "big"),
+        hs=pub.hs.to_bytes(2 * width, "big"),
+    )
+
+
+def peer_key(msg: HeKey, me: str, key_bits: int) -> he.PublicKey:
+    n, hs = int.from_bytes(msg.n, "big"), int.from_bytes(msg.hs, "big")
+    if n.bit_length() < key_bits - 8 or n % 2 == 0 or not 0 < hs < n * n:
+        raise LrError(
+            f"party {me!r} refused the key of party {msg.sender!r}: not a {key_bits}-bit "
+            "Paillier key"
+        )
+    return he.PublicKey(n, hs)
+
+
+def _ints(blob: bytes, pub: he.PublicKey, count: int, party: str, what: str) -> list[int]:
+    """Fixed-width big-endian residues mod pub.n (decrypted values), `count` of them."""
+    width = (pub.n.bit_length() + 7) // 8
+    if len(blob) != count * width:
+        raise LrError(
+            f"{what} from party {party!r}: {len(blob)} bytes, expected {count} values of "
+            f"{width} bytes"
+        )
+    out = [int.from_bytes(blob[i : i + width], "big") for i in range(0, len(blob), width)]
+    if any(v >= pub.n for v in out):
+        raise LrError(f"{what} from party {party!r}: a value is not below the key's n")
+    return out
+
+
+def _to_bytes(pub: he.PublicKey, values: list[int]) -> bytes:
+    width = (pub.n.bit_length() + 7) // 8
+    return b"".join(v.to_bytes(width, "big") for v in values)
+
+
+def _cts(pub: he.PublicKey, blob: bytes, count: int, party: str, what: str) -> list[int]:
+    cts = he.from_bytes(pub, blob, party, what)
+    if len(cts) != count:
+        raise LrError(f"{what} from party {party!r}: {len(cts)} ciphertexts, expected {count}")
+    return cts
+
+
+def _masked_gradient(
+    pub: he.PublicKey, residual_cts: list[int], xq: np.ndarray
+) -> tuple[list[int], list[int]]:
+    """[[X^T 4d + r]] per column under `pub` (the peer's key), and the masks r. Each mask is
+    a fresh encryption: the inner product keeps the randomness of ciphertexts the key's
+    owner made, which would let it test guesses of this party's columns against it."""
+    masks = [secrets.randbits(MASK_BITS) for _ in range(xq.shape[1])]
+    grads = [he.inner_product(pub, residual_cts, [int(v) for v in col]) for col in xq.T]
+    fresh = he.encrypt_public(pub, masks)
+    nsq = pub.nsquare
+    return [g * r % nsq for g, r in zip(grads, fresh, strict=True)], masks
+
+
+def _unmask(pub: he.PublicKey, opened: list[int], masks: list[int]) -> np.ndarray:
+    return np.array(
+        he.decode_signed([(o - r) % pub.n for o, r in zip(opened, masks, strict=True)], pub.n),
+        dtype=np.int64,
+    )
+
+
+def _expect(reply: VerticalMessage, kind: type, party: str, step: int) -> None:
+    if not isinstance(reply, kind) or getattr(reply, "step", step) != step:
+        raise LrError(
+            f"party {party!r} answered step {step} with {reply.kind} "
+            f"(step {getattr(reply, 'step', '-')}); expected {kind.__name__}"
+        )
+
+
+@dataclass
+class LrActive:
+    """The label holder: drives every step, keeps its weights and the intercept."""
+
+    name: str
+    run: str
+    X: np.ndarray
+    y: np.ndarray
+    passive: str
+    passive_features: int
+    params: LrParams = field(default_factory=LrParams)
+    keys: he.KeyPair = field(default_factory=he.generate_keypair)
+    key_bits: int = he.KEY_BITS
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.scaler = Scaler.fit(self.X)
+        self.xq = with_intercept(self.scaler.quantize(self.X))
+        self.w = np.zeros(self.xq.shape[1])
+        self._peer: he.PublicKey | None = None
+
+    def fit(self, send: Send, on_epoch: Callable[[int], None] | None = None) -> np.ndarray:
+        self.exchange_keys(send)
+        for epoch in range(self.params.epochs):
+            for rows in batches(len(self.y), self.params, epoch):
+                self.step(send, rows)
+            if on_epoch is not None:
+                on_epoch(epoch)
+        return self.w
+
+    def exchange_keys(self, send: Send) -> None:
+        reply = send(self.name, self.passive, key_message(self.run, self.name, self.keys.public))
+        if not isinstance(reply, HeKey):
+            raise LrError(f"party {self.passive!r} answered the key exchange with {reply.kind}")
+        self._peer = peer_key(reply, self.name, self.key_bits)
+
+    def step(self, send: Send, rows: np.ndarray) -> None:
+        peer, own, s, b = self._peer, self.keys.public, self.steps, len(rows)
+        if peer is None:
+            raise LrError(f"party {self.name!r}: a step before the key exchange")
+        msg = LrBatch(run=self.run, sender=self.name, step=s, rows=rows.astype("<u4").tobytes())
+        reply = send(self.name, self.passive, msg)
+        _expect(reply, LrScores, self.passive, s)
+        assert isinstance(reply, LrScores)
+        theirs = _cts(peer, reply.ciphertexts, b, self.passive, f"scores of step {s}")
+        e = label_part(scores(self.xq[rows], self.w), self.y[rows])
+        residual = he.add_plain(peer, theirs, he.encode_signed([int(v) for v in e], peer.n))
+        masked, masks = _masked_gradient(peer, residual, self.xq[rows])
+        own_e = he.encrypt_many(self.keys, he.encode_signed([int(v) for v in e], own.n))
+        reply = send(
+            self.name,
+            self.passive,
+            LrExchange(
+                run=self.run,
+                sender=self.name,
+                step=s,
+                residual=he.to_bytes(own, own_e),
+                masked=he.to_bytes(peer, masked),
+            ),
+        )
+        _expect(reply, LrExchangeReply, self.passive, s)
+        assert isinstance(reply, LrExchangeReply)
+        what = f"gradient of step {s}"
+        opened = _ints(reply.opened, peer, len(masks), self.passive, f"opened {what}")
+        theirs_masked = _cts(own, reply.masked, self.passive_features, self.passive, what)
+        plain = he.decrypt_many(self.keys, theirs_masked)
+        reply = send(
+            self.name,
+            self.passive,
+            LrOpened(run=self.run, sender=self.name, step=s, opened=_to_bytes(own, plain)),
+        )
+        if not isinstance(reply, Ack):
+            raise LrError(
+                f"party {self.passive!r} answered step {s}'s last message with {reply.kind}"
+            )
+        G = _unmask(peer, opened, masks)
+        self.w = updated(self.w, G, b, self.params, intercept=True)
+        self.steps += 1
+
+    def predict_margin(self, X: np.ndarray, send: Send) -> np.ndarray:
+        """u_A + u_P + intercept for rows aligned with the passive party's rows to predict."""
+        reply = send(
+            self.name, self.passive, LrPredictRequest(run=self.run, sender=self.name, n_rows=len(X))
+        )
+        if not isinstance(reply, LrPredictScores) or reply.n_rows != len(X):
+            raise LrError(f"party {self.passive!r} answered a prediction request with {reply.kind}")
+        if len(reply.scores) != 8 * len(X):
+            raise LrError(
+                f"party {self.passive!r} sent {len(reply.scores)} bytes of scores for {len(X)} rows"
+            )
+        theirs = np.frombuffer(reply.scores, dtype="<f8")
+        if not np.isfinite(theirs).all():
+            raise LrError(f"party {self.passive!r} sent scores that are not finite numbers")
+        xq = with_intercept(self.scaler.quantize(X))
+        return (xq.astype(np.float64) / (1 << X_FRAC)) @ self.w + theirs
+
+
+@dataclass
+class LrPassive:
+    """Features without labels: answers the active party's steps, keeps its weights."""
+
+    name: str
+    run: str
+    X: np.ndarray
+    active: str = ""
+    params: LrParams = field(default_factory=LrParams)
+    keys: he.KeyPair = field(default_factory=he.generate_keypair)
+    key_bits: int = he.KEY_BITS
+    active_features: int | None = None  # learnt from the first exchange; fixed after it
+
+    def __post_init__(self) -> None:
+        self.scaler = Scaler.fit(self.X)
+        self.xq = self.scaler.quantize(self.X)
+        self.w = np.zeros(self.xq.shape[1])
+        self._peer: he.PublicKey | None = None
+        self._step: tuple[int, np.ndarray, np.ndarray] | None = None  # step, rows, scores
+        self._masks: tuple[int, list[int]] | None = None
+        self._predict_X: np.ndarray | None = None
+        self.steps = 0
+
+    def set_predict_rows(self, X: np.ndarray) -> None:
+        self._predict_X = X
+
+    def handle(self, msg: VerticalMessage) -> VerticalMessage:
+        if self.active and msg.sender != self.active:
+            raise LrError(
+                f"party {self.name!r} got a message from {msg.sender!r}, not the active party"
+            )
+        if isinstance(msg, HeKey):
+            if self._peer is not None:
+                raise LrError(f"party {self.name!r}: party {msg.sender!r} sent a second key")
+            self._peer = peer_key(msg, self.name, self.key_bits)
+            self.active = msg.sender
+            return key_message(self.run, self.name, self.keys.public)
+        if isinstance(msg, LrPredictRequest):
+            return self._predict(msg)
+        if self._peer is None:
+            raise LrError(
+                f"party {self.name!r}: party {msg.sender!r} sent {msg.kind} before its key"
+            )
+        if isinstance(msg, LrBatch):
+            return self._scores(msg)
+        if isinstance(msg, LrExchange):
+            return self._exchange(msg, self._peer)
+        if isinstance(msg, LrOpened):
+            return self._opened(msg, self._peer)
+        raise LrError(
+            f"party {self.name!r} got an unexpected {msg.kind} message from {msg.sender!r}"
+        )
+
+    def _scores(self, msg: LrBatch) -> LrScores:
+        if msg.step != self.steps:
+            raise LrError(
+                f"party {self.name!r}: party {msg.sender!r} opened step {msg.step}; "
+                f"step {self.steps} is next"
+            )
+        if len(msg.rows) % 4:
+            raise LrError(f"batch of step {msg.step} from party {msg.sender!r}: not uint32 rows")
+        rows = np.frombuffer(msg.rows, dtype="<u4").astype(np.int64)
+        if (
+            not 1 <= len(rows) <= MAX_BATCH
+            or rows.max() >= len(self.X)
+            or len(np.unique(rows)) != len(rows)
+        ):
+            raise LrError(
+                f"batch of step {msg.step} from party {msg.sender!r}: {len(rows)} rows, each "
+                f"must be a distinct aligned row below {len(self.X)} (at most {MAX_BATCH})"
+            )
+        s = scores(self.xq[rows], self.w)
+        self._step = (msg.step, rows, s)
+        own = self.keys.public
+        cts = he.encrypt_many(self.keys, he.encode_signed([int(v) for v in s], own.n))
+        return LrScores(
+            run=self.run, sender=self.name, step=msg.step, ciphertexts=he.to_bytes(own, cts)
+        )
+
+    def _exchange(self, msg: LrExchange, peer: he.PublicKey) -> LrExchangeReply:
+        if self._step is None or self._step[0] != msg.step:
+            raise LrError(
+                f"party {self.name!r}: exchange of step {msg.step} from party "
+                f"{msg.sender!r} before its batch"
+            )
+        step, rows, s = self._step
+        what = f"step {step}"
+        residual = _cts(peer, msg.residual, len(rows), msg.sender, f"residuals of {what}")
+        own = self.keys.public
+        theirs = he.from_bytes(own, msg.masked, msg.sender, f"masked gradient of {what}")
+        if self.active_features is None:
+            self.active_features = len(theirs)
+        if len(theirs) != self.active_features or not theirs:
+            raise LrError(
+                f"masked gradient of {what} from party {msg.sender!r}: {len(theirs)} values; "
+                f"its first step had {self.active_features}"
+            )
+        residual = he.add_plain(peer, residual, he.encode_signed([int(v) for v in s], peer.n))
+        masked, masks = _masked_gradient(peer, residual, self.xq[rows])
+        self._masks = (step, masks)
+        opened = he.decrypt_many(self.keys, theirs)
+        return LrExchangeReply(
+            run=self.run,
+            sender=self.name,
+            step=step,
+            masked=he.to_bytes(peer, masked),
+            opened=_to_bytes(own, opened),
+        )
+
+    def _opened(self, msg: LrOpened, peer: he.PublicKey) -> Ack:
+        if self._masks is None or self._masks[0] != msg.step or self._step is None:
+            raise LrError(
+                f"party {self.name!r}: opened gradient of step {msg.step} from party "
+                f"{msg.sender!r} before its exchange"
+            )
+        _, masks = self._masks
+        opened = _ints(
+            msg.opened, peer, len(masks), msg.sender, f"opened gradient of step {msg.step}"
+        )
+        G = _unmask(peer, opened, masks)
+        self.w = updated(self.w, G, len(self._step[1]), self.params, intercept=False)
+        self._step, self._masks = None, None
+        self.steps += 1
+        return Ack(run=self.run, sender=self.name)
+
+    def _predict(self, msg: LrPredictRequest) -> LrPredictScores:
+        X = self._predict_X
+        if X is None or len(X) != msg.n_rows:
+            raise LrError(
+                f"party {self.name!r}: party {msg.sender!r} asks for scores of {msg.n_rows} "
+                f"rows; it holds {0 if X is None else len(X)} rows to predict"
+            )
+        u = (self.scaler.quantize(X).astype(np.float64) / (1 << X_FRAC)) @ self.w
+        return LrPredictScores(
+            run=self.run, sender=self.name, n_rows=len(X), scores=u.astype("<f8").tobytes()
+        )
