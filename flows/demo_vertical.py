@@ -6,7 +6,8 @@ shape, and the output says so) split by columns the way FATE's examples split it
 holds the label, LIMIT_BAL, the repayment statuses PAY_* and the payments PAY_AMT*; the bureau
 holds SEX, EDUCATION, MARRIAGE, AGE and the bills BILL_AMT*. Each side lacks a different 3% of
 the customers (PSI aligns the rest); 30% of the customers are new ones, predicted jointly once
-the model is trained. Processes: the aggregation service (relay and ledger only), one silo
+the model is trained (SecureBoost, or with `--model logreg` vertical logistic regression).
+Processes: the aggregation service (relay and ledger only), one silo
 agent per party (`fedsilo silo start`; its silo.toml's `[vertical]` section names its
 contract, table and rows to predict), a Prefect server, and the coordinator flow
 (flows/vertical.py) in this process: it creates the run, the agents pick it up from their
@@ -19,6 +20,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -44,8 +46,10 @@ AGENT_START_S = 300.0  # an agent's start on a loaded machine: imports, key, enr
 class VerticalOptions:
     workspace: Path
     rows: int = 4000
+    model: Literal["secureboost", "logreg"] = "secureboost"
     trees: int = 3
     depth: int = 3
+    epochs: int = 2
     prefect_port: int = 4200
     service_port: int = 8700
 
@@ -117,7 +121,7 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
     ws = o.workspace.resolve()
     ws.mkdir(parents=True, exist_ok=True)
     table, source = credit_table(o.rows)
-    console.rule("[bold]fedsilo demo --vertical: a bank and a credit bureau")
+    console.rule(f"[bold]fedsilo demo --vertical ({o.model}): a bank and a credit bureau")
     console.print(f"data: {source}; {len(table)} customers")
     folders = split_parties(table, ws)
     procs: list[Proc] = []
@@ -132,7 +136,9 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
         with console.status("starting the bank's and the bureau's silo agents"):
             start_agents(folders, url, api, ws, procs)
             approve_all(coord, "vertical-demo", list(folders), procs[2:], AGENT_START_S)
-        params = VerticalParams(trees=o.trees, depth=o.depth, predict=True)
+        params = VerticalParams(
+            model=o.model, trees=o.trees, depth=o.depth, epochs=o.epochs, predict=True
+        )
         with temporary_settings(updates={PREFECT_API_URL: api}):  # the demo's own server
             summary = vertical_training(
                 [url], str(token_file), "vertical-demo", "bank", list(folders), params
@@ -161,6 +167,24 @@ def pooled_xgboost_auc(folders: dict[str, Path], table: pd.DataFrame, o: Vertica
     return float(roc_auc_score(new[TARGET], booster.predict(xgb.DMatrix(new[cols]))))
 
 
+def pooled_logreg_auc(folders: dict[str, Path], table: pd.DataFrame) -> float:
+    """The reference a vertical logistic regression answers to: scikit-learn's (exact loss,
+    the same L2) on the same aligned rows with every column in one place."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = pd.read_csv(folders["bank"] / "train.csv").merge(
+        pd.read_csv(folders["bureau"] / "train.csv"), on="id"
+    )
+    new = table[table["id"].isin(pd.read_csv(folders["bank"] / "new.csv")["id"])]
+    cols = BANK_COLS + BUREAU_COLS
+    mean, std = train[cols].mean(), train[cols].std(ddof=0).replace(0, 1)
+    l2 = VerticalParams().l2
+    model = LogisticRegression(C=1 / (l2 * len(train)), max_iter=2000)
+    model.fit(((train[cols] - mean) / std).clip(-16, 16), train[TARGET])
+    scores = model.decision_function(((new[cols] - mean) / std).clip(-16, 16))
+    return float(roc_auc_score(new[TARGET], scores))
+
+
 def report(
     ws: Path,
     outs: dict[str, Path],
@@ -175,26 +199,34 @@ def report(
     truth = table.set_index("id")[TARGET]
     auc = float(roc_auc_score(truth.loc[pred["id"]].to_numpy(), pred["proba"]))
     traffic = json.loads((outs["bank"] / "traffic.json").read_text())
+    logreg = o.model == "logreg"
+    ref_name = "pooled scikit-learn logistic regression" if logreg else "pooled XGBoost"
+    ref_key = "auc_pooled_logreg" if logreg else "auc_pooled_xgboost_same_params"
+    ref = pooled_logreg_auc(folders, table) if logreg else pooled_xgboost_auc(folders, table, o)
     result = {
         **summary,
         "data": source,
+        "model": o.model,
         "new_customers_predicted": len(pred),
         "auc_new_customers": round(auc, 4),
-        "auc_pooled_xgboost_same_params": round(pooled_xgboost_auc(folders, table, o), 4),
+        ref_key: round(ref, 4),
         "bytes_bank_to_bureau": traffic["sent"].get("bureau", 0),
         "bytes_bureau_to_bank": traffic["received"].get("bureau", 0),
     }
     (ws / "vertical-report.json").write_text(json.dumps(result, indent=2, default=str))
     console.print(f"data: {source}")
-    console.print(f"splits per tree by party (ledger): {summary['splits_per_tree']}")
+    if logreg:
+        console.print(f"epochs (ledger: steps and rows each): {summary['epochs']}")
+    else:
+        console.print(f"splits per tree by party (ledger): {summary['splits_per_tree']}")
     run_id = summary["run"]["run_id"]  # type: ignore[index]
     console.print(
         f"vertical run {run_id}: each agent's part is the Prefect flow run "
         + ", ".join(f"{party}-{run_id}" for party in folders)
     )
     console.print(
-        f"joint prediction of {len(pred)} new customers: AUC {auc:.4f} (pooled XGBoost, same "
-        f"hyperparameters, all columns in one place: {result['auc_pooled_xgboost_same_params']})"
+        f"joint prediction of {len(pred)} new customers: AUC {auc:.4f} ({ref_name}, same "
+        f"hyperparameters, all columns in one place: {result[ref_key]})"
     )
     console.print(
         f"bytes bank->bureau {result['bytes_bank_to_bureau']:,}, "

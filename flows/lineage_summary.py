@@ -33,6 +33,11 @@ def _failed_names(p: dict[str, Any]) -> str:
     return "; ".join(names)
 
 
+def _trained(p: dict[str, Any]) -> str:
+    """What a vertical run's end counts: epochs (logistic regression) or trees."""
+    return f"{p['epochs']} epochs" if p.get("epochs") else f"{p.get('trees')} trees"
+
+
 _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "run_started": lambda p: (
         f"config {_short(p.get('config_sha256'))}, fedsilo {p.get('fedsilo_version')}, "
@@ -96,8 +101,11 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         )
         + f"; {p.get('leaves')} leaves"
     ),
+    "vertical_epoch": lambda p: (
+        f"epoch {p.get('epoch')}: {p.get('steps')} steps over {p.get('rows')} rows"
+    ),
     "vertical_finished": lambda p: (
-        f"finished: {p.get('trees')} trees, active half {_short(p.get('model_digest'))}"
+        f"finished: {_trained(p)}, active half {_short(p.get('model_digest'))}"
     ),
     "vertical_failed": lambda p: f"failed: {p.get('reason')}",
 }

@@ -1,9 +1,11 @@
-"""The compliance report of a vertical run (SecureBoost between parties with the same customers).
+"""The compliance report of a vertical run (SecureBoost or logistic regression between parties
+with the same customers).
 
 What the ledger holds of such a run, and so all the report can show: the parties and which
 one holds the labels, each party's intersection (size, and its sha256 unless the run counted
 only), per tree which party split which node at what depth (the service records no split
-value: the passive parties keep theirs), the sha256 of the active party's half of the model,
+value: the passive parties keep theirs) or, for logistic regression, per epoch its steps and
+rows (no weight: each party keeps its own), the sha256 of the active party's half of the model,
 the failure with the party that caused it, and the prediction runs that used the model. No
 model file exists at the service (each party keeps its half), so there is nothing to re-hash;
 the ledger's chain and signatures are verified as for any run.
@@ -28,6 +30,11 @@ from schemas.lineage import LineageEntry
 HALF_LABEL = "active party's model half sha256 (model-active.json)"
 # an older ledger's failure names its party only in the reason ("party 'bureau': ...")
 _PARTY_IN_REASON = re.compile(r"^party '([^']+)'")
+# the run's params carry both models' fields: the model card shows the trained model's own
+_OTHER_MODELS_PARAMS = {
+    "secureboost": frozenset({"epochs", "batch_rows", "learning_rate", "l2"}),
+    "logreg": frozenset({"trees", "depth", "bins"}),
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class VerticalView:
     started: dict[str, Any] = field(default_factory=dict)
     psi: dict[str, dict[str, Any]] = field(default_factory=dict)
     trees: list[TreeLineage] = field(default_factory=list)
+    epochs: list[dict[str, int | None]] = field(default_factory=list)
     finish: dict[str, Any] | None = None
     status: str = "in progress"
 
@@ -68,6 +76,11 @@ class VerticalView:
     @property
     def mode(self) -> str:
         return str(self.started.get("mode") or "train")
+
+    @property
+    def logreg(self) -> bool:
+        """A logistic regression training run: epochs, not trees."""
+        return self.mode == "train" and as_dict(self.started, "params").get("model") == "logreg"
 
     @property
     def failed_party(self) -> str | None:
@@ -111,6 +124,8 @@ def vertical_view(entries: Sequence[LineageEntry], run_id: str) -> VerticalView:
             view.psi[str(p.get("party"))] = p
         elif entry.kind == "vertical_tree":
             view.trees.append(_tree(p))
+        elif entry.kind == "vertical_epoch":
+            view.epochs.append({k: _int(p.get(k)) for k in ("epoch", "steps", "rows")})
         elif entry.kind in ("vertical_finished", "vertical_failed"):
             view.finish, view.status = p, entry.kind.removeprefix("vertical_")
     return view
@@ -179,11 +194,15 @@ def model_facts(view: VerticalView) -> list[tuple[str, str, bool]]:
     """(label, text, is_code) rows of the model card."""
     finish = view.finish or {}
     params = as_dict(view.started, "params")
+    other = _OTHER_MODELS_PARAMS.get(str(params.get("model", "secureboost")), frozenset())
+    params = {k: v for k, v in params.items() if k not in other}
     rows = [
         ("mode", view.mode, False),
         ("parties (active)", f"{', '.join(view.parties)} ({view.started.get('active')})", False),
         ("parameters", ", ".join(f"{k} {v}" for k, v in sorted(params.items())) or "-", False),
-        ("trees recorded", str(len(view.trees)), False),
+        ("epochs recorded", str(len(view.epochs)), False)
+        if view.logreg
+        else ("trees recorded", str(len(view.trees)), False),
         (HALF_LABEL, str(finish.get("model_digest") or "-"), bool(finish.get("model_digest"))),
         ("status", f"{view.status}: {finish.get('reason') or '-'}", False),
     ]
@@ -244,7 +263,9 @@ def render_vertical(
         "failure": (view.finish or {}).get("reason") or "",
         "failed_party": view.failed_party,
         "trees": tree_rows(view),
-        "splits_plot": vertical_splits_figure(splits, view.parties),
+        "splits_plot": None if view.logreg else vertical_splits_figure(splits, view.parties),
+        "logreg": view.logreg,
+        "epochs": view.epochs,
         "facts": model_facts(view),
         "predictions": predictions(entries, run.run_id),
         "timeline": sections.timeline(run, report.bad_seq),

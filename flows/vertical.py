@@ -3,8 +3,9 @@
 The service only relays and records (aggregation/service/vertical_relay.py); the parties run
 the protocol: each silo's agent picks the run up from its task poll and plays its role
 (silos/vertical/agent_flow.py). This module asks for the run (train, or predict with a
-trained run's model) and watches its progress: intersection, trees reported, the end.
-`fedsilo vertical train|predict` run the flow `vertical-secureboost` once.
+trained run's model) and watches its progress: intersection, trees (SecureBoost) or epochs
+(logistic regression) reported, the end. `fedsilo vertical train|predict` run the flow
+`vertical-secureboost` (its name kept for deployments; it runs either model) once.
 """
 
 from __future__ import annotations
@@ -61,15 +62,25 @@ def cancel_vertical_run(coord: CoordinatorClient, run_id: str, reason: str) -> V
     )
 
 
-def progress_line(run: VerticalRunOut, n_trees: int) -> str:
+def planned(params: VerticalParams) -> int:
+    """The trees (SecureBoost) or epochs (logistic regression) a training run asks for."""
+    return params.epochs if params.model == "logreg" else params.trees
+
+
+def progress_line(run: VerticalRunOut, total: int) -> str:
+    """One line of the run's state; `total` is the trees or epochs it trains (`planned`)."""
     psi = f"PSI {run.psi_size} rows" if run.psi_size is not None else "PSI pending"
-    return f"vertical run {run.run_id[:8]}: {psi}, trees {run.trees}/{n_trees}, {run.status}"
+    if run.mode == "train" and run.params.model == "logreg":
+        done = f"epochs {run.epochs}/{total}"
+    else:
+        done = f"trees {run.trees}/{total}"
+    return f"vertical run {run.run_id[:8]}: {psi}, {done}, {run.status}"
 
 
 def wait_vertical(
     coord: CoordinatorClient,
     run_id: str,
-    n_trees: int,
+    total: int,
     timeout_s: float,
     on_progress: Callable[[str], None] = print,
 ) -> VerticalRunOut:
@@ -80,7 +91,7 @@ def wait_vertical(
     delay = 0.1
     while True:
         run = vertical_run(coord, run_id)
-        line = progress_line(run, n_trees)
+        line = progress_line(run, total)
         if line != last:
             on_progress(line)
             last, delay = line, 0.1
@@ -93,18 +104,27 @@ def wait_vertical(
 
 
 def lineage_summary(coord: CoordinatorClient, run_id: str) -> dict[str, object]:
-    """What the ledger says of the run: the intersection and, per tree, nodes per party."""
+    """What the ledger says of the run: the intersection and, per tree, nodes per party
+    (`splits_per_tree`), or for logistic regression each epoch's steps and rows (`epochs`)."""
     psi: dict[str, object] = {}
     trees: list[dict[str, int]] = []
+    epochs: list[dict[str, int]] = []
+    model = "secureboost"
     for entry in coord.ledger(run_id):
         payload = json.loads(entry.payload)
-        if entry.kind == "vertical_psi":
+        if entry.kind == "vertical_started":
+            model = (payload.get("params") or {}).get("model", model)
+        elif entry.kind == "vertical_psi":
             psi[payload["party"]] = {"size": payload["size"], "digest": payload["digest"]}
         elif entry.kind == "vertical_tree":
             counts: dict[str, int] = {}
             for node in payload["nodes"]:
                 counts[node["party"]] = counts.get(node["party"], 0) + 1
             trees.append(counts)
+        elif entry.kind == "vertical_epoch":
+            epochs.append({k: payload[k] for k in ("epoch", "steps", "rows")})
+    if model == "logreg":
+        return {"psi": psi, "epochs": epochs}
     return {"psi": psi, "splits_per_tree": trees}
 
 
@@ -128,6 +148,8 @@ def create(
     size_only: bool,
 ) -> str:
     coord = _client(service_url, token_file, token_block)
+    if model_run:  # a prediction states the trained model's kind (runs list, its ledger)
+        params = VerticalParams(model=vertical_run(coord, model_run).params.model)
     run = create_vertical_run(coord, federation, active, parties, params, model_run, size_only)
     get_run_logger().info(
         "vertical run %s (%s) created: parties %s, active %s; their agents pick it up",
@@ -145,13 +167,13 @@ def watch(
     token_file: str | None,
     token_block: str | None,
     run_id: str,
-    n_trees: int,
+    total: int,
     timeout_s: float,
 ) -> str:
     log = get_run_logger()
     coord = _client(service_url, token_file, token_block)
     try:
-        run = wait_vertical(coord, run_id, n_trees, timeout_s, log.info)
+        run = wait_vertical(coord, run_id, total, timeout_s, log.info)
     except TimeoutError as exc:  # a party never came or stopped: free the others' agents
         cancel_vertical_run(coord, run_id, str(exc)[:500])
         raise
@@ -178,8 +200,8 @@ def vertical_training(
     params = params or VerticalParams()
     args = (service_url, token_file, token_block)
     run_id = create(*args, federation, active, parties, params, model_run, size_only)
-    trees = 0 if model_run or size_only else params.trees
-    run = VerticalRunOut.model_validate_json(watch(*args, run_id, trees, timeout_s))
+    total = 0 if model_run or size_only else planned(params)
+    run = VerticalRunOut.model_validate_json(watch(*args, run_id, total, timeout_s))
     if run.status != "finished":
         raise RuntimeError(f"vertical run {run_id} {run.status}: {run.reason}")
     coord = _client(*args)

@@ -109,6 +109,7 @@ KINDS = frozenset(
         "vertical_started",
         "vertical_psi",
         "vertical_tree",
+        "vertical_epoch",
         "vertical_finished",
         "vertical_failed",
     }

@@ -309,9 +309,18 @@ class VerticalParams(BaseModel):
     whether to predict the rows each party lists for prediction (`[vertical] predict_data`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    model: Literal["secureboost", "logreg"] = Field(
+        default="secureboost",
+        description="SecureBoost (trees, depth, bins) or logistic regression (epochs, "
+        "batch_rows, learning_rate, l2; two parties)",
+    )
     trees: int = Field(default=3, ge=1, le=1000)
     depth: int = Field(default=3, ge=1, le=16)
     bins: int = Field(default=32, ge=2, le=256)
+    epochs: int = Field(default=2, ge=1, le=1000)
+    batch_rows: int = Field(default=1024, ge=1, le=2048)
+    learning_rate: float = Field(default=0.5, gt=0, le=10)
+    l2: float = Field(default=1e-3, ge=0, le=10)
     predict: bool = Field(
         default=False, description="train: then predict the parties' prediction rows jointly"
     )
@@ -338,6 +347,11 @@ class VerticalRunCreate(BaseModel):
             raise ValueError(
                 "a predict run names its model_run (a finished training run); a train run does not"
             )
+        if self.mode == "train" and self.params.model == "logreg" and len(self.parties) != 2:
+            raise ValueError(
+                f"vertical logistic regression takes two parties (the active and one "
+                f"passive); this run names {len(self.parties)}"
+            )
         return self
 
 
@@ -354,6 +368,7 @@ class VerticalRunOut(BaseModel):
     psi_size: int | None = None
     psi_digest: str | None = None
     trees: int = 0
+    epochs: int = 0
     model_digest: str | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
@@ -386,10 +401,22 @@ class TreeDone(BaseModel):
     leaves: Count
 
 
+class EpochDone(BaseModel):
+    """Logistic regression: an epoch over the aligned rows is done (its steps and rows; the
+    weights stay with their parties)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["epoch"] = "epoch"
+    epoch: Count
+    steps: Count
+    rows: Count
+
+
 class RunDone(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["finished"] = "finished"
     trees: Count
+    epochs: Count = 0
     model_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -400,4 +427,6 @@ class RunFailed(BaseModel):
 
 
 class VerticalEvent(BaseModel):
-    event: Annotated[PsiDone | TreeDone | RunDone | RunFailed, Field(discriminator="kind")]
+    event: Annotated[
+        PsiDone | TreeDone | EpochDone | RunDone | RunFailed, Field(discriminator="kind")
+    ]

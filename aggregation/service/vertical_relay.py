@@ -11,9 +11,10 @@ key, as it relays silo keys for secure aggregation. A run carries its mode (trai
 with a trained run's model, or psi_size: a count only, which ends once every party reported
 it) and parameters; the parties' agents are offered it on their task poll (`pending_for`).
 The ledger gets: the run with its parties, every party's intersection size and hash, every
-tree's lineage (which party split which node at what depth, no threshold or bin), the end
-with the model's digest, or the failure with the reason and the party that gave it. The
-coordinator lists runs (`list_runs`) for `fedsilo runs list`.
+tree's lineage (which party split which node at what depth, no threshold or bin) or, for
+logistic regression, every epoch's steps and rows, the end with the model's digest, or the
+failure with the reason and the party that gave it. The coordinator lists runs (`list_runs`)
+for `fedsilo runs list`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from aggregation.service.ledger import LedgerEntry
 from aggregation.service.lineage import Recorder
 from aggregation.service.tables import Silo, utcnow
 from schemas.vertical import (
+    EpochDone,
     PsiDone,
     RunDone,
     RunFailed,
@@ -56,6 +58,7 @@ class VerticalRun(Base):
     psi_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     psi_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     trees: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     model_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -100,6 +103,7 @@ def out(run: VerticalRun) -> VerticalRunOut:
         psi_size=run.psi_size,
         psi_digest=run.psi_digest,
         trees=run.trees,
+        epochs=run.epochs,
         model_digest=run.model_digest,
         mode=run.mode,  # type: ignore[arg-type]
         params=VerticalParams.model_validate_json(run.params_json),
@@ -140,6 +144,7 @@ def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRu
         parties_json=json.dumps(parties),
         status="running",
         trees=0,
+        epochs=0,
         mode=req.mode,
         params_json=req.params.model_dump_json(),
         model_run=req.model_run,
@@ -302,6 +307,8 @@ def record(
         return
     if silo != run.active:
         raise Forbidden(f"silo {silo!r} is not the active party of vertical run {run.id}")
+    if isinstance(ev, TreeDone | EpochDone):
+        _check_model(run, ev)
     if isinstance(ev, TreeDone):
         if ev.tree != run.trees:
             raise Conflict(f"vertical run {run.id}: tree {ev.tree} reported, next is {run.trees}")
@@ -311,11 +318,32 @@ def record(
         run.trees += 1
         recorder.service(s, "vertical_tree", ev.model_dump(mode="json"), run.id)
         return
+    if isinstance(ev, EpochDone):
+        if ev.epoch != run.epochs:
+            raise Conflict(
+                f"vertical run {run.id}: epoch {ev.epoch} reported, next is {run.epochs}"
+            )
+        run.epochs += 1
+        recorder.service(s, "vertical_epoch", ev.model_dump(mode="json"), run.id)
+        return
     assert isinstance(ev, RunDone)
     if ev.trees != run.trees:
         raise Conflict(f"vertical run {run.id}: {ev.trees} trees claimed, {run.trees} reported")
+    if ev.epochs != run.epochs:
+        raise Conflict(f"vertical run {run.id}: {ev.epochs} epochs claimed, {run.epochs} reported")
     run.model_digest = ev.model_digest
     _end(s, recorder, run, "finished", "")
+
+
+def _check_model(run: VerticalRun, ev: TreeDone | EpochDone) -> None:
+    """Trees belong to SecureBoost, epochs to logistic regression: a report of the other
+    model's progress is an agent that runs another model than the run asked for."""
+    model = VerticalParams.model_validate_json(run.params_json).model
+    if (model == "logreg") != isinstance(ev, EpochDone):
+        what = "an epoch" if isinstance(ev, EpochDone) else "a tree"
+        raise InvalidPayload(
+            f"vertical run {run.id} trains {model}: {what} report does not belong to it"
+        )
 
 
 def cancel(s: Session, recorder: Recorder, run: VerticalRun, reason: str) -> None:
@@ -361,7 +389,8 @@ def _end(
 ) -> None:
     """End the run; a failure a party caused names it (`party`) for the report."""
     run.status, run.reason, run.finished_at = status, reason or None, utcnow()
-    payload = {"trees": run.trees, "model_digest": run.model_digest, "reason": reason}
+    payload: dict[str, object] = {"trees": run.trees, "epochs": run.epochs}
+    payload |= {"model_digest": run.model_digest, "reason": reason}
     if party is not None:
         payload["party"] = party
     recorder.service(s, f"vertical_{status}", payload, run.id)

@@ -114,7 +114,8 @@ def demo(
             "--vertical",
             help="Vertical federation: a bank (labels, payments) and a credit bureau "
             "(demographics, bills) with the same customers and different columns of the "
-            "credit data; PSI, SecureBoost and joint prediction through the service's relay.",
+            "credit data; PSI, SecureBoost (or with --model logreg vertical logistic "
+            "regression) and joint prediction through the service's relay.",
         ),
     ] = False,
     keep_running: Annotated[
@@ -155,10 +156,15 @@ def demo(
     if vertical:
         from flows.demo_vertical import VerticalOptions, run_vertical_demo
 
-        run_vertical_demo(
-            VerticalOptions(workspace, prefect_port=prefect_port, service_port=service_port),
-            console,
+        if model not in ("", "secureboost", "logreg"):
+            raise typer.BadParameter("--vertical trains secureboost (the default) or logreg")
+        options = VerticalOptions(
+            workspace,
+            model="logreg" if model == "logreg" else "secureboost",
+            prefect_port=prefect_port,
+            service_port=service_port,
         )
+        run_vertical_demo(options, console)
         return
 
     if asynchronous and model in ("xgboost", "lightgbm"):

@@ -36,7 +36,8 @@ def runs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List recent runs with their status: horizontal training runs and vertical runs
-    (SecureBoost training, joint prediction, size-only intersection)."""
+    (SecureBoost or logistic regression training, joint prediction, size-only intersection);
+    "rounds / trees" counts a vertical logistic regression's epochs."""
     listed = _listed(coordinator(service_url, token, token_file), federation, limit)
     if as_json:
         emit_json([{"kind": kind, **r.model_dump(mode="json")} for kind, r in listed])
@@ -47,7 +48,10 @@ def runs_list(
     )  # fmt: skip
     for kind, r in listed:
         if isinstance(r, VerticalRunOut):
-            mode, model, steps = r.mode, "-" if r.mode == "psi_size" else "secureboost", r.trees
+            model: str = "-" if r.mode == "psi_size" else r.params.model
+            # logistic regression trains epochs, not trees; a prediction run reports neither
+            steps = r.epochs if r.mode == "train" and r.params.model == "logreg" else r.trees
+            mode = r.mode
             silos = [
                 f"{p} (active)" if p == r.active and r.mode != "psi_size" else p for p in r.parties
             ]

@@ -71,12 +71,16 @@ def _summary(result: dict[str, Any]) -> None:
             f"{run['psi_size']} common customers (each party learned the count, not which)"
         )
         return
+    logreg = run["mode"] == "train" and run["params"]["model"] == "logreg"
+    done = f"epochs {run['epochs']}" if logreg else f"trees {run['trees']}"
     say(
         f"vertical run {run['run_id']} ({run['mode']}): {run['status']}; intersection "
-        f"{run['psi_size']} rows; trees {run['trees']}; model sha256 {run['model_digest']}"
+        f"{run['psi_size']} rows; {done}; model sha256 {run['model_digest']}"
     )
     for t, counts in enumerate(result.get("splits_per_tree") or []):
         say(f"  tree {t}: splits by party {counts}")
+    for e in result.get("epochs") or []:
+        say(f"  epoch {e['epoch']}: {e['steps']} steps over {e['rows']} rows")
 
 
 @vertical_app.command("train")
@@ -84,9 +88,24 @@ def vertical_train(
     federation: FederationOpt,
     active: ActiveOpt,
     party: PartiesOpt,
-    trees: Annotated[int, typer.Option(min=1, help="Boosting rounds (trees).")] = 3,
-    depth: Annotated[int, typer.Option(min=1, max=16, help="Maximum tree depth.")] = 3,
-    bins: Annotated[int, typer.Option(min=2, max=256, help="Histogram bins per feature.")] = 32,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="secureboost (trees, any number of parties) or logreg (logistic regression: "
+            "epochs, exactly two parties)."
+        ),
+    ] = "secureboost",
+    trees: Annotated[int, typer.Option(min=1, help="SecureBoost: boosting rounds (trees).")] = 3,
+    depth: Annotated[int, typer.Option(min=1, max=16, help="SecureBoost: maximum tree depth.")] = 3,
+    bins: Annotated[
+        int, typer.Option(min=2, max=256, help="SecureBoost: histogram bins per feature.")
+    ] = 32,
+    epochs: Annotated[int, typer.Option(min=1, help="logreg: passes over the aligned rows.")] = 2,
+    batch_rows: Annotated[
+        int, typer.Option(min=1, help="logreg: aligned rows per mini-batch (at most 2048).")
+    ] = 1024,
+    learning_rate: Annotated[float, typer.Option(help="logreg: gradient step size.")] = 0.5,
+    l2: Annotated[float, typer.Option(help="logreg: L2 penalty on the weights.")] = 1e-3,
     predict: Annotated[
         bool,
         typer.Option(
@@ -102,12 +121,33 @@ def vertical_train(
     token_block: TokenBlockOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train vertical SecureBoost with the parties' running agents: PSI on their id columns,
-    then trees whose splits stay with the party that owns the feature. Each party keeps its
-    half of the model in WORKSPACE/vertical/RUN."""
-    from schemas.vertical import VerticalParams
+    """Train a vertical model with the parties' running agents: PSI on their id columns, then
+    SecureBoost (trees whose splits stay with the party that owns the feature) or logistic
+    regression (each party's weights stay with it). Each party keeps its half of the model
+    in WORKSPACE/vertical/RUN."""
+    from pydantic import ValidationError
 
-    params = VerticalParams(trees=trees, depth=depth, bins=bins, predict=predict)
+    from schemas.vertical import VerticalParams, VerticalRunCreate
+
+    if model not in ("secureboost", "logreg"):
+        raise typer.BadParameter(f"{model!r}: choose secureboost or logreg", param_hint="--model")
+    try:  # refused here, before a run exists: out-of-range values, logreg's two parties
+        params = VerticalParams(
+            model=model,  # type: ignore[arg-type]  # checked above
+            trees=trees,
+            depth=depth,
+            bins=bins,
+            epochs=epochs,
+            batch_rows=batch_rows,
+            learning_rate=learning_rate,
+            l2=l2,
+            predict=predict,
+        )
+        VerticalRunCreate(federation=federation, active=active, parties=party, params=params)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where, msg = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+        raise fail(f"{where}: {msg}" if where else msg) from exc
     _run_flow(
         as_json,
         service_url,
@@ -206,7 +246,8 @@ def vertical_show(
     token_file: TokenFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a vertical run: its parties, status, intersection and, per tree, who split."""
+    """Show a vertical run: its parties, status, intersection and, per tree, who split (per
+    epoch, its steps and rows, for logistic regression)."""
     from flows.vertical import lineage_summary, vertical_run
 
     client = coordinator(service_url, token, token_file)

@@ -5,8 +5,9 @@ and it has not joined yet (aggregation/service/tasks.py). The agent checks the r
 against its own policy (`[vertical]` in silo.toml: a silo without one takes no part; a run
 asking for more trees than `max_trees` is refused), checks its table against its vertical
 contract, then plays its role over the relay with code installed here (agent_role.py: PSI,
-then SecureBoost, or in a size-only run the count alone; predict_role.py: joint prediction
-with the model half a training run left in WORKSPACE/vertical/RUN). Only outbound calls.
+then SecureBoost or logistic regression, or in a size-only run the count alone;
+predict_role.py: joint prediction with the model half a training run left in
+WORKSPACE/vertical/RUN). Only outbound calls.
 Any refusal is reported as the run's failure naming this silo, and the flow run ends Failed.
 """
 
@@ -31,7 +32,6 @@ from silos.flow_report import untagged_task_runs
 from silos.vertical import agent_role, predict_role
 from silos.vertical.agent_role import PartyData, RoleError
 from silos.vertical.interrupted import serving
-from silos.vertical.trees import BoostParams
 
 log = logging.getLogger("fedsilo.silo")
 
@@ -47,7 +47,7 @@ def refusal(config: SiloConfig, run: VerticalRunOut) -> str | None:
     me = config.silo.name
     if v is None:
         return f"silo {me!r} has no [vertical] section in its silo.toml: it takes no vertical run"
-    if run.mode == "train" and run.params.trees > v.max_trees:
+    if run.mode == "train" and run.params.model == "secureboost" and run.params.trees > v.max_trees:
         return (
             f"silo {me!r} allows at most {v.max_trees} trees ([vertical] max_trees); "
             f"run {run.run_id} asks for {run.params.trees}"
@@ -102,14 +102,13 @@ def intersect(client: SiloClient, run_id: str, data: PartyData) -> agent_role.Jo
     return joined
 
 
-@task(cache_policy=NO_CACHE, name="vertical-secureboost")
-def secureboost(
+@task(cache_policy=NO_CACHE, name="vertical-train")
+def train(
     joined: agent_role.Joined, run: VerticalRunOut, out: Path, predict: PartyData | None
 ) -> str:
-    p = run.params
-    params = BoostParams(n_trees=p.trees, max_depth=p.depth, n_bins=p.bins)
-    role = agent_role.train(joined, params, out, predict=predict)
-    get_run_logger().info("%s party done; model half in %s", role, out)
+    """SecureBoost or logistic regression, as the run asks."""
+    role = agent_role.train(joined, agent_role.model_params(run.params), out, predict=predict)
+    get_run_logger().info("%s party done (%s); model half in %s", role, run.params.model, out)
     return role
 
 
@@ -148,7 +147,7 @@ def silo_vertical_flow(config_path: str, run: VerticalRunOut) -> dict[str, objec
                 data = check_data(v, predict=False)
                 rows = check_data(v, predict=True) if run.params.predict else None
                 joined = intersect(client, run.run_id, data)
-                role = secureboost(joined, run, run_folder(config, run.run_id), rows)
+                role = train(joined, run, run_folder(config, run.run_id), rows)
         except Exception as exc:  # any refusal ends the run for every party, naming this silo
             reason = f"{type(exc).__name__}: {exc}"[:2000]
             agent_role.report(client, run.run_id, RunFailed(reason=reason))

@@ -7,11 +7,13 @@ party: open the channel (fresh X25519 key, peers' keys through the relay), priva
 intersection on the id column (silos/vertical/psi.py, message-driven so the
 parties need no lockstep), report the intersection's size and hash, align the rows on it.
 Then the active party (labels) drives SecureBoost (silos/vertical/active.py), reporting each
-tree's lineage (who split which node at what depth), predicts the aligned rows jointly,
-writes its half of the model and reports the end with the model's digest; a passive party
-answers its messages (silos/vertical/passive.py) until the run is over, then writes its half
-(the thresholds). Any refusal (a tampered envelope, a wrong key, a malformed message) is
-reported as the run's failure naming the party, and the process exits 1.
+tree's lineage (who split which node at what depth), or logistic regression
+(silos/vertical/logreg.py, two parties), reporting each epoch; it predicts the aligned rows
+jointly, writes its half of the model and reports the end with the model's digest. A passive
+party answers its messages (silos/vertical/passive.py or logreg.py) until the run is over,
+then writes its half (the thresholds, or its weights and scaling). Any refusal (a tampered
+envelope, a wrong key, a malformed message) is reported as the run's failure naming the
+party, and the process exits 1.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import hashlib
 import json
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ import pandas as pd
 
 from schemas.canonical import canonical_json
 from schemas.vertical import (
+    EpochDone,
     Features,
     LineageNode,
     PsiDone,
@@ -37,13 +42,16 @@ from schemas.vertical import (
     RunFailed,
     TreeDone,
     VerticalEvent,
+    VerticalMessage,
+    VerticalParams,
 )
 from schemas.vertical_contract import VerticalContract, check_table, load_vertical_contract
 from silos.client import SiloClient
 from silos.keys import load_or_create_key
 from silos.vertical import he
-from silos.vertical.active import ActiveParty
+from silos.vertical.active import ActiveParty, Send
 from silos.vertical.http_wire import HttpWire, RunOver, base, open_channel, run_info
+from silos.vertical.logreg import LrActive, LrParams, LrPassive
 from silos.vertical.passive import PassiveParty
 from silos.vertical.psi import Mode, PsiParty, PsiResult
 from silos.vertical.trees import BoostParams, Tree
@@ -193,6 +201,52 @@ def report_failed_part(client: SiloClient, run: str, what: str, exc: Exception) 
     return 1
 
 
+def passive_features(wire: HttpWire, parties: list[str]) -> dict[str, int]:
+    """Each passive party's feature count, the first message it sends after PSI."""
+    counts: dict[str, int] = {}
+    for peer in [p for p in parties if p != wire.channel.party]:
+        msg = wire.receive(peer)
+        if not isinstance(msg, Features):
+            raise RoleError(f"party {peer!r} sent {msg.kind} before its feature count")
+        counts[peer] = msg.count
+    return counts
+
+
+def finish_active(
+    wire: HttpWire,
+    margin: Callable[[np.ndarray], np.ndarray],
+    X: np.ndarray,
+    out: Path,
+    model: dict[str, object],
+    progress: tuple[int, int],
+    predict: PartyData | None,
+) -> np.ndarray:
+    """The active party's end of a training run: joint prediction of the aligned rows (and
+    of `predict`'s, aligned by PSI first), its model half on disk, the run's end reported
+    with the half's digest and `progress` (its trees and epochs). `margin` scores rows aligned
+    with the passive parties'."""
+    proba = 1.0 / (1.0 + np.exp(-margin(X)))
+    if predict is not None:
+        found = psi_over_wire(wire, run_info(wire.client, wire.run).parties, predict.ids)
+        Xp, _ = align(predict, found)
+        p = 1.0 / (1.0 + np.exp(-margin(Xp)))
+        pd.DataFrame({"id": found.ids, "proba": p}).to_csv(out / "predict.csv", index=False)
+    text = canonical_json(model)
+    (out / "model-active.json").write_text(text, encoding="utf-8")
+    np.save(out / "predictions.npy", proba)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    trees, epochs = progress
+    report(wire.client, wire.run, RunDone(trees=trees, epochs=epochs, model_digest=digest))
+    return proba
+
+
+def sender(wire: HttpWire) -> Send:
+    def send(sender: str, recipient: str, message: object) -> VerticalMessage:
+        return wire.request(recipient, message)  # type: ignore[arg-type]
+
+    return send
+
+
 def run_active(
     wire: HttpWire,
     params: BoostParams,
@@ -202,49 +256,65 @@ def run_active(
     key_bits: int,
     predict: PartyData | None = None,
 ) -> np.ndarray:
-    info = run_info(wire.client, wire.run)
-    passives: dict[str, int] = {}
-    for peer in [p for p in info.parties if p != wire.channel.party]:
-        msg = wire.receive(peer)
-        if not isinstance(msg, Features):
-            raise RoleError(f"party {peer!r} sent {msg.kind} before its feature count")
-        passives[peer] = msg.count
+    passives = passive_features(wire, run_info(wire.client, wire.run).parties)
     party = ActiveParty(
         wire.channel.party, wire.run, X, y, passives, params, he.generate_keypair(key_bits)
     )
-
-    def send(sender: str, recipient: str, message: object) -> object:
-        return wire.request(recipient, message)  # type: ignore[arg-type]
-
-    party.send_key(send)  # type: ignore[arg-type]
+    send = sender(wire)
+    party.send_key(send)
     for t in range(params.n_trees):
-        party.trees.append(party.fit_tree(send))  # type: ignore[arg-type]
+        party.trees.append(party.fit_tree(send))
         report(wire.client, wire.run, lineage(t, party.trees[-1]))
-    proba = 1.0 / (1.0 + np.exp(-party.predict_margin(X, send)))  # type: ignore[arg-type]
-    if predict is not None:  # joint inference on new rows: align them by PSI first
-        found = psi_over_wire(wire, info.parties, predict.ids)
-        Xp, _ = align(predict, found)
-        p = 1.0 / (1.0 + np.exp(-party.predict_margin(Xp, send)))  # type: ignore[arg-type]
-        pd.DataFrame({"id": found.ids, "proba": p}).to_csv(out / "predict.csv", index=False)
-    model = canonical_json(active_model(party))
-    (out / "model-active.json").write_text(model, encoding="utf-8")
-    np.save(out / "predictions.npy", proba)
-    digest = hashlib.sha256(model.encode()).hexdigest()
-    report(wire.client, wire.run, RunDone(trees=len(party.trees), model_digest=digest))
-    return proba
+    margin = partial(party.predict_margin, send=send)
+    done = (len(party.trees), 0)
+    return finish_active(wire, margin, X, out, active_model(party), done, predict)
+
+
+def run_active_lr(
+    wire: HttpWire,
+    params: LrParams,
+    X: np.ndarray,
+    y: np.ndarray,
+    out: Path,
+    key_bits: int,
+    predict: PartyData | None = None,
+) -> np.ndarray:
+    """Vertical logistic regression's active party (silos/vertical/logreg.py): one passive
+    party; an epoch's steps and rows are reported as it ends."""
+    passives = passive_features(wire, run_info(wire.client, wire.run).parties)
+    if len(passives) != 1:
+        raise RoleError(
+            f"vertical logistic regression takes one passive party; run {wire.run} has "
+            f"{len(passives)}"
+        )
+    ((peer, count),) = passives.items()
+    keys = he.generate_keypair(key_bits)
+    party = LrActive(wire.channel.party, wire.run, X, y, peer, count, params, keys, key_bits)
+    send = sender(wire)
+    steps = [0]
+
+    def epoch_done(epoch: int) -> None:
+        event = EpochDone(epoch=epoch, steps=party.steps - steps[0], rows=len(y))
+        steps[0] = party.steps
+        report(wire.client, wire.run, event)
+
+    party.fit(send, on_epoch=epoch_done)
+    done = (0, params.epochs)
+    margin = partial(party.predict_margin, send=send)
+    return finish_active(wire, margin, X, out, party.half.to_dict(party.name), done, predict)
 
 
 def run_passive(
     wire: HttpWire,
-    params: BoostParams,
-    X: np.ndarray,
+    party: PassiveParty | LrPassive,
     out: Path,
     active: str,
     predict: PartyData | None = None,
 ) -> None:
-    party = PassiveParty(wire.channel.party, wire.run, X, n_bins=params.n_bins)
-    party.set_predict_rows(X)  # joint prediction of the aligned rows, after training
-    wire.send(active, Features(run=wire.run, sender=party.name, count=X.shape[1]))
+    """Answer the active party's messages until the run is over, then keep this party's
+    half: SecureBoost's records (thresholds) or logistic regression's weights."""
+    party.set_predict_rows(party.X)  # joint prediction of the aligned rows, after training
+    wire.send(active, Features(run=wire.run, sender=party.name, count=party.X.shape[1]))
     while True:
         try:
             msg = wire.receive(active)
@@ -258,8 +328,11 @@ def run_passive(
             party.set_predict_rows(align(predict, found)[0])
             continue
         wire.send(active, party.handle(msg))
-    records = {str(r): [f, thr] for r, (f, thr) in party.records.items()}
-    (out / "model-passive.json").write_text(canonical_json({"records": records}), encoding="utf-8")
+    if isinstance(party, LrPassive):
+        model: dict[str, object] = party.half.to_dict(party.name)
+    else:
+        model = {"records": {str(r): [f, thr] for r, (f, thr) in party.records.items()}}
+    (out / "model-passive.json").write_text(canonical_json(model), encoding="utf-8")
 
 
 @dataclass
@@ -301,31 +374,50 @@ def join(client: SiloClient, run: str, data: PartyData) -> Joined:
 
 def train(
     joined: Joined,
-    params: BoostParams,
+    params: BoostParams | LrParams,
     out: Path,
     key_bits: int = he.KEY_BITS,
     predict: PartyData | None = None,
 ) -> str:
-    """SecureBoost from the aligned rows (then joint prediction of `predict`, if given);
-    the model half and the traffic figures land in `out`. Returns the party's role."""
+    """SecureBoost or logistic regression (by `params`) from the aligned rows, then joint
+    prediction of `predict`, if given; the model half and the traffic figures land in
+    `out`. Returns the party's role."""
     out.mkdir(parents=True, exist_ok=True)
-    wire = joined.wire
+    wire, me = joined.wire, joined.wire.channel.party
     if joined.is_active:
         assert joined.y is not None
-        run_active(wire, params, joined.X, joined.y, out, key_bits, predict)
+        if isinstance(params, LrParams):
+            run_active_lr(wire, params, joined.X, joined.y, out, key_bits, predict)
+        else:
+            run_active(wire, params, joined.X, joined.y, out, key_bits, predict)
     else:
-        run_passive(wire, params, joined.X, out, joined.active, predict)
+        party: PassiveParty | LrPassive
+        if isinstance(params, LrParams):
+            keys = he.generate_keypair(key_bits)
+            party = LrPassive(me, wire.run, joined.X, joined.active, params, keys, key_bits)
+        else:
+            party = PassiveParty(me, wire.run, joined.X, n_bins=params.n_bins)
+        run_passive(wire, party, out, joined.active, predict)
     (out / "traffic.json").write_text(
         json.dumps({"sent": dict(wire.bytes_sent), "received": dict(wire.bytes_received)})
     )
     return "active" if joined.is_active else "passive"
 
 
+def model_params(p: VerticalParams) -> BoostParams | LrParams:
+    """The trainer's parameters from the run's (what the coordinator asked for)."""
+    if p.model == "logreg":
+        return LrParams(
+            epochs=p.epochs, batch_rows=p.batch_rows, learning_rate=p.learning_rate, l2=p.l2
+        )
+    return BoostParams(n_trees=p.trees, max_depth=p.depth, n_bins=p.bins)
+
+
 def take_part(
     client: SiloClient,
     run: str,
     data: PartyData,
-    params: BoostParams,
+    params: BoostParams | LrParams,
     out: Path,
     key_bits: int = he.KEY_BITS,
     predict: PartyData | None = None,
@@ -358,8 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     client = SiloClient(
         a.service, federation=a.federation, silo=a.silo, key=load_or_create_key(a.key)
     )
-    params = BoostParams(n_trees=a.trees, max_depth=a.depth, n_bins=a.bins)
     try:
+        # logistic regression's hyperparameters are the run's; SecureBoost's the flags'
+        asked = run_info(client, a.run).params
+        params: BoostParams | LrParams = (
+            model_params(asked)
+            if asked.model == "logreg"
+            else BoostParams(n_trees=a.trees, max_depth=a.depth, n_bins=a.bins)
+        )
         predict = None
         if a.contract:
             contract = load_vertical_contract(a.contract)

@@ -130,6 +130,72 @@ def batches(n_rows: int, p: LrParams, epoch: int) -> list[np.ndarray]:
     return [order[i : i + p.batch_rows] for i in range(0, n_rows, p.batch_rows)]
 
 
+@dataclass(frozen=True)
+class Half:
+    """A party's half of a trained model: its standardization and weights (the active
+    party's last weight is the intercept). It never leaves the party."""
+
+    scaler: Scaler
+    w: np.ndarray
+    intercept: bool
+
+    def margin(self, X: np.ndarray) -> np.ndarray:
+        xq = self.scaler.quantize(X)
+        if self.intercept:
+            xq = with_intercept(xq)
+        return (xq.astype(np.float64) / (1 << X_FRAC)) @ self.w
+
+    def to_dict(self, party: str) -> dict[str, object]:
+        return {
+            "party": party,
+            "model": "logreg",
+            "mean": self.scaler.mean.tolist(),
+            "std": self.scaler.std.tolist(),
+            "weights": self.w.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, n_features: int, intercept: bool, where: str) -> Half:
+        """A half read back, checked against the data it will score (`where` names it)."""
+        if d.get("model") != "logreg":
+            raise LrError(f"{where}: not a logistic-regression half ({d.get('model')!r})")
+        mean, std = np.asarray(d["mean"], float), np.asarray(d["std"], float)
+        w = np.asarray(d["weights"], float)
+        if len(mean) != n_features or len(std) != n_features:
+            raise LrError(f"{where}: the model has {len(mean)} features; the data {n_features}")
+        if len(w) != n_features + intercept or not np.isfinite(w).all() or (std <= 0).any():
+            raise LrError(f"{where}: weights or scales do not fit its {n_features} features")
+        return cls(Scaler(mean, std), w, intercept)
+
+
+def request_scores(send: Send, me: str, run: str, passive: str, n_rows: int) -> np.ndarray:
+    """The passive party's partial scores of its `n_rows` rows to predict, checked."""
+    reply = send(me, passive, LrPredictRequest(run=run, sender=me, n_rows=n_rows))
+    if not isinstance(reply, LrPredictScores) or reply.n_rows != n_rows:
+        raise LrError(f"party {passive!r} answered a prediction request with {reply.kind}")
+    if len(reply.scores) != 8 * n_rows:
+        raise LrError(
+            f"party {passive!r} sent {len(reply.scores)} bytes of scores for {n_rows} rows"
+        )
+    theirs = np.frombuffer(reply.scores, dtype="<f8")
+    if not np.isfinite(theirs).all():
+        raise LrError(f"party {passive!r} sent scores that are not finite numbers")
+    return theirs
+
+
+def answer_scores(
+    half: Half, X: np.ndarray | None, msg: LrPredictRequest, me: str
+) -> LrPredictScores:
+    """The passive side of `request_scores`: partial scores of the rows it set to predict."""
+    if X is None or len(X) != msg.n_rows:
+        raise LrError(
+            f"party {me!r}: party {msg.sender!r} asks for scores of {msg.n_rows} "
+            f"rows; it holds {0 if X is None else len(X)} rows to predict"
+        )
+    u = half.margin(X).astype("<f8").tobytes()
+    return LrPredictScores(run=msg.run, sender=me, n_rows=len(X), scores=u)
+
+
 def fit_plain(
     X_active: np.ndarray, X_passive: np.ndarray, y: np.ndarray, p: LrParams
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -299,22 +365,14 @@ class LrActive:
         self.w = updated(self.w, G, b, self.params, intercept=True)
         self.steps += 1
 
+    @property
+    def half(self) -> Half:
+        return Half(self.scaler, self.w, intercept=True)
+
     def predict_margin(self, X: np.ndarray, send: Send) -> np.ndarray:
         """u_A + u_P + intercept for rows aligned with the passive party's rows to predict."""
-        reply = send(
-            self.name, self.passive, LrPredictRequest(run=self.run, sender=self.name, n_rows=len(X))
-        )
-        if not isinstance(reply, LrPredictScores) or reply.n_rows != len(X):
-            raise LrError(f"party {self.passive!r} answered a prediction request with {reply.kind}")
-        if len(reply.scores) != 8 * len(X):
-            raise LrError(
-                f"party {self.passive!r} sent {len(reply.scores)} bytes of scores for {len(X)} rows"
-            )
-        theirs = np.frombuffer(reply.scores, dtype="<f8")
-        if not np.isfinite(theirs).all():
-            raise LrError(f"party {self.passive!r} sent scores that are not finite numbers")
-        xq = with_intercept(self.scaler.quantize(X))
-        return (xq.astype(np.float64) / (1 << X_FRAC)) @ self.w + theirs
+        theirs = request_scores(send, self.name, self.run, self.passive, len(X))
+        return self.half.margin(X) + theirs
 
 
 @dataclass
@@ -442,14 +500,9 @@ class LrPassive:
         self.steps += 1
         return Ack(run=self.run, sender=self.name)
 
+    @property
+    def half(self) -> Half:
+        return Half(self.scaler, self.w, intercept=False)
+
     def _predict(self, msg: LrPredictRequest) -> LrPredictScores:
-        X = self._predict_X
-        if X is None or len(X) != msg.n_rows:
-            raise LrError(
-                f"party {self.name!r}: party {msg.sender!r} asks for scores of {msg.n_rows} "
-                f"rows; it holds {0 if X is None else len(X)} rows to predict"
-            )
-        u = (self.scaler.quantize(X).astype(np.float64) / (1 << X_FRAC)) @ self.w
-        return LrPredictScores(
-            run=self.run, sender=self.name, n_rows=len(X), scores=u.astype("<f8").tobytes()
-        )
+        return answer_scores(self.half, self._predict_X, msg, self.name)

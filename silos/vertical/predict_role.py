@@ -3,10 +3,12 @@
 
 Each party loads its own half of the model from a finished run's output (the active party's
 `model-active.json`: trees, leaf weights, its cuts; a passive party's `model-passive.json`: its
-records' thresholds), aligns the rows to predict by PSI on their ids, and the active party asks
-each passive party for the left/right routes of its records (silos/vertical/active.py,
-`predict_margin`). Thresholds never leave their owner; the active party writes `predict-RUN.csv`
-beside its model and reports the end with the digest of the model half it used.
+records' thresholds; for logistic regression each party's scaling and weights), aligns the
+rows to predict by PSI on their ids, and the active party asks each passive party for the
+left/right routes of its records (silos/vertical/active.py, `predict_margin`) or, for
+logistic regression, for its partial scores (silos/vertical/logreg.py). Thresholds and
+weights never leave their owner; the active party writes `predict-RUN.csv` beside its model
+and reports the end with the digest of the model half it used.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from schemas.vertical import PredictRequest, PsiDone, RunDone
+from schemas.vertical import LrPredictRequest, PredictRequest, PsiDone, RunDone
 from schemas.vertical_contract import load_vertical_contract
 from silos.client import SiloClient
 from silos.keys import load_or_create_key
-from silos.vertical.active import ActiveParty
+from silos.vertical.active import ActiveParty, Send
 from silos.vertical.agent_role import (
     RoleError,
     align,
@@ -32,8 +34,10 @@ from silos.vertical.agent_role import (
     psi_over_wire,
     report,
     report_failed_part,
+    sender,
 )
 from silos.vertical.http_wire import HttpWire, RunOver, open_channel, run_info
+from silos.vertical.logreg import Half, answer_scores, request_scores
 from silos.vertical.passive import PassiveParty
 from silos.vertical.trees import BoostParams, Node, Tree
 
@@ -64,33 +68,52 @@ def predict(client: SiloClient, run: str, data_path: Path, contract: str, model_
     if info.active == client.silo:
         text = (model_dir / "model-active.json").read_text(encoding="utf-8")
         others = [p for p in info.parties if p != client.silo]
-        party = load_active(client.silo, run, text, X, others)
-
-        def send(sender: str, recipient: str, message: object) -> object:
-            return wire.request(recipient, message)  # type: ignore[arg-type]
-
-        proba = 1.0 / (1.0 + np.exp(-party.predict_margin(X, send)))  # type: ignore[arg-type]
+        send = sender(wire)
+        margin = _logreg_margin(client.silo, run, text, X, others, send, model_dir)
+        if margin is None:
+            party = load_active(client.silo, run, text, X, others)
+            margin = party.predict_margin(X, send)
+        proba = 1.0 / (1.0 + np.exp(-margin))
         pd.DataFrame({"id": found.ids, "proba": proba}).to_csv(
             model_dir / f"predict-{run}.csv", index=False
         )
         digest = hashlib.sha256(text.encode()).hexdigest()
         report(client, run, RunDone(trees=0, model_digest=digest))
         return "active"
-    records = json.loads((model_dir / "model-passive.json").read_text(encoding="utf-8"))["records"]
+    half = json.loads((model_dir / "model-passive.json").read_text(encoding="utf-8"))
+    where = f"{model_dir / 'model-passive.json'}"
+    logreg = Half.from_dict(half, X.shape[1], False, where) if "model" in half else None
     passive = PassiveParty(client.silo, run, X)
-    passive.records = {int(r): (int(f), float(t)) for r, (f, t) in records.items()}
+    if logreg is None:
+        passive.records = {int(r): (int(f), float(t)) for r, (f, t) in half["records"].items()}
     passive.set_predict_rows(X)
     while True:
         try:
             msg = wire.receive(info.active)
         except RunOver:
             return "passive"
-        if not isinstance(msg, PredictRequest):
+        if logreg is not None and isinstance(msg, LrPredictRequest):
+            wire.send(info.active, answer_scores(logreg, X, msg, client.silo))
+        elif logreg is None and isinstance(msg, PredictRequest):
+            # routes only: `handle` would first ask for the training run's Paillier key
+            wire.send(info.active, passive._routes(msg))
+        else:
             raise RoleError(
                 f"party {client.silo!r} got {msg.kind} from {msg.sender!r} at prediction"
             )
-        # routes only: `handle` would first ask for the training run's Paillier key
-        wire.send(info.active, passive._routes(msg))
+
+
+def _logreg_margin(
+    me: str, run: str, text: str, X: np.ndarray, others: list[str], send: Send, folder: Path
+) -> np.ndarray | None:
+    """The joint margin when the active half is logistic regression's, else None."""
+    model = json.loads(text)
+    if model.get("model") != "logreg":
+        return None
+    if len(others) != 1:
+        raise RoleError(f"a logistic-regression model predicts with one passive party; {others}")
+    half = Half.from_dict(model, X.shape[1], True, str(folder / "model-active.json"))
+    return half.margin(X) + request_scores(send, me, run, others[0], len(X))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,12 @@
 """The service's side of vertical runs, through its HTTP API on each backend: agents are
 offered a run until they join it, a prediction needs a finished training run of the same
 parties, a size-only run ends once every party counted, and relayed envelopes are deleted
-once read and when the run ends."""
+once read and when the run ends; a logistic regression run counts its epochs in order, as a
+SecureBoost run counts its trees, and neither takes the other's reports."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -17,9 +19,13 @@ from flows.vertical import cancel_vertical_run, create_vertical_run, vertical_ru
 from schemas.frames import unpack_frames
 from schemas.tasks import VerticalTask
 from schemas.vertical import (
+    EpochDone,
+    LineageNode,
     PsiDone,
+    RunDone,
     RunFailed,
     Sealed,
+    TreeDone,
     VerticalEvent,
     VerticalParams,
     frame,
@@ -178,3 +184,74 @@ def test_an_agent_restarted_mid_run_ends_the_runs_it_was_serving(
     assert vertical_run(coord, over.run_id).reason == "party 'bureau': policy"
     assert list((ws / "vertical" / ".serving").iterdir()) == []
     assert end_interrupted(silos["bank"], ws) == []  # nothing left for the next start
+
+
+DIGEST = "ab" * 32
+
+
+def test_logreg_epochs_are_counted_in_order(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    bank = silos["bank"]
+    params = VerticalParams(model="logreg", epochs=2)
+    run = create_vertical_run(coord, fed, "bank", PARTIES, params).run_id
+    report(bank, run, EpochDone(epoch=0, steps=3, rows=40))
+    with pytest.raises(ServiceRejected) as skipped:  # epoch 1 never came
+        report(bank, run, EpochDone(epoch=2, steps=3, rows=40))
+    assert skipped.value.status == 409
+    assert f"vertical run {run}: epoch 2 reported, next is 1" in skipped.value.detail
+    with pytest.raises(ServiceRejected, match="not the active party"):
+        report(silos["bureau"], run, EpochDone(epoch=1, steps=3, rows=40))
+    report(bank, run, EpochDone(epoch=1, steps=3, rows=40))
+    assert vertical_run(coord, run).epochs == 2
+    with pytest.raises(ServiceRejected) as claimed:
+        report(bank, run, RunDone(trees=0, epochs=3, model_digest=DIGEST))
+    assert claimed.value.status == 409
+    assert f"vertical run {run}: 3 epochs claimed, 2 reported" in claimed.value.detail
+    report(bank, run, RunDone(trees=0, epochs=2, model_digest=DIGEST))
+    done = vertical_run(coord, run)
+    assert (done.status, done.epochs, done.trees, done.params.model) == (
+        "finished",
+        2,
+        0,
+        "logreg",
+    )
+    entries = coord.ledger(run)
+    assert [e.kind for e in entries] == [
+        "vertical_started",
+        "vertical_epoch",
+        "vertical_epoch",
+        "vertical_finished",
+    ]
+    assert [json.loads(e.payload)["epoch"] for e in entries[1:3]] == [0, 1]
+    assert json.loads(entries[-1].payload)["epochs"] == 2
+
+
+def test_trees_and_epochs_belong_to_their_model(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    boost = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    with pytest.raises(ServiceRejected) as epoch:
+        report(silos["bank"], boost, EpochDone(epoch=0, steps=1, rows=1))
+    assert epoch.value.status == 422
+    assert f"vertical run {boost} trains secureboost: an epoch report" in epoch.value.detail
+    logreg = create_vertical_run(coord, fed, "bank", PARTIES, VerticalParams(model="logreg"))
+    tree = TreeDone(tree=0, nodes=[LineageNode(node=0, party="bureau", depth=0)], leaves=2)
+    with pytest.raises(ServiceRejected) as refused:
+        report(silos["bank"], logreg.run_id, tree)
+    assert refused.value.status == 422
+    assert f"vertical run {logreg.run_id} trains logreg: a tree report" in refused.value.detail
+    assert (vertical_run(coord, boost).epochs, vertical_run(coord, logreg.run_id).trees) == (0, 0)
+
+
+def test_logreg_run_with_three_parties_is_refused(api_service_url: str) -> None:
+    fed, coord, _ = federation(api_service_url)
+    body = {
+        "federation": fed,
+        "active": "bank",
+        "parties": [*PARTIES, "other"],
+        "params": {"model": "logreg"},
+    }
+    with pytest.raises(ServiceRejected) as refused:  # raw JSON: the client model refuses too
+        coord._json("POST", "/v1/vertical/runs", body)
+    assert refused.value.status == 422
+    assert "logistic regression takes two parties" in refused.value.detail
+    assert "this run names 3" in refused.value.detail

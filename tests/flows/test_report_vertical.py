@@ -1,6 +1,6 @@
-"""Vertical runs in `fedsilo runs list` and `fedsilo report RUN`: a ledger written by a real
-service (uvicorn on 127.0.0.1, SQLite) from the parties' signed event reports, as their agents
-send them, then read back through the CLI the coordinator uses."""
+"""Vertical runs in `fedsilo runs list`, `fedsilo vertical show` and `fedsilo report RUN`: a
+ledger written by a real service (uvicorn on 127.0.0.1, SQLite) from the parties' signed event
+reports, as their agents send them, then read back through the CLI the coordinator uses."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 
 from flows.cli import app, output
 from flows.report import render_report
-from flows.vertical import create_vertical_run
+from flows.vertical import create_vertical_run, progress_line
 from schemas.ledger_export import load_export
 from schemas.vertical import (
+    EpochDone,
     LineageNode,
     PsiDone,
     RunDone,
@@ -32,6 +33,7 @@ from schemas.vertical import (
     TreeDone,
     VerticalEvent,
     VerticalParams,
+    VerticalRunOut,
 )
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
@@ -52,6 +54,7 @@ class Ledger:
     url: str
     auth: list[str]
     trained: str
+    logreg: str
     predicted: str
     refused: str
     counted: str
@@ -67,8 +70,9 @@ def report(client: SiloClient, run: str, event: object) -> None:
 
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
-    """Four vertical runs of one federation: a training run, a prediction with its model, a
-    run the bureau's policy refused, a size-only intersection."""
+    """Five vertical runs of one federation: a SecureBoost training run, a logistic
+    regression one, a prediction with the first's model, a run the bureau's policy refused, a
+    size-only intersection."""
     root = tmp_path_factory.mktemp("vertical-report")
     with service_in_thread(root / "svc", f"sqlite:///{root}/service.db") as url:
         coord = coordinator(url)
@@ -85,6 +89,14 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
             report(bank, trained, TreeDone(tree=t, nodes=lineage, leaves=len(nodes) + 1))
         report(bank, trained, RunDone(trees=2, model_digest=MODEL_DIGEST))
 
+        params = VerticalParams(model="logreg", epochs=3, batch_rows=16)
+        logreg = create_vertical_run(coord, fed, "bank", PARTIES, params).run_id
+        for party in silos.values():
+            report(party, logreg, PsiDone(size=40, digest=PSI_DIGEST))
+        for epoch in range(3):
+            report(bank, logreg, EpochDone(epoch=epoch, steps=3, rows=40))
+        report(bank, logreg, RunDone(trees=0, epochs=3, model_digest=MODEL_DIGEST))
+
         predicted = create_vertical_run(coord, fed, "bank", PARTIES, model_run=trained).run_id
         for party in silos.values():
             report(party, predicted, PsiDone(size=12, digest=PSI_DIGEST))
@@ -99,7 +111,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
             report(party, counted, PsiDone(size=33))
 
         auth = ["--service-url", url, "--token", "test-admin-token"]
-        yield Ledger(url, auth, trained, predicted, refused, counted, bank)
+        yield Ledger(url, auth, trained, logreg, predicted, refused, counted, bank)
 
 
 def _report(ledger: Ledger, run: str, out: Path) -> str:
@@ -121,7 +133,13 @@ def test_runs_list_shows_vertical_runs_beside_horizontal_ones(
     result = runner.invoke(app, ["runs", "list", "--json", *ledger.auth])
     assert result.exit_code == 0, result.output
     listed = {r["run_id"]: r for r in json.loads(result.stdout)}
-    assert set(listed) == {ledger.trained, ledger.predicted, ledger.refused, ledger.counted}
+    assert set(listed) == {
+        ledger.trained,
+        ledger.logreg,
+        ledger.predicted,
+        ledger.refused,
+        ledger.counted,
+    }
     assert {r["kind"] for r in listed.values()} == {"vertical"}
     got = {(r["mode"], r["status"], tuple(r["parties"])) for r in listed.values()}
     assert got == {
@@ -131,8 +149,18 @@ def test_runs_list_shows_vertical_runs_beside_horizontal_ones(
         ("psi_size", "finished", ("bank", "bureau")),
     }
     assert listed[ledger.predicted]["model_run"] == ledger.trained
+    assert (listed[ledger.logreg]["params"]["model"], listed[ledger.logreg]["epochs"]) == (
+        "logreg",
+        3,
+    )
     newest_first = [r["run_id"] for r in json.loads(result.stdout)]
-    assert newest_first == [ledger.counted, ledger.refused, ledger.predicted, ledger.trained]
+    assert newest_first == [
+        ledger.counted,
+        ledger.refused,
+        ledger.predicted,
+        ledger.logreg,
+        ledger.trained,
+    ]
 
     monkeypatch.setattr(output.out, "width", 200)  # a wide terminal: one line per run
     table = runner.invoke(app, ["runs", "list", "--limit", "2", *ledger.auth])
@@ -141,6 +169,18 @@ def test_runs_list_shows_vertical_runs_beside_horizontal_ones(
     assert len(lines) == 1 and "vertical" in lines[0] and "failed" in lines[0]
     assert "bank (active)" in lines[0] and "secureboost" in lines[0]
     assert ledger.trained not in table.output  # --limit counts runs of both kinds
+
+    table = runner.invoke(app, ["runs", "list", *ledger.auth])
+    assert table.exit_code == 0, table.output
+    cells = {
+        run: [c.strip() for c in line.split("│")]
+        for line in table.output.splitlines()
+        for run in (ledger.trained, ledger.logreg)
+        if run in line
+    }
+    # model, then "rounds / trees": the trees of SecureBoost, the epochs of logistic regression
+    assert cells[ledger.trained][6:8] == ["secureboost", "2"]
+    assert cells[ledger.logreg][6:8] == ["logreg", "3"]
 
     shown = runner.invoke(app, ["runs", "show", ledger.trained[:8], *ledger.auth])
     assert shown.exit_code == 0, shown.output
@@ -210,3 +250,57 @@ def test_the_service_refuses_a_tree_report_carrying_a_split_value(ledger: Ledger
             body=body.encode(),
             content_type="application/json",
         )
+
+
+def test_report_of_a_logreg_run_shows_its_epochs_not_trees(ledger: Ledger, tmp_path: Path) -> None:
+    document = _report(ledger, ledger.logreg, tmp_path)
+    text = _text(document)
+    assert "Ledger verified: hash chain and all signatures intact" in text
+    assert "bank active: holds the labels 40" in text
+    assert "epochs recorded 3" in text and "trees recorded" not in text
+    assert "epoch steps rows 0 3 40 1 3 40 2 3 40" in text
+    # the model card lists logistic regression's own parameters, not SecureBoost's
+    assert "parameters batch_rows 16, epochs 3, l2 0.001, learning_rate 0.5, model logreg" in text
+    assert "Trees: who split where" not in text and "splits (all trees)" not in text
+    assert "<img" not in document
+    assert "epoch 1: 3 steps over 40 rows" in text and "finished: 3 epochs" in text  # timeline
+
+    text = _text(_report(ledger, ledger.trained, tmp_path / "trained"))
+    assert "trees recorded 2" in text and "Epochs" not in text
+    assert "parameters bins 32, depth 3, model secureboost, predict False, trees 2" in text
+
+
+def test_vertical_show_prints_epochs_of_a_logreg_run_and_trees_of_secureboost(
+    ledger: Ledger,
+) -> None:
+    shown = runner.invoke(app, ["vertical", "show", ledger.logreg, *ledger.auth])
+    assert shown.exit_code == 0, shown.output
+    assert "intersection 40 rows; epochs 3; model sha256" in shown.output
+    assert "epoch 2: 3 steps over 40 rows" in shown.output and "tree 0" not in shown.output
+
+    as_json = runner.invoke(app, ["vertical", "show", ledger.logreg, "--json", *ledger.auth])
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.stdout)
+    assert "splits_per_tree" not in result
+    assert result["epochs"] == [{"epoch": e, "steps": 3, "rows": 40} for e in range(3)]
+
+    shown = runner.invoke(app, ["vertical", "show", ledger.trained, *ledger.auth])
+    assert shown.exit_code == 0, shown.output
+    assert "intersection 40 rows; trees 2; model sha256" in shown.output
+    assert "tree 0: splits by party {'bank': 1, 'bureau': 2}" in shown.output
+
+
+def test_progress_line_counts_epochs_of_logreg_and_trees_of_secureboost() -> None:
+    run = VerticalRunOut(
+        run_id="0123456789abcdef",
+        federation="f",
+        active="bank",
+        parties=PARTIES,
+        status="running",
+        psi_size=40,
+        params=VerticalParams(model="logreg", epochs=4),
+        epochs=1,
+    )
+    assert progress_line(run, 4) == "vertical run 01234567: PSI 40 rows, epochs 1/4, running"
+    boost = run.model_copy(update={"params": VerticalParams(trees=3), "trees": 2, "epochs": 0})
+    assert progress_line(boost, 3) == "vertical run 01234567: PSI 40 rows, trees 2/3, running"

@@ -9,7 +9,9 @@ model halves each agent kept); every party's part is a Completed flow run named
 lists every vertical run with its mode, `fedsilo report` names both parties and every tree; a
 run asking for more trees than a silo's `[vertical] max_trees` allows is refused by that silo,
 naming it, and fails; a size-only intersection (`fedsilo vertical intersect`) gives every
-party the count and the ledger no hash; the relay holds no envelope once the runs are over.
+party the count and the ledger no hash; a logistic-regression run (`--model logreg`) through
+the same agents predicts exactly what its in-process reference predicts and records each
+epoch; the relay holds no envelope once the runs are over.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from support import prefect_api
 from support.fault_helpers import START_S, wait_until
 from support.live_service import coordinator, service_in_thread
 from support.stopping import stop_all
-from support.vertical_data import PARAMS, cols, reference, tables
+from support.vertical_data import PARAMS, cols, lr_reference, reference, tables
 from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.processes import Proc, base_env, spawn
 from flows.vertical import vertical_run
+from silos.vertical.logreg import LrParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 SILOS = {"bank": ('label = "y"\n' + cols("b", 3), 5), "bureau": (cols("u", 4), 2)}
@@ -151,6 +154,31 @@ def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api
                 (n, len(ids[0] & ids[1]), None) for n in sorted(SILOS)
             ]
 
+            # logistic regression through the same agents: the run's own hyperparameters
+            out = fedsilo(
+                "vertical", "train", *common, "--active", "bank", "--party", "bank",
+                "--party", "bureau", "--model", "logreg", "--epochs", "2", "--batch-rows", "64",
+                "--predict", "--json",
+            )  # fmt: skip
+            lr_id = out.split('"run_id": "')[1].split('"')[0]
+            lr = vertical_run(coord, lr_id)
+            assert (lr.status, lr.epochs, lr.trees) == ("finished", 2, 0), logs()
+            lr_expected, lr_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64))
+            lr_dir = tmp_path / "bank" / "workspace" / "vertical" / lr_id
+            np.testing.assert_array_equal(np.load(lr_dir / "predictions.npy"), lr_expected)
+            got_lr = pd.read_csv(lr_dir / "predict.csv", dtype={"id": str})
+            assert got_lr["id"].tolist() == lr_new["id"].tolist()
+            np.testing.assert_allclose(got_lr["proba"], lr_new["proba"], rtol=0, atol=1e-15)
+            epochs = [
+                json.loads(e.payload) for e in coord.ledger(lr_id) if e.kind == "vertical_epoch"
+            ]
+            assert [e["epoch"] for e in epochs] == [0, 1]
+            out = fedsilo("vertical", "predict", *common, "--model-run", lr_id, "--json")
+            lr_pred = vertical_run(coord, out.split('"run_id": "')[1].split('"')[0])
+            assert (lr_pred.status, lr_pred.params.model) == ("finished", "logreg"), logs()
+            again = pd.read_csv(lr_dir / f"predict-{lr_pred.run_id}.csv", dtype={"id": str})
+            np.testing.assert_allclose(again["proba"], lr_new["proba"], rtol=0, atol=1e-15)
+
             shown = fedsilo(
                 "lineage", "show", run_id, "--service-url", url, "--token-file", str(token)
             )
@@ -182,7 +210,8 @@ def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api
             engine.dispose()
             assert left == 0
 
-            names = [f"{s}-{r}" for s in SILOS for r in (run_id, pred_id, size_id)]
+            runs = (run_id, pred_id, size_id, lr_id, lr_pred.run_id)
+            names = [f"{s}-{r}" for s in SILOS for r in runs]
             ended = prefect_api.ended_flow_runs(prefect_api_url, names)
             assert ended == dict.fromkeys(names, "COMPLETED"), (ended, logs())
         finally:

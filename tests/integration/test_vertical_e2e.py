@@ -23,11 +23,19 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from support.live_service import coordinator, service_in_thread
-from support.vertical_data import PARAMS, cols, reference, tables
+from support.vertical_data import PARAMS, cols, lr_reference, reference, tables
 
 from flows.service_client import CoordinatorClient
 from flows.vertical import create_vertical_run, vertical_run, wait_vertical
-from schemas.vertical import Features, RunFailed, Sealed, frame, unframe
+from schemas.vertical import (
+    Features,
+    RunFailed,
+    Sealed,
+    VerticalParams,
+    VerticalRunOut,
+    frame,
+    unframe,
+)
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
 from silos.keys import load_or_create_key
@@ -35,6 +43,7 @@ from silos.vertical import psi
 from silos.vertical.agent_role import load_party_data, report
 from silos.vertical.channel import ChannelError
 from silos.vertical.http_wire import HttpWire, open_channel
+from silos.vertical.logreg import LrParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,17 +123,23 @@ def envelopes(engine: sa.Engine, run: str) -> list[tuple[int, str, str, bytes]]:
         )
 
 
-def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path, fed: Fed) -> None:
-    url, coord, clients, engine = fed
-    paths = tables(tmp_path)
-    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"])
+def both_parties(
+    url: str,
+    coord: CoordinatorClient,
+    tmp_path: Path,
+    run: str,
+    paths: dict[str, Path],
+    total: int,
+) -> tuple[VerticalRunOut, list[str]]:
+    """The bank's and the bureau's role processes through training run `run`, which must
+    finish; the run at its end and the coordinator's progress lines."""
     procs = {
         name: party_proc(
             url,
             "vert",
             name,
             tmp_path / f"{name}.key",
-            run.run_id,
+            run,
             paths[name],
             tmp_path / f"out-{name}",
             "y" if name == "bank" else None,
@@ -132,10 +147,18 @@ def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path,
         for name in ("bank", "bureau")
     }
     lines: list[str] = []
-    done = wait_vertical(coord, run.run_id, PARAMS.n_trees, 600, lines.append)
+    done = wait_vertical(coord, run, total, 600, lines.append)
     logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
     assert done.status == "finished", (done.reason, logs)
     assert all(p.returncode == 0 for p in procs.values()), logs
+    return done, lines
+
+
+def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path, fed: Fed) -> None:
+    url, coord, clients, engine = fed
+    paths = tables(tmp_path)
+    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"])
+    done, lines = both_parties(url, coord, tmp_path, run.run_id, paths, PARAMS.n_trees)
     assert any("trees 1/2" in line for line in lines) or done.trees == 2
 
     expected, ref_trees, expected_new = reference(paths)
@@ -179,21 +202,83 @@ def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path,
     assert vertical_run(coord, run.run_id).model_digest == hashlib.sha256(model).hexdigest()
 
     # later, a prediction run: each party loads its own half, PSI aligns, routes are joint
+    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
+    procs = predict_procs(url, tmp_path, pred.run_id, paths)
+    done = wait_vertical(coord, pred.run_id, 0, 300, lines.append)
+    logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
+    assert done.status == "finished" and done.psi_size == 55, (done.reason, logs)
+    assert done.model_digest == hashlib.sha256(model).hexdigest()
+    again = pd.read_csv(tmp_path / "out-bank" / f"predict-{pred.run_id}.csv", dtype={"id": str})
+    assert again["id"].tolist() == expected_new["id"].tolist()
+    np.testing.assert_allclose(again["proba"], expected_new["proba"], rtol=0, atol=1e-15)
+
+
+def predict_procs(
+    url: str, tmp_path: Path, run: str, paths: dict[str, Path]
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Each party's `predict_role` process for prediction run `run` on its new customers."""
     contracts = {
         "bank": 'id_column = "id"\nlabel = "y"\n' + cols("b", 3),
         "bureau": 'id_column = "id"\n' + cols("u", 4),
     }
-    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
     procs = {}
     for name, text in contracts.items():
         (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n{text}')
         cmd = [sys.executable, "-m", "silos.vertical.predict_role", "--service", url]
         cmd += ["--federation", "vert", "--silo", name, "--key", str(tmp_path / f"{name}.key")]
-        cmd += ["--run", pred.run_id, "--contract", str(tmp_path / f"{name}.toml")]
+        cmd += ["--run", run, "--contract", str(tmp_path / f"{name}.toml")]
         cmd += ["--data", str(paths[f"{name}-new"]), "--model", str(tmp_path / f"out-{name}")]
         procs[name] = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+    return procs
+
+
+def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path, fed: Fed) -> None:
+    url, coord, clients, engine = fed
+    paths = tables(tmp_path)
+    params = VerticalParams(model="logreg", epochs=2, batch_rows=64, learning_rate=0.5)
+    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], params)
+    done, lines = both_parties(url, coord, tmp_path, run.run_id, paths, params.epochs)
+    assert (done.epochs, done.trees) == (2, 0)
+    assert any("epochs 1/2" in line for line in lines) or done.epochs == 2
+
+    # the same weights as in one process: identical predictions, aligned and new customers
+    expected, expected_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64))
+    np.testing.assert_array_equal(np.load(tmp_path / "out-bank" / "predictions.npy"), expected)
+    got_new = pd.read_csv(tmp_path / "out-bank" / "predict.csv", dtype={"id": str})
+    assert got_new["id"].tolist() == expected_new["id"].tolist()
+    np.testing.assert_allclose(got_new["proba"], expected_new["proba"], rtol=0, atol=1e-15)
+
+    # each party keeps its own half: the bank its 3 weights and the intercept, the bureau 4
+    halves = {
+        n: json.loads((tmp_path / f"out-{n}" / f"model-{r}.json").read_text())
+        for n, r in (("bank", "active"), ("bureau", "passive"))
+    }
+    assert [len(halves[n]["weights"]) for n in ("bank", "bureau")] == [4, 4]
+    assert {h["model"] for h in halves.values()} == {"logreg"}
+
+    # the relay held sealed frames only
+    for *_, data in envelopes(engine, run.run_id):
+        body = unframe(data).body
+        assert not any(k in body for k in (b'"kind":', b"lr_exchange", b"residual", b"masked"))
+
+    # the ledger: one entry per epoch (its steps and rows), then the end with the digest
+    by_kind: dict[str, list[dict]] = {}
+    for e in coord.ledger(run.run_id):
+        by_kind.setdefault(e.kind, []).append(json.loads(e.payload))
+    aligned = len(expected)
+    steps = -(-aligned // 64)
+    assert by_kind["vertical_epoch"] == [
+        {"kind": "epoch", "epoch": e, "steps": steps, "rows": aligned} for e in (0, 1)
+    ]
+    assert "vertical_tree" not in by_kind
+    model = (tmp_path / "out-bank" / "model-active.json").read_bytes()
+    assert by_kind["vertical_finished"][0]["model_digest"] == hashlib.sha256(model).hexdigest()
+
+    # later, a prediction run with the halves each party kept
+    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
+    procs = predict_procs(url, tmp_path, pred.run_id, paths)
     done = wait_vertical(coord, pred.run_id, 0, 300, lines.append)
     logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
     assert done.status == "finished" and done.psi_size == 55, (done.reason, logs)

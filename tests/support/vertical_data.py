@@ -12,6 +12,7 @@ from silos.vertical import he, secureboost
 from silos.vertical.active import ActiveParty
 from silos.vertical.agent_role import load_party_data
 from silos.vertical.channel import channels
+from silos.vertical.logreg import LrActive, LrParams, LrPassive
 from silos.vertical.passive import PassiveParty
 from silos.vertical.trees import BoostParams
 from silos.vertical.wire import LocalWire
@@ -64,6 +65,32 @@ def reference(
     xu = new_u.X[[new_u.ids.index(i) for i in both]]
     p_new = secureboost.predict_proba(active, passives, wire, xb, {"bureau": xu})
     return proba, trees, pd.DataFrame({"id": both, "proba": p_new})
+
+
+def lr_reference(paths: dict[str, Path], params: LrParams) -> tuple[np.ndarray, pd.DataFrame]:
+    """Vertical logistic regression in one process over the in-process relay: P(y=1) of the
+    aligned rows and of the new customers both parties hold."""
+    bank = load_party_data(paths["bank"], "id", "y")
+    bureau = load_party_data(paths["bureau"], "id", None)
+    common = sorted(set(bank.ids) & set(bureau.ids))
+    xb = bank.X[[bank.ids.index(i) for i in common]]
+    xu = bureau.X[[bureau.ids.index(i) for i in common]]
+    assert bank.y is not None
+    y = bank.y[[bank.ids.index(i) for i in common]]
+    active = LrActive("bank", "ref", xb, y, "bureau", 4, params, he.generate_keypair())
+    passive = LrPassive("bureau", "ref", xu, params=params, keys=he.generate_keypair())
+    send = secureboost.request_reply(
+        LocalWire(channels("ref", ["bank", "bureau"])), {"bureau": passive}
+    )
+    active.fit(send)
+    passive.set_predict_rows(xu)
+    proba = 1.0 / (1.0 + np.exp(-active.predict_margin(xb, send)))
+    new_b = load_party_data(paths["bank-new"], "id", None, ("y",))
+    new_u = load_party_data(paths["bureau-new"], "id", None)
+    both = sorted(set(new_b.ids) & set(new_u.ids))
+    passive.set_predict_rows(new_u.X[[new_u.ids.index(i) for i in both]])
+    margin = active.predict_margin(new_b.X[[new_b.ids.index(i) for i in both]], send)
+    return proba, pd.DataFrame({"id": both, "proba": 1.0 / (1.0 + np.exp(-margin))})
 
 
 def cols(prefix: str, n: int) -> str:
