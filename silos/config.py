@@ -51,6 +51,8 @@ Example::
     data = "bank.csv"                # default: [data] path
     predict_data = "new.csv"         # optional: rows to predict jointly when a run asks
     max_trees = 200                  # policy: refuse runs asking for more trees
+    models = ["secureboost", "logreg"]  # policy: the vertical models it trains
+    max_epochs = 100                 # policy: refuse logistic regressions asking for more
 
     [compute]                        # optional: big tables on Dask (silos/compute.py says
                                      # which rounds run there; needs [data] test_path)
@@ -62,7 +64,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -180,6 +182,10 @@ class AgentSection(_Section):
         return plugins
 
 
+VerticalModel = Literal["secureboost", "logreg"]
+VERTICAL_MODELS: tuple[VerticalModel, ...] = ("secureboost", "logreg")
+
+
 class VerticalSection(_Section):
     """The silo's part in vertical runs (same customers, different columns): its contract
     names the id column, the label (the active party only) and its columns."""
@@ -188,6 +194,9 @@ class VerticalSection(_Section):
     data: Path | None = None
     predict_data: Path | None = None
     max_trees: int = Field(default=200, ge=1)
+    # what each leaks differs (docs/vertical.md): an operator may take part in one only
+    models: list[VerticalModel] = Field(default_factory=lambda: list(VERTICAL_MODELS), min_length=1)
+    max_epochs: int = Field(default=100, ge=1)
 
 
 class SiloConfig(_Section):

@@ -3,7 +3,8 @@
 The service offers the agent a `VerticalTask` when a vertical run names its silo as a party
 and it has not joined yet (aggregation/service/tasks.py). The agent checks the request
 against its own policy (`[vertical]` in silo.toml: a silo without one takes no part; a run
-asking for more trees than `max_trees` is refused), checks its table against its vertical
+asking for a model outside `models`, more trees than `max_trees` or more epochs than
+`max_epochs` is refused), checks its table against its vertical
 contract, then plays its role over the relay with code installed here (agent_role.py: PSI,
 then SecureBoost or logistic regression, or in a size-only run the count alone;
 predict_role.py: joint prediction with the model half a training run left in
@@ -47,10 +48,21 @@ def refusal(config: SiloConfig, run: VerticalRunOut) -> str | None:
     me = config.silo.name
     if v is None:
         return f"silo {me!r} has no [vertical] section in its silo.toml: it takes no vertical run"
-    if run.mode == "train" and run.params.model == "secureboost" and run.params.trees > v.max_trees:
+    p = run.params
+    if run.mode == "train" and p.model not in v.models:
+        return (
+            f"silo {me!r} trains {', '.join(v.models)} in vertical runs ([vertical] models); "
+            f"run {run.run_id} asks for {p.model}"
+        )
+    if run.mode == "train" and p.model == "secureboost" and p.trees > v.max_trees:
         return (
             f"silo {me!r} allows at most {v.max_trees} trees ([vertical] max_trees); "
-            f"run {run.run_id} asks for {run.params.trees}"
+            f"run {run.run_id} asks for {p.trees}"
+        )
+    if run.mode == "train" and p.model == "logreg" and p.epochs > v.max_epochs:
+        return (
+            f"silo {me!r} allows at most {v.max_epochs} epochs ([vertical] max_epochs); "
+            f"run {run.run_id} asks for {p.epochs}"
         )
     wants_rows = run.mode == "predict" or run.params.predict
     if wants_rows and v.predict_data is None:

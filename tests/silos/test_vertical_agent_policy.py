@@ -71,6 +71,22 @@ def test_agent_refuses_what_its_policy_does_not_allow(tmp_path: Path) -> None:
     assert refusal(no_rows, run(mode="psi_size", trees=500)) is None  # counts only, no trees
 
 
+def test_agent_refuses_a_vertical_model_or_epochs_its_policy_does_not_allow(
+    tmp_path: Path,
+) -> None:
+    lr = run().model_copy(update={"params": VerticalParams(model="logreg", epochs=7)})
+    assert refusal(config(tmp_path, BASE + VERTICAL), lr) is None  # both models by default
+    only_trees = config(tmp_path, BASE + VERTICAL + 'models = ["secureboost"]\n')
+    assert "'bureau' trains secureboost in vertical runs ([vertical] models); run" in (
+        refusal(only_trees, lr) or ""
+    )
+    assert refusal(only_trees, run(trees=4)) is None
+    few = config(tmp_path, BASE + VERTICAL + "max_epochs = 6\n")
+    assert "allows at most 6 epochs ([vertical] max_epochs)" in (refusal(few, lr) or "")
+    with pytest.raises(SiloConfigError, match="vertical.models"):
+        config(tmp_path, BASE + VERTICAL + 'models = ["gbdt"]\n')
+
+
 def test_prediction_needs_the_model_half_this_silo_kept(tmp_path: Path) -> None:
     cfg = config(tmp_path, BASE + VERTICAL)
     pred = run(mode="predict", model_run="t" * 32)
