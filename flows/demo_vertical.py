@@ -49,7 +49,9 @@ class VerticalOptions:
     model: Literal["secureboost", "logreg"] = "secureboost"
     trees: int = 3
     depth: int = 3
-    epochs: int = 2
+    # a few thousand aligned rows: small batches give the logistic regression enough steps
+    epochs: int = 5
+    batch_rows: int = 256
     prefect_port: int = 4200
     service_port: int = 8700
 
@@ -156,7 +158,12 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
             start_agents(folders, url, api, ws, procs)
             approve_all(coord, "vertical-demo", list(folders), procs[2:], AGENT_START_S)
         params = VerticalParams(
-            model=o.model, trees=o.trees, depth=o.depth, epochs=o.epochs, predict=True
+            model=o.model,
+            trees=o.trees,
+            depth=o.depth,
+            epochs=o.epochs,
+            batch_rows=o.batch_rows,
+            predict=True,
         )
         with temporary_settings(updates={PREFECT_API_URL: api}):  # the demo's own server
             summary = vertical_training(
