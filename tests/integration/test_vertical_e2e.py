@@ -202,21 +202,22 @@ def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path,
     assert vertical_run(coord, run.run_id).model_digest == hashlib.sha256(model).hexdigest()
 
     # later, a prediction run: each party loads its own half, PSI aligns, routes are joint
-    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
-    procs = predict_procs(url, tmp_path, pred.run_id, paths)
-    done = wait_vertical(coord, pred.run_id, 0, 300, lines.append)
-    logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
-    assert done.status == "finished" and done.psi_size == 55, (done.reason, logs)
-    assert done.model_digest == hashlib.sha256(model).hexdigest()
-    again = pd.read_csv(tmp_path / "out-bank" / f"predict-{pred.run_id}.csv", dtype={"id": str})
-    assert again["id"].tolist() == expected_new["id"].tolist()
-    np.testing.assert_allclose(again["proba"], expected_new["proba"], rtol=0, atol=1e-15)
+    predict_again(url, coord, tmp_path, run.run_id, paths, model, expected_new)
 
 
-def predict_procs(
-    url: str, tmp_path: Path, run: str, paths: dict[str, Path]
-) -> dict[str, subprocess.Popen[bytes]]:
-    """Each party's `predict_role` process for prediction run `run` on its new customers."""
+def predict_again(
+    url: str,
+    coord: CoordinatorClient,
+    tmp_path: Path,
+    model_run: str,
+    paths: dict[str, Path],
+    model: bytes,
+    expected: pd.DataFrame,
+) -> None:
+    """A prediction run with the halves each party kept from `model_run` (`predict_role`
+    processes on the new customers): it states the active half's digest and predicts
+    `expected` again."""
+    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=model_run)
     contracts = {
         "bank": 'id_column = "id"\nlabel = "y"\n' + cols("b", 3),
         "bureau": 'id_column = "id"\n' + cols("u", 4),
@@ -226,12 +227,18 @@ def predict_procs(
         (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nversion = "1"\n{text}')
         cmd = [sys.executable, "-m", "silos.vertical.predict_role", "--service", url]
         cmd += ["--federation", "vert", "--silo", name, "--key", str(tmp_path / f"{name}.key")]
-        cmd += ["--run", run, "--contract", str(tmp_path / f"{name}.toml")]
+        cmd += ["--run", pred.run_id, "--contract", str(tmp_path / f"{name}.toml")]
         cmd += ["--data", str(paths[f"{name}-new"]), "--model", str(tmp_path / f"out-{name}")]
         procs[name] = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-    return procs
+    done = wait_vertical(coord, pred.run_id, 0, 300, lambda line: None)
+    logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
+    assert done.status == "finished" and done.psi_size == 55, (done.reason, logs)
+    assert done.model_digest == hashlib.sha256(model).hexdigest()
+    again = pd.read_csv(tmp_path / "out-bank" / f"predict-{pred.run_id}.csv", dtype={"id": str})
+    assert again["id"].tolist() == expected["id"].tolist()
+    np.testing.assert_allclose(again["proba"], expected["proba"], rtol=0, atol=1e-15)
 
 
 def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path, fed: Fed) -> None:
@@ -277,15 +284,7 @@ def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path,
     assert by_kind["vertical_finished"][0]["model_digest"] == hashlib.sha256(model).hexdigest()
 
     # later, a prediction run with the halves each party kept
-    pred = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], model_run=run.run_id)
-    procs = predict_procs(url, tmp_path, pred.run_id, paths)
-    done = wait_vertical(coord, pred.run_id, 0, 300, lines.append)
-    logs = {n: p.communicate(timeout=120)[0].decode() for n, p in procs.items()}
-    assert done.status == "finished" and done.psi_size == 55, (done.reason, logs)
-    assert done.model_digest == hashlib.sha256(model).hexdigest()
-    again = pd.read_csv(tmp_path / "out-bank" / f"predict-{pred.run_id}.csv", dtype={"id": str})
-    assert again["id"].tolist() == expected_new["id"].tolist()
-    np.testing.assert_allclose(again["proba"], expected_new["proba"], rtol=0, atol=1e-15)
+    predict_again(url, coord, tmp_path, run.run_id, paths, model, expected_new)
 
 
 def test_tampered_envelope_refused_naming_the_party(tmp_path: Path, fed: Fed) -> None:
