@@ -68,10 +68,10 @@ code in one invocation (`bench/README.md`, "Vertical federation"):
   bits) and the active party decrypting on both cores: 80k x (30 + 300), 2 trees,
   100.3 -> 92.0 s a tree (decryption 23.6 -> 9.4 s, bureau->bank 6.80 -> 5.16 MB), the same
   AUC; still MISSED: the passive party's additions are 65 s a tree, the encryption 20 s.
-- Vertical logistic regression, 2 epochs of batches of 1,024 on the credit split: AUC 0.7173
-  (scikit-learn pooled 0.7239; the Taylor loss), the weights equal the pooled fixed-point
-  run exactly; 24.6 / 24.8 s per epoch with a batch's encryptions on both cores, 33.1 /
-  32.8 s on one (side by side), 0.69 MB each way per step.
+- Vertical logistic regression, 2 epochs of batches of at most 1,024 on the credit split:
+  AUC 0.7178 (scikit-learn pooled 0.7239; the Taylor loss), the weights equal the pooled
+  fixed-point run exactly; 24.6 / 25.5 s per epoch with a batch's encryptions on both cores,
+  34.2 / 33.2 s on one (side by side), 0.69 MB each way per step.
 
     python bench/vertical.py            # full sizes (long: see bench/README.md)
     python bench/vertical.py --quick    # smoke sizes (tests/bench/test_vertical_smoke.py)

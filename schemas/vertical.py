@@ -318,7 +318,7 @@ class VerticalParams(BaseModel):
     depth: int = Field(default=3, ge=1, le=16)
     bins: int = Field(default=32, ge=2, le=256)
     epochs: int = Field(default=2, ge=1, le=1000)
-    batch_rows: int = Field(default=1024, ge=1, le=2048)
+    batch_rows: int = Field(default=1024, ge=32, le=2048)  # silos/vertical/logreg.py
     learning_rate: float = Field(default=0.5, gt=0, le=10)
     l2: float = Field(default=1e-3, ge=0, le=10)
     predict: bool = Field(

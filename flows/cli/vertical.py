@@ -102,7 +102,12 @@ def vertical_train(
     ] = 32,
     epochs: Annotated[int, typer.Option(min=1, help="logreg: passes over the aligned rows.")] = 2,
     batch_rows: Annotated[
-        int, typer.Option(min=1, help="logreg: aligned rows per mini-batch (at most 2048).")
+        int,
+        typer.Option(
+            min=1,
+            help="logreg: aligned rows per mini-batch, 32 to 2048 (fewer would show a row's "
+            "residual to the other party).",
+        ),
     ] = 1024,
     learning_rate: Annotated[float, typer.Option(help="logreg: gradient step size.")] = 0.5,
     l2: Annotated[float, typer.Option(help="logreg: L2 penalty on the weights.")] = 1e-3,

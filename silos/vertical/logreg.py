@@ -17,8 +17,11 @@ is d = u/4 + 1/2 - y, so 4d = u_P + e where e = u_A + 2 - 4y is known to the act
 
 Everything is integer arithmetic on fixed point: features standardized by their owner,
 clipped to +-16 and scaled by 2^16; partial scores clipped to +-64 and scaled by 2^24. A
-batch has at most 2048 rows, so every gradient sum stays below 2^63. `fit_plain` runs the same
-integers with both parties' columns in one place, and the federated weights equal it exactly.
+batch has at most 2048 rows, so every gradient sum stays below 2^63, and at least 32: over
+one row a gradient would show that row's residual (to the passive party, its label), so both
+parties refuse smaller batches, and an epoch's batches are of near-equal size. `fit_plain`
+runs the same integers with both parties' columns in one place, and the federated weights
+equal it exactly.
 
 What each party learns: its own gradient per batch. Over many steps that constrains the
 other party's partial scores (and, for the passive party, the labels), as in every hetero-LR
@@ -58,6 +61,9 @@ S_FRAC = 24
 X_CLIP = 16.0
 U_CLIP = 64.0
 MAX_BATCH = 2048  # 2^20 (feature) x 2^32 (residual) x 2^11 rows < 2^63
+# A party's gradient over one row is that row's residual times its features: the passive
+# party would read the label, the active one the passive party's score. Both refuse fewer.
+MIN_BATCH = 32
 MASK_BITS = 63 + 80  # statistical hiding: 2^-80 from uniform
 
 Send = Callable[[str, str, object], VerticalMessage]
@@ -76,8 +82,8 @@ class LrParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.batch_rows <= MAX_BATCH:
-            raise ValueError(f"batch_rows must be 1..{MAX_BATCH}, not {self.batch_rows}")
+        if not MIN_BATCH <= self.batch_rows <= MAX_BATCH:
+            raise ValueError(f"batch_rows must be {MIN_BATCH}..{MAX_BATCH}, not {self.batch_rows}")
         if self.epochs < 1 or not self.learning_rate > 0 or self.l2 < 0:
             raise ValueError("epochs >= 1, learning_rate > 0 and l2 >= 0 are required")
 
@@ -126,8 +132,10 @@ def updated(w: np.ndarray, G: np.ndarray, rows: int, p: LrParams, intercept: boo
 
 
 def batches(n_rows: int, p: LrParams, epoch: int) -> list[np.ndarray]:
+    """An epoch's mini-batches: as few as hold at most `batch_rows` each, of near-equal
+    size (no short last batch: each has at least MIN_BATCH rows once the table does)."""
     order = np.random.default_rng([p.seed, epoch]).permutation(n_rows)
-    return [order[i : i + p.batch_rows] for i in range(0, n_rows, p.batch_rows)]
+    return np.array_split(order, -(-n_rows // p.batch_rows))
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,11 @@ class LrActive:
     steps: int = 0
 
     def __post_init__(self) -> None:
+        if len(self.y) < MIN_BATCH:
+            raise LrError(
+                f"party {self.name!r}: {len(self.y)} aligned rows; logistic regression needs "
+                f"at least {MIN_BATCH} (a smaller batch would show each row's residual)"
+            )
         self.scaler = Scaler.fit(self.X)
         self.xq = with_intercept(self.scaler.quantize(self.X))
         self.w = np.zeros(self.xq.shape[1])
@@ -438,13 +451,13 @@ class LrPassive:
             raise LrError(f"batch of step {msg.step} from party {msg.sender!r}: not uint32 rows")
         rows = np.frombuffer(msg.rows, dtype="<u4").astype(np.int64)
         if (
-            not 1 <= len(rows) <= MAX_BATCH
+            not MIN_BATCH <= len(rows) <= MAX_BATCH
             or rows.max() >= len(self.X)
             or len(np.unique(rows)) != len(rows)
         ):
             raise LrError(
-                f"batch of step {msg.step} from party {msg.sender!r}: {len(rows)} rows, each "
-                f"must be a distinct aligned row below {len(self.X)} (at most {MAX_BATCH})"
+                f"batch of step {msg.step} from party {msg.sender!r}: {len(rows)} rows; a "
+                f"batch is {MIN_BATCH}..{MAX_BATCH} distinct aligned rows below {len(self.X)}"
             )
         s = scores(self.xq[rows], self.w)
         self._step = (msg.step, rows, s)

@@ -89,7 +89,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
             report(bank, trained, TreeDone(tree=t, nodes=lineage, leaves=len(nodes) + 1))
         report(bank, trained, RunDone(trees=2, model_digest=MODEL_DIGEST))
 
-        params = VerticalParams(model="logreg", epochs=3, batch_rows=16)
+        params = VerticalParams(model="logreg", epochs=3, batch_rows=32)
         logreg = create_vertical_run(coord, fed, "bank", PARTIES, params).run_id
         for party in silos.values():
             report(party, logreg, PsiDone(size=40, digest=PSI_DIGEST))
@@ -260,7 +260,7 @@ def test_report_of_a_logreg_run_shows_its_epochs_not_trees(ledger: Ledger, tmp_p
     assert "epochs recorded 3" in text and "trees recorded" not in text
     assert "epoch steps rows 0 3 40 1 3 40 2 3 40" in text
     # the model card lists logistic regression's own parameters, not SecureBoost's
-    assert "parameters batch_rows 16, epochs 3, l2 0.001, learning_rate 0.5, model logreg" in text
+    assert "parameters batch_rows 32, epochs 3, l2 0.001, learning_rate 0.5, model logreg" in text
     assert "Trees: who split where" not in text and "splits (all trees)" not in text
     assert "<img" not in document
     assert "epoch 1: 3 steps over 40 rows" in text and "finished: 3 epochs" in text  # timeline

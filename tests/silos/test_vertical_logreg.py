@@ -93,9 +93,11 @@ def test_an_out_of_order_step_is_refused_naming_the_party() -> None:
         active.exchange_keys(send)
     with pytest.raises(LrError, match="party 'bank' opened step 3; step 0 is next"):
         send("bank", "bureau", LrBatch(run=RUN, sender="bank", step=3, rows=b"\x00\x00\x00\x00"))
-    with pytest.raises(LrError, match="from party 'bank'.*distinct aligned row below 100"):
-        rows = np.array([1, 1], dtype="<u4").tobytes()
-        send("bank", "bureau", LrBatch(run=RUN, sender="bank", step=0, rows=rows))
+    refused = "from party 'bank': {} rows; a batch is 32..2048 distinct aligned rows below 100"
+    for rows in ([1] * 40, list(range(31)), list(range(60, 101))):  # twice, too few, too far
+        with pytest.raises(LrError, match=refused.format(len(rows))):
+            blob = np.array(rows, dtype="<u4").tobytes()
+            send("bank", "bureau", LrBatch(run=RUN, sender="bank", step=0, rows=blob))
     with pytest.raises(LrError, match="step 0 from party 'bank' before its batch"):
         send("bank", "bureau", LrExchange(run=RUN, sender="bank", step=0, residual=b"", masked=b""))
 
@@ -104,24 +106,36 @@ def test_a_residual_count_or_ciphertext_that_does_not_fit_is_refused_naming_the_
     X, y = _data(100)
     active, passive, wire, send = _parties(X, y)
     active.exchange_keys(send)
-    rows = np.arange(5, dtype="<u4").tobytes()
+    rows = np.arange(40, dtype="<u4").tobytes()
     send("bank", "bureau", LrBatch(run=RUN, sender="bank", step=0, rows=rows))
     cts = he.encrypt_many(KEYS_A, [1, 2, 3])
     short = LrExchange(
         run=RUN, sender="bank", step=0, residual=he.to_bytes(KEYS_A.public, cts), masked=b""
     )
     with pytest.raises(
-        LrError, match="residuals of step 0 from party 'bank': 3 ciphertexts, expected 5"
+        LrError, match="residuals of step 0 from party 'bank': 3 ciphertexts, expected 40"
     ):
         send("bank", "bureau", short)
     width = KEYS_A.public.ciphertext_bytes
-    bad = LrExchange(run=RUN, sender="bank", step=0, residual=bytes(5 * width), masked=b"")
+    bad = LrExchange(run=RUN, sender="bank", step=0, residual=bytes(40 * width), masked=b"")
     with pytest.raises(he.HeError, match="party 'bank'"):
         send("bank", "bureau", bad)
 
 
 def test_parameters_out_of_range_are_refused() -> None:
-    with pytest.raises(ValueError, match="batch_rows must be 1..2048"):
-        LrParams(batch_rows=4096)
+    for rows in (4096, 31):
+        with pytest.raises(ValueError, match="batch_rows must be 32..2048"):
+            LrParams(batch_rows=rows)
+    with pytest.raises(LrError, match="'bank': 31 aligned rows; .* at least 32"):
+        X, y = _data(31)
+        LrActive("bank", RUN, X[:, :2], y, "bureau", 4, PARAMS, KEYS_A)
+
+
+def test_an_epoch_has_near_equal_batches_none_short() -> None:
+    from silos.vertical.logreg import batches
+
+    sizes = [len(b) for b in batches(1025, LrParams(batch_rows=1024), 0)]
+    assert sizes == [513, 512]  # not 1024 and a last batch of 1 row
+    assert sorted(np.concatenate(batches(1025, LrParams(batch_rows=1024), 0))) == list(range(1025))
     with pytest.raises(ValueError, match="learning_rate > 0"):
         LrParams(learning_rate=0)
