@@ -20,7 +20,6 @@ import numpy as np
 
 from schemas.vertical import (
     EncryptedGradients,
-    HeKey,
     HistogramBatch,
     HistogramRequest,
     InstanceSplit,
@@ -160,12 +159,7 @@ class ActiveParty:
             send(
                 self.name,
                 party,
-                HeKey(
-                    run=self.run,
-                    sender=self.name,
-                    n=pub.n.to_bytes(256, "big"),
-                    hs=pub.hs.to_bytes(512, "big"),
-                ),
+                he.key_message(self.run, self.name, pub),
             )
 
     def fit_tree(self, send: Send) -> Tree:

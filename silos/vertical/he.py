@@ -47,6 +47,8 @@ import gmpy2
 import numpy as np
 from phe import paillier
 
+from schemas.vertical import HeKey
+
 KEY_BITS = 2048
 FRAC_BITS = 40
 MAX_ROWS = 1 << 24
@@ -223,6 +225,24 @@ def decrypt_many(
 
 
 # --- wire encoding and validation ---------------------------------------------------------
+
+
+def key_message(run: str, sender: str, pub: PublicKey) -> HeKey:
+    """`sender`'s public key for the other parties: n and hs, big-endian, fixed width."""
+    width = (pub.n.bit_length() + 7) // 8
+    n, hs = pub.n.to_bytes(width, "big"), pub.hs.to_bytes(2 * width, "big")
+    return HeKey(run=run, sender=sender, n=n, hs=hs)
+
+
+def peer_public_key(n: bytes, hs: bytes, me: str, sender: str, key_bits: int) -> PublicKey:
+    """The key party `sender` sent, checked to be a `key_bits`-bit Paillier key (odd n,
+    0 < hs < n^2); HeError naming both parties otherwise."""
+    ni, hsi = int.from_bytes(n, "big"), int.from_bytes(hs, "big")
+    if ni.bit_length() < key_bits - 8 or ni % 2 == 0 or not 0 < hsi < ni * ni:
+        raise HeError(
+            f"party {me!r} refused the key of party {sender!r}: not a {key_bits}-bit Paillier key"
+        )
+    return PublicKey(ni, hsi)
 
 
 def to_bytes(pub: PublicKey, ciphertexts: Sequence[int]) -> bytes:

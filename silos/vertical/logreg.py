@@ -220,26 +220,6 @@ def fit_plain(
     return wa, wp
 
 
-def key_message(run: str, sender: str, pub: he.PublicKey) -> HeKey:
-    width = (pub.n.bit_length() + 7) // 8
-    return HeKey(
-        run=run,
-        sender=sender,
-        n=pub.n.to_bytes(width, "big"),
-        hs=pub.hs.to_bytes(2 * width, "big"),
-    )
-
-
-def peer_key(msg: HeKey, me: str, key_bits: int) -> he.PublicKey:
-    n, hs = int.from_bytes(msg.n, "big"), int.from_bytes(msg.hs, "big")
-    if n.bit_length() < key_bits - 8 or n % 2 == 0 or not 0 < hs < n * n:
-        raise LrError(
-            f"party {me!r} refused the key of party {msg.sender!r}: not a {key_bits}-bit "
-            "Paillier key"
-        )
-    return he.PublicKey(n, hs)
-
-
 def _ints(blob: bytes, pub: he.PublicKey, count: int, party: str, what: str) -> list[int]:
     """Fixed-width big-endian residues mod pub.n (decrypted values), `count` of them."""
     width = (pub.n.bit_length() + 7) // 8
@@ -330,10 +310,10 @@ class LrActive:
         return self.w
 
     def exchange_keys(self, send: Send) -> None:
-        reply = send(self.name, self.passive, key_message(self.run, self.name, self.keys.public))
+        reply = send(self.name, self.passive, he.key_message(self.run, self.name, self.keys.public))
         if not isinstance(reply, HeKey):
             raise LrError(f"party {self.passive!r} answered the key exchange with {reply.kind}")
-        self._peer = peer_key(reply, self.name, self.key_bits)
+        self._peer = he.peer_public_key(reply.n, reply.hs, self.name, reply.sender, self.key_bits)
 
     def step(self, send: Send, rows: np.ndarray) -> None:
         peer, own, s, b = self._peer, self.keys.public, self.steps, len(rows)
@@ -422,9 +402,9 @@ class LrPassive:
         if isinstance(msg, HeKey):
             if self._peer is not None:
                 raise LrError(f"party {self.name!r}: party {msg.sender!r} sent a second key")
-            self._peer = peer_key(msg, self.name, self.key_bits)
+            self._peer = he.peer_public_key(msg.n, msg.hs, self.name, msg.sender, self.key_bits)
             self.active = msg.sender
-            return key_message(self.run, self.name, self.keys.public)
+            return he.key_message(self.run, self.name, self.keys.public)
         if isinstance(msg, LrPredictRequest):
             return self._predict(msg)
         if self._peer is None:

@@ -102,13 +102,7 @@ class PassiveParty:
 
     def handle(self, msg: VerticalMessage) -> VerticalMessage:
         if isinstance(msg, HeKey):
-            n, hs = int.from_bytes(msg.n, "big"), int.from_bytes(msg.hs, "big")
-            if n.bit_length() < he.KEY_BITS - 8 or not 0 < hs < n * n:
-                raise PassiveError(
-                    f"party {self.name!r} refused the key of party "
-                    f"{msg.sender!r}: not a {he.KEY_BITS}-bit Paillier key"
-                )
-            self._pub = he.PublicKey(n, hs)
+            self._pub = he.peer_public_key(msg.n, msg.hs, self.name, msg.sender, he.KEY_BITS)
             return self._ack()
         pub = self._need_key(msg.sender)
         if isinstance(msg, EncryptedGradients):
