@@ -50,6 +50,20 @@ beat the global model with 0.95 confidence. Heart, one run:
 - VA Long Beach lost its gain (0.824 -> 0.815).
 Two FedPer rows missed instead of one. The global model's head is never trained under FedPer,
 so on held-out rows it is a weak fallback.
+
+Tried on 2026-12-07 and not kept (experiment scripts, not in the tree; heart, 5 seeds):
+- Choosing the epoch and gating on 5-fold cross-validation over all the silo's training
+  rows (out-of-fold scores of each epoch, then fine-tuning on every row for the chosen
+  epochs), so the gate weighs 228 rows at Cleveland instead of 57. Gated at 0.95 it kept
+  the global model in every seed at every hospital under finetune (Cleveland 0.930: MISSED
+  by 0.004). Ungated, Cleveland reached 0.941 (finetune) / 0.938 (Ditto), above the silo
+  alone, but Switzerland fell to 0.410 / 0.414 (global 0.452). The gate's confidences did
+  not tell the two apart: 0.56-0.92 at Cleveland, 0.73-0.89 at Switzerland, so no
+  threshold keeps one gain and refuses the other.
+- Blending the personalized and the local-only model's logits, the weight (0, 0.25, 0.5,
+  0.75, 1) chosen on the validation rows, gated or not: Cleveland stayed MISSED (0.933
+  ungated, 0.932 gated). A fixed even blend met Cleveland (0.936) but missed Hungary (0.913
+  against 0.916 global), VA Long Beach (0.817 / 0.819) and Switzerland (0.390 / 0.452).
 """
 
 from __future__ import annotations
