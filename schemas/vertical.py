@@ -352,6 +352,11 @@ class VerticalRunCreate(BaseModel):
                 f"vertical logistic regression takes two parties (the active and one "
                 f"passive); this run names {len(self.parties)}"
             )
+        if self.params.model == "logreg" and not self.params.learning_rate * self.params.l2 < 2:
+            raise ValueError(  # each step scales the weights by 1 - learning_rate x l2
+                f"learning_rate x l2 must be below 2 for logistic regression, not "
+                f"{self.params.learning_rate * self.params.l2:g}"
+            )
         return self
 
 

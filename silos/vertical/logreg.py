@@ -17,21 +17,32 @@ is d = u/4 + 1/2 - y, so 4d = u_P + e where e = u_A + 2 - 4y is known to the act
 
 Everything is integer arithmetic on fixed point: features standardized by their owner,
 clipped to +-16 and scaled by 2^16; partial scores clipped to +-64 and scaled by 2^24. A
-batch has at most 2048 rows, so every gradient sum stays below 2^63, and at least 32: over
-one row a gradient would show that row's residual (to the passive party, its label), so both
-parties refuse smaller batches, and an epoch's batches are of near-equal size. `fit_plain`
-runs the same integers with both parties' columns in one place, and the federated weights
-equal it exactly.
+batch has at most 2048 rows, so every gradient sum stays below 2^63. `fit_plain` runs the
+same integers with both parties' columns in one place, from the same starting weights, and
+the federated weights equal it exactly.
 
-What each party learns: its own gradient per batch. Over many steps that constrains the
-other party's partial scores (and, for the passive party, the labels), as in every hetero-LR
-protocol of this family. It learns nothing from the values it decrypts for the other: each
-is its gradient plus a uniform mask 80 bits wider than any gradient. It also learns which
-rows form each batch. At prediction the active party learns the passive party's partial score
-of every predicted row. The parties are trusted to follow the protocol (semi-honest, as in
-FATE): one that decrypts for the other answers whatever it is sent, so a party that sent it
-other ciphertexts instead of its masked gradient would read them. The count each side decrypts
-per step is fixed (its peer's feature count), which bounds such a leak but does not stop it.
+What each party learns: its own gradient per batch, k sums over the batch's rows of its k
+columns times the residuals. So:
+- the active party starts from secret random weights (`initial_weights`): from zero ones the
+  first residuals would be exactly 2 - 4y, and the passive party's first gradient a subset
+  sum of its own columns over the labels, which a search solves for a batch of 32 rows;
+- a batch has at least 32 rows and at least 4 rows per column of the party that reads its
+  gradient (`ROWS_PER_FEATURE`; with as many columns as rows the gradient is solvable for
+  every row's residual), both checked by both parties;
+- the passive party computes the schedule itself (the run's seed, epochs and batch_rows),
+  answers each step once, in order, no step beyond the run's, and gives partial scores for
+  prediction only once training is over (scores at every step would span its columns).
+Over many steps the gradients still constrain the other party's partial scores and, for the
+passive party, the labels, as in every hetero-LR protocol of this family. A party learns
+nothing from the values it decrypts for the other: each is a gradient plus a uniform mask 80
+bits wider than any gradient, and each mask is a textbook Paillier encryption under the
+other's key (`he.encrypt_public`), so it carries no randomness the key's owner knows or
+chose. It also learns which rows form each batch. At prediction the active party learns the
+passive party's partial score of every predicted row. The parties are trusted to follow the
+protocol (semi-honest, as in FATE): one that decrypts for the other answers whatever it is
+sent, so a party that sent it other ciphertexts instead of its masked gradient would read
+them. The count each side decrypts per step is fixed (its peer's column count, once per
+step), which bounds such a leak but does not stop it.
 """
 
 from __future__ import annotations
@@ -64,6 +75,10 @@ MAX_BATCH = 2048  # 2^20 (feature) x 2^32 (residual) x 2^11 rows < 2^63
 # A party's gradient over one row is that row's residual times its features: the passive
 # party would read the label, the active one the passive party's score. Both refuse fewer.
 MIN_BATCH = 32
+# A party's gradient is k linear equations (k: its columns) in the batch's residuals; with as
+# many equations as rows it would solve them. Both parties refuse batches under this many
+# rows per column of the party that reads the gradient.
+ROWS_PER_FEATURE = 4
 MASK_BITS = 63 + 80  # statistical hiding: 2^-80 from uniform
 
 Send = Callable[[str, str, object], VerticalMessage]
@@ -86,6 +101,10 @@ class LrParams:
             raise ValueError(f"batch_rows must be {MIN_BATCH}..{MAX_BATCH}, not {self.batch_rows}")
         if self.epochs < 1 or not self.learning_rate > 0 or self.l2 < 0:
             raise ValueError("epochs >= 1, learning_rate > 0 and l2 >= 0 are required")
+        if not self.learning_rate * self.l2 < 2:  # w (1 - lr l2) would grow without bound
+            raise ValueError(
+                f"learning_rate x l2 must be below 2, not {self.learning_rate * self.l2:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -122,20 +141,58 @@ def label_part(active_scores: np.ndarray, y: np.ndarray) -> np.ndarray:
     return active_scores + ((2 - 4 * y.astype(np.int64)) << S_FRAC)
 
 
-def updated(w: np.ndarray, G: np.ndarray, rows: int, p: LrParams, intercept: bool) -> np.ndarray:
-    """One gradient step from the integer gradient sums G = X^T (4d) of a batch."""
+def updated(
+    w: np.ndarray, G: np.ndarray, rows: int, p: LrParams, intercept: bool, party: str = "pooled"
+) -> np.ndarray:
+    """One gradient step from the integer gradient sums G = X^T (4d) of a batch.
+
+    Raises
+    ------
+    LrError
+        The weights left the finite numbers (a learning rate too large for the data); names
+        `party`.
+    """
     grad = G.astype(np.float64) / float(1 << (X_FRAC + S_FRAC)) / (4 * rows)
     reg = p.l2 * w
     if intercept:
         reg[-1] = 0.0
-    return w - p.learning_rate * (grad + reg)
+    out = w - p.learning_rate * (grad + reg)
+    if not np.isfinite(out).all():
+        raise LrError(
+            f"party {party!r}: the weights are no longer finite numbers; lower the learning "
+            f"rate ({p.learning_rate:g})"
+        )
+    return out
 
 
 def batches(n_rows: int, p: LrParams, epoch: int) -> list[np.ndarray]:
-    """An epoch's mini-batches: as few as hold at most `batch_rows` each, of near-equal
-    size (no short last batch: each has at least MIN_BATCH rows once the table does)."""
+    """An epoch's mini-batches, of near-equal size: as few as hold at most `batch_rows`
+    each, unless that would make one smaller than MIN_BATCH: then fewer, larger ones (50
+    rows in batches of 32 are one batch of 50, not two of 25). No short last batch."""
     order = np.random.default_rng([p.seed, epoch]).permutation(n_rows)
-    return np.array_split(order, -(-n_rows // p.batch_rows))
+    return np.array_split(order, max(1, min(-(-n_rows // p.batch_rows), n_rows // MIN_BATCH)))
+
+
+def initial_weights(columns: int) -> np.ndarray:
+    """The active party's secret starting weights, N(0, 1/columns) each, so its partial
+    scores spread about as a standardized score. With weights of zero the first residuals
+    would be (2 - 4y) exactly, and the passive party's first gradient a subset sum of its
+    own columns over the labels, which a search solves for a batch of 32 rows."""
+    rng = np.random.default_rng(secrets.randbits(128))
+    return rng.normal(0.0, 1.0 / np.sqrt(columns), columns)
+
+
+def check_batches(n_rows: int, p: LrParams, columns: int, me: str, reader: str) -> None:
+    """Refuse (LrError naming `me`) batches with fewer than ROWS_PER_FEATURE rows per
+    column of party `reader`, whose gradient gives `columns` equations in their residuals."""
+    smallest = min(len(b) for b in batches(n_rows, p, 0))
+    if smallest < ROWS_PER_FEATURE * columns:
+        raise LrError(
+            f"party {me!r}: batches of {smallest} rows are under {ROWS_PER_FEATURE} rows "
+            f"for each of party {reader!r}'s {columns} gradient columns (its gradient "
+            f"would narrow down each row's residual); batch_rows must allow at least "
+            f"{ROWS_PER_FEATURE * columns}"
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +203,7 @@ class Half:
     scaler: Scaler
     w: np.ndarray
     intercept: bool
+    start: np.ndarray | None = None  # the active party's starting weights (`fit_plain`'s w0)
 
     def margin(self, X: np.ndarray) -> np.ndarray:
         xq = self.scaler.quantize(X)
@@ -154,13 +212,16 @@ class Half:
         return (xq.astype(np.float64) / (1 << X_FRAC)) @ self.w
 
     def to_dict(self, party: str) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "party": party,
             "model": "logreg",
             "mean": self.scaler.mean.tolist(),
             "std": self.scaler.std.tolist(),
             "weights": self.w.tolist(),
         }
+        if self.start is not None:  # stays with the party; replays its training (fit_plain)
+            out["initial_weights"] = self.start.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict, n_features: int, intercept: bool, where: str) -> Half:
@@ -205,13 +266,14 @@ def answer_scores(
 
 
 def fit_plain(
-    X_active: np.ndarray, X_passive: np.ndarray, y: np.ndarray, p: LrParams
+    X_active: np.ndarray, X_passive: np.ndarray, y: np.ndarray, p: LrParams, w0: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both parties' columns in one place, the same integers: (active w + intercept, passive
-    w). The losslessness reference of the protocol."""
+    w), from the active party's starting weights `w0` (`LrActive.w0`). The losslessness
+    reference of the protocol."""
     xa = with_intercept(Scaler.fit(X_active).quantize(X_active))
     xp = Scaler.fit(X_passive).quantize(X_passive)
-    wa, wp = np.zeros(xa.shape[1]), np.zeros(xp.shape[1])
+    wa, wp = np.asarray(w0, dtype=np.float64).copy(), np.zeros(xp.shape[1])
     for epoch in range(p.epochs):
         for rows in batches(len(y), p, epoch):
             z = scores(xp[rows], wp) + label_part(scores(xa[rows], wa), y[rows])
@@ -259,11 +321,16 @@ def _masked_gradient(
     return [g * r % nsq for g, r in zip(grads, fresh, strict=True)], masks
 
 
-def _unmask(pub: he.PublicKey, opened: list[int], masks: list[int]) -> np.ndarray:
-    return np.array(
-        he.decode_signed([(o - r) % pub.n for o, r in zip(opened, masks, strict=True)], pub.n),
-        dtype=np.int64,
-    )
+def _unmask(
+    pub: he.PublicKey, opened: list[int], masks: list[int], rows: int, party: str, what: str
+) -> np.ndarray:
+    """The gradient sums from their opened masked values, each checked against the bound
+    an honest batch of `rows` rows keeps (|x| <= 2^20, |4d| <= 2^31 + 2^25)."""
+    G = he.decode_signed([(o - r) % pub.n for o, r in zip(opened, masks, strict=True)], pub.n)
+    bound = rows * (1 << 20) * ((1 << 31) + (1 << 25))
+    if any(abs(g) > bound for g in G):
+        raise LrError(f"{what} from party {party!r}: a gradient sum beyond what {rows} rows give")
+    return np.array(G, dtype=np.int64)
 
 
 def _expect(reply: VerticalMessage, kind: type, party: str, step: int) -> None:
@@ -288,6 +355,7 @@ class LrActive:
     keys: he.KeyPair = field(default_factory=he.generate_keypair)
     key_bits: int = he.KEY_BITS
     steps: int = 0
+    w0: np.ndarray | None = None  # starting weights; None: secret ones (`initial_weights`)
 
     def __post_init__(self) -> None:
         if len(self.y) < MIN_BATCH:
@@ -297,7 +365,12 @@ class LrActive:
             )
         self.scaler = Scaler.fit(self.X)
         self.xq = with_intercept(self.scaler.quantize(self.X))
-        self.w = np.zeros(self.xq.shape[1])
+        check_batches(len(self.y), self.params, self.passive_features, self.name, self.passive)
+        if self.w0 is None:
+            self.w0 = initial_weights(self.xq.shape[1])
+        elif np.shape(self.w0) != (self.xq.shape[1],) or not np.isfinite(self.w0).all():
+            raise LrError(f"party {self.name!r}: {np.shape(self.w0)} starting weights")
+        self.w = np.array(self.w0, dtype=np.float64)
         self._peer: he.PublicKey | None = None
 
     def fit(self, send: Send, on_epoch: Callable[[int], None] | None = None) -> np.ndarray:
@@ -354,13 +427,13 @@ class LrActive:
             raise LrError(
                 f"party {self.passive!r} answered step {s}'s last message with {reply.kind}"
             )
-        G = _unmask(peer, opened, masks)
-        self.w = updated(self.w, G, b, self.params, intercept=True)
+        G = _unmask(peer, opened, masks, b, self.passive, f"opened {what}")
+        self.w = updated(self.w, G, b, self.params, intercept=True, party=self.name)
         self.steps += 1
 
     @property
     def half(self) -> Half:
-        return Half(self.scaler, self.w, intercept=True)
+        return Half(self.scaler, self.w, intercept=True, start=self.w0)
 
     def predict_margin(self, X: np.ndarray, send: Send) -> np.ndarray:
         """u_A + u_P + intercept for rows aligned with the passive party's rows to predict."""
@@ -382,6 +455,11 @@ class LrPassive:
     active_features: int | None = None  # learnt from the first exchange; fixed after it
 
     def __post_init__(self) -> None:
+        if len(self.X) < MIN_BATCH:
+            raise LrError(
+                f"party {self.name!r}: {len(self.X)} aligned rows; logistic regression needs "
+                f"at least {MIN_BATCH}"
+            )
         self.scaler = Scaler.fit(self.X)
         self.xq = self.scaler.quantize(self.X)
         self.w = np.zeros(self.xq.shape[1])
@@ -389,7 +467,18 @@ class LrPassive:
         self._step: tuple[int, np.ndarray, np.ndarray] | None = None  # step, rows, scores
         self._masks: tuple[int, list[int]] | None = None
         self._predict_X: np.ndarray | None = None
+        self._epoch: tuple[int, list[np.ndarray]] = (-1, [])
+        self.per_epoch = len(batches(len(self.X), self.params, 0))
+        self.total_steps = self.params.epochs * self.per_epoch
         self.steps = 0
+
+    def planned(self, step: int) -> np.ndarray:
+        """The rows of `step` by the run's own schedule (its seed, epochs and batch_rows):
+        the active party names them, this party does not take them on its word."""
+        epoch = step // self.per_epoch
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, batches(len(self.X), self.params, epoch))
+        return self._epoch[1][step % self.per_epoch]
 
     def set_predict_rows(self, X: np.ndarray) -> None:
         self._predict_X = X
@@ -422,25 +511,23 @@ class LrPassive:
         )
 
     def _scores(self, msg: LrBatch) -> LrScores:
-        if msg.step != self.steps:
+        if msg.step != self.steps or self._step is not None or self.steps >= self.total_steps:
             raise LrError(
                 f"party {self.name!r}: party {msg.sender!r} opened step {msg.step}; "
-                f"step {self.steps} is next"
+                + (
+                    f"the run's {self.total_steps} steps are done"
+                    if self.steps >= self.total_steps
+                    else f"step {self.steps} is " + ("open" if self._step is not None else "next")
+                )
             )
-        if len(msg.rows) % 4:
-            raise LrError(f"batch of step {msg.step} from party {msg.sender!r}: not uint32 rows")
-        rows = np.frombuffer(msg.rows, dtype="<u4").astype(np.int64)
-        if (
-            not MIN_BATCH <= len(rows) <= MAX_BATCH
-            or rows.max() >= len(self.X)
-            or len(np.unique(rows)) != len(rows)
-        ):
+        plan = self.planned(msg.step)
+        if msg.rows != plan.astype("<u4").tobytes():
             raise LrError(
-                f"batch of step {msg.step} from party {msg.sender!r}: {len(rows)} rows; a "
-                f"batch is {MIN_BATCH}..{MAX_BATCH} distinct aligned rows below {len(self.X)}"
+                f"batch of step {msg.step} from party {msg.sender!r}: not the {len(plan)} rows "
+                "the run's schedule (seed, epochs, batch_rows) gives"
             )
-        s = scores(self.xq[rows], self.w)
-        self._step = (msg.step, rows, s)
+        s = scores(self.xq[plan], self.w)
+        self._step = (msg.step, plan, s)
         own = self.keys.public
         cts = he.encrypt_many(self.keys, he.encode_signed([int(v) for v in s], own.n))
         return LrScores(
@@ -448,19 +535,21 @@ class LrPassive:
         )
 
     def _exchange(self, msg: LrExchange, peer: he.PublicKey) -> LrExchangeReply:
-        if self._step is None or self._step[0] != msg.step:
+        if self._step is None or self._step[0] != msg.step or self._masks is not None:
             raise LrError(
                 f"party {self.name!r}: exchange of step {msg.step} from party "
-                f"{msg.sender!r} before its batch"
+                f"{msg.sender!r} "
+                + ("after its exchange" if self._masks is not None else "before its batch")
             )
         step, rows, s = self._step
         what = f"step {step}"
         residual = _cts(peer, msg.residual, len(rows), msg.sender, f"residuals of {what}")
         own = self.keys.public
         theirs = he.from_bytes(own, msg.masked, msg.sender, f"masked gradient of {what}")
-        if self.active_features is None:
+        if self.active_features is None and theirs:
+            check_batches(len(self.X), self.params, len(theirs), self.name, msg.sender)
             self.active_features = len(theirs)
-        if len(theirs) != self.active_features or not theirs:
+        if len(theirs) != self.active_features:
             raise LrError(
                 f"masked gradient of {what} from party {msg.sender!r}: {len(theirs)} values; "
                 f"its first step had {self.active_features}"
@@ -484,11 +573,11 @@ class LrPassive:
                 f"{msg.sender!r} before its exchange"
             )
         _, masks = self._masks
-        opened = _ints(
-            msg.opened, peer, len(masks), msg.sender, f"opened gradient of step {msg.step}"
-        )
-        G = _unmask(peer, opened, masks)
-        self.w = updated(self.w, G, len(self._step[1]), self.params, intercept=False)
+        what = f"opened gradient of step {msg.step}"
+        opened = _ints(msg.opened, peer, len(masks), msg.sender, what)
+        rows = len(self._step[1])
+        G = _unmask(peer, opened, masks, rows, msg.sender, what)
+        self.w = updated(self.w, G, rows, self.params, intercept=False, party=self.name)
         self._step, self._masks = None, None
         self.steps += 1
         return Ack(run=self.run, sender=self.name)
@@ -498,4 +587,12 @@ class LrPassive:
         return Half(self.scaler, self.w, intercept=False)
 
     def _predict(self, msg: LrPredictRequest) -> LrPredictScores:
+        # during training its scores at each step would show the active party this
+        # party's columns (their span), not only the final model's scores
+        if self.steps < self.total_steps:
+            raise LrError(
+                f"party {self.name!r}: party {msg.sender!r} asked for scores after "
+                f"{self.steps} of the run's {self.total_steps} steps; only a trained model "
+                "predicts"
+            )
         return answer_scores(self.half, self._predict_X, msg, self.name)

@@ -163,8 +163,9 @@ def test_agents_serve_vertical_runs(tmp_path: Path, sqlite_url: str, prefect_api
             lr_id = out.split('"run_id": "')[1].split('"')[0]
             lr = vertical_run(coord, lr_id)
             assert (lr.status, lr.epochs, lr.trees) == ("finished", 2, 0), logs()
-            lr_expected, lr_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64))
             lr_dir = tmp_path / "bank" / "workspace" / "vertical" / lr_id
+            start = json.loads((lr_dir / "model-active.json").read_text())["initial_weights"]
+            lr_expected, lr_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64), start)
             np.testing.assert_array_equal(np.load(lr_dir / "predictions.npy"), lr_expected)
             got_lr = pd.read_csv(lr_dir / "predict.csv", dtype={"id": str})
             assert got_lr["id"].tolist() == lr_new["id"].tolist()

@@ -250,13 +250,6 @@ def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path,
     assert (done.epochs, done.trees) == (2, 0)
     assert any("epochs 1/2" in line for line in lines) or done.epochs == 2
 
-    # the same weights as in one process: identical predictions, aligned and new customers
-    expected, expected_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64))
-    np.testing.assert_array_equal(np.load(tmp_path / "out-bank" / "predictions.npy"), expected)
-    got_new = pd.read_csv(tmp_path / "out-bank" / "predict.csv", dtype={"id": str})
-    assert got_new["id"].tolist() == expected_new["id"].tolist()
-    np.testing.assert_allclose(got_new["proba"], expected_new["proba"], rtol=0, atol=1e-15)
-
     # each party keeps its own half: the bank its 3 weights and the intercept, the bureau 4
     halves = {
         n: json.loads((tmp_path / f"out-{n}" / f"model-{r}.json").read_text())
@@ -264,6 +257,16 @@ def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path,
     }
     assert [len(halves[n]["weights"]) for n in ("bank", "bureau")] == [4, 4]
     assert {h["model"] for h in halves.values()} == {"logreg"}
+    assert "initial_weights" not in halves["bureau"]  # the bank's start stays at the bank
+
+    # the same weights as in one process from the bank's starting weights: identical
+    # predictions, aligned and new customers
+    start = halves["bank"]["initial_weights"]
+    expected, expected_new = lr_reference(paths, LrParams(epochs=2, batch_rows=64), start)
+    np.testing.assert_array_equal(np.load(tmp_path / "out-bank" / "predictions.npy"), expected)
+    got_new = pd.read_csv(tmp_path / "out-bank" / "predict.csv", dtype={"id": str})
+    assert got_new["id"].tolist() == expected_new["id"].tolist()
+    np.testing.assert_allclose(got_new["proba"], expected_new["proba"], rtol=0, atol=1e-15)
 
     # the relay held sealed frames only
     for *_, data in envelopes(engine, run.run_id):

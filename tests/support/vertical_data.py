@@ -67,8 +67,11 @@ def reference(
     return proba, trees, pd.DataFrame({"id": both, "proba": p_new})
 
 
-def lr_reference(paths: dict[str, Path], params: LrParams) -> tuple[np.ndarray, pd.DataFrame]:
-    """Vertical logistic regression in one process over the in-process relay: P(y=1) of the
+def lr_reference(
+    paths: dict[str, Path], params: LrParams, w0: list[float]
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Vertical logistic regression in one process over the in-process relay, from the
+    active party's starting weights `w0` (its half's `initial_weights`): P(y=1) of the
     aligned rows and of the new customers both parties hold."""
     bank = load_party_data(paths["bank"], "id", "y")
     bureau = load_party_data(paths["bureau"], "id", None)
@@ -77,7 +80,9 @@ def lr_reference(paths: dict[str, Path], params: LrParams) -> tuple[np.ndarray, 
     xu = bureau.X[[bureau.ids.index(i) for i in common]]
     assert bank.y is not None
     y = bank.y[[bank.ids.index(i) for i in common]]
-    active = LrActive("bank", "ref", xb, y, "bureau", 4, params, he.generate_keypair())
+    active = LrActive(
+        "bank", "ref", xb, y, "bureau", 4, params, he.generate_keypair(), w0=np.asarray(w0)
+    )
     passive = LrPassive("bureau", "ref", xu, params=params, keys=he.generate_keypair())
     send = secureboost.request_reply(
         LocalWire(channels("ref", ["bank", "bureau"])), {"bureau": passive}
