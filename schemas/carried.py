@@ -53,6 +53,8 @@ def decode(text: str) -> dict[str, Any]:
         value = json.loads(raw)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"not base64url JSON ({exc})") from exc
+    except RecursionError as exc:  # a statement is a shallow object
+        raise ValueError("JSON nested too deeply to be a statement") from exc
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value

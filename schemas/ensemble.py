@@ -34,6 +34,7 @@ LOCAL_FORMAT = "fedsilo-local-model/1"  # the header of `silos.local_models` byt
 MEMBERS_MODE = "ensemble-members"  # round 1's mode (silos answer with their member's bytes)
 EVALUATE_MODE = "ensemble-evaluate"  # the closing evaluation round's mode
 _EPS = 1e-12
+INT32_MAX = 2**31 - 1  # the service stores a member's n_train in a 32-bit integer column
 
 
 class EnsembleSpec(BaseModel):
@@ -77,7 +78,7 @@ class Member(BaseModel):
     silo: str
     kind: MemberKind
     sha256: str = Field(pattern="^[0-9a-f]{64}$")
-    n_train: int = Field(ge=1)
+    n_train: int = Field(ge=1, le=INT32_MAX)
     model_b64: str
 
     def model_bytes(self) -> bytes:
@@ -143,7 +144,7 @@ def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
     head, _, payload = data.partition(b"\n")
     try:
         header = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"the model has no {LOCAL_FORMAT} header ({exc})") from exc
     if not isinstance(header, dict) or header.get("format") != LOCAL_FORMAT:
         raise ValueError(f"the model is not in the {LOCAL_FORMAT} format")
@@ -153,7 +154,10 @@ def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
             f"run asks for a {kind} of {n_features}"
         )
     if kind in ("logreg", "mlp"):
-        hidden = [int(h) for h in header.get("hidden", [])] if kind == "mlp" else []
+        hidden = header.get("hidden", []) if kind == "mlp" else []
+        # `type(h) is int`: not a bool, nor a float
+        if not isinstance(hidden, list) or not all(type(h) is int and h > 0 for h in hidden):
+            raise ValueError(f"the header's hidden {hidden!r:.80} is not a list of positive sizes")
         sizes = [n_features, *hidden, 1]
         expected = 4 * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         if len(payload) != expected:
@@ -161,7 +165,7 @@ def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
     elif kind == "xgboost":
         try:
             found = json.loads(payload)["learner"]["learner_model_param"]["num_feature"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise ValueError(f"not an XGBoost JSON model ({exc})") from exc
         if str(found) != str(n_features):
             raise ValueError(f"the XGBoost model has {found} features, not {n_features}")

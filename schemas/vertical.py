@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 PARTY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 Party = Annotated[str, Field(pattern=PARTY_PATTERN)]
 Count = Annotated[int, Field(ge=0, le=2**40)]
+# what the service stores in a 32-bit integer column (PostgreSQL refuses a bigger one)
+StoredCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
+MAX_FRAME_HEADER = 512  # a real header is under 300 bytes: run, two parties, seq and nonce
 
 
 class _Msg(BaseModel):
@@ -262,7 +265,7 @@ class Sealed(BaseModel):
     run: Party
     sender: Party
     recipient: Party
-    seq: Count
+    seq: StoredCount
     nonce: bytes = Field(min_length=12, max_length=12)
     body: bytes
 
@@ -284,6 +287,8 @@ def unframe(data: bytes) -> Sealed:
     if len(data) < 4:
         raise ValueError("vertical frame shorter than its 4-byte header length")
     size = int.from_bytes(data[:4], "big")
+    if size > MAX_FRAME_HEADER:
+        raise ValueError(f"vertical frame header of {size} bytes, more than {MAX_FRAME_HEADER}")
     try:
         run, sender, recipient, seq, nonce = json.loads(data[4 : 4 + size])
         return Sealed(
@@ -296,6 +301,8 @@ def unframe(data: bytes) -> Sealed:
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"vertical frame header is malformed: {exc}") from exc
+    except RecursionError as exc:  # nested deeper than the flat list a header is
+        raise ValueError("vertical frame header is nested too deeply to be a header") from exc
 
 
 # --- the service relay: runs and the events the ledger records ------------------------------
@@ -385,7 +392,7 @@ class PsiDone(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["psi_done"] = "psi_done"
-    size: Count
+    size: StoredCount
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 

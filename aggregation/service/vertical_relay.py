@@ -210,6 +210,10 @@ def _running(run: VerticalRun, silo: str, what: str) -> None:
 
 
 def put_key(s: Session, run: VerticalRun, silo: str, key: bytes) -> None:
+    """Store `silo`'s X25519 key once (the same key again is a no-op). The caller holds the
+    run's row lock (`party_of(..., for_update=True)`): two requests of one silo at once
+    would both find no key and both insert it."""
+    _running(run, silo, "a key")
     if len(key) != KEY_BYTES:
         raise InvalidPayload(
             f"silo {silo!r}: an X25519 public key is {KEY_BYTES} bytes, got {len(key)}"
@@ -307,6 +311,7 @@ def record(
         return
     if silo != run.active:
         raise Forbidden(f"silo {silo!r} is not the active party of vertical run {run.id}")
+    _check_stage(run, silo, ev)
     if isinstance(ev, TreeDone | EpochDone):
         _check_model(run, ev)
     if isinstance(ev, TreeDone):
@@ -333,6 +338,23 @@ def record(
         raise Conflict(f"vertical run {run.id}: {ev.epochs} epochs claimed, {run.epochs} reported")
     run.model_digest = ev.model_digest
     _end(s, recorder, run, "finished", "")
+
+
+def _check_stage(run: VerticalRun, silo: str, ev: TreeDone | EpochDone | RunDone) -> None:
+    """A size-only run has no model: it ends on the parties' counts alone, so a tree, epoch
+    or model reported there would end it finished with no intersection size. Training and
+    prediction start with PSI: the active party reports its intersection (`PsiDone`) before
+    its first tree, epoch or end (silos/vertical/agent_role.py, predict_role.py)."""
+    if run.mode == "psi_size":
+        raise InvalidPayload(
+            f"vertical run {run.id} only counts the common ids: a {ev.kind} report from "
+            f"party {silo!r} does not belong to it"
+        )
+    if run.psi_size is None:
+        raise Conflict(
+            f"vertical run {run.id}: a {ev.kind} report from party {silo!r} before any "
+            f"party reported its intersection"
+        )
 
 
 def _check_model(run: VerticalRun, ev: TreeDone | EpochDone) -> None:

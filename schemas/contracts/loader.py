@@ -352,6 +352,8 @@ def load_contract_text(text: str, source: str) -> Contract:
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message ends with "(at line L, column C)".
         raise ContractError(f"{source}: TOML syntax error: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses once per level of nesting
+        raise ContractError(f"{source}: TOML nested too deeply for a data contract") from exc
     try:
         return Contract.model_validate(raw)
     except ValidationError as exc:
@@ -364,8 +366,9 @@ def _describe(err: object, raw: dict) -> str:
     loc = list(err["loc"])  # type: ignore[index]
     where = ".".join(str(part) for part in loc) or "contract"
     if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int):
-        columns = raw.get("columns", [])
-        name = columns[loc[1]].get("name", "?") if loc[1] < len(columns) else "?"
+        columns = raw.get("columns")
+        column = columns[loc[1]] if isinstance(columns, list) and loc[1] < len(columns) else None
+        name = column.get("name", "?") if isinstance(column, dict) else "?"  # not a table
         rest = ".".join(str(part) for part in loc[2:])
         where = f"column {name!r} (columns[{loc[1]}])" + (f".{rest}" if rest else "")
     message = str(err["msg"]).removeprefix("Value error, ")  # type: ignore[index]

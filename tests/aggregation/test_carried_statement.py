@@ -5,6 +5,7 @@ not take it. Real service over HTTP, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,8 +112,10 @@ def test_a_statement_that_is_not_the_silos_is_refused_and_nothing_is_written(fed
     other = carried.statement_header(
         "validation_result", statement_payload("b", 1, summary(100)), "00" * 64
     )
+    deep = base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode()  # was a 500
     path = f"/v1/silo/runs/{fed.run_id}/rounds/1/update"
-    for header, says in ((forged, "signature"), (other, "names silo 'b'"), ("%%", "base64")):
+    refusals = [(forged, "signature"), (other, "names silo 'b'"), ("%%", "base64")]
+    for header, says in [*refusals, (deep, "nested too deeply")]:
         with pytest.raises(InvalidPayload) as err:
             fed.a.request(
                 "POST", path, body=_update(fed.run_id, 100),

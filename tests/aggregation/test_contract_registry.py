@@ -177,6 +177,23 @@ def test_bad_toml_is_refused_naming_the_line(svc: CoordinatorClient, fed: str) -
     assert svc.contracts(fed) == []
 
 
+@pytest.mark.parametrize(
+    ("toml", "says"),
+    [
+        ('name = "x"\nversion = "1.0.0"\ncolumns = [1]\n', "column '?' (columns[0])"),
+        ('name = "x"\nz = ' + "[" * 2000 + "]" * 2000 + "\n", "TOML nested too deeply"),
+    ],
+)
+def test_odd_toml_is_refused_not_a_crash(
+    svc: CoordinatorClient, fed: str, toml: str, says: str
+) -> None:
+    """A column that is not a table, arrays nested past the recursion limit: each was a 500."""
+    with pytest.raises(InvalidPayload) as err:
+        svc.publish_contract(fed, _raw_body(fed, toml, name="x"))
+    assert "contract 'x' version 1.0.0" in err.value.detail and says in err.value.detail
+    assert svc.contracts(fed) == []
+
+
 def test_wrong_signature_and_hash_are_refused(svc: CoordinatorClient, fed: str) -> None:
     body = _raw_body(fed, HEART)
     other_fed = body.model_copy(

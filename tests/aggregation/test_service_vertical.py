@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from support.api_federation import WIRE
 from support.live_service import coordinator, enrolled_silo
 
 from flows.service_client import CoordinatorClient
@@ -194,6 +197,7 @@ def test_logreg_epochs_are_counted_in_order(api_service_url: str) -> None:
     bank = silos["bank"]
     params = VerticalParams(model="logreg", epochs=2)
     run = create_vertical_run(coord, fed, "bank", PARTIES, params).run_id
+    report(bank, run, PsiDone(size=40, digest=DIGEST))
     report(bank, run, EpochDone(epoch=0, steps=3, rows=40))
     with pytest.raises(ServiceRejected) as skipped:  # epoch 1 never came
         report(bank, run, EpochDone(epoch=2, steps=3, rows=40))
@@ -218,22 +222,25 @@ def test_logreg_epochs_are_counted_in_order(api_service_url: str) -> None:
     entries = coord.ledger(run)
     assert [e.kind for e in entries] == [
         "vertical_started",
+        "vertical_psi",
         "vertical_epoch",
         "vertical_epoch",
         "vertical_finished",
     ]
-    assert [json.loads(e.payload)["epoch"] for e in entries[1:3]] == [0, 1]
+    assert [json.loads(e.payload)["epoch"] for e in entries[2:4]] == [0, 1]
     assert json.loads(entries[-1].payload)["epochs"] == 2
 
 
 def test_trees_and_epochs_belong_to_their_model(api_service_url: str) -> None:
     fed, coord, silos = federation(api_service_url)
     boost = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    report(silos["bank"], boost, PsiDone(size=40, digest=DIGEST))
     with pytest.raises(ServiceRejected) as epoch:
         report(silos["bank"], boost, EpochDone(epoch=0, steps=1, rows=1))
     assert epoch.value.status == 422
     assert f"vertical run {boost} trains secureboost: an epoch report" in epoch.value.detail
     logreg = create_vertical_run(coord, fed, "bank", PARTIES, VerticalParams(model="logreg"))
+    report(silos["bank"], logreg.run_id, PsiDone(size=40, digest=DIGEST))
     tree = TreeDone(tree=0, nodes=[LineageNode(node=0, party="bureau", depth=0)], leaves=2)
     with pytest.raises(ServiceRejected) as refused:
         report(silos["bank"], logreg.run_id, tree)
@@ -255,3 +262,118 @@ def test_logreg_run_with_three_parties_is_refused(api_service_url: str) -> None:
     assert refused.value.status == 422
     assert "logistic regression takes two parties" in refused.value.detail
     assert "this run names 3" in refused.value.detail
+
+
+def test_envelopes_and_counts_the_columns_cannot_hold_are_refused(api_service_url: str) -> None:
+    """A header nested deeper than a header is, an envelope seq or an intersection size past
+    the 32-bit columns (PostgreSQL refused them with a 500): 422s naming the silo, nothing
+    stored."""
+    fed, coord, silos = federation(api_service_url)
+    run = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    deep = b"[" * 2000 + b"]" * 2000
+    big = Sealed.model_construct(
+        run=run, sender="bank", recipient="bureau", seq=2**31, nonce=os.urandom(12), body=b"x"
+    )
+    for body in (len(deep).to_bytes(4, "big") + deep, frame(big)):
+        with pytest.raises(ServiceRejected) as refused:
+            silos["bank"].request("POST", base(run) + "/envelopes", body=body)
+        assert refused.value.status == 422
+        assert "envelope from silo 'bank'" in refused.value.detail
+    with pytest.raises(ServiceRejected) as size:
+        body = json.dumps({"event": {"kind": "psi_done", "size": 2**31}}).encode()
+        silos["bank"].request(
+            "POST", base(run) + "/events", body=body, content_type="application/json"
+        )
+    assert size.value.status == 422 and "silo 'bank'" in size.value.detail
+    assert inbox(silos["bureau"], run, 0) == []
+    assert vertical_run(coord, run).psi_size is None
+
+
+def test_a_size_only_run_takes_no_model_and_training_starts_with_psi(
+    api_service_url: str,
+) -> None:
+    fed, coord, silos = federation(api_service_url)
+    bank = silos["bank"]
+    tree = TreeDone(tree=0, nodes=[LineageNode(node=0, party="bureau", depth=0)], leaves=2)
+    count = create_vertical_run(coord, fed, "bank", PARTIES, size_only=True).run_id
+    for event in (tree, RunDone(trees=0, model_digest=DIGEST)):
+        with pytest.raises(ServiceRejected) as refused:
+            report(bank, count, event)
+        assert refused.value.status == 422
+        assert f"vertical run {count} only counts" in refused.value.detail
+        assert "party 'bank'" in refused.value.detail
+    report(bank, count, PsiDone(size=17))
+    report(silos["bureau"], count, PsiDone(size=17))
+    done = vertical_run(coord, count)
+    assert (done.status, done.psi_size, done.trees, done.model_digest) == ("finished", 17, 0, None)
+
+    trained = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    for event in (RunDone(trees=0, model_digest=DIGEST), tree):
+        with pytest.raises(ServiceRejected) as early:
+            report(bank, trained, event)
+        assert early.value.status == 409
+        assert "from party 'bank' before any party reported its intersection" in (
+            early.value.detail
+        )
+    report(bank, trained, PsiDone(size=17, digest=DIGEST))  # as agent_role.join does
+    report(bank, trained, tree)
+    report(bank, trained, RunDone(trees=1, model_digest=DIGEST))
+    assert vertical_run(coord, trained).status == "finished"
+    # a prediction: every party's PSI, then the active party's end with no trees (predict_role)
+    predict = create_vertical_run(coord, fed, "bank", PARTIES, model_run=trained).run_id
+    report(bank, predict, PsiDone(size=9, digest=DIGEST))
+    report(silos["bureau"], predict, PsiDone(size=9, digest=DIGEST))
+    report(bank, predict, RunDone(trees=0, model_digest=DIGEST))
+    assert vertical_run(coord, predict).status == "finished"
+
+
+def test_a_key_for_an_ended_run_is_refused(api_service_url: str) -> None:
+    fed, coord, silos = federation(api_service_url)
+    run = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+    cancel_vertical_run(coord, run, "stop")
+    with pytest.raises(ServiceRejected) as late:
+        silos["bank"].request("PUT", base(run) + "/key", body=os.urandom(32))
+    assert late.value.status == 409
+    assert f"vertical run {run} is failed: a key from silo 'bank' refused" in late.value.detail
+    assert silos["bank"].request("GET", base(run) + "/keys").json() == {}
+
+
+def put_at_once(url: str, silo: SiloClient, path: str, key: bytes, n: int) -> list[int]:
+    """The status codes of `n` signed PUTs of `key` that leave together (a barrier; each on
+    a connection opened beforehand)."""
+    clients = [httpx.Client(base_url=url) for _ in range(n)]
+    for client in clients:
+        client.get("/healthz")
+    start = threading.Barrier(n)
+    codes: list[int] = []
+
+    def put(client: httpx.Client, headers: dict[str, str]) -> None:
+        start.wait(30)
+        codes.append(client.put(path, content=key, headers=headers).status_code)
+
+    threads = [
+        threading.Thread(target=put, args=(c, {**silo._headers("PUT", path, key), **WIRE}))
+        for c in clients
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for client in clients:
+        client.close()
+    return codes
+
+
+def test_concurrent_puts_of_one_key_store_it_once(api_service_url: str) -> None:
+    """An agent's retried PUT can race its first: each used to find no key and insert it, and
+    the second insert was a 500. Every PUT of the same key is a 200, another key a 409."""
+    fed, coord, silos = federation(api_service_url)
+    bank, key = silos["bank"], os.urandom(32)
+    for _ in range(10):  # a run did not always hit the race (it failed 6 of 6 times in 10)
+        run = create_vertical_run(coord, fed, "bank", PARTIES).run_id
+        path = base(run) + "/key"
+        assert put_at_once(api_service_url, bank, path, key, 16) == [200] * 16
+        with pytest.raises(ServiceRejected) as other:
+            bank.request("PUT", path, body=os.urandom(32))
+        assert other.value.status == 409 and "already gave another key" in other.value.detail
+        assert bank.request("GET", base(run) + "/keys").json() == {"bank": key.hex()}

@@ -3,6 +3,7 @@ plain header characters, and what is not a carriable statement is refused with t
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -47,6 +48,7 @@ def test_a_statement_round_trips(signature: str, round_: Any) -> None:
             "256",
         ),
         ("A" * (carried.MAX_HEADER_CHARS + 1), "characters"),
+        (base64.urlsafe_b64encode(b"[" * 2000 + b"]" * 2000).decode(), "nested too deeply"),
     ],
 )
 def test_what_is_not_a_carriable_statement_is_refused(text: str, says: str) -> None:

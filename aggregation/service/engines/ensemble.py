@@ -40,6 +40,7 @@ from aggregation.service.rounds import contributions
 from aggregation.service.tables import Contribution, ModelVersion, utcnow
 from schemas.ensemble import (
     EVALUATE_MODE,
+    INT32_MAX,
     MAX_MEMBERS,
     MEMBERS_MODE,
     EnsembleArtifact,
@@ -202,9 +203,12 @@ def _member(ctx: RoundContext, answer: Answer) -> Member:
         data = base64.b64decode(doc["model_b64"], validate=True)
         kind: MemberKind = doc["kind"]
         # informational: the weight rounds weigh silos by their advertised, validated counts
-        n_train = int(doc["n_train"])
-    except (ValueError, KeyError, TypeError) as exc:
+        n_train = doc["n_train"]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidPayload(f"{where}: not a member message ({exc})") from exc
+    # a row count the int column holds: not Infinity, a float, a string or a bool
+    if type(n_train) is not int or not 1 <= n_train <= INT32_MAX:
+        raise InvalidPayload(f"{where}: n_train {n_train!r:.40} is not a count in 1..{INT32_MAX}")
     expected = ctx.spec.ensemble.kind_for(answer.silo)
     if kind != expected:
         raise InvalidPayload(f"{where}: the run asks this silo for a {expected} member")

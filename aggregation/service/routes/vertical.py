@@ -95,10 +95,11 @@ def show_own(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> VerticalRunOu
 
 @silo_router.put("/key", openapi_extra=OCTET_BODY)
 def put_key(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> dict[str, str]:
-    """This party's X25519 public key for the run (32 raw bytes)."""
+    """This party's X25519 public key for the run (32 raw bytes); refused once it ended."""
     with transaction(factory) as s:
-        relay.put_key(s, relay.party_of(s, run_id, silo.name), silo.name, silo.body)
-        return relay.keys(s, relay.get(s, run_id))
+        run = relay.party_of(s, run_id, silo.name, for_update=True)
+        relay.put_key(s, run, silo.name, silo.body)
+        return relay.keys(s, run)
 
 
 @silo_router.get("/keys")

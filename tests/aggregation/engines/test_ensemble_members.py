@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support.live_service import coordinator, enrolled_silo, service_in_thread
 
-from schemas.ensemble import EnsembleArtifact, EnsembleSpec
+from schemas.ensemble import LOCAL_FORMAT, EnsembleArtifact, EnsembleSpec
 from schemas.specs import ModelSpec, RunSpec
 from schemas.wire import RoundOpen, RunCreate
 from silos.client_errors import AlreadyAnswered, InvalidPayload
@@ -87,3 +87,54 @@ def test_members_round_checks_and_stores_one_artifact(db_url: str, tmp_path) -> 
         )
         assert {c["silo"]: c["digest"] for c in aggregate["contributors"]} == hashes
         assert [m["sha256"] for m in aggregate["ensemble"]] == [hashes["a"], hashes["b"]]
+
+
+def _doc(head: dict[str, object] | bytes, payload: bytes = b"", n_train: object = 40) -> bytes:
+    """A member message around hand-made `silos.local_models` bytes (header, then payload)."""
+    header = head if isinstance(head, bytes) else json.dumps(head).encode()
+    kind = head.get("kind", "mlp") if isinstance(head, dict) else "mlp"
+    model = base64.b64encode(header + b"\n" + payload).decode()
+    return json.dumps({"kind": kind, "n_train": n_train, "model_b64": model}).encode()
+
+
+def test_hostile_members_are_refused_naming_the_silo(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Nested past the recursion limit, counts past the int column, hidden sizes that are not a
+    list: each a 422 naming the silo and round (each was a 500), and nothing stored."""
+    kinds = {"default": "mlp", "b": "xgboost"}
+    spec = SPEC.model_copy(update={"ensemble": EnsembleSpec(kinds=kinds)})  # type: ignore[arg-type]
+    mlp = {"format": LOCAL_FORMAT, "kind": "mlp", "n_features": 3}
+    deep = b"[" * 2000 + b"]" * 2000
+    xgb = {"format": LOCAL_FORMAT, "kind": "xgboost", "n_features": 3}
+    hostile = {
+        "a": [
+            (deep, "not a member message"),
+            (b'{"kind": "mlp", "n_train": Infinity, "model_b64": "AA=="}', "n_train inf"),
+            (_doc(mlp | {"hidden": []}, b"\0" * 16, n_train=2**31), "n_train 2147483648"),
+            (_doc(mlp | {"hidden": []}, b"\0" * 16, n_train=40.5), "n_train 40.5"),
+            (_doc(mlp | {"hidden": 5}), "hidden 5 is not a list"),
+            (_doc(mlp | {"hidden": None}), "hidden None is not a list"),
+            (_doc(mlp | {"hidden": [True]}), "hidden [True] is not a list"),
+            (_doc(deep), "no fedsilo-local-model/1 header"),
+        ],
+        "b": [
+            (_doc(xgb, deep), "not an XGBoost JSON model"),
+        ],
+    }
+    with service_in_thread(tmp_path / "svc", db_url) as url:
+        coord = coordinator(url)
+        coord.create_federation("f")
+        silos = {n: enrolled_silo(url, coord, "f", n) for n in ("a", "b")}
+        run = coord.create_run(RunCreate(spec=spec)).run_id
+        coord.put_initial_model(run, b"")
+        coord.start_run(run)
+        coord.open_round(run, RoundOpen(round=1, deadline_s=60))
+        for name, cases in hostile.items():
+            for body, says in cases:
+                with pytest.raises(InvalidPayload) as refused:
+                    silos[name].submit_extension(run, 1, body)
+                assert f"member from silo '{name}', round 1" in refused.value.detail
+                assert says in refused.value.detail
+        assert {s.silo: s.state for s in coord.wait_round(run, 1, 0).silos} == {
+            "a": "waiting",
+            "b": "waiting",
+        }
