@@ -342,12 +342,18 @@ def record(
 
 def _check_stage(run: VerticalRun, silo: str, ev: TreeDone | EpochDone | RunDone) -> None:
     """A size-only run has no model: it ends on the parties' counts alone, so a tree, epoch
-    or model reported there would end it finished with no intersection size. Training and
+    or model reported there would end it finished with no intersection size. A prediction
+    run trains nothing: it takes no tree or epoch. Training and
     prediction start with PSI: the active party reports its intersection (`PsiDone`) before
     its first tree, epoch or end (silos/vertical/agent_role.py, predict_role.py)."""
     if run.mode == "psi_size":
         raise InvalidPayload(
             f"vertical run {run.id} only counts the common ids: a {ev.kind} report from "
+            f"party {silo!r} does not belong to it"
+        )
+    if run.mode == "predict" and not isinstance(ev, RunDone):
+        raise InvalidPayload(
+            f"vertical run {run.id} predicts with a trained model: a {ev.kind} report from "
             f"party {silo!r} does not belong to it"
         )
     if run.psi_size is None:

@@ -323,6 +323,11 @@ def test_a_size_only_run_takes_no_model_and_training_starts_with_psi(
     predict = create_vertical_run(coord, fed, "bank", PARTIES, model_run=trained).run_id
     report(bank, predict, PsiDone(size=9, digest=DIGEST))
     report(silos["bureau"], predict, PsiDone(size=9, digest=DIGEST))
+    for event in (tree, EpochDone(epoch=0, steps=1, rows=9)):  # it trains nothing
+        with pytest.raises(ServiceRejected) as trains:
+            report(bank, predict, event)
+        assert trains.value.status == 422
+        assert f"vertical run {predict} predicts with a trained model" in trains.value.detail
     report(bank, predict, RunDone(trees=0, model_digest=DIGEST))
     assert vertical_run(coord, predict).status == "finished"
 
