@@ -167,7 +167,7 @@ def train_two_party(
 ):  # type: ignore[no-untyped-def]
     wire = LocalWire(channels(run, ["bank", "bureau"]))
     active = ActiveParty("bank", run, Xa, y, {"bureau": Xp.shape[1]}, p)
-    passive = PassiveParty("bureau", run, Xp, n_bins=p.n_bins)
+    passive = PassiveParty("bureau", run, Xp, params=p)
     if timings is not None:
         timings.wrap(he, "encrypt_many", "encryption (active)")
         timings.wrap(passive, "_histograms", "histograms (passive: additions + packing)")

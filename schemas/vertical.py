@@ -27,6 +27,8 @@ Count = Annotated[int, Field(ge=0, le=2**40)]
 # what the service stores in a 32-bit integer column (PostgreSQL refuses a bigger one)
 StoredCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_FRAME_HEADER = 512  # a real header is under 300 bytes: run, two parties, seq and nonce
+# a party's feature columns: the active party sizes its tables by its peers' counts
+MAX_FEATURES = 100_000
 
 
 class _Msg(BaseModel):
@@ -222,7 +224,7 @@ class Features(_Msg):
     before the first tree): their names and values stay with it."""
 
     kind: Literal["features"] = "features"
-    count: Count
+    count: Annotated[int, Field(ge=0, le=MAX_FEATURES)]
 
 
 VerticalMessage = Annotated[
@@ -358,6 +360,12 @@ class VerticalRunCreate(BaseModel):
             raise ValueError(
                 f"vertical logistic regression takes two parties (the active and one "
                 f"passive); this run names {len(self.parties)}"
+            )
+        if self.mode == "psi_size" and len(self.parties) != 2:
+            raise ValueError(  # silos/vertical/psi.py: it would show every overlap's size
+                f"a size-only intersection takes two parties; this run names "
+                f"{len(self.parties)}, and each would learn the size of every overlap of the "
+                f"others, not one count"
             )
         if self.params.model == "logreg" and not self.params.learning_rate * self.params.l2 < 2:
             raise ValueError(  # each step scales the weights by 1 - learning_rate x l2

@@ -13,12 +13,13 @@ passive node, the party, its feature index and bin but never the threshold.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.vertical import (
+    MAX_FEATURES,
     EncryptedGradients,
     HistogramBatch,
     HistogramRequest,
@@ -32,6 +33,7 @@ from schemas.vertical import (
 from silos.vertical import he
 from silos.vertical.passive import from_bitmap, to_bitmap
 from silos.vertical.trees import (
+    MAX_ROWS,
     BoostParams,
     Node,
     Split,
@@ -47,7 +49,7 @@ from silos.vertical.trees import (
 
 Hists = list[np.ndarray]
 HistFn = Callable[[list[tuple[int, np.ndarray]]], dict[int, Hists]]
-SplitFn = Callable[[int, np.ndarray, Split], np.ndarray]
+SplitFn = Callable[[int, np.ndarray, Split, Hists], np.ndarray]  # node, rows, split, its hists
 Send = Callable[[str, str, object], VerticalMessage]
 
 
@@ -75,7 +77,7 @@ def grow_tree(
                 sums = np.array([[gi[rows].sum(), hi[rows].sum(), len(rows)]], dtype=np.int64)
                 tree.nodes[nid] = Node(weight=leaf_weight(sums, p))
                 continue
-            mask = split_rows(nid, rows, split)
+            mask = split_rows(nid, rows, split, hists)
             left, right = rows[mask], rows[~mask]
             # owner "" until the trainer resolves the global feature index to its party
             node = Node(
@@ -100,6 +102,8 @@ def grow_tree(
 
 def fit_plain(bins: np.ndarray, y: np.ndarray, p: BoostParams) -> tuple[list[Tree], np.ndarray]:
     """All columns in one place, same arithmetic: trees and the training margin."""
+    if len(y) > MAX_ROWS:
+        raise ValueError(f"{len(y)} rows; vertical SecureBoost takes at most {MAX_ROWS}")
     n_bins = [int(bins[:, f].max()) + 1 for f in range(bins.shape[1])]
     margin = np.zeros(len(y))
     trees = []
@@ -114,7 +118,7 @@ def fit_plain(bins: np.ndarray, y: np.ndarray, p: BoostParams) -> tuple[list[Tre
         ) -> dict[int, Hists]:
             return {nid: plain_histograms(bins, r, gi, hi, n_bins) for nid, r in nodes}
 
-        def split_rows(nid: int, rows: np.ndarray, s: Split) -> np.ndarray:
+        def split_rows(nid: int, rows: np.ndarray, s: Split, _: Hists) -> np.ndarray:
             return bins[rows, s.feature] <= s.bin
 
         tree = grow_tree(len(y), gi, hi, p, hist_for, split_rows)
@@ -137,6 +141,14 @@ class ActiveParty:
 
     def __post_init__(self) -> None:
         p = self.params
+        if len(self.y) > MAX_ROWS:
+            raise ActiveError(f"party {self.name!r}: {len(self.y)} rows, at most {MAX_ROWS}")
+        for party, count in self.passives.items():
+            if not 0 <= count <= MAX_FEATURES:
+                raise ActiveError(
+                    f"party {party!r} brings {count} features; at most {MAX_FEATURES}"
+                )
+        self._passive_nb: dict[str, list[int]] = {}  # each passive feature's bins, fixed
         self.cuts = [quantile_cuts(self.X[:, f], p.n_bins) for f in range(self.X.shape[1])]
         self.bins = bin_columns(self.X, self.cuts)
         self._nb = [len(c) + 1 for c in self.cuts]
@@ -189,11 +201,11 @@ class ActiveParty:
                     party,
                     HistogramRequest(run=self.run, sender=self.name, tree=t, nodes=req),
                 )
-                for nid, hists in self._decrypt(reply, party, t, [x for x, _ in nodes]).items():
+                for nid, hists in self._decrypt(reply, party, t, dict(nodes), gi, hi).items():
                     out[nid] += hists
             return out
 
-        def split_rows(nid: int, rows: np.ndarray, s: Split) -> np.ndarray:
+        def split_rows(nid: int, rows: np.ndarray, s: Split, hists: Hists) -> np.ndarray:
             party, f = self.owners[s.feature]
             if party == self.name:
                 left_masks[nid] = self.bins[:, f] <= s.bin
@@ -218,6 +230,13 @@ class ActiveParty:
                     f"{t} with {reply.kind}"
                 )
             left = from_bitmap(reply.left, n, party, f"instance split of node {nid}")
+            lr = rows[left[rows]]  # must be the left side of the histogram it sent
+            want = hists[s.feature][: s.bin + 1].sum(axis=0)
+            if [gi[lr].sum(), hi[lr].sum(), len(lr)] != want.tolist():
+                raise ActiveError(
+                    f"party {party!r} split node {nid} of tree {t} into rows that do not "
+                    f"match its histogram ({len(lr)} rows left, its bins give {want[2]})"
+                )
             splits[nid] = Node(owner=party, feature=f, record=reply.record)
             left_masks[nid] = left
             return left[rows]
@@ -238,14 +257,23 @@ class ActiveParty:
         return tree
 
     def _decrypt(
-        self, reply: VerticalMessage, party: str, tree: int, nodes: Sequence[int]
+        self,
+        reply: VerticalMessage,
+        party: str,
+        tree: int,
+        nodes: dict[int, np.ndarray],
+        gi: np.ndarray,
+        hi: np.ndarray,
     ) -> dict[int, Hists]:
+        """The histograms of `nodes` (node -> rows) from `party`'s reply, each bin's (G, H,
+        count) checked against what the node's rows can give: a peer's bad sums end the run
+        naming it, never as an overflow or a shape error here."""
         if not isinstance(reply, HistogramBatch) or reply.tree != tree:
             raise ActiveError(
                 f"party {party!r} answered a histogram request of tree {tree} with {reply.kind}"
             )
         got = {h.node: h for h in reply.histograms}
-        if sorted(got) != sorted(nodes):
+        if sorted(got) != sorted(nodes) or len(reply.histograms) != len(nodes):
             raise ActiveError(
                 f"party {party!r} sent histograms of nodes {sorted(got)} in tree "
                 f"{tree}; asked for {sorted(nodes)}"
@@ -264,6 +292,14 @@ class ActiveParty:
                     f"{msg.pack_bits} bits apart; this party reads {he.PACK_BITS} "
                     "(the parties run different fedsilo versions)"
                 )
+            # a feature's bins are its own and fixed: set by the first histogram, at most the
+            # run's n_bins (children are parents minus siblings, bin by bin)
+            fixed = self._passive_nb.setdefault(party, list(msg.n_bins))
+            if msg.n_bins != fixed or not all(1 <= nb <= self.params.n_bins for nb in fixed):
+                raise ActiveError(
+                    f"party {party!r} sent bin counts for node {nid} of tree {tree} that "
+                    f"differ from its first histogram's or exceed the run's {self.params.n_bins}"
+                )
             node_cts = he.from_bytes(pub, msg.ciphertexts, party, f"histogram of node {nid}")
             need = sum(-(-nb // per) for nb in msg.n_bins)
             if len(node_cts) != need:
@@ -276,11 +312,23 @@ class ActiveParty:
         out: dict[int, Hists] = {}
         k = 0
         for nid, msg in got.items():
+            rows = nodes[nid]
+            total = (int(gi[rows].sum()), int(hi[rows].sum()), len(rows))
             hists = []
-            for nb in msg.n_bins:
+            for f, nb in enumerate(msg.n_bins):
                 m = -(-nb // per)
                 trip = he.unpack_bins(pub, plain[k : k + m], nb)
                 k += m
+                # honest bins: 0 <= count <= the node's rows, |G| and H at most count * 2^P
+                # (g in [-1, 1], h in [0, 1]), and each feature's bins add up to the node
+                if tuple(map(sum, zip(*trip, strict=True))) != total or not all(
+                    0 <= c and abs(g) <= c << he.FRAC_BITS and 0 <= h <= c << he.FRAC_BITS
+                    for g, h, c in trip
+                ):
+                    raise ActiveError(
+                        f"party {party!r} sent bin sums for feature {f} of node {nid} in "
+                        f"tree {tree} that the node's {len(rows)} rows cannot give"
+                    )
                 hists.append(np.array(trip, dtype=np.int64).reshape(nb, 3))
             out[nid] = hists
         return out

@@ -53,7 +53,7 @@ from silos.vertical.active import ActiveParty, Send
 from silos.vertical.http_wire import HttpWire, RunOver, base, open_channel, run_info
 from silos.vertical.logreg import LrActive, LrParams, LrPassive
 from silos.vertical.passive import PassiveParty
-from silos.vertical.psi import Mode, PsiParty, PsiResult
+from silos.vertical.psi import Mode, PsiError, PsiParty, PsiResult, check_parties
 from silos.vertical.trees import BoostParams, Tree
 
 
@@ -122,32 +122,75 @@ def psi_over_wire(
     blinded list of `owner` visits the other parties in order, back to its owner, who
     publishes it; each party intersects once every other party's final list is in (in
     "size" mode it only counts). A party whose loop ended has sent everything the others
-    need: every list visits it before its owner publishes it."""
+    need: every list visits it before its owner publishes it.
+
+    Each owner's list is raised once, and only from the hop before this party (its owner
+    for the first hop); a final list only from its owner, once, after its list visited
+    this party. Anything else is refused naming its sender: a peer that could have lists
+    raised at will (one id per list) would learn which of its chosen ids this party holds,
+    even in size mode."""
     me = wire.channel.party
+    check_parties(wire.run, parties, mode)
     salt = hashlib.sha256(b"fedsilo psi salt|" + wire.run.encode()).digest()
     psi = PsiParty(me, ids, wire.run, salt, mode)
     others = [p for p in parties if p != me]
-    first = others[0]
-    wire.send(first, psi.blinded())
+    wire.send(others[0], psi.blinded())
+    raised: set[str] = set()  # owners whose list this party raised to its scalar
     finals: dict[str, PsiPoints] = {}
     published = False
     while not published or len(finals) < len(others):
         msg = wire.receive()
         if not isinstance(msg, PsiPoints):
             raise RoleError(f"party {me!r} expected PSI points from {msg.sender!r}, got {msg.kind}")
+        who, owner = msg.sender, msg.owner
+        if owner not in parties:
+            raise _refused(me, msg, f"{owner!r} is not a party of run {wire.run}")
         if msg.stage == "final":
-            finals[msg.owner] = msg
-        elif msg.owner == me:
+            if who != owner:
+                raise _refused(me, msg, "only its owner publishes a final list")
+            if owner in finals:
+                raise _refused(me, msg, "a second final list")
+            if owner not in raised:
+                raise _refused(me, msg, "published before it visited this party")
+            finals[owner] = msg
+        elif owner == me:
+            if who != others[-1]:
+                raise _refused(me, msg, f"its last hop is {others[-1]!r}")
+            if published:
+                raise _refused(me, msg, "its own list came back a second time")
             final = psi.publish(msg)
             for peer in others:
                 wire.send(peer, final)
             published = True
         else:
-            chain = [p for p in parties if p != msg.owner]
+            chain = [p for p in parties if p != owner]
             k = chain.index(me)
+            prev = chain[k - 1] if k else owner
+            if who != prev:
+                raise _refused(me, msg, f"its hop before this party is {prev!r}")
+            if owner in raised:
+                raise _refused(me, msg, "a second list of the same owner")
+            raised.add(owner)
             last = k == len(chain) - 1
-            wire.send(msg.owner if last else chain[k + 1], psi.exponentiate(msg, last))
+            wire.send(owner if last else chain[k + 1], psi.exponentiate(msg, last))
     return psi.intersect([finals[p] for p in others])
+
+
+def _refused(me: str, msg: PsiPoints, why: str) -> PsiError:
+    return PsiError(
+        f"party {me!r} refused a {msg.stage} PSI list of {msg.owner!r} from party "
+        f"{msg.sender!r}: {why}"
+    )
+
+
+def require_common(run: str, me: str, result: PsiResult) -> None:
+    """Zero aligned rows can neither train nor predict (the binning of no rows fails deep
+    in the trees): stop right after PSI with the reason."""
+    if result.size == 0:
+        raise RoleError(
+            f"run {run}: no customer in common: the parties' intersection is empty (size 0), "
+            f"so party {me!r} has no row to train or predict"
+        )
 
 
 def align(data: PartyData, result: PsiResult) -> tuple[np.ndarray, np.ndarray | None]:
@@ -313,7 +356,8 @@ def run_passive(
 ) -> None:
     """Answer the active party's messages until the run is over, then keep this party's
     half: SecureBoost's records (thresholds) or logistic regression's weights."""
-    party.set_predict_rows(party.X)  # joint prediction of the aligned rows, after training
+    # joint prediction of the aligned rows; each party answers it only after training
+    party.set_predict_rows(party.X)
     wire.send(active, Features(run=wire.run, sender=party.name, count=party.X.shape[1]))
     while True:
         try:
@@ -367,6 +411,7 @@ def join(client: SiloClient, run: str, data: PartyData) -> Joined:
         raise RoleError(f"silo {client.silo!r} is the active party of run {run} but has no label")
     wire = HttpWire(client, open_channel(client, run))
     result = psi_over_wire(wire, info.parties, data.ids)
+    require_common(run, client.silo, result)
     report(client, run, PsiDone(size=result.size, digest=result.digest))
     X, y = align(data, result)
     return Joined(wire, info.active, X, y)
@@ -396,7 +441,8 @@ def train(
             keys = he.generate_keypair(key_bits)
             party = LrPassive(me, wire.run, joined.X, joined.active, params, keys, key_bits)
         else:
-            party = PassiveParty(me, wire.run, joined.X, n_bins=params.n_bins)
+            # the run's trees, depth and min_child_weight bound what it answers
+            party = PassiveParty(me, wire.run, joined.X, params=params)
         run_passive(wire, party, out, joined.active, predict)
     (out / "traffic.json").write_text(
         json.dumps({"sent": dict(wire.bytes_sent), "received": dict(wire.bytes_received)})

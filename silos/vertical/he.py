@@ -25,7 +25,12 @@ decoded sums equal the sums of the rounded integers exactly. Bin sums going back
 again, 13 of those 156-bit triples per ciphertext (`compress`), so the active party decrypts
 13 times fewer ciphertexts (nine, with the 72-bit slots used until 2026-12-07; the histogram
 message states its `pack_bits`, so parties that disagree refuse each other). The active party
-decrypts on all its cores (`decrypt_many`).
+decrypts on all its cores (`decrypt_many`). The passive party multiplies every bin-sum
+ciphertext it returns by a fresh encryption of 0 of its own (`rerandomize`: many independent
+bases, not one base with a large exponent, see the comment above it), so the randomness the
+key owner chose for each row says nothing about which bin a row is in. Every party refuses
+more than trees.MAX_ROWS = 2^22 rows, a quarter of what the slots hold, so that the int64
+sums stay exact.
 
 Vertical logistic regression (silos/vertical/logreg.py) uses the same keys with signed
 fixed point (`encode_signed`), plaintext additions, inner products of ciphertexts by a
@@ -51,7 +56,7 @@ from schemas.vertical import HeKey
 
 KEY_BITS = 2048
 FRAC_BITS = 40
-MAX_ROWS = 1 << 24
+MAX_ROWS = 1 << 24  # what a slot holds; trees.MAX_ROWS (2^22) is what the parties accept
 G_BITS, H_BITS, COUNT_BITS = 66, 65, 25  # sums of MAX_ROWS rows (module docstring)
 PACK_BITS = G_BITS + H_BITS + COUNT_BITS  # one row's (G, H, count): 156
 _DJN_BITS = KEY_BITS // 2
@@ -332,6 +337,52 @@ def compress(pub: PublicKey, sums: Sequence[int]) -> list[int]:
         acc = gmpy2.mpz(sums[start])
         for c in sums[start + 1 : start + per]:
             acc = gmpy2.powmod(acc, shift, nsq) * c % nsq
+        out.append(int(acc))
+    return out
+
+
+# A histogram ciphertext built by `bucket_sums` and `compress` alone is a product of powers of
+# the key owner's own ciphertexts: its randomness is a function of the rows' randomness, which
+# the owner chose, and of which bin each row is in, which the owner must not learn. So every
+# ciphertext the passive party returns is multiplied by a fresh encryption of 0 whose
+# randomness only it knows. Textbook s^n (s uniform in Z_n^*) costs one n-bit powmod mod n^2
+# (about 8 ms); `rerandomize` costs RERANDOM_BASES multiplications mod n^2 (about 1.6 ms) for
+# the same distribution up to 2^-57: z_1^e_1 ... z_k^e_k with k independent textbook bases
+# z_i = s_i^n drawn once by this party, and fresh 8-bit digits e_i per ciphertext. The n-th
+# residues G are isomorphic to Z_n^* = Z_(p-1) x Z_(q-1); for digit vectors e != e' with
+# differences of gcd g < 256, prod z_i^(e_i - e'_i) is uniform over G^g for uniform z_i, so
+# two of them collide with probability at most g^2 / |G| < 2^16 / |G|, whatever p and q the
+# owner chose. By the leftover hash lemma 8k >= log2(n) + 128 bits of digits then make the
+# product 2^-57-close to uniform over G, even to someone who knows the z_i. One base with a full
+# exponent (z^e) would not do: z generates a proper subgroup of Z_n^* (never cyclic), and the
+# owner, who knows n's factors, reads through a character that is 1 on that subgroup.
+_RERANDOM: dict[int, list[list[gmpy2.mpz]]] = {}
+
+
+def rerandom_table(pub: PublicKey) -> list[list[gmpy2.mpz]]:
+    """Per key and process: k textbook encryptions of 0 (this party's randomness, never the
+    key's hs) and each one's powers 0..255, for `rerandomize`."""
+    if pub.n not in _RERANDOM:
+        nsq = gmpy2.mpz(pub.nsquare)
+        k = -(-(pub.n.bit_length() + 128) // _WINDOW)
+        table = []
+        for z in encrypt_public(pub, [0] * k):
+            row = [gmpy2.mpz(1), gmpy2.mpz(z)]
+            for _ in range(2, 1 << _WINDOW):
+                row.append(row[-1] * row[1] % nsq)
+            table.append(row)
+        _RERANDOM[pub.n] = table
+    return _RERANDOM[pub.n]
+
+
+def rerandomize(pub: PublicKey, cts: Sequence[int], table: list[list[gmpy2.mpz]]) -> list[int]:
+    """Each ciphertext times a fresh encryption of 0 (module comment above)."""
+    nsq = gmpy2.mpz(pub.nsquare)
+    out = []
+    for c in cts:
+        acc = gmpy2.mpz(c)
+        for row, d in zip(table, os.urandom(len(table)), strict=True):
+            acc = acc * row[d] % nsq
         out.append(int(acc))
     return out
 

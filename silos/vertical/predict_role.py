@@ -34,6 +34,7 @@ from silos.vertical.agent_role import (
     psi_over_wire,
     report,
     report_failed_part,
+    require_common,
     sender,
 )
 from silos.vertical.http_wire import HttpWire, RunOver, open_channel, run_info
@@ -63,6 +64,7 @@ def predict(client: SiloClient, run: str, data_path: Path, contract: str, model_
     data = load_checked(data_path, load_vertical_contract(contract), predict=True)
     wire = HttpWire(client, open_channel(client, run))
     found = psi_over_wire(wire, info.parties, data.ids)
+    require_common(run, client.silo, found)
     report(client, run, PsiDone(size=found.size, digest=found.digest))
     X, _ = align(data, found)
     if info.active == client.silo:
@@ -85,7 +87,7 @@ def predict(client: SiloClient, run: str, data_path: Path, contract: str, model_
     logreg = Half.from_dict(half, X.shape[1], False, where) if "model" in half else None
     passive = PassiveParty(client.silo, run, X)
     if logreg is None:
-        passive.records = {int(r): (int(f), float(t)) for r, (f, t) in half["records"].items()}
+        passive.load_records({int(r): (int(f), float(t)) for r, (f, t) in half["records"].items()})
     passive.set_predict_rows(X)
     while True:
         try:

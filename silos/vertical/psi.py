@@ -22,10 +22,25 @@ subgroup check of every received point) cost about 4x X25519's CPU per id
 Protocol (every party P_i with secret scalar a_i and set S_i): P_i sends {H(x)^a_i} shuffled;
 the list visits every other party, each raising it to its own scalar without reordering,
 and comes back to P_i as {H(x)^(a_1...a_k)} in P_i's order; P_i then sends a shuffled copy
-to everyone. Each party sees the others' ids only as fully blinded points, so it learns
-which of its own ids every party holds: the intersection. In size mode the last party
-shuffles before returning a list, so its owner can count matches but not tell which ids.
-Cost: k exponentiations per id and party, hashing once; the ids never leave in the clear.
+to everyone. Each party sees the others' ids only as fully blinded points. In size mode the
+last party shuffles before returning a list, so its owner can count matches but not tell
+which ids. Cost: k exponentiations per id and party, hashing once; the ids never leave in
+the clear.
+
+What a party learns, besides every party's number of ids:
+- two parties: the intersection (size mode: its size), nothing else;
+- three or more (intersection mode only): every other party's fully blinded list arrives
+  on its own, so a party learns for each of its own ids WHICH other parties hold it (A
+  learns A&B and A&C, not only A&B&C), and, matching the others' lists against each other,
+  how many ids each group of other parties shares outside its own set (|B&C| - |A&B&C|):
+  the size of every region of the parties' Venn diagram. Size mode would leak those sizes
+  too, breaking its promise of one count, so it takes exactly two parties (`check_parties`).
+Each list is raised once per party, and only when it comes from the hop before it (its
+owner for the first hop): a peer that could have lists raised at will would learn which of
+its chosen ids a party holds, one list per id (silos/vertical/agent_role.py,
+`psi_over_wire`). A party that relays another's list can still replace it: the owner's
+result is then wrong (the service fails the run when the parties report different
+intersections), but the replacing party learns no more than with that set as its own list.
 """
 
 from __future__ import annotations
@@ -293,11 +308,25 @@ def _points(deliver: Deliver, sender: str, recipient: str, msg: PsiPoints) -> Ps
     return got
 
 
+def check_parties(run: str, parties: Sequence[str], mode: Mode) -> None:
+    """Refuse a run the protocol cannot serve as promised: fewer than two parties, or a
+    size-only run of three or more (each party would learn every pairwise count)."""
+    if len(parties) < 2:
+        raise PsiError(f"run {run}: private set intersection needs at least two parties")
+    if mode == "size" and len(parties) > 2:
+        raise PsiError(
+            f"run {run}: a size-only intersection takes exactly two parties, not "
+            f"{len(parties)} ({', '.join(parties)}): with more, each party would learn the "
+            f"size of every pair's intersection, not only the common count"
+        )
+
+
 def run_psi(parties: Sequence[PsiParty], deliver: Deliver) -> dict[str, PsiResult]:
     """Run the protocol among `parties`, every message through `deliver(sender, recipient,
     message)` (a relay that seals and opens it); returns each party's result."""
-    if len(parties) < 2:
-        raise PsiError("private set intersection needs at least two parties")
+    size = any(p.mode == "size" for p in parties)
+    run = parties[0].run if parties else "?"
+    check_parties(run, [p.name for p in parties], "size" if size else "intersection")
     by_name = {p.name: p for p in parties}
     finals: dict[str, PsiPoints] = {}
     for owner in parties:
@@ -321,6 +350,7 @@ __all__ = [
     "PsiError",
     "PsiParty",
     "PsiResult",
+    "check_parties",
     "hash_to_group",
     "in_group",
     "intersection_digest",

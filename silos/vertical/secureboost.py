@@ -10,6 +10,16 @@ Paillier ciphertexts of gradients, and every node's instance space (which rows r
 the active party learns, per passive feature, the sums of g and h and the row count per bin
 (not the bin edges), and at prediction the left/right decision of every passive record for
 every row (one round instead of one per tree level). Thresholds never leave their owner.
+
+A passive party answers only what an honest growth of the run's trees asks
+(silos/vertical/passive.py): histograms of the instance spaces it derived itself, each node
+once, none under `BoostParams.min_child_rows` rows or below max_depth, splits once per node
+of the current tree, trees in order up to the run's count, routes only after training; each
+histogram ciphertext carries its own fresh randomness (`he.rerandomize`). What it cannot
+check: the active party's own splits (it sees a child's rows, not why); such a split can
+still pick any subset of at least min_child_rows rows and of the parent, and the active party
+learns that subset's bin sums. The active party checks every bin sum against the node's rows
+and every passive split against the histogram it came from, and refuses naming the party.
 """
 
 from __future__ import annotations

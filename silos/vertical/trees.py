@@ -2,18 +2,23 @@
 XGBoost's split gain, and the split tree whose passive nodes are opaque records.
 
 Histograms hold the fixed-point integer sums of silos/vertical/he.py (int64: exact for up to
-2^22 rows), so the encrypted protocol and `fit_plain` (the same algorithm with every column
-in one place, the losslessness reference) see identical numbers and grow identical trees.
+MAX_ROWS = 2^22 rows), so the encrypted protocol and `fit_plain` (the same algorithm with
+every column in one place, the losslessness reference) see identical numbers and grow
+identical trees.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from silos.vertical.he import FRAC_BITS
 
+# every party of a run refuses more rows: a row's |G| and H are at most 2^40,
+# so 2^22 rows keep every sum, and every difference of sums, below 2^63 (int64), and within
+# he.MAX_ROWS, what the packed slots hold
 MAX_ROWS = 1 << 22
 _SCALE = float(1 << FRAC_BITS)
 
@@ -29,6 +34,23 @@ class BoostParams:
     gamma: float = 0.0
     min_child_weight: float = 1.0
     n_bins: int = 32
+
+    @property
+    def min_child_rows(self) -> int:
+        """The fewest rows a child of a split can have: a split needs a hessian sum of at
+        least min_child_weight on each side and a row's logistic hessian p(1 - p) is at most
+        1/4 (2^38 in fixed point, exactly), so fewer rows cannot reach it."""
+        return math.ceil(4 * self.min_child_weight)
+
+    @property
+    def max_splits(self) -> int:
+        """Split nodes in a tree of max_depth: every node above the last level."""
+        return (1 << self.max_depth) - 1
+
+
+def depth_of(node: int) -> int:
+    """A node's depth in the numbering every trainer uses (children of k: 2k + 1, 2k + 2)."""
+    return (node + 1).bit_length() - 1
 
 
 def quantile_cuts(x: np.ndarray, n_bins: int) -> np.ndarray:

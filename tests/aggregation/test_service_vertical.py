@@ -249,7 +249,7 @@ def test_trees_and_epochs_belong_to_their_model(api_service_url: str) -> None:
     assert (vertical_run(coord, boost).epochs, vertical_run(coord, logreg.run_id).trees) == (0, 0)
 
 
-def test_logreg_run_with_three_parties_is_refused(api_service_url: str) -> None:
+def test_logreg_or_size_only_run_with_three_parties_is_refused(api_service_url: str) -> None:
     fed, coord, _ = federation(api_service_url)
     body = {
         "federation": fed,
@@ -262,6 +262,12 @@ def test_logreg_run_with_three_parties_is_refused(api_service_url: str) -> None:
     assert refused.value.status == 422
     assert "logistic regression takes two parties" in refused.value.detail
     assert "this run names 3" in refused.value.detail
+    # a size-only count of three parties would show each the size of every overlap
+    body = {"federation": fed, "active": "bank", "parties": [*PARTIES, "other"]}
+    with pytest.raises(ServiceRejected) as counted:
+        coord._json("POST", "/v1/vertical/runs", {**body, "mode": "psi_size"})
+    assert counted.value.status == 422
+    assert "a size-only intersection takes two parties; this run names 3" in counted.value.detail
 
 
 def test_envelopes_and_counts_the_columns_cannot_hold_are_refused(api_service_url: str) -> None:

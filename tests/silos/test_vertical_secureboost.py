@@ -8,15 +8,26 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from schemas.vertical import EncryptedGradients, EncryptedHistogram, HistogramBatch
+from schemas.vertical import (
+    EncryptedGradients,
+    EncryptedHistogram,
+    Features,
+    HistogramBatch,
+    HistogramRequest,
+    InstanceSplit,
+    NodeRows,
+    PredictRequest,
+    PredictRoutes,
+    SplitDecision,
+)
 from silos.vertical import he
 from silos.vertical.active import ActiveError, ActiveParty, fit_plain
 from silos.vertical.channel import Channel, ChannelError, channels
-from silos.vertical.passive import PassiveParty
+from silos.vertical.passive import PassiveError, PassiveParty, from_bitmap, to_bitmap
 from silos.vertical.secureboost import predict_proba, train
-from silos.vertical.trees import BoostParams, logistic_grad
+from silos.vertical.trees import MAX_ROWS, BoostParams, logistic_grad
 from silos.vertical.wire import LocalWire
 
 RUN = "vb-test"
@@ -34,8 +45,8 @@ def _data(n: int = 300, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 def _parties(X: np.ndarray, y: np.ndarray, keep: bool = False):
     active = ActiveParty("bank", RUN, X[:, :2], y, {"bureau": 3, "insurer": 2}, PARAMS, KEYS)
     passives = {
-        "bureau": PassiveParty("bureau", RUN, X[:, 2:5], n_bins=8, workers=1),
-        "insurer": PassiveParty("insurer", RUN, X[:, 5:], n_bins=8, workers=1),
+        "bureau": PassiveParty("bureau", RUN, X[:, 2:5], workers=1, params=PARAMS),
+        "insurer": PassiveParty("insurer", RUN, X[:, 5:], workers=1, params=PARAMS),
     }
     wire = LocalWire(channels(RUN, ["bank", "bureau", "insurer"]), keep_frames=keep)
     return active, passives, wire
@@ -239,4 +250,199 @@ def test_bin_sums_packed_another_way_are_refused_naming_the_party() -> None:
         ],
     )
     with pytest.raises(ActiveError, match="party 'bureau' packed .* 216 bits apart"):
-        active._decrypt(reply, "bureau", 0, [0])
+        active._decrypt(
+            reply, "bureau", 0, {0: np.arange(60)}, np.zeros(60, np.int64), np.zeros(60, np.int64)
+        )
+
+
+# --- what a party answers: only what an honest tree growth asks -----------------------------
+
+_GRADS: dict[int, bytes] = {}
+
+
+def _grads(n: int, tree: int = 0, blob: bytes | None = None) -> EncryptedGradients:
+    if n not in _GRADS:
+        g, h = logistic_grad(np.arange(n) % 2, np.zeros(n))
+        cts = he.encrypt_many(KEYS, he.pack_rows(*he.encode_gh(g, h)), workers=1)
+        _GRADS[n] = he.to_bytes(KEYS.public, cts)
+    cts = _GRADS[n] if blob is None else blob
+    return EncryptedGradients(run=RUN, sender="bank", tree=tree, n_rows=n, ciphertexts=cts)
+
+
+def _passive(n: int = 40, params: BoostParams = PARAMS, grads: bool = True) -> PassiveParty:
+    X = np.random.default_rng(0).normal(size=(n, 3))
+    party = PassiveParty("bureau", RUN, X, workers=1, params=params)
+    party.handle(he.key_message(RUN, "bank", KEYS.public))
+    if grads:
+        party.handle(_grads(n))
+    return party
+
+
+def _hists(tree: int, nodes: dict[int, np.ndarray]) -> HistogramRequest:
+    req = [NodeRows(node=k, rows=to_bitmap(m)) for k, m in nodes.items()]
+    return HistogramRequest(run=RUN, sender="bank", tree=tree, nodes=req)
+
+
+def _split(tree: int, node: int, rows: np.ndarray, feature: int = 0, b: int = 3) -> SplitDecision:
+    return SplitDecision(
+        run=RUN, sender="bank", tree=tree, node=node, feature=feature, bin=b, rows=to_bitmap(rows)
+    )
+
+
+def _refused(party: PassiveParty, msg: object, match: str) -> None:
+    with pytest.raises(PassiveError, match=f"party 'bureau' refused .*party 'bank'.*{match}"):
+        party.handle(msg)  # type: ignore[arg-type]
+
+
+def test_histograms_only_for_the_instance_spaces_of_the_tree() -> None:
+    party = _passive()
+    every, n = np.ones(40, bool), 40
+    one = [np.eye(n, dtype=bool)[i] for i in range(n)]
+    # one single-row "node" per row would hand out every row's bins
+    _refused(party, _hists(0, {1000 + i: one[i] for i in range(n)}), "deeper than")
+    _refused(party, _hists(0, {2**40: every}), "deeper than")
+    _refused(party, _hists(0, {0: one[3]}), "not the rows of that node")
+    _refused(party, _hists(0, {3: one[3]}), "parent was not split")
+    assert party.handle(_hists(0, {0: every})).histograms[0].node == 0
+    _refused(party, _hists(0, {0: every}), "asked again")
+    # a child of a split it was not told of: inside its parent, both sides >= 4 rows
+    _refused(party, _hists(0, {1: one[3]}), "under 4 rows")
+    _refused(party, _hists(0, {1: ~one[3]}), "sibling 2 under 4")
+    left = np.arange(n) < 15
+    # a refused batch changes nothing: its first node stays unanswered
+    _refused(party, _hists(0, {1: left, 9: left}), "deeper than")
+    assert party.handle(_hists(0, {1: left})).histograms[0].node == 1
+    # the sibling is the rest of the parent; a grandchild must lie inside its parent
+    _refused(party, _hists(0, {3: ~left & (np.arange(n) < 30)}), "not a subset of node 1")
+    _refused(party, _hists(0, {4: left}), "sibling 3 under 4")
+    _refused(party, _split(0, 2, left), "not the rows of that node")
+    party.handle(_split(0, 2, ~left))
+    _refused(party, _hists(0, {7: left}), "deeper than")  # depth 3 = max_depth: leaves
+
+
+def test_splits_only_once_per_node_of_the_current_tree_on_its_rows() -> None:
+    party = _passive()
+    every = np.ones(40, bool)
+    _refused(party, _split(999, 0, every), "gradients of tree 0")
+    _refused(party, _split(0, 5, every), "no such node")
+    _refused(party, _split(0, 0, np.arange(40) < 20), "not the rows of that node")
+    fine = _passive(params=BoostParams(n_trees=2, n_bins=32))  # bin 0: about 40 / 32 rows
+    _refused(fine, _split(0, 0, every, b=0), "a side under 4 rows")
+    reply = party.handle(_split(0, 0, every))
+    assert isinstance(reply, InstanceSplit) and party.records == {0: party.records[0]}
+    _refused(party, _split(0, 0, every), "split already")
+    left = from_bitmap(reply.left, 40, "bureau", "left")
+    _refused(party, _hists(0, {1: every}), "not the rows of that node")
+    assert party.handle(_hists(0, {1: left})).histograms[0].node == 1  # the rows it sent
+    assert len(party.records) == 1
+
+
+def test_predictions_only_after_training_and_no_record_twice() -> None:
+    party = _passive(params=BoostParams(n_trees=2, max_depth=2, n_bins=8))
+    party.set_predict_rows(party.X)
+    party.handle(_split(0, 0, np.ones(40, bool)))
+    request = PredictRequest(run=RUN, sender="bank", n_rows=40, records=[0])
+    _refused(party, request, "after 1 of the run's 2 trees")
+    party.handle(_grads(40, tree=1))
+    twice = PredictRequest(run=RUN, sender="bank", n_rows=40, records=[0] * 100_000)
+    _refused(party, twice, "naming a record twice")
+    assert isinstance(party.handle(request), PredictRoutes)
+    _refused(party, _hists(1, {0: np.ones(40, bool)}), "after training ended")
+    # a prediction run loads the trained records: training is over by construction
+    loaded = PassiveParty("bureau", RUN, party.X)
+    loaded.load_records(party.records)
+    loaded.set_predict_rows(party.X)
+    assert loaded._routes(request).left == party.handle(request).left
+    with pytest.raises(PassiveError, match="record 0 of its model names feature 7"):
+        loaded.load_records({0: (7, 0.5)})
+
+
+def test_gradients_one_per_row_trees_in_order_within_the_run_one_key() -> None:
+    party = _passive(grads=False)
+    width = KEYS.public.ciphertext_bytes
+    _refused(party, _grads(40, blob=_grads(40).ciphertexts[: 5 * width]), "5 ciphertexts for 40")
+    _refused(party, _grads(40, tree=1), "next is 0")
+    party.handle(_grads(40))
+    _refused(party, _grads(40), "next is 1")
+    _refused(party, _grads(40, tree=5000), "the run has 2 trees")
+    party.handle(_grads(40, tree=1))
+    _refused(party, _grads(40, tree=2), "the run has 2 trees")
+    _refused(party, he.key_message(RUN, "bank", KEYS.public), "a second public key")
+    other = he.key_message(RUN, "insurer", KEYS.public)
+    with pytest.raises(PassiveError, match="party 'insurer'.*'bank' drives this run"):
+        party.handle(other)
+
+
+def test_histogram_ciphertexts_carry_the_passive_partys_own_randomness() -> None:
+    """Two parties with the same rows and gradients: equal sums, unrelated ciphertexts, and
+    neither the bare product of the key owner's ciphertexts (whose randomness it chose)."""
+    a, b = _passive(), _passive()
+    every = {0: np.ones(40, bool)}
+    ha, hb = (
+        he.from_bytes(
+            KEYS.public, p.handle(_hists(0, every)).histograms[0].ciphertexts, "bureau", "histogram"
+        )
+        for p in (a, b)
+    )
+    assert he.decrypt_many(KEYS, ha) == he.decrypt_many(KEYS, hb)
+    assert not set(ha) & set(hb)
+    cts = he.from_bytes(KEYS.public, _GRADS[40], "bank", "gradients")
+    bare = he.compress(
+        KEYS.public, he.bucket_sums(KEYS.public, cts, a._cols[0], range(40), a._nb[0])
+    )
+    assert not set(bare) & set(ha)
+
+
+def test_bad_bin_sums_and_bin_counts_are_refused_naming_the_passive_party() -> None:
+    X, y = _data(60)
+    active, _, _ = _parties(X, y)
+    pub, per = KEYS.public, KEYS.public.bins_per_ciphertext
+
+    def reply(n_bins: list[int], plains: list[int]) -> HistogramBatch:
+        cts = he.encrypt_many(KEYS, plains, workers=1)
+        hist = EncryptedHistogram(
+            run=RUN, sender="bureau", tree=0, node=0, n_bins=n_bins,
+            pack_bits=he.PACK_BITS, ciphertexts=he.to_bytes(pub, cts),
+        )  # fmt: skip
+        return HistogramBatch(run=RUN, sender="bureau", tree=0, histograms=[hist])
+
+    empty, zeros = {0: np.arange(0)}, np.zeros(60, np.int64)
+    assert active._decrypt(reply([8, 8, 8], [0, 0, 0]), "bureau", 0, empty, zeros, zeros)
+    # a G slot of all ones: 2^66 - 1 decodes far beyond int64
+    top = ((1 << he.G_BITS) - 1) << (he.H_BITS + he.COUNT_BITS)
+    with pytest.raises(ActiveError, match="party 'bureau' sent bin sums for feature 0"):
+        active._decrypt(reply([8, 8, 8], [top, 0, 0]), "bureau", 0, empty, zeros, zeros)
+    with pytest.raises(ActiveError, match="party 'bureau' sent bin counts for node 0"):
+        active._decrypt(reply([7, 8, 8], [0, 0, 0]), "bureau", 0, empty, zeros, zeros)
+    assert per >= 8
+
+
+def test_a_passive_split_that_does_not_match_its_histogram_is_refused() -> None:
+    class Liar(PassiveParty):
+        def _split(self, msg: SplitDecision) -> InstanceSplit:
+            out = super()._split(msg)
+            left = ~from_bitmap(out.left, self.n_rows, "", "")
+            return out.model_copy(update={"left": to_bitmap(left)})
+
+    X, y = _data()
+    active, passives, wire = _parties(X, y)
+    passives["bureau"] = Liar("bureau", RUN, X[:, 2:5], workers=1, params=PARAMS)
+    passives["insurer"] = Liar("insurer", RUN, X[:, 5:], workers=1, params=PARAMS)
+    with pytest.raises(ActiveError, match="party '(bureau|insurer)' split node .* not match"):
+        train(active, passives, wire)
+
+
+def test_feature_counts_and_rows_are_capped() -> None:
+    with pytest.raises(ValidationError):
+        Features(run=RUN, sender="bureau", count=2**40)
+    X, y = _data(60)
+    with pytest.raises(ActiveError, match="party 'bureau' brings 1099511627776 features"):
+        ActiveParty("bank", RUN, X, y, {"bureau": 2**40}, PARAMS, KEYS)
+    # past 2^22 rows a sum of 2^40-scaled gradients can leave int64: every party refuses
+    big = np.zeros((MAX_ROWS + 1, 1))
+    with pytest.raises(ActiveError, match=f"'bank': {MAX_ROWS + 1} rows, at most {MAX_ROWS}"):
+        ActiveParty("bank", RUN, big, np.zeros(MAX_ROWS + 1), {}, PARAMS, KEYS)
+    with pytest.raises(PassiveError, match=f"'bureau': {MAX_ROWS + 1} rows, at most"):
+        PassiveParty("bureau", RUN, big)
+    with pytest.raises(ValueError, match=f"at most {MAX_ROWS}"):
+        fit_plain(big.astype(np.int32), np.zeros(MAX_ROWS + 1), PARAMS)

@@ -54,7 +54,7 @@ def reference(
     active = ActiveParty(
         "bank", "ref", bank.X[rb], bank.y[rb], {"bureau": 4}, params, he.generate_keypair()
     )
-    passives = {"bureau": PassiveParty("bureau", "ref", bureau.X[ru], n_bins=params.n_bins)}
+    passives = {"bureau": PassiveParty("bureau", "ref", bureau.X[ru], params=params)}
     wire = LocalWire(channels("ref", ["bank", "bureau"]))
     trees = secureboost.train(active, passives, wire)
     proba = secureboost.predict_proba(active, passives, wire, bank.X[rb], {"bureau": bureau.X[ru]})
