@@ -125,6 +125,9 @@ def _need(state: ServerState, got: int, stage: str, what: str, silo: str | None 
 def receive_advertise(state: ServerState, msg: AdvertiseKeys) -> None:
     """Stage 0: accept a silo's signed public keys."""
     _admit(state, msg, state.adverts)
+    if state.check_signatures:  # mailbox rows were checked when they arrived
+        for name, key in (("c_pk", msg.c_pk), ("s_pk", msg.s_pk)):
+            crypto.check_public(key, name, **state.where("advertise", msg.silo))
     state.adverts[msg.silo] = msg
 
 
@@ -347,7 +350,11 @@ def finalize(state: ServerState) -> np.ndarray:
             )
         for silo in state.survivors:
             if silo in state.shares[gone].ciphertexts:
-                seed = pair_seed(key, state.adverts[silo].s_pk, cfg, gone, silo)
+                try:
+                    seed = pair_seed(key, state.adverts[silo].s_pk, cfg, gone, silo)
+                except MessageFormatError as exc:  # a key stored before adverts were checked
+                    why = f"its advertised s_pk is unusable ({exc.__cause__})"
+                    raise MessageFormatError(why, **state.where("unmask", silo)) from exc
                 # the survivor added +PRG when the dropped silo sorts after it: undo that
                 add_mask(total, seed, -1 if cfg.index(gone) > cfg.index(silo) else +1)
     return total

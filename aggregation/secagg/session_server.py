@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.secagg import shamir
+from schemas.secagg import crypto, shamir
 from schemas.secagg.exceptions import (
     DuplicateMessageError,
     InsufficientSharesError,
@@ -31,7 +31,7 @@ from schemas.secagg.exceptions import (
     Where,
 )
 from schemas.secagg.messages import Signed
-from schemas.secagg.prg import add_mask, dtype_for
+from schemas.secagg.prg import SEED_BYTES, add_mask, dtype_for
 from schemas.secagg.session_config import SessionConfig, b_commitment
 from schemas.secagg.session_messages import (
     SETUP_COUNTER,
@@ -101,6 +101,9 @@ def receive_advert(state: SessionServer, msg: SessionAdvert) -> None:
     if state.active:
         raise LateMessageError("the session's setup is closed", **state.where(msg.silo))
     _admit(state, msg, SETUP_COUNTER, state.adverts)
+    if state.check_signatures:  # else replayed: checked when it arrived
+        for name, key in (("c_pk", msg.c_pk), ("s_pk", msg.s_pk)):
+            crypto.check_public(key, name, **state.where(msg.silo))
     state.adverts[msg.silo] = msg
 
 
@@ -209,6 +212,12 @@ def receive_unmask(state: SessionServer, msg: SessionUnmaskResponse) -> None:
             "with exactly the dropped silos",
             **state.where(msg.silo),
         )
+    for gone, seed in msg.pair_seeds.items():  # finalize would fail on it, for every silo
+        if len(seed) != SEED_BYTES:
+            raise MessageFormatError(
+                f"pairwise seed with {gone} is {len(seed)} bytes, not {SEED_BYTES}",
+                **state.where(msg.silo),
+            )
     index = state.config.index(msg.silo)
     for raw in msg.b_shares.values():
         if shamir.Share.from_bytes(raw).index != index:

@@ -137,6 +137,8 @@ def _parse(stage: str, silo: str, run_id: str, raw: bytes, where: str) -> Signed
         raise InvalidPayload(f"{where}: {exc}") from exc
     if msg.silo != silo or msg.run_id != run_id:
         raise InvalidPayload(f"{where} is bound to silo {msg.silo!r} and run {msg.run_id}")
+    if not 0 <= msg.round_num < 2**31:  # before any query: SQLite overflows past 64 bits
+        raise InvalidPayload(f"{where}: aggregation counter {msg.round_num} is out of range")
     return msg
 
 

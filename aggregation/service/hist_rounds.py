@@ -52,7 +52,7 @@ from aggregation.service.tables import (
 )
 from aggregation.trees.secure_hist.cuts import base_score_from_setup, cuts_from_setup
 from aggregation.trees.secure_hist.grow import receive_level, start_tree
-from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from schemas.secagg.exceptions import InsufficientSharesError, SecAggError
 from schemas.secure_hist.protocol import LevelRequest, cuts_from_json, cuts_to_json
 from schemas.specs import RunSpec
 
@@ -132,11 +132,11 @@ def advance(
     s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder, *, force: bool
 ) -> None:
     """Move the protocol on while nobody is awaited (or once, `force`d, at the deadline);
-    fail the round when too few silos remain or a reconstructed seed is bad."""
+    fail the round when too few silos remain or a seed or key is bad."""
     while rnd.status == "open" and state.phase in ("advertise", "aggregate"):
         try:
             moved = _step(s, run, rnd, state, recorder, _running(s, run.id, rnd.number), force)
-        except (InsufficientSharesError, ReconstructionError) as exc:
+        except SecAggError as exc:  # too few answers, or a bad message: never a stuck round
             _fail(rnd, state, str(exc))
             return
         if not moved:

@@ -615,8 +615,10 @@ def advance(s: Session, run: Run, rnd: Round, spec: RunSpec, *, force: bool) -> 
 
     Raises
     ------
-    InsufficientSharesError, ReconstructionError
-        When too few silos answered to unmask; the caller fails the round with the message.
+    SecAggError
+        When too few silos answered to unmask (InsufficientSharesError), or a stored message
+        cannot be unmasked with (ReconstructionError, MessageFormatError); the caller fails
+        the round with the message.
     """
     stage = rnd.secagg_stage
     while stage is not None and (force or stage_complete(s, rnd, stage)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Unpack
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -99,6 +100,24 @@ def agree(private: X25519PrivateKey, peer_public: bytes) -> bytes:
     except ValueError as exc:
         raise MessageFormatError(
             f"peer X25519 public key is invalid ({exc}); the peer must advertise a fresh key"
+        ) from exc
+
+
+def check_public(raw: bytes, name: str, **where: Unpack[Where]) -> None:
+    """Refuse `raw` unless it is a 32-byte X25519 public key that agrees to a non-zero secret
+    (a test exchange with a throwaway key): a bad key caught on arrival cannot break the
+    unmasking of a round, which only then agrees with it.
+
+    Raises
+    ------
+    MessageFormatError
+        If the key is malformed or of low order.
+    """
+    try:
+        generate_x25519().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise MessageFormatError(
+            f"{name} is not a valid X25519 public key ({exc}); advertise a fresh key", **where
         ) from exc
 
 

@@ -127,7 +127,7 @@ def _decode(hint: Any, value: Any, payload: memoryview) -> Any:
         return {str(k): bytes.fromhex(v) for k, v in value.items()}
     if origin is tuple:
         return tuple(str(v) for v in value)
-    if hint in (str, int) and not isinstance(value, hint):
+    if hint in (str, int) and (not isinstance(value, hint) or isinstance(value, bool)):
         raise ValueError(f"expected {hint}, got {value!r}")
     return value
 

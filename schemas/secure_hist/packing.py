@@ -245,6 +245,8 @@ def masked_head(raw: bytes) -> SessionMasked:
     empty): enough to tell which aggregation it answers before its widths are known."""
     if raw[:4] != MAGIC:
         return SessionMasked.from_bytes(raw)
+    if len(raw) < 8:
+        raise HistVectorError("a packed secure-hist frame is cut short in its header length")
     (size,) = struct.unpack(">I", raw[4:8])
     return SessionMasked.from_bytes(raw[8 : 8 + size])
 

@@ -275,3 +275,20 @@ def test_buffer_size_below_the_threshold_is_refused_at_run_creation() -> None:
         )
     with pytest.raises(ValueError, match="below what a secure buffer needs"):
         RunSpec(**base, min_silos=1, asynchronous=AsyncSpec(buffer_size=1))  # type: ignore[arg-type]
+
+
+def test_a_silo_outside_the_cohort_fetches_nothing_of_it(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """A run participant outside the cohort used to get every advert (a 500 under SecAgg+)."""
+    fed = Buffers(api_service_url, tmp_path, k=2)
+    for name in N:
+        fed.task(name, "train")
+    fed.ready("a", 1)
+    assert fed.ready("b", 1)["cohort"]  # the cohort is a and b: c is outside it
+    fed.stages_until_masked(["a", "b"], deltas(1), skip=("a", "b"))  # the share stage is done
+    for what in ("adverts", "shares", "unmask-request"):
+        with pytest.raises(ServiceRejected) as err:
+            fed.silos["c"].secagg_get(fed.run_id, 1, what)
+        assert err.value.status == 403 and "silo 'c'" in err.value.detail, err.value.detail
+        assert "round 1" in err.value.detail

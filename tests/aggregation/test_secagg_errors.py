@@ -178,6 +178,19 @@ def test_messages_from_strangers_and_late_messages_are_rejected():
         server.receive_shares(rnd.srv, misrouted)
 
 
+@pytest.mark.parametrize("field", ["c_pk", "s_pk"])
+@pytest.mark.parametrize("key", [bytes(32), bytes(2)], ids=["low-order", "short"])
+def test_an_invalid_mask_key_is_refused_on_arrival(field: str, key: bytes):
+    """Accepted, such a key broke the round's unmasking (a 500 on every try) only later."""
+    rnd = Round()
+    sent = rnd.adverts_sent["a"]
+    keys = {"c_pk": sent.c_pk, "s_pk": sent.s_pk, field: key}
+    bad = AdvertiseKeys.create(IDS["a"], run_id="run-e", round_num=1, silo="a", **keys)
+    with pytest.raises(MessageFormatError, match=f"{field} is not a valid X25519") as err:
+        server.receive_advertise(rnd.srv, bad)
+    assert (err.value.silo, err.value.round_num) == ("a", 1) and not rnd.srv.adverts
+
+
 def test_service_refuses_to_request_mask_keys_of_a_silo_that_submitted():
     rnd = Round().advertise().share().masked()
     with pytest.raises(UnmaskRefusedError) as err:
@@ -240,6 +253,11 @@ def test_undecodable_bytes_raise_message_format_error():
     with pytest.raises(MessageFormatError):
         MaskedInput.from_bytes(raw[:-3])
     assert AdvertiseKeys.from_bytes(raw) == rnd.adverts_sent["a"]
+    size = int.from_bytes(raw[4:8], "big")
+    head = raw[8 : 8 + size].replace(b'"round_num":1', b'"round_num":true')  # not a number
+    flagged = raw[:4] + len(head).to_bytes(4, "big") + head + raw[8 + size :]
+    with pytest.raises(MessageFormatError, match="expected <class 'int'>, got True"):
+        AdvertiseKeys.from_bytes(flagged)
 
 
 def test_client_refuses_a_survivor_list_without_t_signatures():

@@ -10,14 +10,16 @@ from hypothesis import strategies as st
 from support.secagg_session import open_session
 
 from aggregation.secagg import session_server
+from schemas.secagg.crypto import generate_identity, identity_public_bytes
 from schemas.secagg.exceptions import (
+    MessageFormatError,
     UnknownSiloError,
     UnmaskRefusedError,
     VectorShapeError,
     WrongRoundError,
 )
 from schemas.secagg.prg import add_mask
-from schemas.secagg.session_messages import SessionMasked
+from schemas.secagg.session_messages import SessionAdvert, SessionMasked, SessionUnmaskResponse
 from silos.secagg import session
 
 
@@ -133,3 +135,34 @@ def test_refusals() -> None:
     other = requests["s0"].__class__("run-1", 1, "s0", ("s0", "s1", "s2"), (), {}, {})
     with pytest.raises(UnmaskRefusedError):
         session.unmask(clients["s0"], other)  # a second, different answer
+
+
+def test_invalid_keys_and_pair_seeds_are_refused_naming_the_silo() -> None:
+    """Accepted, a bad session key broke every peer's setup, and a pairwise seed of the wrong
+    length broke the unmasking of the aggregation (a 500 for the next honest silo)."""
+    cfg = session.SessionConfig("run-1", ("s0", "s1", "s2"), 2, 64, False)
+    identity = generate_identity()
+    srv = session_server.SessionServer(cfg, {"s0": identity_public_bytes(identity)})
+    _, advert = session.start_session(cfg, "s0", identity, srv.roster_keys)
+    for field, key in (("c_pk", bytes(32)), ("s_pk", bytes(2))):
+        keys = {"c_pk": advert.c_pk, "s_pk": advert.s_pk, field: key}
+        bad = SessionAdvert.create(identity, run_id="run-1", round_num=0, silo="s0", **keys)
+        with pytest.raises(MessageFormatError, match=f"{field} is not a valid X25519") as err:
+            session_server.receive_advert(srv, bad)
+        assert err.value.silo == "s0" and not srv.adverts
+
+    srv, clients = setup(3, 2, consistency=False)
+    request = session_server.open_aggregation(srv, 8)
+    for s in ("s0", "s1"):  # s2 drops
+        masked = session.masked_input(clients[s], request, np.zeros(8, dtype=np.uint64))
+        session_server.receive_masked(srv, masked)
+    session_server.close_masked(srv)
+    answer = session.unmask(clients["s0"], session_server.unmask_requests(srv)["s0"])
+    short = SessionUnmaskResponse.create(
+        clients["s0"].identity, run_id="run-1", round_num=1, silo="s0",
+        b_shares=answer.b_shares, pair_seeds={"s2": b"\x01"},
+    )  # fmt: skip
+    with pytest.raises(MessageFormatError, match="seed with s2 is 1 bytes") as err:
+        session_server.receive_unmask(srv, short)
+    assert (err.value.silo, err.value.round_num) == ("s0", 1) and not srv.current.responses
+    session_server.receive_unmask(srv, answer)  # the right answer still counts

@@ -18,6 +18,7 @@ from support.live_service import (
 )
 from support.validation import validate_all
 
+from aggregation.secagg import server as _server
 from aggregation.service import secure_rounds as _secure_rounds
 from flows.service_client import CoordinatorClient
 from schemas import tensors
@@ -312,6 +313,26 @@ def test_too_few_survivors_fail_the_round_saying_how_many(fed: Fed) -> None:
     out = fed.coord.close_round(fed.run_id, 1)
     assert out.status == "failed"
     assert "needed 2, got 1" in (out.reason or "")
+
+
+def test_a_mask_key_unusable_at_unmask_fails_the_round_naming_the_silo(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A survivor's stored s_pk that the dropout's recovered key cannot agree with (one
+    stored before adverts were checked) used to 500 every unmask and the deadline close,
+    leaving the round open for good."""
+    real = _server.pair_seed
+    monkeypatch.setattr(  # a's stored s_pk is a low-order point
+        _server,
+        "pair_seed",
+        lambda k, pk, cfg, a, b: real(k, bytes(32) if b == "a" else pk, cfg, a, b),
+    )
+    _run_until_masked(fed, _deltas(4), {"a": 10, "b": 30, "c": 60}, skip_masked=("c",))
+    fed.coord.close_round(fed.run_id, 1)  # c is a dropout: its pairwise masks are recovered
+    _unmask_all(fed, ["a", "b"])
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "failed", out
+    assert "round 1, stage unmask, silo a] its advertised s_pk is unusable" in (out.reason or "")
 
 
 def test_bad_protocol_messages_are_refused(fed: Fed) -> None:

@@ -24,11 +24,14 @@ from support.live_service import (
 )
 from support.secure_hist_driver import run_secure_hist
 
+from aggregation.secagg import session_server
 from aggregation.service.tables import HistMessage, HistRun
 from aggregation.trees.models import predict_proba
 from flows.service_client import CoordinatorClient
 from schemas.contracts.loader import load_contract
+from schemas.secagg.exceptions import SecAggConfigError
 from schemas.secagg.session_messages import AggregationRequest, SessionMasked
+from schemas.secure_hist import packing
 from schemas.secure_hist.protocol import HistRunConfig, LevelRequest
 from schemas.specs import RunSpec, SecureAggregationSpec
 from schemas.tasks import Task
@@ -246,6 +249,22 @@ def test_setup_rows_above_the_first_count_fail_the_round_naming_both(
     assert f"the {counted} the silos counted first" in (first.reason or "")
 
 
+def test_a_seed_unusable_at_unmask_fails_the_round_instead_of_a_500(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored answer the unmasking cannot use (a short pairwise seed, stored before such
+    answers were refused) used to 500 every later unmask answer, the round open for good."""
+
+    def unusable(srv: session_server.SessionServer) -> None:
+        raise SecAggConfigError("PRG seeds are 32 bytes, got 1", **srv.where("a"))
+
+    monkeypatch.setattr(session_server, "finalize", unusable)
+    train_round(fed, 1)
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "failed", out
+    assert "silo a] PRG seeds are 32 bytes, got 1" in (out.reason or ""), out.reason
+
+
 def test_a_silo_silent_at_a_level_is_recovered_and_leaves(fed: Fed) -> None:
     def c_vanishes(silo: str, task: Task) -> bool:
         level = task.hist.level if task.type == "hist" else None
@@ -312,6 +331,9 @@ def test_bad_level_answers_are_refused_and_change_nothing(fed: Fed) -> None:
         "unknown node": (bad(request.round_num, request.dim), f"{query}&nodes=97"),
         "wrong tree": (bad(request.round_num, request.dim), f"?tree=5&depth=1&nodes={nodes}"),
         "wrong counter": (bad(request.round_num + 4, request.dim), f"{query}&nodes={nodes}"),
+        # both used to 500: SQLite overflowed on the counter, struct on the frame's length
+        "counter past 64 bits": (bad(2**63, request.dim), f"{query}&nodes={nodes}"),
+        "cut-short frame": (packing.MAGIC + b"\0", f"{query}&nodes={nodes}"),
     }
     for name, (body, q) in cases.items():
         with pytest.raises(ServiceRejected) as err:

@@ -183,3 +183,10 @@ def test_packed_run_gives_the_bit_identical_model_on_fewer_bytes() -> None:
     assert packed.aggregations == legacy.aggregations + 1
     for silo in data:
         assert packed.bytes_sent[silo] * 1.5 < legacy.bytes_sent[silo], silo
+
+
+def test_a_cut_short_frame_header_is_refused_as_a_format_error() -> None:
+    """A frame too short for its header length used to raise struct.error (a 500)."""
+    for raw in (packing.MAGIC, packing.MAGIC + b"\0\0\0"):
+        with pytest.raises(HistVectorError, match="cut short"):
+            packing.masked_head(raw)

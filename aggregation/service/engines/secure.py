@@ -34,7 +34,7 @@ from aggregation.service.tables import Contribution, utcnow
 from aggregation.service.wakeup import answers_only
 from schemas import tensors
 from schemas.secagg.config import RoundConfig
-from schemas.secagg.exceptions import InsufficientSharesError, ReconstructionError
+from schemas.secagg.exceptions import SecAggError
 from schemas.signing import STATEMENT_HEADER
 from schemas.specs import update_shapes
 from schemas.tasks import (
@@ -199,7 +199,7 @@ class SecureEngine:
         before = rnd.secagg_stage
         try:
             flat = secure_rounds.advance(s, run, rnd, ctx.spec, force=force)
-        except (InsufficientSharesError, ReconstructionError) as exc:
+        except SecAggError as exc:  # too few answers, or a bad message: never a stuck round
             fail_round(ctx, f"secure aggregation: {exc}")
             return
         if before == "masked" and rnd.secagg_stage in ("consistency", "unmask"):
@@ -264,6 +264,8 @@ def inbox(ctx: RoundContext, silo: str, what: str) -> list[bytes]:
     s, run, rnd, spec = ctx.s, ctx.run, ctx.rnd, ctx.spec
     if rnd.secagg_stage is None:
         raise Conflict(f"round {rnd.number} of run {run.id} does not use secure aggregation")
+    if silo not in secure_rounds.roster(rnd):  # a run participant outside the round's roster
+        raise Forbidden(f"silo {silo!r} is not on the roster of round {rnd.number} of {run.id}")
     order = secure_rounds.STAGES.index(rnd.secagg_stage)
     if what == "adverts" and order >= 1:
         state = secure_rounds.rebuild(s, run, rnd, spec, at="advertise")
