@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from typing import Literal
 
 import numpy as np
@@ -162,11 +163,18 @@ def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
         expected = 4 * sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         if len(payload) != expected:
             raise ValueError(f"{len(payload)} parameter bytes; hidden {hidden} needs {expected}")
+        # float32 little-endian, as `silos.local_models` writes them: a NaN or infinite
+        # parameter would make every silo's mixture (and weight round) non-finite
+        if not np.isfinite(np.frombuffer(payload, "<f4")).all():
+            raise ValueError("the model's parameters are not all finite (NaN or infinity)")
     elif kind == "xgboost":
         try:
-            found = json.loads(payload)["learner"]["learner_model_param"]["num_feature"]
+            # every number finite (leaf values, thresholds...): NaN/Infinity tokens or
+            # overflowing literals are refused while parsing
+            doc = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
+            found = doc["learner"]["learner_model_param"]["num_feature"]
         except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise ValueError(f"not an XGBoost JSON model ({exc})") from exc
+            raise ValueError(f"not an XGBoost JSON model of finite numbers ({exc})") from exc
         if str(found) != str(n_features):
             raise ValueError(f"the XGBoost model has {found} features, not {n_features}")
     elif (
@@ -174,6 +182,26 @@ def check_member_bytes(data: bytes, kind: str, n_features: int) -> None:
         or b"\nend of trees\n" not in payload
     ):
         raise ValueError(f"not a whole LightGBM model text of {n_features} features")
+    else:
+        for line in payload.split(b"\n"):
+            if line.startswith(b"leaf_value="):
+                try:
+                    leaves = np.array(line[len(b"leaf_value=") :].split(), dtype=np.float64)
+                except ValueError as exc:
+                    raise ValueError(f"a LightGBM leaf_value line does not parse ({exc})") from exc
+                if not np.isfinite(leaves).all():
+                    raise ValueError("the LightGBM model's leaf values are not all finite")
+
+
+def _no_constant(token: str) -> float:
+    raise ValueError(f"the number {token} is not finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text:.40} is not finite")
+    return value
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -69,8 +69,18 @@ class LoadedEnsemble:
     models: list[LocalModel]
 
     def member_proba(self, X: np.ndarray) -> np.ndarray:
-        """(n, m): each member's P(y = 1) on `X`."""
-        return np.column_stack([m.predict_proba(X) for m in self.models])
+        """(n, m): each member's P(y = 1) on `X` (ModelError naming the member's silo if one
+        is not finite: it would make the mixture, its gradient and metrics NaN)."""
+        columns = []
+        for member, model in zip(self.artifact.members, self.models, strict=True):
+            p = np.asarray(model.predict_proba(X), dtype=np.float64)
+            if not np.isfinite(p).all():
+                raise ModelError(
+                    f"the ensemble's member of silo {member.silo!r} gives non-finite "
+                    f"probabilities (NaN or infinity) on this silo's rows"
+                )
+            columns.append(p)
+        return np.column_stack(columns)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """The mixture's P(y = 1) on `X`."""

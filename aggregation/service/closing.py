@@ -19,10 +19,12 @@ from aggregation.service.wakeup import silos_unaffected
 
 def close_round(s: Session, run_id: str, number: int, hub: Hub) -> Round:
     """Aggregate (train round) or close (evaluation round) at the deadline. Idempotent."""
+    # run, then round: the order every answer path takes them in, else a deadline close
+    # racing a late answer deadlocks (PostgreSQL)
+    run = get_run(s, run_id, for_update=True)
     rnd = get_round(s, run_id, number, for_update=True)
     if rnd.status != "open":
         return rnd
-    run = get_run(s, run_id, for_update=True)
     spec = spec_of(run)
     engine_for(spec, rnd).close(RoundContext(s, run, rnd, spec, hub))
     summarize_rejections(s, hub.recorder, rnd)

@@ -232,6 +232,17 @@ def messages(s: Session, rnd: Round, stage: str | None = None) -> list[SecAggMes
     return list(s.scalars(stmt.order_by(SecAggMessage.id)))
 
 
+def advertised_count(s: Session, rnd: Round, silo: str) -> int | None:
+    """The example count `silo` advertised in round `rnd` (its weight's n_k), or None."""
+    stmt = select(SecAggMessage.n_examples).where(
+        SecAggMessage.run_id == rnd.run_id,
+        SecAggMessage.round == rnd.number,
+        SecAggMessage.stage == "advertise",
+        SecAggMessage.silo == silo,
+    )
+    return s.scalar(stmt)
+
+
 def _senders(s: Session, rnd: Round) -> dict[str, set[str]]:
     """Who sent a message at each stage, in one query without payloads (polled often)."""
     out: dict[str, set[str]] = {st: set() for st in STAGES}

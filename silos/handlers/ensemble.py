@@ -63,9 +63,8 @@ def weights_round(ctx: SiloContext, work: EnsembleWeightsTask) -> dict[str, obje
     message = secure_round.masked_update(ctx.client, ctx.key, work, ctx.workspace, vector)
     n_val = metrics.n_test
     try:
-        answer = ctx.client.submit_masked(
-            work.run_id, work.round, message, n_val, 0.0, metrics.model_dump_json()
-        )
+        # no metrics: the validation slice's stay here (only summed gradients leave a silo)
+        answer = ctx.client.submit_masked(work.run_id, work.round, message, n_val, 0.0, None)
     except AlreadyAnswered:
         return {"round": work.round, "duplicate": True}
     keep_receipt(ctx.workspace, answer)

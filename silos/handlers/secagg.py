@@ -28,8 +28,21 @@ from silos.handlers.registry import register
 from silos.handlers.training import Trained, run_training_round
 
 
+def advertised_count(ctx: SiloContext, work: SecAggAdvertiseTask) -> int:
+    """The count this silo's masked update will carry (the service refuses a different one):
+    an ensemble weight round's validation rows (its gradient is their mean; the service's
+    `ensemble_mode`: a training round past version 0), else the training rows."""
+    spec = work.spec
+    if spec.ensemble is not None and work.model_version > 0:
+        from silos.ensemble import split_validation  # torch, xgboost: only in this run
+
+        _, (_, y_val) = split_validation(ctx.data, spec.ensemble.val_fraction, spec.training.seed)
+        return len(y_val)
+    return ctx.data.n_train
+
+
 def advertise(ctx: SiloContext, work: SecAggAdvertiseTask) -> None:
-    n_examples = len(ctx.data.y_train)
+    n_examples = advertised_count(ctx, work)
     secure_round.advertise(ctx.client, ctx.key, work, ctx.workspace, n_examples=n_examples)
 
 

@@ -196,6 +196,23 @@ def test_update_between_two_buffers_is_asked_again_and_joins_the_next(
     assert by_silo["c"]["staleness"] == 1 and by_silo["c"]["base_round"] == 1
 
 
+def test_update_after_a_failed_buffer_is_asked_again_and_joins_the_next(
+    api_service_url: str,
+) -> None:
+    """The coordinator opens the next buffer after a failed one too: an update arriving in
+    between is asked again (`between_buffers`), not refused for good with its training lost."""
+    fed = async_federation(api_service_url, max_staleness=2)
+    send(fed, "a", 1, seed=1)
+    assert fed.coord.close_round(fed.run_id, 1).status == "failed"  # deadline: 1 < min_silos
+    body = payload(deltas(2), fed.run_id, 1, n=N["b"])
+    with pytest.raises(BetweenBuffers) as err:
+        send(fed, "b", 1, seed=2, body=body)
+    assert err.value.status == 409 and "(failed)" in err.value.detail
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    late = send(fed, "b", 1, seed=2, body=body)
+    assert late["buffer"] == 2 and not late["duplicate"]
+
+
 def test_async_spec_refuses_small_buffers() -> None:
     base = {"federation": "f", "dataset": "toy", "model": ModelSpec(kind="logreg", n_features=3)}
     with pytest.raises(ValueError, match="below min_silos"):

@@ -251,6 +251,35 @@ def test_each_member_signs_its_base_round_and_a_wrong_one_is_refused(
     assert [(p["silo"], p["round"], p["base_round"]) for p in accepted] == [("a", 1, 1)]
 
 
+def test_a_masked_count_other_than_the_advertised_one_is_refused(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """The weight applied is n_k / N of the advertised count: a masked update claiming another
+    count (which the contribution, aggregate entry and statement would record) is refused,
+    naming the silo and round, and nothing of it is kept."""
+    fed = Buffers(api_service_url, tmp_path, k=2)
+    for name in ("a", "b"):
+        fed.task(name, "train")
+        fed.ready(name, 1)
+    d = deltas(5)
+    fed.stages_until_masked(["a", "b"], d, skip=("a",))
+    a, work = fed.silos["a"], fed.task("a", "secagg_buffered")
+    message = secure_round.masked_update(a, a.key, work, fed.ws / "a", work.secagg.weight * d["a"])
+    with pytest.raises(ServiceRejected) as err:
+        a.submit_masked(fed.run_id, 1, message, 1, 0.01, METRICS, 1)
+    assert err.value.status == 422, err.value
+    detail = err.value.detail
+    assert (
+        "silo 'a' for round 1" in detail and "n_examples=1" in detail and "advertised 10" in detail
+    )
+    fed.task("a", "secagg_buffered")  # refused: the masked stage still awaits a
+    a.submit_masked(fed.run_id, 1, message, N["a"], 0.01, METRICS, 1)
+    fed.unmask(["a", "b"])
+    assert fed.coord.wait_round(fed.run_id, 1, 5).status == "aggregated"
+    counts = {c["silo"]: c["n_examples"] for c in fed.aggregate(1)["contributors"]}  # type: ignore[attr-defined]
+    assert counts == {"a": N["a"], "b": N["b"]}
+
+
 def test_stage_messages_before_a_cohort_and_plain_updates_are_refused(
     api_service_url: str, tmp_path: Path
 ) -> None:

@@ -79,6 +79,10 @@ def test_mixed_kinds_make_one_weighted_ensemble(fed: Federation, tmp_path: Path)
     }
     assert [m["weight"] for m in ensembles[-1]["ensemble"]] == pytest.approx(artifact.weights)
     assert all(a["individual_updates_seen_by_service"] is False for a in ensembles[1:])
+    # only summed gradients leave a silo in a weight round: no per-silo validation metrics
+    weight_rounds = {a["round"] for a in ensembles[1:]}
+    scored = [json.loads(e.payload) for e in ledger if e.kind == "metrics"]
+    assert not [m for m in scored if m["round"] in weight_rounds], scored
 
     statements = [e for e in ledger if e.kind == "ensembled"]
     assert sorted(e.author for e in statements) == sorted(f"silo:{s}" for s in SILOS)

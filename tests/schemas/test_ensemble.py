@@ -14,9 +14,11 @@ from hypothesis.extra.numpy import arrays
 from pydantic import ValidationError
 
 from schemas.ensemble import (
+    LOCAL_FORMAT,
     MAX_MEMBERS,
     EnsembleSpec,
     Member,
+    check_member_bytes,
     mixture_gradient,
     mixture_proba,
     padded,
@@ -148,3 +150,15 @@ def test_an_ensemble_refuses_what_makes_no_sense(change: dict[str, object], mess
     RunSpec(**BASE)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match=message):
         RunSpec(**{**BASE, **change})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_member_parameters_must_be_finite(bad: float) -> None:
+    """A NaN or infinite parameter (float32 little-endian, as silos write them) is refused:
+    stored, it would make every silo's mixture and weight round non-finite."""
+    head = b'{"format": "%s", "kind": "logreg", "n_features": 3}' % LOCAL_FORMAT.encode()
+    params = np.array([0.5, -1.0, 2.0, 0.1], "<f4")
+    check_member_bytes(head + b"\n" + params.tobytes(), "logreg", 3)
+    params[2] = bad
+    with pytest.raises(ValueError, match="not all finite"):
+        check_member_bytes(head + b"\n" + params.tobytes(), "logreg", 3)

@@ -117,6 +117,48 @@ def test_member_bytes_are_checked_without_loading_them(kind: str) -> None:
         check_member_bytes(head + b"\n" + payload[: len(payload) // 2], kind, 4)
 
 
+def _non_finite(kind: str, payload: bytes) -> bytes:
+    """`payload` with one leaf value or parameter made NaN."""
+    if kind in ("logreg", "mlp"):
+        params = np.frombuffer(payload, "<f4").copy()
+        params[0] = np.nan
+        return params.tobytes()
+    if kind == "xgboost":
+        doc = json.loads(payload)
+        doc["learner"]["gradient_booster"]["model"]["trees"][0]["split_conditions"][-1] = np.nan
+        return json.dumps(doc).encode()
+    lines = payload.split(b"\n")
+    i = next(i for i, line in enumerate(lines) if line.startswith(b"leaf_value="))
+    lines[i] = b"leaf_value=nan " + lines[i].split(b" ", 1)[1]
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "xgboost", "lightgbm"])
+def test_non_finite_member_values_are_refused(kind: str) -> None:
+    d = _data(3)
+    model = train_local(kind, d.X_train, d.y_train, params=LocalParams(hidden=(3,), epochs=1))
+    head, _, payload = model.to_bytes().partition(b"\n")
+    with pytest.raises(ValueError, match="finite"):
+        check_member_bytes(head + b"\n" + _non_finite(kind, payload), kind, 4)
+
+
+def test_a_member_with_non_finite_outputs_fails_naming_its_silo() -> None:
+    """Past the service's check (an older service, a library's own NaN), the mixture is not
+    computed over a member whose probabilities are not finite: a ModelError names its silo."""
+    data = {"a": _data(1), "b": _data(2)}
+    doc = json.loads(_artifact(data, [0.5, 0.5]))
+    raw = base64.b64decode(doc["members"][0]["model_b64"])
+    head, _, payload = raw.partition(b"\n")
+    bad = head + b"\n" + _non_finite("logreg", payload)
+    doc["members"][0]["model_b64"] = base64.b64encode(bad).decode()
+    doc["members"][0]["sha256"] = hashlib.sha256(bad).hexdigest()
+    ensemble = load_ensemble(json.dumps(doc).encode())
+    with pytest.raises(ModelError, match="member of silo 'a' gives non-finite"):
+        weight_gradient(SPEC, ensemble, data["b"])
+    with pytest.raises(ModelError, match="member of silo 'a' gives non-finite"):
+        personal_ensemble(SPEC, ensemble, data["b"])
+
+
 def test_a_silo_refines_the_weights_on_its_own_rows_and_keeps_them(tmp_path: Path) -> None:
     """The personal weights lower the mixture's loss on the silo's validation rows, move toward
     the member that fits them (a member trained on flipped labels loses weight), are the
@@ -154,3 +196,41 @@ def test_a_silo_refines_the_weights_on_its_own_rows_and_keeps_them(tmp_path: Pat
     )
     assert statement.ensemble_auc is not None and statement.personal_auc is not None
     assert statement.personal_auc >= statement.ensemble_auc  # the flipped member hurt 'a'
+
+
+def test_a_weight_round_sends_no_metrics_and_the_count_it_advertised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the summed gradient leaves a silo in a weight round (its validation-slice metrics
+    stay here), with the validation row count the silo advertised (the service refuses
+    another): the gradient is the mean over those rows."""
+    from types import SimpleNamespace
+
+    import silos.handlers.ensemble as handler
+    from silos.handlers.secagg import advertised_count
+
+    data = {"a": _data(1), "b": _data(2)}
+    artifact = _artifact(data, [0.4, 0.6])
+    sent: dict[str, object] = {}
+
+    class Client:
+        def download_model(self, run_id: str, version: int) -> bytes:
+            return artifact
+
+        def submit_masked(self, *args: object) -> dict[str, object]:
+            sent["n"], sent["metrics"] = args[3], args[5]
+            return {"digest": "d"}
+
+    monkeypatch.setattr(handler.secure_round, "masked_update", lambda *a, **k: b"masked")
+    monkeypatch.setattr(handler, "keep_receipt", lambda *a, **k: None)
+    monkeypatch.setattr(handler, "get_run_logger", lambda: SimpleNamespace(info=print))
+    ctx = SimpleNamespace(client=Client(), key=None, workspace=None, data=data["a"])
+    work = SimpleNamespace(
+        spec=SPEC, run_id="r", round=2, model_version=1, secagg=SimpleNamespace(weight=0.5, clip=9)
+    )
+    handler.weights_round(ctx, work)  # type: ignore[arg-type]
+    _, (_, y_val) = split_validation(data["a"], SPEC.ensemble.val_fraction, SPEC.training.seed)  # type: ignore[union-attr]
+    assert sent == {"n": len(y_val), "metrics": None}
+    assert advertised_count(ctx, work) == len(y_val) < len(data["a"].y_train)  # type: ignore[arg-type]
+    statistics = SimpleNamespace(spec=SPEC, model_version=0)  # an ensemble run's version-0 round
+    assert advertised_count(ctx, statistics) == len(data["a"].y_train)  # type: ignore[arg-type]

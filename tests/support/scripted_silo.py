@@ -45,5 +45,7 @@ def scripted_agent(
         transport=httpx.MockTransport(handler),
     )
     monkeypatch.setattr(agent, "make_client", lambda config, retry_for_s=600.0: client)
-    table = SimpleNamespace(y_train=np.zeros(10), data_sha256="x", stats=None, dask=None)
+    table = SimpleNamespace(
+        y_train=np.zeros(10), n_train=10, data_sha256="x", stats=None, dask=None
+    )
     monkeypatch.setattr(agent, "_ready_data", lambda *args: table)

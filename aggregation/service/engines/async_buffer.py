@@ -90,11 +90,14 @@ class AsyncEngine:
         sent = _sent_before(s, run.id, answer.silo, tensors.digest(answer.body))
         if sent is not None:  # a retry after a lost answer, in whichever buffer it went
             return {"digest": sent.digest, "duplicate": True, "receipt": None, "buffer": sent.round}
-        if buffer.kind == "train" and buffer.status == "aggregated" and run.status == "running":
-            # the coordinator opens the next buffer as soon as it sees this one closed: a slow
-            # silo's update arriving in between would otherwise be lost with its training
+        closed = buffer.status in ("aggregated", "failed")
+        if buffer.kind == "train" and closed and run.status == "running":
+            # the coordinator opens the next buffer as soon as it sees this one closed (a failed
+            # one too: the next starts from the last model): a slow silo's update arriving in
+            # between would otherwise be lost with its training
             raise BetweenBuffers(
-                f"round {asked} of run {run.id}: buffer {buffer.number} has just closed and the "
+                f"round {asked} of run {run.id}: buffer {buffer.number} has just closed "
+                f"({buffer.status}) and the "
                 f"next is not open yet: silo {answer.silo!r}, send the same update again; it "
                 f"will join the next buffer with its staleness"
             )

@@ -29,7 +29,6 @@ from aggregation.service.engines.common import (
     close_with_answers,
     contributors,
     fail_round,
-    record_metrics,
     refuse_step,
     round_fields,
 )
@@ -151,6 +150,9 @@ class WeightsEngine(SecureEngine):
     """Rounds 2..R: securely summed gradients step the mixture weights."""
 
     masked_task = EnsembleWeightsTask
+    # only summed gradients leave a silo: its validation-slice metrics are not kept (an older
+    # silo still sends them), and a weight round has no per-silo ``metrics`` entry
+    keeps_metrics = False
 
     def on_sum(self, ctx: RoundContext, flat: np.ndarray, updates: list[Contribution]) -> None:
         """The survivors' mean gradient (first m entries) steps the weights; saved as the next
@@ -181,7 +183,6 @@ class WeightsEngine(SecureEngine):
         save_round_model(s, run, rnd, payload, digest, entry, ctx.hub.recorder)
         rnd.status = "aggregated"
         rnd.closed_at = utcnow()
-        record_metrics(ctx, updates)  # each silo's validation loss of the input ensemble
 
 
 def load_artifact(ctx: RoundContext, version: int) -> EnsembleArtifact:

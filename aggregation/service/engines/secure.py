@@ -66,6 +66,9 @@ class SecureEngine:
     masked_task: ClassVar[
         type[SecAggMaskedTask | StatisticsTask | DistillTask | EnsembleWeightsTask]
     ] = SecAggMaskedTask
+    # whether a masked update's metrics are kept (the round's ``metrics`` entry): not where
+    # they are of rows the threat model keeps at the silo (an ensemble's validation slice)
+    keeps_metrics: ClassVar[bool] = True
 
     def start(self, ctx: RoundContext, deadline_s: float) -> AfterCommit | None:
         fresh = ctx.rnd.secagg_stage is None and not contributions(
@@ -157,6 +160,15 @@ class SecureEngine:
                 f"silo {silo!r} already answered round {rnd.number} of {rnd.run_id}"
             )
         check_n_examples(s, rnd.run_id, rnd.number, silo, n_examples, "masked update")
+        advertised = secure_rounds.advertised_count(s, rnd, silo)
+        if advertised is not None and n_examples != advertised:
+            # the weight applied was n_k / N of the advertised count: a different count in the
+            # contribution, the aggregate entry and the signed statement would misstate it
+            raise InvalidPayload(
+                f"masked update from silo {silo!r} for round {rnd.number} of run {rnd.run_id} "
+                f"claims n_examples={n_examples}, but the silo advertised {advertised} (the "
+                "count its weight was computed from)"
+            )
         secure_rounds.receive(s, ctx.run, rnd, ctx.spec, "masked", silo, answer.body)
         c = Contribution(
             run_id=rnd.run_id,
@@ -166,7 +178,7 @@ class SecureEngine:
             digest=tensors.digest(answer.body),
             n_examples=n_examples,
             payload=None,
-            metrics_json=parsed.model_dump_json() if parsed else None,
+            metrics_json=parsed.model_dump_json() if parsed and self.keeps_metrics else None,
             train_seconds=train_seconds,
         )
         s.add(c)

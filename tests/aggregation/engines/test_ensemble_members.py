@@ -99,7 +99,8 @@ def _doc(head: dict[str, object] | bytes, payload: bytes = b"", n_train: object 
 
 def test_hostile_members_are_refused_naming_the_silo(db_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Nested past the recursion limit, counts past the int column, hidden sizes that are not a
-    list: each a 422 naming the silo and round (each was a 500), and nothing stored."""
+    list, NaN or infinite parameters: each a 422 naming the silo and round (each was a 500, or
+    stored to break every silo's weight round), and nothing stored."""
     kinds = {"default": "mlp", "b": "xgboost"}
     spec = SPEC.model_copy(update={"ensemble": EnsembleSpec(kinds=kinds)})  # type: ignore[arg-type]
     mlp = {"format": LOCAL_FORMAT, "kind": "mlp", "n_features": 3}
@@ -115,9 +116,23 @@ def test_hostile_members_are_refused_naming_the_silo(db_url: str, tmp_path) -> N
             (_doc(mlp | {"hidden": None}), "hidden None is not a list"),
             (_doc(mlp | {"hidden": [True]}), "hidden [True] is not a list"),
             (_doc(deep), "no fedsilo-local-model/1 header"),
+            (_doc(mlp | {"hidden": []}, np.full(4, np.nan, "<f4").tobytes()), "not all finite"),
+            (_doc(mlp | {"hidden": []}, np.full(4, np.inf, "<f4").tobytes()), "not all finite"),
         ],
         "b": [
             (_doc(xgb, deep), "not an XGBoost JSON model"),
+            (
+                _doc(
+                    xgb, b'{"learner": {"learner_model_param": {"num_feature": "3"}}, "v": [NaN]}'
+                ),
+                "NaN is not finite",
+            ),
+            (
+                _doc(
+                    xgb, b'{"learner": {"learner_model_param": {"num_feature": "3"}}, "v": 1e999}'
+                ),
+                "1e999 is not finite",
+            ),
         ],
     }
     with service_in_thread(tmp_path / "svc", db_url) as url:
