@@ -63,15 +63,17 @@ def _scan(
 
 # Below this many entries a serial scan is quicker than starting workers.
 PARALLEL_MIN_ENTRIES = 2000
-# What forked scan workers read: inherited copy-on-write, so the entries are never pickled.
-_FORK_SHARED: tuple[Sequence[LineageEntry], dict[str, Ed25519PublicKey]] | None = None
 
 
-def _scan_in_child(conn: Connection, lo: int, hi: int) -> None:
+def _scan_in_child(
+    conn: Connection,
+    entries: Sequence[LineageEntry],
+    keys: dict[str, Ed25519PublicKey],
+    lo: int,
+    hi: int,
+) -> None:
     # A short-lived child: no garbage collection, which would touch (and copy) every page.
     gc.disable()
-    assert _FORK_SHARED is not None
-    entries, keys = _FORK_SHARED
     conn.send(_scan(entries, lo, hi, keys))
     conn.close()
 
@@ -84,19 +86,17 @@ def _scan_forked(
     Processes rather than threads: hashing, message building and signature-string checks
     hold the GIL. A child that fails to answer has its range rescanned here.
     """
-    global _FORK_SHARED
     context = multiprocessing.get_context("fork")
-    _FORK_SHARED = (entries, keys)
     children = []
-    try:
-        for part in ranges[1:]:
-            receiver, sender = context.Pipe(duplex=False)
-            child = context.Process(target=_scan_in_child, args=(sender, part.start, part.stop))
-            child.start()
-            sender.close()
-            children.append((child, receiver, part))
-    finally:
-        _FORK_SHARED = None
+    for part in ranges[1:]:
+        receiver, sender = context.Pipe(duplex=False)
+        # a forked child inherits its arguments without pickling; passed, not kept in the
+        # module, so two verifications in threads of one process never swap entries
+        args = (sender, entries, keys, part.start, part.stop)
+        child = context.Process(target=_scan_in_child, args=args)
+        child.start()
+        sender.close()
+        children.append((child, receiver, part))
     results = [_scan(entries, ranges[0].start, ranges[0].stop, keys)]
     for child, receiver, part in children:
         try:

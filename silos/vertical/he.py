@@ -170,9 +170,10 @@ def _init_worker(ctx: tuple) -> None:
     _CTX = ctx
 
 
-def _encrypt_chunk(plaintexts: list[int]) -> list[int]:
-    assert _CTX is not None
-    n, nsq, p2, q2, q2inv, tp, tq = _CTX
+def _encrypt_chunk(plaintexts: list[int], ctx: tuple | None = None) -> list[int]:
+    ctx = ctx or _CTX
+    assert ctx is not None
+    n, nsq, p2, q2, q2inv, tp, tq = ctx
     out = []
     for m in plaintexts:
         a = int.from_bytes(os.urandom(_DJN_BITS // 8), "little")
@@ -193,40 +194,45 @@ def encrypt_many(keys: KeyPair, plaintexts: list[int], workers: int | None = Non
     workers = workers or min(2, os.cpu_count() or 1)
     ctx = _context(keys)
     if len(plaintexts) < ENCRYPT_PARALLEL_MIN or workers == 1:
-        _init_worker(ctx)
-        return _encrypt_chunk(plaintexts)
+        return _encrypt_chunk(plaintexts, ctx)  # passed, not kept: threads have their own
     step = -(-len(plaintexts) // (workers * 4))
     chunks = [plaintexts[i : i + step] for i in range(0, len(plaintexts), step)]
-    _init_worker(ctx)  # forked workers inherit the tables
-    with ProcessPoolExecutor(workers, get_context("fork")) as pool:
+    # the initializer's arguments: a fork inherits the tables without pickling them
+    with ProcessPoolExecutor(workers, get_context("fork"), _init_worker, (ctx,)) as pool:
         return [c for part in pool.map(_encrypt_chunk, chunks) for c in part]
 
 
 _PRIVATE: paillier.PaillierPrivateKey | None = None
 
 
-def _decrypt_chunk(ciphertexts: Sequence[int]) -> list[int]:
-    assert _PRIVATE is not None
-    return [_PRIVATE.raw_decrypt(c) for c in ciphertexts]
+def _decrypt_chunk(
+    ciphertexts: Sequence[int], private: paillier.PaillierPrivateKey | None = None
+) -> list[int]:
+    private = private or _PRIVATE
+    assert private is not None
+    return [private.raw_decrypt(c) for c in ciphertexts]
+
+
+def _init_decrypt(private: paillier.PaillierPrivateKey) -> None:
+    global _PRIVATE
+    _PRIVATE = private
 
 
 def decrypt_many(
     keys: KeyPair, ciphertexts: Sequence[int], workers: int | None = None
 ) -> list[int]:
     """Plaintexts of `ciphertexts`, in order, split across `workers` processes (forked: they
-    inherit the key, which never leaves the process's memory)."""
-    global _PRIVATE
+    inherit the key as the initializer's argument, never pickled: it never leaves the
+    process's memory). The key is passed along, never kept in the module, so parties in
+    threads of one process each decrypt with their own."""
     workers = workers or min(2, os.cpu_count() or 1)
-    _PRIVATE = keys.private
-    try:
-        if len(ciphertexts) < 64 or workers == 1:
-            return _decrypt_chunk(ciphertexts)
-        step = -(-len(ciphertexts) // (workers * 4))
-        chunks = [ciphertexts[i : i + step] for i in range(0, len(ciphertexts), step)]
-        with ProcessPoolExecutor(workers, get_context("fork")) as pool:
-            return [m for part in pool.map(_decrypt_chunk, chunks) for m in part]
-    finally:
-        _PRIVATE = None
+    if len(ciphertexts) < 64 or workers == 1:
+        return _decrypt_chunk(ciphertexts, keys.private)
+    step = -(-len(ciphertexts) // (workers * 4))
+    chunks = [ciphertexts[i : i + step] for i in range(0, len(ciphertexts), step)]
+    ctx = get_context("fork")
+    with ProcessPoolExecutor(workers, ctx, _init_decrypt, (keys.private,)) as pool:
+        return [m for part in pool.map(_decrypt_chunk, chunks) for m in part]
 
 
 # --- wire encoding and validation ---------------------------------------------------------

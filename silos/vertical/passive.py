@@ -63,14 +63,21 @@ def from_bitmap(data: bytes, n_rows: int, party: str, what: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n_rows).astype(bool)
 
 
-# fork-shared state of a histogram request:
-# (public key, ciphertexts, bin columns, n_bins, re-randomization table)
-_STATE: tuple[he.PublicKey, list, list[list[int]], list[int], list] | None = None
+# a histogram request's state: (public key, ciphertexts, bin columns, n_bins,
+# re-randomization table); a pool worker's own, set in the child by `_init_hist`
+_HistState = tuple[he.PublicKey, list, list[list[int]], list[int], list]
+_STATE: _HistState | None = None
 
 
-def _hist_task(task: tuple[list[int], list[int]]) -> list[int]:
-    assert _STATE is not None
-    pub, cts, cols, n_bins, table = _STATE
+def _init_hist(state: _HistState) -> None:
+    global _STATE
+    _STATE = state
+
+
+def _hist_task(task: tuple[list[int], list[int]], state: _HistState | None = None) -> list[int]:
+    state = state or _STATE
+    assert state is not None
+    pub, cts, cols, n_bins, table = state
     rows, feats = task
     out: list[int] = []
     k = 0
@@ -204,7 +211,6 @@ class PassiveParty:
         return int(rows.sum()) < self.params.min_child_rows
 
     def _histograms(self, msg: HistogramRequest) -> HistogramBatch:
-        global _STATE
         pub = self._need_key(msg.sender)
         # check every node first, on copies: a refused request leaves the state as it was
         nodes, decided, answered = dict(self._nodes), set(self._decided), set(self._answered)
@@ -241,14 +247,16 @@ class PassiveParty:
             step = 2 * -(-len(feats) // (self.workers * 4))  # even: features pair up
             tasks.append([(idx, feats[i : i + step]) for i in range(0, len(feats), step)])
         self._nodes, self._decided, self._answered = nodes, decided, answered
-        _STATE = (pub, self._cts, self._cols, self._nb, he.rerandom_table(pub))
+        # passed along, never kept in the module: parties in threads of one process each
+        # use their own; forked workers inherit it as the initializer's argument (no pickling)
+        state = (pub, self._cts, self._cols, self._nb, he.rerandom_table(pub))
         flat = [t for group in tasks for t in group]
         if self.workers > 1 and len(flat) > 1 and len(self._cts) >= 2000:
-            with ProcessPoolExecutor(self.workers, get_context("fork")) as pool:
+            ctx = get_context("fork")
+            with ProcessPoolExecutor(self.workers, ctx, _init_hist, (state,)) as pool:
                 parts = list(pool.map(_hist_task, flat))
         else:
-            parts = [_hist_task(t) for t in flat]
-        _STATE = None
+            parts = [_hist_task(t, state) for t in flat]
         out, k = [], 0
         for node, group in zip(msg.nodes, tasks, strict=True):
             cts = [c for part in parts[k : k + len(group)] for c in part]

@@ -121,38 +121,56 @@ def multiply(key: X25519PrivateKey, point: bytes) -> bytes:
     return key.exchange(X25519PublicKey.from_public_bytes(point))
 
 
-_SALT = b""
-_SALTED = _salted(b"")
-_KEY = X25519PrivateKey.from_private_bytes(bytes(POINT))
+@dataclass(frozen=True)
+class _Blinding:
+    """What a chunk of group work needs: the salt (and its hashed prefix) and the scalar."""
+
+    salt: bytes
+    salted: hashlib._Hash
+    key: X25519PrivateKey
 
 
-def _hash_blind_chunk(ids: list[str]) -> bytes:
-    return b"".join(multiply(_KEY, hash_to_group(i, _SALT, _SALTED)) for i in ids)
+_WORKER: _Blinding | None = None  # a pool worker's own, set in the child by `_init`
 
 
-def _exp_chunk(points: bytes) -> bytes | int:
+def _hash_blind_chunk(ids: list[str], b: _Blinding | None = None) -> bytes:
+    b = b or _WORKER
+    assert b is not None
+    return b"".join(multiply(b.key, hash_to_group(i, b.salt, b.salted)) for i in ids)
+
+
+def _exp_chunk(points: bytes, b: _Blinding | None = None) -> bytes | int:
+    b = b or _WORKER
+    assert b is not None
     out = []
     for k in range(0, len(points), POINT):
         p = points[k : k + POINT]
         if not in_group(p):
             return k // POINT
         try:
-            out.append(multiply(_KEY, p))
+            out.append(multiply(b.key, p))
         except ValueError:  # a small-order point: the all-zero output
             return k // POINT
     return b"".join(out)
 
 
+def _blinding(salt: bytes, scalar: bytes) -> _Blinding:
+    return _Blinding(salt, _salted(salt), X25519PrivateKey.from_private_bytes(scalar))
+
+
 def _init(salt: bytes, scalar: bytes) -> None:
-    global _SALT, _SALTED, _KEY
-    _SALT, _SALTED = salt, _salted(salt)
-    _KEY = X25519PrivateKey.from_private_bytes(scalar)
+    global _WORKER
+    _WORKER = _blinding(salt, scalar)
 
 
 def _parallel(fn: Callable, chunks: list, salt: bytes, scalar: bytes, workers: int) -> list:
+    """`fn` over `chunks` with this party's salt and scalar. In this process they are passed
+    along, never kept in the module: parties in threads of one process (an agent's runs,
+    the tests) each keep their own. Forked workers get them as the initializer's
+    arguments, which a fork inherits without pickling."""
     if workers <= 1 or len(chunks) <= 1:
-        _init(salt, scalar)
-        return [fn(c) for c in chunks]
+        b = _blinding(salt, scalar)
+        return [fn(c, b) for c in chunks]
     with ProcessPoolExecutor(workers, get_context("fork"), _init, (salt, scalar)) as pool:
         return list(pool.map(fn, chunks))
 
