@@ -283,8 +283,6 @@ def silo_vertical(
     predict_data: Annotated[
         Path | None, typer.Option(help="Rows to predict jointly once the model is trained.")
     ] = None,
-    trees: Annotated[int, typer.Option(min=1)] = 3,
-    depth: Annotated[int, typer.Option(min=1)] = 3,
     model: Annotated[
         Path | None,
         typer.Option(
@@ -296,8 +294,10 @@ def silo_vertical(
     """Take part in one vertical run by hand, without the agent (operators, debugging): the
     running agent does this by itself when a run names its silo and silo.toml has a
     [vertical] section. Uses this silo's identity and data ([vertical] data, else [data]
-    path): PSI on the contract's id column, SecureBoost, joint prediction, all through the
-    service's relay (silos/vertical/agent_role.py). Output lands in WORKSPACE/vertical/RUN."""
+    path): PSI on the contract's id column, the run's model with the run's hyperparameters
+    (the coordinator's: what the run's record and the ledger show), joint prediction, all
+    through the service's relay (silos/vertical/agent_role.py). Output lands in
+    WORKSPACE/vertical/RUN."""
     from silos.config import load_silo_config
     from silos.exceptions import SiloConfigError
     from silos.vertical import agent_role, predict_role
@@ -320,8 +320,8 @@ def silo_vertical(
         return
     args = ["--service", cfg.service.urls[0], "--federation", cfg.silo.federation]
     args += ["--silo", cfg.silo.name, "--key", str(cfg.key_path), "--run", run]
-    args += ["--data", str(data), "--contract", contract, "--trees", str(trees)]
-    args += ["--depth", str(depth), "--out", str(cfg.workspace / "vertical" / run)]
+    args += ["--data", str(data), "--contract", contract]
+    args += ["--out", str(cfg.workspace / "vertical" / run)]
     args += ["--predict-data", str(predict_data)] if predict_data else []
     if agent_role.main(args):
         raise typer.Exit(1)

@@ -489,21 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         "path); it names the id column, the label and the features",
     )
     ap.add_argument("--predict-data", type=Path, help="rows to predict jointly after training")
-    ap.add_argument("--trees", type=int, default=3)
-    ap.add_argument("--depth", type=int, default=3)
-    ap.add_argument("--bins", type=int, default=32)
     a = ap.parse_args(argv)
     client = SiloClient(
         a.service, federation=a.federation, silo=a.silo, key=load_or_create_key(a.key)
     )
     try:
-        # logistic regression's hyperparameters are the run's; SecureBoost's the flags'
-        asked = run_info(client, a.run).params
-        params: BoostParams | LrParams = (
-            model_params(asked)
-            if asked.model == "logreg"
-            else BoostParams(n_trees=a.trees, max_depth=a.depth, n_bins=a.bins)
-        )
+        # the run's hyperparameters, as the agent takes them: the ones its record and the
+        # ledger show (every party trains with the same ones)
+        params = model_params(run_info(client, a.run).params)
         predict = None
         if a.contract:
             contract = load_vertical_contract(a.contract)

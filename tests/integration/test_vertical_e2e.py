@@ -47,6 +47,8 @@ from silos.vertical.logreg import LrParams
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
+# the run's hyperparameters, which the party processes take from the service (not flags)
+SB = VerticalParams(trees=PARAMS.n_trees, depth=PARAMS.max_depth, bins=PARAMS.n_bins)
 
 
 def party_proc(
@@ -70,12 +72,6 @@ def party_proc(
         str(data),
         "--out",
         str(out),
-        "--trees",
-        str(PARAMS.n_trees),
-        "--depth",
-        str(PARAMS.max_depth),
-        "--bins",
-        str(PARAMS.n_bins),
         "--predict-data",
         str(data.with_name(data.stem + "-new.csv")),
     ]
@@ -157,7 +153,7 @@ def both_parties(
 def test_joint_model_equals_in_process_and_relay_sees_ciphertext(tmp_path: Path, fed: Fed) -> None:
     url, coord, clients, engine = fed
     paths = tables(tmp_path)
-    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"])
+    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], SB)
     done, lines = both_parties(url, coord, tmp_path, run.run_id, paths, PARAMS.n_trees)
     assert any("trees 1/2" in line for line in lines) or done.trees == 2
 
@@ -293,7 +289,7 @@ def test_logistic_regression_through_the_relay_equals_in_process(tmp_path: Path,
 def test_tampered_envelope_refused_naming_the_party(tmp_path: Path, fed: Fed) -> None:
     url, coord, clients, engine = fed
     paths = tables(tmp_path, n=120)
-    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"])
+    run = create_vertical_run(coord, "vert", "bank", ["bank", "bureau"], SB)
     bank = party_proc(
         url,
         "vert",
