@@ -143,6 +143,13 @@ def test_cohort_of_k_ready_silos_aggregates_securely_with_staleness_weights(
     assert tasks["a"].base_round == 1 and tasks["a"].staleness == 0
     waiting = fed.ready("c", 1)  # ready while buffer 1's cohort runs: waits for buffer 2
     assert waiting["buffer"] == 1 and not waiting["cohort"]
+    for name in ("b", "c"):  # a repeat with another weight is no retry: refused, not ignored
+        with pytest.raises(ServiceRejected) as err:
+            fed.silos[name].announce_ready(fed.run_id, 1, N[name] + 1)
+        assert err.value.status == 409
+        assert f"silo {name!r} announced round 1's update with n_examples={N[name]}" in str(
+            err.value
+        )
     fed.task("c", None)
     fed.unmask(["a", "b"])
     assert fed.coord.wait_round(fed.run_id, 1, 5).status == "aggregated"

@@ -256,6 +256,12 @@ def _receive_ready(ctx: RoundContext, answer: Answer) -> dict[str, object]:
     existing = _ready_row(ctx, buffer, silo)
     members = secure_rounds.roster(buffer) if buffer.roster_json else ()
     if existing is not None and existing.payload == payload:  # a retry after a lost answer
+        if existing.n_examples != n_examples:  # repeats its announcement, or it is no retry
+            raise Conflict(
+                f"silo {silo!r} announced round {asked.number}'s update with n_examples="
+                f"{existing.n_examples} in buffer {buffer.number}; this announcement says "
+                f"{n_examples} (a newer update announces a newer round)"
+            )
         return {"buffer": buffer.number, "duplicate": True, "cohort": silo in members}
     if silo in members:
         raise Conflict(
