@@ -29,6 +29,7 @@ from typing import get_args
 import numpy as np
 import pandas as pd
 
+from schemas.contract_registry import check_contract_name
 from schemas.contracts.loader import ContractError, Task
 
 _ID_NAME = re.compile(r"(?i)^(id|.*[_\-. ]id|id[_\-. ].*|.*uuid.*)$")
@@ -50,7 +51,7 @@ def draft_contract(
     frame
         A sample of the table (a silo's file, read with `silos.data.load_table`).
     name
-        The contract's name (lower-case letters, digits and _).
+        The contract's name (letters, digits, _ . -; `schemas.contract_registry`).
     target
         The column to predict; None takes the last column (flagged for review).
     task
@@ -59,8 +60,10 @@ def draft_contract(
     Raises
     ------
     ContractError
-        Empty frame, duplicate column names, an unknown target column or task, or a target
-        that cannot serve the task (missing values, too many classes, text for regression).
+        Empty frame, duplicate column names, a name the service refuses, a column holding
+        lists or infinite (or overflowing) numbers, an unknown target column or task, or a
+        target that cannot serve the task (missing values, too many classes, text for
+        regression).
     """
     if frame.empty or frame.shape[1] < 2:
         raise ContractError("cannot draft a contract: the sample needs rows and two columns")
@@ -69,6 +72,9 @@ def draft_contract(
         twice = sorted({c for c in columns if columns.count(c) > 1})
         raise ContractError(f"cannot draft a contract: columns named more than once: {twice}")
     frame = frame.set_axis(columns, axis=1)
+    check_contract_name(name)  # the service and silo.toml take no other
+    for col in columns:
+        _check_values(col, frame[col])
     target_note = "" if target is not None else "REVIEW: guessed (the last column)"
     target = columns[-1] if target is None else target
     if target not in columns:
@@ -96,6 +102,27 @@ def draft_contract(
         raise ContractError("cannot draft a contract: no column of the sample can be a feature")
     header = _header(frame, name, target, chosen, features, class_counts, target_note, task_note)
     return "\n".join([header, target_table, *blocks, target_block]).rstrip() + "\n"
+
+
+def _check_values(col: str, s: pd.Series) -> None:
+    """Refuse values no contract column describes, naming the column and how many rows."""
+    if s.dtype == object:  # Parquet list columns arrive as arrays in object cells
+        nested = int(s.map(lambda v: isinstance(v, list | tuple | dict | set | np.ndarray)).sum())
+        if nested:
+            raise ContractError(
+                f"column {col!r} holds lists or arrays in {nested} rows; a contract column takes "
+                "one value per cell: flatten it into columns, or drop it from the sample"
+            )
+    elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        # inf is no measurement (an export's division by zero, or 1e400 overflowing float64):
+        # no range or reference holds it and training cannot scale it, so the source must fix it
+        infinite = int(np.isinf(s.astype("float64")).sum())
+        if infinite:
+            raise ContractError(
+                f"column {col!r} holds {infinite} infinite values (inf, or a number too large "
+                "for float64 such as 1e400); correct them, or blank them if they mean "
+                "'not measured', and draft again"
+            )
 
 
 def _guess_task(y: pd.Series) -> str:
@@ -167,11 +194,10 @@ def _target(target: str, y: pd.Series, task: str) -> tuple[str, str, list[int]]:
         raise ContractError(f"target {target!r} has one value in the sample: nothing to learn")
     values = [_value(v) for v in distinct]
     if task == "binary":
-        if set(values) == {0, 1}:
-            rule = '{ op = "==", value = 1 }'
-        elif len(values) == 2:
+        if len(values) == 2:
             rule = f'{{ op = "==", value = {_toml(values[1])} }}'
-            lines.append("# REVIEW: the positive class was guessed (the second value).")
+            if set(values) != {0, 1}:  # 0/1 and false/true need no guess
+                lines.append("# REVIEW: the positive class was guessed (the second value).")
         else:
             rule = f'{{ op = ">", value = {_toml(values[0])} }}'
             lines.append("# REVIEW: positive was guessed as any value above the smallest.")
@@ -196,6 +222,27 @@ def _target(target: str, y: pd.Series, task: str) -> tuple[str, str, list[int]]:
 
 def _column_block(col: str, s: pd.Series) -> tuple[str, bool]:
     """The column's [[columns]] block and whether it is drafted as a feature."""
+    block, is_feature = _typed_block(col, s)
+    lines = block.splitlines(keepends=True)
+    lines.insert(3, _numbers_note(col, s.dropna()))  # after [[columns]], name and type
+    return "".join(lines), is_feature
+
+
+def _numbers_note(col: str, present: pd.Series) -> str:
+    """A REVIEW line for a text column that is numbers but for a few cells (a typo, a "?")."""
+    if present.empty or pd.api.types.is_numeric_dtype(present) or _boolean(present):
+        return ""
+    bad = present[pd.to_numeric(present, errors="coerce").isna()].map(str)
+    if bad.empty or bad.nunique() > 5 or len(bad) > 0.1 * len(present):
+        return ""
+    return (
+        f"# REVIEW: {col!r} holds numbers except {_list(sorted(bad.unique()))} ({len(bad)} of "
+        f"{len(present)} values), so it was drafted as text; correct those cells (blank if they "
+        "mean 'not measured') and draft again to make it numeric.\n"
+    )
+
+
+def _typed_block(col: str, s: pd.Series) -> tuple[str, bool]:
     present = s.dropna()
     if present.empty:
         note = "# REVIEW: empty in the sample; not a feature."
@@ -216,6 +263,7 @@ def _column_block(col: str, s: pd.Series) -> tuple[str, bool]:
     return _discrete_block(col, s, "categorical")
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflowing values: refused by `_overflow`
 def _numeric_block(col: str, s: pd.Series, *, feature: bool) -> tuple[str, bool]:
     values = s.astype("float64")
     sentinels = [v for v in _NUMERIC_SENTINELS if _is_sentinel(values, v)]
@@ -227,7 +275,7 @@ def _numeric_block(col: str, s: pd.Series, *, feature: bool) -> tuple[str, bool]
     if present.nunique() < 2:
         lines += ["# REVIEW: constant in the sample; not a feature.", "max_missing_fraction = 1.0"]
         return _block(col, "numeric", lines), False
-    lo, hi, outside = _range(present)
+    lo, hi, outside = _range(col, present)
     if lo == 0 and present.min() >= 0:
         lines.append("# REVIEW: never negative in the sample, so the range starts at 0.")
     lines.append(f"range = [{_num(lo)}, {_num(hi)}]")
@@ -241,6 +289,8 @@ def _numeric_block(col: str, s: pd.Series, *, feature: bool) -> tuple[str, bool]
         lines.append(f"impute = {_num(_sig(float(present.median()), 3))}")
     if feature:
         mean, std = float(present.mean()), float(present.std())
+        if not math.isfinite(mean + std):
+            raise _overflow(col, present)
         lines.append(
             f"reference = {{ mean = {_num(_sig(mean))}, std = {_num(_sig(std))}, "
             f"mean_tolerance = {MEAN_TOLERANCE}, std_tolerance = {STD_TOLERANCE} }}"
@@ -329,10 +379,12 @@ def _is_sentinel(values: pd.Series, candidate: float) -> bool:
     return gap > max(5 * spacing, float(others.std()))
 
 
-def _range(present: pd.Series) -> tuple[float, float, float]:
+def _range(col: str, present: pd.Series) -> tuple[float, float, float]:
     q_lo, q_hi = (float(q) for q in present.quantile([0.01, 0.99]))
     width = q_hi - q_lo or max(abs(q_hi), 1.0)
     lo, hi = q_lo - width / 4, q_hi + width / 4
+    if not math.isfinite(hi - lo):
+        raise _overflow(col, present)
     if present.min() >= 0:
         lo = max(lo, 0.0)
     step = 10.0 ** (math.floor(math.log10(hi - lo)) - 2)
@@ -341,6 +393,14 @@ def _range(present: pd.Series) -> tuple[float, float, float]:
     lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
     outside = float(((present < lo) | (present > hi)).mean())
     return lo, hi, outside
+
+
+def _overflow(col: str, present: pd.Series) -> ContractError:
+    return ContractError(
+        f"column {col!r} holds numbers as large as {float(present.abs().max()):.3g}: its range "
+        "and statistics overflow float64; rescale it (other units) or blank values that mean "
+        "'not measured', and draft again"
+    )
 
 
 def _integral(s: pd.Series) -> bool:

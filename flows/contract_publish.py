@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flows.service_client import CoordinatorClient
-from schemas.contract_registry import PublishedContract, sign_contract
+from schemas.contract_registry import PublishedContract, check_publishable, sign_contract
 from schemas.contracts.loader import Contract, ContractError, load_contract, load_contract_text
 from silos.client_errors import NotFound
 
@@ -58,9 +58,10 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 
 def read_contract_text(path: Path) -> str:
-    """The exact text of a contract file (what gets hashed and signed)."""
+    """The exact text of a contract file (what gets hashed and signed), less a leading
+    byte-order mark (Notepad, PowerShell 5 save one)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ContractError(f"cannot read data contract {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -76,7 +77,8 @@ def publish_file(
     published before).
     """
     text = read_contract_text(path)
-    load_contract_text(text, source=str(path))  # a bad file fails before a key is made
+    # a bad file, name or version fails before a key is made
+    check_publishable(load_contract_text(text, source=str(path)), str(path))
     _, body = sign_contract(load_or_create_key(key_path), federation, text, source=str(path))
     return client.publish_contract(federation, body)
 

@@ -9,8 +9,11 @@ Which contract, said in the output: ``[data] contract_path`` (a local draft, bef
 publication), else the published version this silo accepted (the pin, else the last
 accepted), else the published one fetched from the service (a signed read) and not accepted yet.
 
-Exit codes: 0 the table passes, 1 it fails (or cannot be read), 2 the config or the contract
-is invalid.
+A held-out test file (``[data] test_path``) is checked too, in its own table, as each round's
+gate checks it (`silos.round_gate`): the contract's min_rows does not apply to it.
+
+Exit codes: 0 the table (and the test file) pass, 1 one fails (or cannot be read), 2 the config
+or the contract is invalid (``error: ...``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from schemas.contracts import Contract, ContractError, load_contract_file
 from schemas.wire import ExpectationOutcome, ValidationSummary
@@ -27,6 +31,7 @@ from silos.config import SiloConfig, load_silo_config
 from silos.data import load_table
 from silos.exceptions import DataError, SiloConfigError
 from silos.gate import run_gate, summary_for_load_error
+from silos.round_gate import held_out_failures
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
@@ -40,15 +45,18 @@ _OBSERVED = {
 }
 
 
-def silo_check(config_path: Path, console: Console) -> int:
-    """Validate the silo's table against its contract and print the outcome.
+def silo_check(config_path: Path, console: Console, errors: Console | None = None) -> int:
+    """Validate the silo's table (and its held-out test file) against its contract and print
+    the outcome.
 
     Parameters
     ----------
     config_path
         The silo's ``silo.toml``.
     console
-        Where the table and messages go.
+        Where the tables and messages go.
+    errors
+        Where an invalid config or contract is reported (``error: ...``); default `console`.
 
     Returns
     -------
@@ -59,24 +67,58 @@ def silo_check(config_path: Path, console: Console) -> int:
         config = load_silo_config(config_path)
         contract, which = check_contract(config)
     except (SiloConfigError, ContractError) as exc:
-        console.print(f"[bold red]cannot check:[/] {exc}", markup=True, highlight=False)
+        (errors or console).print(Text(f"error: {exc}"), soft_wrap=True)
         return EXIT_CONFIG
-    console.print(f"contract: {which}", highlight=False, soft_wrap=True)
+    # file names, column names and messages are the silo's own text, never Rich markup
+    console.print(Text(f"contract: {which}"), soft_wrap=True)
+    passed = _check_file(console, config, contract, config.data.path, config.workspace)
+    test_path = config.data.test_path
+    if test_path is None:
+        return EXIT_PASS if passed else EXIT_FAIL
+    # the held-out test file, checked as each round's gate checks it (silos.round_gate)
+    test_passed = _check_file(
+        console, config, contract, test_path, config.workspace / "test_path", held_out=True
+    )
+    failing = [str(p) for p, ok in ((config.data.path, passed), (test_path, test_passed)) if not ok]
+    both = f"{config.data.path} and {test_path}"
+    console.print(Text(f"FAIL: {' and '.join(failing)} failed" if failing else f"PASS: {both}"))
+    return EXIT_FAIL if failing else EXIT_PASS
+
+
+def _check_file(
+    console: Console,
+    config: SiloConfig,
+    contract: Contract,
+    path: Path,
+    workspace: Path,
+    *,
+    held_out: bool = False,
+) -> bool:
+    """Run the gate on one file and print its table; True when it passes."""
+    what = " (held-out test file, [data] test_path: the contract's min_rows does not apply)"
     console.print(
-        f"silo [bold]{config.silo.name}[/]: {config.data.path} against contract "
-        f"{contract.name} v{contract.version}",
-        highlight=False,
+        Text.assemble(
+            "silo ",
+            (config.silo.name, "bold"),
+            f": {path}{what if held_out else ''} against contract "
+            f"{contract.name} v{contract.version}",
+        )
     )
     try:
-        table = load_table(config.data.path)
+        table = load_table(path)
     except DataError as exc:
         _print_summary(console, summary_for_load_error(exc, contract), [])
-        return EXIT_FAIL
-    result = run_gate(table, contract, silo=config.silo.name, workspace=config.workspace)
-    _print_summary(console, result.summary, list(result.outcomes))
+        return False
+    result = run_gate(table, contract, silo=config.silo.name, workspace=workspace)
+    summary, outcomes = result.summary, list(result.outcomes)
+    if held_out:
+        failed = held_out_failures(summary)
+        summary = summary.model_copy(update={"failed": failed, "success": not failed})
+        outcomes = [o for o in outcomes if o.success or o in failed]
+    _print_summary(console, summary, outcomes)
     if result.data_docs is not None:
-        console.print(f"data docs: {result.data_docs}", highlight=False, soft_wrap=True)
-    return EXIT_PASS if result.success else EXIT_FAIL
+        console.print(Text(f"data docs: {result.data_docs}"), soft_wrap=True)
+    return summary.success
 
 
 def check_contract(config: SiloConfig) -> tuple[Contract, str]:
@@ -122,13 +164,14 @@ def _print_summary(
     for o in rows:
         # A warning (on_drift = "warn") passes the gate but shows what strayed.
         verdict = "[yellow]warn[/]" if o.warning else "[green]pass[/]"
+        detail = o.detail if not o.success or o.warning or o.expectation in _OBSERVED else ""
         table.add_row(
-            o.expectation.removeprefix("expect_"),
-            o.column or "(table)",
+            Text(o.expectation.removeprefix("expect_")),
+            Text(o.column or "(table)"),
             verdict if o.success else "[bold red]FAIL[/]",
             "" if o.unexpected_count is None else str(o.unexpected_count),
             "" if o.unexpected_percent is None else f"{o.unexpected_percent:.2f}",
-            o.detail if not o.success or o.warning or o.expectation in _OBSERVED else "",
+            Text(detail),  # quotes column names: "['chol [mg/dl]']" stays as written
         )
     console.print(table)
     n_failed = len(summary.failed)

@@ -26,6 +26,8 @@ __all__ = [
     "CONTRACT_VERSION_PATTERN",
     "ContractPublish",
     "PublishedContract",
+    "check_contract_name",
+    "check_publishable",
     "contract_sha256",
     "contract_signing_payload",
     "fingerprint",
@@ -89,6 +91,28 @@ def version_key(version: str) -> tuple[tuple[int, ...], int, str]:
     return numbers + (0,) * (3 - len(numbers)), 0 if pre else 1, pre
 
 
+def check_publishable(contract: Contract, source: str) -> None:
+    """Raise ContractError, naming `source`, unless the service takes the contract's name and
+    version (the rules of `ContractPublish`; a silo.toml names the contract by the same rule)."""
+    check_contract_name(contract.name, source)
+    try:
+        version_key(contract.version)
+    except ContractError as exc:
+        raise ContractError(f"{source}: {exc}") from exc
+
+
+def check_contract_name(name: str, source: str = "") -> None:
+    """Raise ContractError unless `name` is a name the service and a silo.toml accept."""
+    if re.fullmatch(NAME_PATTERN, name) is None:
+        where = f"{source}: " if source else ""
+        suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")[:64] or "my_table"
+        raise ContractError(
+            f"{where}contract name {name!r} is not accepted by the service: use up to 64 "
+            f"letters, digits, '_', '.' or '-', starting with a letter or digit, e.g. "
+            f"{suggestion!r}"
+        )
+
+
 def check_integrity(
     federation: str, name: str, version: str, toml: str, sha256: str, signer: str, signature: str
 ) -> None:
@@ -122,7 +146,7 @@ def sign_contract(
         The text does not parse or its version is not MAJOR[.MINOR[.PATCH]][-PRERELEASE].
     """
     contract = load_contract_text(toml, source=source)
-    version_key(contract.version)
+    check_publishable(contract, source)
     sha = contract_sha256(toml)
     payload = contract_signing_payload(federation, contract.name, contract.version, sha)
     body = ContractPublish(

@@ -205,6 +205,8 @@ def read_partitions(path: Path, columns: list[str] | None, partition_bytes: int)
     """
     import dask.dataframe as dd
 
+    from silos.data import check_csv_header
+
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -212,6 +214,7 @@ def read_partitions(path: Path, columns: list[str] | None, partition_bytes: int)
                 str(path), columns=columns, split_row_groups="adaptive", blocksize=partition_bytes
             )
         if suffix == ".csv":
+            check_csv_header(path)  # another delimiter, a column named twice: as load_table
             return dd.read_csv(str(path), usecols=columns, blocksize=partition_bytes)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the table in partitions ({exc})") from exc

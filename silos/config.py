@@ -246,10 +246,13 @@ def load_silo_config(path: Path | str) -> SiloConfig:
         naming the file and, for syntax errors, the line; for invalid values, the key.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SiloConfigError(f"silo config {path} is a directory (pass --config PATH/silo.toml)")
     if not path.is_file():
         raise SiloConfigError(f"silo config {path} does not exist (pass --config PATH/silo.toml)")
     try:
-        raw = tomllib.loads(path.read_text())
+        # utf-8-sig: a byte-order mark (Notepad, PowerShell 5) is dropped, not a syntax error
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise SiloConfigError(f"silo config {path}: TOML syntax error: {exc}") from exc
     except UnicodeDecodeError as exc:

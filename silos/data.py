@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 
 from schemas.contracts import Contract
+from schemas.contracts.gx_suite import boolean_text
 from silos.exceptions import DataError
 from silos.split import SplitError, split_indices
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 
+_OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}  # as in Excel's exports
 _COMPARE = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -44,9 +46,12 @@ def load_table(path: Path) -> pd.DataFrame:
     Raises
     ------
     DataError
-        The file does not exist, has an unsupported suffix, cannot be parsed, or has no rows.
+        The file does not exist, has an unsupported suffix, cannot be parsed (a CSV that is
+        not UTF-8, not comma-separated or names a column twice), or has no rows.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a table file; check the silo's data path")
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -59,15 +64,57 @@ def load_table(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: the file is empty (0 bytes)")
     try:
         if suffix == ".csv":
+            check_csv_header(path)
             df = pd.read_csv(path)
         else:
             df = pd.read_parquet(path)
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path)) from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
         # pyarrow's ArrowInvalid is a ValueError; pandas' EmptyDataError is one too.
         raise DataError(f"{path}: cannot read it as {suffix[1:]}: {exc}") from exc
     if df.empty:
         raise DataError(f"{path}: the table has no rows")
     return df
+
+
+def check_csv_header(path: Path) -> None:
+    """Refuse a header pandas would misread: another delimiter, or a name given twice.
+
+    pandas renames a second "age" to "age.1", and reads a ';'-delimited file as one column;
+    either would reach the contract as columns the file does not have.
+    """
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False)
+    names = [str(n) for n in header.iloc[0]] if len(header) else []
+    if len(names) == 1:
+        for sep, label in _OTHER_DELIMITERS.items():
+            if sep in names[0]:
+                raise DataError(
+                    f"{path}: the header reads as one column holding {label} characters: the "
+                    f"file looks {label}-delimited, but fedsilo reads comma-separated CSV; "
+                    "export it again with ',' between fields and '.' as the decimal point"
+                )
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise DataError(
+            f"{path}: the header names {', '.join(map(repr, twice))} more than once; rename "
+            "or drop the copies"
+        )
+
+
+def _not_utf8(path: Path) -> str:
+    """Where a CSV stops being UTF-8 (pandas' byte position counts from its read buffer)."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start]
+                return (
+                    f"{path}: cannot read it as csv: line {number} is not UTF-8 text (byte "
+                    f"0x{byte:02x}); save the file as UTF-8 (Excel: Save As, 'CSV UTF-8')"
+                )
+    return f"{path}: cannot read it as csv: not UTF-8 text; save the file as UTF-8"
 
 
 def target_labels(df: pd.DataFrame, contract: Contract, source: object = None) -> np.ndarray:
@@ -111,10 +158,31 @@ def target_labels(df: pd.DataFrame, contract: Contract, source: object = None) -
                 f"not numbers, e.g. {examples}"
             )
         return numbers.to_numpy(dtype=np.float64)
+    if contract.column(column).type == "boolean":
+        unknown = [v for v in values.unique() if boolean_text(v) is None]
+        if unknown:
+            raise DataError(
+                f"{where}boolean target column {column!r} holds {int(values.isin(unknown).sum())}"
+                f" values that are not true/false (or 1/0, yes/no), e.g. "
+                f"{sorted(str(v) for v in unknown[:3])}"
+            )
+    return positive_mask(values, contract).astype(np.int64)
+
+
+def positive_mask(values: pd.Series, contract: Contract) -> np.ndarray:
+    """Which values of a binary target are positive under the contract's `positive_if`.
+
+    A boolean target column is read as the gate reads it (True, 1, "yes" ... are true; other
+    values false), so ``value = 1`` and ``value = true`` pick the rows the gate accepted as true
+    whatever spelling a silo's export uses.
+    """
     rule = contract.target.positive_if
     assert rule is not None  # the contract requires a positive rule for a binary target
-    positive = _COMPARE[rule.op](values.to_numpy(), rule.value)
-    return np.asarray(positive, dtype=np.int64)
+    data, value = values.to_numpy(), rule.value
+    if contract.column(contract.target.column).type == "boolean" and boolean_text(value):
+        truth = {v: boolean_text(v) == "true" for v in values.unique()}
+        data, value = values.map(truth).to_numpy(dtype=bool), boolean_text(value) == "true"
+    return np.asarray(_COMPARE[rule.op](data, value), dtype=bool)
 
 
 def binary_target(df: pd.DataFrame, contract: Contract) -> np.ndarray:

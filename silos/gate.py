@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import math
-import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from schemas.canonical import canonical_json
 from schemas.contracts import Contract
 from schemas.contracts.gx_suite import build_suite, validation_view
 from schemas.wire import ExpectationOutcome, ValidationSummary
+from silos.data import positive_mask
 from silos.exceptions import DataError
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,6 @@ log = logging.getLogger(__name__)
 DATA_DOCS_DIR = "data_docs"
 FINGERPRINT_VERSION = b"fedsilo-table-v1"
 _MAX_DETAIL_NAMES = 10
-_COMPARE = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
 
 
 @dataclass(frozen=True)
@@ -290,9 +282,7 @@ def class_verdict(counts: dict[str, int], need: int) -> tuple[int, str]:
 def class_counts(target: pd.Series, contract: Contract) -> dict[str, int]:
     """Rows per class label of the contract's task: binary "0"/"1", multiclass its classes."""
     if contract.task == "binary":
-        rule = contract.target.positive_if
-        assert rule is not None
-        positive = int(np.asarray(_COMPARE[rule.op](target.to_numpy(), rule.value)).sum())
+        positive = int(positive_mask(target, contract).sum())  # as training reads the rule
         return {"0": len(target) - positive, "1": positive}
     numeric = pd.api.types.is_numeric_dtype(target)
     text = None if numeric else target.astype(str)

@@ -153,7 +153,7 @@ def _outcome(result: Any, view: pd.DataFrame) -> ExpectationOutcome:
             if not absent
             else "column absent from the table"
             if column is not None
-            else f"columns absent from the table: {absent[:_MAX_NAMES]}"
+            else f"columns absent from the table: {_names(absent)}"
         )
     else:
         detail = _detail(config.type, kwargs, raw, view)
@@ -191,12 +191,12 @@ def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
     """A human line built from counts, bounds and column names only, never cell values."""
     count, percent = raw.get("unexpected_count"), raw.get("unexpected_percent")
     share = f"{count} ({percent:.2f}%)" if count is not None and percent is not None else "?"
-    allowed = 100.0 * (1.0 - kwargs.get("mostly", 1.0))
+    mostly = kwargs.get("mostly")
+    allowed = 100.0 * (1.0 - (1.0 if mostly is None else mostly))
     if kind == "expect_table_columns_to_match_set":
         mismatch = raw.get("details", {}).get("mismatched", {})
-        missing = sorted(mismatch.get("missing", []))[:_MAX_NAMES]
-        extra = sorted(mismatch.get("unexpected", []))[:_MAX_NAMES]
-        return f"missing columns: {missing}; undeclared columns: {extra}"
+        missing, extra = mismatch.get("missing", []), mismatch.get("unexpected", [])
+        return f"missing columns: {_names(missing)}; undeclared columns: {_names(extra)}"
     if kind == "expect_table_row_count_to_be_between":
         return f"{len(view)} rows; the contract needs at least {kwargs.get('min_value')}"
     if kind == "expect_column_values_to_be_in_type_list":
@@ -213,8 +213,19 @@ def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
         return f"{share} of present values are shared with another row; the contract says unique"
     if kind in _REFERENCE_STATS:
         stat = "mean" if kind == "expect_column_mean_to_be_between" else "std"
-        observed = raw.get("observed_value")
-        seen = f"{observed:.4g}" if isinstance(observed, int | float) else "?"
-        low, high = kwargs.get("min_value"), kwargs.get("max_value")
-        return f"{stat} {seen}; the contract's reference allows [{low:.4g}, {high:.4g}]"
+        low, high = _g(kwargs.get("min_value")), _g(kwargs.get("max_value"))
+        seen = _g(raw.get("observed_value"))
+        return f"{stat} {seen}; the contract's reference allows [{low}, {high}]"
     return ""
+
+
+def _g(number: Any) -> str:
+    """A number for a detail line; "?" where GX gave none (a bound or mean that overflowed)."""
+    return f"{number:.4g}" if isinstance(number, int | float) else "?"
+
+
+def _names(names: Any) -> str:
+    """The first ten names, sorted, and how many more there are."""
+    listed = sorted(str(n) for n in names)
+    more = len(listed) - _MAX_NAMES
+    return f"{listed[:_MAX_NAMES]}" + (f" and {more} more" if more > 0 else "")

@@ -15,7 +15,9 @@ naming the file: restore it from a backup, or reset it on purpose::
     fedsilo silo reset-privacy-budget --config silo.toml --reason "restored host, no backup"
     python -m silos.privacy_budget reset --config silo.toml --reason "..."  # without the CLI
 
-which keeps the rejected file beside it and records the reset in the signed state.
+which keeps the rejected file beside it and records the reset in the signed state. A budget
+that verifies is not reset unless ``--discard-valid-budget`` says so: its spent rounds would be
+forgotten.
 
 An unsigned file of the older format, on a silo that never wrote a signed one, is signed on
 first load (with a log line saying so). The signature makes an edit evident; it cannot stop
@@ -167,21 +169,41 @@ def check(config: SiloConfig) -> None:
     load(config)
 
 
-def reset(config: SiloConfig, reason: str) -> Path | None:
+def reset(config: SiloConfig, reason: str, *, discard_valid: bool = False) -> Path | None:
     """Start the budget again from zero, on the operator's explicit decision.
 
-    The current file (if any) is renamed ``spent.json.rejected-<UTC time>``; the new signed
-    state records the reset (time, reason, the rejected file's name and sha256). Returns the
-    rejected file's path.
+    The current file (if any) is renamed ``spent.json.rejected-<UTC time>`` (with ``-2``, ``-3``
+    ... when that name is taken); the new signed state records the reset (time, reason, the
+    rejected file's name and sha256). Returns the rejected file's path.
+
+    Raises
+    ------
+    PrivacyBudgetError
+        The budget verifies and `discard_valid` is not set: a reset would forget rounds spent.
     """
     if not reason.strip():
         raise ValueError("a privacy budget reset needs a reason (it is recorded)")
     path = budget_path(config.workspace)
+    try:
+        runs = load(config)["runs"]
+    except PrivacyBudgetError:
+        valid = False
+    else:
+        valid = bool(runs)  # a budget that spent nothing loses nothing in a reset
+        if valid and not discard_valid:
+            spent = sum(e["rounds"] for e in runs.values())
+            raise PrivacyBudgetError(
+                f"privacy budget {path} verifies (it records {spent} noised rounds over "
+                f"{len(runs)} runs): refusing to reset it, which would forget them; add "
+                "--discard-valid-budget to discard a valid budget on purpose"
+            )
     at = _now()
     record: dict[str, Any] = {"at": at, "reason": reason.strip()}
+    if valid:
+        record["discarded_valid_budget"] = True
     kept = None
     if path.exists():
-        kept = path.with_name(f"{path.name}.rejected-{at.replace(':', '')}")
+        kept = _unused(path.with_name(f"{path.name}.rejected-{at.replace(':', '')}"))
         record.update(
             rejected=kept.name, rejected_sha256=hashlib.sha256(path.read_bytes()).hexdigest()
         )
@@ -189,6 +211,16 @@ def reset(config: SiloConfig, reason: str) -> Path | None:
     save(config, {"runs": {}, "resets": [record]})
     log.warning("privacy budget %s reset: %s", path, reason)
     return kept
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`...: the first that does not exist (a kept file is never
+    overwritten, even by two resets in the same second)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _now() -> str:
@@ -201,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["check", "reset"])
     parser.add_argument("--config", required=True, help="the silo's silo.toml")
     parser.add_argument("--reason", default="", help="why the budget is reset (recorded)")
+    parser.add_argument(
+        "--discard-valid-budget", action="store_true", help="reset even a budget that verifies"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -209,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             check(config)
             print(f"privacy budget {budget_path(config.workspace)}: signature verified")
         else:
-            kept = reset(config, args.reason)
+            kept = reset(config, args.reason, discard_valid=args.discard_valid_budget)
             print(f"privacy budget reset; previous file kept as {kept}" if kept else "reset")
     except (PrivacyBudgetError, SiloConfigError, ValueError) as exc:
         print(f"error: {exc}")

@@ -174,9 +174,9 @@ def coordinator(
     )
 
 
-def fail(message: str) -> typer.Exit:
-    """Print `message` as an error; the caller raises the returned exit (status 2)."""
+def fail(message: str, code: int | None = None) -> typer.Exit:
+    """Print `message` as an error; the caller raises the returned exit (`code`, default 2)."""
     from flows.cli.errors import USAGE, err_console
 
     err_console.print(f"error: {message}")  # literally: messages quote "[tls]" and the like
-    return typer.Exit(USAGE)
+    return typer.Exit(USAGE if code is None else code)

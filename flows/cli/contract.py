@@ -61,9 +61,13 @@ def contract_draft(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here (default: print).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the --output file if it exists.")
+    ] = False,
 ) -> None:
     """Write a draft contract from a data sample, to edit before publishing."""
     from flows.contract_draft import draft_contract
+    from schemas.contract_registry import check_contract_name
     from silos.data import load_table
     from silos.exceptions import DataError
 
@@ -73,13 +77,29 @@ def contract_draft(
         )
     contract_name = name or re.sub(r"[^a-z0-9_]", "_", data.stem.lower())
     try:
-        text = draft_contract(load_table(data), name=contract_name, target=target, task=task)
-    except (ContractError, DataError) as exc:
+        check_contract_name(contract_name)
+    except ContractError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--name") from exc
+    if output is not None and output.exists():
+        # the sample itself, or an edited draft: either is lost when overwritten
+        if data.exists() and output.samefile(data):
+            raise fail(f"{output} is the data sample itself; write the draft to another file")
+        if not force:
+            raise fail(f"{output} exists; pass --force to replace it, or choose another -o")
+    try:
+        table = load_table(data)  # its errors name the file
+        text = draft_contract(table, name=contract_name, target=target, task=task)
+    except DataError as exc:
+        raise fail(str(exc)) from exc
+    except ContractError as exc:
         raise fail(f"{data}: {exc}") from exc
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.write_text(text, encoding="utf-8")
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{output}: cannot write the draft: {exc.strerror}") from exc
     say(f"wrote {output}: edit it, then `fedsilo contract publish {output} --federation F`")
 
 

@@ -115,12 +115,14 @@ def silo_list(
 @silo_app.command("check")
 def silo_check_cmd(config: SiloConfigOpt) -> None:
     """Validate this silo's data against the federation's contract and print a pass/fail table
-    (plus the path of Great Expectations' HTML data docs). The contract: [data] contract_path (a
-    draft, before publication), else the accepted published version, else the published one
-    fetched from the service; the output says which."""
+    (plus the path of Great Expectations' HTML data docs); a [data] test_path file gets its own
+    table, checked as each round checks it. The contract: [data] contract_path (a draft, before
+    publication), else the accepted published version, else the published one fetched from the
+    service; the output says which."""
+    from flows.cli.errors import err_console
     from flows.silo_check import silo_check
 
-    raise typer.Exit(silo_check(config, console))
+    raise typer.Exit(silo_check(config, console, err_console))
 
 
 @silo_app.command("accept-contract")
@@ -135,8 +137,10 @@ def silo_accept_contract(
     """Review and accept the federation's published data contract (silo operator): fetch it,
     check its signature, show what changed from the version accepted last, ask, record. The
     agent trains only under versions accepted here (or pinned in silo.toml)."""
+    from flows.cli.errors import UNREACHABLE
     from flows.contract_accept import accept_contract
     from schemas.contracts.loader import ContractError
+    from silos.client_errors import ServiceUnavailable
     from silos.exceptions import SiloConfigError
 
     try:
@@ -144,6 +148,8 @@ def silo_accept_contract(
             config, version, yes=yes, say=say, confirm=lambda q: typer.confirm(q, default=False)
         )
     except (SiloConfigError, ContractError) as exc:
+        if isinstance(exc.__cause__, ServiceUnavailable):  # exit 5, as every other command
+            raise fail(str(exc), code=UNREACHABLE) from exc
         raise fail(str(exc)) from exc
     raise typer.Exit(code)
 
@@ -231,18 +237,28 @@ def silo_revoke(
 
 @silo_app.command("demo-data")
 def silo_demo_data(
-    name: Annotated[str, typer.Argument(help="cleveland, hungary, va or switzerland.")],
-    out: Annotated[Path, typer.Option(help="CSV file to write.")],
+    name: Annotated[str, typer.Argument(help="cleveland, hungary, va_long_beach or switzerland.")],
+    out: Annotated[Path, typer.Option(help="File to write: .csv or .parquet.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write one UCI heart-disease hospital's rows as a silo's data (to try the topology)."""
-    from silos.demo_data import heart_disease_silos
+    from silos.demo_data import HEART_SILOS, heart_disease_silos
 
-    tables = heart_disease_silos()
-    if name not in tables:
-        raise fail(f"no demo hospital {name!r}; choose from {sorted(tables)}")
+    if name not in HEART_SILOS:
+        raise fail(f"no demo hospital {name!r}; choose from {sorted(HEART_SILOS)}")
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise fail(f"{out}: unsupported file type {out.suffix!r}; name a .csv or .parquet file")
+    # --out often names the silo's data path: never replace a real table by accident
+    if out.exists() and not force:
+        raise fail(f"{out} already exists; choose another --out, or pass --force to replace it")
+    rows = heart_disease_silos()[name]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tables[name].to_csv(out, index=False)
-    say(f"{name}: {len(tables[name])} rows in {out}")
+    if suffix == ".csv":
+        rows.to_csv(out, index=False)
+    else:
+        rows.to_parquet(out, index=False)
+    say(f"{name}: {len(rows)} rows in {out}")
 
 
 @silo_app.command("reset-privacy-budget")
@@ -251,21 +267,28 @@ def silo_reset_privacy_budget(
     reason: Annotated[
         str, typer.Option(help="Why the budget is reset (recorded in the signed budget file).")
     ],
+    discard_valid_budget: Annotated[
+        bool,
+        typer.Option(
+            "--discard-valid-budget",
+            help="Reset even though the budget file verifies: its spent rounds are forgotten.",
+        ),
+    ] = False,
 ) -> None:
     """Start this silo's privacy budget again from zero after its signed budget file failed its
     check (a hand edit, a lost file). The rejected file is kept beside it and the reset, with
-    your reason, is recorded in the new signed state. Restoring the file from a backup is the
-    better fix when one exists."""
+    your reason, is recorded in the new signed state. A budget that verifies is refused unless
+    --discard-valid-budget. Restoring the file from a backup is the better fix when one exists."""
     from silos import privacy_budget
     from silos.config import load_silo_config
-    from silos.exceptions import SiloConfigError
+    from silos.exceptions import PrivacyBudgetError, SiloConfigError
 
     try:
         cfg = load_silo_config(config)
-        kept = privacy_budget.reset(cfg, reason)
-    except (SiloConfigError, ValueError) as exc:
+        kept = privacy_budget.reset(cfg, reason, discard_valid=discard_valid_budget)
+    except (SiloConfigError, PrivacyBudgetError, ValueError) as exc:
         raise fail(str(exc)) from exc
-    where = f"; the rejected file is kept as {kept}" if kept else ""
+    where = f"; the previous file is kept as {kept}" if kept else ""
     console.print(f"silo {cfg.silo.name}: privacy budget reset{where}", markup=False)
 
 

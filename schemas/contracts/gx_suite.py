@@ -20,7 +20,8 @@ Expectations, in order:
   discrete column: a value of another type is not one of its categories.
 - every column that may not be missing entirely: ``expect_column_values_to_not_be_null`` with
   ``mostly = 1 - max_missing_fraction``; the target may never be missing.
-- target: ``expect_column_values_to_be_in_set`` of the contract's target `values`.
+- target: ``expect_column_values_to_be_in_set`` of the contract's target `values` (a boolean
+  target's as ``"false"``/``"true"``, as the view holds them).
 - identifier column: only the null check above (its values are free).
 - ``unique = true``: ``expect_column_values_to_be_unique`` (GX counts every row whose value
   occurs more than once; no value is reported).
@@ -33,7 +34,8 @@ class) or does too slowly (duplicate whole rows: GX's compound-uniqueness check 
 gate's time on a million rows; a row hash takes a tenth of it) run in pandas in `silos.gate`
 and join the same outcome list.
 
-The validation view, per declared column present in the table:
+The validation view, per declared column present in the table (pandas' nullable Int64,
+Float64 and boolean dtypes first become numpy's, missing values NaN):
 
 - numeric dtype: sentinels become NaN; other dtypes are left as they are, so the type
   expectation fails and names the column;
@@ -107,10 +109,11 @@ def build_suite(contract: Contract) -> Any:
         expectations.extend(_column_expectations(gxe, col))
         expectations.extend(_reference_expectations(gxe, col, severity))
     if contract.target.values is not None:
+        values: list[object] = list(contract.target.values)
+        if contract.column(contract.target.column).type == "boolean":
+            values = [boolean_text(v) for v in values]  # as the view holds it: "false"/"true"
         expectations.append(
-            gxe.ExpectColumnValuesToBeInSet(
-                column=contract.target.column, value_set=list(contract.target.values)
-            )
+            gxe.ExpectColumnValuesToBeInSet(column=contract.target.column, value_set=values)
         )
     # Passed to the constructor: ExpectationSuite.add_expectation needs an active context.
     return gx.ExpectationSuite(
@@ -192,8 +195,26 @@ def validation_view(df: pd.DataFrame, contract: Contract) -> pd.DataFrame:
     view.columns = [str(c) for c in view.columns]
     for col in contract.columns:
         if col.name in view.columns:
-            view[col.name] = _view_column(col, view[col.name])
+            view[col.name] = _view_column(col, _numpy_dtype(view[col.name]))
     return view
+
+
+def _numpy_dtype(series: pd.Series) -> pd.Series:
+    """A nullable column (Int64, Float64, boolean: Parquet's) as numpy's dtype, missing as NaN.
+
+    GX's type check knows only numpy's dtype names: it fails an Int64 column even though
+    NUMERIC_TYPES lists Int64.
+    """
+    dtype = series.dtype
+    if not isinstance(dtype, pd.api.extensions.ExtensionDtype) or dtype.kind not in "iufb":
+        return series
+    if dtype.kind == "b" and series.hasnans:
+        return series.astype(object).where(series.notna(), np.nan)
+    if dtype.kind == "b":
+        return series.astype(bool)
+    if series.hasnans or dtype.kind == "f":
+        return series.astype("float64")
+    return series.astype(dtype.numpy_dtype)
 
 
 def _view_column(col: Column, series: pd.Series) -> pd.Series:
@@ -228,13 +249,14 @@ def _view_value(col: Column, value: object) -> object:
     text = str(value)
     if text in {str(s) for s in col.missing_sentinels}:
         return np.nan
-    level = _as_bool(value) if col.type == "boolean" else (text if text in col.levels else None)
+    level = boolean_text(value) if col.type == "boolean" else (text if text in col.levels else None)
     if level is not None:
         return level
     return np.nan if col.on_unknown == "missing" else text
 
 
-def _as_bool(value: object) -> str | None:
+def boolean_text(value: object) -> str | None:
+    """A boolean column's value as "true"/"false" (True, 1, "yes" ...), or None for no boolean."""
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
     if isinstance(value, int | float | np.integer | np.floating):

@@ -46,7 +46,9 @@ class ContractError(SchemaError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf or nan (TOML has both) bounds nothing, and a contract holding one has no canonical
+    # JSON form to hash (silos.gate.contract_sha256)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PositiveRule(_Frozen):
@@ -331,7 +333,8 @@ def load_contract_file(path: Path) -> Contract:
         Naming the file, and the line (TOML syntax) or the column and field (content) at fault.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Notepad, PowerShell 5) is dropped, not a syntax error
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise ContractError(f"cannot read data contract {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:

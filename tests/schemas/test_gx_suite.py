@@ -77,6 +77,36 @@ def test_validation_view_applies_the_missing_value_rules() -> None:
     assert df["chol"].tolist()[0] == 0.0  # the input is untouched
 
 
+def test_nullable_columns_become_numpy_dtypes_in_the_view() -> None:
+    """Parquet's Int64/Float64/boolean: GX's type check knows only numpy's dtypes."""
+    df = pd.DataFrame(
+        {
+            "age": pd.array([63, None, 41], dtype="Int64"),
+            "chol": pd.array([0.0, 230.5, None], dtype="Float64"),
+            "num": pd.array([0, 1, 2], dtype="Int64"),
+            "fbs": pd.array([True, None, False], dtype="boolean"),
+        }
+    )
+    view = validation_view(df, HEART)
+    assert [str(view[c].dtype) for c in ("age", "chol", "num")] == ["float64", "float64", "int64"]
+    assert view["age"].isna().tolist() == [False, True, False]
+    assert view["chol"].isna().tolist() == [True, False, True]  # the sentinel 0 and the NA
+    assert view["fbs"].tolist()[::2] == ["true", "false"] and pd.isna(view["fbs"][1])
+
+
+def test_a_boolean_target_is_checked_as_the_view_holds_it() -> None:
+    """The view turns a boolean column into "false"/"true"; the target's set must match."""
+    raw = _with_target([False, True], type="boolean", range=None)
+    raw["target"]["positive_if"]["value"] = True
+    contract = Contract.model_validate(raw)
+    sets = [
+        kw["value_set"]
+        for kind, column, kw in expectations(contract)
+        if (kind, column) == ("expect_column_values_to_be_in_set", "num")
+    ]
+    assert sets == [["false", "true"]] * 2  # the column's and the target's
+
+
 def test_credit_unknown_education_is_missing_in_the_view() -> None:
     df = pd.DataFrame({"EDUCATION": ["university", "unknown", None, "others"]})
     view = validation_view(df, CREDIT)

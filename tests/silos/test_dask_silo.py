@@ -26,7 +26,7 @@ from silos import hist_trainer
 from silos.chunked_gate import gate_on_dask, run_chunked_gate
 from silos.compute import ComputeSection, dask_client, read_partitions, uses_dask
 from silos.config import load_silo_config
-from silos.exceptions import SiloConfigError
+from silos.exceptions import DataError, SiloConfigError
 from silos.features import FeaturePipeline
 from silos.gate import run_gate
 from silos.hist_binning import feature_ranges
@@ -67,6 +67,18 @@ def test_compute_section_is_parsed_and_checked(tmp_path: Path) -> None:
     assert uses_dask(
         ComputeSection(dask_scheduler="tcp://127.0.0.1:1", local_max_bytes=size), table
     )
+
+
+@pytest.mark.parametrize(
+    ("header", "message"), [("a,b,a", "names 'a' more than once"), ("a;b", "';'-delimited")]
+)
+def test_partitions_refuse_a_csv_header_pandas_would_misread(
+    tmp_path: Path, header: str, message: str
+) -> None:
+    path = tmp_path / "big.csv"
+    path.write_text(f"{header}\n1,2,3\n")
+    with pytest.raises(DataError, match=rf"big\.csv: .*{message}"):
+        read_partitions(path, None, 1 << 20)
 
 
 def _bad_table() -> pd.DataFrame:

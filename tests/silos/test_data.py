@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from schemas.contracts import load_contract
-from silos.data import binary_target, load_table, split_train_test
+from schemas.contracts.loader import PositiveRule
+from silos.data import binary_target, load_table, split_train_test, target_labels
 from silos.demo_data import heart_disease_silos
 from silos.exceptions import DataError, DemoDataError
 
@@ -68,6 +69,33 @@ def test_unreadable_csv_is_named(tmp_path: Path) -> None:
         load_table(path)
 
 
+def test_a_column_named_twice_in_the_header_is_refused(tmp_path: Path) -> None:
+    """pandas would read the second "age" as "age.1", a column the file does not have."""
+    path = tmp_path / "twice.csv"
+    path.write_text("id,age,num,age\n1,50,0,51\n2,60,1,61\n")
+    with pytest.raises(DataError, match=r"twice\.csv: the header names 'age' more than once"):
+        load_table(path)
+
+
+@pytest.mark.parametrize(("sep", "says"), [(";", "';'-delimited"), ("\t", "tab-delimited")])
+def test_a_semicolon_or_tab_delimited_csv_is_refused(tmp_path: Path, sep: str, says: str) -> None:
+    """Excel's export in much of Europe: ';' between fields and ',' as the decimal point."""
+    path = tmp_path / "europe.csv"
+    table().assign(bp=1.5).to_csv(path, sep=sep, decimal=",", index=False)
+    with pytest.raises(DataError, match=rf"europe\.csv: .*looks {says}.*comma-separated"):
+        load_table(path)
+
+
+def test_a_latin1_csv_names_the_line_and_says_to_save_it_as_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "export.csv"
+    path.write_bytes("id,sex\n1,Male\n2,Männlich\n".encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        load_table(path)
+    message = str(info.value)
+    assert message.count(str(path)) == 1 and "line 3 is not UTF-8" in message
+    assert "save the file as UTF-8" in message
+
+
 def test_unsupported_suffix_says_what_is_supported(tmp_path: Path) -> None:
     path = tmp_path / "rows.xlsx"
     path.write_bytes(b"x")
@@ -85,6 +113,22 @@ def test_binary_target_refuses_missing_labels() -> None:
         binary_target(pd.DataFrame({"num": [0, None, 1]}), CONTRACT)
     with pytest.raises(DataError, match="no target column 'num'"):
         binary_target(pd.DataFrame({"age": [1]}), CONTRACT)
+
+
+def test_a_boolean_target_is_labelled_as_the_gate_reads_it() -> None:
+    """True/False (or yes/no, 1/0) under `values = [false, true]`: `value = 1` and
+    `value = true` both pick the true rows, as the gate's set check reads them."""
+    num = CONTRACT.column("num").model_copy(update={"type": "boolean", "range": None})
+    for rule in ({"op": "==", "value": 1.0}, {"op": "==", "value": True}):
+        target = CONTRACT.target.model_copy(
+            update={"values": (False, True), "positive_if": PositiveRule(**rule)}
+        )
+        columns = tuple(num if c.name == "num" else c for c in CONTRACT.columns)
+        contract = CONTRACT.model_copy(update={"target": target, "columns": columns})
+        for labels in ([True, False, True], ["yes", "no", "YES"], ["1", "0", "true"]):
+            assert target_labels(pd.DataFrame({"num": labels}), contract).tolist() == [1, 0, 1]
+        with pytest.raises(DataError, match=r"boolean target column 'num' holds 1 values.*maybe"):
+            target_labels(pd.DataFrame({"num": [True, "maybe"]}), contract, "t.csv")
 
 
 def test_split_is_deterministic_and_seed_dependent() -> None:

@@ -15,6 +15,7 @@ from schemas.contracts import Contract, load_contract
 from silos.data import load_table
 from silos.exceptions import DataError
 from silos.gate import contract_sha256, fingerprint_table, run_gate, summary_for_load_error
+from silos.gx_runner import combined_detail
 
 HEART = load_contract("heart_disease")
 PLANTED = "ZQXJ-PLANTED-4711"
@@ -154,6 +155,31 @@ def test_duplicate_column_names_fail_without_crashing(
     result = gate(doubled, tmp_path)
     assert not result.success
     assert "['age']" in result.summary.failed[0].detail
+
+
+def test_many_missing_columns_say_how_many_more(cleveland: pd.DataFrame, tmp_path: Path) -> None:
+    result = gate(cleveland.rename(columns=str.upper), tmp_path)  # all 16 renamed
+    match_set = next(o for o in result.summary.failed if o.column is None)
+    assert "'oldpeak'] and 6 more; undeclared columns: [" in match_set.detail
+    assert match_set.detail.endswith("'OLDPEAK'] and 6 more")
+
+
+def test_nullable_parquet_dtypes_pass_like_their_csv_copy(
+    cleveland: pd.DataFrame, tmp_path: Path
+) -> None:
+    """pandas' Int64/Float64 (a Parquet export's) are numbers; their missing cells are NaN."""
+    cleveland.loc[3, "chol"] = np.nan
+    nullable = cleveland.astype({"chol": "Float64", "num": "Int64", "age": "Int64"})
+    result = gate(nullable, tmp_path)
+    assert result.success, result.summary.reason()
+    assert result.summary.data_sha256 == fingerprint_table(cleveland)
+
+
+def test_a_reference_detail_without_bounds_or_mean_says_so() -> None:
+    """GX gives no number for a bound or mean that overflowed (nan): "?", never a crash."""
+    kwargs = {"column": "big", "min_value": None, "max_value": None}
+    detail = combined_detail("expect_column_mean_to_be_between", kwargs, {}, pd.DataFrame())
+    assert detail == "mean ?; the contract's reference allows [?, ?]"
 
 
 def test_summary_never_holds_raw_values(cleveland: pd.DataFrame, tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from flows.cli import app
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.tasks import SecAggInfo, SecAggMaskedTask
 from silos import agent, privacy, privacy_budget
@@ -114,3 +116,40 @@ def test_a_reset_is_explicit_recorded_and_keeps_the_rejected_file(config: SiloCo
     assert record["reason"] == "no backup after disk loss"
     assert (path.parent / record["rejected"]).is_file()
     assert privacy_refusal(config, _task(1)) is None  # training may go on
+
+
+def test_a_budget_that_verifies_is_not_reset_by_accident(config: SiloConfig) -> None:
+    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC)
+    path = _spent_file(config)
+    with pytest.raises(PrivacyBudgetError) as caught:
+        privacy_budget.reset(config, "just looking")
+    message = str(caught.value)
+    assert str(path) in message and "verifies" in message and "2 noised rounds" in message
+    assert "--discard-valid-budget" in message
+    args = ["silo", "reset-privacy-budget", "--config", str(config.source), "--reason", "x"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--discard-valid-budget" in refused.output
+    assert privacy.spent_rounds(config)["r1"]["rounds"] == 2  # nothing lost
+    assert list(path.parent.glob("spent.json.rejected-*")) == []
+    done = CliRunner().invoke(app, [*args, "--discard-valid-budget"])
+    assert done.exit_code == 0, done.output
+    (record,) = privacy_budget.load(config)["resets"]
+    assert record["discarded_valid_budget"] is True and (path.parent / record["rejected"]).is_file()
+
+
+def test_two_resets_in_the_same_second_keep_both_files(
+    config: SiloConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(privacy_budget, "_now", lambda: "2026-01-01T00:00:00Z")
+    path, kept = _spent_file(config), []
+    for rounds, reason in ((1, "one"), (2, "two")):
+        for _ in range(rounds):
+            privacy.record_round(config, "r1", SPEC)
+        path.write_text(path.read_text().replace(f'"rounds": {rounds}', '"rounds": 0'))  # edited
+        kept.append(privacy_budget.reset(config, reason))
+    first, second = kept
+    assert first is not None and second is not None and first != second
+    assert json.loads(first.read_text())["state"]["runs"]["r1"]["rounds"] == 0  # not overwritten
+    assert json.loads(second.read_text())["state"]["runs"]["r1"]["rounds"] == 0
+    assert len(list(path.parent.glob("spent.json.rejected-*"))) == 2

@@ -51,6 +51,14 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         load_silo_config(tmp_path / "nope.toml")
 
 
+def test_a_directory_is_named_as_one_and_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
+    with pytest.raises(SiloConfigError, match=r"silo config .* is a directory"):
+        load_silo_config(tmp_path)
+    path = tmp_path / "silo.toml"
+    path.write_text(GOOD, encoding="utf-8-sig")  # Notepad, PowerShell 5
+    assert load_silo_config(path).silo.name == "cleveland"
+
+
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('name = "cleveland"', 'name = "cleveland'))
     with pytest.raises(SiloConfigError, match=r"silo\.toml: TOML syntax error: .*line 3"):
