@@ -32,10 +32,11 @@ from flows.lineage_view import (
     LineageReviewError,
     payload_of,
 )
-from schemas.ledger_anchor import check_anchors, countersignature_problems
+from schemas.ledger_anchor import AnchorReport, check_anchors, countersignature_problems
 from schemas.ledger_checkpoint import AnchoredCheckpoint, merge_checkpoints
 from schemas.ledger_export import (
     ExportError,
+    ExportFormatError,
     ExportTruncatedError,
     LedgerExport,
     load_ledger_export,
@@ -53,6 +54,7 @@ from schemas.lineage import SERVICE_AUTHOR, LineageEntry
 __all__ = [
     "Contribution",
     "LineageReviewError",
+    "anchor_problems",
     "contributions",
     "checkpoints_table",
     "contributions_table",
@@ -86,10 +88,10 @@ def parse_keys(keys: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
         try:
             raw = bytes.fromhex(text)
             parsed[owner] = Ed25519PublicKey.from_public_bytes(raw)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:  # TypeError: not a string (keys file edited)
             raise LineageReviewError(
                 f"public key of {owner} is not a raw Ed25519 key in hex (64 hex digits): "
-                f"{text[:20]!r}...; fetch the keys again from /v1/ledger/keys"
+                f"{text!r:.24}...; fetch the keys again from /v1/ledger/keys"
             ) from exc
     return parsed
 
@@ -125,7 +127,7 @@ def load_export_file(path: Path) -> LedgerExport:
     ExportError
         If a line is not canonical JSON or not an entry (named by line and entry).
     LineageReviewError
-        If the file cannot be read.
+        If the file cannot be read, or its trailer is not a trailer object.
     """
     try:
         data = Path(path).read_bytes()
@@ -136,6 +138,8 @@ def load_export_file(path: Path) -> LedgerExport:
         ) from exc
     try:
         return load_ledger_export(_decode(data, path))
+    except ExportFormatError as exc:  # not an export at all: a bad input file, not a verdict
+        raise LineageReviewError(f"{path}: {exc}") from exc
     except ExportTruncatedError as exc:
         raise ExportTruncatedError(f"{path}: {exc}") from exc
     except ExportError as exc:
@@ -223,6 +227,28 @@ def verify(
     return False, Group(*lines)
 
 
+def _jsonl_lines(file: Path) -> list[str]:
+    """A silo's JSON Lines file split on "\\n" only: JSON keeps U+2028 and U+0085 raw inside
+    strings, where `str.splitlines` would cut a record in two.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    LineageReviewError
+        If it is not UTF-8 (named by file and line).
+    """
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise LineageReviewError(
+            f"{file} line {line} is not UTF-8 (byte {exc.start}: {exc.reason}); the file was "
+            "cut or edited"
+        ) from exc
+
+
 def load_silo_records(path: Path) -> list[SiloRecord]:
     """A silo's own copy: a workspace folder (``lineage/records.jsonl``) or the file itself.
 
@@ -236,8 +262,8 @@ def load_silo_records(path: Path) -> list[SiloRecord]:
     if path.is_dir() and not file.is_file() and (path / SILO_RECORDS.name).is_file():
         file = path / SILO_RECORDS.name
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = _jsonl_lines(file)
+    except OSError as exc:
         raise LineageReviewError(
             f"cannot read the silo's copy {file}: {exc}; pass the silo workspace folder "
             f"(holding {SILO_RECORDS}) or the records file"
@@ -276,7 +302,7 @@ def verify_silo_copy(
     if service_key is None:
         head.append("receipt signatures NOT checked (no service key); ", style="yellow")
     if report.ok:
-        head.append(str(report), style="bold green")
+        head.append(str(report), style="bold green" if records else "yellow")
         return True, head
     lines = [head.append(f"MISMATCH ({len(report.problems)} problems)", style="bold red")]
     lines += [Text(f"  {problem}") for problem in report.problems]
@@ -298,8 +324,12 @@ def load_silo_checkpoints(path: Path) -> list[AnchoredCheckpoint]:
     file = path / SILO_CHECKPOINTS
     if not file.is_file():
         return []
+    try:
+        lines = _jsonl_lines(file)
+    except OSError as exc:
+        raise LineageReviewError(f"cannot read the silo's checkpoints {file}: {exc}") from exc
     anchored = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -340,6 +370,24 @@ def verify_silo_copies(
     return ok, shown, anchors
 
 
+def anchor_problems(
+    entries: Sequence[LineageEntry],
+    keys: Mapping[str, str],
+    *,
+    silo_checkpoints: Sequence[AnchoredCheckpoint] = (),
+    export_checkpoints: Sequence[AnchoredCheckpoint] = (),
+) -> tuple[AnchorReport, list[str]]:
+    """`check_anchors` over both sources pooled, and every problem found (`verify_anchors`):
+    countersignatures that do not count (silo copies, then the export), then the checkpoints
+    the ledger contradicts."""
+    parsed = parse_keys(keys)
+    merged = merge_checkpoints([list(silo_checkpoints), list(export_checkpoints)])
+    report = check_anchors(entries, merged, parsed)
+    problems = countersignature_problems(silo_checkpoints, parsed)
+    problems += countersignature_problems(export_checkpoints, parsed, source="export")
+    return report, problems + list(report.problems)
+
+
 def verify_anchors(
     entries: Sequence[LineageEntry],
     keys: Mapping[str, str],
@@ -355,18 +403,20 @@ def verify_anchors(
         From the silos' own copies: a countersignature there that does not verify with the
         silo's key on record is itself a problem (the key was replaced).
     export_checkpoints
-        From the export or the service: only their valid countersignatures make them anchors.
+        From the export or the service: only their valid countersignatures make them anchors;
+        one that does not verify is a problem (the export was edited).
 
     Returns
     -------
     (ok, renderable)
-        ok is False when the ledger ends before a countersigned height or an entry's hash
-        differs from a countersigned head; every such checkpoint is named with its silos.
+        ok is False when the ledger ends before a checkpoint's height or an entry's hash
+        differs from a checkpoint's head (countersigned, or signed by the service key on
+        record), or a checkpoint is not signed by that key; every such checkpoint is named
+        with its signers.
     """
-    parsed = parse_keys(keys)
-    merged = merge_checkpoints([list(silo_checkpoints), list(export_checkpoints)])
-    report = check_anchors(entries, merged, parsed)
-    problems = countersignature_problems(silo_checkpoints, parsed) + list(report.problems)
+    report, problems = anchor_problems(
+        entries, keys, silo_checkpoints=silo_checkpoints, export_checkpoints=export_checkpoints
+    )
     if not problems:
         style = "bold green" if report.anchors else "yellow"
         return True, Text(str(report), style=style)

@@ -21,6 +21,7 @@ from flows.lineage_view import run_view
 from flows.report_checks import (
     DEFAULT_REGRESSION_THRESHOLD,
     ModelCheck,
+    anchor_check,
     data_docs,
     regression_checked,
     regressions,
@@ -29,6 +30,7 @@ from flows.report_checks import (
 from flows.report_html import render
 from flows.report_plots import metrics_figure, privacy_figure
 from flows.report_vertical import is_vertical, render_vertical
+from schemas.ledger_checkpoint import AnchoredCheckpoint
 from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker, verify_chain
 from schemas.lineage import LineageEntry
 
@@ -62,19 +64,21 @@ def render_report(
     artifact_source: str | None = None,
     regression_threshold: float = DEFAULT_REGRESSION_THRESHOLD,
     data_docs_locations: Mapping[str, str] | None = None,
+    checkpoints: Sequence[AnchoredCheckpoint] | None = None,
 ) -> str:
     """The report's HTML text (see `write_report`)."""
     view = run_view(entries, run_id)
     report = verify_chain(entries, parse_keys(keys))
+    anchors = anchor_check(entries, keys, checkpoints)
     if is_vertical(view):  # parties, intersection and per-tree lineage instead of rounds
-        return render_vertical(entries, view, report, keys)
+        return render_vertical(entries, view, report, keys, anchors)
     checker = artifact_checker
     source = artifact_source
     if checker is None and artifact_root is not None:
         checker = directory_artifact_checker(artifact_root)
         source = source or f"the files under {artifact_root}"
     checks = rehash_models(view.models, checker) if checker is not None else None
-    ok, rehashed = _verdict(report.ok, checks)
+    ok, rehashed = _verdict(report.ok and anchors.ok, checks)
     prefect_runs, prefect_linked = sections.prefect_links(view, prefect_ui_url)
     silos = view.participants
     context: dict[str, Any] = {
@@ -84,6 +88,7 @@ def render_report(
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "n_entries": len(entries),
         "report": report,
+        "anchors": anchors,
         "banner_ok": ok,
         "rehashed": rehashed,
         "checks": checks,
@@ -144,9 +149,10 @@ def write_report(
     **options
         Keyword options of `render_report`: ``artifact_checker`` (re-hash through another
         source, e.g. downloads from the service) with ``artifact_source`` (its description),
-        ``regression_threshold``, ``data_docs_locations`` (silo -> folder or address). Without
-        `artifact_root` or ``artifact_checker`` the models are not re-hashed, and the report
-        says so.
+        ``regression_threshold``, ``data_docs_locations`` (silo -> folder or address),
+        ``checkpoints`` (the export's or the service's, checked as `fedsilo lineage verify`
+        does). Without `artifact_root` or ``artifact_checker`` the models are not re-hashed,
+        and without ``checkpoints`` truncation is not checked; the report says so.
 
     Returns
     -------

@@ -1,5 +1,6 @@
-"""What the report checks beyond the chain: model files re-hashed, per-silo metric regressions,
-and each silo's validation summary with a link to its Great Expectations data docs.
+"""What the report checks beyond the chain: the ledger against its countersigned checkpoints,
+model files re-hashed, per-silo metric regressions, and each silo's validation summary with a
+link to its Great Expectations data docs.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from flows.lineage_cmds import fetched_artifact_checker
+from flows.lineage_cmds import anchor_problems, fetched_artifact_checker
 from flows.lineage_view import ModelRecord, RoundMetrics, Validation, as_float
+from schemas.ledger_checkpoint import AnchoredCheckpoint
 from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker
 from schemas.lineage import LineageEntry
 from silos.client_errors import NotFound
@@ -21,6 +23,41 @@ from silos.client_errors import NotFound
 REGRESSION_METRICS = (("auc", "AUC"), ("accuracy", "accuracy"), ("f1_macro", "macro-F1"),
                       ("r2", "R²"))  # fmt: skip
 DEFAULT_REGRESSION_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class AnchorCheck:
+    """The ledger against its checkpoints, as `fedsilo lineage verify` checks it: ok, what
+    the banner says, and every problem."""
+
+    ok: bool
+    said: str
+    problems: tuple[str, ...] = ()
+
+
+def anchor_check(
+    entries: Sequence[LineageEntry],
+    keys: Mapping[str, str],
+    checkpoints: Sequence[AnchoredCheckpoint] | None,
+) -> AnchorCheck:
+    """Check `entries` against `checkpoints` (from the export or the service; None when the
+    caller has none), so that a cut or rewritten tail fails the report as it fails verify."""
+    unchecked = "truncation of the newest entries NOT checked"
+    if checkpoints is None:
+        return AnchorCheck(True, f"{unchecked} (no checkpoints given)")
+    report, problems = anchor_problems(entries, keys, export_checkpoints=checkpoints)
+    if problems:
+        return AnchorCheck(
+            False, f"{len(problems)} checkpoint problem(s), listed below", tuple(problems)
+        )
+    if report.highest is None:
+        return AnchorCheck(True, f"{unchecked} (no checkpoint countersigned by a silo)")
+    cp, span = report.highest.checkpoint, report.uncovered()
+    said = (
+        f"the ledger matches {report.anchors} silo-countersigned checkpoints (highest: height "
+        f"{cp.height}, {cp.describe()}, countersigned by {', '.join(report.highest_by)})"
+    )
+    return AnchorCheck(True, said + (f"; {span} after it covered by none" if span else ""))
 
 
 @dataclass(frozen=True)

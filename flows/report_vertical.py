@@ -21,6 +21,7 @@ from typing import Any
 
 from flows import report_sections as sections
 from flows.lineage_view import RunView, as_dict, as_list, payload_of
+from flows.report_checks import AnchorCheck
 from flows.report_html import render
 from flows.report_plots import vertical_splits_figure
 from schemas.ledger_verify import VerifyReport
@@ -238,9 +239,11 @@ def render_vertical(
     run: RunView,
     report: VerifyReport,
     keys: Mapping[str, str],
+    anchors: AnchorCheck,
 ) -> str:
     """The report's HTML text for vertical run `run` (`flows.report.render_report` sends a
-    vertical run here); `report` is the whole ledger's verification."""
+    vertical run here); `report` is the whole ledger's verification, `anchors` its check
+    against the checkpoints."""
     view = vertical_view(entries, run.run_id)
     splits = [{p: t.splits(p) for p in view.parties} for t in view.trees]
     context: dict[str, Any] = {
@@ -251,7 +254,8 @@ def render_vertical(
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "n_entries": len(entries),
         "report": report,
-        "banner_ok": report.ok,
+        "anchors": anchors,
+        "banner_ok": report.ok and anchors.ok,
         "rehashed": "the model stays split across its parties (no model file to re-hash)",
         "checks": None,
         "vertical": True,

@@ -65,6 +65,7 @@ CHECKPOINT_EVENTS: tuple[str, ...] = (
 )
 _CHECKPOINT_DOMAIN = b"fedsilo/ledger/checkpoint/v1\x00"
 _COUNTERSIGN_DOMAIN = b"fedsilo/ledger/checkpoint-countersign/v1\x00"
+_SILO_PREFIX = "silo:"
 
 
 class CheckpointSigner(Protocol):
@@ -188,11 +189,15 @@ def countersign(checkpoint: Checkpoint, silo: str, key: CheckpointSigner) -> Cou
 def valid_countersigners(
     anchored: AnchoredCheckpoint, keys: dict[str, Ed25519PublicKey]
 ) -> tuple[list[str], list[str]]:
-    """(silos whose countersignature verifies with `keys`, silos whose does not)."""
+    """(silos whose countersignature verifies with `keys`, countersigners whose does not).
+
+    Only a ``silo:<name>`` countersignature counts: `keys` also holds the service's key, and
+    a "countersignature" the service makes itself proves nothing the service could not forge.
+    """
     good: list[str] = []
     bad: list[str] = []
     for cs in anchored.countersignatures:
-        key = keys.get(cs.silo)
+        key = keys.get(cs.silo) if cs.silo.startswith(_SILO_PREFIX) else None
         msg = countersign_message(anchored.checkpoint, cs.silo)
         (good if key is not None and verify_signature(key, cs.signature, msg) else bad).append(
             cs.silo

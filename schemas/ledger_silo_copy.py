@@ -43,6 +43,8 @@ class CrossCheckReport:
     problems: tuple[str, ...] = ()
 
     def __str__(self) -> str:
+        if self.ok and not self.checked:
+            return "silo copy holds no receipted entries: nothing of it was cross-checked"
         if self.ok:
             return f"silo copy OK: {self.checked} receipted entries match the service ledger"
         return "silo copy MISMATCH: " + "; ".join(self.problems)

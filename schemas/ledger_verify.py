@@ -75,15 +75,29 @@ class VerifyReport:
 # ----------------------------------------------------------------------------- chain structure
 
 
-def _seq_problem(entry: LineageEntry, pos: int, expected: int, seq_pos: dict[int, int]) -> str:
-    """Describe why the entry at `pos` does not carry the expected sequence number."""
+def _seq_problem(
+    entries: Sequence[LineageEntry], pos: int, expected: int, seq_pos: dict[int, int]
+) -> str:
+    """Describe why the entry at `pos` does not carry the expected sequence number.
+
+    `seq_pos` maps each seq to the first position holding it; positions before `pos` hold
+    1..pos in order (`pos` is the first bad one).
+    """
+    entry = entries[pos]
+    if entry.seq < 1:
+        return f"entry {expected}: seq {entry.seq} is not a ledger seq (the ledger starts at 1)"
+    first = seq_pos[entry.seq]
+    if first < pos:
+        twice = "appears twice" if entries[first] == entry else "is claimed by two entries"
+        return f"entry {entry.seq} {twice} (stored at positions {first + 1} and {pos + 1})"
     later = seq_pos.get(expected)
     if later is not None and later > pos:
-        lo, hi = sorted((expected, entry.seq))
-        return f"entries {lo} and {hi} out of order"
+        if later == entry.seq - 1:  # each stands where the other belongs
+            return f"entries {expected} and {entry.seq} out of order"
+        return f"entry {expected} out of order (stored at position {later + 1})"
     if entry.seq > expected:
         return f"entry {expected} missing (seq jumps {expected - 1} -> {entry.seq})"
-    return f"entry {expected}: found seq {entry.seq} again (duplicate or out of order)"
+    return f"entry {expected}: found seq {entry.seq} (out of order)"
 
 
 def _hash_problem(entry: LineageEntry, hash_seq: dict[str, int]) -> str:
@@ -94,6 +108,13 @@ def _hash_problem(entry: LineageEntry, hash_seq: dict[str, int]) -> str:
         candidates.add(linked + 1)
     for other in sorted(candidates - {entry.seq}):
         if other >= 1 and entry.recompute_hash(other) == entry.entry_hash:
+            if other == entry.seq + 1 and linked is None:
+                # Written one seq later, after an entry no longer in the ledger: that entry
+                # was removed and the ones after it renumbered.
+                return (
+                    f"entry {entry.seq} missing: the entries after {entry.seq - 1} were "
+                    f"renumbered (the one stored as seq {entry.seq} was written as seq {other})"
+                )
             lo, hi = sorted((entry.seq, other))
             return (
                 f"entries {lo} and {hi} out of order (the entry stored as seq {entry.seq} "
@@ -127,7 +148,7 @@ def _problem_at(
         seq_pos: dict[int, int] = {}
         for i, other in enumerate(entries):
             seq_pos.setdefault(other.seq, i)
-        return _seq_problem(entry, pos, expected, seq_pos)
+        return _seq_problem(entries, pos, expected, seq_pos)
     if entry.recompute_hash() != entry.entry_hash:
         return _hash_problem(entry, {e.entry_hash: e.seq for e in entries})
     prev = entries[pos - 1].entry_hash if pos else GENESIS_HASH
@@ -156,9 +177,13 @@ def _artifact_problem(entry: LineageEntry, checker: ArtifactChecker) -> str | No
         payload = parse_json(entry.payload)
     except CanonicalJsonError:
         return f"entry {entry.seq}: model_saved payload is not JSON"
-    path, recorded = (payload.get("path"), payload.get("sha256")) if payload else (None, None)
+    if not isinstance(payload, dict):
+        return f"entry {entry.seq}: model_saved payload is not a JSON object"
+    path, recorded = payload.get("path"), payload.get("sha256")
     if not isinstance(path, str) or not isinstance(recorded, str):
         return f"entry {entry.seq}: model_saved payload lacks 'path' and 'sha256'"
+    if "\x00" in path:
+        return f"entry {entry.seq}: model_saved path {path!r} holds a NUL byte (no file has it)"
     actual = checker(path)
     if actual is None:
         return f"entry {entry.seq}: artifact {path} missing"
@@ -173,11 +198,13 @@ def _artifact_problem(entry: LineageEntry, checker: ArtifactChecker) -> str | No
 def directory_artifact_checker(root: Path) -> ArtifactChecker:
     """An `ArtifactChecker` that hashes files under `root` (paths in the ledger are relative).
 
-    Paths that escape `root` are reported missing rather than read.
+    Paths that escape `root`, or hold a NUL byte, are reported missing rather than read.
     """
     base = root.resolve()
 
     def check(path: str) -> str | None:
+        if "\x00" in path:  # no file name holds one (and the OS calls refuse it)
+            return None
         target = (base / path).resolve()
         if not target.is_relative_to(base) or not target.is_file():
             return None

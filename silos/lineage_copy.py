@@ -33,7 +33,7 @@ def keep_receipt(workspace: Path, answer: dict[str, Any]) -> SiloRecord | None:
     )
     path = records_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with path.open("a") as fh:
+    with path.open("a", encoding="utf-8") as fh:
         fh.write(record.model_dump_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -44,8 +44,10 @@ def load_records(workspace: Path) -> list[SiloRecord]:
     path = records_path(workspace)
     if not path.exists():
         return []
+    # Split on "\n" only: JSON keeps U+2028 and U+0085 raw in strings, and splitlines() would
+    # cut a record there.
     return [
         SiloRecord.model_validate(json.loads(line))
-        for line in path.read_text().splitlines()
+        for line in path.read_text(encoding="utf-8").split("\n")
         if line
     ]

@@ -39,7 +39,7 @@ def _ledger_export(
     try:
         if export is not None:
             keys_file = export.with_suffix(".keys.json")
-            keys = json.loads(keys_file.read_text()) if keys_file.exists() else None
+            keys = _keys_file(keys_file) if keys_file.exists() else None
             if keys is None:
                 keys = coordinator(service_url, token, token_file).ledger_keys()
             return load_export_file(export), keys
@@ -50,6 +50,33 @@ def _ledger_export(
         # an unreadable file or an unreachable service goes to the central error line
         err_console.print(f"ledger INVALID: {one_line(str(exc))}")
         raise typer.Exit(FAILED) from exc
+
+
+def _keys_file(path: Path) -> dict[str, str]:
+    """The public keys written beside an export (``{"service": hex, "silo:<name>": hex}``).
+
+    Raises
+    ------
+    LineageReviewError
+        If the file is not that JSON object, naming the file (and the line of a JSON error).
+    """
+    from flows.lineage_cmds import LineageReviewError, parse_keys
+
+    hint = "write it again with `fedsilo lineage export --format ledger`"
+    try:
+        keys = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise LineageReviewError(f"{path}{where}: not a JSON keys file ({exc}); {hint}") from exc
+    if not isinstance(keys, dict):
+        raise LineageReviewError(
+            f"{path}: not a JSON object of signer -> hex public key ({type(keys).__name__}); {hint}"
+        )
+    try:
+        parse_keys(keys)
+    except LineageReviewError as exc:
+        raise LineageReviewError(f"{path}: {exc}") from exc
+    return keys
 
 
 ExportOpt = Annotated[
@@ -270,6 +297,14 @@ def report(
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     artifacts: ArtifactsOpt = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Report from an exported ledger file (JSON Lines, with its checkpoints) "
+            "instead of the service's; author keys are read from FILE.keys.json when present.",
+        ),
+    ] = None,
     prefect_ui: Annotated[
         str | None, typer.Option(help="Prefect UI address for run links.")
     ] = None,
@@ -298,12 +333,14 @@ def report(
 ) -> None:
     """Write a self-contained HTML compliance report of a run: participants, fingerprints and
     validation, per-round metric plots and regressions, privacy budget, model card, chain
-    verification and re-hashed model files."""
+    verification, the check against the countersigned checkpoints (as `fedsilo lineage
+    verify`) and re-hashed model files."""
     from flows.lineage_tables import run_ids
     from flows.report import write_report
     from flows.report_checks import model_source, parse_locations
 
-    entries, keys = _ledger(service_url, token, token_file, None)
+    book, keys = _ledger_export(service_url, token, token_file, export)
+    entries = book.entries
     run_id = resolve_prefix(run_id, run_ids(entries), "run")
     try:
         locations = parse_locations(data_docs or [])
@@ -323,5 +360,6 @@ def report(
         artifact_source=source,
         regression_threshold=regression_threshold,
         data_docs_locations=locations,
+        checkpoints=book.checkpoints,
     )
     say(f"report written to {path}")

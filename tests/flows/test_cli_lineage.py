@@ -1,9 +1,11 @@
-"""`fedsilo lineage ...` and `fedsilo report` against a real service over HTTP."""
+"""`fedsilo lineage ...` and `fedsilo report` against a real service over HTTP, and on export
+files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from support.api_federation import aggregated_round
 from support.live_service import coordinator, service_in_thread
@@ -11,6 +13,8 @@ from typer.testing import CliRunner
 
 from aggregation.service.db import make_engine
 from flows.cli import app
+from flows.cli.errors import USAGE
+from schemas.ledger_export import export_entries
 from schemas.wire import RunFinish
 from silos.checkpoints import countersign_pending
 
@@ -100,3 +104,31 @@ def test_verify_names_a_cut_tail_from_the_silo_copies(sqlite_url: str, tmp_path:
     )
     assert offline.exit_code == 0, offline.output
     assert "anchors OK: 2 countersigned checkpoints" in " ".join(offline.output.split())
+
+
+@pytest.mark.parametrize(
+    ("trailer", "keys", "says"),
+    [
+        (
+            '{"trailer":5}',
+            "{}",
+            "ledger.jsonl: line 2 (trailer): not a version 2 trailer {checkpoints, count, "
+            "head_hash, head_seq} (5, not an object)",
+        ),
+        (None, "{not json", "ledger.keys.json line 1: not a JSON keys file"),
+        (None, "[]", "ledger.keys.json: not a JSON object of signer -> hex public key (list)"),
+        (None, '{"service": 5}', "ledger.keys.json: public key of service is not a raw Ed25519"),
+        (None, '{"service": null}', "ledger.keys.json: public key of service is not a raw"),
+    ],
+)
+def test_a_malformed_export_or_keys_file_is_a_bad_input_file(
+    trailer: str | None, keys: str, says: str, tmp_path: Path
+) -> None:
+    lines = export_entries([]).split("\n")  # header, trailer, ""
+    lines[1] = trailer or lines[1]
+    export = tmp_path / "ledger.jsonl"
+    export.write_text("\n".join(lines), encoding="utf-8")
+    export.with_suffix(".keys.json").write_text(keys, encoding="utf-8")
+    result = CliRunner().invoke(app, ["lineage", "verify", "--export", str(export)])
+    assert result.exit_code == USAGE, result.output
+    assert f"error: {tmp_path / says}" in " ".join(result.output.split())

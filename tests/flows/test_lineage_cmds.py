@@ -31,8 +31,17 @@ from flows.lineage_cmds import (
     verify_silo_copies,
     verify_silo_copy,
 )
+from schemas.ledger_checkpoint import AnchoredCheckpoint, Countersignature, make_checkpoint
 from schemas.ledger_export import ExportError, ExportTruncatedError, export_entries
-from schemas.lineage import LineageEntry, make_statement, sign_statement
+from schemas.lineage import (
+    GENESIS_HASH,
+    LineageEntry,
+    make_receipt,
+    make_statement,
+    seal_entry,
+    sign_statement,
+)
+from silos.lineage_copy import keep_receipt, load_records, records_path
 
 
 @pytest.fixture
@@ -334,3 +343,92 @@ def test_a_damaged_checkpoint_copy_names_its_line_and_a_missing_one_is_empty(
 def test_verify_anchors_without_checkpoints_says_what_is_not_covered(sample: Sample) -> None:
     ok, shown = verify_anchors(sample.entries(), sample.keys)
     assert ok and "no countersigned checkpoint given" in _plain(shown)
+
+
+def test_a_payload_with_unicode_line_separators_reads_back_whole(tmp_path: Path) -> None:
+    """Canonical JSON keeps U+2028 and U+0085 raw; only "\\n" ends a line of a silo's copy."""
+    service, silo = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    statement = make_statement(
+        run_id="r", kind="update_accepted", payload={"note": "col\u2028name\x85x"}, author="silo:a"
+    )
+    signature = sign_statement(silo, statement)
+    entry = seal_entry(
+        statement,
+        seq=1,
+        prev_hash=GENESIS_HASH,
+        created_at="2026-01-01T00:00:00.000000Z",
+        service_key=service,
+        author_signature=signature,
+    )
+    answer = {
+        "statement": statement.model_dump(),
+        "author_signature": signature,
+        "receipt": make_receipt(entry, service).model_dump(),
+    }
+    kept = keep_receipt(tmp_path, answer)
+    assert "\u2028" in records_path(tmp_path).read_text(encoding="utf-8")  # raw, not escaped
+    assert load_records(tmp_path) == [kept]
+    keys = {"service": service, "silo:a": silo}
+    hex_keys = {owner: k.public_key().public_bytes_raw().hex() for owner, k in keys.items()}
+    ok, shown = verify_silo_copy(tmp_path, [entry], hex_keys)
+    assert ok and "silo copy OK: 1 receipted entries match" in _plain(shown)
+    checkpoint = make_checkpoint(
+        service,
+        height=1,
+        head_hash=entry.entry_hash,
+        run_id="r\u2028s",
+        round=1,
+        event="round_closed",
+    )
+    anchored = AnchoredCheckpoint(checkpoint=checkpoint)
+    (tmp_path / "lineage" / "checkpoints.jsonl").write_text(
+        anchored.model_dump_json() + "\n", encoding="utf-8"
+    )
+    assert load_silo_checkpoints(tmp_path) == [anchored]
+
+
+def test_a_checkpoint_copy_that_is_not_utf8_names_its_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "lineage" / "checkpoints.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b'{"checkpoint":{}}\n{"x":"\xff"}\n')
+    with pytest.raises(LineageReviewError) as info:
+        load_silo_checkpoints(tmp_path)
+    assert str(info.value).startswith(f"{path} line 2 is not UTF-8 (byte 24: invalid start byte)")
+
+
+def test_an_empty_silo_copy_is_a_warning_not_ok(sample: Sample, tmp_path: Path) -> None:
+    empty = tmp_path / "records.jsonl"
+    empty.write_text("", encoding="utf-8")
+    ok, shown = verify_silo_copy(empty, sample.entries(), sample.keys)
+    assert ok  # nothing contradicts the ledger ...
+    text = _plain(shown)
+    assert "silo copy holds no receipted entries: nothing of it was cross-checked" in text
+    assert "OK" not in text  # ... but nothing vouches for it either
+
+
+def test_an_export_cut_below_a_service_signed_checkpoint_is_caught(sample: Sample) -> None:
+    """Cut by someone without the service key: the newest checkpoint, not yet countersigned
+    (or its countersignature garbled), still names the removed entries."""
+    entries = sample.entries()
+    checkpoint = make_checkpoint(
+        sample.private["service"],
+        height=entries[-1].seq,
+        head_hash=entries[-1].entry_hash,
+        run_id=RUN_B,
+        round=None,
+        event="run_failed",
+    )
+    garbled = Countersignature(silo="silo:hungary", signature="11" * 64)
+    newest = AnchoredCheckpoint(checkpoint=checkpoint, countersignatures=(garbled,))
+    ok, shown = verify_anchors(entries[:-2], sample.keys, export_checkpoints=[newest])
+    text = " ".join(_plain(shown).split())
+    assert not ok
+    assert (
+        f"checkpoint of the end of run {RUN_B} (run_failed) at height {entries[-1].seq}: "
+        "countersignature of silo:hungary does not verify with the silo key on record (key "
+        "replaced, or export edited)"
+    ) in text
+    assert (
+        f"ledger ends at seq {entries[-3].seq} but checkpoint of the end of run {RUN_B} "
+        f"(run_failed) signed by the service alone says height {entries[-1].seq}"
+    ) in text

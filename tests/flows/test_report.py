@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import subprocess
@@ -13,11 +14,16 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 from support.lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
+from typer.testing import CliRunner
 
 from aggregation.service import ledger
 from aggregation.service.db import make_sessionmaker, transaction
+from flows.cli import app
 from flows.lineage_cmds import LineageReviewError
 from flows.report import report_filename, write_report
+from schemas.ledger_checkpoint import AnchoredCheckpoint, countersign, make_checkpoint
+from schemas.ledger_export import export_entries
+from schemas.lineage import LineageEntry
 
 PREFECT_UI = "http://127.0.0.1:4200"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -68,7 +74,8 @@ def test_the_report_has_every_section_and_embedded_plots(report_a: Path, sample:
         assert f'<h2 id="{section}">' in document
     assert (
         'class="banner pass">Ledger verified: hash chain and all signatures intact over 55 '
-        "entries; all 4 model files re-hashed and matching the ledger." in document
+        "entries; all 4 model files re-hashed and matching the ledger; truncation of the newest "
+        "entries NOT checked (no checkpoints given)." in document
     )
     assert "ledger OK" not in document  # the verifier's own wording, not a sentence for people
     assert "Model files were re-hashed against the ledger" in document
@@ -143,6 +150,53 @@ def test_a_tampered_ledger_is_reported_as_not_verified(tmp_path: Path) -> None:
         "entry_hash mismatch (content altered)"
     ) in document
     assert f'<tr class="bad"><td>{seq} <span class="fail">BAD</span></td>' in document
+
+
+def _countersigned(sample: Sample, entry: LineageEntry, round_: int) -> AnchoredCheckpoint:
+    cp = make_checkpoint(
+        sample.private["service"],
+        height=entry.seq,
+        head_hash=entry.entry_hash,
+        run_id=RUN_A,
+        round=round_,
+        event="round_closed",
+    )
+    silos = ("silo:cleveland", "silo:hungary")
+    signed = tuple(countersign(cp, silo, sample.private[silo]) for silo in silos)
+    return AnchoredCheckpoint(checkpoint=cp, countersignatures=signed)
+
+
+def test_the_report_checks_the_ledger_against_its_checkpoints(
+    sample: Sample, tmp_path: Path
+) -> None:
+    """As `fedsilo lineage verify` does: an export cut below a countersigned checkpoint (its
+    trailer rewritten, so the chain alone is intact) fails the banner."""
+    entries = sample.entries()
+    anchors = [_countersigned(sample, entries[9], 1), _countersigned(sample, entries[-1], 3)]
+    export = tmp_path / "cut.jsonl"
+    export.write_text(export_entries(entries[:-3], anchors), encoding="utf-8")
+    export.with_suffix(".keys.json").write_text(json.dumps(sample.keys), encoding="utf-8")
+    out = tmp_path / "cut"
+    command = ["report", RUN_A, "--export", str(export), "--out", str(out), "--no-rehash"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    document = (out / report_filename(RUN_A)).read_text(encoding="utf-8")
+    assert (
+        'class="banner fail">Ledger NOT verified: 1 checkpoint problem(s), listed below.</div>'
+        in document
+    )
+    assert (
+        f"<li>ledger ends at seq {entries[-4].seq} but checkpoint of round 3 of run {RUN_A} "
+        "(round_closed) countersigned by silo:cleveland, silo:hungary says height "
+        f"{entries[-1].seq} with head {entries[-1].entry_hash}: entries {entries[-3].seq}.."
+        f"{entries[-1].seq} (at least) were removed</li>" in document
+    )
+    whole = write_report(entries, sample.keys, RUN_A, tmp_path / "whole", checkpoints=anchors)
+    assert (
+        "; the ledger matches 2 silo-countersigned checkpoints (highest: height "
+        f"{entries[-1].seq}, checkpoint of round 3 of run {RUN_A} (round_closed), countersigned "
+        "by silo:cleveland, silo:hungary).</div>" in whole.read_text(encoding="utf-8")
+    )
 
 
 def test_ledger_text_and_settings_are_escaped(tmp_path: Path) -> None:

@@ -183,6 +183,42 @@ def test_reordered_entries_are_named(a: int, b: int) -> None:
     assert report.bad_seq == a + 1
 
 
+def _renumbered_without(entries: list[LineageEntry], seq: int) -> list[LineageEntry]:
+    """The ledger with entry `seq` removed and later seqs moved down (prev_hash untouched)."""
+    later = [e.model_copy(update={"seq": e.seq - 1}) for e in entries[seq:]]
+    return entries[: seq - 1] + later
+
+
+@pytest.mark.parametrize(
+    ("how", "bad_seq", "reason"),
+    [
+        ("duplicate", 6, "entry 5 appears twice (stored at positions 5 and 6)"),
+        ("duplicate_last", 11, "entry 10 appears twice (stored at positions 10 and 11)"),
+        ("same_seq", 6, "entry 5 is claimed by two entries (stored at positions 5 and 6)"),
+        ("moved_to_end", 5, "entry 5 out of order (stored at position 10)"),
+        (
+            "renumbered",
+            5,
+            "entry 5 missing: the entries after 4 were renumbered (the one stored as seq 5 was "
+            "written as seq 6)",
+        ),
+        ("seq_zero", 1, "entry 1: seq 0 is not a ledger seq (the ledger starts at 1)"),
+    ],
+)
+def test_structural_edits_name_their_cause(how: str, bad_seq: int, reason: str) -> None:
+    e = list(_chain())
+    edited = {
+        "duplicate": [*e[:5], e[4], *e[5:]],
+        "duplicate_last": [*e, e[9]],
+        "same_seq": [*e[:5], e[5].model_copy(update={"seq": 5}), *e[5:]],
+        "moved_to_end": [*e[:4], *e[5:], e[4]],
+        "renumbered": _renumbered_without(e, 5),
+        "seq_zero": [e[0].model_copy(update={"seq": 0}), *e[1:]],
+    }[how]
+    report = verify_chain(edited, KEYS)
+    assert (report.bad_seq, report.reason) == (bad_seq, reason)
+
+
 def test_forged_silo_signature_is_named() -> None:
     signed = _statements(10)
     statement, _ = signed[7]
@@ -287,6 +323,33 @@ def test_replaced_model_file_is_named(tmp_path: Path) -> None:
     assert verify_chain(list(_chain()), KEYS, checker).reason == (
         f"entry 5: artifact {MODEL_PATH} missing"
     )
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("[1]", "entry 1: model_saved payload is not a JSON object"),
+        ('"x"', "entry 1: model_saved payload is not a JSON object"),
+        (
+            '{"path":"models/a\\u0000b","sha256":"00"}',
+            "entry 1: model_saved path 'models/a\\x00b' holds a NUL byte (no file has it)",
+        ),
+    ],
+)
+def test_a_signed_model_saved_entry_that_names_no_file_is_a_problem(
+    payload: str, reason: str, tmp_path: Path
+) -> None:
+    statement = Statement(run_id="run-x", kind="model_saved", payload=payload, author="service")
+    entry = seal_entry(
+        statement,
+        seq=1,
+        prev_hash=GENESIS_HASH,
+        created_at="2026-01-01T00:00:00.000000Z",
+        service_key=SERVICE,
+    )
+    report = verify_chain([entry], KEYS, directory_artifact_checker(tmp_path))
+    assert (report.ok, report.bad_seq, report.reason) == (False, 1, reason)
+    assert directory_artifact_checker(tmp_path)("models/a\x00b") is None
 
 
 def test_artifact_paths_cannot_escape_the_store(tmp_path: Path) -> None:
