@@ -13,7 +13,8 @@ A held-out test file (``[data] test_path``) is checked too, in its own table, as
 gate checks it (`silos.round_gate`): the contract's min_rows does not apply to it.
 
 Exit codes: 0 the table (and the test file) pass, 1 one fails (or cannot be read), 2 the config
-or the contract is invalid (``error: ...``).
+or the contract is invalid (``error: ...``), 5 the service did not answer (the published
+contract could not be fetched).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.text import Text
 from schemas.contracts import Contract, ContractError, load_contract_file
 from schemas.wire import ExpectationOutcome, ValidationSummary
 from silos import contract_store
+from silos.client_errors import ServiceUnavailable
 from silos.config import SiloConfig, load_silo_config
 from silos.data import load_table
 from silos.exceptions import DataError, SiloConfigError
@@ -36,6 +38,7 @@ from silos.round_gate import held_out_failures
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 5  # as every command: the service did not answer (flows.cli.errors)
 # Checks whose detail (observed vs the contract's reference) is worth a line even when they pass.
 _OBSERVED = {
     "expect_column_mean_to_be_between",
@@ -61,14 +64,15 @@ def silo_check(config_path: Path, console: Console, errors: Console | None = Non
     Returns
     -------
     int
-        0 pass, 1 fail (including an unreadable table), 2 invalid config or contract.
+        0 pass, 1 fail (including an unreadable table), 2 invalid config or contract, 5 the
+        service did not answer (fetching the published contract).
     """
     try:
         config = load_silo_config(config_path)
         contract, which = check_contract(config)
     except (SiloConfigError, ContractError) as exc:
         (errors or console).print(Text(f"error: {exc}"), soft_wrap=True)
-        return EXIT_CONFIG
+        return EXIT_UNREACHABLE if _unreachable(exc) else EXIT_CONFIG
     # file names, column names and messages are the silo's own text, never Rich markup
     console.print(Text(f"contract: {which}"), soft_wrap=True)
     passed = _check_file(console, config, contract, config.data.path, config.workspace)
@@ -119,6 +123,15 @@ def _check_file(
     if result.data_docs is not None:
         console.print(Text(f"data docs: {result.data_docs}"), soft_wrap=True)
     return summary.success
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """The service did not answer (somewhere down the chain of causes)."""
+    while exc is not None:
+        if isinstance(exc, ServiceUnavailable):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def check_contract(config: SiloConfig) -> tuple[Contract, str]:

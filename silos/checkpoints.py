@@ -55,7 +55,7 @@ def load_checkpoints(workspace: Path) -> list[AnchoredCheckpoint]:
         return []
     return [
         AnchoredCheckpoint.model_validate_json(line)
-        for line in path.read_text().splitlines()
+        for line in path.read_text(encoding="utf-8").split("\n")  # as lineage_copy reads
         if line.strip()
     ]
 
@@ -104,7 +104,7 @@ def pinned_service_key(workspace: Path, offered_hex: str) -> Ed25519PublicKey:
 def _keep(workspace: Path, anchored: AnchoredCheckpoint) -> None:
     path = checkpoints_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with path.open("a") as fh:
+    with path.open("a", encoding="utf-8") as fh:
         fh.write(anchored.model_dump_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())

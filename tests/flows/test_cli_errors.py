@@ -139,8 +139,9 @@ def test_demo_data_never_replaces_a_file_and_writes_by_suffix(tmp_path: Path) ->
     assert all(name in helped for name in HEART_SILOS), helped
 
 
-def test_accept_contract_with_the_service_down_exits_5(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("command", ["accept-contract", "check"])
+def test_a_contract_fetch_with_the_service_down_exits_5(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     from silos import agent, agent_client
 
@@ -153,6 +154,7 @@ def test_accept_contract_with_the_service_down_exits_5(
         '[silo]\nname = "a"\nfederation = "f"\n[data]\npath = "d.csv"\ncontract = "heart_disease"\n'
         f'[service]\nurls = ["http://127.0.0.1:{free_port()}"]\n'
     )
-    result = runner.invoke(app, ["silo", "accept-contract", "--config", str(config), "--yes"])
+    args = ["--yes"] if command == "accept-contract" else []
+    result = runner.invoke(app, ["silo", command, "--config", str(config), *args])
     assert result.exit_code == UNREACHABLE, result.output
-    assert _lines(result.output)[-1].startswith("error: cannot fetch contract 'heart_disease'")
+    assert "error: " in result.output and "cannot fetch contract 'heart_disease'" in result.output
