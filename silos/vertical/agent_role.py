@@ -47,6 +47,8 @@ from schemas.vertical import (
 )
 from schemas.vertical_contract import VerticalContract, check_table, load_vertical_contract
 from silos.client import SiloClient
+from silos.data import load_table
+from silos.exceptions import DataError
 from silos.keys import load_or_create_key
 from silos.vertical import he
 from silos.vertical.active import ActiveParty, Send
@@ -69,12 +71,21 @@ class PartyData:
     y: np.ndarray | None
 
 
+def _read(path: Path) -> pd.DataFrame:
+    """The table as a horizontal silo reads it (`silos.data.load_table`): a missing, empty,
+    non-UTF-8 or ';'-delimited file, or a column named twice, refused naming the file."""
+    try:
+        return load_table(path)
+    except DataError as exc:
+        raise RoleError(str(exc)) from exc
+
+
 def load_party_data(
     path: Path, id_column: str, label: str | None, ignore: tuple[str, ...] = ()
 ) -> PartyData:
     """The party's table: an id column, numeric features, and the label for the active party
     (`ignore`: columns that are not features, e.g. the label in rows to predict)."""
-    df = pd.read_csv(path).drop(columns=list(ignore), errors="ignore")
+    df = _read(path).drop(columns=list(ignore), errors="ignore")
     need = [id_column] + ([label] if label else [])
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -100,7 +111,7 @@ def load_checked(path: Path, contract: VerticalContract, predict: bool = False) 
     """The party's table checked against its own contract (every problem listed, naming the
     file and column); the features in the contract's order. `predict`: rows to predict, so
     no label (one in the file is dropped) and no row minimum."""
-    df = pd.read_csv(path)
+    df = _read(path)
     if predict:
         df = df.drop(columns=[contract.label] if contract.label else [], errors="ignore")
         contract = contract.model_copy(update={"label": None, "min_rows": 1})

@@ -82,3 +82,22 @@ def test_label_and_contract_file_errors(tmp_path: Path) -> None:
     bad.write_text('name = "x"\nversion = "1"\nid_column = "id"\ncolumns = []\n')
     with pytest.raises(VerticalContractError, match="x.toml: columns"):
         load_vertical_contract(bad)
+
+
+def test_a_party_table_is_read_as_a_horizontal_silos_is(tmp_path: Path) -> None:
+    """A ';'-delimited export or a column named twice was read by pandas as one column or as
+    'AGE.1' and reported as contract problems about columns the file does not have."""
+    contract = load_vertical_contract("credit_vertical_bureau")
+    semi = tmp_path / "semi.csv"
+    bureau_frame().to_csv(semi, index=False, sep=";")
+    with pytest.raises(RoleError, match=r"semi\.csv: the header reads as one column .*';'"):
+        load_checked(semi, contract)
+    twice = tmp_path / "twice.csv"
+    df = bureau_frame()
+    df.insert(1, "AGE", df.pop("AGE"), allow_duplicates=True)
+    df.insert(2, "AGE", df["AGE"], allow_duplicates=True)
+    df.to_csv(twice, index=False)
+    with pytest.raises(RoleError, match=r"twice\.csv: the header names 'AGE' more than once"):
+        load_checked(twice, contract)
+    with pytest.raises(RoleError, match=r"absent\.csv"):
+        load_checked(tmp_path / "absent.csv", contract)
