@@ -2,6 +2,15 @@
 gradient, its evaluation and its personal ensemble (the federation's weights refined on its
 own validation rows, kept here). Pure functions over the silo's arrays; the handlers
 (`silos.handlers.ensemble`) move the results over the wire.
+
+The validation rows (and the held-out rows) are drawn from the silo's table as it is in each
+round, by row position. The silo's member is trained once, in the members round, so once the
+table changes (rows added, or the same rows exported in another order) those rows are no longer
+the ones its member never saw: the silo records the table's fingerprint with its member
+(`keep_member_table`) and declines the later rounds while the table differs
+(`check_member_table`). Drawing the rows by content instead would still leave the held-out
+rows, drawn by position for every kind of run (`silos.data.split_train_test`), overlapping the
+member's fit rows, and the rows' encoding moves with the federation's statistics.
 """
 
 from __future__ import annotations
@@ -24,33 +33,49 @@ from schemas.ensemble import (
 from schemas.specs import RunSpec
 from schemas.task_metrics import score
 from schemas.wire import Metrics
-from silos.exceptions import ModelError
+from silos.exceptions import DataError, ModelError
 from silos.files import private_dir, write_private
 from silos.local_data import LocalData
 from silos.local_models import LocalModel, LocalParams, load_local, train_local
+from silos.personalize import split_rows
+from silos.personalize_gate import MIN_GROUP_ROWS
 
-STATE_DIR = "ensemble"  # the silo's personal ensembles, one file per run
+STATE_DIR = "ensemble"  # the silo's personal ensembles and member tables, per run
 
 
 def split_validation(
     data: LocalData, fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The silo's training rows split into (fit rows, validation rows), the same way in every
-    round of the run (a seeded permutation); at least one row on each side."""
+    round of the run while its table is the same: per class, seeded, at least one row of each
+    class on both sides where the class has two (`silos.personalize.split_rows`); a small
+    silo's validation rows drawn at random are often of one class."""
     n = len(data.y_train)
     if n < 2:
         raise ModelError(f"an ensemble member needs at least 2 training rows; this silo has {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 1, max(1, round(fraction * n)))
-    val, fit = order[:n_val], order[n_val:]
-    return (data.X_train[fit], data.y_train[fit]), (data.X_train[val], data.y_train[val])
+    d = data
+    rows = split_rows("binary", d.X_train, d.y_train, d.X_test, d.y_test, fraction, seed)
+    return (rows.X_fit, rows.y_fit), (rows.X_val, rows.y_val)
 
 
 def member_message(spec: RunSpec, kind: str, data: LocalData) -> tuple[bytes, LocalModel]:
     """Train this silo's member on its fit rows; the JSON the members round takes, and the
-    model."""
+    model.
+
+    Raises
+    ------
+    DataError
+        The fit rows hold one class: a member fit on them predicts a constant (the silo
+        declines the members round, `silos.decline`).
+    """
     assert spec.ensemble is not None
     (X, y), _ = split_validation(data, spec.ensemble.val_fraction, spec.training.seed)
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(
+            f"this silo's {len(y)} fit rows are all of class {present[0]:g}: a member fit on "
+            "them would predict a constant, so it contributes none"
+        )
     hidden = spec.model.hidden if spec.model is not None and spec.model.hidden else (32,)
     model = train_local(kind, X, y, seed=spec.training.seed, params=LocalParams(hidden=hidden))
     doc = {
@@ -125,9 +150,14 @@ def weight_gradient(
 
 def personal_ensemble(spec: RunSpec, ensemble: LoadedEnsemble, data: LocalData) -> LoadedEnsemble:
     """The federation's ensemble with its weights refined on this silo's validation rows
-    (`schemas.ensemble.personal_weights`, `ensemble.personal_steps` steps at `ensemble.lr`)."""
+    (`schemas.ensemble.personal_weights`, `ensemble.personal_steps` steps at `ensemble.lr`);
+    the federation's weights as they are unless each class has MIN_GROUP_ROWS validation rows
+    (`silos.personalize_gate`): steps on a few rows of one class put the weight on whichever
+    member predicts that class most confidently, a constant one included."""
     assert spec.ensemble is not None
     _, (X, y) = split_validation(data, spec.ensemble.val_fraction, spec.training.seed)
+    if min((y == 0).sum(), (y == 1).sum()) < MIN_GROUP_ROWS:
+        return ensemble
     w = personal_weights(
         np.asarray(ensemble.artifact.weights),
         ensemble.member_proba(X),
@@ -137,6 +167,36 @@ def personal_ensemble(spec: RunSpec, ensemble: LoadedEnsemble, data: LocalData) 
     )
     artifact = ensemble.artifact.model_copy(update={"weights": [float(x) for x in w]})
     return LoadedEnsemble(artifact, ensemble.models)
+
+
+def keep_member_table(workspace: Path, run_id: str, member_sha256: str, data: LocalData) -> None:
+    """Record, before the member is sent, the fingerprint of the table it was trained on."""
+    path = private_dir(workspace / STATE_DIR) / f"{run_id}.members.json"
+    kept = json.loads(path.read_bytes()) if path.exists() else {}
+    kept[member_sha256] = data.data_sha256  # by sha256: a retried member round's too
+    write_private(path, json.dumps(kept, sort_keys=True).encode(), durable=True)
+
+
+def check_member_table(
+    workspace: Path, run_id: str, ensemble: LoadedEnsemble, data: LocalData
+) -> None:
+    """Decline (DataError) when this silo's member in `ensemble` was trained on another table
+    than the one it holds now: its validation and held-out rows, drawn by position from the
+    table as it is, would include rows its member was fit on. Nothing to check for a silo with
+    no member recorded in its workspace.
+    """
+    path = workspace / STATE_DIR / f"{run_id}.members.json"
+    kept = json.loads(path.read_bytes()) if path.exists() else {}
+    now = data.data_sha256
+    for member in ensemble.artifact.members:
+        then = kept.get(member.sha256)
+        if then is not None and then != now:
+            raise DataError(
+                f"this silo's table changed since its ensemble member was trained (fingerprint "
+                f"{then[:12]}… then, {now[:12]}… now; rows added, or the same "
+                "rows in another order): its validation and held-out rows would include rows "
+                "its member was fit on, so it sits this round out until the table is restored"
+            )
 
 
 def save_personal(workspace: Path, run_id: str, personal: LoadedEnsemble) -> tuple[Path, str]:

@@ -35,14 +35,27 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (a 0600 temporary file renamed over it)."""
+def write_private(path: Path, data: bytes, durable: bool = False) -> None:
+    """Write `data` to `path` atomically (a 0600 temporary file renamed over it).
+
+    `durable`: also flush the file to disk before the rename and the folder after it. Without
+    that a power cut can leave the new name on an empty or partial file (the rename reaches
+    the disk before the data), which matters for state read back in a later round."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)  # O_CREAT's mode does not apply to a file left by a crash
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     tmp.replace(path)
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def restrict_tree(root: Path) -> None:

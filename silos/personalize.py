@@ -120,9 +120,16 @@ def early_stopped(
     lowest loss on a tie and for the other tasks.
 
     `ditto_lambda` > 0 adds (lambda/2)||w - start||^2 to the loss (Ditto's pull toward the
-    global model, which is where a Ditto model starts). `min_confidence` > 0 keeps `start`
-    unless the best epoch beats it on at least that share of bootstrap resamples of the
-    validation rows (`silos.personalize_gate`)."""
+    global model, which is where a Ditto model starts), taken as its proximal step.
+    `min_confidence` > 0 keeps `start` unless the best epoch beats it on at least that share of
+    bootstrap resamples of the validation rows (`silos.personalize_gate`). An epoch whose
+    parameters, validation outputs or loss are not finite (a learning rate too large for the
+    rows) ends training: the best finite epoch so far, `start` at worst, is kept.
+
+    Raises
+    ------
+    ModelError
+        `start` itself gives non-finite validation outputs."""
     X, y = _as_tensors(spec, rows.X_fit, rows.y_fit)
     Xv, yv = _as_tensors(spec, rows.X_val, rows.y_val)
     loss_fn = _loss_fn(spec)
@@ -133,28 +140,42 @@ def early_stopped(
         optimizer = _optimizer(model, training)
         generator = torch.Generator().manual_seed(training.seed)
 
-        def validate() -> tuple[tuple[float, float], torch.Tensor]:
+        def validate() -> tuple[tuple[float, float], torch.Tensor] | None:
+            """The epoch's key (lower is better) and validation outputs; None if not finite."""
             with torch.no_grad():
                 out = model(Xv)
                 loss = float(loss_fn(out, yv).item()) / len(yv)
+                finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+            if not (finite and bool(torch.isfinite(out).all()) and np.isfinite(loss)):
+                return None
             return (-_auc(spec, rows.y_val, out), loss), out
 
-        best, start_out = validate()
+        validated = validate()
+        if validated is None:
+            raise ModelError("the starting model gives non-finite outputs on the validation rows")
+        best, start_out = validated
         start_key = best
         best_epoch, best_params, best_out = 0, get_params(model), start_out
+        # Ditto's pull as its exact proximal step after each optimizer step: w <- (w + s a) /
+        # (1 + s), s = lr * lambda. The same minimiser as adding (lambda/2)||w - a||^2 to the
+        # loss, but stable for every lambda (a plain gradient step on it overshoots the anchor
+        # once s > 2 and diverges); a huge lambda keeps the global model, as it should.
+        pull = training.lr * ditto_lambda
+        keep = 1.0 / (1.0 + pull)  # in (0, 1]: no overflow however large s is
         for epoch in range(1, epochs + 1):
             for idx in torch.randperm(len(y), generator=generator).split(training.batch_size):
                 optimizer.zero_grad()
                 objective = loss_fn(model(X[idx]), y[idx]) / len(idx)
-                if ditto_lambda > 0:
-                    drift = sum(
-                        ((p - a) ** 2).sum()
-                        for p, a in zip(model.parameters(), anchor, strict=True)
-                    )
-                    objective = objective + 0.5 * ditto_lambda * drift
                 objective.backward()
                 optimizer.step()
-            current, out = validate()
+                if pull > 0:
+                    with torch.no_grad():
+                        for p, a in zip(model.parameters(), anchor, strict=True):
+                            p.mul_(keep).add_(a, alpha=1.0 - keep)
+            validated = validate()
+            if validated is None:  # diverged: no later epoch can be trusted either
+                break
+            current, out = validated
             if current < best:  # strictly better: on a tie the earlier epoch stays
                 best, best_epoch, best_params, best_out = current, epoch, get_params(model), out
     if best_epoch == 0 or min_confidence <= 0:

@@ -11,7 +11,8 @@ gain seen on too few rows keeps the starting model, which was trained on every s
 Under `MIN_GROUP_ROWS` rows of a class (or rows in all, for a loss) there is no evidence to
 weigh: resamples of two negatives repeat the same two rows, so a model that happens to rank
 both better wins nearly every resample (0.97-0.99 at one demo hospital, whose held-out rows
-then ranked it worse).
+then ranked it worse). A class of the task with no validation rows at all is the extreme of
+that: on positives alone a model that only raises its base rate wins every resample.
 
 Numpy only; the resamples are seeded, so a silo makes the same choice when it runs again.
 """
@@ -36,19 +37,22 @@ def gain_confidence(
     new: np.ndarray,
     old: np.ndarray,
     seed: int,
-    classes: bool = True,
+    classes: int = 2,
     resamples: int = RESAMPLES,
 ) -> float:
     """The share of bootstrap resamples of the rows on which `new` beats `old`: a higher ROC
     AUC of the scores (`by="auc"`, binary labels) or a lower mean of the per-row losses
-    (`by="loss"`, `new` and `old` from `row_losses`). Rows are resampled per class (`classes`;
-    always for ROC AUC), so every resample keeps the classes' counts. 0 when they score alike
-    everywhere, and when a class (or the rows, without classes) has fewer than MIN_GROUP_ROWS.
+    (`by="loss"`, `new` and `old` from `row_losses`). Rows are resampled per class of the
+    task's `classes` (labels 0..classes-1; 0: no classes, the rows together; always the two for
+    ROC AUC), so every resample keeps the classes' counts. 0 when they score alike everywhere,
+    and when a class of the task (or the rows, without classes) has fewer than MIN_GROUP_ROWS,
+    none included.
 
     Raises
     ------
     ValueError
-        The arrays differ in length, or `by="auc"` on rows of one class.
+        The arrays differ in length, a label is not a class of the task, or `by="auc"` on rows
+        of one class.
     """
     y = np.asarray(y).reshape(-1)
     new, old = np.asarray(new, dtype=np.float64), np.asarray(old, dtype=np.float64)
@@ -56,8 +60,11 @@ def gain_confidence(
         raise ValueError(f"{len(y)} labels, {len(new)} new and {len(old)} old scores")
     rng = np.random.default_rng(seed)
     if by == "auc" or classes:
-        groups = [np.flatnonzero(y == c) for c in np.unique(y)]
-        if by == "auc" and len(groups) != 2:
+        # every class of the task, not only those present: a class with no rows is no evidence
+        groups = [np.flatnonzero(y == c) for c in range(2 if by == "auc" else classes)]
+        if sum(len(g) for g in groups) != len(y):
+            raise ValueError(f"labels outside the task's classes 0..{len(groups) - 1}")
+        if by == "auc" and not all(len(g) for g in groups):
             raise ValueError("ROC AUC needs rows of both classes")
     else:
         groups = [np.arange(len(y))]
@@ -79,9 +86,13 @@ def loss_gain_confidence(
     task: str, y: np.ndarray, new_pred: np.ndarray, old_pred: np.ndarray, seed: int
 ) -> float:
     """`gain_confidence` by the per-row losses of two models' predictions (as `row_losses`
-    takes them), resampled per class unless the task is regression."""
+    takes them), resampled per class unless the task is regression (binary: 2 classes;
+    multiclass: as many as `new_pred` has columns)."""
     new, old = row_losses(task, y, new_pred), row_losses(task, y, old_pred)
-    return gain_confidence("loss", y, new, old, seed, classes=task != "regression")
+    classes = 0 if task == "regression" else 2
+    if task == "multiclass":
+        classes = np.size(new_pred) // max(len(new), 1)
+    return gain_confidence("loss", y, new, old, seed, classes=classes)
 
 
 def row_losses(task: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray:

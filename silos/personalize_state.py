@@ -8,13 +8,18 @@ output layer, trained every round and never sent) and the personalized model
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from schemas import tensors
+from schemas.exceptions import TensorFormatError
 from schemas.specs import ModelSpec, RunSpec, param_shapes
 from silos.exceptions import ModelError
+from silos.files import private_dir, write_private
+
+log = logging.getLogger("fedsilo.silo")
 
 HEAD_PARAMS = 2  # the output layer's weight and bias: what FedPer keeps at the silo
 HEAD_FILE = "head.safetensors"
@@ -42,22 +47,50 @@ def with_head(
 
 
 def load_head(workspace: Path, run_id: str) -> list[np.ndarray] | None:
-    """The silo's FedPer head for `run_id`, or None before its first round."""
+    """The silo's FedPer head for `run_id`, or None before its first round.
+
+    Raises
+    ------
+    ModelError
+        The stored head does not decode (empty or cut short by a crash, say), naming the file.
+    """
     path = personal_dir(workspace, run_id) / HEAD_FILE
     if not path.exists():
         return None
-    arrays, _ = tensors.decode(path.read_bytes())
-    return [arrays["weight"], arrays["bias"]]
+    try:
+        arrays, _ = tensors.decode(path.read_bytes())
+        return [arrays["weight"], arrays["bias"]]
+    except (TensorFormatError, KeyError) as exc:
+        raise ModelError(
+            f"the silo's stored FedPer head {path} does not decode ({type(exc).__name__}: "
+            f"{exc}): restore it from a backup or delete it"
+        ) from exc
+
+
+def usable_head(workspace: Path, run_id: str) -> list[np.ndarray] | None:
+    """`load_head`, or None (logged) when the stored head does not decode: the silo starts
+    again from the global model's head, as in its first round, and its next training round
+    writes a new one, rather than failing every round left of the run."""
+    try:
+        return load_head(workspace, run_id)
+    except ModelError as exc:
+        log.warning(
+            "%s; this silo starts from the global model's head instead (its next training round "
+            "writes a new head)",
+            exc,
+        )
+        return None
 
 
 def start_params(
     workspace: Path, spec: RunSpec, run_id: str, params: list[np.ndarray]
 ) -> list[np.ndarray]:
     """Where this round's local training starts: the global model, with the silo's own head
-    under FedPer (the global model's head, never trained, on the silo's first round)."""
+    under FedPer (the global model's head, never trained, on the silo's first round or when
+    the stored head is unreadable, `usable_head`)."""
     if not uses_fedper(spec):
         return params
-    head = load_head(workspace, run_id)
+    head = usable_head(workspace, run_id)
     return params if head is None else with_head(spec.torch_model, params, head)
 
 
@@ -68,12 +101,11 @@ def keep_head_local(
     the body is aggregated and the head never leaves the silo; otherwise `delta` unchanged."""
     if not uses_fedper(spec):
         return delta
-    folder = personal_dir(workspace, run_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(personal_dir(workspace, run_id))
     weight, bias = trained[-HEAD_PARAMS:]
-    tmp = folder / (HEAD_FILE + ".tmp")
-    tmp.write_bytes(tensors.encode({"weight": weight, "bias": bias}))
-    tmp.replace(folder / HEAD_FILE)
+    # durable: the next round reads it back, and a head lost to a power cut must not be empty
+    head = tensors.encode({"weight": weight, "bias": bias})
+    write_private(folder / HEAD_FILE, head, durable=True)
     return [*delta[:-HEAD_PARAMS], *(np.zeros_like(d) for d in delta[-HEAD_PARAMS:])]
 
 

@@ -10,6 +10,10 @@
   ensemble, this silo's member alone and the personal ensemble on the held-out rows, sign them
   into the ledger (``ensembled``, with the personal ensemble's sha256 and weights), send the
   final ensemble's metrics.
+
+A silo whose table changed since it trained its member declines the weight and evaluation
+rounds while it differs (`silos.ensemble.check_member_table`): its rows would no longer be
+held out from its member.
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ class MemberBody(BaseModel):
 
 
 def member_round(ctx: SiloContext, work: ExtensionTask, body: MemberBody) -> dict[str, object]:
-    """Train and upload this silo's member."""
-    from silos.ensemble import member_message  # torch, xgboost, lightgbm: only in this run
+    """Train and upload this silo's member (recording the table it was trained on)."""
+    from silos.ensemble import keep_member_table, member_message  # torch...: only in this run
 
     message, model = member_message(work.spec, body.kind, ctx.data)
+    keep_member_table(ctx.workspace, work.run_id, model.sha256, ctx.data)
     try:
         answer = ctx.client.submit_extension(work.run_id, work.round, message)
     except AlreadyAnswered:  # a retry after a lost answer: the first member stands
@@ -54,9 +59,10 @@ def member_round(ctx: SiloContext, work: ExtensionTask, body: MemberBody) -> dic
 
 def weights_round(ctx: SiloContext, work: EnsembleWeightsTask) -> dict[str, object]:
     """Submit the masked, weighted gradient of the mixture log-loss on the validation rows."""
-    from silos.ensemble import load_ensemble, weight_gradient
+    from silos.ensemble import check_member_table, load_ensemble, weight_gradient
 
     ensemble = load_ensemble(ctx.client.download_model(work.run_id, work.model_version))
+    check_member_table(ctx.workspace, work.run_id, ensemble, ctx.data)
     gradient, metrics = weight_gradient(work.spec, ensemble, ctx.data)
     weight = work.secagg.weight if work.secagg.weight is not None else 1.0
     vector = secure_round.clip_l2(weight * padded(gradient), work.secagg.clip)
@@ -86,10 +92,17 @@ def evaluate_round(ctx: SiloContext, work: ExtensionTask, body: EvaluateBody) ->
     """Refine the final ensemble's weights on this silo's validation rows into its personal
     ensemble (kept here); score the final ensemble, this silo's member alone and the personal
     ensemble; sign all three and send the final ensemble's metrics."""
-    from silos.ensemble import evaluate, load_ensemble, personal_ensemble, save_personal
+    from silos.ensemble import (
+        check_member_table,
+        evaluate,
+        load_ensemble,
+        personal_ensemble,
+        save_personal,
+    )
 
     payload = ctx.client.download_model(work.run_id, work.model_version)
     ensemble = load_ensemble(payload)
+    check_member_table(ctx.workspace, work.run_id, ensemble, ctx.data)
     sha = hashlib.sha256(payload).hexdigest()
     personal = personal_ensemble(work.spec, ensemble, ctx.data)
     _, personal_sha = save_personal(ctx.workspace, work.run_id, personal)

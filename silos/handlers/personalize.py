@@ -5,7 +5,10 @@ for PyTorch, `silos.personalize_trees` for trees) and a local-only model, writes
 personalized model into its workspace and signs a ``personalized`` ledger statement with the
 model's sha256 and the three models' held-out metrics. The model itself is never sent. It runs
 before the evaluation is reported, so the statement is in the ledger when the run finishes.
-A failure is logged and leaves the evaluation untouched.
+A failure to make the model (any error: a library's own, not only a `ModelError`) is logged,
+naming the silo and the cause, and leaves the evaluation untouched: the silo then signs no
+``personalized`` statement. Sending that statement is not guarded: a transport error fails
+the round as any other, and the round is answered again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from silos.exceptions import ModelError
 from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
 from silos.lineage_copy import keep_receipt
-from silos.personalize_state import load_head, save_model
+from silos.personalize_state import save_model, usable_head
 
 if TYPE_CHECKING:  # torch: loaded by the evaluation round only
     from silos.personalize import Personalized, Split
@@ -41,12 +44,12 @@ def personalize_torch_round(
     try:
         spec = work.spec.torch_model
         rows = _rows(ctx, spec.task, p.val_fraction, work.spec.training.seed)
-        head = load_head(ctx.workspace, work.run_id) if p.method == "fedper" else None
+        head = usable_head(ctx.workspace, work.run_id) if p.method == "fedper" else None
         out = personalize(work.spec, global_params, rows, head)
         meta = {"run_id": work.run_id, "silo": ctx.silo, "method": p.method}
         model = encode_model(spec, out.params, meta)
-    except ModelError as exc:
-        get_run_logger().warning("round %d: no personalized model: %s", work.round, exc)
+    except Exception as exc:  # the evaluation is reported whatever personalization does
+        _failed(ctx, work, exc)
         return None
     return _record(ctx, work, p.method, model, out)
 
@@ -58,15 +61,30 @@ def personalize_trees_round(ctx: SiloContext, work: TreeEvaluateTask) -> Persona
         return None
     from silos.personalize_trees import personalize_trees
 
+    spec = work.spec.trees
+    global_model = ctx.client.download_model(work.run_id, work.model_version)  # retried if lost
     try:
-        spec = work.spec.trees
-        global_model = ctx.client.download_model(work.run_id, work.model_version)
         rows = _rows(ctx, spec.task, p.val_fraction, 0)
         out = personalize_trees(spec, global_model, rows, p.max_trees, 0, p.min_confidence)
-    except ModelError as exc:
-        get_run_logger().warning("round %d: no personalized model: %s", work.round, exc)
+    except Exception as exc:  # the evaluation is reported whatever personalization does
+        _failed(ctx, work, exc)
         return None
     return _record(ctx, work, p.method, out.model, out)
+
+
+def _failed(ctx: SiloContext, work: EvaluateTask | TreeEvaluateTask, exc: Exception) -> None:
+    """Log why this silo has no personalized model (an unexpected error's traceback at debug
+    level): the evaluation goes on without it."""
+    logger = get_run_logger()
+    cause = str(exc) if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+    logger.warning(
+        "round %d: silo %s has no personalized model (its evaluation is still reported): %s",
+        work.round,
+        ctx.silo,
+        cause,
+    )
+    if not isinstance(exc, ModelError):
+        logger.debug("round %d: the error behind it", work.round, exc_info=exc)
 
 
 def _rows(ctx: SiloContext, task: str, val_fraction: float, seed: int) -> Split:

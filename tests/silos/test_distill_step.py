@@ -213,3 +213,18 @@ def test_a_silo_policy_decides_which_kind_it_trains(tmp_path: Path) -> None:
         asked = DistillSpec(kinds={"default": "logreg", "cleveland": kind})
         refusal = policy_violation(cfg, base.model_copy(update={"distill": asked}), 5) or ""
         assert f"asks it to train {kind!r}" in refusal and "cleveland" in refusal
+
+
+def test_the_gate_keeps_the_model_alone_when_a_class_has_no_validation_rows() -> None:
+    """One negative among 40 rows: split_rows holds none back, so the validation rows are all
+    positive. Soft labels that say 'positive' everywhere lower the loss on them, but with no
+    negative to weigh that is no evidence (it was certified at confidence 1.0)."""
+    X, y = _rows(0, 40)
+    y[:] = 1
+    y[0] = 0
+    X_ref = _rows(102, 200)[0]
+    spec = _spec("xgboost", 0.0, 0.5, 1.0, gate=0.95)
+    out = distill_step(spec, "s1", (X, y), _rows(52, 60), X_ref, np.full(len(X_ref), 0.97))
+    assert min(out.validation, key=lambda wl: wl[1])[0] > 0  # the argmin is a soft-label weight
+    assert out.weight == 0.0 and out.confidence == 0.0
+    assert out.distilled == out.alone

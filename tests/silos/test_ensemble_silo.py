@@ -25,6 +25,7 @@ from schemas.ensemble import (
 )
 from schemas.specs import ModelSpec, RunSpec
 from schemas.task_metrics import score
+from silos.decline import declined_for
 from silos.ensemble import (
     evaluate,
     load_ensemble,
@@ -34,9 +35,10 @@ from silos.ensemble import (
     split_validation,
     weight_gradient,
 )
-from silos.exceptions import ModelError
+from silos.exceptions import DataError, ModelError
 from silos.local_data import LocalData
 from silos.local_models import LocalParams, train_local
+from silos.personalize_gate import MIN_GROUP_ROWS
 
 SPEC = RunSpec(
     federation="f",
@@ -199,7 +201,7 @@ def test_a_silo_refines_the_weights_on_its_own_rows_and_keeps_them(tmp_path: Pat
 
 
 def test_a_weight_round_sends_no_metrics_and_the_count_it_advertised(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Only the summed gradient leaves a silo in a weight round (its validation-slice metrics
     stay here), with the validation row count the silo advertised (the service refuses
@@ -224,7 +226,7 @@ def test_a_weight_round_sends_no_metrics_and_the_count_it_advertised(
     monkeypatch.setattr(handler.secure_round, "masked_update", lambda *a, **k: b"masked")
     monkeypatch.setattr(handler, "keep_receipt", lambda *a, **k: None)
     monkeypatch.setattr(handler, "get_run_logger", lambda: SimpleNamespace(info=print))
-    ctx = SimpleNamespace(client=Client(), key=None, workspace=None, data=data["a"])
+    ctx = SimpleNamespace(client=Client(), key=None, workspace=tmp_path, data=data["a"])
     work = SimpleNamespace(
         spec=SPEC, run_id="r", round=2, model_version=1, secagg=SimpleNamespace(weight=0.5, clip=9)
     )
@@ -234,3 +236,109 @@ def test_a_weight_round_sends_no_metrics_and_the_count_it_advertised(
     assert advertised_count(ctx, work) == len(y_val) < len(data["a"].y_train)  # type: ignore[arg-type]
     statistics = SimpleNamespace(spec=SPEC, model_version=0)  # an ensemble run's version-0 round
     assert advertised_count(ctx, statistics) == len(data["a"].y_train)  # type: ignore[arg-type]
+
+
+def _labelled(n: int, negatives: np.ndarray, seed: int = 4) -> LocalData:
+    """`_data` rows with exactly the rows `negatives` negative (and told apart by feature 0)."""
+    d = _data(seed, n)
+    y = np.ones(n, dtype=np.float32)
+    y[negatives] = 0
+    X = d.X_train.copy()
+    X[negatives, 0] -= 1.5
+    return replace(d, X_train=X, y_train=y)
+
+
+def test_a_small_silos_validation_rows_hold_both_classes() -> None:
+    """14 rows, 3 negatives where a plain seeded permutation put its fit rows: the validation
+    rows were all positive. Drawn per class, each class is on both sides."""
+    seed = SPEC.training.seed
+    d = _labelled(14, np.random.default_rng(seed).permutation(14)[-3:])
+    (_, y_fit), (_, y_val) = split_validation(d, 0.3, seed)
+    assert set(y_val) == set(y_fit) == {0.0, 1.0}
+    assert len(y_fit) + len(y_val) == 14
+
+
+def test_a_personal_ensemble_keeps_the_federations_weights_without_evidence_of_a_class() -> None:
+    """Two negatives among the validation rows (MIN_GROUP_ROWS is 5): 20 steps at lr 4 on them
+    moved the weights far from the federation's; they now stay as they are."""
+    data = {"a": _data(1), "b": replace(_data(2), y_train=1 - _data(2).y_train)}
+    ensemble = load_ensemble(_artifact(data, [0.5, 0.5]))
+    small = _labelled(30, np.arange(6))
+    _, (_, y_val) = split_validation(small, SPEC.ensemble.val_fraction, SPEC.training.seed)  # type: ignore[union-attr]
+    assert (y_val == 0).sum() == 2 < MIN_GROUP_ROWS
+    assert personal_ensemble(SPEC, ensemble, small).artifact.weights == [0.5, 0.5]
+
+
+def test_a_member_round_on_rows_of_one_class_declines() -> None:
+    """A member fit on positives alone predicts a constant: the silo declines the members
+    round (its data, for the round) instead of uploading it."""
+    d = replace(_data(3, n=8), y_train=np.ones(8, dtype=np.float32))
+    with pytest.raises(DataError, match="fit rows are all of class 1") as raised:
+        member_message(SPEC, "xgboost", d)
+    declined = declined_for(raised.value)
+    assert (declined.scope, declined.cause) == ("round", "data")
+
+
+def test_a_silo_whose_table_changed_since_its_member_declines_the_later_rounds(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same rows exported in another order re-draw the validation and held-out rows by
+    position, so they overlap the rows the silo's member was fit on in the members round: the
+    weight and evaluation rounds decline while the table's fingerprint differs from the one
+    recorded with the member, and go on once it is the same table again."""
+    from types import SimpleNamespace
+
+    import silos.handlers.ensemble as handler
+
+    d = replace(_data(1), data_sha256="a" * 64)
+    order = np.random.default_rng(1).permutation(len(d.y_train))
+    moved = replace(d, X_train=d.X_train[order], y_train=d.y_train[order], data_sha256="b" * 64)
+    sent: dict[str, object] = {}
+
+    class Client:
+        def submit_extension(self, run_id: str, round_: int, message: bytes) -> dict[str, str]:
+            sent["extension"] = message
+            return {}
+
+        def download_model(self, run_id: str, version: int) -> bytes:
+            return artifact
+
+        def submit_masked(self, *args: object) -> dict[str, object]:
+            sent["masked"] = True
+            return {"digest": "d"}
+
+    monkeypatch.setattr(handler.secure_round, "masked_update", lambda *a, **k: b"masked")
+    monkeypatch.setattr(handler, "keep_receipt", lambda *a, **k: None)
+    monkeypatch.setattr(handler, "get_run_logger", lambda: SimpleNamespace(info=print))
+    ctx = SimpleNamespace(client=Client(), key=None, workspace=tmp_path, silo="a", data=d)
+    members = SimpleNamespace(spec=SPEC, run_id="r", round=1)
+    handler.member_round(ctx, members, handler.MemberBody(kind="logreg"))  # type: ignore[arg-type]
+    doc = json.loads(sent["extension"])  # type: ignore[arg-type]
+    sha = hashlib.sha256(base64.b64decode(doc["model_b64"])).hexdigest()
+    other, model = member_message(SPEC, "logreg", _data(2))
+    artifact = (
+        EnsembleArtifact(
+            run_id="r",
+            members=[
+                Member(silo="a", sha256=sha, **doc),
+                Member(silo="b", sha256=model.sha256, **json.loads(other)),
+            ],
+            weights=[0.5, 0.5],
+            weight_round=0,
+        )
+        .model_dump_json()
+        .encode()
+    )
+    work = SimpleNamespace(
+        spec=SPEC, run_id="r", round=2, model_version=1, secagg=SimpleNamespace(weight=1, clip=9)
+    )
+    ctx.data = moved
+    with pytest.raises(DataError, match="table changed since its ensemble member was trained"):
+        handler.weights_round(ctx, work)  # type: ignore[arg-type]
+    closing = SimpleNamespace(spec=SPEC, run_id="r", round=3, model_version=2)
+    with pytest.raises(DataError, match="table changed since its ensemble member was trained"):
+        handler.evaluate_round(ctx, closing, handler.EvaluateBody())  # type: ignore[arg-type]
+    assert "masked" not in sent
+    ctx.data = d  # the table as it was
+    handler.weights_round(ctx, work)  # type: ignore[arg-type]
+    assert sent["masked"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,17 @@ from schemas.tree_params import TreeSpec
 from silos.demo_data import heart_disease_silos
 from silos.exceptions import ModelError
 from silos.features import FeaturePipeline
+from silos.handlers import personalize as handler
+from silos.local_data import LocalData
 from silos.personalize import Split, early_stopped, personalize, split_rows
 from silos.personalize_gate import MIN_GROUP_ROWS
-from silos.personalize_state import HEAD_FILE, keep_head_local, personal_dir, start_params
+from silos.personalize_state import (
+    HEAD_FILE,
+    keep_head_local,
+    load_head,
+    personal_dir,
+    start_params,
+)
 from silos.personalize_trees import personalize_trees
 from silos.torch_model import build_model, get_params
 from silos.trainer import evaluate, train_local
@@ -177,3 +186,108 @@ def test_spec_rejects_personalization_that_does_not_fit_the_model() -> None:
     with pytest.raises(ValueError, match="tree runs personalize by continued boosting"):
         RunSpec.model_validate(tree)
     RunSpec.model_validate({**tree, "personalize": {"method": "finetune"}})
+
+
+def test_a_large_ditto_lambda_keeps_the_model_finite_and_near_the_global_one(
+    heart: dict,  # type: ignore[type-arg]
+) -> None:
+    """lr x lambda far above 2 made the plain gradient step on Ditto's pull overshoot the
+    global model and diverge (NaN, then roc_auc raised); the proximal step holds the model at
+    the global one however large lambda is."""
+    spec = _spec("ditto")
+    rows = _rows(heart, "hungary")
+    glob = get_params(build_model(spec.torch_model, seed=0))
+    for lam, lr in ((100.0, None), (1000.0, None), (1000.0, 1e38)):  # lr x lambda overflows
+        p = PersonalizationSpec(
+            method="ditto", ditto_lambda=lam, lr=lr, max_epochs=5, min_confidence=0
+        )
+        out = personalize(spec.model_copy(update={"personalize": p}), glob, rows)
+        assert all(np.isfinite(a).all() for a in out.params)
+        drift = sum(float(((a - g) ** 2).sum()) for a, g in zip(out.params, glob, strict=True))
+        assert drift < 1e-3
+
+
+def test_an_epoch_that_diverges_ends_training_and_the_best_finite_one_is_kept(
+    heart: dict,  # type: ignore[type-arg]
+) -> None:
+    spec = _spec("finetune")
+    rows = _rows(heart, "cleveland")
+    start = get_params(build_model(spec.torch_model, seed=0))
+    wild = spec.training.model_copy(update={"lr": 1e38})  # logits ~1e38: an infinite loss
+    out = early_stopped(spec.torch_model, start, rows, wild, 5)
+    assert out.epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(out.params, start, strict=True))
+
+
+def test_a_failed_personalization_is_logged_naming_the_silo_and_the_evaluation_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Any error of the personalization step (here a library's ValueError, not a ModelError)
+    is logged with the silo and its cause; the silo's evaluation of the global model is still
+    reported, and no personalized statement is signed."""
+    import silos.handlers.plain as plain
+    import silos.personalize
+    from schemas.tasks import EvaluateTask
+
+    spec = _spec("ditto")
+    glob = get_params(build_model(spec.torch_model, seed=0))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, _nf())).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.float32)
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise ValueError("scores contain NaN or infinity")
+
+    warnings: list[str] = []
+    logger = SimpleNamespace(
+        warning=lambda msg, *a: warnings.append(msg % a), debug=lambda *a, **k: None
+    )
+    reported: list[object] = []
+    monkeypatch.setattr(silos.personalize, "personalize", fails)
+    monkeypatch.setattr(handler, "get_run_logger", lambda: logger)
+    monkeypatch.setattr(plain, "fetch_global_model", lambda *a: glob)
+    monkeypatch.setattr(plain, "report_evaluation", lambda ctx, work, m: reported.append(m) or m)
+    ctx = SimpleNamespace(
+        data=LocalData(X[:60], y[:60], X[60:], y[60:], _nf(), {}, ""),
+        workspace=tmp_path,
+        silo="hospital-a",
+        client=None,  # a signed statement would need one
+    )
+    work = EvaluateTask.model_validate(
+        {"run_id": "r1", "round": 4, "model_version": 3, "spec": spec.model_dump(mode="json")}
+    )
+    metrics = plain.evaluate_round(ctx, work)  # type: ignore[arg-type]
+    assert reported == [metrics] and metrics.n_test == 20
+    assert len(warnings) == 1
+    assert "silo hospital-a" in warnings[0]
+    assert "ValueError: scores contain NaN or infinity" in warnings[0]
+
+
+def test_a_corrupt_fedper_head_restarts_from_the_global_head_and_is_written_durably(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A head file cut short (a power cut before the data reached the disk) does not decode:
+    load_head names the file, and training starts again from the global model's head (logged)
+    instead of the silo declining every round left; the head is written with fsync."""
+    import silos.files
+
+    spec = _spec("fedper", hidden=(4,))
+    glob = get_params(build_model(spec.torch_model))
+    synced: list[int] = []
+    real_fsync = silos.files.os.fsync
+    monkeypatch.setattr(silos.files.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    trained = [p + 1.0 for p in glob]
+    delta = [t - g for t, g in zip(trained, glob, strict=True)]
+    keep_head_local(tmp_path, spec, "run1", trained, delta)
+    head = personal_dir(tmp_path, "run1") / HEAD_FILE
+    for broken in (b"", head.read_bytes()[:40]):
+        head.write_bytes(broken)
+        with pytest.raises(ModelError, match=f"FedPer head {head} does not decode"):
+            load_head(tmp_path, "run1")
+        with caplog.at_level("WARNING", logger="fedsilo.silo"):
+            assert start_params(tmp_path, spec, "run1", glob) is glob
+        assert "starts from the global model's head instead" in caplog.text
+        caplog.clear()
+    keep_head_local(tmp_path, spec, "run1", trained, delta)  # the next round's writes a new one
+    np.testing.assert_array_equal(start_params(tmp_path, spec, "run1", glob)[-2], trained[-2])
+    assert len(synced) == 4  # each write: the file before its rename, the folder after

@@ -9,7 +9,12 @@ from hypothesis import strategies as st
 
 from schemas.task_metrics import score
 from silos import personalize_gate
-from silos.personalize_gate import MIN_GROUP_ROWS, gain_confidence, row_losses
+from silos.personalize_gate import (
+    MIN_GROUP_ROWS,
+    gain_confidence,
+    loss_gain_confidence,
+    row_losses,
+)
 
 
 def _rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,3 +90,20 @@ def test_row_losses_average_to_the_tasks_loss(task: str) -> None:
         y, p = rng.normal(size=50), rng.normal(size=50)
     expected = score(task, y, p)["loss"] if task != "regression" else np.mean((y - p) ** 2)
     assert row_losses(task, y, p).mean() == pytest.approx(expected)
+
+
+def test_a_class_of_the_task_with_no_validation_rows_is_no_evidence() -> None:
+    """Six positives and no negative: np.unique saw one class, so the MIN_GROUP_ROWS rule never
+    fired and a model that only raised its base rate was certified at confidence 1.0."""
+    y = np.ones(6)
+    assert loss_gain_confidence("binary", y, np.full(6, 0.9), np.full(6, 0.6), 0) == 0.0
+    # multiclass: the classes come from the predictions' columns, present in y or not
+    y = np.repeat([0, 1], 10)
+    new = np.tile([0.8, 0.15, 0.05], (20, 1))
+    new[10:] = [0.15, 0.8, 0.05]
+    old = np.full((20, 3), 1 / 3)
+    assert loss_gain_confidence("multiclass", y, new, old, 0) == 0.0  # class 2: no rows
+    assert loss_gain_confidence("multiclass", y, new[:, :2], old[:, :2], 0) == 1.0
+    # regression has no classes: the rows together
+    r = np.linspace(0, 1, 10)
+    assert loss_gain_confidence("regression", r, r, r + 0.5, 0) == 1.0
