@@ -74,11 +74,15 @@ def test_run_completes_while_requests_alternate(fed: Federation, tmp_path: Path)
     assert updates_per_round(fed.db_url, run_id) == {1: 3, 2: 3}
     served = [_requests(fed, i, run_id) for i in (0, 1)]
     total = sum(len(r) for r in served)
+    coordinator = [[p for _, p, _ in r if p.startswith(f"/v1/runs/{run_id}")] for r in served]
     for i, requests in enumerate(served):
-        # each process answered a fair share of the run, silos' posts and coordinator's alike
+        # each process answered a fair share of the run, silos' posts and coordinator's alike.
+        # Each request picks its process at random: the coordinator's whole run (14 requests
+        # for 2 rounds: all on one process about once in 8,000 runs) is the share to check;
+        # its round requests alone (about six) all went to one process in CI
         assert len(requests) >= total / 5, (i, len(requests), total)
         assert any(m == "POST" and "/secagg/" in p for m, p, _ in requests), i
-        assert any(p.startswith(f"/v1/runs/{run_id}/rounds") for _, p, _ in requests), i
+        assert coordinator[i], (i, [len(c) for c in coordinator])
     assert all(status < 500 for requests in served for _, _, status in requests)
     assert_ledger_verifies(fed)
 
