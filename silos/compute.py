@@ -205,7 +205,7 @@ def read_partitions(path: Path, columns: list[str] | None, partition_bytes: int)
     """
     import dask.dataframe as dd
 
-    from silos.data import check_csv_header
+    from silos.data import check_csv_header, partition_read_error
 
     suffix = path.suffix.lower()
     try:
@@ -217,5 +217,5 @@ def read_partitions(path: Path, columns: list[str] | None, partition_bytes: int)
             check_csv_header(path)  # another delimiter, a column named twice: as load_table
             return dd.read_csv(str(path), usecols=columns, blocksize=partition_bytes)
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the table in partitions ({exc})") from exc
+        raise partition_read_error(path, exc) from exc
     raise DataError(f"{path}: a Dask silo reads CSV or Parquet files, not {suffix or 'no suffix'}")

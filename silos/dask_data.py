@@ -27,7 +27,7 @@ from silos.compute import read_partitions, shared_client, uses_dask
 from silos.config import SiloConfig
 from silos.contract_store import contract_for
 from silos.dask_table import DaskTable
-from silos.data import load_table
+from silos.data import load_table, partition_read_error
 from silos.exceptions import DataError, FeatureError
 from silos.features import FeaturePipeline
 from silos.gate import fingerprint_table
@@ -95,7 +95,7 @@ def prepare_dask_data(config: SiloConfig, stats: list[float] | None = None) -> L
     try:
         data_sha, n_rows, imputed = table_facts(client, table, pipeline)
     except (OSError, ValueError) as exc:  # raised on a worker, re-raised here
-        raise DataError(f"{path}: cannot read the table in partitions ({exc})") from exc
+        raise partition_read_error(path, exc) from exc
     test = load_table(config.data.test_path)
     try:
         X_test, y_test = pipeline.transform(test, config.data.test_path)

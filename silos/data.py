@@ -102,6 +102,13 @@ def check_csv_header(path: Path) -> None:
         )
 
 
+def partition_read_error(path: Path, exc: Exception) -> DataError:
+    """Why a table could not be read in partitions (by a Dask silo), as load_table says it."""
+    if isinstance(exc, UnicodeDecodeError):  # a worker's decode error: find the line here
+        return DataError(_not_utf8(path))
+    return DataError(f"{path}: cannot read the table in partitions ({exc})")
+
+
 def _not_utf8(path: Path) -> str:
     """Where a CSV stops being UTF-8 (pandas' byte position counts from its read buffer)."""
     with open(path, "rb") as fh:

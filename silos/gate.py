@@ -55,6 +55,13 @@ FINGERPRINT_VERSION = b"fedsilo-table-v1"
 _MAX_DETAIL_NAMES = 10
 
 
+def name_list(names: Any) -> str:
+    """The first ten names, sorted, and how many more there are: a detail line stays short."""
+    listed = sorted(str(n) for n in names)
+    more = len(listed) - _MAX_DETAIL_NAMES
+    return f"{listed[:_MAX_DETAIL_NAMES]}" + (f" and {more} more" if more > 0 else "")
+
+
 @dataclass(frozen=True)
 class GateResult:
     """The outcome of the gate at one silo.
@@ -153,7 +160,7 @@ def run_gate(table: pd.DataFrame, contract: Contract, *, silo: str, workspace: P
         outcome = ExpectationOutcome(
             expectation="expect_table_columns_to_match_set",
             success=False,
-            detail=f"columns named more than once: {duplicated[:_MAX_DETAIL_NAMES]}",
+            detail=f"columns named more than once: {name_list(duplicated)}",
         )
         return gate_result(silo, contract, fingerprint, len(table), (outcome,), None)
     view = validation_view(table, contract)

@@ -38,6 +38,7 @@ from great_expectations.exceptions import GreatExpectationsError  # noqa: E402
 
 from schemas.wire import ExpectationOutcome  # noqa: E402
 from silos.files import restrict_tree  # noqa: E402
+from silos.gate import name_list  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ Sensitive: they describe this institution's data (column names, dtypes, row coun
 of values outside the contract). They hold no cell value or row, but keep them inside the
 institution: the folder is readable by its owner only (0700, files 0600); do not publish it.
 """
-_MAX_NAMES = 10
 _REFERENCE_STATS = ("expect_column_mean_to_be_between", "expect_column_stdev_to_be_between")
 
 
@@ -153,7 +153,7 @@ def _outcome(result: Any, view: pd.DataFrame) -> ExpectationOutcome:
             if not absent
             else "column absent from the table"
             if column is not None
-            else f"columns absent from the table: {_names(absent)}"
+            else f"columns absent from the table: {name_list(absent)}"
         )
     else:
         detail = _detail(config.type, kwargs, raw, view)
@@ -196,7 +196,7 @@ def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
     if kind == "expect_table_columns_to_match_set":
         mismatch = raw.get("details", {}).get("mismatched", {})
         missing, extra = mismatch.get("missing", []), mismatch.get("unexpected", [])
-        return f"missing columns: {_names(missing)}; undeclared columns: {_names(extra)}"
+        return f"missing columns: {name_list(missing)}; undeclared columns: {name_list(extra)}"
     if kind == "expect_table_row_count_to_be_between":
         return f"{len(view)} rows; the contract needs at least {kwargs.get('min_value')}"
     if kind == "expect_column_values_to_be_in_type_list":
@@ -222,10 +222,3 @@ def _detail(kind: str, kwargs: dict, raw: dict, view: pd.DataFrame) -> str:
 def _g(number: Any) -> str:
     """A number for a detail line; "?" where GX gave none (a bound or mean that overflowed)."""
     return f"{number:.4g}" if isinstance(number, int | float) else "?"
-
-
-def _names(names: Any) -> str:
-    """The first ten names, sorted, and how many more there are."""
-    listed = sorted(str(n) for n in names)
-    more = len(listed) - _MAX_NAMES
-    return f"{listed[:_MAX_NAMES]}" + (f" and {more} more" if more > 0 else "")

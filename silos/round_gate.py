@@ -29,7 +29,7 @@ from schemas.wire import ExpectationOutcome, ValidationSummary
 from silos.compute import read_partitions, shared_client, uses_dask
 from silos.config import SiloConfig
 from silos.contract_store import contract_for
-from silos.data import load_table
+from silos.data import load_table, partition_read_error
 from silos.exceptions import DataError
 from silos.gate import (
     GateResult,
@@ -187,7 +187,7 @@ def _on_dask(
     try:
         data_sha = chunked_fingerprint(client, table)
     except (OSError, ValueError) as exc:  # raised on a worker, re-raised here
-        raise DataError(f"{path}: cannot read the table in partitions ({exc})") from exc
+        raise partition_read_error(path, exc) from exc
 
     def run() -> GateResult:
         chunks = partitions(client, table)

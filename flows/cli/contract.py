@@ -109,6 +109,9 @@ def contract_example(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here (default: print).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the --output file if it exists.")
+    ] = False,
 ) -> None:
     """Print (or write) a contract shipped with fedsilo as an example, to publish or adapt."""
     from schemas.contracts.loader import CONTRACTS_DIR
@@ -121,7 +124,12 @@ def contract_example(
     if output is None:
         typer.echo(text, nl=False)
         return
-    output.write_text(text, encoding="utf-8")
+    if output.exists() and not force:  # an adapted copy would be lost
+        raise fail(f"{output} exists; pass --force to replace it, or choose another -o")
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{output}: cannot write the contract: {exc.strerror}") from exc
     say(f"wrote {output}: publish it with `fedsilo contract publish {output} --federation F`")
 
 

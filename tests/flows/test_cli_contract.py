@@ -174,6 +174,18 @@ def test_draft_overwrites_neither_its_sample_nor_a_file_without_force(tmp_path: 
     assert replaced.exit_code == 0 and edited.read_text().startswith("# Draft data contract")
 
 
+def test_an_example_replaces_an_adapted_copy_only_with_force(tmp_path: Path) -> None:
+    adapted = tmp_path / "heart_disease.toml"
+    adapted.write_text("# our edits\n")
+    example = ["contract", "example", "heart_disease", "-o", str(adapted)]
+    kept = runner.invoke(app, example)
+    assert kept.exit_code == USAGE and f"{adapted} exists; pass --force" in kept.output
+    assert adapted.read_text() == "# our edits\n"
+    replaced = runner.invoke(app, [*example, "--force"])
+    assert replaced.exit_code == 0
+    assert adapted.read_text() == (CONTRACTS_DIR / "heart_disease.toml").read_text()
+
+
 def test_a_contract_name_the_service_refuses_is_named_before_any_key(tmp_path: Path) -> None:
     sample = _sample(tmp_path / "train.csv")
     draft = ["contract", "draft", str(sample), "--target", "sick", "--name", "Heart Disease v2"]

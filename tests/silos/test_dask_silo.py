@@ -81,6 +81,13 @@ def test_partitions_refuse_a_csv_header_pandas_would_misread(
         read_partitions(path, None, 1 << 20)
 
 
+def test_a_latin1_csv_in_partitions_names_its_line_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    path.write_bytes("city,amount\nZurich,1\nM\u00fcnster,2\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"big\.csv: .*line 3 is not UTF-8 .*save the file as"):
+        read_partitions(path, None, 1 << 20).compute(scheduler="sync")
+
+
 def _bad_table() -> pd.DataFrame:
     """Faults a partition alone cannot see: an id and a row repeated in other partitions, a
     mean drifting overall, out-of-range and missing shares near their allowance."""

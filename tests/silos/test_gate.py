@@ -155,6 +155,9 @@ def test_duplicate_column_names_fail_without_crashing(
     result = gate(doubled, tmp_path)
     assert not result.success
     assert "['age']" in result.summary.failed[0].detail
+    every = pd.concat([cleveland, cleveland], axis=1)  # 16 names twice: ten listed
+    detail = gate(every, tmp_path).summary.failed[0].detail
+    assert detail.startswith("columns named more than once: ['age', ") and " and 6 more" in detail
 
 
 def test_many_missing_columns_say_how_many_more(cleveland: pd.DataFrame, tmp_path: Path) -> None:
