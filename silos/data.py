@@ -7,6 +7,7 @@ value in `contract.classes`, regression the value itself (float).
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from silos.split import SplitError, split_indices
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 
+_MAX_NAMES = 10  # in one detail line
 _OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}  # as in Excel's exports
 _COMPARE = {
     ">": operator.gt,
@@ -76,6 +78,13 @@ def load_table(path: Path) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{path}: the table has no rows")
     return df
+
+
+def name_list(names: Iterable[object]) -> str:
+    """The first ten names, sorted, and how many more there are: a detail line stays short."""
+    listed = sorted(str(n) for n in names)
+    more = len(listed) - _MAX_NAMES
+    return f"{listed[:_MAX_NAMES]}" + (f" and {more} more" if more > 0 else "")
 
 
 def check_csv_header(path: Path) -> None:

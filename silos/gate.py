@@ -45,21 +45,13 @@ from schemas.canonical import canonical_json
 from schemas.contracts import Contract
 from schemas.contracts.gx_suite import build_suite, validation_view
 from schemas.wire import ExpectationOutcome, ValidationSummary
-from silos.data import positive_mask
+from silos.data import name_list, positive_mask
 from silos.exceptions import DataError
 
 log = logging.getLogger(__name__)
 
 DATA_DOCS_DIR = "data_docs"
 FINGERPRINT_VERSION = b"fedsilo-table-v1"
-_MAX_DETAIL_NAMES = 10
-
-
-def name_list(names: Any) -> str:
-    """The first ten names, sorted, and how many more there are: a detail line stays short."""
-    listed = sorted(str(n) for n in names)
-    more = len(listed) - _MAX_DETAIL_NAMES
-    return f"{listed[:_MAX_DETAIL_NAMES]}" + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from great_expectations.exceptions import GreatExpectationsError  # noqa: E402
 
 from schemas.wire import ExpectationOutcome  # noqa: E402
+from silos.data import name_list  # noqa: E402
 from silos.files import restrict_tree  # noqa: E402
-from silos.gate import name_list  # noqa: E402
 
 log = logging.getLogger(__name__)
 
