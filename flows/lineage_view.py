@@ -145,19 +145,32 @@ class RunView:
     def status(self) -> str:
         if self.finish_kind == "run_failed":
             return "failed"
+        if self.finish_kind == "run_cancelled":
+            return "cancelled"
         if self.finish_kind == "run_finished":
             return str((self.finish or {}).get("status") or "finished")
         return "in progress"
 
     @property
     def final_model(self) -> ModelRecord | None:
-        """The model the run ended with (``run_finished``), else the last one saved."""
+        """The model the run ended with (``run_finished``), else the last one saved: the
+        output so far, which lineage events list. Only a finished run's is final (see
+        `finished_model`); a failed, cancelled or running run's is intermediate."""
         if self.finish and self.finish.get("final_model_version") is not None:
-            wanted = self.finish["final_model_version"]
-            for model in reversed(self.models):
-                if model.version == wanted:
-                    return model
+            found = self.model(self.finish["final_model_version"])
+            if found is not None:
+                return found
         return self.models[-1] if self.models else None
+
+    @property
+    def finished_model(self) -> ModelRecord | None:
+        """The final model of a finished run; None for a run that failed, was cancelled or is
+        still running: it has no final model, only intermediate ones (`model`)."""
+        return self.final_model if self.finish_kind == "run_finished" else None
+
+    def model(self, version: int) -> ModelRecord | None:
+        """Model `version` as the run saved it (the latest record if saved twice)."""
+        return next((m for m in reversed(self.models) if m.version == version), None)
 
     def aggregated_rounds(self, silo: str) -> set[int]:
         """Rounds whose ``aggregate`` entry lists `silo` (``name`` or ``silo:name``) among its
@@ -253,7 +266,7 @@ def _add(view: RunView, entry: LineageEntry) -> None:
         view.dropouts.append(p)
     elif kind == "recovery":
         view.recoveries.append(p)
-    elif kind in ("run_finished", "run_failed"):
+    elif kind in ("run_finished", "run_failed", "run_cancelled"):
         view.finish, view.finish_kind = p, kind
     elif kind == "vertical_started":  # a vertical run: its parties are its participants
         view.started = {**p, "participants": p.get("parties") or []}

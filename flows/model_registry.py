@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as installed
 from pathlib import Path
@@ -31,14 +32,17 @@ import numpy as np
 from mlflow import pyfunc as mlflow_pyfunc
 from mlflow.tracking import MlflowClient
 
-from flows.exceptions import FlowError
+from flows.exceptions import FlowError, UnknownName
 from flows.lineage_cmds import parse_keys
-from flows.lineage_view import RunView, as_dict, run_view
+from flows.lineage_view import ModelRecord, RunView, as_dict, run_view
 from schemas.ledger_verify import verify_chain
 from schemas.lineage import LineageEntry
 
 TAG = "fedsilo."
 TREE_KINDS = ("xgboost", "lightgbm")
+# MLflow retries an unreachable server 7 times with backoff (about 4 minutes) and waits 120 s
+# per request; the reachability check before registering asks once, briefly
+PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class RegistryError(FlowError):
@@ -46,11 +50,16 @@ class RegistryError(FlowError):
     the ledger, an unverifiable ledger or an unknown model kind; the message names the run."""
 
 
+class TrackingUnreachable(FlowError):
+    """The MLflow tracking server did not answer; the message names its URI (exit 5)."""
+
+
 @dataclass(frozen=True)
 class RunModel:
     """What the ledger says about a run's final model, and the lineage to tag it with."""
 
     run_id: str
+    run_status: str
     kind: str
     spec: dict[str, Any]
     model_version: int
@@ -68,6 +77,7 @@ class RunModel:
         """Lineage tags for the MLflow run and the registered model version."""
         return {
             f"{TAG}run_id": self.run_id,
+            f"{TAG}run_status": self.run_status,  # other than finished: an intermediate model
             f"{TAG}ledger_head_seq": str(self.ledger_head_seq),
             f"{TAG}ledger_head_hash": self.ledger_head_hash,
             f"{TAG}model_sha256": self.sha256,
@@ -111,32 +121,76 @@ def _kind(view: RunView) -> str:
     return kind
 
 
-def run_model(entries: Sequence[LineageEntry], keys: Mapping[str, str], run_id: str) -> RunModel:
-    """Read the run's final model, metrics, contract and the ledger head from the ledger.
+def _state(view: RunView) -> str:
+    """How the run ended, for a sentence: "was cancelled (wrong dataset)", "failed (...)"."""
+    said = {"cancelled": "was cancelled", "failed": "failed", "in progress": "is still running"}
+    reason = (view.finish or {}).get("reason")
+    text = said.get(view.status, f"is {view.status}")
+    return f"{text} ({reason})" if reason else text
+
+
+def chosen_model(view: RunView, version: int | None = None) -> ModelRecord:
+    """The run's final model, or its model `version` when asked for one.
 
     Raises
     ------
     RegistryError
-        If the ledger does not verify, or the run saved no model.
+        If the run did not finish (so has no final model) or saved no model.
+    UnknownName
+        If the run saved no model `version`; the message lists the versions it did save.
+    """
+    if version is not None:
+        model = view.model(version)
+        if model is None:
+            saved = ", ".join(f"v{m.version}" for m in view.models) or "none"
+            raise UnknownName(f"run {view.run_id} saved no model v{version} (saved: {saved})")
+        return model
+    final = view.finished_model
+    if final is not None:
+        return final
+    if not view.models:
+        raise RegistryError(
+            f"run {view.run_id} saved no model ({view.status}); nothing to register"
+        )
+    last = view.models[-1].version
+    raise RegistryError(
+        f"run {view.run_id} {_state(view)}: it has no final model, and its last model v{last} "
+        f"is intermediate; to register that one anyway, pass --model-version {last}"
+    )
+
+
+def run_model(
+    entries: Sequence[LineageEntry],
+    keys: Mapping[str, str],
+    run_id: str,
+    version: int | None = None,
+) -> RunModel:
+    """Read the run's final model (or model `version`), metrics, contract and the ledger head.
+
+    Raises
+    ------
+    RegistryError
+        If the ledger does not verify, the run did not finish or saved no model.
+    UnknownName
+        If the run saved no model `version`.
     LineageReviewError
         If the ledger holds no entry of `run_id`.
     """
     view = run_view(entries, run_id)
+    final = chosen_model(view, version)
     report = verify_chain(entries, parse_keys(keys))
     if not report.ok:
         raise RegistryError(
             f"the ledger does not verify ({report.reason}); run `fedsilo lineage verify` "
             f"before registering run {run_id}"
         )
-    final = view.final_model
-    if final is None:
-        raise RegistryError(f"run {run_id} saved no model ({view.status}); nothing to register")
     scored = [m for m in view.metrics if m.model_version == final.version] or view.metrics
     last = scored[-1] if scored else None
     contracts = [(v.contract, v.contract_version) for v in view.validations]
     contract, contract_version = contracts[-1] if contracts else (view.spec.get("dataset"), "")
     return RunModel(
         run_id=run_id,
+        run_status=view.status,
         kind=_kind(view),
         spec=view.spec,
         model_version=final.version,
@@ -207,6 +261,63 @@ def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _environ(defaults: Mapping[str, str]) -> Iterator[None]:
+    """`defaults` for the environment variables the user did not set, restored after."""
+    added = [key for key in defaults if key not in os.environ]
+    os.environ.update({key: defaults[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why the server did not answer (refused, unknown host, timed out), if that was the error.
+    MLflow wraps requests' error in its own exception, as its cause or context."""
+    import requests
+
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(inner, requests.exceptions.SSLError):
+        return None  # it answered: a certificate problem is not an unreachable server
+    if isinstance(inner, requests.exceptions.Timeout) or "timed out" in str(inner):
+        return "timed out"
+    if isinstance(inner, requests.exceptions.ConnectionError):
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(inner))
+        return errno[1].strip() if errno else "cannot connect"
+    return None
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Ask an HTTP tracking server one cheap question, once, before logging anything.
+
+    Raises
+    ------
+    TrackingUnreachable
+        If it does not answer (connection refused, unknown host, timeout).
+    RegistryError
+        If it answers with an error (not an MLflow server, authentication, TLS). Both name
+        `tracking_uri`.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return  # a local store (sqlite:///, file:) or a named platform (databricks)
+    try:
+        with _environ(PROBE_ENV):
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as exc:
+        why = _unreachable(exc)
+        if why is None:
+            raise RegistryError(
+                f"the MLflow tracking server {tracking_uri} refused a first request: "
+                f"{exc.message}; check --tracking-uri and its credentials"
+            ) from exc
+        raise TrackingUnreachable(
+            f"the MLflow tracking server {tracking_uri} did not answer ({why}); start it "
+            "(`mlflow server`) or check --tracking-uri"
+        ) from exc
+
+
 def register(
     model: RunModel, payload: bytes, tracking_uri: str, name: str | None = None
 ) -> Registered:
@@ -221,6 +332,7 @@ def register(
     tags = model.tags()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    check_reachable(tracking_uri)
     mlflow.set_experiment(f"fedsilo/{model.spec.get('federation', 'default')}")
     with (
         contextlib.redirect_stdout(sys.stderr),  # MLflow's progress lines: keep --json clean

@@ -8,6 +8,8 @@ in each command: usage errors stay typer's (exit 2), everything else goes throug
 from __future__ import annotations
 
 import os
+import re
+import sys
 import traceback
 
 import typer
@@ -15,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from flows.exceptions import AdminTokenError, FlowError, UnknownName
+from flows.exceptions import AdminTokenError, FlowError, RunCancelled, UnknownName
 from flows.lineage_view import LineageReviewError
 from silos.client_errors import (
     ClientError,
@@ -32,9 +34,11 @@ FAILED = 1  # the command ran and the answer is no: ledger invalid, run failed, 
 USAGE = 2  # a bad option, argument or input file
 NOT_FOUND = 3  # unknown federation, run, silo or model version; ambiguous run id prefix
 AUTH = 4  # admin token missing, unreadable or refused by the service (401/403)
-UNREACHABLE = 5  # no service address answered within the retry budget
+UNREACHABLE = 5  # no service address (or the MLflow tracking server) answered in time
 REFUSED = 6  # the service refused the request: wrong state (409), bad input (422), wire version
+CANCELLED = 7  # the run was cancelled (`fedsilo runs cancel`): an outcome, neither failure nor bug
 INTERRUPTED = 130  # Ctrl+C (typer's own)
+PIPE_CLOSED = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for other Unix tools
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
@@ -42,9 +46,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (USAGE, "bad option, argument or input file"),
     (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
     (AUTH, "admin token missing, unreadable or refused by the service"),
-    (UNREACHABLE, "the aggregation service did not answer"),
+    (UNREACHABLE, "the aggregation service (or the MLflow tracking server) did not answer"),
     (REFUSED, "the service refused the request (wrong state, invalid input, wire version)"),
+    (CANCELLED, "the training run was cancelled (`fedsilo runs cancel`); it has no final model"),
     (INTERRUPTED, "interrupted (Ctrl+C)"),
+    (PIPE_CLOSED, "the reader of the output stopped reading (`| head`); nothing more printed"),
 )
 
 DEBUG_KEY = "fedsilo.debug"
@@ -75,8 +81,22 @@ def _not_found_hint(path: str) -> str:
     return ""
 
 
+def _is_a(exc: BaseException, qualified_name: str) -> bool:
+    """isinstance by class name, for errors of modules a command imports when it runs (prefect,
+    mlflow): the CLI's start does not pay for importing them here."""
+    return any(f"{c.__module__}.{c.__qualname__}" == qualified_name for c in type(exc).__mro__)
+
+
 def describe(exc: BaseException) -> tuple[int, str]:
     """(exit code, one-line message with the fix) for an error a command raised."""
+    if isinstance(exc, RunCancelled) or _is_a(exc, "prefect.exceptions.CancelledRun"):
+        # the coordinator flow ends Cancelled with "run R was cancelled: REASON"
+        said = str(exc).rstrip(".") or "the run was cancelled"
+        run = re.match(r"run (\w+) ", said)
+        show = f"fedsilo runs show {run[1]}" if run else "fedsilo runs list"
+        return CANCELLED, f"{said}; it has no final model (`{show}` has its rounds)"
+    if _is_a(exc, "flows.model_registry.TrackingUnreachable"):
+        return UNREACHABLE, str(exc)
     if isinstance(exc, Unauthorized):
         return AUTH, f"the service refused the admin token ({exc.detail}); {TOKEN_HINT}"
     if isinstance(exc, Forbidden):
@@ -118,9 +138,24 @@ class FedsiloGroup(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # --help, usage errors (exit 2), a command's own exit code
+        except BrokenPipeError as exc:  # `fedsilo runs list --json | head`: quiet, as Unix tools
+            _silence_stdout()
+            raise typer.Exit(PIPE_CLOSED) from exc
         except Exception as exc:
             code, message = describe(exc)
             if ctx.meta.get(DEBUG_KEY) or os.environ.get("FEDSILO_DEBUG") == "1":
                 err_console.print(Text("".join(traceback.format_exception(exc)).rstrip()))
             err_console.print(Text(f"error: {one_line(message)}"))
             raise typer.Exit(code) from exc
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter flushes it at exit, and a second broken pipe
+    there would print "Exception ignored" (the recipe of Python's `signal` documentation)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner): nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)

@@ -28,12 +28,23 @@ def model_register(
         str | None,
         typer.Option(help="Registered model name (default fedsilo-FEDERATION-DATASET-KIND)."),
     ] = None,
+    model_version: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Register this model version of the run instead of its final model: the way "
+            "to register an intermediate model, e.g. of a cancelled or failed run (which has "
+            "no final model). The registry entry's fedsilo.run_status tag says how it ended.",
+        ),
+    ] = None,
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Log the run's final global model to an MLflow registry as a new model version.
+    """Log the run's final global model to an MLflow registry as a new model version. Only a
+    finished run has a final model; a cancelled, failed or running one is refused unless
+    --model-version names the intermediate model wanted.
 
     XGBoost and LightGBM use MLflow's native flavours; a PyTorch model goes in as its
     safetensors file under a pyfunc wrapper. The model is downloaded from the service and must
@@ -53,7 +64,7 @@ def model_register(
     client = coordinator(service_url, token, token_file)
     entries = load_ledger_export(client.ledger_export()).entries
     run_id = resolve_prefix(run_id, run_ids(entries), "run")
-    model = model_registry.run_model(entries, client.ledger_keys(), run_id)
+    model = model_registry.run_model(entries, client.ledger_keys(), run_id, model_version)
     payload = client.download_model(run_id, model.model_version)
     done = model_registry.register(model, payload, tracking_uri, name)
     if as_json:
@@ -61,6 +72,8 @@ def model_register(
             {
                 "name": done.name,
                 "version": done.version,
+                "model_version": model.model_version,
+                "run_status": model.run_status,
                 "model_uri": done.model_uri,
                 "mlflow_run_id": done.mlflow_run_id,
                 "tracking_uri": done.tracking_uri,
@@ -68,9 +81,10 @@ def model_register(
             }
         )
         return
+    intermediate = "" if model.run_status == "finished" else f", run {model.run_status}"
     say(
-        f"registered run {run_id} model v{model.model_version} ({model.kind}) as {done.name} "
-        f"version {done.version} at {tracking_uri}"
+        f"registered run {run_id} model v{model.model_version} ({model.kind}{intermediate}) as "
+        f"{done.name} version {done.version} at {tracking_uri}"
     )
     say(f"model URI:     {done.model_uri} (MLflow run {done.mlflow_run_id})")
     say(f"model sha256:  {model.sha256}")

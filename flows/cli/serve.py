@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aggregation.service.settings import ServiceSettings
 from flows.cli.common import console, fail
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 aggregator_app = typer.Typer(
     help="Run the aggregation service (the federation's hub).", no_args_is_help=True
@@ -68,7 +74,7 @@ def aggregator_serve(
             "--production (mutual TLS) may listen on other interfaces."
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8700,
     database_url: Annotated[
         str,
         typer.Option(
@@ -112,8 +118,78 @@ def aggregator_serve(
             log_format=log_format,  # type: ignore[arg-type]  # pydantic names json|text
         )
     except ValidationError as exc:
-        raise fail(exc.errors()[0]["msg"]) from exc
+        raise fail(settings_error(exc)) from exc
     serve_service(settings)
+
+
+# a setting whose option has another name than the field
+OPTION_OF = {"max_body_bytes": "--max-body-mb"}
+
+
+def settings_error(exc: ValidationError) -> str:
+    """The first invalid setting, named by its option: "--max-body-mb: Input should be ..."."""
+    error = exc.errors()[0]
+    field = str(error["loc"][0]) if error["loc"] else ""
+    if not field:  # a check across settings: its message names the options
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"{OPTION_OF.get(field, '--' + field.replace('_', '-'))}: {error['msg']}"
+
+
+def check_inputs(settings: ServiceSettings) -> None:
+    """Refuse a database URL or admin token file the service cannot use, by its option."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if settings.database_url:
+        try:  # the dialect and its driver; never print the URL: it may hold a password
+            make_url(settings.database_url).get_dialect().import_dbapi()
+        except ArgumentError as exc:  # a malformed URL, or no such dialect
+            raise fail(f"--database-url: {exc} (e.g. postgresql+psycopg://user@host/db)") from exc
+        except ImportError as exc:
+            raise fail(f"--database-url: its driver is not installed ({exc})") from exc
+    if settings.admin_token_file is not None:
+        try:
+            settings.resolved_admin_token()
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise fail(f"--admin-token-file {settings.admin_token_file}: {why}") from exc
+        except ValueError as exc:  # an empty file
+            raise fail(f"--admin-token-file: {exc}") from exc
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The service's listening socket (uvicorn's own recipe, `Config.bind_socket`), bound
+    before anything is written: a busy port ends the start here, not after a workspace and a
+    new admin token were made."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise fail(_bind_error(host, port, exc)) from exc
+    return sock
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is already in use (another service?): stop it or choose another --port"
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied; choose a --port from 1024 up"
+    why = exc.strerror or str(exc)
+    return f"cannot listen on {where}: {why}; --host must be an address of this machine"
+
+
+def check_workspace(workspace: Path) -> None:
+    """Create the workspace and write in it once: a file in the way or a read-only folder is
+    named here, before the database, keys and admin token go there."""
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workspace):
+            pass
+    except OSError as exc:
+        raise fail(f"--workspace {workspace}: cannot write there ({exc.strerror})") from exc
 
 
 def serve_service(settings: ServiceSettings) -> None:
@@ -124,9 +200,16 @@ def serve_service(settings: ServiceSettings) -> None:
     from aggregation.service.server import Server
     from aggregation.service.tls import uvicorn_config
 
-    owner_only_umask()  # every file the service writes: 0600, folders 0700
-    configure_logging(settings.resolved_log_format(), settings.log_level)
-    application = create_app(settings)
+    check_inputs(settings)
+    sock = listen(settings.host, settings.port)
+    try:
+        owner_only_umask()  # every file the service writes: 0600, folders 0700
+        check_workspace(settings.workspace)
+        configure_logging(settings.resolved_log_format(), settings.log_level)
+        application = create_app(settings)
+    except BaseException:
+        sock.close()
+        raise
     database = settings.resolved_database_url().split("@")[-1]
     if settings.mode == "production":
         console.print(
@@ -143,4 +226,5 @@ def serve_service(settings: ServiceSettings) -> None:
         )
     # log_config None: uvicorn keeps the handlers configure_logging gave its loggers
     config = uvicorn_config(application, settings, log_config=None)
-    Server(config, application.state.wakeup).run()  # its shutdown answers long-polls first
+    # its shutdown answers long-polls first; it serves on the socket bound above
+    Server(config, application.state.wakeup).run(sockets=[sock])

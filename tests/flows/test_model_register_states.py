@@ -1,0 +1,154 @@
+"""`fedsilo model register` registers only a finished run's final model: a cancelled, failed or
+running run has none (its models are intermediate, registered only when `--model-version` names
+one), and an unreachable tracking server is named at once (exit 5) instead of after MLflow's
+four minutes of retries. The ledger is the lineage sample's, plus a cancelled and a running
+run; the service client is a stand-in that serves that ledger and its model files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from support.lineage_sample import (
+    RUN_A,
+    RUN_B,
+    Sample,
+    Writer,
+    build_sample,
+    run_spec,
+    start_run,
+)
+from support.live_service import free_port
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.cli import model as model_cli
+from flows.cli.errors import FAILED, NOT_FOUND, UNREACHABLE
+from flows.exceptions import UnknownName
+from flows.lineage_view import run_view
+from schemas.ledger_export import export_entries
+from schemas.specs import ModelSpec
+
+mlflow = pytest.importorskip("mlflow", reason="the registry extra: pip install 'fedsilo[registry]'")
+from flows import model_registry  # noqa: E402  (imports mlflow)
+
+RUN_C, RUN_D = "run-c", "run-d"  # cancelled after model v2; still running at model v1
+LOGREG = ModelSpec(kind="logreg", n_features=13)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
+    root = tmp_path_factory.mktemp("ledger")
+    built = build_sample(root)
+    w = Writer(built)
+    silos = ("cleveland", "hungary")
+    start_run(w, RUN_C, list(silos), run_spec(50, silos, LOGREG), None)
+    for version in (0, 1, 2):
+        w.model(RUN_C, version, version, LOGREG)
+    w.service("run_cancelled", {"reason": "wrong dataset", "round": 3}, RUN_C)
+    start_run(w, RUN_D, list(silos), run_spec(5, silos, LOGREG), None)
+    w.model(RUN_D, 0, 0, LOGREG)
+    w.model(RUN_D, 1, 1, LOGREG)
+    return built
+
+
+class _Service:
+    """The admin API calls `model register` makes, answered from the sample."""
+
+    def __init__(self, sample: Sample) -> None:
+        self.sample = sample
+
+    def ledger_export(self) -> str:
+        return export_entries(self.sample.entries())
+
+    def ledger_keys(self) -> dict[str, str]:
+        return dict(self.sample.keys)
+
+    def download_model(self, run_id: str, version: int) -> bytes:
+        return (self.sample.store / f"models/{run_id}/v{version}.safetensors").read_bytes()
+
+
+@pytest.fixture
+def register(sample: Sample, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(model_cli, "coordinator", lambda *args: _Service(sample))
+    monkeypatch.chdir(tmp_path)  # a sqlite:/// store keeps its artifacts in ./mlruns
+
+    def invoke(run_id: str, tracking_uri: str, *extra: str):  # type: ignore[no-untyped-def]
+        args = ["model", "register", run_id, "--tracking-uri", tracking_uri, *extra]
+        return CliRunner().invoke(app, args)
+
+    return invoke
+
+
+def test_only_a_finished_run_has_a_final_model(sample: Sample) -> None:
+    entries = sample.entries()
+    finished, failed = run_view(entries, RUN_A), run_view(entries, RUN_B)
+    cancelled, running = run_view(entries, RUN_C), run_view(entries, RUN_D)
+    assert finished.finished_model is not None and finished.finished_model.version == 3
+    assert (cancelled.status, cancelled.finished_model) == ("cancelled", None)
+    assert (failed.status, failed.finished_model) == ("failed", None)
+    assert (running.status, running.finished_model) == ("in progress", None)
+    # the models each saved are still its output so far (lineage events list the last one)
+    assert cancelled.final_model == cancelled.model(2) and cancelled.model(7) is None
+
+
+@pytest.mark.parametrize(
+    ("run_id", "said", "last"),
+    [
+        (RUN_C, "was cancelled (wrong dataset)", 2),
+        (RUN_B, "failed (round 2: 1 of 2 silos answered by the deadline", 1),
+        (RUN_D, "is still running", 1),
+    ],
+)
+def test_a_run_that_did_not_finish_is_refused_naming_its_state(
+    sample: Sample, run_id: str, said: str, last: int
+) -> None:
+    with pytest.raises(model_registry.RegistryError) as refused:
+        model_registry.run_model(sample.entries(), sample.keys, run_id)
+    message = str(refused.value)
+    assert message.startswith(f"run {run_id} {said}")
+    assert "no final model" in message and f"--model-version {last}" in message
+
+
+def test_model_version_picks_an_intermediate_model(sample: Sample) -> None:
+    chosen = model_registry.run_model(sample.entries(), sample.keys, RUN_C, version=1)
+    assert (chosen.model_version, chosen.run_status) == (1, "cancelled")
+    assert chosen.sha256 == sample.models[(RUN_C, 1)]
+    assert chosen.tags()["fedsilo.run_status"] == "cancelled"
+    with pytest.raises(UnknownName, match=r"run run-c saved no model v9 \(saved: v0, v1, v2\)"):
+        model_registry.run_model(sample.entries(), sample.keys, RUN_C, version=9)
+
+
+def test_the_cli_refuses_a_cancelled_run(register, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store = tmp_path / "mlflow.db"
+    done = register(RUN_C, f"sqlite:///{store}")
+    assert done.exit_code == FAILED, done.output
+    assert "error: run run-c was cancelled (wrong dataset): it has no final model" in done.output
+    assert not store.exists()  # nothing was registered
+    unknown = register(RUN_C, f"sqlite:///{store}", "--model-version", "9")
+    assert unknown.exit_code == NOT_FOUND, unknown.output
+
+
+def test_the_cli_registers_an_intermediate_model_when_asked(register, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = register(RUN_C, uri, "--model-version", "2", "--name", "heart-c", "--json")
+    assert done.exit_code == 0, done.output
+    registered = json.loads(done.stdout)
+    assert (registered["model_version"], registered["run_status"]) == (2, "cancelled")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    tags = client.get_model_version("heart-c", registered["version"]).tags
+    assert tags["fedsilo.model_version"] == "2" and tags["fedsilo.run_status"] == "cancelled"
+
+
+def test_an_unreachable_tracking_server_is_named_at_once(register) -> None:  # type: ignore[no-untyped-def]
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = register(RUN_A, uri)
+    assert done.exit_code == UNREACHABLE, done.output
+    line = done.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: the MLflow tracking server {uri} did not answer"), line
+    assert "unexpected" not in line
+    # MLflow's own budget is 7 retries with backoff (~4 min): one refused attempt is enough
+    assert time.monotonic() - started < 60
