@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.admin_token import resolve_admin_token
 from flows.service_client import CoordinatorClient
+from schemas.url_path import query, seg
 from schemas.vertical import VerticalParams, VerticalRunCreate, VerticalRunOut
 
 
@@ -44,21 +45,21 @@ def create_vertical_run(
 
 
 def vertical_run(coord: CoordinatorClient, run_id: str) -> VerticalRunOut:
-    return VerticalRunOut.model_validate(coord._json("GET", f"/v1/vertical/runs/{run_id}"))
+    return VerticalRunOut.model_validate(coord._json("GET", f"/v1/vertical/runs/{seg(run_id)}"))
 
 
 def list_vertical_runs(
     coord: CoordinatorClient, federation: str | None = None, limit: int = 50
 ) -> list[VerticalRunOut]:
     """The newest vertical runs first (of one federation, if named)."""
-    q = f"?limit={limit}" + (f"&federation={federation}" if federation else "")
+    q = query(limit=limit, federation=federation or None)
     return [VerticalRunOut.model_validate(x) for x in coord._json("GET", f"/v1/vertical/runs{q}")]
 
 
 def cancel_vertical_run(coord: CoordinatorClient, run_id: str, reason: str) -> VerticalRunOut:
     body = {"reason": reason}
     return VerticalRunOut.model_validate(
-        coord._json("POST", f"/v1/vertical/runs/{run_id}/cancel", body)
+        coord._json("POST", f"/v1/vertical/runs/{seg(run_id)}/cancel", body)
     )
 
 

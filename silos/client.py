@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -41,6 +41,7 @@ from schemas.tasks import (
     TASK_ADAPTER,
     Task,
 )
+from schemas.url_path import seg
 from schemas.wire import (
     WIRE_HEADER,
     WIRE_VERSION,
@@ -186,7 +187,7 @@ class SiloClient(HttpBase):
     def _take_held(self, method: str, path: str) -> _Held | None:
         if method != "POST" or not path.startswith(RUNS_PREFIX) or not self._held:
             return None
-        run_id = path[len(RUNS_PREFIX) :].split("/", 1)[0].split("?", 1)[0]
+        run_id = unquote(path[len(RUNS_PREFIX) :].split("/", 1)[0].split("?", 1)[0])
         with self._held_lock:
             return self._held.pop(run_id, None)
 
@@ -252,7 +253,7 @@ class SiloClient(HttpBase):
         if followed is not None and not countersigned and run_id in (None, followed.run_id):
             return followed  # the answer to this silo's last message brought it
         path = f"/v1/silo/tasks?wait={wait_s:g}&{INLINE_MODEL_PARAM}=true&{INLINE_INBOX_PARAM}=true"
-        path += f"&run_id={run_id}" if run_id else ""
+        path += f"&{urlencode({'run_id': run_id})}" if run_id else ""
         carried = self._countersigned[: MAX_COUNTERSIGNED_PER_POLL - len(countersigned)]
         if countersigned or carried:
             both = [*carried, *countersigned]
@@ -335,11 +336,11 @@ class SiloClient(HttpBase):
         inline = self._inline.pop((run_id, version), None)
         if inline is not None:
             return inline
-        return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}").content
+        return self.request("GET", f"/v1/silo/runs/{seg(run_id)}/models/{version}").content
 
     def download_control(self, run_id: str, version: int) -> bytes:
         """SCAFFOLD's global control variate for model `version` (scaffold runs only)."""
-        return self.request("GET", f"/v1/silo/runs/{run_id}/models/{version}/control").content
+        return self.request("GET", f"/v1/silo/runs/{seg(run_id)}/models/{version}/control").content
 
     def _signed(
         self, run_id: str, kind: str, payload: dict[str, Any]
@@ -387,7 +388,7 @@ class SiloClient(HttpBase):
             n_examples = int(tensors.read_metadata(payload).get("n_examples", "0"))
         except (TensorFormatError, ValueError):
             n_examples = 0  # the service will refuse the payload and say why
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/update"
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/update"
         if follow := self._follow_query():
             path += "?" + follow
         return self._followed(
@@ -398,7 +399,8 @@ class SiloClient(HttpBase):
 
     def tree_base(self, run_id: str, round_: int) -> bytes | None:
         """The native model this silo's trees grow from this round (None: from scratch)."""
-        content = self.request("GET", f"/v1/silo/runs/{run_id}/rounds/{round_}/tree-base").content
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/tree-base"
+        content = self.request("GET", path).content
         return content or None
 
     def submit_trees(
@@ -406,7 +408,7 @@ class SiloClient(HttpBase):
     ) -> dict[str, Any]:
         """Send a sealed tree update; the signed statement names the envelope's sha256 (the
         service can only check it after opening the seal)."""
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/trees"
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/trees"
         return self._post_with_statement(
             path, sealed, run_id, round_, n_examples, digest=envelope_sha256
         )
@@ -418,7 +420,7 @@ class SiloClient(HttpBase):
         params = [f"n_examples={n_examples}"] if n_examples is not None else []
         params += [q for q in (self._follow_query(),) if q]
         query = "?" + "&".join(params) if params else ""
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{stage}{query}"
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/secagg/{stage}{query}"
         resp = self.request("POST", path, body=message, timeout=self._follow_timeout())
         return self._followed(dict(resp.json()))
 
@@ -436,28 +438,30 @@ class SiloClient(HttpBase):
         inline = self._inbox.pop((run_id, round_, what), None)
         if inline is not None:  # the stage's task brought them (`next_task`)
             return inline
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/{what}"
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/secagg/{what}"
         return unpack_frames(self.request("GET", path).content)
 
     def hist_inbox(self, run_id: str, counter: int) -> list[bytes]:
         """A secure-hist step's protocol messages for aggregation `counter`: the aggregation
         (or unmask) request first, then, at the setup aggregation, every silo's advert."""
-        path = f"/v1/silo/runs/{run_id}/hist/inbox?counter={counter}"
+        path = f"/v1/silo/runs/{seg(run_id)}/hist/inbox?counter={counter}"
         return unpack_frames(self.request("GET", path).content)
 
     def hist_cuts(self, run_id: str) -> dict[str, Any]:
         """The run's cut points and base score (JSON), once the setup aggregation is done."""
-        return dict(self.request("GET", f"/v1/silo/runs/{run_id}/hist/cuts").json())
+        return dict(self.request("GET", f"/v1/silo/runs/{seg(run_id)}/hist/cuts").json())
 
     def hist_post(self, run_id: str, stage: str, message: bytes, **query: object) -> None:
         """Send one secure-hist protocol message; `query` says which level it answers."""
         params = {k: v for k, v in query.items() if v is not None}
-        path = f"/v1/silo/runs/{run_id}/hist/{stage}" + ("?" + urlencode(params) if params else "")
+        path = f"/v1/silo/runs/{seg(run_id)}/hist/{seg(stage)}"
+        path += "?" + urlencode(params) if params else ""
         self.request("POST", path, body=message)
 
     def submit_extension(self, run_id: str, round_: int, body: bytes) -> dict[str, Any]:
         """Send a plugin round mode's answer (its own binary format) for round `round_`."""
-        resp = self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/extension", body=body)
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/extension"
+        resp = self.request("POST", path, body=body)
         return dict(resp.json()) if resp.content else {}
 
     def submit_masked(
@@ -475,7 +479,8 @@ class SiloClient(HttpBase):
         params: dict[str, Any] = {"n_examples": n_examples, "train_seconds": f"{train_seconds:.6f}"}
         if metrics_json is not None:
             params["metrics"] = metrics_json
-        path = f"/v1/silo/runs/{run_id}/rounds/{round_}/secagg/masked/update?{urlencode(params)}"
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/secagg/masked/update"
+        path += f"?{urlencode(params)}"
         if follow := self._follow_query():
             path += "&" + follow
         return self._followed(
@@ -494,20 +499,22 @@ class SiloClient(HttpBase):
         body = json.dumps(
             {"kind": held.kind, "payload": held.payload, "signature": held.signature}
         ).encode()
-        path = f"{RUNS_PREFIX}{held.run_id}/statements"
+        path = f"{RUNS_PREFIX}{seg(held.run_id)}/statements"
         result = self.request("POST", path, body=body, content_type="application/json").json()
         return {**result, "statement": held.statement, "author_signature": held.signature}
 
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
-        self.request("POST", f"/v1/silo/runs/{run_id}/rounds/{round_}/evaluation", json_body=report)
+        path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/evaluation"
+        self.request("POST", path, json_body=report)
 
     def sit_out(self, run_id: str, round_: int, reason: str) -> None:
         """Sit one round out (the silo's data failed validation)."""
         self.request(
             "POST",
-            f"/v1/silo/runs/{run_id}/rounds/{round_}/sit-out",
+            f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/sit-out",
             json_body=Refusal(reason=reason[:2000]),
         )
 
     def refuse(self, run_id: str, reason: str) -> None:
-        self.request("POST", f"/v1/silo/runs/{run_id}/refusal", json_body=Refusal(reason=reason))
+        path = f"/v1/silo/runs/{seg(run_id)}/refusal"
+        self.request("POST", path, json_body=Refusal(reason=reason))

@@ -36,6 +36,7 @@ from schemas.contract_registry import (
     verify_published,
 )
 from schemas.contracts.loader import Contract, ContractError, load_contract_text
+from schemas.url_path import seg
 from silos.client import SiloClient
 from silos.client_errors import ClientError
 from silos.config import SiloConfig
@@ -78,7 +79,7 @@ def fetch(client: SiloClient, name: str, version: str | None = None) -> Publishe
     ContractError
         The service has no such contract or version, or cannot be reached.
     """
-    path = f"/v1/silo/contracts/{name}" + (f"/{version}" if version else "")
+    path = f"/v1/silo/contracts/{seg(name)}" + (f"/{seg(version)}" if version else "")
     what = f"contract {name!r}" + (f" version {version}" if version else "")
     try:
         return PublishedContract.model_validate_json(client.request("GET", path).content)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console, RenderableType
 
-from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
+from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator, fail
 from flows.cli.errors import FAILED, err_console, one_line
 from flows.cli.output import JsonOpt, emit_json, out, resolve_prefix, say
 from schemas.lineage import LineageError
@@ -24,32 +24,58 @@ lineage_app = typer.Typer(
 def _ledger(
     service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
 ):  # type: ignore[no-untyped-def]
-    """Entries and author keys from an export file (offline) or from the service."""
-    book, keys = _ledger_export(service_url, token, token_file, export)
-    return book.entries, keys
-
-
-def _ledger_export(
-    service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
-):  # type: ignore[no-untyped-def]
-    """The ledger (entries, checkpoints) and author keys from an export file or the service."""
+    """The ledger (entries, checkpoints) to read, unverified: from an export file (offline,
+    no token needed) or from the service."""
     from flows.lineage_cmds import load_export_file
     from schemas.ledger_export import load_ledger_export
 
     try:
         if export is not None:
-            keys_file = export.with_suffix(".keys.json")
-            keys = _keys_file(keys_file) if keys_file.exists() else None
-            if keys is None:
-                keys = coordinator(service_url, token, token_file).ledger_keys()
-            return load_export_file(export), keys
+            return load_export_file(export)
         client = coordinator(service_url, token, token_file)
-        return load_ledger_export(client.ledger_export()), client.ledger_keys()
+        return load_ledger_export(client.ledger_export())
     except LineageError as exc:
         # a damaged or truncated record is a verification failure, said plainly (exit 1);
         # an unreadable file or an unreachable service goes to the central error line
         err_console.print(f"ledger INVALID: {one_line(str(exc))}")
         raise typer.Exit(FAILED) from exc
+
+
+def _ledger_export(
+    service_url: list[str], token: str | None, token_file: Path | None, export: Path | None
+):  # type: ignore[no-untyped-def]
+    """The ledger (entries, checkpoints) and the author keys to verify it with: the export's
+    keys file, else the service's keys (`_export_keys`)."""
+    if export is None:
+        book = _ledger(service_url, token, token_file, None)
+        return book, coordinator(service_url, token, token_file).ledger_keys()
+    keys = _export_keys(export, service_url, token, token_file)
+    return _ledger(service_url, token, token_file, export), keys
+
+
+def keys_path(export: Path) -> Path:
+    """Where `lineage export --format ledger` writes the export's author keys."""
+    return export.with_suffix(".keys.json")
+
+
+def _export_keys(
+    export: Path, service_url: list[str], token: str | None, token_file: Path | None
+) -> dict[str, str]:
+    """An export's author keys from FILE.keys.json; from the service only when a token was
+    given (those keys only show the service's records agree with themselves). Without either,
+    the signatures cannot be checked: exit 2 saying how to get the keys, asking for no token."""
+    keys_file = keys_path(export)
+    if keys_file.exists():
+        return _keys_file(keys_file)
+    if not (token or token_file):
+        raise fail(
+            f"{keys_file} not found: the signatures in {export} cannot be verified without its "
+            "authors' public keys (the chain alone does not show who wrote an entry). Put the "
+            "keys file that `fedsilo lineage export --format ledger` wrote beside the export "
+            "there, or give --token-file (and --service-url) to fetch the keys from the service"
+        )
+    err_console.print(f"note: {keys_file} not found: verifying with the service's author keys")
+    return coordinator(service_url, token, token_file).ledger_keys()
 
 
 def _keys_file(path: Path) -> dict[str, str]:
@@ -83,8 +109,10 @@ ExportOpt = Annotated[
     Path | None,
     typer.Option(
         "--export",
-        help="Verify an exported ledger file (JSON Lines) instead of the "
-        "service's; author keys are read from FILE.keys.json when present.",
+        help="Verify an exported ledger file (JSON Lines) offline instead of the service's; "
+        "the author keys are read from FILE.keys.json (written beside it by `fedsilo lineage "
+        "export --format ledger`), or from the service when that file is missing and a "
+        "token is given.",
     ),
 ]
 ReadExportOpt = Annotated[
@@ -92,8 +120,8 @@ ReadExportOpt = Annotated[
     typer.Option(
         "--export",
         help="Read this exported ledger file (JSON Lines, from `fedsilo lineage export "
-        "--format ledger`) instead of asking the service; nothing is verified (that is "
-        "`fedsilo lineage verify`).",
+        "--format ledger`) instead of asking the service: no token or service needed; "
+        "nothing is verified (that is `fedsilo lineage verify`).",
     ),
 ]
 ArtifactsOpt = Annotated[
@@ -221,7 +249,7 @@ def lineage_show(
     from flows import lineage_cmds
     from flows.lineage_tables import run_ids, show_run_json
 
-    book, _ = _ledger_export(service_url, token, token_file, export)
+    book = _ledger(service_url, token, token_file, export)
     run_id = resolve_prefix(run_id, run_ids(book.entries), "run")
     if as_json:
         emit_json(show_run_json(book.entries, book.checkpoints, run_id))
@@ -245,7 +273,7 @@ def lineage_contributions(
     from flows import lineage_cmds
     from flows.lineage_tables import require_silo
 
-    entries, _ = _ledger(service_url, token, token_file, export)
+    entries = _ledger(service_url, token, token_file, export).entries
     name = require_silo(entries, silo)
     rows = lineage_cmds.contributions(entries, name)
     if as_json:
@@ -257,29 +285,49 @@ def lineage_contributions(
 @lineage_app.command("export")
 def lineage_export(
     run_id: Annotated[
-        str, typer.Argument(help="Run id, or a unique prefix of one (for openlineage).")
-    ],
+        str | None,
+        typer.Argument(
+            help="openlineage: the run (id, or a unique prefix of one). ledger: none, the "
+            "ledger is exported whole."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="File to write.")] = Path("lineage.jsonl"),
     format: Annotated[
         str,
         typer.Option(
-            help="'openlineage' (RunEvents) or 'ledger' (the whole "
-            "signed ledger, verifiable offline)."
+            help="'openlineage' (one run's RunEvents) or 'ledger' (the whole signed ledger, "
+            "every run, verifiable offline)."
         ),
     ] = "openlineage",
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Export lineage: OpenLineage RunEvents for Marquez and friends, or the signed ledger."""
+    """Export lineage: one run's OpenLineage RunEvents for Marquez and friends, or the signed
+    ledger.
+
+    --format ledger takes no RUN_ID: the ledger is one hash chain covering every run, and only
+    the whole chain verifies, so it is written whole (read one run from it with `fedsilo
+    lineage show RUN_ID --export FILE`). The authors' public keys go beside it, in
+    FILE.keys.json (same name, suffix .keys.json), where `fedsilo lineage verify --export
+    FILE` reads them offline."""
+    if format not in ("openlineage", "ledger"):
+        raise typer.BadParameter("format must be 'openlineage' or 'ledger'", param_hint="--format")
+    if format == "ledger" and run_id is not None:
+        raise fail(
+            f"--format ledger exports the whole ledger (one hash chain of every run, verifiable "
+            f"only whole), not run {run_id!r}: drop RUN_ID, then read that run from the file "
+            f"with `fedsilo lineage show {run_id} --export {out}`"
+        )
+    if format == "openlineage" and run_id is None:
+        raise fail("--format openlineage exports one run: give RUN_ID (`fedsilo runs list`)")
     client = coordinator(service_url, token, token_file)
-    if format == "ledger":
+    if run_id is None:  # format ledger
+        keys = keys_path(out)
         out.write_text(client.ledger_export())
-        out.with_suffix(".keys.json").write_text(json.dumps(client.ledger_keys(), indent=2))
-        say(f"ledger written to {out} (keys in {out.with_suffix('.keys.json')})")
+        keys.write_text(json.dumps(client.ledger_keys(), indent=2))
+        say(f"ledger written to {out} (keys in {keys})")
         return
-    if format != "openlineage":
-        raise typer.BadParameter("format must be 'openlineage' or 'ledger'")
     from flows.lineage_tables import run_ids
     from flows.openlineage_export import write_openlineage
     from schemas.ledger_export import load_export
@@ -302,7 +350,8 @@ def report(
         typer.Option(
             "--export",
             help="Report from an exported ledger file (JSON Lines, with its checkpoints) "
-            "instead of the service's; author keys are read from FILE.keys.json when present.",
+            "instead of the service's; author keys are read from FILE.keys.json, or from the "
+            "service when that file is missing and a token is given.",
         ),
     ] = None,
     prefect_ui: Annotated[
@@ -339,6 +388,12 @@ def report(
     from flows.report import write_report
     from flows.report_checks import model_source, parse_locations
 
+    if export is not None and rehash and artifacts is None and not (token or token_file):
+        raise fail(
+            f"--export {export} is read offline, but re-hashing the run's models needs them: "
+            "give --artifacts WORKSPACE (the service workspace holding models/), --no-rehash, "
+            "or --token-file (and --service-url) to download them from the service"
+        )
     book, keys = _ledger_export(service_url, token, token_file, export)
     entries = book.entries
     run_id = resolve_prefix(run_id, run_ids(entries), "run")

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli.names import checked_run_id
 from flows.exceptions import UnknownName
 from silos.client_errors import InvalidPayload, NotFound
 
@@ -86,7 +87,9 @@ def resolve_prefix(prefix: str, known: Iterable[str], what: str) -> str:
 
 
 def resolve_run_id(client: CoordinatorClient, prefix: str) -> str:
-    """A whole run id from a whole one or a unique prefix of one the service knows."""
+    """A whole run id from a whole one or a unique prefix of one the service knows; exit 2
+    when `prefix` cannot be one (`checked_run_id`), before anything is sent."""
+    checked_run_id(prefix)
     try:
         return client.get_run(prefix).run_id
     except (NotFound, InvalidPayload):  # a prefix, or not an id at all

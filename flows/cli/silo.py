@@ -20,6 +20,7 @@ from flows.cli.common import (
     coordinator,
     fail,
 )
+from flows.cli.names import checked_name
 from flows.cli.output import JsonOpt, emit_json, say, table, when
 from flows.cli.output import out as plain
 
@@ -71,6 +72,8 @@ def silo_approve(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Approve an enrolled silo (coordinator): after this its agent may take part in runs."""
+    checked_name(federation, "--federation")
+    checked_name(name, "silo name")
     approved = coordinator(service_url, token, token_file).approve(federation, name)
     say(
         f"silo {approved.name} in {approved.federation}: {approved.status} "
@@ -88,6 +91,7 @@ def silo_list(
 ) -> None:
     """List the federation's silos (coordinator): status, online, last seen, whether the agent
     validated its data and is ready, and the contract version it accepted."""
+    checked_name(federation, "--federation")
     silos = coordinator(service_url, token, token_file).silos(federation)
     if as_json:
         emit_json([s.model_dump(mode="json") for s in silos])
@@ -230,9 +234,10 @@ def silo_revoke(
     token_file: TokenFileOpt = None,
 ) -> None:
     """Revoke a silo (coordinator): every later request it makes is refused, at once."""
-    client = coordinator(service_url, token, token_file)
-    done = client.request("POST", f"/v1/federations/{federation}/silos/{name}/revoke").json()
-    say(f"silo {done['name']} in {done['federation']}: {done['status']}")
+    checked_name(federation, "--federation")
+    checked_name(name, "silo name")
+    done = coordinator(service_url, token, token_file).revoke(federation, name)
+    say(f"silo {done.name} in {done.federation}: {done.status}")
 
 
 @silo_app.command("demo-data")

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import BaseModel
 
 from schemas.frames import unpack_frames
+from schemas.url_path import seg
 from schemas.vertical import VerticalMessage, VerticalRunOut
 from silos.client import SiloClient
 from silos.vertical.channel import Channel, public_bytes
@@ -31,7 +32,7 @@ class RunOver(RuntimeError):
 
 
 def base(run: str) -> str:
-    return f"/v1/silo/vertical/{run}"
+    return f"/v1/silo/vertical/{seg(run)}"
 
 
 def run_info(client: SiloClient, run: str) -> VerticalRunOut:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from schemas.url_path import seg
 from schemas.vertical import RunFailed, VerticalEvent, VerticalRunOut
 from silos.client import SiloClient
 from silos.client_errors import ClientError, ServiceRejected
@@ -47,7 +48,7 @@ def end_interrupted(client: SiloClient, workspace: Path) -> list[str]:
     folder = _markers(workspace)
     ended: list[str] = []
     for marker in sorted(folder.glob("*")) if folder.is_dir() else []:
-        run_id, base = marker.name, f"/v1/silo/vertical/{marker.name}"
+        run_id, base = marker.name, f"/v1/silo/vertical/{seg(marker.name)}"
         try:
             run = VerticalRunOut.model_validate_json(client.request("GET", base).content)
             if run.status == "running":

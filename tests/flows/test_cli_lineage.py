@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from aggregation.service.db import make_engine
 from flows.cli import app
-from flows.cli.errors import USAGE
+from flows.cli.errors import OK, USAGE
 from schemas.ledger_export import export_entries
 from schemas.wire import RunFinish
 from silos.checkpoints import countersign_pending
@@ -38,7 +38,7 @@ def test_verify_show_contributions_report_and_a_truncated_export(
         assert list((tmp_path / "rep").glob("*.html"))
         export = tmp_path / "ledger.jsonl"
         out = runner.invoke(
-            app, ["lineage", "export", run_id, "--format", "ledger", "--out", str(export), *auth]
+            app, ["lineage", "export", "--format", "ledger", "--out", str(export), *auth]
         )
         assert out.exit_code == 0, out.output
     offline = runner.invoke(
@@ -71,9 +71,7 @@ def test_verify_names_a_cut_tail_from_the_silo_copies(sqlite_url: str, tmp_path:
         assert show.exit_code == 0, show.output
         assert "ledger checkpoints of run" in show.output and "silo:b" in show.output
         export = tmp_path / "ledger.jsonl"
-        runner.invoke(
-            app, ["lineage", "export", run_id, "--format", "ledger", "--out", str(export), *auth]
-        )
+        runner.invoke(app, ["lineage", "export", "--format", "ledger", "--out", str(export), *auth])
         assert export.read_text().count('\n{"checkpoint":') == 2  # round 1 closed, run finished
         # The attacker removes run_finished, fixes ledger_head and hides the checkpoints.
         engine = make_engine(sqlite_url)
@@ -132,3 +130,69 @@ def test_a_malformed_export_or_keys_file_is_a_bad_input_file(
     result = CliRunner().invoke(app, ["lineage", "verify", "--export", str(export)])
     assert result.exit_code == USAGE, result.output
     assert f"error: {tmp_path / says}" in " ".join(result.output.split())
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_a_ledger_export_is_whole_so_it_takes_no_run_id(sqlite_url: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    export = tmp_path / "l.jsonl"
+    with service_in_thread(tmp_path / "svc", sqlite_url) as url:
+        aggregated_round(url)
+        auth = ["--service-url", url, "--token", "test-admin-token"]
+        one_run = ["lineage", "export", "no-such-run", "--format", "ledger", "--out", str(export)]
+        refused = runner.invoke(app, [*one_run, *auth])
+        assert refused.exit_code == USAGE, refused.output
+        assert "--format ledger exports the whole ledger" in _flat(refused.output)
+        assert not export.exists()
+        no_run = runner.invoke(app, ["lineage", "export", "--out", str(export), *auth])
+        assert no_run.exit_code == USAGE, no_run.output
+        assert "--format openlineage exports one run: give RUN_ID" in _flat(no_run.output)
+        whole = ["lineage", "export", "--format", "ledger", "--out", str(export), *auth]
+        written = runner.invoke(app, whole)
+        assert written.exit_code == OK, written.output
+        assert (tmp_path / "l.keys.json").is_file()
+
+
+def test_an_export_reads_offline_without_a_token(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FEDSILO_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("FEDSILO_SERVICE_URL", raising=False)
+    runner = CliRunner()
+    export, keys_file = tmp_path / "l.jsonl", tmp_path / "l.keys.json"
+    with service_in_thread(tmp_path / "svc", sqlite_url) as url:
+        run_id, _ = aggregated_round(url)
+        auth = ["--service-url", url, "--token", "test-admin-token"]
+        whole = ["lineage", "export", "--format", "ledger", "--out", str(export), *auth]
+        assert runner.invoke(app, whole).exit_code == OK
+        keys = keys_file.read_text()
+        keys_file.unlink()
+        fetched = runner.invoke(app, ["lineage", "verify", "--export", str(export), *auth])
+    # keys missing but a token given: the service's keys, and it says so
+    assert fetched.exit_code == OK, fetched.output
+    assert "verifying with the service's author keys" in _flat(fetched.output)
+    # the service is gone and there is no token: reading the export needs neither
+    show = runner.invoke(app, ["lineage", "show", run_id[:6], "--export", str(export)])
+    assert show.exit_code == OK, show.output
+    assert "run_started" in show.output
+    contrib = runner.invoke(app, ["lineage", "contributions", "a", "--export", str(export)])
+    assert contrib.exit_code == OK, contrib.output
+    # verifying needs the authors' keys: it names the missing file and how to get it
+    verify = runner.invoke(app, ["lineage", "verify", "--export", str(export)])
+    assert verify.exit_code == USAGE, verify.output
+    said = _flat(verify.output)
+    assert f"{keys_file} not found: the signatures in {export} cannot be verified" in said
+    assert "admin token" not in said and "FEDSILO_ADMIN_TOKEN" not in said
+    report = ["report", run_id, "--out", str(tmp_path / "rep"), "--export", str(export)]
+    rehash = runner.invoke(app, report)
+    assert rehash.exit_code == USAGE, rehash.output
+    assert "give --artifacts WORKSPACE" in _flat(rehash.output)
+    keys_file.write_text(keys)
+    offline = runner.invoke(app, ["lineage", "verify", "--export", str(export)])
+    assert offline.exit_code == OK, offline.output
+    assert "ledger OK" in offline.output
+    written_report = runner.invoke(app, [*report, "--no-rehash"])
+    assert written_report.exit_code == OK, written_report.output
