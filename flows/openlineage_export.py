@@ -4,8 +4,9 @@ For teams that run Marquez or another OpenLineage consumer. One run becomes:
 
 * ``START`` at ``run_started``, with the run facets (config hash, code version, the Prefect
   flow run as parent run);
-* ``COMPLETE`` or ``FAIL`` at ``run_finished`` / ``run_failed`` (``RUNNING`` at the last entry
-  while the run is still going), carrying the inputs and the output.
+* ``COMPLETE``, ``FAIL`` or ``ABORT`` at ``run_finished`` / ``run_failed`` / ``run_cancelled``
+  (``RUNNING`` at the last entry while the run is still going), carrying the inputs and the
+  output (a run that did not finish: its last model, an intermediate one).
 
 Inputs are the silos' datasets, one per silo that validated data in the run, named
 ``silo:<name>/<contract>``. No data and no schema leave the silo: the facets carry only the
@@ -275,7 +276,11 @@ def build_run_events(
         )
 
     events = [event(RunState.START, first.created_at, False)]
-    terminal = {"run_finished": RunState.COMPLETE, "run_failed": RunState.FAIL}
+    terminal = {
+        "run_finished": RunState.COMPLETE,
+        "run_failed": RunState.FAIL,
+        "run_cancelled": RunState.ABORT,
+    }
     state = terminal.get(view.finish_kind or "", RunState.RUNNING)
     model = view.final_model
     outputs = [_output(view, model, namespace, producer)] if model else []

@@ -122,9 +122,21 @@ def final_metrics(view: RunView) -> RoundMetrics | None:
 
 def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
     """(label, text, is_code) rows of the model card."""
-    spec, start, final = view.spec, view.started, view.final_model
+    spec, start, final = view.spec, view.started, view.finished_model
     model = as_dict(spec, "model")
     versions = f"{start.get('fedsilo_version')} / {start.get('git_commit')}"
+    # a run that failed, was cancelled or still runs has no final model, only its last one
+    last = None if final else view.final_model
+    models = [
+        ("final model", f"v{final.version} at {final.path}" if final else "-", False),
+        ("final model sha256", final.sha256 if final else "-", bool(final)),
+    ]
+    if last is not None:
+        models[0] = ("final model", f"none: the run {_ended(view)}", False)
+        models += [
+            ("last model (intermediate)", f"v{last.version} at {last.path}", False),
+            ("last model sha256", last.sha256, True),
+        ]
     return [
         ("model kind", str(model.get("kind", "-")), False),
         ("features / hidden layers", f"{model.get('n_features')} / {model.get('hidden')}", False),
@@ -132,13 +144,17 @@ def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
         ("strategy", json.dumps(spec.get("strategy"), sort_keys=True), False),
         ("local training", json.dumps(spec.get("training"), sort_keys=True), False),
         ("rounds / min silos", f"{spec.get('rounds')} / {spec.get('min_silos')}", False),
-        ("final model", f"v{final.version} at {final.path}" if final else "-", False),
-        ("final model sha256", final.sha256 if final else "-", bool(final)),
+        *models,
         ("config sha256", str(start.get("config_sha256")), True),
         ("fedsilo / git commit", versions, False),
         ("initial model sha256", str(start.get("initial_model_sha256")), True),
         ("status", f"{view.status}: {(view.finish or {}).get('reason') or '-'}", False),
     ]
+
+
+def _ended(view: RunView) -> str:
+    said = {"in progress": "is still running", "cancelled": "was cancelled"}
+    return said.get(view.status, view.status)
 
 
 def _names(value: Any) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from openlineage.client.event_v2 import RunEvent
 from openlineage.client.serde import Serde
-from support.lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, build_sample
+from support.lineage_sample import PREFECT_RUN_A, RUN_A, RUN_B, Sample, Writer, build_sample
 
 from flows.lineage_cmds import LineageReviewError
 from flows.lineage_view import payload_of
@@ -147,6 +147,15 @@ def test_a_run_in_progress_is_running(sample: Sample) -> None:
     assert [e["eventType"] for e in events] == ["START", "RUNNING"]
     assert events[1]["outputs"][0]["name"] == "models/run-a/v2.safetensors"
     assert events[1]["run"]["facets"]["fedsilo_run"]["status"] == "in progress"
+
+
+def test_a_cancelled_run_aborts(sample: Sample, tmp_path: Path) -> None:
+    cancelled = build_sample(tmp_path)
+    Writer(cancelled).service("run_cancelled", {"reason": "wrong dataset", "round": 2}, RUN_A)
+    view_entries = [e for e in cancelled.entries() if e.kind != "run_finished"]
+    events = export_openlineage(view_entries, RUN_A)
+    assert [e["eventType"] for e in events] == ["START", "ABORT"]
+    assert events[1]["run"]["facets"]["fedsilo_run"]["status"] == "cancelled"
 
 
 def test_round_trip_through_the_clients_serializer(sample: Sample, tmp_path: Path) -> None:

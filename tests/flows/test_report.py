@@ -124,6 +124,10 @@ def test_a_failed_run_without_prefect_id(sample: Sample, tmp_path: Path) -> None
     assert "status failed" in document
     assert "failed: round 2: 1 of 2 silos answered by the deadline — min_silos is 2" in document
     assert "No Prefect flow run recorded." in document
+    # its last model is intermediate: the card says so, and names it with its sha256
+    assert "<th>final model</th><td>none: the run failed</td>" in document
+    assert "<th>last model (intermediate)</th><td>v1 at " in document
+    assert sample.models[(RUN_B, 1)] in document
     assert "Model files were NOT re-hashed" in document
     assert "--no-rehash" in document
     _no_external_resources(document)
