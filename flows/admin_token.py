@@ -22,19 +22,43 @@ from typing import cast
 from flows.exceptions import AdminTokenError
 
 
+def token_problem(raw: str | bytes) -> str | None:
+    """What keeps `raw` (surrounding whitespace aside) from being one admin token, or None.
+
+    A token travels in an `Authorization` header, so it must be one line of printable ASCII;
+    anything else (a comment line, a byte-order mark, an accented letter) would fail at send
+    time with an error that quotes the header. The answer never quotes the token.
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            return f"has a byte that is not ASCII at position {exc.start + 1}"
+    lines = raw.strip().splitlines()
+    if not lines:
+        return "is empty"
+    if len(lines) > 1:
+        return f"holds {len(lines)} lines; it must hold the token alone, on one line"
+    bad = next((i for i, ch in enumerate(raw.strip()) if not " " <= ch <= "~"), None)
+    if bad is not None:
+        return f"has a character that is not printable ASCII at position {bad + 1}"
+    return None
+
+
 def read_token_file(path: str | Path) -> str:
     """The token in `path`, refusing a file that users other than its owner may open.
 
     Parameters
     ----------
     path
-        A regular file holding the token (surrounding whitespace is dropped).
+        A regular file holding the token on one line (surrounding whitespace is dropped).
 
     Raises
     ------
     AdminTokenError
-        The file is missing, not a regular file, unreadable, empty, or its mode gives the group
-        or other users any access; the message names the file and the fix.
+        The file is missing, not a regular file, unreadable, empty, not one line of printable
+        ASCII, or its mode gives the group or other users any access; the message names the
+        file and the fix, never the token.
     """
     where = Path(path)
     try:
@@ -43,7 +67,7 @@ def read_token_file(path: str | Path) -> str:
         raise AdminTokenError(f"admin token file {where} does not exist") from None
     except OSError as exc:
         raise AdminTokenError(f"cannot open admin token file {where}: {exc.strerror}") from None
-    with os.fdopen(fd) as fh:
+    with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fh.fileno()).st_mode  # of the file opened, not of a path swapped since
         if not stat.S_ISREG(mode):
             raise AdminTokenError(f"admin token file {where} is not a regular file")
@@ -52,10 +76,11 @@ def read_token_file(path: str | Path) -> str:
                 f"admin token file {where} has mode {stat.S_IMODE(mode):04o}, so other users "
                 f"can read it; restrict it to its owner with `chmod 600 {where}`"
             )
-        token = fh.read().strip()
-    if not token:
-        raise AdminTokenError(f"admin token file {where} is empty")
-    return token
+        raw = fh.read()
+    problem = token_problem(raw)
+    if problem:
+        raise AdminTokenError(f"admin token file {where} {problem}")
+    return raw.decode("ascii").strip()
 
 
 def read_token_block(name: str) -> str:
@@ -73,6 +98,9 @@ def read_token_block(name: str) -> str:
     value = block.value.get_secret_value()
     if not isinstance(value, str) or not value.strip():
         raise AdminTokenError(f"Prefect Secret block {name!r} does not hold a token string")
+    problem = token_problem(value)
+    if problem:
+        raise AdminTokenError(f"Prefect Secret block {name!r} {problem}")
     return value.strip()
 
 

@@ -114,10 +114,11 @@ class ServiceSection(_Section):
     @field_validator("urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url!r} is not an http(s) URL")
-        return [u.rstrip("/") for u in urls]
+        # refused here, naming silo.toml: the agent would otherwise retry a malformed address
+        # forever as if the service were down (imported here: httpx is heavy for a config)
+        from silos.http_base import service_url
+
+        return [service_url(url) for url in urls]
 
 
 class PrefectSection(_Section):

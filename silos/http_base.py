@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -40,6 +42,63 @@ log = logging.getLogger("fedsilo.client")
 BACKOFF_CAP_S = 30.0
 """The longest wait between two tries while no service address answers."""
 
+# What h11 sends as a header value, narrowed to printable ASCII: no line breaks, no edge spaces
+_HEADER_VALUE = re.compile(r"(?:[!-~](?:[ -~]*[!-~])?)?")
+
+
+def service_url(url: str) -> str:
+    """`url` as the clients join paths to it: `http(s)://host[:port]`, a trailing slash dropped.
+
+    The service answers at the root of its address (`/v1/...`, `/healthz`) and no deployment
+    puts it under a path prefix, so a path, query or fragment is refused rather than joined
+    into a "Not Found"; and a malformed address is refused now rather than retried as an
+    outage, which no retry ends.
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong with `url` (a password in it is not quoted).
+    """
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise ValueError(f"{url!r} holds a space or control character")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsed on access: raises on "99999" or "abc"
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a valid URL: {exc}") from None
+    if "@" in parts.netloc:  # not quoted: it may hold a password
+        raise ValueError(
+            f"the address of host {parts.hostname} holds a user name or password; the service "
+            "takes the admin token or the silo's signature, never URL credentials"
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8700)")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host (e.g. http://127.0.0.1:8700)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"{url!r} has a path, query or fragment; give the service's root address, "
+            f"{urlunsplit((parts.scheme, parts.netloc, '', '', ''))} (it serves /v1/... there)"
+        )
+    return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+def check_headers(headers: dict[str, str]) -> None:
+    """Refuse a header value HTTP cannot carry before sending it: httpx's own error quotes the
+    value (an admin token, in full), and a malformed request is no outage to retry.
+
+    Raises
+    ------
+    ValueError
+        Naming the header, never its value.
+    """
+    for name, value in headers.items():
+        if not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"the {name} header would hold a line break, surrounding space or a character "
+                "other than printable ASCII; check the admin token (or key) it is made from"
+            )
+
 
 class HttpBase:
     def __init__(
@@ -52,9 +111,10 @@ class HttpBase:
         spread: bool | None = None,
         tls: TlsFiles | None = None,
     ) -> None:
-        self.urls = [urls] if isinstance(urls, str) else list(urls)
-        if not self.urls:
+        given = [urls] if isinstance(urls, str) else list(urls)
+        if not given:
             raise ValueError("at least one service URL is needed")
+        self.urls = [service_url(url) for url in given]
         self.retry_for_s = retry_for_s
         self.spread = os.environ.get("FEDSILO_SERVICE_SPREAD") == "1" if spread is None else spread
         self._current = 0
@@ -110,6 +170,7 @@ class HttpBase:
                 **(extra_headers or {}),
                 **self._headers(method, path, body),
             }
+            check_headers(headers)
             try:
                 resp = self._http.request(
                     method,
@@ -118,6 +179,8 @@ class HttpBase:
                     headers=headers,
                     timeout=timeout or self._http.timeout,
                 )
+            except httpx.LocalProtocolError:  # its text may quote a header: the admin token
+                last_error = f"{base}: LocalProtocolError (not quoted: it may hold a header)"
             except httpx.TransportError as exc:
                 last_error = f"{base}: {type(exc).__name__}: {exc}"
                 last_error += tls_hint(base, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,24 +20,47 @@ if TYPE_CHECKING:
 
 console = Console()
 
+
+def _service_urls(ctx: typer.Context, param: typer.CallbackParam, urls: list[str]) -> list[str]:
+    """--service-url's values as the clients use them (a trailing slash dropped); a malformed
+    address, or one with a path, is refused now (exit 2) rather than retried as an outage."""
+    from silos.http_base import service_url
+
+    if ctx.resilient_parsing:  # shell completion: nothing is run
+        return urls
+    source = ctx.get_parameter_source(param.name or "")
+    env = getattr(source, "name", "") == "ENVIRONMENT"  # typer's own click: compare by name
+    try:
+        return [service_url(url) for url in urls]
+    except ValueError as exc:
+        hint = "FEDSILO_SERVICE_URL" if env else "--service-url"
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
 ServiceUrls = Annotated[
     list[str],
     typer.Option(
         "--service-url",
         envvar="FEDSILO_SERVICE_URL",
-        help="Aggregation service address; repeat for failover.",
+        callback=_service_urls,
+        help="Aggregation service's root address, http(s)://HOST:PORT; repeat for failover.",
     ),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", envvar="FEDSILO_ADMIN_TOKEN", help="Coordinator's admin token."),
+    typer.Option(
+        "--token",
+        envvar="FEDSILO_ADMIN_TOKEN",
+        help="Coordinator's admin token. An explicit --token or --token-file beats "
+        "FEDSILO_ADMIN_TOKEN.",
+    ),
 ]
 TokenFileOpt = Annotated[
     Path | None,
     typer.Option(
         "--token-file",
-        help="File holding the admin token (the service "
-        "writes WORKSPACE/admin.token on first start).",
+        help="File holding the admin token alone, on one line (the service writes "
+        "WORKSPACE/admin.token on first start); beats FEDSILO_ADMIN_TOKEN.",
     ),
 ]
 TokenBlockOpt = Annotated[
@@ -97,26 +121,62 @@ def check_model_kind(model: str) -> None:
 
 
 def token_from(token: str | None, token_file: Path | None) -> str:
-    """The coordinator's admin token from --token, --token-file or FEDSILO_ADMIN_TOKEN."""
-    if token:
-        return token
-    if token_file:
-        from flows.exceptions import AdminTokenError
+    """The coordinator's admin token: an explicit --token or --token-file beats
+    FEDSILO_ADMIN_TOKEN, so a stale export never overrides the file the command names.
 
+    A file that cannot be read is an AdminTokenError (exit 4); a token that is not one line
+    of printable ASCII is a bad parameter (exit 2) naming the file, option or variable, never
+    quoting the token.
+    """
+    from flows.admin_token import token_problem
+    from flows.exceptions import AdminTokenError
+
+    token, env = _token_value(token)
+    if token and token_file and not env:
+        raise typer.BadParameter("give --token or --token-file, not both", param_hint="--token")
+    if token_file:
         try:
-            text = token_file.read_text().strip()
+            raw = token_file.read_bytes()
         except OSError as exc:
             raise AdminTokenError(
                 f"cannot read the admin token file {token_file}: {exc.strerror}; the service "
                 "writes WORKSPACE/admin.token on first start (`fedsilo aggregator serve "
                 "--workspace WORKSPACE`)"
             ) from exc
-        if not text:
-            raise AdminTokenError(f"the admin token file {token_file} is empty")
-        return text
+        problem = token_problem(raw)
+        if problem:
+            raise typer.BadParameter(
+                f"the admin token file {token_file} {problem}", param_hint="--token-file"
+            )
+        return raw.decode("ascii").strip()
+    if token:
+        _check_token_value(token, env)
+        return token.strip()
     raise typer.BadParameter(
         "give --token-file WORKSPACE/admin.token, --token or set FEDSILO_ADMIN_TOKEN"
     )
+
+
+def _token_value(token: str | None) -> tuple[str | None, bool]:
+    """The --token value, else FEDSILO_ADMIN_TOKEN's, and whether it is the variable's.
+
+    typer folds the variable into --token without saying which gave the value, so a value
+    equal to the variable's counts as the variable's (typed too, the two agree anyway).
+    """
+    env = os.environ.get("FEDSILO_ADMIN_TOKEN") or None  # empty: unset, as click reads it
+    if token is None:
+        return env, env is not None
+    return token, token == env
+
+
+def _check_token_value(token: str, env: bool) -> None:
+    """Refuse a --token / FEDSILO_ADMIN_TOKEN value no HTTP header can carry, naming which."""
+    from flows.admin_token import token_problem
+
+    problem = token_problem(token)
+    if problem:
+        where = "FEDSILO_ADMIN_TOKEN" if env else "--token"
+        raise typer.BadParameter(f"the admin token {problem}", param_hint=where)
 
 
 @dataclass(frozen=True)
@@ -136,13 +196,19 @@ def flow_token_source(
     Prefect stores flow parameters and shows them in its UI, so `--token-file` becomes the
     file's absolute path (refused unless only its owner can read it), `--token-block` the
     Secret block's name, and a `--token` value (or FEDSILO_ADMIN_TOKEN) a private temporary
-    file that is removed when the `with` block ends. A file or block wins over `--token`.
+    file that is removed when the `with` block ends. As in `token_from`, an explicit option
+    beats FEDSILO_ADMIN_TOKEN; two explicit ones are refused.
     """
     from flows.admin_token import private_token_file, read_token_block, read_token_file
     from flows.exceptions import AdminTokenError
 
+    token, env = _token_value(token)
     if token_file and token_block:
         raise typer.BadParameter("give --token-file or --token-block, not both")
+    if token and not env and (token_file or token_block):
+        raise typer.BadParameter(
+            "give --token or --token-file/--token-block, not both", param_hint="--token"
+        )
     try:  # refuse a missing block, or a missing or group/world-readable file, before the run
         if token_file:
             read_token_file(token_file)
@@ -155,7 +221,8 @@ def flow_token_source(
     elif token_block:
         yield TokenSource(block=token_block)
     elif token:
-        with private_token_file(token) as path:
+        _check_token_value(token, env)
+        with private_token_file(token.strip()) as path:
             yield TokenSource(file=str(path))
     else:
         raise typer.BadParameter(
@@ -175,8 +242,10 @@ def coordinator(
 
 
 def fail(message: str, code: int | None = None) -> typer.Exit:
-    """Print `message` as an error; the caller raises the returned exit (`code`, default 2)."""
-    from flows.cli.errors import USAGE, err_console
+    """Print `message` as an error, on one line; the caller raises the returned exit (`code`,
+    default 2)."""
+    from flows.cli.errors import USAGE, err_console, one_line
 
-    err_console.print(f"error: {message}")  # literally: messages quote "[tls]" and the like
+    # one line, literally: messages quote "[tls]", or a validation error's many lines
+    err_console.print(f"error: {one_line(message)}")
     return typer.Exit(USAGE if code is None else code)
