@@ -214,7 +214,8 @@ def _files_from_config(config: Path):  # type: ignore[no-untyped-def]
     except SiloConfigError as exc:
         raise fail(str(exc)) from exc
     if cfg.tls is None:
-        raise fail(f"{config} has no [tls] section; add one, e.g.\n{TLS_SNIPPET}")
+        say(f"add a [tls] section to {config}, e.g.:\n{TLS_SNIPPET}")
+        raise fail(f"{config} has no [tls] section (the example above)")
     files = SiloFiles(
         identity_key=cfg.key_path,
         tls_key=cfg.tls.key,
