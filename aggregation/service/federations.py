@@ -77,6 +77,7 @@ def enrol(s: Session, req: EnrolRequest) -> Silo:
 
 
 def set_silo_status(s: Session, federation: str, name: str, status: str) -> Silo:
+    get_federation(s, federation)  # a misspelt federation is not "the silo has not enrolled"
     silo = find_silo(s, federation, name)
     if silo is None:
         raise NotFound(f"silo {name!r} has not enrolled in federation {federation!r}")

@@ -55,6 +55,7 @@ def create_run(s: Session, spec: RunSpec, prefect_flow_run_id: str | None) -> Ru
             f"run needs min_silos={spec.min_silos} but federation {spec.federation!r} has "
             f"{len(wanted)} approved silos: {sorted(wanted)}"
         )
+    _check_secure_sums(spec, wanted)
     run = Run(
         id=uuid.uuid4().hex,
         federation=spec.federation,
@@ -66,6 +67,35 @@ def create_run(s: Session, spec: RunSpec, prefect_flow_run_id: str | None) -> Ru
     s.flush()
     s.add_all(RunSilo(run_id=run.id, silo=name) for name in sorted(wanted))
     return run
+
+
+def secure_sums(spec: RunSpec) -> tuple[str, str] | None:
+    """What of a run the silos mask so that the service learns only their sum, and the spec
+    change that turns it off; None when nothing is."""
+    if spec.federation_statistics:  # a statistics round is always securely summed
+        return "its federation statistics round", "federation_statistics=false"
+    if spec.trees is not None:
+        if spec.trees.mode == "secure-hist":
+            return "secure-hist", "another tree mode (bagging, cyclic)"
+        return None
+    if spec.mode is None and spec.secure_aggregation.enabled:  # a plugin decides for itself
+        return "secure aggregation", "secure_aggregation.enabled=false (updates then unmasked)"
+    return None
+
+
+def _check_secure_sums(spec: RunSpec, silos: set[str]) -> None:
+    """Refuse a run whose masked sums would have one silo: masks cancel only between silos,
+    so its rounds could never start (and one silo's "sum" would be its own update)."""
+    secure = secure_sums(spec)
+    if secure is None or len(silos) >= 2:
+        return
+    what, instead = secure
+    raise Conflict(
+        f"run in federation {spec.federation!r} has only {len(silos)} participating silo "
+        f"({', '.join(sorted(silos))}), but {what} needs at least 2: approve another silo "
+        f"(`fedsilo silo approve NAME --federation {spec.federation}`) and train with "
+        f"--min-silos 2, or create the run with {instead}"
+    )
 
 
 def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:
@@ -166,6 +196,7 @@ def participants(s: Session, run_id: str) -> list[RunSilo]:
 def list_runs(s: Session, federation: str | None = None, limit: int = 50) -> list[Run]:
     stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
     if federation:
+        get_federation(s, federation)  # a misspelt federation is not one without runs
         stmt = stmt.where(Run.federation == federation)
     return list(s.scalars(stmt))
 

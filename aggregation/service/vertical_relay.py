@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from aggregation.service.db import Base
 from aggregation.service.exceptions import Conflict, Forbidden, InvalidPayload, NotFound
+from aggregation.service.federations import get_federation
 from aggregation.service.ledger import LedgerEntry
 from aggregation.service.lineage import Recorder
 from aggregation.service.tables import Silo, utcnow
@@ -117,11 +118,13 @@ def list_runs(s: Session, federation: str | None, limit: int) -> list[VerticalRu
     """The newest vertical runs first (of one federation, if named)."""
     stmt = select(VerticalRun).order_by(VerticalRun.created_at.desc()).limit(limit)
     if federation:
+        get_federation(s, federation)  # a misspelt federation is not one without runs
         stmt = stmt.where(VerticalRun.federation == federation)
     return list(s.scalars(stmt))
 
 
 def create(s: Session, recorder: Recorder, req: VerticalRunCreate) -> VerticalRun:
+    get_federation(s, req.federation)
     parties = sorted(set(req.parties))
     if len(parties) != len(req.parties):
         raise InvalidPayload(f"vertical run: parties {req.parties} name a silo twice")

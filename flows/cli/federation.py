@@ -106,9 +106,29 @@ def federation_create(
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Register the federation on the aggregation service (idempotent)."""
-    coordinator(service_url, token, token_file, retry_for_s=30).create_federation(name, description)
-    say(f"federation {name} exists on {', '.join(service_url)}")
+    """Register the federation on the aggregation service. For a federation that exists it
+    changes nothing and succeeds, so set-up scripts may run it again; a --description other
+    than the registered one is refused (exit 6) rather than silently ignored."""
+    from flows.cli.errors import REFUSED
+
+    client = coordinator(service_url, token, token_file, retry_for_s=30)
+    where = ", ".join(service_url)
+    existing = next((f for f in client.federations() if f.name == name), None)
+    if existing is None:
+        client.create_federation(name, description)
+        say(f"federation {name} exists on {where} (created now)")
+        return
+    if description and description != existing.description:
+        raise fail(
+            f"federation {name!r} already exists on {where} with description "
+            f"{existing.description!r}; `federation create` does not change an existing "
+            "federation",
+            REFUSED,
+        )
+    say(
+        f"federation {name} already exists on {where} (created {when(existing.created_at)} "
+        "UTC); nothing changed"
+    )
 
 
 @federation_app.command("list")

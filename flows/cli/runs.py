@@ -68,12 +68,18 @@ def runs_list(
 def _listed(
     client: CoordinatorClient, federation: str | None, limit: int
 ) -> list[tuple[str, RunOut | VerticalRunOut]]:
-    """(kind, run) of horizontal and vertical runs, newest first, at most `limit` in all."""
+    """(kind, run) of horizontal and vertical runs, newest first, at most `limit` in all;
+    UnknownName listing the known federations when `federation` is not one."""
+    from flows.exceptions import UnknownName
     from flows.vertical import list_vertical_runs
+    from silos.client_errors import NotFound
 
-    listed: list[tuple[str, RunOut | VerticalRunOut]] = [
-        ("horizontal", r) for r in client.list_runs(federation, limit)
-    ]
+    try:  # only an unknown federation is not found here
+        horizontal = client.list_runs(federation, limit)
+    except NotFound as exc:
+        known = ", ".join(f.name for f in client.federations()) or "none"
+        raise UnknownName(f"{exc.detail}; known federations: {known}") from exc
+    listed: list[tuple[str, RunOut | VerticalRunOut]] = [("horizontal", r) for r in horizontal]
     listed += [("vertical", r) for r in list_vertical_runs(client, federation, limit)]
     listed.sort(key=lambda kr: kr[1].created_at or datetime.min, reverse=True)
     return listed[:limit]

@@ -23,7 +23,7 @@ from tls_federation import (
 from aggregation.pki import ED25519_URI_PREFIX, PkiError, enrolment_mac, new_key
 from flows.federation_files import init_federation, sign_csr
 from schemas import signing
-from schemas.specs import ModelSpec, RunSpec
+from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec
 from schemas.tasks import TASK_ADAPTER
 from schemas.wire import WIRE_HEADER, WIRE_VERSION, RunCreate
 from silos.client_errors import ServiceRejected
@@ -65,6 +65,7 @@ def test_malformed_bodies_are_refused(prod_url: str, fed: Path, approved) -> Non
         model=ModelSpec(kind="logreg", n_features=3),
         silos=("inputs",),
         min_silos=1,
+        secure_aggregation=SecureAggregationSpec(enabled=False),  # one silo: no secure sums
     )
     run_id = coordinator(prod_url, fed).create_run(RunCreate(spec=spec)).run_id
     context = TlsFiles(files.ca, files.cert, files.tls_key).context()

@@ -34,7 +34,7 @@ from aggregation.service.tables import Contribution, utcnow
 from aggregation.service.wakeup import answers_only
 from schemas import tensors
 from schemas.secagg.config import RoundConfig
-from schemas.secagg.exceptions import SecAggError
+from schemas.secagg.exceptions import SecAggConfigError, SecAggError
 from schemas.signing import STATEMENT_HEADER
 from schemas.specs import update_shapes
 from schemas.tasks import (
@@ -77,6 +77,14 @@ class SecureEngine:
         if fresh:
             check = secure_rounds.consistency_default(ctx.spec, ctx.hub.settings)
             secure_rounds.start(ctx.s, ctx.rnd, ctx.run.id, consistency_check=check)
+            roster = secure_rounds.roster(ctx.rnd)
+            if len(roster) < 2:  # the others refused the run: masks need a second silo
+                active = ", ".join(roster) or "none"
+                fail_round(
+                    ctx,
+                    f"round {ctx.rnd.number} of run {ctx.run.id}: secure aggregation needs at "
+                    f"least 2 active silos, the run has {len(roster)} ({active})",
+                )
         return None
 
     def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
@@ -84,7 +92,11 @@ class SecureEngine:
         stage = rnd.secagg_stage or "advertise"
         if not secure_rounds.awaits(s, rnd, stage, silo):
             return None
-        cfg = secure_rounds.config(rnd, spec)
+        try:
+            cfg = secure_rounds.config(rnd, spec)
+        except SecAggConfigError as exc:  # e.g. a roster of one, from before `start` failed it
+            fail_round(ctx, f"round {rnd.number} of run {ctx.run.id} cannot run: {exc}")
+            return None
         weight = secure_rounds.weight_of(s, rnd, spec, silo) if stage != "advertise" else None
         keys = secure_rounds.roster_keys(s, ctx.run, rnd, neighbourhood(cfg, silo))
         info = SecAggInfo(
