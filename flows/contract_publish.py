@@ -106,6 +106,8 @@ def resolve_run_contract(
     try:
         pc = client.contract(federation, dataset)
     except NotFound as exc:
+        if all(f.name != federation for f in client.federations()):
+            raise  # no such federation: the service's 404 says so (exit 3), not "unpublished"
         raise ContractError(unpublished_message(federation, dataset)) from exc
     return parse_published(pc), pc.version
 

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from schemas.token_format import token_problem
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FEDSILO_SERVICE_", extra="forbid")
@@ -132,12 +134,15 @@ class ServiceSettings(BaseSettings):
     def resolved_admin_token(self) -> str:
         """The coordinator's bearer token; created once (0600) in the workspace if not given."""
         if self.admin_token:
-            return self.admin_token
+            if problem := token_problem(self.admin_token):
+                raise ValueError(f"the admin token (FEDSILO_SERVICE_ADMIN_TOKEN) {problem}")
+            return self.admin_token.strip()
         if self.admin_token_file:
-            token = self.admin_token_file.read_text().strip()
-            if not token:
-                raise ValueError(f"admin token file {self.admin_token_file} is empty")
-            return token
+            raw = self.admin_token_file.read_bytes()
+            # a comment line or a stray byte would make a token no client can send
+            if problem := token_problem(raw):
+                raise ValueError(f"admin token file {self.admin_token_file} {problem}")
+            return raw.decode("ascii").strip()
         return ensure_admin_token(self.workspace)
 
 

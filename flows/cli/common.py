@@ -128,8 +128,8 @@ def token_from(token: str | None, token_file: Path | None) -> str:
     of printable ASCII is a bad parameter (exit 2) naming the file, option or variable, never
     quoting the token.
     """
-    from flows.admin_token import token_problem
     from flows.exceptions import AdminTokenError
+    from schemas.token_format import token_problem
 
     token, env = _token_value(token)
     if token and token_file and not env:
@@ -171,7 +171,7 @@ def _token_value(token: str | None) -> tuple[str | None, bool]:
 
 def _check_token_value(token: str, env: bool) -> None:
     """Refuse a --token / FEDSILO_ADMIN_TOKEN value no HTTP header can carry, naming which."""
-    from flows.admin_token import token_problem
+    from schemas.token_format import token_problem
 
     problem = token_problem(token)
     if problem:

@@ -73,7 +73,9 @@ def exit_codes_epilog() -> str:
     return f"\b\nExit codes:\n{rows}\n  --debug prints the traceback of an error."
 
 
-def _not_found_hint(path: str) -> str:
+def _not_found_hint(path: str, detail: str = "") -> str:
+    if "does not exist" in detail and detail.startswith("federation "):
+        return "; `fedsilo federation list` shows the federations"
     if path.startswith("/v1/runs"):
         return "; `fedsilo runs list` shows the runs"
     if "/silos/" in path:
@@ -102,7 +104,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, Forbidden):
         return AUTH, f"the service refused the request: {exc.detail}"
     if isinstance(exc, NotFound):
-        return NOT_FOUND, exc.detail + _not_found_hint(str(exc).split(" ", 2)[1])
+        return NOT_FOUND, exc.detail + _not_found_hint(str(exc).split(" ", 2)[1], exc.detail)
     if isinstance(exc, Conflict):
         return REFUSED, f"the service refused: {exc.detail}"
     if isinstance(exc, ServiceRejected):

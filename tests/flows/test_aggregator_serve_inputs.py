@@ -113,6 +113,17 @@ def test_an_empty_admin_token_file_names_the_option(tmp_path: Path) -> None:
         == f"error: --admin-token-file: admin token file {empty} is empty"
     )
     assert not (tmp_path / "svc").exists()
+    commented = tmp_path / "commented.token"
+    commented.write_text("s3cret-token\n# rotated 2026-12-01\n")
+    commented.chmod(0o600)
+    result = _serve(tmp_path / "svc", _free_port(), "--admin-token-file", str(commented))
+    assert result.exit_code == USAGE, result.output
+    line = _error_line(result.output)
+    assert line == (
+        f"error: --admin-token-file: admin token file {commented} holds 2 lines; it must hold "
+        "the token alone, on one line"
+    )
+    assert "s3cret" not in result.output
 
 
 def test_a_setting_out_of_range_names_its_option(tmp_path: Path) -> None:

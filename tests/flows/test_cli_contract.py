@@ -219,6 +219,7 @@ def test_the_coordinator_pins_the_published_version(service: tuple[str, Path]) -
     its parsed rules; an unpublished contract is refused, even one whose example ships."""
     from flows.contract_publish import resolve_run_contract
     from schemas.contracts.loader import ContractError
+    from silos.client_errors import NotFound
 
     url, token_file = service
     client = coordinator(url)
@@ -228,6 +229,8 @@ def test_the_coordinator_pins_the_published_version(service: tuple[str, Path]) -
         resolve_run_contract(client, "fresh", "heart_disease")
     with pytest.raises(ContractError, match="fedsilo contract publish FILE --federation fresh"):
         resolve_run_contract(client, "fresh", "no_such_table")
+    with pytest.raises(NotFound, match="federation 'frehs' does not exist"):
+        resolve_run_contract(client, "frehs", "heart_disease")  # a typo: not "unpublished"
     newer = HEART.read_text().replace('version = "1.0.0"', 'version = "2.0.0"', 1)
     newer = newer.replace("min_rows = 50", "min_rows = 60", 1)
     assert "min_rows = 60" in newer

@@ -32,6 +32,13 @@ def test_runs_list_of_an_unknown_federation_is_not_found(sqlite_url: str, tmp_pa
             ]
         known = runner.invoke(app, ["runs", "list", "--federation", "heart", "--json", *auth])
         assert known.exit_code == 0 and json.loads(known.stdout) == []
+        approve = runner.invoke(
+            app, ["silo", "approve", "cleveland", "--federation", "hreat", *auth]
+        )
+        assert approve.exit_code == NOT_FOUND, approve.output
+        said = " ".join(approve.output.split())
+        assert "federation 'hreat' does not exist" in said and "enrolled silos" not in said
+        assert said.endswith("`fedsilo federation list` shows the federations")
 
 
 def test_federation_create_says_created_or_already_exists(sqlite_url: str, tmp_path: Path) -> None:
