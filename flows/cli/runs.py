@@ -38,6 +38,10 @@ def runs_list(
     """List recent runs with their status: horizontal training runs and vertical runs
     (SecureBoost or logistic regression training, joint prediction, size-only intersection);
     "rounds / trees" counts a vertical logistic regression's epochs."""
+    from flows.cli.names import checked_name
+
+    if federation is not None:
+        checked_name(federation, "--federation")
     listed = _listed(coordinator(service_url, token, token_file), federation, limit)
     if as_json:
         emit_json([{"kind": kind, **r.model_dump(mode="json")} for kind, r in listed])

@@ -10,7 +10,7 @@ from support.live_service import service_in_thread
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.cli.errors import NOT_FOUND, REFUSED
+from flows.cli.errors import NOT_FOUND, REFUSED, USAGE
 
 runner = CliRunner()
 
@@ -30,6 +30,10 @@ def test_runs_list_of_an_unknown_federation_is_not_found(sqlite_url: str, tmp_pa
                 "error: federation 'hreat' does not exist; create it with `fedsilo federation "
                 "create hreat` (POST /v1/federations); known federations: heart"
             ]
+        odd = runner.invoke(app, ["runs", "list", "--federation", "heart&x=", *auth])
+        assert (
+            odd.exit_code == USAGE and "--federation 'heart&x=' is not a valid name" in odd.output
+        )
         known = runner.invoke(app, ["runs", "list", "--federation", "heart", "--json", *auth])
         assert known.exit_code == 0 and json.loads(known.stdout) == []
         approve = runner.invoke(
