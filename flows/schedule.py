@@ -40,19 +40,75 @@ class Scheduled:
         return f"prefect deployment run '{self.full_name}'"
 
 
-def ensure_process_pool(name: str) -> None:
-    """Create the process work pool `name` unless it exists; refuse one of another type."""
+class ScheduleError(ValueError):
+    """A deployment setting Prefect would refuse; `field` names it (name, pool, cron,
+    timezone), so the CLI can name its option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def checked_schedules(
+    *, name: str, work_pool: str, cron: str | None, timezone: str | None
+) -> list[Any]:
+    """The deployment's schedules (none without `cron`), refusing what Prefect would refuse
+    only after the work pool exists: a bad name, cron expression or zone (ScheduleError)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Schedule
+    from prefect.types import BANNED_CHARACTERS, NonEmptyishName
+    from pydantic import TypeAdapter, ValidationError
+
+    for field, value in (("name", name), ("pool", work_pool)):
+        try:
+            TypeAdapter(NonEmptyishName).validate_python(value)
+        except ValidationError as exc:
+            raise ScheduleError(
+                field,
+                f"{value!r} is no Prefect name: give a non-empty one without any of "
+                f"{' '.join(BANNED_CHARACTERS)}",
+            ) from exc
+    if not cron:
+        if timezone:  # there is no other schedule a zone could apply to
+            raise ScheduleError(
+                "timezone",
+                "a zone applies to the cron schedule's times; give --cron too (without it "
+                "the deployment runs only on demand)",
+            )
+        return []
+    try:
+        CronSchedule(cron=cron, timezone=timezone)  # croniter's and the tz database's verdict
+    except ValidationError as exc:
+        field = str(exc.errors()[0]["loc"][0])
+        raise ScheduleError(field, _reason(exc)) from exc
+    return [Schedule(cron=cron, timezone=timezone)]
+
+
+def _reason(exc: Any) -> str:
+    """A pydantic error's first message, without pydantic's "Value error, " prefix."""
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+
+
+def ensure_process_pool(name: str) -> bool:
+    """Create the process work pool `name` unless it exists (True: it was created); refuse
+    one of another type."""
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=name, type="process"))
-            return
+            return True
     if pool.type != "process":
         raise ValueError(
             f"work pool {name!r} exists with type {pool.type!r}; fedsilo's coordinator worker "
             "runs flow runs as local processes: choose another --pool name"
         )
+    return False
+
+
+def _delete_pool(name: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.delete_work_pool(name)
 
 
 def schedule_training(
@@ -66,9 +122,6 @@ def schedule_training(
 ) -> Scheduled:
     """Create or update the deployment `federated_training/NAME` with a cron schedule (or none,
     for runs triggered by hand or by automations) on the process pool `work_pool`."""
-    from prefect.client.schemas.schedules import CronSchedule
-    from prefect.schedules import Schedule
-
     from flows.coordinator import federated_training
 
     if "admin_token" in parameters:
@@ -76,10 +129,8 @@ def schedule_training(
             "pass admin_token_file or admin_token_block, not the token: Prefect stores and "
             "shows a deployment's parameters"
         )
-    ensure_process_pool(work_pool)
-    if cron:
-        CronSchedule(cron=cron)  # a malformed expression fails here with croniter's reason
-    schedules = [Schedule(cron=cron, timezone=timezone)] if cron else []
+    # everything Prefect could refuse is checked before the work pool is created
+    schedules = checked_schedules(name=name, work_pool=work_pool, cron=cron, timezone=timezone)
     # Prefect's sync/async dual methods type as either; called from sync code they are sync
     deployment = cast(
         RunnerDeployment,
@@ -95,7 +146,13 @@ def schedule_training(
             work_pool_name=work_pool,
         ),
     )
-    deployment_id = cast(UUID, deployment.apply(work_pool_name=work_pool))
+    created = ensure_process_pool(work_pool)
+    try:
+        deployment_id = cast(UUID, deployment.apply(work_pool_name=work_pool))
+    except BaseException:
+        if created:  # a refused deployment leaves no pool of its own behind
+            _delete_pool(work_pool)
+        raise
     return Scheduled(deployment_id=deployment_id, name=name, work_pool=work_pool)
 
 

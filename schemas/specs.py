@@ -22,8 +22,13 @@ TaskKind = Literal["binary", "multiclass", "regression"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"]
 
 
+# what a round's deadline may be (schemas.wire.MAX_DEADLINE_S: RoundOpen refuses more)
+MAX_ROUND_DEADLINE_S = 30 * 24 * 3600.0
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no rate, weight or deadline, and JSON (the wire, Prefect) cannot carry them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -43,14 +48,19 @@ class ModelSpec(_Strict):
     n_outputs: int = Field(default=1, ge=1, le=10_000)
     target_range: tuple[float, float] | None = None
 
+    @field_validator("hidden")
+    @classmethod
+    def _positive_hidden(cls, hidden: tuple[int, ...]) -> tuple[int, ...]:
+        if any(h <= 0 for h in hidden):
+            raise ValueError(f"hidden layer sizes must be positive, got {list(hidden)}")
+        return hidden
+
     @model_validator(mode="after")
     def _hidden_matches_kind(self) -> ModelSpec:
         if self.kind == "logreg" and self.hidden:
             raise ValueError("a logreg model has no hidden layers; use kind='mlp'")
         if self.kind == "mlp" and not self.hidden:
             raise ValueError("an mlp model needs at least one hidden layer, e.g. hidden=[32]")
-        if any(h <= 0 for h in self.hidden):
-            raise ValueError(f"hidden layer sizes must be positive, got {list(self.hidden)}")
         return self
 
     @model_validator(mode="after")
@@ -294,7 +304,7 @@ class RunSpec(_Strict):
     training: TrainingSpec = TrainingSpec()
     rounds: int = Field(default=10, ge=1, le=10_000)
     min_silos: int = Field(default=2, ge=1)
-    round_deadline_s: float = Field(default=120.0, gt=0)
+    round_deadline_s: float = Field(default=120.0, gt=0, le=MAX_ROUND_DEADLINE_S)
     patience: int = Field(
         default=0,
         ge=0,

@@ -28,10 +28,12 @@ from flows.cli.common import (
     console,
     fail,
 )
+from flows.cli.errors import one_line
 from flows.cli.train import DistillOpt, EnsembleOpt
 
 
 def schedule(
+    ctx: typer.Context,
     federation: FederationOpt,
     dataset: DatasetOpt,
     token_file: Annotated[
@@ -48,7 +50,10 @@ def schedule(
             help='Cron schedule, e.g. "0 2 * * *" (02:00 daily); empty = run only on demand.'
         ),
     ] = "",
-    timezone: Annotated[str | None, typer.Option(help="IANA zone of the cron schedule.")] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(help="IANA zone of the --cron schedule, e.g. Europe/Paris (needs --cron)."),
+    ] = None,
     name: Annotated[str, typer.Option(help="Deployment name.")] = "scheduled",
     pool: Annotated[str, typer.Option(help="Prefect process work pool.")] = "fedsilo-coordinator",
     model: ModelOpt = "logreg",
@@ -81,41 +86,68 @@ def schedule(
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
     from flows.cli.common import TokenSource
-    from flows.cli.train import distill_spec, ensemble_spec, run_models, service_contract
+    from flows.cli.train import (
+        RunOptions,
+        check_prefect_api,
+        given_options,
+        run_spec,
+        service_contract,
+    )
     from flows.schedule import deployment_parameters, schedule_training
-    from schemas.specs import StrategySpec, TrainingSpec
 
     check_model_kind(model)
+    _check_schedule(name, pool, cron, timezone)
+    options = RunOptions(
+        federation=federation,
+        dataset=dataset,
+        model=model,
+        hidden=hidden,
+        mode=mode,
+        trees_per_round=trees_per_round,
+        tree_param=tree_param,
+        n_features=n_features or None,
+        strategy={"name": strategy},
+        training={"local_epochs": local_epochs, "lr": lr},
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=round_deadline_s,
+        ready_timeout_s=ready_timeout_s,
+        secure=secure,
+        distill=distill,
+        ensemble=ensemble,
+        given=given_options(ctx),
+    )
+    run_spec(options)  # what the options alone decide is refused before contacting anyone
     _check_token_source(token_file, token_block)
     source = TokenSource(file=str(token_file.resolve()) if token_file else None, block=token_block)
     # the width, outputs and task of the contract the federation published
     contract = service_contract(service_url, source, federation, dataset)
-    spec_model, trees = run_models(
-        model, mode, hidden, n_features or None, trees_per_round, tree_param, contract
-    )
+    spec = run_spec(options, contract)  # what every scheduled run will create, checked now
     params = deployment_parameters(
         service_urls=service_url,
         token_file=token_file,
         federation=federation,
         dataset=dataset,
-        model={} if spec_model is None else spec_model.model_dump(mode="json"),
-        strategy=StrategySpec(name=strategy).model_dump(mode="json"),  # type: ignore[arg-type]
-        training=TrainingSpec(local_epochs=local_epochs, lr=lr).model_dump(mode="json"),
-        rounds=rounds,
-        min_silos=min_silos,
-        round_deadline_s=round_deadline_s,
+        model={} if spec.model is None else spec.model.model_dump(mode="json"),
+        strategy=spec.strategy.model_dump(mode="json"),
+        training=spec.training.model_dump(mode="json"),
+        rounds=spec.rounds,
+        min_silos=spec.min_silos,
+        round_deadline_s=spec.round_deadline_s,
         ready_timeout_s=ready_timeout_s,
         output_dir=output_dir,
-        secure=secure and trees is None,  # tree updates are sealed to the service instead
+        secure=spec.secure_aggregation.enabled,  # off for trees: sealed to the service instead
         token_block=token_block,
     )
-    if trees is not None:
+    # by alias: Prefect checks the parameters against the flow's schema, which names XGBoost's
+    # reg_lambda "lambda" as the spec does
+    if spec.trees is not None:
         params["model"] = None
-        params["trees"] = trees.model_dump(mode="json")
-    if (distilled := distill_spec(distill)) is not None:
-        params["distill"] = distilled.model_dump(mode="json")
-    if (ensembled := ensemble_spec(ensemble)) is not None:
-        params["ensemble"] = ensembled.model_dump(mode="json")
+        params["trees"] = spec.trees.model_dump(mode="json", by_alias=True)
+    for kind in ("distill", "ensemble"):
+        if (value := getattr(spec, kind)) is not None:
+            params[kind] = value.model_dump(mode="json", by_alias=True)
+    check_prefect_api()
     try:
         done = schedule_training(
             name=name,
@@ -134,6 +166,17 @@ def schedule(
         f"PREFECT_API_URL set):\n\n    {done.worker_command()}\n\n"
         f"Run it now:\n\n    {done.run_now_command()}\n"
     )
+
+
+def _check_schedule(name: str, pool: str, cron: str, timezone: str | None) -> None:
+    """Refuse a deployment name, pool, cron expression or zone Prefect would refuse, before
+    the work pool or anything else is created."""
+    from flows.schedule import ScheduleError, checked_schedules
+
+    try:
+        checked_schedules(name=name, work_pool=pool, cron=cron or None, timezone=timezone)
+    except ScheduleError as exc:
+        raise typer.BadParameter(one_line(str(exc)), param_hint=f"--{exc.field}") from exc
 
 
 def _check_token_source(token_file: Path | None, token_block: str | None) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from flows.cli.common import (
+    TORCH_KINDS,
     TREE_KINDS,
     DatasetOpt,
     FederationOpt,
@@ -30,11 +33,15 @@ from flows.cli.common import (
     check_model_kind,
     flow_token_source,
 )
+from flows.cli.errors import UNREACHABLE, one_line
 from flows.cli.output import say
 
 if TYPE_CHECKING:  # the CLI imports these when a command runs
+    from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
+
     from schemas.contracts.loader import Contract
-    from schemas.specs import ModelSpec
+    from schemas.specs import ModelSpec, RunSpec
     from schemas.tree_params import TreeSpec
 
 T = TypeVar("T")
@@ -82,6 +89,7 @@ EnsembleOpt = Annotated[
 
 
 def train(
+    ctx: typer.Context,
     federation: FederationOpt,
     dataset: DatasetOpt,
     model: ModelOpt = "logreg",
@@ -161,7 +169,6 @@ def train(
     temporary copy that is deleted when the run ends. The model's input width, outputs and
     task come from the federation's published contract `--dataset`."""
     from flows.coordinator import federated_training
-    from schemas.specs import SecureAggregationSpec, StrategySpec, TrainingSpec
 
     check_model_kind(model)
     if strategy == "scaffold" and personalize == "fedper":
@@ -174,49 +181,60 @@ def train(
         raise typer.BadParameter(
             f"{lr_schedule!r}: choose constant or cosine", param_hint="--lr-schedule"
         )
-    if model in TREE_KINDS:  # bad tree parameters are named before contacting anyone
-        tree_spec(
-            model, mode, n_features or 1, trees_per_round, tree_param, None, fine_cells, grad_bits
-        )
+    options = RunOptions(
+        federation=federation,
+        dataset=dataset,
+        model=model,
+        hidden=hidden,
+        mode=mode,
+        trees_per_round=trees_per_round,
+        tree_param=tree_param,
+        n_features=n_features,
+        fine_cells=fine_cells,
+        grad_bits=grad_bits,
+        strategy={"name": strategy, "server_lr": server_lr, "mu": mu},
+        training={
+            "local_epochs": local_epochs,
+            "lr": lr,
+            "lr_schedule": lr_schedule,
+            "batch_size": batch_size,
+        },
+        rounds=rounds,
+        min_silos=min_silos,
+        round_deadline_s=round_deadline_s,
+        ready_timeout_s=ready_timeout_s,
+        patience=patience,
+        personalize=personalize,
+        distill=distill,
+        ensemble=ensemble,
+        given=given_options(ctx),
+    )
+    run_spec(options)  # what the options alone decide is refused before contacting anyone
+    check_prefect_api()
     with flow_token_source(token, token_file, token_block) as source:
         contract = service_contract(service_url, source, federation, dataset)
-        spec_model, trees = run_models(
-            model,
-            mode,
-            hidden,
-            n_features,
-            trees_per_round,
-            tree_param,
-            contract,
-            fine_cells,
-            grad_bits,
-        )
+        spec = run_spec(options, contract)  # the run the flow will create, checked now
         result = federated_training(
             service_urls=service_url,
             admin_token_file=source.file,
             admin_token_block=source.block,
             federation=federation,
             dataset=dataset,
-            model=spec_model,
-            trees=trees,
-            secure_aggregation=SecureAggregationSpec(enabled=trees is None),
-            strategy=StrategySpec(name=strategy, server_lr=server_lr, mu=mu),  # type: ignore[arg-type]
-            training=TrainingSpec(
-                local_epochs=local_epochs,
-                lr=lr,
-                lr_schedule=lr_schedule,  # type: ignore[arg-type]  # checked above
-                batch_size=batch_size,
-            ),
-            rounds=rounds,
-            min_silos=min_silos,
-            round_deadline_s=round_deadline_s,
-            patience=patience,
+            model=spec.model,
+            trees=spec.trees,
+            secure_aggregation=spec.secure_aggregation,
+            strategy=spec.strategy,
+            training=spec.training,
+            rounds=spec.rounds,
+            min_silos=spec.min_silos,
+            round_deadline_s=spec.round_deadline_s,
+            patience=spec.patience,
             output_dir=str(output_dir),
             ready_timeout_s=ready_timeout_s,
             show_progress=True,
-            personalize=personalization(personalize),
-            distill=distill_spec(distill),
-            ensemble=ensemble_spec(ensemble),
+            personalize=spec.personalize,
+            distill=spec.distill,
+            ensemble=spec.ensemble,
         )
     if not isinstance(result, dict):  # a flow that ends Cancelled raises when called; be sure
         raise typer.Exit(1)
@@ -224,6 +242,216 @@ def train(
         f"run {result['run_id']}: model {result['model_path']} sha256 {result['model_sha256']}"
     )
     show_kind_tables(result)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The run options `train` and `schedule` share: what becomes the run's RunSpec.
+    `strategy` and `training` hold the StrategySpec and TrainingSpec fields given."""
+
+    federation: str
+    dataset: str
+    model: str
+    hidden: list[int]
+    mode: str
+    trees_per_round: int
+    tree_param: list[str]
+    n_features: int | None
+    strategy: dict[str, object]
+    training: dict[str, object]
+    rounds: int
+    min_silos: int
+    round_deadline_s: float
+    ready_timeout_s: float
+    patience: int = 0
+    secure: bool = True
+    fine_cells: int | None = None
+    grad_bits: int | None = None
+    personalize: str | None = None
+    distill: str | None = None
+    ensemble: str | None = None
+    given: tuple[str, ...] = ()  # options given on the command line (`given_options`)
+
+
+def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
+    """The RunSpec the coordinator flow builds from `options`, so that what it would refuse
+    is a usage error naming the option, before a flow run or a deployment exists.
+
+    Without `contract` the model's width and task are placeholders: this checks what the
+    options alone decide, offline. With it, the spec is the run's own."""
+    from pydantic import ValidationError
+
+    from schemas.specs import RunSpec, SecureAggregationSpec
+
+    check_kind_options(options.model, options.given)
+    if not math.isfinite(options.ready_timeout_s):  # a flow parameter, stored as JSON
+        raise typer.BadParameter(
+            f"{options.ready_timeout_s}: give a finite number of seconds (0: no wait)",
+            param_hint="--ready-timeout-s",
+        )
+    model, trees = _spec_models(options, contract)
+    distill = distill_spec(options.distill)
+    needs_stats = contract is not None and contract.pipeline.needs_federation_stats
+    try:
+        return RunSpec(
+            federation=options.federation,
+            dataset=options.dataset,
+            model=model,  # type: ignore[arg-type]  # a dict is validated as a ModelSpec
+            trees=trees,
+            strategy=options.strategy,  # type: ignore[arg-type]
+            training=options.training,  # type: ignore[arg-type]
+            rounds=options.rounds,
+            min_silos=options.min_silos,
+            round_deadline_s=options.round_deadline_s,
+            patience=options.patience,
+            secure_aggregation=SecureAggregationSpec(enabled=options.secure and trees is None),
+            personalize=personalization(options.personalize),
+            distill=distill,
+            ensemble=ensemble_spec(options.ensemble),
+            federation_statistics=needs_stats or distill is not None,  # as federated_training
+        )
+    except ValidationError as exc:
+        raise spec_error(exc) from exc
+
+
+def _spec_models(
+    options: RunOptions, contract: Contract | None
+) -> tuple[ModelSpec | dict[str, object] | None, TreeSpec | None]:
+    """(model, trees) of the run: under `contract` its own, else with a placeholder width
+    (--n-features or 1) and task, the PyTorch model as fields RunSpec validates by name."""
+    o = options
+    if contract is not None:
+        return run_models(
+            o.model, o.mode, o.hidden, o.n_features, o.trees_per_round, o.tree_param, contract,
+            o.fine_cells, o.grad_bits,
+        )  # fmt: skip
+    if o.model in TREE_KINDS:
+        width = o.n_features or 1
+        trees = tree_spec(
+            o.model, o.mode, width, o.trees_per_round, o.tree_param, None, o.fine_cells,
+            o.grad_bits,
+        )  # fmt: skip
+        return None, trees
+    return {"kind": o.model, "n_features": o.n_features or 1, "hidden": tuple(o.hidden)}, None
+
+
+# options only one family of models uses: given to the other, the run would ignore them
+TREE_ONLY = ("--mode", "--trees-per-round", "--tree-param", "--fine-cells", "--grad-bits")
+TORCH_ONLY = (
+    "--hidden",
+    "--strategy",
+    "--server-lr",
+    "--mu",
+    "--lr",
+    "--local-epochs",
+    "--batch-size",
+    "--lr-schedule",
+)
+
+
+def given_options(ctx: typer.Context) -> tuple[str, ...]:
+    """The options of `ctx`'s command given on its command line (or by their environment
+    variable), not left at their defaults."""
+    return tuple(
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name is not None
+        and (source := ctx.get_parameter_source(param.name)) is not None
+        and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    )
+
+
+def check_kind_options(model: str, given: tuple[str, ...]) -> None:
+    """Refuse options in `given` that --model's kind would ignore: a run should train what
+    was asked for, not something near it."""
+    tree = model in TREE_KINDS
+    unused = [option for option in given if option in (TORCH_ONLY if tree else TREE_ONLY)]
+    if not unused:
+        return
+    if tree:
+        family = f"PyTorch models ({', '.join(TORCH_KINDS)})"
+    else:
+        family = f"tree models ({', '.join(TREE_KINDS)})"
+    one = len(unused) == 1
+    rate = "eta" if model == "xgboost" else "learning_rate"
+    hint = f"; a tree's learning rate is --tree-param {rate}=0.1" if "--lr" in unused else ""
+    raise typer.BadParameter(
+        f"{'applies' if one else 'apply'} to {family}; --model {model} would ignore "
+        f"{'it' if one else 'them'}{hint}",
+        param_hint="/".join(unused),
+    )
+
+
+# RunSpec's fields and the options that set them, for errors: the longest prefix names it
+SPEC_OPTIONS: dict[tuple[str, ...], str] = {
+    ("federation",): "--federation",
+    ("dataset",): "--dataset",
+    ("model",): "--model/--hidden",
+    ("model", "hidden"): "--hidden",
+    ("model", "n_features"): "--n-features",
+    ("trees",): "--tree-param/--mode",
+    ("strategy",): "--strategy/--mu",
+    ("strategy", "name"): "--strategy",
+    ("strategy", "server_lr"): "--server-lr",
+    ("strategy", "mu"): "--mu",
+    ("training", "lr"): "--lr",
+    ("training", "local_epochs"): "--local-epochs",
+    ("training", "batch_size"): "--batch-size",
+    ("training", "lr_schedule"): "--lr-schedule",
+    ("rounds",): "--rounds",
+    ("min_silos",): "--min-silos",
+    ("round_deadline_s",): "--round-deadline-s",
+    ("patience",): "--patience",
+    ("secure_aggregation",): "--secure/--no-secure",
+    ("personalize",): "--personalize",
+    ("distill",): "--distill",
+    ("ensemble",): "--ensemble",
+}
+
+
+def spec_error(exc: ValidationError, prefix: tuple[str, ...] = ()) -> typer.BadParameter:
+    """A run spec's ValidationError as one line naming the options at fault; `prefix` is
+    where the model that failed sits in a RunSpec."""
+    problems = [_problem(prefix + tuple(map(str, e["loc"])), e) for e in exc.errors()]
+    options = list(dict.fromkeys(option for option, _ in problems))
+    if len(options) == 1:
+        return typer.BadParameter("; ".join(text for _, text in problems), param_hint=options[0])
+    return typer.BadParameter("; ".join(f"{o}: {t}" if o else t for o, t in problems))
+
+
+def _problem(loc: tuple[str, ...], error: ErrorDetails) -> tuple[str | None, str]:
+    """(option, message) of one pydantic error at `loc`; a field no option sets is named by
+    its path in the spec, an error of the whole spec by none."""
+    text = one_line(error["msg"].removeprefix("Value error, "))
+    value = error.get("input")
+    if loc and isinstance(value, int | float | str):
+        text += f" (got {value!r})"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in SPEC_OPTIONS:
+            return SPEC_OPTIONS[loc[:n]], text
+    return ".".join(loc) or None, text
+
+
+def check_prefect_api() -> None:
+    """Refuse to start when PREFECT_API_URL names a Prefect server that does not answer: the
+    flow run (or deployment) would fail at its first call to it. Exit 5, as an unreachable
+    service."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.cli.common import fail
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return  # Prefect runs the flow on a temporary server of its own
+    with get_client(sync_client=True) as client:
+        error = client.api_healthcheck()
+    if error is not None:
+        raise fail(
+            f"the Prefect API at {url} did not answer ({error}); start it with `prefect server "
+            "start`, or point PREFECT_API_URL at a running one",
+            UNREACHABLE,
+        )
 
 
 def run_models(
@@ -239,6 +467,8 @@ def run_models(
 ) -> tuple[ModelSpec | None, TreeSpec | None]:
     """(PyTorch model spec, tree spec) of a run under `contract`, the other one None; a width
     `n_features` that does not fit the contract is a usage error of --n-features."""
+    from pydantic import ValidationError
+
     from flows.run_model import feature_width, model_for_contract
 
     try:
@@ -248,6 +478,8 @@ def run_models(
                 model, mode, width, trees_per_round, tree_param, contract, fine_cells, grad_bits
             )
         return model_for_contract(model, tuple(hidden), contract, n_features), None  # type: ignore[arg-type]
+    except ValidationError as exc:  # the model's own fields (--hidden), not its width
+        raise spec_error(exc, ("model",)) from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--n-features") from exc
 
