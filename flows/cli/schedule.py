@@ -86,13 +86,8 @@ def schedule(
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
     from flows.cli.common import TokenSource
-    from flows.cli.train import (
-        RunOptions,
-        check_prefect_api,
-        given_options,
-        run_spec,
-        service_contract,
-    )
+    from flows.cli.run_options import RunOptions, given_options, run_spec
+    from flows.cli.train import check_prefect_api, service_contract
     from flows.schedule import deployment_parameters, schedule_training
 
     check_model_kind(model)

@@ -47,7 +47,7 @@ def test_fine_cells_is_at_least_max_bin() -> None:
 
 
 def test_grad_bits_is_bounded_and_reaches_its_spec() -> None:
-    from flows.cli.train import tree_spec
+    from flows.cli.run_options import tree_spec
 
     result = _run("--model", "xgboost", "--mode", "secure-hist", "--grad-bits", "0")
     assert result.exit_code == 2 and "grad_bits" in result.output
