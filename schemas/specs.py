@@ -22,7 +22,7 @@ TaskKind = Literal["binary", "multiclass", "regression"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"]
 
 
-# what a round's deadline may be (schemas.wire.MAX_DEADLINE_S: RoundOpen refuses more)
+# what a round's deadline may be (RoundOpen refuses more too)
 MAX_ROUND_DEADLINE_S = 30 * 24 * 3600.0
 
 

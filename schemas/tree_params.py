@@ -48,7 +48,10 @@ class TreeSpecError(SpecError):
 class _Params(BaseModel):
     """Strict base: unknown keys are refused with the allowed names listed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # inf and nan are no rate or penalty, and JSON (the wire, Prefect) cannot carry them
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
     LIBRARY: ClassVar[str] = "tree"
 
     @model_validator(mode="before")
@@ -138,7 +141,7 @@ class SecureHistSpec(BaseModel):
     max(2, n // 2 + 1) of the silos that start the run): up to n - t silos may drop out.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     fine_cells: int | None = Field(
         default=None,
@@ -168,7 +171,7 @@ class TreeSpec(BaseModel):
     `params` may be given as a plain dict; it is validated against the schema of `kind`.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: TreeKind
     mode: TreeMode = "bagging"

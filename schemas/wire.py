@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from schemas.specs import RunSpec
+from schemas.specs import MAX_ROUND_DEADLINE_S, RunSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
@@ -178,7 +178,7 @@ class MetricsReport(Message):
     prefect_flow_run_id: PrefectId | None = None
 
 
-MAX_DEADLINE_S = 30 * 24 * 3600.0
+MAX_DEADLINE_S = MAX_ROUND_DEADLINE_S
 
 
 class RoundOpen(Message):

@@ -34,7 +34,7 @@ FAILED = 1  # the command ran and the answer is no: ledger invalid, run failed, 
 USAGE = 2  # a bad option, argument or input file
 NOT_FOUND = 3  # unknown federation, run, silo or model version; ambiguous run id prefix
 AUTH = 4  # admin token missing, unreadable or refused by the service (401/403)
-UNREACHABLE = 5  # no service address (or the MLflow tracking server) answered in time
+UNREACHABLE = 5  # no service address (nor Prefect's API, nor MLflow's server) answered in time
 REFUSED = 6  # the service refused the request: wrong state (409), bad input (422), wire version
 CANCELLED = 7  # the run was cancelled (`fedsilo runs cancel`): an outcome, neither failure nor bug
 INTERRUPTED = 130  # Ctrl+C (typer's own)
@@ -46,7 +46,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (USAGE, "bad option, argument or input file"),
     (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
     (AUTH, "admin token missing, unreadable or refused by the service"),
-    (UNREACHABLE, "the aggregation service (or the MLflow tracking server) did not answer"),
+    (UNREACHABLE, "the aggregation service (or Prefect's API, or MLflow's server) did not answer"),
     (REFUSED, "the service refused the request (wrong state, invalid input, wire version)"),
     (CANCELLED, "the training run was cancelled (`fedsilo runs cancel`); it has no final model"),
     (INTERRUPTED, "interrupted (Ctrl+C)"),

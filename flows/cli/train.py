@@ -39,7 +39,8 @@ TrainTokenOpt = Annotated[
         "--token",
         envvar="FEDSILO_ADMIN_TOKEN",
         help="Coordinator's admin token; the flow gets the path of a private temporary copy "
-        "(0600, deleted after the run), never the value. Prefer --token-file or --token-block.",
+        "(0600, deleted after the run), never the value. Prefer --token-file or --token-block. "
+        "An explicit --token, --token-file or --token-block beats FEDSILO_ADMIN_TOKEN.",
     ),
 ]
 TrainTokenFileOpt = Annotated[
@@ -47,7 +48,7 @@ TrainTokenFileOpt = Annotated[
     typer.Option(
         "--token-file",
         help="File holding the admin token, readable only by its owner (chmod 600; the service "
-        "writes WORKSPACE/admin.token so); the flow gets its path.",
+        "writes WORKSPACE/admin.token so); the flow gets its path. Beats FEDSILO_ADMIN_TOKEN.",
     ),
 ]
 

@@ -64,6 +64,8 @@ def test_unknown_parameter_is_named_with_the_allowed_ones() -> None:
         ("lightgbm", {"max_depth": 0}, "max_depth must be -1 (unlimited) or 1..16"),
         ("lightgbm", {"learning_rate": 2}, "params.learning_rate"),
         ("lightgbm", {"min_data_in_leaf": 0}, "params.min_data_in_leaf"),
+        ("xgboost", {"lambda": float("inf")}, "params.lambda: Input should be a finite number"),
+        ("lightgbm", {"lambda_l2": float("nan")}, "params.lambda_l2: Input should be a finite"),
     ],
 )
 def test_out_of_range_values(kind: str, params: dict, fragment: str) -> None:
