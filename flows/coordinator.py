@@ -27,6 +27,7 @@ from flows.contract_publish import resolve_run_contract
 from flows.distill_view import run_distill
 from flows.ensemble_view import run_ensemble
 from flows.exceptions import RoundFailed, RunCancelled, RunFailed
+from flows.flow_retries import refusals_are_final
 from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
@@ -302,46 +303,47 @@ def federated_training(
     learned from securely summed gradients (the other rounds); the model is the ensemble.
     """
     logger = get_run_logger()
-    token = resolve_admin_token(admin_token_file, admin_token_block)
-    client = CoordinatorClient(service_urls, token=token)
-    # the federation's published contract (pinned in the spec), never the installed package's
-    contract, contract_version = resolve_run_contract(client, federation, dataset)
-    spec = RunSpec(
-        federation=federation,
-        dataset=dataset,
-        contract_version=contract_version,
-        model=model,
-        trees=trees,
-        strategy=strategy,
-        training=training,
-        rounds=rounds,
-        min_silos=min_silos,
-        round_deadline_s=round_deadline_s,
-        patience=patience,
-        silos=tuple(silos or ()),
-        secure_aggregation=secure_aggregation,
-        asynchronous=asynchronous,
-        personalize=personalize,
-        distill=distill,
-        ensemble=ensemble,
-        privacy=privacy,
-        federation_statistics=(
-            (contract.pipeline.needs_federation_stats or distill is not None)
-            if federation_statistics is None
-            else federation_statistics
-        ),
-    )
-    resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
-    done: dict[int, RoundOut] = {}
-    if resumed is None:
-        created = create_run(client, spec, return_state=True)
-        run: RunOut = created.result()
-        previous: State | None = created
-    elif resumed.status == "cancelled":  # a retry or resume of a cancelled run stays cancelled
-        return Cancelled(message=f"run {resumed.run_id} was cancelled: {resumed.reason or ''}")
-    else:  # the rounds the service already closed are replayed, not trained again
-        run, previous, done = resumed, None, closed_rounds(client, resumed.run_id)
-        logger.info("resuming run %s after round %d", run.run_id, max(done, default=0))
+    with refusals_are_final():  # a refusal is the same on every try: no Prefect retry
+        token = resolve_admin_token(admin_token_file, admin_token_block)
+        client = CoordinatorClient(service_urls, token=token)
+        # the federation's published contract (pinned in the spec), never the installed package's
+        contract, contract_version = resolve_run_contract(client, federation, dataset)
+        spec = RunSpec(
+            federation=federation,
+            dataset=dataset,
+            contract_version=contract_version,
+            model=model,
+            trees=trees,
+            strategy=strategy,
+            training=training,
+            rounds=rounds,
+            min_silos=min_silos,
+            round_deadline_s=round_deadline_s,
+            patience=patience,
+            silos=tuple(silos or ()),
+            secure_aggregation=secure_aggregation,
+            asynchronous=asynchronous,
+            personalize=personalize,
+            distill=distill,
+            ensemble=ensemble,
+            privacy=privacy,
+            federation_statistics=(
+                (contract.pipeline.needs_federation_stats or distill is not None)
+                if federation_statistics is None
+                else federation_statistics
+            ),
+        )
+        resumed = find_run(client, federation, str(flow_run.get_id() or ""), resume_run_id)
+        done: dict[int, RoundOut] = {}
+        if resumed is None:
+            created = create_run(client, spec, return_state=True)
+            run: RunOut = created.result()
+            previous: State | None = created
+        elif resumed.status == "cancelled":  # a retry or resume of a cancelled run stays so
+            return Cancelled(message=f"run {resumed.run_id} was cancelled: {resumed.reason or ''}")
+        else:  # the rounds the service already closed are replayed, not trained again
+            run, previous, done = resumed, None, closed_rounds(client, resumed.run_id)
+            logger.info("resuming run %s after round %d", run.run_id, max(done, default=0))
     run_id, spec = run.run_id, run.spec
     label_flow_run(spec, run_id)
     view = RoundView(Console() if show_progress else None)
