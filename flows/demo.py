@@ -20,10 +20,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from flows import demo_async, demo_distill, demo_ensemble, demo_personal, demo_trees
+from flows import demo_async, demo_distill, demo_ensemble, demo_kinds, demo_personal, demo_trees
 from flows.demo_config import DEMO_READY_TIMEOUT_S, DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
 from flows.demo_processes import keep_running, stop_on_sigterm
+from flows.demo_refusals import DemoOptionError, spec_refusal
 from flows.demo_report import (
     compare,
     print_data_table,
@@ -77,12 +78,31 @@ TREE_KINDS = ("xgboost", "lightgbm")
 TREE_MODES = ("bagging", "cyclic", "collective", "secure-hist")
 
 
+# RunSpec fields demo_spec sets, and the options that set them (for refusals)
+SPEC_OPTIONS = {
+    "model": "--model",
+    "strategy": "--strategy",
+    "rounds": "--rounds",
+    "round_deadline_s": "--round-deadline-s",
+    "secure_aggregation": "--plain",
+    "privacy": "--dp",
+    "asynchronous": "--async",
+}
+
+
 def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
+    """The dataset's run with the options' changes; a DemoOptionError names the options that
+    do not fit (the run's spec refuses them)."""
+    if opts.distill or opts.ensemble:
+        demo_kinds.check_kinds_options(opts)
     spec = DATASETS[opts.dataset].spec(n_features)
     if opts.model in TREE_KINDS:
         return demo_personal.personalized(_tree_spec(opts, spec, n_features, n_silos), opts)
     if opts.mode:
-        raise DemoError(f"--mode is for tree models ({', '.join(TREE_KINDS)}), not {opts.model!r}")
+        raise DemoOptionError(
+            ("--mode", "--model"),
+            f"--mode is for tree models: give --model {' or '.join(TREE_KINDS)}",
+        )
     update: dict[str, object] = {}
     if opts.model:
         hidden = (32,) if opts.model == "mlp" else ()
@@ -113,21 +133,51 @@ def demo_spec(opts: DemoOptions, n_features: int, n_silos: int = 4) -> RunSpec:
     try:  # model_copy skips validation: refuse combinations the spec forbids (scaffold + --dp)
         built = RunSpec.model_validate(spec.model_copy(update=update).model_dump())
     except ValidationError as exc:
-        raise DemoError("; ".join(e["msg"] for e in exc.errors())) from exc
+        raise spec_refusal(exc, _at_fault(exc, opts)) from exc
     return demo_personal.personalized(built, opts)
+
+
+def _at_fault(exc: ValidationError, opts: DemoOptions) -> list[str]:
+    """The options a refusal of demo_spec's run is about: those setting the fields at fault, or
+    for a refused combination (an error of the whole spec) every option given that joins one."""
+    fields = [str(e["loc"][0]) for e in exc.errors() if e["loc"]]
+    named = [SPEC_OPTIONS[f] for f in fields if f in SPEC_OPTIONS]
+    if named:
+        return named
+    given = {
+        "--model": opts.model,
+        "--strategy": opts.strategy,
+        "--plain": opts.plain,
+        "--dp": opts.dp,
+        "--async": opts.asynchronous,
+    }
+    return [option for option, value in given.items() if value] or ["--dataset"]
 
 
 def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) -> RunSpec:
     """The dataset's run with XGBoost / LightGBM instead of its PyTorch model."""
     mode = opts.mode or "bagging"
     if mode not in TREE_MODES:
-        raise DemoError(f"unknown --mode {mode!r}; choose one of {', '.join(TREE_MODES)}")
-    if opts.strategy or opts.dp or opts.plain:
-        raise DemoError("--strategy, --dp and --plain apply to PyTorch models, not trees")
+        raise DemoOptionError(
+            ("--mode",), f"unknown mode {mode!r}; choose one of {', '.join(TREE_MODES)}"
+        )
+    torch_only = {"--strategy": opts.strategy, "--dp": opts.dp, "--plain": opts.plain}
+    given = [option for option, value in torch_only.items() if value]
+    if given:
+        raise DemoOptionError(
+            [*given, "--model"],
+            f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to PyTorch models, "
+            f"not trees (--model {opts.model})",
+        )
     if opts.fine_cells and mode != "secure-hist":
-        raise DemoError("--fine-cells is the fine binning grid of --mode secure-hist")
+        raise DemoOptionError(
+            ("--fine-cells", "--mode"),
+            "--fine-cells is the fine binning grid of --mode secure-hist",
+        )
     if opts.grad_bits and mode != "secure-hist":
-        raise DemoError("--grad-bits quantizes the gradients of --mode secure-hist")
+        raise DemoOptionError(
+            ("--grad-bits", "--mode"), "--grad-bits quantizes the gradients of --mode secure-hist"
+        )
     trees = demo_trees.tree_spec(
         opts.model,  # type: ignore[arg-type]
         mode,  # type: ignore[arg-type]
@@ -156,8 +206,8 @@ def _tree_spec(opts: DemoOptions, spec: RunSpec, n_features: int, n_silos: int) 
     )
     try:
         return RunSpec.model_validate(data)
-    except ValueError as exc:
-        raise DemoError(f"invalid tree run: {exc}") from exc
+    except ValidationError as exc:
+        raise spec_refusal(exc, ("--model", "--mode")) from exc
 
 
 def prepare_workspace(ws: Path) -> None:
@@ -252,22 +302,24 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     # starts (Prefect server, service, agents inherit the umask) create is 0600, folders 0700.
     owner_only_umask()
     ws = opts.workspace.resolve()
-    prepare_workspace(ws)
     if opts.dataset not in DATASETS:
-        raise DemoError(f"unknown demo dataset {opts.dataset!r}; choose one of {sorted(DATASETS)}")
+        raise DemoOptionError(
+            ("--dataset",),
+            f"unknown demo dataset {opts.dataset!r}; choose one of {sorted(DATASETS)}",
+        )
     data = DATASETS[opts.dataset]
     contract = load_contract(data.contract)
     pipeline = FeaturePipeline.from_contract(contract)
     frames = data.frames()
+    # the run is checked before the workspace is touched: refused options leave nothing behind
     spec = demo_spec(opts, pipeline.n_features, len(frames)).model_copy(
         update={"federation_statistics": contract.pipeline.needs_federation_stats}
     )
     if opts.distill:  # each silo its own kind of model; soft labels only
         spec = demo_distill.distilled(spec, list(frames))
     if opts.ensemble:  # each silo its own member; weights learned from secure sums
-        if opts.distill:
-            raise DemoError("--ensemble and --distill are two different runs; pick one")
         spec = demo_ensemble.ensembled(spec, list(frames), opts.rounds)
+    prepare_workspace(ws)
     pki = None
     if spec.trees is not None and spec.trees.mode == "collective":
         pki = demo_trees.collective_pki(ws / "pki", list(frames))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from flows.exceptions import DemoError
+from flows.demo_refusals import DemoOptionError
 from schemas.specs import AsyncSpec, RunSpec
 
 
@@ -22,9 +22,10 @@ def async_update(
     """The fields `demo_spec` changes for --async (`rounds`: the synchronous round count;
     `secure`: whether the run aggregates securely)."""
     if dp:
-        raise DemoError(
+        raise DemoOptionError(
+            ("--async", "--dp"),
             "--async weights each update by its staleness, which would rescale the silos' "
-            "calibrated DP noise: drop --dp or --async"
+            "calibrated DP noise: drop --dp or --async",
         )
     # a secure buffer's cohort needs two silos at least (the sum of one is its update)
     k = max(2 if secure else 1, n_silos - 1)

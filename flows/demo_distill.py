@@ -23,7 +23,8 @@ DEMO_REFERENCE_ROWS = 512
 
 
 def distilled(spec: RunSpec, silos: list[str]) -> RunSpec:
-    """`spec` as a distillation run across `silos` (a DemoError names what does not fit)."""
+    """`spec` as a distillation run across `silos` (a DemoOptionError
+    names the options that do not fit)."""
     return mixed_kinds_spec(
         spec,
         silos,

@@ -23,7 +23,8 @@ DEMO_ROUNDS = 6  # the members round and five weight rounds
 
 
 def ensembled(spec: RunSpec, silos: list[str], rounds: int = 0) -> RunSpec:
-    """`spec` as an ensemble run across `silos` (a DemoError names what does not fit)."""
+    """`spec` as an ensemble run across `silos` (a DemoOptionError
+    names the options that do not fit)."""
     return mixed_kinds_spec(
         spec,
         silos,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from pydantic import ValidationError
 from rich.console import Console
 
-from flows.exceptions import DemoError
+from flows.demo_refusals import DemoOptionError, spec_refusal
 from flows.personalization_view import personalization_table
 from schemas.specs import PersonalizationSpec, RunSpec
 
@@ -25,13 +26,16 @@ class _Options(Protocol):
 
 
 def personalized(spec: RunSpec, opts: _Options) -> RunSpec:
-    """`spec` with `personalize.method = opts.personalize` (unchanged for ""); a DemoError
-    names what does not fit. FedPer on a logistic regression gets the demo's MLP (a body)."""
+    """`spec` with `personalize.method = opts.personalize` (unchanged for ""); a DemoOptionError
+    names the options that do not fit. FedPer on a logistic regression gets the demo's MLP (a
+    body)."""
     method = opts.personalize
     if not method:
         return spec
     if method not in METHODS:
-        raise DemoError(f"unknown --personalize {method!r}; choose one of {', '.join(METHODS)}")
+        raise DemoOptionError(
+            ("--personalize",), f"unknown method {method!r}; choose one of {', '.join(METHODS)}"
+        )
     data = spec.model_dump()
     data["personalize"] = PersonalizationSpec(method=method).model_dump()  # type: ignore[arg-type]
     model = data.get("model")
@@ -39,8 +43,9 @@ def personalized(spec: RunSpec, opts: _Options) -> RunSpec:
         data["model"] = {**model, "kind": "mlp", "hidden": FEDPER_HIDDEN}
     try:
         return RunSpec.model_validate(data)
-    except ValueError as exc:
-        raise DemoError(f"--personalize {method}: {exc}") from exc
+    except ValidationError as exc:  # what personalization does not fit: trees, scaffold
+        fault = {"--model": spec.trees is not None, "--strategy": spec.strategy.name == "scaffold"}
+        raise spec_refusal(exc, ["--personalize", *(o for o, f in fault.items() if f)]) from exc
 
 
 def print_personalization(console: Console, result: dict[str, Any]) -> list[dict[str, Any]]:

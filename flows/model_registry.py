@@ -8,7 +8,11 @@ from the service and must hash to the ledger's sha256 before anything is logged,
 ledger's chain and signatures must verify.
 
 XGBoost and LightGBM models use MLflow's native flavours; a PyTorch model is logged as its
-safetensors file (an artifact) under a pyfunc wrapper that rebuilds the network to predict.
+safetensors file (an artifact) under a pyfunc wrapper that rebuilds the network to predict; a
+FedBoost ensemble as its artifact JSON under a pyfunc wrapper that mixes its members as the
+silos do. A run with no global model MLflow could load (distillation: each silo keeps its own;
+vertical: split between the parties) is refused, saying where its models are instead, and so
+is a model version whose bytes are not the kind the run trains (an ensemble run's empty v0).
 mlflow is an optional extra (``pip install 'fedsilo[registry]'``); only this module imports it.
 """
 
@@ -35,8 +39,12 @@ from mlflow.tracking import MlflowClient
 from flows.exceptions import FlowError, UnknownName
 from flows.lineage_cmds import parse_keys
 from flows.lineage_view import ModelRecord, RunView, as_dict, run_view
+from schemas import tensors
+from schemas.ensemble import EnsembleArtifact
 from schemas.ledger_verify import verify_chain
 from schemas.lineage import LineageEntry
+from schemas.specs import ModelSpec, param_shapes
+from silos.exceptions import ModelError
 
 TAG = "fedsilo."
 TREE_KINDS = ("xgboost", "lightgbm")
@@ -47,7 +55,8 @@ PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOU
 
 class RegistryError(FlowError):
     """A run's model cannot be registered: no final model, a model whose bytes do not match
-    the ledger, an unverifiable ledger or an unknown model kind; the message names the run."""
+    the ledger or do not load, an unverifiable ledger, an unknown model kind or a run with no
+    global model (distillation, vertical); the message names the run."""
 
 
 class TrackingUnreachable(FlowError):
@@ -111,14 +120,44 @@ def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _kind(view: RunView) -> str:
+    """The kind of the run's global model as the registry names it (the tag and the default
+    name); a run without one is refused, naming where its models are instead."""
+    if any(e.kind == "vertical_started" for e in view.entries):
+        raise RegistryError(_vertical_refusal(view))
+    if view.spec.get("distill"):
+        raise RegistryError(
+            f"run {view.run_id} is a distillation run: it has no global model (its model "
+            "versions hold the federation's averaged soft labels, not weights); each silo "
+            f"keeps its own distilled model in its workspace (distill/{view.run_id}.model), "
+            "so there is nothing to register"
+        )
+    if view.spec.get("ensemble"):
+        return "ensemble"  # its spec's model only sizes the mlp members
     trees, model = as_dict(view.spec, "trees"), as_dict(view.spec, "model")
     kind = str(trees.get("kind") or model.get("kind") or "")
     if kind not in (*TREE_KINDS, "logreg", "mlp"):
         raise RegistryError(
             f"run {view.run_id} trains {kind or 'an unknown model'!r}; the registry takes "
-            "xgboost, lightgbm, logreg and mlp models"
+            "xgboost, lightgbm, logreg, mlp and ensemble models"
         )
     return kind
+
+
+def _vertical_refusal(view: RunView) -> str:
+    """Why a vertical run has nothing to register, and how its model is used instead."""
+    parties = ", ".join(view.participants) or "its parties"
+    said = (
+        f"run {view.run_id} is a vertical run: a vertical model is split between the parties "
+        f"({parties}), each keeping its own part at its silo, so there is no model to register"
+    )
+    mode = view.started.get("mode") or "train"
+    if mode != "train":
+        return f"{said} (and this {mode} run trained none)"
+    federation = view.started.get("federation") or "FEDERATION"
+    return (
+        f"{said}; predict with it jointly: `fedsilo vertical predict --federation {federation} "
+        f"--model-run {view.run_id}`"
+    )
 
 
 def _state(view: RunView) -> str:
@@ -177,6 +216,7 @@ def run_model(
         If the ledger holds no entry of `run_id`.
     """
     view = run_view(entries, run_id)
+    kind = _kind(view)  # first: a run with no global model has no version worth naming
     final = chosen_model(view, version)
     report = verify_chain(entries, parse_keys(keys))
     if not report.ok:
@@ -191,7 +231,7 @@ def run_model(
     return RunModel(
         run_id=run_id,
         run_status=view.status,
-        kind=_kind(view),
+        kind=kind,
         spec=view.spec,
         model_version=final.version,
         sha256=final.sha256,
@@ -215,6 +255,25 @@ def check_bytes(model: RunModel, payload: bytes) -> None:
             f"{actual[:12]}…, the ledger records {model.sha256[:12]}…; the stored model was "
             "altered (run `fedsilo lineage verify`)"
         )
+
+
+def check_loadable(model: RunModel, payload: bytes) -> None:
+    """Refuse bytes that are not the kind of model the run trains, before anything is logged:
+    the registry entry must load. An ensemble run's v0 is empty (its members come in round 1);
+    a PyTorch model must hold the spec's arrays."""
+    try:
+        if model.kind == "ensemble":
+            from silos.ensemble import load_ensemble
+
+            load_ensemble(payload)
+        elif model.kind not in TREE_KINDS:  # the native loaders check tree models
+            spec = ModelSpec.model_validate(model.spec.get("model"))
+            tensors.decode_expected(payload, param_shapes(spec))
+    except (ValueError, ModelError) as exc:  # TensorFormatError, ValidationError: ValueErrors
+        raise RegistryError(
+            f"run {model.run_id} model v{model.model_version} is not a loadable "
+            f"{model.kind} model ({exc}); nothing was registered"
+        ) from exc
 
 
 def default_name(model: RunModel) -> str:
@@ -248,6 +307,8 @@ def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
         lgb_booster = lgb.Booster(model_str=payload.decode("utf-8"))
         reqs = _requirements("lightgbm", "numpy")
         return mlflow_lightgbm.log_model(lgb_booster, pip_requirements=reqs, **common)
+    if model.kind == "ensemble":
+        return _log_ensemble(payload, folder, common)
     from flows.model_registry_torch import SafetensorsTabularNet
 
     weights = folder / "model.safetensors"
@@ -257,6 +318,23 @@ def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
         artifacts={"weights": str(weights)},
         model_config={"model_spec": json.dumps(model.spec.get("model"))},
         pip_requirements=_requirements("torch", "safetensors", "numpy", "fedsilo"),
+        **common,
+    )
+
+
+def _log_ensemble(payload: bytes, folder: Path, common: dict[str, Any]) -> Any:
+    """The ensemble artifact under a pyfunc wrapper that mixes its members as the silos do."""
+    from flows.model_registry_ensemble import EnsembleMixture
+
+    trees = {m.kind for m in EnsembleArtifact.model_validate_json(payload).members}
+    artifact = folder / "ensemble.json"
+    artifact.write_bytes(payload)
+    return mlflow_pyfunc.log_model(
+        python_model=EnsembleMixture(),
+        artifacts={"ensemble": str(artifact)},
+        pip_requirements=_requirements(
+            "torch", "numpy", "fedsilo", *sorted(trees & set(TREE_KINDS))
+        ),
         **common,
     )
 
@@ -328,6 +406,7 @@ def register(
     artifact); it and the model version carry the lineage tags.
     """
     check_bytes(model, payload)
+    check_loadable(model, payload)
     name = name or default_name(model)
     tags = model.tags()
     mlflow.set_tracking_uri(tracking_uri)

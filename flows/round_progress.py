@@ -39,6 +39,16 @@ def declined(out: RoundOut) -> dict[str, str]:
     }
 
 
+def left_out(out: RoundOut, state: str) -> dict[str, str]:
+    """Silos out of the round in `state` (refused, sat_out) with why: a silo that declined the
+    whole run (its policy, say) is refused, and a failed round's own reason may not say so."""
+    return {
+        s.silo: f"{s.cause}: {s.reason}" if s.cause else s.reason or "no reason given"
+        for s in out.silos
+        if s.state == state
+    }
+
+
 def answered(out: RoundOut) -> list[str]:
     """Silos that answered the current stage: in the round, not awaited, not out of it."""
     away = set(out.awaited)
@@ -49,8 +59,9 @@ _OUT = ("declined", "refused", "sat_out")
 
 
 def progress_line(out: RoundOut, remaining_s: float | None = None) -> str:
-    """One line: round, stage, who answered, who is awaited, who declined, time left."""
-    done, away, out_ = answered(out), out.awaited, declined(out)
+    """One line: round, stage, who answered, who is awaited, who declined, refused or sat out
+    (and why), time left."""
+    done, away = answered(out), out.awaited
     parts = [
         f"round {out.round} {out.kind}",
         f"stage {stage_of(out)}",
@@ -58,8 +69,13 @@ def progress_line(out: RoundOut, remaining_s: float | None = None) -> str:
     ]
     if away:
         parts.append(f"awaited: {', '.join(away)}")
-    if out_:
-        parts.append("declined: " + "; ".join(f"{k} ({v})" for k, v in out_.items()))
+    for label, why in (
+        ("declined", declined(out)),
+        ("refused", left_out(out, "refused")),
+        ("sat out", left_out(out, "sat_out")),
+    ):
+        if why:
+            parts.append(f"{label}: " + "; ".join(f"{k} ({v})" for k, v in why.items()))
     if out.status != "open":
         parts.append(out.status)
     elif remaining_s is not None:

@@ -152,6 +152,7 @@ def demo(
     The coordinator flow reads the service's admin token from WORKSPACE/service/admin.token
     (mode 0600): Prefect stores only that path, never the token."""
     from flows.demo import DemoOptions, run_demo
+    from flows.demo_refusals import DemoOptionError
 
     if vertical:
         from flows.demo_vertical import VerticalOptions, run_vertical_demo
@@ -170,27 +171,28 @@ def demo(
     if asynchronous and model in ("xgboost", "lightgbm"):
         raise typer.BadParameter("--async buffers PyTorch updates (logreg, mlp), not trees")
 
-    run_demo(
-        DemoOptions(
-            workspace=workspace,
-            model=model,
-            mode=mode,
-            fine_cells=fine_cells,
-            grad_bits=grad_bits,
-            strategy=strategy,
-            rounds=rounds,
-            keep_running=keep_running,
-            dataset=dataset,
-            dp=dp,
-            plain=plain,
-            asynchronous=asynchronous,
-            personalize=personalize,
-            distill=distill,
-            ensemble=ensemble,
-            prefect_port=prefect_port,
-            service_port=service_port,
-            round_deadline_s=round_deadline_s,
-            ready_timeout_s=ready_timeout_s,
-        ),
-        console,
+    demo_options = DemoOptions(
+        workspace=workspace,
+        model=model,
+        mode=mode,
+        fine_cells=fine_cells,
+        grad_bits=grad_bits,
+        strategy=strategy,
+        rounds=rounds,
+        keep_running=keep_running,
+        dataset=dataset,
+        dp=dp,
+        plain=plain,
+        asynchronous=asynchronous,
+        personalize=personalize,
+        distill=distill,
+        ensemble=ensemble,
+        prefect_port=prefect_port,
+        service_port=service_port,
+        round_deadline_s=round_deadline_s,
+        ready_timeout_s=ready_timeout_s,
     )
+    try:
+        run_demo(demo_options, console)
+    except DemoOptionError as exc:  # refused before anything starts: a usage error, exit 2
+        raise typer.BadParameter(exc.message, param_hint="/".join(exc.options)) from exc

@@ -47,11 +47,14 @@ def model_register(
     --model-version names the intermediate model wanted.
 
     XGBoost and LightGBM use MLflow's native flavours; a PyTorch model goes in as its
-    safetensors file under a pyfunc wrapper. The model is downloaded from the service and must
-    hash to the ledger's sha256; the ledger must verify. The registry entry carries the run's
-    metrics, its data contract and lineage tags (fedsilo.run_id, fedsilo.ledger_head_hash,
-    fedsilo.model_sha256, ...); record the printed model URI beside the run. Needs the
-    `registry` extra: pip install 'fedsilo[registry]'."""
+    safetensors file under a pyfunc wrapper, a FedBoost ensemble (--ensemble) as its artifact
+    JSON under a pyfunc wrapper that mixes its members. A distillation or vertical run has no
+    global model to register (each silo, or party, keeps its own) and is refused. The model
+    is downloaded from the service and must hash to the ledger's sha256 and load; the ledger
+    must verify. The registry entry carries the run's metrics, its data contract and lineage
+    tags (fedsilo.run_id, fedsilo.ledger_head_hash, fedsilo.model_sha256, ...); record the
+    printed model URI beside the run. Needs the `registry` extra: pip install
+    'fedsilo[registry]'."""
     try:
         from flows import model_registry
     except ImportError as exc:  # mlflow is an optional extra

@@ -64,7 +64,8 @@ def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
 
     from schemas.specs import RunSpec, SecureAggregationSpec
 
-    check_kind_options(options.model, options.given)
+    own_kinds = "--ensemble" if options.ensemble else "--distill" if options.distill else None
+    check_kind_options(options.model, options.given, own_kinds)
     if not math.isfinite(options.ready_timeout_s):  # a flow parameter, stored as JSON
         raise typer.BadParameter(
             f"{options.ready_timeout_s}: give a finite number of seconds (0: no wait)",
@@ -142,9 +143,18 @@ def given_options(ctx: typer.Context) -> tuple[str, ...]:
     )
 
 
-def check_kind_options(model: str, given: tuple[str, ...]) -> None:
-    """Refuse options in `given` that --model's kind would ignore: a run should train what
-    was asked for, not something near it."""
+# options of one global PyTorch model: an --ensemble/--distill run trains each silo's own
+# model with fixed local settings (silos.local_models.LocalParams) and steps no global model;
+# --hidden stays, it sizes the mlp members
+GLOBAL_TORCH_ONLY = tuple(option for option in TORCH_ONLY if option != "--hidden")
+
+
+def check_kind_options(model: str, given: tuple[str, ...], own_kinds: str | None = None) -> None:
+    """Refuse options in `given` that --model's kind, or the run where each silo trains its own
+    kind (`own_kinds`: --ensemble or --distill), would ignore: a run should train what was
+    asked for, not something near it."""
+    if own_kinds is not None:
+        _check_own_kinds_options(own_kinds, given)
     tree = model in TREE_KINDS
     unused = [option for option in given if option in (TORCH_ONLY if tree else TREE_ONLY)]
     if not unused:
@@ -159,6 +169,19 @@ def check_kind_options(model: str, given: tuple[str, ...]) -> None:
     raise typer.BadParameter(
         f"{'applies' if one else 'apply'} to {family}; --model {model} would ignore "
         f"{'it' if one else 'them'}{hint}",
+        param_hint="/".join(unused),
+    )
+
+
+def _check_own_kinds_options(own_kinds: str, given: tuple[str, ...]) -> None:
+    unused = [option for option in given if option in GLOBAL_TORCH_ONLY]
+    if not unused:
+        return
+    one = len(unused) == 1
+    raise typer.BadParameter(
+        f"{'applies' if one else 'apply'} to one global PyTorch model; {own_kinds} trains each "
+        f"silo's own model with fixed local settings and would ignore {'it' if one else 'them'} "
+        "(--hidden sizes the mlp members)",
         param_hint="/".join(unused),
     )
 

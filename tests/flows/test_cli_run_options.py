@@ -128,6 +128,27 @@ def test_pytorch_options_given_to_a_tree_model_are_refused(calls: dict[str, list
     assert calls["flow"] == []
 
 
+@pytest.mark.parametrize("kinds", [("--ensemble", "default=mlp"), ("--distill", "default=logreg")])
+def test_global_model_options_given_to_a_run_of_per_silo_models_are_refused(
+    calls: dict[str, list[Any]], kinds: tuple[str, str]
+) -> None:
+    # the members train with fixed local settings: these would be recorded in the signed
+    # spec and never used
+    options = ("--lr", "0.5", "--local-epochs", "7", "--batch-size", "8", "--lr-schedule", "cosine")
+    result = _train(*kinds, *options)
+    assert result.exit_code == USAGE, result.output
+    shown = _line(result.output)
+    hint = shown.split("Invalid value for ")[1].split(":")[0]
+    assert sorted(hint.split("/")) == sorted(options[::2]), shown
+    assert f"{kinds[0]} trains each silo's own model with fixed local settings" in shown
+    one = _train(*kinds, "--server-lr", "0.5")
+    assert one.exit_code == USAGE and "Invalid value for --server-lr: applies" in _line(one.output)
+    assert calls["flow"] == []
+    sized = _train(*kinds, "--model", "mlp", "--hidden", "8")  # --hidden sizes mlp members
+    assert sized.exit_code == 0, sized.output
+    assert calls["flow"][0]["model"].hidden == (8,)
+
+
 def test_train_gives_the_flow_the_spec_it_checked(calls: dict[str, list[Any]]) -> None:
     result = _train("--strategy", "fedprox", "--mu", "0.1", "--lr", "0.2", "--rounds", "3")
     assert result.exit_code == 0, result.output

@@ -71,6 +71,6 @@ def test_demo_personalize_reaches_the_spec_and_the_flow(tmp_path: Path) -> None:
     assert trees.personalize is not None and trees.trees is not None
     with pytest.raises(DemoError, match="continued boosting"):
         demo_spec(DemoOptions(tmp_path, model="xgboost", personalize="ditto"), N_FEATURES)
-    with pytest.raises(DemoError, match="unknown --personalize"):
+    with pytest.raises(DemoError, match="--personalize: unknown method"):
         demo_spec(DemoOptions(tmp_path, personalize="magic"), N_FEATURES)
     json.dumps(spec.model_dump(mode="json"))  # the service stores it as JSON

@@ -48,6 +48,23 @@ def test_line_names_answered_awaited_and_declined_silos() -> None:
     assert line.endswith("12 s left")
 
 
+def test_line_says_why_silos_refused_the_run_or_sat_the_round_out() -> None:
+    # every silo declined the run by policy: the failed round's own reason ("too few silos
+    # advertised session keys") does not say why, the line must
+    policy = "silo a policy allows modes ['bagging', 'cyclic']; the run asks for 'secure-hist'"
+    silos = [
+        SiloRoundState(silo="a", state="refused", cause="policy", reason=policy),
+        SiloRoundState(silo="b", state="refused", reason="declined the run in round 1: policy"),
+        SiloRoundState(silo="c", state="sat_out", reason="chol: 123 of 123 rows out of range"),
+    ]
+    out = _round([], stage=None).model_copy(update={"silos": silos, "status": "failed"})
+    line = progress_line(out)
+    assert "answered 0/3" in line
+    assert f"refused: a (policy: {policy}); b (declined the run in round 1: policy)" in line
+    assert "sat out: c (chol: 123 of 123 rows out of range)" in line
+    assert line.endswith(" · failed")
+
+
 def test_plain_output_prints_each_change_once_with_markup_kept() -> None:
     buf = io.StringIO()
     view = RoundView(Console(file=buf, force_terminal=False, width=200))
