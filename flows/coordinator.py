@@ -27,7 +27,7 @@ from flows.contract_publish import resolve_run_contract
 from flows.distill_view import run_distill
 from flows.ensemble_view import run_ensemble
 from flows.exceptions import RoundFailed, RunCancelled, RunFailed
-from flows.flow_retries import refusals_are_final
+from flows.flow_retries import no_more_retries, refusals_are_final
 from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
 from flows.round_progress import RoundView, check_cancelled, stage_of, wait_ready
@@ -367,6 +367,7 @@ def federated_training(
         return Cancelled(message=str(exc))
     except RunFailed as exc:
         client.finish_run(run_id, RunFinish(status="failed", reason=str(exc)))
+        no_more_retries()  # a retry would only find the run failed ("failed earlier")
         raise
     client.finish_run(run_id, RunFinish(status="finished", final_model_version=final))
     model_path, sha = save_model(client, run_id, final, Path(output_dir), model_suffix(spec))

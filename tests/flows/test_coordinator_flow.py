@@ -103,7 +103,7 @@ def report_ready(silo: SiloClient) -> None:
     silo.ready(ReadyIn(contract="heart_disease", contract_version="1", validated=True))
 
 
-def start_flow(hub: Hub, **overrides: Any) -> threading.Thread:
+def start_flow(hub: Hub, retries: int = 0, **overrides: Any) -> threading.Thread:
     """The coordinator flow in a thread; its final Prefect state lands in `hub.outcome`."""
     params: dict[str, Any] = dict(
         service_urls=[hub.url],
@@ -122,7 +122,7 @@ def start_flow(hub: Hub, **overrides: Any) -> threading.Thread:
     params.update(overrides)
 
     def target() -> None:
-        flow = federated_training.with_options(retries=0)
+        flow = federated_training.with_options(retries=retries, retry_delay_seconds=0)
         hub.outcome["state"] = flow(**params, return_state=True)
 
     thread = threading.Thread(target=target, name="coordinator-flow", daemon=True)
@@ -188,8 +188,10 @@ def test_round_one_waits_for_a_silo_that_reports_ready_late(hub: Hub) -> None:
 
 def test_too_few_ready_silos_fail_the_run_naming_the_silos(hub: Hub) -> None:
     report_ready(hub.silos["alpha"])
-    state = finish(hub, start_flow(hub, ready_timeout_s=3.0))
-    assert state.is_failed()
+    state = finish(hub, start_flow(hub, retries=2, ready_timeout_s=3.0))
+    assert state.is_failed() and "failed earlier" not in str(state.message)
+    # the run failed on the service: a retry could only find it failed, so there is none
+    assert flow_run(str(state.state_details.flow_run_id)).run_count == 1
     run = hub.coord.list_runs(FED)[0]
     assert run.status == "failed" and run.reason
     assert "bravo" in run.reason and "charlie" in run.reason and "alpha" not in run.reason
