@@ -236,6 +236,8 @@ def model_suffix(spec: RunSpec) -> str:
     """File suffix of the run's native model format."""
     if spec.ensemble is not None:
         return ".ensemble.json"
+    if spec.distill is not None:  # the last soft labels: each silo keeps its own model
+        return ".soft_labels.safetensors"
     if spec.trees is None:
         return ".safetensors"
     return ".json" if spec.trees.kind == "xgboost" else ".txt"

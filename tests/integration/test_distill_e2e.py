@@ -58,6 +58,8 @@ def test_three_model_kinds_share_only_aggregated_soft_labels(
     # statistics round 1, distillation rounds 2 and 3; no evaluation round (no global model)
     assert [r["round"] for r in result["rounds"]] == [1, 2, 3]
     assert result["final_version"] == 3
+    # what the coordinator saves is the last soft labels, named so: no model to mistake it for
+    assert str(result["model_path"]).endswith(f"{run_id}-v3.soft_labels.safetensors")
     rows = {r["silo"]: r for r in result["distilled"]}
     assert {s: r["kind"] for s, r in rows.items()} == KINDS
     assert all(r["round"] == 3 and r["soft_labels_version"] == 2 for r in rows.values())
