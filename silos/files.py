@@ -9,6 +9,7 @@ the modes explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -40,8 +41,21 @@ def write_private(path: Path, data: bytes, durable: bool = False) -> None:
 
     `durable`: also flush the file to disk before the rename and the folder after it. Without
     that a power cut can leave the new name on an empty or partial file (the rename reaches
-    the disk before the data), which matters for state read back in a later round."""
+    the disk before the data), which matters for state read back in a later round.
+
+    A failure (a full disk, say) raises the `OSError` naming `path`: a failed write names no
+    file, and whoever reads the error must know which one could not be written."""
     tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_then_rename(tmp, path, data, durable)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a partial file only holds space (and maybe secrets)
+        exc.filename = str(path)
+        raise
+
+
+def _write_then_rename(tmp: Path, path: Path, data: bytes, durable: bool) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)  # O_CREAT's mode does not apply to a file left by a crash
     with os.fdopen(fd, "wb") as fh:

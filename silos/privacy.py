@@ -14,7 +14,9 @@ signed with the silo's identity key (`silos.privacy_budget`): an edited one stop
 
 from __future__ import annotations
 
+import hashlib
 import math
+from typing import Any
 
 import numpy as np
 
@@ -42,8 +44,9 @@ def epsilon(rounds_by_sigma: dict[float, int], delta: float) -> float:
     return float(accountant.get_epsilon(delta))
 
 
-def spent_rounds(config: SiloConfig) -> dict[str, dict[str, float]]:
-    """run_id -> {"sigma": noise multiplier, "rounds": rounds this silo contributed}.
+def spent_rounds(config: SiloConfig) -> dict[str, dict[str, Any]]:
+    """run_id -> {"sigma": noise multiplier, "rounds": rounds this silo contributed,
+    "released": the `release_id` of each (files written before it was kept lack it)}.
 
     Raises `silos.exceptions.PrivacyBudgetError` when the signed budget file was tampered with.
     """
@@ -62,9 +65,25 @@ def epsilon_if(config: SiloConfig, run_id: str, spec: PrivacySpec, extra_rounds:
     return epsilon(counts, spec.delta)
 
 
-def record_round(config: SiloConfig, run_id: str, spec: PrivacySpec) -> None:
-    """Count one more noised round of `run_id` against this silo's budget (before sending)."""
+def release_id(round_: int, message: bytes) -> str:
+    """What one noised release is known by in the budget: its round and its bytes' digest."""
+    return f"{round_}:{hashlib.sha256(message).hexdigest()[:32]}"
+
+
+def record_round(config: SiloConfig, run_id: str, spec: PrivacySpec, release: str) -> bool:
+    """Count the noised message `release` (`release_id`) of `run_id` against this silo's
+    budget, durably, before it is sent; True when it was not counted yet.
+
+    Counting the same release again changes nothing: a resend after a restart repeats the
+    saved message, which is one release. A round reopened after its state was erased sends a
+    new message (another digest): that is a second release and counts (never under-count).
+    """
     state = privacy_budget.load(config)
     entry = state["runs"].setdefault(run_id, {"sigma": spec.noise_multiplier, "rounds": 0})
+    released = entry.setdefault("released", [])
+    if release in released:
+        return False
+    released.append(release)
     entry["rounds"] = int(entry["rounds"]) + 1
     privacy_budget.save(config, state)
+    return True

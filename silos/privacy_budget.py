@@ -7,7 +7,8 @@ lowers the count would let the silo spend more than its policy allows, so the fi
     {"format": "fedsilo-privacy-budget/1", "silo_key": <hex>, "state": {...}, "signature": <hex>}
 
 where ``signature`` is the silo key's Ed25519 signature of ``SIGNING_PREFIX`` + the state's
-canonical JSON; ``state`` is ``{"runs": {run_id: {"sigma", "rounds"}}, "resets": [...]}``.
+canonical JSON; ``state`` is ``{"runs": {run_id: {"sigma", "rounds", "released"}}, "resets":
+[...]}`` (``released``: the id of each counted message, `silos.privacy.release_id`).
 A file that does not verify, an unsigned file once a signed one was written (the marker
 ``privacy/signed`` says so), or a missing file after that, raises `PrivacyBudgetError`
 naming the file: restore it from a backup, or reset it on purpose::
@@ -53,7 +54,7 @@ MARKER_TEXT = (
 )
 
 State = dict[str, Any]
-"""``{"runs": {run_id: {"sigma": float, "rounds": int}}, "resets": [record, ...]}``."""
+"""``{"runs": {run_id: {"sigma": float, "rounds": int, "released": [str]}}, "resets": [...]}``."""
 
 
 def budget_path(workspace: Path) -> Path:
@@ -158,10 +159,12 @@ def save(config: SiloConfig, state: State, key: Ed25519PrivateKey | None = None)
     }
     path = budget_path(config.workspace)
     private_dir(path.parent)
-    write_private(path, json.dumps(doc, indent=2, sort_keys=True).encode())
+    # durable: a power cut must not leave an empty or torn budget (which stops training until
+    # it is reset) nor lose a round counted before its message was sent; once a round, cheap
+    write_private(path, json.dumps(doc, indent=2, sort_keys=True).encode(), durable=True)
     marker = _marker(config.workspace)
     if not marker.exists():
-        write_private(marker, MARKER_TEXT.format(at=_now()).encode())
+        write_private(marker, MARKER_TEXT.format(at=_now()).encode(), durable=True)
 
 
 def check(config: SiloConfig) -> None:

@@ -164,6 +164,19 @@ def share(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspac
     _send_once(client, work, base, "share", build)
 
 
+def round_file(workspace: Path, work: SecAggTask, suffix: str) -> Path:
+    """The workspace file `suffix` (".masked.msg", say) of the task's round: erased with the
+    round's state."""
+    return _paths(workspace, work).with_suffix(suffix)
+
+
+def saved_masked(workspace: Path, work: SecAggTask) -> bytes | None:
+    """The masked message this silo built for the task's round, if it built one: it is what
+    a restarted agent sends, never a second one (`masked_update`)."""
+    sent = round_file(workspace, work, ".masked.msg")
+    return sent.read_bytes() if sent.exists() else None
+
+
 def masked_update(
     client: SiloClient,
     key: Ed25519PrivateKey,
@@ -171,7 +184,11 @@ def masked_update(
     workspace: Path,
     weighted_delta: np.ndarray,
 ) -> bytes:
-    """Quantize and mask this silo's weighted delta (already clipped); returns the message."""
+    """Quantize and mask this silo's weighted delta (already clipped); returns the message.
+
+    Once built, the round's message is saved durably and returned again as is: a restart must
+    not mask a second update under the same masks (their difference would show the service
+    the two updates' difference) nor release a second noised update under DP."""
     base = _paths(workspace, work)
     sent = base.with_suffix(".masked.msg")
     if sent.exists():
@@ -184,8 +201,8 @@ def masked_update(
     raw = client.secagg_get(work.run_id, work.round, "shares")
     shares = [EncryptedShare.from_bytes(m) for m in raw]
     message = secagg.masked_input(state, shares, quantized).to_bytes()
-    write_private(base.with_suffix(".state"), dump_state(state))
-    write_private(sent, message)
+    write_private(base.with_suffix(".state"), dump_state(state), durable=True)
+    write_private(sent, message, durable=True)  # a power cut must not lose it once it is sent
     return message
 
 

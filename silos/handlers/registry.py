@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.tasks import ExtensionTask, RunEndedTask, Task, VerticalTask
 from schemas.wire import NAME_PATTERN
+from silos.decline import Declined
 from silos.exceptions import UnsupportedTask
 from silos.handlers.context import SiloContext
 
@@ -137,8 +138,20 @@ class HandlerRegistry:
         return entry
 
     def dispatch(self, ctx: SiloContext, task: Task) -> object:
-        """Run the handler registered for `task`; returns what it returns."""
+        """Run the handler registered for `task`; returns what it returns.
+
+        A workspace file it cannot write (the disk is full, say) declines the round naming the
+        step and the file: the operator's fix counts from the next round."""
         entry = self.lookup(task)
+        try:
+            return self._run(entry, ctx, task)
+        except OSError as exc:
+            if exc.filename is None:  # not a file (a socket, say): declined like any error
+                raise
+            raise Declined("round", "internal", f"{entry.name} step: {exc}") from exc
+
+    @staticmethod
+    def _run(entry: Registration, ctx: SiloContext, task: Task) -> object:
         if isinstance(task, ExtensionTask):
             assert entry.body_model is not None  # every mode registers with its model
             try:

@@ -39,8 +39,8 @@ def _config(tmp_path: Path, policy: str = "") -> SiloConfig:
 
 def test_budget_spans_runs(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    for _ in range(5):
-        privacy.record_round(config, "run-a", SPEC)
+    for i in range(5):
+        privacy.record_round(config, "run-a", SPEC, f"{i + 1}:m")
     after_a = privacy.epsilon_if(config, "run-b", SPEC, 0)
     with_b = privacy.epsilon_if(config, "run-b", SPEC, 5)
     assert abs(after_a - privacy.epsilon({1.0: 5}, 1e-5)) < 1e-9
@@ -60,7 +60,7 @@ def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Pa
     )
     task = SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
     assert privacy_refusal(config, task) is None  # one round: epsilon ~4.7 <= 8
-    privacy.record_round(config, "r1", SPEC)
-    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    privacy.record_round(config, "r1", SPEC, "2:m")
     problem = privacy_refusal(config, task.model_copy(update={"round": 3}))
     assert problem is not None and "allows at most 8" in problem and "epsilon to 9.0" in problem

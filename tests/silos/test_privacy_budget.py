@@ -51,8 +51,8 @@ def _spent_file(config: SiloConfig) -> Path:
 
 
 def test_a_hand_edit_lowering_the_count_stops_training(config: SiloConfig) -> None:
-    privacy.record_round(config, "r1", SPEC)
-    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    privacy.record_round(config, "r1", SPEC, "2:m")
     assert privacy_refusal(config, _task(3)) is not None  # epsilon 9.0 > 8: refused
     path = _spent_file(config)
     doc = json.loads(path.read_text())
@@ -72,7 +72,7 @@ def test_a_hand_edit_lowering_the_count_stops_training(config: SiloConfig) -> No
 
 
 def test_deleting_or_replacing_the_signed_file_is_detected(config: SiloConfig) -> None:
-    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC, "1:m")
     path = _spent_file(config)
     path.write_text(json.dumps({"r1": {"sigma": 1.0, "rounds": 0}}))  # old unsigned format
     with pytest.raises(PrivacyBudgetError, match="not signed"):
@@ -94,12 +94,12 @@ def test_an_older_unsigned_file_is_signed_on_first_load(
     doc = json.loads(path.read_text())
     assert doc["format"] == privacy_budget.FORMAT and doc["signature"]
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
-    privacy.record_round(config, "r0", SPEC)
+    privacy.record_round(config, "r0", SPEC, "4:m")
     assert privacy.spent_rounds(config)["r0"]["rounds"] == 4
 
 
 def test_a_reset_is_explicit_recorded_and_keeps_the_rejected_file(config: SiloConfig) -> None:
-    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC, "1:m")
     path = _spent_file(config)
     path.write_text(path.read_text().replace('"rounds": 1', '"rounds": 0'))
     with pytest.raises(PrivacyBudgetError):
@@ -119,8 +119,8 @@ def test_a_reset_is_explicit_recorded_and_keeps_the_rejected_file(config: SiloCo
 
 
 def test_a_budget_that_verifies_is_not_reset_by_accident(config: SiloConfig) -> None:
-    privacy.record_round(config, "r1", SPEC)
-    privacy.record_round(config, "r1", SPEC)
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    privacy.record_round(config, "r1", SPEC, "2:m")
     path = _spent_file(config)
     with pytest.raises(PrivacyBudgetError) as caught:
         privacy_budget.reset(config, "just looking")
@@ -144,8 +144,8 @@ def test_two_resets_in_the_same_second_keep_both_files(
     monkeypatch.setattr(privacy_budget, "_now", lambda: "2026-01-01T00:00:00Z")
     path, kept = _spent_file(config), []
     for rounds, reason in ((1, "one"), (2, "two")):
-        for _ in range(rounds):
-            privacy.record_round(config, "r1", SPEC)
+        for i in range(rounds):
+            privacy.record_round(config, "r1", SPEC, f"{i + 1}:m")
         path.write_text(path.read_text().replace(f'"rounds": {rounds}', '"rounds": 0'))  # edited
         kept.append(privacy_budget.reset(config, reason))
     first, second = kept

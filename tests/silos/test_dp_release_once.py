@@ -1,0 +1,308 @@
+"""The privacy budget counts each noised update that can leave the silo exactly once.
+
+A restarted agent in a secure round's masked stage sends the message it saved before the
+restart, without training or noising anew, and the budget and the ledger's ``privacy_spent``
+count that round once; a round reopened after its state was erased is a second release and
+counts again. The budget file and the saved masked message are written durably.
+
+Two silos run the secure-aggregation stages (`silos.secure_round`) through `Relay`, a fake
+service at the client's edge that passes the protocol messages between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import silos.files
+import silos.handlers.secagg as handler
+import silos.handlers.training as training
+from schemas import tensors
+from schemas.secagg.messages import EncryptedShare, ShareKeys
+from schemas.specs import ModelSpec, PrivacySpec, RunSpec, param_shapes
+from schemas.tasks import SecAggAdvertiseTask, SecAggInfo, SecAggMaskedTask, SecAggShareTask
+from silos import privacy, secure_round
+from silos.client_errors import AlreadyAnswered
+from silos.config import SiloConfig, load_silo_config
+from silos.handlers.context import SiloContext
+from silos.keys import load_or_create_key
+from silos.local_data import LocalData
+
+DP = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
+MODEL = ModelSpec(kind="logreg", n_features=3)
+SPEC = RunSpec(federation="f", dataset="heart_disease", model=MODEL, privacy=DP)
+DIM = sum(int(np.prod(s)) for _, s in param_shapes(MODEL))
+RUN = "run1"
+
+
+class Killed(BaseException):
+    """The agent's process dies here (SIGKILL): nothing after it runs."""
+
+
+class Relay:
+    """The service's mailbox for two silos: what each posted, per stage."""
+
+    def __init__(self) -> None:
+        self.posts: dict[str, dict[str, bytes]] = {}
+
+    def get(self, silo: str, what: str) -> list[bytes]:
+        if what == "adverts":
+            return list(self.posts["advertise"].values())
+        assert what == "shares"
+        shares = [ShareKeys.from_bytes(m) for m in self.posts["share"].values()]
+        return [
+            EncryptedShare(RUN, m.round_num, m.silo, silo, m.ciphertexts[silo]).to_bytes()
+            for m in shares
+            if m.silo != silo
+        ]
+
+
+class Client:
+    """Silo `silo`'s client: protocol messages go to the relay; its masked submissions and
+    statements are kept; `on_submit` decides each submission's fate."""
+
+    def __init__(self, silo: str, key: Ed25519PrivateKey, relay: Relay) -> None:
+        self.silo, self.key, self.relay = silo, key, relay
+        self.submitted: list[bytes] = []
+        self.statements: list[tuple[str, dict[str, Any]]] = []
+        self.on_submit: list[str] = []  # "kill", "kill-after", "already", default "accept"
+
+    def secagg_post(self, run_id: str, round_: int, stage: str, raw: bytes, **_: Any) -> None:
+        self.relay.posts.setdefault(stage, {})[self.silo] = raw
+
+    def secagg_get(self, run_id: str, round_: int, what: str) -> list[bytes]:
+        return self.relay.get(self.silo, what)
+
+    def download_model(self, run_id: str, version: int) -> bytes:
+        return tensors.encode({n: np.zeros(s, np.float32) for n, s in param_shapes(MODEL)})
+
+    def submit_masked(self, run_id: str, round_: int, message: bytes, *_: Any) -> dict[str, Any]:
+        fate = self.on_submit.pop(0) if self.on_submit else "accept"
+        if fate == "kill":
+            raise Killed
+        if fate == "already":
+            raise AlreadyAnswered(409, "answered before", "POST", "/masked")
+        self.submitted.append(message)
+        if fate == "kill-after":  # the service took it; the agent died before the answer
+            raise Killed
+        return {"digest": f"d{len(self.submitted)}", "duplicate": False, "receipt": None}
+
+    def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self.statements.append((kind, payload))
+        return {"receipt": None}
+
+
+def _config(folder: Path, name: str) -> SiloConfig:
+    path = folder / name / "silo.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        f'[silo]\nname = "{name}"\nfederation = "f"\n[data]\npath = "d.csv"\n'
+        'contract = "heart_disease"\n[service]\nurls = ["http://127.0.0.1:1"]\n'
+    )
+    return load_silo_config(path)
+
+
+def _data(seed: int) -> LocalData:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.float32)
+    return LocalData(X[:40], y[:40], X[40:], y[40:], 3, {}, "")
+
+
+def _hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+class Federation:
+    """Silos a and b of a DP secure run; `ready(round)` runs both through the share stage."""
+
+    def __init__(self, folder: Path) -> None:
+        self.relay = Relay()
+        self.ctx: dict[str, SiloContext] = {}
+        for i, name in enumerate(("a", "b")):
+            config = _config(folder, name)
+            client = Client(name, load_or_create_key(config.key_path), self.relay)
+            self.ctx[name] = SiloContext(client, config, _data(i))  # type: ignore[arg-type]
+        self.keys = {n: _hex(c.key) for n, c in self.ctx.items()}
+
+    def task(self, kind: type, stage: str, round_: int) -> Any:
+        info = SecAggInfo(
+            stage=stage,  # type: ignore[arg-type]
+            roster=["a", "b"],
+            roster_keys=self.keys,
+            threshold=2,
+            dim=DIM,
+            bits=32,
+            clip=0.5,
+            weight=0.5,
+        )
+        return kind(run_id=RUN, round=round_, spec=SPEC, secagg=info)
+
+    def ready(self, round_: int) -> SecAggMaskedTask:
+        self.relay.posts.clear()
+        for ctx in self.ctx.values():
+            task = self.task(SecAggAdvertiseTask, "advertise", round_)
+            secure_round.advertise(ctx.client, ctx.key, task, ctx.workspace, n_examples=40)
+        for ctx in self.ctx.values():
+            task = self.task(SecAggShareTask, "share", round_)
+            secure_round.share(ctx.client, ctx.key, task, ctx.workspace)
+        return self.task(SecAggMaskedTask, "masked", round_)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Federation:
+    log = logging.getLogger("test.silo")
+    monkeypatch.setattr(training, "get_run_logger", lambda: log)
+    monkeypatch.setattr(handler, "get_run_logger", lambda: log)
+    return Federation(tmp_path)
+
+
+def _count_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = training.train_delta
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_delta", counted)
+    return calls
+
+
+def _rounds(ctx: SiloContext) -> int:
+    return int(privacy.spent_rounds(ctx.config)[RUN]["rounds"])
+
+
+def _epsilons(client: Client) -> list[float]:
+    return [p["epsilon"] for kind, p in client.statements if kind == "privacy_spent"]
+
+
+@pytest.mark.parametrize("fate", ["kill", "kill-after"])
+def test_a_restart_in_the_masked_stage_counts_the_round_once(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch, fate: str
+) -> None:
+    """Killed before the service took the update (`kill`) or after it took it and before its
+    answer came (`kill-after`): the restarted agent sends the saved message again, without
+    training or noising anew; the budget says one round, the ledger at most one entry."""
+    trainings = _count_training(monkeypatch)
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    client.on_submit = [fate] + (["already"] if fate == "kill-after" else [])
+    with pytest.raises(Killed):
+        handler.masked_train(a, work)
+    saved = secure_round.saved_masked(a.workspace, work)
+    assert saved is not None and _rounds(a) == 1
+
+    handler.masked_train(a, work)  # the restarted agent gets the round's masked task again
+
+    assert client.submitted == [saved]  # the one message, whichever attempt delivered it
+    assert trainings == [1] and _rounds(a) == 1
+    one_round = privacy.epsilon({1.0: 1}, DP.delta)
+    expected = [] if fate == "kill-after" else [pytest.approx(one_round)]
+    assert _epsilons(client) == expected  # the answer was lost: the service has the update
+
+
+def test_the_following_rounds_report_epsilon_of_their_own_round_count(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's run: a restart in round 1, then rounds 2 and 3 as usual."""
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    client.on_submit = ["kill"]
+    for round_ in (1, 2, 3):
+        work = fed.ready(round_)
+        if round_ == 1:
+            with pytest.raises(Killed):
+                handler.masked_train(a, work)
+        handler.masked_train(a, work)
+    want = [privacy.epsilon({1.0: r}, DP.delta) for r in (1, 2, 3)]
+    assert _epsilons(client) == pytest.approx(want)  # 4.73, 7.08, 9.01; not 7.08, 9.01, 10.73
+    assert _rounds(a) == 3
+
+
+def test_a_round_reopened_after_its_state_went_is_a_second_release(fed: Federation) -> None:
+    """A restored hub opens round 1 again; the silo's round state was erased, so it masks a
+    new noised update: that one may leave the silo too and must count (never under-count)."""
+    a = fed.ctx["a"]
+    handler.masked_train(a, fed.ready(1))
+    for ctx in fed.ctx.values():  # each silo's round 1 is over: its state goes
+        secure_round.erase_round_state(ctx.workspace, RUN, 1)
+    handler.masked_train(a, fed.ready(1))
+    client: Client = a.client  # type: ignore[assignment]
+    assert len(client.submitted) == 2 and client.submitted[0] != client.submitted[1]
+    assert _rounds(a) == 2
+
+
+def test_without_its_bookkeeping_the_saved_message_is_still_the_one_sent(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note beside the saved message is lost: the round trains again for its row count
+    and metrics, but sends the saved message and counts it once."""
+    trainings = _count_training(monkeypatch)
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    client.on_submit = ["kill"]
+    with pytest.raises(Killed):
+        handler.masked_train(a, work)
+    secure_round.round_file(a.workspace, work, handler.BOOKKEEPING).unlink()
+    handler.masked_train(a, work)
+    assert client.submitted == [secure_round.saved_masked(a.workspace, work)]
+    assert trainings == [1, 1] and _rounds(a) == 1
+
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths `silos.files` fsyncs from now on."""
+    seen: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(silos.files.os, "fsync", fsync)
+    return seen
+
+
+def test_the_budget_and_the_saved_masked_message_are_written_durably(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = fed.ready(1)
+    seen = _fsynced(monkeypatch)
+    a = fed.ctx["a"]
+    handler.masked_train(a, work)
+    budget = a.workspace / "privacy" / "spent.json"
+    saved = secure_round.round_file(a.workspace, work, ".masked.msg")
+    assert f"{budget}.tmp" in seen and str(budget.parent) in seen
+    assert f"{saved}.tmp" in seen and str(saved.parent) in seen
+
+
+RELEASES = st.lists(st.tuples(st.integers(1, 4), st.sampled_from([b"x", b"y", b"z"])), max_size=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(releases=RELEASES)
+def test_recording_counts_each_distinct_release_once(releases: list[tuple[int, bytes]]) -> None:
+    """However often a release is recorded again (resends, restarts), the budget holds one
+    round per distinct message, and epsilon is that count's."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = _config(Path(folder), "a")
+        new = [privacy.record_round(config, RUN, DP, privacy.release_id(r, m)) for r, m in releases]
+        distinct = {privacy.release_id(r, m) for r, m in releases}
+        assert sum(new) == len(distinct)
+        spent = privacy.spent_rounds(config).get(RUN, {"rounds": 0})
+        assert spent["rounds"] == len(distinct)
+        assert privacy.epsilon_if(config, RUN, DP, 0) == privacy.epsilon(
+            {1.0: len(distinct)}, DP.delta
+        )
