@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 
 from schemas.metrics import METRIC_NAMES, weighted_metric
-from schemas.wire import Metrics, RoundOut
+from schemas.wire import Metrics, RoundOut, SiloRoundState
 
 # column headings of the metrics the silos report (which ones follows the contract's task)
 METRIC_LABELS = {
@@ -60,8 +60,19 @@ def silo_metrics_table(rounds: list[RoundOut]) -> Table | None:
     return table
 
 
+def _absent(r: RoundOut, s: SiloRoundState) -> str:
+    """A silo that did not answer round `r`: its state and reason. A closed round waits for
+    nobody: there a silo without an answer is shown by its reason (a closed asynchronous
+    buffer says where the silo's update went, `aggregation.service.buffer_states`), else as
+    having sent none, never as "waiting"."""
+    if s.state == "waiting" and r.status != "open":
+        return f"{s.silo}: {s.reason or 'no answer'}"
+    why = f" ({s.cause}: {s.reason})" if s.cause else f" ({s.reason})" if s.reason else ""
+    return f"{s.silo}: {s.state}{why}"
+
+
 def round_table(rounds: list[RoundOut]) -> Table:
-    """One row per round: who answered, who refused or is late, and the evaluated metrics.
+    """One row per round: who answered, who refused or is absent, and the evaluated metrics.
 
     Metrics in a training round are the silos' evaluation of the model the round started from
     (version round-1), weighted by holdout size; an evaluation round scores the final model.
@@ -74,19 +85,14 @@ def round_table(rounds: list[RoundOut]) -> Table:
         "answered",
         "stage",
         "awaited",
-        "refused / declined / late",
+        "refused / declined / absent",
         *[METRIC_LABELS[n] for n in names],
         "model",
         title="rounds (metrics: model the round started from)",
     )
     for r in rounds:
         answered = [s for s in r.silos if s.state in ("submitted", "evaluated")]
-        others = [
-            f"{s.silo}: {s.state}"
-            + (f" ({s.cause}: {s.reason})" if s.cause else f" ({s.reason})" if s.reason else "")
-            for s in r.silos
-            if s.state in ("refused", "waiting", "sat_out", "declined")
-        ]
+        others = [_absent(r, s) for s in r.silos if s.state not in ("submitted", "evaluated")]
         scored = [s.metrics for s in answered if s.metrics]
         table.add_row(
             str(r.round),

@@ -32,7 +32,9 @@ def _default_kinds() -> dict[str, MemberKind]:
 class DistillSpec(BaseModel):
     """What a distillation run asks of its silos.
 
-    `kinds` maps a silo name to the model family it trains (``default``: every other silo).
+    `kinds` maps a silo's enrolled name (``cleveland``, never a display name such as
+    "Cleveland"; the service refuses a key that names no participant) to the model family it
+    trains (``default``: every other silo).
     `reference_rows` synthetic rows carry the soft labels; a silo's loss is the mean over its
     own rows plus w times the mean over the reference rows, so a small silo is not swamped by
     many reference rows. Each silo picks w from `weights` itself: it holds back `val_fraction`
@@ -77,7 +79,7 @@ class DistillSpec(BaseModel):
     @classmethod
     def _names(cls, kinds: dict[str, MemberKind]) -> dict[str, MemberKind]:
         return checked_kinds(
-            kinds, "distill.kinds", '{"default": "logreg", "Cleveland": "xgboost"}'
+            kinds, "distill.kinds", '{"default": "logreg", "cleveland": "xgboost"}'
         )
 
     def kind_for(self, silo: str) -> MemberKind:

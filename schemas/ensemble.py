@@ -41,9 +41,11 @@ INT32_MAX = 2**31 - 1  # the service stores a member's n_train in a 32-bit integ
 class EnsembleSpec(BaseModel):
     """What an ensemble run asks of its silos.
 
-    `kinds` maps a silo name to the kind of its member (``default``: every other silo). Each
-    silo holds out `val_fraction` of its training rows to learn the weights on; `lr` is the
-    step size of the exponentiated-gradient update of the weights. The run's `rounds` are the
+    `kinds` maps a silo's enrolled name (``cleveland``, never a display name such as
+    "Cleveland"; the service refuses a key that names no participant) to the kind of its
+    member (``default``: every other silo). Each silo holds out `val_fraction` of its training
+    rows to learn the weights on; `lr` is the step size of the exponentiated-gradient update
+    of the weights. The run's `rounds` are the
     member round plus `rounds - 1` weight rounds; the run's `model` gives the hidden layers of
     the ``mlp`` members. In the closing round each silo refines the federation's weights with
     `personal_steps` such steps on its own validation rows alone (0: its personal ensemble is
@@ -60,7 +62,7 @@ class EnsembleSpec(BaseModel):
     @field_validator("kinds")
     @classmethod
     def _names(cls, kinds: dict[str, MemberKind]) -> dict[str, MemberKind]:
-        return checked_kinds(kinds, "ensemble.kinds", '{"default": "xgboost", "Cleveland": "mlp"}')
+        return checked_kinds(kinds, "ensemble.kinds", '{"default": "xgboost", "cleveland": "mlp"}')
 
     def kind_for(self, silo: str) -> MemberKind:
         """The kind of `silo`'s member."""

@@ -7,8 +7,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregation.service import buffer_states
 from aggregation.service.exceptions import Conflict, NotFound
-from aggregation.service.runs import get_model, get_run, participants
+from aggregation.service.runs import get_model, get_run, participants, spec_of
 from aggregation.service.tables import Contribution, Round, RunSilo, utcnow
 from schemas.wire import Metrics, RoundOut, SiloRoundState
 
@@ -94,11 +95,13 @@ def anyone_waiting(s: Session, run_id: str, number: int) -> bool:
 
 def round_out(s: Session, rnd: Round) -> RoundOut:
     by_silo = {c.silo: c for c in contributions(s, rnd.run_id, rnd.number)}
+    members = participants(s, rnd.run_id)
+    absent = _closed_buffer_absences(s, rnd, [p.silo for p in members if p.silo not in by_silo])
     states: list[SiloRoundState] = []
-    for p in participants(s, rnd.run_id):
+    for p in members:
         c = by_silo.get(p.silo)
         if c is None:
-            reason = p.reason if p.status == "refused" else None
+            reason = p.reason if p.status == "refused" else absent.get(p.silo)
             state = "refused" if p.status == "refused" else "waiting"
             states.append(SiloRoundState(silo=p.silo, state=state, reason=reason))  # type: ignore[arg-type]
             continue
@@ -132,3 +135,14 @@ def round_out(s: Session, rnd: Round) -> RoundOut:
         secagg_stage=rnd.secagg_stage,
         input_model_version=rnd.input_model_version,
     )
+
+
+def _closed_buffer_absences(s: Session, rnd: Round, silos: list[str]) -> dict[str, str]:
+    """For a closed asynchronous buffer: what became of each silo's update it does not hold
+    (`buffer_states`); the wire's state stays ``waiting`` (no answer in this round), the reason
+    says the buffer waits for nobody. Empty for any other round."""
+    if rnd.status == "open" or rnd.kind != "train" or not silos:
+        return {}
+    if spec_of(get_run(s, rnd.run_id)).asynchronous is None:
+        return {}
+    return buffer_states.fates(s, rnd, silos)

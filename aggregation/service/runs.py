@@ -13,6 +13,7 @@ from aggregation.service.tables import ModelVersion, Run, RunSilo, Silo, utcnow
 from aggregation.trees.models import parse_model
 from schemas import tensors
 from schemas.exceptions import TensorFormatError
+from schemas.member_kinds import unknown_silos
 from schemas.specs import RunSpec, param_shapes
 from schemas.tree_errors import TreeError
 from schemas.tree_params import TreeSpec
@@ -56,6 +57,9 @@ def create_run(s: Session, spec: RunSpec, prefect_flow_run_id: str | None) -> Ru
             f"{len(wanted)} approved silos: {sorted(wanted)}"
         )
     _check_secure_sums(spec, wanted)
+    _check_thresholds(spec, wanted)
+    _check_buffer_size(spec, wanted)
+    _check_member_kinds(spec, wanted)
     run = Run(
         id=uuid.uuid4().hex,
         federation=spec.federation,
@@ -96,6 +100,69 @@ def _check_secure_sums(spec: RunSpec, silos: set[str]) -> None:
         f"(`fedsilo silo approve NAME --federation {spec.federation}`) and train with "
         f"--min-silos 2, or create the run with {instead}"
     )
+
+
+def _check_thresholds(spec: RunSpec, silos: set[str]) -> None:
+    """Refuse a secure-sum threshold above what the run's silos can meet: t silos must survive
+    to unmask, so with fewer no round could, and lowering t quietly would weaken the
+    guarantee the run asked for (`secure_rounds.threshold_unmet` fails a round whose silos
+    left since)."""
+    n = len(silos)
+    than = f"its {n} participating silos ({', '.join(sorted(silos))})"
+    sa = spec.secure_aggregation
+    summed = spec.federation_statistics or (spec.mode is None and spec.trees is None and sa.enabled)
+    if summed and sa.threshold is not None:
+        option = "secure_aggregation.threshold"
+        if sa.threshold > n:
+            _refuse_threshold(spec, option, sa.threshold, than, "approve more silos")
+        # as `secure_rounds.config`: a SecAgg+ graph applies t within each silo's neighbourhood
+        if sa.degree is not None and sa.degree < n - 1 and sa.threshold > sa.degree + 1:
+            hood = f"the {sa.degree + 1} silos of a SecAgg+ neighbourhood (degree {sa.degree})"
+            _refuse_threshold(spec, option, sa.threshold, hood, "raise the degree")
+    hist = spec.trees.secure_hist if spec.trees is not None else None
+    if hist is not None and hist.threshold is not None and hist.threshold > n:
+        _refuse_threshold(
+            spec, "trees.secure_hist.threshold", hist.threshold, than, "approve more silos"
+        )
+
+
+def _refuse_threshold(spec: RunSpec, option: str, threshold: int, than: str, fix: str) -> None:
+    raise Conflict(
+        f"run in federation {spec.federation!r} asks for {option} {threshold} (silos that "
+        f"must survive to unmask a sum), more than {than}, so no round could unmask; lower "
+        f"{option} or {fix} (it is never lowered for you: that would weaken the guarantee)"
+    )
+
+
+def _check_buffer_size(spec: RunSpec, silos: set[str]) -> None:
+    """Refuse asynchronous buffers of K above the run's silos: a buffer meant to close at its
+    K-th update would never fill, and each would wait for every silo or its deadline."""
+    a = spec.asynchronous
+    if a is None or a.buffer_size <= len(silos):
+        return
+    raise Conflict(
+        f"run in federation {spec.federation!r} asks for asynchronous.buffer_size (K) "
+        f"{a.buffer_size}, but it has {len(silos)} participating silos "
+        f"({', '.join(sorted(silos))}): a buffer of K updates could never fill; lower K to at "
+        f"most {len(silos)} or approve more silos"
+    )
+
+
+def _check_member_kinds(spec: RunSpec, silos: set[str]) -> None:
+    """Refuse per-silo model kinds keyed by a name no participant has (a display name such as
+    "Cleveland" for silo ``cleveland``, a typo): that silo would silently train the default."""
+    for option, kinds in (
+        ("ensemble.kinds", spec.ensemble.kinds if spec.ensemble else None),
+        ("distill.kinds", spec.distill.kinds if spec.distill else None),
+    ):
+        unknown = unknown_silos(kinds, silos) if kinds is not None else []
+        if unknown:
+            raise Conflict(
+                f"run in federation {spec.federation!r}: {option} names "
+                f"{', '.join(repr(k) for k in unknown)}, which no participating silo is called; "
+                f"its participants are {', '.join(sorted(silos))} (a key is a silo's enrolled "
+                "name, as `fedsilo silo list` shows it)"
+            )
 
 
 def put_initial_model(s: Session, run_id: str, payload: bytes) -> ModelVersion:

@@ -139,21 +139,46 @@ def dim(rnd: Round, spec: RunSpec) -> int:
 def config(rnd: Round, spec: RunSpec) -> RoundConfig:
     """The round's protocol settings. A SecAgg+ degree of at least n - 1 neighbours for a
     roster of n silos is the complete graph (a run's roster can be smaller than its degree from
-    the start, or shrink below it as silos leave), so it runs as one, not as an error."""
+    the start, or shrink below it as silos leave), so it runs as one, not as an error. A
+    threshold the run asked for is never lowered to fit a smaller roster (SecAggConfigError
+    then; `threshold_unmet` fails such a round when it opens)."""
     silos = roster(rnd)
-    sa = spec.secure_aggregation
-    degree = sa.degree if sa.degree is not None and sa.degree < len(silos) - 1 else None
-    size = len(silos) if degree is None else degree + 1
-    threshold = sa.threshold or max(2, size // 2 + 1)
+    degree, size = _graph(spec, len(silos))
+    threshold = spec.secure_aggregation.threshold or max(2, size // 2 + 1)
     return _round_config(
         rnd.run_id,
         rnd.number,
         silos,
-        min(threshold, size),
+        threshold,
         dim(rnd, spec),
-        STATS_BITS if rnd.kind == "statistics" else sa.bits,
+        STATS_BITS if rnd.kind == "statistics" else spec.secure_aggregation.bits,
         degree,
         checks_consistency(rnd),
+    )
+
+
+def _graph(spec: RunSpec, n: int) -> tuple[int | None, int]:
+    """(SecAgg+ degree, or None for the complete graph; the neighbourhood size the threshold
+    applies within) for a roster of `n` silos."""
+    sa = spec.secure_aggregation
+    degree = sa.degree if sa.degree is not None and sa.degree < n - 1 else None
+    return degree, (n if degree is None else degree + 1)
+
+
+def threshold_unmet(rnd: Round, spec: RunSpec) -> str | None:
+    """Why the run's threshold cannot hold among the round's roster (silos left the run since
+    it was created with enough), or None. Lowering it to fit would weaken what the run asked
+    for, so the round fails instead, as an asynchronous buffer short of it does."""
+    asked = spec.secure_aggregation.threshold
+    silos = roster(rnd)
+    degree, size = _graph(spec, len(silos))
+    if asked is None or asked <= size:
+        return None
+    among = f"a SecAgg+ neighbourhood of {size}" if degree is not None else f"{size} active silos"
+    return (
+        f"round {rnd.number} of run {rnd.run_id}: secure_aggregation.threshold {asked} cannot "
+        f"hold among {among} ({', '.join(silos) or 'none'}): that many must survive to unmask, "
+        "and the threshold is never lowered"
     )
 
 

@@ -222,3 +222,43 @@ def test_async_spec_refuses_small_buffers() -> None:
             secure_aggregation=SecureAggregationSpec(enabled=False),
             asynchronous=AsyncSpec(buffer_size=2),
         )
+
+
+def _absent(fed: Fed, round_: int) -> dict[str, tuple[str, str | None]]:
+    """Round `round_`'s silos without an answer there: their state and reason."""
+    out = fed.coord.wait_round(fed.run_id, round_, 0)
+    return {s.silo: (s.state, s.reason) for s in out.silos if s.state == "waiting"}
+
+
+def test_a_closed_buffer_says_where_a_slow_silos_update_went(api_service_url: str) -> None:
+    """Buffer 1 closed at a's and b's updates; c's update of round 1 joined buffer 2. Buffer 1
+    used to show c as if it still waited for it; it says where c's update went, and buffer 2
+    that b sent none there."""
+    fed = async_federation(api_service_url, max_staleness=2)
+    send(fed, "a", 1, seed=1)
+    send(fed, "b", 1, seed=2)
+    # no later buffer has applied c's update yet: all that is known is that 1 has none
+    assert _absent(fed, 1) == {"c": ("waiting", "no update in this buffer")}
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    send(fed, "c", 1, seed=3)
+    send(fed, "a", 2, seed=4)
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "aggregated"
+    assert _absent(fed, 1) == {"c": ("waiting", "its update of round 1 went into buffer 2")}
+    assert _absent(fed, 2) == {"b": ("waiting", "no update in this buffer")}
+    rounds = {r.round: r for r in fed.coord.rounds(fed.run_id)}  # the list says the same
+    assert [s.reason for s in rounds[1].silos if s.silo == "c"] == [
+        "its update of round 1 went into buffer 2"
+    ]
+
+
+def test_a_closed_buffer_says_a_slow_silos_update_was_too_stale(api_service_url: str) -> None:
+    fed = async_federation(api_service_url, max_staleness=0)
+    send(fed, "a", 1, seed=1)
+    send(fed, "b", 1, seed=2)
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    send(fed, "c", 1, seed=3)  # staleness 1 > 0: dropped from buffer 2
+    send(fed, "a", 2, seed=4)
+    send(fed, "b", 2, seed=5)
+    assert fed.coord.wait_round(fed.run_id, 2, 0).status == "aggregated"
+    reason = "its update was too stale for buffer 2 (staleness 1)"
+    assert _absent(fed, 1) == {"c": ("waiting", reason)}

@@ -328,3 +328,84 @@ def test_a_silo_outside_the_cohort_fetches_nothing_of_it(
             fed.silos["c"].secagg_get(fed.run_id, 1, what)
         assert err.value.status == 403 and "silo 'c'" in err.value.detail, err.value.detail
         assert "round 1" in err.value.detail
+
+
+def test_a_buffer_short_of_k_runs_as_soon_as_every_active_silo_is_ready(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """K=3, and c left the run: a buffer used to wait for a third ready silo until its
+    deadline. With a and b both ready nobody else can come, so their cohort runs at once, as a
+    plain buffer closes once every silo answered (threshold 2 still holds: 2 of 2)."""
+    fed = Buffers(api_service_url, tmp_path, k=3)
+    fed.silos["c"].refuse(fed.run_id, "policy: not this run")
+    assert not fed.ready("a", 1)["cohort"]  # b still trains
+    assert fed.coord.wait_round(fed.run_id, 1, 0).awaited == ["b"]
+    assert fed.ready("b", 1)["cohort"]  # the last active silo: the cohort is a and b
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.secagg_stage == "advertise" and out.awaited == ["a", "b"]
+    d = deltas(6)
+    fed.stages_until_masked(["a", "b"], d)
+    fed.unmask(["a", "b"])
+    assert fed.coord.wait_round(fed.run_id, 1, 5).status == "aggregated"
+    expected = fed.initial + (N["a"] * d["a"] + N["b"] * d["b"]) / (N["a"] + N["b"])
+    np.testing.assert_allclose(fed.model(1), expected, atol=1e-5)
+    assert fed.aggregate(1)["cohort"] == ["a", "b"]
+
+
+def test_a_silo_leaving_fixes_the_cohort_of_those_ready(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """a and b are ready and wait for c; c leaves the run: the cohort is fixed then (the
+    refusal unblocks the buffer), not at the deadline."""
+    fed = Buffers(api_service_url, tmp_path, k=3)
+    fed.ready("a", 1)
+    fed.ready("b", 1)
+    assert fed.coord.wait_round(fed.run_id, 1, 0).secagg_stage is None  # c trains
+    fed.silos["c"].refuse(fed.run_id, "policy: not this run")
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "open" and out.secagg_stage == "advertise"
+    fed.task("a", "secagg_advertise")
+
+
+def test_a_buffer_too_short_for_secure_aggregation_fails_once_all_are_ready(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """b and c left: a alone cannot be aggregated securely (2 silos at least, the threshold),
+    so once a is ready the buffer fails now, saying why, instead of idling to its deadline."""
+    fed = Buffers(api_service_url, tmp_path, k=3)
+    for name in ("b", "c"):
+        fed.silos[name].refuse(fed.run_id, "policy: not this run")
+    fed.ready("a", 1)
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "failed", out
+    assert "buffer 1: every active silo is ready or has answered" in (out.reason or "")
+    assert "the 1 ready (a) are too few" in (out.reason or "")
+    assert "needs at least 2" in (out.reason or "")
+    failed = [
+        json.loads(e.payload) for e in fed.coord.ledger(fed.run_id) if e.kind == "round_failed"
+    ]
+    assert [f["round"] for f in failed] == [1]
+
+
+def test_a_closed_buffer_says_a_carried_silos_update_went_into_the_next(
+    api_service_url: str, tmp_path: Path
+) -> None:
+    """c became ready while buffer 1's cohort (a, b) ran and was carried into buffer 2. The
+    closed buffer 1 used to show c "waiting" for good; it says where c's update went."""
+    fed = Buffers(api_service_url, tmp_path, k=2)
+    fed.ready("a", 1)
+    fed.ready("b", 1)
+    fed.stages_until_masked(["a", "b"], deltas(7))
+    fed.ready("c", 1)  # waits for the next buffer
+    fed.unmask(["a", "b"])
+    assert fed.coord.wait_round(fed.run_id, 1, 5).status == "aggregated"
+    fed.coord.open_round(fed.run_id, RoundOpen(round=2, deadline_s=60))
+    fed.task("b", "train")
+    fed.ready("b", 2)  # b and the carried c form buffer 2's cohort
+    fed.stages_until_masked(["b", "c"], deltas(8))
+    fed.unmask(["b", "c"])
+    assert fed.coord.wait_round(fed.run_id, 2, 5).status == "aggregated"
+    states = {s.silo: (s.state, s.reason) for s in fed.coord.wait_round(fed.run_id, 1, 0).silos}
+    assert states["c"] == ("waiting", "its update of round 1 went into buffer 2")
+    later = {s.silo: s.reason for s in fed.coord.wait_round(fed.run_id, 2, 0).silos}
+    assert later["a"] == "no update in this buffer"

@@ -109,10 +109,11 @@ def test_a_member_whose_bytes_do_not_match_its_hash_is_refused() -> None:
 
 
 def test_kinds_need_a_default_and_real_silo_names() -> None:
-    assert (
-        EnsembleSpec(kinds={"default": "mlp", "VA Long Beach": "xgboost"}).kind_for("VA Long Beach")
-        == "xgboost"
-    )
+    spec = EnsembleSpec(kinds={"default": "mlp", "va_long_beach": "xgboost"})
+    assert spec.kind_for("va_long_beach") == "xgboost"
+    # a display name with spaces is no silo name (schemas.wire.NAME_PATTERN): refused
+    with pytest.raises(ValidationError, match=r"cannot exist: \['VA Long Beach'\].*no spaces"):
+        EnsembleSpec(kinds={"default": "mlp", "VA Long Beach": "xgboost"})
     assert EnsembleSpec().kind_for("anyone") == "xgboost"
     with pytest.raises(ValidationError, match='needs a "default" kind'):
         EnsembleSpec(kinds={"a": "mlp"})

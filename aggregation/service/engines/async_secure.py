@@ -16,7 +16,11 @@ secure-aggregation stages of `engines.secure` among themselves.
   others' shares; too few survivors fail the buffer, as they fail a synchronous round;
 - a silo that becomes ready while R's cohort runs waits in R's mailbox and is carried into
   the next buffer when the coordinator opens it. At the deadline a buffer with fewer than K
-  ready silos runs with those it has, if they are enough for secure aggregation.
+  ready silos runs with those it has, if they are enough for secure aggregation;
+- once every active silo is ready (or answered otherwise: sat out, declined), as when silos
+  left the run and fewer than K remain, waiting longer cannot bring another: the cohort is
+  fixed then with those ready, if they are enough for secure aggregation (`least_cohort`), as a
+  plain buffer closes once every silo answered.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class AsyncSecureEngine(SecureEngine):
         secure_rounds.consistency_default(ctx.spec, ctx.hub.settings)  # refuse a bad run now
         if ctx.rnd.secagg_stage is None:
             _carry_over(ctx)
-            fix_cohort(ctx, need=_spec(ctx).buffer_size)
+            _fix_if_due(ctx)
         return None
 
     def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
@@ -88,14 +92,22 @@ class AsyncSecureEngine(SecureEngine):
             )
         return super().receive(ctx, answer)
 
+    def advance(self, ctx: RoundContext, *, force: bool) -> None:
+        """Before the cohort: fix it if every active silo is now ready (one left the run, sat
+        out or declined: `closing.unblock`); then the protocol's stages."""
+        if ctx.rnd.secagg_stage is None:
+            _fix_if_due(ctx)
+            return
+        super().advance(ctx, force=force)
+
     def close(self, ctx: RoundContext) -> None:
         """At the deadline: run the buffer with the ready silos it has, if they are enough
         for secure aggregation; once its cohort runs, whoever is silent drops out."""
-        rnd, spec = ctx.rnd, ctx.spec
+        rnd = ctx.rnd
         if rnd.secagg_stage is not None:
             super().close(ctx)
             return
-        need = max(2, spec.min_silos, spec.secure_aggregation.threshold or 2)
+        need = least_cohort(ctx)
         if not fix_cohort(ctx, need=need):
             ready = sorted(r.silo for r in _ready_rows(ctx, rnd))
             fail_round(
@@ -106,12 +118,9 @@ class AsyncSecureEngine(SecureEngine):
 
     def awaited(self, ctx: RoundContext) -> set[str]:
         """Before the cohort: the silos still training; then the cohort's current stage."""
-        rnd = ctx.rnd
-        if rnd.secagg_stage is not None:
+        if ctx.rnd.secagg_stage is not None:
             return super().awaited(ctx)
-        done = {c.silo for c in contributions(ctx.s, rnd.run_id, rnd.number)}
-        ready = {r.silo for r in _ready_rows(ctx, rnd)}
-        return set(active_silos(ctx.s, rnd.run_id)) - done - ready
+        return _training(ctx)
 
     def entry_extra(self, ctx: RoundContext, updates: list[Contribution]) -> dict[str, object]:
         """What the ``aggregate`` entry says of a buffer: each contributor's base round,
@@ -136,6 +145,42 @@ class AsyncSecureEngine(SecureEngine):
         """Metrics only from updates with staleness 0 (they scored the buffer's input model)."""
         info = cohort(ctx.rnd)
         return [c for c in updates if info[c.silo]["staleness"] == 0]
+
+
+def least_cohort(ctx: RoundContext) -> int:
+    """The smallest cohort a buffer may run with short of K: 2 (masks cancel only between
+    silos), min_silos, and the secure-aggregation threshold (never lowered: the spec keeps
+    K >= it, and a short cohort must still meet it)."""
+    spec = ctx.spec
+    return max(2, spec.min_silos, spec.secure_aggregation.threshold or 2)
+
+
+def _fix_if_due(ctx: RoundContext) -> None:
+    """Fix the cohort at K ready silos, or once nobody active is still training (fewer than
+    K silos remain: waiting for the deadline could bring no one) with those ready, or fail
+    the buffer now if they are too few for secure aggregation."""
+    if ctx.rnd.status != "open" or ctx.rnd.secagg_stage is not None:
+        return
+    if fix_cohort(ctx, need=_spec(ctx).buffer_size) or _training(ctx):
+        return
+    need = least_cohort(ctx)
+    if not fix_cohort(ctx, need=need):
+        ready = sorted(r.silo for r in _ready_rows(ctx, ctx.rnd))
+        fail_round(
+            ctx,
+            f"buffer {ctx.rnd.number}: every active silo is ready or has answered, and the "
+            f"{len(ready)} ready ({', '.join(ready) or 'none'}) are too few: a secure buffer "
+            f"needs at least {need} (2, min_silos and secure_aggregation.threshold)",
+        )
+        ctx.hub.recorder.checkpoint_round(ctx.s, ctx.rnd)  # as a deadline's failure is
+
+
+def _training(ctx: RoundContext) -> set[str]:
+    """Before the cohort: the active silos neither ready nor done with the buffer."""
+    rnd = ctx.rnd
+    done = {c.silo for c in contributions(ctx.s, rnd.run_id, rnd.number)}
+    ready = {r.silo for r in _ready_rows(ctx, rnd)}
+    return set(active_silos(ctx.s, rnd.run_id)) - done - ready
 
 
 def cohort(rnd: Round) -> dict[str, dict[str, Any]]:
@@ -274,7 +319,7 @@ def _receive_ready(ctx: RoundContext, answer: Answer) -> dict[str, object]:
     s.add(_row(buffer, silo, payload, n_examples))
     s.flush()
     if buffer.status == "open":
-        fix_cohort(RoundContext(s, run, buffer, ctx.spec, ctx.hub), need=_spec(ctx).buffer_size)
+        _fix_if_due(RoundContext(s, run, buffer, ctx.spec, ctx.hub))
     return {
         "buffer": buffer.number,
         "duplicate": False,

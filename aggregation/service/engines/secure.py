@@ -78,6 +78,7 @@ class SecureEngine:
             check = secure_rounds.consistency_default(ctx.spec, ctx.hub.settings)
             secure_rounds.start(ctx.s, ctx.rnd, ctx.run.id, consistency_check=check)
             roster = secure_rounds.roster(ctx.rnd)
+            unmet = secure_rounds.threshold_unmet(ctx.rnd, ctx.spec)
             if len(roster) < 2:  # the others refused the run: masks need a second silo
                 active = ", ".join(roster) or "none"
                 fail_round(
@@ -85,6 +86,8 @@ class SecureEngine:
                     f"round {ctx.rnd.number} of run {ctx.run.id}: secure aggregation needs at "
                     f"least 2 active silos, the run has {len(roster)} ({active})",
                 )
+            elif unmet is not None:  # silos left since the run was created with enough
+                fail_round(ctx, unmet)
         return None
 
     def task_for(self, ctx: RoundContext, silo: str) -> Task | None:
