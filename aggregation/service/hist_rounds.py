@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from aggregation.secagg import session_server
 from aggregation.service import hist_setup, hist_wire
+from aggregation.service.contributions import sat_out_reasons
 from aggregation.service.exceptions import Conflict
 from aggregation.service.hist_results import finish_round
 from aggregation.service.hist_state import (
@@ -97,7 +98,10 @@ def close(s: Session, run: Run, rnd: Round, recorder: Recorder) -> None:
 
 def _fail(rnd: Round, state: HistState | None, reason: str) -> None:
     rnd.status, rnd.closed_at = "failed", utcnow()
-    rnd.reason = f"secure-hist: {reason}"
+    s = object_session(rnd)
+    # "too few silos advertised" says little without the silos' own reasons (a policy, ...)
+    excused = sat_out_reasons(s, rnd.run_id, rnd.number) if s is not None else ""
+    rnd.reason = f"secure-hist: {reason}" + (f"; sat out: {excused}" if excused else "")
     if state is not None:
         state.phase = "failed"
 

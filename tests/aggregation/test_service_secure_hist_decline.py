@@ -37,3 +37,24 @@ def test_a_silo_declining_at_a_level_leaves_the_session_without_a_deadline(fed: 
     # the same trees as the driver's run in which c drops out at that level
     assert fed.coord.download_model(fed.run_id, 1) == expected(2, drop_at={"c": (0, 1)})
     assert fed.silos["c"].next_task(wait_s=0, run_id=fed.run_id).type == "run_ended"  # type: ignore[union-attr]
+
+
+def test_a_session_too_few_silos_joined_names_why_the_others_sat_out(fed: Fed) -> None:  # noqa: F811
+    """Two of three silos decline the round before advertising: the session cannot start, and
+    the round's reason says why they sat out, not only that too few keys came."""
+
+    def b_and_c_decline(silo: str, task: Task) -> bool:
+        if silo == "a":
+            return False
+        decline(fed.silos[silo], fed.run_id, 1, cause="policy", reason=f"{silo} allows bagging")
+        return True
+
+    train_round(fed, 1, b_and_c_decline)
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    if out.status == "open":  # a stage waits for its deadline: close it as the service would
+        fed.coord.close_round(fed.run_id, 1)
+        out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "failed" and out.reason, out
+    assert out.reason.startswith("secure-hist: ")
+    assert "sat out: " in out.reason and "b allows bagging" in out.reason
+    assert "c allows bagging" in out.reason
