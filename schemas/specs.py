@@ -275,7 +275,9 @@ class AsyncSpec(_Strict):
     With secure aggregation, a silo that finished training announces it is ready; the first K
     ready silos form the buffer's cohort and run the secure-aggregation stages among
     themselves, each masking its update times s(t): the service sees only the weighted sum.
-    K must then be at least the secure-aggregation threshold (and 2).
+    K must then be at least the secure-aggregation threshold (and 2). When fewer than K silos
+    are still active, the cohort forms once every active one is ready (if they reach the
+    threshold). K above the run's participants is refused when the run is created.
     """
 
     buffer_size: int = Field(ge=1, description="K: aggregate as soon as K updates are in")
