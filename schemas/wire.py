@@ -315,7 +315,10 @@ class ValidationSummary(Message):
         return (self.data_sha256, self.test_data_sha256)
 
     def reason(self) -> str:
-        """One line naming each failed expectation, for round tables and run failures."""
+        """One line naming each failed expectation, for round tables and run failures. A table
+        that could not be read (``read_table``, ``test_path:read_table``) adds its detail, the
+        file and the reader's reason, or the line would not say which file; other details stay
+        out, since they carry the silo's column statistics and the line goes to the service."""
         parts = [
             f"{f.expectation}({f.column or 'table'})"
             + (
@@ -323,6 +326,22 @@ class ValidationSummary(Message):
                 if f.unexpected_count is not None and f.unexpected_percent is not None
                 else ""
             )
+            + (f": {_clipped(f.detail)}" if _unreadable(f) and f.detail else "")
             for f in self.failed
         ]
         return f"contract {self.contract} v{self.contract_version} failed: " + "; ".join(parts)
+
+
+READ_TABLE = "read_table"  # the gate's outcome for a table it could not read at all
+REASON_DETAIL_CHARS = 300
+
+
+def _unreadable(outcome: ExpectationOutcome) -> bool:
+    """A table the gate could not read: the data file, or ``test_path:`` the held-out one."""
+    return outcome.expectation.rpartition(":")[2] == READ_TABLE
+
+
+def _clipped(text: str) -> str:
+    """`text` on one line, at most REASON_DETAIL_CHARS long (a reason is one short line)."""
+    line = " ".join(text.split())
+    return line if len(line) <= REASON_DETAIL_CHARS else line[: REASON_DETAIL_CHARS - 1] + "…"

@@ -12,8 +12,12 @@ handlers of their own.
 A vertical run that names the silo as a party is served the same way, as one flow run
 (silos/vertical/agent_flow.py). Any failure before the silo's update becomes a signed
 decline (`silos.decline`): for the round (the silo sits it out and waits for the next) or for
-the run (it leaves; its flow run ends Failed). A cancelled run ends the flow run Cancelled.
-The client retries the service forever.
+the run (it leaves; its flow run ends Failed), and so does a round whose flow run cannot
+even start (silo.toml no longer reads, the Prefect API fails). The flow run ends as the run
+did: Completed, Failed or Cancelled. The client retries the service forever.
+
+One agent serves a workspace (`silos.workspace_lock`, held for the process's life); a revoked
+silo's agent stops (`SiloRevoked`).
 """
 
 from __future__ import annotations
@@ -27,21 +31,30 @@ from typing import Any
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.states import Cancelled, Failed
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelled, Completed, Failed
 from prefect.utilities.annotations import quote
 
 from schemas.specs import RunSpec
 from schemas.tasks import RunEndedTask, Task, VerticalTask
-from silos import checkpoints, decline, flow_report, hist_round, privacy_budget, secure_round
+from silos import (
+    checkpoints,
+    decline,
+    flow_report,
+    hist_round,
+    privacy_budget,
+    secure_round,
+    workspace_lock,
+)
 from silos import metrics as agent_metrics
 from silos.agent_client import make_client
 from silos.client import SiloClient
-from silos.client_errors import Forbidden
+from silos.client_errors import Forbidden, ServiceRejected
 from silos.config import SiloConfig, load_silo_config
 from silos.contract_store import bind_run, contract_for
 from silos.dask_data import DASK_TASK_TYPES, prepare_run_data
 from silos.decline import Declined, FailureLog
-from silos.exceptions import DataError, FeatureError, UnsupportedTask
+from silos.exceptions import DataError, FeatureError, SiloConfigError, SiloError, UnsupportedTask
 from silos.features import FeaturePipeline
 from silos.files import owner_only_umask
 from silos.handlers import REGISTRY, SiloContext
@@ -51,6 +64,7 @@ from silos.lineage_copy import keep_receipt
 from silos.local_data import LocalData
 from silos.policy import policy_violation
 from silos.round_gate import RoundGate, check_round, statement_payload
+from silos.stale_flow_runs import crash_left_behind
 from silos.vertical.interrupted import end_interrupted
 from silos.warmup import warm_up_and_report
 
@@ -60,13 +74,20 @@ POLL_WAIT_S = 25.0
 REPEAT_WAIT_S = 2.0  # the service offers a task this silo already declined: do not spin
 
 
+class SiloRevoked(SiloError):
+    """The coordinator revoked this silo: the service refuses all it sends from now on."""
+
+
 def wait_for_approval(client: SiloClient, poll_s: float = 1.0) -> None:
     """Enrol (idempotent) and block until the coordinator approves this silo."""
     status = client.enrol().status
     announced = False
     while status != "approved":
         if status == "revoked":
-            raise PermissionError(f"silo {client.silo} has been revoked by the coordinator")
+            raise SiloRevoked(
+                f"silo {client.silo} has been revoked by the coordinator of {client.federation}; "
+                "the agent does not start"
+            )
         if not announced:
             log.info(
                 "silo %s enrolled (key %s…); waiting for approval",
@@ -82,26 +103,59 @@ def wait_for_approval(client: SiloClient, poll_s: float = 1.0) -> None:
     log.info("silo %s approved", client.silo)
 
 
+def revoked(client: SiloClient, refusal: Forbidden) -> SiloRevoked | None:
+    """The revocation behind a refusal (403), or None when the silo is still approved (a
+    refusal for one run: not a participant, say). Asked of the service, not read from the
+    refusal's text: enrolling again is idempotent and answers with the silo's status."""
+    try:
+        status = client.enrol().status
+    except ServiceRejected:
+        return None
+    if status != "revoked":
+        return None
+    return SiloRevoked(
+        f"silo {client.silo} has been revoked by the coordinator of {client.federation}: "
+        f"the service refused its request ({refusal.detail}); the agent stops"
+    )
+
+
 def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
     """Serve the federation until interrupted (or until `max_runs` runs were served).
 
     Everything the agent writes is its owner's only (umask 077); it refuses to start on a
-    privacy budget file that fails its signature check.
+    privacy budget file that fails its signature check, and on a workspace another agent
+    holds (`silos.workspace_lock.WorkspaceBusy`; held until the process ends). It stops with
+    `SiloRevoked` once the coordinator revoked the silo.
     """
     owner_only_umask()
     config = load_silo_config(config_path)
-    privacy_budget.check(config)
-    plugins = load_plugins(plugin_names(config.agent.plugins))
-    if plugins:
-        log.info(
-            "silo %s: handler plugins %s (modes %s)", config.silo.name, plugins, REGISTRY.modes()
-        )
-    client = make_client(config)
-    if config.agent.metrics_port:  # Prometheus /metrics (silos/metrics.py)
-        agent_metrics.serve_metrics(config.agent.metrics_port, config.agent.metrics_host)
-    wait_for_approval(client)
-    end_interrupted(client, config.workspace)  # vertical runs a kill cut short: peers stop
-    warm_up_and_report(client, config)
+    with workspace_lock.held(config.workspace):
+        privacy_budget.check(config)
+        plugins = load_plugins(plugin_names(config.agent.plugins))
+        if plugins:
+            log.info(
+                "silo %s: handler plugins %s (modes %s)",
+                config.silo.name,
+                plugins,
+                REGISTRY.modes(),
+            )
+        client = make_client(config)
+        if config.agent.metrics_port:  # Prometheus /metrics (silos/metrics.py)
+            agent_metrics.serve_metrics(config.agent.metrics_port, config.agent.metrics_host)
+        try:
+            wait_for_approval(client)
+            end_interrupted(client, config.workspace)  # vertical runs a kill cut short: peers stop
+            warm_up_and_report(client, config)
+            _serve(client, config, max_runs)
+        except Forbidden as exc:  # refused at a poll: revoked, or it would not have been
+            stop = revoked(client, exc)
+            if stop is None:
+                raise
+            raise stop from exc
+
+
+def _serve(client: SiloClient, config: SiloConfig, max_runs: int | None) -> None:
+    """The agent's loop: each run this silo is offered, one flow run each."""
     served = 0
     left: set[str] = set()  # runs this silo declined: the service should not offer them again
     failures = FailureLog.new()
@@ -124,13 +178,21 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
                 )
             time.sleep(REPEAT_WAIT_S)
             continue
-        log.info("silo %s: joining run %s at round %d", config.silo.name, work.run_id, work.round)
+        if failures.first(work.round, f"join {work.run_id}"):  # a retry of the round: once
+            log.info(
+                "silo %s: joining run %s at round %d", config.silo.name, work.run_id, work.round
+            )
         try:
             state = silo_training(
                 str(config.source), work.run_id, work.spec, work.coordinator_flow_run_id
             )
+        except Declined as declined:  # its flow run could not start: the round goes on without it
+            _decline_unstarted(client, config, work, declined, failures)
+            time.sleep(REPEAT_WAIT_S)
         except Exception as exc:  # one run's failure here must not stop the agent: it keeps
             # serving, and rejoins this run at its next task if it goes on
+            if isinstance(exc, Forbidden) and (stop := revoked(client, exc)) is not None:
+                raise stop from exc
             if failures.first(work.round, f"{work.run_id}: {type(exc).__name__}: {exc}"):
                 log.warning(
                     "silo %s: run %s failed here in round %d: %s: %s",
@@ -151,9 +213,29 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
                 config.silo.name,
                 work.run_id,
                 state.type.value,
-                state.message or "",
+                state.message or "no message",
             )
         served += 1
+
+
+def _decline_unstarted(
+    client: SiloClient, config: SiloConfig, work: Task, declined: Declined, failures: FailureLog
+) -> None:
+    """Decline the round whose flow run could not start (a silo.toml that no longer reads,
+    an unreachable Prefect API): the service closes it without waiting for its deadline, and
+    the agent tries again at the run's next round. Logged once per round."""
+    if failures.first(work.round, f"{work.run_id}: {declined}"):
+        log.warning(
+            "silo %s: run %s, round %d: declining the round (%s), its flow run could not start: %s",
+            config.silo.name,
+            work.run_id,
+            work.round,
+            declined.cause,
+            declined.reason,
+        )
+        log.debug("silo %s: why it could not start", config.silo.name, exc_info=declined)
+    decline.send(client, config.workspace, work.run_id, work.round, declined)
+    agent_metrics.declined(client.silo, declined.scope, declined.cause)
 
 
 def silo_training(
@@ -162,15 +244,30 @@ def silo_training(
     """Serve one run as a Prefect flow run named ``<silo>-<run id>`` with the silo's tags.
 
     Returns the flow run's final state: Completed, Cancelled (the coordinator cancelled the
-    run) or Failed (this silo declined the run). An error that ended the silo's part ends the
-    flow run Failed and is raised here.
+    run) or Failed (this silo declined the run, or the run failed). An error that ended the
+    silo's part ends the flow run Failed and is raised here. When the flow run cannot start
+    (silo.toml does not read, the Prefect API fails) this raises the round's `Declined`
+    (cause ``internal``: the wire has no cause of its own for them) naming why. A flow run
+    an earlier agent left Running for this run is marked Crashed first.
     """
-    config = load_silo_config(config_path)
+    try:
+        config = load_silo_config(config_path)
+    except SiloConfigError as exc:  # edited while the agent runs: it rejoins once it reads
+        raise Declined("round", "internal", str(exc)) from exc
     name = flow_report.flow_run_name(config.silo.name, run_id)
-    with tags(*flow_report.flow_tags(config, run_id, spec, coordinator)):
-        state = silo_run_flow.with_options(flow_run_name=name)(
-            config_path=config_path, run_id=run_id, return_state=True
-        )
+    try:  # the flow's own errors are in its state: what raises here is Prefect's
+        crash_left_behind(name, f"silo:{config.silo.name}")
+        with tags(*flow_report.flow_tags(config, run_id, spec, coordinator)):
+            state = silo_run_flow.with_options(flow_run_name=name)(
+                config_path=config_path, run_id=run_id, return_state=True
+            )
+    except Exception as exc:
+        api = PREFECT_API_URL.value() or "Prefect's ephemeral server"
+        raise Declined(
+            "round",
+            "internal",
+            f"Prefect ({api}) could not run silo flow run {name}: {type(exc).__name__}: {exc}",
+        ) from exc
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BaseException):
         raise outcome
@@ -364,7 +461,7 @@ def _decline(
 
 
 @flow(name="silo-training", log_prints=True)
-def silo_run_flow(config_path: str, run_id: str) -> dict[str, object] | State:
+def silo_run_flow(config_path: str, run_id: str) -> State:
     """This silo's part of one federated training run: every round until the run ends.
 
     Every round starts with the validation gate; the local data is (re)loaded only after it
@@ -422,7 +519,7 @@ def serve_round(
 
 def _serve_run(
     client: SiloClient, config: SiloConfig, progress: _RunProgress, run_id: str
-) -> dict[str, object] | State:
+) -> State:
     """The flow's loop: each round of the run until it ends, or this silo declines the run."""
     work: Task | None = None
     while True:
@@ -462,9 +559,11 @@ def _serve_run(
 
 def _run_ended(
     client: SiloClient, config: SiloConfig, progress: _RunProgress, work: RunEndedTask
-) -> dict[str, object] | State:
-    """The run ended at the service: drop its secrets, countersign, and end the flow run
-    Cancelled when the coordinator cancelled it."""
+) -> State:
+    """The run ended at the service: drop its secrets, countersign, and end the flow run as
+    the run ended: Completed when it finished, Cancelled when the coordinator cancelled it,
+    Failed when it failed or went on without this silo. The task names only the run's
+    status, not the reason it failed: that is the coordinator's to show."""
     run_id = work.run_id
     hist_round.forget(config.silo.name, run_id)
     secure_round.erase_run_state(config.workspace, run_id)
@@ -478,10 +577,20 @@ def _run_ended(
         "rounds": progress.rounds_done,
         "run_status": work.run_status,
     }
+    done = f"silo {client.silo} served {progress.rounds_done} rounds of it"
+    if work.run_status == "finished":
+        return Completed(message=f"run {run_id} finished; {done}", data=result)
     if work.run_status == "cancelled":
         return Cancelled(
-            message=f"run {run_id} was cancelled by its coordinator; silo {client.silo} "
-            f"dropped it after {progress.rounds_done} rounds",
-            data=result,
+            message=f"run {run_id} was cancelled by its coordinator; {done}", data=result
         )
-    return result
+    if work.run_status == "failed":
+        why = "`fedsilo runs show` on the coordinator's side says why"
+        return Failed(message=f"run {run_id} failed at the service ({why}); {done}", data=result)
+    # the run goes on without this silo: the service dropped it (it left a secure-hist
+    # session, say)
+    return Failed(
+        message=f"run {run_id} ({work.run_status}) goes on without silo {client.silo}: the "
+        f"service no longer counts it a participant; {done}",
+        data=result,
+    )

@@ -44,7 +44,7 @@ import pandas as pd
 from schemas.canonical import canonical_json
 from schemas.contracts import Contract
 from schemas.contracts.gx_suite import build_suite, validation_view
-from schemas.wire import ExpectationOutcome, ValidationSummary
+from schemas.wire import READ_TABLE, ExpectationOutcome, ValidationSummary
 from silos.data import name_list, positive_mask
 from silos.exceptions import DataError
 
@@ -327,7 +327,8 @@ def summary_for_load_error(exc: DataError, contract: Contract) -> ValidationSumm
     """A failed summary for a table that could not be read (missing, empty, unparsable file).
 
     The detail is the `DataError` message: it names the file and the reader's reason (a line
-    number, an empty file), never a row. No table means no fingerprint: ``data_sha256`` is
+    number, an empty file), never a row; `ValidationSummary.reason` carries it, so that the
+    round's decline says which file. No table means no fingerprint: ``data_sha256`` is
     the empty string and ``n_rows`` 0.
     """
     return ValidationSummary(
@@ -340,7 +341,7 @@ def summary_for_load_error(exc: DataError, contract: Contract) -> ValidationSumm
         success=False,
         failed=[
             ExpectationOutcome(
-                expectation="read_table", success=False, detail=str(exc)[:500] or "unreadable"
+                expectation=READ_TABLE, success=False, detail=str(exc)[:500] or "unreadable"
             )
         ],
     )

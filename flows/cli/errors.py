@@ -37,18 +37,20 @@ AUTH = 4  # admin token missing, unreadable or refused by the service (401/403)
 UNREACHABLE = 5  # no service address (nor Prefect's API, nor MLflow's server) answered in time
 REFUSED = 6  # the service refused the request: wrong state (409), bad input (422), wire version
 CANCELLED = 7  # the run was cancelled (`fedsilo runs cancel`): an outcome, neither failure nor bug
+REVOKED = 8  # `silo start`: the coordinator revoked this silo; restarting the agent cannot help
 INTERRUPTED = 130  # Ctrl+C (typer's own)
 PIPE_CLOSED = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for other Unix tools
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
     (FAILED, "the command ran and the answer is no (ledger invalid, run failed, check failed)"),
-    (USAGE, "bad option, argument or input file"),
+    (USAGE, "bad option, argument or input file; a silo workspace another agent holds"),
     (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
     (AUTH, "admin token missing, unreadable or refused by the service"),
     (UNREACHABLE, "the aggregation service (or Prefect's API, or MLflow's server) did not answer"),
     (REFUSED, "the service refused the request (wrong state, invalid input, wire version)"),
     (CANCELLED, "the training run was cancelled (`fedsilo runs cancel`); it has no final model"),
+    (REVOKED, "`silo start`: the coordinator revoked this silo; the agent stopped"),
     (INTERRUPTED, "interrupted (Ctrl+C)"),
     (PIPE_CLOSED, "the reader of the output stopped reading (`| head`); nothing more printed"),
 )

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -37,7 +41,9 @@ def silo_start(
     max_runs: Annotated[int | None, typer.Option(help="Exit after serving this many runs.")] = None,
 ) -> None:
     """Start this institution's silo agent: it creates its key on first start, enrols, waits for
-    approval, then serves training runs. It only makes outbound connections."""
+    approval, then serves training runs. It only makes outbound connections. One agent per
+    workspace: a second one on the same silo.toml refuses to start (exit 2). Ctrl+C stops it
+    with exit 130, SIGTERM with 0; a revoked silo's agent stops with 8."""
     from silos.config import load_silo_config
     from silos.exceptions import SiloConfigError
 
@@ -55,12 +61,48 @@ def silo_start(
             refresh_global_settings_context()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from silos.agent import run_agent
+    from flows.cli.errors import INTERRUPTED, REVOKED
+    from silos.agent import SiloRevoked, run_agent
+    from silos.workspace_lock import WorkspaceBusy
 
     try:
-        run_agent(str(config), max_runs=max_runs)
-    except KeyboardInterrupt:
+        with _sigterm_stops():
+            run_agent(str(config), max_runs=max_runs)
+    except KeyboardInterrupt as exc:  # Ctrl+C: 130, as the shell reports an interrupt
         say(f"silo {cfg.silo.name}: stopped")
+        raise typer.Exit(INTERRUPTED) from exc
+    except _Terminated:  # systemd's or docker's stop: a clean stop, exit 0
+        say(f"silo {cfg.silo.name}: stopped (SIGTERM)")
+    except WorkspaceBusy as exc:  # a second agent: exit 2, which systemd does not restart
+        raise fail(str(exc)) from exc
+    except SiloRevoked as exc:
+        raise fail(str(exc), code=REVOKED) from exc
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the agent. A BaseException, as KeyboardInterrupt: no `except
+    Exception` on the way up may swallow it."""
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Turn SIGTERM into `_Terminated` for the block, so that the agent stops as it does on
+    Ctrl+C (its flow run ends Crashed, its workspace lock is released, `finally` blocks run)
+    and says so. A second SIGTERM meanwhile kills at once. Prefect's own handler, installed
+    while a flow runs, passes the signal on to this one."""
+    if threading.current_thread() is not threading.main_thread():  # only it gets signals
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @silo_app.command("approve")
@@ -284,15 +326,18 @@ def silo_reset_privacy_budget(
     """Start this silo's privacy budget again from zero after its signed budget file failed its
     check (a hand edit, a lost file). The rejected file is kept beside it and the reset, with
     your reason, is recorded in the new signed state. A budget that verifies is refused unless
-    --discard-valid-budget. Restoring the file from a backup is the better fix when one exists."""
-    from silos import privacy_budget
+    --discard-valid-budget, and so is any reset while the silo's agent runs (stop it first).
+    Restoring the file from a backup is the better fix when one exists."""
+    from silos import privacy_budget, workspace_lock
     from silos.config import load_silo_config
     from silos.exceptions import PrivacyBudgetError, SiloConfigError
 
     try:
         cfg = load_silo_config(config)
-        kept = privacy_budget.reset(cfg, reason, discard_valid=discard_valid_budget)
-    except (SiloConfigError, PrivacyBudgetError, ValueError) as exc:
+        # never beside a running agent: it would spend from the budget being replaced
+        with workspace_lock.held(cfg.workspace):
+            kept = privacy_budget.reset(cfg, reason, discard_valid=discard_valid_budget)
+    except (SiloConfigError, PrivacyBudgetError, workspace_lock.WorkspaceBusy, ValueError) as exc:
         raise fail(str(exc)) from exc
     where = f"; the previous file is kept as {kept}" if kept else ""
     console.print(f"silo {cfg.silo.name}: privacy budget reset{where}", markup=False)
