@@ -201,22 +201,9 @@ def test_too_few_ready_silos_fail_the_run_naming_the_silos(hub: Hub) -> None:
 def test_a_refused_run_fails_once_without_prefect_retries(hub: Hub) -> None:
     """The service refuses a secure run of one silo (409): the same on every try, so the flow
     run, deployed with retries as `federated_training` is, is not retried."""
-    params: dict[str, Any] = dict(
-        service_urls=[hub.url],
-        admin_token_file=str(hub.token_file),
-        federation=FED,
-        dataset="heart_disease",
-        model=ModelSpec(kind="logreg", n_features=N_FEATURES),
-        rounds=1,
-        min_silos=1,
-        silos=["alpha"],
-        secure_aggregation=SecureAggregationSpec(enabled=True),
-        federation_statistics=False,
-        ready_timeout_s=0,
-        output_dir=str(hub.workspace / "models"),
-    )
-    flow = federated_training.with_options(retries=2, retry_delay_seconds=0)
-    state = flow(**params, return_state=True)
+    secure = SecureAggregationSpec(enabled=True)
+    thread = start_flow(hub, retries=2, min_silos=1, silos=["alpha"], secure_aggregation=secure)
+    state = finish(hub, thread)
     assert state.is_failed() and "secure aggregation needs at least 2" in str(state.message)
     assert flow_run(str(state.state_details.flow_run_id)).run_count == 1
     assert hub.coord.list_runs(FED) == []  # nothing was created
