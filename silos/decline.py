@@ -67,6 +67,8 @@ def declined_for(exc: BaseException) -> Declined:
         return Declined("run", "internal", str(exc))
     if isinstance(exc, ModelError):
         return Declined("round", "training", str(exc))
+    if isinstance(exc, OSError) and exc.filename:  # a full disk, a permission: not training
+        return Declined("round", "internal", text)
     return Declined("round", "training", text)
 
 

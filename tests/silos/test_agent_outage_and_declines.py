@@ -118,6 +118,8 @@ def test_a_bounded_client_gives_up_and_a_refusal_is_not_retried(tmp_path: Path) 
         (PrivacyBudgetError("budget file edited"), "run", "privacy_budget"),
         (UnsupportedTask("no handler for 'sketch'"), "run", "internal"),
         (RuntimeError("CUDA out of memory"), "round", "training"),
+        (OSError(28, "No space left on device", "/ws/features/x.npz"), "round", "internal"),
+        (OSError("a socket error names no file"), "round", "training"),
     ],
 )
 def test_each_failure_before_the_update_is_a_decline_with_its_scope_and_cause(
