@@ -207,7 +207,7 @@ def serve_service(settings: ServiceSettings) -> None:
         check_workspace(settings.workspace)
         configure_logging(settings.resolved_log_format(), settings.log_level)
         application = create_app(settings)
-    except BaseException:
+    except Exception:  # refused before serving: free the port (an interrupt ends the process)
         sock.close()
         raise
     database = settings.resolved_database_url().split("@")[-1]
