@@ -8,8 +8,10 @@ step (`Submit`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,7 +29,7 @@ from silos.config import SiloConfig
 from silos.decline import Declined
 from silos.flow_report import fmt_metrics
 from silos.handlers.context import SiloContext
-from silos.lineage_copy import keep_receipt
+from silos.lineage_copy import keep_receipt, load_records
 
 W = TypeVar("W", TrainTask, SecAggMaskedTask)
 
@@ -131,9 +133,11 @@ def encode_update(spec: RunSpec, work: TrainTask, trained: Trained) -> bytes:
 def report_privacy(
     ctx: SiloContext, work: TrainTask | SecAggMaskedTask, answer: dict[str, Any]
 ) -> None:
-    """Tell the ledger the epsilon spent so far (once per accepted update, under DP only)."""
+    """Tell the ledger the epsilon spent so far (once per accepted update, under DP only).
+    A duplicate answer means the first one was lost (a retry, or a restart's resend): the
+    statement is sent then unless the silo's own copy of its lineage already holds it."""
     dp = work.spec.privacy
-    if dp is None or answer.get("duplicate"):
+    if dp is None or (answer.get("duplicate") and _reported(ctx.workspace, work)):
         return
     spent = privacy.epsilon_if(ctx.config, work.run_id, dp, 0)
     payload = {
@@ -148,6 +152,16 @@ def report_privacy(
     get_run_logger().info(
         "round %d: epsilon spent so far %.4g at delta %g", work.round, spent, dp.delta
     )
+
+
+def _reported(workspace: Path, work: TrainTask | SecAggMaskedTask) -> bool:
+    """Whether this silo's copy of its lineage holds its privacy_spent of the task's round."""
+    for record in load_records(workspace):
+        st = record.statement
+        if st.kind == "privacy_spent" and st.run_id == work.run_id:
+            if json.loads(st.payload).get("round") == work.round:
+                return True
+    return False
 
 
 def run_training_round(

@@ -11,6 +11,7 @@ service at the client's edge that passes the protocol messages between them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -98,8 +99,14 @@ class Client:
         return {"digest": f"d{len(self.submitted)}", "duplicate": False, "receipt": None}
 
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Kept, and answered with a receipt the silo files in its copy of its lineage."""
         self.statements.append((kind, payload))
-        return {"receipt": None}
+        body = json.dumps(payload, sort_keys=True)
+        statement = {"run_id": run_id, "kind": kind, "payload": body, "author": self.silo}
+        n = len(self.statements)
+        receipt = {"seq": n, "entry_hash": f"h{n}", "prev_hash": f"h{n - 1}"}
+        receipt |= {"created_at": "2026-12-07T00:00:00Z", "signature": "s"}
+        return {"statement": statement, "author_signature": "s", "receipt": receipt}
 
 
 def _config(folder: Path, name: str) -> SiloConfig:
@@ -193,7 +200,9 @@ def test_a_restart_in_the_masked_stage_counts_the_round_once(
 ) -> None:
     """Killed before the service took the update (`kill`) or after it took it and before its
     answer came (`kill-after`): the restarted agent sends the saved message again, without
-    training or noising anew; the budget says one round, the ledger at most one entry."""
+    training or noising anew; the budget says one round, the ledger one entry (after
+    `kill-after` the resend's answer says "duplicate", and the silo's copy of its lineage
+    shows the statement was never sent)."""
     trainings = _count_training(monkeypatch)
     work = fed.ready(1)
     a = fed.ctx["a"]
@@ -209,8 +218,20 @@ def test_a_restart_in_the_masked_stage_counts_the_round_once(
     assert client.submitted == [saved]  # the one message, whichever attempt delivered it
     assert trainings == [1] and _rounds(a) == 1
     one_round = privacy.epsilon({1.0: 1}, DP.delta)
-    expected = [] if fate == "kill-after" else [pytest.approx(one_round)]
-    assert _epsilons(client) == expected  # the answer was lost: the service has the update
+    assert _epsilons(client) == [pytest.approx(one_round)]
+
+
+def test_a_resend_after_the_statement_went_sends_no_second_one(fed: Federation) -> None:
+    """The agent died after its privacy_spent statement was receipted but before the round's
+    task was done: the restart's resend is answered "duplicate", and the silo's copy of its
+    lineage already holds the statement, so the ledger gets no second one."""
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    handler.masked_train(a, work)
+    client.on_submit = ["already"]
+    handler.masked_train(a, work)  # the restarted agent gets the round's masked task again
+    assert len(_epsilons(client)) == 1 and len(client.submitted) == 1
 
 
 def test_the_following_rounds_report_epsilon_of_their_own_round_count(
