@@ -94,6 +94,95 @@ ReadyTimeoutOpt = Annotated[
     ),
 ]
 
+ServerLrOpt = Annotated[float, typer.Option(help="Server learning rate.")]
+MuOpt = Annotated[float, typer.Option(help="FedProx proximal weight.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Local batch size.")]
+LrScheduleOpt = Annotated[
+    str,
+    typer.Option(
+        help="constant, or cosine: round r of R trains at lr * (1 + cos(pi (r-1) / R)) / 2. "
+        "Silos whose data differ drift toward their own optimum at a constant rate; the "
+        "cosine schedule lets FedAvg settle nearer the pooled model (bench/README.md).",
+    ),
+]
+PatienceOpt = Annotated[
+    int, typer.Option(help="Stop after this many rounds without improvement; 0 never.")
+]
+PersonalizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="finetune, fedper or ditto (trees: finetune): every silo makes its own model "
+        "at the end, kept at the silo; prints global vs personalized vs alone per silo."
+    ),
+]
+FineCellsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="secure-hist only: cells per feature of the public fine grid whose securely "
+        "summed counts give the federation's quantile cut points. More cells resolve "
+        "heavy-tailed columns (amounts) into more bins at the cost of a longer set-up "
+        "vector (features x cells entries). Default: chosen by the service from the "
+        "contract's ranges and federation statistics (max_bin / 2 cells per standard "
+        "deviation of the widest feature, a power of two from 4096 to 65536).",
+    ),
+]
+GradBitsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="secure-hist only: quantize every row's gradient and hessian to this many "
+        "fractional bits, rounded stochastically (unbiased), so each histogram cell needs "
+        "fewer bits on the wire; the model is then close to XGBoost's, not equal to it. "
+        "2 gave 4.25x fewer bytes than 64-bit cells on 1M rows at the lossless AUC "
+        "(bench/secure_hist.py). Default: lossless.",
+    ),
+]
+SecureOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Secure aggregation of PyTorch updates: the service unmasks only their sum. "
+        "--no-secure: it sees every update. Tree runs seal their updates to the service."
+    ),
+]
+DpNoiseOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Silo-level differential privacy (PyTorch runs): the Gaussian noise multiplier. "
+        "Each silo clips its update to --dp-clip-norm and adds its share of the noise, and "
+        "counts the epsilon spent in its own privacy budget (its policy's max_epsilon "
+        "caps it). Needs --dp-clip-norm."
+    ),
+]
+DpClipOpt = Annotated[
+    float | None,
+    typer.Option(help="Differential privacy: the L2 norm each silo clips its update to."),
+]
+DpDeltaOpt = Annotated[
+    float, typer.Option(help="Differential privacy: the delta epsilon is accounted at.")
+]
+AsyncBufferOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Asynchronous FedBuff rounds (PyTorch runs): the service aggregates as soon as "
+        "K updates are in, so a slow silo never holds the others up; a late update joins "
+        "the next buffer, weighted by its staleness. K is at least --min-silos (and 2, or "
+        "the secure-aggregation threshold, with --secure) and at most the run's silos."
+    ),
+]
+MaxStalenessOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="With --async-buffer: drop an update trained on a model this many versions "
+        "older than the buffer's, or more. Default: none dropped."
+    ),
+]
+StalenessWeightOpt = Annotated[
+    str,
+    typer.Option(
+        help="With --async-buffer: a stale update's weight, sqrt (1/sqrt(1 + staleness)) "
+        "or constant."
+    ),
+]
+
 # Every model kind the run specs accept, read from the schemas so the help stays true.
 TORCH_KINDS: tuple[str, ...] = get_args(ModelKind)
 TREE_KINDS: tuple[str, ...] = get_args(TreeKind)

@@ -51,6 +51,12 @@ class RunOptions:
     personalize: str | None = None
     distill: str | None = None
     ensemble: str | None = None
+    dp_noise_multiplier: float | None = None
+    dp_clip_norm: float | None = None
+    dp_delta: float = 1e-5
+    async_buffer: int | None = None
+    max_staleness: int | None = None
+    staleness_weight: str = "sqrt"
     given: tuple[str, ...] = ()  # options given on the command line (`given_options`)
 
 
@@ -66,6 +72,17 @@ def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
 
     own_kinds = "--ensemble" if options.ensemble else "--distill" if options.distill else None
     check_kind_options(options.model, options.given, own_kinds)
+    schedule = options.training.get("lr_schedule", "constant")
+    if schedule not in ("constant", "cosine"):
+        raise typer.BadParameter(
+            f"{schedule!r}: choose constant or cosine", param_hint="--lr-schedule"
+        )
+    if options.strategy.get("name") == "scaffold" and options.personalize == "fedper":
+        raise typer.BadParameter(
+            "scaffold's control variates cover the whole model; fedper keeps the output layer "
+            "at each silo: choose one",
+            param_hint="--strategy",
+        )
     if not math.isfinite(options.ready_timeout_s):  # a flow parameter, stored as JSON
         raise typer.BadParameter(
             f"{options.ready_timeout_s}: give a finite number of seconds (0: no wait)",
@@ -91,9 +108,49 @@ def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
             distill=distill,
             ensemble=ensemble_spec(options.ensemble),
             federation_statistics=needs_stats or distill is not None,  # as federated_training
+            privacy=privacy_fields(options),
+            asynchronous=async_fields(options),
         )
     except ValidationError as exc:
         raise spec_error(exc) from exc
+
+
+DP_OPTIONS = ("--dp-noise-multiplier", "--dp-clip-norm", "--dp-delta")
+ASYNC_OPTIONS = ("--async-buffer", "--max-staleness", "--staleness-weight")
+
+
+def privacy_fields(options: RunOptions) -> dict[str, object] | None:
+    """The run's PrivacySpec fields from the --dp-* options (None when none is given)."""
+    given = [option for option in DP_OPTIONS if option in options.given]
+    if not given:
+        return None
+    if options.dp_noise_multiplier is None or options.dp_clip_norm is None:
+        raise typer.BadParameter(
+            "differential privacy needs both --dp-noise-multiplier and --dp-clip-norm",
+            param_hint="/".join(given),
+        )
+    return {
+        "noise_multiplier": options.dp_noise_multiplier,
+        "clip_norm": options.dp_clip_norm,
+        "delta": options.dp_delta,
+    }
+
+
+def async_fields(options: RunOptions) -> dict[str, object] | None:
+    """The run's AsyncSpec fields from --async-buffer and its options (None without it)."""
+    if options.async_buffer is None:
+        stray = [option for option in ASYNC_OPTIONS if option in options.given]
+        if stray:
+            raise typer.BadParameter(
+                "applies to asynchronous rounds: give --async-buffer K too",
+                param_hint="/".join(stray),
+            )
+        return None
+    return {
+        "buffer_size": options.async_buffer,
+        "max_staleness": options.max_staleness,
+        "staleness_weight": options.staleness_weight,
+    }
 
 
 def _spec_models(
@@ -207,6 +264,14 @@ SPEC_OPTIONS: dict[tuple[str, ...], str] = {
     ("round_deadline_s",): "--round-deadline-s",
     ("patience",): "--patience",
     ("secure_aggregation",): "--secure/--no-secure",
+    ("privacy",): "--dp-noise-multiplier/--dp-clip-norm/--dp-delta",
+    ("privacy", "noise_multiplier"): "--dp-noise-multiplier",
+    ("privacy", "clip_norm"): "--dp-clip-norm",
+    ("privacy", "delta"): "--dp-delta",
+    ("asynchronous",): "--async-buffer",
+    ("asynchronous", "buffer_size"): "--async-buffer",
+    ("asynchronous", "max_staleness"): "--max-staleness",
+    ("asynchronous", "staleness_weight"): "--staleness-weight",
     ("personalize",): "--personalize",
     ("distill",): "--distill",
     ("ensemble",): "--ensemble",

@@ -8,17 +8,32 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
+    AsyncBufferOpt,
+    BatchSizeOpt,
     DatasetOpt,
+    DpClipOpt,
+    DpDeltaOpt,
+    DpNoiseOpt,
     FederationOpt,
+    FineCellsOpt,
+    GradBitsOpt,
     HiddenOpt,
     LocalEpochsOpt,
     LrOpt,
+    LrScheduleOpt,
+    MaxStalenessOpt,
     MinSilosOpt,
     ModelOpt,
+    MuOpt,
+    PatienceOpt,
+    PersonalizeOpt,
     ReadyTimeoutOpt,
     RoundDeadlineOpt,
     RoundsOpt,
+    SecureOpt,
+    ServerLrOpt,
     ServiceUrls,
+    StalenessWeightOpt,
     StrategyOpt,
     TokenBlockOpt,
     TreeModeOpt,
@@ -61,6 +76,8 @@ def schedule(
     mode: TreeModeOpt = "bagging",
     trees_per_round: TreesPerRoundOpt = 3,
     tree_param: TreeParamOpt = [],
+    fine_cells: FineCellsOpt = None,
+    grad_bits: GradBitsOpt = None,
     n_features: Annotated[
         int,
         typer.Option(
@@ -68,20 +85,32 @@ def schedule(
         ),
     ] = 0,
     strategy: StrategyOpt = "fedavg",
+    server_lr: ServerLrOpt = 1.0,
+    mu: MuOpt = 0.0,
     rounds: RoundsOpt = 10,
     local_epochs: LocalEpochsOpt = 1,
     lr: LrOpt = 0.05,
+    lr_schedule: LrScheduleOpt = "constant",
+    batch_size: BatchSizeOpt = 32,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
     ready_timeout_s: ReadyTimeoutOpt = 900.0,
-    secure: Annotated[bool, typer.Option(help="Secure aggregation of the updates.")] = True,
+    patience: PatienceOpt = 0,
+    secure: SecureOpt = True,
     output_dir: Annotated[
         Path, typer.Option(help="Where the worker saves each run's final model.")
     ] = Path("models"),
     paused: Annotated[bool, typer.Option(help="Create the schedule paused.")] = False,
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
+    personalize: PersonalizeOpt = None,
     distill: DistillOpt = None,
     ensemble: EnsembleOpt = None,
+    dp_noise_multiplier: DpNoiseOpt = None,
+    dp_clip_norm: DpClipOpt = None,
+    dp_delta: DpDeltaOpt = 1e-5,
+    async_buffer: AsyncBufferOpt = None,
+    max_staleness: MaxStalenessOpt = None,
+    staleness_weight: StalenessWeightOpt = "sqrt",
 ) -> None:
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
@@ -101,15 +130,30 @@ def schedule(
         trees_per_round=trees_per_round,
         tree_param=tree_param,
         n_features=n_features or None,
-        strategy={"name": strategy},
-        training={"local_epochs": local_epochs, "lr": lr},
+        fine_cells=fine_cells,
+        grad_bits=grad_bits,
+        strategy={"name": strategy, "server_lr": server_lr, "mu": mu},
+        training={
+            "local_epochs": local_epochs,
+            "lr": lr,
+            "lr_schedule": lr_schedule,
+            "batch_size": batch_size,
+        },
         rounds=rounds,
         min_silos=min_silos,
         round_deadline_s=round_deadline_s,
         ready_timeout_s=ready_timeout_s,
+        patience=patience,
         secure=secure,
+        personalize=personalize,
         distill=distill,
         ensemble=ensemble,
+        dp_noise_multiplier=dp_noise_multiplier,
+        dp_clip_norm=dp_clip_norm,
+        dp_delta=dp_delta,
+        async_buffer=async_buffer,
+        max_staleness=max_staleness,
+        staleness_weight=staleness_weight,
         given=given_options(ctx),
     )
     run_spec(options)  # what the options alone decide is refused before contacting anyone
@@ -129,6 +173,7 @@ def schedule(
         rounds=spec.rounds,
         min_silos=spec.min_silos,
         round_deadline_s=spec.round_deadline_s,
+        patience=spec.patience,
         ready_timeout_s=ready_timeout_s,
         output_dir=output_dir,
         secure=spec.secure_aggregation.enabled,  # off for trees: sealed to the service instead
@@ -139,7 +184,7 @@ def schedule(
     if spec.trees is not None:
         params["model"] = None
         params["trees"] = spec.trees.model_dump(mode="json", by_alias=True)
-    for kind in ("distill", "ensemble"):
+    for kind in ("personalize", "distill", "ensemble", "privacy", "asynchronous"):
         if (value := getattr(spec, kind)) is not None:
             params[kind] = value.model_dump(mode="json", by_alias=True)
     check_prefect_api()

@@ -8,17 +8,32 @@ from typing import Annotated
 import typer
 
 from flows.cli.common import (
+    AsyncBufferOpt,
+    BatchSizeOpt,
     DatasetOpt,
+    DpClipOpt,
+    DpDeltaOpt,
+    DpNoiseOpt,
     FederationOpt,
+    FineCellsOpt,
+    GradBitsOpt,
     HiddenOpt,
     LocalEpochsOpt,
     LrOpt,
+    LrScheduleOpt,
+    MaxStalenessOpt,
     MinSilosOpt,
     ModelOpt,
+    MuOpt,
+    PatienceOpt,
+    PersonalizeOpt,
     ReadyTimeoutOpt,
     RoundDeadlineOpt,
     RoundsOpt,
+    SecureOpt,
+    ServerLrOpt,
     ServiceUrls,
+    StalenessWeightOpt,
     StrategyOpt,
     TokenBlockOpt,
     TokenSource,
@@ -84,48 +99,20 @@ def train(
     mode: TreeModeOpt = "bagging",
     trees_per_round: TreesPerRoundOpt = 3,
     tree_param: TreeParamOpt = [],
-    fine_cells: Annotated[
-        int | None,
-        typer.Option(
-            help="secure-hist only: cells per feature of the public fine grid whose securely "
-            "summed counts give the federation's quantile cut points. More cells resolve "
-            "heavy-tailed columns (amounts) into more bins at the cost of a longer set-up "
-            "vector (features x cells entries). Default: chosen by the service from the "
-            "contract's ranges and federation statistics (max_bin / 2 cells per standard "
-            "deviation of the widest feature, a power of two from 4096 to 65536).",
-        ),
-    ] = None,
-    grad_bits: Annotated[
-        int | None,
-        typer.Option(
-            help="secure-hist only: quantize every row's gradient and hessian to this many "
-            "fractional bits, rounded stochastically (unbiased), so each histogram cell needs "
-            "fewer bits on the wire; the model is then close to XGBoost's, not equal to it. "
-            "2 gave 4.25x fewer bytes than 64-bit cells on 1M rows at the lossless AUC "
-            "(bench/secure_hist.py). Default: lossless.",
-        ),
-    ] = None,
+    fine_cells: FineCellsOpt = None,
+    grad_bits: GradBitsOpt = None,
     strategy: StrategyOpt = "fedavg",
-    server_lr: Annotated[float, typer.Option(help="Server learning rate.")] = 1.0,
-    mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = 0.0,
+    server_lr: ServerLrOpt = 1.0,
+    mu: MuOpt = 0.0,
     rounds: RoundsOpt = 10,
     local_epochs: LocalEpochsOpt = 1,
     lr: LrOpt = 0.05,
-    lr_schedule: Annotated[
-        str,
-        typer.Option(
-            help="constant, or cosine: round r of R trains at lr * (1 + cos(pi (r-1) / R)) / 2. "
-            "Silos whose data differ drift toward their own optimum at a constant rate; the "
-            "cosine schedule lets FedAvg settle nearer the pooled model (bench/README.md).",
-        ),
-    ] = "constant",
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
+    lr_schedule: LrScheduleOpt = "constant",
+    batch_size: BatchSizeOpt = 32,
     min_silos: MinSilosOpt = 2,
     round_deadline_s: RoundDeadlineOpt = 120.0,
     ready_timeout_s: ReadyTimeoutOpt = 900.0,
-    patience: Annotated[
-        int, typer.Option(help="Stop after this many rounds without improvement; 0 never.")
-    ] = 0,
+    patience: PatienceOpt = 0,
     output_dir: Annotated[Path, typer.Option(help="Where the final model is saved.")] = Path(
         "models"
     ),
@@ -139,15 +126,16 @@ def train(
             help="Deprecated: the width comes from the contract; if given it must match it."
         ),
     ] = None,
-    personalize: Annotated[
-        str | None,
-        typer.Option(
-            help="finetune, fedper or ditto (trees: finetune): every silo makes its own model "
-            "at the end, kept at the silo; prints global vs personalized vs alone per silo."
-        ),
-    ] = None,
+    personalize: PersonalizeOpt = None,
     distill: DistillOpt = None,
     ensemble: EnsembleOpt = None,
+    secure: SecureOpt = True,
+    dp_noise_multiplier: DpNoiseOpt = None,
+    dp_clip_norm: DpClipOpt = None,
+    dp_delta: DpDeltaOpt = 1e-5,
+    async_buffer: AsyncBufferOpt = None,
+    max_staleness: MaxStalenessOpt = None,
+    staleness_weight: StalenessWeightOpt = "sqrt",
 ) -> None:
     """Run the coordinator flow once (a Prefect flow run) against a running service. Prefect
     stores a flow run's parameters, so the admin token is never one: the flow gets the path of
@@ -158,16 +146,6 @@ def train(
     from flows.coordinator import federated_training
 
     check_model_kind(model)
-    if strategy == "scaffold" and personalize == "fedper":
-        raise typer.BadParameter(
-            "scaffold's control variates cover the whole model; fedper keeps the output layer "
-            "at each silo: choose one",
-            param_hint="--strategy",
-        )
-    if lr_schedule not in ("constant", "cosine"):
-        raise typer.BadParameter(
-            f"{lr_schedule!r}: choose constant or cosine", param_hint="--lr-schedule"
-        )
     options = RunOptions(
         federation=federation,
         dataset=dataset,
@@ -194,6 +172,13 @@ def train(
         personalize=personalize,
         distill=distill,
         ensemble=ensemble,
+        secure=secure,
+        dp_noise_multiplier=dp_noise_multiplier,
+        dp_clip_norm=dp_clip_norm,
+        dp_delta=dp_delta,
+        async_buffer=async_buffer,
+        max_staleness=max_staleness,
+        staleness_weight=staleness_weight,
         given=given_options(ctx),
     )
     run_spec(options)  # what the options alone decide is refused before contacting anyone
@@ -210,6 +195,8 @@ def train(
             model=spec.model,
             trees=spec.trees,
             secure_aggregation=spec.secure_aggregation,
+            privacy=spec.privacy,
+            asynchronous=spec.asynchronous,
             strategy=spec.strategy,
             training=spec.training,
             rounds=spec.rounds,

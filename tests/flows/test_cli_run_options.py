@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -268,3 +269,98 @@ def test_a_scheduled_tree_run_passes_prefects_parameter_check(
     schema = FLOW.parameters.model_dump_for_openapi()
     validate(params, schema, raise_on_error=True, preprocess=True, ignore_required=False)
     assert params["trees"]["params"]["lambda"] == 1.0 and params["model"] is None
+
+
+DP_ASYNC = ["--dp-noise-multiplier", "1.1", "--dp-clip-norm", "0.5", "--dp-delta", "1e-6"]
+PLAIN_ASYNC = ["--no-secure", "--async-buffer", "3", "--max-staleness", "2"]
+
+
+def test_train_gives_the_flow_privacy_and_asynchronous_rounds(
+    calls: dict[str, list[Any]],
+) -> None:
+    """A coordinator runs DP and asynchronous rounds as the demo does, not only the demo."""
+    from schemas.specs import AsyncSpec, PrivacySpec, SecureAggregationSpec
+
+    dp = _train(*DP_ASYNC)
+    assert dp.exit_code == 0, dp.output
+    assert calls["flow"][0]["privacy"] == PrivacySpec(
+        noise_multiplier=1.1, clip_norm=0.5, delta=1e-6
+    )
+    assert calls["flow"][0]["asynchronous"] is None
+    buffered = _train(*PLAIN_ASYNC, "--staleness-weight", "constant")
+    assert buffered.exit_code == 0, buffered.output
+    flow = calls["flow"][1]
+    assert flow["asynchronous"] == AsyncSpec(
+        buffer_size=3, max_staleness=2, staleness_weight="constant"
+    )
+    assert flow["secure_aggregation"] == SecureAggregationSpec(enabled=False)
+    assert flow["privacy"] is None
+
+
+@pytest.mark.parametrize(
+    "options, named, why",
+    [
+        (["--dp-clip-norm", "0.5"], "--dp-clip-norm", "needs both --dp-noise-multiplier and"),
+        (["--dp-noise-multiplier", "0", "--dp-clip-norm", "1"], "--dp-noise-multiplier", "0"),
+        (["--dp-noise-multiplier", "1", "--dp-clip-norm", "nan"], "--dp-clip-norm", "finite"),
+        (["--max-staleness", "2"], "--max-staleness", "give --async-buffer K too"),
+        (["--async-buffer", "1"], "buffer_size 1", "below what a secure buffer needs"),
+        (["--async-buffer", "2", "--staleness-weight", "cube"], "--staleness-weight", "sqrt"),
+    ],
+)
+def test_train_refuses_privacy_and_buffer_options_by_name(
+    calls: dict[str, list[Any]], options: list[str], named: str, why: str
+) -> None:
+    result = _train(*options)
+    assert result.exit_code == USAGE, result.output
+    shown = _line(result.output)
+    assert named in shown and why in shown, shown
+    assert "unexpected" not in shown and calls["flow"] == []
+
+
+def test_train_refuses_privacy_and_buffers_where_no_run_could_use_them(
+    calls: dict[str, list[Any]],
+) -> None:
+    trees = _train("--model", "xgboost", "--dp-noise-multiplier", "1", "--dp-clip-norm", "1")
+    assert trees.exit_code == USAGE
+    assert "differential privacy is not implemented for tree models" in _line(trees.output)
+    both = _train("--async-buffer", "2", "--dp-noise-multiplier", "1", "--dp-clip-norm", "1")
+    assert both.exit_code == USAGE
+    assert "would scale the silos' calibrated DP noise" in _line(both.output)
+    assert calls["flow"] == []
+
+
+def test_schedule_takes_the_run_options_train_takes(
+    calls: dict[str, list[Any]], tmp_path: Path
+) -> None:
+    """Every run option of `train` (the token's aside) is one of `schedule` too, and reaches
+    the deployment's parameters, which pass Prefect's check against the flow's schema."""
+    from prefect.utilities.schema_tools import validate
+
+    train_help = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+    schedule_help = CliRunner().invoke(app, ["schedule", "--help"], terminal_width=200).output
+
+    def options(text: str) -> set[str]:  # the first option named on each line of the table
+        return set(re.findall(r"^\s+(--[a-z-]+)", text, re.MULTILINE))
+
+    missing = options(train_help) - options(schedule_help) - {"--token"}
+    assert missing == set()
+
+    result = _schedule(
+        tmp_path, *DP_ASYNC, "--model", "mlp", "--hidden", "8", "--personalize", "ditto",
+        "--patience", "3", "--server-lr", "0.5", "--lr-schedule", "cosine", "--batch-size", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = calls["schedule"][0]["parameters"]
+    assert params["privacy"] == {"noise_multiplier": 1.1, "clip_norm": 0.5, "delta": 1e-6}
+    assert params["personalize"]["method"] == "ditto" and params["patience"] == 3
+    assert params["strategy"]["server_lr"] == 0.5
+    assert (params["training"]["lr_schedule"], params["training"]["batch_size"]) == ("cosine", 16)
+    buffered = _schedule(tmp_path, "--async-buffer", "2", "--staleness-weight", "constant")
+    assert buffered.exit_code == 0, buffered.output
+    params2 = calls["schedule"][1]["parameters"]
+    assert params2["asynchronous"]["buffer_size"] == 2
+    assert params2["asynchronous"]["staleness_weight"] == "constant"
+    schema = FLOW.parameters.model_dump_for_openapi()
+    for p in (params, params2):
+        validate(p, schema, raise_on_error=True, preprocess=True, ignore_required=False)
