@@ -31,7 +31,9 @@ class SiloIdentity:
 def check_admin(authorization: str | None, token: str) -> None:
     if not authorization or not authorization.startswith("Bearer "):
         raise Unauthorized("coordinator endpoint: send 'Authorization: Bearer <admin token>'")
-    if not hmac.compare_digest(authorization.removeprefix("Bearer ").strip(), token):
+    given = authorization.removeprefix("Bearer ").strip()
+    # bytes: compare_digest refuses str holding non-ASCII characters (a TypeError, a 500)
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode()):
         raise Unauthorized("coordinator endpoint: the admin token is wrong")
 
 
@@ -86,7 +88,7 @@ def verify_silo_request(
             s.flush()  # a used nonce fails here, before anything else is written
             if silo.last_seen_at is None or silo.last_seen_at < utcnow() - LAST_SEEN_RESOLUTION:
                 _seen(s, silo.id)  # most requests skip the UPDATE: this one row was just read
-            refusal = _refusal(s, silo.status, silo_name, run_id)
+            refusal = _refusal(s, silo.status, federation, silo_name, run_id)
     except IntegrityError as exc:
         raise Unauthorized(
             f"replayed request from silo {silo_name!r} (nonce already used)"
@@ -96,7 +98,9 @@ def verify_silo_request(
     return SiloIdentity(federation=federation, name=silo_name, body=body)
 
 
-def _refusal(s: Session, status: str, silo: str, run_id: str | None) -> ServiceError | None:
+def _refusal(
+    s: Session, status: str, federation: str, silo: str, run_id: str | None
+) -> ServiceError | None:
     """Why an authenticated silo's request is refused (its status, or not taking part in
     `run_id`), or None. Returned, not raised: the caller commits the nonce first."""
     if status == "pending":
@@ -105,7 +109,7 @@ def _refusal(s: Session, status: str, silo: str, run_id: str | None) -> ServiceE
         return Forbidden(f"silo {silo!r} is {status}")
     if run_id is not None:
         try:
-            check_participant(s, run_id, silo)
+            check_participant(s, run_id, silo, federation)
         except ServiceError as exc:
             return exc
     return None

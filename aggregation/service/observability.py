@@ -78,7 +78,9 @@ def install(app: FastAPI) -> ServiceMetrics:
     def scrape(authorization: str | None = Header(default=None)) -> Response:
         token = app.state.settings.metrics_token or app.state.admin_token
         given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(given, token):
+        # bytes: compare_digest refuses str holding non-ASCII characters (a TypeError, a 500)
+        same = hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode())
+        if not authorization or not same:
             raise Unauthorized("/metrics: send 'Authorization: Bearer <metrics token>'")
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

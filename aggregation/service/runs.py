@@ -246,13 +246,17 @@ def get_model(s: Session, run_id: str, version: int) -> ModelVersion:
     return model
 
 
-def check_participant(s: Session, run_id: str, silo: str) -> RunSilo:
+def check_participant(s: Session, run_id: str, silo: str, federation: str | None = None) -> RunSilo:
     """The silo's membership of the run: NotFound for an unknown run, Forbidden for a silo
-    that is not one of its participants."""
+    that is not one of its participants. Silo names are unique within a federation only, so
+    a calling silo's `federation` must be the run's too: a same-named silo of another
+    federation is not this run's participant."""
     membership = s.get(RunSilo, (run_id, silo))
-    if membership is None:
-        get_run(s, run_id)
-        raise Forbidden(f"silo {silo!r} is not a participant of run {run_id}")
+    if membership is None or federation is not None:
+        run = get_run(s, run_id)
+        if membership is None or run.federation != federation:
+            of = f" of federation {federation!r}" if federation is not None else ""
+            raise Forbidden(f"silo {silo!r}{of} is not a participant of run {run_id}")
     return membership
 
 

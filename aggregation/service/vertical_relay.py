@@ -200,10 +200,16 @@ def get(s: Session, run_id: str, *, for_update: bool = False) -> VerticalRun:
     return run
 
 
-def party_of(s: Session, run_id: str, silo: str, *, for_update: bool = False) -> VerticalRun:
+def party_of(
+    s: Session, run_id: str, federation: str, silo: str, *, for_update: bool = False
+) -> VerticalRun:
+    """The vertical run, when `silo` of `federation` is one of its parties (names are unique
+    within a federation only: a same-named silo of another federation is no party)."""
     run = get(s, run_id, for_update=for_update)
-    if silo not in run.parties:
-        raise Forbidden(f"silo {silo!r} is not a party of vertical run {run_id}")
+    if run.federation != federation or silo not in run.parties:
+        raise Forbidden(
+            f"silo {silo!r} of federation {federation!r} is not a party of vertical run {run_id}"
+        )
     return run
 
 

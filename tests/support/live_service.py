@@ -83,12 +83,19 @@ def publish_shipped_contract(coord: CoordinatorClient, federation: str, name: st
     return contract.version
 
 
+# One key per silo name: on a hub a name belongs to one key, whatever the federation (the
+# ledger names its authors silo:NAME), and the tests' federations reuse the names a, b, c.
+SILO_KEYS: dict[str, Ed25519PrivateKey] = {}
+
+
+def silo_key(name: str) -> Ed25519PrivateKey:
+    return SILO_KEYS.setdefault(name, Ed25519PrivateKey.generate())
+
+
 def enrolled_silo(
     url: str, coord: CoordinatorClient, federation: str, name: str, approve: bool = True
 ) -> SiloClient:
-    client = SiloClient(
-        url, federation=federation, silo=name, key=Ed25519PrivateKey.generate(), retry_for_s=5
-    )
+    client = SiloClient(url, federation=federation, silo=name, key=silo_key(name), retry_for_s=5)
     client.enrol()
     if approve:
         coord.approve(federation, name)

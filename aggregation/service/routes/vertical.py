@@ -90,14 +90,14 @@ def cancel(
 def show_own(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> VerticalRunOut:
     """The run as its party sees it (its parties and status)."""
     with transaction(factory) as s:
-        return relay.out(relay.party_of(s, run_id, silo.name))
+        return relay.out(relay.party_of(s, run_id, silo.federation, silo.name))
 
 
 @silo_router.put("/key", openapi_extra=OCTET_BODY)
 def put_key(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> dict[str, str]:
     """This party's X25519 public key for the run (32 raw bytes); refused once it ended."""
     with transaction(factory) as s:
-        run = relay.party_of(s, run_id, silo.name, for_update=True)
+        run = relay.party_of(s, run_id, silo.federation, silo.name, for_update=True)
         relay.put_key(s, run, silo.name, silo.body)
         return relay.keys(s, run)
 
@@ -106,13 +106,13 @@ def put_key(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> dict[str, str]
 def get_keys(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> dict[str, str]:
     """The X25519 public keys the parties gave so far (hex)."""
     with transaction(factory) as s:
-        return relay.keys(s, relay.party_of(s, run_id, silo.name))
+        return relay.keys(s, relay.party_of(s, run_id, silo.federation, silo.name))
 
 
 @silo_router.post("/envelopes", openapi_extra=OCTET_BODY)
 def post_envelope(run_id: RunId, silo: SiloDep, factory: FactoryDep) -> dict[str, int]:
     with transaction(factory) as s:
-        run = relay.party_of(s, run_id, silo.name)
+        run = relay.party_of(s, run_id, silo.federation, silo.name)
         return {"id": relay.post(s, run, silo.name, silo.body)}
 
 
@@ -137,13 +137,15 @@ async def inbox(
 
         def acknowledge() -> None:
             with transaction(factory) as s:
-                relay.acknowledge(s, relay.party_of(s, run_id, silo.name), silo.name, after)
+                relay.acknowledge(
+                    s, relay.party_of(s, run_id, silo.federation, silo.name), silo.name, after
+                )
 
         await run_in_threadpool(acknowledge)
 
     def check() -> list[tuple[int, bytes]] | None:
         with transaction(factory) as s:
-            run = relay.party_of(s, run_id, silo.name)
+            run = relay.party_of(s, run_id, silo.federation, silo.name)
             status[0] = run.status
             got = relay.inbox(s, run, silo.name, after, INBOX_LIMIT)
         return got or (None if run.status == "running" else [])
@@ -173,7 +175,7 @@ async def event(
 
     def store() -> VerticalRunOut:
         with transaction(factory) as s:
-            run = relay.party_of(s, run_id, silo.name, for_update=True)
+            run = relay.party_of(s, run_id, silo.federation, silo.name, for_update=True)
             relay.record(s, recorder, run, silo.name, body)
             if run.status != "running" and not settings.vertical_keep_envelopes:
                 relay.drop_envelopes(s, run.id)  # the run is over: nobody reads them any more
