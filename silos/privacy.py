@@ -65,6 +65,14 @@ def epsilon_if(config: SiloConfig, run_id: str, spec: PrivacySpec, extra_rounds:
     return epsilon(counts, spec.delta)
 
 
+def run_epsilon(config: SiloConfig, run_id: str, spec: PrivacySpec) -> float:
+    """The epsilon this silo's releases to `run_id` alone spent (its other runs aside)."""
+    entry = spent_rounds(config).get(run_id)
+    rounds = int(entry["rounds"]) if entry else 0
+    sigma = float(entry["sigma"]) if entry else spec.noise_multiplier
+    return epsilon({sigma: rounds}, spec.delta) if rounds else 0.0
+
+
 def release_id(round_: int, message: bytes) -> str:
     """What one noised release is known by in the budget: its round and its bytes' digest."""
     return f"{round_}:{hashlib.sha256(message).hexdigest()[:32]}"

@@ -143,14 +143,19 @@ def report_privacy(
     payload = {
         "silo": ctx.silo,
         "round": work.round,
-        "epsilon": spent,
+        "epsilon": spent,  # the silo's total over all its runs so far
+        "run_epsilon": privacy.run_epsilon(ctx.config, work.run_id, dp),  # this run's alone
         "delta": dp.delta,
         "noise_multiplier": dp.noise_multiplier,
         "clip_norm": dp.clip_norm,
     }
     keep_receipt(ctx.workspace, ctx.client.submit_statement(work.run_id, "privacy_spent", payload))
     get_run_logger().info(
-        "round %d: epsilon spent so far %.4g at delta %g", work.round, spent, dp.delta
+        "round %d: epsilon spent in this run %.4g, by this silo in all its runs %.4g (delta %g)",
+        work.round,
+        payload["run_epsilon"],
+        spent,
+        dp.delta,
     )
 
 

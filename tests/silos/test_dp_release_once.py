@@ -327,3 +327,16 @@ def test_recording_counts_each_distinct_release_once(releases: list[tuple[int, b
         assert privacy.epsilon_if(config, RUN, DP, 0) == privacy.epsilon(
             {1.0: len(distinct)}, DP.delta
         )
+
+
+def test_the_statement_tells_this_runs_epsilon_from_the_silos_total(fed: Federation) -> None:
+    """A silo that spent budget in an earlier run signs both figures: its total over all its
+    runs (what its policy caps) and this run's alone (what the run's report is about)."""
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    privacy.record_round(a.config, "earlier-run", DP, "1:x")
+    privacy.record_round(a.config, "earlier-run", DP, "2:y")
+    handler.masked_train(a, fed.ready(1))
+    (statement,) = [p for kind, p in client.statements if kind == "privacy_spent"]
+    assert statement["epsilon"] == pytest.approx(privacy.epsilon({1.0: 3}, DP.delta))
+    assert statement["run_epsilon"] == pytest.approx(privacy.epsilon({1.0: 1}, DP.delta))
