@@ -121,6 +121,12 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return NOT_FOUND, str(exc)
     if isinstance(exc, LineageReviewError):  # an unreadable export, silo copy or key
         return USAGE, str(exc)
+    # the service refuses to start on a signing key it cannot use or a database whose ledger
+    # triggers are gone: bad input (2), which systemd does not restart (RestartPreventExitStatus)
+    if _is_a(exc, "aggregation.service.keys.SigningKeyError") or _is_a(
+        exc, "aggregation.service.ledger_guard.LedgerGuardMissing"
+    ):
+        return USAGE, str(exc)
     if isinstance(exc, FlowError):
         return FAILED, str(exc)
     if isinstance(exc, OSError) and exc.filename:

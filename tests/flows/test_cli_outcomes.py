@@ -74,3 +74,18 @@ def test_a_closed_pipe_ends_quietly_with_141() -> None:
         os.close(write_end)
     assert done.returncode == PIPE_CLOSED, done.stderr.decode()
     assert done.stderr == b""  # no "BrokenPipeError (unexpected)", no "Exception ignored"
+
+
+def test_the_services_start_refusals_are_bad_input_not_unexpected() -> None:
+    """A signing key file others can read, or a database whose ledger triggers are gone: the
+    service refuses to start, exit 2, which systemd's unit does not restart forever."""
+    from aggregation.service.keys import SigningKeyError
+    from aggregation.service.ledger_guard import LedgerGuardMissing
+    from flows.cli.errors import USAGE, describe
+
+    for exc in (
+        SigningKeyError("svc/signing.key has mode -rw-r--r--: chmod 600 it"),
+        LedgerGuardMissing("trigger ledger_no_update is missing"),
+    ):
+        code, message = describe(exc)
+        assert code == USAGE and "unexpected" not in message and str(exc) in message
