@@ -49,7 +49,7 @@ from silos import (
 from silos import metrics as agent_metrics
 from silos.agent_client import make_client
 from silos.client import SiloClient
-from silos.client_errors import Forbidden, ServiceRejected
+from silos.client_errors import ClientError, Forbidden, ServiceRejected
 from silos.config import SiloConfig, load_silo_config
 from silos.contract_store import bind_run, contract_for
 from silos.dask_data import DASK_TASK_TYPES, prepare_run_data
@@ -474,12 +474,23 @@ def silo_run_flow(config_path: str, run_id: str) -> State:
     client.on_receipt = partial(keep_receipt, config.workspace)  # of statements that rode along
     client.follow_wait_s = POLL_WAIT_S  # an answer (a message, an update) brings the next task
     progress = _RunProgress(run_id)
+    stopping = False
     try:
         with flow_report.untagged_task_runs():
             return _serve_run(client, config, progress, run_id)
+    except BaseException as exc:
+        stopping = not isinstance(exc, Exception)  # SIGTERM or Ctrl+C: the process stops
+        raise
     finally:
-        client.flush_held()  # a statement no POST took (the run ended first) goes alone
-        checkpoints.flush(client, progress.outbox)  # a declined or failed run's too
+        if stopping:  # one try each: a stop must not wait out the service's outage
+            client.retry_for_s = 0
+        try:
+            client.flush_held()  # a statement no POST took (the run ended first) goes alone
+            checkpoints.flush(client, progress.outbox)  # a declined or failed run's too
+        except ClientError as exc:
+            if not stopping:
+                raise
+            log.warning("silo %s: stopping; not sent to the service: %s", client.silo, exc)
         flow_report.drain()  # the flow run ends with its artifacts sent
 
 

@@ -122,3 +122,44 @@ def test_sigterm_in_a_round_crashes_the_flow_run_and_stops_the_agent_with_0(
     assert result.output.strip().splitlines()[-1] == "silo a: stopped (SIGTERM)"
     assert signal.getsignal(signal.SIGTERM) is before
     assert list(_flow_runs(f"a-{run}").values()) == ["CRASHED"]
+
+
+def test_sigterm_while_the_service_is_down_stops_the_agent_at_once(
+    prefect_api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flow run's end sends what it held (a statement no POST carried) and the silo's
+    countersignatures: on a stop, one try each, never the agent's retry-forever wait for a
+    service that is down (systemd kills after TimeoutStopSec, docker after 10 s)."""
+    run = "run-sigterm-down"
+    tasks: list[Task] = [TrainTask(run_id=run, round=1, spec=SPEC)]
+    config = silo_config(tmp_path)
+    key = load_or_create_key(tmp_path / "ws" / "keys" / "silo_ed25519.pem")
+    down: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if down:  # the service went away before the stop
+            down.append(request.url.path)
+            return httpx.Response(503, json={"detail": "down"})
+        if request.url.path == "/v1/silo/tasks":
+            return httpx.Response(200, content=tasks.pop(0).model_dump_json())
+        return httpx.Response(200, json={})
+
+    scripted_agent(monkeypatch, key, handler)
+
+    def terminated(ctx: Any, work: Task) -> None:
+        ctx.client.carries = frozenset({"validation_result"})
+        held = ctx.client.carry_statement(run, "validation_result", {"silo": "a", "ok": True})
+        assert held is None  # held for the run's next POST, which never comes
+        down.append("")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def one_run(config_path: str, max_runs: int | None = None) -> None:
+        agent.silo_training(config_path, run)
+        raise AssertionError("SIGTERM did not stop the agent")
+
+    monkeypatch.setattr(REGISTRY, "dispatch", terminated)
+    monkeypatch.setattr(agent, "run_agent", one_run)
+    result = CliRunner().invoke(app, ["silo", "start", "--config", str(config)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.output.strip().splitlines()[-1] == "silo a: stopped (SIGTERM)"
+    assert down[1:] == [f"/v1/silo/runs/{run}/statements"]  # tried once, then let go
