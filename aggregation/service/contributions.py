@@ -2,7 +2,8 @@
 
 Each is checked completely before anything is written, so a rejected request leaves round
 state exactly as it was. A resubmission with the same digest (a retry after a lost response
-or a service restart) is accepted once and counted once.
+or a service restart) is accepted once and counted once, also when the two requests arrive
+at once: `stored_once` inserts a round's answer unless one is there by now.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aggregation.service.exceptions import AlreadyAnswered, Conflict, Forbidden, InvalidPayload
@@ -53,12 +55,7 @@ def submit_update(
     digest = tensors.digest(payload)
     existing = s.get(Contribution, (run_id, number, silo))
     if existing is not None:
-        if existing.digest == digest:
-            return existing, False
-        raise AlreadyAnswered(
-            f"silo {silo!r} already answered round {number} of run {run_id} "
-            f"({existing.kind}, digest {existing.digest}); a second, different update is refused"
-        )
+        return _update_again(existing, digest), False
     open_round_for(s, run_id, number, silo, "train")
     spec = spec_of(get_run(s, run_id))
     if spec.trees is not None:
@@ -67,9 +64,57 @@ def submit_update(
             "sealed to /trees, not a tensor update"
         )
     shapes = update_shapes(spec)
-    c = add_update(s, run_id, silo, payload, digest, shapes, asked=number, filed=number)
+    c = checked_update(s, run_id, silo, payload, digest, shapes, asked=number, filed=number)
+    existing = stored_once(s, c)
+    if existing is not None:  # a concurrent request of the silo's stored its answer first
+        return _update_again(existing, digest), False
     answers_only(s, "contributions")  # a synchronous round: no other silo's task waits on it
     return c, True
+
+
+def _update_again(existing: Contribution, digest: str) -> Contribution:
+    """A stored answer, when the silo sends an update with `digest` again: the same update
+    is a duplicate (returned), anything else is refused."""
+    if existing.digest == digest:
+        return existing
+    raise AlreadyAnswered(
+        f"silo {existing.silo!r} already answered round {existing.round} of run "
+        f"{existing.run_id} ({existing.kind}, digest {existing.digest}); a second, different "
+        "update is refused"
+    )
+
+
+def stored_once(s: Session, row: Contribution) -> Contribution | None:
+    """Insert `row` unless its (run, round, silo) has an answer by now: None when inserted,
+    else the stored answer, which the caller treats as if it had found it first.
+
+    Updates do not lock their round (routes/dispatch.py), so two requests of one silo (a
+    retry while the first is still running) can both find no answer and both insert; the
+    second INSERT used to fail its request (500). On SQLite the check below takes the
+    database's write lock first (a FOR UPDATE select opens the transaction with ``BEGIN
+    IMMEDIATE``, `db._sqlite_for_update`), so looking and inserting are one step. On
+    PostgreSQL the INSERT runs in a savepoint: the loser waits for the winner's commit,
+    fails on the primary key, rolls back to the savepoint and reads the winner's row.
+    """
+    stmt = select(Contribution).where(
+        Contribution.run_id == row.run_id,
+        Contribution.round == row.round,
+        Contribution.silo == row.silo,
+    )
+    stmt = stmt.execution_options(populate_existing=True)
+    if s.get_bind().dialect.name == "sqlite":
+        existing = s.scalar(stmt.with_for_update())
+        if existing is not None:
+            return existing
+    try:
+        with s.begin_nested():
+            s.add(row)
+    except IntegrityError:
+        existing = s.scalar(stmt)
+        if existing is None:
+            raise  # not the primary key (a missing round, say): a real error
+        return existing
+    return None
 
 
 def add_update(
@@ -86,6 +131,27 @@ def add_update(
     """Check `silo`'s update answering round `asked` (tensors of `shapes`, metadata bound to
     that round, examples within its validated rows) and add it as a row of round `filed`
     (another round only for a buffered run's late update)."""
+    contribution = checked_update(
+        s, run_id, silo, payload, digest, shapes, asked=asked, filed=filed
+    )
+    s.add(contribution)
+    s.flush()
+    return contribution
+
+
+def checked_update(
+    s: Session,
+    run_id: str,
+    silo: str,
+    payload: bytes,
+    digest: str,
+    shapes: list[tuple[str, tuple[int, ...]]],
+    *,
+    asked: int,
+    filed: int,
+) -> Contribution:
+    """`silo`'s update answering round `asked`, checked as `add_update` says, as a new row
+    of round `filed` (not added to the session)."""
     try:
         _, meta = tensors.decode_expected(payload, shapes)
     except TensorFormatError as exc:
@@ -93,7 +159,7 @@ def add_update(
     n_examples, train_seconds, metrics = _update_metadata(meta, silo, asked, run_id)
     check_n_examples(s, run_id, asked, silo, n_examples, "update")
     flow_run_id = update_flow_run_id(meta, silo, asked, run_id)
-    contribution = Contribution(
+    return Contribution(
         run_id=run_id,
         round=filed,
         silo=silo,
@@ -105,9 +171,6 @@ def add_update(
         train_seconds=train_seconds,
         prefect_flow_run_id=flow_run_id,
     )
-    s.add(contribution)
-    s.flush()
-    return contribution
 
 
 def latest_validation(s: Session, run_id: str, silo: str) -> dict[str, object] | None:
@@ -218,10 +281,12 @@ def submit_refusal(s: Session, run_id: str, silo: str, reason: str) -> tuple[Run
     if run.current_round:
         rnd = get_round(s, run_id, run.current_round)
         if rnd.status == "open" and s.get(Contribution, (run_id, rnd.number, silo)) is None:
-            s.add(
+            # an answer stored meanwhile (an update, which locks no run) stays the answer
+            stored_once(
+                s,
                 Contribution(
                     run_id=run_id, round=rnd.number, silo=silo, kind="refusal", reason=reason
-                )
+                ),
             )
     return membership, True
 
@@ -231,12 +296,7 @@ def submit_evaluation(
 ) -> tuple[Contribution, bool]:
     existing = s.get(Contribution, (run_id, number, silo))
     if existing is not None:
-        if (
-            existing.kind == "evaluation"
-            and existing.metrics_json == report.metrics.model_dump_json()
-        ):
-            return existing, False
-        raise AlreadyAnswered(f"silo {silo!r} already answered round {number} of run {run_id}")
+        return _evaluation_again(existing, report), False
     open_round_for(s, run_id, number, silo, "evaluate")
     contribution = Contribution(
         run_id=run_id,
@@ -247,24 +307,36 @@ def submit_evaluation(
         metrics_json=report.metrics.model_dump_json(),
         prefect_flow_run_id=report.prefect_flow_run_id,
     )
-    s.add(contribution)
-    s.flush()
+    existing = stored_once(s, contribution)
+    if existing is not None:  # a concurrent request of the silo's stored its answer first
+        return _evaluation_again(existing, report), False
     return contribution, True
+
+
+def _evaluation_again(existing: Contribution, report: MetricsReport) -> Contribution:
+    """A stored answer, when the silo sends `report` again: the same metrics are a duplicate
+    (returned), anything else is refused."""
+    if existing.kind == "evaluation" and existing.metrics_json == report.metrics.model_dump_json():
+        return existing
+    raise AlreadyAnswered(
+        f"silo {existing.silo!r} already answered round {existing.round} of run {existing.run_id}"
+    )
 
 
 def submit_sit_out(s: Session, run_id: str, number: int, silo: str, reason: str) -> bool:
     """A silo sits out one round (its data failed the contract's validation); returns whether
     this was recorded now (False for a repeated request)."""
     existing = s.get(Contribution, (run_id, number, silo))
-    if existing is not None:
-        if existing.kind == "sat_out":
-            return False
-        raise AlreadyAnswered(f"silo {silo!r} already answered round {number} of run {run_id}")
-    rnd = get_round(s, run_id, number)
-    open_round_for(s, run_id, number, silo, rnd.kind)
-    s.add(Contribution(run_id=run_id, round=number, silo=silo, kind="sat_out", reason=reason))
-    s.flush()
-    return True
+    if existing is None:
+        rnd = get_round(s, run_id, number)
+        open_round_for(s, run_id, number, silo, rnd.kind)
+        row = Contribution(run_id=run_id, round=number, silo=silo, kind="sat_out", reason=reason)
+        existing = stored_once(s, row)
+        if existing is None:
+            return True
+    if existing.kind == "sat_out":
+        return False
+    raise AlreadyAnswered(f"silo {silo!r} already answered round {number} of run {run_id}")
 
 
 def sat_out_reasons(s: Session, run_id: str, number: int) -> str:
