@@ -116,9 +116,13 @@ def _lock_name(s: Session, name: str) -> None:
 def _enrolled_before(silo: Silo, req: EnrolRequest, public_key: str) -> Silo:
     """The answer to an enrolment of a name the federation knows: the silo, for its key."""
     if silo.public_key.lower() != public_key:
+        # the ledger names the silo's past statements by its name and verifies them with its
+        # key: a name never changes key, even once revoked
         raise Conflict(
-            f"silo {req.silo!r} is already enrolled in {req.federation!r} with another key; "
-            "ask the coordinator to revoke it first"
+            f"silo {req.silo!r} is already enrolled in {req.federation!r} with another key "
+            f"({silo.status}); a silo name keeps its key for good (the ledger verifies its "
+            "statements with it): enrol with that key, or under a new name (and have the "
+            "coordinator revoke the old one if its key is lost)"
         )
     return silo
 
