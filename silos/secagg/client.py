@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from schemas.secagg import crypto, shamir
 from schemas.secagg.config import RoundConfig, pair_seed
 from schemas.secagg.exceptions import (
+    DecryptionError,
     DuplicateMessageError,
     InsufficientSharesError,
     LateMessageError,
@@ -232,11 +233,21 @@ def _accept_share(
     ad = crypto.share_associated_data(cfg.run_id, cfg.round_num, "share", msg.silo, state.silo)
     try:
         plain = crypto.decrypt(_share_key(state, msg.silo), msg.ciphertext, ad)
-    except MessageFormatError as exc:
-        exc.silo = msg.silo
-        raise
+    except DecryptionError as exc:  # name the sender: the round's failure reason quotes this
+        raise DecryptionError(
+            f"share from silo {msg.silo!r} failed authentication: a tampered or garbage share "
+            f"(sent so by {msg.silo!r}, or altered, misrouted or replayed by the relay)",
+            **state.where("masked", msg.silo),
+        ) from exc
     size = shamir.SHARE_BYTES
-    b_share, s_share = shamir.Share.from_bytes(plain[:size]), shamir.Share.from_bytes(plain[size:])
+    try:
+        b_share = shamir.Share.from_bytes(plain[:size])
+        s_share = shamir.Share.from_bytes(plain[size:])
+    except MessageFormatError as exc:  # authentic, so the sender encrypted garbage
+        raise MessageFormatError(
+            f"share from silo {msg.silo!r} decrypts to no valid pair of shares: {exc}",
+            **state.where("masked", msg.silo),
+        ) from exc
     if b_share.index != cfg.index(state.silo) or s_share.index != b_share.index:
         raise MessageFormatError(
             "shares carry another holder's index", **state.where("share", msg.silo)

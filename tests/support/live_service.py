@@ -3,6 +3,7 @@ subprocess (for kill -9), plus signed clients. Imported by tests, not a fixture 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -90,6 +91,24 @@ SILO_KEYS: dict[str, Ed25519PrivateKey] = {}
 
 def silo_key(name: str) -> Ed25519PrivateKey:
     return SILO_KEYS.setdefault(name, Ed25519PrivateKey.generate())
+
+
+def write_silo_key(path: Path, name: str) -> None:
+    """Put silo `name`'s one key where an agent's silo.toml looks for it (0600, as the agent
+    writes it), unless a key is there already."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+    )
+
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = silo_key(name).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
 
 
 def enrolled_silo(

@@ -16,7 +16,7 @@ from silos import contract_store
 from silos.agent import make_client
 from silos.client import SiloClient
 from silos.config import load_silo_config
-from support.live_service import TEST_CONTRACT_KEY
+from support.live_service import TEST_CONTRACT_KEY, write_silo_key
 
 HEART = (CONTRACTS_DIR / "heart_disease.toml").read_text(encoding="utf-8")
 
@@ -63,6 +63,7 @@ def write_silo_toml(
 def enrol(config_path: Path, coord: CoordinatorClient) -> SiloClient:
     """Enrol the silo with the key its agent uses and approve it."""
     config = load_silo_config(config_path)
+    write_silo_key(config.key_path, config.silo.name)  # a name has one key on a hub
     client = make_client(config, retry_for_s=10)
     client.enrol()
     coord.approve(config.silo.federation, config.silo.name)
