@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -79,16 +80,31 @@ def print_privacy(console: Console, client: CoordinatorClient, run_id: str, spec
     if not spent or spec.privacy is None:
         return
     silos = sorted({p["silo"] for p in spent})
+    # `epsilon` is the silo's total over all its runs so far; `run_epsilon` (absent from
+    # older ledgers) this run's own
+    shares = all(isinstance(p.get("run_epsilon"), int | float) for p in spent)
+    what = (
+        "this run's epsilon (the silo's total over all its runs so far)"
+        if shares
+        else "each silo's total epsilon over all its runs so far (this run's share not recorded)"
+    )
     table = Table(
         "round",
         *silos,
-        title=f"epsilon spent per silo (delta {spec.privacy.delta:g}, noise multiplier "
+        title=f"{what} per silo (delta {spec.privacy.delta:g}, noise multiplier "
         f"{spec.privacy.noise_multiplier}, clip {spec.privacy.clip_norm})",
     )
     for r in sorted({p["round"] for p in spent}):
-        row = {p["silo"]: p["epsilon"] for p in spent if p["round"] == r}
-        table.add_row(str(r), *[f"{row[s]:.2f}" if s in row else "-" for s in silos])
+        row = {p["silo"]: p for p in spent if p["round"] == r}
+        table.add_row(str(r), *[_epsilon_cell(row[s], shares) if s in row else "-" for s in silos])
     console.print(table)
+
+
+def _epsilon_cell(p: dict[str, Any], shares: bool) -> str:
+    """A cell: this run's epsilon and the silo's total, "0.41 (1.20)", or the total alone."""
+    if shares:
+        return f"{p['run_epsilon']:.2f} ({p['epsilon']:.2f})"
+    return f"{p['epsilon']:.2f}"
 
 
 def print_validation(console: Console, client: CoordinatorClient, run_id: str, member: str) -> None:

@@ -29,13 +29,36 @@ def _contributors(p: dict[str, Any]) -> str:
 
 def _failed_names(p: dict[str, Any]) -> str:
     failed = as_list(p, "failed")
-    names = [f"{f.get('expectation')}({f.get('column')})" for f in failed if isinstance(f, dict)]
+    names = [
+        f"{f.get('expectation')}({f.get('column') or 'table'})"
+        for f in failed
+        if isinstance(f, dict)
+    ]
     return "; ".join(names)
 
 
 def _trained(p: dict[str, Any]) -> str:
     """What a vertical run's end counts: epochs (logistic regression) or trees."""
     return f"{p['epochs']} epochs" if p.get("epochs") else f"{p.get('trees')} trees"
+
+
+def _epsilons(p: dict[str, Any]) -> str:
+    """A ``privacy_spent`` payload's epsilons: ``epsilon`` is the silo's total over all its
+    runs so far; ``run_epsilon`` (absent from older ledgers) is this run's own."""
+    run = p.get("run_epsilon")
+    share = f"this run's epsilon {run}" if run is not None else "this run's share not recorded"
+    return f"{share}; silo's total epsilon over all its runs so far {p.get('epsilon')}"
+
+
+def _revoked(p: dict[str, Any]) -> str:
+    """A ``silo_revoked`` entry: run-scoped (``round``) or federation-level (``runs``)."""
+    reason = p.get("reason") or "no reason given"
+    if "runs" in p or "round" not in p:
+        runs = ", ".join(map(str, as_list(p, "runs"))) or "none"
+        where = f"from federation {p.get('federation')} (runs in progress: {runs})"
+    else:
+        where = f"in round {p.get('round')} of this run"
+    return f"{p.get('silo')} REVOKED {where}: {reason}; key {_short(p.get('public_key'))}"
 
 
 _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -78,9 +101,10 @@ _SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"round {p.get('round')}: recovered with {', '.join(map(str, p.get('survivors') or []))}"
     ),
     "privacy_spent": lambda p: (
-        f"{p.get('silo')} round {p.get('round')}: epsilon {p.get('epsilon')} "
+        f"{p.get('silo')} round {p.get('round')}: {_epsilons(p)} "
         f"(delta {p.get('delta')}, noise {p.get('noise_multiplier')}, clip {p.get('clip_norm')})"
     ),
+    "silo_revoked": lambda p: _revoked(p),
     "run_finished": lambda p: (
         f"{p.get('status')}: final v{p.get('final_model_version')} "
         f"{_short(p.get('final_model_sha256'))}" + (f" ({p['reason']})" if p.get("reason") else "")

@@ -105,6 +105,9 @@ class PrivacyPoint:
     delta: float | None
     noise_multiplier: float | None
     clip_norm: float | None
+    # this run's own epsilon; `epsilon` is the silo's total over all its runs so far. None in
+    # ledgers written before silos recorded it ("this run's share not recorded")
+    run_epsilon: float | None = None
 
 
 @dataclass
@@ -125,6 +128,9 @@ class RunView:
     privacy: list[PrivacyPoint] = field(default_factory=list)
     dropouts: list[dict[str, Any]] = field(default_factory=list)
     recoveries: list[dict[str, Any]] = field(default_factory=list)
+    # ``silo_revoked`` entries of the run (silo, federation, public_key, reason, round), then
+    # federation-level ones (run_id null) whose ``runs`` name this run
+    revocations: list[dict[str, Any]] = field(default_factory=list)
     finish: dict[str, Any] | None = None
     finish_kind: str | None = None
 
@@ -167,6 +173,13 @@ class RunView:
         """The final model of a finished run; None for a run that failed, was cancelled or is
         still running: it has no final model, only intermediate ones (`model`)."""
         return self.final_model if self.finish_kind == "run_finished" else None
+
+    def revoked(self, silo: str) -> dict[str, Any] | None:
+        """The first revocation of `silo` that concerns this run (payload), else None."""
+        name = silo_name(silo)
+        return next(
+            (r for r in self.revocations if silo_name(str(r.get("silo") or "")) == name), None
+        )
 
     def model(self, version: int) -> ModelRecord | None:
         """Model `version` as the run saved it (the latest record if saved twice)."""
@@ -266,6 +279,8 @@ def _add(view: RunView, entry: LineageEntry) -> None:
         view.dropouts.append(p)
     elif kind == "recovery":
         view.recoveries.append(p)
+    elif kind == "silo_revoked":
+        view.revocations.append({**p, "seq": entry.seq, "created_at": entry.created_at})
     elif kind in ("run_finished", "run_failed", "run_cancelled"):
         view.finish, view.finish_kind = p, kind
     elif kind == "vertical_started":  # a vertical run: its parties are its participants
@@ -287,6 +302,7 @@ def _add_privacy(view: RunView, entry: LineageEntry, p: dict[str, Any]) -> None:
             delta=as_float(p.get("delta")),
             noise_multiplier=as_float(p.get("noise_multiplier")),
             clip_norm=as_float(p.get("clip_norm")),
+            run_epsilon=as_float(p.get("run_epsilon")),
         )
     )
 
@@ -300,12 +316,27 @@ def run_ids(entries: Sequence[LineageEntry]) -> list[str]:
     return list(seen)
 
 
-def _build(run_id: str, own: list[LineageEntry], joins: dict[str, LineageEntry]) -> RunView:
+def _build(
+    run_id: str,
+    own: list[LineageEntry],
+    joins: dict[str, LineageEntry],
+    revoked: Sequence[LineageEntry] = (),
+) -> RunView:
     view = RunView(run_id=run_id, entries=own)
     for entry in own:
         _add(view, entry)
+    for entry in revoked:  # federation-level revocations that name this run
+        p = payload_of(entry)
+        if run_id in [str(r) for r in as_list(p, "runs")]:
+            view.revocations.append({**p, "seq": entry.seq, "created_at": entry.created_at})
     view.joined = {name: joins[name] for name in view.participants if name in joins}
     return view
+
+
+def federation_revocations(entries: Sequence[LineageEntry]) -> list[LineageEntry]:
+    """``silo_revoked`` entries not scoped to a run (run_id null; payload ``runs`` lists the
+    runs the silo was taking part in)."""
+    return [e for e in entries if e.kind == "silo_revoked" and e.run_id is None]
 
 
 def _joins(entries: Sequence[LineageEntry]) -> dict[str, LineageEntry]:
@@ -333,7 +364,7 @@ def run_view(entries: Sequence[LineageEntry], run_id: str) -> RunView:
             f"run {run_id!r} has no entries in this ledger (runs recorded: {listed}); check "
             "the run id, or export the ledger again if the run is newer than the export"
         )
-    return _build(run_id, own, _joins(entries))
+    return _build(run_id, own, _joins(entries), federation_revocations(entries))
 
 
 def run_views(entries: Sequence[LineageEntry]) -> dict[str, RunView]:
@@ -342,5 +373,5 @@ def run_views(entries: Sequence[LineageEntry]) -> dict[str, RunView]:
     for entry in entries:
         if entry.run_id is not None:
             grouped.setdefault(entry.run_id, []).append(entry)
-    joins = _joins(entries)
-    return {run_id: _build(run_id, own, joins) for run_id, own in grouped.items()}
+    joins, revoked = _joins(entries), federation_revocations(entries)
+    return {run_id: _build(run_id, own, joins, revoked) for run_id, own in grouped.items()}

@@ -8,11 +8,17 @@ For teams that run Marquez or another OpenLineage consumer. One run becomes:
   (``RUNNING`` at the last entry while the run is still going), carrying the inputs and the
   output (a run that did not finish: its last model, an intermediate one).
 
-Inputs are the silos' datasets, one per silo that validated data in the run, named
-``silo:<name>/<contract>``. No data and no schema leave the silo: the facets carry only the
-fingerprint (``fedsilo_fingerprint``), the dataset version (its sha256), and the validation
-outcome as data-quality assertions. The output is the final global model, named by its path in
-the service workspace, with its sha256 (``fedsilo_model`` and the dataset version facet).
+Inputs are the silos' datasets, one per silo whose update reached at least one aggregate of
+the run (an input of the model), named ``silo:<name>/<contract>``. A silo that validated data
+but contributed to no round (its data failed the contract, its updates were rejected, it
+dropped out or was revoked) is not an input of the model: it is listed in the final event's
+``fedsilo_run`` run facet under ``nonContributing`` (silo, dataset name, last validation and
+why it shows there), so a consumer still sees that it took part.
+
+No data and no schema leave the silo: the facets carry only the fingerprint
+(``fedsilo_fingerprint``), the dataset version (its sha256), and the validation outcome as
+data-quality assertions. The output is the final global model, named by its path in the
+service workspace, with its sha256 (``fedsilo_model`` and the dataset version facet).
 
 Events are built with openlineage-python's classes and serialised with its `Serde`.
 """
@@ -70,6 +76,7 @@ class FedsiloRunFacet(RunFacet):
     status: str | None = attr.field(default=None)
     ledgerEntryHash: str | None = attr.field(default=None)  # noqa: N815
     ledgerSeq: int | None = attr.field(default=None)  # noqa: N815
+    nonContributing: list[dict[str, Any]] = attr.field(factory=list)  # noqa: N815
 
     @staticmethod
     def _get_schema() -> str:
@@ -136,12 +143,43 @@ def _assertions(v: Validation, producer: str) -> InputDatasetFacet:
     )
 
 
-def _inputs(view: RunView, namespace: str, producer: str) -> list[InputDataset]:
+def _latest_validations(view: RunView) -> dict[str, Validation]:
     latest: dict[str, Validation] = {}
     for v in view.validations:
         latest[v.silo] = v
+    return latest
+
+
+def _non_contributing(view: RunView) -> list[dict[str, Any]]:
+    """Silos that validated data in the run but whose update reached no aggregate: not inputs
+    of the model, listed in the run facet instead."""
+    found = []
+    for silo, v in _latest_validations(view).items():
+        if view.aggregated_rounds(silo):
+            continue
+        revoked = view.revoked(silo)
+        found.append(
+            {
+                "silo": silo,
+                "dataset": f"silo:{silo}/{v.contract}",
+                "dataSha256": v.data_sha256,
+                "lastValidationRound": v.round,
+                "lastValidationSuccess": v.success,
+                "revoked": revoked is not None,
+                "reason": "contributed to no round of the run"
+                + (f" (revoked: {revoked.get('reason') or 'no reason given'})" if revoked else ""),
+            }
+        )
+    return found
+
+
+def _inputs(view: RunView, namespace: str, producer: str) -> list[InputDataset]:
+    """One input per silo whose update reached at least one aggregate (`_non_contributing`
+    lists the others)."""
     inputs = []
-    for silo, v in latest.items():
+    for silo, v in _latest_validations(view).items():
+        if not view.aggregated_rounds(silo):
+            continue
         history = [
             {"round": h.round, "dataSha256": h.data_sha256, "success": h.success}
             for h in view.validations
@@ -223,6 +261,7 @@ def _run_facets(view: RunView, producer: str, final: bool) -> dict[str, RunFacet
             status=view.status if final else "started",
             ledgerEntryHash=last.entry_hash if final else view.entries[0].entry_hash,
             ledgerSeq=last.seq if final else view.entries[0].seq,
+            nonContributing=_non_contributing(view) if final else [],
             producer=producer,
         ),
         "processing_engine": processing_engine_run.ProcessingEngineRunFacet(

@@ -5,13 +5,16 @@ link to its Great Expectations data docs.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from flows.lineage_cmds import anchor_problems, fetched_artifact_checker
+from rich.console import Console, RenderableType
+
+from flows.lineage_cmds import anchor_problems, fetched_artifact_checker, verify_silo_copies
 from flows.lineage_view import ModelRecord, RoundMetrics, Validation, as_float
 from schemas.ledger_checkpoint import AnchoredCheckpoint
 from schemas.ledger_verify import ArtifactChecker, directory_artifact_checker
@@ -39,13 +42,20 @@ def anchor_check(
     entries: Sequence[LineageEntry],
     keys: Mapping[str, str],
     checkpoints: Sequence[AnchoredCheckpoint] | None,
+    silo_checkpoints: Sequence[AnchoredCheckpoint] = (),
 ) -> AnchorCheck:
     """Check `entries` against `checkpoints` (from the export or the service; None when the
-    caller has none), so that a cut or rewritten tail fails the report as it fails verify."""
+    caller has none) and those the silos kept in their own copies (`silo_checkpoints`), so
+    that a cut or rewritten tail fails the report as it fails verify.
+
+    The export's own checkpoints cannot show a cut made by whoever holds the ledger (they
+    drop the checkpoints with the entries); only the silos' copies can (`SiloCopyCheck`)."""
     unchecked = "truncation of the newest entries NOT checked"
-    if checkpoints is None:
+    if checkpoints is None and not silo_checkpoints:
         return AnchorCheck(True, f"{unchecked} (no checkpoints given)")
-    report, problems = anchor_problems(entries, keys, export_checkpoints=checkpoints)
+    report, problems = anchor_problems(
+        entries, keys, silo_checkpoints=silo_checkpoints, export_checkpoints=checkpoints or ()
+    )
     if problems:
         return AnchorCheck(
             False, f"{len(problems)} checkpoint problem(s), listed below", tuple(problems)
@@ -58,6 +68,41 @@ def anchor_check(
         f"{cp.height}, {cp.describe()}, countersigned by {', '.join(report.highest_by)})"
     )
     return AnchorCheck(True, said + (f"; {span} after it covered by none" if span else ""))
+
+
+@dataclass(frozen=True)
+class SiloCopyCheck:
+    """The silos' own copies (``--silo-copy``) against the ledger, as `fedsilo lineage verify
+    --silo-copy` checks them: ok, the copies given, and each copy's result as plain lines.
+    Without any copy (`paths` empty) a cut by the ledger's holder cannot be detected."""
+
+    ok: bool
+    paths: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()
+
+    @property
+    def given(self) -> bool:
+        return bool(self.paths)
+
+
+def plain_lines(renderable: RenderableType) -> list[str]:
+    """A rich renderable's lines as plain text (the report shows them as escaped text)."""
+    console = Console(file=io.StringIO(), width=400, record=True, markup=False)
+    console.print(renderable)
+    return [line.rstrip() for line in console.export_text().splitlines() if line.strip()]
+
+
+def silo_copy_check(
+    paths: Sequence[Path], entries: Sequence[LineageEntry], keys: Mapping[str, str]
+) -> tuple[SiloCopyCheck, list[AnchoredCheckpoint]]:
+    """Cross-check each silo copy (a silo's workspace or its ``lineage/records.jsonl``) with
+    the same code as `fedsilo lineage verify --silo-copy` (`verify_silo_copies`); returns the
+    result and the checkpoints the silos countersigned, for `anchor_check`."""
+    if not paths:
+        return SiloCopyCheck(True), []
+    ok, shown, checkpoints = verify_silo_copies(list(paths), entries, keys)
+    lines = tuple(line for renderable in shown for line in plain_lines(renderable))
+    return SiloCopyCheck(ok, tuple(str(p) for p in paths), lines), checkpoints
 
 
 @dataclass(frozen=True)
@@ -237,4 +282,9 @@ def model_source(
         except NotFound:  # the ledger names a model the service no longer holds: "missing"
             return None
 
-    return fetched_artifact_checker(entries, fetch), "the service (downloaded by the admin API)"
+    return fetched_artifact_checker(entries, fetch), DOWNLOADED_SOURCE
+
+
+# What re-hashing through the service reads: the copy of each model version the service
+# stores and serves, not the file at the path the ledger names in its workspace.
+DOWNLOADED_SOURCE = "the service (downloaded by the admin API)"

@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+from matplotlib import rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from flows.lineage_view import PrivacyPoint, RoundMetrics
@@ -41,6 +44,16 @@ def _series(
     return xs, ys
 
 
+def silo_colours(silos: Sequence[str]) -> dict[str, Any]:
+    """A fixed colour per silo, by its place in `silos` (matplotlib's default cycle)."""
+    cycle = [c["color"] for c in rcParams["axes.prop_cycle"]]
+    return {silo: cycle[i % len(cycle)] for i, silo in enumerate(silos)}
+
+
+def _handle(colour: Any, marker: str, width: float, label: str) -> Line2D:
+    return Line2D([], [], color=colour, marker=marker, linewidth=width, label=label)
+
+
 def metrics_figure(
     metrics: Sequence[RoundMetrics],
     silos: Sequence[str],
@@ -58,30 +71,34 @@ def metrics_figure(
         return None
     fig = Figure(figsize=(12, 3.8), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
-    drew = False
+    # one fixed colour per silo across every panel (a silo missing from one panel must not
+    # shift the others' colours), and one legend built from every silo drawn anywhere
+    colours = silo_colours(silos)
+    legend: dict[str, Line2D] = {}
     for ax, (name, label) in zip(axes, names, strict=True):
         for silo in silos:
             xs, ys = _series(metrics, silo, name)
             if xs:
-                ax.plot(xs, ys, marker="o", linewidth=1.4, label=silo)
-                drew = True
+                ax.plot(xs, ys, marker="o", linewidth=1.4, label=silo, color=colours[silo])
+                legend.setdefault(silo, _handle(colours[silo], "o", 1.4, silo))
         xs, ys = _series(metrics, None, name)
         if xs:
             ax.plot(xs, ys, color="black", marker="s", linewidth=2.6, label=WEIGHTED)
-            drew = True
+            legend.setdefault(WEIGHTED, _handle("black", "s", 2.6, WEIGHTED))
         ax.set_title(label)
         ax.set_xlabel("round")
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if not drew:
+    if not legend:
         return None
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center")
+    order = [s for s in silos if s in legend] + ([WEIGHTED] if WEIGHTED in legend else [])
+    fig.legend([legend[k] for k in order], order, loc="outside right center")
     return _data_uri(fig)
 
 
 def privacy_figure(points: Sequence[PrivacyPoint]) -> str | None:
-    """Epsilon reported by each silo's accountant after each round (None without data)."""
+    """Each silo's total epsilon over all its runs so far, as its accountant reported it after
+    each round (None without data)."""
     if not points:
         return None
     fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
@@ -89,7 +106,7 @@ def privacy_figure(points: Sequence[PrivacyPoint]) -> str | None:
     for silo in dict.fromkeys(p.silo for p in points):
         own = sorted((p.round, p.epsilon) for p in points if p.silo == silo)
         ax.plot([r for r, _ in own], [e for _, e in own], marker="o", label=silo)
-    ax.set_title("privacy spent (epsilon as reported after each round)")
+    ax.set_title("privacy spent: each silo's total epsilon over all its runs so far")
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon")
     ax.grid(True, alpha=0.3)

@@ -11,7 +11,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import ValidationError
 
 from flows.lineage_summary import summarize
-from flows.lineage_view import RoundMetrics, RunView, as_dict, as_list, payload_of
+from flows.lineage_view import RoundMetrics, RunView, as_dict, as_float, as_list, payload_of
 from flows.personalization_view import personalization_rows, personalized_statements
 from schemas.objectives import TASK_BY_OBJECTIVE
 from schemas.specs import ModelSpec, param_shapes
@@ -23,6 +23,18 @@ class MetricRow:
     model_version: int | None
     who: str
     values: dict[str, Any]
+
+
+def revoked_text(revocation: dict[str, Any] | None) -> str:
+    """How a ``silo_revoked`` entry reads in a run's report: "revoked in round N: reason"."""
+    if revocation is None:
+        return ""
+    reason = revocation.get("reason") or "no reason given"
+    if "round" in revocation:
+        when = f"round {revocation.get('round')}"
+    else:  # federation-level: the silo was removed from the federation while the run went on
+        when = f"the federation {revocation.get('federation')} (seq {revocation.get('seq')})"
+    return f"revoked in {when}: {reason}"
 
 
 def participants(view: RunView) -> list[dict[str, Any]]:
@@ -39,20 +51,31 @@ def participants(view: RunView) -> list[dict[str, Any]]:
                 "validations": sum(1 for v in view.validations if v.silo == silo),
                 "accepted": sum(1 for u in view.accepted if u.get("silo") == silo),
                 "declined": sum(1 for d in declines(view) if d["silo"] == silo),
+                "revoked": revoked_text(view.revoked(silo)),
             }
         )
     return rows
+
+
+def failed_expectation(f: dict[str, Any]) -> str:
+    """One failed expectation for a cell: "expect_x on chol: 39 rows (31.7%)"; a table-level
+    expectation (no column, no row counts) reads "expect_y on table"."""
+    text = f"{f.get('expectation')} on {f.get('column') or 'table'}"
+    count, percent = f.get("unexpected_count"), as_float(f.get("unexpected_percent"))
+    if count is not None:
+        text += f": {count} rows"
+        if percent is not None:
+            text += f" ({percent:.1f}%)"
+    elif percent is not None:
+        text += f": {percent:.1f}% of rows"
+    return text
 
 
 def validations(view: RunView) -> list[dict[str, Any]]:
     return [
         {
             "v": v,
-            "failed": "; ".join(
-                f"{f.get('expectation')} on {f.get('column')}: {f.get('unexpected_count')} rows "
-                f"({f.get('unexpected_percent')}%)"
-                for f in v.failed
-            ),
+            "failed": "; ".join(failed_expectation(f) for f in v.failed),
         }
         for v in sorted(view.validations, key=lambda v: (v.round, v.silo))
     ]
@@ -95,6 +118,8 @@ def metric_rows(metrics: list[RoundMetrics]) -> list[MetricRow]:
 
 
 def privacy(view: RunView) -> list[Any]:
+    """Each silo's ``privacy_spent`` per round: ``epsilon`` is its total over all its runs
+    so far, ``run_epsilon`` this run's own (None: not recorded, an older ledger)."""
     return sorted(view.privacy, key=lambda p: (p.silo, p.round))
 
 
@@ -146,10 +171,23 @@ def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
         ("rounds / min silos", f"{spec.get('rounds')} / {spec.get('min_silos')}", False),
         *models,
         ("config sha256", str(start.get("config_sha256")), True),
+        contract_file_fact(start),
         ("fedsilo / git commit", versions, False),
         ("initial model sha256", str(start.get("initial_model_sha256")), True),
         ("status", f"{view.status}: {(view.finish or {}).get('reason') or '-'}", False),
     ]
+
+
+CONTRACT_FILE_LABEL = "data contract file sha256 (pinned at run start)"
+
+
+def contract_file_fact(start: dict[str, Any]) -> tuple[str, str, bool]:
+    """The model card's row for the contract file's sha256 that ``run_started`` pins (what
+    ``sha256sum`` of the published contract file gives), or why there is none."""
+    digest = start.get("contract_sha256")
+    if not digest:
+        return CONTRACT_FILE_LABEL, "not recorded in run_started", False
+    return CONTRACT_FILE_LABEL, str(digest), True
 
 
 def _ended(view: RunView) -> str:
@@ -161,12 +199,37 @@ def _names(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def is_asynchronous(view: RunView) -> bool:
+    """Whether the run trained asynchronously (buffered rounds: updates carry a base round,
+    staleness and weight)."""
+    return bool(as_dict(view.spec, "asynchronous")) or any(
+        "asynchronous" in a or "dropped_stale" in a for a in view.aggregates
+    )
+
+
+def _staleness(c: dict[str, Any]) -> str:
+    """An async update: "hungary: base round 1 (v1), staleness 2, weight 0.577"."""
+    weight = as_float(c.get("weight"))
+    base = f"base round {c.get('base_round', '-')}"
+    if c.get("base_version") is not None:
+        base += f" (v{c.get('base_version')})"
+    shown = f"{weight:.3f}" if weight is not None else "-"
+    return f"{c.get('silo')}: {base}, staleness {c.get('staleness', '-')}, weight {shown}"
+
+
 def aggregates(view: RunView) -> list[dict[str, Any]]:
+    """Per aggregate: contributors with their examples; for an async run also each update's
+    base round, staleness and weight, and the updates dropped as too stale."""
     rows = []
     for a in view.aggregates:
         contributors = as_list(a, "contributors")
+        stale = [d for d in as_list(a, "dropped_stale") if isinstance(d, dict)]
         rows.append(
             {
+                "updates": "; ".join(_staleness(c) for c in contributors if isinstance(c, dict)),
+                "dropped_stale": ", ".join(
+                    f"{d.get('silo')} (staleness {d.get('staleness')})" for d in stale
+                ),
                 "round": a.get("round"),
                 "who": ", ".join(
                     f"{c.get('silo')} ({c.get('n_examples')})"
@@ -181,18 +244,31 @@ def aggregates(view: RunView) -> list[dict[str, Any]]:
     return rows
 
 
+def _dropped(view: RunView, dropout: dict[str, Any]) -> str:
+    """The silos a dropout names; a revoked one says so (it was removed, it did not drop)."""
+    silos = dropout.get("silos")
+    if not isinstance(silos, list):
+        return _names(silos)
+    named = []
+    for silo in map(str, silos):
+        revocation = view.revoked(silo)
+        named.append(f"{silo} ({revoked_text(revocation)})" if revocation else silo)
+    return ", ".join(named)
+
+
 def events(view: RunView) -> list[str]:
-    """Rejections, dropouts and mask recoveries, one sentence each."""
+    """Rejections, dropouts, mask recoveries and revocations, one sentence each."""
     listed = [
         f"round {r.get('round')}: {r.get('silo')} update rejected, HTTP {r.get('status')}: "
         f"{r.get('reason')}"
         for r in view.rejected
     ]
-    listed += [f"round {d.get('round')}: dropped {_names(d.get('silos'))}" for d in view.dropouts]
+    listed += [f"round {d.get('round')}: dropped {_dropped(view, d)}" for d in view.dropouts]
     listed += [
         f"round {r.get('round')}: masks recovered from {_names(r.get('survivors'))}"
         for r in view.recoveries
     ]
+    listed += [f"{r.get('silo')} {revoked_text(r)}" for r in view.revocations]
     return listed
 
 

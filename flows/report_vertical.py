@@ -21,7 +21,7 @@ from typing import Any
 
 from flows import report_sections as sections
 from flows.lineage_view import RunView, as_dict, as_list, payload_of
-from flows.report_checks import AnchorCheck
+from flows.report_checks import AnchorCheck, SiloCopyCheck
 from flows.report_html import render
 from flows.report_plots import vertical_splits_figure
 from schemas.ledger_verify import VerifyReport
@@ -240,10 +240,15 @@ def render_vertical(
     report: VerifyReport,
     keys: Mapping[str, str],
     anchors: AnchorCheck,
+    verification: Mapping[str, Any] | None = None,
 ) -> str:
     """The report's HTML text for vertical run `run` (`flows.report.render_report` sends a
     vertical run here); `report` is the whole ledger's verification, `anchors` its check
-    against the checkpoints."""
+    against the checkpoints, `verification` the silo copies' check (``copies``, a
+    `SiloCopyCheck`) and the verify command to show without them (``verify_hint``)."""
+    extra = dict(verification or {})
+    copies = extra.setdefault("copies", SiloCopyCheck(True))
+    extra.setdefault("verify_hint", "fedsilo lineage verify --silo-copy SILO_WORKSPACE")
     view = vertical_view(entries, run.run_id)
     splits = [{p: t.splits(p) for p in view.parties} for t in view.trees]
     context: dict[str, Any] = {
@@ -255,7 +260,9 @@ def render_vertical(
         "n_entries": len(entries),
         "report": report,
         "anchors": anchors,
-        "banner_ok": report.ok and anchors.ok,
+        "banner_ok": report.ok and anchors.ok and copies.ok,
+        "artifacts_on_disk": True,
+        **extra,
         "rehashed": "the model stays split across its parties (no model file to re-hash)",
         "checks": None,
         "vertical": True,

@@ -124,6 +124,14 @@ ReadExportOpt = Annotated[
         "nothing is verified (that is `fedsilo lineage verify`).",
     ),
 ]
+SiloCopyOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--silo-copy",
+        help="A silo's workspace (or its lineage/records.jsonl) to cross-check against "
+        "the ledger: its receipts and the checkpoints it countersigned. Repeat per silo.",
+    ),
+]
 ArtifactsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -141,14 +149,7 @@ def lineage_verify(
     token_file: TokenFileOpt = None,
     export: ExportOpt = None,
     artifacts: ArtifactsOpt = None,
-    silo_copy: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--silo-copy",
-            help="A silo's workspace (or its lineage/records.jsonl) to cross-check against "
-            "the ledger: its receipts and the checkpoints it countersigned. Repeat per silo.",
-        ),
-    ] = None,
+    silo_copy: SiloCopyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-check the hash chain, every signature and every model file's sha256; exit 1 and name
@@ -174,12 +175,14 @@ def lineage_verify(
         entries, keys, silo_checkpoints=silo_checkpoints, export_checkpoints=book.checkpoints
     )
     all_ok = ok and copies_ok and anchors_ok
+    hashed = _hashed_note(entries, artifacts, downloaded=checker is not None)
     if as_json:
         emit_json(
             {
                 "ok": all_ok,
                 "entries": len(entries),
                 "chain": {"ok": ok, "detail": _plain(shown)},
+                "models_hashed": hashed,
                 "silo_copies": {"ok": copies_ok, "detail": [_plain(c) for c in copies_shown]},
                 "anchors": {"ok": anchors_ok, "detail": _plain(anchors_shown)},
             }
@@ -187,7 +190,27 @@ def lineage_verify(
     else:
         for renderable in (shown, *copies_shown, anchors_shown):
             out.print(renderable)
+        out.print(hashed, markup=False, highlight=False)
     raise typer.Exit(0 if all_ok else FAILED)
+
+
+def _hashed_note(entries, artifacts: Path | None, *, downloaded: bool) -> str:  # type: ignore[no-untyped-def]
+    """What the model check hashed, said plainly: the files at the ledger's paths (with
+    --artifacts), or the service's stored copies (downloaded): then the files on disk were
+    not checked, and how to check them."""
+    n = sum(1 for e in entries if e.kind == "model_saved")
+    if artifacts is not None:
+        return f"models hashed: the {n} model files at the paths the ledger names under {artifacts}"
+    how = (
+        "the model files on disk were NOT checked: give --artifacts SERVICE_WORKSPACE (the "
+        "service workspace holding models/) to re-hash the files at the paths the ledger names"
+    )
+    if downloaded:
+        return (
+            f"models hashed: the service's stored copies of {n} model versions (downloaded "
+            f"by the admin API), not the files at the paths the ledger names; {how}"
+        )
+    return f"models hashed: none; {how}"
 
 
 def _plain(renderable: RenderableType) -> list[str]:
@@ -379,13 +402,20 @@ def report(
             "folder, or an http(s) address. Repeat per silo.",
         ),
     ] = None,
+    silo_copy: SiloCopyOpt = None,
 ) -> None:
     """Write a self-contained HTML compliance report of a run: participants, fingerprints and
     validation, per-round metric plots and regressions, privacy budget, model card, chain
     verification, the check against the countersigned checkpoints (as `fedsilo lineage
-    verify`) and re-hashed model files."""
+    verify`) and re-hashed model files.
+
+    With --silo-copy (once per silo), the silos' own copies are cross-checked as `fedsilo
+    lineage verify --silo-copy` does: without them, a cut of the newest entries by whoever
+    holds the ledger cannot be detected, and the report says so. The report is always
+    written; the command then exits 1 when its verdict is a failure (ledger not verified, a
+    model that does not match), as `fedsilo lineage verify` does."""
     from flows.lineage_tables import run_ids
-    from flows.report import write_report
+    from flows.report import verify_command, write_report_verdict
     from flows.report_checks import model_source, parse_locations
 
     if export is not None and rehash and artifacts is None and not (token or token_file):
@@ -405,7 +435,10 @@ def report(
     if rehash:
         client = None if artifacts else coordinator(service_url, token, token_file)
         checker, source = model_source(entries, artifacts, client)
-    path = write_report(
+    hint = verify_command(
+        export=export, service_urls=service_url, token_file=token_file, artifacts=artifacts
+    )
+    path, verdict = write_report_verdict(
         entries,
         keys,
         run_id,
@@ -413,8 +446,19 @@ def report(
         prefect_ui_url=prefect_ui,
         artifact_checker=checker,
         artifact_source=source,
+        artifacts_on_disk=artifacts is not None,
         regression_threshold=regression_threshold,
         data_docs_locations=locations,
         checkpoints=book.checkpoints,
+        silo_copies=silo_copy or [],
+        verify_hint=hint,
     )
+    if not verdict.ok:
+        err_console.print(f"{verdict.said} (report written to {path})", markup=False)
+        raise typer.Exit(FAILED)
     say(f"report written to {path}")
+    if not silo_copy:
+        say(
+            "note: silos' copies not checked, so a cut of the newest entries by the ledger's "
+            f"holder cannot be detected; check with: {hint}"
+        )

@@ -135,7 +135,9 @@ def test_a_failed_run_fails_with_its_reason(sample: Sample) -> None:
         d["name"]: d["inputFacets"]["fedsilo_fingerprint"]["contributedRounds"]
         for d in failed["inputs"]
     }
-    assert fingerprints == {"silo:cleveland/heart_disease": [1], "silo:hungary/heart_disease": []}
+    assert fingerprints == {"silo:cleveland/heart_disease": [1]}  # inputs: contributors only
+    (idle,) = failed["run"]["facets"]["fedsilo_run"]["nonContributing"]
+    assert (idle["silo"], idle["reason"]) == ("hungary", "contributed to no round of the run")
 
 
 def test_a_run_in_progress_is_running(sample: Sample) -> None:

@@ -183,7 +183,7 @@ def test_the_report_checks_the_ledger_against_its_checkpoints(
     out = tmp_path / "cut"
     command = ["report", RUN_A, "--export", str(export), "--out", str(out), "--no-rehash"]
     result = CliRunner().invoke(app, command)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # written, then a failed verdict: exit 1
     document = (out / report_filename(RUN_A)).read_text(encoding="utf-8")
     assert (
         'class="banner fail">Ledger NOT verified: 1 checkpoint problem(s), listed below.</div>'
