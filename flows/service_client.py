@@ -62,10 +62,10 @@ class CoordinatorClient(HttpBase):
             self._json("POST", f"/v1/federations/{seg(federation)}/silos/{seg(silo)}/approve")
         )
 
-    def revoke(self, federation: str, silo: str) -> SiloOut:
-        return SiloOut.model_validate(
-            self._json("POST", f"/v1/federations/{seg(federation)}/silos/{seg(silo)}/revoke")
-        )
+    def revoke(self, federation: str, silo: str, reason: str | None = None) -> SiloOut:
+        path = f"/v1/federations/{seg(federation)}/silos/{seg(silo)}/revoke"
+        body = {"reason": reason} if reason is not None else None
+        return SiloOut.model_validate(self._json("POST", path, body))
 
     def create_run(self, body: RunCreate) -> RunOut:
         return RunOut.model_validate(self._json("POST", "/v1/runs", body))

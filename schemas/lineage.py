@@ -86,6 +86,7 @@ KINDS = frozenset(
     {
         "run_started",
         "silo_joined",
+        "silo_revoked",
         "silo_refused",
         "validation_result",
         "update_accepted",

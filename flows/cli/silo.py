@@ -275,11 +275,19 @@ def silo_revoke(
     service_url: ServiceUrls = ["http://127.0.0.1:8700"],
     token: TokenOpt = None,
     token_file: TokenFileOpt = None,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Why (1-2000 characters); kept in the signed ledger and the report."),
+    ] = None,
 ) -> None:
-    """Revoke a silo (coordinator): every later request it makes is refused, at once."""
+    """Revoke a silo (coordinator): every later request it makes is refused, at once; the
+    runs it takes part in go on without it (their open rounds stop waiting for it), and the
+    ledger records the revocation (`silo_revoked`). Its name and key stay taken."""
     checked_name(federation, "--federation")
     checked_name(name, "silo name")
-    done = coordinator(service_url, token, token_file).revoke(federation, name)
+    if reason is not None and not 1 <= len(reason) <= 2000:
+        raise typer.BadParameter("give 1 to 2000 characters", param_hint="--reason")
+    done = coordinator(service_url, token, token_file).revoke(federation, name, reason)
     say(f"silo {done.name} in {done.federation}: {done.status}")
 
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from aggregation.service import federations as crud
+from aggregation.service import revocation
 from aggregation.service.db import transaction
-from aggregation.service.deps import ADMIN_ERRORS, AdminDep, FactoryDep, Name, RecorderDep, errors
+from aggregation.service.deps import (
+    ADMIN_ERRORS,
+    AdminDep,
+    FactoryDep,
+    HubDep,
+    Name,
+    RecorderDep,
+    errors,
+)
 from schemas.wire import EnrolRequest, FederationCreate, FederationOut, SiloOut
 
 router = APIRouter(prefix="/v1", tags=["federations"])
@@ -53,9 +62,20 @@ def approve_silo(
 @router.post(
     "/federations/{federation}/silos/{silo}/revoke", dependencies=[AdminDep], responses=ADMIN_ERRORS
 )
-def revoke_silo(federation: Name, silo: Name, factory: FactoryDep) -> SiloOut:
+def revoke_silo(
+    federation: Name,
+    silo: Name,
+    factory: FactoryDep,
+    hub: HubDep,
+    body: revocation.RevokeRequest | None = None,
+) -> SiloOut:
+    """Revoke a silo: its later requests are refused, the ledger gets signed ``silo_revoked``
+    entries (the federation's, and one per run in progress it leaves), and those runs stop
+    waiting for it (`revocation`). The body (optional) gives the reason; revoking a revoked
+    silo changes nothing."""
+    reason = body.reason if body is not None else None
     with transaction(factory) as s:
-        return crud.silo_out(crud.set_silo_status(s, federation, silo, "revoked"))
+        return crud.silo_out(revocation.revoke(s, hub, federation, silo, reason))
 
 
 @router.post("/enrol", status_code=201, responses=errors(400, 404, 409, 413, 422))
