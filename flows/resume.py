@@ -9,6 +9,7 @@ service already closed rather than training them again. `resume_run_id` names a 
 from __future__ import annotations
 
 from flows.exceptions import RunFailed
+from flows.flow_retries import no_more_retries
 from flows.service_client import CoordinatorClient
 from schemas.wire import RoundOut, RunFinish, RunOut
 
@@ -47,6 +48,7 @@ def find_run(
         )
         return None
     if run.status == "failed":
+        no_more_retries()  # a retry would find it failed again
         raise RunFailed(f"run {run.run_id} failed earlier: {run.reason or 'no reason given'}")
     return run
 

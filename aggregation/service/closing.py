@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from aggregation.service.abandoned import coordinator_contact
 from aggregation.service.engines.base import Hub, RoundContext
 from aggregation.service.engines.registry import engine_for
 from aggregation.service.exceptions import Conflict
@@ -29,6 +30,9 @@ def close_round(s: Session, run_id: str, number: int, hub: Hub) -> Round:
     engine_for(spec, rnd).close(RoundContext(s, run, rnd, spec, hub))
     summarize_rejections(s, hub.recorder, rnd)
     hub.recorder.checkpoint_round(s, rnd)
+    # still open (a secure round forced on to its next stage): its coordinator, alive, waits
+    # a whole deadline again, and the grace before the run counts as abandoned moves with it
+    coordinator_contact(rnd, spec.round_deadline_s)
     if run.status == "running" and run.current_round == number and rnd.status != "open":
         silos_unaffected(s)  # their polls wake when the coordinator opens the next round
     return rnd

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -237,6 +238,24 @@ def finish_run(s: Session, run_id: str, status: str, reason: str) -> tuple[Run, 
     run.reason = reason or None
     run.finished_at = utcnow()
     return run, True
+
+
+def record_run_end(s: Session, recorder: Any, run: Run, status: str, reason: str) -> None:
+    """The ledger's ``run_finished`` / ``run_failed`` entry of a run that just ended: its
+    status, reason and final model (`recorder`: the service's `lineage.Recorder`)."""
+    version = run.latest_model_version
+    sha = get_model(s, run.id, version).sha256 if version is not None else None
+    recorder.service(
+        s,
+        f"run_{status}",
+        {
+            "status": status,
+            "reason": reason,
+            "final_model_version": version,
+            "final_model_sha256": sha,
+        },
+        run.id,
+    )
 
 
 def get_model(s: Session, run_id: str, version: int) -> ModelVersion:

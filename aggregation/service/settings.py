@@ -40,6 +40,20 @@ class ServiceSettings(BaseSettings):
     vertical_keep_envelopes: bool = Field(
         default=False, description="keep relayed vertical envelopes (audit) instead of deleting"
     )
+    # A running run whose coordinator went away (killed, its machine gone) would hold its silos
+    # for good: each agent serves one run at a time. The service fails a run whose current round
+    # is still open this long after its deadline (or closed this long ago with nothing opened
+    # since); `aggregation/service/abandoned.py`. The coordinator closes at the deadline itself,
+    # so the grace only has to cover a live but slow one: its long-poll (10 s), its client's
+    # retries through a service restart, a Prefect task run starting on a loaded server, a
+    # paused process. The grace of a round is max(this, the round's own deadline length): a
+    # slow deployment's long rounds get as long again. 0 turns it off.
+    abandoned_after_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="fail a running run whose round is this long past its deadline with no "
+        "close by its coordinator (at least the round's own deadline length); 0 = never",
+    )
     admin_token: str = Field(default="", description="empty = read or create workspace/admin.token")
     admin_token_file: Path | None = Field(default=None, description="file holding the token")
     # production mode: mutual TLS (aggregation/service/tls.py)

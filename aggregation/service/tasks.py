@@ -9,6 +9,7 @@ import base64
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from aggregation.service.abandoned import end_if_abandoned
 from aggregation.service.engines import secure
 from aggregation.service.engines.base import Hub, RoundContext
 from aggregation.service.engines.context import round_context
@@ -33,6 +34,9 @@ from schemas.tasks import (
 def next_task(s: Session, federation: str, silo: str, run_id: str | None, hub: Hub) -> Task | None:
     """The work waiting for `silo`, or None. With `run_id`, also tells when that run ended."""
     for run, membership, current in _memberships(s, federation, silo, run_id):
+        # a run its coordinator abandoned ends here (abandoned.py), from the rows just read
+        if end_if_abandoned(s, hub, run, current) and run_id is None:
+            continue  # an agent between runs was not in it: the other runs' work
         if run.status in ("finished", "failed", "cancelled") or membership.status != "active":
             return RunEndedTask(run_id=run.id, run_status=run.status)
         if run.status != "running" or run.current_round == 0:

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from aggregation.service import collective_rounds, lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
+from aggregation.service.abandoned import coordinator_contact, end_abandoned
 from aggregation.service.closing import cancel_run, close_round
 from aggregation.service.contracts import pin_run_contract, pinned_sha256
 from aggregation.service.db import transaction
@@ -47,10 +48,15 @@ router = APIRouter(
 
 
 @router.post("", status_code=201)
-def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> RunOut:
+def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep, hub: HubDep) -> RunOut:
     check_mode(body.spec)
     if body.spec.trees is not None and body.spec.trees.mode == "collective":
         collective_rounds.check_ready(settings)
+    with transaction(factory) as s:
+        # a run its coordinator abandoned holds its silos (abandoned.py): end it first, in a
+        # transaction of its own (it stands even when this run is refused); its silos leave it
+        # at their next poll, which the commit wakes
+        end_abandoned(s, hub, federation=body.spec.federation)
     with transaction(factory) as s:
         spec = pin_run_contract(s, body.spec)  # 409 when its contract version is unpublished
         return run_crud.run_out(s, run_crud.create_run(s, spec, body.prefect_flow_run_id))
@@ -58,15 +64,17 @@ def create_run(body: RunCreate, factory: FactoryDep, settings: SettingsDep) -> R
 
 @router.get("")
 def list_runs(
-    factory: FactoryDep, federation: OptionalName = None, limit: Limit = 50
+    factory: FactoryDep, hub: HubDep, federation: OptionalName = None, limit: Limit = 50
 ) -> list[RunOut]:
     with transaction(factory) as s:
+        end_abandoned(s, hub, federation=federation)  # a coordinator looking for its run
         return [run_crud.run_out(s, r) for r in run_crud.list_runs(s, federation, limit)]
 
 
 @router.get("/{run_id}")
-def get_run(run_id: RunId, factory: FactoryDep) -> RunOut:
+def get_run(run_id: RunId, factory: FactoryDep, hub: HubDep) -> RunOut:
     with transaction(factory) as s:
+        end_abandoned(s, hub, run_id=run_id)  # a coordinator that comes back finds it failed
         return run_crud.run_out(s, run_crud.get_run(s, run_id))
 
 
@@ -122,19 +130,7 @@ def finish_run(
     with transaction(factory) as s:
         run, changed = run_crud.finish_run(s, run_id, body.status, body.reason)
         if changed:
-            version = run.latest_model_version
-            sha = run_crud.get_model(s, run_id, version).sha256 if version is not None else None
-            recorder.service(
-                s,
-                f"run_{body.status}",
-                {
-                    "status": body.status,
-                    "reason": body.reason,
-                    "final_model_version": version,
-                    "final_model_sha256": sha,
-                },
-                run_id,
-            )
+            run_crud.record_run_end(s, recorder, run, body.status, body.reason)
         return run_crud.run_out(s, run)
 
 
@@ -153,7 +149,10 @@ def cancel(run_id: RunId, body: RunCancel, factory: FactoryDep, hub: HubDep) -> 
 def _open(s: Session, hub: Hub, run_id: str, body: RoundOpen) -> tuple[Round, AfterCommit | None]:
     """Open a round and let its engine start it; returns the round and the engine's work
     for after the commit (if any)."""
+    current = run_crud.get_run(s, run_id).current_round
     rnd = round_crud.open_round(s, run_id, body.round, body.kind, body.deadline_s)
+    if rnd.number == current:  # opened again: a resumed coordinator rejoins it for a deadline
+        coordinator_contact(rnd, body.deadline_s)
     after = None
     if rnd.status == "open":
         ctx = round_context(s, hub, run_id, rnd.number)
