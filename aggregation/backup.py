@@ -29,6 +29,7 @@ from aggregation.service.db import make_engine, make_sessionmaker, transaction
 from aggregation.service.federations import silo_keys
 from aggregation.service.keys import load_service_signer
 from aggregation.service.ledger import iter_records
+from aggregation.service.secure_rounds import restart_open_rounds
 from aggregation.service.settings import ServiceSettings
 from schemas.ledger_verify import VerifyReport, directory_artifact_checker, verify_chain
 
@@ -102,6 +103,15 @@ def backup(settings: ServiceSettings, out: Path) -> dict[str, Any]:
     """
     if out.exists() and any(out.iterdir()):
         raise BackupError(f"backup folder {out} is not empty: give a new folder")
+    for name in _EXTERNAL:
+        path: Path | None = getattr(settings, name)
+        if path is not None and not path.is_file():
+            option = "--" + name.replace("_", "-")
+            raise BackupError(
+                f"{option} {path} (FEDSILO_SERVICE_{name.upper()}) is not a file: the backup "
+                "would leave out a file the service is configured with; give the path the "
+                "service runs with"
+            )
     try:
         return _write_backup(settings, out)
     except BaseException:
@@ -119,8 +129,8 @@ def _write_backup(settings: ServiceSettings, out: Path) -> dict[str, Any]:
     for rel in _workspace_files(settings, snap.models):
         files.append(_copy(settings.workspace / rel, out, f"workspace/{rel}", f"workspace:{rel}"))
     for name in _EXTERNAL:
-        path: Path | None = getattr(settings, name)
-        if path is not None and path.is_file():
+        path = getattr(settings, name)
+        if path is not None:  # each one is a file (`backup` checked)
             files.append(_copy(path, out, f"external/{name}/{path.name}", str(path.resolve())))
     manifest = {
         "format": FORMAT,
@@ -186,8 +196,19 @@ def _occupied(settings: ServiceSettings, manifest: dict[str, Any]) -> list[str]:
     return found
 
 
-def restore(settings: ServiceSettings, folder: Path, *, force: bool = False) -> VerifyReport:
+def restore(
+    settings: ServiceSettings,
+    folder: Path,
+    *,
+    force: bool = False,
+    notes: list[str] | None = None,
+) -> VerifyReport:
     """Put the backup in `folder` back as the hub described by `settings` (service stopped).
+
+    An open secure-aggregation round starts its protocol again at the advertise stage
+    (`secure_rounds.restart_open_rounds`): its silos went on past the backup's instant and
+    may have erased that round's keys, so it cannot carry on at the saved stage. What was
+    restarted is appended to `notes` (one line each) when given.
 
     Raises
     ------
@@ -212,6 +233,9 @@ def restore(settings: ServiceSettings, folder: Path, *, force: bool = False) -> 
             backup_db.load(settings.resolved_database_url(), src)
             continue
         target = ws / to.removeprefix("workspace:") if to.startswith("workspace:") else Path(to)
+        if not to.startswith("workspace:") and target.is_file():
+            if _sha256(target) == item["sha256"]:
+                continue  # already in place (a read-only Secret mount, say): left as it is
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.copy2(src, target)
     report = verify_ledger(settings)
@@ -223,7 +247,24 @@ def restore(settings: ServiceSettings, folder: Path, *, force: bool = False) -> 
             f"the restored ledger ends at entry {report.head_seq} ({report.head_hash[:16]}), "
             f"the manifest at {head['seq']} ({str(head['entry_hash'])[:16]})"
         )
+    for run_id, number, stage in restart_secure_rounds(settings):
+        if notes is not None:
+            notes.append(
+                f"round {number} of run {run_id} was open at secure-aggregation stage {stage}: "
+                "its protocol starts again at advertise, the silos with new keys and masks"
+            )
     return report
+
+
+def restart_secure_rounds(settings: ServiceSettings) -> list[tuple[str, int, str]]:
+    """Restart every open secure round of the hub's database at the advertise stage (see
+    `restore`); (run, round, stage it was at) for each."""
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        with engine.begin() as conn:
+            return restart_open_rounds(conn)
+    finally:
+        engine.dispose()
 
 
 def verify_ledger(settings: ServiceSettings) -> VerifyReport:

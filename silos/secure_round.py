@@ -5,7 +5,11 @@ Shamir shares of the self-mask seed and the mask key with the neighbours, send t
 quantized, weighted update, and reveal the shares the service needs to unmask the sum. The
 client state (including this round's private keys) is saved in the silo's workspace with 0600
 permissions after each stage, so a restarted agent carries on where it stopped; each sent
-message is kept too, so a retry after a lost answer resends the same bytes.
+message is kept too, so a retry after a lost answer resends the same bytes. A round whose
+protocol the service started again (a hub restored from a backup taken mid-round) asks for the
+silo's keys once more: a silo that had gone past its advert then erases the round's state and
+takes part with new keys, seeds and masks (`advertise`); under DP its new masked update is a
+second release, and counts as one (`silos.privacy.record_round`).
 
 That state is erased (`erase_round_state`, `erase_run_state`) as soon as it can no longer be
 used: when the round's unmask stage is sent, when a later round of the run starts, when the
@@ -132,6 +136,31 @@ def _send_once(
         pass  # our earlier attempt did arrive: the first message stands
 
 
+_ADVERTISED = (".state", ".advertise.msg")
+
+
+def _past_advertise(workspace: Path, work: SecAggTask, key: Ed25519PrivateKey) -> bool:
+    """Whether this silo holds state of the task's round from past its advertise stage: a
+    later stage's message (or the masked update's bookkeeping), or client state that moved on.
+
+    Within one instance of a round's protocol the service never asks for a silo's keys again
+    once it holds them, and it holds them before any later stage starts; so an advertise task
+    with such state here means the round's protocol started again (a restored hub). A saved
+    advert alone is resent as is (`_send_once`): the service may hold it already (a lost
+    answer), and keys whose only use was that advert reveal nothing when reused."""
+    base = _paths(workspace, work)
+    for path, round_num in _state_files(workspace, work.run_id):
+        if round_num == work.round and path.name.removeprefix(base.name) not in _ADVERTISED:
+            return True
+    state_file = base.with_suffix(".state")
+    if not state_file.exists():
+        return False
+    try:
+        return load_state(state_file.read_bytes(), key).stage != "share"
+    except Exception:  # unreadable: it cannot be carried on anyway
+        return True
+
+
 def advertise(
     client: SiloClient,
     key: Ed25519PrivateKey,
@@ -141,6 +170,12 @@ def advertise(
 ) -> None:
     base = _paths(workspace, work)
     erase_run_state(workspace, work.run_id, before_round=work.round)  # rounds it dropped out of
+    if _past_advertise(workspace, work, key):
+        # the service asks for this round's keys again although this silo went on past them:
+        # its protocol was started again (a hub restored from a backup taken mid-round,
+        # `aggregation.backup.restore`). Nothing of the earlier instance may be reused: its
+        # keys and seeds are known to shares the service holds, its masks to messages it saw.
+        erase_round_state(workspace, work.run_id, work.round)
     keys = {s: bytes.fromhex(h) for s, h in work.secagg.roster_keys.items()}
 
     def build() -> bytes:

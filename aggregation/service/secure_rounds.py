@@ -21,7 +21,17 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    case,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, defer
 
 from aggregation.secagg import server
@@ -37,6 +47,7 @@ from aggregation.service.tables import (
     SecAggMessage,
     SecAggShare,
     Silo,
+    utcnow,
 )
 from schemas.contracts.stats import moments_length
 from schemas.ensemble import MAX_MEMBERS
@@ -102,6 +113,61 @@ def start(s: Session, rnd: Round, run_id: str, *, consistency_check: bool) -> No
         {"silos": sorted(active_silos(s, run_id)), "consistency_check": consistency_check}
     )
     rnd.secagg_stage = "advertise"
+
+
+def restart_open_rounds(conn: Connection) -> list[tuple[str, int, str]]:
+    """Start every open secure round's protocol again at the advertise stage, as a fresh
+    instance: (run, round, stage it was at) for each. Run by `aggregation.backup.restore`.
+
+    A backup holds a round's mailbox as it stood at the backup's instant, while its silos went
+    on with the round afterwards: they may have sent later stages' messages the restored
+    mailbox lacks, unmasked, and erased the round's keys and seeds (`silos.secure_round`).
+    Carrying on at the saved stage would ask them for messages built from state they no longer
+    have, or mix their old messages with new ones. So the round's protocol messages, shares and
+    masked updates (their contributions) go; the roster, the silos' refusals and declines and a
+    buffer's ready rows stay. Every silo of the roster then advertises afresh: one that holds
+    state of the round past its advert makes new keys and masks (`silos.secure_round.advertise`),
+    so nothing of the old instance is reused. The ledger keeps what it recorded (an accepted
+    masked update's statement): the new instance's update gets its own statement.
+
+    Core statements on the columns it needs only: the restored database may be at the
+    backup's older schema revision until the service migrates it at start.
+    """
+    restarted = []
+    rows = conn.execute(
+        select(
+            Round.run_id, Round.number, Round.secagg_stage, Round.roster_json,
+            Round.opened_at, Round.deadline_at,
+        ).where(Round.status == "open", Round.secagg_stage.is_not(None))
+    ).all()  # fmt: skip
+    has_shares = inspect(conn).has_table(SecAggShare.__tablename__)
+    now = utcnow()
+    for run_id, number, stage, roster_json, opened_at, deadline_at in rows:
+        of_round = (SecAggMessage.run_id == run_id, SecAggMessage.round == number)
+        conn.execute(delete(SecAggMessage).where(*of_round, SecAggMessage.stage.in_(STAGES)))
+        if has_shares:
+            conn.execute(
+                delete(SecAggShare).where(SecAggShare.run_id == run_id, SecAggShare.round == number)
+            )
+        conn.execute(
+            delete(Contribution).where(
+                Contribution.run_id == run_id,
+                Contribution.round == number,
+                Contribution.kind == "update",  # masked updates; declines and sit-outs stay
+            )
+        )
+        doc = json.loads(roster_json or "[]")
+        doc = {"silos": doc, "consistency_check": False} if isinstance(doc, list) else doc
+        doc["instance"] = int(doc.get("instance", 0)) + 1  # which start of the protocol this is
+        # the restarted protocol gets the round's whole deadline again, from now
+        deadline = max(deadline_at, now + (deadline_at - opened_at))
+        conn.execute(
+            update(Round)
+            .where(Round.run_id == run_id, Round.number == number)
+            .values(secagg_stage="advertise", roster_json=json.dumps(doc), deadline_at=deadline)
+        )
+        restarted.append((run_id, number, str(stage)))
+    return restarted
 
 
 def round_doc(rnd: Round) -> dict[str, Any]:
@@ -303,6 +369,14 @@ def _keep(cache: OrderedDict[Any, Any], items: Iterable[tuple[Any, Any]], limit:
         cache.popitem(last=False)
 
 
+def _cache_scope(rnd: Round) -> str:
+    """The per-process caches' key for the round's mailbox rows: the run, and which start of
+    the round's protocol (`restart_open_rounds`) they belong to, since a restart deletes the
+    round's rows and SQLite may give a new row a deleted one's id."""
+    instance = round_doc(rnd).get("instance", 0)
+    return f"{rnd.run_id}/{instance}" if instance else rnd.run_id
+
+
 def _parsed(s: Session, run_id: str, rows: Iterable[tuple[int, str]]) -> dict[int, Signed]:
     """The mailbox messages of `rows` (id, stage), parsed; payloads fetched only for the rows
     this process has not parsed before. Masked vectors never come here."""
@@ -404,7 +478,8 @@ def rebuild(
         )
         .order_by(SecAggMessage.id)
     ).all()
-    slot = (rnd.run_id, rnd.number, at)
+    scope = _cache_scope(rnd)
+    slot = (scope, rnd.number, at)
     entry = None
     if not vectors:
         with _replayed_lock:
@@ -427,7 +502,7 @@ def rebuild(
         if row.id not in entry.ids:
             by_stage[row.stage].append(row)
     replayed = (r for st, rs in by_stage.items() if st != "masked" for r in rs)
-    parsed = _parsed(s, rnd.run_id, ((r.id, r.stage) for r in replayed))
+    parsed = _parsed(s, scope, ((r.id, r.stage) for r in replayed))
     for step in range(entry.closed, current + 1):
         stage = STAGES[step]
         for row in by_stage[stage]:
@@ -474,6 +549,16 @@ def receive(
             "aggregation messages are accepted"
         )
     if stage != rnd.secagg_stage:
+        if round_doc(rnd).get("instance") and STAGES.index(stage) > STAGES.index(rnd.secagg_stage):
+            # only a message built for the round's protocol before it was restarted (a hub
+            # restored from a backup, `restart_open_rounds`) is ahead of the stage: it is
+            # dropped, and the silo told it needs no resend (not a Conflict, which it would
+            # decline the round for): it takes the round's next task, advertise, and so part
+            raise AlreadyAnswered(
+                f"round {rnd.number} of run {rnd.run_id}: its secure aggregation started again "
+                f"at advertise (the hub was restored from a backup); silo {silo!r}'s {stage!r} "
+                "message belongs to the earlier start and is dropped: take the round's next task"
+            )
         raise Conflict(
             f"round {rnd.number} is at secure-aggregation stage {rnd.secagg_stage!r}; "
             f"a {stage!r} message from silo {silo!r} is out of turn"

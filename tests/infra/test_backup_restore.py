@@ -224,3 +224,87 @@ def test_postgres_backup_restores_into_another_database(
             "--workspace", str(tmp_path / "new2"), "--database-url", target,
         )  # fmt: skip
         assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_backup_takes_the_files_serve_is_given_as_options_and_refuses_a_missing_one(
+    tmp_path: Path,
+) -> None:
+    """`aggregator backup` takes `serve`'s --admin-token-file/--tls-*/--client-ca options: the
+    admin token and TLS files kept outside the workspace are in the backup and go back on
+    restore. A file the service is configured with that is not there fails the backup."""
+    workspace, outside = tmp_path / "hub", tmp_path / "federation"
+    outside.mkdir()
+    files = {}
+    for option, name in [
+        ("--admin-token-file", "admin.token"),
+        ("--tls-cert", "service.pem"),
+        ("--tls-key", "service.key"),
+        ("--client-ca", "ca.pem"),
+    ]:
+        files[option] = outside / name
+        files[option].write_text(f"{name} contents\n")
+        files[option].chmod(0o600)
+    with service_in_thread(workspace, ""):
+        pass  # a hub with its database and keys
+    options = [str(x) for pair in files.items() for x in pair]
+    made = fedsilo(
+        "aggregator", "backup", "--out", str(tmp_path / "b"), "--workspace", str(workspace),
+        *options,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    to = {f["to"] for f in manifest["files"]}
+    assert {str(p.resolve()) for p in files.values()} <= to, to
+    # restored on a machine where they are gone: they come back where the service reads them
+    shutil.rmtree(outside)
+    restored = fedsilo(
+        "aggregator", "restore", str(tmp_path / "b"), "--workspace", str(tmp_path / "new")
+    )
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert (outside / "admin.token").read_text() == "admin.token contents\n"
+    assert (outside / "service.key").read_text() == "service.key contents\n"
+    # a configured file that is missing is named, and no half backup is left behind
+    missing = fedsilo(
+        "aggregator", "backup", "--out", str(tmp_path / "b2"), "--workspace", str(workspace),
+        "--tls-key", str(tmp_path / "nowhere.key"),
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "--tls-key" in missing.stderr and "nowhere.key" in missing.stderr
+    assert not (tmp_path / "b2").exists()
+    # a workspace without admin.token and no --admin-token-file: the backup says it has none
+    (workspace / "admin.token").unlink(missing_ok=True)
+    bare = fedsilo(
+        "aggregator", "backup", "--out", str(tmp_path / "b3"), "--workspace", str(workspace)
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert "holds no admin token" in bare.stderr
+
+
+def test_migrate_creates_a_new_workspace_as_serve_does(tmp_path: Path) -> None:
+    workspace = tmp_path / "new" / "hub"
+    migrated = fedsilo("aggregator", "migrate", "--workspace", str(workspace))
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "database schema empty ->" in migrated.stdout
+    assert (workspace / "service.db").is_file()
+    assert workspace.stat().st_mode & 0o777 == 0o700
+
+
+def test_the_service_image_has_the_postgres_client_of_the_server_it_is_deployed_with() -> None:
+    """`aggregator backup|restore` on PostgreSQL run pg_dump/pg_restore in the service's
+    container (infra/README): the image must have them, of the compose and k8s server's major
+    version (an older pg_dump refuses a newer server; a newer one's dump trips an older one)."""
+    import re
+
+    dockerfile = (REPO / "infra" / "Dockerfile.service").read_text()
+    servers = {
+        m
+        for path in (
+            REPO / "infra" / "docker-compose.yml",
+            REPO / "infra" / "k8s" / "postgres.yaml",
+        )
+        for m in re.findall(r"image:\s*postgres:(\d+)", path.read_text())
+    }
+    assert len(servers) == 1, servers
+    (major,) = servers
+    assert f"postgresql-client-{major}" in dockerfile
+    assert f"/usr/lib/postgresql/{major}/bin" in dockerfile  # first on PATH
