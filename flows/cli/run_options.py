@@ -60,6 +60,27 @@ class RunOptions:
     given: tuple[str, ...] = ()  # options given on the command line (`given_options`)
 
 
+STRATEGY_OPTIONS = ("server_lr", "mu")
+TRAINING_OPTIONS = ("local_epochs", "lr", "lr_schedule", "batch_size")
+
+
+def command_options(ctx: typer.Context) -> RunOptions:
+    """The RunOptions of `train` or `schedule` from the command's own parameters (both take
+    every run option, under the field's name); an --n-features of 0 is none given."""
+    from dataclasses import fields
+
+    params = ctx.params
+    plain = {f.name for f in fields(RunOptions)} - {"strategy", "training", "given"}
+    values = {name: params[name] for name in plain if name in params}
+    values["n_features"] = params.get("n_features") or None
+    return RunOptions(
+        **values,
+        strategy={"name": params["strategy"], **{k: params[k] for k in STRATEGY_OPTIONS}},
+        training={k: params[k] for k in TRAINING_OPTIONS},
+        given=given_options(ctx),
+    )
+
+
 def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
     """The RunSpec the coordinator flow builds from `options`, so that what it would refuse
     is a usage error naming the option, before a flow run or a deployment exists.
@@ -108,8 +129,8 @@ def run_spec(options: RunOptions, contract: Contract | None = None) -> RunSpec:
             distill=distill,
             ensemble=ensemble_spec(options.ensemble),
             federation_statistics=needs_stats or distill is not None,  # as federated_training
-            privacy=privacy_fields(options),
-            asynchronous=async_fields(options),
+            privacy=privacy_fields(options),  # type: ignore[arg-type]  # validated as the spec
+            asynchronous=async_fields(options),  # type: ignore[arg-type]
         )
     except ValidationError as exc:
         raise spec_error(exc) from exc

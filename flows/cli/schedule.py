@@ -115,47 +115,13 @@ def schedule(
     """Deploy the coordinator flow to Prefect with a cron schedule on a process work pool
     (created if missing), and print the command that starts its worker."""
     from flows.cli.common import TokenSource
-    from flows.cli.run_options import RunOptions, given_options, run_spec
+    from flows.cli.run_options import command_options, run_spec
     from flows.cli.train import check_prefect_api, service_contract
     from flows.schedule import deployment_parameters, schedule_training
 
     check_model_kind(model)
     _check_schedule(name, pool, cron, timezone)
-    options = RunOptions(
-        federation=federation,
-        dataset=dataset,
-        model=model,
-        hidden=hidden,
-        mode=mode,
-        trees_per_round=trees_per_round,
-        tree_param=tree_param,
-        n_features=n_features or None,
-        fine_cells=fine_cells,
-        grad_bits=grad_bits,
-        strategy={"name": strategy, "server_lr": server_lr, "mu": mu},
-        training={
-            "local_epochs": local_epochs,
-            "lr": lr,
-            "lr_schedule": lr_schedule,
-            "batch_size": batch_size,
-        },
-        rounds=rounds,
-        min_silos=min_silos,
-        round_deadline_s=round_deadline_s,
-        ready_timeout_s=ready_timeout_s,
-        patience=patience,
-        secure=secure,
-        personalize=personalize,
-        distill=distill,
-        ensemble=ensemble,
-        dp_noise_multiplier=dp_noise_multiplier,
-        dp_clip_norm=dp_clip_norm,
-        dp_delta=dp_delta,
-        async_buffer=async_buffer,
-        max_staleness=max_staleness,
-        staleness_weight=staleness_weight,
-        given=given_options(ctx),
-    )
+    options = command_options(ctx)  # every run option above, by name (ctx.params)
     run_spec(options)  # what the options alone decide is refused before contacting anyone
     _check_token_source(token_file, token_block)
     source = TokenSource(file=str(token_file.resolve()) if token_file else None, block=token_block)

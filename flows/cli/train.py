@@ -45,7 +45,7 @@ from flows.cli.common import (
 )
 from flows.cli.errors import UNREACHABLE
 from flows.cli.output import say
-from flows.cli.run_options import RunOptions, given_options, run_spec
+from flows.cli.run_options import command_options, run_spec
 
 # `train` says what happens to the token: Prefect stores a flow run's parameters.
 TrainTokenOpt = Annotated[
@@ -146,41 +146,7 @@ def train(
     from flows.coordinator import federated_training
 
     check_model_kind(model)
-    options = RunOptions(
-        federation=federation,
-        dataset=dataset,
-        model=model,
-        hidden=hidden,
-        mode=mode,
-        trees_per_round=trees_per_round,
-        tree_param=tree_param,
-        n_features=n_features,
-        fine_cells=fine_cells,
-        grad_bits=grad_bits,
-        strategy={"name": strategy, "server_lr": server_lr, "mu": mu},
-        training={
-            "local_epochs": local_epochs,
-            "lr": lr,
-            "lr_schedule": lr_schedule,
-            "batch_size": batch_size,
-        },
-        rounds=rounds,
-        min_silos=min_silos,
-        round_deadline_s=round_deadline_s,
-        ready_timeout_s=ready_timeout_s,
-        patience=patience,
-        personalize=personalize,
-        distill=distill,
-        ensemble=ensemble,
-        secure=secure,
-        dp_noise_multiplier=dp_noise_multiplier,
-        dp_clip_norm=dp_clip_norm,
-        dp_delta=dp_delta,
-        async_buffer=async_buffer,
-        max_staleness=max_staleness,
-        staleness_weight=staleness_weight,
-        given=given_options(ctx),
-    )
+    options = command_options(ctx)  # every run option above, by name (ctx.params)
     run_spec(options)  # what the options alone decide is refused before contacting anyone
     check_prefect_api()
     with flow_token_source(token, token_file, token_block) as source:
