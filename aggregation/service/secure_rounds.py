@@ -645,10 +645,12 @@ def waiting_for(s: Session, rnd: Round, stage: str) -> set[str]:
     sent = senders[stage]
     if stage == "advertise":
         expected = set(roster(rnd))
+    # a survivor that left the run (revoked, declined it) is no longer waited for: its masked
+    # input stays in the sum and the others' shares unmask it, as at a deadline
     elif stage == "unmask" and checks_consistency(rnd):
-        return senders["consistency"] - sent  # a survivor that did not sign cannot unmask
+        return (senders["consistency"] - sent) & active  # one that did not sign cannot unmask
     elif stage in ("consistency", "unmask"):
-        return senders["masked"] - sent
+        return (senders["masked"] - sent) & active
     else:
         expected = senders[STAGES[STAGES.index(stage) - 1]]
     if stage == "masked":
@@ -673,15 +675,14 @@ def stage_complete(s: Session, rnd: Round, stage: str) -> bool:
             *here, SecAggMessage.stage == previous
         )
     sq = candidate.subquery()
-    conditions: list[ColumnElement[bool]] = []
-    if stage in ("advertise", "share", "masked"):
-        # an active participant (waiting_for's `expected & active`) with no contribution yet
-        conditions.append(
-            select(RunSilo.silo)
-            .where(RunSilo.run_id == rnd.run_id, RunSilo.silo == sq.c.silo)
-            .where(RunSilo.status == "active")
-            .exists()
-        )
+    # an active participant (waiting_for's `& active`), at every stage
+    conditions: list[ColumnElement[bool]] = [
+        select(RunSilo.silo)
+        .where(RunSilo.run_id == rnd.run_id, RunSilo.silo == sq.c.silo)
+        .where(RunSilo.status == "active")
+        .exists()
+    ]
+    if stage in ("advertise", "share", "masked"):  # ... with no contribution yet
         conditions.append(
             ~select(Contribution.silo)
             .where(
@@ -714,10 +715,12 @@ def awaits(s: Session, rnd: Round, stage: str, silo: str) -> bool:
             )
         )
     )
-    if stage == "unmask" and checks_consistency(rnd):
-        return "consistency" in sent and stage not in sent
     if stage in ("consistency", "unmask"):
-        return "masked" in sent and stage not in sent
+        before = "consistency" if stage == "unmask" and checks_consistency(rnd) else "masked"
+        if before not in sent or stage in sent:
+            return False
+        participant = s.get(RunSilo, (rnd.run_id, silo))
+        return participant is not None and participant.status == "active"
     if stage == "advertise":
         expected = silo in roster(rnd)
     else:

@@ -388,6 +388,32 @@ def test_secure_round_unmasks_at_once_when_only_the_revoked_survivor_is_awaited(
         _verified(fed)
 
 
+def test_secure_round_does_not_wait_for_a_survivor_revoked_before_the_others_unmask(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """c sent its masked update, then was revoked while a and b still owed their unmask
+    messages: once they sent them, the round unmasks (c's input in the sum) without waiting
+    for c until the deadline."""
+    with _federation(sqlite_url, tmp_path, secure=True) as fed:
+        started = time.monotonic()
+        rng = np.random.default_rng(12)
+        deltas = {n: rng.normal(scale=0.3, size=DIM) for n in WEIGHTS}
+        everyone = ("a", "b", "c")
+        _advertise(fed, everyone)
+        _share(fed, everyone)
+        _masked(fed, everyone, deltas)
+        out = fed.coord.wait_round(fed.run_id, 1, 0)
+        assert out.stage == "unmask" and sorted(out.awaited) == ["a", "b", "c"]
+        _revoke(fed.coord, "c", REASON)
+        assert sorted(fed.coord.wait_round(fed.run_id, 1, 0).awaited) == ["a", "b"]
+        _unmask(fed, ("a", "b"))
+        _aggregated(fed)
+        assert time.monotonic() - started < PROMPT_S
+        expected = fed.initial + _weighted(deltas, everyone)
+        np.testing.assert_allclose(_model(fed.coord, fed.run_id, 1), expected, atol=1e-6)
+        _verified(fed)
+
+
 def test_the_cli_sends_the_reason_into_the_ledger(sqlite_url: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
