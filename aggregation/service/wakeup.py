@@ -219,8 +219,13 @@ def install(factory: sessionmaker[Session], engine: Engine) -> Wakeup:
             payload = f"{wakeup.token} {topic}"
             session.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
+    # SQLAlchemy calls after_commit and after_rollback for a savepoint too (`begin_nested`):
+    # its release is no commit (a poll woken then would find nothing new and wait again), and
+    # its rollback must not forget what the transaction wrote before it
     @event.listens_for(factory, "after_commit")
     def _wake_here(session: Session) -> None:
+        if session.in_nested_transaction():
+            return
         topic = session_topic(session, session.info.pop(_TOPIC_KEY, set()))
         session.info.pop(_ANSWERS_KEY, None)
         if topic is not None:
@@ -228,6 +233,8 @@ def install(factory: sessionmaker[Session], engine: Engine) -> Wakeup:
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
+        if session.in_nested_transaction():
+            return
         session.info.pop(_TOPIC_KEY, None)
         session.info.pop(_ANSWERS_KEY, None)
 

@@ -112,3 +112,40 @@ def test_a_close_that_opens_the_next_round_wakes_the_silos_at_its_commit(tmp_pat
         failed = fed.coord.close_round(fed.run_id, 2, RoundOpen(round=3, deadline_s=60))
         assert (failed.status, failed.opened_next) == ("failed", None), failed
         assert [r.round for r in fed.coord.rounds(fed.run_id)] == [1, 2]
+
+
+def test_a_savepoint_is_no_commit_to_wake_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy reports a savepoint's release as a commit: a poll woken then re-reads the
+    database before the real commit, finds nothing new and waits again (30 s late in CI). Only
+    the outer commit wakes, with every table the transaction wrote, the savepoint's among them,
+    even after a savepoint that rolled back."""
+    from sqlalchemy import column, create_engine, insert, table, text
+    from sqlalchemy.orm import sessionmaker
+
+    from aggregation.service import wakeup as module
+
+    engine = create_engine(f"sqlite:///{tmp_path}/w.db")
+    factory = sessionmaker(engine)
+    hub = module.install(factory, engine)
+    woken: list[str] = []
+    monkeypatch.setattr(hub, "wake", woken.append)
+    with factory() as s:
+        s.execute(text("CREATE TABLE contributions (x INTEGER PRIMARY KEY)"))
+        s.commit()
+        woken.clear()
+        rows = table("contributions", column("x"))
+        s.execute(insert(rows).values(x=1))
+        with s.begin_nested():
+            s.execute(insert(rows).values(x=2))
+        assert woken == []  # released, not committed
+        try:
+            with s.begin_nested():
+                s.execute(insert(rows).values(x=1))
+        except Exception:  # noqa: BLE001 - the duplicate key rolls the savepoint back
+            pass
+        assert woken == []
+        s.commit()
+    assert woken == [ALL]  # the outer commit, with what it wrote before the rollback
+    engine.dispose()

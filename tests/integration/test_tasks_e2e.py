@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.live_service import TEST_CONTRACT_KEY, free_port
+from support.live_service import TEST_CONTRACT_KEY, free_port, write_silo_key
 from typer.testing import CliRunner
 
 from flows.admin_token import private_token_file
@@ -33,6 +33,7 @@ from schemas.contract_registry import sign_contract
 from schemas.contracts.loader import Contract
 from schemas.specs import SecureAggregationSpec, TrainingSpec
 from schemas.task_metrics import score
+from silos.config import load_silo_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 START_S = 600.0  # bound on a cold start (agents import torch, Prefect, GX) on a loaded machine
@@ -146,6 +147,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Itera
                     'contract_version = "1.0.0"\n\n'
                     f'[service]\nurls = ["{url}"]\n\n[prefect]\napi_url = "{prefect_api_url}"\n'
                 )
+                # one institution in both federations: a silo name has one key on a hub
+                write_silo_key(load_silo_config(folder / "silo.toml").key_path, silo)
                 procs.append(
                     start_agent(folder / "silo.toml", folder / "agent.log", prefect_api_url)
                 )

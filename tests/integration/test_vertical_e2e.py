@@ -333,7 +333,7 @@ def test_tampered_envelope_refused_naming_the_party(tmp_path: Path, fed: Fed) ->
         )
         outsider.enrol()
         coord.approve("vert", "outsider")
-        with pytest.raises(ServiceRejected, match="'outsider' is not a party"):
+        with pytest.raises(ServiceRejected, match="'outsider' of federation 'vert' is not a party"):
             outsider.request("GET", f"/v1/silo/vertical/{run.run_id}/inbox")
 
         report(clients["bureau"], run.run_id, RunFailed(reason=str(refused.value)))
