@@ -18,7 +18,7 @@ from aggregation.service.auth import SiloIdentity
 from aggregation.service.db import transaction
 from aggregation.service.exceptions import InvalidPayload
 from aggregation.service.lineage import Recorder
-from aggregation.service.statements import record_silo_statement
+from aggregation.service.statements import admit_statement, record_silo_statement
 from schemas import carried
 
 STATE_KEY = "carried_receipt"
@@ -39,6 +39,8 @@ def record(
     InvalidPayload
         Malformed, of a kind that does not ride along, naming another silo, or badly signed;
         the message names the silo and the run. Nothing is written.
+    Conflict
+        The run takes no statement now (`statements.admit_statement`). Nothing is written.
     """
     where = (
         f"statement carried by silo {silo.name!r} in run {run_id!r} ({carried.STATEMENT_HEADER})"
@@ -51,6 +53,7 @@ def record(
         raise InvalidPayload(f"{where}: it names silo {payload.get('silo')!r}")
     try:
         with transaction(factory) as s:
+            admit_statement(s, run_id, silo.name, kind)
             receipt = record_silo_statement(
                 s, recorder, silo.federation, silo.name, run_id, kind, payload, signature
             )

@@ -13,19 +13,71 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregation.service.db import transaction
-from aggregation.service.exceptions import InvalidPayload, ServiceError
+from aggregation.service.exceptions import Conflict, InvalidPayload, ServiceError
 from aggregation.service.federations import find_silo
+from aggregation.service.ledger import LedgerEntry
 from aggregation.service.lineage import Recorder
 from aggregation.service.metrics import count_rejection
 from aggregation.service.tables import Contribution, RejectionCount, Round, Run, RunSilo, utcnow
 from schemas.lineage import LineageError
 from schemas.signing import STATEMENT_HEADER, update_statement_payload
 from schemas.wire import INT32_MAX
+
+# Statements of a run that ended are taken for this long after its end: honest silos send
+# some then (a validation_result no POST carried goes alone when the agent's run ends,
+# `SiloClient.flush_held`; privacy_spent follows an accepted update and distilled a masked
+# answer, both of which may be the run's last); later ones are refused (409).
+LATE_STATEMENT_S = 3600.0
+# An honest silo states each kind at most once a round (validation_result, privacy_spent,
+# distilled) or once a run (personalized, ensembled); twice that, and some slack for an
+# agent that restarted mid-round and stated its round again, bounds what one silo can add to
+# the append-only ledger in a run, with the size bounds on each statement.
+STATEMENTS_PER_ROUND = 2
+STATEMENT_SLACK = 16
+
+
+def admit_statement(s: Session, run_id: str, silo: str, kind: str) -> None:
+    """Refuse (409) a `kind` statement from `silo` that run `run_id` does not take: the run
+    has not started (a silo states nothing before its first task), ended more than
+    `LATE_STATEMENT_S` ago, or already holds as many of the silo's `kind` statements as its
+    rounds so far allow (`STATEMENTS_PER_ROUND` each, plus `STATEMENT_SLACK`)."""
+    run = s.get(Run, run_id)
+    assert run is not None, "require_participant found the run"
+    if run.status == "created":
+        raise Conflict(
+            f"run {run_id} has not started: a {kind} statement from silo {silo!r} has no "
+            f"round to belong to"
+        )
+    if run.status in ("finished", "failed", "cancelled"):
+        ended = run.finished_at or run.created_at
+        late = (utcnow() - ended).total_seconds()
+        if late > LATE_STATEMENT_S:
+            raise Conflict(
+                f"run {run_id} is {run.status} (ended {late:.0f} s ago): a {kind} statement "
+                f"from silo {silo!r} comes after the {LATE_STATEMENT_S:.0f} s in which a run "
+                f"that ended still takes statements"
+            )
+    bound = STATEMENTS_PER_ROUND * max(run.current_round, 1) + STATEMENT_SLACK
+    held = s.scalar(
+        select(func.count())
+        .select_from(LedgerEntry)
+        .where(
+            LedgerEntry.run_id == run_id,
+            LedgerEntry.author == f"silo:{silo}",
+            LedgerEntry.kind == kind,
+        )
+    )
+    if (held or 0) >= bound:
+        raise Conflict(
+            f"silo {silo!r} already stated {held} {kind} statements in run {run_id}, as many "
+            f"as its {run.current_round} rounds so far allow ({STATEMENTS_PER_ROUND} a round "
+            f"+ {STATEMENT_SLACK}): this one is refused"
+        )
 
 
 def accept_statement(

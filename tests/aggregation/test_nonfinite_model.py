@@ -1,7 +1,9 @@
 """A plain round whose aggregate is not finite fails instead of publishing the model: finite
 float32 updates near float32's maximum overflow once added to the global model; the round's
 ``round_failed`` entry names the round and its contributors, and the previous model version
-stays the latest. Large but finite updates still aggregate (the mean is taken in float64)."""
+stays the latest. Large but finite updates still aggregate (the mean is taken in float64).
+An asynchronous buffer that closes on such an update fails the same way, and the update that
+closed it is accepted (it was a 409 that rolled the update back and left the buffer open)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from support.validation import validate
 
 from flows.service_client import CoordinatorClient
 from schemas import tensors
-from schemas.specs import ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
+from schemas.specs import AsyncSpec, ModelSpec, RunSpec, SecureAggregationSpec, param_shapes
 from schemas.wire import RoundOpen, RunCreate
 from silos.client import SiloClient
 from silos.client_errors import NotFound
@@ -44,7 +46,9 @@ def _payload(arrays: list[np.ndarray], run_id: str, n: int) -> bytes:
     return tensors.encode(dict(zip(NAMES, arrays, strict=True)), meta)
 
 
-def _federation(db_url: str, tmp_path: Path, initial: float) -> Iterator[Fed]:
+def _federation(
+    db_url: str, tmp_path: Path, initial: float, asynchronous: AsyncSpec | None = None
+) -> Iterator[Fed]:
     spec = RunSpec(
         federation="f",
         dataset="toy",
@@ -52,6 +56,7 @@ def _federation(db_url: str, tmp_path: Path, initial: float) -> Iterator[Fed]:
         rounds=2,
         min_silos=2,
         secure_aggregation=SecureAggregationSpec(enabled=False),
+        asynchronous=asynchronous,
     )
     with service_in_thread(tmp_path / "svc", db_url) as url:
         coord = coordinator(url)
@@ -70,6 +75,11 @@ def _federation(db_url: str, tmp_path: Path, initial: float) -> Iterator[Fed]:
 @pytest.fixture
 def large_model(db_url: str, tmp_path: Path) -> Iterator[Fed]:
     yield from _federation(db_url, tmp_path, initial=BIG / 2)
+
+
+@pytest.fixture
+def large_async_model(db_url: str, tmp_path: Path) -> Iterator[Fed]:
+    yield from _federation(db_url, tmp_path, initial=BIG / 2, asynchronous=AsyncSpec(buffer_size=2))
 
 
 @pytest.fixture
@@ -110,3 +120,21 @@ def test_large_finite_updates_still_aggregate(zero_model: Fed) -> None:
     for got in model:  # summed in float32 the two would be inf; their mean is float32's max
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, BIG, rtol=1e-6)
+
+
+def test_an_overflowing_buffer_fails_and_the_update_that_closed_it_is_kept(
+    large_async_model: Fed,
+) -> None:
+    fed = large_async_model
+    fed.silos["honest"].submit_update(fed.run_id, 1, _payload(_arrays(0.01), fed.run_id, 10))
+    body = _payload(_arrays(BIG), fed.run_id, 1000)
+    answer = fed.silos["mallory"].submit_update(fed.run_id, 1, body)  # the K-th: closes it
+    assert not answer["duplicate"]
+    out = fed.coord.wait_round(fed.run_id, 1, 0)
+    assert out.status == "failed"
+    assert "not finite" in (out.reason or "") and "mallory (n_examples 1000" in (out.reason or "")
+    assert fed.coord.get_run(fed.run_id).latest_model_version == 0
+    entries = fed.coord.ledger(run_id=fed.run_id)
+    assert [e.kind for e in entries].count("round_failed") == 1
+    assert not [e for e in entries if e.kind == "aggregate"]
+    assert fed.silos["mallory"].submit_update(fed.run_id, 1, body)["duplicate"]

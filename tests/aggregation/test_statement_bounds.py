@@ -15,6 +15,7 @@ import pytest
 from support.live_service import coordinator, enrolled_silo, service_in_thread
 from support.validation import summary, validate
 
+from aggregation.service import statements
 from aggregation.service.routes import silo as silo_routes
 from flows.service_client import CoordinatorClient
 from schemas import tensors
@@ -133,7 +134,39 @@ def test_late_statements_are_taken_for_a_while_after_the_run_ended(
     fed.coord.cancel_run(fed.run_id, "test over")
     # an honest silo's last statements may come after the run's end (flush_held, privacy_spent)
     assert fed.a.submit_statement(fed.run_id, "privacy_spent", _privacy("a"))["receipt"]
-    monkeypatch.setattr(silo_routes, "LATE_STATEMENT_S", 0.0)  # the service runs in-process
+    monkeypatch.setattr(statements, "LATE_STATEMENT_S", 0.0)  # the service runs in-process
     with pytest.raises(Conflict) as err:
         fed.a.submit_statement(fed.run_id, "privacy_spent", _privacy("a"))
     assert "is cancelled" in err.value.detail and "privacy_spent" in err.value.detail
+
+
+def test_a_silo_states_each_kind_only_as_often_as_the_rounds_allow(fed: Fed) -> None:
+    _start(fed)  # round 1: two of a kind a round, plus the slack
+    bound = statements.STATEMENTS_PER_ROUND * 1 + statements.STATEMENT_SLACK
+    for _ in range(bound):
+        assert fed.a.submit_statement(fed.run_id, "privacy_spent", _privacy("a"))["receipt"]
+    with pytest.raises(Conflict) as err:
+        fed.a.submit_statement(fed.run_id, "privacy_spent", _privacy("a"))
+    assert f"already stated {bound} privacy_spent statements" in err.value.detail
+    assert "silo 'a'" in err.value.detail and fed.run_id in err.value.detail
+    kinds = [e.kind for e in fed.coord.ledger(run_id=fed.run_id)]
+    assert kinds.count("privacy_spent") == bound
+    assert validate(fed.a, fed.run_id, n_rows=100)["receipt"]  # another kind has its own count
+
+
+def test_a_statement_carried_to_a_run_long_ended_is_refused(
+    fed: Fed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _start(fed)
+    validate(fed.a, fed.run_id, n_rows=100)
+    fed.coord.cancel_run(fed.run_id, "test over")
+    monkeypatch.setattr(statements, "LATE_STATEMENT_S", 0.0)
+    fed.a.carries = frozenset({"validation_result"})  # as the service's answers advertise
+    held = statement_payload("a", 1, summary(100))
+    assert fed.a.carry_statement(fed.run_id, "validation_result", held) is None  # held back
+    body = tensors.encode({n: np.zeros(s, np.float32) for n, s in param_shapes(SPEC.model)})
+    with pytest.raises(Conflict) as err:  # the POST that would carry it
+        fed.a.submit_update(fed.run_id, 1, body)
+    assert "is cancelled" in err.value.detail and "validation_result" in err.value.detail
+    kinds = [e.kind for e in fed.coord.ledger(run_id=fed.run_id)]
+    assert kinds.count("validation_result") == 1  # the one sent before the end

@@ -44,7 +44,7 @@ from aggregation.service.engines.common import (
     refuse_step,
     round_fields,
 )
-from aggregation.service.engines.plain import apply_strategy
+from aggregation.service.engines.plain import NonFiniteModel, apply_strategy
 from aggregation.service.exceptions import (
     AlreadyAnswered,
     BetweenBuffers,
@@ -136,7 +136,11 @@ class AsyncEngine:
                 f"{spec.min_silos} (dropped as too stale: {sorted(dropped) or 'none'})",
             )
             return
-        aggregate(ctx, usable, dropped)
+        try:
+            aggregate(ctx, usable, dropped)
+        except NonFiniteModel as exc:  # nothing stored: fail the buffer, the run goes on
+            fail_round(ctx, exc.detail)
+            return
         rnd.status = "aggregated"
         rnd.closed_at = utcnow()
         record_metrics(ctx, [c for c, info in usable if info["staleness"] == 0])

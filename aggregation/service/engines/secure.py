@@ -238,7 +238,10 @@ class SecureEngine:
         if flat is None:
             return
         updates = [c for c in contributions(s, run.id, rnd.number) if c.kind == "update"]
-        self.on_sum(ctx, flat, updates)
+        try:
+            self.on_sum(ctx, flat, updates)
+        except plain.NonFiniteModel as exc:  # nothing stored: fail the round, not the answer
+            fail_round(ctx, exc.detail)
 
     def on_sum(self, ctx: RoundContext, flat: np.ndarray, updates: list[Contribution]) -> None:
         """The unmasked weighted sum: the mean delta, through the strategy, the next model."""

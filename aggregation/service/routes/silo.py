@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.orm import Session
 
 from aggregation.service import contributions as crud
 from aggregation.service import declines
@@ -36,7 +35,7 @@ from aggregation.service.deps import (
     Wait,
     octet_stream,
 )
-from aggregation.service.exceptions import Conflict, InvalidPayload, PayloadTooLarge
+from aggregation.service.exceptions import InvalidPayload, PayloadTooLarge
 from aggregation.service.federations import find_silo, mark_ready, silo_out
 from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.next_task import (
@@ -49,8 +48,7 @@ from aggregation.service.routes.next_task import (
     wait_for_task,
 )
 from aggregation.service.runs import get_model
-from aggregation.service.statements import record_silo_statement
-from aggregation.service.tables import Run, utcnow
+from aggregation.service.statements import admit_statement, record_silo_statement
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
 from schemas.personalization import PersonalizedPayload
@@ -82,11 +80,6 @@ class StatementIn(BaseModel):
 # hundred bytes (personalized, distilled and ensembled are fixed models, under 2 KB).
 MAX_STATEMENT_BYTES = 64 * 1024
 MAX_STATEMENT_BYTES_BY_KIND = {"validation_result": 1024 * 1024}
-# Statements of a run that ended are taken for this long after its end: honest silos send
-# some then (a validation_result no POST carried goes alone when the agent's run ends,
-# `SiloClient.flush_held`; privacy_spent follows an accepted update and distilled a masked
-# answer, both of which may be the run's last); later ones are refused (409).
-LATE_STATEMENT_S = 3600.0
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -302,7 +295,7 @@ def submit_statement(
         response.status_code = 201 if created else 200
         return {"receipt": receipt, "duplicate": not created}
     with transaction(factory) as s:
-        _require_open_for_statements(s, run_id, silo.name, body.kind)
+        admit_statement(s, run_id, silo.name, body.kind)
         receipt = record_silo_statement(
             s,
             hub.recorder,
@@ -314,27 +307,6 @@ def submit_statement(
             body.signature,
         )
         return {"receipt": receipt}
-
-
-def _require_open_for_statements(s: Session, run_id: str, silo: str, kind: str) -> None:
-    """Conflict when run `run_id` takes no statement: not started yet (a silo states nothing
-    before its first task), or ended more than `LATE_STATEMENT_S` ago."""
-    run = s.get(Run, run_id)
-    assert run is not None, "require_participant found the run"
-    if run.status == "created":
-        raise Conflict(
-            f"run {run_id} has not started: a {kind} statement from silo {silo!r} has no "
-            f"round to belong to"
-        )
-    if run.status in ("finished", "failed", "cancelled"):
-        ended = run.finished_at or run.created_at
-        late = (utcnow() - ended).total_seconds()
-        if late > LATE_STATEMENT_S:
-            raise Conflict(
-                f"run {run_id} is {run.status} (ended {late:.0f} s ago): a {kind} statement "
-                f"from silo {silo!r} comes after the {LATE_STATEMENT_S:.0f} s in which a run "
-                f"that ended still takes statements"
-            )
 
 
 def _parse(model, body: bytes, silo: str):  # type: ignore[no-untyped-def]
