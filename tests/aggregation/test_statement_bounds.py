@@ -68,6 +68,12 @@ def _start(fed: Fed) -> None:
     fed.coord.open_round(fed.run_id, RoundOpen(round=1, deadline_s=60))
 
 
+def _validated_then_cancelled(fed: Fed) -> None:
+    _start(fed)
+    validate(fed.a, fed.run_id, n_rows=100)
+    fed.coord.cancel_run(fed.run_id, "test over")
+
+
 def _privacy(silo: str, junk: str = "") -> dict[str, object]:
     payload: dict[str, object] = {"silo": silo, "round": 1, "epsilon": 0.5, "delta": 1e-5}
     return {**payload, "junk": junk} if junk else payload
@@ -129,9 +135,7 @@ def test_a_statement_before_the_run_started_is_refused(fed: Fed) -> None:
 def test_late_statements_are_taken_for_a_while_after_the_run_ended(
     fed: Fed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _start(fed)
-    validate(fed.a, fed.run_id, n_rows=100)
-    fed.coord.cancel_run(fed.run_id, "test over")
+    _validated_then_cancelled(fed)
     # an honest silo's last statements may come after the run's end (flush_held, privacy_spent)
     assert fed.a.submit_statement(fed.run_id, "privacy_spent", _privacy("a"))["receipt"]
     monkeypatch.setattr(statements, "LATE_STATEMENT_S", 0.0)  # the service runs in-process
@@ -157,9 +161,7 @@ def test_a_silo_states_each_kind_only_as_often_as_the_rounds_allow(fed: Fed) -> 
 def test_a_statement_carried_to_a_run_long_ended_is_refused(
     fed: Fed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _start(fed)
-    validate(fed.a, fed.run_id, n_rows=100)
-    fed.coord.cancel_run(fed.run_id, "test over")
+    _validated_then_cancelled(fed)
     monkeypatch.setattr(statements, "LATE_STATEMENT_S", 0.0)
     fed.a.carries = frozenset({"validation_result"})  # as the service's answers advertise
     held = statement_payload("a", 1, summary(100))
