@@ -10,6 +10,7 @@ sha256. A run cancelled at the service (`fedsilo runs cancel`) ends the flow run
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,14 +183,46 @@ def _close(
 def save_model(
     client: CoordinatorClient, run_id: str, version: int, output_dir: Path, suffix: str
 ) -> tuple[str, str]:
-    """Save a model version with a `.sha256` file beside it; `suffix` names its format."""
+    """Save a model version with a `.sha256` file beside it; `suffix` names its format.
+
+    The bytes must hash to the ledger's ``model_saved`` sha256 for that version: the service's
+    copy could have been altered since, and the file saved here is the one people deploy.
+
+    Raises
+    ------
+    RunFailed
+        The downloaded bytes differ from what the ledger records (nothing is written).
+    """
     payload = client.download_model(run_id, version)
+    sha = hashlib.sha256(payload).hexdigest()
+    recorded = recorded_sha256(client, run_id, version)
+    if sha != recorded:
+        raise RunFailed(
+            f"run {run_id} model v{version}: the service's copy hashes to {sha[:12]}…, the "
+            f"ledger records {(recorded or 'no model_saved entry')[:12]}…; not saved (the "
+            "stored model was altered: run `fedsilo lineage verify --artifacts`)"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / f"{run_id}-v{version}{suffix}"
     path.write_bytes(payload)
-    sha = hashlib.sha256(payload).hexdigest()
     (output_dir / f"{path.name}.sha256").write_text(f"{sha}  {path.name}\n")
     return str(path), sha
+
+
+def recorded_sha256(client: CoordinatorClient, run_id: str, version: int) -> str | None:
+    """The sha256 of model `version` in the run's last ``model_saved`` entry for it (the
+    ledger is read page by page: a long run has more entries than one answer holds)."""
+    found, after = None, 0
+    while True:
+        page = client.ledger(run_id=run_id, after=after)
+        for entry in page:
+            if entry.kind == "model_saved":
+                saved = json.loads(entry.payload)
+                if saved.get("version") == version:
+                    found = saved.get("sha256")
+        if not page:
+            return found
+        after = page[-1].seq
 
 
 @dataclass
