@@ -213,9 +213,9 @@ def token_from(token: str | None, token_file: Path | None) -> str:
     """The coordinator's admin token: an explicit --token or --token-file beats
     FEDSILO_ADMIN_TOKEN, so a stale export never overrides the file the command names.
 
-    A file that cannot be read is an AdminTokenError (exit 4); a token that is not one line
-    of printable ASCII is a bad parameter (exit 2) naming the file, option or variable, never
-    quoting the token.
+    No token at all, or a file that cannot be read, is an AdminTokenError (exit 4); a token
+    that is not one line of printable ASCII is a bad parameter (exit 2) naming the file,
+    option or variable, never quoting the token.
     """
     from flows.exceptions import AdminTokenError
     from schemas.token_format import token_problem
@@ -241,8 +241,9 @@ def token_from(token: str | None, token_file: Path | None) -> str:
     if token:
         _check_token_value(token, env)
         return token.strip()
-    raise typer.BadParameter(
-        "give --token-file WORKSPACE/admin.token, --token or set FEDSILO_ADMIN_TOKEN"
+    raise AdminTokenError(  # exit 4, as the README's table says of a missing token
+        "no admin token: give --token-file WORKSPACE/admin.token, --token or set "
+        "FEDSILO_ADMIN_TOKEN"
     )
 
 
@@ -314,8 +315,8 @@ def flow_token_source(
         with private_token_file(token.strip()) as path:
             yield TokenSource(file=str(path))
     else:
-        raise typer.BadParameter(
-            "give --token-file, --token-block, --token or set FEDSILO_ADMIN_TOKEN"
+        raise AdminTokenError(  # exit 4, as a missing token is everywhere
+            "no admin token: give --token-file, --token-block, --token or set FEDSILO_ADMIN_TOKEN"
         )
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from flows.admin_token import read_token_file
 from flows.cli import app
 from flows.cli.common import fail, flow_token_source, token_from
-from flows.cli.errors import USAGE
+from flows.cli.errors import AUTH, USAGE
 from flows.exceptions import AdminTokenError
 
 runner = CliRunner()
@@ -136,3 +136,16 @@ def test_fail_prints_a_many_line_message_on_one_line(capsys: pytest.CaptureFixtu
     exit_ = fail("2 validation errors for X\nname\n  Field required\n")
     assert exit_.exit_code == USAGE
     assert capsys.readouterr().err == "error: 2 validation errors for X name Field required\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["runs", "list"],
+        ["train", "--federation", "f", "--dataset", "heart_disease", "--rounds", "1"],
+    ],
+)
+def test_no_admin_token_at_all_exits_4_as_the_readme_says(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--service-url", _dead_url()])
+    assert result.exit_code == AUTH, result.output
+    assert "no admin token" in result.output and "FEDSILO_ADMIN_TOKEN" in result.output
