@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from rich.console import Console
+from rich.markup import escape
 from sklearn.metrics import roc_auc_score
 
 from flows.demo import approve_all
+from flows.demo_processes import keep_running
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from flows.service_client import CoordinatorClient
 from flows.vertical import vertical_training
@@ -54,6 +56,7 @@ class VerticalOptions:
     batch_rows: int = 256
     prefect_port: int = 4200
     service_port: int = 8700
+    keep_running: bool = False  # --keep-running: leave every process up until Ctrl+C
 
 
 def credit_table(rows: int) -> tuple[pd.DataFrame, str]:
@@ -171,7 +174,17 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
             )
         run_id = str(summary["run"]["run_id"])  # type: ignore[index]
         outs = {p: f / "workspace" / "vertical" / run_id for p, f in folders.items()}
-        return report(ws, outs, folders, table, summary, source, console, o)
+        result = report(ws, outs, folders, table, summary, source, console, o)
+        if o.keep_running:
+            keep_running(console, ws, procs, api, url)
+        return result
+    except KeyboardInterrupt:
+        return {}
+    except Exception as exc:
+        if o.keep_running and any(p.alive() for p in procs):
+            console.print(f"[bold red]the demo failed:[/bold red] {escape(str(exc))}")
+            keep_running(console, ws, procs, f"http://127.0.0.1:{o.prefect_port}/api", url)
+        raise
     finally:
         for p in reversed(procs):
             p.stop()

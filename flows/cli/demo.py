@@ -164,6 +164,7 @@ def demo(
             model="logreg" if model == "logreg" else "secureboost",
             prefect_port=prefect_port,
             service_port=service_port,
+            keep_running=keep_running,
         )
         run_vertical_demo(options, console)
         return

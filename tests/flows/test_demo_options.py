@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -72,3 +73,18 @@ def test_fine_cells_and_grad_bits_reach_a_secure_hist_spec_and_default_to_the_se
     assert demo_spec(quantized, N_FEATURES).trees.secure_hist.grad_bits == 2  # type: ignore[union-attr]
     with pytest.raises(DemoError, match="--grad-bits"):
         demo_spec(DemoOptions(tmp_path, model="xgboost", grad_bits=2), N_FEATURES)
+
+
+def test_keep_running_reaches_the_vertical_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.demo_vertical
+
+    seen: list[flows.demo_vertical.VerticalOptions] = []
+    monkeypatch.setattr(flows.demo_vertical, "run_vertical_demo", lambda o, c: seen.append(o))
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    for flags, kept in (([], False), (["--keep-running"], True)):
+        result = runner.invoke(app, ["demo", "--vertical", "--workspace", ws, *flags])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].keep_running is kept
