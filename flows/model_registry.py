@@ -7,13 +7,19 @@ registry's model URI and version for the coordinator's records. The model bytes 
 from the service and must hash to the ledger's sha256 before anything is logged, and the
 ledger's chain and signatures must verify.
 
-XGBoost and LightGBM models use MLflow's native flavours; a PyTorch model is logged as its
+Every model is logged with a signature naming its inputs, the run's contract's encoded
+features in pipeline order (`register`'s `feature_names`), so MLflow takes a DataFrame of
+encoded rows by column name and refuses a missing column or an unnamed array (raw rows go
+through `fedsilo predict`, `flows.predict`). XGBoost and LightGBM models use MLflow's native
+flavours; a PyTorch model is logged as its
 safetensors file (an artifact) under a pyfunc wrapper that rebuilds the network to predict; a
 FedBoost ensemble as its artifact JSON under a pyfunc wrapper that mixes its members as the
 silos do. A run with no global model MLflow could load (distillation: each silo keeps its own;
 vertical: split between the parties) is refused, saying where its models are instead, and so
 is a model version whose bytes are not the kind the run trains (an ensemble run's empty v0).
-mlflow is an optional extra (``pip install 'fedsilo[registry]'``); only this module imports it.
+mlflow is an optional extra (``pip install 'fedsilo[registry]'``); only this module imports it,
+and only when it logs: `fedsilo predict` reads the same ledger records (`run_model`,
+`check_bytes`) without it.
 """
 
 from __future__ import annotations
@@ -31,14 +37,11 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow import pyfunc as mlflow_pyfunc
-from mlflow.tracking import MlflowClient
 
-from flows.exceptions import FlowError, UnknownName
+from flows.exceptions import FlowError, RunCancelled, UnknownName
 from flows.lineage_cmds import parse_keys
-from flows.lineage_view import ModelRecord, RunView, as_dict, run_view
+from flows.lineage_view import ModelRecord, RunView, as_dict, payload_of, run_view
 from schemas import tensors
 from schemas.ensemble import EnsembleArtifact
 from schemas.ledger_verify import verify_chain
@@ -57,6 +60,10 @@ class RegistryError(FlowError):
     """A run's model cannot be registered: no final model, a model whose bytes do not match
     the ledger or do not load, an unverifiable ledger, an unknown model kind or a run with no
     global model (distillation, vertical); the message names the run."""
+
+
+class NoFinalModel(RegistryError, RunCancelled):
+    """The run was cancelled, so it has no final model: the CLI's exit 7 (a RunCancelled)."""
 
 
 class TrackingUnreachable(FlowError):
@@ -81,6 +88,10 @@ class RunModel:
     contract_version: str
     ledger_head_seq: int
     ledger_head_hash: str
+    # the published contract text the run pinned (run_started), else the one silos validated
+    contract_sha256: str = ""
+    # the ledger's digest of the run's federation statistics (its statistics round), if any
+    statistics_digest: str = ""
 
     def tags(self) -> dict[str, str]:
         """Lineage tags for the MLflow run and the registered model version."""
@@ -168,13 +179,17 @@ def _state(view: RunView) -> str:
     return f"{text} ({reason})" if reason else text
 
 
-def chosen_model(view: RunView, version: int | None = None) -> ModelRecord:
+def chosen_model(view: RunView, version: int | None = None, verb: str = "register") -> ModelRecord:
     """The run's final model, or its model `version` when asked for one.
+
+    `verb` says what the caller does with it ("register", "predict with"), for the messages.
 
     Raises
     ------
+    NoFinalModel
+        If the run was cancelled (so has no final model).
     RegistryError
-        If the run did not finish (so has no final model) or saved no model.
+        If the run failed or is running (so has no final model) or saved no model.
     UnknownName
         If the run saved no model `version`; the message lists the versions it did save.
     """
@@ -188,13 +203,16 @@ def chosen_model(view: RunView, version: int | None = None) -> ModelRecord:
     if final is not None:
         return final
     if not view.models:
-        raise RegistryError(
-            f"run {view.run_id} saved no model ({view.status}); nothing to register"
-        )
+        raise RegistryError(f"run {view.run_id} saved no model ({view.status}); nothing to {verb}")
     last = view.models[-1].version
+    anyway = f"to {verb} that one anyway, pass --model-version {last}"
+    if view.status == "cancelled":  # the CLI adds "it has no final model" (exit 7)
+        raise NoFinalModel(
+            f"run {view.run_id} {_state(view)}; its last model v{last} is intermediate: {anyway}"
+        )
     raise RegistryError(
         f"run {view.run_id} {_state(view)}: it has no final model, and its last model v{last} "
-        f"is intermediate; to register that one anyway, pass --model-version {last}"
+        f"is intermediate; {anyway}"
     )
 
 
@@ -203,13 +221,15 @@ def run_model(
     keys: Mapping[str, str],
     run_id: str,
     version: int | None = None,
+    verb: str = "register",
 ) -> RunModel:
     """Read the run's final model (or model `version`), metrics, contract and the ledger head.
 
     Raises
     ------
     RegistryError
-        If the ledger does not verify, the run did not finish or saved no model.
+        If the ledger does not verify, the run did not finish or saved no model (`verb` says
+        what the caller meant to do with it); NoFinalModel if it was cancelled.
     UnknownName
         If the run saved no model `version`.
     LineageReviewError
@@ -217,17 +237,19 @@ def run_model(
     """
     view = run_view(entries, run_id)
     kind = _kind(view)  # first: a run with no global model has no version worth naming
-    final = chosen_model(view, version)
+    final = chosen_model(view, version, verb)
     report = verify_chain(entries, parse_keys(keys))
     if not report.ok:
         raise RegistryError(
-            f"the ledger does not verify ({report.reason}); run `fedsilo lineage verify` "
-            f"before registering run {run_id}"
+            f"the ledger does not verify ({report.reason}); run `fedsilo lineage verify`: "
+            f"nothing of run {run_id} can be trusted to {verb} until it does"
         )
     scored = [m for m in view.metrics if m.model_version == final.version] or view.metrics
     last = scored[-1] if scored else None
     contracts = [(v.contract, v.contract_version) for v in view.validations]
     contract, contract_version = contracts[-1] if contracts else (view.spec.get("dataset"), "")
+    validated = [v.contract_sha256 for v in view.validations if v.contract_sha256]
+    pinned = view.started.get("contract_sha256") or (validated[-1] if validated else "")
     return RunModel(
         run_id=run_id,
         run_status=view.status,
@@ -243,7 +265,19 @@ def run_model(
         contract_version=str(contract_version),
         ledger_head_seq=report.head_seq,
         ledger_head_hash=report.head_hash,
+        contract_sha256=str(pinned),
+        statistics_digest=statistics_digest(entries, run_id),
     )
+
+
+def statistics_digest(entries: Sequence[LineageEntry], run_id: str) -> str:
+    """The ``aggregate_digest`` of the run's statistics round (``""``: it had none)."""
+    for entry in entries:
+        if entry.run_id == run_id and entry.kind == "aggregate":
+            payload = payload_of(entry)
+            if payload.get("statistics") is True:
+                return str(payload.get("aggregate_digest", ""))
+    return ""
 
 
 def check_bytes(model: RunModel, payload: bytes) -> None:
@@ -288,9 +322,37 @@ def _requirements(*packages: str) -> list[str]:
     return [f"{p}=={installed(p)}" for p in packages]
 
 
-def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
-    """Log the model with its flavour; returns MLflow's ModelInfo."""
-    common: dict[str, Any] = {"name": "model", "registered_model_name": name}
+def require_mlflow() -> None:
+    """ImportError (naming the module) when the `registry` extra is not installed."""
+    import mlflow  # noqa: F401
+
+
+def _signature(feature_names: Sequence[str] | None) -> Any:
+    """The model's inputs by name, in the order of the contract's pipeline: MLflow then picks
+    a DataFrame's columns by name (any order) and refuses missing ones or an unnamed array."""
+    if not feature_names:
+        return None
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("double", n) for n in feature_names]))
+
+
+def _log_model(
+    model: RunModel,
+    payload: bytes,
+    name: str,
+    folder: Path,
+    feature_names: Sequence[str] | None = None,
+) -> Any:
+    """Log the model with its flavour and signature; returns MLflow's ModelInfo."""
+    from mlflow import pyfunc as mlflow_pyfunc
+
+    common: dict[str, Any] = {
+        "name": "model",
+        "registered_model_name": name,
+        "signature": _signature(feature_names),
+    }
     if model.kind == "xgboost":
         import xgboost as xgb
         from mlflow import xgboost as mlflow_xgboost
@@ -324,6 +386,8 @@ def _log_model(model: RunModel, payload: bytes, name: str, folder: Path) -> Any:
 
 def _log_ensemble(payload: bytes, folder: Path, common: dict[str, Any]) -> Any:
     """The ensemble artifact under a pyfunc wrapper that mixes its members as the silos do."""
+    from mlflow import pyfunc as mlflow_pyfunc
+
     from flows.model_registry_ensemble import EnsembleMixture
 
     trees = {m.kind for m in EnsembleArtifact.model_validate_json(payload).members}
@@ -378,6 +442,9 @@ def check_reachable(tracking_uri: str) -> None:
         If it answers with an error (not an MLflow server, authentication, TLS). Both name
         `tracking_uri`.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     if not tracking_uri.startswith(("http://", "https://")):
         return  # a local store (sqlite:///, file:) or a named platform (databricks)
     try:
@@ -397,14 +464,24 @@ def check_reachable(tracking_uri: str) -> None:
 
 
 def register(
-    model: RunModel, payload: bytes, tracking_uri: str, name: str | None = None
+    model: RunModel,
+    payload: bytes,
+    tracking_uri: str,
+    name: str | None = None,
+    feature_names: Sequence[str] | None = None,
 ) -> Registered:
     """Log `payload` (the run's final model) as a new version of registered model `name`.
+
+    `feature_names` (the run's contract pipeline's, `FeaturePipeline.feature_names`) become
+    the model's signature: it then takes a DataFrame of encoded rows by column name.
 
     The MLflow run (in experiment ``fedsilo/<federation>``) holds the final weighted and
     per-silo metrics, the weighted metrics per round as history and the run spec (an
     artifact); it and the model version carry the lineage tags.
     """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     check_bytes(model, payload)
     check_loadable(model, payload)
     name = name or default_name(model)
@@ -424,7 +501,7 @@ def register(
         for silo, values in model.per_silo.items():
             mlflow.log_metrics({f"{silo}/{k}": v for k, v in values.items()})
         mlflow.log_dict(model.spec, "fedsilo/run_spec.json")
-        info = _log_model(model, payload, name, Path(tmp))
+        info = _log_model(model, payload, name, Path(tmp), feature_names)
         mlflow_run_id = active.info.run_id
     version = str(info.registered_model_version)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -22,6 +22,7 @@ from schemas.wire import (
     RunCreate,
     RunFinish,
     RunOut,
+    RunStatistics,
     SiloOut,
 )
 from silos.client import HttpBase
@@ -79,6 +80,9 @@ class CoordinatorClient(HttpBase):
 
     def finish_run(self, run_id: str, body: RunFinish) -> RunOut:
         return RunOut.model_validate(self._json("POST", f"/v1/runs/{seg(run_id)}/finish", body))
+
+    def run_statistics(self, run_id: str) -> RunStatistics:
+        return RunStatistics.model_validate(self._json("GET", f"/v1/runs/{seg(run_id)}/statistics"))
 
     def get_run(self, run_id: str) -> RunOut:
         return RunOut.model_validate(self._json("GET", f"/v1/runs/{seg(run_id)}"))

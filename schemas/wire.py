@@ -249,6 +249,14 @@ class RunOut(Message):
     prefect_flow_run_id: str | None = None
 
 
+class RunStatistics(Message):
+    """The federation's securely summed feature moments of a run (its statistics round's
+    result, `schemas.contracts.stats`), which its silos standardise and impute with."""
+
+    run_id: str
+    statistics: list[float]
+
+
 class RunFinish(Message):
     status: Literal["finished", "failed"]
     reason: str = Field(default="", max_length=MAX_TEXT, pattern=TEXT_PATTERN)

@@ -13,6 +13,7 @@ module             commands
 ``vertical``       ``fedsilo vertical train|predict|intersect|cancel|show``
 ``federation``     ``fedsilo federation init|sign-csr|create|list``: CA, federations
 ``contract``       ``fedsilo contract draft|example|publish|list|show``: data contracts
+``predict``        ``fedsilo predict``: a horizontal run's global model on new rows
 ``common``         options and helpers the groups share
 ``errors``         one-line errors and exit codes (``FedsiloGroup``)
 ``output``         markup-safe output, ``--json``, run id prefixes
@@ -36,6 +37,7 @@ from flows.cli.errors import DEBUG_KEY, FedsiloGroup, exit_codes_epilog
 from flows.cli.federation import federation_app
 from flows.cli.lineage import lineage_app, report
 from flows.cli.model import model_app
+from flows.cli.predict import predict
 from flows.cli.runs import runs_app
 from flows.cli.schedule import schedule
 from flows.cli.serve import aggregator_app
@@ -99,3 +101,4 @@ app.add_typer(lineage_app, name="lineage")
 app.add_typer(federation_app, name="federation")
 app.add_typer(contract_app, name="contract")
 app.add_typer(model_app, name="model")
+app.command("predict")(predict)

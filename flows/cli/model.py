@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.cli.common import ServiceUrls, TokenFileOpt, TokenOpt, coordinator
 from flows.cli.output import JsonOpt, emit_json, resolve_prefix, say
+
+if TYPE_CHECKING:
+    from flows.model_registry import RunModel
+    from flows.service_client import CoordinatorClient
 
 model_app = typer.Typer(
     help="The global model after training: register it in an MLflow model registry.",
@@ -53,10 +57,14 @@ def model_register(
     is downloaded from the service and must hash to the ledger's sha256 and load; the ledger
     must verify. The registry entry carries the run's metrics, its data contract and lineage
     tags (fedsilo.run_id, fedsilo.ledger_head_hash, fedsilo.model_sha256, ...); record the
-    printed model URI beside the run. Needs the `registry` extra: pip install
-    'fedsilo[registry]'."""
+    printed model URI beside the run. Its signature names the inputs: the run's contract's
+    encoded features (`age`, `sex=Male`, ...), so it takes a DataFrame of encoded rows by column
+    name and refuses a missing column or an unnamed array; `fedsilo predict` takes raw rows.
+    Needs the `registry` extra: pip install 'fedsilo[registry]'."""
+    from flows import model_registry
+
     try:
-        from flows import model_registry
+        model_registry.require_mlflow()
     except ImportError as exc:  # mlflow is an optional extra
         raise typer.BadParameter(
             f"MLflow is not installed ({exc.name}); pip install 'fedsilo[registry]'"
@@ -69,7 +77,8 @@ def model_register(
     run_id = resolve_prefix(run_id, run_ids(entries), "run")
     model = model_registry.run_model(entries, client.ledger_keys(), run_id, model_version)
     payload = client.download_model(run_id, model.model_version)
-    done = model_registry.register(model, payload, tracking_uri, name)
+    names = feature_names(client, model)
+    done = model_registry.register(model, payload, tracking_uri, name, names)
     if as_json:
         emit_json(
             {
@@ -92,3 +101,20 @@ def model_register(
     say(f"model URI:     {done.model_uri} (MLflow run {done.mlflow_run_id})")
     say(f"model sha256:  {model.sha256}")
     say(f"ledger head:   seq {model.ledger_head_seq} {model.ledger_head_hash}")
+
+
+def feature_names(client: CoordinatorClient, model: RunModel) -> tuple[str, ...]:
+    """The encoded feature names of the run's pinned contract (checked against the ledger),
+    in the model's input order: the registered model's signature."""
+    from flows.predict import PredictError, model_width, run_contract
+    from silos.features import FeaturePipeline
+
+    contract = run_contract(client, model)
+    names = FeaturePipeline.from_contract(contract).feature_names
+    width = model_width(model)
+    if width is not None and width != len(names):
+        raise PredictError(
+            f"run {model.run_id}'s model takes {width} features, but contract "
+            f"{contract.name!r} v{contract.version} encodes {len(names)}; nothing was registered"
+        )
+    return names

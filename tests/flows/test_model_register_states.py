@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from support.lineage_sample import (
     RUN_A,
@@ -30,8 +31,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.cli import model as model_cli
-from flows.cli.errors import FAILED, NOT_FOUND, UNREACHABLE
-from flows.exceptions import UnknownName
+from flows.cli.errors import CANCELLED, FAILED, NOT_FOUND, UNREACHABLE
+from flows.exceptions import RunCancelled, UnknownName
 from flows.lineage_view import run_view
 from schemas.distill import DistillSpec
 from schemas.ensemble import EnsembleArtifact, EnsembleSpec, Member
@@ -48,6 +49,7 @@ RUN_C, RUN_D = "run-c", "run-d"  # cancelled after model v2; still running at mo
 RUN_E, RUN_F, RUN_V = "run-e", "run-f", "run-v"  # ensemble, distillation, vertical (finished)
 LOGREG = ModelSpec(kind="logreg", n_features=13)
 ROWS = np.random.default_rng(7).normal(size=(60, 13)).astype(np.float32)
+FEATURES = tuple(f"x{i}" for i in range(13))
 
 
 def _ensemble(w: Writer, silos: tuple[str, ...]) -> None:
@@ -139,6 +141,8 @@ class _Service:
 @pytest.fixture
 def register(sample: Sample, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(model_cli, "coordinator", lambda *args: _Service(sample))
+    # the stand-in serves no published contract: its runs' encoded feature names, as given
+    monkeypatch.setattr(model_cli, "feature_names", lambda client, model: FEATURES)
     monkeypatch.chdir(tmp_path)  # a sqlite:/// store keeps its artifacts in ./mlruns
 
     def invoke(run_id: str, tracking_uri: str, *extra: str):  # type: ignore[no-untyped-def]
@@ -175,7 +179,11 @@ def test_a_run_that_did_not_finish_is_refused_naming_its_state(
         model_registry.run_model(sample.entries(), sample.keys, run_id)
     message = str(refused.value)
     assert message.startswith(f"run {run_id} {said}")
-    assert "no final model" in message and f"--model-version {last}" in message
+    assert f"--model-version {last}" in message
+    # a cancelled run's refusal is a RunCancelled: the CLI says "no final model" and exits 7
+    cancelled = isinstance(refused.value, RunCancelled)
+    assert cancelled == (run_id == RUN_C)
+    assert cancelled or "no final model" in message
 
 
 def test_model_version_picks_an_intermediate_model(sample: Sample) -> None:
@@ -190,8 +198,12 @@ def test_model_version_picks_an_intermediate_model(sample: Sample) -> None:
 def test_the_cli_refuses_a_cancelled_run(register, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store = tmp_path / "mlflow.db"
     done = register(RUN_C, f"sqlite:///{store}")
-    assert done.exit_code == FAILED, done.output
-    assert "error: run run-c was cancelled (wrong dataset): it has no final model" in done.output
+    assert done.exit_code == CANCELLED, done.output  # the README's exit-code table: 7
+    shown = " ".join(done.output.split())
+    assert shown.startswith("error: run run-c was cancelled (wrong dataset); its last model v2"), (
+        shown
+    )
+    assert "pass --model-version 2; it has no final model" in shown, shown
     assert not store.exists()  # nothing was registered
     unknown = register(RUN_C, f"sqlite:///{store}", "--model-version", "9")
     assert unknown.exit_code == NOT_FOUND, unknown.output
@@ -234,7 +246,14 @@ def test_an_ensemble_is_registered_as_an_ensemble_that_predicts(
     loaded = mlflow.pyfunc.load_model(registered["model_uri"])
     payload = _Service(sample).download_model(RUN_E, 2)
     expected = load_ensemble(payload).predict_proba(ROWS[:5])
-    np.testing.assert_allclose(loaded.predict(ROWS[:5]), expected, rtol=1e-6)
+    rows = pd.DataFrame(ROWS[:5].astype(np.float64), columns=list(FEATURES))
+    np.testing.assert_allclose(loaded.predict(rows), expected, rtol=1e-6)
+    # by name: reversed columns predict the same; an unnamed array or a missing column is refused
+    np.testing.assert_allclose(loaded.predict(rows[rows.columns[::-1]]), expected, rtol=1e-6)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):
+        loaded.predict(ROWS[:5])
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"missing inputs \['x3'\]"):
+        loaded.predict(rows.drop(columns=["x3"]))
 
 
 def test_an_ensemble_runs_empty_first_version_is_refused(register, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from support.live_service import free_port, publish_shipped_contract, write_heart_silos
 from support.stopping import stop_all
@@ -244,7 +245,12 @@ def test_xgboost_model_registered_with_native_flavour(
     mlflow.set_tracking_uri(tracking_uri)
     booster = mlflow.xgboost.load_model(registered["model_uri"])
     X = _rows()
-    theirs = booster.predict(xgb.DMatrix(X))
+    # the signature names the booster's features: an unnamed matrix is refused, not guessed
+    names = list(FeaturePipeline.from_contract(load_contract("heart_disease")).feature_names)
+    assert booster.feature_names == names
+    with pytest.raises(ValueError, match="did not contain feature names"):
+        booster.predict(xgb.DMatrix(X))
+    theirs = booster.predict(xgb.DMatrix(X, feature_names=names))
     np.testing.assert_allclose(theirs, predict_proba("xgboost", model, X), rtol=1e-5, atol=1e-6)
     # a second registration of the same run is the next version of the same model
     again = _register(federation, run_id, tracking_uri, "heart-xgb")
@@ -271,7 +277,14 @@ def test_pytorch_model_registered_as_safetensors_with_pyfunc(
         model, [("layers.0.weight", (1, N_FEATURES)), ("layers.0.bias", (1,))]
     )
     expected = 1.0 / (1.0 + np.exp(-(X @ weight[0] + bias[0])))  # numpy reference, not torch
-    np.testing.assert_allclose(np.asarray(loaded.predict(X)), expected, rtol=1e-5, atol=1e-6)
+    # the signature names the contract's encoded features: rows go in by name, in any order
+    names = FeaturePipeline.from_contract(load_contract("heart_disease")).feature_names
+    rows = pd.DataFrame(X.astype(np.float64), columns=list(names))
+    np.testing.assert_allclose(np.asarray(loaded.predict(rows)), expected, rtol=1e-5, atol=1e-6)
+    reversed_rows = rows[rows.columns[::-1]]
+    np.testing.assert_allclose(np.asarray(loaded.predict(reversed_rows)), expected, rtol=1e-5)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="missing inputs"):
+        loaded.predict(X)  # an unnamed matrix: its columns' order cannot be checked
 
 
 def test_report_rehashes_the_models_downloaded_from_the_service(

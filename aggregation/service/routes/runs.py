@@ -34,13 +34,22 @@ from aggregation.service.deps import (
 from aggregation.service.engines.base import AfterCommit, Hub
 from aggregation.service.engines.context import round_context
 from aggregation.service.engines.registry import check_mode, engine_for
-from aggregation.service.exceptions import InvalidPayload
+from aggregation.service.exceptions import InvalidPayload, NotFound
 from aggregation.service.model_store import record_model_saved
 from aggregation.service.progress import round_view
 from aggregation.service.routes.polling import long_poll
 from aggregation.service.tables import Round
 from aggregation.service.wakeup import silos_affected, wakeup_of
-from schemas.wire import RoundClose, RoundOpen, RoundOut, RunCancel, RunCreate, RunFinish, RunOut
+from schemas.wire import (
+    RoundClose,
+    RoundOpen,
+    RoundOut,
+    RunCancel,
+    RunCreate,
+    RunFinish,
+    RunOut,
+    RunStatistics,
+)
 
 router = APIRouter(
     prefix="/v1/runs", tags=["runs"], dependencies=[AdminDep], responses=ADMIN_ERRORS
@@ -76,6 +85,19 @@ def get_run(run_id: RunId, factory: FactoryDep, hub: HubDep) -> RunOut:
     with transaction(factory) as s:
         end_abandoned(s, hub, run_id=run_id)  # a coordinator that comes back finds it failed
         return run_crud.run_out(s, run_crud.get_run(s, run_id))
+
+
+@router.get("/{run_id}/statistics", responses=errors(404))
+def get_run_statistics(run_id: RunId, factory: FactoryDep) -> RunStatistics:
+    """The run's federation statistics, as every task hands them to its silos: the coordinator
+    encodes new rows with them (`fedsilo predict`). 404 when the run has none (yet)."""
+    import json
+
+    with transaction(factory) as s:
+        run = run_crud.get_run(s, run_id)
+        if not run.federation_stats:
+            raise NotFound(f"run {run_id} has no federation statistics")
+        return RunStatistics(run_id=run_id, statistics=json.loads(run.federation_stats))
 
 
 @router.put("/{run_id}/models/0", status_code=201, responses=errors(413), openapi_extra=OCTET_BODY)
