@@ -148,26 +148,32 @@ def final_metrics(view: RunView) -> RoundMetrics | None:
 def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
     """(label, text, is_code) rows of the model card."""
     spec, start, final = view.spec, view.started, view.finished_model
-    model = as_dict(spec, "model")
+    trees = as_dict(spec, "trees")
+    # the service names every model file .safetensors; a tree run's holds the library's format
+    tree_format = TREE_FORMATS.get(str(trees.get("kind"))) if trees else None
     versions = f"{start.get('fedsilo_version')} / {start.get('git_commit')}"
     # a run that failed, was cancelled or still runs has no final model, only its last one
     last = None if final else view.final_model
+
+    def at(model: Any) -> str:
+        where = f"v{model.version} at {model.path}"
+        return f"{where} ({tree_format[0]})" if tree_format else where
+
     models = [
-        ("final model", f"v{final.version} at {final.path}" if final else "-", False),
+        ("final model", at(final) if final else "-", False),
         ("final model sha256", final.sha256 if final else "-", bool(final)),
     ]
     if last is not None:
         models[0] = ("final model", f"none: the run {_ended(view)}", False)
         models += [
-            ("last model (intermediate)", f"v{last.version} at {last.path}", False),
+            ("last model (intermediate)", at(last), False),
             ("last model sha256", last.sha256, True),
         ]
+    shown = final or last
+    if tree_format and shown is not None:
+        models.append((LOAD_LABEL, tree_format[1].format(path=shown.path), True))
     return [
-        ("model kind", str(model.get("kind", "-")), False),
-        ("features / hidden layers", f"{model.get('n_features')} / {model.get('hidden')}", False),
-        ("parameters", _parameter_count(spec), False),
-        ("strategy", json.dumps(spec.get("strategy"), sort_keys=True), False),
-        ("local training", json.dumps(spec.get("training"), sort_keys=True), False),
+        *(_tree_facts(trees) if trees else _torch_facts(spec)),
         ("rounds / min silos", f"{spec.get('rounds')} / {spec.get('min_silos')}", False),
         *models,
         ("config sha256", str(start.get("config_sha256")), True),
@@ -176,6 +182,50 @@ def model_facts(view: RunView) -> list[tuple[str, str, bool]]:
         ("initial model sha256", str(start.get("initial_model_sha256")), True),
         ("status", f"{view.status}: {(view.finish or {}).get('reason') or '-'}", False),
     ]
+
+
+LOAD_LABEL = "load and predict (df: the contract's encoded features, by name)"
+# a tree model's real format and one line that loads it and predicts on a DataFrame whose
+# columns are the contract's encoded feature names (the model names them and checks them)
+TREE_FORMATS = {
+    "xgboost": (
+        "XGBoost JSON",
+        'xgboost.Booster(model_file=bytearray(open("{path}", "rb").read()))'
+        ".predict(xgboost.DMatrix(df))",
+    ),
+    "lightgbm": (
+        "LightGBM model text; feature names with spaces as _",
+        'lightgbm.Booster(model_file="{path}").predict(df, validate_features=True)',
+    ),
+}
+
+
+def _torch_facts(spec: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """A PyTorch run's model, strategy and local training."""
+    model = as_dict(spec, "model")
+    return [
+        ("model kind", str(model.get("kind", "-")), False),
+        ("features / hidden layers", f"{model.get('n_features')} / {model.get('hidden')}", False),
+        ("parameters", _parameter_count(spec), False),
+        ("strategy", json.dumps(spec.get("strategy"), sort_keys=True), False),
+        ("local training", json.dumps(spec.get("training"), sort_keys=True), False),
+    ]
+
+
+def _tree_facts(trees: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """A tree run's settings; the PyTorch strategy and optimiser do not apply to it."""
+    objective = str(trees.get("objective"))
+    if trees.get("num_class"):
+        objective += f" ({trees.get('num_class')} classes)"
+    rows = [
+        ("model kind", f"{trees.get('kind')} trees, mode {trees.get('mode')}", False),
+        ("objective / features", f"{objective} / {trees.get('n_features')}", False),
+        ("trees per round", str(trees.get("trees_per_round")), False),
+        ("tree parameters", json.dumps(trees.get("params"), sort_keys=True), True),
+    ]
+    if trees.get("secure_hist"):
+        rows.append(("secure-hist", json.dumps(trees.get("secure_hist"), sort_keys=True), True))
+    return rows
 
 
 CONTRACT_FILE_LABEL = "data contract file sha256 (pinned at run start)"

@@ -32,6 +32,7 @@ import pandas as pd
 
 from schemas.contracts import Column, Contract
 from schemas.contracts.stats import ColumnStats, FederationStats, standardise
+from schemas.tree_features import encoded_feature_names
 from silos.data import target_labels
 from silos.exceptions import FeatureError
 
@@ -68,12 +69,9 @@ class FeaturePipeline:
         FeatureError
             `stats` were computed under another contract or version, or lack a column.
         """
-        names: list[str] = []
-        for col in contract.feature_columns:
-            names.extend(_column_feature_names(col))
         if stats is not None:
             _check_stats(contract, stats)
-        return cls(contract=contract, feature_names=tuple(names), stats=stats)
+        return cls(contract=contract, feature_names=encoded_feature_names(contract), stats=stats)
 
     @property
     def n_features(self) -> int:
@@ -130,16 +128,6 @@ class FeaturePipeline:
                 f"{self.contract.name!r} v{self.contract.version}; add it (empty if unknown)"
             )
         return df[col.name]
-
-
-def _column_feature_names(col: Column) -> list[str]:
-    if col.type == "numeric":
-        return [col.name] + ([f"{col.name}__missing"] if col.allows_missing else [])
-    names = [
-        f"{col.name}={str(level).lower() if col.type == 'boolean' else level}"
-        for level in col.levels
-    ]
-    return names + ([f"{col.name}=missing"] if col.allows_missing else [])
 
 
 def _check_stats(contract: Contract, stats: FederationStats) -> None:

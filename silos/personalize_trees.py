@@ -22,7 +22,13 @@ from schemas.wire import Metrics
 from silos.exceptions import ModelError
 from silos.personalize import Split
 from silos.personalize_gate import loss_gain_confidence
-from silos.tree_trainer import _base, evaluate_trees, task_rows
+from silos.tree_trainer import (
+    _base,
+    evaluate_trees,
+    feature_names_of,
+    name_features,
+    task_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ def personalize_trees(
     base, n_base = _base(spec, global_model)
     kept = _boost(spec, base, n_base, rows, max_trees, seed, keep_zero=True, gate=min_confidence)
     local = _boost(spec, None, 0, rows, max(n_base, 1), seed, keep_zero=False).model
-    model = kept.model
+    names = feature_names_of(spec, global_model)  # the contract's, as the global model's
+    model = name_features(spec, kept.model, names) if names else kept.model
     test = (rows.X_test, rows.y_test)
     return PersonalizedTrees(
         model=model,

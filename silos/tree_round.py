@@ -8,6 +8,9 @@ key and encrypted to the service's X25519 key, because trees cannot be securely 
 
 A silo whose table is on Dask (`LocalData.dask`) boosts through XGBoost's and LightGBM's Dask
 interfaces on its cluster (`silos.dask_boost`); the update is the same kind of native model.
+
+Every update carries the contract's encoded feature names (`tree_trainer.name_features`),
+whichever way it was grown, so the exported model refuses misnamed or reordered columns.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import replace
 
 from schemas.sealed import seal
 from schemas.tasks import TreeEvaluateTask, TreeTrainTask
@@ -27,10 +31,19 @@ from silos.collective_worker import (
     start_worker_process,
 )
 from silos.config import SiloConfig
+from silos.contract_store import contract_for
 from silos.dask_table import DaskTable
 from silos.exceptions import ModelError
+from silos.features import FeaturePipeline
 from silos.local_data import LocalData
-from silos.tree_trainer import TreeTrainResult, build_update, evaluate_trees, train_trees
+from silos.tree_trainer import (
+    TreeTrainResult,
+    build_update,
+    evaluate_trees,
+    name_features,
+    train_trees,
+    unnamed,
+)
 
 log = logging.getLogger("fedsilo.silo")
 
@@ -68,6 +81,9 @@ def grow(
         result = _join_collective(spec, work, data, config, base, seed)
     else:
         result = train_trees(spec, base, data.X_train, data.y_train, seed=seed)
+    # the names depend on the contract alone, so every silo's trees carry the same ones
+    names = FeaturePipeline.from_contract(contract_for(config)).feature_names
+    result = replace(result, model=name_features(spec, result.model, names))
     envelope = build_update(
         result,
         spec,
@@ -140,7 +156,7 @@ def _join_collective(
         tls=tls,
         num_boost_round=spec.trees_per_round,
         seed=seed,  # run seed + round: the same at every worker, as the collective needs
-        base_model=base,
+        base_model=unnamed(spec, base) if base else None,  # the worker's rows are unnamed
     )
     deadline = work.spec.round_deadline_s
     model = collect_worker(process, results, timeout_s=deadline)

@@ -9,12 +9,18 @@ resends the whole ensemble. A multi:softprob model grows K trees per boosting ro
 class), so its tree counts here are boosting rounds, not trees. `build_update` wraps them in
 the envelope that binds them to the run, round, silo and the sha256 of the model they were
 grown from.
+
+`name_features` writes the contract's encoded feature names (the feature pipeline's, in
+order) into a native model, so that plain XGBoost (and LightGBM with ``validate_features``)
+refuses a table whose columns are misnamed or reordered. Inside the silo the rows are the
+pipeline's by construction, so a loaded global model's names are dropped before boosting on
+(or predicting from) unnamed arrays.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,7 +158,9 @@ def predict_trees(spec: TreeSpec, model: bytes, X: np.ndarray) -> np.ndarray:
     if spec.kind == "xgboost":
         import xgboost as xgb
 
-        pred = np.asarray(booster.predict(xgb.DMatrix(X)), dtype=np.float64)
+        # X is the pipeline's encoding, so its columns are the model's names in order
+        rows = xgb.DMatrix(X, feature_names=booster.feature_names)
+        pred = np.asarray(booster.predict(rows), dtype=np.float64)
     else:
         pred = np.asarray(booster.predict(X), dtype=np.float64)
     if spec.task == "multiclass":
@@ -193,8 +201,61 @@ def _base(spec: TreeSpec, global_model: bytes | None) -> tuple[Any, int]:
         raise ModelError(
             f"the global model has {n_features} features; this silo's rows have {spec.n_features}"
         )
+    if xgboost:
+        # XGBoost refuses to boost a named model on unnamed rows (the silo's arrays, the Dask
+        # and collective workers'); `name_features` names the new trees afterwards
+        base.feature_names = None
+        base.feature_types = None
     # boosting rounds (LightGBM counts trees, K per round for multiclass)
     return base, base.num_boosted_rounds() if xgboost else base.num_trees() // spec.n_outputs
+
+
+def unnamed(spec: TreeSpec, model: bytes) -> bytes:
+    """`model` without feature names, for a worker that boosts from it on unnamed arrays."""
+    if spec.kind != "xgboost":
+        return model  # LightGBM boosts a named model on unnamed rows
+    booster = _load(spec, model)
+    booster.feature_names = None
+    booster.feature_types = None
+    return bytes(booster.save_raw("json"))
+
+
+def feature_names_of(spec: TreeSpec, model: bytes) -> list[str] | None:
+    """The feature names `model` carries (None: an XGBoost model without them; a LightGBM
+    model always has some, ``Column_0`` ... when it was never named)."""
+    booster = _load(spec, model)
+    if spec.kind == "xgboost":
+        return list(booster.feature_names) if booster.feature_names else None
+    return list(booster.feature_name())
+
+
+def name_features(spec: TreeSpec, model: bytes, names: Sequence[str]) -> bytes:
+    """`model` (new trees) with `names` as its feature names, in column order.
+
+    LightGBM writes a space in a name as ``_`` (its own rule, applied here as well), so a
+    LightGBM model's names are those with spaces replaced.
+
+    Raises
+    ------
+    ModelError
+        `names` are not one per feature of the spec.
+    """
+    if len(names) != spec.n_features:
+        raise ModelError(
+            f"{len(names)} feature names for a model of {spec.n_features} features; rebuild the "
+            "silo's features from the run's data contract"
+        )
+    booster = _load(spec, model)
+    if spec.kind == "xgboost":
+        booster.feature_names = list(names)
+        return bytes(booster.save_raw("json"))
+    import lightgbm as lgb
+
+    lines = model.decode().split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("feature_names="))
+    lines[at] = "feature_names=" + " ".join(n.replace(" ", "_") for n in names)
+    # saved again by LightGBM, so the feature importances name the features too
+    return str(lgb.Booster(model_str="\n".join(lines)).model_to_string()).encode()
 
 
 def no_tree_grown(kind: str, n_rows: int) -> ModelError:

@@ -1,6 +1,7 @@
 """The end of a secure-hist round: its model (every tree so far) and its ledger entries.
 
-The model is an XGBoost JSON export of the trees grown so far (`export_xgb`); each silo that
+The model is an XGBoost JSON export of the trees grown so far (`export_xgb`), named with the
+run's contract's encoded feature names (what the silos' pipeline encodes); each silo that
 is still in the session is recorded as a contributor with a digest chained over every masked
 vector it sent in the round (the vectors themselves are dropped once summed).
 """
@@ -13,11 +14,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from aggregation.service.contracts import run_contract
 from aggregation.service.hist_state import HistState
 from aggregation.service.lineage import Recorder
 from aggregation.service.model_store import save_round_model
+from aggregation.service.runs import spec_of
 from aggregation.service.tables import Contribution, HistMessage, Round, Run, utcnow
 from aggregation.trees.secure_hist.export import export_xgb
+from schemas.tree_features import encoded_feature_names
 
 SERVICE_SEES = "only federation-wide sums of gradient/hessian histograms per node (no silo's own)"
 
@@ -25,7 +29,9 @@ SERVICE_SEES = "only federation-wide sums of gradient/hessian histograms per nod
 def finish_round(s: Session, run: Run, rnd: Round, state: HistState, recorder: Recorder) -> None:
     """The round's model (every tree so far), its contributions and ledger entries."""
     assert state.base_score is not None
-    model = export_xgb(state.trees, state.config, state.base_score)
+    # secure-hist runs always pin a published contract (the set-up reads it), so it is here
+    names = encoded_feature_names(run_contract(s, spec_of(run)))
+    model = export_xgb(state.trees, state.config, state.base_score, names)
     sha = hashlib.sha256(model).hexdigest()
     contributors = []
     for silo, digest in _round_digests(s, run.id, rnd.number).items():

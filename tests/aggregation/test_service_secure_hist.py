@@ -96,7 +96,9 @@ def expected(
         min_rows_per_node=HIST["min_rows_per_node"],
         grad_bits=grad_bits,
     )
-    return run_secure_hist(config, DATA, threshold=2, drop_at=drop_at).model
+    # the service names the features as the silos' pipeline does (from the published contract)
+    names = PIPELINE.feature_names
+    return run_secure_hist(config, DATA, threshold=2, drop_at=drop_at, feature_names=names).model
 
 
 @dataclass
@@ -175,8 +177,12 @@ def check_native(model: bytes) -> None:
     X[::5, 1] = np.nan
     booster = xgb.Booster(model_file=bytearray(model))
     np.testing.assert_allclose(
-        booster.predict(xgb.DMatrix(X)), predict_proba("xgboost", model, X), rtol=1e-5, atol=1e-6
+        booster.predict(xgb.DMatrix(X, feature_names=list(PIPELINE.feature_names))),
+        predict_proba("xgboost", model, X),
+        rtol=1e-5,
+        atol=1e-6,
     )
+    assert booster.feature_names == list(PIPELINE.feature_names)
 
 
 def aggregates(fed: Fed) -> list[dict]:  # type: ignore[type-arg]

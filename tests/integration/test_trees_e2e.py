@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 from support.live_service import free_port, publish_shipped_contract, write_heart_silos
@@ -36,7 +37,8 @@ from silos.features import FeaturePipeline
 # and on a loaded machine that alone can pass pytest's default 600 s; the waits inside fail
 # sooner when the federation stops making progress
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
-N_FEATURES = FeaturePipeline.from_contract(load_contract("heart_disease")).n_features
+NAMES = FeaturePipeline.from_contract(load_contract("heart_disease")).feature_names
+N_FEATURES = len(NAMES)
 HOSPITALS = ["cleveland", "hungary", "switzerland", "va_long_beach"]
 POLICY = (
     'allowed_models = ["logreg", "mlp"]\nmax_rounds_per_run = 100\n\n'
@@ -134,13 +136,23 @@ def _check_native(kind: str, model: bytes) -> int:
     X = np.random.default_rng(0).uniform(-1, 2, size=(200, N_FEATURES)).astype(np.float32)
     X[::7, 3] = np.nan
     ours = predict_proba(kind, model, X)  # type: ignore[arg-type]
+    # every mode's model names the contract's encoded features, in order, so the library
+    # refuses a table whose columns are reordered (LightGBM when asked; it writes " " as "_")
     if kind == "xgboost":
         booster = xgb.Booster(model_file=bytearray(model))
-        theirs = booster.predict(xgb.DMatrix(X))
+        assert booster.feature_names == list(NAMES)
+        frame = pd.DataFrame(X, columns=list(NAMES))
+        theirs = booster.predict(xgb.DMatrix(frame))
+        with pytest.raises(ValueError, match="feature_names mismatch"):
+            booster.predict(xgb.DMatrix(frame[frame.columns[::-1]]))
         n_trees = booster.num_boosted_rounds()
     else:
         lgb_booster = lgb.Booster(model_str=model.decode())
-        theirs = np.asarray(lgb_booster.predict(X))
+        assert lgb_booster.feature_name() == [n.replace(" ", "_") for n in NAMES]
+        frame = pd.DataFrame(X, columns=lgb_booster.feature_name())
+        theirs = np.asarray(lgb_booster.predict(frame, validate_features=True))
+        with pytest.raises(lgb.basic.LightGBMError):
+            lgb_booster.predict(frame[frame.columns[::-1]], validate_features=True)
         n_trees = lgb_booster.num_trees()
     np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-6)
     return int(n_trees)

@@ -152,13 +152,14 @@ def test_secure_hist_task_from_the_published_contract(fed: Fed) -> None:
     )
     if contract.task == "regression":  # max(1, |lo|, |hi|, 2 (hi - lo)) of [100, 130]
         assert config.grad_bound == 130.0
-    reference = run_secure_hist(config, fed.data, threshold=2)
+    names = FeaturePipeline.from_contract(contract).feature_names  # the service names them
+    reference = run_secure_hist(config, fed.data, threshold=2, feature_names=names)
     assert model == reference.model  # byte for byte the driver's model
     booster = xgb.Booster(model_file=bytearray(model))
     assert booster.num_boosted_rounds() == 2
 
     X_test, y_test = rows(contract.task, 42, 600)
-    theirs = booster.predict(xgb.DMatrix(X_test))
+    theirs = booster.predict(xgb.DMatrix(X_test, feature_names=list(names)))
     np.testing.assert_allclose(predict("xgboost", model, X_test), theirs, rtol=1e-6, atol=1e-5)
     pooled_y = np.concatenate([y for _, y in fed.data.values()])
     metrics = evaluate("xgboost", model, X_test, y_test)

@@ -206,7 +206,8 @@ def test_a_secure_hist_round_on_dask_sums_to_the_pandas_histograms(fed: Fed) -> 
         fine_cells=HIST["fine_cells"],
         min_rows_per_node=HIST["min_rows_per_node"],
     )
-    assert model == run_secure_hist(config, fed.rows, threshold=2).model
+    names = PIPELINE.feature_names  # the service names the features from the contract
+    assert model == run_secure_hist(config, fed.rows, threshold=2, feature_names=names).model
     # the Dask silo validated its table by partitions, fingerprinted and trained on its cluster
     validated = {v["silo"]: v for v in _ledger(fed.coord, run, "validation_result")}
     assert validated["dask-bank"]["success"] and validated["dask-bank"]["n_rows"] == 2400

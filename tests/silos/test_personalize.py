@@ -30,7 +30,7 @@ from silos.personalize_state import (
 from silos.personalize_trees import personalize_trees
 from silos.torch_model import build_model, get_params
 from silos.trainer import evaluate, train_local
-from silos.tree_trainer import train_trees
+from silos.tree_trainer import feature_names_of, name_features, train_trees
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +291,19 @@ def test_a_corrupt_fedper_head_restarts_from_the_global_head_and_is_written_dura
     keep_head_local(tmp_path, spec, "run1", trained, delta)  # the next round's writes a new one
     np.testing.assert_array_equal(start_params(tmp_path, spec, "run1", glob)[-2], trained[-2])
     assert len(synced) == 4  # each write: the file before its rename, the folder after
+
+
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_a_personalized_tree_model_keeps_the_global_models_feature_names(
+    heart: dict,  # type: ignore[type-arg]
+    kind: str,
+) -> None:
+    spec = TreeSpec(kind=kind, n_features=_nf(), trees_per_round=3, params={"max_depth": 3})  # type: ignore[arg-type]
+    s = heart["cleveland"]
+    names = FeaturePipeline.from_contract(load_contract("heart_disease")).feature_names
+    glob = name_features(spec, train_trees(spec, None, s.X_train, s.y_train).model, names)
+    out = personalize_trees(spec, glob, _rows(heart, "va_long_beach"), max_trees=4)
+    assert out.steps > 0  # new trees were grown, and still carry the names
+    assert feature_names_of(spec, out.model) == feature_names_of(spec, glob)
+    lgb_names = [n.replace(" ", "_") for n in names]  # LightGBM's rule for a space
+    assert feature_names_of(spec, out.model) == (list(names) if kind == "xgboost" else lgb_names)
