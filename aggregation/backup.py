@@ -17,10 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util import CommandError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aggregation import backup_db
@@ -29,6 +33,7 @@ from aggregation.service.db import make_engine, make_sessionmaker, transaction
 from aggregation.service.federations import silo_keys
 from aggregation.service.keys import load_service_signer
 from aggregation.service.ledger import iter_records
+from aggregation.service.migrate import alembic_config
 from aggregation.service.secure_rounds import restart_open_rounds
 from aggregation.service.settings import ServiceSettings
 from schemas.ledger_verify import VerifyReport, directory_artifact_checker, verify_chain
@@ -205,6 +210,11 @@ def restore(
 ) -> VerifyReport:
     """Put the backup in `folder` back as the hub described by `settings` (service stopped).
 
+    The database goes first, in one transaction: when it fails, nothing was changed (the
+    database, keys, models and external files are as they were). Only then are the workspace
+    files, staged next to the workspace beforehand, swapped in for its keys, models and admin
+    token, and the external files written.
+
     An open secure-aggregation round starts its protocol again at the advertise stage
     (`secure_rounds.restart_open_rounds`): its silos went on past the backup's instant and
     may have erased that round's keys, so it cannot carry on at the saved stage. What was
@@ -213,10 +223,12 @@ def restore(
     Raises
     ------
     BackupError
-        The backup does not verify; the target holds state and `force` is False; the restored
-        ledger does not verify or does not end at the manifest's head.
+        The backup does not verify or its schema is newer than this release; the target holds
+        state and `force` is False; the database cannot be loaded (nothing changed); the
+        restored ledger does not verify or does not end at the manifest's head.
     """
     manifest = verify_backup(folder)
+    _require_known_schema(manifest)
     occupied = _occupied(settings, manifest)
     if occupied and not force:
         raise BackupError(
@@ -224,20 +236,23 @@ def restore(
             "--force to replace it, or restore into a new workspace and database"
         )
     ws = settings.workspace
-    for name in ("keys", "models"):
-        shutil.rmtree(ws / name, ignore_errors=True)  # no key or model may survive from before
     ws.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for item in manifest["files"]:
-        src, to = folder / item["path"], item["to"]
-        if to == "database":
-            backup_db.load(settings.resolved_database_url(), src)
-            continue
-        target = ws / to.removeprefix("workspace:") if to.startswith("workspace:") else Path(to)
-        if not to.startswith("workspace:") and target.is_file():
-            if _sha256(target) == item["sha256"]:
-                continue  # already in place (a read-only Secret mount, say): left as it is
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.copy2(src, target)
+    staging = Path(tempfile.mkdtemp(prefix=".restoring-", dir=ws))  # same file system: renames
+    try:
+        database, external = _stage(manifest, folder, staging)
+        try:
+            backup_db.load(settings.resolved_database_url(), folder / database)
+        except BackupError as exc:
+            raise BackupError(
+                f"{str(exc).rstrip('.')}. Nothing was changed: the database, keys and models "
+                "are as they were"
+            ) from exc
+        _swap_in(ws, staging)
+        for src, target in external:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copy2(src, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     report = verify_ledger(settings)
     head = manifest["ledger_head"]
     if not report.ok:
@@ -254,6 +269,59 @@ def restore(
                 "its protocol starts again at advertise, the silos with new keys and masks"
             )
     return report
+
+
+def _require_known_schema(manifest: dict[str, Any]) -> None:
+    """Refuse, before anything changes, a backup made by a newer release: this one could not
+    read (nor migrate) its schema. An older schema is fine: `serve` migrates it."""
+    revision = manifest["database"].get("schema_revision")
+    if revision is None:
+        return
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    try:
+        scripts.get_revision(revision)
+    except (CommandError, ResolutionError):
+        heads = ", ".join(sorted(scripts.get_heads()))
+        raise BackupError(
+            f"the backup's database schema is at revision {revision}, which this release "
+            f"(schema {heads}) does not know: restore it with the fedsilo release that made it"
+        ) from None
+
+
+def _stage(
+    manifest: dict[str, Any], folder: Path, staging: Path
+) -> tuple[str, list[tuple[Path, Path]]]:
+    """Copy the backup's workspace files under `staging`; return the database file's path in
+    the backup and the (source, target) of each external file still to be written."""
+    database = ""
+    external: list[tuple[Path, Path]] = []
+    for item in manifest["files"]:
+        src, to = folder / item["path"], item["to"]
+        if to == "database":
+            database = item["path"]
+        elif to.startswith("workspace:"):
+            target = staging / to.removeprefix("workspace:")
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copy2(src, target)
+        elif not (Path(to).is_file() and _sha256(Path(to)) == item["sha256"]):
+            external.append((src, Path(to)))  # one already in place (a Secret mount) is left
+    if not database:
+        raise BackupError(f"{MANIFEST} lists no database file")
+    return database, external
+
+
+def _swap_in(ws: Path, staging: Path) -> None:
+    """Replace the workspace's keys/ and models/ by the staged ones (no key or model from
+    before survives) and its other files by the staged ones, each by a rename."""
+    for name in ("keys", "models"):
+        old = ws / name
+        if old.exists():
+            old.rename(staging / f"{name}.replaced")  # removed with the staging folder
+        if (staging / name).exists():
+            (staging / name).rename(old)
+    for item in staging.iterdir():
+        if item.name not in ("keys", "models") and not item.name.endswith(".replaced"):
+            item.replace(ws / item.name)
 
 
 def restart_secure_rounds(settings: ServiceSettings) -> list[tuple[str, int, str]]:
@@ -277,7 +345,10 @@ def verify_ledger(settings: ServiceSettings) -> VerifyReport:
             keys = silo_keys(s)
             entries = list(iter_records(s))
         signer = load_service_signer(
-            settings.workspace, key_file=settings.signing_key_file, hook=settings.signer
+            settings.workspace,
+            key_file=settings.signing_key_file,
+            hook=settings.signer,
+            create=False,  # verifying never makes a key: a missing one is named instead
         )
     finally:
         engine.dispose()

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
-from aggregation.service.db import private_sqlite_file
+from aggregation.service.db import connect_args, private_sqlite_file
 
 
 class BackupError(ValueError):
@@ -112,7 +112,7 @@ def dump(url: str, target: Path) -> Snapshot:
             engine.dispose()
     if backend != "postgresql":
         raise BackupError(f"backup supports SQLite and PostgreSQL, not {backend}")
-    engine = create_engine(url, isolation_level="REPEATABLE READ")
+    engine = create_engine(url, isolation_level="REPEATABLE READ", connect_args=connect_args(url))
     dsn, env = _libpq(url)
     try:
         with engine.connect() as conn, conn.begin():
@@ -133,7 +133,7 @@ def is_empty(url: str) -> bool:
     """Whether the target database holds no fedsilo state (no file, or no ledger entries)."""
     if backend_of(url) == "sqlite" and not sqlite_path(url).exists():
         return True
-    engine = create_engine(url)
+    engine = create_engine(url, connect_args=connect_args(url))
     try:
         with engine.connect() as conn:
             if "ledger_entries" not in set(inspect(conn).get_table_names()):
@@ -144,7 +144,15 @@ def is_empty(url: str) -> bool:
 
 
 def load(url: str, source: Path) -> None:
-    """Replace the database at `url` by the dump `source` (whatever it held before)."""
+    """Replace the database at `url` by the dump `source` (whatever it held before).
+
+    PostgreSQL: in one transaction (psql --single-transaction, which rolls back on the first
+    error), drop every table the database holds, then run the dump's SQL. Dropping first lets
+    a backup of an older schema go onto a database a newer release migrated (``pg_restore
+    --clean`` alone drops only the dump's own objects, and a newer table's foreign key on one
+    of them blocks it). No CASCADE: an object of someone else's that depends on a table (a
+    reporting view) fails the restore, naming it, and leaves the database as it was.
+    """
     if backend_of(url) == "sqlite":
         path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,5 +164,43 @@ def load(url: str, source: Path) -> None:
         private_sqlite_file(url)
         return
     dsn, env = _libpq(url)
-    args = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--single-transaction"]
-    _run([*args, "-d", dsn, str(source)], env, "restore")
+    tools = {name: shutil.which(name) for name in ("pg_restore", "psql")}
+    for name, found in tools.items():
+        if found is None:
+            raise BackupError(f"restore needs {name} (PostgreSQL client tools) on PATH")
+    prelude = _drop_tables(url)
+    script = [str(tools["pg_restore"]), "--clean", "--if-exists", "--no-owner", "-f", "-"]
+    psql = [str(tools["psql"]), "-X", "-q", "--single-transaction", "-v", "ON_ERROR_STOP=1"]
+    psql += ["-c", prelude] if prelude else []
+    with subprocess.Popen(
+        [*script, str(source)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as dumper:
+        loaded = subprocess.run(
+            [*psql, "-f", "-", "-d", dsn],
+            env=env,
+            stdin=dumper.stdout,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if dumper.stdout is not None:
+            dumper.stdout.close()
+        dump_err = dumper.stderr.read().decode(errors="replace") if dumper.stderr else ""
+    if loaded.returncode != 0:  # first: pg_restore then only failed on the closed pipe
+        said = " ".join(loaded.stderr.split())[-2000:]
+        raise BackupError(f"restore: loading the database failed (rolled back): {said}")
+    if dumper.returncode != 0:
+        raise BackupError(f"restore: pg_restore failed: {dump_err.strip()[-2000:]}")
+
+
+def _drop_tables(url: str) -> str:
+    """DROP TABLE of every table in the target database's schema, one statement (so tables
+    that refer to each other go together); empty when there is none."""
+    engine = create_engine(url, connect_args=connect_args(url))
+    try:
+        with engine.connect() as conn:
+            names = sorted(inspect(conn).get_table_names())
+            quote = conn.dialect.identifier_preparer.quote
+    finally:
+        engine.dispose()
+    return f"DROP TABLE {', '.join(quote(n) for n in names)}" if names else ""

@@ -8,12 +8,15 @@ only: 0600, whatever the process's umask.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -45,8 +48,27 @@ def private_sqlite_file(url: str) -> None:
             os.chmod(companion, 0o600)
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for concurrent use."""
+CONNECT_TIMEOUT_S = 10.0  # a silent database host fails a start or a request, never hangs it
+IDLE_PING_S = 1.0  # a pooled connection idle this long is checked before it is handed out:
+# under load connections come back within it (no round trip added), a quiet hub pays one
+
+
+def connect_args(url: str, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, object]:
+    """libpq options for PostgreSQL: a connect timeout (libpq counts whole seconds, at least 2);
+    nothing for other backends."""
+    if make_url(url).get_backend_name() != "postgresql" or connect_timeout_s <= 0:
+        return {}
+    return {"connect_timeout": max(2, math.ceil(connect_timeout_s))}
+
+
+def make_engine(
+    url: str,
+    *,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    statement_timeout_s: float = 0.0,
+) -> Engine:
+    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for concurrent use;
+    PostgreSQL a connect timeout (and a statement timeout when given, seconds; 0 = none)."""
     if url.startswith("sqlite"):
         private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -61,9 +83,14 @@ def make_engine(url: str) -> Engine:
 
         event.listen(engine, "before_execute", _sqlite_for_update)
         return engine
-    # No pool_pre_ping: it costs a round trip per request (the ledger's append rate needs that
-    # back). A connection broken by a PostgreSQL restart fails one request with a 5xx, SQLAlchemy
-    # then invalidates the pool, and every fedsilo client retries 5xx answers.
+    args = connect_args(url, connect_timeout_s)
+    if statement_timeout_s > 0 and make_url(url).get_backend_name() == "postgresql":
+        args["options"] = f"-c statement_timeout={math.ceil(statement_timeout_s * 1000)}"
+    # No pool_pre_ping on every checkout: it costs a round trip per request (the ledger's append
+    # rate needs that back). Only a connection idle for IDLE_PING_S is checked (`_ping_if_idle`),
+    # so one broken by a PostgreSQL restart while the hub was quiet is replaced, not handed to a
+    # request. One broken while in use fails its request with a 503 (`wire`), SQLAlchemy then
+    # invalidates the pool, and every fedsilo client retries 5xx answers.
     # Connections beyond pool_size are closed when returned, so a burst of long-polls woken at
     # once (every silo when a stage closes) used to open and close ~20 connections each time:
     # at 64 silos that churn was most of PostgreSQL's CPU (bench/scale.py: 16 -> 6 s a round).
@@ -71,7 +98,34 @@ def make_engine(url: str) -> Engine:
     # handlers and long-poll checks (settings.worker_threads, 8 by default; anyio's 40 before)
     # and the ops port's probes. Connections open on demand, so the default uses about 10. Two
     # replicas and Prefect's server stay under PostgreSQL's default max_connections of 100.
-    return create_engine(url, pool_size=30, max_overflow=10)
+    engine = create_engine(url, pool_size=30, max_overflow=10, connect_args=args)
+    event.listen(engine, "checkin", _stamp_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+IDLE_SINCE_KEY = "fedsilo_idle_since"
+
+
+def _stamp_checkin(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+    record.info[IDLE_SINCE_KEY] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+    """Check a connection that sat idle in the pool; DisconnectionError makes the pool drop it
+    and hand out a fresh one (SQLAlchemy's own recipe for pessimistic disconnect handling)."""
+    since = record.info.get(IDLE_SINCE_KEY)
+    if since is None or time.monotonic() - since < IDLE_PING_S:
+        return
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_conn.rollback()  # leave no transaction open: the checkout's user begins its own
+    except Exception as exc:
+        raise DisconnectionError(f"pooled connection is gone: {exc}") from exc
 
 
 def _sqlite_for_update(conn, clauseelement, *_args):  # type: ignore[no-untyped-def]
@@ -112,3 +166,34 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+class DatabaseNotWritable(RuntimeError):
+    """The service's database role may read but not write (a read-only role or standby)."""
+
+
+def require_writable(engine: Engine) -> None:
+    """Insert nothing into every table, in a transaction rolled back: a role without INSERT
+    or a read-only database fails here, at start, rather than every write later (with a 500)
+    while /readyz, which only reads, says ready."""
+    with engine.connect() as conn:
+        names = sorted(t for t in inspect(conn).get_table_names() if t != "alembic_version")
+        quote = conn.dialect.identifier_preparer.quote
+        conn.rollback()  # end the transaction inspect began
+        with conn.begin() as trans:
+            for name in names:
+                table = quote(name)
+                try:
+                    conn.execute(text(f"INSERT INTO {table} SELECT * FROM {table} WHERE 1 = 0"))
+                except DBAPIError as exc:
+                    reason = (str(exc.orig).strip().splitlines() or [""])[0]
+                    code = str(getattr(exc.orig, "sqlstate", "") or "")
+                    if code not in ("42501", "25006") and "readonly" not in reason:
+                        raise  # not a permission problem: let the caller see it as it is
+                    raise DatabaseNotWritable(
+                        f"the database refuses the service's writes ({reason}; table {name}): "
+                        "the service needs SELECT, INSERT, UPDATE and DELETE on its tables "
+                        "(only SELECT, INSERT on ledger_entries) and a read-write primary, "
+                        "not a standby; fix the role's grants or --database-url"
+                    ) from exc
+            trans.rollback()

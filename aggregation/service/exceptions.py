@@ -9,6 +9,10 @@ ServiceError
 │   └── AlreadyAnswered 409 already_answered  this silo already answered this step differently
 ├── InvalidPayload      422 invalid_payload   a body that does not match what the round expects
 └── PayloadTooLarge     413 too_large         a body over the configured size limit
+
+A database that cannot serve now (down, restarting, out of connections) is no ServiceError:
+`wire.database_unavailable` turns SQLAlchemy's error into 503 (code ``internal``) with
+``Retry-After``, which every fedsilo client retries.
 """
 
 from __future__ import annotations

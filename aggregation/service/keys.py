@@ -59,7 +59,7 @@ class KeySigner:
 
 
 def load_service_signer(
-    workspace: Path, *, key_file: Path | None = None, hook: str = ""
+    workspace: Path, *, key_file: Path | None = None, hook: str = "", create: bool = True
 ) -> ServiceSigner:
     """The service's ledger signer: a hook, a key file, or the workspace key (in that order).
 
@@ -72,19 +72,22 @@ def load_service_signer(
     hook
         ``module:factory``; ``factory()`` returns a `ServiceSigner`. Its first signature is
         checked against its public key here, so a misconfigured token fails at start.
+    create
+        Whether a missing workspace key may be created: False once the ledger holds entries
+        (they are signed by the key that went missing; a new one would fail every check).
 
     Raises
     ------
     SigningKeyError
         Unreadable, loosely permitted or wrong-type key file; a hook that cannot be imported
-        or whose signatures do not verify.
+        or whose signatures do not verify; a missing workspace key that `create` forbids.
     """
     if hook:
         signer = _signer_from_hook(hook)
     elif key_file is not None:
         signer = KeySigner(_read_key_file(key_file))
     else:
-        return KeySigner(load_or_create_service_key(workspace))
+        return KeySigner(load_or_create_service_key(workspace, create=create))
     _check_signer(signer, hook or str(key_file))
     return signer
 
@@ -137,9 +140,17 @@ def _check_signer(signer: ServiceSigner, source: str) -> None:
         ) from exc
 
 
-def load_or_create_service_key(workspace: Path) -> Ed25519PrivateKey:
-    """The Ed25519 key that signs the ledger and receipts."""
+def load_or_create_service_key(workspace: Path, *, create: bool = True) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs the ledger and receipts (created when absent and `create`)."""
     path = workspace / "keys" / "service_ed25519.pem"
+    if not create and not path.exists():
+        raise SigningKeyError(
+            f"the service signing key {path} is missing, but the database's ledger already "
+            "holds entries it signed: a new key would make every signature check fail. Put the "
+            "key back (`fedsilo aggregator restore BACKUP`, or copy it from where it was "
+            "kept), or point FEDSILO_SERVICE_SIGNING_KEY_FILE at it; the service "
+            "does not create a new one"
+        )
     return _load_or_create(path, Ed25519PrivateKey)  # type: ignore[type-abstract]
 
 

@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 
 from anyio.to_thread import current_default_thread_limiter
 from fastapi import FastAPI
+from sqlalchemy import Engine, text
 
 from aggregation.service import collective_rounds, ledger_guard, migrate, observability, wire
-from aggregation.service.db import make_engine, make_sessionmaker
+from aggregation.service.db import make_engine, make_sessionmaker, require_writable
 from aggregation.service.engines.base import Hub
 from aggregation.service.engines.builtin import register_builtins
 from aggregation.service.engines.registry import load_plugins
@@ -38,8 +39,13 @@ log = logging.getLogger("fedsilo.service")
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     settings.workspace.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(
+        settings.resolved_database_url(),
+        connect_timeout_s=settings.database_connect_timeout_s,
+        statement_timeout_s=settings.database_statement_timeout_s,
+    )
     migrate.upgrade(engine)
+    require_writable(engine)  # a read-only role would pass /readyz and fail every write
     ledger_guard.require_at_start(engine)  # refuse to run on a ledger whose triggers were dropped
 
     @asynccontextmanager
@@ -72,7 +78,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.seal_public = service_public_bytes(app.state.seal_key)
     app.state.recorder = Recorder(
         load_service_signer(
-            settings.workspace, key_file=settings.signing_key_file, hook=settings.signer
+            settings.workspace,
+            key_file=settings.signing_key_file,
+            hook=settings.signer,
+            # entries signed by a key that is gone: refuse, never sign on with a new one
+            create=not _ledger_has_entries(engine),
         ),
         settings.workspace,
     )
@@ -80,8 +90,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     register_builtins()
     load_plugins(settings.plugins)
 
+    # async: answered on the event loop, so a hung database holding every worker thread
+    # cannot hold the liveness probe too (it touches no database)
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok", "mode": settings.mode}
 
     for module in (federations, contracts, runs, silo, secagg, ledger, trees, hist):
@@ -101,6 +113,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     if app.state.wakeup is not None:
         app.state.metrics.long_polls_waiting.set_function(lambda: app.state.wakeup.waiting)
     return app
+
+
+def _ledger_has_entries(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT 1 FROM ledger_entries LIMIT 1")).first() is not None
 
 
 DEVELOPMENT_BANNER = (

@@ -12,9 +12,10 @@
 - `RequestLog` (outermost middleware) gives each request an id (``X-Request-Id`` when the
   caller sends a sane one, else a new one; echoed in the answer), counts it by route template
   and status, and logs one line: INFO (DEBUG for successful probes and scrapes), WARNING for
-  401/403/409 (with the refusal's detail), ERROR for 5xx. `configure_logging` picks JSON
-  lines or text; ``fedsilo aggregator serve`` calls it (``--log-format``), an app embedded
-  elsewhere leaves logging to its host.
+  401/403/409 (with the refusal's detail), ERROR for 5xx (DEBUG for a 503 with
+  ``Retry-After``: a database outage, which `wire` logs as one rate-limited WARNING line).
+  `configure_logging` picks JSON lines or text; ``fedsilo aggregator serve`` calls it
+  (``--log-format``), an app embedded elsewhere leaves logging to its host.
 """
 
 from __future__ import annotations
@@ -182,12 +183,15 @@ class RequestLog:
         rid = _request_id(scope)
         token = REQUEST_ID.set(rid)
         started = time.perf_counter()
-        status, body = 500, bytearray()
+        status, body, retry_later = 500, bytearray(), False
 
         async def answer(message: Message) -> None:
-            nonlocal status
+            nonlocal status, retry_later
             if message["type"] == "http.response.start":
                 status = message["status"]
+                retry_later = any(
+                    k.lower() == b"retry-after" for k, _ in message.get("headers", ())
+                )
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = rid
             elif message["type"] == "http.response.body" and status in WARN_STATUSES:
                 body.extend(message.get("body", b"")[: 4096 - len(body)])
@@ -196,10 +200,13 @@ class RequestLog:
         try:
             await self.app(scope, receive, answer)
         finally:
-            self._record(scope, rid, status, bytes(body), time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._record(scope, rid, status, bytes(body), seconds, quiet=retry_later)
             REQUEST_ID.reset(token)
 
-    def _record(self, scope: Scope, rid: str, status: int, body: bytes, seconds: float) -> None:
+    def _record(
+        self, scope: Scope, rid: str, status: int, body: bytes, seconds: float, quiet: bool = False
+    ) -> None:
         method, route = scope["method"], _route(scope)
         self.metrics.http_requests.labels(method, route, str(status)).inc()
         self.metrics.http_seconds.labels(method, route).observe(seconds)
@@ -219,6 +226,8 @@ class RequestLog:
         if status in WARN_STATUSES:
             fields["detail"] = _detail(body)
             log.warning("%s: %s", line, fields["detail"], extra=fields)
+        elif status == 503 and quiet:
+            log.debug(line, extra=fields)  # a database outage: `wire` logs it, rate-limited
         elif status >= 500:
             log.error(line, extra=fields)
         elif route in PROBE_ROUTES or status == 204:

@@ -17,6 +17,14 @@ class ServiceSettings(BaseSettings):
 
     workspace: Path = Field(default=Path("fedsilo-service"), description="keys, tokens, exports")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in workspace")
+    # PostgreSQL: a silent database host (hung, firewalled) fails the start or a request after
+    # this long instead of holding it (and a worker thread) for good
+    database_connect_timeout_s: float = Field(
+        default=10.0, ge=0, description="PostgreSQL connect timeout, seconds; 0 = none"
+    )
+    database_statement_timeout_s: float = Field(
+        default=0.0, ge=0, description="PostgreSQL statement_timeout, seconds; 0 = none"
+    )
     host: str = "127.0.0.1"
     port: int = 8700
     mode: Literal["development", "production"] = "development"

@@ -5,23 +5,32 @@ whose header is missing (wire version 1 sent none) or names another version is r
 400 and code ``wire_version``, naming both versions; ``/healthz`` answers whatever the caller
 speaks. Every refusal's body is an `ErrorOut`: the service's own errors (`exceptions`),
 FastAPI's request validation (422, ``invalid_payload``) and Starlette's HTTP errors (unknown
-route, method not allowed). Every answer also lists the statements a silo's request may carry
+route, method not allowed). A database that cannot serve now (down, restarting, out of
+connections, a connection lost) answers 503 with ``Retry-After`` (`database_unavailable`),
+logged as one rate-limited WARNING line; any other exception stays a 500 with its traceback in
+the log. Every answer also lists the statements a silo's request may carry
 (``X-Fedsilo-Carries``) and brings back the receipt of one it carried (`schemas.carried`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aggregation.service import carried
 from aggregation.service.exceptions import ServiceError
+from aggregation.service.ledger_guard import MESSAGE as LEDGER_GUARD_MESSAGE
 from schemas.carried import CARRIABLE_KINDS, CARRIES_HEADER, RECEIPT_HEADER
 from schemas.wire import WIRE_HEADER, WIRE_VERSION, ErrorCode, ErrorOut
 
@@ -44,6 +53,69 @@ CODE_OF_STATUS = {
     413: ErrorCode.too_large,
     422: ErrorCode.invalid_payload,
 }
+
+
+RETRY_AFTER_S = 5  # how long a client waits before it retries while the database is away
+UNAVAILABLE_DETAIL = (
+    "the service's database is unavailable (restarting, unreachable or out of connections); "
+    f"retry in {RETRY_AFTER_S} s"
+)
+# SQLSTATE classes of a database that cannot serve now: connection exception, insufficient
+# resources (too many clients, disk full), operator intervention (shutdown, cannot connect now)
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+log = logging.getLogger("fedsilo.service.database")
+
+
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why the database cannot serve now, one line without credentials; None for any other
+    error (a bug, which stays a 500)."""
+    if isinstance(exc, PoolTimeout):
+        return f"no free database connection in the pool: {exc}".splitlines()[0]
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0][:300]
+    sqlstate = str(getattr(orig, "sqlstate", "") or "")
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return reason
+    if sqlstate[:2] in _UNAVAILABLE_CLASSES:
+        return reason
+    if sqlstate == "42501" and LEDGER_GUARD_MESSAGE not in reason:
+        # a revoked grant or a read-only role: the operator's to fix, not the request's fault;
+        # the ledger guard's refusal uses the same code and stays a 500 (a bug of ours)
+        return reason
+    # psycopg's OperationalError (or a subclass: ConnectionTimeout) without a SQLSTATE: the
+    # connection failed or broke
+    driver = type(orig).__module__.split(".")[0]
+    psycopg_operational = any(
+        c.__module__.startswith("psycopg") and c.__name__ == "OperationalError"
+        for c in type(orig).__mro__
+    )
+    if psycopg_operational and not sqlstate:
+        return reason
+    # SQLite's busy timeout ran out ("no such table" is an OperationalError too: a bug, 500)
+    if driver == "sqlite3" and ("database is locked" in reason or "unable to open" in reason):
+        return reason
+    return None
+
+
+class _RateLimitedWarning:
+    """One WARNING line per `every_s` for the database being away, with how many requests
+    were answered 503 since the last line: a restart must not flood the log."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                self._suppressed += 1
+                return
+            more, self._suppressed, self._last = self._suppressed, 0, now
+        extra = f" ({more} more 503s since the last line)" if more else ""
+        log.warning("database unavailable, answering 503: %s%s", reason, extra)
 
 
 def error_body(code: ErrorCode, detail: str) -> bytes:
@@ -123,6 +195,22 @@ def install(app: FastAPI) -> None:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODE_OF_STATUS.get(exc.status_code, ErrorCode.internal)
         return error_response(exc.status_code, code, str(exc.detail))
+
+    warn = _RateLimitedWarning()
+
+    async def _database(_request: Request, exc: Exception) -> JSONResponse:
+        reason = database_unavailable(exc)
+        if reason is None:
+            raise exc  # a bug: the 500 handler below answers, Starlette logs the traceback
+        warn(reason)
+        answer = error_response(503, ErrorCode.internal, UNAVAILABLE_DETAIL)
+        answer.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return answer
+
+    # registered by class, so Starlette's ExceptionMiddleware answers them without re-raising
+    # (no traceback); the catch-all below would re-raise after answering
+    app.add_exception_handler(DBAPIError, _database)
+    app.add_exception_handler(PoolTimeout, _database)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> JSONResponse:

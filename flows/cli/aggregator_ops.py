@@ -22,6 +22,7 @@ from flows.cli.serve import (
     TlsKeyOpt,
     aggregator_app,
     check_workspace,
+    naming_database,
 )
 
 WorkspaceOpt = Annotated[
@@ -163,11 +164,12 @@ def aggregator_migrate(
             os.umask(previous)
     engine = make_engine(settings.resolved_database_url())
     try:
-        with engine.connect() as conn:
-            before = MigrationContext.configure(conn).get_current_revision()
-        migrate.upgrade(engine)
-        with engine.connect() as conn:
-            after = MigrationContext.configure(conn).get_current_revision()
+        with naming_database(settings.resolved_database_url()):
+            with engine.connect() as conn:
+                before = MigrationContext.configure(conn).get_current_revision()
+            migrate.upgrade(engine)
+            with engine.connect() as conn:
+                after = MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
     say(f"database schema {before or 'empty'} -> {after}")

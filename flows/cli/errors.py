@@ -123,15 +123,65 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return USAGE, str(exc)
     # the service refuses to start on a signing key it cannot use or a database whose ledger
     # triggers are gone: bad input (2), which systemd does not restart (RestartPreventExitStatus)
-    if _is_a(exc, "aggregation.service.keys.SigningKeyError") or _is_a(
-        exc, "aggregation.service.ledger_guard.LedgerGuardMissing"
+    if (
+        _is_a(exc, "aggregation.service.keys.SigningKeyError")
+        or _is_a(exc, "aggregation.service.ledger_guard.LedgerGuardMissing")
+        or _is_a(exc, "aggregation.service.db.DatabaseNotWritable")
     ):
         return USAGE, str(exc)
+    if _is_a(exc, "sqlalchemy.exc.DBAPIError"):
+        if (described := database_problem(exc)) is not None:
+            return described
     if isinstance(exc, FlowError):
         return FAILED, str(exc)
     if isinstance(exc, OSError) and exc.filename:
         return USAGE, f"{exc.filename}: {exc.strerror}"
     return FAILED, f"{type(exc).__name__}: {exc} (unexpected; --debug shows the traceback)"
+
+
+DATABASE_AT = "fedsilo_database_at"  # attribute a command sets on a database error: host:port
+_SERVER_AT = re.compile(
+    r'server at "([^"]*)"(?: \([^)]*\))?, port (\d+)|server on socket "([^"]*)"'
+)
+_DATABASE_FIXES = (
+    # (what the driver says, exit code, what to tell the operator)
+    (re.compile(r'password authentication failed for user "([^"]*)"'), USAGE,
+     'authentication failed for user "{0}" at {at}: check the user and password in '
+     "--database-url (FEDSILO_SERVICE_DATABASE_URL)"),
+    (re.compile(r'database "([^"]*)" does not exist'), USAGE,
+     'database "{0}" does not exist at {at}: create it (CREATE DATABASE, owned by the '
+     "service's role) or fix the name in --database-url"),
+    (re.compile(r'role "([^"]*)" does not exist'), USAGE,
+     'database role "{0}" does not exist at {at}: fix the user in --database-url'),
+    (re.compile(r"permission denied[^\n]*"), USAGE,
+     "the database at {at} refused the service's role ({0}): it must own the database's "
+     "schema, or be granted what infra/README.md lists"),
+    (re.compile(r"(?:too many clients|remaining connection slots)[^\n]*"), UNREACHABLE,
+     "the database at {at} has no free connection ({0}): raise max_connections or stop "
+     "what holds them"),
+    (re.compile(r"(?:connection refused|timeout expired|could not translate host name|"
+                r"no route to host|network is unreachable|server closed the connection|"
+                r"the database system is (?:starting up|shutting down|in recovery mode)|"
+                r"no such file or directory|connection failed)[^\n]*", re.IGNORECASE),
+     UNREACHABLE,
+     "database unreachable at {at} ({0}): is PostgreSQL running there, and is --database-url "
+     "right?"),
+)  # fmt: skip
+
+
+def database_problem(exc: BaseException) -> tuple[int, str] | None:
+    """(exit code, message) for a database error met at start (`aggregator serve`, `migrate`,
+    `backup`): which server, and what to fix; never the URL (it may hold a password)."""
+    said = str(getattr(exc, "orig", None) or exc)
+    found = _SERVER_AT.search(said)
+    # host:port from the URL (`serve.naming_database`): a timeout's message names neither
+    at = getattr(exc, DATABASE_AT, None) or "the configured database"
+    if found:
+        at = f"{found[1]}:{found[2]}" if found[1] is not None else f"socket {found[3]}"
+    for pattern, code, fix in _DATABASE_FIXES:
+        if matched := pattern.search(said):
+            return code, fix.format(matched[1] if matched.groups() else matched[0], at=at)
+    return None
 
 
 def one_line(message: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,6 +14,7 @@ import typer
 
 from aggregation.service.settings import ServiceSettings
 from flows.cli.common import console, fail
+from flows.cli.errors import DATABASE_AT
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -192,6 +195,22 @@ def check_workspace(workspace: Path) -> None:
         raise fail(f"--workspace {workspace}: cannot write there ({exc.strerror})") from exc
 
 
+@contextmanager
+def naming_database(url: str) -> Iterator[None]:
+    """Tag a database error raised inside with the URL's host:port (never its password), for
+    `errors.describe`: a connect timeout's message names no server."""
+    try:
+        yield
+    except Exception as exc:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite" and parsed.host:
+            at = f"{parsed.host}:{parsed.port or 5432}"
+            setattr(exc, DATABASE_AT, at)
+        raise
+
+
 def serve_service(settings: ServiceSettings) -> None:
     """Run the service with uvicorn until interrupted; say loudly which mode it is in."""
     from aggregation.service.db import owner_only_umask
@@ -206,7 +225,8 @@ def serve_service(settings: ServiceSettings) -> None:
         owner_only_umask()  # every file the service writes: 0600, folders 0700
         check_workspace(settings.workspace)
         configure_logging(settings.resolved_log_format(), settings.log_level)
-        application = create_app(settings)
+        with naming_database(settings.resolved_database_url()):
+            application = create_app(settings)
     except Exception:  # refused before serving: free the port (an interrupt ends the process)
         sock.close()
         raise
