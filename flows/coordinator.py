@@ -28,6 +28,7 @@ from flows.contract_publish import resolve_run_contract
 from flows.distill_view import run_distill
 from flows.ensemble_view import run_ensemble
 from flows.exceptions import RoundFailed, RunCancelled, RunFailed
+from flows.flow_cancel import cancel_service_run
 from flows.flow_retries import no_more_retries, refusals_are_final
 from flows.personalization_view import run_personalization
 from flows.resume import closed_rounds, find_run, wall_seconds
@@ -51,7 +52,7 @@ from schemas.specs import (
 )
 from schemas.tree_params import TreeSpec
 from schemas.wire import RoundOpen, RoundOut, RunCreate, RunFinish, RunOut
-from silos.client_errors import ServiceRejected
+from silos.client_errors import Conflict, ServiceRejected
 from silos.torch_model import build_model, get_params
 
 # A long-poll returns early on any change; the cap bounds how late a cancel is noticed.
@@ -110,7 +111,11 @@ def run_round(
     started = opened.pop(number, None)
     if started is None:
         started = time.monotonic()
-        client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
+        try:
+            client.open_round(run_id, RoundOpen(round=number, kind=kind, deadline_s=deadline_s))  # type: ignore[arg-type]
+        except Conflict:  # a cancel between two rounds is a cancellation, not a failure
+            check_cancelled(client, run_id)
+            raise
     deadline, forced = started + deadline_s, 0
     try:
         while True:
@@ -293,6 +298,7 @@ def _plateaued(records: list[RoundRecord], patience: int) -> bool:
     flow_run_name=initial_name,
     retries=2,
     retry_delay_seconds=5,
+    on_cancellation=[cancel_service_run],  # a Prefect cancel ends the service's run too
 )
 def federated_training(
     service_urls: list[str],
@@ -375,6 +381,7 @@ def federated_training(
             run: RunOut = created.result()
             previous: State | None = created
         elif resumed.status == "cancelled":  # a retry or resume of a cancelled run stays so
+            label_flow_run(resumed.spec, resumed.run_id)
             return Cancelled(message=f"run {resumed.run_id} was cancelled: {resumed.reason or ''}")
         else:  # the rounds the service already closed are replayed, not trained again
             run, previous, done = resumed, None, closed_rounds(client, resumed.run_id)

@@ -15,12 +15,14 @@ from contextlib import contextmanager
 
 from pydantic import ValidationError
 
+from flows.exceptions import AdminTokenError
 from schemas.contracts.loader import ContractError
 from silos.client_errors import ServiceRejected
 
 log = logging.getLogger("fedsilo.coordinator")
 
-FINAL = (ServiceRejected, ContractError, ValidationError)
+# an admin token file that is missing or readable by others is configuration, as a refusal is
+FINAL = (ServiceRejected, ContractError, ValidationError, AdminTokenError)
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flows.exceptions import RunFailed
 from flows.flow_retries import no_more_retries
+from flows.run_naming import label_flow_run
 from flows.service_client import CoordinatorClient
 from schemas.wire import RoundOut, RunFinish, RunOut
 
@@ -48,6 +49,7 @@ def find_run(
         )
         return None
     if run.status == "failed":
+        label_flow_run(run.spec, run.run_id)  # a retry's flow run is named after its run too
         no_more_retries()  # a retry would find it failed again
         raise RunFailed(f"run {run.run_id} failed earlier: {run.reason or 'no reason given'}")
     return run

@@ -88,10 +88,11 @@ def _api(prefect_api_url: str, method: str, path: str, body: object = None) -> o
     return prefect_api.call(prefect_api_url, method, path, body)
 
 
-def _trigger(name: str, prefect_api_url: str) -> str:
-    """`prefect deployment run` (the command `fedsilo schedule` printed); the flow run id."""
+def _trigger(name: str, prefect_api_url: str, *params: str) -> str:
+    """`prefect deployment run` (the command `fedsilo schedule` printed) with `params`
+    (``--param KEY=VALUE`` each); the flow run id."""
     out = subprocess.run(
-        [PREFECT, "deployment", "run", f"federated_training/{name}"],
+        [PREFECT, "deployment", "run", f"federated_training/{name}", *params],
         env=base_env(PREFECT_API_URL=prefect_api_url),
         capture_output=True,
         text=True,
@@ -125,6 +126,19 @@ def _runs_of(fed: Federation, flow_run_id: str) -> list[tuple[str, str]]:
     return query(  # type: ignore[return-value]
         fed.db_url, "SELECT id, status FROM runs WHERE prefect_flow_run_id = :f", f=flow_run_id
     )
+
+
+def _past_round_one(fed: Federation, flow_run_id: str) -> str:
+    """The service run of `flow_run_id`, once it has a model from round 1."""
+
+    def past() -> str | None:
+        rows = _runs_of(fed, flow_run_id)
+        if not rows:
+            return None
+        got = query(fed.db_url, "SELECT latest_model_version FROM runs WHERE id = :r", r=rows[0][0])
+        return rows[0][0] if (got[0][0] or 0) >= 1 else None
+
+    return str(fed.wait(past, "the run to finish round 1"))
 
 
 def test_scheduled_deployment_runs_on_a_process_worker(
@@ -188,15 +202,7 @@ def test_crashed_flow_run_retried_resumes_its_run(
 ) -> None:
     name, _ = deployment
     flow_run_id = _trigger(name, prefect_api_url)
-
-    def past_round_one() -> str | None:
-        rows = _runs_of(fed, flow_run_id)
-        if not rows:
-            return None
-        got = query(fed.db_url, "SELECT latest_model_version FROM runs WHERE id = :r", r=rows[0][0])
-        return rows[0][0] if (got[0][0] or 0) >= 1 else None
-
-    run_id = fed.wait(past_round_one, "the run to finish round 1")
+    run_id = _past_round_one(fed, flow_run_id)
     pids = fed.wait(lambda: _flow_run_pids(flow_run_id), "the flow run's process")
     for pid in pids:  # the flow run's process (and any child of it), as an OOM killer would
         os.kill(pid, signal.SIGKILL)
@@ -237,3 +243,37 @@ def test_crashed_flow_run_retried_resumes_its_run(
         for (k,) in query(fed.db_url, "SELECT kind FROM ledger_entries WHERE run_id = :r", r=run_id)
     ]
     assert kinds.count("run_started") == 1 and kinds.count("aggregate") == ROUNDS
+
+
+def test_a_prefect_cancel_cancels_the_service_run_and_frees_the_silos(
+    fed: Federation, deployment: tuple[str, str], prefect_api_url: str
+) -> None:
+    name, _ = deployment
+    # long enough to be cancelled mid-run on any machine (the silos allow 100 rounds)
+    flow_run_id = _trigger(name, prefect_api_url, "--param", "rounds=100")
+    run_id = _past_round_one(fed, flow_run_id)
+    out = subprocess.run(  # what an operator types (or the UI's Cancel)
+        [PREFECT, "flow-run", "cancel", flow_run_id],
+        env=base_env(PREFECT_API_URL=prefect_api_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait_state(fed, prefect_api_url, flow_run_id, "CANCELLED")
+
+    def service_run_ended() -> tuple[str, str] | None:
+        [(status, reason)] = query(
+            fed.db_url, "SELECT status, reason FROM runs WHERE id = :r", r=run_id
+        )
+        return (status, reason) if status != "running" else None
+
+    status, reason = fed.wait(service_run_ended, "the service run to end")
+    assert status == "cancelled", (status, reason)  # not failed later as abandoned
+    assert f"Prefect flow run {flow_run_id} was cancelled" in reason
+    # its silos left it: the next run trains with all of them
+    nxt = _trigger(name, prefect_api_url)
+    _wait_state(fed, prefect_api_url, nxt, "COMPLETED")
+    [(_, nxt_status)] = _runs_of(fed, nxt)
+    assert nxt_status == "finished"
