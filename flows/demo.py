@@ -18,12 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 
 from flows import demo_async, demo_distill, demo_ensemble, demo_kinds, demo_personal, demo_trees
 from flows.demo_config import DEMO_READY_TIMEOUT_S, DEMO_SPLIT_SEED, DEMO_TEST_FRACTION
 from flows.demo_datasets import DATASETS, DemoDataset
-from flows.demo_processes import keep_running, stop_on_sigterm
+from flows.demo_processes import keep_after_failure, keep_running, stop_on_sigterm
 from flows.demo_refusals import DemoOptionError, spec_refusal
 from flows.demo_report import (
     compare,
@@ -395,9 +394,7 @@ def run_demo(opts: DemoOptions, console: Console) -> dict[str, object]:
     except KeyboardInterrupt:
         return {}
     except Exception as exc:
-        if opts.keep_running and any(p.alive() for p in procs):
-            console.print(f"[bold red]the demo failed:[/bold red] {escape(str(exc))}")
-            keep_running(console, ws, procs, prefect_url, service_url)
+        keep_after_failure(opts.keep_running, console, ws, procs, prefect_url, service_url, exc)
         raise
     finally:
         for proc in reversed(procs):

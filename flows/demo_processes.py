@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 
 from flows.processes import Proc
 
@@ -25,6 +26,22 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def keep_after_failure(
+    keep: bool,
+    console: Console,
+    ws: Path,
+    procs: list[Proc],
+    prefect_url: str,
+    service_url: str,
+    exc: BaseException,
+) -> None:
+    """`--keep-running` after a failure: say why, then keep the processes still up (the
+    caller re-raises once they are stopped)."""
+    if keep and any(p.alive() for p in procs):
+        console.print(f"[bold red]the demo failed:[/bold red] {escape(str(exc))}")
+        keep_running(console, ws, procs, prefect_url, service_url)
 
 
 def keep_running(

@@ -26,11 +26,10 @@ import numpy as np
 import pandas as pd
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from rich.console import Console
-from rich.markup import escape
 from sklearn.metrics import roc_auc_score
 
 from flows.demo import approve_all
-from flows.demo_processes import keep_running
+from flows.demo_processes import keep_after_failure, keep_running
 from flows.processes import Proc, start_agent, start_prefect_server, start_service
 from flows.service_client import CoordinatorClient
 from flows.vertical import vertical_training
@@ -149,12 +148,12 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
     console.print(f"data: {source}; {len(table)} customers")
     folders = split_parties(table, ws)
     procs: list[Proc] = []
+    url = f"http://127.0.0.1:{o.service_port}"
+    api = f"http://127.0.0.1:{o.prefect_port}/api"
     try:
         with console.status("starting Prefect and the aggregation service"):
             procs.append(start_prefect_server(ws / "prefect", o.prefect_port))
             procs.append(start_service(ws / "service", o.service_port))
-        url = f"http://127.0.0.1:{o.service_port}"
-        api = f"http://127.0.0.1:{o.prefect_port}/api"
         token_file = ws / "service" / "admin.token"
         coord = CoordinatorClient(url, token=token_file.read_text().strip(), retry_for_s=30)
         with console.status("starting the bank's and the bureau's silo agents"):
@@ -181,9 +180,7 @@ def run_vertical_demo(o: VerticalOptions, console: Console) -> dict[str, object]
     except KeyboardInterrupt:
         return {}
     except Exception as exc:
-        if o.keep_running and any(p.alive() for p in procs):
-            console.print(f"[bold red]the demo failed:[/bold red] {escape(str(exc))}")
-            keep_running(console, ws, procs, f"http://127.0.0.1:{o.prefect_port}/api", url)
+        keep_after_failure(o.keep_running, console, ws, procs, api, url, exc)
         raise
     finally:
         for p in reversed(procs):
