@@ -44,12 +44,25 @@ PIPE_CLOSED = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as for
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
     (FAILED, "the command ran and the answer is no (ledger invalid, run failed, check failed)"),
-    (USAGE, "bad option, argument or input file; a silo workspace another agent holds"),
+    (
+        USAGE,
+        "bad option, argument or input file; a silo workspace another agent holds; "
+        "`aggregator serve`/`migrate`: a database that refuses the service's role, password or "
+        "writes",
+    ),
     (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
     (AUTH, "admin token missing, unreadable or refused by the service"),
-    (UNREACHABLE, "the aggregation service (or Prefect's API, or MLflow's server) did not answer"),
+    (
+        UNREACHABLE,
+        "the aggregation service (or Prefect's API, or MLflow's server) did not answer; "
+        "`aggregator serve`/`migrate`: the database did not answer",
+    ),
     (REFUSED, "the service refused the request (wrong state, invalid input, wire version)"),
-    (CANCELLED, "the training run was cancelled (`fedsilo runs cancel`); it has no final model"),
+    (
+        CANCELLED,
+        "the training run was cancelled (`fedsilo runs cancel`, or its Prefect flow run); it has "
+        "no final model",
+    ),
     (REVOKED, "`silo start`: the coordinator revoked this silo; the agent stopped"),
     (INTERRUPTED, "interrupted (Ctrl+C)"),
     (PIPE_CLOSED, "the reader of the output stopped reading (`| head`); nothing more printed"),

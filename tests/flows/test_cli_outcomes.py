@@ -40,6 +40,12 @@ def test_the_cancelled_code_is_documented() -> None:
         assert f"| {code} | " in readme and code in documented
 
 
+def test_the_readmes_exit_code_table_is_the_clis() -> None:
+    readme = README.read_text(encoding="utf-8")
+    for code, text in EXIT_CODES:  # `fedsilo --help` prints the same table
+        assert f"| {code} | {text.replace('|', chr(92) + '|')} |" in readme, code
+
+
 def test_a_cancelled_run_ends_the_command_with_one_line() -> None:
     app = typer.Typer(cls=FedsiloGroup)
 
