@@ -13,6 +13,11 @@ silo's next task for it is then `RunEndedTask`. The grace is max(``abandoned_aft
 run's round deadline): a live coordinator closes at the deadline, so the grace covers only a
 slow one (settings.py says what it must cover).
 
+A run before its first round has no deadline: its coordinator is waiting for its silos to
+report ready, reading the run every few seconds (`flows.round_progress.wait_ready`), and
+each read is recorded (`coordinator_read`, at most every `SEEN_EVERY_S`). Such a run whose
+coordinator has not read it for ``abandoned_after_s`` is failed the same way.
+
 It is checked lazily, where it is cheap and certain to happen, not by a thread of its own:
 - at a silo's poll (`tasks.next_task`), from the rows the poll reads anyway (the long-poll
   re-checks every ``poll_interval_s``, so a waiting agent leaves within that of the grace);
@@ -62,11 +67,36 @@ def _since(rnd: Round) -> datetime:
     return rnd.closed_at
 
 
+SEEN_EVERY_S = 10.0  # a coordinator's reads before round 1 are recorded at most this often
+
+
+def coordinator_read(settings: ServiceSettings, run: Run) -> None:
+    """The coordinator read `run` (`GET /v1/runs/{id}`): before round 1, the run is not
+    abandoned while it keeps reading (see the module docstring). Recorded at most every
+    `SEEN_EVERY_S`, and a quarter of the grace when that is shorter."""
+    if run.status != "running" or run.current_round:
+        return
+    now = utcnow()
+    seen = run.coordinator_seen_at
+    every = min(SEEN_EVERY_S, settings.abandoned_after_s / 4)
+    if seen is None or now - seen > timedelta(seconds=every):
+        run.coordinator_seen_at = now
+
+
+def _unread(settings: ServiceSettings, run: Run, now: datetime) -> bool:
+    """Whether `run`, before round 1, has gone unread by its coordinator past the grace (a run
+    started before the service recorded reads is never judged so)."""
+    seen = run.coordinator_seen_at
+    return seen is not None and now > seen + timedelta(seconds=settings.abandoned_after_s)
+
+
 def _overdue(settings: ServiceSettings, run: Run, rnd: Round | None, now: datetime) -> bool:
     """Whether `run`, with its current round `rnd`, is past its grace. Cheap on rows already
     loaded: the spec is parsed only once the shortest grace has passed."""
-    if settings.abandoned_after_s <= 0 or run.status != "running" or not run.current_round:
-        return False  # a run not yet at round 1 waits for ready silos: its coordinator's call
+    if settings.abandoned_after_s <= 0 or run.status != "running":
+        return False
+    if not run.current_round:  # waiting for ready silos: judged by its coordinator's reads
+        return _unread(settings, run, now)
     if rnd is None or rnd.number != run.current_round:
         return False
     since = _since(rnd)
@@ -101,12 +131,19 @@ def end_abandoned(
         and_(Round.status != "open", Round.closed_at < cutoff),
     )
     stmt = select(Run, Round).join(Round, current).where(Run.status == "running", late)
+    waiting = select(Run).where(  # before round 1: no round to join
+        Run.status == "running", Run.current_round == 0, Run.coordinator_seen_at < cutoff
+    )
     if federation is not None:
         stmt = stmt.where(Run.federation == federation)
+        waiting = waiting.where(Run.federation == federation)
     if run_id is not None:
         stmt = stmt.where(Run.id == run_id)
+        waiting = waiting.where(Run.id == run_id)
+    found: list[tuple[Run, Round | None]] = list(s.execute(stmt).tuples().all())
+    found += [(run, None) for run in s.scalars(waiting).all()]
     ended = []
-    for run, rnd in s.execute(stmt.order_by(Run.created_at)).all():
+    for run, rnd in sorted(found, key=lambda pair: pair[0].created_at):
         if _overdue(settings, run, rnd, now) and _fail(s, hub, run.id, now):
             ended.append(run.id)
     return ended
@@ -117,8 +154,19 @@ def _fail(s: Session, hub: Hub, run_id: str, now: datetime) -> bool:
     abandoned; its open round fails with it. The ledger gets ``round_failed`` (an open round)
     and ``run_failed``, whose checkpoint anchors both."""
     run = get_run(s, run_id, for_update=True)
-    if run.status != "running" or not run.current_round:
+    if run.status != "running":
         return False
+    if not run.current_round:
+        if not _unread(hub.settings, run, now):
+            return False
+        assert run.coordinator_seen_at is not None  # _unread checked it
+        reason = (
+            f"abandoned: its coordinator stopped reading the run while waiting for its silos "
+            f"to be ready (last read {run.coordinator_seen_at.isoformat(timespec='seconds')}Z, "
+            f"grace {hub.settings.abandoned_after_s:.0f} s) and opened no round; "
+            "a coordinator that comes back finds it failed"
+        )
+        return _end(s, hub, run_id, reason)
     rnd = get_round(s, run_id, run.current_round, for_update=True)
     if not _overdue(hub.settings, run, rnd, now):
         return False
@@ -138,6 +186,11 @@ def _fail(s: Session, hub: Hub, run_id: str, now: datetime) -> bool:
             f"within grace {grace:.0f} s of round {number}'s close "
             f"({since.isoformat(timespec='seconds')}Z); {comes_back}"
         )
+    return _end(s, hub, run_id, reason)
+
+
+def _end(s: Session, hub: Hub, run_id: str, reason: str) -> bool:
+    """Fail the run with its ``run_failed`` entry; True."""
     run, _ = finish_run(s, run_id, "failed", reason)
     record_run_end(s, hub.recorder, run, "failed", reason)
     log.warning("run %s: %s", run_id, reason)

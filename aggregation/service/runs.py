@@ -226,6 +226,7 @@ def start_run(s: Session, run_id: str) -> tuple[Run, bool]:
     if run.latest_model_version is None:
         raise Conflict(f"run {run_id} has no initial model; PUT /v1/runs/{run_id}/models/0 first")
     run.status = "running"
+    run.coordinator_seen_at = utcnow()  # the coordinator's wait for ready silos starts now
     return run, True
 
 

@@ -73,6 +73,8 @@ class Run(Base):
     current_round: Mapped[int] = mapped_column(Integer, default=0)
     strategy_state: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     federation_stats: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # before round 1: the coordinator's last read of the run (`abandoned.coordinator_read`)
+    coordinator_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class RunSilo(Base):

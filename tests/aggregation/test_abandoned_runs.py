@@ -249,3 +249,27 @@ def test_the_grace_is_at_least_the_runs_round_deadline(tmp_path: Path) -> None:
         )
         assert ended
         assert "+ grace 3 s" in (coord.get_run(run.run_id).reason or "")
+
+
+def test_a_run_whose_coordinator_stopped_waiting_for_ready_silos_is_failed(url: str) -> None:
+    coord, silos, name = federation(url)
+    spec = SPEC.model_copy(update={"federation": name, "round_deadline_s": DEADLINE_S})
+    run_id = coord.create_run(RunCreate(spec=spec)).run_id
+    zeros = {n: np.zeros(s, np.float32) for n, s in param_shapes(spec.model)}  # type: ignore[arg-type]
+    coord.put_initial_model(run_id, tensors.encode(zeros))
+    coord.start_run(run_id)  # no round yet: the coordinator waits for its silos to be ready
+    alive_until = time.monotonic() + 3 * GRACE_S
+    while time.monotonic() < alive_until:  # a live coordinator reads every few seconds
+        assert coord.get_run(run_id).status == "running"
+        time.sleep(0.2)
+    last_read = datetime.now(UTC)
+    past(last_read + timedelta(seconds=GRACE_S))  # then it dies
+    new, _ = start(coord, name, silos, deadline_s=600)  # the next run's creation ends it
+    run = coord.get_run(run_id)
+    assert run.status == "failed", run
+    reason = run.reason or ""
+    assert reason.startswith("abandoned: its coordinator stopped reading the run while waiting")
+    assert "opened no round" in reason
+    kinds = ledger_kinds(coord, run_id)
+    assert kinds["run_failed"]["reason"] == reason and "round_failed" not in kinds
+    assert coord.get_run(new).status == "running"

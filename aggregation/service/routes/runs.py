@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from aggregation.service import collective_rounds, lineage
 from aggregation.service import rounds as round_crud
 from aggregation.service import runs as run_crud
-from aggregation.service.abandoned import coordinator_contact, end_abandoned
+from aggregation.service.abandoned import coordinator_contact, coordinator_read, end_abandoned
 from aggregation.service.closing import cancel_run, close_round
 from aggregation.service.contracts import pin_run_contract, pinned_sha256
 from aggregation.service.db import transaction
@@ -84,7 +84,9 @@ def list_runs(
 def get_run(run_id: RunId, factory: FactoryDep, hub: HubDep) -> RunOut:
     with transaction(factory) as s:
         end_abandoned(s, hub, run_id=run_id)  # a coordinator that comes back finds it failed
-        return run_crud.run_out(s, run_crud.get_run(s, run_id))
+        run = run_crud.get_run(s, run_id)
+        coordinator_read(hub.settings, run)  # before round 1, its reads keep it alive
+        return run_crud.run_out(s, run)
 
 
 @router.get("/{run_id}/statistics", responses=errors(404))
