@@ -88,11 +88,10 @@ def _api(prefect_api_url: str, method: str, path: str, body: object = None) -> o
     return prefect_api.call(prefect_api_url, method, path, body)
 
 
-def _trigger(name: str, prefect_api_url: str, *params: str) -> str:
-    """`prefect deployment run` (the command `fedsilo schedule` printed) with `params`
-    (``--param KEY=VALUE`` each); the flow run id."""
+def _prefect(prefect_api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `prefect` CLI against the test's server; it must succeed."""
     out = subprocess.run(
-        [PREFECT, "deployment", "run", f"federated_training/{name}", *params],
+        [PREFECT, *args],
         env=base_env(PREFECT_API_URL=prefect_api_url),
         capture_output=True,
         text=True,
@@ -100,6 +99,13 @@ def _trigger(name: str, prefect_api_url: str, *params: str) -> str:
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def _trigger(name: str, prefect_api_url: str, *params: str) -> str:
+    """`prefect deployment run` (the command `fedsilo schedule` printed) with `params`
+    (``--param KEY=VALUE`` each); the flow run id."""
+    out = _prefect(prefect_api_url, "deployment", "run", f"federated_training/{name}", *params)
     ids = [w for w in out.stdout.split() if len(w) == 36 and w.count("-") == 4]
     assert ids, out.stdout
     return ids[0]
@@ -221,15 +227,7 @@ def test_crashed_flow_run_retried_resumes_its_run(
     )
     done_before = [n for n, closed in before.items() if closed is not None]
     assert done_before and max(done_before) < ROUNDS + 1, before
-    out = subprocess.run(
-        [PREFECT, "flow-run", "retry", flow_run_id],
-        env=base_env(PREFECT_API_URL=prefect_api_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    _prefect(prefect_api_url, "flow-run", "retry", flow_run_id)
     _wait_state(fed, prefect_api_url, flow_run_id, "COMPLETED")
     assert _runs_of(fed, flow_run_id) == [(run_id, "finished")]  # resumed, not started over
     after = dict(
@@ -252,15 +250,7 @@ def test_a_prefect_cancel_cancels_the_service_run_and_frees_the_silos(
     # long enough to be cancelled mid-run on any machine (the silos allow 100 rounds)
     flow_run_id = _trigger(name, prefect_api_url, "--param", "rounds=100")
     run_id = _past_round_one(fed, flow_run_id)
-    out = subprocess.run(  # what an operator types (or the UI's Cancel)
-        [PREFECT, "flow-run", "cancel", flow_run_id],
-        env=base_env(PREFECT_API_URL=prefect_api_url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+    _prefect(prefect_api_url, "flow-run", "cancel", flow_run_id)  # an operator (or the UI)
     _wait_state(fed, prefect_api_url, flow_run_id, "CANCELLED")
 
     def service_run_ended() -> tuple[str, str] | None:
