@@ -1,11 +1,14 @@
 """Silo-level differential privacy: Gaussian noise on the clipped update, RDP accounting.
 
-Each silo clips its delta to C (L2) and adds N(0, (sigma C)^2 / n) per coordinate, so the
-securely aggregated sum of n silos carries N(0, (sigma C)^2): the Gaussian mechanism with
-noise multiplier sigma on a sum whose sensitivity to one silo is C. Every round every silo
-takes part (no sampling amplification), so a run of r rounds composes r Gaussian mechanisms;
-the silo's total across all runs is accounted with RDP (Google's `dp-accounting`) and
-converted to epsilon at the policy's delta.
+Each silo clips its delta to C (L2) and adds N(0, (sigma C)^2 / t) per coordinate, t being the
+round's secure-aggregation threshold: the fewest masked updates the service unmasks. Any sum
+it releases holds at least t shares, so it carries at least N(0, (sigma C)^2), the Gaussian
+mechanism with noise multiplier sigma on a sum whose sensitivity to one silo is C, however many
+silos drop out before unmasking. (Dividing by the roster's size n instead would leave
+sigma * sqrt(k / n) in a sum of k < n survivors, and the epsilon counted would be too low.)
+Every round every silo takes part (no sampling amplification), so a run of r rounds composes r
+Gaussian mechanisms; the silo's total across all runs is accounted with RDP (Google's
+`dp-accounting`) and converted to epsilon at the policy's delta.
 
 The noise comes from a cryptographic keystream (`silos.dp_noise`: ChaCha20 under a fresh
 OS key per call, Box–Muller), not from numpy's predictable generators. The budget file is
@@ -25,9 +28,10 @@ from silos import dp_noise, privacy_budget
 from silos.config import SiloConfig
 
 
-def gaussian_noise(spec: PrivacySpec, n_silos: int, size: int) -> np.ndarray:
-    """This silo's share of the noise: std sigma * C / sqrt(n), from a CSPRNG."""
-    std = spec.noise_multiplier * spec.clip_norm / math.sqrt(max(n_silos, 1))
+def gaussian_noise(spec: PrivacySpec, min_summands: int, size: int) -> np.ndarray:
+    """This silo's share of the noise, from a CSPRNG: std sigma * C / sqrt(t), where
+    `min_summands` (t) is the fewest shares any released sum holds."""
+    std = spec.noise_multiplier * spec.clip_norm / math.sqrt(max(min_summands, 1))
     return dp_noise.gaussian(std, size)
 
 

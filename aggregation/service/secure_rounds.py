@@ -110,7 +110,11 @@ def start(s: Session, rnd: Round, run_id: str, *, consistency_check: bool) -> No
     check, and open the advertise stage. Both are stored with the round, so every service
     process, and a restarted one in another mode, runs the round as it was opened."""
     rnd.roster_json = json.dumps(
-        {"silos": sorted(active_silos(s, run_id)), "consistency_check": consistency_check}
+        {
+            "silos": sorted(active_silos(s, run_id)),
+            "consistency_check": consistency_check,
+            "dp_noise_range": True,  # `quantizer`: rounds opened before it clamp at clip_norm
+        }
     )
     rnd.secagg_stage = "advertise"
 
@@ -270,7 +274,14 @@ def _round_config(
 def quantizer(rnd: Round, spec: RunSpec) -> Quantizer:
     if rnd.kind == "statistics":
         return Quantizer(clip=STATS_CLIP, n_summands=len(roster(rnd)), bits=STATS_BITS)
-    clip = spec.privacy.clip_norm if spec.privacy else spec.secure_aggregation.clip
+    clip = spec.secure_aggregation.clip
+    if spec.privacy is not None:  # the range must hold the silos' noise, not only their deltas
+        wide = bool(round_doc(rnd).get("dp_noise_range"))  # a round opened before: as it began
+        clip = (
+            spec.privacy.quantizer_clip(config(rnd, spec).threshold)
+            if wide
+            else spec.privacy.clip_norm
+        )
     return Quantizer(clip=clip, n_summands=len(roster(rnd)), bits=spec.secure_aggregation.bits)
 
 

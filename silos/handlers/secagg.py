@@ -68,12 +68,16 @@ def unmask(ctx: SiloContext, work: SecAggUnmaskTask) -> None:
 
 def clip_and_noise(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) -> np.ndarray:
     """The flat delta clipped to the round's L2 bound, plus this silo's share of DP noise
-    (counted in the privacy budget with the message it goes into, `send_masked`)."""
+    (counted in the privacy budget with the message it goes into, `send_masked`). The share is
+    sized for the threshold, not the roster: the service unmasks a sum of as few as threshold
+    silos, and that sum must still carry the whole noise."""
     flat = np.concatenate([d.ravel() for d in trained.delta]).astype(np.float64)
-    clipped = secure_round.clip_l2(flat, work.secagg.clip)
     dp = work.spec.privacy
+    # under DP the round's quantizer range (secagg.clip) is wider than the L2 bound: it holds
+    # the noise too (PrivacySpec.quantizer_clip)
+    clipped = secure_round.clip_l2(flat, dp.clip_norm if dp is not None else work.secagg.clip)
     if dp is not None:
-        clipped = clipped + privacy.gaussian_noise(dp, len(work.secagg.roster), clipped.size)
+        clipped = clipped + privacy.gaussian_noise(dp, work.secagg.threshold, clipped.size)
     return clipped
 
 

@@ -58,6 +58,23 @@ def fetch_global_model(
     return params
 
 
+def noise_range_refusal(work: TrainTask | SecAggMaskedTask) -> str | None:
+    """Why the round's quantizer would clamp this silo's DP noise, or None: a service from
+    before the range held the noise (`PrivacySpec.quantizer_clip`) would release a sum with
+    less noise than the epsilon is counted for."""
+    dp = work.spec.privacy
+    if dp is None or not isinstance(work, SecAggMaskedTask):
+        return None
+    need = dp.quantizer_clip(work.secagg.threshold)
+    if work.secagg.clip >= need:
+        return None
+    return (
+        f"round {work.round}: the service quantizes each coordinate into "
+        f"[-{work.secagg.clip:g}, {work.secagg.clip:g}], which would clamp this silo's DP noise "
+        f"(it needs {need:.4g} at threshold {work.secagg.threshold}); upgrade the service"
+    )
+
+
 def privacy_refusal(config: SiloConfig, work: TrainTask | SecAggMaskedTask) -> str | None:
     """Why this round would break the silo's DP budget (policy max_epsilon), or None."""
     config_max = config.policy.max_epsilon
@@ -190,6 +207,9 @@ def run_training_round(
         work.model_version,
         fmt_metrics(metrics),
     )
+    clamped = noise_range_refusal(work)
+    if clamped:  # the service's range is the run's: every later round would clamp too
+        return Declined("run", "policy", clamped)
     refusal = privacy_refusal(ctx.config, work)
     if refusal:  # the budget only shrinks: the rest of the run is out of reach too
         return Declined("run", "privacy_budget", refusal)

@@ -150,7 +150,7 @@ class Federation:
             threshold=2,
             dim=DIM,
             bits=32,
-            clip=0.5,
+            clip=DP.quantizer_clip(2),  # the service's range under DP
             weight=0.5,
         )
         return kind(run_id=RUN, round=round_, spec=SPEC, secagg=info)

@@ -10,7 +10,8 @@ from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.tasks import SecAggInfo, SecAggMaskedTask
 from silos import privacy
 from silos.config import SiloConfig, load_silo_config
-from silos.handlers.training import privacy_refusal
+from silos.handlers.secagg import clip_and_noise
+from silos.handlers.training import Trained, privacy_refusal
 
 SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
 
@@ -20,6 +21,33 @@ def test_each_silo_adds_its_share_so_the_sum_carries_sigma_c() -> None:
     draws = np.stack([privacy.gaussian_noise(SPEC, n, 200_000) for _ in range(n)])
     total_std = float(draws.sum(axis=0).std())
     assert abs(total_std - SPEC.noise_multiplier * SPEC.clip_norm) < 0.01
+
+
+def _masked_task(roster: list[str], threshold: int) -> SecAggMaskedTask:
+    spec = RunSpec(
+        federation="f",
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=3),
+        privacy=SPEC,
+    )
+    info = SecAggInfo(
+        stage="masked", roster=roster, roster_keys={}, threshold=threshold, dim=4, bits=32,
+        clip=SPEC.clip_norm,
+    )  # fmt: skip
+    return SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
+
+
+def test_a_sum_of_only_threshold_survivors_still_carries_sigma_c() -> None:
+    """Five silos on the roster, threshold 3: the service may unmask the sum of 3 once two
+    drop out after masking. Noise sized for the roster (sigma C / sqrt(5) each) would leave
+    sigma C sqrt(3/5) = 0.39 in that sum; sized for the threshold it keeps sigma C = 0.5."""
+    task = _masked_task(["a", "b", "c", "d", "e"], threshold=3)
+    trained = Trained(
+        delta=[np.zeros(200_000, dtype=np.float32)], n_examples=1, seconds=0.0, metrics=None
+    )
+    survivors = np.stack([clip_and_noise(None, task, trained) for _ in range(3)])  # type: ignore[arg-type]
+    sigma_c = SPEC.noise_multiplier * SPEC.clip_norm
+    assert abs(float(survivors.sum(axis=0).std()) - sigma_c) < 0.01
 
 
 def test_epsilon_grows_with_rounds_and_matches_a_known_value(tmp_path: Path) -> None:
