@@ -77,6 +77,21 @@ def run_epsilon(config: SiloConfig, run_id: str, spec: PrivacySpec) -> float:
     return epsilon({sigma: rounds}, spec.delta) if rounds else 0.0
 
 
+def sigma_changed(config: SiloConfig, run_id: str, spec: PrivacySpec) -> str | None:
+    """Why `spec` cannot be accounted in `run_id`'s budget entry, or None: the entry keeps
+    the noise multiplier of the run's first noised round and counts every later round at it,
+    so a run whose spec changes it mid-way (a service that serves another spec) would be
+    under-counted. Such a task is refused."""
+    entry = spent_rounds(config).get(run_id)
+    if entry is None or float(entry["sigma"]) == spec.noise_multiplier:
+        return None
+    return (
+        f"run {run_id} noised its earlier rounds at noise multiplier {float(entry['sigma']):g} "
+        f"and this task asks for {spec.noise_multiplier:g}: a run's noise multiplier never "
+        "changes (this silo's budget counts every round at the first one's)"
+    )
+
+
 def release_id(round_: int, message: bytes) -> str:
     """What one noised release is known by in the budget: its round and its bytes' digest."""
     return f"{round_}:{hashlib.sha256(message).hexdigest()[:32]}"

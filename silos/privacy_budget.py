@@ -10,8 +10,9 @@ where ``signature`` is the silo key's Ed25519 signature of ``SIGNING_PREFIX`` + 
 canonical JSON; ``state`` is ``{"runs": {run_id: {"sigma", "rounds", "released"}}, "resets":
 [...]}`` (``released``: the id of each counted message, `silos.privacy.release_id`).
 A file that does not verify, an unsigned file once a signed one was written (the marker
-``privacy/signed`` says so), or a missing file after that, raises `PrivacyBudgetError`
-naming the file: restore it from a backup, or reset it on purpose::
+``privacy/signed`` says so), or a missing file after that or beside privacy_spent statements
+in the silo's copy of its lineage (the whole ``privacy/`` folder deleted), raises
+`PrivacyBudgetError` naming the file: restore it from a backup, or reset it on purpose::
 
     fedsilo silo reset-privacy-budget --config silo.toml --reason "restored host, no backup"
     python -m silos.privacy_budget reset --config silo.toml --reason "..."  # without the CLI
@@ -43,6 +44,7 @@ from silos.config import SiloConfig, load_silo_config
 from silos.exceptions import PrivacyBudgetError, SiloConfigError
 from silos.files import private_dir, write_private
 from silos.keys import load_or_create_key
+from silos.lineage_copy import records_path
 
 log = logging.getLogger("fedsilo.silo.privacy")
 
@@ -63,6 +65,20 @@ def budget_path(workspace: Path) -> Path:
 
 def _marker(workspace: Path) -> Path:
     return workspace / "privacy" / "signed"
+
+
+def _privacy_statements(workspace: Path) -> int:
+    """How many privacy_spent statements the silo's copy of its lineage holds: a silo that
+    sent one had a budget, so a missing budget beside them is a deleted one, not a new silo."""
+    path = records_path(workspace)
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8") as fh:  # read once per fresh budget: cheap enough
+        return sum(
+            1
+            for record in (json.loads(line) for line in fh if "privacy_spent" in line)
+            if record.get("statement", {}).get("kind") == "privacy_spent"
+        )
 
 
 def _canonical(state: State) -> bytes:
@@ -102,6 +118,13 @@ def load(config: SiloConfig) -> State:
     if not path.exists():
         if signed_before:
             raise _refuse(config, "is missing although a signed budget was written before")
+        spent = _privacy_statements(ws)
+        if spent:  # the whole privacy/ folder went: its marker with it
+            raise _refuse(
+                config,
+                f"is missing although this silo's copy of its lineage ({records_path(ws)}) "
+                f"holds {spent} privacy_spent statements",
+            )
         return {"runs": {}, "resets": []}
     try:
         doc = json.loads(path.read_text())

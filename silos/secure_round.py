@@ -199,6 +199,43 @@ def share(client: SiloClient, key: Ed25519PrivateKey, work: SecAggTask, workspac
     _send_once(client, work, base, "share", build)
 
 
+def weight_refusal(key: Ed25519PrivateKey, work: SecAggMaskedTask, workspace: Path) -> str | None:
+    """Why this silo will not apply the weight the service sent for its masked update, or None.
+
+    The service chooses each silo's weight, and the silo scales its update by it before
+    masking: weights of 1e-12 to every silo but one would make the unmasked sum that one
+    silo's update. A weight must lie in (0, 1]. Under DP it is 1/m for the m silos that
+    advertised keys: with the complete graph this silo verified every one of those adverts
+    (their signatures) in the share stage, so it checks 1/m exactly; in a SecAgg+ graph it saw
+    only its neighbours', so it checks 1/n <= w <= 1/2 for the roster's n. Without DP the
+    weight n_k / N rests on the service's N, which no silo can check alone (README: threat
+    model)."""
+    info = work.secagg
+    if info.weight is None:
+        return None
+    where = f"round {work.round} of run {work.run_id}"
+    if not 0 < info.weight <= 1:
+        return f"{where}: the service sent weight {info.weight!r}, outside (0, 1]"
+    if work.spec.privacy is None:
+        return None
+    if info.degree is None:
+        state = load_state(_paths(workspace, work).with_suffix(".state").read_bytes(), key)
+        m = len(state.peers)  # this silo and every advert it verified
+        if abs(info.weight * m - 1) > 1e-9:
+            return (
+                f"{where}: under DP every silo's weight is 1/m for the m = {m} silos that "
+                f"advertised keys, but the service sent {info.weight!r}"
+            )
+        return None
+    n = len(info.roster)
+    if not 1 / n - 1e-12 <= info.weight <= 0.5 + 1e-12:
+        return (
+            f"{where}: under DP a weight is 1/m for the m silos that advertised keys, between "
+            f"1/{n} and 1/2 for a roster of {n}, but the service sent {info.weight!r}"
+        )
+    return None
+
+
 def round_file(workspace: Path, work: SecAggTask, suffix: str) -> Path:
     """The workspace file `suffix` (".masked.msg", say) of the task's round: erased with the
     round's state."""

@@ -86,6 +86,9 @@ def submit_masked(ctx: SiloContext, work: SecAggMaskedTask, trained: Trained) ->
     round's message built before a restart is sent again as is: nothing is noised anew."""
     message = secure_round.saved_masked(ctx.workspace, work)
     if message is None:
+        refusal = secure_round.weight_refusal(ctx.key, work, ctx.workspace)
+        if refusal:  # a service that weights updates so as to isolate one: leave the run
+            raise Declined("run", "policy", refusal)
         _keep_bookkeeping(ctx, work, trained)
         weight = work.secagg.weight if work.secagg.weight is not None else 1.0
         weighted = weight * clip_and_noise(ctx, work, trained)

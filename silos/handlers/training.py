@@ -210,6 +210,10 @@ def run_training_round(
     clamped = noise_range_refusal(work)
     if clamped:  # the service's range is the run's: every later round would clamp too
         return Declined("run", "policy", clamped)
+    if work.spec.privacy is not None:
+        changed = privacy.sigma_changed(ctx.config, work.run_id, work.spec.privacy)
+        if changed:
+            return Declined("run", "policy", changed)
     refusal = privacy_refusal(ctx.config, work)
     if refusal:  # the budget only shrinks: the rest of the run is out of reach too
         return Declined("run", "privacy_budget", refusal)

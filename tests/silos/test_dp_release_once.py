@@ -35,6 +35,7 @@ from schemas.tasks import SecAggAdvertiseTask, SecAggInfo, SecAggMaskedTask, Sec
 from silos import privacy, secure_round
 from silos.client_errors import AlreadyAnswered
 from silos.config import SiloConfig, load_silo_config
+from silos.decline import Declined
 from silos.handlers.context import SiloContext
 from silos.keys import load_or_create_key
 from silos.local_data import LocalData
@@ -340,3 +341,59 @@ def test_the_statement_tells_this_runs_epsilon_from_the_silos_total(fed: Federat
     (statement,) = [p for kind, p in client.statements if kind == "privacy_spent"]
     assert statement["epsilon"] == pytest.approx(privacy.epsilon({1.0: 3}, DP.delta))
     assert statement["run_epsilon"] == pytest.approx(privacy.epsilon({1.0: 1}, DP.delta))
+
+
+def test_a_weight_that_would_isolate_one_silo_is_refused_before_anything_is_noised(
+    fed: Federation,
+) -> None:
+    """A service that sends silo a weight 1e-12 (and its target 1) would unmask the target's
+    update nearly alone. Under DP with the complete graph a silo checks 1/m for the m adverts
+    it verified: a leaves the run, nothing is masked, sent or counted."""
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    client: Client = a.client  # type: ignore[assignment]
+    forged = work.model_copy(update={"secagg": work.secagg.model_copy(update={"weight": 1e-12})})
+    with pytest.raises(Declined) as refused:
+        handler.masked_train(a, forged)
+    assert refused.value.scope == "run" and refused.value.cause == "policy"
+    assert "1/m for the m = 2 silos" in refused.value.reason and "1e-12" in refused.value.reason
+    assert client.submitted == [] and RUN not in privacy.spent_rounds(a.config)
+    assert secure_round.saved_masked(a.workspace, work) is None
+    handler.masked_train(a, work)  # the weight the two adverts give, 1/2, is applied
+    assert len(client.submitted) == 1
+
+
+def test_weights_outside_what_a_silo_can_check_are_refused(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    roster = ["a", "b", "c", "d", "e"]
+
+    def task(weight: float, *, dp: bool, degree: int | None = None) -> SecAggMaskedTask:
+        info = SecAggInfo(
+            stage="masked", roster=roster, roster_keys={}, threshold=3, dim=DIM, bits=32,
+            clip=DP.quantizer_clip(3), weight=weight, degree=degree,
+        )  # fmt: skip
+        spec = SPEC if dp else SPEC.model_copy(update={"privacy": None})
+        return SecAggMaskedTask(run_id=RUN, round=4, spec=spec, secagg=info)
+
+    refusal = secure_round.weight_refusal(key, task(1.5, dp=False), tmp_path)
+    assert refusal is not None and "round 4" in refusal and "outside (0, 1]" in refusal
+    assert secure_round.weight_refusal(key, task(1e-12, dp=False), tmp_path) is None
+    # SecAgg+ under DP: only neighbours' adverts were seen, so 1/n <= w <= 1/2 is checked
+    assert secure_round.weight_refusal(key, task(0.25, dp=True, degree=2), tmp_path) is None
+    low = secure_round.weight_refusal(key, task(0.1, dp=True, degree=2), tmp_path)
+    assert low is not None and "between 1/5 and 1/2" in low
+
+
+def test_a_run_whose_noise_multiplier_changes_is_refused(fed: Federation) -> None:
+    """The budget counts a run's rounds at its first round's noise multiplier: a later task
+    with a smaller one (10 rounds at 0.3 after one at 1.0 would spend epsilon ~100, counted
+    as ~20) is refused and the run left."""
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    handler.masked_train(a, work)
+    weaker = SPEC.model_copy(update={"privacy": DP.model_copy(update={"noise_multiplier": 0.3})})
+    second = fed.ready(2).model_copy(update={"spec": weaker})
+    outcome = handler.masked_train(a, second)
+    assert isinstance(outcome, Declined) and outcome.scope == "run"
+    assert "noise multiplier 1" in outcome.reason and "asks for 0.3" in outcome.reason
+    assert _rounds(a) == 1

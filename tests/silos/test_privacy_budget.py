@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from silos import agent, privacy, privacy_budget
 from silos.config import SiloConfig, load_silo_config
 from silos.exceptions import PrivacyBudgetError
 from silos.handlers.training import privacy_refusal
+from silos.lineage_copy import keep_receipt
 
 SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
 
@@ -80,6 +82,26 @@ def test_deleting_or_replacing_the_signed_file_is_detected(config: SiloConfig) -
     path.unlink()
     with pytest.raises(PrivacyBudgetError, match="missing"):
         privacy.spent_rounds(config)
+
+
+def test_deleting_the_whole_privacy_folder_is_detected_from_the_lineage_copy(
+    config: SiloConfig,
+) -> None:
+    """`rm -rf privacy/` takes the "signed before" marker with the budget: the silo's copy
+    of its lineage still holds the privacy_spent statement it sent, so the budget is not
+    silently started from zero; an explicit reset is still possible."""
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    statement = {"run_id": "r1", "kind": "privacy_spent", "payload": "{}", "author": "a"}
+    receipt = {"seq": 1, "entry_hash": "h1", "prev_hash": "h0"}
+    receipt |= {"created_at": "2026-12-07T00:00:00Z", "signature": "s"}
+    answer = {"statement": statement, "author_signature": "s", "receipt": receipt}
+    assert keep_receipt(config.workspace, answer) is not None
+    shutil.rmtree(config.workspace / "privacy")
+    with pytest.raises(PrivacyBudgetError) as caught:
+        privacy.spent_rounds(config)
+    assert "lineage" in str(caught.value) and "1 privacy_spent statements" in str(caught.value)
+    privacy_budget.reset(config, "restored host, no backup")
+    assert privacy.spent_rounds(config) == {}
 
 
 def test_an_older_unsigned_file_is_signed_on_first_load(
