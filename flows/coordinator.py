@@ -39,6 +39,7 @@ from flows.service_client import CoordinatorClient
 from schemas import tensors
 from schemas.distill import DistillSpec
 from schemas.ensemble import EnsembleSpec
+from schemas.metrics import federation_name
 from schemas.specs import (
     AsyncSpec,
     ModelSpec,
@@ -470,7 +471,10 @@ def _train(rounds: RoundSequence, spec: RunSpec, logger: Any) -> tuple[list[Roun
             number,
             ", ".join(r.contributors),
             r.evaluated_version,
-            " ".join(f"{k} {sig4(v)}" for k, v in r.metrics.items() if v is not None) or "-",
+            " ".join(
+                f"{federation_name(k)} {sig4(v)}" for k, v in r.metrics.items() if v is not None
+            )
+            or "-",
         )
         if r.declined:
             logger.info(

@@ -7,6 +7,7 @@ from typing import Any
 
 from flows.lineage_view import as_dict, as_float, as_list, payload_of
 from schemas.lineage import LineageEntry
+from schemas.metrics import federation_name
 
 
 def _short(digest: Any, n: int = 12) -> str:
@@ -18,7 +19,8 @@ def _metric_text(weighted: dict[str, Any]) -> str:
     for name in ("accuracy", "auc", "f1_macro", "rmse", "mae", "r2", "loss"):  # the task's
         value = as_float(weighted.get(name))
         if value is not None:
-            parts.append(f"{name} {value:.4g}" if abs(value) >= 100 else f"{name} {value:.3f}")
+            shown = federation_name(name)
+            parts.append(f"{shown} {value:.4g}" if abs(value) >= 100 else f"{shown} {value:.3f}")
     return ", ".join(parts) or "no weighted metrics"
 
 

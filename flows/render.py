@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from schemas.metrics import METRIC_NAMES, weighted_metric
+from schemas.metrics import MEAN_OF_SILOS, METRIC_NAMES, weighted_metric
 from schemas.wire import Metrics, RoundOut, SiloRoundState
 
 # column headings of the metrics the silos report (which ones follows the contract's task)
@@ -75,7 +75,9 @@ def round_table(rounds: list[RoundOut]) -> Table:
     """One row per round: who answered, who refused or is absent, and the evaluated metrics.
 
     Metrics in a training round are the silos' evaluation of the model the round started from
-    (version round-1), weighted by holdout size; an evaluation round scores the final model.
+    (version round-1), combined over silos by `schemas.metrics.weighted_metric`: the pooled
+    score, except ROC AUC, macro-F1 and R², shown as "mean ..." with a caption saying so; an
+    evaluation round scores the final model.
     """
     names = reported_metrics([s.metrics for r in rounds for s in r.silos if s.metrics])[:-1]
     table = Table(
@@ -86,9 +88,17 @@ def round_table(rounds: list[RoundOut]) -> Table:
         "stage",
         "awaited",
         "refused / declined / absent",
-        *[METRIC_LABELS[n] for n in names],
+        *[f"mean {METRIC_LABELS[n]}" if n in MEAN_OF_SILOS else METRIC_LABELS[n] for n in names],
         "model",
         title="rounds (metrics: model the round started from)",
+        caption=(
+            "mean "
+            + ", ".join(METRIC_LABELS[n] for n in names if n in MEAN_OF_SILOS)
+            + ": the silos' own scores averaged by holdout rows, not the score on all rows "
+            "together (the other metrics are)"
+        )
+        if any(n in MEAN_OF_SILOS for n in names)
+        else None,
     )
     for r in rounds:
         answered = [s for s in r.silos if s.state in ("submitted", "evaluated")]

@@ -12,7 +12,7 @@ from flows.drift_view import drift_by_round, drift_rows
 from flows.round_progress import declined
 from flows.service_client import CoordinatorClient
 from schemas.lineage import LineageEntry
-from schemas.metrics import METRIC_NAMES, weighted_metric
+from schemas.metrics import METRIC_NAMES, federation_name, weighted_metric
 from schemas.wire import RoundOut
 
 
@@ -128,7 +128,7 @@ def publish(
             "sat out (validation)": "; ".join(f"{k}: {v}" for k, v in r.sat_out.items()),
             "declined": "; ".join(f"{k}: {v}" for k, v in r.declined.items()),
             "drift warnings": drift.get(r.round, ""),
-            **{name: sig4(r.metrics.get(name)) for name in names},
+            **{federation_name(name): sig4(r.metrics.get(name)) for name in names},
             "wall s": round(r.wall_seconds, 3),
             "overhead s": round(r.overhead_seconds, 3),
         }

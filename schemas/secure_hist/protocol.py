@@ -173,7 +173,8 @@ class HistRunConfig:
         XGBoost hyperparameters (max_depth, eta, lambda, alpha, gamma, min_child_weight,
         max_bin; subsample/colsample must stay 1).
     n_trees
-        Boosting rounds.
+        Trees, not boosting rounds: multi:softprob grows `num_class` trees a boosting round,
+        so it is rounds * num_class there (`export_xgb` refuses a partial round).
     ranges
         Per feature (low, high): the contract's range, bounds the fine binning grid.
     fine_cells

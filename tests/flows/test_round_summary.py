@@ -60,3 +60,37 @@ def test_summary_weights_by_holdout_and_keeps_every_scored_silo() -> None:
     assert record.waiting == ["d"]
     assert record.overhead_seconds == pytest.approx(2.0)
     assert record.evaluated_version == 1
+
+
+def test_rmse_is_the_pooled_one_and_auc_is_labelled_as_the_silos_mean() -> None:
+    """RMSE over two silos is the root of the pooled mean squared error (a mean of RMSEs is
+    smaller); AUC cannot be pooled from scores, so the round table and the log say "mean"."""
+    from rich.console import Console
+
+    from flows.render import round_table
+    from schemas.metrics import federation_name, weighted_metric
+
+    rng = np.random.default_rng(0)
+    errors = [rng.normal(0, 1, 40), rng.normal(0, 5, 10)]  # a: 40 rows, b: 10
+    scored = [
+        Metrics(n_test=len(e), loss=float(np.mean(e**2)), rmse=float(np.sqrt(np.mean(e**2))))
+        for e in errors
+    ]
+    pooled = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
+    assert weighted_metric(scored, "rmse") == pytest.approx(pooled)
+    assert pooled - np.average([m.rmse for m in scored], weights=[40, 10]) > 0.5  # type: ignore[misc]
+    assert federation_name("auc") == "auc (silos' mean)" and federation_name("rmse") == "rmse"
+
+    binary = _round(
+        [
+            SiloRoundState(
+                silo="a",
+                state="submitted",
+                metrics=Metrics(n_test=30, loss=0.5, accuracy=0.8, auc=0.9),
+            )
+        ]
+    )
+    console = Console(record=True, width=200)
+    console.print(round_table([binary]))
+    text = console.export_text()
+    assert "mean AUC" in text and "not the score on all rows" in text
