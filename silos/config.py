@@ -134,6 +134,12 @@ class PolicySection(_Section):
         description="total DP budget across runs; rounds that would exceed it are refused",
     )
     require_privacy: bool = Field(default=False, description="refuse runs without silo-level DP")
+    min_noise_multiplier: float | None = Field(
+        default=None,
+        gt=0,
+        description="refuse a DP run whose noise multiplier is below this (require_privacy "
+        "alone accepts any, even 1e-6)",
+    )
     trees: TreePolicy = TreePolicy()
 
 

@@ -171,7 +171,8 @@ def target_labels(df: pd.DataFrame, contract: Contract, source: object = None) -
             examples = sorted({str(v) for v in values[bad].head(3)})
             raise DataError(
                 f"{where}regression target {column!r} holds {int(bad.sum())} values that are "
-                f"not numbers, e.g. {examples}"
+                "not numbers",
+                examples=examples,
             )
         return numbers.to_numpy(dtype=np.float64)
     if contract.column(column).type == "boolean":

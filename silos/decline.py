@@ -55,8 +55,8 @@ def declined_for(exc: BaseException) -> Declined:
     if isinstance(exc, Declined):
         return exc
     text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, DataError | FeatureError):
-        return Declined("round", "data", str(exc))
+    if isinstance(exc, DataError | FeatureError):  # its example values stay at the silo
+        return Declined("round", "data", getattr(exc, "shareable", str(exc)))
     if isinstance(exc, ContractError):
         return Declined("run", "contract", str(exc))
     if isinstance(exc, PolicyRefusal):

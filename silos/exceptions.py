@@ -21,7 +21,28 @@ Each message names the file, column or parameter at fault and says what to do ab
 
 
 class SiloError(Exception):
-    """Base class for errors raised inside a silo."""
+    """Base class for errors raised inside a silo.
+
+    `examples` are row values that help the silo's operator (shown in ``str(exc)``, logged
+    at the silo) but must not leave it: `shareable` is the message without them, what a
+    decline sent to the service carries (`silos.decline.declined_for`).
+    """
+
+    def __init__(self, message: str = "", *, examples: list[str] | None = None) -> None:
+        self.shareable = message
+        self.examples = examples
+        super().__init__(f"{message}; e.g. {examples}" if examples else message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # as raised, whatever a subclass's __init__ takes (a Prefect task's result is pickled)
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[SiloError], args: tuple[object, ...], state: dict[str, object]) -> SiloError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class DataError(SiloError):

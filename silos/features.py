@@ -170,7 +170,8 @@ def numeric_values(col: Column, series: pd.Series) -> np.ndarray:
         examples = sorted({str(v) for v in series[not_numbers].head(3)})
         raise FeatureError(
             f"column {col.name!r} is numeric ({col.unit or 'no unit'}) but holds "
-            f"{int(not_numbers.sum())} non-numeric values, e.g. {examples}; clean them at the silo"
+            f"{int(not_numbers.sum())} non-numeric values; clean them at the silo",
+            examples=examples,
         )
     for sentinel in col.missing_sentinels:
         values[values == float(sentinel)] = np.nan
@@ -212,8 +213,9 @@ def _encode_discrete(col: Column, series: pd.Series) -> tuple[np.ndarray, int]:
             examples = sorted({str(v) for v in series[unknown].head(5)})
             raise FeatureError(
                 f"column {col.name!r} holds {int(unknown.sum())} values the contract does not "
-                f"list, e.g. {examples}; allowed: {list(col.levels)}. Recode them at the silo, "
-                'or declare on_unknown = "missing" for this column in the contract'
+                f"list; allowed: {list(col.levels)}. Recode them at the silo, "
+                'or declare on_unknown = "missing" for this column in the contract',
+                examples=examples,
             )
         missing |= unknown
     _refuse_unexpected_missing(col, missing)

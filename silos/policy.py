@@ -40,6 +40,12 @@ def policy_violation(
         )
     if policy.require_privacy and spec.privacy is None:
         return f"silo {config.silo.name} policy requires silo-level differential privacy"
+    floor = policy.min_noise_multiplier
+    if floor is not None and spec.privacy is not None and spec.privacy.noise_multiplier < floor:
+        return (
+            f"silo {config.silo.name} policy requires a noise multiplier of at least {floor:g}; "
+            f"the run asks for {spec.privacy.noise_multiplier:g}"
+        )
     if spec.dataset != config.data.contract:
         return (
             f"silo {config.silo.name} holds data under contract {config.data.contract!r}; "

@@ -111,7 +111,7 @@ def test_booleans_accept_common_spellings(value: object) -> None:
 
 
 def test_unknown_category_is_an_error_by_default() -> None:
-    with pytest.raises(FeatureError, match=r"'cp' holds 1 values.*'chest pain'.*on_unknown"):
+    with pytest.raises(FeatureError, match=r"'cp' holds 1 values.*on_unknown.*'chest pain'"):
         PIPE.transform(frame(patient(cp="chest pain")))
     with pytest.raises(FeatureError, match="'fbs' holds 1 values"):
         PIPE.transform(frame(patient(fbs="maybe")))
@@ -183,3 +183,22 @@ def test_encoding_is_row_by_row(rows: list[tuple]) -> None:
     singles = np.concatenate([PIPE.transform(df.iloc[[i]])[0] for i in range(len(df))])
     np.testing.assert_array_equal(X, singles)
     assert ((X >= 0) & (X <= 1)).all()
+
+
+def test_a_declines_reason_names_the_column_but_not_the_rows_values() -> None:
+    """The operator's error shows example values; the decline the service records (and the
+    ledger keeps) says only which column and how many, so no row value leaves the silo."""
+    import pickle
+
+    from silos.decline import declined_for
+
+    cases = {"cp": patient(cp="SECRET-CATEGORY-42"), "chol": patient(chol="PATIENT-7731")}
+    for column, row in cases.items():
+        secret = str(row[column])
+        with pytest.raises(FeatureError) as caught:
+            PIPE.transform(frame(row))
+        assert secret in str(caught.value) and f"'{column}'" in str(caught.value)
+        reason = declined_for(caught.value).reason
+        assert f"'{column}'" in reason and secret not in reason
+        again = pickle.loads(pickle.dumps(caught.value))
+        assert str(again) == str(caught.value) and again.shareable == caught.value.shareable

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.specs import ModelSpec, RunSpec
+from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from silos.config import load_silo_config
 from silos.exceptions import SiloConfigError
 from silos.keys import load_or_create_key
@@ -139,3 +139,22 @@ def test_policy_refusals_say_why(tmp_path: Path) -> None:
     other = base.model_copy(update={"dataset": "credit_default"})
     assert "contract 'heart_disease'" in (policy_violation(cfg, other, 4) or "")
     assert "expects 4 features" in (policy_violation(cfg, base, 7) or "")
+
+
+def test_a_policy_floor_on_the_noise_multiplier_refuses_a_weaker_dp_run(tmp_path: Path) -> None:
+    """require_privacy alone accepts any noise multiplier, 1e-6 included (epsilon ~5e11 for
+    one round); min_noise_multiplier refuses one below the silo's floor."""
+    text = GOOD + "require_privacy = true\nmin_noise_multiplier = 0.8\n"
+    cfg = load_silo_config(write(tmp_path, text))
+    base = RunSpec(
+        federation="heart",
+        dataset="heart_disease",
+        model=ModelSpec(kind="logreg", n_features=4),
+        rounds=5,
+    )
+    assert "requires silo-level differential privacy" in (policy_violation(cfg, base, 4) or "")
+    weak = base.model_copy(update={"privacy": PrivacySpec(noise_multiplier=1e-6, clip_norm=0.5)})
+    problem = policy_violation(cfg, weak, 4) or ""
+    assert "noise multiplier of at least 0.8" in problem and "asks for 1e-06" in problem
+    strong = base.model_copy(update={"privacy": PrivacySpec(noise_multiplier=1.0, clip_norm=0.5)})
+    assert policy_violation(cfg, strong, 4) is None
