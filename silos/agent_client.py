@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from silos.client import SiloClient
 from silos.config import SiloConfig
-from silos.keys import load_or_create_key
+from silos.keys import load_silo_key
 from silos.tls_client import TlsFiles
 
 
 def make_client(config: SiloConfig, retry_for_s: float | None = None) -> SiloClient:
     """The silo's signed client; it retries the service forever unless `retry_for_s` bounds it
     (tests and one-shot commands)."""
-    key = load_or_create_key(config.key_path)
+    key = load_silo_key(config.key_path, config.workspace)
     return SiloClient(
         config.service.urls,
         federation=config.silo.federation,

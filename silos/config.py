@@ -133,6 +133,13 @@ class PolicySection(_Section):
         gt=0,
         description="total DP budget across runs; rounds that would exceed it are refused",
     )
+    delta: float = Field(
+        default=1e-5,
+        gt=0,
+        lt=1,
+        description="the delta max_epsilon is counted at (a run's own delta when smaller): a "
+        "run asking for delta 0.99 would otherwise fit ~4x the rounds under the same cap",
+    )
     require_privacy: bool = Field(default=False, description="refuse runs without silo-level DP")
     min_noise_multiplier: float | None = Field(
         default=None,

@@ -41,3 +41,30 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return key
+
+
+# what a workspace holds once it has worked under a key: the key's signatures are in them
+_SIGNED_TRACES = ("privacy/signed", "lineage/records.jsonl")  # the marker: a signed budget
+
+
+def load_silo_key(path: Path, workspace: Path) -> Ed25519PrivateKey:
+    """The silo's key (`load_or_create_key`), except that a missing key is not created anew
+    for a workspace that already worked under one: a new key is a new identity, which the
+    service refuses for an enrolled silo and under which the signed privacy budget no longer
+    verifies, so it would only lead to a reset that forgets the rounds spent.
+
+    Raises
+    ------
+    SiloConfigError
+        The key is missing although the workspace holds files signed under a key.
+    """
+    if not path.exists():
+        traces = [str(workspace / t) for t in _SIGNED_TRACES if (workspace / t).exists()]
+        if traces:
+            raise SiloConfigError(
+                f"the silo's identity key {path} is missing, but its workspace has worked "
+                f"under a key ({', '.join(traces)}): restore the key file from a backup; a "
+                "new key would be a new identity (the service refuses it for an enrolled "
+                "silo, and the signed privacy budget would no longer verify)"
+            )
+    return load_or_create_key(path)

@@ -57,8 +57,15 @@ def spent_rounds(config: SiloConfig) -> dict[str, dict[str, Any]]:
     return dict(privacy_budget.load(config)["runs"])
 
 
+def budget_delta(config: SiloConfig, spec: PrivacySpec) -> float:
+    """The delta the silo's budget (policy max_epsilon) is counted at: its policy's, or the
+    run's when smaller. Counting at the run's alone would let a coordinator loosen the cap."""
+    return min(spec.delta, config.policy.delta)
+
+
 def epsilon_if(config: SiloConfig, run_id: str, spec: PrivacySpec, extra_rounds: int) -> float:
-    """The silo's total epsilon if it contributes `extra_rounds` more rounds to `run_id`."""
+    """The silo's total epsilon, at `budget_delta`, if it contributes `extra_rounds` more
+    rounds to `run_id`."""
     spent = spent_rounds(config)
     counts: dict[float, int] = {}
     for rid, entry in spent.items():
@@ -66,7 +73,7 @@ def epsilon_if(config: SiloConfig, run_id: str, spec: PrivacySpec, extra_rounds:
         counts[float(entry["sigma"])] = counts.get(float(entry["sigma"]), 0) + n
     if run_id not in spent:
         counts[spec.noise_multiplier] = counts.get(spec.noise_multiplier, 0) + extra_rounds
-    return epsilon(counts, spec.delta)
+    return epsilon(counts, budget_delta(config, spec))
 
 
 def run_epsilon(config: SiloConfig, run_id: str, spec: PrivacySpec) -> float:

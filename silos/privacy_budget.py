@@ -37,13 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from silos.config import SiloConfig, load_silo_config
 from silos.exceptions import PrivacyBudgetError, SiloConfigError
 from silos.files import private_dir, write_private
-from silos.keys import load_or_create_key
+from silos.keys import load_silo_key
 from silos.lineage_copy import records_path
 
 log = logging.getLogger("fedsilo.silo.privacy")
@@ -130,7 +133,7 @@ def load(config: SiloConfig) -> State:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _refuse(config, f"cannot be read ({exc})") from exc
-    key = load_or_create_key(config.key_path)
+    key = load_silo_key(config.key_path, config.workspace)
     if isinstance(doc, dict) and doc.get("format") == FORMAT:
         return _verified(config, doc, key)
     if signed_before:
@@ -151,12 +154,41 @@ def _verified(config: SiloConfig, doc: dict[str, Any], key: Ed25519PrivateKey) -
         signature = bytes.fromhex(str(doc.get("signature", "")))
         key.public_key().verify(signature, SIGNING_PREFIX + _canonical(state))  # type: ignore[arg-type]
     except (InvalidSignature, ValueError, TypeError) as exc:
+        if _spent_under_other_key(doc, key) is not None:
+            raise _refuse(
+                config,
+                f"is signed by another key ({str(doc.get('silo_key'))[:16]}...) than this "
+                f"silo's ({_public_hex(key)[:16]}...): the silo's identity key changed. "
+                f"Restore the key file {config.key_path} it was signed with rather than reset",
+            ) from exc
         raise _refuse(
             config, "does not match its signature (edited by hand, or signed by another key)"
         ) from exc
     if not isinstance(state, dict) or not isinstance(state.get("runs"), dict):
         raise _refuse(config, "is signed but not a budget state")
     return state
+
+
+def _read_doc(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _spent_under_other_key(doc: Any, key: Ed25519PrivateKey) -> dict[str, Any] | None:
+    """The runs of a budget that verifies under the key it names, when that is not `key`
+    (the silo's key changed, not the budget), else None."""
+    if not isinstance(doc, dict) or doc.get("silo_key") == _public_hex(key):
+        return None
+    try:
+        other = Ed25519PublicKey.from_public_bytes(bytes.fromhex(str(doc.get("silo_key"))))
+        signature = bytes.fromhex(str(doc.get("signature", "")))
+        other.verify(signature, SIGNING_PREFIX + _canonical(doc.get("state")))  # type: ignore[arg-type]
+    except (InvalidSignature, ValueError, TypeError):
+        return None
+    runs = doc["state"].get("runs") if isinstance(doc.get("state"), dict) else None
+    return runs if isinstance(runs, dict) else None
 
 
 def _migrated(config: SiloConfig, doc: Any) -> State:
@@ -173,7 +205,7 @@ def _migrated(config: SiloConfig, doc: Any) -> State:
 
 def save(config: SiloConfig, state: State, key: Ed25519PrivateKey | None = None) -> None:
     """Sign `state` with the silo's key and write it (0600, atomically)."""
-    key = key or load_or_create_key(config.key_path)
+    key = key or load_silo_key(config.key_path, config.workspace)
     doc = {
         "format": FORMAT,
         "silo_key": _public_hex(key),
@@ -213,6 +245,11 @@ def reset(config: SiloConfig, reason: str, *, discard_valid: bool = False) -> Pa
     try:
         runs = load(config)["runs"]
     except PrivacyBudgetError:
+        # one that verifies under the key it names is valid: only the silo's key changed
+        runs = _spent_under_other_key(
+            _read_doc(path), load_silo_key(config.key_path, config.workspace)
+        )
+    if runs is None:
         valid = False
     else:
         valid = bool(runs)  # a budget that spent nothing loses nothing in a reset

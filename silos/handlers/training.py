@@ -22,7 +22,7 @@ from schemas import tensors
 from schemas.specs import RunSpec, param_shapes, update_shapes
 from schemas.tasks import SecAggMaskedTask, TrainTask
 from schemas.wire import Metrics
-from silos import personalize_state, privacy, scaffold
+from silos import ledger_sync, personalize_state, privacy, scaffold
 from silos.bench_delay import bench_delay
 from silos.client import SiloClient
 from silos.config import SiloConfig
@@ -84,7 +84,8 @@ def privacy_refusal(config: SiloConfig, work: TrainTask | SecAggMaskedTask) -> s
     if after > config_max:
         return (
             f"round {work.round} would bring this silo's epsilon to {after:.2f} "
-            f"(delta {work.spec.privacy.delta:g}); its policy allows at most {config_max:g}"
+            f"(delta {privacy.budget_delta(config, work.spec.privacy):g}); its policy allows "
+            f"at most {config_max:g}"
         )
     return None
 
@@ -152,26 +153,21 @@ def report_privacy(
 ) -> None:
     """Tell the ledger the epsilon spent so far (once per accepted update, under DP only).
     A duplicate answer means the first one was lost (a retry, or a restart's resend): the
-    statement is sent then unless the silo's own copy of its lineage already holds it."""
+    statement is sent then unless the silo's own copy of its lineage holds it, once the copy
+    got the run's receipts it lacked from the ledger (`ledger_sync.keep_answer`)."""
     dp = work.spec.privacy
-    if dp is None or (answer.get("duplicate") and _reported(ctx.workspace, work)):
+    if dp is None:
         return
-    spent = privacy.epsilon_if(ctx.config, work.run_id, dp, 0)
-    payload = {
-        "silo": ctx.silo,
-        "round": work.round,
-        "epsilon": spent,  # the silo's total over all its runs so far
-        "run_epsilon": privacy.run_epsilon(ctx.config, work.run_id, dp),  # this run's alone
-        "delta": dp.delta,
-        "noise_multiplier": dp.noise_multiplier,
-        "clip_norm": dp.clip_norm,
-    }
+    ledger_sync.catch_up_privacy(ctx.client, ctx.config, work.run_id, dp)  # an earlier round's
+    if answer.get("duplicate") and _reported(ctx.workspace, work):
+        return
+    payload = ledger_sync.privacy_payload(ctx.config, ctx.silo, work.run_id, work.round, dp)
     keep_receipt(ctx.workspace, ctx.client.submit_statement(work.run_id, "privacy_spent", payload))
     get_run_logger().info(
         "round %d: epsilon spent in this run %.4g, by this silo in all its runs %.4g (delta %g)",
         work.round,
         payload["run_epsilon"],
-        spent,
+        payload["epsilon"],
         dp.delta,
     )
 
@@ -219,7 +215,7 @@ def run_training_round(
         return Declined("run", "privacy_budget", refusal)
     trained = train_delta(ctx, work, params, metrics)
     answer = submit(ctx, work, trained)
-    keep_receipt(ctx.workspace, answer)
+    ledger_sync.keep_answer(ctx.client, ctx.workspace, work.run_id, answer)
     report_privacy(ctx, work, answer)
     digest = answer["digest"]
     logger.info(

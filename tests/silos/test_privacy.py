@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.tasks import SecAggInfo, SecAggMaskedTask
@@ -92,3 +93,24 @@ def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Pa
     privacy.record_round(config, "r1", SPEC, "2:m")
     problem = privacy_refusal(config, task.model_copy(update={"round": 3}))
     assert problem is not None and "allows at most 8" in problem and "epsilon to 9.0" in problem
+
+
+def test_the_budget_is_counted_at_the_policys_delta_not_a_looser_runs(tmp_path: Path) -> None:
+    """Ten rounds at noise multiplier 1 spend epsilon 19.05 at delta 1e-5 but only 2.25 at
+    delta 0.99: a coordinator asking for delta 0.99 must not fit four times the rounds under
+    the silo's cap."""
+    config = _config(tmp_path, "[policy]\nmax_epsilon = 10.0\n")
+    loose = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=0.99)
+    assert privacy.budget_delta(config, loose) == 1e-5
+    for r in range(1, 5):
+        privacy.record_round(config, "r1", loose, f"{r}:m")
+    assert privacy.epsilon_if(config, "r1", loose, 0) == pytest.approx(
+        privacy.epsilon({1.0: 4}, 1e-5)
+    )
+    task = _masked_task(["a", "b"], threshold=2).model_copy(update={"round": 5})
+    task = task.model_copy(update={"spec": task.spec.model_copy(update={"privacy": loose})})
+    problem = privacy_refusal(config, task)
+    assert problem is not None and "(delta 1e-05)" in problem and "at most 10" in problem
+    (tmp_path / "strict").mkdir()
+    stricter = _config(tmp_path / "strict", "[policy]\nmax_epsilon = 10.0\ndelta = 1e-8\n")
+    assert privacy.budget_delta(stricter, SPEC) == 1e-8

@@ -18,8 +18,9 @@ from schemas.specs import ModelSpec, PrivacySpec, RunSpec
 from schemas.tasks import SecAggInfo, SecAggMaskedTask
 from silos import agent, privacy, privacy_budget
 from silos.config import SiloConfig, load_silo_config
-from silos.exceptions import PrivacyBudgetError
+from silos.exceptions import PrivacyBudgetError, SiloConfigError
 from silos.handlers.training import privacy_refusal
+from silos.keys import load_or_create_key
 from silos.lineage_copy import keep_receipt
 
 SPEC = PrivacySpec(noise_multiplier=1.0, clip_norm=0.5, delta=1e-5)
@@ -175,3 +176,35 @@ def test_two_resets_in_the_same_second_keep_both_files(
     assert json.loads(first.read_text())["state"]["runs"]["r1"]["rounds"] == 0  # not overwritten
     assert json.loads(second.read_text())["state"]["runs"]["r1"]["rounds"] == 0
     assert len(list(path.parent.glob("spent.json.rejected-*"))) == 2
+
+
+def test_a_lost_key_is_not_recreated_for_a_workspace_that_worked(config: SiloConfig) -> None:
+    """Creating a fresh key would make the budget fail its signature and invite a reset that
+    forgets the rounds spent: the silo asks for the key back instead, and writes none."""
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    config.key_path.unlink()
+    with pytest.raises(SiloConfigError, match="identity key .* is missing") as caught:
+        privacy.spent_rounds(config)
+    assert "restore the key file" in str(caught.value) and "privacy/signed" in str(caught.value)
+    with pytest.raises(SiloConfigError, match="is missing"):
+        privacy_budget.reset(config, "budget error after host move")
+    assert not config.key_path.exists()
+
+
+def test_a_budget_signed_under_the_silos_previous_key_is_named_and_kept(
+    config: SiloConfig,
+) -> None:
+    """Another key in the key file (a host move without the key): the budget still verifies
+    under the key it names, so the error says the key changed, and a reset needs
+    --discard-valid-budget, as for any valid budget."""
+    privacy.record_round(config, "r1", SPEC, "1:m")
+    privacy.record_round(config, "r1", SPEC, "2:m")
+    config.key_path.unlink()
+    load_or_create_key(config.key_path)  # what a new host would make
+    with pytest.raises(PrivacyBudgetError, match="identity key changed"):
+        privacy.spent_rounds(config)
+    with pytest.raises(PrivacyBudgetError, match="2 noised rounds"):
+        privacy_budget.reset(config, "budget error after host move")
+    privacy_budget.reset(config, "key lost for good", discard_valid=True)
+    state = privacy_budget.load(config)
+    assert state["runs"] == {} and state["resets"][0]["discarded_valid_budget"] is True
