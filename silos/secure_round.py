@@ -33,6 +33,7 @@ from schemas.tasks import (
     DistillTask,
     EnsembleWeightsTask,
     SecAggAdvertiseTask,
+    SecAggBufferedTask,
     SecAggConsistencyTask,
     SecAggMaskedTask,
     SecAggShareTask,
@@ -179,7 +180,8 @@ def advertise(
     keys = {s: bytes.fromhex(h) for s, h in work.secagg.roster_keys.items()}
 
     def build() -> bytes:
-        state, advert = secagg.advertise_keys(round_config(work), client.silo, key, keys)
+        config = round_config(work)
+        state, advert = secagg.advertise_keys(config, client.silo, key, keys, n_examples)
         write_private(base.with_suffix(".state"), dump_state(state))
         return advert.to_bytes()
 
@@ -204,28 +206,24 @@ def weight_refusal(key: Ed25519PrivateKey, work: SecAggMaskedTask, workspace: Pa
 
     The service chooses each silo's weight, and the silo scales its update by it before
     masking: weights of 1e-12 to every silo but one would make the unmasked sum that one
-    silo's update. A weight must lie in (0, 1]. Under DP it is 1/m for the m silos that
-    advertised keys: with the complete graph this silo verified every one of those adverts
-    (their signatures) in the share stage, so it checks 1/m exactly; in a SecAgg+ graph it saw
-    only its neighbours', so it checks 1/n <= w <= 1/2 for the roster's n. Without DP the
-    weight n_k / N rests on the service's N, which no silo can check alone (README: threat
-    model)."""
+    silo's update. A weight must lie in (0, 1]. With the complete graph this silo verified
+    every advert of the round in the share stage (the m silos that advertised), each with the
+    row count its silo signed (`AdvertiseKeys.counted`), so it checks its weight exactly: 1/m
+    under DP, n_k / N (N: the signed counts' sum) otherwise. In a SecAgg+ graph it saw only
+    its neighbours' adverts, so under DP it checks 1/n <= w <= 1/2 for the roster's n, and
+    otherwise only (0, 1]; so does an asynchronous buffer's update (its staleness weight) and
+    a round with an advert from a silo too old to sign its count (README: threat model)."""
     info = work.secagg
     if info.weight is None:
         return None
     where = f"round {work.round} of run {work.run_id}"
     if not 0 < info.weight <= 1:
         return f"{where}: the service sent weight {info.weight!r}, outside (0, 1]"
-    if work.spec.privacy is None:
-        return None
-    if info.degree is None:
+    dp = work.spec.privacy is not None
+    if info.degree is None and not isinstance(work, SecAggBufferedTask):
         state = load_state(_paths(workspace, work).with_suffix(".state").read_bytes(), key)
-        m = len(state.peers)  # this silo and every advert it verified
-        if abs(info.weight * m - 1) > 1e-9:
-            return (
-                f"{where}: under DP every silo's weight is 1/m for the m = {m} silos that "
-                f"advertised keys, but the service sent {info.weight!r}"
-            )
+        return _checked_weight(where, info.weight, state.peers, state.silo, dp)
+    if not dp:
         return None
     n = len(info.roster)
     if not 1 / n - 1e-12 <= info.weight <= 0.5 + 1e-12:
@@ -233,6 +231,28 @@ def weight_refusal(key: Ed25519PrivateKey, work: SecAggMaskedTask, workspace: Pa
             f"{where}: under DP a weight is 1/m for the m silos that advertised keys, between "
             f"1/{n} and 1/2 for a roster of {n}, but the service sent {info.weight!r}"
         )
+    return None
+
+
+def _checked_weight(
+    where: str, weight: float, peers: dict[str, AdvertiseKeys], silo: str, dp: bool
+) -> str | None:
+    """Why `weight` is not the one the verified adverts `peers` (this silo's among them)
+    give, or None."""
+    m = len(peers)
+    if dp:
+        want, why = 1 / m, f"under DP every silo's weight is 1/m for the m = {m} silos that "
+        why += "advertised keys"
+    else:
+        counts = [a.n_examples for a in peers.values()]
+        if any(n is None for n in counts):
+            return None  # an advert from an older silo: its count is unsigned
+        own = peers[silo].n_examples or 0
+        total = sum(n or 0 for n in counts)
+        want = own / total
+        why = f"its weight is n_k / N = {own} / {total} by the {m} adverts' signed row counts"
+    if abs(weight - want) > 1e-9 * max(want, 1e-300):
+        return f"{where}: {why}, but the service sent {weight!r}"
     return None
 
 

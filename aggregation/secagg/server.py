@@ -126,6 +126,7 @@ def receive_advertise(state: ServerState, msg: AdvertiseKeys) -> None:
     """Stage 0: accept a silo's signed public keys."""
     _admit(state, msg, state.adverts)
     if state.check_signatures:  # mailbox rows were checked when they arrived
+        msg.verify_count(state.roster_keys[msg.silo])
         for name, key in (("c_pk", msg.c_pk), ("s_pk", msg.s_pk)):
             crypto.check_public(key, name, **state.where("advertise", msg.silo))
     state.adverts[msg.silo] = msg

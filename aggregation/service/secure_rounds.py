@@ -583,6 +583,11 @@ def receive(
                 f"{msg.silo!r}, run {msg.run_id}, round {msg.round_num}"
             )
         getattr(server, _RECEIVE[stage])(state, msg)
+        if isinstance(msg, AdvertiseKeys) and msg.n_examples not in (None, n_examples):
+            raise InvalidPayload(  # silos weight by the signed count: the two must agree
+                f"advertise message from silo {silo!r} in round {rnd.number} signs "
+                f"n_examples {msg.n_examples}, but the request says {n_examples}"
+            )
     except DuplicateMessageError as exc:
         raise AlreadyAnswered(f"silo {silo!r}, round {rnd.number}, stage {stage}: {exc}") from exc
     except LateMessageError as exc:

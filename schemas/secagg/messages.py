@@ -13,7 +13,7 @@ import hashlib
 import json
 import struct
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -80,7 +80,9 @@ class Message:
             hints = _hints(cls)
             payload = memoryview(data)[8 + size :]  # a view: no copy of a 4 MB vector per field
             kwargs: dict[str, Any] = {
-                f.name: _decode(hints[f.name], header[f.name], payload) for f in fields(cls)
+                f.name: _decode(hints[f.name], header[f.name], payload)
+                for f in fields(cls)
+                if f.name in header or f.default is MISSING  # an older sender's message
             }
             return cls(**kwargs)
         except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
@@ -129,6 +131,9 @@ def _decode(hint: Any, value: Any, payload: memoryview) -> Any:
         return tuple(str(v) for v in value)
     if hint in (str, int) and (not isinstance(value, hint) or isinstance(value, bool)):
         raise ValueError(f"expected {hint}, got {value!r}")
+    if hint == int | None and value is not None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**31:
+            raise ValueError(f"expected a row count or null, got {value!r}")
     return value
 
 
@@ -167,14 +172,46 @@ class Signed(Message):
 
 @dataclass(frozen=True)
 class AdvertiseKeys(Signed):
-    """Stage 0: a silo's two fresh X25519 public keys (c: share encryption, s: masks)."""
+    """Stage 0: a silo's two fresh X25519 public keys (c: share encryption, s: masks), and
+    the row count its update will be weighted by, under a signature of its own.
+
+    The count lets every silo compute the weights n_k / N itself instead of taking them from
+    the service (which could weight one silo's update near-alone). It is signed apart from
+    the keys (stage ``advertise_count``) so that adverts stay readable both ways across
+    versions: an older silo verifies the keys' signature and ignores the count; an advert
+    from an older silo has no count (``n_examples`` None).
+    """
 
     stage: ClassVar[str] = "advertise"
     c_pk: bytes
     s_pk: bytes
+    n_examples: int | None = None
+    count_signature: bytes = b""
 
     def body(self) -> bytes:
         return crypto.transcript(self.c_pk, self.s_pk)
+
+    def count_body(self) -> bytes:
+        return crypto.transcript(self.c_pk, self.s_pk, self.n_examples or 0)
+
+    def counted(self, identity: Ed25519PrivateKey, n_examples: int) -> AdvertiseKeys:
+        """This advert with `n_examples` signed by `identity`."""
+        with_count = replace(self, n_examples=n_examples)
+        signature = crypto.sign(identity, body=with_count.count_body(), **self._count_context())
+        return replace(with_count, count_signature=signature)
+
+    def verify_count(self, identity_public: bytes) -> None:
+        """Raise SignatureError unless the count (when there is one) is signed by its silo."""
+        if self.n_examples is not None:
+            crypto.verify(
+                identity_public,
+                self.count_signature,
+                body=self.count_body(),
+                **self._count_context(),
+            )
+
+    def _count_context(self) -> dict[str, Any]:
+        return self.signing_context() | {"stage": "advertise_count"}
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,11 @@ class ClientState:
 
 
 def advertise_keys(
-    config: RoundConfig, silo: str, identity: Ed25519PrivateKey, roster_keys: Mapping[str, bytes]
+    config: RoundConfig,
+    silo: str,
+    identity: Ed25519PrivateKey,
+    roster_keys: Mapping[str, bytes],
+    n_examples: int | None = None,
 ) -> tuple[ClientState, AdvertiseKeys]:
     """Stage 0: generate the round's two X25519 key pairs and sign their public halves.
 
@@ -105,6 +109,9 @@ def advertise_keys(
         This silo's long-term Ed25519 key.
     roster_keys
         Registered Ed25519 public keys of all silos (to verify peers' messages).
+    n_examples
+        The row count this silo's update will be weighted by, signed into the advert so that
+        every silo can check the weights the service sends (`AdvertiseKeys.counted`).
     """
     config.index(silo)
     state = ClientState(
@@ -119,6 +126,8 @@ def advertise_keys(
         c_pk=crypto.x25519_public_bytes(state.c_key),
         s_pk=crypto.x25519_public_bytes(state.s_key),
     )
+    if n_examples is not None:
+        advert = advert.counted(identity, n_examples)
     state.peers[silo] = advert
     return state, advert
 
@@ -144,7 +153,9 @@ def _accept_adverts(
             continue
         if advert.silo not in mine:
             continue  # SecAgg+: keys of non-neighbours are irrelevant here
-        advert.verify(_identity(state, advert.silo, "advertise"))
+        identity = _identity(state, advert.silo, "advertise")
+        advert.verify(identity)
+        advert.verify_count(identity)
         peers[advert.silo] = advert
     return peers
 

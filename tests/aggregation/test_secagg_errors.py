@@ -85,6 +85,23 @@ def test_forged_advert_signature_is_rejected_by_service_and_peers():
     assert client.share_keys(rnd.states["b"], rnd.adverts_sent.values()).silo == "b"
 
 
+def test_an_advert_whose_signed_row_count_was_changed_is_refused_by_service_and_peers():
+    """The count a silo's weight n_k / N is checked against is signed by the silo: a relay
+    that raises one silo's count (to shrink the others' weights) fails the count signature."""
+    cfg = RoundConfig("run-e", 1, SILOS, 3, D)
+    state, advert = client.advertise_keys(cfg, "a", IDS["a"], ROSTER, n_examples=40)
+    assert advert.n_examples == 40
+    raised = dataclasses.replace(advert, n_examples=10**6)
+    with pytest.raises(SignatureError):
+        server.receive_advertise(server.ServerState(cfg, ROSTER), raised)
+    peer, own = client.advertise_keys(cfg, "b", IDS["b"], ROSTER, n_examples=30)
+    with pytest.raises(SignatureError):
+        client.share_keys(peer, [raised, own])
+    srv = server.ServerState(cfg, ROSTER)
+    server.receive_advertise(srv, advert)  # the genuine count is accepted
+    assert srv.adverts["a"].n_examples == 40
+
+
 def test_altered_masked_vector_fails_its_signature():
     rnd = Round().advertise().share()
     msg = client.masked_input(rnd.states["a"], rnd.deliveries["a"], np.zeros(D, "<u4"))

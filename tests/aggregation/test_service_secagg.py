@@ -27,6 +27,7 @@ from schemas.wire import Metrics, RoundOpen, RunCreate
 from silos import secure_round
 from silos.client import SiloClient
 from silos.client_errors import ServiceRejected
+from silos.secagg import client as secagg_client
 
 _REBUILD = _secure_rounds.rebuild  # before the autouse fixture wraps it
 
@@ -352,6 +353,14 @@ def test_bad_protocol_messages_are_refused(fed: Fed) -> None:
     with pytest.raises(ServiceRejected) as err:  # a message for the wrong stage
         b.secagg_post(fed.run_id, 1, "share", raw)
     assert err.value.status == 409 and "out of turn" in err.value.detail
+    b_task = _task(b, "secagg_advertise")  # b's signed count is 5; its request says 500
+    keys = {k: bytes.fromhex(v) for k, v in b_task.secagg.roster_keys.items()}
+    _, advert = secagg_client.advertise_keys(
+        secure_round.round_config(b_task), "b", b.key, keys, n_examples=5
+    )
+    with pytest.raises(ServiceRejected) as err:
+        b.secagg_post(fed.run_id, 1, "advertise", advert.to_bytes(), n_examples=500)
+    assert err.value.status == 422 and "signs n_examples 5" in err.value.detail
     for name in ("b", "c"):
         client = fed.silos[name]
         secure_round.advertise(
