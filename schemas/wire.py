@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from schemas.ledger_silo_copy import SiloRecord
 from schemas.specs import MAX_ROUND_DEADLINE_S, RunSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -353,3 +354,19 @@ def _clipped(text: str) -> str:
     """`text` on one line, at most REASON_DETAIL_CHARS long (a reason is one short line)."""
     line = " ".join(text.split())
     return line if len(line) <= REASON_DETAIL_CHARS else line[: REASON_DETAIL_CHARS - 1] + "…"
+
+
+MAX_SILO_RECORDS = 500  # per page: each record's receipt is signed afresh by the service
+
+
+class SiloRecordPage(BaseModel):
+    """``GET /v1/silo/ledger/records``: ledger entries the calling silo authored, in seq order,
+    as the records of its copy of its lineage (`SiloRecord`: statement, its signature, the
+    service's receipt), with the service's public key (hex). ``next_after``: the seq to ask
+    after for the next page, None when this was the last."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    service_key: str
+    records: list[SiloRecord]
+    next_after: int | None = None

@@ -42,6 +42,7 @@ from silos import (
     decline,
     flow_report,
     hist_round,
+    ledger_sync,
     privacy_budget,
     secure_round,
     workspace_lock,
@@ -123,7 +124,9 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
     """Serve the federation until interrupted (or until `max_runs` runs were served).
 
     Everything the agent writes is its owner's only (umask 077); it refuses to start on a
-    privacy budget file that fails its signature check, and on a workspace another agent
+    privacy budget file that fails its signature check or counts fewer rounds than the
+    silo's privacy_spent statements in the service's ledger (`silos.ledger_sync`, which also
+    gives its copy of its lineage back what it lacks), and on a workspace another agent
     holds (`silos.workspace_lock.WorkspaceBusy`; held until the process ends). It stops with
     `SiloRevoked` once the coordinator revoked the silo.
     """
@@ -144,6 +147,8 @@ def run_agent(config_path: str, *, max_runs: int | None = None) -> None:
             agent_metrics.serve_metrics(config.agent.metrics_port, config.agent.metrics_host)
         try:
             wait_for_approval(client)
+            # a restored workspace or a lost answer: the copy and the budget against the ledger
+            ledger_sync.reconcile(client, config)
             end_interrupted(client, config.workspace)  # vertical runs a kill cut short: peers stop
             warm_up_and_report(client, config)
             _serve(client, config, max_runs)

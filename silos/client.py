@@ -50,6 +50,7 @@ from schemas.wire import (
     ReadyIn,
     Refusal,
     SiloOut,
+    SiloRecordPage,
     enrol_proof_message,
 )
 from silos.client_errors import ServiceRejected
@@ -502,6 +503,22 @@ class SiloClient(HttpBase):
         path = f"{RUNS_PREFIX}{seg(held.run_id)}/statements"
         result = self.request("POST", path, body=body, content_type="application/json").json()
         return {**result, "statement": held.statement, "author_signature": held.signature}
+
+    def own_records(
+        self,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        run_id: str | None = None,
+        kind: str | None = None,
+    ) -> SiloRecordPage:
+        """One page of the ledger entries this silo authored past seq `after` (statement,
+        signature, the service's receipt), optionally of one run and kind. `NotFound` from a
+        service older than the route."""
+        query = {"after": after, "limit": limit, "run_id": run_id, "kind": kind}
+        params = urlencode({k: v for k, v in query.items() if v is not None})
+        resp = self.request("GET", f"/v1/silo/ledger/records?{params}")
+        return SiloRecordPage.model_validate_json(resp.content)
 
     def submit_evaluation(self, run_id: str, round_: int, report: MetricsReport) -> None:
         path = f"/v1/silo/runs/{seg(run_id)}/rounds/{round_}/evaluation"

@@ -31,13 +31,19 @@ def keep_receipt(workspace: Path, answer: dict[str, Any]) -> SiloRecord | None:
             "receipt": answer["receipt"],
         }
     )
+    append_record(workspace, record)
+    return record
+
+
+def append_record(workspace: Path, record: SiloRecord) -> None:
+    """Append one record to the silo's copy, durably (a receipt lost here is lost for good
+    unless the service's ledger is asked again, `silos.ledger_sync`)."""
     path = records_path(workspace)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with path.open("a", encoding="utf-8") as fh:
         fh.write(record.model_dump_json() + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    return record
 
 
 def load_records(workspace: Path) -> list[SiloRecord]:

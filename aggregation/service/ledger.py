@@ -348,3 +348,26 @@ def receipt(entry: LedgerEntry | LineageEntry, service_key: EntrySigner) -> Rece
     """The service's signed receipt for `entry`, to hand back to the silo that authored it."""
     record = entry.to_record() if isinstance(entry, LedgerEntry) else entry
     return make_receipt(record, service_key)
+
+
+def authored_by(
+    session: Session,
+    author: str,
+    *,
+    after: int = 0,
+    limit: int = 500,
+    run_id: str | None = None,
+    kind: str | None = None,
+) -> list[LineageEntry]:
+    """`author`'s entries past seq `after`, in seq order, at most `limit` (a silo's own
+    entries, for its copy of its lineage); `run_id` and `kind` narrow them."""
+    stmt = (
+        select(LedgerEntry)
+        .where(LedgerEntry.author == author, LedgerEntry.seq > after)
+        .order_by(LedgerEntry.seq)
+    )
+    if run_id is not None:
+        stmt = stmt.where(LedgerEntry.run_id == run_id)
+    if kind is not None:
+        stmt = stmt.where(LedgerEntry.kind == kind)
+    return [row.to_record() for row in session.scalars(stmt.limit(limit))]

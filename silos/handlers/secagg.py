@@ -23,14 +23,13 @@ from schemas.tasks import (
     SecAggUnmaskTask,
 )
 from schemas.wire import Metrics
-from silos import privacy, secure_round
+from silos import ledger_sync, privacy, secure_round
 from silos.client_errors import AlreadyAnswered
 from silos.decline import Declined
 from silos.files import write_private
 from silos.handlers.context import SiloContext
 from silos.handlers.registry import register
 from silos.handlers.training import Trained, report_privacy, run_training_round
-from silos.lineage_copy import keep_receipt
 
 BOOKKEEPING = ".masked.json"
 """Beside the round's saved masked message: its row count, training time and metrics."""
@@ -146,7 +145,8 @@ def resend_masked(
 ) -> dict[str, object]:
     """Send the round's saved message again (a restarted agent), without training anew."""
     answer = send_masked(ctx, work, message, trained)
-    keep_receipt(ctx.workspace, answer)
+    # answered "duplicate" (the first answer was lost): its receipt comes from the ledger
+    ledger_sync.keep_answer(ctx.client, ctx.workspace, work.run_id, answer)
     report_privacy(ctx, work, answer)
     get_run_logger().info(
         "round %d: update masked before a restart sent again; %s accepted",

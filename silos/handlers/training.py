@@ -158,18 +158,20 @@ def report_privacy(
     dp = work.spec.privacy
     if dp is None:
         return
-    ledger_sync.catch_up_privacy(ctx.client, ctx.config, work.run_id, dp)  # an earlier round's
-    if answer.get("duplicate") and _reported(ctx.workspace, work):
-        return
-    payload = ledger_sync.privacy_payload(ctx.config, ctx.silo, work.run_id, work.round, dp)
-    keep_receipt(ctx.workspace, ctx.client.submit_statement(work.run_id, "privacy_spent", payload))
-    get_run_logger().info(
-        "round %d: epsilon spent in this run %.4g, by this silo in all its runs %.4g (delta %g)",
-        work.round,
-        payload["run_epsilon"],
-        payload["epsilon"],
-        dp.delta,
-    )
+    if not (answer.get("duplicate") and _reported(ctx.workspace, work)):
+        payload = ledger_sync.privacy_payload(ctx.config, ctx.silo, work.run_id, work.round, dp)
+        answer = ctx.client.submit_statement(work.run_id, "privacy_spent", payload)
+        keep_receipt(ctx.workspace, answer)
+        get_run_logger().info(
+            "round %d: epsilon spent in this run %.4g, by this silo in all its runs %.4g "
+            "(delta %g)",
+            work.round,
+            payload["run_epsilon"],
+            payload["epsilon"],
+            dp.delta,
+        )
+    # an earlier round's statement the agent's start could not send without the run's spec
+    ledger_sync.catch_up_privacy(ctx.client, ctx.config, work.run_id, dp)
 
 
 def _reported(workspace: Path, work: TrainTask | SecAggMaskedTask) -> bool:

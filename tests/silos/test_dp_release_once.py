@@ -33,7 +33,7 @@ from schemas.secagg.messages import EncryptedShare, ShareKeys
 from schemas.specs import ModelSpec, PrivacySpec, RunSpec, param_shapes
 from schemas.tasks import SecAggAdvertiseTask, SecAggInfo, SecAggMaskedTask, SecAggShareTask
 from silos import privacy, secure_round
-from silos.client_errors import AlreadyAnswered
+from silos.client_errors import AlreadyAnswered, NotFound
 from silos.config import SiloConfig, load_silo_config
 from silos.decline import Declined
 from silos.handlers.context import SiloContext
@@ -98,6 +98,10 @@ class Client:
         if fate == "kill-after":  # the service took it; the agent died before the answer
             raise Killed
         return {"digest": f"d{len(self.submitted)}", "duplicate": False, "receipt": None}
+
+    def own_records(self, **_: Any) -> Any:
+        """A service older than the route (`silos.ledger_sync` then keeps the old ways)."""
+        raise NotFound(404, "Not Found", "GET", "/v1/silo/ledger/records")
 
     def submit_statement(self, run_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Kept, and answered with a receipt the silo files in its copy of its lineage."""
@@ -377,7 +381,8 @@ def test_weights_outside_what_a_silo_can_check_are_refused(tmp_path: Path) -> No
 
     refusal = secure_round.weight_refusal(key, task(1.5, dp=False), tmp_path)
     assert refusal is not None and "round 4" in refusal and "outside (0, 1]" in refusal
-    assert secure_round.weight_refusal(key, task(1e-12, dp=False), tmp_path) is None
+    # SecAgg+ without DP: only neighbours' counts were seen, so only (0, 1] is checked
+    assert secure_round.weight_refusal(key, task(1e-12, dp=False, degree=2), tmp_path) is None
     # SecAgg+ under DP: only neighbours' adverts were seen, so 1/n <= w <= 1/2 is checked
     assert secure_round.weight_refusal(key, task(0.25, dp=True, degree=2), tmp_path) is None
     low = secure_round.weight_refusal(key, task(0.1, dp=True, degree=2), tmp_path)
@@ -397,3 +402,20 @@ def test_a_run_whose_noise_multiplier_changes_is_refused(fed: Federation) -> Non
     assert isinstance(outcome, Declined) and outcome.scope == "run"
     assert "noise multiplier 1" in outcome.reason and "asks for 0.3" in outcome.reason
     assert _rounds(a) == 1
+
+
+def test_without_dp_a_weight_is_checked_against_the_adverts_signed_row_counts(
+    fed: Federation,
+) -> None:
+    """Both silos advertised 40 rows, each count signed with the silo's key: n_k / N = 1/2,
+    checked by each silo itself, so a service cannot weight one silo's update near-alone."""
+    work = fed.ready(1)
+    a = fed.ctx["a"]
+    plain = work.model_copy(update={"spec": SPEC.model_copy(update={"privacy": None})})
+
+    def weighted(w: float) -> SecAggMaskedTask:
+        return plain.model_copy(update={"secagg": plain.secagg.model_copy(update={"weight": w})})
+
+    assert secure_round.weight_refusal(a.key, weighted(0.5), a.workspace) is None
+    refusal = secure_round.weight_refusal(a.key, weighted(1e-12), a.workspace)
+    assert refusal is not None and "n_k / N = 40 / 80" in refusal and "1e-12" in refusal

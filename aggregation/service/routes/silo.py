@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aggregation.service import contributions as crud
-from aggregation.service import declines
+from aggregation.service import declines, ledger
 from aggregation.service.closing import unblock
 from aggregation.service.control import control_payload
 from aggregation.service.db import transaction
@@ -37,6 +37,7 @@ from aggregation.service.deps import (
 )
 from aggregation.service.exceptions import InvalidPayload, PayloadTooLarge
 from aggregation.service.federations import find_silo, mark_ready, silo_out
+from aggregation.service.keys import public_hex
 from aggregation.service.routes.dispatch import submission
 from aggregation.service.routes.next_task import (
     Countersigned,
@@ -51,9 +52,21 @@ from aggregation.service.runs import get_model
 from aggregation.service.statements import admit_statement, record_silo_statement
 from schemas.distill_statement import DistilledPayload
 from schemas.ensemble import EnsembledPayload
+from schemas.ledger_silo_copy import SiloRecord
+from schemas.lineage import EntrySigner, LineageEntry, Statement
 from schemas.personalization import PersonalizedPayload
 from schemas.tasks import Task
-from schemas.wire import OCTET_STREAM, TEXT_PATTERN, MetricsReport, ReadyIn, Refusal, SiloOut
+from schemas.wire import (
+    INT32_MAX,
+    MAX_SILO_RECORDS,
+    OCTET_STREAM,
+    TEXT_PATTERN,
+    MetricsReport,
+    ReadyIn,
+    Refusal,
+    SiloOut,
+    SiloRecordPage,
+)
 
 router = APIRouter(prefix="/v1", tags=["silo"], responses=SILO_ERRORS)
 
@@ -96,6 +109,45 @@ def whoami(silo: SiloDep, factory: FactoryDep) -> SiloOut:
         row = find_silo(s, silo.federation, silo.name)
         assert row is not None
         return silo_out(row)
+
+
+@router.get("/silo/ledger/records")
+def own_records(
+    request: Request,
+    silo: SiloDep,
+    factory: FactoryDep,
+    after: Annotated[int, Query(ge=0, le=INT32_MAX, description="entries past this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_SILO_RECORDS, description="at most this many")] = (
+        MAX_SILO_RECORDS
+    ),
+    run_id: OptionalName = None,
+    kind: Annotated[str | None, Query(pattern=r"^[a-z_]{1,64}$")] = None,
+) -> SiloRecordPage:
+    """The ledger entries the calling silo authored, in seq order, each with its statement,
+    the silo's signature and the service's receipt (what the silo keeps in its copy of its
+    lineage): a silo whose workspace was restored from an older state, or that lost an
+    answer, gets back what it lacks. Paged by seq (`after`, `limit`)."""
+    with transaction(factory) as s:
+        entries = ledger.authored_by(
+            s, f"silo:{silo.name}", after=after, limit=limit, run_id=run_id, kind=kind
+        )
+    key = request.app.state.recorder.service_key  # the key `Recorder.silo` signs receipts with
+    records = [_silo_record(e, key) for e in entries if e.author_signature is not None]
+    more = entries[-1].seq if len(entries) == limit else None
+    return SiloRecordPage(service_key=public_hex(key), records=records, next_after=more)
+
+
+def _silo_record(entry: LineageEntry, service_key: EntrySigner) -> SiloRecord:
+    """`entry` as the silo kept it when the service answered: the receipt is the same
+    (`Recorder.silo` signs it the same way), so `lineage verify --silo-copy` checks it."""
+    statement = Statement(
+        run_id=entry.run_id, kind=entry.kind, payload=entry.payload, author=entry.author
+    )
+    return SiloRecord(
+        statement=statement,
+        author_signature=entry.author_signature or "",
+        receipt=ledger.receipt(entry, service_key),
+    )
 
 
 @router.post("/silo/ready", openapi_extra=json_body(ReadyIn))
