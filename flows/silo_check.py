@@ -12,6 +12,10 @@ accepted), else the published one fetched from the service (a signed read) and n
 A held-out test file (``[data] test_path``) is checked too, in its own table, as each round's
 gate checks it (`silos.round_gate`): the contract's min_rows does not apply to it.
 
+The silo's identity key (present, owner-only; never created here) and its signed privacy
+budget are checked as `silo start` checks them, and the budget's spent rounds and epsilon are
+printed per run.
+
 Exit codes: 0 the table (and the test file) pass, 1 one fails (or cannot be read), 2 the config
 or the contract is invalid (``error: ...``), 5 the service did not answer (the published
 contract could not be fetched).
@@ -20,6 +24,7 @@ contract could not be fetched).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,18 +32,21 @@ from rich.text import Text
 
 from schemas.contracts import Contract, ContractError, load_contract_file
 from schemas.wire import ExpectationOutcome, ValidationSummary
-from silos import contract_store
+from silos import contract_store, privacy, privacy_budget
 from silos.client_errors import ServiceUnavailable
 from silos.config import SiloConfig, load_silo_config
 from silos.data import load_table
-from silos.exceptions import DataError, SiloConfigError
+from silos.exceptions import DataError, PrivacyBudgetError, SiloConfigError
 from silos.gate import run_gate, summary_for_load_error
+from silos.keys import load_or_create_key, load_silo_key
+from silos.lineage_copy import records_path
 from silos.round_gate import held_out_failures
 
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_CONFIG = 2
 EXIT_UNREACHABLE = 5  # as every command: the service did not answer (flows.cli.errors)
+DEFAULT_DELTA = 1e-5  # epsilon is shown at the policy's delta, else at this one
 # Checks whose detail (observed vs the contract's reference) is worth a line even when they pass.
 _OBSERVED = {
     "expect_column_mean_to_be_between",
@@ -75,15 +83,19 @@ def silo_check(config_path: Path, console: Console, errors: Console | None = Non
         return EXIT_UNREACHABLE if _unreachable(exc) else EXIT_CONFIG
     # file names, column names and messages are the silo's own text, never Rich markup
     console.print(Text(f"contract: {which}"), soft_wrap=True)
+    own = _check_key_and_budget(console, config)  # what failed of the silo's own files
     passed = _check_file(console, config, contract, config.data.path, config.workspace)
     test_path = config.data.test_path
     if test_path is None:
-        return EXIT_PASS if passed else EXIT_FAIL
+        if own:
+            console.print(Text(f"FAIL: {' and '.join(own)} failed"))
+        return EXIT_PASS if passed and not own else EXIT_FAIL
     # the held-out test file, checked as each round's gate checks it (silos.round_gate)
     test_passed = _check_file(
         console, config, contract, test_path, config.workspace / "test_path", held_out=True
     )
     failing = [str(p) for p, ok in ((config.data.path, passed), (test_path, test_passed)) if not ok]
+    failing += own
     both = f"{config.data.path} and {test_path}"
     console.print(Text(f"FAIL: {' and '.join(failing)} failed" if failing else f"PASS: {both}"))
     return EXIT_FAIL if failing else EXIT_PASS
@@ -123,6 +135,57 @@ def _check_file(
     if result.data_docs is not None:
         console.print(Text(f"data docs: {result.data_docs}"), soft_wrap=True)
     return summary.success
+
+
+def _check_key_and_budget(console: Console, config: SiloConfig) -> list[str]:
+    """Check the identity key and the privacy budget as `silo start` would, creating and
+    writing nothing; print the spent rounds and epsilon. Returns what failed."""
+    path = config.key_path
+    # what `load_silo_key` takes for a workspace that worked under a key (a signed budget)
+    worked = (config.workspace / "privacy" / "signed", records_path(config.workspace))
+    try:
+        if path.exists():
+            load_or_create_key(path)  # an existing file: read and checked, not replaced
+        elif any(p.exists() for p in worked):
+            load_silo_key(path, config.workspace)  # raises: the workspace worked under a key
+        else:
+            console.print(Text(f"identity key: {path} not created yet (`silo start` creates it)"))
+            return []  # a fresh silo: no budget spent, nothing signed to verify
+    except (SiloConfigError, ValueError) as exc:  # permissions, not a key, missing
+        console.print(Text(f"error: identity key: {exc}"), soft_wrap=True)
+        return ["the identity key"]
+    console.print(Text(f"identity key: {path} (owner-only)"), soft_wrap=True)
+    try:
+        spent = privacy.spent_rounds(config)  # the same verification as `silo start`
+    except PrivacyBudgetError as exc:
+        console.print(Text(f"error: {exc}"), soft_wrap=True)
+        return ["the privacy budget"]
+    _print_budget(console, config, spent)
+    return []
+
+
+def _print_budget(console: Console, config: SiloConfig, spent: dict[str, dict[str, Any]]) -> None:
+    """The verified budget: rounds, noise multiplier and epsilon per run, and in all."""
+    where = privacy_budget.budget_path(config.workspace)
+    runs = {rid: e for rid, e in spent.items() if int(e.get("rounds", 0))}
+    if not runs:
+        console.print(Text(f"privacy budget: {where} verified; no noised round spent"))
+        return
+    # the policy's delta when it has one; a run's epsilon at the run's own delta may differ
+    policy_delta = getattr(config.policy, "delta", None)
+    delta = float(policy_delta) if policy_delta else DEFAULT_DELTA
+    said = "the policy's delta" if policy_delta else "no delta in [policy]; the runs' may differ"
+    console.print(Text(f"privacy budget: {where} verified; epsilon at delta {delta:g} ({said})"))
+    counts: dict[float, int] = {}
+    for rid, entry in sorted(runs.items()):
+        sigma, rounds = float(entry["sigma"]), int(entry["rounds"])
+        counts[sigma] = counts.get(sigma, 0) + rounds
+        eps = privacy.epsilon({sigma: rounds}, delta)
+        console.print(Text(f"  run {rid}: {rounds} rounds at sigma {sigma:g}: epsilon {eps:.3g}"))
+    total = privacy.epsilon(counts, delta)
+    cap = config.policy.max_epsilon
+    of = f" of max_epsilon {cap:g}" if cap is not None else ""
+    console.print(Text(f"  all runs: epsilon {total:.3g}{of}"))
 
 
 def _unreachable(exc: BaseException | None) -> bool:

@@ -5,6 +5,7 @@ ClientError
 │   ├── InvalidPayload       422 invalid_payload: the body or a parameter is malformed
 │   ├── NotFound             404 not_found
 │   ├── Unauthorized         401 unauthorized: unknown silo, bad signature or token, replay
+│   │   └── ClockSkew        401 a silo request's timestamp is off the service's clock
 │   ├── Forbidden            403 forbidden: not approved (yet), not a participant
 │   ├── Conflict             409 conflict: wrong state (round closed, stage not ready)
 │   │   ├── AlreadyAnswered  409 already_answered: this silo already answered this step
@@ -13,7 +14,9 @@ ClientError
 │   └── WireVersionMismatch  400 wire_version: client and service speak other wire versions
 └── ServiceUnavailable       no service address answered within the retry budget
 
-Callers branch on the class (the service's `ErrorOut.code`), never on the text of `detail`.
+Callers branch on the class (the service's `ErrorOut.code`), never on the text of `detail`;
+`ClockSkew` alone is told by the service's words (`CLOCK_SKEW_WORDS`, one place), as the wire
+has no code of its own for it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class ServiceRejected(ClientError):
         super().__init__(f"{method} {path} -> {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.method = method
+        self.path = path
         if code is not None:
             self.code = code
 
@@ -61,6 +66,16 @@ class Unauthorized(ServiceRejected):
     """Unknown silo, bad signature or token, or a replayed request: check the key."""
 
     code = ErrorCode.unauthorized
+
+
+CLOCK_SKEW_WORDS = "off the service clock"
+"""What the service's 401 says of a silo request's timestamp outside its window
+(aggregation/service/auth.py)."""
+
+
+class ClockSkew(Unauthorized):
+    """A silo request's timestamp is too far from the service's clock: this host's clock is
+    off (NTP). The agent retries it: a clock stepped back into the window ends it."""
 
 
 class Forbidden(ServiceRejected):

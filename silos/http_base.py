@@ -10,6 +10,12 @@ when it ends (how long it lasted). A 4xx answer is final: its `ErrorOut` body is
 wire version (`X-Fedsilo-Wire`). With several addresses (service processes sharing one
 database), `spread=True` (or FEDSILO_SERVICE_SPREAD=1) sends each request to an address
 chosen at random.
+
+With mutual TLS the client follows its certificate files: renewed on disk, they are loaded
+before the next try (no restart), and a certificate that expires within 14 days (or has
+expired) is logged at start and once a day. A silo request the service refuses for its
+timestamp (`ClockSkew`: this host's clock is off) is retried, as an outage, by a client that
+retries forever (the agent): NTP may step the clock back.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ import os
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,16 +39,24 @@ from silos import metrics
 from silos.client_errors import (
     BY_CODE,
     BY_STATUS,
+    CLOCK_SKEW_WORDS,
+    ClockSkew,
     ServiceRejected,
     ServiceUnavailable,
+    Unauthorized,
     WireVersionMismatch,
 )
-from silos.tls_client import TlsFiles, tls_hint
+from silos.tls_client import TlsConfigError, TlsFiles, expiry_note, tls_hint
 
 log = logging.getLogger("fedsilo.client")
 
 BACKOFF_CAP_S = 30.0
 """The longest wait between two tries while no service address answers."""
+EXPIRY_CHECK_S = 24 * 3600.0
+"""How often a long-running client logs its certificate's coming expiry."""
+# certificate file -> when its expiry was last looked at: once a day per process, however
+# many clients (one per flow run, say) present it
+_expiry_looked: dict[Path, float] = {}
 
 # What h11 sends as a header value, narrowed to printable ASCII: no line breaks, no edge spaces
 _HEADER_VALUE = re.compile(r"(?:[!-~](?:[ -~]*[!-~])?)?")
@@ -119,12 +135,57 @@ class HttpBase:
         self.spread = os.environ.get("FEDSILO_SERVICE_SPREAD") == "1" if spread is None else spread
         self._current = 0
         # mutual TLS (production): explicit files, else FEDSILO_TLS_* when set
-        tls = tls or TlsFiles.from_env()
-        verify: ssl.SSLContext | bool = tls.context() if tls else True
+        self._tls = tls or TlsFiles.from_env()
+        self._tls_lock = threading.Lock()
+        self._tls_stamp = self._tls.stamp() if self._tls else ()
+        self._tls_context = self._tls.context() if self._tls else None
+        self._log_expiry()
+        verify: ssl.SSLContext | bool = self._tls_context or True
         self._http = httpx.Client(timeout=timeout_s, transport=transport, verify=verify)
 
     def close(self) -> None:
         self._http.close()
+
+    def _log_expiry(self) -> None:
+        """Log the certificate's coming (or past) expiry, at most once a day per file."""
+        if self._tls is None:
+            return
+        now = time.monotonic()
+        looked = _expiry_looked.get(self._tls.cert)
+        if looked is not None and now - looked < EXPIRY_CHECK_S:
+            return
+        _expiry_looked[self._tls.cert] = now
+        note = expiry_note(self._tls)
+        if note is not None:
+            log.log(note[0], "%s", note[1])
+
+    def _expired_note(self) -> str | None:
+        """What to tell the operator when our own certificate has expired, else None."""
+        note = expiry_note(self._tls) if self._tls else None
+        return note[1] if note is not None and note[0] == logging.ERROR else None
+
+    def _follow_tls_files(self) -> None:
+        """Load renewed TLS files into the live context (new connections present them), and
+        log the certificate's coming expiry once a day; a stat of three files when unchanged."""
+        if self._tls is None or self._tls_context is None:
+            return
+        stamp = self._tls.stamp()
+        if stamp != self._tls_stamp:
+            with self._tls_lock:
+                if stamp != self._tls_stamp:
+                    self._reload(stamp)
+        self._log_expiry()
+
+    def _reload(self, stamp: tuple[tuple[int, int, int], ...]) -> None:
+        assert self._tls is not None and self._tls_context is not None
+        self._tls_stamp = stamp  # a bad set is logged once, and tried again when it changes
+        try:
+            self._tls.reload(self._tls_context)
+        except TlsConfigError as exc:  # half-written renewal: keep presenting the old one
+            log.warning("TLS files changed but not loaded (%s); still using the previous", exc)
+            return
+        log.warning("TLS certificate %s reloaded (renewed on disk)", self._tls.cert)
+        _expiry_looked.pop(self._tls.cert, None)  # the new certificate's expiry: look now
 
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         return {}
@@ -161,7 +222,9 @@ class HttpBase:
             # process and every answer to the other
             self._current = random.randrange(len(self.urls))
         untried = len(self.urls)  # fail over to every other address before backing off
+        skewed: float | None = None  # when the service began refusing this host's clock
         while True:
+            self._follow_tls_files()
             base = self.urls[self._current]
             untried -= 1
             headers = {
@@ -183,7 +246,7 @@ class HttpBase:
                 last_error = f"{base}: LocalProtocolError (not quoted: it may hold a header)"
             except httpx.TransportError as exc:
                 last_error = f"{base}: {type(exc).__name__}: {exc}"
-                last_error += tls_hint(base, exc)
+                last_error += tls_hint(base, exc, self._tls)
             else:
                 if resp.status_code < 500:
                     self._answered(resp)
@@ -196,8 +259,29 @@ class HttpBase:
                             method,
                             path.split("?", 1)[0],
                         )
+                        outage = None
                     if resp.status_code >= 400:
-                        raise rejection(resp, method, path)
+                        refused = rejection(resp, method, path)
+                        if not (isinstance(refused, ClockSkew) and self.retry_for_s is None):
+                            raise refused
+                        if skewed is None:
+                            skewed = time.monotonic()
+                            log.error(
+                                "the service refused %s %s: %s; check this host's clock (NTP, "
+                                "e.g. `timedatectl status`); retrying, at most %.0fs apart",
+                                method,
+                                path.split("?", 1)[0],
+                                refused.detail,
+                                BACKOFF_CAP_S,
+                            )
+                        time.sleep(delay)  # signed anew, with a fresh timestamp, next try
+                        delay = min(delay * 2, BACKOFF_CAP_S)
+                        continue
+                    if skewed is not None:
+                        log.warning(
+                            "the service accepts this host's clock again after %.0fs",
+                            time.monotonic() - skewed,
+                        )
                     _check_wire(resp, method, path)
                     return resp
                 last_error = f"{base}: HTTP {resp.status_code} {_detail(resp)}"
@@ -213,14 +297,26 @@ class HttpBase:
             if outage is None:
                 outage = time.monotonic()
                 metrics.outage_started(getattr(self, "silo", ""))
-                log.warning(
-                    "aggregation service unreachable (%s %s): %s; retrying %s, at most %.0fs apart",
-                    method,
-                    path.split("?", 1)[0],
-                    last_error,
-                    "forever" if self.retry_for_s is None else f"for {self.retry_for_s:.0f}s",
-                    BACKOFF_CAP_S,
-                )
+                retrying = "forever" if self.retry_for_s is None else f"for {self.retry_for_s:.0f}s"
+                if (expired := self._expired_note()) is not None:  # not a guess: say so
+                    log.error(
+                        "%s %s: %s; retrying %s, at most %.0fs apart",
+                        method,
+                        path.split("?", 1)[0],
+                        expired,
+                        retrying,
+                        BACKOFF_CAP_S,
+                    )
+                else:
+                    log.warning(
+                        "aggregation service unreachable (%s %s): %s; retrying %s, at most "
+                        "%.0fs apart",
+                        method,
+                        path.split("?", 1)[0],
+                        last_error,
+                        retrying,
+                        BACKOFF_CAP_S,
+                    )
             untried = len(self.urls)
             time.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
@@ -248,6 +344,8 @@ def rejection(resp: httpx.Response, method: str, path: str) -> ServiceRejected:
             resp.status_code, detail, method, path, ErrorCode.wire_version, service_version=version
         )
     cls = BY_CODE.get(code, ServiceRejected) if code is not None else ServiceRejected
+    if cls is Unauthorized and CLOCK_SKEW_WORDS in detail:
+        cls = ClockSkew
     return cls(resp.status_code, detail, method, path, code)
 
 

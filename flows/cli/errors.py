@@ -21,6 +21,7 @@ from flows.exceptions import AdminTokenError, FlowError, RunCancelled, UnknownNa
 from flows.lineage_view import LineageReviewError
 from silos.client_errors import (
     ClientError,
+    ClockSkew,
     Conflict,
     Forbidden,
     NotFound,
@@ -47,11 +48,16 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (
         USAGE,
         "bad option, argument or input file; a silo workspace another agent holds; "
-        "`aggregator serve`/`migrate`: a database that refuses the service's role, password or "
-        "writes",
+        "`silo start`: a privacy budget that fails its check, a silo name enrolled with another "
+        "key; `aggregator serve`/`migrate`: a database that refuses the service's role, "
+        "password or writes",
     ),
     (NOT_FOUND, "unknown federation, run, silo or model; ambiguous run id prefix"),
-    (AUTH, "admin token missing, unreadable or refused by the service"),
+    (
+        AUTH,
+        "admin token missing, unreadable or refused by the service; silo commands: the service "
+        "refused the silo's signed request (its key, or this host's clock)",
+    ),
     (
         UNREACHABLE,
         "the aggregation service (or Prefect's API, or MLflow's server) did not answer; "
@@ -73,6 +79,7 @@ TOKEN_HINT = (
     "give the admin token the service wrote on first start: --token-file WORKSPACE/admin.token "
     "or export FEDSILO_ADMIN_TOKEN=$(cat WORKSPACE/admin.token)"
 )
+CLOCK_HINT = "check this host's clock (NTP, e.g. `timedatectl status`)"
 SERVE_HINT = (
     "start it with `fedsilo aggregator serve --workspace svc --port 8700`, or point "
     "--service-url / FEDSILO_SERVICE_URL at a running one"
@@ -98,6 +105,17 @@ def _not_found_hint(path: str, detail: str = "") -> str:
     return ""
 
 
+def silo_refused(exc: Unauthorized) -> str:
+    """What a silo operator reads when the service refused the silo's signed request (a silo
+    sends no admin token)."""
+    if isinstance(exc, ClockSkew):
+        return f"the service refused this silo's request: {exc.detail}; {CLOCK_HINT}"
+    return (
+        f"the service refused this silo's signed request ({exc.detail}): check that silo.toml's "
+        f"key file is the one this silo enrolled with, and {CLOCK_HINT}"
+    )
+
+
 def _is_a(exc: BaseException, qualified_name: str) -> bool:
     """isinstance by class name, for errors of modules a command imports when it runs (prefect,
     mlflow): the CLI's start does not pay for importing them here."""
@@ -114,6 +132,8 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return CANCELLED, f"{said}; it has no final model (`{show}` has its rounds)"
     if _is_a(exc, "flows.model_registry.TrackingUnreachable"):
         return UNREACHABLE, str(exc)
+    if isinstance(exc, ClockSkew):  # only silos sign with a timestamp
+        return AUTH, silo_refused(exc)
     if isinstance(exc, Unauthorized):
         return AUTH, f"the service refused the admin token ({exc.detail}); {TOKEN_HINT}"
     if isinstance(exc, Forbidden):

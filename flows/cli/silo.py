@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,6 +28,9 @@ from flows.cli.names import checked_name
 from flows.cli.output import JsonOpt, emit_json, say, table, when
 from flows.cli.output import out as plain
 
+if TYPE_CHECKING:
+    from schemas.wire import SiloOut
+
 silo_app = typer.Typer(
     help="Run and manage silo agents (one per institution).", no_args_is_help=True
 )
@@ -42,8 +45,10 @@ def silo_start(
 ) -> None:
     """Start this institution's silo agent: it creates its key on first start, enrols, waits for
     approval, then serves training runs. It only makes outbound connections. One agent per
-    workspace: a second one on the same silo.toml refuses to start (exit 2). Ctrl+C stops it
-    with exit 130, SIGTERM with 0; a revoked silo's agent stops with 8."""
+    workspace: a second one on the same silo.toml refuses to start (exit 2), and so does an
+    agent whose privacy budget fails its check or whose silo name the federation knows with
+    another key: an operator must act. Ctrl+C stops it with exit 130, SIGTERM with 0; a revoked
+    silo's agent stops with 8."""
     from silos.config import load_silo_config
     from silos.exceptions import SiloConfigError
 
@@ -61,8 +66,10 @@ def silo_start(
             refresh_global_settings_context()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from flows.cli.errors import INTERRUPTED, REVOKED
+    from flows.cli.errors import AUTH, INTERRUPTED, REVOKED, silo_refused
     from silos.agent import SiloRevoked, run_agent
+    from silos.client_errors import Conflict, Unauthorized
+    from silos.exceptions import PrivacyBudgetError
     from silos.workspace_lock import WorkspaceBusy
 
     try:
@@ -73,8 +80,17 @@ def silo_start(
         raise typer.Exit(INTERRUPTED) from exc
     except _Terminated:  # systemd's or docker's stop: a clean stop, exit 0
         say(f"silo {cfg.silo.name}: stopped (SIGTERM)")
-    except WorkspaceBusy as exc:  # a second agent: exit 2, which systemd does not restart
+    # exit 2 where only an operator can help: systemd does not restart it (infra/systemd)
+    except WorkspaceBusy as exc:  # a second agent
         raise fail(str(exc)) from exc
+    except PrivacyBudgetError as exc:  # restore the file or reset it, on purpose
+        raise fail(str(exc)) from exc
+    except Conflict as exc:
+        if exc.path != "/v1/enrol":  # the name is taken by another key, for good
+            raise
+        raise fail(f"the service refused to enrol silo {cfg.silo.name}: {exc.detail}") from exc
+    except Unauthorized as exc:  # not the admin token's message: a silo sends none
+        raise fail(silo_refused(exc), code=AUTH) from exc
     except SiloRevoked as exc:
         raise fail(str(exc), code=REVOKED) from exc
 
@@ -149,13 +165,21 @@ def silo_list(
             s.status,
             "yes" if s.online else "no",
             when(s.last_seen_at),
-            "-" if ready is None else ("yes" if ready.validated else f"no: {ready.detail}"),
+            _ready_cell(s),
             "-" if ready is None else f"{ready.contract} {ready.contract_version}",
             s.public_key[:16] + "…",
         )
     plain.print(rows)
     if not silos:
         say(f"no silo has enrolled in {federation} yet: start one with `fedsilo silo start`")
+
+
+def _ready_cell(silo: SiloOut) -> str:
+    """The "ready" column: a revoked silo takes part in nothing, whatever it last reported."""
+    if silo.status == "revoked":
+        return "no: revoked"
+    ready = silo.ready
+    return "-" if ready is None else ("yes" if ready.validated else f"no: {ready.detail}")
 
 
 @silo_app.command("check")

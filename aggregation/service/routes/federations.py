@@ -38,7 +38,13 @@ def list_federations(factory: FactoryDep) -> list[FederationOut]:
 @router.get("/federations/{federation}/silos", dependencies=[AdminDep], responses=ADMIN_ERRORS)
 def list_silos(federation: Name, factory: FactoryDep) -> list[SiloOut]:
     with transaction(factory) as s:
-        return [crud.silo_out(x) for x in crud.list_silos(s, federation)]
+        return [_listed(crud.silo_out(x)) for x in crud.list_silos(s, federation)]
+
+
+def _listed(silo: SiloOut) -> SiloOut:
+    """A revoked silo without its last ready report: it takes part in nothing, however ready
+    its agent was before the revocation."""
+    return silo.model_copy(update={"ready": None}) if silo.status == "revoked" else silo
 
 
 @router.post(
