@@ -78,16 +78,7 @@ def test_budget_spans_runs(tmp_path: Path) -> None:
 
 def test_a_round_over_the_policy_budget_is_refused_with_the_numbers(tmp_path: Path) -> None:
     config = _config(tmp_path, "[policy]\nmax_epsilon = 8.0\n")
-    spec = RunSpec(
-        federation="f",
-        dataset="heart_disease",
-        model=ModelSpec(kind="logreg", n_features=3),
-        privacy=SPEC,
-    )
-    info = SecAggInfo(
-        stage="masked", roster=["a", "b"], roster_keys={}, threshold=2, dim=4, bits=32, clip=0.5
-    )
-    task = SecAggMaskedTask(run_id="r1", round=1, spec=spec, secagg=info)
+    task = _masked_task(["a", "b"], threshold=2)
     assert privacy_refusal(config, task) is None  # one round: epsilon ~4.7 <= 8
     privacy.record_round(config, "r1", SPEC, "1:m")
     privacy.record_round(config, "r1", SPEC, "2:m")
