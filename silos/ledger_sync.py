@@ -39,9 +39,9 @@ from silos.lineage_copy import append_record, keep_receipt, load_records, record
 
 log = logging.getLogger("fedsilo.silo.ledger_sync")
 
-# Runs whose missing privacy_spent statement could not be sent at start (no statement of the
-# run told its delta and clip norm): the run's next accepted update, which brings its spec,
-# sends it (`catch_up_privacy`).
+# Runs whose missing privacy_spent statement could not be sent at start (a budget from before
+# it kept the run's delta and clip norm, and no statement of the run told them): the run's
+# next accepted update, which brings its spec, sends it (`catch_up_privacy`).
 unstated_runs: set[str] = set()
 
 
@@ -280,6 +280,18 @@ def privacy_payload(
     }
 
 
+def _spec_in_budget(config: SiloConfig, run_id: str) -> PrivacySpec | None:
+    """The run's DP parameters as the budget recorded them with its first noised round
+    (budgets written before that was kept lack them: None)."""
+    entry = privacy.spent_rounds(config).get(run_id) or {}
+    try:
+        return PrivacySpec(
+            noise_multiplier=entry["sigma"], clip_norm=entry["clip_norm"], delta=entry["delta"]
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 def _spec_of(records: list[SiloRecord], run_id: str) -> PrivacySpec | None:
     """The run's DP parameters as an earlier privacy_spent statement of this silo told them."""
     for payload in _stated(records, "privacy_spent").get(run_id, {}).values():
@@ -305,8 +317,8 @@ def send_missing_privacy(
     fetched, so each goes once); their receipts go into the copy. Returns how many went."""
     sent = 0
     for rid, rnd in unstated(config, records, run_id):
-        dp = spec or _spec_of(records, rid)
-        if dp is None:  # the run's next accepted update brings its spec
+        dp = spec or _spec_in_budget(config, rid) or _spec_of(records, rid)
+        if dp is None:  # an older budget: the run's next accepted update brings its spec
             unstated_runs.add(rid)
             log.warning(
                 "silo %s: run %s, round %d: its privacy_spent statement never reached the "

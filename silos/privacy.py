@@ -114,6 +114,10 @@ def record_round(config: SiloConfig, run_id: str, spec: PrivacySpec, release: st
     """
     state = privacy_budget.load(config)
     entry = state["runs"].setdefault(run_id, {"sigma": spec.noise_multiplier, "rounds": 0})
+    # the run's other DP parameters: what a privacy_spent statement a crash kept from the
+    # service needs at the agent's next start (`silos.ledger_sync`), first round included
+    entry.setdefault("delta", spec.delta)
+    entry.setdefault("clip_norm", spec.clip_norm)
     released = entry.setdefault("released", [])
     if release in released:
         return False

@@ -182,6 +182,22 @@ def test_an_agent_killed_after_the_service_stored_its_update_states_the_round_on
     assert int(privacy.spent_rounds(fed.config)[fed.run_id]["rounds"]) == 2  # counted once
 
 
+def test_a_first_rounds_missing_statement_is_sent_from_the_budgets_dp_parameters(
+    fed: Fed,
+) -> None:
+    """Killed in the run's first round: no earlier statement tells the run's delta and clip
+    norm, but the budget kept them with the round, so the start sends the statement."""
+    _round(fed, 1, killed=True)
+    assert _privacy_rounds(fed) == []
+    entry = privacy.spent_rounds(fed.config)[fed.run_id]
+    assert (entry["delta"], entry["clip_norm"]) == (DP.delta, DP.clip_norm)
+
+    ledger_sync.reconcile(fed.a, fed.config)
+
+    assert _privacy_rounds(fed) == [1] and not ledger_sync.unstated_runs
+    assert _copy_verifies(fed)[0]
+
+
 def test_a_duplicate_answer_without_receipt_gets_it_from_the_ledger(fed: Fed) -> None:
     keep_receipt(fed.config.workspace, validate(fed.a, fed.run_id, 1))
     payload = _update(fed.run_id, 1)
