@@ -123,14 +123,17 @@ def test_world_readable_key_is_refused(tmp_path: Path) -> None:
         load_or_create_key(path)
 
 
+BASE_RUN = RunSpec(
+    federation="heart",
+    dataset="heart_disease",
+    model=ModelSpec(kind="logreg", n_features=4),
+    rounds=5,
+)
+
+
 def test_policy_refusals_say_why(tmp_path: Path) -> None:
     cfg = load_silo_config(write(tmp_path, GOOD))
-    base = RunSpec(
-        federation="heart",
-        dataset="heart_disease",
-        model=ModelSpec(kind="logreg", n_features=4),
-        rounds=5,
-    )
+    base = BASE_RUN
     assert policy_violation(cfg, base, 4) is None
     mlp = base.model_copy(update={"model": ModelSpec(kind="mlp", n_features=4, hidden=(8,))})
     assert "allows models ['logreg']" in (policy_violation(cfg, mlp, 4) or "")
@@ -146,12 +149,7 @@ def test_a_policy_floor_on_the_noise_multiplier_refuses_a_weaker_dp_run(tmp_path
     one round); min_noise_multiplier refuses one below the silo's floor."""
     text = GOOD + "require_privacy = true\nmin_noise_multiplier = 0.8\n"
     cfg = load_silo_config(write(tmp_path, text))
-    base = RunSpec(
-        federation="heart",
-        dataset="heart_disease",
-        model=ModelSpec(kind="logreg", n_features=4),
-        rounds=5,
-    )
+    base = BASE_RUN
     assert "requires silo-level differential privacy" in (policy_violation(cfg, base, 4) or "")
     weak = base.model_copy(update={"privacy": PrivacySpec(noise_multiplier=1e-6, clip_norm=0.5)})
     problem = policy_violation(cfg, weak, 4) or ""
